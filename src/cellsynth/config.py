@@ -1,0 +1,285 @@
+"""Typed configuration: one dataclass per stage, nested in :class:`RunConfig`.
+
+Loaded from TOML, overridden from the command line (``--set vae.n_latent=32``), validated
+before any long work starts, and saved (resolved) next to every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import tomli_w
+
+from .errors import ConfigError
+
+#: labels starting with one of these are dropped (E-ANND-5's uninformative annotations)
+DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", "UNKNOWN")
+
+
+@dataclass
+class DatasetConfig:
+    path: str = ""  # h5ad file; "" = the embedded demo atlas (simulated, no download)
+    label_key: str = "cell_type"  # obs column with the fine cell type
+    is_normalised: Literal["auto", True, False] = "auto"  # what X holds; "auto" detects
+    groups: str = ""  # fine -> coarse mapping: TSV/JSON path, a packaged name ("e-annd-5"), or ""
+    doublet_key: str = "predicted_doublets"  # obs column flagging doublets; skipped when absent
+    mito_key: str = "mito"  # obs column with the mitochondrial fraction; computed when absent
+    n_genes_key: str = "n_genes"  # obs column with genes detected per cell; computed when absent
+    uninformative_prefixes: list[str] = field(default_factory=lambda: list(DEFAULT_UNINFORMATIVE))
+    backed: Literal["auto", True, False] = "auto"  # open the h5ad backed (files over 2 GB on auto)
+    demo_cells: int = 3000  # size of the embedded demo atlas when path is ""
+    demo_genes: int = 2000
+    demo_types: int = 8
+
+
+@dataclass
+class QCConfig:
+    min_genes_per_cell: int = 100  # cells detecting fewer genes are removed
+    min_cells_per_gene: int = 100  # genes detected in fewer training cells are removed
+    iqr_factor: float = 1.5  # per-type IQR fences on mito (upper) and genes per cell (both)
+    min_cells_per_type: int = 10  # types with fewer training cells are dropped (with a warning)
+    on_single_cell_type: Literal["error", "drop"] = "error"  # a type with one cell cannot be split
+    target_sum: float = 1e4  # normalise each cell to this many counts, then log1p
+    variance_threshold: float = 0.01  # genes whose normalised variance (train) is lower go
+    chunk_size: int = 10_000  # cells per chunk when scanning the matrix
+
+
+@dataclass
+class SplitConfig:
+    train: float = 0.7
+    val: float = 0.1  # the reference's "eval" split, used for early stopping
+    test: float = 0.2
+
+
+@dataclass
+class FeaturesConfig:
+    n_components: int = 2500  # the reference's; clamped to what the data allow, with a warning
+    max_cells_per_class: int = 5000  # class-balanced subsample the PCA is fitted on
+    scale: bool = False  # standard-scale genes before the PCA
+
+
+@dataclass
+class ClassifierConfig:
+    n_estimators: int = 500  # boosting rounds at most
+    max_depth: int = 6
+    subsample: float = 0.9
+    colsample_bytree: float = 0.9
+    learning_rate: float = 0.05
+    reg_alpha: float = 1.0
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 10  # on the validation split
+    balanced_weights: bool = True  # class-balanced sample weights
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    max_cells_per_class: int = 0  # cap on training cells per class; 0 = no cap
+    n_jobs: int = 0  # threads; 0 = all cores
+
+
+@dataclass
+class GeneratorConfig:
+    model: Literal["seed"] = "seed"  # which generator the pipeline trains
+    n_per_type_eval: int = 1000  # experiment (b): cells per type scored by the real classifier
+    n_per_type_train: int = 2000  # experiment (c): cells per type to train a classifier on
+    n_per_type_val: int = 100  # experiment (c): cells per type for its early stopping
+
+
+@dataclass
+class SeedVAEConfig:
+    """The reference CVAE on PCA features."""
+
+    n_embed: int = 64  # class embedding size
+    n_hidden: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256])  # encoder
+    n_latent: int = 512
+    dropout_rate: float = 0.25
+    lr: float = 1e-3  # one-cycle peak learning rate
+    weight_decay: float = 1e-3  # AdamW
+    batch_size: int = 256
+    max_epochs: int = 100
+    patience: int = 5  # early stopping on validation loss
+    kl_start: float = 0.1  # KL weight annealed from this to 1
+    kl_anneal_epochs: int = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class ExplainConfig:
+    cell_type: str = ""  # type to explain; "" = the most common training type
+    n_top_genes: int = 20
+    max_cells: int = 2000  # test cells of that type SHAP is computed on
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0  # the one seed every other seed is derived from
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    seed_vae: SeedVAEConfig = field(default_factory=SeedVAEConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+    def validate(self) -> RunConfig:
+        """Check values a type cannot express; raise :class:`ConfigError` with the fix."""
+        s = self.split
+        if min(s.train, s.val, s.test) <= 0 or abs(s.train + s.val + s.test - 1) > 1e-6:
+            raise ConfigError(
+                f"split fractions must be positive and sum to 1, got train={s.train}, "
+                f"val={s.val}, test={s.test}; fix them with --set split.train=0.7 etc."
+            )
+        positive = {
+            "features.n_components": self.features.n_components,
+            "features.max_cells_per_class": self.features.max_cells_per_class,
+            "classifier.n_estimators": self.classifier.n_estimators,
+            "qc.chunk_size": self.qc.chunk_size,
+            "qc.target_sum": self.qc.target_sum,
+            "seed_vae.n_latent": self.seed_vae.n_latent,
+            "seed_vae.batch_size": self.seed_vae.batch_size,
+            "seed_vae.max_epochs": self.seed_vae.max_epochs,
+            "generator.n_per_type_eval": self.generator.n_per_type_eval,
+            "generator.n_per_type_train": self.generator.n_per_type_train,
+            "generator.n_per_type_val": self.generator.n_per_type_val,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
+        if not 0 <= self.seed_vae.dropout_rate < 1:
+            raise ConfigError(f"seed_vae.dropout_rate must be in [0, 1), got {self.seed_vae.dropout_rate}")
+        if self.qc.min_cells_per_type < 2:
+            raise ConfigError("qc.min_cells_per_type must be at least 2 (a type needs cells to split)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a :class:`ConfigError` naming ``key``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        for a in allowed:
+            if value == a and type(value) is type(a):
+                return a
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+    if origin in (list, tuple):
+        (item_tp,) = get_args(tp)[:1]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this module does not know
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    raise ConfigError(
+        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
+        f"fix the value in the config file or with --set {key}=..."
+    )
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}' in {where}; valid keys: {', '.join(sorted(names))}"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        value = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
+            kwargs[f.name] = _from_dict(tp, value, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(value, tp, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a (nested) config dataclass, ready for TOML or JSON."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a nested dict."""
+    return _from_dict(RunConfig, data).validate()
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as TOML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a TOML config (defaults where ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; give an existing --config path")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data)
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as TOML."""
+    Path(path).write_text(tomli_w.dumps(to_dict(cfg)))

@@ -1,0 +1,1 @@
+"""Data access: download, reading, QC, splitting and simulated atlases."""

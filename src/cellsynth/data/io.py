@@ -1,0 +1,205 @@
+"""Reading an h5ad and finding out what its expression values are.
+
+Expression Atlas files usually hold normalised values in ``X`` and may hold raw counts in
+``raw.X`` or a layer: :func:`find_counts` detects which, never assumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: files larger than this are opened backed on ``backed="auto"``
+BACKED_BYTES = 2 * 1024**3
+#: non-zero values inspected to decide counts vs normalised
+_PROBE_VALUES = 1_000_000
+
+Source = Literal["X", "layers/counts", "raw.X"]
+
+
+def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> ad.AnnData:
+    """Read an h5ad file, backed when it is large.
+
+    Raises :class:`DataError` for a missing, non-h5ad, corrupt or empty file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path} is not an h5ad (HDF5) file; convert it with anndata/scanpy "
+            "(e.g. sc.read_10x_mtx(...).write_h5ad(...)) and pass the .h5ad"
+        )
+    use_backed = path.stat().st_size > BACKED_BYTES if backed == "auto" else bool(backed)
+    try:
+        adata = ad.read_h5ad(path, backed="r" if use_backed else None)
+    except Exception as exc:  # h5py/anndata raise many types for damaged files
+        raise DataError(
+            f"{path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or corrupt: download or write it again"
+        ) from None
+    check_shape(adata, str(path))
+    logger.info("read %s: %d cells x %d genes%s", path, adata.n_obs, adata.n_vars,
+                " (backed)" if use_backed else "")
+    return adata
+
+
+def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
+    """Refuse empty data and duplicate cell or gene names."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DataError(
+            f"{name} has {adata.n_obs} cells and {adata.n_vars} genes; an atlas needs both"
+        )
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        raise DataError(
+            f"{name} has duplicate cell names (e.g. {dup}); make them unique with "
+            "adata.obs_names_make_unique() and write the file again"
+        )
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()][:3].tolist()
+        raise DataError(
+            f"{name} has duplicate gene names (e.g. {dup}); make them unique with "
+            "adata.var_names_make_unique() and write the file again"
+        )
+
+
+def check_label(adata: ad.AnnData, label_key: str) -> None:
+    """The label column exists and holds names, not numbers."""
+    if label_key not in adata.obs.columns:
+        cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
+        raise DataError(
+            f"label column '{label_key}' not in obs; columns are: {cols}; "
+            "set dataset.label_key to one of them"
+        )
+    col = adata.obs[label_key]
+    if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+        raise DataError(
+            f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
+            f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}'].astype(str)"
+        )
+
+
+def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
+    """A sample of the stored values (non-zeros for sparse) of a matrix, dense or sparse."""
+    if sp.issparse(x):
+        return np.asarray(x.data[:_PROBE_VALUES])
+    if hasattr(x, "shape") and not isinstance(x, np.ndarray):  # backed dense dataset
+        n = max(1, min(x.shape[0], _PROBE_VALUES // max(1, x.shape[1])))
+        x = x[:n]
+    return np.asarray(x).ravel()[:_PROBE_VALUES]
+
+
+def _probe(x) -> np.ndarray:
+    """Values of the first rows of ``x`` (backed or in memory), enough to judge it."""
+    if getattr(x, "shape", None) is None:
+        return np.empty(0)
+    n_rows = x.shape[0]
+    step = max(1, min(n_rows, 20_000))
+    head = x[:step]
+    return _values(head)
+
+
+def check_values(values: np.ndarray, where: str) -> None:
+    """Refuse negative, NaN or infinite expression values."""
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise DataError(
+            f"{where} holds NaN or infinite values; replace or drop those cells before running"
+        )
+    if values.min() < 0:
+        raise DataError(
+            f"{where} holds negative values (min {values.min():.3g}): expression must be counts "
+            "or normalised non-negative values, not scaled/centred data"
+        )
+
+
+def is_counts(values: np.ndarray) -> bool:
+    """Whether sampled values look like raw counts: non-negative whole numbers."""
+    if values.size == 0:
+        return True
+    return bool(np.all(values >= 0) and np.all(np.mod(values, 1) == 0))
+
+
+@dataclass(frozen=True)
+class Expression:
+    """Where the raw counts live (``None`` when the file only has normalised values)."""
+
+    counts: Source | None
+    normalised: bool  # whether X is normalised (log or otherwise)
+
+
+def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] = "auto") -> Expression:
+    """Detect where raw counts are: ``X``, ``layers['counts']`` or ``raw.X``.
+
+    Parameters
+    ----------
+    is_normalised
+        ``"auto"`` inspects the values; ``True`` says ``X`` is normalised (counts are then
+        looked for in ``layers['counts']`` and ``raw.X``); ``False`` says ``X`` holds counts.
+    """
+    x_values = _probe(adata.X)
+    check_values(x_values, "X")
+    x_counts = is_counts(x_values)
+    if is_normalised is False:
+        if not x_counts:
+            raise DataError(
+                "dataset.is_normalised = false but X holds non-integer values (normalised data); "
+                "set dataset.is_normalised = \"auto\" or true"
+            )
+        return Expression("X", normalised=False)
+    if is_normalised == "auto" and x_counts:
+        return Expression("X", normalised=False)
+    # X is normalised: look for counts elsewhere
+    if "counts" in adata.layers:
+        vals = _probe(adata.layers["counts"])
+        check_values(vals, "layers['counts']")
+        if is_counts(vals):
+            return Expression("layers/counts", normalised=True)
+    if adata.raw is not None and adata.raw.shape[0] == adata.n_obs:
+        vals = _probe(adata.raw.X)
+        check_values(vals, "raw.X")
+        if is_counts(vals):
+            if adata.raw.shape[1] != adata.n_vars or not adata.raw.var_names.equals(adata.var_names):
+                logger.warning("raw.X holds counts over %d genes (X has %d): using raw's genes",
+                               adata.raw.shape[1], adata.n_vars)
+            return Expression("raw.X", normalised=True)
+    return Expression(None, normalised=True)
+
+
+def counts_matrix(adata: ad.AnnData, expr: Expression) -> tuple[sp.csr_matrix, pd.Index]:
+    """The counts (or, without counts, ``X``) as CSR float32, with their gene names."""
+    if expr.counts == "layers/counts":
+        x, genes = adata.layers["counts"], adata.var_names
+    elif expr.counts == "raw.X":
+        x, genes = adata.raw.X, adata.raw.var_names
+    else:
+        x, genes = adata.X, adata.var_names
+    if not isinstance(x, np.ndarray | sp.spmatrix | sp.sparray):
+        x = x[:]  # backed: read into memory (out-of-core stages read chunks instead)
+    x = sp.csr_matrix(x, dtype=np.float32)
+    check_values(x.data, "the expression matrix")
+    return x, pd.Index(genes)
+
+
+def require_counts(adata: ad.AnnData, what: str) -> None:
+    """Refuse normalised data where raw counts are needed (generators in count space)."""
+    expr = find_counts(adata)
+    if expr.counts is None:
+        raise DataError(
+            f"{what} needs raw counts, but X holds normalised values and there is no "
+            "layers['counts'] or raw.X with counts; give the unnormalised file"
+        )

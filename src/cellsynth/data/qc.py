@@ -1,0 +1,263 @@
+"""Preprocessing as the reference did it: clean labels, split, filter, normalise.
+
+Each step logs and records how many cells and genes it removed. Bounds and gene filters are
+fitted on the training split only and applied to every split. The matrix stays sparse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import _keys as K
+from ..config import DatasetConfig, QCConfig, SplitConfig
+from ..errors import DataError
+from .io import check_label, counts_matrix, find_counts
+from .split import stratified_split
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class QCReport:
+    """What every step removed, in order."""
+
+    steps: list[dict] = field(default_factory=list)
+    dropped_types: list[str] = field(default_factory=list)
+    cells_per_type_before: dict[str, int] = field(default_factory=dict)
+    cells_per_type_after: dict[str, int] = field(default_factory=dict)
+
+    def record(self, step: str, cells: tuple[int, int], genes: tuple[int, int]) -> None:
+        row = {
+            "step": step,
+            "cells_removed": cells[0] - cells[1],
+            "genes_removed": genes[0] - genes[1],
+            "cells_left": cells[1],
+            "genes_left": genes[1],
+        }
+        self.steps.append(row)
+        logger.info("qc %-28s removed %7d cells, %6d genes (%d x %d left)", step,
+                    row["cells_removed"], row["genes_removed"], cells[1], genes[1])
+
+
+class _State:
+    """The matrix being filtered, with its obs and gene names, and the report."""
+
+    def __init__(self, x: sp.csr_matrix, obs: pd.DataFrame, genes: pd.Index, report: QCReport):
+        self.x, self.obs, self.genes, self.report = x, obs, genes, report
+
+    def keep_cells(self, mask: np.ndarray, step: str) -> None:
+        before = self.x.shape
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.all():
+            self.x = self.x[mask]
+            self.obs = self.obs.iloc[mask]
+        self.report.record(step, (before[0], self.x.shape[0]), (before[1], before[1]))
+        if self.x.shape[0] == 0:
+            raise DataError(
+                f"no cells left after the QC step '{step}'; check dataset.label_key, "
+                "dataset.uninformative_prefixes and the qc.* thresholds for this data"
+            )
+
+    def keep_genes(self, mask: np.ndarray, step: str) -> None:
+        before = self.x.shape
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.all():
+            self.x = self.x[:, mask]
+            self.genes = self.genes[mask]
+        self.report.record(step, (before[0], before[0]), (before[1], self.x.shape[1]))
+        if self.x.shape[1] == 0:
+            raise DataError(
+                f"no genes left after the QC step '{step}'; lower qc.min_cells_per_gene or "
+                "qc.variance_threshold for a dataset this small"
+            )
+
+
+def _as_bool(col: pd.Series) -> np.ndarray:
+    """Doublet flags given as bools, 0/1 or the strings 'True'/'False'."""
+    if col.dtype == bool:
+        return col.to_numpy()
+    text = col.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "yes"]).to_numpy()
+
+
+def _row_nnz(x: sp.csr_matrix) -> np.ndarray:
+    return np.diff(x.indptr)
+
+
+def _mito_fraction(x: sp.csr_matrix, genes: pd.Index) -> np.ndarray:
+    mito = genes.str.upper().str.startswith("MT-")
+    total = np.asarray(x.sum(axis=1)).ravel()
+    if not mito.any():
+        logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for every cell")
+        return np.zeros(x.shape[0], dtype=np.float32)
+    m = np.asarray(x[:, np.flatnonzero(mito)].sum(axis=1)).ravel()
+    return (m / np.maximum(total, 1e-12)).astype(np.float32)
+
+
+def _iqr_bounds(v: np.ndarray, k: float) -> tuple[float, float]:
+    q1, q3 = np.percentile(v, [25, 75])
+    return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+
+
+def normalise_log1p(x: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
+    """Scale each cell to ``target_sum`` counts and take log1p, sparse."""
+    total = np.asarray(x.sum(axis=1)).ravel()
+    scale = np.where(total > 0, target_sum / np.maximum(total, 1e-12), 0.0).astype(np.float32)
+    out = sp.csr_matrix(x, dtype=np.float32, copy=True)
+    out.data *= np.repeat(scale, np.diff(out.indptr))
+    np.log1p(out.data, out=out.data)
+    return out
+
+
+def sparse_variance(x: sp.csr_matrix) -> np.ndarray:
+    """Per-gene variance of a sparse matrix without densifying it."""
+    n = x.shape[0]
+    mean = np.asarray(x.sum(axis=0)).ravel() / n
+    sq = x.multiply(x) if sp.issparse(x) else x**2
+    mean_sq = np.asarray(sq.sum(axis=0)).ravel() / n
+    return np.maximum(mean_sq - mean**2, 0.0)
+
+
+def preprocess(
+    adata: ad.AnnData,
+    dataset: DatasetConfig,
+    qc: QCConfig,
+    split: SplitConfig,
+    *,
+    groups: dict[str, str] | None = None,
+    seed: int = 0,
+) -> tuple[ad.AnnData, QCReport]:
+    """Run every QC step and return the preprocessed AnnData and the report.
+
+    Returns
+    -------
+    An AnnData whose ``X`` is log1p(counts per ``target_sum``) (or the input's normalised values
+    when it has no counts), with ``layers['counts']`` when counts exist, and ``obs`` holding the
+    label, ``cellsynth_group``, ``cellsynth_split``, ``n_genes`` and ``mito``.
+    """
+    label_key = dataset.label_key
+    check_label(adata, label_key)
+    expr = find_counts(adata, dataset.is_normalised)
+    has_counts = expr.counts is not None
+    logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
+                "normalised values only (no counts found): normalisation is skipped")
+    x, genes = counts_matrix(adata, expr)
+    obs = adata.obs.copy()
+    obs[label_key] = obs[label_key].astype(object)
+    report = QCReport()
+    st = _State(x, obs, genes, report)
+    n_genes_cell = _row_nnz(st.x)
+
+    # QC columns are computed on the full gene set, before any gene is removed
+    if dataset.mito_key not in st.obs.columns:
+        st.obs[K.MITO] = _mito_fraction(st.x, st.genes)
+        mito_key = K.MITO
+    else:
+        mito_key = dataset.mito_key
+    if dataset.n_genes_key not in st.obs.columns:
+        st.obs[K.N_GENES] = n_genes_cell
+        n_genes_key = K.N_GENES
+    else:
+        n_genes_key = dataset.n_genes_key
+    if mito_key != K.MITO:
+        st.obs[K.MITO] = st.obs[mito_key].astype(np.float32)
+    if n_genes_key != K.N_GENES:
+        st.obs[K.N_GENES] = st.obs[n_genes_key].astype(np.float32)
+
+    st.keep_cells(n_genes_cell > 0, "no detected genes")
+    if dataset.doublet_key and dataset.doublet_key in st.obs.columns:
+        st.keep_cells(~_as_bool(st.obs[dataset.doublet_key]), "predicted doublets")
+    elif dataset.doublet_key:
+        logger.info("no doublet column '%s' in obs: doublet filter skipped", dataset.doublet_key)
+    lab = st.obs[label_key]
+    missing = lab.isna().to_numpy() | lab.astype(str).str.strip().isin(["", "nan", "None"]).to_numpy()
+    st.keep_cells(~missing, "no label")
+    prefixes = tuple(dataset.uninformative_prefixes)
+    if prefixes:
+        uninformative = st.obs[label_key].astype(str).str.startswith(prefixes).to_numpy()
+        st.keep_cells(~uninformative, "uninformative labels")
+    labels = st.obs[label_key].astype(str).to_numpy()
+    report.cells_per_type_before = pd.Series(labels).value_counts().to_dict()
+
+    one = [t for t, n in report.cells_per_type_before.items() if n == 1]
+    if one and qc.on_single_cell_type == "error":
+        raise DataError(
+            f"cell type(s) {one[:5]} have a single cell, which cannot be split into train/val/test; "
+            "remove them or set qc.on_single_cell_type = \"drop\""
+        )
+
+    if groups:
+        unmapped = sorted(set(labels) - set(groups))
+        if unmapped:
+            logger.warning("%d label(s) have no coarse group and stand as their own: %s",
+                           len(unmapped), ", ".join(unmapped[:10]))
+        st.obs[K.GROUP] = [groups.get(v, v) for v in labels]
+
+    st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed)
+    st.keep_cells(_row_nnz(st.x) >= qc.min_genes_per_cell,
+                  f"fewer than {qc.min_genes_per_cell} genes")
+
+    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    detected = np.bincount(st.x[train].indices, minlength=st.x.shape[1])
+    st.keep_genes(detected >= qc.min_cells_per_gene,
+                  f"genes in < {qc.min_cells_per_gene} train cells")
+
+    # per-type IQR fences, fitted on training cells and applied to every split
+    keep = np.ones(st.x.shape[0], dtype=bool)
+    labels = st.obs[label_key].astype(str).to_numpy()
+    mito = st.obs[K.MITO].to_numpy(dtype=np.float64)
+    ngen = st.obs[K.N_GENES].to_numpy(dtype=np.float64)
+    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    for t in np.unique(labels):
+        is_t = labels == t
+        fit = is_t & train
+        if fit.sum() < 4:
+            continue
+        _, mito_hi = _iqr_bounds(mito[fit], qc.iqr_factor)
+        lo, hi = _iqr_bounds(ngen[fit], qc.iqr_factor)
+        keep &= ~is_t | ((mito <= mito_hi) & (ngen >= lo) & (ngen <= hi))
+    st.keep_cells(keep, "per-type IQR outliers")
+
+    labels = st.obs[label_key].astype(str).to_numpy()
+    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    n_train = pd.Series(labels[train]).value_counts()
+    all_types = np.unique(labels)
+    rare = sorted(t for t in all_types if n_train.get(t, 0) < qc.min_cells_per_type)
+    if rare:
+        logger.warning("dropping %d type(s) with fewer than %d training cells: %s", len(rare),
+                       qc.min_cells_per_type, ", ".join(rare))
+        report.dropped_types = rare
+    st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells")
+    if len(all_types) - len(rare) < 2:
+        raise DataError(
+            f"fewer than 2 cell types have {qc.min_cells_per_type} or more training cells; "
+            "lower qc.min_cells_per_type or give a larger dataset"
+        )
+
+    counts = st.x if has_counts else None
+    xn = normalise_log1p(st.x, qc.target_sum) if has_counts else st.x
+    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    variance = sparse_variance(xn[train])
+    keep_g = variance >= qc.variance_threshold
+    st.x = xn
+    st.keep_genes(keep_g, f"variance < {qc.variance_threshold}")
+    if counts is not None:
+        counts = counts[:, keep_g] if not keep_g.all() else counts
+
+    obs = st.obs.copy()
+    obs[label_key] = pd.Categorical(obs[label_key].astype(str))
+    obs[K.SPLIT] = pd.Categorical(obs[K.SPLIT], categories=list(K.SPLITS))
+    if K.GROUP in obs:
+        obs[K.GROUP] = pd.Categorical(obs[K.GROUP].astype(str))
+    out = ad.AnnData(X=st.x, obs=obs, var=pd.DataFrame(index=st.genes.astype(str)))
+    if counts is not None:
+        out.layers[K.COUNTS] = counts
+    report.cells_per_type_after = obs[label_key].value_counts().to_dict()
+    out.uns[K.UNS] = {"has_counts": has_counts, "label_key": label_key}
+    return out, report

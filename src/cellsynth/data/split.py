@@ -1,0 +1,59 @@
+"""Stratified train / validation / test split from one seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float], *, seed: int
+) -> np.ndarray:
+    """Assign each cell to ``train``, ``val`` or ``test``, stratified by label.
+
+    Within each label the cells are shuffled and cut by the fractions (rounded), so every
+    split holds each type in about the same proportion. A type with few cells keeps at least
+    one training cell; validation, then test, get theirs only when the type has enough.
+
+    Returns
+    -------
+    An object array of ``"train"``/``"val"``/``"test"`` aligned with ``labels``.
+    """
+    labels = np.asarray(labels)
+    _, val_frac, test_frac = fractions
+    rng = np.random.default_rng(seed)
+    out = np.empty(labels.shape[0], dtype=object)
+    codes, uniques = _codes(labels)
+    for code in range(len(uniques)):
+        idx = np.flatnonzero(codes == code)
+        idx = idx[rng.permutation(idx.size)]
+        n = idx.size
+        n_val = round(n * val_frac)
+        n_test = round(n * test_frac)
+        while n_val + n_test > n - 1 and (n_val or n_test):  # keep one training cell
+            if n_test >= n_val:
+                n_test -= 1
+            else:
+                n_val -= 1
+        out[idx[:n_val]] = "val"
+        out[idx[n_val : n_val + n_test]] = "test"
+        out[idx[n_val + n_test :]] = "train"
+    return out
+
+
+def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniques, codes = np.unique(labels.astype(str), return_inverse=True)
+    return codes, uniques
+
+
+def balanced_subsample(labels: np.ndarray, max_per_class: int, *, seed: int) -> np.ndarray:
+    """Indices of at most ``max_per_class`` cells of each label (all of the smaller ones), sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    codes, uniques = _codes(labels)
+    keep = []
+    for code in range(len(uniques)):
+        idx = np.flatnonzero(codes == code)
+        if idx.size > max_per_class:
+            idx = rng.choice(idx, size=max_per_class, replace=False)
+        keep.append(idx)
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=int)

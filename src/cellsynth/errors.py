@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every error raised for bad input is a :class:`CellsynthError`: a one-line message that says
+what was wrong and how to fix it. The CLI prints it without a traceback and exits with 2.
+"""
+
+from __future__ import annotations
+
+
+class CellsynthError(Exception):
+    """Bad input or settings: the message names the problem and the fix."""
+
+
+class ConfigError(CellsynthError, ValueError):
+    """A config key that does not exist or a value of the wrong type."""
+
+
+class DataError(CellsynthError, ValueError):
+    """The data cannot be used as given (missing column, negative values, ...)."""
+
+
+class DownloadError(CellsynthError, OSError):
+    """A download failed (offline, truncated, wrong size)."""
+
+
+class ModelFileError(CellsynthError, OSError):
+    """A saved model directory is incomplete, inconsistent or of an unsupported version."""

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from cellsynth import config
+from cellsynth.errors import ConfigError
+
+
+def test_defaults_are_the_reference():
+    cfg = config.RunConfig()
+    assert cfg.features.n_components == 2500
+    assert cfg.classifier.n_estimators == 500
+    assert cfg.seed_vae.n_hidden == [2048, 1024, 512, 256]
+    assert (cfg.split.train, cfg.split.val, cfg.split.test) == (0.7, 0.1, 0.2)
+
+
+def test_toml_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('seed = 3\n[features]\nn_components = 10\n[dataset]\nis_normalised = true\n')
+    cfg = config.load(p, ["seed_vae.n_hidden=[8, 4]", "dataset.label_key=cell_type2", "seed=5"])
+    assert cfg.seed == 5
+    assert cfg.features.n_components == 10
+    assert cfg.dataset.is_normalised is True
+    assert cfg.seed_vae.n_hidden == [8, 4]
+    assert cfg.dataset.label_key == "cell_type2"
+
+
+def test_round_trip(tmp_path):
+    cfg = config.load(None, ["qc.iqr_factor=2", "explain.cell_type=B"])
+    config.save(cfg, tmp_path / "c.toml")
+    again = config.load(tmp_path / "c.toml")
+    assert config.to_dict(again) == config.to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("vae.n_latent=3", "unknown config key 'vae'"),
+        ("features.n_comps=3", "valid keys: max_cells_per_class, n_components, scale"),
+        ("features.n_components=ten", "features.n_components must be int"),
+        ("features.n_components=2.5", "must be int"),
+        ("classifier.device='gpu'", "must be one of"),
+        ("features.scale=1", "must be bool"),
+        ("split.train=0.9", "sum to 1"),
+        ("seed_vae.batch_size=0", "must be positive"),
+        ("seed_vae.n_hidden=3", "must be a list"),
+        ("seed", "section.key=value"),
+    ],
+)
+def test_bad_config_is_one_clear_line(override, fragment):
+    with pytest.raises(ConfigError, match=fragment) as info:
+        config.load(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[features\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)

@@ -1,0 +1,149 @@
+"""Tests for cellsynth.data.download against a local HTTP server (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _http_server import ServerState, start
+from cellsynth.data.download import DEFAULT_BASE_URL, download, download_url, expression_atlas_url
+from cellsynth.errors import CellsynthError, DownloadError
+
+ACC = "E-TEST-1"
+SIZE = 3 * 1024 * 1024
+FAST = {"progress": False, "timeout": 5.0, "chunk_size": 1 << 16}
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return np.random.default_rng(0).bytes(SIZE)
+
+
+@pytest.fixture
+def server(payload: bytes) -> Iterator[tuple[ServerState, str]]:
+    srv, state, base = start(payload)
+    try:
+        yield state, base
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _dest(cache: Path) -> Path:
+    return cache / f"{ACC}.project.h5ad"
+
+
+def test_url_pattern() -> None:
+    assert expression_atlas_url("E-ANND-5") == (
+        f"{DEFAULT_BASE_URL}/E-ANND-5/E-ANND-5.project.h5ad"
+    )
+    assert expression_atlas_url("e-mtab-1234", "http://h/x/") == (
+        "http://h/x/E-MTAB-1234/E-MTAB-1234.project.h5ad"
+    )
+
+
+def test_full_download(server, payload: bytes, tmp_path: Path) -> None:
+    state, base = server
+    path = download(ACC, tmp_path / "cache", base_url=base, **FAST)
+    assert path == _dest(tmp_path / "cache")
+    assert path.read_bytes() == payload
+    assert not path.with_suffix(".h5ad.part").exists()
+    assert state.ranges == [None]
+    assert state.requests[0]["User-Agent"].startswith("cellsynth")
+
+
+def test_truncated_keeps_part(server, tmp_path: Path) -> None:
+    state, base = server
+    state.cut_after = 1_000_000
+    with pytest.raises(DownloadError, match=rf"truncated at 1000000 of {SIZE} bytes.*again"):
+        download(ACC, tmp_path, base_url=base, **FAST)
+    assert not _dest(tmp_path).exists()
+    assert _dest(tmp_path).with_suffix(".h5ad.part").stat().st_size == 1_000_000
+
+
+def test_interrupted_then_resumed(server, payload: bytes, tmp_path: Path) -> None:
+    state, base = server
+    state.cut_after = 1_234_567
+    with pytest.raises(DownloadError):
+        download(ACC, tmp_path, base_url=base, **FAST)
+    path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.ranges == [None, "bytes=1234567-"]
+    assert path.read_bytes() == payload
+    assert not path.with_suffix(".h5ad.part").exists()
+
+
+def test_server_ignoring_range_restarts(server, payload: bytes, tmp_path: Path, caplog) -> None:
+    state, base = server
+    state.ignore_range = True
+    part = _dest(tmp_path).with_suffix(".h5ad.part")
+    part.write_bytes(b"\x00" * 500_000)  # wrong bytes: a restart must drop them
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data.download"):
+        path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.ranges == ["bytes=500000-"]
+    assert path.read_bytes() == payload
+    assert "restarting from zero" in caplog.text
+
+
+def test_complete_part_answered_416(server, payload: bytes, tmp_path: Path) -> None:
+    state, base = server
+    _dest(tmp_path).with_suffix(".h5ad.part").write_bytes(payload)
+    path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.ranges == [f"bytes={SIZE}-"]
+    assert path.read_bytes() == payload
+
+
+def test_oversized_part_discarded(server, payload: bytes, tmp_path: Path) -> None:
+    state, base = server
+    _dest(tmp_path).with_suffix(".h5ad.part").write_bytes(payload + b"junk")
+    path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.ranges == [f"bytes={SIZE + 4}-", None]
+    assert path.read_bytes() == payload
+
+
+def test_force_downloads_again(server, payload: bytes, tmp_path: Path) -> None:
+    state, base = server
+    _dest(tmp_path).write_bytes(b"old")
+    _dest(tmp_path).with_suffix(".h5ad.part").write_bytes(b"stale")
+    path = download(ACC, tmp_path, base_url=base, force=True, **FAST)
+    assert state.ranges == [None]
+    assert path.read_bytes() == payload
+
+
+def test_404(server, tmp_path: Path) -> None:
+    state, base = server
+    state.not_found = True
+    with pytest.raises(DownloadError, match=r"404.*may not exist"):
+        download(ACC, tmp_path, base_url=base, **FAST)
+    assert not any(tmp_path.iterdir())
+
+
+def test_connection_refused(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # bound but not listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/x.h5ad"
+        with pytest.raises(DownloadError, match=r"offline|unreachable") as info:
+            download_url(url, tmp_path / "x.h5ad", **FAST)
+    message = str(info.value)
+    assert url in message and "dataset.path" in message and "\n" not in message
+
+
+def test_existing_file_not_fetched(server, tmp_path: Path, caplog) -> None:
+    state, base = server
+    _dest(tmp_path).write_bytes(b"cached")
+    with caplog.at_level(logging.INFO, logger="cellsynth.data.download"):
+        path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert path.read_bytes() == b"cached"
+    assert state.requests == []
+    assert "cached" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["", "E ANND 5", "../E-ANND-5", "E-ANND-5/x", "E_ANND_5", "ANND"])
+def test_bad_accession(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(CellsynthError, match="invalid accession"):
+        download(bad, tmp_path, base_url="http://127.0.0.1:9", **FAST)
+    assert not any(tmp_path.iterdir())

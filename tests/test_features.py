@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+
+from cellsynth.config import FeaturesConfig
+from cellsynth.errors import ModelFileError
+from cellsynth.features import pca as pca_mod
+from cellsynth.features.pca import PCAModel, fit_pca
+
+
+def _data(n=600, g=300, rank=5, seed=0):
+    rng = np.random.default_rng(seed)
+    d = np.maximum(rng.standard_normal((n, rank)) @ rng.standard_normal((rank, g)) * 0.5
+                   + rng.standard_normal((n, g)) * 0.3, 0)
+    return d, rng.integers(0, 4, n).astype(str)
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 0])  # exact covariance, then randomized SVD
+def test_matches_sklearn_without_densifying(monkeypatch, exact_max):
+    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", exact_max)
+    d, y = _data()
+    m = fit_pca(sp.csr_matrix(d), y, [f"g{i}" for i in range(d.shape[1])],
+                FeaturesConfig(n_components=10), seed=0)
+    ref = PCA(10).fit(d)
+    assert np.allclose(m.explained_variance[:5], ref.explained_variance_[:5], rtol=1e-4)
+    z, zr = m.transform(sp.csr_matrix(d), chunk_size=101), ref.transform(d)
+    assert np.allclose(np.abs(z[:, :5]), np.abs(zr[:, :5]), atol=1e-3)
+    assert np.allclose(m.inverse_transform(z), ref.inverse_transform(zr), atol=1e-3)
+
+
+def test_scaling_and_clamp(caplog):
+    d, y = _data(n=40, g=30)
+    m = fit_pca(sp.csr_matrix(d), y, [f"g{i}" for i in range(30)],
+                FeaturesConfig(n_components=2500, scale=True), seed=0)
+    assert m.n_components == 30
+    assert "more than the data allow" in caplog.text
+    sd = d.std(axis=0)
+    ref = PCA(5).fit((d - d.mean(0)) / sd)
+    assert np.allclose(np.abs(m.transform(d)[:, :3]),
+                       np.abs(ref.transform((d - d.mean(0)) / sd)[:, :3]), atol=1e-3)
+
+
+def test_balanced_subsample_and_save_load(tmp_path):
+    d, y = _data()
+    m = fit_pca(sp.csr_matrix(d), y, [f"g{i}" for i in range(d.shape[1])],
+                FeaturesConfig(n_components=8, max_cells_per_class=20), seed=0)
+    assert m.n_components == 8
+    m.save(tmp_path)
+    m2 = PCAModel.load(tmp_path)
+    assert np.array_equal(m.transform(d), m2.transform(d))
+    (tmp_path / "genes.json").write_text('["a"]')
+    with pytest.raises(ModelFileError):
+        PCAModel.load(tmp_path)
