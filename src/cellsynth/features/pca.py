@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
@@ -101,11 +102,17 @@ def _mean_var(x) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _exact(x, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = x.shape[0]
-    gram = x.T @ x
-    gram = gram.toarray() if sp.issparse(gram) else np.asarray(gram)
+    n, g = x.shape
+    gram = np.zeros((g, g))
+    for start in range(0, n, 4096):  # dense BLAS on one block of rows at a time
+        block = x[start : start + 4096]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        gram += block.T @ block
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
+    if k < g // 2:  # only the top k eigenpairs
+        evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[g - k, g - 1], driver="evr")
+    else:
+        evals, evecs = scipy.linalg.eigh(cov, driver="evd")
     order = np.argsort(evals)[::-1][:k]
     return evecs[:, order].T, np.maximum(evals[order], 0)
 

@@ -1,0 +1,444 @@
+"""Simulated labelled atlases of raw counts: the embedded demo dataset and the scale test.
+
+Genes: ``n_mito`` mitochondrial (``MT-ND1``, ...) then ``GENE00001``, ..., with a wide log-normal
+base expression and per-gene negative-binomial dispersion. Types fall into coarse groups
+(``group_A``, ...) that share markers and gene-program activity; each type adds 20-50 markers of
+its own, so siblings are the hard pairs. Type sizes span orders of magnitude; libraries are
+log-normal; a few % of counts are mitochondrial; some cells are doublets or low quality.
+
+Counts are gamma-Poisson, drawn without touching the zeros: NB(m, theta) is compound Poisson
+(``Poisson(theta * log1p(m / theta))`` events, each a log-series count), so events are drawn for a
+batch of cells at its highest rate and thinned to each cell's rate: the work scales with the
+nonzeros. Each block of ``_BLOCK`` cells has its own :class:`numpy.random.SeedSequence` child, so
+:func:`write_atlas` writes exactly :func:`simulate_atlas`'s data, whatever the chunk size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import write_elem
+from tqdm.auto import tqdm
+
+from .._keys import MITO, N_GENES
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: E-ANND-5's size: ``write_atlas(path, *ATLAS_SCALE)`` writes an atlas of the real one's shape
+ATLAS_SCALE = (828_328, 33_538, 126)
+DOUBLET_KEY = "predicted_doublets"
+LOW_Q_LABEL = "LOW_Q_HIGH_MITO"
+DOUBLET_LABEL = "DOUBLET_MIXED"
+
+_BLOCK = 10_000  # cells per random stream: the output does not depend on the chunk size
+_BATCH = 256  # cells per thinning batch, sorted by library size so that few events are rejected
+_LIB_STEP = 0.2  # a batch spans libraries within a factor exp(_LIB_STEP)
+_N_PROGRAMS = 6  # shared gene programs
+_MITO = "ND1 ND2 CO1 CO2 ATP8 ATP6 CO3 ND3 ND4L ND4 ND5 ND6 CYB".split()
+
+
+@dataclass(frozen=True)
+class _Model:
+    q: np.ndarray  # (n_types, n_nuclear) share of a cell's nuclear counts per gene
+    theta: np.ndarray  # (n_nuclear,) NB inverse dispersion
+    program_genes: np.ndarray  # (n_program_genes,) genes in any program
+    programs: np.ndarray  # (n_programs, n_program_genes) non-negative module loadings
+    program_pos: np.ndarray  # (n_nuclear,) column of each gene in ``programs``, -1 if none
+    mito_weights: np.ndarray  # (n_mito,) share of the mito counts per mito gene
+    proportions: np.ndarray  # (n_types,) expected share of cells per type
+    groups: np.ndarray  # (n_types,) coarse group per type
+    type_size: np.ndarray  # (n_types,) library-size factor per type
+    library_size: float  # median nuclear counts per cell
+
+
+@dataclass(frozen=True)
+class _Plan:
+    type1: np.ndarray  # (n_cells,) type of each cell (of its first part for doublets)
+    type2: np.ndarray  # (n_cells,) type of a doublet's second part, -1 for singlets
+    lib1: np.ndarray  # (n_cells,) expected nuclear counts of the first part
+    lib2: np.ndarray  # (n_cells,) ... of the second part, 0 for singlets
+    mito: np.ndarray  # (n_cells,) expected mitochondrial fraction
+    labels: pd.Categorical  # (n_cells,) annotation, uninformative labels included
+    doublet: np.ndarray  # (n_cells,) bool, the predicted_doublets flag
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _group_name(i: int) -> str:
+    return f"group_{chr(65 + i) if i < 26 else i + 1}"
+
+
+def _type_names(n_types: int) -> list[str]:
+    width = max(2, len(str(n_types - 1)))
+    return [f"type_{t:0{width}d}" for t in range(n_types)]
+
+
+def _default_library_size(n_genes: int) -> float:
+    """Median nuclear counts per cell: ~10% nonzeros at 2,000 genes, ~1,200 genes detected at 33k."""
+    return float(600.0 * (n_genes / 2000) ** 0.43)
+
+
+def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int, library_size: float) -> _Model:
+    rng = _rng(seed, 0)
+    n_nuc = n_genes - n_mito
+    base = rng.normal(0.0, 2.0, n_nuc)
+    theta = np.exp(rng.normal(0.0, 0.7, n_nuc) + 0.2 * base).clip(0.05, 100.0)
+    n_groups = int(np.clip(round(n_types**0.66), 1, n_types))
+    groups = np.concatenate([np.arange(n_groups), rng.integers(n_groups, size=n_types - n_groups)])
+    rng.shuffle(groups)
+    # markers among the genes expressed enough to be seen
+    visible = np.flatnonzero(base > np.quantile(base, 0.5))
+    k = int(np.clip(n_nuc // 40, 3, 50))
+    lfc = np.zeros((n_types, n_nuc))
+    for g in range(n_groups):
+        genes = rng.choice(visible, size=min(k, len(visible)), replace=False)
+        lfc[np.ix_(groups == g, genes)] += rng.normal(2.0, 0.5, len(genes))
+    for t in range(n_types):
+        n_up = min(int(rng.integers(max(k // 2, 1), k + 1)), len(visible))
+        genes = rng.choice(visible, size=min(n_up + n_up // 4, len(visible)), replace=False)
+        up = rng.normal(2.5, 0.5, len(genes))
+        up[n_up:] = -rng.normal(1.5, 0.4, len(genes) - n_up)  # some markers go down
+        lfc[t, genes] += rng.uniform(0.5, 1.2) * up  # weak markers make hard sibling pairs
+    size = int(np.clip(n_nuc // 40, 5, 150))
+    programs = np.zeros((_N_PROGRAMS, n_nuc))
+    for p in range(_N_PROGRAMS):
+        programs[p, rng.choice(n_nuc, size=min(size, n_nuc), replace=False)] = rng.uniform(0.5, 1.0)
+    activity = rng.normal(0.0, 1.0, (n_groups, _N_PROGRAMS))[groups]
+    activity += rng.normal(0.0, 0.35, (n_types, _N_PROGRAMS))
+    log_w = base + lfc + activity @ programs  # (n_types, n_nuclear)
+    log_q = log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True)
+    share = np.exp(rng.normal(0.0, 1.3, n_types))
+    program_genes = np.flatnonzero(programs.any(axis=0))
+    program_pos = np.full(n_nuc, -1, dtype=np.int32)
+    program_pos[program_genes] = np.arange(len(program_genes))
+    mito_weights = rng.dirichlet(np.full(n_mito, 4.0)) if n_mito else np.zeros(0)
+    type_size = np.exp(rng.normal(0.0, 0.25, n_types))
+    return _Model(np.exp(log_q), theta, program_genes, programs[:, program_genes], program_pos,
+                  mito_weights, share / share.sum(), groups, type_size, library_size)  # fmt: skip
+
+
+def _allocate(n: int, p: np.ndarray, floor: int) -> np.ndarray:
+    """``floor`` cells per type, the rest shared by ``p`` (largest remainders)."""
+    extra = (n - floor * len(p)) * p
+    counts = np.floor(extra).astype(np.int64)
+    counts[np.argsort(counts - extra)[: n - floor * len(p) - counts.sum()]] += 1
+    return counts + floor
+
+
+def _make_plan(
+    model: _Model, n_cells: int, seed: int, doublet_rate: float, uninformative_rate: float
+) -> _Plan:
+    rng = _rng(seed, 1)
+    n_types = len(model.proportions)
+    n_doublet = round(doublet_rate * n_cells) if n_types > 1 else 0
+    n_uninf = round(uninformative_rate * n_cells)
+    n_mixed = n_uninf // 3 if n_types > 1 else 0
+    n_plain = n_cells - n_doublet - n_uninf
+    counts = _allocate(n_plain, model.proportions, min(15, n_plain // n_types))
+    extra = rng.choice(n_types, n_cells - n_plain, p=model.proportions)
+    type1 = np.concatenate([np.repeat(np.arange(n_types), counts), extra])
+    # 0 plain, 1 flagged doublet, 2 DOUBLET_MIXED, 3 LOW_Q
+    kind = np.repeat([0, 1, 2, 3], [n_plain, n_doublet, n_mixed, n_uninf - n_mixed])
+    order = rng.permutation(n_cells)
+    type1, kind = type1[order].astype(np.int32), kind[order]
+    two = (kind == 1) | (kind == 2)
+    type2 = np.full(n_cells, -1, dtype=np.int32)
+    other = rng.choice(n_types, int(two.sum()), p=model.proportions)
+    while (clash := other == type1[two]).any():
+        other[clash] = rng.choice(n_types, int(clash.sum()), p=model.proportions)
+    type2[two] = other
+    lib = np.exp(rng.normal(np.log(model.library_size), 0.45, (2, n_cells)))
+    lib1 = lib[0] * model.type_size[type1]
+    lib2 = np.where(two, lib[1] * model.type_size[type2], 0.0)
+    mito = np.exp(rng.normal(np.log(0.035), 0.45, n_cells)).clip(0.003, 0.15)
+    low_q = kind == 3
+    lib1[low_q] *= 0.35
+    mito[low_q] = rng.uniform(0.2, 0.6, int(low_q.sum()))
+    names = _type_names(n_types)
+    codes = type1.copy()
+    codes[kind == 2] = n_types
+    codes[low_q] = n_types + 1
+    labels = pd.Categorical.from_codes(codes, categories=[*names, DOUBLET_LABEL, LOW_Q_LABEL])
+    labels = labels.remove_unused_categories()
+    return _Plan(type1, type2, lib1, lib2, mito, labels, kind == 1)
+
+
+def _poisson_events(rng: np.random.Generator, rate: np.ndarray) -> np.ndarray:
+    """The bin of each event of independent Poisson(``rate``) counts, sorted.
+
+    Few events: their total, then sorted uniforms (exponential spacings) on the cumulative rate.
+    """
+    cum = np.cumsum(rate)
+    if cum[-1] >= len(rate):
+        return np.repeat(np.arange(len(rate), dtype=np.int32), rng.poisson(rate))
+    n = rng.poisson(cum[-1])
+    pos = np.cumsum(rng.exponential(size=n + 1))
+    gene = np.searchsorted(cum, pos[:-1] * (cum[-1] / pos[-1]), side="right")
+    return gene.clip(max=len(rate) - 1).astype(np.int32)
+
+
+def _nb_events(
+    rng: np.random.Generator, model: _Model, t: int, libs: np.ndarray, jitter: np.ndarray
+) -> sp.csr_matrix:
+    """NB counts of up to ``_BATCH`` cells of type ``t``: canonical CSR (cells x nuclear genes).
+
+    Events come at the batch's highest rate per gene (largest library and program jitter, the
+    loadings being non-negative), each kept with probability rate / highest rate.
+    """
+    theta, n_nuc = model.theta, len(model.theta)
+    shift = np.exp(jitter @ model.programs)  # (n_cells, n_program_genes)
+    m_max = libs.max() * model.q[t]  # (n_nuc,)
+    m_max[model.program_genes] *= shift.max(axis=0)
+    rate_max = theta * np.log1p(m_max / theta)
+    gene = _poisson_events(rng, rate_max * len(libs))
+    cell = rng.integers(len(libs), size=len(gene), dtype=np.int32)
+    m = libs[cell] * model.q[t, gene]
+    pos = model.program_pos[gene]
+    in_program = np.flatnonzero(pos >= 0)
+    m[in_program] *= shift[cell[in_program], pos[in_program]]
+    th = theta[gene]
+    keep = rng.random(len(gene)) * rate_max[gene] < th * np.log1p(m / th)
+    m, th = m[keep], th[keep]
+    count = rng.logseries(m / (m + th)).astype(np.float32)
+    x = sp.csr_matrix((count, (cell[keep], gene[keep])), shape=(len(libs), n_nuc))
+    return x  # canonical: events come sorted by gene and coo -> csr sorts stably by cell
+
+
+def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.csr_matrix:
+    """Counts of cells ``start:stop`` (inside one ``_BLOCK``), canonical CSR float32."""
+    rng = _rng(seed, 2, start // _BLOCK)
+    n, n_mito = stop - start, len(model.mito_weights)
+    t1, t2 = plan.type1[start:stop], plan.type2[start:stop]
+    two = np.flatnonzero(t2 >= 0)
+    # components: the n cells, then the second parts of the doublets
+    types = np.concatenate([t1, t2[two]])
+    libs = np.concatenate([plan.lib1[start:stop], plan.lib2[start:stop][two]])
+    jitter = rng.normal(0.0, 0.35, (len(types), _N_PROGRAMS))  # per-cell program activity
+    level = np.floor(np.log(libs) / _LIB_STEP)
+    order = np.lexsort((libs, level, types))
+    parts = []
+    cut = (np.diff(types[order]) != 0) | (np.diff(level[order]) != 0)
+    for run in np.split(order, np.flatnonzero(cut) + 1):
+        for i in range(0, len(run), _BATCH):
+            idx = run[i : i + _BATCH]
+            parts.append(_nb_events(rng, model, int(types[idx[0]]), libs[idx], jitter[idx]))
+    comp = sp.vstack(parts, format="csr")[np.argsort(order)]  # back to component order
+    nuc, second = comp[:n], comp[n:]
+    if len(two):  # add each doublet's second part to its row
+        lengths = np.zeros(n, dtype=np.int64)
+        lengths[two] = np.diff(second.indptr)
+        indptr = np.r_[0, np.cumsum(lengths)]
+        nuc = nuc + sp.csr_matrix((second.data, second.indices, indptr), shape=nuc.shape)
+    blocks = [nuc]
+    if n_mito:
+        total = plan.lib1[start:stop] + plan.lib2[start:stop]
+        frac = plan.mito[start:stop]
+        mean = (total * frac / (1 - frac))[:, None] * model.mito_weights  # (n, n_mito)
+        mito = rng.poisson(rng.gamma(20.0, mean / 20.0)).astype(np.float32)
+        blocks.insert(0, sp.csr_matrix(mito))
+    return sp.hstack(blocks, format="csr")
+
+
+def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
+    """The count matrix in row chunks of ``chunk_size`` cells (the last may be shorter)."""
+    n_cells = len(plan.type1)
+    parts: list[sp.csr_matrix] = []
+    held = 0
+    for start in range(0, n_cells, _BLOCK):
+        stop = min(start + _BLOCK, n_cells)
+        parts.append(_block(model, plan, start, stop, seed))
+        held += stop - start
+        if held >= chunk_size:
+            buf = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+            while buf.shape[0] >= chunk_size:
+                yield buf[:chunk_size]
+                buf = buf[chunk_size:]
+            parts, held = [buf], buf.shape[0]
+    if held:
+        yield parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+
+def _setup(
+    n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
+    doublet_rate: float, uninformative_rate: float, library_size: float | None,
+) -> tuple[_Model, _Plan]:  # fmt: skip
+    if min(n_cells, n_types) < 1 or n_mito < 0 or n_genes - n_mito < 10:
+        raise ConfigError(f"need n_cells, n_types >= 1 and 0 <= n_mito <= n_genes - 10; got "
+                          f"{n_cells}, {n_types}, {n_mito}, {n_genes}")  # fmt: skip
+    if not (0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5):
+        raise ConfigError(f"doublet_rate ({doublet_rate}) and uninformative_rate "
+                          f"({uninformative_rate}) must lie in [0, 0.5)")  # fmt: skip
+    if library_size is not None and library_size <= 0:
+        raise ConfigError(f"library_size must be positive or None (automatic), got {library_size}")
+    lib = _default_library_size(n_genes) if library_size is None else float(library_size)
+    model = _make_model(n_genes, n_types, n_mito, seed, lib)
+    return model, _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate)
+
+
+def _annotations(
+    model: _Model, plan: _Plan, label_key: str, seed: int, qc: tuple[np.ndarray, ...] | None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``obs``, ``var`` and ``uns``; ``qc`` holds the mito fraction and genes detected, or None."""
+    n_cells, n_mito, n_types = len(plan.type1), len(model.mito_weights), len(model.proportions)
+    n_genes = n_mito + model.q.shape[1]
+    cells = pd.Index([f"cell_{i:0{len(str(n_cells - 1))}d}" for i in range(n_cells)])
+    obs = pd.DataFrame({label_key: plan.labels, DOUBLET_KEY: plan.doublet}, index=cells)
+    if qc is not None:
+        obs[MITO], obs[N_GENES] = qc
+    mito = [f"MT-{_MITO[i]}" if i < len(_MITO) else f"MT-EXTRA{i + 1}" for i in range(n_mito)]
+    genes = pd.Index(mito + [f"GENE{i:05d}" for i in range(1, n_genes - n_mito + 1)])
+    var = pd.DataFrame({"gene_ids": [f"ENSSIMG{i:011d}" for i in range(1, n_genes + 1)]}, genes)
+    source = f"cellsynth.data.simulate: {n_cells} x {n_genes}, {n_types} types, seed {seed}"
+    groups = dict(zip(_type_names(n_types), map(_group_name, model.groups.tolist()), strict=True))
+    return obs, var, {"label_key": label_key, "source": source, "celltype_groups": groups}
+
+
+def _qc(x: sp.csr_matrix, n_mito: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mitochondrial fraction and genes detected per cell (the ``MT-`` genes come first)."""
+    total = x.sum(axis=1).A1
+    mito = x[:, :n_mito].sum(axis=1).A1
+    frac = np.divide(mito, total, out=np.zeros_like(total), where=total > 0).astype(np.float32)
+    return frac, np.diff(x.indptr).astype(np.int32)
+
+
+def simulate_atlas(
+    n_cells: int = 3000, n_genes: int = 2000, n_types: int = 8, *, seed: int = 0,
+    label_key: str = "cell_type", doublet_rate: float = 0.02, uninformative_rate: float = 0.01,
+    n_mito: int = 13, qc_columns: bool = False, library_size: float | None = None,
+) -> ad.AnnData:  # fmt: skip
+    """Simulate a labelled atlas of raw counts in memory.
+
+    Parameters
+    ----------
+    n_cells, n_genes, n_types
+        Cells, genes (mitochondrial included) and informative fine cell types.
+    seed
+        The one seed; the same arguments give the same atlas.
+    label_key
+        ``obs`` column of the annotation (``uns["label_key"]`` names it too).
+    doublet_rate
+        Share of cells that are doublets of two types, flagged in ``obs["predicted_doublets"]``.
+    uninformative_rate
+        Share of cells labelled ``LOW_Q_HIGH_MITO`` or ``DOUBLET_MIXED``.
+    n_mito
+        Mitochondrial genes (``MT-`` names), the first columns.
+    qc_columns
+        Add ``obs["mito"]`` (mitochondrial fraction) and ``obs["n_genes"]`` like E-ANND-5.
+    library_size
+        Median nuclear counts per cell; ``None`` scales it with ``n_genes``.
+
+    Returns
+    -------
+    AnnData with whole counts in ``X`` (CSR float32), the annotation and doublet flag in ``obs``,
+    ``gene_ids`` in ``var``, and ``label_key``, ``source``, ``celltype_groups`` (fine to coarse)
+    in ``uns``.
+    """
+    model, plan = _setup(
+        n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate, library_size
+    )
+    parts = list(_chunks(model, plan, seed, _BLOCK))
+    x = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+    obs, var, uns = _annotations(model, plan, label_key, seed, _qc(x, n_mito) if qc_columns else None)
+    return ad.AnnData(X=x, obs=obs, var=var, uns=uns)
+
+
+def _write_x(
+    f: h5py.File, model: _Model, plan: _Plan, seed: int, chunk_size: int, progress: bool,
+    compression: str | None, qc: tuple[np.ndarray, np.ndarray] | None,
+) -> int:  # fmt: skip
+    """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""
+    n_cells, n_mito = len(plan.type1), len(model.mito_weights)
+    f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    g = f.create_group("X")
+    shape = np.array([n_cells, n_mito + model.q.shape[1]], dtype=np.int64)
+    g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": shape})
+    opts = {"shape": (0,), "maxshape": (None,), "chunks": (1 << 18,), "compression": compression}
+    data = g.create_dataset("data", dtype=np.float32, **opts)
+    indices = g.create_dataset("indices", dtype=np.int32, **opts)
+    indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
+    indptr[0] = nnz = row = 0
+    n_chunks = -(-n_cells // chunk_size)
+    for x in tqdm(_chunks(model, plan, seed, chunk_size), total=n_chunks, disable=not progress):
+        stop = row + x.shape[0]
+        data.resize((nnz + x.nnz,))
+        indices.resize((nnz + x.nnz,))
+        data[nnz:] = x.data
+        indices[nnz:] = x.indices
+        indptr[row + 1 : stop + 1] = nnz + x.indptr[1:].astype(np.int64)
+        if qc is not None:
+            qc[0][row:stop], qc[1][row:stop] = _qc(x, n_mito)
+        logger.debug("wrote cells %d:%d (%d nonzeros so far)", row, stop, nnz + x.nnz)
+        nnz, row = nnz + x.nnz, stop
+    return nnz
+
+
+def write_atlas(
+    path: str | Path, n_cells: int, n_genes: int, n_types: int, *, seed: int = 0,
+    label_key: str = "celltype_annotation", chunk_size: int = 50_000, progress: bool = True,
+    doublet_rate: float = 0.02, uninformative_rate: float = 0.01, n_mito: int = 13,
+    qc_columns: bool = False, library_size: float | None = None,
+    compression: Literal["gzip", "lzf"] | None = None,
+) -> Path:  # fmt: skip
+    """Simulate an atlas straight into an ``.h5ad`` file, ``chunk_size`` cells at a time.
+
+    The data equal :func:`simulate_atlas`'s for the same arguments, whatever ``chunk_size``;
+    memory stays bounded by one chunk (plus ``obs``). The file is written beside ``path`` and
+    renamed when complete, and reads with ``anndata.read_h5ad`` (also ``backed="r"``).
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file to write (replaced if present).
+    n_cells, n_genes, n_types, seed, label_key, doublet_rate, uninformative_rate, n_mito, \
+    qc_columns, library_size
+        As in :func:`simulate_atlas` (``ATLAS_SCALE`` gives E-ANND-5's shape).
+    chunk_size
+        Cells generated and appended per step.
+    progress
+        Show a progress bar over the chunks.
+    compression
+        HDF5 compression of ``X`` (``None``: faster, larger files).
+
+    Returns
+    -------
+    The path written.
+    """
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
+    path = Path(path)
+    started = time.perf_counter()
+    model, plan = _setup(
+        n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate, library_size
+    )
+    logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
+    part = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    qc = (np.zeros(n_cells, np.float32), np.zeros(n_cells, np.int32)) if qc_columns else None
+    try:
+        with h5py.File(part, "w") as f:
+            nnz = _write_x(f, model, plan, seed, chunk_size, progress, compression, qc)
+            obs, var, uns = _annotations(model, plan, label_key, seed, qc)
+            for key, elem in {"obs": obs, "var": var, "uns": uns}.items():
+                write_elem(f, key, elem)
+            for key in ("obsm", "varm", "obsp", "varp", "layers"):
+                write_elem(f, key, {})
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
+    elapsed = time.perf_counter() - started
+    logger.info("wrote %s: %d nonzeros (%.0f a cell) in %.1f s", path, nnz, nnz / n_cells, elapsed)
+    return path

@@ -1,0 +1,249 @@
+"""SHAP explanations of the classifier for one cell type, in PC space and carried back to genes.
+
+SHAP values come from XGBoost's exact TreeSHAP (``pred_contribs=True``); they are in margin
+(log-odds) units of the explained class and, with the bias, sum to that class's raw margin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import xgboost as xgb
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..classify.xgb import Classifier
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: floats held at once for one batch of contributions (n_batch x n_classes x n_features+1)
+_BATCH_FLOATS = 2**25
+
+
+@dataclass
+class ShapResult:
+    """SHAP importances of one cell type.
+
+    Attributes
+    ----------
+    cell_type
+        The explained class.
+    pc_importance
+        Columns ``component`` (``"PC1"``...), ``mean_abs_shap``, ``mean_shap``; sorted by
+        ``mean_abs_shap``, largest first.
+    gene_importance
+        Columns ``gene``, ``score`` (signed), ``abs_score`` (``|score|``) and ``magnitude``;
+        the ``n_top`` genes with the largest ``abs_score``, largest first. See
+        :func:`explain_type` for the definitions.
+    n_cells
+        Cells the SHAP values were averaged over.
+    """
+
+    cell_type: str
+    pc_importance: pd.DataFrame
+    gene_importance: pd.DataFrame
+    n_cells: int
+
+
+def _class_index(classifier: Classifier, cell_type: str) -> int:
+    if cell_type not in classifier.labels:
+        known = ", ".join(classifier.labels)
+        raise DataError(
+            f"cell type {cell_type!r} is not one the classifier knows; known types: {known}"
+        )
+    return classifier.labels.index(cell_type)
+
+
+def shap_contributions(classifier: Classifier, X: Any, cell_type: str) -> np.ndarray:
+    """TreeSHAP contributions of each feature to ``cell_type``'s margin.
+
+    Parameters
+    ----------
+    classifier
+        The trained classifier; rounds up to its best iteration are used.
+    X
+        Cells (rows) in the classifier's feature space, dense or scipy.sparse.
+    cell_type
+        A label of ``classifier``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n_cells, n_features + 1)``, float32; the last column is the bias. Each row sums
+        to the class's raw margin (``output_margin=True``).
+    """
+    k = _class_index(classifier, cell_type)
+    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    n_classes = len(classifier.labels)
+    n_features = X.shape[1]
+    batch = max(1, _BATCH_FLOATS // (n_classes * (n_features + 1)))
+    iteration_range = (0, classifier.best_iteration + 1)
+    out = np.empty((X.shape[0], n_features + 1), dtype=np.float32)
+    for start in range(0, X.shape[0], batch):
+        stop = min(start + batch, X.shape[0])
+        contribs = classifier.booster.predict(
+            xgb.DMatrix(X[start:stop]), pred_contribs=True, iteration_range=iteration_range
+        )
+        contribs = contribs.reshape(stop - start, n_classes, n_features + 1)  # (b, k, f+1)
+        out[start:stop] = contribs[:, k, :]
+    return out
+
+
+def explain_type(
+    classifier: Classifier,
+    X: Any,
+    cell_type: str,
+    components: np.ndarray,
+    gene_names: list[str],
+    *,
+    n_top: int = 20,
+    max_cells: int = 2000,
+    seed: int = 0,
+) -> ShapResult:
+    """Which PCs, and through their loadings which genes, drive the prediction of ``cell_type``.
+
+    Parameters
+    ----------
+    classifier
+        Trained on PCA features.
+    X
+        The cells to explain in PCA space, typically the test cells of ``cell_type``.
+    cell_type
+        The class to explain; :class:`DataError` names the known types when it is unknown.
+    components
+        PCA loadings, shape ``(n_components, n_genes)``; row ``k`` is PC ``k + 1``.
+    gene_names
+        Names of the ``n_genes`` columns of ``components``.
+    n_top
+        Genes to keep in ``gene_importance``.
+    max_cells
+        At most this many cells of ``X`` are explained (a seeded random subsample).
+    seed
+        Seeds that subsample.
+
+    Returns
+    -------
+    ShapResult
+
+    Notes
+    -----
+    The gene scores are a linear approximation. SHAP values are additive over the PCs and each
+    PC is a linear combination of genes, so the PC contributions are carried back through the
+    loadings ``W = components``:
+
+    - ``score_g = sum_k mean_shap_k * W[k, g]``: signed; positive genes push cells towards
+      ``cell_type``. Genes are ranked by ``abs_score = |score_g|``.
+    - ``magnitude_g = sum_k mean_abs_shap_k * |W[k, g]|``: an upper bound on the gene's mean
+      absolute contribution, immune to cancellation between cells and PCs.
+
+    Both ignore interactions within the trees and the non-linear effect of a gene on PCs it
+    shares; they say which genes the PCs that matter are made of, not a gene-level SHAP.
+    """
+    k = _class_index(classifier, cell_type)
+    components = np.asarray(components, dtype=np.float64)
+    n_features = classifier.booster.num_features()
+    if components.ndim != 2 or components.shape[0] != n_features:
+        raise DataError(
+            f"components must have shape (n_components, n_genes) with n_components = "
+            f"{n_features} (the classifier's features), got {components.shape}"
+        )
+    if components.shape[1] != len(gene_names):
+        raise DataError(
+            f"components has {components.shape[1]} gene columns but {len(gene_names)} gene names given"
+        )
+    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    n = X.shape[0]
+    if X.ndim != 2 or n == 0:
+        raise DataError(f"no cells of type {cell_type!r} to explain")
+    if X.shape[1] != n_features:
+        raise DataError(f"X has {X.shape[1]} features but the classifier expects {n_features}")
+    if n > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_cells, replace=False))
+        X = X[rows]
+    shap = shap_contributions(classifier, X, classifier.labels[k])[:, :-1]  # (n, f), no bias
+    mean_shap = shap.mean(axis=0, dtype=np.float64)
+    mean_abs = np.abs(shap).mean(axis=0, dtype=np.float64)
+
+    pcs = pd.DataFrame(
+        {
+            "component": [f"PC{i + 1}" for i in range(n_features)],
+            "mean_abs_shap": mean_abs,
+            "mean_shap": mean_shap,
+        }
+    )
+    pcs = pcs.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
+
+    score = mean_shap @ components  # (n_genes,)
+    magnitude = mean_abs @ np.abs(components)
+    genes = pd.DataFrame(
+        {
+            "gene": list(map(str, gene_names)),
+            "score": score,
+            "abs_score": np.abs(score),
+            "magnitude": magnitude,
+        }
+    )
+    genes = genes.sort_values("abs_score", ascending=False, kind="stable").head(n_top)
+    genes = genes.reset_index(drop=True)
+    logger.info(
+        "SHAP for %s on %d cells: top PC %s, top gene %s",
+        cell_type,
+        X.shape[0],
+        pcs["component"].iloc[0],
+        genes["gene"].iloc[0] if len(genes) else "none",
+    )
+    return ShapResult(cell_type, pcs, genes, int(X.shape[0]))
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "type"
+
+
+def plot_shap(result: ShapResult, path: Path) -> None:
+    """Save a PNG with two horizontal bar charts: the top 20 PCs and the top genes."""
+    pcs = result.pc_importance.head(20).iloc[::-1]
+    genes = result.gene_importance.iloc[::-1]
+    height = max(4.0, 0.25 * max(len(pcs), len(genes)) + 1.5)
+    fig = Figure(figsize=(12, height))
+    FigureCanvasAgg(fig)
+    ax_pc, ax_gene = fig.subplots(1, 2)
+    ax_pc.barh(pcs["component"], pcs["mean_abs_shap"], color="tab:blue")
+    ax_pc.set_xlabel("mean |SHAP| (margin units)")
+    ax_pc.set_title(f"PCs driving {result.cell_type}")
+    colors = np.where(genes["score"] >= 0, "tab:red", "tab:blue")
+    ax_gene.barh(genes["gene"], genes["score"], color=colors)
+    ax_gene.axvline(0, color="black", linewidth=0.8)
+    ax_gene.set_xlabel("score (SHAP carried through loadings)")
+    ax_gene.set_title(f"genes (n = {result.n_cells} cells)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def write_shap(result: ShapResult, directory: Path) -> None:
+    """Write ``shap_pcs.csv``, ``shap_genes.csv``, ``shap_<type>.png`` and ``shap.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    result.pc_importance.to_csv(directory / "shap_pcs.csv", index=False)
+    result.gene_importance.to_csv(directory / "shap_genes.csv", index=False)
+    plot_name = f"shap_{_safe_name(result.cell_type)}.png"
+    plot_shap(result, directory / plot_name)
+    summary = {
+        "cell_type": result.cell_type,
+        "n_cells": result.n_cells,
+        "plot": plot_name,
+        "top_pcs": result.pc_importance.head(20).to_dict(orient="records"),
+        "top_genes": result.gene_importance.to_dict(orient="records"),
+    }
+    (directory / "shap.json").write_text(json.dumps(summary, indent=1))
+    logger.info("wrote SHAP results for %s to %s", result.cell_type, directory)

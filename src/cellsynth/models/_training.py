@@ -1,0 +1,293 @@
+"""Helpers shared by the generators: device, seeding, sampling, KL warm-up, early stopping, files.
+
+Nothing here knows about a particular model; a count-space VAE can reuse every function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import BatchSampler, WeightedRandomSampler
+
+from ..errors import ConfigError, DataError, ModelFileError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The :class:`torch.device` for a config value: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda[:i]"``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} asked for, but CUDA is not available; use 'auto' or 'cpu'"
+            )
+        return torch.device(device)
+    raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global generators (CPU and CUDA) and return a CPU generator seeded alike.
+
+    The global seed makes weight initialisation and dropout reproducible; the returned
+    generator is for explicit draws (mini-batch sampling, prior samples).
+    """
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def balanced_batches(
+    codes: np.ndarray, batch_size: int, generator: torch.Generator, n_samples: int | None = None
+) -> BatchSampler:
+    """Mini-batches of row indices drawn with class-balanced weights (``1 / count`` of the class).
+
+    Parameters
+    ----------
+    codes
+        Integer class code of each training row, shape ``(n,)``.
+    batch_size
+        Rows per mini-batch (the last one may be smaller).
+    generator
+        Seeded CPU generator; iterating the sampler again draws a fresh epoch from it.
+    n_samples
+        Rows drawn per epoch (with replacement); defaults to ``len(codes)``.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    counts = np.bincount(codes)
+    weights = 1.0 / counts[codes]  # (n,)
+    sampler = WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double),
+        num_samples=int(n_samples or len(codes)),
+        replacement=True,
+        generator=generator,
+    )
+    return BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+
+
+def iter_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)`` in chunks of ``batch_size`` (for evaluation)."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    """Mini-batches per epoch when the last, smaller batch is kept."""
+    return max(1, math.ceil(n_samples / batch_size))
+
+
+def kl_weight(epoch: int, kl_start: float = 0.1, n_epochs_kl_warmup: int = 10) -> float:
+    """Linear KL warm-up: ``kl_start`` at epoch 0, rising to 1 at ``n_epochs_kl_warmup`` and after.
+
+    Parameters
+    ----------
+    epoch
+        Zero-based epoch index.
+    kl_start
+        Weight during the first epoch.
+    n_epochs_kl_warmup
+        Epochs over which the weight rises; 0 means no warm-up (always 1).
+    """
+    if n_epochs_kl_warmup <= 0:
+        return 1.0
+    frac = min(1.0, max(0.0, epoch / n_epochs_kl_warmup))
+    return float(kl_start + (1.0 - kl_start) * frac)
+
+
+class EarlyStopping:
+    """Stop when the monitored loss has not improved for ``patience`` epochs; keep the best weights.
+
+    Parameters
+    ----------
+    patience
+        Epochs without improvement tolerated before :meth:`step` returns True.
+    min_delta
+        Smallest decrease that counts as an improvement.
+
+    Notes
+    -----
+    The best weights are a CPU copy of the module's ``state_dict`` held in memory; a
+    non-finite loss never counts as an improvement.
+    """
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.wait = 0
+
+    def step(self, loss: float, epoch: int, module: torch.nn.Module) -> bool:
+        """Record the loss of ``epoch``; return True when training should stop."""
+        if math.isfinite(loss) and loss < self.best_loss - self.min_delta:
+            self.best_loss = float(loss)
+            self.best_epoch = int(epoch)
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
+            }
+            self.wait = 0
+            return False
+        self.wait += 1
+        return self.wait >= max(self.patience, 1)
+
+    def restore(self, module: torch.nn.Module) -> bool:
+        """Load the best weights into ``module``; return False when none were recorded."""
+        if self.best_state is None:
+            return False
+        module.load_state_dict(self.best_state)
+        return True
+
+
+def package_version() -> str:
+    """The installed cellsynth version, written into every saved model."""
+    try:
+        return metadata.version("cellsynth")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# data, labels and requested counts
+
+
+def dense_features(X: np.ndarray, n_input: int, name: str) -> torch.Tensor:
+    """``X`` as a float32 CPU tensor of shape ``(n, n_input)``; :class:`DataError` if not finite."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != n_input:
+        raise DataError(f"{name} must have shape (n_cells, {n_input}), got {X.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        raise DataError(f"{name} holds NaN or infinite values; impute or drop those cells first")
+    return torch.from_numpy(X)
+
+
+def check_labels(labels: Sequence[Any]) -> list[str]:
+    """The class names as a list of unique strings; raise :class:`DataError` otherwise."""
+    labels = [str(label) for label in labels]
+    if not labels:
+        raise DataError("a generator needs at least one cell type label")
+    if len(set(labels)) != len(labels):
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        raise DataError(f"cell type labels must be unique; repeated: {dupes}")
+    return labels
+
+
+def encode_labels(
+    y: Any, labels: list[str], name: str, n: int, *, drop_unknown: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (positions in ``labels``) of the known entries of ``y``, and the mask kept.
+
+    Unknown labels raise :class:`DataError`, or are dropped with a warning when ``drop_unknown``.
+    """
+    y = np.asarray(y, dtype=object).astype(str)
+    if y.shape != (n,):
+        raise DataError(f"{name} must hold one label per cell ({n}), got shape {y.shape}")
+    known = np.isin(y, labels)
+    if not known.all():
+        unknown = sorted(set(y[~known]))[:10]
+        if not drop_unknown:
+            raise DataError(
+                f"{name} has labels the model does not know: {unknown}; known: {labels}"
+            )
+        logger.warning("dropping %d %s cells with unknown labels %s", (~known).sum(), name, unknown)
+    index = {label: i for i, label in enumerate(labels)}
+    codes = np.array([index[v] for v in y[known]], dtype=np.int64)  # (n_known,)
+    return codes, known
+
+
+def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> None:
+    """Raise :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
+    if not counts_per_type:
+        raise DataError(f"no cells requested; ask for cells of some of {labels}")
+    for label, n in counts_per_type.items():
+        if label not in labels:
+            raise DataError(f"unknown cell type {label!r}; known types: {labels}")
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+            raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model directories: config.json, weights.safetensors, labels.json, history.json
+
+MODEL_FILES = {"config": "config.json", "weights": "weights.safetensors", "labels": "labels.json"}
+HISTORY_FILE = "history.json"
+
+
+def save_model_dir(
+    directory: str | Path,
+    meta: dict[str, Any],
+    module: torch.nn.Module,
+    labels: list[str],
+    history: dict[str, Any],
+) -> Path:
+    """Write a model directory of plain files (JSON and safetensors; nothing pickled).
+
+    ``meta`` (model name, format version, sizes, config) goes to ``config.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MODEL_FILES["config"]).write_text(json.dumps(meta, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(directory / MODEL_FILES["weights"]))
+    (directory / MODEL_FILES["labels"]).write_text(json.dumps(labels, indent=2))
+    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    return directory
+
+
+def load_model_dir(
+    directory: str | Path, model: str, format_version: int
+) -> tuple[dict[str, Any], list[str], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and check a directory written by :func:`save_model_dir`.
+
+    Returns ``(meta, labels, state_dict, history)``; raises :class:`ModelFileError` when a file
+    is missing or corrupt, the model name or format version differ, or the labels are invalid.
+    Checks that depend on the architecture are left to the caller.
+    """
+    directory = Path(directory)
+    for name in MODEL_FILES.values():
+        if not (directory / name).is_file():
+            raise ModelFileError(
+                f"{directory / name} is missing; {directory} is not a complete {model} save"
+            )
+    try:
+        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
+        labels = json.loads((directory / MODEL_FILES["labels"]).read_text())
+        hist_path = directory / HISTORY_FILE
+        history = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"a JSON file in {directory} is corrupt: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("model") != model:
+        raise ModelFileError(f"{directory / MODEL_FILES['config']} does not describe a {model}")
+    if meta.get("format_version") != format_version:
+        raise ModelFileError(
+            f"{directory} has format version {meta.get('format_version')!r}; this cellsynth reads "
+            f"version {format_version} (the files were saved by cellsynth {meta.get('cellsynth_version')})"
+        )
+    if (
+        not isinstance(labels, list)
+        or not all(isinstance(x, str) for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise ModelFileError(
+            f"{directory / MODEL_FILES['labels']} must hold a list of unique cell type names"
+        )
+    try:
+        state = load_file(str(directory / MODEL_FILES["weights"]))
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(
+            f"{directory / MODEL_FILES['weights']} cannot be read: {exc}"
+        ) from None
+    return meta, labels, state, history if isinstance(history, dict) else {}

@@ -1,0 +1,293 @@
+"""The reference ("seed") generator: a conditional VAE on PCA features, with fit / sample / save / load."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import SeedVAEConfig, _from_dict
+from ..errors import ConfigError, DataError, ModelFileError
+from . import _training as tr
+from .modules import SeedVAEModule
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class SeedCVAE:
+    """Conditional VAE that learns PCA features per cell type and decodes prior draws into new cells.
+
+    Parameters
+    ----------
+    n_input
+        Number of features (PCA components) of the data it will be fitted on.
+    labels
+        The cell types, in the order of the class embedding; unique strings.
+    config
+        Architecture and training settings; the defaults are the reference's.
+
+    Examples
+    --------
+    >>> model = SeedCVAE(X_train.shape[1], sorted(set(y_train)))
+    >>> history = model.fit(X_train, y_train, X_val, y_val, seed=0)
+    >>> X_new, y_new = model.sample({"T cell": 100, "B cell": 50}, seed=1)
+    """
+
+    def __init__(
+        self, n_input: int, labels: Sequence[str], config: SeedVAEConfig | None = None
+    ) -> None:
+        labels = tr.check_labels(labels)
+        if int(n_input) <= 0:
+            raise DataError(f"n_input must be positive, got {n_input}")
+        self.n_input = int(n_input)
+        self.labels = labels
+        self.config = config if config is not None else SeedVAEConfig()
+        self.device = tr.resolve_device(self.config.device)
+        self.history: dict[str, Any] = {}
+        self._codes = {label: i for i, label in enumerate(labels)}
+        self.module = self._build_module()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"SeedCVAE(n_input={self.n_input}, n_labels={len(self.labels)}, n_hidden={c.n_hidden}, "
+            f"n_latent={c.n_latent}, device={self.device}, trained={self.is_trained})"
+        )
+
+    @property
+    def is_trained(self) -> bool:
+        """True after :meth:`fit` (or when loaded from a fitted model)."""
+        return bool(self.history)
+
+    def _build_module(self) -> SeedVAEModule:
+        c = self.config
+        module = SeedVAEModule(
+            n_input=self.n_input,
+            n_labels=len(self.labels),
+            n_embed=c.n_embed,
+            n_hidden=list(c.n_hidden),
+            n_latent=c.n_latent,
+            dropout_rate=c.dropout_rate,
+        )
+        return module.to(self.device)
+
+    # ------------------------------------------------------------------------------------------
+    # training
+
+    def fit(
+        self,
+        X_train: np.ndarray,
+        y_train: Any,
+        X_val: np.ndarray,
+        y_val: Any,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train from freshly initialised weights; keep the weights of the best validation epoch.
+
+        Parameters
+        ----------
+        X_train, X_val
+            Dense features, shape ``(n_cells, n_input)``.
+        y_train, y_val
+            Cell type labels; training labels must all be known, unknown validation cells are dropped.
+        seed
+            Seeds weight initialisation, dropout, mini-batch sampling and the latent noise.
+        progress
+            Show a progress bar over epochs.
+
+        Returns
+        -------
+        History: per-epoch ``train_loss`` and ``val_loss`` (mean per cell; validation with KL
+        weight 1), ``best_epoch`` (zero-based index into them), ``epochs`` run and ``seconds``.
+        """
+        c = self.config
+        Xt = tr.dense_features(X_train, self.n_input, "X_train")
+        yt, _ = tr.encode_labels(y_train, self.labels, "y_train", len(Xt), drop_unknown=False)
+        Xv = tr.dense_features(X_val, self.n_input, "X_val")
+        yv, keep = tr.encode_labels(y_val, self.labels, "y_val", len(Xv), drop_unknown=True)
+        Xv = Xv[torch.from_numpy(keep)]
+        if Xt.shape[0] == 0 or Xv.shape[0] == 0:
+            raise DataError(
+                f"fit needs training and validation cells, got {Xt.shape[0]} and {Xv.shape[0]}"
+            )
+        yt_t, yv_t = torch.from_numpy(yt), torch.from_numpy(yv)
+
+        generator = tr.seed_everything(seed)
+        self.module = self._build_module()
+        batches = tr.balanced_batches(yt, c.batch_size, generator, n_samples=len(yt))
+        n_steps = tr.steps_per_epoch(len(yt), c.batch_size)
+        optimizer = torch.optim.AdamW(
+            self.module.parameters(), lr=c.lr, weight_decay=c.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=c.lr, total_steps=c.max_epochs * n_steps
+        )
+        stopper = tr.EarlyStopping(patience=c.patience)
+        history: dict[str, Any] = {"train_loss": [], "val_loss": []}
+        start = time.perf_counter()
+        bar = tqdm(range(c.max_epochs), desc="seed CVAE", unit="epoch", disable=not progress)
+        for epoch in bar:
+            beta = tr.kl_weight(epoch, c.kl_start, c.kl_anneal_epochs)
+            self.module.train()
+            total, seen = 0.0, 0
+            for idx in batches:
+                x = Xt[idx].to(self.device, non_blocking=True)  # (B, n_input)
+                y = yt_t[idx].to(self.device, non_blocking=True)  # (B,)
+                out = self.module.loss(x, y, kl_weight=beta)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += out.loss.item() * len(idx)
+                seen += len(idx)
+            train_loss = total / seen
+            val_loss = self._evaluate(Xv, yv_t)
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss)
+            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", beta=f"{beta:.2f}")
+            logger.debug(
+                "epoch %d: train %.4f, val %.4f, kl weight %.2f", epoch, train_loss, val_loss, beta
+            )
+            if stopper.step(val_loss, epoch, self.module):
+                logger.info(
+                    "early stopping after epoch %d (no improvement for %d)", epoch, c.patience
+                )
+                break
+        bar.close()
+        if not stopper.restore(self.module):
+            raise RuntimeError("the validation loss was never finite; lower seed_vae.lr")
+        self.module.eval()
+        history["best_epoch"] = stopper.best_epoch
+        history["epochs"] = len(history["train_loss"])
+        history["seconds"] = time.perf_counter() - start
+        msg = "seed CVAE: best epoch %d of %d (val loss %.4f) in %.1f s"
+        logger.info(
+            msg, stopper.best_epoch, len(history["val_loss"]), stopper.best_loss, history["seconds"]
+        )
+        self.history = history
+        return history
+
+    @torch.no_grad()
+    def _evaluate(self, X: torch.Tensor, y: torch.Tensor) -> float:
+        """Mean per-cell negative ELBO (KL weight 1) over ``X`` in eval mode."""
+        self.module.eval()
+        total = 0.0
+        for sl in tr.iter_slices(X.shape[0], 4 * self.config.batch_size):
+            x = X[sl].to(self.device, non_blocking=True)  # (B, n_input)
+            out = self.module.loss(x, y[sl].to(self.device), kl_weight=1.0)
+            total += out.loss.item() * x.shape[0]
+        return total / X.shape[0]
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def sample(
+        self, counts_per_type: dict[str, int], *, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Generate cells by decoding prior draws ``z ~ N(0, I)`` with each type's embedding.
+
+        Parameters
+        ----------
+        counts_per_type
+            Cells to generate per type; rows come out grouped by type in the dict's order.
+        seed
+            Seed of the latent noise: the same seed gives the same cells on the same machine.
+
+        Returns
+        -------
+        ``X`` (float32, ``(n, n_input)``) and the labels (object array, ``(n,)``).
+        """
+        tr.check_counts(counts_per_type, self.labels)
+        if not self.is_trained:
+            logger.warning("sampling from an untrained SeedCVAE; call fit() or load() first")
+        self.module.eval()
+        generator = torch.Generator().manual_seed(seed)
+        chunks: list[np.ndarray] = []
+        for label, n in counts_per_type.items():
+            for sl in tr.iter_slices(int(n), 4 * self.config.batch_size):
+                code = self._codes[label]
+                y = torch.full((sl.stop - sl.start,), code, device=self.device)  # (B,)
+                x = self.module.sample(y, generator)  # (B, n_input)
+                chunks.append(x.float().cpu().numpy())
+        X = np.concatenate(chunks, axis=0)
+        labels = np.repeat(
+            np.array(list(counts_per_type), dtype=object), list(counts_per_type.values())
+        )
+        return X, labels
+
+    # ------------------------------------------------------------------------------------------
+    # files
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json``, ``weights.safetensors``, ``labels.json`` and ``history.json``."""
+        meta = {
+            "model": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "cellsynth_version": tr.package_version(),
+            "n_input": self.n_input,
+            "config": dataclasses.asdict(self.config),
+        }
+        path = tr.save_model_dir(directory, meta, self.module, self.labels, self.history)
+        logger.info("saved SeedCVAE to %s", path)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> SeedCVAE:
+        """Load a model written by :meth:`save`, checking that its files agree.
+
+        Parameters
+        ----------
+        directory
+            The directory :meth:`save` wrote.
+        device
+            Override the saved ``config.device`` (e.g. ``"cpu"`` for a model trained on a GPU).
+        """
+        meta, labels, state, history = tr.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
+        config_path = Path(directory) / tr.MODEL_FILES["config"]
+        try:
+            if not isinstance(meta.get("config"), dict):
+                raise ValueError("'config' must be a table of settings")
+            config = _from_dict(SeedVAEConfig, meta["config"])
+            n_input = int(meta["n_input"])
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{config_path} is invalid: {exc}") from None
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
+        n_embedded = state["embed.weight"].shape[0] if "embed.weight" in state else None
+        if n_embedded != len(labels):
+            raise ModelFileError(
+                f"labels.json in {directory} lists {len(labels)} cell types but the weights embed "
+                f"{n_embedded}; the files come from different models"
+            )
+        n_out = state["px_mean.weight"].shape[0] if "px_mean.weight" in state else None
+        if n_out != n_input:
+            raise ModelFileError(
+                f"{config_path} says n_input={n_input} but the weights decode {n_out} features; "
+                "the files come from different models"
+            )
+        try:
+            model = cls(n_input, labels, config)
+        except ConfigError as exc:
+            raise ModelFileError(
+                f"cannot load {directory}: {exc}; or pass load(..., device='cpu')"
+            ) from None
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelFileError(
+                f"weights in {directory} do not fit the saved config: {exc}"
+            ) from None
+        model.module.eval()
+        model.history = history
+        return model

@@ -1,0 +1,226 @@
+"""The reference experiment end to end, stage by stage, into one run directory.
+
+Stages: data (read, QC, split) -> features (PCA) -> classifier (real) -> generator -> experiments
+(a) real/real, (b) real classifier on synthetic, (c) synthetic-trained classifier on real ->
+explain (SHAP) -> results.md. Each stage logs its wall time and peak memory into the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import _keys as K
+from ._runtime import Manifest, environment, write_json
+from ._seeds import derive_seed
+from .classify.xgb import train_classifier
+from .config import RunConfig, save, to_dict
+from .data.groups import load_groups
+from .data.io import read
+from .data.qc import QCReport, preprocess
+from .data.simulate import simulate_atlas
+from .errors import CellsynthError, DataError
+from .explain.shap import explain_type, write_shap
+from .features.pca import fit_pca
+from .metrics.classification import classification_report, summary_row, to_coarse, write_report
+from .models.seed import SeedCVAE
+from .report.results import write_results
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENTS = {
+    "a": ("Real data", "Real data"),
+    "b": ("Real data", "Synthetic data"),
+    "c": ("Synthetic data", "Real data"),
+}
+
+
+@dataclass
+class Split:
+    """PCA features and labels of one split."""
+
+    x: np.ndarray  # (n, k) float32
+    y: np.ndarray  # (n,) labels
+
+
+def load_dataset(cfg: RunConfig) -> ad.AnnData:
+    """The configured h5ad, or the embedded simulated demo atlas when no path is given."""
+    ds = cfg.dataset
+    if not ds.path:
+        logger.info("no dataset.path: using the embedded demo atlas (%d simulated cells, %d genes, "
+                    "%d types)", ds.demo_cells, ds.demo_genes, ds.demo_types)
+        return simulate_atlas(ds.demo_cells, ds.demo_genes, ds.demo_types,
+                              seed=derive_seed(cfg.seed, "demo"), label_key=ds.label_key)
+    return read(ds.path, backed=ds.backed)
+
+
+def resolve_groups(cfg: RunConfig, adata: ad.AnnData, labels: list[str],
+                   centroids: np.ndarray | None = None) -> dict[str, str]:
+    """The fine -> coarse mapping: a file or packaged name, the data's own, or ``auto``.
+
+    ``auto`` joins types whose mean training features are close (average-linkage clustering
+    into about sqrt(n_types) groups); use it only where no biological grouping exists.
+    """
+    spec = cfg.dataset.groups
+    if spec == "auto":
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        n_groups = max(2, round(len(labels) ** 0.5))
+        cut = fcluster(linkage(centroids, "average"), n_groups, criterion="maxclust")
+        return {t: f"group_{c:02d}" for t, c in zip(labels, cut, strict=True)}
+    if spec:
+        return load_groups(spec)
+    uns_groups = adata.uns.get("celltype_groups")
+    if isinstance(uns_groups, dict):
+        return {str(k): str(v) for k, v in uns_groups.items()}
+    return {}
+
+
+def _stage_data(cfg: RunConfig, out: Path, progress: bool) -> tuple[ad.AnnData, QCReport, ad.AnnData]:
+    raw = load_dataset(cfg)
+    groups = {} if cfg.dataset.groups == "auto" else resolve_groups(cfg, raw, [])
+    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=groups,
+                             seed=derive_seed(cfg.seed, "split"))
+    d = out / "data"
+    write_json(d / "qc.json", {
+        "steps": report.steps, "dropped_types": report.dropped_types,
+        "cells_per_type_before": report.cells_per_type_before,
+        "cells_per_type_after": report.cells_per_type_after,
+        "n_cells": pre.n_obs, "n_genes": pre.n_vars,
+        "has_counts": bool(pre.uns[K.UNS]["has_counts"]),
+    })
+    pd.DataFrame(report.steps).to_csv(d / "qc_steps.csv", index=False)
+    cols = [cfg.dataset.label_key, K.SPLIT] + ([K.GROUP] if K.GROUP in pre.obs else [])
+    pre.obs[cols].to_csv(d / "cells.csv", index_label="cell")
+    return pre, report, raw
+
+
+def _splits(pre: ad.AnnData, z: np.ndarray, label_key: str) -> dict[str, Split]:
+    split = pre.obs[K.SPLIT].to_numpy()
+    y = pre.obs[label_key].astype(str).to_numpy()
+    return {s: Split(z[split == s], y[split == s]) for s in K.SPLITS}
+
+
+def _score(y_true, y_pred, groups: dict[str, str], out: Path, name: str) -> dict:
+    fine = classification_report(y_true, y_pred)
+    coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
+    write_report(fine, out, f"{name}_fine")
+    write_report(coarse, out, f"{name}_coarse")
+    return {"fine": summary_row(fine), "coarse": summary_row(coarse)}
+
+
+def _synthetic_adata(x: np.ndarray, y: np.ndarray, cfg: RunConfig, seed: int, model: str) -> ad.AnnData:
+    from importlib.metadata import version
+
+    obs = pd.DataFrame({cfg.dataset.label_key: pd.Categorical(y)},
+                       index=[f"syn{i}" for i in range(len(y))])
+    var = pd.DataFrame(index=[f"PC{i + 1}" for i in range(x.shape[1])])
+    a = ad.AnnData(X=x, obs=obs, var=var)
+    a.uns[K.UNS] = {"version": version("cellsynth"), "model": model, "seed": seed,
+                    "space": "PCA coordinates (the seed model generates in PCA space)"}
+    return a
+
+
+def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """Run every stage into ``out`` and return the path of ``results.md``."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CellsynthError(f"cannot write to the output directory {out} ({exc.strerror}); "
+                             "choose another with --out") from None
+    save(cfg, out / "config.toml")
+    manifest = Manifest(out / "manifest.json")
+    manifest.set_meta(config=to_dict(cfg), environment=environment())
+    label_key = cfg.dataset.label_key
+
+    with manifest.stage("data") as entry:
+        pre, report, raw = _stage_data(cfg, out, progress)
+        entry.update(cells=pre.n_obs, genes=pre.n_vars)
+        known = set(pre.obs[label_key].astype(str))
+        if cfg.explain.cell_type and cfg.explain.cell_type not in known:
+            raise DataError(
+                f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
+                f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
+            )
+
+    with manifest.stage("features"):
+        train = (pre.obs[K.SPLIT] == "train").to_numpy()
+        pca = fit_pca(pre.X[train], pre.obs[label_key].to_numpy()[train], list(pre.var_names),
+                      cfg.features, seed=derive_seed(cfg.seed, "pca"))
+        pca.save(out / "features")
+        z = pca.transform(pre.X, chunk_size=cfg.qc.chunk_size)
+        write_json(out / "features" / "pca.json", {
+            "n_components": pca.n_components,
+            "explained_variance_ratio": pca.explained_variance_ratio,
+        })
+        sp_ = _splits(pre, z, label_key)
+
+    types = sorted(np.unique(sp_["train"].y).tolist())
+    centroids = np.stack([sp_["train"].x[sp_["train"].y == t].mean(axis=0) for t in types])
+    groups = resolve_groups(cfg, raw, types, centroids)
+    write_json(out / "data" / "groups.json", groups)
+    del raw
+
+    metrics_dir = out / "metrics"
+    results: dict[str, dict] = {}
+    with manifest.stage("classifier"):
+        clf = train_classifier(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
+                               cfg.classifier, seed=derive_seed(cfg.seed, "classifier"),
+                               progress=progress)
+        clf.save(out / "classifier")
+        results["a"] = _score(sp_["test"].y, clf.predict(sp_["test"].x), groups, metrics_dir,
+                              "a_real_real")
+
+    with manifest.stage("generator") as entry:
+        gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
+        history = gen.fit(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
+                          seed=derive_seed(cfg.seed, "generator"), progress=progress)
+        gen.save(out / "generator")
+        entry.update(epochs=history["epochs"], best_epoch=history["best_epoch"])
+
+    with manifest.stage("experiments"):
+        (out / "synthetic").mkdir(exist_ok=True)
+        g = cfg.generator
+        s_eval = derive_seed(cfg.seed, "generate-eval")
+        x_b, y_b = gen.sample({t: g.n_per_type_eval for t in types}, seed=s_eval)
+        _synthetic_adata(x_b, y_b, cfg, s_eval, "seed").write_h5ad(out / "synthetic" / "eval.h5ad")
+        results["b"] = _score(y_b, clf.predict(x_b), groups, metrics_dir, "b_real_synthetic")
+
+        s_train = derive_seed(cfg.seed, "generate-train")
+        x_c, y_c = gen.sample({t: g.n_per_type_train for t in types}, seed=s_train)
+        x_cv, y_cv = gen.sample({t: g.n_per_type_val for t in types},
+                                seed=derive_seed(cfg.seed, "generate-val"))
+        _synthetic_adata(x_c, y_c, cfg, s_train, "seed").write_h5ad(out / "synthetic" / "train.h5ad")
+        clf_syn = train_classifier(x_c, y_c, x_cv, y_cv, cfg.classifier,
+                                   seed=derive_seed(cfg.seed, "classifier-synthetic"),
+                                   progress=progress)
+        clf_syn.save(out / "classifier_synthetic")
+        results["c"] = _score(sp_["test"].y, clf_syn.predict(sp_["test"].x), groups, metrics_dir,
+                              "c_synthetic_real")
+        write_json(metrics_dir / "summary.json", results)
+
+    with manifest.stage("explain") as entry:
+        cell_type = cfg.explain.cell_type or pd.Series(sp_["train"].y).value_counts().index[0]
+        test = sp_["test"]
+        x_t = test.x[test.y == cell_type]
+        if x_t.shape[0] == 0:
+            x_t = sp_["train"].x[sp_["train"].y == cell_type]
+        shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes,
+                            n_top=cfg.explain.n_top_genes, max_cells=cfg.explain.max_cells,
+                            seed=derive_seed(cfg.seed, "explain"))
+        write_shap(shap, out / "explain")
+        entry.update(cell_type=cell_type)
+
+    path = write_results(out, results, report, cfg, manifest.data, has_groups=bool(groups))
+    logger.info("results: %s", path)
+    return path
+

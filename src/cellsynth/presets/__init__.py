@@ -1,0 +1,11 @@
+"""Configs shipped with the package (the embedded demo)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def demo_config_path() -> Path:
+    """The demo config: the embedded simulated atlas at settings that finish in minutes."""
+    return Path(str(resources.files("cellsynth.presets").joinpath("demo.toml")))

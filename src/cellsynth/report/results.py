@@ -1,0 +1,80 @@
+"""``results.md``: the reference's two tables, filled from a run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+
+_ROWS = {
+    "a": ("Real data", "Real data"),
+    "b": ("Real data", "Synthetic data"),
+    "c": ("Synthetic data", "Real data"),
+}
+
+
+def _table(results: dict[str, dict], level: str) -> list[str]:
+    lines = [
+        "| Experiment | Training set | Test set | Precision (macro) | Recall (macro) | F1 (macro) "
+        "| Precision (micro) | Recall (micro) | F1 (micro) | cells |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, (train, test) in _ROWS.items():
+        if key not in results:
+            continue
+        r = results[key][level]
+        lines.append(
+            f"| ({key}) | {train} | {test} | {r['precision_macro']:.3f} | {r['recall_macro']:.3f} "
+            f"| {r['f1_macro']:.3f} | {r['precision_micro']:.3f} | {r['recall_micro']:.3f} "
+            f"| {r['f1_micro']:.3f} | {r['n']} |"
+        )
+    return lines
+
+
+def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConfig,
+                  manifest: dict, *, has_groups: bool) -> Path:
+    """Write ``out/results.md`` and return its path."""
+    stages = manifest.get("stages", {})
+    n_types = len(report.cells_per_type_after)
+    g = cfg.generator
+    lines = [
+        "# cellsynth results",
+        "",
+        f"Written by `cellsynth run` on {_dt.datetime.now().isoformat(timespec='seconds')}; "
+        f"dataset: `{cfg.dataset.path or 'embedded demo atlas (simulated)'}`, "
+        f"label `{cfg.dataset.label_key}`, seed {cfg.seed}, generator `{g.model}`.",
+        "",
+        f"{n_types} cell types after QC"
+        + (f" ({len(report.dropped_types)} dropped: {', '.join(report.dropped_types)})"
+           if report.dropped_types else "")
+        + ". Experiments: (a) classifier trained on the real training split, tested on the real "
+        f"test split; (b) that classifier on {g.n_per_type_eval} generated cells per type, scored "
+        f"against the intended type; (c) a classifier trained on {g.n_per_type_train} generated "
+        f"cells per type ({g.n_per_type_val} per type for early stopping), tested on the real "
+        "test split.",
+        "",
+        "## Fine cell types",
+        "",
+        *_table(results, "fine"),
+        "",
+        "## Coarse groups",
+        "",
+    ]
+    if has_groups:
+        lines.append("A prediction inside the right coarse group counts as correct.")
+    else:
+        lines.append("No fine-to-coarse mapping was given (`dataset.groups`): each type is its own "
+                     "group, so this table repeats the fine one.")
+    lines += ["", *_table(results, "coarse"), "", "## Stages", "",
+              "| stage | seconds | peak RSS (MB) |", "|---|---:|---:|"]
+    for name, s in stages.items():
+        lines.append(f"| {name} | {s.get('seconds', float('nan')):.1f} | "
+                     f"{s.get('peak_rss_mb', float('nan')):.0f} |")
+    total = sum(s.get("seconds", 0) for s in stages.values())
+    lines += ["", f"Total: {total:.1f} s. Per-class metrics, confusion matrices and the SHAP "
+              "explanation are in `metrics/` and `explain/`.", ""]
+    path = out / "results.md"
+    path.write_text("\n".join(lines))
+    return path

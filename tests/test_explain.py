@@ -1,0 +1,124 @@
+"""SHAP explanations: additivity, the informative feature, gene mapping, errors, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from cellsynth.classify import train_classifier
+from cellsynth.config import ClassifierConfig
+from cellsynth.errors import DataError
+from cellsynth.explain import explain_type, plot_shap, shap_contributions, write_shap
+
+N_FEATURES = 10
+INFORMATIVE = 3  # "target" differs from the others only in this feature (PC4)
+
+
+def make_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = np.array(["other_a", "other_b", "target"])[rng.integers(0, 3, size=n)]
+    X = rng.normal(size=(n, N_FEATURES))
+    X[y == "target", INFORMATIVE] += 5.0
+    X[y == "other_b", 7] += 5.0  # makes the two other classes separable too
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def clf():
+    X, y = make_data(400, 0)
+    cfg = ClassifierConfig(n_estimators=30, max_depth=3, learning_rate=0.3, device="cpu", n_jobs=2)
+    return train_classifier(X[:300], y[:300], X[300:], y[300:], cfg, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def target_cells():
+    X, y = make_data(300, 1)
+    return X[y == "target"]
+
+
+def test_contributions_sum_to_margin(clf, target_cells):
+    X = target_cells[:5]
+    contribs = shap_contributions(clf, X, "target")
+    assert contribs.shape == (5, N_FEATURES + 1)
+    margin = clf.booster.predict(
+        xgb.DMatrix(X), output_margin=True, iteration_range=(0, clf.best_iteration + 1)
+    )[:, clf.labels.index("target")]
+    np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+
+
+def test_informative_feature_ranks_first(clf, target_cells):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    res = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, n_top=5)
+    assert res.pc_importance["component"].iloc[0] == f"PC{INFORMATIVE + 1}"
+    assert res.pc_importance["mean_shap"].iloc[0] > 0  # pushes towards "target"
+    assert list(res.pc_importance.columns) == ["component", "mean_abs_shap", "mean_shap"]
+    assert res.pc_importance["mean_abs_shap"].is_monotonic_decreasing
+    assert res.gene_importance["gene"].iloc[0] == f"g{INFORMATIVE}"
+    assert len(res.gene_importance) == 5
+    assert res.n_cells == len(target_cells)
+
+
+def test_identity_components_equal_pc_ranking(clf, target_cells):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    res = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, n_top=N_FEATURES)
+    pcs = res.pc_importance.set_index("component")
+    by_gene = res.gene_importance.set_index("gene")
+    for i in range(N_FEATURES):
+        assert by_gene.loc[f"g{i}", "score"] == pytest.approx(pcs.loc[f"PC{i + 1}", "mean_shap"])
+        assert by_gene.loc[f"g{i}", "magnitude"] == pytest.approx(
+            pcs.loc[f"PC{i + 1}", "mean_abs_shap"]
+        )
+    pc_order = pcs["mean_shap"].abs().sort_values(ascending=False, kind="stable").index
+    assert [f"g{int(c[2:]) - 1}" for c in pc_order] == res.gene_importance["gene"].tolist()
+
+
+def test_gene_mapping_through_loadings(clf, target_cells):
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(N_FEATURES, 25))
+    genes = [f"gene{j}" for j in range(25)]
+    res = explain_type(clf, target_cells, "target", W, genes, n_top=25)
+    mean_shap = (
+        res.pc_importance.set_index("component")
+        .loc[[f"PC{i + 1}" for i in range(N_FEATURES)], "mean_shap"]
+        .to_numpy()
+    )
+    expected = mean_shap @ W
+    got = res.gene_importance.set_index("gene").loc[genes, "score"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert res.gene_importance["abs_score"].is_monotonic_decreasing
+
+
+def test_max_cells_subsample(clf, target_cells):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    a = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, max_cells=10, seed=1)
+    b = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, max_cells=10, seed=1)
+    assert a.n_cells == 10
+    assert a.pc_importance.equals(b.pc_importance)
+
+
+def test_unknown_type_and_bad_shapes(clf, target_cells):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    with pytest.raises(DataError, match="other_a, other_b, target"):
+        explain_type(clf, target_cells, "nope", np.eye(N_FEATURES), genes)
+    with pytest.raises(DataError, match="components"):
+        explain_type(clf, target_cells, "target", np.eye(N_FEATURES + 1), [*genes, "x"])
+    with pytest.raises(DataError, match="gene names"):
+        explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes[:-1])
+
+
+def test_plot_and_write(clf, target_cells, tmp_path):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    res = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, n_top=5)
+    plot_shap(res, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    res.cell_type = "CD4+ T/naive"  # an awkward name for the file
+    write_shap(res, tmp_path / "out")
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"shap_pcs.csv", "shap_genes.csv", "shap.json"} <= names
+    assert "shap_CD4_T_naive.png" in names
+    summary = json.loads((out / "shap.json").read_text())
+    assert summary["cell_type"] == "CD4+ T/naive" and len(summary["top_genes"]) == 5
