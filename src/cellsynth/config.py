@@ -107,6 +107,40 @@ class SeedVAEConfig:
 
 
 @dataclass
+class CVAEConfig:
+    """The count-space conditional VAE (cellsynth's main generator)."""
+
+    n_hidden: list[int] = field(default_factory=lambda: [512, 256])  # encoder; decoder mirrors it
+    n_latent: int = 32
+    n_embed: int = 32  # cell-type embedding size (encoder and decoder condition)
+    dropout_rate: float = 0.1
+    likelihood: Literal["nb", "zinb", "gaussian"] = "nb"
+    prior: Literal["conditional", "standard"] = "conditional"  # p(z | type), learned, or N(0, I)
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int = 10  # early stopping on validation loss
+    kl_start: float = 0.0  # KL weight annealed from this to 1
+    kl_anneal_epochs: int = 20
+    balanced_sampling: bool = False  # class-balanced mini-batches
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class ScviConfig:
+    """scvi-tools SCVI, used as its users would (optional extra ``cellsynth[scvi]``)."""
+
+    n_hidden: int = 128
+    n_latent: int = 10
+    n_layers: int = 1
+    gene_likelihood: Literal["nb", "zinb", "poisson"] = "zinb"
+    max_epochs: int = 200
+    batch_size: int = 128
+    early_stopping: bool = True
+
+
+@dataclass
 class ExplainConfig:
     cell_type: str = ""  # type to explain; "" = the most common training type
     n_top_genes: int = 20
@@ -123,6 +157,8 @@ class RunConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     seed_vae: SeedVAEConfig = field(default_factory=SeedVAEConfig)
+    cvae: CVAEConfig = field(default_factory=CVAEConfig)
+    scvi: ScviConfig = field(default_factory=ScviConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
     def validate(self) -> RunConfig:

@@ -38,12 +38,12 @@ logger = logging.getLogger(__name__)
 #: E-ANND-5's size: ``write_atlas(path, *ATLAS_SCALE)`` writes an atlas of the real one's shape
 ATLAS_SCALE = (828_328, 33_538, 126)
 DOUBLET_KEY = "predicted_doublets"
-LOW_Q_LABEL = "LOW_Q_HIGH_MITO"
-DOUBLET_LABEL = "DOUBLET_MIXED"
+LOW_Q_LABEL = "LOW_Q_HIGH_MITO"  # small library, high mitochondrial fraction
+DOUBLET_LABEL = "DOUBLET_MIXED"  # doublets the annotators caught but the detector did not flag
 
 _BLOCK = 10_000  # cells per random stream: the output does not depend on the chunk size
-_BATCH = 256  # cells per thinning batch, sorted by library size so that few events are rejected
-_LIB_STEP = 0.2  # a batch spans libraries within a factor exp(_LIB_STEP)
+_BATCH = 256  # most cells in one thinning batch
+_LIB_STEP = 0.2  # a batch spans libraries within a factor exp(_LIB_STEP): few rejected events
 _N_PROGRAMS = 6  # shared gene programs
 _MITO = "ND1 ND2 CO1 CO2 ATP8 ATP6 CO3 ND3 ND4L ND4 ND5 ND6 CYB".split()
 
@@ -59,7 +59,6 @@ class _Model:
     proportions: np.ndarray  # (n_types,) expected share of cells per type
     groups: np.ndarray  # (n_types,) coarse group per type
     type_size: np.ndarray  # (n_types,) library-size factor per type
-    library_size: float  # median nuclear counts per cell
 
 
 @dataclass(frozen=True)
@@ -77,30 +76,19 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _group_name(i: int) -> str:
-    return f"group_{chr(65 + i) if i < 26 else i + 1}"
-
-
 def _type_names(n_types: int) -> list[str]:
-    width = max(2, len(str(n_types - 1)))
-    return [f"type_{t:0{width}d}" for t in range(n_types)]
+    return [f"type_{t:0{max(2, len(str(n_types - 1)))}d}" for t in range(n_types)]
 
 
-def _default_library_size(n_genes: int) -> float:
-    """Median nuclear counts per cell: ~10% nonzeros at 2,000 genes, ~1,200 genes detected at 33k."""
-    return float(600.0 * (n_genes / 2000) ** 0.43)
-
-
-def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int, library_size: float) -> _Model:
+def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int) -> _Model:
     rng = _rng(seed, 0)
     n_nuc = n_genes - n_mito
     base = rng.normal(0.0, 2.0, n_nuc)
     theta = np.exp(rng.normal(0.0, 0.7, n_nuc) + 0.2 * base).clip(0.05, 100.0)
-    n_groups = int(np.clip(round(n_types**0.66), 1, n_types))
+    n_groups = int(np.clip(round(n_types**0.66), 1, n_types))  # 8 types: 4, 126: 24
     groups = np.concatenate([np.arange(n_groups), rng.integers(n_groups, size=n_types - n_groups)])
     rng.shuffle(groups)
-    # markers among the genes expressed enough to be seen
-    visible = np.flatnonzero(base > np.quantile(base, 0.5))
+    visible = np.flatnonzero(base > np.median(base))  # markers are expressed enough to be seen
     k = int(np.clip(n_nuc // 40, 3, 50))
     lfc = np.zeros((n_types, n_nuc))
     for g in range(n_groups):
@@ -112,22 +100,22 @@ def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int, library_size
         up = rng.normal(2.5, 0.5, len(genes))
         up[n_up:] = -rng.normal(1.5, 0.4, len(genes) - n_up)  # some markers go down
         lfc[t, genes] += rng.uniform(0.5, 1.2) * up  # weak markers make hard sibling pairs
-    size = int(np.clip(n_nuc // 40, 5, 150))
     programs = np.zeros((_N_PROGRAMS, n_nuc))
     for p in range(_N_PROGRAMS):
-        programs[p, rng.choice(n_nuc, size=min(size, n_nuc), replace=False)] = rng.uniform(0.5, 1.0)
-    activity = rng.normal(0.0, 1.0, (n_groups, _N_PROGRAMS))[groups]
+        genes = rng.choice(n_nuc, size=int(np.clip(n_nuc // 40, 5, 150)), replace=False)
+        programs[p, genes] = rng.uniform(0.5, 1.0, len(genes))
+    activity = rng.normal(0.0, 1.0, (n_groups, _N_PROGRAMS))[groups]  # shared within a group
     activity += rng.normal(0.0, 0.35, (n_types, _N_PROGRAMS))
     log_w = base + lfc + activity @ programs  # (n_types, n_nuclear)
-    log_q = log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True)
-    share = np.exp(rng.normal(0.0, 1.3, n_types))
-    program_genes = np.flatnonzero(programs.any(axis=0))
-    program_pos = np.full(n_nuc, -1, dtype=np.int32)
-    program_pos[program_genes] = np.arange(len(program_genes))
+    q = np.exp(log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True))
+    share = np.exp(rng.normal(0.0, 1.3, n_types))  # sizes span orders of magnitude
+    in_program = np.flatnonzero(programs.any(axis=0))
+    pos = np.full(n_nuc, -1, dtype=np.int32)
+    pos[in_program] = np.arange(len(in_program))
     mito_weights = rng.dirichlet(np.full(n_mito, 4.0)) if n_mito else np.zeros(0)
     type_size = np.exp(rng.normal(0.0, 0.25, n_types))
-    return _Model(np.exp(log_q), theta, program_genes, programs[:, program_genes], program_pos,
-                  mito_weights, share / share.sum(), groups, type_size, library_size)  # fmt: skip
+    return _Model(q, theta, in_program, programs[:, in_program], pos, mito_weights,
+                  share / share.sum(), groups, type_size)  # fmt: skip
 
 
 def _allocate(n: int, p: np.ndarray, floor: int) -> np.ndarray:
@@ -139,41 +127,37 @@ def _allocate(n: int, p: np.ndarray, floor: int) -> np.ndarray:
 
 
 def _make_plan(
-    model: _Model, n_cells: int, seed: int, doublet_rate: float, uninformative_rate: float
+    model: _Model, n_cells: int, seed: int, doublet_rate: float, uninf_rate: float, lib: float
 ) -> _Plan:
-    rng = _rng(seed, 1)
-    n_types = len(model.proportions)
+    rng, p = _rng(seed, 1), model.proportions
+    n_types = len(p)
     n_doublet = round(doublet_rate * n_cells) if n_types > 1 else 0
-    n_uninf = round(uninformative_rate * n_cells)
+    n_uninf = round(uninf_rate * n_cells)
     n_mixed = n_uninf // 3 if n_types > 1 else 0
-    n_plain = n_cells - n_doublet - n_uninf
-    counts = _allocate(n_plain, model.proportions, min(15, n_plain // n_types))
-    extra = rng.choice(n_types, n_cells - n_plain, p=model.proportions)
-    type1 = np.concatenate([np.repeat(np.arange(n_types), counts), extra])
-    # 0 plain, 1 flagged doublet, 2 DOUBLET_MIXED, 3 LOW_Q
+    n_plain = n_cells - n_doublet - n_uninf  # these hold the 15 cells a type
+    counts = _allocate(n_plain, p, min(15, n_plain // n_types))
+    type1 = np.concatenate(
+        [np.repeat(np.arange(n_types), counts), rng.choice(n_types, n_cells - n_plain, p=p)]
+    )
     kind = np.repeat([0, 1, 2, 3], [n_plain, n_doublet, n_mixed, n_uninf - n_mixed])
-    order = rng.permutation(n_cells)
+    order = rng.permutation(n_cells)  # kind 0 plain, 1 flagged doublet, 2 DOUBLET_, 3 LOW_Q_
     type1, kind = type1[order].astype(np.int32), kind[order]
     two = (kind == 1) | (kind == 2)
+    other = rng.choice(n_types, int(two.sum()), p=p)
+    while (clash := other == type1[two]).any():  # a doublet joins two different types
+        other[clash] = rng.choice(n_types, int(clash.sum()), p=p)
     type2 = np.full(n_cells, -1, dtype=np.int32)
-    other = rng.choice(n_types, int(two.sum()), p=model.proportions)
-    while (clash := other == type1[two]).any():
-        other[clash] = rng.choice(n_types, int(clash.sum()), p=model.proportions)
     type2[two] = other
-    lib = np.exp(rng.normal(np.log(model.library_size), 0.45, (2, n_cells)))
-    lib1 = lib[0] * model.type_size[type1]
-    lib2 = np.where(two, lib[1] * model.type_size[type2], 0.0)
+    libs = np.exp(rng.normal(np.log(lib), 0.45, (2, n_cells)))
+    lib1 = libs[0] * model.type_size[type1]
+    lib2 = np.where(two, libs[1] * model.type_size[type2], 0.0)
     mito = np.exp(rng.normal(np.log(0.035), 0.45, n_cells)).clip(0.003, 0.15)
     low_q = kind == 3
     lib1[low_q] *= 0.35
     mito[low_q] = rng.uniform(0.2, 0.6, int(low_q.sum()))
-    names = _type_names(n_types)
-    codes = type1.copy()
-    codes[kind == 2] = n_types
-    codes[low_q] = n_types + 1
-    labels = pd.Categorical.from_codes(codes, categories=[*names, DOUBLET_LABEL, LOW_Q_LABEL])
-    labels = labels.remove_unused_categories()
-    return _Plan(type1, type2, lib1, lib2, mito, labels, kind == 1)
+    codes = np.where(kind == 2, n_types, np.where(low_q, n_types + 1, type1))
+    labels = pd.Categorical.from_codes(codes, [*_type_names(n_types), DOUBLET_LABEL, LOW_Q_LABEL])
+    return _Plan(type1, type2, lib1, lib2, mito, labels.remove_unused_categories(), kind == 1)
 
 
 def _poisson_events(rng: np.random.Generator, rate: np.ndarray) -> np.ndarray:
@@ -184,13 +168,12 @@ def _poisson_events(rng: np.random.Generator, rate: np.ndarray) -> np.ndarray:
     cum = np.cumsum(rate)
     if cum[-1] >= len(rate):
         return np.repeat(np.arange(len(rate), dtype=np.int32), rng.poisson(rate))
-    n = rng.poisson(cum[-1])
-    pos = np.cumsum(rng.exponential(size=n + 1))
+    pos = np.cumsum(rng.exponential(size=rng.poisson(cum[-1]) + 1))
     gene = np.searchsorted(cum, pos[:-1] * (cum[-1] / pos[-1]), side="right")
     return gene.clip(max=len(rate) - 1).astype(np.int32)
 
 
-def _nb_events(
+def _nb_counts(
     rng: np.random.Generator, model: _Model, t: int, libs: np.ndarray, jitter: np.ndarray
 ) -> sp.csr_matrix:
     """NB counts of up to ``_BATCH`` cells of type ``t``: canonical CSR (cells x nuclear genes).
@@ -203,7 +186,7 @@ def _nb_events(
     m_max = libs.max() * model.q[t]  # (n_nuc,)
     m_max[model.program_genes] *= shift.max(axis=0)
     rate_max = theta * np.log1p(m_max / theta)
-    gene = _poisson_events(rng, rate_max * len(libs))
+    gene = _poisson_events(rng, rate_max * len(libs))  # (n_events,)
     cell = rng.integers(len(libs), size=len(gene), dtype=np.int32)
     m = libs[cell] * model.q[t, gene]
     pos = model.program_pos[gene]
@@ -213,28 +196,27 @@ def _nb_events(
     keep = rng.random(len(gene)) * rate_max[gene] < th * np.log1p(m / th)
     m, th = m[keep], th[keep]
     count = rng.logseries(m / (m + th)).astype(np.float32)
-    x = sp.csr_matrix((count, (cell[keep], gene[keep])), shape=(len(libs), n_nuc))
-    return x  # canonical: events come sorted by gene and coo -> csr sorts stably by cell
+    # canonical: events come sorted by gene, and coo -> csr sorts stably by cell
+    return sp.csr_matrix((count, (cell[keep], gene[keep])), shape=(len(libs), n_nuc))
 
 
 def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.csr_matrix:
     """Counts of cells ``start:stop`` (inside one ``_BLOCK``), canonical CSR float32."""
     rng = _rng(seed, 2, start // _BLOCK)
-    n, n_mito = stop - start, len(model.mito_weights)
-    t1, t2 = plan.type1[start:stop], plan.type2[start:stop]
-    two = np.flatnonzero(t2 >= 0)
+    n, cells = stop - start, slice(start, stop)
+    two = np.flatnonzero(plan.type2[cells] >= 0)
     # components: the n cells, then the second parts of the doublets
-    types = np.concatenate([t1, t2[two]])
-    libs = np.concatenate([plan.lib1[start:stop], plan.lib2[start:stop][two]])
+    types = np.concatenate([plan.type1[cells], plan.type2[cells][two]])
+    libs = np.concatenate([plan.lib1[cells], plan.lib2[cells][two]])
     jitter = rng.normal(0.0, 0.35, (len(types), _N_PROGRAMS))  # per-cell program activity
     level = np.floor(np.log(libs) / _LIB_STEP)
     order = np.lexsort((libs, level, types))
-    parts = []
     cut = (np.diff(types[order]) != 0) | (np.diff(level[order]) != 0)
+    parts = []
     for run in np.split(order, np.flatnonzero(cut) + 1):
         for i in range(0, len(run), _BATCH):
             idx = run[i : i + _BATCH]
-            parts.append(_nb_events(rng, model, int(types[idx[0]]), libs[idx], jitter[idx]))
+            parts.append(_nb_counts(rng, model, int(types[idx[0]]), libs[idx], jitter[idx]))
     comp = sp.vstack(parts, format="csr")[np.argsort(order)]  # back to component order
     nuc, second = comp[:n], comp[n:]
     if len(two):  # add each doublet's second part to its row
@@ -242,14 +224,12 @@ def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.c
         lengths[two] = np.diff(second.indptr)
         indptr = np.r_[0, np.cumsum(lengths)]
         nuc = nuc + sp.csr_matrix((second.data, second.indices, indptr), shape=nuc.shape)
-    blocks = [nuc]
-    if n_mito:
-        total = plan.lib1[start:stop] + plan.lib2[start:stop]
-        frac = plan.mito[start:stop]
-        mean = (total * frac / (1 - frac))[:, None] * model.mito_weights  # (n, n_mito)
-        mito = rng.poisson(rng.gamma(20.0, mean / 20.0)).astype(np.float32)
-        blocks.insert(0, sp.csr_matrix(mito))
-    return sp.hstack(blocks, format="csr")
+    if not len(model.mito_weights):
+        return nuc
+    frac = plan.mito[cells]
+    mean = ((plan.lib1[cells] + plan.lib2[cells]) * frac / (1 - frac))[:, None] * model.mito_weights
+    mito = rng.poisson(rng.gamma(20.0, mean / 20.0)).astype(np.float32)  # (n, n_mito)
+    return sp.hstack([sp.csr_matrix(mito), nuc], format="csr")
 
 
 def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
@@ -261,14 +241,12 @@ def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[
         stop = min(start + _BLOCK, n_cells)
         parts.append(_block(model, plan, start, stop, seed))
         held += stop - start
-        if held >= chunk_size:
+        if held >= chunk_size or stop == n_cells:
             buf = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
-            while buf.shape[0] >= chunk_size:
+            while buf.shape[0] >= chunk_size or (stop == n_cells and buf.shape[0]):
                 yield buf[:chunk_size]
                 buf = buf[chunk_size:]
             parts, held = [buf], buf.shape[0]
-    if held:
-        yield parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
 
 
 def _setup(
@@ -283,9 +261,10 @@ def _setup(
                           f"({uninformative_rate}) must lie in [0, 0.5)")  # fmt: skip
     if library_size is not None and library_size <= 0:
         raise ConfigError(f"library_size must be positive or None (automatic), got {library_size}")
-    lib = _default_library_size(n_genes) if library_size is None else float(library_size)
-    model = _make_model(n_genes, n_types, n_mito, seed, lib)
-    return model, _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate)
+    # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
+    lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
+    model = _make_model(n_genes, n_types, n_mito, seed)
+    return model, _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate, lib)
 
 
 def _annotations(
@@ -302,14 +281,14 @@ def _annotations(
     genes = pd.Index(mito + [f"GENE{i:05d}" for i in range(1, n_genes - n_mito + 1)])
     var = pd.DataFrame({"gene_ids": [f"ENSSIMG{i:011d}" for i in range(1, n_genes + 1)]}, genes)
     source = f"cellsynth.data.simulate: {n_cells} x {n_genes}, {n_types} types, seed {seed}"
-    groups = dict(zip(_type_names(n_types), map(_group_name, model.groups.tolist()), strict=True))
+    group = [f"group_{chr(65 + g) if g < 26 else g + 1}" for g in model.groups.tolist()]
+    groups = dict(zip(_type_names(n_types), group, strict=True))
     return obs, var, {"label_key": label_key, "source": source, "celltype_groups": groups}
 
 
-def _qc(x: sp.csr_matrix, n_mito: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _qc(x: sp.csr_matrix, n_mito: int) -> tuple[np.ndarray, np.ndarray]:
     """Mitochondrial fraction and genes detected per cell (the ``MT-`` genes come first)."""
-    total = x.sum(axis=1).A1
-    mito = x[:, :n_mito].sum(axis=1).A1
+    total, mito = x.sum(axis=1).A1, x[:, :n_mito].sum(axis=1).A1
     frac = np.divide(mito, total, out=np.zeros_like(total), where=total > 0).astype(np.float32)
     return frac, np.diff(x.indptr).astype(np.int32)
 
@@ -326,19 +305,20 @@ def simulate_atlas(
     n_cells, n_genes, n_types
         Cells, genes (mitochondrial included) and informative fine cell types.
     seed
-        The one seed; the same arguments give the same atlas.
+        The one seed: the same arguments give the same atlas.
     label_key
-        ``obs`` column of the annotation (``uns["label_key"]`` names it too).
+        ``obs`` column of the annotation, also named in ``uns["label_key"]``.
     doublet_rate
-        Share of cells that are doublets of two types, flagged in ``obs["predicted_doublets"]``.
+        Share of cells that sum two cells of different types, flagged in
+        ``obs["predicted_doublets"]``.
     uninformative_rate
-        Share of cells labelled ``LOW_Q_HIGH_MITO`` or ``DOUBLET_MIXED``.
+        Share of cells labelled ``LOW_Q_HIGH_MITO`` (2/3) or ``DOUBLET_MIXED`` (1/3).
     n_mito
-        Mitochondrial genes (``MT-`` names), the first columns.
+        Mitochondrial genes (``MT-``), the first columns.
     qc_columns
-        Add ``obs["mito"]`` (mitochondrial fraction) and ``obs["n_genes"]`` like E-ANND-5.
+        Add ``obs["mito"]`` (mitochondrial fraction) and ``obs["n_genes"]``, as E-ANND-5 has.
     library_size
-        Median nuclear counts per cell; ``None`` scales it with ``n_genes``.
+        Median nuclear counts per cell; ``None`` grows it with ``n_genes``.
 
     Returns
     -------
@@ -346,12 +326,13 @@ def simulate_atlas(
     ``gene_ids`` in ``var``, and ``label_key``, ``source``, ``celltype_groups`` (fine to coarse)
     in ``uns``.
     """
-    model, plan = _setup(
-        n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate, library_size
-    )
+    args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
+    model, plan = _setup(*args, library_size)
     parts = list(_chunks(model, plan, seed, _BLOCK))
     x = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
-    obs, var, uns = _annotations(model, plan, label_key, seed, _qc(x, n_mito) if qc_columns else None)
+    obs, var, uns = _annotations(
+        model, plan, label_key, seed, _qc(x, n_mito) if qc_columns else None
+    )
     return ad.AnnData(X=x, obs=obs, var=var, uns=uns)
 
 
@@ -394,23 +375,24 @@ def write_atlas(
 ) -> Path:  # fmt: skip
     """Simulate an atlas straight into an ``.h5ad`` file, ``chunk_size`` cells at a time.
 
-    The data equal :func:`simulate_atlas`'s for the same arguments, whatever ``chunk_size``;
-    memory stays bounded by one chunk (plus ``obs``). The file is written beside ``path`` and
-    renamed when complete, and reads with ``anndata.read_h5ad`` (also ``backed="r"``).
+    The data equal :func:`simulate_atlas`'s for the same arguments, whatever ``chunk_size``, and
+    memory stays bounded by a chunk (plus ``obs``). The file is written beside ``path``, renamed
+    when complete, and reads with ``anndata.read_h5ad``, also with ``backed="r"``.
 
     Parameters
     ----------
     path
         The ``.h5ad`` file to write (replaced if present).
-    n_cells, n_genes, n_types, seed, label_key, doublet_rate, uninformative_rate, n_mito, \
-    qc_columns, library_size
-        As in :func:`simulate_atlas` (``ATLAS_SCALE`` gives E-ANND-5's shape).
+    n_cells, n_genes, n_types
+        As in :func:`simulate_atlas`; ``write_atlas(path, *ATLAS_SCALE)`` gives E-ANND-5's shape.
     chunk_size
         Cells generated and appended per step.
     progress
         Show a progress bar over the chunks.
     compression
         HDF5 compression of ``X`` (``None``: faster, larger files).
+    seed, label_key, doublet_rate, uninformative_rate, n_mito, qc_columns, library_size
+        As in :func:`simulate_atlas`.
 
     Returns
     -------
@@ -418,11 +400,9 @@ def write_atlas(
     """
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
-    path = Path(path)
-    started = time.perf_counter()
-    model, plan = _setup(
-        n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate, library_size
-    )
+    path, started = Path(path), time.perf_counter()
+    args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
+    model, plan = _setup(*args, library_size)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
     part = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)

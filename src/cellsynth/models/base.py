@@ -1,0 +1,110 @@
+"""The one interface every count-space generator follows, and what they share.
+
+A generator learns from an AnnData with raw counts and a label column, and returns generated
+cells as an AnnData: integer counts in ``X`` (CSR), the label in ``obs``, the model's genes in
+``var``, and the model, version, seed and config in ``uns["cellsynth"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import _keys as K
+from ..data.io import check_label, check_values, is_counts
+from ..errors import DataError
+from ._training import check_counts, package_version
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """``fit`` on counts, ``sample`` cells of chosen types, ``save``/``load`` a plain directory."""
+
+    name: ClassVar[str]
+    labels: list[str]  # cell types the model knows, in code order
+    genes: list[str]  # the genes it generates, in order
+
+    def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0,
+            progress: bool = True) -> dict[str, Any]: ...
+
+    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self: ...
+
+
+def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
+    """Raw counts of ``adata`` as CSR float32: ``layers['counts']`` if present, else ``X``.
+
+    Raises :class:`DataError` when they are not counts (negative, fractional, NaN).
+    """
+    x = adata.layers[K.COUNTS] if K.COUNTS in adata.layers else adata.X
+    x = sp.csr_matrix(x, dtype=np.float32)
+    check_values(x.data, "the counts")
+    if not is_counts(x.data[:1_000_000]):
+        raise DataError(
+            "this generator needs raw counts, but the matrix holds non-integer values "
+            "(normalised data); give the unnormalised counts in X or layers['counts']"
+        )
+    return x
+
+
+def split_masks(adata: ad.AnnData, *, seed: int, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows: ``obs['cellsynth_split']`` when present, else a random cut."""
+    if K.SPLIT in adata.obs:
+        split = adata.obs[K.SPLIT].astype(str).to_numpy()
+        return split == "train", split == "val"
+    rng = np.random.default_rng(seed)
+    val = rng.random(adata.n_obs) < val_fraction
+    return ~val, val
+
+
+def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
+    """The label column as strings, checked to exist and to hold names."""
+    check_label(adata, label_key)
+    return adata.obs[label_key].astype(str).to_numpy()
+
+
+def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:
+    """Refuse data whose genes differ from the model's."""
+    genes = list(map(str, adata.var_names))
+    if genes != model_genes:
+        missing = [g for g in model_genes if g not in set(genes)][:5]
+        raise DataError(
+            f"the data's {len(genes)} genes differ from the model's {len(model_genes)} "
+            f"(missing e.g. {missing}); subset the data to the model's genes "
+            "(adata[:, model.genes]) or fit a model on this gene set"
+        )
+
+
+def synthetic_adata(
+    counts: sp.csr_matrix | np.ndarray,
+    labels: np.ndarray,
+    genes: list[str],
+    *,
+    label_key: str,
+    model: str,
+    seed: int,
+    config: dict[str, Any] | None = None,
+) -> ad.AnnData:
+    """Package generated counts as an AnnData with provenance in ``uns['cellsynth']``."""
+    x = sp.csr_matrix(counts, dtype=np.float32)
+    obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
+                       index=[f"synthetic_{i}" for i in range(x.shape[0])])
+    a = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    a.uns[K.UNS] = {"version": package_version(), "model": model, "seed": int(seed),
+                    "label_key": label_key, "config": config or {}}
+    return a
+
+
+def request(counts_per_type: dict[str, int], labels: list[str]) -> list[tuple[str, int]]:
+    """Validate a ``{type: n}`` request against the model's labels; return it as pairs."""
+    check_counts(counts_per_type, labels)
+    return [(str(t), int(n)) for t, n in counts_per_type.items()]
