@@ -144,7 +144,8 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
 
     with manifest.stage("data") as entry:
         pre, report, raw = _stage_data(cfg, out, progress)
-        entry.update(cells=pre.n_obs, genes=pre.n_vars)
+        entry.update(cells=pre.n_obs, genes=pre.n_vars,
+                     types=int(pre.obs[label_key].nunique()))
         known = set(pre.obs[label_key].astype(str))
         if cfg.explain.cell_type and cfg.explain.cell_type not in known:
             raise DataError(

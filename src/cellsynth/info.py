@@ -1,0 +1,111 @@
+"""``cellsynth info PATH``: describe a run directory, a model directory or an h5ad file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import CellsynthError
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """A plain dict describing what is at ``path``; ``kind`` says which it is."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CellsynthError(f"{path} does not exist; give a run directory, a model directory or an .h5ad")
+    if path.is_file():
+        return _describe_h5ad(path)
+    if (path / "manifest.json").is_file():
+        return _describe_run(path)
+    if (path / "config.json").is_file():
+        return _describe_model(path)
+    if (path / "model.ubj").is_file():
+        labels = json.loads((path / "labels.json").read_text()) if (path / "labels.json").is_file() else []
+        return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
+    raise CellsynthError(
+        f"{path} is neither a run directory (manifest.json), a model directory (config.json) "
+        "nor a classifier (model.ubj)"
+    )
+
+
+def _describe_h5ad(path: Path) -> dict[str, Any]:
+    from .data.io import find_counts, read
+    from .errors import DataError
+
+    adata = read(path, backed=True)
+    try:
+        expr = find_counts(adata)
+        what = "raw counts" if expr.counts == "X" else "normalised values"
+        counts = expr.counts or "none found"
+    except DataError as exc:  # e.g. PCA coordinates: describe, do not refuse
+        what, counts = f"not expression values ({exc})", "none found"
+    labels = {}
+    for col in adata.obs.columns:
+        s = adata.obs[col]
+        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object:
+            n = int(s.nunique())
+            if 1 < n <= max(1000, adata.n_obs // 2):
+                labels[str(col)] = {"dtype": str(s.dtype), "n_values": n}
+    out = {
+        "kind": "h5ad",
+        "path": str(path),
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "X": what,
+        "counts": counts,
+        "label_columns": labels,
+        "layers": list(adata.layers.keys()),
+        "has_raw": adata.raw is not None,
+    }
+    if "cellsynth" in adata.uns:
+        out["cellsynth"] = {k: v for k, v in dict(adata.uns["cellsynth"]).items() if k != "config"}
+    adata.file.close()
+    return out
+
+
+def _describe_run(path: Path) -> dict[str, Any]:
+    manifest = json.loads((path / "manifest.json").read_text())
+    stages = {k: {"status": v.get("status"), "seconds": v.get("seconds")}
+              for k, v in manifest.get("stages", {}).items()}
+    out = {"kind": "run", "path": str(path), "stages": stages,
+           "cellsynth": manifest.get("environment", {}).get("cellsynth")}
+    summary = path / "metrics" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        out["f1_macro"] = {k: v["fine"]["f1_macro"] for k, v in s.items() if "fine" in v}
+    if (path / "results.md").is_file():
+        out["results"] = str(path / "results.md")
+    return out
+
+
+def _describe_model(path: Path) -> dict[str, Any]:
+    meta = json.loads((path / "config.json").read_text())
+    labels = json.loads((path / "labels.json").read_text()) if (path / "labels.json").is_file() else []
+    genes = json.loads((path / "genes.json").read_text()) if (path / "genes.json").is_file() else None
+    return {
+        "kind": "model",
+        "path": str(path),
+        "model": meta.get("model"),
+        "format_version": meta.get("format_version"),
+        "cellsynth_version": meta.get("cellsynth_version"),
+        "n_types": len(labels),
+        "types": labels,
+        "n_genes": len(genes) if genes is not None else meta.get("n_input"),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable lines for the CLI."""
+    lines = []
+    for key, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {v}" for k, v in value.items()]
+        elif isinstance(value, list) and len(value) > 12:
+            lines.append(f"{key}: {', '.join(map(str, value[:12]))}, ... ({len(value)} in all)")
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
