@@ -1,16 +1,11 @@
 """Simulated labelled atlases of raw counts: the embedded demo dataset and the scale test.
 
-Genes: ``n_mito`` mitochondrial (``MT-ND1``, ...) then ``GENE00001``, ..., with a wide log-normal
-base expression and per-gene negative-binomial dispersion. Types fall into coarse groups
-(``group_A``, ...) that share markers and gene-program activity; each type adds 20-50 markers of
-its own, so siblings are the hard pairs. Type sizes span orders of magnitude; libraries are
-log-normal; a few % of counts are mitochondrial; some cells are doublets or low quality.
-
-Counts are gamma-Poisson, drawn without touching the zeros: NB(m, theta) is compound Poisson
-(``Poisson(theta * log1p(m / theta))`` events, each a log-series count), so events are drawn for a
-batch of cells at its highest rate and thinned to each cell's rate: the work scales with the
-nonzeros. Each block of ``_BLOCK`` cells has its own :class:`numpy.random.SeedSequence` child, so
-:func:`write_atlas` writes exactly :func:`simulate_atlas`'s data, whatever the chunk size.
+Types fall into coarse groups that share markers and gene-program activity, each type adds 20-50
+markers of its own (siblings are the hard pairs); type sizes span orders of magnitude. Counts are
+gamma-Poisson, drawn without touching the zeros: NB(m, theta) is compound Poisson
+(``Poisson(theta * log1p(m / theta))`` events, each a log-series count), drawn for a batch of
+cells at its highest rate and thinned to each cell's rate. Each block of ``_BLOCK`` cells has its
+own :class:`numpy.random.SeedSequence` child, so the data do not depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -99,31 +94,22 @@ def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int) -> _Model:
         genes = rng.choice(visible, size=min(n_up + n_up // 4, len(visible)), replace=False)
         up = rng.normal(2.5, 0.5, len(genes))
         up[n_up:] = -rng.normal(1.5, 0.4, len(genes) - n_up)  # some markers go down
-        lfc[t, genes] += rng.uniform(0.5, 1.2) * up  # weak markers make hard sibling pairs
+        lfc[t, genes] += rng.uniform(0.1, 1.0) * up  # weak markers make hard sibling pairs
     programs = np.zeros((_N_PROGRAMS, n_nuc))
     for p in range(_N_PROGRAMS):
         genes = rng.choice(n_nuc, size=int(np.clip(n_nuc // 40, 5, 150)), replace=False)
         programs[p, genes] = rng.uniform(0.5, 1.0, len(genes))
     activity = rng.normal(0.0, 1.0, (n_groups, _N_PROGRAMS))[groups]  # shared within a group
-    activity += rng.normal(0.0, 0.35, (n_types, _N_PROGRAMS))
+    activity += rng.normal(0.0, 0.2, (n_types, _N_PROGRAMS))
     log_w = base + lfc + activity @ programs  # (n_types, n_nuclear)
     q = np.exp(log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True))
     share = np.exp(rng.normal(0.0, 1.3, n_types))  # sizes span orders of magnitude
     in_program = np.flatnonzero(programs.any(axis=0))
     pos = np.full(n_nuc, -1, dtype=np.int32)
     pos[in_program] = np.arange(len(in_program))
-    mito_weights = rng.dirichlet(np.full(n_mito, 4.0)) if n_mito else np.zeros(0)
-    type_size = np.exp(rng.normal(0.0, 0.25, n_types))
-    return _Model(q, theta, in_program, programs[:, in_program], pos, mito_weights,
-                  share / share.sum(), groups, type_size)  # fmt: skip
-
-
-def _allocate(n: int, p: np.ndarray, floor: int) -> np.ndarray:
-    """``floor`` cells per type, the rest shared by ``p`` (largest remainders)."""
-    extra = (n - floor * len(p)) * p
-    counts = np.floor(extra).astype(np.int64)
-    counts[np.argsort(counts - extra)[: n - floor * len(p) - counts.sum()]] += 1
-    return counts + floor
+    return _Model(q, theta, in_program, programs[:, in_program], pos,
+                  rng.dirichlet(np.full(n_mito, 4.0)) if n_mito else np.zeros(0),
+                  share / share.sum(), groups, np.exp(rng.normal(0.0, 0.25, n_types)))  # fmt: skip
 
 
 def _make_plan(
@@ -135,12 +121,16 @@ def _make_plan(
     n_uninf = round(uninf_rate * n_cells)
     n_mixed = n_uninf // 3 if n_types > 1 else 0
     n_plain = n_cells - n_doublet - n_uninf  # these hold the 15 cells a type
-    counts = _allocate(n_plain, p, min(15, n_plain // n_types))
-    type1 = np.concatenate(
-        [np.repeat(np.arange(n_types), counts), rng.choice(n_types, n_cells - n_plain, p=p)]
-    )
+    floor = min(15, n_plain // n_types)  # then shares by p, with the largest remainders
+    share = (n_plain - floor * n_types) * p
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(counts - share)[: n_plain - floor * n_types - counts.sum()]] += 1
+    counts += floor
+    rest = rng.choice(n_types, n_cells - n_plain, p=p)
+    type1 = np.concatenate([np.repeat(np.arange(n_types), counts), rest])
+    # kind 0: plain, 1: flagged doublet, 2: DOUBLET_MIXED, 3: LOW_Q_HIGH_MITO
     kind = np.repeat([0, 1, 2, 3], [n_plain, n_doublet, n_mixed, n_uninf - n_mixed])
-    order = rng.permutation(n_cells)  # kind 0 plain, 1 flagged doublet, 2 DOUBLET_, 3 LOW_Q_
+    order = rng.permutation(n_cells)
     type1, kind = type1[order].astype(np.int32), kind[order]
     two = (kind == 1) | (kind == 2)
     other = rng.choice(n_types, int(two.sum()), p=p)
@@ -152,25 +142,11 @@ def _make_plan(
     lib1 = libs[0] * model.type_size[type1]
     lib2 = np.where(two, libs[1] * model.type_size[type2], 0.0)
     mito = np.exp(rng.normal(np.log(0.035), 0.45, n_cells)).clip(0.003, 0.15)
-    low_q = kind == 3
-    lib1[low_q] *= 0.35
-    mito[low_q] = rng.uniform(0.2, 0.6, int(low_q.sum()))
-    codes = np.where(kind == 2, n_types, np.where(low_q, n_types + 1, type1))
+    lib1[kind == 3] *= 0.35
+    mito[kind == 3] = rng.uniform(0.2, 0.6, int((kind == 3).sum()))
+    codes = np.where(kind == 2, n_types, np.where(kind == 3, n_types + 1, type1))
     labels = pd.Categorical.from_codes(codes, [*_type_names(n_types), DOUBLET_LABEL, LOW_Q_LABEL])
     return _Plan(type1, type2, lib1, lib2, mito, labels.remove_unused_categories(), kind == 1)
-
-
-def _poisson_events(rng: np.random.Generator, rate: np.ndarray) -> np.ndarray:
-    """The bin of each event of independent Poisson(``rate``) counts, sorted.
-
-    Few events: their total, then sorted uniforms (exponential spacings) on the cumulative rate.
-    """
-    cum = np.cumsum(rate)
-    if cum[-1] >= len(rate):
-        return np.repeat(np.arange(len(rate), dtype=np.int32), rng.poisson(rate))
-    pos = np.cumsum(rng.exponential(size=rng.poisson(cum[-1]) + 1))
-    gene = np.searchsorted(cum, pos[:-1] * (cum[-1] / pos[-1]), side="right")
-    return gene.clip(max=len(rate) - 1).astype(np.int32)
 
 
 def _nb_counts(
@@ -178,15 +154,21 @@ def _nb_counts(
 ) -> sp.csr_matrix:
     """NB counts of up to ``_BATCH`` cells of type ``t``: canonical CSR (cells x nuclear genes).
 
-    Events come at the batch's highest rate per gene (largest library and program jitter, the
-    loadings being non-negative), each kept with probability rate / highest rate.
+    Events come at the batch's highest rate per gene (largest library and program jitter; the
+    loadings are non-negative), each kept with probability rate / highest rate.
     """
     theta, n_nuc = model.theta, len(model.theta)
     shift = np.exp(jitter @ model.programs)  # (n_cells, n_program_genes)
     m_max = libs.max() * model.q[t]  # (n_nuc,)
     m_max[model.program_genes] *= shift.max(axis=0)
     rate_max = theta * np.log1p(m_max / theta)
-    gene = _poisson_events(rng, rate_max * len(libs))  # (n_events,)
+    rate = rate_max * len(libs)  # events per gene: Poisson(rate), each for a random cell
+    if (cum := np.cumsum(rate))[-1] >= n_nuc:
+        gene = np.repeat(np.arange(n_nuc, dtype=np.int32), rng.poisson(rate))
+    else:  # few: their total, then sorted uniforms (exponential spacings) on the cumulative rate
+        at = np.cumsum(rng.exponential(size=rng.poisson(cum[-1]) + 1))
+        gene = np.searchsorted(cum, at[:-1] * (cum[-1] / at[-1]), side="right")
+        gene = gene.clip(max=n_nuc - 1).astype(np.int32)
     cell = rng.integers(len(libs), size=len(gene), dtype=np.int32)
     m = libs[cell] * model.q[t, gene]
     pos = model.program_pos[gene]
@@ -204,49 +186,46 @@ def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.c
     """Counts of cells ``start:stop`` (inside one ``_BLOCK``), canonical CSR float32."""
     rng = _rng(seed, 2, start // _BLOCK)
     n, cells = stop - start, slice(start, stop)
-    two = np.flatnonzero(plan.type2[cells] >= 0)
-    # components: the n cells, then the second parts of the doublets
+    two = np.flatnonzero(plan.type2[cells] >= 0)  # components: n cells, doublets' second parts
     types = np.concatenate([plan.type1[cells], plan.type2[cells][two]])
     libs = np.concatenate([plan.lib1[cells], plan.lib2[cells][two]])
     jitter = rng.normal(0.0, 0.35, (len(types), _N_PROGRAMS))  # per-cell program activity
     level = np.floor(np.log(libs) / _LIB_STEP)
     order = np.lexsort((libs, level, types))
     cut = (np.diff(types[order]) != 0) | (np.diff(level[order]) != 0)
-    parts = []
-    for run in np.split(order, np.flatnonzero(cut) + 1):
-        for i in range(0, len(run), _BATCH):
-            idx = run[i : i + _BATCH]
-            parts.append(_nb_counts(rng, model, int(types[idx[0]]), libs[idx], jitter[idx]))
-    comp = sp.vstack(parts, format="csr")[np.argsort(order)]  # back to component order
-    nuc, second = comp[:n], comp[n:]
+    runs = np.split(order, np.flatnonzero(cut) + 1)
+    batches = [run[i : i + _BATCH] for run in runs for i in range(0, len(run), _BATCH)]
+    stacked = sp.vstack(
+        [_nb_counts(rng, model, int(types[b[0]]), libs[b], jitter[b]) for b in batches], "csr"
+    )  # rows in ``order``
+    rank = np.argsort(order)
+    nuc, second = stacked[rank[:n]], stacked[rank[n:]]
+    del stacked
     if len(two):  # add each doublet's second part to its row
-        lengths = np.zeros(n, dtype=np.int64)
-        lengths[two] = np.diff(second.indptr)
-        indptr = np.r_[0, np.cumsum(lengths)]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        indptr[two + 1] = np.diff(second.indptr)
+        indptr = np.cumsum(indptr)
         nuc = nuc + sp.csr_matrix((second.data, second.indices, indptr), shape=nuc.shape)
     if not len(model.mito_weights):
         return nuc
-    frac = plan.mito[cells]
-    mean = ((plan.lib1[cells] + plan.lib2[cells]) * frac / (1 - frac))[:, None] * model.mito_weights
+    frac, total = plan.mito[cells], plan.lib1[cells] + plan.lib2[cells]
+    mean = (total * frac / (1 - frac))[:, None] * model.mito_weights
     mito = rng.poisson(rng.gamma(20.0, mean / 20.0)).astype(np.float32)  # (n, n_mito)
     return sp.hstack([sp.csr_matrix(mito), nuc], format="csr")
 
 
 def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
     """The count matrix in row chunks of ``chunk_size`` cells (the last may be shorter)."""
-    n_cells = len(plan.type1)
-    parts: list[sp.csr_matrix] = []
-    held = 0
+    n_cells, parts, held = len(plan.type1), [], 0
     for start in range(0, n_cells, _BLOCK):
         stop = min(start + _BLOCK, n_cells)
         parts.append(_block(model, plan, start, stop, seed))
         held += stop - start
-        if held >= chunk_size or stop == n_cells:
+        while held >= chunk_size or (stop == n_cells and held):
             buf = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
-            while buf.shape[0] >= chunk_size or (stop == n_cells and buf.shape[0]):
-                yield buf[:chunk_size]
-                buf = buf[chunk_size:]
-            parts, held = [buf], buf.shape[0]
+            parts = [buf[chunk_size:]] if held > chunk_size else []  # copies only when cut
+            held = held - chunk_size if held > chunk_size else 0
+            yield buf[:chunk_size] if parts else buf
 
 
 def _setup(
@@ -256,11 +235,11 @@ def _setup(
     if min(n_cells, n_types) < 1 or n_mito < 0 or n_genes - n_mito < 10:
         raise ConfigError(f"need n_cells, n_types >= 1 and 0 <= n_mito <= n_genes - 10; got "
                           f"{n_cells}, {n_types}, {n_mito}, {n_genes}")  # fmt: skip
-    if not (0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5):
-        raise ConfigError(f"doublet_rate ({doublet_rate}) and uninformative_rate "
-                          f"({uninformative_rate}) must lie in [0, 0.5)")  # fmt: skip
-    if library_size is not None and library_size <= 0:
-        raise ConfigError(f"library_size must be positive or None (automatic), got {library_size}")
+    rates_ok = 0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5
+    if not rates_ok or (library_size is not None and library_size <= 0):
+        raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
+                          f"{doublet_rate}, uninformative_rate {uninformative_rate}, "
+                          f"library_size {library_size}")  # fmt: skip
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
@@ -309,8 +288,7 @@ def simulate_atlas(
     label_key
         ``obs`` column of the annotation, also named in ``uns["label_key"]``.
     doublet_rate
-        Share of cells that sum two cells of different types, flagged in
-        ``obs["predicted_doublets"]``.
+        Share of cells summing two cells of different types (``obs["predicted_doublets"]``).
     uninformative_rate
         Share of cells labelled ``LOW_Q_HIGH_MITO`` (2/3) or ``DOUBLET_MIXED`` (1/3).
     n_mito
@@ -354,10 +332,9 @@ def _write_x(
     n_chunks = -(-n_cells // chunk_size)
     for x in tqdm(_chunks(model, plan, seed, chunk_size), total=n_chunks, disable=not progress):
         stop = row + x.shape[0]
-        data.resize((nnz + x.nnz,))
-        indices.resize((nnz + x.nnz,))
-        data[nnz:] = x.data
-        indices[nnz:] = x.indices
+        for dataset, values in ((data, x.data), (indices, x.indices)):
+            dataset.resize((nnz + x.nnz,))
+            dataset[nnz:] = values
         indptr[row + 1 : stop + 1] = nnz + x.indptr[1:].astype(np.int64)
         if qc is not None:
             qc[0][row:stop], qc[1][row:stop] = _qc(x, n_mito)
@@ -385,14 +362,12 @@ def write_atlas(
         The ``.h5ad`` file to write (replaced if present).
     n_cells, n_genes, n_types
         As in :func:`simulate_atlas`; ``write_atlas(path, *ATLAS_SCALE)`` gives E-ANND-5's shape.
-    chunk_size
-        Cells generated and appended per step.
-    progress
-        Show a progress bar over the chunks.
+    chunk_size, progress
+        Cells generated and appended per step; show a progress bar over the chunks.
     compression
         HDF5 compression of ``X`` (``None``: faster, larger files).
-    seed, label_key, doublet_rate, uninformative_rate, n_mito, qc_columns, library_size
-        As in :func:`simulate_atlas`.
+
+    The other keywords are those of :func:`simulate_atlas`.
 
     Returns
     -------
