@@ -77,6 +77,78 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_types(text: str) -> dict[str, int]:
+    """``"B cell=500,NK=200"`` -> ``{"B cell": 500, "NK": 200}``."""
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, n = item.rpartition("=")
+        if not sep or not name.strip():
+            raise CellsynthError(f"--types expects TYPE=N[,TYPE=N...], got {item!r}")
+        try:
+            out[name.strip()] = int(n)
+        except ValueError:
+            raise CellsynthError(f"--types: the count for {name.strip()!r} must be an integer, "
+                                 f"got {n!r}") from None
+    return out
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from . import config
+    from .data.io import check_label, read
+    from .models.registry import make_generator
+
+    _setup_logging(args.quiet)
+    cfg = config.load(args.config, [*args.set, f"generator.model='{args.model}'"])
+    adata = read(args.data)
+    check_label(adata, args.label_key)
+    if adata.isbacked:
+        adata = adata.to_memory()
+    gen = make_generator(args.model, cfg)
+    history = gen.fit(adata, args.label_key, seed=args.seed, progress=_progress(args))
+    gen.save(args.out)
+    config.save(cfg, Path(args.out) / "run_config.toml")
+    print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
+          f"{history.get('epochs', '-')} epochs)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .models.registry import load_generator
+
+    _setup_logging(args.quiet)
+    gen = load_generator(args.model_dir)
+    if (args.n_per_type is None) == (args.types is None):
+        raise CellsynthError("give exactly one of --n-per-type N or --types 'TYPE=N,...'")
+    counts = ({t: args.n_per_type for t in gen.labels} if args.n_per_type is not None
+              else _parse_types(args.types))
+    syn = gen.sample(counts, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    syn.write_h5ad(out)
+    print(f"generated {syn.n_obs} cells x {syn.n_vars} genes: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    _setup_logging(args.quiet)
+    path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed)
+    print(f"fidelity: {path}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .evaluate import run_benchmark
+
+    _setup_logging(args.quiet)
+    path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
+                         Path(args.out), config_path=args.config, overrides=args.set,
+                         label_key=args.label_key)
+    print(f"benchmark: {path}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe, format_info
 
@@ -116,6 +188,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_simulate)
+    f = sub.add_parser("fit", help="fit a generator on an h5ad of raw counts")
+    f.add_argument("data")
+    f.add_argument("--label-key", required=True)
+    f.add_argument("--model", default="cvae", help="cvae, nb, seed or scvi")
+    f.add_argument("--out", required=True, help="model directory")
+    f.add_argument("--config", help="TOML config for the model's settings (e.g. [cvae])")
+    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_fit)
+
+    g = sub.add_parser("generate", help="generate cells of chosen types from a saved generator")
+    g.add_argument("model_dir")
+    g.add_argument("--n-per-type", type=int, help="this many cells of every type")
+    g.add_argument("--types", help="'B cell=500,NK=200'")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output .h5ad")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="fidelity of synthetic cells against real ones, with the "
+                       "real-vs-real floor")
+    e.add_argument("--real", required=True)
+    e.add_argument("--synthetic", required=True)
+    e.add_argument("--label-key", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("benchmark", help="generators side by side on datasets: fidelity, "
+                       "utility, the real-vs-real floor")
+    b.add_argument("--data", required=True, help="comma-separated .h5ad files or preset TOMLs")
+    b.add_argument("--models", default="cvae,nb,seed,scvi")
+    b.add_argument("--label-key", default=None, help="label column (default: the config's)")
+    b.add_argument("--config", help="TOML config for every dataset (default settings otherwise)")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    b.add_argument("--out", required=True)
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_benchmark)
+
     i = sub.add_parser("info", help="describe a run directory, a model directory or an h5ad")
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="print JSON")

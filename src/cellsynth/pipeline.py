@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from . import _keys as K
 from ._runtime import Manifest, environment, write_json
@@ -22,12 +24,13 @@ from .classify.xgb import train_classifier
 from .config import RunConfig, save, to_dict
 from .data.groups import load_groups
 from .data.io import read
-from .data.qc import QCReport, preprocess
+from .data.qc import QCReport, normalise_log1p, preprocess
 from .data.simulate import simulate_atlas
 from .errors import CellsynthError, DataError
 from .explain.shap import explain_type, write_shap
-from .features.pca import fit_pca
+from .features.pca import PCAModel, fit_pca
 from .metrics.classification import classification_report, summary_row, to_coarse, write_report
+from .models.registry import make_generator
 from .models.seed import SeedCVAE
 from .report.results import write_results
 
@@ -126,6 +129,42 @@ def _synthetic_adata(x: np.ndarray, y: np.ndarray, cfg: RunConfig, seed: int, mo
     return a
 
 
+def _fit_generator(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, sp_: dict[str, Split],
+                   types: list[str], progress: bool) -> tuple[Any, dict]:
+    """Train the configured generator: ``seed`` on PCA features (as the reference), the
+    count-space ones on the preprocessed counts (training split, validation for early stopping)."""
+    seed = derive_seed(cfg.seed, "generator")
+    if cfg.generator.model == "seed":
+        gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
+        history = gen.fit(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
+                          seed=seed, progress=progress)
+        return gen, history
+    fit_on = pre[pre.obs[K.SPLIT].isin(["train", "val"]).to_numpy()]
+    gen = make_generator(cfg.generator.model, cfg)
+    history = gen.fit(fit_on, cfg.dataset.label_key, seed=seed, progress=progress)
+    return gen, history
+
+
+def _generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], seed: int,
+              path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Generate cells, write them (when ``path``), and return them in the classifier's PCA space."""
+    label_key = cfg.dataset.label_key
+    if isinstance(gen, SeedCVAE):
+        x, y = gen.sample(counts, seed=seed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _synthetic_adata(x, y, cfg, seed, "seed").write_h5ad(path)
+        return x, y
+    syn = gen.sample(counts, seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        syn.write_h5ad(path)
+    y = syn.obs[label_key].astype(str).to_numpy()
+    z = pca.transform(normalise_log1p(sp.csr_matrix(syn.X), cfg.qc.target_sum),
+                      chunk_size=cfg.qc.chunk_size)
+    return z, y
+
+
 def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
     """Run every stage into ``out`` and return the path of ``results.md``."""
     out = Path(out)
@@ -144,6 +183,12 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
 
     with manifest.stage("data") as entry:
         pre, report, raw = _stage_data(cfg, out, progress)
+        if cfg.generator.model != "seed" and not pre.uns[K.UNS]["has_counts"]:
+            raise DataError(
+                f"generator.model = '{cfg.generator.model}' generates counts and needs raw counts, "
+                "but the data holds normalised values only; give the unnormalised file or set "
+                "generator.model = 'seed'"
+            )
         entry.update(cells=pre.n_obs, genes=pre.n_vars,
                      types=int(pre.obs[label_key].nunique()))
         known = set(pre.obs[label_key].astype(str))
@@ -182,25 +227,25 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
                               "a_real_real")
 
     with manifest.stage("generator") as entry:
-        gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
-        history = gen.fit(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
-                          seed=derive_seed(cfg.seed, "generator"), progress=progress)
+        gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress)
         gen.save(out / "generator")
-        entry.update(epochs=history["epochs"], best_epoch=history["best_epoch"])
+        entry.update(model=cfg.generator.model, epochs=history.get("epochs"),
+                     best_epoch=history.get("best_epoch"))
+        write_json(out / "generator" / "history.json", history)
 
     with manifest.stage("experiments"):
-        (out / "synthetic").mkdir(exist_ok=True)
         g = cfg.generator
-        s_eval = derive_seed(cfg.seed, "generate-eval")
-        x_b, y_b = gen.sample({t: g.n_per_type_eval for t in types}, seed=s_eval)
-        _synthetic_adata(x_b, y_b, cfg, s_eval, "seed").write_h5ad(out / "synthetic" / "eval.h5ad")
+        draws = {
+            "eval": ({t: g.n_per_type_eval for t in types}, derive_seed(cfg.seed, "generate-eval")),
+            "train": ({t: g.n_per_type_train for t in types}, derive_seed(cfg.seed, "generate-train")),
+            "val": ({t: g.n_per_type_val for t in types}, derive_seed(cfg.seed, "generate-val")),
+        }
+        syn = {name: _generate(gen, cfg, pca, counts, seed_, out / "synthetic" / f"{name}.h5ad"
+                               if name != "val" else None)
+               for name, (counts, seed_) in draws.items()}
+        x_b, y_b = syn["eval"]
         results["b"] = _score(y_b, clf.predict(x_b), groups, metrics_dir, "b_real_synthetic")
-
-        s_train = derive_seed(cfg.seed, "generate-train")
-        x_c, y_c = gen.sample({t: g.n_per_type_train for t in types}, seed=s_train)
-        x_cv, y_cv = gen.sample({t: g.n_per_type_val for t in types},
-                                seed=derive_seed(cfg.seed, "generate-val"))
-        _synthetic_adata(x_c, y_c, cfg, s_train, "seed").write_h5ad(out / "synthetic" / "train.h5ad")
+        (x_c, y_c), (x_cv, y_cv) = syn["train"], syn["val"]
         clf_syn = train_classifier(x_c, y_c, x_cv, y_cv, cfg.classifier,
                                    seed=derive_seed(cfg.seed, "classifier-synthetic"),
                                    progress=progress)

@@ -1,0 +1,176 @@
+"""Generators side by side on one dataset: fidelity and utility beside the real-vs-real floor.
+
+For each dataset: preprocess (QC, stratified split) as ``cellsynth run`` does, fit every
+generator on the training counts (validation for early stopping), generate as many cells of
+each type as the real test split holds (for fidelity) and as the real training split holds
+(for TSTR and augmentation), and score them in one evaluation space fitted on real training
+cells. The same metrics between two disjoint halves of the real test cells are the floor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import _keys as K
+from ._runtime import peak_rss_mb, write_json
+from ._seeds import derive_seed
+from .config import RunConfig
+from .data.io import read
+from .data.qc import preprocess
+from .metrics.fidelity import fidelity_report, real_floor
+from .metrics.space import fit_space
+from .metrics.utility import augmentation, tstr
+from .models.registry import make_generator
+
+logger = logging.getLogger(__name__)
+
+#: the columns of the results table: (key in a row, header, format)
+COLUMNS = [
+    ("c2st_auc", "2-sample AUC ↓", "{:.3f}"),
+    ("mmd", "MMD ↓", "{:.4f}"),
+    ("energy", "energy ↓", "{:.3f}"),
+    ("knn_precision", "kNN prec ↑", "{:.2f}"),
+    ("knn_recall", "kNN rec ↑", "{:.2f}"),
+    ("gene_mean_spearman", "gene mean ρ ↑", "{:.3f}"),
+    ("gene_var_spearman", "gene var ρ ↑", "{:.3f}"),
+    ("zero_frac_spearman", "zero frac ρ ↑", "{:.3f}"),
+    ("library_distance", "library W1 ↓", "{:.3f}"),
+    ("correlation_distance", "gene corr ↓", "{:.3f}"),
+    ("marker_overlap", "markers ↑", "{:.2f}"),
+    ("per_type_c2st_auc", "per-type AUC ↓", "{:.3f}"),
+    ("tstr_macro_f1", "TSTR F1 ↑", "{:.3f}"),
+    ("tstr_over_trtr", "TSTR/TRTR ↑", "{:.2f}"),
+    ("aug_generated", "rare F1 +gen ↑", "{:.3f}"),
+    ("fit_seconds", "fit s", "{:.0f}"),
+]
+
+
+def _flat(report: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a fidelity report, one level deep."""
+    o = report["overall"]
+    gs = o.get("gene_stats", {})
+    mo = o.get("marker_overlap", {})
+    return {
+        "c2st_auc": o.get("c2st_auc"),
+        "mmd": o.get("mmd_rbf"),
+        "energy": o.get("energy_distance"),
+        "knn_precision": o.get("knn_precision"),
+        "knn_recall": o.get("knn_recall"),
+        "gene_mean_spearman": gs.get("mean"),
+        "gene_var_spearman": gs.get("variance"),
+        "zero_frac_spearman": gs.get("zero_fraction"),
+        "library_distance": o.get("library_size_distance"),
+        "correlation_distance": o.get("correlation_distance"),
+        "marker_overlap": mo.get("mean") if isinstance(mo, dict) else mo,
+        "per_type_c2st_auc": report.get("per_type_mean", {}).get("c2st_auc"),
+    }
+
+
+def _counts(a: ad.AnnData) -> sp.csr_matrix:
+    return sp.csr_matrix(a.layers[K.COUNTS] if K.COUNTS in a.layers else a.X)
+
+
+def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
+    """Read and preprocess a dataset as ``cellsynth run`` does (counts kept in a layer)."""
+    pre, _ = preprocess(read(path), cfg.dataset, cfg.qc, cfg.split,
+                        seed=derive_seed(cfg.seed, "split"))
+    if K.COUNTS not in pre.layers:
+        raise ValueError(f"{path}: the benchmark needs raw counts")
+    return pre
+
+
+def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
+                      n_rare: int = 3, progress: bool = False) -> dict[str, Any]:
+    """Fit, generate and score every generator in ``models`` on one preprocessed dataset."""
+    label_key = cfg.dataset.label_key
+    split = pre.obs[K.SPLIT].astype(str).to_numpy()
+    y = pre.obs[label_key].astype(str).to_numpy()
+    counts = _counts(pre)
+    parts = {s: (counts[split == s], y[split == s]) for s in K.SPLITS}
+    seed = cfg.seed
+    space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
+                      seed=derive_seed(seed, "eval-space"))
+    emb = {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
+    t0 = time.perf_counter()
+    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"))
+    logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
+    rows: dict[str, dict[str, Any]] = {"real vs real": _flat(floor)}
+    details: dict[str, Any] = {"floor": floor, "models": {}}
+    fit_on = pre[np.isin(split, ["train", "val"])]
+    n_test = pd.Series(parts["test"][1]).value_counts().to_dict()
+    n_train = pd.Series(parts["train"][1]).value_counts().to_dict()
+    n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
+    for name in models:
+        logger.info("benchmark: fitting %s on %d cells", name, fit_on.n_obs)
+        gen = make_generator(name, cfg)
+        t0 = time.perf_counter()
+        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"), progress=progress)
+        fit_seconds = time.perf_counter() - t0
+        gen.save(out / "models" / name)
+        t0 = time.perf_counter()
+        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{name}"))
+        gen_seconds = time.perf_counter() - t0
+        syn_train = gen.sample({t: int(n) for t, n in n_train.items()},
+                               seed=derive_seed(seed, f"gen-train-{name}"))
+        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()},
+                             seed=derive_seed(seed, f"gen-val-{name}"))
+        (out / "synthetic").mkdir(parents=True, exist_ok=True)
+        syn_test.write_h5ad(out / "synthetic" / f"{name}.h5ad")
+
+        def sx(a: ad.AnnData) -> sp.csr_matrix:
+            return sp.csr_matrix(a.X)
+
+        def sl(a: ad.AnnData) -> np.ndarray:
+            return a.obs[label_key].astype(str).to_numpy()
+
+        fid = fidelity_report(space, *parts["test"], sx(syn_test), sl(syn_test),
+                              seed=derive_seed(seed, f"fid-{name}"))
+        util = tstr(emb["train"], emb["val"], emb["test"], (space.embed(sx(syn_train)), sl(syn_train)),
+                    (space.embed(sx(syn_val)), sl(syn_val)), cfg.classifier,
+                    seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)))
+        by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
+        aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
+                           seed=derive_seed(seed, "augment"))
+        row = _flat(fid)
+        row.update(
+            tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],
+            trts_macro_f1=util["trts"]["macro_f1"], tstr_over_trtr=util["tstr_over_trtr"],
+            aug_real=aug["arms"]["real"]["mean_rare_f1"],
+            aug_oversample=aug["arms"]["oversample"]["mean_rare_f1"],
+            aug_generated=aug["arms"]["generated"]["mean_rare_f1"], fit_seconds=fit_seconds,
+            generate_cells_per_second=syn_test.n_obs / max(gen_seconds, 1e-9),
+            epochs=history.get("epochs"),
+        )
+        rows[name] = row
+        details["models"][name] = {"fidelity": fid, "utility": util, "augmentation": aug,
+                                   "history": history, "row": row}
+        logger.info("benchmark %s: AUC %.3f, TSTR %.3f (TRTR %.3f), fit %.0f s, peak RSS %.0f MB",
+                    name, row["c2st_auc"] or float("nan"), row["tstr_macro_f1"],
+                    row["trtr_macro_f1"], fit_seconds, peak_rss_mb())
+    details["rows"] = rows
+    details["rare_types"] = next(iter(details["models"].values()))["augmentation"].get("rare_types") \
+        if details["models"] else []
+    write_json(out / "benchmark.json", details)
+    return details
+
+
+def table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """A markdown table: one row per generator plus the real-vs-real floor."""
+    head = "| generator | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    sep = "|---|" + "|".join("---:" for _ in COLUMNS) + "|"
+    lines = [head, sep]
+    for name, row in rows.items():
+        cells = []
+        for key, _, fmt in COLUMNS:
+            v = row.get(key)
+            cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

@@ -1,0 +1,172 @@
+"""One evaluation space for every fidelity and utility metric, fitted on real training cells only.
+
+Counts are normalised to ``target_sum`` counts per cell and log1p-transformed (all genes, sparse);
+the highly variable genes (HVGs) are ranked by normalised dispersion on the real training cells;
+a PCA on the HVGs gives the low-dimensional space (30 PCs by default) that the distribution
+metrics (C2ST, MMD, energy distance, k-NN precision/recall) and the utility classifiers use.
+Fitting on real training cells only keeps held-out real cells and generated cells out of the
+space they are scored in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..config import FeaturesConfig
+from ..data.qc import normalise_log1p
+from ..errors import DataError
+from ..features.pca import PCAModel, fit_pca
+
+logger = logging.getLogger(__name__)
+
+#: cells per chunk when normalising and projecting
+CHUNK = 10_000
+#: bins of mean expression within which dispersions are z-scored (Seurat's flavour uses 20)
+N_BINS = 20
+
+
+def as_csr(x: Any, n_genes: int | None = None, *, what: str = "counts") -> sp.csr_matrix:
+    """``x`` (sparse or dense, cells x genes) as float32 CSR, checking the gene count."""
+    out = sp.csr_matrix(x, dtype=np.float32)
+    if n_genes is not None and out.shape[1] != n_genes:
+        raise DataError(
+            f"{what} have {out.shape[1]} genes but {n_genes} were expected (the real data's genes, "
+            "EvalSpace.genes); give the same genes in the same order"
+        )
+    return out
+
+
+def _mean_var(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and (population) variance of a sparse matrix, without densifying it."""
+    n = x.shape[0]
+    mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
+    mean_sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel() / n
+    return mean, np.maximum(mean_sq - mean**2, 0.0)
+
+
+def normalised_dispersion(x: sp.csr_matrix, n_bins: int = N_BINS) -> np.ndarray:
+    """Seurat-style normalised dispersion of each gene of log-normalised data ``x``.
+
+    The dispersion ``variance / mean`` is log-transformed, genes are binned by mean into
+    ``n_bins`` equal-width bins, and each log-dispersion is z-scored within its bin. A bin with
+    one gene gives that gene 1 (as scanpy does); genes never detected get ``-inf``.
+    """
+    mean, var = _mean_var(x)
+    expressed = mean > 0
+    out = np.full(x.shape[1], -np.inf)
+    if not expressed.any():
+        return out
+    m = mean[expressed]
+    disp = np.log(np.maximum(var[expressed], 1e-12) / m)
+    edges = np.linspace(m.min(), m.max(), n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, n_bins - 1)
+    norm = np.empty_like(disp)
+    for b in np.unique(bins):
+        sel = bins == b
+        d = disp[sel]
+        if sel.sum() == 1:
+            norm[sel] = 1.0
+            continue
+        sd = d.std(ddof=1)
+        norm[sel] = (d - d.mean()) / sd if sd > 0 else 0.0
+    out[expressed] = norm
+    return out
+
+
+@dataclass
+class EvalSpace:
+    """Log-normalisation, HVGs and PCA fitted on real training cells."""
+
+    genes: list[str]  # every gene of the real data, in order: inputs must have these columns
+    hvg: np.ndarray  # (n_hvg,) sorted column indices of the highly variable genes
+    pca: PCAModel  # PCA of log1p(counts per target_sum) on the HVGs
+    target_sum: float = 1e4  # counts per cell before log1p
+
+    @property
+    def n_pcs(self) -> int:
+        return self.pca.n_components
+
+    def lognorm(self, counts: Any) -> sp.csr_matrix:
+        """log1p(counts / library size * target_sum) on all genes, sparse float32."""
+        x = as_csr(counts, len(self.genes))
+        if x.shape[0] <= CHUNK:
+            return normalise_log1p(x, self.target_sum)
+        parts = [normalise_log1p(x[s : s + CHUNK], self.target_sum)
+                 for s in range(0, x.shape[0], CHUNK)]
+        return sp.vstack(parts, format="csr")
+
+    def embed(self, counts: Any) -> np.ndarray:
+        """Cells in PCA space, ``(n_cells, n_pcs)`` float32, computed chunk by chunk."""
+        x = as_csr(counts, len(self.genes))
+        out = np.empty((x.shape[0], self.n_pcs), dtype=np.float32)
+        for s in range(0, x.shape[0], CHUNK):
+            block = normalise_log1p(x[s : s + CHUNK], self.target_sum)[:, self.hvg]
+            out[s : s + CHUNK] = self.pca.transform(block)
+        return out
+
+
+def fit_space(
+    real_train_counts: Any,
+    labels: Any,
+    genes: list[str],
+    *,
+    n_hvg: int = 2000,
+    n_pcs: int = 30,
+    target_sum: float = 1e4,
+    max_cells_per_class: int = 1_000_000,
+    seed: int = 0,
+) -> EvalSpace:
+    """Fit the evaluation space on real training counts.
+
+    Parameters
+    ----------
+    real_train_counts
+        Raw counts of real training cells, cells x genes (sparse or dense; kept sparse).
+    labels
+        Cell type of each cell; the PCA is fitted on at most ``max_cells_per_class`` of each.
+    genes
+        Gene names, one per column.
+    n_hvg
+        Highly variable genes kept (clamped to the number of genes), ranked by
+        :func:`normalised_dispersion` of the log-normalised training data.
+    n_pcs
+        Principal components (clamped by :func:`~cellsynth.features.pca.fit_pca` when the data
+        allow fewer, with a warning).
+    target_sum
+        Counts per cell before log1p.
+    max_cells_per_class
+        Class-balanced cap on the cells the PCA is fitted on; the default keeps every cell of
+        any realistic dataset.
+    seed
+        Seeds the PCA subsample (and the randomized SVD for very wide inputs).
+    """
+    x = as_csr(real_train_counts)
+    labels = np.asarray(labels).astype(str)
+    if x.shape[0] != len(labels) or x.shape[1] != len(genes):
+        raise DataError(
+            f"counts are {x.shape[0]} cells x {x.shape[1]} genes but {len(labels)} labels and "
+            f"{len(genes)} gene names were given; they must match"
+        )
+    if x.shape[0] < 3:
+        raise DataError(f"the evaluation space needs at least 3 training cells, got {x.shape[0]}")
+    if x.data.size and x.data.min() < 0:
+        raise DataError("counts must be non-negative; give raw counts, not normalised values")
+    n_hvg = min(int(n_hvg), x.shape[1])
+    if n_hvg < 1:
+        raise DataError(f"n_hvg must be at least 1, got {n_hvg}")
+    xn = normalise_log1p(x, target_sum)
+    disp = normalised_dispersion(xn)
+    order = np.argsort(-disp, kind="stable")  # ties keep gene order: deterministic
+    hvg = np.sort(order[:n_hvg])
+    cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
+    hvg_genes = [str(genes[i]) for i in hvg]
+    pca = fit_pca(xn[:, hvg], labels, hvg_genes, cfg, seed=seed)
+    logger.info("evaluation space: %d cells, %d of %d genes as HVGs, %d PCs (%.1f%% variance)",
+                x.shape[0], n_hvg, x.shape[1], pca.n_components,
+                100 * float(pca.explained_variance_ratio.sum()))
+    return EvalSpace([str(g) for g in genes], hvg, pca, float(target_sum))

@@ -1,0 +1,221 @@
+"""Utility: are synthetic cells useful for training cell-type classifiers?
+
+- :func:`tstr`: train on real, test on real (TRTR, the reference); train on synthetic, test on
+  real (TSTR); and the real-trained classifier scored on synthetic cells (TRTS).
+- :func:`augmentation`: for the rarest types, real training cells alone, plus duplicated rare
+  real cells (oversampling), or plus generated cells of those types.
+
+Every data argument is a ``(X, y)`` pair: ``X`` cells x features (dense or sparse, the same
+feature space for every pair, e.g. :meth:`EvalSpace.embed <cellsynth.metrics.space.EvalSpace.embed>`
+output) and ``y`` one label per cell. Pass ``space=`` instead to give raw counts, which are then
+embedded. Classifiers are :func:`~cellsynth.classify.xgb.train_classifier` with the given
+:class:`~cellsynth.config.ClassifierConfig`, early-stopped on real validation cells unless said.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._seeds import derive_seed
+from ..classify.xgb import train_classifier
+from ..config import ClassifierConfig
+from ..errors import DataError
+from .classification import classification_report, summary_row
+from .space import EvalSpace
+
+logger = logging.getLogger(__name__)
+
+#: ``(X, y)``: features (cells x features, dense or sparse) and one label per cell
+Split = tuple[Any, Sequence[str] | np.ndarray]
+
+ARMS = ("real", "oversample", "generated")
+
+
+def _split(pair: Split, name: str, space: EvalSpace | None) -> tuple[Any, np.ndarray]:
+    """``(X, y)`` checked, labels as strings, ``X`` embedded when ``space`` is given."""
+    try:
+        x, y = pair
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a pair (X, y) of features and labels") from None
+    y = np.asarray(y).astype(str)
+    if space is not None:
+        x = space.embed(x)
+    if x.shape[0] != len(y):
+        raise DataError(f"{name}: X has {x.shape[0]} cells but y has {len(y)} labels")
+    return x, y
+
+
+def _stack(parts: list[Any]) -> Any:
+    if any(sp.issparse(p) for p in parts):
+        return sp.vstack([sp.csr_matrix(p) for p in parts], format="csr")
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _score(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    report = classification_report(y_true, y_pred, labels=labels)
+    return {"macro_f1": report["macro"]["f1"], "summary": summary_row(report), "report": report}
+
+
+def tstr(
+    real_train: Split, real_val: Split, real_test: Split, synth_train: Split, synth_val: Split,
+    cfg: ClassifierConfig, *, seed: int, synth_test: Split | None = None,
+    space: EvalSpace | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """TRTR, TSTR and TRTS macro-F1 of cell-type classifiers.
+
+    Parameters
+    ----------
+    real_train, real_val, real_test
+        Real cells: the TRTR classifier trains on ``real_train`` and early-stops on ``real_val``.
+    synth_train, synth_val
+        Synthetic cells: the TSTR classifier trains on ``synth_train`` and early-stops on
+        ``synth_val``, so no real cell informs it.
+    cfg
+        Classifier hyperparameters (both classifiers).
+    seed
+        Seeds both classifiers (child seeds ``"trtr"`` and ``"tstr"``).
+    synth_test
+        Synthetic cells the real-trained classifier is scored on (TRTS); default ``synth_train``
+        (unseen by that classifier).
+    space
+        When given, every ``X`` is raw counts and is embedded with ``space.embed``.
+    progress
+        Show XGBoost progress bars.
+
+    Returns
+    -------
+    dict
+        ``trtr``, ``tstr``, ``trts``: ``macro_f1``, ``summary`` (:func:`summary_row`) and the full
+        ``report``; TRTR and TSTR are scored over the real test labels, TRTS over the synthetic
+        test labels. ``tstr_over_trtr``: the ratio of macro-F1s; ``n``: cells per argument.
+    """
+    xtr, ytr = _split(real_train, "real_train", space)
+    xva, yva = _split(real_val, "real_val", space)
+    xte, yte = _split(real_test, "real_test", space)
+    sxtr, sytr = _split(synth_train, "synth_train", space)
+    sxva, syva = _split(synth_val, "synth_val", space)
+    sxte, syte = (sxtr, sytr) if synth_test is None else _split(synth_test, "synth_test", space)
+    missing = sorted(set(yte.tolist()) - set(sytr.tolist()))
+    if missing:
+        logger.warning("TSTR: %d real test type(s) have no synthetic training cells and score 0: "
+                       "%s", len(missing), ", ".join(missing[:10]))
+
+    real_clf = train_classifier(xtr, ytr, xva, yva, cfg, seed=derive_seed(seed, "trtr"),
+                                progress=progress)
+    synth_clf = train_classifier(sxtr, sytr, sxva, syva, cfg, seed=derive_seed(seed, "tstr"),
+                                 progress=progress)
+    test_labels = sorted(set(yte.tolist()))
+    out = {
+        "trtr": _score(yte, real_clf.predict(xte), test_labels),
+        "tstr": _score(yte, synth_clf.predict(xte), test_labels),
+        "trts": _score(syte, real_clf.predict(sxte), sorted(set(syte.tolist()))),
+    }
+    trtr = out["trtr"]["macro_f1"]
+    out["tstr_over_trtr"] = out["tstr"]["macro_f1"] / trtr if trtr > 0 else float("nan")
+    out["n"] = {"real_train": len(ytr), "real_val": len(yva), "real_test": len(yte),
+                "synth_train": len(sytr), "synth_val": len(syva), "synth_test": len(syte)}
+    logger.info("TRTR macro-F1 %.3f, TSTR %.3f, TRTS %.3f", trtr, out["tstr"]["macro_f1"],
+                out["trts"]["macro_f1"])
+    return out
+
+
+def rarest_types(y: Sequence[str] | np.ndarray, k: int) -> list[str]:
+    """The ``k`` types with the fewest cells in ``y`` (ties by name), rarest first."""
+    types, counts = np.unique(np.asarray(y).astype(str), return_counts=True)
+    order = np.lexsort((types, counts))
+    return [str(t) for t in types[order][:k]]
+
+
+def augmentation(
+    real_train: Split, real_val: Split, real_test: Split, synth_by_type: Mapping[str, Any],
+    rare_types: Sequence[str] | int, cfg: ClassifierConfig, *, seed: int,
+    n_per_type: int | None = None, space: EvalSpace | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """F1 of the rare types when their training cells are augmented, three ways.
+
+    Arms, each a classifier trained on ``real_train`` (early-stopped on ``real_val``, tested on
+    ``real_test``) plus, for every rare type, ``N`` extra cells:
+
+    - ``real``: nothing added;
+    - ``oversample``: ``N`` copies drawn with replacement from the type's real training cells;
+    - ``generated``: ``N`` generated cells of the type, drawn without replacement.
+
+    Both augmented arms add the same number of cells, so they differ only in what is added.
+    With ``cfg.balanced_weights`` (the default) classes are re-weighted to equal total weight,
+    so oversampling changes little beyond tree-split statistics: the report records the setting.
+
+    Parameters
+    ----------
+    synth_by_type
+        Type -> generated cells (features, or counts with ``space``) of that type.
+    rare_types
+        The types to augment, or an int ``k``: the ``k`` rarest types of ``real_train``.
+    n_per_type
+        ``N``, cells added per rare type; default all generated cells of that type. More than
+        are generated is an error (nothing is silently truncated or repeated).
+    space, progress, seed, cfg
+        As for :func:`tstr`; each arm uses the same classifier seed.
+
+    Returns
+    -------
+    dict
+        ``rare_types``; ``n_added`` and ``n_real_train`` (type -> cells); ``test_support``;
+        ``arms``: arm -> ``per_type_f1`` (rare type -> F1), ``mean_rare_f1``, ``macro_f1``;
+        ``balanced_weights``.
+    """
+    xtr, ytr = _split(real_train, "real_train", space)
+    xva, yva = _split(real_val, "real_val", space)
+    xte, yte = _split(real_test, "real_test", space)
+    rare = rarest_types(ytr, rare_types) if isinstance(rare_types, int) else \
+        [str(t) for t in rare_types]
+    if not rare:
+        raise DataError("no rare types given; pass type names or a positive count")
+    rng = np.random.default_rng(derive_seed(seed, "augmentation"))
+    over_x, over_y, gen_x, gen_y = [], [], [], []
+    n_added, n_real = {}, {}
+    for t in rare:
+        if t not in synth_by_type:
+            raise DataError(f"no generated cells for rare type {t!r}; generate cells of every "
+                            f"rare type (got types: {', '.join(sorted(synth_by_type)[:10])})")
+        idx = np.flatnonzero(ytr == t)
+        if idx.size == 0:
+            raise DataError(f"rare type {t!r} has no real training cells; it cannot be oversampled")
+        gx = space.embed(synth_by_type[t]) if space is not None else synth_by_type[t]
+        n = gx.shape[0] if n_per_type is None else int(n_per_type)
+        if n > gx.shape[0] or n < 1:
+            raise DataError(f"n_per_type={n} for type {t!r} but {gx.shape[0]} generated cells "
+                            "were given; generate more cells or lower n_per_type")
+        over_x.append(xtr[rng.choice(idx, size=n, replace=True)])
+        gen_x.append(gx[np.sort(rng.choice(gx.shape[0], size=n, replace=False))])
+        over_y += [t] * n
+        gen_y += [t] * n
+        n_added[t], n_real[t] = n, int(idx.size)
+
+    data = {
+        "real": (xtr, ytr),
+        "oversample": (_stack([xtr, *over_x]), np.r_[ytr, np.asarray(over_y, dtype=str)]),
+        "generated": (_stack([xtr, *gen_x]), np.r_[ytr, np.asarray(gen_y, dtype=str)]),
+    }
+    labels = sorted(set(yte.tolist()) | set(rare))
+    clf_seed = derive_seed(seed, "augmentation-clf")
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in ARMS:
+        x, y = data[arm]
+        clf = train_classifier(x, y, xva, yva, cfg, seed=clf_seed, progress=progress)
+        report = classification_report(yte, clf.predict(xte), labels=labels)
+        f1 = {t: report["per_class"][t]["f1"] for t in rare}
+        arms[arm] = {"per_type_f1": f1, "mean_rare_f1": float(np.mean(list(f1.values()))),
+                     "macro_f1": report["macro"]["f1"]}
+        logger.info("augmentation arm %s: mean rare-type F1 %.3f", arm, arms[arm]["mean_rare_f1"])
+    support = {t: int((yte == t).sum()) for t in rare}
+    absent = [t for t, n in support.items() if n == 0]
+    if absent:
+        logger.warning("rare type(s) with no test cells score F1 0 in every arm: %s",
+                       ", ".join(absent))
+    return {"rare_types": rare, "n_added": n_added, "n_real_train": n_real,
+            "test_support": support, "arms": arms, "balanced_weights": cfg.balanced_weights}

@@ -1,0 +1,316 @@
+"""The count-space conditional VAE as a pure torch module (tensors in, distributions out).
+
+Encoder ``q(z | x, y)``: ``concat(log1p(x / l * 1e4), embed(y))`` through
+``Linear -> LayerNorm -> GELU -> Dropout`` blocks to a diagonal Gaussian. Decoder
+``p(x | z, y, l)``: ``concat(z, embed(y))`` through the mirrored blocks to
+
+- ``"nb"``: a negative binomial with mean ``l * softmax(h)`` and inverse dispersion ``exp(px_r)``;
+- ``"zinb"``: the same with a zero-inflation logit per gene and cell;
+- ``"gaussian"``: a Normal on ``log1p(x / l * 1e4)`` with scale ``exp(px_r)``.
+
+The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. A per-type
+log-normal library-size model (buffers, fitted by the caller) draws ``l`` for generation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution, Normal, constraints, kl_divergence
+
+from .seed_vae import LossOutput, mlp
+
+Likelihood = Literal["nb", "zinb", "gaussian"]
+Prior = Literal["conditional", "standard"]
+Dispersion = Literal["gene", "gene-label"]
+
+_EPS = 1e-8
+_LOG_SCALE_RANGE = (-10.0, 7.0)  # latent log-scales; exp cannot overflow early in training
+_PX_R_RANGE = (-12.0, 12.0)  # log inverse dispersion (or log Gaussian scale)
+
+
+def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-density of NB(mean ``mu``, inverse dispersion ``theta``) at counts ``x``."""
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+def log_zinb(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise log-density of the zero-inflated NB; ``sigmoid(zi_logits)`` is the dropout share."""
+    softplus_pi = F.softplus(-zi_logits)  # -log(1 - pi)
+    theta_log = torch.log(theta + _EPS)
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    pi_theta_log = -zi_logits + theta * (theta_log - log_theta_mu)
+    case_zero = F.softplus(pi_theta_log) - softplus_pi
+    case_nonzero = (
+        -softplus_pi
+        - zi_logits
+        + theta * (theta_log - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+    return torch.where(x < _EPS, case_zero, case_nonzero)
+
+
+class NegativeBinomial(Distribution):
+    """Negative binomial (optionally zero-inflated) parametrised by mean and inverse dispersion.
+
+    Parameters
+    ----------
+    mu
+        Means, shape ``(B, n_genes)``.
+    theta
+        Inverse dispersions, broadcastable to ``mu`` (``(n_genes,)`` or ``(B, n_genes)``).
+    zi_logits
+        Zero-inflation logits (``None``: no zero inflation).
+    scale
+        The normalised expression ``mu / library`` the mean was built from (kept for callers).
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "mu": constraints.nonnegative,
+        "theta": constraints.positive,
+    }
+    support = constraints.nonnegative_integer
+
+    def __init__(
+        self,
+        mu: torch.Tensor,
+        theta: torch.Tensor,
+        zi_logits: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> None:
+        self.mu = mu
+        self.theta = theta  # kept unexpanded: per-gene terms are computed once
+        self.zi_logits = zi_logits
+        self.scale = scale
+        super().__init__(batch_shape=mu.shape, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.zi_logits is None:
+            return self.mu
+        return self.mu * torch.sigmoid(-self.zi_logits)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self.zi_logits is None:
+            return log_nb(value, self.mu, self.theta)
+        return log_zinb(value, self.mu, self.theta, self.zi_logits)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Gamma-Poisson draws from torch's global generator (the model draws with numpy instead)."""
+        shape = torch.Size(sample_shape) + self.mu.shape
+        theta = self.theta.expand(shape)
+        rate = torch._standard_gamma(theta) * (self.mu.expand(shape) / theta)
+        counts = torch.poisson(rate)
+        if self.zi_logits is not None:
+            drop = torch.rand(shape, device=counts.device) < torch.sigmoid(self.zi_logits)
+            counts = counts.masked_fill(drop, 0.0)
+        return counts
+
+
+class CVAEModule(nn.Module):
+    """Conditional VAE on raw counts with a type-conditional prior and library-size model.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of cell types.
+    n_embed
+        Size of the type embedding fed to encoder and decoder.
+    n_hidden
+        Encoder widths, first to last; the decoder uses them reversed.
+    n_latent
+        Latent dimension.
+    dropout_rate
+        Dropout after every encoder block.
+    decoder_dropout_rate
+        Dropout after every decoder block (0: the decoder mean is the same in training and
+        generation, so the learned dispersion is not inflated by dropout noise).
+    likelihood
+        ``"nb"``, ``"zinb"`` or ``"gaussian"`` (on log-normalised values).
+    prior
+        ``"conditional"``: learned ``N(mu_y, sigma_y)`` per type; ``"standard"``: ``N(0, I)``.
+    dispersion
+        ``"gene"``: one ``px_r`` per gene; ``"gene-label"``: one per gene and type.
+    target_sum
+        Counts each cell is scaled to before ``log1p`` (encoder input, Gaussian likelihood).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        n_embed: int = 32,
+        n_hidden: Sequence[int] = (512, 256),
+        n_latent: int = 32,
+        dropout_rate: float = 0.1,
+        decoder_dropout_rate: float = 0.0,
+        likelihood: Likelihood = "nb",
+        prior: Prior = "conditional",
+        dispersion: Dispersion = "gene",
+        target_sum: float = 1e4,
+    ) -> None:
+        super().__init__()
+        if not n_hidden:
+            raise ValueError("n_hidden needs at least one layer width")
+        if likelihood not in ("nb", "zinb", "gaussian"):
+            raise ValueError(f"likelihood must be 'nb', 'zinb' or 'gaussian', got {likelihood!r}")
+        if prior not in ("conditional", "standard"):
+            raise ValueError(f"prior must be 'conditional' or 'standard', got {prior!r}")
+        if dispersion not in ("gene", "gene-label"):
+            raise ValueError(f"dispersion must be 'gene' or 'gene-label', got {dispersion!r}")
+        self.n_input = n_input
+        self.n_labels = n_labels
+        self.n_latent = n_latent
+        self.likelihood = likelihood
+        self.prior_kind = prior
+        self.dispersion = dispersion
+        self.log_target_sum = math.log(target_sum)
+
+        self.embed = nn.Embedding(n_labels, n_embed)
+        self.encoder = mlp(n_input + n_embed, n_hidden, dropout_rate)
+        self.z_mean = nn.Linear(n_hidden[-1], n_latent)
+        self.z_log_scale = nn.Linear(n_hidden[-1], n_latent)
+        # no dropout in the decoder (as scVI): dropout noise on the mean would be absorbed by a
+        # lower inverse dispersion, and generated cells would get too many zeros
+        self.decoder = mlp(n_latent + n_embed, list(reversed(n_hidden)), decoder_dropout_rate)
+        # softmax logits (nb, zinb) or the Gaussian mean of log-normalised values
+        self.px_scale_decoder = nn.Linear(n_hidden[0], n_input)
+        self.px_dropout_decoder = nn.Linear(n_hidden[0], n_input) if likelihood == "zinb" else None
+        r_shape = (n_input,) if dispersion == "gene" else (n_labels, n_input)
+        self.px_r = nn.Parameter(torch.zeros(r_shape))  # log theta (nb, zinb) or log scale
+        if prior == "conditional":
+            self.prior_mean = nn.Parameter(torch.zeros(n_labels, n_latent))
+            self.prior_log_scale = nn.Parameter(torch.zeros(n_labels, n_latent))
+        # per-type log-library model, fitted by the caller (set_library_model)
+        self.register_buffer("library_log_mean", torch.zeros(n_labels))
+        self.register_buffer("library_log_std", torch.ones(n_labels))
+
+    # ------------------------------------------------------------------------------------------
+
+    def normalise(self, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """``log1p(x / library * target_sum)``; ``x`` is ``(B, n_input)``, ``library`` ``(B,)``."""
+        log_factor = self.log_target_sum - torch.log(library.clamp_min(1.0))  # (B,)
+        return torch.log1p(x * torch.exp(log_factor)[:, None])  # (B, n_input)
+
+    def prior(self, y: torch.Tensor) -> Normal:
+        """``p(z | y)`` for integer codes ``y`` (``(B,)``): batch shape ``(B, n_latent)``."""
+        if self.prior_kind == "standard":
+            zeros = torch.zeros(y.shape[0], self.n_latent, device=y.device)
+            return Normal(zeros, torch.ones_like(zeros))
+        log_scale = self.prior_log_scale[y].clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
+        return Normal(self.prior_mean[y], torch.exp(log_scale))
+
+    def inference(
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor
+    ) -> tuple[Normal, torch.Tensor]:
+        """Posterior ``q(z | x, y)`` and a reparameterised sample.
+
+        Parameters
+        ----------
+        x
+            Raw counts, shape ``(B, n_input)``.
+        y
+            Integer type codes, shape ``(B,)``.
+        library
+            Total counts per cell, shape ``(B,)``.
+        """
+        h = self.encoder(torch.cat([self.normalise(x, library), self.embed(y)], dim=-1))
+        qz_m = self.z_mean(h)  # (B, n_latent)
+        qz_log_scale = self.z_log_scale(h).clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
+        qz = Normal(qz_m, torch.exp(qz_log_scale))
+        return qz, qz.rsample()
+
+    def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor) -> Distribution:
+        """``p(x | z, y, library)``: batch shape ``(B, n_input)``.
+
+        For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``.
+        """
+        h = self.decoder(torch.cat([z, self.embed(y)], dim=-1))  # (B, n_hidden[0])
+        out = self.px_scale_decoder(h)  # (B, n_input)
+        px_r = self.px_r if self.dispersion == "gene" else self.px_r[y]  # (n_input,) | (B, n_input)
+        px_r = torch.exp(px_r.clamp(*_PX_R_RANGE))
+        if self.likelihood == "gaussian":
+            return Normal(out, px_r.expand_as(out), validate_args=False)
+        px_scale = torch.softmax(out, dim=-1)  # (B, n_input)
+        px_rate = library[:, None] * px_scale  # (B, n_input)
+        zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
+        return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor
+    ) -> tuple[Normal, torch.Tensor, Distribution]:
+        """Encode, sample and decode: returns ``(qz, z, px)``."""
+        qz, z = self.inference(x, y, library)
+        return qz, z, self.generative(z, y, library)
+
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0
+    ) -> LossOutput:
+        """Negative ELBO averaged over the batch; ``kl_weight`` scales ``KL(q(z|x,y) || p(z|y))``."""
+        qz, _, px = self(x, y, library)
+        target = self.normalise(x, library) if self.likelihood == "gaussian" else x
+        reconst = -px.log_prob(target).sum(dim=-1)  # (B,)
+        kl = kl_divergence(qz, self.prior(y)).sum(dim=-1)  # (B,)
+        reconst_mean, kl_mean = reconst.mean(), kl.mean()
+        return LossOutput(
+            loss=reconst_mean + kl_weight * kl_mean,
+            reconstruction=reconst_mean,
+            kl=kl_mean,
+            kl_weight=float(kl_weight),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # generation helpers (the caller draws the noise, so a seed fixes the output on any device)
+
+    @torch.no_grad()
+    def init_from_data(self, px_bias: torch.Tensor, px_r: torch.Tensor) -> None:
+        """Start the decoder at the data's per-gene level and dispersion.
+
+        Parameters
+        ----------
+        px_bias
+            ``(n_input,)`` bias of the output head: log mean expression share (``"nb"``,
+            ``"zinb"``) or mean log-normalised value (``"gaussian"``).
+        px_r
+            Log inverse dispersion (or log Gaussian scale) per gene, ``(n_input,)`` or
+            ``(n_labels, n_input)``; broadcast to ``px_r``'s shape.
+        """
+        self.px_scale_decoder.bias.copy_(px_bias)
+        self.px_r.copy_(px_r.expand_as(self.px_r).clamp(*_PX_R_RANGE))
+
+    @torch.no_grad()
+    def set_library_model(self, log_mean: torch.Tensor, log_std: torch.Tensor) -> None:
+        """Store the per-type mean and sd of ``log(library)`` (each ``(n_labels,)``)."""
+        self.library_log_mean.copy_(log_mean)
+        self.library_log_std.copy_(log_std)
+
+    @torch.no_grad()
+    def latent_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Prior draws ``z = mu_y + sigma_y * eps`` from standard-normal ``eps`` (``(B, n_latent)``)."""
+        p = self.prior(y)
+        return p.loc + p.scale * eps  # (B, n_latent)
+
+    @torch.no_grad()
+    def library_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Library sizes ``exp(m_y + s_y * eps)`` from standard-normal ``eps`` (``(B,)``)."""
+        return torch.exp(self.library_log_mean[y] + self.library_log_std[y] * eps)  # (B,)

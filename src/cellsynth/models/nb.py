@@ -1,0 +1,323 @@
+"""The simplest count generator: an independent negative binomial per gene and cell type.
+
+For a type ``t`` with training cells ``i`` (library sizes ``L_i``) and gene ``g`` the model is
+``x_ig ~ NB(mean = L_i p_tg, dispersion theta_tg)``. Both are fitted by moments, sparse:
+
+* ``p_tg = sum_i x_ig / sum_i L_i`` (the pooled proportion);
+* ``E[(x - L p)^2 - x] = (L p)^2 / theta`` gives
+  ``1 / theta = (S2 - 2 p SLx + p^2 SL2 - S1) / (p^2 SL2)`` with ``S1 = sum x``, ``S2 = sum x^2``,
+  ``SLx = sum L x`` and ``SL2 = sum L^2``; a non-positive value (no over-dispersion) is the
+  Poisson limit and is stored as :data:`MAX_THETA`.
+
+New cells draw a library size from the type's training cells (with replacement); the gene means
+are ``mu_tg * L / mean(L_t)`` with ``mu_tg = p_tg mean(L_t)``, and counts come from a gamma-Poisson
+mixture drawn with numpy. Genes are independent given the library size: the baseline keeps
+each type's mean and variance and nothing of the gene-gene structure.
+
+The helpers for library sizes, sampling and model directories are shared by the other
+count-space generators (``seed``, ``scvi``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from ..errors import DataError, ModelFileError
+from ._training import package_version
+from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: dispersion of genes without over-dispersion (the Poisson limit) or without counts
+MAX_THETA = 1e4
+#: smallest dispersion kept (a few outlier cells can make the moment estimate tiny)
+MIN_THETA = 1e-3
+#: values (rows x genes) densified at a time while generating: 8M float64 = 64 MB per array
+CHUNK_VALUES = 2**23
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the count-space generators
+
+
+def per_type_rows(codes: np.ndarray, n_labels: int) -> list[np.ndarray]:
+    """Row indices of each class code, in code order."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_labels + 1))
+    return [order[bounds[k] : bounds[k + 1]] for k in range(n_labels)]
+
+
+def training_rows(adata: ad.AnnData, label_key: str, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows (``train`` of the split, else all but a random 10%) and their labels."""
+    y = fit_labels(adata, label_key)
+    train, _ = split_masks(adata, seed=seed)
+    rows = np.flatnonzero(train)
+    if rows.size == 0:
+        raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
+    return rows, y[rows]
+
+
+def save_libraries(
+    path: Path, libraries: list[np.ndarray], extra: dict[str, np.ndarray] | None = None
+) -> None:
+    """Write per-type library sizes as one array and offsets (plus ``extra`` arrays)."""
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in libraries])]).astype(np.int64)
+    tensors = {"libraries": np.concatenate(libraries).astype(np.float32), "offsets": offsets}
+    tensors.update({k: np.ascontiguousarray(v) for k, v in (extra or {}).items()})
+    save_file(tensors, str(path))
+
+
+def load_libraries(path: Path, n_labels: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Read :func:`save_libraries`; return the per-type arrays and every other array in the file."""
+    tensors = read_tensors(path)
+    lib, off = tensors.pop("libraries", None), tensors.pop("offsets", None)
+    if (
+        lib is None
+        or off is None
+        or off.shape != (n_labels + 1,)
+        or off[0] != 0
+        or off[-1] != lib.shape[0]
+        or (np.diff(off) <= 0).any()
+    ):
+        raise ModelFileError(
+            f"{path} does not hold library sizes for the {n_labels} cell types in labels.json; "
+            "the files come from different models"
+        )
+    return [lib[off[k] : off[k + 1]] for k in range(n_labels)], tensors
+
+
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file as numpy arrays; :class:`ModelFileError` when missing or corrupt."""
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; {path.parent} is not a complete model save")
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} cannot be read: {exc}") from None
+
+
+def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: list[str]) -> None:
+    """Write ``config.json`` (model name, format and package version), labels and genes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"cellsynth_version": package_version(), **meta}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    (directory / "labels.json").write_text(json.dumps(labels, indent=2))
+    (directory / "genes.json").write_text(json.dumps(genes))
+
+
+def read_meta(
+    directory: Path, model: str, format_version: int
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Read and check :func:`write_meta`'s files; :class:`ModelFileError` on any disagreement."""
+    out = []
+    for name in ("config.json", "labels.json", "genes.json"):
+        path = directory / name
+        if not path.is_file():
+            raise ModelFileError(f"{path} is missing; {directory} is not a complete {model} save")
+        try:
+            out.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{path} is corrupt: {exc}") from None
+    meta, labels, genes = out
+    if not isinstance(meta, dict) or meta.get("model") != model:
+        raise ModelFileError(f"{directory / 'config.json'} does not describe a {model!r} model")
+    if meta.get("format_version") != format_version:
+        raise ModelFileError(
+            f"{directory} has format version {meta.get('format_version')!r}; this cellsynth reads "
+            f"version {format_version} (saved by cellsynth {meta.get('cellsynth_version')})"
+        )
+    for name, values in (("labels.json", labels), ("genes.json", genes)):
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) for v in values)
+            or len(set(values)) != len(values)
+        ):
+            raise ModelFileError(f"{directory / name} must hold a non-empty list of unique names")
+    return meta, labels, genes
+
+
+def row_chunks(n: int, n_genes: int) -> list[int]:
+    """Sizes of the row blocks ``n`` generated cells are drawn in (about 64 MB per dense array)."""
+    step = max(1, CHUNK_VALUES // max(n_genes, 1))
+    return [min(step, n - start) for start in range(0, n, step)]
+
+
+def draw_libraries(rng: np.random.Generator, libraries: np.ndarray, n: int) -> np.ndarray:
+    """``n`` library sizes drawn with replacement from a type's training cells, float64."""
+    return rng.choice(libraries.astype(np.float64), size=n, replace=True)
+
+
+def gamma_poisson(rng: np.random.Generator, mean: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Negative binomial counts with ``mean`` and dispersion ``theta`` (broadcast), as float32."""
+    rate = rng.gamma(shape=theta, scale=mean / theta)  # (n, G)
+    return rng.poisson(rate).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def nb_moments(
+    x: sp.csr_matrix, *, max_theta: float = MAX_THETA
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-gene proportion ``p``, dispersion ``theta`` and the library sizes of the rows of ``x``.
+
+    ``x`` is one cell type's counts (CSR); nothing is densified. See the module docstring.
+    """
+    x = sp.csr_matrix(x, dtype=np.float64)
+    lib = np.asarray(x.sum(axis=1)).ravel()  # (n,)
+    s1 = np.asarray(x.sum(axis=0)).ravel()  # (G,)
+    s2 = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+    slx = np.asarray(x.T @ lib).ravel()  # sum_i L_i x_ig
+    sl, sl2 = lib.sum(), (lib**2).sum()
+    p = s1 / sl if sl > 0 else np.zeros_like(s1)
+    excess = s2 - 2 * p * slx + p**2 * sl2 - s1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_theta = excess / (p**2 * sl2)
+        theta = np.where(inv_theta > 0, 1.0 / inv_theta, max_theta)
+    theta = np.clip(np.nan_to_num(theta, nan=max_theta), MIN_THETA, max_theta)
+    return p, theta, lib
+
+
+class NegBinBaseline:
+    """Independent negative binomial per gene and cell type, fitted by moments (``nb``).
+
+    Parameters
+    ----------
+    max_theta
+        Dispersion stored for genes without over-dispersion (the Poisson limit).
+
+    Examples
+    --------
+    >>> model = NegBinBaseline()
+    >>> model.fit(adata, "cell_type", seed=0)
+    >>> synthetic = model.sample({"B cells": 100}, seed=1)
+    """
+
+    name: ClassVar[str] = "nb"
+
+    def __init__(self, *, max_theta: float = MAX_THETA) -> None:
+        self.max_theta = float(max_theta)
+        self.labels: list[str] = []
+        self.genes: list[str] = []
+        self.label_key = "cell_type"
+        self.mu = np.zeros((0, 0), dtype=np.float32)  # (T, G) mean at the type's mean library
+        self.theta = np.zeros((0, 0), dtype=np.float32)  # (T, G)
+        self.libraries: list[np.ndarray] = []  # per type, training library sizes
+        self.history: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"NegBinBaseline(n_labels={len(self.labels)}, n_genes={len(self.genes)})"
+
+    def fit(
+        self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
+    ) -> dict[str, Any]:
+        """Fit ``mu`` and ``theta`` of every type on the training rows; return a short history."""
+        start = time.perf_counter()
+        rows, y = training_rows(adata, label_key, seed=seed)
+        x = training_counts(adata)[rows]
+        labels = sorted(set(y))
+        codes = np.searchsorted(np.array(labels), y)
+        mu, theta, libs = [], [], []
+        for idx in per_type_rows(codes, len(labels)):
+            p, th, lib = nb_moments(x[idx], max_theta=self.max_theta)
+            mu.append(p * lib.mean())
+            theta.append(th)
+            libs.append(lib.astype(np.float32))
+        self.labels, self.genes, self.label_key = labels, list(map(str, adata.var_names)), label_key
+        self.mu = np.stack(mu).astype(np.float32)
+        self.theta = np.stack(theta).astype(np.float32)
+        self.libraries = libs
+        self.history = {
+            "n_cells": len(rows),
+            "cells_per_type": {t: len(v) for t, v in zip(labels, libs, strict=True)},
+            "seconds": time.perf_counter() - start,
+        }
+        logger.info(
+            "nb baseline: %d types x %d genes from %d cells in %.1f s",
+            len(labels),
+            len(self.genes),
+            len(rows),
+            self.history["seconds"],
+        )
+        return self.history
+
+    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
+        """Generate cells; rows are grouped by type in the request's order."""
+        pairs = request(counts_per_type, self.labels)
+        rng = np.random.default_rng(seed)
+        blocks = []
+        for label, n in pairs:
+            k = self.labels.index(label)
+            scale = 1.0 / float(self.libraries[k].mean()) if self.libraries[k].mean() > 0 else 0.0
+            for m in row_chunks(n, len(self.genes)):
+                lib = draw_libraries(rng, self.libraries[k], m)  # (m,)
+                mean = self.mu[k].astype(np.float64)[None, :] * (lib * scale)[:, None]  # (m, G)
+                blocks.append(
+                    sp.csr_matrix(gamma_poisson(rng, mean, self.theta[k].astype(np.float64)))
+                )
+        y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
+        return synthetic_adata(
+            sp.vstack(blocks, format="csr"),
+            y,
+            self.genes,
+            label_key=self.label_key,
+            model=self.name,
+            seed=seed,
+            config={"max_theta": self.max_theta},
+        )
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json``, ``labels.json``, ``genes.json``, ``params`` and ``libraries``.
+
+        The arrays are ``params.safetensors`` (``mu``, ``theta``) and ``libraries.safetensors``.
+        """
+        directory = Path(directory)
+        meta = {
+            "model": self.name,
+            "format_version": FORMAT_VERSION,
+            "label_key": self.label_key,
+            "config": {"max_theta": self.max_theta},
+            "history": self.history,
+        }
+        write_meta(directory, meta, self.labels, self.genes)
+        save_file({"mu": self.mu, "theta": self.theta}, str(directory / "params.safetensors"))
+        save_libraries(directory / "libraries.safetensors", self.libraries)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> NegBinBaseline:
+        """Read a directory written by :meth:`save`, checking that its files agree."""
+        directory = Path(directory)
+        meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
+        params = read_tensors(directory / "params.safetensors")
+        shape = (len(labels), len(genes))
+        if any(params.get(k) is None or params[k].shape != shape for k in ("mu", "theta")):
+            raise ModelFileError(
+                f"{directory / 'params.safetensors'} must hold mu and theta of shape {shape} "
+                "(types x genes in labels.json and genes.json); the files come from different "
+                "models"
+            )
+        if not (
+            np.isfinite(params["mu"]).all()
+            and (params["mu"] >= 0).all()
+            and (params["theta"] > 0).all()
+        ):
+            raise ModelFileError(f"{directory / 'params.safetensors'} holds invalid values")
+        libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
+        config = meta.get("config") or {}
+        model = cls(max_theta=float(config.get("max_theta", MAX_THETA)))
+        model.labels, model.genes = labels, genes
+        model.label_key = str(meta.get("label_key", "cell_type"))
+        model.mu, model.theta, model.libraries = params["mu"], params["theta"], libraries
+        model.history = meta.get("history") or {}
+        return model

@@ -1,0 +1,69 @@
+"""The count-space generators by name: build one from the run config, or load a saved one.
+
+Classes are imported only when asked for, so ``scvi`` costs nothing unless it is used.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import ConfigError, ModelFileError
+from .base import Generator
+
+#: generator name -> ``"module:Class"``
+GENERATORS: dict[str, str] = {
+    "cvae": "cellsynth.models.cvae:CVAE",
+    "nb": "cellsynth.models.nb:NegBinBaseline",
+    "seed": "cellsynth.models.seed_counts:SeedGenerator",
+    "scvi": "cellsynth.models.scvi:ScviGenerator",
+}
+
+
+def get_generator(name: str) -> type:
+    """The generator class registered as ``name`` (imported on first use)."""
+    if name not in GENERATORS:
+        raise ConfigError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
+    module, cls = GENERATORS[name].split(":")
+    return getattr(import_module(module), cls)
+
+
+def make_generator(name: str, run_config: RunConfig) -> Generator:
+    """A new, unfitted generator ``name`` built from its section(s) of ``run_config``."""
+    cls = get_generator(name)
+    if name == "cvae":
+        return cls(config=run_config.cvae)
+    if name == "seed":
+        return cls(run_config.seed_vae, run_config.features, target_sum=run_config.qc.target_sum)
+    if name == "scvi":
+        return cls(run_config.scvi)
+    return cls()
+
+
+def _name_of(model: Any) -> str | None:
+    """The registry name for a ``config.json`` ``model`` value (a registry name or a class name)."""
+    for name, target in GENERATORS.items():
+        if model in (name, target.split(":")[1]):
+            return name
+    return None
+
+
+def load_generator(directory: str | Path) -> Generator:
+    """Load a saved generator of any registered kind, dispatching on ``config.json``'s ``model``."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; {directory} is not a saved generator")
+    try:
+        model = json.loads(path.read_text()).get("model")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ModelFileError(f"{path} is corrupt: {exc}") from None
+    name = _name_of(model)
+    if name is None:
+        raise ModelFileError(
+            f"{path} names the model {model!r}, which is not a generator; "
+            f"known: {', '.join(GENERATORS)}"
+        )
+    return get_generator(name).load(directory)

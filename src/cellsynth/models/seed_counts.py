@@ -1,0 +1,220 @@
+"""The reference generator carried into gene space, so that it is comparable with the others.
+
+The reference trained its conditional VAE (:class:`~cellsynth.models.seed.SeedCVAE`) on PCA
+features of log-normalised expression and only ever produced PCA points. To score it with the
+same count-space metrics and classifiers as ``nb``, ``cvae`` and ``scvi``, :class:`SeedGenerator`
+wraps it end to end:
+
+* **fit**: ``normalise_log1p(counts, target_sum)`` on the training rows -> :func:`fit_pca` on
+  them -> :class:`SeedCVAE` fitted on the PCA features of the training and validation rows; the
+  training cells' library sizes are kept per type.
+* **sample**: ``SeedCVAE.sample`` -> ``PCAModel.inverse_transform`` (log-normalised values) ->
+  clip at 0 -> ``expm1`` -> rows normalised to proportions -> ``counts ~ Poisson(L * proportion)``
+  with ``L`` drawn from the type's training library sizes.
+
+The Poisson step adds only sampling noise: whatever the reference's PCA points encode is what
+the counts carry; genes the PCA cannot express come out at their (clipped) mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from safetensors import SafetensorError
+
+from .._seeds import derive_seed
+from ..config import FeaturesConfig, SeedVAEConfig, _from_dict
+from ..data.qc import normalise_log1p
+from ..errors import ConfigError, DataError, ModelFileError
+from ..features.pca import PCAModel, fit_pca
+from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
+from .nb import (
+    draw_libraries,
+    load_libraries,
+    per_type_rows,
+    read_meta,
+    row_chunks,
+    save_libraries,
+    write_meta,
+)
+from .seed import SeedCVAE
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: PCA components when no features config is given (clamped to what the data allow)
+DEFAULT_COMPONENTS = 100
+
+
+class SeedGenerator:
+    """The reference PCA-space CVAE, fitted on counts and generating counts (the ``seed`` model).
+
+    Parameters
+    ----------
+    config
+        The CVAE's settings; the defaults are the reference's.
+    features
+        The PCA settings; defaults to ``FeaturesConfig(n_components=100)``.
+    target_sum
+        Counts per cell before ``log1p`` (the QC stage's ``qc.target_sum``).
+    """
+
+    name: ClassVar[str] = "seed"
+
+    def __init__(
+        self,
+        config: SeedVAEConfig | None = None,
+        features: FeaturesConfig | None = None,
+        *,
+        target_sum: float = 1e4,
+    ) -> None:
+        self.config = config if config is not None else SeedVAEConfig()
+        self.features = (
+            features if features is not None else FeaturesConfig(n_components=DEFAULT_COMPONENTS)
+        )
+        self.target_sum = float(target_sum)
+        self.labels: list[str] = []
+        self.genes: list[str] = []
+        self.label_key = "cell_type"
+        self.vae: SeedCVAE | None = None
+        self.pca: PCAModel | None = None
+        self.libraries: list[np.ndarray] = []
+        self.history: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        k = self.pca.n_components if self.pca is not None else self.features.n_components
+        n_labels, n_genes = len(self.labels), len(self.genes)
+        return f"SeedGenerator(n_labels={n_labels}, n_genes={n_genes}, n_components={k})"
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "seed_vae": dataclasses.asdict(self.config),
+            "features": dataclasses.asdict(self.features),
+            "target_sum": self.target_sum,
+        }
+
+    def fit(
+        self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
+    ) -> dict[str, Any]:
+        """Fit the PCA on the training rows and the CVAE on training and validation rows."""
+        start = time.perf_counter()
+        y = fit_labels(adata, label_key)
+        train, val = split_masks(adata, seed=seed)
+        if not train.any() or not val.any():
+            raise DataError(
+                f"the seed model needs training and validation cells, got {train.sum()} and "
+                f"{val.sum()}; give obs['cellsynth_split'] both 'train' and 'val' rows"
+            )
+        counts = training_counts(adata)
+        genes = list(map(str, adata.var_names))
+        labels = sorted(set(y[train]))
+        codes = np.searchsorted(np.array(labels), y[train])
+        libs = [
+            np.asarray(counts[np.flatnonzero(train)[idx]].sum(axis=1)).ravel().astype(np.float32)
+            for idx in per_type_rows(codes, len(labels))
+        ]
+        x_train = normalise_log1p(counts[train], self.target_sum)
+        pca = fit_pca(x_train, y[train], genes, self.features, seed=derive_seed(seed, "pca"))
+        z_train = pca.transform(x_train)  # (n_train, k)
+        z_val = pca.transform(normalise_log1p(counts[val], self.target_sum))
+        vae = SeedCVAE(pca.n_components, labels, self.config)
+        history = vae.fit(
+            z_train, y[train], z_val, y[val], seed=derive_seed(seed, "vae"), progress=progress
+        )
+        self.labels, self.genes, self.label_key = labels, genes, label_key
+        self.pca, self.vae, self.libraries = pca, vae, libs
+        self.history = {
+            **history,
+            "n_components": pca.n_components,
+            "explained_variance": float(pca.explained_variance_ratio.sum()),
+            "seconds_total": time.perf_counter() - start,
+        }
+        return self.history
+
+    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
+        """Decode prior draws into PCA points, carry them to genes and draw Poisson counts."""
+        pairs = request(counts_per_type, self.labels)
+        if self.vae is None or self.pca is None:
+            raise DataError("the seed model is not fitted; call fit() or load() first")
+        points, y = self.vae.sample(dict(pairs), seed=derive_seed(seed, "latent"))  # (n, k)
+        rng = np.random.default_rng(derive_seed(seed, "counts"))
+        blocks, row = [], 0
+        for label, n in pairs:
+            k = self.labels.index(label)
+            for m in row_chunks(n, len(self.genes)):
+                logn = self.pca.inverse_transform(points[row : row + m])  # (m, G) log-normalised
+                expr = np.expm1(np.clip(logn.astype(np.float64), 0.0, None))
+                total = expr.sum(axis=1, keepdims=True)
+                prop = np.divide(expr, total, out=np.zeros_like(expr), where=total > 0)
+                lib = draw_libraries(rng, self.libraries[k], m)
+                blocks.append(sp.csr_matrix(rng.poisson(prop * lib[:, None]).astype(np.float32)))
+                row += m
+        return synthetic_adata(
+            sp.vstack(blocks, format="csr"),
+            y,
+            self.genes,
+            label_key=self.label_key,
+            model=self.name,
+            seed=seed,
+            config=self._settings(),
+        )
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json``, labels, genes, library sizes, ``vae/`` and ``pca/``."""
+        if self.vae is None or self.pca is None:
+            raise DataError("the seed model is not fitted; call fit() before save()")
+        directory = Path(directory)
+        meta = {
+            "model": self.name,
+            "format_version": FORMAT_VERSION,
+            "label_key": self.label_key,
+            "config": self._settings(),
+            "history": self.history,
+        }
+        write_meta(directory, meta, self.labels, self.genes)
+        save_libraries(directory / "libraries.safetensors", self.libraries)
+        self.vae.save(directory / "vae")
+        self.pca.save(directory / "pca")
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> SeedGenerator:
+        """Read a directory written by :meth:`save`, checking that its parts agree.
+
+        ``device`` overrides the CVAE's saved device (e.g. ``"cpu"`` for a GPU-trained model).
+        """
+        directory = Path(directory)
+        meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
+        try:
+            settings = meta["config"]
+            _from_dict(SeedVAEConfig, settings["seed_vae"])  # validated; vae/ holds the one used
+            features = _from_dict(FeaturesConfig, settings["features"])
+            target_sum = float(settings["target_sum"])
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
+        libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
+        vae = SeedCVAE.load(directory / "vae", device=device)
+        try:
+            pca = PCAModel.load(directory / "pca")
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise ModelFileError(f"{directory / 'pca'} cannot be read: {exc}") from None
+        if vae.labels != labels or pca.genes != genes or vae.n_input != pca.n_components:
+            raise ModelFileError(
+                f"the parts of {directory} disagree (labels, genes or PCA size differ between "
+                "labels.json/genes.json, vae/ and pca/); they come from different models"
+            )
+        model = cls(vae.config, features, target_sum=target_sum)
+        model.labels, model.genes, model.label_key = (
+            labels,
+            genes,
+            str(meta.get("label_key", "cell_type")),
+        )
+        model.vae, model.pca, model.libraries = vae, pca, libraries
+        model.history = meta.get("history") or {}
+        return model

@@ -1,0 +1,299 @@
+"""The count-space CVAE: fit per likelihood, sampling, seeds, save/load, errors, the prior."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellsynth import _keys as K
+from cellsynth.config import CVAEConfig
+from cellsynth.errors import DataError, ModelFileError
+from cellsynth.models import CVAE
+from cellsynth.models.base import Generator
+from cellsynth.models.cvae import _initial_decoder, _library, _library_model, _Rows
+from cellsynth.models.modules.cvae import CVAEModule, NegativeBinomial, log_nb, log_zinb
+
+SIM_TYPES = ["alpha", "beta", "gamma"]
+
+
+def tiny_config(**changes) -> CVAEConfig:
+    base = {"n_embed": 8, "n_hidden": [64, 32], "n_latent": 8, "max_epochs": 1, "batch_size": 128}
+    base.update(changes)
+    base.setdefault("device", "cpu")
+    return CVAEConfig(**base)
+
+
+def simulated_counts(n_per_type: int = 100, n_genes: int = 60, seed: int = 0) -> ad.AnnData:
+    """NB counts of three types; type k expresses its own block of 20 genes 20-fold higher."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(2.0, 1.0, n_genes)  # (n_genes,)
+    profiles = np.tile(base, (len(SIM_TYPES), 1))  # (3, n_genes)
+    for k in range(len(SIM_TYPES)):
+        profiles[k, 20 * k : 20 * k + 20] *= 20.0
+    profiles /= profiles.sum(1, keepdims=True)
+    codes = np.repeat(np.arange(len(SIM_TYPES)), n_per_type)
+    library = rng.lognormal(np.log(800), 0.3, len(codes))[:, None]  # (n, 1)
+    mu = profiles[codes] * library
+    theta = 5.0
+    x = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(np.array(SIM_TYPES)[codes])},
+        index=[f"c{i}" for i in range(len(codes))],
+    )
+    var = pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=var)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded; extra threads only contend on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def small_kang(kang_path) -> ad.AnnData:
+    """400 Kang cells (80 per type) and the 300 most detected genes, raw counts in X."""
+    full = ad.read_h5ad(kang_path)
+    rng = np.random.default_rng(0)
+    rows = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(full.obs["cell_type"] == t), 80, replace=False)
+            for t in sorted(full.obs["cell_type"].unique())
+        ]
+    )
+    detected = np.asarray((full.X > 0).sum(0)).ravel()
+    genes = np.sort(np.argsort(-detected, kind="stable")[:300])
+    return full[np.sort(rows), genes].copy()
+
+
+@pytest.fixture(scope="module")
+def fitted(small_kang) -> CVAE:
+    model = CVAE(small_kang, config=tiny_config())
+    model.train(seed=0, progress=False)
+    return model
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "gaussian"])
+def test_one_epoch_fit_and_sample_per_likelihood(small_kang, likelihood):
+    model = CVAE(small_kang, config=tiny_config(likelihood=likelihood))
+    assert isinstance(model, Generator) and not model.is_trained
+    hist = model.train(seed=0, progress=False)
+    assert set(hist) >= {
+        "train_loss",
+        "val_loss",
+        "best_epoch",
+        "epochs",
+        "seconds",
+        "cells_per_second",
+    }
+    assert hist["epochs"] == 1 and hist["best_epoch"] == 0 and hist["cells_per_second"] > 0
+    assert all(math.isfinite(v) for v in hist["train_loss"] + hist["val_loss"])
+    assert model.labels == sorted(small_kang.obs["cell_type"].unique())
+    request = {model.labels[2]: 7, model.labels[0]: 3}
+    out = model.sample(request, seed=0)
+    assert sp.issparse(out.X) and out.X.format == "csr" and out.X.dtype == np.float32
+    assert out.shape == (10, 300)
+    assert np.all(out.X.data == np.rint(out.X.data)) and np.all(out.X.data >= 0)
+    assert out.X.sum() > 0
+    assert list(out.obs["cell_type"]) == [model.labels[2]] * 7 + [model.labels[0]] * 3
+    assert list(out.var_names) == model.genes == list(small_kang.var_names)
+    info = out.uns[K.UNS]
+    assert info["model"] == "cvae" and info["seed"] == 0 and info["version"]
+    assert info["config"]["likelihood"] == likelihood
+
+
+def test_fit_protocol_form_and_split_column(small_kang):
+    adata = small_kang.copy()
+    split = np.where(np.arange(adata.n_obs) % 5 == 0, "val", "train").astype(object)
+    b_cells = (adata.obs["cell_type"] == "B cells").to_numpy()
+    split[b_cells] = "test"  # B cells never reach training: not a label
+    adata.obs[K.SPLIT] = split
+    model = CVAE(config=tiny_config())
+    model.fit(adata, "cell_type", seed=0, progress=False)
+    assert "B cells" not in model.labels and len(model.labels) == 4
+    with pytest.raises(DataError, match="known types"):
+        model.sample({"B cells": 3})
+    assert CVAE(adata, config=tiny_config()).labels == model.labels
+
+
+def test_fit_is_reproducible_on_cpu(small_kang):
+    cfg = tiny_config(max_epochs=2, balanced_sampling=True)
+    h1 = CVAE(small_kang, config=cfg).train(seed=3, progress=False)
+    h2 = CVAE(small_kang, config=cfg).train(seed=3, progress=False)
+    assert h1["train_loss"] == h2["train_loss"] and h1["val_loss"] == h2["val_loss"]
+
+
+def test_sample_is_seeded(fitted):
+    request = {fitted.labels[0]: 20, fitted.labels[1]: 15}
+    a = fitted.sample(request, seed=1).X
+    b = fitted.sample(request, seed=1).X
+    c = fitted.sample(request, seed=2).X
+    assert (a != b).nnz == 0
+    assert a.data.tobytes() == b.data.tobytes() and a.indices.tobytes() == b.indices.tobytes()
+    assert (a != c).nnz > 0
+
+
+def test_sample_rejects_unknown_type_and_bad_counts(fitted):
+    with pytest.raises(DataError, match="known types"):
+        fitted.sample({"delta": 5})
+    with pytest.raises(DataError, match="positive"):
+        fitted.sample({fitted.labels[0]: 0})
+    with pytest.raises(DataError, match="positive"):
+        fitted.sample({fitted.labels[0]: -2})
+    with pytest.raises(DataError):
+        fitted.sample({})
+
+
+def test_normalised_input_is_refused(small_kang):
+    adata = small_kang.copy()
+    adata.X = adata.X.astype(np.float32) * 0.37
+    with pytest.raises(DataError, match="raw counts"):
+        CVAE(config=tiny_config()).fit(adata, "cell_type", progress=False)
+
+
+def test_get_latent(fitted, small_kang):
+    z = fitted.get_latent(small_kang[:50])
+    assert z.shape == (50, 8) and z.dtype == np.float32 and np.isfinite(z).all()
+    with pytest.raises(DataError, match="genes"):
+        fitted.get_latent(small_kang[:10, :100])
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert files == {
+        "config.json",
+        "weights.safetensors",
+        "labels.json",
+        "genes.json",
+        "history.json",
+    }
+    loaded = CVAE.load(tmp_path / "m")
+    assert loaded.labels == fitted.labels and loaded.genes == fitted.genes
+    assert loaded.config == fitted.config and loaded.history == fitted.history
+    assert loaded.label_key == "cell_type"
+    torch.testing.assert_close(loaded.module.library_log_mean, fitted.module.library_log_mean)
+    request = {fitted.labels[3]: 11, fitted.labels[1]: 4}
+    a, b = fitted.sample(request, seed=5), loaded.sample(request, seed=5)
+    assert (a.X != b.X).nnz == 0
+    assert list(a.obs["cell_type"]) == list(b.obs["cell_type"])
+
+
+def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
+    for name in ("genes.json", "weights.safetensors"):
+        fitted.save(tmp_path / name)
+        (tmp_path / name / name).unlink()
+        with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
+            CVAE.load(tmp_path / name)
+
+    fitted.save(tmp_path / "labels")
+    (tmp_path / "labels" / "labels.json").write_text(json.dumps([*fitted.labels, "delta"]))
+    with pytest.raises(ModelFileError, match="6 cell types"):
+        CVAE.load(tmp_path / "labels")
+
+    fitted.save(tmp_path / "genes")
+    (tmp_path / "genes" / "genes.json").write_text(json.dumps(fitted.genes[:-1]))
+    with pytest.raises(ModelFileError, match="299 genes"):
+        CVAE.load(tmp_path / "genes")
+
+    (tmp_path / "genes" / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        CVAE.load(tmp_path / "genes")
+
+
+def test_conditional_prior_generates_each_type(tmp_path):
+    adata = simulated_counts(100, seed=0)
+    cfg = tiny_config(max_epochs=15, patience=15, lr=3e-3, kl_anneal_epochs=5)
+    model = CVAE(adata, config=cfg)
+    model.train(seed=0, progress=False)
+    out = model.sample(dict.fromkeys(SIM_TYPES, 60), seed=0)
+
+    def log_means(a: ad.AnnData) -> np.ndarray:  # (3, n_genes) per-type mean log1p(normalised)
+        x = a.X.toarray()
+        x = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)
+        labels = a.obs["cell_type"].to_numpy()
+        return np.stack([x[labels == t].mean(0) for t in SIM_TYPES])
+
+    real, fake = log_means(adata), log_means(out)
+    dists = np.linalg.norm(fake[:, None] - real[None], axis=-1)  # (fake type, real type)
+    assert list(dists.argmin(1)) == [0, 1, 2]
+    # the library model follows the training libraries (median 800)
+    assert 500 < np.median(np.asarray(out.X.sum(1)).ravel()) < 1300
+
+
+def test_nb_log_prob_matches_torch():
+    mu, theta = torch.tensor([[0.5, 3.0, 40.0]]), torch.tensor([0.8, 2.0, 10.0])
+    x = torch.tensor([[0.0, 2.0, 37.0]])
+    ref = torch.distributions.NegativeBinomial(total_count=theta, logits=mu.log() - theta.log())
+    torch.testing.assert_close(log_nb(x, mu, theta), ref.log_prob(x), atol=1e-4, rtol=1e-4)
+    no_zeros = log_zinb(x, mu, theta, torch.full_like(mu, -30.0))
+    torch.testing.assert_close(no_zeros, ref.log_prob(x), atol=1e-4, rtol=1e-4)
+    px = NegativeBinomial(mu, theta, zi_logits=torch.zeros_like(mu))
+    torch.testing.assert_close(px.mean, mu / 2)
+
+
+def test_module_shapes_and_prior():
+    module = CVAEModule(
+        n_input=6,
+        n_labels=2,
+        n_embed=3,
+        n_hidden=[8, 4],
+        n_latent=2,
+        likelihood="zinb",
+        dispersion="gene-label",
+    )
+    x = torch.poisson(torch.full((5, 6), 3.0))
+    y, lib = torch.tensor([0, 1, 0, 1, 1]), x.sum(1)
+    out = module.loss(x, y, lib, kl_weight=0.5)
+    assert out.loss.shape == () and torch.isclose(out.loss, out.reconstruction + 0.5 * out.kl)
+    out.loss.backward()
+    assert module.prior_mean.grad is not None and module.px_r.shape == (2, 6)
+    standard = CVAEModule(n_input=6, n_labels=2, n_hidden=[8], n_latent=2, prior="standard")
+    p = standard.prior(y)
+    assert torch.all(p.loc == 0) and torch.all(p.scale == 1)
+    with pytest.raises(ValueError, match="likelihood"):
+        CVAEModule(n_input=6, n_labels=2, likelihood="poisson")
+
+
+def test_library_model_per_type():
+    lib = np.array([100, 1000, 10, 10, 10], dtype=np.float32)
+    mean, std = _library_model(lib, np.array([0, 0, 1, 1, 2]), 3)
+    np.testing.assert_allclose(mean.numpy(), np.log([np.sqrt(1e5), 10, 10]), rtol=1e-5)
+    assert std[0] > 0 and std[1] == 0 and std[2] > 0  # one cell: the pooled sd
+
+
+def test_gathered_batches_match_host_densified(small_kang):
+    counts = sp.csr_matrix(small_kang.X, dtype=np.float32)
+    codes = np.arange(counts.shape[0]) % 5
+    host = _Rows(counts, codes, torch.device("cpu"), gather=False)
+    gathered = _Rows(counts, codes, torch.device("cpu"), gather=True)
+    idx = np.random.default_rng(0).permutation(counts.shape[0])[:64]
+    idx[:3] = [5, 5, counts.shape[0] - 1]  # repeats (balanced sampling) and the last row
+    for a, b in zip(host.batch(idx), gathered.batch(idx), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    x, _, lib = host.batch(idx)
+    assert x.shape == (64, counts.shape[1]) and torch.equal(lib, x.sum(1).clamp_min(1))
+    empty = sp.csr_matrix((3, 4), dtype=np.float32)
+    x, _, lib = _Rows(empty, np.zeros(3), torch.device("cpu"), gather=True).batch(np.arange(3))
+    assert torch.all(x == 0) and torch.all(lib == 1)
+
+
+def test_decoder_starts_at_the_data_dispersion():
+    adata = simulated_counts(200, seed=1)  # theta = 5 for every gene
+    model = CVAE(adata, config=tiny_config())
+    counts = sp.csr_matrix(adata.X)
+    codes = adata.obs["cell_type"].cat.codes.to_numpy()
+    bias, log_r = _initial_decoder(counts, codes, _library(counts), model.module)
+    assert 3.5 < np.median(np.exp(log_r.numpy())) < 7
+    share = np.asarray(counts.sum(0)).ravel() / counts.sum()
+    np.testing.assert_allclose(np.exp(bias.numpy()), share, rtol=1e-4)
