@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -51,12 +53,20 @@ class Manifest:
         self.data.update(meta)
         write_json(self.path, self.data)
 
+    def is_done(self, name: str, config_hash: str) -> bool:
+        entry = self.data["stages"].get(name, {})
+        return entry.get("status") == "done" and entry.get("config_hash") == config_hash
+
     @contextmanager
-    def stage(self, name: str):
-        """Run a stage: log its start and its wall time and peak memory at the end."""
+    def stage(self, name: str, config_hash: str = ""):
+        """Run a stage: log its start and its wall time and peak memory at the end.
+
+        The stage is marked done (with ``config_hash``) only after its body, which writes its
+        outputs, has finished: a killed run leaves it ``running`` and a resume redoes it.
+        """
         logger.info("stage %s: start", name)
         t0 = time.perf_counter()
-        entry: dict[str, Any] = {"status": "running"}
+        entry: dict[str, Any] = {"status": "running", "config_hash": config_hash}
         self.data["stages"][name] = entry
         write_json(self.path, self.data)
         try:
@@ -70,6 +80,54 @@ class Manifest:
         write_json(self.path, self.data)
         logger.info("stage %s: done in %.1f s (peak RSS %.0f MB)", name, entry["seconds"],
                     entry["peak_rss_mb"])
+
+
+#: the pipeline's stages in order: the config sections each reads, and the stages it uses
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "data": (("seed", "dataset", "qc", "split"), ()),
+    "features": (("features",), ("data",)),
+    "classifier": (("classifier",), ("features",)),
+    "generator": (("generator", "seed_vae", "cvae", "scvi"), ("features",)),
+    "experiments": (("generator", "classifier"), ("classifier", "generator")),
+    "explain": (("explain",), ("classifier",)),
+}
+
+
+class ResumePlan:
+    """Which stages of a run directory can be skipped: done before with the same settings.
+
+    A stage's hash covers its own config sections and the hashes of the stages it uses, so a
+    QC change redoes everything, while a classifier change keeps the trained generator. A stage
+    runs when forced, when its hash changed, or when a stage it uses ran.
+    """
+
+    def __init__(self, manifest: Manifest, cfg: Any, force: set[str]):
+        unknown = set(force) - set(STAGES)
+        if unknown:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--force: unknown stage(s) {sorted(unknown)}; stages are: "
+                              f"{', '.join(STAGES)}")
+        self.manifest, self.force, self.ran = manifest, set(force), set()
+        config = dataclasses.asdict(cfg)
+        self.hashes: dict[str, str] = {}
+        for name, (sections, uses) in STAGES.items():
+            blob = json.dumps({"config": {k: config[k] for k in sections},
+                               "uses": [self.hashes[u] for u in uses]}, sort_keys=True, default=str)
+            self.hashes[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def hash(self, name: str) -> str:
+        return self.hashes[name]
+
+    def runs(self, name: str) -> bool:
+        """Whether ``name`` must run; logs the skip otherwise."""
+        uses = STAGES[name][1]
+        if (name in self.force or self.ran.intersection(uses)
+                or not self.manifest.is_done(name, self.hashes[name])):
+            self.ran.add(name)
+            return True
+        logger.info("stage %s: done before with the same settings, skipped", name)
+        return False
 
 
 def environment() -> dict[str, str]:

@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
     _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
     logger.info("config: %s; output: %s", cfg_path, out)
-    path = pipeline.run(cfg, out, progress=_progress(args))
+    path = pipeline.run(cfg, out, progress=_progress(args), force=set(args.force))
     print(f"results: {path}")
     return 0
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (TOML syntax), repeatable")
     r.add_argument("--out", help="run directory (default: runs/<config name>)")
     r.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    r.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="redo this stage (and the ones after it) even if done; repeatable")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("download", help="download an Expression Atlas experiment's h5ad")

@@ -7,6 +7,7 @@ explain (SHAP) -> results.md. Each stage logs its wall time and peak memory into
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import _keys as K
-from ._runtime import Manifest, environment, write_json
+from ._runtime import Manifest, ResumePlan, environment, write_json
 from ._seeds import derive_seed
-from .classify.xgb import train_classifier
+from .classify.xgb import Classifier, train_classifier
 from .config import RunConfig, save, to_dict
 from .data.groups import load_groups
 from .data.io import read
@@ -30,17 +31,12 @@ from .errors import CellsynthError, DataError
 from .explain.shap import explain_type, write_shap
 from .features.pca import PCAModel, fit_pca
 from .metrics.classification import classification_report, summary_row, to_coarse, write_report
-from .models.registry import make_generator
+from .models.registry import load_generator, make_generator
 from .models.seed import SeedCVAE
 from .report.results import write_results
 
 logger = logging.getLogger(__name__)
 
-EXPERIMENTS = {
-    "a": ("Real data", "Real data"),
-    "b": ("Real data", "Synthetic data"),
-    "c": ("Synthetic data", "Real data"),
-}
 
 
 @dataclass
@@ -110,11 +106,30 @@ def _splits(pre: ad.AnnData, z: np.ndarray, label_key: str) -> dict[str, Split]:
 
 
 def _score(y_true, y_pred, groups: dict[str, str], out: Path, name: str) -> dict:
+    """Fine and coarse reports of one experiment, written as ``{name}_*`` and ``{key}_summary.json``."""
     fine = classification_report(y_true, y_pred)
     coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
     write_report(fine, out, f"{name}_fine")
     write_report(coarse, out, f"{name}_coarse")
-    return {"fine": summary_row(fine), "coarse": summary_row(coarse)}
+    summary = {"fine": summary_row(fine), "coarse": summary_row(coarse)}
+    write_json(out / f"{name[0]}_summary.json", summary)
+    return summary
+
+
+def _check_before_training(cfg: RunConfig, pre: ad.AnnData) -> None:
+    """Settings that can only be checked against the data, before any model is trained."""
+    if cfg.generator.model != "seed" and not pre.uns[K.UNS]["has_counts"]:
+        raise DataError(
+            f"generator.model = '{cfg.generator.model}' generates counts and needs raw counts, "
+            "but the data holds normalised values only; give the unnormalised file or set "
+            "generator.model = 'seed'"
+        )
+    known = set(pre.obs[cfg.dataset.label_key].astype(str))
+    if cfg.explain.cell_type and cfg.explain.cell_type not in known:
+        raise DataError(
+            f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
+            f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
+        )
 
 
 def _synthetic_adata(x: np.ndarray, y: np.ndarray, cfg: RunConfig, seed: int, model: str) -> ad.AnnData:
@@ -165,8 +180,14 @@ def _generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], s
     return z, y
 
 
-def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
-    """Run every stage into ``out`` and return the path of ``results.md``."""
+def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
+        force: set[str] | None = None) -> Path:
+    """Run every stage into ``out`` and return the path of ``results.md``.
+
+    A stage already done in ``out`` with the same settings (and upstream stages unchanged) is
+    skipped and its outputs are read back; ``force`` names stages to redo (and so everything
+    after them).
+    """
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -179,92 +200,101 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
     save(cfg, out / "config.toml")
     manifest = Manifest(out / "manifest.json")
     manifest.set_meta(config=to_dict(cfg), environment=environment())
+    plan = ResumePlan(manifest, cfg, force or set())
     label_key = cfg.dataset.label_key
+    data_dir, metrics_dir = out / "data", out / "metrics"
 
-    with manifest.stage("data") as entry:
-        pre, report, raw = _stage_data(cfg, out, progress)
-        if cfg.generator.model != "seed" and not pre.uns[K.UNS]["has_counts"]:
-            raise DataError(
-                f"generator.model = '{cfg.generator.model}' generates counts and needs raw counts, "
-                "but the data holds normalised values only; give the unnormalised file or set "
-                "generator.model = 'seed'"
-            )
-        entry.update(cells=pre.n_obs, genes=pre.n_vars,
-                     types=int(pre.obs[label_key].nunique()))
-        known = set(pre.obs[label_key].astype(str))
-        if cfg.explain.cell_type and cfg.explain.cell_type not in known:
-            raise DataError(
-                f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
-                f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
-            )
+    if plan.runs("data"):
+        with manifest.stage("data", plan.hash("data")) as entry:
+            pre, report, raw = _stage_data(cfg, out, progress)
+            entry.update(cells=pre.n_obs, genes=pre.n_vars, types=int(pre.obs[label_key].nunique()))
+            _check_before_training(cfg, pre)
+            groups = {} if cfg.dataset.groups == "auto" else resolve_groups(cfg, raw, [])
+            write_json(data_dir / "groups.json", groups)
+            del raw
+            pre.write_h5ad(data_dir / "preprocessed.h5ad")
+    else:
+        pre = ad.read_h5ad(data_dir / "preprocessed.h5ad")
+        report = QCReport.from_json(data_dir / "qc.json")
+        _check_before_training(cfg, pre)
 
-    with manifest.stage("features"):
-        train = (pre.obs[K.SPLIT] == "train").to_numpy()
-        pca = fit_pca(pre.X[train], pre.obs[label_key].to_numpy()[train], list(pre.var_names),
-                      cfg.features, seed=derive_seed(cfg.seed, "pca"))
-        pca.save(out / "features")
-        z = pca.transform(pre.X, chunk_size=cfg.qc.chunk_size)
-        write_json(out / "features" / "pca.json", {
-            "n_components": pca.n_components,
-            "explained_variance_ratio": pca.explained_variance_ratio,
-        })
-        sp_ = _splits(pre, z, label_key)
-
+    train = (pre.obs[K.SPLIT] == "train").to_numpy()
+    if plan.runs("features"):
+        with manifest.stage("features", plan.hash("features")):
+            pca = fit_pca(pre.X[train], pre.obs[label_key].to_numpy()[train], list(pre.var_names),
+                          cfg.features, seed=derive_seed(cfg.seed, "pca"))
+            pca.save(out / "features")
+            write_json(out / "features" / "pca.json", {
+                "n_components": pca.n_components,
+                "explained_variance_ratio": pca.explained_variance_ratio,
+            })
+    else:
+        pca = PCAModel.load(out / "features")
+    sp_ = _splits(pre, pca.transform(pre.X, chunk_size=cfg.qc.chunk_size), label_key)
     types = sorted(np.unique(sp_["train"].y).tolist())
-    centroids = np.stack([sp_["train"].x[sp_["train"].y == t].mean(axis=0) for t in types])
-    groups = resolve_groups(cfg, raw, types, centroids)
-    write_json(out / "data" / "groups.json", groups)
-    del raw
+    groups = json.loads((data_dir / "groups.json").read_text())
+    if cfg.dataset.groups == "auto":
+        centroids = np.stack([sp_["train"].x[sp_["train"].y == t].mean(axis=0) for t in types])
+        groups = resolve_groups(cfg, pre, types, centroids)
+        write_json(data_dir / "groups.json", groups)
 
-    metrics_dir = out / "metrics"
-    results: dict[str, dict] = {}
-    with manifest.stage("classifier"):
-        clf = train_classifier(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
-                               cfg.classifier, seed=derive_seed(cfg.seed, "classifier"),
-                               progress=progress)
-        clf.save(out / "classifier")
-        results["a"] = _score(sp_["test"].y, clf.predict(sp_["test"].x), groups, metrics_dir,
-                              "a_real_real")
-
-    with manifest.stage("generator") as entry:
-        gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress)
-        gen.save(out / "generator")
-        entry.update(model=cfg.generator.model, epochs=history.get("epochs"),
-                     best_epoch=history.get("best_epoch"))
-        write_json(out / "generator" / "history.json", history)
-
-    with manifest.stage("experiments"):
-        g = cfg.generator
-        draws = {
-            "eval": ({t: g.n_per_type_eval for t in types}, derive_seed(cfg.seed, "generate-eval")),
-            "train": ({t: g.n_per_type_train for t in types}, derive_seed(cfg.seed, "generate-train")),
-            "val": ({t: g.n_per_type_val for t in types}, derive_seed(cfg.seed, "generate-val")),
-        }
-        syn = {name: _generate(gen, cfg, pca, counts, seed_, out / "synthetic" / f"{name}.h5ad"
-                               if name != "val" else None)
-               for name, (counts, seed_) in draws.items()}
-        x_b, y_b = syn["eval"]
-        results["b"] = _score(y_b, clf.predict(x_b), groups, metrics_dir, "b_real_synthetic")
-        (x_c, y_c), (x_cv, y_cv) = syn["train"], syn["val"]
-        clf_syn = train_classifier(x_c, y_c, x_cv, y_cv, cfg.classifier,
-                                   seed=derive_seed(cfg.seed, "classifier-synthetic"),
+    if plan.runs("classifier"):
+        with manifest.stage("classifier", plan.hash("classifier")):
+            clf = train_classifier(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
+                                   cfg.classifier, seed=derive_seed(cfg.seed, "classifier"),
                                    progress=progress)
-        clf_syn.save(out / "classifier_synthetic")
-        results["c"] = _score(sp_["test"].y, clf_syn.predict(sp_["test"].x), groups, metrics_dir,
-                              "c_synthetic_real")
-        write_json(metrics_dir / "summary.json", results)
+            clf.save(out / "classifier")
+            _score(sp_["test"].y, clf.predict(sp_["test"].x), groups, metrics_dir, "a_real_real")
+    else:
+        clf = Classifier.load(out / "classifier")
 
-    with manifest.stage("explain") as entry:
-        cell_type = cfg.explain.cell_type or pd.Series(sp_["train"].y).value_counts().index[0]
-        test = sp_["test"]
-        x_t = test.x[test.y == cell_type]
-        if x_t.shape[0] == 0:
-            x_t = sp_["train"].x[sp_["train"].y == cell_type]
-        shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes,
-                            n_top=cfg.explain.n_top_genes, max_cells=cfg.explain.max_cells,
-                            seed=derive_seed(cfg.seed, "explain"))
-        write_shap(shap, out / "explain")
-        entry.update(cell_type=cell_type)
+    if plan.runs("generator"):
+        with manifest.stage("generator", plan.hash("generator")) as entry:
+            gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress)
+            gen.save(out / "generator")
+            entry.update(model=cfg.generator.model, epochs=history.get("epochs"),
+                         best_epoch=history.get("best_epoch"))
+            write_json(out / "generator" / "history.json", history)
+    else:
+        gen = SeedCVAE.load(out / "generator") if cfg.generator.model == "seed" else \
+            load_generator(out / "generator")
+
+    if plan.runs("experiments"):
+        with manifest.stage("experiments", plan.hash("experiments")):
+            g = cfg.generator
+            draws = {
+                "eval": ({t: g.n_per_type_eval for t in types}, derive_seed(cfg.seed, "generate-eval")),
+                "train": ({t: g.n_per_type_train for t in types},
+                          derive_seed(cfg.seed, "generate-train")),
+                "val": ({t: g.n_per_type_val for t in types}, derive_seed(cfg.seed, "generate-val")),
+            }
+            syn = {name: _generate(gen, cfg, pca, counts, seed_, out / "synthetic" / f"{name}.h5ad"
+                                   if name != "val" else None)
+                   for name, (counts, seed_) in draws.items()}
+            x_b, y_b = syn["eval"]
+            _score(y_b, clf.predict(x_b), groups, metrics_dir, "b_real_synthetic")
+            (x_c, y_c), (x_cv, y_cv) = syn["train"], syn["val"]
+            clf_syn = train_classifier(x_c, y_c, x_cv, y_cv, cfg.classifier,
+                                       seed=derive_seed(cfg.seed, "classifier-synthetic"),
+                                       progress=progress)
+            clf_syn.save(out / "classifier_synthetic")
+            _score(sp_["test"].y, clf_syn.predict(sp_["test"].x), groups, metrics_dir,
+                   "c_synthetic_real")
+    results = {k: json.loads((metrics_dir / f"{k}_summary.json").read_text()) for k in "abc"}
+    write_json(metrics_dir / "summary.json", results)
+
+    if plan.runs("explain"):
+        with manifest.stage("explain", plan.hash("explain")) as entry:
+            cell_type = cfg.explain.cell_type or pd.Series(sp_["train"].y).value_counts().index[0]
+            test = sp_["test"]
+            x_t = test.x[test.y == cell_type]
+            if x_t.shape[0] == 0:
+                x_t = sp_["train"].x[sp_["train"].y == cell_type]
+            shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes,
+                                n_top=cfg.explain.n_top_genes, max_cells=cfg.explain.max_cells,
+                                seed=derive_seed(cfg.seed, "explain"))
+            write_shap(shap, out / "explain")
+            entry.update(cell_type=cell_type)
 
     path = write_results(out, results, report, cfg, manifest.data, has_groups=bool(groups))
     logger.info("results: %s", path)

@@ -32,6 +32,16 @@ class QCReport:
     cells_per_type_before: dict[str, int] = field(default_factory=dict)
     cells_per_type_after: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_json(cls, path) -> QCReport:
+        """Read back the report the pipeline wrote as ``data/qc.json``."""
+        import json
+        from pathlib import Path
+
+        d = json.loads(Path(path).read_text())
+        return cls(d["steps"], d["dropped_types"], d["cells_per_type_before"],
+                   d["cells_per_type_after"])
+
     def record(self, step: str, cells: tuple[int, int], genes: tuple[int, int]) -> None:
         row = {
             "step": step,

@@ -1,0 +1,270 @@
+"""The XGBoost classifier trained on a Dask cluster (optional extra ``cellsynth[dask]``).
+
+:func:`train_classifier_dask` fits the same booster as :func:`~cellsynth.classify.xgb.train_classifier`
+(same parameters, label encoding, class-balanced weights, per-class cap and early stopping on the
+validation cells) with :func:`xgboost.dask.train`, and returns the same
+:class:`~cellsynth.classify.xgb.Classifier`, so saving, loading and prediction do not change.
+
+The cluster is the caller's :class:`distributed.Client`, a scheduler address (a SLURM or
+Kubernetes cluster started elsewhere, see ``docs/SCALING.md``), or, with neither, a
+``LocalCluster`` of ``n_workers`` single-threaded processes started and closed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..config import ClassifierConfig
+from ..errors import ConfigError, DataError
+from .xgb import (
+    _HYPERPARAMETERS,
+    Classifier,
+    _as_features,
+    _as_labels,
+    balanced_weights,
+    cap_per_class,
+)
+
+logger = logging.getLogger(__name__)
+
+#: most rows in one partition: larger inputs get more partitions than workers
+MAX_PARTITION_ROWS = 100_000
+
+
+def _require_dask() -> None:
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+        from xgboost import dask as _  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"classifier.backend = 'dask' needs dask and distributed ({exc}); install them with "
+            "pip install 'cellsynth[dask]', or set classifier.backend = 'local'"
+        ) from None
+
+
+@contextlib.contextmanager
+def _connect(client: Any, scheduler: str, n_workers: int) -> Iterator[Any]:
+    """The given client; a client of ``scheduler``; or a local cluster, closed afterwards."""
+    from distributed import Client, LocalCluster
+
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        logger.info("connecting to the Dask scheduler at %s", scheduler)
+        with Client(scheduler) as remote:
+            yield remote
+        return
+    if n_workers < 1:
+        raise ConfigError(f"n_workers must be at least 1, got {n_workers}")
+    logger.info("starting a local Dask cluster of %d single-threaded workers", n_workers)
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as local,
+    ):
+        yield local
+
+
+def _is_dask(x: Any) -> bool:
+    import dask.array as da
+
+    return isinstance(x, da.Array)
+
+
+def _scatter(client: Any, parts: list[tuple[Any, ...]], workers: list[str]) -> list[Any]:
+    """Dask arrays (one per field) from row blocks; block ``i`` lives on worker ``i % n``.
+
+    Each block's fields (features, codes, weights) are sent together to one worker, so XGBoost
+    finds them side by side and the rows are spread evenly (it never moves data itself).
+    """
+    import dask.array as da
+
+    columns: list[list[Any]] = [[] for _ in parts[0]]
+    for i, part in enumerate(parts):
+        futures = client.scatter(list(part), workers=[workers[i % len(workers)]], hash=False)
+        for column, value, future in zip(columns, part, futures, strict=True):
+            meta = value[:0] if sp.issparse(value) else np.empty((0,) * value.ndim, value.dtype)
+            column.append(da.from_delayed(future, shape=value.shape, dtype=value.dtype, meta=meta))
+    return [da.concatenate(column, axis=0) for column in columns]
+
+
+def _distribute(
+    client: Any, X: Any, codes: np.ndarray, weight: np.ndarray | None
+) -> tuple[Any, Any, Any]:
+    """Features, label codes and weights as row-partitioned dask arrays on the workers."""
+    import dask.array as da
+
+    n = len(codes)
+    if _is_dask(X):  # already distributed: align the labels with its row chunks
+        chunks = (X.chunks[0],)
+        y = da.from_array(codes, chunks=chunks)
+        w = da.from_array(weight, chunks=chunks) if weight is not None else None
+        return X, y, w
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise ConfigError("the Dask cluster has no workers; start some or check the address")
+    n_parts = max(len(workers), math.ceil(n / MAX_PARTITION_ROWS))
+    rows = max(1, math.ceil(n / n_parts))
+    parts = []
+    for start in range(0, n, rows):
+        sl = slice(start, min(start + rows, n))
+        part = (X[sl], codes[sl]) + ((weight[sl],) if weight is not None else ())
+        parts.append(part)
+    arrays = _scatter(client, parts, workers)
+    return arrays[0], arrays[1], arrays[2] if weight is not None else None
+
+
+def _prepare(
+    X_train: Any, y_train: Any, X_val: Any, y_val: Any, cfg: ClassifierConfig, seed: int
+) -> tuple[Any, np.ndarray, Any, np.ndarray, list[str]]:
+    """Checked features and labels: per-class cap, class list, unknown validation types dropped.
+
+    The same steps as :func:`~cellsynth.classify.xgb.train_classifier`, so both backends fit
+    the same problem.
+    """
+    if not _is_dask(X_train):
+        X_train = _as_features(X_train)
+    if not _is_dask(X_val):
+        X_val = _as_features(X_val)
+    y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+    (n_tr, f_tr), (n_va, f_va) = X_train.shape, X_val.shape
+    if n_tr != len(y_train) or n_va != len(y_val) or f_tr != f_va:
+        raise DataError(
+            f"train/val features and labels do not match: X_train {n_tr}x{f_tr}, y_train "
+            f"{len(y_train)}, X_val {n_va}x{f_va}, y_val {len(y_val)}"
+        )
+    keep = cap_per_class(y_train, cfg.max_cells_per_class, np.random.default_rng(seed))
+    if len(keep) < len(y_train):
+        msg = "capped training cells at %d per class: %d of %d kept"
+        logger.info(msg, cfg.max_cells_per_class, len(keep), len(y_train))
+        X_train, y_train = X_train[keep], y_train[keep]
+    labels = sorted(np.unique(y_train).tolist())
+    if len(labels) < 2:
+        raise DataError(
+            f"training needs at least two cell types, got {len(labels)} ({labels}); "
+            "check the label column and the QC filters that drop types"
+        )
+    known = np.isin(y_val, labels)
+    if not known.all():
+        unknown = sorted(set(y_val[~known].tolist()))
+        msg = "dropping %d validation cells of %d types absent from training: %s"
+        logger.warning(msg, int((~known).sum()), len(unknown), ", ".join(unknown[:10]))
+        X_val, y_val = X_val[np.flatnonzero(known)], y_val[known]
+    return X_train, y_train, X_val, y_val, labels
+
+
+def train_classifier_dask(
+    X_train: Any,
+    y_train: Sequence[str] | np.ndarray,
+    X_val: Any,
+    y_val: Sequence[str] | np.ndarray,
+    cfg: ClassifierConfig,
+    *,
+    seed: int,
+    client: Any = None,
+    scheduler: str = "",
+    n_workers: int = 2,
+) -> Classifier:
+    """Fit the multiclass XGBoost classifier on a Dask cluster; early stopping on validation.
+
+    Parameters
+    ----------
+    X_train, X_val
+        Features (cells x features): numpy, scipy.sparse (kept sparse; rows are sent to the
+        workers in blocks) or a row-chunked ``dask.array`` already on the cluster.
+    y_train, y_val
+        Labels of the cells (in memory). Classes are the sorted unique training labels;
+        validation cells of other labels are dropped with a warning.
+    cfg
+        The same settings as the local backend. ``cfg.n_jobs`` (> 0) overrides the threads per
+        worker; ``cfg.device = "auto"`` means ``"cpu"`` here (the workers' devices are not
+        visible from the client): set ``"cuda"`` for GPU workers.
+    seed
+        Seeds the per-class subsample and XGBoost's row/column sampling. Row subsampling happens
+        per worker, so the trees differ from the local backend's (not the accuracy).
+    client
+        A connected :class:`distributed.Client`; left open.
+    scheduler
+        Address of a running scheduler (``"tcp://host:8786"``), used when ``client`` is None.
+    n_workers
+        Size of the local cluster started when neither ``client`` nor ``scheduler`` is given.
+
+    Returns
+    -------
+    Classifier
+        The same class :func:`~cellsynth.classify.xgb.train_classifier` returns.
+    """
+    _require_dask()
+    from xgboost import dask as dxgb
+
+    X_train, y_train, X_val, y_val, labels = _prepare(X_train, y_train, X_val, y_val, cfg, seed)
+    codes_train = np.searchsorted(labels, y_train).astype(np.int32)  # labels are sorted
+    codes_val = np.searchsorted(labels, y_val).astype(np.int32)
+    weight = balanced_weights(y_train) if cfg.balanced_weights else None
+    device = "cpu" if cfg.device == "auto" else cfg.device
+    params: dict[str, Any] = {
+        "objective": "multi:softprob",
+        "num_class": len(labels),
+        "eval_metric": "mlogloss",
+        "tree_method": "hist",
+        "device": device,
+        "seed": seed,
+        **{key: getattr(cfg, key) for key in _HYPERPARAMETERS},
+    }
+    if cfg.n_jobs > 0:
+        params["nthread"] = cfg.n_jobs
+
+    with _connect(client, scheduler, n_workers) as c:
+        start = time.perf_counter()
+        Xt, yt, wt = _distribute(c, X_train, codes_train, weight)
+        dtrain = dxgb.DaskQuantileDMatrix(c, Xt, yt, weight=wt)
+        evals = [(dtrain, "train")]
+        if len(y_val):
+            Xv, yv, _ = _distribute(c, X_val, codes_val, None)
+            evals.append((dxgb.DaskQuantileDMatrix(c, Xv, yv, ref=dtrain), "val"))
+        else:
+            msg = "no validation cells left: training all %d rounds without early stopping"
+            logger.warning(msg, cfg.n_estimators)
+        n_workers_used = len(c.scheduler_info()["workers"])
+        msg = "training XGBoost on Dask (%d workers): %d cells x %d features, %d classes, %s"
+        logger.info(msg, n_workers_used, *X_train.shape, len(labels), device)
+        result = dxgb.train(
+            c,
+            params,
+            dtrain,
+            num_boost_round=cfg.n_estimators,
+            evals=evals,
+            early_stopping_rounds=cfg.early_stopping_rounds if len(evals) > 1 else None,
+            verbose_eval=False,
+        )
+        seconds = time.perf_counter() - start
+
+    booster = result["booster"]
+    booster.set_param({"nthread": cfg.n_jobs or os.cpu_count() or 1})  # predict on this machine
+    evals_result = {
+        name: {metric: [float(v) for v in values] for metric, values in log.items()}
+        for name, log in result["history"].items()
+    }
+    if len(evals) == 1 or booster.attr("best_iteration") is None:
+        booster.set_attr(best_iteration=str(booster.num_boosted_rounds() - 1))
+    best = int(booster.attr("best_iteration"))
+    val_loss = evals_result["val"]["mlogloss"][best] if "val" in evals_result else float("nan")
+    msg = "trained %d rounds on Dask in %.1f s; best iteration %d (val mlogloss %.4f)"
+    logger.info(msg, booster.num_boosted_rounds(), seconds, best, val_loss)
+    return Classifier(booster, labels, best, evals_result)

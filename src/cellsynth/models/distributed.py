@@ -1,0 +1,422 @@
+"""Data-parallel training of the count-space CVAE with ``torch.distributed`` (DDP).
+
+Started by ``torchrun``, one process per GPU (NCCL) or per CPU slot (gloo)::
+
+    torchrun --standalone --nproc_per_node=4 -m cellsynth.models.distributed \\
+        --data atlas.h5ad --label-key cell_type --out models/cvae [--config run.toml] [--set ...]
+
+Every rank opens the h5ad lazily (h5py; ``layers/counts`` when present, else ``X``), finds the
+training and validation rows exactly as :meth:`CVAE.fit <cellsynth.models.cvae.CVAE.fit>` does,
+and reads only its shard: a strided slice of one seeded permutation of the training rows (the
+same on every rank, padded so every rank takes the same number of steps) and a strided slice of
+the validation rows. The loss, optimiser, KL warm-up and early stopping are :meth:`CVAE.fit`'s;
+the global batch is ``cvae.batch_size`` (``ceil(batch_size / world_size)`` rows per rank), the
+losses are all-reduced, and rank 0 writes the model with :meth:`CVAE.save`, so
+:meth:`CVAE.load` reads it. With one process the result equals :meth:`CVAE.fit` with the same
+seed, weight for weight.
+
+Not shared with the single-process fit: the decoder's data-based start (``_initial_decoder``) is
+computed on rank 0's shard and broadcast (the library-size model uses every rank's cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from anndata.io import read_elem, sparse_dataset
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .. import _keys as K
+from .. import config as config_mod
+from .._seeds import derive_seed
+from ..config import CVAEConfig
+from ..errors import CellsynthError, DataError
+from . import _training as tr
+from .base import fit_labels, split_masks, training_counts
+from .cvae import CVAE, _initial_decoder, _library_model, _Rows
+
+logger = logging.getLogger("cellsynth.models.distributed")  # also when run as __main__
+
+_READ_ROWS = 8192  # rows read from the h5ad at once
+_SPARSE = ("csr_matrix", "csc_matrix")  # h5ad encodings of a sparse matrix
+
+
+class _Loss(nn.Module):
+    """The module's negative ELBO as ``forward``, so DDP's gradient hooks see the whole step."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor, kl_weight: float
+    ) -> torch.Tensor:
+        return self.module.loss(x, y, library, kl_weight=kl_weight).loss
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a shard of an h5ad
+
+
+def _open_counts(f: h5py.File, path: Path) -> Any:
+    """The raw-count matrix of an open h5ad, indexable by sorted row arrays without loading it."""
+    key = f"layers/{K.COUNTS}" if f"layers/{K.COUNTS}" in f else "X"
+    node = f.get(key)
+    if isinstance(node, h5py.Dataset):
+        return node
+    if isinstance(node, h5py.Group) and node.attrs.get("encoding-type") in _SPARSE:
+        return sparse_dataset(node)
+    raise DataError(f"{path} holds no count matrix in X or layers/counts that can be read lazily")
+
+
+def _read_rows(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` (sorted, unique) of a lazy matrix as CSR float32, checked to be counts."""
+    blocks = [
+        sp.csr_matrix(matrix[rows[i : i + _READ_ROWS]], dtype=np.float32)
+        for i in range(0, len(rows), _READ_ROWS)
+    ]
+    if not blocks:
+        return sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
+    return training_counts(ad.AnnData(X=sp.vstack(blocks, format="csr")))
+
+
+def _shard(n: int, rank: int, world: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's positions in ``range(n)`` (sorted) and which are not padding.
+
+    One seeded permutation, the same on every rank, padded by wrapping around to a multiple of
+    ``world`` (as :class:`torch.utils.data.DistributedSampler` does) and dealt out strided.
+    With ``world == 1`` the positions are ``0..n-1`` in order.
+    """
+    perm = np.random.default_rng(derive_seed(seed, "ddp-shard")).permutation(n)
+    padded = np.resize(perm, world * math.ceil(n / world))  # repeats perm cyclically
+    idx = np.arange(rank, len(padded), world)
+    pos, real = padded[idx], idx < n
+    order = np.argsort(pos, kind="stable")
+    return pos[order], real[order]
+
+
+# ---------------------------------------------------------------------------------------------
+# collectives
+
+
+def _all_gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Concatenation of every rank's 1-d tensor (lengths may differ), in rank order."""
+    if dist.get_world_size() == 1:
+        return t
+    size = torch.tensor([len(t)], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    buf = torch.zeros(longest, dtype=t.dtype, device=device)
+    buf[: len(t)] = t.to(device)
+    parts = [torch.zeros_like(buf) for _ in sizes]
+    dist.all_gather(parts, buf)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
+
+
+def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]:
+    """Sum over ranks of each value (already weighted by the rank's share), equal on all ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    dist.broadcast(t, src=0)  # identical bits everywhere: every rank takes the same stop decision
+    return t.cpu().tolist()
+
+
+def _rank_device(cfg: CVAEConfig) -> torch.device:
+    """CUDA device ``LOCAL_RANK`` when the config resolves to CUDA, else the CPU."""
+    device = tr.resolve_device(cfg.device)
+    if device.type != "cuda":
+        return device
+    index = int(os.environ.get("LOCAL_RANK", device.index or 0))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _init_process_group(device: torch.device) -> bool:
+    """Join (or form) the process group: ``nccl`` on CUDA, ``gloo`` on the CPU.
+
+    Under ``torchrun`` (``WORLD_SIZE`` set) the group comes from the environment; otherwise a
+    one-process group is formed in memory. Returns whether this call created it.
+    """
+    if dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _epoch_batches(
+    codes: np.ndarray, batch_size: int, balanced: bool, generator: torch.Generator
+) -> Iterator[np.ndarray]:
+    """One epoch's mini-batches of local rows, drawn as :meth:`CVAE.fit` draws them."""
+    if balanced:
+        for idx in tr.balanced_batches(codes, batch_size, generator, n_samples=len(codes)):
+            yield np.asarray(idx, dtype=np.int64)
+        return
+    order = torch.randperm(len(codes), generator=generator).numpy()
+    for sl in tr.iter_slices(len(codes), batch_size):
+        yield order[sl]
+
+
+def fit_distributed(
+    data: str | Path,
+    label_key: str = "cell_type",
+    out: str | Path | None = None,
+    *,
+    config: CVAEConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> CVAE:
+    """Train a :class:`CVAE` data-parallel over the ranks of the process group.
+
+    Parameters
+    ----------
+    data
+        h5ad file with raw counts (``X`` or ``layers['counts']``) and the label column; rows
+        with ``obs['cellsynth_split'] == 'test'`` are never read. Every rank reads its shard.
+    label_key
+        ``obs`` column holding the cell type.
+    out
+        Model directory rank 0 writes with :meth:`CVAE.save`; ``None`` writes nothing.
+    config
+        Architecture and training settings; ``batch_size`` is the global batch.
+    seed
+        As :meth:`CVAE.fit`'s; with one process the result equals ``CVAE.fit`` exactly.
+    progress
+        Show a progress bar over epochs on rank 0.
+
+    Returns
+    -------
+    The trained model (the same weights on every rank). Its ``history`` holds
+    :meth:`CVAE.fit`'s keys and ``world_size``.
+
+    Notes
+    -----
+    Run under ``torchrun`` for several processes; without it a one-process group is formed.
+    The group is destroyed afterwards only when this call created it.
+    """
+    cfg = config if config is not None else CVAEConfig()
+    device = _rank_device(cfg)
+    own_group = _init_process_group(device)
+    try:
+        return _fit(Path(data), label_key, out, cfg, device, seed, progress)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _fit(
+    path: Path,
+    label_key: str,
+    out: str | Path | None,
+    cfg: CVAEConfig,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> CVAE:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if not path.is_file() or not h5py.is_hdf5(path):
+        raise DataError(f"{path} is not an h5ad file; give --data the path of an .h5ad")
+    with h5py.File(path, "r") as f:
+        meta = ad.AnnData(obs=read_elem(f["obs"]), var=read_elem(f["var"]))
+        y_all = fit_labels(meta, label_key)
+        train_mask, val_mask = split_masks(meta, seed=seed)
+        if not train_mask.any():
+            raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
+        labels = sorted(set(y_all[train_mask]))
+        yt, _ = tr.encode_labels(
+            y_all[train_mask], labels, "training", int(train_mask.sum()), drop_unknown=False
+        )
+        yv, keep = tr.encode_labels(
+            y_all[val_mask], labels, "validation", int(val_mask.sum()), drop_unknown=True
+        )
+        train_rows, val_rows = np.flatnonzero(train_mask), np.flatnonzero(val_mask)[keep]
+        pos, real = _shard(len(train_rows), rank, world, seed)
+        matrix = _open_counts(f, path)
+        counts = _read_rows(matrix, train_rows[pos])  # (n_local, n_genes)
+        val_counts = _read_rows(matrix, val_rows[rank::world])
+    codes = yt[pos]
+    train = _Rows(counts, codes, device)
+    val = _Rows(val_counts, yv[rank::world], device)
+    n_train, n_val = len(train_rows), len(val_rows)
+    local_batch = math.ceil(cfg.batch_size / world)
+    if rank == 0:
+        logger.info(
+            "CVAE on %d ranks (%s, %s): %d training and %d validation cells, %d genes, %d types; "
+            "%d training cells and %d rows per batch on each rank",
+            world, dist.get_backend(), device, n_train, n_val, meta.n_vars, len(labels),
+            len(train), local_batch,
+        )  # fmt: skip
+    if n_val == 0 and rank == 0:
+        logger.warning("no validation cells; early stopping monitors the training loss")
+
+    model = CVAE(None, label_key=label_key, config=cfg)
+    model.device, model.labels, model.genes = device, labels, list(map(str, meta.var_names))
+    lib_all = _all_gather(torch.from_numpy(train.library_np[real]), device).numpy()
+    codes_all = _all_gather(torch.from_numpy(codes[real]), device).numpy()
+
+    generator = tr.seed_everything(seed)
+    model.module = module = model._build_module()
+    module.set_library_model(*_library_model(lib_all, codes_all, len(labels)))
+    if rank == 0:  # DDP broadcasts rank 0's weights, this start included
+        own = counts if real.all() else counts[np.flatnonzero(real)]
+        module.init_from_data(*_initial_decoder(own, codes[real], train.library_np[real], module))
+    else:  # other dropout masks and latent draws than rank 0's
+        torch.manual_seed(derive_seed(seed, f"ddp-rank-{rank}"))
+    ddp = DistributedDataParallel(
+        _Loss(module),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,  # synced once here; the library model is fixed
+    )
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stopper = tr.EarlyStopping(patience=cfg.patience)
+    history: dict[str, Any] = {"train_loss": [], "val_loss": []}
+    start = time.perf_counter()
+    show = progress and rank == 0
+    bar = tqdm(range(cfg.max_epochs), desc="CVAE", unit="epoch", disable=not show)
+    for epoch in bar:
+        beta = tr.kl_weight(epoch, cfg.kl_start, cfg.kl_anneal_epochs)
+        ddp.train()
+        total = torch.zeros((), device=device)
+        for idx in _epoch_batches(codes, local_batch, cfg.balanced_sampling, generator):
+            loss = ddp(*train.batch(idx), beta)  # x (B, n_genes), y (B,), library (B,)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        local_val = model._evaluate(val) if len(val) else 0.0
+        # each rank's mean weighted by its share: exact (x * 1.0) with one rank
+        train_loss, val_loss = _weighted_sums(
+            [total.item() / len(train) / world, local_val * (len(val) / max(n_val, 1))], device
+        )
+        if n_val == 0:
+            val_loss = train_loss
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        bar.set_postfix(train=f"{train_loss:.5g}", val=f"{val_loss:.5g}", beta=f"{beta:.2f}")
+        msg = "epoch %d: train %.4f, val %.4f, kl weight %.2f"
+        logger.debug(msg, epoch, train_loss, val_loss, beta)
+        if stopper.step(val_loss, epoch, module):
+            if rank == 0:
+                msg = "early stopping after epoch %d (no improvement for %d)"
+                logger.info(msg, epoch, cfg.patience)
+            break
+    bar.close()
+    if not stopper.restore(module):
+        raise RuntimeError("the validation loss was never finite; lower cvae.lr")
+    module.eval()
+    seconds = time.perf_counter() - start
+    history.update(
+        best_epoch=stopper.best_epoch,
+        epochs=len(history["train_loss"]),
+        seconds=seconds,
+        cells_per_second=n_train * len(history["train_loss"]) / max(seconds, 1e-9),
+        world_size=world,
+    )
+    model.history = history
+    if rank == 0:
+        msg = "CVAE: best epoch %d of %d (val loss %.4f) in %.1f s on %d ranks, %.0f cells/s"
+        logger.info(msg, stopper.best_epoch, history["epochs"], stopper.best_loss, seconds,
+                    world, history["cells_per_second"])  # fmt: skip
+        if out is not None:
+            model.save(out)
+    dist.barrier()  # the saved model exists when any rank returns
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# the torchrun entry point
+
+
+def torchrun_command(
+    data: str | Path,
+    label_key: str,
+    out: str | Path,
+    *,
+    nproc_per_node: int = 2,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    torchrun_args: Sequence[str] = ("--standalone",),
+) -> list[str]:
+    """The command that trains with ``nproc_per_node`` processes under this Python's torchrun.
+
+    ``torchrun_args`` replace ``--standalone`` for several nodes, e.g.
+    ``["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=host:29400"]``.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+           f"--nproc_per_node={nproc_per_node}", "-m", __name__,
+           "--data", str(data), "--label-key", label_key, "--out", str(out), "--seed", str(seed)]  # fmt: skip
+    if config is not None:
+        cmd += ["--config", str(config)]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="torchrun ... -m cellsynth.models.distributed",
+        description="Train the count-space CVAE data-parallel; start it with torchrun.",
+    )
+    p.add_argument("--data", required=True, help="h5ad with raw counts and the label column")
+    p.add_argument("--label-key", default=None, help="obs column (default: dataset.label_key)")
+    p.add_argument("--out", required=True, help="model directory (written by rank 0)")
+    p.add_argument("--config", default=None, help="TOML run config; its [cvae] table is used")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting, e.g. --set cvae.max_epochs=50")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="warnings only, no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, train, and return the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet or rank else logging.INFO,
+        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        run = config_mod.load(args.config, args.set)
+        fit_distributed(
+            args.data,
+            args.label_key or run.dataset.label_key,
+            args.out,
+            config=run.cvae,
+            seed=args.seed,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+    except CellsynthError as exc:
+        print(f"error (rank {rank}): {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""``report.html``: one self-contained page describing a run directory.
+
+Reads the files a run wrote (never live objects) and writes a single HTML file: inline CSS,
+figures as base64 PNG ``data:`` URIs, no external resource. Each section degrades to a note
+when its files are missing or unreadable; rendering never fails on a partial run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import numbers
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import CellsynthError
+from . import figures
+
+logger = logging.getLogger(__name__)
+
+_EXPERIMENTS = {"a": ("Real data", "Real data"), "b": ("Real data", "Synthetic data"),
+                "c": ("Synthetic data", "Real data")}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;
+margin:0 auto;padding:1em 2em 4em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+nav{font-size:.9em}nav a{margin-right:.9em;white-space:nowrap}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.6em 0}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
+.muted{color:#666;font-size:.9em}
+"""
+
+# sets data-images-ok / data-images-total on <body> once every figure has loaded (for tests)
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.dataset.imagesOk = ok; document.body.dataset.imagesTotal = imgs.length;
+});
+"""
+
+
+# ---------------------------------------------------------------- small HTML helpers
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _missing(*rel: str) -> str:
+    return _note("Not available in this run: " + ", ".join(rel) + " not found.")
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{_e(uri)}" alt="{_e(alt)}">'
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if not _is_num(v):
+        return "–" if v is None else str(v)
+    if math.isnan(float(v)):
+        return "–"
+    if isinstance(v, numbers.Integral):
+        return f"{int(v):,}"
+    v = float(v)
+    return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+
+
+def _table(header: Sequence[str] | None, rows: Any, digits: Sequence[int] = ()) -> str:
+    """An HTML table (no header row when ``header`` is None); numbers are formatted (``digits``
+    per column, default 3) and right-aligned, all text escaped."""
+    out = ["<table>"]
+    if header is not None:
+        out += ["<thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead>"]
+    out.append("<tbody>")
+    for row in rows:
+        cells = [f'<td class="n">{_e(_fmt(v, (list(digits) + [3] * len(row))[i]))}</td>'
+                 if _is_num(v) else f"<td>{_e(_fmt(v))}</td>" for i, v in enumerate(row)]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+class _Run:
+    """Read access to a run directory: ``None`` for a missing or unreadable file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def json(self, rel: str) -> Any:
+        try:
+            return json.loads((self.root / rel).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def csv(self, rel: str, **kw: Any) -> pd.DataFrame | None:
+        try:
+            return pd.read_csv((self.root / rel), **kw)
+        except (OSError, ValueError):
+            return None
+
+    def config(self) -> dict:
+        manifest = self.json("manifest.json") or {}
+        if isinstance(manifest.get("config"), dict):
+            return manifest["config"]
+        try:
+            return tomllib.loads((self.root / "config.toml").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+# ---------------------------------------------------------------- sections
+
+def _sec_run(run: _Run) -> str:
+    cfg = run.config()
+    manifest = run.json("manifest.json") or {}
+    ds, g = cfg.get("dataset", {}), cfg.get("generator", {})
+    clf, feat = cfg.get("classifier", {}), cfg.get("features", {})
+    mpath = run.root / "manifest.json"
+    when = manifest.get("finished") or manifest.get("started") or (
+        _dt.datetime.fromtimestamp(mpath.stat().st_mtime).isoformat(timespec="seconds")
+        if mpath.is_file() else "unknown")
+    rows = [
+        ("run directory", str(run.root)),
+        ("run date", when),
+        ("dataset", ds.get("path") or ("embedded demo atlas (simulated)"
+         + (f": {ds.get('demo_cells')} cells, {ds.get('demo_genes')} genes, "
+            f"{ds.get('demo_types')} types" if "demo_cells" in ds else ""))),
+        ("label column", ds.get("label_key", "–")),
+        ("coarse groups", ds.get("groups") or "from the data, if any"),
+        ("seed", cfg.get("seed", "–")),
+        ("generator", g.get("model", "–")),
+        ("generated cells per type", f"eval {g.get('n_per_type_eval', '–')}, train "
+         f"{g.get('n_per_type_train', '–')}, val {g.get('n_per_type_val', '–')}"),
+        ("PCA components", feat.get("n_components", "–")),
+        ("classifier", f"XGBoost, {clf.get('n_estimators', '–')} rounds, max depth "
+         f"{clf.get('max_depth', '–')}, learning rate {clf.get('learning_rate', '–')}"),
+    ]
+    parts = [_table(None, [(k, str(v)) for k, v in rows]) if cfg
+             else _missing("manifest.json config", "config.toml")]
+    env = manifest.get("environment") or {}
+    if env:
+        parts.append("<h3>Versions</h3>" + _table(["package", "version"], list(env.items())))
+    unfinished = [n for n, s in (manifest.get("stages") or {}).items()
+                  if s.get("status") != "done"]
+    if unfinished:
+        parts.append(_note("Stages not finished: " + ", ".join(unfinished)
+                           + ". Later sections may be missing."))
+    return "".join(parts)
+
+
+def _sec_data(run: _Run) -> str:
+    qc = run.json("data/qc.json")
+    steps = pd.DataFrame(qc["steps"]) if qc and qc.get("steps") else run.csv("data/qc_steps.csv")
+    parts = []
+    if steps is None or steps.empty:
+        parts.append(_missing("data/qc.json", "data/qc_steps.csv"))
+    else:
+        cols = ["step", "cells_removed", "genes_removed", "cells_left", "genes_left"]
+        steps = steps[[c for c in cols if c in steps]]
+        parts.append("<h3>QC steps</h3>"
+                     + _table([c.replace("_", " ") for c in steps.columns],
+                              steps.itertuples(index=False)))
+        if {"step", "cells_removed", "genes_removed"} <= set(steps):
+            parts.append(_img(figures.qc_removed(steps), "cells and genes removed per QC step"))
+    if qc is None:
+        return "".join(parts)
+    if qc.get("n_cells") is not None:
+        parts.append(f"<p>After QC: {_e(_fmt(qc.get('n_cells')))} cells, "
+                     f"{_e(_fmt(qc.get('n_genes')))} genes"
+                     f"{'' if qc.get('has_counts', True) else ' (normalised values only)'}.</p>")
+    if qc.get("dropped_types"):
+        parts.append(_note("Types dropped by QC: " + ", ".join(map(str, qc["dropped_types"]))))
+    before, after = qc.get("cells_per_type_before") or {}, qc.get("cells_per_type_after") or {}
+    if before or after:
+        groups = run.json("data/groups.json") or {}
+        split = _split_counts(run)
+        types = sorted(set(before) | set(after), key=lambda t: (-before.get(t, 0), t))
+        header = ["type", *(["group"] if groups else []), "before QC", "after QC", "removed",
+                  *(["train", "val", "test"] if split is not None else [])]
+        rows = []
+        for t in types:
+            row = [t, *([groups.get(t, "–")] if groups else []), before.get(t, 0),
+                   after.get(t, 0), before.get(t, 0) - after.get(t, 0)]
+            if split is not None:
+                row += [int(split.get((t, s), 0)) for s in ("train", "val", "test")]
+            rows.append(row)
+        parts.append("<h3>Cells per type</h3>" + _table(header, rows))
+        parts.append(_img(figures.cells_per_type(before, after), "cells per type before and after QC"))
+    return "".join(parts)
+
+
+def _split_counts(run: _Run) -> pd.Series | None:
+    cells = run.csv("data/cells.csv", index_col=0)
+    if cells is None or "cellsynth_split" not in cells or cells.shape[1] < 2:
+        return None
+    label = cells.columns[0]
+    return cells.groupby([cells[label].astype(str), "cellsynth_split"]).size()
+
+
+def _sec_pca(run: _Run) -> str:
+    pca = run.json("features/pca.json")
+    ratio = (pca or {}).get("explained_variance_ratio")
+    if not ratio:
+        return _missing("features/pca.json")
+    cum = pd.Series(ratio).cumsum()
+    marks = [f"{int((cum < f).sum()) + 1} for {f:.0%}" for f in (0.5, 0.8, 0.9)
+             if cum.iloc[-1] >= f]
+    text = (f"<p>{len(ratio)} components (fitted on a class-balanced sample of the training "
+            f"cells) explain {_e(f'{cum.iloc[-1]:.1%}')} of the variance"
+            + (f"; components needed: {_e(', '.join(marks))}" if marks else "") + ".</p>")
+    return text + _img(figures.pca_variance(ratio), "PCA explained variance")
+
+
+def _results_table(summary: dict, level: str) -> str:
+    header = ["Experiment", "Training set", "Test set", "Precision (macro)", "Recall (macro)",
+              "F1 (macro)", "Precision (micro)", "Recall (micro)", "F1 (micro)", "cells"]
+    keys = ["precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro",
+            "f1_micro", "n"]
+    rows = [[f"({k})", *_EXPERIMENTS[k], *(summary[k][level].get(c) for c in keys)]
+            for k in _EXPERIMENTS if k in summary and level in summary[k]]
+    return _table(header, rows)
+
+
+def _sec_classifier(run: _Run) -> str:
+    summary = run.json("metrics/summary.json")
+    if not summary:
+        return _missing("metrics/summary.json")
+    groups = run.json("data/groups.json")
+    coarse_note = ("A prediction inside the right coarse group counts as correct." if groups else
+                   "No fine-to-coarse mapping was given (dataset.groups): each type is its own "
+                   "group, so this table repeats the fine one.")
+    return ("<p>(a) trained on real training cells, tested on real test cells; (b) that "
+            "classifier on generated cells, scored against the intended type; (c) trained on "
+            "generated cells, tested on the real test cells.</p>"
+            "<h3>Fine cell types</h3>" + _results_table(summary, "fine")
+            + "<h3>Coarse groups</h3>" + f"<p>{_e(coarse_note)}</p>"
+            + _results_table(summary, "coarse"))
+
+
+def _sec_per_class(run: _Run) -> str:
+    names = {"(a) trained on real": "metrics/a_real_real_fine_per_class.csv",
+             "(c) trained on synthetic": "metrics/c_synthetic_real_fine_per_class.csv"}
+    series = {}
+    for name, rel in names.items():
+        df = run.csv(rel)
+        if df is not None and {"label", "f1"} <= set(df):
+            series[name] = df.set_index(df["label"].astype(str))["f1"]
+    if not series:
+        return _missing(*names.values())
+    parts = [] if len(series) == len(names) else [_missing(*(r for n, r in names.items()
+                                                             if n not in series))]
+    parts.append(_img(figures.f1_bars(series), "per-class F1"))
+    return "".join(parts)
+
+
+def _sec_confusion(run: _Run) -> str:
+    parts = ["<p>Rows are the true type, columns the prediction; each row is divided by the "
+             "true type's cells (row-normalised).</p>"]
+    for level in ("fine", "coarse"):
+        mats = {}
+        for key, name in (("a_real_real", "(a) trained on real"),
+                          ("c_synthetic_real", "(c) trained on synthetic")):
+            df = run.csv(f"metrics/{key}_{level}_confusion.csv", index_col=0)
+            if df is not None and not df.empty:
+                mats[name] = df
+        parts.append(f"<h3>{_e(level.capitalize())} level</h3>")
+        parts.append(_img(figures.confusion_heatmaps(mats), f"{level} confusion matrices")
+                     if mats else _missing(f"metrics/a_real_real_{level}_confusion.csv"))
+    return "".join(parts)
+
+
+def _sec_umap(run: _Run) -> str:
+    df = run.csv("features/umap.csv")
+    if df is None or not {"origin", "label", "x", "y"} <= set(df):
+        return _missing("features/umap.csv")
+    n = df["origin"].astype(str).value_counts()
+    return (f"<p>{_e(_fmt(int(n.get('real', 0))))} real and "
+            f"{_e(_fmt(int(n.get('synthetic', 0))))} generated cells embedded together.</p>"
+            + _img(figures.umap_scatter(df), "UMAP of real and generated cells"))
+
+
+# (label, path into report["overall"], what a perfect generator scores)
+_FIDELITY_ROWS = [
+    ("C2ST AUC", ("c2st_auc",), "0.5"),
+    ("MMD² (RBF)", ("mmd_rbf",), "lower; 0"),
+    ("energy distance", ("energy_distance",), "lower; 0"),
+    ("k-NN precision", ("knn_precision",), "higher"),
+    ("k-NN recall", ("knn_recall",), "higher"),
+    ("gene mean (Spearman)", ("gene_stats", "mean"), "higher; 1"),
+    ("gene variance (Spearman)", ("gene_stats", "variance"), "higher; 1"),
+    ("zero fraction (Spearman)", ("gene_stats", "zero_fraction"), "higher; 1"),
+    ("library size distance", ("library_size_distance",), "lower; 0"),
+    ("correlation distance", ("correlation_distance",), "lower; 0"),
+    ("marker overlap", ("marker_overlap", "mean"), "higher; 1"),
+]
+
+
+def _dig(d: Any, keys: Sequence[str]) -> Any:
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _sec_fidelity(run: _Run) -> str:
+    fid = run.json("metrics/fidelity.json")
+    if not isinstance(fid, dict) or "synthetic_vs_real" not in fid:
+        return _missing("metrics/fidelity.json")
+    floor = (fid.get("real_vs_real") or {}).get("overall", {})
+    syn = (fid.get("synthetic_vs_real") or {}).get("overall", {})
+    rows = [(label, _dig(floor, path), _dig(syn, path), best)
+            for label, path, best in _FIDELITY_ROWS]
+    return ("<p>The control compares two disjoint halves of the real cells: what a perfect "
+            "generator would score with this many cells. Read each synthetic number beside it.</p>"
+            + _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows))
+
+
+def _sec_training(run: _Run) -> str:
+    curves: dict[str, dict] = {}
+    best: dict[str, int | None] = {}
+    hist = run.json("generator/history.json") or {}
+    gen = {k: v for k, v in hist.items() if isinstance(v, list) and len(v) > 1
+           and all(isinstance(x, int | float) for x in v)}
+    if gen:
+        curves["generator"] = gen
+        best["generator"] = hist.get("best_epoch")
+    for rel, name in (("classifier/meta.json", "classifier (real)"),
+                      ("classifier_synthetic/meta.json", "classifier (synthetic)")):
+        meta = run.json(rel) or {}
+        ev = meta.get("evals_result") or {}
+        c = {f"{split} {metric}": vals for split, ms in ev.items() if isinstance(ms, dict)
+             for metric, vals in ms.items() if isinstance(vals, list) and vals}
+        if c:
+            curves[name] = c
+            best[name] = meta.get("best_iteration")
+    notes = []
+    if not gen:
+        notes.append(_note("No generator loss per epoch (generator/history.json missing, or "
+                           "this generator is not trained by epochs)."))
+    if not curves:
+        return "".join(notes) + _missing("classifier/meta.json evals_result")
+    return "".join(notes) + _img(figures.loss_curves(curves, best), "training loss curves")
+
+
+def _sec_shap(run: _Run) -> str:
+    meta = run.json("explain/shap.json") or {}
+    genes = run.csv("explain/shap_genes.csv")
+    parts = []
+    if meta.get("cell_type"):
+        parts.append(f"<p>Why the real-trained classifier predicts <b>{_e(meta['cell_type'])}</b>"
+                     f" (mean over {_e(meta.get('n_cells', '?'))} cells): SHAP values of the PCs, "
+                     "carried to genes through the PCA loadings; positive genes push cells "
+                     "towards the type.</p>")
+    if genes is None:
+        parts.append(_missing("explain/shap_genes.csv"))
+    else:
+        cols = [c for c in ("gene", "score", "abs_score", "magnitude") if c in genes]
+        parts.append(_table(cols, genes[cols].itertuples(index=False)))
+    plot = Path(str(meta.get("plot", ""))).name
+    pngs = [(run.root / "explain") / plot] if plot else []
+    pngs += sorted((run.root / "explain").glob("shap_*.png")) if (run.root / "explain").is_dir() else []
+    png = next((p for p in pngs if p.is_file()), None)
+    parts.append(_img(figures.png_data_uri(png.read_bytes()), "SHAP plot") if png
+                 else _missing("explain/shap_<type>.png"))
+    return "".join(parts)
+
+
+def _sec_stages(run: _Run) -> str:
+    stages = (run.json("manifest.json") or {}).get("stages") or {}
+    if not stages:
+        return _missing("manifest.json stages")
+    rows = []
+    for name, s in stages.items():
+        extra = {k: v for k, v in s.items()
+                 if k not in ("status", "seconds", "peak_rss_mb", "config_hash")}
+        rows.append([name, s.get("status", "–"), s.get("seconds"), s.get("peak_rss_mb"),
+                     ", ".join(f"{k} {v}" for k, v in extra.items())])
+    total = sum(float(s.get("seconds") or 0) for s in stages.values())
+    peak = max((float(s.get("peak_rss_mb") or 0) for s in stages.values()), default=0)
+    return (_table(["stage", "status", "seconds", "peak RSS (MB)", "details"], rows, (0, 0, 1, 0))
+            + f"<p>Total {_e(f'{total:.1f}')} s; peak resident memory {_e(f'{peak:.0f}')} MB.</p>"
+            + _img(figures.stage_bars(stages), "stage times"))
+
+
+#: (anchor id, heading, renderer) of every section, in page order
+_SECTIONS: list[tuple[str, str, Callable[[_Run], str]]] = [
+    ("run", "Run", _sec_run),
+    ("data", "Data and quality control", _sec_data),
+    ("pca", "PCA explained variance", _sec_pca),
+    ("classifier", "Classifier results", _sec_classifier),
+    ("per-class", "Per-class F1: real-trained vs synthetic-trained", _sec_per_class),
+    ("confusion", "Confusion matrices", _sec_confusion),
+    ("umap", "UMAP of real and generated cells", _sec_umap),
+    ("fidelity", "Fidelity", _sec_fidelity),
+    ("training", "Training curves", _sec_training),
+    ("shap", "SHAP: top genes", _sec_shap),
+    ("stages", "Stage times and peak memory", _sec_stages),
+]
+#: (anchor id, heading) of every section, in page order
+SECTIONS: list[tuple[str, str]] = [(sid, title) for sid, title, _ in _SECTIONS]
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The report page of ``run_dir`` as one HTML string."""
+    run = _Run(Path(run_dir))
+    body = []
+    for sid, title, render in _SECTIONS:
+        try:
+            content = render(run)
+        except Exception as exc:  # a malformed file costs one section, never the report
+            logger.warning("report: section %r failed: %s: %s", title, type(exc).__name__, exc)
+            content = _note(f"Could not render this section: {type(exc).__name__}: {exc}")
+        body.append(f'<section id="{sid}"><h2>{_e(title)}</h2>{content}</section>')
+    nav = " ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    name = run.root.resolve().name
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>cellsynth report: {_e(name)}</title><style>{_CSS}</style>"
+        f"<script>{_SCRIPT}</script></head><body>"
+        f"<h1>cellsynth report: {_e(name)}</h1>"
+        f'<p class="muted">Written by <code>cellsynth report</code> on {_e(now)}.</p>'
+        f"<nav>{nav}</nav>" + "".join(body) + "</body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``); return it.
+
+    Reads only the files in ``run_dir``; a missing file turns its section into a note.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CellsynthError(f"{run_dir} is not a directory; give a run directory written by "
+                             "cellsynth run")
+    path = Path(out) if out is not None else run_dir / "report.html"
+    page = render_report(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    logger.info("report: %s", path)
+    return path
