@@ -143,6 +143,31 @@ def test_sample_is_seeded(fitted):
     assert (a != c).nnz > 0
 
 
+def test_latent_sources(fitted):
+    request = {fitted.labels[0]: 30}
+    prior = fitted.sample(request, seed=4, latent="prior")
+    mixture = fitted.sample(request, seed=4)
+    assert (prior.X != mixture.X).nnz > 0
+    assert prior.uns[K.UNS]["config"]["latent_sampler"] == "prior"
+    weight = fitted.module.mixture_weight  # (n_labels, K): ~72 training cells per type -> 3
+    assert weight.shape == (5, 3) and torch.allclose(weight.sum(1), torch.ones(5))
+    with pytest.raises(DataError, match="latent"):
+        fitted.sample(request, latent="posterior")
+
+
+def test_small_types_keep_their_posteriors():
+    adata = simulated_counts(40, n_genes=30, seed=2)
+    adata = adata[np.r_[0:3, 40:120]].copy()  # 3 alpha cells
+    adata.obs[K.SPLIT] = np.where(np.arange(adata.n_obs) % 10 == 9, "val", "train")
+    model = CVAE(adata, config=tiny_config())
+    model.train(seed=0, progress=False)
+    alpha = model.module.mixture_weight[model.labels.index("alpha")]
+    torch.testing.assert_close(alpha[:3], torch.full((3,), 1 / 3))
+    assert torch.all(alpha[3:] == 0)
+    out = model.sample({"alpha": 25}, seed=0)
+    assert out.n_obs == 25 and np.isfinite(out.X.data).all()
+
+
 def test_sample_rejects_unknown_type_and_bad_counts(fitted):
     with pytest.raises(DataError, match="known types"):
         fitted.sample({"delta": 5})
@@ -216,7 +241,6 @@ def test_conditional_prior_generates_each_type(tmp_path):
     cfg = tiny_config(max_epochs=15, patience=15, lr=3e-3, kl_anneal_epochs=5)
     model = CVAE(adata, config=cfg)
     model.train(seed=0, progress=False)
-    out = model.sample(dict.fromkeys(SIM_TYPES, 60), seed=0)
 
     def log_means(a: ad.AnnData) -> np.ndarray:  # (3, n_genes) per-type mean log1p(normalised)
         x = a.X.toarray()
@@ -224,11 +248,13 @@ def test_conditional_prior_generates_each_type(tmp_path):
         labels = a.obs["cell_type"].to_numpy()
         return np.stack([x[labels == t].mean(0) for t in SIM_TYPES])
 
-    real, fake = log_means(adata), log_means(out)
-    dists = np.linalg.norm(fake[:, None] - real[None], axis=-1)  # (fake type, real type)
-    assert list(dists.argmin(1)) == [0, 1, 2]
-    # the library model follows the training libraries (median 800)
-    assert 500 < np.median(np.asarray(out.X.sum(1)).ravel()) < 1300
+    real = log_means(adata)
+    for latent in ("prior", "mixture"):
+        out = model.sample(dict.fromkeys(SIM_TYPES, 60), seed=0, latent=latent)
+        dists = np.linalg.norm(log_means(out)[:, None] - real[None], axis=-1)  # (fake, real)
+        assert list(dists.argmin(1)) == [0, 1, 2], latent
+        # the library model follows the training libraries (median 800)
+        assert 500 < np.median(np.asarray(out.X.sum(1)).ravel()) < 1300
 
 
 def test_nb_log_prob_matches_torch():
@@ -240,6 +266,10 @@ def test_nb_log_prob_matches_torch():
     torch.testing.assert_close(no_zeros, ref.log_prob(x), atol=1e-4, rtol=1e-4)
     px = NegativeBinomial(mu, theta, zi_logits=torch.zeros_like(mu))
     torch.testing.assert_close(px.mean, mu / 2)
+    torch.manual_seed(0)
+    draws = NegativeBinomial(mu, theta).sample((4000,))  # (4000, 1, 3)
+    assert draws.shape == (4000, 1, 3) and torch.all(draws == draws.round())
+    torch.testing.assert_close(draws.mean(0), mu, rtol=0.1, atol=0.05)
 
 
 def test_module_shapes_and_prior():

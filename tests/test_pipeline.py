@@ -20,6 +20,7 @@ FAST = [
     "generator.n_per_type_train=40",
     "generator.n_per_type_val=10",
     "explain.max_cells=50",
+    "report.umap=false",
 ]
 
 

@@ -90,6 +90,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "generator": (("generator", "seed_vae", "cvae", "scvi"), ("features",)),
     "experiments": (("generator", "classifier"), ("classifier", "generator")),
     "explain": (("explain",), ("classifier",)),
+    "evaluation": (("report",), ("experiments",)),
 }
 
 

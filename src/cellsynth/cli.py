@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("config: %s; output: %s", cfg_path, out)
     path = pipeline.run(cfg, out, progress=_progress(args), force=set(args.force))
     print(f"results: {path}")
+    print(f"report:  {out / 'report.html'}")
     return 0
 
 
@@ -149,6 +150,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.html import write_report
+
+    _setup_logging(args.quiet)
+    path = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe, format_info
 
@@ -230,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report of a run directory")
+    rp.add_argument("run_dir", help="a run directory written by cellsynth run")
+    rp.add_argument("--out", help="HTML file (default: RUN_DIR/report.html)")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_report)
 
     i = sub.add_parser("info", help="describe a run directory, a model directory or an h5ad")
     i.add_argument("path")

@@ -148,6 +148,13 @@ class ExplainConfig:
 
 
 @dataclass
+class ReportConfig:
+    umap: bool = True  # UMAP of real test and generated cells in the report (umap-learn)
+    max_cells: int = 3000  # cells per origin in the UMAP and the fidelity metrics (stratified)
+    fidelity: bool = True  # fidelity metrics with the real-vs-real floor (count generators)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0  # the one seed every other seed is derived from
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -160,6 +167,7 @@ class RunConfig:
     cvae: CVAEConfig = field(default_factory=CVAEConfig)
     scvi: ScviConfig = field(default_factory=ScviConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> RunConfig:
         """Check values a type cannot express; raise :class:`ConfigError` with the fix."""

@@ -33,6 +33,7 @@ from .features.pca import PCAModel, fit_pca
 from .metrics.classification import classification_report, summary_row, to_coarse, write_report
 from .models.registry import load_generator, make_generator
 from .models.seed import SeedCVAE
+from .report.html import write_report as write_html_report
 from .report.results import write_results
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,63 @@ def _generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], s
     return z, y
 
 
+def _stratified(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """At most ``cap`` indices, each type keeping its share (every type at least one cell)."""
+    if len(labels) <= cap:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for t in np.unique(labels):
+        idx = np.flatnonzero(labels == t)
+        n = max(1, round(cap * len(idx) / len(labels)))
+        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path) -> None:
+    """The report's UMAP of real test and generated cells, and the fidelity metrics (with the
+    real-vs-real floor) when the generator made counts."""
+    label_key = cfg.dataset.label_key
+    test = pre[(pre.obs[K.SPLIT] == "test").to_numpy()]
+    syn = ad.read_h5ad(out / "synthetic" / "eval.h5ad")
+    y_real = test.obs[label_key].astype(str).to_numpy()
+    y_syn = syn.obs[label_key].astype(str).to_numpy()
+    cap = cfg.report.max_cells
+    ir = _stratified(y_real, cap, derive_seed(cfg.seed, "eval-real"))
+    is_ = _stratified(y_syn, cap, derive_seed(cfg.seed, "eval-synthetic"))
+    has_counts = syn.n_vars == pre.n_vars  # the seed model's cells are PCA coordinates
+    if cfg.report.umap:
+        z_real = pca.transform(test.X[ir])
+        if has_counts:
+            z_syn = pca.transform(normalise_log1p(sp.csr_matrix(syn.X[is_]), cfg.qc.target_sum))
+        else:
+            z_syn = np.asarray(syn.X[is_], dtype=np.float32)
+        import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
+
+        emb = umap.UMAP(random_state=derive_seed(cfg.seed, "umap") % 2**31).fit_transform(
+            np.vstack([z_real, z_syn]))
+        pd.DataFrame({
+            "cell": [*test.obs_names[ir], *syn.obs_names[is_]],
+            "origin": ["real"] * len(ir) + ["synthetic"] * len(is_),
+            "label": [*y_real[ir], *y_syn[is_]],
+            "x": emb[:, 0], "y": emb[:, 1],
+        }).to_csv(out / "features" / "umap.csv", index=False)
+    if cfg.report.fidelity and has_counts and K.COUNTS in pre.layers:
+        from .metrics.fidelity import fidelity_report, real_floor
+        from .metrics.space import fit_space
+
+        train = (pre.obs[K.SPLIT] == "train").to_numpy()
+        counts = sp.csr_matrix(pre.layers[K.COUNTS])
+        space = fit_space(counts[train], pre.obs[label_key].astype(str).to_numpy()[train],
+                          list(map(str, pre.var_names)), seed=derive_seed(cfg.seed, "eval-space"))
+        real_c = sp.csr_matrix(test.layers[K.COUNTS])
+        write_json(out / "metrics" / "fidelity.json", {
+            "real_vs_real": real_floor(space, real_c, y_real, seed=derive_seed(cfg.seed, "floor")),
+            "synthetic_vs_real": fidelity_report(space, real_c, y_real, sp.csr_matrix(syn.X[is_]),
+                                                 y_syn[is_], seed=derive_seed(cfg.seed, "fidelity")),
+        })
+
+
 def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
         force: set[str] | None = None) -> Path:
     """Run every stage into ``out`` and return the path of ``results.md``.
@@ -296,7 +354,12 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
             write_shap(shap, out / "explain")
             entry.update(cell_type=cell_type)
 
+    if plan.runs("evaluation"):
+        with manifest.stage("evaluation", plan.hash("evaluation")):
+            _evaluate(cfg, pre, pca, out)
+
     path = write_results(out, results, report, cfg, manifest.data, has_groups=bool(groups))
     logger.info("results: %s", path)
+    logger.info("report: %s", write_html_report(out))
     return path
 

@@ -1,8 +1,13 @@
 """The count-space conditional VAE (cellsynth's main generator): train, sample, save, load.
 
 Learns the raw counts of every gene of a labelled AnnData. Generation draws, for each requested
-cell of type ``t``, a latent ``z ~ p(z | t)``, a library size from the type's log-normal
-library model, and integer counts from the decoded (zero-inflated) negative binomial.
+cell of type ``t``, a latent ``z`` (from a Gaussian mixture fitted after training to the type's
+training-cell posteriors, or from the prior ``p(z | t)``), a library size from the type's
+log-normal library model, and integer counts from the decoded (zero-inflated) negative
+binomial (Gaussian: log-normalised values, scaled to the library and rounded).
+
+Mini-batches are CSR rows densified one batch at a time: on a GPU gathered from a device copy of
+the CSR arrays when they fit (no host densifying or dense copies), else sliced on the host.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anndata as ad
 import numpy as np
@@ -33,6 +38,9 @@ FORMAT_VERSION = 1
 GENES_FILE = "genes.json"
 TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
+_MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
+_MIXTURE_MIN_CELLS = 20  # training cells per mixture component at least
+_MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
 
 
 class CVAE:
@@ -214,6 +222,7 @@ class CVAE:
             raise RuntimeError("the validation loss was never finite; lower cvae.lr")
         module.eval()
         seconds = time.perf_counter() - start
+        self._fit_latent_mixture(train, yt, seed)
         history.update(
             best_epoch=stopper.best_epoch,
             epochs=len(history["train_loss"]),
@@ -254,6 +263,53 @@ class CVAE:
         return total.item() / len(rows)
 
     @torch.no_grad()
+    def _fit_latent_mixture(self, rows: _Rows, codes: np.ndarray, seed: int) -> None:
+        """Fit each type's latent mixture to one posterior draw per training cell.
+
+        Types with at least ``2 * _MIXTURE_MIN_CELLS`` cells get a diagonal Gaussian mixture of
+        up to ``_MIXTURE_COMPONENTS`` components (one per ``_MIXTURE_MIN_CELLS`` cells), smaller
+        ones keep their cells' posteriors as the components (the exact aggregate posterior).
+        """
+        from sklearn.mixture import GaussianMixture  # only needed here
+
+        module = self._module()
+        module.eval()
+        start = time.perf_counter()
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+        parts = []
+        for t in range(len(self.labels)):
+            idx = np.flatnonzero(codes == t)
+            if len(idx) > _MIXTURE_MAX_CELLS:
+                idx = np.sort(rng.choice(idx, _MIXTURE_MAX_CELLS, replace=False))
+            mean, std = [], []
+            for sl in tr.iter_slices(len(idx), 4 * self.config.batch_size):
+                qz, _ = module.inference(*rows.batch(idx[sl]))
+                mean.append(qz.loc.double().cpu().numpy())
+                std.append(qz.scale.double().cpu().numpy())
+            mu, sd = np.concatenate(mean), np.concatenate(std)  # (n_t, n_latent)
+            k = min(_MIXTURE_COMPONENTS, len(idx) // _MIXTURE_MIN_CELLS)
+            if k < 2:
+                parts.append((np.full(len(idx), 1.0 / len(idx)), mu, sd))
+                continue
+            draws = mu + sd * rng.standard_normal(mu.shape)
+            gm = GaussianMixture(
+                k, covariance_type="diag", reg_covar=1e-4, random_state=int(rng.integers(2**31))
+            ).fit(draws)
+            parts.append((gm.weights_, gm.means_, np.sqrt(gm.covariances_)))
+        k_max = max(len(w) for w, _, _ in parts)
+        weight = np.zeros((len(parts), k_max))
+        mean = np.zeros((len(parts), k_max, module.n_latent))
+        std = np.ones((len(parts), k_max, module.n_latent))
+        for t, (w, m, s) in enumerate(parts):
+            weight[t, : len(w)], mean[t, : len(w)], std[t, : len(w)] = w / w.sum(), m, s
+        module.set_latent_mixture(torch.tensor(weight), torch.tensor(mean), torch.tensor(std))
+        logger.info(
+            "CVAE: latent mixtures (up to %d components per type) in %.1f s",
+            k_max,
+            time.perf_counter() - start,
+        )
+
+    @torch.no_grad()
     def get_latent(self, adata: ad.AnnData) -> np.ndarray:
         """Posterior means ``E[q(z | x, y)]`` of every cell, shape ``(n_cells, n_latent)``.
 
@@ -278,7 +334,13 @@ class CVAE:
     # generation
 
     @torch.no_grad()
-    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
+    def sample(
+        self,
+        counts_per_type: dict[str, int],
+        *,
+        seed: int = 0,
+        latent: Literal["mixture", "prior"] = "mixture",
+    ) -> ad.AnnData:
         """Generate integer-count cells; rows come out grouped by type in the dict's order.
 
         Parameters
@@ -288,6 +350,10 @@ class CVAE:
         seed
             All noise (latents, library sizes, counts) is drawn from
             ``numpy.random.default_rng(seed)``: the same seed gives byte-identical counts.
+        latent
+            Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture fitted to the
+            training cells' posteriors after training (keeps multi-modal types, e.g. treated
+            and control cells, apart); ``"prior"``, the model's prior ``p(z | type)``.
 
         Returns
         -------
@@ -295,6 +361,8 @@ class CVAE:
         ``obs[label_key]``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
         """
         pairs = request(counts_per_type, self.labels)
+        if latent not in ("mixture", "prior"):
+            raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
         module = self._module()
         if not self.is_trained:
             logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
@@ -305,7 +373,7 @@ class CVAE:
         chunks: list[sp.csr_matrix] = []
         for label, n in pairs:
             for sl in tr.iter_slices(n, rows):
-                chunks.append(self._sample_chunk(codes[label], sl.stop - sl.start, rng))
+                chunks.append(self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent))
         labels = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
         return synthetic_adata(
             sp.vstack(chunks, format="csr"),
@@ -314,16 +382,22 @@ class CVAE:
             label_key=self.label_key,
             model=self.name,
             seed=seed,
-            config=dataclasses.asdict(self.config),
+            config={**dataclasses.asdict(self.config), "latent_sampler": latent},
         )
 
-    def _sample_chunk(self, code: int, n: int, rng: np.random.Generator) -> sp.csr_matrix:
+    def _sample_chunk(
+        self, code: int, n: int, rng: np.random.Generator, latent: str
+    ) -> sp.csr_matrix:
         """``n`` cells of type ``code`` as CSR counts; all noise from ``rng``."""
         module = self._module()
         y = torch.full((n,), code, dtype=torch.long, device=self.device)  # (n,)
+        u = torch.from_numpy(rng.random(n, dtype=np.float32))
         eps_z = torch.from_numpy(rng.standard_normal((n, module.n_latent), dtype=np.float32))
         eps_l = torch.from_numpy(rng.standard_normal(n, dtype=np.float32))
-        z = module.latent_from_noise(eps_z.to(self.device), y)  # (n, n_latent)
+        if latent == "mixture":
+            z = module.mixture_from_noise(u.to(self.device), eps_z.to(self.device), y)
+        else:
+            z = module.latent_from_noise(eps_z.to(self.device), y)  # (n, n_latent)
         library = module.library_from_noise(eps_l.to(self.device), y)  # (n,)
         px = module.generative(z, y, library)
         if isinstance(px, NegativeBinomial):
@@ -416,8 +490,11 @@ class CVAE:
         model.labels, model.genes = list(labels), list(genes)
         model.module = model._build_module()
         try:
+            model.module.set_latent_mixture(
+                state["mixture_weight"], state["mixture_mean"], state["mixture_std"]
+            )
             model.module.load_state_dict(state)
-        except RuntimeError as exc:
+        except (KeyError, ValueError, RuntimeError) as exc:
             raise ModelFileError(
                 f"weights in {directory} do not fit the saved config: {exc}"
             ) from None

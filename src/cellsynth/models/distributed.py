@@ -15,8 +15,11 @@ losses are all-reduced, and rank 0 writes the model with :meth:`CVAE.save`, so
 :meth:`CVAE.load` reads it. With one process the result equals :meth:`CVAE.fit` with the same
 seed, weight for weight.
 
-Not shared with the single-process fit: the decoder's data-based start (``_initial_decoder``) is
-computed on rank 0's shard and broadcast (the library-size model uses every rank's cells).
+Not the same as the single-process fit with several ranks: the decoder's data-based start
+(``_initial_decoder``) comes from rank 0's shard and is broadcast. The library-size model uses
+every rank's cells; the latent mixture fitted after training is fitted on rank 0, on every
+type's training cells (at most ``_MIXTURE_MAX_CELLS`` per type) read again from the file, and
+broadcast.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
 from . import _training as tr
 from .base import fit_labels, split_masks, training_counts
-from .cvae import CVAE, _initial_decoder, _library_model, _Rows
+from .cvae import _MIXTURE_MAX_CELLS, CVAE, _initial_decoder, _library_model, _Rows
 
 logger = logging.getLogger("cellsynth.models.distributed")  # also when run as __main__
 
@@ -111,6 +114,24 @@ def _shard(n: int, rank: int, world: int, seed: int) -> tuple[np.ndarray, np.nda
     return pos[order], real[order]
 
 
+def _mixture_rows(
+    path: Path, rows: np.ndarray, codes: np.ndarray, seed: int, device: torch.device
+) -> tuple[_Rows, np.ndarray]:
+    """The training cells the latent mixture is fitted on: every type's, at most as many per
+    type as :meth:`CVAE._fit_latent_mixture` uses (a seeded choice), read from the file."""
+    rng = np.random.default_rng(derive_seed(seed, "ddp-mixture"))
+    pick = []
+    for t in np.unique(codes):
+        idx = np.flatnonzero(codes == t)
+        if len(idx) > _MIXTURE_MAX_CELLS:
+            idx = rng.choice(idx, _MIXTURE_MAX_CELLS, replace=False)
+        pick.append(idx)
+    keep = np.sort(np.concatenate(pick))
+    with h5py.File(path, "r") as f:
+        counts = _read_rows(_open_counts(f, path), rows[keep])
+    return _Rows(counts, codes[keep], device), codes[keep]
+
+
 # ---------------------------------------------------------------------------------------------
 # collectives
 
@@ -136,6 +157,24 @@ def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]
     dist.all_reduce(t)
     dist.broadcast(t, src=0)  # identical bits everywhere: every rank takes the same stop decision
     return t.cpu().tolist()
+
+
+def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
+    """Give every rank rank 0's latent mixture (its component count may differ from theirs)."""
+    if dist.get_world_size() == 1:
+        return
+    k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
+    dist.broadcast(k, src=0)
+    n_labels, n_latent = module.n_labels, module.n_latent
+    weight = module.mixture_weight.to(device)
+    mean, std = module.mixture_mean.to(device), module.mixture_std.to(device)
+    if dist.get_rank() != 0:
+        weight = torch.zeros(n_labels, int(k.item()), device=device)
+        mean = torch.zeros(n_labels, int(k.item()), n_latent, device=device)
+        std = torch.zeros_like(mean)
+    for t in (weight, mean, std):
+        dist.broadcast(t, src=0)
+    module.set_latent_mixture(weight, mean, std)
 
 
 def _rank_device(cfg: CVAEConfig) -> torch.device:
@@ -329,6 +368,10 @@ def _fit(
         raise RuntimeError("the validation loss was never finite; lower cvae.lr")
     module.eval()
     seconds = time.perf_counter() - start
+    if rank == 0:  # as CVAE.fit; with several ranks on cells read again (few per type)
+        mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)
+        model._fit_latent_mixture(*mix, seed)
+    _broadcast_mixture(module, device)
     history.update(
         best_epoch=stopper.best_epoch,
         epochs=len(history["train_loss"]),

@@ -8,8 +8,9 @@ Encoder ``q(z | x, y)``: ``concat(log1p(x / l * 1e4), embed(y))`` through
 - ``"zinb"``: the same with a zero-inflation logit per gene and cell;
 - ``"gaussian"``: a Normal on ``log1p(x / l * 1e4)`` with scale ``exp(px_r)``.
 
-The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. A per-type
-log-normal library-size model (buffers, fitted by the caller) draws ``l`` for generation.
+The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
+the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model
+and a per-type Gaussian mixture fitted to the aggregate posterior of the training cells.
 """
 
 from __future__ import annotations
@@ -204,6 +205,11 @@ class CVAEModule(nn.Module):
         # per-type log-library model, fitted by the caller (set_library_model)
         self.register_buffer("library_log_mean", torch.zeros(n_labels))
         self.register_buffer("library_log_std", torch.ones(n_labels))
+        # per-type diagonal Gaussian mixture over z, fitted by the caller to the aggregate
+        # posterior after training (set_latent_mixture); until then it equals N(0, I)
+        self.register_buffer("mixture_weight", torch.ones(n_labels, 1))
+        self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent))
+        self.register_buffer("mixture_std", torch.ones(n_labels, 1, n_latent))
 
     # ------------------------------------------------------------------------------------------
 
@@ -305,10 +311,39 @@ class CVAEModule(nn.Module):
         self.library_log_std.copy_(log_std)
 
     @torch.no_grad()
+    def set_latent_mixture(
+        self, weight: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> None:
+        """Store a per-type mixture over z: weights ``(n_labels, K)`` (rows sum to 1), means and
+        sds ``(n_labels, K, n_latent)``; ``K`` may differ from the current one."""
+        k = weight.shape[-1]
+        shape = (self.n_labels, k, self.n_latent)
+        if weight.shape != (self.n_labels, k) or mean.shape != shape or std.shape != shape:
+            raise ValueError(
+                f"mixture shapes {tuple(weight.shape)}, {tuple(mean.shape)}, {tuple(std.shape)} "
+                f"do not fit {self.n_labels} types and {self.n_latent} latent dimensions"
+            )
+        device = self.mixture_mean.device
+        self.mixture_weight = weight.to(device, torch.float32)
+        self.mixture_mean = mean.to(device, torch.float32)
+        self.mixture_std = std.to(device, torch.float32)
+
+    @torch.no_grad()
     def latent_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Prior draws ``z = mu_y + sigma_y * eps`` from standard-normal ``eps`` (``(B, n_latent)``)."""
         p = self.prior(y)
         return p.loc + p.scale * eps  # (B, n_latent)
+
+    @torch.no_grad()
+    def mixture_from_noise(
+        self, u: torch.Tensor, eps: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Draws from the per-type latent mixture: component by uniform ``u`` (``(B,)``), then
+        ``mean + std * eps`` with standard-normal ``eps`` (``(B, n_latent)``)."""
+        cdf = torch.cumsum(self.mixture_weight[y], dim=-1)  # (B, K)
+        k = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp_max(cdf.shape[1] - 1)  # (B, 1)
+        k = k.squeeze(1)
+        return self.mixture_mean[y, k] + self.mixture_std[y, k] * eps  # (B, n_latent)
 
     @torch.no_grad()
     def library_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
