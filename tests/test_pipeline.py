@@ -106,3 +106,17 @@ def test_not_h5ad(tmp_path, capsys):
     bad.write_text("not hdf5")
     assert main(["run", "--out", str(tmp_path / "o"), "--quiet", "--set", f"dataset.path='{bad}'"]) == 2
     assert "not an h5ad" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_on_dask_and_torchrun(tmp_path):
+    pytest.importorskip("distributed")
+    assert _run(tmp_path, "dataset.demo_cells=600", "dataset.demo_genes=200",
+                "qc.min_genes_per_cell=20", "classifier.backend='dask'", "generator.model='cvae'",
+                "cvae.distributed=true", "cvae.max_epochs=2", "cvae.n_hidden=[32]",
+                "cvae.n_latent=4") == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["generator"]["status"] == "done"
+    assert (tmp_path / "generator_ddp" / "model" / "weights.safetensors").is_file()
+    syn = ad.read_h5ad(tmp_path / "synthetic" / "eval.h5ad")
+    assert syn.uns["cellsynth"]["model"] == "cvae"

@@ -35,7 +35,7 @@ def test_second_run_skips_finished_stages(tmp_path, caplog):
     summary = (tmp_path / "metrics" / "summary.json").read_text()
     caplog.clear()
     assert main(_args(tmp_path)) == 0
-    assert caplog.text.count("done before with the same settings, skipped") == 6
+    assert caplog.text.count("done before with the same settings, skipped") == 7
     assert _stages(tmp_path) == first  # nothing re-ran
     assert (tmp_path / "metrics" / "summary.json").read_text() == summary
 

@@ -78,6 +78,9 @@ class ClassifierConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     max_cells_per_class: int = 0  # cap on training cells per class; 0 = no cap
     n_jobs: int = 0  # threads; 0 = all cores
+    backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
+    dask_scheduler: str = ""  # scheduler address (tcp://host:8786); "" = a local cluster
+    dask_workers: int = 2  # workers of the local cluster when no scheduler is given
 
 
 @dataclass
@@ -124,6 +127,8 @@ class CVAEConfig:
     kl_start: float = 0.0  # KL weight annealed from this to 1
     kl_anneal_epochs: int = 20
     balanced_sampling: bool = False  # class-balanced mini-batches
+    distributed: bool = False  # train with torch.distributed (DDP) under torchrun
+    nproc_per_node: int = 2  # torchrun processes on this machine when distributed
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

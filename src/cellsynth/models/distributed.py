@@ -368,7 +368,7 @@ def _fit(
         raise RuntimeError("the validation loss was never finite; lower cvae.lr")
     module.eval()
     seconds = time.perf_counter() - start
-    if rank == 0:  # as CVAE.fit; with several ranks on cells read again (few per type)
+    if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
         mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)
         model._fit_latent_mixture(*mix, seed)
     _broadcast_mixture(module, device)
