@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench bench-fidelity bench-reference lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+bench-fidelity: $(STAMP)
+	$(PY) benchmarks/fidelity.py
+
+bench-reference: $(STAMP)
+	$(PY) benchmarks/reference_experiments.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

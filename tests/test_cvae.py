@@ -143,12 +143,15 @@ def test_sample_is_seeded(fitted):
     assert (a != c).nnz > 0
 
 
-def test_latent_sources(fitted):
-    request = {fitted.labels[0]: 30}
+def test_latent_sources(fitted, tmp_path):
+    request = {fitted.labels[0]: 600}  # more than one chunk of 4 * batch_size
     prior = fitted.sample(request, seed=4, latent="prior")
     mixture = fitted.sample(request, seed=4)
     assert (prior.X != mixture.X).nnz > 0
     assert prior.uns[K.UNS]["config"]["latent_sampler"] == "prior"
+    prior.write_h5ad(tmp_path / "synthetic.h5ad")
+    back = ad.read_h5ad(tmp_path / "synthetic.h5ad")
+    assert (back.X != prior.X).nnz == 0 and back.uns[K.UNS]["model"] == "cvae"
     weight = fitted.module.mixture_weight  # (n_labels, K): ~72 training cells per type -> 3
     assert weight.shape == (5, 3) and torch.allclose(weight.sum(1), torch.ones(5))
     with pytest.raises(DataError, match="latent"):
@@ -327,3 +330,20 @@ def test_decoder_starts_at_the_data_dispersion():
     assert 3.5 < np.median(np.exp(log_r.numpy())) < 7
     share = np.asarray(counts.sum(0)).ravel() / counts.sum()
     np.testing.assert_allclose(np.exp(bias.numpy()), share, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
+    model = CVAE(small_kang, config=tiny_config(device="cuda", max_epochs=2))
+    hist = model.train(seed=0, progress=False)
+    assert model.device.type == "cuda" and all(math.isfinite(v) for v in hist["val_loss"])
+    request = {model.labels[0]: 50, model.labels[1]: 20}
+    a, b = model.sample(request, seed=0), model.sample(request, seed=0)
+    assert (a.X != b.X).nnz == 0
+    z = model.get_latent(small_kang[:20])
+    model.save(tmp_path / "m")
+    cpu = CVAE.load(tmp_path / "m", device="cpu")
+    assert cpu.device.type == "cpu"
+    np.testing.assert_allclose(cpu.get_latent(small_kang[:20]), z, atol=1e-3)
+    assert cpu.sample(request, seed=0).shape == a.shape

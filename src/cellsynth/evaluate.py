@@ -74,7 +74,8 @@ def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path,
 
 def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
-                  label_key: str | None = None, doc: Path | None = None) -> Path:
+                  label_key: str | None = None, doc: Path | None = None,
+                  command: str | None = None) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
@@ -93,7 +94,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
                 f"dataset.path='{item}'"])))
-    command = "cellsynth " + " ".join(sys.argv[1:]) if sys.argv[1:] else "cellsynth benchmark"
+    if command is None:
+        command = "cellsynth " + " ".join(sys.argv[1:])
     sections = []
     for name, cfg in cfgs:
         t0 = time.perf_counter()

@@ -1,0 +1,40 @@
+"""`make bench-fidelity`: every generator on every shared dataset, written to docs/RESULTS.md.
+
+Runs `cellsynth benchmark` with the dataset presets in examples/ (their QC and split settings)
+and the models' default settings, and writes the page from the run. Usage, from the repository
+root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,seed,scvi] [--out runs/bench] [PRESET ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from reference_experiments import PRESETS  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("presets", nargs="*", default=PRESETS)
+    ap.add_argument("--models", default="cvae,nb,seed,scvi")
+    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--doc", default="docs/RESULTS.md")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from cellsynth.evaluate import run_benchmark
+
+    path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
+                         args.models.split(","), ROOT / args.out, overrides=args.set,
+                         doc=ROOT / args.doc,
+                         command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
