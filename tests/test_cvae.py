@@ -347,3 +347,8 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
     assert cpu.device.type == "cpu"
     np.testing.assert_allclose(cpu.get_latent(small_kang[:20]), z, atol=1e-3)
     assert cpu.sample(request, seed=0).shape == a.shape
+    counts = sp.csr_matrix(small_kang.X, dtype=np.float32)
+    rows = _Rows(counts, np.zeros(counts.shape[0], dtype=np.int64), torch.device("cuda"))
+    assert rows.on_device  # a small CSR is gathered on the GPU
+    idx = np.r_[0:100:3, 7, 7]
+    torch.testing.assert_close(rows.batch(idx)[0].cpu(), torch.from_numpy(counts[idx].toarray()))

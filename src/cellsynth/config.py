@@ -85,7 +85,7 @@ class ClassifierConfig:
 
 @dataclass
 class GeneratorConfig:
-    model: Literal["seed", "cvae", "nb", "scvi"] = "seed"  # which generator the pipeline trains
+    model: Literal["seed", "cvae", "nb", "scvi"] = "cvae"  # generator; "seed" = the reference CVAE
     n_per_type_eval: int = 1000  # experiment (b): cells per type scored by the real classifier
     n_per_type_train: int = 2000  # experiment (c): cells per type to train a classifier on
     n_per_type_val: int = 100  # experiment (c): cells per type for its early stopping

@@ -188,10 +188,7 @@ class CVAE:
         self.module = module = self._build_module()
         module.set_library_model(*_library_model(train.library_np, yt, len(self.labels)))
         module.init_from_data(*_initial_decoder(train.counts, yt, train.library_np, module))
-        # fused: one kernel (CUDA) or loop (CPU) for all parameters, ~3x faster steps than foreach
-        optimizer = torch.optim.AdamW(
-            module.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True
-        )
+        optimizer = _optimizer(module, c)
         stopper = tr.EarlyStopping(patience=c.patience)
         history: dict[str, Any] = {"train_loss": [], "val_loss": []}
         start, n_seen = time.perf_counter(), 0
@@ -504,6 +501,17 @@ class CVAE:
         model.module.eval()
         model.history = history
         return model
+
+
+def _optimizer(module: torch.nn.Module, config: CVAEConfig) -> torch.optim.Optimizer:
+    """The training optimiser (shared with the distributed fit, so both take the same steps).
+
+    Fused AdamW: one kernel (CUDA) or loop (CPU) for all parameters, about 3x faster steps
+    than the default multi-tensor version.
+    """
+    return torch.optim.AdamW(
+        module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+    )
 
 
 class _Rows:

@@ -52,7 +52,7 @@ from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
 from . import _training as tr
 from .base import fit_labels, split_masks, training_counts
-from .cvae import _MIXTURE_MAX_CELLS, CVAE, _initial_decoder, _library_model, _Rows
+from .cvae import _MIXTURE_MAX_CELLS, CVAE, _initial_decoder, _library_model, _optimizer, _Rows
 
 logger = logging.getLogger("cellsynth.models.distributed")  # also when run as __main__
 
@@ -330,7 +330,7 @@ def _fit(
         device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,  # synced once here; the library model is fixed
     )
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(module, cfg)
     stopper = tr.EarlyStopping(patience=cfg.patience)
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
     start = time.perf_counter()
