@@ -24,14 +24,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import ClassifierConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .xgb import (
     _HYPERPARAMETERS,
     Classifier,
     _as_features,
-    _as_labels,
     balanced_weights,
-    cap_per_class,
+    prepare_training,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,40 +132,12 @@ def _distribute(
 def _prepare(
     X_train: Any, y_train: Any, X_val: Any, y_val: Any, cfg: ClassifierConfig, seed: int
 ) -> tuple[Any, np.ndarray, Any, np.ndarray, list[str]]:
-    """Checked features and labels: per-class cap, class list, unknown validation types dropped.
-
-    The same steps as :func:`~cellsynth.classify.xgb.train_classifier`, so both backends fit
-    the same problem.
-    """
+    """:func:`~cellsynth.classify.xgb.prepare_training` on dask or in-memory features."""
     if not _is_dask(X_train):
         X_train = _as_features(X_train)
     if not _is_dask(X_val):
         X_val = _as_features(X_val)
-    y_train, y_val = _as_labels(y_train), _as_labels(y_val)
-    (n_tr, f_tr), (n_va, f_va) = X_train.shape, X_val.shape
-    if n_tr != len(y_train) or n_va != len(y_val) or f_tr != f_va:
-        raise DataError(
-            f"train/val features and labels do not match: X_train {n_tr}x{f_tr}, y_train "
-            f"{len(y_train)}, X_val {n_va}x{f_va}, y_val {len(y_val)}"
-        )
-    keep = cap_per_class(y_train, cfg.max_cells_per_class, np.random.default_rng(seed))
-    if len(keep) < len(y_train):
-        msg = "capped training cells at %d per class: %d of %d kept"
-        logger.info(msg, cfg.max_cells_per_class, len(keep), len(y_train))
-        X_train, y_train = X_train[keep], y_train[keep]
-    labels = sorted(np.unique(y_train).tolist())
-    if len(labels) < 2:
-        raise DataError(
-            f"training needs at least two cell types, got {len(labels)} ({labels}); "
-            "check the label column and the QC filters that drop types"
-        )
-    known = np.isin(y_val, labels)
-    if not known.all():
-        unknown = sorted(set(y_val[~known].tolist()))
-        msg = "dropping %d validation cells of %d types absent from training: %s"
-        logger.warning(msg, int((~known).sum()), len(unknown), ", ".join(unknown[:10]))
-        X_val, y_val = X_val[np.flatnonzero(known)], y_val[known]
-    return X_train, y_train, X_val, y_val, labels
+    return prepare_training(X_train, y_train, X_val, y_val, cfg, seed)
 
 
 def train_classifier_dask(
