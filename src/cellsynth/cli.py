@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -266,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
+              "free space or choose another --out (finished stages are kept)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cellsynth: interrupted", file=sys.stderr)

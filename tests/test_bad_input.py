@@ -1,0 +1,407 @@
+"""Bad input of every kind: a one-line CellsynthError naming the problem and the fix.
+
+Each test uses a small hand-made AnnData (60 cells x 30 genes of Poisson counts, 3 types) and
+checks that the error comes before any long work, as a single line (CLI: exit status 2 and one
+``cellsynth: error:`` line on stderr), and, where something was written before, that it is intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from _http_server import start
+from cellsynth import config
+from cellsynth.cli import main
+from cellsynth.data.download import download_url
+from cellsynth.data.io import check_shape, find_counts, read
+from cellsynth.data.qc import preprocess
+from cellsynth.errors import CellsynthError, ConfigError, DataError, DownloadError, ModelFileError
+from cellsynth.models.base import check_genes
+from cellsynth.models.nb import NegBinBaseline
+from cellsynth.models.registry import load_generator
+
+LABEL = "cell_type"
+TYPES = ("B cell", "NK cell", "T cell")
+
+
+def make_adata(n_cells: int = 60, n_genes: int = 30, seed: int = 0) -> ad.AnnData:
+    """Poisson counts with three cell types (in equal parts), unique cell and gene names."""
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(2.0, size=(n_cells, n_genes)).astype(np.float32)
+    labels = [TYPES[i % len(TYPES)] for i in range(n_cells)]
+    obs = pd.DataFrame({LABEL: pd.Categorical(labels)}, index=[f"cell_{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=[f"gene_{j}" for j in range(n_genes)])
+    return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def write(adata: ad.AnnData, path: Path) -> Path:
+    adata.write_h5ad(path)
+    return path
+
+
+def one_line(exc: BaseException, fragment: str) -> str:
+    """The message is one line and holds ``fragment``."""
+    message = str(exc)
+    assert "\n" not in message, message
+    assert fragment in message, message
+    return message
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> str:
+    """``main(argv)`` exits with 2 and prints exactly one error line holding ``fragment``."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("cellsynth: error:")]
+    assert len(lines) == 1, err
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def fit_argv(data: Path, out: Path, label: str = LABEL) -> list[str]:
+    return ["fit", str(data), "--label-key", label, "--model", "nb", "--out", str(out), "--quiet"]
+
+
+@pytest.fixture
+def earlier_model(tmp_path: Path) -> Path:
+    """A model directory from an earlier run: a failed fit into it must leave it as it was."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "earlier.txt").write_text("earlier output")
+    return out
+
+
+def assert_intact(out: Path) -> None:
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+    assert (out / "earlier.txt").read_text() == "earlier output"
+
+
+@pytest.fixture
+def saved_nb(tmp_path: Path) -> Path:
+    model = NegBinBaseline()
+    model.fit(make_adata(), LABEL, seed=0, progress=False)
+    directory = tmp_path / "nb"
+    model.save(directory)
+    return directory
+
+
+# --- 1, 2: the label column --------------------------------------------------------------------
+
+
+def test_missing_label_column(tmp_path, capsys, earlier_model):
+    data = write(make_adata(), tmp_path / "x.h5ad")
+    cli_error(capsys, fit_argv(data, earlier_model, label="celltype"),
+              "label column 'celltype' not in obs; columns are: cell_type; set dataset.label_key")
+    assert_intact(earlier_model)
+
+
+def test_numeric_label_column(tmp_path, capsys, earlier_model):
+    a = make_adata()
+    a.obs[LABEL] = np.arange(a.n_obs) % 3
+    data = write(a, tmp_path / "x.h5ad")
+    line = cli_error(capsys, fit_argv(data, earlier_model), "label column 'cell_type' is numeric")
+    assert ".astype(str)" in line
+    assert_intact(earlier_model)
+
+
+# --- 3, 4, 5: values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [(-1.0, "holds negative values"), (np.nan, "holds NaN or infinite values"),
+     (np.inf, "holds NaN or infinite values")],
+    ids=["negative", "nan", "infinite"],
+)
+def test_bad_values(tmp_path, capsys, earlier_model, value, fragment):
+    a = make_adata()
+    a.X[3, 4] = value
+    data = write(a, tmp_path / "x.h5ad")
+    cli_error(capsys, fit_argv(data, earlier_model), fragment)
+    assert_intact(earlier_model)
+    with pytest.raises(DataError) as info:  # the same check in QC
+        preprocess(a, *_sections())
+    one_line(info.value, fragment)
+
+
+def _sections():
+    cfg = config.load(None, [])
+    return cfg.dataset, cfg.qc, cfg.split
+
+
+# --- 6: normalised data where counts are needed, and the reverse --------------------------------
+
+
+def test_normalised_where_counts_needed(tmp_path, capsys, earlier_model):
+    a = make_adata()
+    a.X = np.log1p(a.X / a.X.sum(axis=1, keepdims=True) * 1e4)
+    with pytest.raises(DataError) as info:
+        NegBinBaseline().fit(a, LABEL, progress=False)
+    one_line(info.value, "needs raw counts")
+    assert "give the unnormalised counts" in str(info.value)
+    data = write(a, tmp_path / "x.h5ad")
+    cli_error(capsys, fit_argv(data, earlier_model), "needs raw counts")
+    assert_intact(earlier_model)
+
+
+def test_said_counts_but_normalised():
+    a = make_adata()
+    a.X = np.log1p(a.X)
+    with pytest.raises(DataError) as info:
+        find_counts(a, False)
+    one_line(info.value, "dataset.is_normalised = false but X holds non-integer values")
+
+
+def test_said_normalised_but_counts_is_accepted():
+    """``is_normalised=True`` on integer X is taken at its word (no counts found), not refused."""
+    expr = find_counts(make_adata(), True)
+    assert expr.counts is None and expr.normalised
+
+
+# --- 7, 8, 9, 10: shape and names ---------------------------------------------------------------
+
+
+def test_zero_cells(tmp_path, capsys, earlier_model):
+    data = write(make_adata()[:0].copy(), tmp_path / "x.h5ad")
+    cli_error(capsys, fit_argv(data, earlier_model), "has 0 cells and 30 genes; an atlas needs both")
+    assert_intact(earlier_model)
+
+
+def test_zero_genes(tmp_path, capsys, earlier_model):
+    data = write(make_adata()[:, :0].copy(), tmp_path / "x.h5ad")
+    cli_error(capsys, fit_argv(data, earlier_model), "has 60 cells and 0 genes; an atlas needs both")
+    assert_intact(earlier_model)
+
+
+def test_duplicate_cell_names():
+    a = make_adata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.obs_names = ["cell_0", *a.obs_names[:-1]]
+    with pytest.raises(DataError) as info:
+        check_shape(a, "x.h5ad")
+    one_line(info.value, "duplicate cell names (e.g. ['cell_0'])")
+    assert "obs_names_make_unique()" in str(info.value)
+
+
+def test_duplicate_gene_names():
+    a = make_adata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.var_names = ["gene_0", *a.var_names[:-1]]
+    with pytest.raises(DataError) as info:
+        check_shape(a, "x.h5ad")
+    one_line(info.value, "duplicate gene names (e.g. ['gene_0'])")
+    assert "var_names_make_unique()" in str(info.value)
+
+
+# --- 11: a type with a single cell --------------------------------------------------------------
+
+
+def test_single_cell_type():
+    a = make_adata()
+    labels = a.obs[LABEL].astype(str).to_numpy()
+    labels[0] = "Rare"
+    a.obs[LABEL] = pd.Categorical(labels)
+    dataset, qc, split = _sections()
+    assert qc.on_single_cell_type == "error"
+    with pytest.raises(DataError) as info:
+        preprocess(a, dataset, qc, split)
+    one_line(info.value, "cell type(s) ['Rare'] have a single cell")
+    assert 'qc.on_single_cell_type = "drop"' in str(info.value)
+
+
+# --- 12, 13: a model asked for what it does not know ---------------------------------------------
+
+
+def test_unknown_type_requested(saved_nb, tmp_path, capsys):
+    model = load_generator(saved_nb)
+    with pytest.raises(DataError) as info:
+        model.sample({"Macrophage": 5})
+    one_line(info.value, "unknown cell type 'Macrophage'; known types: ['B cell', 'NK cell', 'T cell']")
+    out = tmp_path / "syn.h5ad"
+    out.write_text("earlier output")
+    cli_error(capsys, ["generate", str(saved_nb), "--types", "Macrophage=5", "--out", str(out),
+                       "--quiet"], "unknown cell type 'Macrophage'")
+    assert out.read_text() == "earlier output"
+
+
+def test_genes_differ(saved_nb):
+    model = load_generator(saved_nb)
+    other = make_adata()
+    other.var_names = [f"other_{j}" for j in range(other.n_vars)]
+    with pytest.raises(DataError) as info:
+        check_genes(model.genes, other)
+    one_line(info.value, "genes differ from the model's 30")
+    assert "adata[:, model.genes]" in str(info.value)
+
+
+# --- 14, 15: damaged files ----------------------------------------------------------------------
+
+
+def test_truncated_h5ad(tmp_path):
+    data = write(make_adata(), tmp_path / "x.h5ad")
+    blob = data.read_bytes()
+    data.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError) as info:
+        read(data)
+    one_line(info.value, "could not be read as h5ad")
+    assert "truncated or corrupt" in str(info.value)
+
+
+def test_corrupt_h5ad_not_hdf5(tmp_path):
+    data = tmp_path / "x.h5ad"
+    data.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(DataError) as info:
+        read(data)
+    one_line(info.value, "is not an h5ad (HDF5) file")
+
+
+def test_truncated_download(tmp_path):
+    payload = np.random.default_rng(0).bytes(200_000)
+    server, state, base = start(payload)
+    try:
+        state.cut_after = 50_000
+        dest = tmp_path / "x.h5ad"
+        with pytest.raises(DownloadError) as info:
+            download_url(f"{base}/x.h5ad", dest, progress=False, timeout=5.0, chunk_size=1 << 14)
+    finally:
+        server.shutdown()
+        server.server_close()
+    one_line(info.value, f"truncated at 50000 of {len(payload)} bytes")
+    assert not dest.exists()  # no half file under the final name
+    assert dest.with_suffix(".h5ad.part").stat().st_size == 50_000  # kept for a resume
+
+
+# --- 16, 17: config -----------------------------------------------------------------------------
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    with pytest.raises(ConfigError) as info:
+        config.load(None, ["vae.n_latent=3"])
+    one_line(info.value, "unknown config key 'vae'")
+    toml = tmp_path / "c.toml"
+    toml.write_text("[qc]\nmin_cell_per_type = 5\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(toml)
+    one_line(info.value, "min_cell_per_type")
+    cli_error(capsys, ["run", "--out", str(tmp_path / "o"), "--quiet", "--set", "vae.n_latent=3"],
+              "unknown config key 'vae'")
+
+
+def test_wrong_config_type(tmp_path, capsys):
+    with pytest.raises(ConfigError) as info:
+        config.load(None, ["features.n_components=many"])
+    one_line(info.value, "must be int")
+    toml = tmp_path / "c.toml"
+    toml.write_text("[qc]\non_single_cell_type = 3\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(toml)
+    one_line(info.value, "qc.on_single_cell_type must be one of")
+    cli_error(capsys, ["run", "--out", str(tmp_path / "o"), "--quiet",
+                       "--set", "features.n_components=many"], "must be int")
+
+
+# --- 18, 19: output --------------------------------------------------------------------------
+
+
+def test_output_not_writable(tmp_path, capsys):
+    """Under a regular file (chmod does not stop root, who runs these tests)."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("earlier output")
+    cli_error(capsys, ["run", "--out", str(blocker / "run"), "--quiet"],
+              "cannot write to the output directory")
+    assert blocker.read_text() == "earlier output"
+
+
+def test_disk_full_while_saving_model(tmp_path, capsys, monkeypatch):
+    import cellsynth.models.nb as nb
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nb, "save_file", full)
+    data = write(make_adata(), tmp_path / "x.h5ad")
+    line = cli_error(capsys, fit_argv(data, tmp_path / "model"), "disk full")
+    assert "--out" in line
+
+
+def test_disk_full_while_writing_json(tmp_path, monkeypatch):
+    from cellsynth import _runtime
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    earlier = tmp_path / "m.json"
+    earlier.write_bytes(b'{"a": 0}')
+    with pytest.raises(CellsynthError) as info:
+        _runtime.write_json(earlier, {"a": 1})
+    one_line(info.value, "disk full")
+    assert earlier.read_bytes() == b'{"a": 0}'  # the earlier output is intact
+
+
+# --- 20, 21: saved model directories ------------------------------------------------------------
+
+
+def test_model_dir_missing_file(saved_nb):
+    (saved_nb / "params.safetensors").unlink()
+    with pytest.raises(ModelFileError) as info:
+        load_generator(saved_nb)
+    one_line(info.value, "params.safetensors is missing")
+    assert "not a complete model save" in str(info.value)
+
+
+def test_model_dir_missing_config(saved_nb, tmp_path, capsys):
+    (saved_nb / "config.json").unlink()
+    cli_error(capsys, ["generate", str(saved_nb), "--n-per-type", "5", "--out",
+                       str(tmp_path / "syn.h5ad"), "--quiet"], "config.json is missing")
+    assert not (tmp_path / "syn.h5ad").exists()
+
+
+def test_model_dir_tampered_labels(saved_nb):
+    labels = json.loads((saved_nb / "labels.json").read_text())
+    (saved_nb / "labels.json").write_text(json.dumps([*labels, "Extra"]))
+    with pytest.raises(ModelFileError) as info:
+        load_generator(saved_nb)
+    one_line(info.value, "must hold mu and theta of shape (4, 30)")
+    assert "the files come from different models" in str(info.value)
+
+
+def test_model_dir_tampered_params(saved_nb):
+    path = saved_nb / "params.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ModelFileError) as info:
+        load_generator(saved_nb)
+    one_line(info.value, "params.safetensors cannot be read")
+
+
+def test_model_dir_unsupported_version(saved_nb):
+    meta = json.loads((saved_nb / "config.json").read_text())
+    meta["format_version"] = 999
+    (saved_nb / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError) as info:
+        load_generator(saved_nb)
+    one_line(info.value, "has format version 999; this cellsynth reads version 1")
+
+
+def test_sparse_negative_counts_in_layer():
+    """Negative values hidden in a sparse ``layers['counts']`` are refused too."""
+    a = make_adata()
+    a.X = np.log1p(a.X)
+    counts = sp.csr_matrix(np.expm1(a.X))
+    counts.data[0] = -2.0
+    a.layers["counts"] = counts
+    with pytest.raises(DataError) as info:
+        find_counts(a)
+    one_line(info.value, "layers['counts'] holds negative values")
