@@ -277,13 +277,7 @@ class CVAEModule(nn.Module):
         target = self.normalise(x, library) if self.likelihood == "gaussian" else x
         reconst = -px.log_prob(target).sum(dim=-1)  # (B,)
         kl = kl_divergence(qz, self.prior(y)).sum(dim=-1)  # (B,)
-        reconst_mean, kl_mean = reconst.mean(), kl.mean()
-        return LossOutput(
-            loss=reconst_mean + kl_weight * kl_mean,
-            reconstruction=reconst_mean,
-            kl=kl_mean,
-            kl_weight=float(kl_weight),
-        )
+        return LossOutput.from_cells(reconst, kl, kl_weight)
 
     # ------------------------------------------------------------------------------------------
     # generation helpers (the caller draws the noise, so a seed fixes the output on any device)

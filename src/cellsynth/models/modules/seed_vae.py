@@ -28,6 +28,13 @@ class LossOutput:
     kl: torch.Tensor  # KL(q(z|x,y) || N(0, I)) summed over latent dims (unweighted)
     kl_weight: float = 1.0
 
+    @classmethod
+    def from_cells(cls, reconst: torch.Tensor, kl: torch.Tensor, kl_weight: float) -> LossOutput:
+        """Average per-cell terms ``(B,)`` over the batch and weight the KL."""
+        reconst_mean, kl_mean = reconst.mean(), kl.mean()
+        return cls(loss=reconst_mean + kl_weight * kl_mean, reconstruction=reconst_mean,
+                   kl=kl_mean, kl_weight=float(kl_weight))
+
 
 def mlp(n_in: int, n_hidden: Sequence[int], dropout_rate: float) -> nn.Sequential:
     """Stacked ``Linear -> LayerNorm -> GELU -> Dropout`` blocks of widths ``n_hidden``."""
@@ -126,14 +133,7 @@ class SeedVAEModule(nn.Module):
         # analytic KL(N(mu, sigma^2) || N(0, 1)) summed over latent dims
         var = qz.scale**2  # (B, n_latent)
         kl = 0.5 * (var + qz.loc**2 - 1.0 - torch.log(var)).sum(dim=-1)  # (B,)
-        reconst_mean = reconst.mean()
-        kl_mean = kl.mean()
-        return LossOutput(
-            loss=reconst_mean + kl_weight * kl_mean,
-            reconstruction=reconst_mean,
-            kl=kl_mean,
-            kl_weight=float(kl_weight),
-        )
+        return LossOutput.from_cells(reconst, kl, kl_weight)
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
