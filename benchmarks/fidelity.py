@@ -2,7 +2,8 @@
 
 Runs `cellsynth benchmark` with the dataset presets in examples/ (their QC and split settings)
 and the models' default settings, and writes the page from the run. Usage, from the repository
-root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,seed,scvi] [--out runs/bench] [PRESET ...]
+root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,seed,scvi] [--out runs/bench] [--rerun] [PRESET ...]
+A dataset whose results in --out were made with the same config, models and version is read back.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--doc", default="docs/RESULTS.md")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--rerun", action="store_true",
+                    help="rerun datasets whose finished results in --out match (default: reuse them)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from cellsynth.evaluate import run_benchmark
 
     path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
                          args.models.split(","), ROOT / args.out, overrides=args.set,
-                         doc=ROOT / args.doc,
+                         doc=ROOT / args.doc, reuse=not args.rerun,
                          command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
     print(f"wrote {path}")
     return 0

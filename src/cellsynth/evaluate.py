@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import platform
 import sys
@@ -75,8 +77,11 @@ def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path,
 def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
-                  command: str | None = None) -> Path:
+                  command: str | None = None, reuse: bool = False) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
+
+    With ``reuse``, a dataset whose run in ``out`` finished with the same config, models and
+    package version is read back instead of rerun.
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
@@ -96,18 +101,39 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                 f"dataset.path='{item}'"])))
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
-    sections = []
-    for name, cfg in cfgs:
-        t0 = time.perf_counter()
-        pre = prepare(cfg.dataset.path, cfg)
-        details = benchmark_dataset(pre, models, cfg, out / name)
-        seconds = time.perf_counter() - t0
-        sections.append((name, cfg, pre, details, seconds))
-        write_json(out / name / "summary.json", {"rows": details["rows"], "seconds": seconds})
     path = doc or out / "RESULTS.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(results_page(sections, command, models))
+    sections = []
+    for name, cfg in cfgs:
+        key = _benchmark_key(cfg, models)
+        summary_path = out / name / "summary.json"
+        if reuse and summary_path.exists() and json.loads(summary_path.read_text()).get("key") == key:
+            summary = json.loads(summary_path.read_text())
+            details = json.loads((out / name / "benchmark.json").read_text())
+            logger.info("benchmark %s: reusing the finished run in %s", name, out / name)
+            sections.append((name, cfg, summary["shape"], details, summary["seconds"]))
+        else:
+            t0 = time.perf_counter()
+            pre = prepare(cfg.dataset.path, cfg)
+            details = benchmark_dataset(pre, models, cfg, out / name)
+            seconds = time.perf_counter() - t0
+            shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
+                     "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
+            sections.append((name, cfg, shape, details, seconds))
+            write_json(summary_path, {"rows": details["rows"], "seconds": seconds, "shape": shape,
+                                      "key": key})
+        # the page is rewritten after every dataset, so an interrupted run still leaves one
+        path.write_text(results_page(sections, command, models))
     return path
+
+
+def _benchmark_key(cfg: config.RunConfig, models: list[str]) -> str:
+    """What a finished dataset's results depend on: the config, the models, the package version."""
+    from importlib.metadata import version
+
+    blob = json.dumps({"config": config.to_dict(cfg), "models": models,
+                       "version": version("cellsynth")}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check_targets(rows: dict, models: list[str]) -> list[str]:
@@ -156,11 +182,11 @@ def results_page(sections, command: str, models: list[str]) -> str:
         "Rare F1 +gen: mean F1 of the 3 rarest types when generated cells are added to the real "
         "training cells (the real-only and oversampling arms are in `benchmark.json`).", "",
     ]
-    for name, cfg, pre, details, seconds in sections:
+    for name, cfg, shape, details, seconds in sections:
         rows = details["rows"]
         lines += [f"## {name}", "",
-                  f"`{cfg.dataset.path}`: {pre.n_obs} cells × {pre.n_vars} genes after QC, "
-                  f"{pre.obs[cfg.dataset.label_key].nunique()} types; took {seconds:.0f} s.", "",
+                  f"`{cfg.dataset.path}`: {shape['n_obs']} cells × {shape['n_vars']} genes after QC, "
+                  f"{shape['n_types']} types; took {seconds:.0f} s.", "",
                   *table(rows), ""]
         if "cvae" in rows:
             trtr = rows["cvae"].get("trtr_macro_f1")
