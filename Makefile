@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-fidelity bench-reference lint clean
+.PHONY: install demo test test-fast bench bench-fidelity bench-reference bench-performance lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-fidelity: $(STAMP)
 
 bench-reference: $(STAMP)
 	$(PY) benchmarks/reference_experiments.py
+
+bench-performance: $(STAMP)
+	$(PY) benchmarks/performance.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,0 +1,901 @@
+"""`make bench-performance`: training, FLOP-rate, generation and pipeline timings, measured here
+and written to docs/PERFORMANCE.md (never typed by hand).
+
+Sections, each runnable alone (name none and the four run):
+
+  --training    CVAE vs scvi-tools SCVI: training cells/s, same architecture, batch and data
+  --flops       GFLOP/s of the CVAE's linear layers vs this machine's matmul peak; step breakdown
+  --generation  cells/s of CVAE.sample plus writing the h5ad
+  --pipeline    `cellsynth simulate` + `cellsynth run` (default settings) at 10,000 and 100,000
+                cells x 33,538 genes; --atlas adds 828,328 cells (E-ANND-5's size)
+
+Sections 1-3 run on the CPU and, when torch sees CUDA, on the GPU too (--devices to choose).
+Each section's last result is kept as runs/performance/<section>_<device>.json and the page is
+rebuilt from every kept result: a section not rerun keeps its last numbers, with their date.
+--quick uses small sizes to check the script end to end (the page says so); --page-only
+rebuilds the page from the kept results.
+
+Usage (repository root): .venv/bin/python benchmarks/performance.py [--quick] [--training]
+    [--flops] [--generation] [--pipeline] [--atlas] [--devices cpu,cuda] [--real NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("training", "flops", "generation", "pipeline")
+ATLAS_CELLS = 828_328
+FULL = {"cells": 20_000, "genes": 2_000, "types": 20, "epochs": 10, "flop_epochs": 3,
+        "steps": 50, "gen_cells": 100_000, "pipeline_sizes": [10_000, 100_000],
+        "pipeline_genes": 33_538, "pipeline_types": 20, "pipeline_set": []}  # fmt: skip
+QUICK = {"cells": 2_000, "genes": 2_000, "types": 8, "epochs": 1, "flop_epochs": 1, "steps": 5,
+         "gen_cells": 10_000, "pipeline_sizes": [2_000], "pipeline_genes": 2_000,
+         "pipeline_types": 8,
+         # quick: a cheap pipeline, only to check that the section runs and its page renders
+         "pipeline_set": ["features.n_components=50", "classifier.n_estimators=20",
+                          "cvae.max_epochs=3", "generator.n_per_type_eval=100",
+                          "generator.n_per_type_train=200", "generator.n_per_type_val=20",
+                          "report.umap=false"]}  # fmt: skip
+TARGETS = {"training": 2.0, "flops": 0.5, "generation": 50_000.0}
+LABEL = "cell_type"
+log = logging.getLogger("performance")
+
+
+# ---------------------------------------------------------------------------------------------
+# machine, timing, results
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM, GPU and the versions that matter for these numbers."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    with open("/proc/meminfo") as fh:
+        kb = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal"))
+    versions = {}
+    for pkg in ("cellsynth", "torch", "scvi-tools", "lightning", "xgboost", "numpy", "scipy",
+                "anndata"):  # fmt: skip
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "absent"
+    cuda = torch.cuda.is_available()
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(kb / 2**20, 1),
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "cuda": torch.version.cuda if cuda else None, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "versions": versions}  # fmt: skip
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    v = m["versions"]
+    gpu = f", GPU {m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else ", no GPU"
+    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+            f"{m['ram_gib']} GiB RAM{gpu}; torch {v['torch']}, scvi-tools {v['scvi-tools']}, "
+            f"xgboost {v['xgboost']}, cellsynth {v['cellsynth']}, Python {m['python']}")  # fmt: skip
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: str, min_time: float, min_reps: int = 3) -> float:
+    """Seconds per call of ``fn`` (after one warm-up call), timed for at least ``min_time``."""
+    fn()
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        if reps >= min_reps:
+            sync(device)
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                return elapsed / reps
+
+
+@contextmanager
+def epoch_ends(logger_name: str, into: list[float]):
+    """Collect the times of the per-epoch DEBUG lines (``epoch N: ...``) that ``logger_name``
+    or its children log (the CVAE's training loop, wherever it lives)."""
+
+    class Hook(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith("epoch "):
+                into.append(record.created)
+
+    lg, hook = logging.getLogger(logger_name), Hook(logging.DEBUG)
+    level = lg.level
+    lg.setLevel(logging.DEBUG)
+    lg.addHandler(hook)
+    try:
+        yield into
+    finally:
+        lg.removeHandler(hook)
+        lg.setLevel(level)
+
+
+def save_result(out: Path, section: str, device: str, result: dict, ctx: dict) -> None:
+    path = out / f"{section}_{device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"section": section, "device": device, **ctx,
+                                "load_after": list(os.getloadavg()), "result": result}, indent=1))
+    log.info("wrote %s", path)
+
+
+def load_results(out: Path) -> dict[str, dict[str, dict]]:
+    found: dict[str, dict[str, dict]] = {s: {} for s in SECTIONS}
+    for path in sorted(out.glob("*_*.json")):
+        data = json.loads(path.read_text())
+        if data.get("section") in found:
+            found[data["section"]][data["device"]] = data
+    return found
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository root when inside it (commands run from there)."""
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
+def atlas(cells: int, genes: int, types: int):
+    """A simulated atlas held in memory, every cell a training cell (no validation pass)."""
+    from cellsynth.data.simulate import simulate_atlas
+
+    a = simulate_atlas(cells, genes, types, seed=0, label_key=LABEL, doublet_rate=0.0,
+                       uninformative_rate=0.0)
+    a.obs["cellsynth_split"] = "train"
+    return a
+
+
+def real_dataset(name: str, genes: int):
+    """A shared real dataset (../shared/data/NAME.h5ad or a path), its ``genes`` most counted
+    genes, every cell a training cell."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    path = Path(name) if name.endswith(".h5ad") else ROOT.parent / "shared" / "data" / f"{name}.h5ad"
+    a = ad.read_h5ad(path)
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    if a.n_vars > genes:
+        top = np.sort(np.argsort(-np.asarray(a.X.sum(axis=0)).ravel())[:genes])
+        a = a[:, top].copy()
+    key = str(a.uns.get("label_key", LABEL))
+    a.obs[LABEL] = a.obs[key].astype(str)
+    a.obs["cellsynth_split"] = "train"
+    return a, path.stem
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. training throughput: our CVAE vs scvi-tools SCVI
+
+
+def fit_ours(adata, hidden: int, layers: int, latent: int, args, device: str) -> dict:
+    import torch
+
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models.cvae import CVAE
+
+    cfg = CVAEConfig(n_hidden=[hidden] * layers, n_latent=latent, likelihood="nb",
+                     dropout_rate=0.1, batch_size=args.batch_size, max_epochs=args.epochs,
+                     patience=args.epochs + 1, device=device)  # fmt: skip
+    model, ends = CVAE(config=cfg), []
+    with epoch_ends("cellsynth.models", ends):
+        t0 = time.perf_counter()
+        hist = model.fit(adata, LABEL, seed=0, progress=False)
+        total = time.perf_counter() - t0
+    n = adata.n_obs
+    params = sum(p.numel() for p in model.module.parameters())
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return _rates(n, hist["epochs"], hist["seconds"], total, ends, params)
+
+
+def fit_scvi(adata, hidden: int, layers: int, latent: int, args, device: str) -> dict:
+    import anndata as ad
+    import pandas as pd
+    import scvi
+    from lightning.pytorch.callbacks import Callback
+
+    class Clock(Callback):
+        def __init__(self) -> None:
+            self.start, self.ends = 0.0, []
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.start = time.time()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.ends.append(time.time())
+
+    sub = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names.copy()),
+                     var=pd.DataFrame(index=adata.var_names.copy()))  # fmt: skip
+    scvi.settings.seed = 0
+    clock = Clock()
+    t0 = time.perf_counter()
+    scvi.model.SCVI.setup_anndata(sub)
+    model = scvi.model.SCVI(sub, n_hidden=hidden, n_latent=latent, n_layers=layers,
+                            dropout_rate=0.1, dispersion="gene", gene_likelihood="nb")  # fmt: skip
+    model.train(max_epochs=args.epochs, batch_size=args.batch_size, train_size=1.0,
+                early_stopping=False, accelerator="gpu" if device == "cuda" else "cpu",
+                devices=1, enable_progress_bar=False, callbacks=[clock])  # fmt: skip
+    total = time.perf_counter() - t0
+    loop = clock.ends[-1] - clock.start
+    params = sum(p.numel() for p in model.module.parameters())
+    return _rates(sub.n_obs, len(clock.ends), loop, total, clock.ends, params)
+
+
+def _rates(n: int, epochs: int, loop: float, total: float, ends: list[float], params: int) -> dict:
+    steady = n * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) >= 2 else None
+    return {"cells": n, "epochs": epochs, "loop_s": loop, "total_s": total, "params": params,
+            "cells_per_s": n * epochs / loop, "steady_cells_per_s": steady}  # fmt: skip
+
+
+def bench_training(args, device: str) -> dict:
+    import scvi
+    import torch
+
+    datasets = [(f"simulated {args.cells:,} × {args.genes:,}, {args.types} types",
+                 atlas(args.cells, args.genes, args.types))]  # fmt: skip
+    if args.real:
+        a, name = real_dataset(args.real, args.genes)
+        datasets.append((f"{name} ({a.n_obs:,} × {a.n_vars:,})", a))
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("scvi").setLevel(logging.WARNING)
+    rows = []
+    for label, adata in datasets:
+        for hidden, layers, latent in args.archs:
+            arch = {"n_hidden": hidden, "n_layers": layers, "n_latent": latent}
+            log.info("training %s on %s, %s", arch, label, device)
+            ours = fit_ours(adata, hidden, layers, latent, args, device)
+            theirs = fit_scvi(adata, hidden, layers, latent, args, device)
+            log.info("  ours %.0f cells/s, scvi %.0f cells/s", ours["cells_per_s"],
+                     theirs["cells_per_s"])
+            rows.append({"data": label, "arch": arch, "ours": ours, "scvi": theirs,
+                         "ratio": ours["cells_per_s"] / theirs["cells_per_s"]})  # fmt: skip
+    return {"rows": rows, "batch_size": args.batch_size, "epochs": args.epochs,
+            "scvi_version": scvi.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. FLOP rate of the CVAE's linear layers
+
+
+def matmul_gflops(m: int, k: int, n: int, device: str, min_time: float) -> float:
+    import torch
+
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    return 2 * m * k * n / timeit(lambda: torch.mm(a, b), device, min_time) / 1e9
+
+
+def bench_flops(args, device: str) -> dict:
+    import torch
+    from torch import nn
+
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models.cvae import CVAE
+
+    min_time = 0.2 if args.quick else 1.0
+    sizes = ([2048, 4096, 8192] if device == "cuda" else [1024, 2048])[: 1 if args.quick else 3]
+    peak = {str(s): matmul_gflops(s, s, s, device, min_time) for s in sizes}
+    peak_gflops = max(peak.values())
+
+    # the real training loop, the CVAE's default architecture
+    adata = atlas(args.cells, args.genes, args.types)
+    cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
+    model, ends = CVAE(config=cfg), []
+    with epoch_ends("cellsynth.models", ends):
+        hist = model.fit(adata, LABEL, seed=0, progress=False)
+    bs, n, genes = cfg.batch_size, adata.n_obs, adata.n_vars
+    steps_per_epoch = math.ceil(n / bs)
+    step_loop = hist["seconds"] / (hist["epochs"] * steps_per_epoch)
+    if len(ends) >= 2:  # epochs after the first
+        step_loop = (ends[-1] - ends[0]) / ((len(ends) - 1) * steps_per_epoch)
+    module = model.module
+    module.train()
+    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    layers, flops = [], 0
+    for name, lin in linears:
+        first = lin.in_features >= genes  # the input layer: no gradient for its input
+        f = 2 * bs * lin.in_features * lin.out_features * (2 if first else 3)
+        flops += f
+        w = lin.weight.detach()
+        x = torch.randn(bs, lin.in_features, device=device)
+        g = torch.randn(bs, lin.out_features, device=device)
+        layers.append({"name": name, "in": lin.in_features, "out": lin.out_features,
+                       "flops_per_step": f, "passes": 2 if first else 3,
+                       "fwd_gflops": 2 * bs * lin.in_features * lin.out_features
+                       / timeit(lambda x=x, w=w: torch.nn.functional.linear(x, w), device,
+                                min_time / 4) / 1e9,
+                       "dgrad_gflops": matmul_gflops(bs, lin.out_features, lin.in_features,
+                                                     device, min_time / 4),
+                       "wgrad_gflops": 2 * bs * lin.in_features * lin.out_features
+                       / timeit(lambda x=x, g=g: g.T @ x, device, min_time / 4) / 1e9})  # fmt: skip
+
+    # one training step, phase by phase, as CVAE.fit takes it
+    batches = _batches(model, adata, device, bs)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True)  # fmt: skip
+    phases = {"densify": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    n_steps = args.steps
+    for step in range(n_steps + 3):
+        t0 = time.perf_counter()
+        x, y, lib = batches(step)
+        sync(device)
+        t1 = time.perf_counter()
+        out = module.loss(x, y, lib, kl_weight=1.0)
+        sync(device)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sync(device)
+        t3 = time.perf_counter()
+        opt.step()
+        sync(device)
+        t4 = time.perf_counter()
+        if step >= 3:  # three warm-up steps
+            for key, dt_ in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                phases[key] += dt_ / n_steps
+    step_manual = sum(phases.values())
+
+    # the same step's pieces alone: linear layers (forward + backward), the NB head
+    xs = [(lin, torch.randn(bs, lin.in_features, device=device,
+                            requires_grad=lin.in_features < genes)) for _, lin in linears]  # fmt: skip
+
+    def linear_only() -> None:
+        for lin, xin in xs:
+            lin(xin).sum().backward()
+
+    t_linear = timeit(linear_only, device, min_time)
+    x, y, lib = batches(0)
+    t_nb = _time_nb_head(x, lib, device, min_time)
+    prof = _profile(module, opt, batches, device, 3 if args.quick else 10)
+    module.zero_grad(set_to_none=True)
+    return {"peak_gflops": peak, "peak": peak_gflops, "batch_size": bs, "genes": genes,
+            "cells": n, "n_hidden": list(cfg.n_hidden), "n_latent": cfg.n_latent,
+            "n_embed": cfg.n_embed, "flops_per_step": flops, "layers": layers,
+            "step_loop_s": step_loop, "loop_epochs": hist["epochs"],
+            "step_manual_s": step_manual, "phases_s": phases, "linear_s": t_linear,
+            "nb_head_s": t_nb, "batch_source": batches.source, "achieved_gflops": flops / step_loop / 1e9,
+            "linear_only_gflops": flops / t_linear / 1e9, "profile": prof,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}  # fmt: skip
+
+
+def _batches(model, adata, device: str, bs: int):
+    """``batches(step)`` -> (x, y, library) of a shuffled mini-batch, densified as CVAE.fit does
+    (the CVAE's own row server, ``Rows`` or ``_Rows``, when found; else scipy rows densified on
+    the host)."""
+    import scipy.sparse as sp
+    import torch
+
+    counts = sp.csr_matrix(adata.X, dtype=np.float32)
+    codes = np.searchsorted(np.array(model.labels), adata.obs[LABEL].astype(str).to_numpy())
+    order = np.random.default_rng(0).permutation(adata.n_obs)
+    n_batches = max(1, adata.n_obs // bs)
+    rows = None
+    for module_name, name in (("cellsynth.models._counts", "Rows"),
+                              ("cellsynth.models.cvae", "_Rows")):  # fmt: skip
+        try:
+            cls = getattr(__import__(module_name, fromlist=[name]), name)
+            rows = cls(counts, codes, torch.device(device))
+            break
+        except (ImportError, AttributeError, TypeError):
+            continue
+    y_all = torch.from_numpy(codes.astype(np.int64)).to(device)
+
+    def batches(step: int):
+        idx = order[(step % n_batches) * bs:(step % n_batches + 1) * bs]
+        if rows is not None:
+            return rows.batch(idx)
+        x = torch.from_numpy(counts[idx].toarray()).to(device)
+        return x, y_all[torch.from_numpy(idx).to(device)], x.sum(1).clamp_min(1.0)
+
+    batches.source = f"{module_name}.{name}" if rows is not None else "scipy, host"
+    return batches
+
+
+def _time_nb_head(x, lib, device: str, min_time: float) -> float | None:
+    """Forward + backward of softmax -> mean -> NB log-likelihood on one batch, as the module's
+    head computes it (``log_nb`` from cellsynth.models.modules.cvae)."""
+    import torch
+
+    try:
+        from cellsynth.models.modules.cvae import log_nb
+    except ImportError:
+        return None
+    logits = torch.randn(x.shape, device=device, requires_grad=True)
+    px_r = torch.zeros(x.shape[1], device=device, requires_grad=True)
+
+    def head() -> None:
+        mu = lib[:, None] * torch.softmax(logits, dim=-1)
+        (-log_nb(x, mu, torch.exp(px_r)).sum(-1).mean()).backward()
+
+    return timeit(head, device, min_time)
+
+
+def _profile(module, opt, batches, device: str, steps: int) -> dict:
+    """torch.profiler over ``steps`` training steps: the ops (CPU) or kernels (CUDA) with most
+    self time, and the total of those self times per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for step in range(steps):
+            x, y, lib = batches(step)
+            out = module.loss(x, y, lib, kl_weight=1.0)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+        sync(device)
+    if device == "cuda":  # kernels only (an op's self device time repeats its kernels')
+        attr = "self_device_time_total"
+        events = [e for e in prof.key_averages()
+                  if e.device_type == torch.autograd.DeviceType.CUDA and getattr(e, attr) > 0]
+    else:
+        attr = "self_cpu_time_total"
+        events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events)
+    events.sort(key=lambda e: -getattr(e, attr))
+    top = [{"op": e.key[:90], "ms_per_step": getattr(e, attr) / 1e3 / steps,
+            "share": getattr(e, attr) / total} for e in events[:12]]  # fmt: skip
+    return {"top": top, "ms_per_step": total / 1e3 / steps, "kind": attr}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. generation throughput
+
+
+def bench_generation(args, device: str) -> dict:
+    import anndata as ad
+    import torch
+
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models.cvae import CVAE
+
+    adata = atlas(args.cells, args.genes, args.types)
+    cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
+    model = CVAE(config=cfg)
+    model.fit(adata, LABEL, seed=0, progress=False)
+    per_type, extra = divmod(args.gen_cells, len(model.labels))
+    request = {t: per_type + (i < extra) for i, t in enumerate(model.labels)}
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        t0 = time.perf_counter()
+        syn = model.sample(request, seed=1)
+        t1 = time.perf_counter()
+        syn.write_h5ad(Path(tmp) / "generated.h5ad")
+        t2 = time.perf_counter()
+        size_mb = (Path(tmp) / "generated.h5ad").stat().st_size / 1e6
+        back = ad.read_h5ad(Path(tmp) / "generated.h5ad")
+        assert back.shape == syn.shape
+    n, genes = syn.n_obs, syn.n_vars
+    nnz = syn.X.nnz
+    del syn, back
+    # where sample's time goes: decoder (on the device, copied back) vs the numpy NB draws
+    module = model.module
+    rows = max(1, min(4 * cfg.batch_size, 4_000_000 // genes))  # CVAE.sample's chunk size
+    n_chunks = max(1, min(math.ceil(n / rows), 10))
+    rng = np.random.default_rng(0)
+    t_dec = t_draw = 0.0
+    with torch.no_grad():
+        for _ in range(n_chunks):
+            s0 = time.perf_counter()
+            y = torch.zeros(rows, dtype=torch.long, device=device)
+            z = torch.randn(rows, module.n_latent, device=device)
+            lib = torch.full((rows,), 2000.0, device=device)
+            px = module.generative(z, y, lib)
+            mu = px.mu.double().cpu().numpy()
+            theta = np.broadcast_to(px.theta.double().cpu().numpy(), mu.shape)
+            s1 = time.perf_counter()
+            rng.poisson(rng.gamma(theta, mu / theta))
+            s2 = time.perf_counter()
+            t_dec, t_draw = t_dec + s1 - s0, t_draw + s2 - s1
+    per_cell = 1 / (n_chunks * rows)
+    return {"cells": n, "genes": genes, "types": len(request), "train_cells": adata.n_obs,
+            "sample_s": t1 - t0, "write_s": t2 - t1, "total_s": t2 - t0, "file_mb": size_mb,
+            "nnz_share": nnz / (n * genes), "cells_per_s": n / (t2 - t0),
+            "sample_cells_per_s": n / (t1 - t0), "values_per_s": n * genes / (t2 - t0),
+            "decoder_s_per_cell": t_dec * per_cell, "draw_s_per_cell": t_draw * per_cell,
+            "chunk_rows": rows}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. the full pipeline on simulated atlases
+
+
+def bench_pipeline(args, out: Path) -> dict:
+    sizes = list(args.pipeline_sizes) + ([ATLAS_CELLS] if args.atlas else [])
+    cli = str(Path(sys.executable).parent / "cellsynth")
+    work = out / "pipeline"
+    rows = []
+    for cells in sizes:
+        tag = f"{cells}x{args.pipeline_genes}x{args.pipeline_types}"
+        data = work / f"atlas_{tag}.h5ad"
+        sim_cmd = [cli, "simulate", "--cells", str(cells), "--genes", str(args.pipeline_genes),
+                   "--types", str(args.pipeline_types), "--out", rel(data), "--quiet"]  # fmt: skip
+        timing = data.with_suffix(".json")  # how long the simulation took, kept beside it
+        if not (data.is_file() and timing.is_file()):  # same arguments and seed, same file
+            data.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            subprocess.run(sim_cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - t0,
+                                          "date": dt.datetime.now().isoformat(timespec="minutes")}))
+        sim = json.loads(timing.read_text())
+        config = work / f"config_{tag}.toml"
+        # the default settings; the simulator writes its labels to obs["celltype_annotation"]
+        config.write_text(f'[dataset]\npath = "{data}"\nlabel_key = "celltype_annotation"\n')
+        run_dir = work / f"run_{tag}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
+        run_cmd = [cli, "run", "--config", rel(config), "--out", rel(run_dir), "--quiet"]
+        for override in args.pipeline_set:
+            run_cmd += ["--set", override]
+        log.info("pipeline: %s", " ".join(run_cmd))
+        t0 = time.perf_counter()
+        proc = subprocess.run(run_cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        manifest = run_dir / "manifest.json"
+        stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else {}
+        rows.append({"cells": cells, "genes": args.pipeline_genes, "types": args.pipeline_types,
+                     "simulate_s": sim["seconds"], "simulate_date": sim["date"],
+                     "simulate_cmd": " ".join(sim_cmd[1:]),
+                     "run_cmd": " ".join(run_cmd[1:]), "wall_s": wall, "rc": proc.returncode,
+                     "error": proc.stderr[-1500:] if proc.returncode else "",
+                     "stages": {k: {f: v.get(f) for f in ("status", "seconds", "peak_rss_mb",
+                                                          "cells", "genes", "types", "epochs")}
+                                for k, v in stages.items()}})  # fmt: skip
+        log.info("pipeline %d cells: rc %d, %.0f s", cells, proc.returncode, wall)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# the page
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def header(r: dict) -> list[str]:
+    quick = " **Quick mode (small sizes; a placeholder, not the real measurement).**" \
+        if r.get("quick") else ""
+    load = " / ".join(f"{x:.1f}" for x in r["load_before"][:1] + r["load_after"][:1])
+    busy = max(r["load_before"][0], r["load_after"][0]) > 0.5 * r["machine"]["cores"]
+    warn = " **The machine was busy (other processes): these timings are inflated.**" \
+        if busy else ""
+    return [f"*{r['device'].upper()}* — measured {r['date']} by `{r['command']}` on "
+            f"{describe_machine(r['machine'])}. Load average (1 min) before / after: {load}."
+            f"{warn}{quick}", ""]
+
+
+def page_training(found: dict) -> list[str]:
+    lines = ["## 1. CVAE training throughput vs scvi-tools SCVI", "",
+             "Both models train on the same cells (every cell a training cell, so neither runs a "
+             "validation pass), for the same fixed number of epochs with no early stopping, with "
+             "the same mini-batch size. Training cells/s = cells × epochs / wall time of the "
+             "training loop (CVAE: `history['seconds']`, from the first epoch to the restored best "
+             "weights; SCVI: Lightning's `on_train_start` to the last `on_train_epoch_end`). "
+             "Model construction, data checks and the CVAE's data-based initialisation are "
+             "excluded. *Steady* leaves out the first epoch.", "",
+             "Architecture mapping: CVAE `n_hidden = [H] * L`, `n_latent = D`, "
+             "`likelihood = \"nb\"`, `dispersion = \"gene\"`, `dropout_rate = 0.1` (encoder "
+             "only; decoder 0) ↔ `scvi.model.SCVI(n_hidden=H, n_layers=L, n_latent=D, "
+             "gene_likelihood=\"nb\", dispersion=\"gene\", dropout_rate=0.1)` and "
+             "`train(batch_size=B, train_size=1.0, early_stopping=False)`. Differences that "
+             "remain: the CVAE conditions encoder and decoder on a cell-type embedding "
+             "(`n_embed` = 32 inputs more per layer), uses LayerNorm + GELU where SCVI uses "
+             "BatchNorm + ReLU, encodes `log1p(x / library × 1e4)` where SCVI encodes `log1p(x)`, "
+             "and learns a per-type prior; SCVI's decoder also computes a dropout head "
+             "(H × genes) that the NB loss does not use, and SCVI uses the observed library "
+             "size (no library encoder).", ""]
+    if not found:
+        return [*lines, "Not run yet: `python benchmarks/performance.py --training`.", ""]
+    for r in found.values():
+        res = r["result"]
+        lines += header(r)
+        lines += [f"Batch size {res['batch_size']}, {res['epochs']} epoch(s), scvi-tools "
+                  f"{res['scvi_version']}, {res['threads']} torch threads.", "",
+                  "| data | H × L, latent | params ours / scvi | ours cells/s | scvi cells/s | "
+                  "ours steady | scvi steady | ours / scvi | target ≥ "
+                  f"{TARGETS['training']:.0f}× |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for row in res["rows"]:
+            a, o, s = row["arch"], row["ours"], row["scvi"]
+            lines.append(f"| {row['data']} | {a['n_hidden']} × {a['n_layers']}, {a['n_latent']} "
+                         f"| {o['params']:,} / {s['params']:,} | {fmt(o['cells_per_s'])} "
+                         f"| {fmt(s['cells_per_s'])} | {fmt(o['steady_cells_per_s'])} "
+                         f"| {fmt(s['steady_cells_per_s'])} | {row['ratio']:.2f}× "
+                         f"| {'met' if row['ratio'] >= TARGETS['training'] else 'missed'} |")
+        lines.append("")
+    return lines
+
+
+def page_flops(found: dict) -> list[str]:
+    lines = ["## 2. FLOP rate of the CVAE's dense layers vs this machine's matmul peak", "",
+             "Peak: float32 `torch.mm` of square matrices (the best size). FLOPs per training "
+             "step: 2 · batch · in · out per `nn.Linear` for the forward pass, ×3 for forward + "
+             "both backward matmuls, ×2 for the input layer (its input needs no gradient). "
+             "Achieved = those FLOPs / the training step time of `CVAE.fit` (its own loop, the "
+             "default architecture, epochs after the first when there are several). "
+             "The step breakdown times one step phase by phase (synchronised on a GPU), then "
+             "the same linear layers alone (forward + backward on random inputs) and the NB "
+             "head alone (softmax → mean → `log_nb`, forward + backward) on one batch.", ""]
+    if not found:
+        return [*lines, "Not run yet: `python benchmarks/performance.py --flops`.", ""]
+    for r in found.values():
+        res = r["result"]
+        frac = res["achieved_gflops"] / res["peak"]
+        peaks = ", ".join(f"{k}²: {fmt(v, 1)}" for k, v in res["peak_gflops"].items())
+        lines += header(r)
+        lines += [f"CVAE `n_hidden = {res['n_hidden']}`, `n_latent = {res['n_latent']}`, "
+                  f"`n_embed = {res['n_embed']}`, batch {res['batch_size']}, "
+                  f"{res['genes']:,} genes, {res['cells']:,} simulated cells, "
+                  f"{res['loop_epochs']} training epoch(s); float32 matmul precision "
+                  f"`{res['float32_matmul_precision']}`.", "",
+                  "| quantity | value |", "|---|---:|",
+                  f"| matmul peak, GFLOP/s ({peaks}) | {fmt(res['peak'], 1)} |",
+                  f"| linear-layer FLOPs per step | {res['flops_per_step'] / 1e9:.3f} G |",
+                  f"| training step (CVAE.fit loop) | {res['step_loop_s'] * 1e3:.2f} ms |",
+                  f"| achieved GFLOP/s in training | {fmt(res['achieved_gflops'], 1)} |",
+                  f"| fraction of peak (target ≥ {TARGETS['flops']}) | {frac:.3f} "
+                  f"({'met' if frac >= TARGETS['flops'] else 'missed'}) |",
+                  f"| linear layers alone, GFLOP/s | {fmt(res['linear_only_gflops'], 1)} "
+                  f"({res['linear_only_gflops'] / res['peak']:.2f} of peak) |", "",
+                  "Step breakdown (ms per step):", "", "| part | ms | share of the step |",
+                  "|---|---:|---:|"]
+        step = res["step_manual_s"]
+        for k, v in res["phases_s"].items():
+            lines.append(f"| phase: {k} | {v * 1e3:.2f} | {v / step:.0%} |")
+        lines.append(f"| **whole step (phases summed)** | {step * 1e3:.2f} | 100% |")
+        lines.append(f"| of which linear layers, fwd + bwd (alone) | {res['linear_s'] * 1e3:.2f} "
+                     f"| {res['linear_s'] / step:.0%} |")
+        if res.get("nb_head_s") is not None:
+            lines.append(f"| of which NB head, fwd + bwd (alone) | {res['nb_head_s'] * 1e3:.2f} "
+                         f"| {res['nb_head_s'] / step:.0%} |")
+            rest = step - res["linear_s"] - res["nb_head_s"] - res["phases_s"]["densify"] \
+                - res["phases_s"]["optimizer"]
+            lines.append(f"| of which the rest (norms, activations, dropout, KL, autograd and "
+                         f"Python overhead) | {rest * 1e3:.2f} | {rest / step:.0%} |")
+            if rest < 0:
+                lines += ["", "The parts add up to more than the step: the timings disagree "
+                          "(a busy machine?); rerun when it is quiet."]
+        lines += ["", "Per layer, GFLOP/s of its three matmuls at the training batch "
+                  "(forward `x Wᵀ`, input gradient, weight gradient):", "",
+                  "| layer | in → out | FLOPs per step | forward | input grad | weight grad |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for la in res["layers"]:
+            lines.append(f"| `{la['name']}` | {la['in']:,} → {la['out']:,} "
+                         f"| {la['flops_per_step'] / 1e6:,.1f} M (×{la['passes']}) "
+                         f"| {fmt(la['fwd_gflops'], 1)} | {fmt(la['dgrad_gflops'], 1)} "
+                         f"| {fmt(la['wgrad_gflops'], 1)} |")
+        prof = res["profile"]
+        if isinstance(prof, list):  # results written before the totals were kept
+            prof = {"top": prof, "ms_per_step": sum(p["ms_per_step"] for p in prof),
+                    "kind": "self_cpu_time_total"}  # fmt: skip
+        what = "CUDA kernels" if prof["kind"] == "self_device_time_total" else "CPU ops"
+        lines += ["", f"torch.profiler over training steps, the {what} with the most self time "
+                  f"(in all, {prof['ms_per_step']:.2f} ms per step"]
+        if prof["kind"] == "self_device_time_total":
+            lines[-1] += (f": the GPU is busy {prof['ms_per_step'] / 1e3 / step:.0%} of the "
+                          "step; the rest is launch and host time")
+        lines[-1] += "):"
+        lines += ["", "| op | ms per step | share |", "|---|---:|---:|"]
+        for p in prof["top"]:
+            lines.append(f"| `{p['op']}` | {p['ms_per_step']:.2f} | {p['share']:.0%} |")
+        lines.append("")
+    return lines
+
+
+def page_generation(found: dict) -> list[str]:
+    lines = ["## 3. Generation throughput", "",
+             "`CVAE.sample` of the requested cells (spread evenly over the types, mixture "
+             "latents) and `AnnData.write_h5ad` of the result; cells/s counts both. The model "
+             "is the default architecture trained briefly on a simulated atlas (training does "
+             "not change the cost of sampling). The split of `sample`'s time is timed apart on "
+             "up to 10 of its chunks: the decoder on the device with the copy back, and numpy's "
+             "gamma–Poisson draws on the host.", ""]
+    if not found:
+        return [*lines, "Not run yet: `python benchmarks/performance.py --generation`.", ""]
+    for r in found.values():
+        res = r["result"]
+        ok = res["cells_per_s"] >= TARGETS["generation"]
+        lines += header(r)
+        lines += ["| quantity | value |", "|---|---:|",
+                  f"| cells × genes generated | {res['cells']:,} × {res['genes']:,} "
+                  f"({res['types']} types; {res['nnz_share']:.1%} non-zero) |",
+                  f"| `sample` | {res['sample_s']:.2f} s ({fmt(res['sample_cells_per_s'])} "
+                  "cells/s) |",
+                  f"| `write_h5ad` | {res['write_s']:.2f} s ({res['file_mb']:.0f} MB) |",
+                  f"| **cells/s, sample + write** (target ≥ {TARGETS['generation']:,.0f}) "
+                  f"| **{fmt(res['cells_per_s'])}** ({'met' if ok else 'missed'}) |",
+                  f"| values/s (cells × genes) | {res['values_per_s'] / 1e6:,.1f} M |",
+                  f"| decoder + copy to host, µs per cell | {res['decoder_s_per_cell'] * 1e6:.1f} |",
+                  f"| numpy gamma–Poisson draws, µs per cell | {res['draw_s_per_cell'] * 1e6:.1f} |",
+                  ""]  # fmt: skip
+    return lines
+
+
+def page_pipeline(found: dict) -> list[str]:
+    lines = ["## 4. The full pipeline on simulated atlases", "",
+             "`cellsynth simulate` writes the atlas (cached between runs: same arguments, same "
+             "file), then `cellsynth run` runs every stage with the default settings "
+             "(`dataset.path` the file, `dataset.label_key = \"celltype_annotation\"`, the "
+             "simulator's column; any `--set` is in the command) in its own process, into a "
+             "fresh run directory. Stage times and peak RSS are read from the run's "
+             "`manifest.json`; the peak RSS of a stage is the "
+             "process's peak so far (`ru_maxrss`), so it only grows. Wall time is the whole "
+             "`cellsynth run` process.", ""]
+    if not found:
+        return [*lines, "Not run yet: `python benchmarks/performance.py --pipeline`.", ""]
+    for r in found.values():
+        lines += _pipeline_tables(r)
+    return lines
+
+
+def _pipeline_tables(r: dict) -> list[str]:
+    rows, lines = r["result"]["rows"], []
+    lines += header(r)
+    lines += ["Commands: " + "; ".join(f"`cellsynth {row['simulate_cmd']}` "
+                                         f"then `cellsynth {row['run_cmd']}`" for row in rows), ""]
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row["stages"] if k not in names]
+    head = " | ".join(f"{row['cells']:,} × {row['genes']:,} s | peak MB" for row in rows)
+    lines += [f"| stage | {head} |", "|---|" + "---:|---:|" * len(rows)]
+    for name in names:
+        cells = []
+        for row in rows:
+            st = row["stages"].get(name, {})
+            s = fmt(st.get("seconds"), 1)
+            cells.append(f"{s if st.get('status') == 'done' else st.get('status', '–')} "
+                         f"| {fmt(st.get('peak_rss_mb'))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| outside the stages (start-up, results page, HTML report) | " + " | ".join(
+        f"{fmt(row['wall_s'] - sum(st.get('seconds') or 0 for st in row['stages'].values()), 1)}"
+        " | " for row in rows) + " |")
+    lines.append("| **wall time (process)** | " + " | ".join(
+        f"**{fmt(row['wall_s'], 1)}** | " for row in rows) + " |")
+    lines += ["", "| cells | types | after QC: cells × genes | simulate s | run wall s | ms per "
+              "input cell | growth vs previous size |", "|---:|---:|---|---:|---:|---:|---|"]
+    prev = None
+    for row in rows:
+        data = row["stages"].get("data", {})
+        qc = f"{fmt(data.get('cells'))} × {fmt(data.get('genes'))}" if data.get("cells") else "–"
+        growth = "–"
+        if prev is not None and row["rc"] == 0 and prev["rc"] == 0:
+            t, c = row["wall_s"] / prev["wall_s"], row["cells"] / prev["cells"]
+            growth = f"time ×{t:.1f} for cells ×{c:.1f} (exponent {math.log(t) / math.log(c):.2f})"
+        status = "" if row["rc"] == 0 else f" (failed, rc {row['rc']})"
+        lines.append(f"| {row['cells']:,} | {row['types']} | {qc} | {fmt(row['simulate_s'], 1)} "
+                     f"| {fmt(row['wall_s'], 1)}{status} | {row['wall_s'] / row['cells'] * 1e3:.2f} "
+                     f"| {growth} |")
+        prev = row
+    for row in rows:
+        if row["rc"]:
+            lines += ["", f"{row['cells']:,} cells failed:", "", "```", row["error"].strip(), "```"]
+    lines.append("")
+    return lines
+
+
+def write_page(out: Path, doc: Path) -> Path:
+    found = load_results(out)
+    any_quick = any(r.get("quick") for sec in found.values() for r in sec.values())
+    lines = ["# Performance", "",
+             "Written by `benchmarks/performance.py` from the results it keeps in "
+             f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/`; every number "
+             "comes from a run. Each section names its own date, command and machine, because "
+             "sections are rerun one at a time (`--training`, `--flops`, `--generation`, "
+             "`--pipeline`). Do not edit by hand: rerun the command.", ""]
+    if any_quick:
+        lines += ["**Some sections below are from `--quick` runs (small sizes, to check the "
+                  "script): placeholders until the full run.**", ""]
+    lines += page_training(found["training"]) + page_flops(found["flops"])
+    lines += page_generation(found["generation"]) + page_pipeline(found["pipeline"])
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines))
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for s in SECTIONS:
+        ap.add_argument(f"--{s}", action="store_true", help=f"run the {s} section")
+    ap.add_argument("--atlas", action="store_true",
+                    help=f"pipeline: also {ATLAS_CELLS:,} cells (hours; implies --pipeline)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, to check the script")
+    ap.add_argument("--page-only", action="store_true", help="rebuild the page, run nothing")
+    ap.add_argument("--devices", default="", help="cpu,cuda (default: cpu, and cuda if present)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads, sections 1-3 (default: torch's, one per core)")
+    ap.add_argument("--cells", type=int, help="simulated cells, sections 1-3")
+    ap.add_argument("--genes", type=int, help="genes, sections 1-3")
+    ap.add_argument("--types", type=int, help="cell types, sections 1-3")
+    ap.add_argument("--epochs", type=int, help="fixed epochs, section 1")
+    ap.add_argument("--flop-epochs", type=int, help="CVAE.fit epochs, sections 2 and 3")
+    ap.add_argument("--steps", type=int, help="timed steps of the step breakdown, section 2")
+    ap.add_argument("--batch-size", type=int, default=256, help="section 1, both models")
+    ap.add_argument("--archs", default="128x1:10,512x2:32",
+                    help="section 1: HIDDENxLAYERS:LATENT, comma-separated")
+    ap.add_argument("--real", default="", help="section 1: also this ../shared/data dataset")
+    ap.add_argument("--gen-cells", type=int, help="cells to generate, section 3")
+    ap.add_argument("--pipeline-sizes", help="section 4: cells, comma-separated")
+    ap.add_argument("--pipeline-genes", type=int)
+    ap.add_argument("--pipeline-types", type=int)
+    ap.add_argument("--pipeline-set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="section 4: a `cellsynth run --set` override (default: none; --quick: "
+                    "cheap settings)")
+    ap.add_argument("--out", default="runs/performance")
+    ap.add_argument("--doc", default="docs/PERFORMANCE.md")
+    args = ap.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if isinstance(args.pipeline_sizes, str):
+        args.pipeline_sizes = [int(s) for s in args.pipeline_sizes.split(",") if s]
+    args.archs = [tuple(int(v) for v in a.replace(":", "x").split("x"))
+                  for a in args.archs.split(",") if a]  # fmt: skip
+    args.pipeline = args.pipeline or args.atlas
+    chosen = [s for s in SECTIONS if getattr(args, s)]
+    args.sections = [] if args.page_only else (chosen or list(SECTIONS))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO)  # the epoch hooks turn on DEBUG records
+    out, doc = ROOT / args.out, ROOT / args.doc
+    (ROOT / "runs").mkdir(exist_ok=True)
+    if args.sections:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+
+        devices = [d for d in args.devices.split(",") if d] or \
+            ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        ctx = {"command": " ".join(["python benchmarks/performance.py", *sys.argv[1:]]),
+               "quick": args.quick, "machine": machine()}
+        for section in args.sections:
+            # the pipeline uses the default device (`auto`): label it by what that picks
+            auto = "cuda" if torch.cuda.is_available() else "cpu"
+            for device in ([auto] if section == "pipeline" else devices):
+                ctx.update(date=dt.datetime.now().isoformat(timespec="minutes"),
+                           load_before=list(os.getloadavg()))
+                log.info("== %s on %s", section, device)
+                if section == "pipeline":
+                    result = bench_pipeline(args, out)
+                else:
+                    result = globals()[f"bench_{section}"](args, device)
+                save_result(out, section, device, result, ctx)
+    print(f"wrote {write_page(out, doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
