@@ -198,3 +198,40 @@ def test_no_validation_cells_trains_all_rounds(data):
         Xtr, ytr, empty, np.array([], dtype=str), small_cfg(n_estimators=5), seed=0, progress=False
     )
     assert clf.best_iteration == 4 and "val" not in clf.evals_result
+
+
+@pytest.mark.parametrize("cap", [0, 150])
+def test_data_iterator_trains_the_same_model(tmp_path, caplog, cap):
+    """Row batches through a DataIter (from a memmap) predict as one in-memory array does."""
+    from cellsynth.classify import xgb as xgb_mod
+
+    X, y = gaussian_classes(1200, seed=3, spread=1.5)  # overlapping classes: a real fit
+    Xv, yv = gaussian_classes(400, seed=4, spread=1.5)
+    X_test, _ = gaussian_classes(500, seed=5, spread=1.5)
+    cfg = small_cfg(max_cells_per_class=cap, n_estimators=25)
+    one = train_classifier(X, y, Xv, yv, cfg, seed=0, progress=False)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=X.shape)
+    mm[:] = X
+    with caplog.at_level(logging.INFO, logger="cellsynth.classify.xgb"):
+        batched = train_classifier(mm, y, Xv, yv, small_cfg(max_cells_per_class=cap,
+                                   n_estimators=25, chunk_size=173), seed=0, progress=False)
+    assert "173-cell batches" in caplog.text
+    auto = xgb_mod._chunk_size(small_cfg(), np.load(tmp_path / "x.npy", mmap_mode="r"))
+    assert auto == xgb_mod.MEMMAP_CHUNK  # memmaps are read in batches without being asked
+    p1, p2 = one.predict_proba(X_test), batched.predict_proba(X_test)
+    # the quantile sketch is merged over batches: cut points may move slightly
+    assert (p1.argmax(1) == p2.argmax(1)).mean() > 0.97
+    assert np.abs(p1 - p2).mean() < 0.02
+    assert batched.labels == one.labels
+    with pytest.raises(ConfigError, match="chunk_size"):
+        train_classifier(X, y, Xv, yv, small_cfg(chunk_size=-1), seed=0, progress=False)
+
+
+def test_predict_in_row_chunks(trained, monkeypatch):
+    from cellsynth.classify import xgb as xgb_mod
+
+    X_test, _ = gaussian_classes(250, seed=1)
+    whole = trained.predict_proba(X_test)
+    monkeypatch.setattr(xgb_mod, "PREDICT_ROWS", 60)
+    assert np.array_equal(trained.predict_proba(X_test), whole)
+    assert np.array_equal(trained.predict_proba(sp.csr_matrix(X_test)), whole)

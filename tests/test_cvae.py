@@ -16,8 +16,8 @@ from cellsynth import _keys as K
 from cellsynth.config import CVAEConfig
 from cellsynth.errors import DataError, ModelFileError
 from cellsynth.models import CVAE
+from cellsynth.models._counts import Rows, initial_decoder, library_model, library_sizes
 from cellsynth.models.base import Generator
-from cellsynth.models.cvae import _initial_decoder, _library, _library_model, _Rows
 from cellsynth.models.modules.cvae import CVAEModule, NegativeBinomial, log_nb, log_zinb
 
 SIM_TYPES = ["alpha", "beta", "gamma"]
@@ -300,7 +300,7 @@ def test_module_shapes_and_prior():
 
 def test_library_model_per_type():
     lib = np.array([100, 1000, 10, 10, 10], dtype=np.float32)
-    mean, std = _library_model(lib, np.array([0, 0, 1, 1, 2]), 3)
+    mean, std = library_model(lib, np.array([0, 0, 1, 1, 2]), 3)
     np.testing.assert_allclose(mean.numpy(), np.log([np.sqrt(1e5), 10, 10]), rtol=1e-5)
     assert std[0] > 0 and std[1] == 0 and std[2] > 0  # one cell: the pooled sd
 
@@ -308,8 +308,8 @@ def test_library_model_per_type():
 def test_gathered_batches_match_host_densified(small_kang):
     counts = sp.csr_matrix(small_kang.X, dtype=np.float32)
     codes = np.arange(counts.shape[0]) % 5
-    host = _Rows(counts, codes, torch.device("cpu"), gather=False)
-    gathered = _Rows(counts, codes, torch.device("cpu"), gather=True)
+    host = Rows(counts, codes, torch.device("cpu"), gather=False)
+    gathered = Rows(counts, codes, torch.device("cpu"), gather=True)
     idx = np.random.default_rng(0).permutation(counts.shape[0])[:64]
     idx[:3] = [5, 5, counts.shape[0] - 1]  # repeats (balanced sampling) and the last row
     for a, b in zip(host.batch(idx), gathered.batch(idx), strict=True):
@@ -317,7 +317,7 @@ def test_gathered_batches_match_host_densified(small_kang):
     x, _, lib = host.batch(idx)
     assert x.shape == (64, counts.shape[1]) and torch.equal(lib, x.sum(1).clamp_min(1))
     empty = sp.csr_matrix((3, 4), dtype=np.float32)
-    x, _, lib = _Rows(empty, np.zeros(3), torch.device("cpu"), gather=True).batch(np.arange(3))
+    x, _, lib = Rows(empty, np.zeros(3), torch.device("cpu"), gather=True).batch(np.arange(3))
     assert torch.all(x == 0) and torch.all(lib == 1)
 
 
@@ -326,7 +326,7 @@ def test_decoder_starts_at_the_data_dispersion():
     model = CVAE(adata, config=tiny_config())
     counts = sp.csr_matrix(adata.X)
     codes = adata.obs["cell_type"].cat.codes.to_numpy()
-    bias, log_r = _initial_decoder(counts, codes, _library(counts), model.module)
+    bias, log_r = initial_decoder(counts, codes, library_sizes(counts), model.module)
     assert 3.5 < np.median(np.exp(log_r.numpy())) < 7
     share = np.asarray(counts.sum(0)).ravel() / counts.sum()
     np.testing.assert_allclose(np.exp(bias.numpy()), share, rtol=1e-4)
@@ -348,7 +348,7 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
     np.testing.assert_allclose(cpu.get_latent(small_kang[:20]), z, atol=1e-3)
     assert cpu.sample(request, seed=0).shape == a.shape
     counts = sp.csr_matrix(small_kang.X, dtype=np.float32)
-    rows = _Rows(counts, np.zeros(counts.shape[0], dtype=np.int64), torch.device("cuda"))
+    rows = Rows(counts, np.zeros(counts.shape[0], dtype=np.int64), torch.device("cuda"))
     assert rows.on_device  # a small CSR is gathered on the GPU
     idx = np.r_[0:100:3, 7, 7]
     torch.testing.assert_close(rows.batch(idx)[0].cpu(), torch.from_numpy(counts[idx].toarray()))

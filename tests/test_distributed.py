@@ -190,6 +190,40 @@ def test_one_process_equals_fit(atlas_path, single, tmp_path):
 
 
 @needs_gloo
+def test_one_process_resumes_from_its_checkpoint(atlas_path, single, tmp_path, monkeypatch, caplog):
+    """Killed after an epoch, the data-parallel fit resumes and ends as the uninterrupted fit."""
+    from cellsynth.models import _loop
+
+    write = _loop.Checkpoint.write
+
+    def write_then_die(self, tensors, meta):
+        write(self, tensors, meta)
+        raise KeyboardInterrupt
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ckpt, cfg = tmp_path / "checkpoint", tiny_cvae(checkpoint_seconds=0.0)
+    try:
+        with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+            m.setattr(_loop.Checkpoint, "write", write_then_die)
+            fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED, progress=False,
+                            checkpoint_dir=ckpt)  # fmt: skip
+        assert not dist.is_initialized() and (ckpt / "cvae-rank0.safetensors").is_file()
+        with caplog.at_level(logging.INFO, logger="cellsynth"):
+            model = fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED, progress=False,
+                                    checkpoint_dir=ckpt)  # fmt: skip
+    finally:
+        torch.set_num_threads(n)
+    assert "resuming CVAE training from epoch 1" in caplog.text
+    assert model.history["resumed_from"] == 1
+    assert model.history["val_loss"] == single.history["val_loss"]
+    ref = single.module.state_dict()
+    for key, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, ref[key], rtol=0, atol=0, msg=key)
+    assert not ckpt.exists()
+
+
+@needs_gloo
 def test_entry_point_reports_bad_input(atlas_path, tmp_path, capsys):
     code = main(["--data", str(atlas_path), "--label-key", "nope", "--out", str(tmp_path / "m"),
                  "--quiet"])  # fmt: skip
@@ -207,6 +241,9 @@ def test_torchrun_command(tmp_path):
                        "--nproc_per_node=4"]  # fmt: skip
     assert cmd[5:7] == ["-m", "cellsynth.models.distributed"]
     assert cmd[-4:] == ["--seed", "7", "--set", "cvae.max_epochs=5"]
+    cmd = torchrun_command("a.h5ad", "cell_type", tmp_path, checkpoint_dir=tmp_path / "c",
+                           checkpoint_key="k")  # fmt: skip
+    assert cmd[-4:] == ["--checkpoint-dir", str(tmp_path / "c"), "--checkpoint-key", "k"]
 
 
 @needs_gloo

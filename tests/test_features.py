@@ -54,3 +54,40 @@ def test_balanced_subsample_and_save_load(tmp_path):
     (tmp_path / "genes.json").write_text('["a"]')
     with pytest.raises(ModelFileError):
         PCAModel.load(tmp_path)
+
+
+# exact covariance reading the cells every pass; randomized SVD holding them after the first
+@pytest.mark.parametrize(("exact_max", "cache_bytes"), [(10_000, 0), (0, 1 << 30)])
+def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatch, exact_max,
+                                                 cache_bytes):
+    """PCA fitted on the training cells read from disk equals the one fitted in memory."""
+    import anndata as ad
+
+    from cellsynth import config
+    from cellsynth.data.chunked import PreprocessedStore, preprocess_backed
+    from cellsynth.data.qc import preprocess
+
+    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", exact_max)
+    cfg = config.load(None, ["features.n_components=20", "features.max_cells_per_class=150"])
+    pre, _ = preprocess(ad.read_h5ad(kang_path), cfg.dataset, cfg.qc, cfg.split, seed=0)
+    out, _ = preprocess_backed(kang_path, cfg.dataset, cfg.qc, cfg.split, seed=0,
+                               out_path=tmp_path / "pre.h5ad", chunk_size=200, progress=False)
+    train = (pre.obs["cellsynth_split"] == "train").to_numpy()
+    labels = pre.obs["cell_type"].astype(str).to_numpy()
+    genes = list(pre.var_names)
+    monkeypatch.setattr(pca_mod, "_BLOCK_ROWS", 64)  # several blocks, the same in both paths
+    m = fit_pca(pre.X[train], labels[train], genes, cfg.features, seed=1)
+    with PreprocessedStore(out) as store:
+        mb = pca_mod.fit_pca_backed(store.normalised, labels[train], genes, cfg.features,
+                                    seed=1, rows=np.flatnonzero(train), cache_bytes=cache_bytes)
+        assert np.array_equal(mb.components, m.components)
+        assert np.array_equal(mb.explained_variance, m.explained_variance)
+        z = m.transform(pre.X, chunk_size=300)
+        out_npy = np.lib.format.open_memmap(tmp_path / "z.npy", mode="w+", dtype=np.float32,
+                                            shape=z.shape)
+        zb = mb.transform(store.normalised, chunk_size=300, out=out_npy)
+        assert zb is out_npy and np.array_equal(np.asarray(zb), z)
+        # one split alone (e.g. into its own .npy for the classifier)
+        zt = mb.transform(store.normalised.subset(np.flatnonzero(train)), chunk_size=250)
+        assert np.array_equal(zt, z[train])
+    assert np.array_equal(np.load(tmp_path / "z.npy"), z)

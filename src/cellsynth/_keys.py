@@ -12,6 +12,9 @@ MITO = "mito"
 TOTAL_COUNTS = "total_counts"
 #: ``layers``: raw counts, kept beside the normalised ``X``
 COUNTS = "counts"
+#: ``obs`` of a chunked preprocessing result: each cell's counts over the genes the
+#: normalisation saw (before the variance filter); ``log1p(counts / this * target_sum)`` is ``X``
+NORM_TOTAL = "cellsynth_norm_total"
 #: ``obsm`` / ``uns``: PCA features and their parameters
 X_PCA = "X_pca"
 PCA = "pca"

@@ -32,6 +32,7 @@ def _setup_logging(quiet: bool, logfile: Path | None = None) -> None:
 
 
 def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars (tqdm, on stderr): off with ``--quiet`` and when stderr is not a terminal."""
     return not args.quiet and sys.stderr.isatty()
 
 
@@ -63,7 +64,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = download(args.accession, args.cache_dir, base_url=args.base_url or DEFAULT_BASE_URL,
-                    force=args.force, progress=not args.quiet)
+                    force=args.force, progress=_progress(args))
     print(path)
     return 0
 
@@ -74,7 +75,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
                        label_key=args.label_key, chunk_size=args.chunk_size,
-                       progress=not args.quiet)
+                       progress=_progress(args))
     print(path)
     return 0
 
@@ -115,6 +116,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .models.cvae import CVAE
     from .models.registry import load_generator
 
     _setup_logging(args.quiet)
@@ -123,7 +125,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CellsynthError("give exactly one of --n-per-type N or --types 'TYPE=N,...'")
     counts = ({t: args.n_per_type for t in gen.labels} if args.n_per_type is not None
               else _parse_types(args.types))
-    syn = gen.sample(counts, seed=args.seed)
+    if isinstance(gen, CVAE):  # the generator whose sampling takes long enough for a bar
+        syn = gen.sample(counts, seed=args.seed, progress=_progress(args))
+    else:
+        syn = gen.sample(counts, seed=args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     syn.write_h5ad(out)

@@ -77,6 +77,7 @@ class ClassifierConfig:
     balanced_weights: bool = True  # class-balanced sample weights
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     max_cells_per_class: int = 0  # cap on training cells per class; 0 = no cap
+    chunk_size: int = 0  # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
     n_jobs: int = 0  # threads; 0 = all cores
     backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
     dask_scheduler: str = ""  # scheduler address (tcp://host:8786); "" = a local cluster
@@ -130,6 +131,9 @@ class CVAEConfig:
     distributed: bool = False  # train with torch.distributed (DDP) under torchrun
     nproc_per_node: int = 2  # torchrun processes on this machine when distributed
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # training checkpoints (pipeline runs): a killed `cellsynth run` resumes training from the last
+    checkpoint_every: int = 1  # write one after every this many epochs; 0 = never
+    checkpoint_seconds: float = 60.0  # ...and at least this many seconds after the previous one
 
 
 @dataclass
@@ -198,6 +202,10 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
+        for key in ("checkpoint_every", "checkpoint_seconds"):
+            if getattr(self.cvae, key) < 0:
+                raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "
+                                  f"set it with --set cvae.{key}=...")
         if not 0 <= self.seed_vae.dropout_rate < 1:
             raise ConfigError(f"seed_vae.dropout_rate must be in [0, 1), got {self.seed_vae.dropout_rate}")
         if self.qc.min_cells_per_type < 2:

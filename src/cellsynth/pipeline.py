@@ -156,7 +156,8 @@ def _fit_classifier(x, y, xv, yv, cfg: RunConfig, seed: int, progress: bool) -> 
     return train_classifier(x, y, xv, yv, c, seed=seed, progress=progress)
 
 
-def _fit_cvae_distributed(cfg: RunConfig, fit_on: ad.AnnData, seed: int, out: Path) -> Any:
+def _fit_cvae_distributed(cfg: RunConfig, fit_on: ad.AnnData, seed: int, out: Path,
+                          checkpoint_dir: Path, checkpoint_key: str) -> Any:
     """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
     import subprocess
 
@@ -169,7 +170,7 @@ def _fit_cvae_distributed(cfg: RunConfig, fit_on: ad.AnnData, seed: int, out: Pa
     save(cfg, work / "run.toml")
     cmd = torchrun_command(work / "fit_on.h5ad", cfg.dataset.label_key, work / "model",
                            nproc_per_node=cfg.cvae.nproc_per_node, config=work / "run.toml",
-                           seed=seed)
+                           seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_key=checkpoint_key)
     logger.info("torchrun: %s", " ".join(map(str, cmd)))
     if subprocess.run(cmd).returncode != 0:
         raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
@@ -178,21 +179,36 @@ def _fit_cvae_distributed(cfg: RunConfig, fit_on: ad.AnnData, seed: int, out: Pa
 
 
 def _fit_generator(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, sp_: dict[str, Split],
-                   types: list[str], progress: bool, out: Path) -> tuple[Any, dict]:
+                   types: list[str], progress: bool, out: Path, checkpoint_key: str = "",
+                   fresh: bool = False) -> tuple[Any, dict]:
     """Train the configured generator: ``seed`` on PCA features (as the reference), the
-    count-space ones on the preprocessed counts (training split, validation for early stopping)."""
+    count-space ones on the preprocessed counts (training split, validation for early stopping).
+
+    The seed model and the CVAE save training checkpoints in ``generator/checkpoint/`` and
+    resume from them when they match (settings, data, seed, ``checkpoint_key``); ``fresh``
+    deletes them first."""
+    import shutil
+
     seed = derive_seed(cfg.seed, "generator")
+    ckpt = out / "generator" / "checkpoint"
+    if fresh:
+        shutil.rmtree(ckpt, ignore_errors=True)
     if cfg.generator.model == "seed":
         gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
         history = gen.fit(sp_["train"].x, sp_["train"].y, sp_["val"].x, sp_["val"].y,
-                          seed=seed, progress=progress)
+                          seed=seed, progress=progress, checkpoint_dir=ckpt,
+                          checkpoint_key=checkpoint_key)
         return gen, history
     fit_on = pre[pre.obs[K.SPLIT].isin(["train", "val"]).to_numpy()]
     if cfg.generator.model == "cvae" and cfg.cvae.distributed:
-        gen = _fit_cvae_distributed(cfg, fit_on, seed, out)
+        gen = _fit_cvae_distributed(cfg, fit_on, seed, out, ckpt, checkpoint_key)
         return gen, dict(gen.history)
     gen = make_generator(cfg.generator.model, cfg)
-    history = gen.fit(fit_on, cfg.dataset.label_key, seed=seed, progress=progress)
+    if cfg.generator.model == "cvae":
+        history = gen.fit(fit_on, cfg.dataset.label_key, seed=seed, progress=progress,
+                          checkpoint_dir=ckpt, checkpoint_key=checkpoint_key)
+    else:
+        history = gen.fit(fit_on, cfg.dataset.label_key, seed=seed, progress=progress)
     return gen, history
 
 
@@ -342,7 +358,9 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
 
     if plan.runs("generator"):
         with manifest.stage("generator", plan.hash("generator")) as entry:
-            gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress, out)
+            gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress, out,
+                                          checkpoint_key=plan.hash("features"),
+                                          fresh=bool(plan.force & {"data", "features", "generator"}))
             gen.save(out / "generator")
             entry.update(model=cfg.generator.model, epochs=history.get("epochs"),
                          best_epoch=history.get("best_epoch"))

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.ubj"
 LABELS_FILE = "labels.json"
 META_FILE = "meta.json"
+#: rows per DMatrix when predicting
+PREDICT_ROWS = 100_000
+#: cells per DataIter batch for a memory-mapped X when classifier.chunk_size is 0
+MEMMAP_CHUNK = 100_000
 #: ClassifierConfig fields passed to XGBoost under the same name
 _HYPERPARAMETERS = "max_depth subsample colsample_bytree learning_rate reg_alpha reg_lambda".split()
 
@@ -70,10 +74,17 @@ class Classifier:
     evals_result: dict = field(default_factory=dict)  # {"train"/"val": {"mlogloss": [...]}}
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities ``(n_cells, n_classes)``, float32; ``X`` dense or sparse (kept sparse)."""
-        dmat = xgb.DMatrix(_as_features(X))
-        out = self.booster.predict(dmat, iteration_range=(0, self.best_iteration + 1))
-        return np.asarray(out, dtype=np.float32).reshape(-1, len(self.labels))
+        """Probabilities ``(n_cells, n_classes)``, float32; ``X`` dense or sparse (kept sparse).
+
+        Rows go to XGBoost ``PREDICT_ROWS`` at a time (a memory-mapped ``X`` is read so).
+        """
+        X = _as_features(X)
+        out = np.empty((X.shape[0], len(self.labels)), dtype=np.float32)
+        for start in range(0, X.shape[0], PREDICT_ROWS):
+            dmat = xgb.DMatrix(X[start : start + PREDICT_ROWS])
+            prob = self.booster.predict(dmat, iteration_range=(0, self.best_iteration + 1))
+            out[start : start + PREDICT_ROWS] = np.asarray(prob).reshape(-1, len(self.labels))
+        return out
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable label of each cell, an object array of strings."""
@@ -188,27 +199,28 @@ class _ProgressBar(xgb.callback.TrainingCallback):
         return model
 
 
-def prepare_training(
-    X_train: Any, y_train: Any, X_val: Any, y_val: Any, cfg: ClassifierConfig, seed: int
-) -> tuple[Any, np.ndarray, Any, np.ndarray, list[str]]:
-    """Checked features and labels: per-class cap, class list, unknown validation types dropped.
-
-    Every backend (here and :mod:`cellsynth.classify.dask`) calls this, so all fit the same
-    problem. ``X`` may be numpy, scipy or dask arrays (rows indexable).
-    """
-    y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+def _check_shapes(X_train: Any, y_train: np.ndarray, X_val: Any, y_val: np.ndarray) -> None:
     (n_tr, f_tr), (n_va, f_va) = X_train.shape, X_val.shape
     if n_tr != len(y_train) or n_va != len(y_val) or f_tr != f_va:
         raise DataError(
             f"train/val features and labels do not match: X_train {n_tr}x{f_tr}, y_train "
             f"{len(y_train)}, X_val {n_va}x{f_va}, y_val {len(y_val)}"
         )
+
+
+def select_training(
+    y_train: np.ndarray, y_val: np.ndarray, cfg: ClassifierConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows to train and validate on, and the classes: the per-class cap, unknown types dropped.
+
+    Returns sorted training rows (at most ``cfg.max_cells_per_class`` a class), sorted
+    validation rows (those of a training class) and the sorted class list.
+    """
     keep = cap_per_class(y_train, cfg.max_cells_per_class, np.random.default_rng(seed))
     if len(keep) < len(y_train):
         msg = "capped training cells at %d per class: %d of %d kept"
         logger.info(msg, cfg.max_cells_per_class, len(keep), len(y_train))
-        X_train, y_train = X_train[keep], y_train[keep]
-    labels = sorted(np.unique(y_train).tolist())
+    labels = sorted(np.unique(y_train[keep]).tolist())
     if len(labels) < 2:
         raise DataError(
             f"training needs at least two cell types, got {len(labels)} ({labels}); "
@@ -219,8 +231,63 @@ def prepare_training(
         unknown = sorted(set(y_val[~known].tolist()))
         msg = "dropping %d validation cells of %d types absent from training: %s"
         logger.warning(msg, int((~known).sum()), len(unknown), ", ".join(unknown[:10]))
-        X_val, y_val = X_val[np.flatnonzero(known)], y_val[known]
+    return keep, np.flatnonzero(known), labels
+
+
+def prepare_training(
+    X_train: Any, y_train: Any, X_val: Any, y_val: Any, cfg: ClassifierConfig, seed: int
+) -> tuple[Any, np.ndarray, Any, np.ndarray, list[str]]:
+    """Checked features and labels: per-class cap, class list, unknown validation types dropped.
+
+    Every backend (here and :mod:`cellsynth.classify.dask`) calls this, so all fit the same
+    problem. ``X`` may be numpy, scipy or dask arrays (rows indexable).
+    """
+    y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+    _check_shapes(X_train, y_train, X_val, y_val)
+    keep, keep_val, labels = select_training(y_train, y_val, cfg, seed)
+    if len(keep) < len(y_train):
+        X_train, y_train = X_train[keep], y_train[keep]
+    if len(keep_val) < len(y_val):
+        X_val, y_val = X_val[keep_val], y_val[keep_val]
     return X_train, y_train, X_val, y_val, labels
+
+
+class _RowBatches(xgb.DataIter):
+    """Rows ``rows`` of ``X`` with their labels and weights, ``chunk_size`` rows a batch.
+
+    A ``QuantileDMatrix`` built from it sketches and quantises batch by batch, so only one
+    batch of raw features is in memory: ``X`` may be a memory-mapped ``.npy`` (e.g. the PCA
+    features written by ``PCAModel.transform(..., out=np.lib.format.open_memmap(...))``).
+    """
+
+    def __init__(self, X: Any, rows: np.ndarray, label: np.ndarray, weight: np.ndarray | None,
+                 chunk_size: int) -> None:
+        super().__init__(release_data=True)
+        self.X, self.rows, self.label, self.weight = X, rows, label, weight
+        self.chunk_size, self.start = chunk_size, 0
+
+    def next(self, input_data: Any) -> bool:
+        if self.start >= len(self.rows):
+            return False
+        sl = slice(self.start, self.start + self.chunk_size)
+        idx = self.rows[sl]
+        contiguous = idx[-1] - idx[0] + 1 == len(idx)
+        block = self.X[idx[0] : idx[-1] + 1] if contiguous else self.X[idx]
+        input_data(data=_as_features(block), label=self.label[sl],
+                   weight=None if self.weight is None else self.weight[sl])
+        self.start += self.chunk_size
+        return True
+
+    def reset(self) -> None:
+        self.start = 0
+
+
+def _chunk_size(cfg: ClassifierConfig, X: Any) -> int:
+    """Cells per DataIter batch, 0 for one in-memory array (``classifier.chunk_size``)."""
+    if cfg.chunk_size < 0:
+        raise ConfigError(f"classifier.chunk_size must be 0 or more, got {cfg.chunk_size}; "
+                          "set it with --set classifier.chunk_size=...")
+    return cfg.chunk_size or (MEMMAP_CHUNK if isinstance(X, np.memmap) else 0)
 
 
 def train_classifier(
@@ -239,6 +306,8 @@ def train_classifier(
     ----------
     X_train, X_val
         Features (cells x features), dense or scipy.sparse; sparse input is never densified.
+        With ``cfg.chunk_size > 0``, or ``X_train`` a ``np.memmap``, XGBoost reads the rows a
+        batch at a time through a ``DataIter`` (the per-class cap selects rows, copying none).
     y_train, y_val
         Labels of the cells. Classes are the sorted unique training labels; validation cells
         of other labels are dropped with a warning.
@@ -255,19 +324,34 @@ def train_classifier(
     Classifier
         Predicting with rounds up to the best validation ``mlogloss``.
     """
-    X_train, y_train, X_val, y_val, labels = prepare_training(
-        _as_features(X_train), y_train, _as_features(X_val), y_val, cfg, seed
-    )
+    chunk = _chunk_size(cfg, X_train)
+    if chunk:  # rows are read a batch at a time, never gathered into one array
+        y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+        _check_shapes(X_train, y_train, X_val, y_val)
+        keep, keep_val, labels = select_training(y_train, y_val, cfg, seed)
+        y_train, y_val = y_train[keep], y_val[keep_val]
+    else:
+        X_train, y_train, X_val, y_val, labels = prepare_training(
+            _as_features(X_train), y_train, _as_features(X_val), y_val, cfg, seed
+        )
     codes_train = np.searchsorted(labels, y_train).astype(np.int32)  # labels are sorted
     codes_val = np.searchsorted(labels, y_val).astype(np.int32)
     weight = balanced_weights(y_train) if cfg.balanced_weights else None
     nthread = cfg.n_jobs or os.cpu_count() or 1
     device = resolve_device(cfg.device)
 
-    dtrain = xgb.QuantileDMatrix(X_train, label=codes_train, weight=weight, nthread=nthread)
+    if chunk:
+        data = _RowBatches(X_train, keep, codes_train, weight, chunk)
+        dtrain = xgb.QuantileDMatrix(data, nthread=nthread)
+    else:
+        dtrain = xgb.QuantileDMatrix(X_train, label=codes_train, weight=weight, nthread=nthread)
     evals = [(dtrain, "train")]
     if len(y_val):
-        dval = xgb.QuantileDMatrix(X_val, label=codes_val, ref=dtrain, nthread=nthread)
+        if chunk:
+            data = _RowBatches(X_val, keep_val, codes_val, None, chunk)
+            dval = xgb.QuantileDMatrix(data, ref=dtrain, nthread=nthread)
+        else:
+            dval = xgb.QuantileDMatrix(X_val, label=codes_val, ref=dtrain, nthread=nthread)
         evals.append((dval, "val"))
     else:
         msg = "no validation cells left: training all %d rounds without early stopping"
@@ -283,8 +367,9 @@ def train_classifier(
         "seed": seed,
         **{key: getattr(cfg, key) for key in _HYPERPARAMETERS},
     }
-    msg = "training XGBoost on %d cells x %d features, %d classes, device %s, %d threads"
-    logger.info(msg, *X_train.shape, len(labels), device, nthread)
+    msg = "training XGBoost on %d cells x %d features, %d classes, device %s, %d threads%s"
+    logger.info(msg, len(y_train), X_train.shape[1], len(labels), device, nthread,
+                f", {chunk}-cell batches" if chunk else "")
     evals_result: dict = {}
     start = time.perf_counter()
     booster = xgb.train(

@@ -34,14 +34,7 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
 
     Raises :class:`DataError` for a missing, non-h5ad, corrupt or empty file.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
-    if not h5py.is_hdf5(path):
-        raise DataError(
-            f"{path} is not an h5ad (HDF5) file; convert it with anndata/scanpy "
-            "(e.g. sc.read_10x_mtx(...).write_h5ad(...)) and pass the .h5ad"
-        )
+    path = check_file(path)
     use_backed = path.stat().st_size > BACKED_BYTES if backed == "auto" else bool(backed)
     try:
         adata = ad.read_h5ad(path, backed="r" if use_backed else None)
@@ -54,6 +47,19 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
     logger.info("read %s: %d cells x %d genes%s", path, adata.n_obs, adata.n_vars,
                 " (backed)" if use_backed else "")
     return adata
+
+
+def check_file(path: str | Path) -> Path:
+    """The path of an existing HDF5 file; :class:`DataError` otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path} is not an h5ad (HDF5) file; convert it with anndata/scanpy "
+            "(e.g. sc.read_10x_mtx(...).write_h5ad(...)) and pass the .h5ad"
+        )
+    return path
 
 
 def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
@@ -108,6 +114,9 @@ def _probe(x) -> np.ndarray:
         return np.empty(0)
     n_rows = x.shape[0]
     step = max(1, min(n_rows, 20_000))
+    indptr = getattr(x, "indptr", None)
+    if indptr is not None and getattr(x, "format", None) == "csr":  # the probe's rows only
+        step = max(1, min(step, int(np.searchsorted(indptr, _PROBE_VALUES))))
     head = x[:step]
     return _values(head)
 
@@ -189,7 +198,7 @@ def counts_matrix(adata: ad.AnnData, expr: Expression) -> tuple[sp.csr_matrix, p
     else:
         x, genes = adata.X, adata.var_names
     if not isinstance(x, np.ndarray | sp.spmatrix | sp.sparray):
-        x = x[:]  # backed: read into memory (out-of-core stages read chunks instead)
+        x = x[:]  # backed: read into memory (data.chunked reads chunks instead)
     x = sp.csr_matrix(x, dtype=np.float32)
     check_values(x.data, "the expression matrix")
     return x, pd.Index(genes)

@@ -7,6 +7,7 @@ fitted on the training split only and applied to every split. The matrix stays s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anndata as ad
@@ -17,7 +18,7 @@ import scipy.sparse as sp
 from .. import _keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
-from .io import check_label, counts_matrix, find_counts
+from .io import Expression, check_label, counts_matrix, find_counts
 from .split import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -55,37 +56,45 @@ class QCReport:
                     row["cells_removed"], row["genes_removed"], cells[1], genes[1])
 
 
-class _State:
-    """The matrix being filtered, with its obs and gene names, and the report."""
+class _Cells:
+    """The cells still in (their ``obs`` and positions in the input), the gene count, the report.
 
-    def __init__(self, x: sp.csr_matrix, obs: pd.DataFrame, genes: pd.Index, report: QCReport):
-        self.x, self.obs, self.genes, self.report = x, obs, genes, report
+    Holds no matrix: the in-memory :func:`preprocess` and the chunked
+    :func:`cellsynth.data.chunked.preprocess_backed` run the same steps on it and apply the
+    resulting rows and genes to their matrix.
+    """
+
+    def __init__(self, obs: pd.DataFrame, n_genes: int, report: QCReport):
+        self.obs, self.n_genes, self.report = obs, n_genes, report
+        self.rows = np.arange(len(obs))  # positions in the input, sorted
 
     def keep_cells(self, mask: np.ndarray, step: str) -> None:
-        before = self.x.shape
+        before = len(self.rows)
         mask = np.asarray(mask, dtype=bool)
         if not mask.all():
-            self.x = self.x[mask]
+            self.rows = self.rows[mask]
             self.obs = self.obs.iloc[mask]
-        self.report.record(step, (before[0], self.x.shape[0]), (before[1], before[1]))
-        if self.x.shape[0] == 0:
+        self.report.record(step, (before, len(self.rows)), (self.n_genes, self.n_genes))
+        if len(self.rows) == 0:
             raise DataError(
                 f"no cells left after the QC step '{step}'; check dataset.label_key, "
                 "dataset.uninformative_prefixes and the qc.* thresholds for this data"
             )
 
-    def keep_genes(self, mask: np.ndarray, step: str) -> None:
-        before = self.x.shape
+    def keep_genes(self, mask: np.ndarray, step: str) -> np.ndarray:
         mask = np.asarray(mask, dtype=bool)
-        if not mask.all():
-            self.x = self.x[:, mask]
-            self.genes = self.genes[mask]
-        self.report.record(step, (before[0], before[0]), (before[1], self.x.shape[1]))
-        if self.x.shape[1] == 0:
+        before, self.n_genes = self.n_genes, int(mask.sum())
+        self.report.record(step, (len(self.rows), len(self.rows)), (before, self.n_genes))
+        if self.n_genes == 0:
             raise DataError(
                 f"no genes left after the QC step '{step}'; lower qc.min_cells_per_gene or "
                 "qc.variance_threshold for a dataset this small"
             )
+        return mask
+
+    def train(self) -> np.ndarray:
+        """Which of the cells still in are training cells."""
+        return (self.obs[K.SPLIT] == "train").to_numpy()
 
 
 def _as_bool(col: pd.Series) -> np.ndarray:
@@ -100,13 +109,20 @@ def _row_nnz(x: sp.csr_matrix) -> np.ndarray:
     return np.diff(x.indptr)
 
 
-def _mito_fraction(x: sp.csr_matrix, genes: pd.Index) -> np.ndarray:
-    mito = genes.str.upper().str.startswith("MT-")
-    total = np.asarray(x.sum(axis=1)).ravel()
-    if not mito.any():
+def mito_genes(genes: pd.Index) -> np.ndarray:
+    """Positions of the mitochondrial genes (``MT-``/``mt-``); warns when there are none."""
+    idx = np.flatnonzero(pd.Index(genes).astype(str).str.upper().str.startswith("MT-"))
+    if not idx.size:
         logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for every cell")
+    return idx
+
+
+def mito_fraction(x: sp.csr_matrix, mito: np.ndarray) -> np.ndarray:
+    """Share of each row's counts in the genes ``mito`` (row-wise: chunks give the same values)."""
+    if not mito.size:
         return np.zeros(x.shape[0], dtype=np.float32)
-    m = np.asarray(x[:, np.flatnonzero(mito)].sum(axis=1)).ravel()
+    total = np.asarray(x.sum(axis=1)).ravel()
+    m = np.asarray(x[:, mito].sum(axis=1)).ravel()
     return (m / np.maximum(total, 1e-12)).astype(np.float32)
 
 
@@ -115,9 +131,16 @@ def _iqr_bounds(v: np.ndarray, k: float) -> tuple[float, float]:
     return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
 
 
-def normalise_log1p(x: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
-    """Scale each cell to ``target_sum`` counts and take log1p, sparse."""
-    total = np.asarray(x.sum(axis=1)).ravel()
+def normalise_log1p(
+    x: sp.csr_matrix, target_sum: float, total: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """Scale each cell to ``target_sum`` counts and take log1p, sparse.
+
+    ``total`` gives the counts each row is scaled by (default: the row sums of ``x``); the
+    chunked path passes the totals it stored so that a gene subset normalises as the whole did.
+    """
+    if total is None:
+        total = np.asarray(x.sum(axis=1)).ravel()
     scale = np.where(total > 0, target_sum / np.maximum(total, 1e-12), 0.0).astype(np.float32)
     out = sp.csr_matrix(x, dtype=np.float32, copy=True)
     out.data *= np.repeat(scale, np.diff(out.indptr))
@@ -125,48 +148,73 @@ def normalise_log1p(x: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
     return out
 
 
+class GeneMoments:
+    """Per-gene sum and sum of squares in float64, added a chunk of rows at a time."""
+
+    def __init__(self, n_genes: int):
+        self.n = 0
+        self.sum = np.zeros(n_genes)
+        self.sum_sq = np.zeros(n_genes)
+
+    def add(self, x: sp.csr_matrix | np.ndarray) -> None:
+        if sp.issparse(x):
+            x = sp.csr_matrix(x)
+            data = x.data.astype(np.float64)
+            self.sum += np.bincount(x.indices, weights=data, minlength=self.sum.size)
+            self.sum_sq += np.bincount(x.indices, weights=data * data, minlength=self.sum.size)
+        else:
+            x = np.asarray(x, dtype=np.float64)
+            self.sum += x.sum(axis=0)
+            self.sum_sq += (x * x).sum(axis=0)
+        self.n += x.shape[0]
+
+    def variance(self) -> np.ndarray:
+        """Population variance of each gene over the rows added."""
+        mean = self.sum / max(self.n, 1)
+        return np.maximum(self.sum_sq / max(self.n, 1) - mean**2, 0.0)
+
+
 def sparse_variance(x: sp.csr_matrix) -> np.ndarray:
-    """Per-gene variance of a sparse matrix without densifying it."""
-    n = x.shape[0]
-    mean = np.asarray(x.sum(axis=0)).ravel() / n
-    sq = x.multiply(x) if sp.issparse(x) else x**2
-    mean_sq = np.asarray(sq.sum(axis=0)).ravel() / n
-    return np.maximum(mean_sq - mean**2, 0.0)
+    """Per-gene variance of a sparse matrix without densifying it (float64 sums)."""
+    moments = GeneMoments(x.shape[1])
+    moments.add(x)
+    return moments.variance()
 
 
-def preprocess(
-    adata: ad.AnnData,
+def filter_cells(
+    obs: pd.DataFrame,
+    genes: pd.Index,
     dataset: DatasetConfig,
     qc: QCConfig,
     split: SplitConfig,
     *,
-    groups: dict[str, str] | None = None,
-    seed: int = 0,
-) -> tuple[ad.AnnData, QCReport]:
-    """Run every QC step and return the preprocessed AnnData and the report.
+    groups: dict[str, str] | None,
+    seed: int,
+    n_genes_cell: np.ndarray,
+    mito: Callable[[], np.ndarray],
+    detected: Callable[[np.ndarray], np.ndarray],
+) -> tuple[_Cells, np.ndarray]:
+    """Every QC step before normalisation, in order, each recorded in the report.
+
+    The matrix is reached only through the arguments, so the in-memory and the chunked paths
+    share the steps: ``n_genes_cell`` (genes detected per input cell, all genes), ``mito()``
+    (mitochondrial fraction of every input cell, called only when ``obs`` lacks it) and
+    ``detected(rows)`` (per gene, the number of the input rows ``rows`` that hold a value).
 
     Returns
     -------
-    An AnnData whose ``X`` is log1p(counts per ``target_sum``) (or the input's normalised values
-    when it has no counts), with ``layers['counts']`` when counts exist, and ``obs`` holding the
-    label, ``cellsynth_group``, ``cellsynth_split``, ``n_genes`` and ``mito``.
+    The cells kept (``rows``: their sorted positions in the input; ``obs`` with the label,
+    split, group and QC columns) and the mask of genes kept by the detection filter.
     """
     label_key = dataset.label_key
-    check_label(adata, label_key)
-    expr = find_counts(adata, dataset.is_normalised)
-    has_counts = expr.counts is not None
-    logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
-                "normalised values only (no counts found): normalisation is skipped")
-    x, genes = counts_matrix(adata, expr)
-    obs = adata.obs.copy()
+    obs = obs.copy()
     obs[label_key] = obs[label_key].astype(object)
-    report = QCReport()
-    st = _State(x, obs, genes, report)
-    n_genes_cell = _row_nnz(st.x)
+    st = _Cells(obs, len(genes), QCReport())
+    report = st.report
 
     # QC columns are computed on the full gene set, before any gene is removed
     if dataset.mito_key not in st.obs.columns:
-        st.obs[K.MITO] = _mito_fraction(st.x, st.genes)
+        st.obs[K.MITO] = mito()
         mito_key = K.MITO
     else:
         mito_key = dataset.mito_key
@@ -210,32 +258,31 @@ def preprocess(
         st.obs[K.GROUP] = [groups.get(v, v) for v in labels]
 
     st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed)
-    st.keep_cells(_row_nnz(st.x) >= qc.min_genes_per_cell,
+    st.keep_cells(n_genes_cell[st.rows] >= qc.min_genes_per_cell,
                   f"fewer than {qc.min_genes_per_cell} genes")
 
-    train = (st.obs[K.SPLIT] == "train").to_numpy()
-    detected = np.bincount(st.x[train].indices, minlength=st.x.shape[1])
-    st.keep_genes(detected >= qc.min_cells_per_gene,
-                  f"genes in < {qc.min_cells_per_gene} train cells")
+    counts = detected(st.rows[st.train()])
+    keep_genes = st.keep_genes(counts >= qc.min_cells_per_gene,
+                               f"genes in < {qc.min_cells_per_gene} train cells")
 
     # per-type IQR fences, fitted on training cells and applied to every split
-    keep = np.ones(st.x.shape[0], dtype=bool)
+    keep = np.ones(len(st.rows), dtype=bool)
     labels = st.obs[label_key].astype(str).to_numpy()
-    mito = st.obs[K.MITO].to_numpy(dtype=np.float64)
+    mito_frac = st.obs[K.MITO].to_numpy(dtype=np.float64)
     ngen = st.obs[K.N_GENES].to_numpy(dtype=np.float64)
-    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    train = st.train()
     for t in np.unique(labels):
         is_t = labels == t
         fit = is_t & train
         if fit.sum() < 4:
             continue
-        _, mito_hi = _iqr_bounds(mito[fit], qc.iqr_factor)
+        _, mito_hi = _iqr_bounds(mito_frac[fit], qc.iqr_factor)
         lo, hi = _iqr_bounds(ngen[fit], qc.iqr_factor)
-        keep &= ~is_t | ((mito <= mito_hi) & (ngen >= lo) & (ngen <= hi))
+        keep &= ~is_t | ((mito_frac <= mito_hi) & (ngen >= lo) & (ngen <= hi))
     st.keep_cells(keep, "per-type IQR outliers")
 
     labels = st.obs[label_key].astype(str).to_numpy()
-    train = (st.obs[K.SPLIT] == "train").to_numpy()
+    train = st.train()
     n_train = pd.Series(labels[train]).value_counts()
     all_types = np.unique(labels)
     rare = sorted(t for t in all_types if n_train.get(t, 0) < qc.min_cells_per_type)
@@ -249,25 +296,79 @@ def preprocess(
             f"fewer than 2 cell types have {qc.min_cells_per_type} or more training cells; "
             "lower qc.min_cells_per_type or give a larger dataset"
         )
+    return st, keep_genes
 
-    counts = st.x if has_counts else None
-    xn = normalise_log1p(st.x, qc.target_sum) if has_counts else st.x
-    train = (st.obs[K.SPLIT] == "train").to_numpy()
-    variance = sparse_variance(xn[train])
-    keep_g = variance >= qc.variance_threshold
-    st.x = xn
-    st.keep_genes(keep_g, f"variance < {qc.variance_threshold}")
-    if counts is not None:
-        counts = counts[:, keep_g] if not keep_g.all() else counts
 
-    obs = st.obs.copy()
+def keep_variable(cells: _Cells, variance: np.ndarray, qc: QCConfig) -> np.ndarray:
+    """The last step: genes whose normalised variance over the training cells reaches the threshold."""
+    return cells.keep_genes(variance >= qc.variance_threshold, f"variance < {qc.variance_threshold}")
+
+
+def final_obs(cells: _Cells, label_key: str) -> pd.DataFrame:
+    """``obs`` of the result (label, split and group categorical) and the per-type counts."""
+    obs = cells.obs.copy()
     obs[label_key] = pd.Categorical(obs[label_key].astype(str))
     obs[K.SPLIT] = pd.Categorical(obs[K.SPLIT], categories=list(K.SPLITS))
     if K.GROUP in obs:
         obs[K.GROUP] = pd.Categorical(obs[K.GROUP].astype(str))
-    out = ad.AnnData(X=st.x, obs=obs, var=pd.DataFrame(index=st.genes.astype(str)))
+    cells.report.cells_per_type_after = obs[label_key].value_counts().to_dict()
+    return obs
+
+
+def describe_expression(expr: Expression) -> bool:
+    """Log where the counts are; whether there are any."""
+    has_counts = expr.counts is not None
+    logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
+                "normalised values only (no counts found): normalisation is skipped")
+    return has_counts
+
+
+def preprocess(
+    adata: ad.AnnData,
+    dataset: DatasetConfig,
+    qc: QCConfig,
+    split: SplitConfig,
+    *,
+    groups: dict[str, str] | None = None,
+    seed: int = 0,
+) -> tuple[ad.AnnData, QCReport]:
+    """Run every QC step and return the preprocessed AnnData and the report.
+
+    The whole matrix is held in memory; :func:`cellsynth.data.chunked.preprocess_backed` runs
+    the same steps on a file, chunk by chunk, with the same result.
+
+    Returns
+    -------
+    An AnnData whose ``X`` is log1p(counts per ``target_sum``) (or the input's normalised values
+    when it has no counts), with ``layers['counts']`` when counts exist, and ``obs`` holding the
+    label, ``cellsynth_group``, ``cellsynth_split``, ``n_genes`` and ``mito``.
+    """
+    label_key = dataset.label_key
+    check_label(adata, label_key)
+    expr = find_counts(adata, dataset.is_normalised)
+    has_counts = describe_expression(expr)
+    x, genes = counts_matrix(adata, expr)
+    cells, keep_detected = filter_cells(
+        adata.obs, genes, dataset, qc, split, groups=groups, seed=seed,
+        n_genes_cell=_row_nnz(x),
+        mito=lambda: mito_fraction(x, mito_genes(genes)),
+        detected=lambda rows: np.bincount(x[rows].indices, minlength=x.shape[1]),
+    )
+    if len(cells.rows) < x.shape[0]:
+        x = x[cells.rows]
+    if not keep_detected.all():
+        x, genes = x[:, keep_detected], genes[keep_detected]
+
+    counts = x if has_counts else None
+    xn = normalise_log1p(x, qc.target_sum) if has_counts else x
+    keep_g = keep_variable(cells, sparse_variance(xn[cells.train()]), qc)
+    if not keep_g.all():
+        xn, genes = xn[:, keep_g], genes[keep_g]
+        counts = counts[:, keep_g] if counts is not None else None
+
+    obs = final_obs(cells, label_key)
+    out = ad.AnnData(X=xn, obs=obs, var=pd.DataFrame(index=genes.astype(str)))
     if counts is not None:
         out.layers[K.COUNTS] = counts
-    report.cells_per_type_after = obs[label_key].value_counts().to_dict()
     out.uns[K.UNS] = {"has_counts": has_counts, "label_key": label_key}
-    return out, report
+    return out, cells.report

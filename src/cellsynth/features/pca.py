@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..config import FeaturesConfig
+from ..data.qc import GeneMoments
 from ..data.split import balanced_subsample
 from ..errors import ModelFileError
 
@@ -42,8 +45,15 @@ class PCAModel:
     def n_components(self) -> int:
         return self.components.shape[0]
 
-    def transform(self, x, *, chunk_size: int = 10_000) -> np.ndarray:
-        """Project cells (sparse or dense, genes as fitted) to PCA space, chunk by chunk."""
+    def transform(self, x, *, chunk_size: int = 10_000, out: np.ndarray | None = None,
+                  progress: bool = False) -> np.ndarray:
+        """Project cells (genes as fitted) to PCA space, ``chunk_size`` rows at a time.
+
+        ``x`` is anything sliced by rows into sparse or dense blocks: a matrix, or cells on disk
+        (``PreprocessedStore.normalised`` normalises them as they are read). ``out`` receives
+        the ``(n_cells, n_components)`` float32 result, e.g. an ``np.lib.format.open_memmap``
+        ``.npy`` file when it should not be held in memory; a new array by default.
+        """
         if x.shape[1] != len(self.genes):
             raise ValueError(f"PCA was fitted on {len(self.genes)} genes, data has {x.shape[1]}")
         w = self.components.T.astype(np.float32)  # (G, k)
@@ -51,10 +61,15 @@ class PCAModel:
         if self.scale is not None:
             w = w / self.scale[:, None].astype(np.float32)
         offset = (mu @ w).astype(np.float32)  # (k,)
-        out = np.empty((x.shape[0], self.n_components), dtype=np.float32)
-        for start in range(0, x.shape[0], chunk_size):
+        shape = (x.shape[0], self.n_components)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, the projection {shape}")
+        starts = range(0, x.shape[0], chunk_size)
+        for start in tqdm(starts, desc="PCA transform", unit="chunk", disable=not progress):
             block = x[start : start + chunk_size]
-            prod = block @ w
+            prod = block @ w  # (chunk, k)
             out[start : start + chunk_size] = np.asarray(prod) - offset
         return out
 
@@ -93,19 +108,31 @@ class PCAModel:
                    t["explained_variance_ratio"], genes)
 
 
-def _mean_var(x) -> tuple[np.ndarray, np.ndarray]:
-    n = x.shape[0]
-    mean = np.asarray(x.sum(axis=0)).ravel() / n
-    sq = x.multiply(x) if sp.issparse(x) else x * x
-    var = np.asarray(sq.sum(axis=0)).ravel() / n - mean**2
-    return mean, np.maximum(var, 0)
+#: rows of the subsample densified / multiplied at once
+_BLOCK_ROWS = 4096
+
+#: a fresh iterator over the subsample's rows as float64 blocks, in the same order every call
+Blocks = Callable[[], Iterator[sp.csr_matrix | np.ndarray]]
 
 
-def _exact(x, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n, g = x.shape
+def _as_float64(block) -> sp.csr_matrix | np.ndarray:
+    if sp.issparse(block):
+        return sp.csr_matrix(block, dtype=np.float64)
+    return np.asarray(block, dtype=np.float64)
+
+
+def _scaled(blocks: Blocks, scale: np.ndarray) -> Blocks:
+    inv = 1.0 / scale
+
+    def it():
+        for b in blocks():
+            yield sp.csr_matrix(b.multiply(inv[None, :])) if sp.issparse(b) else b * inv
+    return it
+
+
+def _exact(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     gram = np.zeros((g, g))
-    for start in range(0, n, 4096):  # dense BLAS on one block of rows at a time
-        block = x[start : start + 4096]
+    for block in blocks():  # dense BLAS on one block of rows at a time
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         gram += block.T @ block
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
@@ -117,26 +144,42 @@ def _exact(x, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return evecs[:, order].T, np.maximum(evals[order], 0)
 
 
-def _randomized(x, mean: np.ndarray, k: int, rng: np.random.Generator,
-                n_iter: int = 4, oversample: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    n, g = x.shape
+def _randomized(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int,
+                rng: np.random.Generator, n_iter: int = 4,
+                oversample: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Randomized SVD (range finder with ``n_iter`` power iterations) of ``Xc = X - 1 mu^T``.
+
+    One pass over the rows per iteration, and no (cells x ell) matrix: an orthonormal basis of
+    ``range(Xc W)`` is ``Q = Xc W T`` with ``T`` whitening ``(Xc W)^T (Xc W) = W^T (Xc^T Xc W)``,
+    so ``Xc^T Q = (Xc^T Xc W) T`` needs only the (genes x ell) product summed over row blocks.
+    The subspaces are those of the textbook QR iteration on ``Xc W``.
+    """
     ell = min(k + oversample, min(n, g))
 
-    def mat(q):  # (X - 1 mu^T) @ q
-        return np.asarray(x @ q) - np.outer(np.ones(n), mean @ q)
+    def cov_times(w: np.ndarray) -> np.ndarray:  # Xc^T Xc W, (g, ell)
+        out, col, shift = np.zeros((g, w.shape[1])), np.zeros(w.shape[1]), mean @ w
+        for block in blocks():
+            y = np.asarray(block @ w) - shift  # (rows, ell): rows of Xc W
+            out += np.asarray(block.T @ y)
+            col += y.sum(axis=0)
+        return out - np.outer(mean, col)
 
-    def rmat(p):  # (X - 1 mu^T)^T @ p
-        return np.asarray(x.T @ p) - np.outer(mean, p.sum(axis=0))
+    def range_basis_t(w: np.ndarray) -> np.ndarray:  # Xc^T Q, Q orthonormal with range(Xc W)
+        cw = cov_times(w)
+        gram = w.T @ cw
+        lam, u = np.linalg.eigh((gram + gram.T) / 2)
+        keep = lam > max(lam[-1], 0.0) * 1e-12  # drop directions Xc does not reach
+        return cw @ (u[:, keep] / np.sqrt(lam[keep]))
 
-    q = rng.standard_normal((g, ell))
-    y = mat(q)
+    w = rng.standard_normal((g, ell))
     for _ in range(n_iter):
-        y, _ = np.linalg.qr(y)
-        y, _ = np.linalg.qr(rmat(y))
-        y = mat(y)
-    qy, _ = np.linalg.qr(y)
-    b = rmat(qy).T  # (ell, g)
-    _, s, vt = np.linalg.svd(b, full_matrices=False)
+        w, _ = np.linalg.qr(range_basis_t(w))
+    _, s, vt = np.linalg.svd(range_basis_t(w).T, full_matrices=False)  # svd of Q^T Xc
+    if vt.shape[0] < k:  # the data have lower rank: the missing components are zero
+        logger.warning("the PCA subsample has rank %d < %d components: the rest are zero",
+                       vt.shape[0], k)
+        vt = np.vstack([vt, np.zeros((k - vt.shape[0], g))])
+        s = np.concatenate([s, np.zeros(k - s.shape[0])])
     return vt[:k], (s[:k] ** 2) / max(n - 1, 1)
 
 
@@ -147,31 +190,94 @@ def fit_pca(x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, see
     """
     idx = balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)
     xs = x[idx]
-    if sp.issparse(xs):
-        xs = sp.csr_matrix(xs, dtype=np.float64)
-    else:
-        xs = np.asarray(xs, dtype=np.float64)
-    n, g = xs.shape
+
+    def blocks():
+        for start in range(0, xs.shape[0], _BLOCK_ROWS):
+            yield _as_float64(xs[start : start + _BLOCK_ROWS])
+    return _fit(blocks, xs.shape[0], xs.shape[1], genes, cfg, seed)
+
+
+def fit_pca_backed(
+    x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
+    rows: np.ndarray | None = None, cache_bytes: int = 1 << 30,
+) -> PCAModel:  # fmt: skip
+    """:func:`fit_pca` on cells read from disk: the same subsample, blocks and result.
+
+    Parameters
+    ----------
+    x
+        Rows readable by sorted positions, ``x.take(positions)`` (sparse), with a ``shape``:
+        e.g. ``PreprocessedStore.normalised``, which normalises them as they are read.
+    labels
+        Labels of the cells ``rows`` (default: every row of ``x``), e.g. the training cells.
+    rows
+        Sorted positions in ``x`` of the cells ``labels`` describes.
+    cache_bytes
+        The subsample is kept in memory after the first pass when it is smaller than this;
+        otherwise every pass (2 for the exact method, 6 for the randomized one) reads it again.
+    """
+    rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) != len(labels) or np.any(np.diff(rows) <= 0):
+        raise ValueError("rows must be sorted, unique positions, one per label")
+    chosen = rows[balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)]
+    return _fit(_ReadBlocks(x, chosen, cache_bytes), len(chosen), x.shape[1], genes, cfg, seed)
+
+
+class _ReadBlocks:
+    """Rows ``chosen`` of ``x`` as float64 blocks; held in memory after a full pass if small."""
+
+    def __init__(self, x, chosen: np.ndarray, cache_bytes: int):
+        self.x, self.chosen, self.cache_bytes = x, chosen, cache_bytes
+        self.cache: list | None = None
+
+    def __call__(self) -> Iterator[sp.csr_matrix | np.ndarray]:
+        if self.cache is not None:
+            yield from self.cache
+            return
+        kept: list | None = []
+        held = 0
+        for start in range(0, len(self.chosen), _BLOCK_ROWS):
+            block = _as_float64(self.x.take(self.chosen[start : start + _BLOCK_ROWS]))
+            held += _nbytes(block)
+            if kept is not None and held <= self.cache_bytes:
+                kept.append(block)
+            else:
+                kept = None
+            yield block
+        self.cache = kept
+
+
+def _nbytes(block) -> int:
+    if sp.issparse(block):
+        return block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
+    return block.nbytes
+
+
+def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
+         seed: int) -> PCAModel:
     k = cfg.n_components
     limit = min(n - 1, g)
     if k > limit:
         logger.warning("features.n_components=%d is more than the data allow (%d cells, %d genes): "
                        "using %d", k, n, g, limit)
         k = limit
-    mean, var = _mean_var(xs)
+    moments = GeneMoments(g)
+    for block in blocks():
+        moments.add(block)
+    mean, var = moments.sum / n, moments.variance()
     scale = None
     if cfg.scale:
         scale = np.sqrt(var)
         scale[scale == 0] = 1.0
-        xs = sp.csr_matrix(xs.multiply(1.0 / scale[None, :])) if sp.issparse(xs) else xs / scale
+        blocks = _scaled(blocks, scale)
         mean = mean / scale
         var = var / scale**2
     total_var = var.sum() * n / max(n - 1, 1)
     if g <= EXACT_MAX_GENES:
-        comps, ev = _exact(xs, mean, k)
+        comps, ev = _exact(blocks, n, g, mean, k)
         method = "exact covariance"
     else:
-        comps, ev = _randomized(xs, mean, k, np.random.default_rng(seed))
+        comps, ev = _randomized(blocks, n, g, mean, k, np.random.default_rng(seed))
         method = "randomized SVD"
     # a deterministic sign: the largest loading of each component is positive
     signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])

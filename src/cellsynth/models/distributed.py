@@ -9,16 +9,16 @@ Every rank opens the h5ad lazily (h5py; ``layers/counts`` when present, else ``X
 training and validation rows exactly as :meth:`CVAE.fit <cellsynth.models.cvae.CVAE.fit>` does,
 and reads only its shard: a strided slice of one seeded permutation of the training rows (the
 same on every rank, padded so every rank takes the same number of steps) and a strided slice of
-the validation rows. The loss, optimiser, KL warm-up and early stopping are :meth:`CVAE.fit`'s;
-the global batch is ``cvae.batch_size`` (``ceil(batch_size / world_size)`` rows per rank), the
-losses are all-reduced, and rank 0 writes the model with :meth:`CVAE.save`, so
-:meth:`CVAE.load` reads it. With one process the result equals :meth:`CVAE.fit` with the same
-seed, weight for weight.
+the validation rows. The loss, optimiser and training loop (KL warm-up, early stopping,
+checkpoints: ``_loop.train_loop``) are :meth:`CVAE.fit`'s; the global batch is
+``cvae.batch_size`` (``ceil(batch_size / world_size)`` rows per rank), the losses are
+all-reduced, and rank 0 writes the model with :meth:`CVAE.save`, so :meth:`CVAE.load` reads it.
+With one process the result equals :meth:`CVAE.fit` with the same seed, weight for weight.
 
 Not the same as the single-process fit with several ranks: the decoder's data-based start
-(``_initial_decoder``) comes from rank 0's shard and is broadcast. The library-size model uses
+(``initial_decoder``) comes from rank 0's shard and is broadcast. The library-size model uses
 every rank's cells; the latent mixture fitted after training is fitted on rank 0, on every
-type's training cells (at most ``_MIXTURE_MAX_CELLS`` per type) read again from the file, and
+type's training cells (at most ``MIXTURE_MAX_CELLS`` per type) read again from the file, and
 broadcast.
 """
 
@@ -29,8 +29,7 @@ import logging
 import math
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,24 @@ import torch.distributed as dist
 from anndata.io import read_elem, sparse_dataset
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from .. import _keys as K
 from .. import config as config_mod
 from .._seeds import derive_seed
 from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
+from . import _loop
 from . import _training as tr
+from ._counts import (
+    MIXTURE_MAX_CELLS,
+    Rows,
+    epoch_batches,
+    initial_decoder,
+    library_model,
+    mean_loss,
+)
 from .base import fit_labels, split_masks, training_counts
-from .cvae import _MIXTURE_MAX_CELLS, CVAE, _initial_decoder, _library_model, _optimizer, _Rows
+from .cvae import CVAE, _optimizer
 
 logger = logging.getLogger("cellsynth.models.distributed")  # also when run as __main__
 
@@ -116,20 +123,20 @@ def _shard(n: int, rank: int, world: int, seed: int) -> tuple[np.ndarray, np.nda
 
 def _mixture_rows(
     path: Path, rows: np.ndarray, codes: np.ndarray, seed: int, device: torch.device
-) -> tuple[_Rows, np.ndarray]:
+) -> tuple[Rows, np.ndarray]:
     """The training cells the latent mixture is fitted on: every type's, at most as many per
     type as :meth:`CVAE._fit_latent_mixture` uses (a seeded choice), read from the file."""
     rng = np.random.default_rng(derive_seed(seed, "ddp-mixture"))
     pick = []
     for t in np.unique(codes):
         idx = np.flatnonzero(codes == t)
-        if len(idx) > _MIXTURE_MAX_CELLS:
-            idx = rng.choice(idx, _MIXTURE_MAX_CELLS, replace=False)
+        if len(idx) > MIXTURE_MAX_CELLS:
+            idx = rng.choice(idx, MIXTURE_MAX_CELLS, replace=False)
         pick.append(idx)
     keep = np.sort(np.concatenate(pick))
     with h5py.File(path, "r") as f:
         counts = _read_rows(_open_counts(f, path), rows[keep])
-    return _Rows(counts, codes[keep], device), codes[keep]
+    return Rows(counts, codes[keep], device), codes[keep]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,19 +214,6 @@ def _init_process_group(device: torch.device) -> bool:
 # training
 
 
-def _epoch_batches(
-    codes: np.ndarray, batch_size: int, balanced: bool, generator: torch.Generator
-) -> Iterator[np.ndarray]:
-    """One epoch's mini-batches of local rows, drawn as :meth:`CVAE.fit` draws them."""
-    if balanced:
-        for idx in tr.balanced_batches(codes, batch_size, generator, n_samples=len(codes)):
-            yield np.asarray(idx, dtype=np.int64)
-        return
-    order = torch.randperm(len(codes), generator=generator).numpy()
-    for sl in tr.iter_slices(len(codes), batch_size):
-        yield order[sl]
-
-
 def fit_distributed(
     data: str | Path,
     label_key: str = "cell_type",
@@ -228,6 +222,8 @@ def fit_distributed(
     config: CVAEConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_key: str = "",
 ) -> CVAE:
     """Train a :class:`CVAE` data-parallel over the ranks of the process group.
 
@@ -246,6 +242,12 @@ def fit_distributed(
         As :meth:`CVAE.fit`'s; with one process the result equals ``CVAE.fit`` exactly.
     progress
         Show a progress bar over epochs on rank 0.
+    checkpoint_dir
+        As :meth:`CVAE.fit`'s: every rank saves its training state there
+        (``cvae-rank{r}.safetensors``, at the same epochs) and resumes from it when every
+        rank's matches and all were written after the same epoch; else training starts over.
+    checkpoint_key
+        Anything else the checkpoints must match.
 
     Returns
     -------
@@ -260,8 +262,9 @@ def fit_distributed(
     cfg = config if config is not None else CVAEConfig()
     device = _rank_device(cfg)
     own_group = _init_process_group(device)
+    ckpt = (checkpoint_dir, checkpoint_key)
     try:
-        return _fit(Path(data), label_key, out, cfg, device, seed, progress)
+        return _fit(Path(data), label_key, out, cfg, device, seed, progress, ckpt)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -275,6 +278,7 @@ def _fit(
     device: torch.device,
     seed: int,
     progress: bool,
+    ckpt: tuple[str | Path | None, str],
 ) -> CVAE:
     rank, world = dist.get_rank(), dist.get_world_size()
     if not path.is_file() or not h5py.is_hdf5(path):
@@ -298,8 +302,8 @@ def _fit(
         counts = _read_rows(matrix, train_rows[pos])  # (n_local, n_genes)
         val_counts = _read_rows(matrix, val_rows[rank::world])
     codes = yt[pos]
-    train = _Rows(counts, codes, device)
-    val = _Rows(val_counts, yv[rank::world], device)
+    train = Rows(counts, codes, device)
+    val = Rows(val_counts, yv[rank::world], device)
     n_train, n_val = len(train_rows), len(val_rows)
     local_batch = math.ceil(cfg.batch_size / world)
     if rank == 0:
@@ -319,10 +323,10 @@ def _fit(
 
     generator = tr.seed_everything(seed)
     model.module = module = model._build_module()
-    module.set_library_model(*_library_model(lib_all, codes_all, len(labels)))
+    module.set_library_model(*library_model(lib_all, codes_all, len(labels)))
     if rank == 0:  # DDP broadcasts rank 0's weights, this start included
         own = counts if real.all() else counts[np.flatnonzero(real)]
-        module.init_from_data(*_initial_decoder(own, codes[real], train.library_np[real], module))
+        module.init_from_data(*initial_decoder(own, codes[real], train.library_np[real], module))
     else:  # other dropout masks and latent draws than rank 0's
         torch.manual_seed(derive_seed(seed, f"ddp-rank-{rank}"))
     ddp = DistributedDataParallel(
@@ -330,64 +334,94 @@ def _fit(
         device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,  # synced once here; the library model is fixed
     )
-    optimizer = _optimizer(module, cfg)
-    stopper = tr.EarlyStopping(patience=cfg.patience)
-    history: dict[str, Any] = {"train_loss": [], "val_loss": []}
-    start = time.perf_counter()
-    show = progress and rank == 0
-    bar = tqdm(range(cfg.max_epochs), desc="CVAE", unit="epoch", disable=not show)
-    for epoch in bar:
-        beta = tr.kl_weight(epoch, cfg.kl_start, cfg.kl_anneal_epochs)
-        ddp.train()
-        total = torch.zeros((), device=device)
-        for idx in _epoch_batches(codes, local_batch, cfg.balanced_sampling, generator):
-            loss = ddp(*train.batch(idx), beta)  # x (B, n_genes), y (B,), library (B,)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
-        local_val = model._evaluate(val) if len(val) else 0.0
-        # each rank's mean weighted by its share: exact (x * 1.0) with one rank
-        train_loss, val_loss = _weighted_sums(
-            [total.item() / len(train) / world, local_val * (len(val) / max(n_val, 1))], device
-        )
-        if n_val == 0:
-            val_loss = train_loss
-        history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss)
-        bar.set_postfix(train=f"{train_loss:.5g}", val=f"{val_loss:.5g}", beta=f"{beta:.2f}")
-        msg = "epoch %d: train %.4f, val %.4f, kl weight %.2f"
-        logger.debug(msg, epoch, train_loss, val_loss, beta)
-        if stopper.step(val_loss, epoch, module):
-            if rank == 0:
-                msg = "early stopping after epoch %d (no improvement for %d)"
-                logger.info(msg, epoch, cfg.patience)
-            break
-    bar.close()
-    if not stopper.restore(module):
-        raise RuntimeError("the validation loss was never finite; lower cvae.lr")
-    module.eval()
-    seconds = time.perf_counter() - start
+    checkpoint = _checkpoint(model, train, val, seed, world, device, *ckpt)
+    eval_rows = 4 * cfg.batch_size
+
+    def local_val() -> float:  # this rank's mean weighted by its share: exact with one rank
+        return mean_loss(module, val, eval_rows) * (len(val) / n_val) if len(val) else 0.0
+
+    def reduce(train_loss: float, val_loss: float) -> tuple[float, float]:
+        t, v = _weighted_sums([train_loss / world, 0.0 if n_val == 0 else val_loss], device)
+        return t, v
+
+    result = _loop.train_loop(
+        module,
+        _optimizer(module, cfg),
+        lambda idx, beta: ddp(*train.batch(idx), beta),  # x (B, n_genes), y (B,), library (B,)
+        lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
+        local_val if n_val else None,
+        n_rows=len(train),
+        settings=cfg,
+        generator=generator,
+        name="CVAE",
+        lr_setting="cvae.lr",
+        reduce=reduce,
+        checkpoint=checkpoint,
+        train_module=ddp,
+        progress=progress and rank == 0,
+        verbose=rank == 0,
+    )
+    history = result.history
     if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
         mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)
         model._fit_latent_mixture(*mix, seed)
     _broadcast_mixture(module, device)
+    if checkpoint is not None:
+        checkpoint.remove()
+    seconds = history["seconds"]
     history.update(
-        best_epoch=stopper.best_epoch,
-        epochs=len(history["train_loss"]),
-        seconds=seconds,
-        cells_per_second=n_train * len(history["train_loss"]) / max(seconds, 1e-9),
-        world_size=world,
+        cells_per_second=n_train * history["epochs"] / max(seconds, 1e-9), world_size=world
     )
     model.history = history
     if rank == 0:
         msg = "CVAE: best epoch %d of %d (val loss %.4f) in %.1f s on %d ranks, %.0f cells/s"
-        logger.info(msg, stopper.best_epoch, history["epochs"], stopper.best_loss, seconds,
+        logger.info(msg, history["best_epoch"], history["epochs"], result.best_loss, seconds,
                     world, history["cells_per_second"])  # fmt: skip
         if out is not None:
             model.save(out)
     dist.barrier()  # the saved model exists when any rank returns
     return model
+
+
+def _checkpoint(
+    model: CVAE,
+    train: Rows,
+    val: Rows,
+    seed: int,
+    world: int,
+    device: torch.device,
+    directory: str | Path | None,
+    key: str,
+) -> _loop.Checkpoint | None:
+    """This rank's checkpoint; every rank writes at the same epochs (rank 0's clock decides),
+    and a resume needs every rank's file, all from the same epoch (else all are removed)."""
+    if directory is None:
+        return None
+    rank, c = dist.get_rank(), model.config
+    key = model._fingerprint(train, val, seed, f"{key}|ddp-{rank}-of-{world}")
+    checkpoint = _loop.Checkpoint(directory, key, every=c.checkpoint_every,
+                                  min_seconds=c.checkpoint_seconds, name=f"cvae-rank{rank}",
+                                  agree=lambda due: _from_rank0(due, device))  # fmt: skip
+    low, high = _extremes(checkpoint.epoch(), device)
+    if low != high or low == 0:
+        checkpoint.remove()
+    return checkpoint
+
+
+def _extremes(value: int, device: torch.device) -> tuple[int, int]:
+    """The smallest and the largest ``value`` over the ranks."""
+    t = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(-t[1].item()), int(t[0].item())
+
+
+def _from_rank0(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    if dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +438,8 @@ def torchrun_command(
     overrides: Sequence[str] = (),
     seed: int = 0,
     torchrun_args: Sequence[str] = ("--standalone",),
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_key: str = "",
 ) -> list[str]:
     """The command that trains with ``nproc_per_node`` processes under this Python's torchrun.
 
@@ -417,6 +453,8 @@ def torchrun_command(
         cmd += ["--config", str(config)]
     for item in overrides:
         cmd += ["--set", item]
+    if checkpoint_dir is not None:
+        cmd += ["--checkpoint-dir", str(checkpoint_dir), "--checkpoint-key", checkpoint_key]
     return cmd
 
 
@@ -432,6 +470,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. --set cvae.max_epochs=50")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save training checkpoints here and resume from them")  # fmt: skip
+    p.add_argument("--checkpoint-key", default="", help="what the checkpoints must also match")
     p.add_argument("--quiet", action="store_true", help="warnings only, no progress bar")
     return p
 
@@ -454,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             config=run.cvae,
             seed=args.seed,
             progress=not args.quiet and sys.stderr.isatty(),
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_key=args.checkpoint_key,
         )
     except CellsynthError as exc:
         print(f"error (rank {rank}): {exc}", file=sys.stderr)

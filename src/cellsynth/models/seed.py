@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import SeedVAEConfig, _from_dict
 from ..errors import ConfigError, DataError, ModelFileError
+from . import _loop
 from . import _training as tr
 from .modules import SeedVAEModule
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+CHECKPOINT_SECONDS = 60.0  # training checkpoints at least this many seconds apart
 
 
 class SeedCVAE:
@@ -92,6 +92,8 @@ class SeedCVAE:
         *,
         seed: int = 0,
         progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_key: str = "",
     ) -> dict[str, Any]:
         """Train from freshly initialised weights; keep the weights of the best validation epoch.
 
@@ -105,11 +107,19 @@ class SeedCVAE:
             Seeds weight initialisation, dropout, mini-batch sampling and the latent noise.
         progress
             Show a progress bar over epochs.
+        checkpoint_dir
+            Save the training state into ``checkpoint_dir/seed.safetensors`` after an epoch
+            when ``CHECKPOINT_SECONDS`` passed since the last, and resume from it when it was
+            written with the same settings, data, seed and ``checkpoint_key`` (as
+            :meth:`CVAE.fit <cellsynth.models.cvae.CVAE.fit>`); deleted when training ends.
+        checkpoint_key
+            Anything else the checkpoint must match.
 
         Returns
         -------
         History: per-epoch ``train_loss`` and ``val_loss`` (mean per cell; validation with KL
-        weight 1), ``best_epoch`` (zero-based index into them), ``epochs`` run and ``seconds``.
+        weight 1), ``best_epoch`` (zero-based index into them), ``epochs`` run and ``seconds``
+        (and ``resumed_from`` after a resume).
         """
         c = self.config
         Xt = tr.dense_features(X_train, self.n_input, "X_train")
@@ -124,57 +134,50 @@ class SeedCVAE:
         yt_t, yv_t = torch.from_numpy(yt), torch.from_numpy(yv)
 
         generator = tr.seed_everything(seed)
-        self.module = self._build_module()
+        self.module = module = self._build_module()
         batches = tr.balanced_batches(yt, c.batch_size, generator, n_samples=len(yt))
         n_steps = tr.steps_per_epoch(len(yt), c.batch_size)
-        optimizer = torch.optim.AdamW(
-            self.module.parameters(), lr=c.lr, weight_decay=c.weight_decay
-        )
+        optimizer = torch.optim.AdamW(module.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=c.lr, total_steps=c.max_epochs * n_steps
         )
-        stopper = tr.EarlyStopping(patience=c.patience)
-        history: dict[str, Any] = {"train_loss": [], "val_loss": []}
-        start = time.perf_counter()
-        bar = tqdm(range(c.max_epochs), desc="seed CVAE", unit="epoch", disable=not progress)
-        for epoch in bar:
-            beta = tr.kl_weight(epoch, c.kl_start, c.kl_anneal_epochs)
-            self.module.train()
-            total, seen = 0.0, 0
-            for idx in batches:
-                x = Xt[idx].to(self.device, non_blocking=True)  # (B, n_input)
-                y = yt_t[idx].to(self.device, non_blocking=True)  # (B,)
-                out = self.module.loss(x, y, kl_weight=beta)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += out.loss.item() * len(idx)
-                seen += len(idx)
-            train_loss = total / seen
-            val_loss = self._evaluate(Xv, yv_t)
-            history["train_loss"].append(train_loss)
-            history["val_loss"].append(val_loss)
-            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", beta=f"{beta:.2f}")
-            logger.debug(
-                "epoch %d: train %.4f, val %.4f, kl weight %.2f", epoch, train_loss, val_loss, beta
-            )
-            if stopper.step(val_loss, epoch, self.module):
-                logger.info(
-                    "early stopping after epoch %d (no improvement for %d)", epoch, c.patience
-                )
-                break
-        bar.close()
-        if not stopper.restore(self.module):
-            raise RuntimeError("the validation loss was never finite; lower seed_vae.lr")
-        self.module.eval()
-        history["best_epoch"] = stopper.best_epoch
-        history["epochs"] = len(history["train_loss"])
-        history["seconds"] = time.perf_counter() - start
-        msg = "seed CVAE: best epoch %d of %d (val loss %.4f) in %.1f s"
-        logger.info(
-            msg, stopper.best_epoch, len(history["val_loss"]), stopper.best_loss, history["seconds"]
+        checkpoint = None
+        if checkpoint_dir is not None:
+            key = _loop.fingerprint(
+                "SeedCVAE", FORMAT_VERSION, dataclasses.asdict(c), seed, self.n_input, self.labels,
+                [float(Xt.double().sum()), float(Xv.double().sum()), yt, yv],
+                checkpoint_key,
+            )  # fmt: skip
+            checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=1,
+                                          min_seconds=CHECKPOINT_SECONDS, name="seed")  # fmt: skip
+        device = self.device
+
+        def loss(idx: list[int], beta: float) -> torch.Tensor:
+            x = Xt[idx].to(device, non_blocking=True)  # (B, n_input)
+            y = yt_t[idx].to(device, non_blocking=True)  # (B,)
+            return module.loss(x, y, kl_weight=beta).loss
+
+        result = _loop.train_loop(
+            module,
+            optimizer,
+            loss,
+            lambda: batches,
+            lambda: self._evaluate(Xv, yv_t),
+            n_rows=len(yt),
+            settings=c,
+            generator=generator,
+            name="seed CVAE",
+            lr_setting="seed_vae.lr",
+            scheduler=scheduler,
+            checkpoint=checkpoint,
+            progress=progress,
         )
+        if checkpoint is not None:
+            checkpoint.remove()
+        history = result.history
+        msg = "seed CVAE: best epoch %d of %d (val loss %.4f) in %.1f s"
+        logger.info(msg, history["best_epoch"], history["epochs"], result.best_loss,
+                    history["seconds"])  # fmt: skip
         self.history = history
         return history
 

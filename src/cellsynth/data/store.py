@@ -1,0 +1,277 @@
+"""Rows of a matrix inside an h5ad file, read without loading the matrix.
+
+:class:`H5adFile` opens an h5ad read-only with h5py: ``obs`` and ``var`` in memory, every
+matrix (``X``, ``layers/*``, ``raw/X``) as a :class:`RowStore` on disk. It duck-types the parts
+of :class:`anndata.AnnData` that :func:`cellsynth.data.io.find_counts`, ``check_shape`` and
+``check_label`` read, so the same checks run on a file of any size. (``anndata.read_h5ad(...,
+backed="r")`` keeps only ``X`` on disk and reads layers into memory, which a 10 GB atlas
+cannot afford.) :class:`CSRWriter` appends CSR rows to a new file chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import read_elem
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .io import Expression, check_file
+
+logger = logging.getLogger(__name__)
+
+#: rows at most between two selected rows that :meth:`RowStore.take` reads through
+_GAP = 16
+#: rows at most :meth:`RowStore.take` reads at once
+_MAX_SPAN = 4096
+
+
+class RowStore:
+    """A 2-D matrix in an HDF5 file (anndata's CSR group, or a dense dataset), read by rows.
+
+    Rows come back as CSR float32, whatever the stored dtype. The CSR row pointer is held in
+    memory (8 bytes a row); values and column indices are read only for the rows asked for.
+    """
+
+    def __init__(self, elem: h5py.Group | h5py.Dataset, name: str):
+        self.name = name
+        self._dense: h5py.Dataset | None = None
+        if isinstance(elem, h5py.Dataset):
+            if elem.ndim != 2:
+                raise DataError(f"{name} is a {elem.ndim}-d array, not a cells x genes matrix")
+            self._dense = elem
+            self.format = "dense"
+            self.shape = (int(elem.shape[0]), int(elem.shape[1]))
+            self.index_dtype = np.dtype(np.int32 if self.nnz < 2**31 else np.int64)
+            return
+        encoding = str(elem.attrs.get("encoding-type", ""))
+        if encoding != "csr_matrix":
+            raise DataError(
+                f"{name} is stored as {encoding or 'an unknown encoding'}, but cells are read by "
+                "rows: rewrite it as CSR (adata.X = adata.X.tocsr(); adata.write_h5ad(...))"
+            )
+        self.format = "csr"
+        self._data, self._indices = elem["data"], elem["indices"]
+        self.indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+        self.shape = (int(elem.attrs["shape"][0]), int(elem.attrs["shape"][1]))
+        #: the index dtype of this matrix read whole into scipy (that of its row pointer)
+        self.index_dtype = np.result_type(self._indices.dtype, elem["indptr"].dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        """Stored values (all values for a dense matrix)."""
+        return self.shape[0] * self.shape[1] if self._dense is not None else int(self.indptr[-1])
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as CSR float32 (one contiguous read)."""
+        start, stop = max(0, int(start)), min(self.shape[0], int(stop))
+        stop = max(start, stop)
+        if self._dense is not None:
+            return sp.csr_matrix(self._dense[start:stop], dtype=np.float32)
+        a, b = self.indptr[start], self.indptr[stop]
+        data = np.asarray(self._data[a:b]).astype(np.float32, copy=False)
+        return sp.csr_matrix(
+            (data, self._indices[a:b], self.indptr[start : stop + 1] - a),
+            shape=(stop - start, self.shape[1]),
+        )
+
+    def take(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` (sorted, unique) as CSR float32, read in a few contiguous runs."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
+        if rows.size > 1 and np.any(np.diff(rows) <= 0):
+            raise ValueError("RowStore.take needs sorted, unique row positions")
+        parts = []
+        for run in _runs(rows):
+            block = self.rows(run[0], run[-1] + 1)
+            parts.append(block if len(run) == block.shape[0] else block[run - run[0]])
+        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+    def __getitem__(self, key: slice | np.ndarray) -> sp.csr_matrix:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("RowStore reads contiguous slices (step 1) or sorted positions")
+            return self.rows(start, stop)
+        return self.take(np.asarray(key))
+
+    def chunks(
+        self,
+        chunk_size: int,
+        rows: np.ndarray | None = None,
+        *,
+        progress: bool = False,
+        desc: str = "rows",
+    ) -> Iterator[tuple[slice, sp.csr_matrix]]:
+        """Read the matrix ``chunk_size`` stored rows at a time, in order.
+
+        Yields ``(positions, block)``: ``block`` holds the rows ``rows[positions]`` (every row
+        when ``rows`` is None, ``positions`` then indexing the matrix itself); chunks holding
+        none of ``rows`` are not read.
+        """
+        n = self.shape[0]
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        starts = np.arange(0, n, chunk_size)
+        bounds = np.searchsorted(rows, np.append(starts, n))
+        for i in tqdm(range(len(starts)), desc=desc, unit="chunk", disable=not progress):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            if lo == hi:
+                continue
+            start = int(starts[i])
+            block = self.rows(start, min(start + chunk_size, n))
+            sel = rows[lo:hi] - start
+            if len(sel) < block.shape[0]:
+                block = block[sel]
+            yield slice(lo, hi), block
+
+
+def _runs(rows: np.ndarray) -> Iterator[np.ndarray]:
+    """Split sorted positions into runs read at once: gaps up to ``_GAP``, spans up to ``_MAX_SPAN``."""
+    cuts = np.flatnonzero(np.diff(rows) > _GAP) + 1
+    for run in np.split(rows, cuts):
+        start = 0
+        while start < len(run):
+            stop = int(np.searchsorted(run, run[start] + _MAX_SPAN))
+            yield run[start:stop]
+            start = stop
+
+
+class _Matrices(Mapping):
+    """``layers``: names of the group's matrices, each opened as a :class:`RowStore` on access."""
+
+    def __init__(self, group: h5py.Group | None, prefix: str):
+        self._group, self._prefix = group, prefix
+
+    def __getitem__(self, key: str) -> RowStore:
+        if self._group is None or key not in self._group:
+            raise KeyError(key)
+        return RowStore(self._group[key], f"{self._prefix}['{key}']")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._group.keys() if self._group is not None else ())
+
+    def __len__(self) -> int:
+        return len(self._group) if self._group is not None else 0
+
+
+class H5adFile:
+    """An h5ad opened read-only: ``obs``/``var`` in memory, matrices on disk.
+
+    Use as a context manager (or call :meth:`close`). Raises :class:`DataError` for a missing,
+    non-HDF5 or damaged file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = check_file(path)
+        self.file = h5py.File(self.path, "r")
+        try:
+            self.obs: pd.DataFrame = read_elem(self.file["obs"])
+            self.var: pd.DataFrame = read_elem(self.file["var"])
+            raw = self.file.get("raw")
+            raw_var = read_elem(raw["var"]) if raw is not None and "X" in raw else None
+        except Exception as exc:  # h5py/anndata raise many types for damaged files
+            self.file.close()
+            raise DataError(
+                f"{self.path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file "
+                "may be truncated or corrupt: download or write it again"
+            ) from None
+        self.layers = _Matrices(self.file.get("layers"), "layers")
+        self.raw = None
+        if raw_var is not None:
+            n_raw = int(_shape(raw["X"])[0])
+            self.raw = SimpleNamespace(X=RowStore(raw["X"], "raw.X"), var_names=raw_var.index,
+                                       shape=(n_raw, len(raw_var)))
+
+    @property
+    def X(self) -> RowStore:
+        if "X" not in self.file:
+            raise DataError(f"{self.path} has no X; write the expression matrix into X")
+        return RowStore(self.file["X"], "X")
+
+    @property
+    def uns(self) -> dict:
+        """The file's ``uns``, read when first asked for."""
+        if not hasattr(self, "_uns"):
+            self._uns = read_elem(self.file["uns"]) if "uns" in self.file else {}
+        return self._uns
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var)
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self.var.index
+
+    def matrix(self, expr: Expression) -> tuple[RowStore, pd.Index]:
+        """The counts (or, without counts, ``X``) on disk with their gene names (as ``counts_matrix``)."""
+        if expr.counts == "layers/counts":
+            return self.layers["counts"], pd.Index(self.var_names)
+        if expr.counts == "raw.X":
+            return self.raw.X, pd.Index(self.raw.var_names)
+        return self.X, pd.Index(self.var_names)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> H5adFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _shape(elem: h5py.Group | h5py.Dataset) -> tuple[int, int]:
+    return tuple(elem.shape) if isinstance(elem, h5py.Dataset) else tuple(elem.attrs["shape"])
+
+
+class CSRWriter:
+    """Append CSR rows to a new anndata CSR group (``encoding-type`` csr_matrix), chunk by chunk.
+
+    The group reads back with ``anndata.read_h5ad`` (also backed) and :class:`RowStore`.
+    """
+
+    def __init__(self, parent: h5py.Group, key: str, n_cols: int, *, compression: str | None = None):
+        self.n_cols, self.n_rows, self.nnz = int(n_cols), 0, 0
+        self.group = parent.create_group(key)
+        self.group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                                 "shape": np.array([0, self.n_cols], dtype=np.int64)})
+        opts = {"shape": (0,), "maxshape": (None,), "chunks": (1 << 18,), "compression": compression}
+        index_dtype = np.int32 if self.n_cols < 2**31 else np.int64
+        self._data = self.group.create_dataset("data", dtype=np.float32, **opts)
+        self._indices = self.group.create_dataset("indices", dtype=index_dtype, **opts)
+        self._indptr = self.group.create_dataset("indptr", data=np.zeros(1, np.int64),
+                                                 maxshape=(None,), chunks=(1 << 16,))
+
+    def append(self, x: sp.csr_matrix) -> None:
+        """Write the rows of ``x`` after those already written."""
+        x = sp.csr_matrix(x)
+        if x.shape[1] != self.n_cols:
+            raise ValueError(f"rows have {x.shape[1]} columns, the matrix {self.n_cols}")
+        for dataset, values in ((self._data, x.data), (self._indices, x.indices)):
+            dataset.resize((self.nnz + x.nnz,))
+            dataset[self.nnz :] = values
+        self._indptr.resize((self.n_rows + x.shape[0] + 1,))
+        self._indptr[self.n_rows + 1 :] = self.nnz + x.indptr[1:].astype(np.int64)
+        self.n_rows += x.shape[0]
+        self.nnz += x.nnz
+        self.group.attrs["shape"] = np.array([self.n_rows, self.n_cols], dtype=np.int64)

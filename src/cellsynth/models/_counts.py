@@ -1,0 +1,264 @@
+"""Count data for the count-space CVAE: mini-batches, the data-based start, the latent mixture.
+
+:class:`Rows` serves CSR counts as dense mini-batches on a device (gathered on the GPU when the
+CSR arrays fit there, else densified on the host one batch at a time); the rest are the
+functions :class:`~cellsynth.models.cvae.CVAE` and the distributed fit share: one epoch's
+mini-batch order, the mean loss over rows, the decoder's and library model's start from the
+data, and the per-type latent mixture fitted after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from . import _training as tr
+from .modules.cvae import CVAEModule
+
+logger = logging.getLogger(__name__)
+
+TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
+MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
+MIXTURE_MIN_CELLS = 20  # training cells per mixture component at least
+MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
+
+
+class Rows:
+    """Cells (CSR counts, type codes, library sizes) served as dense mini-batches on a device.
+
+    On CUDA, when the CSR arrays fit in a quarter of the free GPU memory, they are copied there
+    once and every mini-batch is gathered and densified on the GPU; otherwise (and on the CPU)
+    the rows are sliced with scipy, densified on the host and copied over.
+
+    Parameters
+    ----------
+    counts
+        Raw counts, CSR ``(n, n_genes)``.
+    codes
+        Integer type code per row, ``(n,)``.
+    device
+        Where the batches go.
+    gather
+        Force (True) or forbid (False) gathering from device-resident CSR; ``None`` decides.
+    """
+
+    def __init__(
+        self,
+        counts: sp.csr_matrix,
+        codes: np.ndarray,
+        device: torch.device,
+        gather: bool | None = None,
+    ) -> None:
+        self.counts = counts
+        self.n_genes = counts.shape[1]
+        self.device = device
+        self.library_np = library_sizes(counts)  # (n,)
+        self.codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
+        self.library = torch.from_numpy(self.library_np).to(device)
+        if gather is None:
+            gather = device.type == "cuda" and fits_on_device(counts, device)
+        self.on_device = bool(gather)
+        if self.on_device:
+            self.indptr = torch.from_numpy(counts.indptr.astype(np.int64)).to(device)
+            self.indices = torch.from_numpy(counts.indices.astype(np.int32)).to(device)
+            self.data = torch.from_numpy(counts.data.astype(np.float32)).to(device)
+
+    def __len__(self) -> int:
+        return self.counts.shape[0]
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Counts ``(B, n_genes)``, codes ``(B,)`` and libraries ``(B,)`` of rows ``idx``."""
+        idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.device)
+        if self.on_device:
+            total = int((self.counts.indptr[idx + 1] - self.counts.indptr[idx]).sum())
+            x = gather_rows(self.indptr, self.indices, self.data, idx_t, total, self.n_genes)
+        else:
+            x = torch.from_numpy(self.counts[idx].toarray())
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+        return x, self.codes[idx_t], self.library[idx_t]
+
+
+def gather_rows(
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    data: torch.Tensor,
+    idx: torch.Tensor,
+    total: int,
+    n_cols: int,
+) -> torch.Tensor:
+    """Rows ``idx`` of a CSR matrix (its three arrays, on one device) as a dense ``(B, n_cols)``.
+
+    ``total`` is the number of stored values in those rows (known on the host, so the GPU is
+    never synchronised).
+    """
+    start = indptr[idx]  # (B,)
+    length = indptr[idx + 1] - start  # (B,)
+    row = torch.repeat_interleave(
+        torch.arange(len(idx), device=idx.device), length, output_size=total
+    )  # (total,)
+    first = torch.cumsum(length, 0) - length  # (B,) position of each row's first value
+    pos = torch.arange(total, device=idx.device) + torch.repeat_interleave(
+        start - first, length, output_size=total
+    )  # (total,) positions in indices/data
+    out = torch.zeros((len(idx), n_cols), dtype=data.dtype, device=data.device)
+    out[row, indices[pos]] = data[pos]
+    return out
+
+
+def fits_on_device(counts: sp.csr_matrix, device: torch.device) -> bool:
+    """Whether the CSR arrays take under a quarter of the device's free memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return counts.nnz * 8 + counts.shape[0] * 8 < free // 4
+
+
+def library_sizes(counts: sp.csr_matrix) -> np.ndarray:
+    """Total counts per row as float32, at least 1 (``log`` stays finite for empty cells)."""
+    return np.maximum(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel(), 1.0)
+
+
+def epoch_batches(
+    codes: np.ndarray, batch_size: int, balanced: bool, generator: torch.Generator
+) -> Iterator[np.ndarray]:
+    """Row indices of one epoch's mini-batches: class-balanced draws or a seeded shuffle.
+
+    Every draw comes from ``generator``, so its state is the whole data order.
+    """
+    if balanced:
+        for idx in tr.balanced_batches(codes, batch_size, generator, n_samples=len(codes)):
+            yield np.asarray(idx, dtype=np.int64)
+        return
+    order = torch.randperm(len(codes), generator=generator).numpy()
+    for sl in tr.iter_slices(len(codes), batch_size):
+        yield order[sl]
+
+
+@torch.no_grad()
+def mean_loss(module: CVAEModule, rows: Rows, batch_size: int) -> float:
+    """Mean per-cell negative ELBO (KL weight 1) of ``rows`` in eval mode."""
+    module.eval()
+    total = torch.zeros((), device=rows.device)
+    for sl in tr.iter_slices(len(rows), batch_size):
+        out = module.loss(*rows.batch(np.arange(sl.start, sl.stop)), kl_weight=1.0)
+        total += out.loss * (sl.stop - sl.start)
+    return total.item() / len(rows)
+
+
+@torch.no_grad()
+def latent_mixture(
+    module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each type's latent mixture fitted to one posterior draw per training cell.
+
+    Types with at least ``2 * MIXTURE_MIN_CELLS`` cells get a diagonal Gaussian mixture of
+    up to ``MIXTURE_COMPONENTS`` components (one per ``MIXTURE_MIN_CELLS`` cells), smaller
+    ones keep their cells' posteriors as the components (the exact aggregate posterior).
+    Returns the weights ``(n_labels, K)``, means and sds ``(n_labels, K, n_latent)``.
+    """
+    from sklearn.mixture import GaussianMixture  # only needed here
+
+    module.eval()
+    start = time.perf_counter()
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    parts = []
+    for t in range(module.n_labels):
+        idx = np.flatnonzero(codes == t)
+        if len(idx) > MIXTURE_MAX_CELLS:
+            idx = np.sort(rng.choice(idx, MIXTURE_MAX_CELLS, replace=False))
+        mean, std = [], []
+        for sl in tr.iter_slices(len(idx), batch_size):
+            qz, _ = module.inference(*rows.batch(idx[sl]))
+            mean.append(qz.loc.double().cpu().numpy())
+            std.append(qz.scale.double().cpu().numpy())
+        mu, sd = np.concatenate(mean), np.concatenate(std)  # (n_t, n_latent)
+        k = min(MIXTURE_COMPONENTS, len(idx) // MIXTURE_MIN_CELLS)
+        if k < 2:
+            parts.append((np.full(len(idx), 1.0 / len(idx)), mu, sd))
+            continue
+        draws = mu + sd * rng.standard_normal(mu.shape)
+        gm = GaussianMixture(
+            k, covariance_type="diag", reg_covar=1e-4, random_state=int(rng.integers(2**31))
+        ).fit(draws)
+        parts.append((gm.weights_, gm.means_, np.sqrt(gm.covariances_)))
+    k_max = max(len(w) for w, _, _ in parts)
+    weight = np.zeros((len(parts), k_max))
+    mean = np.zeros((len(parts), k_max, module.n_latent))
+    std = np.ones((len(parts), k_max, module.n_latent))
+    for t, (w, m, s) in enumerate(parts):
+        weight[t, : len(w)], mean[t, : len(w)], std[t, : len(w)] = w / w.sum(), m, s
+    logger.info(
+        "CVAE: latent mixtures (up to %d components per type) in %.1f s",
+        k_max,
+        time.perf_counter() - start,
+    )
+    return torch.tensor(weight), torch.tensor(mean), torch.tensor(std)
+
+
+def initial_decoder(
+    counts: sp.csr_matrix, codes: np.ndarray, library: np.ndarray, module: CVAEModule
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-based start for the decoder's output bias and ``px_r`` (see ``init_from_data``).
+
+    With few optimiser steps (small atlases) a dispersion started at 1 barely moves, and
+    generated cells get the wrong share of zeros. NB: the bias is the log expression share
+    and ``theta`` the method-of-moments estimate within types (``Var = mu + mu^2 / theta``
+    around ``library * share_type``). Gaussian: the mean and within-type sd of
+    ``log1p(x / library * 1e4)``.
+    """
+    n_labels, n_genes = module.n_labels, module.n_input
+    if module.likelihood == "gaussian":
+        x = sp.csr_matrix(sp.diags(TARGET_SUM / library) @ counts, dtype=np.float64)
+        x.data = np.log1p(x.data)
+    else:
+        x = sp.csr_matrix(counts, dtype=np.float64)
+    lib = library.astype(np.float64)
+    s1 = np.zeros((n_labels, n_genes))  # per type: sum x, sum x^2, sum l x
+    s2 = np.zeros((n_labels, n_genes))
+    slx = np.zeros((n_labels, n_genes))
+    n = np.bincount(codes, minlength=n_labels).astype(np.float64)
+    sl = np.bincount(codes, weights=lib, minlength=n_labels)
+    sl2 = np.bincount(codes, weights=lib**2, minlength=n_labels)
+    for t in range(n_labels):
+        rows = x[np.flatnonzero(codes == t)]
+        s1[t] = np.asarray(rows.sum(axis=0)).ravel()
+        s2[t] = np.asarray(rows.multiply(rows).sum(axis=0)).ravel()
+        slx[t] = rows.T @ lib[codes == t]
+    if module.likelihood == "gaussian":
+        mean = s1 / np.maximum(n, 1)[:, None]
+        within = s2 - n[:, None] * mean**2  # per type sum of squared deviations
+        sd_pooled = np.sqrt(within.sum(0) / max(n.sum() - n_labels, 1))  # (n_genes,)
+        sd = np.sqrt(within / np.maximum(n - 1, 1)[:, None])
+        sd = np.where(n[:, None] >= 2, sd, sd_pooled)
+        bias = s1.sum(0) / max(n.sum(), 1)
+        log_r = np.log(np.maximum(sd_pooled if module.dispersion == "gene" else sd, 1e-2))
+    else:
+        share = s1 / np.maximum(sl, 1)[:, None]  # (n_labels, n_genes) expression share per type
+        # per type: sum (l p)^2 and sum (x - l p)^2 - l p
+        mu2 = sl2[:, None] * share**2
+        excess = s2 - 2 * share * slx + mu2 - sl[:, None] * share
+        theta = mu2 / np.maximum(excess, 1e-12)
+        theta_pooled = mu2.sum(0) / np.maximum(excess.sum(0), 1e-12)
+        theta = np.where(excess > 0, theta, 1e4) if module.dispersion != "gene" else theta_pooled
+        theta = np.where(np.isfinite(theta) & (theta > 0), theta, 1e4)
+        log_r = np.log(np.clip(theta, 1e-2, 1e4))
+        bias = np.log(np.maximum(s1.sum(0) / max(lib.sum(), 1.0), 1e-9))
+    return torch.tensor(bias, dtype=torch.float32), torch.tensor(log_r, dtype=torch.float32)
+
+
+def library_model(
+    library: np.ndarray, codes: np.ndarray, n_labels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-type mean and sd of ``log(library)``; types with one cell take the pooled sd."""
+    log_lib = np.log(library.astype(np.float64))
+    n = np.bincount(codes, minlength=n_labels).astype(np.float64)
+    mean = np.bincount(codes, weights=log_lib, minlength=n_labels) / np.maximum(n, 1)
+    sq = np.bincount(codes, weights=(log_lib - mean[codes]) ** 2, minlength=n_labels)
+    std = np.sqrt(sq / np.maximum(n - 1, 1))
+    pooled = float(np.std(log_lib, ddof=1)) if len(log_lib) > 1 else 0.0
+    std = np.where(n >= 2, std, pooled)
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
