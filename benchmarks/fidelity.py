@@ -26,14 +26,16 @@ def main() -> int:
     ap.add_argument("--doc", default="docs/RESULTS.md")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--rerun", action="store_true",
-                    help="rerun datasets whose finished results in --out match (default: reuse them)")
+                    help="rerun generators whose kept results in --out match (default: reuse them)")
+    ap.add_argument("--kept-only", action="store_true",
+                    help="fit nothing: write the page from the results kept in --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from cellsynth.evaluate import run_benchmark
 
     path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
                          args.models.split(","), ROOT / args.out, overrides=args.set,
-                         doc=ROOT / args.doc, reuse=not args.rerun,
+                         doc=ROOT / args.doc, reuse=not args.rerun, kept_only=args.kept_only,
                          command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
     print(f"wrote {path}")
     return 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cellsynth import evaluate
+from cellsynth import benchmark, evaluate
 from cellsynth.data.simulate import simulate_atlas
 
 
@@ -21,16 +21,27 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     text = page.read_text()
     assert "## tiny" in text and "| nb |" in text and "| real vs real |" in text
     summary = json.loads((out / "tiny" / "summary.json").read_text())
-    assert summary["shape"]["n_types"] == 3 and summary["key"]
+    assert summary["shape"]["n_types"] == 3
+    kept = json.loads((out / "tiny" / "results" / "nb.json").read_text())
+    assert kept["key"] and kept["row"]["tstr_macro_f1"] > 0
 
     def fail(*args, **kwargs):
-        raise AssertionError("a finished dataset was run again")
+        raise AssertionError("a finished generator was run again")
 
-    monkeypatch.setattr(evaluate, "benchmark_dataset", fail)
+    monkeypatch.setattr(benchmark, "make_generator", fail)
     again = evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
                                    reuse=True)
     assert again.read_text() == text
-    # another config is another run
+    # --kept-only: fits nothing, says what is missing
+    kept_page = evaluate.run_benchmark([str(data)], ["nb", "cvae"], out, overrides=sets,
+                                       command="test", kept_only=True).read_text()
+    assert "| nb |" in kept_page and "| cvae |" not in kept_page
+    assert "**Not run** (no results kept for these settings): cvae." in kept_page
+    # settings of another generator do not matter to nb; the shared ones do
+    evaluate.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "cvae.n_latent=3"],
+                           command="test", reuse=True)
     with pytest.raises(AssertionError, match="run again"):
         evaluate.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "seed=5"],
                                command="test", reuse=True)
+    with pytest.raises(AssertionError, match="run again"):
+        evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test")

@@ -352,3 +352,26 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
     assert rows.on_device  # a small CSR is gathered on the GPU
     idx = np.r_[0:100:3, 7, 7]
     torch.testing.assert_close(rows.batch(idx)[0].cpu(), torch.from_numpy(counts[idx].toarray()))
+
+
+def test_early_stopping_waits_for_min_steps():
+    """Few cells make an epoch a few steps: the loop may not stop before ``min_steps``."""
+    from types import SimpleNamespace
+
+    from cellsynth.models import _loop
+
+    def run(min_steps: int) -> int:
+        module = torch.nn.Linear(1, 1)
+        opt = torch.optim.SGD(module.parameters(), lr=0.0)
+        epochs = iter(range(1000))
+        settings = SimpleNamespace(max_epochs=50, patience=1, kl_start=1.0, kl_anneal_epochs=0,
+                                   min_steps=min_steps)
+        result = _loop.train_loop(
+            module, opt, lambda idx, beta: (module.weight**2).sum(), lambda: [[0], [1]],
+            lambda: float(next(epochs)),  # never improves after the first epoch
+            n_rows=2, settings=settings, generator=torch.Generator().manual_seed(0),
+            name="test", lr_setting="test.lr", progress=False)
+        return result.history["epochs"]
+
+    assert run(0) == 2  # the first epoch is the best; one more without improvement stops it
+    assert run(10) == 5  # 2 steps an epoch: not before 10 steps

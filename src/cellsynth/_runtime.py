@@ -81,15 +81,44 @@ class Manifest:
         write_json(self.path, self.data)
         try:
             yield entry
-        except BaseException:
-            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3))
-            write_json(self.path, self.data)
+        except BaseException as exc:
+            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3),
+                         peak_rss_mb=round(peak_rss_mb(), 1))
+            _log_failed(name, entry["seconds"], entry["peak_rss_mb"], exc)
+            try:
+                write_json(self.path, self.data)
+            except Exception:  # e.g. the disk is full: the stage's own error is the one to raise
+                logger.warning("stage %s: could not mark it failed in %s", name, self.path)
             raise
         entry.update(status="done", seconds=round(time.perf_counter() - t0, 3),
                      peak_rss_mb=round(peak_rss_mb(), 1))
         write_json(self.path, self.data)
-        logger.info("stage %s: done in %.1f s (peak RSS %.0f MB)", name, entry["seconds"],
-                    entry["peak_rss_mb"])
+        _log_done(name, entry["seconds"], entry["peak_rss_mb"])
+
+
+def _log_done(name: str, seconds: float, rss: float) -> None:
+    logger.info("stage %s: done in %.1f s (peak RSS %.0f MB)", name, seconds, rss)
+
+
+def _log_failed(name: str, seconds: float, rss: float, exc: BaseException) -> None:
+    # INFO, like the done line: run.log always gets it, and a user error stays one line on a
+    # --quiet console (the CLI prints the error itself)
+    logger.info("stage %s: failed after %.1f s (peak RSS %.0f MB): %s", name, seconds, rss,
+                type(exc).__name__)
+
+
+@contextmanager
+def timed(name: str):
+    """A step outside the manifest (writing ``results.md`` and ``report.html``) timed like a stage:
+    ``stage NAME: done in S s (peak RSS M MB)``, or ``failed after`` (then re-raised)."""
+    logger.info("stage %s: start", name)
+    t0 = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        _log_failed(name, time.perf_counter() - t0, peak_rss_mb(), exc)
+        raise
+    _log_done(name, time.perf_counter() - t0, peak_rss_mb())
 
 
 #: the pipeline's stages in order: the config sections each reads, and the stages it uses
@@ -102,6 +131,10 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "explain": (("explain",), ("classifier",)),
     "evaluation": (("report",), ("experiments",)),
 }
+
+#: settings that change how a stage runs, not what it produces: left out of the stage hashes, so
+#: changing them does not redo a finished stage (how often training checkpoints are written)
+UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
 
 
 class ResumePlan:
@@ -121,6 +154,9 @@ class ResumePlan:
                               f"{', '.join(STAGES)}")
         self.manifest, self.force, self.ran = manifest, set(force), set()
         config = dataclasses.asdict(cfg)
+        for section, keys in UNHASHED.items():
+            if isinstance(config.get(section), dict):
+                config[section] = {k: v for k, v in config[section].items() if k not in keys}
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
             blob = json.dumps({"config": {k: config[k] for k in sections},

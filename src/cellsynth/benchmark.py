@@ -9,6 +9,7 @@ cells. The same metrics between two disjoint halves of the real test cells are t
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -87,9 +88,51 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
     return pre
 
 
+#: the config section of each generator (its results depend on it, on the data, QC, split and
+#: classifier settings, and on the seed)
+MODEL_SECTIONS = {"cvae": "cvae", "seed": "seed_vae", "scvi": "scvi", "nb": None}
+#: settings that do not change a generator's results
+_NO_EFFECT = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
+
+
+def model_key(cfg: RunConfig, name: str) -> str:
+    """What one generator's benchmark results depend on, as a short hash."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    from .config import to_dict
+
+    d = to_dict(cfg)
+    keep = {k: d[k] for k in ("seed", "dataset", "qc", "split", "classifier")}
+    section = MODEL_SECTIONS.get(name)
+    if section:
+        keep[section] = {k: v for k, v in d[section].items() if k not in _NO_EFFECT.get(section, ())}
+    blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sample(gen: Any, counts: dict[str, int], seed: int, progress: bool) -> ad.AnnData:
+    """``gen.sample``, with a progress bar where the generator has one."""
+    if "progress" in inspect.signature(gen.sample).parameters:
+        return gen.sample(counts, seed=seed, progress=progress)
+    return gen.sample(counts, seed=seed)
+
+
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
-                      n_rare: int = 3, progress: bool = False) -> dict[str, Any]:
-    """Fit, generate and score every generator in ``models`` on one preprocessed dataset."""
+                      n_rare: int = 3, progress: bool = False, reuse: bool = False,
+                      kept_only: bool = False) -> dict[str, Any]:
+    """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
+
+    Each generator's results are kept in ``out/results/NAME.json`` with :func:`model_key`;
+    with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
+    with ``kept_only``, a generator without such results is left out (``details['not_run']``).
+    ``progress`` shows tqdm bars (on stderr): the evaluation space's PCA, training, sampling,
+    the fidelity metrics and the classifiers' boosting rounds.
+    """
+    import datetime as dt
+    import json
     label_key = cfg.dataset.label_key
     split = pre.obs[K.SPLIT].astype(str).to_numpy()
     y = pre.obs[label_key].astype(str).to_numpy()
@@ -97,10 +140,10 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     parts = {s: (counts[split == s], y[split == s]) for s in K.SPLITS}
     seed = cfg.seed
     space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
-                      seed=derive_seed(seed, "eval-space"))
+                      seed=derive_seed(seed, "eval-space"), progress=progress)
     emb = {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
     t0 = time.perf_counter()
-    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"))
+    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"), progress=progress)
     logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
     rows: dict[str, dict[str, Any]] = {"real vs real": _flat(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
@@ -109,6 +152,18 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     n_train = pd.Series(parts["train"][1]).value_counts().to_dict()
     n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
     for name in models:
+        kept, key = out / "results" / f"{name}.json", model_key(cfg, name)
+        if reuse and kept.exists() and json.loads(kept.read_text()).get("key") == key:
+            saved = json.loads(kept.read_text())
+            rows[name], details["models"][name] = saved["row"], saved["details"]
+            logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
+            continue
+        if kept_only:
+            logger.warning("benchmark %s: no kept results for these settings in %s; left out",
+                           name, kept)  # fmt: skip
+            details.setdefault("not_run", []).append(name)
+            continue
+        started = time.perf_counter()
         logger.info("benchmark: fitting %s on %d cells", name, fit_on.n_obs)
         gen = make_generator(name, cfg)
         t0 = time.perf_counter()
@@ -116,12 +171,13 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         fit_seconds = time.perf_counter() - t0
         gen.save(out / "models" / name)
         t0 = time.perf_counter()
-        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{name}"))
+        syn_test = _sample(gen, {t: int(n) for t, n in n_test.items()},
+                           derive_seed(seed, f"gen-test-{name}"), progress)
         gen_seconds = time.perf_counter() - t0
-        syn_train = gen.sample({t: int(n) for t, n in n_train.items()},
-                               seed=derive_seed(seed, f"gen-train-{name}"))
-        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()},
-                             seed=derive_seed(seed, f"gen-val-{name}"))
+        syn_train = _sample(gen, {t: int(n) for t, n in n_train.items()},
+                            derive_seed(seed, f"gen-train-{name}"), progress)
+        syn_val = _sample(gen, {t: max(1, int(n)) for t, n in n_val.items()},
+                          derive_seed(seed, f"gen-val-{name}"), progress)
         (out / "synthetic").mkdir(parents=True, exist_ok=True)
         syn_test.write_h5ad(out / "synthetic" / f"{name}.h5ad")
 
@@ -132,13 +188,14 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             return a.obs[label_key].astype(str).to_numpy()
 
         fid = fidelity_report(space, *parts["test"], sx(syn_test), sl(syn_test),
-                              seed=derive_seed(seed, f"fid-{name}"))
+                              seed=derive_seed(seed, f"fid-{name}"), progress=progress)
         util = tstr(emb["train"], emb["val"], emb["test"], (space.embed(sx(syn_train)), sl(syn_train)),
                     (space.embed(sx(syn_val)), sl(syn_val)), cfg.classifier,
-                    seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)))
+                    seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)),
+                    progress=progress)
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
-                           seed=derive_seed(seed, "augment"))
+                           seed=derive_seed(seed, "augment"), progress=progress)
         row = _flat(fid)
         row.update(
             tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],
@@ -151,7 +208,11 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         )
         rows[name] = row
         details["models"][name] = {"fidelity": fid, "utility": util, "augmentation": aug,
-                                   "history": history, "row": row}
+                                   "history": history, "row": row,
+                                   "date": dt.datetime.now().isoformat(timespec="minutes"),
+                                   "seconds": time.perf_counter() - started}
+        write_json(kept, {"key": key, "date": details["models"][name]["date"], "row": row,
+                          "details": details["models"][name]})
         logger.info("benchmark %s: AUC %.3f, TSTR %.3f (TRTR %.3f), fit %.0f s, peak RSS %.0f MB",
                     name, row["c2st_auc"] or float("nan"), row["tstr_macro_f1"],
                     row["trtr_macro_f1"], fit_seconds, peak_rss_mb())

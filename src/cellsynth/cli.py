@@ -140,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     _setup_logging(args.quiet)
-    path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed)
+    path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed,
+                    progress=_progress(args))
     print(f"fidelity: {path}")
     return 0
 
@@ -151,7 +152,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
                          Path(args.out), config_path=args.config, overrides=args.set,
-                         label_key=args.label_key)
+                         label_key=args.label_key, progress=_progress(args))
     print(f"benchmark: {path}")
     return 0
 

@@ -123,8 +123,9 @@ class CVAEConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     batch_size: int = 256
-    max_epochs: int = 200
-    patience: int = 10  # early stopping on validation loss
+    max_epochs: int = 400
+    patience: int = 10  # early stopping on validation loss, in epochs...
+    min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
     kl_start: float = 0.0  # KL weight annealed from this to 1
     kl_anneal_epochs: int = 20
     balanced_sampling: bool = False  # class-balanced mini-batches
@@ -202,7 +203,7 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
-        for key in ("checkpoint_every", "checkpoint_seconds"):
+        for key in ("checkpoint_every", "checkpoint_seconds", "min_steps"):
             if getattr(self.cvae, key) < 0:
                 raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "
                                   f"set it with --set cvae.{key}=...")

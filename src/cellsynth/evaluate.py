@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import platform
 import sys
-import time
 from pathlib import Path
 
 import scipy.sparse as sp
@@ -39,11 +36,12 @@ def _load_counts(path: str | Path, label_key: str, what: str):
 
 
 def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path, *,
-             seed: int = 0) -> Path:
+             seed: int = 0, progress: bool = False) -> Path:
     """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``.
 
     The evaluation space (HVGs, PCA) is fitted on the real cells; genes are matched by name.
     Writes ``fidelity.json`` and ``fidelity.md`` into ``out`` and returns the markdown path.
+    ``progress`` shows tqdm bars (on stderr) over the PCA fit and the fidelity metrics.
     """
     ra, rc, rl = _load_counts(real, label_key, "the real data")
     sa, sc, sl = _load_counts(synthetic, label_key, "the synthetic data")
@@ -56,9 +54,10 @@ def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path,
     ri = ra.var_names.get_indexer(genes)
     si = sa.var_names.get_indexer(genes)
     rc, sc = sp.csr_matrix(rc[:, ri]), sp.csr_matrix(sc[:, si])
-    space = fit_space(rc, rl, genes, seed=derive_seed(seed, "eval-space"))
-    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"))
-    fid = fidelity_report(space, rc, rl, sc, sl, seed=derive_seed(seed, "fidelity"))
+    space = fit_space(rc, rl, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
+    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"), progress=progress)
+    fid = fidelity_report(space, rc, rl, sc, sl, seed=derive_seed(seed, "fidelity"),
+                          progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fidelity.json", {"real_vs_real": floor, "synthetic_vs_real": fid,
                                        "real": str(real), "synthetic": str(synthetic)})
@@ -77,11 +76,15 @@ def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path,
 def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
-                  command: str | None = None, reuse: bool = False) -> Path:
+                  command: str | None = None, reuse: bool = False, kept_only: bool = False,
+                  progress: bool = False) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
 
-    With ``reuse``, a dataset whose run in ``out`` finished with the same config, models and
-    package version is read back instead of rerun.
+    With ``reuse``, a generator whose results in ``out`` were made with the same settings and
+    package version (``benchmark.model_key``) is read back instead of rerun; with
+    ``kept_only``, nothing is fitted: the page is written from the kept results alone.
+
+    ``progress`` shows tqdm bars (on stderr) over training, sampling and scoring.
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
@@ -105,35 +108,16 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     sections = []
     for name, cfg in cfgs:
-        key = _benchmark_key(cfg, models)
-        summary_path = out / name / "summary.json"
-        if reuse and summary_path.exists() and json.loads(summary_path.read_text()).get("key") == key:
-            summary = json.loads(summary_path.read_text())
-            details = json.loads((out / name / "benchmark.json").read_text())
-            logger.info("benchmark %s: reusing the finished run in %s", name, out / name)
-            sections.append((name, cfg, summary["shape"], details, summary["seconds"]))
-        else:
-            t0 = time.perf_counter()
-            pre = prepare(cfg.dataset.path, cfg)
-            details = benchmark_dataset(pre, models, cfg, out / name)
-            seconds = time.perf_counter() - t0
-            shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
-                     "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
-            sections.append((name, cfg, shape, details, seconds))
-            write_json(summary_path, {"rows": details["rows"], "seconds": seconds, "shape": shape,
-                                      "key": key})
+        pre = prepare(cfg.dataset.path, cfg)
+        details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse or kept_only,
+                                    kept_only=kept_only, progress=progress)
+        shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
+                 "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
+        sections.append((name, cfg, shape, details))
+        write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape})
         # the page is rewritten after every dataset, so an interrupted run still leaves one
         path.write_text(results_page(sections, command, models))
     return path
-
-
-def _benchmark_key(cfg: config.RunConfig, models: list[str]) -> str:
-    """What a finished dataset's results depend on: the config, the models, the package version."""
-    from importlib.metadata import version
-
-    blob = json.dumps({"config": config.to_dict(cfg), "models": models,
-                       "version": version("cellsynth")}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check_targets(rows: dict, models: list[str]) -> list[str]:
@@ -182,11 +166,15 @@ def results_page(sections, command: str, models: list[str]) -> str:
         "Rare F1 +gen: mean F1 of the 3 rarest types when generated cells are added to the real "
         "training cells (the real-only and oversampling arms are in `benchmark.json`).", "",
     ]
-    for name, cfg, shape, details, seconds in sections:
+    for name, cfg, shape, details in sections:
         rows = details["rows"]
         lines += [f"## {name}", "",
                   f"`{cfg.dataset.path}`: {shape['n_obs']} cells × {shape['n_vars']} genes after QC, "
-                  f"{shape['n_types']} types; took {seconds:.0f} s.", "",
+                  f"{shape['n_types']} types. "
+                  "Each generator's row ran on " + ", ".join(
+                      f"{m} {v.get('date', '?')}" for m, v in details["models"].items()) + "."
+                  + (f" **Not run** (no results kept for these settings): {', '.join(details['not_run'])}."
+                     if details.get("not_run") else ""), "",
                   *table(rows), ""]
         if "cvae" in rows:
             trtr = rows["cvae"].get("trtr_macro_f1")

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from ..classify.xgb import Classifier
 from ..errors import DataError
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: floats held at once for one batch of contributions (n_batch x n_classes x n_features+1)
 _BATCH_FLOATS = 2**25
+#: and at most this many cells per batch, so the progress bar moves (the values do not change)
+_BATCH_ROWS = 1024
 
 
 @dataclass
@@ -63,7 +66,9 @@ def _class_index(classifier: Classifier, cell_type: str) -> int:
     return classifier.labels.index(cell_type)
 
 
-def shap_contributions(classifier: Classifier, X: Any, cell_type: str) -> np.ndarray:
+def shap_contributions(
+    classifier: Classifier, X: Any, cell_type: str, *, progress: bool = False
+) -> np.ndarray:
     """TreeSHAP contributions of each feature to ``cell_type``'s margin.
 
     Parameters
@@ -74,6 +79,8 @@ def shap_contributions(classifier: Classifier, X: Any, cell_type: str) -> np.nda
         Cells (rows) in the classifier's feature space, dense or scipy.sparse.
     cell_type
         A label of ``classifier``.
+    progress
+        Show a tqdm bar over the explained cells (on stderr); TreeSHAP runs in batches.
 
     Returns
     -------
@@ -85,9 +92,10 @@ def shap_contributions(classifier: Classifier, X: Any, cell_type: str) -> np.nda
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
     n_classes = len(classifier.labels)
     n_features = X.shape[1]
-    batch = max(1, _BATCH_FLOATS // (n_classes * (n_features + 1)))
+    batch = max(1, min(_BATCH_ROWS, _BATCH_FLOATS // (n_classes * (n_features + 1))))
     iteration_range = (0, classifier.best_iteration + 1)
     out = np.empty((X.shape[0], n_features + 1), dtype=np.float32)
+    bar = tqdm(total=X.shape[0], desc="SHAP", unit="cell", disable=not progress)
     for start in range(0, X.shape[0], batch):
         stop = min(start + batch, X.shape[0])
         contribs = classifier.booster.predict(
@@ -95,6 +103,8 @@ def shap_contributions(classifier: Classifier, X: Any, cell_type: str) -> np.nda
         )
         contribs = contribs.reshape(stop - start, n_classes, n_features + 1)  # (b, k, f+1)
         out[start:stop] = contribs[:, k, :]
+        bar.update(stop - start)
+    bar.close()
     return out
 
 
@@ -108,6 +118,7 @@ def explain_type(
     n_top: int = 20,
     max_cells: int = 2000,
     seed: int = 0,
+    progress: bool = False,
 ) -> ShapResult:
     """Which PCs, and through their loadings which genes, drive the prediction of ``cell_type``.
 
@@ -129,6 +140,8 @@ def explain_type(
         At most this many cells of ``X`` are explained (a seeded random subsample).
     seed
         Seeds that subsample.
+    progress
+        Show a tqdm bar over the explained cells (on stderr).
 
     Returns
     -------
@@ -169,7 +182,7 @@ def explain_type(
     if n > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_cells, replace=False))
         X = X[rows]
-    shap = shap_contributions(classifier, X, classifier.labels[k])[:, :-1]  # (n, f), no bias
+    shap = shap_contributions(classifier, X, classifier.labels[k], progress=progress)[:, :-1]
     mean_shap = shap.mean(axis=0, dtype=np.float64)
     mean_abs = np.abs(shap).mean(axis=0, dtype=np.float64)
 

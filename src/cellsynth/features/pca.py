@@ -111,6 +111,9 @@ class PCAModel:
 #: rows of the subsample densified / multiplied at once
 _BLOCK_ROWS = 4096
 
+#: power iterations of the randomized SVD (each one pass over the rows, plus one at the end)
+_N_ITER = 4
+
 #: a fresh iterator over the subsample's rows as float64 blocks, in the same order every call
 Blocks = Callable[[], Iterator[sp.csr_matrix | np.ndarray]]
 
@@ -183,10 +186,13 @@ def _randomized(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int,
     return vt[:k], (s[:k] ** 2) / max(n - 1, 1)
 
 
-def fit_pca(x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int) -> PCAModel:
+def fit_pca(x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
+            progress: bool = False) -> PCAModel:
     """Fit PCA on at most ``cfg.max_cells_per_class`` training cells of each class.
 
     The number of components is clamped to what the subsample allows, with a warning.
+    ``progress`` shows a tqdm bar over the row blocks of every pass (on stderr): 2 passes for the
+    exact method, 6 for the randomized SVD.
     """
     idx = balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)
     xs = x[idx]
@@ -194,12 +200,12 @@ def fit_pca(x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, see
     def blocks():
         for start in range(0, xs.shape[0], _BLOCK_ROWS):
             yield _as_float64(xs[start : start + _BLOCK_ROWS])
-    return _fit(blocks, xs.shape[0], xs.shape[1], genes, cfg, seed)
+    return _fit(blocks, xs.shape[0], xs.shape[1], genes, cfg, seed, progress)
 
 
 def fit_pca_backed(
     x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
-    rows: np.ndarray | None = None, cache_bytes: int = 1 << 30,
+    rows: np.ndarray | None = None, cache_bytes: int = 1 << 30, progress: bool = False,
 ) -> PCAModel:  # fmt: skip
     """:func:`fit_pca` on cells read from disk: the same subsample, blocks and result.
 
@@ -215,12 +221,15 @@ def fit_pca_backed(
     cache_bytes
         The subsample is kept in memory after the first pass when it is smaller than this;
         otherwise every pass (2 for the exact method, 6 for the randomized one) reads it again.
+    progress
+        Show a tqdm bar over the row blocks of every pass (on stderr).
     """
     rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) != len(labels) or np.any(np.diff(rows) <= 0):
         raise ValueError("rows must be sorted, unique positions, one per label")
     chosen = rows[balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)]
-    return _fit(_ReadBlocks(x, chosen, cache_bytes), len(chosen), x.shape[1], genes, cfg, seed)
+    return _fit(_ReadBlocks(x, chosen, cache_bytes), len(chosen), x.shape[1], genes, cfg, seed,
+                progress)
 
 
 class _ReadBlocks:
@@ -253,14 +262,29 @@ def _nbytes(block) -> int:
     return block.nbytes
 
 
+def _counted(blocks: Blocks, bar) -> Blocks:
+    """``blocks``, advancing ``bar`` by the rows of each block as it is read."""
+
+    def it():
+        for block in blocks():
+            yield block
+            bar.update(block.shape[0])
+    return it
+
+
 def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
-         seed: int) -> PCAModel:
+         seed: int, progress: bool = False) -> PCAModel:
     k = cfg.n_components
     limit = min(n - 1, g)
     if k > limit:
         logger.warning("features.n_components=%d is more than the data allow (%d cells, %d genes): "
                        "using %d", k, n, g, limit)
         k = limit
+    exact = g <= EXACT_MAX_GENES
+    n_passes = 2 if exact else 2 + _N_ITER  # moments, then the gram or the power iterations + 1
+    bar = tqdm(total=n * n_passes, desc="PCA fit", unit="row", unit_scale=True,
+               disable=not progress)  # fmt: skip
+    blocks = _counted(blocks, bar)
     moments = GeneMoments(g)
     for block in blocks():
         moments.add(block)
@@ -273,12 +297,13 @@ def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
         mean = mean / scale
         var = var / scale**2
     total_var = var.sum() * n / max(n - 1, 1)
-    if g <= EXACT_MAX_GENES:
+    if exact:
         comps, ev = _exact(blocks, n, g, mean, k)
         method = "exact covariance"
     else:
-        comps, ev = _randomized(blocks, n, g, mean, k, np.random.default_rng(seed))
+        comps, ev = _randomized(blocks, n, g, mean, k, np.random.default_rng(seed), _N_ITER)
         method = "randomized SVD"
+    bar.close()
     # a deterministic sign: the largest loading of each component is positive
     signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
     comps = comps * signs[:, None]

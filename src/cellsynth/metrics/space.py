@@ -120,6 +120,7 @@ def fit_space(
     target_sum: float = 1e4,
     max_cells_per_class: int = 1_000_000,
     seed: int = 0,
+    progress: bool = False,
 ) -> EvalSpace:
     """Fit the evaluation space on real training counts.
 
@@ -144,6 +145,8 @@ def fit_space(
         any realistic dataset.
     seed
         Seeds the PCA subsample (and the randomized SVD for very wide inputs).
+    progress
+        Show the PCA fit's tqdm bar (on stderr).
     """
     x = as_csr(real_train_counts)
     labels = np.asarray(labels).astype(str)
@@ -165,7 +168,7 @@ def fit_space(
     hvg = np.sort(order[:n_hvg])
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
-    pca = fit_pca(xn[:, hvg], labels, hvg_genes, cfg, seed=seed)
+    pca = fit_pca(xn[:, hvg], labels, hvg_genes, cfg, seed=seed, progress=progress)
     logger.info("evaluation space: %d cells, %d of %d genes as HVGs, %d PCs (%.1f%% variance)",
                 x.shape[0], n_hvg, x.shape[1], pca.n_components,
                 100 * float(pca.explained_variance_ratio.sum()))

@@ -46,7 +46,7 @@ class LoopSettings(Protocol):
     """The config fields the loop reads (``CVAEConfig`` and ``SeedVAEConfig`` have them)."""
 
     max_epochs: int
-    patience: int
+    patience: int  # epochs without improvement before stopping (see ``min_steps``)
     kl_start: float
     kl_anneal_epochs: int
 
@@ -217,7 +217,10 @@ def train_loop(
     n_rows
         Rows one epoch draws (the training loss is the sum over batches divided by it).
     settings
-        ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs``.
+        ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs`` and, when it has one,
+        ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
+        hundred cells an epoch is a few steps, and the validation loss sits on a plateau for
+        many epochs while the generator still improves); the best epoch's weights are kept.
     generator
         The data-order generator (checkpointed with the global random states).
     name
@@ -246,6 +249,7 @@ def train_loop(
     ``resumed_from`` (the epoch it went on from).
     """
     stopper = tr.EarlyStopping(patience=settings.patience)
+    min_steps = int(getattr(settings, "min_steps", 0))
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
     first, elapsed = 0, 0.0
     found = checkpoint.read() if checkpoint is not None else None
@@ -268,7 +272,9 @@ def train_loop(
         beta = tr.kl_weight(epoch, settings.kl_start, settings.kl_anneal_epochs)
         (train_module or module).train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no sync per step
+        n_steps = 0
         for idx in batches():
+            n_steps += 1
             batch_loss = loss(idx, beta)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
@@ -289,7 +295,8 @@ def train_loop(
                         refresh=False)  # fmt: skip
         logger.debug("epoch %d: train %.4f, val %.4f, kl weight %.2f", epoch, train_loss,
                      val_loss, beta)  # fmt: skip
-        if stopper.step(val_loss, epoch, module):
+        # every epoch draws the same number of batches, so steps so far = epochs x n_steps
+        if stopper.step(val_loss, epoch, module) and (epoch + 1) * n_steps >= min_steps:
             if verbose:
                 logger.info("%s: early stopping after epoch %d (no improvement for %d)", name,
                             epoch, settings.patience)  # fmt: skip

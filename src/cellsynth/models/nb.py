@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelFileError
 from ._training import package_version
@@ -222,14 +223,18 @@ class NegBinBaseline:
     def fit(
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
     ) -> dict[str, Any]:
-        """Fit ``mu`` and ``theta`` of every type on the training rows; return a short history."""
+        """Fit ``mu`` and ``theta`` of every type on the training rows; return a short history.
+
+        ``progress`` shows a tqdm bar over the cell types (on stderr).
+        """
         start = time.perf_counter()
         rows, y = training_rows(adata, label_key, seed=seed)
         x = training_counts(adata)[rows]
         labels = sorted(set(y))
         codes = np.searchsorted(np.array(labels), y)
         mu, theta, libs = [], [], []
-        for idx in per_type_rows(codes, len(labels)):
+        rows_by_type = per_type_rows(codes, len(labels))
+        for idx in tqdm(rows_by_type, desc="nb fit", unit="type", disable=not progress):
             p, th, lib = nb_moments(x[idx], max_theta=self.max_theta)
             mu.append(p * lib.mean())
             theta.append(th)
@@ -252,11 +257,18 @@ class NegBinBaseline:
         )
         return self.history
 
-    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
-        """Generate cells; rows are grouped by type in the request's order."""
+    def sample(
+        self, counts_per_type: dict[str, int], *, seed: int = 0, progress: bool = False
+    ) -> ad.AnnData:
+        """Generate cells; rows are grouped by type in the request's order.
+
+        ``progress`` shows a tqdm bar over the generated cells (on stderr).
+        """
         pairs = request(counts_per_type, self.labels)
         rng = np.random.default_rng(seed)
         blocks = []
+        bar = tqdm(total=sum(n for _, n in pairs), desc="nb sample", unit="cell",
+                   disable=not progress)  # fmt: skip
         for label, n in pairs:
             k = self.labels.index(label)
             scale = 1.0 / float(self.libraries[k].mean()) if self.libraries[k].mean() > 0 else 0.0
@@ -266,6 +278,8 @@ class NegBinBaseline:
                 blocks.append(
                     sp.csr_matrix(gamma_poisson(rng, mean, self.theta[k].astype(np.float64)))
                 )
+                bar.update(m)
+        bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
         return synthetic_adata(
             sp.vstack(blocks, format="csr"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .._seeds import derive_seed
 from ..config import ScviConfig, _from_dict
@@ -141,7 +143,11 @@ class ScviGenerator:
             batch_size=c.batch_size,
             early_stopping=c.early_stopping and val_idx.size > 0,
             datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
+            # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr, and
+            # none at all without ``progress``
             enable_progress_bar=progress,
+            simple_progress_bar=False,
+            callbacks=[_epoch_bar()] if progress else [],
         )
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
@@ -191,13 +197,20 @@ class ScviGenerator:
         return self.history
 
     @torch.no_grad()
-    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
-        """Decode draws of each type's latent Gaussian; rows grouped by type as requested."""
+    def sample(
+        self, counts_per_type: dict[str, int], *, seed: int = 0, progress: bool = False
+    ) -> ad.AnnData:
+        """Decode draws of each type's latent Gaussian; rows grouped by type as requested.
+
+        ``progress`` shows a tqdm bar over the generated cells (on stderr).
+        """
         pairs = request(counts_per_type, self.labels)
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
         rng = np.random.default_rng(seed)
         blocks = []
+        bar = tqdm(total=sum(n for _, n in pairs), desc="SCVI sample", unit="cell",
+                   disable=not progress)  # fmt: skip
         for label, n in pairs:
             k = self.labels.index(label)
             d = self.latent_mean.shape[1]
@@ -206,6 +219,8 @@ class ScviGenerator:
                 z = self.latent_mean[k] + rng.standard_normal((m, d)) @ chol.T  # (m, d)
                 lib = draw_libraries(rng, self.libraries[k], m)
                 blocks.append(sp.csr_matrix(self._decode_sample(z, lib, rng)))
+                bar.update(m)
+        bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
         return synthetic_adata(
             sp.vstack(blocks, format="csr"),
@@ -306,3 +321,49 @@ def _build_module(
     module = scvi.module.VAE(**kwargs, use_observed_lib_size=True)
     module.load_state_dict(state, strict=True)
     return module.cpu().eval()
+
+
+def _epoch_bar() -> Any:
+    """A Lightning progress bar: one tqdm bar over SCVI's epochs, on stderr.
+
+    scvi's ``ProgressBar`` and Lightning's ``TQDMProgressBar`` both write to stdout, which
+    cellsynth keeps for its results; Lightning disables this one on ranks other than 0.
+    """
+    from lightning.pytorch.callbacks import ProgressBar
+
+    class EpochBar(ProgressBar):
+        def __init__(self) -> None:
+            super().__init__()
+            self._enabled = True
+            self.bar: Any = None
+
+        @property
+        def is_enabled(self) -> bool:
+            return self._enabled
+
+        def disable(self) -> None:
+            self._enabled = False
+
+        def enable(self) -> None:
+            self._enabled = True
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            self.bar = tqdm(total=trainer.max_epochs, desc="SCVI", unit="epoch", file=sys.stderr,
+                            disable=not self._enabled)  # fmt: skip
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            super().on_train_epoch_end(trainer, pl_module)
+            if self.bar is not None:
+                metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items()
+                           if k != "v_num"}  # fmt: skip
+                self.bar.set_postfix(metrics, refresh=False)
+                self.bar.update()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            super().on_train_end(trainer, pl_module)
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return EpochBar()
