@@ -228,6 +228,26 @@ def initial_decoder(
         s1[t] = np.asarray(rows.sum(axis=0)).ravel()
         s2[t] = np.asarray(rows.multiply(rows).sum(axis=0)).ravel()
         slx[t] = rows.T @ lib[codes == t]
+    return decoder_from_sums(
+        {"n": n, "sum_l": sl, "sum_l2": sl2, "sum_x": s1, "sum_x2": s2, "sum_lx": slx},
+        module, lib_total=lib.sum(),
+    )
+
+
+def decoder_from_sums(
+    sums: dict[str, np.ndarray], module: CVAEModule, *, lib_total: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`initial_decoder` from per-type sums (``data.loader.type_sums``'s keys).
+
+    Out of core the sums come from one sequential pass over the cells on disk
+    (``type_sums(loader, n_labels, target_sum=TARGET_SUM if gaussian else None)``).
+    ``lib_total`` is the sum of every library size (default ``sums["sum_l"].sum()``).
+    """
+    n_labels = module.n_labels
+    n, sl, sl2 = sums["n"], sums["sum_l"], sums["sum_l2"]
+    s1, s2, slx = sums["sum_x"], sums["sum_x2"], sums["sum_lx"]
+    if lib_total is None:
+        lib_total = float(sl.sum())
     if module.likelihood == "gaussian":
         mean = s1 / np.maximum(n, 1)[:, None]
         within = s2 - n[:, None] * mean**2  # per type sum of squared deviations
@@ -246,7 +266,7 @@ def initial_decoder(
         theta = np.where(excess > 0, theta, 1e4) if module.dispersion != "gene" else theta_pooled
         theta = np.where(np.isfinite(theta) & (theta > 0), theta, 1e4)
         log_r = np.log(np.clip(theta, 1e-2, 1e4))
-        bias = np.log(np.maximum(s1.sum(0) / max(lib.sum(), 1.0), 1e-9))
+        bias = np.log(np.maximum(s1.sum(0) / max(lib_total, 1.0), 1e-9))
     return torch.tensor(bias, dtype=torch.float32), torch.tensor(log_r, dtype=torch.float32)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +32,7 @@ from . import _training as tr
 from ._counts import (
     TARGET_SUM,
     Rows,
+    decoder_from_sums,
     epoch_batches,
     initial_decoder,
     latent_mixture,
@@ -249,6 +251,110 @@ class CVAE:
         self.history = history
         return history
 
+    def fit_store(
+        self,
+        store: Any,
+        label_key: str | None = None,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_key: str = "",
+        block_size: int = 32,
+        fetch_factor: int = 32,
+    ) -> dict[str, Any]:
+        """:meth:`fit` on cells on disk: a ``data.chunked.PreprocessedStore`` of counts.
+
+        The same initialisation (library model, data-based decoder start from per-type sums
+        in one sequential pass), the same epoch loop and checkpoints; the training cells come
+        through a :class:`~cellsynth.data.loader.BlockLoader` (contiguous blocks shuffled, rows
+        shuffled within a buffer; with ``balanced_sampling``, random reads of the balanced
+        draws instead), the validation cells and the latent mixture's cells are read in order.
+        Memory holds one read-ahead buffer, one mini-batch and a few numbers per cell.
+        """
+        from ..data.loader import BlockLoader, type_sums
+
+        c = self.config
+        if not store.has_counts:
+            raise DataError(f"{store.path} holds normalised values, not counts; the CVAE needs "
+                            "raw counts: give the unnormalised file")
+        self.label_key = label_key = label_key or store.label_key
+        obs = store.obs
+        split = obs["cellsynth_split"].astype(str).to_numpy()
+        y_all = obs[label_key].astype(str).to_numpy()
+        if not (split == "train").any():
+            raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
+        self.labels = sorted(set(y_all[split == "train"]))
+        self.genes = list(store.genes)
+        n_val_all = int((split == "val").sum())
+        common = {"device": self.device, "seed": seed, "block_size": block_size}
+        train = BlockLoader.for_split(store, self.labels, "train", batch_size=c.batch_size,
+                                      fetch_factor=fetch_factor, **common)
+        eval_rows = 4 * c.batch_size
+        val = BlockLoader.for_split(store, self.labels, "val", batch_size=eval_rows,
+                                    shuffle=False, prefetch=False, **common)
+        if len(val) < n_val_all:
+            logger.warning("%d validation cells of types without training cells are dropped",
+                           n_val_all - len(val))
+        yt = train.codes_np
+        if len(val) == 0:
+            logger.warning("no validation cells; early stopping monitors the training loss")
+        logger.info("CVAE (out of core, %s): %d training and %d validation cells, %d genes, "
+                    "%d types on %s", store.path, len(train), len(val), len(self.genes),
+                    len(self.labels), self.device)
+        generator = tr.seed_everything(seed)
+        self.module = module = self._build_module()
+        module.set_library_model(*library_model(train.library_np, yt, len(self.labels)))
+        gaussian = module.likelihood == "gaussian"
+        sums = type_sums(train, len(self.labels), target_sum=TARGET_SUM if gaussian else None)
+        module.init_from_data(*decoder_from_sums(sums, module))
+        checkpoint = None
+        if checkpoint_dir is not None:
+            key = self._fingerprint_loaders(train, val, seed, checkpoint_key)
+            checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
+                                          min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
+        if c.balanced_sampling:  # class-balanced draws: random reads, slower on disk
+            batches = lambda: epoch_batches(yt, c.batch_size, True, generator)  # noqa: E731
+            step = lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss  # noqa: E731
+        else:
+            batches = lambda: train.iter_generator(generator)  # noqa: E731
+            step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
+        result = _loop.train_loop(
+            module,
+            _optimizer(module, c),
+            step,
+            batches,
+            (lambda: mean_loss(module, val, eval_rows)) if len(val) else None,
+            n_rows=len(train),
+            settings=c,
+            generator=generator,
+            name="CVAE",
+            lr_setting="cvae.lr",
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        history = result.history
+        module.set_latent_mixture(*latent_mixture(module, train, yt, eval_rows, seed))
+        if checkpoint is not None:
+            checkpoint.remove()
+        seconds = history["seconds"]
+        history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
+        logger.info("CVAE: best epoch %d of %d (val loss %.4f) in %.1f s, %.0f cells/s",
+                    history["best_epoch"], history["epochs"], result.best_loss, seconds,
+                    history["cells_per_second"])
+        self.history = history
+        return history
+
+    def _fingerprint_loaders(self, train: Any, val: Any, seed: int, key: str) -> str:
+        """:meth:`_fingerprint` of cells on disk (stored values, library and type per row)."""
+        config = {k: v for k, v in dataclasses.asdict(self.config).items()
+                  if k not in _NOT_FINGERPRINTED}  # fmt: skip
+        cells = [(loader.x.indptr[loader.rows + 1] - loader.x.indptr[loader.rows],
+                  loader.library_np, loader.codes_np) for loader in (train, val)]
+        return _loop.fingerprint(
+            "CVAE-store", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
+        )
+
     def _fingerprint(self, train: Rows, val: Rows, seed: int, key: str) -> str:
         """What a training checkpoint must match: settings, seed, genes, types and the cells."""
         config = {k: v for k, v in dataclasses.asdict(self.config).items()
@@ -322,23 +428,8 @@ class CVAE:
         ``obs[label_key]``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
         """
         pairs = request(counts_per_type, self.labels)
-        if latent not in ("mixture", "prior"):
-            raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
-        module = self._module()
-        if not self.is_trained:
-            logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
-        module.eval()
-        rng = np.random.default_rng(seed)
-        codes = {label: i for i, label in enumerate(self.labels)}
-        rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
-        chunks: list[sp.csr_matrix] = []
-        bar = tqdm(total=sum(n for _, n in pairs), desc="CVAE sample", unit="cell",
-                   disable=not progress)  # fmt: skip
-        for label, n in pairs:
-            for sl in tr.iter_slices(n, rows):
-                chunks.append(self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent))
-                bar.update(sl.stop - sl.start)
-        bar.close()
+        chunks = [x for _, x in self.sample_chunks(counts_per_type, seed=seed, latent=latent,
+                                                   progress=progress)]
         labels = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
         return synthetic_adata(
             sp.vstack(chunks, format="csr"),
@@ -349,6 +440,40 @@ class CVAE:
             seed=seed,
             config={**dataclasses.asdict(self.config), "latent_sampler": latent},
         )
+
+    @torch.no_grad()
+    def sample_chunks(
+        self,
+        counts_per_type: dict[str, int],
+        *,
+        seed: int = 0,
+        latent: Literal["mixture", "prior"] = "mixture",
+        progress: bool = False,
+    ) -> Iterator[tuple[str, sp.csr_matrix]]:
+        """The cells :meth:`sample` returns, as ``(type, CSR counts)`` chunks in the same order.
+
+        The same seed gives the same counts as :meth:`sample`; memory holds one chunk, so a
+        caller can embed or write the cells as they come (the out-of-core pipeline).
+        """
+        pairs = request(counts_per_type, self.labels)
+        if latent not in ("mixture", "prior"):
+            raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
+        module = self._module()
+        if not self.is_trained:
+            logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
+        module.eval()
+        rng = np.random.default_rng(seed)
+        codes = {label: i for i, label in enumerate(self.labels)}
+        rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
+        bar = tqdm(total=sum(n for _, n in pairs), desc="CVAE sample", unit="cell",
+                   disable=not progress)  # fmt: skip
+        try:
+            for label, n in pairs:
+                for sl in tr.iter_slices(n, rows):
+                    yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent)
+                    bar.update(sl.stop - sl.start)
+        finally:
+            bar.close()
 
     def _sample_chunk(
         self, code: int, n: int, rng: np.random.Generator, latent: str
