@@ -214,17 +214,34 @@ class CVAE:
         self.module = module = self._build_module()
         module.set_library_model(*library_model(train.library_np, yt, len(self.labels)))
         module.init_from_data(*initial_decoder(train.counts, yt, train.library_np, module))
+        key = self._fingerprint(train, val, seed, checkpoint_key) if checkpoint_dir else ""
+        return self._train(
+            module, train, val, yt, generator,
+            lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss,
+            lambda: epoch_batches(yt, c.batch_size, c.balanced_sampling, generator),
+            checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress,
+        )  # fmt: skip
+
+    def _train(self, module: CVAEModule, train: Any, val: Any, yt: np.ndarray,
+               generator: torch.Generator, step: Any, batches: Any, *,
+               checkpoint_dir: str | Path | None, key: str, seed: int,
+               progress: bool) -> dict[str, Any]:  # fmt: skip
+        """The training both fits share: the loop, checkpoints, the latent mixture, the log line.
+
+        ``train``/``val`` are in-memory rows or on-disk loaders (``len``, ``batch``); ``step`` and
+        ``batches`` are the loop's mini-batch loss and one epoch's batches.
+        """
+        c = self.config
+        eval_rows = 4 * c.batch_size
         checkpoint = None
         if checkpoint_dir is not None:
-            key = self._fingerprint(train, val, seed, checkpoint_key)
             checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
-        eval_rows = 4 * c.batch_size
         result = _loop.train_loop(
             module,
             _optimizer(module, c),
-            lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss,
-            lambda: epoch_batches(yt, c.batch_size, c.balanced_sampling, generator),
+            step,
+            batches,
             (lambda: mean_loss(module, val, eval_rows)) if len(val) else None,
             n_rows=len(train),
             settings=c,
@@ -235,19 +252,14 @@ class CVAE:
             progress=progress,
         )
         history = result.history
-        self._fit_latent_mixture(train, yt, seed)
+        module.set_latent_mixture(*latent_mixture(module, train, yt, eval_rows, seed))
         if checkpoint is not None:
             checkpoint.remove()
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
-        logger.info(
-            "CVAE: best epoch %d of %d (val loss %.4f) in %.1f s, %.0f cells/s",
-            history["best_epoch"],
-            history["epochs"],
-            result.best_loss,
-            seconds,
-            history["cells_per_second"],
-        )
+        logger.info("CVAE: best epoch %d of %d (val loss %.4f) in %.1f s, %.0f cells/s",
+                    history["best_epoch"], history["epochs"], result.best_loss, seconds,
+                    history["cells_per_second"])  # fmt: skip
         self.history = history
         return history
 
@@ -308,42 +320,15 @@ class CVAE:
         gaussian = module.likelihood == "gaussian"
         sums = type_sums(train, len(self.labels), target_sum=TARGET_SUM if gaussian else None)
         module.init_from_data(*decoder_from_sums(sums, module))
-        checkpoint = None
-        if checkpoint_dir is not None:
-            key = self._fingerprint_loaders(train, val, seed, checkpoint_key)
-            checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
-                                          min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
+        key = self._fingerprint_loaders(train, val, seed, checkpoint_key) if checkpoint_dir else ""
         if c.balanced_sampling:  # class-balanced draws: random reads, slower on disk
             batches = lambda: epoch_batches(yt, c.batch_size, True, generator)  # noqa: E731
             step = lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss  # noqa: E731
         else:
             batches = lambda: train.iter_generator(generator)  # noqa: E731
             step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
-        result = _loop.train_loop(
-            module,
-            _optimizer(module, c),
-            step,
-            batches,
-            (lambda: mean_loss(module, val, eval_rows)) if len(val) else None,
-            n_rows=len(train),
-            settings=c,
-            generator=generator,
-            name="CVAE",
-            lr_setting="cvae.lr",
-            checkpoint=checkpoint,
-            progress=progress,
-        )
-        history = result.history
-        module.set_latent_mixture(*latent_mixture(module, train, yt, eval_rows, seed))
-        if checkpoint is not None:
-            checkpoint.remove()
-        seconds = history["seconds"]
-        history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
-        logger.info("CVAE: best epoch %d of %d (val loss %.4f) in %.1f s, %.0f cells/s",
-                    history["best_epoch"], history["epochs"], result.best_loss, seconds,
-                    history["cells_per_second"])
-        self.history = history
-        return history
+        return self._train(module, train, val, yt, generator, step, batches,
+                           checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress)
 
     def _fingerprint_loaders(self, train: Any, val: Any, seed: int, key: str) -> str:
         """:meth:`_fingerprint` of cells on disk (stored values, library and type per row)."""
