@@ -131,8 +131,10 @@ def _check_targets(rows: dict, models: list[str]) -> list[str]:
     def beats(key: str, lower: bool) -> str:
         vals = {m: rows[m].get(key) for m in others}
         ok = all(v is None or (c[key] < v if lower else c[key] > v) for v in vals.values())
+        fmt = "{:.4f}" if key == "mmd" else "{:.3f}"  # MMDs are small numbers
         return "met" if ok else "missed (" + ", ".join(
-            f"{m} {v:.3f}" for m, v in vals.items() if v is not None) + f"; cvae {c[key]:.3f})"
+            f"{m} {fmt.format(v)}" for m, v in vals.items() if v is not None) + \
+            f"; cvae {fmt.format(c[key])})"
 
     for key, label, lower in (("c2st_auc", "two-sample AUC", True), ("mmd", "MMD", True),
                               ("tstr_macro_f1", "TSTR macro-F1", False)):
@@ -164,7 +166,9 @@ def results_page(sections, command: str, models: list[str]) -> str:
         "classifier two-sample test (0.5 = indistinguishable). TSTR: XGBoost trained on generated "
         "cells (as many per type as the real training split), tested on the real test split. "
         "Rare F1 +gen: mean F1 of the 3 rarest types when generated cells are added to the real "
-        "training cells (the real-only and oversampling arms are in `benchmark.json`).", "",
+        "training cells (the real-only and oversampling arms are in `benchmark.json`). Fit s: wall "
+        "seconds of fitting, taken with whatever else ran on the machine at the time (each row "
+        "names when it ran): read them as rough.", "",
     ]
     for name, cfg, shape, details in sections:
         rows = details["rows"]
