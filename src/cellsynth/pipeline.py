@@ -430,30 +430,19 @@ def _centroids(split: Split, types: list[str], chunk: int) -> np.ndarray:
 def _write_synthetic_h5ad(path: Path, writer_rows, labels: np.ndarray, genes: list[str],
                           label_key: str, uns: dict) -> None:
     """Write generated CSR chunks (an iterable) as an h5ad, one chunk in memory at a time."""
-    import h5py
     from anndata.io import write_elem
 
-    from .data.store import CSRWriter
+    from .data.store import CSRWriter, h5ad_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    try:
-        with h5py.File(part, "w") as f:
-            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            writer = CSRWriter(f, "X", len(genes))
-            for x in writer_rows:
-                writer.append(x)
-            obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
-                               index=[f"synthetic_{i}" for i in range(len(labels))])
-            write_elem(f, "obs", obs)
-            write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
-            write_elem(f, "uns", {K.UNS: uns})
-            for key in ("obsm", "varm", "obsp", "varp", "layers"):
-                write_elem(f, key, {})
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(path)
+    with h5ad_file(path) as f:
+        writer = CSRWriter(f, "X", len(genes))
+        for x in writer_rows:
+            writer.append(x)
+        obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
+                           index=[f"synthetic_{i}" for i in range(len(labels))])
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
+        write_elem(f, "uns", {K.UNS: uns})
 
 
 def _generate_backed(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], seed: int,

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -48,7 +47,7 @@ from .qc import (
     mito_genes,
     normalise_log1p,
 )
-from .store import CSRWriter, H5adFile, RowStore
+from .store import CSRWriter, H5adFile, RowStore, h5ad_file
 
 logger = logging.getLogger(__name__)
 
@@ -176,28 +175,14 @@ def _write(
 ) -> Path:  # fmt: skip
     """Write rows ``rows`` x columns ``genes`` of ``x`` with ``obs``/``var``/``uns`` as an h5ad."""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
     every_gene = len(genes) == x.shape[1]
-    try:
-        with h5py.File(part, "w") as f:
-            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            writer = CSRWriter(f, "X", len(genes))
-            for _, block in x.chunks(chunk, rows, progress=progress, desc="qc: write"):
-                writer.append(block if every_gene else block[:, genes])
-            write_elem(f, "obs", obs)
-            write_elem(f, "var", pd.DataFrame(index=gene_names))
-            write_elem(f, "uns", {K.UNS: uns})
-            for key in ("obsm", "varm", "obsp", "varp", "layers"):
-                write_elem(f, key, {})
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(f"cannot write {out} ({exc}); free disk space or choose another "
-                        "output directory") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(out)
+    with h5ad_file(out) as f:
+        writer = CSRWriter(f, "X", len(genes))
+        for _, block in x.chunks(chunk, rows, progress=progress, desc="qc: write"):
+            writer.append(block if every_gene else block[:, genes])
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", pd.DataFrame(index=gene_names))
+        write_elem(f, "uns", {K.UNS: uns})
     return out
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .._keys import MITO, N_GENES
 from ..errors import ConfigError
+from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +321,6 @@ def _write_x(
 ) -> int:  # fmt: skip
     """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""
     n_cells, n_mito = len(plan.type1), len(model.mito_weights)
-    f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
     g = f.create_group("X")
     shape = np.array([n_cells, n_mito + model.q.shape[1]], dtype=np.int64)
     g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": shape})
@@ -379,21 +379,12 @@ def write_atlas(
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan = _setup(*args, library_size)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
-    part = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
     qc = (np.zeros(n_cells, np.float32), np.zeros(n_cells, np.int32)) if qc_columns else None
-    try:
-        with h5py.File(part, "w") as f:
-            nnz = _write_x(f, model, plan, seed, chunk_size, progress, compression, qc)
-            obs, var, uns = _annotations(model, plan, label_key, seed, qc)
-            for key, elem in {"obs": obs, "var": var, "uns": uns}.items():
-                write_elem(f, key, elem)
-            for key in ("obsm", "varm", "obsp", "varp", "layers"):
-                write_elem(f, key, {})
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(path)
+    with h5ad_file(path) as f:
+        nnz = _write_x(f, model, plan, seed, chunk_size, progress, compression, qc)
+        obs, var, uns = _annotations(model, plan, label_key, seed, qc)
+        for key, elem in {"obs": obs, "var": var, "uns": uns}.items():
+            write_elem(f, key, elem)
     elapsed = time.perf_counter() - started
     logger.info("wrote %s: %d nonzeros (%.0f a cell) in %.1f s", path, nnz, nnz / n_cells, elapsed)
     return path

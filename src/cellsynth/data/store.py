@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -242,6 +243,38 @@ class H5adFile:
 
 def _shape(elem: h5py.Group | h5py.Dataset) -> tuple[int, int]:
     return tuple(elem.shape) if isinstance(elem, h5py.Dataset) else tuple(elem.attrs["shape"])
+
+
+
+@contextmanager
+def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
+    """An h5ad written into ``PATH.part`` and renamed to ``path`` when the block ends.
+
+    The caller writes ``X``, ``obs``, ``var`` and ``uns`` (e.g. with :class:`CSRWriter` and
+    ``anndata.io.write_elem``); the other elements are written empty. On any error the part file
+    is removed and ``path`` is left as it was; a full disk or an unwritable folder is a
+    one-line :class:`DataError`.
+    """
+    from anndata.io import write_elem
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    try:
+        with h5py.File(part, "w") as f:
+            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+            yield f
+            for key in ("obsm", "varm", "obsp", "varp", "layers"):
+                if key not in f:
+                    write_elem(f, key, {})
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
+                        "output directory") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
 
 
 class CSRWriter:
