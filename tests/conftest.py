@@ -35,3 +35,14 @@ def pbmc4k_path() -> Path:
 @pytest.fixture
 def kang(kang_path: Path) -> ad.AnnData:
     return ad.read_h5ad(kang_path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest single-threaded; extra threads only contend on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -51,13 +51,7 @@ def simulated_counts(n_per_type: int = 100, n_genes: int = 60, seed: int = 0) ->
     return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=var)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -144,13 +144,7 @@ def interrupt_after(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(_loop.Checkpoint, "write", write_then_die)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
