@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import _keys as K
-from ._runtime import peak_rss_mb, write_json
+from ._runtime import UNHASHED, peak_rss_mb, write_json
 from ._seeds import derive_seed
 from .config import RunConfig
 from .data.io import read
@@ -91,8 +91,6 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
 #: the config section of each generator (its results depend on it, on the data, QC, split and
 #: classifier settings, and on the seed)
 MODEL_SECTIONS = {"cvae": "cvae", "seed": "seed_vae", "scvi": "scvi", "nb": None}
-#: settings that do not change a generator's results
-_NO_EFFECT = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
 
 
 def model_key(cfg: RunConfig, name: str) -> str:
@@ -107,7 +105,8 @@ def model_key(cfg: RunConfig, name: str) -> str:
     keep = {k: d[k] for k in ("seed", "dataset", "qc", "split", "classifier")}
     section = MODEL_SECTIONS.get(name)
     if section:
-        keep[section] = {k: v for k, v in d[section].items() if k not in _NO_EFFECT.get(section, ())}
+        unhashed = UNHASHED.get(section, ())  # settings that do not change results
+        keep[section] = {k: v for k, v in d[section].items() if k not in unhashed}
     blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -127,7 +126,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
 
     Each generator's results are kept in ``out/results/NAME.json`` with :func:`model_key`;
     with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
-    with ``kept_only``, a generator without such results is left out (``details['not_run']``).
+    with ``kept_only``, kept results are read back and a generator without them is left out
+    (``details['not_run']``).
     ``progress`` shows tqdm bars (on stderr): the evaluation space's PCA, training, sampling,
     the fidelity metrics and the classifiers' boosting rounds.
     """
@@ -153,8 +153,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
     for name in models:
         kept, key = out / "results" / f"{name}.json", model_key(cfg, name)
-        if reuse and kept.exists() and json.loads(kept.read_text()).get("key") == key:
-            saved = json.loads(kept.read_text())
+        saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
+        if saved.get("key") == key:
             rows[name], details["models"][name] = saved["row"], saved["details"]
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
             continue

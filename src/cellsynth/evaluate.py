@@ -109,7 +109,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     sections = []
     for name, cfg in cfgs:
         pre = prepare(cfg.dataset.path, cfg)
-        details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse or kept_only,
+        details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                     kept_only=kept_only, progress=progress)
         shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
                  "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
