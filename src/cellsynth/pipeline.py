@@ -263,6 +263,35 @@ def _stratified(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def _write_umap(cfg: RunConfig, out: Path, z_real: np.ndarray, z_syn: np.ndarray,
+                cells: list, labels: list) -> None:
+    """``features/umap.csv``: one UMAP of real then generated cells (their PCA features)."""
+    import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
+
+    emb = umap.UMAP(random_state=derive_seed(cfg.seed, "umap") % 2**31).fit_transform(
+        np.vstack([z_real, z_syn]))
+    pd.DataFrame({
+        "cell": cells,
+        "origin": ["real"] * len(z_real) + ["synthetic"] * len(z_syn),
+        "label": labels,
+        "x": emb[:, 0], "y": emb[:, 1],
+    }).to_csv(out / "features" / "umap.csv", index=False)
+
+
+def _write_fidelity(cfg: RunConfig, out: Path, space: Any, real_c: sp.csr_matrix, y_real: np.ndarray,
+                    syn_c: sp.csr_matrix, y_syn: np.ndarray, progress: bool) -> None:
+    """``metrics/fidelity.json``: generated vs real test counts, beside two halves of the real."""
+    from .metrics.fidelity import fidelity_report, real_floor
+
+    write_json(out / "metrics" / "fidelity.json", {
+        "real_vs_real": real_floor(space, real_c, y_real, seed=derive_seed(cfg.seed, "floor"),
+                                   progress=progress),
+        "synthetic_vs_real": fidelity_report(space, real_c, y_real, syn_c, y_syn,
+                                             seed=derive_seed(cfg.seed, "fidelity"),
+                                             progress=progress),
+    })
+
+
 def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
               progress: bool = False) -> None:
     """The report's UMAP of real test and generated cells, and the fidelity metrics (with the
@@ -282,18 +311,9 @@ def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
             z_syn = pca.transform(normalise_log1p(sp.csr_matrix(syn.X[is_]), cfg.qc.target_sum))
         else:
             z_syn = np.asarray(syn.X[is_], dtype=np.float32)
-        import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
-
-        emb = umap.UMAP(random_state=derive_seed(cfg.seed, "umap") % 2**31).fit_transform(
-            np.vstack([z_real, z_syn]))
-        pd.DataFrame({
-            "cell": [*test.obs_names[ir], *syn.obs_names[is_]],
-            "origin": ["real"] * len(ir) + ["synthetic"] * len(is_),
-            "label": [*y_real[ir], *y_syn[is_]],
-            "x": emb[:, 0], "y": emb[:, 1],
-        }).to_csv(out / "features" / "umap.csv", index=False)
+        _write_umap(cfg, out, z_real, z_syn, [*test.obs_names[ir], *syn.obs_names[is_]],
+                    [*y_real[ir], *y_syn[is_]])
     if cfg.report.fidelity and has_counts and K.COUNTS in pre.layers:
-        from .metrics.fidelity import fidelity_report, real_floor
         from .metrics.space import fit_space
 
         train = (pre.obs[K.SPLIT] == "train").to_numpy()
@@ -301,14 +321,8 @@ def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
         space = fit_space(counts[train], pre.obs[label_key].astype(str).to_numpy()[train],
                           list(map(str, pre.var_names)), seed=derive_seed(cfg.seed, "eval-space"),
                           progress=progress)
-        real_c = sp.csr_matrix(test.layers[K.COUNTS])
-        write_json(out / "metrics" / "fidelity.json", {
-            "real_vs_real": real_floor(space, real_c, y_real, seed=derive_seed(cfg.seed, "floor"),
-                                       progress=progress),
-            "synthetic_vs_real": fidelity_report(space, real_c, y_real, sp.csr_matrix(syn.X[is_]),
-                                                 y_syn[is_], seed=derive_seed(cfg.seed, "fidelity"),
-                                                 progress=progress),
-        })
+        _write_fidelity(cfg, out, space, sp.csr_matrix(test.layers[K.COUNTS]), y_real,
+                        sp.csr_matrix(syn.X[is_]), y_syn[is_], progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,18 +523,9 @@ def _evaluate_backed(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
     if cfg.report.umap:
         z_real = pca.transform(test.X)
         z_syn = pca.transform(normalise_log1p(syn_x, cfg.qc.target_sum))
-        import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
-
-        emb = umap.UMAP(random_state=derive_seed(cfg.seed, "umap") % 2**31).fit_transform(
-            np.vstack([z_real, z_syn]))
-        pd.DataFrame({
-            "cell": [*test.obs_names, *syn_names],
-            "origin": ["real"] * len(ir) + ["synthetic"] * len(is_),
-            "label": [*y_real, *y_syn[is_]],
-            "x": emb[:, 0], "y": emb[:, 1],
-        }).to_csv(out / "features" / "umap.csv", index=False)
+        _write_umap(cfg, out, z_real, z_syn, [*test.obs_names, *syn_names],
+                    [*y_real, *y_syn[is_]])
     if cfg.report.fidelity and store.has_counts:
-        from .metrics.fidelity import fidelity_report, real_floor
         from .metrics.space import fit_space
 
         train = rows["train"]
@@ -528,14 +533,8 @@ def _evaluate_backed(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
                                        seed=derive_seed(cfg.seed, "eval-space-cells"))]
         space = fit_space(store.x.take(sub), y[sub], list(store.genes),
                           seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
-        real_c = sp.csr_matrix(test.layers[K.COUNTS])
-        write_json(out / "metrics" / "fidelity.json", {
-            "real_vs_real": real_floor(space, real_c, y_real, seed=derive_seed(cfg.seed, "floor"),
-                                       progress=progress),
-            "synthetic_vs_real": fidelity_report(space, real_c, y_real, syn_x, y_syn[is_],
-                                                 seed=derive_seed(cfg.seed, "fidelity"),
-                                                 progress=progress),
-        })
+        _write_fidelity(cfg, out, space, sp.csr_matrix(test.layers[K.COUNTS]), y_real,
+                        syn_x, y_syn[is_], progress)
 
 
 def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
