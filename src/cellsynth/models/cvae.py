@@ -39,6 +39,7 @@ from ._counts import (
     library_model,
     mean_loss,
 )
+from ._draws import nb_csr
 from .base import check_genes, fit_labels, request, split_masks, synthetic_adata, training_counts
 from .modules.cvae import CVAEModule, NegativeBinomial
 
@@ -476,12 +477,8 @@ class CVAE:
         library = module.library_from_noise(eps_l.to(self.device), y)  # (n,)
         px = module.generative(z, y, library)
         if isinstance(px, NegativeBinomial):
-            mu = px.mu.double().cpu().numpy()  # (n, n_genes)
-            theta = px.theta.double().cpu().numpy()
-            x = rng.poisson(rng.gamma(theta, mu / theta))
-            if px.zi_logits is not None:
-                pi = torch.sigmoid(px.zi_logits).double().cpu().numpy()
-                x[rng.random(x.shape) < pi] = 0
+            dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
+            return nb_csr(rng, px.mu, px.theta, dropout)
         else:  # Gaussian on log1p(x / library * target_sum)
             loc = px.loc.double().cpu().numpy()
             scale = px.scale.double().cpu().numpy()

@@ -29,11 +29,13 @@ from typing import Any, ClassVar
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
+import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelFileError
+from ._draws import nb_csr
 from ._training import package_version
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 
@@ -159,12 +161,6 @@ def draw_libraries(rng: np.random.Generator, libraries: np.ndarray, n: int) -> n
     return rng.choice(libraries.astype(np.float64), size=n, replace=True)
 
 
-def gamma_poisson(rng: np.random.Generator, mean: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Negative binomial counts with ``mean`` and dispersion ``theta`` (broadcast), as float32."""
-    rate = rng.gamma(shape=theta, scale=mean / theta)  # (n, G)
-    return rng.poisson(rate).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -275,9 +271,8 @@ class NegBinBaseline:
             for m in row_chunks(n, len(self.genes)):
                 lib = draw_libraries(rng, self.libraries[k], m)  # (m,)
                 mean = self.mu[k].astype(np.float64)[None, :] * (lib * scale)[:, None]  # (m, G)
-                blocks.append(
-                    sp.csr_matrix(gamma_poisson(rng, mean, self.theta[k].astype(np.float64)))
-                )
+                theta = torch.from_numpy(self.theta[k].astype(np.float32))
+                blocks.append(nb_csr(rng, torch.from_numpy(mean), theta))
                 bar.update(m)
         bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])

@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 from .._seeds import derive_seed
 from ..config import ScviConfig, _from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
+from ._draws import nb_csr
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
-    gamma_poisson,
     load_libraries,
     per_type_rows,
     read_meta,
@@ -234,7 +234,7 @@ class ScviGenerator:
 
     def _decode_sample(
         self, z: np.ndarray, lib: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
+    ) -> np.ndarray | sp.csr_matrix:
         """Counts drawn from the decoder's ``px`` at latents ``z`` (m, d) and libraries (m,)."""
         m = z.shape[0]
         zeros = torch.zeros((m, 1))
@@ -242,10 +242,8 @@ class ScviGenerator:
         px = self.module.generative(torch.from_numpy(z).float(), library, zeros, y=zeros)["px"]
         if self.module_kwargs["gene_likelihood"] == "poisson":
             return rng.poisson(px.rate.double().numpy()).astype(np.float32)
-        counts = gamma_poisson(rng, px.mu.double().numpy(), px.theta.double().numpy())  # (m, G)
-        if self.module_kwargs["gene_likelihood"] == "zinb":
-            counts[rng.random(counts.shape) < px.zi_probs.double().numpy()] = 0
-        return counts
+        zinb = self.module_kwargs["gene_likelihood"] == "zinb"
+        return nb_csr(rng, px.mu, px.theta, px.zi_probs if zinb else None)
 
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes, ``module`` and ``latent`` safetensors."""

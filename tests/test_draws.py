@@ -1,0 +1,50 @@
+"""The sparse negative binomial draw (models._draws.nb_csr) against the exact distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cellsynth.models._draws import nb_csr
+
+CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3)]
+
+
+@pytest.mark.parametrize(("mu", "theta"), CASES)
+def test_counts_follow_the_negative_binomial(mu: float, theta: float) -> None:
+    n = 100_000
+    x = nb_csr(np.random.default_rng(0), torch.full((n, 1), mu), torch.tensor([theta]))
+    x = x.toarray().ravel()
+    nb = stats.nbinom(theta, theta / (theta + mu))
+    assert abs(x.mean() - mu) < 5 * nb.std() / np.sqrt(n)
+    # chi-square on the pmf: one bin per count expected 50 times or more, and the two tails
+    ks = [k for k in range(200) if nb.pmf(k) * n >= 50]
+    lo, hi = ks[0], ks[-1]
+    expected = np.array([nb.cdf(lo - 1), *nb.pmf(ks), nb.sf(hi)]) * n
+    observed = np.array([(x < lo).sum(), *[(x == k).sum() for k in ks], (x > hi).sum()])
+    used = expected > 0  # no lower tail when the first bin is 0
+    p = stats.chisquare(observed[used], expected[used]).pvalue
+    assert p > 1e-4, (observed[:5], expected[:5])
+
+
+def test_matrix_shape_dropout_and_seed() -> None:
+    rng = np.random.default_rng(1)
+    mu = torch.from_numpy(np.exp(rng.normal(-2, 2, (300, 400))).astype(np.float32))
+    theta = torch.from_numpy(np.exp(rng.normal(0, 1, 400)).astype(np.float32))
+    a = nb_csr(np.random.default_rng(7), mu, theta)
+    b = nb_csr(np.random.default_rng(7), mu, theta)
+    assert a.shape == (300, 400) and a.has_canonical_format and a.dtype == np.float32
+    assert (a != b).nnz == 0
+    assert a.data.min() >= 1 and np.all(a.data == np.rint(a.data))
+    # per-cell theta broadcasts like per-gene theta
+    c = nb_csr(np.random.default_rng(7), mu, theta.expand(300, 400))
+    assert (a != c).nnz == 0
+    # zero inflation removes about its share of the non-zeros
+    half = nb_csr(np.random.default_rng(7), mu, theta, torch.full((300, 400), 0.5))
+    assert 0.45 < half.nnz / a.nnz < 0.55
+    # gene means follow mu
+    big = nb_csr(np.random.default_rng(3), mu[:1].expand(20_000, 400), theta)
+    means = np.asarray(big.mean(axis=0)).ravel()
+    assert stats.spearmanr(means, mu[0].numpy()).statistic > 0.95
