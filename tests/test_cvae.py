@@ -369,3 +369,44 @@ def test_early_stopping_waits_for_min_steps():
 
     assert run(0) == 2  # the first epoch is the best; one more without improvement stops it
     assert run(10) == 5  # 2 steps an epoch: not before 10 steps
+
+
+def test_auto_epoch_budget_follows_the_training_cells(small_kang, monkeypatch):
+    from cellsynth.config import load
+    from cellsynth.models import _loop
+
+    assert CVAEConfig().max_epochs == "auto"
+    assert _loop.epoch_budget("auto", 1_000) == 400  # small data: the full budget
+    assert _loop.epoch_budget("auto", 40_000) == 200
+    assert _loop.epoch_budget("auto", 662_662) == 12  # E-ANND-5's training split
+    assert _loop.epoch_budget("auto", 10**9) == 1
+    assert _loop.epoch_budget(7, 10**9) == 7  # a number is kept
+    assert load(overrides=["cvae.max_epochs=auto"]).cvae.max_epochs == "auto"
+    assert load(overrides=["cvae.max_epochs=5"]).cvae.max_epochs == 5
+    # the fit runs the resolved budget: 1 epoch when the rule gives 1
+    model = CVAE(small_kang, label_key="cell_type", config=tiny_config(max_epochs="auto"))
+    monkeypatch.setattr(_loop, "AUTO_CELLS", 1)
+    model.train(progress=False)
+    assert model.history["epochs"] == 1
+
+
+@pytest.mark.parametrize("zero_inflated", [False, True])
+@pytest.mark.parametrize("per_cell_theta", [False, True])
+def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta):
+    gen = torch.Generator().manual_seed(0)
+    b, g = 16, 50
+    mu = (torch.rand(b, g, generator=gen) * 5).requires_grad_()
+    shape = (b, g) if per_cell_theta else (g,)
+    theta = (torch.rand(shape, generator=gen) * 3 + 0.1).requires_grad_()
+    zi = (torch.randn(b, g, generator=gen)).requires_grad_() if zero_inflated else None
+    x = torch.poisson(mu.detach()) * (torch.rand(b, g, generator=gen) < 0.4)  # many zeros
+    x[3] = 0.0  # a cell with no counts
+    px = NegativeBinomial(mu, theta, zi_logits=zi)
+    dense = px.log_prob(x).sum(-1)
+    sparse = px.log_prob_cells(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-4)
+    params = [t for t in (mu, theta, zi) if t is not None]
+    g_dense = torch.autograd.grad(dense.sum(), params)
+    g_sparse = torch.autograd.grad(sparse.sum(), params)
+    for a, b_ in zip(g_sparse, g_dense, strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-5)

@@ -123,7 +123,7 @@ class CVAEConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     batch_size: int = 256
-    max_epochs: int = 400
+    max_epochs: int | Literal["auto"] = "auto"  # auto: min(400, 400 x 20,000 / training cells)
     patience: int = 10  # early stopping on validation loss, in epochs...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
     kl_start: float = 0.0  # KL weight annealed from this to 1

@@ -42,8 +42,24 @@ CHECKPOINT_FORMAT = 1
 _META_KEY = "cellsynth_checkpoint"  # safetensors header entry holding the JSON state
 
 
+AUTO_EPOCHS = 400  # max_epochs = "auto": this many epochs...
+AUTO_CELLS = 20_000  # ...up to this many training cells, then fewer (scvi-tools' rule)
+
+
+def epoch_budget(max_epochs: int | str, n_cells: int) -> int:
+    """``max_epochs``, or for ``"auto"`` ``min(400, round(400 * 20,000 / n_cells))``, at least 1.
+
+    scvi-tools sizes its default the same way: an atlas of 660k training cells gets 12 epochs,
+    about 8 million cells seen, as many as 400 epochs of 20,000 cells.
+    """
+    if max_epochs == "auto":
+        return max(1, min(AUTO_EPOCHS, round(AUTO_EPOCHS * AUTO_CELLS / max(n_cells, 1))))
+    return int(max_epochs)
+
+
 class LoopSettings(Protocol):
-    """The config fields the loop reads (``CVAEConfig`` and ``SeedVAEConfig`` have them)."""
+    """The config fields the loop reads (``CVAEConfig`` and ``SeedVAEConfig`` have them);
+    ``max_epochs`` is a number here (:func:`epoch_budget` resolves ``"auto"``)."""
 
     max_epochs: int
     patience: int  # epochs without improvement before stopping (see ``min_steps``)

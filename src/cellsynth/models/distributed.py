@@ -25,6 +25,7 @@ broadcast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -351,7 +352,7 @@ def _fit(
         lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
         local_val if n_val else None,
         n_rows=len(train),
-        settings=cfg,
+        settings=dataclasses.replace(cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train)),
         generator=generator,
         name="CVAE",
         lr_setting="cvae.lr",

@@ -113,6 +113,34 @@ class NegativeBinomial(Distribution):
             return log_nb(value, self.mu, self.theta)
         return log_zinb(value, self.mu, self.theta, self.zi_logits)
 
+    def log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
+        """``log_prob(value).sum(-1)`` for counts ``(B, n_genes)``, computed sparsely.
+
+        Every term but ``theta * log(theta / (theta + mu))`` (and, zero-inflated, the zero
+        case) vanishes where the count is 0, so the log-gamma terms, ``log(mu)`` and their
+        gradients are evaluated on the non-zero entries only (a tenth or less of single-cell
+        counts). Equal to the dense sum up to float rounding; values and gradients are tested.
+        """
+        mu, theta = self.mu, self.theta
+        log_theta_mu = torch.log(theta + mu + _EPS)
+        log_p0 = theta * (torch.log(theta + _EPS) - log_theta_mu)  # (B, G): NB's log P(x = 0)
+        rows, cols = (value > 0).nonzero(as_tuple=True)
+        x = value[rows, cols]
+        th = theta.expand_as(mu)[rows, cols]
+        nonzero = (
+            x * (torch.log(mu[rows, cols] + _EPS) - log_theta_mu[rows, cols])
+            + torch.lgamma(x + th)
+            - torch.lgamma(th)
+            - torch.lgamma(x + 1.0)
+        )
+        if self.zi_logits is None:
+            return log_p0.sum(-1).index_add(0, rows, nonzero)
+        # zero: softplus(-zi + log_p0) - softplus(-zi); non-zero: -zi + log_p0 - softplus(-zi) + ...
+        shifted = log_p0 - self.zi_logits
+        dense = (F.softplus(shifted) - F.softplus(-self.zi_logits)).sum(-1)
+        at = shifted[rows, cols]
+        return dense.index_add(0, rows, at - F.softplus(at) + nonzero)
+
     @torch.no_grad()
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         """Gamma-Poisson draws from torch's global generator (the model draws with numpy instead)."""
@@ -275,7 +303,10 @@ class CVAEModule(nn.Module):
         """Negative ELBO averaged over the batch; ``kl_weight`` scales ``KL(q(z|x,y) || p(z|y))``."""
         qz, _, px = self(x, y, library)
         target = self.normalise(x, library) if self.likelihood == "gaussian" else x
-        reconst = -px.log_prob(target).sum(dim=-1)  # (B,)
+        if isinstance(px, NegativeBinomial):
+            reconst = -px.log_prob_cells(target)  # (B,)
+        else:
+            reconst = -px.log_prob(target).sum(dim=-1)
         kl = kl_divergence(qz, self.prior(y)).sum(dim=-1)  # (B,)
         return LossOutput.from_cells(reconst, kl, kl_weight)
 
