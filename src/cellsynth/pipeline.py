@@ -24,10 +24,10 @@ from ._seeds import derive_seed
 from .classify.xgb import Classifier, train_classifier
 from .config import RunConfig, save, to_dict
 from .data.groups import load_groups
-from .data.io import BACKED_BYTES, read
+from .data.io import read
 from .data.qc import QCReport, normalise_log1p, preprocess
 from .data.simulate import simulate_atlas
-from .errors import CellsynthError, ConfigError, DataError
+from .errors import CellsynthError, DataError
 from .explain.shap import explain_type, write_shap
 from .features.pca import PCAModel, fit_pca
 from .metrics.classification import classification_report, summary_row, to_coarse, write_report
@@ -212,21 +212,6 @@ def _fit_generator(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, sp_: dict[str
     return gen, history
 
 
-def _fit_generator_backed(cfg: RunConfig, store: Any, progress: bool, out: Path,
-                          checkpoint_key: str = "", fresh: bool = False) -> tuple[Any, dict]:
-    """:func:`_fit_generator` out of core: the CVAE trains from the store (``CVAE.fit_store``)."""
-    import shutil
-
-    seed = derive_seed(cfg.seed, "generator")
-    ckpt = out / "generator" / "checkpoint"
-    if fresh:
-        shutil.rmtree(ckpt, ignore_errors=True)
-    gen = make_generator(cfg.generator.model, cfg)
-    history = gen.fit_store(store, cfg.dataset.label_key, seed=seed, progress=progress,
-                            checkpoint_dir=ckpt, checkpoint_key=checkpoint_key)
-    return gen, history
-
-
 def _generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], seed: int,
               path: Path | None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Generate cells, write them (when ``path``), and return them in the classifier's PCA space."""
@@ -329,214 +314,6 @@ def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
 # out of core: the same stages over cells on disk (dataset.backed)
 
 #: generators that train from cells on disk (the others need the data in memory)
-_BACKED_GENERATORS = ("cvae",)
-
-
-def out_of_core(cfg: RunConfig) -> bool:
-    """Whether ``run`` takes the out-of-core path: ``dataset.backed`` true, or ``"auto"`` and
-    the file larger than ``data.io.BACKED_BYTES``."""
-    backed = cfg.dataset.backed
-    if backed is True:
-        return True
-    if backed == "auto" and cfg.dataset.path:
-        path = Path(cfg.dataset.path).expanduser()
-        return path.is_file() and path.stat().st_size > BACKED_BYTES
-    return False
-
-
-def _check_backed(cfg: RunConfig) -> None:
-    """Settings the out-of-core path cannot run, refused before any work."""
-    model = cfg.generator.model
-    if model not in _BACKED_GENERATORS:
-        raise ConfigError(f"generator.model = {model} needs the data in memory; use cvae or "
-                             "set dataset.backed = false")
-    if cfg.cvae.distributed:
-        raise ConfigError("cvae.distributed needs the data in memory; set cvae.distributed = "
-                             "false or dataset.backed = false")
-    if cfg.classifier.backend == "dask":
-        raise ConfigError("classifier.backend = dask needs the data in memory; set "
-                             "classifier.backend = local or dataset.backed = false")
-
-
-def _backed_source(cfg: RunConfig, out: Path, progress: bool) -> Path:
-    """The h5ad to preprocess out of core: ``dataset.path``, or the demo atlas written to disk."""
-    ds = cfg.dataset
-    if ds.path:
-        return Path(ds.path).expanduser()
-    from .data.simulate import write_atlas
-
-    path = out / "data" / "demo.h5ad"
-    logger.info("no dataset.path: writing the embedded demo atlas (%d simulated cells, %d genes, "
-                "%d types) to %s", ds.demo_cells, ds.demo_genes, ds.demo_types, path)
-    return write_atlas(path, ds.demo_cells, ds.demo_genes, ds.demo_types,
-                       seed=derive_seed(cfg.seed, "demo"), label_key=ds.label_key,
-                       progress=progress)
-
-
-def _stage_data_backed(cfg: RunConfig, out: Path, progress: bool) -> tuple[Any, QCReport]:
-    """The data stage out of core: ``preprocess_backed`` into ``data/preprocessed.h5ad``."""
-    from .data.chunked import PreprocessedStore, preprocess_backed
-    from .data.store import H5adFile
-
-    d = out / "data"
-    source = _backed_source(cfg, out, progress)
-    with H5adFile(source) as h5:
-        groups = {} if cfg.dataset.groups == "auto" else resolve_groups(cfg, h5, [])
-    _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=groups,
-                                  seed=derive_seed(cfg.seed, "split"),
-                                  out_path=d / "preprocessed.h5ad", progress=progress)
-    store = PreprocessedStore(d / "preprocessed.h5ad")
-    write_json(d / "qc.json", {
-        "steps": report.steps, "dropped_types": report.dropped_types,
-        "cells_per_type_before": report.cells_per_type_before,
-        "cells_per_type_after": report.cells_per_type_after,
-        "n_cells": store.n_obs, "n_genes": store.n_vars, "has_counts": store.has_counts,
-    })
-    pd.DataFrame(report.steps).to_csv(d / "qc_steps.csv", index=False)
-    cols = [cfg.dataset.label_key, K.SPLIT] + ([K.GROUP] if K.GROUP in store.obs else [])
-    store.obs[cols].to_csv(d / "cells.csv", index_label="cell")
-    write_json(d / "groups.json", groups)
-    return store, report
-
-
-def _split_rows(store: Any) -> dict[str, np.ndarray]:
-    split = store.split()
-    return {s: np.flatnonzero(split == s) for s in K.SPLITS}
-
-
-def _splits_backed(store: Any, pca: PCAModel, label_key: str, directory: Path, chunk: int,
-                   progress: bool, reuse: bool) -> dict[str, Split]:
-    """Each split's PCA features in its own ``.npy`` memmap in ``directory`` (``{split}.npy``),
-    transformed chunk by chunk from the store; ``reuse`` reopens files of the right shape."""
-    y = store.obs[label_key].astype(str).to_numpy()
-    out = {}
-    for s, rows in _split_rows(store).items():
-        path, shape = directory / f"{s}.npy", (len(rows), pca.n_components)
-        if not len(rows):
-            out[s] = Split(np.zeros(shape, dtype=np.float32), y[rows])
-            continue
-        if reuse and path.is_file():
-            try:
-                mm = np.load(path, mmap_mode="r")
-                if mm.shape == shape and mm.dtype == np.float32:
-                    out[s] = Split(mm, y[rows])
-                    continue
-            except ValueError:
-                pass
-        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-        pca.transform(store.normalised.subset(rows), chunk_size=chunk, out=mm, progress=progress)
-        mm.flush()
-        del mm
-        out[s] = Split(np.load(path, mmap_mode="r"), y[rows])
-    return out
-
-
-def _centroids(split: Split, types: list[str], chunk: int) -> np.ndarray:
-    """Mean features of each type, read ``chunk`` rows at a time (a memmap stays on disk)."""
-    codes = pd.Categorical(split.y, categories=types).codes
-    sums = np.zeros((len(types), split.x.shape[1]))
-    for start in range(0, len(codes), chunk):
-        c = codes[start:start + chunk]
-        np.add.at(sums, c[c >= 0], np.asarray(split.x[start:start + chunk], np.float64)[c >= 0])
-    return sums / np.maximum(np.bincount(codes[codes >= 0], minlength=len(types)), 1)[:, None]
-
-
-def _write_synthetic_h5ad(path: Path, writer_rows, labels: np.ndarray, genes: list[str],
-                          label_key: str, uns: dict) -> None:
-    """Write generated CSR chunks (an iterable) as an h5ad, one chunk in memory at a time."""
-    from anndata.io import write_elem
-
-    from .data.store import CSRWriter, h5ad_file
-
-    with h5ad_file(path) as f:
-        writer = CSRWriter(f, "X", len(genes))
-        for x in writer_rows:
-            writer.append(x)
-        obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
-                           index=[f"synthetic_{i}" for i in range(len(labels))])
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
-        write_elem(f, "uns", {K.UNS: uns})
-
-
-def _generate_backed(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], seed: int,
-                     path: Path | None, features: Path, progress: bool) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
-    """:func:`_generate` one chunk at a time: each generated chunk is written (when ``path``),
-    normalised and projected into the ``features`` memmap; only the features are kept."""
-    import dataclasses
-
-    from .models.base import package_version, request
-
-    pairs = request(counts, gen.labels)
-    y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
-    features.parent.mkdir(parents=True, exist_ok=True)
-    shape = (len(y), pca.n_components)
-    z = (np.lib.format.open_memmap(features, mode="w+", dtype=np.float32, shape=shape)
-         if len(y) else np.zeros(shape, dtype=np.float32))
-    pos = 0
-
-    def chunks():
-        nonlocal pos
-        for _, x in gen.sample_chunks(counts, seed=seed, progress=progress):
-            n = x.shape[0]
-            pca.transform(normalise_log1p(x, cfg.qc.target_sum), chunk_size=cfg.qc.chunk_size,
-                          out=z[pos:pos + n])
-            pos += n
-            yield x
-
-    if path is not None:
-        uns = {"version": package_version(), "model": gen.name, "seed": int(seed),
-               "label_key": cfg.dataset.label_key,
-               "config": {**dataclasses.asdict(gen.config), "latent_sampler": "mixture"}}
-        _write_synthetic_h5ad(path, chunks(), y, gen.genes, cfg.dataset.label_key, uns)
-    else:
-        for _ in chunks():
-            pass
-    if isinstance(z, np.memmap):
-        z.flush()
-        z = np.load(features, mmap_mode="r")
-    return z, y.astype(str)
-
-
-def _evaluate_backed(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
-                     progress: bool = False) -> None:
-    """:func:`_evaluate` on subsamples read from disk: at most ``report.max_cells`` test and
-    generated cells; the fidelity space on a class-balanced training subsample
-    (``features.max_cells_per_class`` a type) and the real-vs-real floor on the test subsample."""
-    from .data.split import balanced_subsample
-    from .data.store import H5adFile
-
-    label_key = cfg.dataset.label_key
-    rows = _split_rows(store)
-    y = store.obs[label_key].astype(str).to_numpy()
-    cap = cfg.report.max_cells
-    test_rows = rows["test"]
-    ir = _stratified(y[test_rows], cap, derive_seed(cfg.seed, "eval-real"))
-    test = store.to_memory(test_rows[ir])
-    y_real = y[test_rows][ir]
-    with H5adFile(out / "synthetic" / "eval.h5ad") as syn:
-        y_syn = syn.obs[label_key].astype(str).to_numpy()
-        is_ = _stratified(y_syn, cap, derive_seed(cfg.seed, "eval-synthetic"))
-        syn_x = syn.X.take(is_)
-        syn_names = syn.obs_names[is_]
-    if cfg.report.umap:
-        z_real = pca.transform(test.X)
-        z_syn = pca.transform(normalise_log1p(syn_x, cfg.qc.target_sum))
-        _write_umap(cfg, out, z_real, z_syn, [*test.obs_names, *syn_names],
-                    [*y_real, *y_syn[is_]])
-    if cfg.report.fidelity and store.has_counts:
-        from .metrics.space import fit_space
-
-        train = rows["train"]
-        sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
-                                       seed=derive_seed(cfg.seed, "eval-space-cells"))]
-        space = fit_space(store.x.take(sub), y[sub], list(store.genes),
-                          seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
-        _write_fidelity(cfg, out, space, sp.csr_matrix(test.layers[K.COUNTS]), y_real,
-                        syn_x, y_syn[is_], progress)
-
-
 def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
         force: set[str] | None = None) -> Path:
     """Run every stage into ``out`` and return the path of ``results.md``.
@@ -560,19 +337,21 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     plan = ResumePlan(manifest, cfg, force or set())
     label_key = cfg.dataset.label_key
     data_dir, metrics_dir = out / "data", out / "metrics"
+    from . import pipeline_backed as ooc  # imports this module: not at the top
+
     store = pre = None  # out of core: the cells on disk (a PreprocessedStore); else in memory
-    backed = out_of_core(cfg)
+    backed = ooc.out_of_core(cfg)
     if backed:
         from .data.chunked import PreprocessedStore
         from .features.pca import fit_pca_backed
 
-        _check_backed(cfg)
+        ooc.check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
                     "%d", cfg.dataset.backed, cfg.qc.chunk_size)
 
     if backed and plan.runs("data"):
         with manifest.stage("data", plan.hash("data")) as entry:
-            store, report = _stage_data_backed(cfg, out, progress)
+            store, report = ooc.stage_data(cfg, out, progress)
             entry.update(cells=store.n_obs, genes=store.n_vars,
                          types=int(store.obs[label_key].nunique()), out_of_core=True)
             _check_before_training(cfg, store.obs, store.has_counts)
@@ -597,7 +376,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     if store is not None:
         if plan.runs("features"):
             with manifest.stage("features", plan.hash("features")):
-                train_rows = _split_rows(store)["train"]
+                train_rows = ooc.split_rows(store)["train"]
                 pca = fit_pca_backed(store.normalised,
                                      store.obs[label_key].to_numpy()[train_rows], store.genes,
                                      cfg.features, seed=derive_seed(cfg.seed, "pca"),
@@ -607,11 +386,11 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
                     "n_components": pca.n_components,
                     "explained_variance_ratio": pca.explained_variance_ratio,
                 })
-                sp_ = _splits_backed(store, pca, label_key, out / "features", cfg.qc.chunk_size,
+                sp_ = ooc.splits(store, pca, label_key, out / "features", cfg.qc.chunk_size,
                                      progress, reuse=False)
         else:
             pca = PCAModel.load(out / "features")
-            sp_ = _splits_backed(store, pca, label_key, out / "features", cfg.qc.chunk_size,
+            sp_ = ooc.splits(store, pca, label_key, out / "features", cfg.qc.chunk_size,
                                  progress, reuse=True)
     else:
         train = (pre.obs[K.SPLIT] == "train").to_numpy()
@@ -632,7 +411,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     groups = json.loads((data_dir / "groups.json").read_text())
     if cfg.dataset.groups == "auto":
         if store is not None:
-            centroids = _centroids(sp_["train"], types, cfg.qc.chunk_size)
+            centroids = ooc.centroids(sp_["train"], types, cfg.qc.chunk_size)
         else:
             centroids = np.stack([sp_["train"].x[sp_["train"].y == t].mean(axis=0) for t in types])
         groups = resolve_groups(cfg, pre if store is None else store, types, centroids)
@@ -651,7 +430,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
         with manifest.stage("generator", plan.hash("generator")) as entry:
             fresh = bool(plan.force & {"data", "features", "generator"})
             if store is not None:
-                gen, history = _fit_generator_backed(cfg, store, progress, out,
+                gen, history = ooc.fit_generator(cfg, store, progress, out,
                                                      checkpoint_key=plan.hash("features"),
                                                      fresh=fresh)
             else:
@@ -675,7 +454,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
                 "val": ({t: g.n_per_type_val for t in types}, derive_seed(cfg.seed, "generate-val")),
             }
             if store is not None:
-                syn = {name: _generate_backed(gen, cfg, pca, counts, seed_,
+                syn = {name: ooc.generate(gen, cfg, pca, counts, seed_,
                                               out / "synthetic" / f"{name}.h5ad"
                                               if name != "val" else None,
                                               out / "synthetic" / f"{name}_pca.npy", progress)
@@ -712,7 +491,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     if plan.runs("evaluation"):
         with manifest.stage("evaluation", plan.hash("evaluation")):
             if store is not None:
-                _evaluate_backed(cfg, store, pca, out, progress)
+                ooc.evaluate(cfg, store, pca, out, progress)
             else:
                 _evaluate(cfg, pre, pca, out, progress)
 
