@@ -513,12 +513,16 @@ def bench_generation(args, device: str) -> dict:
             s2 = time.perf_counter()
             t_dec, t_draw = t_dec + s1 - s0, t_draw + s2 - s1
     per_cell = 1 / (n_chunks * rows)
+    decoder_flops = sum(2 * m.in_features * m.out_features for name, m in module.named_modules()
+                        if isinstance(m, torch.nn.Linear)
+                        and name.split(".")[0] in ("decoder", "px_scale_decoder",
+                                                   "px_dropout_decoder"))  # fmt: skip
     return {"cells": n, "genes": genes, "types": len(request), "train_cells": adata.n_obs,
             "sample_s": t1 - t0, "write_s": t2 - t1, "total_s": t2 - t0, "file_mb": size_mb,
             "nnz_share": nnz / (n * genes), "cells_per_s": n / (t2 - t0),
             "sample_cells_per_s": n / (t1 - t0), "values_per_s": n * genes / (t2 - t0),
             "decoder_s_per_cell": t_dec * per_cell, "draw_s_per_cell": t_draw * per_cell,
-            "chunk_rows": rows}  # fmt: skip
+            "decoder_flops_per_cell": decoder_flops, "chunk_rows": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,7 +710,7 @@ def page_flops(found: dict) -> list[str]:
     return lines
 
 
-def page_generation(found: dict) -> list[str]:
+def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
     lines = ["## 3. Generation throughput", "",
              "`CVAE.sample` of the requested cells (spread evenly over the types, mixture "
              "latents) and `AnnData.write_h5ad` of the result; cells/s counts both. The model "
@@ -733,6 +737,14 @@ def page_generation(found: dict) -> list[str]:
                   f"| decoder, µs per cell | {res['decoder_s_per_cell'] * 1e6:.1f} |",
                   f"| sparse NB draw to CSR, µs per cell | {res['draw_s_per_cell'] * 1e6:.1f} |",
                   ""]  # fmt: skip
+        flops = res.get("decoder_flops_per_cell")
+        peak = peaks.get(r["device"])
+        if flops and peak:  # what the decoder alone allows at the measured matmul peak
+            bound = peak * 1e9 / flops
+            lines[-1:] = [f"| decoder matmul FLOPs per cell | {flops / 1e6:.2f} M "
+                          f"({flops / res['decoder_s_per_cell'] / 1e9:.1f} GFLOP/s achieved) |",
+                          f"| cells/s the decoder alone allows at the section 2 matmul peak "
+                          f"({peak:.1f} GFLOP/s) | {fmt(bound)} |", ""]
     return lines
 
 
@@ -811,7 +823,8 @@ def write_page(out: Path, doc: Path) -> Path:
         lines += ["**Some sections below are from `--quick` runs (small sizes, to check the "
                   "script): placeholders until the full run.**", ""]
     lines += page_training(found["training"]) + page_flops(found["flops"])
-    lines += page_generation(found["generation"]) + page_pipeline(found["pipeline"])
+    peaks = {dev: r["result"]["peak"] for dev, r in found["flops"].items()}
+    lines += page_generation(found["generation"], peaks) + page_pipeline(found["pipeline"])
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines))
     return doc
