@@ -18,12 +18,24 @@ def _data(n=600, g=300, rank=5, seed=0):
     return d, rng.integers(0, 4, n).astype(str)
 
 
-@pytest.mark.parametrize("exact_max", [10_000, 0])  # exact covariance, then randomized SVD
-def test_matches_sklearn_without_densifying(monkeypatch, exact_max):
-    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", exact_max)
+METHODS = {"exact covariance": (10_000, 0), "exact Gram": (0, 10_000), "randomized SVD": (0, 0)}
+
+
+def use_method(monkeypatch, method: str) -> None:
+    """Make ``_fit`` take ``method`` by moving its gene and cell thresholds."""
+    max_genes, max_cells = METHODS[method]
+    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", max_genes)
+    monkeypatch.setattr(pca_mod, "EXACT_MAX_CELLS", max_cells)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_matches_sklearn_without_densifying(monkeypatch, caplog, method):
+    use_method(monkeypatch, method)
+    caplog.set_level("INFO", logger="cellsynth.features.pca")
     d, y = _data()
     m = fit_pca(sp.csr_matrix(d), y, [f"g{i}" for i in range(d.shape[1])],
                 FeaturesConfig(n_components=10), seed=0)
+    assert f"PCA ({method})" in caplog.text
     ref = PCA(10).fit(d)
     assert np.allclose(m.explained_variance[:5], ref.explained_variance_[:5], rtol=1e-4)
     z, zr = m.transform(sp.csr_matrix(d), chunk_size=101), ref.transform(d)
@@ -57,8 +69,9 @@ def test_balanced_subsample_and_save_load(tmp_path):
 
 
 # exact covariance reading the cells every pass; randomized SVD holding them after the first
-@pytest.mark.parametrize(("exact_max", "cache_bytes"), [(10_000, 0), (0, 1 << 30)])
-def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatch, exact_max,
+@pytest.mark.parametrize(("method", "cache_bytes"),
+                         [("exact covariance", 0), ("exact Gram", 0), ("randomized SVD", 1 << 30)])
+def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatch, method,
                                                  cache_bytes):
     """PCA fitted on the training cells read from disk equals the one fitted in memory."""
     import anndata as ad
@@ -67,7 +80,7 @@ def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatc
     from cellsynth.data.chunked import PreprocessedStore, preprocess_backed
     from cellsynth.data.qc import preprocess
 
-    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", exact_max)
+    use_method(monkeypatch, method)
     cfg = config.load(None, ["features.n_components=20", "features.max_cells_per_class=150"])
     pre, _ = preprocess(ad.read_h5ad(kang_path), cfg.dataset, cfg.qc, cfg.split, seed=0)
     out, _ = preprocess_backed(kang_path, cfg.dataset, cfg.qc, cfg.split, seed=0,

@@ -1,8 +1,9 @@
 """PCA fitted on a class-balanced training subsample, applied chunk by chunk.
 
 The sparse matrix is never densified: centring (and optional scaling) is implicit. Small gene
-panels use the exact covariance eigendecomposition; wide ones a randomized SVD whose products
-with the centred matrix are computed as ``X @ Q - 1 (mu @ Q)``.
+panels use the exact covariance eigendecomposition; wide panels fitted on few cells the exact
+eigendecomposition of the cells' Gram matrix ``Xc Xc^T`` (components ``Xc^T U / s``); the rest a
+randomized SVD whose products with the centred matrix are computed as ``X @ Q - 1 (mu @ Q)``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: gene panels up to this size use the exact covariance eigendecomposition
 EXACT_MAX_GENES = 6000
+#: wider panels fitted on at most this many cells use the exact cell-by-cell Gram matrix
+EXACT_MAX_CELLS = 8000
+_GRAM_MAX_VALUES = 150_000_000  # ...when the dense centred subsample (float64) is at most 1.2 GB
 
 
 @dataclass
@@ -145,6 +149,29 @@ def _exact(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int) -> tuple[np
         evals, evecs = scipy.linalg.eigh(cov, driver="evd")
     order = np.argsort(evals)[::-1][:k]
     return evecs[:, order].T, np.maximum(evals[order], 0)
+
+
+def _exact_cells(blocks: Blocks, n: int, g: int, mean: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` components from the eigendecomposition of the ``(n, n)`` Gram matrix of the
+    centred cells: ``Xc Xc^T = U S^2 U^T`` and the components are ``Xc^T U / S``."""
+    xc = np.empty((n, g))
+    row = 0
+    for block in blocks():
+        m = block.shape[0]
+        xc[row : row + m] = block.toarray() if sp.issparse(block) else block
+        row += m
+    xc -= mean
+    gram = xc @ xc.T
+    if k < n // 2:
+        evals, u = scipy.linalg.eigh(gram, subset_by_index=[n - k, n - 1], driver="evr")
+    else:
+        evals, u = scipy.linalg.eigh(gram, driver="evd")
+    order = np.argsort(evals)[::-1][:k]
+    evals, u = np.maximum(evals[order], 0), u[:, order]
+    s = np.sqrt(evals)
+    comps = (xc.T @ u).T / np.where(s > 0, s, 1.0)[:, None]  # (k, g); zero where s = 0
+    return comps, evals / max(n - 1, 1)
 
 
 def _randomized(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int,
@@ -280,8 +307,14 @@ def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
         logger.warning("features.n_components=%d is more than the data allow (%d cells, %d genes): "
                        "using %d", k, n, g, limit)
         k = limit
-    exact = g <= EXACT_MAX_GENES
-    n_passes = 2 if exact else 2 + _N_ITER  # moments, then the gram or the power iterations + 1
+    if g <= EXACT_MAX_GENES:
+        method = "exact covariance"
+    elif n <= EXACT_MAX_CELLS and n * g <= _GRAM_MAX_VALUES:
+        method = "exact Gram"
+    else:
+        method = "randomized SVD"
+    # moments, then the covariance or Gram matrix, or the power iterations + 1
+    n_passes = 2 + _N_ITER if method == "randomized SVD" else 2
     bar = tqdm(total=n * n_passes, desc="PCA fit", unit="row", unit_scale=True,
                disable=not progress)  # fmt: skip
     blocks = _counted(blocks, bar)
@@ -297,12 +330,12 @@ def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
         mean = mean / scale
         var = var / scale**2
     total_var = var.sum() * n / max(n - 1, 1)
-    if exact:
+    if method == "exact covariance":
         comps, ev = _exact(blocks, n, g, mean, k)
-        method = "exact covariance"
+    elif method == "exact Gram":
+        comps, ev = _exact_cells(blocks, n, g, mean, k)
     else:
         comps, ev = _randomized(blocks, n, g, mean, k, np.random.default_rng(seed), _N_ITER)
-        method = "randomized SVD"
     bar.close()
     # a deterministic sign: the largest loading of each component is positive
     signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
