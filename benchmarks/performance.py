@@ -137,11 +137,32 @@ def epoch_ends(logger_name: str, into: list[float]):
         lg.setLevel(level)
 
 
-def save_result(out: Path, section: str, device: str, result: dict, ctx: dict) -> None:
+def cpu_seconds() -> tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine, of this process and its children, wall clock)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # not idle/iowait
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+
+def other_cores(start: tuple[float, float, float]) -> float | None:
+    """Cores other processes kept busy on average since ``start`` (from :func:`cpu_seconds`):
+    what the load average cannot tell apart from the benchmark's own threads."""
+    busy, own, wall = (b - a for a, b in zip(start, cpu_seconds(), strict=True))
+    return None if math.isnan(busy) or wall <= 0 else max(0.0, (busy - own) / wall)
+
+
+def save_result(out: Path, section: str, device: str, result: dict, ctx: dict,
+                start: tuple[float, float, float]) -> None:
     path = out / f"{section}_{device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"section": section, "device": device, **ctx,
-                                "load_after": list(os.getloadavg()), "result": result}, indent=1))
+                                "load_after": list(os.getloadavg()),
+                                "other_cores": other_cores(start), "result": result}, indent=1))
     log.info("wrote %s", path)
 
 
@@ -585,12 +606,18 @@ def header(r: dict) -> list[str]:
     quick = " **Quick mode (small sizes; a placeholder, not the real measurement).**" \
         if r.get("quick") else ""
     load = " / ".join(f"{x:.1f}" for x in r["load_before"][:1] + r["load_after"][:1])
-    busy = max(r["load_before"][0], r["load_after"][0]) > 0.5 * r["machine"]["cores"]
+    others = r.get("other_cores")
+    if others is None:  # older results: only the load average, which counts our own threads
+        busy = max(r["load_before"][0], r["load_after"][0]) > 0.5 * r["machine"]["cores"]
+        seen = f"Load average (1 min) before / after: {load}."
+    else:
+        busy = others > 0.25
+        seen = (f"Other processes used {others:.2f} cores on average while it ran (from "
+                f"`/proc/stat` less its own CPU time); load average before / after: {load}.")
     warn = " **The machine was busy (other processes): these timings are inflated.**" \
         if busy else ""
     return [f"*{r['device'].upper()}* — measured {r['date']} by `{r['command']}` on "
-            f"{describe_machine(r['machine'])}. Load average (1 min) before / after: {load}."
-            f"{warn}{quick}", ""]
+            f"{describe_machine(r['machine'])}. {seen}{warn}{quick}", ""]
 
 
 def page_training(found: dict) -> list[str]:
@@ -901,12 +928,13 @@ def main() -> int:
             for device in ([auto] if section == "pipeline" else devices):
                 ctx.update(date=dt.datetime.now().isoformat(timespec="minutes"),
                            load_before=list(os.getloadavg()))
+                start = cpu_seconds()
                 log.info("== %s on %s", section, device)
                 if section == "pipeline":
                     result = bench_pipeline(args, out)
                 else:
                     result = globals()[f"bench_{section}"](args, device)
-                save_result(out, section, device, result, ctx)
+                save_result(out, section, device, result, ctx, start)
     print(f"wrote {write_page(out, doc)}")
     return 0
 
