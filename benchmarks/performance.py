@@ -439,19 +439,17 @@ def _batches(model, adata, device: str, bs: int):
 
 def _time_nb_head(x, lib, device: str, min_time: float) -> float | None:
     """Forward + backward of softmax -> mean -> NB log-likelihood on one batch, as the module's
-    head computes it (``log_nb`` from cellsynth.models.modules.cvae)."""
+    head computes it (``NegativeBinomial.log_prob_cells``: summed over the non-zero counts)."""
     import torch
 
-    try:
-        from cellsynth.models.modules.cvae import log_nb
-    except ImportError:
-        return None
+    from cellsynth.models.modules.cvae import NegativeBinomial
+
     logits = torch.randn(x.shape, device=device, requires_grad=True)
     px_r = torch.zeros(x.shape[1], device=device, requires_grad=True)
 
     def head() -> None:
         mu = lib[:, None] * torch.softmax(logits, dim=-1)
-        (-log_nb(x, mu, torch.exp(px_r)).sum(-1).mean()).backward()
+        (-NegativeBinomial(mu, torch.exp(px_r)).log_prob_cells(x).mean()).backward()
 
     return timeit(head, device, min_time)
 
@@ -670,7 +668,8 @@ def page_flops(found: dict) -> list[str]:
              "default architecture, epochs after the first when there are several). "
              "The step breakdown times one step phase by phase (synchronised on a GPU), then "
              "the same linear layers alone (forward + backward on random inputs) and the NB "
-             "head alone (softmax → mean → `log_nb`, forward + backward) on one batch.", ""]
+             "head alone (softmax → mean → `NegativeBinomial.log_prob_cells`, forward + "
+             "backward) on one batch.", ""]
     if not found:
         return [*lines, "Not run yet: `python benchmarks/performance.py --flops`.", ""]
     for r in found.values():
