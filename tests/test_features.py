@@ -26,6 +26,7 @@ def use_method(monkeypatch, method: str) -> None:
     max_genes, max_cells = METHODS[method]
     monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", max_genes)
     monkeypatch.setattr(pca_mod, "EXACT_MAX_CELLS", max_cells)
+    monkeypatch.setattr(pca_mod, "GRAM_MIN_SHARE", 0.0)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -104,3 +105,15 @@ def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatc
         zt = mb.transform(store.normalised.subset(np.flatnonzero(train)), chunk_size=250)
         assert np.array_equal(zt, z[train])
     assert np.array_equal(np.load(tmp_path / "z.npy"), z)
+
+
+def test_few_components_of_wide_panels_take_the_randomized_svd(monkeypatch, caplog):
+    """Under the Gram share the randomized SVD is cheaper; at or above it, the exact Gram."""
+    monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", 0)
+    caplog.set_level("INFO", logger="cellsynth.features.pca")
+    d, y = _data(n=200, g=300)
+    genes = [f"g{i}" for i in range(300)]
+    fit_pca(sp.csr_matrix(d), y, genes, FeaturesConfig(n_components=10), seed=0)
+    assert "PCA (randomized SVD)" in caplog.text
+    fit_pca(sp.csr_matrix(d), y, genes, FeaturesConfig(n_components=20), seed=0)
+    assert "PCA (exact Gram)" in caplog.text
