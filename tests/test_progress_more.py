@@ -125,6 +125,7 @@ def test_pca_fit_bar_counts_every_pass(capsys, monkeypatch, exact):
 
     if not exact:
         monkeypatch.setattr(pca_mod, "EXACT_MAX_GENES", 10)  # the randomized SVD's 6 passes
+        monkeypatch.setattr(pca_mod, "EXACT_MAX_CELLS", 0)
     monkeypatch.setattr(pca_mod, "_BLOCK_ROWS", 16)
     a = _counts()
     x = sp.csr_matrix(np.log1p(a.X.toarray()))
