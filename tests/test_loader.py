@@ -154,13 +154,16 @@ def test_drop_last_and_bad_arguments(store):
 
 
 def test_memory_and_throughput(tmp_path, caplog):
-    """An epoch holds a buffer and a batch, not the matrix; its speed is logged."""
+    """An epoch holds a buffer and a batch, not the matrix; its speed is logged.
+
+    The matrix is large against the loader's buffer (about 1.2 MB) so that allocations by other
+    threads left by earlier tests (tracemalloc counts them too) cannot reach the bound."""
     rng = np.random.default_rng(0)
-    n, g = 20_000, 400
+    n, g = 60_000, 400
     with h5py.File(tmp_path / "big.h5", "w") as f:
         w = CSRWriter(f, "X", g)
-        for _ in range(0, n, 2000):
-            part = sp.random(2000, g, density=0.1, format="csr", random_state=rng,
+        for _ in range(0, n, 6000):
+            part = sp.random(6000, g, density=0.1, format="csr", random_state=rng,
                              dtype=np.float32)
             part.data = np.ceil(part.data * 5)
             w.append(part)
