@@ -137,6 +137,15 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
 
 
+def hashed_settings(cfg: Any) -> dict[str, Any]:
+    """The config as a dict without the :data:`UNHASHED` settings: what results depend on."""
+    config = dataclasses.asdict(cfg)
+    for section, keys in UNHASHED.items():
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k not in keys}
+    return config
+
+
 class ResumePlan:
     """Which stages of a run directory can be skipped: done before with the same settings.
 
@@ -153,10 +162,7 @@ class ResumePlan:
             raise ConfigError(f"--force: unknown stage(s) {sorted(unknown)}; stages are: "
                               f"{', '.join(STAGES)}")
         self.manifest, self.force, self.ran = manifest, set(force), set()
-        config = dataclasses.asdict(cfg)
-        for section, keys in UNHASHED.items():
-            if isinstance(config.get(section), dict):
-                config[section] = {k: v for k, v in config[section].items() if k not in keys}
+        config = hashed_settings(cfg)
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
             blob = json.dumps({"config": {k: config[k] for k in sections},

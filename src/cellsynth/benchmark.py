@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import _keys as K
-from ._runtime import UNHASHED, peak_rss_mb, write_json
+from ._runtime import hashed_settings, peak_rss_mb, write_json
 from ._seeds import derive_seed
 from .config import RunConfig
 from .data.io import read
@@ -99,14 +99,11 @@ def model_key(cfg: RunConfig, name: str) -> str:
     import json
     from importlib.metadata import version
 
-    from .config import to_dict
-
-    d = to_dict(cfg)
+    d = hashed_settings(cfg)  # without the settings that do not change results
     keep = {k: d[k] for k in ("seed", "dataset", "qc", "split", "classifier")}
     section = MODEL_SECTIONS.get(name)
     if section:
-        unhashed = UNHASHED.get(section, ())  # settings that do not change results
-        keep[section] = {k: v for k, v in d[section].items() if k not in unhashed}
+        keep[section] = d[section]
     blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
