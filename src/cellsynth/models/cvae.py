@@ -253,7 +253,7 @@ class CVAE:
             progress=progress,
         )
         history = result.history
-        module.set_latent_mixture(*latent_mixture(module, train, yt, eval_rows, seed))
+        self._fit_latent_mixture(train, yt, seed)
         if checkpoint is not None:
             checkpoint.remove()
         seconds = history["seconds"]
@@ -331,29 +331,29 @@ class CVAE:
         return self._train(module, train, val, yt, generator, step, batches,
                            checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress)
 
-    def _fingerprint_loaders(self, train: Any, val: Any, seed: int, key: str) -> str:
-        """:meth:`_fingerprint` of cells on disk (stored values, library and type per row)."""
-        config = {k: v for k, v in dataclasses.asdict(self.config).items()
-                  if k not in _NOT_FINGERPRINTED}  # fmt: skip
-        cells = [(loader.x.indptr[loader.rows + 1] - loader.x.indptr[loader.rows],
-                  loader.library_np, loader.codes_np) for loader in (train, val)]
-        return _loop.fingerprint(
-            "CVAE-store", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
-        )
-
     def _fingerprint(self, train: Rows, val: Rows, seed: int, key: str) -> str:
-        """What a training checkpoint must match: settings, seed, genes, types and the cells."""
-        config = {k: v for k, v in dataclasses.asdict(self.config).items()
-                  if k not in _NOT_FINGERPRINTED}  # fmt: skip
-        # per row: stored values, library size and type
+        """What a training checkpoint must match: settings, seed, genes, types and the cells
+        (per row: stored values, library size and type)."""
         cells = [(np.diff(r.counts.indptr), r.library_np, r.codes.cpu().numpy())
                  for r in (train, val)]  # fmt: skip
+        return self._fingerprint_cells("CVAE", cells, seed, key)
+
+    def _fingerprint_loaders(self, train: Any, val: Any, seed: int, key: str) -> str:
+        """:meth:`_fingerprint` of cells on disk (stored values, library and type per row)."""
+        cells = [(loader.x.indptr[loader.rows + 1] - loader.x.indptr[loader.rows],
+                  loader.library_np, loader.codes_np) for loader in (train, val)]
+        return self._fingerprint_cells("CVAE-store", cells, seed, key)
+
+    def _fingerprint_cells(self, tag: str, cells: list, seed: int, key: str) -> str:
+        config = {k: v for k, v in dataclasses.asdict(self.config).items()
+                  if k not in _NOT_FINGERPRINTED}  # fmt: skip
         return _loop.fingerprint(
-            "CVAE", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
+            tag, FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
 
-    def _fit_latent_mixture(self, rows: Rows, codes: np.ndarray, seed: int) -> None:
-        """Fit each type's latent mixture to one posterior draw per training cell."""
+    def _fit_latent_mixture(self, rows: Any, codes: np.ndarray, seed: int) -> None:
+        """Fit each type's latent mixture to one posterior draw per training cell (``rows``:
+        in-memory :class:`Rows` or an on-disk loader)."""
         module = self._module()
         module.set_latent_mixture(
             *latent_mixture(module, rows, codes, 4 * self.config.batch_size, seed)
@@ -479,12 +479,12 @@ class CVAE:
         if isinstance(px, NegativeBinomial):
             dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
             return nb_csr(rng, px.mu, px.theta, dropout)
-        else:  # Gaussian on log1p(x / library * target_sum)
-            loc = px.loc.double().cpu().numpy()
-            scale = px.scale.double().cpu().numpy()
-            v = np.maximum(rng.normal(loc, scale), 0.0)
-            lib = library.double().cpu().numpy()[:, None]
-            x = np.rint(np.expm1(v) * (lib / TARGET_SUM))
+        # Gaussian on log1p(x / library * target_sum)
+        loc = px.loc.double().cpu().numpy()
+        scale = px.scale.double().cpu().numpy()
+        v = np.maximum(rng.normal(loc, scale), 0.0)
+        lib = library.double().cpu().numpy()[:, None]
+        x = np.rint(np.expm1(v) * (lib / TARGET_SUM))
         return sp.csr_matrix(x.astype(np.float32))
 
     # ------------------------------------------------------------------------------------------
