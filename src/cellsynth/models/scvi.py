@@ -218,7 +218,7 @@ class ScviGenerator:
             for m in row_chunks(n, len(self.genes)):
                 z = self.latent_mean[k] + rng.standard_normal((m, d)) @ chol.T  # (m, d)
                 lib = draw_libraries(rng, self.libraries[k], m)
-                blocks.append(sp.csr_matrix(self._decode_sample(z, lib, rng)))
+                blocks.append(self._decode_sample(z, lib, rng))
                 bar.update(m)
         bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
@@ -234,14 +234,14 @@ class ScviGenerator:
 
     def _decode_sample(
         self, z: np.ndarray, lib: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray | sp.csr_matrix:
+    ) -> sp.csr_matrix:
         """Counts drawn from the decoder's ``px`` at latents ``z`` (m, d) and libraries (m,)."""
         m = z.shape[0]
         zeros = torch.zeros((m, 1))
         library = torch.from_numpy(np.log(np.maximum(lib, 1.0))).float()[:, None]  # (m, 1)
         px = self.module.generative(torch.from_numpy(z).float(), library, zeros, y=zeros)["px"]
         if self.module_kwargs["gene_likelihood"] == "poisson":
-            return rng.poisson(px.rate.double().numpy()).astype(np.float32)
+            return sp.csr_matrix(rng.poisson(px.rate.double().numpy()).astype(np.float32))
         zinb = self.module_kwargs["gene_likelihood"] == "zinb"
         return nb_csr(rng, px.mu, px.theta, px.zi_probs if zinb else None)
 
