@@ -268,11 +268,11 @@ class NegBinBaseline:
         for label, n in pairs:
             k = self.labels.index(label)
             scale = 1.0 / float(self.libraries[k].mean()) if self.libraries[k].mean() > 0 else 0.0
+            mu, theta = torch.from_numpy(self.mu[k]), torch.from_numpy(self.theta[k])  # float32
             for m in row_chunks(n, len(self.genes)):
                 lib = draw_libraries(rng, self.libraries[k], m)  # (m,)
-                mean = self.mu[k].astype(np.float64)[None, :] * (lib * scale)[:, None]  # (m, G)
-                theta = torch.from_numpy(self.theta[k].astype(np.float32))
-                blocks.append(nb_csr(rng, torch.from_numpy(mean), theta))
+                factor = torch.from_numpy((lib * scale).astype(np.float32))
+                blocks.append(nb_csr(rng, factor[:, None] * mu[None, :], theta))  # mean (m, G)
                 bar.update(m)
         bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
