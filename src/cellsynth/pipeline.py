@@ -310,10 +310,15 @@ def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
                         sp.csr_matrix(syn.X[is_]), y_syn[is_], progress)
 
 
-# ----------------------------------------------------------------------------------------------
-# out of core: the same stages over cells on disk (dataset.backed)
+def _save_pca(pca: PCAModel, out: Path) -> None:
+    """The fitted PCA in ``features/`` and its explained variance in ``features/pca.json``."""
+    pca.save(out / "features")
+    write_json(out / "features" / "pca.json", {
+        "n_components": pca.n_components,
+        "explained_variance_ratio": pca.explained_variance_ratio,
+    })
 
-#: generators that train from cells on disk (the others need the data in memory)
+
 def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
         force: set[str] | None = None) -> Path:
     """Run every stage into ``out`` and return the path of ``results.md``.
@@ -381,17 +386,13 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
                                      store.obs[label_key].to_numpy()[train_rows], store.genes,
                                      cfg.features, seed=derive_seed(cfg.seed, "pca"),
                                      rows=train_rows, progress=progress)
-                pca.save(out / "features")
-                write_json(out / "features" / "pca.json", {
-                    "n_components": pca.n_components,
-                    "explained_variance_ratio": pca.explained_variance_ratio,
-                })
+                _save_pca(pca, out)
                 sp_ = ooc.splits(store, pca, label_key, out / "features", cfg.qc.chunk_size,
-                                     progress, reuse=False)
+                                 progress, reuse=False)
         else:
             pca = PCAModel.load(out / "features")
             sp_ = ooc.splits(store, pca, label_key, out / "features", cfg.qc.chunk_size,
-                                 progress, reuse=True)
+                             progress, reuse=True)
     else:
         train = (pre.obs[K.SPLIT] == "train").to_numpy()
         if plan.runs("features"):
@@ -399,11 +400,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
                 pca = fit_pca(pre.X[train], pre.obs[label_key].to_numpy()[train],
                               list(pre.var_names), cfg.features, seed=derive_seed(cfg.seed, "pca"),
                               progress=progress)
-                pca.save(out / "features")
-                write_json(out / "features" / "pca.json", {
-                    "n_components": pca.n_components,
-                    "explained_variance_ratio": pca.explained_variance_ratio,
-                })
+                _save_pca(pca, out)
         else:
             pca = PCAModel.load(out / "features")
         sp_ = _splits(pre, pca.transform(pre.X, chunk_size=cfg.qc.chunk_size), label_key)
@@ -431,8 +428,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
             fresh = bool(plan.force & {"data", "features", "generator"})
             if store is not None:
                 gen, history = ooc.fit_generator(cfg, store, progress, out,
-                                                     checkpoint_key=plan.hash("features"),
-                                                     fresh=fresh)
+                                                 checkpoint_key=plan.hash("features"), fresh=fresh)
             else:
                 gen, history = _fit_generator(cfg, pre, pca, sp_, types, progress, out,
                                               checkpoint_key=plan.hash("features"), fresh=fresh)
@@ -455,9 +451,9 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
             }
             if store is not None:
                 syn = {name: ooc.generate(gen, cfg, pca, counts, seed_,
-                                              out / "synthetic" / f"{name}.h5ad"
-                                              if name != "val" else None,
-                                              out / "synthetic" / f"{name}_pca.npy", progress)
+                                          out / "synthetic" / f"{name}.h5ad"
+                                          if name != "val" else None,
+                                          out / "synthetic" / f"{name}_pca.npy", progress)
                        for name, (counts, seed_) in draws.items()}
             else:
                 syn = {name: _generate(gen, cfg, pca, counts, seed_,

@@ -31,7 +31,7 @@ from .pipeline import Split, _stratified, _write_fidelity, _write_umap, resolve_
 logger = logging.getLogger(__name__)
 
 def fit_generator(cfg: RunConfig, store: Any, progress: bool, out: Path,
-                          checkpoint_key: str = "", fresh: bool = False) -> tuple[Any, dict]:
+                  checkpoint_key: str = "", fresh: bool = False) -> tuple[Any, dict]:
     """:func:`_fit_generator` out of core: the CVAE trains from the store (``CVAE.fit_store``)."""
     import shutil
 
@@ -121,7 +121,7 @@ def split_rows(store: Any) -> dict[str, np.ndarray]:
 
 
 def splits(store: Any, pca: PCAModel, label_key: str, directory: Path, chunk: int,
-                   progress: bool, reuse: bool) -> dict[str, Split]:
+           progress: bool, reuse: bool) -> dict[str, Split]:
     """Each split's PCA features in its own ``.npy`` memmap in ``directory`` (``{split}.npy``),
     transformed chunk by chunk from the store; ``reuse`` reopens files of the right shape."""
     y = store.obs[label_key].astype(str).to_numpy()
@@ -176,8 +176,7 @@ def _write_synthetic_h5ad(path: Path, writer_rows, labels: np.ndarray, genes: li
 
 
 def generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], seed: int,
-                     path: Path | None, features: Path, progress: bool) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
+             path: Path | None, features: Path, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_generate` one chunk at a time: each generated chunk is written (when ``path``),
     normalised and projected into the ``features`` memmap; only the features are kept."""
     import dataclasses
@@ -216,7 +215,7 @@ def generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], se
 
 
 def evaluate(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
-                     progress: bool = False) -> None:
+             progress: bool = False) -> None:
     """:func:`_evaluate` on subsamples read from disk: at most ``report.max_cells`` test and
     generated cells; the fidelity space on a class-balanced training subsample
     (``features.max_cells_per_class`` a type) and the real-vs-real floor on the test subsample."""
