@@ -146,12 +146,20 @@ def _exact(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int) -> tuple[np
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         gram += block.T @ block
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
-    if k < g // 2:  # only the top k eigenpairs
-        evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[g - k, g - 1], driver="evr")
+    evals, evecs = _top_eigenpairs(cov, k)
+    return evecs.T, evals
+
+
+def _top_eigenpairs(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of the symmetric ``a`` (descending, clipped at 0) and their
+    eigenvectors as columns; only those are computed when ``k`` is under half the size."""
+    m = a.shape[0]
+    if k < m // 2:
+        evals, evecs = scipy.linalg.eigh(a, subset_by_index=[m - k, m - 1], driver="evr")
     else:
-        evals, evecs = scipy.linalg.eigh(cov, driver="evd")
+        evals, evecs = scipy.linalg.eigh(a, driver="evd")
     order = np.argsort(evals)[::-1][:k]
-    return evecs[:, order].T, np.maximum(evals[order], 0)
+    return np.maximum(evals[order], 0), evecs[:, order]
 
 
 def _exact_cells(blocks: Blocks, n: int, g: int, mean: np.ndarray,
@@ -165,13 +173,7 @@ def _exact_cells(blocks: Blocks, n: int, g: int, mean: np.ndarray,
         xc[row : row + m] = block.toarray() if sp.issparse(block) else block
         row += m
     xc -= mean
-    gram = xc @ xc.T
-    if k < n // 2:
-        evals, u = scipy.linalg.eigh(gram, subset_by_index=[n - k, n - 1], driver="evr")
-    else:
-        evals, u = scipy.linalg.eigh(gram, driver="evd")
-    order = np.argsort(evals)[::-1][:k]
-    evals, u = np.maximum(evals[order], 0), u[:, order]
+    evals, u = _top_eigenpairs(xc @ xc.T, k)
     s = np.sqrt(evals)
     comps = (xc.T @ u).T / np.where(s > 0, s, 1.0)[:, None]  # (k, g); zero where s = 0
     return comps, evals / max(n - 1, 1)
