@@ -3,7 +3,8 @@
 Runs `cellsynth benchmark` with the dataset presets in examples/ (their QC and split settings)
 and the models' default settings, and writes the page from the run. Usage, from the repository
 root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,seed,scvi] [--out runs/bench] [--rerun] [PRESET ...]
-A dataset whose results in --out were made with the same config, models and version is read back.
+A generator whose results kept in --kept (benchmarks/results/DATASET/NAME.json, committed) were
+made with the same settings and version is read back, not rerun.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def main() -> int:
     ap.add_argument("--models", default="cvae,nb,seed,scvi")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--doc", default="docs/RESULTS.md")
+    ap.add_argument("--kept", default="benchmarks/results",
+                    help="where each generator's results are kept, per dataset (committed with "
+                         "the page, so it can be rewritten and only changed generators rerun)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--rerun", action="store_true",
                     help="rerun generators whose kept results in --out match (default: reuse them)")
@@ -36,6 +40,7 @@ def main() -> int:
     path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
                          args.models.split(","), ROOT / args.out, overrides=args.set,
                          doc=ROOT / args.doc, reuse=not args.rerun, kept_only=args.kept_only,
+                         kept=ROOT / args.kept,
                          command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
     print(f"wrote {path}")
     return 0

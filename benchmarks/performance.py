@@ -218,7 +218,7 @@ def fit_ours(adata, hidden: int, layers: int, latent: int, args, device: str) ->
     from cellsynth.config import CVAEConfig
     from cellsynth.models.cvae import CVAE
 
-    cfg = CVAEConfig(n_hidden=[hidden] * layers, n_latent=latent, likelihood="nb",
+    cfg = CVAEConfig(n_hidden=[hidden] * layers, n_latent=latent, likelihood="nb", dispersion="gene",
                      dropout_rate=0.1, batch_size=args.batch_size, max_epochs=args.epochs,
                      patience=args.epochs + 1, device=device)  # fmt: skip
     model, ends = CVAE(config=cfg), []

@@ -45,3 +45,11 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
                                command="test", reuse=True)
     with pytest.raises(AssertionError, match="run again"):
         evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test")
+    # results kept apart from the run directory (benchmarks/results): read from there, and a
+    # fresh --out (nothing fitted there) still gives the same page
+    kept_dir = tmp_path / "kept"
+    (kept_dir / "tiny").mkdir(parents=True)
+    (kept_dir / "tiny" / "nb.json").write_text((out / "tiny" / "results" / "nb.json").read_text())
+    elsewhere = evaluate.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
+                                       command="test", reuse=True, kept=kept_dir)
+    assert elsewhere.read_text() == text

@@ -146,8 +146,10 @@ def test_latent_sources(fitted, tmp_path):
     prior.write_h5ad(tmp_path / "synthetic.h5ad")
     back = ad.read_h5ad(tmp_path / "synthetic.h5ad")
     assert (back.X != prior.X).nnz == 0 and back.uns[K.UNS]["model"] == "cvae"
-    weight = fitted.module.mixture_weight  # (n_labels, K): ~72 training cells per type -> 3
-    assert weight.shape == (5, 3) and torch.allclose(weight.sum(1), torch.ones(5))
+    # (n_labels, K): ~72 training cells per type, one component per n_latent + 1 = 9, at most 5
+    weight = fitted.module.mixture_weight
+    assert weight.shape == (5, 5) and torch.allclose(weight.sum(1), torch.ones(5))
+    assert fitted.module.mixture_chol.shape == (5, 5, 9, 9)
     with pytest.raises(DataError, match="latent"):
         fitted.sample(request, latent="posterior")
 
@@ -158,11 +160,51 @@ def test_small_types_keep_their_posteriors():
     adata.obs[K.SPLIT] = np.where(np.arange(adata.n_obs) % 10 == 9, "val", "train")
     model = CVAE(adata, config=tiny_config())
     model.train(seed=0, progress=False)
-    alpha = model.module.mixture_weight[model.labels.index("alpha")]
+    code = model.labels.index("alpha")
+    alpha = model.module.mixture_weight[code]
     torch.testing.assert_close(alpha[:3], torch.full((3,), 1 / 3))
     assert torch.all(alpha[3:] == 0)
+    # each component is one cell: its posterior for z, its own library size (no spread)
+    own = np.log(np.asarray(adata.X[:3].sum(1)).ravel())
+    np.testing.assert_allclose(model.module.mixture_mean[code, :3, -1].numpy(), own, rtol=1e-5)
+    assert torch.all(model.module.mixture_chol[code, :3, -1] == 0)
     out = model.sample({"alpha": 25}, seed=0)
     assert out.n_obs == 25 and np.isfinite(out.X.data).all()
+
+
+def test_mixture_keeps_the_depth_of_each_state():
+    """One type, two states: a deep one expressing genes 0-19, a shallow one genes 20-39.
+
+    Generated cells must keep the coupling (a library drawn apart from z gives it no sign).
+    """
+    rng = np.random.default_rng(3)
+    n, n_genes = 600, 40
+    deep = np.arange(n) % 2 == 0
+    profile = np.ones((n, n_genes))
+    profile[deep, :20] *= 20.0
+    profile[~deep, 20:] *= 20.0
+    profile /= profile.sum(1, keepdims=True)
+    library = np.where(deep, rng.lognormal(np.log(4000), 0.2, n), rng.lognormal(np.log(400), 0.2, n))
+    x = rng.poisson(rng.gamma(5.0, profile * library[:, None] / 5.0)).astype(np.float32)
+    adata = ad.AnnData(
+        X=sp.csr_matrix(x),
+        obs=pd.DataFrame({"cell_type": pd.Categorical(["one"] * n)}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]),
+    )
+    model = CVAE(adata, config=tiny_config(max_epochs=30, patience=30, min_steps=0, lr=3e-3))
+    model.train(seed=0, progress=False)
+    out = model.sample({"one": 400}, seed=1).X.toarray()
+    lib = out.sum(1)
+    state = out[:, :20].sum(1) / np.maximum(lib, 1)  # share of the deep state's genes
+    looks_deep = state > 0.5
+    assert 0.25 < looks_deep.mean() < 0.75  # both states generated
+    # deep-looking cells are about 10x deeper, as in the training cells
+    assert np.median(lib[looks_deep]) > 4 * np.median(lib[~looks_deep])
+    prior = model.sample({"one": 400}, seed=1, latent="prior").X.toarray()
+    lib_p = prior.sum(1)
+    deep_p = prior[:, :20].sum(1) / np.maximum(lib_p, 1) > 0.5
+    if 0 < deep_p.sum() < len(deep_p):  # the prior draws the library apart from z
+        assert np.median(lib_p[deep_p]) < 4 * np.median(lib_p[~deep_p])
 
 
 def test_sample_rejects_unknown_type_and_bad_counts(fitted):

@@ -118,10 +118,11 @@ def _sample(gen: Any, counts: dict[str, int], seed: int, progress: bool) -> ad.A
 
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
                       n_rare: int = 3, progress: bool = False, reuse: bool = False,
-                      kept_only: bool = False) -> dict[str, Any]:
+                      kept_only: bool = False, kept_dir: Path | None = None) -> dict[str, Any]:
     """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
 
-    Each generator's results are kept in ``out/results/NAME.json`` with :func:`model_key`;
+    Each generator's results are kept in ``kept_dir/NAME.json`` (default ``out/results``; small
+    JSON files, so a results page can keep them under version control) with :func:`model_key`;
     with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
     with ``kept_only``, kept results are read back and a generator without them is left out
     (``details['not_run']``).
@@ -149,7 +150,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     n_train = pd.Series(parts["train"][1]).value_counts().to_dict()
     n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
     for name in models:
-        kept, key = out / "results" / f"{name}.json", model_key(cfg, name)
+        kept, key = (kept_dir or out / "results") / f"{name}.json", model_key(cfg, name)
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
         if saved.get("key") == key:
             rows[name], details["models"][name] = saved["row"], saved["details"]

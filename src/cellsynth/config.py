@@ -120,6 +120,8 @@ class CVAEConfig:
     dropout_rate: float = 0.1
     likelihood: Literal["nb", "zinb", "gaussian"] = "nb"
     prior: Literal["conditional", "standard"] = "conditional"  # p(z | type), learned, or N(0, I)
+    # inverse dispersion of the NB: one per gene and cell type ("gene-label") or per gene
+    dispersion: Literal["gene", "gene-label"] = "gene-label"
     lr: float = 1e-3
     weight_decay: float = 1e-6
     batch_size: int = 256

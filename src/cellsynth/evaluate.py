@@ -77,12 +77,13 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
                   command: str | None = None, reuse: bool = False, kept_only: bool = False,
-                  progress: bool = False) -> Path:
+                  kept: Path | None = None, progress: bool = False) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
 
     With ``reuse``, a generator whose results in ``out`` were made with the same settings and
     package version (``benchmark.model_key``) is read back instead of rerun; with
-    ``kept_only``, nothing is fitted: the page is written from the kept results alone.
+    ``kept_only``, nothing is fitted: the page is written from the kept results alone. Kept
+    results are in ``kept/DATASET/`` (default ``out/DATASET/results/``).
 
     ``progress`` shows tqdm bars (on stderr) over training, sampling and scoring.
 
@@ -110,7 +111,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     for name, cfg in cfgs:
         pre = prepare(cfg.dataset.path, cfg)
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
-                                    kept_only=kept_only, progress=progress)
+                                    kept_only=kept_only, progress=progress,
+                                    kept_dir=kept / name if kept else None)
         shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
                  "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
         sections.append((name, cfg, shape, details))

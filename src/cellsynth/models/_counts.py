@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
 MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
-MIXTURE_MIN_CELLS = 20  # training cells per mixture component at least
 MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
 
 
@@ -153,50 +152,59 @@ def mean_loss(module: CVAEModule, rows: Rows, batch_size: int) -> float:
 def latent_mixture(
     module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each type's latent mixture fitted to one posterior draw per training cell.
+    """Each type's mixture over ``(z, log library)`` fitted to its training cells.
 
-    Types with at least ``2 * MIXTURE_MIN_CELLS`` cells get a diagonal Gaussian mixture of
-    up to ``MIXTURE_COMPONENTS`` components (one per ``MIXTURE_MIN_CELLS`` cells), smaller
-    ones keep their cells' posteriors as the components (the exact aggregate posterior).
-    Returns the weights ``(n_labels, K)``, means and sds ``(n_labels, K, n_latent)``.
+    A cell is one posterior draw of ``z`` beside the log of its observed library size, so that
+    generated cells keep the coupling of state and sequencing depth that real cells have (a
+    library drawn apart from ``z`` gives deep cells a shallow cell's profile). Types with at
+    least ``2 (n_latent + 1)`` cells get a full-covariance Gaussian mixture of up to
+    ``MIXTURE_COMPONENTS`` components (one per ``n_latent + 1`` cells); smaller ones keep each
+    cell as a component (its posterior sd for ``z``, its own library size): the exact
+    aggregate posterior. Returns the weights ``(n_labels, K)``, means ``(n_labels, K, d)`` and
+    lower-triangular scale factors ``(n_labels, K, d, d)``, ``d = n_latent + 1``.
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
     module.eval()
     start = time.perf_counter()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    d = module.n_latent + 1
     parts = []
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
         if len(idx) > MIXTURE_MAX_CELLS:
             idx = np.sort(rng.choice(idx, MIXTURE_MAX_CELLS, replace=False))
-        mean, std = [], []
+        mean, std, log_lib = [], [], []
         for sl in tr.iter_slices(len(idx), batch_size):
-            qz, _ = module.inference(*rows.batch(idx[sl]))
+            x, y, library = rows.batch(idx[sl])
+            qz, _ = module.inference(x, y, library)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
-        mu, sd = np.concatenate(mean), np.concatenate(std)  # (n_t, n_latent)
-        k = min(MIXTURE_COMPONENTS, len(idx) // MIXTURE_MIN_CELLS)
+            log_lib.append(np.log(library.double().cpu().numpy()))
+        mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)
+        k = min(MIXTURE_COMPONENTS, len(idx) // d)
         if k < 2:
-            parts.append((np.full(len(idx), 1.0 / len(idx)), mu, sd))
+            chol = np.zeros((len(idx), d, d))
+            chol[:, np.arange(d - 1), np.arange(d - 1)] = sd  # the library is the cell's own
+            parts.append((np.full(len(idx), 1.0 / len(idx)), np.hstack([mu, ll[:, None]]), chol))
             continue
-        draws = mu + sd * rng.standard_normal(mu.shape)
+        draws = np.hstack([mu + sd * rng.standard_normal(mu.shape), ll[:, None]])
         gm = GaussianMixture(
-            k, covariance_type="diag", reg_covar=1e-4, random_state=int(rng.integers(2**31))
+            k, covariance_type="full", reg_covar=1e-4, random_state=int(rng.integers(2**31))
         ).fit(draws)
-        parts.append((gm.weights_, gm.means_, np.sqrt(gm.covariances_)))
+        parts.append((gm.weights_, gm.means_, np.linalg.cholesky(gm.covariances_)))
     k_max = max(len(w) for w, _, _ in parts)
     weight = np.zeros((len(parts), k_max))
-    mean = np.zeros((len(parts), k_max, module.n_latent))
-    std = np.ones((len(parts), k_max, module.n_latent))
-    for t, (w, m, s) in enumerate(parts):
-        weight[t, : len(w)], mean[t, : len(w)], std[t, : len(w)] = w / w.sum(), m, s
+    mean = np.zeros((len(parts), k_max, d))
+    chol = np.zeros((len(parts), k_max, d, d))
+    for t, (w, m, c) in enumerate(parts):
+        weight[t, : len(w)], mean[t, : len(w)], chol[t, : len(w)] = w / w.sum(), m, c
     logger.info(
-        "CVAE: latent mixtures (up to %d components per type) in %.1f s",
+        "CVAE: latent and library mixtures (up to %d components per type) in %.1f s",
         k_max,
         time.perf_counter() - start,
     )
-    return torch.tensor(weight), torch.tensor(mean), torch.tensor(std)
+    return torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
 
 
 def initial_decoder(

@@ -1,9 +1,10 @@
 """The count-space conditional VAE (cellsynth's main generator): train, sample, save, load.
 
 Learns the raw counts of every gene of a labelled AnnData. Generation draws, for each requested
-cell of type ``t``, a latent ``z`` (from a Gaussian mixture fitted after training to the type's
-training-cell posteriors, or from the prior ``p(z | t)``), a library size from the type's
-log-normal library model, and integer counts from the decoded (zero-inflated) negative
+cell of type ``t``, a latent ``z`` and a library size jointly (from a Gaussian mixture over
+``(z, log library)`` fitted after training to the type's training cells: posterior draws beside
+observed library sizes), or ``z`` from the prior ``p(z | t)`` and the library from the type's
+log-normal library model; then integer counts from the decoded (zero-inflated) negative
 binomial (Gaussian: log-normalised values, scaled to the library and rounded).
 
 Mini-batches are CSR rows densified one batch at a time: on a GPU gathered from a device copy of
@@ -45,7 +46,7 @@ from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the latent mixture is over (z, log library), full covariance
 GENES_FILE = "genes.json"
 CHECKPOINT_NAME = "cvae"  # the training checkpoint is CHECKPOINT_NAME.safetensors
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
@@ -120,8 +121,7 @@ class CVAE:
             dropout_rate=c.dropout_rate,
             likelihood=c.likelihood,
             prior=c.prior,
-            # a CVAEConfig without this field (older configs) means one dispersion per gene
-            dispersion=getattr(c, "dispersion", "gene"),
+            dispersion=c.dispersion,
             target_sum=TARGET_SUM,
         )
         return module.to(self.device)
@@ -352,8 +352,8 @@ class CVAE:
         )
 
     def _fit_latent_mixture(self, rows: Any, codes: np.ndarray, seed: int) -> None:
-        """Fit each type's latent mixture to one posterior draw per training cell (``rows``:
-        in-memory :class:`Rows` or an on-disk loader)."""
+        """Fit each type's mixture over ``(z, log library)`` to one posterior draw and the library
+        size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk loader)."""
         module = self._module()
         module.set_latent_mixture(
             *latent_mixture(module, rows, codes, 4 * self.config.batch_size, seed)
@@ -402,9 +402,11 @@ class CVAE:
             All noise (latents, library sizes, counts) is drawn from
             ``numpy.random.default_rng(seed)``: the same seed gives byte-identical counts.
         latent
-            Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture fitted to the
-            training cells' posteriors after training (keeps multi-modal types, e.g. treated
-            and control cells, apart); ``"prior"``, the model's prior ``p(z | type)``.
+            Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture over ``z`` and
+            the log library size fitted to the training cells after training (keeps
+            multi-modal types, e.g. treated and control cells, apart, and each state's
+            sequencing depth); ``"prior"``, the model's prior ``p(z | type)``, with the library
+            from the type's log-normal library model.
         progress
             Show a progress bar over the generated cells (on stderr).
 
@@ -468,13 +470,14 @@ class CVAE:
         module = self._module()
         y = torch.full((n,), code, dtype=torch.long, device=self.device)  # (n,)
         u = torch.from_numpy(rng.random(n, dtype=np.float32))
-        eps_z = torch.from_numpy(rng.standard_normal((n, module.n_latent), dtype=np.float32))
-        eps_l = torch.from_numpy(rng.standard_normal(n, dtype=np.float32))
-        if latent == "mixture":
-            z = module.mixture_from_noise(u.to(self.device), eps_z.to(self.device), y)
+        # (n, n_latent + 1): z's noise, then the library size's
+        eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
+        eps = eps.to(self.device)
+        if latent == "mixture":  # z and library jointly
+            z, library = module.mixture_from_noise(u.to(self.device), eps, y)
         else:
-            z = module.latent_from_noise(eps_z.to(self.device), y)  # (n, n_latent)
-        library = module.library_from_noise(eps_l.to(self.device), y)  # (n,)
+            z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
+            library = module.library_from_noise(eps[:, -1], y)  # (n,)
         px = module.generative(z, y, library)
         if isinstance(px, NegativeBinomial):
             dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
@@ -563,7 +566,7 @@ class CVAE:
         model.module = model._build_module()
         try:
             model.module.set_latent_mixture(
-                state["mixture_weight"], state["mixture_mean"], state["mixture_std"]
+                state["mixture_weight"], state["mixture_mean"], state["mixture_chol"]
             )
             model.module.load_state_dict(state)
         except (KeyError, ValueError, RuntimeError) as exc:

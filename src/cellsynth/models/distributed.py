@@ -173,16 +173,16 @@ def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
         return
     k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
     dist.broadcast(k, src=0)
-    n_labels, n_latent = module.n_labels, module.n_latent
+    n_labels, d = module.n_labels, module.n_latent + 1  # (z, log library)
     weight = module.mixture_weight.to(device)
-    mean, std = module.mixture_mean.to(device), module.mixture_std.to(device)
+    mean, chol = module.mixture_mean.to(device), module.mixture_chol.to(device)
     if dist.get_rank() != 0:
         weight = torch.zeros(n_labels, int(k.item()), device=device)
-        mean = torch.zeros(n_labels, int(k.item()), n_latent, device=device)
-        std = torch.zeros_like(mean)
-    for t in (weight, mean, std):
+        mean = torch.zeros(n_labels, int(k.item()), d, device=device)
+        chol = torch.zeros(n_labels, int(k.item()), d, d, device=device)
+    for t in (weight, mean, chol):
         dist.broadcast(t, src=0)
-    module.set_latent_mixture(weight, mean, std)
+    module.set_latent_mixture(weight, mean, chol)
 
 
 def _rank_device(cfg: CVAEConfig) -> torch.device:

@@ -233,11 +233,12 @@ class CVAEModule(nn.Module):
         # per-type log-library model, fitted by the caller (set_library_model)
         self.register_buffer("library_log_mean", torch.zeros(n_labels))
         self.register_buffer("library_log_std", torch.ones(n_labels))
-        # per-type diagonal Gaussian mixture over z, fitted by the caller to the aggregate
-        # posterior after training (set_latent_mixture); until then it equals N(0, I)
+        # per-type Gaussian mixture over (z, log library), fitted by the caller to the training
+        # cells' posteriors and observed library sizes after training (set_latent_mixture):
+        # weights, means and lower-triangular scale factors; until then N(0, I) and library 1
         self.register_buffer("mixture_weight", torch.ones(n_labels, 1))
-        self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent))
-        self.register_buffer("mixture_std", torch.ones(n_labels, 1, n_latent))
+        self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent + 1))
+        self.register_buffer("mixture_chol", torch.eye(n_latent + 1).repeat(n_labels, 1, 1, 1))
 
     # ------------------------------------------------------------------------------------------
 
@@ -337,21 +338,23 @@ class CVAEModule(nn.Module):
 
     @torch.no_grad()
     def set_latent_mixture(
-        self, weight: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+        self, weight: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor
     ) -> None:
-        """Store a per-type mixture over z: weights ``(n_labels, K)`` (rows sum to 1), means and
-        sds ``(n_labels, K, n_latent)``; ``K`` may differ from the current one."""
-        k = weight.shape[-1]
-        shape = (self.n_labels, k, self.n_latent)
-        if weight.shape != (self.n_labels, k) or mean.shape != shape or std.shape != shape:
+        """Store a per-type mixture over ``(z, log library)``: weights ``(n_labels, K)`` (rows
+        sum to 1), means ``(n_labels, K, n_latent + 1)`` and lower-triangular scale factors
+        ``(n_labels, K, n_latent + 1, n_latent + 1)``; ``K`` may differ from the current one."""
+        k, d = weight.shape[-1], self.n_latent + 1
+        if (weight.shape != (self.n_labels, k) or mean.shape != (self.n_labels, k, d)
+                or chol.shape != (self.n_labels, k, d, d)):  # fmt: skip
             raise ValueError(
-                f"mixture shapes {tuple(weight.shape)}, {tuple(mean.shape)}, {tuple(std.shape)} "
-                f"do not fit {self.n_labels} types and {self.n_latent} latent dimensions"
+                f"mixture shapes {tuple(weight.shape)}, {tuple(mean.shape)}, {tuple(chol.shape)} "
+                f"do not fit {self.n_labels} types and {self.n_latent} latent dimensions "
+                "(+1 for the log library size)"
             )
         device = self.mixture_mean.device
         self.mixture_weight = weight.to(device, torch.float32)
         self.mixture_mean = mean.to(device, torch.float32)
-        self.mixture_std = std.to(device, torch.float32)
+        self.mixture_chol = chol.to(device, torch.float32)
 
     @torch.no_grad()
     def latent_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -362,13 +365,15 @@ class CVAEModule(nn.Module):
     @torch.no_grad()
     def mixture_from_noise(
         self, u: torch.Tensor, eps: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Draws from the per-type latent mixture: component by uniform ``u`` (``(B,)``), then
-        ``mean + std * eps`` with standard-normal ``eps`` (``(B, n_latent)``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint draws of ``z`` and the library size from the per-type mixture: the component by
+        uniform ``u`` (``(B,)``), then ``mean + L @ eps`` with standard-normal ``eps``
+        (``(B, n_latent + 1)``). Returns ``z`` ``(B, n_latent)`` and the library ``(B,)``."""
         cdf = torch.cumsum(self.mixture_weight[y], dim=-1)  # (B, K)
         k = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp_max(cdf.shape[1] - 1)  # (B, 1)
         k = k.squeeze(1)
-        return self.mixture_mean[y, k] + self.mixture_std[y, k] * eps  # (B, n_latent)
+        draw = self.mixture_mean[y, k] + (self.mixture_chol[y, k] @ eps[:, :, None]).squeeze(-1)
+        return draw[:, :-1], torch.exp(draw[:, -1])  # (B, n_latent), (B,)
 
     @torch.no_grad()
     def library_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
