@@ -191,6 +191,25 @@ def test_resolve_device():
         resolve_device("tpu")
 
 
+def test_auto_device_uses_xgboosts_cuda_without_a_cuda_torch(monkeypatch):
+    """The pinned CPU torch sees no GPU; XGBoost's CUDA build on a GPU machine still uses it."""
+    import torch
+
+    from cellsynth.classify import xgb as module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, "cuda_driver_devices", lambda: 1)
+    monkeypatch.setattr(module, "_xgboost_has_cuda", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(module, "_xgboost_has_cuda", lambda: False)  # a CPU-only XGBoost
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(module, "_xgboost_has_cuda", lambda: True)
+    monkeypatch.setattr(module, "cuda_driver_devices", lambda: 0)  # no device
+    assert resolve_device("auto") == "cpu"
+    # this machine: the driver probe answers without raising, and agrees with torch where it can
+    assert module.cuda_driver_devices() >= 0
+
+
 def test_no_validation_cells_trains_all_rounds(data):
     Xtr, ytr, _, _ = data
     empty = np.empty((0, Xtr.shape[1]), dtype=np.float32)

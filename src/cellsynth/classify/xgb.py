@@ -143,7 +143,12 @@ class Classifier:
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` if torch sees a usable CUDA device, else ``"cpu"``; others as given."""
+    """``"auto"`` -> ``"cuda"`` when XGBoost can train on a visible CUDA device, else ``"cpu"``.
+
+    The CPU build of torch (the one cellsynth pins) never sees a GPU, while XGBoost's own CUDA
+    build can use one; so a GPU counts when torch sees one, or when this XGBoost was built with
+    CUDA and the CUDA driver reports a device. Other values are returned as given.
+    """
     if device in ("cpu", "cuda"):
         return device
     if device != "auto":
@@ -151,9 +156,33 @@ def resolve_device(device: str) -> str:
     try:
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
     except ImportError:
-        return "cpu"
+        pass
+    return "cuda" if _xgboost_has_cuda() and cuda_driver_devices() > 0 else "cpu"
+
+
+def _xgboost_has_cuda() -> bool:
+    """Whether the installed XGBoost was built with CUDA."""
+    return bool(xgb.build_info().get("USE_CUDA", False))
+
+
+def cuda_driver_devices() -> int:
+    """CUDA devices the driver reports (``cuDeviceGetCount``); 0 without a driver or a device.
+
+    Asks ``libcuda`` directly, so it works without a CUDA build of torch.
+    """
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
 
 
 def balanced_weights(y: Sequence[str] | np.ndarray) -> np.ndarray:
