@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-fidelity bench-reference bench-performance lint clean
+.PHONY: install demo test test-fast bench bench-fidelity bench-cvae-gap bench-reference bench-performance lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)
 
 bench-fidelity: $(STAMP)
 	$(PY) benchmarks/fidelity.py
+
+bench-cvae-gap: $(STAMP)
+	$(PY) benchmarks/cvae_gap.py
 
 bench-reference: $(STAMP)
 	$(PY) benchmarks/reference_experiments.py
