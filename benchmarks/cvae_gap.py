@@ -38,20 +38,20 @@ from reference_experiments import PRESETS  # noqa: E402
 @torch.no_grad()
 def decode_cells(gen, counts: sp.csr_matrix, labels: np.ndarray, rng: np.random.Generator):
     """Counts decoded from one posterior draw of each cell, at the cell's own library size."""
-    from cellsynth.models._draws import nb_csr
+    from cellsynth.models import _training as tr
+    from cellsynth.models._counts import Rows
+    from cellsynth.models.cvae import draw_counts
 
     module = gen.module.eval()
     codes = {t: i for i, t in enumerate(gen.labels)}
+    rows = Rows(counts, np.array([codes[t] for t in labels]), gen.device)
     out = []
-    for start in range(0, counts.shape[0], 1024):
-        x = torch.from_numpy(counts[start:start + 1024].toarray().astype(np.float32))
-        y = torch.tensor([codes[t] for t in labels[start:start + 1024]])
-        library = x.sum(1).clamp_min(1.0)
+    for sl in tr.iter_slices(len(rows), 1024):
+        x, y, library = rows.batch(np.arange(sl.start, sl.stop))
         qz, _ = module.inference(x, y, library)
         eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape), dtype=np.float32))
-        px = module.generative(qz.loc + qz.scale * eps, y, library)
-        dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
-        out.append(nb_csr(rng, px.mu, px.theta, dropout))
+        px = module.generative(qz.loc + qz.scale * eps.to(qz.loc.device), y, library)
+        out.append(draw_counts(px, library, rng))
     return sp.vstack(out, format="csr")
 
 

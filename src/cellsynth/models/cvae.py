@@ -478,17 +478,7 @@ class CVAE:
         else:
             z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
             library = module.library_from_noise(eps[:, -1], y)  # (n,)
-        px = module.generative(z, y, library)
-        if isinstance(px, NegativeBinomial):
-            dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
-            return nb_csr(rng, px.mu, px.theta, dropout)
-        # Gaussian on log1p(x / library * target_sum)
-        loc = px.loc.double().cpu().numpy()
-        scale = px.scale.double().cpu().numpy()
-        v = np.maximum(rng.normal(loc, scale), 0.0)
-        lib = library.double().cpu().numpy()[:, None]
-        x = np.rint(np.expm1(v) * (lib / TARGET_SUM))
-        return sp.csr_matrix(x.astype(np.float32))
+        return draw_counts(module.generative(z, y, library), library, rng)
 
     # ------------------------------------------------------------------------------------------
     # files
@@ -576,6 +566,23 @@ class CVAE:
         model.module.eval()
         model.history = history
         return model
+
+
+def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator) -> sp.csr_matrix:
+    """Integer counts (CSR) drawn from the decoder's ``px`` at library sizes ``library`` (B,).
+
+    NB/ZINB: the sparse draw of ``nb_csr``; Gaussian (on ``log1p(x / library * target_sum)``):
+    a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
+    """
+    if isinstance(px, NegativeBinomial):
+        dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
+        return nb_csr(rng, px.mu, px.theta, dropout)
+    loc = px.loc.double().cpu().numpy()
+    scale = px.scale.double().cpu().numpy()
+    v = np.maximum(rng.normal(loc, scale), 0.0)
+    lib = library.double().cpu().numpy()[:, None]
+    x = np.rint(np.expm1(v) * (lib / TARGET_SUM))
+    return sp.csr_matrix(x.astype(np.float32))
 
 
 def _optimizer(module: torch.nn.Module, config: CVAEConfig) -> torch.optim.Optimizer:
