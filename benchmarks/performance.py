@@ -12,7 +12,8 @@ Sections, each runnable alone (name none and the four run):
 Sections 1-3 run on the CPU and, when torch sees CUDA, on the GPU too (--devices to choose).
 Each section's last result is kept as benchmarks/results/performance/<section>_<device>.json
 (committed with the page; --kept) and the page is rebuilt from every kept result: a section not
-rerun keeps its last numbers, with their date. Simulated atlases and pipeline runs go to --out.
+rerun keeps its last numbers, with their date (a section with no kept result keeps its text
+from the page as last written). Simulated atlases and pipeline runs go to --out.
 --quick uses small sizes to check the script end to end (the page says so); --page-only
 rebuilds the page from the kept results.
 
@@ -869,6 +870,18 @@ def _projection(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _sections(text: str) -> dict[str, list[str]]:
+    """The page's ``## `` sections, by heading line, each with its lines (heading first)."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = found.setdefault(line, [])
+        if current is not None:
+            current.append(line)
+    return found
+
+
 def write_page(out: Path, doc: Path) -> Path:
     found = load_results(out)
     any_quick = any(r.get("quick") for sec in found.values() for r in sec.values())
@@ -881,11 +894,19 @@ def write_page(out: Path, doc: Path) -> Path:
     if any_quick:
         lines += ["**Some sections below are from `--quick` runs (small sizes, to check the "
                   "script): placeholders until the full run.**", ""]
-    lines += page_training(found["training"]) + page_flops(found["flops"])
     peaks = {dev: r["result"]["peak"] for dev, r in found["flops"].items()}
-    lines += page_generation(found["generation"], peaks) + page_pipeline(found["pipeline"])
+    old = _sections(doc.read_text()) if doc.is_file() else {}
+    for section, part in (("training", page_training(found["training"])),
+                          ("flops", page_flops(found["flops"])),
+                          ("generation", page_generation(found["generation"], peaks)),
+                          ("pipeline", page_pipeline(found["pipeline"]))):  # fmt: skip
+        if not found[section] and part[0] in old:
+            # no kept result (results kept before they were committed are gone): the section
+            # as the page last had it, which a run wrote, rather than "not run"
+            part = old[part[0]]
+        lines += part
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines))
+    doc.write_text("\n".join(lines).rstrip("\n") + "\n")
     return doc
 
 
