@@ -550,7 +550,9 @@ def bench_generation(args, device: str) -> dict:
 # 4. the full pipeline on simulated atlases
 
 
-def bench_pipeline(args, out: Path) -> dict:
+def bench_pipeline(args, out: Path, keep=None) -> dict:
+    """Simulate and run each size; ``keep({"rows": ...})`` after each, so a run stopped at a
+    large size keeps the sizes it finished."""
     sizes = list(args.pipeline_sizes) + ([ATLAS_CELLS] if args.atlas else [])
     cli = str(Path(sys.executable).parent / "cellsynth")
     work = out / "pipeline"
@@ -591,6 +593,8 @@ def bench_pipeline(args, out: Path) -> dict:
                                                           "cells", "genes", "types", "epochs")}
                                 for k, v in stages.items()}})  # fmt: skip
         log.info("pipeline %d cells: rc %d, %.0f s", cells, proc.returncode, wall)
+        if keep is not None:
+            keep({"rows": rows})
     return {"rows": rows}
 
 
@@ -987,7 +991,10 @@ def main() -> int:
                 start = cpu_seconds()
                 log.info("== %s on %s", section, device)
                 if section == "pipeline":
-                    result = bench_pipeline(args, out)
+                    def keep(res: dict, device: str = device, start=start) -> None:
+                        save_result(kept, "pipeline", device, res, ctx, start)
+
+                    result = bench_pipeline(args, out, keep)
                 else:
                     result = globals()[f"bench_{section}"](args, device)
                 save_result(kept, section, device, result, ctx, start)
