@@ -413,6 +413,35 @@ def test_early_stopping_waits_for_min_steps():
     assert run(10) == 5  # 2 steps an epoch: not before 10 steps
 
 
+def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
+    """``cvae.kl_weight`` is where the KL warm-up ends; at 1 (the behaviour before the setting)
+    it is left out of the settings hash, so results kept before it still match."""
+    from types import SimpleNamespace
+
+    from cellsynth._runtime import hashed_settings
+    from cellsynth.config import load
+    from cellsynth.errors import ConfigError
+    from cellsynth.models import _loop
+
+    def weights(**kl) -> list[float]:
+        module, seen = torch.nn.Linear(1, 1), []
+        settings = SimpleNamespace(max_epochs=4, patience=10, kl_start=0.0, kl_anneal_epochs=2,
+                                   **kl)
+        _loop.train_loop(
+            module, torch.optim.SGD(module.parameters(), lr=0.0),
+            lambda idx, beta: seen.append(beta) or (module.weight**2).sum(), lambda: [[0]],
+            lambda: 1.0, n_rows=1, settings=settings, generator=torch.Generator().manual_seed(0),
+            name="test", lr_setting="test.lr", progress=False)
+        return seen
+
+    assert weights() == [0.0, 0.5, 1.0, 1.0]  # no kl_weight (the seed VAE): up to 1
+    assert weights(kl_weight=0.5) == [0.0, 0.25, 0.5, 0.5]
+    assert "kl_weight" not in hashed_settings(load())["cvae"]
+    assert hashed_settings(load(overrides=["cvae.kl_weight=0.5"]))["cvae"]["kl_weight"] == 0.5
+    with pytest.raises(ConfigError, match=r"cvae\.kl_weight must be positive"):
+        load(overrides=["cvae.kl_weight=0"])
+
+
 def test_auto_epoch_budget_follows_the_training_cells(small_kang, monkeypatch):
     from cellsynth.config import load
     from cellsynth.models import _loop

@@ -136,13 +136,22 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 #: changing them does not redo a finished stage (how often training checkpoints are written)
 UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
 
+#: settings added after results were kept, with the value that does what the code did before
+#: them: hashed only when set to something else, so adding one keeps every kept result valid
+ADDED: dict[str, dict[str, Any]] = {"cvae": {"kl_weight": 1.0}}
+
 
 def hashed_settings(cfg: Any) -> dict[str, Any]:
-    """The config as a dict without the :data:`UNHASHED` settings: what results depend on."""
+    """The config as a dict without the :data:`UNHASHED` settings, nor the :data:`ADDED` ones
+    at their earlier behaviour's value: what results depend on."""
     config = dataclasses.asdict(cfg)
     for section, keys in UNHASHED.items():
         if isinstance(config.get(section), dict):
             config[section] = {k: v for k, v in config[section].items() if k not in keys}
+    for section, before in ADDED.items():
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items()
+                               if k not in before or v != before[k]}  # fmt: skip
     return config
 
 

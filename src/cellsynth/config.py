@@ -128,8 +128,11 @@ class CVAEConfig:
     max_epochs: int | Literal["auto"] = "auto"  # auto: min(400, 400 x 20,000 / training cells)
     patience: int = 10  # early stopping on validation loss, in epochs...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
-    kl_start: float = 0.0  # KL weight annealed from this to 1
+    kl_start: float = 0.0  # KL weight annealed from this to 1 (times kl_weight)
     kl_anneal_epochs: int = 20
+    # KL weight after the warm-up: 1 trains on the ELBO; below 1 keeps more of each cell in z
+    # (sampling draws z from the fitted mixture, not the prior). Early stopping stays on the ELBO
+    kl_weight: float = 1.0
     balanced_sampling: bool = False  # class-balanced mini-batches
     distributed: bool = False  # train with torch.distributed (DDP) under torchrun
     nproc_per_node: int = 2  # torchrun processes on this machine when distributed
@@ -195,6 +198,7 @@ class RunConfig:
             "classifier.n_estimators": self.classifier.n_estimators,
             "qc.chunk_size": self.qc.chunk_size,
             "qc.target_sum": self.qc.target_sum,
+            "cvae.kl_weight": self.cvae.kl_weight,
             "seed_vae.n_latent": self.seed_vae.n_latent,
             "seed_vae.batch_size": self.seed_vae.batch_size,
             "seed_vae.max_epochs": self.seed_vae.max_epochs,

@@ -233,8 +233,8 @@ def train_loop(
     n_rows
         Rows one epoch draws (the training loss is the sum over batches divided by it).
     settings
-        ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs`` and, when it has one,
-        ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
+        ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs`` and, when they have
+        them, ``kl_weight`` (the warm-up's end value, default 1) and ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
         hundred cells an epoch is a few steps, and the validation loss sits on a plateau for
         many epochs while the generator still improves); the best epoch's weights are kept.
     generator
@@ -286,6 +286,7 @@ def train_loop(
     epoch = first - 1
     for epoch in range(first, settings.max_epochs):
         beta = tr.kl_weight(epoch, settings.kl_start, settings.kl_anneal_epochs)
+        beta *= float(getattr(settings, "kl_weight", 1.0))
         (train_module or module).train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no sync per step
         n_steps = 0
