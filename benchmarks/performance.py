@@ -839,38 +839,6 @@ def _pipeline_tables(r: dict) -> list[str]:
         if row["rc"]:
             lines += ["", f"{row['cells']:,} cells failed:", "", "```", row["error"].strip(), "```"]
     lines.append("")
-    return lines + _projection(rows)
-
-
-def _projection(rows: list[dict]) -> list[str]:
-    """E-ANND-5's size from the two largest sizes measured, stage by stage, when it was not run.
-
-    Each stage's time is carried on with the exponent of its own growth between those sizes
-    (``t2 * (828,328 / c2) ** (log(t2 / t1) / log(c2 / c1))``): a projection, not a
-    measurement, and the page says so.
-    """
-    done = [r for r in rows if r["rc"] == 0]
-    if any(r["cells"] >= ATLAS_CELLS for r in done) or len(done) < 2:
-        return []
-    (a, b), f = done[-2:], ATLAS_CELLS / done[-1]["cells"]
-    lines = [f"**{ATLAS_CELLS:,} cells: not run.** Projected from the {a['cells']:,} and "
-             f"{b['cells']:,} rows above, each stage carried on with the exponent of its own "
-             "growth between them, with those rows' settings (their commands above): a "
-             "projection, not a measurement.", "",
-             f"| stage | {a['cells']:,} s | {b['cells']:,} s | exponent | projected "
-             f"{ATLAS_CELLS:,} s |", "|---|---:|---:|---:|---:|"]
-    total = 0.0
-    for name, st in b["stages"].items():
-        t1, t2 = (a["stages"].get(name) or {}).get("seconds"), st.get("seconds")
-        if not t1 or not t2:
-            continue
-        k = math.log(t2 / t1) / math.log(b["cells"] / a["cells"])
-        total += t2 * f ** k
-        lines.append(f"| {name} | {fmt(t1, 1)} | {fmt(t2, 1)} | {k:.2f} | {fmt(t2 * f ** k)} |")
-    over = total / 3600 - 3
-    verdict = f"over by {over:.1f} h" if over > 0 else "under"
-    lines += [f"| **stages, projected** | | | | **{fmt(total)}** ({total / 3600:.1f} h; 3 h "
-              f"target: {verdict}) |", ""]
     return lines
 
 
