@@ -793,8 +793,24 @@ def page_pipeline(found: dict) -> list[str]:
     if not found:
         return [*lines, "Not run yet: `python benchmarks/performance.py --pipeline`.", ""]
     for r in found.values():
-        lines += _pipeline_tables(r)
+        lines += _pipeline_tables(r) + _pipeline_target(r["result"]["rows"])
     return lines
+
+
+def _pipeline_target(rows: list[dict]) -> list[str]:
+    """The issue's target for E-ANND-5's size: met or missed by how much, or not measured."""
+    atlas = [r for r in rows if r["cells"] >= ATLAS_CELLS and r["rc"] == 0]
+    head = f"**Target: {ATLAS_CELLS:,} cells end to end in ≤ 3 h with peak RSS ≤ 16 GB:**"
+    if not atlas:
+        biggest = max((r["cells"] for r in rows if r["rc"] == 0), default=0)
+        return [f"{head} not measured; the largest size run is {biggest:,} cells "
+                "(`--atlas` adds it).", ""]
+    r = atlas[-1]
+    hours = r["wall_s"] / 3600
+    peak = max((st.get("peak_rss_mb") or 0) for st in r["stages"].values()) / 1024
+    return [f"{head} {hours:.2f} h ({'met' if hours <= 3 else f'missed by {hours - 3:.2f} h'}), "
+            f"peak RSS {peak:.1f} GB ({'met' if peak <= 16 else f'missed by {peak - 16:.1f} GB'}).",
+            ""]
 
 
 def _pipeline_tables(r: dict) -> list[str]:
