@@ -413,6 +413,35 @@ def test_early_stopping_waits_for_min_steps():
     assert run(10) == 5  # 2 steps an epoch: not before 10 steps
 
 
+def test_min_improvement_stops_a_loss_that_only_creeps_down():
+    """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
+    budget: ``cvae.min_improvement`` counts such epochs as no improvement."""
+    from types import SimpleNamespace
+
+    from cellsynth._runtime import hashed_settings
+    from cellsynth.config import load
+    from cellsynth.models import _loop
+
+    def run(**stop) -> dict:
+        module = torch.nn.Linear(1, 1)
+        losses = iter(1000.0 * (1 - 0.0003 * e) for e in range(100))  # -0.03% an epoch
+        settings = SimpleNamespace(max_epochs=50, patience=3, kl_start=1.0, kl_anneal_epochs=0,
+                                   **stop)
+        return _loop.train_loop(
+            module, torch.optim.SGD(module.parameters(), lr=0.0),
+            lambda idx, beta: (module.weight**2).sum(), lambda: [[0]], lambda: next(losses),
+            n_rows=1, settings=settings, generator=torch.Generator().manual_seed(0),
+            name="test", lr_setting="test.lr", progress=False).history
+
+    assert run()["epochs"] == 50  # every epoch improves: the whole budget
+    assert run(min_improvement=0.0002)["epochs"] == 50  # 0.03% beats 0.02%
+    stopped = run(min_improvement=0.001)
+    # 3 epochs later the loss is 0.09% below the first: no improvement, patience 3 runs out
+    assert (stopped["best_epoch"], stopped["epochs"]) == (0, 4)
+    assert "min_improvement" not in hashed_settings(load())["cvae"]
+    assert load(overrides=["cvae.min_improvement=0.001"]).cvae.min_improvement == 0.001
+
+
 def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
     """``cvae.kl_weight`` is where the KL warm-up ends; at 1 (the behaviour before the setting)
     it is left out of the settings hash, so results kept before it still match."""

@@ -128,6 +128,9 @@ class CVAEConfig:
     max_epochs: int | Literal["auto"] = "auto"  # auto: min(400, 400 x 20,000 / training cells)
     patience: int = 10  # early stopping on validation loss, in epochs...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
+    # an epoch improves only by beating the best validation loss by more than this fraction
+    # (atlases: the loss creeps down by ~0.05% an epoch for the whole budget; 0.001 stops it)
+    min_improvement: float = 0.0
     kl_start: float = 0.0  # KL weight annealed from this to 1 (times kl_weight)
     kl_anneal_epochs: int = 20
     # KL weight after the warm-up: 1 trains on the ELBO; below 1 keeps more of each cell in z
@@ -209,7 +212,7 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
-        for key in ("checkpoint_every", "checkpoint_seconds", "min_steps"):
+        for key in ("checkpoint_every", "checkpoint_seconds", "min_steps", "min_improvement"):
             if getattr(self.cvae, key) < 0:
                 raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "
                                   f"set it with --set cvae.{key}=...")

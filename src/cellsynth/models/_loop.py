@@ -234,7 +234,9 @@ def train_loop(
         Rows one epoch draws (the training loss is the sum over batches divided by it).
     settings
         ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs`` and, when they have
-        them, ``kl_weight`` (the warm-up's end value, default 1) and ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
+        them, ``kl_weight`` (the warm-up's end value, default 1), ``min_improvement`` (the
+        fraction of the best validation loss an epoch must beat it by, default 0) and
+        ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
         hundred cells an epoch is a few steps, and the validation loss sits on a plateau for
         many epochs while the generator still improves); the best epoch's weights are kept.
     generator
@@ -264,7 +266,8 @@ def train_loop(
     ``epochs``, ``seconds`` (training only, over every resumed part) and, after a resume,
     ``resumed_from`` (the epoch it went on from).
     """
-    stopper = tr.EarlyStopping(patience=settings.patience)
+    stopper = tr.EarlyStopping(patience=settings.patience,
+                               rel_delta=float(getattr(settings, "min_improvement", 0.0)))
     min_steps = int(getattr(settings, "min_steps", 0))
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
     first, elapsed = 0, 0.0
