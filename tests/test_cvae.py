@@ -390,24 +390,34 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
     torch.testing.assert_close(rows.batch(idx)[0].cpu(), torch.from_numpy(counts[idx].toarray()))
 
 
-def test_early_stopping_waits_for_min_steps():
-    """Few cells make an epoch a few steps: the loop may not stop before ``min_steps``."""
+def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = None,
+              **settings) -> dict:
+    """``train_loop`` on a one-weight module that never learns (lr 0): the validation losses
+    are ``val_losses`` in turn; ``kl_seen`` collects the KL weight of every step. The history."""
     from types import SimpleNamespace
 
     from cellsynth.models import _loop
 
+    module = torch.nn.Linear(1, 1)
+    losses = iter(val_losses)
+    seen = [] if kl_seen is None else kl_seen
+    settings = {"max_epochs": 50, "patience": 1, "kl_start": 1.0, "kl_anneal_epochs": 0,
+                **settings}
+    return _loop.train_loop(
+        module, torch.optim.SGD(module.parameters(), lr=0.0),
+        lambda idx, beta: seen.append(beta) or (module.weight**2).sum(),
+        lambda: [[i] for i in range(steps_per_epoch)], lambda: float(next(losses)),
+        n_rows=steps_per_epoch, settings=SimpleNamespace(**settings),
+        generator=torch.Generator().manual_seed(0), name="test", lr_setting="test.lr",
+        progress=False).history
+
+
+def test_early_stopping_waits_for_min_steps():
+    """Few cells make an epoch a few steps: the loop may not stop before ``min_steps``."""
+
     def run(min_steps: int) -> int:
-        module = torch.nn.Linear(1, 1)
-        opt = torch.optim.SGD(module.parameters(), lr=0.0)
-        epochs = iter(range(1000))
-        settings = SimpleNamespace(max_epochs=50, patience=1, kl_start=1.0, kl_anneal_epochs=0,
-                                   min_steps=min_steps)
-        result = _loop.train_loop(
-            module, opt, lambda idx, beta: (module.weight**2).sum(), lambda: [[0], [1]],
-            lambda: float(next(epochs)),  # never improves after the first epoch
-            n_rows=2, settings=settings, generator=torch.Generator().manual_seed(0),
-            name="test", lr_setting="test.lr", progress=False)
-        return result.history["epochs"]
+        # the losses never improve after the first epoch
+        return _toy_loop(range(1000), steps_per_epoch=2, min_steps=min_steps)["epochs"]
 
     assert run(0) == 2  # the first epoch is the best; one more without improvement stops it
     assert run(10) == 5  # 2 steps an epoch: not before 10 steps
@@ -416,22 +426,12 @@ def test_early_stopping_waits_for_min_steps():
 def test_min_improvement_stops_a_loss_that_only_creeps_down():
     """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
     budget: ``cvae.min_improvement`` counts such epochs as no improvement."""
-    from types import SimpleNamespace
-
     from cellsynth._runtime import hashed_settings
     from cellsynth.config import load
-    from cellsynth.models import _loop
 
     def run(**stop) -> dict:
-        module = torch.nn.Linear(1, 1)
-        losses = iter(1000.0 * (1 - 0.0003 * e) for e in range(100))  # -0.03% an epoch
-        settings = SimpleNamespace(max_epochs=50, patience=3, kl_start=1.0, kl_anneal_epochs=0,
-                                   **stop)
-        return _loop.train_loop(
-            module, torch.optim.SGD(module.parameters(), lr=0.0),
-            lambda idx, beta: (module.weight**2).sum(), lambda: [[0]], lambda: next(losses),
-            n_rows=1, settings=settings, generator=torch.Generator().manual_seed(0),
-            name="test", lr_setting="test.lr", progress=False).history
+        creeping = (1000.0 * (1 - 0.0003 * e) for e in range(100))  # -0.03% an epoch
+        return _toy_loop(creeping, patience=3, **stop)
 
     assert run()["epochs"] == 50  # every epoch improves: the whole budget
     assert run(min_improvement=0.0002)["epochs"] == 50  # 0.03% beats 0.02%
@@ -445,22 +445,14 @@ def test_min_improvement_stops_a_loss_that_only_creeps_down():
 def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
     """``cvae.kl_weight`` is where the KL warm-up ends; at 1 (the behaviour before the setting)
     it is left out of the settings hash, so results kept before it still match."""
-    from types import SimpleNamespace
-
     from cellsynth._runtime import hashed_settings
     from cellsynth.config import load
     from cellsynth.errors import ConfigError
-    from cellsynth.models import _loop
 
     def weights(**kl) -> list[float]:
-        module, seen = torch.nn.Linear(1, 1), []
-        settings = SimpleNamespace(max_epochs=4, patience=10, kl_start=0.0, kl_anneal_epochs=2,
-                                   **kl)
-        _loop.train_loop(
-            module, torch.optim.SGD(module.parameters(), lr=0.0),
-            lambda idx, beta: seen.append(beta) or (module.weight**2).sum(), lambda: [[0]],
-            lambda: 1.0, n_rows=1, settings=settings, generator=torch.Generator().manual_seed(0),
-            name="test", lr_setting="test.lr", progress=False)
+        seen: list[float] = []
+        _toy_loop([1.0] * 4, kl_seen=seen, max_epochs=4, patience=10, kl_start=0.0,
+                  kl_anneal_epochs=2, **kl)
         return seen
 
     assert weights() == [0.0, 0.5, 1.0, 1.0]  # no kl_weight (the seed VAE): up to 1
