@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cellsynth import config
 from cellsynth.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_defaults_are_the_reference():
@@ -60,3 +64,19 @@ def test_missing_and_invalid_file(tmp_path):
     bad.write_text("[features\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_every_example_preset_loads(preset):
+    """Each preset in examples/ is a valid config: known keys, values of the right types."""
+    cfg = config.load(EXAMPLES / preset)
+    assert cfg.dataset.path and cfg.dataset.label_key
+
+
+def test_the_laptop_preset_bounds_what_the_reference_preset_does_not():
+    reference = config.load(EXAMPLES / "e-annd-5.toml")
+    laptop = config.load(EXAMPLES / "e-annd-5-laptop.toml")
+    assert laptop.dataset == reference.dataset  # the same data, read the same way
+    assert laptop.features.n_components < reference.features.n_components
+    assert laptop.classifier.max_cells_per_class > 0 == reference.classifier.max_cells_per_class
+    assert isinstance(laptop.cvae.max_epochs, int) and laptop.generator.model == "cvae"
