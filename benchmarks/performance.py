@@ -862,19 +862,30 @@ def _atlas_target(rows: list[dict]) -> list[str]:
     hours = r["wall_s"] / 3600
     peak = max([r.get("peak_rss_mb") or 0]
                + [st.get("peak_rss_mb") or 0 for st in r["stages"].values()]) / 1024
-    rss = f"peak RSS {peak:.1f} GB ({'met' if peak <= 16 else f'missed by {peak - 16:.1f} GB'})"
-    sets = "" if r.get("defaults") else " with the settings in the command, not the defaults"
-    if r["rc"] == "timeout":
-        at = next((k for k, st in r["stages"].items() if st.get("status") == "running"), "?")
-        if hours >= 3:
-            return [f"{head} missed{sets}: not finished after {hours:.2f} h (stopped in the "
-                    f"{at} stage); {rss} until then.", ""]
-        return [f"{head} not measured to the end{sets}: stopped at the {hours:.2f} h limit in "
-                f"the {at} stage; {rss} until then.", ""]
-    if r["rc"] != 0:
+    if r["rc"] not in (0, "timeout"):
         return [f"{head} not measured: the run failed (rc {r['rc']}).", ""]
+    if not r.get("defaults"):  # the target is for the default settings: say what this run was
+        word = lambda ok: "within" if ok else "over"  # noqa: E731
+        if r["rc"] == "timeout":
+            got = f"stopped at its limit after {hours:.2f} h in the {_stopped_in(r)} stage"
+        else:
+            got = f"{hours:.2f} h end to end ({word(hours <= 3)} 3 h)"
+        return [f"{head} not measured with the default settings. With the settings in the "
+                f"command: {got}, peak RSS {peak:.1f} GB ({word(peak <= 16)} 16 GB).", ""]
+    rss = f"peak RSS {peak:.1f} GB ({'met' if peak <= 16 else f'missed by {peak - 16:.1f} GB'})"
+    if r["rc"] == "timeout":
+        if hours >= 3:
+            return [f"{head} missed: not finished after {hours:.2f} h (stopped in the "
+                    f"{_stopped_in(r)} stage); {rss} until then.", ""]
+        return [f"{head} not measured to the end: stopped at the {hours:.2f} h limit in the "
+                f"{_stopped_in(r)} stage; {rss} until then.", ""]
     time_verdict = "met" if hours <= 3 else f"missed by {hours - 3:.2f} h"
-    return [f"{head} {hours:.2f} h ({time_verdict}), {rss}{sets}.", ""]
+    return [f"{head} {hours:.2f} h ({time_verdict}), {rss}.", ""]
+
+
+def _stopped_in(row: dict) -> str:
+    """The stage a run stopped at its limit was in."""
+    return next((k for k, st in row["stages"].items() if st.get("status") == "running"), "?")
 
 
 def _pipeline_tables(r: dict) -> list[str]:
