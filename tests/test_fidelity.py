@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellsynth.data.qc import normalise_log1p
+from cellsynth.data.store import H5adFile
 from cellsynth.errors import DataError
 from cellsynth.metrics import (
     FidelityConfig,
@@ -15,6 +16,7 @@ from cellsynth.metrics import (
     energy_distance,
     fidelity_report,
     fit_space,
+    fit_space_backed,
     gene_stats_spearman,
     knn_precision_recall,
     library_size_distance,
@@ -22,6 +24,7 @@ from cellsynth.metrics import (
     mmd_rbf,
     real_floor,
 )
+from cellsynth.metrics import space as space_mod
 
 N_GENES, N_TYPES, N_MARKERS = 200, 4, 15
 #: small caps keep the suite fast; the metrics are the same
@@ -81,6 +84,31 @@ def test_space_shapes_and_hvgs(model, space):
     assert len(wide.hvg) == N_GENES  # clamped to the genes there are
     with pytest.raises(DataError, match="genes"):
         space.embed(x[:, :50])
+
+
+def test_space_from_disk_in_chunks_is_the_whole_matrix_fit(model, tmp_path, monkeypatch):
+    """The evaluation space read a few cells at a time from an h5ad (as the out-of-core pipeline
+    fits it) picks the HVGs that whole-matrix dispersions pick and the PCA of the in-memory fit."""
+    import anndata as ad
+
+    x, y = nb_counts(model, [60] * N_TYPES, seed=4)
+    genes = [f"g{i}" for i in range(N_GENES)]
+    ad.AnnData(x, obs={"t": y}).write_h5ad(tmp_path / "real.h5ad")
+    rows = np.arange(5, x.shape[0], 2)  # a subset of the cells, as a training split is
+    monkeypatch.setattr(space_mod, "CHUNK", 17)  # many chunks, the last one partial
+    with H5adFile(tmp_path / "real.h5ad") as f:
+        backed = fit_space_backed(f.X, rows, y[rows], genes, n_hvg=50, n_pcs=5, seed=3)
+    xn = normalise_log1p(x[rows], 1e4)  # every gene's total, then the HVG columns
+    whole = space_mod.normalised_dispersion(xn)
+    np.testing.assert_array_equal(backed.hvg, np.sort(np.argsort(-whole, kind="stable")[:50]))
+    np.testing.assert_allclose(backed.pca.mean, xn[:, backed.hvg].mean(axis=0).A1, rtol=1e-5)
+    mem = fit_space(x[rows], y[rows], genes, n_hvg=50, n_pcs=5, seed=3)
+    np.testing.assert_array_equal(mem.hvg, backed.hvg)
+    np.testing.assert_allclose(np.abs(mem.pca.components), np.abs(backed.pca.components),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.abs(mem.embed(x[:20])), np.abs(backed.embed(x[:20])), atol=1e-4)
+    with pytest.raises(DataError, match="labels"):
+        fit_space_backed(sp.csr_matrix(x), rows, y, genes)
 
 
 def test_same_and_shifted_gaussians():

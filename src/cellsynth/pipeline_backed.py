@@ -218,7 +218,8 @@ def evaluate(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
              progress: bool = False) -> None:
     """:func:`_evaluate` on subsamples read from disk: at most ``report.max_cells`` test and
     generated cells; the fidelity space on a class-balanced training subsample
-    (``features.max_cells_per_class`` a type) and the real-vs-real floor on the test subsample."""
+    (``features.max_cells_per_class`` a type, read a chunk at a time) and the real-vs-real floor
+    on the test subsample."""
     from .data.split import balanced_subsample
     from .data.store import H5adFile
 
@@ -241,13 +242,13 @@ def evaluate(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
         _write_umap(cfg, out, z_real, z_syn, [*test.obs_names, *syn_names],
                     [*y_real, *y_syn[is_]])
     if cfg.report.fidelity and store.has_counts:
-        from .metrics.space import fit_space
+        from .metrics.space import fit_space_backed
 
         train = rows["train"]
         sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
                                        seed=derive_seed(cfg.seed, "eval-space-cells"))]
-        space = fit_space(store.x.take(sub), y[sub], list(store.genes),
-                          seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
+        space = fit_space_backed(store.x, sub, y[sub], list(store.genes),
+                                 seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
         _write_fidelity(cfg, out, space, sp.csr_matrix(test.layers[K.COUNTS]), y_real,
                         syn_x, y_syn[is_], progress)
 

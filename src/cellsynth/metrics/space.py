@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from ..config import FeaturesConfig
 from ..data.qc import normalise_log1p
 from ..errors import DataError
-from ..features.pca import PCAModel, fit_pca
+from ..features.pca import PCAModel, fit_pca_backed
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,13 @@ def normalised_dispersion(x: sp.csr_matrix, n_bins: int = N_BINS) -> np.ndarray:
     ``n_bins`` equal-width bins, and each log-dispersion is z-scored within its bin. A bin with
     one gene gives that gene 1 (as scanpy does); genes never detected get ``-inf``.
     """
-    mean, var = _mean_var(x)
+    return _dispersion(*_mean_var(x), n_bins)
+
+
+def _dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """:func:`normalised_dispersion` from each gene's mean and (population) variance."""
     expressed = mean > 0
-    out = np.full(x.shape[1], -np.inf)
+    out = np.full(len(mean), -np.inf)
     if not expressed.any():
         return out
     m = mean[expressed]
@@ -149,27 +153,84 @@ def fit_space(
         Show the PCA fit's tqdm bar (on stderr).
     """
     x = as_csr(real_train_counts)
+    return fit_space_backed(_InMemory(x), np.arange(x.shape[0]), labels, genes, n_hvg=n_hvg,
+                            n_pcs=n_pcs, target_sum=target_sum,
+                            max_cells_per_class=max_cells_per_class, seed=seed, progress=progress)
+
+
+def fit_space_backed(
+    x: Any,
+    rows: np.ndarray,
+    labels: Any,
+    genes: list[str],
+    *,
+    n_hvg: int = 2000,
+    n_pcs: int = 30,
+    target_sum: float = 1e4,
+    max_cells_per_class: int = 1_000_000,
+    seed: int = 0,
+    progress: bool = False,
+) -> EvalSpace:
+    """:func:`fit_space` on the cells ``rows`` of counts read from disk, ``CHUNK`` at a time.
+
+    ``x`` gives sorted rows as sparse counts with ``x.take(positions)`` and has a ``shape``
+    (e.g. :class:`~cellsynth.data.store.RowStore`). One pass sums each gene's log-normalised
+    values and squares for the dispersions; the PCA then reads the highly variable genes of
+    its subsample (normalised by every gene's total) block by block. Memory is a few chunks
+    plus the HVG subsample, never the whole matrix, and the result is :func:`fit_space`'s.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
     labels = np.asarray(labels).astype(str)
-    if x.shape[0] != len(labels) or x.shape[1] != len(genes):
+    if len(rows) != len(labels) or x.shape[1] != len(genes):
         raise DataError(
-            f"counts are {x.shape[0]} cells x {x.shape[1]} genes but {len(labels)} labels and "
+            f"counts are {len(rows)} cells x {x.shape[1]} genes but {len(labels)} labels and "
             f"{len(genes)} gene names were given; they must match"
         )
-    if x.shape[0] < 3:
-        raise DataError(f"the evaluation space needs at least 3 training cells, got {x.shape[0]}")
-    if x.data.size and x.data.min() < 0:
-        raise DataError("counts must be non-negative; give raw counts, not normalised values")
+    if len(rows) < 3:
+        raise DataError(f"the evaluation space needs at least 3 training cells, got {len(rows)}")
     n_hvg = min(int(n_hvg), x.shape[1])
     if n_hvg < 1:
         raise DataError(f"n_hvg must be at least 1, got {n_hvg}")
-    xn = normalise_log1p(x, target_sum)
-    disp = normalised_dispersion(xn)
+    total = np.zeros(x.shape[1])
+    total_sq = np.zeros(x.shape[1])
+    for start in range(0, len(rows), CHUNK):
+        block = as_csr(x.take(rows[start : start + CHUNK]))
+        if block.data.size and block.data.min() < 0:
+            raise DataError("counts must be non-negative; give raw counts, not normalised values")
+        xn = normalise_log1p(block, target_sum)
+        total += np.asarray(xn.sum(axis=0), dtype=np.float64).ravel()
+        xn.data **= 2
+        total_sq += np.asarray(xn.sum(axis=0), dtype=np.float64).ravel()
+    mean = total / len(rows)
+    disp = _dispersion(mean, np.maximum(total_sq / len(rows) - mean**2, 0.0))
     order = np.argsort(-disp, kind="stable")  # ties keep gene order: deterministic
     hvg = np.sort(order[:n_hvg])
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
-    pca = fit_pca(xn[:, hvg], labels, hvg_genes, cfg, seed=seed, progress=progress)
+    pca = fit_pca_backed(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed,
+                         rows=rows, progress=progress)
     logger.info("evaluation space: %d cells, %d of %d genes as HVGs, %d PCs (%.1f%% variance)",
-                x.shape[0], n_hvg, x.shape[1], pca.n_components,
+                len(rows), n_hvg, x.shape[1], pca.n_components,
                 100 * float(pca.explained_variance_ratio.sum()))
     return EvalSpace([str(g) for g in genes], hvg, pca, float(target_sum))
+
+
+class _InMemory:
+    """A CSR matrix behind the ``take(rows)`` / ``shape`` of a store."""
+
+    def __init__(self, x: sp.csr_matrix):
+        self.x, self.shape = x, x.shape
+
+    def take(self, rows: np.ndarray) -> sp.csr_matrix:
+        return self.x[rows]
+
+
+class _HVGs:
+    """log1p(counts per ``target_sum``) of the columns ``hvg``, normalised by all genes."""
+
+    def __init__(self, x: Any, hvg: np.ndarray, target_sum: float):
+        self.x, self.hvg, self.target_sum = x, hvg, target_sum
+        self.shape = (x.shape[0], len(hvg))
+
+    def take(self, rows: np.ndarray) -> sp.csr_matrix:
+        return normalise_log1p(as_csr(self.x.take(rows)), self.target_sum)[:, self.hvg]
