@@ -134,6 +134,7 @@ class BlockLoader:
         self.on_device = False  # rows are read from disk, never held on the device
         self.epoch = 0
         self.last_epoch: dict[str, float] = {}
+        self.passes = 0  # epochs served by iter_generator, to name them in logs
 
     @classmethod
     def for_split(cls, store, labels: list[str], split: str = "train", **kwargs) -> BlockLoader:
@@ -174,7 +175,8 @@ class BlockLoader:
         batches it would have had (every rank must hold the same generator state).
         """
         key = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return self.iter_epoch(key)
+        self.passes += 1
+        return self.iter_epoch(key, name=f"pass {self.passes}")
 
     def chunks(self, chunk_size: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray,
                                                                np.ndarray]]:
@@ -225,15 +227,17 @@ class BlockLoader:
     def _read(self, positions: np.ndarray) -> sp.csr_matrix:
         return self.x.take(self.rows[positions])
 
-    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
-        """This rank's mini-batches of epoch ``epoch``."""
+    def iter_epoch(self, epoch: int, *, name: str | None = None) -> Iterator[Batch]:
+        """This rank's mini-batches of epoch ``epoch`` (``name`` in the progress bar and log:
+        default ``epoch N``)."""
+        name = name or f"epoch {epoch}"
         plans = self._plans(epoch)
         fetches, n_batches = plans[self.rank], self._n_batches(plans)
         rng = self._rng(epoch, self.rank, 1)
         started, read_s, served, n_done = time.perf_counter(), 0.0, 0, 0
         carry_x = sp.csr_matrix((0, self.x.shape[1]), dtype=np.float32)
         carry_i = np.empty(0, dtype=np.int64)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress)
+        bar = tqdm(total=n_batches, desc=name, unit="batch", disable=not self.progress)
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
             pending = (pool.submit(self._read, fetches[0]) if pool and fetches else None)
@@ -270,8 +274,8 @@ class BlockLoader:
         seconds = time.perf_counter() - started
         self.last_epoch = {"epoch": epoch, "cells": served, "batches": n_done, "seconds": seconds,
                            "read_seconds": read_s, "cells_per_second": served / max(seconds, 1e-9)}
-        logger.info("loader epoch %d (rank %d/%d): %d cells in %d batches, %.2f s, %.0f cells/s "
-                    "(waiting on reads %.2f s)", epoch, self.rank, self.world_size, served, n_done,
+        logger.info("loader %s (rank %d/%d): %d cells in %d batches, %.2f s, %.0f cells/s "
+                    "(waiting on reads %.2f s)", name, self.rank, self.world_size, served, n_done,
                     seconds, self.last_epoch["cells_per_second"], read_s)
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
