@@ -9,7 +9,9 @@ from scipy import stats
 
 from cellsynth.models._draws import nb_csr
 
-CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3)]
+CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3),
+         (3.0, 1.0), (1.0, 50.0), (20.0, 0.05)]  # the last three: long inverse-CDF searches,
+#                                                  Poisson-like, and the compound path
 
 
 @pytest.mark.parametrize(("mu", "theta"), CASES)

@@ -7,6 +7,8 @@ which entries are non-zero (the dense part, in torch on the model's device, both
 the GPU), and only those (about a tenth in single-cell data) get their count drawn, on the host:
 ``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``, the first event's time, is an
 exponential truncated to ``[0, lam]``, and the count is the sum of ``N`` log-series draws.
+Entries whose pmf falls fast (most of them) skip that and invert the zero-truncated pmf with
+one uniform each, about a fifth less time for the whole draw on two cores.
 Blocks of rows are drawn in threads, each from its own stream.
 
 This replaces a gamma draw and a Poisson draw for every entry (about 6k cells/s at 2,000 genes on
@@ -90,18 +92,64 @@ def _hit_counts(
     theta: np.ndarray,
     dropout: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Counts of entries known to be non-zero (and which survive ``dropout``), float64."""
+    """Counts of entries known to be non-zero (and which survive ``dropout``), float64.
+
+    Entries whose tail falls fast (``p <= _SEARCH_P``, most of single-cell data) are drawn by
+    inverting the zero-truncated pmf (:func:`_search`); the others as compound Poisson.
+    """
+    p = np.minimum(mu / (mu + theta), _P_MAX)
+    counts = np.empty(len(lam))
+    fast = p <= _SEARCH_P
+    at = np.flatnonzero(fast)
+    counts[at] = _search(rng.random(len(at)), lam[at], p[at], theta[at])
+    at = np.flatnonzero(~fast)
+    counts[at] = _compound(rng, lam[at], p[at])
+    keep = None if dropout is None else rng.random(len(lam)) >= dropout
+    return counts, keep
+
+
+#: inverse-CDF search for entries with log-series parameter ``p`` at most this...
+_SEARCH_P = 0.75
+#: ...for at most this many steps: the pmf falls about ``p`` a step, so what is left of the tail
+#: after it (where a count stops at the last step) is below ``0.75 ** 160``, about 1e-20
+_SEARCH_STEPS = 160
+
+
+def _search(u: np.ndarray, lam: np.ndarray, p: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``NB`` counts given ``>= 1``: the first ``k`` whose conditional cdf reaches ``u``.
+
+    ``P(X = 1 | X >= 1) = theta p exp(-lam) / (1 - exp(-lam))`` and each next term is the last
+    times ``p (k + theta) / (k + 1)``; the loop runs over the entries not yet placed, so its cost
+    is about that of the first step or two.
+    """
+    out = np.ones(len(u))
+    term = theta * p * np.exp(-lam) / -np.expm1(-lam)
+    cdf = term.copy()
+    left = np.flatnonzero(u > cdf)
+    u, term, cdf, p, theta = u[left], term[left], cdf[left], p[left], theta[left]
+    k = 1
+    while len(left) and k < _SEARCH_STEPS:
+        term *= p * (k + theta) / (k + 1)
+        cdf += term
+        k += 1
+        more = u > cdf
+        out[left[~more]] = k
+        left, u, term, cdf, p, theta = (a[more] for a in (left, u, term, cdf, p, theta))
+    out[left] = k  # the tail beyond the last step: under 1e-20 of an entry's mass
+    return out
+
+
+def _compound(rng: np.random.Generator, lam: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``NB`` counts given ``>= 1`` as compound Poisson: ``N >= 1`` log-series draws, summed."""
     first = -np.log1p(rng.random(len(lam)) * np.expm1(-lam))  # first event time in [0, lam]
     events = 1 + rng.poisson(np.maximum(lam - first, 0.0))
-    p = np.minimum(mu / (mu + theta), _P_MAX)
     counts = rng.logseries(p).astype(np.float64)
     more = np.flatnonzero(events > 1)
     if len(more):
         k = events[more] - 1
         extra = rng.logseries(np.repeat(p[more], k))
         counts[more] += np.add.reduceat(extra, np.concatenate([[0], np.cumsum(k)[:-1]]))
-    keep = None if dropout is None else rng.random(len(lam)) >= dropout
-    return counts, keep
+    return counts
 
 
 @functools.cache
