@@ -16,7 +16,6 @@ from cellsynth.metrics import (
     energy_distance,
     fidelity_report,
     fit_space,
-    fit_space_backed,
     gene_stats_spearman,
     knn_precision_recall,
     library_size_distance,
@@ -97,7 +96,7 @@ def test_space_from_disk_in_chunks_is_the_whole_matrix_fit(model, tmp_path, monk
     rows = np.arange(5, x.shape[0], 2)  # a subset of the cells, as a training split is
     monkeypatch.setattr(space_mod, "CHUNK", 17)  # many chunks, the last one partial
     with H5adFile(tmp_path / "real.h5ad") as f:
-        backed = fit_space_backed(f.X, rows, y[rows], genes, n_hvg=50, n_pcs=5, seed=3)
+        backed = fit_space(f.X, y[rows], genes, rows=rows, n_hvg=50, n_pcs=5, seed=3)
     xn = normalise_log1p(x[rows], 1e4)  # every gene's total, then the HVG columns
     whole = space_mod.normalised_dispersion(xn)
     np.testing.assert_array_equal(backed.hvg, np.sort(np.argsort(-whole, kind="stable")[:50]))
@@ -108,7 +107,7 @@ def test_space_from_disk_in_chunks_is_the_whole_matrix_fit(model, tmp_path, monk
                                atol=1e-5)
     np.testing.assert_allclose(np.abs(mem.embed(x[:20])), np.abs(backed.embed(x[:20])), atol=1e-4)
     with pytest.raises(DataError, match="labels"):
-        fit_space_backed(sp.csr_matrix(x), rows, y, genes)
+        fit_space(sp.csr_matrix(x), y, genes, rows=rows)
 
 
 def test_same_and_shifted_gaussians():

@@ -242,13 +242,13 @@ def evaluate(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
         _write_umap(cfg, out, z_real, z_syn, [*test.obs_names, *syn_names],
                     [*y_real, *y_syn[is_]])
     if cfg.report.fidelity and store.has_counts:
-        from .metrics.space import fit_space_backed
+        from .metrics.space import fit_space
 
         train = rows["train"]
         sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
                                        seed=derive_seed(cfg.seed, "eval-space-cells"))]
-        space = fit_space_backed(store.x, sub, y[sub], list(store.genes),
-                                 seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
+        space = fit_space(store.x, y[sub], list(store.genes), rows=sub,
+                          seed=derive_seed(cfg.seed, "eval-space"), progress=progress)
         _write_fidelity(cfg, out, space, sp.csr_matrix(test.layers[K.COUNTS]), y_real,
                         syn_x, y_syn[is_], progress)
 

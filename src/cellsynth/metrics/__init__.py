@@ -22,7 +22,7 @@ from .fidelity import (
     mmd_rbf,
     real_floor,
 )
-from .space import EvalSpace, fit_space, fit_space_backed
+from .space import EvalSpace, fit_space
 from .utility import augmentation, rarest_types, tstr
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "energy_distance",
     "fidelity_report",
     "fit_space",
-    "fit_space_backed",
     "gene_stats_spearman",
     "knn_precision_recall",
     "library_size_distance",

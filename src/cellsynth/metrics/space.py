@@ -119,6 +119,7 @@ def fit_space(
     labels: Any,
     genes: list[str],
     *,
+    rows: np.ndarray | None = None,
     n_hvg: int = 2000,
     n_pcs: int = 30,
     target_sum: float = 1e4,
@@ -126,16 +127,25 @@ def fit_space(
     seed: int = 0,
     progress: bool = False,
 ) -> EvalSpace:
-    """Fit the evaluation space on real training counts.
+    """Fit the evaluation space on real training counts, reading them ``CHUNK`` cells at a time.
+
+    One pass sums each gene's log-normalised values and squares for the dispersions; the PCA
+    then reads the highly variable genes of its subsample (normalised by every gene's total)
+    block by block. Memory is a few chunks plus the HVG subsample, never the whole matrix.
 
     Parameters
     ----------
     real_train_counts
-        Raw counts of real training cells, cells x genes (sparse or dense; kept sparse).
+        Raw counts, cells x genes: a matrix in memory (sparse or dense; kept sparse), or rows
+        on disk readable by sorted positions with ``take(positions)`` and with a ``shape``
+        (e.g. :class:`~cellsynth.data.store.RowStore`).
     labels
-        Cell type of each cell; the PCA is fitted on at most ``max_cells_per_class`` of each.
+        Cell type of each cell used; the PCA is fitted on at most ``max_cells_per_class`` of
+        each.
     genes
         Gene names, one per column.
+    rows
+        Sorted positions of the training cells in ``real_train_counts`` (default: every row).
     n_hvg
         Highly variable genes kept (clamped to the number of genes), ranked by
         :func:`normalised_dispersion` of the log-normalised training data.
@@ -152,33 +162,10 @@ def fit_space(
     progress
         Show the PCA fit's tqdm bar (on stderr).
     """
-    x = as_csr(real_train_counts)
-    return fit_space_backed(_InMemory(x), np.arange(x.shape[0]), labels, genes, n_hvg=n_hvg,
-                            n_pcs=n_pcs, target_sum=target_sum,
-                            max_cells_per_class=max_cells_per_class, seed=seed, progress=progress)
-
-
-def fit_space_backed(
-    x: Any,
-    rows: np.ndarray,
-    labels: Any,
-    genes: list[str],
-    *,
-    n_hvg: int = 2000,
-    n_pcs: int = 30,
-    target_sum: float = 1e4,
-    max_cells_per_class: int = 1_000_000,
-    seed: int = 0,
-    progress: bool = False,
-) -> EvalSpace:
-    """:func:`fit_space` on the cells ``rows`` of counts read from disk, ``CHUNK`` at a time.
-
-    ``x`` gives sorted rows as sparse counts with ``x.take(positions)`` and has a ``shape``
-    (e.g. :class:`~cellsynth.data.store.RowStore`). One pass sums each gene's log-normalised
-    values and squares for the dispersions; the PCA then reads the highly variable genes of
-    its subsample (normalised by every gene's total) block by block. Memory is a few chunks
-    plus the HVG subsample, never the whole matrix, and the result is :func:`fit_space`'s.
-    """
+    x = real_train_counts
+    if sp.issparse(x) or isinstance(x, np.ndarray) or not hasattr(x, "take"):  # in memory
+        x = _InMemory(as_csr(x))
+    rows = np.arange(x.shape[0]) if rows is None else rows
     rows = np.asarray(rows, dtype=np.int64)
     labels = np.asarray(labels).astype(str)
     if len(rows) != len(labels) or x.shape[1] != len(genes):
