@@ -41,12 +41,22 @@ def as_csr(x: Any, n_genes: int | None = None, *, what: str = "counts") -> sp.cs
     return out
 
 
-def _mean_var(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and (population) variance of a sparse matrix, without densifying it."""
-    n = x.shape[0]
-    mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
-    mean_sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel() / n
-    return mean, np.maximum(mean_sq - mean**2, 0.0)
+def _sums(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene sum and sum of squares of a sparse matrix, float64, without densifying it."""
+    return (np.asarray(x.sum(axis=0), dtype=np.float64).ravel(),
+            np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel())
+
+
+def _mean_var(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and (population) variance from :func:`_sums` over ``n`` cells."""
+    mean = total / n
+    return mean, np.maximum(total_sq / n - mean**2, 0.0)
+
+
+def _lognorm_hvg(counts: sp.csr_matrix, hvg: np.ndarray, target_sum: float) -> sp.csr_matrix:
+    """log1p(counts per ``target_sum``) of the columns ``hvg``, each cell normalised by all of
+    its genes (so a gene subset is normalised as the whole is)."""
+    return normalise_log1p(counts, target_sum)[:, hvg]
 
 
 def normalised_dispersion(x: sp.csr_matrix, n_bins: int = N_BINS) -> np.ndarray:
@@ -56,7 +66,7 @@ def normalised_dispersion(x: sp.csr_matrix, n_bins: int = N_BINS) -> np.ndarray:
     ``n_bins`` equal-width bins, and each log-dispersion is z-scored within its bin. A bin with
     one gene gives that gene 1 (as scanpy does); genes never detected get ``-inf``.
     """
-    return _dispersion(*_mean_var(x), n_bins)
+    return _dispersion(*_mean_var(*_sums(x), x.shape[0]), n_bins)
 
 
 def _dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
@@ -109,7 +119,7 @@ class EvalSpace:
         x = as_csr(counts, len(self.genes))
         out = np.empty((x.shape[0], self.n_pcs), dtype=np.float32)
         for s in range(0, x.shape[0], CHUNK):
-            block = normalise_log1p(x[s : s + CHUNK], self.target_sum)[:, self.hvg]
+            block = _lognorm_hvg(x[s : s + CHUNK], self.hvg, self.target_sum)
             out[s : s + CHUNK] = self.pca.transform(block)
         return out
 
@@ -184,12 +194,10 @@ def fit_space(
         block = as_csr(x.take(rows[start : start + CHUNK]))
         if block.data.size and block.data.min() < 0:
             raise DataError("counts must be non-negative; give raw counts, not normalised values")
-        xn = normalise_log1p(block, target_sum)
-        total += np.asarray(xn.sum(axis=0), dtype=np.float64).ravel()
-        xn.data **= 2
-        total_sq += np.asarray(xn.sum(axis=0), dtype=np.float64).ravel()
-    mean = total / len(rows)
-    disp = _dispersion(mean, np.maximum(total_sq / len(rows) - mean**2, 0.0))
+        block_sum, block_sq = _sums(normalise_log1p(block, target_sum))
+        total += block_sum
+        total_sq += block_sq
+    disp = _dispersion(*_mean_var(total, total_sq, len(rows)))
     order = np.argsort(-disp, kind="stable")  # ties keep gene order: deterministic
     hvg = np.sort(order[:n_hvg])
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
@@ -213,11 +221,11 @@ class _InMemory:
 
 
 class _HVGs:
-    """log1p(counts per ``target_sum``) of the columns ``hvg``, normalised by all genes."""
+    """:func:`_lognorm_hvg` of the rows of ``x`` as they are read."""
 
     def __init__(self, x: Any, hvg: np.ndarray, target_sum: float):
         self.x, self.hvg, self.target_sum = x, hvg, target_sum
         self.shape = (x.shape[0], len(hvg))
 
     def take(self, rows: np.ndarray) -> sp.csr_matrix:
-        return normalise_log1p(as_csr(self.x.take(rows)), self.target_sum)[:, self.hvg]
+        return _lognorm_hvg(as_csr(self.x.take(rows)), self.hvg, self.target_sum)
