@@ -161,10 +161,12 @@ def other_cores(start: tuple[float, float, float]) -> float | None:
 
 
 def save_result(out: Path, section: str, device: str, result: dict, ctx: dict,
-                start: tuple[float, float, float]) -> None:
-    path = out / f"{section}_{device}.json"
+                start: tuple[float, float, float], variant: str = "") -> None:
+    """Keep one result per section and device, and per ``variant`` (the --atlas preset's name:
+    a preset's run and the default settings' are kept side by side)."""
+    path = out / f"{section}_{device}{'_' + variant if variant else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"section": section, "device": device, **ctx,
+    path.write_text(json.dumps({"section": section, "device": device, "variant": variant, **ctx,
                                 "load_after": list(os.getloadavg()),
                                 "other_cores": other_cores(start), "result": result}, indent=1))
     log.info("wrote %s", path)
@@ -175,7 +177,8 @@ def load_results(out: Path) -> dict[str, dict[str, dict]]:
     for path in sorted(out.glob("*_*.json")):
         data = json.loads(path.read_text())
         if data.get("section") in found:
-            found[data["section"]][data["device"]] = data
+            variant = data.get("variant") or ""
+            found[data["section"]][data["device"] + (f"/{variant}" if variant else "")] = data
     return found
 
 
@@ -1066,9 +1069,11 @@ def main() -> int:
                 start = cpu_seconds()
                 log.info("== %s on %s", section, device)
                 if whole_runs:
+                    variant = Path(args.atlas_config).stem if section == "atlas" else ""
+
                     def keep(res: dict, device: str = device, start=start,
-                             section: str = section) -> None:
-                        save_result(kept, section, device, res, ctx, start)
+                             section: str = section, variant: str = variant) -> None:
+                        save_result(kept, section, device, res, ctx, start, variant)
 
                     bench_pipeline(args, out, keep, atlas=section == "atlas")  # kept per size
                 else:

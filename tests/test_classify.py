@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from cellsynth import config
 from cellsynth.classify import (
     Classifier,
     balanced_weights,
     cap_per_class,
+    resolve_cap,
     resolve_device,
     train_classifier,
 )
@@ -143,6 +145,25 @@ def test_cap_per_class():
     assert np.all(np.diff(idx) > 0)
     np.testing.assert_array_equal(idx, cap_per_class(y, 10, np.random.default_rng(0)))
     assert len(cap_per_class(y, 0, np.random.default_rng(0))) == len(y)
+
+
+def test_auto_cap_keeps_rare_types_whole_and_the_total_in_budget(monkeypatch):
+    from cellsynth.classify import xgb as xgb_mod
+
+    y = np.repeat(["rare", "mid", "big", "huge"], [5, 40, 300, 1000])
+    monkeypatch.setattr(xgb_mod, "AUTO_MAX_CELLS", 2000)
+    assert resolve_cap(y, "auto") == 0  # 1,345 cells: within the budget, every cell
+    assert resolve_cap(y, 7) == 7 and resolve_cap(y, 0) == 0  # numbers are kept
+    monkeypatch.setattr(xgb_mod, "AUTO_MAX_CELLS", 400)
+    cap = resolve_cap(y, "auto")
+    kept = y[cap_per_class(y, cap, np.random.default_rng(0))]
+    counts = {k: int((kept == k).sum()) for k in ("rare", "mid", "big", "huge")}
+    # 5 + 40 whole; 355 left for the two big types: 177 each, and 178 would be over budget
+    assert cap == 177 and counts == {"rare": 5, "mid": 40, "big": 177, "huge": 177}
+    assert 400 - 2 < sum(counts.values()) <= 400
+    with pytest.raises(ConfigError, match="max_cells_per_class"):
+        config.load(overrides=["classifier.max_cells_per_class=-1"])
+    assert config.load().classifier.max_cells_per_class == "auto"
 
 
 def test_train_with_cap_logs_and_trains(data, caplog):

@@ -10,9 +10,14 @@ from cellsynth.errors import ConfigError
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_defaults_are_the_reference():
+def test_defaults_are_the_reference_where_they_do_not_grow_with_the_atlas():
     cfg = config.RunConfig()
-    assert cfg.features.n_components == 2500
+    # 2,500 PCs and every training cell in XGBoost cost days at E-ANND-5's size: the defaults
+    # are scanpy's 50 PCs and a cap sized from the training set, the reference's in its preset
+    assert cfg.features.n_components == 50 and cfg.classifier.max_cells_per_class == "auto"
+    reference = config.load(EXAMPLES / "e-annd-5.toml")
+    assert reference.features.n_components == 2500
+    assert reference.classifier.max_cells_per_class == 0
     assert cfg.classifier.n_estimators == 500
     assert cfg.seed_vae.n_hidden == [2048, 1024, 512, 256]
     assert (cfg.split.train, cfg.split.val, cfg.split.test) == (0.7, 0.1, 0.2)

@@ -468,16 +468,18 @@ def test_auto_epoch_budget_follows_the_training_cells(small_kang, monkeypatch):
     from cellsynth.models import _loop
 
     assert CVAEConfig().max_epochs == "auto"
-    assert _loop.epoch_budget("auto", 1_000) == 400  # small data: the full budget
-    assert _loop.epoch_budget("auto", 40_000) == 200
-    assert _loop.epoch_budget("auto", 662_662) == 12  # E-ANND-5's training split
-    assert _loop.epoch_budget("auto", 10**9) == 1
-    assert _loop.epoch_budget(7, 10**9) == 7  # a number is kept
+    assert _loop.epoch_budget("auto", 1_000, 256) == 400  # small data: at most 400 epochs
+    assert _loop.epoch_budget("auto", 6_400, 256) == 400  # ...up to 10,000 steps
+    assert _loop.epoch_budget("auto", 12_800, 256) == 200
+    assert _loop.epoch_budget("auto", 12_800, 128) == 100  # half the batch, half the epochs
+    assert _loop.epoch_budget("auto", 533_086, 256) == 5  # E-ANND-5's training split
+    assert _loop.epoch_budget("auto", 10**9, 256) == 1
+    assert _loop.epoch_budget(7, 10**9, 256) == 7  # a number is kept
     assert load(overrides=["cvae.max_epochs=auto"]).cvae.max_epochs == "auto"
     assert load(overrides=["cvae.max_epochs=5"]).cvae.max_epochs == 5
     # the fit runs the resolved budget: 1 epoch when the rule gives 1
     model = CVAE(small_kang, label_key="cell_type", config=tiny_config(max_epochs="auto"))
-    monkeypatch.setattr(_loop, "AUTO_CELLS", 1)
+    monkeypatch.setattr(_loop, "AUTO_STEPS", 1)
     model.train(progress=False)
     assert model.history["epochs"] == 1
 

@@ -59,7 +59,9 @@ class SplitConfig:
 
 @dataclass
 class FeaturesConfig:
-    n_components: int = 2500  # the reference's; clamped to what the data allow, with a warning
+    # scanpy's default; the reference's 2,500 (examples/e-annd-5.toml) makes XGBoost's time
+    # grow 50-fold. Clamped to what the data allow, with a warning
+    n_components: int = 50
     max_cells_per_class: int = 5000  # class-balanced subsample the PCA is fitted on
     scale: bool = False  # standard-scale genes before the PCA
 
@@ -76,7 +78,9 @@ class ClassifierConfig:
     early_stopping_rounds: int = 10  # on the validation split
     balanced_weights: bool = True  # class-balanced sample weights
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
-    max_cells_per_class: int = 0  # cap on training cells per class; 0 = no cap
+    # cap on training cells per class; 0 = no cap; "auto": no cap up to 100,000 training cells,
+    # above that the class-balanced cap that keeps 100,000 (rare types whole, common ones cut)
+    max_cells_per_class: int | Literal["auto"] = "auto"
     chunk_size: int = 0  # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
     n_jobs: int = 0  # threads; 0 = all cores
     backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
@@ -125,7 +129,9 @@ class CVAEConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     batch_size: int = 256
-    max_epochs: int | Literal["auto"] = "auto"  # auto: min(400, 400 x 20,000 / training cells)
+    # auto: about 10,000 optimiser steps, at most 400 epochs: min(400, 10,000 x batch_size /
+    # training cells), at least 1 (400 up to 6,400 cells at batch 256; 5 at E-ANND-5's 533k)
+    max_epochs: int | Literal["auto"] = "auto"
     patience: int = 10  # early stopping on validation loss, in epochs...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
     # an epoch improves only by beating the best validation loss by more than this fraction
@@ -212,6 +218,11 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
+        cap = self.classifier.max_cells_per_class
+        if cap != "auto" and cap < 0:
+            raise ConfigError(f"classifier.max_cells_per_class must be 0 (no cap), a positive cap "
+                              f"or \"auto\", got {cap}; set it with --set "
+                              f"classifier.max_cells_per_class=...")
         for key in ("checkpoint_every", "checkpoint_seconds", "min_steps", "min_improvement"):
             if getattr(self.cvae, key) < 0:
                 raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "

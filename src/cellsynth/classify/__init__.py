@@ -6,8 +6,10 @@ from .xgb import (
     Classifier,
     balanced_weights,
     cap_per_class,
+    resolve_cap,
     resolve_device,
     train_classifier,
 )
 
-__all__ = ["Classifier", "balanced_weights", "cap_per_class", "resolve_device", "train_classifier"]
+__all__ = ["Classifier", "balanced_weights", "cap_per_class", "resolve_cap",
+           "resolve_device", "train_classifier"]

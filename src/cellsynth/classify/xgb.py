@@ -192,6 +192,27 @@ def balanced_weights(y: Sequence[str] | np.ndarray) -> np.ndarray:
     return (len(y) / (len(classes) * counts[inverse])).astype(np.float32)
 
 
+AUTO_MAX_CELLS = 100_000  # classifier.max_cells_per_class = "auto": train on at most this many
+
+
+def resolve_cap(y: Sequence[str] | np.ndarray, max_per_class: int | str) -> int:
+    """``max_per_class``, or for ``"auto"`` 0 (no cap) when there are at most
+    :data:`AUTO_MAX_CELLS` cells, else the largest cap per class that keeps at most that many:
+    rare classes whole, the common ones cut to one size (E-ANND-5's 533k training cells of 126
+    types: a cap near 1,000). XGBoost's time grows with cells x features x classes."""
+    if max_per_class != "auto":
+        return int(max_per_class)
+    counts = np.sort(np.unique(_as_labels(y), return_counts=True)[1])
+    if counts.sum() <= AUTO_MAX_CELLS:
+        return 0
+    left = AUTO_MAX_CELLS
+    for i, n in enumerate(counts):  # ascending: classes below the cap are kept whole
+        if n * (len(counts) - i) > left:
+            return max(1, left // (len(counts) - i))
+        left -= n
+    return 0  # pragma: no cover - the sum above exceeds AUTO_MAX_CELLS
+
+
 def cap_per_class(
     y: Sequence[str] | np.ndarray, max_per_class: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -242,13 +263,16 @@ def select_training(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows to train and validate on, and the classes: the per-class cap, unknown types dropped.
 
-    Returns sorted training rows (at most ``cfg.max_cells_per_class`` a class), sorted
+    Returns sorted training rows (at most ``cfg.max_cells_per_class`` a class, ``"auto"``
+    resolved by :func:`resolve_cap`), sorted
     validation rows (those of a training class) and the sorted class list.
     """
-    keep = cap_per_class(y_train, cfg.max_cells_per_class, np.random.default_rng(seed))
+    cap = resolve_cap(y_train, cfg.max_cells_per_class)
+    keep = cap_per_class(y_train, cap, np.random.default_rng(seed))
     if len(keep) < len(y_train):
-        msg = "capped training cells at %d per class: %d of %d kept"
-        logger.info(msg, cfg.max_cells_per_class, len(keep), len(y_train))
+        msg = "capped training cells at %d per class (classifier.max_cells_per_class = %s): " \
+              "%d of %d kept"
+        logger.info(msg, cap, cfg.max_cells_per_class, len(keep), len(y_train))
     labels = sorted(np.unique(y_train[keep]).tolist())
     if len(labels) < 2:
         raise DataError(
@@ -341,7 +365,8 @@ def train_classifier(
         Labels of the cells. Classes are the sorted unique training labels; validation cells
         of other labels are dropped with a warning.
     cfg
-        Hyperparameters; ``cfg.max_cells_per_class > 0`` subsamples the training cells per class,
+        Hyperparameters; ``cfg.max_cells_per_class`` (a number above 0, or ``"auto"`` over
+        100,000 cells) subsamples the training cells per class,
         ``cfg.balanced_weights`` weights training cells by ``n / (k * count_c)``.
     seed
         Seeds the per-class subsample and XGBoost's row/column sampling.

@@ -245,7 +245,8 @@ class CVAE:
             batches,
             (lambda: mean_loss(module, val, eval_rows)) if len(val) else None,
             n_rows=len(train),
-            settings=dataclasses.replace(c, max_epochs=_loop.epoch_budget(c.max_epochs, len(train))),
+            settings=dataclasses.replace(
+                c, max_epochs=_loop.epoch_budget(c.max_epochs, len(train), c.batch_size)),
             generator=generator,
             name="CVAE",
             lr_setting="cvae.lr",

@@ -352,7 +352,8 @@ def _fit(
         lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
         local_val if n_val else None,
         n_rows=len(train),
-        settings=dataclasses.replace(cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train)),
+        settings=dataclasses.replace(
+            cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train, cfg.batch_size)),
         generator=generator,
         name="CVAE",
         lr_setting="cvae.lr",
