@@ -909,7 +909,8 @@ def _pipeline_tables(r: dict) -> list[str]:
             status = st.get("status", "–")
             if status == "running":  # the run ended during this stage
                 status = "stopped" if row["rc"] == "timeout" else "failed"
-            cells.append(f"{s if status == 'done' else status} "
+            epochs = f" ({st['epochs']} epochs)" if st.get("epochs") else ""  # the generator's
+            cells.append(f"{s if status == 'done' else status}{epochs} "
                          f"| {fmt(st.get('peak_rss_mb'))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| outside the stages (start-up, results page, HTML report) | " + " | ".join(
