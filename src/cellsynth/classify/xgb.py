@@ -198,8 +198,8 @@ AUTO_MAX_CELLS = 100_000  # classifier.max_cells_per_class = "auto": train on at
 def resolve_cap(y: Sequence[str] | np.ndarray, max_per_class: int | str) -> int:
     """``max_per_class``, or for ``"auto"`` 0 (no cap) when there are at most
     :data:`AUTO_MAX_CELLS` cells, else the largest cap per class that keeps at most that many:
-    rare classes whole, the common ones cut to one size (E-ANND-5's 533k training cells of 126
-    types: a cap near 1,000). XGBoost's time grows with cells x features x classes."""
+    rare classes whole, the common ones cut to one size (the simulated E-ANND-5's 533k training
+    cells of 126 types: 928 a class). XGBoost's time grows with cells x features x classes."""
     if max_per_class != "auto":
         return int(max_per_class)
     counts = np.sort(np.unique(_as_labels(y), return_counts=True)[1])
