@@ -962,6 +962,12 @@ def write_page(out: Path, doc: Path) -> Path:
              "comes from a run. Each section names its own date, command and machine, because "
              "sections are rerun one at a time (`--training`, `--flops`, `--generation`, "
              "`--pipeline`). Do not edit by hand: rerun the command.", ""]
+    if not any(r.get("device") == "cuda" for sec in found.values() for r in sec.values()):
+        lines += ["**GPU: not measured yet.** Every section runs on CUDA too where there is a "
+                  "GPU (`--devices cpu,cuda`, the default when torch sees one; the pipeline "
+                  "sections use what `device = \"auto\"` picks), and adds its rows beside the "
+                  "CPU's. No GPU has been available to these runs yet: no result here comes "
+                  "from one, and the script's CUDA paths have not run on one.", ""]
     if any_quick:
         lines += ["**Some sections below are from `--quick` runs (small sizes, to check the "
                   "script): placeholders until the full run.**", ""]
