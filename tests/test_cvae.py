@@ -14,11 +14,23 @@ import torch
 
 from cellsynth import _keys as K
 from cellsynth.config import CVAEConfig
-from cellsynth.errors import DataError, ModelFileError
+from cellsynth.errors import ConfigError, DataError, ModelFileError
 from cellsynth.models import CVAE
-from cellsynth.models._counts import Rows, initial_decoder, library_model, library_sizes
+from cellsynth.models._counts import (
+    Rows,
+    fit_sampler,
+    initial_decoder,
+    library_model,
+    library_sizes,
+)
 from cellsynth.models.base import Generator
-from cellsynth.models.modules.cvae import CVAEModule, NegativeBinomial, log_nb, log_zinb
+from cellsynth.models.modules.cvae import (
+    CVAEModule,
+    NegativeBinomial,
+    log_nb,
+    log_poisson_cells,
+    log_zinb,
+)
 
 SIM_TYPES = ["alpha", "beta", "gamma"]
 
@@ -77,9 +89,12 @@ def fitted(small_kang) -> CVAE:
     return model
 
 
-@pytest.mark.parametrize("likelihood", ["nb", "zinb", "gaussian"])
-def test_one_epoch_fit_and_sample_per_likelihood(small_kang, likelihood):
-    model = CVAE(small_kang, config=tiny_config(likelihood=likelihood))
+@pytest.mark.parametrize(
+    ("likelihood", "dispersion_fit"),
+    [("nb", "moments"), ("nb", "learned"), ("zinb", "learned"), ("gaussian", "learned")],
+)
+def test_one_epoch_fit_and_sample_per_likelihood(small_kang, likelihood, dispersion_fit):
+    model = CVAE(small_kang, config=tiny_config(likelihood=likelihood, dispersion_fit=dispersion_fit))
     assert isinstance(model, Generator) and not model.is_trained
     hist = model.train(seed=0, progress=False)
     assert set(hist) >= {
@@ -504,3 +519,61 @@ def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta)
     g_sparse = torch.autograd.grad(sparse.sum(), params)
     for a, b_ in zip(g_sparse, g_dense, strict=True):
         torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-5)
+
+
+def test_poisson_cells_is_the_dense_sum_and_moments_training_leaves_the_dispersion():
+    mu = torch.rand(6, 9, dtype=torch.float64) * 4 + 0.01
+    x = torch.poisson(mu) * (torch.rand(6, 9, dtype=torch.float64) < 0.6)
+    mu.requires_grad_(True)
+    dense = torch.distributions.Poisson(mu).log_prob(x).sum(-1)
+    sparse = log_poisson_cells(x, mu, mu.sum(-1))
+    torch.testing.assert_close(sparse, dense)
+    (g_dense,) = torch.autograd.grad(dense.sum(), mu)
+    (g_sparse,) = torch.autograd.grad(log_poisson_cells(x, mu, mu.sum(-1)).sum(), mu)
+    torch.testing.assert_close(g_sparse, g_dense)
+
+    module = CVAEModule(n_input=9, n_labels=2, n_hidden=[8], n_latent=2, dispersion_fit="moments")
+    xf, y = x.float(), torch.tensor([0, 1, 0, 1, 1, 0])
+    lib = xf.sum(1).clamp_min(1.0)
+    out = module.loss(xf, y, lib)
+    out.loss.backward()
+    assert module.px_r.grad is None and module.z_mean.weight.grad is not None
+    with pytest.raises(ValueError, match="dispersion_fit"):
+        CVAEModule(n_input=9, n_labels=2, likelihood="zinb", dispersion_fit="moments")
+    with pytest.raises(ConfigError, match="dispersion_fit=learned"):
+        CVAE(config=CVAEConfig(likelihood="gaussian"))
+
+
+def test_dispersion_by_moments_recovers_a_known_negative_binomial():
+    """Decoded means equal to the true NB means: the moments give back the true theta, per type
+    (theta 2 and 10) or pooled over types ("gene": between the two)."""
+    rng = np.random.default_rng(0)
+    n_genes, n_per_type, thetas = 30, 3000, np.array([2.0, 10.0])
+    share = rng.dirichlet(np.ones(n_genes), size=2)  # (2, n_genes)
+    codes = np.repeat([0, 1], n_per_type)
+    library = rng.lognormal(np.log(1000), 0.2, len(codes))
+    mu = share[codes] * library[:, None]
+    theta = thetas[codes][:, None]
+    x = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
+    rows = Rows(sp.csr_matrix(x), codes, torch.device("cpu"))
+
+    def true_mean(z, y, library):
+        scale = torch.as_tensor(share, dtype=torch.float32)[y]
+        return NegativeBinomial(library[:, None] * scale, torch.ones(n_genes))
+
+    fitted = {}
+    for dispersion in ("gene-label", "gene"):
+        module = CVAEModule(n_input=n_genes, n_labels=2, n_hidden=[8], n_latent=2,
+                            dispersion=dispersion, dispersion_fit="moments")
+        module.generative = true_mean  # the decoder a perfect fit would have
+        fitted[dispersion] = fit_sampler(module, rows, codes, 512, seed=0).px_r.exp().numpy()
+    per_type = fitted["gene-label"]
+    assert per_type.shape == (2, n_genes)
+    expressed = share.min(0) * 1000 > 5  # a few counts a cell: the moments are precise
+    for t, want in enumerate(thetas):
+        np.testing.assert_allclose(np.median(per_type[t, expressed]), want, rtol=0.1)
+    pooled = fitted["gene"]
+    assert pooled.shape == (n_genes,)
+    assert 2.0 < np.median(pooled[expressed]) < 10.0
+    learned = CVAEModule(n_input=n_genes, n_labels=2, n_hidden=[8], n_latent=2)
+    assert fit_sampler(learned, rows, codes, 512, seed=0).px_r is None

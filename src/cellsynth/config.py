@@ -126,6 +126,10 @@ class CVAEConfig:
     prior: Literal["conditional", "standard"] = "conditional"  # p(z | type), learned, or N(0, I)
     # inverse dispersion of the NB: one per gene and cell type ("gene-label") or per gene
     dispersion: Literal["gene", "gene-label"] = "gene-label"
+    # "moments": train on a Poisson likelihood (correlated programs must go through z, not into
+    # per-gene over-dispersion), then fit the NB dispersion by moments around the decoded means
+    # (likelihood "nb" only); "learned": the dispersion is a trained parameter
+    dispersion_fit: Literal["learned", "moments"] = "moments"
     lr: float = 1e-3
     weight_decay: float = 1e-6
     batch_size: int = 256
@@ -149,6 +153,16 @@ class CVAEConfig:
     # training checkpoints (pipeline runs): a killed `cellsynth run` resumes training from the last
     checkpoint_every: int = 1  # write one after every this many epochs; 0 = never
     checkpoint_seconds: float = 60.0  # ...and at least this many seconds after the previous one
+
+    def validate(self) -> CVAEConfig:
+        """Check settings that only work together; raise :class:`ConfigError` with the fix."""
+        if self.dispersion_fit == "moments" and self.likelihood != "nb":
+            raise ConfigError(
+                f"cvae.dispersion_fit = \"moments\" fits a negative binomial's dispersion, but "
+                f"cvae.likelihood is {self.likelihood!r}; add --set "
+                f"cvae.dispersion_fit=learned (or use cvae.likelihood=nb)"
+            )
+        return self
 
 
 @dataclass
@@ -227,6 +241,7 @@ class RunConfig:
             if getattr(self.cvae, key) < 0:
                 raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "
                                   f"set it with --set cvae.{key}=...")
+        self.cvae.validate()
         if not 0 <= self.seed_vae.dropout_rate < 1:
             raise ConfigError(f"seed_vae.dropout_rate must be in [0, 1), got {self.seed_vae.dropout_rate}")
         if self.qc.min_cells_per_type < 2:

@@ -4,7 +4,8 @@
 CSR arrays fit there, else densified on the host one batch at a time); the rest are the
 functions :class:`~cellsynth.models.cvae.CVAE` and the distributed fit share: one epoch's
 mini-batch order, the mean loss over rows, the decoder's and library model's start from the
-data, and the per-type latent mixture fitted after training.
+data, and what sampling needs fitted after training (the per-type latent mixture and,
+with ``dispersion_fit = "moments"``, the NB dispersion).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -148,11 +150,21 @@ def mean_loss(module: CVAEModule, rows: Rows, batch_size: int) -> float:
     return total.item() / len(rows)
 
 
+class SamplerFit(NamedTuple):
+    """What sampling needs beyond the trained network (:func:`fit_sampler`)."""
+
+    weight: torch.Tensor  # (n_labels, K) mixture weights
+    mean: torch.Tensor  # (n_labels, K, d) component means over (z, log library)
+    chol: torch.Tensor  # (n_labels, K, d, d) lower-triangular scale factors
+    px_r: torch.Tensor | None  # log inverse dispersion by moments; None: keep the trained one
+
+
 @torch.no_grad()
-def latent_mixture(
+def fit_sampler(
     module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each type's mixture over ``(z, log library)`` fitted to its training cells.
+) -> SamplerFit:
+    """Each type's mixture over ``(z, log library)`` and, when the module's ``dispersion_fit`` is
+    ``"moments"``, the NB inverse dispersion, both from the type's training cells.
 
     A cell is one posterior draw of ``z`` beside the log of its observed library size, so that
     generated cells keep the coupling of state and sequencing depth that real cells have (a
@@ -160,8 +172,11 @@ def latent_mixture(
     least ``2 (n_latent + 1)`` cells get a full-covariance Gaussian mixture of up to
     ``MIXTURE_COMPONENTS`` components (one per ``n_latent + 1`` cells); smaller ones keep each
     cell as a component (its posterior sd for ``z``, its own library size): the exact
-    aggregate posterior. Returns the weights ``(n_labels, K)``, means ``(n_labels, K, d)`` and
-    lower-triangular scale factors ``(n_labels, K, d, d)``, ``d = n_latent + 1``.
+    aggregate posterior. The dispersion: the decoded mean ``mu`` at the same draw and library,
+    and ``Var = mu + mu^2 / theta`` solved over the cells as ``theta = sum mu^2 / sum((x - mu)^2
+    - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
+    spread is the Poisson limit. Each type uses at most ``MIXTURE_MAX_CELLS`` cells (a seeded
+    choice). ``d = n_latent + 1``.
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
@@ -169,29 +184,38 @@ def latent_mixture(
     start = time.perf_counter()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
     d = module.n_latent + 1
+    moments = module.dispersion_fit == "moments"
+    mu2 = np.zeros((module.n_labels, module.n_input))  # per type: sum mu^2, sum (x - mu)^2 - mu
+    excess = np.zeros((module.n_labels, module.n_input))
     parts = []
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
         if len(idx) > MIXTURE_MAX_CELLS:
             idx = np.sort(rng.choice(idx, MIXTURE_MAX_CELLS, replace=False))
-        mean, std, log_lib = [], [], []
+        k = min(MIXTURE_COMPONENTS, len(idx) // d)
+        mean, std, log_lib, draws = [], [], [], []
         for sl in tr.iter_slices(len(idx), batch_size):
             x, y, library = rows.batch(idx[sl])
             qz, _ = module.inference(x, y, library)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
             log_lib.append(np.log(library.double().cpu().numpy()))
+            if k >= 2 or moments:  # one draw per cell, in row order
+                draws.append(mean[-1] + std[-1] * rng.standard_normal(mean[-1].shape))
+            if moments:
+                z = torch.from_numpy(draws[-1]).to(qz.loc)
+                mu = module.generative(z, y, library).mu  # (B, n_genes)
+                mu2[t] += (mu * mu).sum(0, dtype=torch.float64).cpu().numpy()
+                excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
         mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)
-        k = min(MIXTURE_COMPONENTS, len(idx) // d)
         if k < 2:
             chol = np.zeros((len(idx), d, d))
             chol[:, np.arange(d - 1), np.arange(d - 1)] = sd  # the library is the cell's own
             parts.append((np.full(len(idx), 1.0 / len(idx)), np.hstack([mu, ll[:, None]]), chol))
             continue
-        draws = np.hstack([mu + sd * rng.standard_normal(mu.shape), ll[:, None]])
         gm = GaussianMixture(
             k, covariance_type="full", reg_covar=1e-4, random_state=int(rng.integers(2**31))
-        ).fit(draws)
+        ).fit(np.hstack([np.concatenate(draws), ll[:, None]]))
         parts.append((gm.weights_, gm.means_, np.linalg.cholesky(gm.covariances_)))
     k_max = max(len(w) for w, _, _ in parts)
     weight = np.zeros((len(parts), k_max))
@@ -199,12 +223,31 @@ def latent_mixture(
     chol = np.zeros((len(parts), k_max, d, d))
     for t, (w, m, c) in enumerate(parts):
         weight[t, : len(w)], mean[t, : len(w)], chol[t, : len(w)] = w / w.sum(), m, c
+    px_r = None
+    if moments:
+        px_r = torch.tensor(log_theta_by_moments(mu2, excess, module.dispersion), dtype=torch.float32)
     logger.info(
-        "CVAE: latent and library mixtures (up to %d components per type) in %.1f s",
+        "CVAE: latent and library mixtures (up to %d components per type)%s in %.1f s",
         k_max,
+        " and NB dispersion by moments" if moments else "",
         time.perf_counter() - start,
     )
-    return torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
+    return SamplerFit(torch.tensor(weight), torch.tensor(mean), torch.tensor(chol), px_r)
+
+
+def log_theta_by_moments(mu2: np.ndarray, excess: np.ndarray, dispersion: str) -> np.ndarray:
+    """Log NB inverse dispersion from ``Var = mu + mu^2 / theta`` summed over cells.
+
+    ``mu2`` and ``excess`` are per type and gene ``(n_labels, n_genes)``: the sums of ``mu^2``
+    and of ``(x - mu)^2 - mu``. ``theta = mu2 / excess`` per type (``dispersion = "gene"``: the
+    sums pooled over types, one per gene); where there is no excess spread (or no counts) it is
+    the Poisson limit 1e4; kept in ``[1e-2, 1e4]``.
+    """
+    if dispersion == "gene":
+        mu2, excess = mu2.sum(0), excess.sum(0)
+    theta = np.where(excess > 0, mu2 / np.maximum(excess, 1e-12), 1e4)
+    theta = np.where(np.isfinite(theta) & (theta > 0), theta, 1e4)
+    return np.log(np.clip(theta, 1e-2, 1e4))
 
 
 def initial_decoder(
@@ -269,11 +312,7 @@ def decoder_from_sums(
         # per type: sum (l p)^2 and sum (x - l p)^2 - l p
         mu2 = sl2[:, None] * share**2
         excess = s2 - 2 * share * slx + mu2 - sl[:, None] * share
-        theta = mu2 / np.maximum(excess, 1e-12)
-        theta_pooled = mu2.sum(0) / np.maximum(excess.sum(0), 1e-12)
-        theta = np.where(excess > 0, theta, 1e4) if module.dispersion != "gene" else theta_pooled
-        theta = np.where(np.isfinite(theta) & (theta > 0), theta, 1e4)
-        log_r = np.log(np.clip(theta, 1e-2, 1e4))
+        log_r = log_theta_by_moments(mu2, excess, module.dispersion)
         bias = np.log(np.maximum(s1.sum(0) / max(lib_total, 1.0), 1e-9))
     return torch.tensor(bias, dtype=torch.float32), torch.tensor(log_r, dtype=torch.float32)
 

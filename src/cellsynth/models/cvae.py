@@ -5,7 +5,9 @@ cell of type ``t``, a latent ``z`` and a library size jointly (from a Gaussian m
 ``(z, log library)`` fitted after training to the type's training cells: posterior draws beside
 observed library sizes), or ``z`` from the prior ``p(z | t)`` and the library from the type's
 log-normal library model; then integer counts from the decoded (zero-inflated) negative
-binomial (Gaussian: log-normalised values, scaled to the library and rounded).
+binomial (Gaussian: log-normalised values, scaled to the library and rounded). With
+``dispersion_fit = "moments"`` (the default) the network trains on a Poisson likelihood and the
+NB dispersion is fitted by moments after training, with the mixture.
 
 Mini-batches are CSR rows densified one batch at a time: on a GPU gathered from a device copy of
 the CSR arrays when they fit (no host densifying or dense copies), else sliced on the host.
@@ -35,8 +37,8 @@ from ._counts import (
     Rows,
     decoder_from_sums,
     epoch_batches,
+    fit_sampler,
     initial_decoder,
-    latent_mixture,
     library_model,
     mean_loss,
 )
@@ -83,7 +85,7 @@ class CVAE:
         label_key: str = "cell_type",
         config: CVAEConfig | None = None,
     ) -> None:
-        self.config = config if config is not None else CVAEConfig()
+        self.config = (config if config is not None else CVAEConfig()).validate()
         self.device = tr.resolve_device(self.config.device)
         self.label_key = label_key
         self.labels: list[str] = []
@@ -122,6 +124,7 @@ class CVAE:
             likelihood=c.likelihood,
             prior=c.prior,
             dispersion=c.dispersion,
+            dispersion_fit=c.dispersion_fit,
             target_sum=TARGET_SUM,
         )
         return module.to(self.device)
@@ -254,7 +257,7 @@ class CVAE:
             progress=progress,
         )
         history = result.history
-        self._fit_latent_mixture(train, yt, seed)
+        self._fit_sampler(train, yt, seed)
         if checkpoint is not None:
             checkpoint.remove()
         seconds = history["seconds"]
@@ -352,13 +355,16 @@ class CVAE:
             tag, FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
 
-    def _fit_latent_mixture(self, rows: Any, codes: np.ndarray, seed: int) -> None:
-        """Fit each type's mixture over ``(z, log library)`` to one posterior draw and the library
-        size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk loader)."""
+    def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int) -> None:
+        """After training: each type's mixture over ``(z, log library)`` and, with
+        ``dispersion_fit = "moments"``, the NB dispersion, from one posterior draw and the
+        library size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk
+        loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
         module = self._module()
-        module.set_latent_mixture(
-            *latent_mixture(module, rows, codes, 4 * self.config.batch_size, seed)
-        )
+        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed)
+        module.set_latent_mixture(fit.weight, fit.mean, fit.chol)
+        if fit.px_r is not None:
+            module.set_dispersion(fit.px_r)
 
     @torch.no_grad()
     def get_latent(self, adata: ad.AnnData) -> np.ndarray:

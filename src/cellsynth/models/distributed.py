@@ -126,7 +126,7 @@ def _mixture_rows(
     path: Path, rows: np.ndarray, codes: np.ndarray, seed: int, device: torch.device
 ) -> tuple[Rows, np.ndarray]:
     """The training cells the latent mixture is fitted on: every type's, at most as many per
-    type as :meth:`CVAE._fit_latent_mixture` uses (a seeded choice), read from the file."""
+    type as :meth:`CVAE._fit_sampler` uses (a seeded choice), read from the file."""
     rng = np.random.default_rng(derive_seed(seed, "ddp-mixture"))
     pick = []
     for t in np.unique(codes):
@@ -168,7 +168,8 @@ def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]
 
 
 def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
-    """Give every rank rank 0's latent mixture (its component count may differ from theirs)."""
+    """Give every rank rank 0's latent mixture (its component count may differ from theirs) and
+    NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
     if dist.get_world_size() == 1:
         return
     k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
@@ -183,6 +184,9 @@ def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     for t in (weight, mean, chol):
         dist.broadcast(t, src=0)
     module.set_latent_mixture(weight, mean, chol)
+    px_r = module.px_r.detach().to(device)
+    dist.broadcast(px_r, src=0)
+    module.set_dispersion(px_r)
 
 
 def _rank_device(cfg: CVAEConfig) -> torch.device:
@@ -366,7 +370,7 @@ def _fit(
     history = result.history
     if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
         mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)
-        model._fit_latent_mixture(*mix, seed)
+        model._fit_sampler(*mix, seed)
     _broadcast_mixture(module, device)
     if checkpoint is not None:
         checkpoint.remove()

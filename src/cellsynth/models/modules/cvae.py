@@ -29,6 +29,7 @@ from .seed_vae import LossOutput, mlp
 Likelihood = Literal["nb", "zinb", "gaussian"]
 Prior = Literal["conditional", "standard"]
 Dispersion = Literal["gene", "gene-label"]
+DispersionFit = Literal["learned", "moments"]
 
 _EPS = 1e-8
 _LOG_SCALE_RANGE = (-10.0, 7.0)  # latent log-scales; exp cannot overflow early in training
@@ -45,6 +46,18 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tens
         - torch.lgamma(theta)
         - torch.lgamma(x + 1.0)
     )
+
+
+def log_poisson_cells(x: torch.Tensor, mu: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Poisson log-likelihood of each cell's counts ``x`` (``(B, n_genes)``) at means ``mu``.
+
+    ``total`` is ``mu.sum(-1)`` (``(B,)``; the library size when ``mu`` is ``library *
+    softmax``). Only the non-zero counts are visited: a zero adds ``-mu``, which ``total`` holds.
+    """
+    rows, cols = (x > 0).nonzero(as_tuple=True)
+    k = x[rows, cols]
+    nonzero = k * torch.log(mu[rows, cols] + _EPS) - torch.lgamma(k + 1.0)
+    return (-total).index_add(0, rows, nonzero)
 
 
 def log_zinb(
@@ -180,6 +193,12 @@ class CVAEModule(nn.Module):
         ``"conditional"``: learned ``N(mu_y, sigma_y)`` per type; ``"standard"``: ``N(0, I)``.
     dispersion
         ``"gene"``: one ``px_r`` per gene; ``"gene-label"``: one per gene and type.
+    dispersion_fit
+        ``"learned"``: ``px_r`` is trained with the network. ``"moments"`` (``"nb"`` only): the
+        network trains on a Poisson likelihood, so every correlated departure from the type's
+        mean must be carried by ``z`` instead of being absorbed as independent per-gene
+        over-dispersion; ``px_r`` is not trained and is set afterwards by the caller from the
+        counts' spread around their decoded means (:meth:`set_dispersion`).
     target_sum
         Counts each cell is scaled to before ``log1p`` (encoder input, Gaussian likelihood).
     """
@@ -196,6 +215,7 @@ class CVAEModule(nn.Module):
         likelihood: Likelihood = "nb",
         prior: Prior = "conditional",
         dispersion: Dispersion = "gene",
+        dispersion_fit: DispersionFit = "learned",
         target_sum: float = 1e4,
     ) -> None:
         super().__init__()
@@ -207,12 +227,21 @@ class CVAEModule(nn.Module):
             raise ValueError(f"prior must be 'conditional' or 'standard', got {prior!r}")
         if dispersion not in ("gene", "gene-label"):
             raise ValueError(f"dispersion must be 'gene' or 'gene-label', got {dispersion!r}")
+        if dispersion_fit not in ("learned", "moments"):
+            raise ValueError(
+                f"dispersion_fit must be 'learned' or 'moments', got {dispersion_fit!r}"
+            )
+        if dispersion_fit == "moments" and likelihood != "nb":
+            raise ValueError(
+                f"dispersion_fit='moments' needs likelihood 'nb', got {likelihood!r}"
+            )
         self.n_input = n_input
         self.n_labels = n_labels
         self.n_latent = n_latent
         self.likelihood = likelihood
         self.prior_kind = prior
         self.dispersion = dispersion
+        self.dispersion_fit = dispersion_fit
         self.log_target_sum = math.log(target_sum)
 
         self.embed = nn.Embedding(n_labels, n_embed)
@@ -226,7 +255,8 @@ class CVAEModule(nn.Module):
         self.px_scale_decoder = nn.Linear(n_hidden[0], n_input)
         self.px_dropout_decoder = nn.Linear(n_hidden[0], n_input) if likelihood == "zinb" else None
         r_shape = (n_input,) if dispersion == "gene" else (n_labels, n_input)
-        self.px_r = nn.Parameter(torch.zeros(r_shape))  # log theta (nb, zinb) or log scale
+        # log theta (nb, zinb) or log scale; with dispersion_fit "moments" set after training
+        self.px_r = nn.Parameter(torch.zeros(r_shape), requires_grad=dispersion_fit == "learned")
         if prior == "conditional":
             self.prior_mean = nn.Parameter(torch.zeros(n_labels, n_latent))
             self.prior_log_scale = nn.Parameter(torch.zeros(n_labels, n_latent))
@@ -304,7 +334,9 @@ class CVAEModule(nn.Module):
         """Negative ELBO averaged over the batch; ``kl_weight`` scales ``KL(q(z|x,y) || p(z|y))``."""
         qz, _, px = self(x, y, library)
         target = self.normalise(x, library) if self.likelihood == "gaussian" else x
-        if isinstance(px, NegativeBinomial):
+        if self.dispersion_fit == "moments":  # Poisson: library * softmax sums to library
+            reconst = -log_poisson_cells(target, px.mu, library)  # (B,)
+        elif isinstance(px, NegativeBinomial):
             reconst = -px.log_prob_cells(target)  # (B,)
         else:
             reconst = -px.log_prob(target).sum(dim=-1)
@@ -329,6 +361,11 @@ class CVAEModule(nn.Module):
         """
         self.px_scale_decoder.bias.copy_(px_bias)
         self.px_r.copy_(px_r.expand_as(self.px_r).clamp(*_PX_R_RANGE))
+
+    @torch.no_grad()
+    def set_dispersion(self, px_r: torch.Tensor) -> None:
+        """Set the log inverse dispersion, ``(n_input,)`` or ``(n_labels, n_input)``, broadcast."""
+        self.px_r.copy_(px_r.to(self.px_r).expand_as(self.px_r).clamp(*_PX_R_RANGE))
 
     @torch.no_grad()
     def set_library_model(self, log_mean: torch.Tensor, log_std: torch.Tensor) -> None:
