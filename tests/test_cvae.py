@@ -406,7 +406,7 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
 
 
 def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = None,
-              **settings) -> dict:
+              evaluate_every: int = 1, **settings) -> dict:
     """``train_loop`` on a one-weight module that never learns (lr 0): the validation losses
     are ``val_losses`` in turn; ``kl_seen`` collects the KL weight of every step. The history."""
     from types import SimpleNamespace
@@ -424,7 +424,7 @@ def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = No
         lambda: [[i] for i in range(steps_per_epoch)], lambda: float(next(losses)),
         n_rows=steps_per_epoch, settings=SimpleNamespace(**settings),
         generator=torch.Generator().manual_seed(0), name="test", lr_setting="test.lr",
-        progress=False).history
+        progress=False, evaluate_every=evaluate_every).history
 
 
 def test_early_stopping_waits_for_min_steps():
@@ -577,3 +577,90 @@ def test_dispersion_by_moments_recovers_a_known_negative_binomial():
     assert 2.0 < np.median(pooled[expressed]) < 10.0
     learned = CVAEModule(n_input=n_genes, n_labels=2, n_hidden=[8], n_latent=2)
     assert fit_sampler(learned, rows, codes, 512, seed=0).px_r is None
+
+
+def test_loop_checks_every_few_epochs_and_patience_counts_checks():
+    """An expensive check (the fidelity selection) runs every ``evaluate_every`` epochs and at
+    the last; ``patience`` counts checks, and the epochs between them log None (JSON null)."""
+    # checks at epochs 2, 5, 8, 11: 5 (best), 4 (best), 6, 7 -> patience 2 runs out at epoch 11
+    h = _toy_loop([5.0, 4.0, 6.0, 7.0, 1.0], evaluate_every=3, patience=2)
+    assert (h["best_epoch"], h["epochs"]) == (5, 12)
+    checked = [e for e, v in enumerate(h["val_loss"]) if v is not None]
+    assert checked == [2, 5, 8, 11]
+    # the last epoch is always checked, so a short budget still has a best epoch
+    h = _toy_loop([3.0, 2.0], evaluate_every=3, max_epochs=4, patience=5)
+    assert (h["best_epoch"], h["epochs"]) == (3, 4)
+    assert [e for e, v in enumerate(h["val_loss"]) if v is not None] == [2, 3]
+
+
+class _Replay:
+    """A stand-in generator for :class:`FidelityCheck` whose "samples" are given real cells."""
+
+    def __init__(self, genes, labels, pool, pool_codes):
+        self.genes, self.labels, self.pool, self.pool_codes = genes, labels, pool, pool_codes
+        self.refits = 0
+
+    def _fit_sampler(self, rows, codes, seed, *, quiet=False):
+        self.refits += 1
+
+    def _sample_chunk(self, code, n, rng, latent):
+        idx = np.flatnonzero(self.pool_codes == code)
+        return self.pool[rng.choice(idx, n, replace=False)]  # no duplicates
+
+
+def test_fidelity_check_tells_real_cells_from_shuffled_genes():
+    """The selection's check: generated cells from the validation cells' own distribution
+    score about 0.5; the same cells with genes permuted within each cell score near 1."""
+    from cellsynth.models._counts import Rows
+    from cellsynth.models._select import FidelityCheck, check_every
+
+    adata = simulated_counts(n_per_type=200)
+    x = sp.csr_matrix(adata.X)
+    codes = adata.obs["cell_type"].cat.codes.to_numpy().astype(np.int64)
+    rng = np.random.default_rng(0)
+    part = np.minimum(rng.permutation(len(codes)) % 4, 2)  # training, validation, the pool
+    genes, labels = list(adata.var_names), list(SIM_TYPES)
+    train = Rows(x[part == 0], codes[part == 0], torch.device("cpu"))
+
+    def auc(pool: sp.csr_matrix) -> float:
+        model = _Replay(genes, labels, pool, codes[part == 2])
+        check = FidelityCheck(model, train, codes[part == 0], x[part == 1], codes[part == 1], 0)
+        assert sum(check.request.values()) == int((part == 1).sum())
+        value = check()
+        assert model.refits == 1  # the sampler is refitted before every check
+        return value
+
+    same = auc(x[part == 2])
+    shuffled = x[part == 2].toarray()
+    shuffled = sp.csr_matrix(rng.permuted(shuffled, axis=1))
+    assert same < 0.65
+    assert auc(shuffled) > 0.9
+    assert check_every(1400, 256, 40) == 8  # 6 steps an epoch: about 50 steps between checks
+    assert check_every(1400, 256, 400) == 10  # ...but at most 40 checks in the budget
+    assert check_every(500_000, 256, 5) == 1
+
+
+@pytest.mark.parametrize("select", ["fidelity", "elbo"])
+def test_cvae_keeps_the_epoch_its_selection_picks(select):
+    """``cvae.select``: "fidelity" checks generated against validation cells every few epochs
+    (an AUC in [0, 1]) and keeps the best checked epoch; "elbo" monitors the validation loss
+    every epoch. Adding the setting keeps the hashes of results kept before it (as "elbo")."""
+    from cellsynth._runtime import hashed_settings
+    from cellsynth.config import load
+
+    adata = simulated_counts(n_per_type=100)
+    config = tiny_config(select=select, max_epochs=6, min_steps=0, patience=50, batch_size=16)
+    model = CVAE(adata, config=config)
+    h = model.train(seed=0, progress=False)
+    assert h["select"] == select and h["epochs"] == 6
+    values = np.array([np.nan if v is None else v for v in h["val_loss"]])
+    checked = np.flatnonzero(np.isfinite(values))
+    if select == "fidelity":  # 270 training cells at batch 16: 17 steps an epoch
+        assert checked.tolist() == [2, 5]  # a check about every 50 steps, and at the last epoch
+        assert ((values[checked] >= 0) & (values[checked] <= 1)).all()
+    else:
+        assert len(checked) == 6 and (values > 1).all()  # a loss per cell, not an AUC
+    assert h["best_epoch"] == checked[np.argmin(values[checked])]
+    assert model.sample({"beta": 5}, seed=0).n_obs == 5
+    assert "select" not in hashed_settings(load(overrides=["cvae.select=elbo"]))["cvae"]
+    assert hashed_settings(load())["cvae"]["select"] == "fidelity"

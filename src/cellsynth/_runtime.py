@@ -139,7 +139,8 @@ UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint
 #: settings added after results were kept, with the value that does what the code did before
 #: them: hashed only when set to something else, so adding one keeps every kept result valid
 ADDED: dict[str, dict[str, Any]] = {
-    "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned"}
+    "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned",
+             "select": "elbo"}
 }
 
 

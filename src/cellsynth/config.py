@@ -136,7 +136,12 @@ class CVAEConfig:
     # auto: about 10,000 optimiser steps, at most 400 epochs: min(400, 10,000 x batch_size /
     # training cells), at least 1 (400 up to 6,400 cells at batch 256; 5 at E-ANND-5's 533k)
     max_epochs: int | Literal["auto"] = "auto"
-    patience: int = 10  # early stopping on validation loss, in epochs...
+    # which epoch is kept: "fidelity", the one whose generated cells are closest to the
+    # validation cells (two-sample AUC, checked about every 50 optimiser steps, at most 40 times);
+    # "elbo", the best
+    # validation ELBO (also what "fidelity" falls back to for validation cells read from disk)
+    select: Literal["fidelity", "elbo"] = "fidelity"
+    patience: int = 10  # early stopping: epochs ("elbo") or checks ("fidelity") without gain...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
     # an epoch improves only by beating the best validation loss by more than this fraction
     # (atlases: the loss creeps down by ~0.05% an epoch for the whole budget; 0.001 stops it)

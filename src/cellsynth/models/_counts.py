@@ -161,7 +161,8 @@ class SamplerFit(NamedTuple):
 
 @torch.no_grad()
 def fit_sampler(
-    module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int
+    module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int,
+    *, quiet: bool = False,
 ) -> SamplerFit:
     """Each type's mixture over ``(z, log library)`` and, when the module's ``dispersion_fit`` is
     ``"moments"``, the NB inverse dispersion, both from the type's training cells.
@@ -226,7 +227,7 @@ def fit_sampler(
     px_r = None
     if moments:
         px_r = torch.tensor(log_theta_by_moments(mu2, excess, module.dispersion), dtype=torch.float32)
-    logger.info(
+    (logger.debug if quiet else logger.info)(
         "CVAE: latent and library mixtures (up to %d components per type)%s in %.1f s",
         k_max,
         " and NB dispersion by moments" if moments else "",

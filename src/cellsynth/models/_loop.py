@@ -220,6 +220,7 @@ def train_loop(
     train_module: nn.Module | None = None,
     progress: bool = True,
     verbose: bool = True,
+    evaluate_every: int = 1,
 ) -> LoopResult:
     """Train ``module`` epoch by epoch; keep the weights of the best validation epoch.
 
@@ -265,6 +266,10 @@ def train_loop(
         Show a tqdm bar over epochs (on stderr).
     verbose
         Log the early stop and the resume (False on every process but the first).
+    evaluate_every
+        Call ``evaluate`` only every this many epochs (and at the last): an expensive check, such
+        as the generated cells' distance to the validation cells. ``patience`` then counts
+        checks, and the epochs between them have ``None`` as validation loss in the history.
 
     Returns
     -------
@@ -309,20 +314,22 @@ def train_loop(
                 scheduler.step()
             total += batch_loss.detach().double() * len(idx)
         train_loss = total.item() / n_rows
-        val_loss = evaluate() if evaluate is not None else math.nan
+        check = (epoch + 1) % max(evaluate_every, 1) == 0 or epoch + 1 == settings.max_epochs
+        val_loss = evaluate() if evaluate is not None and check else math.nan
         if reduce is not None:
             train_loss, val_loss = reduce(train_loss, val_loss)
         if evaluate is None:
             val_loss = train_loss
         history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss)
+        history["val_loss"].append(val_loss if check or evaluate is None else None)  # JSON null
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.5g}", val=f"{val_loss:.5g}", beta=f"{beta:.2f}",
                         refresh=False)  # fmt: skip
         logger.debug("epoch %d: train %.4f, val %.4f, kl weight %.2f", epoch, train_loss,
                      val_loss, beta)  # fmt: skip
         # every epoch draws the same number of batches, so steps so far = epochs x n_steps
-        if stopper.step(val_loss, epoch, module) and (epoch + 1) * n_steps >= min_steps:
+        if (check or evaluate is None) and stopper.step(val_loss, epoch, module) \
+                and (epoch + 1) * n_steps >= min_steps:
             if verbose:
                 logger.info("%s: early stopping after epoch %d (no improvement for %d)", name,
                             epoch, settings.patience)  # fmt: skip

@@ -43,6 +43,7 @@ from ._counts import (
     mean_loss,
 )
 from ._draws import nb_csr
+from ._select import MIN_CHECK_CELLS, FidelityCheck, check_every
 from .base import check_genes, fit_labels, request, split_masks, synthetic_adata, training_counts
 from .modules.cvae import CVAEModule, NegativeBinomial
 
@@ -181,9 +182,11 @@ class CVAE:
 
         Returns
         -------
-        History: per-epoch ``train_loss`` and ``val_loss`` (mean per cell; validation with KL
-        weight 1), ``best_epoch``, ``epochs``, ``seconds`` and ``cells_per_second`` (training),
-        and ``resumed_from`` (the epoch training went on from) after a resume.
+        History: per-epoch ``train_loss`` and ``val_loss`` (what early stopping watched: the
+        validation loss per cell with KL weight 1 or, with ``select = "fidelity"``, the
+        two-sample AUC at checked epochs and None between), ``select``, ``best_epoch``,
+        ``epochs``, ``seconds`` and ``cells_per_second`` (training), and ``resumed_from`` (the
+        epoch training went on from) after a resume.
         """
         c = self.config
         counts = training_counts(adata)  # (n_cells, n_genes) CSR float32
@@ -236,20 +239,21 @@ class CVAE:
         ``batches`` are the loop's mini-batch loss and one epoch's batches.
         """
         c = self.config
-        eval_rows = 4 * c.batch_size
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
+        max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
+        evaluate, every = self._monitor(train, val, yt, seed, max_epochs)
         result = _loop.train_loop(
             module,
             _optimizer(module, c),
             step,
             batches,
-            (lambda: mean_loss(module, val, eval_rows)) if len(val) else None,
+            evaluate,
             n_rows=len(train),
-            settings=dataclasses.replace(
-                c, max_epochs=_loop.epoch_budget(c.max_epochs, len(train), c.batch_size)),
+            settings=dataclasses.replace(c, max_epochs=max_epochs),
+            evaluate_every=max(every, 1),
             generator=generator,
             name="CVAE",
             lr_setting="cvae.lr",
@@ -262,9 +266,11 @@ class CVAE:
             checkpoint.remove()
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
-        logger.info("CVAE: best epoch %d of %d (val loss %.4f) in %.1f s, %.0f cells/s",
-                    history["best_epoch"], history["epochs"], result.best_loss, seconds,
-                    history["cells_per_second"])  # fmt: skip
+        history["select"] = "fidelity" if every else "elbo"
+        logger.info("CVAE: best epoch %d of %d (%s %.4f) in %.1f s, %.0f cells/s",
+                    history["best_epoch"], history["epochs"],
+                    "validation two-sample AUC" if every else "val loss", result.best_loss,
+                    seconds, history["cells_per_second"])  # fmt: skip
         self.history = history
         return history
 
@@ -355,13 +361,39 @@ class CVAE:
             tag, FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
 
-    def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int) -> None:
+    def _monitor(self, train: Any, val: Any, yt: np.ndarray, seed: int,
+                 max_epochs: int) -> tuple[Any, int]:  # fmt: skip
+        """What early stopping watches, and every how many epochs (0: the ELBO, each epoch).
+
+        ``cvae.select = "fidelity"`` with at least ``MIN_CHECK_CELLS`` validation cells in
+        memory: the two-sample AUC of generated against validation cells
+        (:class:`~cellsynth.models._select.FidelityCheck`); otherwise (``"elbo"``, too few
+        validation cells, or cells read from disk) the validation ELBO.
+        """
+        c = self.config
+        if not len(val):
+            return None, 0
+        if c.select == "fidelity" and isinstance(val, Rows) and len(val) >= MIN_CHECK_CELLS:
+            every = check_every(len(train), c.batch_size, max_epochs)
+            check = FidelityCheck(self, train, yt, val.counts, val.codes.cpu().numpy(), seed)
+            logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
+                        "validation cells (two-sample AUC every %d epochs)",
+                        sum(check.request.values()), every)  # fmt: skip
+            return check, every
+        if c.select == "fidelity":
+            logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "
+                        "\"fidelity\" needs at least %d validation cells in memory",
+                        MIN_CHECK_CELLS)  # fmt: skip
+        module = self._module()
+        return (lambda: mean_loss(module, val, 4 * c.batch_size)), 0
+
+    def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False) -> None:
         """After training: each type's mixture over ``(z, log library)`` and, with
         ``dispersion_fit = "moments"``, the NB dispersion, from one posterior draw and the
         library size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk
         loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
         module = self._module()
-        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed)
+        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed, quiet=quiet)
         module.set_latent_mixture(fit.weight, fit.mean, fit.chol)
         if fit.px_r is not None:
             module.set_dispersion(fit.px_r)

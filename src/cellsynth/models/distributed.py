@@ -320,6 +320,10 @@ def _fit(
         )  # fmt: skip
     if n_val == 0 and rank == 0:
         logger.warning("no validation cells; early stopping monitors the training loss")
+    elif cfg.select == "fidelity" and rank == 0:
+        logger.info("data-parallel CVAE: early stopping monitors the validation ELBO "
+                    "(cvae.select = \"fidelity\" is a one-process fit's; --set cvae.select=elbo "
+                    "says so)")  # fmt: skip
 
     model = CVAE(None, label_key=label_key, config=cfg)
     model.device, model.labels, model.genes = device, labels, list(map(str, meta.var_names))
@@ -376,7 +380,8 @@ def _fit(
         checkpoint.remove()
     seconds = history["seconds"]
     history.update(
-        cells_per_second=n_train * history["epochs"] / max(seconds, 1e-9), world_size=world
+        cells_per_second=n_train * history["epochs"] / max(seconds, 1e-9), world_size=world,
+        select="elbo",
     )
     model.history = history
     if rank == 0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -392,6 +392,16 @@ class CVAEModule(nn.Module):
         self.mixture_weight = weight.to(device, torch.float32)
         self.mixture_mean = mean.to(device, torch.float32)
         self.mixture_chol = chol.to(device, torch.float32)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Take the stored mixture's number of components before loading (a training
+        checkpoint written after a ``cvae.select = "fidelity"`` check holds a fitted mixture)."""
+        keys = [prefix + k for k in ("mixture_weight", "mixture_mean", "mixture_chol")]
+        if all(k in state_dict for k in keys) and (
+            state_dict[keys[0]].shape != self.mixture_weight.shape
+        ):
+            self.set_latent_mixture(*(torch.empty_like(state_dict[k]) for k in keys))  # shapes
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def latent_from_noise(self, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

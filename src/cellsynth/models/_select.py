@@ -1,0 +1,116 @@
+"""Which epoch of a CVAE to keep: the one whose generated cells the validation cells tell apart least.
+
+The validation ELBO measures how well the network encodes and decodes cells it did not train
+on; sampling never uses that path. It draws latents from the per-type mixture fitted to the
+training cells' posteriors and decodes them, so what counts is how close those cells come to
+unseen real ones. On the shared datasets the ELBO's best epoch comes early, while the decoder is
+still smooth and the generated cells too alike (high kNN precision, low recall); some epochs
+later precision and recall meet and the classifier two-sample AUC against held-out cells is
+lowest (docs/RESULTS.md has the figures; ``cvae.select = "elbo"`` keeps the old choice).
+
+:class:`FidelityCheck` is the loop's ``evaluate`` under ``cvae.select = "fidelity"``: every few
+epochs it fits the sampler to the training cells, generates as many cells of each type as a
+seeded subsample of the validation cells holds, and returns the cross-validated two-sample AUC
+between the two (averaged over a few draws when there are few validation cells) in an evaluation space (HVGs, log1p per 10k, PCs) fitted once on training cells.
+The test split is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .._seeds import derive_seed
+from ..metrics.fidelity import c2st_auc
+from ..metrics.space import fit_space
+
+logger = logging.getLogger(__name__)
+
+CHECK_CELLS = 2_000  # validation cells a check compares with, at most (a stratified subsample)
+SPACE_CELLS_PER_TYPE = 500  # training cells per type the check's space is fitted on, at most
+CHECK_STEPS = 50  # optimiser steps between checks, about (``evaluate_every`` in epochs)...
+MAX_CHECKS = 40  # ...but at most this many in the epoch budget
+SAMPLE_ROWS = 256  # cells generated at a time
+MAX_REPEATS = 5  # AUCs a check averages when it has fewer than CHECK_CELLS validation cells
+MIN_CHECK_CELLS = 20  # fewer validation cells than this: the ELBO decides (an AUC on 5 is noise)
+
+
+def check_every(n_train: int, batch_size: int, max_epochs: int) -> int:
+    """Epochs between two checks: about :data:`CHECK_STEPS` optimiser steps, but no more than
+    :data:`MAX_CHECKS` checks in ``max_epochs`` (a check costs a few epochs of a small model);
+    at least one."""
+    steps_per_epoch = max(math.ceil(n_train / max(batch_size, 1)), 1)
+    return max(round(CHECK_STEPS / steps_per_epoch), math.ceil(max_epochs / MAX_CHECKS), 1)
+
+
+class FidelityCheck:
+    """The two-sample AUC of a model's generated cells against validation cells (lower is better).
+
+    With fewer than :data:`CHECK_CELLS` validation cells the AUC is the mean over up to
+    :data:`MAX_REPEATS` independent draws of generated cells (and classifier folds): on a few
+    hundred cells one draw moves the AUC by several hundredths, as much as epochs differ. Every
+    check draws the same noise.
+
+    Parameters
+    ----------
+    model
+        The :class:`~cellsynth.models.cvae.CVAE` being trained (its sampler is refitted at each
+        call, then refitted again on the kept weights after training).
+    train
+        The training :class:`~cellsynth.models._counts.Rows` (the sampler's cells).
+    train_codes
+        Their type codes.
+    val_counts, val_codes
+        The validation cells' raw counts (CSR) and type codes.
+    seed
+        Fixes the space, the subsample, every check's sampling and classifier folds.
+    """
+
+    def __init__(self, model: Any, train: Any, train_codes: np.ndarray, val_counts: sp.csr_matrix,
+                 val_codes: np.ndarray, seed: int) -> None:  # fmt: skip
+        self.model, self.train, self.train_codes, self.seed = model, train, train_codes, seed
+        labels = np.asarray(model.labels, dtype=object)
+        self.space = fit_space(train.counts, labels[train_codes], list(model.genes),
+                               max_cells_per_class=SPACE_CELLS_PER_TYPE,
+                               seed=derive_seed(seed, "select-space"))  # fmt: skip
+        rng = np.random.default_rng(derive_seed(seed, "select-cells"))
+        pick = np.arange(len(val_codes))
+        if len(pick) > CHECK_CELLS:  # stratified: each type keeps its share
+            pick = np.sort(
+                pd.Series(pick).groupby(np.asarray(val_codes)).sample(
+                    frac=CHECK_CELLS / len(pick), random_state=int(rng.integers(2**31))
+                ).to_numpy()
+            )
+        codes = np.asarray(val_codes)[pick]
+        self.real = self.space.embed(val_counts[pick])
+        types, n = np.unique(codes, return_counts=True)
+        self.request_codes = {int(t): int(k) for t, k in zip(types, n, strict=True)}
+        self.request = {str(labels[t]): k for t, k in self.request_codes.items()}
+        self.repeats = int(min(MAX_REPEATS, math.ceil(CHECK_CELLS / max(len(codes), 1))))
+        self.calls = 0
+
+    def __call__(self) -> float:
+        """Refit the sampler, generate, and return the AUC (0.5: indistinguishable)."""
+        self.calls += 1
+        self.model._fit_sampler(self.train, self.train_codes, self.seed, quiet=True)
+        # the same noise at every check: epochs are compared on equal terms, and a resumed
+        # training makes the same choice as one that was never stopped
+        seed = derive_seed(self.seed, "select-check")
+        rng = np.random.default_rng(seed)
+        aucs = []
+        for rep in range(self.repeats):  # a few hundred cells: average several draws
+            chunks = []
+            with torch.no_grad():
+                for code, n in self.request_codes.items():
+                    for start in range(0, n, SAMPLE_ROWS):  # the cells of one chunk are dense
+                        chunks.append(self.model._sample_chunk(code, min(SAMPLE_ROWS, n - start),
+                                                               rng, "mixture"))  # fmt: skip
+            synthetic = self.space.embed(sp.vstack(chunks, format="csr"))
+            aucs.append(c2st_auc(self.real, synthetic, seed=derive_seed(seed, f"c2st-{rep}")))
+        return float(np.mean(aucs))
