@@ -138,8 +138,8 @@ class CVAEConfig:
     max_epochs: int | Literal["auto"] = "auto"
     # which epoch is kept: "fidelity", the one whose generated cells are closest to the
     # validation cells (two-sample AUC, checked about every 50 optimiser steps, at most 40 times);
-    # "elbo", the best
-    # validation ELBO (also what "fidelity" falls back to for validation cells read from disk)
+    # "elbo", the best validation ELBO (what "fidelity" falls back to with fewer than 20
+    # validation cells, validation cells read from disk, or data-parallel training)
     select: Literal["fidelity", "elbo"] = "fidelity"
     patience: int = 10  # early stopping: epochs ("elbo") or checks ("fidelity") without gain...
     min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
