@@ -600,7 +600,7 @@ class _Replay:
         self.genes, self.labels, self.pool, self.pool_codes = genes, labels, pool, pool_codes
         self.refits = 0
 
-    def _fit_sampler(self, rows, codes, seed, *, quiet=False):
+    def _fit_sampler(self, rows, codes, seed, **_):
         self.refits += 1
 
     def _sample_chunk(self, code, n, rng, latent):

@@ -162,7 +162,7 @@ class SamplerFit(NamedTuple):
 @torch.no_grad()
 def fit_sampler(
     module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int,
-    *, quiet: bool = False,
+    *, quiet: bool = False, max_cells: int = MIXTURE_MAX_CELLS,
 ) -> SamplerFit:
     """Each type's mixture over ``(z, log library)`` and, when the module's ``dispersion_fit`` is
     ``"moments"``, the NB inverse dispersion, both from the type's training cells.
@@ -176,8 +176,8 @@ def fit_sampler(
     aggregate posterior. The dispersion: the decoded mean ``mu`` at the same draw and library,
     and ``Var = mu + mu^2 / theta`` solved over the cells as ``theta = sum mu^2 / sum((x - mu)^2
     - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
-    spread is the Poisson limit. Each type uses at most ``MIXTURE_MAX_CELLS`` cells (a seeded
-    choice). ``d = n_latent + 1``.
+    spread is the Poisson limit. Each type uses at most ``max_cells`` cells (a seeded choice;
+    default ``MIXTURE_MAX_CELLS``). ``d = n_latent + 1``.
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
@@ -191,8 +191,8 @@ def fit_sampler(
     parts = []
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
-        if len(idx) > MIXTURE_MAX_CELLS:
-            idx = np.sort(rng.choice(idx, MIXTURE_MAX_CELLS, replace=False))
+        if len(idx) > max_cells:
+            idx = np.sort(rng.choice(idx, max_cells, replace=False))
         k = min(MIXTURE_COMPONENTS, len(idx) // d)
         mean, std, log_lib, draws = [], [], [], []
         for sl in tr.iter_slices(len(idx), batch_size):

@@ -33,6 +33,7 @@ from ..errors import ConfigError, DataError, ModelFileError
 from . import _loop
 from . import _training as tr
 from ._counts import (
+    MIXTURE_MAX_CELLS,
     TARGET_SUM,
     Rows,
     decoder_from_sums,
@@ -387,13 +388,15 @@ class CVAE:
         module = self._module()
         return (lambda: mean_loss(module, val, 4 * c.batch_size)), 0
 
-    def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False) -> None:
+    def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False,
+                     max_cells: int = MIXTURE_MAX_CELLS) -> None:  # fmt: skip
         """After training: each type's mixture over ``(z, log library)`` and, with
         ``dispersion_fit = "moments"``, the NB dispersion, from one posterior draw and the
         library size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk
         loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
         module = self._module()
-        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed, quiet=quiet)
+        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed, quiet=quiet,
+                          max_cells=max_cells)  # fmt: skip
         module.set_latent_mixture(fit.weight, fit.mean, fit.chol)
         if fit.px_r is not None:
             module.set_dispersion(fit.px_r)
