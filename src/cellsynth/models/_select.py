@@ -6,18 +6,19 @@ training cells' posteriors and decodes them, so what counts is how close those c
 unseen real ones. On the shared datasets the ELBO's best epoch comes early, while the decoder is
 still smooth and the generated cells too alike (high kNN precision, low recall); some epochs
 later precision and recall meet and the classifier two-sample AUC against held-out cells is
-lowest (docs/RESULTS.md has the figures; ``cvae.select = "elbo"`` keeps the old choice).
+lowest; later still the generated cells spread beyond the real ones (``cvae.select = "elbo"``
+keeps the old choice).
 
 :class:`FidelityCheck` is the loop's ``evaluate`` under ``cvae.select = "fidelity"``: every few
 epochs it fits the sampler to the training cells, generates as many cells of each type as a
 seeded subsample of the validation cells holds, and returns the cross-validated two-sample AUC
-between the two (averaged over a few draws when there are few validation cells) in an evaluation space (HVGs, log1p per 10k, PCs) fitted once on training cells.
-The test split is never read.
+between the two (averaged over a few draws when there are few validation cells) in an
+evaluation space (HVGs, log1p per 10k, PCs) fitted once on training cells. The test split is
+never read.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -29,8 +30,6 @@ import torch
 from .._seeds import derive_seed
 from ..metrics.fidelity import c2st_auc
 from ..metrics.space import fit_space
-
-logger = logging.getLogger(__name__)
 
 CHECK_CELLS = 2_000  # validation cells a check compares with, at most (a stratified subsample)
 SPACE_CELLS_PER_TYPE = 500  # training cells per type the check's space is fitted on, at most
@@ -95,11 +94,9 @@ class FidelityCheck:
         self.request_codes = {int(t): int(k) for t, k in zip(types, n, strict=True)}
         self.request = {str(labels[t]): k for t, k in self.request_codes.items()}
         self.repeats = int(min(MAX_REPEATS, math.ceil(CHECK_CELLS / max(len(codes), 1))))
-        self.calls = 0
 
     def __call__(self) -> float:
         """Refit the sampler, generate, and return the AUC (0.5: indistinguishable)."""
-        self.calls += 1
         self.model._fit_sampler(self.train, self.train_codes, self.seed, quiet=True,
                                 max_cells=SAMPLER_CELLS)  # fmt: skip
         # the same noise at every check: epochs are compared on equal terms, and a resumed
