@@ -603,9 +603,10 @@ class _Replay:
     def _fit_sampler(self, rows, codes, seed, **_):
         self.refits += 1
 
-    def _sample_chunk(self, code, n, rng, latent):
-        idx = np.flatnonzero(self.pool_codes == code)
-        return self.pool[rng.choice(idx, n, replace=False)]  # no duplicates
+    def _chunks(self, pairs, rng, latent):
+        for label, n in pairs:
+            idx = np.flatnonzero(self.pool_codes == self.labels.index(label))
+            yield label, self.pool[rng.choice(idx, n, replace=False)]  # no duplicates
 
 
 def test_fidelity_check_tells_real_cells_from_shuffled_genes():
@@ -625,7 +626,7 @@ def test_fidelity_check_tells_real_cells_from_shuffled_genes():
     def auc(pool: sp.csr_matrix) -> float:
         model = _Replay(genes, labels, pool, codes[part == 2])
         check = FidelityCheck(model, train, codes[part == 0], x[part == 1], codes[part == 1], 0)
-        assert sum(check.request.values()) == int((part == 1).sum())
+        assert sum(n for _, n in check.request) == int((part == 1).sum())
         value = check()
         assert model.refits == 1  # the sampler is refitted before every check
         return value

@@ -13,7 +13,7 @@ from cellsynth import config
 from cellsynth.data.groups import load_groups
 from cellsynth.data.io import find_counts, read
 from cellsynth.data.qc import normalise_log1p, preprocess, sparse_variance
-from cellsynth.data.split import balanced_subsample, stratified_split
+from cellsynth.data.split import balanced_subsample, stratified_split, stratified_subsample
 from cellsynth.errors import DataError
 
 
@@ -90,6 +90,11 @@ def test_split_is_stratified_and_seeded():
     assert not (s == stratified_split(labels, (0.7, 0.1, 0.2), seed=2)).all()
     idx = balanced_subsample(labels, 10, seed=0)
     assert len(idx) == 10 + 10 + 3
+    # a cap in all: each type keeps its share, the rarest at least one cell; sorted, seeded
+    idx = stratified_subsample(labels, 30, seed=0)
+    assert [(labels[idx] == t).sum() for t in "abc"] == [20, 10, 1]
+    assert (np.diff(idx) > 0).all() and (idx == stratified_subsample(labels, 30, seed=0)).all()
+    assert (stratified_subsample(labels, 200, seed=0) == np.arange(len(labels))).all()
 
 
 def test_normalise_and_variance():

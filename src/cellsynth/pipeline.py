@@ -27,6 +27,7 @@ from .data.groups import load_groups
 from .data.io import read
 from .data.qc import QCReport, normalise_log1p, preprocess
 from .data.simulate import simulate_atlas
+from .data.split import stratified_subsample
 from .errors import CellsynthError, DataError
 from .explain.shap import explain_type, write_shap
 from .features.pca import PCAModel, fit_pca
@@ -235,19 +236,6 @@ def _generate(gen: Any, cfg: RunConfig, pca: PCAModel, counts: dict[str, int], s
     return z, y
 
 
-def _stratified(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    """At most ``cap`` indices, each type keeping its share (every type at least one cell)."""
-    if len(labels) <= cap:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for t in np.unique(labels):
-        idx = np.flatnonzero(labels == t)
-        n = max(1, round(cap * len(idx) / len(labels)))
-        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
 def _write_umap(cfg: RunConfig, out: Path, z_real: np.ndarray, z_syn: np.ndarray,
                 cells: list, labels: list) -> None:
     """``features/umap.csv``: one UMAP of real then generated cells (their PCA features)."""
@@ -287,8 +275,8 @@ def _evaluate(cfg: RunConfig, pre: ad.AnnData, pca: PCAModel, out: Path,
     y_real = test.obs[label_key].astype(str).to_numpy()
     y_syn = syn.obs[label_key].astype(str).to_numpy()
     cap = cfg.report.max_cells
-    ir = _stratified(y_real, cap, derive_seed(cfg.seed, "eval-real"))
-    is_ = _stratified(y_syn, cap, derive_seed(cfg.seed, "eval-synthetic"))
+    ir = stratified_subsample(y_real, cap, seed=derive_seed(cfg.seed, "eval-real"))
+    is_ = stratified_subsample(y_syn, cap, seed=derive_seed(cfg.seed, "eval-synthetic"))
     has_counts = syn.n_vars == pre.n_vars  # the seed model's cells are PCA coordinates
     if cfg.report.umap:
         z_real = pca.transform(test.X[ir])

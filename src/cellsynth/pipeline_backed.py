@@ -23,10 +23,11 @@ from ._seeds import derive_seed
 from .config import RunConfig
 from .data.io import BACKED_BYTES
 from .data.qc import QCReport, normalise_log1p
+from .data.split import stratified_subsample
 from .errors import ConfigError
 from .features.pca import PCAModel
 from .models.registry import make_generator
-from .pipeline import Split, _stratified, _write_fidelity, _write_umap, resolve_groups
+from .pipeline import Split, _write_fidelity, _write_umap, resolve_groups
 
 logger = logging.getLogger(__name__)
 
@@ -228,12 +229,12 @@ def evaluate(cfg: RunConfig, store: Any, pca: PCAModel, out: Path,
     y = store.obs[label_key].astype(str).to_numpy()
     cap = cfg.report.max_cells
     test_rows = rows["test"]
-    ir = _stratified(y[test_rows], cap, derive_seed(cfg.seed, "eval-real"))
+    ir = stratified_subsample(y[test_rows], cap, seed=derive_seed(cfg.seed, "eval-real"))
     test = store.to_memory(test_rows[ir])
     y_real = y[test_rows][ir]
     with H5adFile(out / "synthetic" / "eval.h5ad") as syn:
         y_syn = syn.obs[label_key].astype(str).to_numpy()
-        is_ = _stratified(y_syn, cap, derive_seed(cfg.seed, "eval-synthetic"))
+        is_ = stratified_subsample(y_syn, cap, seed=derive_seed(cfg.seed, "eval-synthetic"))
         syn_x = syn.X.take(is_)
         syn_names = syn.obs_names[is_]
     if cfg.report.umap:

@@ -57,3 +57,18 @@ def balanced_subsample(labels: np.ndarray, max_per_class: int, *, seed: int) -> 
             idx = rng.choice(idx, size=max_per_class, replace=False)
         keep.append(idx)
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=int)
+
+
+def stratified_subsample(labels: np.ndarray, cap: int, *, seed: int) -> np.ndarray:
+    """At most ``cap`` sorted indices, each type keeping its share (every type at least one
+    cell); every index when there are no more than ``cap``."""
+    labels = np.asarray(labels)
+    if len(labels) <= cap:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for t in np.unique(labels):
+        idx = np.flatnonzero(labels == t)
+        n = max(1, round(cap * len(idx) / len(labels)))
+        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))

@@ -315,22 +315,22 @@ def train_loop(
                 scheduler.step()
             total += batch_loss.detach().double() * len(idx)
         train_loss = total.item() / n_rows
-        check = (epoch + 1) % max(evaluate_every, 1) == 0 or epoch + 1 == settings.max_epochs
+        check = (evaluate is None or (epoch + 1) % max(evaluate_every, 1) == 0
+                 or epoch + 1 == settings.max_epochs)  # fmt: skip
         val_loss = evaluate() if evaluate is not None and check else math.nan
         if reduce is not None:
             train_loss, val_loss = reduce(train_loss, val_loss)
         if evaluate is None:
             val_loss = train_loss
         history["train_loss"].append(train_loss)
-        history["val_loss"].append(val_loss if check or evaluate is None else None)  # JSON null
+        history["val_loss"].append(val_loss if check else None)  # JSON null between checks
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.5g}", val=f"{val_loss:.5g}", beta=f"{beta:.2f}",
                         refresh=False)  # fmt: skip
         logger.debug("epoch %d: train %.4f, val %.4f, kl weight %.2f", epoch, train_loss,
                      val_loss, beta)  # fmt: skip
         # every epoch draws the same number of batches, so steps so far = epochs x n_steps
-        if (check or evaluate is None) and stopper.step(val_loss, epoch, module) \
-                and (epoch + 1) * n_steps >= min_steps:
+        if check and stopper.step(val_loss, epoch, module) and (epoch + 1) * n_steps >= min_steps:
             if verbose:
                 logger.info("%s: early stopping after epoch %d (no improvement for %d)", name,
                             epoch, settings.patience)  # fmt: skip

@@ -23,11 +23,10 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from .._seeds import derive_seed
+from ..data.split import stratified_subsample
 from ..metrics.fidelity import c2st_auc
 from ..metrics.space import fit_space
 
@@ -37,7 +36,6 @@ SAMPLER_CELLS = 2_000  # training cells per type a check's sampler is fitted on,
 # final one takes up to 5,000: on a 533k-cell atlas that fit is about 4 minutes)
 CHECK_STEPS = 50  # optimiser steps between checks, about (``evaluate_every`` in epochs)...
 MAX_CHECKS = 40  # ...but at most this many in the epoch budget
-SAMPLE_ROWS = 256  # cells generated at a time
 MAX_REPEATS = 5  # AUCs a check averages when it has fewer than CHECK_CELLS validation cells
 MIN_CHECK_CELLS = 20  # fewer validation cells than this: the ELBO decides (an AUC on 5 is noise)
 
@@ -80,20 +78,11 @@ class FidelityCheck:
         self.space = fit_space(train.counts, labels[train_codes], list(model.genes),
                                max_cells_per_class=SPACE_CELLS_PER_TYPE,
                                seed=derive_seed(seed, "select-space"))  # fmt: skip
-        rng = np.random.default_rng(derive_seed(seed, "select-cells"))
-        pick = np.arange(len(val_codes))
-        if len(pick) > CHECK_CELLS:  # stratified: each type keeps its share
-            pick = np.sort(
-                pd.Series(pick).groupby(np.asarray(val_codes)).sample(
-                    frac=CHECK_CELLS / len(pick), random_state=int(rng.integers(2**31))
-                ).to_numpy()
-            )
-        codes = np.asarray(val_codes)[pick]
+        pick = stratified_subsample(val_codes, CHECK_CELLS, seed=derive_seed(seed, "select-cells"))
         self.real = self.space.embed(val_counts[pick])
-        types, n = np.unique(codes, return_counts=True)
-        self.request_codes = {int(t): int(k) for t, k in zip(types, n, strict=True)}
-        self.request = {str(labels[t]): k for t, k in self.request_codes.items()}
-        self.repeats = int(min(MAX_REPEATS, math.ceil(CHECK_CELLS / max(len(codes), 1))))
+        types, n = np.unique(np.asarray(val_codes)[pick], return_counts=True)
+        self.request = [(str(labels[t]), int(k)) for t, k in zip(types, n, strict=True)]
+        self.repeats = int(min(MAX_REPEATS, math.ceil(CHECK_CELLS / max(len(pick), 1))))
 
     def __call__(self) -> float:
         """Refit the sampler, generate, and return the AUC (0.5: indistinguishable)."""
@@ -105,12 +94,7 @@ class FidelityCheck:
         rng = np.random.default_rng(seed)
         aucs = []
         for rep in range(self.repeats):  # a few hundred cells: average several draws
-            chunks = []
-            with torch.no_grad():
-                for code, n in self.request_codes.items():
-                    for start in range(0, n, SAMPLE_ROWS):  # the cells of one chunk are dense
-                        chunks.append(self.model._sample_chunk(code, min(SAMPLE_ROWS, n - start),
-                                                               rng, "mixture"))  # fmt: skip
+            chunks = [x for _, x in self.model._chunks(self.request, rng, "mixture")]
             synthetic = self.space.embed(sp.vstack(chunks, format="csr"))
             aucs.append(c2st_auc(self.real, synthetic, seed=derive_seed(seed, f"c2st-{rep}")))
         return float(np.mean(aucs))

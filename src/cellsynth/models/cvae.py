@@ -254,7 +254,7 @@ class CVAE:
             evaluate,
             n_rows=len(train),
             settings=dataclasses.replace(c, max_epochs=max_epochs),
-            evaluate_every=max(every, 1),
+            evaluate_every=every,
             generator=generator,
             name="CVAE",
             lr_setting="cvae.lr",
@@ -267,10 +267,11 @@ class CVAE:
             checkpoint.remove()
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
-        history["select"] = "fidelity" if every else "elbo"
+        fidelity = isinstance(evaluate, FidelityCheck)
+        history["select"] = "fidelity" if fidelity else "elbo"
         logger.info("CVAE: best epoch %d of %d (%s %.4f) in %.1f s, %.0f cells/s",
                     history["best_epoch"], history["epochs"],
-                    "validation two-sample AUC" if every else "val loss", result.best_loss,
+                    "validation two-sample AUC" if fidelity else "val loss", result.best_loss,
                     seconds, history["cells_per_second"])  # fmt: skip
         self.history = history
         return history
@@ -364,7 +365,7 @@ class CVAE:
 
     def _monitor(self, train: Any, val: Any, yt: np.ndarray, seed: int,
                  max_epochs: int) -> tuple[Any, int]:  # fmt: skip
-        """What early stopping watches, and every how many epochs (0: the ELBO, each epoch).
+        """What early stopping watches (None: the training loss), and every how many epochs.
 
         ``cvae.select = "fidelity"`` with at least ``MIN_CHECK_CELLS`` validation cells in
         memory: the two-sample AUC of generated against validation cells
@@ -373,20 +374,20 @@ class CVAE:
         """
         c = self.config
         if not len(val):
-            return None, 0
+            return None, 1
         if c.select == "fidelity" and isinstance(val, Rows) and len(val) >= MIN_CHECK_CELLS:
             every = check_every(len(train), c.batch_size, max_epochs)
             check = FidelityCheck(self, train, yt, val.counts, val.codes.cpu().numpy(), seed)
             logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
                         "validation cells (two-sample AUC every %d epochs)",
-                        sum(check.request.values()), every)  # fmt: skip
+                        sum(n for _, n in check.request), every)  # fmt: skip
             return check, every
         if c.select == "fidelity":
             logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "
                         "\"fidelity\" needs at least %d validation cells in memory",
                         MIN_CHECK_CELLS)  # fmt: skip
         module = self._module()
-        return (lambda: mean_loss(module, val, 4 * c.batch_size)), 0
+        return (lambda: mean_loss(module, val, 4 * c.batch_size)), 1
 
     def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False,
                      max_cells: int = MIXTURE_MAX_CELLS) -> None:  # fmt: skip
@@ -492,18 +493,26 @@ class CVAE:
         if not self.is_trained:
             logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
         module.eval()
-        rng = np.random.default_rng(seed)
-        codes = {label: i for i, label in enumerate(self.labels)}
-        rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
         bar = tqdm(total=sum(n for _, n in pairs), desc="CVAE sample", unit="cell",
                    disable=not progress)  # fmt: skip
         try:
-            for label, n in pairs:
-                for sl in tr.iter_slices(n, rows):
-                    yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent)
-                    bar.update(sl.stop - sl.start)
+            for label, x in self._chunks(pairs, np.random.default_rng(seed), latent):
+                yield label, x
+                bar.update(x.shape[0])
         finally:
             bar.close()
+
+    @torch.no_grad()
+    def _chunks(self, pairs: list[tuple[str, int]], rng: np.random.Generator,
+                latent: str) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
+        """``(type, CSR counts)`` chunks of checked ``(type, n)`` pairs, all noise from ``rng``
+        (no checks, no progress: :meth:`sample_chunks`, and the epoch selection's checks while
+        the model is still training)."""
+        codes = {label: i for i, label in enumerate(self.labels)}
+        rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
+        for label, n in pairs:
+            for sl in tr.iter_slices(n, rows):
+                yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent)
 
     def _sample_chunk(
         self, code: int, n: int, rng: np.random.Generator, latent: str
