@@ -50,9 +50,8 @@ def epoch_budget(max_epochs: int | str, n_cells: int, batch_size: int) -> int:
     """``max_epochs``, or for ``"auto"`` ``min(400, round(10,000 * batch_size / n_cells))``, at
     least 1: about 10,000 optimiser steps.
 
-    Training converges in steps, not epochs: the epochs kept for docs/RESULTS.md came after
-    250 to 1,500 steps (49 to 109 epochs of 0.5k to 3.7k cells; the best validation ELBO
-    within about 1,200); at
+    Training converges in steps, not epochs: the epochs kept for docs/RESULTS.md (the
+    ``history`` in ``benchmarks/results/DATASET/cvae.json``) lie far inside this budget; at
     E-ANND-5's size (533k training cells, 2,083 steps an epoch) 5 epochs ended 0.5% below
     2 epochs' validation loss. Up to 6,400 cells at batch 256 this is 400 epochs; at 533k
     cells, 5. scvi-tools' rule (``400 * 20,000 / n_cells``, 8 million cells seen) would be 15
