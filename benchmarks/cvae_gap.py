@@ -57,7 +57,7 @@ def decode_cells(gen, counts: sp.csr_matrix, labels: np.ndarray, rng: np.random.
 
 def sampled(gen, n_test: dict[str, int], cfg, latent: str):
     """``CVAE.sample`` of the test split's counts per type, as the fidelity benchmark draws."""
-    from cellsynth._seeds import derive_seed
+    from cellsynth.seeds import derive_seed
 
     a = gen.sample(n_test, seed=derive_seed(cfg.seed, "gen-test-cvae"), latent=latent)
     return sp.csr_matrix(a.X), a.obs[cfg.dataset.label_key].astype(str).to_numpy()
@@ -69,9 +69,9 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench", help="where benchmarks/fidelity.py ran")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
-    from cellsynth import _keys as K
+    from cellsynth import keys as K
     from cellsynth import config
-    from cellsynth._seeds import derive_seed
+    from cellsynth.seeds import derive_seed
     from cellsynth.benchmark import _counts, prepare
     from cellsynth.metrics.fidelity import fidelity_report, real_floor
     from cellsynth.metrics.space import fit_space

@@ -35,7 +35,7 @@ def main() -> int:
                     help="fit nothing: write the page from the results kept in --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from cellsynth.evaluate import run_benchmark
+    from cellsynth.evaluation import run_benchmark
 
     path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
                          args.models.split(","), ROOT / args.out, overrides=args.set,

@@ -337,7 +337,7 @@ def test_disk_full_while_saving_model(tmp_path, capsys, monkeypatch):
 
 
 def test_disk_full_while_writing_json(tmp_path, monkeypatch):
-    from cellsynth import _runtime
+    from cellsynth import runtime
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -346,7 +346,7 @@ def test_disk_full_while_writing_json(tmp_path, monkeypatch):
     earlier = tmp_path / "m.json"
     earlier.write_bytes(b'{"a": 0}')
     with pytest.raises(CellsynthError) as info:
-        _runtime.write_json(earlier, {"a": 1})
+        runtime.write_json(earlier, {"a": 1})
     one_line(info.value, "disk full")
     assert earlier.read_bytes() == b'{"a": 0}'  # the earlier output is intact
 

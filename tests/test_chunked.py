@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import _keys as K
+from cellsynth import keys as K
 from cellsynth import config
 from cellsynth.data import io
 from cellsynth.data.chunked import PreprocessedStore, preprocess_backed

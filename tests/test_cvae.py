@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellsynth import _keys as K
+from cellsynth import keys as K
 from cellsynth.config import CVAEConfig
 from cellsynth.errors import ConfigError, DataError, ModelFileError
 from cellsynth.models import CVAE
@@ -441,7 +441,7 @@ def test_early_stopping_waits_for_min_steps():
 def test_min_improvement_stops_a_loss_that_only_creeps_down():
     """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
     budget: ``cvae.min_improvement`` counts such epochs as no improvement."""
-    from cellsynth._runtime import hashed_settings
+    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
 
     def run(**stop) -> dict:
@@ -460,7 +460,7 @@ def test_min_improvement_stops_a_loss_that_only_creeps_down():
 def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
     """``cvae.kl_weight`` is where the KL warm-up ends; at 1 (the behaviour before the setting)
     it is left out of the settings hash, so results kept before it still match."""
-    from cellsynth._runtime import hashed_settings
+    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
     from cellsynth.errors import ConfigError
 
@@ -646,7 +646,7 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     """``cvae.select``: "fidelity" checks generated against validation cells every few epochs
     (an AUC in [0, 1]) and keeps the best checked epoch; "elbo" monitors the validation loss
     every epoch. Adding the setting keeps the hashes of results kept before it (as "elbo")."""
-    from cellsynth._runtime import hashed_settings
+    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
 
     adata = simulated_counts(n_per_type=100)

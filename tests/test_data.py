@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import _keys as K
+from cellsynth import keys as K
 from cellsynth import config
 from cellsynth.data.groups import load_groups
 from cellsynth.data.io import find_counts, read

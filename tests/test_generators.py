@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import _keys as K
+from cellsynth import keys as K
 from cellsynth.config import FeaturesConfig, RunConfig, ScviConfig, SeedVAEConfig
 from cellsynth.errors import CellsynthError, ConfigError, DataError, ModelFileError
 from cellsynth.models.base import Generator, check_genes

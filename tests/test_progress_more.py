@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import _keys as K
-from cellsynth._runtime import Manifest, ResumePlan
+from cellsynth import keys as K
+from cellsynth.runtime import Manifest, ResumePlan
 from cellsynth.cli import main
 from cellsynth.config import ClassifierConfig, FeaturesConfig, RunConfig
 
@@ -38,7 +38,7 @@ def _counts(n_per_type: int = 40, n_genes: int = 60, seed: int = 0) -> ad.AnnDat
     return ad.AnnData(sp.csr_matrix(x), obs=obs, var=var)
 
 
-# -- _runtime: failed stages, the report, the stage hashes --------------------------------------
+# -- runtime: failed stages, the report, the stage hashes --------------------------------------
 
 
 def test_failed_stage_logs_time_and_peak_memory(tmp_path, caplog):
@@ -62,7 +62,7 @@ def test_failed_stage_raises_its_own_error_when_the_manifest_cannot_be_written(t
 
 
 def test_report_writing_is_timed_like_a_stage(caplog):
-    from cellsynth._runtime import timed
+    from cellsynth.runtime import timed
 
     with caplog.at_level(logging.INFO, "cellsynth"):
         with timed("report"):
@@ -220,7 +220,7 @@ def test_evaluate_bars_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, c
 
 
 def test_benchmark_passes_progress_through(tmp_path, monkeypatch, capsys):
-    from cellsynth import evaluate as ev
+    from cellsynth import evaluation as ev
 
     seen = []
 

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import _keys as K
-from ._runtime import hashed_settings, peak_rss_mb, write_json
-from ._seeds import derive_seed
+from . import keys as K
+from .runtime import hashed_settings, peak_rss_mb, write_json
+from .seeds import derive_seed
 from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
@@ -54,7 +54,7 @@ COLUMNS = [
 ]
 
 
-def _flat(report: dict[str, Any]) -> dict[str, float]:
+def flat_report(report: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a fidelity report, one level deep."""
     o = report["overall"]
     gs = o.get("gene_stats", {})
@@ -143,7 +143,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     t0 = time.perf_counter()
     floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"), progress=progress)
     logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
-    rows: dict[str, dict[str, Any]] = {"real vs real": _flat(floor)}
+    rows: dict[str, dict[str, Any]] = {"real vs real": flat_report(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
     fit_on = pre[np.isin(split, ["train", "val"])]
     n_test = pd.Series(parts["test"][1]).value_counts().to_dict()
@@ -194,7 +194,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
                            seed=derive_seed(seed, "augment"), progress=progress)
-        row = _flat(fid)
+        row = flat_report(fid)
         row.update(
             tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],
             trts_macro_f1=util["trts"]["macro_f1"], tstr_over_trtr=util["tstr_over_trtr"],

@@ -137,7 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     _setup_logging(args.quiet)
     path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed,
@@ -147,7 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .evaluate import run_benchmark
+    from .evaluation import run_benchmark
 
     _setup_logging(args.quiet)
     path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),

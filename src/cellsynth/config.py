@@ -33,6 +33,9 @@ class DatasetConfig:
     n_genes_key: str = "n_genes"  # obs column with genes detected per cell; computed when absent
     uninformative_prefixes: list[str] = field(default_factory=lambda: list(DEFAULT_UNINFORMATIVE))
     backed: Literal["auto", True, False] = "auto"  # open the h5ad backed (files over 2 GB on auto)
+    # `cellsynth fit` / CVAE(...): drop genes with no count in the training cells (run's QC
+    # filters genes by qc.min_cells_per_gene instead)
+    drop_undetected_genes: bool = True
     demo_cells: int = 3000  # size of the embedded demo atlas when path is ""
     demo_genes: int = 2000
     demo_types: int = 8
@@ -305,7 +308,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     )
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -323,7 +326,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
-            kwargs[f.name] = _from_dict(tp, value, f"{prefix}{f.name}.")
+            kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(value, tp, f"{prefix}{f.name}")
     return cls(**kwargs)
@@ -336,7 +339,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """A validated :class:`RunConfig` from a nested dict."""
-    return _from_dict(RunConfig, data).validate()
+    return from_dict(RunConfig, data).validate()
 
 
 def _parse_value(text: str) -> Any:

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import _keys as K
-from ._runtime import Manifest, ResumePlan, environment, timed, write_json
-from ._seeds import derive_seed
+from . import keys as K
+from .runtime import Manifest, ResumePlan, environment, timed, write_json
+from .seeds import derive_seed
 from .classify.xgb import Classifier, train_classifier
 from .config import RunConfig, save, to_dict
 from .data.groups import load_groups

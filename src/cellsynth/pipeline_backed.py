@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import _keys as K
-from ._runtime import write_json
-from ._seeds import derive_seed
+from . import keys as K
+from .runtime import write_json
+from .seeds import derive_seed
 from .config import RunConfig
 from .data.io import BACKED_BYTES
 from .data.qc import QCReport, normalise_log1p

@@ -32,7 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import read_elem, write_elem
 
-from .. import _keys as K
+from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
 from .io import check_label, check_shape, check_values, find_counts

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from .. import _keys as K
+from .. import keys as K
 from ..errors import DataError
 from .store import RowStore
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from anndata.io import write_elem
 from tqdm.auto import tqdm
 
-from .._keys import MITO, N_GENES
+from ..keys import MITO, N_GENES
 from ..errors import ConfigError
 from .store import h5ad_file
 

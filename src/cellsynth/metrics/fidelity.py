@@ -35,7 +35,7 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .._seeds import derive_seed
+from ..seeds import derive_seed
 from ..data.qc import normalise_log1p
 from ..errors import DataError
 from .space import EvalSpace, as_csr

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._seeds import derive_seed
+from ..seeds import derive_seed
 from ..classify.xgb import train_classifier
 from ..config import ClassifierConfig
 from ..errors import DataError

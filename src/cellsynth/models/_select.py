@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._seeds import derive_seed
+from ..seeds import derive_seed
 from ..data.split import stratified_subsample
 from ..metrics.fidelity import c2st_auc
 from ..metrics.space import fit_space

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .. import _keys as K
+from .. import keys as K
 from ..data.io import check_label, check_values, is_counts
 from ..errors import DataError
 from ._training import check_counts, package_version

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from ..config import CVAEConfig, _from_dict
+from ..config import CVAEConfig, from_dict
 from ..errors import ConfigError, DataError, ModelFileError
 from . import _loop
 from . import _training as tr
@@ -578,7 +578,7 @@ class CVAE:
         try:
             if not isinstance(meta.get("config"), dict):
                 raise ValueError("'config' must be a table of settings")
-            config = _from_dict(CVAEConfig, meta["config"])
+            config = from_dict(CVAEConfig, meta["config"])
             label_key = str(meta["label_key"])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{config_path} is invalid: {exc}") from None

@@ -44,9 +44,9 @@ from anndata.io import read_elem, sparse_dataset
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import _keys as K
+from .. import keys as K
 from .. import config as config_mod
-from .._seeds import derive_seed
+from ..seeds import derive_seed
 from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
 from . import _loop

@@ -42,8 +42,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .._seeds import derive_seed
-from ..config import ScviConfig, _from_dict
+from ..seeds import derive_seed
+from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ._draws import nb_csr
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
@@ -274,7 +274,7 @@ class ScviGenerator:
         directory = Path(directory)
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         try:
-            config = _from_dict(ScviConfig, meta["config"])
+            config = from_dict(ScviConfig, meta["config"])
             kwargs = dict(meta["module_kwargs"])
             if (
                 kwargs["n_input"] != len(genes)

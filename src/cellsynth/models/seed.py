@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SeedVAEConfig, _from_dict
+from ..config import SeedVAEConfig, from_dict
 from ..errors import ConfigError, DataError, ModelFileError
 from . import _loop
 from . import _training as tr
@@ -261,7 +261,7 @@ class SeedCVAE:
         try:
             if not isinstance(meta.get("config"), dict):
                 raise ValueError("'config' must be a table of settings")
-            config = _from_dict(SeedVAEConfig, meta["config"])
+            config = from_dict(SeedVAEConfig, meta["config"])
             n_input = int(meta["n_input"])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{config_path} is invalid: {exc}") from None

@@ -29,8 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors import SafetensorError
 
-from .._seeds import derive_seed
-from ..config import FeaturesConfig, SeedVAEConfig, _from_dict
+from ..seeds import derive_seed
+from ..config import FeaturesConfig, SeedVAEConfig, from_dict
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
@@ -193,8 +193,8 @@ class SeedGenerator:
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         try:
             settings = meta["config"]
-            _from_dict(SeedVAEConfig, settings["seed_vae"])  # validated; vae/ holds the one used
-            features = _from_dict(FeaturesConfig, settings["features"])
+            from_dict(SeedVAEConfig, settings["seed_vae"])  # validated; vae/ holds the one used
+            features = from_dict(FeaturesConfig, settings["features"])
             target_sum = float(settings["target_sum"])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None

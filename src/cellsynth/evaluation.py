@@ -11,9 +11,9 @@ from pathlib import Path
 import scipy.sparse as sp
 
 from . import config
-from ._runtime import write_json
-from ._seeds import derive_seed
-from .benchmark import _flat, benchmark_dataset, prepare, table
+from .runtime import write_json
+from .seeds import derive_seed
+from .benchmark import flat_report, benchmark_dataset, prepare, table
 from .data.io import check_label, read
 from .errors import DataError
 from .metrics.fidelity import fidelity_report, real_floor
@@ -66,7 +66,7 @@ def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path,
         f"`cellsynth evaluate --real {real} --synthetic {synthetic} --label-key {label_key}`: "
         f"{rc.shape[0]} real and {sc.shape[0]} synthetic cells, {len(genes)} genes. The first row "
         "compares two disjoint halves of the real cells: the floor every other number is read against.",
-        "", *table({"real vs real": _flat(floor), "synthetic": _flat(fid)}), "",
+        "", *table({"real vs real": flat_report(floor), "synthetic": flat_report(fid)}), "",
     ]
     path = out / "fidelity.md"
     path.write_text("\n".join(lines))
