@@ -85,3 +85,31 @@ def test_the_laptop_preset_bounds_what_the_reference_preset_does_not():
     assert laptop.features.n_components < reference.features.n_components
     assert laptop.classifier.max_cells_per_class > 0 == reference.classifier.max_cells_per_class
     assert isinstance(laptop.cvae.max_epochs, int) and laptop.generator.model == "cvae"
+
+
+def test_resolve_uses_the_demo_preset_only_without_data():
+    demo, sources = config.resolve()
+    assert demo.qc.min_cells_per_gene == 20 and sources["qc.min_cells_per_gene"] == "demo preset"
+    assert sources["cvae.lr"] == "default"
+    defaults = config.RunConfig()
+    for given in ({"data": "my.h5ad"}, {"overrides": ["dataset.path=my.h5ad"]}):
+        cfg, sources = config.resolve(**given)
+        assert cfg.dataset.path == "my.h5ad"
+        assert cfg.qc.min_cells_per_gene == defaults.qc.min_cells_per_gene == 100  # not the demo's
+        assert cfg.cvae.min_steps == defaults.cvae.min_steps
+        assert "demo preset" not in sources.values()
+        assert sources["dataset.path"] == ("argument" if "data" in given else "--set")
+    assert set(sources) == set(config.setting_names())
+
+
+def test_resolve_layers_file_set_and_arguments(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[dataset]\npath = "a.h5ad"\nlabel_key = "x"\n[cvae]\nlr = 0.01\nn_latent = 8\n')
+    cfg, sources = config.resolve("b.h5ad", "y", p, ["cvae.lr=0.02"])
+    assert (cfg.dataset.path, cfg.dataset.label_key, cfg.cvae.lr, cfg.cvae.n_latent) == (
+        "b.h5ad", "y", 0.02, 8)
+    assert sources["dataset.path"] == sources["dataset.label_key"] == "argument"
+    assert sources["cvae.lr"] == "--set" and sources["cvae.n_latent"] == f"config {p}"
+    assert sources["qc.target_sum"] == "default"
+    with pytest.raises(ConfigError, match="given twice"):
+        config.resolve("b.h5ad", overrides=["dataset.path=c.h5ad"])

@@ -10,6 +10,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -337,8 +338,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict[str, Any]) -> RunConfig:
-    """A validated :class:`RunConfig` from a nested dict."""
+def run_config(data: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a nested dict (``from_dict`` builds any section)."""
     return from_dict(RunConfig, data).validate()
 
 
@@ -366,19 +367,109 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    """The nested dict of a TOML config file, or a :class:`ConfigError` saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give an existing --config path")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> RunConfig:
     """Load a TOML config (defaults where ``path`` is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; give an existing --config path")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    data = apply_overrides(data, overrides or [])
-    return from_dict(data)
+    data = _read_toml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return run_config(data)
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"cvae": {"lr": 1}}`` -> ``{"cvae.lr": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def setting_names(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every setting of ``cls`` (default :class:`RunConfig`) as ``"section.key"``, in field order."""
+    cls = RunConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names += setting_names(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def resolve(data: str | None = None, label_key: str | None = None,
+            config_path: str | Path | None = None,
+            overrides: Sequence[str] = ()) -> tuple[RunConfig, dict[str, str]]:
+    """The run's validated config and where each setting came from.
+
+    Layers, later ones winning: the package defaults; a config file (``config_path``), or the
+    embedded demo preset when no data is given in any way (no ``data``, no ``config_path``, no
+    non-empty ``dataset.path`` among ``overrides``); the ``--set`` ``overrides``; the ``data``
+    and ``label_key`` arguments. With data and no config file the package defaults apply, not
+    the demo's settings.
+
+    Parameters
+    ----------
+    data
+        The h5ad file to learn (``dataset.path``); None when not given as an argument.
+    label_key
+        The obs column with the cell type (``dataset.label_key``); None keeps the config's.
+    config_path
+        A TOML config file; None for none.
+    overrides
+        ``section.key=value`` strings (``--set``), values in TOML syntax.
+
+    Returns
+    -------
+    The validated :class:`RunConfig`, and for every setting ``"section.key"`` (``"seed"`` at the
+    top level) its source: ``"default"``, ``"demo preset"``, ``"config FILE"``, ``"--set"`` or
+    ``"argument"``.
+
+    Raises
+    ------
+    ConfigError
+        A missing or invalid file, an unknown key, a value of the wrong type or out of range, or
+        ``data`` given both as an argument and as a different ``--set dataset.path``.
+    """
+    set_leaves = _leaves(apply_overrides({}, list(overrides)))
+    if data is not None and set_leaves.get("dataset.path", data) != data:
+        raise ConfigError(f"the data file is given twice: as the argument {data!r} and as --set "
+                          f"dataset.path={set_leaves['dataset.path']!r}; give it once")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_path is not None:
+        layers.append((f"config {config_path}", _read_toml(config_path)))
+    elif data is None and not set_leaves.get("dataset.path"):
+        from .presets import demo_config_path
+
+        layers.append(("demo preset", _read_toml(demo_config_path())))
+    layers.append(("--set", apply_overrides({}, list(overrides))))
+    arguments = {"path": data, "label_key": label_key}
+    layers.append(("argument", {"dataset": {k: v for k, v in arguments.items() if v is not None}}))
+    merged: dict[str, Any] = {}
+    sources = dict.fromkeys(setting_names(), "default")
+    for source, layer in layers:
+        for dotted, value in _leaves(layer).items():
+            node = merged
+            *sections, key = dotted.split(".")
+            for part in sections:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+            node[key] = value
+            sources[dotted] = source
+    return run_config(merged), sources  # an unknown key has raised: sources names settings only
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
