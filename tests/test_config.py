@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_round_trip(tmp_path):
         ("classifier.device='gpu'", "must be one of"),
         ("features.scale=1", "must be bool"),
         ("split.train=0.9", "sum to 1"),
-        ("seed_vae.batch_size=0", "must be positive"),
+        ("seed_vae.batch_size=0", r"seed_vae.batch_size must be at least 1, got 0"),
         ("seed_vae.n_hidden=3", "must be a list"),
         ("seed", "section.key=value"),
     ],
@@ -113,3 +114,86 @@ def test_resolve_layers_file_set_and_arguments(tmp_path):
     assert sources["qc.target_sum"] == "default"
     with pytest.raises(ConfigError, match="given twice"):
         config.resolve("b.h5ad", overrides=["dataset.path=c.h5ad"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("cvae.dropout_rate=1.5", "cvae.dropout_rate must be in [0, 1), got 1.5"),
+        ("cvae.dropout_rate=1", "cvae.dropout_rate must be in [0, 1), got 1.0"),
+        ("cvae.batch_size=0", "cvae.batch_size must be at least 1, got 0"),
+        ("cvae.n_latent=0", "cvae.n_latent must be at least 1, got 0"),
+        ("cvae.lr=0", "cvae.lr must be positive (> 0), got 0.0"),
+        ("cvae.lr=-1e-3", "cvae.lr must be positive (> 0), got -0.001"),
+        ("cvae.max_epochs=0", "cvae.max_epochs must be at least 1, got 0"),
+        ("cvae.n_hidden=[64, 0]", "cvae.n_hidden[1] must be at least 1, got 0"),
+        ("qc.target_sum=0", "qc.target_sum must be positive (> 0), got 0.0"),
+        ("split.train=1.5", "split.train must be in (0, 1), got 1.5"),
+        ("split.test=0", "split.test must be in (0, 1), got 0.0"),
+        ("seed=-1", "seed must be in [0, 2**63), got -1"),
+        ("seed=9223372036854775807", None),
+        ("classifier.subsample=0", "classifier.subsample must be in (0, 1], got 0.0"),
+        ("classifier.max_cells_per_class=-1", "classifier.max_cells_per_class must be 0 or more"),
+        ("qc.min_cells_per_type=1", "qc.min_cells_per_type must be at least 2, got 1"),
+        ("cvae.lr=nan", "cvae.lr must be a finite number, got nan"),
+        ("qc.iqr_factor=inf", "qc.iqr_factor must be a finite number, got inf"),
+        ("cvae.checkpoint_seconds=-inf", "cvae.checkpoint_seconds must be a finite number"),
+    ],
+)
+def test_ranges_are_checked_at_load(override, message):
+    if message is None:  # the largest seed is accepted
+        assert config.load(None, [override]).seed == 2**63 - 1
+        return
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [override])
+    assert message in str(info.value) and "--set" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_numeric_setting_declares_a_range_and_its_default_lies_in_it():
+    cfg = config.RunConfig()
+    for name in config.setting_names():
+        f, tp = config._field(name)
+        numeric = {int, float} & set(typing.get_args(tp) or (tp,)) or tp == list[int]
+        if numeric:
+            rng = f.metadata.get("range")
+            assert rng is not None, f"{name} declares no range"
+            value = config.get_setting(cfg, name)
+            for v in value if isinstance(value, list) else [value]:
+                assert v == "auto" or v in rng, name
+            assert str(rng) in config.rule(name)
+
+
+def test_a_range_applies_to_sections_built_alone():
+    """Model files build their sections with from_dict; CVAE(...) validates its config."""
+    with pytest.raises(ConfigError, match=r"dropout_rate must be in \[0, 1\), got 2"):
+        config.from_dict(config.SeedVAEConfig, {"dropout_rate": 2.0})
+    with pytest.raises(ConfigError, match=r"cvae\.n_latent must be at least 1, got 0"):
+        config.CVAEConfig(n_latent=0).validate()
+    bad = config.RunConfig()
+    bad.cvae.dropout_rate = float("nan")
+    with pytest.raises(ConfigError, match=r"cvae\.dropout_rate must be a finite number"):
+        bad.validate()
+
+
+def test_seed_is_an_alias_of_reference_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        cfg = config.load(None, ["generator.model=seed"])
+    assert cfg.generator.model == "reference"
+    assert "renamed" in caplog.text and "'reference'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        assert config.load(None, ["generator.model=reference"]).generator.model == "reference"
+    assert "renamed" not in caplog.text
+    assert '"seed"' not in config.rule("generator.model")
+    with pytest.raises(ConfigError, match="must be one of"):
+        config.load(None, ["generator.model=seeds"])
+
+
+def test_saved_models_named_seed_still_load_by_name():
+    from cellsynth.models.registry import GENERATORS, _name_of, get_generator
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    assert "reference" in GENERATORS and "seed" not in GENERATORS
+    assert _name_of("seed") == _name_of("SeedGenerator") == "reference"
+    assert get_generator("seed") is get_generator("reference") is SeedGenerator

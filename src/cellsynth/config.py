@@ -7,6 +7,9 @@ before any long work starts, and saved (resolved) next to every output.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import math
 import tomllib
 import types
 import typing
@@ -19,8 +22,118 @@ import tomli_w
 
 from .errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 #: labels starting with one of these are dropped (E-ANND-5's uninformative annotations)
 DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", "UNKNOWN")
+
+
+#: old generator names -> their names now (still accepted, with a warning)
+MODEL_ALIASES = {"seed": "reference"}
+
+_INF = float("inf")
+
+
+def canonical_model(name: str) -> str:
+    """The generator's name now: ``"seed"`` -> ``"reference"`` (logged as renamed)."""
+    if name in MODEL_ALIASES:
+        logger.warning("generator %r was renamed %r (it read like the --seed option); "
+                       "write generator.model = %r / --model %s", name, MODEL_ALIASES[name],
+                       MODEL_ALIASES[name], MODEL_ALIASES[name])
+        return MODEL_ALIASES[name]
+    return name
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric setting must lie in (``inf``: unbounded on that side).
+
+    Declared beside each default with :func:`ranged`; a list setting's items must each lie in it.
+    """
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """``"[0, 1)"``, ``"(0, inf)"``, ``"[0, 2**63)"`` -> a :class:`Range`."""
+        low, high = (part.strip() for part in text.strip()[1:-1].split(","))
+        return cls(_number(low), _number(high), text.strip()[0] == "[", text.strip()[-1] == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return (f"{'[' if self.low_closed else '('}{_show(self.low)}, "
+                f"{_show(self.high)}{']' if self.high_closed else ')'}")
+
+    def describe(self) -> str:
+        """The rule in words: "positive", "0 or more", "at least 2", "in [0, 1)"."""
+        if self.high == _INF:
+            if self.low == 0:
+                return "0 or more" if self.low_closed else "positive (> 0)"
+            if self.low_closed:
+                return f"at least {_show(self.low)}"
+        return f"in {self}"
+
+
+def _number(text: str) -> float:
+    if text in ("inf", "-inf"):
+        return float(text)
+    if "**" in text:
+        base, exp = text.split("**")
+        return int(base) ** int(exp)
+    return float(text) if "." in text or "e" in text else int(text)
+
+
+def _show(x: float) -> str:
+    if isinstance(x, int) and x >= 2**16 and (x & (x - 1)) == 0:
+        return f"2**{x.bit_length() - 1}"
+    return str(x)
+
+
+def within(interval: str) -> dict[str, Range]:
+    """Field metadata declaring the range (e.g. ``"[0, 1)"``) a numeric setting must lie in."""
+    return {"range": Range.parse(interval)}
+
+
+def ranged(interval: str, default: Any) -> Any:
+    """A dataclass field with ``default`` whose value must lie in ``interval``."""
+    return field(default=default, metadata=within(interval))
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    """The declared :class:`Range` of field ``name`` of config class ``cls``, or None."""
+    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def check_ranges(section: Any, prefix: str = "") -> None:
+    """Raise a :class:`ConfigError` for a non-finite float or a value outside its declared range.
+
+    Checks the fields of ``section`` (a config dataclass) and of the dataclasses nested in it;
+    ``prefix`` (``"cvae."``) names the section in the message.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        rng = f.metadata.get("range")
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue  # "auto" and other words are checked by their type
+            name = f"{key}[{i}]" if isinstance(value, list) else key
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v}; "
+                                  f"set it with --set {key}=...")
+            if rng is not None and v not in rng:
+                raise ConfigError(f"{name} must be {rng.describe()}, got {v}; "
+                                  f"set it with --set {key}=...")
 
 
 @dataclass
@@ -37,84 +150,101 @@ class DatasetConfig:
     # `cellsynth fit` / CVAE(...): drop genes with no count in the training cells (run's QC
     # filters genes by qc.min_cells_per_gene instead)
     drop_undetected_genes: bool = True
-    demo_cells: int = 3000  # size of the embedded demo atlas when path is ""
-    demo_genes: int = 2000
-    demo_types: int = 8
+    demo_cells: int = ranged("[1, inf)", 3000)  # size of the embedded demo atlas when path is ""
+    demo_genes: int = ranged("[1, inf)", 2000)
+    demo_types: int = ranged("[2, inf)", 8)
 
 
 @dataclass
 class QCConfig:
-    min_genes_per_cell: int = 100  # cells detecting fewer genes are removed
-    min_cells_per_gene: int = 100  # genes detected in fewer training cells are removed
-    iqr_factor: float = 1.5  # per-type IQR fences on mito (upper) and genes per cell (both)
-    min_cells_per_type: int = 10  # types with fewer training cells are dropped (with a warning)
+    min_genes_per_cell: int = ranged("[0, inf)", 100)  # cells detecting fewer genes are removed
+    # genes detected in fewer training cells are removed
+    min_cells_per_gene: int = ranged("[0, inf)", 100)
+    # per-type IQR fences on mito (upper) and genes per cell (both)
+    iqr_factor: float = ranged("[0, inf)", 1.5)
+    # types with fewer training cells are dropped (with a warning)
+    min_cells_per_type: int = ranged("[2, inf)", 10)
     on_single_cell_type: Literal["error", "drop"] = "error"  # a type with one cell cannot be split
-    target_sum: float = 1e4  # normalise each cell to this many counts, then log1p
-    variance_threshold: float = 0.01  # genes whose normalised variance (train) is lower go
-    chunk_size: int = 10_000  # cells per chunk when scanning the matrix
+    # normalise each cell to this many counts, then log1p
+    target_sum: float = ranged("(0, inf)", 1e4)
+    # genes whose normalised variance (train) is lower go
+    variance_threshold: float = ranged("[0, inf)", 0.01)
+    chunk_size: int = ranged("[1, inf)", 10_000)  # cells per chunk when scanning the matrix
 
 
 @dataclass
 class SplitConfig:
-    train: float = 0.7
-    val: float = 0.1  # the reference's "eval" split, used for early stopping
-    test: float = 0.2
+    train: float = ranged("(0, 1)", 0.7)
+    val: float = ranged("(0, 1)", 0.1)  # the reference's "eval" split, used for early stopping
+    test: float = ranged("(0, 1)", 0.2)
 
 
 @dataclass
 class FeaturesConfig:
     # scanpy's default; the reference's 2,500 (examples/e-annd-5.toml) makes XGBoost's time
     # grow 50-fold. Clamped to what the data allow, with a warning
-    n_components: int = 50
-    max_cells_per_class: int = 5000  # class-balanced subsample the PCA is fitted on
+    n_components: int = ranged("[1, inf)", 50)
+    # class-balanced subsample the PCA is fitted on
+    max_cells_per_class: int = ranged("[1, inf)", 5000)
     scale: bool = False  # standard-scale genes before the PCA
 
 
 @dataclass
 class ClassifierConfig:
-    n_estimators: int = 500  # boosting rounds at most
-    max_depth: int = 6
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
-    learning_rate: float = 0.05
-    reg_alpha: float = 1.0
-    reg_lambda: float = 1.0
-    early_stopping_rounds: int = 10  # on the validation split
+    n_estimators: int = ranged("[1, inf)", 500)  # boosting rounds at most
+    max_depth: int = ranged("[1, inf)", 6)
+    subsample: float = ranged("(0, 1]", 0.9)
+    colsample_bytree: float = ranged("(0, 1]", 0.9)
+    learning_rate: float = ranged("(0, 1]", 0.05)
+    reg_alpha: float = ranged("[0, inf)", 1.0)
+    reg_lambda: float = ranged("[0, inf)", 1.0)
+    early_stopping_rounds: int = ranged("[1, inf)", 10)  # on the validation split
     balanced_weights: bool = True  # class-balanced sample weights
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     # cap on training cells per class; 0 = no cap; "auto": no cap up to 100,000 training cells,
     # above that the class-balanced cap that keeps 100,000 (rare types whole, common ones cut)
-    max_cells_per_class: int | Literal["auto"] = "auto"
-    chunk_size: int = 0  # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
-    n_jobs: int = 0  # threads; 0 = all cores
+    max_cells_per_class: int | Literal["auto"] = ranged("[0, inf)", "auto")
+    # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
+    chunk_size: int = ranged("[0, inf)", 0)
+    n_jobs: int = ranged("[0, inf)", 0)  # threads; 0 = all cores
     backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
     dask_scheduler: str = ""  # scheduler address (tcp://host:8786); "" = a local cluster
-    dask_workers: int = 2  # workers of the local cluster when no scheduler is given
+    # workers of the local cluster when no scheduler is given
+    dask_workers: int = ranged("[1, inf)", 2)
 
 
 @dataclass
 class GeneratorConfig:
-    model: Literal["seed", "cvae", "nb", "scvi"] = "cvae"  # generator; "seed" = the reference CVAE
-    n_per_type_eval: int = 1000  # experiment (b): cells per type scored by the real classifier
-    n_per_type_train: int = 2000  # experiment (c): cells per type to train a classifier on
-    n_per_type_val: int = 100  # experiment (c): cells per type for its early stopping
+    # the generator: "cvae" (count-space CVAE), "nb" (per-type negative binomial), "reference"
+    # (the reference project's CVAE on PCA features; "seed" is its old name), "scvi"
+    model: Literal["cvae", "nb", "reference", "scvi", "seed"] = "cvae"
+    # experiment (b): cells per type scored by the real classifier
+    n_per_type_eval: int = ranged("[1, inf)", 1000)
+    # experiment (c): cells per type to train a classifier on
+    n_per_type_train: int = ranged("[1, inf)", 2000)
+    # experiment (c): cells per type for its early stopping
+    n_per_type_val: int = ranged("[1, inf)", 100)
+
+    def __post_init__(self) -> None:
+        self.model = canonical_model(self.model)
 
 
 @dataclass
 class SeedVAEConfig:
     """The reference CVAE on PCA features."""
 
-    n_embed: int = 64  # class embedding size
-    n_hidden: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256])  # encoder
-    n_latent: int = 512
-    dropout_rate: float = 0.25
-    lr: float = 1e-3  # one-cycle peak learning rate
-    weight_decay: float = 1e-3  # AdamW
-    batch_size: int = 256
-    max_epochs: int = 100
-    patience: int = 5  # early stopping on validation loss
-    kl_start: float = 0.1  # KL weight annealed from this to 1
-    kl_anneal_epochs: int = 10
+    n_embed: int = ranged("[1, inf)", 64)  # class embedding size
+    n_hidden: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256],
+                                  metadata=within("[1, inf)"))  # encoder
+    n_latent: int = ranged("[1, inf)", 512)
+    dropout_rate: float = ranged("[0, 1)", 0.25)
+    lr: float = ranged("(0, inf)", 1e-3)  # one-cycle peak learning rate
+    weight_decay: float = ranged("[0, inf)", 1e-3)  # AdamW
+    batch_size: int = ranged("[1, inf)", 256)
+    max_epochs: int = ranged("[1, inf)", 100)
+    patience: int = ranged("[0, inf)", 5)  # early stopping on validation loss
+    kl_start: float = ranged("[0, 1]", 0.1)  # KL weight annealed from this to 1
+    kl_anneal_epochs: int = ranged("[0, inf)", 10)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -122,10 +252,12 @@ class SeedVAEConfig:
 class CVAEConfig:
     """The count-space conditional VAE (cellsynth's main generator)."""
 
-    n_hidden: list[int] = field(default_factory=lambda: [512, 256])  # encoder; decoder mirrors it
-    n_latent: int = 32
-    n_embed: int = 32  # cell-type embedding size (encoder and decoder condition)
-    dropout_rate: float = 0.1
+    # encoder; decoder mirrors it
+    n_hidden: list[int] = field(default_factory=lambda: [512, 256], metadata=within("[1, inf)"))
+    n_latent: int = ranged("[1, inf)", 32)
+    # cell-type embedding size (encoder and decoder condition)
+    n_embed: int = ranged("[1, inf)", 32)
+    dropout_rate: float = ranged("[0, 1)", 0.1)
     likelihood: Literal["nb", "zinb", "gaussian"] = "nb"
     prior: Literal["conditional", "standard"] = "conditional"  # p(z | type), learned, or N(0, I)
     # inverse dispersion of the NB: one per gene and cell type ("gene-label") or per gene
@@ -134,37 +266,43 @@ class CVAEConfig:
     # per-gene over-dispersion), then fit the NB dispersion by moments around the decoded means
     # (likelihood "nb" only); "learned": the dispersion is a trained parameter
     dispersion_fit: Literal["learned", "moments"] = "moments"
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    batch_size: int = 256
+    lr: float = ranged("(0, inf)", 1e-3)
+    weight_decay: float = ranged("[0, inf)", 1e-6)
+    batch_size: int = ranged("[1, inf)", 256)
     # auto: about 10,000 optimiser steps, at most 400 epochs: min(400, 10,000 x batch_size /
     # training cells), at least 1 (400 up to 6,400 cells at batch 256; 5 at E-ANND-5's 533k)
-    max_epochs: int | Literal["auto"] = "auto"
+    max_epochs: int | Literal["auto"] = ranged("[1, inf)", "auto")
     # which epoch is kept: "fidelity", the one whose generated cells are closest to the
     # validation cells (two-sample AUC, checked about every 50 optimiser steps, at most 40 times);
     # "elbo", the best validation ELBO (what "fidelity" falls back to with fewer than 20
     # validation cells, validation cells read from disk, or data-parallel training)
     select: Literal["fidelity", "elbo"] = "fidelity"
-    patience: int = 10  # early stopping: epochs ("elbo") or checks ("fidelity") without gain...
-    min_steps: int = 1000  # ...but not before this many optimiser steps (small data: few per epoch)
+    # early stopping: epochs ("elbo") or checks ("fidelity") without gain...
+    patience: int = ranged("[0, inf)", 10)
+    # ...but not before this many optimiser steps (small data: few per epoch)
+    min_steps: int = ranged("[0, inf)", 1000)
     # an epoch improves only by beating the best validation loss by more than this fraction
     # (atlases: the loss creeps down by ~0.05% an epoch for the whole budget; 0.001 stops it)
-    min_improvement: float = 0.0
-    kl_start: float = 0.0  # KL weight annealed from this to 1 (times kl_weight)
-    kl_anneal_epochs: int = 20
+    min_improvement: float = ranged("[0, 1)", 0.0)
+    kl_start: float = ranged("[0, 1]", 0.0)  # KL weight annealed from this to 1 (times kl_weight)
+    kl_anneal_epochs: int = ranged("[0, inf)", 20)
     # KL weight after the warm-up: 1 trains on the ELBO; below 1 keeps more of each cell in z
     # (sampling draws z from the fitted mixture, not the prior). Early stopping stays on the ELBO
-    kl_weight: float = 1.0
+    kl_weight: float = ranged("(0, inf)", 1.0)
     balanced_sampling: bool = False  # class-balanced mini-batches
     distributed: bool = False  # train with torch.distributed (DDP) under torchrun
-    nproc_per_node: int = 2  # torchrun processes on this machine when distributed
+    # torchrun processes on this machine when distributed
+    nproc_per_node: int = ranged("[1, inf)", 2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # training checkpoints (pipeline runs): a killed `cellsynth run` resumes training from the last
-    checkpoint_every: int = 1  # write one after every this many epochs; 0 = never
-    checkpoint_seconds: float = 60.0  # ...and at least this many seconds after the previous one
+    # training checkpoints (pipeline runs): a killed `cellsynth run` resumes training from the
+    # last one; write one after every this many epochs; 0 = never
+    checkpoint_every: int = ranged("[0, inf)", 1)
+    # ...and at least this many seconds after the previous one
+    checkpoint_seconds: float = ranged("[0, inf)", 60.0)
 
     def validate(self) -> CVAEConfig:
-        """Check settings that only work together; raise :class:`ConfigError` with the fix."""
+        """Check ranges and settings that only work together; raise :class:`ConfigError`."""
+        check_ranges(self, "cvae.")
         if self.dispersion_fit == "moments" and self.likelihood != "nb":
             raise ConfigError(
                 f"cvae.dispersion_fit = \"moments\" fits a negative binomial's dispersion, but "
@@ -178,32 +316,33 @@ class CVAEConfig:
 class ScviConfig:
     """scvi-tools SCVI, used as its users would (optional extra ``cellsynth[scvi]``)."""
 
-    n_hidden: int = 128
-    n_latent: int = 10
-    n_layers: int = 1
+    n_hidden: int = ranged("[1, inf)", 128)
+    n_latent: int = ranged("[1, inf)", 10)
+    n_layers: int = ranged("[1, inf)", 1)
     gene_likelihood: Literal["nb", "zinb", "poisson"] = "zinb"
-    max_epochs: int = 200
-    batch_size: int = 128
+    max_epochs: int = ranged("[1, inf)", 200)
+    batch_size: int = ranged("[1, inf)", 128)
     early_stopping: bool = True
 
 
 @dataclass
 class ExplainConfig:
     cell_type: str = ""  # type to explain; "" = the most common training type
-    n_top_genes: int = 20
-    max_cells: int = 2000  # test cells of that type SHAP is computed on
+    n_top_genes: int = ranged("[1, inf)", 20)
+    max_cells: int = ranged("[1, inf)", 2000)  # test cells of that type SHAP is computed on
 
 
 @dataclass
 class ReportConfig:
     umap: bool = True  # UMAP of real test and generated cells in the report (umap-learn)
-    max_cells: int = 3000  # cells per origin in the UMAP and the fidelity metrics (stratified)
+    # cells per origin in the UMAP and the fidelity metrics (stratified)
+    max_cells: int = ranged("[1, inf)", 3000)
     fidelity: bool = True  # fidelity metrics with the real-vs-real floor (count generators)
 
 
 @dataclass
 class RunConfig:
-    seed: int = 0  # the one seed every other seed is derived from
+    seed: int = ranged("[0, 2**63)", 0)  # the one seed every other seed is derived from
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     qc: QCConfig = field(default_factory=QCConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -217,44 +356,15 @@ class RunConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> RunConfig:
-        """Check values a type cannot express; raise :class:`ConfigError` with the fix."""
+        """Check ranges and values a type cannot express; raise :class:`ConfigError` with the fix."""
+        check_ranges(self)
         s = self.split
         if min(s.train, s.val, s.test) <= 0 or abs(s.train + s.val + s.test - 1) > 1e-6:
             raise ConfigError(
                 f"split fractions must be positive and sum to 1, got train={s.train}, "
                 f"val={s.val}, test={s.test}; fix them with --set split.train=0.7 etc."
             )
-        positive = {
-            "features.n_components": self.features.n_components,
-            "features.max_cells_per_class": self.features.max_cells_per_class,
-            "classifier.n_estimators": self.classifier.n_estimators,
-            "qc.chunk_size": self.qc.chunk_size,
-            "qc.target_sum": self.qc.target_sum,
-            "cvae.kl_weight": self.cvae.kl_weight,
-            "seed_vae.n_latent": self.seed_vae.n_latent,
-            "seed_vae.batch_size": self.seed_vae.batch_size,
-            "seed_vae.max_epochs": self.seed_vae.max_epochs,
-            "generator.n_per_type_eval": self.generator.n_per_type_eval,
-            "generator.n_per_type_train": self.generator.n_per_type_train,
-            "generator.n_per_type_val": self.generator.n_per_type_val,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}; set it with --set {key}=...")
-        cap = self.classifier.max_cells_per_class
-        if cap != "auto" and cap < 0:
-            raise ConfigError(f"classifier.max_cells_per_class must be 0 (no cap), a positive cap "
-                              f"or \"auto\", got {cap}; set it with --set "
-                              f"classifier.max_cells_per_class=...")
-        for key in ("checkpoint_every", "checkpoint_seconds", "min_steps", "min_improvement"):
-            if getattr(self.cvae, key) < 0:
-                raise ConfigError(f"cvae.{key} must be 0 or more, got {getattr(self.cvae, key)}; "
-                                  f"set it with --set cvae.{key}=...")
         self.cvae.validate()
-        if not 0 <= self.seed_vae.dropout_rate < 1:
-            raise ConfigError(f"seed_vae.dropout_rate must be in [0, 1), got {self.seed_vae.dropout_rate}")
-        if self.qc.min_cells_per_type < 2:
-            raise ConfigError("qc.min_cells_per_type must be at least 2 (a type needs cells to split)")
         return self
 
 
@@ -310,6 +420,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """A config dataclass ``cls`` from a nested dict, keys, types and ranges checked.
+
+    ``prefix`` (``"cvae."``) names the section in error messages. Raises :class:`ConfigError`.
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -330,7 +444,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(value, tp, f"{prefix}{f.name}")
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    check_ranges(section, prefix)  # before any data is read
+    return section
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -407,6 +523,50 @@ def setting_names(cls: type | None = None, prefix: str = "") -> list[str]:
         else:
             names.append(f"{prefix}{f.name}")
     return names
+
+
+def _field(dotted: str) -> tuple[dataclasses.Field, Any]:
+    """The dataclass field of setting ``dotted`` (``"cvae.lr"``) and its type."""
+    cls: Any = RunConfig
+    *sections, key = dotted.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    return next(f for f in dataclasses.fields(cls) if f.name == key), typing.get_type_hints(cls)[key]
+
+
+def get_setting(cfg: RunConfig, dotted: str) -> Any:
+    """The value of setting ``dotted`` (``"cvae.lr"``) in ``cfg``."""
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def rule(dotted: str) -> str:
+    """What setting ``dotted`` accepts, in words: its type with its declared range or choices."""
+    f, tp = _field(dotted)
+    rng = f.metadata.get("range")
+    words: list[str] = []
+    for arg in get_args(tp) if get_origin(tp) in (types.UnionType, typing.Union) else (tp,):
+        if get_origin(arg) is Literal:
+            choices = [a for a in get_args(arg) if a not in MODEL_ALIASES]
+            words.append(("one of " if len(choices) > 1 else "") + ", ".join(map(_json, choices)))
+        elif get_origin(arg) is list:
+            item = get_args(arg)[0]
+            words.append(f"a list of {_type_name(item)}" + (f", each in {rng}" if rng else ""))
+        elif arg is bool:
+            words.append("true or false")
+        elif arg in (int, float):
+            words.append(f"{_type_name(arg)} in {rng}" if rng else _type_name(arg))
+        else:
+            words.append(_type_name(arg))
+    if dotted.startswith("split."):
+        words.append("train + val + test = 1")
+    return "; ".join(words) if dotted.startswith("split.") else " or ".join(words)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
 
 
 def resolve(data: str | None = None, label_key: str | None = None,

@@ -10,21 +10,22 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import MODEL_ALIASES, RunConfig, canonical_model
 from ..errors import ConfigError, ModelFileError
 from .base import Generator
 
-#: generator name -> ``"module:Class"``
+#: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
 GENERATORS: dict[str, str] = {
     "cvae": "cellsynth.models.cvae:CVAE",
     "nb": "cellsynth.models.nb:NegBinBaseline",
-    "seed": "cellsynth.models.seed_counts:SeedGenerator",
+    "reference": "cellsynth.models.seed_counts:SeedGenerator",
     "scvi": "cellsynth.models.scvi:ScviGenerator",
 }
 
 
 def get_generator(name: str) -> type:
-    """The generator class registered as ``name`` (imported on first use)."""
+    """The generator class registered as ``name`` (an old name is accepted with a warning)."""
+    name = canonical_model(name)
     if name not in GENERATORS:
         raise ConfigError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
     module, cls = GENERATORS[name].split(":")
@@ -33,10 +34,11 @@ def get_generator(name: str) -> type:
 
 def make_generator(name: str, run_config: RunConfig) -> Generator:
     """A new, unfitted generator ``name`` built from its section(s) of ``run_config``."""
+    name = canonical_model(name)
     cls = get_generator(name)
     if name == "cvae":
         return cls(config=run_config.cvae)
-    if name == "seed":
+    if name == "reference":
         return cls(run_config.seed_vae, run_config.features, target_sum=run_config.qc.target_sum)
     if name == "scvi":
         return cls(run_config.scvi)
@@ -44,7 +46,9 @@ def make_generator(name: str, run_config: RunConfig) -> Generator:
 
 
 def _name_of(model: Any) -> str | None:
-    """The registry name for a ``config.json`` ``model`` value (a registry name or a class name)."""
+    """The registry name for a ``config.json`` ``model`` value (a registry name, an old name such
+    as ``"seed"`` written by earlier versions, or a class name)."""
+    model = MODEL_ALIASES.get(model, model) if isinstance(model, str) else model
     for name, target in GENERATORS.items():
         if model in (name, target.split(":")[1]):
             return name
