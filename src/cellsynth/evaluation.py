@@ -1,4 +1,12 @@
-"""``cellsynth evaluate`` and ``cellsynth benchmark``: files in, JSON and markdown out."""
+"""``cellsynth evaluate`` / :func:`cellsynth.evaluate` and ``cellsynth benchmark``.
+
+:func:`compare` scores synthetic cells against real ones, beside the real-vs-real floor, from
+AnnData objects or h5ad paths. A file is never loaded whole: it is opened with
+:class:`~cellsynth.data.store.H5adFile` (``obs`` in memory, matrices on disk), a stratified
+subsample of at most ``max_cells`` cells is read, and everything after works on the subsamples,
+so memory follows ``max_cells``, not the file's size. :func:`evaluate` writes
+``fidelity.json`` and ``fidelity.md`` (the CLI's ``cellsynth evaluate``).
+"""
 
 from __future__ import annotations
 
@@ -6,71 +14,232 @@ import datetime as dt
 import logging
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from . import config
-from .runtime import write_json
-from .seeds import derive_seed
-from .benchmark import flat_report, benchmark_dataset, prepare, table
-from .data.io import check_label, read
+from .benchmark import benchmark_dataset, flat_report, prepare, table
+from .data.io import Expression, check_label, check_shape, check_values, find_counts, is_counts
+from .data.split import stratified_subsample
+from .data.store import H5adFile
 from .errors import DataError
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.space import fit_space
-from .models.base import training_counts
+from .runtime import write_json
+from .seeds import derive_seed
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 logger = logging.getLogger(__name__)
 
 
-def _load_counts(path: str | Path, label_key: str, what: str):
-    adata = read(path)
-    if adata.isbacked:
-        adata = adata.to_memory()
-    check_label(adata, label_key)
-    try:
-        counts = training_counts(adata)
-    except DataError as exc:
-        raise DataError(f"{what} ({path}): {exc}") from None
-    return adata, counts, adata.obs[label_key].astype(str).to_numpy()
+@dataclass
+class _Sample:
+    """The cells of one side read for an evaluation: a subsample's counts and labels."""
+
+    counts: sp.csr_matrix  # (n_used, n_genes) raw counts, float32
+    labels: np.ndarray  # (n_used,) cell types, str
+    genes: pd.Index  # gene names of the columns
+    n_total: int  # cells in the input
+    source: str  # the path, or "AnnData" for an object in memory
+    where: str  # where the counts were found: X, layers/counts or raw.X
 
 
-def evaluate(real: str | Path, synthetic: str | Path, label_key: str, out: Path, *,
-             seed: int = 0, progress: bool = False) -> Path:
+def _counts_where(data: Any, what: str, source: str) -> Expression:
+    """Where ``data`` (an AnnData or an :class:`H5adFile`) holds raw counts; else a DataError."""
+    expr = find_counts(data)
+    if expr.counts is None:
+        raise DataError(
+            f"{what} ({source}) holds normalised values in X and no raw counts in "
+            "layers['counts'] or raw.X; evaluation compares counts: give the unnormalised file"
+        )
+    return expr
+
+
+def _read_side(data: Any, label_key: str, max_cells: int, seed: int, what: str) -> _Sample:
+    """A stratified subsample of at most ``max_cells`` cells of ``data`` (a path, an AnnData
+    in memory or a backed one), read from disk row by row when ``data`` is a file."""
+    if isinstance(data, str | Path):
+        return _read_file(Path(data), label_key, max_cells, seed, what)
+    if not hasattr(data, "obs") or not hasattr(data, "var_names"):
+        raise DataError(f"{what} is a {type(data).__name__}; give an AnnData or an .h5ad path")
+    if getattr(data, "isbacked", False):  # layers of a backed AnnData are in memory: use the file
+        return _read_file(Path(data.filename), label_key, max_cells, seed, what)
+    check_shape(data, what)
+    check_label(data, label_key)
+    where = _counts_where(data, what, "AnnData").counts
+    labels = data.obs[label_key].astype(str).to_numpy()
+    rows = stratified_subsample(labels, max_cells, seed=seed)
+    if where == "layers/counts":
+        x, genes = data.layers["counts"], data.var_names
+    elif where == "raw.X":
+        x, genes = data.raw.X, data.raw.var_names
+    else:
+        x, genes = data.X, data.var_names
+    x = x[rows] if len(rows) < data.n_obs else x
+    return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
+                            data.n_obs, "AnnData", where), what)
+
+
+def _read_file(path: Path, label_key: str, max_cells: int, seed: int, what: str) -> _Sample:
+    with H5adFile(path) as h5:
+        check_shape(h5, str(path))
+        check_label(h5, label_key)
+        expr = _counts_where(h5, what, str(path))
+        store, genes = h5.matrix(expr)
+        labels = h5.obs[label_key].astype(str).to_numpy()
+        rows = stratified_subsample(labels, max_cells, seed=seed)
+        x = store.take(rows)  # only the subsample's rows are read
+        return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts), what)
+
+
+def _checked(sample: _Sample, what: str) -> _Sample:
+    values = sample.counts.data
+    check_values(values, f"{what} ({sample.source}, {sample.where})")
+    if not is_counts(values[:1_000_000]):
+        raise DataError(
+            f"{what} ({sample.source}) holds non-integer values in {sample.where}; evaluation "
+            "compares raw counts: give the unnormalised counts in X, layers['counts'] or raw.X"
+        )
+    return sample
+
+
+def compare(
+    real: ad.AnnData | str | Path,
+    synthetic: ad.AnnData | str | Path,
+    *,
+    label_key: str,
+    seed: int = 0,
+    max_cells: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``.
 
-    The evaluation space (HVGs, PCA) is fitted on the real cells; genes are matched by name.
-    Writes ``fidelity.json`` and ``fidelity.md`` into ``out`` and returns the markdown path.
-    ``progress`` shows tqdm bars (on stderr) over the PCA fit and the fidelity metrics.
+    Each side is a stratified subsample of at most ``max_cells`` cells (each type keeping its
+    share, every type at least one cell), read from disk row by row when given as a path, so
+    memory follows ``max_cells``, not the files' sizes. Genes are matched by name. The
+    evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on the real subsample.
+
+    Parameters
+    ----------
+    real, synthetic
+        AnnData objects (in memory or backed) or ``.h5ad`` paths, with raw counts in ``X``,
+        ``layers['counts']`` or ``raw.X`` and the cell type in ``obs[label_key]``.
+    label_key
+        The ``obs`` column holding the cell type, in both.
+    seed
+        Seeds the subsamples, the evaluation space and every metric.
+    max_cells
+        Cells used at most from each side; default ``report.max_cells``
+        (:class:`~cellsynth.config.ReportConfig`).
+    progress
+        Show tqdm bars (on stderr) over the PCA fit and the fidelity metrics.
+
+    Returns
+    -------
+    dict
+        ``real_vs_real``: the floor (:func:`~cellsynth.metrics.fidelity.real_floor` on the real
+        subsample); ``synthetic_vs_real``: :func:`~cellsynth.metrics.fidelity.fidelity_report`;
+        ``n_cells``: for ``real`` and ``synthetic``, the cells ``used`` and the ``total`` in the
+        input; ``n_genes`` compared; ``max_cells``, ``seed``, ``label_key``; ``real`` and
+        ``synthetic``: the paths (or ``"AnnData"``).
     """
-    ra, rc, rl = _load_counts(real, label_key, "the real data")
-    sa, sc, sl = _load_counts(synthetic, label_key, "the synthetic data")
-    genes = [g for g in map(str, ra.var_names) if g in set(map(str, sa.var_names))]
+    max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
+    if max_cells < 4:
+        raise DataError(f"max_cells must be at least 4 (the floor splits the real cells in "
+                        f"halves), got {max_cells}")
+    r = _read_side(real, label_key, max_cells, derive_seed(seed, "eval-real-cells"), "the real data")
+    s = _read_side(synthetic, label_key, max_cells, derive_seed(seed, "eval-synthetic-cells"),
+                   "the synthetic data")
+    logger.info("evaluating %d of %d real and %d of %d synthetic cells (stratified subsamples "
+                "of at most %d each)", len(r.labels), r.n_total, len(s.labels), s.n_total,
+                max_cells)  # fmt: skip
+    in_synth = set(map(str, s.genes))
+    genes = [g for g in map(str, r.genes) if g in in_synth]
     if not genes:
         raise DataError("the real and synthetic data share no gene names; compare matching files")
-    if len(genes) < ra.n_vars or len(genes) < sa.n_vars:
-        logger.warning("comparing the %d genes both files hold (real %d, synthetic %d)",
-                       len(genes), ra.n_vars, sa.n_vars)
-    ri = ra.var_names.get_indexer(genes)
-    si = sa.var_names.get_indexer(genes)
-    rc, sc = sp.csr_matrix(rc[:, ri]), sp.csr_matrix(sc[:, si])
-    space = fit_space(rc, rl, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
-    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"), progress=progress)
-    fid = fidelity_report(space, rc, rl, sc, sl, seed=derive_seed(seed, "fidelity"),
+    if len(genes) < len(r.genes) or len(genes) < len(s.genes):
+        logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
+                       len(genes), len(r.genes), len(s.genes))
+    rc = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])
+    sc = sp.csr_matrix(s.counts[:, s.genes.get_indexer(genes)])
+    space = fit_space(rc, r.labels, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
+    floor = real_floor(space, rc, r.labels, seed=derive_seed(seed, "floor"), progress=progress)
+    fid = fidelity_report(space, rc, r.labels, sc, s.labels, seed=derive_seed(seed, "fidelity"),
                           progress=progress)
+    return {
+        "real_vs_real": floor,
+        "synthetic_vs_real": fid,
+        "n_cells": {"real": {"used": len(r.labels), "total": r.n_total},
+                    "synthetic": {"used": len(s.labels), "total": s.n_total}},
+        "n_genes": len(genes),
+        "max_cells": max_cells,
+        "seed": seed,
+        "label_key": label_key,
+        "real": r.source,
+        "synthetic": s.source,
+    }
+
+
+def write(result: dict[str, Any], out: str | Path) -> Path:
+    """Write :func:`compare`'s ``result`` as ``fidelity.json`` and ``fidelity.md`` into ``out``.
+
+    Parameters
+    ----------
+    result
+        What :func:`compare` returned.
+    out
+        The output directory (created if missing).
+
+    Returns
+    -------
+    The path of ``fidelity.md``.
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "fidelity.json", {"real_vs_real": floor, "synthetic_vs_real": fid,
-                                       "real": str(real), "synthetic": str(synthetic)})
+    write_json(out / "fidelity.json", result)
+    n = result["n_cells"]
+    real, syn = n["real"], n["synthetic"]
     lines = [
         "# Fidelity", "",
-        f"`cellsynth evaluate --real {real} --synthetic {synthetic} --label-key {label_key}`: "
-        f"{rc.shape[0]} real and {sc.shape[0]} synthetic cells, {len(genes)} genes. The first row "
-        "compares two disjoint halves of the real cells: the floor every other number is read against.",
-        "", *table({"real vs real": flat_report(floor), "synthetic": flat_report(fid)}), "",
-    ]
+        f"`cellsynth evaluate --real {result['real']} --synthetic {result['synthetic']} "
+        f"--label-key {result['label_key']}`: {real['used']} of {real['total']} real and "
+        f"{syn['used']} of {syn['total']} synthetic cells (stratified subsamples of at most "
+        f"{result['max_cells']}), {result['n_genes']} genes. The first row compares two disjoint "
+        "halves of the real cells: the floor every other number is read against.",
+        "", *table({"real vs real": flat_report(result["real_vs_real"]),
+                    "synthetic": flat_report(result["synthetic_vs_real"])}), "",
+    ]  # fmt: skip
     path = out / "fidelity.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, label_key: str,
+             out: str | Path, *, seed: int = 0, max_cells: int | None = None,
+             progress: bool = False) -> Path:
+    """:func:`compare`, written into ``out`` by :func:`write` (``cellsynth evaluate``).
+
+    Parameters
+    ----------
+    real, synthetic, label_key, seed, max_cells, progress
+        As for :func:`compare`.
+    out
+        The output directory for ``fidelity.json`` and ``fidelity.md``.
+
+    Returns
+    -------
+    The path of ``fidelity.md``.
+    """
+    result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells,
+                     progress=progress)
+    return write(result, out)
 
 
 def run_benchmark(datasets: list[str], models: list[str], out: Path, *,

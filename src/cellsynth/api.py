@@ -1,0 +1,294 @@
+"""The functions behind ``cellsynth.read``, ``simulate``, ``run``, ``evaluate`` and ``load_model``.
+
+Each is a thin, documented entry point to the module that does the work (``data.io``,
+``data.simulate``, ``config`` with ``pipeline``, ``evaluation``, ``models.registry``); heavy
+libraries are imported inside the functions, so ``import cellsynth`` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from .config import RunConfig
+    from .models.base import Generator
+
+logger = logging.getLogger(__name__)
+
+#: the run directory's parent when ``out`` is not given (as ``cellsynth run``)
+RUNS_DIR = Path("runs")
+
+
+def simulate(
+    n_cells: int = 3000,
+    n_genes: int = 2000,
+    n_types: int = 8,
+    *,
+    seed: int = 0,
+    label_key: str = "cell_type",
+) -> ad.AnnData:
+    """Simulate a labelled atlas of raw counts in memory.
+
+    Negative binomial counts with per-type marker programs, a few doublets and uninformative
+    labels, as :func:`cellsynth.data.simulate.simulate_atlas` makes them (its other keywords
+    are there; :func:`~cellsynth.data.simulate.write_atlas` writes an atlas of any size
+    straight to a file).
+
+    Parameters
+    ----------
+    n_cells
+        Cells.
+    n_genes
+        Genes, the mitochondrial ones (``MT-``, the first columns) included.
+    n_types
+        Informative cell types.
+    seed
+        The one seed: the same arguments give the same atlas.
+    label_key
+        The ``obs`` column holding the cell type.
+
+    Returns
+    -------
+    AnnData with whole counts in ``X`` (CSR float32) and the cell type in ``obs[label_key]``.
+
+    Examples
+    --------
+    >>> import cellsynth as cs
+    >>> adata = cs.simulate(600, 200, 4, seed=0)
+    >>> adata.obs["cell_type"].nunique() >= 4
+    True
+    """
+    from .data.simulate import simulate_atlas
+
+    return simulate_atlas(n_cells, n_genes, n_types, seed=seed, label_key=label_key)
+
+
+def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> ad.AnnData:
+    """Read an ``.h5ad`` file, backed (``X`` left on disk) when it is large.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file.
+    backed
+        ``"auto"``: backed when the file is larger than
+        :data:`cellsynth.data.io.BACKED_BYTES`; ``True`` / ``False`` force it.
+
+    Returns
+    -------
+    The AnnData.
+
+    Raises
+    ------
+    DataError
+        A missing, non-h5ad, corrupt or empty file, or duplicate cell or gene names.
+    """
+    from .data.io import read as read_h5ad
+
+    return read_h5ad(path, backed=backed)
+
+
+def _default_out(data: Any, config: Any) -> Path:
+    """``runs/<config stem>``, else ``runs/<data stem>``, else ``runs/demo`` (as the CLI)."""
+    if isinstance(config, str | Path):
+        return RUNS_DIR / Path(config).stem
+    if isinstance(data, str | Path):
+        return RUNS_DIR / Path(data).stem
+    return RUNS_DIR / "demo"
+
+
+def _data_path(data: Any, out: Path) -> str | None:
+    """The h5ad path of ``data``: a path as given; an AnnData written to ``out/input.h5ad``."""
+    if data is None:
+        return None
+    if isinstance(data, str | Path):
+        return str(data)
+    if hasattr(data, "write_h5ad") and hasattr(data, "obs"):
+        if getattr(data, "isbacked", False):
+            return str(data.filename)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "input.h5ad"
+        logger.info("writing the AnnData to %s for the run to read", path)
+        data.write_h5ad(path)
+        return str(path)
+    from .errors import DataError
+
+    raise DataError(f"data is a {type(data).__name__}; give an .h5ad path or an AnnData")
+
+
+def _config(data: str | None, label_key: str | None, config: Any,
+            overrides: Sequence[str]) -> RunConfig:
+    """The run's validated config: ``config`` (a file, a :class:`RunConfig` or None), then the
+    overrides, then ``data`` and ``label_key``."""
+    from . import config as cfg_mod
+
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(config, cfg_mod.RunConfig):
+        tree = cfg_mod.apply_overrides(cfg_mod.to_dict(config), list(overrides))
+        if data is not None:
+            tree["dataset"]["path"] = data
+        if label_key is not None:
+            tree["dataset"]["label_key"] = label_key
+        return cfg_mod.run_config(tree)
+    if config is not None and not isinstance(config, str | Path):
+        from .errors import ConfigError
+
+        raise ConfigError(f"config is a {type(config).__name__}; give a TOML path, a "
+                          "cellsynth.RunConfig or None")
+    cfg, sources = cfg_mod.resolve(data, label_key, config, list(overrides))
+    logger.debug("settings from: %s", sorted(set(sources.values())))
+    return cfg
+
+
+def run(
+    data: str | Path | ad.AnnData | None = None,
+    *,
+    label_key: str | None = None,
+    config: str | Path | RunConfig | None = None,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> Path:
+    """Run the whole pipeline (``cellsynth run``): QC, PCA, classifier, generator, experiments,
+    fidelity, SHAP and the report, into one resumable run directory.
+
+    Parameters
+    ----------
+    data
+        The labelled atlas: an ``.h5ad`` path, or an AnnData (written to ``out/input.h5ad``
+        first). None with no ``config``: the embedded demo (a simulated atlas).
+    label_key
+        The ``obs`` column holding the cell type (``dataset.label_key``); None keeps the
+        config's.
+    config
+        A TOML config file, a :class:`~cellsynth.config.RunConfig`, or None for the package
+        defaults (the demo preset when no data is given at all).
+    out
+        The run directory; default ``runs/<config or data file stem>``, or ``runs/demo``. A
+        second run into the same directory skips the stages already done with the same
+        settings.
+    overrides
+        ``"section.key=value"`` settings (``--set``), values in TOML syntax, e.g.
+        ``["generator.model='nb'", "cvae.max_epochs=20"]``.
+    progress
+        Show tqdm bars (on stderr).
+
+    Returns
+    -------
+    The path of the run's ``results.md`` (``report.html`` is beside it).
+
+    Raises
+    ------
+    ConfigError
+        An unknown setting, a value of the wrong type, or the data given twice.
+    DataError
+        Data that cannot be used (missing label column, normalised values without counts, ...),
+        checked before any training.
+
+    Examples
+    --------
+    >>> import cellsynth as cs
+    >>> results = cs.run("atlas.h5ad", label_key="cell_type", out="runs/atlas")  # doctest: +SKIP
+    """
+    from . import pipeline
+
+    out_dir = Path(out) if out is not None else _default_out(data, config)
+    cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
+    logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
+    return pipeline.run(cfg, out_dir, progress=progress)
+
+
+def evaluate(
+    real: ad.AnnData | str | Path,
+    synthetic: ad.AnnData | str | Path,
+    *,
+    label_key: str,
+    seed: int = 0,
+    out: str | Path | None = None,
+    max_cells: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fidelity of synthetic cells against real ones, beside the real-vs-real floor.
+
+    Each side is a stratified subsample of at most ``max_cells`` cells, read from disk row by
+    row when given as a path (a file is never loaded whole). Genes are matched by name; the
+    evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on the real subsample.
+    The floor compares two disjoint halves of the real subsample: read every synthetic number
+    beside it.
+
+    Parameters
+    ----------
+    real, synthetic
+        AnnData objects or ``.h5ad`` paths with raw counts (in ``X``, ``layers['counts']`` or
+        ``raw.X``) and the cell type in ``obs[label_key]``.
+    label_key
+        The ``obs`` column holding the cell type, in both.
+    seed
+        Seeds the subsamples, the evaluation space and every metric.
+    out
+        A directory to write ``fidelity.json`` and ``fidelity.md`` into; None writes nothing.
+    max_cells
+        Cells used at most from each side; default ``report.max_cells`` (3,000).
+    progress
+        Show tqdm bars (on stderr).
+
+    Returns
+    -------
+    dict
+        ``synthetic_vs_real`` and ``real_vs_real``: fidelity reports (``overall``,
+        ``per_type``, ``per_type_mean``, ...); ``n_cells``: the cells ``used`` and the
+        ``total`` of each side; ``n_genes``, ``max_cells``, ``seed``, ``label_key``. Plot it
+        with :func:`cellsynth.pl.fidelity`.
+
+    Examples
+    --------
+    >>> import cellsynth as cs
+    >>> real, fake = cs.simulate(800, 300, 4, seed=0), cs.simulate(800, 300, 4, seed=1)
+    >>> result = cs.evaluate(real, fake, label_key="cell_type", max_cells=400)
+    >>> sorted(result)[:3]
+    ['label_key', 'max_cells', 'n_cells']
+    """
+    from . import evaluation
+
+    result = evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
+                                max_cells=max_cells, progress=progress)
+    if out is not None:
+        path = evaluation.write(result, out)
+        logger.info("fidelity written to %s", path)
+    return result
+
+
+def load_model(directory: str | Path) -> Generator:
+    """Load a generator saved with its ``save(directory)`` method (or by a pipeline run,
+    ``RUN/generator``), whatever its kind (``cvae``, ``nb``, ``reference``, ``scvi``).
+
+    Parameters
+    ----------
+    directory
+        The model directory: ``config.json``, ``weights.safetensors`` (or the model's own
+        files), ``labels.json``, ``genes.json``.
+
+    Returns
+    -------
+    The fitted generator; ``sample({"type": n, ...}, seed=...)`` gives new cells.
+
+    Raises
+    ------
+    ModelFileError
+        A missing, corrupt or inconsistent model directory, or an unknown model kind.
+
+    Examples
+    --------
+    >>> import cellsynth as cs
+    >>> model = cs.load_model("runs/demo/generator")  # doctest: +SKIP
+    >>> cells = model.sample({"B cells": 100}, seed=0)  # doctest: +SKIP
+    """
+    from .models.registry import load_generator
+
+    return load_generator(directory)

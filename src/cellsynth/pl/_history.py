@@ -1,0 +1,84 @@
+"""``cs.pl.history``: a generator's training curve."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError, ModelFileError
+from ._common import REAL_COLOR, SYNTH_COLOR, axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def _history(source: Any) -> Mapping[str, Any]:
+    """The history dict of a model, a dict, or a model directory / ``history.json`` path."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        path = path / "history.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ModelFileError(f"{path} does not exist; give a model directory, its "
+                                 "history.json, a model or its history dict")
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{path} is not a JSON history ({exc})") from None
+    hist = getattr(source, "history", source)
+    if not isinstance(hist, Mapping):
+        raise DataError(f"a {type(source).__name__} has no training history; give a trained "
+                        "model, its history dict or its directory")
+    return hist
+
+
+def history(model_or_history: Any, *, ax: Axes | None = None) -> Axes:
+    """The training curve of a generator: loss per epoch, the validation check, the kept epoch.
+
+    With ``cvae.select = "fidelity"`` (the CVAE's default) the validation check is the
+    two-sample AUC of generated against validation cells, drawn on a second y axis (right);
+    otherwise it is the validation loss, beside the training loss.
+
+    Parameters
+    ----------
+    model_or_history
+        A trained model (its ``history``), a history dict, or a saved model directory (or its
+        ``history.json``).
+    ax
+        The axes to draw into; None makes a new figure.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` of the training loss (the AUC, when drawn, is on its
+    twin, ``ax.right_ax``).
+    """
+    hist = _history(model_or_history)
+    train = np.asarray([np.nan if v is None else v for v in hist.get("train_loss", [])], float)
+    if train.size == 0:
+        raise DataError("the history has no train_loss per epoch (a model fitted without "
+                        "epochs, such as nb, has no curve)")
+    val = np.asarray([np.nan if v is None else v for v in hist.get("val_loss", [])], float)
+    epochs = np.arange(train.size)
+    ax = axes(ax, (6.0, 3.8))
+    lines = ax.plot(epochs, train, color=REAL_COLOR, label="training loss")
+    checked = np.flatnonzero(np.isfinite(val))
+    if hist.get("select") == "fidelity" and checked.size:
+        right = ax.twinx()
+        lines += right.plot(epochs[checked], val[checked], color=SYNTH_COLOR, marker=".",
+                            label="validation two-sample AUC")
+        right.set_ylabel("two-sample AUC (0.5: indistinguishable)")
+        ax.right_ax = right
+    elif checked.size:
+        lines += ax.plot(epochs[checked], val[checked], color=SYNTH_COLOR,
+                         marker="." if checked.size <= 30 else None, label="validation loss")
+    best = hist.get("best_epoch")
+    if best is not None:
+        lines.append(ax.axvline(best, color="black", linestyle="--", linewidth=0.8,
+                                label=f"kept epoch ({best})"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(handles=lines, fontsize=8, loc="best")
+    return ax

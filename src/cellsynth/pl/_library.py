@@ -1,0 +1,96 @@
+"""``cs.pl.library_sizes``: counts per cell, real beside synthetic."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError
+from ._common import REAL_COLOR, SYNTH_COLOR, axes
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from matplotlib.axes import Axes
+
+
+def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
+    """Counts per cell of ``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``)."""
+    from ..data.io import find_counts
+
+    if getattr(adata, "isbacked", False):
+        raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
+    expr = find_counts(adata)
+    if expr.counts is None:
+        raise DataError(f"{what} holds normalised values and no raw counts (layers['counts'] "
+                        "or raw.X); library sizes are counts per cell")
+    x = {"layers/counts": lambda: adata.layers["counts"], "raw.X": lambda: adata.raw.X,
+         "X": lambda: adata.X}[expr.counts]()
+    return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+
+
+def library_sizes(
+    real: ad.AnnData,
+    synthetic: ad.AnnData,
+    *,
+    label_key: str | None = None,
+    bins: int = 40,
+    ax: Axes | None = None,
+) -> Axes:
+    """Counts per cell (library size) of real and synthetic cells, on a log scale.
+
+    Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
+    type (those both hold), the real and synthetic box plots side by side.
+
+    Parameters
+    ----------
+    real, synthetic
+        AnnData objects in memory with raw counts in ``X``, ``layers['counts']`` or ``raw.X``.
+    label_key
+        The ``obs`` column holding the cell type; None pools every cell.
+    bins
+        Histogram bins (without ``label_key``).
+    ax
+        The axes to draw into; None makes a new figure.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` drawn into.
+    """
+    r, s = _totals(real, "the real data"), _totals(synthetic, "the synthetic data")
+    if label_key is None:
+        ax = axes(ax, (6.0, 3.8))
+        lr, ls = np.log10(r + 1), np.log10(s + 1)
+        edges = np.histogram_bin_edges(np.concatenate([lr, ls]), bins=bins)
+        for values, color, name in ((lr, REAL_COLOR, "real"), (ls, SYNTH_COLOR, "synthetic")):
+            ax.hist(values, bins=edges, density=True, histtype="step", linewidth=1.5,
+                    color=color, label=f"{name} ({len(values)} cells)")
+        ax.set_xlabel("log10(counts per cell + 1)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        return ax
+    for adata, what in ((real, "the real data"), (synthetic, "the synthetic data")):
+        if label_key not in adata.obs:
+            raise DataError(f"label column '{label_key}' not in the obs of {what}; columns are: "
+                            f"{', '.join(map(str, adata.obs.columns)) or '(none)'}")
+    rl = real.obs[label_key].astype(str).to_numpy()
+    sl = synthetic.obs[label_key].astype(str).to_numpy()
+    types = sorted(set(rl) & set(sl))
+    if not types:
+        raise DataError("the real and synthetic cells share no cell type; check the label names")
+    ax = axes(ax, (max(6.0, 0.6 * len(types) + 2.0), 4.0))
+    pos = np.arange(len(types), dtype=float)
+    for values, labels, color, shift in ((r, rl, REAL_COLOR, -0.2), (s, sl, SYNTH_COLOR, 0.2)):
+        data = [values[labels == t] for t in types]
+        box = ax.boxplot(data, positions=pos + shift, widths=0.35, patch_artist=True,
+                         showfliers=False)
+        for patch in box["boxes"]:
+            patch.set_facecolor(color)
+    ax.set_yscale("log")
+    ax.set_xticks(pos, types, rotation=45, ha="right")
+    ax.set_ylabel("counts per cell")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=REAL_COLOR, label="real"),
+                       Patch(color=SYNTH_COLOR, label="synthetic")], fontsize=8)
+    return ax
