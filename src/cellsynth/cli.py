@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import config
 from .errors import CellsynthError
 
 logger = logging.getLogger("cellsynth")
@@ -36,18 +37,66 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from . import config, pipeline
-    from .presets import demo_config_path
+def _value(value: object) -> str:
+    """A setting's value as TOML writes it (``"a.h5ad"``, ``[512, 256]``, ``true``)."""
+    return json.dumps(value)
 
-    cfg_path = args.config if args.config is not None else demo_config_path()
-    cfg = config.load(cfg_path, args.set)  # validated before any long work
-    out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "demo")
+
+def settings_line(cfg: config.RunConfig, sources: dict[str, str]) -> str:
+    """The settings not at their default, each with where it came from, on one line."""
+    given = [f"{k}={_value(config.get_setting(cfg, k))} ({src})"
+             for k, src in sources.items() if src != "default"]
+    return "settings: " + (", ".join(given) or "all defaults")
+
+
+def show_settings(cfg: config.RunConfig, sources: dict[str, str]) -> str:
+    """The resolved settings as TOML, each line's comment giving its default, source and rule."""
+    defaults = config.RunConfig()
+    lines: list[str] = []
+    section = ""
+    for key in sources:
+        head, _, name = key.rpartition(".")
+        if head != section:
+            section = head
+            lines += ["", f"[{head}]"]
+        value, default = config.get_setting(cfg, key), config.get_setting(defaults, key)
+        source = sources[key] if sources[key] == "default" else             f"{sources[key]} (default {_value(default)})"
+        lines.append(f"{name} = {_value(value)}".ljust(38) + f"  # {source}; {config.rule(key)}")
+    return "\n".join(lines)
+
+
+def _run_dir(args: argparse.Namespace, cfg: config.RunConfig) -> Path:
+    """``--out``, else ``runs/<name>``: the data argument's, the config's, the data's, or demo."""
+    if args.out:
+        return Path(args.out)
+    named = args.data or args.config or cfg.dataset.path
+    return Path("runs") / (Path(named).stem if named else "demo")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    _setup_logging(args.quiet)  # a renamed setting's warning is shown while resolving
+    # validated (keys, types, ranges) before any data is read
+    cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
+    out = _run_dir(args, cfg)
     _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
-    logger.info("config: %s; output: %s", cfg_path, out)
+    logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
+                sources.values() else "package defaults"), out)
+    logger.info("%s", settings_line(cfg, sources))
     path = pipeline.run(cfg, out, progress=_progress(args), force=set(args.force))
     print(f"results: {path}")
     print(f"report:  {out / 'report.html'}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "defaults":
+        cfg, sources = config.RunConfig(), dict.fromkeys(config.setting_names(), "default")
+    else:
+        _setup_logging(quiet=False)
+        cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
+    print(show_settings(cfg, sources).lstrip("\n"))
     return 0
 
 
@@ -174,89 +223,204 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellsynth", description=__doc__)
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default, unless it says it."""
 
-    r = sub.add_parser("run", help="run the whole experiment from a TOML config")
-    r.add_argument("--config", help="TOML config (default: the embedded demo)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        quiet = quiet or action.default == []
+        if quiet or "default" in text or not (action.option_strings or action.nargs == "?"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+_DESCRIPTION = """\
+Learn a labelled single-cell RNA-seq atlas (an AnnData .h5ad), generate synthetic cells of the
+types you ask for, and measure how close they are to real ones.
+
+  cellsynth run                      the demo: a simulated atlas, minutes on a laptop CPU
+  cellsynth run my.h5ad --label-key cell_type
+  cellsynth config show my.h5ad      the settings that run would use, with their ranges
+  cellsynth COMMAND --help           each command's options and defaults"""
+
+_SET_HELP = ("override one setting, TOML syntax (cvae.lr=1e-3, dataset.path='a.h5ad'); "
+             "repeatable; `cellsynth config show` lists them all (default: none)")
+_QUIET_HELP = "warnings only, no progress bars (default: off)"
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str,
+             description: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows ``description`` and every option's default."""
+    return sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
+                          formatter_class=_HelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellsynth", description=_DESCRIPTION,
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = _command(sub, "run", "run the whole experiment into one run directory", (
+        "Reads the atlas, QCs and splits it, fits PCA, the classifier and the generator, runs\n"
+        "the three experiments and writes results.md and report.html. With no DATA, no --config\n"
+        "and no --set dataset.path it runs the demo: a simulated atlas with the embedded demo\n"
+        "preset's settings (`make demo`). With DATA the package defaults apply, then --config,\n"
+        "then --set. The log's `settings:` line says where each non-default setting came from;\n"
+        "`cellsynth config show` prints them all before a run. A rerun on the same directory\n"
+        "skips the stages already done with the same settings."))
+    r.add_argument("data", nargs="?", metavar="DATA.h5ad",
+                   help="the labelled atlas to learn (dataset.path; default: the demo atlas "
+                        "unless --config or --set dataset.path names one)")
+    r.add_argument("--label-key", metavar="KEY",
+                   help="obs column with the cell type (dataset.label_key; default: the "
+                        "config's, 'cell_type')")
+    r.add_argument("--config", metavar="FILE",
+                   help="TOML config file (default: none with DATA, else the embedded demo)")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (TOML syntax), repeatable")
-    r.add_argument("--out", help="run directory (default: runs/<config name>)")
-    r.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+                   help=_SET_HELP)
+    r.add_argument("--out", metavar="DIR",
+                   help="run directory (default: runs/<DATA's name>, else runs/<config's name>, "
+                        "else runs/demo)")
+    r.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     r.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo this stage (and the ones after it) even if done; repeatable")
+                   help="redo this stage (data, features, classifier, generator, experiments, "
+                        "explain, evaluation) and the ones after it even if done; repeatable "
+                        "(default: none)")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("download", help="download an Expression Atlas experiment's h5ad")
-    d.add_argument("accession", help="e.g. E-ANND-5")
-    d.add_argument("--cache-dir", default="~/.cache/cellsynth")
-    d.add_argument("--base-url", default="", help="mirror of the Expression Atlas sc_experiments folder")
-    d.add_argument("--force", action="store_true", help="download again even if cached")
-    d.add_argument("--quiet", action="store_true")
+    c = _command(sub, "config", "print settings: resolved, with defaults, sources and ranges", (
+        "`config show` resolves the settings exactly as `cellsynth run` would with the same\n"
+        "arguments and prints them as TOML, each line's comment giving where the value came\n"
+        "from (default, demo preset, config FILE, --set, argument), the default and what the\n"
+        "setting accepts (its range or choices). `config defaults` prints the package defaults."))
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cs = _command(csub, "show", "the settings a run would use", (
+        "Takes the arguments of `cellsynth run`; reads no data."))
+    cs.add_argument("data", nargs="?", metavar="DATA.h5ad",
+                    help="the atlas a run would learn (dataset.path; default: the demo atlas "
+                         "unless --config or --set dataset.path names one)")
+    cs.add_argument("--label-key", metavar="KEY",
+                    help="obs column with the cell type (dataset.label_key; default: the "
+                         "config's)")
+    cs.add_argument("--config", metavar="FILE",
+                    help="TOML config file (default: none with DATA, else the embedded demo)")
+    cs.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help=_SET_HELP)
+    _command(csub, "defaults", "the package defaults", (
+        "What every setting is when neither a config file nor --set changes it."))
+    c.set_defaults(func=cmd_config)
+
+    d = _command(sub, "download", "download an Expression Atlas experiment's h5ad", (
+        "Resumable (HTTP Range into a .part file), size-checked, renamed when complete; prints\n"
+        "the cached file's path."))
+    d.add_argument("accession", help="the experiment's accession, e.g. E-ANND-5")
+    d.add_argument("--cache-dir", default="~/.cache/cellsynth", metavar="DIR",
+                   help="where downloads are kept")
+    d.add_argument("--base-url", default="", metavar="URL",
+                   help="mirror of the Expression Atlas sc_experiments folder (default: the "
+                        "EBI's)")
+    d.add_argument("--force", action="store_true",
+                   help="download again even if cached (default: off)")
+    d.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     d.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("simulate", help="write a simulated atlas (chunked) to an h5ad")
-    s.add_argument("--cells", type=int, default=10_000)
-    s.add_argument("--genes", type=int, default=2_000)
-    s.add_argument("--types", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--label-key", default="celltype_annotation")
-    s.add_argument("--chunk-size", type=int, default=50_000)
-    s.add_argument("--out", required=True)
-    s.add_argument("--quiet", action="store_true")
+    s = _command(sub, "simulate", "write a simulated atlas (chunked) to an h5ad", (
+        "Negative binomial counts with per-type marker programs, written chunk by chunk, so\n"
+        "atlases larger than memory can be made for tests and benchmarks."))
+    s.add_argument("--cells", type=int, default=10_000, metavar="N", help="cells")
+    s.add_argument("--genes", type=int, default=2_000, metavar="N", help="genes")
+    s.add_argument("--types", type=int, default=20, metavar="N", help="cell types")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--label-key", default="celltype_annotation", metavar="KEY",
+                   help="obs column the cell types are written to")
+    s.add_argument("--chunk-size", type=int, default=50_000, metavar="N",
+                   help="cells generated and written at a time")
+    s.add_argument("--out", required=True, metavar="FILE", help="the h5ad file to write")
+    s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     s.set_defaults(func=cmd_simulate)
-    f = sub.add_parser("fit", help="fit a generator on an h5ad of raw counts")
-    f.add_argument("data")
-    f.add_argument("--label-key", required=True)
-    f.add_argument("--model", default="cvae", help="cvae, nb, seed or scvi")
-    f.add_argument("--out", required=True, help="model directory")
-    f.add_argument("--config", help="TOML config for the model's settings (e.g. [cvae])")
-    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--quiet", action="store_true")
+
+    f = _command(sub, "fit", "fit a generator on an h5ad of raw counts", (
+        "Fits one generator on every cell of DATA and saves it as a directory of plain files\n"
+        "(config.json, safetensors weights, labels and genes) for `cellsynth generate`. The\n"
+        "model's settings are the package defaults, then --config, then --set."))
+    f.add_argument("data", metavar="DATA.h5ad", help="labelled atlas of raw counts")
+    f.add_argument("--label-key", required=True, metavar="KEY",
+                   help="obs column with the cell type")
+    f.add_argument("--model", default="cvae",
+                   help="generator: cvae, nb, reference (the reference project's CVAE; "
+                        "'seed' is its old name) or scvi")
+    f.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    f.add_argument("--config", metavar="FILE",
+                   help="TOML config for the model's settings, e.g. its [cvae] section "
+                        "(default: the package defaults)")
+    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=_SET_HELP)
+    f.add_argument("--seed", type=int, default=0, help="random seed of the fit")
+    f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     f.set_defaults(func=cmd_fit)
 
-    g = sub.add_parser("generate", help="generate cells of chosen types from a saved generator")
-    g.add_argument("model_dir")
-    g.add_argument("--n-per-type", type=int, help="this many cells of every type")
-    g.add_argument("--types", help="'B cell=500,NK=200'")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", required=True, help="output .h5ad")
-    g.add_argument("--quiet", action="store_true")
+    g = _command(sub, "generate", "generate cells of chosen types from a saved generator", (
+        "Give exactly one of --n-per-type and --types. Writes counts (or PCA points for the\n"
+        "reference model) with the types in obs and provenance in uns['cellsynth']."))
+    g.add_argument("model_dir", help="a model directory written by `cellsynth fit` or a run's "
+                                     "generator/ directory")
+    g.add_argument("--n-per-type", type=int, metavar="N",
+                   help="this many cells of every type (default: none; or --types)")
+    g.add_argument("--types", metavar="'TYPE=N,...'",
+                   help="cells per named type, e.g. 'B cell=500,NK=200' (default: none; or "
+                        "--n-per-type)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    g.add_argument("--out", required=True, metavar="FILE", help="output .h5ad")
+    g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     g.set_defaults(func=cmd_generate)
 
-    e = sub.add_parser("evaluate", help="fidelity of synthetic cells against real ones, with the "
-                       "real-vs-real floor")
-    e.add_argument("--real", required=True)
-    e.add_argument("--synthetic", required=True)
-    e.add_argument("--label-key", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--quiet", action="store_true")
+    e = _command(sub, "evaluate", "fidelity of synthetic cells against real ones, with the "
+                 "real-vs-real floor", (
+                     "Two-sample AUC, MMD, energy, kNN precision/recall and gene statistics in a\n"
+                     "space fitted on the real cells, beside what two halves of the real cells\n"
+                     "score (the floor)."))
+    e.add_argument("--real", required=True, metavar="FILE", help="h5ad of real cells")
+    e.add_argument("--synthetic", required=True, metavar="FILE", help="h5ad of generated cells")
+    e.add_argument("--label-key", required=True, metavar="KEY",
+                   help="obs column with the cell type, in both files")
+    e.add_argument("--out", required=True, metavar="DIR", help="directory for fidelity.json")
+    e.add_argument("--seed", type=int, default=0, help="random seed of subsamples and the floor")
+    e.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("benchmark", help="generators side by side on datasets: fidelity, "
-                       "utility, the real-vs-real floor")
-    b.add_argument("--data", required=True, help="comma-separated .h5ad files or preset TOMLs")
-    b.add_argument("--models", default="cvae,nb,seed,scvi")
-    b.add_argument("--label-key", default=None, help="label column (default: the config's)")
-    b.add_argument("--config", help="TOML config for every dataset (default settings otherwise)")
-    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    b.add_argument("--out", required=True)
-    b.add_argument("--quiet", action="store_true")
+    b = _command(sub, "benchmark", "generators side by side on datasets: fidelity, utility, "
+                 "the real-vs-real floor", (
+                     "Each generator's results are kept per dataset and reused while its\n"
+                     "settings are unchanged; the page is written to OUT."))
+    b.add_argument("--data", required=True, metavar="LIST",
+                   help="comma-separated .h5ad files or preset TOMLs")
+    b.add_argument("--models", default="cvae,nb,seed,scvi", metavar="LIST",
+                   help="comma-separated generators")
+    b.add_argument("--label-key", default=None, metavar="KEY",
+                   help="label column (default: the config's)")
+    b.add_argument("--config", metavar="FILE",
+                   help="TOML config for every dataset (default: the package defaults)")
+    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=_SET_HELP)
+    b.add_argument("--out", required=True, metavar="DIR", help="benchmark directory")
+    b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     b.set_defaults(func=cmd_benchmark)
 
-    rp = sub.add_parser("report", help="write a self-contained HTML report of a run directory")
+    rp = _command(sub, "report", "write a self-contained HTML report of a run directory", (
+        "Reads only the run directory's files; no model is loaded."))
     rp.add_argument("run_dir", help="a run directory written by cellsynth run")
-    rp.add_argument("--out", help="HTML file (default: RUN_DIR/report.html)")
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--out", metavar="FILE", help="HTML file (default: RUN_DIR/report.html)")
+    rp.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     rp.set_defaults(func=cmd_report)
 
-    i = sub.add_parser("info", help="describe a run directory, a model directory or an h5ad")
-    i.add_argument("path")
-    i.add_argument("--json", action="store_true", help="print JSON")
+    i = _command(sub, "info", "describe a run directory, a model directory or an h5ad", (
+        "A run's stages and results, a model's kind, types and genes, or an h5ad's shape,\n"
+        "columns and where its counts are."))
+    i.add_argument("path", help="a run directory, a model directory or an .h5ad file")
+    i.add_argument("--json", action="store_true", help="print JSON (default: text)")
     i.set_defaults(func=cmd_info)
     return p
 

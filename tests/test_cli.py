@@ -1,0 +1,165 @@
+"""The command line a user reads: help on every option, where settings come from, ranges.
+
+No test here runs the pipeline: ``cellsynth run`` is checked up to the call of
+``pipeline.run``, which a stand-in records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+import types
+
+import pytest
+
+import cellsynth
+from cellsynth import cli, config
+from cellsynth.presets import demo_config_path
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "cellsynth"):
+    """Every parser under ``parser`` (itself included), with its command line name."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+PARSERS = dict(_parsers(cli.build_parser()))
+
+
+def test_the_commands_are_all_walked():
+    assert {"cellsynth run", "cellsynth fit", "cellsynth config show", "cellsynth config defaults",
+            "cellsynth benchmark", "cellsynth info"} <= set(PARSERS)
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_every_option_has_help_and_shows_its_default(name):
+    parser = PARSERS[name]
+    if name != "cellsynth":
+        assert parser.description and len(parser.description) > 40, f"{name}: no description"
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        assert action.help and action.help.strip(), f"{name} {action.dest}: no help"
+        optional = action.option_strings or action.nargs == "?"
+        if optional and not action.required and not isinstance(action, argparse._VersionAction):
+            shown = formatter._get_help_string(action) % {"default": action.default}
+            assert "default" in shown, f"{name} {action.dest}: the default is not shown"
+    parser.format_help()  # every %(default)s formats
+
+
+def test_a_default_is_shown_in_the_help_text():
+    text = " ".join(PARSERS["cellsynth simulate"].format_help().split())
+    assert "(default: 10000)" in text and "(default: celltype_annotation)" in text
+    assert "reference" in PARSERS["cellsynth fit"].format_help()
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch, tmp_path):
+    """``pipeline.run`` replaced by a recorder; the working directory is ``tmp_path``."""
+    calls: list[tuple[config.RunConfig, object]] = []
+
+    def run(cfg, out, *, progress=True, force=None):
+        calls.append((cfg, out))
+        return out / "results.md"
+
+    fake = types.SimpleNamespace(run=run)
+    monkeypatch.setitem(sys.modules, "cellsynth.pipeline", fake)
+    monkeypatch.setattr(cellsynth, "pipeline", fake, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return calls
+
+
+def test_run_without_arguments_is_the_demo_as_before(fake_pipeline, caplog):
+    with caplog.at_level("INFO", logger="cellsynth"):
+        assert cli.main(["run", "--quiet"]) == 0
+    (cfg, out), = fake_pipeline
+    assert str(out) == "runs/demo"
+    assert config.to_dict(cfg) == config.to_dict(config.load(demo_config_path()))
+    assert "qc.min_cells_per_gene=20 (demo preset)" in caplog.text
+
+
+def test_run_with_data_uses_the_package_defaults_not_the_demo(fake_pipeline, caplog):
+    with caplog.at_level("INFO", logger="cellsynth"):
+        assert cli.main(["run", "atlas/my.h5ad", "--label-key", "ct", "--quiet",
+                         "--set", "cvae.lr=0.01"]) == 0
+    (cfg, out), = fake_pipeline
+    assert str(out) == "runs/my"
+    assert (cfg.dataset.path, cfg.dataset.label_key, cfg.cvae.lr) == ("atlas/my.h5ad", "ct", 0.01)
+    defaults = config.RunConfig()
+    assert cfg.qc.min_cells_per_gene == defaults.qc.min_cells_per_gene != 20
+    assert cfg.generator.n_per_type_eval == defaults.generator.n_per_type_eval
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("settings:"))
+    assert line == ('settings: dataset.path="atlas/my.h5ad" (argument), '
+                    'dataset.label_key="ct" (argument), cvae.lr=0.01 (--set)')
+
+
+def test_run_with_data_through_set_also_uses_the_defaults(fake_pipeline):
+    assert cli.main(["run", "--quiet", "--set", "dataset.path=data/pbmc.h5ad"]) == 0
+    (cfg, out), = fake_pipeline
+    assert str(out) == "runs/pbmc" and cfg.dataset.path == "data/pbmc.h5ad"
+    assert config.to_dict(cfg) == config.to_dict(config.load(None, ["dataset.path=data/pbmc.h5ad"]))
+
+
+def test_run_with_a_config_names_the_directory_after_it(fake_pipeline, tmp_path, caplog):
+    (tmp_path / "mine.toml").write_text("[cvae]\nmax_epochs = 20\n")
+    with caplog.at_level("INFO", logger="cellsynth"):
+        assert cli.main(["run", "--quiet", "--config", "mine.toml"]) == 0
+    (cfg, out), = fake_pipeline
+    assert str(out) == "runs/mine" and cfg.cvae.max_epochs == 20
+    assert cfg.qc.min_cells_per_gene == 100  # a config file replaces the demo preset
+    assert "cvae.max_epochs=20 (config mine.toml)" in caplog.text
+
+
+def test_a_bad_setting_stops_run_before_the_pipeline(fake_pipeline, capsys):
+    assert cli.main(["run", "x.h5ad", "--quiet", "--set", "cvae.dropout_rate=1.5"]) == 2
+    assert not fake_pipeline
+    err = capsys.readouterr().err
+    assert "cvae.dropout_rate must be in [0, 1), got 1.5" in err
+
+
+def _show(capsys, *argv: str) -> str:
+    assert cli.main(["config", "show", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_config_show_is_the_resolved_settings_as_toml(capsys):
+    text = _show(capsys, "my.h5ad", "--label-key", "ct", "--set", "cvae.n_latent=8")
+    cfg, _ = config.resolve("my.h5ad", "ct", None, ["cvae.n_latent=8"])
+    assert tomllib.loads(text) == config.to_dict(cfg)  # the comments are TOML comments
+    lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
+    assert lines["path"].endswith('# argument (default ""); str')
+    assert "# --set (default 32); int in [1, inf)" in next(
+        v for v in text.splitlines() if v.startswith("n_latent = 8"))
+    assert "min_cells_per_gene = 100" in text and "demo preset" not in text
+    assert "dropout_rate = 0.1" in text and "float in [0, 1)" in text
+    assert "int in [0, 2**63)" in lines["seed"]
+    assert 'one of "cvae", "nb", "reference", "scvi"' in lines["model"]
+
+
+def test_config_show_without_data_is_the_demo_preset(capsys):
+    text = _show(capsys)
+    assert "min_cells_per_gene = 20" in text and "# demo preset (default 100)" in text
+
+
+def test_config_defaults_prints_every_setting_at_its_default(capsys):
+    assert cli.main(["config", "defaults"]) == 0
+    text = capsys.readouterr().out
+    assert tomllib.loads(text) == config.to_dict(config.RunConfig())
+    assert all(line.split("# ")[1].startswith("default;")
+               for line in text.splitlines() if " = " in line)
+
+
+def test_config_show_refuses_a_value_out_of_range(capsys):
+    assert cli.main(["config", "show", "--set", "cvae.batch_size=0"]) == 2
+    assert "cvae.batch_size must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_config_show_maps_the_old_model_name_with_a_warning(capsys):
+    assert cli.main(["config", "show", "--set", "generator.model=seed"]) == 0
+    out, err = capsys.readouterr()
+    assert 'model = "reference"' in out and "renamed 'reference'" in err
