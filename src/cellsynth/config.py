@@ -37,9 +37,9 @@ _INF = float("inf")
 def canonical_model(name: str) -> str:
     """The generator's name now: ``"seed"`` -> ``"reference"`` (logged as renamed)."""
     if name in MODEL_ALIASES:
-        logger.warning("generator %r was renamed %r (it read like the --seed option); "
-                       "write generator.model = %r / --model %s", name, MODEL_ALIASES[name],
-                       MODEL_ALIASES[name], MODEL_ALIASES[name])
+        logger.warning("the generator %r was renamed %r (the old name read like the seed "
+                       "setting); write generator.model = \"%s\" or --model %s", name,
+                       MODEL_ALIASES[name], MODEL_ALIASES[name], MODEL_ALIASES[name])
         return MODEL_ALIASES[name]
     return name
 
