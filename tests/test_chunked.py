@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import keys as K
 from cellsynth import config
+from cellsynth import keys as K
 from cellsynth.data import io
 from cellsynth.data.chunked import PreprocessedStore, preprocess_backed
 from cellsynth.data.qc import preprocess

@@ -441,8 +441,8 @@ def test_early_stopping_waits_for_min_steps():
 def test_min_improvement_stops_a_loss_that_only_creeps_down():
     """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
     budget: ``cvae.min_improvement`` counts such epochs as no improvement."""
-    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
+    from cellsynth.runtime import hashed_settings
 
     def run(**stop) -> dict:
         creeping = (1000.0 * (1 - 0.0003 * e) for e in range(100))  # -0.03% an epoch
@@ -460,9 +460,9 @@ def test_min_improvement_stops_a_loss_that_only_creeps_down():
 def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
     """``cvae.kl_weight`` is where the KL warm-up ends; at 1 (the behaviour before the setting)
     it is left out of the settings hash, so results kept before it still match."""
-    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
     from cellsynth.errors import ConfigError
+    from cellsynth.runtime import hashed_settings
 
     def weights(**kl) -> list[float]:
         seen: list[float] = []
@@ -646,8 +646,8 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     """``cvae.select``: "fidelity" checks generated against validation cells every few epochs
     (an AUC in [0, 1]) and keeps the best checked epoch; "elbo" monitors the validation loss
     every epoch. Adding the setting keeps the hashes of results kept before it (as "elbo")."""
-    from cellsynth.runtime import hashed_settings
     from cellsynth.config import load
+    from cellsynth.runtime import hashed_settings
 
     adata = simulated_counts(n_per_type=100)
     config = tiny_config(select=select, max_epochs=6, min_steps=0, patience=50, batch_size=16)

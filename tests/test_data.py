@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellsynth import keys as K
 from cellsynth import config
+from cellsynth import keys as K
 from cellsynth.data.groups import load_groups
 from cellsynth.data.io import find_counts, read
 from cellsynth.data.qc import normalise_log1p, preprocess, sparse_variance

@@ -92,8 +92,8 @@ def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatc
     monkeypatch.setattr(pca_mod, "_BLOCK_ROWS", 64)  # several blocks, the same in both paths
     m = fit_pca(pre.X[train], labels[train], genes, cfg.features, seed=1)
     with PreprocessedStore(out) as store:
-        mb = pca_mod.fit_pca_backed(store.normalised, labels[train], genes, cfg.features,
-                                    seed=1, rows=np.flatnonzero(train), cache_bytes=cache_bytes)
+        mb = fit_pca(store.normalised, labels[train], genes, cfg.features, seed=1,
+                     rows=np.flatnonzero(train), cache_bytes=cache_bytes)
         assert np.array_equal(mb.components, m.components)
         assert np.array_equal(mb.explained_variance, m.explained_variance)
         z = m.transform(pre.X, chunk_size=300)

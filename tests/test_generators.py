@@ -1,4 +1,4 @@
-"""The count-space generators ``nb``, ``seed`` and ``scvi`` and the registry that names them.
+"""The count-space generators ``nb``, ``reference`` and ``scvi`` and the registry that names them.
 
 Each model is fitted once (one quick epoch) on 400 real PBMC cells x 300 genes, then sampled,
 saved, reloaded and tampered with. ``scvi`` tests skip when scvi-tools is not installed.
@@ -42,7 +42,7 @@ def small(kang_path: Path) -> ad.AnnData:
 def _build(name: str):
     if name == "nb":
         return NegBinBaseline()
-    if name == "seed":
+    if name == "reference":
         tiny = SeedVAEConfig(
             n_embed=4, n_hidden=[32], n_latent=4, max_epochs=1, batch_size=64, device="cpu"
         )
@@ -53,7 +53,7 @@ def _build(name: str):
     return ScviGenerator(ScviConfig(n_hidden=16, n_latent=4, max_epochs=1, batch_size=128))
 
 
-@pytest.fixture(scope="module", params=["nb", "seed", "scvi"])
+@pytest.fixture(scope="module", params=["nb", "reference", "scvi"])
 def fitted(request, small):
     model = _build(request.param)
     history = model.fit(small, LABEL, seed=0, progress=False)
@@ -226,7 +226,7 @@ def test_seed_needs_validation_rows(small):
     a = small.copy()
     a.obs[K.SPLIT] = "train"
     with pytest.raises(DataError, match="validation"):
-        _build("seed").fit(a, LABEL, seed=0, progress=False)
+        _build("reference").fit(a, LABEL, seed=0, progress=False)
 
 
 def test_fit_rejects_normalised_data(small):
@@ -249,9 +249,10 @@ def test_scvi_missing_says_how_to_install(monkeypatch):
 
 
 def test_registry_names_and_classes():
-    assert set(GENERATORS) == {"cvae", "nb", "seed", "scvi"}
+    assert set(GENERATORS) == {"cvae", "nb", "reference", "scvi"}
     assert get_generator("nb") is NegBinBaseline
-    assert get_generator("seed") is SeedGenerator
+    assert get_generator("reference") is SeedGenerator
+    assert get_generator("seed") is SeedGenerator  # the old name, with a warning
     with pytest.raises(ConfigError, match="nb"):
         get_generator("gan")
 
@@ -262,7 +263,7 @@ def test_make_generator_uses_config_sections():
     cfg.features.n_components = 13
     cfg.scvi.n_latent = 3
     cfg.cvae.n_latent = 5
-    seed = make_generator("seed", cfg)
+    seed = make_generator("reference", cfg)
     assert seed.config.n_latent == 7 and seed.features.n_components == 13
     assert isinstance(make_generator("nb", cfg), NegBinBaseline)
     assert make_generator("scvi", cfg).config.n_latent == 3

@@ -83,7 +83,7 @@ def test_real_data_preset(tmp_path, kang_path, monkeypatch):
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert summary["a"]["fine"]["f1_macro"] > 0.8  # five PBMC types are easy to tell apart
     syn = ad.read_h5ad(tmp_path / "synthetic" / "eval.h5ad")
-    assert syn.uns["cellsynth"]["model"] == "seed"  # the preset runs the reference CVAE
+    assert syn.uns["cellsynth"]["model"] == "reference"  # the preset runs the reference CVAE
     groups = json.loads((tmp_path / "data" / "groups.json").read_text())
     assert groups["CD4 T cells"] == "T cells"
 

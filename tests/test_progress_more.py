@@ -17,9 +17,9 @@ import pytest
 import scipy.sparse as sp
 
 from cellsynth import keys as K
-from cellsynth.runtime import Manifest, ResumePlan
 from cellsynth.cli import main
 from cellsynth.config import ClassifierConfig, FeaturesConfig, RunConfig
+from cellsynth.runtime import Manifest, ResumePlan
 
 BAR = re.compile(r"\d+%\|")  # tqdm's "  40%|####  |"
 TIMED = r"\d+(\.\d+)? s \(peak RSS \d+ MB\)"

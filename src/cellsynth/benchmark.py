@@ -21,8 +21,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .runtime import hashed_settings, peak_rss_mb, write_json
-from .seeds import derive_seed
 from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
@@ -30,6 +28,8 @@ from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
 from .models.registry import make_generator
+from .runtime import hashed_settings, peak_rss_mb, write_json
+from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
 
 #: the config section of each generator (its results depend on it, on the data, QC, split and
 #: classifier settings, and on the seed)
-MODEL_SECTIONS = {"cvae": "cvae", "seed": "seed_vae", "scvi": "scvi", "nb": None}
+MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "scvi": "scvi",
+                  "nb": None}  # "seed": the reference's old name, which kept results carry
 
 
 def model_key(cfg: RunConfig, name: str) -> str:

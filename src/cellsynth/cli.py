@@ -146,19 +146,12 @@ def _parse_types(text: str) -> dict[str, int]:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from . import config
-    from .data.io import check_label, read
-    from .models.registry import make_generator
+    from .pipeline import fit_model
 
     _setup_logging(args.quiet)
     cfg = config.load(args.config, [*args.set, f"generator.model='{args.model}'"])
-    adata = read(args.data)
-    check_label(adata, args.label_key)
-    if adata.isbacked:
-        adata = adata.to_memory()
-    gen = make_generator(args.model, cfg)
-    history = gen.fit(adata, args.label_key, seed=args.seed, progress=_progress(args))
-    gen.save(args.out)
-    config.save(cfg, Path(args.out) / "run_config.toml")
+    gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
+                             seed=args.seed, progress=_progress(args))
     print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
           f"{history.get('epochs', '-')} epochs)")
     return 0

@@ -190,7 +190,7 @@ class NormalisedRows:
     """Rows of a :class:`PreprocessedStore` as ``preprocess`` gives ``X``: normalised when read.
 
     Sliceable like a matrix (``rows[a:b]``, ``rows[sorted_positions]``) with a ``shape``, so
-    :meth:`cellsynth.features.pca.PCAModel.transform` and ``fit_pca_backed`` read it in chunks.
+    :meth:`cellsynth.features.pca.PCAModel.transform` and ``fit_pca`` read it in chunks.
     """
 
     def __init__(self, store: PreprocessedStore):

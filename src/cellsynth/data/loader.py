@@ -187,6 +187,17 @@ class BlockLoader:
         for pos, block in self.x.chunks(chunk_size, self.rows):
             yield block, self.codes_np[pos], self.library_np[pos]
 
+    def type_sums(self, n_labels: int, *, target_sum: float | None = None) -> dict[str, np.ndarray]:
+        """Per-type sums over every cell in one sequential pass (:func:`type_sums`)."""
+        return type_sums(self, n_labels, target_sum=target_sum)
+
+    def digest(self) -> tuple[np.ndarray, ...]:
+        """What identifies the cells for a training checkpoint: stored values per row (when the
+        store has a row pointer), library sizes and type codes."""
+        indptr = getattr(self.x, "indptr", None)
+        nnz = () if indptr is None else (indptr[self.rows + 1] - indptr[self.rows],)
+        return (*nnz, self.library_np, self.codes_np)
+
     # ------------------------------------------------------------------------------------------
 
     def _library(self) -> np.ndarray:

@@ -25,8 +25,8 @@ import scipy.sparse as sp
 from anndata.io import write_elem
 from tqdm.auto import tqdm
 
-from ..keys import MITO, N_GENES
 from ..errors import ConfigError
+from ..keys import MITO, N_GENES
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)

@@ -137,6 +137,44 @@ class RowStore:
             yield slice(lo, hi), block
 
 
+class MatrixRows:
+    """A matrix in memory (CSR or dense) read by rows as :class:`~cellsynth.data.store.RowStore`
+    reads one on disk."""
+
+    def __init__(self, x: sp.csr_matrix | np.ndarray):
+        self.x = x
+        self.shape = x.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def indptr(self) -> np.ndarray | None:
+        """The CSR row pointer (None for a dense matrix)."""
+        return getattr(self.x, "indptr", None)
+
+    def rows(self, start: int, stop: int):
+        return self.x[start:stop]
+
+    def take(self, rows: np.ndarray):
+        return self.x[np.asarray(rows, dtype=np.int64)]
+
+    def __getitem__(self, key: slice | np.ndarray):
+        return self.x[key]
+
+    def subset(self, rows: np.ndarray) -> MatrixRows:
+        """The rows ``rows`` alone (e.g. one split)."""
+        return MatrixRows(self.x[np.asarray(rows, dtype=np.int64)])
+
+    def chunks(self, chunk_size: int, rows: np.ndarray | None = None, *, progress: bool = False,
+               desc: str = "rows") -> Iterator[tuple[slice, sp.csr_matrix]]:  # fmt: skip
+        """``(positions, block)`` of ``chunk_size`` rows at a time, as ``RowStore.chunks``."""
+        rows = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), chunk_size):
+            sl = slice(start, min(start + chunk_size, len(rows)))
+            yield sl, sp.csr_matrix(self.x[rows[sl]], dtype=np.float32)
+
+
 def _runs(rows: np.ndarray) -> Iterator[np.ndarray]:
     """Split sorted positions into runs read at once: gaps up to ``_GAP``, spans up to ``_MAX_SPAN``."""
     cuts = np.flatnonzero(np.diff(rows) > _GAP) + 1

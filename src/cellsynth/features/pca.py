@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..config import FeaturesConfig
 from ..data.qc import GeneMoments
 from ..data.split import balanced_subsample
+from ..data.store import MatrixRows
 from ..errors import ModelFileError
 
 logger = logging.getLogger(__name__)
@@ -218,36 +219,28 @@ def _randomized(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int,
     return vt[:k], (s[:k] ** 2) / max(n - 1, 1)
 
 
-def fit_pca(x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
-            progress: bool = False) -> PCAModel:
-    """Fit PCA on at most ``cfg.max_cells_per_class`` training cells of each class.
-
-    The number of components is clamped to what the subsample allows, with a warning.
-    ``progress`` shows a tqdm bar over the row blocks of every pass (on stderr): 2 passes for the
-    exact method, 6 for the randomized SVD.
-    """
-    idx = balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)
-    xs = x[idx]
-
-    def blocks():
-        for start in range(0, xs.shape[0], _BLOCK_ROWS):
-            yield _as_float64(xs[start : start + _BLOCK_ROWS])
-    return _fit(blocks, xs.shape[0], xs.shape[1], genes, cfg, seed, progress)
-
-
-def fit_pca_backed(
+def fit_pca(
     x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
     rows: np.ndarray | None = None, cache_bytes: int = 1 << 30, progress: bool = False,
 ) -> PCAModel:  # fmt: skip
-    """:func:`fit_pca` on cells read from disk: the same subsample, blocks and result.
+    """Fit PCA on at most ``cfg.max_cells_per_class`` cells of each class of ``labels``.
+
+    The number of components is clamped to what the subsample allows, with a warning.
 
     Parameters
     ----------
     x
-        Rows readable by sorted positions, ``x.take(positions)`` (sparse), with a ``shape``:
-        e.g. ``PreprocessedStore.normalised``, which normalises them as they are read.
+        The cells: a matrix in memory (sparse or dense), or rows readable by sorted positions
+        with ``take(positions)`` and a ``shape``, e.g. ``Cells.normalised`` of cells on disk,
+        normalised as they are read. Either way the subsample is read a block at a time.
     labels
         Labels of the cells ``rows`` (default: every row of ``x``), e.g. the training cells.
+    genes
+        Gene names, one per column.
+    cfg
+        ``n_components``, ``max_cells_per_class`` and ``scale``.
+    seed
+        Seeds the subsample and the randomized SVD.
     rows
         Sorted positions in ``x`` of the cells ``labels`` describes.
     cache_bytes
@@ -256,6 +249,8 @@ def fit_pca_backed(
     progress
         Show a tqdm bar over the row blocks of every pass (on stderr).
     """
+    if isinstance(x, np.ndarray) or sp.issparse(x):
+        x = MatrixRows(x)
     rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(rows) != len(labels) or np.any(np.diff(rows) <= 0):
         raise ValueError("rows must be sorted, unique positions, one per label")

@@ -35,9 +35,9 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ..seeds import derive_seed
 from ..data.qc import normalise_log1p
 from ..errors import DataError
+from ..seeds import derive_seed
 from .space import EvalSpace, as_csr
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ import scipy.sparse as sp
 
 from ..config import FeaturesConfig
 from ..data.qc import normalise_log1p
+from ..data.store import MatrixRows
 from ..errors import DataError
-from ..features.pca import PCAModel, fit_pca_backed
+from ..features.pca import PCAModel, fit_pca
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def fit_space(
     """
     x = real_train_counts
     if sp.issparse(x) or isinstance(x, np.ndarray) or not hasattr(x, "take"):  # in memory
-        x = _InMemory(as_csr(x))
+        x = MatrixRows(as_csr(x))
     rows = np.arange(x.shape[0]) if rows is None else rows
     rows = np.asarray(rows, dtype=np.int64)
     labels = np.asarray(labels).astype(str)
@@ -202,22 +203,12 @@ def fit_space(
     hvg = np.sort(order[:n_hvg])
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
-    pca = fit_pca_backed(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed,
-                         rows=rows, progress=progress)
+    pca = fit_pca(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed, rows=rows,
+                  progress=progress)
     logger.info("evaluation space: %d cells, %d of %d genes as HVGs, %d PCs (%.1f%% variance)",
                 len(rows), n_hvg, x.shape[1], pca.n_components,
                 100 * float(pca.explained_variance_ratio.sum()))
     return EvalSpace([str(g) for g in genes], hvg, pca, float(target_sum))
-
-
-class _InMemory:
-    """A CSR matrix behind the ``take(rows)`` / ``shape`` of a store."""
-
-    def __init__(self, x: sp.csr_matrix):
-        self.x, self.shape = x, x.shape
-
-    def take(self, rows: np.ndarray) -> sp.csr_matrix:
-        return self.x[rows]
 
 
 class _HVGs:

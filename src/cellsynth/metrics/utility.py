@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..seeds import derive_seed
 from ..classify.xgb import train_classifier
 from ..config import ClassifierConfig
 from ..errors import DataError
+from ..seeds import derive_seed
 from .classification import classification_report, summary_row
 from .space import EvalSpace
 

@@ -1,7 +1,7 @@
 """Count data for the count-space CVAE: mini-batches, the data-based start, the latent mixture.
 
-:class:`Rows` serves CSR counts as dense mini-batches on a device (gathered on the GPU when the
-CSR arrays fit there, else densified on the host one batch at a time); the rest are the
+:class:`~cellsynth.data.rows.Rows` (in memory) and
+:class:`~cellsynth.data.loader.BlockLoader` (on disk) serve the mini-batches; these are the
 functions :class:`~cellsynth.models.cvae.CVAE` and the distributed fit share: one epoch's
 mini-batch order, the mean loss over rows, the decoder's and library model's start from the
 data, and what sampling needs fitted after training (the per-type latent mixture and,
@@ -19,6 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), named here too
+from ..data.rows import csr_type_sums
+from ..data.rows import library_sizes as library_sizes
 from . import _training as tr
 from .modules.cvae import CVAEModule
 
@@ -27,100 +30,6 @@ logger = logging.getLogger(__name__)
 TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
 MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
 MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
-
-
-class Rows:
-    """Cells (CSR counts, type codes, library sizes) served as dense mini-batches on a device.
-
-    On CUDA, when the CSR arrays fit in a quarter of the free GPU memory, they are copied there
-    once and every mini-batch is gathered and densified on the GPU; otherwise (and on the CPU)
-    the rows are sliced with scipy, densified on the host and copied over.
-
-    Parameters
-    ----------
-    counts
-        Raw counts, CSR ``(n, n_genes)``.
-    codes
-        Integer type code per row, ``(n,)``.
-    device
-        Where the batches go.
-    gather
-        Force (True) or forbid (False) gathering from device-resident CSR; ``None`` decides.
-    """
-
-    def __init__(
-        self,
-        counts: sp.csr_matrix,
-        codes: np.ndarray,
-        device: torch.device,
-        gather: bool | None = None,
-    ) -> None:
-        self.counts = counts
-        self.n_genes = counts.shape[1]
-        self.device = device
-        self.library_np = library_sizes(counts)  # (n,)
-        self.codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
-        self.library = torch.from_numpy(self.library_np).to(device)
-        if gather is None:
-            gather = device.type == "cuda" and fits_on_device(counts, device)
-        self.on_device = bool(gather)
-        if self.on_device:
-            self.indptr = torch.from_numpy(counts.indptr.astype(np.int64)).to(device)
-            self.indices = torch.from_numpy(counts.indices.astype(np.int32)).to(device)
-            self.data = torch.from_numpy(counts.data.astype(np.float32)).to(device)
-
-    def __len__(self) -> int:
-        return self.counts.shape[0]
-
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Counts ``(B, n_genes)``, codes ``(B,)`` and libraries ``(B,)`` of rows ``idx``."""
-        idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.device)
-        if self.on_device:
-            total = int((self.counts.indptr[idx + 1] - self.counts.indptr[idx]).sum())
-            x = gather_rows(self.indptr, self.indices, self.data, idx_t, total, self.n_genes)
-        else:
-            x = torch.from_numpy(self.counts[idx].toarray())
-            if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-        return x, self.codes[idx_t], self.library[idx_t]
-
-
-def gather_rows(
-    indptr: torch.Tensor,
-    indices: torch.Tensor,
-    data: torch.Tensor,
-    idx: torch.Tensor,
-    total: int,
-    n_cols: int,
-) -> torch.Tensor:
-    """Rows ``idx`` of a CSR matrix (its three arrays, on one device) as a dense ``(B, n_cols)``.
-
-    ``total`` is the number of stored values in those rows (known on the host, so the GPU is
-    never synchronised).
-    """
-    start = indptr[idx]  # (B,)
-    length = indptr[idx + 1] - start  # (B,)
-    row = torch.repeat_interleave(
-        torch.arange(len(idx), device=idx.device), length, output_size=total
-    )  # (total,)
-    first = torch.cumsum(length, 0) - length  # (B,) position of each row's first value
-    pos = torch.arange(total, device=idx.device) + torch.repeat_interleave(
-        start - first, length, output_size=total
-    )  # (total,) positions in indices/data
-    out = torch.zeros((len(idx), n_cols), dtype=data.dtype, device=data.device)
-    out[row, indices[pos]] = data[pos]
-    return out
-
-
-def fits_on_device(counts: sp.csr_matrix, device: torch.device) -> bool:
-    """Whether the CSR arrays take under a quarter of the device's free memory."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return counts.nnz * 8 + counts.shape[0] * 8 < free // 4
-
-
-def library_sizes(counts: sp.csr_matrix) -> np.ndarray:
-    """Total counts per row as float32, at least 1 (``log`` stays finite for empty cells)."""
-    return np.maximum(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel(), 1.0)
 
 
 def epoch_batches(
@@ -262,28 +171,9 @@ def initial_decoder(
     around ``library * share_type``). Gaussian: the mean and within-type sd of
     ``log1p(x / library * 1e4)``.
     """
-    n_labels, n_genes = module.n_labels, module.n_input
-    if module.likelihood == "gaussian":
-        x = sp.csr_matrix(sp.diags(TARGET_SUM / library) @ counts, dtype=np.float64)
-        x.data = np.log1p(x.data)
-    else:
-        x = sp.csr_matrix(counts, dtype=np.float64)
-    lib = library.astype(np.float64)
-    s1 = np.zeros((n_labels, n_genes))  # per type: sum x, sum x^2, sum l x
-    s2 = np.zeros((n_labels, n_genes))
-    slx = np.zeros((n_labels, n_genes))
-    n = np.bincount(codes, minlength=n_labels).astype(np.float64)
-    sl = np.bincount(codes, weights=lib, minlength=n_labels)
-    sl2 = np.bincount(codes, weights=lib**2, minlength=n_labels)
-    for t in range(n_labels):
-        rows = x[np.flatnonzero(codes == t)]
-        s1[t] = np.asarray(rows.sum(axis=0)).ravel()
-        s2[t] = np.asarray(rows.multiply(rows).sum(axis=0)).ravel()
-        slx[t] = rows.T @ lib[codes == t]
-    return decoder_from_sums(
-        {"n": n, "sum_l": sl, "sum_l2": sl2, "sum_x": s1, "sum_x2": s2, "sum_lx": slx},
-        module, lib_total=lib.sum(),
-    )
+    target = TARGET_SUM if module.likelihood == "gaussian" else None
+    return decoder_from_sums(csr_type_sums(counts, codes, library, module.n_labels,
+                                           target_sum=target), module)  # fmt: skip
 
 
 def decoder_from_sums(
@@ -293,13 +183,14 @@ def decoder_from_sums(
 
     Out of core the sums come from one sequential pass over the cells on disk
     (``type_sums(loader, n_labels, target_sum=TARGET_SUM if gaussian else None)``).
-    ``lib_total`` is the sum of every library size (default ``sums["sum_l"].sum()``).
+    ``lib_total`` is the sum of every library size (default ``sums["lib_total"]`` when the sums
+    hold it, else ``sums["sum_l"].sum()``).
     """
     n_labels = module.n_labels
     n, sl, sl2 = sums["n"], sums["sum_l"], sums["sum_l2"]
     s1, s2, slx = sums["sum_x"], sums["sum_x2"], sums["sum_lx"]
     if lib_total is None:
-        lib_total = float(sl.sum())
+        lib_total = sums.get("lib_total", float(sl.sum()))
     if module.likelihood == "gaussian":
         mean = s1 / np.maximum(n, 1)[:, None]
         within = s2 - n[:, None] * mean**2  # per type sum of squared deviations

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..seeds import derive_seed
 from ..data.split import stratified_subsample
 from ..metrics.fidelity import c2st_auc
 from ..metrics.space import fit_space
+from ..seeds import derive_seed
 
 CHECK_CELLS = 2_000  # validation cells a check compares with, at most (a stratified subsample)
 SPACE_CELLS_PER_TYPE = 500  # training cells per type the check's space is fitted on, at most

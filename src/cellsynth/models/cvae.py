@@ -28,24 +28,26 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .. import keys as K
+from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
+from ..data.io import check_label
+from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError
 from . import _loop
 from . import _training as tr
 from ._counts import (
     MIXTURE_MAX_CELLS,
     TARGET_SUM,
-    Rows,
     decoder_from_sums,
     epoch_batches,
     fit_sampler,
-    initial_decoder,
     library_model,
     mean_loss,
 )
 from ._draws import nb_csr
 from ._select import MIN_CHECK_CELLS, FidelityCheck, check_every
-from .base import check_genes, fit_labels, request, split_masks, synthetic_adata, training_counts
+from .base import check_genes, fit_labels, request, synthetic_adata, training_counts
 from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
@@ -96,8 +98,11 @@ class CVAE:
         self.module: CVAEModule | None = None
         self.adata = adata
         if adata is not None:
-            train, _ = split_masks(adata, seed=0)
-            self.labels = sorted(set(fit_labels(adata, label_key)[train]))
+            check_label(adata, label_key)
+            labels = adata.obs[label_key]
+            if K.SPLIT in adata.obs:
+                labels = labels[(adata.obs[K.SPLIT].astype(str) == "train").to_numpy()]
+            self.labels = sorted(set(labels.dropna().astype(str)))
             self.genes = list(map(str, adata.var_names))
             self.module = self._build_module()
 
@@ -139,34 +144,82 @@ class CVAE:
     # ------------------------------------------------------------------------------------------
     # training
 
-    def train(self, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-        """Fit on the AnnData given at construction; see :meth:`fit`."""
+    def train(
+        self,
+        max_epochs: int | Literal["auto"] | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        **settings: Any,
+    ) -> dict[str, Any]:
+        """Train on the AnnData given at construction (scvi-tools' habit); see :meth:`fit`.
+
+        Parameters
+        ----------
+        max_epochs
+            Most epochs (``"auto"``: about 10,000 optimiser steps, at most 400 epochs); the
+            kept epoch is chosen by ``config.select``.
+        batch_size
+            Cells per mini-batch.
+        lr
+            AdamW learning rate.
+        seed
+            Seeds weight initialisation, dropout, mini-batch order and the latent noise.
+        progress
+            Show a progress bar over epochs.
+        **settings
+            Any other :class:`~cellsynth.config.CVAEConfig` field, e.g. ``patience=5``,
+            ``select="elbo"``, ``device="cuda"``.
+
+        Returns
+        -------
+        The training history (see :meth:`fit`).
+        """
         if self.adata is None:
             raise DataError(
                 "CVAE() was built without data; use CVAE(adata).train() or fit(adata, ...)"
             )
+        given = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, **settings}
+        self.configure(**{k: v for k, v in given.items() if v is not None})
         return self.fit(self.adata, self.label_key, seed=seed, progress=progress)
+
+    def configure(self, **settings: Any) -> CVAE:
+        """Change settings of :attr:`config` (checked as a config file's are); returns self."""
+        names = {f.name for f in dataclasses.fields(CVAEConfig)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ConfigError(f"unknown CVAE setting(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join(sorted(names))}")  # fmt: skip
+        config = from_dict(CVAEConfig, {**dataclasses.asdict(self.config), **settings})
+        self.config = config.validate()
+        self.device = tr.resolve_device(self.config.device)
+        return self
 
     def fit(
         self,
-        adata: ad.AnnData,
-        label_key: str,
+        data: ad.AnnData | Cells | str | Path,
+        label_key: str | None = None,
         *,
         seed: int = 0,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_key: str = "",
     ) -> dict[str, Any]:
-        """Train from freshly initialised weights; keep the weights of the best validation epoch.
+        """Train from freshly initialised weights; keep the weights of the chosen epoch.
 
         Parameters
         ----------
-        adata
-            Raw counts and labels; training and validation rows come from
-            ``obs['cellsynth_split']`` when present, else a seeded 10% validation cut.
+        data
+            Raw counts and labels: an AnnData, an h5ad path (read from disk when larger than
+            2 GB), or :class:`~cellsynth.cells.Cells` (in memory or on disk: the pipeline's
+            cells). Training and validation cells come from ``obs['cellsynth_split']`` when
+            present, else a seeded 10% validation cut; test cells are never read.
         label_key
-            ``obs`` column holding the cell type; the model's labels are the sorted types of the
-            training rows (validation cells of other types are dropped).
+            ``obs`` column holding the cell type (default: the model's, or the cells'); the
+            model's labels are the sorted types of the training cells (validation cells of
+            other types are dropped).
         seed
             Seeds weight initialisation, dropout, mini-batch order and the latent noise.
         progress
@@ -188,47 +241,60 @@ class CVAE:
         two-sample AUC at checked epochs and None between), ``select``, ``best_epoch``,
         ``epochs``, ``seconds`` and ``cells_per_second`` (training), and ``resumed_from`` (the
         epoch training went on from) after a resume.
+
+        Notes
+        -----
+        Cells in memory are served by :class:`~cellsynth.data.rows.Rows` (gathered on the GPU
+        when they fit); cells on disk by a :class:`~cellsynth.data.loader.BlockLoader`
+        (contiguous blocks shuffled, rows shuffled within a buffer; memory holds one read-ahead
+        buffer, one mini-batch and a few numbers per cell). ``select = "fidelity"`` needs the
+        validation cells in memory; cells on disk are selected by the validation ELBO.
         """
         c = self.config
-        counts = training_counts(adata)  # (n_cells, n_genes) CSR float32
-        y_all = fit_labels(adata, label_key)
-        train_mask, val_mask = split_masks(adata, seed=seed)
-        if not train_mask.any():
+        if isinstance(data, Cells):
+            cells = data
+        else:
+            cells = for_training(data, label_key or self.label_key, seed=seed)
+        if not cells.has_counts:
+            raise DataError("the CVAE needs raw counts, but these cells hold normalised values; "
+                            "give the unnormalised file")  # fmt: skip
+        self.label_key = cells.label_key
+        y_all = cells.labels()
+        rows = cells.split_rows()
+        if not len(rows["train"]):
             raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
-        self.label_key = label_key
-        self.labels = sorted(set(y_all[train_mask]))
-        self.genes = list(map(str, adata.var_names))
-        yt, _ = tr.encode_labels(
-            y_all[train_mask], self.labels, "training", int(train_mask.sum()), drop_unknown=False
-        )
-        yv, keep = tr.encode_labels(
-            y_all[val_mask], self.labels, "validation", int(val_mask.sum()), drop_unknown=True
-        )
-        train = Rows(counts[np.flatnonzero(train_mask)], yt, self.device)
-        val = Rows(counts[np.flatnonzero(val_mask)[keep]], yv, self.device)
+        self.labels = sorted(set(y_all[rows["train"]]))
+        self.genes = list(cells.genes)
+        yt, _ = tr.encode_labels(y_all[rows["train"]], self.labels, "training",
+                                 len(rows["train"]), drop_unknown=False)  # fmt: skip
+        yv, keep = tr.encode_labels(y_all[rows["val"]], self.labels, "validation",
+                                    len(rows["val"]), drop_unknown=True)  # fmt: skip
+        train = cells.loader(rows["train"], yt, batch_size=c.batch_size, device=self.device,
+                             seed=seed)  # fmt: skip
+        val = cells.loader(rows["val"][keep], yv, batch_size=4 * c.batch_size,
+                           device=self.device, seed=seed, shuffle=False)  # fmt: skip
         if len(val) == 0:
             logger.warning("no validation cells; early stopping monitors the training loss")
-        logger.info(
-            "CVAE: %d training and %d validation cells, %d genes, %d types on %s (%s batches)",
-            len(train),
-            len(val),
-            len(self.genes),
-            len(self.labels),
-            self.device,
-            "GPU-gathered" if train.on_device else "host-densified",
-        )
+        logger.info("CVAE: %d training and %d validation cells, %d genes, %d types on %s (%s)",
+                    len(train), len(val), len(self.genes), len(self.labels), self.device,
+                    "read from disk" if cells.on_disk
+                    else "GPU-gathered" if train.on_device else "host-densified")  # fmt: skip
 
         generator = tr.seed_everything(seed)
         self.module = module = self._build_module()
         module.set_library_model(*library_model(train.library_np, yt, len(self.labels)))
-        module.init_from_data(*initial_decoder(train.counts, yt, train.library_np, module))
+        target = TARGET_SUM if module.likelihood == "gaussian" else None
+        module.init_from_data(*decoder_from_sums(train.type_sums(len(self.labels),
+                                                                 target_sum=target), module))
         key = self._fingerprint(train, val, seed, checkpoint_key) if checkpoint_dir else ""
-        return self._train(
-            module, train, val, yt, generator,
-            lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss,
-            lambda: epoch_batches(yt, c.batch_size, c.balanced_sampling, generator),
-            checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress,
-        )  # fmt: skip
+        if c.balanced_sampling:  # class-balanced draws (random reads when on disk)
+            batches = lambda: epoch_batches(yt, c.batch_size, True, generator)  # noqa: E731
+            step = lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss  # noqa: E731
+        else:
+            batches = lambda: train.iter_generator(generator)  # noqa: E731
+            step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
+        return self._train(module, train, val, yt, generator, step, batches,
+                           checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress)
 
     def _train(self, module: CVAEModule, train: Any, val: Any, yt: np.ndarray,
                generator: torch.Generator, step: Any, batches: Any, *,
@@ -276,91 +342,14 @@ class CVAE:
         self.history = history
         return history
 
-    def fit_store(
-        self,
-        store: Any,
-        label_key: str | None = None,
-        *,
-        seed: int = 0,
-        progress: bool = True,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_key: str = "",
-        block_size: int = 32,
-        fetch_factor: int = 32,
-    ) -> dict[str, Any]:
-        """:meth:`fit` on cells on disk: a ``data.chunked.PreprocessedStore`` of counts.
-
-        The same initialisation (library model, data-based decoder start from per-type sums
-        in one sequential pass), the same epoch loop and checkpoints; the training cells come
-        through a :class:`~cellsynth.data.loader.BlockLoader` (contiguous blocks shuffled, rows
-        shuffled within a buffer; with ``balanced_sampling``, random reads of the balanced
-        draws instead), the validation cells and the latent mixture's cells are read in order.
-        Memory holds one read-ahead buffer, one mini-batch and a few numbers per cell.
-        """
-        from ..data.loader import BlockLoader, type_sums
-
-        c = self.config
-        if not store.has_counts:
-            raise DataError(f"{store.path} holds normalised values, not counts; the CVAE needs "
-                            "raw counts: give the unnormalised file")
-        self.label_key = label_key = label_key or store.label_key
-        obs = store.obs
-        split = obs["cellsynth_split"].astype(str).to_numpy()
-        y_all = obs[label_key].astype(str).to_numpy()
-        if not (split == "train").any():
-            raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
-        self.labels = sorted(set(y_all[split == "train"]))
-        self.genes = list(store.genes)
-        n_val_all = int((split == "val").sum())
-        common = {"device": self.device, "seed": seed, "block_size": block_size}
-        train = BlockLoader.for_split(store, self.labels, "train", batch_size=c.batch_size,
-                                      fetch_factor=fetch_factor, **common)
-        eval_rows = 4 * c.batch_size
-        val = BlockLoader.for_split(store, self.labels, "val", batch_size=eval_rows,
-                                    shuffle=False, prefetch=False, **common)
-        if len(val) < n_val_all:
-            logger.warning("%d validation cells of types without training cells are dropped",
-                           n_val_all - len(val))
-        yt = train.codes_np
-        if len(val) == 0:
-            logger.warning("no validation cells; early stopping monitors the training loss")
-        logger.info("CVAE (out of core, %s): %d training and %d validation cells, %d genes, "
-                    "%d types on %s", store.path, len(train), len(val), len(self.genes),
-                    len(self.labels), self.device)
-        generator = tr.seed_everything(seed)
-        self.module = module = self._build_module()
-        module.set_library_model(*library_model(train.library_np, yt, len(self.labels)))
-        gaussian = module.likelihood == "gaussian"
-        sums = type_sums(train, len(self.labels), target_sum=TARGET_SUM if gaussian else None)
-        module.init_from_data(*decoder_from_sums(sums, module))
-        key = self._fingerprint_loaders(train, val, seed, checkpoint_key) if checkpoint_dir else ""
-        if c.balanced_sampling:  # class-balanced draws: random reads, slower on disk
-            batches = lambda: epoch_batches(yt, c.batch_size, True, generator)  # noqa: E731
-            step = lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss  # noqa: E731
-        else:
-            batches = lambda: train.iter_generator(generator)  # noqa: E731
-            step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
-        return self._train(module, train, val, yt, generator, step, batches,
-                           checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress)
-
-    def _fingerprint(self, train: Rows, val: Rows, seed: int, key: str) -> str:
+    def _fingerprint(self, train: Any, val: Any, seed: int, key: str) -> str:
         """What a training checkpoint must match: settings, seed, genes, types and the cells
         (per row: stored values, library size and type)."""
-        cells = [(np.diff(r.counts.indptr), r.library_np, r.codes.cpu().numpy())
-                 for r in (train, val)]  # fmt: skip
-        return self._fingerprint_cells("CVAE", cells, seed, key)
-
-    def _fingerprint_loaders(self, train: Any, val: Any, seed: int, key: str) -> str:
-        """:meth:`_fingerprint` of cells on disk (stored values, library and type per row)."""
-        cells = [(loader.x.indptr[loader.rows + 1] - loader.x.indptr[loader.rows],
-                  loader.library_np, loader.codes_np) for loader in (train, val)]
-        return self._fingerprint_cells("CVAE-store", cells, seed, key)
-
-    def _fingerprint_cells(self, tag: str, cells: list, seed: int, key: str) -> str:
         config = {k: v for k, v in dataclasses.asdict(self.config).items()
                   if k not in _NOT_FINGERPRINTED}  # fmt: skip
+        cells = [loader.digest() for loader in (train, val)]
         return _loop.fingerprint(
-            tag, FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
+            "CVAE", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
 
     def _monitor(self, train: Any, val: Any, yt: np.ndarray, seed: int,

@@ -44,11 +44,11 @@ from anndata.io import read_elem, sparse_dataset
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import keys as K
 from .. import config as config_mod
-from ..seeds import derive_seed
+from .. import keys as K
 from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
+from ..seeds import derive_seed
 from . import _loop
 from . import _training as tr
 from ._counts import (

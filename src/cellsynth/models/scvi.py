@@ -42,9 +42,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..seeds import derive_seed
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
+from ..seeds import derive_seed
 from ._draws import nb_csr
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (

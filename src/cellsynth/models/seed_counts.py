@@ -29,11 +29,11 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors import SafetensorError
 
-from ..seeds import derive_seed
 from ..config import FeaturesConfig, SeedVAEConfig, from_dict
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
+from ..seeds import derive_seed
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
@@ -66,7 +66,7 @@ class SeedGenerator:
         Counts per cell before ``log1p`` (the QC stage's ``qc.target_sum``).
     """
 
-    name: ClassVar[str] = "seed"
+    name: ClassVar[str] = "reference"
 
     def __init__(
         self,

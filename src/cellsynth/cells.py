@@ -1,0 +1,346 @@
+"""One interface over the cells of a data set, whether they are in memory or on disk.
+
+A :class:`Cells` holds ``obs`` and the gene names in memory and reads the matrices through
+row readers: ``counts`` (raw counts) and ``normalised`` (log-normalised, as preprocessing gives
+``X``), each with ``rows(start, stop)``, ``take(sorted_rows)``, ``chunks(size, rows)`` and a
+``shape``. It gives per-split rows, a subset in memory as an AnnData (:meth:`Cells.to_memory`),
+per-cell result arrays (:meth:`Cells.per_cell_array`: in memory, or ``.npy`` memmaps on disk)
+and training mini-batches (:meth:`Cells.loader`: :class:`~cellsynth.data.rows.Rows` in memory,
+:class:`~cellsynth.data.loader.BlockLoader` on disk). Pipeline stages and models read cells
+only through it, so none of them asks where the cells are.
+
+Build one with :func:`from_preprocessed` (the pipeline's ``data/preprocessed.h5ad``, or the
+in-memory result of :func:`~cellsynth.data.qc.preprocess`) or :func:`for_training` (an h5ad
+file or AnnData of raw counts, as ``cellsynth fit`` and the Python API take).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import keys as K
+from .data.io import BACKED_BYTES, check_file, check_label, check_values, find_counts, is_counts
+from .data.store import MatrixRows
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Backed = Literal["auto", True, False]
+
+
+class Cells:
+    """The cells of one data set: ``obs`` and genes in memory, matrices read by rows.
+
+    Parameters
+    ----------
+    obs
+        One row per cell; holds ``label_key`` and, for split data, ``obs['cellsynth_split']``.
+    genes
+        Gene names, in the matrices' column order.
+    label_key
+        The ``obs`` column with the cell type.
+    counts
+        Raw counts by rows (a :class:`~cellsynth.data.store.RowStore`,
+        :class:`~cellsynth.data.rows.MatrixRows` or anything reading alike); None without counts.
+    normalised
+        Log-normalised values by rows; None when no stage needs them.
+    on_disk
+        Whether the rows are read from a file (then results per cell go to files too).
+    memory
+        For cells in memory, the AnnData :meth:`to_memory` subsets (``X`` normalised,
+        ``layers['counts']``); built from the readers when None.
+    close
+        Called by :meth:`close` (an open file).
+    """
+
+    def __init__(self, obs: pd.DataFrame, genes: list[str], label_key: str, *, counts: Any,
+                 normalised: Any = None, on_disk: bool = False, memory: ad.AnnData | None = None,
+                 close: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.obs, self.genes, self.label_key = obs, list(genes), label_key
+        self.counts, self.normalised, self.on_disk = counts, normalised, on_disk
+        self._memory, self._close = memory, close
+
+    def __repr__(self) -> str:
+        where = "on disk" if self.on_disk else "in memory"
+        return f"Cells({self.n_obs} cells x {self.n_vars} genes, {where}, label '{self.label_key}')"
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.genes)
+
+    @property
+    def has_counts(self) -> bool:
+        return self.counts is not None
+
+    def labels(self) -> np.ndarray:
+        """The cell types as strings."""
+        return self.obs[self.label_key].astype(str).to_numpy()
+
+    def split(self) -> np.ndarray:
+        """``train`` / ``val`` / ``test`` (or another mark, e.g. ``none``) per cell."""
+        return self.obs[K.SPLIT].astype(str).to_numpy()
+
+    def split_rows(self) -> dict[str, np.ndarray]:
+        """Sorted positions of each split's cells."""
+        split = self.split()
+        return {s: np.flatnonzero(split == s) for s in K.SPLITS}
+
+    def to_memory(self, rows: np.ndarray) -> ad.AnnData:
+        """The cells ``rows`` (sorted positions) as an AnnData: ``X`` normalised when this data
+        has normalised values (else the counts), ``layers['counts']``, ``obs``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._memory is not None:
+            return self._memory[rows]
+        counts = self.counts.take(rows) if self.counts is not None else None
+        x = self.normalised.take(rows) if self.normalised is not None else counts
+        out = ad.AnnData(X=x, obs=self.obs.iloc[rows].drop(columns=[K.NORM_TOTAL], errors="ignore"),
+                         var=pd.DataFrame(index=pd.Index(self.genes)))  # fmt: skip
+        if counts is not None:
+            out.layers[K.COUNTS] = counts
+        out.uns[K.UNS] = {"has_counts": self.has_counts, "label_key": self.label_key}
+        return out
+
+    def per_cell_array(self, path: Path, shape: tuple[int, int],
+                       fill: Callable[[np.ndarray], Any], *, reuse: bool = False) -> np.ndarray:  # fmt: skip
+        """A float32 array of ``shape`` filled by ``fill(out)``: in memory, or for cells on disk
+        the ``.npy`` file ``path`` opened as a memmap (reopened without ``fill`` when ``reuse``
+        and it has the right shape), so results per cell never have to fit in memory."""
+        if not self.on_disk or not shape[0]:
+            out = np.zeros(shape, dtype=np.float32)
+            if shape[0]:
+                fill(out)
+            return out
+        if reuse and path.is_file():
+            try:
+                mm = np.load(path, mmap_mode="r")
+                if mm.shape == shape and mm.dtype == np.float32:
+                    return mm
+            except ValueError:
+                pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        fill(mm)
+        mm.flush()
+        del mm
+        return np.load(path, mmap_mode="r")
+
+    def loader(self, rows: np.ndarray, codes: np.ndarray, *, batch_size: int, device: Any,
+               seed: int, shuffle: bool = True, block_size: int = 32,
+               fetch_factor: int = 32) -> Any:  # fmt: skip
+        """Mini-batches of the cells ``rows`` (sorted) with type ``codes``, for training
+        (``shuffle``) or evaluation passes in order: in memory a
+        :class:`~cellsynth.data.rows.Rows` (gathered on the GPU when it fits), on disk a
+        :class:`~cellsynth.data.loader.BlockLoader` (``block_size`` consecutive cells read
+        together, ``fetch_factor`` batches' worth shuffled in a buffer)."""
+        if self.counts is None:
+            raise DataError("these cells hold normalised values, not counts; give the "
+                            "unnormalised file")
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.on_disk:
+            from .data.rows import Rows
+
+            return Rows(sp.csr_matrix(self.counts.take(rows), dtype=np.float32), codes, device,
+                        batch_size=batch_size)  # fmt: skip
+        from .data.loader import BlockLoader
+
+        return BlockLoader(self.counts, codes, rows=rows, batch_size=batch_size,
+                           block_size=block_size, fetch_factor=fetch_factor, shuffle=shuffle,
+                           prefetch=shuffle, seed=seed, device=device)  # fmt: skip
+
+    def close(self) -> None:
+        """Close the file the cells are read from (nothing for cells in memory)."""
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self) -> Cells:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def from_preprocessed(data: ad.AnnData | str | Path, *, label_key: str | None = None,
+                      on_disk: bool | None = None) -> Cells:
+    """Cells of a preprocessed data set: an AnnData as :func:`~cellsynth.data.qc.preprocess`
+    returns it, or its file, or a file written by
+    :func:`~cellsynth.data.chunked.preprocess_backed` (read from disk).
+
+    ``label_key`` defaults to the one the preprocessing recorded. ``on_disk`` for a path: None
+    decides by the file (``preprocess_backed``'s are read from disk, ``preprocess``'s are read
+    into memory)."""
+    if isinstance(data, ad.AnnData):
+        return _memory_cells(data, label_key)
+    from .data.chunked import PreprocessedStore
+
+    path = check_file(data)
+    try:
+        store = PreprocessedStore(path)
+    except DataError:
+        if on_disk:
+            raise
+        return _memory_cells(ad.read_h5ad(path), label_key)
+    return Cells(store.obs, store.genes, label_key or store.label_key,
+                 counts=store.x if store.has_counts else None, normalised=store.normalised,
+                 on_disk=True, close=store.close)  # fmt: skip
+
+
+def _memory_cells(pre: ad.AnnData, label_key: str | None) -> Cells:
+    meta = pre.uns.get(K.UNS, {})
+    label_key = label_key or str(meta.get("label_key", "cell_type"))
+    counts = (MatrixRows(sp.csr_matrix(pre.layers[K.COUNTS], dtype=np.float32))
+              if K.COUNTS in pre.layers else None)
+    return Cells(pre.obs, list(map(str, pre.var_names)), label_key, counts=counts,
+                 normalised=MatrixRows(pre.X), memory=pre)  # fmt: skip
+
+
+def is_large(path: str | Path | None, backed: Backed) -> bool:
+    """Whether to read ``path`` from disk: ``backed`` true, or ``"auto"`` and the file larger
+    than ``data.io.BACKED_BYTES``."""
+    if backed is True:
+        return True
+    if backed == "auto" and path:
+        p = Path(path).expanduser()
+        return p.is_file() and p.stat().st_size > BACKED_BYTES
+    return False
+
+
+def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
+                 backed: Backed = "auto", drop_undetected: bool = False,
+                 val_fraction: float = 0.1, chunk_size: int = 10_000) -> Cells:  # fmt: skip
+    """Cells of raw counts to train a generator on (``cellsynth fit``, ``CVAE(adata)``).
+
+    Counts come from ``layers['counts']`` when present, else ``X`` (or ``raw.X`` in a file);
+    every stored value is checked (finite, non-negative, whole) chunk by chunk. Cells without
+    a label are left out, with a count in the log. Training and validation cells come from
+    ``obs['cellsynth_split']`` when present, else a seeded ``val_fraction`` cut.
+    ``drop_undetected`` leaves out genes with no count in the training cells.
+
+    Parameters
+    ----------
+    data
+        An AnnData in memory, or an h5ad path: read from disk when ``backed`` is true or
+        ``"auto"`` and the file is larger than 2 GB, else read into memory.
+    """
+    if isinstance(data, ad.AnnData) and data.isbacked:
+        data, backed = data.filename, True  # an AnnData opened backed: read its file by rows
+    if isinstance(data, ad.AnnData):
+        source, close, on_disk = data, None, False
+    elif is_large(data, backed):
+        from .data.store import H5adFile
+
+        source = H5adFile(data)
+        close, on_disk = source.close, True
+    else:
+        from .data.io import read
+
+        source = read(data, backed=False)
+        close, on_disk = None, False
+    try:
+        counts, genes = _counts_of(source, on_disk)
+        obs = source.obs.copy()
+        obs[K.SPLIT] = _training_split(obs, label_key, seed=seed, val_fraction=val_fraction)
+        fitted = np.flatnonzero(obs[K.SPLIT].isin(["train", "val"]).to_numpy())
+        detected = _check_and_detect(counts, fitted, np.flatnonzero(obs[K.SPLIT] == "train"),
+                                     chunk_size)  # fmt: skip
+    except BaseException:
+        if close is not None:
+            close()
+        raise
+    keep = np.flatnonzero(detected > 0) if drop_undetected else np.arange(len(genes))
+    if len(keep) < len(genes):
+        logger.info("leaving out %d of %d genes with no count in the %d training cells "
+                    "(dataset.drop_undetected_genes)", len(genes) - len(keep), len(genes),
+                    int((obs[K.SPLIT] == "train").sum()))  # fmt: skip
+        counts = ColumnRows(counts, keep)
+        genes = [genes[i] for i in keep]
+    return Cells(obs, genes, label_key, counts=counts, on_disk=on_disk, close=close)
+
+
+def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
+    """The raw counts of an AnnData or an open h5ad, by rows, with their gene names."""
+    if on_disk:
+        expr = find_counts(source)
+        if expr.counts is None:
+            raise DataError(f"{source.path} holds normalised values only; generators need raw "
+                            "counts: give the unnormalised file")
+        x, genes = source.matrix(expr)
+        return x, list(map(str, genes))
+    x = source.layers[K.COUNTS] if K.COUNTS in source.layers else source.X
+    return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, source.var_names))
+
+
+def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
+                    val_fraction: float) -> np.ndarray:  # fmt: skip
+    """``train`` / ``val`` per cell (``none`` for cells without a label or in the test split)."""
+    check_label(SimpleNamespace(obs=obs), label_key)
+    if K.SPLIT in obs:
+        split = obs[K.SPLIT].astype(str).to_numpy().copy()
+    else:
+        rng = np.random.default_rng(seed)
+        split = np.where(rng.random(len(obs)) < val_fraction, "val", "train").astype(object)
+    missing = obs[label_key].isna().to_numpy()
+    if missing.any():
+        logger.warning("%d cells have no label in obs['%s'] and are left out", int(missing.sum()),
+                       label_key)  # fmt: skip
+    split = np.where(missing | ~np.isin(split, ["train", "val"]), "none", split)
+    if not (split == "train").any():
+        raise DataError("no training cells: every cell lacks a label or is in the test split")
+    return split.astype(str)
+
+
+def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
+                      chunk_size: int) -> np.ndarray:  # fmt: skip
+    """Check every stored value of ``rows`` (finite, non-negative, whole), chunk by chunk, and
+    count the training cells detecting each gene."""
+    detected = np.zeros(counts.shape[1], dtype=np.int64)
+    is_train = np.isin(rows, train_rows)
+    for pos, block in counts.chunks(chunk_size, rows):
+        block = sp.csr_matrix(block)
+        check_values(block.data, "the counts")
+        if not is_counts(block.data):
+            entry_rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            first = rows[pos][np.unique(entry_rows[np.mod(block.data, 1) != 0])[:3]]
+            raise DataError(
+                "this generator needs raw counts, but the matrix holds non-integer values "
+                f"(cells at rows {', '.join(map(str, first))}, ...: normalised, scaled or "
+                "ambient-corrected data); give the unnormalised counts in X or layers['counts']")
+        train = block[is_train[pos]]
+        detected += np.bincount(train.indices, minlength=counts.shape[1])
+    return detected
+
+
+class ColumnRows:
+    """A row reader keeping only the columns ``keep`` of another (genes left out on the fly)."""
+
+    def __init__(self, base: Any, keep: np.ndarray):
+        self.base, self.keep = base, np.asarray(keep, dtype=np.int64)
+        self.shape = (base.shape[0], len(self.keep))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        return sp.csr_matrix(self.base.rows(start, stop))[:, self.keep]
+
+    def take(self, rows: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.base.take(rows))[:, self.keep]
+
+    def __getitem__(self, key: slice | np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.base[key])[:, self.keep]
+
+    def chunks(self, chunk_size: int, rows: np.ndarray | None = None, **kwargs: Any):
+        for pos, block in self.base.chunks(chunk_size, rows, **kwargs):
+            yield pos, sp.csr_matrix(block)[:, self.keep]

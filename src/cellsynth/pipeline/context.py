@@ -1,0 +1,103 @@
+"""What every stage of a run reads: the settings, the run directory, seeds, progress, manifest."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cells import is_large
+from ..config import RunConfig, save, to_dict
+from ..errors import CellsynthError, ConfigError
+from ..runtime import Manifest, ResumePlan, environment
+from ..seeds import derive_seed
+
+logger = logging.getLogger(__name__)
+
+#: the generators that train from cells on disk
+BACKED_GENERATORS = ("cvae",)
+
+
+@dataclass
+class RunContext:
+    """One run: its settings, directory, seeds, progress bars and manifest, set once.
+
+    Parameters
+    ----------
+    cfg
+        The resolved settings.
+    out
+        The run directory.
+    progress
+        Show progress bars (tqdm, on stderr).
+    force
+        Stages to redo, and so everything after them.
+    """
+
+    cfg: RunConfig
+    out: Path
+    progress: bool = True
+    force: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise CellsynthError(f"cannot write to the output directory {self.out} "
+                                 f"({exc.strerror}); choose another with --out") from None
+        save(self.cfg, self.out / "config.toml")
+        self.manifest = Manifest(self.out / "manifest.json")
+        self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
+        self.plan = ResumePlan(self.manifest, self.cfg, self.force)
+        self.backed = out_of_core(self.cfg)
+
+    @property
+    def label_key(self) -> str:
+        return self.cfg.dataset.label_key
+
+    def seed(self, name: str) -> int:
+        """The seed of one use (``"pca"``, ``"generator"``...), derived from the run's seed."""
+        return derive_seed(self.cfg.seed, name)
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def runs(self, stage: str) -> bool:
+        """Whether ``stage`` must run (not done before with the same settings); ask once."""
+        return self.plan.runs(stage)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Run stage ``name`` timed into the manifest; yields its manifest entry."""
+        with self.manifest.stage(name, self.plan.hash(name)) as entry:
+            yield entry
+
+    def fresh(self) -> bool:
+        """Whether training checkpoints must be ignored (a forced data, features or generator
+        stage)."""
+        return bool(self.plan.force & {"data", "features", "generator"})
+
+
+def out_of_core(cfg: RunConfig) -> bool:
+    """Whether a run reads its cells from disk: ``dataset.backed`` true, or ``"auto"`` and the
+    file larger than ``data.io.BACKED_BYTES``."""
+    return is_large(cfg.dataset.path, cfg.dataset.backed)
+
+
+def check_backed(cfg: RunConfig) -> None:
+    """Settings that cannot run with the cells on disk, refused before any work."""
+    model = cfg.generator.model
+    if model not in BACKED_GENERATORS:
+        raise ConfigError(f"generator.model = {model} needs the data in memory; use cvae or "
+                          "set dataset.backed = false")
+    if cfg.cvae.distributed:
+        raise ConfigError("cvae.distributed needs the data in memory; set cvae.distributed = "
+                          "false or dataset.backed = false")
+    if cfg.classifier.backend == "dask":
+        raise ConfigError("classifier.backend = dask needs the data in memory; set "
+                          "classifier.backend = local or dataset.backed = false")

@@ -1,0 +1,206 @@
+"""The data stage (read, QC, split, into :class:`~cellsynth.cells.Cells`) and the features
+stage (PCA on the training cells, every split projected)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import keys as K
+from ..cells import Cells, from_preprocessed
+from ..data.groups import load_groups
+from ..data.io import read
+from ..data.qc import QCReport
+from ..data.simulate import simulate_atlas
+from ..errors import DataError
+from ..features.pca import PCAModel, fit_pca
+from ..runtime import write_json
+from .context import RunContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """PCA features and labels of one split."""
+
+    x: np.ndarray  # (n, k) float32, in memory or a memmap
+    y: np.ndarray  # (n,) labels
+
+
+def load_dataset(ctx: RunContext) -> ad.AnnData:
+    """The configured h5ad, or the embedded simulated demo atlas when no path is given."""
+    ds = ctx.cfg.dataset
+    if not ds.path:
+        logger.info("no dataset.path: using the embedded demo atlas (%d simulated cells, %d genes, "
+                    "%d types)", ds.demo_cells, ds.demo_genes, ds.demo_types)
+        return simulate_atlas(ds.demo_cells, ds.demo_genes, ds.demo_types,
+                              seed=ctx.seed("demo"), label_key=ds.label_key)
+    return read(ds.path, backed=ds.backed)
+
+
+def resolve_groups(ctx: RunContext, adata, labels: list[str],
+                   centroids: np.ndarray | None = None) -> dict[str, str]:
+    """The fine -> coarse mapping: a file or packaged name, the data's own, or ``auto``.
+
+    ``auto`` joins types whose mean training features are close (average-linkage clustering
+    into about sqrt(n_types) groups); use it only where no biological grouping exists.
+    """
+    spec = ctx.cfg.dataset.groups
+    if spec == "auto":
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        n_groups = max(2, round(len(labels) ** 0.5))
+        cut = fcluster(linkage(centroids, "average"), n_groups, criterion="maxclust")
+        return {t: f"group_{c:02d}" for t, c in zip(labels, cut, strict=True)}
+    if spec:
+        return load_groups(spec)
+    uns_groups = adata.uns.get("celltype_groups")
+    if isinstance(uns_groups, dict):
+        return {str(k): str(v) for k, v in uns_groups.items()}
+    return {}
+
+
+def _backed_source(ctx: RunContext) -> Path:
+    """The h5ad to preprocess from disk: ``dataset.path``, or the demo atlas written to disk."""
+    ds = ctx.cfg.dataset
+    if ds.path:
+        return Path(ds.path).expanduser()
+    from ..data.simulate import write_atlas
+
+    path = ctx.path("data", "demo.h5ad")
+    logger.info("no dataset.path: writing the embedded demo atlas (%d simulated cells, %d genes, "
+                "%d types) to %s", ds.demo_cells, ds.demo_genes, ds.demo_types, path)
+    return write_atlas(path, ds.demo_cells, ds.demo_genes, ds.demo_types, seed=ctx.seed("demo"),
+                       label_key=ds.label_key, progress=ctx.progress)
+
+
+def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
+    """QC, split and normalisation into ``data/preprocessed.h5ad``: in memory, or chunk by
+    chunk from disk when the run is out of core (the one place that asks)."""
+    cfg, target = ctx.cfg, ctx.path("data", "preprocessed.h5ad")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    seed = ctx.seed("split")
+    if ctx.backed:
+        from ..data.chunked import preprocess_backed
+        from ..data.store import H5adFile
+
+        source = _backed_source(ctx)
+        with H5adFile(source) as h5:
+            groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, h5, [])
+        _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=groups,
+                                      seed=seed, out_path=target, progress=ctx.progress)  # fmt: skip
+        return from_preprocessed(target, label_key=ctx.label_key, on_disk=True), report, groups
+    from ..data.qc import preprocess
+
+    raw = load_dataset(ctx)
+    groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, raw, [])
+    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=seed)
+    del raw
+    pre.write_h5ad(target)
+    return from_preprocessed(pre, label_key=ctx.label_key), report, groups
+
+
+def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
+    """Read, QC and split the cells (or reopen them when done before); writes ``qc.json``,
+    ``qc_steps.csv``, ``cells.csv`` and ``groups.json`` into ``data/``."""
+    d = ctx.path("data")
+    if not ctx.runs("data"):
+        cells = from_preprocessed(d / "preprocessed.h5ad", label_key=ctx.label_key,
+                                  on_disk=ctx.backed)  # fmt: skip
+        check_before_training(ctx, cells)
+        return cells, QCReport.from_json(d / "qc.json")
+    with ctx.stage("data") as entry:
+        cells, report, groups = _preprocess(ctx)
+        write_json(d / "qc.json", {
+            "steps": report.steps, "dropped_types": report.dropped_types,
+            "cells_per_type_before": report.cells_per_type_before,
+            "cells_per_type_after": report.cells_per_type_after,
+            "n_cells": cells.n_obs, "n_genes": cells.n_vars, "has_counts": cells.has_counts,
+        })  # fmt: skip
+        pd.DataFrame(report.steps).to_csv(d / "qc_steps.csv", index=False)
+        cols = [ctx.label_key, K.SPLIT] + ([K.GROUP] if K.GROUP in cells.obs else [])
+        cells.obs[cols].to_csv(d / "cells.csv", index_label="cell")
+        write_json(d / "groups.json", groups)
+        entry.update(cells=cells.n_obs, genes=cells.n_vars,
+                     types=int(cells.obs[ctx.label_key].nunique()))
+        if ctx.backed:
+            entry.update(out_of_core=True)
+        check_before_training(ctx, cells)
+    return cells, report
+
+
+def check_before_training(ctx: RunContext, cells: Cells) -> None:
+    """Settings that can only be checked against the data, before any model is trained."""
+    cfg = ctx.cfg
+    if cfg.generator.model != "reference" and not cells.has_counts:
+        raise DataError(
+            f"generator.model = '{cfg.generator.model}' generates counts and needs raw counts, "
+            "but the data holds normalised values only; give the unnormalised file or set "
+            "generator.model = 'reference'"
+        )
+    known = set(cells.labels())
+    if cfg.explain.cell_type and cfg.explain.cell_type not in known:
+        raise DataError(
+            f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
+            f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
+        )
+
+
+def stage_features(ctx: RunContext, cells: Cells) -> tuple[PCAModel, dict[str, Split]]:
+    """PCA fitted on a class-balanced subsample of the training cells; every split projected
+    (out of core into ``features/{split}.npy`` memmaps)."""
+    rows, y = cells.split_rows(), cells.labels()
+    if ctx.runs("features"):
+        with ctx.stage("features"):
+            pca = fit_pca(cells.normalised, y[rows["train"]], cells.genes, ctx.cfg.features,
+                          seed=ctx.seed("pca"), rows=rows["train"], progress=ctx.progress)
+            pca.save(ctx.path("features"))
+            write_json(ctx.path("features", "pca.json"), {
+                "n_components": pca.n_components,
+                "explained_variance_ratio": pca.explained_variance_ratio,
+            })  # fmt: skip
+            return pca, _project(ctx, cells, pca, reuse=False)
+    pca = PCAModel.load(ctx.path("features"))
+    return pca, _project(ctx, cells, pca, reuse=True)
+
+
+def _project(ctx: RunContext, cells: Cells, pca: PCAModel, reuse: bool) -> dict[str, Split]:
+    y = cells.labels()
+    out = {}
+    for s, rows in cells.split_rows().items():
+        def fill(z, rows=rows):
+            pca.transform(cells.normalised.subset(rows), chunk_size=ctx.cfg.qc.chunk_size,
+                          out=z, progress=ctx.progress and cells.on_disk)  # fmt: skip
+        x = cells.per_cell_array(ctx.path("features", f"{s}.npy"), (len(rows), pca.n_components),
+                                 fill, reuse=reuse)  # fmt: skip
+        out[s] = Split(x, y[rows])
+    return out
+
+
+def centroids(split: Split, types: list[str], chunk: int) -> np.ndarray:
+    """Mean features of each type, read ``chunk`` rows at a time (a memmap stays on disk)."""
+    codes = pd.Categorical(split.y, categories=types).codes
+    sums = np.zeros((len(types), split.x.shape[1]))
+    for start in range(0, len(codes), chunk):
+        c = codes[start:start + chunk]
+        np.add.at(sums, c[c >= 0], np.asarray(split.x[start:start + chunk], np.float64)[c >= 0])
+    return sums / np.maximum(np.bincount(codes[codes >= 0], minlength=len(types)), 1)[:, None]
+
+
+def stage_groups(ctx: RunContext, cells: Cells, splits: dict[str, Split],
+                 types: list[str]) -> dict[str, str]:  # fmt: skip
+    """The fine -> coarse mapping of the run (``auto``: from the training features)."""
+    path = ctx.path("data", "groups.json")
+    groups = json.loads(path.read_text())
+    if ctx.cfg.dataset.groups == "auto":
+        groups = resolve_groups(ctx, cells, types,
+                                centroids(splits["train"], types, ctx.cfg.qc.chunk_size))
+        write_json(path, groups)
+    return groups

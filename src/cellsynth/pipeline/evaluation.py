@@ -1,0 +1,104 @@
+"""The explain stage (SHAP of the real classifier, carried to genes) and the evaluation stage
+(a UMAP of real and generated cells, and the fidelity metrics beside the real-vs-real floor)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import keys as K
+from ..cells import Cells
+from ..classify.xgb import Classifier
+from ..data.qc import normalise_log1p
+from ..data.split import balanced_subsample, stratified_subsample
+from ..data.store import H5adFile
+from ..explain.shap import explain_type, write_shap
+from ..features.pca import PCAModel
+from ..runtime import write_json
+from .context import RunContext
+from .data import Split
+
+logger = logging.getLogger(__name__)
+
+
+def stage_explain(ctx: RunContext, clf: Classifier, pca: PCAModel,
+                  splits: dict[str, Split]) -> None:  # fmt: skip
+    """SHAP values of one type's test cells (the most common type by default)."""
+    if not ctx.runs("explain"):
+        return
+    with ctx.stage("explain") as entry:
+        train, test = splits["train"], splits["test"]
+        cell_type = ctx.cfg.explain.cell_type or pd.Series(train.y).value_counts().index[0]
+        x_t = test.x[test.y == cell_type]
+        if x_t.shape[0] == 0:
+            x_t = train.x[train.y == cell_type]
+        e = ctx.cfg.explain
+        shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes, n_top=e.n_top_genes,
+                            max_cells=e.max_cells, seed=ctx.seed("explain"),
+                            progress=ctx.progress)  # fmt: skip
+        write_shap(shap, ctx.path("explain"))
+        entry.update(cell_type=cell_type)
+
+
+def stage_evaluation(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
+    """The report's UMAP of real test and generated cells, and the fidelity metrics (with the
+    real-vs-real floor) when the generator made counts: at most ``report.max_cells`` test and
+    generated cells each (stratified), the evaluation space fitted on a class-balanced
+    subsample of the training cells (``features.max_cells_per_class`` a type)."""
+    if not ctx.runs("evaluation"):
+        return
+    with ctx.stage("evaluation"):
+        _evaluate(ctx, cells, pca)
+
+
+def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
+    cfg, cap = ctx.cfg, ctx.cfg.report.max_cells
+    rows, y = cells.split_rows(), cells.labels()
+    test_rows = rows["test"]
+    ir = stratified_subsample(y[test_rows], cap, seed=ctx.seed("eval-real"))
+    test = cells.to_memory(test_rows[ir])
+    y_real = y[test_rows][ir]
+    with H5adFile(ctx.path("synthetic", "eval.h5ad")) as syn:
+        y_syn = syn.obs[ctx.label_key].astype(str).to_numpy()
+        is_ = stratified_subsample(y_syn, cap, seed=ctx.seed("eval-synthetic"))
+        syn_x = syn.X.take(is_)
+        syn_names = syn.obs_names[is_]
+    has_counts = syn_x.shape[1] == cells.n_vars  # the reference model's cells are PCA coordinates
+    if cfg.report.umap:
+        z_real = pca.transform(test.X)
+        z_syn = (pca.transform(normalise_log1p(syn_x, cfg.qc.target_sum)) if has_counts
+                 else syn_x.toarray().astype(np.float32))  # fmt: skip
+        _write_umap(ctx, z_real, z_syn, [*test.obs_names, *syn_names], [*y_real, *y_syn[is_]])
+    if cfg.report.fidelity and has_counts and cells.has_counts:
+        from ..metrics.fidelity import fidelity_report, real_floor
+        from ..metrics.space import fit_space
+
+        train = rows["train"]
+        sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
+                                       seed=ctx.seed("eval-space-cells"))]  # fmt: skip
+        space = fit_space(cells.counts, y[sub], list(cells.genes), rows=sub,
+                          seed=ctx.seed("eval-space"), progress=ctx.progress)  # fmt: skip
+        real_c = sp.csr_matrix(test.layers[K.COUNTS])
+        write_json(ctx.path("metrics", "fidelity.json"), {
+            "real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor"),
+                                       progress=ctx.progress),
+            "synthetic_vs_real": fidelity_report(space, real_c, y_real, syn_x, y_syn[is_],
+                                                 seed=ctx.seed("fidelity"), progress=ctx.progress),
+        })  # fmt: skip
+
+
+def _write_umap(ctx: RunContext, z_real: np.ndarray, z_syn: np.ndarray, cells: list,
+                labels: list) -> None:  # fmt: skip
+    """``features/umap.csv``: one UMAP of real then generated cells (their PCA features)."""
+    import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
+
+    emb = umap.UMAP(random_state=ctx.seed("umap") % 2**31).fit_transform(np.vstack([z_real, z_syn]))
+    pd.DataFrame({
+        "cell": cells,
+        "origin": ["real"] * len(z_real) + ["synthetic"] * len(z_syn),
+        "label": labels,
+        "x": emb[:, 0], "y": emb[:, 1],
+    }).to_csv(ctx.path("features", "umap.csv"), index=False)  # fmt: skip

@@ -1,0 +1,238 @@
+"""The classifier, generator and experiments stages: XGBoost on real cells, the generator,
+and experiments (a) real/real, (b) the real classifier on generated cells, (c) a classifier
+trained on generated cells tested on real ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import keys as K
+from ..cells import Cells
+from ..classify.xgb import Classifier, train_classifier
+from ..config import save
+from ..data.qc import normalise_log1p
+from ..errors import CellsynthError
+from ..features.pca import PCAModel
+from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
+from ..models.base import package_version, request
+from ..models.registry import load_generator, make_generator
+from ..models.seed import SeedCVAE
+from ..runtime import write_json
+from .context import RunContext
+from .data import Split
+
+logger = logging.getLogger(__name__)
+
+
+def score(y_true, y_pred, groups: dict[str, str], out: Path, name: str) -> dict:
+    """Fine and coarse reports of one experiment, written as ``{name}_*`` and ``{key}_summary.json``."""
+    fine = classification_report(y_true, y_pred)
+    coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
+    write_report(fine, out, f"{name}_fine")
+    write_report(coarse, out, f"{name}_coarse")
+    summary = {"fine": summary_row(fine), "coarse": summary_row(coarse)}
+    write_json(out / f"{name[0]}_summary.json", summary)
+    return summary
+
+
+def fit_classifier(ctx: RunContext, train: Split, val: Split, seed_name: str) -> Classifier:
+    """XGBoost here, or on a Dask cluster (``classifier.backend = "dask"``)."""
+    c = ctx.cfg.classifier
+    if c.backend == "dask":
+        from ..classify.dask import train_classifier_dask
+
+        return train_classifier_dask(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name),
+                                     scheduler=c.dask_scheduler, n_workers=c.dask_workers)
+    return train_classifier(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name),
+                            progress=ctx.progress)  # fmt: skip
+
+
+def stage_classifier(ctx: RunContext, splits: dict[str, Split], groups: dict[str, str]) -> Classifier:
+    """The classifier on real training cells, scored on the test cells (experiment a)."""
+    if not ctx.runs("classifier"):
+        return Classifier.load(ctx.path("classifier"))
+    with ctx.stage("classifier"):
+        clf = fit_classifier(ctx, splits["train"], splits["val"], "classifier")
+        clf.save(ctx.path("classifier"))
+        score(splits["test"].y, clf.predict(splits["test"].x), groups, ctx.path("metrics"),
+              "a_real_real")
+    return clf
+
+
+def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -> Any:
+    """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
+    import subprocess
+
+    from ..models.cvae import CVAE
+    from ..models.distributed import torchrun_command
+
+    work = ctx.path("generator_ddp")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = cells.split_rows()
+    cells.to_memory(np.sort(np.concatenate([rows["train"], rows["val"]]))).write_h5ad(
+        work / "fit_on.h5ad")
+    save(ctx.cfg, work / "run.toml")
+    cmd = torchrun_command(work / "fit_on.h5ad", ctx.label_key, work / "model",
+                           nproc_per_node=ctx.cfg.cvae.nproc_per_node, config=work / "run.toml",
+                           seed=ctx.seed("generator"), checkpoint_dir=checkpoint_dir,
+                           checkpoint_key=ctx.plan.hash("features"))  # fmt: skip
+    logger.info("torchrun: %s", " ".join(map(str, cmd)))
+    if subprocess.run(cmd).returncode != 0:
+        raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
+                             f"(command: {' '.join(map(str, cmd))})")
+    return CVAE.load(work / "model")
+
+
+def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str, Split],
+                  types: list[str]) -> tuple[Any, dict]:  # fmt: skip
+    """Train the configured generator: ``reference`` on PCA features (as the reference), the
+    count-space ones on the cells' counts (training split, validation for early stopping).
+
+    The reference model and the CVAE save training checkpoints in ``generator/checkpoint/`` and
+    resume from them when they match (settings, data, seed, the features stage's hash)."""
+    import shutil
+
+    cfg, seed = ctx.cfg, ctx.seed("generator")
+    ckpt = ctx.path("generator", "checkpoint")
+    if ctx.fresh():
+        shutil.rmtree(ckpt, ignore_errors=True)
+    key = ctx.plan.hash("features")
+    if cfg.generator.model == "reference":
+        gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
+        history = gen.fit(splits["train"].x, splits["train"].y, splits["val"].x, splits["val"].y,
+                          seed=seed, progress=ctx.progress, checkpoint_dir=ckpt,
+                          checkpoint_key=key)  # fmt: skip
+        return gen, history
+    if cfg.generator.model == "cvae" and cfg.cvae.distributed:
+        gen = _fit_cvae_distributed(ctx, cells, ckpt)
+        return gen, dict(gen.history)
+    gen = make_generator(cfg.generator.model, cfg)
+    if cfg.generator.model == "cvae":
+        history = gen.fit(cells, seed=seed, progress=ctx.progress, checkpoint_dir=ckpt,
+                          checkpoint_key=key)  # fmt: skip
+    else:
+        rows = cells.split_rows()
+        fit_on = cells.to_memory(np.sort(np.concatenate([rows["train"], rows["val"]])))
+        history = gen.fit(fit_on, ctx.label_key, seed=seed, progress=ctx.progress)
+    return gen, history
+
+
+def stage_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str, Split],
+                    types: list[str]) -> Any:  # fmt: skip
+    """Train and save the generator (or load the one trained before)."""
+    if not ctx.runs("generator"):
+        if ctx.cfg.generator.model == "reference":
+            return SeedCVAE.load(ctx.path("generator"))
+        return load_generator(ctx.path("generator"))
+    with ctx.stage("generator") as entry:
+        gen, history = fit_generator(ctx, cells, pca, splits, types)
+        gen.save(ctx.path("generator"))
+        entry.update(model=ctx.cfg.generator.model, epochs=history.get("epochs"),
+                     best_epoch=history.get("best_epoch"))
+        write_json(ctx.path("generator", "history.json"), history)
+    return gen
+
+
+def _pca_adata(x: np.ndarray, y: np.ndarray, ctx: RunContext, seed: int) -> ad.AnnData:
+    obs = pd.DataFrame({ctx.label_key: pd.Categorical(y)}, index=[f"syn{i}" for i in range(len(y))])
+    var = pd.DataFrame(index=[f"PC{i + 1}" for i in range(x.shape[1])])
+    a = ad.AnnData(X=x, obs=obs, var=var)
+    a.uns[K.UNS] = {"version": package_version(), "model": "reference", "seed": seed,
+                    "space": "PCA coordinates (the reference model generates in PCA space)"}
+    return a
+
+
+def _count_chunks(gen: Any, counts: dict[str, int], seed: int, progress: bool):
+    """The generated counts as CSR chunks, and the provenance for ``uns['cellsynth']``."""
+    if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
+        uns = {"version": package_version(), "model": gen.name, "seed": int(seed),
+               "label_key": gen.label_key,
+               "config": {**dataclasses.asdict(gen.config), "latent_sampler": "mixture"}}
+        return (x for _, x in gen.sample_chunks(counts, seed=seed, progress=progress)), uns
+    syn = gen.sample(counts, seed=seed)
+    return iter([syn.X]), dict(syn.uns[K.UNS])
+
+
+def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dict[str, int],
+             seed: int, name: str, write: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Generate cells, write them to ``synthetic/{name}.h5ad`` (when ``write``), and return them
+    in the classifier's PCA space. Counts are made, written, normalised and projected one chunk
+    at a time; the projection is held like the cells' own features (a memmap out of core)."""
+    path = ctx.path("synthetic", f"{name}.h5ad")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(gen, SeedCVAE):
+        x, y = gen.sample(counts, seed=seed)
+        if write:
+            _pca_adata(x, y, ctx, seed).write_h5ad(path)
+        return x, y
+    pairs = request(counts, gen.labels)
+    y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
+
+    def fill(z: np.ndarray) -> None:
+        chunks, uns = _count_chunks(gen, counts, seed, ctx.progress)
+        pos = 0
+
+        def projected():
+            nonlocal pos
+            for x in chunks:
+                n = x.shape[0]
+                pca.transform(normalise_log1p(x, ctx.cfg.qc.target_sum),
+                              chunk_size=ctx.cfg.qc.chunk_size, out=z[pos:pos + n])
+                pos += n
+                yield x
+
+        if write:
+            write_cells(path, projected(), y, gen.genes, ctx.label_key, uns)
+        else:
+            for _ in projected():
+                pass
+
+    z = cells.per_cell_array(ctx.path("synthetic", f"{name}_pca.npy"), (len(y), pca.n_components),
+                             fill)  # fmt: skip
+    return z, y.astype(str)
+
+
+def write_cells(path: Path, chunks, labels: np.ndarray, genes: list[str], label_key: str,
+                uns: dict) -> None:  # fmt: skip
+    """Write generated CSR chunks (an iterable) as an h5ad, one chunk in memory at a time."""
+    from anndata.io import write_elem
+
+    from ..data.store import CSRWriter, h5ad_file
+
+    with h5ad_file(path) as f:
+        writer = CSRWriter(f, "X", len(genes))
+        for x in chunks:
+            writer.append(x)
+        obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
+                           index=[f"synthetic_{i}" for i in range(len(labels))])
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
+        write_elem(f, "uns", {K.UNS: uns})
+
+
+def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, clf: Classifier,
+                      splits: dict[str, Split], types: list[str], groups: dict[str, str]) -> None:
+    """Experiments (b) and (c) on generated cells."""
+    if not ctx.runs("experiments"):
+        return
+    with ctx.stage("experiments"):
+        g = ctx.cfg.generator
+        sizes = {"eval": g.n_per_type_eval, "train": g.n_per_type_train, "val": g.n_per_type_val}
+        syn = {name: generate(ctx, gen, cells, pca, dict.fromkeys(types, n),
+                              ctx.seed(f"generate-{name}"), name, write=name != "val")
+               for name, n in sizes.items()}  # fmt: skip
+        metrics = ctx.path("metrics")
+        x_b, y_b = syn["eval"]
+        score(y_b, clf.predict(x_b), groups, metrics, "b_real_synthetic")
+        clf_syn = fit_classifier(ctx, Split(*syn["train"]), Split(*syn["val"]),
+                                 "classifier-synthetic")  # fmt: skip
+        clf_syn.save(ctx.path("classifier_synthetic"))
+        score(splits["test"].y, clf_syn.predict(splits["test"].x), groups, metrics,
+              "c_synthetic_real")

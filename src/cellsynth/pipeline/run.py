@@ -1,0 +1,65 @@
+"""The reference experiment end to end, stage by stage, into one run directory.
+
+Stages: data (read, QC, split) -> features (PCA) -> classifier (real) -> generator -> experiments
+(a) real/real, (b) real classifier on synthetic, (c) synthetic-trained classifier on real ->
+explain (SHAP) -> evaluation -> results.md and report.html. Each stage is a function of the
+:class:`~cellsynth.pipeline.context.RunContext` and what earlier stages made; it runs, or reads
+back what it wrote when it was done before with the same settings. The cells are one
+:class:`~cellsynth.cells.Cells`, in memory or on disk: no stage asks which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..report.html import write_report as write_html_report
+from ..report.results import write_results
+from ..runtime import timed, write_json
+from .context import RunContext, check_backed
+from .data import stage_data, stage_features, stage_groups
+from .evaluation import stage_evaluation, stage_explain
+from .models import stage_classifier, stage_experiments, stage_generator
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
+        force: set[str] | None = None) -> Path:  # fmt: skip
+    """Run every stage into ``out`` and return the path of ``results.md``.
+
+    A stage already done in ``out`` with the same settings (and upstream stages unchanged) is
+    skipped and its outputs are read back; ``force`` names stages to redo (and so everything
+    after them). With ``dataset.backed`` (or ``"auto"`` and a file over 2 GB) the cells stay on
+    disk and are read in chunks of ``qc.chunk_size``.
+    """
+    ctx = RunContext(cfg, Path(out), progress=progress, force=set(force or ()))
+    if ctx.backed:
+        check_backed(cfg)
+        logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
+                    "%d", cfg.dataset.backed, cfg.qc.chunk_size)
+    cells, report = stage_data(ctx)
+    try:
+        pca, splits = stage_features(ctx, cells)
+        types = sorted(np.unique(splits["train"].y).tolist())
+        groups = stage_groups(ctx, cells, splits, types)
+        clf = stage_classifier(ctx, splits, groups)
+        gen = stage_generator(ctx, cells, pca, splits, types)
+        stage_experiments(ctx, gen, cells, pca, clf, splits, types, groups)
+        metrics = ctx.path("metrics")
+        results = {k: json.loads((metrics / f"{k}_summary.json").read_text()) for k in "abc"}
+        write_json(metrics / "summary.json", results)
+        stage_explain(ctx, clf, pca, splits)
+        stage_evaluation(ctx, cells, pca)
+    finally:
+        cells.close()
+    with timed("report"):
+        path = write_results(ctx.out, results, report, cfg, ctx.manifest.data,
+                             has_groups=bool(groups))  # fmt: skip
+        logger.info("results: %s", path)
+        logger.info("report: %s", write_html_report(ctx.out))
+    return path
