@@ -218,9 +218,10 @@ def evaluate(
 
     Each side is a stratified subsample of at most ``max_cells`` cells, read from disk row by
     row when given as a path (a file is never loaded whole). Genes are matched by name; the
-    evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on the real subsample.
-    The floor compares two disjoint halves of the real subsample: read every synthetic number
-    beside it.
+    evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on other real cells (at
+    most ``max_cells``, disjoint from the scored ones, which are at most half the real
+    cells). The floor compares two disjoint halves of the scored real cells: read every
+    synthetic number beside it. See :func:`cellsynth.evaluation.compare`.
 
     Parameters
     ----------
@@ -242,9 +243,9 @@ def evaluate(
     -------
     dict
         ``synthetic_vs_real`` and ``real_vs_real``: fidelity reports (``overall``,
-        ``per_type``, ``per_type_mean``, ...); ``n_cells``: the cells ``used`` and the
-        ``total`` of each side; ``n_genes``, ``max_cells``, ``seed``, ``label_key``. Plot it
-        with :func:`cellsynth.pl.fidelity`.
+        ``per_type``, ``per_type_mean``, ...); ``n_cells``: the cells ``used`` (scored) and the
+        ``total`` of each side, and the real ``space`` cells; ``n_genes``, ``max_cells``,
+        ``seed``, ``label_key``. Plot it with :func:`cellsynth.pl.fidelity`.
 
     Examples
     --------

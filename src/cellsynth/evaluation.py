@@ -3,8 +3,9 @@
 :func:`compare` scores synthetic cells against real ones, beside the real-vs-real floor, from
 AnnData objects or h5ad paths. A file is never loaded whole: it is opened with
 :class:`~cellsynth.data.store.H5adFile` (``obs`` in memory, matrices on disk), a stratified
-subsample of at most ``max_cells`` cells is read, and everything after works on the subsamples,
-so memory follows ``max_cells``, not the file's size. :func:`evaluate` writes
+subsample of at most ``max_cells`` cells is read (for the real data, a second, disjoint one to
+fit the evaluation space on), and everything after works on the subsamples, so memory follows
+``max_cells``, not the file's size. :func:`evaluate` writes
 ``fidelity.json`` and ``fidelity.md`` (the CLI's ``cellsynth evaluate``).
 """
 
@@ -14,6 +15,7 @@ import datetime as dt
 import logging
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     import anndata as ad
 
 logger = logging.getLogger(__name__)
+
+#: the ``real`` / ``synthetic`` source named in a result for an AnnData given in memory
+IN_MEMORY = "AnnData"
 
 
 @dataclass
@@ -62,20 +67,30 @@ def _counts_where(data: Any, what: str, source: str) -> Expression:
     return expr
 
 
-def _read_side(data: Any, label_key: str, max_cells: int, seed: int, what: str) -> _Sample:
-    """A stratified subsample of at most ``max_cells`` cells of ``data`` (a path, an AnnData
-    in memory or a backed one), read from disk row by row when ``data`` is a file."""
+def _labels(obs: pd.DataFrame, label_key: str) -> np.ndarray:
+    """``obs[label_key]`` as an object array of ``str`` (as ``.astype(str)`` gives, ``"nan"``
+    for a missing label), each name one shared object: 8 bytes a cell, not a string each."""
+    col = obs[label_key]
+    cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
+    names = np.append(cat.cat.categories.astype(str).to_numpy(dtype=object), "nan")
+    return names[cat.cat.codes.to_numpy()]  # code -1 (missing) picks the last, "nan"
+
+
+def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
+               what: str) -> _Sample:
+    """The cells ``pick(labels)`` (sorted positions) of ``data`` (a path, an AnnData in memory
+    or a backed one), read from disk row by row when ``data`` is a file."""
     if isinstance(data, str | Path):
-        return _read_file(Path(data), label_key, max_cells, seed, what)
+        return _read_file(Path(data), label_key, pick, what)
     if not hasattr(data, "obs") or not hasattr(data, "var_names"):
         raise DataError(f"{what} is a {type(data).__name__}; give an AnnData or an .h5ad path")
     if getattr(data, "isbacked", False):  # layers of a backed AnnData are in memory: use the file
-        return _read_file(Path(data.filename), label_key, max_cells, seed, what)
+        return _read_file(Path(data.filename), label_key, pick, what)
     check_shape(data, what)
     check_label(data, label_key)
-    where = _counts_where(data, what, "AnnData").counts
-    labels = data.obs[label_key].astype(str).to_numpy()
-    rows = stratified_subsample(labels, max_cells, seed=seed)
+    where = _counts_where(data, what, IN_MEMORY).counts
+    labels = _labels(data.obs, label_key)
+    rows = pick(labels)
     if where == "layers/counts":
         x, genes = data.layers["counts"], data.var_names
     elif where == "raw.X":
@@ -84,19 +99,34 @@ def _read_side(data: Any, label_key: str, max_cells: int, seed: int, what: str) 
         x, genes = data.X, data.var_names
     x = x[rows] if len(rows) < data.n_obs else x
     return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
-                            data.n_obs, "AnnData", where), what)
+                            data.n_obs, IN_MEMORY, where), what)
 
 
-def _read_file(path: Path, label_key: str, max_cells: int, seed: int, what: str) -> _Sample:
+def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
+               what: str) -> _Sample:
     with H5adFile(path) as h5:
         check_shape(h5, str(path))
         check_label(h5, label_key)
         expr = _counts_where(h5, what, str(path))
         store, genes = h5.matrix(expr)
-        labels = h5.obs[label_key].astype(str).to_numpy()
-        rows = stratified_subsample(labels, max_cells, seed=seed)
+        labels = _labels(h5.obs, label_key)
+        rows = pick(labels)
         x = store.take(rows)  # only the subsample's rows are read
         return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts), what)
+
+
+def _real_rows(labels: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint stratified subsamples of the real cells: one (``max_cells`` at most, half
+    the cells at most) to evaluate, one (``max_cells`` at most, from the rest) to fit the
+    evaluation space on. Returns their sorted positions together and a mask of the first's."""
+    n = len(labels)
+    ev = stratified_subsample(labels, min(max_cells, -(-n // 2)),
+                              seed=derive_seed(seed, "eval-real-cells"))
+    rest = np.setdiff1d(np.arange(n), ev, assume_unique=True)
+    fit = rest[stratified_subsample(labels[rest], max_cells,
+                                    seed=derive_seed(seed, "eval-space-cells"))]
+    rows = np.union1d(ev, fit)
+    return rows, np.isin(rows, ev, assume_unique=True)
 
 
 def _checked(sample: _Sample, what: str) -> _Sample:
@@ -121,10 +151,15 @@ def compare(
 ) -> dict[str, Any]:
     """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``.
 
-    Each side is a stratified subsample of at most ``max_cells`` cells (each type keeping its
-    share, every type at least one cell), read from disk row by row when given as a path, so
-    memory follows ``max_cells``, not the files' sizes. Genes are matched by name. The
-    evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on the real subsample.
+    The cells are stratified subsamples (each type keeping its share, every type at least one
+    cell), read from disk row by row when given as a path, so memory follows ``max_cells``,
+    not the files' sizes: at most ``max_cells`` synthetic cells; at most ``max_cells`` real
+    cells (and at most half of them) to score; and, disjoint from those, at most ``max_cells``
+    other real cells the evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on.
+    Scored cells are never those the space was fitted on (as in a run, where the space is
+    fitted on training cells and test cells are scored): a space fitted on the scored real
+    cells fits their noise and tells them from any new cells, however alike. Genes are matched
+    by name.
 
     Parameters
     ----------
@@ -136,30 +171,36 @@ def compare(
     seed
         Seeds the subsamples, the evaluation space and every metric.
     max_cells
-        Cells used at most from each side; default ``report.max_cells``
-        (:class:`~cellsynth.config.ReportConfig`).
+        Cells used at most from each side (and at most as many real cells again for the
+        space); default ``report.max_cells`` (:class:`~cellsynth.config.ReportConfig`).
     progress
         Show tqdm bars (on stderr) over the PCA fit and the fidelity metrics.
 
     Returns
     -------
     dict
-        ``real_vs_real``: the floor (:func:`~cellsynth.metrics.fidelity.real_floor` on the real
-        subsample); ``synthetic_vs_real``: :func:`~cellsynth.metrics.fidelity.fidelity_report`;
-        ``n_cells``: for ``real`` and ``synthetic``, the cells ``used`` and the ``total`` in the
-        input; ``n_genes`` compared; ``max_cells``, ``seed``, ``label_key``; ``real`` and
-        ``synthetic``: the paths (or ``"AnnData"``).
+        ``real_vs_real``: the floor (:func:`~cellsynth.metrics.fidelity.real_floor` on the
+        scored real cells); ``synthetic_vs_real``:
+        :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``n_cells``: for ``real`` and
+        ``synthetic``, the cells ``used`` (scored) and the ``total`` in the input, and for
+        ``real`` the ``space`` cells; ``n_genes`` compared; ``max_cells``, ``seed``,
+        ``label_key``; ``real`` and ``synthetic``: the paths (or ``"AnnData"``).
     """
     max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
     if max_cells < 4:
         raise DataError(f"max_cells must be at least 4 (the floor splits the real cells in "
                         f"halves), got {max_cells}")
-    r = _read_side(real, label_key, max_cells, derive_seed(seed, "eval-real-cells"), "the real data")
-    s = _read_side(synthetic, label_key, max_cells, derive_seed(seed, "eval-synthetic-cells"),
-                   "the synthetic data")
-    logger.info("evaluating %d of %d real and %d of %d synthetic cells (stratified subsamples "
-                "of at most %d each)", len(r.labels), r.n_total, len(s.labels), s.n_total,
-                max_cells)  # fmt: skip
+    picked: dict[str, np.ndarray] = {}
+
+    def real_rows(labels: np.ndarray) -> np.ndarray:
+        rows, picked["evaluated"] = _real_rows(labels, max_cells, seed)
+        return rows
+
+    def synthetic_rows(labels: np.ndarray) -> np.ndarray:
+        return stratified_subsample(labels, max_cells, seed=derive_seed(seed, "eval-synthetic-cells"))
+
+    r = _read_side(real, label_key, real_rows, "the real data")
+    s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
     in_synth = set(map(str, s.genes))
     genes = [g for g in map(str, r.genes) if g in in_synth]
     if not genes:
@@ -167,16 +208,25 @@ def compare(
     if len(genes) < len(r.genes) or len(genes) < len(s.genes):
         logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
                        len(genes), len(r.genes), len(s.genes))
-    rc = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])
+    counts = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])
+    evaluated = picked["evaluated"]
+    rc, rl = counts[evaluated], r.labels[evaluated]  # scored: never seen by the space
+    fc, fl = counts[~evaluated], r.labels[~evaluated]  # the space is fitted on these
     sc = sp.csr_matrix(s.counts[:, s.genes.get_indexer(genes)])
-    space = fit_space(rc, r.labels, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
-    floor = real_floor(space, rc, r.labels, seed=derive_seed(seed, "floor"), progress=progress)
-    fid = fidelity_report(space, rc, r.labels, sc, s.labels, seed=derive_seed(seed, "fidelity"),
+    logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
+                "other real cells (of %d real; stratified subsamples of at most %d)",
+                len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
+    if len(fl) < 3:
+        raise DataError(f"the real data hold {r.n_total} cells: too few to fit the evaluation "
+                        "space on some and score others; give at least 8 real cells")
+    space = fit_space(fc, fl, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
+    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"), progress=progress)
+    fid = fidelity_report(space, rc, rl, sc, s.labels, seed=derive_seed(seed, "fidelity"),
                           progress=progress)
     return {
         "real_vs_real": floor,
         "synthetic_vs_real": fid,
-        "n_cells": {"real": {"used": len(r.labels), "total": r.n_total},
+        "n_cells": {"real": {"used": len(rl), "space": len(fl), "total": r.n_total},
                     "synthetic": {"used": len(s.labels), "total": s.n_total}},
         "n_genes": len(genes),
         "max_cells": max_cells,
@@ -206,13 +256,18 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
     write_json(out / "fidelity.json", result)
     n = result["n_cells"]
     real, syn = n["real"], n["synthetic"]
+    if IN_MEMORY in (result["real"], result["synthetic"]):
+        call = f"`cellsynth.evaluate(..., label_key={result['label_key']!r})` on AnnData objects"
+    else:
+        call = (f"`cellsynth evaluate --real {result['real']} --synthetic {result['synthetic']} "
+                f"--label-key {result['label_key']}`")
     lines = [
         "# Fidelity", "",
-        f"`cellsynth evaluate --real {result['real']} --synthetic {result['synthetic']} "
-        f"--label-key {result['label_key']}`: {real['used']} of {real['total']} real and "
+        f"{call}: {real['used']} of {real['total']} real and "
         f"{syn['used']} of {syn['total']} synthetic cells (stratified subsamples of at most "
-        f"{result['max_cells']}), {result['n_genes']} genes. The first row compares two disjoint "
-        "halves of the real cells: the floor every other number is read against.",
+        f"{result['max_cells']}), {result['n_genes']} genes, in an evaluation space fitted on "
+        f"{real['space']} other real cells. The first row compares two disjoint halves of the "
+        "scored real cells: the floor every other number is read against.",
         "", *table({"real vs real": flat_report(result["real_vs_real"]),
                     "synthetic": flat_report(result["synthetic_vs_real"])}), "",
     ]  # fmt: skip
@@ -258,9 +313,10 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
+    from .config import canonical_model
     from .models.registry import GENERATORS
 
-    unknown = [m for m in models if m not in GENERATORS]
+    unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     overrides = list(overrides or [])
