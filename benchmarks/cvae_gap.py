@@ -40,7 +40,7 @@ def decode_cells(gen, counts: sp.csr_matrix, labels: np.ndarray, rng: np.random.
     """Counts decoded from one posterior draw of each cell, at the cell's own library size."""
     from cellsynth.models import _training as tr
     from cellsynth.models._counts import Rows
-    from cellsynth.models.cvae import draw_counts
+    from cellsynth.models._draws import draw_counts
 
     module = gen.module.eval()
     codes = {t: i for i, t in enumerate(gen.labels)}
@@ -69,13 +69,13 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench", help="where benchmarks/fidelity.py ran")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
-    from cellsynth import keys as K
     from cellsynth import config
-    from cellsynth.seeds import derive_seed
+    from cellsynth import keys as K
     from cellsynth.benchmark import _counts, prepare
     from cellsynth.metrics.fidelity import fidelity_report, real_floor
     from cellsynth.metrics.space import fit_space
     from cellsynth.models.cvae import CVAE
+    from cellsynth.seeds import derive_seed
 
     print("| dataset | cells from | 2-sample AUC | kNN recall | library W1 |")
     print("|---|---|---:|---:|---:|")

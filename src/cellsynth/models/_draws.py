@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .modules.cvae import NegativeBinomial
 
 _P_MAX = 1.0 - 1e-12  # log-series parameter below 1 (mu >> theta in float rounding)
 _PART_ROWS = 256  # rows per numpy stream; blocks are drawn in parallel threads
@@ -156,3 +159,21 @@ def _compound(rng: np.random.Generator, lam: np.ndarray, p: np.ndarray) -> np.nd
 def _pool() -> ThreadPoolExecutor:
     """Threads for the host draws (numpy's generators release the GIL), one per torch thread."""
     return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="nb_csr")
+
+
+def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
+                target_sum: float = 1e4) -> sp.csr_matrix:
+    """Integer counts (CSR) drawn from the decoder's ``px`` at library sizes ``library`` (B,).
+
+    NB/ZINB: the sparse draw of ``nb_csr``; Gaussian (on ``log1p(x / library * target_sum)``):
+    a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
+    """
+    if isinstance(px, NegativeBinomial):
+        dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
+        return nb_csr(rng, px.mu, px.theta, dropout)
+    loc = px.loc.double().cpu().numpy()
+    scale = px.scale.double().cpu().numpy()
+    v = np.maximum(rng.normal(loc, scale), 0.0)
+    lib = library.double().cpu().numpy()[:, None]
+    x = np.rint(np.expm1(v) * (lib / target_sum))
+    return sp.csr_matrix(x.astype(np.float32))

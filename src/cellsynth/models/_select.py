@@ -19,16 +19,21 @@ never read.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from ..data.rows import Rows
 from ..data.split import stratified_subsample
 from ..metrics.fidelity import c2st_auc
 from ..metrics.space import fit_space
 from ..seeds import derive_seed
+from ._counts import mean_loss
+
+logger = logging.getLogger(__name__)
 
 CHECK_CELLS = 2_000  # validation cells a check compares with, at most (a stratified subsample)
 SPACE_CELLS_PER_TYPE = 500  # training cells per type the check's space is fitted on, at most
@@ -98,3 +103,31 @@ class FidelityCheck:
             synthetic = self.space.embed(sp.vstack(chunks, format="csr"))
             aucs.append(c2st_auc(self.real, synthetic, seed=derive_seed(seed, f"c2st-{rep}")))
         return float(np.mean(aucs))
+
+
+def monitor(model: Any, train: Any, val: Any, yt: np.ndarray, seed: int,
+            max_epochs: int) -> tuple[Any, int]:  # fmt: skip
+    """What early stopping of ``model`` (a CVAE) watches (None: the training loss), and every
+    how many epochs.
+
+    ``cvae.select = "fidelity"`` with at least ``MIN_CHECK_CELLS`` validation cells in
+    memory: the two-sample AUC of generated against validation cells
+    (:class:`~cellsynth.models._select.FidelityCheck`); otherwise (``"elbo"``, too few
+    validation cells, or cells read from disk) the validation ELBO.
+    """
+    c = model.config
+    if not len(val):
+        return None, 1
+    if c.select == "fidelity" and isinstance(val, Rows) and len(val) >= MIN_CHECK_CELLS:
+        every = check_every(len(train), c.batch_size, max_epochs)
+        check = FidelityCheck(model, train, yt, val.counts, val.codes_np, seed)
+        logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
+                    "validation cells (two-sample AUC every %d epochs)",
+                    sum(n for _, n in check.request), every)  # fmt: skip
+        return check, every
+    if c.select == "fidelity":
+        logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "
+                    "\"fidelity\" needs at least %d validation cells in memory",
+                    MIN_CHECK_CELLS)  # fmt: skip
+    module = model._module()
+    return (lambda: mean_loss(module, val, 4 * c.batch_size)), 1

@@ -43,12 +43,11 @@ from ._counts import (
     epoch_batches,
     fit_sampler,
     library_model,
-    mean_loss,
 )
-from ._draws import nb_csr
-from ._select import MIN_CHECK_CELLS, FidelityCheck, check_every
+from ._draws import draw_counts
+from ._select import FidelityCheck, monitor
 from .base import check_genes, fit_labels, request, synthetic_adata, training_counts
-from .modules.cvae import CVAEModule, NegativeBinomial
+from .modules.cvae import CVAEModule
 
 logger = logging.getLogger(__name__)
 
@@ -293,40 +292,18 @@ class CVAE:
         else:
             batches = lambda: train.iter_generator(generator)  # noqa: E731
             step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
-        return self._train(module, train, val, yt, generator, step, batches,
-                           checkpoint_dir=checkpoint_dir, key=key, seed=seed, progress=progress)
-
-    def _train(self, module: CVAEModule, train: Any, val: Any, yt: np.ndarray,
-               generator: torch.Generator, step: Any, batches: Any, *,
-               checkpoint_dir: str | Path | None, key: str, seed: int,
-               progress: bool) -> dict[str, Any]:  # fmt: skip
-        """The training both fits share: the loop, checkpoints, the latent mixture, the log line.
-
-        ``train``/``val`` are in-memory rows or on-disk loaders (``len``, ``batch``); ``step`` and
-        ``batches`` are the loop's mini-batch loss and one epoch's batches.
-        """
-        c = self.config
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
         max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
-        evaluate, every = self._monitor(train, val, yt, seed, max_epochs)
+        evaluate, every = monitor(self, train, val, yt, seed, max_epochs)
         result = _loop.train_loop(
-            module,
-            _optimizer(module, c),
-            step,
-            batches,
-            evaluate,
-            n_rows=len(train),
-            settings=dataclasses.replace(c, max_epochs=max_epochs),
-            evaluate_every=every,
-            generator=generator,
-            name="CVAE",
-            lr_setting="cvae.lr",
-            checkpoint=checkpoint,
+            module, tr.optimizer(module, c), step, batches, evaluate, n_rows=len(train),
+            settings=dataclasses.replace(c, max_epochs=max_epochs), evaluate_every=every,
+            generator=generator, name="CVAE", lr_setting="cvae.lr", checkpoint=checkpoint,
             progress=progress,
-        )
+        )  # fmt: skip
         history = result.history
         self._fit_sampler(train, yt, seed)
         if checkpoint is not None:
@@ -351,32 +328,6 @@ class CVAE:
         return _loop.fingerprint(
             "CVAE", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
-
-    def _monitor(self, train: Any, val: Any, yt: np.ndarray, seed: int,
-                 max_epochs: int) -> tuple[Any, int]:  # fmt: skip
-        """What early stopping watches (None: the training loss), and every how many epochs.
-
-        ``cvae.select = "fidelity"`` with at least ``MIN_CHECK_CELLS`` validation cells in
-        memory: the two-sample AUC of generated against validation cells
-        (:class:`~cellsynth.models._select.FidelityCheck`); otherwise (``"elbo"``, too few
-        validation cells, or cells read from disk) the validation ELBO.
-        """
-        c = self.config
-        if not len(val):
-            return None, 1
-        if c.select == "fidelity" and isinstance(val, Rows) and len(val) >= MIN_CHECK_CELLS:
-            every = check_every(len(train), c.batch_size, max_epochs)
-            check = FidelityCheck(self, train, yt, val.counts, val.codes.cpu().numpy(), seed)
-            logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
-                        "validation cells (two-sample AUC every %d epochs)",
-                        sum(n for _, n in check.request), every)  # fmt: skip
-            return check, every
-        if c.select == "fidelity":
-            logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "
-                        "\"fidelity\" needs at least %d validation cells in memory",
-                        MIN_CHECK_CELLS)  # fmt: skip
-        module = self._module()
-        return (lambda: mean_loss(module, val, 4 * c.batch_size)), 1
 
     def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False,
                      max_cells: int = MIXTURE_MAX_CELLS) -> None:  # fmt: skip
@@ -552,40 +503,14 @@ class CVAE:
         """
         directory = Path(directory)
         meta, labels, state, history = tr.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
-        config_path = directory / tr.MODEL_FILES["config"]
-        genes_path = directory / GENES_FILE
-        if not genes_path.is_file():
-            raise ModelFileError(
-                f"{genes_path} is missing; {directory} is not a complete CVAE save"
-            )
-        try:
-            genes = json.loads(genes_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{genes_path} is corrupt: {exc}") from None
-        if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
-            raise ModelFileError(f"{genes_path} must hold a list of gene names")
-        try:
-            if not isinstance(meta.get("config"), dict):
-                raise ValueError("'config' must be a table of settings")
-            config = from_dict(CVAEConfig, meta["config"])
-            label_key = str(meta["label_key"])
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{config_path} is invalid: {exc}") from None
+        genes = tr.read_genes(directory / GENES_FILE, directory)
+        config = tr.read_config(directory, meta, CVAEConfig)
+        label_key = str(meta.get("label_key", "cell_type"))
         if device is not None:
             config = dataclasses.replace(config, device=device)
-        n_embedded = state["embed.weight"].shape[0] if "embed.weight" in state else None
-        if n_embedded != len(labels):
-            raise ModelFileError(
-                f"labels.json in {directory} lists {len(labels)} cell types but the weights embed "
-                f"{n_embedded}; the files come from different models"
-            )
-        key = "px_scale_decoder.weight"
-        n_out = state[key].shape[0] if key in state else None
-        if n_out != len(genes):
-            raise ModelFileError(
-                f"{genes_path} lists {len(genes)} genes but the weights decode {n_out}; "
-                "the files come from different models"
-            )
+        tr.check_sizes(directory, state, {"embed.weight": (len(labels), "labels.json", "cell types"),
+                                          "px_scale_decoder.weight": (len(genes), GENES_FILE,
+                                                                      "genes")})  # fmt: skip
         try:
             model = cls(None, label_key=label_key, config=config)
         except ConfigError as exc:
@@ -606,31 +531,3 @@ class CVAE:
         model.module.eval()
         model.history = history
         return model
-
-
-def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator) -> sp.csr_matrix:
-    """Integer counts (CSR) drawn from the decoder's ``px`` at library sizes ``library`` (B,).
-
-    NB/ZINB: the sparse draw of ``nb_csr``; Gaussian (on ``log1p(x / library * target_sum)``):
-    a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
-    """
-    if isinstance(px, NegativeBinomial):
-        dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
-        return nb_csr(rng, px.mu, px.theta, dropout)
-    loc = px.loc.double().cpu().numpy()
-    scale = px.scale.double().cpu().numpy()
-    v = np.maximum(rng.normal(loc, scale), 0.0)
-    lib = library.double().cpu().numpy()[:, None]
-    x = np.rint(np.expm1(v) * (lib / TARGET_SUM))
-    return sp.csr_matrix(x.astype(np.float32))
-
-
-def _optimizer(module: torch.nn.Module, config: CVAEConfig) -> torch.optim.Optimizer:
-    """The training optimiser (shared with the distributed fit, so both take the same steps).
-
-    Fused AdamW: one kernel (CUDA) or loop (CPU) for all parameters, about 3x faster steps
-    than the default multi-tensor version.
-    """
-    return torch.optim.AdamW(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-    )

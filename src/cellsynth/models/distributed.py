@@ -60,7 +60,7 @@ from ._counts import (
     mean_loss,
 )
 from .base import fit_labels, split_masks, training_counts
-from .cvae import CVAE, _optimizer
+from .cvae import CVAE
 
 logger = logging.getLogger("cellsynth.models.distributed")  # also when run as __main__
 
@@ -355,7 +355,7 @@ def _fit(
 
     result = _loop.train_loop(
         module,
-        _optimizer(module, cfg),
+        tr.optimizer(module, cfg),
         lambda idx, beta: ddp(*train.batch(idx), beta),  # x (B, n_genes), y (B,), library (B,)
         lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
         local_val if n_val else None,
