@@ -11,7 +11,7 @@ Example::
     import cellsynth as cs
     adata = cs.simulate(3000, 2000, 8, seed=0)          # or cs.read("atlas.h5ad")
     model = cs.CVAE(adata, label_key="cell_type"); model.train(seed=0)
-    fake = model.sample({"T1": 500, "T2": 200}, seed=1)
+    fake = model.sample({"type_00": 500, "type_01": 200}, seed=1)
     result = cs.evaluate(adata, fake, label_key="cell_type"); cs.pl.fidelity(result)
 
 ``cs.run(...)`` runs the whole pipeline (``cellsynth run``: QC, PCA, classifier, generator,

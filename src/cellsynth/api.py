@@ -8,7 +8,8 @@ libraries are imported inside the functions, so ``import cellsynth`` stays light
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -200,8 +201,35 @@ def run(
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
     cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
-    logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
-    return pipeline.run(cfg, out_dir, progress=progress)
+    with _run_log(out_dir):
+        logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
+        return pipeline.run(cfg, out_dir, progress=progress)
+
+
+@contextmanager
+def _run_log(out: Path) -> Iterator[None]:
+    """Copy cellsynth's INFO log into ``out/run.log`` while the run lasts, as ``cellsynth run``
+    does; the console's handlers are left as the caller set them."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "run.log")
+    except OSError:  # pipeline.run says what is wrong with the directory
+        yield
+        return
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    root = logging.getLogger("cellsynth")
+    level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
 
 def evaluate(
