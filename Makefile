@@ -3,8 +3,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+DOCS_STAMP = $(VENV)/.installed-docs
 
-.PHONY: install demo test test-fast bench bench-fidelity bench-cvae-gap bench-reference bench-performance lint clean
+.PHONY: install demo test test-fast docs bench bench-fidelity bench-cvae-gap bench-reference bench-performance lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,15 @@ bench-reference: $(STAMP)
 
 bench-performance: $(STAMP)
 	$(PY) benchmarks/performance.py
+
+# the documentation site, warnings as errors; the tutorial notebook is executed during the build
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
