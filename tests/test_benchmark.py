@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cellsynth import benchmark, evaluate
+from cellsynth import benchmark, evaluation
 from cellsynth.data.simulate import simulate_atlas
 
 
@@ -16,7 +16,7 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     simulate_atlas(600, 200, 3, seed=3).write_h5ad(data)
     sets = ["qc.min_genes_per_cell=10", "qc.min_cells_per_type=10"]
     out = tmp_path / "bench"
-    page = evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
+    page = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
                                   reuse=True)
     text = page.read_text()
     assert "## tiny" in text and "| nb |" in text and "| real vs real |" in text
@@ -29,27 +29,27 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
         raise AssertionError("a finished generator was run again")
 
     monkeypatch.setattr(benchmark, "make_generator", fail)
-    again = evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
+    again = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
                                    reuse=True)
     assert again.read_text() == text
     # --kept-only: fits nothing, says what is missing
-    kept_page = evaluate.run_benchmark([str(data)], ["nb", "cvae"], out, overrides=sets,
+    kept_page = evaluation.run_benchmark([str(data)], ["nb", "cvae"], out, overrides=sets,
                                        command="test", kept_only=True).read_text()
     assert "| nb |" in kept_page and "| cvae |" not in kept_page
     assert "**Not run** (no results kept for these settings): cvae." in kept_page
     # settings of another generator do not matter to nb; the shared ones do
-    evaluate.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "cvae.n_latent=3"],
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "cvae.n_latent=3"],
                            command="test", reuse=True)
     with pytest.raises(AssertionError, match="run again"):
-        evaluate.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "seed=5"],
+        evaluation.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "seed=5"],
                                command="test", reuse=True)
     with pytest.raises(AssertionError, match="run again"):
-        evaluate.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test")
+        evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test")
     # results kept apart from the run directory (benchmarks/results): read from there, and a
     # fresh --out (nothing fitted there) still gives the same page
     kept_dir = tmp_path / "kept"
     (kept_dir / "tiny").mkdir(parents=True)
     (kept_dir / "tiny" / "nb.json").write_text((out / "tiny" / "results" / "nb.json").read_text())
-    elsewhere = evaluate.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
+    elsewhere = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
                                        command="test", reuse=True, kept=kept_dir)
     assert elsewhere.read_text() == text

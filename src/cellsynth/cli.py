@@ -183,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed,
-                    progress=_progress(args))
+                    max_cells=args.max_cells, progress=_progress(args))
     print(f"fidelity: {path}")
     return 0
 
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="obs column with the cell type, in both files")
     e.add_argument("--out", required=True, metavar="DIR", help="directory for fidelity.json")
     e.add_argument("--seed", type=int, default=0, help="random seed of subsamples and the floor")
+    e.add_argument("--max-cells", type=int, default=3000, metavar="N",
+                   help="cells of each file read (a stratified subsample; files are never "
+                        "read whole)")
     e.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     e.set_defaults(func=cmd_evaluate)
 

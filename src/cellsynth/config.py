@@ -342,6 +342,20 @@ class ReportConfig:
 
 @dataclass
 class RunConfig:
+    """Every setting of a run: one section per stage, and the one seed.
+
+    Load one from TOML with :func:`load` (``--set SECTION.KEY=VALUE`` overrides checked
+    against each setting's type and declared range), or resolve the CLI's way with
+    :func:`resolve`; ``cellsynth config show`` prints them with defaults and ranges.
+
+    Parameters
+    ----------
+    seed
+        The one seed every other seed is derived from (``seeds.derive_seed``).
+    dataset, qc, split, features, classifier, generator, seed_vae, cvae, scvi, explain, report
+        The settings of each stage (:class:`DatasetConfig`, :class:`QCConfig`, ...).
+    """
+
     seed: int = ranged("[0, 2**63)", 0)  # the one seed every other seed is derived from
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     qc: QCConfig = field(default_factory=QCConfig)
