@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import anndata as ad
@@ -665,3 +666,21 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     assert model.sample({"beta": 5}, seed=0).n_obs == 5
     assert "select" not in hashed_settings(load(overrides=["cvae.select=elbo"]))["cvae"]
     assert hashed_settings(load())["cvae"]["select"] == "fidelity"
+
+
+def test_long_training_logs_signs_of_life(monkeypatch, caplog):
+    """Without a terminal (no progress bar) a long fit still logs where it is, at most every
+    LOG_SECONDS: epoch, cells, loss, the last check, cells/s and the time left."""
+    from cellsynth.models import _loop
+
+    caplog.set_level(logging.INFO, logger="cellsynth")
+    monkeypatch.setattr(_loop, "LOG_SECONDS", 0.0)  # every step is "long"
+    _toy_loop([3.0, 2.0, 1.0], steps_per_epoch=3, max_epochs=3, patience=5)
+    lines = [r.getMessage() for r in caplog.records if "cells/s" in r.getMessage()]
+    assert len(lines) == 9  # one per step
+    assert lines[0].startswith("test: epoch 1/3, 1 of 3 cells") and "left" in lines[0]
+    assert "last check 3" in lines[3] and "last check" not in lines[0]
+    monkeypatch.setattr(_loop, "LOG_SECONDS", 3600.0)
+    caplog.clear()
+    _toy_loop([3.0, 2.0, 1.0], steps_per_epoch=3, max_epochs=3, patience=5)
+    assert not [r for r in caplog.records if "cells/s" in r.getMessage()]

@@ -298,12 +298,14 @@ def train_loop(
     bar = tqdm(total=settings.max_epochs, initial=first, desc=name, unit="epoch",
                disable=not progress)  # fmt: skip
     epoch = first - 1
+    life = _SignsOfLife(history)
     for epoch in range(first, settings.max_epochs):
         beta = tr.kl_weight(epoch, settings.kl_start, settings.kl_anneal_epochs)
         beta *= float(getattr(settings, "kl_weight", 1.0))
         (train_module or module).train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no sync per step
-        n_steps = 0
+        n_steps = seen = 0
+        epoch_start = time.perf_counter()
         for idx in batches():
             n_steps += 1
             batch_loss = loss(idx, beta)
@@ -313,6 +315,10 @@ def train_loop(
             if scheduler is not None:
                 scheduler.step()
             total += batch_loss.detach().double() * len(idx)
+            seen += len(idx)
+            if verbose and time.perf_counter() - life.last >= LOG_SECONDS:
+                life.log(name, epoch, settings.max_epochs, seen, n_rows,
+                         total.item() / max(seen, 1), time.perf_counter() - epoch_start)
         train_loss = total.item() / n_rows
         check = (evaluate is None or (epoch + 1) % max(evaluate_every, 1) == 0
                  or epoch + 1 == settings.max_epochs)  # fmt: skip
@@ -353,6 +359,34 @@ def train_loop(
                     checkpoint.writes, checkpoint.seconds,
                     1000 * checkpoint.seconds / checkpoint.writes)  # fmt: skip
     return LoopResult(history, stopper.best_loss, epoch + 1 - first)
+
+
+LOG_SECONDS = 30.0  # a long fit logs a line at least this often (progress bars need a terminal)
+
+
+class _SignsOfLife:
+    """A log line at most every :data:`LOG_SECONDS` inside long epochs: where training is, the
+    loss so far, the last check, cells a second and the time left in the epoch budget."""
+
+    def __init__(self, history: dict[str, Any]) -> None:
+        self.history, self.last = history, time.perf_counter()
+
+    def log(self, name: str, epoch: int, max_epochs: int, seen: int, n_rows: int, loss: float,
+            seconds: float) -> None:  # fmt: skip
+        rate = seen / max(seconds, 1e-9)
+        left = (n_rows - seen) / rate + (max_epochs - epoch - 1) * n_rows / rate
+        checks = [v for v in self.history["val_loss"] if v is not None]
+        last = f", last check {checks[-1]:.4g}" if checks else ""
+        logger.info("%s: epoch %d/%d, %d of %d cells, loss %.4g%s, %.0f cells/s, at most %s "
+                    "left", name, epoch + 1, max_epochs, seen, n_rows, loss, last, rate,
+                    _duration(left))  # fmt: skip
+        self.last = time.perf_counter()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m = seconds // 3600, seconds % 3600 // 60
+    return f"{h} h {m:02d} min" if h else f"{m} min {seconds % 60:02d} s"
 
 
 # ---------------------------------------------------------------------------------------------
