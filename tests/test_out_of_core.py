@@ -9,13 +9,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from cellsynth.pipeline import out_of_core
 
 from cellsynth import config
 from cellsynth.cli import main
 from cellsynth.data.simulate import write_atlas
 from cellsynth.errors import CellsynthError
-from cellsynth.pipeline import run
+from cellsynth.pipeline import out_of_core, run
 
 FAST = [
     "features.n_components=8",
