@@ -434,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

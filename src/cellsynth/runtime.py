@@ -134,7 +134,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 #: settings that change how a stage runs, not what it produces: left out of the stage hashes, so
 #: changing them does not redo a finished stage (how often training checkpoints are written)
-UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint_seconds")}
+UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint_seconds"),
+                                      "dataset": ("drop_undetected_genes",)}  # fit only
 
 #: settings added after results were kept, with the value that does what the code did before
 #: them: hashed only when set to something else, so adding one keeps every kept result valid
