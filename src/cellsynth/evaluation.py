@@ -30,9 +30,9 @@ from .data.io import Expression, check_label, check_shape, check_values, find_co
 from .data.split import stratified_subsample
 from .data.store import H5adFile
 from .errors import DataError
-from .metrics.fidelity import fidelity_report, real_floor
+from .metrics.fidelity import fidelity_report, memorisation, real_floor
 from .metrics.space import fit_space
-from .runtime import write_json
+from .runtime import write_json, write_text
 from .seeds import derive_seed
 
 if TYPE_CHECKING:
@@ -184,7 +184,10 @@ def compare(
         :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``n_cells``: for ``real`` and
         ``synthetic``, the cells ``used`` (scored) and the ``total`` in the input, and for
         ``real`` the ``space`` cells; ``n_genes`` compared; ``max_cells``, ``seed``,
-        ``label_key``; ``real`` and ``synthetic``: the paths (or ``"AnnData"``).
+        ``label_key``; ``real`` and ``synthetic``: the paths (or ``"AnnData"``);
+        ``memorisation``: :func:`~cellsynth.metrics.fidelity.memorisation` (``flagged`` when the
+        synthetic cells copy real ones: an AUC below 0.4, exact or near copies, or the real
+        file itself), also a WARNING in the log and a line in ``fidelity.md``.
     """
     max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
     if max_cells < 4:
@@ -223,9 +226,18 @@ def compare(
     floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"), progress=progress)
     fid = fidelity_report(space, rc, rl, sc, s.labels, seed=derive_seed(seed, "fidelity"),
                           progress=progress)
+    memo = memorisation(space, counts, sc, c2st=fid["overall"]["c2st_auc"],
+                        seed=derive_seed(seed, "memorisation"))
+    if _same_file(real, synthetic):
+        memo["reasons"].insert(0, "the synthetic data are the real file itself")
+        memo["flagged"] = True
+    if memo["flagged"]:
+        logger.warning("memorisation: the synthetic cells copy real ones (%s); their fidelity "
+                       "scores do not measure generation", "; ".join(memo["reasons"]))
     return {
         "real_vs_real": floor,
         "synthetic_vs_real": fid,
+        "memorisation": memo,
         "n_cells": {"real": {"used": len(rl), "space": len(fl), "total": r.n_total},
                     "synthetic": {"used": len(s.labels), "total": s.n_total}},
         "n_genes": len(genes),
@@ -235,6 +247,20 @@ def compare(
         "real": r.source,
         "synthetic": s.source,
     }
+
+
+def _same_file(real: Any, synthetic: Any) -> bool:
+    """Whether two paths are one file, or two files of the same bytes."""
+    import filecmp
+
+    if not (isinstance(real, str | Path) and isinstance(synthetic, str | Path)):
+        return real is synthetic
+    a, b = Path(real), Path(synthetic)
+    try:
+        return a.samefile(b) or (a.stat().st_size == b.stat().st_size
+                                 and filecmp.cmp(a, b, shallow=False))  # fmt: skip
+    except OSError:
+        return False
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:
@@ -252,6 +278,9 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
     The path of ``fidelity.md``.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; give a directory for fidelity.json "
+                        "and fidelity.md")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fidelity.json", result)
     n = result["n_cells"]
@@ -271,8 +300,14 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
         "", *table({"real vs real": flat_report(result["real_vs_real"]),
                     "synthetic": flat_report(result["synthetic_vs_real"])}), "",
     ]  # fmt: skip
+    memo = result.get("memorisation") or {}
+    if memo.get("flagged"):
+        why = "; ".join(memo["reasons"])
+        lines[2:2] = [f"**Memorisation: the synthetic cells copy real ones** ({why}). "
+                      "The scores below do not measure generation: do not read them as a "
+                      "success.", ""]
     path = out / "fidelity.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))  # atomic
     return path
 
 
@@ -343,7 +378,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         sections.append((name, cfg, shape, details))
         write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape})
         # the page is rewritten after every dataset, so an interrupted run still leaves one
-        path.write_text(results_page(sections, command, models))
+        write_text(path, results_page(sections, command, models))
     return path
 
 
