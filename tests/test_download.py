@@ -21,7 +21,8 @@ FAST = {"progress": False, "timeout": 5.0, "chunk_size": 1 << 16}
 
 @pytest.fixture(scope="module")
 def payload() -> bytes:
-    return np.random.default_rng(0).bytes(SIZE)
+    # an HDF5 signature (a download that is not HDF5 is refused), then random bytes
+    return b"\x89HDF\r\n\x1a\n" + np.random.default_rng(0).bytes(SIZE - 8)
 
 
 @pytest.fixture

@@ -72,3 +72,27 @@ def test_a_type_requested_twice_is_an_error():
         _parse_types("B=5,B=7")
     with pytest.raises(CellsynthError, match="'B cell' twice"):
         _parse_types("B cell=5, B cell =7")
+
+
+# -- 10: downloads that are not HDF5 ----------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "said"), [
+    (b"<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head></html>",
+     "an HTML page: '503 Service Unavailable'"),
+    (b"\x1f\x8b\x08\x00" + bytes(100), "a gzip file"),
+    (b"", "an empty file"),
+])
+def test_a_download_that_is_not_hdf5_is_refused(body, said, tmp_path):
+    from _http_server import start
+    from cellsynth.data.download import download
+    from cellsynth.errors import DownloadError
+
+    srv, _state, base = start(body)
+    try:
+        with pytest.raises(DownloadError, match="not an HDF5") as err:
+            download("E-TEST-1", tmp_path, base_url=base, progress=False, timeout=5.0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert said in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing under the final name, no .part to resume

@@ -248,7 +248,49 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
     return _finish(part, dest)
 
 
+#: the HDF5 signature, at byte 0 or (after a user block) at 512, 1024, 2048... bytes
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts (or, after a user block, continues) with the HDF5 signature."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            fh.seek(offset)
+            if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def describe(path: Path) -> str:
+    """What a file that is not HDF5 looks like, in words (an HTML page and its title, gzip,
+    zip, text and how it starts, or its first bytes)."""
+    head = path.read_bytes()[:4096] if path.stat().st_size else b""
+    if not head:
+        return "an empty file"
+    text = head.decode("utf-8", errors="replace")
+    lower = text.lower()
+    if "<html" in lower or "<!doctype html" in lower:
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        return "an HTML page" + (f": {' '.join(title.group(1).split())[:80]!r}" if title else "")
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file (decompress it first?)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    if all(c.isprintable() or c.isspace() for c in text[:200]):
+        return f"text starting {' '.join(text[:60].split())!r}"
+    return f"{path.stat().st_size} bytes starting {head[:8].hex(' ')}"
+
+
 def _finish(part: Path, dest: Path) -> Path:
+    if dest.suffix in (".h5ad", ".h5", ".hdf5") and not is_hdf5(part):
+        what = describe(part)
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"the server sent {what}, not an HDF5 (.h5ad) file; nothing was saved "
+                            f"as {dest}: check the accession and the base URL, or {_BY_HAND}")
     os.replace(part, dest)
     logger.info("saved %s (%d bytes)", dest, dest.stat().st_size)
     return dest
