@@ -123,7 +123,8 @@ def test_samples_resemble_their_class(data):
 def test_save_load_round_trip(fitted, tmp_path):
     fitted.save(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").iterdir()}
-    assert files == {"config.json", "weights.safetensors", "labels.json", "history.json"}
+    assert files == {"config.json", "weights.safetensors", "labels.json", "history.json",
+                     "checksums.json"}
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (
         meta["n_input"] == N_DIM and meta["config"]["n_latent"] == 8 and meta["cellsynth_version"]
@@ -146,6 +147,9 @@ def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
 
     fitted.save(tmp_path / "t")
     (tmp_path / "t" / "labels.json").write_text(json.dumps([*LABELS, "delta"]))
+    with pytest.raises(ModelFileError, match=r"labels\.json changed after the model was saved"):
+        SeedCVAE.load(tmp_path / "t")
+    (tmp_path / "t" / "checksums.json").unlink()  # an older save: the shapes still tell
     with pytest.raises(ModelFileError, match="4 cell types"):
         SeedCVAE.load(tmp_path / "t")
 
@@ -153,6 +157,9 @@ def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
     meta = json.loads((tmp_path / "c" / "config.json").read_text())
     meta["n_input"] = N_DIM + 1
     (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"config\.json changed after the model was saved"):
+        SeedCVAE.load(tmp_path / "c")
+    (tmp_path / "c" / "checksums.json").unlink()
     with pytest.raises(ModelFileError, match="n_input"):
         SeedCVAE.load(tmp_path / "c")
 

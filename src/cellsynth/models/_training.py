@@ -5,6 +5,7 @@ Nothing here knows about a particular model; a count-space VAE can reuse every f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -233,25 +234,85 @@ MODEL_FILES = {"config": "config.json", "weights": "weights.safetensors", "label
 HISTORY_FILE = "history.json"
 
 
+#: sha256 of every file a model directory's save wrote, checked on load
+CHECKSUMS_FILE = "checksums.json"
+
+
 def save_model_dir(
     directory: str | Path,
     meta: dict[str, Any],
     module: torch.nn.Module,
     labels: list[str],
     history: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a model directory of plain files (JSON and safetensors; nothing pickled).
 
-    ``meta`` (model name, format version, sizes, config) goes to ``config.json``.
+    ``meta`` (model name, format version, sizes, config) goes to ``config.json``;
+    ``extra_files`` (file name -> text, e.g. ``genes.json``) are written beside. Weights that are
+    not finite (a diverged fit) are refused. ``checksums.json`` records the sha256 of every
+    file written here, and :func:`load_model_dir` checks them.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MODEL_FILES["config"]).write_text(json.dumps(meta, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    bad = _non_finite(state)
+    if bad:
+        raise ModelFileError(f"the model's weights hold non-finite values ({bad}): training "
+                             f"diverged; nothing was saved to {directory}; lower cvae.lr or "
+                             "check the input counts")
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = {MODEL_FILES["config"]: json.dumps(meta, indent=2),
+             MODEL_FILES["labels"]: json.dumps(labels, indent=2),
+             HISTORY_FILE: json.dumps(history, indent=2), **(extra_files or {})}
+    (directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # no stale checksums while writing
+    for name, text in texts.items():
+        (directory / name).write_text(text)
     save_file(state, str(directory / MODEL_FILES["weights"]))
-    (directory / MODEL_FILES["labels"]).write_text(json.dumps(labels, indent=2))
-    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    written = [*texts, MODEL_FILES["weights"]]
+    sums = {name: _sha256(directory / name) for name in sorted(written)}
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
     return directory
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str:
+    """The tensors of ``state`` holding NaN or infinity, in words ("" when none)."""
+    bad = [f"{k}: {int((~torch.isfinite(v)).sum())} of {v.numel()}" for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return "; ".join(bad[:3]) + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+
+
+def verify_checksums(directory: str | Path) -> None:
+    """Check the files ``checksums.json`` lists against their recorded sha256; a changed or
+    missing one is a one-line :class:`ModelFileError` naming it. A directory without the file
+    (saved by an older cellsynth) is accepted with a warning."""
+    directory = Path(directory)
+    path = directory / CHECKSUMS_FILE
+    if not path.is_file():
+        logger.warning("%s has no %s (saved by an older cellsynth): its files cannot be checked "
+                       "for changes; save the model again to add it", directory, CHECKSUMS_FILE)
+        return
+    try:
+        sums = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        sums = None
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise ModelFileError(f"{path} is corrupt; save the model again")
+    for name, expected in sums.items():
+        file = directory / name
+        if Path(name).name != name or not file.is_file():
+            raise ModelFileError(f"{file} is listed in {CHECKSUMS_FILE} but missing; {directory} "
+                                 "is not a complete save: copy the whole directory or save again")
+        if _sha256(file) != expected:
+            raise ModelFileError(f"{file} changed after the model was saved (its sha256 differs "
+                                 f"from {CHECKSUMS_FILE}); restore the file or save the model again")
 
 
 def load_model_dir(
@@ -260,8 +321,9 @@ def load_model_dir(
     """Read and check a directory written by :func:`save_model_dir`.
 
     Returns ``(meta, labels, state_dict, history)``; raises :class:`ModelFileError` when a file
-    is missing or corrupt, the model name or format version differ, or the labels are invalid.
-    Checks that depend on the architecture are left to the caller.
+    is missing, corrupt or changed since it was saved (``checksums.json``), the weights are not
+    finite, the model name or format version differ, or the labels are invalid. Checks that
+    depend on the architecture are left to the caller.
     """
     directory = Path(directory)
     for name in MODEL_FILES.values():
@@ -297,6 +359,11 @@ def load_model_dir(
         raise ModelFileError(
             f"{directory / MODEL_FILES['weights']} cannot be read: {exc}"
         ) from None
+    verify_checksums(directory)  # after the checks that name a corrupt file's fault
+    bad = _non_finite(state)
+    if bad:
+        raise ModelFileError(f"{directory / MODEL_FILES['weights']} holds non-finite weights "
+                             f"({bad}); the model cannot generate: train it again")
     return meta, labels, state, history if isinstance(history, dict) else {}
 
 
