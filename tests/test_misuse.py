@@ -163,3 +163,89 @@ def test_non_finite_weights_are_refused_at_save_and_at_load(tmp_path):
     save_file(state, str(d / "weights.safetensors"))
     with pytest.raises(ModelFileError, match="holds non-finite weights"):
         tr.load_model_dir(d, "Toy", 1)
+
+
+# -- 7: atomic writes -------------------------------------------------------------------------
+
+def _h5ad_fails_midway(self, path, *args, **kwargs):
+    """``AnnData.write_h5ad`` that writes part of its file, then fails (a full disk)."""
+    Path(path).write_bytes(b"partial")
+    raise OSError(28, "No space left on device")
+
+
+def _text_fails_midway(self, data, *args, **kwargs):
+    """``Path.write_text`` that writes part of its file, then fails (a full disk)."""
+    self.write_bytes(data[:1].encode())
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failed_h5ad_write_leaves_no_file_under_its_name(monkeypatch, tmp_path):
+    from cellsynth.data.store import write_h5ad
+    from cellsynth.errors import DataError
+
+    adata = simulate_atlas(50, 60, 2, seed=0, label_key=LABEL)
+    out = tmp_path / "syn.h5ad"
+    with monkeypatch.context() as m:
+        m.setattr(ad.AnnData, "write_h5ad", _h5ad_fails_midway)
+        with pytest.raises(DataError, match="cannot write"):
+            write_h5ad(adata, out)
+    assert list(tmp_path.iterdir()) == []
+    write_h5ad(adata, out)
+    assert ad.read_h5ad(out).n_obs == 50 and [p.name for p in tmp_path.iterdir()] == ["syn.h5ad"]
+    with pytest.raises(DataError, match="is a directory"):
+        write_h5ad(adata, tmp_path)
+
+
+def test_generate_writes_through_the_atomic_writer():
+    import inspect
+
+    from cellsynth import cli
+
+    source = inspect.getsource(cli.cmd_generate)
+    assert "write_h5ad(syn, out)" in source and "syn.write_h5ad" not in source
+
+
+def test_a_failed_text_write_keeps_the_earlier_file(monkeypatch, tmp_path):
+    from cellsynth import runtime
+
+    page = tmp_path / "report.html"
+    page.write_text("earlier")
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", _text_fails_midway)
+        with pytest.raises(CellsynthError, match="disk full"):
+            runtime.write_text(page, "new")
+        with pytest.raises(CellsynthError, match="disk full"):
+            runtime.write_json(tmp_path / "fidelity.json", {"a": 1})
+    assert page.read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_reports_and_fidelity_use_the_atomic_writer(monkeypatch, tmp_path):
+    """results.md, report.html and fidelity.md are written by runtime.write_text."""
+    from cellsynth import evaluation, runtime
+    from cellsynth.report import html, results
+
+    for module in (html, results, evaluation):
+        assert module.write_text is runtime.write_text, module.__name__
+    written = []
+    monkeypatch.setattr(evaluation, "write_text", lambda path, text: written.append(Path(path)))
+    result = {"n_cells": {"real": {"used": 1, "total": 2, "space": 1},
+                          "synthetic": {"used": 1, "total": 1}},
+              "real": "a.h5ad", "synthetic": "b.h5ad", "label_key": LABEL, "max_cells": 4,
+              "n_genes": 1, "real_vs_real": {"overall": {}}, "synthetic_vs_real": {"overall": {}},
+              "memorisation": {"flagged": False}}
+    monkeypatch.setattr(evaluation, "write_json", lambda path, data: None)
+    evaluation.write(result, tmp_path)
+    assert tmp_path / "fidelity.md" in written
+
+
+def test_simulate_killed_midway_leaves_no_file(monkeypatch, tmp_path):
+    from cellsynth.data import simulate
+    from cellsynth.data.simulate import write_atlas
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(simulate, "write_elem", boom)  # after X, while writing obs
+    with pytest.raises(KeyboardInterrupt):
+        write_atlas(tmp_path / "sim.h5ad", 300, 50, 3, seed=0, label_key=LABEL, progress=False)
+    assert list(tmp_path.iterdir()) == []

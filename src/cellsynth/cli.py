@@ -136,6 +136,9 @@ def _parse_types(text: str) -> dict[str, int]:
         name, sep, n = item.rpartition("=")
         if not sep or not name.strip():
             raise CellsynthError(f"--types expects TYPE=N[,TYPE=N...], got {item!r}")
+        if name.strip() in out:
+            raise CellsynthError(f"--types names {name.strip()!r} twice; give each type once "
+                                 "(TYPE=N,...) with the total you want")
         try:
             out[name.strip()] = int(n)
         except ValueError:
@@ -158,6 +161,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .data.store import write_h5ad
     from .models.cvae import CVAE
     from .models.registry import load_generator
 
@@ -173,7 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         syn = gen.sample(counts, seed=args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    syn.write_h5ad(out)
+    write_h5ad(syn, out)  # atomic: a failed or killed write leaves no partial file at out
     print(f"generated {syn.n_obs} cells x {syn.n_vars} genes: {out}")
     return 0
 

@@ -27,14 +27,25 @@ def peak_rss_mb() -> float:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(data, indent=2, default=_default))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: into ``PATH.tmp``, then renamed to ``path``.
+
+    A failure or a kill mid-write leaves ``path`` as it was (the temporary file is removed on
+    error); the rename replaces a symlink at ``path`` rather than writing through it.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=_default))
+        tmp.unlink(missing_ok=True)  # never write through a link left at the temporary name
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             from .errors import CellsynthError
 
             raise CellsynthError(f"disk full while writing {path}; free space or choose "

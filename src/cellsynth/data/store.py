@@ -315,6 +315,32 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
     part.replace(path)
 
 
+def write_h5ad(adata, path: str | Path) -> Path:
+    """``adata.write_h5ad`` made atomic: written into ``PATH.part`` and renamed to ``path``.
+
+    A failure or a kill mid-write never leaves a partial file under ``path`` (the part file is
+    removed on error); ``path`` an existing directory, a full disk or an unwritable folder is a
+    one-line :class:`DataError`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    try:
+        part.unlink(missing_ok=True)  # never write through a link left at the part name
+        adata.write_h5ad(part)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
+                        "output") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
+    return path
+
+
 class CSRWriter:
     """Append CSR rows to a new anndata CSR group (``encoding-type`` csr_matrix), chunk by chunk.
 

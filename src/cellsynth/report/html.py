@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import CellsynthError
+from ..runtime import write_text
 from . import figures
 
 logger = logging.getLogger(__name__)
@@ -455,8 +456,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else run_dir / "report.html"
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, page)  # atomic: a temporary file renamed, removed on error
     logger.info("report: %s", path)
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..runtime import write_text
 
 _ROWS = {
     "a": ("Real data", "Real data"),
@@ -76,5 +77,5 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
     lines += ["", f"Total: {total:.1f} s. Per-class metrics, confusion matrices and the SHAP "
               "explanation are in `metrics/` and `explain/`.", ""]
     path = out / "results.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))  # atomic: never a half-written page
     return path
