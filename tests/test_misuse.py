@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from cellsynth import evaluation
-from cellsynth.cli import _parse_types
+from cellsynth.cli import _parse_types, main
 from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import CellsynthError
 
@@ -249,3 +251,230 @@ def test_simulate_killed_midway_leaves_no_file(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_atlas(tmp_path / "sim.h5ad", 300, 50, 3, seed=0, label_key=LABEL, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 1 and 6: resume keys that cover the input file, missing outputs, a corrupt manifest ---------
+
+RUN_SETTINGS = ["features.n_components=10", "classifier.n_estimators=20", "classifier.max_depth=3",
+                "generator.model=nb", "generator.n_per_type_eval=20",
+                "generator.n_per_type_train=40", "generator.n_per_type_val=10",
+                "qc.min_genes_per_cell=20", "report.umap=false", "report.fidelity=false"]
+
+
+def _run_args(data, out, *extra):
+    args = ["run", str(data), "--label-key", LABEL, "--out", str(out), "--quiet"]
+    for s in [*RUN_SETTINGS, *extra]:
+        args += ["--set", s]
+    return args
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """An input file and a finished run on it (copy the run directory before changing it)."""
+    from cellsynth.data.simulate import write_atlas
+
+    root = tmp_path_factory.mktemp("finished")
+    data = write_atlas(root / "atlas.h5ad", 600, 200, 4, seed=0, label_key=LABEL, progress=False)
+    assert main(_run_args(data, root / "run")) == 0
+    return data, root / "run"
+
+
+def _stages(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["stages"]
+
+
+def test_a_replaced_input_file_reruns_from_the_data_stage(finished_run, tmp_path, caplog):
+    from cellsynth.data.simulate import write_atlas
+
+    data, template = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(template, out)
+    recorded = _stages(out)["data"]["input"]
+    assert recorded["path"] == str(data.resolve()) and len(recorded["sha256"]) == 64
+    # the same bytes with a new modification time: hashed again, the same, so all skipped
+    data.touch()
+    caplog.clear()
+    assert main(_run_args(data, out)) == 0
+    assert caplog.text.count("done before with the same settings, skipped") == 7
+    # other cells under the same name: the data stage and everything after it run again
+    other = write_atlas(tmp_path / "other.h5ad", 600, 200, 4, seed=1, label_key=LABEL,
+                        progress=False)
+    shutil.copyfile(other, data)
+    caplog.clear()
+    try:
+        assert main(_run_args(data, out)) == 0
+    finally:
+        write_atlas(data, 600, 200, 4, seed=0, label_key=LABEL, progress=False)  # for the others
+    assert "stage data: the input file changed" in caplog.text
+    assert "skipped" not in caplog.text
+    assert _stages(out)["data"]["input"]["sha256"] != recorded["sha256"]
+
+
+def test_a_deleted_stage_output_reruns_that_stage(finished_run, tmp_path, caplog):
+    data, template = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(template, out)
+    (out / "explain" / "shap.json").unlink()
+    caplog.clear()
+    assert main(_run_args(data, out)) == 0
+    assert "stage explain: its output explain/shap.json is missing; running again" in caplog.text
+    assert caplog.text.count("skipped") == 6 and (out / "explain" / "shap.json").is_file()
+    (out / "data" / "preprocessed.h5ad").unlink()
+    caplog.clear()
+    assert main(_run_args(data, out)) == 0
+    assert "stage data: its output data/preprocessed.h5ad is missing; running again" in caplog.text
+    assert "skipped" not in caplog.text and (out / "data" / "preprocessed.h5ad").is_file()
+
+
+def test_the_input_digest_is_computed_once_per_file_state(tmp_path):
+    from cellsynth.runtime import input_digest
+
+    path = tmp_path / "x.h5ad"
+    path.write_bytes(b"cells")
+    first = input_digest(path)
+    assert input_digest(path, {**first, "sha256": "cached"})["sha256"] == "cached"  # not read
+    path.write_bytes(b"other")  # size kept, time changed: read again
+    assert input_digest(path, {**first, "sha256": "cached"})["sha256"] not in ("cached",
+                                                                              first["sha256"])
+
+
+def test_a_corrupt_manifest_is_set_aside_and_every_stage_runs(tmp_path, caplog):
+    from cellsynth.config import RunConfig
+    from cellsynth.runtime import Manifest, ResumePlan
+
+    path = tmp_path / "manifest.json"
+    for bad in ("{not json", "[1, 2]", '{"stages": 3}', "\udcff"):
+        path.write_text(bad, errors="surrogateescape")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            manifest = Manifest(path)
+        assert manifest.data == {"stages": {}}
+        assert "is corrupt" in caplog.text and "every stage runs again" in caplog.text
+        assert (tmp_path / "manifest.json.corrupt").read_bytes() == bad.encode(errors="surrogateescape")
+        plan = ResumePlan(manifest, RunConfig(), set())
+        assert all(plan.runs(stage) for stage in ("data", "features", "evaluation"))
+
+
+def test_input_change_is_told_apart_from_a_settings_change(tmp_path, caplog):
+    from cellsynth.config import RunConfig
+    from cellsynth.runtime import Manifest, ResumePlan
+
+    manifest = Manifest(tmp_path / "manifest.json")
+    given = {"path": "/d/a.h5ad", "size": 10, "mtime_ns": 1, "sha256": "a" * 64}
+    plan = ResumePlan(manifest, RunConfig(), set(), inputs={"data": given})
+    manifest.data["stages"]["data"] = {"status": "done", "config_hash": plan.hash("data"),
+                                       "input": given}
+    caplog.set_level(logging.INFO)
+    assert not ResumePlan(manifest, RunConfig(), set(), inputs={"data": given}).runs("data")
+    changed = {**given, "size": 12, "sha256": "b" * 64}
+    assert ResumePlan(manifest, RunConfig(), set(), inputs={"data": changed}).runs("data")
+    assert "the input file changed (/d/a.h5ad: 10 bytes before, 12 now)" in caplog.text
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell = 3
+    assert ResumePlan(manifest, cfg, set(), inputs={"data": given}).runs("data")
+    assert "stage data: its settings changed; running again" in caplog.text
+
+
+# -- 2: one run per directory -------------------------------------------------------------------
+
+_HOLD = ("import sys; from cellsynth.runtime import RunLock; lock = RunLock(sys.argv[1]); "
+         "lock.acquire(); print('held', flush=True); sys.stdin.readline()")
+
+
+def test_a_second_run_on_a_directory_in_use_stops_at_once(tmp_path, capsys, caplog):
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"is in use by another cellsynth run (process {holder.pid}" in err
+        assert "\n" not in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing else written
+    finally:
+        holder.stdin.close()  # the holder ends without releasing: a stale lock is left
+        holder.wait(timeout=30)
+    assert json.loads((out / "run.lock").read_text())["pid"] == holder.pid
+
+    from cellsynth.config import RunConfig
+    from cellsynth.pipeline.context import RunContext
+
+    with caplog.at_level(logging.WARNING):
+        ctx = RunContext(RunConfig(), out, progress=False)
+    assert f"taking over the stale lock {out / 'run.lock'} of process {holder.pid}" in caplog.text
+    assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid()
+    ctx.close()
+    assert not (out / "run.lock").exists()
+
+
+def test_the_lock_is_released_when_a_run_fails(tmp_path):
+    from cellsynth import config, pipeline
+
+    cfg = config.load(None, [f"dataset.path='{tmp_path / 'missing.h5ad'}'"])
+    with pytest.raises(CellsynthError):
+        pipeline.run(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "manifest.json").is_file()
+    assert not (tmp_path / "run" / "run.lock").exists()
+
+
+# -- 6: paths -----------------------------------------------------------------------------------
+
+def _one_line_exit_2(argv, capsys, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cellsynth: error:") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_out_that_is_a_file_or_the_input_is_refused(atlas_file, tmp_path, capsys):
+    before = atlas_file.read_bytes()
+    _one_line_exit_2(["run", str(atlas_file), "--out", str(atlas_file), "--quiet"], capsys,
+                     "is an existing file, not a directory")
+    assert atlas_file.read_bytes() == before
+    inside = tmp_path / "run" / "data" / "preprocessed.h5ad"
+    inside.parent.mkdir(parents=True)
+    shutil.copyfile(atlas_file, inside)
+    _one_line_exit_2(["run", str(inside), "--out", str(tmp_path / "run"), "--quiet"], capsys,
+                     "lies where the run in")
+    evaluate_out = tmp_path / "fidelity.txt"
+    evaluate_out.write_text("x")
+    _one_line_exit_2(["evaluate", "--real", str(atlas_file), "--synthetic", str(atlas_file),
+                      "--label-key", LABEL, "--out", str(evaluate_out)], capsys,
+                     "is an existing file")
+
+
+def test_a_config_that_is_not_utf8_or_not_toml_is_one_line(tmp_path, capsys):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[dataset]\nlabel_key = 'cellule_\xe9'\n".encode("latin-1"))
+    _one_line_exit_2(["run", "--config", str(latin), "--out", str(tmp_path / "r")], capsys,
+                     "is not UTF-8 text")
+    garbage = tmp_path / "bad.toml"
+    garbage.write_text("[dataset\nlabel_key = \n")
+    _one_line_exit_2(["run", "--config", str(garbage), "--out", str(tmp_path / "r")], capsys,
+                     "is not valid TOML")
+    binary = tmp_path / "model.toml"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\x00\x00")
+    _one_line_exit_2(["config", "show", "--config", str(binary)], capsys, "not UTF-8")
+
+
+@pytest.mark.parametrize("planted", ["metrics", "results.md", "data/qc.json", ".write-test"])
+def test_a_symlink_planted_in_a_run_directory_is_never_written_through(planted, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("keep")
+    out = tmp_path / "run"
+    link = out / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside if planted == "metrics" else victim)
+    _one_line_exit_2(["run", "--out", str(out), "--quiet"], capsys, "is a symbolic link to",
+                     str(link))
+    assert victim.read_text() == "keep" and sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert not (out / "run.lock").exists() and not (out / "manifest.json").exists()
+

@@ -263,6 +263,15 @@ def _same_file(real: Any, synthetic: Any) -> bool:
         return False
 
 
+def _out_dir(out: str | Path) -> Path:
+    """The output directory, refused when it is an existing file (e.g. the input)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; give a directory for fidelity.json "
+                        "and fidelity.md")
+    return out
+
+
 def write(result: dict[str, Any], out: str | Path) -> Path:
     """Write :func:`compare`'s ``result`` as ``fidelity.json`` and ``fidelity.md`` into ``out``.
 
@@ -277,10 +286,7 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
     -------
     The path of ``fidelity.md``.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is an existing file; give a directory for fidelity.json "
-                        "and fidelity.md")
+    out = _out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fidelity.json", result)
     n = result["n_cells"]
@@ -327,6 +333,7 @@ def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, 
     -------
     The path of ``fidelity.md``.
     """
+    _out_dir(out)  # before any work
     result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells,
                      progress=progress)
     return write(result, out)

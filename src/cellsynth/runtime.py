@@ -68,7 +68,7 @@ class Manifest:
         self.path = path
         self.data: dict[str, Any] = {"stages": {}}
         if path.is_file():
-            self.data = json.loads(path.read_text())
+            self.data = _read_manifest(path)
 
     def set_meta(self, **meta: Any) -> None:
         self.data.update(meta)
@@ -77,6 +77,12 @@ class Manifest:
     def is_done(self, name: str, config_hash: str) -> bool:
         entry = self.data["stages"].get(name, {})
         return entry.get("status") == "done" and entry.get("config_hash") == config_hash
+
+    def missing_outputs(self, name: str) -> list[str]:
+        """The files stage ``name`` wrote (recorded when it finished) that are gone now."""
+        root = self.path.parent
+        outputs = self.data["stages"].get(name, {}).get("outputs", [])
+        return [f for f in outputs if isinstance(f, str) and not (root / f).is_file()]
 
     @contextmanager
     def stage(self, name: str, config_hash: str = ""):
@@ -90,6 +96,7 @@ class Manifest:
         entry: dict[str, Any] = {"status": "running", "config_hash": config_hash}
         self.data["stages"][name] = entry
         write_json(self.path, self.data)
+        before = _files(self.path.parent)
         try:
             yield entry
         except BaseException as exc:
@@ -101,10 +108,53 @@ class Manifest:
             except Exception:  # e.g. the disk is full: the stage's own error is the one to raise
                 logger.warning("stage %s: could not mark it failed in %s", name, self.path)
             raise
+        after = _files(self.path.parent)
         entry.update(status="done", seconds=round(time.perf_counter() - t0, 3),
-                     peak_rss_mb=round(peak_rss_mb(), 1))
+                     peak_rss_mb=round(peak_rss_mb(), 1),
+                     outputs=sorted(f for f, stat in after.items() if before.get(f) != stat))
         write_json(self.path, self.data)
         _log_done(name, entry["seconds"], entry["peak_rss_mb"])
+
+
+#: files of a run directory that belong to no stage
+_NOT_OUTPUTS = {"manifest.json", "manifest.json.tmp", "run.log", "run.lock", "config.toml"}
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` (links not followed) -> (size, modification time in ns)."""
+    out: dict[str, tuple[int, int]] = {}
+    for folder, _dirs, names in os.walk(root):
+        for n in names:
+            path = Path(folder, n)
+            rel = path.relative_to(root).as_posix()
+            if rel in _NOT_OUTPUTS or rel.endswith((".tmp", ".part")):
+                continue
+            try:
+                st = path.lstat()
+            except OSError:  # removed while walking
+                continue
+            out[rel] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json``'s contents; a corrupt one is set aside (``manifest.json.corrupt``) with
+    a warning and a new one started, so every stage runs again: nothing is trusted from it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        why = "" if isinstance(data, dict) and isinstance(data.get("stages", {}), dict) else \
+            "not a JSON object with a 'stages' object"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data, why = None, f"not valid JSON: {exc}"
+    if why:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        logger.warning("%s is corrupt (%s); starting a new manifest, so every stage runs "
+                       "again (the old file is kept as %s)", path, why, aside.name)
+        return {"stages": {}}
+    data.setdefault("stages", {})
+    data["stages"] = {k: v for k, v in data["stages"].items() if isinstance(v, dict)}
+    return data
 
 
 def _log_done(name: str, seconds: float, rss: float) -> None:
@@ -152,7 +202,7 @@ UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint
 #: them: hashed only when set to something else, so adding one keeps every kept result valid
 ADDED: dict[str, dict[str, Any]] = {
     "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned",
-             "select": "elbo"}
+             "select": "elbo", "covariates": [], "n_covariate_embed": 8}
 }
 
 
@@ -171,14 +221,18 @@ def hashed_settings(cfg: Any) -> dict[str, Any]:
 
 
 class ResumePlan:
-    """Which stages of a run directory can be skipped: done before with the same settings.
+    """Which stages of a run directory can be skipped: done before with the same key.
 
-    A stage's hash covers its own config sections and the hashes of the stages it uses, so a
-    QC change redoes everything, while a classifier change keeps the trained generator. A stage
-    runs when forced, when its hash changed, or when a stage it uses ran.
+    A stage's key (its hash) covers its own config sections, the keys of the stages it uses
+    and, for a stage that reads a file the user gives (``inputs``: the data stage reads
+    ``dataset.path``), that file's content digest (:func:`input_digest`). So a QC change or a
+    replaced input file redoes everything, while a classifier change keeps the trained
+    generator. A stage runs when forced, when its key changed, when a stage it uses ran, or
+    when a file it wrote is gone; the log says which.
     """
 
-    def __init__(self, manifest: Manifest, cfg: Any, force: set[str]):
+    def __init__(self, manifest: Manifest, cfg: Any, force: set[str],
+                 inputs: dict[str, dict[str, Any]] | None = None):  # fmt: skip
         unknown = set(force) - set(STAGES)
         if unknown:
             from .errors import ConfigError
@@ -186,25 +240,182 @@ class ResumePlan:
             raise ConfigError(f"--force: unknown stage(s) {sorted(unknown)}; stages are: "
                               f"{', '.join(STAGES)}")
         self.manifest, self.force, self.ran = manifest, set(force), set()
+        self.inputs = dict(inputs or {})
         config = hashed_settings(cfg)
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
-            blob = json.dumps({"config": {k: config[k] for k in sections},
-                               "uses": [self.hashes[u] for u in uses]}, sort_keys=True, default=str)
+            key: dict[str, Any] = {"config": {k: config[k] for k in sections},
+                                   "uses": [self.hashes[u] for u in uses]}
+            if name in self.inputs:
+                key["input"] = self.inputs[name]["sha256"]
+            blob = json.dumps(key, sort_keys=True, default=str)
             self.hashes[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def hash(self, name: str) -> str:
         return self.hashes[name]
 
     def runs(self, name: str) -> bool:
-        """Whether ``name`` must run; logs the skip otherwise."""
-        uses = STAGES[name][1]
-        if (name in self.force or self.ran.intersection(uses)
-                or not self.manifest.is_done(name, self.hashes[name])):
-            self.ran.add(name)
+        """Whether ``name`` must run (and why, in the log when it was done before); logs the
+        skip otherwise."""
+        why = self._why(name)
+        if why is None:
+            logger.info("stage %s: done before with the same settings, skipped", name)
+            return False
+        self.ran.add(name)
+        if why:
+            logger.info("stage %s: %s; running again", name, why)
+        return True
+
+    def _why(self, name: str) -> str | None:
+        """Why ``name`` runs ("" for a stage never finished before), None when it is skipped."""
+        entry = self.manifest.data["stages"].get(name, {})
+        done = entry.get("status") == "done"
+        if name in self.force:
+            return "--force" if done else ""
+        upstream = sorted(self.ran.intersection(STAGES[name][1]))
+        if upstream:
+            return f"stage {upstream[0]} ran" if done else ""
+        if not done:
+            return ""
+        if entry.get("config_hash") != self.hashes[name]:
+            if name in self.inputs and (entry.get("input") or {}).get("sha256") != \
+                    self.inputs[name]["sha256"]:
+                return f"the input file changed ({_input_change(entry.get('input'), self.inputs[name])})"
+            return "its settings changed"
+        missing = self.manifest.missing_outputs(name)
+        if missing:
+            more = f" (and {len(missing) - 1} more of its files)" if len(missing) > 1 else ""
+            return f"its output {missing[0]} is missing{more}"
+        return None
+
+
+def _input_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """How an input file differs from the one a stage read before, in words."""
+    if not before:
+        return f"{now['path']}: no record of the file read before"
+    if before.get("path") != now["path"]:
+        return f"now {now['path']}, was {before.get('path')}"
+    if before.get("size") != now["size"]:
+        return f"{now['path']}: {before.get('size')} bytes before, {now['size']} now"
+    return (f"{now['path']}: same size, different content (sha256 "
+            f"{str(before.get('sha256'))[:12]}... before, {now['sha256'][:12]}... now)")
+
+
+def input_digest(path: str | Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The identity of an input file: ``path`` (resolved), ``size``, ``mtime_ns`` and the
+    ``sha256`` of its bytes (matrix, obs and everything else in it).
+
+    Hashing reads the whole file once (about a second a GB); ``known``, the digest recorded by
+    an earlier run, is reused without reading when path, size and modification time match.
+    """
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    ident = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if known and all(known.get(k) == v for k, v in ident.items()) and known.get("sha256"):
+        return {**ident, "sha256": known["sha256"]}
+    if st.st_size > 1 << 30:
+        logger.info("hashing the input file %s (%.1f GB) to tell a changed file on resume; "
+                    "once, while it stays unchanged", path, st.st_size / 1e9)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            digest.update(block)
+    return {**ident, "sha256": digest.hexdigest()}
+
+
+class RunLock:
+    """One run per directory: ``run.lock`` holds the process id, host and start time.
+
+    :meth:`acquire` creates it atomically (a hard link of a written file, so a reader never
+    sees it half written); a lock of a process that is still running (on this host), or of
+    another host, stops with a one-line :class:`~cellsynth.errors.CellsynthError` naming it;
+    a stale one (its process is gone) is taken over with a warning. :meth:`release` removes
+    it if it is still this process's.
+    """
+
+    NAME = "run.lock"
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / self.NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": platform.node(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+        for _attempt in range(5):
+            if self._create(me):
+                self.held = True
+                return
+            other = self._read()
+            if other is None:
+                logger.warning("%s is unreadable or empty (a run killed while taking it?); "
+                               "taking it over", self.path)
+            elif self._alive(other):
+                from .errors import CellsynthError
+
+                where = "" if other.get("host") == me["host"] else f" on host {other.get('host')}"
+                raise CellsynthError(
+                    f"{self.path.parent} is in use by another cellsynth run (process "
+                    f"{other.get('pid')}{where}, started {other.get('started', '?')}); wait for it "
+                    f"to end or choose another --out (if no such run is going on, delete "
+                    f"{self.path})")
+            else:
+                logger.warning("taking over the stale lock %s of process %s (no longer "
+                               "running)", self.path, other.get("pid"))
+            self.path.unlink(missing_ok=True)
+        from .errors import CellsynthError
+
+        raise CellsynthError(f"cannot take {self.path}: other runs keep taking it; choose "
+                             "another --out")
+
+    def _create(self, me: dict[str, Any]) -> bool:
+        tmp = self.path.with_name(f"{self.NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(me))
+        try:
+            os.link(tmp, self.path)
             return True
-        logger.info("stage %s: done before with the same settings, skipped", name)
-        return False
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create instead
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me))
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+    @staticmethod
+    def _alive(other: dict[str, Any]) -> bool:
+        if other.get("host") != platform.node():
+            return True  # cannot tell: never take another machine's lock
+        if other["pid"] == os.getpid():
+            return False  # this process's own lock, left by a run that did not release it
+        try:
+            os.kill(other["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process
+            return True
+        return True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        other = self._read()
+        if other is not None and other.get("pid") == os.getpid() and \
+                other.get("host") == platform.node():
+            self.path.unlink(missing_ok=True)
 
 
 def environment() -> dict[str, str]:

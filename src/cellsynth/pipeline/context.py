@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from ..cells import is_large
 from ..config import RunConfig, save, to_dict
 from ..errors import CellsynthError, ConfigError
-from ..runtime import Manifest, ResumePlan, environment
+from ..runtime import Manifest, ResumePlan, RunLock, environment, input_digest
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        check_out(self.out, self.cfg)
+        check_links(self.out)  # before anything is written (the write probe included)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -50,11 +53,32 @@ class RunContext:
         except OSError as exc:
             raise CellsynthError(f"cannot write to the output directory {self.out} "
                                  f"({exc.strerror}); choose another with --out") from None
-        save(self.cfg, self.out / "config.toml")
-        self.manifest = Manifest(self.out / "manifest.json")
-        self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
-        self.plan = ResumePlan(self.manifest, self.cfg, self.force)
-        self.backed = out_of_core(self.cfg)
+        self.lock = RunLock(self.out)
+        self.lock.acquire()  # before anything is written: one run per directory
+        try:
+            save(self.cfg, self.out / "config.toml")
+            self.manifest = Manifest(self.out / "manifest.json")
+            self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
+            self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
+            self.backed = out_of_core(self.cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _inputs(self) -> dict[str, dict]:
+        """The data stage's input file digest (the demo atlas has none: its settings are its
+        identity), reusing the one recorded before when the file's size and time are unchanged."""
+        if not self.cfg.dataset.path:
+            return {}
+        path = Path(self.cfg.dataset.path).expanduser()
+        if not path.is_file():
+            return {}  # the data stage says the file is missing, as before
+        known = self.manifest.data["stages"].get("data", {}).get("input")
+        return {"data": input_digest(path, known if isinstance(known, dict) else None)}
+
+    def close(self) -> None:
+        """Release the run directory's lock (at the end of the run, also after an error)."""
+        self.lock.release()
 
     @property
     def label_key(self) -> str:
@@ -75,12 +99,54 @@ class RunContext:
     def stage(self, name: str):
         """Run stage ``name`` timed into the manifest; yields its manifest entry."""
         with self.manifest.stage(name, self.plan.hash(name)) as entry:
+            if name in self.plan.inputs:
+                entry["input"] = self.plan.inputs[name]
             yield entry
 
     def fresh(self) -> bool:
         """Whether training checkpoints must be ignored (a forced data, features or generator
         stage)."""
         return bool(self.plan.force & {"data", "features", "generator"})
+
+
+#: what a run writes at the top of its directory (an input file there would be overwritten)
+RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "features",
+               "classifier", "generator", "synthetic", "classifier_synthetic", "metrics",
+               "explain", "results.md", "report.html")
+
+
+def check_out(out: Path, cfg: RunConfig) -> None:
+    """A run directory that is an existing file, or that would overwrite the input file, is a
+    one-line error."""
+    if out.exists() and not out.is_dir():
+        raise CellsynthError(f"--out {out} is an existing file, not a directory; give a directory "
+                             "for the run (e.g. runs/NAME)")
+    if not cfg.dataset.path:
+        return
+    data = Path(cfg.dataset.path).expanduser().resolve()
+    try:
+        rel = data.relative_to(out.resolve())
+    except ValueError:
+        return
+    if rel.parts and rel.parts[0] in RUN_ENTRIES:
+        raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} writes "
+                             f"its outputs ({rel.parts[0]}); move the input or choose another --out")
+
+
+def check_links(out: Path) -> None:
+    """A symlink in the run directory that leads outside it is refused: a run never writes
+    through one (one line naming it)."""
+    root = out.resolve()
+    for folder, dirs, names in os.walk(out):
+        for n in dirs + names:
+            path = Path(folder, n)
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise CellsynthError(f"{path} is a symbolic link to {target}, outside the run "
+                                     f"directory; a run never writes through one: remove the link "
+                                     "or choose another --out")
 
 
 def out_of_core(cfg: RunConfig) -> bool:

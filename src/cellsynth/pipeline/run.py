@@ -38,6 +38,13 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     disk and are read in chunks of ``qc.chunk_size``.
     """
     ctx = RunContext(cfg, Path(out), progress=progress, force=set(force or ()))
+    try:
+        return _stages(ctx, cfg)
+    finally:
+        ctx.close()  # the run directory's lock
+
+
+def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
