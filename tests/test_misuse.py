@@ -478,3 +478,35 @@ def test_a_symlink_planted_in_a_run_directory_is_never_written_through(planted, 
     assert victim.read_text() == "keep" and sorted(p.name for p in outside.iterdir()) == ["victim"]
     assert not (out / "run.lock").exists() and not (out / "manifest.json").exists()
 
+
+# -- 3: every value checked, not a sample -------------------------------------------------------
+
+def test_fractional_cells_after_the_sample_are_named_in_memory_and_out_of_core(monkeypatch,
+                                                                               tmp_path):
+    import scipy.sparse as sp
+
+    from cellsynth import config
+    from cellsynth.data import io
+    from cellsynth.data.chunked import preprocess_backed
+    from cellsynth.data.qc import preprocess
+    from cellsynth.errors import DataError
+
+    adata = simulate_atlas(400, 120, 3, seed=0, label_key=LABEL)
+    x = sp.csr_matrix(adata.X, dtype=np.float32)
+    x = sp.vstack([x[:-30], x[-30:] * 0.37]).tocsr()  # the last batch scaled: fractional
+    adata.X = x
+    path = tmp_path / "scaled.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.setattr(io, "_PROBE_VALUES", 500)  # the sample: whole numbers, taken as counts
+    cfg = config.load(None, [f"dataset.label_key='{LABEL}'"])
+    fractional = int((np.diff(x[-30:].indptr) > 0).sum())
+    with pytest.raises(DataError) as err:
+        preprocess(adata, cfg.dataset, cfg.qc, cfg.split)
+    message = str(err.value)
+    assert f"{fractional} cells hold fractional values" in message and "\n" not in message
+    assert repr(str(adata.obs_names[-30])) in message
+    with pytest.raises(DataError) as err:
+        preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "pre.h5ad",
+                          chunk_size=64, progress=False)
+    assert str(err.value) == message  # the same answer, chunk by chunk
+    assert not (tmp_path / "pre.h5ad").exists()

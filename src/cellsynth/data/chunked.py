@@ -39,6 +39,7 @@ from .io import check_label, check_shape, check_values, find_counts
 from .qc import (
     GeneMoments,
     QCReport,
+    WholeCheck,
     describe_expression,
     filter_cells,
     final_obs,
@@ -103,7 +104,10 @@ def preprocess_backed(
         logger.info("preprocessing %s out of core: %d cells x %d genes, %d values, %d-cell chunks",
                     h5.path, x.shape[0], x.shape[1], x.nnz, chunk)
         need_mito = dataset.mito_key not in h5.obs.columns
-        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, progress)
+        whole = WholeCheck(expr.counts) if has_counts else None
+        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, progress, whole)
+        if whole is not None:
+            whole.check(h5.obs_names)
         cells, keep_detected = filter_cells(
             h5.obs, genes, dataset, qc, split, groups=groups, seed=seed,
             n_genes_cell=n_genes_cell, mito=lambda: mito,
@@ -126,14 +130,18 @@ def preprocess_backed(
 
 
 def _cell_stats(
-    x: RowStore, genes: pd.Index, need_mito: bool, chunk: int, progress: bool
+    x: RowStore, genes: pd.Index, need_mito: bool, chunk: int, progress: bool,
+    whole: WholeCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Genes detected per cell and (when needed) the mitochondrial fraction; values checked."""
+    """Genes detected per cell and (when needed) the mitochondrial fraction; values checked
+    (finite, non-negative and, with ``whole``, whole numbers: every value, in the same pass)."""
     n_genes_cell = np.empty(x.shape[0], dtype=x.index_dtype)  # as preprocess's n_genes
     mito_idx = mito_genes(genes) if need_mito else None
     mito = np.empty(x.shape[0], dtype=np.float32) if need_mito else None
     for pos, block in x.chunks(chunk, progress=progress, desc="qc: cell statistics"):
         check_values(block.data, "the expression matrix")
+        if whole is not None:
+            whole.add(block, pos.start)
         n_genes_cell[pos] = np.diff(block.indptr)
         if mito is not None:
             mito[pos] = mito_fraction(block, mito_idx)

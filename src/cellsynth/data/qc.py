@@ -315,6 +315,39 @@ def final_obs(cells: _Cells, label_key: str) -> pd.DataFrame:
     return obs
 
 
+class WholeCheck:
+    """Every value of a matrix taken as raw counts checked to be a whole number, in the pass
+    that reads them (whole or chunk by chunk): ``find_counts`` decided from a sample, so a
+    later batch of scaled or corrected values would otherwise go into the model as counts.
+
+    ``add(block, first)`` takes CSR rows whose first row is ``first``; ``check(obs_names)``
+    raises a one-line :class:`DataError` naming a few fractional cells and their number.
+    """
+
+    def __init__(self, where: str | None):
+        self.where, self.n_cells, self.examples = where, 0, []
+
+    def add(self, block: sp.csr_matrix, first: int) -> None:
+        fractional = np.mod(block.data, 1) != 0
+        if not fractional.any():
+            return
+        entry_rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        cells = np.unique(entry_rows[fractional])
+        self.n_cells += len(cells)
+        self.examples.extend((first + cells[: 3 - len(self.examples)]).tolist())
+
+    def check(self, obs_names: pd.Index) -> None:
+        if not self.n_cells:
+            return
+        names = ", ".join(repr(str(obs_names[i])) for i in self.examples[:3])
+        raise DataError(
+            f"{self.where} was taken as raw counts (its first values are whole numbers), but "
+            f"{self.n_cells} cells hold fractional values (e.g. {names}): scaled or corrected "
+            "values cannot be modelled as counts; give raw counts for every cell, or set "
+            "dataset.is_normalised = true if these are normalised values"
+        )
+
+
 def describe_expression(expr: Expression) -> bool:
     """Log where the counts are; whether there are any."""
     has_counts = expr.counts is not None
@@ -348,6 +381,10 @@ def preprocess(
     expr = find_counts(adata, dataset.is_normalised)
     has_counts = describe_expression(expr)
     x, genes = counts_matrix(adata, expr)
+    if has_counts:  # every value, not the sample find_counts looked at
+        whole = WholeCheck(expr.counts)
+        whole.add(x, 0)
+        whole.check(adata.obs_names)
     cells, keep_detected = filter_cells(
         adata.obs, genes, dataset, qc, split, groups=groups, seed=seed,
         n_genes_cell=_row_nnz(x),
