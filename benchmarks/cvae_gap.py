@@ -47,7 +47,7 @@ def decode_cells(gen, counts: sp.csr_matrix, labels: np.ndarray, rng: np.random.
     rows = Rows(counts, np.array([codes[t] for t in labels]), gen.device)
     out = []
     for sl in tr.iter_slices(len(rows), 1024):
-        x, y, library = rows.batch(np.arange(sl.start, sl.stop))
+        x, y, library, _ = rows.batch(np.arange(sl.start, sl.stop))
         qz, _ = module.inference(x, y, library)
         eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape), dtype=np.float32))
         px = module.generative(qz.loc + qz.scale * eps.to(qz.loc.device), y, library)

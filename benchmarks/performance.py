@@ -436,7 +436,7 @@ def _batches(model, adata, device: str, bs: int):
     def batches(step: int):
         idx = order[(step % n_batches) * bs:(step % n_batches + 1) * bs]
         if rows is not None:
-            return rows.batch(idx)
+            return rows.batch(idx)[:3]
         x = torch.from_numpy(counts[idx].toarray()).to(device)
         return x, y_all[torch.from_numpy(idx).to(device)], x.sum(1).clamp_min(1.0)
 

@@ -56,7 +56,7 @@ def test_every_cell_once_with_its_counts_codes_and_library(store):
         assert np.array_equal(b.library.numpy(), np.maximum(dense.sum(1), 1).astype(np.float32))
     # random access in any order, as the in-memory rows' batch(idx)
     idx = np.array([5, 699, 5, 0, 300])
-    xb, yb, lb = loader.batch(idx)
+    xb, yb, lb, _ = loader.batch(idx)
     assert np.array_equal(lb.numpy(), np.maximum(x[rows[idx]].toarray().sum(1), 1))
     assert np.array_equal(xb.numpy(), x[rows[idx]].toarray()) and np.array_equal(yb, codes[idx])
 

@@ -138,13 +138,14 @@ class Cells:
         return np.load(path, mmap_mode="r")
 
     def loader(self, rows: np.ndarray, codes: np.ndarray, *, batch_size: int, device: Any,
-               seed: int, shuffle: bool = True, block_size: int = 32,
-               fetch_factor: int = 32) -> Any:  # fmt: skip
+               seed: int, shuffle: bool = True, block_size: int = 32, fetch_factor: int = 32,
+               covariates: np.ndarray | None = None) -> Any:  # fmt: skip
         """Mini-batches of the cells ``rows`` (sorted) with type ``codes``, for training
         (``shuffle``) or evaluation passes in order: in memory a
         :class:`~cellsynth.data.rows.Rows` (gathered on the GPU when it fits), on disk a
         :class:`~cellsynth.data.loader.BlockLoader` (``block_size`` consecutive cells read
-        together, ``fetch_factor`` batches' worth shuffled in a buffer)."""
+        together, ``fetch_factor`` batches' worth shuffled in a buffer). ``covariates``: integer
+        covariate codes of the cells ``rows``, ``(n, k)``, served with each batch."""
         if self.counts is None:
             raise DataError("these cells hold normalised values, not counts; give the "
                             "unnormalised file")
@@ -153,12 +154,13 @@ class Cells:
             from .data.rows import Rows
 
             return Rows(sp.csr_matrix(self.counts.take(rows), dtype=np.float32), codes, device,
-                        batch_size=batch_size)  # fmt: skip
+                        batch_size=batch_size, covariates=covariates)  # fmt: skip
         from .data.loader import BlockLoader
 
         return BlockLoader(self.counts, codes, rows=rows, batch_size=batch_size,
                            block_size=block_size, fetch_factor=fetch_factor, shuffle=shuffle,
-                           prefetch=shuffle, seed=seed, device=device)  # fmt: skip
+                           prefetch=shuffle, seed=seed, device=device,
+                           covariates=covariates)  # fmt: skip
 
     def close(self) -> None:
         """Close the file the cells are read from (nothing for cells in memory)."""

@@ -257,6 +257,10 @@ class CVAEConfig:
     n_latent: int = ranged("[1, inf)", 32)
     # cell-type embedding size (encoder and decoder condition)
     n_embed: int = ranged("[1, inf)", 32)
+    # obs columns the model also conditions on (donor, condition, batch...), each categorical
+    # with an embedding of its own, so combinations never seen in training can be generated
+    covariates: list[str] = field(default_factory=list)
+    n_covariate_embed: int = ranged("[1, inf)", 8)  # embedding size of each covariate
     dropout_rate: float = ranged("[0, 1)", 0.1)
     likelihood: Literal["nb", "zinb", "gaussian"] = "nb"
     prior: Literal["conditional", "standard"] = "conditional"  # p(z | type), learned, or N(0, I)
@@ -503,9 +507,18 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; give an existing --config path")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} cannot be "
+                          "decoded); give a TOML config saved as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror}); give a readable "
+                          "--config path") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return data
 
 
 def load(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> RunConfig:

@@ -42,14 +42,15 @@ class Batch:
     y: torch.Tensor  # (B,) int64 type codes
     library: torch.Tensor  # (B,) float32 total counts, at least 1
     index: np.ndarray  # (B,) positions of the cells among the loader's cells
+    c: torch.Tensor | None = None  # (B, k) int64 covariate codes; None without covariates
 
     def __len__(self) -> int:
         """Cells in the batch (what a training loop weights the batch's mean loss by)."""
         return len(self.index)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x, y, library)``: ``module.loss(*batch.tensors(), kl_weight=beta)``."""
-        return self.x, self.y, self.library
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(x, y, library, c)``: ``module.loss(*batch.tensors(), kl_weight=beta)``."""
+        return self.x, self.y, self.library, self.c
 
 
 class BlockLoader:
@@ -83,6 +84,9 @@ class BlockLoader:
         every cell exactly once across ranks, in unequal numbers of batches.
     library
         Total counts of each cell, if known; otherwise computed in one pass over the cells.
+    covariates
+        Integer covariate codes of each cell served, ``(n, k)``, aligned with ``rows``; None
+        without covariates.
     device
         Where the tensors go; on CUDA the sparse rows are copied and densified there.
     prefetch
@@ -107,6 +111,7 @@ class BlockLoader:
         even: bool = True,
         drop_last: bool = False,
         library: np.ndarray | None = None,
+        covariates: np.ndarray | None = None,
         device: str | torch.device = "cpu",
         prefetch: bool = True,
         progress: bool = False,
@@ -131,6 +136,8 @@ class BlockLoader:
         self.prefetch, self.progress = prefetch, progress
         self.library_np = (np.asarray(library, dtype=np.float32) if library is not None
                            else self._library())
+        self.covariates_np = (None if covariates is None
+                              else np.asarray(covariates, dtype=np.int64).reshape(len(self.rows), -1))
         self.on_device = False  # rows are read from disk, never held on the device
         self.epoch = 0
         self.last_epoch: dict[str, float] = {}
@@ -196,7 +203,8 @@ class BlockLoader:
         store has a row pointer), library sizes and type codes."""
         indptr = getattr(self.x, "indptr", None)
         nnz = () if indptr is None else (indptr[self.rows + 1] - indptr[self.rows],)
-        return (*nnz, self.library_np, self.codes_np)
+        cov = () if self.covariates_np is None else (self.covariates_np,)
+        return (*nnz, self.library_np, self.codes_np, *cov)
 
     # ------------------------------------------------------------------------------------------
 
@@ -289,8 +297,9 @@ class BlockLoader:
                     "(waiting on reads %.2f s)", name, self.rank, self.world_size, served, n_done,
                     seconds, self.last_epoch["cells_per_second"], read_s)
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Counts ``(B, n_genes)``, codes and libraries of the cells at positions ``idx``.
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Counts ``(B, n_genes)``, codes, libraries and covariate codes (or None) of the cells
+        at positions ``idx``.
 
         Random access in any order (read sorted, returned as asked): for evaluation passes and
         per-type subsamples, as the in-memory rows' ``batch``.
@@ -301,19 +310,20 @@ class BlockLoader:
         block = self._read(uniq)[inverse]
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        b = self._batch(block[back], idx)
-        return b.x, b.y, b.library
+        return self._batch(block[back], idx).tensors()
 
     def _batch(self, block: sp.csr_matrix, index: np.ndarray) -> Batch:
         """Densify ``block`` (rows ``index``) into tensors on the device."""
         y = torch.from_numpy(self.codes_np[index])
         library = torch.from_numpy(self.library_np[index])
+        c = None if self.covariates_np is None else torch.from_numpy(self.covariates_np[index])
         if self.device.type == "cuda":
             x = _densify_on_device(block, self.device)
             y, library = (t.pin_memory().to(self.device, non_blocking=True) for t in (y, library))
+            c = None if c is None else c.pin_memory().to(self.device, non_blocking=True)
         else:
             x = torch.from_numpy(block.toarray())
-        return Batch(x, y, library, index)
+        return Batch(x, y, library, index, c)
 
 
 def type_sums(

@@ -36,6 +36,8 @@ class Rows:
         Force (True) or forbid (False) gathering from device-resident CSR; ``None`` decides.
     batch_size
         Cells per mini-batch of :meth:`iter_generator`.
+    covariates
+        Integer covariate codes per row, ``(n, k)``; None without covariates.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Rows:
         gather: bool | None = None,
         *,
         batch_size: int = 256,
+        covariates: np.ndarray | None = None,
     ) -> None:
         self.counts = counts
         self.n_genes = counts.shape[1]
@@ -55,6 +58,10 @@ class Rows:
         self.codes_np = np.asarray(codes, dtype=np.int64)
         self.codes = torch.from_numpy(self.codes_np).to(device)
         self.library = torch.from_numpy(self.library_np).to(device)
+        self.covariates_np = (None if covariates is None
+                              else np.asarray(covariates, dtype=np.int64).reshape(len(self), -1))
+        self.covariates = (None if covariates is None
+                           else torch.from_numpy(self.covariates_np).to(device))
         if gather is None:
             gather = device.type == "cuda" and fits_on_device(counts, device)
         self.on_device = bool(gather)
@@ -66,8 +73,9 @@ class Rows:
     def __len__(self) -> int:
         return self.counts.shape[0]
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Counts ``(B, n_genes)``, codes ``(B,)`` and libraries ``(B,)`` of rows ``idx``."""
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Counts ``(B, n_genes)``, codes ``(B,)``, libraries ``(B,)`` and covariate codes
+        ``(B, k)`` (None without covariates) of rows ``idx``."""
         idx = np.asarray(idx, dtype=np.int64)
         idx_t = torch.from_numpy(idx).to(self.device)
         if self.on_device:
@@ -77,14 +85,16 @@ class Rows:
             x = torch.from_numpy(self.counts[idx].toarray())
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
-        return x, self.codes[idx_t], self.library[idx_t]
+        c = None if self.covariates is None else self.covariates[idx_t]
+        return x, self.codes[idx_t], self.library[idx_t], c
 
     def iter_generator(self, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch of shuffled mini-batches, the order drawn from ``generator``."""
         order = torch.randperm(len(self), generator=generator).numpy()
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield Batch(*self.batch(idx), idx)
+            x, y, library, c = self.batch(idx)
+            yield Batch(x, y, library, idx, c)
 
     def chunks(self, chunk_size: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray,
                                                                np.ndarray]]:  # fmt: skip
@@ -102,7 +112,8 @@ class Rows:
     def digest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What identifies the cells for a training checkpoint: stored values per row, library
         sizes and type codes."""
-        return np.diff(self.counts.indptr), self.library_np, self.codes_np
+        cov = () if self.covariates_np is None else (self.covariates_np,)
+        return (np.diff(self.counts.indptr), self.library_np, self.codes_np, *cov)
 
 
 def csr_type_sums(counts: sp.csr_matrix, codes: np.ndarray, library: np.ndarray, n_labels: int,

@@ -105,8 +105,8 @@ def fit_sampler(
         k = min(MIXTURE_COMPONENTS, len(idx) // d)
         mean, std, log_lib, draws = [], [], [], []
         for sl in tr.iter_slices(len(idx), batch_size):
-            x, y, library = rows.batch(idx[sl])
-            qz, _ = module.inference(x, y, library)
+            x, y, library, c = rows.batch(idx[sl])
+            qz, _ = module.inference(x, y, library, c)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
             log_lib.append(np.log(library.double().cpu().numpy()))
@@ -114,7 +114,7 @@ def fit_sampler(
                 draws.append(mean[-1] + std[-1] * rng.standard_normal(mean[-1].shape))
             if moments:
                 z = torch.from_numpy(draws[-1]).to(qz.loc)
-                mu = module.generative(z, y, library).mu  # (B, n_genes)
+                mu = module.generative(z, y, library, c).mu  # (B, n_genes)
                 mu2[t] += (mu * mu).sum(0, dtype=torch.float64).cpu().numpy()
                 excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
         mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)

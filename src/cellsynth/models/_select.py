@@ -77,7 +77,8 @@ class FidelityCheck:
     """
 
     def __init__(self, model: Any, train: Any, train_codes: np.ndarray, val_counts: sp.csr_matrix,
-                 val_codes: np.ndarray, seed: int) -> None:  # fmt: skip
+                 val_codes: np.ndarray, seed: int,
+                 val_covariates: np.ndarray | None = None) -> None:  # fmt: skip
         self.model, self.train, self.train_codes, self.seed = model, train, train_codes, seed
         labels = np.asarray(model.labels, dtype=object)
         self.space = fit_space(train.counts, labels[train_codes], list(model.genes),
@@ -85,8 +86,13 @@ class FidelityCheck:
                                seed=derive_seed(seed, "select-space"))  # fmt: skip
         pick = stratified_subsample(val_codes, CHECK_CELLS, seed=derive_seed(seed, "select-cells"))
         self.real = self.space.embed(val_counts[pick])
-        types, n = np.unique(np.asarray(val_codes)[pick], return_counts=True)
-        self.request = [(str(labels[t]), int(k)) for t, k in zip(types, n, strict=True)]
+        # generated cells of the validation subsample's types (and covariate levels)
+        keys = np.asarray(val_codes)[pick][:, None]
+        if val_covariates is not None:
+            keys = np.hstack([keys, np.asarray(val_covariates)[pick]])
+        combos, n = np.unique(keys, axis=0, return_counts=True)
+        self.request = [(str(labels[c[0]]), tuple(int(v) for v in c[1:]), int(k))
+                        for c, k in zip(combos, n, strict=True)]  # fmt: skip
         self.repeats = int(min(MAX_REPEATS, math.ceil(CHECK_CELLS / max(len(pick), 1))))
 
     def __call__(self) -> float:
@@ -120,10 +126,11 @@ def monitor(model: Any, train: Any, val: Any, yt: np.ndarray, seed: int,
         return None, 1
     if c.select == "fidelity" and isinstance(val, Rows) and len(val) >= MIN_CHECK_CELLS:
         every = check_every(len(train), c.batch_size, max_epochs)
-        check = FidelityCheck(model, train, yt, val.counts, val.codes_np, seed)
+        check = FidelityCheck(model, train, yt, val.counts, val.codes_np, seed,
+                              val_covariates=val.covariates_np)
         logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
                     "validation cells (two-sample AUC every %d epochs)",
-                    sum(n for _, n in check.request), every)  # fmt: skip
+                    sum(n for _, _, n in check.request), every)  # fmt: skip
         return check, every
     if c.select == "fidelity":
         logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "

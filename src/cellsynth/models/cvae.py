@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
@@ -44,9 +45,11 @@ from ._counts import (
     fit_sampler,
     library_model,
 )
+from ._design import Design
 from ._draws import draw_counts
 from ._select import FidelityCheck, monitor
-from .base import check_genes, fit_labels, request, synthetic_adata, training_counts
+from .base import check_genes, fit_labels, synthetic_adata, training_counts
+from .base import request as request_pairs
 from .modules.cvae import CVAEModule
 
 logger = logging.getLogger(__name__)
@@ -72,12 +75,16 @@ class CVAE:
         ``obs`` column holding the cell type.
     config
         Architecture and training settings.
+    covariate_keys
+        ``obs`` columns to condition on besides the type (donor, condition, batch...; default
+        ``config.covariates``). Each is categorical with an embedding of its own, so any
+        combination of levels seen in training can be generated, also one no training cell had.
 
     Examples
     --------
-    >>> model = CVAE(adata, label_key="cell_type")
-    >>> history = model.train(seed=0)
-    >>> synthetic = model.sample({"B cells": 500, "CD8 T cells": 200}, seed=1)
+    >>> model = CVAE(adata, label_key="cell_type", covariate_keys=["condition"])
+    >>> history = model.train(max_epochs=50)
+    >>> stim = model.sample({"B cells": 500}, where={"condition": "stim"}, seed=1)
     """
 
     name: ClassVar[str] = "cvae"
@@ -87,8 +94,13 @@ class CVAE:
         adata: ad.AnnData | None = None,
         label_key: str = "cell_type",
         config: CVAEConfig | None = None,
+        covariate_keys: list[str] | None = None,
     ) -> None:
-        self.config = (config if config is not None else CVAEConfig()).validate()
+        config = config if config is not None else CVAEConfig()
+        if covariate_keys is not None:
+            config = dataclasses.replace(config, covariates=list(covariate_keys))
+        self.config = config.validate()
+        self.design = Design()
         self.device = tr.resolve_device(self.config.device)
         self.label_key = label_key
         self.labels: list[str] = []
@@ -103,6 +115,9 @@ class CVAE:
                 labels = labels[(adata.obs[K.SPLIT].astype(str) == "train").to_numpy()]
             self.labels = sorted(set(labels.dropna().astype(str)))
             self.genes = list(map(str, adata.var_names))
+            known = np.flatnonzero(adata.obs[label_key].notna().to_numpy())
+            self.design, _ = Design.fit(adata.obs, list(self.config.covariates), label_key,
+                                        adata.obs[label_key].astype(str).to_numpy(), known, known)
             self.module = self._build_module()
 
     def __repr__(self) -> str:
@@ -110,7 +125,8 @@ class CVAE:
         return (
             f"CVAE(n_genes={len(self.genes)}, n_labels={len(self.labels)}, "
             f"likelihood={c.likelihood!r}, prior={c.prior!r}, n_hidden={c.n_hidden}, "
-            f"n_latent={c.n_latent}, device={self.device}, trained={self.is_trained})"
+            f"n_latent={c.n_latent}, covariates={self.design.keys}, device={self.device}, "
+            f"trained={self.is_trained})"
         )
 
     @property
@@ -132,6 +148,8 @@ class CVAE:
             dispersion=c.dispersion,
             dispersion_fit=c.dispersion_fit,
             target_sum=TARGET_SUM,
+            n_covariate_levels=self.design.n_levels,
+            n_covariate_embed=c.n_covariate_embed,
         )
         return module.to(self.device)
 
@@ -268,14 +286,27 @@ class CVAE:
                                  len(rows["train"]), drop_unknown=False)  # fmt: skip
         yv, keep = tr.encode_labels(y_all[rows["val"]], self.labels, "validation",
                                     len(rows["val"]), drop_unknown=True)  # fmt: skip
+        used = np.concatenate([rows["train"], rows["val"]])
+        self.design, cov = Design.fit(cells.obs, list(c.covariates), self.label_key, y_all,
+                                      rows["train"], used)  # fmt: skip
+        val_rows = rows["val"][keep]
+        if cov is not None:  # validation cells with a level no training cell had are left out
+            seen = (cov[val_rows] >= 0).all(axis=1)
+            if not seen.all():
+                logger.warning("%d validation cells have covariate levels no training cell had "
+                               "and are left out", int((~seen).sum()))  # fmt: skip
+            val_rows, yv = val_rows[seen], yv[seen]
         train = cells.loader(rows["train"], yt, batch_size=c.batch_size, device=self.device,
-                             seed=seed)  # fmt: skip
-        val = cells.loader(rows["val"][keep], yv, batch_size=4 * c.batch_size,
-                           device=self.device, seed=seed, shuffle=False)  # fmt: skip
+                             seed=seed, covariates=None if cov is None else cov[rows["train"]])
+        val = cells.loader(val_rows, yv, batch_size=4 * c.batch_size, device=self.device,
+                           seed=seed, shuffle=False,
+                           covariates=None if cov is None else cov[val_rows])  # fmt: skip
         if len(val) == 0:
             logger.warning("no validation cells; early stopping monitors the training loss")
-        logger.info("CVAE: %d training and %d validation cells, %d genes, %d types on %s (%s)",
-                    len(train), len(val), len(self.genes), len(self.labels), self.device,
+        logger.info("CVAE: %d training and %d validation cells, %d genes, %d types%s on %s (%s)",
+                    len(train), len(val), len(self.genes), len(self.labels),
+                    f", covariates {', '.join(self.design.keys)}" if self.design else "",
+                    self.device,
                     "read from disk" if cells.on_disk
                     else "GPU-gathered" if train.on_device else "host-densified")  # fmt: skip
 
@@ -355,7 +386,11 @@ class CVAE:
         y, _ = tr.encode_labels(
             fit_labels(adata, self.label_key), self.labels, "adata", adata.n_obs, drop_unknown=False
         )
-        rows = Rows(counts, y, self.device)
+        cov = self.design.codes(adata.obs) if self.design else None
+        if cov is not None and (cov < 0).any():
+            raise DataError("adata has covariate levels the model never saw in training; keep "
+                            f"the cells with levels in {self.design.levels}")
+        rows = Rows(counts, y, self.device, covariates=cov)
         module.eval()
         out = []
         for sl in tr.iter_slices(len(rows), 4 * self.config.batch_size):
@@ -369,18 +404,26 @@ class CVAE:
     @torch.no_grad()
     def sample(
         self,
-        counts_per_type: dict[str, int],
+        request: dict[str, int] | pd.DataFrame,
         *,
+        where: dict[str, Any] | None = None,
         seed: int = 0,
         latent: Literal["mixture", "prior"] = "mixture",
         progress: bool = False,
     ) -> ad.AnnData:
-        """Generate integer-count cells; rows come out grouped by type in the dict's order.
+        """Generate integer-count cells; rows come out grouped as requested, in its order.
 
         Parameters
         ----------
-        counts_per_type
-            Cells to generate per type, e.g. ``{"B cells": 100}``.
+        request
+            Cells to generate per type, e.g. ``{"B cells": 100}``; or, for a model with
+            covariates, a table with the label column, any covariate columns and ``n`` (one row
+            per combination).
+        where
+            Covariate levels for every type of a dict request, e.g. ``{"condition": "stim"}``.
+            A covariate not given follows the type's training composition over it. A
+            combination of seen levels that no training cell had is allowed (and listed in
+            ``uns['cellsynth']['unseen_combinations']``).
         seed
             All noise (latents, library sizes, counts) is drawn from
             ``numpy.random.default_rng(seed)``: the same seed gives byte-identical counts.
@@ -388,78 +431,113 @@ class CVAE:
             Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture over ``z`` and
             the log library size fitted to the training cells after training (keeps
             multi-modal types, e.g. treated and control cells, apart, and each state's
-            sequencing depth); ``"prior"``, the model's prior ``p(z | type)``, with the library
-            from the type's log-normal library model.
+            sequencing depth; with covariates it is pooled over their levels, which enter
+            through the decoder); ``"prior"``, the model's prior ``p(z | type)``, with the
+            library from the type's log-normal library model.
         progress
             Show a progress bar over the generated cells (on stderr).
 
         Returns
         -------
-        AnnData with CSR float32 whole-number counts in ``X``, the types in
-        ``obs[label_key]``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
+        AnnData with CSR float32 whole-number counts in ``X``, the types and every covariate
+        in ``obs`` (categorical, with the training levels), the model's genes in ``var`` and
+        provenance in ``uns['cellsynth']``.
         """
-        pairs = request(counts_per_type, self.labels)
-        chunks = [x for _, x in self.sample_chunks(counts_per_type, seed=seed, latent=latent,
-                                                   progress=progress)]
-        labels = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
-        return synthetic_adata(
+        plan, unseen = self.plan(request, where)
+        chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent,
+                                                   progress=progress)]  # fmt: skip
+        out = synthetic_adata(
             sp.vstack(chunks, format="csr"),
-            labels,
+            self.plan_obs(plan)[self.label_key].to_numpy(),
             self.genes,
             label_key=self.label_key,
             model=self.name,
             seed=seed,
             config={**dataclasses.asdict(self.config), "latent_sampler": latent},
         )
+        for key, col in self.plan_obs(plan).items():
+            if key != self.label_key:
+                out.obs[key] = col.values  # categorical, with the training levels
+        if self.design:
+            out.uns[K.UNS]["unseen_combinations"] = unseen
+        return out
+
+    def plan(self, request: dict[str, int] | pd.DataFrame | list,
+             where: dict[str, Any] | None = None) -> tuple[list[tuple[str, tuple[int, ...], int]],
+                                                           list[dict[str, str]]]:  # fmt: skip
+        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
+        it that no training cell had (see :meth:`sample`)."""
+        if isinstance(request, list):  # already a plan
+            return request, []
+        if isinstance(request, dict) and not self.design and not where:
+            return [(t, (), n) for t, n in request_pairs(request, self.labels)], []
+        return self.design.plan(request, where, self.labels, self.label_key)
+
+    def plan_obs(self, plan: list[tuple[str, tuple[int, ...], int]]) -> pd.DataFrame:
+        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
+        sizes = [n for _, _, n in plan]
+        obs = {self.label_key: pd.Categorical(np.repeat([t for t, _, _ in plan], sizes)
+                                              .astype(str))}  # fmt: skip
+        for i, key in enumerate(self.design.keys):
+            codes = np.repeat([c[i] for _, c, _ in plan], sizes).astype(np.int64)
+            obs[key] = pd.Categorical.from_codes(codes, categories=self.design.levels[key])
+        return pd.DataFrame(obs)
 
     @torch.no_grad()
     def sample_chunks(
         self,
-        counts_per_type: dict[str, int],
+        request: dict[str, int] | pd.DataFrame | list,
         *,
+        where: dict[str, Any] | None = None,
         seed: int = 0,
         latent: Literal["mixture", "prior"] = "mixture",
         progress: bool = False,
     ) -> Iterator[tuple[str, sp.csr_matrix]]:
-        """The cells :meth:`sample` returns, as ``(type, CSR counts)`` chunks in the same order.
+        """The cells :meth:`sample` returns, as ``(type, CSR counts)`` chunks in the same order
+        (``request`` may also be a :meth:`plan`).
 
         The same seed gives the same counts as :meth:`sample`; memory holds one chunk, so a
         caller can embed or write the cells as they come (the out-of-core pipeline).
         """
-        pairs = request(counts_per_type, self.labels)
+        plan, _ = self.plan(request, where)
         if latent not in ("mixture", "prior"):
             raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
         module = self._module()
         if not self.is_trained:
             logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
         module.eval()
-        bar = tqdm(total=sum(n for _, n in pairs), desc="CVAE sample", unit="cell",
+        bar = tqdm(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell",
                    disable=not progress)  # fmt: skip
         try:
-            for label, x in self._chunks(pairs, np.random.default_rng(seed), latent):
+            for label, x in self._chunks(plan, np.random.default_rng(seed), latent):
                 yield label, x
                 bar.update(x.shape[0])
         finally:
             bar.close()
 
     @torch.no_grad()
-    def _chunks(self, pairs: list[tuple[str, int]], rng: np.random.Generator,
+    def _chunks(self, plan: list[tuple[str, tuple[int, ...], int]], rng: np.random.Generator,
                 latent: str) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
-        """``(type, CSR counts)`` chunks of checked ``(type, n)`` pairs, all noise from ``rng``
-        (no checks, no progress: :meth:`sample_chunks`, and the epoch selection's checks while
-        the model is still training)."""
+        """``(type, CSR counts)`` chunks of a checked plan, all noise from ``rng`` (no checks,
+        no progress: :meth:`sample_chunks`, and the epoch selection's checks while the model
+        is still training)."""
         codes = {label: i for i, label in enumerate(self.labels)}
         rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
-        for label, n in pairs:
+        for label, cov, n in plan:
             for sl in tr.iter_slices(n, rows):
-                yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent)
+                yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
+                                                cov)  # fmt: skip
 
     def _sample_chunk(
-        self, code: int, n: int, rng: np.random.Generator, latent: str
+        self, code: int, n: int, rng: np.random.Generator, latent: str,
+        cov: tuple[int, ...] = (),
     ) -> sp.csr_matrix:
-        """``n`` cells of type ``code`` as CSR counts; all noise from ``rng``."""
+        """``n`` cells of type ``code`` (and covariate codes ``cov``) as CSR counts; all noise
+        from ``rng``."""
         module = self._module()
         y = torch.full((n,), code, dtype=torch.long, device=self.device)  # (n,)
+        c = (torch.tensor(cov, dtype=torch.long, device=self.device).expand(n, len(cov))
+             if cov else None)  # (n, k)
         u = torch.from_numpy(rng.random(n, dtype=np.float32))
         # (n, n_latent + 1): z's noise, then the library size's
         eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
@@ -469,7 +547,7 @@ class CVAE:
         else:
             z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
             library = module.library_from_noise(eps[:, -1], y)  # (n,)
-        return draw_counts(module.generative(z, y, library), library, rng)
+        return draw_counts(module.generative(z, y, library, c), library, rng)
 
     # ------------------------------------------------------------------------------------------
     # files
@@ -486,6 +564,8 @@ class CVAE:
             "label_key": self.label_key,
             "config": dataclasses.asdict(self.config),
         }
+        if self.design:
+            meta["design"] = self.design.to_json()
         path = tr.save_model_dir(directory, meta, module, self.labels, self.history)
         (path / GENES_FILE).write_text(json.dumps(self.genes))
         logger.info("saved CVAE to %s", path)
@@ -518,6 +598,10 @@ class CVAE:
                 f"cannot load {directory}: {exc}; or pass load(..., device='cpu')"
             ) from None
         model.labels, model.genes = list(labels), list(genes)
+        model.design = Design.from_json(meta.get("design"))
+        if model.design.keys != list(config.covariates):
+            raise ModelFileError(f"{directory}: config.json's covariates and design disagree; "
+                                 "the file was edited: save the model again")
         model.module = model._build_module()
         try:
             model.module.set_latent_mixture(

@@ -76,9 +76,10 @@ class _Loss(nn.Module):
         self.module = module
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor, kl_weight: float
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor, c: torch.Tensor | None,
+        kl_weight: float,
     ) -> torch.Tensor:
-        return self.module.loss(x, y, library, kl_weight=kl_weight).loss
+        return self.module.loss(x, y, library, c, kl_weight=kl_weight).loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +357,7 @@ def _fit(
     result = _loop.train_loop(
         module,
         tr.optimizer(module, cfg),
-        lambda idx, beta: ddp(*train.batch(idx), beta),  # x (B, n_genes), y (B,), library (B,)
+        lambda idx, beta: ddp(*train.batch(idx), beta),  # x, y, library, covariates (None)
         lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
         local_val if n_val else None,
         n_rows=len(train),

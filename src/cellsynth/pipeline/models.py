@@ -150,14 +150,19 @@ def _pca_adata(x: np.ndarray, y: np.ndarray, ctx: RunContext, seed: int) -> ad.A
 
 
 def _count_chunks(gen: Any, counts: dict[str, int], seed: int, progress: bool):
-    """The generated counts as CSR chunks, and the provenance for ``uns['cellsynth']``."""
+    """The generated counts as CSR chunks, their ``obs`` and the provenance for
+    ``uns['cellsynth']``."""
     if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
+        plan, unseen = gen.plan(counts)
         uns = {"version": package_version(), "model": gen.name, "seed": int(seed),
                "label_key": gen.label_key,
                "config": {**dataclasses.asdict(gen.config), "latent_sampler": "mixture"}}
-        return (x for _, x in gen.sample_chunks(counts, seed=seed, progress=progress)), uns
+        if gen.design:
+            uns["unseen_combinations"] = unseen
+        chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
+        return chunks, gen.plan_obs(plan), uns
     syn = gen.sample(counts, seed=seed)
-    return iter([syn.X]), dict(syn.uns[K.UNS])
+    return iter([syn.X]), syn.obs.reset_index(drop=True), dict(syn.uns[K.UNS])
 
 
 def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dict[str, int],
@@ -176,7 +181,7 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
 
     def fill(z: np.ndarray) -> None:
-        chunks, uns = _count_chunks(gen, counts, seed, ctx.progress)
+        chunks, obs, uns = _count_chunks(gen, counts, seed, ctx.progress)
         pos = 0
 
         def projected():
@@ -189,7 +194,7 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
                 yield x
 
         if write:
-            write_cells(path, projected(), y, gen.genes, ctx.label_key, uns)
+            write_cells(path, projected(), obs, gen.genes, uns)
         else:
             for _ in projected():
                 pass
@@ -199,9 +204,10 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     return z, y.astype(str)
 
 
-def write_cells(path: Path, chunks, labels: np.ndarray, genes: list[str], label_key: str,
+def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
                 uns: dict) -> None:  # fmt: skip
-    """Write generated CSR chunks (an iterable) as an h5ad, one chunk in memory at a time."""
+    """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
+    as an h5ad, one chunk in memory at a time."""
     from anndata.io import write_elem
 
     from ..data.store import CSRWriter, h5ad_file
@@ -210,8 +216,11 @@ def write_cells(path: Path, chunks, labels: np.ndarray, genes: list[str], label_
         writer = CSRWriter(f, "X", len(genes))
         for x in chunks:
             writer.append(x)
-        obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
-                           index=[f"synthetic_{i}" for i in range(len(labels))])
+        obs = obs.copy()
+        obs.index = pd.Index([f"synthetic_{i}" for i in range(len(obs))])
+        for col in obs.columns:  # categorical, as anndata writes them
+            if not isinstance(obs[col].dtype, pd.CategoricalDtype):
+                obs[col] = pd.Categorical(obs[col].astype(str))
         write_elem(f, "obs", obs)
         write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
         write_elem(f, "uns", {K.UNS: uns})

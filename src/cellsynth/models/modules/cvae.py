@@ -1,14 +1,16 @@
 """The count-space conditional VAE as a pure torch module (tensors in, distributions out).
 
-Encoder ``q(z | x, y)``: ``concat(log1p(x / l * 1e4), embed(y))`` through
+Encoder ``q(z | x, y, c)``: ``concat(log1p(x / l * 1e4), embed(y), embed_1(c_1), ...)`` through
 ``Linear -> LayerNorm -> GELU -> Dropout`` blocks to a diagonal Gaussian. Decoder
-``p(x | z, y, l)``: ``concat(z, embed(y))`` through the mirrored blocks to
+``p(x | z, y, c, l)``: ``concat(z, embed(y), embed_1(c_1), ...)`` through the mirrored blocks to
 
 - ``"nb"``: a negative binomial with mean ``l * softmax(h)`` and inverse dispersion ``exp(px_r)``;
 - ``"zinb"``: the same with a zero-inflation logit per gene and cell;
 - ``"gaussian"``: a Normal on ``log1p(x / l * 1e4)`` with scale ``exp(px_r)``.
 
-The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
+The covariates ``c`` (donor, condition, batch...: one integer level per covariate) each have an
+embedding of their own, so any combination of seen levels can be decoded, also one no training
+cell had. The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
 the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model
 and a per-type Gaussian mixture fitted to the aggregate posterior of the training cells.
 """
@@ -201,6 +203,11 @@ class CVAEModule(nn.Module):
         counts' spread around their decoded means (:meth:`set_dispersion`).
     target_sum
         Counts each cell is scaled to before ``log1p`` (encoder input, Gaussian likelihood).
+    n_covariate_levels
+        Levels of each categorical covariate the encoder and decoder condition on (none: the
+        type alone).
+    n_covariate_embed
+        Size of each covariate's embedding.
     """
 
     def __init__(
@@ -217,6 +224,8 @@ class CVAEModule(nn.Module):
         dispersion: Dispersion = "gene",
         dispersion_fit: DispersionFit = "learned",
         target_sum: float = 1e4,
+        n_covariate_levels: Sequence[int] = (),
+        n_covariate_embed: int = 8,
     ) -> None:
         super().__init__()
         if not n_hidden:
@@ -243,14 +252,16 @@ class CVAEModule(nn.Module):
         self.dispersion = dispersion
         self.dispersion_fit = dispersion_fit
         self.log_target_sum = math.log(target_sum)
+        self.n_covariate_levels = [int(n) for n in n_covariate_levels]
+        n_cond = n_embed + n_covariate_embed * len(self.n_covariate_levels)  # type + covariates
 
         self.embed = nn.Embedding(n_labels, n_embed)
-        self.encoder = mlp(n_input + n_embed, n_hidden, dropout_rate)
+        self.encoder = mlp(n_input + n_cond, n_hidden, dropout_rate)
         self.z_mean = nn.Linear(n_hidden[-1], n_latent)
         self.z_log_scale = nn.Linear(n_hidden[-1], n_latent)
         # no dropout in the decoder (as scVI): dropout noise on the mean would be absorbed by a
         # lower inverse dispersion, and generated cells would get too many zeros
-        self.decoder = mlp(n_latent + n_embed, list(reversed(n_hidden)), decoder_dropout_rate)
+        self.decoder = mlp(n_latent + n_cond, list(reversed(n_hidden)), decoder_dropout_rate)
         # softmax logits (nb, zinb) or the Gaussian mean of log-normalised values
         self.px_scale_decoder = nn.Linear(n_hidden[0], n_input)
         self.px_dropout_decoder = nn.Linear(n_hidden[0], n_input) if likelihood == "zinb" else None
@@ -269,6 +280,20 @@ class CVAEModule(nn.Module):
         self.register_buffer("mixture_weight", torch.ones(n_labels, 1))
         self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent + 1))
         self.register_buffer("mixture_chol", torch.eye(n_latent + 1).repeat(n_labels, 1, 1, 1))
+        # created last: a module without covariates starts from the same random weights as before
+        self.covariate_embed = nn.ModuleList(
+            nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
+
+    def condition(self, y: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The embedded type and covariates, ``(B, n_embed + n_covariate_embed * k)``, from type
+        codes ``y`` ``(B,)`` and covariate codes ``c`` ``(B, k)`` (None without covariates)."""
+        if not self.covariate_embed:
+            return self.embed(y)
+        if c is None or c.shape[-1] != len(self.covariate_embed):
+            raise ValueError(f"this module conditions on {len(self.covariate_embed)} covariates; "
+                             "give their codes as c, shape (B, k)")
+        return torch.cat([self.embed(y), *(e(c[:, i]) for i, e in enumerate(self.covariate_embed))],
+                         dim=-1)
 
     # ------------------------------------------------------------------------------------------
 
@@ -286,7 +311,8 @@ class CVAEModule(nn.Module):
         return Normal(self.prior_mean[y], torch.exp(log_scale))
 
     def inference(
-        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
+        c: torch.Tensor | None = None,
     ) -> tuple[Normal, torch.Tensor]:
         """Posterior ``q(z | x, y)`` and a reparameterised sample.
 
@@ -298,19 +324,22 @@ class CVAEModule(nn.Module):
             Integer type codes, shape ``(B,)``.
         library
             Total counts per cell, shape ``(B,)``.
+        c
+            Integer covariate codes, shape ``(B, k)`` (None without covariates).
         """
-        h = self.encoder(torch.cat([self.normalise(x, library), self.embed(y)], dim=-1))
+        h = self.encoder(torch.cat([self.normalise(x, library), self.condition(y, c)], dim=-1))
         qz_m = self.z_mean(h)  # (B, n_latent)
         qz_log_scale = self.z_log_scale(h).clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
         qz = Normal(qz_m, torch.exp(qz_log_scale))
         return qz, qz.rsample()
 
-    def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor) -> Distribution:
-        """``p(x | z, y, library)``: batch shape ``(B, n_input)``.
+    def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
+                   c: torch.Tensor | None = None) -> Distribution:  # fmt: skip
+        """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
         For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``.
         """
-        h = self.decoder(torch.cat([z, self.embed(y)], dim=-1))  # (B, n_hidden[0])
+        h = self.decoder(torch.cat([z, self.condition(y, c)], dim=-1))  # (B, n_hidden[0])
         out = self.px_scale_decoder(h)  # (B, n_input)
         px_r = self.px_r if self.dispersion == "gene" else self.px_r[y]  # (n_input,) | (B, n_input)
         px_r = torch.exp(px_r.clamp(*_PX_R_RANGE))
@@ -322,17 +351,20 @@ class CVAEModule(nn.Module):
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
+        c: torch.Tensor | None = None,
     ) -> tuple[Normal, torch.Tensor, Distribution]:
         """Encode, sample and decode: returns ``(qz, z, px)``."""
-        qz, z = self.inference(x, y, library)
-        return qz, z, self.generative(z, y, library)
+        qz, z = self.inference(x, y, library, c)
+        return qz, z, self.generative(z, y, library, c)
 
     def loss(
-        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0
+        self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
+        c: torch.Tensor | None = None, *, kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Negative ELBO averaged over the batch; ``kl_weight`` scales ``KL(q(z|x,y) || p(z|y))``."""
-        qz, _, px = self(x, y, library)
+        """Negative ELBO averaged over the batch; ``kl_weight`` scales
+        ``KL(q(z|x,y,c) || p(z|y))``."""
+        qz, _, px = self(x, y, library, c)
         target = self.normalise(x, library) if self.likelihood == "gaussian" else x
         if self.dispersion_fit == "moments":  # Poisson: library * softmax sums to library
             reconst = -log_poisson_cells(target, px.mu, library)  # (B,)

@@ -1,0 +1,211 @@
+"""The design a model conditions on beyond the cell type: covariates, their levels, requests.
+
+A :class:`Design` holds the covariate columns (donor, condition, batch...), the levels each took
+in the training cells (sorted; a covariate's integer code is its level's position) and the
+training composition (cells per type and combination of levels). It turns ``obs`` columns into
+codes, and a request into a plan of ``(type, level codes, n)`` rows:
+
+- ``{"B cells": 500}`` with ``where={"condition": "stim"}``: the same levels for every type;
+- a table with the label column, any covariate columns and ``n``: one row per combination.
+
+A covariate left unspecified follows the type's training composition over it (among its
+training cells with the specified levels, or all of the type's cells when there are none), so
+``{"B cells": 500}`` alone gives B cells in the proportions of donors and conditions that the
+training B cells had. A combination of seen levels that no training cell of the type had is
+allowed (each covariate has an embedding of its own) and reported as unseen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+MAX_LEVELS = 200  # more levels than this in a numeric column: bin it first
+
+
+@dataclass
+class Design:
+    """Covariates, their training levels, and the training composition per type."""
+
+    keys: list[str] = field(default_factory=list)
+    levels: dict[str, list[str]] = field(default_factory=dict)
+    #: per type: ``[[codes...], n]`` for every combination of levels its training cells had
+    composition: dict[str, list[list[Any]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    @property
+    def n_levels(self) -> list[int]:
+        return [len(self.levels[k]) for k in self.keys]
+
+    # ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, obs: pd.DataFrame, keys: list[str], label_key: str, labels: np.ndarray,
+            train: np.ndarray, used: np.ndarray) -> tuple[Design, np.ndarray | None]:  # fmt: skip
+        """The design of the training cells ``train`` (positions in ``obs``), and the codes of
+        every cell, ``(n_obs, k)`` (-1 for a level no training cell had); ``used`` are the
+        cells training reads (checked for missing values). ``(Design(), None)`` without keys."""
+        if not keys:
+            return cls(), None
+        if len(set(keys)) != len(keys) or label_key in keys:
+            raise DataError(f"covariates {keys} must be distinct columns other than the label "
+                            f"column '{label_key}'")
+        levels = {}
+        for key in keys:
+            col = _column(obs, key)
+            missing = int(col.iloc[used].isna().sum())
+            if missing:
+                raise DataError(
+                    f"covariate '{key}' is missing for {missing} cells; fill it (e.g. "
+                    f"adata.obs['{key}'] = adata.obs['{key}'].astype(str).fillna('unknown')) "
+                    "or drop those cells")
+            values = col.iloc[train]
+            if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
+                raise DataError(
+                    f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
+                    f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
+                    f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
+            levels[key] = sorted(set(values.astype(str)))
+        design = cls(list(keys), levels)
+        codes = design.codes(obs)
+        combos = pd.DataFrame(codes[train], columns=keys)
+        combos["label"] = np.asarray(labels)[train]
+        for label, part in combos.groupby("label", sort=True):
+            counts = part.groupby(keys, sort=True).size()
+            design.composition[str(label)] = [
+                [[int(v) for v in np.atleast_1d(idx)], int(n)] for idx, n in counts.items()]
+        return design, codes
+
+    def codes(self, obs: pd.DataFrame) -> np.ndarray:
+        """``(n, k)`` int64 codes of ``obs``'s covariate columns (-1: a level not seen in
+        training)."""
+        out = np.empty((len(obs), len(self.keys)), dtype=np.int64)
+        for i, key in enumerate(self.keys):
+            col = _column(obs, key).astype(str)
+            out[:, i] = pd.Categorical(col, categories=self.levels[key]).codes
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": self.keys, "levels": self.levels, "composition": self.composition}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Design:
+        data = data or {}
+        return cls(list(data.get("keys", [])), dict(data.get("levels", {})),
+                   dict(data.get("composition", {})))  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------
+
+    def plan(self, request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,
+             labels: list[str], label_key: str) -> tuple[list[tuple[str, tuple[int, ...], int]],
+                                                        list[dict[str, str]]]:  # fmt: skip
+        """``[(type, level codes, n), ...]`` for a request, and the combinations in it that no
+        training cell had (``{label_key: type, covariate: level, ...}``)."""
+        rows = _request_rows(request, where, label_key)
+        plan: list[tuple[str, tuple[int, ...], int]] = []
+        for label, given, n in rows:
+            if label not in labels:
+                raise DataError(f"unknown cell type {label!r}; known types: {labels}")
+            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+                raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+            fixed = self._fixed(given)
+            for codes, k in self._spread(label, fixed, int(n)):
+                plan.append((label, codes, k))
+        unseen = []
+        for label, codes, _ in plan:
+            seen = {tuple(c) for c, _ in self.composition.get(label, [])}
+            if self.keys and codes not in seen:
+                combo = {label_key: label, **{k: self.levels[k][c] for k, c in
+                                              zip(self.keys, codes, strict=True)}}
+                if combo not in unseen:
+                    unseen.append(combo)
+        if unseen:
+            logger.info("generating %d combination(s) no training cell had: %s", len(unseen),
+                        "; ".join(", ".join(f"{k}={v}" for k, v in u.items()) for u in unseen[:5]))
+        return plan, unseen
+
+    def _fixed(self, given: dict[str, Any]) -> dict[int, int]:
+        """Covariate position -> code of the levels a request fixes, checked."""
+        fixed = {}
+        for key, level in given.items():
+            if key not in self.keys:
+                have = (f"it conditions on {', '.join(self.keys)}" if self.keys
+                        else "it was trained without covariates")
+                raise DataError(f"the model has no covariate '{key}' ({have}); refit with "
+                                f"--covariates {key} to ask for it")
+            level = str(level)
+            if level not in self.levels[key]:
+                raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training; "
+                                f"seen: {', '.join(self.levels[key][:30])}")
+            fixed[self.keys.index(key)] = self.levels[key].index(level)
+        return fixed
+
+    def _spread(self, label: str, fixed: dict[int, int],
+                n: int) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
+        """``n`` cells over combinations: the fixed levels, the rest as in the type's training
+        cells (those with the fixed levels when there are any)."""
+        if not self.keys:
+            return [((), n)]
+        comp = [(list(c), k) for c, k in self.composition.get(label, [])]
+        match = [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
+        weights: dict[tuple[int, ...], int] = {}
+        for c, k in match or comp:
+            key = tuple(fixed.get(i, v) for i, v in enumerate(c))
+            weights[key] = weights.get(key, 0) + k
+        if not weights:  # a type without training cells cannot be asked for, but be safe
+            weights = {tuple(fixed.get(i, 0) for i in range(len(self.keys))): 1}
+        combos = sorted(weights)
+        share = np.array([weights[c] for c in combos], dtype=np.float64)
+        exact = n * share / share.sum()
+        counts = np.floor(exact).astype(int)
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[: n - counts.sum()]] += 1  # largest remainders
+        return [(c, int(k)) for c, k in zip(combos, counts, strict=True) if k > 0]
+
+
+def _column(obs: pd.DataFrame, key: str) -> pd.Series:
+    if key not in obs.columns:
+        cols = ", ".join(map(str, obs.columns)) or "(none)"
+        raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}")
+    return obs[key]
+
+
+def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,
+                  label_key: str) -> list[tuple[str, dict[str, Any], Any]]:  # fmt: skip
+    """``(type, {covariate: level}, n)`` rows of a dict request with ``where``, or of a table."""
+    if isinstance(request, pd.DataFrame):
+        if where:
+            raise DataError("give the covariate levels as columns of the request table, not "
+                            "also as where=")
+        missing = [c for c in (label_key, "n") if c not in request.columns]
+        if missing:
+            raise DataError(f"the request table needs the columns {label_key!r} and 'n'; "
+                            f"missing {missing}; it has {list(request.columns)}")
+        if request.empty:
+            raise DataError("the request table has no rows; ask for cells of some types")
+        covs = [c for c in request.columns if c not in (label_key, "n")]
+        rows = []
+        for i, r in enumerate(request.to_dict("records")):
+            n = r["n"]
+            if isinstance(n, float) and float(n).is_integer():
+                n = int(n)
+            if isinstance(n, np.integer):
+                n = int(n)
+            given = {c: r[c] for c in covs if not pd.isna(r[c]) and str(r[c]) != ""}
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise DataError(f"request row {i + 1}: n must be a positive integer, got {n!r}")
+            rows.append((str(r[label_key]), given, n))
+        return rows
+    if not request:
+        raise DataError("no cells requested; ask for cells of some types")
+    return [(str(t), dict(where or {}), n) for t, n in request.items()]

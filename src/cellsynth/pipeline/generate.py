@@ -1,0 +1,106 @@
+"""``cellsynth generate``: cells of a saved generator, by type, by design, or like a data set."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import DataError
+from ..models.registry import load_generator
+
+logger = logging.getLogger(__name__)
+
+
+def parse_where(text: str) -> dict[str, str]:
+    """``"condition=stim,donor=D7"`` -> ``{"condition": "stim", "donor": "D7"}`` (a level with
+    a comma or ``=`` goes in a request file instead)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, level = item.partition("=")
+        if not sep or not key.strip() or not level.strip():
+            raise DataError(f"--where expects COVARIATE=LEVEL[,COVARIATE=LEVEL...], got {item!r}; "
+                            "levels holding ',' or '=' go in a --request file")
+        if key.strip() in out:
+            raise DataError(f"--where names {key.strip()!r} twice; give each covariate once")
+        out[key.strip()] = level.strip()
+    return out
+
+
+def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
+    """A request table (TSV, or CSV by its suffix): the label column, any covariate columns
+    and ``n``, one row per combination; a malformed row is named by its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"request file {path} does not exist")
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
+    for col in (label_key, "n"):
+        if col not in table.columns:
+            raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' (tab-"
+                            f"separated, a header line first); it has {list(table.columns)}")
+    counts = []
+    for i, n in enumerate(table["n"], start=2):  # line 1 is the header
+        try:
+            counts.append(int(n))
+        except ValueError:
+            raise DataError(f"request file {path}, line {i}: n must be a whole number, "
+                            f"got {n!r}") from None
+    table["n"] = counts
+    return table
+
+
+def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFrame:
+    """As many cells of every (type x covariate levels) combination as the h5ad ``path`` has,
+    read from its ``obs`` alone."""
+    from ..data.store import H5adFile
+
+    with H5adFile(path) as h5:
+        obs = h5.obs
+    cols = [label_key, *keys]
+    missing = [c for c in cols if c not in obs.columns]
+    if missing:
+        raise DataError(f"{path} has no obs column(s) {missing} that the model conditions on; "
+                        f"its columns are {list(obs.columns)}")
+    obs = obs[cols].dropna()
+    table = obs.astype(str).groupby(cols, sort=False).size().reset_index(name="n")
+    return table[table["n"] > 0]
+
+
+def generate_cells(model_dir: str | Path, *, n_per_type: int | None = None,
+                   types: dict[str, int] | None = None, where: str | None = None,
+                   request: str | Path | None = None, like: str | Path | None = None,
+                   seed: int = 0, progress: bool = False) -> Any:  # fmt: skip
+    """Generate from the model in ``model_dir``: ``n_per_type`` of every type, ``types``
+    (``{type: n}``), a ``request`` table or cells ``like`` a data set, with ``where`` covariate
+    levels (``"condition=stim"``) for the first two. Returns the AnnData."""
+    gen = load_generator(model_dir)
+    given = [x is not None for x in (n_per_type, types, request, like)]
+    if sum(given) != 1:
+        raise DataError("give exactly one of --n-per-type, --types, --request or --like")
+    design = getattr(gen, "design", None)
+    if (where or request is not None) and design is None:
+        raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
+                        "--request need a cvae fitted with --covariates")
+    label_key = getattr(gen, "label_key", "cell_type")
+    if like is not None:
+        ask: Any = like_request(like, label_key, list(design.keys) if design else [])
+        if not design:
+            ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
+        unknown = sorted(set(ask[label_key] if design else ask) - set(gen.labels))
+        if unknown:
+            raise DataError(f"{like} has cell types the model does not know: {unknown[:10]}; "
+                            f"known: {gen.labels[:20]}")
+    elif request is not None:
+        ask = read_request(request, label_key)
+    else:
+        ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
+    kwargs: dict[str, Any] = {"seed": seed}
+    if design is not None:
+        kwargs.update(where=parse_where(where) if where else None, progress=progress)
+    return gen.sample(ask, **kwargs)

@@ -1,0 +1,186 @@
+"""The CVAE conditioned on covariates beside the type (issue 18): a known condition program is
+recovered, a combination never seen in training is generated, requests give the asked
+composition, the design survives save/load, and bad covariates get one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellsynth.data.simulate import simulate_atlas
+from cellsynth.errors import DataError
+from cellsynth.models.cvae import CVAE
+
+PROGRAM = np.arange(10, 20)  # genes the "stim" condition raises four-fold in every type
+HELD_OUT = ("type_00", "stim")  # no training cell has this combination
+
+
+def _design_atlas(seed: int = 0):
+    a = simulate_atlas(2400, 150, 3, seed=seed)
+    a = a[a.obs["cell_type"].str.startswith("type_").to_numpy()].copy()
+    rng = np.random.default_rng(seed)
+    stim = rng.random(a.n_obs) < 0.5
+    x = sp.csr_matrix(a.X).toarray()
+    x[np.ix_(stim, PROGRAM)] = rng.poisson(4 * x[np.ix_(stim, PROGRAM)] + 2)
+    a.X = sp.csr_matrix(x.astype(np.float32))
+    a.obs["condition"] = pd.Categorical(np.where(stim, "stim", "ctrl"))
+    a.obs["donor"] = pd.Categorical(rng.choice(["d1", "d2"], a.n_obs))
+    return a
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    a = _design_atlas()
+    held = ((a.obs["cell_type"] == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1])).to_numpy()
+    model = CVAE(a[~held].copy(), label_key="cell_type", covariate_keys=["condition", "donor"])
+    model.train(max_epochs=40, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
+                min_steps=0, device="cpu", seed=0, progress=False)
+    return model, a
+
+
+def _program_ratio(syn) -> float:
+    """Mean program expression (per 10k counts) of generated stim cells over ctrl cells."""
+    x = sp.csr_matrix(syn.X).toarray()
+    x = x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4
+    stim = (syn.obs["condition"] == "stim").to_numpy()
+    return float(x[stim][:, PROGRAM].mean() / x[~stim][:, PROGRAM].mean())
+
+
+def test_condition_program_is_recovered_in_seen_and_unseen_combinations(fitted):
+    model, _ = fitted
+    for t in ("type_01", HELD_OUT[0]):  # seen in both conditions / never seen in stim
+        table = pd.DataFrame({"cell_type": [t, t], "condition": ["ctrl", "stim"], "n": [150, 150]})
+        syn = model.sample(table, seed=1)
+        assert _program_ratio(syn) > 2.0, t
+    syn = model.sample({HELD_OUT[0]: 50}, where={"condition": "stim"}, seed=2)
+    assert syn.uns["cellsynth"]["unseen_combinations"] == [
+        {"cell_type": HELD_OUT[0], "condition": "stim", "donor": d} for d in ("d1", "d2")]
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    assert set(syn.obs["condition"]) == {"stim"} and set(syn.obs["donor"]) <= {"d1", "d2"}
+
+
+def test_requests_give_the_asked_composition(fitted):
+    model, a = fitted
+    table = pd.DataFrame({"cell_type": ["type_01", "type_02", "type_02"],
+                          "condition": ["stim", "ctrl", "stim"], "donor": ["d2", "d1", ""],
+                          "n": [7, 5, 9]})
+    syn = model.sample(table, seed=0)
+    got = syn.obs.groupby(["cell_type", "condition"], observed=True).size().to_dict()
+    assert got == {("type_01", "stim"): 7, ("type_02", "ctrl"): 5, ("type_02", "stim"): 9}
+    assert (syn.obs["donor"].iloc[:7] == "d2").all()
+    # a covariate not given follows the type's training composition
+    syn = model.sample({"type_02": 400}, seed=0)
+    share = (syn.obs["condition"] == "stim").mean()
+    real = (a.obs.loc[a.obs["cell_type"] == "type_02", "condition"] == "stim").mean()
+    assert abs(share - real) < 0.02
+    assert model.sample({"type_02": 400}, seed=0).X.nnz == syn.X.nnz  # seeded
+
+
+def test_design_survives_save_and_load(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "m")
+    loaded = CVAE.load(tmp_path / "m")
+    assert loaded.design.keys == ["condition", "donor"] and loaded.design == model.design
+    req = {"type_01": 20}
+    a = model.sample(req, where={"condition": "stim"}, seed=4)
+    b = loaded.sample(req, where={"condition": "stim"}, seed=4)
+    assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ({"tissue": "x"}, "no covariate 'tissue'"),
+    ({"condition": "IFN"}, r"'IFN' is not a level of covariate 'condition'.*ctrl, stim"),
+])
+def test_bad_requests(fitted, where, message):
+    model, _ = fitted
+    with pytest.raises(DataError, match=message):
+        model.sample({"type_01": 5}, where=where)
+
+
+def test_bad_covariate_columns():
+    a = _design_atlas(seed=1)
+    with pytest.raises(DataError, match="covariate column 'batch' not in obs; columns are"):
+        CVAE(a, label_key="cell_type", covariate_keys=["batch"])
+    b = a.copy()
+    cond = b.obs["condition"].astype(object)
+    cond.iloc[:7] = np.nan
+    b.obs["condition"] = cond
+    with pytest.raises(DataError, match="covariate 'condition' is missing for 7 cells"):
+        CVAE(b, label_key="cell_type", covariate_keys=["condition"])
+    b = a.copy()
+    b.obs["age"] = np.random.default_rng(0).random(b.n_obs)
+    with pytest.raises(DataError, match="numeric with .* distinct values; .* bin it"):
+        CVAE(b, label_key="cell_type", covariate_keys=["age"])
+    plain = CVAE(a, label_key="cell_type")
+    with pytest.raises(DataError, match="trained without covariates"):
+        plain.plan({"type_01": 5}, where={"condition": "stim"})
+
+
+def test_cli_fit_and_generate_by_design(tmp_path, capsys):
+    """`fit --covariates`, then `generate --where`, `--request` (a level with a comma) and
+    `--like` (a synthetic twin: the same composition)."""
+    import anndata as ad
+
+    from cellsynth.cli import main
+
+    a = _design_atlas(seed=3)[:600].copy()
+    donor = a.obs["donor"].astype(str).to_numpy()
+    donor[donor == "d2"] = "d2, batch=B"
+    a.obs["donor"] = pd.Categorical(donor)
+    data = tmp_path / "design.h5ad"
+    a.write_h5ad(data)
+    model = tmp_path / "model"
+    assert main(["fit", str(data), "--label-key", "cell_type", "--out", str(model),
+                 "--covariates", "condition,donor", "--quiet", "--set", "cvae.max_epochs=2",
+                 "--set", "cvae.n_hidden=[16]", "--set", "cvae.n_latent=4"]) == 0
+    out = tmp_path / "stim.h5ad"
+    assert main(["generate", str(model), "--types", "type_01=30", "--where", "condition=stim",
+                 "--out", str(out), "--quiet"]) == 0
+    syn = ad.read_h5ad(out)
+    assert syn.n_obs == 30 and set(syn.obs["condition"]) == {"stim"}
+    req = tmp_path / "request.tsv"
+    req.write_text("cell_type\tcondition\tdonor\tn\ntype_02\tctrl\td2, batch=B\t12\n"
+                   "type_00\tstim\t\t8\n")
+    assert main(["generate", str(model), "--request", str(req), "--out", str(out),
+                 "--quiet"]) == 0
+    syn = ad.read_h5ad(out)
+    assert (syn.obs["donor"].iloc[:12] == "d2, batch=B").all() and syn.n_obs == 20
+    assert main(["generate", str(model), "--like", str(data), "--out", str(out), "--quiet"]) == 0
+    twin = ad.read_h5ad(out)
+    cols = ["cell_type", "condition", "donor"]
+    want = a.obs[cols].astype(str).value_counts().sort_index()
+    assert twin.obs[cols].astype(str).value_counts().sort_index().equals(want)
+    capsys.readouterr()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("cell_type\tcondition\tn\ntype_02\tctrl\tmany\n")
+    assert main(["generate", str(model), "--request", str(bad), "--out", str(out)]) == 2
+    assert "line 2: n must be a whole number" in capsys.readouterr().err
+    assert main(["generate", str(model), "--types", "type_01=3", "--where", "condition=IFN",
+                 "--out", str(out)]) == 2
+    assert "'IFN' is not a level of covariate 'condition'" in capsys.readouterr().err
+
+
+def test_pipeline_generates_the_training_design(tmp_path):
+    """`cellsynth run` with cvae.covariates: generated cells carry the covariates, in the
+    training cells' composition per type."""
+    import anndata as ad
+    from test_pipeline import FAST
+
+    from cellsynth.cli import main
+
+    a = _design_atlas(seed=4)
+    data = tmp_path / "design.h5ad"
+    a.write_h5ad(data)
+    args = ["run", str(data), "--label-key", "cell_type", "--out", str(tmp_path / "run"),
+            "--quiet", "--set", 'cvae.covariates=["condition"]', "--set", "qc.min_cells_per_gene=20",
+            "--set", "qc.min_genes_per_cell=20"]
+    for s in FAST:
+        args += ["--set", s]
+    assert main(args) == 0
+    syn = ad.read_h5ad(tmp_path / "run" / "synthetic" / "train.h5ad")
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    share = syn.obs.groupby("cell_type", observed=True)["condition"].apply(
+        lambda c: (c == "stim").mean())
+    assert ((share > 0.3) & (share < 0.7)).all()  # about half of every type, as in training
