@@ -137,4 +137,4 @@ def monitor(model: Any, train: Any, val: Any, yt: np.ndarray, seed: int,
                     "\"fidelity\" needs at least %d validation cells in memory",
                     MIN_CHECK_CELLS)  # fmt: skip
     module = model._module()
-    return (lambda: mean_loss(module, val, 4 * c.batch_size)), 1
+    return (lambda: mean_loss(module, val, model.eval_rows())), 1

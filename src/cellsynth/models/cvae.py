@@ -58,6 +58,7 @@ FORMAT_VERSION = 2  # 2: the latent mixture is over (z, log library), full covar
 GENES_FILE = "genes.json"
 CHECKPOINT_NAME = "cvae"  # the training checkpoint is CHECKPOINT_NAME.safetensors
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
+_EVAL_VALUES = 16_000_000  # values (cells x genes) of one dense pass without gradients
 #: CVAEConfig fields that change neither the training nor the model (not in the fingerprint)
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
@@ -152,6 +153,12 @@ class CVAE:
             n_covariate_embed=c.n_covariate_embed,
         )
         return module.to(self.device)
+
+    def eval_rows(self) -> int:
+        """Cells per pass without gradients (validation, the sampler's fit, latents): four
+        mini-batches, fewer when the genes are many, so that a dense pass holds at most
+        ``_EVAL_VALUES`` values (a 33,538-gene atlas: 477 cells)."""
+        return max(1, min(4 * self.config.batch_size, _EVAL_VALUES // max(1, len(self.genes))))
 
     def _module(self) -> CVAEModule:
         if self.module is None:
@@ -367,7 +374,7 @@ class CVAE:
         library size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk
         loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
         module = self._module()
-        fit = fit_sampler(module, rows, codes, 4 * self.config.batch_size, seed, quiet=quiet,
+        fit = fit_sampler(module, rows, codes, self.eval_rows(), seed, quiet=quiet,
                           max_cells=max_cells)  # fmt: skip
         module.set_latent_mixture(fit.weight, fit.mean, fit.chol)
         if fit.px_r is not None:
@@ -393,7 +400,7 @@ class CVAE:
         rows = Rows(counts, y, self.device, covariates=cov)
         module.eval()
         out = []
-        for sl in tr.iter_slices(len(rows), 4 * self.config.batch_size):
+        for sl in tr.iter_slices(len(rows), self.eval_rows()):
             qz, _ = module.inference(*rows.batch(np.arange(sl.start, sl.stop)))
             out.append(qz.loc.float().cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, module.n_latent), np.float32)
