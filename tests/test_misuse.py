@@ -512,3 +512,14 @@ def test_fractional_cells_after_the_sample_are_named_in_memory_and_out_of_core(m
     assert str(err.value) == message  # the same answer, chunk by chunk
     assert not (tmp_path / "pre.h5ad").exists()
 
+
+
+def test_a_directory_of_another_kind_as_out_is_refused(tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "mine.csv").write_text("keep")
+    (project / "notes.txt").write_text("keep")
+    _one_line_exit_2(["run", "--out", str(project), "--quiet"], capsys,
+                     "is a non-empty directory that is not a cellsynth run directory",
+                     "data, notes.txt")
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["mine.csv"]

@@ -43,8 +43,8 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        check_out(self.out, self.cfg)
         check_links(self.out)  # before anything is written (the write probe included)
+        check_out(self.out, self.cfg)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -111,26 +111,38 @@ class RunContext:
 
 #: what a run writes at the top of its directory (an input file there would be overwritten)
 RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "features",
-               "classifier", "generator", "synthetic", "classifier_synthetic", "metrics",
-               "explain", "results.md", "report.html")
+               "classifier", "generator", "generator_ddp", "synthetic", "classifier_synthetic",
+               "metrics", "explain", "results.md", "report.html")
+#: what a directory may hold before its first run (the CLI opens run.log first)
+_BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml"}
 
 
 def check_out(out: Path, cfg: RunConfig) -> None:
-    """A run directory that is an existing file, or that would overwrite the input file, is a
-    one-line error."""
+    """A run directory that is an existing file, that would overwrite the input file, or that is
+    a non-empty directory of another kind is a one-line error."""
     if out.exists() and not out.is_dir():
         raise CellsynthError(f"--out {out} is an existing file, not a directory; give a directory "
                              "for the run (e.g. runs/NAME)")
-    if not cfg.dataset.path:
+    if cfg.dataset.path:
+        data = Path(cfg.dataset.path).expanduser().resolve()
+        try:
+            rel = data.relative_to(out.resolve())
+        except ValueError:
+            rel = None
+        if rel is not None and rel.parts and rel.parts[0] in RUN_ENTRIES:
+            raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} "
+                                 f"writes its outputs ({rel.parts[0]}); move the input or choose "
+                                 "another --out")
+    if not out.is_dir() or (out / "manifest.json").exists():
         return
-    data = Path(cfg.dataset.path).expanduser().resolve()
-    try:
-        rel = data.relative_to(out.resolve())
-    except ValueError:
-        return
-    if rel.parts and rel.parts[0] in RUN_ENTRIES:
-        raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} writes "
-                             f"its outputs ({rel.parts[0]}); move the input or choose another --out")
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) and "config.toml" in names):
+        return  # new, or a run directory whose manifest is gone (every stage runs again)
+    other = sorted(names - _BEFORE_FIRST_RUN)
+    raise CellsynthError(
+        f"--out {out} is a non-empty directory that is not a cellsynth run directory (it holds "
+        f"{', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); a run writes data/, "
+        "metrics/... into it: give a new or empty directory")
 
 
 def check_links(out: Path) -> None:
