@@ -523,3 +523,17 @@ def test_a_directory_of_another_kind_as_out_is_refused(tmp_path, capsys):
                      "is a non-empty directory that is not a cellsynth run directory",
                      "data, notes.txt")
     assert sorted(p.name for p in (project / "data").iterdir()) == ["mine.csv"]
+
+
+def test_an_anndata_given_to_cs_run_is_not_a_foreign_file(tmp_path):
+    from cellsynth import config
+    from cellsynth.pipeline.context import check_out
+
+    out = tmp_path / "from_memory"
+    out.mkdir()
+    (out / "input.h5ad").write_bytes(b"")  # what cs.run writes before the run starts
+    (out / "run.log").write_text("")
+    check_out(out, config.load(None, [f"dataset.path='{out / 'input.h5ad'}'"]))
+    (out / "notes.txt").write_text("")
+    with pytest.raises(CellsynthError, match="not a cellsynth run directory"):
+        check_out(out, config.load(None, []))

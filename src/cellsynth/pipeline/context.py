@@ -113,8 +113,9 @@ class RunContext:
 RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "features",
                "classifier", "generator", "generator_ddp", "synthetic", "classifier_synthetic",
                "metrics", "explain", "results.md", "report.html")
-#: what a directory may hold before its first run (the CLI opens run.log first)
-_BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml"}
+#: what a directory may hold before its first run (the CLI opens run.log first; cs.run writes
+#: an AnnData given in memory to input.h5ad)
+_BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml", "input.h5ad"}
 
 
 def check_out(out: Path, cfg: RunConfig) -> None:
@@ -136,7 +137,8 @@ def check_out(out: Path, cfg: RunConfig) -> None:
     if not out.is_dir() or (out / "manifest.json").exists():
         return
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) and "config.toml" in names):
+    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN
+                                      and "config.toml" in names):
         return  # new, or a run directory whose manifest is gone (every stage runs again)
     other = sorted(names - _BEFORE_FIRST_RUN)
     raise CellsynthError(
