@@ -257,7 +257,9 @@ def test_save_load_round_trip(fitted, tmp_path):
         "labels.json",
         "genes.json",
         "history.json",
+        "checksums.json",
     }
+    assert "genes.json" in json.loads((tmp_path / "m" / "checksums.json").read_text())
     loaded = CVAE.load(tmp_path / "m")
     assert loaded.labels == fitted.labels and loaded.genes == fitted.genes
     assert loaded.config == fitted.config and loaded.history == fitted.history
@@ -278,11 +280,17 @@ def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
 
     fitted.save(tmp_path / "labels")
     (tmp_path / "labels" / "labels.json").write_text(json.dumps([*fitted.labels, "delta"]))
+    with pytest.raises(ModelFileError, match=r"labels\.json changed after the model was saved"):
+        CVAE.load(tmp_path / "labels")
+    (tmp_path / "labels" / "checksums.json").unlink()  # as an older save: the sizes disagree
     with pytest.raises(ModelFileError, match="6 cell types"):
         CVAE.load(tmp_path / "labels")
 
     fitted.save(tmp_path / "genes")
     (tmp_path / "genes" / "genes.json").write_text(json.dumps(fitted.genes[:-1]))
+    with pytest.raises(ModelFileError, match=r"genes\.json changed after the model was saved"):
+        CVAE.load(tmp_path / "genes")
+    (tmp_path / "genes" / "checksums.json").unlink()
     with pytest.raises(ModelFileError, match="299 genes"):
         CVAE.load(tmp_path / "genes")
 

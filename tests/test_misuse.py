@@ -513,6 +513,15 @@ def test_fractional_cells_after_the_sample_are_named_in_memory_and_out_of_core(m
     assert not (tmp_path / "pre.h5ad").exists()
 
 
+def test_an_os_error_on_a_given_path_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from cellsynth.data import simulate
+
+    def refuse(path, *args, **kwargs):
+        raise NotADirectoryError(20, "Not a directory", str(path))
+    monkeypatch.setattr(simulate, "write_atlas", refuse)
+    _one_line_exit_2(["simulate", "--out", "/some/file/x.h5ad"], capsys,
+                     "/some/file/x.h5ad: Not a directory")
+
 
 def test_a_directory_of_another_kind_as_out_is_refused(tmp_path, capsys):
     project = tmp_path / "project"

@@ -80,6 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # validated (keys, types, ranges) before any data is read
     cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
     out = _run_dir(args, cfg)
+    from .pipeline.context import check_links, check_out
+
+    check_links(out)  # before run.log is opened in it: links leading out, a file as --out
+    check_out(out, cfg)
     _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)
@@ -152,7 +156,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .pipeline import fit_model
 
     _setup_logging(args.quiet)
-    cfg = config.load(args.config, [*args.set, f"generator.model='{args.model}'"])
+    sets = [*args.set, f"generator.model='{args.model}'"]
+    covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
+    if covariates:
+        if config.canonical_model(args.model) != "cvae":
+            raise CellsynthError(f"--covariates: only the cvae conditions on covariates, not "
+                                 f"{args.model}")
+        sets.append(f"cvae.covariates={covariates!r}".replace("'", '"'))
+    cfg = config.load(args.config, sets)
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
                              seed=args.seed, progress=_progress(args))
     print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
@@ -162,19 +173,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .data.store import write_h5ad
-    from .models.cvae import CVAE
-    from .models.registry import load_generator
+    from .pipeline.generate import generate_cells
 
     _setup_logging(args.quiet)
-    gen = load_generator(args.model_dir)
-    if (args.n_per_type is None) == (args.types is None):
-        raise CellsynthError("give exactly one of --n-per-type N or --types 'TYPE=N,...'")
-    counts = ({t: args.n_per_type for t in gen.labels} if args.n_per_type is not None
-              else _parse_types(args.types))
-    if isinstance(gen, CVAE):  # the generator whose sampling takes long enough for a bar
-        syn = gen.sample(counts, seed=args.seed, progress=_progress(args))
-    else:
-        syn = gen.sample(counts, seed=args.seed)
+    syn = generate_cells(args.model_dir, n_per_type=args.n_per_type,
+                         types=_parse_types(args.types) if args.types is not None else None,
+                         where=args.where, request=args.request, like=args.like, seed=args.seed,
+                         progress=_progress(args))  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_h5ad(syn, out)  # atomic: a failed or killed write leaves no partial file at out
@@ -355,13 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the package defaults)")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
+    f.add_argument("--covariates", metavar="LIST", default="",
+                   help="comma-separated obs columns the cvae also conditions on (donor, "
+                        "condition, batch...; same as --set cvae.covariates=[...])")
     f.add_argument("--seed", type=int, default=0, help="random seed of the fit")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     f.set_defaults(func=cmd_fit)
 
     g = _command(sub, "generate", "generate cells of chosen types from a saved generator", (
-        "Give exactly one of --n-per-type and --types. Writes counts (or PCA points for the\n"
-        "reference model) with the types in obs and provenance in uns['cellsynth']."))
+        "Give exactly one of --n-per-type, --types, --request and --like. Writes counts (or PCA\n"
+        "points for the reference model) with the types and covariates in obs and provenance\n"
+        "in uns['cellsynth'] (with the combinations no training cell had)."))
     g.add_argument("model_dir", help="a model directory written by `cellsynth fit` or a run's "
                                      "generator/ directory")
     g.add_argument("--n-per-type", type=int, metavar="N",
@@ -369,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--types", metavar="'TYPE=N,...'",
                    help="cells per named type, e.g. 'B cell=500,NK=200' (default: none; or "
                         "--n-per-type)")
+    g.add_argument("--where", metavar="'COV=LEVEL,...'",
+                   help="covariate levels for every requested type, e.g. 'condition=stim,"
+                        "donor=D7'; a covariate not given follows each type's training "
+                        "composition (cvae fitted with --covariates; default: none)")
+    g.add_argument("--request", metavar="FILE",
+                   help="a TSV (or .csv) with the label column, any covariate columns and n, "
+                        "one row per combination (default: none)")
+    g.add_argument("--like", metavar="REAL.h5ad",
+                   help="as many cells of every type (x covariate levels) as this file has: "
+                        "a synthetic twin (default: none)")
     g.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     g.add_argument("--out", required=True, metavar="FILE", help="output .h5ad")
     g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
@@ -444,11 +463,16 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
-              "free space or choose another --out (finished stages are kept)", file=sys.stderr)
-        return 2
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
+                  "free space or choose another --out (finished stages are kept)", file=sys.stderr)
+            return 2
+        if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
+                      FileExistsError | FileNotFoundError) and exc.filename:  # a path given
+            print(f"cellsynth: error: {exc.filename}: {exc.strerror}; check the paths given "
+                  "(--out, the data, --config)", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("cellsynth: interrupted", file=sys.stderr)
         return 130

@@ -573,8 +573,8 @@ class CVAE:
         }
         if self.design:
             meta["design"] = self.design.to_json()
-        path = tr.save_model_dir(directory, meta, module, self.labels, self.history)
-        (path / GENES_FILE).write_text(json.dumps(self.genes))
+        path = tr.save_model_dir(directory, meta, module, self.labels, self.history,
+                                 extra_files={GENES_FILE: json.dumps(self.genes)})
         logger.info("saved CVAE to %s", path)
 
     @classmethod
