@@ -9,6 +9,7 @@ from .classification import (
     to_coarse,
     write_report,
 )
+from .effects import condition_effects
 from .fidelity import (
     FidelityConfig,
     c2st_auc,
@@ -32,6 +33,7 @@ __all__ = [
     "c2st_auc",
     "classification_report",
     "coarse_report",
+    "condition_effects",
     "correlation_distance",
     "energy_distance",
     "fidelity_report",
