@@ -64,11 +64,16 @@ def test_large_files_are_read_as_subsamples_with_bounded_memory(large_pair, monk
 
     def report(sp_, rc, rl, sc, sl, **kw):
         seen["report"] = (rc.shape, sc.shape)
-        return {}
+        return {"overall": {"c2st_auc": 0.5}}
+
+    def memorised(sp_, real, synthetic, **kw):
+        seen["memorisation"] = (real.shape, synthetic.shape)
+        return {"flagged": False, "reasons": []}
 
     monkeypatch.setattr(evaluation, "fit_space", space)  # the metrics' own cost is not the
     monkeypatch.setattr(evaluation, "real_floor", floor)  # point here (and is slow traced);
     monkeypatch.setattr(evaluation, "fidelity_report", report)  # what they are given is
+    monkeypatch.setattr(evaluation, "memorisation", memorised)
     max_cells = 300
     tracemalloc.start()
     try:
@@ -83,7 +88,8 @@ def test_large_files_are_read_as_subsamples_with_bounded_memory(large_pair, monk
         assert abs(n[side]["used"] - max_cells) <= 6, n
     assert abs(n["real"]["space"] - max_cells) <= 6, n  # other real cells: the space's
     used = (n["real"]["used"], 2000), (n["synthetic"]["used"], 2000)
-    assert seen == {"space": (n["real"]["space"], 2000), "floor": used[0], "report": used}
+    assert seen == {"space": (n["real"]["space"], 2000), "floor": used[0], "report": used,
+                    "memorisation": ((n["real"]["used"] + n["real"]["space"], 2000), used[1])}
 
 
 def test_evaluate_writes_the_cells_used(large_pair, tmp_path):

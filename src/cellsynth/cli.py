@@ -258,6 +258,21 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str,
                           formatter_class=_HelpFormatter)
 
 
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    """DATA, --label-key, --config and --set: what settings are resolved from (``run`` and
+    ``config show`` take the same)."""
+    p.add_argument("data", nargs="?", metavar="DATA.h5ad",
+                   help="the labelled atlas to learn (dataset.path; default: the demo atlas "
+                        "unless --config or --set dataset.path names one)")
+    p.add_argument("--label-key", metavar="KEY",
+                   help="obs column with the cell type (dataset.label_key; default: the "
+                        "config's, 'cell_type')")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML config file (default: none with DATA, else the embedded demo)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=_SET_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellsynth", description=_DESCRIPTION,
                                 formatter_class=_HelpFormatter)
@@ -273,16 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then --set. The log's `settings:` line says where each non-default setting came from;\n"
         "`cellsynth config show` prints them all before a run. A rerun on the same directory\n"
         "skips the stages already done with the same settings."))
-    r.add_argument("data", nargs="?", metavar="DATA.h5ad",
-                   help="the labelled atlas to learn (dataset.path; default: the demo atlas "
-                        "unless --config or --set dataset.path names one)")
-    r.add_argument("--label-key", metavar="KEY",
-                   help="obs column with the cell type (dataset.label_key; default: the "
-                        "config's, 'cell_type')")
-    r.add_argument("--config", metavar="FILE",
-                   help="TOML config file (default: none with DATA, else the embedded demo)")
-    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=_SET_HELP)
+    _settings_arguments(r)
     r.add_argument("--out", metavar="DIR",
                    help="run directory (default: runs/<DATA's name>, else runs/<config's name>, "
                         "else runs/demo)")
@@ -301,16 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     cs = _command(csub, "show", "the settings a run would use", (
         "Takes the arguments of `cellsynth run`; reads no data."))
-    cs.add_argument("data", nargs="?", metavar="DATA.h5ad",
-                    help="the atlas a run would learn (dataset.path; default: the demo atlas "
-                         "unless --config or --set dataset.path names one)")
-    cs.add_argument("--label-key", metavar="KEY",
-                    help="obs column with the cell type (dataset.label_key; default: the "
-                         "config's)")
-    cs.add_argument("--config", metavar="FILE",
-                    help="TOML config file (default: none with DATA, else the embedded demo)")
-    cs.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help=_SET_HELP)
+    _settings_arguments(cs)
     _command(csub, "defaults", "the package defaults", (
         "What every setting is when neither a config file nor --set changes it."))
     c.set_defaults(func=cmd_config)

@@ -297,18 +297,26 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _replaced(path) as part, h5py.File(part, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        yield f
+        for key in ("obsm", "varm", "obsp", "varp", "layers"):
+            if key not in f:
+                write_elem(f, key, {})
+
+
+@contextmanager
+def _replaced(path: Path) -> Iterator[Path]:
+    """``PATH.part`` to write into; renamed to ``path`` when the block ends, removed when it
+    fails (a full disk or an unwritable folder: a one-line :class:`DataError`)."""
     part = path.with_name(path.name + ".part")
     try:
-        with h5py.File(part, "w") as f:
-            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            yield f
-            for key in ("obsm", "varm", "obsp", "varp", "layers"):
-                if key not in f:
-                    write_elem(f, key, {})
+        part.unlink(missing_ok=True)  # never write through a link left at the part name
+        yield part
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
-                        "output directory") from None
+                        "output") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -326,18 +334,8 @@ def write_h5ad(adata, path: str | Path) -> Path:
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    try:
-        part.unlink(missing_ok=True)  # never write through a link left at the part name
+    with _replaced(path) as part:
         adata.write_h5ad(part)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
-                        "output") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(path)
     return path
 
 
