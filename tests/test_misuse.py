@@ -198,13 +198,42 @@ def test_a_failed_h5ad_write_leaves_no_file_under_its_name(monkeypatch, tmp_path
         write_h5ad(adata, tmp_path)
 
 
-def test_generate_writes_through_the_atomic_writer():
-    import inspect
+def test_generate_streams_checks_the_size_and_writes_atomically(tmp_path, monkeypatch, capsys):
+    """`cellsynth generate` streams a CVAE's cells to OUT.part and renames it: the same cells as
+    sample() in memory; a request too large for the disk is refused before any work with its
+    estimate; a failure mid-way leaves no file under OUT."""
+    import anndata as ad
 
-    from cellsynth import cli
+    from cellsynth.cli import main
+    from cellsynth.config import CVAEConfig
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models.cvae import CVAE
 
-    source = inspect.getsource(cli.cmd_generate)
-    assert "write_h5ad(syn, out)" in source and "syn.write_h5ad" not in source
+    model = CVAE(simulate_atlas(300, 60, 3, seed=0), config=CVAEConfig(
+        n_hidden=[8], n_latent=2, max_epochs=1, select="elbo", device="cpu"))
+    model.train(progress=False)
+    model.save(tmp_path / "m")
+    out = tmp_path / "syn.h5ad"
+    assert main(["generate", str(tmp_path / "m"), "--types", "type_00=700,type_01=5",
+                 "--seed", "3", "--out", str(out), "--quiet"]) == 0
+    streamed, memory = ad.read_h5ad(out), model.sample({"type_00": 700, "type_01": 5}, seed=3)
+    assert (streamed.X != memory.X).nnz == 0 and streamed.obs.equals(memory.obs.set_axis(
+        streamed.obs.index))
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "m"), "--types", f"type_00={10**13}",
+                 "--out", str(tmp_path / "huge.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert "GB" in err and "free" in err and not (tmp_path / "huge.h5ad").exists()
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(CVAE, "sample_chunks", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["generate", str(tmp_path / "m"), "--types", "type_00=5", "--out",
+              str(tmp_path / "new.h5ad"), "--quiet"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "syn.h5ad"]
 
 
 def test_a_failed_text_write_keeps_the_earlier_file(monkeypatch, tmp_path):

@@ -172,18 +172,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .data.store import write_h5ad
-    from .pipeline.generate import generate_cells
+    from .pipeline.generate import generate_to_file
 
     _setup_logging(args.quiet)
-    syn = generate_cells(args.model_dir, n_per_type=args.n_per_type,
+    out = Path(args.out)
+    # streamed chunk by chunk into OUT.part, renamed when complete (a kill leaves no OUT)
+    n = generate_to_file(args.model_dir, out, n_per_type=args.n_per_type,
                          types=_parse_types(args.types) if args.types is not None else None,
                          where=args.where, request=args.request, like=args.like, seed=args.seed,
                          progress=_progress(args))  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_h5ad(syn, out)  # atomic: a failed or killed write leaves no partial file at out
-    print(f"generated {syn.n_obs} cells x {syn.n_vars} genes: {out}")
+    print(f"generated {n} cells: {out}")
     return 0
 
 

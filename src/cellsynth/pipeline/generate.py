@@ -78,8 +78,73 @@ def generate_cells(model_dir: str | Path, *, n_per_type: int | None = None,
                    seed: int = 0, progress: bool = False) -> Any:  # fmt: skip
     """Generate from the model in ``model_dir``: ``n_per_type`` of every type, ``types``
     (``{type: n}``), a ``request`` table or cells ``like`` a data set, with ``where`` covariate
-    levels (``"condition=stim"``) for the first two. Returns the AnnData."""
+    levels (``"condition=stim"``) for the first two. Returns the AnnData (in memory; see
+    :func:`generate_to_file` for requests of any size)."""
     gen = load_generator(model_dir)
+    ask, kwargs = _request(gen, n_per_type, types, where, request, like, progress)
+    return gen.sample(ask, seed=seed, **kwargs)
+
+
+#: bytes a stored count takes in an h5ad (float32 value and int32 column index)
+BYTES_PER_VALUE = 8
+
+
+def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
+                     progress: bool = False, **ask: Any) -> int:
+    """:func:`generate_cells` (``ask``: its request arguments) written to the h5ad ``out``.
+
+    A CVAE's cells stream to the file one chunk at a time (memory independent of the request's
+    size), after the output's size is estimated and checked against the free disk space; a
+    file is written under a temporary name and renamed when complete. Returns the cells.
+    """
+    import shutil
+
+    from ..data.store import write_h5ad
+
+    gen = load_generator(model_dir)
+    req, kwargs = _request(gen, ask.get("n_per_type"), ask.get("types"), ask.get("where"),
+                           ask.get("request"), ask.get("like"), progress)  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not hasattr(gen, "sample_chunks"):
+        syn = gen.sample(req, seed=seed, **kwargs)
+        write_h5ad(syn, out)
+        return syn.n_obs
+    plan, unseen = gen.plan(req, kwargs.get("where"))
+    n = sum(k for _, _, k in plan)
+    need = estimate_bytes(gen, plan)
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise DataError(f"{n:,} cells would take about {need / 1e9:,.1f} GB (at most "
+                        f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {out.parent} "
+                        f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
+    logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
+                need / 1e9, out)  # fmt: skip
+    from .models import provenance, write_cells
+
+    chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
+    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, provenance(gen, seed, unseen))
+    return n
+
+
+def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
+    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
+    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
+    fewer, times the cells."""
+    import numpy as np
+
+    module = gen.module
+    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
+    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
+    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
+    index = {label: i for i, label in enumerate(gen.labels)}
+    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
+
+
+def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
+             request: str | Path | None, like: str | Path | None,
+             progress: bool) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The request (``{type: n}`` or a table) and ``sample``'s keyword arguments."""
     given = [x is not None for x in (n_per_type, types, request, like)]
     if sum(given) != 1:
         raise DataError("give exactly one of --n-per-type, --types, --request or --like")
@@ -100,7 +165,7 @@ def generate_cells(model_dir: str | Path, *, n_per_type: int | None = None,
         ask = read_request(request, label_key)
     else:
         ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
-    kwargs: dict[str, Any] = {"seed": seed}
+    kwargs: dict[str, Any] = {}
     if design is not None:
         kwargs.update(where=parse_where(where) if where else None, progress=progress)
-    return gen.sample(ask, **kwargs)
+    return ask, kwargs
