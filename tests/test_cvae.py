@@ -427,13 +427,14 @@ def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = No
     seen = [] if kl_seen is None else kl_seen
     settings = {"max_epochs": 50, "patience": 1, "kl_start": 1.0, "kl_anneal_epochs": 0,
                 **settings}
-    return _loop.train_loop(
+    steps = _loop.Steps(
         module, torch.optim.SGD(module.parameters(), lr=0.0),
         lambda idx, beta: seen.append(beta) or (module.weight**2).sum(),
-        lambda: [[i] for i in range(steps_per_epoch)], lambda: float(next(losses)),
-        n_rows=steps_per_epoch, settings=SimpleNamespace(**settings),
-        generator=torch.Generator().manual_seed(0), name="test", lr_setting="test.lr",
-        progress=False, evaluate_every=evaluate_every).history
+        lambda: [[i] for i in range(steps_per_epoch)], steps_per_epoch,
+        torch.Generator().manual_seed(0))
+    return _loop.train_loop(
+        steps, lambda: float(next(losses)), SimpleNamespace(**settings),
+        _loop.LoopOptions("test", "test.lr", evaluate_every, progress=False)).history
 
 
 def test_early_stopping_waits_for_min_steps():

@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,43 +202,87 @@ class Checkpoint:
             pass  # not empty, or already gone
 
 
-def train_loop(
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss: Callable[[Any, float], torch.Tensor],
-    batches: Callable[[], Iterable[Sequence[int] | np.ndarray]],
-    evaluate: Callable[[], float] | None,
-    *,
-    n_rows: int,
-    settings: LoopSettings,
-    generator: torch.Generator,
-    name: str,
-    lr_setting: str,
-    reduce: Callable[[float, float], tuple[float, float]] | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    checkpoint: Checkpoint | None = None,
-    train_module: nn.Module | None = None,
-    progress: bool = True,
-    verbose: bool = True,
-    evaluate_every: int = 1,
-) -> LoopResult:
-    """Train ``module`` epoch by epoch; keep the weights of the best validation epoch.
+@dataclass
+class Steps:
+    """What the loop's optimiser steps need.
 
-    Parameters
+    Attributes
     ----------
     module
         The network whose weights are trained, kept for early stopping and checkpointed.
     optimizer
         Its optimiser; stepped once per mini-batch (``scheduler`` too, when given).
     loss
-        ``loss(rows, kl_weight)``: the mean loss of one mini-batch, a scalar with a graph.
+        ``loss(batch, kl_weight)``: the mean loss of one mini-batch, a scalar with a graph.
     batches
-        One epoch's mini-batches of row indices, drawn from ``generator``; called per epoch.
-    evaluate
-        The validation loss (eval mode, KL weight 1); None when there are no validation cells,
-        then early stopping monitors the training loss.
+        One epoch's mini-batches (anything with a ``len``: row indices or a ``Batch``), drawn
+        from ``generator``; called per epoch.
     n_rows
         Rows one epoch draws (the training loss is the sum over batches divided by it).
+    generator
+        The data-order generator (checkpointed with the global random states).
+    scheduler
+        A learning-rate schedule stepped after every optimiser step.
+    train_module
+        The module put in training mode each epoch (a ``DistributedDataParallel`` wrapper);
+        ``module`` when None.
+    """
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[Any, float], torch.Tensor]
+    batches: Callable[[], Iterable[Any]]
+    n_rows: int
+    generator: torch.Generator
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    train_module: nn.Module | None = None
+
+
+@dataclass
+class LoopOptions:
+    """How the loop reports, checkpoints and checks (everything but the steps and settings).
+
+    Attributes
+    ----------
+    name
+        The model's name in the progress bar and log lines (``"CVAE"``).
+    lr_setting
+        The learning-rate setting the error for a loss that is never finite names.
+    evaluate_every
+        Call ``evaluate`` only every this many epochs (and at the last): an expensive check,
+        such as the generated cells' distance to the validation cells. ``patience`` then counts
+        checks, and the epochs between them have ``None`` as validation loss in the history.
+    checkpoint
+        Save the training state there and resume from it when it matches.
+    reduce
+        ``reduce(train_loss, val_loss)`` -> the losses every process agrees on (data-parallel
+        training); identity when None.
+    progress
+        Show a tqdm bar over epochs (on stderr).
+    verbose
+        Log the early stop, the resume and signs of life (False on every process but the first).
+    """
+
+    name: str = "model"
+    lr_setting: str = "lr"
+    evaluate_every: int = 1
+    checkpoint: Checkpoint | None = None
+    reduce: Callable[[float, float], tuple[float, float]] | None = None
+    progress: bool = True
+    verbose: bool = True
+
+
+def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: LoopSettings,
+               options: LoopOptions | None = None) -> LoopResult:  # fmt: skip
+    """Train ``steps.module`` epoch by epoch; keep the weights of the best validation epoch.
+
+    Parameters
+    ----------
+    steps
+        The module, optimiser, mini-batch loss and batches (:class:`Steps`).
+    evaluate
+        The validation loss (eval mode, KL weight 1), or another check where lower is better;
+        None when there are no validation cells, then early stopping monitors the training loss.
     settings
         ``max_epochs``, ``patience``, ``kl_start``, ``kl_anneal_epochs`` and, when they have
         them, ``kl_weight`` (the warm-up's end value, default 1), ``min_improvement`` (the
@@ -246,30 +290,8 @@ def train_loop(
         ``min_steps``: early stopping waits until that many optimiser steps are done (on a few
         hundred cells an epoch is a few steps, and the validation loss sits on a plateau for
         many epochs while the generator still improves); the best epoch's weights are kept.
-    generator
-        The data-order generator (checkpointed with the global random states).
-    name
-        The model's name in the progress bar and log lines (``"CVAE"``).
-    lr_setting
-        The learning-rate setting the error for a loss that is never finite names.
-    reduce
-        ``reduce(train_loss, val_loss)`` -> the losses every process agrees on (data-parallel
-        training); identity when None.
-    scheduler
-        A learning-rate schedule stepped after every optimiser step.
-    checkpoint
-        Save the training state there and resume from it when it matches.
-    train_module
-        The module put in training mode each epoch (a ``DistributedDataParallel`` wrapper);
-        ``module`` when None.
-    progress
-        Show a tqdm bar over epochs (on stderr).
-    verbose
-        Log the early stop and the resume (False on every process but the first).
-    evaluate_every
-        Call ``evaluate`` only every this many epochs (and at the last): an expensive check, such
-        as the generated cells' distance to the validation cells. ``patience`` then counts
-        checks, and the epochs between them have ``None`` as validation loss in the history.
+    options
+        Name, checkpoint, check interval, progress and logging (:class:`LoopOptions`).
 
     Returns
     -------
@@ -277,6 +299,10 @@ def train_loop(
     ``epochs``, ``seconds`` (training only, over every resumed part) and, after a resume,
     ``resumed_from`` (the epoch it went on from).
     """
+    o = options or LoopOptions()
+    module, optimizer, loss, batches = steps.module, steps.optimizer, steps.loss, steps.batches
+    n_rows, generator, scheduler = steps.n_rows, steps.generator, steps.scheduler
+    name, checkpoint, verbose = o.name, o.checkpoint, o.verbose
     stopper = tr.EarlyStopping(patience=settings.patience,
                                rel_delta=float(getattr(settings, "min_improvement", 0.0)))
     min_steps = int(getattr(settings, "min_steps", 0))
@@ -296,13 +322,13 @@ def train_loop(
     start = time.perf_counter()
     device = next(module.parameters()).device
     bar = tqdm(total=settings.max_epochs, initial=first, desc=name, unit="epoch",
-               disable=not progress)  # fmt: skip
+               disable=not o.progress)  # fmt: skip
     epoch = first - 1
     life = _SignsOfLife(history)
     for epoch in range(first, settings.max_epochs):
         beta = tr.kl_weight(epoch, settings.kl_start, settings.kl_anneal_epochs)
         beta *= float(getattr(settings, "kl_weight", 1.0))
-        (train_module or module).train()
+        (steps.train_module or module).train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no sync per step
         n_steps = seen = 0
         epoch_start = time.perf_counter()
@@ -320,11 +346,11 @@ def train_loop(
                 life.log(name, epoch, settings.max_epochs, seen, n_rows,
                          total.item() / max(seen, 1), time.perf_counter() - epoch_start)
         train_loss = total.item() / n_rows
-        check = (evaluate is None or (epoch + 1) % max(evaluate_every, 1) == 0
+        check = (evaluate is None or (epoch + 1) % max(o.evaluate_every, 1) == 0
                  or epoch + 1 == settings.max_epochs)  # fmt: skip
         val_loss = evaluate() if evaluate is not None and check else math.nan
-        if reduce is not None:
-            train_loss, val_loss = reduce(train_loss, val_loss)
+        if o.reduce is not None:
+            train_loss, val_loss = o.reduce(train_loss, val_loss)
         if evaluate is None:
             val_loss = train_loss
         history["train_loss"].append(train_loss)
@@ -347,7 +373,7 @@ def train_loop(
                                        generator, stopper, history, checkpoint.key))  # fmt: skip
     bar.close()
     if not stopper.restore(module):
-        raise CellsynthError(f"the {name} validation loss was never finite; lower {lr_setting} "
+        raise CellsynthError(f"the {name} validation loss was never finite; lower {o.lr_setting} "
                              "(e.g. by 10x) and run again")  # fmt: skip
     module.eval()
     history.update(best_epoch=stopper.best_epoch, epochs=len(history["train_loss"]),

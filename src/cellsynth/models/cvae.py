@@ -337,11 +337,10 @@ class CVAE:
         max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
         evaluate, every = monitor(self, train, val, yt, seed, max_epochs)
         result = _loop.train_loop(
-            module, tr.optimizer(module, c), step, batches, evaluate, n_rows=len(train),
-            settings=dataclasses.replace(c, max_epochs=max_epochs), evaluate_every=every,
-            generator=generator, name="CVAE", lr_setting="cvae.lr", checkpoint=checkpoint,
-            progress=progress,
-        )  # fmt: skip
+            _loop.Steps(module, tr.optimizer(module, c), step, batches, len(train), generator),
+            evaluate, dataclasses.replace(c, max_epochs=max_epochs),
+            _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint, progress=progress),
+        )
         history = result.history
         self._fit_sampler(train, yt, seed)
         if checkpoint is not None:

@@ -354,24 +354,19 @@ def _fit(
         t, v = _weighted_sums([train_loss / world, 0.0 if n_val == 0 else val_loss], device)
         return t, v
 
-    result = _loop.train_loop(
-        module,
-        tr.optimizer(module, cfg),
+    steps = _loop.Steps(
+        module, tr.optimizer(module, cfg),
         lambda idx, beta: ddp(*train.batch(idx), beta),  # x, y, library, covariates (None)
         lambda: epoch_batches(codes, local_batch, cfg.balanced_sampling, generator),
-        local_val if n_val else None,
-        n_rows=len(train),
-        settings=dataclasses.replace(
-            cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train, cfg.batch_size)),
-        generator=generator,
-        name="CVAE",
-        lr_setting="cvae.lr",
-        reduce=reduce,
-        checkpoint=checkpoint,
-        train_module=ddp,
-        progress=progress and rank == 0,
-        verbose=rank == 0,
-    )
+        len(train), generator, train_module=ddp,
+    )  # fmt: skip
+    result = _loop.train_loop(
+        steps, local_val if n_val else None,
+        dataclasses.replace(cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train,
+                                                               cfg.batch_size)),
+        _loop.LoopOptions("CVAE", "cvae.lr", checkpoint=checkpoint, reduce=reduce,
+                          progress=progress and rank == 0, verbose=rank == 0),
+    )  # fmt: skip
     history = result.history
     if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
         mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)

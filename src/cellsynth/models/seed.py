@@ -158,20 +158,12 @@ class SeedCVAE:
             return module.loss(x, y, kl_weight=beta).loss
 
         result = _loop.train_loop(
-            module,
-            optimizer,
-            loss,
-            lambda: batches,
-            lambda: self._evaluate(Xv, yv_t),
-            n_rows=len(yt),
-            settings=c,
-            generator=generator,
-            name="seed CVAE",
-            lr_setting="seed_vae.lr",
-            scheduler=scheduler,
-            checkpoint=checkpoint,
-            progress=progress,
-        )
+            _loop.Steps(module, optimizer, loss, lambda: batches, len(yt), generator,
+                        scheduler=scheduler),
+            lambda: self._evaluate(Xv, yv_t), c,
+            _loop.LoopOptions("seed CVAE", "seed_vae.lr", checkpoint=checkpoint,
+                              progress=progress),
+        )  # fmt: skip
         if checkpoint is not None:
             checkpoint.remove()
         history = result.history
