@@ -575,3 +575,29 @@ def test_an_anndata_given_to_cs_run_is_not_a_foreign_file(tmp_path):
     (out / "notes.txt").write_text("")
     with pytest.raises(CellsynthError, match="not a cellsynth run directory"):
         check_out(out, config.load(None, []))
+
+
+def test_labels_that_look_continuous_or_are_missing(tmp_path, capsys, caplog):
+    """A label column of numbers written as text is refused as continuous; cells without a
+    label are left out with a count by fit, run and evaluate alike (not a type named 'nan')."""
+    from cellsynth.cli import main
+    from cellsynth.data.simulate import simulate_atlas
+
+    a = simulate_atlas(300, 60, 3, seed=1)
+    a.obs["score"] = [f"{v:.4f}" for v in np.random.default_rng(0).random(a.n_obs)]
+    path = tmp_path / "a.h5ad"
+    a.write_h5ad(path)
+    assert main(["fit", str(path), "--label-key", "score", "--out", str(tmp_path / "m")]) == 2
+    assert "looks continuous" in capsys.readouterr().err
+    labels = a.obs["cell_type"].astype(object)
+    labels.iloc[:9] = np.nan
+    a.obs["cell_type"] = labels
+    a.write_h5ad(path)
+    from cellsynth.evaluation import compare
+
+    caplog.set_level(logging.WARNING, logger="cellsynth")
+    result = compare(path, path, label_key="cell_type", max_cells=100)
+    assert result["n_cells"]["real"]["total"] == 300
+    assert "9 cells have no label in obs['cell_type'] and are left out" in caplog.text
+    per_type = result["synthetic_vs_real"]["per_type"]
+    assert per_type and "nan" not in per_type

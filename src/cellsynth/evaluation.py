@@ -90,7 +90,7 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
     check_label(data, label_key)
     where = _counts_where(data, what, IN_MEMORY).counts
     labels = _labels(data.obs, label_key)
-    rows = pick(labels)
+    rows = _pick_labelled(data.obs, label_key, labels, pick, what)
     if where == "layers/counts":
         x, genes = data.layers["counts"], data.var_names
     elif where == "raw.X":
@@ -102,6 +102,17 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
                             data.n_obs, IN_MEMORY, where), what)
 
 
+def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
+                   pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
+    """``pick`` among the cells that have a label (sorted positions); cells without one are
+    left out with a count in the log, as a run's QC does."""
+    known = np.flatnonzero(obs[label_key].notna().to_numpy())
+    if len(known) < len(labels):
+        logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
+                       len(labels) - len(known), label_key)  # fmt: skip
+    return known[pick(labels[known])]
+
+
 def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
                what: str) -> _Sample:
     with H5adFile(path) as h5:
@@ -110,7 +121,7 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
         expr = _counts_where(h5, what, str(path))
         store, genes = h5.matrix(expr)
         labels = _labels(h5.obs, label_key)
-        rows = pick(labels)
+        rows = _pick_labelled(h5.obs, label_key, labels, pick, what)
         x = store.take(rows)  # only the subsample's rows are read
         return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts), what)
 

@@ -96,6 +96,15 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
             f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}'].astype(str)"
         )
+    values = col.dropna().astype(str)
+    n_distinct = values.nunique()
+    if n_distinct >= 50 and n_distinct > len(values) / 2:
+        numeric = pd.to_numeric(pd.Series(values.unique()), errors="coerce").notna().mean()
+        if numeric > 0.9:
+            raise DataError(
+                f"label column '{label_key}' looks continuous ({n_distinct} distinct numeric "
+                f"values in {len(values)} cells), not cell types; give the column of type "
+                "names (dataset.label_key / --label-key)")
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
