@@ -601,3 +601,40 @@ def test_labels_that_look_continuous_or_are_missing(tmp_path, capsys, caplog):
     assert "9 cells have no label in obs['cell_type'] and are left out" in caplog.text
     per_type = result["synthetic_vs_real"]["per_type"]
     assert per_type and "nan" not in per_type
+
+
+def test_every_generator_directory_is_checksummed(tmp_path):
+    """Class 9 for the other generators: nb (and the reference model, scvi) write checksums
+    of every file they save; a changed file is a one-line error naming it; a reference model
+    saved under its old name 'seed' still loads."""
+    import json
+
+    from cellsynth.config import FeaturesConfig, SeedVAEConfig
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.errors import ModelFileError
+    from cellsynth.models.nb import NegBinBaseline
+    from cellsynth.models.registry import load_generator
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    a = simulate_atlas(300, 60, 3, seed=2)
+    nb = NegBinBaseline()
+    nb.fit(a, "cell_type")
+    nb.save(tmp_path / "nb")
+    sums = json.loads((tmp_path / "nb" / "checksums.json").read_text())
+    assert {"params.safetensors", "genes.json", "config.json"} <= set(sums)
+    assert load_generator(tmp_path / "nb").labels == nb.labels
+    genes = json.loads((tmp_path / "nb" / "genes.json").read_text())
+    (tmp_path / "nb" / "genes.json").write_text(json.dumps(genes[::-1]))
+    with pytest.raises(ModelFileError, match=r"genes\.json changed after the model was saved"):
+        load_generator(tmp_path / "nb")
+
+    ref = SeedGenerator(SeedVAEConfig(n_embed=4, n_hidden=[16], n_latent=2, max_epochs=1,
+                                      device="cpu"), FeaturesConfig(n_components=5))
+    ref.fit(a, "cell_type", progress=False)
+    ref.save(tmp_path / "ref")
+    assert "vae/weights.safetensors" in json.loads((tmp_path / "ref" / "checksums.json").read_text())
+    meta = json.loads((tmp_path / "ref" / "config.json").read_text())
+    meta["model"] = "seed"  # as saved before the rename
+    (tmp_path / "ref" / "config.json").write_text(json.dumps(meta))
+    (tmp_path / "ref" / "checksums.json").unlink()  # an older save had none
+    assert load_generator(tmp_path / "ref").labels == ref.labels

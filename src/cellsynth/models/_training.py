@@ -289,6 +289,16 @@ def _non_finite(state: dict[str, torch.Tensor]) -> str:
     return "; ".join(bad[:3]) + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
 
 
+def write_checksums(directory: str | Path) -> None:
+    """``checksums.json`` over every file below ``directory`` (sub-folders too, by relative
+    path): for model directories not written by :func:`save_model_dir` alone."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.relative_to(directory).as_posix() != CHECKSUMS_FILE)  # fmt: skip
+    sums = {p.relative_to(directory).as_posix(): _sha256(p) for p in files}
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
+
+
 def verify_checksums(directory: str | Path) -> None:
     """Check the files ``checksums.json`` lists against their recorded sha256; a changed or
     missing one is a one-line :class:`ModelFileError` naming it. A directory without the file
@@ -307,7 +317,8 @@ def verify_checksums(directory: str | Path) -> None:
         raise ModelFileError(f"{path} is corrupt; save the model again")
     for name, expected in sums.items():
         file = directory / name
-        if Path(name).name != name or not file.is_file():
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not inside or not file.is_file():
             raise ModelFileError(f"{file} is listed in {CHECKSUMS_FILE} but missing; {directory} "
                                  "is not a complete save: copy the whole directory or save again")
         if _sha256(file) != expected:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelFileError
 from ._draws import nb_csr
-from ._training import package_version
+from ._training import package_version, verify_checksums, write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,13 @@ def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: 
 def read_meta(
     directory: Path, model: str, format_version: int
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Read and check :func:`write_meta`'s files; :class:`ModelFileError` on any disagreement."""
+    """Read and check :func:`write_meta`'s files (and the directory's checksums);
+    :class:`ModelFileError` on any disagreement. A model saved under an older name of the
+    generator (``seed`` for ``reference``) is read as well."""
+    from ..config import MODEL_ALIASES
+
+    verify_checksums(directory)
+    names = {model, *(old for old, new in MODEL_ALIASES.items() if new == model)}
     out = []
     for name in ("config.json", "labels.json", "genes.json"):
         path = directory / name
@@ -132,7 +138,7 @@ def read_meta(
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{path} is corrupt: {exc}") from None
     meta, labels, genes = out
-    if not isinstance(meta, dict) or meta.get("model") != model:
+    if not isinstance(meta, dict) or meta.get("model") not in names:
         raise ModelFileError(f"{directory / 'config.json'} does not describe a {model!r} model")
     if meta.get("format_version") != format_version:
         raise ModelFileError(
@@ -302,6 +308,7 @@ class NegBinBaseline:
         write_meta(directory, meta, self.labels, self.genes)
         save_file({"mu": self.mu, "theta": self.theta}, str(directory / "params.safetensors"))
         save_libraries(directory / "libraries.safetensors", self.libraries)
+        write_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> NegBinBaseline:

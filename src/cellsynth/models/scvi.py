@@ -46,6 +46,7 @@ from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..seeds import derive_seed
 from ._draws import nb_csr
+from ._training import write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
@@ -266,6 +267,7 @@ class ScviGenerator:
             self.libraries,
             {"mean": self.latent_mean, "cov": self.latent_cov},
         )
+        write_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> ScviGenerator:

@@ -34,6 +34,7 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
+from ._training import write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
@@ -182,6 +183,7 @@ class SeedGenerator:
         save_libraries(directory / "libraries.safetensors", self.libraries)
         self.vae.save(directory / "vae")
         self.pca.save(directory / "pca")
+        write_checksums(directory)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> SeedGenerator:
