@@ -638,3 +638,17 @@ def test_every_generator_directory_is_checksummed(tmp_path):
     (tmp_path / "ref" / "config.json").write_text(json.dumps(meta))
     (tmp_path / "ref" / "checksums.json").unlink()  # an older save had none
     assert load_generator(tmp_path / "ref").labels == ref.labels
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**70), "1.5"])
+def test_a_seed_out_of_range_is_refused_before_work(seed, tmp_path, capsys):
+    from cellsynth.cli import main
+
+    for argv in (["generate", str(tmp_path), "--n-per-type", "5", "--out", str(tmp_path / "x")],
+                 ["fit", str(tmp_path / "a.h5ad"), "--label-key", "c", "--out", str(tmp_path)],
+                 ["simulate", "--out", str(tmp_path / "s.h5ad")]):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--seed", seed])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--seed" in err and "Traceback" not in err

@@ -256,6 +256,17 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str,
                           formatter_class=_HelpFormatter)
 
 
+def _seed(text: str) -> int:
+    """A --seed value: a whole number in [0, 2**63), as the config's ``seed``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
 def _settings_arguments(p: argparse.ArgumentParser) -> None:
     """DATA, --label-key, --config and --set: what settings are resolved from (``run`` and
     ``config show`` take the same)."""
@@ -330,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells", type=int, default=10_000, metavar="N", help="cells")
     s.add_argument("--genes", type=int, default=2_000, metavar="N", help="genes")
     s.add_argument("--types", type=int, default=20, metavar="N", help="cell types")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed")
     s.add_argument("--label-key", default="celltype_annotation", metavar="KEY",
                    help="obs column the cell types are written to")
     s.add_argument("--chunk-size", type=int, default=50_000, metavar="N",
@@ -358,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--covariates", metavar="LIST", default="",
                    help="comma-separated obs columns the cvae also conditions on (donor, "
                         "condition, batch...; same as --set cvae.covariates=[...])")
-    f.add_argument("--seed", type=int, default=0, help="random seed of the fit")
+    f.add_argument("--seed", type=_seed, default=0, help="random seed of the fit")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     f.set_defaults(func=cmd_fit)
 
@@ -383,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--like", metavar="REAL.h5ad",
                    help="as many cells of every type (x covariate levels) as this file has: "
                         "a synthetic twin (default: none)")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     g.add_argument("--out", required=True, metavar="FILE", help="output .h5ad")
     g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     g.set_defaults(func=cmd_generate)
@@ -398,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label-key", required=True, metavar="KEY",
                    help="obs column with the cell type, in both files")
     e.add_argument("--out", required=True, metavar="DIR", help="directory for fidelity.json")
-    e.add_argument("--seed", type=int, default=0, help="random seed of subsamples and the floor")
+    e.add_argument("--seed", type=_seed, default=0, help="random seed of subsamples and the floor")
     e.add_argument("--max-cells", type=int, default=3000, metavar="N",
                    help="cells of each file read (a stratified subsample; files are never "
                         "read whole)")
