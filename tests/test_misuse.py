@@ -131,7 +131,7 @@ def test_a_model_file_changed_after_saving_is_refused_naming_it(tmp_path):
             tr.load_model_dir(d, "Toy", 1)
         (d / name).write_text(before)
     (d / "genes.json").unlink()
-    with pytest.raises(ModelFileError, match=r"genes\.json is listed in checksums\.json but missing"):
+    with pytest.raises(ModelFileError, match=r"genes\.json is missing \(it is listed in checksums\.json\)"):
         tr.load_model_dir(d, "Toy", 1)
 
 
@@ -565,7 +565,7 @@ def test_a_directory_of_another_kind_as_out_is_refused(tmp_path, capsys):
 
 def test_an_anndata_given_to_cs_run_is_not_a_foreign_file(tmp_path):
     from cellsynth import config
-    from cellsynth.pipeline.context import check_out
+    from cellsynth.runtime import check_out
 
     out = tmp_path / "from_memory"
     out.mkdir()

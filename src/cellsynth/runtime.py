@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import CellsynthError
+
 logger = logging.getLogger("cellsynth.pipeline")
 
 
@@ -429,3 +431,60 @@ def environment() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run directory: what --out may be
+
+#: what a run writes at the top of its directory (an input file there would be overwritten)
+RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "features",
+               "classifier", "generator", "generator_ddp", "synthetic", "classifier_synthetic",
+               "metrics", "explain", "results.md", "report.html")
+#: what a directory may hold before its first run (the CLI opens run.log first; cs.run writes
+#: an AnnData given in memory to input.h5ad)
+_BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml", "input.h5ad"}
+
+
+def check_out(out: Path, cfg: Any) -> None:
+    """A run directory that is an existing file, that would overwrite the input file, or that is
+    a non-empty directory of another kind is a one-line error."""
+    if out.exists() and not out.is_dir():
+        raise CellsynthError(f"--out {out} is an existing file, not a directory; give a directory "
+                             "for the run (e.g. runs/NAME)")
+    if cfg.dataset.path:
+        data = Path(cfg.dataset.path).expanduser().resolve()
+        try:
+            rel = data.relative_to(out.resolve())
+        except ValueError:
+            rel = None
+        if rel is not None and rel.parts and rel.parts[0] in RUN_ENTRIES:
+            raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} "
+                                 f"writes its outputs ({rel.parts[0]}); move the input or choose "
+                                 "another --out")
+    if not out.is_dir() or (out / "manifest.json").exists():
+        return
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN
+                                      and "config.toml" in names):
+        return  # new, or a run directory whose manifest is gone (every stage runs again)
+    other = sorted(names - _BEFORE_FIRST_RUN)
+    raise CellsynthError(
+        f"--out {out} is a non-empty directory that is not a cellsynth run directory (it holds "
+        f"{', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); a run writes data/, "
+        "metrics/... into it: give a new or empty directory")
+
+
+def check_links(out: Path) -> None:
+    """A symlink in the run directory that leads outside it is refused: a run never writes
+    through one (one line naming it)."""
+    root = out.resolve()
+    for folder, dirs, names in os.walk(out):
+        for n in dirs + names:
+            path = Path(folder, n)
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise CellsynthError(f"{path} is a symbolic link to {target}, outside the run "
+                                     f"directory; a run never writes through one: remove the link "
+                                     "or choose another --out")

@@ -319,8 +319,9 @@ def verify_checksums(directory: str | Path) -> None:
         file = directory / name
         inside = not Path(name).is_absolute() and ".." not in Path(name).parts
         if not inside or not file.is_file():
-            raise ModelFileError(f"{file} is listed in {CHECKSUMS_FILE} but missing; {directory} "
-                                 "is not a complete save: copy the whole directory or save again")
+            raise ModelFileError(f"{file} is missing (it is listed in {CHECKSUMS_FILE}); "
+                                 f"{directory} is not a complete save: copy the whole directory "
+                                 "or save again")
         if _sha256(file) != expected:
             raise ModelFileError(f"{file} changed after the model was saved (its sha256 differs "
                                  f"from {CHECKSUMS_FILE}); restore the file or save the model again")

@@ -121,12 +121,12 @@ def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: 
 def read_meta(
     directory: Path, model: str, format_version: int
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Read and check :func:`write_meta`'s files (and the directory's checksums);
-    :class:`ModelFileError` on any disagreement. A model saved under an older name of the
-    generator (``seed`` for ``reference``) is read as well."""
+    """Read and check :func:`write_meta`'s files; :class:`ModelFileError` on any disagreement.
+    A model saved under an older name of the generator (``seed`` for ``reference``) is read as
+    well. The caller checks the directory's checksums once its own structural checks passed
+    (``verify_checksums``), so those keep their messages."""
     from ..config import MODEL_ALIASES
 
-    verify_checksums(directory)
     names = {model, *(old for old, new in MODEL_ALIASES.items() if new == model)}
     out = []
     for name in ("config.json", "labels.json", "genes.json"):
@@ -336,4 +336,5 @@ class NegBinBaseline:
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.mu, model.theta, model.libraries = params["mu"], params["theta"], libraries
         model.history = meta.get("history") or {}
+        verify_checksums(directory)  # after the checks above, which name what is wrong
         return model

@@ -46,7 +46,7 @@ from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..seeds import derive_seed
 from ._draws import nb_csr
-from ._training import write_checksums
+from ._training import verify_checksums, write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
@@ -311,6 +311,7 @@ class ScviGenerator:
             libraries,
         )
         model.history = meta.get("history") or {}
+        verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
 
 

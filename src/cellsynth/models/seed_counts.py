@@ -34,7 +34,7 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
-from ._training import write_checksums
+from ._training import verify_checksums, write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
@@ -219,4 +219,5 @@ class SeedGenerator:
         )
         model.vae, model.pca, model.libraries = vae, pca, libraries
         model.history = meta.get("history") or {}
+        verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
