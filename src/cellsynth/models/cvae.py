@@ -452,21 +452,26 @@ class CVAE:
         plan, unseen = self.plan(request, where)
         chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent,
                                                    progress=progress)]  # fmt: skip
-        out = synthetic_adata(
-            sp.vstack(chunks, format="csr"),
-            self.plan_obs(plan)[self.label_key].to_numpy(),
-            self.genes,
-            label_key=self.label_key,
-            model=self.name,
-            seed=seed,
-            config={**dataclasses.asdict(self.config), "latent_sampler": latent},
-        )
-        for key, col in self.plan_obs(plan).items():
+        obs = self.plan_obs(plan)
+        out = synthetic_adata(sp.vstack(chunks, format="csr"), obs[self.label_key].to_numpy(),
+                              self.genes, label_key=self.label_key, model=self.name, seed=seed)
+        for key, col in obs.items():
             if key != self.label_key:
                 out.obs[key] = col.values  # categorical, with the training levels
-        if self.design:
-            out.uns[K.UNS]["unseen_combinations"] = unseen
+        out.uns[K.UNS] = self.provenance(seed, unseen, latent)
         return out
+
+    def provenance(self, seed: int, unseen: list[dict[str, str]],
+                   latent: str = "mixture") -> dict[str, Any]:  # fmt: skip
+        """``uns['cellsynth']`` of generated cells (:meth:`sample`, and cells written chunk by
+        chunk): version, model, seed, label key, settings and, with covariates, the
+        combinations no training cell had."""
+        uns = {"version": tr.package_version(), "model": self.name, "seed": int(seed),
+               "label_key": self.label_key,
+               "config": {**dataclasses.asdict(self.config), "latent_sampler": latent}}
+        if self.design:
+            uns["unseen_combinations"] = unseen
+        return uns
 
     def plan(self, request: dict[str, int] | pd.DataFrame | list,
              where: dict[str, Any] | None = None) -> tuple[list[tuple[str, tuple[int, ...], int]],

@@ -72,26 +72,16 @@ def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFr
     return table[table["n"] > 0]
 
 
-def generate_cells(model_dir: str | Path, *, n_per_type: int | None = None,
-                   types: dict[str, int] | None = None, where: str | None = None,
-                   request: str | Path | None = None, like: str | Path | None = None,
-                   seed: int = 0, progress: bool = False) -> Any:  # fmt: skip
-    """Generate from the model in ``model_dir``: ``n_per_type`` of every type, ``types``
-    (``{type: n}``), a ``request`` table or cells ``like`` a data set, with ``where`` covariate
-    levels (``"condition=stim"``) for the first two. Returns the AnnData (in memory; see
-    :func:`generate_to_file` for requests of any size)."""
-    gen = load_generator(model_dir)
-    ask, kwargs = _request(gen, n_per_type, types, where, request, like, progress)
-    return gen.sample(ask, seed=seed, **kwargs)
-
-
 #: bytes a stored count takes in an h5ad (float32 value and int32 column index)
 BYTES_PER_VALUE = 8
 
 
 def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
                      progress: bool = False, **ask: Any) -> int:
-    """:func:`generate_cells` (``ask``: its request arguments) written to the h5ad ``out``.
+    """Generate from the model in ``model_dir`` into the h5ad ``out``: ``ask`` is one of
+    ``n_per_type`` (of every type), ``types`` (``{type: n}``), ``request`` (a table file) or
+    ``like`` (an h5ad whose composition to copy), with ``where`` covariate levels
+    (``"condition=stim"``) for the first two.
 
     A CVAE's cells stream to the file one chunk at a time (memory independent of the request's
     size), after the output's size is estimated and checked against the free disk space; a
@@ -120,10 +110,10 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
                         f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
-    from .models import provenance, write_cells
+    from .models import write_cells
 
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
-    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, provenance(gen, seed, unseen))
+    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen))
     return n
 
 

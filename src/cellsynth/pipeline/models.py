@@ -4,7 +4,6 @@ trained on generated cells tested on real ones."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -155,19 +154,9 @@ def _count_chunks(gen: Any, counts: dict[str, int], seed: int, progress: bool):
     if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
         plan, unseen = gen.plan(counts)
         chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
-        return chunks, gen.plan_obs(plan), provenance(gen, seed, unseen)
+        return chunks, gen.plan_obs(plan), gen.provenance(seed, unseen)
     syn = gen.sample(counts, seed=seed)
     return iter([syn.X]), syn.obs.reset_index(drop=True), dict(syn.uns[K.UNS])
-
-
-def provenance(gen: Any, seed: int, unseen: list) -> dict[str, Any]:
-    """``uns['cellsynth']`` of cells a CVAE generated chunk by chunk (as ``sample`` writes it)."""
-    uns = {"version": package_version(), "model": gen.name, "seed": int(seed),
-           "label_key": gen.label_key,
-           "config": {**dataclasses.asdict(gen.config), "latent_sampler": "mixture"}}
-    if gen.design:
-        uns["unseen_combinations"] = unseen
-    return uns
 
 
 def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dict[str, int],
