@@ -24,6 +24,7 @@ from . import keys as K
 from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
+from .data.store import write_h5ad
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
@@ -178,7 +179,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         syn_val = _sample(gen, {t: max(1, int(n)) for t, n in n_val.items()},
                           derive_seed(seed, f"gen-val-{name}"), progress)
         (out / "synthetic").mkdir(parents=True, exist_ok=True)
-        syn_test.write_h5ad(out / "synthetic" / f"{name}.h5ad")
+        write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
 
         def sx(a: ad.AnnData) -> sp.csr_matrix:
             return sp.csr_matrix(a.X)

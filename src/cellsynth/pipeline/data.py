@@ -18,6 +18,7 @@ from ..data.groups import load_groups
 from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
+from ..data.store import write_h5ad
 from ..errors import DataError
 from ..features.pca import PCAModel, fit_pca
 from ..runtime import write_json
@@ -103,7 +104,7 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
     groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, raw, [])
     pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=seed)
     del raw
-    pre.write_h5ad(target)
+    write_h5ad(pre, target)  # atomic: .part, then renamed
     return from_preprocessed(pre, label_key=ctx.label_key), report, groups
 
 

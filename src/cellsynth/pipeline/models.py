@@ -17,6 +17,7 @@ from ..cells import Cells
 from ..classify.xgb import Classifier, train_classifier
 from ..config import save
 from ..data.qc import normalise_log1p
+from ..data.store import write_h5ad
 from ..errors import CellsynthError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
@@ -169,7 +170,7 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     if isinstance(gen, SeedCVAE):
         x, y = gen.sample(counts, seed=seed)
         if write:
-            _pca_adata(x, y, ctx, seed).write_h5ad(path)
+            write_h5ad(_pca_adata(x, y, ctx, seed), path)  # atomic: .part, then renamed
         return x, y
     pairs = request(counts, gen.labels)
     y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
