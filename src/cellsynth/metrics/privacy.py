@@ -1,0 +1,400 @@
+"""Privacy and memorisation audit: do generated cells reveal which real cells trained the model?
+
+Everything works on embedded points, ``(n_cells, n_pcs)`` arrays in the evaluation space
+(:meth:`~cellsynth.metrics.space.EvalSpace.embed`), of three disjoint sets: the real training
+cells (members), held-out real cells (non-members, ideally of donors absent from training) and
+the generated cells. Raw counts, when given, make exact copies exact (identical count rows).
+
+- :func:`distance_to_closest`: each generated and each held-out cell's distance to its closest
+  training cell (DCR), compared: a generator that does not leak puts its cells as close to the
+  training cells as unseen real cells are, no closer.
+- :func:`membership_attacks`: an attacker holding the generated cells tells training members
+  from held-out non-members; each attack is an ROC AUC (0.5 = no leak), cell level and, with
+  donor labels, donor level.
+- :func:`privacy_audit`: both, with a ``flagged`` verdict and its reasons (:class:`PrivacyResult`).
+
+A flag is evidence of memorisation; its absence is no proof of privacy, only that these two
+simple attacks fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial.distance import cdist
+from scipy.special import logsumexp
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from ..errors import DataError
+from ..seeds import derive_seed
+from ..settings import progress_bar
+from .fidelity import _MIN_GENES_FOR_COPY, _row_keys, _subsample
+from .space import as_csr
+
+logger = logging.getLogger(__name__)
+
+#: cells each of train, held-out and synthetic must have (held-out cells are split in two)
+MIN_CELLS = 20
+#: an AUC is flagged above ``0.5 + max(AUC_MARGIN, AUC_Z * se)``, ``se`` its standard error under
+#: no leak, ``sqrt((n1 + n2 + 1) / (12 n1 n2))`` (Mann-Whitney). ``AUC_Z = 3`` keeps false alarms
+#: at about 0.1% per attack; ``AUC_MARGIN`` keeps leaks too small to matter (an AUC within 0.05
+#: of chance) from flagging in large samples. With 2,000 members per side the margin rules
+#: (3 se = 0.027); with 200 the noise does (3 se = 0.087)
+AUC_MARGIN = 0.05
+AUC_Z = 3.0
+#: exact copies of training cells above this share of the generated cells flag memorisation
+EXACT_SHARE = 0.01
+#: held-out cells identical to training cells above this share make the audit an error (below
+#: it they are reported: cells with no expressed HVG all embed at one point)
+OVERLAP_SHARE = 0.01
+#: points closer than this times the training cells' overall spread (root total variance) are
+#: identical (float32 embeddings of one count row can differ in the last bits)
+EXACT_TOL = 1e-6
+#: the held-out DCR quantile each generated cell's DCR is compared with
+DCR_QUANTILE = 0.05
+#: pairwise-distance entries per block of the density estimate (32 MB of float64)
+_BLOCK = 1 << 22
+
+
+def _points(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    if a.ndim != 2:
+        raise DataError(f"{name} must be a 2-d array (cells x PCs) of embedded cells, got shape "
+                        f"{a.shape}; embed counts with EvalSpace.embed first")
+    if a.shape[0] < MIN_CELLS:
+        raise DataError(f"{name} has {a.shape[0]} cells but the privacy audit needs at least "
+                        f"{MIN_CELLS} in each set; give more cells")
+    if not np.isfinite(a).all():
+        raise DataError(f"{name} has NaN or infinite coordinates; embed finite counts")
+    return a
+
+
+def _check(train: Any, heldout: Any, synthetic: Any) -> tuple[np.ndarray, ...]:
+    """The three sets as float64 arrays, each checked, of one dimension."""
+    out = tuple(_points(x, n) for x, n in ((train, "train"), (heldout, "heldout"),
+                                            (synthetic, "synthetic")))
+    dims = [x.shape[1] for x in out]
+    if len(set(dims)) > 1:
+        raise DataError(f"train, heldout and synthetic cells have {dims} dimensions; embed all "
+                        "three with the same EvalSpace")
+    return out
+
+
+def _counts(x: Any, n: int, n_genes: int | None, name: str) -> sp.csr_matrix:
+    c = as_csr(x, n_genes, what=name)
+    if c.shape[0] != n:
+        raise DataError(f"{name} have {c.shape[0]} rows for {n} embedded cells; give the counts "
+                        "of the same cells in the same order")
+    return c
+
+
+def _copies(refs: sp.csr_matrix, queries: sp.csr_matrix) -> np.ndarray:
+    """Whether each query row equals a reference row in counts (rows of fewer than 5
+    detected genes coincide by chance and never count)."""
+    keys = set(_row_keys(refs))
+    detected = np.diff(queries.indptr) >= _MIN_GENES_FOR_COPY
+    return np.array([bool(d) and k in keys
+                     for k, d in zip(_row_keys(queries), detected, strict=True)], dtype=bool)
+
+
+def _nearest(refs: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
+    """Distance from each query to its ``k``-th nearest reference point."""
+    nn = NearestNeighbors(n_neighbors=k).fit(refs)
+    out = np.empty(len(queries))
+    for s in progress_bar(range(0, len(queries), 2_000), desc="privacy: neighbours",
+                          unit="block", leave=False):
+        out[s : s + 2_000] = nn.kneighbors(queries[s : s + 2_000])[0][:, k - 1]
+    return out
+
+
+def _log_kde(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Log density at ``queries`` of an isotropic Gaussian KDE of ``data`` (Scott's bandwidth:
+    ``sigma * n ** (-1 / (d + 4))``, ``sigma`` the root mean per-dimension variance)."""
+    n, d = data.shape
+    h = max(float(np.sqrt(data.var(axis=0).mean())) * n ** (-1.0 / (d + 4)), 1e-12)
+    out = np.empty(len(queries))
+    step = max(1, _BLOCK // n)
+    for s in progress_bar(range(0, len(queries), step), desc="privacy: density",
+                          unit="block", leave=False):
+        sq = cdist(queries[s : s + step], data, "sqeuclidean")
+        out[s : s + step] = logsumexp(-sq / (2.0 * h * h), axis=1)
+    return out - np.log(n) - d * np.log(h) - 0.5 * d * np.log(2.0 * np.pi)
+
+
+def auc_threshold(n_members: int, n_nonmembers: int) -> tuple[float, float]:
+    """``(threshold, se)`` of an attack AUC of ``n1`` members and ``n2`` non-members:
+    ``se = sqrt((n1 + n2 + 1) / (12 n1 n2))``, the AUC's standard error under no leak, and
+    ``threshold = 0.5 + max(AUC_MARGIN, AUC_Z * se)``."""
+    se = float(np.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers)))
+    return 0.5 + max(AUC_MARGIN, AUC_Z * se), se
+
+
+def _auc(member: np.ndarray, nonmember: np.ndarray) -> dict[str, Any]:
+    y = np.r_[np.ones(len(member)), np.zeros(len(nonmember))]
+    auc = float(roc_auc_score(y, np.r_[member, nonmember]))
+    threshold, se = auc_threshold(len(member), len(nonmember))
+    return {"auc": auc, "se_null": se, "threshold": threshold, "flagged": auc > threshold,
+            "n_members": len(member), "n_nonmembers": len(nonmember)}
+
+
+def distance_to_closest(
+    train: Any, heldout: Any, synthetic: Any, *, seed: int, max_n: int = 5_000,
+    train_counts: Any = None, synthetic_counts: Any = None, heldout_counts: Any = None,
+) -> dict[str, Any]:
+    """Distance to the closest training cell (DCR) of generated and of held-out cells.
+
+    Parameters
+    ----------
+    train, heldout, synthetic
+        Embedded cells, ``(n, d)`` each, of one evaluation space; at least ``MIN_CELLS`` each.
+    seed, max_n
+        Seeds the subsamples; generated and held-out cells (each) whose DCR is measured
+        (every training cell is a possible closest cell).
+    train_counts, synthetic_counts, heldout_counts
+        Optional raw counts of the same cells (same rows and order): exact copies are then
+        identical count rows (of at least 5 detected genes) over all cells, not coinciding
+        points. ``train_counts`` with another of them is needed for them to be used.
+
+    Returns
+    -------
+    dict
+        ``median_synthetic``, ``median_heldout`` and their ``median_ratio`` (about 1 without
+        leak, under 1 when generated cells hug training cells); ``heldout_quantile`` (the
+        ``DCR_QUANTILE`` quantile of held-out DCRs) and ``share_below_quantile``, the share of
+        generated cells with a smaller DCR (``DCR_QUANTILE`` = 0.05 expected without leak);
+        ``exact_duplicates`` and ``exact_share`` of generated cells (``exact_source``: counts
+        or embedding, where exact is a distance under ``EXACT_TOL`` times the training spread);
+        ``near_threshold``, the smallest non-zero held-out DCR, and ``near_duplicates`` and
+        ``near_share``, generated cells not exact copies with a DCR below it (a share of
+        about ``1 / (n_heldout + 1)`` expected without leak, ``near_expected``);
+        ``heldout_shared``: held-out cells identical to training cells; cells used.
+
+    Raises
+    ------
+    DataError
+        Too few cells, mismatched dimensions or counts, or held-out cells identical to
+        training cells (more than ``OVERLAP_SHARE`` of them).
+    """
+    tr, ho, sy = _check(train, heldout, synthetic)
+    rng = np.random.default_rng(derive_seed(seed, "dcr-sample"))
+    i_s, i_h = _subsample(len(sy), max_n, rng), _subsample(len(ho), max_n, rng)
+    d_s, d_h = _nearest(tr, sy[i_s]), _nearest(tr, ho[i_h])
+    tol = EXACT_TOL * float(np.sqrt(tr.var(axis=0).sum()))
+    trc = None if train_counts is None else _counts(train_counts, len(tr), None, "train counts")
+    if trc is not None and heldout_counts is not None:
+        hoc = _counts(heldout_counts, len(ho), trc.shape[1], "heldout counts")
+        shared, n_checked, shared_source = int(_copies(trc, hoc).sum()), len(ho), "counts"
+    else:
+        shared, n_checked, shared_source = int((d_h <= tol).sum()), len(i_h), "embedding"
+    if shared > OVERLAP_SHARE * n_checked:
+        raise DataError(
+            f"{shared} of {n_checked} held-out cells are identical to training cells (by "
+            f"{shared_source}): held-out cells must not be training cells, or the audit is "
+            "meaningless (members would be scored as non-members); split the cells again so "
+            "that no cell is in both sets")
+    if shared:
+        logger.warning("privacy: %d held-out cell(s) identical to training cells", shared)
+    if trc is not None and synthetic_counts is not None:
+        syc = _counts(synthetic_counts, len(sy), trc.shape[1], "synthetic counts")
+        mask = _copies(trc, syc)
+        exact, exact_share, source = int(mask.sum()), float(mask.mean()), "counts"
+        exact_sub = mask[i_s] | (d_s <= tol)
+    else:
+        exact_sub = d_s <= tol
+        exact, exact_share, source = int(exact_sub.sum()), float(exact_sub.mean()), "embedding"
+    q = float(np.quantile(d_h, DCR_QUANTILE))
+    unseen = d_h[d_h > tol]  # shared cells (at most OVERLAP_SHARE) left out
+    near_threshold = float(unseen.min()) if len(unseen) else 0.0
+    near = (d_s < near_threshold) & ~exact_sub
+    med_s, med_h = float(np.median(d_s)), float(np.median(d_h))
+    return {
+        "median_synthetic": med_s, "median_heldout": med_h,
+        "median_ratio": med_s / med_h if med_h > 0 else None,
+        "quantile": DCR_QUANTILE, "heldout_quantile": q,
+        "share_below_quantile": float(np.mean(d_s < q)),
+        "exact_duplicates": exact, "exact_share": exact_share, "exact_source": source,
+        "near_threshold": near_threshold, "near_duplicates": int(near.sum()),
+        "near_share": float(near.mean()), "near_expected": 1.0 / (len(i_h) + 1),
+        "heldout_shared": shared, "heldout_shared_source": shared_source,
+        "n_train": len(tr), "n_synthetic": len(i_s), "n_heldout": len(i_h),
+    }
+
+
+def _folds(n: int, donors: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Two folds (0/1) of the held-out cells: by donor when two or more donors give folds of
+    ``MIN_CELLS // 2`` cells or more, else at random by cell."""
+    split = "cells"
+    if donors is not None:
+        names, inverse, sizes = np.unique(donors, return_inverse=True, return_counts=True)
+        fill, side = [0, 0], np.empty(len(names), dtype=np.int64)
+        for j in rng.permutation(len(names)):  # each donor to the smaller fold
+            side[j] = int(np.argmin(fill))
+            fill[side[j]] += int(sizes[j])
+        if min(fill) >= MIN_CELLS // 2:
+            return side[inverse], "donors"
+        split = "cells (one held-out donor)" if len(names) < 2 else "cells (unequal donors)"
+    return rng.permutation(np.arange(n) % 2), split
+
+
+def _labels(x: Any, n: int, name: str) -> np.ndarray:
+    out = np.asarray(x).astype(str)
+    if out.ndim != 1 or len(out) != n:
+        raise DataError(f"{name} has {out.size} labels for {n} cells; give one donor per cell")
+    return out
+
+
+def _donor_level(scores: dict[str, tuple[np.ndarray, np.ndarray]], dm: np.ndarray,
+                 dn: np.ndarray) -> tuple[dict[str, Any] | None, str | None]:
+    """Per-donor mean of each attack's cell scores, and the AUC over donors."""
+    both = sorted(set(dm.tolist()) & set(dn.tolist()))
+    if both:
+        return None, (f"donor(s) {', '.join(both[:5])} are in both train and heldout; donor-level "
+                      "membership needs held-out donors absent from training")
+    um, un = np.unique(dm, return_inverse=True), np.unique(dn, return_inverse=True)
+    if min(len(um[0]), len(un[0])) < 2:
+        return None, (f"{len(um[0])} training and {len(un[0])} held-out donor(s) among the "
+                      "candidates; donor-level AUC needs at least 2 on each side")
+    out = {}
+    for name, (sm, sn) in scores.items():
+        mean_m = np.bincount(um[1], weights=sm) / np.bincount(um[1])
+        mean_n = np.bincount(un[1], weights=sn) / np.bincount(un[1])
+        out[name] = _auc(mean_m, mean_n)
+    return out, None
+
+
+def membership_attacks(
+    train: Any, heldout: Any, synthetic: Any, *, seed: int, max_n: int = 2_000, k: int = 1,
+    train_donors: Any = None, heldout_donors: Any = None,
+) -> dict[str, Any]:
+    """Membership-inference attacks by an attacker who holds the generated cells.
+
+    Members are ``m`` random training cells, non-members ``m`` held-out cells, ``m`` the
+    smallest of ``max_n`` and both sizes. Each attack scores every candidate (higher: more
+    likely a member); its ROC AUC is 0.5 when the generated cells say nothing of membership:
+
+    - ``distance``: minus the distance to the ``k``-th closest generated cell;
+    - ``density`` (DOMIAS, van Breugel et al. 2023): the log ratio of the generated cells'
+      density to a reference real population's density at the candidate, each a Gaussian KDE
+      (isotropic, Scott's bandwidth). It finds cells the generator over-represents relative to
+      the population, not merely cells in dense regions. The reference is held-out cells not
+      scored with it: the held-out set is split in two folds, by donor when donors are given
+      (so no reference cell shares a donor with the cell it scores), else by cell; a held-out
+      candidate is scored against the other fold, and each member against a fold drawn so that
+      members and non-members use the folds equally often.
+
+    Parameters
+    ----------
+    train, heldout, synthetic
+        Embedded cells of one evaluation space (training disjoint from held-out).
+    seed, max_n, k
+        Seeds the candidates and folds; members and non-members (each); the neighbour of the
+        distance attack.
+    train_donors, heldout_donors
+        Optional donor of each cell; with both, each attack's cell scores are averaged per
+        donor and an AUC computed over donors.
+
+    Returns
+    -------
+    dict
+        ``distance`` and ``density``: ``auc``, ``se_null``, ``threshold`` (see
+        :func:`auc_threshold`), ``flagged``, ``n_members``, ``n_nonmembers``;
+        ``donor_level`` (the same per attack over donors) or None with ``donor_skipped``, why;
+        ``reference_split``: how the held-out folds were made; ``k``.
+    """
+    tr, ho, sy = _check(train, heldout, synthetic)
+    if not 1 <= k <= len(sy):
+        raise DataError(f"k must be between 1 and the {len(sy)} synthetic cells, got {k}")
+    td = None if train_donors is None else _labels(train_donors, len(tr), "train_donors")
+    hd = None if heldout_donors is None else _labels(heldout_donors, len(ho), "heldout_donors")
+    rng = np.random.default_rng(derive_seed(seed, "attack-candidates"))
+    m = min(max_n, len(tr), len(ho))
+    i_m, i_n = _subsample(len(tr), m, rng), _subsample(len(ho), m, rng)
+    fold, split = _folds(len(ho), hd, np.random.default_rng(derive_seed(seed, "attack-folds")))
+    cand = np.concatenate([tr[i_m], ho[i_n]])
+    cand_fold = np.concatenate([rng.permutation(fold[i_n]), fold[i_n]])
+    dist = -_nearest(sy, cand, k)
+    log_ref = np.empty(len(cand))
+    for f in (0, 1):
+        sel = cand_fold == f
+        if sel.any():
+            log_ref[sel] = _log_kde(ho[fold != f], cand[sel])
+    density = _log_kde(sy, cand) - log_ref
+    scores = {"distance": (dist[:m], dist[m:]), "density": (density[:m], density[m:])}
+    out: dict[str, Any] = {name: _auc(*s) for name, s in scores.items()}
+    out.update(reference_split=split, k=k, donor_level=None, donor_skipped=None)
+    if td is None or hd is None:
+        out["donor_skipped"] = "no donor labels given (train_donors and heldout_donors)"
+    else:
+        out["donor_level"], out["donor_skipped"] = _donor_level(scores, td[i_m], hd[i_n])
+    return out
+
+
+@dataclass
+class PrivacyResult:
+    """What :func:`privacy_audit` found; :meth:`to_dict` gives it JSON-ready."""
+
+    dcr: dict[str, Any]  # distance_to_closest's summary
+    attacks: dict[str, dict[str, Any]]  # attack name -> its AUC, threshold and flag (cells)
+    donor_attacks: dict[str, dict[str, Any]] | None  # the same over donors, or None
+    donor_skipped: str | None  # why there is no donor level
+    reference_split: str  # how the density attack's held-out reference folds were made
+    flagged: bool  # evidence of memorisation: an attack AUC over its threshold, or copies
+    reasons: list[str]  # one sentence per flag
+    settings: dict[str, Any]  # seed, caps and thresholds used
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain dicts, lists, strings, numbers, booleans and None."""
+        return asdict(self)
+
+
+def privacy_audit(
+    train: Any, heldout: Any, synthetic: Any, *, seed: int, train_donors: Any = None,
+    heldout_donors: Any = None, train_counts: Any = None, synthetic_counts: Any = None,
+    heldout_counts: Any = None, max_n: int = 2_000, k: int = 1,
+) -> PrivacyResult:
+    """Privacy and memorisation audit of generated cells against their training cells.
+
+    Runs :func:`distance_to_closest` and :func:`membership_attacks` and flags memorisation when
+    an attack's AUC (cell or donor level) exceeds ``0.5 + max(AUC_MARGIN, AUC_Z * se)`` or when
+    more than ``EXACT_SHARE`` of the generated cells are exact copies of training cells.
+
+    Parameters
+    ----------
+    train, heldout, synthetic
+        Embedded cells (``EvalSpace.embed``) of the training set, of held-out real cells never
+        seen in training (of held-out donors where possible) and of the generator.
+    seed, max_n
+        Seeds every subsample (child seeds by name); cells per side for DCRs and attacks.
+    train_donors, heldout_donors, k
+        As in :func:`membership_attacks`.
+    train_counts, synthetic_counts, heldout_counts
+        As in :func:`distance_to_closest`.
+    """
+    dcr = distance_to_closest(train, heldout, synthetic, seed=derive_seed(seed, "dcr"),
+                              max_n=max_n, train_counts=train_counts,
+                              synthetic_counts=synthetic_counts, heldout_counts=heldout_counts)
+    att = membership_attacks(train, heldout, synthetic, seed=derive_seed(seed, "attacks"),
+                             max_n=max_n, k=k, train_donors=train_donors,
+                             heldout_donors=heldout_donors)
+    attacks = {name: att[name] for name in ("distance", "density")}
+    reasons = []
+    for level, found in (("cell", attacks), ("donor", att["donor_level"] or {})):
+        for name, a in found.items():
+            if a["flagged"]:
+                reasons.append(f"{level}-level {name} attack AUC {a['auc']:.3f} is above "
+                               f"{a['threshold']:.3f} (0.5 = no leak, {a['n_members']} members)")
+    if dcr["exact_share"] > EXACT_SHARE:
+        reasons.append(f"{dcr['exact_duplicates']} generated cells ({dcr['exact_share']:.1%}) are "
+                       f"exact copies of training cells (by {dcr['exact_source']})")
+    for r in reasons:
+        logger.warning("privacy: %s", r)
+    settings = {"seed": seed, "max_n": max_n, "k": k, "min_cells": MIN_CELLS,
+                "auc_margin": AUC_MARGIN, "auc_z": AUC_Z, "exact_share": EXACT_SHARE,
+                "overlap_share": OVERLAP_SHARE, "exact_tol": EXACT_TOL}
+    return PrivacyResult(dcr, attacks, att["donor_level"], att["donor_skipped"],
+                         att["reference_split"], bool(reasons), reasons, settings)

@@ -1,0 +1,152 @@
+"""Privacy audit on generators whose answer is known: independent draws, copies, noisy copies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellsynth.errors import CellsynthError
+from cellsynth.metrics.privacy import (
+    MIN_CELLS,
+    auc_threshold,
+    distance_to_closest,
+    membership_attacks,
+    privacy_audit,
+)
+
+N_GENES, DIM = 60, 10
+RATES = np.random.default_rng(99).lognormal(0.5, 1.0, (4, N_GENES))  # 4 cell types
+PROJ = np.random.default_rng(98).normal(size=(N_GENES, DIM))  # a fixed "evaluation space"
+
+
+def counts(n: int, seed: int) -> sp.csr_matrix:
+    """Poisson counts of ``n`` cells of 4 types, with a per-cell library factor."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 4, n)
+    mu = RATES[types] * rng.lognormal(0.0, 0.3, (n, 1))
+    return sp.csr_matrix(rng.poisson(mu).astype(np.float32))
+
+
+def embed(x: sp.csr_matrix) -> np.ndarray:
+    return (np.log1p(x.toarray()) @ PROJ).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, sp.csr_matrix]:
+    return {"train": counts(300, 1), "heldout": counts(300, 2), "synth": counts(300, 3)}
+
+
+def test_independent_generator_is_not_flagged(data: dict) -> None:
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(data["synth"])
+    res = privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"],
+                        synthetic_counts=data["synth"], heldout_counts=data["heldout"])
+    assert not res.flagged, res.reasons
+    for name in ("distance", "density"):
+        assert abs(res.attacks[name]["auc"] - 0.5) < 0.07, res.attacks[name]
+        assert not res.attacks[name]["flagged"]
+    assert res.dcr["exact_duplicates"] == 0 and res.dcr["exact_source"] == "counts"
+    assert 0.8 < res.dcr["median_ratio"] < 1.25
+    assert res.dcr["share_below_quantile"] < 0.12  # 0.05 expected
+    assert res.dcr["near_duplicates"] <= 5  # about 1 expected
+    json.dumps(res.to_dict(), allow_nan=False)  # JSON-ready
+    again = privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"],
+                          synthetic_counts=data["synth"], heldout_counts=data["heldout"])
+    assert again.to_dict() == res.to_dict()  # same seed, same numbers
+
+
+def test_copying_generator_is_flagged(data: dict) -> None:
+    perm = np.random.default_rng(5).permutation(300)
+    syc = data["train"][perm]
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(syc)
+    res = privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"], synthetic_counts=syc)
+    assert res.flagged
+    assert res.attacks["distance"]["auc"] > 0.95 and res.attacks["distance"]["flagged"]
+    assert res.attacks["density"]["auc"] > 0.9 and res.attacks["density"]["flagged"]
+    assert res.dcr["exact_source"] == "counts"
+    assert res.dcr["exact_duplicates"] == syc.shape[0] - int((np.diff(syc.indptr) < 5).sum())
+    assert any("exact copies" in r for r in res.reasons)
+    # without counts the copies are coinciding points
+    dcr = distance_to_closest(tr, ho, sy, seed=0)
+    assert dcr["exact_source"] == "embedding" and dcr["exact_duplicates"] == 300
+    assert dcr["median_synthetic"] == 0.0 and dcr["share_below_quantile"] == 1.0
+
+
+def test_noisy_copies_are_flagged(data: dict) -> None:
+    """Training cells plus small noise (30% of each PC's spread): no copy, yet a leak."""
+    tr, ho = embed(data["train"]), embed(data["heldout"])
+    sy = tr + np.random.default_rng(7).normal(scale=0.3 * tr.std(axis=0), size=tr.shape)
+    res = privacy_audit(tr, ho, sy, seed=0)
+    assert res.flagged and res.dcr["exact_duplicates"] == 0
+    assert res.attacks["distance"]["auc"] > 0.9 and res.attacks["density"]["auc"] > 0.7
+    assert res.attacks["distance"]["flagged"] and res.attacks["density"]["flagged"]
+    assert res.dcr["median_ratio"] < 0.7 and res.dcr["share_below_quantile"] > 0.5
+    assert not any("exact copies" in r for r in res.reasons)
+
+
+def test_posterior_predictive_redraw_is_flagged(data: dict) -> None:
+    """Each generated cell a Poisson draw around one training cell's counts: noisier than real
+    cells (its DCRs are not small), yet the distance attack finds the members."""
+    syc = sp.csr_matrix(np.random.default_rng(7).poisson(data["train"].toarray() + 0.1))
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(syc)
+    res = privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"], synthetic_counts=syc)
+    assert res.flagged and res.dcr["exact_duplicates"] == 0
+    assert res.attacks["distance"]["auc"] > 0.6 and res.attacks["distance"]["flagged"]
+
+
+def test_donor_level(data: dict) -> None:
+    tr, ho = embed(data["train"]), embed(data["heldout"])
+    td = np.repeat([f"t{i}" for i in range(6)], 50)
+    hd = np.repeat([f"h{i}" for i in range(6)], 50)
+    copies = privacy_audit(tr, ho, tr.copy(), seed=1, train_donors=td, heldout_donors=hd)
+    assert copies.donor_skipped is None and copies.reference_split == "donors"
+    assert copies.donor_attacks["distance"]["auc"] == 1.0
+    assert copies.donor_attacks["distance"]["n_members"] == 6
+    assert not copies.donor_attacks["distance"]["flagged"]  # 6 donors: too few to flag alone
+    fair = membership_attacks(tr, ho, embed(data["synth"]), seed=1, train_donors=td,
+                              heldout_donors=hd)
+    assert fair["donor_level"] is not None and fair["donor_level"]["density"]["n_nonmembers"] == 6
+
+
+def test_donor_level_skipped(data: dict) -> None:
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(data["synth"])
+    td = np.repeat([f"t{i}" for i in range(6)], 50)
+    one = membership_attacks(tr, ho, sy, seed=0, train_donors=td, heldout_donors=["h"] * 300)
+    assert one["donor_level"] is None
+    assert "1 held-out donor" in one["donor_skipped"] and "at least 2" in one["donor_skipped"]
+    assert one["reference_split"].startswith("cells")
+    shared = membership_attacks(tr, ho, sy, seed=0, train_donors=td, heldout_donors=td)
+    assert shared["donor_level"] is None and "in both train and heldout" in shared["donor_skipped"]
+    none = privacy_audit(tr, ho, sy, seed=0)
+    assert none.donor_attacks is None and "no donor labels" in none.donor_skipped
+
+
+def test_heldout_overlapping_training_is_an_error(data: dict) -> None:
+    tr, sy = embed(data["train"]), embed(data["synth"])
+    hoc = sp.vstack([data["heldout"][:200], data["train"][:100]]).tocsr()
+    ho = embed(hoc)
+    with pytest.raises(CellsynthError, match="meaningless"):
+        privacy_audit(tr, ho, sy, seed=0)
+    with pytest.raises(CellsynthError, match="by counts"):
+        privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"], heldout_counts=hoc)
+
+
+def test_bad_shapes_are_errors(data: dict) -> None:
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(data["synth"])
+    with pytest.raises(CellsynthError, match=f"at least {MIN_CELLS}"):
+        privacy_audit(tr, ho[:5], sy, seed=0)
+    with pytest.raises(CellsynthError, match="dimensions"):
+        privacy_audit(tr, ho[:, :5], sy, seed=0)
+    with pytest.raises(CellsynthError, match="same order"):
+        privacy_audit(tr, ho, sy, seed=0, train_counts=data["train"][:10])
+    with pytest.raises(CellsynthError, match="one donor per cell"):
+        privacy_audit(tr, ho, sy, seed=0, train_donors=["a"] * 3, heldout_donors=["b"] * 300)
+
+
+def test_threshold_follows_sampling_noise() -> None:
+    small, se_small = auc_threshold(100, 100)
+    large, _ = auc_threshold(5_000, 5_000)
+    assert se_small == pytest.approx(np.sqrt(201 / 120_000))
+    assert small == pytest.approx(0.5 + 3 * se_small) and large == pytest.approx(0.55)
