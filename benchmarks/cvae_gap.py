@@ -95,7 +95,7 @@ def main() -> int:
         else:
             gen = CVAE(config=cfg.cvae)
             gen.fit(pre[np.isin(split, ["train", "val"])], cfg.dataset.label_key,
-                    seed=derive_seed(cfg.seed, "fit-cvae"), progress=False)
+                    seed=derive_seed(cfg.seed, "fit-cvae"))
         rng = np.random.default_rng(derive_seed(cfg.seed, "cvae-gap"))
         # the fidelity benchmark's request (types by count): C2ST folds follow the row order
         n_test = {str(t): int(n) for t, n in pd.Series(y_test).value_counts().items()}

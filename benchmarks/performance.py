@@ -231,7 +231,7 @@ def fit_ours(adata, hidden: int, layers: int, latent: int, args, device: str) ->
     model, ends = CVAE(config=cfg), []
     with epoch_ends("cellsynth.models", ends):
         t0 = time.perf_counter()
-        hist = model.fit(adata, LABEL, seed=0, progress=False)
+        hist = model.fit(adata, LABEL, seed=0)
         total = time.perf_counter() - t0
     n = adata.n_obs
     params = sum(p.numel() for p in model.module.parameters())
@@ -335,7 +335,7 @@ def bench_flops(args, device: str) -> dict:
     cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
     model, ends = CVAE(config=cfg), []
     with epoch_ends("cellsynth.models", ends):
-        hist = model.fit(adata, LABEL, seed=0, progress=False)
+        hist = model.fit(adata, LABEL, seed=0)
     bs, n, genes = cfg.batch_size, adata.n_obs, adata.n_vars
     steps_per_epoch = math.ceil(n / bs)
     step_loop = hist["seconds"] / (hist["epochs"] * steps_per_epoch)
@@ -505,7 +505,7 @@ def bench_generation(args, device: str) -> dict:
     adata = atlas(args.cells, args.genes, args.types)
     cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
     model = CVAE(config=cfg)
-    model.fit(adata, LABEL, seed=0, progress=False)
+    model.fit(adata, LABEL, seed=0)
     per_type, extra = divmod(args.gen_cells, len(model.labels))
     request = {t: per_type + (i < extra) for i, t in enumerate(model.labels)}
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:

@@ -52,7 +52,7 @@ def test_all_is_complete_and_in_dir():
     assert len(set(cs.__all__)) == len(cs.__all__)
     expected = {"read", "simulate", "run", "evaluate", "load_model", "CVAE", "NegBinBaseline",
                 "ScviGenerator", "ReferenceGenerator", "RunConfig", "CellsynthError", "pl",
-                "__version__"}
+                "settings", "__version__"}
     assert set(cs.__all__) == expected
     assert set(cs.__all__) <= set(dir(cs))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -94,8 +94,8 @@ def test_signatures_read_like_scanpy():
     for fn, positional, keyword_only in (
         (cs.simulate, 3, {"seed", "label_key"}),
         (cs.read, 1, {"backed"}),
-        (cs.run, 1, {"label_key", "config", "out", "overrides", "progress"}),
-        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells", "progress"}),
+        (cs.run, 1, {"label_key", "config", "out", "overrides"}),
+        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells"}),
         (cs.load_model, 1, set()),
     ):
         params = sig(fn).parameters.values()
@@ -107,7 +107,10 @@ def test_signatures_read_like_scanpy():
     for method in ("train", "fit", "sample", "save", "load"):
         assert callable(getattr(cs.CVAE, method)), method
         assert callable(getattr(cs.NegBinBaseline, method if method != "train" else "fit"))
-    assert {"seed", "progress"} <= set(sig(cs.CVAE.train).parameters)
+    assert "seed" in sig(cs.CVAE.train).parameters
+    # progress bars are set once (cs.settings.progress), not passed to every function
+    for fn in (cs.run, cs.evaluate, cs.simulate, cs.CVAE.train, cs.CVAE.fit, cs.CVAE.sample):
+        assert "progress" not in sig(fn).parameters, fn
     assert cs.load_model.__doc__ and issubclass(cs.CellsynthError, Exception)
 
 
@@ -115,7 +118,7 @@ def test_cvae_train_takes_training_settings():
     """``CVAE.train(max_epochs=, batch_size=, lr=, ...)``, as scvi-tools' ``train`` (added to
     models/cvae.py by another agent, at the same time as this test)."""
     params = inspect.signature(cs.CVAE.train).parameters
-    assert {"max_epochs", "batch_size", "lr", "seed", "progress"} <= set(params)
+    assert {"max_epochs", "batch_size", "lr", "seed"} <= set(params)
     assert params["seed"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
@@ -196,15 +199,15 @@ def test_run_resolves_settings_and_the_output_directory(tmp_path, monkeypatch, p
 
     calls = []
 
-    def fake_run(cfg, out, *, progress=True, force=None):
-        calls.append((cfg, Path(out), progress))
+    def fake_run(cfg, out, *, force=None):
+        calls.append((cfg, Path(out), None))
         return Path(out) / "results.md"
 
     monkeypatch.setattr(pipeline, "run", fake_run)
     monkeypatch.chdir(tmp_path)
-    assert cs.run(progress=False) == Path("runs/demo/results.md")
-    cfg, out, progress = calls[-1]
-    assert out == Path("runs/demo") and progress is False and cfg.dataset.path == ""
+    assert cs.run() == Path("runs/demo/results.md")
+    cfg, out, _ = calls[-1]
+    assert out == Path("runs/demo") and cfg.dataset.path == ""
     assert "run: the demo atlas into runs/demo" in (out / "run.log").read_text()  # as the CLI
     cs.run("atlas.h5ad", label_key="kind", overrides=["generator.model='nb'"])
     cfg, out, _ = calls[-1]

@@ -89,7 +89,7 @@ def assert_intact(out: Path) -> None:
 @pytest.fixture
 def saved_nb(tmp_path: Path) -> Path:
     model = NegBinBaseline()
-    model.fit(make_adata(), LABEL, seed=0, progress=False)
+    model.fit(make_adata(), LABEL, seed=0)
     directory = tmp_path / "nb"
     model.save(directory)
     return directory
@@ -146,7 +146,7 @@ def test_normalised_where_counts_needed(tmp_path, capsys, earlier_model):
     a = make_adata()
     a.X = np.log1p(a.X / a.X.sum(axis=1, keepdims=True) * 1e4)
     with pytest.raises(DataError) as info:
-        NegBinBaseline().fit(a, LABEL, progress=False)
+        NegBinBaseline().fit(a, LABEL)
     one_line(info.value, "needs raw counts")
     assert "give the unnormalised counts" in str(info.value)
     data = write(a, tmp_path / "x.h5ad")
@@ -274,7 +274,7 @@ def test_truncated_download(tmp_path):
         state.cut_after = 50_000
         dest = tmp_path / "x.h5ad"
         with pytest.raises(DownloadError) as info:
-            download_url(f"{base}/x.h5ad", dest, progress=False, timeout=5.0, chunk_size=1 << 14)
+            download_url(f"{base}/x.h5ad", dest, timeout=5.0, chunk_size=1 << 14)
     finally:
         server.shutdown()
         server.server_close()

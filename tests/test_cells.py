@@ -105,12 +105,11 @@ def test_preprocessed_cells_read_alike(tmp_path):
     from cellsynth.data.chunked import preprocess_backed
     from cellsynth.data.qc import preprocess
 
-    path = write_atlas(tmp_path / "a.h5ad", 400, 150, 4, seed=3, progress=False)
+    path = write_atlas(tmp_path / "a.h5ad", 400, 150, 4, seed=3)
     cfg = config.load(None, ["qc.min_genes_per_cell=20", "qc.min_cells_per_gene=20",
                              f"dataset.label_key={LABEL!r}"])
     pre, _ = preprocess(ad.read_h5ad(path), cfg.dataset, cfg.qc, cfg.split, seed=0)
-    preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, seed=0, out_path=tmp_path / "p.h5ad",
-                      progress=False)
+    preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, seed=0, out_path=tmp_path / "p.h5ad")
     mem, disk = from_preprocessed(pre), from_preprocessed(tmp_path / "p.h5ad")
     with disk:
         assert not mem.on_disk and disk.on_disk and mem.label_key == disk.label_key == LABEL

@@ -36,8 +36,7 @@ def _both(path, cfg, tmp_path, chunk_size, groups=None):
     """In-memory preprocess of the whole file and preprocess_backed of it, read back."""
     mem, rep = preprocess(ad.read_h5ad(path), cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=3)
     out, rep_b = preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=3,
-                                   out_path=tmp_path / "pre.h5ad", chunk_size=chunk_size,
-                                   progress=False)
+                                   out_path=tmp_path / "pre.h5ad", chunk_size=chunk_size)
     assert rep_b.__dict__ == rep.__dict__  # every step, dropped types, per-type counts
     with PreprocessedStore(out) as store:
         got = store.to_memory()
@@ -67,8 +66,7 @@ def test_same_as_preprocess_on_kang(kang_path, tmp_path):
 
 @pytest.mark.parametrize("qc_columns", [False, True])  # mito computed per chunk, or from obs
 def test_same_as_preprocess_on_simulated(tmp_path, qc_columns):
-    path = write_atlas(tmp_path / "atlas.h5ad", 3000, 600, 6, seed=2, chunk_size=700,
-                       progress=False, qc_columns=qc_columns, doublet_rate=0.05,
+    path = write_atlas(tmp_path / "atlas.h5ad", 3000, 600, 6, seed=2, chunk_size=700, qc_columns=qc_columns, doublet_rate=0.05,
                        uninformative_rate=0.05)
     cfg = _cfg("dataset.label_key=celltype_annotation", "qc.min_genes_per_cell=20",
                "qc.min_cells_per_gene=20", "qc.min_cells_per_type=20")
@@ -153,7 +151,7 @@ def test_bad_files(tmp_path, kang_path):
     ad.AnnData(bad, obs=obs, var=var).write_h5ad(nan)
     with pytest.raises(DataError, match="NaN"):
         preprocess_backed(nan, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "o.h5ad",
-                          chunk_size=50, progress=False)
+                          chunk_size=50)
     with pytest.raises(DataError, match="not written by preprocess_backed"):
         PreprocessedStore(kang_path)
     with pytest.raises(DataError, match="does not exist"):
@@ -169,8 +167,7 @@ def test_memory_stays_near_a_chunk(tmp_path, monkeypatch):
     # the count probe reads a fixed number of values (1M: 8 MB however large the atlas):
     # shrink it so that this small file measures the chunks
     monkeypatch.setattr(io, "_PROBE_VALUES", 20_000)
-    path = write_atlas(tmp_path / "atlas.h5ad", 10_000, 2000, 5, seed=1, chunk_size=5000,
-                       progress=False)
+    path = write_atlas(tmp_path / "atlas.h5ad", 10_000, 2000, 5, seed=1, chunk_size=5000)
     with h5py.File(path) as f:
         matrix_bytes = f["X/data"].shape[0] * 8  # float32 values + int32 indices
     cfg = _cfg("dataset.label_key=celltype_annotation", "qc.min_genes_per_cell=20",
@@ -178,7 +175,7 @@ def test_memory_stays_near_a_chunk(tmp_path, monkeypatch):
     tracemalloc.start()
     try:
         preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "pre.h5ad",
-                          chunk_size=250, progress=False)
+                          chunk_size=250)
         _, chunked_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         preprocess(ad.read_h5ad(path), cfg.dataset, cfg.qc, cfg.split)

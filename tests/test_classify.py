@@ -48,7 +48,7 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data):
     Xtr, ytr, Xva, yva = data
-    return train_classifier(Xtr, ytr, Xva, yva, small_cfg(), seed=0, progress=False)
+    return train_classifier(Xtr, ytr, Xva, yva, small_cfg(), seed=0)
 
 
 def test_accuracy_on_separable_data(trained):
@@ -100,7 +100,7 @@ def test_load_tampered_labels(trained, tmp_path):
 def test_sparse_input(data, trained):
     Xtr, ytr, Xva, yva = data
     Xtr_s, Xva_s = sp.csr_matrix(np.maximum(Xtr, 0)), sp.csr_matrix(np.maximum(Xva, 0))
-    clf = train_classifier(Xtr_s, ytr, Xva_s, yva, small_cfg(), seed=0, progress=False)
+    clf = train_classifier(Xtr_s, ytr, Xva_s, yva, small_cfg(), seed=0)
     assert (clf.predict(Xva_s) == yva).mean() > 0.9
     # sparse and dense prediction agree for the same values
     np.testing.assert_allclose(
@@ -131,7 +131,6 @@ def test_balanced_weights_favour_minority():
             y[500:],
             small_cfg(balanced_weights=balanced),
             seed=0,
-            progress=False,
         )
         minority_calls[balanced] = (clf.predict(X_eval) == "minor").sum()
     assert minority_calls[True] > minority_calls[False]
@@ -170,7 +169,7 @@ def test_train_with_cap_logs_and_trains(data, caplog):
     Xtr, ytr, Xva, yva = data
     with caplog.at_level(logging.INFO, logger="cellsynth.classify.xgb"):
         clf = train_classifier(
-            Xtr, ytr, Xva, yva, small_cfg(max_cells_per_class=20), seed=0, progress=False
+            Xtr, ytr, Xva, yva, small_cfg(max_cells_per_class=20), seed=0
         )
     assert "80 of 300 kept" in caplog.text
     assert "best iteration" in caplog.text
@@ -182,7 +181,7 @@ def test_single_class_raises(data):
     y = np.array(["only"] * len(Xtr))
     with pytest.raises(DataError, match="at least two cell types"):
         train_classifier(
-            Xtr, y, Xva, np.array(["only"] * len(Xva)), small_cfg(), seed=0, progress=False
+            Xtr, y, Xva, np.array(["only"] * len(Xva)), small_cfg(), seed=0
         )
 
 
@@ -190,7 +189,7 @@ def test_unknown_val_labels_dropped_and_two_classes(data, caplog):
     Xtr, ytr, Xva, yva = data
     two = np.isin(ytr, ["alpha", "beta"])
     with caplog.at_level(logging.WARNING, logger="cellsynth.classify.xgb"):
-        clf = train_classifier(Xtr[two], ytr[two], Xva, yva, small_cfg(), seed=0, progress=False)
+        clf = train_classifier(Xtr[two], ytr[two], Xva, yva, small_cfg(), seed=0)
     assert "absent from training" in caplog.text
     assert clf.labels == ["alpha", "beta"]
     keep = np.isin(yva, ["alpha", "beta"])
@@ -200,7 +199,7 @@ def test_unknown_val_labels_dropped_and_two_classes(data, caplog):
 
 def test_progress_bar_runs(data):
     Xtr, ytr, Xva, yva = data
-    clf = train_classifier(Xtr, ytr, Xva, yva, small_cfg(n_estimators=3), seed=0, progress=True)
+    clf = train_classifier(Xtr, ytr, Xva, yva, small_cfg(n_estimators=3), seed=0)
     assert clf.booster.num_boosted_rounds() <= 3
 
 
@@ -235,7 +234,7 @@ def test_no_validation_cells_trains_all_rounds(data):
     Xtr, ytr, _, _ = data
     empty = np.empty((0, Xtr.shape[1]), dtype=np.float32)
     clf = train_classifier(
-        Xtr, ytr, empty, np.array([], dtype=str), small_cfg(n_estimators=5), seed=0, progress=False
+        Xtr, ytr, empty, np.array([], dtype=str), small_cfg(n_estimators=5), seed=0
     )
     assert clf.best_iteration == 4 and "val" not in clf.evals_result
 
@@ -249,12 +248,12 @@ def test_data_iterator_trains_the_same_model(tmp_path, caplog, cap):
     Xv, yv = gaussian_classes(400, seed=4, spread=1.5)
     X_test, _ = gaussian_classes(500, seed=5, spread=1.5)
     cfg = small_cfg(max_cells_per_class=cap, n_estimators=25)
-    one = train_classifier(X, y, Xv, yv, cfg, seed=0, progress=False)
+    one = train_classifier(X, y, Xv, yv, cfg, seed=0)
     mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=X.shape)
     mm[:] = X
     with caplog.at_level(logging.INFO, logger="cellsynth.classify.xgb"):
         batched = train_classifier(mm, y, Xv, yv, small_cfg(max_cells_per_class=cap,
-                                   n_estimators=25, chunk_size=173), seed=0, progress=False)
+                                   n_estimators=25, chunk_size=173), seed=0)
     assert "173-cell batches" in caplog.text
     auto = xgb_mod._chunk_size(small_cfg(), np.load(tmp_path / "x.npy", mmap_mode="r"))
     assert auto == xgb_mod.MEMMAP_CHUNK  # memmaps are read in batches without being asked
@@ -264,7 +263,7 @@ def test_data_iterator_trains_the_same_model(tmp_path, caplog, cap):
     assert np.abs(p1 - p2).mean() < 0.02
     assert batched.labels == one.labels
     with pytest.raises(ConfigError, match="chunk_size"):
-        train_classifier(X, y, Xv, yv, small_cfg(chunk_size=-1), seed=0, progress=False)
+        train_classifier(X, y, Xv, yv, small_cfg(chunk_size=-1), seed=0)
 
 
 def test_predict_in_row_chunks(trained, monkeypatch):

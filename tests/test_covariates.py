@@ -36,7 +36,7 @@ def fitted():
     held = ((a.obs["cell_type"] == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1])).to_numpy()
     model = CVAE(a[~held].copy(), label_key="cell_type", covariate_keys=["condition", "donor"])
     model.train(max_epochs=40, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
-                min_steps=0, device="cpu", seed=0, progress=False)
+                min_steps=0, device="cpu", seed=0)
     return model, a
 
 

@@ -86,7 +86,7 @@ def small_kang(kang_path) -> ad.AnnData:
 @pytest.fixture(scope="module")
 def fitted(small_kang) -> CVAE:
     model = CVAE(small_kang, config=tiny_config())
-    model.train(seed=0, progress=False)
+    model.train(seed=0)
     return model
 
 
@@ -97,7 +97,7 @@ def fitted(small_kang) -> CVAE:
 def test_one_epoch_fit_and_sample_per_likelihood(small_kang, likelihood, dispersion_fit):
     model = CVAE(small_kang, config=tiny_config(likelihood=likelihood, dispersion_fit=dispersion_fit))
     assert isinstance(model, Generator) and not model.is_trained
-    hist = model.train(seed=0, progress=False)
+    hist = model.train(seed=0)
     assert set(hist) >= {
         "train_loss",
         "val_loss",
@@ -129,7 +129,7 @@ def test_fit_protocol_form_and_split_column(small_kang):
     split[b_cells] = "test"  # B cells never reach training: not a label
     adata.obs[K.SPLIT] = split
     model = CVAE(config=tiny_config())
-    model.fit(adata, "cell_type", seed=0, progress=False)
+    model.fit(adata, "cell_type", seed=0)
     assert "B cells" not in model.labels and len(model.labels) == 4
     with pytest.raises(DataError, match="known types"):
         model.sample({"B cells": 3})
@@ -138,8 +138,8 @@ def test_fit_protocol_form_and_split_column(small_kang):
 
 def test_fit_is_reproducible_on_cpu(small_kang):
     cfg = tiny_config(max_epochs=2, balanced_sampling=True)
-    h1 = CVAE(small_kang, config=cfg).train(seed=3, progress=False)
-    h2 = CVAE(small_kang, config=cfg).train(seed=3, progress=False)
+    h1 = CVAE(small_kang, config=cfg).train(seed=3)
+    h2 = CVAE(small_kang, config=cfg).train(seed=3)
     assert h1["train_loss"] == h2["train_loss"] and h1["val_loss"] == h2["val_loss"]
 
 
@@ -175,7 +175,7 @@ def test_small_types_keep_their_posteriors():
     adata = adata[np.r_[0:3, 40:120]].copy()  # 3 alpha cells
     adata.obs[K.SPLIT] = np.where(np.arange(adata.n_obs) % 10 == 9, "val", "train")
     model = CVAE(adata, config=tiny_config())
-    model.train(seed=0, progress=False)
+    model.train(seed=0)
     code = model.labels.index("alpha")
     alpha = model.module.mixture_weight[code]
     torch.testing.assert_close(alpha[:3], torch.full((3,), 1 / 3))
@@ -208,7 +208,7 @@ def test_mixture_keeps_the_depth_of_each_state():
         var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]),
     )
     model = CVAE(adata, config=tiny_config(max_epochs=30, patience=30, min_steps=0, lr=3e-3))
-    model.train(seed=0, progress=False)
+    model.train(seed=0)
     out = model.sample({"one": 400}, seed=1).X.toarray()
     lib = out.sum(1)
     state = out[:, :20].sum(1) / np.maximum(lib, 1)  # share of the deep state's genes
@@ -238,7 +238,7 @@ def test_normalised_input_is_refused(small_kang):
     adata = small_kang.copy()
     adata.X = adata.X.astype(np.float32) * 0.37
     with pytest.raises(DataError, match="raw counts"):
-        CVAE(config=tiny_config()).fit(adata, "cell_type", progress=False)
+        CVAE(config=tiny_config()).fit(adata, "cell_type")
 
 
 def test_get_latent(fitted, small_kang):
@@ -303,7 +303,7 @@ def test_conditional_prior_generates_each_type(tmp_path):
     adata = simulated_counts(100, seed=0)
     cfg = tiny_config(max_epochs=15, patience=15, lr=3e-3, kl_anneal_epochs=5)
     model = CVAE(adata, config=cfg)
-    model.train(seed=0, progress=False)
+    model.train(seed=0)
 
     def log_means(a: ad.AnnData) -> np.ndarray:  # (3, n_genes) per-type mean log1p(normalised)
         x = a.X.toarray()
@@ -396,7 +396,7 @@ def test_decoder_starts_at_the_data_dispersion():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
     model = CVAE(small_kang, config=tiny_config(device="cuda", max_epochs=2))
-    hist = model.train(seed=0, progress=False)
+    hist = model.train(seed=0)
     assert model.device.type == "cuda" and all(math.isfinite(v) for v in hist["val_loss"])
     request = {model.labels[0]: 50, model.labels[1]: 20}
     a, b = model.sample(request, seed=0), model.sample(request, seed=0)
@@ -434,7 +434,7 @@ def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = No
         torch.Generator().manual_seed(0))
     return _loop.train_loop(
         steps, lambda: float(next(losses)), SimpleNamespace(**settings),
-        _loop.LoopOptions("test", "test.lr", evaluate_every, progress=False)).history
+        _loop.LoopOptions("test", "test.lr", evaluate_every)).history
 
 
 def test_early_stopping_waits_for_min_steps():
@@ -505,7 +505,7 @@ def test_auto_epoch_budget_follows_the_training_cells(small_kang, monkeypatch):
     # the fit runs the resolved budget: 1 epoch when the rule gives 1
     model = CVAE(small_kang, label_key="cell_type", config=tiny_config(max_epochs="auto"))
     monkeypatch.setattr(_loop, "AUTO_STEPS", 1)
-    model.train(progress=False)
+    model.train()
     assert model.history["epochs"] == 1
 
 
@@ -662,7 +662,7 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     adata = simulated_counts(n_per_type=100)
     config = tiny_config(select=select, max_epochs=6, min_steps=0, patience=50, batch_size=16)
     model = CVAE(adata, config=config)
-    h = model.train(seed=0, progress=False)
+    h = model.train(seed=0)
     assert h["select"] == select and h["epochs"] == 6
     values = np.array([np.nan if v is None else v for v in h["val_loss"]])
     checked = np.flatnonzero(np.isfinite(values))

@@ -77,7 +77,7 @@ def test_dask_classifier_matches_local(splits, tmp_path):
 
     (X, y), (Xv, yv), (Xt, yt) = splits
     cfg = small_cfg()
-    local = train_classifier(X, y, Xv, yv, cfg, seed=0, progress=False)
+    local = train_classifier(X, y, Xv, yv, cfg, seed=0)
     start = time.perf_counter()
     dasked = train_classifier_dask(X, y, Xv, yv, cfg, seed=0, n_workers=2)
     print(f"dask 2 workers (cluster start included): {time.perf_counter() - start:.1f} s")
@@ -150,7 +150,7 @@ def single(atlas) -> CVAE:
     torch.set_num_threads(1)
     try:
         model = CVAE(config=tiny_cvae())
-        model.fit(atlas, LABEL_KEY, seed=SEED, progress=False)
+        model.fit(atlas, LABEL_KEY, seed=SEED)
     finally:
         torch.set_num_threads(n)
     return model
@@ -175,7 +175,7 @@ def test_one_process_equals_fit(atlas_path, single, tmp_path):
     torch.set_num_threads(1)
     try:
         model = fit_distributed(atlas_path, LABEL_KEY, tmp_path / "m", config=tiny_cvae(),
-                                seed=SEED, progress=False)  # fmt: skip
+                                seed=SEED)  # fmt: skip
     finally:
         torch.set_num_threads(n)
     assert not dist.is_initialized()  # the group it formed is gone
@@ -209,11 +209,11 @@ def test_one_process_resumes_from_its_checkpoint(atlas_path, single, tmp_path, m
     try:
         with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
             m.setattr(_loop.Checkpoint, "write", write_then_die)
-            fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED, progress=False,
+            fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED,
                             checkpoint_dir=ckpt)  # fmt: skip
         assert not dist.is_initialized() and (ckpt / "cvae-rank0.safetensors").is_file()
         with caplog.at_level(logging.INFO, logger="cellsynth"):
-            model = fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED, progress=False,
+            model = fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED,
                                     checkpoint_dir=ckpt)  # fmt: skip
     finally:
         torch.set_num_threads(n)

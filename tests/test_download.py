@@ -16,7 +16,7 @@ from cellsynth.errors import CellsynthError, DownloadError
 
 ACC = "E-TEST-1"
 SIZE = 3 * 1024 * 1024
-FAST = {"progress": False, "timeout": 5.0, "chunk_size": 1 << 16}
+FAST = {"timeout": 5.0, "chunk_size": 1 << 16}
 
 
 @pytest.fixture(scope="module")

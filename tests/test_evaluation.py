@@ -32,8 +32,8 @@ def large_pair(tmp_path_factory):
     2,000 genes; 20 MB and more of counts each)."""
     d = tmp_path_factory.mktemp("large")
     real, syn = d / "real.h5ad", d / "syn.h5ad"
-    write_atlas(real, 20_000, 2000, 4, seed=0, label_key=LABEL, progress=False)
-    write_atlas(syn, 12_000, 2000, 4, seed=0, label_key=LABEL, progress=False)
+    write_atlas(real, 20_000, 2000, 4, seed=0, label_key=LABEL)
+    write_atlas(syn, 12_000, 2000, 4, seed=0, label_key=LABEL)
     return real, syn
 
 

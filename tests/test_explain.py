@@ -30,7 +30,7 @@ def make_data(n: int, seed: int):
 def clf():
     X, y = make_data(400, 0)
     cfg = ClassifierConfig(n_estimators=30, max_depth=3, learning_rate=0.3, device="cpu", n_jobs=2)
-    return train_classifier(X[:300], y[:300], X[300:], y[300:], cfg, seed=0, progress=False)
+    return train_classifier(X[:300], y[:300], X[300:], y[300:], cfg, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def test_backed_store_gives_the_in_memory_result(kang_path, tmp_path, monkeypatc
     cfg = config.load(None, ["features.n_components=20", "features.max_cells_per_class=150"])
     pre, _ = preprocess(ad.read_h5ad(kang_path), cfg.dataset, cfg.qc, cfg.split, seed=0)
     out, _ = preprocess_backed(kang_path, cfg.dataset, cfg.qc, cfg.split, seed=0,
-                               out_path=tmp_path / "pre.h5ad", chunk_size=200, progress=False)
+                               out_path=tmp_path / "pre.h5ad", chunk_size=200)
     train = (pre.obs["cellsynth_split"] == "train").to_numpy()
     labels = pre.obs["cell_type"].astype(str).to_numpy()
     genes = list(pre.var_names)

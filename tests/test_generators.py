@@ -56,7 +56,7 @@ def _build(name: str):
 @pytest.fixture(scope="module", params=["nb", "reference", "scvi"])
 def fitted(request, small):
     model = _build(request.param)
-    history = model.fit(small, LABEL, seed=0, progress=False)
+    history = model.fit(small, LABEL, seed=0)
     assert isinstance(history, dict)
     return model
 
@@ -226,7 +226,7 @@ def test_seed_needs_validation_rows(small):
     a = small.copy()
     a.obs[K.SPLIT] = "train"
     with pytest.raises(DataError, match="validation"):
-        _build("reference").fit(a, LABEL, seed=0, progress=False)
+        _build("reference").fit(a, LABEL, seed=0)
 
 
 def test_fit_rejects_normalised_data(small):

@@ -93,7 +93,7 @@ def test_a_download_that_is_not_hdf5_is_refused(body, said, tmp_path):
     srv, _state, base = start(body)
     try:
         with pytest.raises(DownloadError, match="not an HDF5") as err:
-            download("E-TEST-1", tmp_path, base_url=base, progress=False, timeout=5.0)
+            download("E-TEST-1", tmp_path, base_url=base, timeout=5.0)
     finally:
         srv.shutdown()
         srv.server_close()
@@ -211,7 +211,7 @@ def test_generate_streams_checks_the_size_and_writes_atomically(tmp_path, monkey
 
     model = CVAE(simulate_atlas(300, 60, 3, seed=0), config=CVAEConfig(
         n_hidden=[8], n_latent=2, max_epochs=1, select="elbo", device="cpu"))
-    model.train(progress=False)
+    model.train()
     model.save(tmp_path / "m")
     out = tmp_path / "syn.h5ad"
     assert main(["generate", str(tmp_path / "m"), "--types", "type_00=700,type_01=5",
@@ -278,7 +278,7 @@ def test_simulate_killed_midway_leaves_no_file(monkeypatch, tmp_path):
         raise KeyboardInterrupt
     monkeypatch.setattr(simulate, "write_elem", boom)  # after X, while writing obs
     with pytest.raises(KeyboardInterrupt):
-        write_atlas(tmp_path / "sim.h5ad", 300, 50, 3, seed=0, label_key=LABEL, progress=False)
+        write_atlas(tmp_path / "sim.h5ad", 300, 50, 3, seed=0, label_key=LABEL)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -303,7 +303,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     from cellsynth.data.simulate import write_atlas
 
     root = tmp_path_factory.mktemp("finished")
-    data = write_atlas(root / "atlas.h5ad", 600, 200, 4, seed=0, label_key=LABEL, progress=False)
+    data = write_atlas(root / "atlas.h5ad", 600, 200, 4, seed=0, label_key=LABEL)
     assert main(_run_args(data, root / "run")) == 0
     return data, root / "run"
 
@@ -326,14 +326,13 @@ def test_a_replaced_input_file_reruns_from_the_data_stage(finished_run, tmp_path
     assert main(_run_args(data, out)) == 0
     assert caplog.text.count("done before with the same settings, skipped") == 7
     # other cells under the same name: the data stage and everything after it run again
-    other = write_atlas(tmp_path / "other.h5ad", 600, 200, 4, seed=1, label_key=LABEL,
-                        progress=False)
+    other = write_atlas(tmp_path / "other.h5ad", 600, 200, 4, seed=1, label_key=LABEL)
     shutil.copyfile(other, data)
     caplog.clear()
     try:
         assert main(_run_args(data, out)) == 0
     finally:
-        write_atlas(data, 600, 200, 4, seed=0, label_key=LABEL, progress=False)  # for the others
+        write_atlas(data, 600, 200, 4, seed=0, label_key=LABEL)  # for the others
     assert "stage data: the input file changed" in caplog.text
     assert "skipped" not in caplog.text
     assert _stages(out)["data"]["input"]["sha256"] != recorded["sha256"]
@@ -434,7 +433,7 @@ def test_a_second_run_on_a_directory_in_use_stops_at_once(tmp_path, capsys, capl
     from cellsynth.pipeline.context import RunContext
 
     with caplog.at_level(logging.WARNING):
-        ctx = RunContext(RunConfig(), out, progress=False)
+        ctx = RunContext(RunConfig(), out)
     assert f"taking over the stale lock {out / 'run.lock'} of process {holder.pid}" in caplog.text
     assert json.loads((out / "run.lock").read_text())["pid"] == os.getpid()
     ctx.close()
@@ -446,7 +445,7 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
 
     cfg = config.load(None, [f"dataset.path='{tmp_path / 'missing.h5ad'}'"])
     with pytest.raises(CellsynthError):
-        pipeline.run(cfg, tmp_path / "run", progress=False)
+        pipeline.run(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "manifest.json").is_file()
     assert not (tmp_path / "run" / "run.lock").exists()
 
@@ -537,7 +536,7 @@ def test_fractional_cells_after_the_sample_are_named_in_memory_and_out_of_core(m
     assert repr(str(adata.obs_names[-30])) in message
     with pytest.raises(DataError) as err:
         preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "pre.h5ad",
-                          chunk_size=64, progress=False)
+                          chunk_size=64)
     assert str(err.value) == message  # the same answer, chunk by chunk
     assert not (tmp_path / "pre.h5ad").exists()
 
@@ -630,7 +629,7 @@ def test_every_generator_directory_is_checksummed(tmp_path):
 
     ref = SeedGenerator(SeedVAEConfig(n_embed=4, n_hidden=[16], n_latent=2, max_epochs=1,
                                       device="cpu"), FeaturesConfig(n_components=5))
-    ref.fit(a, "cell_type", progress=False)
+    ref.fit(a, "cell_type")
     ref.save(tmp_path / "ref")
     assert "vae/weights.safetensors" in json.loads((tmp_path / "ref" / "checksums.json").read_text())
     meta = json.loads((tmp_path / "ref" / "config.json").read_text())

@@ -38,7 +38,7 @@ FAST = [
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory):
     path = tmp_path_factory.mktemp("atlas") / "atlas.h5ad"
-    return write_atlas(path, 700, 250, 5, seed=3, chunk_size=200, progress=False)
+    return write_atlas(path, 700, 250, 5, seed=3, chunk_size=200)
 
 
 def _run(out, atlas, *extra: str) -> int:
@@ -103,6 +103,6 @@ def test_generators_that_need_memory_are_refused(atlas, tmp_path):
                              "dataset.label_key=celltype_annotation", "generator.model=nb"])
     assert out_of_core(cfg)
     with pytest.raises(CellsynthError, match=r"generator\.model = nb needs the data in memory"):
-        run(cfg, tmp_path, progress=False)
+        run(cfg, tmp_path)
     assert not (tmp_path / "data" / "preprocessed.h5ad").exists()  # refused before any work
     assert not out_of_core(config.load(None, [f"dataset.path={atlas}"]))  # small file on auto

@@ -1,5 +1,5 @@
-"""More of issue 6: bars (on stderr, only with ``progress``) in PCA fitting, SHAP, fidelity, the
-``nb`` and ``scvi`` generators, ``cellsynth evaluate`` / ``benchmark``; a timed line for a failed
+"""More of issue 6: bars (on stderr, only with ``cs.settings.progress``) in PCA fitting, SHAP,
+fidelity, the ``nb`` and ``scvi`` generators, ``cellsynth evaluate`` / ``benchmark``; a timed line for a failed
 stage and for the report; checkpoint settings left out of the stage hashes."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from cellsynth import keys as K
 from cellsynth.cli import main
 from cellsynth.config import ClassifierConfig, FeaturesConfig, RunConfig
+from cellsynth.options import settings
 from cellsynth.runtime import Manifest, ResumePlan
 
 BAR = re.compile(r"\d+%\|")  # tqdm's "  40%|####  |"
@@ -91,12 +92,12 @@ def test_checkpoint_settings_do_not_change_stage_hashes(tmp_path):
     assert dataclasses.asdict(ckpt)["cvae"]["checkpoint_every"] == cfg.cvae.checkpoint_every + 7
 
 
-# -- bars with progress, none without -------------------------------------------------------------
+# -- bars with settings.progress, none without ---------------------------------------------------
 
 
 def _bars(capsys, desc: str, run) -> None:
-    """``run(True)`` shows a bar named ``desc`` on stderr and nothing on stdout; ``run(False)``
-    shows none."""
+    """``run(True)`` (progress bars on) shows a bar named ``desc`` on stderr and nothing on
+    stdout; ``run(False)`` shows none."""
     capsys.readouterr()
     run(True)
     cap = capsys.readouterr()
@@ -107,14 +108,32 @@ def _bars(capsys, desc: str, run) -> None:
     assert not BAR.search(cap.err) and not BAR.search(cap.out), cap.err[-2000:]
 
 
+def _with(progress: bool, call):
+    """``call()`` with progress bars on or off."""
+    with settings.override(progress=progress):
+        return call()
+
+
+def test_settings_progress_rejects_other_values():
+    from cellsynth.errors import CellsynthError
+
+    before = settings.progress
+    with pytest.raises(CellsynthError, match="True, False or 'auto'"):
+        settings.progress = "yes"
+    assert settings.progress == before
+    with settings.override(progress=True):
+        assert settings.show_progress()
+    assert settings.progress == before
+
+
 def test_nb_bars(capsys):
     from cellsynth.models.nb import NegBinBaseline
 
     a = _counts()
     model = NegBinBaseline()
-    _bars(capsys, "nb fit", lambda p: model.fit(a, LABEL, seed=0, progress=p))
-    _bars(capsys, "nb sample", lambda p: model.sample({"a": 30, "b": 5}, seed=1, progress=p))
-    one = model.sample({"a": 30, "b": 5}, seed=1, progress=True)
+    _bars(capsys, "nb fit", lambda p: _with(p, lambda: model.fit(a, LABEL, seed=0)))
+    _bars(capsys, "nb sample", lambda p: _with(p, lambda: model.sample({"a": 30, "b": 5}, seed=1)))
+    one = _with(True, lambda: model.sample({"a": 30, "b": 5}, seed=1))
     two = model.sample({"a": 30, "b": 5}, seed=1)
     assert (one.X != two.X).nnz == 0  # the bar changes nothing
 
@@ -133,7 +152,7 @@ def test_pca_fit_bar_counts_every_pass(capsys, monkeypatch, exact):
     cfg = FeaturesConfig(n_components=5)
 
     def fit(p):
-        return pca_mod.fit_pca(x, labels, list(a.var_names), cfg, seed=0, progress=p)
+        return _with(p, lambda: pca_mod.fit_pca(x, labels, list(a.var_names), cfg, seed=0))
 
     _bars(capsys, "PCA fit", fit)
     fit(True)
@@ -152,9 +171,9 @@ def test_shap_bar(capsys):
     x = rng.normal(size=(300, 6)).astype(np.float32)
     x[y == "w", 2] += 4
     cfg = ClassifierConfig(n_estimators=10, max_depth=3, device="cpu", n_jobs=1)
-    clf = train_classifier(x[:200], y[:200], x[200:], y[200:], cfg, seed=0, progress=False)
+    clf = train_classifier(x[:200], y[:200], x[200:], y[200:], cfg, seed=0)
     genes = [f"g{i}" for i in range(6)]
-    _bars(capsys, "SHAP", lambda p: explain_type(clf, x, "w", np.eye(6), genes, progress=p))
+    _bars(capsys, "SHAP", lambda p: _with(p, lambda: explain_type(clf, x, "w", np.eye(6), genes)))
 
 
 def test_fidelity_bars(capsys):
@@ -166,14 +185,13 @@ def test_fidelity_bars(capsys):
     space = fit_space(real.X, labels, list(real.var_names), n_pcs=5, seed=0)
 
     def report(p):
-        return fidelity_report(space, real.X, labels, syn.X, syn.obs[LABEL].to_numpy(), seed=0,
-                               progress=p)
+        return _with(p, lambda: fidelity_report(space, real.X, labels, syn.X,
+                                                syn.obs[LABEL].to_numpy(), seed=0))
 
     _bars(capsys, "fidelity per type", report)
     report(True)
     assert re.search(r"C2ST: +\d+%\|", capsys.readouterr().err)  # the overall test's folds
-    _bars(capsys, "fidelity per type", lambda p: real_floor(space, real.X, labels, seed=0,
-                                                             progress=p))
+    _bars(capsys, "fidelity per type", lambda p: _with(p, lambda: real_floor(space, real.X, labels, seed=0)))
     assert report(True) == report(False)  # the bars change nothing
 
 
@@ -186,17 +204,17 @@ def test_scvi_bar_follows_progress_and_goes_to_stderr(capsys):
     model = ScviGenerator(ScviConfig(n_hidden=8, n_latent=2, max_epochs=2, batch_size=64))
 
     def fit(p):
-        model.fit(a, LABEL, seed=0, progress=p)
+        _with(p, lambda: model.fit(a, LABEL, seed=0))
 
     _bars(capsys, "SCVI", fit)
     fit(True)
     cap = capsys.readouterr()
     assert re.search(r"SCVI: +100%\|[^|]*\| *2/2", cap.err), cap.err[-2000:]
     assert "Epoch" not in cap.out and "Training" not in cap.out  # scvi's own bar: stdout
-    _bars(capsys, "SCVI sample", lambda p: model.sample({"a": 10}, seed=0, progress=p))
+    _bars(capsys, "SCVI sample", lambda p: _with(p, lambda: model.sample({"a": 10}, seed=0)))
 
 
-# -- the CLI: evaluate and benchmark take the progress flag --------------------------------------
+# -- the CLI: evaluate and benchmark follow --quiet and the terminal --------------------------------------
 
 
 def _terminal(monkeypatch) -> None:
@@ -219,13 +237,13 @@ def test_evaluate_bars_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, c
     assert not BAR.search(capsys.readouterr().err)
 
 
-def test_benchmark_passes_progress_through(tmp_path, monkeypatch, capsys):
+def test_benchmark_bars_follow_quiet_and_the_terminal(tmp_path, monkeypatch, capsys):
     from cellsynth import evaluation as ev
 
     seen = []
 
     def fake_dataset(pre, models, cfg, out, **kw):
-        seen.append(kw.get("progress"))
+        seen.append(settings.show_progress())
         return {"rows": {}, "models": {}}
 
     monkeypatch.setattr(ev, "prepare", lambda path, cfg: _counts())

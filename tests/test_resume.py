@@ -167,12 +167,12 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def test_resumed_cvae_equals_uninterrupted(atlas, tmp_path, monkeypatch, caplog):
     cfg = cvae_config()
     whole = CVAE(config=cfg)
-    whole.fit(atlas, "cell_type", seed=4, progress=False)
+    whole.fit(atlas, "cell_type", seed=4)
 
     ckpt = tmp_path / "checkpoint"
     with monkeypatch.context() as m, pytest.raises(Interrupted):
         interrupt_after(m, 3)
-        CVAE(config=cfg).fit(atlas, "cell_type", seed=4, progress=False, checkpoint_dir=ckpt)
+        CVAE(config=cfg).fit(atlas, "cell_type", seed=4, checkpoint_dir=ckpt)
     path = ckpt / "cvae.safetensors"
     with safe_open(str(path), framework="pt") as f:  # plain tensors and a JSON header
         meta = json.loads(f.metadata()["cellsynth_checkpoint"])
@@ -182,7 +182,7 @@ def test_resumed_cvae_equals_uninterrupted(atlas, tmp_path, monkeypatch, caplog)
     torch.manual_seed(99)  # the random states are the checkpoint's, not whatever is here
     resumed = CVAE(config=cfg)
     with caplog.at_level(logging.INFO, logger="cellsynth"):
-        hist = resumed.fit(atlas, "cell_type", seed=4, progress=False, checkpoint_dir=ckpt)
+        hist = resumed.fit(atlas, "cell_type", seed=4, checkpoint_dir=ckpt)
     assert "resuming CVAE training from epoch 3" in caplog.text
     assert hist["resumed_from"] == 3 and hist["epochs"] == 6
     assert hist["train_loss"] == whole.history["train_loss"]
@@ -199,11 +199,11 @@ def test_checkpoint_of_other_settings_is_not_resumed(atlas, tmp_path, monkeypatc
     ckpt = tmp_path / "checkpoint"
     with monkeypatch.context() as m, pytest.raises(Interrupted):
         interrupt_after(m, 2)
-        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4, progress=False,
+        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4,
                                        checkpoint_dir=ckpt)  # fmt: skip
     with caplog.at_level(logging.INFO, logger="cellsynth"):  # another learning rate
         hist = CVAE(config=cvae_config(lr=2e-3, max_epochs=3)).fit(
-            atlas, "cell_type", seed=4, progress=False, checkpoint_dir=ckpt)  # fmt: skip
+            atlas, "cell_type", seed=4, checkpoint_dir=ckpt)  # fmt: skip
     assert "written with other settings, data or seed; training from the start" in caplog.text
     assert "resuming" not in caplog.text and "resumed_from" not in hist
     assert hist["epochs"] == 3 and not ckpt.exists()
@@ -213,7 +213,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(atlas, tmp_path, monkeypatc
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="cellsynth"):
         hist = CVAE(config=cvae_config(max_epochs=2)).fit(
-            atlas, "cell_type", seed=4, progress=False, checkpoint_dir=ckpt)  # fmt: skip
+            atlas, "cell_type", seed=4, checkpoint_dir=ckpt)  # fmt: skip
     assert "cannot read the training checkpoint" in caplog.text and "resumed_from" not in hist
 
 
@@ -221,12 +221,12 @@ def test_checkpoint_that_does_not_fit_says_delete_it(atlas, tmp_path, monkeypatc
     ckpt = tmp_path / "checkpoint"
     with monkeypatch.context() as m, pytest.raises(Interrupted):
         interrupt_after(m, 2)
-        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4, progress=False,
+        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4,
                                        checkpoint_dir=ckpt)  # fmt: skip
     monkeypatch.setattr(_loop.Checkpoint, "read",  # a matching key but other shapes
                         lambda self: ({"model.x": torch.zeros(1)}, {"epoch": 2}))  # fmt: skip
     with pytest.raises(CellsynthError, match=r"does not fit this CVAE .*; delete it and run again"):
-        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4, progress=False,
+        CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4,
                                        checkpoint_dir=ckpt)  # fmt: skip
 
 
@@ -240,14 +240,14 @@ def test_checkpoints_follow_the_settings(atlas, tmp_path, monkeypatch):
 
     monkeypatch.setattr(_loop.Checkpoint, "write", record)
     CVAE(config=cvae_config(checkpoint_every=2, max_epochs=7)).fit(
-        atlas, "cell_type", seed=0, progress=False, checkpoint_dir=tmp_path / "a")  # fmt: skip
+        atlas, "cell_type", seed=0, checkpoint_dir=tmp_path / "a")  # fmt: skip
     assert epochs == [2, 4, 6]  # never after the last epoch
     epochs.clear()
     CVAE(config=cvae_config(checkpoint_seconds=3600.0)).fit(
-        atlas, "cell_type", seed=0, progress=False, checkpoint_dir=tmp_path / "b")  # fmt: skip
+        atlas, "cell_type", seed=0, checkpoint_dir=tmp_path / "b")  # fmt: skip
     assert epochs == []  # not an hour yet
     CVAE(config=cvae_config(checkpoint_every=0)).fit(
-        atlas, "cell_type", seed=0, progress=False, checkpoint_dir=tmp_path / "c")  # fmt: skip
+        atlas, "cell_type", seed=0, checkpoint_dir=tmp_path / "c")  # fmt: skip
     assert epochs == []
 
 
@@ -261,15 +261,15 @@ def test_resumed_seed_cvae_equals_uninterrupted(tmp_path, monkeypatch, caplog):
     cfg = SeedVAEConfig(n_embed=4, n_hidden=[16], n_latent=4, max_epochs=5, batch_size=32,
                         patience=100, device="cpu")  # fmt: skip
     whole = SeedCVAE(12, labels, cfg)
-    whole.fit(X, y, Xv, yv, seed=2, progress=False)
+    whole.fit(X, y, Xv, yv, seed=2)
     monkeypatch.setattr("cellsynth.models.seed.CHECKPOINT_SECONDS", 0.0)
     with monkeypatch.context() as m, pytest.raises(Interrupted):
         interrupt_after(m, 2)
-        SeedCVAE(12, labels, cfg).fit(X, y, Xv, yv, seed=2, progress=False,
+        SeedCVAE(12, labels, cfg).fit(X, y, Xv, yv, seed=2,
                                       checkpoint_dir=tmp_path)  # fmt: skip
     resumed = SeedCVAE(12, labels, cfg)
     with caplog.at_level(logging.INFO, logger="cellsynth"):
-        hist = resumed.fit(X, y, Xv, yv, seed=2, progress=False, checkpoint_dir=tmp_path)
+        hist = resumed.fit(X, y, Xv, yv, seed=2, checkpoint_dir=tmp_path)
     assert "resuming seed CVAE training from epoch 2" in caplog.text
     assert hist["resumed_from"] == 2 and hist["val_loss"] == whole.history["val_loss"]
     assert_same_weights(resumed.module, whole.module)

@@ -52,14 +52,14 @@ def data():
 def fitted(data):
     X, y, Xv, yv, _ = data
     model = SeedCVAE(N_DIM, LABELS, tiny_config())
-    model.fit(X, y, Xv, yv, seed=0, progress=False)
+    model.fit(X, y, Xv, yv, seed=0)
     return model
 
 
 def test_fit_returns_finite_history(data):
     X, y, Xv, yv, _ = data
     model = SeedCVAE(N_DIM, LABELS, tiny_config())
-    hist = model.fit(X, y, Xv, yv, seed=0, progress=False)
+    hist = model.fit(X, y, Xv, yv, seed=0)
     assert set(hist) >= {"train_loss", "val_loss", "best_epoch", "epochs", "seconds"}
     assert hist["epochs"] == len(hist["train_loss"]) == len(hist["val_loss"]) <= 3
     assert all(math.isfinite(v) for v in hist["train_loss"] + hist["val_loss"])
@@ -70,8 +70,8 @@ def test_fit_returns_finite_history(data):
 
 def test_fit_is_reproducible_on_cpu(data):
     X, y, Xv, yv, _ = data
-    h1 = SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y, Xv, yv, seed=3, progress=False)
-    h2 = SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y, Xv, yv, seed=3, progress=False)
+    h1 = SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y, Xv, yv, seed=3)
+    h2 = SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y, Xv, yv, seed=3)
     assert h1["train_loss"] == h2["train_loss"] and h1["val_loss"] == h2["val_loss"]
 
 
@@ -79,14 +79,14 @@ def test_unknown_validation_labels_are_dropped(data):
     X, y, Xv, yv, _ = data
     yv = yv.copy()
     yv[:5] = "delta"
-    hist = SeedCVAE(N_DIM, LABELS, tiny_config(max_epochs=1)).fit(X, y, Xv, yv, progress=False)
+    hist = SeedCVAE(N_DIM, LABELS, tiny_config(max_epochs=1)).fit(X, y, Xv, yv)
     assert math.isfinite(hist["val_loss"][0])
     y_bad = y.copy()
     y_bad[0] = "delta"
     with pytest.raises(DataError, match="delta"):
-        SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y_bad, Xv, yv, progress=False)
+        SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X, y_bad, Xv, yv)
     with pytest.raises(DataError, match="shape"):
-        SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X[:, :5], y, Xv, yv, progress=False)
+        SeedCVAE(N_DIM, LABELS, tiny_config()).fit(X[:, :5], y, Xv, yv)
 
 
 def test_sample_counts_shape_and_order(fitted):
@@ -111,7 +111,7 @@ def test_samples_resemble_their_class(data):
     X, y, Xv, yv, means = data
     cfg = tiny_config(max_epochs=30, lr=3e-3, patience=30)
     model = SeedCVAE(N_DIM, LABELS, cfg)
-    model.fit(X, y, Xv, yv, seed=0, progress=False)
+    model.fit(X, y, Xv, yv, seed=0)
     Xs, ys = model.sample(dict.fromkeys(LABELS, 200), seed=0)
     for k, label in enumerate(LABELS):
         rows = Xs[ys == label]  # (200, N_DIM)
@@ -191,7 +191,7 @@ def test_early_stopping_stops_and_keeps_best(data):
     # noise; with patience 1 training stops at the first epoch that does not improve.
     X, y, Xv, yv, _ = data
     model = SeedCVAE(N_DIM, LABELS, tiny_config(max_epochs=50, lr=0.0, patience=1))
-    hist = model.fit(X, y, Xv, yv, seed=0, progress=False)
+    hist = model.fit(X, y, Xv, yv, seed=0)
     assert hist["epochs"] < 50
     assert hist["epochs"] == hist["best_epoch"] + 2
     assert hist["val_loss"][-1] >= hist["val_loss"][hist["best_epoch"]]
@@ -246,7 +246,7 @@ def test_fit_sample_on_cuda_and_load_on_cpu(data, tmp_path):
     X, y, Xv, yv, _ = data
     model = SeedCVAE(N_DIM, LABELS, tiny_config(device="cuda", max_epochs=2))
     assert model.device.type == "cuda"
-    model.fit(X, y, Xv, yv, seed=0, progress=False)
+    model.fit(X, y, Xv, yv, seed=0)
     a, _ = model.sample({"alpha": 5}, seed=0)
     b, _ = model.sample({"alpha": 5}, seed=0)
     np.testing.assert_array_equal(a, b)

@@ -157,7 +157,7 @@ def test_write_atlas_equals_simulate(
     args = {"seed": 4, "doublet_rate": 0.05, "uninformative_rate": 0.03, "qc_columns": True}
     expected = simulate_atlas(1000, 150, 5, label_key="celltype_annotation", **args)
     path = write_atlas(
-        tmp_path / "sim.h5ad", 1000, 150, 5, chunk_size=chunk_size, progress=False, **args
+        tmp_path / "sim.h5ad", 1000, 150, 5, chunk_size=chunk_size, **args
     )
     assert path == tmp_path / "sim.h5ad" and not (tmp_path / "sim.h5ad.part").exists()
     _assert_same(ad.read_h5ad(path), expected)
@@ -173,14 +173,13 @@ def test_chunk_size_does_not_change_the_data(tmp_path: Path) -> None:
         seed=5,
         label_key="cell_type",
         chunk_size=250,
-        progress=False,
     )
     _assert_same(ad.read_h5ad(path), expected)
 
 
 def test_written_file_reads_backed(tmp_path: Path) -> None:
     path = write_atlas(
-        tmp_path / "b.h5ad", 800, 120, 4, seed=6, chunk_size=300, progress=False, compression="gzip"
+        tmp_path / "b.h5ad", 800, 120, 4, seed=6, chunk_size=300, compression="gzip"
     )
     memory = ad.read_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
@@ -202,7 +201,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(simulate, "_annotations", boom)
     with pytest.raises(RuntimeError):
-        write_atlas(tmp_path / "c.h5ad", 100, 50, 2, progress=False)
+        write_atlas(tmp_path / "c.h5ad", 100, 50, 2)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError):
         write_atlas(tmp_path / "d.h5ad", 100, 50, 2, chunk_size=0)

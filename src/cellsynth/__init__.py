@@ -16,7 +16,8 @@ Example::
 
 ``cs.run(...)`` runs the whole pipeline (``cellsynth run``: QC, PCA, classifier, generator,
 experiments, SHAP, report) into a resumable run directory; ``cs.load_model(directory)`` reads a
-saved generator back. Plots are in ``cs.pl``; every setting is a field of ``cs.RunConfig``.
+saved generator back. Plots are in ``cs.pl``; every setting is a field of ``cs.RunConfig``;
+``cs.settings.progress = False`` hides every progress bar.
 Docs: ``README.md`` and ``docs/`` in the repository (``docs/api.md`` for this API,
 ``docs/cli.md`` for the command line), and ``help(cs.<name>)``.
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .models.nb import NegBinBaseline
     from .models.scvi import ScviGenerator
     from .models.seed_counts import SeedGenerator as ReferenceGenerator
+    from .options import settings
 
 #: public name -> "module:attribute" ("module" alone for a subpackage), imported on first use
 _LAZY: dict[str, str] = {
@@ -61,6 +63,7 @@ _LAZY: dict[str, str] = {
     "RunConfig": "cellsynth.config:RunConfig",
     "CellsynthError": "cellsynth.errors:CellsynthError",
     "pl": "cellsynth.pl",
+    "settings": "cellsynth.options:settings",
 }
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "pl",
     "read",
     "run",
+    "settings",
     "simulate",
 ]
 

@@ -154,7 +154,6 @@ def run(
     config: str | Path | RunConfig | None = None,
     out: str | Path | None = None,
     overrides: Sequence[str] = (),
-    progress: bool = True,
 ) -> Path:
     """Run the whole pipeline (``cellsynth run``): QC, PCA, classifier, generator, experiments,
     fidelity, SHAP and the report, into one resumable run directory.
@@ -177,8 +176,6 @@ def run(
     overrides
         ``"section.key=value"`` settings (``--set``), values in TOML syntax, e.g.
         ``["generator.model='nb'", "cvae.max_epochs=20"]``.
-    progress
-        Show tqdm bars (on stderr).
 
     Returns
     -------
@@ -203,7 +200,7 @@ def run(
     cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
-        return pipeline.run(cfg, out_dir, progress=progress)
+        return pipeline.run(cfg, out_dir)
 
 
 @contextmanager
@@ -240,7 +237,6 @@ def evaluate(
     seed: int = 0,
     out: str | Path | None = None,
     max_cells: int | None = None,
-    progress: bool = False,
 ) -> dict[str, Any]:
     """Fidelity of synthetic cells against real ones, beside the real-vs-real floor.
 
@@ -264,8 +260,6 @@ def evaluate(
         A directory to write ``fidelity.json`` and ``fidelity.md`` into; None writes nothing.
     max_cells
         Cells used at most from each side; default ``report.max_cells`` (3,000).
-    progress
-        Show tqdm bars (on stderr).
 
     Returns
     -------
@@ -286,7 +280,7 @@ def evaluate(
     from . import evaluation
 
     result = evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
-                                max_cells=max_cells, progress=progress)
+                                max_cells=max_cells)
     if out is not None:
         path = evaluation.write(result, out)
         logger.info("fidelity written to %s", path)

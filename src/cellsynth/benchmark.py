@@ -9,7 +9,6 @@ cells. The same metrics between two disjoint halves of the real test cells are t
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -111,15 +110,8 @@ def model_key(cfg: RunConfig, name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _sample(gen: Any, counts: dict[str, int], seed: int, progress: bool) -> ad.AnnData:
-    """``gen.sample``, with a progress bar where the generator has one."""
-    if "progress" in inspect.signature(gen.sample).parameters:
-        return gen.sample(counts, seed=seed, progress=progress)
-    return gen.sample(counts, seed=seed)
-
-
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
-                      n_rare: int = 3, progress: bool = False, reuse: bool = False,
+                      n_rare: int = 3, reuse: bool = False,
                       kept_only: bool = False, kept_dir: Path | None = None) -> dict[str, Any]:
     """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
 
@@ -128,8 +120,6 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
     with ``kept_only``, kept results are read back and a generator without them is left out
     (``details['not_run']``).
-    ``progress`` shows tqdm bars (on stderr): the evaluation space's PCA, training, sampling,
-    the fidelity metrics and the classifiers' boosting rounds.
     """
     import datetime as dt
     import json
@@ -140,10 +130,10 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     parts = {s: (counts[split == s], y[split == s]) for s in K.SPLITS}
     seed = cfg.seed
     space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
-                      seed=derive_seed(seed, "eval-space"), progress=progress)
+                      seed=derive_seed(seed, "eval-space"))
     emb = {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
     t0 = time.perf_counter()
-    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"), progress=progress)
+    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"))
     logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
     rows: dict[str, dict[str, Any]] = {"real vs real": flat_report(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
@@ -167,17 +157,14 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         logger.info("benchmark: fitting %s on %d cells", name, fit_on.n_obs)
         gen = make_generator(name, cfg)
         t0 = time.perf_counter()
-        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"), progress=progress)
+        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
         fit_seconds = time.perf_counter() - t0
         gen.save(out / "models" / name)
         t0 = time.perf_counter()
-        syn_test = _sample(gen, {t: int(n) for t, n in n_test.items()},
-                           derive_seed(seed, f"gen-test-{name}"), progress)
+        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{name}"))
         gen_seconds = time.perf_counter() - t0
-        syn_train = _sample(gen, {t: int(n) for t, n in n_train.items()},
-                            derive_seed(seed, f"gen-train-{name}"), progress)
-        syn_val = _sample(gen, {t: max(1, int(n)) for t, n in n_val.items()},
-                          derive_seed(seed, f"gen-val-{name}"), progress)
+        syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{name}"))
+        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{name}"))
         (out / "synthetic").mkdir(parents=True, exist_ok=True)
         write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
 
@@ -188,14 +175,13 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             return a.obs[label_key].astype(str).to_numpy()
 
         fid = fidelity_report(space, *parts["test"], sx(syn_test), sl(syn_test),
-                              seed=derive_seed(seed, f"fid-{name}"), progress=progress)
+                              seed=derive_seed(seed, f"fid-{name}"))
         util = tstr(emb["train"], emb["val"], emb["test"], (space.embed(sx(syn_train)), sl(syn_train)),
                     (space.embed(sx(syn_val)), sl(syn_val)), cfg.classifier,
-                    seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)),
-                    progress=progress)
+                    seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)))
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
-                           seed=derive_seed(seed, "augment"), progress=progress)
+                           seed=derive_seed(seed, "augment"))
         row = flat_report(fid)
         row.update(
             tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],

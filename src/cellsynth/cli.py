@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import config
 from .errors import CellsynthError
+from .options import settings
 
 logger = logging.getLogger("cellsynth")
 
@@ -30,11 +31,6 @@ def _setup_logging(quiet: bool, logfile: Path | None = None) -> None:
         fh = logging.FileHandler(logfile)
         fh.setFormatter(fmt)
         root.addHandler(fh)
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    """Progress bars (tqdm, on stderr): off with ``--quiet`` and when stderr is not a terminal."""
-    return not args.quiet and sys.stderr.isatty()
 
 
 def _value(value: object) -> str:
@@ -88,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)
     logger.info("%s", settings_line(cfg, sources))
-    path = pipeline.run(cfg, out, progress=_progress(args), force=set(args.force))
+    path = pipeline.run(cfg, out, force=set(args.force))
     print(f"results: {path}")
     print(f"report:  {out / 'report.html'}")
     return 0
@@ -117,7 +113,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = download(args.accession, args.cache_dir, base_url=args.base_url or DEFAULT_BASE_URL,
-                    force=args.force, progress=_progress(args))
+                    force=args.force)
     print(path)
     return 0
 
@@ -127,8 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
-                       label_key=args.label_key, chunk_size=args.chunk_size,
-                       progress=_progress(args))
+                       label_key=args.label_key, chunk_size=args.chunk_size)
     print(path)
     return 0
 
@@ -165,7 +160,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         sets.append(f"cvae.covariates={covariates!r}".replace("'", '"'))
     cfg = config.load(args.config, sets)
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
-                             seed=args.seed, progress=_progress(args))
+                             seed=args.seed)
     print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
           f"{history.get('epochs', '-')} epochs)")
     return 0
@@ -179,8 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # streamed chunk by chunk into OUT.part, renamed when complete (a kill leaves no OUT)
     n = generate_to_file(args.model_dir, out, n_per_type=args.n_per_type,
                          types=_parse_types(args.types) if args.types is not None else None,
-                         where=args.where, request=args.request, like=args.like, seed=args.seed,
-                         progress=_progress(args))  # fmt: skip
+                         where=args.where, request=args.request, like=args.like, seed=args.seed)  # fmt: skip
     print(f"generated {n} cells: {out}")
     return 0
 
@@ -190,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = evaluate(args.real, args.synthetic, args.label_key, Path(args.out), seed=args.seed,
-                    max_cells=args.max_cells, progress=_progress(args))
+                    max_cells=args.max_cells)
     print(f"fidelity: {path}")
     return 0
 
@@ -201,7 +195,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
                          Path(args.out), config_path=args.config, overrides=args.set,
-                         label_key=args.label_key, progress=_progress(args))
+                         label_key=args.label_key)
     print(f"benchmark: {path}")
     return 0
 
@@ -458,8 +452,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
+    quiet = getattr(args, "quiet", False)
     try:
-        return args.func(args)
+        with settings.override(progress=False if quiet else "auto"):
+            return args.func(args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
         return 2

@@ -158,7 +158,6 @@ def compare(
     label_key: str,
     seed: int = 0,
     max_cells: int | None = None,
-    progress: bool = False,
 ) -> dict[str, Any]:
     """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``.
 
@@ -184,8 +183,6 @@ def compare(
     max_cells
         Cells used at most from each side (and at most as many real cells again for the
         space); default ``report.max_cells`` (:class:`~cellsynth.config.ReportConfig`).
-    progress
-        Show tqdm bars (on stderr) over the PCA fit and the fidelity metrics.
 
     Returns
     -------
@@ -233,10 +230,9 @@ def compare(
     if len(fl) < 3:
         raise DataError(f"the real data hold {r.n_total} cells: too few to fit the evaluation "
                         "space on some and score others; give at least 8 real cells")
-    space = fit_space(fc, fl, genes, seed=derive_seed(seed, "eval-space"), progress=progress)
-    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"), progress=progress)
-    fid = fidelity_report(space, rc, rl, sc, s.labels, seed=derive_seed(seed, "fidelity"),
-                          progress=progress)
+    space = fit_space(fc, fl, genes, seed=derive_seed(seed, "eval-space"))
+    floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"))
+    fid = fidelity_report(space, rc, rl, sc, s.labels, seed=derive_seed(seed, "fidelity"))
     memo = memorisation(space, counts, sc, c2st=fid["overall"]["c2st_auc"],
                         seed=derive_seed(seed, "memorisation"))
     if _same_file(real, synthetic):
@@ -329,13 +325,12 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
 
 
 def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, label_key: str,
-             out: str | Path, *, seed: int = 0, max_cells: int | None = None,
-             progress: bool = False) -> Path:
+             out: str | Path, *, seed: int = 0, max_cells: int | None = None) -> Path:
     """:func:`compare`, written into ``out`` by :func:`write` (``cellsynth evaluate``).
 
     Parameters
     ----------
-    real, synthetic, label_key, seed, max_cells, progress
+    real, synthetic, label_key, seed, max_cells
         As for :func:`compare`.
     out
         The output directory for ``fidelity.json`` and ``fidelity.md``.
@@ -345,8 +340,7 @@ def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, 
     The path of ``fidelity.md``.
     """
     _out_dir(out)  # before any work
-    result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells,
-                     progress=progress)
+    result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells)
     return write(result, out)
 
 
@@ -354,7 +348,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
                   command: str | None = None, reuse: bool = False, kept_only: bool = False,
-                  kept: Path | None = None, progress: bool = False) -> Path:
+                  kept: Path | None = None) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
 
     With ``reuse``, a generator whose results in ``out`` were made with the same settings and
@@ -362,7 +356,6 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     ``kept_only``, nothing is fitted: the page is written from the kept results alone. Kept
     results are in ``kept/DATASET/`` (default ``out/DATASET/results/``).
 
-    ``progress`` shows tqdm bars (on stderr) over training, sampling and scoring.
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
@@ -389,7 +382,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     for name, cfg in cfgs:
         pre = prepare(cfg.dataset.path, cfg)
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
-                                    kept_only=kept_only, progress=progress,
+                                    kept_only=kept_only,
                                     kept_dir=kept / name if kept else None)
         shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
                  "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import xgboost as xgb
-from tqdm.auto import tqdm
 
 from ..config import ClassifierConfig
 from ..errors import ConfigError, DataError, ModelFileError
+from ..options import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -232,10 +232,10 @@ def cap_per_class(
 class _ProgressBar(xgb.callback.TrainingCallback):
     """A tqdm bar over boosting rounds showing the latest validation loss."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int) -> None:
         super().__init__()
-        self.enabled = enabled
-        self.bar = tqdm(total=total, desc="xgboost", unit="round", disable=not enabled)
+        self.bar = progress_bar(total=total, desc="xgboost", unit="round")
+        self.enabled = not self.bar.disable
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         self.bar.update(1)
@@ -351,7 +351,6 @@ def train_classifier(
     cfg: ClassifierConfig,
     *,
     seed: int,
-    progress: bool = True,
 ) -> Classifier:
     """Fit a multiclass XGBoost classifier with early stopping on the validation cells.
 
@@ -370,8 +369,6 @@ def train_classifier(
         ``cfg.balanced_weights`` weights training cells by ``n / (k * count_c)``.
     seed
         Seeds the per-class subsample and XGBoost's row/column sampling.
-    progress
-        Show a tqdm bar over boosting rounds.
 
     Returns
     -------
@@ -434,7 +431,7 @@ def train_classifier(
         early_stopping_rounds=cfg.early_stopping_rounds if len(evals) > 1 else None,
         evals_result=evals_result,
         verbose_eval=False,
-        callbacks=[_ProgressBar(cfg.n_estimators, progress)],
+        callbacks=[_ProgressBar(cfg.n_estimators)],
     )
     if len(evals) == 1:
         booster.set_attr(best_iteration=str(booster.num_boosted_rounds() - 1))

@@ -63,7 +63,6 @@ def preprocess_backed(
     seed: int = 0,
     out_path: str | Path,
     chunk_size: int | None = None,
-    progress: bool = True,
 ) -> tuple[Path, QCReport]:
     """Run every QC step on the file ``path`` in row chunks; write the result to ``out_path``.
 
@@ -81,8 +80,6 @@ def preprocess_backed(
         ``var``. Open it with :class:`PreprocessedStore`.
     chunk_size
         Cells per chunk; ``None`` takes ``qc.chunk_size``.
-    progress
-        Show a progress bar over the chunks of each pass.
 
     Returns
     -------
@@ -105,17 +102,17 @@ def preprocess_backed(
                     h5.path, x.shape[0], x.shape[1], x.nnz, chunk)
         need_mito = dataset.mito_key not in h5.obs.columns
         whole = WholeCheck(expr.counts) if has_counts else None
-        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, progress, whole)
+        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, whole)
         if whole is not None:
             whole.check(h5.obs_names)
         cells, keep_detected = filter_cells(
             h5.obs, genes, dataset, qc, split, groups=groups, seed=seed,
             n_genes_cell=n_genes_cell, mito=lambda: mito,
-            detected=lambda rows: _detected(x, rows, chunk, progress),
+            detected=lambda rows: _detected(x, rows, chunk),
         )
         detected = np.flatnonzero(keep_detected)
         variance, totals = _variance(x, cells.rows, cells.train(), detected,
-                                     qc.target_sum if has_counts else None, chunk, progress)
+                                     qc.target_sum if has_counts else None, chunk)
         keep = keep_variable(cells, variance, qc)
         obs = final_obs(cells, label_key)
         if has_counts:
@@ -123,14 +120,14 @@ def preprocess_backed(
         uns = {"has_counts": has_counts, "label_key": label_key,
                "x": "counts" if has_counts else "normalised", "target_sum": float(qc.target_sum)}
         out = _write(out_path, x, cells.rows, detected[keep], obs,
-                     genes[detected[keep]].astype(str), uns, chunk, progress)
+                     genes[detected[keep]].astype(str), uns, chunk)
     logger.info("preprocessed %d cells x %d genes into %s in %.1f s", len(obs), int(keep.sum()),
                 out, time.perf_counter() - started)
     return out, cells.report
 
 
 def _cell_stats(
-    x: RowStore, genes: pd.Index, need_mito: bool, chunk: int, progress: bool,
+    x: RowStore, genes: pd.Index, need_mito: bool, chunk: int,
     whole: WholeCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Genes detected per cell and (when needed) the mitochondrial fraction; values checked
@@ -138,7 +135,7 @@ def _cell_stats(
     n_genes_cell = np.empty(x.shape[0], dtype=x.index_dtype)  # as preprocess's n_genes
     mito_idx = mito_genes(genes) if need_mito else None
     mito = np.empty(x.shape[0], dtype=np.float32) if need_mito else None
-    for pos, block in x.chunks(chunk, progress=progress, desc="qc: cell statistics"):
+    for pos, block in x.chunks(chunk, desc="qc: cell statistics"):
         check_values(block.data, "the expression matrix")
         if whole is not None:
             whole.add(block, pos.start)
@@ -148,17 +145,17 @@ def _cell_stats(
     return n_genes_cell, mito
 
 
-def _detected(x: RowStore, rows: np.ndarray, chunk: int, progress: bool) -> np.ndarray:
+def _detected(x: RowStore, rows: np.ndarray, chunk: int) -> np.ndarray:
     """Per gene, how many of the cells ``rows`` hold a value."""
     counts = np.zeros(x.shape[1], dtype=np.int64)
-    for _, block in x.chunks(chunk, rows, progress=progress, desc="qc: genes detected"):
+    for _, block in x.chunks(chunk, rows, desc="qc: genes detected"):
         counts += np.bincount(block.indices, minlength=x.shape[1])
     return counts
 
 
 def _variance(
     x: RowStore, rows: np.ndarray, train: np.ndarray, genes: np.ndarray,
-    target_sum: float | None, chunk: int, progress: bool,
+    target_sum: float | None, chunk: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """Per-gene variance of the normalised training values and each cell's total over ``genes``.
 
@@ -167,7 +164,7 @@ def _variance(
     moments = GeneMoments(len(genes))
     totals = np.empty(len(rows), dtype=np.float32) if target_sum is not None else None
     every_gene = len(genes) == x.shape[1]
-    for pos, block in x.chunks(chunk, rows, progress=progress, desc="qc: gene variance"):
+    for pos, block in x.chunks(chunk, rows, desc="qc: gene variance"):
         sub = block if every_gene else block[:, genes]
         if totals is not None:
             totals[pos] = np.asarray(sub.sum(axis=1)).ravel()
@@ -179,14 +176,14 @@ def _variance(
 
 def _write(
     out_path: str | Path, x: RowStore, rows: np.ndarray, genes: np.ndarray, obs: pd.DataFrame,
-    gene_names: pd.Index, uns: dict, chunk: int, progress: bool,
+    gene_names: pd.Index, uns: dict, chunk: int,
 ) -> Path:  # fmt: skip
     """Write rows ``rows`` x columns ``genes`` of ``x`` with ``obs``/``var``/``uns`` as an h5ad."""
     out = Path(out_path)
     every_gene = len(genes) == x.shape[1]
     with h5ad_file(out) as f:
         writer = CSRWriter(f, "X", len(genes))
-        for _, block in x.chunks(chunk, rows, progress=progress, desc="qc: write"):
+        for _, block in x.chunks(chunk, rows, desc="qc: write"):
             writer.append(block if every_gene else block[:, genes])
         write_elem(f, "obs", obs)
         write_elem(f, "var", pd.DataFrame(index=gene_names))

@@ -16,9 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from cellsynth.errors import ConfigError, DownloadError
+from cellsynth.options import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ def download(
     *,
     base_url: str = DEFAULT_BASE_URL,
     force: bool = False,
-    progress: bool = True,
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
 ) -> Path:
@@ -82,8 +80,6 @@ def download(
         Root of the single-cell experiments directory.
     force
         Download again (from zero) even if the file or a partial download exists.
-    progress
-        Show a progress bar.
     timeout
         Seconds to wait for the server on connect and on each read.
     chunk_size
@@ -108,7 +104,7 @@ def download(
         return dest
     if force:
         _part_path(dest).unlink(missing_ok=True)
-    return download_url(url, dest, progress=progress, timeout=timeout, chunk_size=chunk_size)
+    return download_url(url, dest, timeout=timeout, chunk_size=chunk_size)
 
 
 def _part_path(dest: Path) -> Path:
@@ -119,7 +115,6 @@ def download_url(
     url: str,
     dest: Path,
     *,
-    progress: bool = True,
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
 ) -> Path:
@@ -131,8 +126,6 @@ def download_url(
         Address of the file.
     dest
         Final path; the transfer goes to ``dest`` + ``".part"`` and is renamed when complete.
-    progress
-        Show a progress bar.
     timeout
         Seconds to wait for the server on connect and on each read.
     chunk_size
@@ -183,7 +176,7 @@ def download_url(
                 f"unreachable; {_BY_HAND}"
             ) from None
         with response:
-            return _receive(response, url, part, dest, offset, progress, chunk_size)
+            return _receive(response, url, part, dest, offset, chunk_size)
     raise DownloadError(f"cannot resume {url} into {part}; delete it and run again")
 
 
@@ -207,7 +200,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
 
 
 def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Path,
-             offset: int, progress: bool, chunk_size: int) -> Path:
+             offset: int, chunk_size: int) -> Path:
     """Write the body of ``response`` into ``part`` and rename it to ``dest`` when complete."""
     status = getattr(response, "status", None) or 200
     length = response.headers.get("Content-Length")
@@ -223,9 +216,9 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
             logger.warning("server ignored the Range request for %s; restarting from zero", url)
         offset, total = 0, length
     written = offset
-    with open(part, "ab" if status == 206 else "wb") as fh, tqdm(
+    with open(part, "ab" if status == 206 else "wb") as fh, progress_bar(
         total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=dest.name, disable=not progress,
+        desc=dest.name,
     ) as bar:
         try:
             while chunk := response.read(chunk_size):

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from .. import keys as K
 from ..errors import DataError
+from ..options import progress_bar
 from .store import RowStore
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ class BlockLoader:
         Where the tensors go; on CUDA the sparse rows are copied and densified there.
     prefetch
         Read the next buffer in a background thread while the current one is served.
-    progress
-        Show a progress bar over each epoch's batches.
     """
 
     def __init__(
@@ -114,7 +112,6 @@ class BlockLoader:
         covariates: np.ndarray | None = None,
         device: str | torch.device = "cpu",
         prefetch: bool = True,
-        progress: bool = False,
     ) -> None:
         if min(batch_size, block_size, fetch_factor) < 1:
             raise DataError(f"batch_size, block_size and fetch_factor must be at least 1, got "
@@ -133,7 +130,7 @@ class BlockLoader:
         self.shuffle, self.seed, self.drop_last, self.even = shuffle, seed, drop_last, even
         self.rank, self.world_size = _rank_and_size(rank, world_size)
         self.device = torch.device(device)
-        self.prefetch, self.progress = prefetch, progress
+        self.prefetch = prefetch
         self.library_np = (np.asarray(library, dtype=np.float32) if library is not None
                            else self._library())
         self.covariates_np = (None if covariates is None
@@ -256,7 +253,7 @@ class BlockLoader:
         started, read_s, served, n_done = time.perf_counter(), 0.0, 0, 0
         carry_x = sp.csr_matrix((0, self.x.shape[1]), dtype=np.float32)
         carry_i = np.empty(0, dtype=np.int64)
-        bar = tqdm(total=n_batches, desc=name, unit="batch", disable=not self.progress)
+        bar = progress_bar(total=n_batches, desc=name, unit="batch")
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
             pending = (pool.submit(self._read, fetches[0]) if pool and fetches else None)

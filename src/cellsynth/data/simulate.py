@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata.io import write_elem
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..keys import MITO, N_GENES
+from ..options import progress_bar
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def simulate_atlas(
 
 
 def _write_x(
-    f: h5py.File, model: _Model, plan: _Plan, seed: int, chunk_size: int, progress: bool,
+    f: h5py.File, model: _Model, plan: _Plan, seed: int, chunk_size: int,
     compression: str | None, qc: tuple[np.ndarray, np.ndarray] | None,
 ) -> int:  # fmt: skip
     """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""
@@ -330,7 +330,7 @@ def _write_x(
     indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
     indptr[0] = nnz = row = 0
     n_chunks = -(-n_cells // chunk_size)
-    for x in tqdm(_chunks(model, plan, seed, chunk_size), total=n_chunks, disable=not progress):
+    for x in progress_bar(_chunks(model, plan, seed, chunk_size), total=n_chunks):
         stop = row + x.shape[0]
         for dataset, values in ((data, x.data), (indices, x.indices)):
             dataset.resize((nnz + x.nnz,))
@@ -345,7 +345,7 @@ def _write_x(
 
 def write_atlas(
     path: str | Path, n_cells: int, n_genes: int, n_types: int, *, seed: int = 0,
-    label_key: str = "celltype_annotation", chunk_size: int = 50_000, progress: bool = True,
+    label_key: str = "celltype_annotation", chunk_size: int = 50_000,
     doublet_rate: float = 0.02, uninformative_rate: float = 0.01, n_mito: int = 13,
     qc_columns: bool = False, library_size: float | None = None,
     compression: Literal["gzip", "lzf"] | None = None,
@@ -362,8 +362,8 @@ def write_atlas(
         The ``.h5ad`` file to write (replaced if present).
     n_cells, n_genes, n_types
         As in :func:`simulate_atlas`; ``write_atlas(path, *ATLAS_SCALE)`` gives E-ANND-5's shape.
-    chunk_size, progress
-        Cells generated and appended per step; show a progress bar over the chunks.
+    chunk_size
+        Cells generated and appended per step.
     compression
         HDF5 compression of ``X`` (``None``: faster, larger files).
 
@@ -381,7 +381,7 @@ def write_atlas(
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
     qc = (np.zeros(n_cells, np.float32), np.zeros(n_cells, np.int32)) if qc_columns else None
     with h5ad_file(path) as f:
-        nnz = _write_x(f, model, plan, seed, chunk_size, progress, compression, qc)
+        nnz = _write_x(f, model, plan, seed, chunk_size, compression, qc)
         obs, var, uns = _annotations(model, plan, label_key, seed, qc)
         for key, elem in {"obs": obs, "var": var, "uns": uns}.items():
             write_elem(f, key, elem)

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata.io import read_elem
-from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..options import progress_bar
 from .io import Expression, check_file
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,6 @@ class RowStore:
         chunk_size: int,
         rows: np.ndarray | None = None,
         *,
-        progress: bool = False,
         desc: str = "rows",
     ) -> Iterator[tuple[slice, sp.csr_matrix]]:
         """Read the matrix ``chunk_size`` stored rows at a time, in order.
@@ -125,7 +124,7 @@ class RowStore:
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         starts = np.arange(0, n, chunk_size)
         bounds = np.searchsorted(rows, np.append(starts, n))
-        for i in tqdm(range(len(starts)), desc=desc, unit="chunk", disable=not progress):
+        for i in progress_bar(range(len(starts)), desc=desc, unit="chunk"):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             if lo == hi:
                 continue
@@ -166,7 +165,7 @@ class MatrixRows:
         """The rows ``rows`` alone (e.g. one split)."""
         return MatrixRows(self.x[np.asarray(rows, dtype=np.int64)])
 
-    def chunks(self, chunk_size: int, rows: np.ndarray | None = None, *, progress: bool = False,
+    def chunks(self, chunk_size: int, rows: np.ndarray | None = None, *,
                desc: str = "rows") -> Iterator[tuple[slice, sp.csr_matrix]]:  # fmt: skip
         """``(positions, block)`` of ``chunk_size`` rows at a time, as ``RowStore.chunks``."""
         rows = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)

@@ -19,10 +19,10 @@ import scipy.sparse as sp
 import xgboost as xgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
 from ..classify.xgb import Classifier
 from ..errors import DataError
+from ..options import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _class_index(classifier: Classifier, cell_type: str) -> int:
 
 
 def shap_contributions(
-    classifier: Classifier, X: Any, cell_type: str, *, progress: bool = False
+    classifier: Classifier, X: Any, cell_type: str
 ) -> np.ndarray:
     """TreeSHAP contributions of each feature to ``cell_type``'s margin.
 
@@ -79,8 +79,6 @@ def shap_contributions(
         Cells (rows) in the classifier's feature space, dense or scipy.sparse.
     cell_type
         A label of ``classifier``.
-    progress
-        Show a tqdm bar over the explained cells (on stderr); TreeSHAP runs in batches.
 
     Returns
     -------
@@ -95,7 +93,7 @@ def shap_contributions(
     batch = max(1, min(_BATCH_ROWS, _BATCH_FLOATS // (n_classes * (n_features + 1))))
     iteration_range = (0, classifier.best_iteration + 1)
     out = np.empty((X.shape[0], n_features + 1), dtype=np.float32)
-    bar = tqdm(total=X.shape[0], desc="SHAP", unit="cell", disable=not progress)
+    bar = progress_bar(total=X.shape[0], desc="SHAP", unit="cell")
     for start in range(0, X.shape[0], batch):
         stop = min(start + batch, X.shape[0])
         contribs = classifier.booster.predict(
@@ -118,7 +116,6 @@ def explain_type(
     n_top: int = 20,
     max_cells: int = 2000,
     seed: int = 0,
-    progress: bool = False,
 ) -> ShapResult:
     """Which PCs, and through their loadings which genes, drive the prediction of ``cell_type``.
 
@@ -140,8 +137,6 @@ def explain_type(
         At most this many cells of ``X`` are explained (a seeded random subsample).
     seed
         Seeds that subsample.
-    progress
-        Show a tqdm bar over the explained cells (on stderr).
 
     Returns
     -------
@@ -182,7 +177,7 @@ def explain_type(
     if n > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_cells, replace=False))
         X = X[rows]
-    shap = shap_contributions(classifier, X, classifier.labels[k], progress=progress)[:, :-1]
+    shap = shap_contributions(classifier, X, classifier.labels[k])[:, :-1]
     mean_shap = shap.mean(axis=0, dtype=np.float64)
     mean_abs = np.abs(shap).mean(axis=0, dtype=np.float64)
 

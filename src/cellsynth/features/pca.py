@@ -18,13 +18,13 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..config import FeaturesConfig
 from ..data.qc import GeneMoments
 from ..data.split import balanced_subsample
 from ..data.store import MatrixRows
 from ..errors import ModelFileError
+from ..options import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ class PCAModel:
     def n_components(self) -> int:
         return self.components.shape[0]
 
-    def transform(self, x, *, chunk_size: int = 10_000, out: np.ndarray | None = None,
-                  progress: bool = False) -> np.ndarray:
+    def transform(self, x, *, chunk_size: int = 10_000, out: np.ndarray | None = None) -> np.ndarray:
         """Project cells (genes as fitted) to PCA space, ``chunk_size`` rows at a time.
 
         ``x`` is anything sliced by rows into sparse or dense blocks: a matrix, or cells on disk
@@ -75,7 +74,7 @@ class PCAModel:
         elif out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, the projection {shape}")
         starts = range(0, x.shape[0], chunk_size)
-        for start in tqdm(starts, desc="PCA transform", unit="chunk", disable=not progress):
+        for start in progress_bar(starts, desc="PCA transform", unit="chunk"):
             block = x[start : start + chunk_size]
             prod = block @ w  # (chunk, k)
             out[start : start + chunk_size] = np.asarray(prod) - offset
@@ -221,7 +220,7 @@ def _randomized(blocks: Blocks, n: int, g: int, mean: np.ndarray, k: int,
 
 def fit_pca(
     x, labels: np.ndarray, genes: list[str], cfg: FeaturesConfig, *, seed: int,
-    rows: np.ndarray | None = None, cache_bytes: int = 1 << 30, progress: bool = False,
+    rows: np.ndarray | None = None, cache_bytes: int = 1 << 30,
 ) -> PCAModel:  # fmt: skip
     """Fit PCA on at most ``cfg.max_cells_per_class`` cells of each class of ``labels``.
 
@@ -246,8 +245,6 @@ def fit_pca(
     cache_bytes
         The subsample is kept in memory after the first pass when it is smaller than this;
         otherwise every pass (2 for the exact method, 6 for the randomized one) reads it again.
-    progress
-        Show a tqdm bar over the row blocks of every pass (on stderr).
     """
     if isinstance(x, np.ndarray) or sp.issparse(x):
         x = MatrixRows(x)
@@ -255,8 +252,7 @@ def fit_pca(
     if len(rows) != len(labels) or np.any(np.diff(rows) <= 0):
         raise ValueError("rows must be sorted, unique positions, one per label")
     chosen = rows[balanced_subsample(labels, cfg.max_cells_per_class, seed=seed)]
-    return _fit(_ReadBlocks(x, chosen, cache_bytes), len(chosen), x.shape[1], genes, cfg, seed,
-                progress)
+    return _fit(_ReadBlocks(x, chosen, cache_bytes), len(chosen), x.shape[1], genes, cfg, seed)
 
 
 class _ReadBlocks:
@@ -300,7 +296,7 @@ def _counted(blocks: Blocks, bar) -> Blocks:
 
 
 def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
-         seed: int, progress: bool = False) -> PCAModel:
+         seed: int) -> PCAModel:
     k = cfg.n_components
     limit = min(n - 1, g)
     if k > limit:
@@ -315,8 +311,7 @@ def _fit(blocks: Blocks, n: int, g: int, genes: list[str], cfg: FeaturesConfig,
         method = "randomized SVD"
     # moments, then the covariance or Gram matrix, or the power iterations + 1
     n_passes = 2 + _N_ITER if method == "randomized SVD" else 2
-    bar = tqdm(total=n * n_passes, desc="PCA fit", unit="row", unit_scale=True,
-               disable=not progress)  # fmt: skip
+    bar = progress_bar(total=n * n_passes, desc="PCA fit", unit="row", unit_scale=True)  # fmt: skip
     blocks = _counted(blocks, bar)
     moments = GeneMoments(g)
     for block in blocks():

@@ -33,10 +33,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from ..data.qc import normalise_log1p
 from ..errors import DataError
+from ..options import progress_bar
 from ..seeds import derive_seed
 from .space import EvalSpace, as_csr
 
@@ -82,8 +82,7 @@ def _pair(a: Any, b: Any, max_n: int, seed: int, min_n: int = 2) -> tuple[np.nda
     return a[_subsample(len(a), max_n, rng)], b[_subsample(len(b), max_n, rng)]
 
 
-def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000,
-             progress: bool = False) -> float:
+def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000) -> float:
     """Classifier two-sample test: cross-validated ROC AUC of telling ``a`` from ``b``.
 
     The larger sample is subsampled to the size of the smaller (and both to ``max_n``), so chance
@@ -91,7 +90,6 @@ def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000,
     (100 rounds, 15 leaves, one thread): unlike a linear model it also sees differences in spread,
     shape and modes, not only in means. The AUC is the mean over stratified folds; 0.5 means
     indistinguishable, 1.0 perfectly separable (values a little under 0.5 are chance).
-    ``progress`` shows a tqdm bar over the folds (on stderr).
     """
     a, b = _pair(a, b, max_n, derive_seed(seed, "c2st-sample"))
     m = min(len(a), len(b))
@@ -103,8 +101,8 @@ def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000,
     min_leaf = int(np.clip(m // 10, 1, 20))  # small samples still get splits
     aucs = []
     with threadpool_limits(1):
-        for train, test in tqdm(folds.split(x, y), total=folds.get_n_splits(), desc="C2ST",
-                                unit="fold", leave=False, disable=not progress):
+        for train, test in progress_bar(folds.split(x, y), total=folds.get_n_splits(), desc="C2ST",
+                                unit="fold", leave=False):
             clf = HistGradientBoostingClassifier(
                 max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=min_leaf,
                 early_stopping=False, random_state=derive_seed(seed, "c2st-clf"),
@@ -346,11 +344,10 @@ def _matched(
     return np.sort(np.concatenate(ir)), np.sort(np.concatenate(is_)), m
 
 
-def _distribution_metrics(er: np.ndarray, es: np.ndarray, cfg: FidelityConfig, seed: int,
-                          progress: bool = False) -> dict:
+def _distribution_metrics(er: np.ndarray, es: np.ndarray, cfg: FidelityConfig, seed: int) -> dict:
     out = {
         "c2st_auc": c2st_auc(er, es, seed=derive_seed(seed, "c2st"), n_folds=cfg.n_folds,
-                             max_n=cfg.c2st_max_n, progress=progress),
+                             max_n=cfg.c2st_max_n),
         "mmd_rbf": mmd_rbf(er, es, seed=derive_seed(seed, "mmd"), max_n=cfg.kernel_max_n),
         "energy_distance": energy_distance(er, es, seed=derive_seed(seed, "energy"),
                                            max_n=cfg.kernel_max_n),
@@ -364,7 +361,7 @@ def _distribution_metrics(er: np.ndarray, es: np.ndarray, cfg: FidelityConfig, s
 
 def fidelity_report(
     space: EvalSpace, real_counts: Any, real_labels: Any, synth_counts: Any, synth_labels: Any,
-    *, seed: int, cfg: FidelityConfig | None = None, progress: bool = False,
+    *, seed: int, cfg: FidelityConfig | None = None,
 ) -> dict[str, Any]:
     """Every fidelity metric, overall and per cell type, of synthetic against real counts.
 
@@ -380,8 +377,6 @@ def fidelity_report(
         Seeds every subsample and classifier (child seeds by name).
     cfg
         Caps and settings; default :class:`FidelityConfig`.
-    progress
-        Show tqdm bars (on stderr): the overall C2ST's folds, then the cell types.
 
     Returns
     -------
@@ -410,7 +405,7 @@ def fidelity_report(
     if len(ir) < 2:
         raise DataError("fewer than 2 composition-matched cells per side; give more cells")
     r_sub, s_sub = r[ir], s[is_]
-    overall = _distribution_metrics(space.embed(r_sub), space.embed(s_sub), cfg, seed, progress)
+    overall = _distribution_metrics(space.embed(r_sub), space.embed(s_sub), cfg, seed)
     overall["gene_stats"] = gene_stats_spearman(r_sub, s_sub, target_sum=space.target_sum)
     overall["gene_stats_hvg"] = gene_stats_spearman(r_sub, s_sub, genes=space.hvg,
                                                     target_sum=space.target_sum)
@@ -426,7 +421,7 @@ def fidelity_report(
     per_type: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     types = sorted(set(rl.tolist()) | set(sl.tolist()))
-    for t in tqdm(types, desc="fidelity per type", unit="type", disable=not progress):
+    for t in progress_bar(types, desc="fidelity per type", unit="type"):
         jr, js = np.flatnonzero(rl == t), np.flatnonzero(sl == t)
         if min(len(jr), len(js)) < cfg.min_cells:
             skipped[t] = (f"{len(jr)} real and {len(js)} synthetic cells: fewer than "
@@ -457,7 +452,7 @@ def fidelity_report(
 
 def real_floor(
     space: EvalSpace, real_counts: Any, real_labels: Any, *, seed: int,
-    cfg: FidelityConfig | None = None, progress: bool = False,
+    cfg: FidelityConfig | None = None,
 ) -> dict[str, Any]:
     """:func:`fidelity_report` between two disjoint random halves of the real cells.
 
@@ -466,7 +461,7 @@ def real_floor(
     each synthetic number is read beside. Give held-out real cells, not the cells the space or
     the generator was fitted on. Note that the halves have half the cells of the input: size-
     sensitive metrics (k-NN precision/recall) compare best when the synthetic report uses
-    similar numbers of cells. ``progress`` shows :func:`fidelity_report`'s bars.
+    similar numbers of cells.
 
     Returns
     -------
@@ -486,7 +481,7 @@ def real_floor(
         second.append(idx[half:])
     a, b = np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
     report = fidelity_report(space, x[a], labels[a], x[b], labels[b],
-                             seed=derive_seed(seed, "floor"), cfg=cfg, progress=progress)
+                             seed=derive_seed(seed, "floor"), cfg=cfg)
     report["halves"] = [len(a), len(b)]
     return report
 

@@ -31,8 +31,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from ..errors import DataError
+from ..options import progress_bar
 from ..seeds import derive_seed
-from ..settings import progress_bar
 from .fidelity import _MIN_GENES_FOR_COPY, _row_keys, _subsample
 from .space import as_csr
 

@@ -136,7 +136,6 @@ def fit_space(
     target_sum: float = 1e4,
     max_cells_per_class: int = 1_000_000,
     seed: int = 0,
-    progress: bool = False,
 ) -> EvalSpace:
     """Fit the evaluation space on real training counts, reading them ``CHUNK`` cells at a time.
 
@@ -170,8 +169,6 @@ def fit_space(
         any realistic dataset.
     seed
         Seeds the PCA subsample (and the randomized SVD for very wide inputs).
-    progress
-        Show the PCA fit's tqdm bar (on stderr).
     """
     x = real_train_counts
     if sp.issparse(x) or isinstance(x, np.ndarray) or not hasattr(x, "take"):  # in memory
@@ -203,8 +200,7 @@ def fit_space(
     hvg = np.sort(order[:n_hvg])
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
-    pca = fit_pca(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed, rows=rows,
-                  progress=progress)
+    pca = fit_pca(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed, rows=rows)
     logger.info("evaluation space: %d cells, %d of %d genes as HVGs, %d PCs (%.1f%% variance)",
                 len(rows), n_hvg, x.shape[1], pca.n_components,
                 100 * float(pca.explained_variance_ratio.sum()))

@@ -64,7 +64,7 @@ def _score(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[st
 def tstr(
     real_train: Split, real_val: Split, real_test: Split, synth_train: Split, synth_val: Split,
     cfg: ClassifierConfig, *, seed: int, synth_test: Split | None = None,
-    space: EvalSpace | None = None, progress: bool = False,
+    space: EvalSpace | None = None,
 ) -> dict[str, Any]:
     """TRTR, TSTR and TRTS macro-F1 of cell-type classifiers.
 
@@ -84,8 +84,6 @@ def tstr(
         (unseen by that classifier).
     space
         When given, every ``X`` is raw counts and is embedded with ``space.embed``.
-    progress
-        Show XGBoost progress bars.
 
     Returns
     -------
@@ -105,10 +103,8 @@ def tstr(
         logger.warning("TSTR: %d real test type(s) have no synthetic training cells and score 0: "
                        "%s", len(missing), ", ".join(missing[:10]))
 
-    real_clf = train_classifier(xtr, ytr, xva, yva, cfg, seed=derive_seed(seed, "trtr"),
-                                progress=progress)
-    synth_clf = train_classifier(sxtr, sytr, sxva, syva, cfg, seed=derive_seed(seed, "tstr"),
-                                 progress=progress)
+    real_clf = train_classifier(xtr, ytr, xva, yva, cfg, seed=derive_seed(seed, "trtr"))
+    synth_clf = train_classifier(sxtr, sytr, sxva, syva, cfg, seed=derive_seed(seed, "tstr"))
     test_labels = sorted(set(yte.tolist()))
     out = {
         "trtr": _score(yte, real_clf.predict(xte), test_labels),
@@ -134,7 +130,7 @@ def rarest_types(y: Sequence[str] | np.ndarray, k: int) -> list[str]:
 def augmentation(
     real_train: Split, real_val: Split, real_test: Split, synth_by_type: Mapping[str, Any],
     rare_types: Sequence[str] | int, cfg: ClassifierConfig, *, seed: int,
-    n_per_type: int | None = None, space: EvalSpace | None = None, progress: bool = False,
+    n_per_type: int | None = None, space: EvalSpace | None = None,
 ) -> dict[str, Any]:
     """F1 of the rare types when their training cells are augmented, three ways.
 
@@ -158,7 +154,7 @@ def augmentation(
     n_per_type
         ``N``, cells added per rare type; default all generated cells of that type. More than
         are generated is an error (nothing is silently truncated or repeated).
-    space, progress, seed, cfg
+    space, seed, cfg
         As for :func:`tstr`; each arm uses the same classifier seed.
 
     Returns
@@ -206,7 +202,7 @@ def augmentation(
     arms: dict[str, dict[str, Any]] = {}
     for arm in ARMS:
         x, y = data[arm]
-        clf = train_classifier(x, y, xva, yva, cfg, seed=clf_seed, progress=progress)
+        clf = train_classifier(x, y, xva, yva, cfg, seed=clf_seed)
         report = classification_report(yte, clf.predict(xte), labels=labels)
         f1 = {t: report["per_class"][t]["f1"] for t in rare}
         arms[arm] = {"per_type_f1": f1, "mean_rare_f1": float(np.mean(list(f1.values()))),

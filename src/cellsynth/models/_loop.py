@@ -31,9 +31,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import CellsynthError
+from ..options import progress_bar
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -257,10 +257,9 @@ class LoopOptions:
     reduce
         ``reduce(train_loss, val_loss)`` -> the losses every process agrees on (data-parallel
         training); identity when None.
-    progress
-        Show a tqdm bar over epochs (on stderr).
     verbose
-        Log the early stop, the resume and signs of life (False on every process but the first).
+        Log the early stop, the resume and signs of life, and show the progress bar (False on
+        every process but the first).
     """
 
     name: str = "model"
@@ -268,7 +267,6 @@ class LoopOptions:
     evaluate_every: int = 1
     checkpoint: Checkpoint | None = None
     reduce: Callable[[float, float], tuple[float, float]] | None = None
-    progress: bool = True
     verbose: bool = True
 
 
@@ -291,7 +289,8 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
         hundred cells an epoch is a few steps, and the validation loss sits on a plateau for
         many epochs while the generator still improves); the best epoch's weights are kept.
     options
-        Name, checkpoint, check interval, progress and logging (:class:`LoopOptions`).
+        Name, checkpoint, check interval and logging (:class:`LoopOptions`); progress bars
+        follow :data:`cellsynth.options.settings`.
 
     Returns
     -------
@@ -321,8 +320,7 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
             logger.info("resuming %s training from epoch %d (%s)", name, first, checkpoint.path)
     start = time.perf_counter()
     device = next(module.parameters()).device
-    bar = tqdm(total=settings.max_epochs, initial=first, desc=name, unit="epoch",
-               disable=not o.progress)  # fmt: skip
+    bar = progress_bar(total=settings.max_epochs, initial=first, desc=name, unit="epoch", here=verbose)  # fmt: skip
     epoch = first - 1
     life = _SignsOfLife(history)
     for epoch in range(first, settings.max_epochs):

@@ -29,8 +29,7 @@ class Generator(Protocol):
     labels: list[str]  # cell types the model knows, in code order
     genes: list[str]  # the genes it generates, in order
 
-    def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0,
-            progress: bool = True) -> dict[str, Any]: ...
+    def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0) -> dict[str, Any]: ...
 
     def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData: ...
 

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from .. import keys as K
 from ..cells import Cells, for_training
@@ -35,6 +34,7 @@ from ..config import CVAEConfig, from_dict
 from ..data.io import check_label
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError
+from ..options import progress_bar
 from . import _loop
 from . import _training as tr
 from ._counts import (
@@ -175,7 +175,6 @@ class CVAE:
         lr: float | None = None,
         *,
         seed: int = 0,
-        progress: bool = True,
         **settings: Any,
     ) -> dict[str, Any]:
         """Train on the AnnData given at construction (scvi-tools' habit); see :meth:`fit`.
@@ -191,8 +190,6 @@ class CVAE:
             AdamW learning rate.
         seed
             Seeds weight initialisation, dropout, mini-batch order and the latent noise.
-        progress
-            Show a progress bar over epochs.
         **settings
             Any other :class:`~cellsynth.config.CVAEConfig` field, e.g. ``patience=5``,
             ``select="elbo"``, ``device="cuda"``.
@@ -207,7 +204,7 @@ class CVAE:
             )
         given = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, **settings}
         self.configure(**{k: v for k, v in given.items() if v is not None})
-        return self.fit(self.adata, self.label_key, seed=seed, progress=progress)
+        return self.fit(self.adata, self.label_key, seed=seed)
 
     def configure(self, **settings: Any) -> CVAE:
         """Change settings of :attr:`config` (checked as a config file's are); returns self."""
@@ -227,7 +224,6 @@ class CVAE:
         label_key: str | None = None,
         *,
         seed: int = 0,
-        progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_key: str = "",
     ) -> dict[str, Any]:
@@ -246,8 +242,6 @@ class CVAE:
             other types are dropped).
         seed
             Seeds weight initialisation, dropout, mini-batch order and the latent noise.
-        progress
-            Show a progress bar over epochs.
         checkpoint_dir
             Save the training state into ``checkpoint_dir/cvae.safetensors`` (every
             ``config.checkpoint_every`` epochs, at least ``config.checkpoint_seconds`` apart),
@@ -339,7 +333,7 @@ class CVAE:
         result = _loop.train_loop(
             _loop.Steps(module, tr.optimizer(module, c), step, batches, len(train), generator),
             evaluate, dataclasses.replace(c, max_epochs=max_epochs),
-            _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint, progress=progress),
+            _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint),
         )
         history = result.history
         self._fit_sampler(train, yt, seed)
@@ -415,7 +409,6 @@ class CVAE:
         where: dict[str, Any] | None = None,
         seed: int = 0,
         latent: Literal["mixture", "prior"] = "mixture",
-        progress: bool = False,
     ) -> ad.AnnData:
         """Generate integer-count cells; rows come out grouped as requested, in its order.
 
@@ -440,8 +433,6 @@ class CVAE:
             sequencing depth; with covariates it is pooled over their levels, which enter
             through the decoder); ``"prior"``, the model's prior ``p(z | type)``, with the
             library from the type's log-normal library model.
-        progress
-            Show a progress bar over the generated cells (on stderr).
 
         Returns
         -------
@@ -450,8 +441,7 @@ class CVAE:
         provenance in ``uns['cellsynth']``.
         """
         plan, unseen = self.plan(request, where)
-        chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent,
-                                                   progress=progress)]  # fmt: skip
+        chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(sp.vstack(chunks, format="csr"), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed)
@@ -502,7 +492,6 @@ class CVAE:
         where: dict[str, Any] | None = None,
         seed: int = 0,
         latent: Literal["mixture", "prior"] = "mixture",
-        progress: bool = False,
     ) -> Iterator[tuple[str, sp.csr_matrix]]:
         """The cells :meth:`sample` returns, as ``(type, CSR counts)`` chunks in the same order
         (``request`` may also be a :meth:`plan`).
@@ -517,8 +506,7 @@ class CVAE:
         if not self.is_trained:
             logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
         module.eval()
-        bar = tqdm(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell",
-                   disable=not progress)  # fmt: skip
+        bar = progress_bar(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell")  # fmt: skip
         try:
             for label, x in self._chunks(plan, np.random.default_rng(seed), latent):
                 yield label, x
@@ -530,7 +518,7 @@ class CVAE:
     def _chunks(self, plan: list[tuple[str, tuple[int, ...], int]], rng: np.random.Generator,
                 latent: str) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
         """``(type, CSR counts)`` chunks of a checked plan, all noise from ``rng`` (no checks,
-        no progress: :meth:`sample_chunks`, and the epoch selection's checks while the model
+        no progress bar: :meth:`sample_chunks`, and the epoch selection's checks while the model
         is still training)."""
         codes = {label: i for i, label in enumerate(self.labels)}
         rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))

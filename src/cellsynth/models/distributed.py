@@ -48,6 +48,7 @@ from .. import config as config_mod
 from .. import keys as K
 from ..config import CVAEConfig
 from ..errors import CellsynthError, DataError
+from ..options import settings
 from ..seeds import derive_seed
 from . import _loop
 from . import _training as tr
@@ -227,7 +228,6 @@ def fit_distributed(
     *,
     config: CVAEConfig | None = None,
     seed: int = 0,
-    progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
 ) -> CVAE:
@@ -246,8 +246,6 @@ def fit_distributed(
         Architecture and training settings; ``batch_size`` is the global batch.
     seed
         As :meth:`CVAE.fit`'s; with one process the result equals ``CVAE.fit`` exactly.
-    progress
-        Show a progress bar over epochs on rank 0.
     checkpoint_dir
         As :meth:`CVAE.fit`'s: every rank saves its training state there
         (``cvae-rank{r}.safetensors``, at the same epochs) and resumes from it when every
@@ -270,7 +268,7 @@ def fit_distributed(
     own_group = _init_process_group(device)
     ckpt = (checkpoint_dir, checkpoint_key)
     try:
-        return _fit(Path(data), label_key, out, cfg, device, seed, progress, ckpt)
+        return _fit(Path(data), label_key, out, cfg, device, seed, ckpt)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -283,7 +281,6 @@ def _fit(
     cfg: CVAEConfig,
     device: torch.device,
     seed: int,
-    progress: bool,
     ckpt: tuple[str | Path | None, str],
 ) -> CVAE:
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -365,7 +362,7 @@ def _fit(
         dataclasses.replace(cfg, max_epochs=_loop.epoch_budget(cfg.max_epochs, n_train,
                                                                cfg.batch_size)),
         _loop.LoopOptions("CVAE", "cvae.lr", checkpoint=checkpoint, reduce=reduce,
-                          progress=progress and rank == 0, verbose=rank == 0),
+                          verbose=rank == 0),
     )  # fmt: skip
     history = result.history
     if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
@@ -495,16 +492,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run = config_mod.load(args.config, args.set)
-        fit_distributed(
-            args.data,
-            args.label_key or run.dataset.label_key,
-            args.out,
-            config=run.cvae,
-            seed=args.seed,
-            progress=not args.quiet and sys.stderr.isatty(),
-            checkpoint_dir=args.checkpoint_dir,
-            checkpoint_key=args.checkpoint_key,
-        )
+        with settings.override(progress=False if args.quiet else "auto"):
+            fit_distributed(
+                args.data,
+                args.label_key or run.dataset.label_key,
+                args.out,
+                config=run.cvae,
+                seed=args.seed,
+                checkpoint_dir=args.checkpoint_dir,
+                checkpoint_key=args.checkpoint_key,
+            )
     except CellsynthError as exc:
         print(f"error (rank {rank}): {exc}", file=sys.stderr)
         return 2

@@ -32,9 +32,9 @@ import scipy.sparse as sp
 import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelFileError
+from ..options import progress_bar
 from ._draws import nb_csr
 from ._training import package_version, verify_checksums, write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
@@ -223,11 +223,9 @@ class NegBinBaseline:
         return f"NegBinBaseline(n_labels={len(self.labels)}, n_genes={len(self.genes)})"
 
     def fit(
-        self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
+        self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
         """Fit ``mu`` and ``theta`` of every type on the training rows; return a short history.
-
-        ``progress`` shows a tqdm bar over the cell types (on stderr).
         """
         start = time.perf_counter()
         rows, y = training_rows(adata, label_key, seed=seed)
@@ -236,7 +234,7 @@ class NegBinBaseline:
         codes = np.searchsorted(np.array(labels), y)
         mu, theta, libs = [], [], []
         rows_by_type = per_type_rows(codes, len(labels))
-        for idx in tqdm(rows_by_type, desc="nb fit", unit="type", disable=not progress):
+        for idx in progress_bar(rows_by_type, desc="nb fit", unit="type"):
             p, th, lib = nb_moments(x[idx], max_theta=self.max_theta)
             mu.append(p * lib.mean())
             theta.append(th)
@@ -260,17 +258,14 @@ class NegBinBaseline:
         return self.history
 
     def sample(
-        self, counts_per_type: dict[str, int], *, seed: int = 0, progress: bool = False
+        self, counts_per_type: dict[str, int], *, seed: int = 0
     ) -> ad.AnnData:
         """Generate cells; rows are grouped by type in the request's order.
-
-        ``progress`` shows a tqdm bar over the generated cells (on stderr).
         """
         pairs = request(counts_per_type, self.labels)
         rng = np.random.default_rng(seed)
         blocks = []
-        bar = tqdm(total=sum(n for _, n in pairs), desc="nb sample", unit="cell",
-                   disable=not progress)  # fmt: skip
+        bar = progress_bar(total=sum(n for _, n in pairs), desc="nb sample", unit="cell")  # fmt: skip
         for label, n in pairs:
             k = self.labels.index(label)
             scale = 1.0 / float(self.libraries[k].mean()) if self.libraries[k].mean() > 0 else 0.0

@@ -40,10 +40,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
+from ..options import progress_bar, settings
 from ..seeds import derive_seed
 from ._draws import nb_csr
 from ._training import verify_checksums, write_checksums
@@ -109,7 +109,7 @@ class ScviGenerator:
         )
 
     def fit(
-        self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
+        self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
         """Train SCVI on the training rows (validation rows for early stopping); fit the latents."""
         scvi = import_scvi()
@@ -145,10 +145,10 @@ class ScviGenerator:
             early_stopping=c.early_stopping and val_idx.size > 0,
             datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
             # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr, and
-            # none at all without ``progress``
-            enable_progress_bar=progress,
+            # none at all when cs.settings hides progress bars
+            enable_progress_bar=settings.show_progress(),
             simple_progress_bar=False,
-            callbacks=[_epoch_bar()] if progress else [],
+            callbacks=[_epoch_bar()] if settings.show_progress() else [],
         )
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
@@ -199,19 +199,16 @@ class ScviGenerator:
 
     @torch.no_grad()
     def sample(
-        self, counts_per_type: dict[str, int], *, seed: int = 0, progress: bool = False
+        self, counts_per_type: dict[str, int], *, seed: int = 0
     ) -> ad.AnnData:
         """Decode draws of each type's latent Gaussian; rows grouped by type as requested.
-
-        ``progress`` shows a tqdm bar over the generated cells (on stderr).
         """
         pairs = request(counts_per_type, self.labels)
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
         rng = np.random.default_rng(seed)
         blocks = []
-        bar = tqdm(total=sum(n for _, n in pairs), desc="SCVI sample", unit="cell",
-                   disable=not progress)  # fmt: skip
+        bar = progress_bar(total=sum(n for _, n in pairs), desc="SCVI sample", unit="cell")  # fmt: skip
         for label, n in pairs:
             k = self.labels.index(label)
             d = self.latent_mean.shape[1]
@@ -350,8 +347,8 @@ def _epoch_bar() -> Any:
 
         def on_train_start(self, trainer, pl_module) -> None:
             super().on_train_start(trainer, pl_module)
-            self.bar = tqdm(total=trainer.max_epochs, desc="SCVI", unit="epoch", file=sys.stderr,
-                            disable=not self._enabled)  # fmt: skip
+            self.bar = progress_bar(total=trainer.max_epochs, desc="SCVI", unit="epoch", file=sys.stderr,
+                                    here=self._enabled)  # fmt: skip
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             super().on_train_epoch_end(trainer, pl_module)

@@ -91,7 +91,6 @@ class SeedCVAE:
         y_val: Any,
         *,
         seed: int = 0,
-        progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_key: str = "",
     ) -> dict[str, Any]:
@@ -105,8 +104,6 @@ class SeedCVAE:
             Cell type labels; training labels must all be known, unknown validation cells are dropped.
         seed
             Seeds weight initialisation, dropout, mini-batch sampling and the latent noise.
-        progress
-            Show a progress bar over epochs.
         checkpoint_dir
             Save the training state into ``checkpoint_dir/seed.safetensors`` after an epoch
             when ``CHECKPOINT_SECONDS`` passed since the last, and resume from it when it was
@@ -161,8 +158,7 @@ class SeedCVAE:
             _loop.Steps(module, optimizer, loss, lambda: batches, len(yt), generator,
                         scheduler=scheduler),
             lambda: self._evaluate(Xv, yv_t), c,
-            _loop.LoopOptions("seed CVAE", "seed_vae.lr", checkpoint=checkpoint,
-                              progress=progress),
+            _loop.LoopOptions("seed CVAE", "seed_vae.lr", checkpoint=checkpoint),
         )  # fmt: skip
         if checkpoint is not None:
             checkpoint.remove()

@@ -102,7 +102,7 @@ class SeedGenerator:
         }
 
     def fit(
-        self, adata: ad.AnnData, label_key: str, *, seed: int = 0, progress: bool = True
+        self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
         """Fit the PCA on the training rows and the CVAE on training and validation rows."""
         start = time.perf_counter()
@@ -127,7 +127,7 @@ class SeedGenerator:
         z_val = pca.transform(normalise_log1p(counts[val], self.target_sum))
         vae = SeedCVAE(pca.n_components, labels, self.config)
         history = vae.fit(
-            z_train, y[train], z_val, y[val], seed=derive_seed(seed, "vae"), progress=progress
+            z_train, y[train], z_val, y[val], seed=derive_seed(seed, "vae")
         )
         self.labels, self.genes, self.label_key = labels, genes, label_key
         self.pca, self.vae, self.libraries = pca, vae, libs

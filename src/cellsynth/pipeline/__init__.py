@@ -1,7 +1,7 @@
 """The experiment end to end (:func:`run`), and the standalone fit behind ``cellsynth fit``.
 
 Each stage is a small function over a :class:`~cellsynth.pipeline.context.RunContext`
-(settings, run directory, seeds, progress, manifest) and one :class:`~cellsynth.cells.Cells`,
+(settings, run directory, seeds, manifest) and one :class:`~cellsynth.cells.Cells`,
 whether the cells are in memory or on disk.
 """
 

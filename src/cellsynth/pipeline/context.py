@@ -1,4 +1,4 @@
-"""What every stage of a run reads: the settings, the run directory, seeds, progress, manifest."""
+"""What every stage of a run reads: the settings, the run directory, seeds, manifest."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ BACKED_GENERATORS = ("cvae",)
 
 @dataclass
 class RunContext:
-    """One run: its settings, directory, seeds, progress bars and manifest, set once.
+    """One run: its settings, directory, seeds and manifest, set once.
 
     Parameters
     ----------
@@ -37,15 +37,12 @@ class RunContext:
         The resolved settings.
     out
         The run directory.
-    progress
-        Show progress bars (tqdm, on stderr).
     force
         Stages to redo, and so everything after them.
     """
 
     cfg: RunConfig
     out: Path
-    progress: bool = True
     force: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:

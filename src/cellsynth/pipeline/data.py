@@ -79,7 +79,7 @@ def _backed_source(ctx: RunContext) -> Path:
     logger.info("no dataset.path: writing the embedded demo atlas (%d simulated cells, %d genes, "
                 "%d types) to %s", ds.demo_cells, ds.demo_genes, ds.demo_types, path)
     return write_atlas(path, ds.demo_cells, ds.demo_genes, ds.demo_types, seed=ctx.seed("demo"),
-                       label_key=ds.label_key, progress=ctx.progress)
+                       label_key=ds.label_key)
 
 
 def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
@@ -96,7 +96,7 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
         with H5adFile(source) as h5:
             groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, h5, [])
         _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=groups,
-                                      seed=seed, out_path=target, progress=ctx.progress)  # fmt: skip
+                                      seed=seed, out_path=target)  # fmt: skip
         return from_preprocessed(target, label_key=ctx.label_key, on_disk=True), report, groups
     from ..data.qc import preprocess
 
@@ -161,7 +161,7 @@ def stage_features(ctx: RunContext, cells: Cells) -> tuple[PCAModel, dict[str, S
     if ctx.runs("features"):
         with ctx.stage("features"):
             pca = fit_pca(cells.normalised, y[rows["train"]], cells.genes, ctx.cfg.features,
-                          seed=ctx.seed("pca"), rows=rows["train"], progress=ctx.progress)
+                          seed=ctx.seed("pca"), rows=rows["train"])
             pca.save(ctx.path("features"))
             write_json(ctx.path("features", "pca.json"), {
                 "n_components": pca.n_components,
@@ -178,7 +178,7 @@ def _project(ctx: RunContext, cells: Cells, pca: PCAModel, reuse: bool) -> dict[
     for s, rows in cells.split_rows().items():
         def fill(z, rows=rows):
             pca.transform(cells.normalised.subset(rows), chunk_size=ctx.cfg.qc.chunk_size,
-                          out=z, progress=ctx.progress and cells.on_disk)  # fmt: skip
+                          out=z)  # fmt: skip
         x = cells.per_cell_array(ctx.path("features", f"{s}.npy"), (len(rows), pca.n_components),
                                  fill, reuse=reuse)  # fmt: skip
         out[s] = Split(x, y[rows])

@@ -37,8 +37,7 @@ def stage_explain(ctx: RunContext, clf: Classifier, pca: PCAModel,
             x_t = train.x[train.y == cell_type]
         e = ctx.cfg.explain
         shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes, n_top=e.n_top_genes,
-                            max_cells=e.max_cells, seed=ctx.seed("explain"),
-                            progress=ctx.progress)  # fmt: skip
+                            max_cells=e.max_cells, seed=ctx.seed("explain"))  # fmt: skip
         write_shap(shap, ctx.path("explain"))
         entry.update(cell_type=cell_type)
 
@@ -80,13 +79,12 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
                                        seed=ctx.seed("eval-space-cells"))]  # fmt: skip
         space = fit_space(cells.counts, y[sub], list(cells.genes), rows=sub,
-                          seed=ctx.seed("eval-space"), progress=ctx.progress)  # fmt: skip
+                          seed=ctx.seed("eval-space"))  # fmt: skip
         real_c = sp.csr_matrix(test.layers[K.COUNTS])
         write_json(ctx.path("metrics", "fidelity.json"), {
-            "real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor"),
-                                       progress=ctx.progress),
+            "real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
             "synthetic_vs_real": fidelity_report(space, real_c, y_real, syn_x, y_syn[is_],
-                                                 seed=ctx.seed("fidelity"), progress=ctx.progress),
+                                                 seed=ctx.seed("fidelity")),
         })  # fmt: skip
 
 

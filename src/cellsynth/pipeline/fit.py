@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out: str | Path, *,
-              model: str = "cvae", seed: int = 0, progress: bool = True) -> tuple[Any, dict]:  # fmt: skip
+              model: str = "cvae", seed: int = 0) -> tuple[Any, dict]:  # fmt: skip
     """Train generator ``model`` on ``data`` and save it into ``out``.
 
     The cells are read as ``dataset.backed`` says (``"auto"``: from disk for files over 2 GB),
@@ -37,14 +37,14 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     try:
         gen = make_generator(model, cfg)
         if model == "cvae":
-            history = gen.fit(cells, seed=seed, progress=progress)
+            history = gen.fit(cells, seed=seed)
         else:
             rows = cells.split_rows()
             fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
             if cells.on_disk:
                 logger.warning("generator %s trains in memory: reading its %d cells", model,
                                len(fit_rows))  # fmt: skip
-            history = gen.fit(cells.to_memory(fit_rows), label_key, seed=seed, progress=progress)
+            history = gen.fit(cells.to_memory(fit_rows), label_key, seed=seed)
     finally:
         cells.close()
     gen.save(out)

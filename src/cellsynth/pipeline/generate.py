@@ -76,8 +76,7 @@ def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFr
 BYTES_PER_VALUE = 8
 
 
-def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
-                     progress: bool = False, **ask: Any) -> int:
+def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, **ask: Any) -> int:
     """Generate from the model in ``model_dir`` into the h5ad ``out``: ``ask`` is one of
     ``n_per_type`` (of every type), ``types`` (``{type: n}``), ``request`` (a table file) or
     ``like`` (an h5ad whose composition to copy), with ``where`` covariate levels
@@ -93,7 +92,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
 
     gen = load_generator(model_dir)
     req, kwargs = _request(gen, ask.get("n_per_type"), ask.get("types"), ask.get("where"),
-                           ask.get("request"), ask.get("like"), progress)  # fmt: skip
+                           ask.get("request"), ask.get("like"))  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not hasattr(gen, "sample_chunks"):
@@ -112,7 +111,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0,
                 need / 1e9, out)  # fmt: skip
     from .models import write_cells
 
-    chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
+    chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen))
     return n
 
@@ -132,8 +131,7 @@ def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> fl
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
-             request: str | Path | None, like: str | Path | None,
-             progress: bool) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+             request: str | Path | None, like: str | Path | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The request (``{type: n}`` or a table) and ``sample``'s keyword arguments."""
     given = [x is not None for x in (n_per_type, types, request, like)]
     if sum(given) != 1:
@@ -157,5 +155,5 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
         ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
     kwargs: dict[str, Any] = {}
     if design is not None:
-        kwargs.update(where=parse_where(where) if where else None, progress=progress)
+        kwargs.update(where=parse_where(where) if where else None)
     return ask, kwargs

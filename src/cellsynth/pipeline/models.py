@@ -50,8 +50,7 @@ def fit_classifier(ctx: RunContext, train: Split, val: Split, seed_name: str) ->
 
         return train_classifier_dask(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name),
                                      scheduler=c.dask_scheduler, n_workers=c.dask_workers)
-    return train_classifier(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name),
-                            progress=ctx.progress)  # fmt: skip
+    return train_classifier(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name))  # fmt: skip
 
 
 def stage_classifier(ctx: RunContext, splits: dict[str, Split], groups: dict[str, str]) -> Classifier:
@@ -107,7 +106,7 @@ def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str
     if cfg.generator.model == "reference":
         gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)
         history = gen.fit(splits["train"].x, splits["train"].y, splits["val"].x, splits["val"].y,
-                          seed=seed, progress=ctx.progress, checkpoint_dir=ckpt,
+                          seed=seed, checkpoint_dir=ckpt,
                           checkpoint_key=key)  # fmt: skip
         return gen, history
     if cfg.generator.model == "cvae" and cfg.cvae.distributed:
@@ -115,12 +114,12 @@ def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str
         return gen, dict(gen.history)
     gen = make_generator(cfg.generator.model, cfg)
     if cfg.generator.model == "cvae":
-        history = gen.fit(cells, seed=seed, progress=ctx.progress, checkpoint_dir=ckpt,
+        history = gen.fit(cells, seed=seed, checkpoint_dir=ckpt,
                           checkpoint_key=key)  # fmt: skip
     else:
         rows = cells.split_rows()
         fit_on = cells.to_memory(np.sort(np.concatenate([rows["train"], rows["val"]])))
-        history = gen.fit(fit_on, ctx.label_key, seed=seed, progress=ctx.progress)
+        history = gen.fit(fit_on, ctx.label_key, seed=seed)
     return gen, history
 
 
@@ -149,12 +148,12 @@ def _pca_adata(x: np.ndarray, y: np.ndarray, ctx: RunContext, seed: int) -> ad.A
     return a
 
 
-def _count_chunks(gen: Any, counts: dict[str, int], seed: int, progress: bool):
+def _count_chunks(gen: Any, counts: dict[str, int], seed: int):
     """The generated counts as CSR chunks, their ``obs`` and the provenance for
     ``uns['cellsynth']``."""
     if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
         plan, unseen = gen.plan(counts)
-        chunks = (x for _, x in gen.sample_chunks(plan, seed=seed, progress=progress))
+        chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
         return chunks, gen.plan_obs(plan), gen.provenance(seed, unseen)
     syn = gen.sample(counts, seed=seed)
     return iter([syn.X]), syn.obs.reset_index(drop=True), dict(syn.uns[K.UNS])
@@ -176,7 +175,7 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
 
     def fill(z: np.ndarray) -> None:
-        chunks, obs, uns = _count_chunks(gen, counts, seed, ctx.progress)
+        chunks, obs, uns = _count_chunks(gen, counts, seed)
         pos = 0
 
         def projected():

@@ -28,7 +28,7 @@ from .models import stage_classifier, stage_experiments, stage_generator
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
+def run(cfg: RunConfig, out: str | Path, *,
         force: set[str] | None = None) -> Path:  # fmt: skip
     """Run every stage into ``out`` and return the path of ``results.md``.
 
@@ -37,7 +37,7 @@ def run(cfg: RunConfig, out: str | Path, *, progress: bool = True,
     after them). With ``dataset.backed`` (or ``"auto"`` and a file over 2 GB) the cells stay on
     disk and are read in chunks of ``qc.chunk_size``.
     """
-    ctx = RunContext(cfg, Path(out), progress=progress, force=set(force or ()))
+    ctx = RunContext(cfg, Path(out), force=set(force or ()))
     try:
         return _stages(ctx, cfg)
     finally:

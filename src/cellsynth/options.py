@@ -74,10 +74,10 @@ def _interactive() -> bool:
 settings = Settings()
 
 
-def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
+def progress_bar(iterable: Iterable | None = None, *, here: bool = True, **kwargs: Any) -> tqdm:
     """A tqdm bar (on stderr), shown when :attr:`Settings.progress` says so.
 
-    Takes tqdm's arguments (``total``, ``desc``, ``unit``, ...); ``disable`` is set here.
+    Takes tqdm's arguments (``total``, ``desc``, ``unit``, ...) but ``disable``; ``here=False``
+    hides it whatever the setting (a data-parallel fit shows its bar on the first process only).
     """
-    kwargs.setdefault("disable", not settings.show_progress())
-    return tqdm(iterable, **kwargs)
+    return tqdm(iterable, disable=not (here and settings.show_progress()), **kwargs)
