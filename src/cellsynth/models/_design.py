@@ -134,6 +134,15 @@ class Design:
                         "; ".join(", ".join(f"{k}={v}" for k, v in u.items()) for u in unseen[:5]))
         return plan, unseen
 
+    def obs(self, plan: list[tuple[str, tuple[int, ...], int]], label_key: str) -> pd.DataFrame:
+        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
+        sizes = [n for _, _, n in plan]
+        obs = {label_key: pd.Categorical(np.repeat([t for t, _, _ in plan], sizes).astype(str))}
+        for i, key in enumerate(self.keys):
+            codes = np.repeat([c[i] for _, c, _ in plan], sizes).astype(np.int64)
+            obs[key] = pd.Categorical.from_codes(codes, categories=self.levels[key])
+        return pd.DataFrame(obs)
+
     def _fixed(self, given: dict[str, Any]) -> dict[int, int]:
         """Covariate position -> code of the levels a request fixes, checked."""
         fixed = {}

@@ -177,3 +177,27 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
     lib = library.double().cpu().numpy()[:, None]
     x = np.rint(np.expm1(v) * (lib / target_sum))
     return sp.csr_matrix(x.astype(np.float32))
+
+
+def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, latent: str,
+                  cov: tuple[int, ...] = ()) -> sp.csr_matrix:
+    """``n`` cells of type ``code`` (and covariate codes ``cov``) from a trained CVAE ``module``,
+    as CSR counts; all noise from ``rng``.
+
+    ``latent="mixture"`` draws ``z`` and the library size jointly from the type's mixture;
+    ``"prior"`` draws ``z`` from ``p(z | type)`` and the library from the type's log-normal.
+    """
+    device = next(module.parameters()).device
+    y = torch.full((n,), code, dtype=torch.long, device=device)  # (n,)
+    c = (torch.tensor(cov, dtype=torch.long, device=device).expand(n, len(cov))
+         if cov else None)  # (n, k)
+    u = torch.from_numpy(rng.random(n, dtype=np.float32))
+    # (n, n_latent + 1): z's noise, then the library size's
+    eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
+    eps = eps.to(device)
+    if latent == "mixture":  # z and library jointly
+        z, library = module.mixture_from_noise(u.to(device), eps, y)
+    else:
+        z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
+        library = module.library_from_noise(eps[:, -1], y)  # (n,)
+    return draw_counts(module.generative(z, y, library, c), library, rng)

@@ -428,3 +428,14 @@ def check_sizes(directory: Path, state: dict[str, torch.Tensor],
                 f"{file} in {directory} lists {size} {what} but the weights hold {n}; the files "
                 "come from different models"
             )
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Load a saved CVAE module's weights (its latent mixture sized first), in eval mode."""
+    try:
+        module.set_latent_mixture(state["mixture_weight"], state["mixture_mean"],
+                                  state["mixture_chol"])  # fmt: skip
+        module.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"weights in {directory} do not fit the saved config: {exc}") from None
+    module.eval()

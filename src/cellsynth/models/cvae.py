@@ -9,8 +9,14 @@ binomial (Gaussian: log-normalised values, scaled to the library and rounded). W
 ``dispersion_fit = "moments"`` (the default) the network trains on a Poisson likelihood and the
 NB dispersion is fitted by moments after training, with the mixture.
 
-Mini-batches are CSR rows densified one batch at a time: on a GPU gathered from a device copy of
-the CSR arrays when they fit (no host densifying or dense copies), else sliced on the host.
+Mini-batches are CSR rows densified one batch at a time: cells in memory are served by
+:class:`~cellsynth.data.rows.Rows` (on a GPU gathered from a device copy of the CSR arrays when
+they fit, else sliced on the host); cells on disk by a :class:`~cellsynth.data.loader.BlockLoader`
+(contiguous blocks shuffled, rows shuffled within a buffer; memory holds one read-ahead buffer,
+one mini-batch and a few numbers per cell). ``select = "fidelity"`` needs the validation cells
+in memory; cells on disk are selected by the validation ELBO. What a fit trains on is prepared
+by :mod:`._prepare`, the epoch loop is :func:`._loop.train_loop`, the kept epoch's check
+:mod:`._select`, and the draws :mod:`._draws`.
 """
 
 from __future__ import annotations
@@ -41,12 +47,12 @@ from ._counts import (
     MIXTURE_MAX_CELLS,
     TARGET_SUM,
     decoder_from_sums,
-    epoch_batches,
     fit_sampler,
     library_model,
 )
 from ._design import Design
-from ._draws import draw_counts
+from ._draws import sample_counts
+from ._prepare import training_data
 from ._select import FidelityCheck, monitor
 from .base import check_genes, fit_labels, synthetic_adata, training_counts
 from .base import request as request_pairs
@@ -260,56 +266,13 @@ class CVAE:
         ``epochs``, ``seconds`` and ``cells_per_second`` (training), and ``resumed_from`` (the
         epoch training went on from) after a resume.
 
-        Notes
-        -----
-        Cells in memory are served by :class:`~cellsynth.data.rows.Rows` (gathered on the GPU
-        when they fit); cells on disk by a :class:`~cellsynth.data.loader.BlockLoader`
-        (contiguous blocks shuffled, rows shuffled within a buffer; memory holds one read-ahead
-        buffer, one mini-batch and a few numbers per cell). ``select = "fidelity"`` needs the
-        validation cells in memory; cells on disk are selected by the validation ELBO.
         """
         c = self.config
-        if isinstance(data, Cells):
-            cells = data
-        else:
-            cells = for_training(data, label_key or self.label_key, seed=seed)
-        if not cells.has_counts:
-            raise DataError("the CVAE needs raw counts, but these cells hold normalised values; "
-                            "give the unnormalised file")  # fmt: skip
-        self.label_key = cells.label_key
-        y_all = cells.labels()
-        rows = cells.split_rows()
-        if not len(rows["train"]):
-            raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
-        self.labels = sorted(set(y_all[rows["train"]]))
-        self.genes = list(cells.genes)
-        yt, _ = tr.encode_labels(y_all[rows["train"]], self.labels, "training",
-                                 len(rows["train"]), drop_unknown=False)  # fmt: skip
-        yv, keep = tr.encode_labels(y_all[rows["val"]], self.labels, "validation",
-                                    len(rows["val"]), drop_unknown=True)  # fmt: skip
-        used = np.concatenate([rows["train"], rows["val"]])
-        self.design, cov = Design.fit(cells.obs, list(c.covariates), self.label_key, y_all,
-                                      rows["train"], used)  # fmt: skip
-        val_rows = rows["val"][keep]
-        if cov is not None:  # validation cells with a level no training cell had are left out
-            seen = (cov[val_rows] >= 0).all(axis=1)
-            if not seen.all():
-                logger.warning("%d validation cells have covariate levels no training cell had "
-                               "and are left out", int((~seen).sum()))  # fmt: skip
-            val_rows, yv = val_rows[seen], yv[seen]
-        train = cells.loader(rows["train"], yt, batch_size=c.batch_size, device=self.device,
-                             seed=seed, covariates=None if cov is None else cov[rows["train"]])
-        val = cells.loader(val_rows, yv, batch_size=4 * c.batch_size, device=self.device,
-                           seed=seed, shuffle=False,
-                           covariates=None if cov is None else cov[val_rows])  # fmt: skip
-        if len(val) == 0:
-            logger.warning("no validation cells; early stopping monitors the training loss")
-        logger.info("CVAE: %d training and %d validation cells, %d genes, %d types%s on %s (%s)",
-                    len(train), len(val), len(self.genes), len(self.labels),
-                    f", covariates {', '.join(self.design.keys)}" if self.design else "",
-                    self.device,
-                    "read from disk" if cells.on_disk
-                    else "GPU-gathered" if train.on_device else "host-densified")  # fmt: skip
+        if not isinstance(data, Cells):
+            data = for_training(data, label_key or self.label_key, seed=seed)
+        d = training_data(data, c, self.device, seed)
+        self.label_key, self.labels, self.genes, self.design = d.label_key, d.labels, d.genes, d.design
+        train, val, yt = d.train, d.val, d.yt
 
         generator = tr.seed_everything(seed)
         self.module = module = self._build_module()
@@ -318,12 +281,7 @@ class CVAE:
         module.init_from_data(*decoder_from_sums(train.type_sums(len(self.labels),
                                                                  target_sum=target), module))
         key = self._fingerprint(train, val, seed, checkpoint_key) if checkpoint_dir else ""
-        if c.balanced_sampling:  # class-balanced draws (random reads when on disk)
-            batches = lambda: epoch_batches(yt, c.batch_size, True, generator)  # noqa: E731
-            step = lambda idx, beta: module.loss(*train.batch(idx), kl_weight=beta).loss  # noqa: E731
-        else:
-            batches = lambda: train.iter_generator(generator)  # noqa: E731
-            step = lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss  # noqa: E731
+        batches, step = d.steps(module, c.balanced_sampling, generator)
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
@@ -476,13 +434,7 @@ class CVAE:
 
     def plan_obs(self, plan: list[tuple[str, tuple[int, ...], int]]) -> pd.DataFrame:
         """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
-        sizes = [n for _, _, n in plan]
-        obs = {self.label_key: pd.Categorical(np.repeat([t for t, _, _ in plan], sizes)
-                                              .astype(str))}  # fmt: skip
-        for i, key in enumerate(self.design.keys):
-            codes = np.repeat([c[i] for _, c, _ in plan], sizes).astype(np.int64)
-            obs[key] = pd.Categorical.from_codes(codes, categories=self.design.levels[key])
-        return pd.DataFrame(obs)
+        return self.design.obs(plan, self.label_key)
 
     @torch.no_grad()
     def sample_chunks(
@@ -527,26 +479,10 @@ class CVAE:
                 yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
                                                 cov)  # fmt: skip
 
-    def _sample_chunk(
-        self, code: int, n: int, rng: np.random.Generator, latent: str,
-        cov: tuple[int, ...] = (),
-    ) -> sp.csr_matrix:
-        """``n`` cells of type ``code`` (and covariate codes ``cov``) as CSR counts; all noise
-        from ``rng``."""
-        module = self._module()
-        y = torch.full((n,), code, dtype=torch.long, device=self.device)  # (n,)
-        c = (torch.tensor(cov, dtype=torch.long, device=self.device).expand(n, len(cov))
-             if cov else None)  # (n, k)
-        u = torch.from_numpy(rng.random(n, dtype=np.float32))
-        # (n, n_latent + 1): z's noise, then the library size's
-        eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
-        eps = eps.to(self.device)
-        if latent == "mixture":  # z and library jointly
-            z, library = module.mixture_from_noise(u.to(self.device), eps, y)
-        else:
-            z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
-            library = module.library_from_noise(eps[:, -1], y)  # (n,)
-        return draw_counts(module.generative(z, y, library, c), library, rng)
+    def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
+                      cov: tuple[int, ...] = ()) -> sp.csr_matrix:  # fmt: skip
+        """``n`` cells of type ``code`` (covariate codes ``cov``) as CSR counts, noise from ``rng``."""
+        return sample_counts(self._module(), code, n, rng, latent, cov)
 
     # ------------------------------------------------------------------------------------------
     # files
@@ -602,15 +538,6 @@ class CVAE:
             raise ModelFileError(f"{directory}: config.json's covariates and design disagree; "
                                  "the file was edited: save the model again")
         model.module = model._build_module()
-        try:
-            model.module.set_latent_mixture(
-                state["mixture_weight"], state["mixture_mean"], state["mixture_chol"]
-            )
-            model.module.load_state_dict(state)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(
-                f"weights in {directory} do not fit the saved config: {exc}"
-            ) from None
-        model.module.eval()
+        tr.load_state(model.module, state, directory)
         model.history = history
         return model
