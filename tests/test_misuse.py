@@ -651,3 +651,23 @@ def test_a_seed_out_of_range_is_refused_before_work(seed, tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "--seed" in err and "Traceback" not in err
+
+
+def test_run_checks_the_disk_before_it_generates(tmp_path, monkeypatch, capsys):
+    """`cellsynth run` estimates each generated file's size as `generate` does and stops, with
+    the estimate and the free space, before it makes cells a full disk could not hold."""
+    from collections import namedtuple
+
+    from cellsynth.pipeline import models as stage_models
+    from test_pipeline import FAST
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(stage_models.shutil, "disk_usage", lambda p: usage(10**6, 10**6, 1000))
+    args = ["run", "--out", str(tmp_path / "run"), "--quiet"]
+    for s in [*FAST, "dataset.demo_cells=600", "dataset.demo_genes=200",
+              "qc.min_genes_per_cell=20", "report.fidelity=false", "report.umap=false"]:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"cells would take about [\d.,]+ GB .* has 0\.0 GB free", err), err
+    assert not list((tmp_path / "run").glob("synthetic/*.h5ad"))

@@ -150,3 +150,24 @@ def test_threshold_follows_sampling_noise() -> None:
     large, _ = auc_threshold(5_000, 5_000)
     assert se_small == pytest.approx(np.sqrt(201 / 120_000))
     assert small == pytest.approx(0.5 + 3 * se_small) and large == pytest.approx(0.55)
+
+
+def test_audit_counts_fits_its_space_on_other_training_cells():
+    """From counts, the space is fitted on half the training cells and the other half are the
+    members: a generator independent of its training cells is not flagged, one that returns
+    them is. A space fitted on the members themselves spreads them apart from everything
+    (a PCA's own cells), which an attack reads as a leak of the wrong sign."""
+    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.space import fit_space
+
+    genes = [f"g{i}" for i in range(N_GENES)]
+    train, held, synth = counts(240, 11), counts(200, 12), counts(200, 13)
+    fair = audit_counts(train, held, synth, genes, seed=0)
+    assert not fair.flagged, fair.reasons
+    assert all(abs(a["auc"] - 0.5) < 0.1 for a in fair.attacks.values()), fair.attacks
+    assert fair.settings["space_cells"] + fair.settings["member_pool"] == 240
+    copies = audit_counts(train, held, train, genes, seed=0)
+    assert copies.flagged and copies.attacks["distance"]["auc"] > 0.9
+    space = fit_space(train, np.zeros(240), genes, n_pcs=30, seed=0)  # fitted on the members
+    biased = privacy_audit(space.embed(train), space.embed(held), space.embed(synth), seed=0)
+    assert biased.attacks["distance"]["auc"] < 0.45 < fair.attacks["distance"]["auc"]

@@ -190,3 +190,27 @@ def test_cli_report(run_dir, tmp_path, capsys):
     assert rc == 0 and out.is_file() and str(out) in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_fidelity_section_says_memorisation_and_privacy(run_dir, tmp_path):
+    """A memorisation flag sits above the fidelity table; the privacy audit follows it, flagged
+    or not, and a skipped audit says why."""
+    run = _copy(run_dir, tmp_path / "run")
+    _add_optional_files(run)
+    fid = json.loads((run / "metrics" / "fidelity.json").read_text())
+    attack = {"auc": 0.97, "threshold": 0.55, "n_members": 150, "flagged": True}
+    fid["memorisation"] = {"flagged": True, "reasons": ["40 synthetic cells (20.0%) are exact "
+                                                        "copies of real cells"]}
+    fid["privacy"] = {"flagged": True, "reasons": ["cell-level distance attack AUC 0.970"],
+                      "attacks": {"distance": attack, "density": {**attack, "auc": 0.91}},
+                      "donor_attacks": None,
+                      "dcr": {"median_synthetic": 0.0, "median_heldout": 2.5,
+                              "share_below_quantile": 0.8, "exact_duplicates": 40}}
+    (run / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    page = write_report(run).read_text()
+    assert "Memorisation: 40 synthetic cells (20.0%) are exact copies" in page
+    assert "Privacy audit" in page and "Flagged: cell-level distance attack AUC 0.970" in page
+    assert "0.970" in page and "0.910" in page
+    fid["privacy"] = {"skipped": "the privacy audit needs at least 40 training cells"}
+    (run / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    assert "Not run: the privacy audit needs at least 40" in write_report(run).read_text()

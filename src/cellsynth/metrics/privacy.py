@@ -12,6 +12,8 @@ the generated cells. Raw counts, when given, make exact copies exact (identical 
   from held-out non-members; each attack is an ROC AUC (0.5 = no leak), cell level and, with
   donor labels, donor level.
 - :func:`privacy_audit`: both, with a ``flagged`` verdict and its reasons (:class:`PrivacyResult`).
+- :func:`audit_counts`: the audit from raw counts, in a space fitted on other training cells
+  than the members (a space fitted on the members biases every distance).
 
 A flag is evidence of memorisation; its absence is no proof of privacy, only that these two
 simple attacks fail.
@@ -30,11 +32,12 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
+from ..data.split import stratified_split
 from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .fidelity import _MIN_GENES_FOR_COPY, _row_keys, _subsample
-from .space import as_csr
+from .space import as_csr, fit_space
 
 logger = logging.getLogger(__name__)
 
@@ -398,3 +401,54 @@ def privacy_audit(
                 "overlap_share": OVERLAP_SHARE, "exact_tol": EXACT_TOL}
     return PrivacyResult(dcr, attacks, att["donor_level"], att["donor_skipped"],
                          att["reference_split"], bool(reasons), reasons, settings)
+
+
+def audit_counts(
+    train_counts: Any, heldout_counts: Any, synthetic_counts: Any, genes: list[str], *,
+    seed: int, train_labels: Any = None, train_donors: Any = None, heldout_donors: Any = None,
+    max_n: int = 2_000,
+) -> PrivacyResult:
+    """:func:`privacy_audit` from raw counts, in an evaluation space fitted on neither side.
+
+    A space fitted on the member cells is biased: a PCA spreads the cells it was fitted on
+    further than unseen cells, so members sit farther from everything than non-members and the
+    attacks read that as a (negative) leak. So the training cells are split in two (by type
+    when ``train_labels`` are given): the space (:func:`~cellsynth.metrics.space.fit_space`) is
+    fitted on one half, and the other half are the members the attacks try to find.
+
+    Parameters
+    ----------
+    train_counts, heldout_counts, synthetic_counts
+        Raw counts (cells x ``genes``) of the generator's training cells, of real cells it never
+        saw and of its generated cells.
+    genes
+        Gene names of the columns.
+    seed
+        Seeds the split, the space and the audit.
+    train_labels
+        Cell types of the training cells (the split and the space's PCA are balanced by type).
+    train_donors, heldout_donors
+        Donor of each training and held-out cell, for the donor-level attack.
+    max_n
+        Cells per side for the distances and attacks.
+    """
+    tr = as_csr(train_counts, len(genes), what="training counts")
+    labels = (np.zeros(tr.shape[0], dtype=object) if train_labels is None
+              else np.asarray(train_labels, dtype=object).astype(str))  # fmt: skip
+    if len(labels) != tr.shape[0]:
+        raise DataError(f"train_labels has {len(labels)} entries for {tr.shape[0]} training cells")
+    if tr.shape[0] < 2 * MIN_CELLS:
+        raise DataError(f"the privacy audit needs at least {2 * MIN_CELLS} training cells (half "
+                        f"fit its space, half are the members), got {tr.shape[0]}")
+    part = stratified_split(labels, (0.5, 0.0, 0.5), seed=derive_seed(seed, "audit-split"))
+    fit, members = np.flatnonzero(part == "train"), np.flatnonzero(part == "test")
+    space = fit_space(tr[fit], labels[fit], list(genes), seed=derive_seed(seed, "audit-space"))
+    donors = None if train_donors is None else np.asarray(train_donors, dtype=object)[members]
+    hc = as_csr(heldout_counts, len(genes), what="held-out counts")
+    sc = as_csr(synthetic_counts, len(genes), what="synthetic counts")
+    result = privacy_audit(space.embed(tr[members]), space.embed(hc), space.embed(sc), seed=seed,
+                           train_donors=donors, heldout_donors=heldout_donors,
+                           train_counts=tr[members], heldout_counts=hc, synthetic_counts=sc,
+                           max_n=max_n)  # fmt: skip
+    result.settings.update(space_cells=len(fit), member_pool=len(members))
+    return result

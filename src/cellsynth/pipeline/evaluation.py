@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from ..classify.xgb import Classifier
 from ..data.qc import normalise_log1p
 from ..data.split import balanced_subsample, stratified_subsample
 from ..data.store import H5adFile
+from ..errors import DataError
 from ..explain.shap import explain_type, write_shap
 from ..features.pca import PCAModel
 from ..runtime import write_json
@@ -81,11 +83,37 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         space = fit_space(cells.counts, y[sub], list(cells.genes), rows=sub,
                           seed=ctx.seed("eval-space"))  # fmt: skip
         real_c = sp.csr_matrix(test.layers[K.COUNTS])
+        fid = fidelity_report(space, real_c, y_real, syn_x, y_syn[is_], seed=ctx.seed("fidelity"))
+        it = train[stratified_subsample(y[train], cap, seed=ctx.seed("eval-train"))]
+        train_c = sp.csr_matrix(cells.to_memory(it).layers[K.COUNTS])
         write_json(ctx.path("metrics", "fidelity.json"), {
             "real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
-            "synthetic_vs_real": fidelity_report(space, real_c, y_real, syn_x, y_syn[is_],
-                                                 seed=ctx.seed("fidelity")),
+            "synthetic_vs_real": fid,
+            **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"]),
         })  # fmt: skip
+
+
+def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,
+           test_c: sp.csr_matrix, syn_c: sp.csr_matrix, c2st: float) -> dict[str, Any]:  # fmt: skip
+    """``memorisation`` (copies of real cells, training cells included) and ``privacy`` (the
+    audit of the generated cells against the training cells, the test cells held out, in a
+    space fitted on other training cells; ``{"skipped": why}`` when the cells are too few),
+    each logged as a WARNING when flagged."""
+    from ..metrics.fidelity import memorisation
+    from ..metrics.privacy import audit_counts
+
+    memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c, c2st=c2st,
+                        seed=ctx.seed("memorisation"))  # fmt: skip
+    if memo["flagged"]:
+        logger.warning("memorisation: the synthetic cells copy real ones (%s); their fidelity "
+                       "scores do not measure generation", "; ".join(memo["reasons"]))
+    try:
+        privacy = audit_counts(train_c, test_c, syn_c, list(space.genes), seed=ctx.seed("privacy"),
+                               train_labels=train_y).to_dict()
+    except DataError as exc:  # too few cells, or test cells that repeat training cells
+        logger.warning("privacy audit skipped: %s", exc)
+        privacy = {"skipped": str(exc)}
+    return {"memorisation": memo, "privacy": privacy}
 
 
 def _write_umap(ctx: RunContext, z_real: np.ndarray, z_syn: np.ndarray, cells: list,

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..models.registry import load_generator
+from .models import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,6 @@ def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFr
     return table[table["n"] > 0]
 
 
-#: bytes a stored count takes in an h5ad (float32 value and int32 column index)
-BYTES_PER_VALUE = 8
-
-
 def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, **ask: Any) -> int:
     """Generate from the model in ``model_dir`` into the h5ad ``out``: ``ask`` is one of
     ``n_per_type`` (of every type), ``types`` (``{type: n}``), ``request`` (a table file) or
@@ -86,7 +83,6 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     size), after the output's size is estimated and checked against the free disk space; a
     file is written under a temporary name and renamed when complete. Returns the cells.
     """
-    import shutil
 
     from ..data.store import write_h5ad
 
@@ -101,33 +97,12 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
         return syn.n_obs
     plan, unseen = gen.plan(req, kwargs.get("where"))
     n = sum(k for _, _, k in plan)
-    need = estimate_bytes(gen, plan)
-    free = shutil.disk_usage(out.parent).free
-    if need > free:
-        raise DataError(f"{n:,} cells would take about {need / 1e9:,.1f} GB (at most "
-                        f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {out.parent} "
-                        f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
+    need = check_disk(gen, plan, out.parent)
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
-    from .models import write_cells
-
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen))
     return n
-
-
-def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
-    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
-    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
-    fewer, times the cells."""
-    import numpy as np
-
-    module = gen.module
-    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
-    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
-    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
-    index = {label: i for i, label in enumerate(gen.labels)}
-    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,

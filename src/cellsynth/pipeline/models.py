@@ -5,6 +5,7 @@ trained on generated cells tested on real ones."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..classify.xgb import Classifier, train_classifier
 from ..config import save
 from ..data.qc import normalise_log1p
 from ..data.store import write_h5ad
-from ..errors import CellsynthError
+from ..errors import CellsynthError, DataError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
 from ..models.base import package_version, request
@@ -148,11 +149,13 @@ def _pca_adata(x: np.ndarray, y: np.ndarray, ctx: RunContext, seed: int) -> ad.A
     return a
 
 
-def _count_chunks(gen: Any, counts: dict[str, int], seed: int):
+def _count_chunks(gen: Any, counts: dict[str, int], seed: int, out: Path | None):
     """The generated counts as CSR chunks, their ``obs`` and the provenance for
-    ``uns['cellsynth']``."""
+    ``uns['cellsynth']``; checks first that ``out``'s disk can hold them (when writing)."""
     if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
         plan, unseen = gen.plan(counts)
+        if out is not None:
+            check_disk(gen, plan, out.parent)
         chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
         return chunks, gen.plan_obs(plan), gen.provenance(seed, unseen)
     syn = gen.sample(counts, seed=seed)
@@ -175,7 +178,7 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     y = np.repeat(np.array([t for t, _ in pairs], dtype=object), [n for _, n in pairs])
 
     def fill(z: np.ndarray) -> None:
-        chunks, obs, uns = _count_chunks(gen, counts, seed)
+        chunks, obs, uns = _count_chunks(gen, counts, seed, path if write else None)
         pos = 0
 
         def projected():
@@ -196,6 +199,36 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     z = cells.per_cell_array(ctx.path("synthetic", f"{name}_pca.npy"), (len(y), pca.n_components),
                              fill)  # fmt: skip
     return z, y.astype(str)
+
+
+#: bytes a stored count takes in an h5ad (float32 value and int32 column index)
+BYTES_PER_VALUE = 8
+
+
+def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
+    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
+    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
+    fewer, times the cells."""
+    module = gen.module
+    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
+    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
+    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
+    index = {label: i for i, label in enumerate(gen.labels)}
+    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
+
+
+def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
+    """The estimated size of a plan's cells (:func:`estimate_bytes`), after checking that
+    ``directory``'s disk has that much free; raise :class:`DataError` before anything is
+    generated when it has not."""
+    n = sum(k for _, _, k in plan)
+    need = estimate_bytes(gen, plan)
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise DataError(f"{n:,} cells would take about {need / 1e9:,.1f} GB (at most "
+                        f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {directory} "
+                        f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
+    return need
 
 
 def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],

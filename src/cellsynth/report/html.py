@@ -329,9 +329,44 @@ def _sec_fidelity(run: _Run) -> str:
     syn = (fid.get("synthetic_vs_real") or {}).get("overall", {})
     rows = [(label, _dig(floor, path), _dig(syn, path), best)
             for label, path, best in _FIDELITY_ROWS]
-    return ("<p>The control compares two disjoint halves of the real cells: what a perfect "
+    memo = fid.get("memorisation") or {}
+    warn = "".join(_note("Memorisation: " + r + ". The fidelity numbers below do not measure "
+                         "generation.") for r in memo.get("reasons", []))  # fmt: skip
+    return (warn + "<p>The control compares two disjoint halves of the real cells: what a perfect "
             "generator would score with this many cells. Read each synthetic number beside it.</p>"
-            + _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows))
+            + _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows)
+            + _privacy(fid.get("privacy")))
+
+
+def _privacy(priv: Any) -> str:
+    """The privacy audit: membership attacks (AUC, 0.5 = no leak) and distances to the closest
+    training cell, generated against held-out real cells."""
+    if not isinstance(priv, dict):
+        return ""
+    head = "<h3>Privacy audit</h3>"
+    if "skipped" in priv:
+        return head + _note(f"Not run: {priv['skipped']}")
+    verdict = ("Flagged: " + "; ".join(priv.get("reasons", [])) if priv.get("flagged") else
+               "Not flagged: neither attack tells the training cells from held-out real cells "
+               "better than chance allows (no proof of privacy, only that these attacks fail).")
+    attacks = priv.get("attacks") or {}
+    rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
+            for name, a in attacks.items()]
+    for name, a in (priv.get("donor_attacks") or {}).items():
+        rows.append((f"{name} attack (donor level)", a.get("auc"), a.get("threshold"),
+                     a.get("n_members")))
+    dcr = priv.get("dcr") or {}
+    dist = [("median distance to the closest training cell, generated", dcr.get("median_synthetic")),
+            ("the same, held-out real cells", dcr.get("median_heldout")),
+            ("generated cells closer than 95% of held-out cells (expect 0.05)",
+             dcr.get("share_below_quantile")),
+            ("exact copies of training cells", dcr.get("exact_duplicates"))]
+    return (head + (_note(verdict) if priv.get("flagged") else f"<p>{_e(verdict)}</p>")
+            + "<p>An attacker holding the generated cells tries to tell the cells the generator "
+            "was trained on from real cells it never saw (the test split): ROC AUC, 0.5 = no "
+            "leak; flagged above the threshold (chance at this many cells, or 0.55).</p>"
+            + _table(["attack", "AUC", "flagged above", "members"], rows)
+            + _table(["distance to the closest training cell", "value"], dist))
 
 
 def _sec_training(run: _Run) -> str:
