@@ -24,6 +24,10 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     assert summary["shape"]["n_types"] == 3
     kept = json.loads((out / "tiny" / "results" / "nb.json").read_text())
     assert kept["key"] and kept["row"]["tstr_macro_f1"] > 0
+    # gene level beside its floor, and the privacy audit: nb draws no training cell
+    assert 0.3 < kept["row"]["gene_auc"] <= 1 and kept["details"]["gene_floor"]["gene_auc"] < 0.7
+    assert kept["row"]["privacy_flagged"] == "no" and kept["row"]["exact_copies"] == 0
+    assert set(kept["details"]["privacy"]["attacks"]) == {"distance", "density"}
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished generator was run again")

@@ -52,6 +52,19 @@ COLUMNS = [
     ("aug_generated", "rare F1 +gen ↑", "{:.3f}"),
     ("fit_seconds", "fit s", "{:.0f}"),
 ]
+#: the second table: gene-level fidelity (issue 21) and the privacy audit (issue 19)
+GENE_PRIVACY_COLUMNS = [
+    ("gene_auc", "gene AUC ↓", "{:.3f}"),
+    ("gene_auc_detected", "all-gene AUC ↓", "{:.3f}"),
+    ("per_type_gene_auc", "per-type gene AUC ↓", "{:.3f}"),
+    ("privacy_distance_auc", "distance attack AUC", "{:.3f}"),
+    ("privacy_density_auc", "density attack AUC", "{:.3f}"),
+    ("dcr_share", "closer than 95% held-out", "{:.3f}"),
+    ("exact_copies", "exact copies", "{:.0f}"),
+    ("privacy_flagged", "leak flagged", "{}"),
+]
+#: bumped when the metrics a kept result holds change, so that --reuse reruns it
+METRICS_VERSION = 2
 
 
 def flat_report(report: dict[str, Any]) -> dict[str, float]:
@@ -105,8 +118,8 @@ def model_key(cfg: RunConfig, name: str) -> str:
     section = MODEL_SECTIONS.get(name)
     if section:
         keep[section] = d[section]
-    blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth")},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth"),
+                       "metrics": METRICS_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -146,6 +159,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
         if saved.get("key") == key:
             rows[name], details["models"][name] = saved["row"], saved["details"]
+            rows["real vs real"].update(saved["details"].get("gene_floor", {}))
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
             continue
         if kept_only:
@@ -182,7 +196,10 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
                            seed=derive_seed(seed, "augment"))
+        genes, privacy = _genes_and_privacy(parts, syn_test, label_key, pre, seed)
+        rows["real vs real"].update(genes["floor_row"])
         row = flat_report(fid)
+        row.update(genes["row"], **_privacy_row(privacy))
         row.update(
             tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],
             trts_macro_f1=util["trts"]["macro_f1"], tstr_over_trtr=util["tstr_over_trtr"],
@@ -194,6 +211,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         )
         rows[name] = row
         details["models"][name] = {"fidelity": fid, "utility": util, "augmentation": aug,
+                                   "genes": genes["report"], "gene_floor": genes["floor_row"],
+                                   "privacy": privacy,
                                    "history": history, "row": row,
                                    "date": dt.datetime.now().isoformat(timespec="minutes"),
                                    "seconds": time.perf_counter() - started}
@@ -209,14 +228,59 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     return details
 
 
-def table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """A markdown table: one row per generator plus the real-vs-real floor."""
-    head = "| generator | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|---|" + "|".join("---:" for _ in COLUMNS) + "|"
+def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: ad.AnnData,
+                       label_key: str, pre: ad.AnnData, seed: int) -> tuple[dict, dict]:  # fmt: skip
+    """Gene-level fidelity of the generated test cells (top HVGs overall and per type, and all
+    detected genes overall), each beside its floor; and the privacy audit against the real
+    training cells with the test split held out (``{"skipped": why}`` when it cannot run)."""
+    from .errors import DataError
+    from .metrics.genes import gene_fidelity
+    from .metrics.privacy import audit_counts
+
+    (xt, yt), (xs, ys) = parts["test"], (sp.csr_matrix(syn.X), syn.obs[label_key].astype(str))
+    gseed = derive_seed(seed, "genes")  # one seed: every generator meets the same real halves
+    hvg = gene_fidelity(xt, xs, real_labels=yt, synth_labels=ys.to_numpy(), seed=gseed)
+    detected = gene_fidelity(xt, xs, seed=gseed, genes="detected")
+    per_type = [v for v in hvg["per_type"].values() if v.get("auc") is not None]
+    row = {"gene_auc": hvg["overall"]["auc"], "gene_auc_detected": detected["overall"]["auc"],
+           "per_type_gene_auc": float(np.mean([v["auc"] for v in per_type])) if per_type else None}
+    floor = {"gene_auc": hvg["overall"]["floor_auc"],
+             "gene_auc_detected": detected["overall"]["floor_auc"],
+             "per_type_gene_auc": (float(np.mean([v["floor_auc"] for v in per_type]))
+                                   if per_type else None)}  # fmt: skip
+    hvg.pop("genes", None)  # per-gene statistics: too large for the kept results
+    report = {"hvg": hvg, "detected": {"overall": detected["overall"]}}
+    try:
+        privacy = audit_counts(parts["train"][0], xt, xs, list(map(str, pre.var_names)),
+                               seed=derive_seed(seed, "privacy"),
+                               train_labels=parts["train"][1]).to_dict()  # fmt: skip
+    except DataError as exc:
+        logger.warning("privacy audit skipped: %s", exc)
+        privacy = {"skipped": str(exc)}
+    return {"row": row, "floor_row": floor, "report": report}, privacy
+
+
+def _privacy_row(privacy: dict[str, Any]) -> dict[str, Any]:
+    if "skipped" in privacy:
+        return {}
+    attacks, dcr = privacy["attacks"], privacy["dcr"]
+    return {"privacy_distance_auc": attacks["distance"]["auc"],
+            "privacy_density_auc": attacks["density"]["auc"],
+            "dcr_share": dcr["share_below_quantile"], "exact_copies": dcr["exact_duplicates"],
+            "privacy_flagged": "yes" if privacy["flagged"] else "no"}
+
+
+def table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]] | None = None
+          ) -> list[str]:  # fmt: skip
+    """A markdown table: one row per generator plus the real-vs-real floor (``columns``:
+    :data:`COLUMNS` by default)."""
+    columns = COLUMNS if columns is None else columns
+    head = "| generator | " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|---|" + "|".join("---:" for _ in columns) + "|"
     lines = [head, sep]
     for name, row in rows.items():
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             v = row.get(key)
             cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
