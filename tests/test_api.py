@@ -95,7 +95,7 @@ def test_signatures_read_like_scanpy():
         (cs.simulate, 3, {"seed", "label_key"}),
         (cs.read, 1, {"backed"}),
         (cs.run, 1, {"label_key", "config", "out", "overrides"}),
-        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells"}),
+        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells", "heldout", "donor_key"}),
         (cs.load_model, 1, set()),
     ):
         params = sig(fn).parameters.values()
@@ -176,9 +176,37 @@ def test_simulate_and_evaluate(pair, result, tmp_path):
             result["synthetic_vs_real"]["overall"][key])
     assert (tmp_path / "eval" / "fidelity.json").is_file()
     assert (tmp_path / "eval" / "fidelity.md").is_file()
+    assert (tmp_path / "eval" / "per_type.csv").is_file()
     assert cs.read(path).n_obs == 500
     with pytest.raises(cs.CellsynthError, match="label column 'kind'"):
         cs.evaluate(real, fake, label_key="kind")
+
+
+def test_evaluate_returns_a_result_object(pair, result, tmp_path):
+    """``cs.evaluate`` returns an Evaluation, as scanpy would: the verdict, a per-type
+    DataFrame with every type, the gene-level test, privacy (None without held-out cells), an
+    HTML page; and still the dict's keys, so older code and ``cs.pl`` keep working."""
+    import pandas as pd
+
+    from cellsynth.result import Evaluation
+
+    real, fake = pair
+    assert isinstance(result, Evaluation)
+    assert result.verdict["overall"]["verdict"] in ("indistinguishable", "close",
+                                                    "distinguishable")
+    assert result.summary.startswith("verdict: ")
+    table = result.per_type
+    assert isinstance(table, pd.DataFrame)
+    assert set(table.index) == set(real.obs[LABEL]) | set(fake.obs[LABEL])
+    assert {"c2st_auc", "c2st_auc_floor", "gene_auc", "de_logfc_r", "trts_f1",
+            "verdict"} <= set(table.columns)
+    assert result.privacy is None and "overall" in result.genes
+    assert result.to_dict()["verdict"] is result.verdict and result["n_genes"] == 150
+    assert set(result) == set(result.to_dict()) and len(result) == len(result.to_dict())
+    page = result.to_html(tmp_path / "eval.html").read_text()
+    assert page.index("Verdict") < page.index("Per type") and "type_00" in page
+    assert "Evaluation of" in repr(result)
+    json.dumps(result.to_dict())  # JSON-ready
 
 
 def test_load_model_reads_a_saved_generator(pair, tmp_path):

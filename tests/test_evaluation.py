@@ -74,6 +74,13 @@ def test_large_files_are_read_as_subsamples_with_bounded_memory(large_pair, monk
     monkeypatch.setattr(evaluation, "real_floor", floor)  # point here (and is slow traced);
     monkeypatch.setattr(evaluation, "fidelity_report", report)  # what they are given is
     monkeypatch.setattr(evaluation, "memorisation", memorised)
+
+    def extras(space_, counts, r, h, scored, fitted, synth, genes, seed, heldout, donor_key):
+        seen["extras"] = (scored[0].shape, synth[0].shape)
+        return {"genes": {"skipped": "stub"}, "typewise": {"skipped": "stub"},
+                "trts": {"skipped": "stub"}, "privacy": None}
+
+    monkeypatch.setattr(evaluation, "_extras", extras)  # gene level, per-type floors, TRTS
     max_cells = 300
     tracemalloc.start()
     try:
@@ -89,7 +96,10 @@ def test_large_files_are_read_as_subsamples_with_bounded_memory(large_pair, monk
     assert abs(n["real"]["space"] - max_cells) <= 6, n  # other real cells: the space's
     used = (n["real"]["used"], 2000), (n["synthetic"]["used"], 2000)
     assert seen == {"space": (n["real"]["space"], 2000), "floor": used[0], "report": used,
-                    "memorisation": ((n["real"]["used"] + n["real"]["space"], 2000), used[1])}
+                    "memorisation": ((n["real"]["used"] + n["real"]["space"], 2000), used[1]),
+                    "extras": used}
+    # every type is named in the verdict, even with the metrics stubbed out (too few: no numbers)
+    assert set(result["verdict"]["too_few"]) == {row["type"] for row in result["per_type"]}
 
 
 def test_evaluate_writes_the_cells_used(large_pair, tmp_path):

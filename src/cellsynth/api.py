@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .config import RunConfig
     from .models.base import Generator
+    from .result import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -237,50 +238,71 @@ def evaluate(
     seed: int = 0,
     out: str | Path | None = None,
     max_cells: int | None = None,
-) -> dict[str, Any]:
-    """Fidelity of synthetic cells against real ones, beside the real-vs-real floor.
+    heldout: ad.AnnData | str | Path | None = None,
+    donor_key: str | None = None,
+) -> Evaluation:
+    """Are the synthetic cells good? A verdict, per type and overall, each metric read against
+    the real-vs-real floor, and, given held-out cells, a privacy audit.
 
     Each side is a stratified subsample of at most ``max_cells`` cells, read from disk row by
     row when given as a path (a file is never loaded whole). Genes are matched by name; the
     evaluation space (HVGs, log1p counts per 10k, 30 PCs) is fitted on other real cells (at
     most ``max_cells``, disjoint from the scored ones, which are at most half the real
-    cells). The floor compares two disjoint halves of the scored real cells: read every
-    synthetic number beside it. See :func:`cellsynth.evaluation.compare`.
+    cells). The floor compares two disjoint halves of the scored real cells. Each metric (the
+    two-sample AUC in PCs and on genes, k-NN precision and recall, DE log-fold-change r,
+    marker overlap) is called indistinguishable from its floor, close, or distinguishable
+    (:mod:`cellsynth.metrics.verdict` gives the thresholds and why); a type with too few cells,
+    or absent from the synthetic data, is named. See :func:`cellsynth.evaluation.compare`.
 
     Parameters
     ----------
     real, synthetic
         AnnData objects or ``.h5ad`` paths with raw counts (in ``X``, ``layers['counts']`` or
-        ``raw.X``) and the cell type in ``obs[label_key]``.
+        ``raw.X``) and the cell type in ``obs[label_key]``. With ``heldout``, ``real`` are
+        the cells the generator was trained on.
     label_key
         The ``obs`` column holding the cell type, in both.
     seed
         Seeds the subsamples, the evaluation space and every metric.
     out
-        A directory to write ``fidelity.json`` and ``fidelity.md`` into; None writes nothing.
+        A directory to write ``fidelity.json``, ``fidelity.md`` (the verdict first) and
+        ``per_type.csv`` into; None writes nothing.
     max_cells
         Cells used at most from each side; default ``report.max_cells`` (3,000).
+    heldout
+        Real cells the generator never saw (e.g. the test split): the privacy audit asks
+        whether the synthetic cells reveal which cells trained it. Cells shared with ``real``
+        are an error.
+    donor_key
+        The ``obs`` column naming each cell's donor (in ``real`` and ``heldout``), for the
+        audit's donor-level attacks (skipped, with the reason, when a side has one donor).
 
     Returns
     -------
-    dict
-        ``synthetic_vs_real`` and ``real_vs_real``: fidelity reports (``overall``,
-        ``per_type``, ``per_type_mean``, ...); ``n_cells``: the cells ``used`` (scored) and the
-        ``total`` of each side, and the real ``space`` cells; ``n_genes``, ``max_cells``,
-        ``seed``, ``label_key``. Plot it with :func:`cellsynth.pl.fidelity`.
+    Evaluation
+        ``.verdict`` (``overall`` and ``per_type``: ``verdict``, ``decided_by``, ``reason``;
+        ``too_few``, ``absent``), ``.summary`` (the verdict as text), ``.per_type`` (a
+        DataFrame, one row per type), ``.privacy`` (None without ``heldout``), ``.genes``,
+        ``.to_dict()``, ``.to_html(path)``. It is also a read-only mapping of the JSON-ready
+        result (``result["synthetic_vs_real"]``, ``result["real_vs_real"]``,
+        ``result["n_cells"]``, ...): plot it with :func:`cellsynth.pl.fidelity`.
 
     Examples
     --------
     >>> import cellsynth as cs
     >>> real, fake = cs.simulate(800, 300, 4, seed=0), cs.simulate(800, 300, 4, seed=1)
     >>> result = cs.evaluate(real, fake, label_key="cell_type", max_cells=400)
-    >>> sorted(result)[:3]
-    ['label_key', 'max_cells', 'n_cells']
+    >>> result.verdict["overall"]["verdict"]
+    'distinguishable'
+    >>> result.per_type.loc["type_00", "verdict"]  # doctest: +SKIP
+    'distinguishable'
     """
     from . import evaluation
+    from .result import Evaluation
 
-    result = evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
-                                max_cells=max_cells)
+    result = Evaluation(evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
+                                           max_cells=max_cells, heldout=heldout,
+                                           donor_key=donor_key))
     if out is not None:
         path = evaluation.write(result, out)
         logger.info("fidelity written to %s", path)

@@ -15,8 +15,7 @@ import datetime as dt
 import logging
 import platform
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +25,23 @@ import scipy.sparse as sp
 
 from . import config
 from .benchmark import benchmark_dataset, flat_report, prepare, table
-from .data.io import Expression, check_label, check_shape, check_values, find_counts, is_counts
 from .data.split import stratified_subsample
-from .data.store import H5adFile
 from .errors import DataError
+from .evaluation_inputs import (
+    IN_MEMORY,
+    _check_disjoint,
+    _columns,
+    _read_side,
+    _real_rows,
+    _same_file,
+    _Sample,
+    _shared_genes,
+)
 from .metrics.fidelity import fidelity_report, memorisation, real_floor
+from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
+from .metrics.typewise import trts_by_type, typewise_fidelity
+from .metrics.verdict import per_type_table, verdict, verdict_lines
 from .runtime import write_json, write_text
 from .seeds import derive_seed
 
@@ -39,116 +49,6 @@ if TYPE_CHECKING:
     import anndata as ad
 
 logger = logging.getLogger(__name__)
-
-#: the ``real`` / ``synthetic`` source named in a result for an AnnData given in memory
-IN_MEMORY = "AnnData"
-
-
-@dataclass
-class _Sample:
-    """The cells of one side read for an evaluation: a subsample's counts and labels."""
-
-    counts: sp.csr_matrix  # (n_used, n_genes) raw counts, float32
-    labels: np.ndarray  # (n_used,) cell types, str
-    genes: pd.Index  # gene names of the columns
-    n_total: int  # cells in the input
-    source: str  # the path, or "AnnData" for an object in memory
-    where: str  # where the counts were found: X, layers/counts or raw.X
-
-
-def _counts_where(data: Any, what: str, source: str) -> Expression:
-    """Where ``data`` (an AnnData or an :class:`H5adFile`) holds raw counts; else a DataError."""
-    expr = find_counts(data)
-    if expr.counts is None:
-        raise DataError(
-            f"{what} ({source}) holds normalised values in X and no raw counts in "
-            "layers['counts'] or raw.X; evaluation compares counts: give the unnormalised file"
-        )
-    return expr
-
-
-def _labels(obs: pd.DataFrame, label_key: str) -> np.ndarray:
-    """``obs[label_key]`` as an object array of ``str`` (as ``.astype(str)`` gives, ``"nan"``
-    for a missing label), each name one shared object: 8 bytes a cell, not a string each."""
-    col = obs[label_key]
-    cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
-    names = np.append(cat.cat.categories.astype(str).to_numpy(dtype=object), "nan")
-    return names[cat.cat.codes.to_numpy()]  # code -1 (missing) picks the last, "nan"
-
-
-def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
-               what: str) -> _Sample:
-    """The cells ``pick(labels)`` (sorted positions) of ``data`` (a path, an AnnData in memory
-    or a backed one), read from disk row by row when ``data`` is a file."""
-    if isinstance(data, str | Path):
-        return _read_file(Path(data), label_key, pick, what)
-    if not hasattr(data, "obs") or not hasattr(data, "var_names"):
-        raise DataError(f"{what} is a {type(data).__name__}; give an AnnData or an .h5ad path")
-    if getattr(data, "isbacked", False):  # layers of a backed AnnData are in memory: use the file
-        return _read_file(Path(data.filename), label_key, pick, what)
-    check_shape(data, what)
-    check_label(data, label_key)
-    where = _counts_where(data, what, IN_MEMORY).counts
-    labels = _labels(data.obs, label_key)
-    rows = _pick_labelled(data.obs, label_key, labels, pick, what)
-    if where == "layers/counts":
-        x, genes = data.layers["counts"], data.var_names
-    elif where == "raw.X":
-        x, genes = data.raw.X, data.raw.var_names
-    else:
-        x, genes = data.X, data.var_names
-    x = x[rows] if len(rows) < data.n_obs else x
-    return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
-                            data.n_obs, IN_MEMORY, where), what)
-
-
-def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
-                   pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
-    """``pick`` among the cells that have a label (sorted positions); cells without one are
-    left out with a count in the log, as a run's QC does."""
-    known = np.flatnonzero(obs[label_key].notna().to_numpy())
-    if len(known) < len(labels):
-        logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
-                       len(labels) - len(known), label_key)  # fmt: skip
-    return known[pick(labels[known])]
-
-
-def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
-               what: str) -> _Sample:
-    with H5adFile(path) as h5:
-        check_shape(h5, str(path))
-        check_label(h5, label_key)
-        expr = _counts_where(h5, what, str(path))
-        store, genes = h5.matrix(expr)
-        labels = _labels(h5.obs, label_key)
-        rows = _pick_labelled(h5.obs, label_key, labels, pick, what)
-        x = store.take(rows)  # only the subsample's rows are read
-        return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts), what)
-
-
-def _real_rows(labels: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint stratified subsamples of the real cells: one (``max_cells`` at most, half
-    the cells at most) to evaluate, one (``max_cells`` at most, from the rest) to fit the
-    evaluation space on. Returns their sorted positions together and a mask of the first's."""
-    n = len(labels)
-    ev = stratified_subsample(labels, min(max_cells, -(-n // 2)),
-                              seed=derive_seed(seed, "eval-real-cells"))
-    rest = np.setdiff1d(np.arange(n), ev, assume_unique=True)
-    fit = rest[stratified_subsample(labels[rest], max_cells,
-                                    seed=derive_seed(seed, "eval-space-cells"))]
-    rows = np.union1d(ev, fit)
-    return rows, np.isin(rows, ev, assume_unique=True)
-
-
-def _checked(sample: _Sample, what: str) -> _Sample:
-    values = sample.counts.data
-    check_values(values, f"{what} ({sample.source}, {sample.where})")
-    if not is_counts(values[:1_000_000]):
-        raise DataError(
-            f"{what} ({sample.source}) holds non-integer values in {sample.where}; evaluation "
-            "compares raw counts: give the unnormalised counts in X, layers['counts'] or raw.X"
-        )
-    return sample
 
 
 def compare(
@@ -158,8 +58,11 @@ def compare(
     label_key: str,
     seed: int = 0,
     max_cells: int | None = None,
+    heldout: ad.AnnData | str | Path | None = None,
+    donor_key: str | None = None,
 ) -> dict[str, Any]:
-    """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``.
+    """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``, with a
+    verdict, a per-type table, the gene-level test and, given ``heldout``, a privacy audit.
 
     The cells are stratified subsamples (each type keeping its share, every type at least one
     cell), read from disk row by row when given as a path, so memory follows ``max_cells``,
@@ -175,7 +78,8 @@ def compare(
     ----------
     real, synthetic
         AnnData objects (in memory or backed) or ``.h5ad`` paths, with raw counts in ``X``,
-        ``layers['counts']`` or ``raw.X`` and the cell type in ``obs[label_key]``.
+        ``layers['counts']`` or ``raw.X`` and the cell type in ``obs[label_key]``. With
+        ``heldout``, ``real`` are the cells the generator was trained on.
     label_key
         The ``obs`` column holding the cell type, in both.
     seed
@@ -183,47 +87,69 @@ def compare(
     max_cells
         Cells used at most from each side (and at most as many real cells again for the
         space); default ``report.max_cells`` (:class:`~cellsynth.config.ReportConfig`).
+    heldout
+        Real cells the generator never saw (the test split), as ``real``: the privacy audit
+        (:func:`~cellsynth.metrics.privacy.privacy_audit`) asks whether the generated cells
+        reveal which cells were ``real`` (at most ``max_cells`` of them are read). Sharing
+        cells with ``real`` is an error.
+    donor_key
+        An ``obs`` column naming each cell's donor, in ``real`` and ``heldout``: the audit
+        then also attacks at donor level (skipped, with the reason, with one donor a side).
 
     Returns
     -------
     dict
         ``real_vs_real``: the floor (:func:`~cellsynth.metrics.fidelity.real_floor` on the
         scored real cells); ``synthetic_vs_real``:
-        :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``n_cells``: for ``real`` and
-        ``synthetic``, the cells ``used`` (scored) and the ``total`` in the input, and for
+        :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``verdict``:
+        :func:`~cellsynth.metrics.verdict.verdict` (``overall`` and ``per_type``, each a
+        ``verdict``, ``decided_by`` and ``reason``; ``too_few``, ``absent``, ``extra``);
+        ``per_type``: :func:`~cellsynth.metrics.verdict.per_type_table` as a list of rows;
+        ``genes``: :func:`~cellsynth.metrics.genes.gene_fidelity` (or ``{"skipped": why}``);
+        ``typewise``: :func:`~cellsynth.metrics.typewise.typewise_fidelity`; ``trts``:
+        :func:`~cellsynth.metrics.typewise.trts_by_type`; ``privacy``: the audit as a dict,
+        or None without ``heldout``; ``n_cells``: for ``real``, ``synthetic`` (and
+        ``heldout``) the cells ``used`` (scored) and the ``total`` in the input, and for
         ``real`` the ``space`` cells; ``n_genes`` compared; ``max_cells``, ``seed``,
-        ``label_key``; ``real`` and ``synthetic``: the paths (or ``"AnnData"``);
-        ``memorisation``: :func:`~cellsynth.metrics.fidelity.memorisation` (``flagged`` when the
-        synthetic cells copy real ones: an AUC below 0.4, exact or near copies, or the real
-        file itself), also a WARNING in the log and a line in ``fidelity.md``.
+        ``label_key``, ``donor_key``; ``real``, ``synthetic`` and ``heldout``: the paths (or
+        ``"AnnData"``); ``memorisation``: :func:`~cellsynth.metrics.fidelity.memorisation`
+        (``flagged`` when the synthetic cells copy real ones: an AUC below 0.4, exact or near
+        copies, or the real file itself), also a WARNING in the log and a line in
+        ``fidelity.md``.
     """
     max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
     if max_cells < 4:
         raise DataError(f"max_cells must be at least 4 (the floor splits the real cells in "
                         f"halves), got {max_cells}")
-    picked: dict[str, np.ndarray] = {}
+    picked: dict[str, Any] = {}
 
     def real_rows(labels: np.ndarray) -> np.ndarray:
+        picked["real_total"] = pd.Series(labels).value_counts()
         rows, picked["evaluated"] = _real_rows(labels, max_cells, seed)
         return rows
 
     def synthetic_rows(labels: np.ndarray) -> np.ndarray:
+        picked["synthetic_total"] = pd.Series(labels).value_counts()
         return stratified_subsample(labels, max_cells, seed=derive_seed(seed, "eval-synthetic-cells"))
 
-    r = _read_side(real, label_key, real_rows, "the real data")
+    donors = donor_key if heldout is not None else None
+    r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
-    in_synth = set(map(str, s.genes))
-    genes = [g for g in map(str, r.genes) if g in in_synth]
-    if not genes:
-        raise DataError("the real and synthetic data share no gene names; compare matching files")
-    if len(genes) < len(r.genes) or len(genes) < len(s.genes):
-        logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
-                       len(genes), len(r.genes), len(s.genes))
-    counts = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])
+    genes = _shared_genes(r, s)
+    h = None
+    if heldout is not None:
+        h = _read_side(heldout, label_key, lambda labels: stratified_subsample(
+            labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells")),
+            "the held-out data", donor_key=donor_key)
+        _check_disjoint(real, heldout, label_key, seed)
+    elif donor_key is not None:
+        logger.warning("donor_key %r is used by the privacy audit only, which needs held-out "
+                       "cells (heldout / --heldout); ignored", donor_key)
+    counts = _columns(r, genes, "the real data")
     evaluated = picked["evaluated"]
     rc, rl = counts[evaluated], r.labels[evaluated]  # scored: never seen by the space
     fc, fl = counts[~evaluated], r.labels[~evaluated]  # the space is fitted on these
-    sc = sp.csr_matrix(s.counts[:, s.genes.get_indexer(genes)])
+    sc = _columns(s, genes, "the synthetic data")
     logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
                 "other real cells (of %d real; stratified subsamples of at most %d)",
                 len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
@@ -241,7 +167,7 @@ def compare(
     if memo["flagged"]:
         logger.warning("memorisation: the synthetic cells copy real ones (%s); their fidelity "
                        "scores do not measure generation", "; ".join(memo["reasons"]))
-    return {
+    result = {
         "real_vs_real": floor,
         "synthetic_vs_real": fid,
         "memorisation": memo,
@@ -254,20 +180,73 @@ def compare(
         "real": r.source,
         "synthetic": s.source,
     }
+    if h is not None:
+        result["n_cells"]["heldout"] = {"used": len(h.labels), "total": h.n_total}
+        result.update(heldout=h.source, donor_key=donor_key)
+    type_counts = _type_counts(rl, s.labels, picked)
+    extras = _extras(space, counts, r, h, (rc, rl), (fc, fl), (sc, s.labels), genes, seed,
+                     _columns(h, genes, "the held-out data") if h is not None else None,
+                     donor_key)
+    v = verdict(fid, floor, genes=extras["genes"] if "overall" in extras["genes"] else None,
+                typewise=extras["typewise"], type_counts=type_counts, memorisation=memo)
+    table = per_type_table(fid, floor, verdicts=v, genes=extras["genes"],
+                           typewise=extras["typewise"], trts=extras["trts"],
+                           type_counts=type_counts)
+    for line in verdict_lines(v, privacy=extras["privacy"]):
+        logger.info("%s", line)
+    return {**result, **extras, "verdict": v,
+            "per_type": table.reset_index().to_dict(orient="records")}
 
 
-def _same_file(real: Any, synthetic: Any) -> bool:
-    """Whether two paths are one file, or two files of the same bytes."""
-    import filecmp
+def _type_counts(rl: np.ndarray, sl: np.ndarray, picked: dict) -> dict[str, dict[str, int]]:
+    """Per type: cells scored on each side and in each input (labelled cells)."""
+    rt, st = picked["real_total"], picked["synthetic_total"]
+    out = {}
+    for t in sorted(set(map(str, rt.index)) | set(map(str, st.index))):
+        out[t] = {"real": int((rl == t).sum()), "synthetic": int((sl == t).sum()),
+                  "real_total": int(rt.get(t, 0)), "synthetic_total": int(st.get(t, 0))}
+    return out
 
-    if not (isinstance(real, str | Path) and isinstance(synthetic, str | Path)):
-        return real is synthetic
-    a, b = Path(real), Path(synthetic)
+
+def _skipped(what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, or ``{"skipped": why}`` when the cells do not allow it (a DataError)."""
     try:
-        return a.samefile(b) or (a.stat().st_size == b.stat().st_size
-                                 and filecmp.cmp(a, b, shallow=False))  # fmt: skip
-    except OSError:
-        return False
+        return fn()
+    except DataError as err:
+        logger.warning("%s skipped: %s", what, err)
+        return {"skipped": str(err)}
+
+
+def _extras(space: Any, counts: sp.csr_matrix, r: _Sample, h: _Sample | None,
+            scored: tuple, fitted: tuple, synth: tuple, genes: list[str], seed: int,
+            heldout_counts: sp.csr_matrix | None, donor_key: str | None) -> dict[str, Any]:
+    """The gene-level test, the per-type metrics against equal-sized floors, TRTS per type and,
+    with held-out cells, the privacy audit (its refusals are errors: the user asked for it)."""
+    (rc, rl), (fc, fl), (sc, sl) = scored, fitted, synth
+    out = {
+        "genes": _skipped("gene-level fidelity", lambda: gene_fidelity(
+            rc, sc, real_labels=rl, synth_labels=sl, seed=derive_seed(seed, "genes"),
+            gene_names=genes)),
+        "typewise": _skipped("per-type floors", lambda: typewise_fidelity(
+            space, rc, rl, sc, sl, seed=derive_seed(seed, "typewise"))),
+        "trts": _skipped("TRTS", lambda: trts_by_type(
+            space.embed(fc), fl, space.embed(rc), rl, space.embed(sc), sl,
+            seed=derive_seed(seed, "trts"))),
+        "privacy": None,
+    }
+    if h is not None:
+        from .metrics.privacy import privacy_audit
+
+        out["privacy"] = privacy_audit(
+            space.embed(counts), space.embed(heldout_counts), space.embed(sc),
+            seed=derive_seed(seed, "privacy"), train_donors=r.donors,
+            heldout_donors=h.donors, train_counts=counts, heldout_counts=heldout_counts,
+            synthetic_counts=sc).to_dict()
+        out["privacy"]["donor_key"] = donor_key
+        if out["privacy"]["donor_skipped"] and donor_key is not None:
+            logger.warning("privacy: donor-level audit skipped: %s",
+                           out["privacy"]["donor_skipped"])
+    return out
 
 
 def _out_dir(out: str | Path) -> Path:
@@ -279,13 +258,14 @@ def _out_dir(out: str | Path) -> Path:
     return out
 
 
-def write(result: dict[str, Any], out: str | Path) -> Path:
-    """Write :func:`compare`'s ``result`` as ``fidelity.json`` and ``fidelity.md`` into ``out``.
+def write(result: Mapping[str, Any], out: str | Path) -> Path:
+    """Write :func:`compare`'s ``result`` as ``fidelity.json``, ``fidelity.md`` (the verdict
+    first) and ``per_type.csv`` (when the result has the per-type table) into ``out``.
 
     Parameters
     ----------
     result
-        What :func:`compare` returned.
+        What :func:`compare` returned (or the :class:`~cellsynth.result.Evaluation` wrapping it).
     out
         The output directory (created if missing).
 
@@ -293,6 +273,9 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
     -------
     The path of ``fidelity.md``.
     """
+    from .result import markdown
+
+    result = dict(result)
     out = _out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fidelity.json", result)
@@ -302,16 +285,18 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
         call = f"`cellsynth.evaluate(..., label_key={result['label_key']!r})` on AnnData objects"
     else:
         call = (f"`cellsynth evaluate --real {result['real']} --synthetic {result['synthetic']} "
-                f"--label-key {result['label_key']}`")
+                f"--label-key {result['label_key']}"
+                + (f" --heldout {result['heldout']}`" if result.get("heldout") else "`"))
+    head, tail = markdown(result)
     lines = [
-        "# Fidelity", "",
+        "# Fidelity", "", *head,
         f"{call}: {real['used']} of {real['total']} real and "
         f"{syn['used']} of {syn['total']} synthetic cells (stratified subsamples of at most "
         f"{result['max_cells']}), {result['n_genes']} genes, in an evaluation space fitted on "
         f"{real['space']} other real cells. The first row compares two disjoint halves of the "
         "scored real cells: the floor every other number is read against.",
         "", *table({"real vs real": flat_report(result["real_vs_real"]),
-                    "synthetic": flat_report(result["synthetic_vs_real"])}), "",
+                    "synthetic": flat_report(result["synthetic_vs_real"])}), "", *tail,
     ]  # fmt: skip
     memo = result.get("memorisation") or {}
     if memo.get("flagged"):
@@ -319,28 +304,33 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
         lines[2:2] = [f"**Memorisation: the synthetic cells copy real ones** ({why}). "
                       "The scores below do not measure generation: do not read them as a "
                       "success.", ""]
+    if result.get("per_type"):
+        pd.DataFrame(result["per_type"]).to_csv(out / "per_type.csv", index=False)
     path = out / "fidelity.md"
     write_text(path, "\n".join(lines))  # atomic
     return path
 
 
 def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, label_key: str,
-             out: str | Path, *, seed: int = 0, max_cells: int | None = None) -> Path:
+             out: str | Path, *, seed: int = 0, max_cells: int | None = None,
+             heldout: ad.AnnData | str | Path | None = None,
+             donor_key: str | None = None) -> Path:
     """:func:`compare`, written into ``out`` by :func:`write` (``cellsynth evaluate``).
 
     Parameters
     ----------
-    real, synthetic, label_key, seed, max_cells
+    real, synthetic, label_key, seed, max_cells, heldout, donor_key
         As for :func:`compare`.
     out
-        The output directory for ``fidelity.json`` and ``fidelity.md``.
+        The output directory for ``fidelity.json``, ``fidelity.md`` and ``per_type.csv``.
 
     Returns
     -------
     The path of ``fidelity.md``.
     """
     _out_dir(out)  # before any work
-    result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells)
+    result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells,
+                     heldout=heldout, donor_key=donor_key)
     return write(result, out)
 
 

@@ -1,4 +1,5 @@
-"""Metrics: classification reports, the evaluation space, fidelity and utility of synthetic cells."""
+"""Metrics: classification reports, the evaluation space, fidelity, utility, privacy and the
+verdict on synthetic cells."""
 
 from __future__ import annotations
 
@@ -23,30 +24,47 @@ from .fidelity import (
     mmd_rbf,
     real_floor,
 )
+from .genes import gene_c2st, gene_fidelity, gene_importance
+from .privacy import PrivacyResult, distance_to_closest, membership_attacks, privacy_audit
 from .space import EvalSpace, fit_space
+from .typewise import trts_by_type, typewise_fidelity
 from .utility import augmentation, rarest_types, tstr
+from .verdict import judge, per_type_table, verdict, verdict_lines
 
 __all__ = [
     "EvalSpace",
     "FidelityConfig",
+    "PrivacyResult",
     "augmentation",
     "c2st_auc",
     "classification_report",
     "coarse_report",
     "condition_effects",
     "correlation_distance",
+    "distance_to_closest",
     "energy_distance",
     "fidelity_report",
     "fit_space",
+    "gene_c2st",
+    "gene_fidelity",
+    "gene_importance",
     "gene_stats_spearman",
+    "judge",
     "knn_precision_recall",
     "library_size_distance",
     "marker_overlap",
+    "membership_attacks",
     "mmd_rbf",
+    "per_type_table",
+    "privacy_audit",
     "rarest_types",
     "real_floor",
     "summary_row",
     "to_coarse",
+    "trts_by_type",
     "tstr",
+    "typewise_fidelity",
+    "verdict",
+    "verdict_lines",
     "write_report",
 ]

@@ -1,0 +1,254 @@
+"""The inputs of an evaluation: stratified subsamples of each side read row by row.
+
+A file is never loaded whole: it is opened with :class:`~cellsynth.data.store.H5adFile`
+(``obs`` in memory, matrices on disk) and only the picked rows are read. Also here: the genes
+both sides hold (too few is an error naming how many), and the check that held-out cells are
+not training cells. Used by :func:`cellsynth.evaluation.compare`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data.io import Expression, check_label, check_shape, check_values, find_counts, is_counts
+from .data.split import stratified_subsample
+from .data.store import H5adFile
+from .errors import DataError
+from .seeds import derive_seed
+
+logger = logging.getLogger(__name__)
+
+#: the ``real`` / ``synthetic`` source named in a result for an AnnData given in memory
+IN_MEMORY = "AnnData"
+
+
+@dataclass
+class _Sample:
+    """The cells of one side read for an evaluation: a subsample's counts and labels."""
+
+    counts: sp.csr_matrix  # (n_used, n_genes) raw counts, float32
+    labels: np.ndarray  # (n_used,) cell types, str
+    genes: pd.Index  # gene names of the columns
+    n_total: int  # cells in the input
+    source: str  # the path, or "AnnData" for an object in memory
+    where: str  # where the counts were found: X, layers/counts or raw.X
+    donors: np.ndarray | None = None  # (n_used,) obs[donor_key] as str, when asked for
+
+
+def _counts_where(data: Any, what: str, source: str) -> Expression:
+    """Where ``data`` (an AnnData or an :class:`H5adFile`) holds raw counts; else a DataError."""
+    expr = find_counts(data)
+    if expr.counts is None:
+        raise DataError(
+            f"{what} ({source}) holds normalised values in X and no raw counts in "
+            "layers['counts'] or raw.X; evaluation compares counts: give the unnormalised file"
+        )
+    return expr
+
+
+def _labels(obs: pd.DataFrame, label_key: str) -> np.ndarray:
+    """``obs[label_key]`` as an object array of ``str`` (as ``.astype(str)`` gives, ``"nan"``
+    for a missing label), each name one shared object: 8 bytes a cell, not a string each."""
+    col = obs[label_key]
+    cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
+    names = np.append(cat.cat.categories.astype(str).to_numpy(dtype=object), "nan")
+    return names[cat.cat.codes.to_numpy()]  # code -1 (missing) picks the last, "nan"
+
+
+def _check_columns(data: Any, label_key: str, donor_key: str | None, what: str,
+                   source: str) -> None:
+    """The label column (and the donor column, when asked for) exist; errors name the side."""
+    try:
+        check_label(data, label_key)
+    except DataError as err:
+        hint = (" (the synthetic file must carry the real file's cell-type column, as "
+                "cellsynth generate writes it)" if "synthetic" in what else "")
+        raise DataError(f"{what} ({source}): {err}{hint}") from None
+    if donor_key is not None and donor_key not in data.obs.columns:
+        cols = ", ".join(map(str, data.obs.columns)) or "(none)"
+        raise DataError(f"{what} ({source}): donor column '{donor_key}' not in obs; columns "
+                        f"are: {cols}; give --donor-key one of them, or leave it out")
+
+
+def _donors(obs: pd.DataFrame, donor_key: str | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if donor_key is None else obs[donor_key].astype(str).to_numpy()[rows]
+
+
+def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
+               what: str, *, donor_key: str | None = None) -> _Sample:
+    """The cells ``pick(labels)`` (sorted positions) of ``data`` (a path, an AnnData in memory
+    or a backed one), read from disk row by row when ``data`` is a file."""
+    if isinstance(data, str | Path):
+        return _read_file(Path(data), label_key, pick, what, donor_key)
+    if not hasattr(data, "obs") or not hasattr(data, "var_names"):
+        raise DataError(f"{what} is a {type(data).__name__}; give an AnnData or an .h5ad path")
+    if getattr(data, "isbacked", False):  # layers of a backed AnnData are in memory: use the file
+        return _read_file(Path(data.filename), label_key, pick, what, donor_key)
+    check_shape(data, what)
+    _check_columns(data, label_key, donor_key, what, IN_MEMORY)
+    where = _counts_where(data, what, IN_MEMORY).counts
+    labels = _labels(data.obs, label_key)
+    rows = _pick_labelled(data.obs, label_key, labels, pick, what)
+    if where == "layers/counts":
+        x, genes = data.layers["counts"], data.var_names
+    elif where == "raw.X":
+        x, genes = data.raw.X, data.raw.var_names
+    else:
+        x, genes = data.X, data.var_names
+    x = x[rows] if len(rows) < data.n_obs else x
+    return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
+                            data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows)),
+                    what)
+
+
+def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
+                   pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
+    """``pick`` among the cells that have a label (sorted positions); cells without one are
+    left out with a count in the log, as a run's QC does."""
+    known = np.flatnonzero(obs[label_key].notna().to_numpy())
+    if len(known) < len(labels):
+        logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
+                       len(labels) - len(known), label_key)  # fmt: skip
+    return known[pick(labels[known])]
+
+
+def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
+               what: str, donor_key: str | None = None) -> _Sample:
+    with H5adFile(path) as h5:
+        check_shape(h5, str(path))
+        _check_columns(h5, label_key, donor_key, what, str(path))
+        expr = _counts_where(h5, what, str(path))
+        store, genes = h5.matrix(expr)
+        labels = _labels(h5.obs, label_key)
+        rows = _pick_labelled(h5.obs, label_key, labels, pick, what)
+        x = store.take(rows)  # only the subsample's rows are read
+        return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts,
+                                _donors(h5.obs, donor_key, rows)), what)
+
+
+def _real_rows(labels: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint stratified subsamples of the real cells: one (``max_cells`` at most, half
+    the cells at most) to evaluate, one (``max_cells`` at most, from the rest) to fit the
+    evaluation space on. Returns their sorted positions together and a mask of the first's."""
+    n = len(labels)
+    ev = stratified_subsample(labels, min(max_cells, -(-n // 2)),
+                              seed=derive_seed(seed, "eval-real-cells"))
+    rest = np.setdiff1d(np.arange(n), ev, assume_unique=True)
+    fit = rest[stratified_subsample(labels[rest], max_cells,
+                                    seed=derive_seed(seed, "eval-space-cells"))]
+    rows = np.union1d(ev, fit)
+    return rows, np.isin(rows, ev, assume_unique=True)
+
+
+def _checked(sample: _Sample, what: str) -> _Sample:
+    values = sample.counts.data
+    check_values(values, f"{what} ({sample.source}, {sample.where})")
+    if not is_counts(values[:1_000_000]):
+        raise DataError(
+            f"{what} ({sample.source}) holds non-integer values in {sample.where}; evaluation "
+            "compares raw counts: give the unnormalised counts in X, layers['counts'] or raw.X"
+        )
+    return sample
+
+
+#: the genes both sides hold must be at least this share of the real genes, and at least
+#: ``MIN_GENES`` (or all the real genes, when it has fewer): fewer is a mismatch of names
+#: (symbols against Ensembl IDs, another organism, a gene panel), not a comparison
+MIN_GENE_SHARE = 0.5
+MIN_GENES = 100
+#: names shared with the training cells, sampled to check whether they are the same cells
+_SHARED_SAMPLE = 200
+
+
+def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
+    """The genes both sides hold (in the real order); too few is an error naming how many."""
+    in_synth = set(map(str, s.genes))
+    genes = [g for g in map(str, r.genes) if g in in_synth]
+    if not genes:
+        raise DataError("the real and synthetic data share no gene names; compare matching files")
+    need = max(MIN_GENE_SHARE * len(r.genes), min(MIN_GENES, len(r.genes)))
+    if len(genes) < need:
+        raise DataError(
+            f"the real and synthetic data share only {len(genes)} gene names (the real data "
+            f"hold {len(r.genes)}, the synthetic {len(s.genes)}); evaluation needs at least "
+            f"{int(np.ceil(need))} (half the real genes, and {MIN_GENES} or all of them): give "
+            "files with the same gene names in var_names (e.g. both symbols or both Ensembl IDs)")
+    if len(genes) < len(r.genes) or len(genes) < len(s.genes):
+        logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
+                       len(genes), len(r.genes), len(s.genes))
+    return genes
+
+
+def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
+    idx = sample.genes.get_indexer(genes)
+    if (idx < 0).any():
+        raise DataError(f"{what} ({sample.source}) lack {int((idx < 0).sum())} of the {len(genes)} "
+                        "genes compared; give held-out cells of the same genes as the real data")
+    return sp.csr_matrix(sample.counts[:, idx])
+
+
+def _labelled_names(data: Any, label_key: str) -> pd.Index:
+    """obs names of the cells with a label, in order (the positions ``pick`` sees)."""
+    if isinstance(data, str | Path) or getattr(data, "isbacked", False):
+        with H5adFile(data if isinstance(data, str | Path) else data.filename) as h5:
+            obs, names = h5.obs, h5.obs_names
+    else:
+        obs, names = data.obs, data.obs_names
+    return pd.Index(names)[obs[label_key].notna().to_numpy()]
+
+
+def _check_disjoint(real: Any, heldout: Any, label_key: str, seed: int) -> None:
+    """Refuse held-out cells that are training cells: cells of the same name in both whose
+    counts are identical (a sample of up to 200 read from each), more than the privacy audit's
+    ``OVERLAP_SHARE`` of the held-out cells. (Renamed copies are caught by the audit itself.)"""
+    from .metrics.fidelity import _row_keys
+    from .metrics.privacy import OVERLAP_SHARE
+
+    rn, hn = _labelled_names(real, label_key), _labelled_names(heldout, label_key)
+    shared = rn.intersection(hn)
+    if len(shared) <= OVERLAP_SHARE * len(hn):
+        return
+    rng = np.random.default_rng(derive_seed(seed, "heldout-shared"))
+    names = shared[np.sort(rng.choice(len(shared), min(_SHARED_SAMPLE, len(shared)),
+                                      replace=False))]
+    r = _read_side(real, label_key, lambda _: np.sort(rn.get_indexer(names)), "the real data")
+    h = _read_side(heldout, label_key, lambda _: np.sort(hn.get_indexer(names)),
+                   "the held-out data")
+    genes = [g for g in map(str, r.genes) if g in set(map(str, h.genes))]
+    rc = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])[np.argsort(np.argsort(
+        rn.get_indexer(names)))]  # rows in the order of names
+    hc = sp.csr_matrix(h.counts[:, h.genes.get_indexer(genes)])[np.argsort(np.argsort(
+        hn.get_indexer(names)))]
+    same = np.mean([a == b for a, b in zip(_row_keys(rc), _row_keys(hc), strict=True)])
+    n_same = round(float(same) * len(shared))
+    if n_same > OVERLAP_SHARE * len(hn):
+        raise DataError(
+            f"the held-out data share about {n_same} of their {len(hn)} cells with the real "
+            f"(training) data ({len(shared)} names in both, {same:.0%} of those checked with "
+            "identical counts): the privacy audit would be meaningless, as training cells would "
+            "count as unseen ones; give held-out cells the generator never saw (e.g. the test "
+            "split)")
+    logger.info("%d held-out cell names are also real cell names, with other counts: other "
+                "cells", len(shared))
+
+
+def _same_file(real: Any, synthetic: Any) -> bool:
+    """Whether two paths are one file, or two files of the same bytes."""
+    import filecmp
+
+    if not (isinstance(real, str | Path) and isinstance(synthetic, str | Path)):
+        return real is synthetic
+    a, b = Path(real), Path(synthetic)
+    try:
+        return a.samefile(b) or (a.stat().st_size == b.stat().st_size
+                                 and filecmp.cmp(a, b, shallow=False))  # fmt: skip
+    except OSError:
+        return False

@@ -1,0 +1,456 @@
+"""Verdicts: are the generated cells good? Each metric read against its floor and its noise.
+
+Pure functions over the JSON-ready dicts the metrics return, so a pipeline run (which writes
+``metrics/fidelity.json`` with ``synthetic_vs_real`` and ``real_vs_real``) and
+``cellsynth evaluate`` judge alike. For every metric, per type and overall:
+
+- the **gap** is how much worse the synthetic value is than the floor (real against real, the
+  same run; for an AUC the floor is taken as at least 0.5, chance: a floor below it is noise);
+- the **noise** is the standard deviation of that gap when the generator is perfect: for an
+  AUC, its own from the number of cells (:func:`auc_noise`), for the per-type metrics of
+  :func:`~cellsynth.metrics.typewise.typewise_fidelity` the spread over repeated splits, and
+  at least what ``floor_spread`` (repeated floors) says;
+- **indistinguishable** when ``gap <= tolerance = max(margin, Z * noise)``, **close** when
+  ``gap <= tolerance + close``, else **distinguishable** (``margin`` and ``close`` per metric
+  in :data:`RULES`).
+
+A type's verdict is the worst of its metrics, ``decided_by`` the one or two furthest beyond
+their tolerance. The overall verdict is the worst of the pooled metrics and of the mean
+per-type AUC; a type worse than that makes it at least ``close``, and when half the judged
+types or more are distinguishable, so is the whole. A pooled AUC cannot hide a per-type gap.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+#: the verdicts, best first
+LEVELS = ("indistinguishable", "close", "distinguishable")
+#: a type without a verdict: too few cells, none generated, or none real
+TOO_FEW, ABSENT, EXTRA = "too few cells", "absent", "only in synthetic"
+#: a gap within ``Z`` noise standard deviations of the floor is noise: about one perfect type
+#: in 700 per metric is called worse than indistinguishable (one-sided normal tail), as the
+#: privacy audit flags an attack AUC (``metrics.privacy.AUC_Z``)
+Z = 3.0
+#: a cross-validated two-sample AUC varies more than one AUC over the same cells, as each fold's
+#: classifier is fitted on other cells: measured on 40 pairs of 30-d Gaussian samples of
+#: 25-200 cells a side (the C2ST of ``metrics.fidelity``), its sd was 1.29-1.37 times
+#: :func:`auc_se`
+CV_INFLATION = 1.35
+#: cells of a type a verdict needs on each side (scored real and synthetic); fewer is
+#: :data:`TOO_FEW`. At 20 a side an AUC's noise is already about 0.13: only large gaps show
+MIN_TYPE_CELLS = 20
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one metric is read: its direction and the margins of its verdicts."""
+
+    label: str  # what the report calls it
+    higher_is_better: bool
+    margin: float  # the smallest tolerance of "indistinguishable", however small the noise
+    close: float  # how far beyond the tolerance "close" reaches
+    chance: float | None = None  # the floor is taken as at least this (an AUC: 0.5)
+
+
+#: Margins, on each metric's own scale, chosen for what a biologist would notice, not fitted to
+#: a data set. AUCs: within 0.05 of the floor a classifier picks the generated cell of a random
+#: pair at most 55% of the time (the privacy audit's ``AUC_MARGIN`` too); ``close`` reaches
+#: 0.15 above it, an AUC of about 0.65 (the benchmark's target for the CVAE), beyond which a
+#: classifier tells most cells apart. k-NN precision and recall are shares of cells: 0.05 is
+#: one cell in twenty off the real manifold (or not covered), ``close`` up to one in five. DE
+#: log-fold-change r is a correlation over genes whose floor is about 0.9 on real data: 0.05
+#: and 0.20 below it. Marker overlap is a share of the top 50 genes: 5 genes of 50, and 15.
+RULES: dict[str, Rule] = {
+    "c2st_auc": Rule("two-sample AUC", False, 0.05, 0.10, 0.5),
+    "per_type_c2st_auc": Rule("mean per-type two-sample AUC", False, 0.05, 0.10, 0.5),
+    "gene_auc": Rule("gene-level AUC", False, 0.05, 0.10, 0.5),
+    "knn_precision": Rule("kNN precision", True, 0.05, 0.15),
+    "knn_recall": Rule("kNN recall", True, 0.05, 0.15),
+    "de_logfc_r": Rule("DE log-fold-change r", True, 0.05, 0.15),
+    "marker_overlap": Rule("marker overlap", True, 0.10, 0.20),
+}
+
+#: the per-type table's columns after ``type`` (every column always present)
+COLUMNS = ("n_real", "n_synthetic", "n_real_scored", "n_synthetic_scored", "verdict",
+           "decided_by", "c2st_auc", "c2st_auc_floor", "gene_auc", "gene_auc_floor",
+           "knn_precision", "knn_precision_floor", "knn_recall", "knn_recall_floor",
+           "de_logfc_r", "de_logfc_r_floor", "marker_overlap", "marker_overlap_floor",
+           "trts_f1", "trtr_f1", "note")
+_TYPEWISE = ("knn_precision", "knn_recall", "de_logfc_r", "marker_overlap")
+_SKIP = re.compile(r"(\d+) real and (\d+) synthetic")
+
+
+def auc_se(n: float) -> float:
+    """The standard error of an AUC over ``n`` cells a side when both sides are one
+    distribution (Mann-Whitney): ``sqrt((2n + 1) / (12 n^2))``."""
+    return math.sqrt((2 * n + 1) / (12.0 * n * n)) if n and n > 0 else math.nan
+
+
+def auc_noise(n: float) -> float:
+    """The noise of a cross-validated two-sample AUC of ``n`` cells a side when both sides are
+    one distribution: ``CV_INFLATION * auc_se(n)``.
+
+    It is the synthetic AUC's own noise: the reference it is read against is the floor taken
+    as at least 0.5, and a floor's expected value is 0.5 (two random halves of one set of
+    cells), so its own noise only ever raises the reference. Adding it to the tolerance as
+    well would let a type of 60 cells with an AUC of 0.99 pass as ``close``.
+    """
+    return CV_INFLATION * auc_se(n)
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def judge(metric: str, value: Any, floor: Any, noise: Any = None) -> dict[str, Any] | None:
+    """One metric's verdict (see the module docstring), or None when a number is missing.
+
+    Parameters
+    ----------
+    metric
+        A key of :data:`RULES`.
+    value, floor
+        The synthetic value and the floor (real against real).
+    noise
+        The standard deviation of the gap for a perfect generator (None: the margin alone).
+
+    Returns
+    -------
+    dict or None
+        ``metric``, ``label``, ``value``, ``floor``, ``reference`` (the floor, at least
+        ``chance``), ``gap`` (worse when positive), ``noise``, ``tolerance``, ``level`` and
+        ``excess`` (``gap / tolerance``, to rank what decided a verdict).
+    """
+    rule = RULES[metric]
+    v, f, sd = _num(value), _num(floor), _num(noise)
+    if v is None or f is None:
+        return None
+    ref = max(f, rule.chance) if rule.chance is not None else f
+    gap = ref - v if rule.higher_is_better else v - ref
+    tol = max(rule.margin, Z * sd) if sd is not None else rule.margin
+    level = LEVELS[0] if gap <= tol else LEVELS[1] if gap <= tol + rule.close else LEVELS[2]
+    return {"metric": metric, "label": rule.label, "value": v, "floor": f, "reference": ref,
+            "gap": gap, "noise": sd, "tolerance": tol, "level": level, "excess": gap / tol}
+
+
+def _spread(floor_spread: Mapping | None, where: str, key: str, metric: str) -> float | None:
+    """``floor_spread[where][key][metric]`` (or ``[where][metric]`` overall): an sd of the floor."""
+    if not floor_spread:
+        return None
+    block = floor_spread.get(where) or {}
+    block = block.get(key, {}) if where == "per_type" else block
+    return _num(block.get(metric)) if isinstance(block, Mapping) else None
+
+
+def _auc(metric: str, value: Any, floor: Any, n: Any, spread: float | None
+         ) -> dict[str, Any] | None:
+    noise = auc_noise(n or 0)
+    if spread is not None:  # repeated floors: the sd an AUC of this many cells showed
+        noise = max(noise, spread) if math.isfinite(noise) else spread
+    return judge(metric, value, floor, noise if math.isfinite(noise) else None)
+
+
+def _c2st_n(row: Mapping) -> float | None:
+    """Cells a side of a per-type two-sample test: the smaller side (at most 5,000)."""
+    n = [_num(row.get(k)) for k in ("n_real", "n_synth")]
+    return min(min(x for x in n if x is not None), 5_000) if any(x is not None for x in n) else None
+
+
+def _typewise_judgement(metric: str, block: Mapping) -> dict[str, Any] | None:
+    sd, n, floor = _num(block.get("sd")), _num(block.get("n")), _num(block.get("floor"))
+    if metric.startswith("knn") and n and floor is not None:  # binomial: a lower bound
+        p = min(max(floor, 0.02), 0.98)
+        sd = max(sd or 0.0, math.sqrt(2 * p * (1 - p) / n))
+    return judge(metric, block.get("value"), block.get("floor"), sd)
+
+
+def _summarise(judged: dict[str, dict]) -> dict[str, Any]:
+    """The worst level of ``judged`` metrics and the one or two that decided it."""
+    worst = max((LEVELS.index(j["level"]) for j in judged.values()), default=0)
+    top = sorted((j for j in judged.values() if LEVELS.index(j["level"]) == worst),
+                 key=lambda j: -j["excess"])[:2]
+    reason = "; ".join(_describe(j) for j in top)
+    return {"verdict": LEVELS[worst], "decided_by": [j["metric"] for j in top], "reason": reason,
+            "metrics": judged}
+
+
+def _describe(j: Mapping) -> str:
+    noise = f" ± {j['tolerance']:.2f}" if j.get("tolerance") is not None else ""
+    return f"{j['label']} {j['value']:.3f} vs floor {j['reference']:.3f}{noise}"
+
+
+def _counts(fid: Mapping, type_counts: Mapping | None) -> dict[str, dict[str, int | None]]:
+    """Per type: ``real`` and ``synthetic`` cells scored, and in the inputs when known."""
+    out: dict[str, dict[str, int | None]] = {}
+    for t, row in (fid.get("per_type") or {}).items():
+        out[t] = {"real": row.get("n_real"), "synthetic": row.get("n_synth")}
+    for t, why in (fid.get("skipped") or {}).items():
+        m = _SKIP.search(str(why))
+        out.setdefault(t, {"real": int(m[1]) if m else None, "synthetic": int(m[2]) if m else None})
+    for t, c in (type_counts or {}).items():
+        out[str(t)] = {**out.get(str(t), {}), **{k: v for k, v in c.items() if v is not None}}
+    return out
+
+
+def verdict(
+    synthetic_vs_real: Mapping[str, Any], real_vs_real: Mapping[str, Any], *,
+    floor_spread: Mapping[str, Any] | None = None, genes: Mapping[str, Any] | None = None,
+    typewise: Mapping[str, Any] | None = None, type_counts: Mapping[str, Mapping] | None = None,
+    memorisation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The verdict on generated cells, overall and per type, each metric beside its floor.
+
+    Parameters
+    ----------
+    synthetic_vs_real, real_vs_real
+        :func:`~cellsynth.metrics.fidelity.fidelity_report` and
+        :func:`~cellsynth.metrics.fidelity.real_floor` of one run (``fidelity.json``).
+    floor_spread
+        Optional standard deviations of repeated floors: ``{"overall": {metric: sd},
+        "per_type": {type: {metric: sd}}}``; they widen the noise of the AUCs.
+    genes
+        Optional :func:`~cellsynth.metrics.genes.gene_fidelity`: the gene-level AUC counts.
+    typewise
+        Optional :func:`~cellsynth.metrics.typewise.typewise_fidelity`: k-NN precision and
+        recall, DE log-fold-change r and marker overlap against equal-sized floors count. (The
+        reports' own k-NN numbers do not: their floor has half the cells.)
+    type_counts
+        Optional per type ``{"real": n, "synthetic": n, "real_total": n, "synthetic_total": n}``
+        (cells scored, and in the inputs); by default read from the reports.
+    memorisation
+        Optional :func:`~cellsynth.metrics.fidelity.memorisation`: when flagged, a ``warning``.
+
+    Returns
+    -------
+    dict
+        ``overall`` and ``per_type`` (type -> the same): ``verdict`` (one of :data:`LEVELS`),
+        ``decided_by`` (metric keys, or ``"TYPE/metric"``), ``reason`` and ``metrics`` (each
+        :func:`judge`'s dict); ``too_few`` (type -> why), ``absent`` (types with real cells and
+        no synthetic ones), ``extra`` (synthetic types with no real cells), ``counts`` (type ->
+        cells), ``n_types`` (verdict -> types), ``warning`` (None or a sentence) and the
+        ``thresholds`` used.
+    """
+    fs, ff = synthetic_vs_real, real_vs_real
+    counts = _counts(fs, type_counts)
+    st, ft = fs.get("per_type") or {}, ff.get("per_type") or {}
+    gt = (genes or {}).get("per_type") or {}
+    tt = (typewise or {}).get("per_type") or {}
+    per_type: dict[str, dict] = {}
+    too_few: dict[str, str] = {}
+    absent, extra = [], []
+    for t in sorted(counts):
+        c = counts[t]
+        n_r, n_s = c.get("real_total", c.get("real")), c.get("synthetic_total", c.get("synthetic"))
+        if n_s == 0:
+            absent.append(t)
+            continue
+        if n_r == 0:
+            extra.append(t)
+            continue
+        scored = (c.get("real") or 0, c.get("synthetic") or 0)
+        if min(scored) < MIN_TYPE_CELLS:
+            more = any((c.get(f"{k}_total") or 0) > (c.get(k) or 0) for k in ("real", "synthetic"))
+            too_few[t] = (f"{scored[0]} real and {scored[1]} synthetic cells scored; a verdict "
+                          f"needs {MIN_TYPE_CELLS} of each" + (" (raise max_cells to score "
+                                                               "more)" if more else ""))
+            continue
+        if t not in st or t not in ft:
+            too_few[t] = (f"{scored[0]} real and {scored[1]} synthetic cells scored, but the "
+                          "reports hold no two-sample AUC for this type")
+            continue
+        judged = {"c2st_auc": _auc("c2st_auc", st[t].get("c2st_auc"), ft[t].get("c2st_auc"),
+                                   _c2st_n(st[t]), _spread(floor_spread, "per_type", t,
+                                                           "c2st_auc"))}
+        if t in gt:
+            g = gt[t]
+            judged["gene_auc"] = _auc("gene_auc", g.get("auc"), g.get("floor_auc"),
+                                      g.get("n_cells"), _spread(floor_spread, "per_type", t,
+                                                                "gene_auc"))
+        for m in _TYPEWISE:
+            if m in tt.get(t, {}):
+                judged[m] = _typewise_judgement(m, tt[t][m])
+        judged = {k: v for k, v in judged.items() if v is not None}
+        if not judged:
+            too_few[t] = "no metric could be computed for this type"
+            continue
+        per_type[t] = {**_summarise(judged), "n_real": scored[0], "n_synthetic": scored[1]}
+    overall = _overall(fs, ff, per_type, floor_spread, genes, typewise)
+    warning = None
+    if memorisation and memorisation.get("flagged"):
+        warning = ("the synthetic cells copy real ones (" + "; ".join(memorisation.get("reasons")
+                                                                   or []) + "): the verdict does "
+                   "not measure generation")
+    n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
+    return {"overall": overall, "per_type": per_type, "too_few": too_few, "absent": absent,
+            "extra": extra, "counts": counts, "n_types": n_types, "warning": warning,
+            "thresholds": {"z": Z, "cv_inflation": CV_INFLATION, "min_type_cells": MIN_TYPE_CELLS,
+                           "rules": {k: asdict(r) for k, r in RULES.items()}}}
+
+
+def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: Mapping | None,
+             genes: Mapping | None, typewise: Mapping | None) -> dict[str, Any]:
+    so, fo = fs.get("overall") or {}, ff.get("overall") or {}
+    judged = {"c2st_auc": _auc("c2st_auc", so.get("c2st_auc"), fo.get("c2st_auc"),
+                               min(so.get("n_per_side") or 0, 5_000), _spread(floor_spread, "overall", "",
+                                                             "c2st_auc"))}
+    aucs = [p["metrics"]["c2st_auc"] for p in per_type.values() if "c2st_auc" in p["metrics"]]
+    if aucs:  # the mean over judged types: the per-type gap a pooled AUC can hide
+        k = len(aucs)
+        noise = math.sqrt(sum((a["noise"] or 0.0) ** 2 for a in aucs)) / k
+        judged["per_type_c2st_auc"] = judge("per_type_c2st_auc", sum(a["value"] for a in aucs) / k,
+                                            sum(a["reference"] for a in aucs) / k, noise or None)
+    if genes and genes.get("overall"):
+        g = genes["overall"]
+        judged["gene_auc"] = _auc("gene_auc", g.get("auc"), g.get("floor_auc"), g.get("n_cells"),
+                                  _spread(floor_spread, "overall", "", "gene_auc"))
+    for m, block in ((typewise or {}).get("overall") or {}).items():
+        if m in RULES:
+            judged[m] = _typewise_judgement(m, block)
+    judged = {k: v for k, v in judged.items() if v is not None}
+    out = _summarise(judged) if judged else {"verdict": LEVELS[0], "decided_by": [],
+                                             "reason": "no metric", "metrics": {}}
+    level = LEVELS.index(out["verdict"])
+    worse = {t: p for t, p in per_type.items() if LEVELS.index(p["verdict"]) > level}
+    if worse:
+        bad = sorted(worse, key=lambda t: (-LEVELS.index(worse[t]["verdict"]),
+                                           -max(j["excess"] for j in worse[t]["metrics"].values())))
+        n_dist = sum(p["verdict"] == LEVELS[2] for p in per_type.values())
+        new = 2 if 2 * n_dist >= len(per_type) else max(level, 1)
+        if new > level:
+            names = ", ".join(f"{t} ({worse[t]['verdict']})" for t in bad[:3])
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            why = (f"{n_dist} of {len(per_type)} judged types are distinguishable" if new == 2
+                   else "the pooled metrics are better than some types")
+            out.update(verdict=LEVELS[new],
+                       decided_by=[f"{t}/{m}" for t in bad[:2] for m in worse[t]["decided_by"][:1]],
+                       reason=f"{why}: {names}{more}; pooled: {out['reason']}")
+    return out
+
+
+def per_type_table(
+    synthetic_vs_real: Mapping[str, Any], real_vs_real: Mapping[str, Any], *,
+    verdicts: Mapping[str, Any] | None = None, genes: Mapping[str, Any] | None = None,
+    typewise: Mapping[str, Any] | None = None, trts: Mapping[str, Any] | None = None,
+    type_counts: Mapping[str, Mapping] | None = None,
+) -> pd.DataFrame:
+    """One row per type, every type (judged, too few, absent, only in synthetic): its cells,
+    each metric beside its floor, TRTS beside TRTR, and its verdict.
+
+    Parameters
+    ----------
+    synthetic_vs_real, real_vs_real, genes, typewise, type_counts
+        As for :func:`verdict`.
+    verdicts
+        :func:`verdict`'s result; computed from the other arguments when None.
+    trts
+        Optional :func:`~cellsynth.metrics.typewise.trts_by_type`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``type``, the columns of :data:`COLUMNS` (missing numbers are NaN). k-NN
+        precision and recall, DE r and marker overlap come from ``typewise`` (equal-sized
+        floors), else the k-NN numbers of the reports. ``note`` says why a type has no verdict,
+        or that its generated cells are easier to classify than real ones (too typical).
+    """
+    v = verdicts or verdict(synthetic_vs_real, real_vs_real, genes=genes, typewise=typewise,
+                            type_counts=type_counts)
+    st, ft = synthetic_vs_real.get("per_type") or {}, real_vs_real.get("per_type") or {}
+    gt = (genes or {}).get("per_type") or {}
+    tt = (typewise or {}).get("per_type") or {}
+    tr = (trts or {}).get("per_type") or {}
+    rows = []
+    for t in sorted(v["counts"]):
+        c = v["counts"][t]
+        row: dict[str, Any] = dict.fromkeys(COLUMNS, math.nan)
+        row.update(type=t, n_real=c.get("real_total", c.get("real")),
+                   n_synthetic=c.get("synthetic_total", c.get("synthetic")),
+                   n_real_scored=c.get("real"), n_synthetic_scored=c.get("synthetic"), note="")
+        row["c2st_auc"] = st.get(t, {}).get("c2st_auc", math.nan)
+        row["c2st_auc_floor"] = ft.get(t, {}).get("c2st_auc", math.nan)
+        if t in gt:
+            row["gene_auc"], row["gene_auc_floor"] = gt[t].get("auc"), gt[t].get("floor_auc")
+        for m in _TYPEWISE:
+            if m in tt.get(t, {}):
+                row[m], row[f"{m}_floor"] = tt[t][m]["value"], tt[t][m]["floor"]
+            elif m.startswith("knn"):
+                row[m] = st.get(t, {}).get(m, math.nan)
+                row[f"{m}_floor"] = ft.get(t, {}).get(m, math.nan)
+        if t in tr:
+            row["trts_f1"], row["trtr_f1"] = tr[t].get("trts_f1"), tr[t].get("trtr_f1")
+        if t in v["per_type"]:
+            row["verdict"] = v["per_type"][t]["verdict"]
+            row["decided_by"] = ", ".join(v["per_type"][t]["decided_by"])
+        else:
+            row["verdict"], row["decided_by"] = (
+                (ABSENT, "") if t in v["absent"] else (EXTRA, "") if t in v["extra"] else
+                (TOO_FEW, ""))
+            row["note"] = v["too_few"].get(t, "no synthetic cells of this type" if t in v["absent"]
+                                           else "no real cells of this type")
+        a, b = _num(row["trts_f1"]), _num(row["trtr_f1"])
+        if a is not None and b is not None and a > b + 0.05 and not row["note"]:
+            row["note"] = (f"generated cells easier to classify than real ones (TRTS F1 {a:.2f}"
+                           f" vs TRTR {b:.2f}): too typical, calibration rather than success")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["type", *COLUMNS]).set_index("type")
+
+
+def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = None) -> list[str]:
+    """The verdict as a few lines of text: overall, then each type that is distinguishable,
+    too few, absent or only in synthetic, then the privacy audit when given.
+
+    Parameters
+    ----------
+    v
+        :func:`verdict`'s result.
+    privacy
+        Optional :class:`~cellsynth.metrics.privacy.PrivacyResult` as a dict (or
+        ``{"skipped": why}``); why the donor level was skipped is said when it holds a
+        ``donor_key``.
+
+    Returns
+    -------
+    list of str
+        One line each, no trailing newline.
+    """
+    o = v["overall"]
+    lines = [f"verdict: {o['verdict']} ({o['reason']})"]
+    if v.get("warning"):
+        lines.append(f"  WARNING: {v['warning']}")
+    for t, p in v["per_type"].items():
+        if p["verdict"] == LEVELS[2]:
+            lines.append(f"  {t}: distinguishable ({p['reason']})")
+    for t, why in v["too_few"].items():
+        lines.append(f"  {t}: too few cells ({why})")
+    for t in v["absent"]:
+        n = v["counts"].get(t, {})
+        lines.append(f"  {t}: absent from the synthetic data "
+                     f"({n.get('real_total', n.get('real'))} real cells)")
+    for t in v["extra"]:
+        lines.append(f"  {t}: only in the synthetic data (no real cells of this type)")
+    n = v["n_types"]
+    lines.append(f"  types: {n[LEVELS[0]]} indistinguishable, {n[LEVELS[1]]} close, "
+                 f"{n[LEVELS[2]]} distinguishable, {len(v['too_few'])} too few, "
+                 f"{len(v['absent'])} absent")
+    if privacy is not None:
+        if "skipped" in privacy:
+            lines.append(f"privacy: not audited ({privacy['skipped']})")
+        elif privacy.get("flagged"):
+            lines.append("privacy: FLAGGED (" + "; ".join(privacy.get("reasons") or []) + ")")
+        else:
+            lines.append("privacy: not flagged (neither attack tells training cells from "
+                         "held-out ones better than chance allows)")
+        if privacy.get("donor_key") and privacy.get("donor_skipped"):
+            lines.append(f"  donor level skipped: {privacy['donor_skipped']}")
+    return lines

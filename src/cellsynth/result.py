@@ -1,0 +1,261 @@
+"""What :func:`cellsynth.evaluate` returns: :class:`Evaluation`, and how an evaluation reads.
+
+:class:`Evaluation` wraps :func:`cellsynth.evaluation.compare`'s JSON-ready dict: a read-only
+mapping (``result["synthetic_vs_real"]`` as before, so ``cs.pl.fidelity(result)`` works) with
+``.verdict``, ``.per_type`` (a DataFrame), ``.privacy``, ``.genes``, ``.to_dict()`` and
+``.to_html(path)``. :func:`markdown` gives the verdict, per-type, gene-level and privacy
+sections of ``fidelity.md``; :func:`html_page` the same as one self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .metrics.verdict import COLUMNS, verdict_lines
+from .runtime import write_text
+
+#: the per-type table as shown: (header, value column, floor column or None, digits)
+_SHOWN = (("two-sample AUC ↓", "c2st_auc", "c2st_auc_floor", 2),
+          ("gene AUC ↓", "gene_auc", "gene_auc_floor", 2),
+          ("kNN precision ↑", "knn_precision", "knn_precision_floor", 2),
+          ("kNN recall ↑", "knn_recall", "knn_recall_floor", 2),
+          ("DE logFC r ↑", "de_logfc_r", "de_logfc_r_floor", 2),
+          ("markers ↑", "marker_overlap", "marker_overlap_floor", 2),
+          ("TRTS F1 (TRTR)", "trts_f1", "trtr_f1", 2))
+
+
+def _number(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pair(row: Mapping, value: str, floor: str | None, digits: int) -> str:
+    """``"0.62 (0.50)"``: a value beside its floor, ``–`` for a missing number."""
+    v = _number(row.get(value))
+    if v is None:
+        return "–"
+    f = _number(row.get(floor)) if floor else None
+    return f"{v:.{digits}f}" + (f" ({f:.{digits}f})" if f is not None else "")
+
+
+def _cells(row: Mapping) -> str:
+    def side(k: str) -> str:
+        used, total = row.get(f"n_{k}_scored"), row.get(f"n_{k}")
+        used = "–" if _number(used) is None else int(used)
+        total = "–" if _number(total) is None else int(total)
+        return f"{used}" if used == total else f"{used}/{total}"
+
+    return f"{side('real')} · {side('synthetic')}"
+
+
+def table_rows(per_type: pd.DataFrame | list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The per-type table as text cells: a header and one row per type (values beside their
+    floor in brackets; cells scored/in the input, real · synthetic)."""
+    rows = per_type.reset_index().to_dict(orient="records") if isinstance(per_type, pd.DataFrame) \
+        else list(per_type)
+    header = ["type", "cells real · synthetic", "verdict", *(h for h, *_ in _SHOWN), "note"]
+    body = [[str(r.get("type")), _cells(r), str(r.get("verdict")),
+             *(_pair(r, v, f, d) for _, v, f, d in _SHOWN), str(r.get("note") or "")]
+            for r in rows]
+    return header, body
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in row] for row in body]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in esc)]
+
+
+def _privacy_md(priv: Mapping | None) -> list[str]:
+    if priv is None:
+        return []
+    lines = ["## Privacy", ""]
+    if "skipped" in priv:
+        return [*lines, f"Not audited: {priv['skipped']}", ""]
+    lines.append("**Flagged**: " + "; ".join(priv.get("reasons") or []) if priv.get("flagged")
+                 else "Not flagged: neither attack tells the training cells from held-out real "
+                      "cells better than chance allows (no proof of privacy, only that these "
+                      "attacks fail).")
+    lines += ["", "| attack | level | AUC (0.5 = no leak) | flagged above | members |",
+              "|---|---|---:|---:|---:|"]
+    for level, block in (("cell", priv.get("attacks")), ("donor", priv.get("donor_attacks"))):
+        for name, a in (block or {}).items():
+            lines.append(f"| {name} | {level} | {a['auc']:.3f} | {a['threshold']:.3f} | "
+                         f"{a['n_members']} |")
+    if priv.get("donor_skipped"):
+        lines += ["", f"Donor level skipped: {priv['donor_skipped']}."]
+    dcr = priv.get("dcr") or {}
+    if dcr:
+        lines += ["", f"Distance to the closest training cell (median): generated "
+                      f"{dcr['median_synthetic']:.3f}, held-out real {dcr['median_heldout']:.3f}; "
+                      f"{dcr['exact_duplicates']} exact copies of training cells."]
+    return [*lines, ""]
+
+
+def _genes_md(genes: Mapping | None) -> list[str]:
+    if not genes:
+        return []
+    if "skipped" in genes:
+        return ["## Gene level", "", f"Not computed: {genes['skipped']}", ""]
+    o = genes["overall"]
+    return ["## Gene level", "",
+            f"A classifier on {o['n_genes']} genes (log-normalised values and detection) tells "
+            f"generated from real cells with AUC {o['auc']:.3f}; two halves of the real cells: "
+            f"{o['floor_auc']:.3f} ({o['n_cells']} cells a side). Per type in the table above.", ""]
+
+
+def markdown(result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """``fidelity.md``'s sections from :func:`~cellsynth.evaluation.compare`'s result: the
+    verdict (to go first) and the per-type, gene-level and privacy sections (to go after the
+    headline table). Either is empty when the result lacks it."""
+    v = result.get("verdict")
+    head: list[str] = []
+    if v:
+        lines = verdict_lines(v)
+        head = [f"**Verdict: {v['overall']['verdict']}.** {v['overall']['reason']}", "",
+                *(f"- {line.strip()}" for line in lines[1:]), ""]
+    tail: list[str] = []
+    if result.get("per_type"):
+        tail += ["## Per type", "",
+                 "Each number beside its floor (two halves of the real cells, in brackets); "
+                 "DE r, markers and kNN from equal-sized halves (`typewise`), TRTS beside TRTR. "
+                 "Also in `per_type.csv`.", "", *_md_table(*table_rows(result["per_type"])), ""]
+    return head, [*tail, *_genes_md(result.get("genes")), *_privacy_md(result.get("privacy"))]
+
+
+def html_page(result: Mapping[str, Any]) -> str:
+    """One self-contained HTML page: the verdict first, the per-type table, the headline
+    metrics beside their floor, the gene-level test and the privacy audit."""
+    from .benchmark import COLUMNS as HEADLINE
+    from .benchmark import flat_report
+    from .report.html import _CSS, _e, _note, _privacy, _table
+
+    v = result.get("verdict") or {}
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cellsynth evaluation"
+             f"</title><style>{_CSS}</style></head><body><h1>Evaluation</h1>"]
+    if v:
+        lines = verdict_lines(v)
+        box = _note if v["overall"]["verdict"] != "indistinguishable" or v.get("warning") else \
+            (lambda text: f"<p>{_e(text)}</p>")
+        parts += [f"<h2>Verdict: {_e(v['overall']['verdict'])}</h2>", box(v["overall"]["reason"]),
+                  "<ul>" + "".join(f"<li>{_e(x.strip())}</li>" for x in lines[1:]) + "</ul>"]
+    if result.get("per_type"):
+        parts += ["<h2>Per type</h2><p class='muted'>Each number beside its floor (two halves of "
+                  "the real cells) in brackets.</p>", _table(*table_rows(result["per_type"]))]
+    if "synthetic_vs_real" in result and "real_vs_real" in result:
+        s, f = flat_report(result["synthetic_vs_real"]), flat_report(result["real_vs_real"])
+        rows = [(label, f.get(k), s.get(k)) for k, label, _ in HEADLINE if k in s]
+        parts += ["<h2>Headline metrics</h2>",
+                  _table(["metric", "real vs real (floor)", "synthetic vs real"], rows)]
+    genes = result.get("genes") or {}
+    if genes.get("overall"):
+        o = genes["overall"]
+        parts += ["<h2>Gene level</h2>", _table(["", "AUC", "floor", "cells a side", "genes"],
+                                                [("overall", o["auc"], o["floor_auc"],
+                                                  o["n_cells"], o["n_genes"])])]
+    if result.get("privacy") is not None:
+        parts.append(_privacy(result["privacy"]))
+    n = result.get("n_cells") or {}
+    if n:
+        parts.append(f"<p class='muted'>{_e(n['real']['used'])} real and "
+                     f"{_e(n['synthetic']['used'])} synthetic cells scored, "
+                     f"{_e(result.get('n_genes'))} genes, seed {_e(result.get('seed'))}.</p>")
+    return "".join(parts) + "</body></html>"
+
+
+class Evaluation(Mapping[str, Any]):
+    """The result of :func:`cellsynth.evaluate`: the verdict, the per-type table, privacy.
+
+    A read-only mapping over :func:`cellsynth.evaluation.compare`'s JSON-ready dict, so
+    ``result["synthetic_vs_real"]`` and :func:`cellsynth.pl.fidelity` work as with the dict.
+
+    Parameters
+    ----------
+    result
+        What :func:`cellsynth.evaluation.compare` returned.
+
+    Examples
+    --------
+    >>> import cellsynth as cs  # doctest: +SKIP
+    >>> ev = cs.evaluate(real, synthetic, label_key="cell_type")  # doctest: +SKIP
+    >>> ev.verdict["overall"]["verdict"], ev.per_type  # doctest: +SKIP
+    """
+
+    def __init__(self, result: Mapping[str, Any]):
+        self._result = dict(result)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._result[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._result)
+
+    def __len__(self) -> int:
+        return len(self._result)
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """:func:`~cellsynth.metrics.verdict.verdict`: ``overall`` and ``per_type`` verdicts
+        (``verdict``, ``decided_by``, ``reason``), ``too_few``, ``absent``, ``extra``."""
+        return self._result["verdict"]
+
+    @property
+    def summary(self) -> str:
+        """The verdict in a few lines, as ``cellsynth evaluate`` prints it."""
+        return "\n".join(verdict_lines(self.verdict, privacy=self.privacy))
+
+    @property
+    def per_type(self) -> pd.DataFrame:
+        """One row per type (:data:`~cellsynth.metrics.verdict.COLUMNS`), indexed by type."""
+        rows = self._result.get("per_type") or []
+        return pd.DataFrame(rows, columns=["type", *COLUMNS]).set_index("type")
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The privacy audit (:class:`~cellsynth.metrics.privacy.PrivacyResult` as a dict), or
+        None without held-out cells."""
+        return self._result.get("privacy")
+
+    @property
+    def genes(self) -> dict[str, Any] | None:
+        """The gene-level test (:func:`~cellsynth.metrics.genes.gene_fidelity`), or
+        ``{"skipped": why}``."""
+        return self._result.get("genes")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (what ``fidelity.json`` holds).
+
+        Returns
+        -------
+        dict
+            :func:`cellsynth.evaluation.compare`'s result.
+        """
+        return self._result
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the evaluation as one self-contained HTML page (verdict first).
+
+        Parameters
+        ----------
+        path
+            The ``.html`` file to write (its directory is created).
+
+        Returns
+        -------
+        The path written.
+        """
+        path = Path(path)
+        write_text(path, html_page(self._result))
+        return path
+
+    def __repr__(self) -> str:
+        types = len(self._result.get("per_type") or [])
+        return f"Evaluation of {types} types\n{self.summary}"
