@@ -209,3 +209,32 @@ def test_pipeline_generates_the_training_design(tmp_path):
     share = syn.obs.groupby("cell_type", observed=True)["condition"].apply(
         lambda c: (c == "stim").mean())
     assert ((share > 0.3) & (share < 0.7)).all()  # about half of every type, as in training
+
+
+def test_the_run_scores_each_combination_and_the_condition_effect(tmp_path):
+    """`cellsynth run` with cvae.covariates: metrics/covariates.json holds fidelity per
+    (type x condition) combination beside its floor and the stim-vs-ctrl effect per type,
+    and the report shows both."""
+    import json
+
+    from cellsynth.cli import main
+    from test_pipeline import FAST
+
+    data = tmp_path / "design.h5ad"
+    _design_atlas().write_h5ad(data)
+    args = ["run", str(data), "--label-key", "cell_type", "--out", str(tmp_path / "run"),
+            "--quiet"]
+    for s in [*FAST, "cvae.covariates=['condition']", "cvae.max_epochs=3", "cvae.select='elbo'",
+              "generator.n_per_type_eval=100", "qc.min_genes_per_cell=5"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "run" / "metrics" / "covariates.json").read_text())
+    per = rep["combinations"]["per_combination"]
+    assert {c.split(" | ")[1] for c in per} == {"condition=ctrl", "condition=stim"}
+    assert all(0 <= r["c2st_auc"] <= 1 and r["n_real"] >= 20 for r in per.values())
+    effects = rep["effects"]["condition"]
+    (pair, types), = effects.items()
+    assert pair in ("ctrl vs stim", "stim vs ctrl") and len(types) == 3
+    assert all(e["floor_r"] > 0.5 for e in types.values())  # the simulated program is strong
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Effect of condition" in page and "type_00 | condition=stim" in page

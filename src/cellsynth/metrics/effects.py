@@ -1,4 +1,8 @@
-"""Whether generated cells keep the effect of a covariate: condition effects per type.
+"""Whether generated cells keep the design: fidelity per combination and condition effects.
+
+:func:`combination_fidelity` scores each (type x covariate levels) combination with enough cells
+on both sides as :func:`~cellsynth.metrics.fidelity.fidelity_report` scores a type, beside the
+same between two halves of the real cells; :func:`condition_effects` follows.
 
 For each type and a pair of levels of a covariate (Kang: ``stim`` against ``ctrl``), the
 per-gene log fold change of mean log-normalised expression between the levels in generated
@@ -17,9 +21,80 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..seeds import derive_seed
+from .fidelity import FidelityConfig, fidelity_report, real_floor
+from .space import EvalSpace
 
 TOP_GENES = 100  # the slope is fitted on the genes the real cells change most
 MIN_CELLS = 10  # cells of each level a type needs on both sides
+#: cells a combination needs on each side (and in each half of the real cells, for its floor)
+MIN_COMBINATION_CELLS = 20
+#: covariates with more levels than this get no condition effects (donors: one per pair is noise)
+MAX_EFFECT_LEVELS = 6
+
+
+def combination(obs: pd.DataFrame, label_key: str, keys: list[str]) -> np.ndarray:
+    """Each cell's combination as one string: ``"B cells | condition=stim | donor=D7"``."""
+    out = obs[label_key].astype(str).to_numpy().astype(object)
+    for k in keys:
+        out = out + f" | {k}=" + obs[k].astype(str).to_numpy().astype(object)
+    return out.astype(str)
+
+
+def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame,
+                         syn_counts: Any, syn_obs: pd.DataFrame, *, label_key: str,
+                         keys: list[str], seed: int,
+                         min_cells: int = MIN_COMBINATION_CELLS) -> dict[str, Any]:  # fmt: skip
+    """Fidelity per (type x levels of ``keys``) combination, beside the real-vs-real floor.
+
+    Returns
+    -------
+    ``per_combination``: combination -> ``c2st_auc``, ``floor_c2st_auc`` (two halves of the
+    combination's real cells; None when a half has fewer than ``min_cells``), the other
+    per-type metrics of :func:`~cellsynth.metrics.fidelity.fidelity_report`, ``n_real`` and
+    ``n_synth``; ``mean_c2st_auc`` and ``mean_floor_c2st_auc`` over combinations with both;
+    ``max_c2st_auc``; ``skipped``: combination -> why; ``keys``; ``min_cells``.
+    """
+    cfg = FidelityConfig(min_cells=min_cells)
+    rc, sc = combination(real_obs, label_key, keys), combination(syn_obs, label_key, keys)
+    rep = fidelity_report(space, real_counts, rc, syn_counts, sc, seed=seed, cfg=cfg)
+    floor = real_floor(space, real_counts, rc, seed=derive_seed(seed, "floor"), cfg=cfg)
+    per = {}
+    for c, row in rep["per_type"].items():
+        f = floor["per_type"].get(c, {})
+        per[c] = {**row, "floor_c2st_auc": f.get("c2st_auc")}
+    both = [r for r in per.values() if r["floor_c2st_auc"] is not None]
+    return {
+        "per_combination": per,
+        "mean_c2st_auc": float(np.mean([r["c2st_auc"] for r in both])) if both else None,
+        "mean_floor_c2st_auc": (float(np.mean([r["floor_c2st_auc"] for r in both]))
+                                if both else None),
+        "max_c2st_auc": max((r["c2st_auc"] for r in per.values()), default=None),
+        "skipped": rep["skipped"], "keys": list(keys), "min_cells": min_cells,
+    }
+
+
+def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, syn_counts: Any,
+                  syn_obs: pd.DataFrame, *, label_key: str, keys: list[str],
+                  seed: int) -> dict[str, Any]:  # fmt: skip
+    """:func:`combination_fidelity` over all ``keys``, and for each covariate with at most
+    ``MAX_EFFECT_LEVELS`` levels the :func:`condition_effects` of every level against the
+    most common one (the reference) in the real cells."""
+    out: dict[str, Any] = {"combinations": combination_fidelity(
+        space, real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, keys=keys,
+        seed=derive_seed(seed, "combinations")), "effects": {}}  # fmt: skip
+    for k in keys:
+        levels = real_obs[k].astype(str).value_counts()
+        if len(levels) > MAX_EFFECT_LEVELS:
+            out["effects"][k] = {"skipped": f"{len(levels)} levels: more than "
+                                            f"{MAX_EFFECT_LEVELS}"}
+            continue
+        reference = str(levels.index[0])
+        out["effects"][k] = {
+            f"{lv} vs {reference}": condition_effects(
+                real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, covariate=k,
+                level=str(lv), reference=reference, seed=derive_seed(seed, f"effect:{k}:{lv}"))
+            for lv in levels.index[1:]}  # fmt: skip
+    return out
 
 
 def _lognorm_mean(x: Any) -> np.ndarray:

@@ -67,6 +67,8 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         is_ = stratified_subsample(y_syn, cap, seed=ctx.seed("eval-synthetic"))
         syn_x = syn.X.take(is_)
         syn_names = syn.obs_names[is_]
+        keys = [k for k in _covariates(ctx) if k in syn.obs]
+        syn_obs = syn.obs.iloc[is_][[ctx.label_key, *keys]].reset_index(drop=True)
     has_counts = syn_x.shape[1] == cells.n_vars  # the reference model's cells are PCA coordinates
     if cfg.report.umap:
         z_real = pca.transform(test.X)
@@ -91,6 +93,17 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
             "synthetic_vs_real": fid,
             **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"]),
         })  # fmt: skip
+        if keys:
+            from ..metrics.effects import design_report
+
+            write_json(ctx.path("metrics", "covariates.json"), design_report(
+                space, real_c, test.obs.reset_index(drop=True), syn_x, syn_obs,
+                label_key=ctx.label_key, keys=keys, seed=ctx.seed("design")))  # fmt: skip
+
+
+def _covariates(ctx: RunContext) -> list[str]:
+    """The covariates the run's generator conditions on (``cvae.covariates`` for the cvae)."""
+    return list(ctx.cfg.cvae.covariates) if ctx.cfg.generator.model == "cvae" else []
 
 
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,

@@ -369,6 +369,41 @@ def _privacy(priv: Any) -> str:
             + _table(["distance to the closest training cell", "value"], dist))
 
 
+def _sec_design(run: _Run) -> str:
+    """Fidelity per (type x covariate levels) combination and condition effects."""
+    rep = run.json("metrics/covariates.json")
+    if not isinstance(rep, dict):
+        return ("<p>Left out: the generator conditions on the cell type only (set "
+                "<code>cvae.covariates</code> to condition on donor, condition, batch...).</p>")
+    comb = rep.get("combinations") or {}
+    per = comb.get("per_combination") or {}
+    rows = [(c, r.get("n_real"), r.get("n_synth"), r.get("c2st_auc"), r.get("floor_c2st_auc"))
+            for c, r in sorted(per.items())]
+    out = (f"<p>Each combination of the type and {_e(', '.join(comb.get('keys', [])))} with at "
+           f"least {_e(comb.get('min_cells'))} cells on both sides: two-sample AUC of its "
+           "generated against its real test cells, beside two halves of its real cells "
+           "(the floor; – when a half is too small).</p>"
+           + _table(["combination", "real cells", "generated cells", "AUC", "floor AUC"], rows,
+                    digits=[0, 0, 0, 3, 3]))
+    skipped = comb.get("skipped") or {}
+    if skipped:
+        out += (f"<p>{len(skipped)} combination(s) not scored: "
+                + _e("; ".join(f"{c}: {why}" for c, why in list(skipped.items())[:10])) + "</p>")
+    for key, pairs in (rep.get("effects") or {}).items():
+        out += f"<h3>Effect of {_e(key)}</h3>"
+        if "skipped" in pairs:
+            out += f"<p>Not measured: {_e(pairs['skipped'])}.</p>"
+            continue
+        erows = [(pair, t, e.get("r"), e.get("floor_r"), e.get("slope"), e.get("floor_slope"))
+                 for pair, types in pairs.items() for t, e in types.items() if "r" in e]
+        out += ("<p>Per type, the log fold changes between the levels in generated cells "
+                "against the same in real test cells: Pearson r over genes and the slope over "
+                "the most changed genes (1 = the full effect; below 1: attenuated), beside two "
+                "halves of the real cells.</p>"
+                + _table(["levels", "type", "r", "floor r", "slope", "floor slope"], erows))
+    return out
+
+
 def _sec_training(run: _Run) -> str:
     curves: dict[str, dict] = {}
     best: dict[str, int | None] = {}
@@ -446,6 +481,7 @@ _SECTIONS: list[tuple[str, str, Callable[[_Run], str]]] = [
     ("confusion", "Confusion matrices", _sec_confusion),
     ("umap", "UMAP of real and generated cells", _sec_umap),
     ("fidelity", "Fidelity", _sec_fidelity),
+    ("design", "Covariates: per combination and condition effects", _sec_design),
     ("training", "Training curves", _sec_training),
     ("shap", "SHAP: top genes", _sec_shap),
     ("stages", "Stage times and peak memory", _sec_stages),
