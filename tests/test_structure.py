@@ -13,7 +13,7 @@ SRC = Path(cellsynth.__file__).parent
 LAYERS = [
     {"cli"},
     {"api", "pipeline"},
-    {"evaluation", "benchmark", "info", "report", "pl"},
+    {"evaluation", "benchmark", "holdout", "info", "report", "pl"},
     {"models", "classify", "features", "explain", "metrics", "cells"},
     {"data"},
     {"config", "errors", "keys", "seeds", "runtime", "presets", "options"},

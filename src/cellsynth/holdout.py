@@ -1,0 +1,184 @@
+"""A combination never seen in training: hold every cell of it out, generate it, score it.
+
+``cellsynth benchmark --holdout "cell_type=CD14+ Monocytes,condition=stim"`` removes every cell
+of that (type x covariate levels) combination from the training data, fits each generator
+(the ``cvae`` conditioned on the covariates named), generates the combination and scores the
+generated cells against all the real cells of it, none of which any generator saw. Beside them:
+
+- **real vs real**: two halves of the combination's real cells (the floor);
+- **pooling**: the type's real training cells of the other levels, the answer of a model that
+  knows the type but not the covariate (what conditioning must beat);
+- each generator that cannot condition on the covariates (``scvi``, ``nb`` without them)
+  generates the type alone: a learned pooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from . import keys as K
+from .config import RunConfig
+from .errors import DataError
+from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
+from .metrics.genes import gene_fidelity
+from .metrics.space import fit_space
+from .models.registry import make_generator
+from .runtime import write_json
+from .seeds import derive_seed
+
+logger = logging.getLogger(__name__)
+
+#: real cells the held-out combination needs (each half of the floor then has 20)
+MIN_HELD_OUT = 40
+#: the columns of the held-out table: (key in a row, header, format)
+HOLDOUT_COLUMNS = [
+    ("c2st_auc", "2-sample AUC ↓", "{:.3f}"),
+    ("mmd", "MMD ↓", "{:.4f}"),
+    ("knn_precision", "kNN prec ↑", "{:.2f}"),
+    ("knn_recall", "kNN rec ↑", "{:.2f}"),
+    ("gene_mean_spearman", "gene mean ρ ↑", "{:.3f}"),
+    ("gene_auc", "gene AUC ↓", "{:.3f}"),
+    ("n_cells", "cells", "{:.0f}"),
+]
+
+
+def parse_holdout(text: str) -> dict[str, str]:
+    """``"cell_type=CD14+ Monocytes,condition=stim"`` as ``{column: level}``."""
+    out: dict[str, str] = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise DataError(f"--holdout wants COLUMN=LEVEL pairs separated by commas, got "
+                            f"{part!r} in {text!r}")
+        if key.strip() in out:
+            raise DataError(f"--holdout names {key.strip()!r} twice; give each column once")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _held_out(pre: ad.AnnData, holdout: dict[str, str], label_key: str) -> np.ndarray:
+    """The mask of the combination's cells, after checking the columns and levels exist."""
+    if label_key not in holdout or len(holdout) < 2:
+        raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
+                        f"(e.g. condition=stim), got {sorted(holdout)}")
+    mask = np.ones(pre.n_obs, dtype=bool)
+    for key, level in holdout.items():
+        if key not in pre.obs:
+            raise DataError(f"--holdout: no column {key!r}; the columns are "
+                            f"{', '.join(map(str, pre.obs.columns))}")
+        values = pre.obs[key].astype(str).to_numpy()
+        if level not in set(values):
+            seen = sorted(set(values))
+            raise DataError(f"--holdout: {key} has no level {level!r}; it has "
+                            f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}")
+        mask &= values == level
+    if mask.sum() < MIN_HELD_OUT:
+        raise DataError(f"the combination {holdout} has {int(mask.sum())} cells after QC; the "
+                        f"held-out benchmark needs at least {MIN_HELD_OUT}")
+    return mask
+
+
+def _row(space: Any, real: sp.csr_matrix, label: str, other: sp.csr_matrix, seed: int,
+         floor: dict | None = None) -> dict[str, Any]:  # fmt: skip
+    """The held-out table's numbers for ``other`` cells against the combination's real ones."""
+    cfg = FidelityConfig(min_cells=10)
+    lab_r, lab_o = np.full(real.shape[0], label), np.full(other.shape[0], label)
+    rep = floor or fidelity_report(space, real, lab_r, other, lab_o, seed=seed, cfg=cfg)
+    o = rep["overall"]
+    return {"c2st_auc": o.get("c2st_auc"), "mmd": o.get("mmd_rbf"),
+            "knn_precision": o.get("knn_precision"), "knn_recall": o.get("knn_recall"),
+            "gene_mean_spearman": (o.get("gene_stats") or {}).get("mean"),
+            "n_cells": int(other.shape[0])}
+
+
+def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path,
+                      holdout: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """Hold the combination ``holdout`` out of training, generate it with each of ``models`` and
+    score it beside the floor and pooling (see the module docstring).
+
+    Returns
+    -------
+    ``holdout``, ``n_held_out``, ``rows`` (name -> the :data:`HOLDOUT_COLUMNS` numbers, the
+    floor and pooling first) and ``conditioned`` (which generators generated the combination
+    itself rather than its type); also written to ``out/holdout.json``.
+    """
+    label_key = cfg.dataset.label_key
+    held = _held_out(pre, holdout, label_key)
+    covariates = [k for k in holdout if k != label_key]
+    cell_type, where = holdout[label_key], {k: holdout[k] for k in covariates}
+    split = pre.obs[K.SPLIT].astype(str).to_numpy()
+    y = pre.obs[label_key].astype(str).to_numpy()
+    counts = sp.csr_matrix(pre.layers[K.COUNTS] if K.COUNTS in pre.layers else pre.X)
+    genes = list(map(str, pre.var_names))
+    seed = cfg.seed
+    train = (split == "train") & ~held
+    space = fit_space(counts[train], y[train], genes, seed=derive_seed(seed, "eval-space"))
+    real = counts[held]
+    label = f"{cell_type} | " + ", ".join(f"{k}={v}" for k, v in where.items())
+    floor = real_floor(space, real, np.full(real.shape[0], label),
+                       seed=derive_seed(seed, "floor"), cfg=FidelityConfig(min_cells=10))
+    pool = counts[train & (y == cell_type)]
+    if pool.shape[0] < 10:
+        raise DataError(f"{cell_type} has {pool.shape[0]} training cells outside {where}: too "
+                        "few to pool; hold out a combination whose type has other levels")
+    gseed = derive_seed(seed, "holdout-genes")
+    rows = {"real vs real": {**_row(space, real, label, real, seed, floor=floor),
+                             "n_cells": int(real.shape[0])},
+            "pooling (other levels)": _row(space, real, label, pool, derive_seed(seed, "pool"))}
+    pool_genes = gene_fidelity(real, pool, seed=gseed)["overall"]
+    rows["real vs real"]["gene_auc"] = pool_genes["floor_auc"]
+    rows["pooling (other levels)"]["gene_auc"] = pool_genes["auc"]
+    fit_on = pre[np.isin(split, ["train", "val"]) & ~held].copy()
+    conditioned = {}
+    for name in models:
+        run_cfg = cfg
+        if name == "cvae":  # conditioned on the covariates the combination names
+            run_cfg = dataclasses.replace(cfg, cvae=dataclasses.replace(
+                cfg.cvae, covariates=sorted(set(cfg.cvae.covariates) | set(covariates))))
+        gen = make_generator(name, run_cfg)
+        t0 = time.perf_counter()
+        gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
+        can = "where" in inspect.signature(gen.sample).parameters and set(covariates) <= set(
+            getattr(getattr(gen, "design", None), "keys", []) or [])
+        request = {cell_type: int(real.shape[0])}
+        syn = (gen.sample(request, where=where, seed=derive_seed(seed, f"holdout-{name}")) if can
+               else gen.sample(request, seed=derive_seed(seed, f"holdout-{name}")))  # fmt: skip
+        x = sp.csr_matrix(syn.X)
+        rows[name] = _row(space, real, label, x, derive_seed(seed, f"fid-{name}"))
+        rows[name]["gene_auc"] = gene_fidelity(real, x, seed=gseed)["overall"]["auc"]
+        conditioned[name] = bool(can)
+        logger.info("holdout %s: AUC %.3f (pooling %.3f, floor %.3f) in %.0f s", name,
+                    rows[name]["c2st_auc"], rows["pooling (other levels)"]["c2st_auc"],
+                    rows["real vs real"]["c2st_auc"], time.perf_counter() - t0)  # fmt: skip
+    result = {"holdout": holdout, "n_held_out": int(held.sum()), "rows": rows,
+              "conditioned": conditioned}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "holdout.json", result)
+    return result
+
+
+def holdout_section(result: dict[str, Any]) -> list[str]:
+    """The held-out combination's markdown: the table and one line per generator."""
+    from .benchmark import table
+
+    spec = ", ".join(f"{k}={v}" for k, v in result["holdout"].items())
+    lines = [f"### Held-out combination: {spec}", "",
+             f"All {result['n_held_out']} cells of it were removed from training; every row is "
+             "scored against them. Pooling: the type's real training cells of the other levels.",
+             "", *table(result["rows"], HOLDOUT_COLUMNS), ""]
+    pool = result["rows"]["pooling (other levels)"]["c2st_auc"]
+    for name, cond in result["conditioned"].items():
+        auc = result["rows"][name]["c2st_auc"]
+        how = "generated the combination" if cond else "cannot condition on it: generated the type"
+        verdict = "closer than pooling" if auc < pool else "not closer than pooling"
+        lines.append(f"- {name} {how}: AUC {auc:.3f}, {verdict} ({pool:.3f}).")
+    return [*lines, ""]
