@@ -41,7 +41,7 @@ from .metrics.fidelity import fidelity_report, memorisation, real_floor
 from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
 from .metrics.typewise import trts_by_type, typewise_fidelity
-from .metrics.verdict import per_type_table, verdict, verdict_lines
+from .metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
 from .runtime import write_json, write_text
 from .seeds import derive_seed
 
@@ -102,7 +102,7 @@ def compare(
         ``real_vs_real``: the floor (:func:`~cellsynth.metrics.fidelity.real_floor` on the
         scored real cells); ``synthetic_vs_real``:
         :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``verdict``:
-        :func:`~cellsynth.metrics.verdict.verdict` (``overall`` and ``per_type``, each a
+        :func:`~cellsynth.metrics.verdict.fidelity_verdict` (``overall`` and ``per_type``, each a
         ``verdict``, ``decided_by`` and ``reason``; ``too_few``, ``absent``, ``extra``);
         ``per_type``: :func:`~cellsynth.metrics.verdict.per_type_table` as a list of rows;
         ``genes``: :func:`~cellsynth.metrics.genes.gene_fidelity` (or ``{"skipped": why}``);
@@ -184,10 +184,10 @@ def compare(
         result["n_cells"]["heldout"] = {"used": len(h.labels), "total": h.n_total}
         result.update(heldout=h.source, donor_key=donor_key)
     type_counts = _type_counts(rl, s.labels, picked)
-    extras = _extras(space, counts, r, h, (rc, rl), (fc, fl), (sc, s.labels), genes, seed,
+    extras = _extras(space, evaluated, r, h, (rc, rl), (fc, fl), (sc, s.labels), genes, seed,
                      _columns(h, genes, "the held-out data") if h is not None else None,
                      donor_key)
-    v = verdict(fid, floor, genes=extras["genes"] if "overall" in extras["genes"] else None,
+    v = fidelity_verdict(fid, floor, genes=extras["genes"] if "overall" in extras["genes"] else None,
                 typewise=extras["typewise"], type_counts=type_counts, memorisation=memo)
     table = per_type_table(fid, floor, verdicts=v, genes=extras["genes"],
                            typewise=extras["typewise"], trts=extras["trts"],
@@ -217,7 +217,7 @@ def _skipped(what: str, fn: Callable[[], Any]) -> Any:
         return {"skipped": str(err)}
 
 
-def _extras(space: Any, counts: sp.csr_matrix, r: _Sample, h: _Sample | None,
+def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
             scored: tuple, fitted: tuple, synth: tuple, genes: list[str], seed: int,
             heldout_counts: sp.csr_matrix | None, donor_key: str | None) -> dict[str, Any]:
     """The gene-level test, the per-type metrics against equal-sized floors, TRTS per type and,
@@ -226,7 +226,7 @@ def _extras(space: Any, counts: sp.csr_matrix, r: _Sample, h: _Sample | None,
     out = {
         "genes": _skipped("gene-level fidelity", lambda: gene_fidelity(
             rc, sc, real_labels=rl, synth_labels=sl, seed=derive_seed(seed, "genes"),
-            gene_names=genes)),
+            gene_names=genes, min_type_cells=MIN_TYPE_CELLS // 2)),  # halves, as the floor's
         "typewise": _skipped("per-type floors", lambda: typewise_fidelity(
             space, rc, rl, sc, sl, seed=derive_seed(seed, "typewise"))),
         "trts": _skipped("TRTS", lambda: trts_by_type(
@@ -237,11 +237,14 @@ def _extras(space: Any, counts: sp.csr_matrix, r: _Sample, h: _Sample | None,
     if h is not None:
         from .metrics.privacy import privacy_audit
 
+        # members: the scored training cells, not the space's (a PCA spreads the cells it is
+        # fitted on, so they would sit farther from everything than unseen cells; as
+        # metrics.privacy.audit_counts splits them); copies of any real cell: memorisation
+        donors = None if r.donors is None else r.donors[evaluated]
         out["privacy"] = privacy_audit(
-            space.embed(counts), space.embed(heldout_counts), space.embed(sc),
-            seed=derive_seed(seed, "privacy"), train_donors=r.donors,
-            heldout_donors=h.donors, train_counts=counts, heldout_counts=heldout_counts,
-            synthetic_counts=sc).to_dict()
+            space.embed(rc), space.embed(heldout_counts), space.embed(sc),
+            seed=derive_seed(seed, "privacy"), train_donors=donors, heldout_donors=h.donors,
+            train_counts=rc, heldout_counts=heldout_counts, synthetic_counts=sc).to_dict()
         out["privacy"]["donor_key"] = donor_key
         if out["privacy"]["donor_skipped"] and donor_key is not None:
             logger.warning("privacy: donor-level audit skipped: %s",

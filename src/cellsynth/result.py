@@ -203,7 +203,7 @@ class Evaluation(Mapping[str, Any]):
 
     @property
     def verdict(self) -> dict[str, Any]:
-        """:func:`~cellsynth.metrics.verdict.verdict`: ``overall`` and ``per_type`` verdicts
+        """:func:`~cellsynth.metrics.verdict.fidelity_verdict`: ``overall`` and ``per_type`` verdicts
         (``verdict``, ``decided_by``, ``reason``), ``too_few``, ``absent``, ``extra``."""
         return self._result["verdict"]
 

@@ -29,7 +29,7 @@ from .privacy import PrivacyResult, distance_to_closest, membership_attacks, pri
 from .space import EvalSpace, fit_space
 from .typewise import trts_by_type, typewise_fidelity
 from .utility import augmentation, rarest_types, tstr
-from .verdict import judge, per_type_table, verdict, verdict_lines
+from .verdict import fidelity_verdict, judge, per_type_table, verdict_lines
 
 __all__ = [
     "EvalSpace",
@@ -44,6 +44,7 @@ __all__ = [
     "distance_to_closest",
     "energy_distance",
     "fidelity_report",
+    "fidelity_verdict",
     "fit_space",
     "gene_c2st",
     "gene_fidelity",
@@ -64,7 +65,6 @@ __all__ = [
     "trts_by_type",
     "tstr",
     "typewise_fidelity",
-    "verdict",
     "verdict_lines",
     "write_report",
 ]

@@ -203,7 +203,7 @@ def _counts(fid: Mapping, type_counts: Mapping | None) -> dict[str, dict[str, in
     return out
 
 
-def verdict(
+def fidelity_verdict(
     synthetic_vs_real: Mapping[str, Any], real_vs_real: Mapping[str, Any], *,
     floor_spread: Mapping[str, Any] | None = None, genes: Mapping[str, Any] | None = None,
     typewise: Mapping[str, Any] | None = None, type_counts: Mapping[str, Mapping] | None = None,
@@ -324,7 +324,8 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
     worse = {t: p for t, p in per_type.items() if LEVELS.index(p["verdict"]) > level}
     if worse:
         bad = sorted(worse, key=lambda t: (-LEVELS.index(worse[t]["verdict"]),
-                                           -max(j["excess"] for j in worse[t]["metrics"].values())))
+                                           -max((j["excess"] for j in worse[t]["metrics"].values()),
+                                                default=0.0)))
         n_dist = sum(p["verdict"] == LEVELS[2] for p in per_type.values())
         new = 2 if 2 * n_dist >= len(per_type) else max(level, 1)
         if new > level:
@@ -350,9 +351,9 @@ def per_type_table(
     Parameters
     ----------
     synthetic_vs_real, real_vs_real, genes, typewise, type_counts
-        As for :func:`verdict`.
+        As for :func:`fidelity_verdict`.
     verdicts
-        :func:`verdict`'s result; computed from the other arguments when None.
+        :func:`fidelity_verdict`'s result; computed from the other arguments when None.
     trts
         Optional :func:`~cellsynth.metrics.typewise.trts_by_type`.
 
@@ -364,7 +365,7 @@ def per_type_table(
         floors), else the k-NN numbers of the reports. ``note`` says why a type has no verdict,
         or that its generated cells are easier to classify than real ones (too typical).
     """
-    v = verdicts or verdict(synthetic_vs_real, real_vs_real, genes=genes, typewise=typewise,
+    v = verdicts or fidelity_verdict(synthetic_vs_real, real_vs_real, genes=genes, typewise=typewise,
                             type_counts=type_counts)
     st, ft = synthetic_vs_real.get("per_type") or {}, real_vs_real.get("per_type") or {}
     gt = (genes or {}).get("per_type") or {}
@@ -413,7 +414,7 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
     Parameters
     ----------
     v
-        :func:`verdict`'s result.
+        :func:`fidelity_verdict`'s result.
     privacy
         Optional :class:`~cellsynth.metrics.privacy.PrivacyResult` as a dict (or
         ``{"skipped": why}``); why the donor level was skipped is said when it holds a
