@@ -188,7 +188,7 @@ def test_evaluate_returns_a_result_object(pair, result, tmp_path):
     HTML page; and still the dict's keys, so older code and ``cs.pl`` keep working."""
     import pandas as pd
 
-    from cellsynth.result import Evaluation
+    from cellsynth.evaluation.result import Evaluation
 
     real, fake = pair
     assert isinstance(result, Evaluation)

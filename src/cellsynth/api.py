@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from .config import RunConfig
     from .models.base import Generator
-    from .result import Evaluation
+    from .evaluation.result import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def evaluate(
     'distinguishable'
     """
     from . import evaluation
-    from .result import Evaluation
+    from .evaluation.result import Evaluation
 
     result = Evaluation(evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
                                            max_cells=max_cells, heldout=heldout,

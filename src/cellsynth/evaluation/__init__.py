@@ -5,8 +5,11 @@ AnnData objects or h5ad paths. A file is never loaded whole: it is opened with
 :class:`~cellsynth.data.store.H5adFile` (``obs`` in memory, matrices on disk), a stratified
 subsample of at most ``max_cells`` cells is read (for the real data, a second, disjoint one to
 fit the evaluation space on), and everything after works on the subsamples, so memory follows
-``max_cells``, not the file's size. :func:`evaluate` writes
-``fidelity.json`` and ``fidelity.md`` (the CLI's ``cellsynth evaluate``).
+``max_cells``, not the file's size (:mod:`.inputs`). Then the verdict
+(:mod:`cellsynth.metrics.verdict`), the per-type table, the gene-level test and, given held-out
+cells, the privacy audit. :func:`evaluate` writes ``fidelity.json``, ``fidelity.md`` and
+``per_type.csv`` (the CLI's ``cellsynth evaluate``); :mod:`.result` holds the
+:class:`~cellsynth.evaluation.result.Evaluation` that :func:`cellsynth.evaluate` returns.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import config
-from .benchmark import benchmark_dataset, flat_report, prepare, table
-from .data.split import stratified_subsample
-from .errors import DataError
-from .evaluation_inputs import (
+from .. import config
+from ..benchmark import benchmark_dataset, flat_report, prepare, table
+from ..data.split import stratified_subsample
+from ..errors import DataError
+from ..metrics.fidelity import fidelity_report, memorisation, real_floor
+from ..metrics.genes import gene_fidelity
+from ..metrics.space import fit_space
+from ..metrics.typewise import trts_by_type, typewise_fidelity
+from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
+from ..runtime import write_json, write_text
+from ..seeds import derive_seed
+from .inputs import (
     IN_MEMORY,
     _check_disjoint,
     _columns,
@@ -37,13 +47,6 @@ from .evaluation_inputs import (
     _Sample,
     _shared_genes,
 )
-from .metrics.fidelity import fidelity_report, memorisation, real_floor
-from .metrics.genes import gene_fidelity
-from .metrics.space import fit_space
-from .metrics.typewise import trts_by_type, typewise_fidelity
-from .metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
-from .runtime import write_json, write_text
-from .seeds import derive_seed
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -235,7 +238,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         "privacy": None,
     }
     if h is not None:
-        from .metrics.privacy import privacy_audit
+        from ..metrics.privacy import privacy_audit
 
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
         # fitted on, so they would sit farther from everything than unseen cells; as
@@ -268,7 +271,7 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     Parameters
     ----------
     result
-        What :func:`compare` returned (or the :class:`~cellsynth.result.Evaluation` wrapping it).
+        What :func:`compare` returned (or the :class:`~cellsynth.evaluation.result.Evaluation` wrapping it).
     out
         The output directory (created if missing).
 
@@ -352,8 +355,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
-    from .config import canonical_model
-    from .models.registry import GENERATORS
+    from ..config import canonical_model
+    from ..models.registry import GENERATORS
 
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:

@@ -9,6 +9,7 @@ sections of ``fidelity.md``; :func:`html_page` the same as one self-contained HT
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from .metrics.verdict import COLUMNS, verdict_lines
-from .runtime import write_text
+from ..metrics.verdict import COLUMNS, verdict_lines
+from ..runtime import write_text
 
 #: the per-type table as shown: (header, value column, floor column or None, digits)
 _SHOWN = (("two-sample AUC ↓", "c2st_auc", "c2st_auc_floor", 2),
@@ -131,38 +132,79 @@ def markdown(result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return head, [*tail, *_genes_md(result.get("genes")), *_privacy_md(result.get("privacy"))]
 
 
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:0 auto;padding:1em 2em;
+color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
+.muted{color:#666;font-size:.9em}"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _cell(v: Any) -> str:
+    x = _number(v)
+    if x is None or isinstance(v, bool) or not isinstance(v, int | float):
+        return "–" if v is None or (isinstance(v, float) and x is None) else str(v)
+    return f"{int(x):,}" if isinstance(v, int) else f"{x:.3f}"
+
+
+def _html_table(header: list[str], rows: Any) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_cell(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _privacy_html(priv: Mapping) -> str:
+    head = "<h2>Privacy</h2>"
+    if "skipped" in priv:
+        return head + f"<p class='note'>Not audited: {_e(priv['skipped'])}</p>"
+    lines = [line for line in _privacy_md(priv)[2:] if line]
+    verdict = lines[0].replace("**", "")
+    rows = [(name, level, a["auc"], a["threshold"], a["n_members"])
+            for level, block in (("cell", priv.get("attacks")),
+                                 ("donor", priv.get("donor_attacks")))
+            for name, a in (block or {}).items()]
+    rest = [x for x in lines[1:] if not x.startswith("|")]
+    return (head + (f"<p class='note'>{_e(verdict)}</p>" if priv.get("flagged")
+                    else f"<p>{_e(verdict)}</p>")
+            + _html_table(["attack", "level", "AUC (0.5 = no leak)", "flagged above", "members"],
+                          rows) + "".join(f"<p>{_e(x)}</p>" for x in rest))
+
+
 def html_page(result: Mapping[str, Any]) -> str:
     """One self-contained HTML page: the verdict first, the per-type table, the headline
     metrics beside their floor, the gene-level test and the privacy audit."""
-    from .benchmark import COLUMNS as HEADLINE
-    from .benchmark import flat_report
-    from .report.html import _CSS, _e, _note, _privacy, _table
+    from ..benchmark import COLUMNS as HEADLINE
+    from ..benchmark import flat_report
 
     v = result.get("verdict") or {}
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cellsynth evaluation"
              f"</title><style>{_CSS}</style></head><body><h1>Evaluation</h1>"]
     if v:
         lines = verdict_lines(v)
-        box = _note if v["overall"]["verdict"] != "indistinguishable" or v.get("warning") else \
-            (lambda text: f"<p>{_e(text)}</p>")
-        parts += [f"<h2>Verdict: {_e(v['overall']['verdict'])}</h2>", box(v["overall"]["reason"]),
+        good = v["overall"]["verdict"] == "indistinguishable" and not v.get("warning")
+        parts += [f"<h2>Verdict: {_e(v['overall']['verdict'])}</h2>",
+                  f"<p{'' if good else ' class=note'}>{_e(v['overall']['reason'])}</p>",
                   "<ul>" + "".join(f"<li>{_e(x.strip())}</li>" for x in lines[1:]) + "</ul>"]
     if result.get("per_type"):
         parts += ["<h2>Per type</h2><p class='muted'>Each number beside its floor (two halves of "
-                  "the real cells) in brackets.</p>", _table(*table_rows(result["per_type"]))]
+                  "the real cells) in brackets.</p>", _html_table(*table_rows(result["per_type"]))]
     if "synthetic_vs_real" in result and "real_vs_real" in result:
         s, f = flat_report(result["synthetic_vs_real"]), flat_report(result["real_vs_real"])
         rows = [(label, f.get(k), s.get(k)) for k, label, _ in HEADLINE if k in s]
         parts += ["<h2>Headline metrics</h2>",
-                  _table(["metric", "real vs real (floor)", "synthetic vs real"], rows)]
+                  _html_table(["metric", "real vs real (floor)", "synthetic vs real"], rows)]
     genes = result.get("genes") or {}
     if genes.get("overall"):
         o = genes["overall"]
-        parts += ["<h2>Gene level</h2>", _table(["", "AUC", "floor", "cells a side", "genes"],
-                                                [("overall", o["auc"], o["floor_auc"],
-                                                  o["n_cells"], o["n_genes"])])]
+        parts += ["<h2>Gene level</h2>",
+                  _html_table(["", "AUC", "floor", "cells a side", "genes"],
+                              [("overall", o["auc"], o["floor_auc"], o["n_cells"], o["n_genes"])])]
     if result.get("privacy") is not None:
-        parts.append(_privacy(result["privacy"]))
+        parts.append(_privacy_html(result["privacy"]))
     n = result.get("n_cells") or {}
     if n:
         parts.append(f"<p class='muted'>{_e(n['real']['used'])} real and "
