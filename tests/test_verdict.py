@@ -125,9 +125,14 @@ def test_types_too_few_absent_and_only_synthetic_are_named():
     v = fidelity_verdict(syn, flo)  # counts read from the reports alone (a pipeline's fidelity.json)
     assert v["absent"] == ["gone"] and v["extra"] == ["new"] and list(v["too_few"]) == ["rare"]
     assert "6 real and 4 synthetic cells scored; a verdict needs 20" in v["too_few"]["rare"]
-    counts = {"rare": {"real": 6, "synthetic": 4, "real_total": 600, "synthetic_total": 4}}
+    counts = {"rare": {"real": 6, "synthetic": 4, "real_total": 600, "synthetic_total": 40}}
     v = fidelity_verdict(syn, flo, type_counts=counts)
-    assert "raise max_cells" in v["too_few"]["rare"]
+    assert v["too_few"]["rare"].endswith(": raise max_cells (the inputs hold 600 real and 40 "
+                                         "synthetic)")
+    counts["rare"]["synthetic_total"] = 9
+    assert fidelity_verdict(syn, flo, type_counts=counts)["too_few"]["rare"].endswith(
+        ", and the inputs hold only 600 real and 9 synthetic")
+    counts["rare"]["synthetic_total"] = 40
     lines = "\n".join(vd.verdict_lines(v))
     assert "gone: absent from the synthetic data (50 real cells)" in lines
     assert "rare: too few cells" in lines and "new: only in the synthetic data" in lines
@@ -198,6 +203,23 @@ def test_the_per_type_table_is_complete(same):
     assert (table["n_real"] >= table["n_real_scored"]).all()
     # TRTS beside TRTR: one distribution is classified about as well as real cells
     assert (judged["trts_f1"] - judged["trtr_f1"]).abs().max() < 0.2
+
+
+def test_a_runs_fidelity_json_is_judged_alike(same):
+    """The pipeline writes only ``synthetic_vs_real`` and ``real_vs_real``: the functions read
+    them from JSON, judging the two-sample AUCs as compare did."""
+    import json
+
+    data = json.loads(json.dumps({k: same[k] for k in ("synthetic_vs_real", "real_vs_real")}))
+    v = fidelity_verdict(data["synthetic_vs_real"], data["real_vs_real"])
+    assert v["overall"]["verdict"] == IND and set(v["too_few"]) == {"DOUBLET_MIXED",
+                                                                    "LOW_Q_HIGH_MITO"}
+    for t in TYPES:
+        assert v["per_type"][t]["metrics"]["c2st_auc"] == \
+            same["verdict"]["per_type"][t]["metrics"]["c2st_auc"]
+        assert set(v["per_type"][t]["metrics"]) == {"c2st_auc"}  # no floor of equal size here
+    assert set(per_type_table(data["synthetic_vs_real"], data["real_vs_real"]).index) == \
+        {*TYPES, "DOUBLET_MIXED", "LOW_Q_HIGH_MITO"}
 
 
 def test_another_atlas_is_distinguishable(atlas):

@@ -104,8 +104,8 @@ def _privacy_md(priv: Mapping | None) -> list[str]:
 def _genes_md(genes: Mapping | None) -> list[str]:
     if not genes:
         return []
-    if "skipped" in genes:
-        return ["## Gene level", "", f"Not computed: {genes['skipped']}", ""]
+    if "overall" not in genes:
+        return ["## Gene level", "", f"Not computed: {genes.get('skipped')}", ""]
     o = genes["overall"]
     return ["## Gene level", "",
             f"A classifier on {o['n_genes']} genes (log-normalised values and detection) tells "
@@ -268,8 +268,8 @@ class Evaluation(Mapping[str, Any]):
 
     @property
     def genes(self) -> dict[str, Any] | None:
-        """The gene-level test (:func:`~cellsynth.metrics.genes.gene_fidelity`), or
-        ``{"skipped": why}``."""
+        """The gene-level test (:func:`~cellsynth.metrics.genes.gene_fidelity`; types it left
+        out under ``skipped``), or ``{"skipped": why}`` (no ``overall``) when it could not run."""
         return self._result.get("genes")
 
     def to_dict(self) -> dict[str, Any]:

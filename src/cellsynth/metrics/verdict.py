@@ -15,7 +15,7 @@ Pure functions over the JSON-ready dicts the metrics return, so a pipeline run (
   in :data:`RULES`).
 
 A type's verdict is the worst of its metrics, ``decided_by`` the one or two furthest beyond
-their tolerance. The overall verdict is the worst of the pooled metrics and of the mean
+their tolerance; its ``reason`` reads "metric value vs floor ± tolerance" for each. The overall verdict is the worst of the pooled metrics and of the mean
 per-type AUC; a type worse than that makes it at least ``close``, and when half the judged
 types or more are distinguishable, so is the whole. A pooled AUC cannot hide a per-type gap.
 """
@@ -203,6 +203,19 @@ def _counts(fid: Mapping, type_counts: Mapping | None) -> dict[str, dict[str, in
     return out
 
 
+def _too_few(scored: tuple[int, int], c: Mapping) -> str:
+    """Why a type has no verdict, and whether more of its cells exist to score."""
+    why = (f"{scored[0]} real and {scored[1]} synthetic cells scored; a verdict needs "
+           f"{MIN_TYPE_CELLS} of each")
+    rt, st = c.get("real_total"), c.get("synthetic_total")
+    if rt is None or st is None or (rt, st) == scored:
+        return why
+    # at most half the real cells are scored (the others fit the evaluation space)
+    if rt // 2 >= MIN_TYPE_CELLS and st >= MIN_TYPE_CELLS:
+        return f"{why}: raise max_cells (the inputs hold {rt} real and {st} synthetic)"
+    return f"{why}, and the inputs hold only {rt} real and {st} synthetic"
+
+
 def fidelity_verdict(
     synthetic_vs_real: Mapping[str, Any], real_vs_real: Mapping[str, Any], *,
     floor_spread: Mapping[str, Any] | None = None, genes: Mapping[str, Any] | None = None,
@@ -260,10 +273,7 @@ def fidelity_verdict(
             continue
         scored = (c.get("real") or 0, c.get("synthetic") or 0)
         if min(scored) < MIN_TYPE_CELLS:
-            more = any((c.get(f"{k}_total") or 0) > (c.get(k) or 0) for k in ("real", "synthetic"))
-            too_few[t] = (f"{scored[0]} real and {scored[1]} synthetic cells scored; a verdict "
-                          f"needs {MIN_TYPE_CELLS} of each" + (" (raise max_cells to score "
-                                                               "more)" if more else ""))
+            too_few[t] = _too_few(scored, c)
             continue
         if t not in st or t not in ft:
             too_few[t] = (f"{scored[0]} real and {scored[1]} synthetic cells scored, but the "
