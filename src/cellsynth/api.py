@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from .config import RunConfig
-    from .models.base import Generator
     from .evaluation.result import Evaluation
+    from .models.base import Generator
 
 logger = logging.getLogger(__name__)
 
