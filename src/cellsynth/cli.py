@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--synthetic", required=True, metavar="FILE", help="h5ad of generated cells")
     e.add_argument("--label-key", required=True, metavar="KEY",
                    help="obs column with the cell type, in both files")
-    e.add_argument("--out", required=True, metavar="DIR", help="directory for fidelity.json")
+    e.add_argument("--out", required=True, metavar="DIR",
+                   help="directory for fidelity.json, fidelity.md (the verdict first) and "
+                        "per_type.csv")
     e.add_argument("--seed", type=_seed, default=0, help="random seed of subsamples and the floor")
     e.add_argument("--max-cells", type=int, default=3000, metavar="N",
                    help="cells of each file read (a stratified subsample; files are never "
