@@ -123,7 +123,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
-                       label_key=args.label_key, chunk_size=args.chunk_size)
+                       label_key=args.label_key, chunk_size=args.chunk_size,
+                       n_donors=args.donors, n_conditions=args.conditions)
     print(path)
     return 0
 
@@ -335,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "simulate", "write a simulated atlas (chunked) to an h5ad", (
         "Negative binomial counts with per-type marker programs, written chunk by chunk, so\n"
-        "atlases larger than memory can be made for tests and benchmarks."))
+        "atlases larger than memory can be made for tests and benchmarks. --donors and\n"
+        "--conditions add obs columns 'donor' (D0, D1...) and 'condition' (ctrl, stim,\n"
+        "stim2...) whose effects are known: a per-donor shift of some genes and, per type, a\n"
+        "condition program, stated in uns['simulation'] (genes and log fold changes)."))
     s.add_argument("--cells", type=int, default=10_000, metavar="N", help="cells")
     s.add_argument("--genes", type=int, default=2_000, metavar="N", help="genes")
     s.add_argument("--types", type=int, default=20, metavar="N", help="cell types")
@@ -344,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="obs column the cell types are written to")
     s.add_argument("--chunk-size", type=int, default=50_000, metavar="N",
                    help="cells generated and written at a time")
+    s.add_argument("--donors", type=int, default=0, metavar="K",
+                   help="donors, each shifting a random subset of genes (default: 0, no donor "
+                        "column)")
+    s.add_argument("--conditions", type=int, default=0, metavar="C",
+                   help="conditions: ctrl, then stim, stim2... each with a gene program per type "
+                        "(default: 0, no condition column)")
     s.add_argument("--out", required=True, metavar="FILE", help="the h5ad file to write")
     s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     s.set_defaults(func=cmd_simulate)

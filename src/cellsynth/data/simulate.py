@@ -6,6 +6,14 @@ gamma-Poisson, drawn without touching the zeros: NB(m, theta) is compound Poisso
 (``Poisson(theta * log1p(m / theta))`` events, each a log-series count), drawn for a batch of
 cells at its highest rate and thinned to each cell's rate. Each block of ``_BLOCK`` cells has its
 own :class:`numpy.random.SeedSequence` child, so the data do not depend on the chunk size.
+
+A design with a known answer (``n_donors``, ``n_conditions``): every cell gets a donor
+(``D0``, ``D1``...) and a condition (``ctrl``, ``stim``, ``stim2``...). A donor multiplies the
+mean of a random subset of genes by ``exp(lfc)`` (its own lfc per gene); a condition other than
+``ctrl`` multiplies, per type, a program of genes (a core shared by the types, scaled by the
+type's response, and genes of the type's own) by ``exp(lfc)``, at the same library size. The
+effects are stated in ``uns["simulation"]``. They come from random streams of their own, so
+without them the atlas is the same bit for bit.
 """
 
 from __future__ import annotations
@@ -14,8 +22,9 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import h5py
@@ -41,6 +50,7 @@ _BLOCK = 10_000  # cells per random stream: the output does not depend on the ch
 _BATCH = 256  # most cells in one thinning batch
 _LIB_STEP = 0.2  # a batch spans libraries within a factor exp(_LIB_STEP): few rejected events
 _N_PROGRAMS = 6  # shared gene programs
+DONOR_KEY, CONDITION_KEY, REFERENCE = "donor", "condition", "ctrl"
 _MITO = "ND1 ND2 CO1 CO2 ATP8 ATP6 CO3 ND3 ND4L ND4 ND5 ND6 CYB".split()
 
 
@@ -66,6 +76,37 @@ class _Plan:
     mito: np.ndarray  # (n_cells,) expected mitochondrial fraction
     labels: pd.Categorical  # (n_cells,) annotation, uninformative labels included
     doublet: np.ndarray  # (n_cells,) bool, the predicted_doublets flag
+
+
+@dataclass(frozen=True)
+class _Effects:
+    """Donors and conditions: who is what, and what it does to the gene means."""
+
+    n_donors: int  # 0: no donor column
+    n_conditions: int  # 0: no condition column
+    donor: np.ndarray  # (n_cells,) donor code (0 without donors)
+    condition: np.ndarray  # (n_cells,) condition code, 0 = ctrl
+    donor_genes: np.ndarray  # (k,) nuclear genes every donor shifts
+    donor_lfc: np.ndarray  # (n_donors, k) natural-log fold change of each donor
+    #: per type, per condition after ``ctrl``: (nuclear genes, their natural-log fold changes)
+    programs: list[list[tuple[np.ndarray, np.ndarray]]]
+
+    def component(self, types: np.ndarray, cells: np.ndarray, n_types: int) -> np.ndarray:
+        """Code of (type, donor, condition) of components of cells ``cells``."""
+        return types + n_types * (self.donor[cells] + max(self.n_donors, 1) * self.condition[cells])
+
+    def shares(self, model: _Model, code: int) -> np.ndarray:
+        """The gene shares of component ``code``: the type's, times the covariates' effects."""
+        n_types = len(model.proportions)
+        t, rest = code % n_types, code // n_types
+        d, c = rest % max(self.n_donors, 1), rest // max(self.n_donors, 1)
+        q = model.q[t].copy()
+        if self.n_donors:
+            q[self.donor_genes] *= np.exp(self.donor_lfc[d])
+        if c:
+            genes, lfc = self.programs[t][c - 1]
+            q[genes] *= np.exp(lfc)
+        return q
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -150,17 +191,76 @@ def _make_plan(
     return _Plan(type1, type2, lib1, lib2, mito, labels.remove_unused_categories(), kind == 1)
 
 
+def _levels(n_donors: int, n_conditions: int) -> tuple[list[str], list[str]]:
+    conditions = [REFERENCE, "stim", *(f"stim{c}" for c in range(2, n_conditions))]
+    return [f"D{d}" for d in range(n_donors)], conditions[:n_conditions]
+
+
+def _make_effects(model: _Model, n_cells: int, n_donors: int, n_conditions: int,
+                  seed: int) -> _Effects:  # fmt: skip
+    """Covariates of every cell and their effects, from random streams of their own."""
+    n_types, n_nuc = model.q.shape
+    log_q = np.log(model.q)
+    visible = np.flatnonzero(log_q.mean(axis=0) > np.median(log_q.mean(axis=0)))
+    rng = _rng(seed, 3, 0)  # donors: about equal shares, uneven
+    donor, genes, lfc = np.zeros(n_cells, np.int64), np.zeros(0, np.int64), np.zeros((0, 0))
+    if n_donors:
+        donor = rng.choice(n_donors, n_cells, p=rng.dirichlet(np.full(n_donors, 5.0)))
+        size = min(int(np.clip(n_nuc // 20, 5, 500)), len(visible))
+        genes = np.sort(rng.choice(visible, size, replace=False))
+        lfc = rng.normal(0.0, 0.4, (n_donors, len(genes)))
+    rng = _rng(seed, 3, 1)  # conditions: equal shares, a program per type
+    condition = rng.integers(n_conditions, size=n_cells) if n_conditions else np.zeros_like(donor)
+    k = min(int(np.clip(n_nuc // 60, 5, 100)), len(visible) // 2)
+    programs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_types)]
+    for _ in range(1, n_conditions):
+        core = rng.choice(visible, k, replace=False)
+        core_lfc = rng.normal(1.5, 0.3, k) * np.where(rng.random(k) < 0.75, 1, -1)
+        for t in range(n_types):
+            own = np.setdiff1d(np.flatnonzero(log_q[t] > np.median(log_q[t])), core)
+            own = rng.choice(own, min(k, len(own)), replace=False)
+            own_lfc = rng.normal(1.2, 0.3, len(own)) * np.where(rng.random(len(own)) < 0.75, 1, -1)
+            order = np.argsort(np.concatenate([core, own]))
+            both = np.concatenate([core_lfc * rng.uniform(0.6, 1.4), own_lfc])
+            programs[t].append((np.concatenate([core, own])[order], both[order]))
+    return _Effects(n_donors, n_conditions, donor, condition, genes, lfc, programs)
+
+
+def _truth(effects: _Effects, genes: pd.Index, n_mito: int, n_types: int) -> dict[str, Any]:
+    """``uns["simulation"]``: the covariates' effects as plain JSON values."""
+    donors, conditions = _levels(effects.n_donors, effects.n_conditions)
+
+    def names(nuclear: np.ndarray) -> list[str]:
+        return [str(g) for g in genes[nuclear + n_mito]]
+
+    out: dict[str, Any] = {
+        "effects": "a cell's mean count of a gene, at its library size, is multiplied by "
+                   "exp(log_fold_change) (natural log) for its donor and its condition",
+        "donor_key": DONOR_KEY, "donors": donors,
+        "condition_key": CONDITION_KEY, "conditions": conditions,
+        "reference": REFERENCE}  # fmt: skip
+    if effects.n_donors:
+        out["donor_shift"] = {"genes": names(effects.donor_genes), "log_fold_change": {
+            d: [float(v) for v in effects.donor_lfc[i]] for i, d in enumerate(donors)}}
+    out["condition_programs"] = {
+        t: {c: {"genes": names(g), "log_fold_change": [float(v) for v in lfc]}
+            for c, (g, lfc) in zip(conditions[1:], effects.programs[k], strict=True)}
+        for k, t in enumerate(_type_names(n_types))}  # fmt: skip
+    return out
+
+
 def _nb_counts(
-    rng: np.random.Generator, model: _Model, t: int, libs: np.ndarray, jitter: np.ndarray
+    rng: np.random.Generator, model: _Model, q: np.ndarray, libs: np.ndarray, jitter: np.ndarray
 ) -> sp.csr_matrix:
-    """NB counts of up to ``_BATCH`` cells of type ``t``: canonical CSR (cells x nuclear genes).
+    """NB counts of up to ``_BATCH`` cells of gene shares ``q`` (a type's, or a type's in a
+    donor and condition): canonical CSR (cells x nuclear genes).
 
     Events come at the batch's highest rate per gene (largest library and program jitter; the
     loadings are non-negative), each kept with probability rate / highest rate.
     """
     theta, n_nuc = model.theta, len(model.theta)
     shift = np.exp(jitter @ model.programs)  # (n_cells, n_program_genes)
-    m_max = libs.max() * model.q[t]  # (n_nuc,)
+    m_max = libs.max() * q  # (n_nuc,)
     m_max[model.program_genes] *= shift.max(axis=0)
     rate_max = theta * np.log1p(m_max / theta)
     rate = rate_max * len(libs)  # events per gene: Poisson(rate), each for a random cell
@@ -171,7 +271,7 @@ def _nb_counts(
         gene = np.searchsorted(cum, at[:-1] * (cum[-1] / at[-1]), side="right")
         gene = gene.clip(max=n_nuc - 1).astype(np.int32)
     cell = rng.integers(len(libs), size=len(gene), dtype=np.int32)
-    m = libs[cell] * model.q[t, gene]
+    m = libs[cell] * q[gene]
     pos = model.program_pos[gene]
     in_program = np.flatnonzero(pos >= 0)
     m[in_program] *= shift[cell[in_program], pos[in_program]]
@@ -183,12 +283,17 @@ def _nb_counts(
     return sp.csr_matrix((count, (cell[keep], gene[keep])), shape=(len(libs), n_nuc))
 
 
-def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.csr_matrix:
+def _block(model: _Model, plan: _Plan, effects: _Effects | None, start: int, stop: int,
+           seed: int) -> sp.csr_matrix:  # fmt: skip
     """Counts of cells ``start:stop`` (inside one ``_BLOCK``), canonical CSR float32."""
     rng = _rng(seed, 2, start // _BLOCK)
     n, cells = stop - start, slice(start, stop)
     two = np.flatnonzero(plan.type2[cells] >= 0)  # components: n cells, doublets' second parts
     types = np.concatenate([plan.type1[cells], plan.type2[cells][two]])
+    if effects is not None:  # a doublet's parts share the cell's donor and condition
+        at = np.concatenate([np.arange(start, stop), start + two])
+        types = effects.component(types, at, len(model.proportions))
+    shares = (lambda c: model.q[c]) if effects is None else partial(effects.shares, model)
     libs = np.concatenate([plan.lib1[cells], plan.lib2[cells][two]])
     jitter = rng.normal(0.0, 0.35, (len(types), _N_PROGRAMS))  # per-cell program activity
     level = np.floor(np.log(libs) / _LIB_STEP)
@@ -197,7 +302,8 @@ def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.c
     runs = np.split(order, np.flatnonzero(cut) + 1)
     batches = [run[i : i + _BATCH] for run in runs for i in range(0, len(run), _BATCH)]
     stacked = sp.vstack(
-        [_nb_counts(rng, model, int(types[b[0]]), libs[b], jitter[b]) for b in batches], "csr"
+        [_nb_counts(rng, model, shares(int(types[b[0]])), libs[b], jitter[b]) for b in batches],
+        "csr",
     )  # rows in ``order``
     rank = np.argsort(order)
     nuc, second = stacked[rank[:n]], stacked[rank[n:]]
@@ -215,12 +321,13 @@ def _block(model: _Model, plan: _Plan, start: int, stop: int, seed: int) -> sp.c
     return sp.hstack([sp.csr_matrix(mito), nuc], format="csr")
 
 
-def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[sp.csr_matrix]:
+def _chunks(model: _Model, plan: _Plan, effects: _Effects | None, seed: int,
+            chunk_size: int) -> Iterator[sp.csr_matrix]:  # fmt: skip
     """The count matrix in row chunks of ``chunk_size`` cells (the last may be shorter)."""
     n_cells, parts, held = len(plan.type1), [], 0
     for start in range(0, n_cells, _BLOCK):
         stop = min(start + _BLOCK, n_cells)
-        parts.append(_block(model, plan, start, stop, seed))
+        parts.append(_block(model, plan, effects, start, stop, seed))
         held += stop - start
         while held >= chunk_size or (stop == n_cells and held):
             buf = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
@@ -232,10 +339,14 @@ def _chunks(model: _Model, plan: _Plan, seed: int, chunk_size: int) -> Iterator[
 def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
-) -> tuple[_Model, _Plan]:  # fmt: skip
+    n_donors: int = 0, n_conditions: int = 0,
+) -> tuple[_Model, _Plan, _Effects | None]:  # fmt: skip
     if min(n_cells, n_types) < 1 or n_mito < 0 or n_genes - n_mito < 10:
         raise ConfigError(f"need n_cells, n_types >= 1 and 0 <= n_mito <= n_genes - 10; got "
                           f"{n_cells}, {n_types}, {n_mito}, {n_genes}")  # fmt: skip
+    if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
+        raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
+                          f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip
     rates_ok = 0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5
     if not rates_ok or (library_size is not None and library_size <= 0):
         raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
@@ -244,12 +355,16 @@ def _setup(
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
-    return model, _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate, lib)
+    plan = _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate, lib)
+    if not (n_donors or n_conditions):
+        return model, plan, None
+    return model, plan, _make_effects(model, n_cells, n_donors, n_conditions, seed)
 
 
 def _annotations(
-    model: _Model, plan: _Plan, label_key: str, seed: int, qc: tuple[np.ndarray, ...] | None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    model: _Model, plan: _Plan, effects: _Effects | None, label_key: str, seed: int,
+    qc: tuple[np.ndarray, ...] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # fmt: skip
     """``obs``, ``var`` and ``uns``; ``qc`` holds the mito fraction and genes detected, or None."""
     n_cells, n_mito, n_types = len(plan.type1), len(model.mito_weights), len(model.proportions)
     n_genes = n_mito + model.q.shape[1]
@@ -263,7 +378,15 @@ def _annotations(
     source = f"cellsynth.data.simulate: {n_cells} x {n_genes}, {n_types} types, seed {seed}"
     group = [f"group_{chr(65 + g) if g < 26 else g + 1}" for g in model.groups.tolist()]
     groups = dict(zip(_type_names(n_types), group, strict=True))
-    return obs, var, {"label_key": label_key, "source": source, "celltype_groups": groups}
+    uns = {"label_key": label_key, "source": source, "celltype_groups": groups}
+    if effects is not None:
+        donors, conditions = _levels(effects.n_donors, effects.n_conditions)
+        for key, levels, codes in ((DONOR_KEY, donors, effects.donor),
+                                   (CONDITION_KEY, conditions, effects.condition)):  # fmt: skip
+            if levels:
+                obs[key] = pd.Categorical.from_codes(codes, categories=levels)
+        uns["simulation"] = _truth(effects, genes, n_mito, n_types)
+    return obs, var, uns
 
 
 def _qc(x: sp.csr_matrix, n_mito: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +400,7 @@ def simulate_atlas(
     n_cells: int = 3000, n_genes: int = 2000, n_types: int = 8, *, seed: int = 0,
     label_key: str = "cell_type", doublet_rate: float = 0.02, uninformative_rate: float = 0.01,
     n_mito: int = 13, qc_columns: bool = False, library_size: float | None = None,
+    n_donors: int = 0, n_conditions: int = 0,
 ) -> ad.AnnData:  # fmt: skip
     """Simulate a labelled atlas of raw counts in memory.
 
@@ -298,25 +422,41 @@ def simulate_atlas(
         Add ``obs["mito"]`` (mitochondrial fraction) and ``obs["n_genes"]``, as E-ANND-5 has.
     library_size
         Median nuclear counts per cell; ``None`` grows it with ``n_genes``.
+    n_donors
+        Donors (``obs["donor"]``: ``D0``, ``D1``...), each shifting a random subset of genes by
+        a fold change of its own; 0: no donor column.
+    n_conditions
+        Conditions (``obs["condition"]``: ``ctrl``, ``stim``, ``stim2``...), each after ``ctrl``
+        with a gene program per type; 0: no condition column. With either, the effects are
+        stated in ``uns["simulation"]``; without, the atlas is the same bit for bit.
 
     Returns
     -------
     AnnData with whole counts in ``X`` (CSR float32), the annotation and doublet flag in ``obs``,
     ``gene_ids`` in ``var``, and ``label_key``, ``source``, ``celltype_groups`` (fine to coarse)
-    in ``uns``.
+    in ``uns``; with donors or conditions, their columns in ``obs`` and ``uns["simulation"]``:
+    ``donors``, ``conditions``, ``reference`` (``ctrl``), ``donor_shift`` (``genes``, and
+    ``log_fold_change`` per donor) and ``condition_programs`` (per type, per condition:
+    ``genes`` and ``log_fold_change``), natural-log fold changes of a gene's mean at a fixed
+    library size.
+
+    Examples
+    --------
+    >>> adata = simulate_atlas(2000, 500, 4, n_donors=3, n_conditions=2, seed=0)
+    >>> adata.uns["simulation"]["condition_programs"]["type_00"]["stim"]["genes"][:3]
     """
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
-    model, plan = _setup(*args, library_size)
-    parts = list(_chunks(model, plan, seed, _BLOCK))
+    model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
+    parts = list(_chunks(model, plan, effects, seed, _BLOCK))
     x = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
     obs, var, uns = _annotations(
-        model, plan, label_key, seed, _qc(x, n_mito) if qc_columns else None
+        model, plan, effects, label_key, seed, _qc(x, n_mito) if qc_columns else None
     )
     return ad.AnnData(X=x, obs=obs, var=var, uns=uns)
 
 
 def _write_x(
-    f: h5py.File, model: _Model, plan: _Plan, seed: int, chunk_size: int,
+    f: h5py.File, model: _Model, plan: _Plan, effects: _Effects | None, seed: int, chunk_size: int,
     compression: str | None, qc: tuple[np.ndarray, np.ndarray] | None,
 ) -> int:  # fmt: skip
     """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""
@@ -330,7 +470,7 @@ def _write_x(
     indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
     indptr[0] = nnz = row = 0
     n_chunks = -(-n_cells // chunk_size)
-    for x in progress_bar(_chunks(model, plan, seed, chunk_size), total=n_chunks):
+    for x in progress_bar(_chunks(model, plan, effects, seed, chunk_size), total=n_chunks):
         stop = row + x.shape[0]
         for dataset, values in ((data, x.data), (indices, x.indices)):
             dataset.resize((nnz + x.nnz,))
@@ -348,7 +488,7 @@ def write_atlas(
     label_key: str = "celltype_annotation", chunk_size: int = 50_000,
     doublet_rate: float = 0.02, uninformative_rate: float = 0.01, n_mito: int = 13,
     qc_columns: bool = False, library_size: float | None = None,
-    compression: Literal["gzip", "lzf"] | None = None,
+    compression: Literal["gzip", "lzf"] | None = None, n_donors: int = 0, n_conditions: int = 0,
 ) -> Path:  # fmt: skip
     """Simulate an atlas straight into an ``.h5ad`` file, ``chunk_size`` cells at a time.
 
@@ -377,12 +517,12 @@ def write_atlas(
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
     path, started = Path(path), time.perf_counter()
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
-    model, plan = _setup(*args, library_size)
+    model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
     qc = (np.zeros(n_cells, np.float32), np.zeros(n_cells, np.int32)) if qc_columns else None
     with h5ad_file(path) as f:
-        nnz = _write_x(f, model, plan, seed, chunk_size, compression, qc)
-        obs, var, uns = _annotations(model, plan, label_key, seed, qc)
+        nnz = _write_x(f, model, plan, effects, seed, chunk_size, compression, qc)
+        obs, var, uns = _annotations(model, plan, effects, label_key, seed, qc)
         for key, elem in {"obs": obs, "var": var, "uns": uns}.items():
             write_elem(f, key, elem)
     elapsed = time.perf_counter() - started

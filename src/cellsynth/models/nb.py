@@ -14,6 +14,11 @@ are ``mu_tg * L / mean(L_t)`` with ``mu_tg = p_tg mean(L_t)``, and counts come f
 mixture drawn with numpy. Genes are independent given the library size: the baseline keeps
 each type's mean and variance and nothing of the gene-gene structure.
 
+With ``covariate_keys`` (donor, condition...) the same fit is made per type and combination of
+levels (a :class:`~._design.Design`, as the CVAE's) for every combination with at least
+``min_cells`` training cells; a smaller combination, or one no training cell had, is generated
+from the type's fit (pooled over the levels), and the combinations that fell back are recorded.
+
 The helpers for library sizes, sampling and model directories are shared by the other
 count-space generators (``seed``, ``scvi``).
 """
@@ -28,16 +33,20 @@ from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ..errors import DataError, ModelFileError
+from .. import keys as K
+from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
+from ._design import Design
 from ._draws import nb_csr
 from ._training import package_version, verify_checksums, write_checksums
-from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
+from .base import fit_labels, split_masks, synthetic_adata, training_counts
+from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,10 @@ MAX_THETA = 1e4
 MIN_THETA = 1e-3
 #: values (rows x genes) densified at a time while generating: 8M float64 = 64 MB per array
 CHUNK_VALUES = 2**23
+#: fewest training cells a combination of covariate levels is fitted on (else: the type's fit)
+MIN_CELLS = 20
+
+Plan = list[tuple[str, tuple[int, ...], int]]  # (type, covariate level codes, cells)
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the count-space generators
@@ -199,18 +212,37 @@ class NegBinBaseline:
     ----------
     max_theta
         Dispersion stored for genes without over-dispersion (the Poisson limit).
+    covariate_keys
+        ``obs`` columns (donor, condition...) to fit per combination of levels besides the
+        type; ``None``: per type only.
+    min_cells
+        Fewest training cells of a combination fitted on its own; smaller combinations are
+        generated from the type's fit (and listed in ``history["fallbacks"]``).
 
     Examples
     --------
-    >>> model = NegBinBaseline()
+    >>> model = NegBinBaseline(covariate_keys=["condition"])
     >>> model.fit(adata, "cell_type", seed=0)
-    >>> synthetic = model.sample({"B cells": 100}, seed=1)
+    >>> stim = model.sample({"B cells": 100}, where={"condition": "stim"}, seed=1)
     """
 
     name: ClassVar[str] = "nb"
 
-    def __init__(self, *, max_theta: float = MAX_THETA) -> None:
+    def __init__(self, *, max_theta: float = MAX_THETA, covariate_keys: list[str] | None = None,
+                 min_cells: int = MIN_CELLS) -> None:  # fmt: skip
+        if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 2:
+            raise ConfigError(f"min_cells must be an integer >= 2, got {min_cells!r}")
+        if isinstance(covariate_keys, str):
+            covariate_keys = [covariate_keys]
         self.max_theta = float(max_theta)
+        self.covariate_keys = [str(k) for k in covariate_keys or []]
+        self.min_cells = min_cells
+        self.design = Design()
+        #: per fitted combination: its type and level codes, mean, dispersion, libraries
+        self.combinations: list[tuple[str, tuple[int, ...]]] = []
+        self.combo_mu = np.zeros((0, 0), dtype=np.float32)  # (F, G)
+        self.combo_theta = np.zeros((0, 0), dtype=np.float32)  # (F, G)
+        self.combo_libraries: list[np.ndarray] = []
         self.labels: list[str] = []
         self.genes: list[str] = []
         self.label_key = "cell_type"
@@ -220,15 +252,40 @@ class NegBinBaseline:
         self.history: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"NegBinBaseline(n_labels={len(self.labels)}, n_genes={len(self.genes)})"
+        covs = f", covariates={self.design.keys}" if self.design else ""
+        return f"NegBinBaseline(n_labels={len(self.labels)}, n_genes={len(self.genes)}{covs})"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings (saved in ``config.json`` and in generated cells' provenance)."""
+        extra = {"covariate_keys": self.covariate_keys, "min_cells": self.min_cells}
+        return {"max_theta": self.max_theta, **(extra if self.covariate_keys else {})}
 
     def fit(
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
-        """Fit ``mu`` and ``theta`` of every type on the training rows; return a short history.
+        """Fit ``mu`` and ``theta`` of every type (and, with covariates, of every combination of
+        levels with at least ``min_cells`` training cells) on the training rows.
+
+        Parameters
+        ----------
+        adata
+            Raw counts (``X`` or ``layers['counts']``), the label column and the covariate
+            columns; ``obs['cellsynth_split']`` chooses the training rows when present.
+        label_key
+            ``obs`` column holding the cell type.
+        seed
+            Seeds the 10% validation cut when there is no split column.
+
+        Returns
+        -------
+        The history: cells, cells per type, seconds and, with covariates, the combinations
+        fitted and those that fell back to the type's fit (``fallbacks``).
         """
         start = time.perf_counter()
         rows, y = training_rows(adata, label_key, seed=seed)
+        design, cov = Design.fit(adata.obs, self.covariate_keys, label_key,
+                                 fit_labels(adata, label_key), rows, rows)  # fmt: skip
         x = training_counts(adata)[rows]
         labels = sorted(set(y))
         codes = np.searchsorted(np.array(labels), y)
@@ -243,11 +300,14 @@ class NegBinBaseline:
         self.mu = np.stack(mu).astype(np.float32)
         self.theta = np.stack(theta).astype(np.float32)
         self.libraries = libs
+        self.design = design
         self.history = {
             "n_cells": len(rows),
             "cells_per_type": {t: len(v) for t, v in zip(labels, libs, strict=True)},
-            "seconds": time.perf_counter() - start,
         }
+        if design:
+            self._fit_combinations(x, codes, cov[rows])
+        self.history["seconds"] = time.perf_counter() - start
         logger.info(
             "nb baseline: %d types x %d genes from %d cells in %.1f s",
             len(labels),
@@ -257,52 +317,146 @@ class NegBinBaseline:
         )
         return self.history
 
+    def _fit_combinations(self, x: sp.csr_matrix, types: np.ndarray, cov: np.ndarray) -> None:
+        """Fit every (type, levels) of the training cells with ``min_cells`` cells or more."""
+        keys = np.column_stack([types, cov])  # (n_train, 1 + k)
+        combos, inverse = np.unique(keys, axis=0, return_inverse=True)
+        rows = per_type_rows(inverse.ravel(), len(combos))
+        mu, theta, libs, fitted, fallbacks = [], [], [], [], []
+        bar = progress_bar(combos, desc="nb fit by combination", unit="combination")
+        for combo, idx in zip(bar, rows, strict=True):
+            label, levels = self.labels[combo[0]], tuple(int(c) for c in combo[1:])
+            if len(idx) < self.min_cells:
+                fallbacks.append({**self._describe(label, levels), "n_cells": len(idx)})
+                continue
+            p, th, lib = nb_moments(x[idx], max_theta=self.max_theta)
+            mu.append(p * lib.mean())
+            theta.append(th)
+            libs.append(lib.astype(np.float32))
+            fitted.append((label, levels))
+        empty = np.zeros((0, len(self.genes)), np.float32)
+        self.combinations, self.combo_libraries = fitted, libs
+        self.combo_mu = np.stack(mu).astype(np.float32) if mu else empty
+        self.combo_theta = np.stack(theta).astype(np.float32) if theta else empty
+        self.history.update({"covariates": self.design.keys, "combinations_fitted": len(fitted),
+                             "fallbacks": fallbacks})  # fmt: skip
+        if fallbacks:
+            logger.info("nb: %d of %d combinations have fewer than %d training cells and use "
+                        "their type's fit", len(fallbacks), len(combos), self.min_cells)
+
+    def _describe(self, label: str, levels: tuple[int, ...]) -> dict[str, str]:
+        """``{label_key: type, covariate: level, ...}`` of a combination."""
+        named = zip(self.design.keys, levels, strict=True)
+        return {self.label_key: label, **{k: self.design.levels[k][c] for k, c in named}}
+
+    def _params(self, label: str, levels: tuple[int, ...], index: dict[tuple[str, tuple[int, ...]],
+                int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:  # fmt: skip
+        """Mean, dispersion and training libraries of a combination (``index``: its position in
+        ``combinations``), or of its type when the combination was not fitted (too few or no
+        training cells); whether it fell back."""
+        if (f := index.get((label, levels))) is not None:
+            return self.combo_mu[f], self.combo_theta[f], self.combo_libraries[f], False
+        k = self.labels.index(label)
+        return self.mu[k], self.theta[k], self.libraries[k], bool(self.design)
+
+    def plan(self, request: dict[str, int] | pd.DataFrame | Plan,
+             where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
+        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
+        it that no training cell had (see :meth:`sample`)."""
+        if isinstance(request, list):  # already a plan
+            return request, []
+        if isinstance(request, dict) and not self.design and not where:
+            return [(t, (), n) for t, n in request_pairs(request, self.labels)], []
+        return self.design.plan(request, where, self.labels, self.label_key)
+
+    def plan_obs(self, plan: Plan) -> pd.DataFrame:
+        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
+        return self.design.obs(plan, self.label_key)
+
     def sample(
-        self, counts_per_type: dict[str, int], *, seed: int = 0
+        self,
+        request: dict[str, int] | pd.DataFrame,
+        *,
+        where: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> ad.AnnData:
-        """Generate cells; rows are grouped by type in the request's order.
+        """Generate cells; rows come out grouped as requested, in its order.
+
+        Parameters
+        ----------
+        request
+            Cells per type, e.g. ``{"B cells": 100}``; or, for a model with covariates, a table
+            with the label column, any covariate columns and ``n`` (one row per combination).
+        where
+            Covariate levels for every type of a dict request, e.g. ``{"condition": "stim"}``.
+            A covariate not given follows the type's training composition over it. A
+            combination of seen levels that no training cell had is allowed: it comes from the
+            type's fit and is listed in ``uns['cellsynth']['unseen_combinations']``.
+        seed
+            Seeds all draws (library sizes, counts).
+
+        Returns
+        -------
+        AnnData with whole counts in ``X`` (CSR float32), the type and every covariate in
+        ``obs`` (categorical, with the training levels) and provenance in ``uns['cellsynth']``
+        (with covariates also ``unseen_combinations`` and ``fallback_combinations``: those
+        generated from their type's fit).
         """
-        pairs = request(counts_per_type, self.labels)
+        plan, unseen = self.plan(request, where)
         rng = np.random.default_rng(seed)
-        blocks = []
-        bar = progress_bar(total=sum(n for _, n in pairs), desc="nb sample", unit="cell")  # fmt: skip
-        for label, n in pairs:
-            k = self.labels.index(label)
-            scale = 1.0 / float(self.libraries[k].mean()) if self.libraries[k].mean() > 0 else 0.0
-            mu, theta = torch.from_numpy(self.mu[k]), torch.from_numpy(self.theta[k])  # float32
+        blocks, fell_back = [], []
+        index = {combo: f for f, combo in enumerate(self.combinations)}
+        bar = progress_bar(total=sum(n for _, _, n in plan), desc="nb sample", unit="cell")
+        for label, levels, n in plan:
+            mu_k, theta_k, libraries, pooled = self._params(label, levels, index)
+            if pooled and (combo := self._describe(label, levels)) not in fell_back:
+                fell_back.append(combo)
+            scale = 1.0 / float(libraries.mean()) if libraries.mean() > 0 else 0.0
+            mu, theta = torch.from_numpy(mu_k), torch.from_numpy(theta_k)  # float32
             for m in row_chunks(n, len(self.genes)):
-                lib = draw_libraries(rng, self.libraries[k], m)  # (m,)
+                lib = draw_libraries(rng, libraries, m)  # (m,)
                 factor = torch.from_numpy((lib * scale).astype(np.float32))
                 blocks.append(nb_csr(rng, factor[:, None] * mu[None, :], theta))  # mean (m, G)
                 bar.update(m)
         bar.close()
-        y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
-        return synthetic_adata(
-            sp.vstack(blocks, format="csr"),
-            y,
-            self.genes,
-            label_key=self.label_key,
-            model=self.name,
-            seed=seed,
-            config={"max_theta": self.max_theta},
-        )
+        obs = self.plan_obs(plan)
+        out = synthetic_adata(sp.vstack(blocks, format="csr"), obs[self.label_key].to_numpy(),
+                              self.genes, label_key=self.label_key, model=self.name, seed=seed,
+                              config=self.config)  # fmt: skip
+        for key in self.design.keys:
+            out.obs[key] = obs[key].values  # categorical, with the training levels
+        if self.design:
+            out.uns[K.UNS].update(unseen_combinations=unseen, fallback_combinations=fell_back)
+        return out
 
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``labels.json``, ``genes.json``, ``params`` and ``libraries``.
 
-        The arrays are ``params.safetensors`` (``mu``, ``theta``) and ``libraries.safetensors``.
+        The arrays are ``params.safetensors`` (``mu``, ``theta``; with covariates also
+        ``combo_mu``, ``combo_theta`` of the fitted combinations, listed with the design in
+        ``config.json``) and ``libraries.safetensors``.
         """
         directory = Path(directory)
         meta = {
             "model": self.name,
             "format_version": FORMAT_VERSION,
             "label_key": self.label_key,
-            "config": {"max_theta": self.max_theta},
+            "config": self.config,
             "history": self.history,
         }
+        params = {"mu": self.mu, "theta": self.theta}
+        extra = {}
+        if self.design:
+            meta["design"] = self.design.to_json()
+            meta["combinations"] = [[t, list(c)] for t, c in self.combinations]
+            params.update(combo_mu=self.combo_mu, combo_theta=self.combo_theta)
+            sizes = [len(v) for v in self.combo_libraries]
+            extra = {"combo_libraries": np.concatenate([np.zeros(0, np.float32),
+                                                        *self.combo_libraries]),
+                     "combo_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
         write_meta(directory, meta, self.labels, self.genes)
-        save_file({"mu": self.mu, "theta": self.theta}, str(directory / "params.safetensors"))
-        save_libraries(directory / "libraries.safetensors", self.libraries)
+        save_file(params, str(directory / "params.safetensors"))
+        save_libraries(directory / "libraries.safetensors", self.libraries, extra)
         write_checksums(directory)
 
     @classmethod
@@ -318,18 +472,53 @@ class NegBinBaseline:
                 "(types x genes in labels.json and genes.json); the files come from different "
                 "models"
             )
-        if not (
-            np.isfinite(params["mu"]).all()
-            and (params["mu"] >= 0).all()
-            and (params["theta"] > 0).all()
-        ):
+        means = [params[k] for k in ("mu", "combo_mu") if k in params]
+        thetas = [params[k] for k in ("theta", "combo_theta") if k in params]
+        if not (all(np.isfinite(m).all() and (m >= 0).all() for m in means)
+                and all((t > 0).all() for t in thetas)):  # fmt: skip
             raise ModelFileError(f"{directory / 'params.safetensors'} holds invalid values")
-        libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
+        libraries, extra = load_libraries(directory / "libraries.safetensors", len(labels))
         config = meta.get("config") or {}
-        model = cls(max_theta=float(config.get("max_theta", MAX_THETA)))
+        try:
+            model = cls(max_theta=float(config.get("max_theta", MAX_THETA)),
+                        covariate_keys=config.get("covariate_keys"),
+                        min_cells=config.get("min_cells", MIN_CELLS))  # fmt: skip
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{directory / 'config.json'} has invalid settings: "
+                                 f"{exc}") from None
         model.labels, model.genes = labels, genes
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.mu, model.theta, model.libraries = params["mu"], params["theta"], libraries
         model.history = meta.get("history") or {}
+        if model.covariate_keys:
+            model._load_combinations(directory, meta, params, extra)
         verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
+
+    def _load_combinations(self, directory: Path, meta: dict[str, Any],
+                           params: dict[str, np.ndarray],
+                           extra: dict[str, np.ndarray]) -> None:  # fmt: skip
+        """Read the design and the fitted combinations, checked against each other."""
+        self.design = Design.from_json(meta.get("design"))
+        combos = meta.get("combinations")
+        mu, theta = params.get("combo_mu"), params.get("combo_theta")
+        lib, off = extra.get("combo_libraries"), extra.get("combo_offsets")
+        try:
+            self.combinations = [(str(t), tuple(int(c) for c in codes)) for t, codes in combos]
+            ok = (self.design.keys == self.covariate_keys
+                  and all(t in self.labels and len(c) == len(self.design.keys)
+                          and all(0 <= v < n for v, n in zip(c, self.design.n_levels, strict=True))
+                          for t, c in self.combinations))  # fmt: skip
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        shape = (len(self.combinations), len(self.genes))
+        if not ok or mu is None or theta is None or mu.shape != shape or theta.shape != shape:
+            raise ModelFileError(f"{directory}: the covariate design, the combinations in "
+                                 "config.json and combo_mu/combo_theta in params.safetensors "
+                                 "disagree; the files come from different models")
+        if (lib is None or off is None or off.shape != (shape[0] + 1,) or off[0] != 0
+                or off[-1] != lib.shape[0] or (np.diff(off) <= 0).any()):  # fmt: skip
+            raise ModelFileError(f"{directory / 'libraries.safetensors'} does not hold library "
+                                 f"sizes for the {shape[0]} combinations in config.json")
+        self.combo_mu, self.combo_theta = mu, theta
+        self.combo_libraries = [lib[off[f] : off[f + 1]] for f in range(shape[0])]
