@@ -84,7 +84,11 @@ def test_out_of_core_run_matches_in_memory_qc_and_resumes(atlas, tmp_path, caplo
     assert set(summary) == {"a", "b", "c"}
     assert all(0 <= e["fine"]["f1_macro"] <= 1 for e in summary.values())
     fidelity = json.loads((ooc / "metrics" / "fidelity.json").read_text())
-    assert {"real_vs_real", "synthetic_vs_real", "memorisation", "privacy"} <= set(fidelity)
+    assert {"real_vs_real", "synthetic_vs_real", "memorisation", "privacy", "verdict"} <= set(fidelity)
+    verdict = fidelity["verdict"]["overall"]["verdict"]
+    assert verdict in ("indistinguishable", "close", "distinguishable")
+    assert f"verdict: {verdict}" in (ooc / "results.md").read_text()
+    assert (ooc / "metrics" / "per_type.csv").is_file()
     manifest = json.loads((ooc / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     assert manifest["stages"]["data"]["out_of_core"] is True

@@ -85,9 +85,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sources.values() else "package defaults"), out)
     logger.info("%s", settings_line(cfg, sources))
     path = pipeline.run(cfg, out, force=set(args.force))
+    _print_verdict(out / "metrics" / "fidelity.json")
     print(f"results: {path}")
     print(f"report:  {out / 'report.html'}")
     return 0
+
+
+def _print_verdict(path: Path) -> None:
+    """The verdict lines of a run's fidelity (none when it was not measured)."""
+    try:
+        fid = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if "verdict" in fid:
+        from .metrics.verdict import verdict_lines
+
+        print("\n".join(verdict_lines(fid["verdict"], privacy=fid.get("privacy"))))
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -71,10 +71,12 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         syn_obs = syn.obs.iloc[is_][[ctx.label_key, *keys]].reset_index(drop=True)
     has_counts = syn_x.shape[1] == cells.n_vars  # the reference model's cells are PCA coordinates
     if cfg.report.umap:
+        iu = _as_many_as_real(y_syn[is_], y_real, seed=ctx.seed("umap-cells"))
         z_real = pca.transform(test.X)
-        z_syn = (pca.transform(normalise_log1p(syn_x, cfg.qc.target_sum)) if has_counts
-                 else syn_x.toarray().astype(np.float32))  # fmt: skip
-        _write_umap(ctx, z_real, z_syn, [*test.obs_names, *syn_names], [*y_real, *y_syn[is_]])
+        z_syn = (pca.transform(normalise_log1p(syn_x[iu], cfg.qc.target_sum)) if has_counts
+                 else syn_x[iu].toarray().astype(np.float32))  # fmt: skip
+        _write_umap(ctx, z_real, z_syn, [*test.obs_names, *syn_names[iu]],
+                    [*y_real, *y_syn[is_][iu]])  # fmt: skip
     if cfg.report.fidelity and has_counts and cells.has_counts:
         from ..metrics.fidelity import fidelity_report, real_floor
         from ..metrics.space import fit_space
@@ -88,17 +90,50 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         fid = fidelity_report(space, real_c, y_real, syn_x, y_syn[is_], seed=ctx.seed("fidelity"))
         it = train[stratified_subsample(y[train], cap, seed=ctx.seed("eval-train"))]
         train_c = sp.csr_matrix(cells.to_memory(it).layers[K.COUNTS])
-        write_json(ctx.path("metrics", "fidelity.json"), {
-            "real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
-            "synthetic_vs_real": fid,
-            **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"]),
-        })  # fmt: skip
+        result = {"real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
+                  "synthetic_vs_real": fid,
+                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"])}
+        result.update(_judged(ctx, space, result, (real_c, y_real), (syn_x, y_syn[is_])))
+        write_json(ctx.path("metrics", "fidelity.json"), result)
         if keys:
             from ..metrics.effects import design_report
 
             write_json(ctx.path("metrics", "covariates.json"), design_report(
                 space, real_c, test.obs.reset_index(drop=True), syn_x, syn_obs,
                 label_key=ctx.label_key, keys=keys, seed=ctx.seed("design")))  # fmt: skip
+
+
+def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, syn: tuple
+            ) -> dict[str, Any]:  # fmt: skip
+    """The gene-level test and the per-type floors of equal size (each ``{"skipped": why}``
+    when the cells do not allow it), and the verdict they and ``result`` give
+    (:func:`~cellsynth.metrics.verdict.fidelity_verdict`), logged line by line; the per-type
+    table is written to ``metrics/per_type.csv``."""
+    from ..metrics.genes import gene_fidelity
+    from ..metrics.typewise import typewise_fidelity
+    from ..metrics.verdict import fidelity_verdict, per_type_table, verdict_lines
+
+    (rc, rl), (sc, sl) = real, syn
+    out: dict[str, Any] = {}
+    for name, fn in (("genes", lambda: gene_fidelity(
+                         rc, sc, real_labels=rl, synth_labels=sl, seed=ctx.seed("genes"),
+                         gene_names=list(space.genes))),
+                     ("typewise", lambda: typewise_fidelity(space, rc, rl, sc, sl,
+                                                            seed=ctx.seed("typewise")))):
+        try:
+            out[name] = fn()
+        except DataError as exc:  # too few cells
+            logger.warning("%s skipped: %s", name, exc)
+            out[name] = {"skipped": str(exc)}
+    genes = out["genes"] if "overall" in out["genes"] else None
+    typewise = out["typewise"] if "per_type" in out["typewise"] else None
+    v = fidelity_verdict(result["synthetic_vs_real"], result["real_vs_real"], genes=genes,
+                         typewise=typewise, memorisation=result["memorisation"])  # fmt: skip
+    per_type_table(result["synthetic_vs_real"], result["real_vs_real"], verdicts=v, genes=genes,
+                   typewise=typewise).to_csv(ctx.path("metrics", "per_type.csv"))
+    for line in verdict_lines(v, privacy=result.get("privacy")):
+        logger.info("%s", line)
+    return {**out, "verdict": v}
 
 
 def _covariates(ctx: RunContext) -> list[str]:
@@ -129,12 +164,28 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     return {"memorisation": memo, "privacy": privacy}
 
 
+def _as_many_as_real(y_syn: np.ndarray, y_real: np.ndarray, *, seed: int) -> np.ndarray:
+    """Sorted rows of ``y_syn``: per type at most as many generated cells as real cells of
+    that type (a seeded draw), so that no side swamps the other in the UMAP; none of a type
+    without real cells."""
+    rng = np.random.default_rng(seed)
+    n_real = pd.Series(y_real).value_counts()
+    keep = []
+    for t in pd.unique(y_syn):
+        rows = np.flatnonzero(y_syn == t)
+        k = min(len(rows), int(n_real.get(t, 0)))
+        keep.append(rng.choice(rows, size=k, replace=False) if k < len(rows) else rows)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 def _write_umap(ctx: RunContext, z_real: np.ndarray, z_syn: np.ndarray, cells: list,
                 labels: list) -> None:  # fmt: skip
-    """``features/umap.csv``: one UMAP of real then generated cells (their PCA features)."""
+    """``features/umap.csv``: one UMAP of real then generated cells (their PCA features; at
+    most as many generated as real cells of each type, :func:`_as_many_as_real`)."""
     import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
 
-    emb = umap.UMAP(random_state=ctx.seed("umap") % 2**31).fit_transform(np.vstack([z_real, z_syn]))
+    emb = umap.UMAP(random_state=ctx.seed("umap") % 2**31, n_jobs=1  # seeded: one thread
+                    ).fit_transform(np.vstack([z_real, z_syn]))  # fmt: skip
     pd.DataFrame({
         "cell": cells,
         "origin": ["real"] * len(z_real) + ["synthetic"] * len(z_syn),

@@ -34,6 +34,31 @@ def _table(results: dict[str, dict], level: str) -> list[str]:
     return lines
 
 
+def _fidelity(out: Path) -> list[str]:
+    """The verdict on the generated cells (``metrics/fidelity.json``), or why there is none."""
+    import json
+
+    from ..metrics.verdict import verdict_lines
+
+    path = out / "metrics" / "fidelity.json"
+    lines = ["## Are the generated cells realistic?", ""]
+    try:
+        fid = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [*lines, "Not measured in this run (`report.fidelity = false`, or the generator "
+                "makes PCA coordinates, not counts).", ""]
+    if "verdict" not in fid:
+        return [*lines, "Not judged: `metrics/fidelity.json` was written by an earlier version; "
+                "rerun with `--force evaluation`.", ""]
+    o = fid["synthetic_vs_real"]["overall"]
+    floor = fid["real_vs_real"]["overall"]
+    return [*lines, "Each metric is read against two halves of the real test cells (the "
+            "floor) and its noise: indistinguishable, close or distinguishable.", "",
+            "```", *verdict_lines(fid["verdict"], privacy=fid.get("privacy")), "```", "",
+            f"Two-sample AUC {o['c2st_auc']:.3f} (floor {floor['c2st_auc']:.3f}); per type and "
+            "per metric in `metrics/per_type.csv` and `metrics/fidelity.json`.", ""]
+
+
 def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConfig,
                   manifest: dict, *, has_groups: bool) -> Path:
     """Write ``out/results.md`` and return its path."""
@@ -68,7 +93,7 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
     else:
         lines.append("No fine-to-coarse mapping was given (`dataset.groups`): each type is its own "
                      "group, so this table repeats the fine one.")
-    lines += ["", *_table(results, "coarse"), "", "## Stages", "",
+    lines += ["", *_table(results, "coarse"), "", *_fidelity(out), "## Stages", "",
               "| stage | seconds | peak RSS (MB) |", "|---|---:|---:|"]
     for name, s in stages.items():
         lines.append(f"| {name} | {s.get('seconds', float('nan')):.1f} | "
