@@ -17,9 +17,11 @@ from .base import Generator
 #: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
 GENERATORS: dict[str, str] = {
     "cvae": "cellsynth.models.cvae:CVAE",
+    "copy": "cellsynth.models.controls:CopyGenerator",  # a control for benchmarks only
     "nb": "cellsynth.models.nb:NegBinBaseline",
     "reference": "cellsynth.models.seed_counts:SeedGenerator",
     "scvi": "cellsynth.models.scvi:ScviGenerator",
+    "scvi-pp": "cellsynth.models.controls:ScviPosteriorGenerator",  # a control, likewise
 }
 
 
@@ -40,7 +42,7 @@ def make_generator(name: str, run_config: RunConfig) -> Generator:
         return cls(config=run_config.cvae)
     if name == "reference":
         return cls(run_config.seed_vae, run_config.features, target_sum=run_config.qc.target_sum)
-    if name == "scvi":
+    if name in ("scvi", "scvi-pp"):
         return cls(run_config.scvi)
     return cls()
 

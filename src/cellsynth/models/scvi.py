@@ -32,7 +32,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -78,6 +78,15 @@ def import_scvi() -> Any:
     return scvi
 
 
+class PosteriorCells(NamedTuple):
+    """SCVI's posterior of each training cell, in training-row order."""
+
+    qzm: np.ndarray  # (n, n_latent) posterior means
+    qzv: np.ndarray  # (n, n_latent) posterior variances
+    codes: np.ndarray  # (n,) type codes into ``labels``
+    libraries: np.ndarray  # (n,) float32 library sizes (total counts)
+
+
 class ScviGenerator:
     """SCVI fitted on counts; cells of a type decoded from that type's aggregate posterior.
 
@@ -112,6 +121,22 @@ class ScviGenerator:
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
         """Train SCVI on the training rows (validation rows for early stopping); fit the latents."""
+        cells = self._train(adata, label_key, seed=seed)
+        means, covs, libs = [], [], []
+        for idx in per_type_rows(cells.codes, len(self.labels)):
+            m, v = cells.qzm[idx].astype(np.float64), cells.qzv[idx].astype(np.float64)  # (n_t, d)
+            spread = np.cov(m, rowvar=False) if len(idx) > 1 else np.zeros((m.shape[1],) * 2)
+            means.append(m.mean(axis=0))
+            covs.append(spread + np.diag(v.mean(axis=0)))
+            libs.append(cells.libraries[idx])
+        self.latent_mean = np.stack(means).astype(np.float32)
+        self.latent_cov = np.stack(covs).astype(np.float32)
+        self.libraries = libs
+        return self.history
+
+    def _train(self, adata: ad.AnnData, label_key: str, *, seed: int) -> PosteriorCells:
+        """Train SCVI; set the module, labels, genes and history; return the training cells'
+        posteriors (what :meth:`fit` pools per type, and ``scvi-pp`` keeps per cell)."""
         scvi = import_scvi()
         start = time.perf_counter()
         c = self.config
@@ -153,13 +178,7 @@ class ScviGenerator:
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
         codes = np.searchsorted(np.array(labels), y[rows[train_idx]])
-        means, covs, libs = [], [], []
-        for idx in per_type_rows(codes, len(labels)):
-            m, v = qzm[idx].astype(np.float64), qzv[idx].astype(np.float64)  # (n_t, d)
-            spread = np.cov(m, rowvar=False) if len(idx) > 1 else np.zeros((m.shape[1],) * 2)
-            means.append(m.mean(axis=0))
-            covs.append(spread + np.diag(v.mean(axis=0)))
-            libs.append(np.asarray(counts[train_idx[idx]].sum(axis=1)).ravel().astype(np.float32))
+        libs = np.asarray(counts[train_idx].sum(axis=1)).ravel().astype(np.float32)  # (n,)
 
         kwargs = {
             "n_input": len(genes),
@@ -174,9 +193,6 @@ class ScviGenerator:
         self.module = _build_module(scvi, kwargs, state)
         self.module_kwargs = kwargs
         self.labels, self.genes, self.label_key = labels, genes, label_key
-        self.latent_mean = np.stack(means).astype(np.float32)
-        self.latent_cov = np.stack(covs).astype(np.float32)
-        self.libraries = libs
         hist = model.history
         self.history = {
             key: [float(v) for v in hist[key].iloc[:, 0].to_numpy()]
@@ -195,7 +211,7 @@ class ScviGenerator:
             train_idx.size,
             self.history["seconds"],
         )
-        return self.history
+        return PosteriorCells(qzm, qzv, codes, libs)
 
     @torch.no_grad()
     def sample(
@@ -272,20 +288,7 @@ class ScviGenerator:
         scvi = import_scvi()
         directory = Path(directory)
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
-        try:
-            config = from_dict(ScviConfig, meta["config"])
-            kwargs = dict(meta["module_kwargs"])
-            if (
-                kwargs["n_input"] != len(genes)
-                or kwargs["gene_likelihood"] != config.gene_likelihood
-            ):
-                raise ValueError("module_kwargs disagree with genes.json or the config")
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
-        state = {
-            k: torch.from_numpy(v)
-            for k, v in read_tensors(directory / "module.safetensors").items()
-        }
+        config, kwargs, state = read_module_files(directory, meta, genes)
         libraries, latent = load_libraries(directory / "latent.safetensors", len(labels))
         d = kwargs["n_latent"]
         if latent.get("mean", np.empty(0)).shape != (len(labels), d) or latent.get(
@@ -310,6 +313,23 @@ class ScviGenerator:
         model.history = meta.get("history") or {}
         verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
+
+
+def read_module_files(
+    directory: Path, meta: dict[str, Any], genes: list[str]
+) -> tuple[ScviConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """The config, module arguments and weights :meth:`ScviGenerator.save` wrote (checked)."""
+    try:
+        config = from_dict(ScviConfig, meta["config"])
+        kwargs = dict(meta["module_kwargs"])
+        if kwargs["n_input"] != len(genes) or kwargs["gene_likelihood"] != config.gene_likelihood:
+            raise ValueError("module_kwargs disagree with genes.json or the config")
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
+    state = {
+        k: torch.from_numpy(v) for k, v in read_tensors(directory / "module.safetensors").items()
+    }
+    return config, kwargs, state
 
 
 def _build_module(
