@@ -249,7 +249,7 @@ def test_scvi_missing_says_how_to_install(monkeypatch):
 
 
 def test_registry_names_and_classes():
-    assert set(GENERATORS) == {"cvae", "nb", "reference", "scvi"}
+    assert set(GENERATORS) == {"cvae", "nb", "reference", "scvi", "copy", "scvi-pp"}
     assert get_generator("nb") is NegBinBaseline
     assert get_generator("reference") is SeedGenerator
     assert get_generator("seed") is SeedGenerator  # the old name, with a warning

@@ -27,6 +27,7 @@ from .data.store import write_h5ad
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
+from .metrics.verdict import fidelity_verdict
 from .models.registry import make_generator
 from .runtime import hashed_settings, peak_rss_mb, write_json
 from .seeds import derive_seed
@@ -62,6 +63,7 @@ GENE_PRIVACY_COLUMNS = [
     ("dcr_share", "closer than 95% held-out", "{:.3f}"),
     ("exact_copies", "exact copies", "{:.0f}"),
     ("privacy_flagged", "leak flagged", "{}"),
+    ("verdict", "verdict", "{}"),
 ]
 #: bumped when the metrics a kept result holds change, so that --reuse reruns it
 METRICS_VERSION = 2
@@ -104,7 +106,7 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
 #: the config section of each generator (its results depend on it, on the data, QC, split and
 #: classifier settings, and on the seed)
 MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "scvi": "scvi",
-                  "nb": None}  # "seed": the reference's old name, which kept results carry
+                  "scvi-pp": "scvi", "nb": None, "copy": None}  # "seed": the reference's old name
 
 
 def model_key(cfg: RunConfig, name: str) -> str:
@@ -198,8 +200,9 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                            seed=derive_seed(seed, "augment"))
         genes, privacy = _genes_and_privacy(parts, syn_test, label_key, pre, seed)
         rows["real vs real"].update(genes["floor_row"])
+        verdict = fidelity_verdict(fid, floor, genes=genes["report"]["hvg"])
         row = flat_report(fid)
-        row.update(genes["row"], **_privacy_row(privacy))
+        row.update(genes["row"], **_privacy_row(privacy), verdict=verdict["overall"]["verdict"])
         row.update(
             tstr_macro_f1=util["tstr"]["macro_f1"], trtr_macro_f1=util["trtr"]["macro_f1"],
             trts_macro_f1=util["trts"]["macro_f1"], tstr_over_trtr=util["tstr_over_trtr"],
@@ -212,6 +215,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         rows[name] = row
         details["models"][name] = {"fidelity": fid, "utility": util, "augmentation": aug,
                                    "genes": genes["report"], "gene_floor": genes["floor_row"],
+                                   "verdict": verdict,
                                    "privacy": privacy,
                                    "history": history, "row": row,
                                    "date": dt.datetime.now().isoformat(timespec="minutes"),

@@ -211,9 +211,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .evaluation import run_benchmark
 
     _setup_logging(args.quiet)
+    from .holdout import parse_holdout
+
+    holdout = parse_holdout(args.holdout) if args.holdout else None  # checked before any work
     path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
                          Path(args.out), config_path=args.config, overrides=args.set,
-                         label_key=args.label_key)
+                         label_key=args.label_key, holdout=holdout)
+    for summary in sorted(Path(args.out).glob("*/summary.json")):
+        for line in json.loads(summary.read_text()).get("verdicts", []):
+            print(f"{summary.parent.name}: {line}")
     print(f"benchmark: {path}")
     return 0
 
@@ -464,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
     b.add_argument("--out", required=True, metavar="DIR", help="benchmark directory")
+    b.add_argument("--holdout", metavar="COLUMN=LEVEL,...", default=None,
+                   help="also hold this combination out of training and score it, e.g. "
+                        "'cell_type=CD14+ Monocytes,condition=stim' (default: none)")
     b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     b.set_defaults(func=cmd_benchmark)
 
