@@ -2,7 +2,7 @@
 
 Runs `cellsynth benchmark` with the dataset presets in examples/ (their QC and split settings)
 and the models' default settings, and writes the page from the run. Usage, from the repository
-root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,seed,scvi] [--out runs/bench] [--rerun] [PRESET ...]
+root: .venv/bin/python benchmarks/fidelity.py [--models cvae,nb,reference,scvi,copy,scvi-pp] [--out runs/bench] [--rerun] [PRESET ...]
 A generator whose results kept in --kept (benchmarks/results/DATASET/NAME.json, committed) were
 made with the same settings and version is read back, not rerun.
 """
@@ -22,7 +22,7 @@ from reference_experiments import PRESETS  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("presets", nargs="*", default=PRESETS)
-    ap.add_argument("--models", default="cvae,nb,seed,scvi")
+    ap.add_argument("--models", default="cvae,nb,reference,scvi,copy,scvi-pp")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--doc", default="docs/RESULTS.md")
     ap.add_argument("--kept", default="benchmarks/results",

@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "settings are unchanged; the page is written to OUT."))
     b.add_argument("--data", required=True, metavar="LIST",
                    help="comma-separated .h5ad files or preset TOMLs")
-    b.add_argument("--models", default="cvae,nb,seed,scvi", metavar="LIST",
+    b.add_argument("--models", default="cvae,nb,reference,scvi", metavar="LIST",
                    help="comma-separated generators")
     b.add_argument("--label-key", default=None, metavar="KEY",
                    help="label column (default: the config's)")
