@@ -81,10 +81,18 @@ def _add_optional_files(run: Path) -> None:
                             "knn_precision": 0.9, "knn_recall": 0.8,
                             "gene_stats": {"mean": 0.97, "variance": 0.9, "zero_fraction": 0.95},
                             "library_size_distance": 0.05, "correlation_distance": 0.1,
-                            "marker_overlap": {"mean": 0.7}}}
+                            "marker_overlap": {"mean": 0.7}},
+                "per_type": {f"type_{i}": {"c2st_auc": c2st, "n_real": 20, "n_synth": 20}
+                             for i in range(3)}}
 
-    (run / "metrics" / "fidelity.json").write_text(
-        json.dumps({"real_vs_real": report(0.512), "synthetic_vs_real": report(0.734)}))
+    attack = {"auc": 0.52, "threshold": 0.6, "n_members": 60, "flagged": False}
+    privacy = {"flagged": False, "reasons": [], "attacks": {"distance": attack, "density": attack},
+               "donor_attacks": None,
+               "dcr": {"median_synthetic": 2.4, "median_heldout": 2.5, "median_ratio": 0.96,
+                       "quantile": 0.05, "share_below_quantile": 0.06, "exact_duplicates": 0,
+                       "exact_share": 0.0}}
+    (run / "metrics" / "fidelity.json").write_text(json.dumps(
+        {"real_vs_real": report(0.512), "synthetic_vs_real": report(0.734), "privacy": privacy}))
 
 
 def test_complete_run_is_self_contained(full_report):
@@ -95,8 +103,9 @@ def test_complete_run_is_self_contained(full_report):
         assert f'<section id="{sid}"><h2>{title}</h2>' in page, title
     assert 'src="http' not in page and "<link" not in page and "url(" not in page
     srcs = _imgs(page)
-    # QC, cells per type, PCA, F1, 2 confusion, UMAP, losses, SHAP, stages
-    assert len(srcs) == 10
+    # QC, cells per type, PCA, F1, 2 confusion (fine, coarse), UMAP, fidelity, per type,
+    # privacy, losses, SHAP, stages
+    assert len(srcs) == 13
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert re.findall(r'href="([^"]*)"', page) == [f"#{sid}" for sid, _ in SECTIONS]
     assert "0.734" in page and "0.512" in page  # the fidelity table beside its control
@@ -214,3 +223,52 @@ def test_fidelity_section_says_memorisation_and_privacy(run_dir, tmp_path):
     fid["privacy"] = {"skipped": "the privacy audit needs at least 40 training cells"}
     (run / "metrics" / "fidelity.json").write_text(json.dumps(fid))
     assert "Not run: the privacy audit needs at least 40" in write_report(run).read_text()
+
+
+def test_every_experiment_scored_alike_and_class_sizes_given(full_report):
+    """(b) has per-class scores and a confusion matrix as (a) and (c) do; the UMAP shows equal
+    numbers of real and generated cells per type, and says so."""
+    page = full_report.read_text()
+    per_class = page[page.index('<section id="per-class">'):page.index('<section id="confusion">')]
+    confusion = page[page.index('<section id="confusion">'):page.index('<section id="umap">')]
+    for section in (per_class, confusion):
+        for name in ("(a) real-trained, on real test cells", "(b) real-trained, on generated cells",
+                     "(c) synthetic-trained, on real test cells"):
+            assert name in section
+    assert "Beside each type, its real test cells" in per_class
+    assert "as many generated as real cells" in page
+
+
+def test_pipeline_umap_has_no_more_generated_than_real_cells_per_type(run_dir):
+    path = run_dir / "features" / "umap.csv"
+    if not path.is_file():
+        pytest.skip("this run wrote no UMAP (report.umap = false or umap-learn missing)")
+    n = pd.read_csv(path).groupby(["label", "origin"]).size().unstack(fill_value=0)
+    assert (n.get("synthetic", 0) <= n["real"]).all(), n
+
+
+def test_panels_with_nothing_to_show_are_left_out_with_why(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path / "run")
+    _add_optional_files(run)
+    qc = json.loads((run / "data" / "qc.json").read_text())
+    for step in qc["steps"]:
+        step["genes_removed"] = 0
+    (run / "data" / "qc.json").write_text(json.dumps(qc))
+    types = json.loads((run / "data" / "groups.json").read_text())
+    (run / "data" / "groups.json").write_text(json.dumps({t: t for t in types}))  # no merging
+    fid = json.loads((run / "metrics" / "fidelity.json").read_text())
+    for side in ("real_vs_real", "synthetic_vs_real"):
+        fid[side].pop("per_type")
+    fid["real_vs_real"]["overall"]["mmd_rbf"] = -0.003  # an unbiased estimate below zero
+    fid["privacy"] = {"skipped": "the privacy audit needs at least 40 training cells"}
+    (run / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    page = write_report(run).read_text()
+    assert "Left out: the panel of genes removed (no QC step removed genes)." in page
+    assert page.count("Left out: the coarse level: no fine-to-coarse mapping") == 2  # table, matrix
+    assert "Left out: the per-type figure: no type had enough cells" in page
+    assert "MMD² (RBF) below zero" in page and "at the noise floor" in page
+    assert "Not run: the privacy audit needs at least 40" in page
+    # QC (cells only), cells per type, PCA, F1, fine confusion, UMAP, fidelity, losses, SHAP,
+    # stages
+    assert len(_imgs(page)) == 10
+    assert "Could not render" not in page

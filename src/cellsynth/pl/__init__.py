@@ -1,13 +1,18 @@
 """Plots of cellsynth's results, in scanpy's habit (``cs.pl.<name>``).
 
-Each function takes data (a result dict, a model, AnnData objects), draws into ``ax`` (a new
-figure when None) and returns the matplotlib :class:`~matplotlib.axes.Axes`; none calls
-``show``, so they work the same in a notebook, a script or on a headless machine (Agg).
-matplotlib is imported only when a function is called.
+Each function takes data (a result, a model, AnnData objects), draws into ``ax`` (a new
+figure when None) and returns the matplotlib :class:`~matplotlib.axes.Axes`; ``save=`` writes
+the figure to a file and ``show=True`` calls ``plt.show()`` (and returns None), as scanpy's
+``pl`` functions do. By default nothing is shown, so they work the same in a notebook, a
+script or on a headless machine (Agg). matplotlib is imported only when a function is
+called. ``report.html`` draws its figures with these same functions.
 
+- :func:`umap`: real and generated cells in one UMAP, equal numbers of each per type;
 - :func:`fidelity`: each headline metric of :func:`cellsynth.evaluate`, synthetic beside the
   real-vs-real floor;
 - :func:`per_type`: one metric per cell type, synthetic beside the floor;
+- :func:`privacy`: the privacy audit's attack AUCs beside their flag thresholds and the
+  distances to the closest training cell;
 - :func:`history`: a generator's training curve;
 - :func:`library_sizes`: counts per cell, real and synthetic (per cell type with
   ``label_key``).
@@ -15,8 +20,12 @@ matplotlib is imported only when a function is called.
 
 from __future__ import annotations
 
+from ._common import REAL_COLOR as REAL_COLOR  # the report's colours too
+from ._common import SYNTH_COLOR as SYNTH_COLOR
 from ._fidelity import fidelity, per_type
 from ._history import history
 from ._library import library_sizes
+from ._privacy import privacy
+from ._umap import umap
 
-__all__ = ["fidelity", "history", "library_sizes", "per_type"]
+__all__ = ["fidelity", "history", "library_sizes", "per_type", "privacy", "umap"]

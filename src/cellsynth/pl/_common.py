@@ -1,14 +1,61 @@
-"""What every plot shares: the axes to draw into and the two origins' colours."""
+"""What every plot shares: the axes to draw into, ``show``/``save`` and the colours."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-#: the report's colours (cellsynth.report.figures): real cells and the floor, synthetic cells
+#: the colours of the two origins everywhere (the report's too): real cells and the
+#: real-vs-real floor, synthetic cells. No cell-type colour is near either (:func:`type_colors`)
 REAL_COLOR, SYNTH_COLOR = "#4c72b0", "#dd8452"
+#: a flag (a privacy attack over its threshold)
+FLAG_COLOR = "#c44e52"
+
+#: tab10 and tab20 without their blues and oranges, which are the origins' colours
+_TAB10 = (2, 3, 4, 5, 6, 7, 8, 9)
+_TAB20 = (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19)
+
+
+def type_colors(n: int) -> list:
+    """``n`` distinct cell-type colours, none a blue or an orange (the origins' colours).
+
+    Eight from tab10, sixteen from tab20, beyond that evenly spaced hues of ``hsv`` with the
+    blue and orange bands left out.
+
+    Parameters
+    ----------
+    n
+        How many colours.
+
+    Returns
+    -------
+    list
+        ``n`` RGBA tuples.
+    """
+    from matplotlib import colormaps
+
+    if n <= len(_TAB10):
+        return [colormaps["tab10"](i) for i in _TAB10[:n]]
+    if n <= len(_TAB20):
+        return [colormaps["tab20"](i) for i in _TAB20[:n]]
+    # hues in [0, 1): orange is about 0.05-0.12, blue about 0.55-0.68; keep the rest
+    keep = [(0.0, 0.04), (0.13, 0.54), (0.69, 1.0)]
+    span = sum(b - a for a, b in keep)
+    out = []
+    for i in range(n):
+        t = span * i / n
+        for a, b in keep:
+            if t < b - a:
+                out.append(colormaps["hsv"](a + t))
+                break
+            t -= b - a
+    return out
 
 
 def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -19,3 +66,22 @@ def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
 
     _, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax
+
+
+def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
+           ) -> Axes | list[Axes] | None:
+    """scanpy's ending of a plot: ``save`` the figure to a path, ``plt.show()`` it when
+    ``show`` is True (then return None), else return the axes."""
+    first = ax if not isinstance(ax, Sequence) else ax[0]
+    if save is not None:
+        if isinstance(save, bool):
+            raise DataError("save= takes a file path (such as 'umap.png'), not True or False")
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        first.figure.savefig(path, bbox_inches="tight", dpi=150)
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        return None
+    return list(ax) if isinstance(ax, Sequence) else ax

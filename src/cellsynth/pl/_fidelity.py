@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.axes import Axes
 
 #: the headline metrics drawn by default: all lie in [0, 1], so they share one axis
@@ -24,14 +27,26 @@ DEFAULT_METRICS = (
     "zero_frac_spearman",
     "marker_overlap",
 )
+#: per-type metrics of :func:`cellsynth.evaluate`'s per-type table (``result["per_type"]``),
+#: each with its floor's column (equal-sized real halves; TRTS beside TRTR)
+TABLE_METRICS = {"c2st_auc": "c2st_auc_floor", "gene_auc": "gene_auc_floor",
+                 "knn_precision": "knn_precision_floor", "knn_recall": "knn_recall_floor",
+                 "de_logfc_r": "de_logfc_r_floor", "marker_overlap": "marker_overlap_floor",
+                 "trts_f1": "trtr_f1"}
 
 
 def _reports(result: Mapping[str, Any]) -> tuple[dict, dict]:
     try:
         return result["synthetic_vs_real"], result["real_vs_real"]
     except (KeyError, TypeError):
-        raise DataError("give the dict cellsynth.evaluate returned (with 'synthetic_vs_real' "
-                        "and 'real_vs_real')") from None
+        raise DataError("give what cellsynth.evaluate returned (an Evaluation, or its dict with "
+                        "'synthetic_vs_real' and 'real_vs_real'; a run's metrics/fidelity.json "
+                        "read with json.load)") from None
+
+
+def _verdict(result: Mapping[str, Any]) -> str | None:
+    v = result.get("verdict") if isinstance(result, Mapping) else None
+    return (v.get("overall") or {}).get("verdict") if isinstance(v, Mapping) else None
 
 
 def fidelity(
@@ -39,7 +54,9 @@ def fidelity(
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,
     ax: Axes | None = None,
-) -> Axes:
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes | None:
     """Each headline fidelity metric: synthetic cells beside the real-vs-real floor.
 
     One pair of horizontal bars per metric: the floor (two halves of the real cells, what a
@@ -49,18 +66,26 @@ def fidelity(
     Parameters
     ----------
     result
-        What :func:`cellsynth.evaluate` returned (or a run's ``fidelity.json`` read with
-        ``json.load``).
+        What :func:`cellsynth.evaluate` returned (the :class:`~cellsynth.result.Evaluation`,
+        or its ``to_dict()``; a run's ``metrics/fidelity.json`` read with ``json.load``).
     metrics
         Headline metric names (:func:`cellsynth.benchmark.flat_report`'s keys). The default
         ones all lie in [0, 1]; the unbounded ones (``mmd``, ``energy``,
-        ``library_distance``, ``correlation_distance``) are on other scales.
+        ``library_distance``, ``correlation_distance``) are on other scales. An unbiased MMD
+        or energy distance can be slightly below zero: the two samples are then as alike as
+        their noise allows (read it as 0).
     ax
         The axes to draw into; None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path (``.png``, ``.pdf``, ``.svg``...) to save the figure to.
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` drawn into.
+    Axes or None
+        The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``). The title
+        names the cells compared and, for an ``Evaluation``, the verdict.
     """
     from ..benchmark import COLUMNS, flat_report
 
@@ -82,59 +107,128 @@ def fidelity(
     ax.barh(y + h / 2, values(s), height=h, color=SYNTH_COLOR, label="synthetic vs real")
     ax.set_yticks(y, [names.get(m, m) for m in keep])
     ax.invert_yaxis()
-    ax.set_xlabel("value")
-    n = result.get("n_cells", {})
-    if n:
-        ax.set_title(f"fidelity: {n['synthetic']['used']} synthetic vs "
-                     f"{n['real']['used']} real cells", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
-    return ax
+    ax.set_xlabel("value (arrow: which way is better)")
+    n, verdict = result.get("n_cells") or {}, _verdict(result)
+    title = (f"{n['synthetic']['used']} synthetic vs {n['real']['used']} real cells"
+             if n else "")
+    if verdict:
+        title = f"verdict: {verdict}" + (f" ({title})" if title else "")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return finish(ax, show, save)
 
 
-def per_type(
-    result: Mapping[str, Any],
-    metric: str = "c2st_auc",
-    *,
-    ax: Axes | None = None,
-) -> Axes:
-    """One fidelity metric per cell type: synthetic cells beside the real-vs-real floor.
+def _rows(result: Any) -> list[dict] | None:
+    """The per-type table's rows (``result["per_type"]``, or the DataFrame itself), or None."""
+    if hasattr(result, "reset_index"):  # Evaluation.per_type, a DataFrame indexed by type
+        return result.reset_index().to_dict(orient="records")
+    rows = result.get("per_type") if isinstance(result, Mapping) else None
+    return list(rows) if isinstance(rows, list) and rows else None
 
-    Parameters
-    ----------
-    result
-        What :func:`cellsynth.evaluate` returned.
-    metric
-        A per-type metric: ``c2st_auc`` (default), ``mmd_rbf``, ``energy_distance``,
-        ``knn_precision``, ``knn_recall``, ``gene_mean_spearman``, ``library_size_distance``.
-    ax
-        The axes to draw into; None makes a new figure.
 
-    Returns
-    -------
-    The :class:`~matplotlib.axes.Axes` drawn into. Types skipped on either side (too few
-    cells) are left out.
-    """
+def _num(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _size(n_real: Any, n_synth: Any) -> str:
+    r, s = _num(n_real), _num(n_synth)
+    return f"{'–' if math.isnan(r) else int(r)} · {'–' if math.isnan(s) else int(s)}"
+
+
+def _per_type_values(result: Any, metric: str
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[str]]:
+    """``(types, floor, synthetic, sizes, verdicts)`` of ``metric``, from the per-type table
+    when it holds the metric, else from the two reports' ``per_type``."""
+    rows = _rows(result)
+    if rows is not None and metric in TABLE_METRICS:
+        rows = [r for r in rows if not (math.isnan(_num(r.get(metric)))
+                                        and math.isnan(_num(r.get(TABLE_METRICS[metric]))))]
+        if rows:
+            return ([str(r["type"]) for r in rows],
+                    np.array([_num(r.get(TABLE_METRICS[metric])) for r in rows]),
+                    np.array([_num(r.get(metric)) for r in rows]),
+                    [_size(r.get("n_real_scored"), r.get("n_synthetic_scored")) for r in rows],
+                    [str(r.get("verdict") or "") for r in rows])
+    if rows is not None and not (isinstance(result, Mapping) and "synthetic_vs_real" in result):
+        raise DataError(f"the per-type table has no {metric!r}; choose from "
+                        f"{', '.join(TABLE_METRICS)}")
     synth, floor = _reports(result)
     st, ft = synth.get("per_type", {}), floor.get("per_type", {})
     types = sorted(set(st) | set(ft))
     if not types:
         raise DataError("the result has no per-type numbers (every type had too few cells); "
                         "evaluate with more cells (max_cells)")
-    known = {k for row in (*st.values(), *ft.values()) for k in row}
+    known = {k for row in (*st.values(), *ft.values()) for k in row} | (
+        set(TABLE_METRICS) if rows is not None else set())
     if metric not in known:
         raise DataError(f"unknown per-type metric {metric!r}; choose from {', '.join(sorted(known))}")
-    ax = axes(ax, (6.0, 0.4 * len(types) + 1.2))
-    y = np.arange(len(types))
-    h = 0.38
 
     def values(table: dict) -> np.ndarray:
-        return np.array([float(table[t][metric]) if t in table and table[t].get(metric) is not None
-                         else np.nan for t in types])
+        return np.array([_num(table.get(t, {}).get(metric)) for t in types])
 
-    ax.barh(y - h / 2, values(ft), height=h, color=REAL_COLOR, label="real vs real (floor)")
-    ax.barh(y + h / 2, values(st), height=h, color=SYNTH_COLOR, label="synthetic vs real")
-    ax.set_yticks(y, types)
+    sizes = [_size(st.get(t, ft.get(t, {})).get("n_real"), st.get(t, {}).get("n_synth"))
+             for t in types]
+    return types, values(ft), values(st), sizes, [""] * len(types)
+
+
+def per_type(
+    result: Mapping[str, Any] | pd.DataFrame,
+    metric: str = "c2st_auc",
+    *,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes | None:
+    """One fidelity metric per cell type: synthetic cells beside the real-vs-real floor.
+
+    Each type's label gives its cells (real · synthetic, scored); with an
+    :class:`~cellsynth.result.Evaluation` its verdict is written beside its bars.
+
+    Parameters
+    ----------
+    result
+        What :func:`cellsynth.evaluate` returned (an ``Evaluation``, its dict, or its
+        ``per_type`` DataFrame), or a run's ``metrics/fidelity.json`` read with ``json.load``.
+    metric
+        A per-type metric. From the per-type table of an ``Evaluation`` (floors from
+        equal-sized real halves): ``c2st_auc`` (default), ``gene_auc``, ``knn_precision``,
+        ``knn_recall``, ``de_logfc_r``, ``marker_overlap``, ``trts_f1`` (beside TRTR). From
+        the reports (also a run's ``fidelity.json``): ``c2st_auc``, ``mmd_rbf``,
+        ``energy_distance``, ``knn_precision``, ``knn_recall``, ``gene_mean_spearman``,
+        ``library_size_distance``.
+    ax
+        The axes to draw into; None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path to save the figure to.
+
+    Returns
+    -------
+    Axes or None
+        The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``). Types with
+        no number on either side (too few cells) are left out.
+    """
+    types, floor, synth, sizes, verdicts = _per_type_values(result, metric)
+    ax = axes(ax, (6.5, 0.4 * len(types) + 1.4))
+    y = np.arange(len(types))
+    h = 0.38
+    ax.barh(y - h / 2, floor, height=h, color=REAL_COLOR, label="real vs real (floor)")
+    ax.barh(y + h / 2, synth, height=h, color=SYNTH_COLOR, label="synthetic vs real")
+    ax.set_yticks(y, [f"{t} ({n})" for t, n in zip(types, sizes, strict=True)], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(metric)
-    ax.legend(fontsize=8, loc="best")
-    return ax
+    ax.set_ylabel("type (cells: real · synthetic)")
+    ax.set_xlabel(metric + (" (floor: TRTR)" if metric == "trts_f1" else ""))
+    if any(verdicts):
+        from matplotlib.transforms import blended_transform_factory
+
+        tr = blended_transform_factory(ax.transAxes, ax.transData)
+        for yi, v in zip(y, verdicts, strict=True):
+            ax.text(1.01, yi, v, transform=tr, va="center", fontsize=7, color="#555555")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+    return finish(ax, show, save)

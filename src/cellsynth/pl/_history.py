@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, ModelFileError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,12 +35,14 @@ def _history(source: Any) -> Mapping[str, Any]:
     return hist
 
 
-def history(model_or_history: Any, *, ax: Axes | None = None) -> Axes:
+def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None = None,
+            save: str | Path | None = None) -> Axes | None:
     """The training curve of a generator: loss per epoch, the validation check, the kept epoch.
 
-    With ``cvae.select = "fidelity"`` (the CVAE's default) the validation check is the
-    two-sample AUC of generated against validation cells, drawn on a second y axis (right);
-    otherwise it is the validation loss, beside the training loss.
+    The validation curve is the quantity that chose the kept epoch (its legend says so):
+    with ``cvae.select = "fidelity"`` (the CVAE's default) the two-sample AUC of generated
+    against validation cells, on a second y axis (right); otherwise the validation loss,
+    beside the training loss.
 
     Parameters
     ----------
@@ -49,11 +51,16 @@ def history(model_or_history: Any, *, ax: Axes | None = None) -> Axes:
         ``history.json``).
     ax
         The axes to draw into; None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path to save the figure to.
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` of the training loss (the AUC, when drawn, is on its
-    twin, ``ax.right_ax``).
+    Axes or None
+        The :class:`~matplotlib.axes.Axes` of the training loss (the AUC, when drawn, is on
+        its twin, ``ax.right_ax``); None with ``show=True``.
     """
     hist = _history(model_or_history)
     train = np.asarray([np.nan if v is None else v for v in hist.get("train_loss", [])], float)
@@ -68,12 +75,13 @@ def history(model_or_history: Any, *, ax: Axes | None = None) -> Axes:
     if hist.get("select") == "fidelity" and checked.size:
         right = ax.twinx()
         lines += right.plot(epochs[checked], val[checked], color=SYNTH_COLOR, marker=".",
-                            label="validation two-sample AUC")
+                            label="validation two-sample AUC (chose the kept epoch)")
         right.set_ylabel("two-sample AUC (0.5: indistinguishable)")
         ax.right_ax = right
     elif checked.size:
         lines += ax.plot(epochs[checked], val[checked], color=SYNTH_COLOR,
-                         marker="." if checked.size <= 30 else None, label="validation loss")
+                         marker="." if checked.size <= 30 else None,
+                         label="validation loss (chose the kept epoch)")
     best = hist.get("best_epoch")
     if best is not None:
         lines.append(ax.axvline(best, color="black", linestyle="--", linewidth=0.8,
@@ -81,4 +89,4 @@ def history(model_or_history: Any, *, ax: Axes | None = None) -> Axes:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(handles=lines, fontsize=8, loc="best")
-    return ax
+    return finish(ax, show, save)

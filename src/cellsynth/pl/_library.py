@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -36,7 +37,9 @@ def library_sizes(
     label_key: str | None = None,
     bins: int = 40,
     ax: Axes | None = None,
-) -> Axes:
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes | None:
     """Counts per cell (library size) of real and synthetic cells, on a log scale.
 
     Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
@@ -52,10 +55,15 @@ def library_sizes(
         Histogram bins (without ``label_key``).
     ax
         The axes to draw into; None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path to save the figure to.
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` drawn into.
+    Axes or None
+        The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``).
     """
     r, s = _totals(real, "the real data"), _totals(synthetic, "the synthetic data")
     if label_key is None:
@@ -68,7 +76,7 @@ def library_sizes(
         ax.set_xlabel("log10(counts per cell + 1)")
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-        return ax
+        return finish(ax, show, save)
     for adata, what in ((real, "the real data"), (synthetic, "the synthetic data")):
         if label_key not in adata.obs:
             raise DataError(f"label column '{label_key}' not in the obs of {what}; columns are: "
@@ -93,4 +101,4 @@ def library_sizes(
 
     ax.legend(handles=[Patch(color=REAL_COLOR, label="real"),
                        Patch(color=SYNTH_COLOR, label="synthetic")], fontsize=8)
-    return ax
+    return finish(ax, show, save)

@@ -2,7 +2,10 @@
 
 Every function builds a :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot, no
 global state, no display) and returns it encoded by :func:`to_data_uri`. They take numbers and
-tables, never files or live models; :mod:`cellsynth.report.html` reads the run directory.
+tables, never files or live models; :mod:`cellsynth.report.html` reads the run directory. A
+figure that has a :mod:`cellsynth.pl` twin (the UMAP, the fidelity bars, the per-type bars,
+the privacy audit, the generator's training curve) is drawn by that function into the
+figure's axes: the report and the Python API show the same plots.
 """
 
 from __future__ import annotations
@@ -10,18 +13,20 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from .. import pl
+from ..pl import REAL_COLOR, SYNTH_COLOR
+
 DPI = 100
-#: points drawn in a scatter at most (a seeded subsample beyond)
-MAX_POINTS = 30_000
-REAL_COLOR, SYNTH_COLOR = "#4c72b0", "#dd8452"
+#: the third experiment's colour in bars beside real and synthetic
+THIRD_COLOR = "#55a868"
 
 
 def _figure(width: float, height: float, layout: str | None = None) -> Figure:
@@ -40,17 +45,6 @@ def to_data_uri(fig: Figure) -> str:
 def png_data_uri(data: bytes) -> str:
     """PNG bytes (e.g. a file a stage already wrote) as a data URI."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _colors(n: int) -> list:
-    """``n`` distinct colours: tab10/tab20 while they last, then evenly spaced hues."""
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["gist_rainbow"](i / max(n - 1, 1)) for i in range(n)]
 
 
 def _label_height(n: int, per: float = 0.28, base: float = 1.5) -> float:
@@ -92,46 +86,53 @@ def pca_variance(ratio: Sequence[float]) -> str:
     return to_data_uri(fig)
 
 
-def f1_bars(series: Mapping[str, pd.Series]) -> str:
-    """Per-class F1 side by side: ``series`` maps a legend name to an F1 Series indexed by class."""
+def f1_bars(series: Mapping[str, pd.Series], sizes: Mapping[str, int] | None = None) -> str:
+    """Per-class F1 side by side: ``series`` maps a legend name to an F1 Series indexed by
+    class; ``sizes`` (class -> cells) is written beside each class's name."""
     names = list(series)
     types = sorted(set().union(*(s.index for s in series.values())), reverse=True)
     y = np.arange(len(types))
     width = 0.8 / max(len(names), 1)
-    colors = [REAL_COLOR, SYNTH_COLOR, "#55a868"]
+    colors = [REAL_COLOR, SYNTH_COLOR, THIRD_COLOR]
     fig = _figure(8, _label_height(len(types), 0.3 * max(1, len(names) / 1.5)))
     ax = fig.subplots()
     for i, name in enumerate(names):
         vals = series[name].reindex(types).to_numpy(dtype=float)
         ax.barh(y + (len(names) - 1) * width / 2 - i * width, np.nan_to_num(vals), width,
                 label=name, color=colors[i % len(colors)])
-    ax.set_yticks(y, types, fontsize=8)
+    sizes = sizes or {}
+    ax.set_yticks(y, [f"{t} ({sizes[t]:,})" if t in sizes else t for t in types], fontsize=8)
+    if sizes:
+        ax.set_ylabel("type (real test cells)")
     ax.set_xlim(0, 1.0)
-    ax.set_xlabel("F1 on the real test cells")
+    ax.set_xlabel("F1")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(names), frameon=False)
     return to_data_uri(fig)
 
 
 def confusion_heatmaps(matrices: Mapping[str, pd.DataFrame]) -> str:
-    """Row-normalised confusion matrices (rows true, columns predicted), one panel each."""
+    """Row-normalised confusion matrices (rows true, columns predicted), one panel each: side
+    by side while they fit 24 inches, else one above the other."""
     names = list(matrices)
     n = max(len(m) for m in matrices.values())
     side = min(max(4.0, 0.32 * n + 2.0), 16.0)
-    fig = _figure(side * len(names) + 1.0, side, layout="constrained")  # room for long labels
-    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    cols = len(names) if side * len(names) <= 24 else 1
+    rows = -(-len(names) // cols)
+    fig = _figure(side * cols + 1.0, side * rows, layout="constrained")  # room for long labels
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     image = None
     for ax, name in zip(axes, names, strict=True):
         m = matrices[name]
         counts = m.to_numpy(dtype=float)
-        rows = counts.sum(axis=1, keepdims=True)
-        norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+        totals = counts.sum(axis=1, keepdims=True)
+        norm = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
         image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal")
-        ticks = np.arange(len(m))
         fs = 8 if len(m) <= 30 else 6
         ax.set_xticks(np.arange(m.shape[1]), [str(c) for c in m.columns], rotation=90, fontsize=fs)
-        ax.set_yticks(ticks, [str(i) for i in m.index], fontsize=fs)
+        ax.set_yticks(np.arange(len(m)), [f"{i} ({int(t):,})" for i, t in
+                                          zip(m.index, totals.ravel(), strict=True)], fontsize=fs)
         ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set_ylabel("true (cells)")
         ax.set_title(name, fontsize=10)
         if len(m) <= 15:
             for (i, j), v in np.ndenumerate(norm):
@@ -143,49 +144,50 @@ def confusion_heatmaps(matrices: Mapping[str, pd.DataFrame]) -> str:
     return to_data_uri(fig)
 
 
-def umap_scatter(df: pd.DataFrame, seed: int = 0) -> str:
-    """Real and generated cells in one embedding: coloured by type, and by origin.
-
-    ``df`` has columns ``origin`` (``real``/``synthetic``), ``label``, ``x``, ``y``.
-    """
-    if len(df) > MAX_POINTS:
-        df = df.sample(MAX_POINTS, random_state=seed)
-    df = df.sample(frac=1.0, random_state=seed)  # draw order shuffled: no origin hides the other
-    size = float(np.clip(4000 / max(len(df), 1), 0.5, 12))
-    types = sorted(df["label"].astype(str).unique())
-    colors = dict(zip(types, _colors(len(types)), strict=True))
-    fig = _figure(14, 6.5)
-    ax_t, ax_o = fig.subplots(1, 2)
-    fig.subplots_adjust(left=0.03, right=0.99, wspace=0.08)
-    lab = df["label"].astype(str)
-    ax_t.scatter(df["x"], df["y"], s=size, c=[colors[t] for t in lab], linewidths=0,
-                 rasterized=True)
-    origin = df["origin"].astype(str)
-    ax_o.scatter(df["x"], df["y"], s=size, linewidths=0, rasterized=True,
-                 c=np.where(origin == "synthetic", SYNTH_COLOR, REAL_COLOR))
-    for ax, title in ((ax_t, "by cell type"), (ax_o, "by origin")):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("UMAP 1")
-        ax.set_ylabel("UMAP 2")
-        ax.set_title(title)
-    handles = [Line2D([], [], ls="", marker="o", color=colors[t], label=t) for t in types]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
-               ncol=-(-len(types) // 30), frameon=False, title="cell type")  # right of both
-    counts = origin.value_counts()
-    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"{o} ({counts.get(o, 0)})")
-               for o, c in (("real", REAL_COLOR), ("synthetic", SYNTH_COLOR))]
-    ax_o.legend(handles=handles, loc="best", fontsize=8)
+def umap_panels(df: pd.DataFrame, seed: int = 0) -> str:
+    """:func:`cellsynth.pl.umap` of a UMAP table: by cell type and by origin, equal numbers
+    of real and generated cells per type, each legend beside its panel."""
+    fig = _figure(15, 6.5, layout="constrained")
+    pl.umap(df, color=["label", "origin"], ax=list(fig.subplots(1, 2)), seed=seed)
     return to_data_uri(fig)
 
 
-def loss_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
-                best: Mapping[str, int | None]) -> str:
-    """One panel per model: ``curves[panel]`` maps a curve name to values per epoch/round;
-    ``best[panel]`` marks the chosen epoch with a dashed line."""
+def fidelity_bars(result: Mapping[str, Any]) -> str:
+    """:func:`cellsynth.pl.fidelity`: the headline metrics beside the floor."""
+    fig = _figure(8, 4.8, layout="constrained")
+    pl.fidelity(result, ax=fig.subplots())
+    return to_data_uri(fig)
+
+
+def per_type_bars(result: Mapping[str, Any], metric: str = "c2st_auc") -> str:
+    """:func:`cellsynth.pl.per_type`: one metric per type beside its floor."""
+    n = len((result.get("synthetic_vs_real") or {}).get("per_type") or {})
+    fig = _figure(8, _label_height(n, 0.45, 1.6), layout="constrained")
+    pl.per_type(result, metric, ax=fig.subplots())
+    return to_data_uri(fig)
+
+
+def privacy_bars(audit: Mapping[str, Any]) -> str:
+    """:func:`cellsynth.pl.privacy`: the attacks beside their thresholds, the distances."""
+    fig = _figure(8, 4.2, layout="constrained")
+    pl.privacy(audit, ax=fig.subplots())
+    return to_data_uri(fig)
+
+
+def training_curves(generator: Mapping[str, Any] | None,
+                    curves: Mapping[str, Mapping[str, Sequence[float]]],
+                    best: Mapping[str, int | None]) -> str:  # fmt: skip
+    """One panel per model: the generator's history by :func:`cellsynth.pl.history` (the
+    curve that chose the kept epoch marked), then each classifier's ``curves[panel]`` (a
+    curve name -> values per boosting round), ``best[panel]`` its chosen round."""
     panels = [p for p in curves if curves[p]]
-    fig = _figure(6.5 * len(panels), 3.8)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    n = len(panels) + (generator is not None)
+    fig = _figure(6.5 * n, 3.8, layout="constrained")
+    axes = list(np.atleast_1d(fig.subplots(1, n)))
+    if generator is not None:
+        ax = axes.pop(0)
+        pl.history(generator, ax=ax)
+        ax.set_title("generator")
     for ax, panel in zip(axes, panels, strict=True):
         for name, values in curves[panel].items():
             v = np.asarray(values, dtype=float)
@@ -193,7 +195,7 @@ def loss_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
         b = best.get(panel)
         if b is not None:
             ax.axvline(b, color="black", linestyle="--", linewidth=0.8, label=f"best ({b})")
-        ax.set_xlabel("epoch" if "generator" in panel else "boosting round")
+        ax.set_xlabel("boosting round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss")
         ax.set_title(panel)
@@ -201,16 +203,20 @@ def loss_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
     return to_data_uri(fig)
 
 
-def qc_removed(steps: pd.DataFrame) -> str:
-    """Cells and genes removed by each QC step (two bar panels)."""
-    fig = _figure(11, _label_height(len(steps), 0.3, 1.2))
-    ax_c, ax_g = fig.subplots(1, 2, sharey=True)
+def qc_removed(steps: pd.DataFrame) -> str | None:
+    """Cells and genes removed by each QC step: one bar panel for each that any step removed
+    (None when no step removed anything)."""
+    shown = [(c, col) for c, col in (("cells_removed", REAL_COLOR), ("genes_removed", SYNTH_COLOR))
+             if c in steps and (steps[c] > 0).any()]
+    if not shown:
+        return None
+    fig = _figure(5.5 * len(shown) + 2.0, _label_height(len(steps), 0.3, 1.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
     y = np.arange(len(steps))[::-1]
-    ax_c.barh(y, steps["cells_removed"], color=REAL_COLOR)
-    ax_g.barh(y, steps["genes_removed"], color=SYNTH_COLOR)
-    ax_c.set_yticks(y, steps["step"].astype(str), fontsize=8)
-    ax_c.set_xlabel("cells removed")
-    ax_g.set_xlabel("genes removed")
+    for ax, (c, color) in zip(axes, shown, strict=True):
+        ax.barh(y, steps[c], color=color)
+        ax.set_xlabel(c.replace("_", " "))
+    axes[0].set_yticks(y, steps["step"].astype(str), fontsize=8)
     return to_data_uri(fig)
 
 

@@ -8,13 +8,8 @@ when its files are missing or unreadable; rendering never fails on a partial run
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
 import logging
-import math
-import numbers
-import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +18,8 @@ import pandas as pd
 from ..errors import CellsynthError
 from ..runtime import write_text
 from . import figures
+from ._fidelity import _sec_design, _sec_fidelity
+from ._markup import _e, _fmt, _img, _left_out, _missing, _note, _Run, _table
 
 logger = logging.getLogger(__name__)
 
@@ -52,83 +49,16 @@ window.addEventListener("load", function () {
 """
 
 
-# ---------------------------------------------------------------- small HTML helpers
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _missing(*rel: str) -> str:
-    return _note("Not available in this run: " + ", ".join(rel) + " not found.")
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{_e(uri)}" alt="{_e(alt)}">'
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if not _is_num(v):
-        return "–" if v is None else str(v)
-    if math.isnan(float(v)):
-        return "–"
-    if isinstance(v, numbers.Integral):
-        return f"{int(v):,}"
-    v = float(v)
-    return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
-
-
-def _table(header: Sequence[str] | None, rows: Any, digits: Sequence[int] = ()) -> str:
-    """An HTML table (no header row when ``header`` is None); numbers are formatted (``digits``
-    per column, default 3) and right-aligned, all text escaped."""
-    out = ["<table>"]
-    if header is not None:
-        out += ["<thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead>"]
-    out.append("<tbody>")
-    for row in rows:
-        cells = [f'<td class="n">{_e(_fmt(v, (list(digits) + [3] * len(row))[i]))}</td>'
-                 if _is_num(v) else f"<td>{_e(_fmt(v))}</td>" for i, v in enumerate(row)]
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-class _Run:
-    """Read access to a run directory: ``None`` for a missing or unreadable file."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def json(self, rel: str) -> Any:
-        try:
-            return json.loads((self.root / rel).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def csv(self, rel: str, **kw: Any) -> pd.DataFrame | None:
-        try:
-            return pd.read_csv((self.root / rel), **kw)
-        except (OSError, ValueError):
-            return None
-
-    def config(self) -> dict:
-        manifest = self.json("manifest.json") or {}
-        if isinstance(manifest.get("config"), dict):
-            return manifest["config"]
-        try:
-            return tomllib.loads((self.root / "config.toml").read_text())
-        except (OSError, ValueError):
-            return {}
-
-
 # ---------------------------------------------------------------- sections
+
+def _has_groups(groups: Any) -> bool:
+    """A fine-to-coarse mapping that merges some types (not each type its own group)."""
+    return isinstance(groups, dict) and bool(groups) and len(set(groups.values())) < len(groups)
+
+
+_NO_GROUPS = ("the coarse level: no fine-to-coarse mapping (dataset.groups) merges any types, "
+              "so it would repeat the fine one")
+
 
 def _sec_run(run: _Run) -> str:
     cfg = run.config()
@@ -181,7 +111,11 @@ def _sec_data(run: _Run) -> str:
                      + _table([c.replace("_", " ") for c in steps.columns],
                               steps.itertuples(index=False)))
         if {"step", "cells_removed", "genes_removed"} <= set(steps):
-            parts.append(_img(figures.qc_removed(steps), "cells and genes removed per QC step"))
+            uri = figures.qc_removed(steps)
+            parts += [_left_out(f"the panel of {what} removed (no QC step removed {what})")
+                      for what in ("cells", "genes") if not (steps[f"{what}_removed"] > 0).any()]
+            if uri is not None:
+                parts.append(_img(uri, "cells and genes removed per QC step"))
     if qc is None:
         return "".join(parts)
     if qc.get("n_cells") is not None:
@@ -245,46 +179,58 @@ def _sec_classifier(run: _Run) -> str:
     summary = run.json("metrics/summary.json")
     if not summary:
         return _missing("metrics/summary.json")
-    groups = run.json("data/groups.json")
-    coarse_note = ("A prediction inside the right coarse group counts as correct." if groups else
-                   "No fine-to-coarse mapping was given (dataset.groups): each type is its own "
-                   "group, so this table repeats the fine one.")
+    coarse = ("<p>A prediction inside the right coarse group counts as correct.</p>"
+              + _results_table(summary, "coarse")
+              if _has_groups(run.json("data/groups.json")) else _left_out(_NO_GROUPS))
     return ("<p>(a) trained on real training cells, tested on real test cells; (b) that "
             "classifier on generated cells, scored against the intended type; (c) trained on "
             "generated cells, tested on the real test cells.</p>"
             "<h3>Fine cell types</h3>" + _results_table(summary, "fine")
-            + "<h3>Coarse groups</h3>" + f"<p>{_e(coarse_note)}</p>"
-            + _results_table(summary, "coarse"))
+            + "<h3>Coarse groups</h3>" + coarse)
+
+
+#: (file prefix, legend name) of the three experiments' per-class scores and confusions
+_SCORED = (("a_real_real", "(a) real-trained, on real test cells"),
+           ("b_real_synthetic", "(b) real-trained, on generated cells"),
+           ("c_synthetic_real", "(c) synthetic-trained, on real test cells"))
 
 
 def _sec_per_class(run: _Run) -> str:
-    names = {"(a) trained on real": "metrics/a_real_real_fine_per_class.csv",
-             "(c) trained on synthetic": "metrics/c_synthetic_real_fine_per_class.csv"}
-    series = {}
-    for name, rel in names.items():
+    series, sizes, absent = {}, {}, []
+    for key, name in _SCORED:
+        rel = f"metrics/{key}_fine_per_class.csv"
         df = run.csv(rel)
-        if df is not None and {"label", "f1"} <= set(df):
-            series[name] = df.set_index(df["label"].astype(str))["f1"]
+        if df is None or not {"label", "f1"} <= set(df):
+            absent.append(rel)
+            continue
+        series[name] = df.set_index(df["label"].astype(str))["f1"]
+        if key == "a_real_real" and "support" in df:
+            sizes = {str(t): int(n) for t, n in zip(df["label"], df["support"], strict=True)}
     if not series:
-        return _missing(*names.values())
-    parts = [] if len(series) == len(names) else [_missing(*(r for n, r in names.items()
-                                                             if n not in series))]
-    parts.append(_img(figures.f1_bars(series), "per-class F1"))
+        return _missing(*absent)
+    parts = [_missing(*absent)] if absent else []
+    parts.append("<p>F1 per type: " + _e("; ".join(series)) + ". Beside each type, its real "
+                 "test cells (the cells (a) and (c) are scored on).</p>")
+    parts.append(_img(figures.f1_bars(series, sizes), "per-class F1"))
     return "".join(parts)
 
 
 def _sec_confusion(run: _Run) -> str:
-    parts = ["<p>Rows are the true type, columns the prediction; each row is divided by the "
-             "true type's cells (row-normalised).</p>"]
+    parts = ["<p>Rows are the true type (its cells in brackets), columns the prediction; each "
+             "row is divided by the true type's cells (row-normalised).</p>"]
+    has_groups = _has_groups(run.json("data/groups.json"))
     for level in ("fine", "coarse"):
+        parts.append(f"<h3>{_e(level.capitalize())} level</h3>")
+        if level == "coarse" and not has_groups:
+            parts.append(_left_out(_NO_GROUPS))
+            continue
         mats = {}
-        for key, name in (("a_real_real", "(a) trained on real"),
-                          ("c_synthetic_real", "(c) trained on synthetic")):
+        for key, name in _SCORED:
             df = run.csv(f"metrics/{key}_{level}_confusion.csv", index_col=0)
             if df is not None and not df.empty:
                 mats[name] = df
-        parts.append(f"<h3>{_e(level.capitalize())} level</h3>")
-        parts.append(_img(figures.confusion_heatmaps(mats), f"{level} confusion matrices")
+        parts.append(f"<p>{_e('; '.join(mats))}.</p>"
+                     + _img(figures.confusion_heatmaps(mats), f"{level} confusion matrices")
                      if mats else _missing(f"metrics/a_real_real_{level}_confusion.csv"))
     return "".join(parts)
 
@@ -294,125 +240,20 @@ def _sec_umap(run: _Run) -> str:
     if df is None or not {"origin", "label", "x", "y"} <= set(df):
         return _missing("features/umap.csv")
     n = df["origin"].astype(str).value_counts()
-    return (f"<p>{_e(_fmt(int(n.get('real', 0))))} real and "
-            f"{_e(_fmt(int(n.get('synthetic', 0))))} generated cells embedded together.</p>"
-            + _img(figures.umap_scatter(df), "UMAP of real and generated cells"))
-
-
-# (label, path into report["overall"], what a perfect generator scores)
-_FIDELITY_ROWS = [
-    ("C2ST AUC", ("c2st_auc",), "0.5"),
-    ("MMD² (RBF)", ("mmd_rbf",), "lower; 0"),
-    ("energy distance", ("energy_distance",), "lower; 0"),
-    ("k-NN precision", ("knn_precision",), "higher"),
-    ("k-NN recall", ("knn_recall",), "higher"),
-    ("gene mean (Spearman)", ("gene_stats", "mean"), "higher; 1"),
-    ("gene variance (Spearman)", ("gene_stats", "variance"), "higher; 1"),
-    ("zero fraction (Spearman)", ("gene_stats", "zero_fraction"), "higher; 1"),
-    ("library size distance", ("library_size_distance",), "lower; 0"),
-    ("correlation distance", ("correlation_distance",), "lower; 0"),
-    ("marker overlap", ("marker_overlap", "mean"), "higher; 1"),
-]
-
-
-def _dig(d: Any, keys: Sequence[str]) -> Any:
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
-def _sec_fidelity(run: _Run) -> str:
-    fid = run.json("metrics/fidelity.json")
-    if not isinstance(fid, dict) or "synthetic_vs_real" not in fid:
-        return _missing("metrics/fidelity.json")
-    floor = (fid.get("real_vs_real") or {}).get("overall", {})
-    syn = (fid.get("synthetic_vs_real") or {}).get("overall", {})
-    rows = [(label, _dig(floor, path), _dig(syn, path), best)
-            for label, path, best in _FIDELITY_ROWS]
-    memo = fid.get("memorisation") or {}
-    warn = "".join(_note("Memorisation: " + r + ". The fidelity numbers below do not measure "
-                         "generation.") for r in memo.get("reasons", []))  # fmt: skip
-    return (warn + "<p>The control compares two disjoint halves of the real cells: what a perfect "
-            "generator would score with this many cells. Read each synthetic number beside it.</p>"
-            + _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows)
-            + _privacy(fid.get("privacy")))
-
-
-def _privacy(priv: Any) -> str:
-    """The privacy audit: membership attacks (AUC, 0.5 = no leak) and distances to the closest
-    training cell, generated against held-out real cells."""
-    if not isinstance(priv, dict):
-        return ""
-    head = "<h3>Privacy audit</h3>"
-    if "skipped" in priv:
-        return head + _note(f"Not run: {priv['skipped']}")
-    verdict = ("Flagged: " + "; ".join(priv.get("reasons", [])) if priv.get("flagged") else
-               "Not flagged: neither attack tells the training cells from held-out real cells "
-               "better than chance allows (no proof of privacy, only that these attacks fail).")
-    attacks = priv.get("attacks") or {}
-    rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
-            for name, a in attacks.items()]
-    for name, a in (priv.get("donor_attacks") or {}).items():
-        rows.append((f"{name} attack (donor level)", a.get("auc"), a.get("threshold"),
-                     a.get("n_members")))
-    dcr = priv.get("dcr") or {}
-    dist = [("median distance to the closest training cell, generated", dcr.get("median_synthetic")),
-            ("the same, held-out real cells", dcr.get("median_heldout")),
-            ("generated cells closer than 95% of held-out cells (expect 0.05)",
-             dcr.get("share_below_quantile")),
-            ("exact copies of training cells", dcr.get("exact_duplicates"))]
-    return (head + (_note(verdict) if priv.get("flagged") else f"<p>{_e(verdict)}</p>")
-            + "<p>An attacker holding the generated cells tries to tell the cells the generator "
-            "was trained on from real cells it never saw (the test split): ROC AUC, 0.5 = no "
-            "leak; flagged above the threshold (chance at this many cells, or 0.55).</p>"
-            + _table(["attack", "AUC", "flagged above", "members"], rows)
-            + _table(["distance to the closest training cell", "value"], dist))
-
-
-def _sec_design(run: _Run) -> str:
-    """Fidelity per (type x covariate levels) combination and condition effects."""
-    rep = run.json("metrics/covariates.json")
-    if not isinstance(rep, dict):
-        return ("<p>Left out: the generator conditions on the cell type only (set "
-                "<code>cvae.covariates</code> to condition on donor, condition, batch...).</p>")
-    comb = rep.get("combinations") or {}
-    per = comb.get("per_combination") or {}
-    rows = [(c, r.get("n_real"), r.get("n_synth"), r.get("c2st_auc"), r.get("floor_c2st_auc"))
-            for c, r in sorted(per.items())]
-    out = (f"<p>Each combination of the type and {_e(', '.join(comb.get('keys', [])))} with at "
-           f"least {_e(comb.get('min_cells'))} cells on both sides: two-sample AUC of its "
-           "generated against its real test cells, beside two halves of its real cells "
-           "(the floor; – when a half is too small).</p>"
-           + _table(["combination", "real cells", "generated cells", "AUC", "floor AUC"], rows,
-                    digits=[0, 0, 0, 3, 3]))
-    skipped = comb.get("skipped") or {}
-    if skipped:
-        out += (f"<p>{len(skipped)} combination(s) not scored: "
-                + _e("; ".join(f"{c}: {why}" for c, why in list(skipped.items())[:10])) + "</p>")
-    for key, pairs in (rep.get("effects") or {}).items():
-        out += f"<h3>Effect of {_e(key)}</h3>"
-        if "skipped" in pairs:
-            out += f"<p>Not measured: {_e(pairs['skipped'])}.</p>"
-            continue
-        erows = [(pair, t, e.get("r"), e.get("floor_r"), e.get("slope"), e.get("floor_slope"))
-                 for pair, types in pairs.items() for t, e in types.items() if "r" in e]
-        out += ("<p>Per type, the log fold changes between the levels in generated cells "
-                "against the same in real test cells: Pearson r over genes and the slope over "
-                "the most changed genes (1 = the full effect; below 1: attenuated), beside two "
-                "halves of the real cells.</p>"
-                + _table(["levels", "type", "r", "floor r", "slope", "floor slope"], erows))
-    return out
+    return (f"<p>{_e(_fmt(int(n.get('real', 0))))} real test and "
+            f"{_e(_fmt(int(n.get('synthetic', 0))))} generated cells embedded together. Each "
+            "type is drawn with as many generated as real cells (the smaller number of the "
+            "two; the legend gives them), so no side swamps the other; a type only one side "
+            "holds shows that side alone.</p>"
+            + _img(figures.umap_panels(df), "UMAP of real and generated cells"))
 
 
 def _sec_training(run: _Run) -> str:
     curves: dict[str, dict] = {}
     best: dict[str, int | None] = {}
     hist = run.json("generator/history.json") or {}
-    gen = {k: v for k, v in hist.items() if isinstance(v, list) and len(v) > 1
-           and all(isinstance(x, int | float) for x in v)}
-    if gen:
-        curves["generator"] = gen
-        best["generator"] = hist.get("best_epoch")
+    losses = hist.get("train_loss") if isinstance(hist, dict) else None
+    gen = hist if isinstance(losses, list) and len(losses) > 1 else None
     for rel, name in (("classifier/meta.json", "classifier (real)"),
                       ("classifier_synthetic/meta.json", "classifier (synthetic)")):
         meta = run.json(rel) or {}
@@ -423,12 +264,19 @@ def _sec_training(run: _Run) -> str:
             curves[name] = c
             best[name] = meta.get("best_iteration")
     notes = []
-    if not gen:
+    if gen is None:
         notes.append(_note("No generator loss per epoch (generator/history.json missing, or "
                            "this generator is not trained by epochs)."))
-    if not curves:
+    else:
+        chose = ("the two-sample AUC of generated against validation cells (right axis)"
+                 if hist.get("select") == "fidelity" else "the validation loss")
+        notes.append(f"<p>Generator: the kept epoch (dashed) is the one with the best "
+                     f"{_e(chose)}. Classifiers: the boosting round with the best validation "
+                     "loss.</p>")
+    if gen is None and not curves:
         return "".join(notes) + _missing("classifier/meta.json evals_result")
-    return "".join(notes) + _img(figures.loss_curves(curves, best), "training loss curves")
+    return "".join(notes) + _img(figures.training_curves(gen, curves, best),
+                                 "training loss curves")
 
 
 def _sec_shap(run: _Run) -> str:

@@ -1,0 +1,133 @@
+"""``cs.pl.privacy``: the privacy audit, each number beside what no leak gives and its flag."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError
+from ._common import FLAG_COLOR, axes, finish
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+#: an unflagged bar (neither origin's colour: these numbers compare generated with real cells)
+NEUTRAL = "#9a9a9a"
+
+
+def _audit(result: Any) -> Mapping[str, Any]:
+    """The audit's dict from an Evaluation, its dict, a run's ``fidelity.json``, a
+    :class:`~cellsynth.metrics.privacy.PrivacyResult` or the audit's dict itself."""
+    if hasattr(result, "to_dict") and hasattr(result, "attacks"):  # PrivacyResult
+        return result.to_dict()
+    if not isinstance(result, Mapping):
+        raise DataError(f"a {type(result).__name__} holds no privacy audit; give what "
+                        "cellsynth.evaluate(..., heldout=...) returned or its privacy dict")
+    priv = result if "attacks" in result or "skipped" in result else result.get("privacy")
+    if priv is None:
+        raise DataError("the result holds no privacy audit: evaluate with held-out cells "
+                        "(cs.evaluate(real, synthetic, heldout=test_cells, ...))")
+    if "skipped" in priv:
+        raise DataError(f"the privacy audit was not run: {priv['skipped']}")
+    if not isinstance(priv.get("attacks"), Mapping):
+        raise DataError("the privacy dict has no 'attacks'; give PrivacyResult.to_dict()")
+    return priv
+
+
+def _rows(priv: Mapping[str, Any]) -> list[tuple[str, float, float | None, float | None, bool]]:
+    """``(label, value, expected without a leak, flagged above, flagged)`` per bar."""
+    rows = []
+    for level, block in (("cells", priv.get("attacks")), ("donors", priv.get("donor_attacks"))):
+        for name, a in (block or {}).items():
+            rows.append((f"{name} attack AUC ({level})", float(a["auc"]), 0.5,
+                         float(a["threshold"]), bool(a.get("flagged"))))
+    dcr = priv.get("dcr") or {}
+    exact_share = (priv.get("settings") or {}).get("exact_share", 0.01)
+    if dcr.get("share_below_quantile") is not None:
+        q = dcr.get("quantile", 0.05)
+        rows.append((f"generated closer than {1 - q:.0%} of held-out",
+                     float(dcr["share_below_quantile"]), float(q), None, False))
+    if dcr.get("exact_share") is not None:
+        rows.append(("exact copies of training cells (share)", float(dcr["exact_share"]), 0.0,
+                     float(exact_share), float(dcr["exact_share"]) > exact_share))
+    if dcr.get("median_ratio") is not None:
+        rows.append(("median distance to closest training cell,\ngenerated / held-out",
+                     float(dcr["median_ratio"]), 1.0, None, False))
+    return rows
+
+
+def privacy(
+    result: Any,
+    *,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes | None:
+    """The privacy audit: membership-attack AUCs with their flag thresholds, and the distances
+    to the closest training cell (DCR) summarised.
+
+    One grey bar per number, each with a black tick where a generator that leaks nothing
+    lands and, for what can flag, a dashed red tick at the flag threshold; a flagged bar is
+    red.
+
+    - each attack's ROC AUC (cell level, and donor level when audited): an attacker holding
+      the generated cells tells training cells from held-out ones; 0.5 is chance, flagged
+      above its threshold (chance at this many cells, at least 0.55);
+    - the share of generated cells closer to a training cell than 95% of held-out cells are
+      (0.05 without a leak);
+    - the share of generated cells that are exact copies of training cells (flagged above
+      1%);
+    - the median DCR of generated cells over that of held-out cells (about 1 without a leak;
+      below 1: generated cells hug the training cells).
+
+    Parameters
+    ----------
+    result
+        What :func:`cellsynth.evaluate` returned with ``heldout`` (an
+        :class:`~cellsynth.result.Evaluation` or its dict), a run's ``metrics/fidelity.json``
+        read with ``json.load``, a :class:`~cellsynth.metrics.privacy.PrivacyResult`, or its
+        ``to_dict()``.
+    ax
+        The axes to draw into; None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path to save the figure to.
+
+    Returns
+    -------
+    Axes or None
+        The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``). The title
+        says whether the audit flagged a leak.
+    """
+    priv = _audit(result)
+    rows = _rows(priv)
+    ax = axes(ax, (6.5, 0.5 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    values = np.array([r[1] for r in rows])
+    colors = [FLAG_COLOR if r[4] else NEUTRAL for r in rows]
+    ax.barh(y, values, height=0.6, color=colors)
+    for yi, (_, value, expected, threshold, _) in zip(y, rows, strict=True):
+        if expected is not None:
+            ax.plot([expected, expected], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
+        if threshold is not None:
+            ax.plot([threshold, threshold], [yi - 0.4, yi + 0.4], color=FLAG_COLOR,
+                    linewidth=1.5, linestyle="--")
+        ax.text(value, yi, f" {value:.3f}", va="center", fontsize=7)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    top = max([1.0, *values, *(r[3] for r in rows if r[3] is not None)])
+    ax.set_xlim(0, top * 1.15)
+    ax.set_xlabel("value")
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color="black", label="no leak"),
+                       Line2D([], [], color=FLAG_COLOR, linestyle="--", label="flagged above")],
+              fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+    flagged = priv.get("flagged")
+    ax.set_title("privacy: flagged" if flagged else "privacy: not flagged", fontsize=10,
+                 loc="right", color=FLAG_COLOR if flagged else "black")
+    return finish(ax, show, save)

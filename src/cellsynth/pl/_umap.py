@@ -1,0 +1,305 @@
+"""``cs.pl.umap``: real and generated cells in one UMAP, equal numbers of each per type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError
+from ._common import REAL_COLOR, SYNTH_COLOR, finish, type_colors
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+#: points drawn at most (both origins together); types are capped alike beyond it
+MAX_POINTS = 30_000
+#: principal components the UMAP of AnnData objects starts from
+N_PCS = 30
+#: counts per cell after normalisation (as ``qc.target_sum``)
+TARGET_SUM = 1e4
+#: the UMAP table's columns (``features/umap.csv``)
+TABLE_COLUMNS = ("origin", "label", "x", "y")
+
+
+def equal_counts(real: Mapping[str, int], synthetic: Mapping[str, int],
+                 n_per_type: int | None = None, max_points: int = MAX_POINTS
+                 ) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """Cells to draw per type, ``(real, synthetic)``: as many of each as the smaller side has.
+
+    A type both sides hold gets ``min(real, synthetic)`` cells a side (at most ``n_per_type``);
+    a type only one side holds keeps its cells, up to ``n_per_type`` or the largest shared
+    type's number, so that a type missing from one side shows. Beyond ``max_points`` in all,
+    every type is capped at one number (small types kept whole).
+
+    Parameters
+    ----------
+    real, synthetic
+        Cells per type on each side.
+    n_per_type
+        Cells per type and side at most; None: no cap but ``max_points``.
+    max_points
+        Cells drawn at most, both sides together.
+
+    Returns
+    -------
+    dict
+        Type -> ``(real cells, synthetic cells)`` to draw.
+    """
+    if n_per_type is not None and n_per_type < 1:
+        raise DataError(f"n_per_type must be at least 1, got {n_per_type}")
+    shared = {t: min(int(real[t]), int(synthetic[t])) for t in real
+              if real[t] > 0 and synthetic.get(t, 0) > 0}
+    if not shared:
+        raise DataError("the real and synthetic cells share no cell type; check the label "
+                        "names (label_key) of both")
+    if n_per_type is not None:
+        shared = {t: min(k, n_per_type) for t, k in shared.items()}
+    cap = n_per_type if n_per_type is not None else max(shared.values())
+    plan = {t: (k, k) for t, k in shared.items()}
+    for t in sorted((set(real) | set(synthetic)) - set(shared)):
+        r, s = min(int(real.get(t, 0)), cap), min(int(synthetic.get(t, 0)), cap)
+        if r or s:
+            plan[t] = (r, s)
+
+    def total(c: int) -> int:
+        return sum(min(r, c) + min(s, c) for r, s in plan.values())
+
+    top = max(max(p) for p in plan.values())
+    if total(top) > max_points:
+        lo, hi = 1, top  # the largest per-type cap that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if total(mid) <= max_points else (lo, mid - 1)
+        plan = {t: (min(r, lo), min(s, lo)) for t, (r, s) in plan.items()}
+    return plan
+
+
+def _pick(labels: np.ndarray, plan: Mapping[str, tuple[int, int]], side: int,
+          rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Sorted row indices: ``plan[type][side]`` random cells of each type."""
+    out = [rng.choice(np.flatnonzero(labels == t), size=p[side], replace=False)
+           for t, p in plan.items() if p[side]]
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, list[str]]:
+    """Log-normalised values of ``rows`` (from raw counts where found, else ``X`` as it is)
+    and their gene names."""
+    import scipy.sparse as sp
+
+    from ..data.io import find_counts
+    from ..data.qc import normalise_log1p
+
+    if getattr(adata, "isbacked", False):
+        raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
+    where = find_counts(adata).counts
+    if where == "raw.X":
+        x, genes = adata.raw.X, list(adata.raw.var_names)
+    else:
+        x, genes = (adata.layers["counts"] if where == "layers/counts" else adata.X,
+                    list(adata.var_names))
+    x = sp.csr_matrix(x[rows], dtype=np.float32)
+    return (normalise_log1p(x, TARGET_SUM) if where is not None else x), genes
+
+
+def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: int | None,
+           seed: int) -> pd.DataFrame:  # fmt: skip
+    """The UMAP table of equal numbers of real and generated cells per type: a PCA of the
+    real cells' log-normalised values (the generated cells projected), then one UMAP."""
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    labels = []
+    for adata, what in ((real, "the real data"), (synthetic, "the synthetic data")):
+        if label_key not in adata.obs:
+            raise DataError(f"label column '{label_key}' not in the obs of {what}; columns "
+                            f"are: {', '.join(map(str, adata.obs.columns)) or '(none)'}")
+        labels.append(adata.obs[label_key].astype(str).to_numpy())
+    rl, sl = labels
+    plan = equal_counts(pd.Series(rl).value_counts().to_dict(),
+                        pd.Series(sl).value_counts().to_dict(), n_per_type)
+    rng = np.random.default_rng(seed)
+    ir, is_ = _pick(rl, plan, 0, rng), _pick(sl, plan, 1, rng)
+    xr, gr = _expression(real, ir, "the real data")
+    xs, gs = _expression(synthetic, is_, "the synthetic data")
+    genes = [g for g in gr if g in set(gs)]
+    if len(genes) < 3:
+        raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s); a UMAP "
+                        "needs the same genes (var_names) on both sides")
+    xr = xr[:, pd.Index(gr).get_indexer(genes)]
+    xs = xs[:, pd.Index(gs).get_indexer(genes)]
+    if xr.shape[0] < 4:
+        raise DataError(f"{xr.shape[0]} real cells to embed; a UMAP needs at least 4")
+    k = min(N_PCS, xr.shape[0] - 1, len(genes) - 1)
+    pca = PCA(n_components=k, svd_solver="arpack", random_state=seed % 2**31).fit(xr)
+    z = np.vstack([pca.transform(xr), pca.transform(xs)])
+    import umap as umap_learn  # slow to import: only here
+
+    emb = umap_learn.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed % 2**31,
+                          n_jobs=1).fit_transform(z)
+    return pd.DataFrame({
+        "cell": [*real.obs_names[ir], *synthetic.obs_names[is_]],
+        "origin": ["real"] * len(ir) + ["synthetic"] * len(is_),
+        "label": [*rl[ir], *sl[is_]], "x": emb[:, 0], "y": emb[:, 1],
+    })  # fmt: skip
+
+
+def _table(source: Any, label_key: str | None) -> pd.DataFrame:
+    """The UMAP table from a DataFrame or a path to ``features/umap.csv``."""
+    import pandas as pd
+
+    df = pd.read_csv(source) if isinstance(source, str | Path) else source.copy()
+    if label_key and label_key in df and "label" not in df:
+        df = df.rename(columns={label_key: "label"})
+    missing = [c for c in TABLE_COLUMNS if c not in df]
+    if missing:
+        raise DataError(f"the UMAP table lacks column(s) {missing}; it needs {list(TABLE_COLUMNS)} "
+                        "(a run's features/umap.csv)")
+    df["origin"], df["label"] = df["origin"].astype(str), df["label"].astype(str)
+    bad = sorted(set(df["origin"]) - {"real", "synthetic"})
+    if bad:
+        raise DataError(f"origin holds {bad}; it must be 'real' or 'synthetic'")
+    return df
+
+
+def _equalise(df: pd.DataFrame, n_per_type: int | None, seed: int) -> pd.DataFrame:
+    """The table's rows drawn: :func:`equal_counts` of each origin per type."""
+    import pandas as pd
+
+    real, synth = df[df["origin"] == "real"], df[df["origin"] == "synthetic"]
+    plan = equal_counts(real["label"].value_counts().to_dict(),
+                        synth["label"].value_counts().to_dict(), n_per_type)
+    rng = np.random.default_rng(seed)
+    ir = _pick(real["label"].to_numpy(), plan, 0, rng)
+    is_ = _pick(synth["label"].to_numpy(), plan, 1, rng)
+    return pd.concat([real.iloc[ir], synth.iloc[is_]], ignore_index=True)
+
+
+def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> None:
+    """One panel: the cells coloured by origin or by type, the legend beside it (right)."""
+    import pandas as pd
+    from matplotlib.lines import Line2D
+
+    size = float(np.clip(4000 / max(len(df), 1), 0.5, 12))
+    origin = df["origin"].to_numpy()
+    if color == "origin":
+        c = np.where(origin == "synthetic", SYNTH_COLOR, REAL_COLOR)
+        n = pd.Series(origin).value_counts()
+        handles = [Line2D([], [], ls="", marker="o", color=col, label=f"{o} ({n.get(o, 0)})")
+                   for o, col in (("real", REAL_COLOR), ("synthetic", SYNTH_COLOR))]
+        title, ncol = "origin (cells)", 1
+    else:
+        c = [colors[t] for t in df["label"]]
+        n = df.groupby(["label", "origin"]).size()
+        handles = [Line2D([], [], ls="", marker="o", color=colors[t],
+                          label=f"{t} ({n.get((t, 'real'), 0)} · {n.get((t, 'synthetic'), 0)})")
+                   for t in colors]
+        title, ncol = "cell type (real · generated)", -(-len(colors) // 25)
+    ax.scatter(df["x"], df["y"], s=size, c=c, linewidths=0, rasterized=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_title("by origin" if color == "origin" else "by cell type", fontsize=10)
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7,
+              title=title, title_fontsize=8, ncol=ncol, frameon=False, markerscale=1.2)
+
+
+def umap(
+    real: ad.AnnData | pd.DataFrame | str | Path,
+    synthetic: ad.AnnData | None = None,
+    *,
+    label_key: str | None = None,
+    color: str | Sequence[str] = "origin",
+    n_per_type: int | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    seed: int = 0,
+) -> Axes | list[Axes] | None:
+    """Real and generated cells in one UMAP, with equal numbers of each per cell type.
+
+    Many generated cells of a type would swamp a handful of real ones, so each type shows as
+    many generated as real cells (the smaller side's number, see :func:`equal_counts`); a
+    type only one side holds shows that side's cells alone. Origin colours (real blue,
+    generated orange) are never cell-type colours; each panel's legend stands beside it.
+
+    Parameters
+    ----------
+    real
+        The real cells (AnnData in memory: raw counts in ``X``, ``layers['counts']`` or
+        ``raw.X``, else log-normalised ``X``), or a UMAP table already computed: a DataFrame
+        or the path of a run's ``features/umap.csv`` (columns ``origin``, ``real`` or
+        ``synthetic``; ``label``; ``x``, ``y``), with ``synthetic`` None.
+    synthetic
+        The generated cells (AnnData, like ``real``); None with a table.
+    label_key
+        The ``obs`` column holding the cell type (needed with AnnData); with a table, the
+        column to read as ``label`` when it has no ``label`` column.
+    color
+        ``"origin"`` (real or generated; default), ``"label"`` (the cell type; the
+        ``label_key`` name works too), or a list of them: one panel each, from one embedding.
+    n_per_type
+        Cells per type and origin at most; None: the smaller side's number (in all at most
+        30,000 points, the largest types capped alike).
+    ax
+        The axes to draw into (a list of them for a list ``color``); None makes a new figure.
+    show
+        True: show the figure (``plt.show()``) and return None.
+    save
+        A file path to save the figure to.
+    seed
+        Seeds the subsample, the PCA and the UMAP.
+
+    Returns
+    -------
+    Axes, list of Axes, or None
+        The :class:`~matplotlib.axes.Axes` drawn into (a list for a list ``color``; None
+        with ``show=True``).
+
+    Notes
+    -----
+    From AnnData the genes both hold are used: each cell scaled to 10,000 counts and
+    log1p-transformed, a PCA (30 components) fitted on the real cells drawn and the generated
+    cells projected into it, then one UMAP (``umap-learn``) of both.
+    """
+    colors_wanted = [color] if isinstance(color, str) else list(color)
+    names = {"origin", "label", *([label_key] if label_key else [])}
+    bad = [c for c in colors_wanted if c not in names]
+    if bad or not colors_wanted:
+        raise DataError(f"color {bad or color!r} unknown; give 'origin', 'label' (the cell "
+                        "type) or a list of them")
+    kinds = ["origin" if c == "origin" else "label" for c in colors_wanted]
+    import pandas as pd
+
+    if isinstance(real, pd.DataFrame | str | Path):
+        if synthetic is not None:
+            raise DataError("give a UMAP table alone (synthetic=None), or two AnnData objects")
+        df = _equalise(_table(real, label_key), n_per_type, seed)
+    else:
+        if synthetic is None or label_key is None:
+            raise DataError("give the real and synthetic AnnData objects and label_key (the obs "
+                            "column of the cell type)")
+        df = _embed(real, synthetic, label_key, n_per_type, seed)
+    df = df.sample(frac=1.0, random_state=seed % 2**32)  # draw order: no origin hides the other
+    types = sorted(df["label"].unique())
+    palette = dict(zip(types, type_colors(len(types)), strict=True))
+    many = not isinstance(color, str)
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, axs = plt.subplots(1, len(kinds), figsize=(7.0 * len(kinds), 5.5),
+                              layout="constrained", squeeze=False)
+        axs = list(axs[0])
+    else:
+        axs = list(ax) if isinstance(ax, Sequence) else [ax]
+        if len(axs) != len(kinds):
+            raise DataError(f"{len(axs)} axes for {len(kinds)} colors; give one axes per color")
+    for a, kind in zip(axs, kinds, strict=True):
+        _draw(df, kind, a, palette)
+    return finish(axs if many else axs[0], show, save)

@@ -1,0 +1,141 @@
+"""The report's fidelity sections: the metrics beside the real-vs-real control (with the
+per-type and privacy figures of :mod:`cellsynth.pl`) and the covariates' design report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import figures
+from ._markup import _e, _img, _is_num, _left_out, _missing, _note, _Run, _table
+
+# (label, path into report["overall"], what a perfect generator scores)
+_FIDELITY_ROWS = [
+    ("C2ST AUC", ("c2st_auc",), "0.5"),
+    ("MMD² (RBF)", ("mmd_rbf",), "lower; 0"),
+    ("energy distance", ("energy_distance",), "lower; 0"),
+    ("k-NN precision", ("knn_precision",), "higher"),
+    ("k-NN recall", ("knn_recall",), "higher"),
+    ("gene mean (Spearman)", ("gene_stats", "mean"), "higher; 1"),
+    ("gene variance (Spearman)", ("gene_stats", "variance"), "higher; 1"),
+    ("zero fraction (Spearman)", ("gene_stats", "zero_fraction"), "higher; 1"),
+    ("library size distance", ("library_size_distance",), "lower; 0"),
+    ("correlation distance", ("correlation_distance",), "lower; 0"),
+    ("marker overlap", ("marker_overlap", "mean"), "higher; 1"),
+]
+
+
+def _dig(d: Any, keys: Sequence[str]) -> Any:
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _sec_fidelity(run: _Run) -> str:
+    fid = run.json("metrics/fidelity.json")
+    if not isinstance(fid, dict) or "synthetic_vs_real" not in fid:
+        return _missing("metrics/fidelity.json")
+    floor = (fid.get("real_vs_real") or {}).get("overall", {})
+    syn = (fid.get("synthetic_vs_real") or {}).get("overall", {})
+    rows = [(label, _dig(floor, path), _dig(syn, path), best)
+            for label, path, best in _FIDELITY_ROWS]
+    memo = fid.get("memorisation") or {}
+    warn = "".join(_note("Memorisation: " + r + ". The fidelity numbers below do not measure "
+                         "generation.") for r in memo.get("reasons", []))  # fmt: skip
+    parts = [warn, "<p>The control compares two disjoint halves of the real cells: what a "
+             "perfect generator would score with this many cells. Read each synthetic number "
+             "beside it.</p>",
+             _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows),
+             _negative_note(rows)]
+    parts.append(_img(figures.fidelity_bars(fid), "fidelity metrics beside the control"))
+    if (fid["synthetic_vs_real"].get("per_type") or (fid.get("real_vs_real") or {})
+            .get("per_type")):
+        parts += ["<h3>Per type</h3><p>The two-sample AUC of each type's generated against its "
+                  "real test cells (0.5: indistinguishable), beside two halves of its real "
+                  "cells; its cells (real · generated) beside its name.</p>",
+                  _img(figures.per_type_bars(fid), "two-sample AUC per type")]
+    else:
+        parts.append(_left_out("the per-type figure: no type had enough cells on both sides "
+                               "for a two-sample test"))
+    priv = fid.get("privacy")
+    parts.append(_privacy(priv))
+    if isinstance(priv, dict) and isinstance(priv.get("attacks"), dict):
+        parts.append(_img(figures.privacy_bars(priv), "privacy audit"))
+    return "".join(parts)
+
+
+def _negative_note(rows: Sequence[tuple]) -> str:
+    """Why an MMD or energy distance can be below zero, when one in ``rows`` is."""
+    neg = [label for label, *values, _ in rows
+           if label.startswith(("MMD", "energy")) and any(_is_num(v) and v < 0 for v in values)]
+    if not neg:
+        return ""
+    return (f"<p>{_e(' and '.join(neg))} below zero: these are unbiased estimates, whose noise "
+            "scatters them around the true value; below zero means the two samples are as "
+            "alike as this many cells can show (at the noise floor). Read it as 0.</p>")
+
+
+def _privacy(priv: Any) -> str:
+    """The privacy audit: membership attacks (AUC, 0.5 = no leak) and distances to the closest
+    training cell, generated against held-out real cells."""
+    if not isinstance(priv, dict):
+        return ""
+    head = "<h3>Privacy audit</h3>"
+    if "skipped" in priv:
+        return head + _note(f"Not run: {priv['skipped']}")
+    verdict = ("Flagged: " + "; ".join(priv.get("reasons", [])) if priv.get("flagged") else
+               "Not flagged: neither attack tells the training cells from held-out real cells "
+               "better than chance allows (no proof of privacy, only that these attacks fail).")
+    attacks = priv.get("attacks") or {}
+    rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
+            for name, a in attacks.items()]
+    for name, a in (priv.get("donor_attacks") or {}).items():
+        rows.append((f"{name} attack (donor level)", a.get("auc"), a.get("threshold"),
+                     a.get("n_members")))
+    dcr = priv.get("dcr") or {}
+    dist = [("median distance to the closest training cell, generated", dcr.get("median_synthetic")),
+            ("the same, held-out real cells", dcr.get("median_heldout")),
+            ("generated cells closer than 95% of held-out cells (expect 0.05)",
+             dcr.get("share_below_quantile")),
+            ("exact copies of training cells", dcr.get("exact_duplicates"))]
+    return (head + (_note(verdict) if priv.get("flagged") else f"<p>{_e(verdict)}</p>")
+            + "<p>An attacker holding the generated cells tries to tell the cells the generator "
+            "was trained on from real cells it never saw (the test split): ROC AUC, 0.5 = no "
+            "leak; flagged above the threshold (chance at this many cells, or 0.55).</p>"
+            + _table(["attack", "AUC", "flagged above", "members"], rows)
+            + _table(["distance to the closest training cell", "value"], dist))
+
+
+def _sec_design(run: _Run) -> str:
+    """Fidelity per (type x covariate levels) combination and condition effects."""
+    rep = run.json("metrics/covariates.json")
+    if not isinstance(rep, dict):
+        return ("<p>Left out: the generator conditions on the cell type only (set "
+                "<code>cvae.covariates</code> to condition on donor, condition, batch...).</p>")
+    comb = rep.get("combinations") or {}
+    per = comb.get("per_combination") or {}
+    rows = [(c, r.get("n_real"), r.get("n_synth"), r.get("c2st_auc"), r.get("floor_c2st_auc"))
+            for c, r in sorted(per.items())]
+    out = (f"<p>Each combination of the type and {_e(', '.join(comb.get('keys', [])))} with at "
+           f"least {_e(comb.get('min_cells'))} cells on both sides: two-sample AUC of its "
+           "generated against its real test cells, beside two halves of its real cells "
+           "(the floor; – when a half is too small).</p>"
+           + _table(["combination", "real cells", "generated cells", "AUC", "floor AUC"], rows,
+                    digits=[0, 0, 0, 3, 3]))
+    skipped = comb.get("skipped") or {}
+    if skipped:
+        out += (f"<p>{len(skipped)} combination(s) not scored: "
+                + _e("; ".join(f"{c}: {why}" for c, why in list(skipped.items())[:10])) + "</p>")
+    for key, pairs in (rep.get("effects") or {}).items():
+        out += f"<h3>Effect of {_e(key)}</h3>"
+        if "skipped" in pairs:
+            out += f"<p>Not measured: {_e(pairs['skipped'])}.</p>"
+            continue
+        erows = [(pair, t, e.get("r"), e.get("floor_r"), e.get("slope"), e.get("floor_slope"))
+                 for pair, types in pairs.items() for t, e in types.items() if "r" in e]
+        out += ("<p>Per type, the log fold changes between the levels in generated cells "
+                "against the same in real test cells: Pearson r over genes and the slope over "
+                "the most changed genes (1 = the full effect; below 1: attenuated), beside two "
+                "halves of the real cells.</p>"
+                + _table(["levels", "type", "r", "floor r", "slope", "floor slope"], erows))
+    return out
