@@ -70,6 +70,7 @@ def _calls(cells, evaluation):
         "history": lambda **kw: cs.pl.history(_history(), **kw),
         "library_sizes": lambda **kw: cs.pl.library_sizes(train, fake, label_key=LABEL, **kw),
         "umap": lambda **kw: cs.pl.umap(table, **kw),
+        "genes": lambda **kw: cs.pl.genes(evaluation, **kw),  # two panels: a list of Axes
     }
 
 
@@ -83,11 +84,13 @@ def test_every_function_returns_axes_draws_into_ax_and_saves(cells, evaluation, 
     monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
     for name, call in calls.items():
         ax = call()
-        assert isinstance(ax, Axes) and ax.has_data(), name
-        given = Figure().subplots()
-        assert call(ax=given) is given, name
+        panels = ax if isinstance(ax, list) else [ax]
+        assert all(isinstance(a, Axes) and a.has_data() for a in panels), name
+        given = Figure().subplots(1, len(panels))
+        given = list(given) if len(panels) > 1 else given
+        assert call(ax=given) == given if len(panels) > 1 else call(ax=given) is given, name
         path = tmp_path / "sub" / f"{name}.png"
-        assert isinstance(call(save=path), Axes)
+        assert isinstance(call(save=path), Axes | list)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert call(show=True) is None, name
     assert len(shown) == len(calls)
@@ -208,3 +211,16 @@ def test_privacy_plot(evaluation):
         cs.pl.privacy({"privacy": {"skipped": "too few cells"}})
     with pytest.raises(cs.CellsynthError, match="heldout"):
         cs.pl.privacy({"synthetic_vs_real": {}})
+
+
+def test_genes_plot_shows_each_side_and_refuses_a_result_without_genes(evaluation):
+    """cs.pl.genes: one point per gene and side in each panel; a result without the gene-level
+    test is refused with what to give."""
+    zeros, variance = cs.pl.genes(evaluation)
+    n = len(evaluation["genes"]["genes"]["real_mean"])
+    assert [len(c.get_offsets()) for c in zeros.collections] == [n, n]
+    assert [len(c.get_offsets()) for c in variance.collections] == [n, n]
+    with pytest.raises(cs.CellsynthError, match="gene-level"):
+        cs.pl.genes({"genes": {"skipped": "too few cells"}})
+    with pytest.raises(cs.CellsynthError, match="two axes"):
+        cs.pl.genes(evaluation, ax=[Figure().subplots()])

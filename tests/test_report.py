@@ -146,7 +146,9 @@ def test_empty_and_malformed(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     page = render_report(empty)
-    assert page.count(NOTE) >= len(SECTIONS) - 1 and not _imgs(page)
+    # every section notes its missing file but the run header and the covariates section
+    # (no covariates.json is a run without covariates: left out, said why)
+    assert page.count(NOTE) >= len(SECTIONS) - 2 and not _imgs(page)
     with pytest.raises(CellsynthError, match="not a directory"):
         write_report(tmp_path / "nope")
     (empty / "metrics").mkdir()
@@ -272,3 +274,28 @@ def test_panels_with_nothing_to_show_are_left_out_with_why(run_dir, tmp_path):
     # stages
     assert len(_imgs(page)) == 10
     assert "Could not render" not in page
+
+
+def test_the_verdict_is_the_first_screen(run_dir, tmp_path):
+    """The first section says whether the generated cells are realistic, overall and per type
+    (metrics/per_type.csv), or why it cannot."""
+    run = _copy(run_dir, tmp_path / "run")
+    _add_optional_files(run)
+    page = write_report(run).read_text()
+    first = re.search(r'<section id="([^"]+)"', page).group(1)
+    assert first == "verdict" and "the verdict: fidelity.json holds none" in page
+    fid = json.loads((run / "metrics" / "fidelity.json").read_text())
+    fid["verdict"] = {
+        "overall": {"verdict": "distinguishable", "reason": "two-sample AUC 0.734 vs floor 0.512"},
+        "per_type": {"type_1": {"verdict": "distinguishable", "reason": "AUC 0.9 vs floor 0.5"}},
+        "too_few": {"type_2": "5 real cells"}, "absent": [], "extra": [], "warning": None,
+        "n_types": {"indistinguishable": 0, "close": 0, "distinguishable": 1}}
+    (run / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    pd.DataFrame({"type": ["type_1", "type_2"], "n_real": [40, 5], "n_synthetic": [40, 40],
+                  "verdict": ["distinguishable", "too few cells"], "c2st_auc": [0.9, None],
+                  "c2st_auc_floor": [0.5, None]}).to_csv(run / "metrics" / "per_type.csv",
+                                                          index=False)
+    page = write_report(run).read_text()
+    assert '<p class="verdict verdict-distinguishable"><b>Distinguishable</b>' in page
+    assert "type_1: distinguishable (AUC 0.9 vs floor 0.5)" in page
+    assert "<td>too few cells</td>" in page and "type_2" in page

@@ -11,6 +11,8 @@ called. ``report.html`` draws its figures with these same functions.
 - :func:`fidelity`: each headline metric of :func:`cellsynth.evaluate`, synthetic beside the
   real-vs-real floor;
 - :func:`per_type`: one metric per cell type, synthetic beside the floor;
+- :func:`genes`: per gene, mean against zero fraction and against variance, real and
+  generated;
 - :func:`privacy`: the privacy audit's attack AUCs beside their flag thresholds and the
   distances to the closest training cell;
 - :func:`history`: a generator's training curve;
@@ -23,9 +25,10 @@ from __future__ import annotations
 from ._common import REAL_COLOR as REAL_COLOR  # the report's colours too
 from ._common import SYNTH_COLOR as SYNTH_COLOR
 from ._fidelity import fidelity, per_type
+from ._genes import genes
 from ._history import history
 from ._library import library_sizes
 from ._privacy import privacy
 from ._umap import umap
 
-__all__ = ["fidelity", "history", "library_sizes", "per_type", "privacy", "umap"]
+__all__ = ["fidelity", "genes", "history", "library_sizes", "per_type", "privacy", "umap"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import figures
-from ._markup import _e, _img, _is_num, _left_out, _missing, _note, _Run, _table
+from ._markup import _e, _fmt, _img, _is_num, _left_out, _missing, _note, _Run, _table
 
 # (label, path into report["overall"], what a perfect generator scores)
 _FIDELITY_ROWS = [
@@ -57,6 +57,7 @@ def _sec_fidelity(run: _Run) -> str:
     else:
         parts.append(_left_out("the per-type figure: no type had enough cells on both sides "
                                "for a two-sample test"))
+    parts.append(_genes(fid.get("genes")))
     priv = fid.get("privacy")
     parts.append(_privacy(priv))
     if isinstance(priv, dict) and isinstance(priv.get("attacks"), dict):
@@ -73,6 +74,56 @@ def _negative_note(rows: Sequence[tuple]) -> str:
     return (f"<p>{_e(' and '.join(neg))} below zero: these are unbiased estimates, whose noise "
             "scatters them around the true value; below zero means the two samples are as "
             "alike as this many cells can show (at the noise floor). Read it as 0.</p>")
+
+
+def _genes(genes: Any) -> str:
+    """The gene-level test (top HVGs, each gene a feature) beside its floor, and the per-gene
+    relations of real and generated cells."""
+    head = "<h3>Gene by gene</h3>"
+    if not isinstance(genes, dict):
+        return ""
+    if isinstance(genes.get("skipped"), str):  # the whole test (else: types skipped)
+        return head + _left_out(f"the gene-level test: {genes['skipped']}")
+    o = genes.get("overall") or {}
+    text = (f"<p>A classifier given the expression of the real cells' top "
+            f"{_e(o.get('n_genes', '–'))} variable genes, each gene a feature, tells generated "
+            f"from real cells with AUC {_e(_fmt(o.get('auc')))}, against "
+            f"{_e(_fmt(o.get('floor_auc')))} for two halves of the real cells (0.5: "
+            "indistinguishable). It sees what 30 principal components hide: lowly expressed "
+            "genes, their zeros and their spread.</p>")
+    if isinstance(genes.get("genes"), dict):
+        text += _img(figures.gene_relations(genes), "per-gene mean, zeros and variance")
+    return head + text
+
+
+def _sec_verdict(run: _Run) -> str:
+    """The first screen: are the generated cells realistic? Overall and per type."""
+    from ..metrics.verdict import verdict_lines
+
+    fid = run.json("metrics/fidelity.json")
+    if not isinstance(fid, dict):
+        return _missing("metrics/fidelity.json")
+    if "verdict" not in fid:
+        return _left_out("the verdict: fidelity.json holds none (written by an earlier "
+                         "version: rerun with --force evaluation)")
+    v = fid["verdict"]
+    o = v["overall"]
+    lines = verdict_lines(v, privacy=fid.get("privacy"))
+    out = (f'<p class="verdict verdict-{_e(o["verdict"])}"><b>{_e(o["verdict"].capitalize())}'
+           f"</b>: {_e(o['reason'])}.</p>"
+           "<p>Each metric is read against two halves of the real test cells (the floor) and "
+           "its noise: <i>indistinguishable</i> within the floor's noise, <i>close</i> within "
+           "a margin beyond it, else <i>distinguishable</i>; the metrics that decided are "
+           "named.</p><pre>" + _e("\n".join(lines[1:])) + "</pre>")
+    table = run.csv("metrics/per_type.csv")
+    if table is not None and len(table):
+        cols = [c for c in ("type", "n_real", "n_synthetic", "verdict", "c2st_auc",
+                            "c2st_auc_floor", "gene_auc", "gene_auc_floor", "knn_precision",
+                            "knn_recall", "de_logfc_r", "marker_overlap") if c in table]
+        out += ("<h3>Per type</h3><p>Its cells scored (real, generated), its verdict and each "
+                "metric beside its floor (all columns in <code>metrics/per_type.csv</code>).</p>"
+                + _table(cols, table[cols].itertuples(index=False, name=None)))
+    return out
 
 
 def _privacy(priv: Any) -> str:

@@ -167,6 +167,13 @@ def per_type_bars(result: Mapping[str, Any], metric: str = "c2st_auc") -> str:
     return to_data_uri(fig)
 
 
+def gene_relations(fidelity: Mapping[str, Any]) -> str:
+    """:func:`cellsynth.pl.genes`: per gene, mean against zeros and against variance."""
+    fig = _figure(10, 4, layout="constrained")
+    pl.genes(fidelity, ax=fig.subplots(1, 2))
+    return to_data_uri(fig)
+
+
 def privacy_bars(audit: Mapping[str, Any]) -> str:
     """:func:`cellsynth.pl.privacy`: the attacks beside their thresholds, the distances."""
     fig = _figure(8, 4.2, layout="constrained")

@@ -18,7 +18,7 @@ import pandas as pd
 from ..errors import CellsynthError
 from ..runtime import write_text
 from . import figures
-from ._fidelity import _sec_design, _sec_fidelity
+from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
 from ._markup import _e, _fmt, _img, _left_out, _missing, _note, _Run, _table
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
 .muted{color:#666;font-size:.9em}
+.verdict{font-size:1.15em;padding:.5em .8em;border-left:6px solid #999}
+.verdict-indistinguishable{border-color:#55a868;background:#eef7f0}
+.verdict-close{border-color:#f0b400;background:#fff8e1}
+.verdict-distinguishable{border-color:#c44e52;background:#fbeeee}
 """
 
 # sets data-images-ok / data-images-total on <body> once every figure has loaded (for tests)
@@ -321,6 +325,7 @@ def _sec_stages(run: _Run) -> str:
 
 #: (anchor id, heading, renderer) of every section, in page order
 _SECTIONS: list[tuple[str, str, Callable[[_Run], str]]] = [
+    ("verdict", "Are the generated cells realistic?", _sec_verdict),
     ("run", "Run", _sec_run),
     ("data", "Data and quality control", _sec_data),
     ("pca", "PCA explained variance", _sec_pca),
