@@ -41,6 +41,14 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
                                        command="test", kept_only=True).read_text()
     assert "| nb |" in kept_page and "| cvae |" not in kept_page
     assert "**Not run** (no results kept for these settings): cvae." in kept_page
+    # an earlier version's kept results (another key) are shown by --kept-only, and said so
+    path = out / "tiny" / "results" / "nb.json"
+    fresh = path.read_text()
+    path.write_text(json.dumps({**json.loads(fresh), "key": "an-earlier-version"}))
+    stale_page = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets,
+                                          command="test", kept_only=True).read_text()
+    assert "| nb |" in stale_page and "**Kept from an earlier version**" in stale_page
+    path.write_text(fresh)
     # settings of another generator do not matter to nb; the shared ones do
     evaluation.run_benchmark([str(data)], ["nb"], out, overrides=[*sets, "cvae.n_latent=3"],
                            command="test", reuse=True)

@@ -158,11 +158,19 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
     for name in models:
         kept, key = (kept_dir or out / "results") / f"{name}.json", model_key(cfg, name)
+        if kept_only and not kept.exists() and name == "reference":  # kept under its old name
+            kept = kept.with_name("seed.json")
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
         if saved.get("key") == key:
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
+            continue
+        if kept_only and saved.get("row"):  # an earlier version's: shown, and said so
+            rows[name], details["models"][name] = saved["row"], saved["details"]
+            details.setdefault("stale", []).append(name)
+            logger.warning("benchmark %s: the kept results in %s were made with other settings "
+                           "or metrics; shown as they are", name, kept)  # fmt: skip
             continue
         if kept_only:
             logger.warning("benchmark %s: no kept results for these settings in %s; left out",

@@ -143,7 +143,10 @@ def results_page(sections: list, command: str, models: list[str]) -> str:
                   "Each generator's row ran on " + ", ".join(
                       f"{m} {v.get('date', '?')}" for m, v in details["models"].items()) + "."
                   + (f" **Not run** (no results kept for these settings): {', '.join(details['not_run'])}."
-                     if details.get("not_run") else ""), "",
+                     if details.get("not_run") else "")
+                  + (f" **Kept from an earlier version** (other settings or metrics: rerun to "
+                     f"refresh; no gene-level or privacy numbers): {', '.join(details['stale'])}."
+                     if details.get("stale") else ""), "",
                   *table(rows), ""]
         if any(k in row for row in rows.values() for k, _, _ in GENE_PRIVACY_COLUMNS):
             lines += [_GENES_PRIVACY, "", *table(rows, GENE_PRIVACY_COLUMNS), ""]
