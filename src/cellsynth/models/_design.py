@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,13 @@ class Design:
              labels: list[str], label_key: str) -> tuple[list[tuple[str, tuple[int, ...], int]],
                                                         list[dict[str, str]]]:  # fmt: skip
         """``[(type, level codes, n), ...]`` for a request, and the combinations in it that no
-        training cell had (``{label_key: type, covariate: level, ...}``)."""
+        training cell had (``{label_key: type, covariate: level, ...}``). A plan is returned as
+        it is; a ``{type: n}`` request without ``where`` to a model without covariates is
+        checked as a type-only request."""
+        if isinstance(request, list):  # already a plan
+            return request, []
+        if isinstance(request, dict) and not self and not where:
+            return [(t, (), n) for t, n in request_pairs(request, labels)], []
         rows = _request_rows(request, where, label_key)
         plan: list[tuple[str, tuple[int, ...], int]] = []
         for label, given, n in rows:

@@ -55,7 +55,6 @@ from ._draws import sample_counts
 from ._prepare import training_data
 from ._select import FidelityCheck, monitor
 from .base import check_genes, fit_labels, synthetic_adata, training_counts
-from .base import request as request_pairs
 from .modules.cvae import CVAEModule
 
 logger = logging.getLogger(__name__)
@@ -426,10 +425,6 @@ class CVAE:
                                                            list[dict[str, str]]]:  # fmt: skip
         """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
         it that no training cell had (see :meth:`sample`)."""
-        if isinstance(request, list):  # already a plan
-            return request, []
-        if isinstance(request, dict) and not self.design and not where:
-            return [(t, (), n) for t, n in request_pairs(request, self.labels)], []
         return self.design.plan(request, where, self.labels, self.label_key)
 
     def plan_obs(self, plan: list[tuple[str, tuple[int, ...], int]]) -> pd.DataFrame:

@@ -46,7 +46,6 @@ from ._design import Design
 from ._draws import nb_csr
 from ._training import package_version, verify_checksums, write_checksums
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
-from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -363,10 +362,6 @@ class NegBinBaseline:
              where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
         """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
         it that no training cell had (see :meth:`sample`)."""
-        if isinstance(request, list):  # already a plan
-            return request, []
-        if isinstance(request, dict) and not self.design and not where:
-            return [(t, (), n) for t, n in request_pairs(request, self.labels)], []
         return self.design.plan(request, where, self.labels, self.label_key)
 
     def plan_obs(self, plan: Plan) -> pd.DataFrame:
