@@ -4,8 +4,9 @@
 :class:`~cellsynth.data.loader.BlockLoader` (on disk) serve the mini-batches; these are the
 functions :class:`~cellsynth.models.cvae.CVAE` and the distributed fit share: one epoch's
 mini-batch order, the mean loss over rows, the decoder's and library model's start from the
-data, and what sampling needs fitted after training (the per-type latent mixture and,
-with ``dispersion_fit = "moments"``, the NB dispersion).
+data, and what sampling needs fitted after training (the per-type latent mixture, the
+per-type gene scale of generated means and, with ``dispersion_fit = "moments"``, the NB
+dispersion).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
 MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
 MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
+# cells drawn from a type's mixture to calibrate its gene means, at least (more cells, as many)
+SCALE_MIN_DRAWS = 2_000
+MAX_GENE_SCALE = 1e6  # largest per-type gene scale (a gene the decoder all but switched off)
+GENE_SCALE_PRIOR_COUNTS = 1.0  # pseudo-counts at the decoded mean the gene scale is shrunk with
 
 
 def epoch_batches(
@@ -66,6 +71,8 @@ class SamplerFit(NamedTuple):
     mean: torch.Tensor  # (n_labels, K, d) component means over (z, log library)
     chol: torch.Tensor  # (n_labels, K, d, d) lower-triangular scale factors
     px_r: torch.Tensor | None  # log inverse dispersion by moments; None: keep the trained one
+    # (n_labels, n_genes) scale of generated NB means, already set on the module; None: gaussian
+    gene_scale: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -73,8 +80,8 @@ def fit_sampler(
     module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int,
     *, quiet: bool = False, max_cells: int = MIXTURE_MAX_CELLS,
 ) -> SamplerFit:
-    """Each type's mixture over ``(z, log library)`` and, when the module's ``dispersion_fit`` is
-    ``"moments"``, the NB inverse dispersion, both from the type's training cells.
+    """Each type's mixture over ``(z, log library)``, its gene scale and, when the module's
+    ``dispersion_fit`` is ``"moments"``, the NB inverse dispersion, from the type's training cells.
 
     A cell is one posterior draw of ``z`` beside the log of its observed library size, so that
     generated cells keep the coupling of state and sequencing depth that real cells have (a
@@ -87,6 +94,14 @@ def fit_sampler(
     - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
     spread is the Poisson limit. Each type uses at most ``max_cells`` cells (a seeded choice;
     default ``MIXTURE_MAX_CELLS``). ``d = n_latent + 1``.
+
+    The gene scale (NB likelihoods; :func:`gene_scale_by_moments`): cells drawn from the new
+    mixture are decoded, and each type's gene means are scaled to the training cells' means.
+    Decoded at posterior draws the means fit, but the mixture smooths the latent space, and the
+    decoder's means of lowly expressed genes, high in small regions only, come out too low
+    under it (pbmc4k with its 14,407 detected genes: about 0.7 of the training means for genes
+    under 0.01 counts a cell; ``docs/GENE_LEVEL.md``). The draws need the mixture, so the module's mixture and gene scale
+    are set here (the caller setting the returned mixture again changes nothing).
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
@@ -97,15 +112,26 @@ def fit_sampler(
     moments = module.dispersion_fit == "moments"
     mu2 = np.zeros((module.n_labels, module.n_input))  # per type: sum mu^2, sum (x - mu)^2 - mu
     excess = np.zeros((module.n_labels, module.n_input))
+    scaled = module.likelihood != "gaussian"
+    if scaled:  # every decoded mean below is the network's own (the fit before is undone)
+        module.set_gene_scale(torch.ones(()))
+    sum_x = np.zeros((module.n_labels, module.n_input))  # per type: counts of the cells used
+    n_used = np.zeros(module.n_labels, dtype=np.int64)
+    covariates: list[np.ndarray | None] = []  # per type: the covariate codes of the cells used
     parts = []
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
         if len(idx) > max_cells:
             idx = np.sort(rng.choice(idx, max_cells, replace=False))
         k = min(MIXTURE_COMPONENTS, len(idx) // d)
-        mean, std, log_lib, draws = [], [], [], []
+        mean, std, log_lib, draws, cov = [], [], [], [], []
+        n_used[t] = len(idx)
         for sl in tr.iter_slices(len(idx), batch_size):
             x, y, library, c = rows.batch(idx[sl])
+            if scaled:
+                sum_x[t] += x.sum(0, dtype=torch.float64).cpu().numpy()
+                if c is not None:
+                    cov.append(c.cpu().numpy())
             qz, _ = module.inference(x, y, library, c)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
@@ -117,6 +143,7 @@ def fit_sampler(
                 mu = module.generative(z, y, library, c).mu  # (B, n_genes)
                 mu2[t] += (mu * mu).sum(0, dtype=torch.float64).cpu().numpy()
                 excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
+        covariates.append(np.concatenate(cov) if cov else None)
         mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)
         if k < 2:
             chol = np.zeros((len(idx), d, d))
@@ -136,13 +163,86 @@ def fit_sampler(
     px_r = None
     if moments:
         px_r = torch.tensor(log_theta_by_moments(mu2, excess, module.dispersion), dtype=torch.float32)
+    weight, mean, chol = torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
+    scale = None
+    if scaled:
+        module.set_latent_mixture(weight, mean, chol)
+        scale = gene_scale_by_moments(
+            module, sum_x, n_used, covariates, batch_size,
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))))
+        module.set_gene_scale(scale)
     (logger.debug if quiet else logger.info)(
-        "CVAE: latent and library mixtures (up to %d components per type)%s in %.1f s",
+        "CVAE: latent and library mixtures (up to %d components per type)%s%s in %.1f s",
         k_max,
+        ", gene scale" if scaled else "",
         " and NB dispersion by moments" if moments else "",
         time.perf_counter() - start,
     )
-    return SamplerFit(torch.tensor(weight), torch.tensor(mean), torch.tensor(chol), px_r)
+    return SamplerFit(weight, mean, chol, px_r, scale)
+
+
+@torch.no_grad()
+def gene_scale_by_moments(
+    module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
+    covariates: list[np.ndarray | None], batch_size: int, rng: np.random.Generator,
+) -> torch.Tensor:
+    """Per type and gene, the training cells' mean count over the mean decoded under the
+    module's mixture: the scale that makes generated means equal the training means.
+
+    Each type draws ``max(SCALE_MIN_DRAWS, n)`` cells (``n``: its training cells used) from its
+    mixture over ``(z, log library)``, as :func:`~cellsynth.models._draws.sample_counts` does,
+    with the covariate codes of random training cells of the type, and decodes their means (the
+    module's gene scale must be one: :func:`fit_sampler` resets it).
+    Like the dispersion, a moment fit on the training cells, but shrunk towards one where the
+    type's training cells hold few counts of the gene: the scale is
+    ``(observed + a) / (expected + a)`` with ``observed`` the gene's counts in the type's training
+    cells, ``expected`` the same under the decoded means and ``a = GENE_SCALE_PRIOR_COUNTS``
+    (a gamma prior of ``a`` pseudo-counts at the decoder's mean, the empirical-Bayes estimate of
+    a rate ratio). A gene with thousands of counts in a type is calibrated fully; one with a count
+    or two (small types, rare genes) keeps about the decoder's smooth mean, so that a generated
+    cell is not pulled towards the few training cells of a small type.
+
+    Parameters
+    ----------
+    module
+        The trained module, its mixture set and its gene scale one.
+    train_sum
+        ``(n_labels, n_genes)`` counts of each type's training cells (those used).
+    n_cells
+        ``(n_labels,)`` training cells of each type those counts are over.
+    covariates
+        Per type, the covariate codes ``(n, k)`` of the training cells used, or None.
+    batch_size
+        Cells decoded at a time.
+    rng
+        All the draws.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_labels, n_genes)`` float32 scales in ``[0, MAX_GENE_SCALE]``.
+    """
+    device = next(module.parameters()).device
+    decoded = np.zeros_like(train_sum)
+    for t in range(module.n_labels):
+        cov, n = covariates[t], max(SCALE_MIN_DRAWS, int(n_cells[t]))
+        total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
+        for sl in tr.iter_slices(n, batch_size):
+            b = sl.stop - sl.start
+            y = torch.full((b,), t, dtype=torch.long, device=device)
+            u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
+            eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
+                                                       dtype=np.float32)).to(device)
+            c = None
+            if cov is not None:
+                c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
+            z, library = module.mixture_from_noise(u, eps, y)
+            total += module.generative(z, y, library, c).mean.sum(0, dtype=torch.float64)
+        decoded[t] = total.cpu().numpy() / n
+    n = n_cells[:, None].astype(np.float64)
+    a = GENE_SCALE_PRIOR_COUNTS
+    scale = (train_sum + a) / (decoded * n + a)
+    return torch.tensor(np.clip(scale, 0.0, MAX_GENE_SCALE), dtype=torch.float32)
 
 
 def log_theta_by_moments(mu2: np.ndarray, excess: np.ndarray, dispersion: str) -> np.ndarray:

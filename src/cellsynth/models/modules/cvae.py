@@ -11,8 +11,10 @@ Encoder ``q(z | x, y, c)``: ``concat(log1p(x / l * 1e4), embed(y), embed_1(c_1),
 The covariates ``c`` (donor, condition, batch...: one integer level per covariate) each have an
 embedding of their own, so any combination of seen levels can be decoded, also one no training
 cell had. The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
-the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model
-and a per-type Gaussian mixture fitted to the aggregate posterior of the training cells.
+the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model,
+a per-type Gaussian mixture fitted to the aggregate posterior of the training cells, and a
+per-type gene scale that multiplies the decoded NB means of generated cells (not of training),
+so that each type's gene means under the mixture equal the training cells' (``set_gene_scale``).
 """
 
 from __future__ import annotations
@@ -280,6 +282,9 @@ class CVAEModule(nn.Module):
         self.register_buffer("mixture_weight", torch.ones(n_labels, 1))
         self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent + 1))
         self.register_buffer("mixture_chol", torch.eye(n_latent + 1).repeat(n_labels, 1, 1, 1))
+        # per-type gene scale of the decoded NB mean when generating (set_gene_scale); ones
+        # until fitted, and never applied to the training loss
+        self.register_buffer("gene_scale", torch.ones(n_labels, n_input))
         # created last: a module without covariates starts from the same random weights as before
         self.covariate_embed = nn.ModuleList(
             nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
@@ -334,10 +339,12 @@ class CVAEModule(nn.Module):
         return qz, qz.rsample()
 
     def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
-                   c: torch.Tensor | None = None) -> Distribution:  # fmt: skip
+                   c: torch.Tensor | None = None, *, calibrated: bool = True) -> Distribution:  # fmt: skip
         """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
-        For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``.
+        For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``. With
+        ``calibrated`` (generation) the NB mean is multiplied by the type's ``gene_scale``;
+        the training loss and the sampler's fit decode without it.
         """
         h = self.decoder(torch.cat([z, self.condition(y, c)], dim=-1))  # (B, n_hidden[0])
         out = self.px_scale_decoder(h)  # (B, n_input)
@@ -346,6 +353,8 @@ class CVAEModule(nn.Module):
         if self.likelihood == "gaussian":
             return Normal(out, px_r.expand_as(out), validate_args=False)
         px_scale = torch.softmax(out, dim=-1)  # (B, n_input)
+        if calibrated:
+            px_scale = px_scale * self.gene_scale[y]  # (B, n_input); ones until fitted
         px_rate = library[:, None] * px_scale  # (B, n_input)
         zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
@@ -363,8 +372,10 @@ class CVAEModule(nn.Module):
         c: torch.Tensor | None = None, *, kl_weight: float = 1.0,
     ) -> LossOutput:
         """Negative ELBO averaged over the batch; ``kl_weight`` scales
-        ``KL(q(z|x,y,c) || p(z|y))``."""
-        qz, _, px = self(x, y, library, c)
+        ``KL(q(z|x,y,c) || p(z|y))``. The decoder's mean is not calibrated (``gene_scale``
+        is for generation only)."""
+        qz, z = self.inference(x, y, library, c)
+        px = self.generative(z, y, library, c, calibrated=False)
         target = self.normalise(x, library) if self.likelihood == "gaussian" else x
         if self.dispersion_fit == "moments":  # Poisson: library * softmax sums to library
             reconst = -log_poisson_cells(target, px.mu, library)  # (B,)
@@ -400,6 +411,11 @@ class CVAEModule(nn.Module):
         self.px_r.copy_(px_r.to(self.px_r).expand_as(self.px_r).clamp(*_PX_R_RANGE))
 
     @torch.no_grad()
+    def set_gene_scale(self, scale: torch.Tensor) -> None:
+        """Set the per-type gene scale of generated NB means, ``(n_labels, n_input)``."""
+        self.gene_scale.copy_(scale.to(self.gene_scale).expand_as(self.gene_scale))
+
+    @torch.no_grad()
     def set_library_model(self, log_mean: torch.Tensor, log_std: torch.Tensor) -> None:
         """Store the per-type mean and sd of ``log(library)`` (each ``(n_labels,)``)."""
         self.library_log_mean.copy_(log_mean)
@@ -427,7 +443,10 @@ class CVAEModule(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the stored mixture's number of components before loading (a training
-        checkpoint written after a ``cvae.select = "fidelity"`` check holds a fitted mixture)."""
+        checkpoint written after a ``cvae.select = "fidelity"`` check holds a fitted mixture);
+        weights saved before the gene scale existed load with a scale of one."""
+        if prefix + "gene_scale" not in state_dict and prefix + "embed.weight" in state_dict:
+            state_dict[prefix + "gene_scale"] = torch.ones_like(self.gene_scale)
         keys = [prefix + k for k in ("mixture_weight", "mixture_mean", "mixture_chol")]
         if all(k in state_dict for k in keys) and (
             state_dict[keys[0]].shape != self.mixture_weight.shape
