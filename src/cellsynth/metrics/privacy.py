@@ -11,11 +11,17 @@ the generated cells. Raw counts, when given, make exact copies exact (identical 
 - :func:`membership_attacks`: an attacker holding the generated cells tells training members
   from held-out non-members; each attack is an ROC AUC (0.5 = no leak), cell level and, with
   donor labels, donor level.
-- :func:`privacy_audit`: both, with a ``flagged`` verdict and its reasons (:class:`PrivacyResult`).
+- :func:`redraw_attack`: the re-draw attack (:mod:`cellsynth.metrics.privacy_redraw`), from
+  counts: a noise-weighted, depth-aware and calibrated distance that finds generated cells that
+  are fresh count draws of training cells (a posterior predictive), which the two attacks above
+  miss when count noise swamps the distance.
+- :func:`privacy_audit`: all of them, with a ``flagged`` verdict and its reasons
+  (:class:`PrivacyResult`).
 - :func:`audit_counts`: the audit from raw counts, in a space fitted on other training cells
-  than the members (a space fitted on the members biases every distance).
+  than the members (a space fitted on the members biases every distance); the re-draw attack
+  runs here, its weights and reference from the cells the space was fitted on.
 
-A flag is evidence of memorisation; its absence is no proof of privacy, only that these two
+A flag is evidence of memorisation; its absence is no proof of privacy, only that these
 simple attacks fail.
 """
 
@@ -37,6 +43,7 @@ from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .fidelity import _MIN_GENES_FOR_COPY, _row_keys, _subsample
+from .privacy_redraw import RedrawSpace, fit_redraw_space, redraw_scores
 from .space import as_csr, fit_space
 
 logger = logging.getLogger(__name__)
@@ -337,12 +344,47 @@ def membership_attacks(
     return out
 
 
+def redraw_attack(
+    rs: RedrawSpace, train_counts: Any, heldout_counts: Any, synthetic_counts: Any, *,
+    seed: int, max_n: int = 2_000, train_donors: Any = None, heldout_donors: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The re-draw attack (:func:`~cellsynth.metrics.privacy_redraw.redraw_scores`): members
+    are up to ``max_n`` training cells, non-members up to ``max_n`` held-out cells (each side
+    as many as it has: the AUC's null standard error allows unequal sides, and every member
+    found counts).
+
+    Returns
+    -------
+    cell, donor
+        The attack's ``auc``, ``se_null``, ``threshold``, ``flagged``, ``n_members`` and
+        ``n_nonmembers``, over cells and (with both donor labels, else None) over donors.
+    """
+    tr = as_csr(train_counts, len(rs.space.genes), what="training counts")
+    ho = as_csr(heldout_counts, len(rs.space.genes), what="held-out counts")
+    sy = as_csr(synthetic_counts, len(rs.space.genes), what="synthetic counts")
+    for x, name in ((tr, "train"), (ho, "heldout"), (sy, "synthetic")):
+        if x.shape[0] < MIN_CELLS:
+            raise DataError(f"{name} has {x.shape[0]} cells but the privacy audit needs at least "
+                            f"{MIN_CELLS} in each set; give more cells")
+    rng = np.random.default_rng(derive_seed(seed, "redraw-candidates"))
+    i_m, i_n = _subsample(tr.shape[0], max_n, rng), _subsample(ho.shape[0], max_n, rng)
+    sm, sn = redraw_scores(rs, tr[i_m], sy), redraw_scores(rs, ho[i_n], sy)
+    cell = _auc(sm, sn)
+    if train_donors is None or heldout_donors is None:
+        return cell, None
+    td = _labels(train_donors, tr.shape[0], "train_donors")[i_m]
+    hd = _labels(heldout_donors, ho.shape[0], "heldout_donors")[i_n]
+    donor, _ = _donor_level({"redraw": (sm, sn)}, td, hd)
+    return cell, None if donor is None else donor["redraw"]
+
+
 @dataclass
 class PrivacyResult:
     """What :func:`privacy_audit` found; :meth:`to_dict` gives it JSON-ready."""
 
     dcr: dict[str, Any]  # distance_to_closest's summary
-    attacks: dict[str, dict[str, Any]]  # attack name -> its AUC, threshold and flag (cells)
+    attacks: dict[str, dict[str, Any]]  # attack name -> its AUC, threshold and flag (cells):
+    # distance, density, and redraw when the audit had counts and a RedrawSpace
     donor_attacks: dict[str, dict[str, Any]] | None  # the same over donors, or None
     donor_skipped: str | None  # why there is no donor level
     reference_split: str  # how the density attack's held-out reference folds were made
@@ -359,10 +401,12 @@ def privacy_audit(
     train: Any, heldout: Any, synthetic: Any, *, seed: int, train_donors: Any = None,
     heldout_donors: Any = None, train_counts: Any = None, synthetic_counts: Any = None,
     heldout_counts: Any = None, max_n: int = 2_000, k: int = 1,
+    redraw: RedrawSpace | None = None,
 ) -> PrivacyResult:
     """Privacy and memorisation audit of generated cells against their training cells.
 
-    Runs :func:`distance_to_closest` and :func:`membership_attacks` and flags memorisation when
+    Runs :func:`distance_to_closest`, :func:`membership_attacks` and, given ``redraw`` and the
+    counts, :func:`redraw_attack`, and flags memorisation when
     an attack's AUC (cell or donor level) exceeds ``0.5 + max(AUC_MARGIN, AUC_Z * se)`` or when
     more than ``EXACT_SHARE`` of the generated cells are exact copies of training cells.
 
@@ -377,6 +421,9 @@ def privacy_audit(
         As in :func:`membership_attacks`.
     train_counts, synthetic_counts, heldout_counts
         As in :func:`distance_to_closest`.
+    redraw
+        With the three counts, also runs :func:`redraw_attack` (``attacks["redraw"]``, and at
+        donor level); :func:`audit_counts` gives it.
     """
     dcr = distance_to_closest(train, heldout, synthetic, seed=derive_seed(seed, "dcr"),
                               max_n=max_n, train_counts=train_counts,
@@ -385,8 +432,19 @@ def privacy_audit(
                              max_n=max_n, k=k, train_donors=train_donors,
                              heldout_donors=heldout_donors)
     attacks = {name: att[name] for name in ("distance", "density")}
+    donor_attacks = att["donor_level"]
+    counts = (train_counts, heldout_counts, synthetic_counts)
+    if redraw is not None and all(c is not None for c in counts):
+        cell, donor = redraw_attack(redraw, *counts, seed=derive_seed(seed, "redraw"),
+                                    max_n=max_n, train_donors=train_donors,
+                                    heldout_donors=heldout_donors)  # fmt: skip
+        attacks["redraw"] = cell
+        if donor_attacks is not None and donor is not None:
+            donor_attacks = {**donor_attacks, "redraw": donor}
+    elif redraw is not None:
+        logger.warning("privacy: the re-draw attack needs the counts of all three sets; skipped")
     reasons = []
-    for level, found in (("cell", attacks), ("donor", att["donor_level"] or {})):
+    for level, found in (("cell", attacks), ("donor", donor_attacks or {})):
         for name, a in found.items():
             if a["flagged"]:
                 reasons.append(f"{level}-level {name} attack AUC {a['auc']:.3f} is above "
@@ -399,7 +457,9 @@ def privacy_audit(
     settings = {"seed": seed, "max_n": max_n, "k": k, "min_cells": MIN_CELLS,
                 "auc_margin": AUC_MARGIN, "auc_z": AUC_Z, "exact_share": EXACT_SHARE,
                 "overlap_share": OVERLAP_SHARE, "exact_tol": EXACT_TOL}
-    return PrivacyResult(dcr, attacks, att["donor_level"], att["donor_skipped"],
+    if "redraw" in attacks:
+        settings["redraw"] = redraw.summary()
+    return PrivacyResult(dcr, attacks, donor_attacks, att["donor_skipped"],
                          att["reference_split"], bool(reasons), reasons, settings)
 
 
@@ -415,6 +475,9 @@ def audit_counts(
     attacks read that as a (negative) leak. So the training cells are split in two (by type
     when ``train_labels`` are given): the space (:func:`~cellsynth.metrics.space.fit_space`) is
     fitted on one half, and the other half are the members the attacks try to find.
+    The first half also gives the re-draw attack its weights (binomial thinning of their
+    counts) and its calibration reference
+    (:func:`~cellsynth.metrics.privacy_redraw.fit_redraw_space`).
 
     Parameters
     ----------
@@ -446,9 +509,10 @@ def audit_counts(
     donors = None if train_donors is None else np.asarray(train_donors, dtype=object)[members]
     hc = as_csr(heldout_counts, len(genes), what="held-out counts")
     sc = as_csr(synthetic_counts, len(genes), what="synthetic counts")
+    rs = fit_redraw_space(space, tr[fit], labels[fit], seed=derive_seed(seed, "audit-thin"))
     result = privacy_audit(space.embed(tr[members]), space.embed(hc), space.embed(sc), seed=seed,
                            train_donors=donors, heldout_donors=heldout_donors,
                            train_counts=tr[members], heldout_counts=hc, synthetic_counts=sc,
-                           max_n=max_n)  # fmt: skip
+                           max_n=max_n, redraw=rs)  # fmt: skip
     result.settings.update(space_cells=len(fit), member_pool=len(members))
     return result
