@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from covariates import put_sections  # noqa: E402
 from reference_experiments import PRESETS  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> int:
                          doc=ROOT / args.doc, reuse=not args.rerun, kept_only=args.kept_only,
                          kept=ROOT / args.kept,
                          command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
+    put_sections(path)  # the covariate sections kept by benchmarks/covariates.py
     print(f"wrote {path}")
     return 0
 

@@ -27,7 +27,7 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     # gene level beside its floor, and the privacy audit: nb draws no training cell
     assert 0.3 < kept["row"]["gene_auc"] <= 1 and kept["details"]["gene_floor"]["gene_auc"] < 0.7
     assert kept["row"]["privacy_flagged"] == "no" and kept["row"]["exact_copies"] == 0
-    assert set(kept["details"]["privacy"]["attacks"]) == {"distance", "density"}
+    assert set(kept["details"]["privacy"]["attacks"]) == {"distance", "density", "redraw"}
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished generator was run again")

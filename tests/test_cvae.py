@@ -170,22 +170,29 @@ def test_latent_sources(fitted, tmp_path):
         fitted.sample(request, latent="posterior")
 
 
-def test_small_types_keep_their_posteriors():
+def test_small_types_get_one_gaussian_not_their_cells():
+    """A type with fewer than 2 (n_latent + 1) cells gets one Gaussian over (z, log library)
+    fitted to its cells' posteriors, not a component per cell (which would re-draw each of
+    its training cells); a type of one cell keeps that cell's posterior and library."""
     adata = simulated_counts(40, n_genes=30, seed=2)
-    adata = adata[np.r_[0:3, 40:120]].copy()  # 3 alpha cells
+    adata = adata[np.r_[0:3, 40:41, 80:120]].copy()  # 3 alpha cells, 1 beta cell
     adata.obs[K.SPLIT] = np.where(np.arange(adata.n_obs) % 10 == 9, "val", "train")
     model = CVAE(adata, config=tiny_config())
     model.train(seed=0)
-    code = model.labels.index("alpha")
-    alpha = model.module.mixture_weight[code]
-    torch.testing.assert_close(alpha[:3], torch.full((3,), 1 / 3))
-    assert torch.all(alpha[3:] == 0)
-    # each component is one cell: its posterior for z, its own library size (no spread)
+    alpha = model.labels.index("alpha")
+    weight = model.module.mixture_weight[alpha]
+    assert weight[0] == 1 and torch.all(weight[1:] == 0)
+    # the component's library is the mean log library of the three cells, with a spread
     own = np.log(np.asarray(adata.X[:3].sum(1)).ravel())
-    np.testing.assert_allclose(model.module.mixture_mean[code, :3, -1].numpy(), own, rtol=1e-5)
-    assert torch.all(model.module.mixture_chol[code, :3, -1] == 0)
-    out = model.sample({"alpha": 25}, seed=0)
-    assert out.n_obs == 25 and np.isfinite(out.X.data).all()
+    np.testing.assert_allclose(model.module.mixture_mean[alpha, 0, -1].item(), own.mean(), rtol=1e-5)
+    assert model.module.mixture_chol[alpha, 0, -1, -1] > 0
+    beta = model.labels.index("beta")
+    lib = np.log(float(adata.X[3].sum()))
+    np.testing.assert_allclose(model.module.mixture_mean[beta, 0, -1].item(), lib, rtol=1e-5)
+    assert torch.all(model.module.mixture_chol[beta, 0, -1] == 0)
+    out = model.sample({"alpha": 25, "beta": 5}, seed=0)
+    assert out.n_obs == 30 and np.isfinite(out.X.data).all()
+    assert len({tuple(r) for r in out.X[:25].toarray()}) > 1
 
 
 def test_mixture_keeps_the_depth_of_each_state():

@@ -60,13 +60,14 @@ GENE_PRIVACY_COLUMNS = [
     ("per_type_gene_auc", "per-type gene AUC ↓", "{:.3f}"),
     ("privacy_distance_auc", "distance attack AUC", "{:.3f}"),
     ("privacy_density_auc", "density attack AUC", "{:.3f}"),
+    ("privacy_redraw_auc", "re-draw attack AUC", "{:.3f}"),
     ("dcr_share", "closer than 95% held-out", "{:.3f}"),
     ("exact_copies", "exact copies", "{:.0f}"),
     ("privacy_flagged", "leak flagged", "{}"),
     ("verdict", "verdict", "{}"),
 ]
 #: bumped when the metrics a kept result holds change, so that --reuse reruns it
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 
 
 def flat_report(report: dict[str, Any]) -> dict[str, float]:
@@ -206,7 +207,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
                            seed=derive_seed(seed, "augment"))
-        genes, privacy = _genes_and_privacy(parts, syn_test, label_key, pre, seed)
+        genes, privacy = _genes_and_privacy(parts, syn_test, syn_train, label_key, pre, seed)
         rows["real vs real"].update(genes["floor_row"])
         verdict = fidelity_verdict(fid, floor, genes=genes["report"]["hvg"])
         row = flat_report(fid)
@@ -241,10 +242,14 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
 
 
 def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: ad.AnnData,
-                       label_key: str, pre: ad.AnnData, seed: int) -> tuple[dict, dict]:  # fmt: skip
-    """Gene-level fidelity of the generated test cells (top HVGs overall and per type, and all
-    detected genes overall), each beside its floor; and the privacy audit against the real
-    training cells with the test split held out (``{"skipped": why}`` when it cannot run)."""
+                       twin: ad.AnnData, label_key: str, pre: ad.AnnData,
+                       seed: int) -> tuple[dict, dict]:  # fmt: skip
+    """Gene-level fidelity of the generated test cells ``syn`` (top HVGs overall and per type,
+    and all detected genes overall), each beside its floor; and the privacy audit of ``twin``,
+    the training split's composition generated (what would be shared in place of the training
+    cells: a posterior-predictive generator re-draws every training cell once), against the
+    real training cells with the test split held out (``{"skipped": why}`` when it cannot
+    run)."""
     from .errors import DataError
     from .metrics.genes import gene_fidelity
     from .metrics.privacy import audit_counts
@@ -263,7 +268,8 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
     hvg.pop("genes", None)  # per-gene statistics: too large for the kept results
     report = {"hvg": hvg, "detected": {"overall": detected["overall"]}}
     try:
-        privacy = audit_counts(parts["train"][0], xt, xs, list(map(str, pre.var_names)),
+        privacy = audit_counts(parts["train"][0], xt, sp.csr_matrix(twin.X),
+                               list(map(str, pre.var_names)),
                                seed=derive_seed(seed, "privacy"),
                                train_labels=parts["train"][1]).to_dict()  # fmt: skip
     except DataError as exc:
@@ -278,6 +284,7 @@ def _privacy_row(privacy: dict[str, Any]) -> dict[str, Any]:
     attacks, dcr = privacy["attacks"], privacy["dcr"]
     return {"privacy_distance_auc": attacks["distance"]["auc"],
             "privacy_density_auc": attacks["density"]["auc"],
+            "privacy_redraw_auc": attacks.get("redraw", {}).get("auc"),
             "dcr_share": dcr["share_below_quantile"], "exact_copies": dcr["exact_duplicates"],
             "privacy_flagged": "yes" if privacy["flagged"] else "no"}
 

@@ -238,15 +238,20 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
     }
     if h is not None:
         from ..metrics.privacy import privacy_audit
+        from ..metrics.privacy_redraw import fit_redraw_space
 
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
         # fitted on, so they would sit farther from everything than unseen cells; as
         # metrics.privacy.audit_counts splits them); copies of any real cell: memorisation
         donors = None if r.donors is None else r.donors[evaluated]
+        # the re-draw attack's weights and reference: the cells the space was fitted on
+        redraw = _skipped("the re-draw attack", lambda: fit_redraw_space(
+            space, fc, fl, seed=derive_seed(seed, "privacy-redraw")))
         out["privacy"] = privacy_audit(
             space.embed(rc), space.embed(heldout_counts), space.embed(sc),
             seed=derive_seed(seed, "privacy"), train_donors=donors, heldout_donors=h.donors,
-            train_counts=rc, heldout_counts=heldout_counts, synthetic_counts=sc).to_dict()
+            train_counts=rc, heldout_counts=heldout_counts, synthetic_counts=sc,
+            redraw=None if isinstance(redraw, dict) else redraw).to_dict()
         out["privacy"]["donor_key"] = donor_key
         if out["privacy"]["donor_skipped"] and donor_key is not None:
             logger.warning("privacy: donor-level audit skipped: %s",

@@ -82,7 +82,7 @@ def _privacy_md(priv: Mapping | None) -> list[str]:
     if "skipped" in priv:
         return [*lines, f"Not audited: {priv['skipped']}", ""]
     lines.append("**Flagged**: " + "; ".join(priv.get("reasons") or []) if priv.get("flagged")
-                 else "Not flagged: neither attack tells the training cells from held-out real "
+                 else "Not flagged: no attack tells the training cells from held-out real "
                       "cells better than chance allows (no proof of privacy, only that these "
                       "attacks fail).")
     lines += ["", "| attack | level | AUC (0.5 = no leak) | flagged above | members |",

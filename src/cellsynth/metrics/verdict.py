@@ -464,7 +464,7 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
         elif privacy.get("flagged"):
             lines.append("privacy: FLAGGED (" + "; ".join(privacy.get("reasons") or []) + ")")
         else:
-            lines.append("privacy: not flagged (neither attack tells training cells from "
+            lines.append("privacy: not flagged (no attack tells training cells from "
                          "held-out ones better than chance allows)")
         if privacy.get("donor_key") and privacy.get("donor_skipped"):
             lines.append(f"  donor level skipped: {privacy['donor_skipped']}")

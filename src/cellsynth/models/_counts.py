@@ -87,9 +87,11 @@ def fit_sampler(
     generated cells keep the coupling of state and sequencing depth that real cells have (a
     library drawn apart from ``z`` gives deep cells a shallow cell's profile). Types with at
     least ``2 (n_latent + 1)`` cells get a full-covariance Gaussian mixture of up to
-    ``MIXTURE_COMPONENTS`` components (one per ``n_latent + 1`` cells); smaller ones keep each
-    cell as a component (its posterior sd for ``z``, its own library size): the exact
-    aggregate posterior. The dispersion: the decoded mean ``mu`` at the same draw and library,
+    ``MIXTURE_COMPONENTS`` components (one per ``n_latent + 1`` cells); smaller ones one
+    Gaussian with a shrunk (Ledoit-Wolf) covariance: too few cells for a full covariance, and
+    one component per cell (its posterior, its own library size) would re-draw each training
+    cell of a small type, which a membership attack finds (``metrics.privacy``). A type of one
+    cell keeps that cell's posterior: there is nothing else to learn it from. The dispersion: the decoded mean ``mu`` at the same draw and library,
     and ``Var = mu + mu^2 / theta`` solved over the cells as ``theta = sum mu^2 / sum((x - mu)^2
     - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
     spread is the Poisson limit. Each type uses at most ``max_cells`` cells (a seeded choice;
@@ -136,7 +138,7 @@ def fit_sampler(
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
             log_lib.append(np.log(library.double().cpu().numpy()))
-            if k >= 2 or moments:  # one draw per cell, in row order
+            if len(idx) > 1 or moments:  # one draw per cell, in row order
                 draws.append(mean[-1] + std[-1] * rng.standard_normal(mean[-1].shape))
             if moments:
                 z = torch.from_numpy(draws[-1]).to(qz.loc)
@@ -145,10 +147,13 @@ def fit_sampler(
                 excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
         covariates.append(np.concatenate(cov) if cov else None)
         mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)
+        if len(idx) == 1:  # its posterior for z, its own library size
+            chol = np.zeros((1, d, d))
+            chol[:, np.arange(d - 1), np.arange(d - 1)] = sd
+            parts.append((np.ones(1), np.hstack([mu, ll[:, None]]), chol))
+            continue
         if k < 2:
-            chol = np.zeros((len(idx), d, d))
-            chol[:, np.arange(d - 1), np.arange(d - 1)] = sd  # the library is the cell's own
-            parts.append((np.full(len(idx), 1.0 / len(idx)), np.hstack([mu, ll[:, None]]), chol))
+            parts.append(_one_gaussian(np.hstack([np.concatenate(draws), ll[:, None]])))
             continue
         gm = GaussianMixture(
             k, covariance_type="full", reg_covar=1e-4, random_state=int(rng.integers(2**31))
@@ -179,6 +184,14 @@ def fit_sampler(
         time.perf_counter() - start,
     )
     return SamplerFit(weight, mean, chol, px_r, scale)
+
+
+def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One component over ``points`` (cells x d): their mean and Ledoit-Wolf covariance."""
+    from sklearn.covariance import LedoitWolf  # only needed here
+
+    cov = LedoitWolf().fit(points).covariance_ + 1e-4 * np.eye(points.shape[1])
+    return np.ones(1), points.mean(0, keepdims=True), np.linalg.cholesky(cov)[None]
 
 
 @torch.no_grad()

@@ -135,7 +135,7 @@ def _privacy(priv: Any) -> str:
     if "skipped" in priv:
         return head + _note(f"Not run: {priv['skipped']}")
     verdict = ("Flagged: " + "; ".join(priv.get("reasons", [])) if priv.get("flagged") else
-               "Not flagged: neither attack tells the training cells from held-out real cells "
+               "Not flagged: no attack tells the training cells from held-out real cells "
                "better than chance allows (no proof of privacy, only that these attacks fail).")
     attacks = priv.get("attacks") or {}
     rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
