@@ -257,3 +257,30 @@ def test_benchmark_bars_follow_quiet_and_the_terminal(tmp_path, monkeypatch, cap
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert main(args) == 0
     assert seen == [True, False, False]
+
+
+def test_a_hidden_bar_logs_where_a_long_loop_is(monkeypatch, caplog):
+    """With no bar (a log file), a loop logs ``desc: n/total unit [...]`` every LOG_SECONDS
+    once it has run that long, and nothing for a short loop; a shown bar logs nothing."""
+    import logging
+    import time
+
+    from cellsynth import options
+
+    monkeypatch.setattr(options, "LOG_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="cellsynth.progress")
+    with options.settings.override(progress=False):
+        for _ in options.progress_bar(range(6), desc="slow loop", unit="chunk"):
+            time.sleep(0.03)
+        lines = [r.getMessage() for r in caplog.records]
+        assert 1 <= len(lines) <= 6 and all(m.startswith("slow loop: ") for m in lines)
+        assert "/6 chunk" in lines[-1]
+        caplog.clear()
+        monkeypatch.setattr(options, "LOG_SECONDS", 3600.0)
+        for _ in options.progress_bar(range(6), desc="short loop"):
+            pass
+        assert not caplog.records
+        monkeypatch.setattr(options, "LOG_SECONDS", 0.0)
+        for _ in options.progress_bar(range(3), desc="own log", log=False):
+            time.sleep(0.01)
+        assert not caplog.records  # the epoch loop logs its own lines

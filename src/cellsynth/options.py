@@ -3,21 +3,31 @@
 As ``scanpy.settings``: set a value once (``cs.settings.progress = False``) rather than pass it
 to every function. The command line sets it from ``--quiet`` and from whether stderr is a
 terminal; in Python the default, ``"auto"``, shows bars when stderr is a terminal (or a
-notebook). :func:`progress_bar` is the one place a loop asks for a bar.
+notebook). :func:`progress_bar` is the one place a loop asks for a bar; where no bar is shown
+(a log file, a batch job), a loop that runs longer than :data:`LOG_SECONDS` logs where it is
+every :data:`LOG_SECONDS` instead, so that a long job's log is never silent for minutes.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as _plain_tqdm
 
 from .errors import CellsynthError
 
-__all__ = ["Settings", "progress_bar", "settings"]
+__all__ = ["LOG_SECONDS", "Settings", "progress_bar", "settings"]
+
+logger = logging.getLogger("cellsynth.progress")
+
+#: where no bar is shown, a loop logs a line at least this often (seconds) once it has run as long
+LOG_SECONDS = 30.0
 
 
 class Settings:
@@ -74,10 +84,45 @@ def _interactive() -> bool:
 settings = Settings()
 
 
-def progress_bar(iterable: Iterable | None = None, *, here: bool = True, **kwargs: Any) -> tqdm:
+def progress_bar(iterable: Iterable | None = None, *, here: bool = True, log: bool = True,
+                 **kwargs: Any) -> tqdm:  # fmt: skip
     """A tqdm bar (on stderr), shown when :attr:`Settings.progress` says so.
 
     Takes tqdm's arguments (``total``, ``desc``, ``unit``, ...) but ``disable``; ``here=False``
     hides it whatever the setting (a data-parallel fit shows its bar on the first process only).
+    Where the bar is hidden, ``here`` and ``log`` (the default) make it a log line instead,
+    every :data:`LOG_SECONDS` (``desc: n/total unit [elapsed<left, rate]``) at INFO level on the
+    ``cellsynth.progress`` logger; ``log=False`` for a loop that logs its own (the epoch loop).
     """
-    return tqdm(iterable, disable=not (here and settings.show_progress()), **kwargs)
+    if here and settings.show_progress():
+        return tqdm(iterable, **kwargs)
+    if here and log:
+        return _LogBar(iterable, **kwargs)
+    return tqdm(iterable, disable=True, **kwargs)
+
+
+class _NullFile:
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class _LogBar(_plain_tqdm):
+    """A tqdm that draws nothing and logs its line every :data:`LOG_SECONDS` instead."""
+
+    def __init__(self, iterable: Iterable | None = None, **kwargs: Any) -> None:
+        kwargs.pop("file", None)
+        kwargs.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} "
+                                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self._logged_at = time.monotonic()
+        super().__init__(iterable, file=_NullFile(), mininterval=min(LOG_SECONDS, 1.0),
+                         miniters=1, dynamic_ncols=False, **kwargs)  # fmt: skip
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_SECONDS and not getattr(self, "disable", False):
+            self._logged_at = now
+            logger.info("%s", str(self).strip())
+        return True

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CellsynthError
-from ..options import progress_bar
+from ..options import LOG_SECONDS, progress_bar
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -320,7 +320,8 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
             logger.info("resuming %s training from epoch %d (%s)", name, first, checkpoint.path)
     start = time.perf_counter()
     device = next(module.parameters()).device
-    bar = progress_bar(total=settings.max_epochs, initial=first, desc=name, unit="epoch", here=verbose)  # fmt: skip
+    bar = progress_bar(total=settings.max_epochs, initial=first, desc=name, unit="epoch", here=verbose,
+                       log=False)  # fmt: skip  # _SignsOfLife logs, with the loss
     epoch = first - 1
     life = _SignsOfLife(history)
     for epoch in range(first, settings.max_epochs):
@@ -385,7 +386,6 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
     return LoopResult(history, stopper.best_loss, epoch + 1 - first)
 
 
-LOG_SECONDS = 30.0  # a long fit logs a line at least this often (progress bars need a terminal)
 
 
 class _SignsOfLife:
