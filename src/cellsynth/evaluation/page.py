@@ -117,13 +117,16 @@ _GENES_PRIVACY = (
     "Gene level and privacy. Gene AUC: a classifier two-sample test on the log-normalised "
     "expression of the real cells' top 500 HVGs (all-gene AUC: every gene detected in 5 real "
     "cells), each gene a feature, so it sees what 30 PCs hide; its floor is two halves of the "
-    "real test cells. Privacy: an attacker holding the generated test-size sample tells the "
-    "generator's training cells from real test cells it never saw, by the distance to the "
-    "closest generated cell and by a density ratio (DOMIAS-like), ROC AUC, 0.5 = no leak, in a "
-    "space fitted on other training cells; closer than 95% held-out: the share of generated "
-    "cells nearer a training cell than 95% of held-out cells are (0.05 = no leak). `copy` "
-    "returns training cells and `scvi-pp` re-draws each training cell from scVI's posterior: "
-    "positive controls the audit must flag."
+    "real test cells; where the gene-level gap comes from: `GENE_LEVEL.md`. Privacy: an "
+    "attacker holding the generated twin of the training split (as many cells of each type as "
+    "it has: what would be shared in its place) tells the generator's training cells from real "
+    "test cells it never saw, by the distance to the closest generated cell, by a density "
+    "ratio (DOMIAS-like) and by a re-draw distance (state dimensions weighted over count "
+    "noise, calibrated by each cell's neighbourhood), ROC AUC, 0.5 = no leak, in a space "
+    "fitted on other training cells; closer than 95% held-out: the share of generated cells "
+    "nearer a training cell than 95% of held-out cells are (0.05 = no leak). `copy` returns "
+    "training cells and `scvi-pp` re-draws each training cell from scVI's posterior: positive "
+    "controls the audit must flag."
 )
 
 
