@@ -168,12 +168,17 @@ class ScviPosteriorGenerator(ScviGenerator):
     Parameters
     ----------
     config
-        Architecture and training settings of ``scvi.model.SCVI``.
+        Architecture and training settings of ``scvi.model.SCVI``; its ``covariates`` are not
+        used (a re-drawn cell keeps its type; the control has no requests by covariate).
     """
 
     name: ClassVar[str] = "scvi-pp"
 
     def __init__(self, config: ScviConfig | None = None) -> None:
+        if config is not None and config.covariates:  # it re-draws cells, not combinations
+            logger.info("scvi-pp re-draws training cells and does not condition on covariates; "
+                        "scvi.covariates %s are not used", config.covariates)
+            config = dataclasses.replace(config, covariates=[])
         super().__init__(config)
         self.qzm: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior means
         self.qzv: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior variances

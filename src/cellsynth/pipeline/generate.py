@@ -114,7 +114,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     design = getattr(gen, "design", None)
     if (where or request is not None) and design is None:
         raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
-                        "--request need a cvae fitted with --covariates")
+                        "--request need a cvae, nb or scvi fitted with --covariates")
     label_key = getattr(gen, "label_key", "cell_type")
     if like is not None:
         ask: Any = like_request(like, label_key, list(design.keys) if design else [])
