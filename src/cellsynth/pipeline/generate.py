@@ -8,7 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from .. import keys as K
 from ..errors import DataError
+from ..models._design import writable_uns
 from ..models.registry import load_generator
 from .models import check_disk, write_cells
 
@@ -93,6 +95,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     out.parent.mkdir(parents=True, exist_ok=True)
     if not hasattr(gen, "sample_chunks"):
         syn = gen.sample(req, seed=seed, **kwargs)
+        syn.uns[K.UNS] = writable_uns(syn.uns[K.UNS])  # combinations as tables
         write_h5ad(syn, out)
         return syn.n_obs
     plan, unseen = gen.plan(req, kwargs.get("where"))
