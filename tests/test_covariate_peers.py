@@ -304,7 +304,12 @@ def test_covariates_from_the_config_reach_nb_and_scvi() -> None:
     nb = make_generator("nb", cfg)
     assert nb.covariate_keys == ["condition"] and nb.min_cells == 5
     assert make_generator("scvi", cfg).config.covariates == ["donor", "condition"]
-    assert make_generator("scvi-pp", cfg).config.covariates == []  # re-draws training cells
+    pp = make_generator("scvi-pp", cfg)  # re-draws training cells: no requests by covariate
+    assert pp.config.covariates == [] and pp.design is None
+    from cellsynth.pipeline.generate import _request
+
+    with pytest.raises(DataError, match="the scvi-pp generator does not condition on covariates"):
+        _request(pp, None, {"type_00": 5}, "condition=stim", None, None)
     with pytest.raises(ConfigError, match=r"nb\.min_cells"):
         config.load(None, ["nb.min_cells=1"])
     plain = config.load(None, [])
@@ -360,23 +365,21 @@ def test_cli_fit_nb_with_covariates_end_to_end(design: ad.AnnData, tmp_path, cap
             "scvi") in capsys.readouterr().err
 
 
-def _run_nb(data: str, out, *sets: str) -> None:
-    """`cellsynth run` of the nb conditioned on ``condition``, with the fast test settings."""
+def test_pipeline_nb_generates_and_scores_the_training_design(design: ad.AnnData,
+                                                              tmp_path) -> None:  # fmt: skip
+    """`cellsynth run` with generator.model = nb and nb.covariates: the experiments' cells
+    carry the covariate, categorical with the training levels, in the training cells'
+    composition per type, and the evaluation scores each (type x condition) combination
+    (metrics/covariates.json), as a cvae run's (22 s; 10 s without the fidelity metrics)."""
     from cellsynth.cli import main
     from test_pipeline import FAST
 
-    args = ["run", data, "--label-key", KEY, "--out", str(out), "--quiet"]
+    args = ["run", _write(design, tmp_path / "design.h5ad"), "--label-key", KEY, "--out",
+            str(tmp_path / "run"), "--quiet"]  # fmt: skip
     for s in [*FAST, "generator.model='nb'", "nb.covariates=['condition']", "report.umap=false",
-              "generator.n_per_type_eval=200", "qc.min_genes_per_cell=5", *sets]:
+              "generator.n_per_type_eval=200", "qc.min_genes_per_cell=5"]:
         args += ["--set", s]
     assert main(args) == 0
-
-
-def test_pipeline_nb_generates_the_training_design(design: ad.AnnData, tmp_path) -> None:
-    """`cellsynth run` with generator.model = nb and nb.covariates: the experiments' cells
-    carry the covariate, categorical with the training levels, in the training cells'
-    composition per type (13 s of CPU, the fidelity metrics off)."""
-    _run_nb(_write(design, tmp_path / "design.h5ad"), tmp_path / "run", "report.fidelity=false")
     syn = ad.read_h5ad(tmp_path / "run" / "synthetic" / "train.h5ad")
     assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
     real = design.obs.groupby(KEY, observed=True)["condition"].apply(lambda c: (c == "stim").mean())
@@ -385,13 +388,6 @@ def test_pipeline_nb_generates_the_training_design(design: ad.AnnData, tmp_path)
     assert syn.uns["cellsynth"]["model"] == "nb"
     assert json.loads((tmp_path / "run" / "generator" / "config.json").read_text())[
         "config"]["covariate_keys"] == ["condition"]
-
-
-@pytest.mark.slow
-def test_pipeline_nb_scores_each_combination(design: ad.AnnData, tmp_path) -> None:
-    """The evaluation of an nb run with covariates scores each (type x condition) combination
-    (metrics/covariates.json), as a cvae run's (about a minute: the fidelity metrics)."""
-    _run_nb(_write(design, tmp_path / "design.h5ad"), tmp_path / "run")
     rep = json.loads((tmp_path / "run" / "metrics" / "covariates.json").read_text())
     per = rep["combinations"]["per_combination"]
     assert {c.split(" | ")[1] for c in per} == {"condition=ctrl", "condition=stim"}
@@ -447,14 +443,13 @@ def scvi_fit(design: ad.AnnData):
     return model
 
 
-@pytest.mark.slow
 def test_scvi_generates_the_requested_levels(design, scvi_fit, tmp_path) -> None:
     """The decoder takes the requested levels: on each type's program genes, generated stim
     cells against generated ctrl cells follow the stated fold changes (slope 0.60 and 0.68 for
     type_01 and type_02; 0.88 for type_00 x stim, never seen: scvi's decoder takes the
     condition as an input beside z, shared by the types), the obs carries the covariates with
     the training categories, the unseen combination is listed, and the design survives save
-    and load (SCVI's fit: 70-220 s on two busy cores)."""
+    and load (SCVI's fit: 7 s alone on two cores, a minute or more when they are busy)."""
     from cellsynth.models.scvi import ScviGenerator
 
     model = scvi_fit
