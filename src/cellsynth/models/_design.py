@@ -189,21 +189,6 @@ class Design:
         return [(c, int(k)) for c, k in zip(combos, counts, strict=True) if k > 0]
 
 
-def writable_uns(uns: dict[str, Any]) -> dict[str, Any]:
-    """``uns['cellsynth']`` as an h5ad can hold it: each list of combinations
-    (``unseen_combinations``, ``fallback_combinations``: ``[{label_key: type, covariate:
-    level}, ...]``, which anndata cannot write) becomes a table, one list per column
-    (``{label_key: [...], covariate: [...]}``; ``{}`` when empty)."""
-    out = dict(uns)
-    for key, value in uns.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            cols = list(dict.fromkeys(c for v in value for c in v))
-            out[key] = {c: [str(v.get(c, "")) for v in value] for c in cols}
-        elif isinstance(value, list) and not value and key.endswith("_combinations"):
-            out[key] = {}
-    return out
-
-
 def _column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
         cols = ", ".join(map(str, obs.columns)) or "(none)"

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..errors import DataError
-from ..models._design import writable_uns
+from ..models.base import writable_uns
 from ..models.registry import load_generator
 from .models import check_disk, write_cells
 

@@ -22,8 +22,7 @@ from ..data.store import write_h5ad
 from ..errors import CellsynthError, DataError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
-from ..models._design import writable_uns
-from ..models.base import package_version, request
+from ..models.base import package_version, request, writable_uns
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..runtime import write_json
@@ -236,7 +235,7 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
                 uns: dict) -> None:  # fmt: skip
     """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
     as an h5ad, one chunk in memory at a time; lists of combinations in ``uns`` are written as
-    tables (:func:`~cellsynth.models._design.writable_uns`)."""
+    tables (:func:`~cellsynth.models.base.writable_uns`)."""
     from anndata.io import write_elem
 
     from ..data.store import CSRWriter, h5ad_file
