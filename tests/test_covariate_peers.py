@@ -5,7 +5,10 @@
 (``metrics.condition_effects`` against cells built from the stated truth), that a CVAE with
 ``covariate_keys=["condition"]`` generates stim cells carrying them and ctrl cells without, and
 that ``NegBinBaseline(covariate_keys=...)`` fits per combination (falling back to the type),
-takes the CVAE's requests, and survives save/load.
+takes the CVAE's requests, and survives save/load; that ``nb`` and ``scvi`` condition on
+covariates from every entry point (``nb.covariates``/``scvi.covariates``, ``cellsynth fit
+--covariates``, ``generate --where/--request/--like``, ``cellsynth run``); and that ``scvi``,
+through scvi-tools' ``categorical_covariate_keys``, generates the requested levels.
 """
 
 from __future__ import annotations
@@ -363,6 +366,26 @@ def test_cli_fit_nb_with_covariates_end_to_end(design: ad.AnnData, tmp_path, cap
                  "condition", "--out", str(tmp_path / "ref")]) == 2  # fmt: skip
     assert ("the reference generator does not condition on covariates; use --model cvae, nb, "
             "scvi") in capsys.readouterr().err
+
+
+def test_cvae_generate_writes_its_unseen_combinations(design: ad.AnnData, tmp_path) -> None:
+    """`generate --where` of a cvae (cells streamed to the file chunk by chunk) with a
+    combination no training cell had: the file lists it as a table (a list of dicts, as in
+    memory, cannot be written to an h5ad)."""
+    from cellsynth.cli import main
+
+    small = design[np.random.default_rng(1).choice(design.n_obs, 600, replace=False)].copy()
+    held = _rows(small.obs, "type_00", "stim")
+    data = _write(small[~held].copy(), tmp_path / "small.h5ad")
+    model, out = tmp_path / "cvae", tmp_path / "stim.h5ad"
+    assert main(["fit", data, "--label-key", KEY, "--covariates", "condition", "--out",
+                 str(model), "--quiet", "--set", "cvae.max_epochs=1", "--set",
+                 "cvae.n_hidden=[16]", "--set", "cvae.n_latent=4", "--set",
+                 "cvae.select='elbo'"]) == 0  # fmt: skip
+    assert main(["generate", str(model), "--types", "type_00=10,type_01=5", "--where",
+                 "condition=stim", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    unseen = ad.read_h5ad(out).uns["cellsynth"]["unseen_combinations"]
+    assert list(unseen[KEY]) == ["type_00"] and list(unseen["condition"]) == ["stim"]
 
 
 def test_pipeline_nb_generates_and_scores_the_training_design(design: ad.AnnData,
