@@ -5,7 +5,10 @@
 (``metrics.condition_effects`` against cells built from the stated truth), that a CVAE with
 ``covariate_keys=["condition"]`` generates stim cells carrying them and ctrl cells without, and
 that ``NegBinBaseline(covariate_keys=...)`` fits per combination (falling back to the type),
-takes the CVAE's requests, and survives save/load.
+takes the CVAE's requests, and survives save/load; that ``nb`` and ``scvi`` condition on
+covariates from every entry point (``nb.covariates``/``scvi.covariates``, ``cellsynth fit
+--covariates``, ``generate --where/--request/--like``, ``cellsynth run``); and that ``scvi``,
+through scvi-tools' ``categorical_covariate_keys``, generates the requested levels.
 """
 
 from __future__ import annotations
@@ -282,3 +285,225 @@ def test_nb_bad_covariates(design: ad.AnnData, nb_pair) -> None:
         plain.sample({"type_01": 5}, where={"condition": "stim"})
     with pytest.raises(ConfigError, match="min_cells"):
         NegBinBaseline(covariate_keys=["condition"], min_cells=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# every entry point: the config, `cellsynth fit`, `generate` and `run`
+
+
+def test_covariates_from_the_config_reach_nb_and_scvi() -> None:
+    """``nb.covariates`` and ``scvi.covariates`` are declared as ``cvae.covariates``; at their
+    defaults they leave every stage's and benchmark key as they were."""
+    from cellsynth import config
+    from cellsynth.benchmark import model_key
+    from cellsynth.models.registry import make_generator
+    from cellsynth.runtime import hashed_settings
+
+    cfg = config.load(None, ["nb.covariates=['condition']", "nb.min_cells=5",
+                             "scvi.covariates=['donor', 'condition']"])  # fmt: skip
+    assert config.covariates_of(cfg, "nb") == ["condition"]
+    assert config.covariates_of(cfg, "scvi") == ["donor", "condition"]
+    assert config.covariates_of(cfg, "cvae") == [] and config.covariates_of(cfg, "copy") == []
+    nb = make_generator("nb", cfg)
+    assert nb.covariate_keys == ["condition"] and nb.min_cells == 5
+    assert make_generator("scvi", cfg).config.covariates == ["donor", "condition"]
+    pp = make_generator("scvi-pp", cfg)  # re-draws training cells: no requests by covariate
+    assert pp.config.covariates == [] and pp.design is None
+    from cellsynth.pipeline.generate import _request
+
+    with pytest.raises(DataError, match="the scvi-pp generator does not condition on covariates"):
+        _request(pp, None, {"type_00": 5}, "condition=stim", None, None)
+    with pytest.raises(ConfigError, match=r"nb\.min_cells"):
+        config.load(None, ["nb.min_cells=1"])
+    plain = config.load(None, [])
+    assert hashed_settings(plain)["nb"] == {} and "covariates" not in hashed_settings(plain)["scvi"]
+    assert model_key(cfg, "nb") != model_key(plain, "nb")
+    assert model_key(cfg, "cvae") == model_key(plain, "cvae")
+
+
+def _write(a: ad.AnnData, path) -> str:
+    a.write_h5ad(path)
+    return str(path)
+
+
+def test_cli_fit_nb_with_covariates_end_to_end(design: ad.AnnData, tmp_path, capsys) -> None:
+    """`fit --model nb --covariates`, then `generate --where` (an unseen combination listed in
+    the file's uns), `--request` and `--like`; other generators are refused by name."""
+    import tomllib
+
+    from cellsynth.cli import main
+
+    held = _rows(design.obs, "type_00", "stim")
+    data = _write(design[~held].copy(), tmp_path / "train.h5ad")
+    model = tmp_path / "nb"
+    assert main(["fit", data, "--label-key", KEY, "--model", "nb", "--covariates",
+                 "condition,donor", "--out", str(model), "--quiet"]) == 0  # fmt: skip
+    saved = tomllib.loads((model / "run_config.toml").read_text())
+    assert saved["nb"]["covariates"] == ["condition", "donor"]
+    assert NegBinBaseline.load(model).design.keys == ["condition", "donor"]
+    out = tmp_path / "stim.h5ad"
+    assert main(["generate", str(model), "--types", "type_00=30,type_01=20", "--where",
+                 "condition=stim", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    syn = ad.read_h5ad(out)
+    assert syn.n_obs == 50 and set(syn.obs["condition"]) == {"stim"}
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    assert list(syn.obs["donor"].cat.categories) == ["D0", "D1"]
+    unseen = syn.uns["cellsynth"]["unseen_combinations"]  # a table in the file
+    assert list(unseen[KEY]) == ["type_00", "type_00"] and list(unseen["donor"]) == ["D0", "D1"]
+    req = tmp_path / "request.tsv"
+    req.write_text(f"{KEY}\tcondition\tdonor\tn\ntype_02\tctrl\tD1\t12\ntype_01\tstim\t\t8\n")
+    assert main(["generate", str(model), "--request", str(req), "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    syn = ad.read_h5ad(out)
+    assert syn.n_obs == 20 and (syn.obs["donor"].iloc[:12] == "D1").all()
+    assert (syn.obs["condition"].iloc[12:] == "stim").all()
+    assert main(["generate", str(model), "--like", data, "--out", str(out), "--quiet"]) == 0
+    cols = [KEY, "condition", "donor"]
+    want = design[~held].obs[cols].astype(str).value_counts().sort_index()
+    assert ad.read_h5ad(out).obs[cols].astype(str).value_counts().sort_index().equals(want)
+    capsys.readouterr()
+    assert main(["fit", data, "--label-key", KEY, "--model", "reference", "--covariates",
+                 "condition", "--out", str(tmp_path / "ref")]) == 2  # fmt: skip
+    assert ("the reference generator does not condition on covariates; use --model cvae, nb, "
+            "scvi") in capsys.readouterr().err
+
+
+def test_cvae_generate_writes_its_unseen_combinations(design: ad.AnnData, tmp_path) -> None:
+    """`generate --where` of a cvae (cells streamed to the file chunk by chunk) with a
+    combination no training cell had: the file lists it as a table (a list of dicts, as in
+    memory, cannot be written to an h5ad)."""
+    from cellsynth.cli import main
+
+    small = design[np.random.default_rng(1).choice(design.n_obs, 600, replace=False)].copy()
+    held = _rows(small.obs, "type_00", "stim")
+    data = _write(small[~held].copy(), tmp_path / "small.h5ad")
+    model, out = tmp_path / "cvae", tmp_path / "stim.h5ad"
+    assert main(["fit", data, "--label-key", KEY, "--covariates", "condition", "--out",
+                 str(model), "--quiet", "--set", "cvae.max_epochs=1", "--set",
+                 "cvae.n_hidden=[16]", "--set", "cvae.n_latent=4", "--set",
+                 "cvae.select='elbo'"]) == 0  # fmt: skip
+    assert main(["generate", str(model), "--types", "type_00=10,type_01=5", "--where",
+                 "condition=stim", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    unseen = ad.read_h5ad(out).uns["cellsynth"]["unseen_combinations"]
+    assert list(unseen[KEY]) == ["type_00"] and list(unseen["condition"]) == ["stim"]
+
+
+def test_pipeline_nb_generates_and_scores_the_training_design(design: ad.AnnData,
+                                                              tmp_path) -> None:  # fmt: skip
+    """`cellsynth run` with generator.model = nb and nb.covariates: the experiments' cells
+    carry the covariate, categorical with the training levels, in the training cells'
+    composition per type, and the evaluation scores each (type x condition) combination
+    (metrics/covariates.json), as a cvae run's (22 s; 10 s without the fidelity metrics)."""
+    from cellsynth.cli import main
+    from test_pipeline import FAST
+
+    args = ["run", _write(design, tmp_path / "design.h5ad"), "--label-key", KEY, "--out",
+            str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    for s in [*FAST, "generator.model='nb'", "nb.covariates=['condition']", "report.umap=false",
+              "generator.n_per_type_eval=200", "qc.min_genes_per_cell=5"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    syn = ad.read_h5ad(tmp_path / "run" / "synthetic" / "train.h5ad")
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    real = design.obs.groupby(KEY, observed=True)["condition"].apply(lambda c: (c == "stim").mean())
+    share = syn.obs.groupby(KEY, observed=True)["condition"].apply(lambda c: (c == "stim").mean())
+    assert (np.abs(share - real.loc[share.index]) < 0.05).all(), (share, real)
+    assert syn.uns["cellsynth"]["model"] == "nb"
+    assert json.loads((tmp_path / "run" / "generator" / "config.json").read_text())[
+        "config"]["covariate_keys"] == ["condition"]
+    rep = json.loads((tmp_path / "run" / "metrics" / "covariates.json").read_text())
+    per = rep["combinations"]["per_combination"]
+    assert {c.split(" | ")[1] for c in per} == {"condition=ctrl", "condition=stim"}
+    assert set(rep["effects"]["condition"]) <= {"ctrl vs stim", "stim vs ctrl"}
+
+
+# ---------------------------------------------------------------------------------------------
+# scvi with scvi-tools' categorical_covariate_keys
+
+
+def test_scvi_with_covariates_through_the_cli(design: ad.AnnData, tmp_path) -> None:
+    """`fit --model scvi --covariates` (2 epochs on 600 cells), then `generate --where` and
+    `--like`: the requested levels in obs with the training categories, the unseen
+    combination listed, the training design in ``config.json``."""
+    pytest.importorskip("scvi")
+    from cellsynth.cli import main
+
+    small = design[np.random.default_rng(0).choice(design.n_obs, 600, replace=False)].copy()
+    held = _rows(small.obs, "type_00", "stim")
+    data = _write(small[~held].copy(), tmp_path / "small.h5ad")
+    model = tmp_path / "scvi"
+    assert main(["fit", data, "--label-key", KEY, "--model", "scvi", "--covariates", "condition",
+                 "--out", str(model), "--quiet", "--set", "scvi.max_epochs=2", "--set",
+                 "scvi.n_hidden=16", "--set", "scvi.n_latent=4"]) == 0  # fmt: skip
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["design"]["keys"] == ["condition"] and meta["module_kwargs"]["n_cats_per_cov"] == [2]
+    out = tmp_path / "stim.h5ad"
+    assert main(["generate", str(model), "--types", "type_00=20,type_01=10", "--where",
+                 "condition=stim", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    syn = ad.read_h5ad(out)
+    assert syn.n_obs == 30 and set(syn.obs["condition"]) == {"stim"}
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    assert set(syn.uns["cellsynth"]["unseen_combinations"]) == {KEY, "condition"}
+    assert list(syn.uns["cellsynth"]["unseen_combinations"][KEY]) == ["type_00"]
+    assert main(["generate", str(model), "--like", data, "--out", str(out), "--quiet"]) == 0
+    cols = [KEY, "condition"]
+    want = small[~held].obs[cols].astype(str).value_counts().sort_index()
+    assert ad.read_h5ad(out).obs[cols].astype(str).value_counts().sort_index().equals(want)
+
+
+@pytest.fixture(scope="module")
+def scvi_fit(design: ad.AnnData):
+    """SCVI on ``condition`` and ``donor`` with type_00 x stim held out: 30 epochs, 64 hidden
+    units, 8 latent dimensions."""
+    pytest.importorskip("scvi")
+    from cellsynth.config import ScviConfig
+    from cellsynth.models.scvi import ScviGenerator
+
+    held = _rows(design.obs, "type_00", "stim")
+    model = ScviGenerator(ScviConfig(covariates=["condition", "donor"], max_epochs=30,
+                                     n_hidden=64, n_latent=8, gene_likelihood="nb"))  # fmt: skip
+    model.fit(design[~held].copy(), KEY, seed=0)
+    return model
+
+
+def test_scvi_generates_the_requested_levels(design, scvi_fit, tmp_path) -> None:
+    """The decoder takes the requested levels: on each type's program genes, generated stim
+    cells against generated ctrl cells follow the stated fold changes (slope 0.60 and 0.68 for
+    type_01 and type_02; 0.88 for type_00 x stim, never seen: scvi's decoder takes the
+    condition as an input beside z, shared by the types), the obs carries the covariates with
+    the training categories, the unseen combination is listed, and the design survives save
+    and load (SCVI's fit: 7 s alone on two cores, a minute or more when they are busy)."""
+    from cellsynth.models.scvi import ScviGenerator
+
+    model = scvi_fit
+    table = pd.DataFrame({KEY: [t for t in TYPES for _ in (0, 1)],
+                          "condition": ["ctrl", "stim"] * len(TYPES), "n": 300})
+    syn = model.sample(table, seed=1)
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    assert list(syn.obs["donor"].cat.categories) == ["D0", "D1"]
+    assert syn.obs.groupby([KEY, "condition"], observed=True).size().eq(300).all()
+    assert {KEY: "type_00", "condition": "stim", "donor": "D0"} in syn.uns["cellsynth"][
+        "unseen_combinations"]
+    slopes = {}
+    for t in TYPES:
+        cols, lfc = _program(design, t)
+        diff = (_log_mean(syn.X, _rows(syn.obs, t, "stim"))
+                - _log_mean(syn.X, _rows(syn.obs, t, "ctrl")))[cols]  # fmt: skip
+        slopes[t] = np.polyfit(lfc, diff, 1)[0]
+    assert all(slopes[t] > 0.5 for t in ("type_01", "type_02")), slopes
+    assert slopes["type_00"] > 0.2, slopes  # never seen: only what the decoder shares
+    where = model.sample({"type_01": 40}, where={"condition": "stim", "donor": "D1"}, seed=2)
+    assert set(where.obs["condition"]) == {"stim"} and set(where.obs["donor"]) == {"D1"}
+    assert where.uns["cellsynth"]["unseen_combinations"] == []
+    model.save(tmp_path / "scvi")
+    loaded = ScviGenerator.load(tmp_path / "scvi")
+    assert loaded.design == model.design and loaded.module_kwargs["n_cats_per_cov"] == [2, 2]
+    again = loaded.sample({"type_01": 40}, where={"condition": "stim", "donor": "D1"}, seed=2)
+    assert (again.X != where.X).nnz == 0 and again.obs.equals(where.obs)
+    with pytest.raises(DataError, match="'IFN' is not a level of covariate 'condition'"):
+        model.sample({"type_01": 5}, where={"condition": "IFN"})
+    meta = json.loads((tmp_path / "scvi" / "config.json").read_text())
+    meta["module_kwargs"]["n_cats_per_cov"] = [2, 3]
+    (tmp_path / "scvi" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError):
+        ScviGenerator.load(tmp_path / "scvi")

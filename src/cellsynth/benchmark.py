@@ -107,7 +107,7 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
 #: the config section of each generator (its results depend on it, on the data, QC, split and
 #: classifier settings, and on the seed)
 MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "scvi": "scvi",
-                  "scvi-pp": "scvi", "nb": None, "copy": None}  # "seed": the reference's old name
+                  "scvi-pp": "scvi", "nb": "nb", "copy": None}  # "seed": the reference's old name
 
 
 def model_key(cfg: RunConfig, name: str) -> str:
@@ -119,7 +119,7 @@ def model_key(cfg: RunConfig, name: str) -> str:
     d = hashed_settings(cfg)  # without the settings that do not change results
     keep = {k: d[k] for k in ("seed", "dataset", "qc", "split", "classifier")}
     section = MODEL_SECTIONS.get(name)
-    if section:
+    if section and d[section]:  # nb's section is empty at its defaults: the keys kept before
         keep[section] = d[section]
     blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth"),
                        "metrics": METRICS_VERSION}, sort_keys=True, default=str)

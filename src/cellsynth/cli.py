@@ -168,10 +168,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
     if covariates:
-        if config.canonical_model(args.model) != "cvae":
-            raise CellsynthError(f"--covariates: only the cvae conditions on covariates, not "
-                                 f"{args.model}")
-        sets.append(f"cvae.covariates={covariates!r}".replace("'", '"'))
+        section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
+        if section is None:
+            raise CellsynthError(f"--covariates: the {args.model} generator does not condition "
+                                 f"on covariates; use --model "
+                                 f"{', '.join(config.COVARIATE_SECTIONS)}")
+        sets.append(f"{section}.covariates={json.dumps(covariates)}")
     cfg = config.load(args.config, sets)
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
                              seed=args.seed)
@@ -394,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
     f.add_argument("--covariates", metavar="LIST", default="",
-                   help="comma-separated obs columns the cvae also conditions on (donor, "
-                        "condition, batch...; same as --set cvae.covariates=[...])")
+                   help="comma-separated obs columns the model also conditions on (donor, "
+                        "condition, batch...): cvae, nb or scvi; same as --set "
+                        "MODEL.covariates=[...], e.g. nb.covariates=[...]")
     f.add_argument("--seed", type=_seed, default=0, help="random seed of the fit")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     f.set_defaults(func=cmd_fit)
@@ -414,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--where", metavar="'COV=LEVEL,...'",
                    help="covariate levels for every requested type, e.g. 'condition=stim,"
                         "donor=D7'; a covariate not given follows each type's training "
-                        "composition (cvae fitted with --covariates; default: none)")
+                        "composition (a cvae, nb or scvi fitted with --covariates; default: none)")
     g.add_argument("--request", metavar="FILE",
                    help="a TSV (or .csv) with the label column, any covariate columns and n, "
                         "one row per combination (default: none)")

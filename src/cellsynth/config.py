@@ -34,6 +34,17 @@ MODEL_ALIASES = {"seed": "reference"}
 _INF = float("inf")
 
 
+#: the generators that condition on covariates, and the section holding their ``covariates``
+COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
+
+
+def covariates_of(cfg: RunConfig, model: str) -> list[str]:
+    """The covariates generator ``model`` conditions on: its section's ``covariates``
+    (``cvae.covariates``, ``nb.covariates``, ``scvi.covariates``); ``[]`` for the others."""
+    section = COVARIATE_SECTIONS.get(canonical_model(model))
+    return list(getattr(cfg, section).covariates) if section else []
+
+
 def canonical_model(name: str) -> str:
     """The generator's name now: ``"seed"`` -> ``"reference"`` (logged as renamed)."""
     if name in MODEL_ALIASES:
@@ -317,9 +328,23 @@ class CVAEConfig:
 
 
 @dataclass
+class NBConfig:
+    """The per-type negative binomial baseline (``nb``)."""
+
+    # obs columns fitted per combination of levels besides the type (donor, condition...), as
+    # cvae.covariates; a combination with fewer than min_cells training cells, or none, is
+    # generated from its type's fit
+    covariates: list[str] = field(default_factory=list)
+    min_cells: int = ranged("[2, inf)", 20)
+
+
+@dataclass
 class ScviConfig:
     """scvi-tools SCVI, used as its users would (optional extra ``cellsynth[scvi]``)."""
 
+    # obs columns passed to SCVI.setup_anndata as categorical_covariate_keys (decoder inputs),
+    # as cvae.covariates; generated cells are decoded with the requested levels
+    covariates: list[str] = field(default_factory=list)
     n_hidden: int = ranged("[1, inf)", 128)
     n_latent: int = ranged("[1, inf)", 10)
     n_layers: int = ranged("[1, inf)", 1)
@@ -356,7 +381,7 @@ class RunConfig:
     ----------
     seed
         The one seed every other seed is derived from (``seeds.derive_seed``).
-    dataset, qc, split, features, classifier, generator, seed_vae, cvae, scvi, explain, report
+    dataset, qc, split, features, classifier, generator, seed_vae, cvae, nb, scvi, explain, report
         The settings of each stage (:class:`DatasetConfig`, :class:`QCConfig`, ...).
     """
 
@@ -369,6 +394,7 @@ class RunConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     seed_vae: SeedVAEConfig = field(default_factory=SeedVAEConfig)
     cvae: CVAEConfig = field(default_factory=CVAEConfig)
+    nb: NBConfig = field(default_factory=NBConfig)
     scvi: ScviConfig = field(default_factory=ScviConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

@@ -2,15 +2,17 @@
 
 ``cellsynth benchmark --holdout "cell_type=CD14+ Monocytes,condition=stim"`` removes every cell
 of that (type x covariate levels) combination from the training data, fits each generator
-(the ``cvae`` conditioned on the covariates named), generates the combination and scores the
-generated cells against all the real cells of it, none of which any generator saw. Beside them:
+(``cvae``, ``nb`` and ``scvi`` conditioned on the covariates named), generates the combination
+and scores the generated cells against all the real cells of it, none of which any generator
+saw. Beside them:
 
 - **real vs real**: two halves of the combination's real cells (the floor);
 - **pooling**: the type's real training cells of the other levels, the answer of a model that
   knows the type but not the covariate (what conditioning must beat);
-- each generator that cannot condition on the covariates (``scvi``) generates the type alone:
-  a learned pooling; ``nb`` is fitted per combination and falls back to the type's fit for a
-  combination it never saw, so it too answers with the type.
+- ``nb`` is fitted per combination and falls back to the type's fit for a combination it never
+  saw, so it answers with the type; ``scvi`` decodes the type's latent Gaussian (pooled over the
+  levels) with the held-out levels as its decoder's categorical covariates; a generator that
+  cannot condition on covariates generates the type alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import keys as K
-from .config import RunConfig
+from .config import COVARIATE_SECTIONS, RunConfig
 from .errors import DataError
 from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
@@ -141,13 +143,7 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     fit_on = pre[np.isin(split, ["train", "val"]) & ~held].copy()
     conditioned = {}
     for name in models:
-        run_cfg = cfg
-        if name == "cvae":  # conditioned on the covariates the combination names
-            run_cfg = dataclasses.replace(cfg, cvae=dataclasses.replace(
-                cfg.cvae, covariates=sorted(set(cfg.cvae.covariates) | set(covariates))))
-        gen = make_generator(name, run_cfg)
-        if name == "nb":  # fitted per combination, the type where one is unseen or too small
-            gen = type(gen)(covariate_keys=covariates)
+        gen = make_generator(name, _conditioned(cfg, name, covariates))
         t0 = time.perf_counter()
         gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
         can = "where" in inspect.signature(gen.sample).parameters and set(covariates) <= set(
@@ -167,6 +163,17 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "holdout.json", result)
     return result
+
+
+def _conditioned(cfg: RunConfig, name: str, covariates: list[str]) -> RunConfig:
+    """``cfg`` with generator ``name`` conditioned on ``covariates`` too (those that can:
+    ``config.COVARIATE_SECTIONS``); the others' settings as they are."""
+    section = COVARIATE_SECTIONS.get(name)
+    if section is None:
+        return cfg
+    old = getattr(cfg, section)
+    keys = sorted(set(old.covariates) | set(covariates))
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(old, covariates=keys)})
 
 
 def holdout_section(result: dict[str, Any]) -> list[str]:

@@ -189,7 +189,7 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "data": (("seed", "dataset", "qc", "split"), ()),
     "features": (("features",), ("data",)),
     "classifier": (("classifier",), ("features",)),
-    "generator": (("generator", "seed_vae", "cvae", "scvi"), ("features",)),
+    "generator": (("generator", "seed_vae", "cvae", "nb", "scvi"), ("features",)),
     "experiments": (("generator", "classifier"), ("classifier", "generator")),
     "explain": (("explain",), ("classifier",)),
     "evaluation": (("report",), ("experiments",)),
@@ -204,7 +204,9 @@ UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint
 #: them: hashed only when set to something else, so adding one keeps every kept result valid
 ADDED: dict[str, dict[str, Any]] = {
     "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned",
-             "select": "elbo", "covariates": [], "n_covariate_embed": 8}
+             "select": "elbo", "covariates": [], "n_covariate_embed": 8},
+    "nb": {"covariates": [], "min_cells": 20},
+    "scvi": {"covariates": []},
 }
 
 
@@ -246,7 +248,9 @@ class ResumePlan:
         config = hashed_settings(cfg)
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
-            key: dict[str, Any] = {"config": {k: config[k] for k in sections},
+            # a section holding only ADDED settings at their old values (nb's) is left out,
+            # so adding it keeps earlier keys
+            key: dict[str, Any] = {"config": {k: config[k] for k in sections if config[k] != {}},
                                    "uses": [self.hashes[u] for u in uses]}
             if name in self.inputs:
                 key["input"] = self.inputs[name]["sha256"]

@@ -107,3 +107,18 @@ def request(counts_per_type: dict[str, int], labels: list[str]) -> list[tuple[st
     """Validate a ``{type: n}`` request against the model's labels; return it as pairs."""
     check_counts(counts_per_type, labels)
     return [(str(t), int(n)) for t, n in counts_per_type.items()]
+
+
+def writable_uns(uns: dict[str, Any]) -> dict[str, Any]:
+    """``uns['cellsynth']`` as an h5ad can hold it: each list of combinations
+    (``unseen_combinations``, ``fallback_combinations``: ``[{label_key: type, covariate:
+    level}, ...]``, which anndata cannot write) becomes a table, one list per column
+    (``{label_key: [...], covariate: [...]}``; ``{}`` when empty)."""
+    out = dict(uns)
+    for key, value in uns.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            cols = list(dict.fromkeys(c for v in value for c in v))
+            out[key] = {c: [str(v.get(c, "")) for v in value] for c in cols}
+        elif isinstance(value, list) and not value and key.endswith("_combinations"):
+            out[key] = {}
+    return out

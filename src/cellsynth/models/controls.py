@@ -168,13 +168,19 @@ class ScviPosteriorGenerator(ScviGenerator):
     Parameters
     ----------
     config
-        Architecture and training settings of ``scvi.model.SCVI``.
+        Architecture and training settings of ``scvi.model.SCVI``; its ``covariates`` are not
+        used (a re-drawn cell keeps its type; the control has no requests by covariate).
     """
 
     name: ClassVar[str] = "scvi-pp"
 
     def __init__(self, config: ScviConfig | None = None) -> None:
+        if config is not None and config.covariates:  # it re-draws cells, not combinations
+            logger.info("scvi-pp re-draws training cells and does not condition on covariates; "
+                        "scvi.covariates %s are not used", config.covariates)
+            config = dataclasses.replace(config, covariates=[])
         super().__init__(config)
+        self.design = None  # no requests by covariate (`cellsynth generate` refuses --where)
         self.qzm: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior means
         self.qzv: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior variances
         # self.libraries: per type, (n_t,) library sizes, row-aligned with qzm and qzv
@@ -186,6 +192,7 @@ class ScviPosteriorGenerator(ScviGenerator):
     def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0) -> dict[str, Any]:
         """Train SCVI (as ``scvi``); keep each training cell's posterior and library size."""
         cells = self._train(adata, label_key, seed=seed)
+        self.design = None
         groups = per_type_rows(cells.codes, len(self.labels))
         self.qzm = [cells.qzm[g].astype(np.float32) for g in groups]
         self.qzv = [cells.qzv[g].astype(np.float32) for g in groups]

@@ -213,7 +213,8 @@ class NegBinBaseline:
         Dispersion stored for genes without over-dispersion (the Poisson limit).
     covariate_keys
         ``obs`` columns (donor, condition...) to fit per combination of levels besides the
-        type; ``None``: per type only.
+        type; ``None``: per type only. In a run or ``cellsynth fit``: ``nb.covariates``
+        (``--covariates``), and ``nb.min_cells``.
     min_cells
         Fewest training cells of a combination fitted on its own; smaller combinations are
         generated from the type's fit (and listed in ``history["fallbacks"]``).

@@ -44,6 +44,8 @@ def make_generator(name: str, run_config: RunConfig) -> Generator:
         return cls(run_config.seed_vae, run_config.features, target_sum=run_config.qc.target_sum)
     if name in ("scvi", "scvi-pp"):
         return cls(run_config.scvi)
+    if name == "nb":
+        return cls(covariate_keys=run_config.nb.covariates, min_cells=run_config.nb.min_cells)
     return cls()
 
 

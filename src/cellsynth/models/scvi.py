@@ -20,7 +20,26 @@ which, as in scvi, also seeds torch's, numpy's and Python's global generators.
 
 This is scvi's ``posterior_predictive_sample`` of randomly chosen type-``t`` cells with the
 per-cell posteriors pooled into one Gaussian per type, so the generator does not replay
-individual training cells. Only the module's weights (safetensors) and the constructor
+individual training cells.
+
+**Covariates** (``scvi.covariates``, ``ScviGenerator(ScviConfig(covariates=[...]))``,
+``cellsynth fit --model scvi --covariates donor,condition``) are passed as scvi-tools' own
+``categorical_covariate_keys`` of ``SCVI.setup_anndata``, its users' way: each covariate is a
+one-hot input of every decoder layer (scvi's defaults: ``encode_covariates=False``,
+``deeply_inject_covariates=True``), with the levels of the training cells in sorted order (a
+:class:`~._design.Design`, as the CVAE's and ``nb``'s); validation cells with a level no
+training cell had are left out of the fit. Requests are the CVAE's (``where=``, a table with the
+label, covariate columns and ``n``; a covariate not given follows the type's training
+composition), and each generated cell is decoded with its requested levels as the decoder's
+``cat_covs``. The latent Gaussian and the library sizes stay per type, pooled over the levels:
+the encoder does not see the covariates, so scvi's latent is meant to be free of them and the
+levels act through the decoder alone. That is also the answer for a combination of seen levels
+no training cell of the type had (listed in ``uns['cellsynth']['unseen_combinations']``): the
+type's latent decoded with those levels, which scvi's decoder takes as independent one-hot
+inputs. What scvi-tools cannot give: a level never seen in training (its decoder has no input
+for it; refused, as by the other generators), and covariate-dependent latent states (a
+condition that moves cells along the type's manifold is learned only as far as the decoder's
+covariate inputs can express it). Only the module's weights (safetensors) and the constructor
 arguments (JSON) are saved: scvi's own ``model.save`` pickles and its ``load`` calls
 ``torch.load(weights_only=False)`` (scvi-tools 1.4.2), which a shared file must not need.
 """
@@ -41,14 +60,17 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
 
+from .. import keys as K
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
 from ..seeds import derive_seed
+from ._design import Design
 from ._draws import nb_csr
 from ._training import verify_checksums, write_checksums
-from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
+from .base import fit_labels, split_masks, synthetic_adata, training_counts
 from .nb import (
+    Plan,
     draw_libraries,
     load_libraries,
     per_type_rows,
@@ -62,6 +84,8 @@ from .nb import (
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: scvi-tools' registry key of the categorical covariates (``REGISTRY_KEYS.CAT_COVS_KEY``)
+CAT_COVS_KEY = "extra_categorical_covs"
 #: added to each type's latent covariance before its Cholesky factor
 JITTER = 1e-6
 
@@ -93,7 +117,14 @@ class ScviGenerator:
     Parameters
     ----------
     config
-        Architecture and training settings of ``scvi.model.SCVI``.
+        Architecture and training settings of ``scvi.model.SCVI``; ``config.covariates``: the
+        ``obs`` columns passed as ``categorical_covariate_keys`` (see the module docstring).
+
+    Examples
+    --------
+    >>> model = ScviGenerator(ScviConfig(covariates=["condition"], max_epochs=50))
+    >>> model.fit(adata, "cell_type", seed=0)
+    >>> stim = model.sample({"B cells": 100}, where={"condition": "stim"}, seed=1)
     """
 
     name: ClassVar[str] = "scvi"
@@ -108,13 +139,15 @@ class ScviGenerator:
         self.latent_mean = np.zeros((0, 0), dtype=np.float32)  # (T, n_latent)
         self.latent_cov = np.zeros((0, 0, 0), dtype=np.float32)  # (T, n_latent, n_latent)
         self.libraries: list[np.ndarray] = []
+        self.design = Design()  # the covariates and their training levels (none: type only)
         self.history: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         c = self.config
+        covs = f", covariates={self.design.keys}" if self.design else ""
         return (
             f"ScviGenerator(n_labels={len(self.labels)}, n_genes={len(self.genes)}, "
-            f"n_latent={c.n_latent}, gene_likelihood={c.gene_likelihood!r})"
+            f"n_latent={c.n_latent}, gene_likelihood={c.gene_likelihood!r}{covs})"
         )
 
     def fit(
@@ -145,18 +178,15 @@ class ScviGenerator:
         rows = np.flatnonzero(train | val)
         if not train.any():
             raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
+        design, rows, obs = _design_obs(adata, list(c.covariates), label_key, y, train, rows)
         counts = training_counts(adata)[rows]
         genes = list(map(str, adata.var_names))
-        sub = ad.AnnData(
-            X=counts,
-            obs=pd.DataFrame(index=[str(i) for i in rows]),
-            var=pd.DataFrame(index=pd.Index(genes, dtype=str)),
-        )
+        sub = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
         is_train = train[rows]
         train_idx, val_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
 
         scvi.settings.seed = int(derive_seed(seed, "scvi") % 2**31)
-        scvi.model.SCVI.setup_anndata(sub)
+        scvi.model.SCVI.setup_anndata(sub, categorical_covariate_keys=design.keys or None)
         model = scvi.model.SCVI(
             sub,
             n_hidden=c.n_hidden,
@@ -189,10 +219,13 @@ class ScviGenerator:
             "n_layers": c.n_layers,
             "gene_likelihood": c.gene_likelihood,
         }
+        if design:
+            kwargs["n_cats_per_cov"] = _registered_levels(model, design)
         state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
         self.module = _build_module(scvi, kwargs, state)
         self.module_kwargs = kwargs
         self.labels, self.genes, self.label_key = labels, genes, label_key
+        self.design = design
         hist = model.history
         self.history = {
             key: [float(v) for v in hist[key].iloc[:, 0].to_numpy()]
@@ -213,47 +246,82 @@ class ScviGenerator:
         )
         return PosteriorCells(qzm, qzv, codes, libs)
 
+    def plan(self, request: dict[str, int] | pd.DataFrame | Plan,
+             where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
+        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
+        it that no training cell had (see :meth:`sample`)."""
+        return self.design.plan(request, where, self.labels, self.label_key)
+
+    def plan_obs(self, plan: Plan) -> pd.DataFrame:
+        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
+        return self.design.obs(plan, self.label_key)
+
     @torch.no_grad()
     def sample(
-        self, counts_per_type: dict[str, int], *, seed: int = 0
+        self,
+        request: dict[str, int] | pd.DataFrame,
+        *,
+        where: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> ad.AnnData:
-        """Decode draws of each type's latent Gaussian; rows grouped by type as requested.
+        """Decode draws of each type's latent Gaussian; rows grouped as requested, in its order.
+
+        Parameters
+        ----------
+        request
+            Cells per type, e.g. ``{"B cells": 100}``; or, for a model with covariates, a table
+            with the label column, any covariate columns and ``n`` (one row per combination).
+        where
+            Covariate levels for every type of a dict request, e.g. ``{"condition": "stim"}``.
+            A covariate not given follows the type's training composition over it. A
+            combination of seen levels that no training cell had is allowed: the type's latent
+            decoded with those levels, listed in ``uns['cellsynth']['unseen_combinations']``.
+        seed
+            Seeds all draws (latents, library sizes, counts).
+
+        Returns
+        -------
+        AnnData with whole counts in ``X`` (CSR float32), the type and every covariate in
+        ``obs`` (categorical, with the training levels) and provenance in ``uns['cellsynth']``.
         """
-        pairs = request(counts_per_type, self.labels)
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
+        plan, unseen = self.plan(request, where)
         rng = np.random.default_rng(seed)
         blocks = []
-        bar = progress_bar(total=sum(n for _, n in pairs), desc="SCVI sample", unit="cell")  # fmt: skip
-        for label, n in pairs:
+        bar = progress_bar(total=sum(n for _, _, n in plan), desc="SCVI sample", unit="cell")
+        for label, levels, n in plan:
             k = self.labels.index(label)
             d = self.latent_mean.shape[1]
             chol = np.linalg.cholesky(self.latent_cov[k].astype(np.float64) + JITTER * np.eye(d))
             for m in row_chunks(n, len(self.genes)):
                 z = self.latent_mean[k] + rng.standard_normal((m, d)) @ chol.T  # (m, d)
                 lib = draw_libraries(rng, self.libraries[k], m)
-                blocks.append(self._decode_sample(z, lib, rng))
+                blocks.append(self._decode_sample(z, lib, rng, levels))
                 bar.update(m)
         bar.close()
-        y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
-        return synthetic_adata(
-            sp.vstack(blocks, format="csr"),
-            y,
-            self.genes,
-            label_key=self.label_key,
-            model=self.name,
-            seed=seed,
-            config=dataclasses.asdict(self.config),
-        )
+        obs = self.plan_obs(plan)
+        out = synthetic_adata(sp.vstack(blocks, format="csr"), obs[self.label_key].to_numpy(),
+                              self.genes, label_key=self.label_key, model=self.name, seed=seed,
+                              config=dataclasses.asdict(self.config))  # fmt: skip
+        for key in self.design.keys:
+            out.obs[key] = obs[key].values  # categorical, with the training levels
+        if self.design:
+            out.uns[K.UNS]["unseen_combinations"] = unseen
+        return out
 
     def _decode_sample(
-        self, z: np.ndarray, lib: np.ndarray, rng: np.random.Generator
+        self, z: np.ndarray, lib: np.ndarray, rng: np.random.Generator,
+        levels: tuple[int, ...] = (),
     ) -> sp.csr_matrix:
-        """Counts drawn from the decoder's ``px`` at latents ``z`` (m, d) and libraries (m,)."""
+        """Counts drawn from the decoder's ``px`` at latents ``z`` (m, d), libraries (m,) and
+        covariate level codes ``levels`` (the same for every row; scvi's ``cat_covs``)."""
         m = z.shape[0]
         zeros = torch.zeros((m, 1))
         library = torch.from_numpy(np.log(np.maximum(lib, 1.0))).float()[:, None]  # (m, 1)
-        px = self.module.generative(torch.from_numpy(z).float(), library, zeros, y=zeros)["px"]
+        cats = torch.tensor([levels], dtype=torch.long).expand(m, -1) if levels else None  # (m, k)
+        px = self.module.generative(torch.from_numpy(z).float(), library, zeros, cat_covs=cats,
+                                    y=zeros)["px"]  # fmt: skip
         if self.module_kwargs["gene_likelihood"] == "poisson":
             return sp.csr_matrix(rng.poisson(px.rate.double().numpy()).astype(np.float32))
         zinb = self.module_kwargs["gene_likelihood"] == "zinb"
@@ -272,6 +340,8 @@ class ScviGenerator:
             "module_kwargs": self.module_kwargs,
             "history": self.history,
         }
+        if self.design:
+            meta["design"] = self.design.to_json()
         write_meta(directory, meta, self.labels, self.genes)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(directory / "module.safetensors"))
@@ -311,8 +381,51 @@ class ScviGenerator:
             libraries,
         )
         model.history = meta.get("history") or {}
+        model.design = _load_design(directory, meta, config, kwargs)
         verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
+
+
+def _design_obs(adata: ad.AnnData, keys: list[str], label_key: str, y: np.ndarray,
+                train: np.ndarray, rows: np.ndarray) -> tuple[Design, np.ndarray, pd.DataFrame]:  # fmt: skip
+    """The design of the training cells, the rows SCVI reads (``rows`` less validation cells
+    with a level no training cell had) and their ``obs``: each covariate categorical with the
+    training levels, so scvi's codes are the design's."""
+    design, cov = Design.fit(adata.obs, keys, label_key, y, np.flatnonzero(train), rows)
+    if not design:
+        return design, rows, pd.DataFrame(index=[str(i) for i in rows])
+    known = (cov[rows] >= 0).all(axis=1)
+    if not known.all():
+        logger.info("scvi: %d validation cells have a covariate level no training cell had; "
+                    "left out of early stopping", int((~known).sum()))
+        rows = rows[known]
+    obs = pd.DataFrame({key: pd.Categorical.from_codes(cov[rows, i], design.levels[key])
+                        for i, key in enumerate(design.keys)}, index=[str(i) for i in rows])  # fmt: skip
+    return design, rows, obs
+
+
+def _registered_levels(model: Any, design: Design) -> list[int]:
+    """The levels per covariate scvi-tools registered (``n_cats_per_cov``), checked to be the
+    design's in its order (else the decoder's inputs would not be the requested levels)."""
+    state = model.adata_manager.get_state_registry(CAT_COVS_KEY)
+    got = {str(k): [str(v) for v in state.mappings[k]] for k in state.mappings}
+    if got != {k: design.levels[k] for k in design.keys}:
+        raise CellsynthError(f"scvi-tools registered the covariate levels {got}, not the "
+                             f"training levels {design.levels}; report this with the "
+                             "scvi-tools version")
+    return [int(n) for n in state.n_cats_per_key]
+
+
+def _load_design(directory: Path, meta: dict[str, Any], config: ScviConfig,
+                 kwargs: dict[str, Any]) -> Design:  # fmt: skip
+    """The saved design, checked against the config's covariates and the decoder's inputs."""
+    design = Design.from_json(meta.get("design"))
+    inputs = list(kwargs.get("n_cats_per_cov") or [])  # the decoder's levels per covariate
+    if design.keys != list(config.covariates) or inputs != design.n_levels:
+        raise ModelFileError(f"{directory / 'config.json'}: the covariate design, "
+                             "config.covariates and module_kwargs.n_cats_per_cov disagree; the "
+                             "files come from different models")
+    return design
 
 
 def read_module_files(

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..cells import Cells
 from ..classify.xgb import Classifier
+from ..config import covariates_of
 from ..data.qc import normalise_log1p
 from ..data.split import balanced_subsample, stratified_subsample
 from ..data.store import H5adFile
@@ -137,8 +138,8 @@ def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, sy
 
 
 def _covariates(ctx: RunContext) -> list[str]:
-    """The covariates the run's generator conditions on (``cvae.covariates`` for the cvae)."""
-    return list(ctx.cfg.cvae.covariates) if ctx.cfg.generator.model == "cvae" else []
+    """The covariates the run's generator conditions on (its section's ``covariates``)."""
+    return covariates_of(ctx.cfg, ctx.cfg.generator.model)
 
 
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,

@@ -8,7 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from .. import keys as K
 from ..errors import DataError
+from ..models.base import writable_uns
 from ..models.registry import load_generator
 from .models import check_disk, write_cells
 
@@ -93,6 +95,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     out.parent.mkdir(parents=True, exist_ok=True)
     if not hasattr(gen, "sample_chunks"):
         syn = gen.sample(req, seed=seed, **kwargs)
+        syn.uns[K.UNS] = writable_uns(syn.uns[K.UNS])  # combinations as tables
         write_h5ad(syn, out)
         return syn.n_obs
     plan, unseen = gen.plan(req, kwargs.get("where"))
@@ -114,7 +117,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     design = getattr(gen, "design", None)
     if (where or request is not None) and design is None:
         raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
-                        "--request need a cvae fitted with --covariates")
+                        "--request need a cvae, nb or scvi fitted with --covariates")
     label_key = getattr(gen, "label_key", "cell_type")
     if like is not None:
         ask: Any = like_request(like, label_key, list(design.keys) if design else [])

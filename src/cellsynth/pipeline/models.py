@@ -22,7 +22,7 @@ from ..data.store import write_h5ad
 from ..errors import CellsynthError, DataError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
-from ..models.base import package_version, request
+from ..models.base import package_version, request, writable_uns
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..runtime import write_json
@@ -234,7 +234,8 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
 def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
                 uns: dict) -> None:  # fmt: skip
     """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
-    as an h5ad, one chunk in memory at a time."""
+    as an h5ad, one chunk in memory at a time; lists of combinations in ``uns`` are written as
+    tables (:func:`~cellsynth.models.base.writable_uns`)."""
     from anndata.io import write_elem
 
     from ..data.store import CSRWriter, h5ad_file
@@ -250,7 +251,7 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
                 obs[col] = pd.Categorical(obs[col].astype(str))
         write_elem(f, "obs", obs)
         write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
-        write_elem(f, "uns", {K.UNS: uns})
+        write_elem(f, "uns", {K.UNS: writable_uns(uns)})
 
 
 def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, clf: Classifier,

@@ -162,7 +162,9 @@ def _sec_design(run: _Run) -> str:
     rep = run.json("metrics/covariates.json")
     if not isinstance(rep, dict):
         return ("<p>Left out: the generator conditions on the cell type only (set "
-                "<code>cvae.covariates</code> to condition on donor, condition, batch...).</p>")
+                "<code>cvae.covariates</code>, or <code>nb.covariates</code> or "
+                "<code>scvi.covariates</code> for those generators, to condition on donor, "
+                "condition, batch...).</p>")
     comb = rep.get("combinations") or {}
     per = comb.get("per_combination") or {}
     rows = [(c, r.get("n_real"), r.get("n_synth"), r.get("c2st_auc"), r.get("floor_c2st_auc"))
