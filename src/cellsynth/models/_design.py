@@ -225,3 +225,27 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
     if not request:
         raise DataError("no cells requested; ask for cells of some types")
     return [(str(t), dict(where or {}), n) for t, n in request.items()]
+
+
+#: a checked request: ``[(type, covariate level codes, cells), ...]``
+Plan = list[tuple[str, tuple[int, ...], int]]
+
+
+class DesignRequests:
+    """``plan`` and ``plan_obs`` of a generator with a :class:`Design` (``self.design``),
+    ``self.labels`` and ``self.label_key``: the one way ``cvae``, ``nb`` and ``scvi`` read a
+    request."""
+
+    design: Design
+    labels: list[str]
+    label_key: str
+
+    def plan(self, request: dict[str, int] | pd.DataFrame | Plan,
+             where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
+        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
+        it that no training cell had (see the generator's ``sample``)."""
+        return self.design.plan(request, where, self.labels, self.label_key)
+
+    def plan_obs(self, plan: Plan) -> pd.DataFrame:
+        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
+        return self.design.obs(plan, self.label_key)

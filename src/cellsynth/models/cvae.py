@@ -50,7 +50,7 @@ from ._counts import (
     fit_sampler,
     library_model,
 )
-from ._design import Design
+from ._design import Design, DesignRequests
 from ._draws import sample_counts
 from ._prepare import training_data
 from ._select import FidelityCheck, monitor
@@ -68,7 +68,7 @@ _EVAL_VALUES = 16_000_000  # values (cells x genes) of one dense pass without gr
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
-class CVAE:
+class CVAE(DesignRequests):
     """Conditional VAE on raw counts that generates integer-count cells of requested types.
 
     Parameters
@@ -419,17 +419,6 @@ class CVAE:
         if self.design:
             uns["unseen_combinations"] = unseen
         return uns
-
-    def plan(self, request: dict[str, int] | pd.DataFrame | list,
-             where: dict[str, Any] | None = None) -> tuple[list[tuple[str, tuple[int, ...], int]],
-                                                           list[dict[str, str]]]:  # fmt: skip
-        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
-        it that no training cell had (see :meth:`sample`)."""
-        return self.design.plan(request, where, self.labels, self.label_key)
-
-    def plan_obs(self, plan: list[tuple[str, tuple[int, ...], int]]) -> pd.DataFrame:
-        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
-        return self.design.obs(plan, self.label_key)
 
     @torch.no_grad()
     def sample_chunks(

@@ -42,7 +42,7 @@ from safetensors.numpy import load_file, save_file
 from .. import keys as K
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
-from ._design import Design
+from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._training import package_version, verify_checksums, write_checksums
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
@@ -59,7 +59,6 @@ CHUNK_VALUES = 2**23
 #: fewest training cells a combination of covariate levels is fitted on (else: the type's fit)
 MIN_CELLS = 20
 
-Plan = list[tuple[str, tuple[int, ...], int]]  # (type, covariate level codes, cells)
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the count-space generators
@@ -204,7 +203,7 @@ def nb_moments(
     return p, theta, lib
 
 
-class NegBinBaseline:
+class NegBinBaseline(DesignRequests):
     """Independent negative binomial per gene and cell type, fitted by moments (``nb``).
 
     Parameters
@@ -358,16 +357,6 @@ class NegBinBaseline:
             return self.combo_mu[f], self.combo_theta[f], self.combo_libraries[f], False
         k = self.labels.index(label)
         return self.mu[k], self.theta[k], self.libraries[k], bool(self.design)
-
-    def plan(self, request: dict[str, int] | pd.DataFrame | Plan,
-             where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
-        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
-        it that no training cell had (see :meth:`sample`)."""
-        return self.design.plan(request, where, self.labels, self.label_key)
-
-    def plan_obs(self, plan: Plan) -> pd.DataFrame:
-        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
-        return self.design.obs(plan, self.label_key)
 
     def sample(
         self,

@@ -65,12 +65,11 @@ from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
 from ..seeds import derive_seed
-from ._design import Design
+from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._training import verify_checksums, write_checksums
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
 from .nb import (
-    Plan,
     draw_libraries,
     load_libraries,
     per_type_rows,
@@ -111,7 +110,7 @@ class PosteriorCells(NamedTuple):
     libraries: np.ndarray  # (n,) float32 library sizes (total counts)
 
 
-class ScviGenerator:
+class ScviGenerator(DesignRequests):
     """SCVI fitted on counts; cells of a type decoded from that type's aggregate posterior.
 
     Parameters
@@ -245,16 +244,6 @@ class ScviGenerator:
             self.history["seconds"],
         )
         return PosteriorCells(qzm, qzv, codes, libs)
-
-    def plan(self, request: dict[str, int] | pd.DataFrame | Plan,
-             where: dict[str, Any] | None = None) -> tuple[Plan, list[dict[str, str]]]:  # fmt: skip
-        """A request as ``[(type, covariate codes, n), ...]``, checked, and the combinations in
-        it that no training cell had (see :meth:`sample`)."""
-        return self.design.plan(request, where, self.labels, self.label_key)
-
-    def plan_obs(self, plan: Plan) -> pd.DataFrame:
-        """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
-        return self.design.obs(plan, self.label_key)
 
     @torch.no_grad()
     def sample(
