@@ -25,6 +25,24 @@ def test_info_h5ad(kang_path, capsys):
     assert "n_cells: 1556" in capsys.readouterr().out
 
 
+def test_info_names_a_models_covariates_and_their_levels(tmp_path, capsys):
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models.nb import NegBinBaseline
+
+    adata = simulate_atlas(400, 60, 3, seed=0, n_conditions=2)
+    model = NegBinBaseline(covariate_keys=["condition"])
+    model.fit(adata, "cell_type", seed=0)
+    model.save(tmp_path / "nb")
+    info = describe(tmp_path / "nb")
+    assert info["kind"] == "model" and info["covariates"] == {"condition": "ctrl, stim"}
+    plain = NegBinBaseline()
+    plain.fit(adata, "cell_type", seed=0)
+    plain.save(tmp_path / "plain")
+    assert describe(tmp_path / "plain")["covariates"] == "none"
+    assert main(["info", str(tmp_path / "nb")]) == 0
+    assert "covariates:\n  condition: ctrl, stim" in capsys.readouterr().out
+
+
 def test_info_errors(tmp_path):
     with pytest.raises(CellsynthError, match="does not exist"):
         describe(tmp_path / "nope")

@@ -94,6 +94,9 @@ def _describe_model(path: Path) -> dict[str, Any]:
         "n_types": len(labels),
         "types": labels,
         "n_genes": len(genes) if genes is not None else meta.get("n_input"),
+        # what the model conditions on besides the type, and the levels it can generate
+        "covariates": {k: ", ".join(map(str, v)) for k, v in
+                       (meta.get("design") or {}).get("levels", {}).items()} or "none",
     }
 
 
