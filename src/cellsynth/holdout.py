@@ -193,6 +193,7 @@ def holdout_section(result: dict[str, Any]) -> list[str]:
         how = {True: "generated the combination",
                "fallback": "fell back to the type's fit (it fits seen combinations only)",
                False: "cannot condition on it: generated the type"}[cond]
-        verdict = "closer than pooling" if auc < pool else "not closer than pooling"
+        verdict = ("closer than pooling" if round(auc, 3) < round(pool, 3)
+                   else "not closer than pooling")  # as the page shows them
         lines.append(f"- {name} {how}: AUC {auc:.3f}, {verdict} ({pool:.3f}).")
     return [*lines, ""]
