@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "flops", "generation", "pipeline")
 ATLAS_CELLS, ATLAS_TYPES = 828_328, 126  # E-ANND-5: cells, informative fine types
 FULL = {"cells": 20_000, "genes": 2_000, "types": 20, "epochs": 10, "flop_epochs": 3,
-        "steps": 50, "gen_cells": 100_000, "pipeline_sizes": [10_000, 30_000, 100_000],
+        "steps": 50, "gen_cells": 100_000, "wide_genes": 9_000, "pipeline_sizes": [10_000, 30_000, 100_000],
         "pipeline_genes": 33_538, "pipeline_types": 20, "pipeline_set": []}  # fmt: skip
 QUICK = {"cells": 2_000, "genes": 2_000, "types": 8, "epochs": 1, "flop_epochs": 1, "steps": 5,
-         "gen_cells": 10_000, "pipeline_sizes": [2_000], "pipeline_genes": 2_000,
+         "gen_cells": 10_000, "wide_genes": 3_000, "pipeline_sizes": [2_000], "pipeline_genes": 2_000,
          "pipeline_types": 8,
          # quick: a cheap pipeline, only to check that the section runs and its page renders
          "pipeline_set": ["features.n_components=50", "classifier.n_estimators=20",
@@ -506,6 +506,13 @@ def bench_generation(args, device: str) -> dict:
     cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
     model = CVAE(config=cfg)
     model.fit(adata, LABEL, seed=0)
+    streamed = [stream_generation(model, n, device)
+                for n in (args.gen_cells, STREAM_FACTOR * args.gen_cells)]  # fmt: skip
+    wide = atlas(args.cells, args.wide_genes, args.types)
+    wide_model = CVAE(config=cfg)
+    wide_model.fit(wide, LABEL, seed=0)
+    streamed.append(stream_generation(wide_model, args.gen_cells, device))
+    del wide, wide_model
     per_type, extra = divmod(args.gen_cells, len(model.labels))
     request = {t: per_type + (i < extra) for i, t in enumerate(model.labels)}
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
@@ -548,7 +555,35 @@ def bench_generation(args, device: str) -> dict:
             "nnz_share": nnz / (n * genes), "cells_per_s": n / (t2 - t0),
             "sample_cells_per_s": n / (t1 - t0), "values_per_s": n * genes / (t2 - t0),
             "decoder_s_per_cell": t_dec * per_cell, "draw_s_per_cell": t_draw * per_cell,
-            "decoder_flops_per_cell": decoder_flops, "chunk_rows": rows}  # fmt: skip
+            "decoder_flops_per_cell": decoder_flops, "chunk_rows": rows,
+            "streamed": streamed}  # fmt: skip
+
+
+#: the larger streamed request is this many times the in-memory one (memory must not grow)
+STREAM_FACTOR = 5
+
+
+def stream_generation(model, cells: int, device: str) -> dict:
+    """``cellsynth generate`` of ``cells`` cells (even over the types) from ``model`` (saved to a
+    temporary directory, on ``device`` as trained) into an h5ad, in its own process: wall time
+    (start-up and loading included) and peak RSS."""
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        model.save(Path(tmp) / "model")
+        per_type = max(1, cells // len(model.labels))
+        out = Path(tmp) / "generated.h5ad"
+        cmd = [str(Path(sys.executable).parent / "cellsynth"), "generate", str(Path(tmp) / "model"),
+               "--n-per-type", str(per_type), "--seed", "1", "--out", str(out), "--quiet"]
+        t0 = time.perf_counter()
+        rc, err, peak = run_watched(cmd, None)
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"cellsynth generate failed ({rc}): {err[-2000:]}")
+        n = per_type * len(model.labels)
+        return {"cells": n, "genes": len(model.genes), "wall_s": wall, "cells_per_s": n / wall,
+                "values_per_s": n * len(model.genes) / wall, "peak_mb": peak,
+                "file_mb": out.stat().st_size / 1e6,
+                "command": "cellsynth generate MODEL --n-per-type "
+                           f"{per_type} --seed 1 --out generated.h5ad --quiet"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,8 +826,13 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
              "is the default architecture trained briefly on a simulated atlas (training does "
              "not change the cost of sampling). The split of `sample`'s time is timed apart on "
              "up to 10 of its chunks: the decoder on the device, and the sparse negative "
-             "binomial draw (`models._draws.nb_csr`: which entries are non-zero decided on the "
-             "device, their counts drawn on the host).", ""]
+             "binomial draw (`models._draws.nb_csr`: which entries are non-zero, and their "
+             "counts, drawn with tensor operations where the decoder runs; CSR out). Then "
+             "`cellsynth generate` in its own process (start-up and loading the model "
+             "included), which streams the cells to the h5ad one chunk at a time while the "
+             "next is drawn: its peak memory must not grow with the request (issue 22's "
+             "\"memory independent of the request\"), and a wider model shows the cost per "
+             "gene.", ""]
     if not found:
         return [*lines, "Not run yet: `python benchmarks/performance.py --generation`.", ""]
     for r in found.values():
@@ -819,6 +859,21 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
                           f"({flops / res['decoder_s_per_cell'] / 1e9:.1f} GFLOP/s achieved) |",
                           f"| cells/s the decoder alone allows at the section 2 matmul peak "
                           f"({peak:.1f} GFLOP/s) | {fmt(bound)} |", ""]
+        if res.get("streamed"):
+            lines += ["Streamed to a file by `cellsynth generate` (" +
+                      "; ".join(f"`{x['command']}`" for x in res["streamed"]) + "):", "",
+                      "| cells × genes | wall s | cells/s | values/s | peak RSS MB | file MB |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {x['cells']:,} × {x['genes']:,} | {x['wall_s']:.1f} | "
+                      f"{fmt(x['cells_per_s'])} | {x['values_per_s'] / 1e6:,.1f} M | "
+                      f"{x['peak_mb']:,.0f} | {x['file_mb']:,.0f} |" for x in res["streamed"]]
+            same = [x for x in res["streamed"] if x["genes"] == res["genes"]]
+            if len(same) >= 2 and all(x["peak_mb"] for x in same):
+                grow = same[-1]["peak_mb"] / same[0]["peak_mb"]
+                lines += ["", f"Peak memory ×{grow:.2f} for a request ×"
+                          f"{same[-1]['cells'] / same[0]['cells']:.0f} at {res['genes']:,} "
+                          "genes."]
+            lines += [""]
     return lines
 
 
@@ -1023,6 +1078,7 @@ def parse_args() -> argparse.Namespace:
                     help="section 1: HIDDENxLAYERS:LATENT, comma-separated")
     ap.add_argument("--real", default="", help="section 1: also this ../shared/data dataset")
     ap.add_argument("--gen-cells", type=int, help="cells to generate, section 3")
+    ap.add_argument("--wide-genes", type=int, help="genes of section 3's second, wider model")
     ap.add_argument("--pipeline-sizes", help="section 4: cells, comma-separated")
     ap.add_argument("--pipeline-genes", type=int)
     ap.add_argument("--pipeline-types", type=int)

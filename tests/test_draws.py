@@ -10,8 +10,9 @@ from scipy import stats
 from cellsynth.models._draws import nb_csr
 
 CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3),
-         (3.0, 1.0), (1.0, 50.0), (20.0, 0.05)]  # the last three: long inverse-CDF searches,
-#                                                  Poisson-like, and the compound path
+         (3.0, 1.0), (1.0, 50.0), (20.0, 0.05), (3.9, 1e4), (30.0, 1e4), (0.2, 0.01)]
+# (3.0, 1.0) and (3.9, 1e4): long inverse-CDF searches; (1.0, 50.0): Poisson-like; (30.0, 1e4):
+# a Poisson with many events in the compound path; (20.0, 0.05), (0.2, 0.01): heavy tails
 
 
 @pytest.mark.parametrize(("mu", "theta"), CASES)
@@ -50,3 +51,18 @@ def test_matrix_shape_dropout_and_seed() -> None:
     big = nb_csr(np.random.default_rng(3), mu[:1].expand(20_000, 400), theta)
     means = np.asarray(big.mean(axis=0)).ravel()
     assert stats.spearmanr(means, mu[0].numpy()).statistic > 0.95
+
+
+def test_the_cells_do_not_depend_on_the_thread_count() -> None:
+    rng = np.random.default_rng(4)
+    mu = torch.from_numpy(np.exp(rng.normal(-1, 2, (700, 900))).astype(np.float32))
+    theta = torch.from_numpy(np.exp(rng.normal(0, 2, 900)).astype(np.float32))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nb_csr(np.random.default_rng(5), mu, theta)
+        torch.set_num_threads(2)
+        two = nb_csr(np.random.default_rng(5), mu, theta)
+    finally:
+        torch.set_num_threads(before)
+    assert one.nnz > 0 and (one != two).nnz == 0

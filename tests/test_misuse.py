@@ -671,3 +671,37 @@ def test_run_checks_the_disk_before_it_generates(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert re.search(r"cells would take about [\d.,]+ GB .* has 0\.0 GB free", err), err
     assert not list((tmp_path / "run").glob("synthetic/*.h5ad"))
+
+
+def test_prefetched_keeps_order_raises_in_place_and_stops_early():
+    """The background producer of chunks written while the next is drawn (pipeline.models)."""
+    import threading
+
+    from cellsynth.pipeline.models import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def fails():
+        yield 1
+        yield 2
+        raise RuntimeError("drawing failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        for x in prefetched(fails()):
+            got.append(x)
+    assert got == [1, 2]
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    it = prefetched(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the caller stops: the producer stops too, a few items ahead at most
+    assert not any(t.name == "cellsynth-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(made) <= 3 + 2 + 2

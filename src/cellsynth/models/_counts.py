@@ -91,7 +91,8 @@ def fit_sampler(
     Gaussian with a shrunk (Ledoit-Wolf) covariance: too few cells for a full covariance, and
     one component per cell (its posterior, its own library size) would re-draw each training
     cell of a small type, which a membership attack finds (``metrics.privacy``). A type of one
-    cell keeps that cell's posterior: there is nothing else to learn it from. The dispersion: the decoded mean ``mu`` at the same draw and library,
+    cell keeps that cell's posterior: there is nothing else to learn it from. The dispersion:
+    the decoded mean ``mu`` at the same draw and library,
     and ``Var = mu + mu^2 / theta`` solved over the cells as ``theta = sum mu^2 / sum((x - mu)^2
     - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
     spread is the Poisson limit. Each type uses at most ``max_cells`` cells (a seeded choice;
@@ -102,8 +103,10 @@ def fit_sampler(
     Decoded at posterior draws the means fit, but the mixture smooths the latent space, and the
     decoder's means of lowly expressed genes, high in small regions only, come out too low
     under it (pbmc4k with its 14,407 detected genes: about 0.7 of the training means for genes
-    under 0.01 counts a cell; ``docs/GENE_LEVEL.md``). The draws need the mixture, so the module's mixture and gene scale
-    are set here (the caller setting the returned mixture again changes nothing).
+    under 0.01 counts a cell; ``docs/GENE_LEVEL.md``).
+
+    The module's mixture, gene scale and (moments) dispersion are set here; they are also
+    returned (:class:`SamplerFit`) for callers that keep or send them.
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
@@ -169,9 +172,11 @@ def fit_sampler(
     if moments:
         px_r = torch.tensor(log_theta_by_moments(mu2, excess, module.dispersion), dtype=torch.float32)
     weight, mean, chol = torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
+    module.set_latent_mixture(weight, mean, chol)
+    if px_r is not None:
+        module.set_dispersion(px_r)
     scale = None
     if scaled:
-        module.set_latent_mixture(weight, mean, chol)
         scale = gene_scale_by_moments(
             module, sum_x, n_used, covariates, batch_size,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))))

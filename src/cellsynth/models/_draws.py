@@ -1,24 +1,30 @@
-"""Negative binomial counts drawn straight into CSR, touching the zeros only once.
+"""Negative binomial counts drawn straight into CSR where the decoder runs, touching the zeros once.
 
 ``NB(mu, theta)`` is compound Poisson: ``N ~ Poisson(lam)`` events with
 ``lam = theta * log1p(mu / theta)``, each a log-series count with ``p = mu / (mu + theta)``. A
-count is zero exactly when ``N = 0`` (probability ``exp(-lam)``), so one uniform per entry decides
-which entries are non-zero (the dense part, in torch on the model's device, both CPU threads or
-the GPU), and only those (about a tenth in single-cell data) get their count drawn, on the host:
-``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``, the first event's time, is an
-exponential truncated to ``[0, lam]``, and the count is the sum of ``N`` log-series draws.
-Entries whose pmf falls fast (most of them) skip that and invert the zero-truncated pmf with
-one uniform each, about a fifth less time for the whole draw on two cores.
-Blocks of rows are drawn in threads, each from its own stream.
+count is zero exactly when ``N = 0`` (probability ``exp(-lam)``), so one exponential ``E`` per
+entry decides which entries are non-zero (``lam > E``); only those (about a tenth in single-cell
+data) get their count drawn: ``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``,
+the first event's time, is an exponential truncated to ``[0, lam]``, and the count is the sum of
+``N`` log-series draws (Kemp's algorithm, as numpy's ``logseries``). Every step is a vectorised
+torch operation on the device the means are on (both CPU threads, or the GPU); only the non-zero
+entries' column indices and counts leave it, as CSR.
 
-This replaces a gamma draw and a Poisson draw for every entry (about 6k cells/s at 2,000 genes on
-two cores) and the dense-to-CSR conversion after it. The distribution is the same; the random
-stream is not, so the same seed gives other cells than the dense draw did.
+The noise comes from one seed: on the CPU from numpy's generators (faster there than torch's),
+filled in parallel in blocks of :data:`_PART_VALUES` values, each block from its own stream, so
+the cells do not depend on the thread count; on a GPU from a torch generator on it (another
+stream: the same seed gives other cells on a GPU than on the CPU).
+
+This replaces a gamma and a Poisson draw for every entry (about 6k cells/s at 2,000 genes on two
+cores), the dense-to-CSR conversion after it, and the host loop over the non-zero entries that
+followed (about 13 µs a cell at 2,000 genes). The distribution is the same; the random stream is
+not, so the same seed gives other cells than earlier versions did.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +35,52 @@ import torch
 from .modules.cvae import NegativeBinomial
 
 _P_MAX = 1.0 - 1e-12  # log-series parameter below 1 (mu >> theta in float rounding)
-_PART_ROWS = 256  # rows per numpy stream; blocks are drawn in parallel threads
+_PART_VALUES = 1 << 18  # noise values per numpy stream; blocks are filled in parallel threads
+
+
+class _Noise:
+    """Uniform and exponential noise as tensors on ``device``, all from one ``seed``.
+
+    On the CPU each fill is cut into blocks of ``_PART_VALUES`` values, block ``j`` of fill
+    ``i`` drawn by ``numpy.random.default_rng([seed, i, j])`` in a thread pool (numpy's
+    generators release the GIL); elsewhere a torch generator on the device draws them.
+    """
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed, self.device, self.fills = seed, device, 0
+        self.gen = None
+        if device.type != "cpu":
+            self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def torch_generator(self) -> torch.Generator:
+        """A torch generator for the draws torch makes itself (``torch.poisson``): the noise's
+        on a GPU; on the CPU a new one seeded from the noise's seed and the fills so far."""
+        if self.gen is not None:
+            return self.gen
+        self.fills += 1
+        return torch.Generator().manual_seed((self.seed + self.fills) % 2**63)
+
+    def draw(self, kind: str, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``n`` values of ``kind`` (``"uniform"`` on ``[0, 1)``, ``"exponential"`` with mean one)."""
+        self.fills += 1
+        if self.gen is not None:
+            out = torch.empty(n, dtype=dtype, device=self.device)
+            if kind == "uniform":
+                return out.uniform_(generator=self.gen)
+            return out.exponential_(generator=self.gen)
+        out = np.empty(n, dtype=np.float32 if dtype == torch.float32 else np.float64)
+        fill = self.fills
+
+        def part(j: int) -> None:
+            rng = np.random.default_rng([self.seed, fill, j])
+            block = out[j * _PART_VALUES : (j + 1) * _PART_VALUES]
+            if kind == "uniform":
+                rng.random(out=block, dtype=block.dtype)
+            else:
+                rng.standard_exponential(out=block, dtype=block.dtype)
+
+        list(_pool().map(part, range(math.ceil(n / _PART_VALUES))))
+        return torch.from_numpy(out)
 
 
 def nb_csr(
@@ -43,8 +94,8 @@ def nb_csr(
     Parameters
     ----------
     rng
-        All randomness: a torch generator on ``mu``'s device and one numpy stream per block of
-        ``_PART_ROWS`` rows are seeded from it, so the cells do not depend on the thread count.
+        All randomness: one seed drawn from it seeds the noise (:class:`_Noise`), so the cells
+        do not depend on the thread count.
     mu
         Means, ``(n, n_genes)``, on any device.
     theta
@@ -53,111 +104,125 @@ def nb_csr(
         Zero-inflation probabilities ``(n, n_genes)`` or ``None``.
     """
     n, n_genes = mu.shape
-    mu, theta = mu.float(), theta.float()
-    seed = int(rng.integers(2**63))
-    gen = torch.Generator(device=mu.device).manual_seed(seed)
+    noise = _Noise(int(rng.integers(2**63)), mu.device)
     with torch.no_grad():
-        lam = theta * torch.log1p(mu / theta)  # (n, G) expected events
-        hit = torch.rand(mu.shape, generator=gen, device=mu.device) < -torch.expm1(-lam)
-        flat = hit.view(-1).nonzero().squeeze(1)  # row-major: CSR order
-        lam_h = lam.reshape(-1)[flat].double().cpu().numpy()
-        mu_h = mu.reshape(-1)[flat].double().cpu().numpy()
-        if theta.dim() == 1:
-            th_h = theta.double().cpu().numpy()[(flat % n_genes).cpu().numpy()]
-        else:
-            th_h = theta.expand(n, n_genes).reshape(-1)[flat].double().cpu().numpy()
-        pi_h = None if dropout is None else dropout.reshape(-1)[flat].double().cpu().numpy()
-    rows, cols = np.divmod(flat.cpu().numpy(), n_genes)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    bounds = indptr[np.r_[0 : n : _PART_ROWS, n]]  # hits of each block of rows
-
-    def part(j: int) -> tuple[np.ndarray, np.ndarray | None]:
-        at = slice(bounds[j], bounds[j + 1])
-        pi = None if pi_h is None else pi_h[at]
-        return _hit_counts(np.random.default_rng([seed, j]), lam_h[at], mu_h[at], th_h[at], pi)
-
-    parts = list(_pool().map(part, range(len(bounds) - 1)))
-    counts = np.concatenate([c for c, _ in parts]) if parts else np.zeros(0)
-    if pi_h is not None:
-        keep = np.concatenate([k for _, k in parts]) if parts else np.zeros(0, dtype=bool)
-        counts, cols = counts[keep], cols[keep]
-        indptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
+        u = noise.draw("uniform", n * n_genes, torch.float32).to(mu.device)
+        # P(x > 0) = 1 - exp(-lam) <= lam <= mu: an entry with u >= mu is zero, and only the
+        # others (mu is small for most entries) are decided exactly
+        flat = _where(torch.lt(u, mu.reshape(-1)))  # row-major: CSR order
+        m = mu.reshape(-1)[flat]
+        th = theta[flat % n_genes] if theta.dim() == 1 else theta.expand(n, n_genes).reshape(-1)[flat]
+        lam = th * torch.log1p(m / th)
+        hit = _where(u[flat] < -torch.expm1(-lam))
+        flat = flat[hit]
+        counts = positive_nb(noise, lam[hit].double(), m[hit].double(), th[hit].double())
+        if dropout is not None:
+            keep = noise.draw("uniform", len(flat)).to(mu.device) >= dropout.reshape(-1)[flat]
+            keep = _where(keep)
+            flat, counts = flat[keep], counts[keep]
+        rows = torch.div(flat, n_genes, rounding_mode="floor")
+        indptr = torch.zeros(n + 1, dtype=torch.int64, device=mu.device)
+        indptr[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        cols = (flat - rows * n_genes).int()
     return sp.csr_matrix(
-        (counts.astype(np.float32), cols.astype(np.int32), indptr), shape=(n, n_genes)
+        (counts.float().cpu().numpy(), cols.cpu().numpy(), indptr.cpu().numpy()),
+        shape=(n, n_genes),
     )
 
 
-def _hit_counts(
-    rng: np.random.Generator,
-    lam: np.ndarray,
-    mu: np.ndarray,
-    theta: np.ndarray,
-    dropout: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Counts of entries known to be non-zero (and which survive ``dropout``), float64.
+def positive_nb(noise: _Noise, lam: torch.Tensor, mu: torch.Tensor,
+                theta: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``NB(mu, theta)`` counts given ``>= 1`` (float64; ``lam = theta log1p(mu / theta)``).
 
-    Entries whose tail falls fast (``p <= _SEARCH_P``, most of single-cell data) are drawn by
-    inverting the zero-truncated pmf (:func:`_search`); the others as compound Poisson.
+    Entries with a small mean whose tail falls fast (``p <= _SEARCH_P``, ``mu <= _SEARCH_MU``:
+    most of single-cell data) invert the zero-truncated pmf (:func:`_search`); the others are
+    compound Poisson (:func:`_compound`).
     """
-    p = np.minimum(mu / (mu + theta), _P_MAX)
-    counts = np.empty(len(lam))
-    fast = p <= _SEARCH_P
-    at = np.flatnonzero(fast)
-    counts[at] = _search(rng.random(len(at)), lam[at], p[at], theta[at])
-    at = np.flatnonzero(~fast)
-    counts[at] = _compound(rng, lam[at], p[at])
-    keep = None if dropout is None else rng.random(len(lam)) >= dropout
-    return counts, keep
+    p = (mu / (mu + theta)).clamp(max=_P_MAX)
+    out = torch.empty_like(lam)
+    fast = (p <= _SEARCH_P) & (mu <= _SEARCH_MU)
+    at = _where(fast)
+    u = noise.draw("uniform", len(at)).to(lam)
+    out[at] = _search(u, lam[at], p[at], theta[at])
+    at = _where(~fast)
+    out[at] = _compound(noise, lam[at], p[at])
+    return out
 
 
-#: inverse-CDF search for entries with log-series parameter ``p`` at most this...
+#: inverse-CDF search for entries with log-series parameter ``p`` and mean at most these (few
+#: steps: each step is a round of tensor operations on the entries left)...
 _SEARCH_P = 0.75
+_SEARCH_MU = 4.0
 #: ...for at most this many steps: the pmf falls about ``p`` a step, so what is left of the tail
 #: after it (where a count stops at the last step) is below ``0.75 ** 160``, about 1e-20
 _SEARCH_STEPS = 160
 
 
-def _search(u: np.ndarray, lam: np.ndarray, p: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def _search(u: torch.Tensor, lam: torch.Tensor, p: torch.Tensor,
+            theta: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """``NB`` counts given ``>= 1``: the first ``k`` whose conditional cdf reaches ``u``.
 
     ``P(X = 1 | X >= 1) = theta p exp(-lam) / (1 - exp(-lam))`` and each next term is the last
-    times ``p (k + theta) / (k + 1)``; the loop runs over the entries not yet placed, so its cost
-    is about that of the first step or two.
+    times ``p (k + theta) / (k + 1)``; each step works on the entries not yet placed, so its
+    cost is about that of the first step or two.
     """
-    out = np.ones(len(u))
-    term = theta * p * np.exp(-lam) / -np.expm1(-lam)
-    cdf = term.copy()
-    left = np.flatnonzero(u > cdf)
-    u, term, cdf, p, theta = u[left], term[left], cdf[left], p[left], theta[left]
+    out = torch.ones_like(u)
+    term = theta * p * torch.exp(-lam) / -torch.expm1(-lam)
+    left = _where(u > term)
+    u, term, cdf, p, theta = u[left], term[left], term[left], p[left], theta[left]
     k = 1
     while len(left) and k < _SEARCH_STEPS:
-        term *= p * (k + theta) / (k + 1)
-        cdf += term
+        term = term * (p * (k + theta) / (k + 1))
+        cdf = cdf + term
         k += 1
         more = u > cdf
-        out[left[~more]] = k
-        left, u, term, cdf, p, theta = (a[more] for a in (left, u, term, cdf, p, theta))
+        out[left] = torch.where(more, out[left], float(k))  # the entries placed at k
+        at = _where(more)
+        left, u, term, cdf, p, theta = (a[at] for a in (left, u, term, cdf, p, theta))
     out[left] = k  # the tail beyond the last step: under 1e-20 of an entry's mass
     return out
 
 
-def _compound(rng: np.random.Generator, lam: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """``NB`` counts given ``>= 1`` as compound Poisson: ``N >= 1`` log-series draws, summed."""
-    first = -np.log1p(rng.random(len(lam)) * np.expm1(-lam))  # first event time in [0, lam]
-    events = 1 + rng.poisson(np.maximum(lam - first, 0.0))
-    counts = rng.logseries(p).astype(np.float64)
-    more = np.flatnonzero(events > 1)
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the true entries of ``mask`` (numpy's on the CPU: a few times faster)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _compound(noise: _Noise, lam: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``NB`` counts given ``>= 1`` as compound Poisson: ``N >= 1`` events (one plus a Poisson
+    count after the first event's time, an exponential truncated to ``[0, lam]``), each a
+    log-series count, summed."""
+    if len(lam) == 0:
+        return lam
+    first = -torch.log1p(noise.draw("uniform", len(lam)).to(lam) * torch.expm1(-lam))
+    extra = torch.poisson((lam - first).clamp_min(0.0), generator=noise.torch_generator())
+    counts = _logseries(noise, p)
+    more = _where(extra > 0)
     if len(more):
-        k = events[more] - 1
-        extra = rng.logseries(np.repeat(p[more], k))
-        counts[more] += np.add.reduceat(extra, np.concatenate([[0], np.cumsum(k)[:-1]]))
+        at = torch.repeat_interleave(more, extra[more].long())
+        counts.index_add_(0, at, _logseries(noise, p[at]))
     return counts
+
+
+def _logseries(noise: _Noise, p: torch.Tensor) -> torch.Tensor:
+    """Log-series draws ``P(k) = -p^k / (k log(1 - p))``, ``k >= 1``, by Kemp's algorithm:
+    ``1`` when ``V >= p``; else with ``q = 1 - (1 - p)^U``, ``floor(1 + log V / log q)`` when
+    ``V <= q^2``, ``1`` when ``V >= q`` and ``2`` otherwise (float64)."""
+    v = noise.draw("uniform", len(p)).to(p)
+    out = torch.ones_like(p)
+    at = _where(v < p)
+    v, p = v[at].clamp_min(1e-300), p[at]
+    q = -torch.expm1(torch.log1p(-p) * noise.draw("uniform", len(at)).to(p))
+    tail = torch.floor(1.0 + torch.log(v) / torch.log(q)).clamp_min(3.0)
+    out[at] = torch.where(v <= q * q, tail, 2.0 - (v >= q).to(p))
+    return out
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    """Threads for the host draws (numpy's generators release the GIL), one per torch thread."""
+    """Threads for the host noise (numpy's generators release the GIL), one per torch thread."""
     return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="nb_csr")
 
 

@@ -319,16 +319,12 @@ class CVAE(DesignRequests):
 
     def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False,
                      max_cells: int = MIXTURE_MAX_CELLS) -> None:  # fmt: skip
-        """After training: each type's mixture over ``(z, log library)`` and, with
-        ``dispersion_fit = "moments"``, the NB dispersion, from one posterior draw and the
-        library size of each training cell (``rows``: in-memory :class:`Rows` or an on-disk
-        loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
-        module = self._module()
-        fit = fit_sampler(module, rows, codes, self.eval_rows(), seed, quiet=quiet,
-                          max_cells=max_cells)  # fmt: skip
-        module.set_latent_mixture(fit.weight, fit.mean, fit.chol)
-        if fit.px_r is not None:
-            module.set_dispersion(fit.px_r)
+        """After training, set on the module: each type's mixture over ``(z, log library)``, its
+        gene scale (NB likelihoods) and, with ``dispersion_fit = "moments"``, the NB dispersion,
+        from one posterior draw and the library size of each training cell (``rows``: in-memory
+        :class:`Rows` or an on-disk loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
+        fit_sampler(self._module(), rows, codes, self.eval_rows(), seed, quiet=quiet,
+                    max_cells=max_cells)  # fmt: skip
 
     @torch.no_grad()
     def get_latent(self, adata: ad.AnnData) -> np.ndarray:

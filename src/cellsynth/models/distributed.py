@@ -170,8 +170,8 @@ def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]
 
 
 def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
-    """Give every rank rank 0's latent mixture (its component count may differ from theirs) and
-    NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
+    """Give every rank rank 0's latent mixture (its component count may differ from theirs),
+    gene scale and NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
     if dist.get_world_size() == 1:
         return
     k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
@@ -189,6 +189,9 @@ def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     px_r = module.px_r.detach().to(device)
     dist.broadcast(px_r, src=0)
     module.set_dispersion(px_r)
+    scale = module.gene_scale.detach().to(device).clone()
+    dist.broadcast(scale, src=0)  # rank 0's gene scale (ones where the likelihood has none)
+    module.set_gene_scale(scale)
 
 
 def _rank_device(cfg: CVAEConfig) -> torch.device:

@@ -5,7 +5,10 @@ trained on generated cells tested on real ones."""
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +234,51 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
     return need
 
 
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` in order, produced in a background thread up to ``depth`` ahead of the caller.
+
+    Writing a chunk (h5py, under the GIL) then overlaps with drawing the next (torch and
+    numpy, which release it). An exception in the producer is raised here, at its place in
+    the sequence; a caller that stops early stops the producer at its next item.
+    """
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            box.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="cellsynth-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = box.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
 def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
                 uns: dict) -> None:  # fmt: skip
     """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
@@ -242,7 +290,7 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
 
     with h5ad_file(path) as f:
         writer = CSRWriter(f, "X", len(genes))
-        for x in chunks:
+        for x in prefetched(chunks):  # the next chunk is drawn while this one is written
             writer.append(x)
         obs = obs.copy()
         obs.index = pd.Index([f"synthetic_{i}" for i in range(len(obs))])
