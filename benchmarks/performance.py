@@ -10,6 +10,10 @@ Sections, each runnable alone (name none and the four run):
                 100,000 cells x 33,538 genes
   --atlas       the same at 828,328 cells and 126 types (E-ANND-5's size; hours; not run when
                 no section is named), with its own overrides (--atlas-set), kept apart
+  --small       cellsynth's default CVAE fit vs scvi-tools' CondSCVI and SCVI with their
+                defaults on every shared data set (--small-data): fit time, cells/s, peak RSS,
+                two-sample AUC of the generated cells (benchmarks/perf_small.py; over an hour;
+                not run when no section is named)
 
 Sections 1-3 run on the CPU and, when torch sees CUDA, on the GPU too (--devices to choose).
 Each section's last result is kept as benchmarks/results/performance/<section>_<device>.json
@@ -20,7 +24,7 @@ from the page as last written). Simulated atlases and pipeline runs go to --out.
 rebuilds the page from the kept results.
 
 Usage (repository root): .venv/bin/python benchmarks/performance.py [--quick] [--training]
-    [--flops] [--generation] [--pipeline] [--atlas] [--devices cpu,cuda] [--real NAME]
+    [--flops] [--generation] [--pipeline] [--atlas] [--small] [--devices cpu,cuda] [--real NAME]
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import perf_small  # section 6, benchmarks/perf_small.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "flops", "generation", "pipeline")
@@ -173,7 +178,7 @@ def save_result(out: Path, section: str, device: str, result: dict, ctx: dict,
 
 
 def load_results(out: Path) -> dict[str, dict[str, dict]]:
-    found: dict[str, dict[str, dict]] = {s: {} for s in (*SECTIONS, "atlas")}
+    found: dict[str, dict[str, dict]] = {s: {} for s in (*SECTIONS, "atlas", "small")}
     for path in sorted(out.glob("*_*.json")):
         data = json.loads(path.read_text())
         if data.get("section") in found:
@@ -1016,7 +1021,7 @@ def write_page(out: Path, doc: Path) -> Path:
              f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/`; every number "
              "comes from a run. Each section names its own date, command and machine, because "
              "sections are rerun one at a time (`--training`, `--flops`, `--generation`, "
-             "`--pipeline`). Do not edit by hand: rerun the command.", ""]
+             "`--pipeline`, `--atlas`, `--small`). Do not edit by hand: rerun the command.", ""]
     if not any(r.get("device") == "cuda" for sec in found.values() for r in sec.values()):
         lines += ["**GPU: not measured yet.** Every section runs on CUDA too where there is a "
                   "GPU (`--devices cpu,cuda`, the default when torch sees one; the pipeline "
@@ -1032,7 +1037,8 @@ def write_page(out: Path, doc: Path) -> Path:
                           ("flops", page_flops(found["flops"])),
                           ("generation", page_generation(found["generation"], peaks)),
                           ("pipeline", page_pipeline(found["pipeline"])),
-                          ("atlas", page_atlas(found["atlas"]))):  # fmt: skip
+                          ("atlas", page_atlas(found["atlas"])),
+                          ("small", perf_small.page_small(found["small"], header))):  # fmt: skip
         if not found[section] and part[0] in old:
             # no kept result (results kept before they were committed are gone): the section
             # as the page last had it, which a run wrote, rather than "not run"
@@ -1062,6 +1068,20 @@ def parse_args() -> argparse.Namespace:
                     "keeps the stages it finished")
     ap.add_argument("--atlas-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="--atlas: a `cellsynth run --set` override (default: none)")
+    ap.add_argument("--small", action="store_true",
+                    help="section 6: cvae vs CondSCVI and SCVI, default fits, shared data sets "
+                    "(over an hour; not run when no section is named)")
+    ap.add_argument("--small-data", default=None, metavar="NAMES",
+                    help="section 6: comma-separated ../shared/data names or h5ad paths "
+                    "(default: every h5ad there; --quick: "
+                    f"{','.join(perf_small.QUICK_DATA)})")
+    ap.add_argument("--small-epochs", type=int, default=None,
+                    help="section 6: cap every model at this many epochs (default: none, each "
+                    f"model's own default; --quick: {perf_small.QUICK_EPOCHS})")
+    ap.add_argument("--small-device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="section 6: the device of all three fits")
+    ap.add_argument("--small-limit", type=float, default=0,
+                    help="section 6: stop a fit after this many seconds (0: none)")
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script")
     ap.add_argument("--page-only", action="store_true", help="rebuild the page, run nothing")
     ap.add_argument("--devices", default="", help="cpu,cuda (default: cpu, and cuda if present)")
@@ -1091,6 +1111,10 @@ def parse_args() -> argparse.Namespace:
                     help="where each section's last result is kept (committed with the page)")
     ap.add_argument("--doc", default="docs/PERFORMANCE.md")
     args = ap.parse_args()
+    if args.small_data is None:
+        args.small_data = ",".join(perf_small.QUICK_DATA) if args.quick else ""
+    if args.small_epochs is None:
+        args.small_epochs = perf_small.QUICK_EPOCHS if args.quick else 0
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -1099,9 +1123,10 @@ def parse_args() -> argparse.Namespace:
     args.archs = [tuple(int(v) for v in a.replace(":", "x").split("x"))
                   for a in args.archs.split(",") if a]  # fmt: skip
     chosen = [s for s in SECTIONS if getattr(args, s)]
-    if not chosen and not args.atlas:
+    if not chosen and not args.atlas and not args.small:
         chosen = list(SECTIONS)
-    args.sections = [] if args.page_only else chosen + (["atlas"] if args.atlas else [])
+    args.sections = [] if args.page_only else \
+        chosen + (["atlas"] if args.atlas else []) + (["small"] if args.small else [])
     return args
 
 
@@ -1126,6 +1151,17 @@ def main() -> int:
             # the pipeline uses the default device (`auto`): label it by what that picks
             auto = "cuda" if torch.cuda.is_available() else "cpu"
             whole_runs = section in ("pipeline", "atlas")
+            if section == "small":  # one device for its three fits, chosen by --small-device
+                ctx.update(date=dt.datetime.now().isoformat(timespec="minutes"),
+                           load_before=list(os.getloadavg()))
+                start, device = cpu_seconds(), args.small_device
+                log.info("== small on %s", device)
+
+                def keep_small(res: dict, device: str = device, start=start) -> None:
+                    save_result(kept, "small", device, res, ctx, start)
+
+                perf_small.bench_small(args, out, keep_small)  # kept per data set
+                continue
             for device in ([auto] if whole_runs else devices):
                 ctx.update(date=dt.datetime.now().isoformat(timespec="minutes"),
                            load_before=list(os.getloadavg()))
