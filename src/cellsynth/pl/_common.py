@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,26 @@ if TYPE_CHECKING:
 REAL_COLOR, SYNTH_COLOR = "#4c72b0", "#dd8452"
 #: a flag (a privacy attack over its threshold)
 FLAG_COLOR = "#c44e52"
+
+#: the parameters every plot shares, put in its docstring by :func:`doc_params`
+_DOC_PARAMS = {
+    "{ax}": "ax\n    The axes to draw into; None makes a new figure.",
+    "{show_save}": "show\n    True: show the figure (``plt.show()``) and return None.\n"
+                   "save\n    A file path (``.png``, ``.pdf``, ``.svg``...) to save the figure to.",
+}
+
+
+def doc_params(func: Callable) -> Callable:
+    """Write the shared parameters into ``func``'s docstring where it says ``{ax}`` or
+    ``{show_save}`` (on a line of its own, indented as the text it stands for), as scanpy's
+    ``_doc_params`` does."""
+    doc = func.__doc__ or ""
+    for key, text in _DOC_PARAMS.items():
+        doc = re.sub(rf"^( *){re.escape(key)}$", lambda m, t=text: textwrap.indent(t, m.group(1)),
+                     doc, flags=re.M)  # fmt: skip
+    func.__doc__ = doc
+    return func
+
 
 #: tab10 and tab20 without their blues and oranges, which are the origins' colours
 _TAB10 = (2, 3, 4, 5, 6, 7, 8, 9)

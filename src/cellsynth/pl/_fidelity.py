@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +49,7 @@ def _verdict(result: Mapping[str, Any]) -> str | None:
     return (v.get("overall") or {}).get("verdict") if isinstance(v, Mapping) else None
 
 
+@doc_params
 def fidelity(
     result: Mapping[str, Any],
     *,
@@ -74,12 +75,8 @@ def fidelity(
         ``library_distance``, ``correlation_distance``) are on other scales. An unbiased MMD
         or energy distance can be slightly below zero: the two samples are then as alike as
         their noise allows (read it as 0).
-    ax
-        The axes to draw into; None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path (``.png``, ``.pdf``, ``.svg``...) to save the figure to.
+    {ax}
+    {show_save}
 
     Returns
     -------
@@ -176,6 +173,7 @@ def _per_type_values(result: Any, metric: str
     return types, values(ft), values(st), sizes, [""] * len(types)
 
 
+@doc_params
 def per_type(
     result: Mapping[str, Any] | pd.DataFrame,
     metric: str = "c2st_auc",
@@ -201,12 +199,8 @@ def per_type(
         the reports (also a run's ``fidelity.json``): ``c2st_auc``, ``mmd_rbf``,
         ``energy_distance``, ``knn_precision``, ``knn_recall``, ``gene_mean_spearman``,
         ``library_size_distance``.
-    ax
-        The axes to draw into; None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {ax}
+    {show_save}
 
     Returns
     -------

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,6 +34,7 @@ def _block(result: Any) -> Mapping[str, Any]:
                     "metrics.genes.gene_fidelity)")
 
 
+@doc_params
 def genes(
     result: Any,
     *,
@@ -56,10 +57,7 @@ def genes(
         :func:`~cellsynth.metrics.genes.gene_fidelity`'s dict.
     ax
         Two axes to draw into; None makes a new figure with two panels.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {show_save}
 
     Returns
     -------

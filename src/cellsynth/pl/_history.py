@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, ModelFileError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,6 +35,7 @@ def _history(source: Any) -> Mapping[str, Any]:
     return hist
 
 
+@doc_params
 def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None = None,
             save: str | Path | None = None) -> Axes | None:
     """The training curve of a generator: loss per epoch, the validation check, the kept epoch.
@@ -49,12 +50,8 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     model_or_history
         A trained model (its ``history``), a history dict, or a saved model directory (or its
         ``history.json``).
-    ax
-        The axes to draw into; None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {ax}
+    {show_save}
 
     Returns
     -------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -30,6 +30,7 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
     return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
 
 
+@doc_params
 def library_sizes(
     real: ad.AnnData,
     synthetic: ad.AnnData,
@@ -53,12 +54,8 @@ def library_sizes(
         The ``obs`` column holding the cell type; None pools every cell.
     bins
         Histogram bins (without ``label_key``).
-    ax
-        The axes to draw into; None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {ax}
+    {show_save}
 
     Returns
     -------

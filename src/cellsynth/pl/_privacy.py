@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import FLAG_COLOR, axes, finish
+from ._common import FLAG_COLOR, axes, doc_params, finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -59,6 +59,7 @@ def _rows(priv: Mapping[str, Any]) -> list[tuple[str, float, float | None, float
     return rows
 
 
+@doc_params
 def privacy(
     result: Any,
     *,
@@ -90,12 +91,8 @@ def privacy(
         :class:`~cellsynth.result.Evaluation` or its dict), a run's ``metrics/fidelity.json``
         read with ``json.load``, a :class:`~cellsynth.metrics.privacy.PrivacyResult`, or its
         ``to_dict()``.
-    ax
-        The axes to draw into; None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {ax}
+    {show_save}
 
     Returns
     -------

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, finish, type_colors
+from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish, type_colors
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -210,6 +210,7 @@ def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> 
               title=title, title_fontsize=8, ncol=ncol, frameon=False, markerscale=1.2)
 
 
+@doc_params
 def umap(
     real: ad.AnnData | pd.DataFrame | str | Path,
     synthetic: ad.AnnData | None = None,
@@ -249,10 +250,7 @@ def umap(
         30,000 points, the largest types capped alike).
     ax
         The axes to draw into (a list of them for a list ``color``); None makes a new figure.
-    show
-        True: show the figure (``plt.show()``) and return None.
-    save
-        A file path to save the figure to.
+    {show_save}
     seed
         Seeds the subsample, the PCA and the UMAP.
 
