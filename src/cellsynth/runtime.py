@@ -204,7 +204,8 @@ UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint
 #: them: hashed only when set to something else, so adding one keeps every kept result valid
 ADDED: dict[str, dict[str, Any]] = {
     "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned",
-             "select": "elbo", "covariates": [], "n_covariate_embed": 8},
+             "select": "elbo", "covariates": [], "n_covariate_embed": 8,
+             "decode_labels": True},
     "nb": {"covariates": [], "min_cells": 20},
     "scvi": {"covariates": []},
 }

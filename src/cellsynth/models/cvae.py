@@ -156,6 +156,7 @@ class CVAE(DesignRequests):
             target_sum=TARGET_SUM,
             n_covariate_levels=self.design.n_levels,
             n_covariate_embed=c.n_covariate_embed,
+            decode_labels=c.decode_labels,
         )
         return module.to(self.device)
 

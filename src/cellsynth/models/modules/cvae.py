@@ -2,7 +2,8 @@
 
 Encoder ``q(z | x, y, c)``: ``concat(log1p(x / l * 1e4), embed(y), embed_1(c_1), ...)`` through
 ``Linear -> LayerNorm -> GELU -> Dropout`` blocks to a diagonal Gaussian. Decoder
-``p(x | z, y, c, l)``: ``concat(z, embed(y), embed_1(c_1), ...)`` through the mirrored blocks to
+``p(x | z, y, c, l)``: ``concat(z, embed(y), embed_1(c_1), ...)`` (``decode_labels=False``:
+``p(x | z, c, l)`` without ``embed(y)``) through the mirrored blocks to
 
 - ``"nb"``: a negative binomial with mean ``l * softmax(h)`` and inverse dispersion ``exp(px_r)``;
 - ``"zinb"``: the same with a zero-inflation logit per gene and cell;
@@ -210,6 +211,11 @@ class CVAEModule(nn.Module):
         type alone).
     n_covariate_embed
         Size of each covariate's embedding.
+    decode_labels
+        Feed the type embedding to the decoder. False (as scVI): ``p(x | z, c, l)``, the type
+        lives in ``z`` (its prior and mixture are still per type), so a covariate's effect is
+        a function of the cell's state shared by types of similar states, not an interaction
+        learned per type: it carries over to a combination no training cell had (issue 18).
     """
 
     def __init__(
@@ -228,6 +234,7 @@ class CVAEModule(nn.Module):
         target_sum: float = 1e4,
         n_covariate_levels: Sequence[int] = (),
         n_covariate_embed: int = 8,
+        decode_labels: bool = True,
     ) -> None:
         super().__init__()
         if not n_hidden:
@@ -256,6 +263,7 @@ class CVAEModule(nn.Module):
         self.log_target_sum = math.log(target_sum)
         self.n_covariate_levels = [int(n) for n in n_covariate_levels]
         n_cond = n_embed + n_covariate_embed * len(self.n_covariate_levels)  # type + covariates
+        self.decode_labels = bool(decode_labels)
 
         self.embed = nn.Embedding(n_labels, n_embed)
         self.encoder = mlp(n_input + n_cond, n_hidden, dropout_rate)
@@ -263,7 +271,8 @@ class CVAEModule(nn.Module):
         self.z_log_scale = nn.Linear(n_hidden[-1], n_latent)
         # no dropout in the decoder (as scVI): dropout noise on the mean would be absorbed by a
         # lower inverse dispersion, and generated cells would get too many zeros
-        self.decoder = mlp(n_latent + n_cond, list(reversed(n_hidden)), decoder_dropout_rate)
+        n_dec = n_latent + n_cond - (0 if decode_labels else n_embed)
+        self.decoder = mlp(n_dec, list(reversed(n_hidden)), decoder_dropout_rate)
         # softmax logits (nb, zinb) or the Gaussian mean of log-normalised values
         self.px_scale_decoder = nn.Linear(n_hidden[0], n_input)
         self.px_dropout_decoder = nn.Linear(n_hidden[0], n_input) if likelihood == "zinb" else None
@@ -346,7 +355,10 @@ class CVAEModule(nn.Module):
         ``calibrated`` (generation) the NB mean is multiplied by the type's ``gene_scale``;
         the training loss and the sampler's fit decode without it.
         """
-        h = self.decoder(torch.cat([z, self.condition(y, c)], dim=-1))  # (B, n_hidden[0])
+        cond = self.condition(y, c)  # (B, n_embed + n_covariate_embed * k)
+        if not self.decode_labels:
+            cond = cond[:, self.embed.embedding_dim:]  # the covariates only
+        h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
         out = self.px_scale_decoder(h)  # (B, n_input)
         px_r = self.px_r if self.dispersion == "gene" else self.px_r[y]  # (n_input,) | (B, n_input)
         px_r = torch.exp(px_r.clamp(*_PX_R_RANGE))
