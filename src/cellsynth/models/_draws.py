@@ -79,7 +79,11 @@ class _Noise:
             else:
                 rng.standard_exponential(out=block, dtype=block.dtype)
 
-        list(_pool().map(part, range(math.ceil(n / _PART_VALUES))))
+        blocks = math.ceil(n / _PART_VALUES)
+        if blocks > 1:
+            list(_pool().map(part, range(blocks)))
+        elif blocks:
+            part(0)  # one block: no hand-off to a thread
         return torch.from_numpy(out)
 
 
@@ -135,8 +139,9 @@ def positive_nb(noise: _Noise, lam: torch.Tensor, mu: torch.Tensor,
     """``NB(mu, theta)`` counts given ``>= 1`` (float64; ``lam = theta log1p(mu / theta)``).
 
     Entries with a small mean whose tail falls fast (``p <= _SEARCH_P``, ``mu <= _SEARCH_MU``:
-    most of single-cell data) invert the zero-truncated pmf (:func:`_search`); the others are
-    compound Poisson (:func:`_compound`).
+    most of single-cell data) invert the zero-truncated pmf (:func:`_search`); of the others,
+    those expecting many events are gamma-Poisson with rejection (:func:`_gamma_poisson`) and
+    the rest compound Poisson (:func:`_compound`).
     """
     p = (mu / (mu + theta)).clamp(max=_P_MAX)
     out = torch.empty_like(lam)
@@ -144,8 +149,31 @@ def positive_nb(noise: _Noise, lam: torch.Tensor, mu: torch.Tensor,
     at = _where(fast)
     u = noise.draw("uniform", len(at)).to(lam)
     out[at] = _search(u, lam[at], p[at], theta[at])
-    at = _where(~fast)
+    many = ~fast & (lam >= _REJECT_LAM)
+    at = _where(many)
+    out[at] = _gamma_poisson(noise, mu[at], theta[at])
+    at = _where(~fast & ~many)
     out[at] = _compound(noise, lam[at], p[at])
+    return out
+
+
+#: entries expecting at least this many Poisson events (zero with probability ``exp(-lam)``, at
+#: most 0.14) are drawn as gamma-Poisson with the zeros drawn again, two draws an entry instead
+#: of ``lam`` log-series draws
+_REJECT_LAM = 2.0
+
+
+def _gamma_poisson(noise: _Noise, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``NB(mu, theta)`` counts given ``>= 1``: ``Poisson(Gamma(theta, mu / theta))`` draws, the
+    zeros drawn again until none is left (for entries with ``lam >= _REJECT_LAM``)."""
+    gen = noise.torch_generator()
+    out = torch.zeros_like(mu)
+    left = torch.arange(len(mu), device=mu.device)
+    while len(left):
+        m, th = mu[left], theta[left]
+        x = torch.poisson(torch._standard_gamma(th, generator=gen) * (m / th), generator=gen)
+        out[left] = x
+        left = left[_where(x == 0)]
     return out
 
 

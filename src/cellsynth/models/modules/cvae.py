@@ -360,8 +360,9 @@ class CVAEModule(nn.Module):
             cond = cond[:, self.embed.embedding_dim:]  # the covariates only
         h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
         out = self.px_scale_decoder(h)  # (B, n_input)
-        px_r = self.px_r if self.dispersion == "gene" else self.px_r[y]  # (n_input,) | (B, n_input)
-        px_r = torch.exp(px_r.clamp(*_PX_R_RANGE))
+        px_r = torch.exp(self.px_r.clamp(*_PX_R_RANGE))  # (n_input,) | (n_labels, n_input)
+        if self.dispersion != "gene":
+            px_r = px_r[y]  # (B, n_input): one gather, after the per-type table's exp
         if self.likelihood == "gaussian":
             return Normal(out, px_r.expand_as(out), validate_args=False)
         px_scale = torch.softmax(out, dim=-1)  # (B, n_input)
