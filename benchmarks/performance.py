@@ -834,8 +834,8 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
              "binomial draw (`models._draws.nb_csr`: which entries are non-zero, and their "
              "counts, drawn with tensor operations where the decoder runs; CSR out). Then "
              "`cellsynth generate` in its own process (start-up and loading the model "
-             "included), which streams the cells to the h5ad one chunk at a time while the "
-             "next is drawn: its peak memory must not grow with the request (issue 22's "
+             "included), which streams the cells to the h5ad one chunk at a time (on a GPU "
+             "the next chunk is drawn while one is written): its peak memory must not grow with the request (issue 22's "
              "\"memory independent of the request\"), and a wider model shows the cost per "
              "gene.", ""]
     if not found:

@@ -82,7 +82,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     (``"condition=stim"``) for the first two.
 
     A CVAE's cells stream to the file one chunk at a time (memory independent of the request's
-    size), after the output's size is estimated and checked against the free disk space; a
+    size; on a GPU the next chunk is drawn while one is written), after the output's size is estimated and checked against the free disk space; a
     file is written under a temporary name and renamed when complete. Returns the cells.
     """
 
@@ -104,7 +104,8 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
-    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen))
+    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen),
+                overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
 
 

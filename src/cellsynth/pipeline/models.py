@@ -280,17 +280,21 @@ def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
-                uns: dict) -> None:  # fmt: skip
+                uns: dict, *, overlap: bool = False) -> None:  # fmt: skip
     """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
     as an h5ad, one chunk in memory at a time; lists of combinations in ``uns`` are written as
-    tables (:func:`~cellsynth.models.base.writable_uns`)."""
+    tables (:func:`~cellsynth.models.base.writable_uns`). With ``overlap`` the next chunk is
+    drawn in a background thread while one is written (:func:`prefetched`): worth it when the
+    chunks are drawn on a GPU; on the CPU the draw already keeps every core busy, and the two
+    threads competing for them wrote 200,000 cells at 2,000 genes at 12,000-14,000 cells/s
+    against 16,000 without (two cores)."""
     from anndata.io import write_elem
 
     from ..data.store import CSRWriter, h5ad_file
 
     with h5ad_file(path) as f:
         writer = CSRWriter(f, "X", len(genes))
-        for x in prefetched(chunks):  # the next chunk is drawn while this one is written
+        for x in prefetched(chunks) if overlap else chunks:
             writer.append(x)
         obs = obs.copy()
         obs.index = pd.Index([f"synthetic_{i}" for i in range(len(obs))])
