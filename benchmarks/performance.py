@@ -511,12 +511,12 @@ def bench_generation(args, device: str) -> dict:
     cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
     model = CVAE(config=cfg)
     model.fit(adata, LABEL, seed=0)
-    streamed = [stream_generation(model, n, device)
+    streamed = [stream_generation(model, n)
                 for n in (args.gen_cells, STREAM_FACTOR * args.gen_cells)]  # fmt: skip
     wide = atlas(args.cells, args.wide_genes, args.types)
     wide_model = CVAE(config=cfg)
     wide_model.fit(wide, LABEL, seed=0)
-    streamed.append(stream_generation(wide_model, args.gen_cells, device))
+    streamed.append(stream_generation(wide_model, args.gen_cells))
     del wide, wide_model
     per_type, extra = divmod(args.gen_cells, len(model.labels))
     request = {t: per_type + (i < extra) for i, t in enumerate(model.labels)}
@@ -568,9 +568,9 @@ def bench_generation(args, device: str) -> dict:
 STREAM_FACTOR = 5
 
 
-def stream_generation(model, cells: int, device: str) -> dict:
+def stream_generation(model, cells: int) -> dict:
     """``cellsynth generate`` of ``cells`` cells (even over the types) from ``model`` (saved to a
-    temporary directory, on ``device`` as trained) into an h5ad, in its own process: wall time
+    temporary directory; it loads on the device it was trained on) into an h5ad, in its own process: wall time
     (start-up and loading included) and peak RSS."""
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
         model.save(Path(tmp) / "model")

@@ -2,11 +2,14 @@
 
 ``NB(mu, theta)`` is compound Poisson: ``N ~ Poisson(lam)`` events with
 ``lam = theta * log1p(mu / theta)``, each a log-series count with ``p = mu / (mu + theta)``. A
-count is zero exactly when ``N = 0`` (probability ``exp(-lam)``), so one exponential ``E`` per
-entry decides which entries are non-zero (``lam > E``); only those (about a tenth in single-cell
-data) get their count drawn: ``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``,
-the first event's time, is an exponential truncated to ``[0, lam]``, and the count is the sum of
-``N`` log-series draws (Kemp's algorithm, as numpy's ``logseries``). Every step is a vectorised
+count is zero exactly when ``N = 0`` (probability ``exp(-lam)``), so one uniform ``u`` per
+entry decides which entries are non-zero (``u < 1 - exp(-lam)``; as that is at most ``mu``,
+``u < mu`` screens out most entries first); only those (about a tenth in single-cell data) get
+their count drawn (:func:`positive_nb`): small means by inverting the zero-truncated pmf,
+entries expecting many events as gamma-Poisson with the zeros drawn again, the rest as
+compound Poisson (``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``, the
+first event's time, is an exponential truncated to ``[0, lam]``, and the count is the sum of
+``N`` log-series draws, Kemp's algorithm as numpy's ``logseries``). Every step is a vectorised
 torch operation on the device the means are on (both CPU threads, or the GPU); only the non-zero
 entries' column indices and counts leave it, as CSR.
 
