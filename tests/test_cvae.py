@@ -653,8 +653,8 @@ def test_fidelity_check_tells_real_cells_from_shuffled_genes():
     shuffled = sp.csr_matrix(rng.permuted(shuffled, axis=1))
     assert same < 0.65
     assert auc(shuffled) > 0.9
-    assert check_every(1400, 256, 40) == 8  # 6 steps an epoch: about 50 steps between checks
-    assert check_every(1400, 256, 400) == 10  # ...but at most 40 checks in the budget
+    assert check_every(1400, 256, 40) == 17  # 6 steps an epoch: about 100 steps between checks
+    assert check_every(1400, 256, 400) == 20  # ...but at most 20 checks in the budget
     assert check_every(500_000, 256, 5) == 1
 
 
@@ -667,17 +667,17 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     from cellsynth.runtime import hashed_settings
 
     adata = simulated_counts(n_per_type=100)
-    config = tiny_config(select=select, max_epochs=6, min_steps=0, patience=50, batch_size=16)
+    config = tiny_config(select=select, max_epochs=8, min_steps=0, patience=50, batch_size=16)
     model = CVAE(adata, config=config)
     h = model.train(seed=0)
-    assert h["select"] == select and h["epochs"] == 6
+    assert h["select"] == select and h["epochs"] == 8
     values = np.array([np.nan if v is None else v for v in h["val_loss"]])
     checked = np.flatnonzero(np.isfinite(values))
     if select == "fidelity":  # 270 training cells at batch 16: 17 steps an epoch
-        assert checked.tolist() == [2, 5]  # a check about every 50 steps, and at the last epoch
+        assert checked.tolist() == [5, 7]  # a check about every 100 steps, and at the last epoch
         assert ((values[checked] >= 0) & (values[checked] <= 1)).all()
     else:
-        assert len(checked) == 6 and (values > 1).all()  # a loss per cell, not an AUC
+        assert len(checked) == 8 and (values > 1).all()  # a loss per cell, not an AUC
     assert h["best_epoch"] == checked[np.argmin(values[checked])]
     assert model.sample({"beta": 5}, seed=0).n_obs == 5
     assert "select" not in hashed_settings(load(overrides=["cvae.select=elbo"]))["cvae"]

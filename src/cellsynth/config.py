@@ -294,12 +294,13 @@ class CVAEConfig:
     # training cells), at least 1 (400 up to 6,400 cells at batch 256; 5 at E-ANND-5's 533k)
     max_epochs: int | Literal["auto"] = ranged("[1, inf)", "auto")
     # which epoch is kept: "fidelity", the one whose generated cells are closest to the
-    # validation cells (two-sample AUC, checked about every 50 optimiser steps, at most 40 times);
+    # validation cells (two-sample AUC, checked about every 100 optimiser steps, at most 20 times);
     # "elbo", the best validation ELBO (what "fidelity" falls back to with fewer than 20
     # validation cells, validation cells read from disk, or data-parallel training)
     select: Literal["fidelity", "elbo"] = "fidelity"
-    # early stopping: epochs ("elbo") or checks ("fidelity") without gain...
-    patience: int = ranged("[0, inf)", 10)
+    # early stopping: epochs ("elbo") or checks ("fidelity": about 500 optimiser steps) without
+    # gain...
+    patience: int = ranged("[0, inf)", 5)
     # ...but not before this many optimiser steps (small data: few per epoch)
     min_steps: int = ranged("[0, inf)", 1000)
     # an epoch improves only by beating the best validation loss by more than this fraction

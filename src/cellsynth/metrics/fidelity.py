@@ -82,14 +82,18 @@ def _pair(a: Any, b: Any, max_n: int, seed: int, min_n: int = 2) -> tuple[np.nda
     return a[_subsample(len(a), max_n, rng)], b[_subsample(len(b), max_n, rng)]
 
 
-def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000) -> float:
+def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000,
+             rounds: int = 100, learning_rate: float = 0.1) -> float:
     """Classifier two-sample test: cross-validated ROC AUC of telling ``a`` from ``b``.
 
     The larger sample is subsampled to the size of the smaller (and both to ``max_n``), so chance
     is 0.5. The classifier is a small :class:`~sklearn.ensemble.HistGradientBoostingClassifier`
-    (100 rounds, 15 leaves, one thread): unlike a linear model it also sees differences in spread,
-    shape and modes, not only in means. The AUC is the mean over stratified folds; 0.5 means
-    indistinguishable, 1.0 perfectly separable (values a little under 0.5 are chance).
+    (``rounds`` rounds at ``learning_rate``, 15 leaves, one thread): unlike a linear model it
+    also sees differences in spread, shape and modes, not only in means. The AUC is the mean
+    over stratified folds; 0.5 means indistinguishable, 1.0 perfectly separable (values a
+    little under 0.5 are chance). Fewer rounds at a higher rate cost proportionally less (the
+    CVAE's selection check, repeated dozens of times in a fit, uses 30 at 0.25:
+    :mod:`cellsynth.models._select`).
     """
     a, b = _pair(a, b, max_n, derive_seed(seed, "c2st-sample"))
     m = min(len(a), len(b))
@@ -104,7 +108,8 @@ def c2st_auc(a: Any, b: Any, *, seed: int, n_folds: int = 5, max_n: int = 5_000)
         for train, test in progress_bar(folds.split(x, y), total=folds.get_n_splits(), desc="C2ST",
                                 unit="fold", leave=False):
             clf = HistGradientBoostingClassifier(
-                max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=min_leaf,
+                max_iter=rounds, learning_rate=learning_rate, max_leaf_nodes=15,
+                min_samples_leaf=min_leaf,
                 early_stopping=False, random_state=derive_seed(seed, "c2st-clf"),
             )
             clf.fit(x[train], y[train])
