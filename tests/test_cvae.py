@@ -422,7 +422,7 @@ def test_fit_sample_on_cuda_and_load_on_cpu(small_kang, tmp_path):
 
 
 def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = None,
-              evaluate_every: int = 1, **settings) -> dict:
+              evaluate_every: int = 1, tolerance: float = 0.0, **settings) -> dict:
     """``train_loop`` on a one-weight module that never learns (lr 0): the validation losses
     are ``val_losses`` in turn; ``kl_seen`` collects the KL weight of every step. The history."""
     from types import SimpleNamespace
@@ -441,7 +441,22 @@ def _toy_loop(val_losses, *, steps_per_epoch: int = 1, kl_seen: list | None = No
         torch.Generator().manual_seed(0))
     return _loop.train_loop(
         steps, lambda: float(next(losses)), SimpleNamespace(**settings),
-        _loop.LoopOptions("test", "test.lr", evaluate_every)).history
+        _loop.LoopOptions("test", "test.lr", evaluate_every, tolerance=tolerance)).history
+
+
+def test_a_noisy_check_keeps_the_most_trained_epoch_within_its_tolerance():
+    """``tolerance``: a later check within it of the lowest so far is kept instead; patience
+    still counts from the lowest, and a check further off is never kept."""
+    checks = [0.60, 0.53, 0.545, 0.535, 0.60, 0.538, 0.59, 0.58, 0.57]
+    assert _toy_loop(checks, patience=3)["best_epoch"] == 1  # no tolerance: the lowest
+    h = _toy_loop(checks, patience=3, tolerance=0.01)
+    assert h["best_epoch"] == 3  # 0.535 is within 0.01 of 0.53; 0.545 is not
+    assert h["epochs"] == 5  # three checks after the lowest (0.53) without a lower one
+    h = _toy_loop(checks, patience=10, tolerance=0.01, max_epochs=len(checks))
+    assert h["best_epoch"] == 5 and h["epochs"] == len(checks)  # 0.538, after a check off
+    h = _toy_loop([0.6, 0.5, 0.509, 0.48, 0.489, 0.495], patience=5, tolerance=0.01,
+                  max_epochs=6)
+    assert h["best_epoch"] == 4  # within 0.01 of the new lowest, 0.48; 0.495 is not
 
 
 def test_early_stopping_waits_for_min_steps():

@@ -78,7 +78,7 @@ class LoopResult:
     """What :func:`train_loop` returns; the module holds the best weights."""
 
     history: dict[str, Any]  # train_loss, val_loss (per epoch), best_epoch, epochs, seconds
-    best_loss: float  # validation loss of the best epoch
+    best_loss: float  # validation loss of the kept epoch (the best, or within the tolerance)
     epochs_run: int  # epochs this call ran (fewer than history["epochs"] after a resume)
 
 
@@ -257,6 +257,9 @@ class LoopOptions:
     reduce
         ``reduce(train_loss, val_loss)`` -> the losses every process agrees on (data-parallel
         training); identity when None.
+    tolerance
+        A later check within this of the lowest so far is kept instead
+        (:class:`~cellsynth.models._training.EarlyStopping`); 0: the lowest is kept.
     verbose
         Log the early stop, the resume and signs of life, and show the progress bar (False on
         every process but the first).
@@ -268,6 +271,7 @@ class LoopOptions:
     checkpoint: Checkpoint | None = None
     reduce: Callable[[float, float], tuple[float, float]] | None = None
     verbose: bool = True
+    tolerance: float = 0.0
 
 
 def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: LoopSettings,
@@ -303,7 +307,8 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
     n_rows, generator, scheduler = steps.n_rows, steps.generator, steps.scheduler
     name, checkpoint, verbose = o.name, o.checkpoint, o.verbose
     stopper = tr.EarlyStopping(patience=settings.patience,
-                               rel_delta=float(getattr(settings, "min_improvement", 0.0)))
+                               rel_delta=float(getattr(settings, "min_improvement", 0.0)),
+                               tolerance=o.tolerance)  # fmt: skip
     min_steps = int(getattr(settings, "min_steps", 0))
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
     first, elapsed = 0, 0.0
@@ -383,7 +388,7 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
         logger.info("%s: %d training checkpoints written in %.2f s (%.1f ms each)", name,
                     checkpoint.writes, checkpoint.seconds,
                     1000 * checkpoint.seconds / checkpoint.writes)  # fmt: skip
-    return LoopResult(history, stopper.best_loss, epoch + 1 - first)
+    return LoopResult(history, stopper.kept_loss, epoch + 1 - first)
 
 
 
@@ -457,6 +462,7 @@ def _capture(
         "history": {k: list(history[k]) for k in ("train_loss", "val_loss")},
         "stopper": {
             "best_loss": stopper.best_loss,
+            "kept_loss": stopper.kept_loss,
             "best_epoch": stopper.best_epoch,
             "wait": stopper.wait,
             "best_is_model": best_is_model,
@@ -489,6 +495,7 @@ def _restore(
     best = model if meta["stopper"]["best_is_model"] else part("best.")
     stopper.best_state = best or None  # loaded tensors: copied into the module, not shared
     stopper.best_loss = float(meta["stopper"]["best_loss"])
+    stopper.kept_loss = float(meta["stopper"].get("kept_loss", stopper.best_loss))
     stopper.best_epoch = int(meta["stopper"]["best_epoch"])
     stopper.wait = int(meta["stopper"]["wait"])
     state: dict[int, dict[str, Any]] = {}

@@ -119,18 +119,28 @@ class EarlyStopping:
     rel_delta
         ...plus this fraction of the best loss (on big data the loss creeps down for many
         epochs by a few hundredths of a percent; 0.001 stops that after ``patience`` epochs).
+    tolerance
+        A later epoch whose loss is within this of the lowest so far replaces the kept weights
+        (0: only an improvement does). For a noisy check: of the epochs it cannot tell apart,
+        the most trained is kept (the CVAE's two-sample check on a few hundred validation cells
+        is flat over dozens of epochs while the generated cells still improve;
+        ``cvae.select_tolerance``). Patience still counts from the lowest loss.
 
     Notes
     -----
-    The best weights are a CPU copy of the module's ``state_dict`` held in memory; a
-    non-finite loss never counts as an improvement.
+    The kept weights are a CPU copy of the module's ``state_dict`` held in memory; a
+    non-finite loss never counts as an improvement. ``best_loss`` is the lowest loss,
+    ``best_epoch`` and ``kept_loss`` the kept epoch and its loss (the same without
+    ``tolerance``).
     """
 
-    def __init__(self, patience: int = 5, min_delta: float = 0.0, rel_delta: float = 0.0) -> None:
+    def __init__(self, patience: int = 5, min_delta: float = 0.0, rel_delta: float = 0.0,
+                 tolerance: float = 0.0) -> None:  # fmt: skip
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.rel_delta = float(rel_delta)
-        self.best_loss = math.inf
+        self.tolerance = float(tolerance)
+        self.best_loss = self.kept_loss = math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.wait = 0
@@ -142,14 +152,17 @@ class EarlyStopping:
             margin += self.rel_delta * abs(self.best_loss)
         if math.isfinite(loss) and loss < self.best_loss - margin:
             self.best_loss = float(loss)
-            self.best_epoch = int(epoch)
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()
-            }
+            self._keep(loss, epoch, module)
             self.wait = 0
             return False
+        if self.tolerance > 0 and math.isfinite(loss) and loss <= self.best_loss + self.tolerance:
+            self._keep(loss, epoch, module)  # as good as the best within the check's noise
         self.wait += 1
         return self.wait >= max(self.patience, 1)
+
+    def _keep(self, loss: float, epoch: int, module: torch.nn.Module) -> None:
+        self.kept_loss, self.best_epoch = float(loss), int(epoch)
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
     def restore(self, module: torch.nn.Module) -> bool:
         """Load the best weights into ``module``; return False when none were recorded."""

@@ -291,7 +291,8 @@ class CVAE(DesignRequests):
         result = _loop.train_loop(
             _loop.Steps(module, tr.optimizer(module, c), step, batches, len(train), generator),
             evaluate, dataclasses.replace(c, max_epochs=max_epochs),
-            _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint),
+            _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint,
+                              tolerance=c.select_tolerance if isinstance(evaluate, FidelityCheck) else 0.0),
         )
         history = result.history
         self._fit_sampler(train, yt, seed)
