@@ -189,14 +189,46 @@ def generated(path: Path, genes: list[str]):
                          shape=(x.shape[0], len(genes)))  # fmt: skip
 
 
-def bench_small(args, out: Path, keep=None) -> dict[str, Any]:
+def _commit() -> str | None:
+    """The checked-out commit (short), or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _earlier_rows(earlier: dict | None, args, names: set[str]) -> list[dict]:
+    """The rows of a kept result (``earlier``, the section's JSON) for data sets this run does
+    not measure, when it was made with the same settings (epochs, cells, device); each keeps
+    the date and commit it was measured at."""
+    res = (earlier or {}).get("result") or {}
+    same = (res.get("epochs_override") == (args.small_epochs or None)
+            and res.get("max_cells") == (QUICK_CELLS if args.quick else None)
+            and res.get("device") == args.small_device)  # fmt: skip
+    if not same:
+        return []
+    rows = [r for r in res.get("rows", []) if r["name"] not in names]
+    for r in rows:  # rows kept before rows carried their own date: the run's
+        r.setdefault("measured", {"date": earlier.get("date"), "commit": None})
+    return rows
+
+
+def bench_small(args, out: Path, keep=None, earlier: dict | None = None) -> dict[str, Any]:
     """Every data set of ``--small-data``, each model one after the other; ``keep(result)``
-    after each data set, so a stopped run keeps the data sets it finished."""
+    after each data set, so a stopped run keeps the data sets it finished. The rows of
+    ``earlier`` (the kept result) for data sets not measured now are carried over, each with
+    the date and commit it was measured at, so a run may measure a few data sets at a time."""
+    import datetime as dt
+
     import scvi
     import torch
 
-    rows = []
-    for path in datasets(args.small_data):
+    paths = datasets(args.small_data)
+    carried = _earlier_rows(earlier, args, {p.stem for p in paths})
+    rows: list[dict] = []
+    commit = _commit()
+    for path in paths:
         work = out / "small" / path.stem
         d = prepare(path, work, QUICK_CELLS if args.quick else 0)
         fits, sets = {}, {}
@@ -210,13 +242,20 @@ def bench_small(args, out: Path, keep=None) -> dict[str, Any]:
             r["auc"] = auc.get(model)
             if model == "condscvi":
                 r["auc_prior"] = auc.get("condscvi_prior")
+        measured = {"date": dt.datetime.now().isoformat(timespec="minutes"), "commit": commit}
         rows.append({k: v for k, v in d.items() if not k.startswith(("x_", "y_", "gene_names"))}
-                    | {"floor": auc["floor"], "train_vs_test": auc["train"], "fits": fits})
+                    | {"floor": auc["floor"], "train_vs_test": auc["train"], "fits": fits,
+                       "measured": measured})
         log.info("small: %s done: %s", d["name"], ", ".join(
             f"{m} {r.get('fit_s', float('nan')):.1f} s" for m, r in fits.items()))
         if keep is not None:
-            keep(_result(rows, args, scvi.__version__, torch.get_num_threads()))
-    return _result(rows, args, scvi.__version__, torch.get_num_threads())
+            keep(_result(_ordered(rows + carried), args, scvi.__version__,
+                         torch.get_num_threads()))
+    return _result(_ordered(rows + carried), args, scvi.__version__, torch.get_num_threads())
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def _result(rows: list[dict], args, scvi_version: str, threads: int) -> dict[str, Any]:
@@ -261,7 +300,9 @@ INTRO = (
     "scored too (*prior* in the verdicts).\n\n"
     "Fit s: the whole fit as a user calls it (CVAE: `for_training` + `fit`, including the "
     "sampler's fit after training; scvi-tools: `setup_anndata` + model + `train`), data "
-    "reading and imports excluded. Cells/s = training cells given × epochs run / fit s "
+    "reading and imports excluded (the CVAE's child imports what its fit would import on "
+    "first use, torch's compiler stack that the first optimiser loads and scikit-learn's "
+    "estimators, before its clock starts, as `import scvi` does for scvi-tools). Cells/s = training cells given × epochs run / fit s "
     "(the CVAE and SCVI take 10 % of those for validation). Generate s: making the test "
     "split's number of cells per type. AUC: classifier two-sample test of the generated cells "
     "against the test cells (`metrics.fidelity.c2st_auc`, in the 30-PC evaluation space fitted "
@@ -323,6 +364,11 @@ def page_small(found: dict, header) -> list[str]:
                          f"| {_f(fl['auc'], 3)} | {_f(fl['gene_auc'], 3)} |")
             lines.append(f"| {data} | *real training cells vs test* | | | | | "
                          f"| {_f(tt.get('auc'), 3)} | {_f(tt.get('gene_auc'), 3)} |")
+        dates = {(row.get("measured") or {}).get("date") for row in res["rows"]}
+        if len(dates) > 1:  # rows from several runs (a run measures the data sets it names)
+            lines += ["", "Measured in more than one run, each data set's three fits one after "
+                      "the other: " + "; ".join(
+                          f"{row['name']} {_when(row)}" for row in res["rows"]) + "."]
         lines += ["", *_verdicts(res["rows"]), ""]
         for row in res["rows"]:
             for model in MODELS:
@@ -331,6 +377,11 @@ def page_small(found: dict, header) -> list[str]:
                     lines += [f"{row['name']}, {NAMES[model]} failed:", "", "```",
                               str(f.get("error", "")).strip()[-1200:], "```", ""]
     return lines
+
+
+def _when(row: dict) -> str:
+    m = row.get("measured") or {}
+    return f"{m.get('date') or '?'}" + (f" (commit {m['commit']})" if m.get("commit") else "")
 
 
 def _verdicts(rows: list[dict]) -> list[str]:
@@ -377,8 +428,9 @@ def _verdicts(rows: list[dict]) -> list[str]:
     if left:
         lines += ["", "Not measured yet (a run stopped before them, or not named in "
                   "`--small-data`): " + ", ".join(f"`{n}`" for n in left) + "; "
-                  "`python benchmarks/performance.py --small` measures every data set (over two hours "
-                  "on 2 cores; a run keeps one result, so name them all)."]
+                  "`python benchmarks/performance.py --small --small-data NAMES` measures "
+                  "them (every data set: over an hour on 2 cores); the data sets measured "
+                  "before are kept."]
     return lines
 
 
@@ -399,6 +451,18 @@ def _save_cells(path: Path, x, genes: list[str]) -> None:
              genes=np.array(genes, dtype=str))  # fmt: skip
 
 
+def _first_use_imports() -> None:
+    """Import what a CVAE fit imports on first use, so that its fit time, like scvi-tools',
+    excludes imports: torch's compiler stack, which creating the first optimiser loads
+    (about 2.3 s here; ``import scvi`` loads it through Lightning), and scikit-learn's
+    estimators (the sampler's mixtures, the selection check's classifiers)."""
+    import sklearn.covariance
+    import sklearn.ensemble
+    import sklearn.linear_model
+    import sklearn.mixture  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+
 def child_cvae(adata, request: dict[str, int], a) -> tuple[dict, dict]:
     from cellsynth import config
     from cellsynth.cells import for_training
@@ -407,6 +471,7 @@ def child_cvae(adata, request: dict[str, int], a) -> tuple[dict, dict]:
 
     sets = [f"cvae.device='{a.device}'"] + ([f"cvae.max_epochs={a.epochs}"] if a.epochs else [])
     cfg = config.load(None, sets)
+    _first_use_imports()
     rss = _rss_mb()
     t0 = time.perf_counter()
     cells = for_training(adata, LABEL, seed=a.seed, backed=cfg.dataset.backed,
@@ -426,23 +491,22 @@ def child_cvae(adata, request: dict[str, int], a) -> tuple[dict, dict]:
     return info, {"cvae": (syn.X, list(gen.genes))}
 
 
-class _Clock:
-    """A Lightning callback: epochs run and the training loop's time (scvi-tools models)."""
+def lightning_clock():
+    """A Lightning callback that times scvi-tools' training loop: ``start`` (train start) and
+    ``ends`` (each epoch's end), ``time.perf_counter`` seconds (also section 1's)."""
+    from lightning.pytorch.callbacks import Callback
 
-    def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
+    class Clock(Callback):
+        def __init__(self) -> None:
+            self.start, self.ends = 0.0, []
 
-        class Clock(Callback):
-            def __init__(self) -> None:
-                self.start, self.ends = 0.0, []
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.start = time.perf_counter()
 
-            def on_train_start(self, trainer, pl_module) -> None:
-                self.start = time.perf_counter()
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.ends.append(time.perf_counter())
 
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                self.ends.append(time.perf_counter())
-
-        return Clock()
+    return Clock()
 
 
 def child_scvi_tools(adata, request: dict[str, int], a, model_name: str) -> tuple[dict, dict]:
@@ -455,7 +519,7 @@ def child_scvi_tools(adata, request: dict[str, int], a, model_name: str) -> tupl
     cls = scvi.model.CondSCVI if model_name == "condscvi" else scvi.model.SCVI
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     scvi.settings.seed = a.seed
-    clock = _Clock()
+    clock = lightning_clock()
     kwargs: dict[str, Any] = {"enable_progress_bar": False, "callbacks": [clock]}
     if a.device != "auto":
         kwargs["accelerator"] = "gpu" if a.device == "cuda" else a.device

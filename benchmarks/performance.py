@@ -250,22 +250,11 @@ def fit_scvi(adata, hidden: int, layers: int, latent: int, args, device: str) ->
     import anndata as ad
     import pandas as pd
     import scvi
-    from lightning.pytorch.callbacks import Callback
-
-    class Clock(Callback):
-        def __init__(self) -> None:
-            self.start, self.ends = 0.0, []
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            self.start = time.time()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.ends.append(time.time())
 
     sub = ad.AnnData(X=adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names.copy()),
                      var=pd.DataFrame(index=adata.var_names.copy()))  # fmt: skip
     scvi.settings.seed = 0
-    clock = Clock()
+    clock = perf_small.lightning_clock()
     t0 = time.perf_counter()
     scvi.model.SCVI.setup_anndata(sub)
     model = scvi.model.SCVI(sub, n_hidden=hidden, n_latent=latent, n_layers=layers,
@@ -504,7 +493,7 @@ def bench_generation(args, device: str) -> dict:
     import torch
 
     from cellsynth.config import CVAEConfig
-    from cellsynth.models._draws import nb_csr
+    from cellsynth.models._draws import draw_counts
     from cellsynth.models.cvae import CVAE
 
     adata = atlas(args.cells, args.genes, args.types)
@@ -532,22 +521,24 @@ def bench_generation(args, device: str) -> dict:
     n, genes = syn.n_obs, syn.n_vars
     nnz = syn.X.nnz
     del syn, back
-    # where sample's time goes: the decoder (on the device) vs the sparse NB draw (nb_csr)
+    # where sample's time goes: mixture + decoder (on the device) vs the sparse NB draw
     module = model.module
     rows = max(1, min(4 * cfg.batch_size, 4_000_000 // genes))  # CVAE.sample's chunk size
     n_chunks = max(1, min(math.ceil(n / rows), 10))
     rng = np.random.default_rng(0)
     t_dec = t_draw = 0.0
-    with torch.no_grad():
-        for _ in range(n_chunks):
+    with torch.no_grad():  # as CVAE.sample does: latents and libraries from each type's mixture
+        for i in range(n_chunks):
             s0 = time.perf_counter()
-            y = torch.zeros(rows, dtype=torch.long, device=device)
-            z = torch.randn(rows, module.n_latent, device=device)
-            lib = torch.full((rows,), 2000.0, device=device)
+            y = torch.full((rows,), i % len(model.labels), dtype=torch.long, device=device)
+            u = torch.from_numpy(rng.random(rows, dtype=np.float32)).to(device)
+            eps = torch.from_numpy(rng.standard_normal((rows, module.n_latent + 1),
+                                                       dtype=np.float32)).to(device)  # fmt: skip
+            z, lib = module.mixture_from_noise(u, eps, y)
             px = module.generative(z, y, lib)
             sync(device)
             s1 = time.perf_counter()
-            nb_csr(rng, px.mu, px.theta)
+            draw_counts(px, lib, rng)
             s2 = time.perf_counter()
             t_dec, t_draw = t_dec + s1 - s0, t_draw + s2 - s1
     per_cell = 1 / (n_chunks * rows)
@@ -830,8 +821,9 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
              "latents) and `AnnData.write_h5ad` of the result; cells/s counts both. The model "
              "is the default architecture trained briefly on a simulated atlas (training does "
              "not change the cost of sampling). The split of `sample`'s time is timed apart on "
-             "up to 10 of its chunks: the decoder on the device, and the sparse negative "
-             "binomial draw (`models._draws.nb_csr`: which entries are non-zero, and their "
+             "up to 10 of its chunks, as `sample` makes them (latents and library sizes from "
+             "each type's mixture, types in turn): the mixture and the decoder on the device, "
+             "and the sparse negative binomial draw (`models._draws.nb_csr`: which entries are non-zero, and their "
              "counts, drawn with tensor operations where the decoder runs; CSR out). Then "
              "`cellsynth generate` in its own process (start-up and loading the model "
              "included), which streams the cells to the h5ad one chunk at a time (on a GPU "
@@ -853,7 +845,7 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
                   f"| **cells/s, sample + write** (target ≥ {TARGETS['generation']:,.0f}) "
                   f"| **{fmt(res['cells_per_s'])}** ({'met' if ok else 'missed'}) |",
                   f"| values/s (cells × genes) | {res['values_per_s'] / 1e6:,.1f} M |",
-                  f"| decoder, µs per cell | {res['decoder_s_per_cell'] * 1e6:.1f} |",
+                  f"| latent mixture + decoder, µs per cell | {res['decoder_s_per_cell'] * 1e6:.1f} |",
                   f"| sparse NB draw to CSR, µs per cell | {res['draw_s_per_cell'] * 1e6:.1f} |",
                   ""]  # fmt: skip
         flops = res.get("decoder_flops_per_cell")
@@ -1160,7 +1152,9 @@ def main() -> int:
                 def keep_small(res: dict, device: str = device, start=start) -> None:
                     save_result(kept, "small", device, res, ctx, start)
 
-                perf_small.bench_small(args, out, keep_small)  # kept per data set
+                path = kept / f"small_{device}.json"
+                earlier = json.loads(path.read_text()) if path.exists() else None
+                perf_small.bench_small(args, out, keep_small, earlier)  # kept per data set
                 continue
             for device in ([auto] if whole_runs else devices):
                 ctx.update(date=dt.datetime.now().isoformat(timespec="minutes"),

@@ -29,7 +29,7 @@ from cellsynth.models.modules.cvae import (
     CVAEModule,
     NegativeBinomial,
     log_nb,
-    log_poisson_cells,
+    log_poisson_softmax,
     log_zinb,
 )
 
@@ -553,15 +553,20 @@ def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta)
         torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-5)
 
 
-def test_poisson_cells_is_the_dense_sum_and_moments_training_leaves_the_dispersion():
-    mu = torch.rand(6, 9, dtype=torch.float64) * 4 + 0.01
-    x = torch.poisson(mu) * (torch.rand(6, 9, dtype=torch.float64) < 0.6)
-    mu.requires_grad_(True)
-    dense = torch.distributions.Poisson(mu).log_prob(x).sum(-1)
-    sparse = log_poisson_cells(x, mu, mu.sum(-1))
-    torch.testing.assert_close(sparse, dense)
-    (g_dense,) = torch.autograd.grad(dense.sum(), mu)
-    (g_sparse,) = torch.autograd.grad(log_poisson_cells(x, mu, mu.sum(-1)).sum(), mu)
+def test_poisson_from_logits_is_the_dense_sum_and_moments_training_leaves_the_dispersion():
+    logits = torch.randn(6, 9, dtype=torch.float64) * 2
+    library = torch.rand(6, dtype=torch.float64) * 30 + 1
+    x = torch.poisson(library[:, None] * torch.softmax(logits, -1))
+    x[0] = 0  # a cell without counts: only its zeros
+    logits.requires_grad_(True)
+
+    def dense(lg: torch.Tensor) -> torch.Tensor:
+        mu = library[:, None] * torch.softmax(lg, -1)
+        return torch.distributions.Poisson(mu).log_prob(x).sum(-1)
+
+    torch.testing.assert_close(log_poisson_softmax(x, logits, library), dense(logits))
+    (g_dense,) = torch.autograd.grad(dense(logits).sum(), logits)
+    (g_sparse,) = torch.autograd.grad(log_poisson_softmax(x, logits, library).sum(), logits)
     torch.testing.assert_close(g_sparse, g_dense)
 
     module = CVAEModule(n_input=9, n_labels=2, n_hidden=[8], n_latent=2, dispersion_fit="moments")
