@@ -58,10 +58,10 @@ def log_poisson_softmax(x: torch.Tensor, logits: torch.Tensor, library: torch.Te
     ``library * softmax(logits)``, from the logits.
 
     The means sum to ``library``, so the zeros add ``-library`` in all; only the non-zero
-    counts are visited, at ``log mu = log library + logits - logsumexp(logits)``. The dense
-    work is one logsumexp (and its softmax in the backward pass): no means, no logarithm of
-    them, no scatter of their gradient (about half the time of the loss head through the
-    means).
+    counts are visited, at ``log mu = log library + logits - logsumexp(logits)`` (exact: no
+    logarithm of a mean that underflows). The dense work is one logsumexp and its softmax in
+    the backward pass. At 2,000 genes on 2 CPU cores it is no faster than going through the
+    means: the output layer's matmuls dominate the head.
     """
     lse = torch.logsumexp(logits, dim=-1)  # (B,)
     rows, cols = (x > 0).nonzero(as_tuple=True)
