@@ -210,7 +210,8 @@ def _earlier_rows(earlier: dict | None, args, names: set[str]) -> list[dict]:
         return []
     rows = [r for r in res.get("rows", []) if r["name"] not in names]
     for r in rows:  # rows kept before rows carried their own date: the run's
-        r.setdefault("measured", {"date": earlier.get("date"), "commit": None})
+        r.setdefault("measured", {"date": earlier.get("date"), "commit": None,
+                                  "run": earlier.get("date")})  # fmt: skip
     return rows
 
 
@@ -227,7 +228,7 @@ def bench_small(args, out: Path, keep=None, earlier: dict | None = None) -> dict
     paths = datasets(args.small_data)
     carried = _earlier_rows(earlier, args, {p.stem for p in paths})
     rows: list[dict] = []
-    commit = _commit()
+    commit, run = _commit(), dt.datetime.now().isoformat(timespec="minutes")
     for path in paths:
         work = out / "small" / path.stem
         d = prepare(path, work, QUICK_CELLS if args.quick else 0)
@@ -242,7 +243,8 @@ def bench_small(args, out: Path, keep=None, earlier: dict | None = None) -> dict
             r["auc"] = auc.get(model)
             if model == "condscvi":
                 r["auc_prior"] = auc.get("condscvi_prior")
-        measured = {"date": dt.datetime.now().isoformat(timespec="minutes"), "commit": commit}
+        measured = {"date": dt.datetime.now().isoformat(timespec="minutes"), "commit": commit,
+                    "run": run}  # fmt: skip
         rows.append({k: v for k, v in d.items() if not k.startswith(("x_", "y_", "gene_names"))}
                     | {"floor": auc["floor"], "train_vs_test": auc["train"], "fits": fits,
                        "measured": measured})
@@ -364,8 +366,8 @@ def page_small(found: dict, header) -> list[str]:
                          f"| {_f(fl['auc'], 3)} | {_f(fl['gene_auc'], 3)} |")
             lines.append(f"| {data} | *real training cells vs test* | | | | | "
                          f"| {_f(tt.get('auc'), 3)} | {_f(tt.get('gene_auc'), 3)} |")
-        dates = {(row.get("measured") or {}).get("date") for row in res["rows"]}
-        if len(dates) > 1:  # rows from several runs (a run measures the data sets it names)
+        runs = {(row.get("measured") or {}).get("run") for row in res["rows"]}
+        if len(runs) > 1:  # rows from several runs (a run measures the data sets it names)
             lines += ["", "Measured in more than one run, each data set's three fits one after "
                       "the other: " + "; ".join(
                           f"{row['name']} {_when(row)}" for row in res["rows"]) + "."]
