@@ -165,11 +165,16 @@ def other_cores(start: tuple[float, float, float]) -> float | None:
     return None if math.isnan(busy) or wall <= 0 else max(0.0, (busy - own) / wall)
 
 
+def result_path(out: Path, section: str, device: str, variant: str = "") -> Path:
+    """Where a section's result on ``device`` (and ``variant``) is kept."""
+    return out / f"{section}_{device}{'_' + variant if variant else ''}.json"
+
+
 def save_result(out: Path, section: str, device: str, result: dict, ctx: dict,
                 start: tuple[float, float, float], variant: str = "") -> None:
     """Keep one result per section and device, and per ``variant`` (the --atlas preset's name:
     a preset's run and the default settings' are kept side by side)."""
-    path = out / f"{section}_{device}{'_' + variant if variant else ''}.json"
+    path = result_path(out, section, device, variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"section": section, "device": device, "variant": variant, **ctx,
                                 "load_after": list(os.getloadavg()),
@@ -1152,7 +1157,7 @@ def main() -> int:
                 def keep_small(res: dict, device: str = device, start=start) -> None:
                     save_result(kept, "small", device, res, ctx, start)
 
-                path = kept / f"small_{device}.json"
+                path = result_path(kept, "small", device)
                 earlier = json.loads(path.read_text()) if path.exists() else None
                 perf_small.bench_small(args, out, keep_small, earlier)  # kept per data set
                 continue

@@ -288,11 +288,12 @@ class CVAE(DesignRequests):
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
         max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
         evaluate, every = monitor(self, train, val, yt, seed, max_epochs)
+        fidelity = isinstance(evaluate, FidelityCheck)
         result = _loop.train_loop(
             _loop.Steps(module, tr.optimizer(module, c), step, batches, len(train), generator),
             evaluate, dataclasses.replace(c, max_epochs=max_epochs),
             _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint,
-                              tolerance=c.select_tolerance if isinstance(evaluate, FidelityCheck) else 0.0),
+                              tolerance=c.select_tolerance if fidelity else 0.0),
         )
         history = result.history
         self._fit_sampler(train, yt, seed)
@@ -300,7 +301,6 @@ class CVAE(DesignRequests):
             checkpoint.remove()
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
-        fidelity = isinstance(evaluate, FidelityCheck)
         history["select"] = "fidelity" if fidelity else "elbo"
         logger.info("CVAE: best epoch %d of %d (%s %.4f) in %.1f s, %.0f cells/s",
                     history["best_epoch"], history["epochs"],
