@@ -470,6 +470,21 @@ def test_early_stopping_waits_for_min_steps():
     assert run(10) == 5  # 2 steps an epoch: not before 10 steps
 
 
+def test_fidelity_selection_is_not_held_by_min_steps(monkeypatch):
+    """``cvae.min_steps`` holds early stopping on the ELBO only: the fidelity checks are spaced
+    in optimiser steps already, and patience counts checks."""
+    from cellsynth.models import _select
+
+    monkeypatch.setattr(_select.FidelityCheck, "__call__", lambda self: 0.6)  # never improves
+    adata = simulated_counts(n_per_type=100)
+    config = tiny_config(select="fidelity", max_epochs=30, min_steps=10**6, patience=1,
+                         batch_size=16)  # fmt: skip
+    h = CVAE(adata, config=config).train(seed=0)
+    checked = [e for e, v in enumerate(h["val_loss"]) if v is not None]
+    assert checked == [5, 11] and h["epochs"] == 12  # stopped at the second check
+    assert h["best_epoch"] == 11  # equal checks: the later one is kept (within the tolerance)
+
+
 def test_min_improvement_stops_a_loss_that_only_creeps_down():
     """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
     budget: ``cvae.min_improvement`` counts such epochs as no improvement."""

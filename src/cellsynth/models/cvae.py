@@ -291,7 +291,10 @@ class CVAE(DesignRequests):
         fidelity = isinstance(evaluate, FidelityCheck)
         result = _loop.train_loop(
             _loop.Steps(module, tr.optimizer(module, c), step, batches, len(train), generator),
-            evaluate, dataclasses.replace(c, max_epochs=max_epochs),
+            # min_steps is for the ELBO, which plateaus on few steps an epoch; the fidelity
+            # check is spaced in steps already, so patience alone bounds it
+            evaluate, dataclasses.replace(c, max_epochs=max_epochs,
+                                          min_steps=0 if fidelity else c.min_steps),
             _loop.LoopOptions("CVAE", "cvae.lr", every, checkpoint,
                               tolerance=c.select_tolerance if fidelity else 0.0),
         )
