@@ -57,3 +57,22 @@ def test_held_out_combination_beats_pooling(design, tmp_path):
     assert "### Held-out combination: cell_type=type_00, condition=stim" in text
     assert "- cvae generated the combination" in text and "closer than pooling" in text
     assert "- nb fell back to the type's fit" in text
+
+
+def test_saturated_aucs_are_ranked_by_mmd():
+    """Two AUCs of 0.999 and 1.000 both mean "told apart every time": the page does not call
+    one closer for it, the MMD decides; below saturation the AUC decides. cvae is also set
+    beside scvi where scvi ran."""
+    def row(auc, mmd):
+        return {"c2st_auc": auc, "mmd": mmd, "knn_precision": 0.0, "knn_recall": 0.0,
+                "gene_mean_spearman": 0.5, "gene_auc": 1.0, "n_cells": 100}
+
+    result = {"holdout": {"cell_type": "a", "condition": "stim"}, "n_held_out": 100,
+              "rows": {"real vs real": row(0.45, 0.0), "pooling (other levels)": row(1.0, 0.68),
+                       "cvae": row(1.0, 0.52), "nb": row(0.999, 0.84), "scvi": row(0.983, 0.30)},
+              "conditioned": {"cvae": True, "nb": "fallback", "scvi": True}}
+    lines = {ln.split(" ")[1]: ln for ln in holdout_section(result) if ln.startswith("- ")}
+    assert "closer than pooling by MMD (0.5200 against 0.6800" in lines["cvae"]
+    assert "not closer than scvi (0.983)" in lines["cvae"]
+    assert "not closer than pooling by MMD (0.8400 against 0.6800" in lines["nb"]
+    assert "closer than pooling (1.000)" in lines["scvi"] and "than scvi" not in lines["scvi"]
