@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: real cells the held-out combination needs (each half of the floor then has 20)
 MIN_HELD_OUT = 40
-#: the columns of the held-out table: (key in a row, header, format)
 #: two-sample AUCs this high both mean "told apart every time": the MMD decides between them
 SATURATED = 0.99
+#: the columns of the held-out table: (key in a row, header, format)
 HOLDOUT_COLUMNS = [
     ("c2st_auc", "2-sample AUC ↓", "{:.3f}"),
     ("mmd", "MMD ↓", "{:.4f}"),
