@@ -40,6 +40,34 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """True when ``device`` multiplies bfloat16 matrices in hardware (a CPU with AVX512-BF16 or
+    AMX tiles; a CUDA GPU that supports bfloat16), so mixed precision is faster, not emulated."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(bool(getattr(cpu, name, lambda: False)())
+                   for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the dense layers compute in for a config value: ``"float32"``,
+    ``"bfloat16"`` or ``"auto"`` (bfloat16 where :func:`native_bfloat16`, else float32)."""
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        if not native_bfloat16(device):
+            logger.warning("precision 'bfloat16' asked for, but this %s has no bfloat16 matrix "
+                           "units: it is emulated and slower than float32; set precision to "
+                           "'auto' or 'float32'", device.type)  # fmt: skip
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    raise ConfigError(f"unknown precision {precision!r}; use 'auto', 'float32' or 'bfloat16'")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global generators (CPU and CUDA) and return a CPU generator seeded alike.
 

@@ -158,6 +158,7 @@ class CVAE(DesignRequests):
             n_covariate_embed=c.n_covariate_embed,
             decode_labels=c.decode_labels,
         )
+        module.compute_dtype = tr.resolve_precision(c.precision, self.device)
         return module.to(self.device)
 
     def eval_rows(self) -> int:
@@ -305,6 +306,7 @@ class CVAE(DesignRequests):
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
         history["select"] = "fidelity" if fidelity else "elbo"
+        history["precision"] = str(module.compute_dtype).removeprefix("torch.")
         logger.info("CVAE: best epoch %d of %d (%s %.4f) in %.1f s, %.0f cells/s",
                     history["best_epoch"], history["epochs"],
                     "validation two-sample AUC" if fidelity else "val loss", result.best_loss,

@@ -20,6 +20,7 @@ so that each type's gene means under the mixture equal the training cells' (``se
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -221,7 +222,18 @@ class CVAEModule(nn.Module):
         lives in ``z`` (its prior and mixture are still per type), so a covariate's effect is
         a function of the cell's state shared by types of similar states, not an interaction
         learned per type: it carries over to a combination no training cell had (issue 18).
+
+    Attributes
+    ----------
+    compute_dtype
+        What the encoder's and decoder's dense layers multiply in (``torch.float32``, the
+        default, or ``torch.bfloat16``: mixed precision under :func:`torch.autocast`). Weights,
+        the latent Gaussian, the output logits (their bias is added in float32, after the
+        matmul) and every likelihood stay float32. Set by the model class from its
+        ``precision`` setting; not saved with the weights.
     """
+
+    compute_dtype: torch.dtype = torch.float32
 
     def __init__(
         self,
@@ -346,9 +358,10 @@ class CVAEModule(nn.Module):
         c
             Integer covariate codes, shape ``(B, k)`` (None without covariates).
         """
-        h = self.encoder(torch.cat([self.normalise(x, library), self.condition(y, c)], dim=-1))
-        qz_m = self.z_mean(h)  # (B, n_latent)
-        qz_log_scale = self.z_log_scale(h).clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
+        with self._mixed():
+            h = self.encoder(torch.cat([self.normalise(x, library), self.condition(y, c)], dim=-1))
+            qz_m = self.z_mean(h).float()  # (B, n_latent)
+            qz_log_scale = self.z_log_scale(h).float().clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
         qz = Normal(qz_m, torch.exp(qz_log_scale))
         return qz, qz.rsample()
 
@@ -379,8 +392,24 @@ class CVAEModule(nn.Module):
         cond = self.condition(y, c)  # (B, n_embed + n_covariate_embed * k)
         if not self.decode_labels:
             cond = cond[:, self.embed.embedding_dim:]  # the covariates only
-        h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
-        return h, self.px_scale_decoder(h)
+        if self.compute_dtype == torch.float32:
+            h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
+            return h, self.px_scale_decoder(h)
+        head = self.px_scale_decoder
+        with self._mixed():
+            h = self.decoder(torch.cat([z, cond], dim=-1))
+            hw = F.linear(h, head.weight)  # (B, n_input), bfloat16
+        # the bias (each gene's level, large) is added in float32: rounded to bfloat16 with the
+        # product, the logits lost enough that the training loss of a simulated atlas was 1%
+        # higher; this way it matches float32's
+        return h.float(), hw.float() + head.bias
+
+    def _mixed(self) -> contextlib.AbstractContextManager:
+        """:func:`torch.autocast` to :attr:`compute_dtype` on this module's device, or nothing
+        when that is float32."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.px_r.device.type, dtype=self.compute_dtype)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
