@@ -12,6 +12,7 @@ from cellsynth.classify import train_classifier
 from cellsynth.config import ClassifierConfig
 from cellsynth.errors import DataError
 from cellsynth.explain import explain_type, plot_shap, shap_contributions, write_shap
+from cellsynth.explain.shap import class_booster
 
 N_FEATURES = 10
 INFORMATIVE = 3  # "target" differs from the others only in this feature (PC4)
@@ -47,6 +48,21 @@ def test_contributions_sum_to_margin(clf, target_cells):
         xgb.DMatrix(X), output_margin=True, iteration_range=(0, clf.best_iteration + 1)
     )[:, clf.labels.index("target")]
     np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+
+
+def test_one_class_trees_give_every_class_contributions_exactly(clf, target_cells, monkeypatch):
+    X = target_cells[:20]
+    n_rounds = clf.best_iteration + 1
+    full = clf.booster.predict(xgb.DMatrix(X), pred_contribs=True,
+                               iteration_range=(0, n_rounds)).reshape(len(X), 3, -1)  # fmt: skip
+    for k, label in enumerate(clf.labels):
+        one = class_booster(clf.booster, k, n_rounds)
+        assert one is not None and one.num_boosted_rounds() == n_rounds
+        np.testing.assert_allclose(shap_contributions(clf, X, label), full[:, k], atol=1e-6)
+    # a booster it cannot cut (here: told so) is used whole, with the same answer
+    monkeypatch.setattr("cellsynth.explain.shap.class_booster", lambda *a: None)
+    np.testing.assert_allclose(shap_contributions(clf, X, "target"),
+                               full[:, clf.labels.index("target")], atol=1e-6)  # fmt: skip
 
 
 def test_informative_feature_ranks_first(clf, target_cells):

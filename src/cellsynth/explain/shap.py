@@ -88,22 +88,65 @@ def shap_contributions(
     """
     k = _class_index(classifier, cell_type)
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
-    n_classes = len(classifier.labels)
     n_features = X.shape[1]
+    n_rounds = classifier.best_iteration + 1
+    one = class_booster(classifier.booster, k, n_rounds)
+    if one is not None:  # the class's own trees: its margin alone, (0, 0) is every tree
+        booster, n_classes, col, iteration_range = one, 1, 0, (0, 0)
+    else:  # a model that cannot be cut: every class's contributions, one kept
+        booster, n_classes, col = classifier.booster, len(classifier.labels), k
+        iteration_range = (0, n_rounds)
     batch = max(1, min(_BATCH_ROWS, _BATCH_FLOATS // (n_classes * (n_features + 1))))
-    iteration_range = (0, classifier.best_iteration + 1)
     out = np.empty((X.shape[0], n_features + 1), dtype=np.float32)
     bar = progress_bar(total=X.shape[0], desc="SHAP", unit="cell")
     for start in range(0, X.shape[0], batch):
         stop = min(start + batch, X.shape[0])
-        contribs = classifier.booster.predict(
+        contribs = booster.predict(
             xgb.DMatrix(X[start:stop]), pred_contribs=True, iteration_range=iteration_range
         )
         contribs = contribs.reshape(stop - start, n_classes, n_features + 1)  # (b, k, f+1)
-        out[start:stop] = contribs[:, k, :]
+        out[start:stop] = contribs[:, col, :]
         bar.update(stop - start)
     bar.close()
     return out
+
+
+def class_booster(booster: xgb.Booster, k: int, n_rounds: int) -> xgb.Booster | None:
+    """The trees of class ``k`` in the first ``n_rounds`` rounds of a multi-class booster, as a
+    booster of their own whose output is that class's margin (its base score and trees).
+
+    TreeSHAP of a softmax booster computes every class's contributions; the explanation keeps
+    one. Cut to one class's trees, it costs ``1 / n_classes`` as much (126 types: 126 times
+    less) and gives the same numbers. None when the booster is not one tree per class a round
+    (a random forest's ``num_parallel_tree``, a single-output objective): then use it whole.
+    """
+    raw = json.loads(booster.save_raw("json"))
+    learner = raw["learner"]
+    params = learner["learner_model_param"]
+    model = learner["gradient_booster"].get("model", {})
+    n_class = int(params.get("num_class", "0"))
+    if (learner["gradient_booster"].get("name") != "gbtree" or n_class < 2
+            or model.get("gbtree_model_param", {}).get("num_parallel_tree") != "1"):  # fmt: skip
+        return None
+    ptr, info = model["iteration_indptr"], model["tree_info"]
+    rounds = range(min(n_rounds, len(ptr) - 1))
+    keep = [t for r in rounds for t in range(ptr[r], ptr[r + 1]) if info[t] == k]
+    if len(keep) != len(rounds):
+        return None
+    base = params["base_score"].strip("[]").split(",")
+    if len(base) != n_class:
+        return None
+    model["trees"] = [dict(model["trees"][t], id=i) for i, t in enumerate(keep)]
+    model["tree_info"] = [0] * len(keep)
+    model["iteration_indptr"] = list(range(len(keep) + 1))
+    model["gbtree_model_param"]["num_trees"] = str(len(keep))
+    params.update(base_score=f"[{base[k]}]", num_class="0")
+    # the margin as it is: an identity link, as softmax's margins before the softmax
+    learner["objective"] = {"name": "reg:squarederror",
+                            "reg_loss_param": {"scale_pos_weight": "1"}}  # fmt: skip
+    one = xgb.Booster()
+    one.load_model(bytearray(json.dumps(raw).encode()))
+    return one
 
 
 def explain_type(
