@@ -106,7 +106,7 @@ def nb_csr(
     mu
         Means, ``(n, n_genes)``, on any device.
     theta
-        Inverse dispersions, ``(n_genes,)`` or ``(n, n_genes)``, same device.
+        Inverse dispersions, ``(n_genes,)``, ``(1, n_genes)`` or ``(n, n_genes)``, same device.
     dropout
         Zero-inflation probabilities ``(n, n_genes)`` or ``None``.
     """
@@ -118,7 +118,10 @@ def nb_csr(
         # others (mu is small for most entries) are decided exactly
         flat = _where(torch.lt(u, mu.reshape(-1)))  # row-major: CSR order
         m = mu.reshape(-1)[flat]
-        th = theta[flat % n_genes] if theta.dim() == 1 else theta.expand(n, n_genes).reshape(-1)[flat]
+        if theta.dim() == 1 or theta.shape[0] == 1:  # one row for every cell
+            th = theta.reshape(-1)[flat % n_genes]
+        else:
+            th = theta.expand(n, n_genes).reshape(-1)[flat]
         lam = th * torch.log1p(m / th)
         hit = _where(u[flat] < -torch.expm1(-lam))
         flat = flat[hit]
@@ -194,23 +197,35 @@ def _search(u: torch.Tensor, lam: torch.Tensor, p: torch.Tensor,
     """``NB`` counts given ``>= 1``: the first ``k`` whose conditional cdf reaches ``u``.
 
     ``P(X = 1 | X >= 1) = theta p exp(-lam) / (1 - exp(-lam))`` and each next term is the last
-    times ``p (k + theta) / (k + 1)``; each step works on the entries not yet placed, so its
-    cost is about that of the first step or two.
+    times ``p (k + theta) / (k + 1)``. The count is one plus the number of steps whose cdf is
+    still below ``u`` (the cdf only grows), so a step is a few in-place operations on the
+    entries not yet placed, and those are gathered anew only when fewer than half are left.
     """
     out = torch.ones_like(u)
     term = theta * p * torch.exp(-lam) / -torch.expm1(-lam)
     left = _where(u > term)
-    u, term, cdf, p, theta = u[left], term[left], term[left], p[left], theta[left]
+    u, term, p, theta = u[left], term[left], p[left], theta[left]
+    cdf = term.clone()
+    count = torch.full_like(u, 2.0)  # above the first term: at least 2
+    more = torch.empty(len(u), dtype=torch.bool, device=u.device)
+    ratio = torch.empty_like(u)
     k = 1
     while len(left) and k < _SEARCH_STEPS:
-        term = term * (p * (k + theta) / (k + 1))
-        cdf = cdf + term
+        torch.add(theta, k, out=ratio)
+        ratio.mul_(p).div_(k + 1)  # p (k + theta) / (k + 1)
+        term.mul_(ratio)
+        cdf.add_(term)
         k += 1
-        more = u > cdf
-        out[left] = torch.where(more, out[left], float(k))  # the entries placed at k
-        at = _where(more)
-        left, u, term, cdf, p, theta = (a[at] for a in (left, u, term, cdf, p, theta))
-    out[left] = k  # the tail beyond the last step: under 1e-20 of an entry's mass
+        torch.gt(u, cdf, out=more)
+        count.add_(more)
+        active = int(more.sum())
+        if active <= len(left) // 2:  # gather the entries left (none: done)
+            out[left] = count
+            at = _where(more)
+            left, u, term, cdf, p, theta, count = (
+                a[at] for a in (left, u, term, cdf, p, theta, count))
+            more, ratio = more[: len(at)], ratio[: len(at)]
+    out[left] = count.clamp_(max=float(k))  # the tail beyond the last step: under 1e-20
     return out
 
 
@@ -296,4 +311,4 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     else:
         z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
         library = module.library_from_noise(eps[:, -1], y)  # (n,)
-    return draw_counts(module.generative(z, y, library, c), library, rng)
+    return draw_counts(module.generative_one_type(z, y, library, c), library, rng)
