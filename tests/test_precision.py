@@ -47,7 +47,7 @@ def _module_and_cells(n_genes: int = 2000, n_cells: int = 256):
     x = torch.tensor(rng.poisson(mean * rng.lognormal(0.0, 0.5, (n_cells, 1))), dtype=torch.float32)
     y = torch.tensor(rng.integers(0, 3, n_cells))
     module.init_from_data(torch.log(x.sum(0) / x.sum() + 1e-9), torch.zeros(n_genes))
-    return module.eval(), x, y, x.sum(1)
+    return module.train(), x, y, x.sum(1)  # low precision applies in training mode only
 
 
 def test_bfloat16_loss_matches_float32_and_the_logits_stay_float32():
@@ -64,6 +64,21 @@ def test_bfloat16_loss_matches_float32_and_the_logits_stay_float32():
     # as a plain autocast would, the loss moves about 1.5e-4 of itself
     rel = abs(losses[torch.bfloat16] - losses[torch.float32]) / losses[torch.float32]
     assert rel < 5e-5, losses
+
+
+def test_eval_mode_decodes_in_float32_whatever_the_training_precision():
+    module, x, y, library = _module_and_cells()
+    z = torch.randn(len(x), module.n_latent, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        module.compute_dtype = dtype
+        module.train()
+        trained = module._decode(z, y, None)[1]
+        module.eval()
+        out[dtype] = (trained, module._decode(z, y, None)[1], module.inference(x, y, library)[0].loc)
+    assert torch.equal(out[torch.float32][1], out[torch.bfloat16][1])  # generation: exact
+    assert torch.equal(out[torch.float32][2], out[torch.bfloat16][2])  # sampler fit: exact
+    assert not torch.equal(out[torch.float32][0], out[torch.bfloat16][0])  # training: bfloat16
 
 
 def test_fit_records_its_precision_and_its_losses_are_float32s():

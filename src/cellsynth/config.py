@@ -323,10 +323,13 @@ class CVAEConfig:
     # torchrun processes on this machine when distributed
     nproc_per_node: int = ranged("[1, inf)", 2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # the dense layers' matmuls: "bfloat16" runs them in bfloat16 (weights, losses and the
-    # output logits stay float32: mixed precision); "auto" picks it where the device multiplies
-    # bfloat16 natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it), else float32
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # the dense layers' matmuls while training: "bfloat16" runs them in bfloat16 (weights,
+    # losses and the output logits stay float32: mixed precision; generation, the sampler's fit
+    # and the selection checks decode in float32); "auto" picks it where the device multiplies
+    # bfloat16 natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it), else float32.
+    # float32 by default: bfloat16 trains 1.4-1.9x faster on such a CPU, but its generated
+    # cells were further from real ones gene by gene (ARCHITECTURE.md, invariants)
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
     # training checkpoints (pipeline runs): a killed `cellsynth run` resumes training from the
     # last one; write one after every this many epochs; 0 = never
     checkpoint_every: int = ranged("[0, inf)", 1)

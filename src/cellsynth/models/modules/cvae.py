@@ -411,7 +411,7 @@ class CVAEModule(nn.Module):
         cond = self.condition(y, c)  # (B, n_embed + n_covariate_embed * k)
         if not self.decode_labels:
             cond = cond[:, self.embed.embedding_dim:]  # the covariates only
-        if self.compute_dtype == torch.float32:
+        if not self._low_precision():
             h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
             return h, self.px_scale_decoder(h)
         head = self.px_scale_decoder
@@ -424,11 +424,19 @@ class CVAEModule(nn.Module):
         return h.float(), torch.add(hw, head.bias)  # float32 out, one pass
 
     def _mixed(self) -> contextlib.AbstractContextManager:
-        """:func:`torch.autocast` to :attr:`compute_dtype` on this module's device, or nothing
-        when that is float32."""
-        if self.compute_dtype == torch.float32:
+        """:func:`torch.autocast` to :attr:`compute_dtype` on this module's device while it
+        trains; nothing in float32 or in eval mode."""
+        if not self._low_precision():
             return contextlib.nullcontext()
         return torch.autocast(self.px_r.device.type, dtype=self.compute_dtype)
+
+    def _low_precision(self) -> bool:
+        """Whether the dense layers multiply in :attr:`compute_dtype` now: in training mode only.
+        Generation, the sampler's fit and the selection checks decode in float32: in bfloat16
+        each cell's logits carry a rounding noise of their own (seed 0, gene-level two-sample
+        AUC of the generated cells, bfloat16 everywhere against training only: kidney 0.593
+        against 0.580, pancreas 0.704 against 0.596)."""
+        return self.training and self.compute_dtype != torch.float32
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
