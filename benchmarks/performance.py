@@ -564,7 +564,7 @@ def bench_generation(args, device: str) -> dict:
             eps = torch.from_numpy(rng.standard_normal((rows, module.n_latent + 1),
                                                        dtype=np.float32)).to(device)  # fmt: skip
             z, lib = module.mixture_from_noise(u, eps, y)
-            px = module.generative_one_type(z, y, lib)  # as sample_counts decodes a chunk
+            px = module.generative(z, y, lib, one_type=True)  # as sample_counts decodes a chunk
             sync(device)
             s1 = time.perf_counter()
             draw_counts(px, lib, rng)

@@ -609,7 +609,7 @@ def test_dispersion_by_moments_recovers_a_known_negative_binomial():
     x = rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float32)
     rows = Rows(sp.csr_matrix(x), codes, torch.device("cpu"))
 
-    def true_mean(z, y, library, c=None):
+    def true_mean(z, y, library, c=None, *, one_type=False):  # generative's signature
         scale = torch.as_tensor(share, dtype=torch.float32)[y]
         return NegativeBinomial(library[:, None] * scale, torch.ones(n_genes))
 

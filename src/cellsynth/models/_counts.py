@@ -145,7 +145,7 @@ def fit_sampler(
                 draws.append(mean[-1] + std[-1] * rng.standard_normal(mean[-1].shape))
             if moments:
                 z = torch.from_numpy(draws[-1]).to(qz.loc)
-                mu = module.generative(z, y, library, c).mu  # (B, n_genes)
+                mu = module.generative(z, y, library, c, one_type=True).mu  # (B, n_genes)
                 mu2[t] += (mu * mu).sum(0, dtype=torch.float64).cpu().numpy()
                 excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
         covariates.append(np.concatenate(cov) if cov else None)
@@ -255,7 +255,7 @@ def gene_scale_by_moments(
             if cov is not None:
                 c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
             z, library = module.mixture_from_noise(u, eps, y)
-            total += module.generative(z, y, library, c).mean.sum(0, dtype=torch.float64)
+            total += module.generative(z, y, library, c, one_type=True).mean.sum(0, dtype=torch.float64)
         decoded[t] = total.cpu().numpy() / n
     n = n_cells[:, None].astype(np.float64)
     a = GENE_SCALE_PRIOR_COUNTS

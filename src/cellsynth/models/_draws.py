@@ -121,7 +121,7 @@ def nb_csr(
         if theta.dim() == 1 or theta.shape[0] == 1:  # one row for every cell
             th = theta.reshape(-1)[flat % n_genes]
         else:
-            th = theta.expand(n, n_genes).reshape(-1)[flat]
+            th = theta.reshape(-1)[flat]
         lam = th * torch.log1p(m / th)
         hit = _where(u[flat] < -torch.expm1(-lam))
         flat = flat[hit]
@@ -311,4 +311,4 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     else:
         z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
         library = module.library_from_noise(eps[:, -1], y)  # (n,)
-    return draw_counts(module.generative_one_type(z, y, library, c), library, rng)
+    return draw_counts(module.generative(z, y, library, c, one_type=True), library, rng)

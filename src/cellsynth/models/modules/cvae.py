@@ -366,44 +366,30 @@ class CVAEModule(nn.Module):
         return qz, qz.rsample()
 
     def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
-                   c: torch.Tensor | None = None, *, calibrated: bool = True) -> Distribution:  # fmt: skip
+                   c: torch.Tensor | None = None, *, calibrated: bool = True,
+                   one_type: bool = False) -> Distribution:  # fmt: skip
         """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
         For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``. With
         ``calibrated`` (generation) the NB mean is multiplied by the type's ``gene_scale``;
-        the training loss and the sampler's fit decode without it.
+        the training loss and the sampler's fit decode without it. With ``one_type`` every row
+        has type ``y[0]`` (generation and the sampler's fit decode a type at a time): the
+        per-type tables are read as one row that broadcasts (``theta`` is ``(1, n_input)``)
+        instead of gathered to ``(B, n_input)``; the distribution is the same.
         """
         h, out = self._decode(z, y, c)  # (B, n_hidden[0]), (B, n_input)
+        rows = y[:1] if one_type else y
         px_r = torch.exp(self.px_r.clamp(*_PX_R_RANGE))  # (n_input,) | (n_labels, n_input)
         if self.dispersion != "gene":
-            px_r = px_r[y]  # (B, n_input): one gather, after the per-type table's exp
+            px_r = px_r[rows]  # (B | 1, n_input): one gather, after the per-type table's exp
         if self.likelihood == "gaussian":
             return Normal(out, px_r.expand_as(out), validate_args=False)
         px_scale = torch.softmax(out, dim=-1)  # (B, n_input)
         if calibrated:
-            px_scale = px_scale * self.gene_scale[y]  # (B, n_input); ones until fitted
+            px_scale = px_scale * self.gene_scale[rows]  # (B, n_input); ones until fitted
         px_rate = library[:, None] * px_scale  # (B, n_input)
         zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
-
-    def generative_one_type(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
-                            c: torch.Tensor | None = None) -> Distribution:  # fmt: skip
-        """:meth:`generative` (calibrated) for cells that all have type ``y[0]``, as generation
-        makes them: the same distribution, the per-type tables read as one row that broadcasts
-        (``theta`` is ``(1, n_input)``) and the NB mean built in place, so each cell costs
-        three fewer passes over ``(B, n_input)`` values."""
-        if self.likelihood == "gaussian":
-            return self.generative(z, y, library, c)
-        h, out = self._decode(z, y, c)
-        row = y[:1]
-        px_r = torch.exp(self.px_r.clamp(*_PX_R_RANGE))
-        if self.dispersion != "gene":
-            px_r = px_r[row]  # (1, n_input)
-        px_rate = torch.softmax(out, dim=-1)
-        del out
-        px_rate.mul_(self.gene_scale[row]).mul_(library[:, None])  # as generative's products
-        zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
-        return NegativeBinomial(px_rate, px_r, zi_logits=zi)
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
