@@ -737,6 +737,28 @@ def test_long_training_logs_signs_of_life(monkeypatch, caplog):
     assert not [r for r in caplog.records if "cells/s" in r.getMessage()]
 
 
+def test_signs_of_life_rate_counts_the_checks(monkeypatch, caplog):
+    """The logged rate and time left are over the run so far, checks included: a rate within
+    one epoch reads thousands of cells a second at its first step and leaves the checks out."""
+    import re
+    import time
+
+    from cellsynth.models import _loop
+
+    def slow_checks():
+        for v in (3.0, 2.0, 1.0):
+            time.sleep(0.2)  # each check: 0.2 s; each step: next to nothing
+            yield v
+
+    caplog.set_level(logging.INFO, logger="cellsynth")
+    monkeypatch.setattr(_loop, "LOG_SECONDS", 0.0)
+    _toy_loop(slow_checks(), steps_per_epoch=3, max_epochs=3, patience=5)
+    lines = [r.getMessage() for r in caplog.records if "cells/s" in r.getMessage()]
+    assert lines[3].startswith("test: epoch 2/3, 1 of 3 cells")
+    rate = float(re.search(r"([\d.]+) cells/s", lines[3]).group(1))
+    assert rate <= 4 / 0.2  # 4 cells done in at least the first check's 0.2 s
+
+
 def test_gene_scale_gives_generated_cells_the_training_means():
     """After a short fit the decoder's means are off; the sampler's gene scale brings each
     type's generated gene means to its training cells' (genes with many counts in the type:

@@ -335,7 +335,6 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
         (steps.train_module or module).train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no sync per step
         n_steps = seen = 0
-        epoch_start = time.perf_counter()
         for idx in batches():
             n_steps += 1
             batch_loss = loss(idx, beta)
@@ -348,7 +347,8 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
             seen += len(idx)
             if verbose and time.perf_counter() - life.last >= LOG_SECONDS:
                 life.log(name, epoch, settings.max_epochs, seen, n_rows,
-                         total.item() / max(seen, 1), time.perf_counter() - epoch_start)
+                         total.item() / max(seen, 1), (epoch - first) * n_rows + seen,
+                         time.perf_counter() - start)
         train_loss = total.item() / n_rows
         check = (evaluate is None or (epoch + 1) % max(o.evaluate_every, 1) == 0
                  or epoch + 1 == settings.max_epochs)  # fmt: skip
@@ -395,14 +395,18 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
 
 class _SignsOfLife:
     """A log line at most every :data:`LOG_SECONDS` inside long epochs: where training is, the
-    loss so far, the last check, cells a second and the time left in the epoch budget."""
+    loss so far, the last check, cells a second and the time left in the epoch budget.
+
+    The rate is over the whole run so far, checks included (``done`` cells in ``seconds``): a
+    rate within one epoch reads thousands of cells a second at its first batch, and the time
+    left it gives leaves out the checks, which are most of a small data set's fit."""
 
     def __init__(self, history: dict[str, Any]) -> None:
         self.history, self.last = history, time.perf_counter()
 
     def log(self, name: str, epoch: int, max_epochs: int, seen: int, n_rows: int, loss: float,
-            seconds: float) -> None:  # fmt: skip
-        rate = seen / max(seconds, 1e-9)
+            done: int, seconds: float) -> None:  # fmt: skip
+        rate = done / max(seconds, 1e-9)
         left = (n_rows - seen) / rate + (max_epochs - epoch - 1) * n_rows / rate
         checks = [v for v in self.history["val_loss"] if v is not None]
         last = f", last check {checks[-1]:.4g}" if checks else ""
