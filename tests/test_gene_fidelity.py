@@ -191,3 +191,27 @@ def test_errors_say_what_and_how():
         gene_fidelity(x, x, real_labels=np.zeros(39), synth_labels=np.zeros(40), seed=0)
     with pytest.raises(CellsynthError, match="299 gene names for 300 genes"):
         gene_importance(x, x, NAMES[:-1], seed=0)
+
+
+def test_repeats_average_halvings_and_steady_the_floor():
+    """With few cells one halving's floor is noisy; ``repeats`` averages independent halvings
+    (the first is the single-repeat result), and ``"auto"`` takes more of them the fewer cells
+    there are. Over seeds, the averaged floor varies less than a single one."""
+    real, synth = cells(160, 11), cells(80, 12)
+    one = gene_fidelity(real, synth, seed=0, repeats=1)["overall"]
+    four = gene_fidelity(real, synth, seed=0, repeats=4)["overall"]
+    assert one["repeats"] == 1 and one["floor_auc_sd"] == 0.0
+    assert four["repeats"] == 4 and four["floor_auc_sd"] > 0.0
+    assert four["distance_bins"] == one["distance_bins"]  # the first halving's
+    assert four["floor_auc"] != one["floor_auc"]
+    auto = gene_fidelity(real, synth, seed=0)["overall"]  # 80 cells a side: the most repeats
+    assert auto["repeats"] == 10
+    big = gene_fidelity(cells(4_400, 13), cells(2_200, 14), seed=0, n_genes=50)["overall"]
+    assert big["repeats"] == 1  # 2,200 cells a side: one halving is enough
+    singles = [gene_fidelity(real, synth, seed=s, repeats=1)["overall"]["floor_auc"]
+               for s in range(8)]
+    means = [gene_fidelity(real, synth, seed=s, repeats=8)["overall"]["floor_auc"]
+             for s in range(8)]
+    assert np.std(means) < 0.7 * np.std(singles), (np.std(means), np.std(singles))
+    with pytest.raises(CellsynthError, match="repeats"):
+        gene_fidelity(real, synth, seed=0, repeats=0)
