@@ -100,6 +100,30 @@ def test_fractional_values_after_the_first_chunk_are_found(tmp_path, monkeypatch
             for_training(path, LABEL, seed=0, backed=backed, chunk_size=50)
 
 
+def test_counts_in_raw_are_found_under_normalised_x(atlas):
+    """scanpy's layout (log-normalised X, counts in raw.X): training reads raw.X's counts, in
+    memory as from a file; normalised X without counts anywhere is refused, saying where it
+    looked."""
+    a = ad.read_h5ad(atlas)
+    counts = sp.csr_matrix(a.X)
+    a.raw = a.copy()
+    a.X = sp.csr_matrix(np.log1p(counts.toarray() / np.maximum(counts.sum(1).A, 1) * 1e4))
+    rows = np.arange(a.n_obs)
+    cells = for_training(a, LABEL, seed=0)
+    assert _same(cells.counts.take(rows), counts)
+    assert cells.genes == list(a.var_names)
+    from cellsynth.models.base import training_counts
+
+    assert _same(training_counts(a), counts)  # nb, scvi and the reference read it too
+    b = a[:, :50].copy()
+    with pytest.raises(DataError, match=r"over 120 genes where X has 50; train on adata.raw"):
+        training_counts(b)
+    a.raw = None
+    for read in (lambda x: for_training(x, LABEL, seed=0), training_counts):
+        with pytest.raises(DataError, match=r"needs raw counts.*layers\['counts'\] or raw.X"):
+            read(a)
+
+
 def test_preprocessed_cells_read_alike(tmp_path):
     from cellsynth import config
     from cellsynth.data.chunked import preprocess_backed

@@ -28,7 +28,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .data.io import BACKED_BYTES, check_file, check_label, check_values, find_counts, is_counts
+from .data.io import (
+    BACKED_BYTES,
+    check_file,
+    check_label,
+    check_values,
+    counts_matrix,
+    find_counts,
+    is_counts,
+)
 from .data.store import MatrixRows
 from .errors import DataError
 
@@ -280,8 +288,18 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
                             "counts: give the unnormalised file")
         x, genes = source.matrix(expr)
         return x, list(map(str, genes))
-    x = source.layers[K.COUNTS] if K.COUNTS in source.layers else source.X
-    return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, source.var_names))
+    if K.COUNTS in source.layers:
+        x, genes = source.layers[K.COUNTS], source.var_names
+    else:  # X, or raw.X where X is normalised (scanpy's layout)
+        expr = find_counts(source)
+        if expr.counts is None:
+            raise DataError("this generator needs raw counts, but X holds normalised values and "
+                            "there is no layers['counts'] or raw.X with counts; give the "
+                            "unnormalised counts in X, layers['counts'] or raw.X")
+        if expr.counts == "raw.X":
+            logger.info("X holds normalised values: training on the counts in raw.X")
+        x, genes = counts_matrix(source, expr)
+    return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, genes))
 
 
 def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
@@ -318,7 +336,7 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
             raise DataError(
                 "this generator needs raw counts, but the matrix holds non-integer values "
                 f"(cells at rows {', '.join(map(str, first))}, ...: normalised, scaled or "
-                "ambient-corrected data); give the unnormalised counts in X or layers['counts']")
+                "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X")
         train = block[is_train[pos]]
         detected += np.bincount(train.indices, minlength=counts.shape[1])
     return detected

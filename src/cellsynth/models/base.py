@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
-from ..data.io import check_label, check_values, is_counts
+from ..data.io import check_label, check_values, find_counts, is_counts
 from ..errors import DataError
 from ._training import check_counts, package_version
 
@@ -40,17 +40,27 @@ class Generator(Protocol):
 
 
 def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
-    """Raw counts of ``adata`` as CSR float32: ``layers['counts']`` if present, else ``X``.
+    """Raw counts of ``adata`` as CSR float32: ``layers['counts']`` if present, else ``X``, or
+    ``raw.X`` where ``X`` is normalised and ``raw`` has the same genes (scanpy's layout).
 
     Raises :class:`DataError` when they are not counts (negative, fractional, NaN).
     """
-    x = adata.layers[K.COUNTS] if K.COUNTS in adata.layers else adata.X
+    if K.COUNTS in adata.layers:
+        x = adata.layers[K.COUNTS]
+    else:
+        expr = find_counts(adata)
+        if expr.counts == "raw.X" and not adata.raw.var_names.equals(adata.var_names):
+            raise DataError(
+                f"X holds normalised values and raw.X the counts, but over {adata.raw.n_vars} "
+                f"genes where X has {adata.n_vars}; train on adata.raw.to_adata() (the counts "
+                "over raw's genes, with the same obs) or put the counts in layers['counts']")
+        x = adata.raw.X if expr.counts == "raw.X" else adata.X
     x = sp.csr_matrix(x, dtype=np.float32)
     check_values(x.data, "the counts")
     if not is_counts(x.data[:1_000_000]):
         raise DataError(
             "this generator needs raw counts, but the matrix holds non-integer values "
-            "(normalised data); give the unnormalised counts in X or layers['counts']"
+            "(normalised data); give the unnormalised counts in X, layers['counts'] or raw.X"
         )
     return x
 
