@@ -22,7 +22,7 @@ from _http_server import start
 from cellsynth import config
 from cellsynth.cli import main
 from cellsynth.data.download import download_url
-from cellsynth.data.io import check_shape, find_counts, read
+from cellsynth.data.io import check_label, check_shape, find_counts, read
 from cellsynth.data.qc import preprocess
 from cellsynth.errors import CellsynthError, ConfigError, DataError, DownloadError, ModelFileError
 from cellsynth.models.base import check_genes
@@ -110,8 +110,29 @@ def test_numeric_label_column(tmp_path, capsys, earlier_model):
     a.obs[LABEL] = np.arange(a.n_obs) % 3
     data = write(a, tmp_path / "x.h5ad")
     line = cli_error(capsys, fit_argv(data, earlier_model), "label column 'cell_type' is numeric")
-    assert ".astype(str)" in line
+    assert ".astype('string').astype('category') (missing values stay missing)" in line
     assert_intact(earlier_model)
+    labels = a.obs[LABEL].astype(float)
+    labels.iloc[:3] = np.nan
+    a.obs[LABEL] = labels.astype("string").astype("category")  # the fix the message gives
+    check_label(a, LABEL)
+    assert a.obs[LABEL].isna().sum() == 3
+
+
+def test_missing_labels_written_as_text(tmp_path, capsys, earlier_model):
+    """``.astype(str)`` writes a missing label as "nan": refused as a cell type, with a fix
+    that makes them missing again (such cells are left out)."""
+    a = make_adata()
+    labels = a.obs[LABEL].astype(object)
+    labels.iloc[:4] = np.nan
+    a.obs[LABEL] = labels.astype(str).astype("category")
+    data = write(a, tmp_path / "x.h5ad")
+    line = cli_error(capsys, fit_argv(data, earlier_model), "4 cells have the label 'nan' in obs")
+    assert "replace(['nan'], None)" in line
+    assert_intact(earlier_model)
+    a.obs[LABEL] = a.obs[LABEL].astype(object).replace(["nan"], None)  # the fix it gives
+    check_label(a, LABEL)
+    assert a.obs[LABEL].isna().sum() == 4
 
 
 # --- 3, 4, 5: values ---------------------------------------------------------------------------

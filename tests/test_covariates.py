@@ -212,6 +212,12 @@ def test_bad_covariate_columns():
     b.obs["condition"] = cond
     with pytest.raises(DataError, match="covariate 'condition' is missing for 7 cells"):
         CVAE(b, label_key="cell_type", covariate_keys=["condition"])
+    filled = b.obs["condition"].astype(object).fillna("unknown").astype(str)  # the fix given
+    assert (filled == "unknown").sum() == 7
+    b.obs["condition"] = b.obs["condition"].astype(str)  # NaN written as "nan"
+    with pytest.raises(DataError, match=r"7 cells have the covariate level 'nan' in "
+                                        r"obs\['condition'\].*replace\(\['nan'\], 'unknown'\)"):
+        CVAE(b, label_key="cell_type", covariate_keys=["condition"])
     b = a.copy()
     b.obs["age"] = np.random.default_rng(0).random(b.n_obs)
     with pytest.raises(DataError, match=r"numeric with .* distinct values; .* bin it"):

@@ -82,8 +82,34 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
         )
 
 
+#: text a missing value becomes when a column is turned into strings (``.astype(str)`` gives
+#: "nan"; ``str(None)`` "None"; pandas' NA "<NA>"): a missing value, never a name
+MISSING_TEXT = ("", "nan", "NaN", "None", "<NA>", "null")
+
+
+def missing_as_text(col: pd.Series, key: str, what: str, fill: str = "None") -> None:
+    """Refuse ``col`` values that are missing values written as text (:data:`MISSING_TEXT`):
+    a cell type or a level called "nan" is what ``.astype(str)`` makes of a missing value.
+    ``fill``: what the error's fix replaces them with (``None``: missing)."""
+    values = col.dropna()
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return
+    text = values.astype(str).str.strip()
+    found = text[text.isin(MISSING_TEXT)]
+    if len(found):
+        names = sorted(set(found))
+        raise DataError(
+            f"{len(found)} cells have the {what} {', '.join(map(repr, names))} in obs['{key}']: "
+            "a missing value written as text (as .astype(str) writes NaN), not a name; "
+            + ("make them missing" if fill == "None" else f"give them a name, e.g. {fill}")
+            + f" (adata.obs['{key}'] = adata.obs['{key}'].astype(object).replace({names!r}, "
+            f"{fill}))")
+
+
 def check_label(adata: ad.AnnData, label_key: str) -> None:
-    """The label column exists and holds names, not numbers."""
+    """The label column exists and holds names, not numbers (nor missing values as text)."""
     if label_key not in adata.obs.columns:
         cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
         raise DataError(
@@ -94,8 +120,10 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
     if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
         raise DataError(
             f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
-            f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}'].astype(str)"
+            f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
+            ".astype('string').astype('category') (missing values stay missing)"
         )
+    missing_as_text(col, label_key, "label")
     values = col.dropna().astype(str)
     n_distinct = values.nunique()
     if n_distinct >= 50 and n_distinct > len(values) / 2:

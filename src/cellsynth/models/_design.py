@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.io import missing_as_text
 from ..errors import DataError
 from .base import request as request_pairs
 
@@ -68,8 +69,9 @@ class Design:
             if missing:
                 raise DataError(
                     f"covariate '{key}' is missing for {missing} cells; fill it (e.g. "
-                    f"adata.obs['{key}'] = adata.obs['{key}'].astype(str).fillna('unknown')) "
-                    "or drop those cells")
+                    f"adata.obs['{key}'] = adata.obs['{key}'].astype(object).fillna('unknown')"
+                    ".astype(str)) or drop those cells")
+            missing_as_text(col.iloc[used], key, "covariate level", "'unknown'")
             values = col.iloc[train]
             if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
                 raise DataError(
