@@ -205,8 +205,13 @@ def test_fidelity_report_per_type(model, space):
 
 def test_fidelity_report_errors(model, space):
     x, y = nb_counts(model, [20] * N_TYPES, seed=8)
-    with pytest.raises(DataError, match="share no cell type"):
+    with pytest.raises(DataError, match=r"share no cell type \(real: 'type0', .*; synthetic: "
+                                        r"'other'\); check the label column"):
         fidelity_report(space, x, y, x, np.full(len(y), "other"), seed=0, cfg=FAST)
+    one = np.unique(y, return_index=True)[1]  # one real cell of each type: no two halves
+    with pytest.raises(DataError, match=r"no type has 2 real cells \(4 cells of 4 types\); give "
+                                        r"more real cells"):
+        real_floor(space, x[one], y[one], seed=0, cfg=FAST)
     with pytest.raises(DataError, match="genes"):
         fidelity_report(space, x, y, x[:, :10], y, seed=0, cfg=FAST)
     with pytest.raises(DataError, match="labels"):

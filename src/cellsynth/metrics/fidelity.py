@@ -403,7 +403,12 @@ def fidelity_report(
                         f"cells, {len(sl)} for {s.shape[0]} synthetic cells")
     common = sorted(set(rl.tolist()) & set(sl.tolist()))
     if not common:
-        raise DataError("real and synthetic cells share no cell type; check the label names")
+        def some(labels: np.ndarray) -> str:
+            names = sorted(set(labels.tolist()))
+            return ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
+
+        raise DataError(f"real and synthetic cells share no cell type (real: {some(rl)}; "
+                        f"synthetic: {some(sl)}); check the label column of both")
 
     rng = np.random.default_rng(derive_seed(seed, "overall-sample"))
     ir, is_, n_per_type = _matched(rl, sl, cfg.max_cells, rng)
@@ -477,6 +482,12 @@ def real_floor(
     labels = np.asarray(real_labels).astype(str)
     if len(labels) != x.shape[0]:
         raise DataError(f"{len(labels)} labels for {x.shape[0]} real cells; give one per cell")
+    _, sizes = np.unique(labels, return_counts=True)
+    if not (sizes >= 2).any():
+        raise DataError(
+            f"the real-vs-real floor compares two halves of each type's real cells, but no type "
+            f"has 2 real cells ({len(labels)} cells of {len(sizes)} types); give more real cells "
+            "(evaluate: a larger --max-cells; a run: more cells, or a larger test split)")
     rng = np.random.default_rng(derive_seed(seed, "halves"))
     first, second = [], []
     for t in sorted(set(labels.tolist())):
