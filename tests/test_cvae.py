@@ -239,6 +239,35 @@ def test_sample_rejects_unknown_type_and_bad_counts(fitted):
         fitted.sample({fitted.labels[0]: -2})
     with pytest.raises(DataError):
         fitted.sample({})
+    t = fitted.labels[0]
+    for wrong in (t, [t], (t, 5), 5):  # not a {type: n} dict nor a table
+        with pytest.raises(DataError, match=r"a request is a \{type: n\} dict .* got "):
+            fitted.sample(wrong)
+
+
+def test_sample_refuses_more_cells_than_memory_holds(fitted, monkeypatch):
+    """An in-memory request larger than the memory available is refused before any drawing,
+    with the streaming alternatives named (a typo'd count would otherwise run until killed)."""
+    from cellsynth.models import cvae
+
+    t = fitted.labels[0]
+    with pytest.raises(DataError, match=r"1,000,000,000,000 cells would take up to .* GB in "
+                                        r"memory, but .* is available.*sample_chunks"):
+        fitted.sample({t: 10**12})
+    monkeypatch.setattr(cvae, "available_memory", lambda: 1e3)  # 1 kB
+    with pytest.raises(DataError, match="1,000 cells would take"):
+        fitted.sample({t: 1_000})
+    monkeypatch.setattr(cvae, "available_memory", lambda: None)  # unknown: no check
+    assert fitted.sample({t: 3}).n_obs == 3
+
+
+def test_a_path_is_taken_for_data(small_kang, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    small_kang.write_h5ad(path)
+    model = CVAE(str(path), config=tiny_config())
+    assert model.labels == sorted(small_kang.obs["cell_type"].astype(str).unique())
+    with pytest.raises(DataError, match="CVAE takes an AnnData or the path"):
+        CVAE(small_kang.X, config=tiny_config())
 
 
 def test_normalised_input_is_refused(small_kang):

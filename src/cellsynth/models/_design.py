@@ -18,6 +18,7 @@ allowed (each covariate has an embedding of its own) and reported as unseen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,8 +117,18 @@ class Design:
         training cell had (``{label_key: type, covariate: level, ...}``). A plan is returned as
         it is; a ``{type: n}`` request without ``where`` to a model without covariates is
         checked as a type-only request."""
-        if isinstance(request, list):  # already a plan
+        if isinstance(request, list) and all(
+                isinstance(p, tuple) and len(p) == 3 and isinstance(p[1], tuple)
+                for p in request):  # fmt: skip  # already a plan
             return request, []
+        if isinstance(request, Mapping) and not isinstance(request, dict):
+            request = dict(request)
+        if not isinstance(request, dict | pd.DataFrame):
+            shown = repr(request)
+            raise DataError(
+                "a request is a {type: n} dict (e.g. {'B cells': 500}) or a table with the "
+                f"columns {label_key!r}, any covariates and 'n'; got {type(request).__name__} "
+                f"{shown[:60]}{'...' if len(shown) > 60 else ''}")
         if isinstance(request, dict) and not self and not where:
             return [(t, (), n) for t, n in request_pairs(request, labels)], []
         rows = _request_rows(request, where, label_key)

@@ -37,10 +37,11 @@ import torch
 from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
-from ..data.io import check_label
+from ..data.io import check_label, read
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
+from ..runtime import available_memory
 from . import _loop
 from . import _training as tr
 from ._counts import (
@@ -68,15 +69,31 @@ _EVAL_VALUES = 16_000_000  # values (cells x genes) of one dense pass without gr
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
+#: bytes a stored count takes, in memory or in an h5ad (float32 value and int32 column index)
+BYTES_PER_VALUE = 8
+
+
+def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
+    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
+    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
+    fewer, times the cells."""
+    module = gen.module
+    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
+    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
+    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
+    index = {label: i for i, label in enumerate(gen.labels)}
+    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
+
+
 class CVAE(DesignRequests):
     """Conditional VAE on raw counts that generates integer-count cells of requested types.
 
     Parameters
     ----------
     adata
-        Labelled AnnData with raw counts (``X`` or ``layers['counts']``) to :meth:`train` on;
-        rows with ``obs['cellsynth_split']`` of ``"test"`` are never used. ``None`` for a model
-        to :meth:`fit` later.
+        Labelled AnnData with raw counts (``X``, ``layers['counts']`` or ``raw.X``), or the
+        path of an h5ad file, to :meth:`train` on; rows with ``obs['cellsynth_split']`` of
+        ``"test"`` are never used. ``None`` for a model to :meth:`fit` later.
     label_key
         ``obs`` column holding the cell type.
     config
@@ -97,7 +114,7 @@ class CVAE(DesignRequests):
 
     def __init__(
         self,
-        adata: ad.AnnData | None = None,
+        adata: ad.AnnData | str | Path | None = None,
         label_key: str = "cell_type",
         config: CVAEConfig | None = None,
         covariate_keys: list[str] | None = None,
@@ -113,6 +130,11 @@ class CVAE(DesignRequests):
         self.genes: list[str] = []
         self.history: dict[str, Any] = {}
         self.module: CVAEModule | None = None
+        if isinstance(adata, str | Path):  # as fit and cs.evaluate take them
+            adata = read(adata)
+        elif adata is not None and not isinstance(adata, ad.AnnData):
+            raise DataError(f"CVAE takes an AnnData or the path of an h5ad file, got "
+                            f"{type(adata).__name__}")
         self.adata = adata
         if adata is not None:
             check_label(adata, label_key)
@@ -401,6 +423,13 @@ class CVAE(DesignRequests):
         provenance in ``uns['cellsynth']``.
         """
         plan, unseen = self.plan(request, where)
+        need, free = estimate_bytes(self, plan), available_memory()
+        if free is not None and need > free:
+            n = sum(k for _, _, k in plan)
+            raise DataError(f"{n:,} cells would take up to {need / 1e9:,.1f} GB in memory, but "
+                            f"{free / 1e9:,.1f} GB is available: ask for fewer cells, or stream "
+                            "them to a file chunk by chunk (CVAE.sample_chunks, or cellsynth "
+                            "generate)")
         chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(sp.vstack(chunks, format="csr"), obs[self.label_key].to_numpy(),

@@ -26,6 +26,7 @@ from ..errors import CellsynthError, DataError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
 from ..models.base import package_version, request, writable_uns
+from ..models.cvae import BYTES_PER_VALUE, estimate_bytes
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..runtime import write_json
@@ -202,22 +203,6 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     z = cells.per_cell_array(ctx.path("synthetic", f"{name}_pca.npy"), (len(y), pca.n_components),
                              fill)  # fmt: skip
     return z, y.astype(str)
-
-
-#: bytes a stored count takes in an h5ad (float32 value and int32 column index)
-BYTES_PER_VALUE = 8
-
-
-def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
-    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
-    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
-    fewer, times the cells."""
-    module = gen.module
-    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
-    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
-    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
-    index = {label: i for i, label in enumerate(gen.labels)}
-    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
 
 
 def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
