@@ -345,6 +345,28 @@ def test_output_not_writable(tmp_path, capsys):
     assert blocker.read_text() == "earlier output"
 
 
+def test_generate_never_writes_over_what_it_reads(tmp_path, capsys):
+    """--out is refused, before any work, where it would replace the --like input, the request
+    file or the model's own files, or is a directory (no part file left behind)."""
+    data = write(make_adata(), tmp_path / "x.h5ad")
+    model = tmp_path / "model"
+    assert main(fit_argv(data, model)) == 0
+    before = {p.name: p.read_bytes() for p in (data, *model.iterdir())}
+    gen = ["generate", str(model), "--quiet"]
+    cli_error(capsys, [*gen, "--like", str(data), "--out", str(data)],
+              f"--out {data} is the input file {data}: writing would replace it")
+    request = tmp_path / "request.tsv"
+    request.write_text(f"{LABEL}\tn\nalpha\t3\n")
+    cli_error(capsys, [*gen, "--request", str(request), "--out", str(request)], "is the input file")
+    for inside in (model / "weights.safetensors", model / "cells.h5ad"):
+        cli_error(capsys, [*gen, "--n-per-type", "2", "--out", str(inside)],
+                  "is inside the model directory")
+    cli_error(capsys, [*gen, "--n-per-type", "2", "--out", str(tmp_path)],
+              f"--out {tmp_path} is a directory; give the .h5ad file to write")
+    assert {p.name: p.read_bytes() for p in (data, *model.iterdir())} == before
+    assert not list(tmp_path.glob("*.part"))
+
+
 def test_disk_full_while_saving_model(tmp_path, capsys, monkeypatch):
     import cellsynth.models.nb as nb
 

@@ -261,6 +261,16 @@ def test_sample_refuses_more_cells_than_memory_holds(fitted, monkeypatch):
     assert fitted.sample({t: 3}).n_obs == 3
 
 
+def test_replaced_weights_read_as_changed_not_as_corrupt(fitted, tmp_path):
+    """Weights overwritten after saving (e.g. by a misdirected output) are named as changed
+    since the save, not only as unreadable."""
+    fitted.save(tmp_path / "m")
+    (tmp_path / "m" / "weights.safetensors").write_bytes(b"\x89HDF\r\n" + bytes(100))
+    with pytest.raises(ModelFileError, match=r"weights\.safetensors changed after the model "
+                                             r"was saved"):
+        CVAE.load(tmp_path / "m")
+
+
 def test_a_path_is_taken_for_data(small_kang, tmp_path):
     path = tmp_path / "cells.h5ad"
     small_kang.write_h5ad(path)

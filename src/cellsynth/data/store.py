@@ -308,10 +308,13 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
 def _replaced(path: Path) -> Iterator[Path]:
     """``PATH.part`` to write into; renamed to ``path`` when the block ends, removed when it
     fails (a full disk or an unwritable folder: a one-line :class:`DataError`)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
     part = path.with_name(path.name + ".part")
     try:
         part.unlink(missing_ok=True)  # never write through a link left at the part name
         yield part
+        part.replace(path)
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
@@ -319,7 +322,6 @@ def _replaced(path: Path) -> Iterator[Path]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    part.replace(path)
 
 
 def write_h5ad(adata, path: str | Path) -> Path:
@@ -330,8 +332,6 @@ def write_h5ad(adata, path: str | Path) -> Path:
     one-line :class:`DataError`.
     """
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _replaced(path) as part:
         adata.write_h5ad(part)

@@ -409,6 +409,7 @@ def load_model_dir(
     try:
         state = load_file(str(directory / MODEL_FILES["weights"]))
     except (SafetensorError, OSError) as exc:
+        verify_checksums(directory)  # a file replaced after saving says so, not "header too large"
         raise ModelFileError(
             f"{directory / MODEL_FILES['weights']} cannot be read: {exc}"
         ) from None

@@ -88,6 +88,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
 
     from ..data.store import write_h5ad
 
+    check_output(out, model_dir, ask.get("like"), ask.get("request"))
     gen = load_generator(model_dir)
     req, kwargs = _request(gen, ask.get("n_per_type"), ask.get("types"), ask.get("where"),
                            ask.get("request"), ask.get("like"))  # fmt: skip
@@ -107,6 +108,23 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen),
                 overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
+
+
+def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | None) -> None:
+    """Refuse an output that would replace what generation reads: the model's own files, or an
+    input (``--like``, ``--request``); or that is a directory. Before anything is loaded."""
+    path = Path(out).expanduser().resolve()
+    if path.is_dir():
+        raise DataError(f"--out {out} is a directory; give the .h5ad file to write, e.g. "
+                        f"{Path(out) / 'synthetic.h5ad'}")
+    model = Path(model_dir).expanduser().resolve()
+    if path == model or model in path.parents:
+        raise DataError(f"--out {out} is inside the model directory {model_dir}: it would "
+                        "replace or mix with the model's files; write the cells elsewhere")
+    for given in inputs:
+        if given is not None and Path(given).expanduser().resolve() == path:
+            raise DataError(f"--out {out} is the input file {given}: writing would replace it; "
+                            "give another output path")
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
