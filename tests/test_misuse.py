@@ -77,6 +77,16 @@ def test_a_type_requested_twice_is_an_error():
         _parse_types("B cell=5, B cell =7")
 
 
+def test_types_with_commas_in_their_names():
+    """A name holding ',' is read up to the count after it; a name without any count says how
+    to give such names."""
+    assert _parse_types("B, naive=10,NK=2") == {"B, naive": 10, "NK": 2}
+    assert _parse_types("CD4+, CD8+ T=3") == {"CD4+, CD8+ T": 3}
+    with pytest.raises(CellsynthError, match=r"got 'NK' without a count; a type holding ',' or "
+                                             r"'=' is read with the count after it"):
+        _parse_types("B=1,NK")
+
+
 # -- 10: downloads that are not HDF5 ----------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "said"), [

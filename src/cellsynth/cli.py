@@ -143,12 +143,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _parse_types(text: str) -> dict[str, int]:
-    """``"B cell=500,NK=200"`` -> ``{"B cell": 500, "NK": 200}``."""
+    """``"B cell=500,NK=200"`` -> ``{"B cell": 500, "NK": 200}``; a name holding a comma is
+    read up to the count that follows it (``"B, naive=10"`` -> ``{"B, naive": 10}``)."""
     out: dict[str, int] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
+    items, pending = [], ""
+    for piece in text.split(","):
+        if "=" not in piece and piece.strip():  # part of a name holding ',': the next has its n
+            pending += piece + ","
+            continue
+        items.append(pending + piece)
+        pending = ""
+    if pending:
+        raise CellsynthError(f"--types expects TYPE=N[,TYPE=N...], got {pending.rstrip(',')!r} "
+                             "without a count; a type holding ',' or '=' is read with the count "
+                             "after it, or goes in a --request file")
+    for item in filter(None, (p.strip() for p in items)):
         name, sep, n = item.rpartition("=")
         if not sep or not name.strip():
-            raise CellsynthError(f"--types expects TYPE=N[,TYPE=N...], got {item!r}")
+            raise CellsynthError(f"--types expects TYPE=N[,TYPE=N...], got {item!r}; a type "
+                                 "holding ',' or '=' goes in a --request file")
         if name.strip() in out:
             raise CellsynthError(f"--types names {name.strip()!r} twice; give each type once "
                                  "(TYPE=N,...) with the total you want")
