@@ -76,3 +76,21 @@ def test_saturated_aucs_are_ranked_by_mmd():
     assert "not closer than scvi (0.983)" in lines["cvae"]
     assert "not closer than pooling by MMD (0.8400 against 0.6800" in lines["nb"]
     assert "closer than pooling (1.000)" in lines["scvi"] and "than scvi" not in lines["scvi"]
+
+
+def test_benchmark_checks_every_input_before_any_work(tmp_path, monkeypatch):
+    """A missing second dataset or a --holdout level that a dataset lacks fails at once, not
+    after the first dataset's generators were fitted."""
+    from cellsynth import evaluation
+
+    path = tmp_path / "design.h5ad"
+    _design_atlas().write_h5ad(path)
+    monkeypatch.setattr(evaluation, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("fitted before the inputs were checked"))
+    with pytest.raises(DataError, match=r"nothere\.h5ad does not exist"):
+        evaluation.run_benchmark([str(path), str(tmp_path / "nothere.h5ad")], ["nb"],
+                                 tmp_path / "out", overrides=SETS)
+    with pytest.raises(DataError, match=r"design \(.*design.h5ad\): --holdout: condition has no "
+                                        r"level 'stimulated'"):
+        evaluation.run_benchmark([str(path)], ["nb"], tmp_path / "out", overrides=SETS,
+                                 holdout={"cell_type": "type_00", "condition": "stimulated"})

@@ -26,6 +26,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
@@ -72,23 +73,31 @@ def parse_holdout(text: str) -> dict[str, str]:
 
 def _held_out(pre: ad.AnnData, holdout: dict[str, str], label_key: str) -> np.ndarray:
     """The mask of the combination's cells, after checking the columns and levels exist."""
+    mask = holdout_mask(pre.obs, holdout, label_key)
+    if mask.sum() < MIN_HELD_OUT:
+        raise DataError(f"the combination {holdout} has {int(mask.sum())} cells after QC; the "
+                        f"held-out benchmark needs at least {MIN_HELD_OUT}")
+    return mask
+
+
+def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> np.ndarray:
+    """The cells of the combination ``holdout`` in ``obs``, after checking that it names the
+    type and a covariate, and that its columns and levels exist (a benchmark checks each
+    dataset's ``obs`` so before any work)."""
     if label_key not in holdout or len(holdout) < 2:
         raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
                         f"(e.g. condition=stim), got {sorted(holdout)}")
-    mask = np.ones(pre.n_obs, dtype=bool)
+    mask = np.ones(len(obs), dtype=bool)
     for key, level in holdout.items():
-        if key not in pre.obs:
+        if key not in obs:
             raise DataError(f"--holdout: no column {key!r}; the columns are "
-                            f"{', '.join(map(str, pre.obs.columns))}")
-        values = pre.obs[key].astype(str).to_numpy()
+                            f"{', '.join(map(str, obs.columns))}")
+        values = obs[key].astype(str).to_numpy()
         if level not in set(values):
             seen = sorted(set(values))
             raise DataError(f"--holdout: {key} has no level {level!r}; it has "
                             f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}")
         mask &= values == level
-    if mask.sum() < MIN_HELD_OUT:
-        raise DataError(f"the combination {holdout} has {int(mask.sum())} cells after QC; the "
-                        f"held-out benchmark needs at least {MIN_HELD_OUT}")
     return mask
 
 

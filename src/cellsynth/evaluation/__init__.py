@@ -375,6 +375,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
                 f"dataset.path='{item}'"])))
+    _check_inputs(cfgs, holdout)  # every file and the holdout, before hours of fitting
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
     path = doc or out / "RESULTS.md"
@@ -400,3 +401,22 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         # the page is rewritten after every dataset, so an interrupted run still leaves one
         write_text(path, results_page(sections, command, models))
     return path
+
+
+def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
+    """Every dataset file exists and is an h5ad, and ``holdout``'s columns and levels are in
+    each one's ``obs`` (read alone), so that a typo fails at once, not after the datasets
+    before it were benchmarked."""
+    from ..data.io import check_file
+    from ..data.store import H5adFile
+    from ..holdout import holdout_mask
+
+    for name, cfg in cfgs:
+        path = check_file(cfg.dataset.path)
+        if holdout:
+            with H5adFile(path) as h5:
+                obs = h5.obs
+            try:
+                holdout_mask(obs, holdout, cfg.dataset.label_key)
+            except DataError as err:
+                raise DataError(f"{name} ({path}): {err}") from None
