@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, DataError
 from cellsynth.metrics.privacy import (
     MIN_CELLS,
     auc_threshold,
@@ -168,6 +168,11 @@ def test_audit_counts_fits_its_space_on_other_training_cells():
     assert fair.settings["space_cells"] + fair.settings["member_pool"] == 240
     copies = audit_counts(train, held, train, genes, seed=0)
     assert copies.flagged and copies.attacks["distance"]["auc"] > 0.9
+    # every copy is counted, of the space's half too (it counted only the members': 49.7%)
+    assert copies.dcr["exact_share"] == 1.0 and copies.dcr["exact_duplicates"] == 240
+    shared = sp.vstack([held[:190], train[:10]], format="csr")  # 10 training cells held out
+    with pytest.raises(DataError, match="10 of 200 held-out cells are identical to training"):
+        audit_counts(train, shared, synth, genes, seed=0)
     space = fit_space(train, np.zeros(240), genes, n_pcs=30, seed=0)  # fitted on the members
     biased = privacy_audit(space.embed(train), space.embed(held), space.embed(synth), seed=0)
     assert biased.attacks["distance"]["auc"] < 0.45 < fair.attacks["distance"]["auc"]

@@ -155,6 +155,7 @@ def _auc(member: np.ndarray, nonmember: np.ndarray) -> dict[str, Any]:
 def distance_to_closest(
     train: Any, heldout: Any, synthetic: Any, *, seed: int, max_n: int = 5_000,
     train_counts: Any = None, synthetic_counts: Any = None, heldout_counts: Any = None,
+    copy_refs: Any = None,
 ) -> dict[str, Any]:
     """Distance to the closest training cell (DCR) of generated and of held-out cells.
 
@@ -169,6 +170,10 @@ def distance_to_closest(
         Optional raw counts of the same cells (same rows and order): exact copies are then
         identical count rows (of at least 5 detected genes) over all cells, not coinciding
         points. ``train_counts`` with another of them is needed for them to be used.
+    copy_refs
+        Raw counts of every training cell (default ``train_counts``) among which exact copies
+        and held-out cells identical to training cells are looked for, when ``train`` holds
+        only some of them (:func:`audit_counts` embeds half).
 
     Returns
     -------
@@ -196,6 +201,9 @@ def distance_to_closest(
     d_s, d_h = _nearest(tr, sy[i_s]), _nearest(tr, ho[i_h])
     tol = EXACT_TOL * float(np.sqrt(tr.var(axis=0).sum()))
     trc = None if train_counts is None else _counts(train_counts, len(tr), None, "train counts")
+    if trc is not None and copy_refs is not None:
+        trc = sp.vstack([trc, as_csr(copy_refs, trc.shape[1], what="training counts")],
+                        format="csr")
     if trc is not None and heldout_counts is not None:
         hoc = _counts(heldout_counts, len(ho), trc.shape[1], "heldout counts")
         shared, n_checked, shared_source = int(_copies(trc, hoc).sum()), len(ho), "counts"
@@ -401,7 +409,7 @@ def privacy_audit(
     train: Any, heldout: Any, synthetic: Any, *, seed: int, train_donors: Any = None,
     heldout_donors: Any = None, train_counts: Any = None, synthetic_counts: Any = None,
     heldout_counts: Any = None, max_n: int = 2_000, k: int = 1,
-    redraw: RedrawSpace | None = None,
+    redraw: RedrawSpace | None = None, copy_refs: Any = None,
 ) -> PrivacyResult:
     """Privacy and memorisation audit of generated cells against their training cells.
 
@@ -419,7 +427,7 @@ def privacy_audit(
         Seeds every subsample (child seeds by name); cells per side for DCRs and attacks.
     train_donors, heldout_donors, k
         As in :func:`membership_attacks`.
-    train_counts, synthetic_counts, heldout_counts
+    train_counts, synthetic_counts, heldout_counts, copy_refs
         As in :func:`distance_to_closest`.
     redraw
         With the three counts, also runs :func:`redraw_attack` (``attacks["redraw"]``, and at
@@ -427,7 +435,8 @@ def privacy_audit(
     """
     dcr = distance_to_closest(train, heldout, synthetic, seed=derive_seed(seed, "dcr"),
                               max_n=max_n, train_counts=train_counts,
-                              synthetic_counts=synthetic_counts, heldout_counts=heldout_counts)
+                              synthetic_counts=synthetic_counts, heldout_counts=heldout_counts,
+                              copy_refs=copy_refs)
     att = membership_attacks(train, heldout, synthetic, seed=derive_seed(seed, "attacks"),
                              max_n=max_n, k=k, train_donors=train_donors,
                              heldout_donors=heldout_donors)
@@ -513,6 +522,6 @@ def audit_counts(
     result = privacy_audit(space.embed(tr[members]), space.embed(hc), space.embed(sc), seed=seed,
                            train_donors=donors, heldout_donors=heldout_donors,
                            train_counts=tr[members], heldout_counts=hc, synthetic_counts=sc,
-                           max_n=max_n, redraw=rs)  # fmt: skip
+                           max_n=max_n, redraw=rs, copy_refs=tr[fit])  # fmt: skip
     result.settings.update(space_cells=len(fit), member_pool=len(members))
     return result
