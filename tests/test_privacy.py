@@ -164,6 +164,7 @@ def test_audit_counts_fits_its_space_on_other_training_cells():
     train, held, synth = counts(240, 11), counts(200, 12), counts(200, 13)
     fair = audit_counts(train, held, synth, genes, seed=0)
     assert not fair.flagged, fair.reasons
+    assert not fair.population["shifted"] and fair.caveats == []
     assert all(abs(a["auc"] - 0.5) < 0.1 for a in fair.attacks.values()), fair.attacks
     assert fair.settings["space_cells"] + fair.settings["member_pool"] == 240
     copies = audit_counts(train, held, train, genes, seed=0)
@@ -271,3 +272,18 @@ def test_redraw_attack_at_donor_level_and_without_counts() -> None:
     emb = [space.embed(x) for x in (s["train"][200:], s["heldout"], s["redraw"])]
     plain = privacy_audit(*emb, seed=0, redraw=rs)  # no counts: no re-draw attack
     assert set(plain.attacks) == {"distance", "density"}
+
+
+def test_held_out_cells_of_another_population_are_a_caveat_not_a_silent_leak():
+    """Held-out cells that differ from the training cells (another sample: a gene programme
+    up) make an independent generator look leaky; the audit says the populations differ."""
+    from cellsynth.metrics.privacy import audit_counts
+
+    genes = [f"g{i}" for i in range(N_GENES)]
+    held = counts(200, 12).toarray()
+    held[:, :10] = np.random.default_rng(3).poisson(held[:, :10] * 3 + 2)
+    result = audit_counts(counts(240, 11), sp.csr_matrix(held), counts(200, 13), genes, seed=0)
+    assert result.population["shifted"] and result.population["auc"] > 0.9
+    assert "the held-out cells differ from the training cells themselves" in result.caveats[0]
+    assert result.to_dict()["caveats"] == result.caveats
+

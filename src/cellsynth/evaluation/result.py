@@ -85,6 +85,7 @@ def _privacy_md(priv: Mapping | None) -> list[str]:
                  else "Not flagged: no attack tells the training cells from held-out real "
                       "cells better than chance allows (no proof of privacy, only that these "
                       "attacks fail).")
+    lines += [f"\n**Caution**: {c}" for c in priv.get("caveats") or []]
     lines += ["", "| attack | level | AUC (0.5 = no leak) | flagged above | members |",
               "|---|---|---:|---:|---:|"]
     for level, block in (("cell", priv.get("attacks")), ("donor", priv.get("donor_attacks"))):

@@ -466,6 +466,8 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
         else:
             lines.append("privacy: not flagged (no attack tells training cells from "
                          "held-out ones better than chance allows)")
+        for caveat in privacy.get("caveats") or []:
+            lines.append(f"  caution: {caveat}")
         if privacy.get("donor_key") and privacy.get("donor_skipped"):
             lines.append(f"  donor level skipped: {privacy['donor_skipped']}")
     return lines

@@ -137,6 +137,7 @@ def _privacy(priv: Any) -> str:
     verdict = ("Flagged: " + "; ".join(priv.get("reasons", [])) if priv.get("flagged") else
                "Not flagged: no attack tells the training cells from held-out real cells "
                "better than chance allows (no proof of privacy, only that these attacks fail).")
+    verdict += "".join(f" Caution: {c}." for c in priv.get("caveats") or [])
     attacks = priv.get("attacks") or {}
     rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
             for name, a in attacks.items()]
