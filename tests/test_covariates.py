@@ -266,6 +266,9 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
     bad.write_text("cell_type\tcondition\tn\ntype_02\tctrl\tmany\n")
     assert main(["generate", str(model), "--request", str(bad), "--out", str(out)]) == 2
     assert "line 2: n must be a whole number" in capsys.readouterr().err
+    bad.write_text("cell_type\tcondition\tn\ntype_02\tctrl\t3\ntype_01\tctrl\t3\tEXTRA\n")
+    assert main(["generate", str(model), "--request", str(bad), "--out", str(out)]) == 2
+    assert "line 3: 4 fields where the header has 3" in capsys.readouterr().err
     assert main(["generate", str(model), "--types", "type_01=3", "--where", "condition=IFN",
                  "--out", str(out)]) == 2
     assert "'IFN' is not a level of covariate 'condition'" in capsys.readouterr().err

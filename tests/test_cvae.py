@@ -271,6 +271,13 @@ def test_replaced_weights_read_as_changed_not_as_corrupt(fitted, tmp_path):
         CVAE.load(tmp_path / "m")
 
 
+def test_settings_out_of_range_in_python_name_the_keyword(small_kang):
+    model = CVAE(small_kang, config=tiny_config())
+    with pytest.raises(ConfigError, match=r"lr must be positive \(> 0\), got -1.0; give another "
+                                          r"lr \(model.configure\(lr=...\) or model.train\)$"):
+        model.train(lr=-1.0)
+
+
 def test_a_path_is_taken_for_data(small_kang, tmp_path):
     path = tmp_path / "cells.h5ad"
     small_kang.write_h5ad(path)

@@ -114,7 +114,7 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
         cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
         raise DataError(
             f"label column '{label_key}' not in obs; columns are: {cols}; "
-            "set dataset.label_key to one of them"
+            "set dataset.label_key (--label-key, label_key=) to one of them"
         )
     col = adata.obs[label_key]
     if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):

@@ -341,9 +341,12 @@ def _setup(
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
     n_donors: int = 0, n_conditions: int = 0,
 ) -> tuple[_Model, _Plan, _Effects | None]:  # fmt: skip
-    if min(n_cells, n_types) < 1 or n_mito < 0 or n_genes - n_mito < 10:
-        raise ConfigError(f"need n_cells, n_types >= 1 and 0 <= n_mito <= n_genes - 10; got "
-                          f"{n_cells}, {n_types}, {n_mito}, {n_genes}")  # fmt: skip
+    if min(n_cells, n_types) < 1:
+        raise ConfigError(f"need at least 1 cell and 1 type (--cells, --types); got {n_cells} "
+                          f"cells and {n_types} types")  # fmt: skip
+    if n_mito < 0 or n_genes - n_mito < 10:
+        raise ConfigError(f"need at least {max(n_mito, 0) + 10} genes (--genes): {n_mito} "
+                          f"mitochondrial genes (n_mito) and 10 others; got {n_genes}")
     if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
         raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
                           f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip

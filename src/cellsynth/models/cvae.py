@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -242,8 +243,13 @@ class CVAE(DesignRequests):
         if unknown:
             raise ConfigError(f"unknown CVAE setting(s) {', '.join(unknown)}; valid: "
                               f"{', '.join(sorted(names))}")  # fmt: skip
-        config = from_dict(CVAEConfig, {**dataclasses.asdict(self.config), **settings})
-        self.config = config.validate()
+        try:
+            config = from_dict(CVAEConfig, {**dataclasses.asdict(self.config), **settings})
+            self.config = config.validate()
+        except ConfigError as err:  # in Python: the keyword, not the command line's --set
+            raise ConfigError(re.sub(r"set it with --set (?:cvae\.)?(\w+)=\.\.\.",
+                                     r"give another \1 (model.configure(\1=...) or model.train)",
+                                     str(err))) from None
         self.device = tr.resolve_device(self.config.device)
         return self
 

@@ -39,8 +39,9 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"request file {path} does not exist")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
+    _check_fields(path, sep)
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
     for col in (label_key, "n"):
@@ -56,6 +57,28 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
                             f"got {n!r}") from None
     table["n"] = counts
     return table
+
+
+def _check_fields(path: Path, sep: str) -> None:
+    """Every line of a request file has as many fields as its header (pandas would read a row
+    with one more as holding an index, and shift its columns)."""
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            lines = list(csv.reader(f, delimiter=sep))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
+    if not lines:
+        raise DataError(f"request file {path} is empty; it needs a header line and one row per "
+                        "combination")
+    width = len(lines[0])
+    for i, fields in enumerate(lines[1:], start=2):
+        if fields and len(fields) != width:
+            what = "tab" if sep == "\t" else "comma"
+            raise DataError(f"request file {path}, line {i}: {len(fields)} fields where the "
+                            f"header has {width} ({', '.join(lines[0])}); fields are "
+                            f"{what}-separated")
 
 
 def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFrame:
