@@ -30,12 +30,14 @@ import scipy.sparse as sp
 from . import keys as K
 from .data.io import (
     BACKED_BYTES,
+    MISSING_TEXT,
     check_file,
     check_label,
     check_values,
     counts_matrix,
     find_counts,
     is_counts,
+    missing_labels,
 )
 from .data.store import MatrixRows
 from .errors import DataError
@@ -311,10 +313,11 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
     else:
         rng = np.random.default_rng(seed)
         split = np.where(rng.random(len(obs)) < val_fraction, "val", "train").astype(object)
-    missing = obs[label_key].isna().to_numpy()
+    missing = missing_labels(obs[label_key])
     if missing.any():
-        logger.warning("%d cells have no label in obs['%s'] and are left out", int(missing.sum()),
-                       label_key)  # fmt: skip
+        logger.warning("%d cells have no label in obs['%s'] (missing, or written as text: %s) "
+                       "and are left out", int(missing.sum()), label_key,
+                       ", ".join(map(repr, MISSING_TEXT)))  # fmt: skip
     split = np.where(missing | ~np.isin(split, ["train", "val"]), "none", split)
     if not (split == "train").any():
         raise DataError("no training cells: every cell lacks a label or is in the test split")

@@ -87,17 +87,18 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
 MISSING_TEXT = ("", "nan", "NaN", "None", "<NA>", "null")
 
 
+def missing_labels(col: pd.Series) -> np.ndarray:
+    """Which cells have no label: missing values, or missing values written as text
+    (:data:`MISSING_TEXT`: a cell type called "nan" is what ``.astype(str)`` makes of NaN)."""
+    text = col.astype(object).astype(str).str.strip()
+    return col.isna().to_numpy() | text.isin(MISSING_TEXT).to_numpy()
+
+
 def missing_as_text(col: pd.Series, key: str, what: str, fill: str = "None") -> None:
     """Refuse ``col`` values that are missing values written as text (:data:`MISSING_TEXT`):
-    a cell type or a level called "nan" is what ``.astype(str)`` makes of a missing value.
+    a level called "nan" is what ``.astype(str)`` makes of a missing value.
     ``fill``: what the error's fix replaces them with (``None``: missing)."""
-    values = col.dropna()
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.astype(object)
-    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
-        return
-    text = values.astype(str).str.strip()
-    found = text[text.isin(MISSING_TEXT)]
+    found = col[missing_labels(col) & col.notna().to_numpy()].astype(str).str.strip()
     if len(found):
         names = sorted(set(found))
         raise DataError(
@@ -109,7 +110,7 @@ def missing_as_text(col: pd.Series, key: str, what: str, fill: str = "None") -> 
 
 
 def check_label(adata: ad.AnnData, label_key: str) -> None:
-    """The label column exists and holds names, not numbers (nor missing values as text)."""
+    """The label column exists and holds names, not numbers."""
     if label_key not in adata.obs.columns:
         cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
         raise DataError(
@@ -123,7 +124,6 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
             ".astype('string').astype('category') (missing values stay missing)"
         )
-    missing_as_text(col, label_key, "label")
     values = col.dropna().astype(str)
     n_distinct = values.nunique()
     if n_distinct >= 50 and n_distinct > len(values) / 2:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
-from .io import Expression, check_label, counts_matrix, find_counts
+from .io import Expression, check_label, counts_matrix, find_counts, missing_labels
 from .split import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def filter_cells(
     elif dataset.doublet_key:
         logger.info("no doublet column '%s' in obs: doublet filter skipped", dataset.doublet_key)
     lab = st.obs[label_key]
-    missing = lab.isna().to_numpy() | lab.astype(str).str.strip().isin(["", "nan", "None"]).to_numpy()
+    missing = missing_labels(lab)
     st.keep_cells(~missing, "no label")
     prefixes = tuple(dataset.uninformative_prefixes)
     if prefixes:

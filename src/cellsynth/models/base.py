@@ -16,7 +16,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
-from ..data.io import check_label, check_values, find_counts, is_counts
+from ..data.io import (
+    MISSING_TEXT,
+    check_label,
+    check_values,
+    find_counts,
+    is_counts,
+    missing_labels,
+)
 from ..errors import DataError
 from ._training import check_counts, package_version
 
@@ -76,8 +83,16 @@ def split_masks(adata: ad.AnnData, *, seed: int, val_fraction: float = 0.1) -> t
 
 
 def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
-    """The label column as strings, checked to exist and to hold names."""
+    """The label column as strings, checked to exist, to hold names and to leave no cell
+    without one (a missing label would become a type called "nan")."""
     check_label(adata, label_key)
+    missing = missing_labels(adata.obs[label_key])
+    if missing.any():
+        raise DataError(
+            f"{int(missing.sum())} cells have no label in obs['{label_key}'] (missing, or "
+            f"written as text: {', '.join(map(repr, MISSING_TEXT))}); leave them out first "
+            f"(adata = adata[adata.obs['{label_key}'].notna()].copy(), text such as 'nan' "
+            "made missing first) or give them a type; cellsynth fit leaves them out itself")
     return adata.obs[label_key].astype(str).to_numpy()
 
 

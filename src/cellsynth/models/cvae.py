@@ -38,7 +38,7 @@ import torch
 from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
-from ..data.io import check_label, read
+from ..data.io import check_label, missing_labels, read
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
@@ -140,11 +140,12 @@ class CVAE(DesignRequests):
         if adata is not None:
             check_label(adata, label_key)
             labels = adata.obs[label_key]
+            labelled = ~missing_labels(labels)
             if K.SPLIT in adata.obs:
-                labels = labels[(adata.obs[K.SPLIT].astype(str) == "train").to_numpy()]
-            self.labels = sorted(set(labels.dropna().astype(str)))
+                labelled &= (adata.obs[K.SPLIT].astype(str) == "train").to_numpy()
+            self.labels = sorted(set(labels[labelled].astype(str)))
             self.genes = list(map(str, adata.var_names))
-            known = np.flatnonzero(adata.obs[label_key].notna().to_numpy())
+            known = np.flatnonzero(~missing_labels(adata.obs[label_key]))
             self.design, _ = Design.fit(adata.obs, list(self.config.covariates), label_key,
                                         adata.obs[label_key].astype(str).to_numpy(), known, known)
             self.module = self._build_module()
