@@ -247,6 +247,7 @@ def test_benchmark_bars_follow_quiet_and_the_terminal(tmp_path, monkeypatch, cap
         return {"rows": {}, "models": {}}
 
     monkeypatch.setattr(ev, "prepare", lambda path, cfg: _counts())
+    monkeypatch.setattr(ev, "_check_inputs", lambda *a: None)  # no file: prepare is faked
     monkeypatch.setattr(ev, "benchmark_dataset", fake_dataset)
     monkeypatch.setattr(ev, "results_page", lambda *a, **k: "")
     args = ["benchmark", "--data", str(tmp_path / "x.h5ad"), "--models", "nb",
