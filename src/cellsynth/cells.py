@@ -34,10 +34,10 @@ from .data.io import (
     check_file,
     check_label,
     check_values,
-    counts_matrix,
     find_counts,
     is_counts,
     missing_labels,
+    training_source,
 )
 from .data.store import MatrixRows
 from .errors import DataError
@@ -290,17 +290,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
                             "counts: give the unnormalised file")
         x, genes = source.matrix(expr)
         return x, list(map(str, genes))
-    if K.COUNTS in source.layers:
-        x, genes = source.layers[K.COUNTS], source.var_names
-    else:  # X, or raw.X where X is normalised (scanpy's layout)
-        expr = find_counts(source)
-        if expr.counts is None:
-            raise DataError("this generator needs raw counts, but X holds normalised values and "
-                            "there is no layers['counts'] or raw.X with counts; give the "
-                            "unnormalised counts in X, layers['counts'] or raw.X")
-        if expr.counts == "raw.X":
-            logger.info("X holds normalised values: training on the counts in raw.X")
-        x, genes = counts_matrix(source, expr)
+    x, genes = training_source(source)
     return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, genes))
 
 

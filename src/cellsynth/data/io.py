@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import h5py
@@ -224,6 +224,23 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
                                adata.raw.shape[1], adata.n_vars)
             return Expression("raw.X", normalised=True)
     return Expression(None, normalised=True)
+
+
+def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
+    """The raw counts a generator trains on, with their genes: ``layers['counts']`` when
+    present, else where :func:`find_counts` finds them (``X``, or ``raw.X`` under a normalised
+    ``X``: scanpy's layout). Raises :class:`DataError` when there are none."""
+    if "counts" in adata.layers:
+        return adata.layers["counts"], adata.var_names
+    expr = find_counts(adata)
+    if expr.counts is None:
+        raise DataError("this generator needs raw counts, but X holds normalised values and "
+                        "there is no layers['counts'] or raw.X with counts; give the "
+                        "unnormalised counts in X, layers['counts'] or raw.X")
+    if expr.counts == "raw.X":
+        logger.info("X holds normalised values: training on the counts in raw.X")
+        return adata.raw.X, adata.raw.var_names
+    return adata.X, adata.var_names
 
 
 def counts_matrix(adata: ad.AnnData, expr: Expression) -> tuple[sp.csr_matrix, pd.Index]:

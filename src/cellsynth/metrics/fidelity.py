@@ -482,7 +482,7 @@ def real_floor(
     labels = np.asarray(real_labels).astype(str)
     if len(labels) != x.shape[0]:
         raise DataError(f"{len(labels)} labels for {x.shape[0]} real cells; give one per cell")
-    _, sizes = np.unique(labels, return_counts=True)
+    types, sizes = np.unique(labels, return_counts=True)
     if not (sizes >= 2).any():
         raise DataError(
             f"the real-vs-real floor compares two halves of each type's real cells, but no type "
@@ -490,7 +490,7 @@ def real_floor(
             "(evaluate: a larger --max-cells; a run: more cells, or a larger test split)")
     rng = np.random.default_rng(derive_seed(seed, "halves"))
     first, second = [], []
-    for t in sorted(set(labels.tolist())):
+    for t in types:
         idx = rng.permutation(np.flatnonzero(labels == t))
         half = len(idx) // 2 + (len(idx) % 2) * int(rng.integers(2))  # odd cell: a coin decides
         first.append(idx[:half])

@@ -255,15 +255,18 @@ def _bins(mean: np.ndarray, dist: dict[str, np.ndarray], n_bins: int) -> list[di
 
 
 def _compare(a: sp.csr_matrix, b: sp.csr_matrix, s: sp.csr_matrix, *, seed: int, genes: GeneSet,
-             n_genes: int, min_cells: int, n_folds: int, n_bins: int, target_sum: float
-             ) -> dict[str, Any]:
+             n_genes: int, min_cells: int, n_folds: int, n_bins: int, target_sum: float,
+             distances: bool = True) -> dict[str, Any]:  # fmt: skip
     """Real half ``a`` against synthetic ``s`` and against real half ``b`` (the floor), with the
-    same cells of ``a``, the same genes (chosen on ``a``) and the same number of cells."""
+    same cells of ``a``, the same genes (chosen on ``a``) and the same number of cells; the
+    per-gene distances too unless ``distances`` is false (a repeat averages only the AUCs)."""
     la, lb, ls = (_lognorm(x, target_sum) for x in (a, b, s))
     cols = _select(la, genes, n_genes, min_cells)
     fa = _features(la, cols)
     auc = _cv_auc(fa, _features(ls, cols), derive_seed(seed, "synth"), n_folds)
     floor = _cv_auc(fa, _features(lb, cols), derive_seed(seed, "floor"), n_folds)
+    if not distances:
+        return {"auc": auc, "floor_auc": floor, "n_cells": int(a.shape[0]), "n_genes": len(cols)}
     dcols = np.flatnonzero(_detected(la) >= min_cells)
     w_s, ks_s = _distances(la, ls, dcols)
     w_f, ks_f = _distances(la, lb, dcols)
@@ -386,7 +389,7 @@ def gene_fidelity(
     if repeats == "auto":
         repeats = int(min(MAX_REPEATS, max(1, -(-REPEAT_CELLS // max(n, 1)))))
     runs = [first] + [_halving(r, s, rl, sl, labelled, derive_seed(seed, f"gene-repeat-{k}"),
-                               opts, **sizes, quiet=True)
+                               {**opts, "distances": False}, **sizes, quiet=True)
                       for k in range(1, repeats)]  # fmt: skip
     overall, per_type = first["overall"], first["per_type"]
     _average(overall, [run["overall"] for run in runs])

@@ -481,7 +481,7 @@ def privacy_audit(
 
 def _pair(value: float, threshold: float) -> tuple[str, str]:
     """An AUC and the threshold it passed, with the digits that tell them apart."""
-    for digits in (3, 4, 6):
+    for digits in (3, 4):
         a, b = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
         if a != b:
             return a, b
@@ -493,7 +493,7 @@ def _population(train: Any, heldout: Any, seed: int, max_n: int) -> tuple[dict, 
     they cannot (both from one population, as a random split gives); where they can (held-out
     cells of another sample, batch or donor mix), an attack AUC above 0.5 may be that
     difference, not a leak."""
-    tr, ho, _ = _check(train, heldout, heldout)
+    tr, ho = _points(train, "train"), _points(heldout, "heldout")
     auc = c2st_auc(tr, ho, seed=derive_seed(seed, "population"), max_n=max_n)
     n = min(len(tr), len(ho), max_n)
     threshold, _ = auc_threshold(n, n)

@@ -20,9 +20,9 @@ from ..data.io import (
     MISSING_TEXT,
     check_label,
     check_values,
-    find_counts,
     is_counts,
     missing_labels,
+    training_source,
 )
 from ..errors import DataError
 from ._training import check_counts, package_version
@@ -52,16 +52,12 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
 
     Raises :class:`DataError` when they are not counts (negative, fractional, NaN).
     """
-    if K.COUNTS in adata.layers:
-        x = adata.layers[K.COUNTS]
-    else:
-        expr = find_counts(adata)
-        if expr.counts == "raw.X" and not adata.raw.var_names.equals(adata.var_names):
-            raise DataError(
-                f"X holds normalised values and raw.X the counts, but over {adata.raw.n_vars} "
-                f"genes where X has {adata.n_vars}; train on adata.raw.to_adata() (the counts "
-                "over raw's genes, with the same obs) or put the counts in layers['counts']")
-        x = adata.raw.X if expr.counts == "raw.X" else adata.X
+    x, genes = training_source(adata)
+    if not genes.equals(adata.var_names):  # raw.X over other genes
+        raise DataError(
+            f"X holds normalised values and raw.X the counts, but over {len(genes)} genes where "
+            f"X has {adata.n_vars}; train on adata.raw.to_adata() (the counts over raw's genes, "
+            "with the same obs) or put the counts in layers['counts']")
     x = sp.csr_matrix(x, dtype=np.float32)
     check_values(x.data, "the counts")
     if not is_counts(x.data[:1_000_000]):
