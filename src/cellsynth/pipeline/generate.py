@@ -39,29 +39,26 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"request file {path} does not exist")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    _check_fields(path, sep)
-    try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
+    header, rows = _table_rows(path, sep)
     for col in (label_key, "n"):
-        if col not in table.columns:
+        if col not in header:
             raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' (tab-"
-                            f"separated, a header line first); it has {list(table.columns)}")
+                            f"separated, a header line first); it has {header}")
+    table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str)
     counts = []
-    for i, n in enumerate(table["n"], start=2):  # line 1 is the header
+    for (line, _), n in zip(rows, table["n"], strict=True):
         try:
             counts.append(int(n))
         except ValueError:
-            raise DataError(f"request file {path}, line {i}: n must be a whole number, "
+            raise DataError(f"request file {path}, line {line}: n must be a whole number, "
                             f"got {n!r}") from None
     table["n"] = counts
     return table
 
 
-def _check_fields(path: Path, sep: str) -> None:
-    """Every line of a request file has as many fields as its header (pandas would read a row
-    with one more as holding an index, and shift its columns)."""
+def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A request file's header and its non-blank rows with their line numbers, each row with as
+    many fields as the header (a row with one more is not read as holding an index)."""
     import csv
 
     try:
@@ -72,13 +69,17 @@ def _check_fields(path: Path, sep: str) -> None:
     if not lines:
         raise DataError(f"request file {path} is empty; it needs a header line and one row per "
                         "combination")
-    width = len(lines[0])
-    for i, fields in enumerate(lines[1:], start=2):
-        if fields and len(fields) != width:
+    header = lines[0]
+    if len(set(header)) != len(header):
+        raise DataError(f"request file {path}: the header names a column twice ({', '.join(header)})")
+    rows = [(i, fields) for i, fields in enumerate(lines[1:], start=2) if fields]
+    for i, fields in rows:
+        if len(fields) != len(header):
             what = "tab" if sep == "\t" else "comma"
             raise DataError(f"request file {path}, line {i}: {len(fields)} fields where the "
-                            f"header has {width} ({', '.join(lines[0])}); fields are "
+                            f"header has {len(header)} ({', '.join(header)}); fields are "
                             f"{what}-separated")
+    return header, rows
 
 
 def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFrame:
