@@ -139,6 +139,31 @@ def test_preprocess_drops_rare_types_and_refuses_single_cells():
         preprocess(b, cfg.dataset, cfg.qc, cfg.split, seed=0)
 
 
+def test_a_qc_step_that_removes_most_cells_is_named_with_its_setting(caplog):
+    """Thresholds made for other data: a step that removes most cells warns and names its
+    setting; when a later step then has nothing to keep, the error names the earlier culprit."""
+    a = _toy(n_per_type=(60, 40, 30), n_genes=200)
+    x = a.X.toarray()
+    kept = np.r_[0:10, 60:70]  # ten cells of two types; the others detect at most 60 genes
+    x[np.setdiff1d(np.arange(a.n_obs), kept), 60:] = 0
+    a.X = sp.csr_matrix(x)
+    cfg = _cfg("qc.min_genes_per_cell=100", "qc.min_cells_per_gene=5", "qc.min_cells_per_type=2")
+    with caplog.at_level("WARNING", logger="cellsynth.data.qc"):
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    assert "QC step 'fewer than 100 genes' removed 110 of 130 cells (85%): if that is not " \
+        "meant for this data, change qc.min_genes_per_cell" in caplog.text
+    cfg = _cfg("qc.min_genes_per_cell=100", "qc.min_cells_per_gene=50")
+    with pytest.raises(DataError, match=r"no genes left after the QC step 'genes in < 50 train "
+                       r"cells'.*only 20 cells were left to count them in: the step 'fewer than "
+                       r"100 genes' removed 110 of 130; change qc.min_genes_per_cell"):
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    caplog.clear()  # the default thresholds on the same data before the change: no warning
+    with caplog.at_level("WARNING", logger="cellsynth.data.qc"):
+        preprocess(_toy(), *(lambda c: (c.dataset, c.qc, c.split))(
+            _cfg("qc.min_genes_per_cell=10", "qc.min_cells_per_gene=5")), seed=0)
+    assert "removed" not in caplog.text
+
+
 def test_missing_and_numeric_label_column():
     a = _toy()
     cfg = _cfg("dataset.label_key=celltype")

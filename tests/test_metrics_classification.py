@@ -27,7 +27,9 @@ def test_perfect_predictions():
     for values in rep["per_class"].values():
         assert values["precision"] == values["recall"] == values["f1"] == 1.0
     assert rep["confusion"] == [[2, 0, 0], [0, 2, 0], [0, 0, 1]]
-    assert all(v == 1.0 for k, v in summary_row(rep).items() if k != "n")
+    row = summary_row(rep)
+    assert all(v == 1.0 for k, v in row.items() if k not in ("n", "min_class_n", "f1_macro_interval"))
+    assert row["min_class_n"] == 1 and row["f1_macro_interval"] == [1.0, 1.0]
 
 
 def test_hand_computed_example():
@@ -61,8 +63,10 @@ def test_hand_computed_example():
         "f1_micro",
         "accuracy",
         "n",
+        "f1_macro_interval",
+        "min_class_n",
     }
-    assert row["n"] == 6
+    assert row["n"] == 6 and row["min_class_n"] == 1
 
 
 def test_unpredicted_class_and_explicit_labels():
@@ -107,3 +111,33 @@ def test_write_report(tmp_path):
     confusion = pd.read_csv(out / "test_confusion.csv", index_col=0)
     assert confusion.columns.tolist() == ["a", "b"] and confusion.index.tolist() == ["a", "b"]
     assert confusion.to_numpy().tolist() == rep["confusion"]
+
+
+def test_the_macro_f1_interval_is_wide_on_few_cells_and_narrow_on_many():
+    from cellsynth.metrics.classification import f1_interval, small_sample_note
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (8, 400):  # cells per class, one in five misread as the next class
+        y = np.repeat(np.array(list("abcd")), n)
+        p = np.where(rng.random(len(y)) < 0.2, np.roll(y, n), y)
+        rep = classification_report(y, p)
+        lo, hi = rep["f1_macro_interval"]
+        assert lo <= rep["macro"]["f1"] <= hi
+        widths.append(hi - lo)
+        note = small_sample_note({"(a)": summary_row(rep)})
+        if n == 8:
+            assert note.startswith("Few cells scored (a class under 20 cells): (a) 32 cells, "
+                                   "the smallest class 8: macro F1 ")
+            assert f"interval {lo:.3f}-{hi:.3f}" in note
+        else:
+            assert note is None
+    assert widths[0] > 4 * widths[1] and widths[1] < 0.05
+    # the same confusion and seed give the same interval; a perfect one is a point
+    c = np.array([[10, 2], [1, 7]])
+    assert f1_interval(c, seed=3) == f1_interval(c, seed=3)
+    assert f1_interval(np.diag([5, 5])) == [1.0, 1.0]
+    rep = classification_report(["a"] * 5 + ["b"] * 5, ["a"] * 5 + ["b"] * 5)
+    assert small_sample_note({"(c)": summary_row(rep)}).startswith(
+        "Few cells scored (a class under 20 cells): (c) 10 cells, the smallest class 5: macro F1 "
+        "1.000, no cell misread, yet an error rate up to 30.0% is not excluded")

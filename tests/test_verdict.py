@@ -144,6 +144,19 @@ def test_types_too_few_absent_and_only_synthetic_are_named():
     assert table.loc["rare", "n_real"] == 600 and "raise max_cells" in table.loc["rare", "note"]
 
 
+def test_a_handful_of_real_cells_gives_no_overall_verdict():
+    """37 real test cells (halves of 18): the floor's noise is so wide that a generator told
+    apart from them at AUC 0.7 would read as indistinguishable; the verdict says too few."""
+    syn, flo = _reports({"a": 0.7, "b": 0.7}, 18, pooled=0.7)
+    v = fidelity_verdict(syn, flo)
+    assert v["overall"]["verdict"] == vd.TOO_FEW and v["overall"]["decided_by"] == []
+    assert v["overall"]["reason"].startswith("18 real cells a side in the floor")
+    assert "a verdict needs 20 of each" in v["overall"]["reason"]
+    assert vd.verdict_lines(v)[0].startswith("verdict: too few cells (18 real cells")
+    syn, flo = _reports({"a": 0.7, "b": 0.7}, 40, pooled=0.7)  # 40 a side in the floor: read
+    assert fidelity_verdict(syn, flo)["overall"]["verdict"] in LEVELS
+
+
 def test_copies_warn_that_the_verdict_measures_nothing():
     syn, flo = _reports({"a": 0.3, "b": 0.3}, 200, pooled=0.3)
     v = fidelity_verdict(syn, flo, memorisation={"flagged": True, "reasons": ["40% exact copies"]})

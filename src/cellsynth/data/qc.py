@@ -23,6 +23,9 @@ from .split import stratified_split
 
 logger = logging.getLogger(__name__)
 
+#: a QC step that removes more than this share of the cells left is warned about
+HEAVY_SHARE = 0.5
+
 
 @dataclass
 class QCReport:
@@ -67,30 +70,56 @@ class _Cells:
     def __init__(self, obs: pd.DataFrame, n_genes: int, report: QCReport):
         self.obs, self.n_genes, self.report = obs, n_genes, report
         self.rows = np.arange(len(obs))  # positions in the input, sorted
+        self._heavy_steps: list[tuple[str, str | None, int, int]] = []
 
-    def keep_cells(self, mask: np.ndarray, step: str) -> None:
+    def keep_cells(self, mask: np.ndarray, step: str, setting: str | None = None) -> None:
+        """Keep the cells ``mask`` selects; ``setting`` is the config key that governs the step
+        (named when the step removes most of the cells, or all of them)."""
         before = len(self.rows)
         mask = np.asarray(mask, dtype=bool)
         if not mask.all():
             self.rows = self.rows[mask]
             self.obs = self.obs.iloc[mask]
         self.report.record(step, (before, len(self.rows)), (self.n_genes, self.n_genes))
+        self._heavy(step, setting, before, len(self.rows))
         if len(self.rows) == 0:
             raise DataError(
-                f"no cells left after the QC step '{step}'; check dataset.label_key, "
-                "dataset.uninformative_prefixes and the qc.* thresholds for this data"
+                f"no cells left after the QC step '{step}'; "
+                + (f"check {setting} for this data" if setting else
+                   "check dataset.label_key, dataset.uninformative_prefixes and the qc.* "
+                   "thresholds for this data")
             )
 
-    def keep_genes(self, mask: np.ndarray, step: str) -> np.ndarray:
+    def keep_genes(self, mask: np.ndarray, step: str, setting: str | None = None) -> np.ndarray:
+        """Keep the genes ``mask`` selects (returned); ``setting`` as for :meth:`keep_cells`."""
         mask = np.asarray(mask, dtype=bool)
         before, self.n_genes = self.n_genes, int(mask.sum())
         self.report.record(step, (len(self.rows), len(self.rows)), (before, self.n_genes))
         if self.n_genes == 0:
             raise DataError(
                 f"no genes left after the QC step '{step}'; lower qc.min_cells_per_gene or "
-                "qc.variance_threshold for a dataset this small"
+                "qc.variance_threshold for a dataset this small" + self._culprit()
             )
         return mask
+
+    def _heavy(self, step: str, setting: str | None, before: int, after: int) -> None:
+        """Warn when one step removed most of the cells left: thresholds made for other data
+        (a QC that leaves a handful of cells would otherwise run every stage on them). Genes
+        are not warned about: most of a full gene space is rightly removed."""
+        if before and (before - after) / before > HEAVY_SHARE:
+            self._heavy_steps.append((step, setting, before, after))
+            logger.warning("QC step '%s' removed %d of %d cells (%.0f%%)%s", step, before - after,
+                           before, 100 * (before - after) / before,
+                           f": if that is not meant for this data, change {setting}"
+                           if setting else "")
+
+    def _culprit(self) -> str:
+        """An earlier step that removed most of the cells, said beside a later failure."""
+        for step, setting, before, after in self._heavy_steps:
+            return (f" (only {after} cells were left to count them in: the step '{step}' "
+                    f"removed {before - after} of {before}"
+                    + (f"; change {setting}" if setting else "") + ")")
+        return ""
 
     def train(self) -> np.ndarray:
         """Which of the cells still in are training cells."""
@@ -230,16 +259,17 @@ def filter_cells(
 
     st.keep_cells(n_genes_cell > 0, "no detected genes")
     if dataset.doublet_key and dataset.doublet_key in st.obs.columns:
-        st.keep_cells(~_as_bool(st.obs[dataset.doublet_key]), "predicted doublets")
+        st.keep_cells(~_as_bool(st.obs[dataset.doublet_key]), "predicted doublets",
+                      "dataset.doublet_key")
     elif dataset.doublet_key:
         logger.info("no doublet column '%s' in obs: doublet filter skipped", dataset.doublet_key)
     lab = st.obs[label_key]
     missing = missing_labels(lab)
-    st.keep_cells(~missing, "no label")
+    st.keep_cells(~missing, "no label", "dataset.label_key")
     prefixes = tuple(dataset.uninformative_prefixes)
     if prefixes:
         uninformative = st.obs[label_key].astype(str).str.startswith(prefixes).to_numpy()
-        st.keep_cells(~uninformative, "uninformative labels")
+        st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes")
     labels = st.obs[label_key].astype(str).to_numpy()
     report.cells_per_type_before = pd.Series(labels).value_counts().to_dict()
 
@@ -259,11 +289,12 @@ def filter_cells(
 
     st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed)
     st.keep_cells(n_genes_cell[st.rows] >= qc.min_genes_per_cell,
-                  f"fewer than {qc.min_genes_per_cell} genes")
+                  f"fewer than {qc.min_genes_per_cell} genes", "qc.min_genes_per_cell")
 
     counts = detected(st.rows[st.train()])
     keep_genes = st.keep_genes(counts >= qc.min_cells_per_gene,
-                               f"genes in < {qc.min_cells_per_gene} train cells")
+                               f"genes in < {qc.min_cells_per_gene} train cells",
+                               "qc.min_cells_per_gene")
 
     # per-type IQR fences, fitted on training cells and applied to every split
     keep = np.ones(len(st.rows), dtype=bool)
@@ -279,7 +310,7 @@ def filter_cells(
         _, mito_hi = _iqr_bounds(mito_frac[fit], qc.iqr_factor)
         lo, hi = _iqr_bounds(ngen[fit], qc.iqr_factor)
         keep &= ~is_t | ((mito_frac <= mito_hi) & (ngen >= lo) & (ngen <= hi))
-    st.keep_cells(keep, "per-type IQR outliers")
+    st.keep_cells(keep, "per-type IQR outliers", "qc.iqr_factor")
 
     labels = st.obs[label_key].astype(str).to_numpy()
     train = st.train()
@@ -290,7 +321,8 @@ def filter_cells(
         logger.warning("dropping %d type(s) with fewer than %d training cells: %s", len(rare),
                        qc.min_cells_per_type, ", ".join(rare))
         report.dropped_types = rare
-    st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells")
+    st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells",
+                  "qc.min_cells_per_type")
     if len(all_types) - len(rare) < 2:
         raise DataError(
             f"fewer than 2 cell types have {qc.min_cells_per_type} or more training cells; "
@@ -301,7 +333,8 @@ def filter_cells(
 
 def keep_variable(cells: _Cells, variance: np.ndarray, qc: QCConfig) -> np.ndarray:
     """The last step: genes whose normalised variance over the training cells reaches the threshold."""
-    return cells.keep_genes(variance >= qc.variance_threshold, f"variance < {qc.variance_threshold}")
+    return cells.keep_genes(variance >= qc.variance_threshold, f"variance < {qc.variance_threshold}",
+                            "qc.variance_threshold")
 
 
 def final_obs(cells: _Cells, label_key: str) -> pd.DataFrame:

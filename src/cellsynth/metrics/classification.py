@@ -21,6 +21,9 @@ from ..errors import DataError
 logger = logging.getLogger(__name__)
 
 _AVERAGES = ("macro", "micro", "weighted")
+#: a class with fewer true cells than this makes the scores uncertain enough to say so
+SMALL_CLASS = 20
+BOOTSTRAP_DRAWS = 1000
 
 
 def _as_labels(y: Any) -> np.ndarray:
@@ -31,6 +34,8 @@ def classification_report(
     y_true: Sequence[str] | np.ndarray,
     y_pred: Sequence[str] | np.ndarray,
     labels: list[str] | None = None,
+    *,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Precision, recall, F1 per class and averaged, accuracy and the confusion matrix.
 
@@ -41,13 +46,16 @@ def classification_report(
     labels
         Classes to report, in this order; default: the sorted union of ``y_true`` and
         ``y_pred``. Averages are taken over these classes; accuracy is over all cells.
+    seed
+        Seed of the bootstrap of the macro F1's interval (:func:`f1_interval`).
 
     Returns
     -------
     dict
         ``per_class`` (label -> precision, recall, f1, support), ``macro``/``micro``/``weighted``
         (precision, recall, f1), ``accuracy``, ``labels``, ``confusion`` (rows true, columns
-        predicted, in ``labels`` order) and ``n`` (cells scored).
+        predicted, in ``labels`` order), ``n`` (cells scored), ``min_class_n`` (true cells of
+        the smallest class that has any) and ``f1_macro_interval`` (95% bootstrap interval).
     """
     y_true, y_pred = _as_labels(y_true), _as_labels(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
@@ -82,9 +90,41 @@ def classification_report(
         report[avg] = {"precision": float(pa), "recall": float(ra), "f1": float(fa)}
     report["accuracy"] = float(accuracy_score(y_true, y_pred))
     report["labels"] = labels
-    report["confusion"] = confusion_matrix(y_true, y_pred, labels=labels).astype(int).tolist()
+    confusion = confusion_matrix(y_true, y_pred, labels=labels).astype(int)
+    report["confusion"] = confusion.tolist()
     report["n"] = len(y_true)
+    present = s[s > 0]
+    report["min_class_n"] = int(present.min()) if present.size else 0
+    report["f1_macro_interval"] = f1_interval(confusion, seed=seed)
     return report
+
+
+def f1_interval(confusion: np.ndarray, *, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
+                seed: int = 0) -> list[float]:
+    """Bootstrap interval of the macro F1 over the cells scored: the cells of the confusion
+    matrix (rows true, columns predicted) drawn again with replacement ``draws`` times, the
+    central ``level`` of the macro F1s (over the classes each draw holds; a class with no cell
+    at all scores 0 in every draw, as in :func:`classification_report`). On a few dozen test cells it is wide: the
+    F1 of one run is a rough number, and the interval says how rough."""
+    c = np.asarray(confusion, dtype=np.int64)
+    n = int(c.sum())
+    if n == 0:
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    listed = (c.sum(0) + c.sum(1)) > 0  # classes absent from the cells score 0, as in the report
+    macro = []
+    step = max(1, 2_000_000 // c.size)  # draws at a time: 126 types are 16k cells a draw
+    for start in range(0, draws, step):
+        sample = rng.multinomial(n, c.ravel() / n, size=min(step, draws - start))
+        sample = sample.reshape(-1, *c.shape)
+        tp = np.einsum("bii->bi", sample).astype(np.float64)
+        both = sample.sum(1) + sample.sum(2)  # predicted + true, per class
+        f1 = np.where(both > 0, 2 * tp / np.maximum(both, 1), 0.0)
+        counted = (both > 0) | ~listed  # a class the draw left out is not a class it missed
+        macro.append((f1 * counted).sum(1) / np.maximum(counted.sum(1), 1))
+    macro = np.concatenate(macro)
+    lo, hi = np.quantile(macro, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
 
 
 def to_coarse(labels: Sequence[str] | np.ndarray, groups: Mapping[str, str]) -> np.ndarray:
@@ -107,15 +147,44 @@ def coarse_report(
     return classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
 
 
-def summary_row(report: Mapping[str, Any]) -> dict[str, float | int]:
+def summary_row(report: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row of a report: macro and micro precision/recall/F1, accuracy and ``n``."""
-    row: dict[str, float | int] = {}
+    row: dict[str, Any] = {}
     for avg in ("macro", "micro"):
         for metric in ("precision", "recall", "f1"):
             row[f"{metric}_{avg}"] = report[avg][metric]
     row["accuracy"] = report["accuracy"]
     row["n"] = report["n"]
+    for key in ("f1_macro_interval", "min_class_n"):
+        if (value := report.get(key)) is not None:  # reports written before these existed have neither
+            row[key] = value
     return row
+
+
+def small_sample_note(rows: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """A sentence for experiments scored on few cells, else None.
+
+    ``rows`` maps an experiment's name (``"(a)"``) to its :func:`summary_row`. When one was
+    scored on a class of fewer than :data:`SMALL_CLASS` true cells, the sentence names the
+    cells and each such experiment's 95% bootstrap interval of the macro F1, so that an F1 of
+    1.000 on a handful of cells is read as what it is.
+    """
+    small = {k: r for k, r in rows.items()
+             if r.get("min_class_n") is not None and r["min_class_n"] < SMALL_CLASS}
+    if not small:
+        return None
+    parts = []
+    for k, r in small.items():
+        lo, hi = r.get("f1_macro_interval") or (float("nan"), float("nan"))
+        head = f"{k} {r['n']} cells, the smallest class {r['min_class_n']}: macro F1 {r['f1_macro']:.3f}"
+        if lo == hi == 1.0:  # a bootstrap of no errors has none: the rule of three bounds them
+            parts.append(f"{head}, no cell misread, yet an error rate up to "
+                         f"{min(1.0, 3 / max(r['n'], 1)):.1%} is not excluded (95%, rule of three)")
+        else:
+            parts.append(f"{head}, 95% bootstrap interval {lo:.3f}-{hi:.3f}")
+    return (f"Few cells scored (a class under {SMALL_CLASS} cells): " + "; ".join(parts)
+            + ". Differences inside these intervals are noise; more test cells "
+            "(a larger data set or `split.test`) narrow them.")
 
 
 def write_report(report: Mapping[str, Any], directory: Path, name: str) -> None:

@@ -350,6 +350,14 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
             out.update(verdict=LEVELS[new],
                        decided_by=[f"{t}/{m}" for t in bad[:2] for m in worse[t]["decided_by"][:1]],
                        reason=f"{why}: {names}{more}; pooled: {out['reason']}")
+    # the pooled test needs as many cells as a type's: below that its floor's noise (two halves
+    # of a handful of cells) is so wide that any generator reads as indistinguishable
+    n = fo.get("n_per_side") or so.get("n_per_side")
+    if isinstance(n, int | float) and n < MIN_TYPE_CELLS:
+        out.update(verdict=TOO_FEW, decided_by=[],
+                   reason=(f"{int(n)} real cells a side in the floor (two halves of the real test "
+                           f"cells); a verdict needs {MIN_TYPE_CELLS} of each: give more real test "
+                           f"cells (the metrics, too noisy to read: {out['reason']})"))
     return out
 
 

@@ -109,7 +109,7 @@ def _sec_verdict(run: _Run) -> str:
     v = fid["verdict"]
     o = v["overall"]
     lines = verdict_lines(v, privacy=fid.get("privacy"))
-    out = (f'<p class="verdict verdict-{_e(o["verdict"])}"><b>{_e(o["verdict"].capitalize())}'
+    out = (f'<p class="verdict verdict-{_e(o["verdict"].replace(" ", "-"))}"><b>{_e(o["verdict"].capitalize())}'
            f"</b>: {_e(o['reason'])}.</p>"
            "<p>Each metric is read against two halves of the real test cells (the floor) and "
            "its noise: <i>indistinguishable</i> within the floor's noise, <i>close</i> within "

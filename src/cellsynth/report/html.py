@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import CellsynthError
+from ..metrics.classification import small_sample_note
 from ..runtime import write_text
 from . import figures
 from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
@@ -41,6 +42,7 @@ img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .verdict-indistinguishable{border-color:#55a868;background:#eef7f0}
 .verdict-close{border-color:#f0b400;background:#fff8e1}
 .verdict-distinguishable{border-color:#c44e52;background:#fbeeee}
+.verdict-too-few-cells{border-color:#8c8c8c;background:#f4f4f4}
 """
 
 # sets data-images-ok / data-images-total on <body> once every figure has loaded (for tests)
@@ -176,7 +178,9 @@ def _results_table(summary: dict, level: str) -> str:
             "f1_micro", "n"]
     rows = [[f"({k})", *_EXPERIMENTS[k], *(summary[k][level].get(c) for c in keys)]
             for k in _EXPERIMENTS if k in summary and level in summary[k]]
-    return _table(header, rows)
+    note = small_sample_note({f"({k})": summary[k][level] for k in _EXPERIMENTS
+                              if k in summary and level in summary[k]})
+    return _table(header, rows) + (f"<p><b>{_e(note)}</b></p>" if note else "")
 
 
 def _sec_classifier(run: _Run) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..metrics.classification import small_sample_note
 from ..runtime import write_text
 
 _ROWS = {
@@ -31,7 +32,8 @@ def _table(results: dict[str, dict], level: str) -> list[str]:
             f"| {r['f1_macro']:.3f} | {r['precision_micro']:.3f} | {r['recall_micro']:.3f} "
             f"| {r['f1_micro']:.3f} | {r['n']} |"
         )
-    return lines
+    note = small_sample_note({f"({k})": results[k][level] for k in _ROWS if k in results})
+    return [*lines, "", note] if note else lines
 
 
 def _fidelity(out: Path) -> list[str]:
