@@ -197,3 +197,21 @@ def test_saved_models_named_seed_still_load_by_name():
     assert "reference" in GENERATORS and "seed" not in GENERATORS
     assert _name_of("seed") == _name_of("SeedGenerator") == "reference"
     assert get_generator("seed") is get_generator("reference") is SeedGenerator
+
+
+@pytest.mark.parametrize("override", ["cvae.lr=-1", "cvae.likelihood=\"poisson\"",
+                                      "cvae.n_hidden=\"wide\"", "cvae.max_epochs=2.5",
+                                      "cvae.likelihood=\"zinb\""])
+def test_every_config_error_says_the_fix_as_the_caller_sets_it(override):
+    """From a config file or --set: the --set form; inside config.hints (a Python call), the
+    caller's own words, for ranges, types, choices and settings that only work together."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"fix it in the config file or with --set (?:{key}|"
+                                          r"cvae\.dispersion_fit)=\.\.\.$"):
+        config.load(None, [override])
+    with config.hints(lambda k: f"pass {k} as a keyword"), \
+            pytest.raises(ConfigError, match=r"pass cvae\.\w+ as a keyword$") as info:
+        config.load(None, [override])
+    assert "--set" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"with --set"):  # the block's hint ends with it
+        config.load(None, [override])

@@ -6,6 +6,8 @@ before any long work starts, and saved (resolved) next to every output.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -13,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -122,6 +124,27 @@ def field_range(cls: type, name: str) -> Range | None:
     return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
 
 
+_FIX: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar(
+    "config_fix", default=lambda key: f"fix it in the config file or with --set {key}=...")
+
+
+def fix_hint(key: str) -> str:
+    """How to change the setting ``key`` (``"cvae.lr"``), said as the caller sets it: a config
+    file or ``--set`` by default, the Python keyword inside :func:`hints`."""
+    return _FIX.get()(key)
+
+
+@contextlib.contextmanager
+def hints(fix: Callable[[str], str]) -> Iterator[None]:
+    """Within this block, every config error says how to fix a setting with ``fix(key)``
+    (e.g. the keyword of a Python call) instead of the command line's ``--set``."""
+    token = _FIX.set(fix)
+    try:
+        yield
+    finally:
+        _FIX.reset(token)
+
+
 def check_ranges(section: Any, prefix: str = "") -> None:
     """Raise a :class:`ConfigError` for a non-finite float or a value outside its declared range.
 
@@ -140,11 +163,9 @@ def check_ranges(section: Any, prefix: str = "") -> None:
                 continue  # "auto" and other words are checked by their type
             name = f"{key}[{i}]" if isinstance(value, list) else key
             if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v}; "
-                                  f"set it with --set {key}=...")
+                raise ConfigError(f"{name} must be a finite number, got {v}; {fix_hint(key)}")
             if rng is not None and v not in rng:
-                raise ConfigError(f"{name} must be {rng.describe()}, got {v}; "
-                                  f"set it with --set {key}=...")
+                raise ConfigError(f"{name} must be {rng.describe()}, got {v}; {fix_hint(key)}")
 
 
 @dataclass
@@ -342,8 +363,8 @@ class CVAEConfig:
         if self.dispersion_fit == "moments" and self.likelihood != "nb":
             raise ConfigError(
                 f"cvae.dispersion_fit = \"moments\" fits a negative binomial's dispersion, but "
-                f"cvae.likelihood is {self.likelihood!r}; add --set "
-                f"cvae.dispersion_fit=learned (or use cvae.likelihood=nb)"
+                f"cvae.likelihood is {self.likelihood!r}: change cvae.dispersion_fit to "
+                f"\"learned\" (or cvae.likelihood to \"nb\"); {fix_hint('cvae.dispersion_fit')}"
             )
         return self
 
@@ -449,11 +470,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for a in allowed:
             if value == a and type(value) is type(a):
                 return a
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}; {fix_hint(key)}")
     if origin in (list, tuple):
         (item_tp,) = get_args(tp)[:1]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {value!r}; {fix_hint(key)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (types.UnionType, typing.Union):
         for arg in get_args(tp):
@@ -461,7 +482,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}; {fix_hint(key)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -479,8 +500,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     else:  # pragma: no cover - a field type this module does not know
         raise TypeError(f"unsupported config type {tp} for {key}")
     raise ConfigError(
-        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
-        f"fix the value in the config file or with --set {key}=..."
+        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); {fix_hint(key)}"
     )
 
 

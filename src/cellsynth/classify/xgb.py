@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import xgboost as xgb
 
-from ..config import ClassifierConfig
+from ..config import ClassifierConfig, fix_hint
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
 
@@ -339,7 +339,7 @@ def _chunk_size(cfg: ClassifierConfig, X: Any) -> int:
     """Cells per DataIter batch, 0 for one in-memory array (``classifier.chunk_size``)."""
     if cfg.chunk_size < 0:
         raise ConfigError(f"classifier.chunk_size must be 0 or more, got {cfg.chunk_size}; "
-                          "set it with --set classifier.chunk_size=...")
+                          f"{fix_hint('classifier.chunk_size')}")
     return cfg.chunk_size or (MEMMAP_CHUNK if isinstance(X, np.memmap) else 0)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,6 +37,7 @@ import torch
 from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
+from ..config import hints as config_hints
 from ..data.io import check_label, missing_labels, read
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError
@@ -67,6 +67,14 @@ CHECKPOINT_NAME = "cvae"  # the training checkpoint is CHECKPOINT_NAME.safetenso
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
 _EVAL_VALUES = 16_000_000  # values (cells x genes) of one dense pass without gradients
 #: CVAEConfig fields that change neither the training nor the model (not in the fingerprint)
+
+
+def _keyword_fix(key: str) -> str:
+    """A setting's fix said as a Python keyword (``cvae.lr`` -> ``lr``), for :meth:`CVAE.configure`."""
+    name = key.removeprefix("cvae.").split("[")[0]
+    return f"give another {name} (model.configure({name}=...) or model.train)"
+
+
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
@@ -244,13 +252,9 @@ class CVAE(DesignRequests):
         if unknown:
             raise ConfigError(f"unknown CVAE setting(s) {', '.join(unknown)}; valid: "
                               f"{', '.join(sorted(names))}")  # fmt: skip
-        try:
+        with config_hints(_keyword_fix):  # in Python: the keyword, not the command line's --set
             config = from_dict(CVAEConfig, {**dataclasses.asdict(self.config), **settings})
             self.config = config.validate()
-        except ConfigError as err:  # in Python: the keyword, not the command line's --set
-            raise ConfigError(re.sub(r"set it with --set (?:cvae\.)?(\w+)=\.\.\.",
-                                     r"give another \1 (model.configure(\1=...) or model.train)",
-                                     str(err))) from None
         self.device = tr.resolve_device(self.config.device)
         return self
 
