@@ -638,7 +638,7 @@ def test_poisson_from_logits_is_the_dense_sum_and_moments_training_leaves_the_di
     assert module.px_r.grad is None and module.z_mean.weight.grad is not None
     with pytest.raises(ValueError, match="dispersion_fit"):
         CVAEModule(n_input=9, n_labels=2, likelihood="zinb", dispersion_fit="moments")
-    with pytest.raises(ConfigError, match="dispersion_fit=learned"):
+    with pytest.raises(ConfigError, match=r'change cvae\.dispersion_fit to "learned"'):
         CVAE(config=CVAEConfig(likelihood="gaussian"))
 
 
@@ -839,3 +839,37 @@ def test_gene_scale_gives_generated_cells_the_training_means():
     module.gene_scale.copy_(scale)
     assert calibrated < 0.05
     assert calibrated < raw / 2
+
+
+def test_zero_inflation_gives_generated_cells_the_training_share_of_zeros():
+    """Genes on in a random third of a type's cells (off in the others, whatever the cell's
+    state) have more zeros than an NB around the decoded means gives; the sampler's zero
+    inflation brings each type's share of zeros to the training cells', its means kept, and
+    leaves genes without excess zeros alone (issue 21)."""
+    adata = simulated_counts(150, seed=3)
+    rng = np.random.default_rng(3)
+    x = adata.X.toarray()
+    bursty = np.arange(40, 50)  # in every type: on in a third of the cells, 3x when on
+    on = rng.random((adata.n_obs, len(bursty))) < 1 / 3
+    x[:, bursty] = np.where(on, rng.poisson(3 * x[:, bursty] + 3), 0)
+    adata.X = sp.csr_matrix(x.astype(np.float32))
+    model = CVAE(config=tiny_config(max_epochs=30, select="elbo"))
+    model.fit(adata, "cell_type", seed=0)
+    pi = model.module.zero_inflation
+    assert pi[:, bursty].mean() > 0.2 and pi[:, :40].mean() < 0.05
+
+    def shares(a):
+        d = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+        return (d[:, bursty] == 0).mean(0), d[:, bursty].mean(0)
+
+    syn = model.sample(dict.fromkeys(SIM_TYPES, 2000), seed=1)
+    real_zero, real_mean = shares(adata)
+    syn_zero, syn_mean = shares(syn)
+    assert np.abs(syn_zero - real_zero).mean() < 0.05
+    model.module.set_zero_inflation(torch.zeros(()))  # the NB alone: too few zeros
+    nb_zero, nb_mean = shares(model.sample(dict.fromkeys(SIM_TYPES, 2000), seed=1))
+    assert (real_zero - nb_zero).mean() > 0.1
+    # the same means with and without the inflation (those the gene scale fitted; summed over
+    # the genes, which are heavy-tailed: theta about 0.6)
+    assert syn_mean.sum() == pytest.approx(nb_mean.sum(), rel=0.06)
+    assert syn_mean.sum() == pytest.approx(real_mean.sum(), rel=0.1)

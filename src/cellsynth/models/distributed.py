@@ -171,7 +171,7 @@ def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]
 
 def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     """Give every rank rank 0's latent mixture (its component count may differ from theirs),
-    gene scale and NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
+    gene scale, zero inflation and NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
     if dist.get_world_size() == 1:
         return
     k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
@@ -192,6 +192,9 @@ def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     scale = module.gene_scale.detach().to(device).clone()
     dist.broadcast(scale, src=0)  # rank 0's gene scale (ones where the likelihood has none)
     module.set_gene_scale(scale)
+    pi = module.zero_inflation.detach().to(device).clone()
+    dist.broadcast(pi, src=0)  # and its zero inflation (zeros where none was fitted)
+    module.set_zero_inflation(pi)
 
 
 def _rank_device(cfg: CVAEConfig) -> torch.device:

@@ -13,9 +13,11 @@ The covariates ``c`` (donor, condition, batch...: one integer level per covariat
 embedding of their own, so any combination of seen levels can be decoded, also one no training
 cell had. The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
 the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model,
-a per-type Gaussian mixture fitted to the aggregate posterior of the training cells, and a
+a per-type Gaussian mixture fitted to the aggregate posterior of the training cells, a
 per-type gene scale that multiplies the decoded NB means of generated cells (not of training),
-so that each type's gene means under the mixture equal the training cells' (``set_gene_scale``).
+so that each type's gene means under the mixture equal the training cells' (``set_gene_scale``),
+and a per-type zero inflation of generated NB counts, so that each type's share of zeros per
+gene does too, its means kept (``set_zero_inflation``).
 """
 
 from __future__ import annotations
@@ -311,6 +313,9 @@ class CVAEModule(nn.Module):
         # per-type gene scale of the decoded NB mean when generating (set_gene_scale); ones
         # until fitted, and never applied to the training loss
         self.register_buffer("gene_scale", torch.ones(n_labels, n_input))
+        # per-type zero inflation of generated NB counts (set_zero_inflation): zeros until
+        # fitted, never in the training loss; the mean is kept (the NB's is raised to match)
+        self.register_buffer("zero_inflation", torch.zeros(n_labels, n_input))
         # created last: a module without covariates starts from the same random weights as before
         self.covariate_embed = nn.ModuleList(
             nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
@@ -371,8 +376,9 @@ class CVAEModule(nn.Module):
         """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
         For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``. With
-        ``calibrated`` (generation) the NB mean is multiplied by the type's ``gene_scale``;
-        the training loss and the sampler's fit decode without it. With ``one_type`` every row
+        ``calibrated`` (generation) the NB mean is multiplied by the type's ``gene_scale`` and
+        the type's ``zero_inflation`` is applied (the mean kept); the training loss decodes
+        without them. With ``one_type`` every row
         has type ``y[0]`` (generation and the sampler's fit decode a type at a time): the
         per-type tables are read as one row that broadcasts (``theta`` is ``(1, n_input)``)
         instead of gathered to ``(B, n_input)``; the distribution is the same.
@@ -389,6 +395,12 @@ class CVAEModule(nn.Module):
             px_scale = px_scale * self.gene_scale[rows]  # (B, n_input); ones until fitted
         px_rate = library[:, None] * px_scale  # (B, n_input)
         zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
+        if calibrated and zi is None and bool(self.zero_inflation.any()):
+            # extra zeros with probability pi, the others drawn at mean mu / (1 - pi): the
+            # mean stays mu (ones where nothing was fitted: the same draws as without)
+            pi = self.zero_inflation[rows]  # (B | 1, n_input)
+            px_rate = px_rate / (1.0 - pi)
+            zi = torch.logit(pi).expand_as(px_rate)  # -inf where pi = 0: no extra zeros
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None
@@ -481,6 +493,14 @@ class CVAEModule(nn.Module):
         self.gene_scale.copy_(scale.to(self.gene_scale).expand_as(self.gene_scale))
 
     @torch.no_grad()
+    def set_zero_inflation(self, pi: torch.Tensor) -> None:
+        """Set the per-type zero inflation of generated NB counts, ``(n_labels, n_input)``
+        probabilities in ``[0, 1)``; zeros switch it off."""
+        if bool(((pi < 0) | (pi >= 1)).any()):
+            raise ValueError("zero inflation must lie in [0, 1)")
+        self.zero_inflation.copy_(pi.to(self.zero_inflation).expand_as(self.zero_inflation))
+
+    @torch.no_grad()
     def set_library_model(self, log_mean: torch.Tensor, log_std: torch.Tensor) -> None:
         """Store the per-type mean and sd of ``log(library)`` (each ``(n_labels,)``)."""
         self.library_log_mean.copy_(log_mean)
@@ -509,9 +529,11 @@ class CVAEModule(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the stored mixture's number of components before loading (a training
         checkpoint written after a ``cvae.select = "fidelity"`` check holds a fitted mixture);
-        weights saved before the gene scale existed load with a scale of one."""
+        weights saved before the gene scale (zero inflation) existed load with a scale of one (none)."""
         if prefix + "gene_scale" not in state_dict and prefix + "embed.weight" in state_dict:
             state_dict[prefix + "gene_scale"] = torch.ones_like(self.gene_scale)
+        if prefix + "zero_inflation" not in state_dict and prefix + "embed.weight" in state_dict:
+            state_dict[prefix + "zero_inflation"] = torch.zeros_like(self.zero_inflation)
         keys = [prefix + k for k in ("mixture_weight", "mixture_mean", "mixture_chol")]
         if all(k in state_dict for k in keys) and (
             state_dict[keys[0]].shape != self.mixture_weight.shape
