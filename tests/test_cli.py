@@ -163,3 +163,27 @@ def test_config_show_maps_the_old_model_name_with_a_warning(capsys):
     assert cli.main(["config", "show", "--set", "generator.model=seed"]) == 0
     out, err = capsys.readouterr()
     assert 'model = "reference"' in out and "renamed 'reference'" in err
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_terminated_command_says_so_and_leaves_no_partial_file(tmp_path, signum):
+    """SIGTERM (a scheduler's cancel or time limit) unwinds as Ctrl-C does: a clear last line,
+    the shell's exit code, and no half-written output."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "atlas.h5ad"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cellsynth.cli", "simulate", "--cells", "5000000", "--genes",
+         "2000", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.iterdir()) and time.time() < deadline:  # writing has begun
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=60)
+    sig = getattr(signal, signum)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
+    assert ("interrupted" if sig == signal.SIGINT else "terminated by SIGTERM") in err
+    assert "partial outputs removed" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -48,6 +48,19 @@ def test_info_errors(tmp_path):
         describe(tmp_path / "nope")
     with pytest.raises(CellsynthError, match="neither a run directory"):
         describe(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{not json")  # a corrupt file: named, no traceback
+    with pytest.raises(CellsynthError, match=r"manifest\.json is corrupt"):
+        describe(run)
+    (run / "manifest.json").write_text('{"stages": []}')  # JSON of another shape
+    with pytest.raises(CellsynthError, match="not the ones cellsynth writes"):
+        describe(run)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("\x00\x01")
+    with pytest.raises(CellsynthError, match=r"config\.json is corrupt"):
+        describe(model)
 
 
 def _code_only(path: Path) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import config
 from .errors import CellsynthError
@@ -514,12 +517,44 @@ def _version() -> str:
     return version("cellsynth")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch scheduler's cancel or time limit, `timeout`, a closed
+    terminal), raised in the main thread so that it unwinds as Ctrl-C does: the stage running
+    is marked failed in the manifest and partial outputs are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminations() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`_Terminated` within the block (main thread only)."""
+    import signal
+    import threading
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {n: signal.signal(getattr(signal, n), _raise_terminated) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in old.items():
+            signal.signal(getattr(signal, n), handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
     try:
-        with settings.override(progress=False if quiet else "auto"):
+        with settings.override(progress=False if quiet else "auto"), _terminations():
             return args.func(args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
@@ -540,8 +575,17 @@ def main(argv: list[str] | None = None) -> int:
                   "(--out, the data, --config)", file=sys.stderr)
             return 2
         raise
+    except _Terminated as exc:
+        import signal
+
+        name = signal.Signals(exc.signum).name
+        logging.getLogger("cellsynth").error("terminated by %s", name)
+        print(f"cellsynth: terminated by {name}; partial outputs removed (a run keeps its "
+              "finished stages: rerun the same command to resume)", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("cellsynth: interrupted", file=sys.stderr)
+        print("cellsynth: interrupted; partial outputs removed (a run keeps its finished "
+              "stages: rerun the same command to resume)", file=sys.stderr)
         return 130
 
 

@@ -11,9 +11,25 @@ import pandas as pd
 from .errors import CellsynthError
 
 
+def _json(path: Path) -> Any:
+    """A JSON file of a run or model directory, or an error naming it when it is corrupt."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CellsynthError(f"{path} is corrupt ({exc}); rerun what wrote it") from None
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """A plain dict describing what is at ``path``; ``kind`` says which it is."""
     path = Path(path).expanduser()
+    try:
+        return _describe(path)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:  # JSON of another shape
+        raise CellsynthError(f"{path}: its files are not the ones cellsynth writes (in them: "
+                             f"{type(exc).__name__}: {exc}); rerun what wrote them") from None
+
+
+def _describe(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CellsynthError(f"{path} does not exist; give a run directory, a model directory or an .h5ad")
     if path.is_file():
@@ -23,7 +39,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     if (path / "config.json").is_file():
         return _describe_model(path)
     if (path / "model.ubj").is_file():
-        labels = json.loads((path / "labels.json").read_text()) if (path / "labels.json").is_file() else []
+        labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
     raise CellsynthError(
         f"{path} is neither a run directory (manifest.json), a model directory (config.json) "
@@ -67,14 +83,14 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
 
 
 def _describe_run(path: Path) -> dict[str, Any]:
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = _json(path / "manifest.json")
     stages = {k: {"status": v.get("status"), "seconds": v.get("seconds")}
               for k, v in manifest.get("stages", {}).items()}
     out = {"kind": "run", "path": str(path), "stages": stages,
            "cellsynth": manifest.get("environment", {}).get("cellsynth")}
     summary = path / "metrics" / "summary.json"
     if summary.is_file():
-        s = json.loads(summary.read_text())
+        s = _json(summary)
         out["f1_macro"] = {k: v["fine"]["f1_macro"] for k, v in s.items() if "fine" in v}
     if (path / "results.md").is_file():
         out["results"] = str(path / "results.md")
@@ -82,9 +98,9 @@ def _describe_run(path: Path) -> dict[str, Any]:
 
 
 def _describe_model(path: Path) -> dict[str, Any]:
-    meta = json.loads((path / "config.json").read_text())
-    labels = json.loads((path / "labels.json").read_text()) if (path / "labels.json").is_file() else []
-    genes = json.loads((path / "genes.json").read_text()) if (path / "genes.json").is_file() else None
+    meta = _json(path / "config.json")
+    labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
+    genes = _json(path / "genes.json") if (path / "genes.json").is_file() else None
     return {
         "kind": "model",
         "path": str(path),
