@@ -187,3 +187,20 @@ def test_a_terminated_command_says_so_and_leaves_no_partial_file(tmp_path, signu
     assert ("interrupted" if sig == signal.SIGINT else "terminated by SIGTERM") in err
     assert "partial outputs removed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_records_the_seed_and_data_it_used_and_refuses_two_seeds(kang_path, tmp_path, capsys):
+    def fit(out, *extra):
+        return cli.main(["fit", str(kang_path), "--label-key", "cell_type", "--model", "nb",
+                         "--out", str(tmp_path / out), "--quiet", *extra])
+
+    def used(out):
+        return tomllib.loads((tmp_path / out / "run_config.toml").read_text())
+
+    assert fit("a", "--seed", "3") == 0
+    assert used("a")["seed"] == 3 and used("a")["dataset"]["label_key"] == "cell_type"
+    assert used("a")["dataset"]["path"] == str(kang_path.resolve())
+    assert fit("b", "--set", "seed=4") == 0 and used("b")["seed"] == 4  # the config's seed
+    assert fit("c", "--seed", "3", "--set", "seed=4") == 2
+    assert "the seed is given twice: --seed 3 and seed = 4" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

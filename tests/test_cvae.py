@@ -873,3 +873,16 @@ def test_zero_inflation_gives_generated_cells_the_training_share_of_zeros():
     # the genes, which are heavy-tailed: theta about 0.6)
     assert syn_mean.sum() == pytest.approx(nb_mean.sum(), rel=0.06)
     assert syn_mean.sum() == pytest.approx(real_mean.sum(), rel=0.1)
+
+
+def test_an_untrained_model_refuses_to_generate_or_be_saved(small_kang, tmp_path):
+    """Random weights give noise that reads as cells, and a saved file that reads as a model."""
+    from cellsynth.errors import NotTrainedError
+
+    model = CVAE(small_kang, config=tiny_config())
+    with pytest.raises(NotTrainedError, match=r"has not been trained, so it cannot generate "
+                                              r"cells: call model\.train\(\)"):
+        model.sample({model.labels[0]: 5})
+    with pytest.raises(NotTrainedError, match="cannot be saved"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()

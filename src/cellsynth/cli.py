@@ -191,6 +191,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                  f"{', '.join(config.COVARIATE_SECTIONS)}")
         sets.append(f"{section}.covariates={json.dumps(covariates)}")
     cfg = config.load(args.config, sets)
+    if args.seed is not None and cfg.seed not in (0, args.seed):
+        raise CellsynthError(f"the seed is given twice: --seed {args.seed} and seed = {cfg.seed} "
+                             "(--set or --config); give one")
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
                              seed=args.seed)
     print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
@@ -415,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated obs columns the model also conditions on (donor, "
                         "condition, batch...): cvae, nb or scvi; same as --set "
                         "MODEL.covariates=[...], e.g. nb.covariates=[...]")
-    f.add_argument("--seed", type=_seed, default=0, help="random seed of the fit")
+    f.add_argument("--seed", type=_seed, default=None,
+                   help="random seed of the fit (default: the config's seed, 0 unless set)")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     f.set_defaults(func=cmd_fit)
 

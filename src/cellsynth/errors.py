@@ -25,3 +25,7 @@ class DownloadError(CellsynthError, OSError):
 
 class ModelFileError(CellsynthError, OSError):
     """A saved model directory is incomplete, inconsistent or of an unsupported version."""
+
+
+class NotTrainedError(CellsynthError, RuntimeError):
+    """A model asked to generate or be saved before it was trained."""

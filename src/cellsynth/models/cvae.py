@@ -40,7 +40,7 @@ from ..config import CVAEConfig, from_dict
 from ..config import hints as config_hints
 from ..data.io import check_label, missing_labels, read
 from ..data.rows import Rows
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar
 from ..runtime import available_memory
 from . import _loop
@@ -482,8 +482,7 @@ class CVAE(DesignRequests):
         if latent not in ("mixture", "prior"):
             raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
         module = self._module()
-        if not self.is_trained:
-            logger.warning("sampling from an untrained CVAE; call train()/fit() or load() first")
+        self._check_trained("generate cells")
         module.eval()
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell")  # fmt: skip
         try:
@@ -514,9 +513,17 @@ class CVAE(DesignRequests):
     # ------------------------------------------------------------------------------------------
     # files
 
+    def _check_trained(self, what: str) -> None:
+        """Refuse to ``what`` with random weights: its cells would be noise, its files a model."""
+        if not self.is_trained:
+            raise NotTrainedError(f"this CVAE has not been trained, so it cannot {what}: call "
+                                  "model.train() (or fit(adata)) first, or CVAE.load(DIR) a "
+                                  "trained one")
+
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``weights.safetensors`` (library model included), ``labels.json``,
         ``genes.json`` and ``history.json``."""
+        self._check_trained("be saved")
         module = self._module()
         meta = {
             "model": type(self).__name__,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import SeedVAEConfig, from_dict
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from . import _loop
 from . import _training as tr
 from .modules import SeedVAEModule
@@ -202,7 +202,8 @@ class SeedCVAE:
         """
         tr.check_counts(counts_per_type, self.labels)
         if not self.is_trained:
-            logger.warning("sampling from an untrained SeedCVAE; call fit() or load() first")
+            raise NotTrainedError("this SeedCVAE has not been trained, so it cannot generate "
+                                  "cells: call fit() first, or SeedCVAE.load(DIR) a trained one")
         self.module.eval()
         generator = torch.Generator().manual_seed(seed)
         chunks: list[np.ndarray] = []
@@ -223,6 +224,9 @@ class SeedCVAE:
 
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``weights.safetensors``, ``labels.json`` and ``history.json``."""
+        if not self.is_trained:
+            raise NotTrainedError("this SeedCVAE has not been trained, so it cannot be saved: "
+                                  "call fit() first")
         meta = {
             "model": type(self).__name__,
             "format_version": FORMAT_VERSION,

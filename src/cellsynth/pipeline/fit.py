@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out: str | Path, *,
-              model: str = "cvae", seed: int = 0) -> tuple[Any, dict]:  # fmt: skip
+              model: str = "cvae", seed: int | None = None) -> tuple[Any, dict]:  # fmt: skip
     """Train generator ``model`` on ``data`` and save it into ``out``.
 
     The cells are read as ``dataset.backed`` says (``"auto"``: from disk for files over 2 GB),
@@ -25,12 +26,17 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     with no count in the training cells are left out (``dataset.drop_undetected_genes``), and
     a seeded 10% of the cells (or ``obs['cellsynth_split']``) is held out for validation. The
     CVAE trains from disk in bounded memory; the other generators read their cells into
-    memory. ``out`` also receives ``run_config.toml``, the settings used.
+    memory. ``seed`` (default: ``cfg.seed``) seeds all of it. ``out`` also receives
+    ``run_config.toml``, the settings used: the seed, the data file and label column included.
 
     Returns
     -------
     The trained generator and its training history.
     """
+    seed = cfg.seed if seed is None else seed
+    used = dataclasses.replace(cfg, seed=seed, dataset=dataclasses.replace(
+        cfg.dataset, label_key=label_key,
+        path=str(Path(data).resolve()) if isinstance(data, str | Path) else cfg.dataset.path))
     cells = for_training(data, label_key, seed=seed, backed=cfg.dataset.backed,
                          drop_undetected=cfg.dataset.drop_undetected_genes,
                          chunk_size=cfg.qc.chunk_size)  # fmt: skip
@@ -48,5 +54,5 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     finally:
         cells.close()
     gen.save(out)
-    save(cfg, Path(out) / "run_config.toml")
+    save(used, Path(out) / "run_config.toml")
     return gen, history
