@@ -715,3 +715,45 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_early():
     it.close()  # the caller stops: the producer stops too, a few items ahead at most
     assert not any(t.name == "cellsynth-prefetch" and t.is_alive() for t in threading.enumerate())
     assert len(made) <= 3 + 2 + 2
+
+
+# -- sweep 2: no command's output destroys a file cellsynth did not write -----------------------
+
+def test_no_output_replaces_a_file_that_cellsynth_did_not_write(kang_path, tmp_path, capsys):
+    """report, simulate, generate and fit refuse an existing output of another kind (the data,
+    a run's manifest, a model's weights, a directory of other files), before any work; their
+    own earlier outputs are replaced, so rerunning a command works, and a refit leaves no file
+    of the previous model behind."""
+    data = tmp_path / "data.h5ad"
+    shutil.copy(kang_path, data)
+    before = data.read_bytes()
+
+    def run(*args: str) -> tuple[int, str]:
+        rc = main([*args, "--quiet"] if args[0] in ("fit", "simulate", "generate") else list(args))
+        return rc, capsys.readouterr().err
+
+    model = tmp_path / "model"
+    assert run("fit", str(data), "--label-key", LABEL, "--model", "nb", "--out", str(model))[0] == 0
+    cells = tmp_path / "cells.h5ad"
+    assert run("generate", str(model), "--n-per-type", "3", "--out", str(cells))[0] == 0
+    assert run("generate", str(model), "--n-per-type", "4", "--out", str(cells))[0] == 0  # again
+    assert ad.read_h5ad(cells).n_obs == 20
+    for args in (("generate", str(model), "--n-per-type", "3", "--out", str(data)),
+                 ("simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out", str(data)),
+                 ("report", str(tmp_path), "--out", str(data))):
+        rc, err = run(*args)
+        assert rc == 2 and "Traceback" not in err, args
+    assert data.read_bytes() == before  # the data, untouched
+    run_dir = tmp_path / "run"
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "manifest.json").write_text('{"stages": {}}')
+    rc, err = run("report", str(run_dir), "--out", str(run_dir / "manifest.json"))
+    assert rc == 2 and "is not an HTML report that cellsynth wrote" in err
+    rc, err = run("fit", str(data), "--label-key", LABEL, "--model", "nb", "--out", str(run_dir))
+    assert rc == 2 and "not a saved model (it holds manifest.json, metrics)" in err
+    rc, err = run("fit", str(data), "--label-key", LABEL, "--model", "cvae", "--out", str(model),
+                  "--set", "cvae.max_epochs=1")
+    assert rc == 0, err  # a refit replaces the model directory whole
+    assert json.loads((model / "config.json").read_text())["model"] == "CVAE"
+    assert {p.name for p in model.iterdir()} == set(json.loads(
+        (model / "checksums.json").read_text())) | {"checksums.json", "run_config.toml"}

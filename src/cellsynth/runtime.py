@@ -495,6 +495,51 @@ def check_out(out: Path, cfg: Any) -> None:
         "metrics/... into it: give a new or empty directory")
 
 
+def generated_h5ad(path: Path) -> bool:
+    """Whether ``path`` is an h5ad that cellsynth wrote: generated cells (``uns['cellsynth']``)
+    or a simulated atlas (``uns['source']`` naming ``cellsynth.data.simulate``)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "uns/cellsynth" in f:
+                return True
+            source = f.get("uns/source")
+            value = source[()] if isinstance(source, h5py.Dataset) else b""
+            return (value if isinstance(value, bytes) else str(value).encode()).startswith(
+                b"cellsynth.data.simulate")
+    except (OSError, ValueError):  # not HDF5 at all
+        return False
+
+
+def report_html(path: Path) -> bool:
+    """Whether ``path`` is a report cellsynth wrote (its HTML head names it)."""
+    try:
+        with open(path, "rb") as fh:
+            return b"<title>cellsynth report" in fh.read(4096)
+    except OSError:
+        return False
+
+
+def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out") -> bool:
+    """Refuse an output file that is a directory, or an existing file that cellsynth did not
+    write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
+    anyone's data would be lost. Returns whether an earlier output of the same kind is replaced
+    (allowed: rerunning a command writes its output again)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
+                             f"{path / ('report.html' if 'report' in what else 'cells.h5ad')}")
+    if not path.exists():
+        return False
+    if not ours(path):
+        raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
+                             "writing would destroy it; give a new path (or remove the file "
+                             "yourself)")
+    logger.info("replacing %s, %s written earlier", path, what)
+    return True
+
+
 def check_links(out: Path) -> None:
     """A symlink in the run directory that leads outside it is refused: a run never writes
     through one (one line naming it)."""

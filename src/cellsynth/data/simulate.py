@@ -36,6 +36,7 @@ from anndata.io import write_elem
 from ..errors import ConfigError
 from ..keys import MITO, N_GENES
 from ..options import progress_bar
+from ..runtime import check_file_out, generated_h5ad
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
@@ -519,6 +520,7 @@ def write_atlas(
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
     path, started = Path(path), time.perf_counter()
+    check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)

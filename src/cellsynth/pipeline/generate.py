@@ -12,6 +12,7 @@ from .. import keys as K
 from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
+from ..runtime import check_file_out, generated_h5ad
 from .models import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,9 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
 
 def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | None) -> None:
     """Refuse an output that would replace what generation reads: the model's own files, or an
-    input (``--like``, ``--request``); or that is a directory. Before anything is loaded."""
+    input (``--like``, ``--request``); that is a directory; or that is an existing file other
+    than cells cellsynth generated or simulated (``runtime.check_file_out``). Before anything
+    is loaded."""
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise DataError(f"--out {out} is a directory; give the .h5ad file to write, e.g. "
@@ -149,6 +152,7 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
         if given is not None and Path(given).expanduser().resolve() == path:
             raise DataError(f"--out {out} is the input file {given}: writing would replace it; "
                             "give another output path")
+    check_file_out(path, "an h5ad of cells", generated_h5ad)
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,

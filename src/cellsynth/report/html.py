@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
-from ..runtime import write_text
+from ..runtime import check_file_out, report_html, write_text
 from . import figures
 from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
 from ._markup import _e, _fmt, _img, _left_out, _missing, _note, _Run, _table
@@ -381,7 +381,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run_dir.is_dir():
         raise CellsynthError(f"{run_dir} is not a directory; give a run directory written by "
                              "cellsynth run")
+    if not (run_dir / "manifest.json").is_file():
+        raise CellsynthError(f"{run_dir} is not a run directory (no manifest.json); give a "
+                             "directory written by cellsynth run")
     path = Path(out) if out is not None else run_dir / "report.html"
+    check_file_out(path, "an HTML report", report_html)
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, page)  # atomic: a temporary file renamed, removed on error
