@@ -757,3 +757,32 @@ def test_no_output_replaces_a_file_that_cellsynth_did_not_write(kang_path, tmp_p
     assert json.loads((model / "config.json").read_text())["model"] == "CVAE"
     assert {p.name for p in model.iterdir()} == set(json.loads(
         (model / "checksums.json").read_text())) | {"checksums.json", "run_config.toml"}
+
+
+def test_an_evaluation_on_few_or_unmatched_cells_gives_no_verdict_from_them(atlas_file, caplog):
+    """Three synthetic cells, or synthetic types named otherwise than the real ones, must not
+    read as indistinguishable; swapped inputs are said."""
+    real = ad.read_h5ad(atlas_file)
+    real = real[real.obs[LABEL].str.startswith("type_").to_numpy()].copy()
+    other = simulate_atlas(600, 150, 3, seed=1, label_key=LABEL)
+    other = other[other.obs[LABEL].str.startswith("type_").to_numpy()].copy()
+    few = other[:3].copy()
+    v = evaluation.compare(real, few, label_key=LABEL, max_cells=200)["verdict"]["overall"]
+    assert v["verdict"] == "too few cells" and "synthetic cells scored" in v["reason"]
+    renamed = other.copy()
+    renamed.obs[LABEL] = renamed.obs[LABEL].astype(str).str.upper()
+    with pytest.raises(CellsynthError, match=r"none of the synthetic cell types .*'TYPE_00' "
+                                             r"\(real: 'type_00'\)"):
+        evaluation.compare(real, renamed, label_key=LABEL, max_cells=200)
+    some = other.copy()
+    some.obs[LABEL] = np.where(some.obs[LABEL] == "type_00", "Type_00 ", some.obs[LABEL])
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        evaluation.compare(real, some, label_key=LABEL, max_cells=200)
+    assert "1 of the synthetic cell types with no real type of that name" in caplog.text
+    assert "'Type_00 ' (real: 'type_00')" in caplog.text
+    caplog.clear()
+    generated = other.copy()
+    generated.uns["cellsynth"] = {"model": "CVAE"}
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        evaluation.compare(generated, real, label_key=LABEL, max_cells=200)
+    assert "are --real and --synthetic swapped?" in caplog.text

@@ -38,6 +38,8 @@ from ..seeds import derive_seed
 from .inputs import (
     IN_MEMORY,
     _check_disjoint,
+    _check_labels,
+    _check_sides,
     _columns,
     _read_side,
     _real_rows,
@@ -135,8 +137,10 @@ def compare(
         return stratified_subsample(labels, max_cells, seed=derive_seed(seed, "eval-synthetic-cells"))
 
     donors = donor_key if heldout is not None else None
+    _check_sides(real, synthetic)
     r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
+    _check_labels(picked["real_total"], picked["synthetic_total"], label_key)
     genes = _shared_genes(r, s)
     h = None
     if heldout is not None:

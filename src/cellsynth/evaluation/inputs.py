@@ -252,3 +252,51 @@ def _same_file(real: Any, synthetic: Any) -> bool:
                                  and filecmp.cmp(a, b, shallow=False))  # fmt: skip
     except OSError:
         return False
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None:
+    """Synthetic cell types are scored against real ones of the same name: a synthetic file
+    whose types match none of the real ones is an error, and types that match none are named
+    (with the real type they would be, but for case or spaces), so that an overall verdict
+    is not read from the few types that happen to match."""
+    real_types, syn_types = set(map(str, real.index)), list(map(str, synthetic.index))
+    unknown = [t for t in syn_types if t not in real_types]
+    if not unknown:
+        return
+    near = {_norm(t): t for t in real_types}
+    hints = [f"{t!r} (real: {near[_norm(t)]!r})" if _norm(t) in near else repr(t)
+             for t in unknown[:8]]
+    share = float(synthetic[unknown].sum() / max(synthetic.sum(), 1))
+    what = (f"synthetic cell types with no real type of that name in obs['{label_key}']: "
+            f"{', '.join(hints)}{' ...' if len(unknown) > 8 else ''}")
+    if len(unknown) == len(syn_types):
+        raise DataError(f"none of the {what}; give the same --label-key and type names on both "
+                        f"sides (real types: {sorted(real_types)[:8]})")
+    logger.warning("%d of the %s (%.0f%% of the synthetic cells): not scored", len(unknown),
+                   what, 100 * share)
+
+
+def _looks_generated(data: Any) -> bool:
+    """Whether ``data`` (a path or an AnnData) holds cells cellsynth generated."""
+    if isinstance(data, str | Path):
+        import h5py
+
+        try:
+            with h5py.File(data, "r") as f:
+                return "uns/cellsynth" in f
+        except (OSError, ValueError):
+            return False
+    return "cellsynth" in getattr(data, "uns", {})
+
+
+def _check_sides(real: Any, synthetic: Any) -> None:
+    """Warn when the real data look generated and the synthetic data do not: the two inputs
+    are likely swapped, and the floor would be built from generated cells."""
+    if _looks_generated(real) and not _looks_generated(synthetic):
+        logger.warning("the real data hold cells cellsynth generated (uns['cellsynth']) and the "
+                       "synthetic data do not: are --real and --synthetic swapped? The floor "
+                       "is built from the real side")

@@ -352,12 +352,15 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
                        reason=f"{why}: {names}{more}; pooled: {out['reason']}")
     # the pooled test needs as many cells as a type's: below that its floor's noise (two halves
     # of a handful of cells) is so wide that any generator reads as indistinguishable
-    n = fo.get("n_per_side") or so.get("n_per_side")
-    if isinstance(n, int | float) and n < MIN_TYPE_CELLS:
+    sides = {"real cells a side in the floor (two halves of the real test cells)":
+             fo.get("n_per_side"), "synthetic cells scored": so.get("n_per_side")}
+    sides = {k: v for k, v in sides.items() if isinstance(v, int | float)}
+    if sides and min(sides.values()) < MIN_TYPE_CELLS:
+        which = min(sides, key=sides.get)
         out.update(verdict=TOO_FEW, decided_by=[],
-                   reason=(f"{int(n)} real cells a side in the floor (two halves of the real test "
-                           f"cells); a verdict needs {MIN_TYPE_CELLS} of each: give more real test "
-                           f"cells (the metrics, too noisy to read: {out['reason']})"))
+                   reason=(f"{int(sides[which])} {which}; a verdict needs {MIN_TYPE_CELLS} of "
+                           f"each: give more cells (the metrics, too noisy to read: "
+                           f"{out['reason']})"))
     return out
 
 
