@@ -55,6 +55,7 @@ def test_round_trip(tmp_path):
         ("seed_vae.batch_size=0", r"seed_vae.batch_size must be at least 1, got 0"),
         ("seed_vae.n_hidden=3", "must be a list"),
         ("seed", "section.key=value"),
+        ("cvae.max_epochs=three", "cvae.max_epochs must be int or 'auto', got 'three'"),
     ],
 )
 def test_bad_config_is_one_clear_line(override, fragment):

@@ -786,3 +786,18 @@ def test_an_evaluation_on_few_or_unmatched_cells_gives_no_verdict_from_them(atla
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         evaluation.compare(generated, real, label_key=LABEL, max_cells=200)
     assert "are --real and --synthetic swapped?" in caplog.text
+
+
+def test_a_type_name_with_surrounding_spaces_is_found_and_a_typo_gets_a_suggestion(atlas_file):
+    from cellsynth.models.nb import NegBinBaseline
+
+    real = ad.read_h5ad(atlas_file)
+    real = real[real.obs[LABEL].str.startswith("type_").to_numpy()].copy()
+    real.obs[LABEL] = real.obs[LABEL].astype(str).str.replace("type_00", " type_00 ")
+    gen = NegBinBaseline()
+    gen.fit(real, LABEL, seed=0)
+    syn = gen.sample({"type_00": 4, "type_01": 2}, seed=0)  # as a command line strips it
+    assert list(syn.obs[LABEL]) == [" type_00 "] * 4 + ["type_01"] * 2
+    with pytest.raises(CellsynthError, match=r"unknown cell type 'tpye_01' \(did you mean "
+                                             r"'type_01'"):
+        gen.sample({"tpye_01": 3}, seed=0)

@@ -459,6 +459,12 @@ class RunConfig:
 
 
 def _type_name(tp: Any) -> str:
+    """A field type as a message says it: ``int or 'auto'``, ``list``, ``float``."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is Literal:
+        return " or ".join(map(repr, get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

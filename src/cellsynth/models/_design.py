@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..data.io import missing_as_text
 from ..errors import DataError
+from ._training import known_label
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -134,8 +135,7 @@ class Design:
         rows = _request_rows(request, where, label_key)
         plan: list[tuple[str, tuple[int, ...], int]] = []
         for label, given, n in rows:
-            if label not in labels:
-                raise DataError(f"unknown cell type {label!r}; known types: {labels}")
+            label = known_label(label, labels)
             if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
                 raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
             fixed = self._fixed(given)

@@ -257,15 +257,37 @@ def encode_labels(
     return codes, known
 
 
-def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> None:
-    """Raise :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
+def known_label(label: Any, labels: list[str]) -> str:
+    """The model's type ``label`` names: itself, or the one type equal to it but for surrounding
+    spaces (a command line strips them; an atlas may keep them); else a :class:`DataError`
+    naming the closest types."""
+    if label in labels:
+        return label
+    same = [t for t in labels if t.strip() == str(label).strip()]
+    if len(same) == 1:
+        return same[0]
+    import difflib
+
+    close = difflib.get_close_matches(str(label), labels, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    raise DataError(f"unknown cell type {label!r}{hint}; known types: {labels}")
+
+
+def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str, int]:
+    """The request with each type as the model names it (:func:`known_label`); a
+    :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
     if not counts_per_type:
         raise DataError(f"no cells requested; ask for cells of some of {labels}")
+    out: dict[str, int] = {}
     for label, n in counts_per_type.items():
-        if label not in labels:
-            raise DataError(f"unknown cell type {label!r}; known types: {labels}")
+        name = known_label(label, labels)
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
             raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+        if name in out:
+            raise DataError(f"cell type {name!r} is requested twice; give it once with the "
+                            "total you want")
+        out[name] = n
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

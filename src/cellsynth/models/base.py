@@ -126,8 +126,7 @@ def synthetic_adata(
 
 def request(counts_per_type: dict[str, int], labels: list[str]) -> list[tuple[str, int]]:
     """Validate a ``{type: n}`` request against the model's labels; return it as pairs."""
-    check_counts(counts_per_type, labels)
-    return [(str(t), int(n)) for t, n in counts_per_type.items()]
+    return [(str(t), int(n)) for t, n in check_counts(counts_per_type, labels).items()]
 
 
 def writable_uns(uns: dict[str, Any]) -> dict[str, Any]:

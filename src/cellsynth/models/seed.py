@@ -200,7 +200,7 @@ class SeedCVAE:
         -------
         ``X`` (float32, ``(n, n_input)``) and the labels (object array, ``(n,)``).
         """
-        tr.check_counts(counts_per_type, self.labels)
+        counts_per_type = tr.check_counts(counts_per_type, self.labels)
         if not self.is_trained:
             raise NotTrainedError("this SeedCVAE has not been trained, so it cannot generate "
                                   "cells: call fit() first, or SeedCVAE.load(DIR) a trained one")
