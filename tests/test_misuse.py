@@ -801,3 +801,22 @@ def test_a_type_name_with_surrounding_spaces_is_found_and_a_typo_gets_a_suggesti
     with pytest.raises(CellsynthError, match=r"unknown cell type 'tpye_01' \(did you mean "
                                              r"'type_01'"):
         gen.sample({"tpye_01": 3}, seed=0)
+
+
+def test_a_fit_leaves_out_empty_cells_and_warns_about_tiny_types(atlas_file, caplog):
+    from cellsynth.cells import for_training
+
+    real = ad.read_h5ad(atlas_file)
+    real = real[real.obs[LABEL].str.startswith("type_").to_numpy()].copy()
+    x = real.X.toarray()
+    x[:20] = 0  # twenty cells without a count
+    real.X = x
+    labels = real.obs[LABEL].astype(str).to_numpy()
+    labels[20:23] = "rare"  # a type of three cells
+    real.obs[LABEL] = labels
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        cells = for_training(real, LABEL, seed=0)
+    assert "leaving out 20 cells without a single count" in caplog.text
+    assert "1 cell type(s) have fewer than 10 cells to learn from (rare: 3)" in caplog.text
+    split = cells.obs["cellsynth_split"].to_numpy()
+    assert (split[:20] == "none").all() and (split[20:] != "none").all()

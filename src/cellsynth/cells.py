@@ -265,8 +265,12 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         obs = source.obs.copy()
         obs[K.SPLIT] = _training_split(obs, label_key, seed=seed, val_fraction=val_fraction)
         fitted = np.flatnonzero(obs[K.SPLIT].isin(["train", "val"]).to_numpy())
-        detected = _check_and_detect(counts, fitted, np.flatnonzero(obs[K.SPLIT] == "train"),
-                                     chunk_size)  # fmt: skip
+        detected, empty = _check_and_detect(counts, fitted,
+                                            np.flatnonzero(obs[K.SPLIT] == "train"), chunk_size)
+        if len(empty):  # no library size: nothing to learn, and an empty cell to generate
+            logger.warning("leaving out %d cells without a single count", len(empty))
+            obs.iloc[empty, obs.columns.get_loc(K.SPLIT)] = "none"
+        _warn_small_types(obs, label_key)
     except BaseException:
         if close is not None:
             close()
@@ -314,11 +318,31 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
     return split.astype(str)
 
 
+#: a type with fewer training cells than this is generated from so few real ones that its
+#: cells can come close to copies of them (``qc.min_cells_per_type`` is a run's threshold)
+FEW_CELLS = 10
+
+
+def _warn_small_types(obs: pd.DataFrame, label_key: str) -> None:
+    """Warn about types with fewer than :data:`FEW_CELLS` cells to train on: a run's QC leaves
+    them out, a fit on the user's cells keeps them."""
+    used = obs[K.SPLIT].isin(["train", "val"]).to_numpy()
+    n = obs.loc[used, label_key].astype(str).value_counts()
+    small = n[n < FEW_CELLS]
+    if len(small):
+        logger.warning("%d cell type(s) have fewer than %d cells to learn from (%s): their "
+                       "generated cells are drawn from these few and can come close to copies "
+                       "of them; leave such types out or merge them (cellsynth run's QC drops "
+                       "types under qc.min_cells_per_type)", len(small), FEW_CELLS,
+                       ", ".join(f"{t}: {k}" for t, k in list(small.sort_values().items())[:8]))
+
+
 def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
-                      chunk_size: int) -> np.ndarray:  # fmt: skip
-    """Check every stored value of ``rows`` (finite, non-negative, whole), chunk by chunk, and
-    count the training cells detecting each gene."""
+                      chunk_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Check every stored value of ``rows`` (finite, non-negative, whole), chunk by chunk;
+    count the training cells detecting each gene, and find the cells without a count."""
     detected = np.zeros(counts.shape[1], dtype=np.int64)
+    empty: list[np.ndarray] = []
     is_train = np.isin(rows, train_rows)
     for pos, block in counts.chunks(chunk_size, rows):
         block = sp.csr_matrix(block)
@@ -332,7 +356,8 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
                 "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X")
         train = block[is_train[pos]]
         detected += np.bincount(train.indices, minlength=counts.shape[1])
-    return detected
+        empty.append(rows[pos][np.asarray(block.sum(axis=1)).ravel() == 0])
+    return detected, np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
 
 
 class ColumnRows:
