@@ -820,3 +820,18 @@ def test_a_fit_leaves_out_empty_cells_and_warns_about_tiny_types(atlas_file, cap
     assert "1 cell type(s) have fewer than 10 cells to learn from (rare: 3)" in caplog.text
     split = cells.obs["cellsynth_split"].to_numpy()
     assert (split[:20] == "none").all() and (split[20:] != "none").all()
+
+
+def test_a_bad_seed_or_a_file_as_model_directory_is_a_clear_error(atlas_file, tmp_path):
+    from cellsynth.models.nb import NegBinBaseline
+
+    real = ad.read_h5ad(atlas_file)
+    real = real[real.obs[LABEL].str.startswith("type_").to_numpy()].copy()
+    gen = NegBinBaseline()
+    gen.fit(real, LABEL, seed=0)
+    for seed in (-1, 1.5, True, 2**63):
+        with pytest.raises(CellsynthError, match=r"seed must be a whole number from 0 to 2\*\*63"):
+            gen.sample({"type_01": 2}, seed=seed)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CellsynthError, match="is an existing file; give a directory"):
+        gen.save(tmp_path / "file")

@@ -15,3 +15,13 @@ def derive_seed(seed: int, name: str) -> int:
     """
     ss = np.random.SeedSequence([int(seed), zlib.crc32(name.encode())])
     return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def checked_seed(seed: object) -> int:
+    """``seed`` as an int, or a :class:`~cellsynth.errors.DataError` saying what a seed is (a
+    negative or fractional one reached numpy's generators with numpy's own message)."""
+    from .errors import DataError
+
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise DataError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+    return int(seed)

@@ -301,6 +301,17 @@ HISTORY_FILE = "history.json"
 CHECKSUMS_FILE = "checksums.json"
 
 
+def model_directory(directory: str | Path) -> Path:
+    """Create the model directory ``directory``; an existing file there is a
+    :class:`ModelFileError` (not an OS error about a path)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ModelFileError(f"{directory} is an existing file; give a directory to save the "
+                             "model into")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def save_model_dir(
     directory: str | Path,
     meta: dict[str, Any],
@@ -323,7 +334,7 @@ def save_model_dir(
         raise ModelFileError(f"the model's weights hold non-finite values ({bad}): training "
                              f"diverged; nothing was saved to {directory}; lower cvae.lr or "
                              "check the input counts")
-    directory.mkdir(parents=True, exist_ok=True)
+    model_directory(directory)
     texts = {MODEL_FILES["config"]: json.dumps(meta, indent=2),
              MODEL_FILES["labels"]: json.dumps(labels, indent=2),
              HISTORY_FILE: json.dumps(history, indent=2), **(extra_files or {})}

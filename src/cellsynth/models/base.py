@@ -25,6 +25,7 @@ from ..data.io import (
     training_source,
 )
 from ..errors import DataError
+from ..seeds import checked_seed
 from ._training import check_counts, package_version
 
 
@@ -73,7 +74,7 @@ def split_masks(adata: ad.AnnData, *, seed: int, val_fraction: float = 0.1) -> t
     if K.SPLIT in adata.obs:
         split = adata.obs[K.SPLIT].astype(str).to_numpy()
         return split == "train", split == "val"
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checked_seed(seed))
     val = rng.random(adata.n_obs) < val_fraction
     return ~val, val
 

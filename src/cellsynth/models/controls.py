@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 from ..config import ScviConfig
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
-from ..seeds import derive_seed
+from ..seeds import checked_seed, derive_seed
 from ._training import verify_checksums, write_checksums
 from .base import request, synthetic_adata, training_counts
 from .nb import (
@@ -108,7 +108,7 @@ class CopyGenerator:
     def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
         """Training cells of each requested type; rows grouped by type in the request's order."""
         pairs = request(counts_per_type, self.labels)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checked_seed(seed))
         picks = []
         for label, n in pairs:
             k = self.labels.index(label)
@@ -222,7 +222,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         if self.module is None:
             raise DataError("the scvi-pp model is not fitted; call fit() or load() first")
         source = self.sources(counts_per_type, seed=seed)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checked_seed(seed))
         blocks, start = [], 0
         bar = progress_bar(total=len(source), desc="scvi-pp sample", unit="cell")
         for label, n in pairs:

@@ -43,6 +43,7 @@ from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar
 from ..runtime import available_memory
+from ..seeds import checked_seed
 from . import _loop
 from . import _training as tr
 from ._counts import (
@@ -486,7 +487,7 @@ class CVAE(DesignRequests):
         module.eval()
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell")  # fmt: skip
         try:
-            for label, x in self._chunks(plan, np.random.default_rng(seed), latent):
+            for label, x in self._chunks(plan, np.random.default_rng(checked_seed(seed)), latent):
                 yield label, x
                 bar.update(x.shape[0])
         finally:

@@ -42,9 +42,10 @@ from safetensors.numpy import load_file, save_file
 from .. import keys as K
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
+from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import package_version, verify_checksums, write_checksums
+from ._training import model_directory, package_version, verify_checksums, write_checksums
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 
 def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: list[str]) -> None:
     """Write ``config.json`` (model name, format and package version), labels and genes."""
-    directory.mkdir(parents=True, exist_ok=True)
+    model_directory(directory)
     meta = {"cellsynth_version": package_version(), **meta}
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     (directory / "labels.json").write_text(json.dumps(labels, indent=2))
@@ -388,7 +389,7 @@ class NegBinBaseline(DesignRequests):
         generated from their type's fit).
         """
         plan, unseen = self.plan(request, where)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checked_seed(seed))
         blocks, fell_back = [], []
         index = {combo: f for f, combo in enumerate(self.combinations)}
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="nb sample", unit="cell")

@@ -64,7 +64,7 @@ from .. import keys as K
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
-from ..seeds import derive_seed
+from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._training import verify_checksums, write_checksums
@@ -276,7 +276,7 @@ class ScviGenerator(DesignRequests):
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
         plan, unseen = self.plan(request, where)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checked_seed(seed))
         blocks = []
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="SCVI sample", unit="cell")
         for label, levels, n in plan:

@@ -13,6 +13,7 @@ import torch
 
 from ..config import SeedVAEConfig, from_dict
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
+from ..seeds import checked_seed
 from . import _loop
 from . import _training as tr
 from .modules import SeedVAEModule
@@ -205,7 +206,7 @@ class SeedCVAE:
             raise NotTrainedError("this SeedCVAE has not been trained, so it cannot generate "
                                   "cells: call fit() first, or SeedCVAE.load(DIR) a trained one")
         self.module.eval()
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(checked_seed(seed))
         chunks: list[np.ndarray] = []
         for label, n in counts_per_type.items():
             for sl in tr.iter_slices(int(n), 4 * self.config.batch_size):
