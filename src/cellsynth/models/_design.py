@@ -204,7 +204,8 @@ class Design:
 
 def _column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
-        cols = ", ".join(map(str, obs.columns)) or "(none)"
+        cols = ", ".join(str(c) for c in obs.columns
+                         if not str(c).startswith("cellsynth_")) or "(none)"  # not ours
         raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}")
     return obs[key]
 
