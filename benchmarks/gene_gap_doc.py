@@ -266,15 +266,15 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
                 "`models._counts.zero_inflation_by_moments`): the NB dispersion is fitted by "
                 "moments around each training cell's reconstruction, which the encoder made "
                 "having seen the cell, so much of the cell-to-cell spread reads as explained "
-                "(kidney: 90% of the type-gene dispersions at the Poisson limit) and generated "
+                "(most type-gene dispersions end at the Poisson limit) and generated "
                 "cells detected a gene in too many cells at the right mean (a gene on in a "
                 "third of a type's cells came out on in half). Each type's zero inflation per "
                 "gene is solved so that cells drawn from its mixture have the training cells' "
                 "share of zeros, shrunk towards the NB's own share by 10 pseudo-cells, the "
                 "mean kept (the NB drawn at `mu / (1 - pi)`). Fitting the dispersion itself to "
-                "the zeros closed the gene-level gap too but moved pbmc4k's cells in PC space "
-                "(0.534 to 0.589); matching the marginal variances instead helped two data "
-                "sets and hurt pancreas. Each run, as its JSON's note says:", ""]
+                "the zeros closed the gene-level gap too but moved pbmc4k's cells in PC space; "
+                "matching the marginal variances instead did not help everywhere (the issue "
+                "note has those runs). Each run, as its JSON's note says:", ""]
         for trio in changed:
             out += [f"- {_label(d)}: {d.get('note') or 'no note'}" for d in trio]
         out += ["",
