@@ -337,3 +337,16 @@ def test_decode_labels_keeps_earlier_results_valid():
     assert "decode_labels" not in hashed_settings(config.load())["cvae"]
     off = hashed_settings(config.load(overrides=["cvae.decode_labels=false"]))["cvae"]
     assert off["decode_labels"] is False
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "gaussian"])
+def test_every_likelihood_fits_its_sampler_with_covariates(likelihood):
+    """The sampler's fit reads each type's covariate codes whatever the likelihood (the zero
+    inflation is the nb likelihood's; a zinb model draws its own zeros)."""
+    a = _design_atlas()
+    model = CVAE(a, label_key="cell_type", covariate_keys=["condition"])
+    model.train(max_epochs=2, batch_size=128, n_hidden=[32], n_latent=4, select="elbo",
+                min_steps=0, device="cpu", seed=0, likelihood=likelihood,
+                dispersion_fit="learned")
+    syn = model.sample({"type_01": 20}, where={"condition": "stim"}, seed=0)
+    assert syn.n_obs == 20 and float(model.module.zero_inflation.abs().sum()) == 0.0

@@ -148,8 +148,8 @@ def fit_sampler(
                 sum_x[t] += x.sum(0, dtype=torch.float64).cpu().numpy()
             if inflated:
                 zeros[t] += (x == 0).sum(0).cpu().numpy()
-                if c is not None:
-                    cov.append(c.cpu().numpy())
+            if c is not None:
+                cov.append(c.cpu().numpy())
             qz, _ = module.inference(x, y, library, c)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
