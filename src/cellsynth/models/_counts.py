@@ -40,7 +40,7 @@ GENE_SCALE_PRIOR_COUNTS = 1.0  # pseudo-counts at the decoded mean the gene scal
 ZERO_DRAWS = 512
 ZERO_PRIOR_CELLS = 10.0
 MAX_ZERO_INFLATION = 0.95
-ZERO_STEPS = 16  # bisection steps: pi to within 0.95 / 2**16
+ZERO_STEPS = 12  # bisection steps: pi to within 0.95 / 2**12 (float32: 1.8 s a type at 22k genes)
 
 
 def epoch_batches(
@@ -326,7 +326,7 @@ def zero_inflation_by_moments(
         ``(n_labels, n_genes)`` float32 probabilities in ``[0, MAX_ZERO_INFLATION]``.
     """
     device = next(module.parameters()).device
-    out = torch.zeros(module.n_labels, module.n_input, dtype=torch.float64)
+    out = torch.zeros(module.n_labels, module.n_input)
     b, a = ZERO_DRAWS, ZERO_PRIOR_CELLS
     for t in range(module.n_labels):
         n = int(n_cells[t])
@@ -341,14 +341,14 @@ def zero_inflation_by_moments(
             c = torch.from_numpy(covariates[t][rng.integers(len(covariates[t]), size=b)]).to(device)
         z, library = module.mixture_from_noise(u, eps, y)
         px = module.generative(z, y, library, c, one_type=True)
-        mu, theta = px.mu.double(), px.theta.double().reshape(1, -1).expand(1, module.n_input)
+        mu, theta = px.mu.float(), px.theta.float().reshape(1, -1).expand(1, module.n_input)
         p0 = torch.exp(-theta * torch.log1p(mu / theta)).mean(0)  # (n_genes,): pi = 0
         target = (torch.from_numpy(zeros[t]).to(p0) + a * p0) / (n + a)
         genes = torch.nonzero(target > p0 + 1e-9).squeeze(1)
         if not len(genes):
             continue
         mu, theta, target = mu[:, genes], theta[:, genes], target[genes]
-        lo = torch.zeros(len(genes), dtype=torch.float64, device=mu.device)
+        lo = torch.zeros(len(genes), device=mu.device)
         hi = torch.full_like(lo, MAX_ZERO_INFLATION)
         for _ in range(ZERO_STEPS):  # zeros grow with pi: halve [lo, hi] towards the target
             pi = (lo + hi) / 2
@@ -356,7 +356,7 @@ def zero_inflation_by_moments(
             few = share < target
             lo, hi = torch.where(few, pi, lo), torch.where(few, hi, pi)
         out[t, genes.cpu()] = ((lo + hi) / 2).cpu()
-    return out.float()
+    return out
 
 
 def log_theta_by_moments(mu2: np.ndarray, excess: np.ndarray, dispersion: str) -> np.ndarray:
