@@ -74,15 +74,16 @@ def fit_argv(data: Path, out: Path, label: str = LABEL) -> list[str]:
 
 @pytest.fixture
 def earlier_model(tmp_path: Path) -> Path:
-    """A model directory from an earlier run: a failed fit into it must leave it as it was."""
+    """A model directory from an earlier fit: a failed fit into it must leave it as it was."""
     out = tmp_path / "model"
     out.mkdir()
+    (out / "config.json").write_text('{"model": "earlier", "format_version": 1}')
     (out / "earlier.txt").write_text("earlier output")
     return out
 
 
 def assert_intact(out: Path) -> None:
-    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "earlier.txt"]
     assert (out / "earlier.txt").read_text() == "earlier output"
 
 
@@ -253,11 +254,14 @@ def test_unknown_type_requested(saved_nb, tmp_path, capsys):
     with pytest.raises(DataError) as info:
         model.sample({"Macrophage": 5})
     one_line(info.value, "unknown cell type 'Macrophage'; known types: ['B cell', 'NK cell', 'T cell']")
-    out = tmp_path / "syn.h5ad"
-    out.write_text("earlier output")
+    out = tmp_path / "syn.h5ad"  # cells generated earlier: a failed generate leaves them
+    earlier = make_adata()
+    earlier.uns["cellsynth"] = {"model": "earlier"}
+    earlier.write_h5ad(out)
+    before = out.read_bytes()
     cli_error(capsys, ["generate", str(saved_nb), "--types", "Macrophage=5", "--out", str(out),
                        "--quiet"], "unknown cell type 'Macrophage'")
-    assert out.read_text() == "earlier output"
+    assert out.read_bytes() == before
 
 
 def test_genes_differ(saved_nb):
