@@ -24,7 +24,7 @@ from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), 
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
 from . import _training as tr
-from .modules.cvae import CVAEModule
+from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,22 @@ def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.ones(1), points.mean(0, keepdims=True), np.linalg.cholesky(cov)[None]
 
 
+def _decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
+                    rng: np.random.Generator, device: torch.device) -> NegativeBinomial:
+    """``b`` cells of type ``t`` drawn from its mixture over ``(z, log library)`` (covariate
+    codes of random training cells of the type, ``cov``) and decoded, calibrated: the NB the
+    sampler's moment fits read. Draws, in order: component uniforms, normals, covariate rows."""
+    y = torch.full((b,), t, dtype=torch.long, device=device)
+    u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
+    eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
+                                               dtype=np.float32)).to(device)
+    c = None
+    if cov is not None:
+        c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
+    z, library = module.mixture_from_noise(u, eps, y)
+    return module.generative(z, y, library, c, one_type=True)
+
+
 @torch.no_grad()
 def gene_scale_by_moments(
     module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
@@ -266,16 +282,8 @@ def gene_scale_by_moments(
         cov, n = covariates[t], max(SCALE_MIN_DRAWS, int(n_cells[t]))
         total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
         for sl in tr.iter_slices(n, batch_size):
-            b = sl.stop - sl.start
-            y = torch.full((b,), t, dtype=torch.long, device=device)
-            u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
-            eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
-                                                       dtype=np.float32)).to(device)
-            c = None
-            if cov is not None:
-                c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
-            z, library = module.mixture_from_noise(u, eps, y)
-            total += module.generative(z, y, library, c, one_type=True).mean.sum(0, dtype=torch.float64)
+            px = _decode_mixture(module, t, sl.stop - sl.start, cov, rng, device)
+            total += px.mean.sum(0, dtype=torch.float64)
         decoded[t] = total.cpu().numpy() / n
     n = n_cells[:, None].astype(np.float64)
     a = GENE_SCALE_PRIOR_COUNTS
@@ -332,15 +340,7 @@ def zero_inflation_by_moments(
         n = int(n_cells[t])
         if n == 0:
             continue
-        y = torch.full((b,), t, dtype=torch.long, device=device)
-        u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
-        eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
-                                                   dtype=np.float32)).to(device)
-        c = None
-        if covariates[t] is not None:
-            c = torch.from_numpy(covariates[t][rng.integers(len(covariates[t]), size=b)]).to(device)
-        z, library = module.mixture_from_noise(u, eps, y)
-        px = module.generative(z, y, library, c, one_type=True)
+        px = _decode_mixture(module, t, b, covariates[t], rng, device)
         mu, theta = px.mu.float(), px.theta.float().reshape(1, -1).expand(1, module.n_input)
         p0 = torch.exp(-theta * torch.log1p(mu / theta)).mean(0)  # (n_genes,): pi = 0
         target = (torch.from_numpy(zeros[t]).to(p0) + a * p0) / (n + a)
