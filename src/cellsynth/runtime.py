@@ -495,15 +495,18 @@ def check_out(out: Path, cfg: Any) -> None:
         "metrics/... into it: give a new or empty directory")
 
 
-def generated_h5ad(path: Path) -> bool:
+def generated_h5ad(path: Path, *, simulated: bool = True) -> bool:
     """Whether ``path`` is an h5ad that cellsynth wrote: generated cells (``uns['cellsynth']``)
-    or a simulated atlas (``uns['source']`` naming ``cellsynth.data.simulate``)."""
+    or, with ``simulated``, a simulated atlas (``uns['source']`` naming
+    ``cellsynth.data.simulate``)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             if "uns/cellsynth" in f:
                 return True
+            if not simulated:
+                return False
             source = f.get("uns/source")
             value = source[()] if isinstance(source, h5py.Dataset) else b""
             return (value if isinstance(value, bytes) else str(value).encode()).startswith(
@@ -521,23 +524,22 @@ def report_html(path: Path) -> bool:
         return False
 
 
-def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out") -> bool:
+def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out") -> None:
     """Refuse an output file that is a directory, or an existing file that cellsynth did not
     write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
-    anyone's data would be lost. Returns whether an earlier output of the same kind is replaced
-    (allowed: rerunning a command writes its output again)."""
+    anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
+    a command writes its output again), with a line in the log."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
                              f"{path / ('report.html' if 'report' in what else 'cells.h5ad')}")
     if not path.exists():
-        return False
+        return
     if not ours(path):
         raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
                              "writing would destroy it; give a new path (or remove the file "
                              "yourself)")
     logger.info("replacing %s, %s written earlier", path, what)
-    return True
 
 
 def check_links(out: Path) -> None:

@@ -22,6 +22,7 @@ from ..data.io import Expression, check_label, check_shape, check_values, find_c
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
 from ..errors import DataError
+from ..runtime import generated_h5ad
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -283,13 +284,7 @@ def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None
 def _looks_generated(data: Any) -> bool:
     """Whether ``data`` (a path or an AnnData) holds cells cellsynth generated."""
     if isinstance(data, str | Path):
-        import h5py
-
-        try:
-            with h5py.File(data, "r") as f:
-                return "uns/cellsynth" in f
-        except (OSError, ValueError):
-            return False
+        return generated_h5ad(Path(data), simulated=False)
     return "cellsynth" in getattr(data, "uns", {})
 
 
