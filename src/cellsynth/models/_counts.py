@@ -24,6 +24,7 @@ from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), 
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
 from . import _training as tr
+from ._levels import Combinations, set_level_scale
 from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class SamplerFit(NamedTuple):
     gene_scale: torch.Tensor | None = None
     # (n_labels, n_genes) zero inflation of generated NB counts, already set; None: not "nb"
     zero_inflation: torch.Tensor | None = None
+    # (R + 1, n_genes) gene scales of covariate levels (models._levels), already set; None:
+    # no covariates or not an NB
+    level_scale: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -134,6 +138,10 @@ def fit_sampler(
     sum_x = np.zeros((module.n_labels, module.n_input))  # per type: counts of the cells used
     n_used = np.zeros(module.n_labels, dtype=np.int64)
     covariates: list[np.ndarray | None] = []  # per type: the covariate codes of the cells used
+    # per type: training counts per combination of covariate levels (the level scale)
+    observed: list[Combinations | None] = [None] * module.n_labels
+    if scaled and module.n_covariate_levels:
+        module.set_level_scale(torch.zeros_like(module.level_rows), torch.ones(1, module.n_input))
     parts = []
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
@@ -150,6 +158,9 @@ def fit_sampler(
                 zeros[t] += (x == 0).sum(0).cpu().numpy()
             if c is not None:
                 cov.append(c.cpu().numpy())
+                if scaled:
+                    observed[t] = observed[t] or Combinations()
+                    observed[t].add(x, c)
             qz, _ = module.inference(x, y, library, c)
             mean.append(qz.loc.double().cpu().numpy())
             std.append(qz.scale.double().cpu().numpy())
@@ -188,12 +199,14 @@ def fit_sampler(
     module.set_latent_mixture(weight, mean, chol)
     if px_r is not None:
         module.set_dispersion(px_r)
-    scale = None
+    scale = levels = None
     if scaled:
+        decoded: list[Combinations | None] = [None] * module.n_labels
         scale = gene_scale_by_moments(
             module, sum_x, n_used, covariates, batch_size,
-            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))))
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded)
         module.set_gene_scale(scale)
+        levels = set_level_scale(module, observed, decoded, scale)
     pi = None
     if inflated:
         pi = zero_inflation_by_moments(
@@ -201,14 +214,15 @@ def fit_sampler(
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,))))
         module.set_zero_inflation(pi)
     (logger.debug if quiet else logger.info)(
-        "CVAE: latent and library mixtures (up to %d components per type)%s%s%s in %.1f s",
+        "CVAE: latent and library mixtures (up to %d components per type)%s%s%s%s in %.1f s",
         k_max,
         ", gene scale" if scaled else "",
+        f", gene scale of {len(levels) - 1} covariate levels" if levels is not None else "",
         ", zero inflation" if inflated else "",
         " and NB dispersion by moments" if moments else "",
         time.perf_counter() - start,
     )
-    return SamplerFit(weight, mean, chol, px_r, scale, pi)
+    return SamplerFit(weight, mean, chol, px_r, scale, pi, levels)
 
 
 def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -220,10 +234,12 @@ def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
-                    rng: np.random.Generator, device: torch.device) -> NegativeBinomial:
+                    rng: np.random.Generator, device: torch.device
+                    ) -> tuple[NegativeBinomial, torch.Tensor | None]:  # fmt: skip
     """``b`` cells of type ``t`` drawn from its mixture over ``(z, log library)`` (covariate
     codes of random training cells of the type, ``cov``) and decoded, calibrated: the NB the
-    sampler's moment fits read. Draws, in order: component uniforms, normals, covariate rows."""
+    sampler's moment fits read, and the covariate codes. Draws, in order: component uniforms,
+    normals, covariate rows."""
     y = torch.full((b,), t, dtype=torch.long, device=device)
     u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
     eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
@@ -232,13 +248,14 @@ def _decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
     if cov is not None:
         c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
     z, library = module.mixture_from_noise(u, eps, y)
-    return module.generative(z, y, library, c, one_type=True)
+    return module.generative(z, y, library, c, one_type=True), c
 
 
 @torch.no_grad()
 def gene_scale_by_moments(
     module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], batch_size: int, rng: np.random.Generator,
+    combinations: list[Combinations | None] | None = None,
 ) -> torch.Tensor:
     """Per type and gene, the training cells' mean count over the mean decoded under the
     module's mixture: the scale that makes generated means equal the training means.
@@ -270,6 +287,9 @@ def gene_scale_by_moments(
         Cells decoded at a time.
     rng
         All the draws.
+    combinations
+        Filled, when given, with each type's decoded means per combination of covariate
+        levels (types with covariates; :mod:`~cellsynth.models._levels`).
 
     Returns
     -------
@@ -282,8 +302,11 @@ def gene_scale_by_moments(
         cov, n = covariates[t], max(SCALE_MIN_DRAWS, int(n_cells[t]))
         total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
         for sl in tr.iter_slices(n, batch_size):
-            px = _decode_mixture(module, t, sl.stop - sl.start, cov, rng, device)
+            px, c = _decode_mixture(module, t, sl.stop - sl.start, cov, rng, device)
             total += px.mean.sum(0, dtype=torch.float64)
+            if combinations is not None and c is not None:
+                combinations[t] = combinations[t] or Combinations()
+                combinations[t].add(px.mean, c)
         decoded[t] = total.cpu().numpy() / n
     n = n_cells[:, None].astype(np.float64)
     a = GENE_SCALE_PRIOR_COUNTS
@@ -340,7 +363,7 @@ def zero_inflation_by_moments(
         n = int(n_cells[t])
         if n == 0:
             continue
-        px = _decode_mixture(module, t, b, covariates[t], rng, device)
+        px, _ = _decode_mixture(module, t, b, covariates[t], rng, device)
         mu, theta = px.mu.float(), px.theta.float().reshape(1, -1).expand(1, module.n_input)
         p0 = torch.exp(-theta * torch.log1p(mu / theta)).mean(0)  # (n_genes,): pi = 0
         target = (torch.from_numpy(zeros[t]).to(p0) + a * p0) / (n + a)

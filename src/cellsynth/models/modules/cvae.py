@@ -16,8 +16,10 @@ the module also holds (as buffers, fitted by the caller) a per-type log-normal l
 a per-type Gaussian mixture fitted to the aggregate posterior of the training cells, a
 per-type gene scale that multiplies the decoded NB means of generated cells (not of training),
 so that each type's gene means under the mixture equal the training cells' (``set_gene_scale``),
-and a per-type zero inflation of generated NB counts, so that each type's share of zeros per
-gene does too, its means kept (``set_zero_inflation``).
+a gene scale per type and covariate level, so that within each level the type's gene means
+equal its training cells' there too (``set_level_scale``), and a per-type zero inflation of
+generated NB counts, so that each type's share of zeros per gene does too, its means kept
+(``set_zero_inflation``).
 """
 
 from __future__ import annotations
@@ -316,6 +318,12 @@ class CVAEModule(nn.Module):
         # per-type zero inflation of generated NB counts (set_zero_inflation): zeros until
         # fitted, never in the training loss; the mean is kept (the NB's is raised to match)
         self.register_buffer("zero_inflation", torch.zeros(n_labels, n_input))
+        # per (type, covariate level) gene scale of generated NB means (set_level_scale):
+        # level_rows[type, offset of the covariate + level] is a row of level_scale, row 0 ones
+        # (no factor: levels a type's training cells lacked, and every model without covariates)
+        n_levels = sum(int(n) for n in n_covariate_levels)
+        self.register_buffer("level_rows", torch.zeros(n_labels, n_levels, dtype=torch.long))
+        self.register_buffer("level_scale", torch.ones(1, n_input))
         # created last: a module without covariates starts from the same random weights as before
         self.covariate_embed = nn.ModuleList(
             nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
@@ -393,6 +401,8 @@ class CVAEModule(nn.Module):
         px_scale = torch.softmax(out, dim=-1)  # (B, n_input)
         if calibrated:
             px_scale = px_scale * self.gene_scale[rows]  # (B, n_input); ones until fitted
+            if c is not None and self.level_scale.shape[0] > 1:
+                px_scale = px_scale * self._level_factor(y, c)
         px_rate = library[:, None] * px_scale  # (B, n_input)
         zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
         if calibrated and zi is None and bool(self.zero_inflation.any()):
@@ -402,6 +412,18 @@ class CVAEModule(nn.Module):
             px_rate = px_rate / (1.0 - pi)
             zi = torch.logit(pi).expand_as(px_rate)  # -inf where pi = 0: no extra zeros
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
+
+    def _level_factor(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The product of each covariate level's gene scale for the type, ``(B, n_input)``
+        (ones for a level without one: codes below zero, or levels the type's training cells
+        lacked)."""
+        offsets = torch.tensor([0, *self.n_covariate_levels[:-1]], device=c.device).cumsum(0)
+        col = (c.clamp_min(0) + offsets).long()  # (B, k) columns of level_rows
+        idx = torch.where(c >= 0, self.level_rows[y[:, None], col], 0)  # (B, k) table rows
+        factor = self.level_scale[idx[:, 0]]
+        for j in range(1, idx.shape[1]):
+            factor = factor * self.level_scale[idx[:, j]]
+        return factor  # (B, n_input)
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -501,6 +523,21 @@ class CVAEModule(nn.Module):
         self.zero_inflation.copy_(pi.to(self.zero_inflation).expand_as(self.zero_inflation))
 
     @torch.no_grad()
+    def set_level_scale(self, rows: torch.Tensor, table: torch.Tensor) -> None:
+        """Set the per (type, covariate level) gene scale of generated NB means: ``rows``
+        ``(n_labels, total levels)`` indexes ``table`` ``(R + 1, n_input)``, whose row 0 must
+        be ones (no factor)."""
+        if rows.shape != self.level_rows.shape or table.ndim != 2 or (
+                table.shape[1] != self.n_input) or not bool((table[0] == 1).all()):
+            raise ValueError(f"level scale shapes {tuple(rows.shape)}, {tuple(table.shape)} do "
+                             f"not fit (n_labels, {self.level_rows.shape[1]}), (R + 1, "
+                             f"{self.n_input}) with a first row of ones")  # fmt: skip
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= table.shape[0]):
+            raise ValueError("level scale rows must index the table")
+        self.level_rows.copy_(rows.to(self.level_rows))
+        self.level_scale = table.to(self.level_scale.device, torch.float32).clone()
+
+    @torch.no_grad()
     def set_library_model(self, log_mean: torch.Tensor, log_std: torch.Tensor) -> None:
         """Store the per-type mean and sd of ``log(library)`` (each ``(n_labels,)``)."""
         self.library_log_mean.copy_(log_mean)
@@ -529,11 +566,18 @@ class CVAEModule(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the stored mixture's number of components before loading (a training
         checkpoint written after a ``cvae.select = "fidelity"`` check holds a fitted mixture);
-        weights saved before the gene scale (zero inflation) existed load with a scale of one (none)."""
+        weights saved before the gene scale (zero inflation, level scale) existed load with a
+        scale of one (none)."""
         if prefix + "gene_scale" not in state_dict and prefix + "embed.weight" in state_dict:
             state_dict[prefix + "gene_scale"] = torch.ones_like(self.gene_scale)
         if prefix + "zero_inflation" not in state_dict and prefix + "embed.weight" in state_dict:
             state_dict[prefix + "zero_inflation"] = torch.zeros_like(self.zero_inflation)
+        if prefix + "level_scale" not in state_dict and prefix + "embed.weight" in state_dict:
+            state_dict[prefix + "level_rows"] = torch.zeros_like(self.level_rows)
+            state_dict[prefix + "level_scale"] = torch.ones(1, self.n_input)
+        elif prefix + "level_scale" in state_dict:  # its number of rows: from the file
+            self.level_scale = torch.empty_like(state_dict[prefix + "level_scale"]).to(
+                self.level_scale.device)
         keys = [prefix + k for k in ("mixture_weight", "mixture_mean", "mixture_chol")]
         if all(k in state_dict for k in keys) and (
             state_dict[keys[0]].shape != self.mixture_weight.shape

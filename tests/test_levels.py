@@ -1,0 +1,105 @@
+"""The gene scale of covariate levels within a type (models._levels, issue 18): the factors a
+known design gives, their shrinkage, the levels left without one, and a decoder's attenuated
+condition effect restored in generated cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellsynth.models._levels import LEVEL_MIN_CELLS, Combinations, level_factors
+from cellsynth.models.cvae import CVAE
+from test_covariates import PROGRAM, _design_atlas
+
+
+def _combinations(rows: dict[tuple[int, ...], tuple[np.ndarray, int]]) -> Combinations:
+    """A Combinations holding the given per-combination sums and cell counts."""
+    out = Combinations()
+    for key, (total, n) in rows.items():
+        out.index[key] = len(out.sums)
+        out.sums.append(np.asarray(total, dtype=np.float64))
+        out.cells.append(n)
+    return out
+
+
+def test_add_sums_rows_per_combination():
+    comb = Combinations()
+    x = torch.tensor([[1.0, 0.0], [2.0, 1.0], [4.0, 4.0]])
+    comb.add(x, torch.tensor([[0, 1], [1, 0], [0, 1]]))
+    comb.add(x[:1], torch.tensor([[1, 0]]))
+    assert comb.cells[comb.index[(0, 1)]] == 2 and comb.cells[comb.index[(1, 0)]] == 2
+    np.testing.assert_allclose(comb.sums[comb.index[(0, 1)]], [5.0, 4.0])
+    np.testing.assert_allclose(comb.sums[comb.index[(1, 0)]], [3.0, 1.0])
+
+
+def test_factors_recover_a_donor_and_a_condition_effect():
+    """A balanced 3 donors x 2 conditions design whose counts the decoder's means miss by a
+    donor factor times a condition factor: the fitted factors' product is each combination's
+    miss, and a gene with a handful of counts is shrunk towards one."""
+    genes = 4
+    donor = np.array([[1.0, 1.0, 1.0, 1.0], [1.5, 0.5, 1.0, 1.0], [0.8, 2.0, 1.0, 1.0]])
+    cond = np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.5, 1.0]])
+    base = np.array([50.0, 40.0, 30.0, 0.002])  # decoded mean per cell; the last gene is rare
+    n = 200
+    observed, decoded = {}, {}
+    for d in range(3):
+        for c in range(2):
+            observed[(d, c)] = (n * base * donor[d] * cond[c] * np.array([1, 1, 1, 3]), n)
+            decoded[(d, c)] = (2 * n * base, 2 * n)  # twice as many draws: means are what count
+    got = level_factors(_combinations(observed), _combinations(decoded), np.ones(genes), [3, 2])
+    assert sorted(got) == [0, 1, 2, 3, 4]  # donor levels at 0-2, the condition's at 3-4
+    for d in range(3):
+        for c in range(2):
+            fitted = got[d] * got[3 + c]
+            np.testing.assert_allclose(fitted[:3], (donor[d] * cond[c])[:3], rtol=0.02)
+    # the rare gene: 3x in every combination, but 1.2 counts against 0.4 each: shrunk towards one
+    assert 1.0 < got[0][3] * got[3][3] < 2.0
+
+
+def test_levels_without_enough_cells_or_a_second_level_get_no_factor():
+    few = LEVEL_MIN_CELLS - 1
+    observed = {(0, 0): (np.full(3, 500.0), 100), (1, 0): (np.full(3, 90.0), few)}
+    decoded = {(0, 0): (np.full(3, 200.0), 100), (1, 0): (np.full(3, 9.0), few)}
+    got = level_factors(_combinations(observed), _combinations(decoded), np.ones(3), [2, 1])
+    assert list(got) == [0]  # level 1 has too few cells; the second covariate one level
+    np.testing.assert_allclose(got[0], np.full(3, (500 + 5) / (200 + 5)))
+    over = Combinations()
+    over.overflow = True
+    assert level_factors(over, _combinations(decoded), np.ones(3), [2, 1]) == {}
+
+
+def _program_ratios(model, a, program) -> tuple[float, float]:
+    """Generated and real stim / ctrl ratio of the program's mean counts per 10k, type_01."""
+    def ratio(x, stim):
+        x = sp.csr_matrix(x).toarray()
+        x = x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4
+        return float(x[stim][:, program].mean() / x[~stim][:, program].mean())
+
+    table = pd.DataFrame({"cell_type": ["type_01"] * 2, "condition": ["ctrl", "stim"], "n": 600})
+    syn = model.sample(table, seed=5)
+    real = a[(a.obs["cell_type"] == "type_01").to_numpy()]
+    return (ratio(syn.X, (syn.obs["condition"] == "stim").to_numpy()),
+            ratio(real.X, (real.obs["condition"] == "stim").to_numpy()))
+
+
+def test_a_briefly_trained_decoder_keeps_the_condition_effect_through_the_level_scale():
+    """Two epochs leave the decoder's stim program attenuated; the level scale brings the
+    generated stim / ctrl ratio to the training cells', and switching it off loses it."""
+    a = _design_atlas()
+    model = CVAE(a, label_key="cell_type", covariate_keys=["condition", "donor"])
+    model.train(max_epochs=2, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
+                min_steps=0, device="cpu", seed=0)
+    module = model.module
+    assert module.level_scale.shape[0] > 1 and int(module.level_rows.max()) > 0
+    calibrated, real = _program_ratios(model, a, PROGRAM)
+    rows, table = module.level_rows.clone(), module.level_scale.clone()
+    module.set_level_scale(torch.zeros_like(rows), torch.ones(1, module.n_input))
+    raw, _ = _program_ratios(model, a, PROGRAM)
+    assert abs(np.log(calibrated / real)) < 0.15, (calibrated, real)
+    assert abs(np.log(raw / real)) > 2 * abs(np.log(calibrated / real)), (raw, calibrated, real)
+    module.set_level_scale(rows, table)
+    with pytest.raises(ValueError, match="first row of ones"):
+        module.set_level_scale(rows, table * 2)
