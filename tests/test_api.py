@@ -205,6 +205,12 @@ def test_evaluate_returns_a_result_object(pair, result, tmp_path):
     assert set(result) == set(result.to_dict()) and len(result) == len(result.to_dict())
     page = result.to_html(tmp_path / "eval.html").read_text()
     assert page.index("Verdict") < page.index("Per type") and "type_00" in page
+    assert result.to_html(tmp_path / "eval.html").read_text() == page  # its own page: replaced
+    (tmp_path / "notes.html").write_text("<p>mine</p>")
+    for other in ("notes.html", "eval.h5ad"):  # someone's file; a name for another format
+        with pytest.raises(cs.CellsynthError, match=r"notes\.html exists|not \.h5ad"):
+            result.to_html(tmp_path / other)
+    assert (tmp_path / "notes.html").read_text() == "<p>mine</p>"
     assert "Evaluation of" in repr(result)
     json.dumps(result.to_dict())  # JSON-ready
 

@@ -455,3 +455,20 @@ def test_sparse_negative_counts_in_layer():
     with pytest.raises(DataError) as info:
         find_counts(a)
     one_line(info.value, "layers['counts'] holds negative values")
+
+
+def test_an_output_named_for_another_format_is_refused(saved_nb, tmp_path, capsys):
+    """`generate --out cells.csv` would write an h5ad under a CSV's name (and `simulate` the
+    same, `report` HTML under a PDF's): refused before any work, naming the format to use."""
+    cli_error(capsys, ["generate", str(saved_nb), "--n-per-type", "5", "--out",
+                       str(tmp_path / "cells.csv"), "--quiet"],
+              "in the .h5ad format, not .csv; give a path ending in .h5ad")
+    cli_error(capsys, ["simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out",
+                       str(tmp_path / "atlas.zarr"), "--quiet"], "not .zarr")
+    assert not list(tmp_path.glob("cells*")) and not list(tmp_path.glob("atlas*"))
+    from cellsynth.report.html import write_report
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text('{"stages": {}}')
+    with pytest.raises(CellsynthError, match=r"in the \.html format, not \.pdf"):
+        write_report(tmp_path / "run", tmp_path / "report.pdf")

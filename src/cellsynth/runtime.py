@@ -516,29 +516,37 @@ def generated_h5ad(path: Path, *, simulated: bool = True) -> bool:
 
 
 def report_html(path: Path) -> bool:
-    """Whether ``path`` is a report cellsynth wrote (its HTML head names it)."""
+    """Whether ``path`` is a report or an evaluation page cellsynth wrote (its HTML head names
+    it)."""
     try:
         with open(path, "rb") as fh:
-            return b"<title>cellsynth report" in fh.read(4096)
+            head = fh.read(4096)
+            return b"<title>cellsynth report" in head or b"<title>cellsynth evaluation" in head
     except OSError:
         return False
 
 
-def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out") -> None:
-    """Refuse an output file that is a directory, or an existing file that cellsynth did not
+def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out",
+                   suffixes: tuple[str, ...] = (".h5ad",)) -> None:  # fmt: skip
+    """Refuse an output file that is a directory, one whose name says another format than
+    ``suffixes`` (``cells.csv`` would hold an h5ad), or an existing file that cellsynth did not
     write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
     anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
     a command writes its output again), with a line in the log."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
-                             f"{path / ('report.html' if 'report' in what else 'cells.h5ad')}")
-    if not path.exists():
-        return
-    if not ours(path):
+                             f"{path / (('report' if 'report' in what else 'cells') + suffixes[0])}")
+    if path.exists() and not ours(path):
         raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
                              "writing would destroy it; give a new path (or remove the file "
                              "yourself)")
+    if path.suffix and path.suffix.lower() not in suffixes:
+        raise CellsynthError(f"{flag} {path}: cellsynth writes {what} here, in the "
+                             f"{suffixes[0]} format, not {path.suffix}; give a path ending in "
+                             f"{suffixes[0]}, e.g. {path.with_suffix(suffixes[0])}")
+    if not path.exists():
+        return
     logger.info("replacing %s, %s written earlier", path, what)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..metrics.verdict import COLUMNS, verdict_lines
-from ..runtime import write_text
+from ..runtime import check_file_out, report_html, write_text
 
 #: the per-type table as shown: (header, value column, floor column or None, digits)
 _SHOWN = (("two-sample AUC ↓", "c2st_auc", "c2st_auc_floor", 2),
@@ -289,13 +289,16 @@ class Evaluation(Mapping[str, Any]):
         Parameters
         ----------
         path
-            The ``.html`` file to write (its directory is created).
+            The ``.html`` file to write (its directory is created); an existing file that is
+            not a page cellsynth wrote is refused.
 
         Returns
         -------
         The path written.
         """
         path = Path(path)
+        check_file_out(path, "an HTML report", report_html, flag="to_html:",
+                       suffixes=(".html", ".htm"))  # never over data or another file
         write_text(path, html_page(self._result))
         return path
 

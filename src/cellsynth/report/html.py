@@ -385,7 +385,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise CellsynthError(f"{run_dir} is not a run directory (no manifest.json); give a "
                              "directory written by cellsynth run")
     path = Path(out) if out is not None else run_dir / "report.html"
-    check_file_out(path, "an HTML report", report_html)
+    check_file_out(path, "an HTML report", report_html, suffixes=(".html", ".htm"))
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, page)  # atomic: a temporary file renamed, removed on error
