@@ -39,6 +39,11 @@ DESIGNS: dict[str, dict[str, Any]] = {
     "pbmc_kang2018": {"preset": "pbmc_kang2018", "covariates": ["condition"],
                       "holdout": "cell_type=CD14+ Monocytes,condition=stim",
                       "models": ["cvae", "nb", "scvi"]},
+    # Kang's four samples besides the condition: each (type, condition, sample) has a few test
+    # cells, so this one is read for the sample and condition effects more than per combination
+    "pbmc_kang2018_samples": {"preset": "pbmc_kang2018", "covariates": ["condition", "sample_id"],
+                              "holdout": "cell_type=CD14+ Monocytes,condition=stim",
+                              "models": ["cvae", "nb", "scvi"]},
     "simulated": {"simulate": {"n_cells": 4000, "n_genes": 2000, "n_types": 5, "n_donors": 3,
                                "n_conditions": 2, "seed": 0},
                   "covariates": ["donor", "condition"],
