@@ -108,7 +108,8 @@ def nb_csr(
     theta
         Inverse dispersions, ``(n_genes,)``, ``(1, n_genes)`` or ``(n, n_genes)``, same device.
     dropout
-        Zero-inflation probabilities ``(n, n_genes)`` or ``None``.
+        Zero-inflation probabilities ``(n, n_genes)`` or ``(1, n_genes)`` (the same for every
+        cell), or ``None``.
     """
     n, n_genes = mu.shape
     noise = _Noise(int(rng.integers(2**63)), mu.device)
@@ -126,8 +127,10 @@ def nb_csr(
         hit = _where(u[flat] < -torch.expm1(-lam))
         flat = flat[hit]
         counts = positive_nb(noise, lam[hit].double(), m[hit].double(), th[hit].double())
-        if dropout is not None:
-            keep = noise.draw("uniform", len(flat)).to(mu.device) >= dropout.reshape(-1)[flat]
+        if dropout is not None:  # one row for every cell (a type's zero inflation) or one each
+            drop = (dropout.reshape(-1)[flat % n_genes] if dropout.shape[0] == 1
+                    else dropout.reshape(-1)[flat])  # fmt: skip
+            keep = noise.draw("uniform", len(flat)).to(mu.device) >= drop
             keep = _where(keep)
             flat, counts = flat[keep], counts[keep]
         rows = torch.div(flat, n_genes, rounding_mode="floor")

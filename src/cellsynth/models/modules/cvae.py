@@ -410,7 +410,7 @@ class CVAEModule(nn.Module):
             # mean stays mu (ones where nothing was fitted: the same draws as without)
             pi = self.zero_inflation[rows]  # (B | 1, n_input)
             px_rate = px_rate / (1.0 - pi)
-            zi = torch.logit(pi).expand_as(px_rate)  # -inf where pi = 0: no extra zeros
+            zi = torch.logit(pi)  # (B | 1, n_input), broadcast: -inf where pi = 0, no extra zeros
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
 
     def _level_factor(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
