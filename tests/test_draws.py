@@ -47,6 +47,11 @@ def test_matrix_shape_dropout_and_seed() -> None:
     # zero inflation removes about its share of the non-zeros
     half = nb_csr(np.random.default_rng(7), mu, theta, torch.full((300, 400), 0.5))
     assert 0.45 < half.nnz / a.nnz < 0.55
+    # one row of zero inflation for every cell (a type's) draws what its expansion draws
+    pi = torch.from_numpy(rng.random((1, 400)).astype(np.float32))
+    one = nb_csr(np.random.default_rng(7), mu, theta, pi)
+    assert (one != nb_csr(np.random.default_rng(7), mu, theta, pi.expand(300, 400))).nnz == 0
+    assert one.nnz < a.nnz
     # gene means follow mu
     big = nb_csr(np.random.default_rng(3), mu[:1].expand(20_000, 400), theta)
     means = np.asarray(big.mean(axis=0)).ravel()
