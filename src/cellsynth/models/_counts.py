@@ -121,8 +121,12 @@ def fit_sampler(
     under it (pbmc4k with its 14,407 detected genes: about 0.7 of the training means for genes
     under 0.01 counts a cell; ``docs/GENE_LEVEL.md``).
 
-    The module's mixture, gene scale and (moments) dispersion are set here; they are also
-    returned (:class:`SamplerFit`) for callers that keep or send them.
+    With covariates, each level's gene scale within a type follows the type's
+    (:mod:`~cellsynth.models._levels`, from the same draws), and with ``likelihood = "nb"`` the
+    zero inflation (:func:`zero_inflation_by_moments`) is solved last, under both scales.
+
+    The module's mixture, gene scales, zero inflation and (moments) dispersion are set here;
+    they are also returned (:class:`SamplerFit`) for callers that keep or send them.
     """
     from sklearn.mixture import GaussianMixture  # only needed here
 
