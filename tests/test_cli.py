@@ -204,3 +204,24 @@ def test_fit_records_the_seed_and_data_it_used_and_refuses_two_seeds(kang_path, 
     assert fit("c", "--seed", "3", "--set", "seed=4") == 2
     assert "the seed is given twice: --seed 3 and seed = 4" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_an_interrupt_lost_where_python_cannot_raise_it_is_raised_again(monkeypatch):
+    """A signal's exception raised inside a finaliser or a C extension's callback is printed
+    ("Exception ignored in ...") and lost; the command must still stop: the handler raises it
+    again while the command runs, and not after it has ended."""
+    import signal
+    import time
+
+    monkeypatch.setattr(cli, "REPEAT_SIGNAL_SECONDS", 0.2)
+    lost = 0
+    with pytest.raises(KeyboardInterrupt), cli._terminations():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:  # what a finaliser does with it
+            lost += 1
+        deadline = time.time() + 10
+        while time.time() < deadline:  # the work going on
+            time.sleep(0.01)
+    assert lost == 1 and time.time() < deadline
+    time.sleep(0.6)  # the command has ended: nothing is raised any more (it would be here)

@@ -531,26 +531,61 @@ class _Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_terminated(signum: int, _frame: Any) -> None:
-    raise _Terminated(signum)
+#: seconds after a signal before it is raised again while the command is still running
+REPEAT_SIGNAL_SECONDS = 10.0
+
+
+class _Signals:
+    """The handler of SIGINT (``KeyboardInterrupt``), SIGTERM and SIGHUP (:class:`_Terminated`)
+    while a command runs. An exception raised where Python cannot propagate it (inside a
+    finaliser or a C extension's callback: "Exception ignored in ...") is lost, and the command
+    would run on; so after the first signal a watcher raises it again in the main thread every
+    :data:`REPEAT_SIGNAL_SECONDS` until the command has ended."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.watcher: threading.Thread | None = None
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        import signal
+        import threading
+
+        if self.watcher is None:
+            self.watcher = threading.Thread(target=self._repeat, args=(signum,), daemon=True,
+                                            name="cellsynth-signal")  # fmt: skip
+            self.watcher.start()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Terminated(signum)
+
+    def _repeat(self, signum: int) -> None:
+        import _thread
+
+        while not self.done.wait(REPEAT_SIGNAL_SECONDS):
+            _thread.interrupt_main(signum)  # runs this handler in the main thread again
 
 
 @contextlib.contextmanager
 def _terminations() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`_Terminated` within the block (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` / :class:`_Terminated` within the
+    block, and again while it has not ended (:class:`_Signals`; main thread only)."""
     import signal
     import threading
 
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {n: signal.signal(getattr(signal, n), _raise_terminated) for n in names}
+    handler = _Signals()
+    old = {n: signal.signal(getattr(signal, n), handler) for n in names}
     try:
         yield
     finally:
-        for n, handler in old.items():
-            signal.signal(getattr(signal, n), handler)
+        handler.done.set()
+        for n, previous in old.items():
+            signal.signal(getattr(signal, n), previous)
 
 
 def main(argv: list[str] | None = None) -> int:
