@@ -537,7 +537,8 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
                              f"{path / (('report' if 'report' in what else 'cells') + suffixes[0])}")
-    if path.exists() and not ours(path):
+    exists = path.exists()
+    if exists and not ours(path):
         raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
                              "writing would destroy it; give a new path (or remove the file "
                              "yourself)")
@@ -545,9 +546,8 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
         raise CellsynthError(f"{flag} {path}: cellsynth writes {what} here, in the "
                              f"{suffixes[0]} format, not {path.suffix}; give a path ending in "
                              f"{suffixes[0]}, e.g. {path.with_suffix(suffixes[0])}")
-    if not path.exists():
-        return
-    logger.info("replacing %s, %s written earlier", path, what)
+    if exists:
+        logger.info("replacing %s, %s written earlier", path, what)
 
 
 def check_links(out: Path) -> None:

@@ -24,7 +24,7 @@ from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), 
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
 from . import _training as tr
-from ._levels import Combinations, set_level_scale
+from ._levels import Combinations, fit_level_scale
 from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def fit_sampler(
             module, sum_x, n_used, covariates, batch_size,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded)
         module.set_gene_scale(scale)
-        levels = set_level_scale(module, observed, decoded, scale)
+        levels = fit_level_scale(module, observed, decoded, scale)
     pi = None
     if inflated:
         pi = zero_inflation_by_moments(

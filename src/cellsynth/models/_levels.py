@@ -116,7 +116,7 @@ def level_factors(observed: Combinations, decoded: Combinations, type_scale: np.
     return {int(offsets[j] + lv): factors[j][lv] for j, levels in fitted.items() for lv in levels}
 
 
-def set_level_scale(module: torch.nn.Module, observed: list[Combinations | None],
+def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None],
                     decoded: list[Combinations | None],
                     type_scale: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
     """Fit every type's level factors (:func:`level_factors`) and set them on ``module``

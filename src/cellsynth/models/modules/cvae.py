@@ -324,6 +324,8 @@ class CVAEModule(nn.Module):
         n_levels = sum(int(n) for n in n_covariate_levels)
         self.register_buffer("level_rows", torch.zeros(n_labels, n_levels, dtype=torch.long))
         self.register_buffer("level_scale", torch.ones(1, n_input))
+        offsets = [0, *self.n_covariate_levels[:-1]]  # each covariate's first column there
+        self.register_buffer("level_offsets", torch.tensor(offsets).cumsum(0), persistent=False)
         # created last: a module without covariates starts from the same random weights as before
         self.covariate_embed = nn.ModuleList(
             nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
@@ -417,8 +419,7 @@ class CVAEModule(nn.Module):
         """The product of each covariate level's gene scale for the type, ``(B, n_input)``
         (ones for a level without one: codes below zero, or levels the type's training cells
         lacked)."""
-        offsets = torch.tensor([0, *self.n_covariate_levels[:-1]], device=c.device).cumsum(0)
-        col = (c.clamp_min(0) + offsets).long()  # (B, k) columns of level_rows
+        col = (c.clamp_min(0) + self.level_offsets).long()  # (B, k) columns of level_rows
         idx = torch.where(c >= 0, self.level_rows[y[:, None], col], 0)  # (B, k) table rows
         factor = self.level_scale[idx[:, 0]]
         for j in range(1, idx.shape[1]):
