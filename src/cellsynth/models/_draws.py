@@ -118,21 +118,20 @@ def nb_csr(
         # P(x > 0) = 1 - exp(-lam) <= lam <= mu: an entry with u >= mu is zero, and only the
         # others (mu is small for most entries) are decided exactly
         flat = _where(torch.lt(u, mu.reshape(-1)))  # row-major: CSR order
-        m = mu.reshape(-1)[flat]
+        m = _take(mu.reshape(-1), flat)
         if theta.dim() == 1 or theta.shape[0] == 1:  # one row for every cell
-            th = theta.reshape(-1)[flat % n_genes]
+            th = _take(theta.reshape(-1), flat % n_genes)
         else:
-            th = theta.reshape(-1)[flat]
+            th = _take(theta.reshape(-1), flat)
         lam = th * torch.log1p(m / th)
-        hit = _where(u[flat] < -torch.expm1(-lam))
-        flat = flat[hit]
-        counts = positive_nb(noise, lam[hit].double(), m[hit].double(), th[hit].double())
+        hit = _where(_take(u, flat) < -torch.expm1(-lam))
+        flat = _take(flat, hit)
+        counts = positive_nb(noise, *(_take(a, hit).double() for a in (lam, m, th)))
         if dropout is not None:  # one row for every cell (a type's zero inflation) or one each
-            drop = (dropout.reshape(-1)[flat % n_genes] if dropout.shape[0] == 1
-                    else dropout.reshape(-1)[flat])  # fmt: skip
+            drop = _take(dropout.reshape(-1), flat % n_genes if dropout.shape[0] == 1 else flat)
             keep = noise.draw("uniform", len(flat)).to(mu.device) >= drop
             keep = _where(keep)
-            flat, counts = flat[keep], counts[keep]
+            flat, counts = _take(flat, keep), _take(counts, keep)
         rows = torch.div(flat, n_genes, rounding_mode="floor")
         indptr = torch.zeros(n + 1, dtype=torch.int64, device=mu.device)
         indptr[1:] = torch.bincount(rows, minlength=n).cumsum(0)
@@ -157,12 +156,12 @@ def positive_nb(noise: _Noise, lam: torch.Tensor, mu: torch.Tensor,
     fast = (p <= _SEARCH_P) & (mu <= _SEARCH_MU)
     at = _where(fast)
     u = noise.draw("uniform", len(at)).to(lam)
-    out[at] = _search(u, lam[at], p[at], theta[at])
+    out.index_copy_(0, at, _search(u, *(_take(a, at) for a in (lam, p, theta))))
     many = ~fast & (lam >= _REJECT_LAM)
     at = _where(many)
-    out[at] = _gamma_poisson(noise, mu[at], theta[at])
+    out.index_copy_(0, at, _gamma_poisson(noise, _take(mu, at), _take(theta, at)))
     at = _where(~fast & ~many)
-    out[at] = _compound(noise, lam[at], p[at])
+    out.index_copy_(0, at, _compound(noise, _take(lam, at), _take(p, at)))
     return out
 
 
@@ -179,10 +178,10 @@ def _gamma_poisson(noise: _Noise, mu: torch.Tensor, theta: torch.Tensor) -> torc
     out = torch.zeros_like(mu)
     left = torch.arange(len(mu), device=mu.device)
     while len(left):
-        m, th = mu[left], theta[left]
+        m, th = _take(mu, left), _take(theta, left)
         x = torch.poisson(torch._standard_gamma(th, generator=gen) * (m / th), generator=gen)
-        out[left] = x
-        left = left[_where(x == 0)]
+        out.index_copy_(0, left, x)
+        left = _take(left, _where(x == 0))
     return out
 
 
@@ -207,7 +206,7 @@ def _search(u: torch.Tensor, lam: torch.Tensor, p: torch.Tensor,
     out = torch.ones_like(u)
     term = theta * p * torch.exp(-lam) / -torch.expm1(-lam)
     left = _where(u > term)
-    u, term, p, theta = u[left], term[left], p[left], theta[left]
+    u, term, p, theta = (_take(a, left) for a in (u, term, p, theta))
     cdf = term.clone()
     count = torch.full_like(u, 2.0)  # above the first term: at least 2
     more = torch.empty(len(u), dtype=torch.bool, device=u.device)
@@ -223,13 +222,19 @@ def _search(u: torch.Tensor, lam: torch.Tensor, p: torch.Tensor,
         count.add_(more)
         active = int(more.sum())
         if active <= len(left) // 2:  # gather the entries left (none: done)
-            out[left] = count
+            out.index_copy_(0, left, count)
             at = _where(more)
             left, u, term, cdf, p, theta, count = (
-                a[at] for a in (left, u, term, cdf, p, theta, count))
+                _take(a, at) for a in (left, u, term, cdf, p, theta, count))
             more, ratio = more[: len(at)], ratio[: len(at)]
-    out[left] = count.clamp_(max=float(k))  # the tail beyond the last step: under 1e-20
+    out.index_copy_(0, left, count.clamp_(max=float(k)))  # the tail beyond the last step: < 1e-20
     return out
+
+
+def _take(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``a[idx]`` of a 1-D tensor: ``index_select`` (on the CPU a few times faster than
+    advanced indexing, as ``index_copy_`` is than an indexed assignment)."""
+    return torch.index_select(a, 0, idx)
 
 
 def _where(mask: torch.Tensor) -> torch.Tensor:
@@ -250,8 +255,8 @@ def _compound(noise: _Noise, lam: torch.Tensor, p: torch.Tensor) -> torch.Tensor
     counts = _logseries(noise, p)
     more = _where(extra > 0)
     if len(more):
-        at = torch.repeat_interleave(more, extra[more].long())
-        counts.index_add_(0, at, _logseries(noise, p[at]))
+        at = torch.repeat_interleave(more, _take(extra, more).long())
+        counts.index_add_(0, at, _logseries(noise, _take(p, at)))
     return counts
 
 
@@ -262,10 +267,10 @@ def _logseries(noise: _Noise, p: torch.Tensor) -> torch.Tensor:
     v = noise.draw("uniform", len(p)).to(p)
     out = torch.ones_like(p)
     at = _where(v < p)
-    v, p = v[at].clamp_min(1e-300), p[at]
+    v, p = _take(v, at).clamp_min(1e-300), _take(p, at)
     q = -torch.expm1(torch.log1p(-p) * noise.draw("uniform", len(at)).to(p))
     tail = torch.floor(1.0 + torch.log(v) / torch.log(q)).clamp_min(3.0)
-    out[at] = torch.where(v <= q * q, tail, 2.0 - (v >= q).to(p))
+    out.index_copy_(0, at, torch.where(v <= q * q, tail, 2.0 - (v >= q).to(p)))
     return out
 
 
