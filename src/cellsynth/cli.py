@@ -584,8 +584,14 @@ def _terminations() -> Iterator[None]:
         yield
     finally:
         handler.done.set()
-        for n, previous in old.items():
-            signal.signal(getattr(signal, n), previous)
+        # the watcher stops before the old handlers are back, so no repeat reaches the main
+        # thread after the command has ended (one already sent is raised here, by this handler)
+        try:
+            if handler.watcher is not None:
+                handler.watcher.join()
+        finally:
+            for n, previous in old.items():
+                signal.signal(getattr(signal, n), previous)
 
 
 def main(argv: list[str] | None = None) -> int:
