@@ -677,6 +677,64 @@ def test_dispersion_by_moments_recovers_a_known_negative_binomial():
     assert fit_sampler(learned, rows, codes, 512, seed=0).px_r is None
 
 
+def test_share_budget_cuts_the_largest_types_to_one_cap():
+    from cellsynth.models._counts import share_budget
+
+    sizes = np.array([10, 300, 3000, 4000])
+    assert share_budget(sizes, None).tolist() == sizes.tolist()
+    assert share_budget(sizes, 10_000).tolist() == sizes.tolist()  # fits: as they are
+    cut = share_budget(sizes, 1_000, least=1)
+    assert cut.tolist() == [10, 300, 345, 345] and cut.sum() <= 1_000
+    assert share_budget(sizes, 100, least=50).tolist() == [10, 50, 50, 50]  # the floor
+
+
+def test_sampler_budget_bounds_the_cells_read_and_drawn():
+    """A budget that holds every type's share changes nothing; a smaller one reads and decodes
+    at most that many cells in all (the zero inflation's draws a quarter of it), and the moment
+    fits still find the data's level."""
+    rng = np.random.default_rng(1)
+    n_genes, sizes = 20, [150, 900, 1200]
+    codes = np.repeat(np.arange(3), sizes)
+    share = rng.dirichlet(np.ones(n_genes), size=3)
+    x = rng.poisson(share[codes] * 500).astype(np.float32)
+    rows = Rows(sp.csr_matrix(x), codes, torch.device("cpu"))
+
+    def fitted(budget, seen=None):
+        torch.manual_seed(0)
+        module = CVAEModule(n_input=n_genes, n_labels=3, n_hidden=[8], n_latent=2,
+                            dispersion_fit="moments")
+        if seen is not None:
+            batch, generative = rows.batch, module.generative
+            rows.batch = lambda idx: (seen["read"].append(len(idx)), batch(idx))[1]
+            module.generative = lambda z, *a, **k: (seen["decoded"].append(len(z)),
+                                                    generative(z, *a, **k))[1]
+        try:
+            return fit_sampler(module, rows, codes, 256, seed=0, budget=budget), module
+        finally:
+            rows.__dict__.pop("batch", None)
+
+    plain, _ = fitted(None)
+    same, _ = fitted(100_000)
+    for a, b in zip(plain, same, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    seen = {"read": [], "decoded": []}
+    bounded, module = fitted(600, seen)
+    assert sum(seen["read"]) <= 600
+    # decoded: the moments at each cell read, the gene scale's draws, the zero inflation's
+    assert sum(seen["decoded"]) <= 600 + 600 + 3 * 128
+    assert not torch.equal(bounded.gene_scale, plain.gene_scale)
+    # the gene scale still brings generated means to the training means
+    mean = torch.stack([torch.as_tensor(x[codes == t].mean(0)) for t in range(3)])
+    y = torch.arange(3).repeat_interleave(2000)
+    u, eps = torch.rand(len(y)), torch.randn(len(y), 3)
+    with torch.no_grad():
+        z, library = module.mixture_from_noise(u, eps, y)
+        mu = module.generative(z, y, library, None, one_type=False).mean
+    got = torch.stack([mu[y == t].mean(0) for t in range(3)])
+    high = mean > 5
+    assert torch.allclose(got[high], mean[high], rtol=0.15)
+
+
 def test_loop_checks_every_few_epochs_and_patience_counts_checks():
     """An expensive check (the fidelity selection) runs every ``evaluate_every`` epochs and at
     the last; ``patience`` counts checks, and the epochs between them log None (JSON null)."""

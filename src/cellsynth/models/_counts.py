@@ -47,6 +47,23 @@ ZERO_FEW_DRAWS = 128
 ZERO_PRIOR_CELLS = 10.0
 MAX_ZERO_INFLATION = 0.95
 ZERO_STEPS = 12  # bisection steps: pi to within 0.95 / 2**12 (float32: 1.8 s a type at 22k genes)
+MIN_TYPE_SHARE = 128  # cells or draws a type keeps, at least, where a sampler fit has a budget
+
+
+def share_budget(sizes: np.ndarray, budget: int | None, least: int = MIN_TYPE_SHARE) -> np.ndarray:
+    """Each type's share of ``budget`` cells (or draws) in all, from what each would take alone
+    (``sizes``): every size cut to one common cap, the largest whose total fits the budget (small
+    types keep all theirs), but no share below ``least`` (nor above its size). ``budget=None``:
+    the sizes as they are."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if budget is None or sizes.sum() <= budget:
+        return sizes
+    ordered = np.sort(sizes)
+    # the cap c solves sum(min(sizes, c)) = budget: the k smallest kept whole, the rest at c
+    below = np.concatenate([[0], np.cumsum(ordered)[:-1]])
+    caps = (budget - below) / (len(sizes) - np.arange(len(sizes)))
+    cap = int(caps[np.argmax(caps < ordered)])  # at the first type the cap cuts (one does)
+    return np.minimum(sizes, max(cap, least))
 
 
 def epoch_batches(
@@ -95,7 +112,7 @@ class SamplerFit(NamedTuple):
 @torch.no_grad()
 def fit_sampler(
     module: CVAEModule, rows: Rows, codes: np.ndarray, batch_size: int, seed: int,
-    *, quiet: bool = False, max_cells: int = MIXTURE_MAX_CELLS,
+    *, quiet: bool = False, max_cells: int = MIXTURE_MAX_CELLS, budget: int | None = None,
 ) -> SamplerFit:
     """Each type's mixture over ``(z, log library)``, its gene scale and, when the module's
     ``dispersion_fit`` is ``"moments"``, the NB inverse dispersion, from the type's training cells.
@@ -114,6 +131,12 @@ def fit_sampler(
     - mu)`` per gene and type (pooled over types for ``dispersion = "gene"``); no excess
     spread is the Poisson limit. Each type uses at most ``max_cells`` cells (a seeded choice;
     default ``MIXTURE_MAX_CELLS``). ``d = n_latent + 1``.
+
+    ``budget`` bounds a fit's cost over many types (a fidelity check refits the sampler every
+    few epochs; ``models._select``): the cells read, and the gene scale's draws, are at most
+    ``budget`` in all, the zero inflation's draws (each visited at every bisection step) at most
+    ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS``, each type's share cut by :func:`share_budget`.
+    Where the budget holds every type's share, the fit is the same as without it.
 
     The gene scale (NB likelihoods; :func:`gene_scale_by_moments`): cells drawn from the new
     mixture are decoded, and each type's gene means are scaled to the training cells' means.
@@ -152,10 +175,12 @@ def fit_sampler(
     if scaled and module.n_covariate_levels:
         module.set_level_scale(torch.zeros_like(module.level_rows), torch.ones(1, module.n_input))
     parts = []
+    n_type = np.bincount(codes, minlength=module.n_labels)
+    take = share_budget(np.minimum(n_type, max_cells), budget)
     for t in range(module.n_labels):
         idx = np.flatnonzero(codes == t)
-        if len(idx) > max_cells:
-            idx = np.sort(rng.choice(idx, max_cells, replace=False))
+        if len(idx) > take[t]:
+            idx = np.sort(rng.choice(idx, take[t], replace=False))
         k = min(MIXTURE_COMPONENTS, len(idx) // d)
         mean, std, log_lib, draws, cov = [], [], [], [], []
         n_used[t] = len(idx)
@@ -215,16 +240,22 @@ def fit_sampler(
     scale = levels = None
     if scaled:
         decoded: list[Combinations | None] = [None] * module.n_labels
+        draws = share_budget(np.array([scale_draws(int(n)) for n in n_used]), budget)
         scale = gene_scale_by_moments(
             module, sum_x, n_used, covariates, batch_size,
-            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded)
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded,
+            draws=draws)
         module.set_gene_scale(scale)
         levels = fit_level_scale(module, observed, decoded, scale)
     pi = None
     if inflated:
+        few = np.array([scale_draws(int(n), ZERO_FEW_DRAWS, ZERO_DRAWS, more=False) if n else 0
+                        for n in n_used])
         pi = zero_inflation_by_moments(
             module, zeros, n_used, covariates,
-            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,))))
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,))),
+            draws=share_budget(few, None if budget is None else
+                               budget * ZERO_DRAWS // SCALE_MIN_DRAWS))
         module.set_zero_inflation(pi)
     (logger.debug if quiet else logger.info)(
         "CVAE: latent and library mixtures (up to %d components per type)%s%s%s%s in %.1f s",
@@ -281,7 +312,7 @@ def scale_draws(n: int, few: int = SCALE_FEW_DRAWS, most: int = SCALE_MIN_DRAWS,
 def gene_scale_by_moments(
     module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], batch_size: int, rng: np.random.Generator,
-    combinations: list[Combinations | None] | None = None,
+    combinations: list[Combinations | None] | None = None, draws: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Per type and gene, the training cells' mean count over the mean decoded under the
     module's mixture: the scale that makes generated means equal the training means.
@@ -316,6 +347,8 @@ def gene_scale_by_moments(
     combinations
         Filled, when given, with each type's decoded means per combination of covariate
         levels (types with covariates; :mod:`~cellsynth.models._levels`).
+    draws
+        ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``).
 
     Returns
     -------
@@ -325,7 +358,8 @@ def gene_scale_by_moments(
     device = next(module.parameters()).device
     decoded = np.zeros_like(train_sum)
     for t in range(module.n_labels):
-        cov, n = covariates[t], scale_draws(int(n_cells[t]))
+        cov = covariates[t]
+        n = scale_draws(int(n_cells[t])) if draws is None else int(draws[t])
         total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
         for sl in tr.iter_slices(n, batch_size):
             px, c = _decode_mixture(module, t, sl.stop - sl.start, cov, rng, device)
@@ -344,6 +378,7 @@ def gene_scale_by_moments(
 def zero_inflation_by_moments(
     module: CVAEModule, zeros: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], rng: np.random.Generator,
+    draws: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Per type and gene, the zero inflation ``pi`` that gives generated cells the training
     cells' share of zeros, their means kept.
@@ -377,6 +412,9 @@ def zero_inflation_by_moments(
         Per type, the covariate codes ``(n, k)`` of the training cells used, or None.
     rng
         All the draws.
+    draws
+        ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``
+        within ``[ZERO_FEW_DRAWS, ZERO_DRAWS]``).
 
     Returns
     -------
@@ -390,7 +428,7 @@ def zero_inflation_by_moments(
         n = int(n_cells[t])
         if n == 0:
             continue
-        b = scale_draws(n, ZERO_FEW_DRAWS, ZERO_DRAWS, more=False)
+        b = scale_draws(n, ZERO_FEW_DRAWS, ZERO_DRAWS, more=False) if draws is None else int(draws[t])
         px, _ = _decode_mixture(module, t, b, covariates[t], rng, device)
         mu, theta = px.mu.float(), px.theta.float().reshape(1, -1).expand(1, module.n_input)
         p0 = torch.exp(-theta * torch.log1p(mu / theta)).mean(0)  # (n_genes,): pi = 0

@@ -46,7 +46,12 @@ CHECK_CELLS = 2_000  # validation cells a check compares with, at most (a strati
 CHECK_GENES = 500  # HVGs of the validation cells the check's gene-level test uses
 SPACE_CELLS_PER_TYPE = 500  # training cells per type the check's space is fitted on, at most
 SAMPLER_CELLS = 2_000  # training cells per type a check's sampler is fitted on, at most (the
-# final one takes up to 5,000: on a 533k-cell atlas that fit is about 4 minutes)
+# final one takes up to 5,000: on a 533k-cell atlas that fit is about 4 minutes)...
+# ...and in all types together (the gene scale's draws too; fit_sampler's ``budget``): a check
+# compares at most CHECK_CELLS validation cells, far fewer than this resolves. With 126 types of
+# 2,000 cells at 22,312 genes a check's sampler took 165 s (simulated, 2 cores); at most
+# 5,000 x 126 cells, the final fit is not bounded. Below 25 types of 2,000 cells it never binds.
+SAMPLER_BUDGET = 50_000
 CHECK_STEPS = 100  # optimiser steps between checks, about (``evaluate_every`` in epochs)...
 MAX_CHECKS = 20  # ...but at most this many in the epoch budget
 # the PC-level test's boosting in a check: 30 rounds at 0.25 give the AUCs of c2st_auc's 100 at
@@ -113,7 +118,7 @@ class FidelityCheck:
     def __call__(self) -> float:
         """Refit the sampler, generate, and return the AUC (0.5: indistinguishable)."""
         self.model._fit_sampler(self.train, self.train_codes, self.seed, quiet=True,
-                                max_cells=SAMPLER_CELLS)  # fmt: skip
+                                max_cells=SAMPLER_CELLS, budget=SAMPLER_BUDGET)  # fmt: skip
         # the same noise at every check: epochs are compared on equal terms, and a resumed
         # training makes the same choice as one that was never stopped
         seed = derive_seed(self.seed, "select-check")

@@ -359,13 +359,14 @@ class CVAE(DesignRequests):
         )
 
     def _fit_sampler(self, rows: Any, codes: np.ndarray, seed: int, *, quiet: bool = False,
-                     max_cells: int = MIXTURE_MAX_CELLS) -> None:  # fmt: skip
+                     max_cells: int = MIXTURE_MAX_CELLS, budget: int | None = None
+                     ) -> None:  # fmt: skip
         """After training, set on the module: each type's mixture over ``(z, log library)``, its
         gene scale (NB likelihoods) and, with ``dispersion_fit = "moments"``, the NB dispersion,
         from one posterior draw and the library size of each training cell (``rows``: in-memory
         :class:`Rows` or an on-disk loader); see :func:`~cellsynth.models._counts.fit_sampler`."""
         fit_sampler(self._module(), rows, codes, self.eval_rows(), seed, quiet=quiet,
-                    max_cells=max_cells)  # fmt: skip
+                    max_cells=max_cells, budget=budget)  # fmt: skip
 
     @torch.no_grad()
     def get_latent(self, adata: ad.AnnData) -> np.ndarray:
