@@ -677,6 +677,43 @@ def test_dispersion_by_moments_recovers_a_known_negative_binomial():
     assert fit_sampler(learned, rows, codes, 512, seed=0).px_r is None
 
 
+def _three_types():
+    """Counts of three types of 150, 900 and 1,200 cells over 20 genes, their rows, and a fresh
+    small NB module for them (same weights at each call)."""
+    rng = np.random.default_rng(1)
+    codes = np.repeat(np.arange(3), [150, 900, 1200])
+    share = rng.dirichlet(np.ones(20), size=3)
+    x = rng.poisson(share[codes] * 500).astype(np.float32)
+    rows = Rows(sp.csr_matrix(x), codes, torch.device("cpu"))
+
+    def module_for():
+        torch.manual_seed(0)
+        return CVAEModule(n_input=20, n_labels=3, n_hidden=[8], n_latent=2,
+                          dispersion_fit="moments")
+
+    return x, codes, rows, module_for
+
+
+def test_sampler_fit_shows_signs_of_life(monkeypatch, caplog):
+    """Without a terminal, each of the sampler fit's passes over the types logs where it is once
+    it has run LOG_SECONDS (an atlas's final fit takes minutes); inside a check (quiet) none."""
+    import logging
+
+    from cellsynth import options
+
+    _, codes, rows, module_for = _three_types()
+    monkeypatch.setattr(options, "LOG_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="cellsynth.progress")
+    with options.settings.override(progress=False):
+        fit_sampler(module_for(), rows, codes, 256, seed=0)
+        lines = [r.getMessage() for r in caplog.records]
+        for what in ("latent mixtures", "gene scale", "zero inflation"):
+            assert any(m.startswith(f"CVAE sampler: {what}: ") and "/3 type" in m for m in lines)
+        caplog.clear()
+        fit_sampler(module_for(), rows, codes, 256, seed=0, quiet=True)
+        assert not caplog.records
+
+
 def test_share_budget_cuts_the_largest_types_to_one_cap():
     from cellsynth.models._counts import share_budget
 
@@ -692,17 +729,10 @@ def test_sampler_budget_bounds_the_cells_read_and_drawn():
     """A budget that holds every type's share changes nothing; a smaller one reads and decodes
     at most that many cells in all (the zero inflation's draws a quarter of it), and the moment
     fits still find the data's level."""
-    rng = np.random.default_rng(1)
-    n_genes, sizes = 20, [150, 900, 1200]
-    codes = np.repeat(np.arange(3), sizes)
-    share = rng.dirichlet(np.ones(n_genes), size=3)
-    x = rng.poisson(share[codes] * 500).astype(np.float32)
-    rows = Rows(sp.csr_matrix(x), codes, torch.device("cpu"))
+    x, codes, rows, module_for = _three_types()
 
     def fitted(budget, seen=None):
-        torch.manual_seed(0)
-        module = CVAEModule(n_input=n_genes, n_labels=3, n_hidden=[8], n_latent=2,
-                            dispersion_fit="moments")
+        module = module_for()
         if seen is not None:
             batch, generative = rows.batch, module.generative
             rows.batch = lambda idx: (seen["read"].append(len(idx)), batch(idx))[1]

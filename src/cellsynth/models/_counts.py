@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), named here too
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
+from ..options import progress_bar
 from . import _training as tr
 from ._levels import Combinations, fit_level_scale
 from .modules.cvae import CVAEModule, NegativeBinomial
@@ -177,7 +178,7 @@ def fit_sampler(
     parts = []
     n_type = np.bincount(codes, minlength=module.n_labels)
     take = share_budget(np.minimum(n_type, max_cells), budget)
-    for t in range(module.n_labels):
+    for t in _types(module.n_labels, "latent mixtures", not quiet):
         idx = np.flatnonzero(codes == t)
         if len(idx) > take[t]:
             idx = np.sort(rng.choice(idx, take[t], replace=False))
@@ -244,7 +245,7 @@ def fit_sampler(
         scale = gene_scale_by_moments(
             module, sum_x, n_used, covariates, batch_size,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded,
-            draws=draws)
+            draws=draws, progress=not quiet)
         module.set_gene_scale(scale)
         levels = fit_level_scale(module, observed, decoded, scale)
     pi = None
@@ -255,7 +256,7 @@ def fit_sampler(
             module, zeros, n_used, covariates,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,))),
             draws=share_budget(few, None if budget is None else
-                               budget * ZERO_DRAWS // SCALE_MIN_DRAWS))
+                               budget * ZERO_DRAWS // SCALE_MIN_DRAWS), progress=not quiet)
         module.set_zero_inflation(pi)
     (logger.debug if quiet else logger.info)(
         "CVAE: latent and library mixtures (up to %d components per type)%s%s%s%s in %.1f s",
@@ -267,6 +268,15 @@ def fit_sampler(
         time.perf_counter() - start,
     )
     return SamplerFit(weight, mean, chol, px_r, scale, pi, levels)
+
+
+def _types(n_labels: int, what: str, progress: bool) -> Iterator[int]:
+    """The type codes a sampler fit visits in turn, behind a progress bar when ``progress``: at
+    an atlas's size a pass over its types takes minutes, and a log must show signs of life."""
+    if not progress:
+        return iter(range(n_labels))
+    return iter(progress_bar(range(n_labels), desc=f"CVAE sampler: {what}", unit="type",
+                             leave=False))
 
 
 def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,6 +323,7 @@ def gene_scale_by_moments(
     module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], batch_size: int, rng: np.random.Generator,
     combinations: list[Combinations | None] | None = None, draws: np.ndarray | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Per type and gene, the training cells' mean count over the mean decoded under the
     module's mixture: the scale that makes generated means equal the training means.
@@ -349,6 +360,8 @@ def gene_scale_by_moments(
         levels (types with covariates; :mod:`~cellsynth.models._levels`).
     draws
         ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``).
+    progress
+        A progress bar over the types (a log line every 30 s where there is no terminal).
 
     Returns
     -------
@@ -357,7 +370,7 @@ def gene_scale_by_moments(
     """
     device = next(module.parameters()).device
     decoded = np.zeros_like(train_sum)
-    for t in range(module.n_labels):
+    for t in _types(module.n_labels, "gene scale", progress):
         cov = covariates[t]
         n = scale_draws(int(n_cells[t])) if draws is None else int(draws[t])
         total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
@@ -378,7 +391,7 @@ def gene_scale_by_moments(
 def zero_inflation_by_moments(
     module: CVAEModule, zeros: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], rng: np.random.Generator,
-    draws: np.ndarray | None = None,
+    draws: np.ndarray | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Per type and gene, the zero inflation ``pi`` that gives generated cells the training
     cells' share of zeros, their means kept.
@@ -415,6 +428,8 @@ def zero_inflation_by_moments(
     draws
         ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``
         within ``[ZERO_FEW_DRAWS, ZERO_DRAWS]``).
+    progress
+        A progress bar over the types (a log line every 30 s where there is no terminal).
 
     Returns
     -------
@@ -424,7 +439,7 @@ def zero_inflation_by_moments(
     device = next(module.parameters()).device
     out = torch.zeros(module.n_labels, module.n_input)
     a = ZERO_PRIOR_CELLS
-    for t in range(module.n_labels):
+    for t in _types(module.n_labels, "zero inflation", progress):
         n = int(n_cells[t])
         if n == 0:
             continue
