@@ -687,7 +687,7 @@ def test_prefetched_keeps_order_raises_in_place_and_stops_early():
     """The background producer of chunks written while the next is drawn (pipeline.models)."""
     import threading
 
-    from cellsynth.pipeline.models import prefetched
+    from cellsynth.pipeline.output import prefetched
 
     assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
 

@@ -56,7 +56,6 @@ from ._counts import (
 from ._design import Design, DesignRequests
 from ._draws import sample_counts
 from ._prepare import training_data
-from ._select import FidelityCheck, monitor
 from .base import check_genes, fit_labels, synthetic_adata, training_counts
 from .modules.cvae import CVAEModule
 
@@ -322,6 +321,10 @@ class CVAE(DesignRequests):
             checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
         max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
+        # imported here: the check's metrics (scikit-learn, xgboost) are for training only, and
+        # loading them made every `cellsynth generate` start 0.7 s later
+        from ._select import FidelityCheck, monitor
+
         evaluate, every = monitor(self, train, val, yt, seed, max_epochs)
         fidelity = isinstance(evaluate, FidelityCheck)
         result = _loop.train_loop(

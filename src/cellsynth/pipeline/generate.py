@@ -13,7 +13,7 @@ from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..runtime import check_file_out, generated_h5ad
-from .models import check_disk, write_cells
+from .output import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,7 @@ trained on generated cells tested on real ones."""
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
-import threading
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +19,16 @@ from ..classify.xgb import Classifier, train_classifier
 from ..config import save
 from ..data.qc import normalise_log1p
 from ..data.store import write_h5ad
-from ..errors import CellsynthError, DataError
+from ..errors import CellsynthError
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
-from ..models.base import package_version, request, writable_uns
-from ..models.cvae import BYTES_PER_VALUE, estimate_bytes
+from ..models.base import package_version, request
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..runtime import write_json
 from .context import RunContext
 from .data import Split
+from .output import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +98,6 @@ def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str
 
     The reference model and the CVAE save training checkpoints in ``generator/checkpoint/`` and
     resume from them when they match (settings, data, seed, the features stage's hash)."""
-    import shutil
-
     cfg, seed = ctx.cfg, ctx.seed("generator")
     ckpt = ctx.path("generator", "checkpoint")
     if ctx.fresh():
@@ -203,92 +198,6 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     z = cells.per_cell_array(ctx.path("synthetic", f"{name}_pca.npy"), (len(y), pca.n_components),
                              fill)  # fmt: skip
     return z, y.astype(str)
-
-
-def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
-    """The estimated size of a plan's cells (:func:`estimate_bytes`), after checking that
-    ``directory``'s disk has that much free; raise :class:`DataError` before anything is
-    generated when it has not."""
-    n = sum(k for _, _, k in plan)
-    need = estimate_bytes(gen, plan)
-    free = shutil.disk_usage(directory).free
-    if need > free:
-        raise DataError(f"{n:,} cells would take about {need / 1e9:,.1f} GB (at most "
-                        f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {directory} "
-                        f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
-    return need
-
-
-def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """``items`` in order, produced in a background thread up to ``depth`` ahead of the caller.
-
-    Writing a chunk (h5py, under the GIL) then overlaps with drawing the next (torch and
-    numpy, which release it). An exception in the producer is raised here, at its place in
-    the sequence; a caller that stops early stops the producer at its next item.
-    """
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        box.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            box.put((done, None))
-        except BaseException as exc:  # handed to the consumer
-            box.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="cellsynth-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = box.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                box.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
-
-
-def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
-                uns: dict, *, overlap: bool = False) -> None:  # fmt: skip
-    """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
-    as an h5ad, one chunk in memory at a time; lists of combinations in ``uns`` are written as
-    tables (:func:`~cellsynth.models.base.writable_uns`). With ``overlap`` the next chunk is
-    drawn in a background thread while one is written (:func:`prefetched`): worth it when the
-    chunks are drawn on a GPU; on the CPU the draw already keeps every core busy, and the two
-    threads competing for them wrote 200,000 cells at 2,000 genes at 12,000-14,000 cells/s
-    against 16,000 without (two cores)."""
-    from anndata.io import write_elem
-
-    from ..data.store import CSRWriter, h5ad_file
-
-    with h5ad_file(path) as f:
-        writer = CSRWriter(f, "X", len(genes))
-        for x in prefetched(chunks) if overlap else chunks:
-            writer.append(x)
-        obs = obs.copy()
-        obs.index = pd.Index([f"synthetic_{i}" for i in range(len(obs))])
-        for col in obs.columns:  # categorical, as anndata writes them
-            if not isinstance(obs[col].dtype, pd.CategoricalDtype):
-                obs[col] = pd.Categorical(obs[col].astype(str))
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
-        write_elem(f, "uns", {K.UNS: writable_uns(uns)})
 
 
 def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, clf: Classifier,
