@@ -221,7 +221,7 @@ UNHASHED: dict[str, tuple[str, ...]] = {"cvae": ("checkpoint_every", "checkpoint
 ADDED: dict[str, dict[str, Any]] = {
     "cvae": {"kl_weight": 1.0, "min_improvement": 0.0, "dispersion_fit": "learned",
              "select": "elbo", "covariates": [], "n_covariate_embed": 8,
-             "decode_labels": True},
+             "decode_labels": True, "label_dropout": 0.0},
     "nb": {"covariates": [], "min_cells": 20},
     "scvi": {"covariates": []},
 }

@@ -299,12 +299,14 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
 
 
 def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, latent: str,
-                  cov: tuple[int, ...] = ()) -> sp.csr_matrix:
+                  cov: tuple[int, ...] = (), *, any_type: bool = False) -> sp.csr_matrix:
     """``n`` cells of type ``code`` (and covariate codes ``cov``) from a trained CVAE ``module``,
     as CSR counts; all noise from ``rng``.
 
     ``latent="mixture"`` draws ``z`` and the library size jointly from the type's mixture;
     ``"prior"`` draws ``z`` from ``p(z | type)`` and the library from the type's log-normal.
+    ``any_type``: decoded with the module's "some type" input (label dropout), for a
+    combination no training cell had.
     """
     device = next(module.parameters()).device
     y = torch.full((n,), code, dtype=torch.long, device=device)  # (n,)
@@ -319,4 +321,5 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     else:
         z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
         library = module.library_from_noise(eps[:, -1], y)  # (n,)
-    return draw_counts(module.generative(z, y, library, c, one_type=True), library, rng)
+    px = module.generative(z, y, library, c, one_type=True, any_type=any_type)
+    return draw_counts(px, library, rng)

@@ -189,6 +189,7 @@ class CVAE(DesignRequests):
             n_covariate_levels=self.design.n_levels,
             n_covariate_embed=c.n_covariate_embed,
             decode_labels=c.decode_labels,
+            label_dropout=c.label_dropout if self.design.keys else 0.0,
         )
         module.compute_dtype = tr.resolve_precision(c.precision, self.device)
         return module.to(self.device)
@@ -505,15 +506,18 @@ class CVAE(DesignRequests):
         is still training)."""
         codes = {label: i for i, label in enumerate(self.labels)}
         rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
+        free = self._module().any_type is not None  # trained with label dropout
         for label, cov, n in plan:
+            # a combination no training cell had: decoded with "some type" (label dropout)
+            unseen = free and cov not in {tuple(k) for k, _ in self.design.composition.get(label, [])}
             for sl in tr.iter_slices(n, rows):
                 yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
-                                                cov)  # fmt: skip
+                                                cov, any_type=unseen)  # fmt: skip
 
     def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
-                      cov: tuple[int, ...] = ()) -> sp.csr_matrix:  # fmt: skip
+                      cov: tuple[int, ...] = (), any_type: bool = False) -> sp.csr_matrix:  # fmt: skip
         """``n`` cells of type ``code`` (covariate codes ``cov``) as CSR counts, noise from ``rng``."""
-        return sample_counts(self._module(), code, n, rng, latent, cov)
+        return sample_counts(self._module(), code, n, rng, latent, cov, any_type=any_type)
 
     # ------------------------------------------------------------------------------------------
     # files

@@ -226,6 +226,12 @@ class CVAEModule(nn.Module):
         lives in ``z`` (its prior and mixture are still per type), so a covariate's effect is
         a function of the cell's state shared by types of similar states, not an interaction
         learned per type: it carries over to a combination no training cell had (issue 18).
+    label_dropout
+        With ``decode_labels``: the share of training cells whose decoder input has a learned
+        "some type" vector (``any_type``) in place of their type's embedding, so that the
+        decoder also learns ``p(x | z, c, l)`` without the type; :meth:`generative` with
+        ``any_type=True`` decodes that way (the model class does so for combinations no
+        training cell had). 0 (the default): no such vector, the module as without it.
 
     Attributes
     ----------
@@ -256,6 +262,7 @@ class CVAEModule(nn.Module):
         n_covariate_levels: Sequence[int] = (),
         n_covariate_embed: int = 8,
         decode_labels: bool = True,
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not n_hidden:
@@ -285,6 +292,8 @@ class CVAEModule(nn.Module):
         self.n_covariate_levels = [int(n) for n in n_covariate_levels]
         n_cond = n_embed + n_covariate_embed * len(self.n_covariate_levels)  # type + covariates
         self.decode_labels = bool(decode_labels)
+        # the share of training cells decoded with ``any_type`` in place of their type
+        self.label_dropout = float(label_dropout) if decode_labels else 0.0
 
         self.embed = nn.Embedding(n_labels, n_embed)
         self.encoder = mlp(n_input + n_cond, n_hidden, dropout_rate)
@@ -329,6 +338,8 @@ class CVAEModule(nn.Module):
         # created last: a module without covariates starts from the same random weights as before
         self.covariate_embed = nn.ModuleList(
             nn.Embedding(n, n_covariate_embed) for n in self.n_covariate_levels)
+        # the decoder's "some type" input (label dropout): the type then comes from z alone
+        self.any_type = nn.Parameter(torch.zeros(n_embed)) if self.label_dropout > 0 else None
 
     def condition(self, y: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """The embedded type and covariates, ``(B, n_embed + n_covariate_embed * k)``, from type
@@ -382,7 +393,7 @@ class CVAEModule(nn.Module):
 
     def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
                    c: torch.Tensor | None = None, *, calibrated: bool = True,
-                   one_type: bool = False) -> Distribution:  # fmt: skip
+                   one_type: bool = False, any_type: bool = False) -> Distribution:  # fmt: skip
         """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
         For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``. With
@@ -391,9 +402,13 @@ class CVAEModule(nn.Module):
         without them. With ``one_type`` every row
         has type ``y[0]`` (generation and the sampler's fit decode a type at a time): the
         per-type tables are read as one row that broadcasts (``theta`` is ``(1, n_input)``)
-        instead of gathered to ``(B, n_input)``; the distribution is the same.
+        instead of gathered to ``(B, n_input)``; the distribution is the same. With
+        ``any_type`` (a module trained with ``label_dropout``) the decoder sees its "some type"
+        input instead of the type's embedding: the type comes from ``z``, and a covariate's
+        effect is what the decoder learned at that state over every type (a combination no
+        training cell had); the per-type tables (dispersion, gene scale) are still ``y``'s.
         """
-        h, out = self._decode(z, y, c)  # (B, n_hidden[0]), (B, n_input)
+        h, out = self._decode(z, y, c, any_type=any_type)  # (B, n_hidden[0]), (B, n_input)
         rows = y[:1] if one_type else y
         px_r = torch.exp(self.px_r.clamp(*_PX_R_RANGE))  # (n_input,) | (n_labels, n_input)
         if self.dispersion != "gene":
@@ -426,10 +441,17 @@ class CVAEModule(nn.Module):
             factor = factor * self.level_scale[idx[:, j]]
         return factor  # (B, n_input)
 
-    def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None, *,
+                any_type: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The decoder's last hidden layer and its output head (logits for the NB's)."""
         cond = self.condition(y, c)  # (B, n_embed + n_covariate_embed * k)
+        if self.any_type is not None and (any_type or self.training):
+            n = self.embed.embedding_dim
+            drop = (torch.ones(len(z), 1, dtype=torch.bool, device=z.device) if any_type else
+                    torch.rand(len(z), 1, device=z.device) < self.label_dropout)
+            cond = torch.cat([torch.where(drop, self.any_type, cond[:, :n]), cond[:, n:]], -1)
+        elif any_type:
+            raise ValueError("decoding with any_type needs a module trained with label_dropout")
         if not self.decode_labels:
             cond = cond[:, self.embed.embedding_dim:]  # the covariates only
         if not self._low_precision():
