@@ -30,14 +30,19 @@ def _design_atlas(seed: int = 0):
     return a
 
 
-@pytest.fixture(scope="module")
-def fitted():
+def _fit_held_out(**settings):
+    """A small CVAE on the design atlas without its HELD_OUT combination, and the atlas."""
     a = _design_atlas()
     held = ((a.obs["cell_type"] == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1])).to_numpy()
     model = CVAE(a[~held].copy(), label_key="cell_type", covariate_keys=["condition", "donor"])
     model.train(max_epochs=40, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
-                min_steps=0, device="cpu", seed=0)
+                min_steps=0, device="cpu", seed=0, **settings)
     return model, a
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return _fit_held_out()
 
 
 def _program_ratio(syn) -> float:
@@ -127,12 +132,7 @@ def _held_out_effect(model, a) -> dict:
 @pytest.fixture(scope="module")
 def fitted_unlabelled_decoder():
     """``decode_labels=False``: the decoder is p(x | z, c, l), the type lives in z."""
-    a = _design_atlas()
-    held = ((a.obs["cell_type"] == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1])).to_numpy()
-    model = CVAE(a[~held].copy(), label_key="cell_type", covariate_keys=["condition", "donor"])
-    model.train(max_epochs=40, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
-                min_steps=0, device="cpu", seed=0, decode_labels=False)
-    return model, a
+    return _fit_held_out(decode_labels=False)
 
 
 def test_a_decoder_without_the_type_transfers_a_shared_effect_to_an_unseen_combination(
@@ -157,12 +157,7 @@ def test_a_decoder_without_the_type_transfers_a_shared_effect_to_an_unseen_combi
 @pytest.fixture(scope="module")
 def fitted_label_dropout():
     """``label_dropout=0.2``: a fifth of the training cells decoded with "some type"."""
-    a = _design_atlas()
-    held = ((a.obs["cell_type"] == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1])).to_numpy()
-    model = CVAE(a[~held].copy(), label_key="cell_type", covariate_keys=["condition", "donor"])
-    model.train(max_epochs=40, batch_size=128, n_hidden=[64], n_latent=8, select="elbo",
-                min_steps=0, device="cpu", seed=0, label_dropout=0.2)
-    return model, a
+    return _fit_held_out(label_dropout=0.2)
 
 
 def test_label_dropout_decodes_an_unseen_combination_from_the_state(
