@@ -241,22 +241,18 @@ def fit_sampler(
     scale = levels = None
     if scaled:
         decoded: list[Combinations | None] = [None] * module.n_labels
-        draws = share_budget(np.array([scale_draws(int(n)) for n in n_used]), budget)
         scale = gene_scale_by_moments(
             module, sum_x, n_used, covariates, batch_size,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded,
-            draws=draws, progress=not quiet)
+            budget=budget, progress=not quiet)
         module.set_gene_scale(scale)
         levels = fit_level_scale(module, observed, decoded, scale)
     pi = None
     if inflated:
-        few = np.array([scale_draws(int(n), ZERO_FEW_DRAWS, ZERO_DRAWS, more=False) if n else 0
-                        for n in n_used])
         pi = zero_inflation_by_moments(
             module, zeros, n_used, covariates,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,))),
-            draws=share_budget(few, None if budget is None else
-                               budget * ZERO_DRAWS // SCALE_MIN_DRAWS), progress=not quiet)
+            budget=budget, progress=not quiet)
         module.set_zero_inflation(pi)
     (logger.debug if quiet else logger.info)(
         "CVAE: latent and library mixtures (up to %d components per type)%s%s%s%s in %.1f s",
@@ -322,7 +318,7 @@ def scale_draws(n: int, few: int = SCALE_FEW_DRAWS, most: int = SCALE_MIN_DRAWS,
 def gene_scale_by_moments(
     module: CVAEModule, train_sum: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], batch_size: int, rng: np.random.Generator,
-    combinations: list[Combinations | None] | None = None, draws: np.ndarray | None = None,
+    combinations: list[Combinations | None] | None = None, budget: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Per type and gene, the training cells' mean count over the mean decoded under the
@@ -358,8 +354,8 @@ def gene_scale_by_moments(
     combinations
         Filled, when given, with each type's decoded means per combination of covariate
         levels (types with covariates; :mod:`~cellsynth.models._levels`).
-    draws
-        ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``).
+    budget
+        Draws in all types together, at most (:func:`share_budget`; None: no bound).
     progress
         A progress bar over the types (a log line every 30 s where there is no terminal).
 
@@ -370,9 +366,9 @@ def gene_scale_by_moments(
     """
     device = next(module.parameters()).device
     decoded = np.zeros_like(train_sum)
+    draws = share_budget(np.array([scale_draws(int(n)) for n in n_cells]), budget)
     for t in _types(module.n_labels, "gene scale", progress):
-        cov = covariates[t]
-        n = scale_draws(int(n_cells[t])) if draws is None else int(draws[t])
+        cov, n = covariates[t], int(draws[t])
         total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
         for sl in tr.iter_slices(n, batch_size):
             px, c = _decode_mixture(module, t, sl.stop - sl.start, cov, rng, device)
@@ -391,7 +387,7 @@ def gene_scale_by_moments(
 def zero_inflation_by_moments(
     module: CVAEModule, zeros: np.ndarray, n_cells: np.ndarray,
     covariates: list[np.ndarray | None], rng: np.random.Generator,
-    draws: np.ndarray | None = None, progress: bool = False,
+    budget: int | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Per type and gene, the zero inflation ``pi`` that gives generated cells the training
     cells' share of zeros, their means kept.
@@ -425,9 +421,10 @@ def zero_inflation_by_moments(
         Per type, the covariate codes ``(n, k)`` of the training cells used, or None.
     rng
         All the draws.
-    draws
-        ``(n_labels,)`` cells each type draws (default :func:`scale_draws` of ``n_cells``
-        within ``[ZERO_FEW_DRAWS, ZERO_DRAWS]``).
+    budget
+        The sampler fit's budget (that of the gene scale's draws): these draws are at most
+        ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS`` in all types together (each is visited at every bisection step;
+        :func:`share_budget`; None: no bound).
     progress
         A progress bar over the types (a log line every 30 s where there is no terminal).
 
@@ -439,11 +436,14 @@ def zero_inflation_by_moments(
     device = next(module.parameters()).device
     out = torch.zeros(module.n_labels, module.n_input)
     a = ZERO_PRIOR_CELLS
+    draws = share_budget(
+        np.array([scale_draws(int(n), ZERO_FEW_DRAWS, ZERO_DRAWS, more=False) if n else 0
+                  for n in n_cells]),
+        None if budget is None else budget * ZERO_DRAWS // SCALE_MIN_DRAWS)
     for t in _types(module.n_labels, "zero inflation", progress):
-        n = int(n_cells[t])
+        n, b = int(n_cells[t]), int(draws[t])
         if n == 0:
             continue
-        b = scale_draws(n, ZERO_FEW_DRAWS, ZERO_DRAWS, more=False) if draws is None else int(draws[t])
         px, _ = _decode_mixture(module, t, b, covariates[t], rng, device)
         mu, theta = px.mu.float(), px.theta.float().reshape(1, -1).expand(1, module.n_input)
         p0 = torch.exp(-theta * torch.log1p(mu / theta)).mean(0)  # (n_genes,): pi = 0

@@ -143,8 +143,7 @@ class Design:
                 plan.append((label, codes, k))
         unseen = []
         for label, codes, _ in plan:
-            seen = {tuple(c) for c, _ in self.composition.get(label, [])}
-            if self.keys and codes not in seen:
+            if self.keys and not self.seen(label, codes):
                 combo = {label_key: label, **{k: self.levels[k][c] for k, c in
                                               zip(self.keys, codes, strict=True)}}
                 if combo not in unseen:
@@ -153,6 +152,10 @@ class Design:
             logger.info("generating %d combination(s) no training cell had: %s", len(unseen),
                         "; ".join(", ".join(f"{k}={v}" for k, v in u.items()) for u in unseen[:5]))
         return plan, unseen
+
+    def seen(self, label: str, codes: tuple[int, ...]) -> bool:
+        """Whether training cells of type ``label`` had the covariate level codes ``codes``."""
+        return any(tuple(c) == codes for c, _ in self.composition.get(label, []))
 
     def obs(self, plan: list[tuple[str, tuple[int, ...], int]], label_key: str) -> pd.DataFrame:
         """``obs`` of the cells a plan generates: the type and each covariate, categorical."""

@@ -509,7 +509,7 @@ class CVAE(DesignRequests):
         free = self._module().any_type is not None  # trained with label dropout
         for label, cov, n in plan:
             # a combination no training cell had: decoded with "some type" (label dropout)
-            unseen = free and cov not in {tuple(k) for k, _ in self.design.composition.get(label, [])}
+            unseen = free and not self.design.seen(label, cov)
             for sl in tr.iter_slices(n, rows):
                 yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
                                                 cov, any_type=unseen)  # fmt: skip
