@@ -49,8 +49,9 @@ SAMPLER_CELLS = 2_000  # training cells per type a check's sampler is fitted on,
 # final one takes up to 5,000: on a 533k-cell atlas that fit is about 4 minutes)...
 # ...and in all types together (the gene scale's draws too; fit_sampler's ``budget``): a check
 # compares at most CHECK_CELLS validation cells, far fewer than this resolves. With 126 types of
-# 2,000 cells at 22,312 genes a check's sampler took 165 s (simulated, 2 cores); at most
-# 5,000 x 126 cells, the final fit is not bounded. Below 25 types of 2,000 cells it never binds.
+# 2,000 cells at 22,312 genes a check's sampler took 162 s, 49 s with it (simulated, 2
+# cores). The final fit (up to 5,000 cells a type) is not bounded. Below 25 types of 2,000
+# cells it never binds.
 SAMPLER_BUDGET = 50_000
 CHECK_STEPS = 100  # optimiser steps between checks, about (``evaluate_every`` in epochs)...
 MAX_CHECKS = 20  # ...but at most this many in the epoch budget
