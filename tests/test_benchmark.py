@@ -65,3 +65,21 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     elsewhere = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
                                        command="test", reuse=True, kept=kept_dir)
     assert elsewhere.read_text() == text
+
+
+def test_privacy_target_reads_every_attack():
+    """The page's membership target takes the worst of every attack that ran (the re-draw
+    attack included), and says by how much it is missed; a control not flagged says how far
+    its attacks fall short of their thresholds."""
+    from cellsynth.evaluation.page import _privacy_targets
+
+    rows = {"cvae": {"privacy_distance_auc": 0.52, "privacy_density_auc": 0.53,
+                     "privacy_redraw_auc": 0.57},
+            "copy": {"privacy_flagged": "no"}}
+    details = {"models": {"copy": {"privacy": {"attacks": {
+        "distance": {"auc": 0.56, "threshold": 0.58}}}}}}
+    cvae, copy = _privacy_targets(rows, details)
+    assert "missed by 0.020" in cvae and "redraw 0.570" in cvae, cvae
+    assert "missed" in copy and "0.020 below its flag threshold 0.580" in copy, copy
+    rows["cvae"]["privacy_redraw_auc"] = None  # an audit without counts: two attacks
+    assert "met" in _privacy_targets(rows, None)[0]

@@ -179,6 +179,31 @@ def test_audit_counts_fits_its_space_on_other_training_cells():
     assert biased.attacks["distance"]["auc"] < 0.45 < fair.attacks["distance"]["auc"]
 
 
+def test_audit_counts_averages_halvings_of_the_training_cells():
+    """Each AUC is the mean over halvings (members / space) of the training cells, the first
+    halving the one audit of ``repeats=1``; the halvings differ, and a flag follows the mean
+    (copies: every halving finds them)."""
+    from cellsynth.metrics.privacy import audit_counts
+
+    genes = [f"g{i}" for i in range(N_GENES)]
+    train, held, synth = counts(240, 11), counts(200, 12), counts(200, 13)
+    one = audit_counts(train, held, synth, genes, seed=0, repeats=1)
+    three = audit_counts(train, held, synth, genes, seed=0, repeats=3)
+    assert three.settings["repeats"] == 3 and one.settings["repeats"] == 1
+    for name, a in three.attacks.items():
+        assert len(a["auc_repeats"]) == 3 and a["auc"] == pytest.approx(np.mean(a["auc_repeats"]))
+        assert a["auc_repeats"][0] == pytest.approx(one.attacks[name]["auc"])
+        assert len(set(a["auc_repeats"])) == 3 and a["auc_sd"] > 0  # other members each time
+        assert a["flagged"] == (a["auc"] > a["threshold"])
+    assert not three.flagged, three.reasons
+    copies = audit_counts(train, held, train, genes, seed=0, repeats=3)
+    assert copies.flagged and min(copies.attacks["distance"]["auc_repeats"]) > 0.9
+    assert copies.dcr["exact_duplicates"] == 240
+    with pytest.raises(DataError, match="repeats must be at least 1"):
+        audit_counts(train, held, synth, genes, seed=0, repeats=0)
+    json.dumps(three.to_dict(), allow_nan=False)
+
+
 # --- the re-draw attack: a simulation where memorisation is known -----------------------------
 SIM_GENES, SIM_TYPES = 200, 4
 SIM_BASE = np.random.default_rng(50).normal(-1.0, 1.2, (SIM_TYPES, SIM_GENES))  # type profiles

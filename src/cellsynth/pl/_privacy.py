@@ -37,6 +37,15 @@ def _audit(result: Any) -> Mapping[str, Any]:
     return priv
 
 
+def _spreads(priv: Mapping[str, Any], n_rows: int) -> list[float]:
+    """Per bar of :func:`_rows`, the attack AUC's standard deviation over the audit's halvings
+    of the training cells (``auc_sd``; 0 for the other bars and for a single audit)."""
+    sds = [float(a.get("auc_sd") or 0.0)
+           for block in (priv.get("attacks"), priv.get("donor_attacks"))
+           for a in (block or {}).values()]  # fmt: skip
+    return sds + [0.0] * (n_rows - len(sds))
+
+
 def _rows(priv: Mapping[str, Any]) -> list[tuple[str, float, float | None, float | None, bool]]:
     """``(label, value, expected without a leak, flagged above, flagged)`` per bar."""
     rows = []
@@ -76,7 +85,9 @@ def privacy(
 
     - each attack's ROC AUC (cell level, and donor level when audited): an attacker holding
       the generated cells tells training cells from held-out ones; 0.5 is chance, flagged
-      above its threshold (chance at this many cells, at least 0.55);
+      above its threshold (chance at this many cells, at least 0.55); an audit averaged over
+      halvings of the training cells (:func:`~cellsynth.metrics.privacy.audit_counts`) shows
+      their standard deviation as an error bar;
     - the share of generated cells closer to a training cell than 95% of held-out cells are
       (0.05 without a leak);
     - the share of generated cells that are exact copies of training cells (flagged above
@@ -107,6 +118,13 @@ def privacy(
     values = np.array([r[1] for r in rows])
     colors = [FLAG_COLOR if r[4] else NEUTRAL for r in rows]
     ax.barh(y, values, height=0.6, color=colors)
+    # an attack's spread over the audit's halvings of the training cells (audit_counts)
+    spread = [(yi, v, sd) for yi, v, sd in zip(y, values, _spreads(priv, len(rows)), strict=True)
+              if sd]  # fmt: skip
+    if spread:
+        ax.errorbar([v for _, v, _ in spread], [yi for yi, _, _ in spread],
+                    xerr=[sd for _, _, sd in spread], fmt="none", ecolor="dimgrey", capsize=2,
+                    linewidth=1)
     for yi, (_, value, expected, threshold, _) in zip(y, rows, strict=True):
         if expected is not None:
             ax.plot([expected, expected], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)

@@ -138,12 +138,11 @@ def _privacy(priv: Any) -> str:
                "Not flagged: no attack tells the training cells from held-out real cells "
                "better than chance allows (no proof of privacy, only that these attacks fail).")
     verdict += "".join(f" Caution: {c}." for c in priv.get("caveats") or [])
-    attacks = priv.get("attacks") or {}
-    rows = [(f"{name} attack (cell level)", a.get("auc"), a.get("threshold"), a.get("n_members"))
-            for name, a in attacks.items()]
-    for name, a in (priv.get("donor_attacks") or {}).items():
-        rows.append((f"{name} attack (donor level)", a.get("auc"), a.get("threshold"),
-                     a.get("n_members")))
+    rows = [(f"{name} attack ({level} level)", a.get("auc"), a.get("auc_sd"), a.get("threshold"),
+             a.get("n_members"))
+            for level, block in (("cell", priv.get("attacks")), ("donor", priv.get("donor_attacks")))
+            for name, a in (block or {}).items()]  # fmt: skip
+    repeats = (priv.get("settings") or {}).get("repeats", 1)
     dcr = priv.get("dcr") or {}
     dist = [("median distance to the closest training cell, generated", dcr.get("median_synthetic")),
             ("the same, held-out real cells", dcr.get("median_heldout")),
@@ -153,8 +152,11 @@ def _privacy(priv: Any) -> str:
     return (head + (_note(verdict) if priv.get("flagged") else f"<p>{_e(verdict)}</p>")
             + "<p>An attacker holding the generated cells tries to tell the cells the generator "
             "was trained on from real cells it never saw (the test split): ROC AUC, 0.5 = no "
-            "leak; flagged above the threshold (chance at this many cells, or 0.55).</p>"
-            + _table(["attack", "AUC", "flagged above", "members"], rows)
+            "leak; flagged above the threshold (chance at this many cells, or 0.55)"
+            + (f"; each AUC the mean over {repeats} random halvings of the training cells into "
+               "members and the cells the audit's space is fitted on, ± their standard "
+               "deviation" if repeats > 1 else "") + ".</p>"
+            + _table(["attack", "AUC", "± s.d. over halvings", "flagged above", "members"], rows)
             + _table(["distance to the closest training cell", "value"], dist))
 
 
