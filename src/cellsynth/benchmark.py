@@ -67,7 +67,7 @@ GENE_PRIVACY_COLUMNS = [
     ("verdict", "verdict", "{}"),
 ]
 #: bumped when the metrics a kept result holds change, so that --reuse reruns it
-METRICS_VERSION = 4  # 4: gene-level AUCs averaged over halvings
+METRICS_VERSION = 5  # 4: gene-level AUCs averaged over halvings; 5: privacy audit too
 
 
 def flat_report(report: dict[str, Any]) -> dict[str, float]:
