@@ -298,6 +298,12 @@ def test_heldout_cells_give_a_privacy_block_that_flags_copies(atlas, caplog):
     assert any("exact copies of training cells" in r for r in priv["reasons"])
     assert "1 training and 1 held-out donor" in priv["donor_skipped"]
     assert "donor-level audit skipped" in caplog.text
+    # the audit's repeats (other candidates and reference folds), averaged
+    from cellsynth.metrics.privacy import AUDIT_REPEATS
+    assert priv["settings"]["repeats"] == AUDIT_REPEATS
+    for a in priv["attacks"].values():
+        assert len(a["auc_repeats"]) == AUDIT_REPEATS
+        assert a["auc"] == pytest.approx(np.mean(a["auc_repeats"]))
     assert result["memorisation"]["flagged"] and result.verdict["warning"]
     assert result["n_cells"]["heldout"]["total"] == 800
     text = result.summary

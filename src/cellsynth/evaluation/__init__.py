@@ -241,7 +241,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         "privacy": None,
     }
     if h is not None:
-        from ..metrics.privacy import privacy_audit
+        from ..metrics.privacy import AUDIT_REPEATS, average_audits, privacy_audit
         from ..metrics.privacy_redraw import fit_redraw_space
 
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
@@ -251,11 +251,15 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         # the re-draw attack's weights and reference: the cells the space was fitted on
         redraw = _skipped("the re-draw attack", lambda: fit_redraw_space(
             space, fc, fl, seed=derive_seed(seed, "privacy-redraw")))
-        out["privacy"] = privacy_audit(
-            space.embed(rc), space.embed(heldout_counts), space.embed(sc),
-            seed=derive_seed(seed, "privacy"), train_donors=donors, heldout_donors=h.donors,
-            train_counts=rc, heldout_counts=heldout_counts, synthetic_counts=sc,
-            redraw=None if isinstance(redraw, dict) else redraw).to_dict()
+        # the space is given, so the repeats vary the attacks' candidates and the density
+        # attack's reference folds (audit_counts also varies the members and the space)
+        embedded = (space.embed(rc), space.embed(heldout_counts), space.embed(sc))
+        out["privacy"] = average_audits([privacy_audit(
+            *embedded, seed=derive_seed(seed, "privacy" if r == 0 else f"privacy-{r}"),
+            train_donors=donors, heldout_donors=h.donors, train_counts=rc,
+            heldout_counts=heldout_counts, synthetic_counts=sc, log=False,
+            redraw=None if isinstance(redraw, dict) else redraw)
+            for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip
         out["privacy"]["donor_key"] = donor_key
         if out["privacy"]["donor_skipped"] and donor_key is not None:
             logger.warning("privacy: donor-level audit skipped: %s",

@@ -600,11 +600,12 @@ def audit_counts(
             synthetic_counts=sc, max_n=max_n, redraw=rs, copy_refs=tr[fit], log=False)
         result.settings.update(space_cells=len(fit), member_pool=len(members))
         results.append(result)
-    return _average(results)
+    return average_audits(results)
 
 
-def _average(results: list[PrivacyResult]) -> PrivacyResult:
-    """One :class:`PrivacyResult` from audits of several halvings (:func:`audit_counts`): mean
+def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
+    """One :class:`PrivacyResult` from audits of one generator repeated with other seeds (the
+    halvings of :func:`audit_counts`, or other attack candidates and reference folds): mean
     AUCs (each attack's per halving in ``auc_repeats``, ``auc_sd``) and mean distance shares,
     flags from the means; the first halving's population check and settings, with
     ``repeats``. Logs its flags and caveats."""
