@@ -47,7 +47,7 @@ def main() -> int:
     labels = pre.obs[cfg.dataset.label_key].astype(str).to_numpy()
     counts, genes = _counts(pre), list(map(str, pre.var_names))
     train, test = counts[split == "train"], counts[split == "test"]
-    print("| generator | " + " | ".join(f"{a} AUC (threshold)" for a in
+    print("| generator | " + " | ".join(f"{a} AUC ± s.d. over halvings (threshold)" for a in
                                          ("distance", "density", "redraw")) + " | flagged |")
     print("|---|---:|---:|---:|---|")
     for name in args.names:
@@ -55,7 +55,7 @@ def main() -> int:
         res = audit_counts(train, test, sp.csr_matrix(syn.X), genes,
                            seed=derive_seed(cfg.seed, "privacy"),
                            train_labels=labels[split == "train"])  # fmt: skip
-        cells = [f"{a['auc']:.3f} ({a['threshold']:.3f})" if a else "–" for a in
+        cells = [f"{a['auc']:.3f} ± {a['auc_sd']:.3f} ({a['threshold']:.3f})" if a else "–" for a in
                  (res.attacks.get(k) for k in ("distance", "density", "redraw"))]
         print(f"| {name} ({syn.n_obs} cells) | " + " | ".join(cells)
               + f" | {'yes' if res.flagged else 'no'} |", flush=True)
