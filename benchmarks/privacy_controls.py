@@ -34,7 +34,7 @@ def main() -> int:
     from cellsynth import config
     from cellsynth import keys as K
     from cellsynth.benchmark import _counts, prepare
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
     from cellsynth.seeds import derive_seed
 
     sets = [f"dataset.path='{args.data}'"] if args.data else []

@@ -15,7 +15,7 @@ from cellsynth import keys as K
 from cellsynth.config import RunConfig, ScviConfig
 from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import ModelFileError
-from cellsynth.metrics.privacy import audit_counts
+from cellsynth.metrics.privacy_counts import audit_counts
 from cellsynth.models.base import Generator
 from cellsynth.models.controls import CopyGenerator, draw_rows
 from cellsynth.models.registry import get_generator, load_generator, make_generator

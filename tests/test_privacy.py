@@ -157,7 +157,7 @@ def test_audit_counts_fits_its_space_on_other_training_cells():
     members: a generator independent of its training cells is not flagged, one that returns
     them is. A space fitted on the members themselves spreads them apart from everything
     (a PCA's own cells), which an attack reads as a leak of the wrong sign."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
     from cellsynth.metrics.space import fit_space
 
     genes = [f"g{i}" for i in range(N_GENES)]
@@ -183,7 +183,7 @@ def test_audit_counts_averages_halvings_of_the_training_cells():
     """Each AUC is the mean over halvings (members / space) of the training cells, the first
     halving the one audit of ``repeats=1``; the halvings differ, and a flag follows the mean
     (copies: every halving finds them)."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
 
     genes = [f"g{i}" for i in range(N_GENES)]
     train, held, synth = counts(240, 11), counts(200, 12), counts(200, 13)
@@ -242,7 +242,7 @@ def sim_sets(n_train: int, n_heldout: int, seed: int) -> dict:
 def test_redraw_attack_flags_a_posterior_predictive_memoriser() -> None:
     """Re-draws of every training cell: the plain distance and density attacks hardly see them
     (count noise swamps the distance), the re-draw attack does."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
 
     s = sim_sets(600, 300, seed=100)
     genes = [f"g{i}" for i in range(SIM_GENES)]
@@ -266,7 +266,7 @@ def test_redraw_attack_leaves_an_independent_generator_unflagged(
     """False alarms: a generator of cells independent of the training cells (their type means
     and depths only) is not flagged at several sizes, and the re-draw AUC stays within the
     null's noise of 0.5 (the threshold's standard error is honest)."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
 
     s = sim_sets(n_train, n_heldout, seed=10 * seed)
     genes = [f"g{i}" for i in range(SIM_GENES)]
@@ -280,7 +280,7 @@ def test_redraw_attack_leaves_an_independent_generator_unflagged(
 def test_redraw_attack_at_donor_level_and_without_counts() -> None:
     """The re-draw attack joins the donor level when donors are given, and is skipped (the
     other attacks run) without the counts it needs."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
     from cellsynth.metrics.privacy_redraw import fit_redraw_space
     from cellsynth.metrics.space import fit_space
 
@@ -302,7 +302,7 @@ def test_redraw_attack_at_donor_level_and_without_counts() -> None:
 def test_held_out_cells_of_another_population_are_a_caveat_not_a_silent_leak():
     """Held-out cells that differ from the training cells (another sample: a gene programme
     up) make an independent generator look leaky; the audit says the populations differ."""
-    from cellsynth.metrics.privacy import audit_counts
+    from cellsynth.metrics.privacy_counts import audit_counts
 
     genes = [f"g{i}" for i in range(N_GENES)]
     held = counts(200, 12).toarray()

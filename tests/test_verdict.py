@@ -299,7 +299,7 @@ def test_heldout_cells_give_a_privacy_block_that_flags_copies(atlas, caplog):
     assert "1 training and 1 held-out donor" in priv["donor_skipped"]
     assert "donor-level audit skipped" in caplog.text
     # the audit's repeats (other candidates and reference folds), averaged
-    from cellsynth.metrics.privacy import AUDIT_REPEATS
+    from cellsynth.metrics.privacy_counts import AUDIT_REPEATS
     assert priv["settings"]["repeats"] == AUDIT_REPEATS
     for a in priv["attacks"].values():
         assert len(a["auc_repeats"]) == AUDIT_REPEATS

@@ -252,7 +252,7 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
     run)."""
     from .errors import DataError
     from .metrics.genes import gene_fidelity
-    from .metrics.privacy import audit_counts
+    from .metrics.privacy_counts import audit_counts
 
     (xt, yt), (xs, ys) = parts["test"], (sp.csr_matrix(syn.X), syn.obs[label_key].astype(str))
     gseed = derive_seed(seed, "genes")  # one seed: every generator meets the same real halves

@@ -241,12 +241,13 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         "privacy": None,
     }
     if h is not None:
-        from ..metrics.privacy import AUDIT_REPEATS, average_audits, privacy_audit
+        from ..metrics.privacy import privacy_audit
+        from ..metrics.privacy_counts import AUDIT_REPEATS, average_audits
         from ..metrics.privacy_redraw import fit_redraw_space
 
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
         # fitted on, so they would sit farther from everything than unseen cells; as
-        # metrics.privacy.audit_counts splits them); copies of any real cell: memorisation
+        # metrics.privacy_counts.audit_counts splits them); copies of any real cell: memorisation
         donors = None if r.donors is None else r.donors[evaluated]
         # the re-draw attack's weights and reference: the cells the space was fitted on
         redraw = _skipped("the re-draw attack", lambda: fit_redraw_space(

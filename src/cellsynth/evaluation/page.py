@@ -11,7 +11,7 @@ from typing import Any
 
 from ..benchmark import GENE_PRIVACY_COLUMNS, table
 from ..holdout import holdout_section
-from ..metrics.privacy import AUDIT_REPEATS
+from ..metrics.privacy_counts import AUDIT_REPEATS
 
 #: the privacy audit's positive controls: generators that must be flagged
 CONTROLS = ("copy", "scvi-pp")

@@ -141,7 +141,7 @@ class RedrawSpace:
 def fit_redraw_space(space: EvalSpace, reference_counts: Any, reference_labels: Any = None, *,
                      seed: int, ref_k: int = REF_K) -> RedrawSpace:  # fmt: skip
     """The re-draw attack's weights and reference, from real cells that are not candidates
-    (in :func:`~cellsynth.metrics.privacy.audit_counts`: the training cells the space was
+    (in :func:`~cellsynth.metrics.privacy_counts.audit_counts`: the training cells the space was
     fitted on)."""
     x = as_csr(reference_counts, len(space.genes))
     labels = (np.zeros(x.shape[0], dtype=str) if reference_labels is None

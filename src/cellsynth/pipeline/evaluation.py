@@ -149,7 +149,7 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     space fitted on other training cells; ``{"skipped": why}`` when the cells are too few),
     each logged as a WARNING when flagged."""
     from ..metrics.fidelity import memorisation
-    from ..metrics.privacy import audit_counts
+    from ..metrics.privacy_counts import audit_counts
 
     memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c, c2st=c2st,
                         seed=ctx.seed("memorisation"))  # fmt: skip

@@ -86,7 +86,7 @@ def privacy(
     - each attack's ROC AUC (cell level, and donor level when audited): an attacker holding
       the generated cells tells training cells from held-out ones; 0.5 is chance, flagged
       above its threshold (chance at this many cells, at least 0.55); an audit averaged over
-      halvings of the training cells (:func:`~cellsynth.metrics.privacy.audit_counts`) shows
+      halvings of the training cells (:func:`~cellsynth.metrics.privacy_counts.audit_counts`) shows
       their standard deviation as an error bar;
     - the share of generated cells closer to a training cell than 95% of held-out cells are
       (0.05 without a leak);
