@@ -520,3 +520,13 @@ def _population(train: Any, heldout: Any, seed: int, max_n: int, *,
         if log:
             logger.warning("privacy: %s", caveats[0])
     return {"auc": auc, "threshold": threshold, "shifted": shifted}, caveats
+
+
+def __getattr__(name: str) -> Any:
+    """``audit_counts``, ``average_audits`` and ``AUDIT_REPEATS`` live in
+    :mod:`~cellsynth.metrics.privacy_counts`; imported from here as before, on first use."""
+    if name in ("audit_counts", "average_audits", "AUDIT_REPEATS"):
+        from . import privacy_counts
+
+        return getattr(privacy_counts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
