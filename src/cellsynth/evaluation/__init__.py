@@ -258,7 +258,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         out["privacy"] = average_audits([privacy_audit(
             *embedded, seed=derive_seed(seed, "privacy" if r == 0 else f"privacy-{r}"),
             train_donors=donors, heldout_donors=h.donors, train_counts=rc,
-            heldout_counts=heldout_counts, synthetic_counts=sc, log=False,
+            heldout_counts=heldout_counts, synthetic_counts=sc, log=False, population=r == 0,
             redraw=None if isinstance(redraw, dict) else redraw)
             for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip
         out["privacy"]["donor_key"] = donor_key

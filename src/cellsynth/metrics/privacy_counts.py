@@ -99,7 +99,8 @@ def audit_counts(
             space.embed(tr[members]), space.embed(hc), space.embed(sc), seed=rseed,
             train_donors=None if all_donors is None else all_donors[members],
             heldout_donors=heldout_donors, train_counts=tr[members], heldout_counts=hc,
-            synthetic_counts=sc, max_n=max_n, redraw=rs, copy_refs=tr[fit], log=False)
+            synthetic_counts=sc, max_n=max_n, redraw=rs, copy_refs=tr[fit], log=False,
+            population=r == 0)  # average_audits keeps the first repeat's population test
         result.settings.update(space_cells=len(fit), member_pool=len(members))
         results.append(result)
     return average_audits(results)
