@@ -37,34 +37,29 @@ def _audit(result: Any) -> Mapping[str, Any]:
     return priv
 
 
-def _spreads(priv: Mapping[str, Any], n_rows: int) -> list[float]:
-    """Per bar of :func:`_rows`, the attack AUC's standard deviation over the audit's halvings
-    of the training cells (``auc_sd``; 0 for the other bars and for a single audit)."""
-    sds = [float(a.get("auc_sd") or 0.0)
-           for block in (priv.get("attacks"), priv.get("donor_attacks"))
-           for a in (block or {}).values()]  # fmt: skip
-    return sds + [0.0] * (n_rows - len(sds))
-
-
-def _rows(priv: Mapping[str, Any]) -> list[tuple[str, float, float | None, float | None, bool]]:
-    """``(label, value, expected without a leak, flagged above, flagged)`` per bar."""
+def _rows(priv: Mapping[str, Any]
+          ) -> list[tuple[str, float, float | None, float | None, bool, float]]:  # fmt: skip
+    """``(label, value, expected without a leak, flagged above, flagged, spread)`` per bar; the
+    spread is an attack AUC's standard deviation over the audit's halvings of the training
+    cells (``auc_sd``; 0 for the other bars and for a single audit)."""
     rows = []
     for level, block in (("cells", priv.get("attacks")), ("donors", priv.get("donor_attacks"))):
         for name, a in (block or {}).items():
             rows.append((f"{name} attack AUC ({level})", float(a["auc"]), 0.5,
-                         float(a["threshold"]), bool(a.get("flagged"))))
+                         float(a["threshold"]), bool(a.get("flagged")),
+                         float(a.get("auc_sd") or 0.0)))
     dcr = priv.get("dcr") or {}
     exact_share = (priv.get("settings") or {}).get("exact_share", 0.01)
     if dcr.get("share_below_quantile") is not None:
         q = dcr.get("quantile", 0.05)
         rows.append((f"generated closer than {1 - q:.0%} of held-out",
-                     float(dcr["share_below_quantile"]), float(q), None, False))
+                     float(dcr["share_below_quantile"]), float(q), None, False, 0.0))
     if dcr.get("exact_share") is not None:
         rows.append(("exact copies of training cells (share)", float(dcr["exact_share"]), 0.0,
-                     float(exact_share), float(dcr["exact_share"]) > exact_share))
+                     float(exact_share), float(dcr["exact_share"]) > exact_share, 0.0))
     if dcr.get("median_ratio") is not None:
         rows.append(("median distance to closest training cell,\ngenerated / held-out",
-                     float(dcr["median_ratio"]), 1.0, None, False))
+                     float(dcr["median_ratio"]), 1.0, None, False, 0.0))
     return rows
 
 
@@ -118,14 +113,12 @@ def privacy(
     values = np.array([r[1] for r in rows])
     colors = [FLAG_COLOR if r[4] else NEUTRAL for r in rows]
     ax.barh(y, values, height=0.6, color=colors)
-    # an attack's spread over the audit's halvings of the training cells (audit_counts)
-    spread = [(yi, v, sd) for yi, v, sd in zip(y, values, _spreads(priv, len(rows)), strict=True)
-              if sd]  # fmt: skip
+    spread = [(yi, r[1], r[5]) for yi, r in zip(y, rows, strict=True) if r[5]]  # attacks' s.d.
     if spread:
         ax.errorbar([v for _, v, _ in spread], [yi for yi, _, _ in spread],
                     xerr=[sd for _, _, sd in spread], fmt="none", ecolor="dimgrey", capsize=2,
                     linewidth=1)
-    for yi, (_, value, expected, threshold, _) in zip(y, rows, strict=True):
+    for yi, (_, value, expected, threshold, _, _) in zip(y, rows, strict=True):
         if expected is not None:
             ax.plot([expected, expected], [yi - 0.4, yi + 0.4], color="black", linewidth=1.5)
         if threshold is not None:
