@@ -469,7 +469,8 @@ def privacy_audit(
                 "overlap_share": OVERLAP_SHARE, "exact_tol": EXACT_TOL}
     if "redraw" in attacks:
         settings["redraw"] = redraw.summary()
-    tested, caveats = _population(train, heldout, seed, max_n, log=log) if population else (None, [])
+    tested, caveats = (_population(train, heldout, seed, max_n, log=log) if population
+                       else (None, []))  # fmt: skip
     return PrivacyResult(dcr, attacks, donor_attacks, att["donor_skipped"],
                          att["reference_split"], bool(reasons), reasons, settings, tested,
                          caveats)

@@ -423,8 +423,8 @@ def zero_inflation_by_moments(
         All the draws.
     budget
         The sampler fit's budget (that of the gene scale's draws): these draws are at most
-        ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS`` in all types together (each is visited at every bisection step;
-        :func:`share_budget`; None: no bound).
+        ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS`` in all types together (each is visited at
+        every bisection step; :func:`share_budget`; None: no bound).
     progress
         A progress bar over the types (a log line every 30 s where there is no terminal).
 
