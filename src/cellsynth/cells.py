@@ -270,6 +270,11 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         if len(empty):  # no library size: nothing to learn, and an empty cell to generate
             logger.warning("leaving out %d cells without a single count", len(empty))
             obs.iloc[empty, obs.columns.get_loc(K.SPLIT)] = "none"
+            if not (obs[K.SPLIT] == "train").any():
+                rest = ", and the rest went to validation" if len(empty) < len(fitted) else ""
+                raise DataError(f"no cell to learn from: {len(empty)} of the {len(fitted)} "
+                                f"labelled cells have no count at all{rest}; give cells with "
+                                "counts")
         _warn_small_types(obs, label_key)
     except BaseException:
         if close is not None:

@@ -172,7 +172,8 @@ def _parse_types(text: str) -> dict[str, int]:
             out[name.strip()] = int(n)
         except ValueError:
             raise CellsynthError(f"--types: the count for {name.strip()!r} must be an integer, "
-                                 f"got {n!r}") from None
+                                 f"got {n!r} (a type whose name holds ',' or '=' goes in a "
+                                 "--request file)") from None
     return out
 
 

@@ -52,6 +52,9 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
 def check_file(path: str | Path) -> Path:
     """The path of an existing HDF5 file; :class:`DataError` otherwise."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give the path of an .h5ad file in it "
+                        "(dataset.path)")
     if not path.is_file():
         raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
     if not h5py.is_hdf5(path):
@@ -133,6 +136,13 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
                 f"label column '{label_key}' looks continuous ({n_distinct} distinct numeric "
                 f"values in {len(values)} cells), not cell types; give the column of type "
                 "names (dataset.label_key / --label-key)")
+        # names, but one or two cells each: an identifier (barcode, sample), not cell types;
+        # a fit would learn a model per label (1,556 of them took minutes for nothing)
+        raise DataError(
+            f"label column '{label_key}' has {n_distinct} distinct values in {len(values)} "
+            f"cells ({len(values) / n_distinct:.1f} cells a value): it looks like a cell or "
+            "sample identifier, not cell types; give the column of type names "
+            "(dataset.label_key / --label-key)")
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:

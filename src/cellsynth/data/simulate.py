@@ -36,7 +36,7 @@ from anndata.io import write_elem
 from ..errors import ConfigError
 from ..keys import MITO, N_GENES
 from ..options import progress_bar
-from ..runtime import check_file_out, generated_h5ad
+from ..runtime import available_memory, check_file_out, generated_h5ad
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
@@ -337,6 +337,11 @@ def _chunks(model: _Model, plan: _Plan, effects: _Effects | None, seed: int,
             yield buf[:chunk_size] if parts else buf
 
 
+#: bytes a cell's plan and annotations hold while an atlas is simulated (types, kinds, library
+#: sizes, QC columns, obs), an upper bound for the memory check
+PLAN_BYTES_PER_CELL = 256
+
+
 def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
@@ -356,6 +361,12 @@ def _setup(
         raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
                           f"{doublet_rate}, uninformative_rate {uninformative_rate}, "
                           f"library_size {library_size}")  # fmt: skip
+    need = n_cells * PLAN_BYTES_PER_CELL
+    free = available_memory()
+    if free is not None and need > free:
+        raise ConfigError(f"{n_cells:,} cells need about {need / 2**30:,.1f} GiB of memory for "
+                          f"their annotations alone (counts are written in chunks), and "
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer cells (--cells)")
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)

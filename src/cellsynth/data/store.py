@@ -304,6 +304,17 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
                 write_elem(f, key, {})
 
 
+def _write_advice(exc: OSError) -> str:
+    """What to do when writing failed: the cause's remedy, not free disk space for all."""
+    import errno
+
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable for you: choose another output"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free disk space or choose another output"
+    return "choose another output"
+
+
 @contextmanager
 def _replaced(path: Path) -> Iterator[Path]:
     """``PATH.part`` to write into; renamed to ``path`` when the block ends, removed when it
@@ -316,9 +327,11 @@ def _replaced(path: Path) -> Iterator[Path]:
         yield part
         part.replace(path)
     except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path} ({exc}); free disk space or choose another "
-                        "output") from None
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:  # an unwritable folder may not let it go either
+            pass
+        raise DataError(f"cannot write {path} ({exc}); {_write_advice(exc)}") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise

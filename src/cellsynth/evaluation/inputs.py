@@ -46,7 +46,10 @@ class _Sample:
 
 def _counts_where(data: Any, what: str, source: str) -> Expression:
     """Where ``data`` (an AnnData or an :class:`H5adFile`) holds raw counts; else a DataError."""
-    expr = find_counts(data)
+    try:
+        expr = find_counts(data)
+    except DataError as exc:  # which of the inputs it was: "X holds NaN" alone does not say
+        raise DataError(f"{what} ({source}): {exc}") from None
     if expr.counts is None:
         raise DataError(
             f"{what} ({source}) holds normalised values in X and no raw counts in "
@@ -275,8 +278,10 @@ def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None
     what = (f"synthetic cell types with no real type of that name in obs['{label_key}']: "
             f"{', '.join(hints)}{' ...' if len(unknown) > 8 else ''}")
     if len(unknown) == len(syn_types):
-        raise DataError(f"none of the {what}; give the same --label-key and type names on both "
-                        f"sides (real types: {sorted(real_types)[:8]})")
+        raise DataError(f"no synthetic cell type is a real one: every one of them has no real "
+                        f"type of that name in obs['{label_key}'] ({', '.join(hints)}"
+                        f"{' ...' if len(unknown) > 8 else ''}); give the same --label-key and "
+                        f"type names on both sides (real types: {sorted(real_types)[:8]})")
     logger.warning("%d of the %s (%.0f%% of the synthetic cells): not scored", len(unknown),
                    what, 100 * share)
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..data.io import missing_as_text
 from ..errors import DataError
-from ._training import known_label
+from ._training import check_count, known_label
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ class Design:
             return request, []
         if isinstance(request, Mapping) and not isinstance(request, dict):
             request = dict(request)
+        if where is not None and not isinstance(where, Mapping):
+            raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
+                            f"got {type(where).__name__} {str(where)[:60]!r}")
         if not isinstance(request, dict | pd.DataFrame):
             shown = repr(request)
             raise DataError(
@@ -136,8 +139,7 @@ class Design:
         plan: list[tuple[str, tuple[int, ...], int]] = []
         for label, given, n in rows:
             label = known_label(label, labels)
-            if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-                raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+            check_count(label, n)
             fixed = self._fixed(given)
             for codes, k in self._spread(label, fixed, int(n)):
                 plan.append((label, codes, k))

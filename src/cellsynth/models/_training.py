@@ -273,6 +273,21 @@ def known_label(label: Any, labels: list[str]) -> str:
     raise DataError(f"unknown cell type {label!r}{hint}; known types: {labels}")
 
 
+#: the most cells one request may ask of a type: beyond it the counts overflow int64 arithmetic
+#: long before anything is drawn (and no disk holds them)
+MAX_REQUEST = 10**12
+
+
+def check_count(label: Any, n: Any) -> None:
+    """:class:`DataError` unless ``n`` cells of ``label`` is a count one can ask for: an integer
+    from 1 to :data:`MAX_REQUEST`."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+    if n > MAX_REQUEST:
+        raise DataError(f"the count for {label!r} is {n:,} cells, more than one request can "
+                        f"hold ({MAX_REQUEST:,}); ask for fewer cells")
+
+
 def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str, int]:
     """The request with each type as the model names it (:func:`known_label`); a
     :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
@@ -281,8 +296,7 @@ def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str
     out: dict[str, int] = {}
     for label, n in counts_per_type.items():
         name = known_label(label, labels)
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-            raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+        check_count(label, n)
         if name in out:
             raise DataError(f"cell type {name!r} is requested twice; give it once with the "
                             "total you want")

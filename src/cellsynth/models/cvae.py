@@ -111,6 +111,7 @@ class CVAE(DesignRequests):
         ``obs`` columns to condition on besides the type (donor, condition, batch...; default
         ``config.covariates``). Each is categorical with an embedding of its own, so any
         combination of levels seen in training can be generated, also one no training cell had.
+        One column may be given as a string.
 
     Examples
     --------
@@ -130,6 +131,8 @@ class CVAE(DesignRequests):
     ) -> None:
         config = config if config is not None else CVAEConfig()
         if covariate_keys is not None:
+            if isinstance(covariate_keys, str):  # one column, as scanpy takes a key
+                covariate_keys = [covariate_keys]
             config = dataclasses.replace(config, covariates=list(covariate_keys))
         self.config = config.validate()
         self.design = Design()

@@ -83,13 +83,22 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     return header, rows
 
 
-def like_request(path: str | Path, label_key: str, keys: list[str]) -> pd.DataFrame:
+def like_request(path: str | Path, label_key: str, keys: list[str],
+                 genes: list[str] | None = None) -> pd.DataFrame:  # fmt: skip
     """As many cells of every (type x covariate levels) combination as the h5ad ``path`` has,
-    read from its ``obs`` alone."""
+    read from its ``obs`` alone. With the model's ``genes``, a warning when ``path`` shares
+    few of them: the twin has the model's genes, and comparing it with ``path`` needs both."""
     from ..data.store import H5adFile
 
     with H5adFile(path) as h5:
         obs = h5.obs
+        theirs = set(map(str, h5.var_names))
+    if genes:
+        shared = sum(g in theirs for g in genes)
+        if shared < 0.5 * len(genes):
+            logger.warning("%s shares %d of the model's %d genes: the generated twin has the "
+                           "model's genes, so it cannot be compared with %s gene for gene",
+                           path, shared, len(genes), path)
     cols = [label_key, *keys]
     missing = [c for c in cols if c not in obs.columns]
     if missing:
@@ -167,7 +176,8 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
                         "--request need a cvae, nb or scvi fitted with --covariates")
     label_key = getattr(gen, "label_key", "cell_type")
     if like is not None:
-        ask: Any = like_request(like, label_key, list(design.keys) if design else [])
+        ask: Any = like_request(like, label_key, list(design.keys) if design else [],
+                                getattr(gen, "genes", None))
         if not design:
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
         unknown = sorted(set(ask[label_key] if design else ask) - set(gen.labels))
@@ -177,6 +187,8 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     elif request is not None:
         ask = read_request(request, label_key)
     else:
+        if n_per_type is not None and (isinstance(n_per_type, bool) or n_per_type < 1):
+            raise DataError(f"--n-per-type must be at least 1, got {n_per_type!r}")
         ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
     kwargs: dict[str, Any] = {}
     if design is not None:

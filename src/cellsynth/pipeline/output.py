@@ -29,10 +29,18 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
     need = estimate_bytes(gen, plan)
     free = shutil.disk_usage(directory).free
     if need > free:
-        raise DataError(f"{n:,} cells would take about {need / 1e9:,.1f} GB (at most "
+        raise DataError(f"{n:,} cells would take about {_size(need)} (at most "
                         f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {directory} "
-                        f"has {free / 1e9:,.1f} GB free: ask for fewer cells or write elsewhere")
+                        f"has {_size(free)} free: ask for fewer cells or write elsewhere")
     return need
+
+
+def _size(n: float) -> str:
+    """Bytes in the largest unit that keeps a digit before the point (``"3.2 MB"``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} bytes"
 
 
 def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:

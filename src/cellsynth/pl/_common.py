@@ -107,3 +107,14 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
         plt.show()
         return None
     return list(ax) if isinstance(ax, Sequence) else ax
+
+
+def need_cells(adata: object, what: str) -> None:
+    """:class:`DataError` unless ``adata`` is an AnnData (cells), naming what was given: an
+    evaluation result goes to ``cs.pl.fidelity``, ``per_type`` or ``privacy`` instead."""
+    import anndata as ad
+
+    if not isinstance(adata, ad.AnnData):
+        hint = (" (an evaluation result: plot it with cs.pl.fidelity, cs.pl.per_type or "
+                "cs.pl.privacy)" if hasattr(adata, "verdict") else "")
+        raise DataError(f"{what} must be an AnnData of cells, got {type(adata).__name__}{hint}")

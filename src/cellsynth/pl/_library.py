@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish, need_cells
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -19,6 +19,7 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
     """Counts per cell of ``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``)."""
     from ..data.io import find_counts
 
+    need_cells(adata, what)
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
     expr = find_counts(adata)

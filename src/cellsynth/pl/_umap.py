@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish, type_colors
+from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish, need_cells, type_colors
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -283,6 +283,8 @@ def umap(
         if synthetic is None or label_key is None:
             raise DataError("give the real and synthetic AnnData objects and label_key (the obs "
                             "column of the cell type)")
+        need_cells(real, "real")
+        need_cells(synthetic, "synthetic")
         df = _embed(real, synthetic, label_key, n_per_type, seed)
     df = df.sample(frac=1.0, random_state=seed % 2**32)  # draw order: no origin hides the other
     types = sorted(df["label"].unique())
