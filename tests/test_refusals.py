@@ -140,3 +140,58 @@ def test_write_failures_give_the_cause_s_remedy():
     assert "not writable" in _write_advice(OSError(errno.EACCES, "Permission denied"))
     assert "disk is full" in _write_advice(OSError(errno.ENOSPC, "No space left"))
     assert _size(0) == "0 bytes" and _size(1500) == "1.5 kB" and _size(3.2e9) == "3.2 GB"
+
+
+def test_info_checks_a_model_s_files_as_generate_does(nb_model, tmp_path, capsys):
+    import shutil
+
+    from cellsynth.info import describe
+
+    _, saved = nb_model
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    assert describe(copy)["kind"] == "model"
+    weights = next(p for p in copy.iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    cli_error(capsys, ["info", str(copy)], f"{weights} changed after the model was saved")
+
+
+def test_info_tells_a_killed_run_from_a_running_one(tmp_path):
+    import json
+    import os
+    import platform
+
+    from cellsynth.info import describe
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"stages": {"data": {"status": "done"},
+                                                              "generator": {"status": "running"}}}))
+    stages = describe(run)["stages"]  # no lock: nothing runs it
+    assert stages["data"]["status"] == "done"
+    assert stages["generator"]["status"].startswith("interrupted")
+    (run / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": platform.node()}))
+    assert describe(run)["stages"]["generator"]["status"] == "running"  # held by a live process
+
+
+def test_saved_models_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes owner-only files; a shared model directory must load for the group."""
+    import os
+    import stat
+
+    adata = make_adata(60)
+    old = os.umask(0o022)
+    try:
+        model = NegBinBaseline()
+        model.fit(adata, LABEL, seed=0)
+        model.save(tmp_path / "nb")
+        cvae = cs.CVAE(adata, label_key=LABEL, config=cs.config.CVAEConfig(
+            n_hidden=[16], n_latent=2, n_embed=4, max_epochs=1, device="cpu"))
+        cvae.fit(adata, LABEL, seed=0)
+        cvae.save(tmp_path / "cvae")
+    finally:
+        os.umask(old)
+    files = [p for d in ("nb", "cvae") for p in (tmp_path / d).iterdir() if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import CellsynthError
+from .runtime import RunLock
 
 
 def _json(path: Path) -> Any:
@@ -86,6 +87,11 @@ def _describe_run(path: Path) -> dict[str, Any]:
     manifest = _json(path / "manifest.json")
     stages = {k: {"status": v.get("status"), "seconds": v.get("seconds")}
               for k, v in manifest.get("stages", {}).items()}
+    if not RunLock(path).held_by_a_live_process():  # killed: no process runs those stages
+        for stage in stages.values():
+            if stage["status"] == "running":
+                stage["status"] = "interrupted (its process is gone; run again to go on)"
+
     out = {"kind": "run", "path": str(path), "stages": stages,
            "cellsynth": manifest.get("environment", {}).get("cellsynth")}
     summary = path / "metrics" / "summary.json"
@@ -98,6 +104,9 @@ def _describe_run(path: Path) -> dict[str, Any]:
 
 
 def _describe_model(path: Path) -> dict[str, Any]:
+    from .models._training import verify_checksums
+
+    verify_checksums(path)  # a changed or missing file is named, as generate would refuse it
     meta = _json(path / "config.json")
     labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
     genes = _json(path / "genes.json") if (path / "genes.json").is_file() else None

@@ -410,6 +410,11 @@ class RunLock:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def held_by_a_live_process(self) -> bool:
+        """Whether a process that is still running (or one on another host) holds the lock."""
+        other = self._read()
+        return other is not None and self._alive(other)
+
     def _read(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.path.read_text())
@@ -564,3 +569,23 @@ def check_links(out: Path) -> None:
                 raise CellsynthError(f"{path} is a symbolic link to {target}, outside the run "
                                      f"directory; a run never writes through one: remove the link "
                                      "or choose another --out")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting, then put back at once
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: str | Path) -> None:
+    """Give a written file the mode a new file gets (``0o666`` less the umask): safetensors
+    writes its files readable by their owner only, so a model directory shared with a group
+    could not be loaded by the others."""
+    os.chmod(path, 0o666 & ~_umask())

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..errors import ConfigError, DataError, ModelFileError
+from ..runtime import shareable
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +357,7 @@ def save_model_dir(
     for name, text in texts.items():
         (directory / name).write_text(text)
     save_file(state, str(directory / MODEL_FILES["weights"]))
+    shareable(directory / MODEL_FILES["weights"])
     written = [*texts, MODEL_FILES["weights"]]
     sums = {name: _sha256(directory / name) for name in sorted(written)}
     (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))

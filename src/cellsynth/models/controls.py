@@ -34,6 +34,7 @@ from safetensors.numpy import save_file
 from ..config import ScviConfig
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
+from ..runtime import shareable
 from ..seeds import checked_seed, derive_seed
 from ._training import verify_checksums, write_checksums
 from .base import request, synthetic_adata, training_counts
@@ -128,6 +129,7 @@ class CopyGenerator:
         tensors = {"data": x.data, "indices": x.indices, "indptr": x.indptr, "offsets": self.offsets}
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                   str(directory / "cells.safetensors"))  # fmt: skip
+        shareable(directory / "cells.safetensors")
         write_checksums(directory)
 
     @classmethod
@@ -251,6 +253,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         write_meta(directory, meta, self.labels, self.genes)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file({k: v.numpy() for k, v in state.items()}, str(directory / "module.safetensors"))
+        shareable(directory / "module.safetensors")
         save_libraries(directory / "cells.safetensors", self.libraries,
                        {"qzm": np.concatenate(self.qzm), "qzv": np.concatenate(self.qzv)})  # fmt: skip
         write_checksums(directory)

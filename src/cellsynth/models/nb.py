@@ -42,6 +42,7 @@ from safetensors.numpy import load_file, save_file
 from .. import keys as K
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
+from ..runtime import shareable
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
@@ -90,6 +91,7 @@ def save_libraries(
     tensors = {"libraries": np.concatenate(libraries).astype(np.float32), "offsets": offsets}
     tensors.update({k: np.ascontiguousarray(v) for k, v in (extra or {}).items()})
     save_file(tensors, str(path))
+    shareable(path)
 
 
 def load_libraries(path: Path, n_labels: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
@@ -442,6 +444,7 @@ class NegBinBaseline(DesignRequests):
                      "combo_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
         write_meta(directory, meta, self.labels, self.genes)
         save_file(params, str(directory / "params.safetensors"))
+        shareable(directory / "params.safetensors")
         save_libraries(directory / "libraries.safetensors", self.libraries, extra)
         write_checksums(directory)
 
