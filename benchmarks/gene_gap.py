@@ -197,9 +197,9 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
     train, excess = np.zeros(shape), np.zeros(shape)
     sums = {k: np.zeros(shape) for k in ("post", "post2", "mix", "mix2")}
 
-    def add(key: str, mu: torch.Tensor, n: int) -> None:
-        sums[key] += mu.sum(0, dtype=torch.float64).cpu().numpy() / n
-        sums[key + "2"] += (mu.double() ** 2).sum(0).cpu().numpy() / n
+    def add(key: str, t: int, mu: torch.Tensor, n: int) -> None:  # type t's row
+        sums[key][t] += mu.sum(0, dtype=torch.float64).cpu().numpy() / n
+        sums[key + "2"][t] += (mu.double() ** 2).sum(0).cpu().numpy() / n
 
     with torch.no_grad():
         for t in range(module.n_labels):
@@ -212,7 +212,7 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
                 xb, y, library, c = rows.batch(idx[sl])
                 qz, _ = module.inference(xb, y, library, c)
                 eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape), dtype=np.float32))
-                add("post", module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
+                add("post", t, module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
                                               calibrated=False).mean, len(idx))
             n = max(2000, len(idx))
             for sl in tr.iter_slices(n, 256):
@@ -222,15 +222,16 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
                 eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
                                                            dtype=np.float32)).to(gen.device)
                 z, library = module.mixture_from_noise(u, eps, y)
-                add("mix", module.generative(z, y, library, calibrated=False).mean, n)
+                add("mix", t, module.generative(z, y, library, calibrated=False).mean, n)
     rows_out = []
     for lo, hi in itertools.pairwise(COUNT_EDGES):
         sel = (train > lo) & (train <= hi)
         spread = float(excess[sel].sum())  # not positive: no spread beyond Poisson to share
         rows_out.append({
             "mean_low": lo, "mean_high": None if np.isinf(hi) else hi, "n_pairs": int(sel.sum()),
-            "posterior": float(train[sel].sum() / sums["post"][sel].sum()),
-            "mixture": float(train[sel].sum() / sums["mix"][sel].sum()),
+            # None for an empty bin (not NaN, which is not JSON)
+            "posterior": float(train[sel].sum() / sums["post"][sel].sum()) if sel.any() else None,
+            "mixture": float(train[sel].sum() / sums["mix"][sel].sum()) if sel.any() else None,
             "posterior_var": (float((sums["post2"] - sums["post"] ** 2)[sel].sum() / spread)
                               if spread > 0 else None),
             "mixture_var": (float((sums["mix2"] - sums["mix"] ** 2)[sel].sum() / spread)

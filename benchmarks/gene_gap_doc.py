@@ -184,11 +184,12 @@ def diagnosis(d: dict[str, Any]) -> list[str]:
                + (f", {low[0]['nb']['absent']:.0%} for nb" if low[0].get("nb") else "") + ").")
     dm = c.get("decoder_means")
     if dm:
-        lost = dm[0]["mixture"] > dm[0]["posterior"] + 0.1
+        first = next((r for r in dm if r["posterior"] is not None), None)  # lowest filled bin
+        lost = first is not None and first["mixture"] > first["posterior"] + 0.1
         out.append("Training mean over the decoder's mean, bin by bin from the least expressed, "
-                   "is " + ", ".join(f"{r['posterior']:.2f}" for r in dm)
+                   "is " + ", ".join(_f(r["posterior"], "{:.2f}") for r in dm)
                    + " at one posterior draw of each training cell and "
-                   + ", ".join(f"{r['mixture']:.2f}" for r in dm) + " at cells drawn from the "
+                   + ", ".join(_f(r["mixture"], "{:.2f}") for r in dm) + " at cells drawn from the "
                    "per-type mixture the sampler uses"
                    + (": the decoder has the rare genes' means, the sampler loses them. The "
                       "mixture smooths the latent space, and the decoder gives rare genes high "
