@@ -58,7 +58,7 @@ def expression_atlas_url(accession: str, base_url: str = DEFAULT_BASE_URL) -> st
     acc = _check_accession(accession)
     if not str(base_url).lower().startswith(("http://", "https://", "file://")):
         raise ConfigError(f"the base URL must start with http://, https:// or file://, got "
-                        f"{base_url!r}; give the directory's full address (--base-url)")
+                          f"{base_url!r}; give the directory's full address (--base-url)")
     return f"{base_url.rstrip('/')}/{acc}/{acc}.project.h5ad"
 
 
