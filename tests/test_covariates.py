@@ -241,7 +241,7 @@ def test_files_saved_before_decode_labels_load_as_before(fitted, tmp_path):
     behaviour of then: the type enters the decoder beside the covariates."""
     import json
 
-    from cellsynth.models._training import write_checksums
+    from cellsynth.checksums import write_checksums
 
     model, _ = fitted
     model.save(tmp_path / "m")

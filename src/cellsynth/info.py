@@ -104,7 +104,7 @@ def _describe_run(path: Path) -> dict[str, Any]:
 
 
 def _describe_model(path: Path) -> dict[str, Any]:
-    from .models._training import verify_checksums
+    from .checksums import verify_checksums
 
     verify_checksums(path)  # a changed or missing file is named, as generate would refuse it
     meta = _json(path / "config.json")

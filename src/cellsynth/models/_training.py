@@ -5,7 +5,6 @@ Nothing here knows about a particular model; a count-space VAE can reuse every f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
+from ..checksums import CHECKSUMS_FILE, sha256_file, verify_checksums
 from ..errors import ConfigError, DataError, ModelFileError
 from ..runtime import shareable
 
@@ -312,10 +312,6 @@ MODEL_FILES = {"config": "config.json", "weights": "weights.safetensors", "label
 HISTORY_FILE = "history.json"
 
 
-#: sha256 of every file a model directory's save wrote, checked on load
-CHECKSUMS_FILE = "checksums.json"
-
-
 def model_directory(directory: str | Path) -> Path:
     """Create the model directory ``directory``; an existing file there is a
     :class:`ModelFileError` (not an OS error about a path)."""
@@ -359,17 +355,9 @@ def save_model_dir(
     save_file(state, str(directory / MODEL_FILES["weights"]))
     shareable(directory / MODEL_FILES["weights"])
     written = [*texts, MODEL_FILES["weights"]]
-    sums = {name: _sha256(directory / name) for name in sorted(written)}
+    sums = {name: sha256_file(directory / name) for name in sorted(written)}
     (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
     return directory
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> str:
@@ -377,44 +365,6 @@ def _non_finite(state: dict[str, torch.Tensor]) -> str:
     bad = [f"{k}: {int((~torch.isfinite(v)).sum())} of {v.numel()}" for k, v in state.items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     return "; ".join(bad[:3]) + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-
-
-def write_checksums(directory: str | Path) -> None:
-    """``checksums.json`` over every file below ``directory`` (sub-folders too, by relative
-    path): for model directories not written by :func:`save_model_dir` alone."""
-    directory = Path(directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
-                   and p.relative_to(directory).as_posix() != CHECKSUMS_FILE)  # fmt: skip
-    sums = {p.relative_to(directory).as_posix(): _sha256(p) for p in files}
-    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
-
-
-def verify_checksums(directory: str | Path) -> None:
-    """Check the files ``checksums.json`` lists against their recorded sha256; a changed or
-    missing one is a one-line :class:`ModelFileError` naming it. A directory without the file
-    (saved by an older cellsynth) is accepted with a warning."""
-    directory = Path(directory)
-    path = directory / CHECKSUMS_FILE
-    if not path.is_file():
-        logger.warning("%s has no %s (saved by an older cellsynth): its files cannot be checked "
-                       "for changes; save the model again to add it", directory, CHECKSUMS_FILE)
-        return
-    try:
-        sums = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        sums = None
-    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
-        raise ModelFileError(f"{path} is corrupt; save the model again")
-    for name, expected in sums.items():
-        file = directory / name
-        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
-        if not inside or not file.is_file():
-            raise ModelFileError(f"{file} is missing (it is listed in {CHECKSUMS_FILE}); "
-                                 f"{directory} is not a complete save: copy the whole directory "
-                                 "or save again")
-        if _sha256(file) != expected:
-            raise ModelFileError(f"{file} changed after the model was saved (its sha256 differs "
-                                 f"from {CHECKSUMS_FILE}); restore the file or save the model again")
 
 
 def load_model_dir(

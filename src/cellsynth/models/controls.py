@@ -31,12 +31,12 @@ import scipy.sparse as sp
 import torch
 from safetensors.numpy import save_file
 
+from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import shareable
 from ..seeds import checked_seed, derive_seed
-from ._training import verify_checksums, write_checksums
 from .base import request, synthetic_adata, training_counts
 from .nb import (
     load_libraries,

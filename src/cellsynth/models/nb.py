@@ -40,13 +40,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .. import keys as K
+from ..checksums import verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import shareable
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import model_directory, package_version, verify_checksums, write_checksums
+from ._training import model_directory, package_version
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
 
 logger = logging.getLogger(__name__)

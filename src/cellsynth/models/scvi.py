@@ -61,6 +61,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import keys as K
+from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
@@ -68,7 +69,6 @@ from ..runtime import shareable
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import verify_checksums, write_checksums
 from .base import fit_labels, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,

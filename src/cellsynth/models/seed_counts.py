@@ -29,12 +29,12 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors import SafetensorError
 
+from ..checksums import verify_checksums, write_checksums
 from ..config import FeaturesConfig, SeedVAEConfig, from_dict
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
-from ._training import verify_checksums, write_checksums
 from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
 from .nb import (
     draw_libraries,
