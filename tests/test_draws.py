@@ -1,6 +1,9 @@
-"""The sparse negative binomial draw (models._draws.nb_csr) against the exact distribution."""
+"""The sparse negative binomial draw (models._draws.nb_csr) against the exact distribution, by
+both engines: the CPU's compiled kernel and the tensor operations a GPU runs (here on the CPU)."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -15,10 +18,15 @@ CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3),
 # a Poisson with many events in the compound path; (20.0, 0.05), (0.2, 0.01): heavy tails
 
 
+ENGINES = ["kernel", "torch"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("mu", "theta"), CASES)
-def test_counts_follow_the_negative_binomial(mu: float, theta: float) -> None:
+def test_counts_follow_the_negative_binomial(mu: float, theta: float, engine: str) -> None:
     n = 100_000
-    x = nb_csr(np.random.default_rng(0), torch.full((n, 1), mu), torch.tensor([theta]))
+    x = nb_csr(np.random.default_rng(0), torch.full((n, 1), mu), torch.tensor([theta]),
+               engine=engine)
     x = x.toarray().ravel()
     nb = stats.nbinom(theta, theta / (theta + mu))
     assert abs(x.mean() - mu) < 5 * nb.std() / np.sqrt(n)
@@ -32,42 +40,45 @@ def test_counts_follow_the_negative_binomial(mu: float, theta: float) -> None:
     assert p > 1e-4, (observed[:5], expected[:5])
 
 
-def test_matrix_shape_dropout_and_seed() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_matrix_shape_dropout_and_seed(engine: str) -> None:
     rng = np.random.default_rng(1)
     mu = torch.from_numpy(np.exp(rng.normal(-2, 2, (300, 400))).astype(np.float32))
     theta = torch.from_numpy(np.exp(rng.normal(0, 1, 400)).astype(np.float32))
-    a = nb_csr(np.random.default_rng(7), mu, theta)
-    b = nb_csr(np.random.default_rng(7), mu, theta)
+    draw = functools.partial(nb_csr, engine=engine)
+    a = draw(np.random.default_rng(7), mu, theta)
+    b = draw(np.random.default_rng(7), mu, theta)
     assert a.shape == (300, 400) and a.has_canonical_format and a.dtype == np.float32
     assert (a != b).nnz == 0
     assert a.data.min() >= 1 and np.all(a.data == np.rint(a.data))
     # per-cell theta broadcasts like per-gene theta
-    c = nb_csr(np.random.default_rng(7), mu, theta.expand(300, 400))
+    c = draw(np.random.default_rng(7), mu, theta.expand(300, 400))
     assert (a != c).nnz == 0
     # zero inflation removes about its share of the non-zeros
-    half = nb_csr(np.random.default_rng(7), mu, theta, torch.full((300, 400), 0.5))
+    half = draw(np.random.default_rng(7), mu, theta, torch.full((300, 400), 0.5))
     assert 0.45 < half.nnz / a.nnz < 0.55
     # one row of zero inflation for every cell (a type's) draws what its expansion draws
     pi = torch.from_numpy(rng.random((1, 400)).astype(np.float32))
-    one = nb_csr(np.random.default_rng(7), mu, theta, pi)
-    assert (one != nb_csr(np.random.default_rng(7), mu, theta, pi.expand(300, 400))).nnz == 0
+    one = draw(np.random.default_rng(7), mu, theta, pi)
+    assert (one != draw(np.random.default_rng(7), mu, theta, pi.expand(300, 400))).nnz == 0
     assert one.nnz < a.nnz
     # gene means follow mu
-    big = nb_csr(np.random.default_rng(3), mu[:1].expand(20_000, 400), theta)
+    big = draw(np.random.default_rng(3), mu[:1].expand(20_000, 400), theta)
     means = np.asarray(big.mean(axis=0)).ravel()
     assert stats.spearmanr(means, mu[0].numpy()).statistic > 0.95
 
 
-def test_the_cells_do_not_depend_on_the_thread_count() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_cells_do_not_depend_on_the_thread_count(engine: str) -> None:
     rng = np.random.default_rng(4)
     mu = torch.from_numpy(np.exp(rng.normal(-1, 2, (700, 900))).astype(np.float32))
     theta = torch.from_numpy(np.exp(rng.normal(0, 2, 900)).astype(np.float32))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = nb_csr(np.random.default_rng(5), mu, theta)
+        one = nb_csr(np.random.default_rng(5), mu, theta, engine=engine)
         torch.set_num_threads(2)
-        two = nb_csr(np.random.default_rng(5), mu, theta)
+        two = nb_csr(np.random.default_rng(5), mu, theta, engine=engine)
     finally:
         torch.set_num_threads(before)
     assert one.nnz > 0 and (one != two).nnz == 0

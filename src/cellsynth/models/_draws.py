@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._nb_kernel import nb_csr_arrays
 from .modules.cvae import NegativeBinomial
 
 _P_MAX = 1.0 - 1e-12  # log-series parameter below 1 (mu >> theta in float rounding)
@@ -95,14 +96,16 @@ def nb_csr(
     mu: torch.Tensor,
     theta: torch.Tensor,
     dropout: torch.Tensor | None = None,
+    *,
+    engine: str | None = None,
 ) -> sp.csr_matrix:
     """Counts ``x ~ NB(mu, theta)`` (zero-inflated by ``dropout`` when given) as float32 CSR.
 
     Parameters
     ----------
     rng
-        All randomness: one seed drawn from it seeds the noise (:class:`_Noise`), so the cells
-        do not depend on the thread count.
+        All randomness: one seed drawn from it seeds the noise, so the cells do not depend on
+        the thread count.
     mu
         Means, ``(n, n_genes)``, on any device.
     theta
@@ -110,9 +113,24 @@ def nb_csr(
     dropout
         Zero-inflation probabilities ``(n, n_genes)`` or ``(1, n_genes)`` (the same for every
         cell), or ``None``.
+    engine
+        ``"kernel"`` (the default on the CPU): the compiled kernel of :mod:`._nb_kernel`, one
+        pass per entry; ``"torch"`` (the default elsewhere): rounds of tensor operations on the
+        device (:class:`_Noise`, :func:`positive_nb`). The same distribution, other streams.
     """
     n, n_genes = mu.shape
-    noise = _Noise(int(rng.integers(2**63)), mu.device)
+    seed = int(rng.integers(2**63))
+    engine = engine or ("kernel" if mu.device.type == "cpu" else "torch")
+    if engine == "kernel":
+        if mu.device.type != "cpu":
+            raise ValueError(f"the kernel draws on the CPU; these means are on {mu.device}")
+        with torch.no_grad():
+            data, indices, indptr = nb_csr_arrays(
+                mu.numpy(), theta.reshape(-1, n_genes).numpy(),
+                None if dropout is None else dropout.reshape(-1, n_genes).numpy(),
+                seed, torch.get_num_threads())
+        return sp.csr_matrix((data, indices, indptr), shape=(n, n_genes))
+    noise = _Noise(seed, mu.device)
     with torch.no_grad():
         u = noise.draw("uniform", n * n_genes, torch.float32).to(mu.device)
         # P(x > 0) = 1 - exp(-lam) <= lam <= mu: an entry with u >= mu is zero, and only the
