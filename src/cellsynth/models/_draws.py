@@ -9,14 +9,16 @@ their count drawn (:func:`positive_nb`): small means by inverting the zero-trunc
 entries expecting many events as gamma-Poisson with the zeros drawn again, the rest as
 compound Poisson (``N`` given ``N >= 1`` is one plus ``Poisson(lam - t)`` where ``t``, the
 first event's time, is an exponential truncated to ``[0, lam]``, and the count is the sum of
-``N`` log-series draws, Kemp's algorithm as numpy's ``logseries``). Every step is a vectorised
-torch operation on the device the means are on (both CPU threads, or the GPU); only the non-zero
-entries' column indices and counts leave it, as CSR.
+``N`` log-series draws, Kemp's algorithm as numpy's ``logseries``).
 
-The noise comes from one seed: on the CPU from numpy's generators (faster there than torch's),
-filled in parallel in blocks of :data:`_PART_VALUES` values, each block from its own stream, so
-the cells do not depend on the thread count; on a GPU from a torch generator on it (another
-stream: the same seed gives other cells on a GPU than on the CPU).
+Two engines draw the same distribution where the means are. On the CPU (the default there) the
+compiled kernel of :mod:`._nb_kernel` takes each entry through these steps in registers, one
+pass, in parallel over cells. Elsewhere (a GPU) every step is a vectorised torch operation on the
+device; only the non-zero entries' column indices and counts leave it, as CSR. Its noise comes
+from one seed: from a torch generator on the device, or (this engine on the CPU, as the tests run
+it) from numpy's generators filled in parallel in blocks of :data:`_PART_VALUES` values, each
+block from its own stream, so the cells do not depend on the thread count. Each engine has its
+own stream: the same seed gives other cells on a GPU than on the CPU.
 
 This replaces a gamma and a Poisson draw for every entry (about 6k cells/s at 2,000 genes on two
 cores), the dense-to-CSR conversion after it, and the host loop over the non-zero entries that
