@@ -963,6 +963,34 @@ def test_zero_inflation_gives_generated_cells_the_training_share_of_zeros():
     assert syn_mean.sum() == pytest.approx(real_mean.sum(), rel=0.1)
 
 
+def test_zero_inflation_solve_matches_the_target_share_or_stops_at_its_largest_pi():
+    """solve_zero_inflation against a fine bisection over every gene: means of every size,
+    heavy and light tails, targets within reach and out of it (those stop at the largest pi)."""
+    from cellsynth.models._counts import MAX_ZERO_INFLATION, solve_zero_inflation
+
+    gen = torch.Generator().manual_seed(0)
+    b, g = 300, 3000
+    mu = torch.exp(torch.randn(b, g, generator=gen) * 1.5 - 2.0 + 3 * torch.rand(g, generator=gen))
+    theta = torch.exp(2 * torch.randn(1, g, generator=gen))
+
+    def share(pi):
+        return pi + (1 - pi) * torch.exp(-theta * torch.log1p(mu / ((1 - pi) * theta))).mean(0)
+
+    p0 = share(torch.zeros(g))
+    target = p0 + (1 - p0) * torch.rand(g, generator=gen)  # many out of reach
+    lo, hi = torch.zeros(g), torch.full((g,), MAX_ZERO_INFLATION)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        few = share(mid) < target
+        lo, hi = torch.where(few, mid, lo), torch.where(few, hi, mid)
+    pi = solve_zero_inflation(mu, theta, target)
+    reach = share(torch.full((g,), MAX_ZERO_INFLATION)) >= target
+    assert 0.2 < reach.float().mean() < 0.9  # both kinds of gene are tried
+    assert (pi[~reach] - MAX_ZERO_INFLATION).abs().max() < 1e-6
+    assert (share(pi) - target)[reach].abs().max() < 2e-4
+    assert (pi - lo)[reach].abs().max() < 2e-3  # pi is loose only where zeros hardly move
+
+
 def test_an_untrained_model_refuses_to_generate_or_be_saved(small_kang, tmp_path):
     """Random weights give noise that reads as cells, and a saved file that reads as a model."""
     from cellsynth.errors import NotTrainedError

@@ -47,7 +47,11 @@ ZERO_DRAWS = 512  # at most; SCALE_PER_CELL per training cell, at least ZERO_FEW
 ZERO_FEW_DRAWS = 128
 ZERO_PRIOR_CELLS = 10.0
 MAX_ZERO_INFLATION = 0.95
-ZERO_STEPS = 12  # bisection steps: pi to within 0.95 / 2**12 (float32: 1.8 s a type at 22k genes)
+# solve_zero_inflation: a gene is solved when its share of zeros is within ZERO_TOL of the target
+# or pi is bracketed within MAX_ZERO_INFLATION / 2**12 (what 12 bisection steps gave), after at
+# most ZERO_STEPS safeguarded Newton steps
+ZERO_TOL = 1e-5
+ZERO_STEPS = 40
 MIN_TYPE_SHARE = 128  # cells or draws a type keeps, at least, where a sampler fit has a budget
 
 
@@ -135,7 +139,7 @@ def fit_sampler(
 
     ``budget`` bounds a fit's cost over many types (a fidelity check refits the sampler every
     few epochs; ``models._select``): the cells read, and the gene scale's draws, are at most
-    ``budget`` in all, the zero inflation's draws (each visited at every bisection step) at most
+    ``budget`` in all, the zero inflation's draws (each visited at every step of its solve) at most
     ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS``, each type's share cut by :func:`share_budget`.
     Where the budget holds every type's share, the fit is the same as without it.
 
@@ -396,7 +400,7 @@ def zero_inflation_by_moments(
     ZERO_DRAWS]`` (:func:`scale_draws`' reason), from its mixture (covariate codes of random training
     cells of the type) and decodes their calibrated NB means ``mu`` and dispersion ``theta``
     (the gene scale set, no inflation yet). A generated count is then zero with probability
-    ``pi + (1 - pi) E[NB(0; mu / (1 - pi), theta)]``; ``pi`` is solved (bisection) to make that
+    ``pi + (1 - pi) E[NB(0; mu / (1 - pi), theta)]``; ``pi`` is solved (:func:`solve_zero_inflation`) to make that
     the training share, which is shrunk towards the NB's own share by ``ZERO_PRIOR_CELLS``
     pseudo-cells (a type of a few cells is not given its few cells' zeros). Where the NB has as
     many zeros already, ``pi = 0``; at most ``MAX_ZERO_INFLATION``.
@@ -424,7 +428,7 @@ def zero_inflation_by_moments(
     budget
         The sampler fit's budget (that of the gene scale's draws): these draws are at most
         ``budget * ZERO_DRAWS / SCALE_MIN_DRAWS`` in all types together (each is visited at
-        every bisection step; :func:`share_budget`; None: no bound).
+        every step of the solve; :func:`share_budget`; None: no bound).
     progress
         A progress bar over the types (a log line every 30 s where there is no terminal).
 
@@ -452,14 +456,57 @@ def zero_inflation_by_moments(
         if not len(genes):
             continue
         mu, theta, target = mu[:, genes], theta[:, genes], target[genes]
-        lo = torch.zeros(len(genes), device=mu.device)
-        hi = torch.full_like(lo, MAX_ZERO_INFLATION)
-        for _ in range(ZERO_STEPS):  # zeros grow with pi: halve [lo, hi] towards the target
-            pi = (lo + hi) / 2
-            share = pi + (1 - pi) * torch.exp(-theta * torch.log1p(mu / ((1 - pi) * theta))).mean(0)
-            few = share < target
-            lo, hi = torch.where(few, pi, lo), torch.where(few, hi, pi)
-        out[t, genes.cpu()] = ((lo + hi) / 2).cpu()
+        out[t, genes.cpu()] = solve_zero_inflation(mu, theta, target).cpu()
+    return out
+
+
+def solve_zero_inflation(mu: torch.Tensor, theta: torch.Tensor,
+                         target: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Per gene, the ``pi`` in ``[0, MAX_ZERO_INFLATION]`` whose share of zeros
+    ``f = pi + (1 - pi) E[P0(mu / (1 - pi))]`` is ``target`` (``P0(m) = (1 + m / theta) **
+    -theta``, the NB's zero at mean ``m``; ``E`` the mean over the draws: rows of ``mu``
+    ``(b, g)``; ``theta`` ``(1, g)``; ``target`` ``(g,)``, above ``f`` at ``pi = 0``).
+
+    Safeguarded Newton in ``s = 1 / (1 - pi)``, the factor the kept counts' mean is inflated by:
+    ``f = 1 - (1 - E[P0(mu s)]) / s`` grows with ``s``, nearly linearly for rarely detected genes
+    (``f ~ 1 - mu + mu^2 (1 + 1 / theta) s / 2``), whose zeros hardly move with ``pi``, and
+    ``df/ds = (1 - E[P(0)] - E[P(1)]) / s^2`` at the inflated means (``P(1) = P0 m / (1 + m /
+    theta)``) comes from the same pass over the draws. A step that leaves the bracket kept
+    around the root is a bisection step instead. Genes leave as they converge (their share
+    within ``ZERO_TOL`` of the target, or ``pi`` bracketed as 12 bisection steps bracketed it),
+    so later steps see fewer columns; the first step is at the largest ``pi``, where the genes
+    whose target is out of reach (most rarely detected ones) stop.
+    """
+    g = mu.shape[1]
+    out = torch.empty(g, device=mu.device)
+    left = torch.arange(g, device=mu.device)  # the genes not yet solved
+    lo = torch.ones(g, device=mu.device)
+    hi = torch.full_like(lo, 1.0 / (1.0 - MAX_ZERO_INFLATION))
+    s = hi.clone()  # first at the largest pi: genes that cannot reach the target stop there
+    width = MAX_ZERO_INFLATION / 2**12  # in pi
+    for step in range(ZERO_STEPS + 1):
+        r = mu * (s / theta[0])  # (b, g): the inflated mean over theta
+        p0 = torch.exp(-theta * torch.log1p(r))
+        e0 = p0.mean(0)
+        e1 = (p0 * r / (1.0 + r)).mean(0) * theta[0]  # E[P(1)]
+        f = 1.0 - (1.0 - e0) / s - target
+        below = f < 0
+        lo, hi = torch.where(below, s, lo), torch.where(below, hi, s)
+        close = f.abs() < ZERO_TOL
+        done = close | (1.0 / lo - 1.0 / hi < width) | (step == ZERO_STEPS)
+        if step == 0:
+            done |= below  # out of reach: the largest pi
+        out[left[done]] = 1.0 - 1.0 / torch.where(close | (below & (step == 0)), s, (lo + hi) / 2)[done]
+        if bool(done.all()):
+            break
+        slope = (1.0 - e0 - e1) / (s * s)
+        step_s = s - f / slope.clamp_min(1e-30)
+        inside = (slope > 0) & (step_s > lo) & (step_s < hi)
+        s = torch.where(inside, step_s, (lo + hi) / 2)
+        keep = torch.nonzero(~done).squeeze(1)
+        if len(keep) < len(left):
+            left, s, lo, hi, target = (a[keep] for a in (left, s, lo, hi, target))
+            mu, theta = mu[:, keep], theta[:, keep]
     return out
 
 
