@@ -1002,3 +1002,31 @@ def test_an_untrained_model_refuses_to_generate_or_be_saved(small_kang, tmp_path
     with pytest.raises(NotTrainedError, match="cannot be saved"):
         model.save(tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("one_type", [True, False])
+def test_generation_means_in_row_blocks_equal_the_unfused_means(one_type: bool) -> None:
+    """Without a gradient, generation decodes the NB means in row blocks (_nb_rate, in place):
+    the same means, dispersion and zero inflation as the path training takes, with the gene
+    scale, a covariate level's scale and the zero inflation all set, over several blocks."""
+    torch.manual_seed(0)
+    module = CVAEModule(n_input=50, n_labels=3, n_hidden=[16], n_latent=4,
+                        n_covariate_levels=[2])
+    module.eval()
+    module.set_gene_scale(torch.rand(3, 50) + 0.5)
+    module.set_zero_inflation(torch.rand(3, 50) * 0.5)
+    module.set_level_scale(torch.tensor([[0, 1], [0, 0], [2, 0]]), torch.cat(
+        [torch.ones(1, 50), torch.rand(2, 50) + 0.5]))
+    n = module.RATE_BLOCK_ROWS * 2 + 7
+    z = torch.randn(n, 4)
+    y = torch.full((n,), 2) if one_type else torch.randint(0, 3, (n,))
+    c = torch.randint(0, 2, (n, 1))
+    library = torch.exp(torch.randn(n) + 7)
+    with torch.no_grad():
+        fused = module.generative(z, y, library, c, one_type=one_type)
+    with torch.enable_grad():
+        plain = module.generative(z, y, library, c, one_type=one_type)
+    assert fused.scale is None and plain.scale is not None  # the paths differ...
+    torch.testing.assert_close(fused.mu, plain.mu.detach(), rtol=1e-5, atol=1e-6)  # ...not the NB
+    torch.testing.assert_close(fused.theta, plain.theta.detach())
+    torch.testing.assert_close(fused.zi_logits, plain.zi_logits.detach())

@@ -411,7 +411,7 @@ class CVAEModule(nn.Module):
         # generation (no gradient, calibrated): the NB mean in row blocks (:meth:`_nb_rate`)
         fused = (calibrated and self.likelihood != "gaussian" and not torch.is_grad_enabled()
                  and not self._low_precision())
-        h, out = self._decode(z, y, c, any_type=any_type, head=not fused)
+        h, out = self._decode(z, y, c, any_type=any_type, with_head=not fused)
         rows = y[:1] if one_type else y
         px_r = torch.exp(self.px_r.clamp(*_PX_R_RANGE))  # (n_input,) | (n_labels, n_input)
         if self.dispersion != "gene":
@@ -451,9 +451,10 @@ class CVAEModule(nn.Module):
         """``library * softmax(head(h)) * factor``, ``(B, n_input)``, without a gradient.
 
         On the CPU a block of :attr:`RATE_BLOCK_ROWS` rows at a time goes through the head's
-        matmul, the softmax and both scalings in place, so the four passes over its logits read
-        the cache instead of memory (about a third of the decoder's time at 2,000 genes when
-        each was a pass over the whole chunk); a GPU takes every row at once.
+        matmul, the softmax and both scalings in place, so the passes over its logits read the
+        cache instead of memory (at 2,000 genes on two cores, as passes over the whole chunk
+        they took a third of the decoder's time; in blocks a tenth); a GPU takes every row at
+        once. The same means as the unfused path, to float rounding.
         """
         head = self.px_scale_decoder
         out = torch.empty(len(h), head.out_features, device=h.device)  # (B, n_input)
@@ -479,10 +480,10 @@ class CVAEModule(nn.Module):
         return factor  # (B, n_input)
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None, *,
-                any_type: bool = False, head: bool = True,
+                any_type: bool = False, with_head: bool = True,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """The decoder's last hidden layer and its output head (logits for the NB's; None
-        without ``head``)."""
+        without ``with_head``)."""
         cond = self.condition(y, c)  # (B, n_embed + n_covariate_embed * k)
         if self.any_type is not None and (any_type or self.training):
             n = self.embed.embedding_dim
@@ -495,7 +496,7 @@ class CVAEModule(nn.Module):
             cond = cond[:, self.embed.embedding_dim:]  # the covariates only
         if not self._low_precision():
             h = self.decoder(torch.cat([z, cond], dim=-1))  # (B, n_hidden[0])
-            return h, self.px_scale_decoder(h) if head else None
+            return h, self.px_scale_decoder(h) if with_head else None
         head = self.px_scale_decoder
         with self._mixed():
             h = self.decoder(torch.cat([z, cond], dim=-1))
