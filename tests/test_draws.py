@@ -82,3 +82,13 @@ def test_the_cells_do_not_depend_on_the_thread_count(engine: str) -> None:
     finally:
         torch.set_num_threads(before)
     assert one.nnz > 0 and (one != two).nnz == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_means_that_carry_a_gradient_are_drawn_from(engine: str) -> None:
+    """Means straight from a decoder outside ``no_grad`` (a generator's own sampling code)."""
+    mu = (torch.rand(40, 30) * 3).requires_grad_()
+    theta = torch.ones(30, requires_grad=True)
+    x = nb_csr(np.random.default_rng(0), mu, theta, torch.full((1, 30), 0.1).requires_grad_(),
+               engine=engine)
+    assert x.shape == (40, 30) and x.nnz > 0

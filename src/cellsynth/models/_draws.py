@@ -126,11 +126,10 @@ def nb_csr(
     if engine == "kernel":
         if mu.device.type != "cpu":
             raise ValueError(f"the kernel draws on the CPU; these means are on {mu.device}")
-        with torch.no_grad():
-            data, indices, indptr = nb_csr_arrays(
-                mu.numpy(), theta.reshape(-1, n_genes).numpy(),
-                None if dropout is None else dropout.reshape(-1, n_genes).numpy(),
-                seed, torch.get_num_threads())
+        data, indices, indptr = nb_csr_arrays(
+            mu.detach().numpy(), theta.detach().reshape(-1, n_genes).numpy(),
+            None if dropout is None else dropout.detach().reshape(-1, n_genes).numpy(),
+            seed, torch.get_num_threads())
         return sp.csr_matrix((data, indices, indptr), shape=(n, n_genes))
     noise = _Noise(seed, mu.device)
     with torch.no_grad():
