@@ -1030,3 +1030,27 @@ def test_generation_means_in_row_blocks_equal_the_unfused_means(one_type: bool) 
     torch.testing.assert_close(fused.mu, plain.mu.detach(), rtol=1e-5, atol=1e-6)  # ...not the NB
     torch.testing.assert_close(fused.theta, plain.theta.detach())
     torch.testing.assert_close(fused.zi_logits, plain.zi_logits.detach())
+
+
+def test_mixture_draws_are_each_cells_component_mean_plus_its_factor_times_the_noise() -> None:
+    """mixture_from_noise draws the cells of each (type, component) together; every cell gets
+    its own component's mean plus that component's Cholesky factor times its noise, as a
+    per-cell gather would (types mixed in one call, components of zero weight never drawn)."""
+    torch.manual_seed(1)
+    module = CVAEModule(n_input=10, n_labels=3, n_hidden=[8], n_latent=3)
+    d, k = 4, 5
+    weight = torch.rand(3, k)
+    weight[1, 2] = 0.0
+    weight = weight / weight.sum(1, keepdim=True)
+    mean = torch.randn(3, k, d)
+    chol = torch.tril(torch.randn(3, k, d, d))
+    module.set_latent_mixture(weight, mean, chol)
+    n = 500
+    u, eps, y = torch.rand(n), torch.randn(n, d), torch.randint(0, 3, (n,))
+    z, library = module.mixture_from_noise(u, eps, y)
+    cdf = torch.cumsum(weight[y], 1)
+    comp = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous()).clamp_max(k - 1)[:, 0]
+    expected = mean[y, comp] + (chol[y, comp] @ eps[:, :, None])[..., 0]
+    torch.testing.assert_close(z, expected[:, :-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(library, torch.exp(expected[:, -1]), rtol=1e-5, atol=1e-5)
+    assert not bool(((y == 1) & (comp == 2)).any())

@@ -663,8 +663,16 @@ class CVAEModule(nn.Module):
         (``(B, n_latent + 1)``). Returns ``z`` ``(B, n_latent)`` and the library ``(B,)``."""
         cdf = torch.cumsum(self.mixture_weight[y], dim=-1)  # (B, K)
         k = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp_max(cdf.shape[1] - 1)  # (B, 1)
-        k = k.squeeze(1)
-        draw = self.mixture_mean[y, k] + (self.mixture_chol[y, k] @ eps[:, :, None]).squeeze(-1)
+        # the cells of each (type, component) at once: one matmul by its Cholesky factor, not a
+        # (B, d, d) gather of every cell's (a tenth of a chunk's decoding at 2,000 genes)
+        key = y * cdf.shape[1] + k.squeeze(1)  # (B,): row of the flattened tables
+        d = self.mixture_mean.shape[-1]
+        means, chols = self.mixture_mean.reshape(-1, d), self.mixture_chol.reshape(-1, d, d)
+        order = torch.argsort(key, stable=True)
+        keys, counts = torch.unique_consecutive(key[order], return_counts=True)
+        draw = torch.empty_like(eps)  # (B, d)
+        for row, rows in zip(keys.tolist(), torch.split(order, counts.tolist()), strict=True):
+            draw[rows] = torch.addmm(means[row], eps[rows], chols[row].t())
         return draw[:, :-1], torch.exp(draw[:, -1])  # (B, n_latent), (B,)
 
     @torch.no_grad()
