@@ -494,9 +494,9 @@ def solve_zero_inflation(mu: torch.Tensor, theta: torch.Tensor,
         lo, hi = torch.where(below, s, lo), torch.where(below, hi, s)
         close = f.abs() < ZERO_TOL
         done = close | (1.0 / lo - 1.0 / hi < width) | (step == ZERO_STEPS)
-        if step == 0:
-            done |= below  # out of reach: the largest pi
-        out[left[done]] = 1.0 - 1.0 / torch.where(close | (below & (step == 0)), s, (lo + hi) / 2)[done]
+        at_s = close | (below if step == 0 else torch.zeros_like(close))  # pi is where f was
+        done |= at_s  # at step 0, below: out of reach, the largest pi
+        out[left[done]] = 1.0 - 1.0 / torch.where(at_s, s, (lo + hi) / 2)[done]
         if bool(done.all()):
             break
         slope = (1.0 - e0 - e1) / (s * s)
