@@ -26,14 +26,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(directory: str | Path) -> None:
-    """``checksums.json`` over every file below ``directory`` (sub-folders too, by relative
-    path): for model directories not written by
-    :func:`~cellsynth.models._training.save_model_dir` alone."""
+def write_checksums(directory: str | Path, names: list[str] | None = None) -> None:
+    """``checksums.json`` over the files ``names`` of ``directory`` (relative paths), or, by
+    default, every file below it (sub-folders too)."""
     directory = Path(directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
-                   and p.relative_to(directory).as_posix() != CHECKSUMS_FILE)  # fmt: skip
-    sums = {p.relative_to(directory).as_posix(): sha256_file(p) for p in files}
+    if names is None:
+        names = [p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                 if p.is_file() and not p.is_symlink()]  # fmt: skip
+    sums = {name: sha256_file(directory / name) for name in sorted(names)
+            if name != CHECKSUMS_FILE}  # fmt: skip
     (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
-from ..checksums import CHECKSUMS_FILE, sha256_file, verify_checksums
+from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
 from ..runtime import shareable
 
@@ -354,9 +354,7 @@ def save_model_dir(
         (directory / name).write_text(text)
     save_file(state, str(directory / MODEL_FILES["weights"]))
     shareable(directory / MODEL_FILES["weights"])
-    written = [*texts, MODEL_FILES["weights"]]
-    sums = {name: sha256_file(directory / name) for name in sorted(written)}
-    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
+    write_checksums(directory, [*texts, MODEL_FILES["weights"]])
     return directory
 
 
