@@ -12,6 +12,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -589,3 +590,10 @@ def shareable(path: str | Path) -> None:
     writes its files readable by their owner only, so a model directory shared with a group
     could not be loaded by the others."""
     os.chmod(path, 0o666 & ~_umask())
+
+
+def save_tensors(save: Callable[..., Any], tensors: Any, path: str | Path) -> None:
+    """``save(tensors, path)`` with safetensors' ``save_file`` (its numpy or its torch one),
+    then the file made :func:`shareable` (safetensors writes it for its owner only)."""
+    save(tensors, str(path))
+    shareable(path)

@@ -25,7 +25,7 @@ from ..data.split import balanced_subsample
 from ..data.store import MatrixRows
 from ..errors import ModelFileError
 from ..options import progress_bar
-from ..runtime import shareable
+from ..runtime import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ class PCAModel:
         }
         if self.scale is not None:
             tensors["scale"] = self.scale.astype(np.float32)
-        save_file(tensors, str(directory / "pca.safetensors"))
-        shareable(directory / "pca.safetensors")
+        save_tensors(save_file, tensors, directory / "pca.safetensors")
         (directory / "genes.json").write_text(json.dumps(self.genes))
 
     @classmethod

@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
-from ..runtime import shareable
+from ..runtime import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -352,8 +352,7 @@ def save_model_dir(
     (directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # no stale checksums while writing
     for name, text in texts.items():
         (directory / name).write_text(text)
-    save_file(state, str(directory / MODEL_FILES["weights"]))
-    shareable(directory / MODEL_FILES["weights"])
+    save_tensors(save_file, state, directory / MODEL_FILES["weights"])
     write_checksums(directory, [*texts, MODEL_FILES["weights"]])
     return directory
 

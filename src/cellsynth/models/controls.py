@@ -35,7 +35,7 @@ from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
-from ..runtime import shareable
+from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
 from .base import request, synthetic_adata, training_counts
 from .nb import (
@@ -127,9 +127,8 @@ class CopyGenerator:
         write_meta(directory, meta, self.labels, self.genes)
         x = self.counts
         tensors = {"data": x.data, "indices": x.indices, "indptr": x.indptr, "offsets": self.offsets}
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                  str(directory / "cells.safetensors"))  # fmt: skip
-        shareable(directory / "cells.safetensors")
+        save_tensors(save_file, {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                     directory / "cells.safetensors")
         write_checksums(directory)
 
     @classmethod
@@ -252,8 +251,8 @@ class ScviPosteriorGenerator(ScviGenerator):
                 "history": self.history}  # fmt: skip
         write_meta(directory, meta, self.labels, self.genes)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file({k: v.numpy() for k, v in state.items()}, str(directory / "module.safetensors"))
-        shareable(directory / "module.safetensors")
+        save_tensors(save_file, {k: v.numpy() for k, v in state.items()},
+                     directory / "module.safetensors")
         save_libraries(directory / "cells.safetensors", self.libraries,
                        {"qzm": np.concatenate(self.qzm), "qzv": np.concatenate(self.qzv)})  # fmt: skip
         write_checksums(directory)

@@ -43,7 +43,7 @@ from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
-from ..runtime import shareable
+from ..runtime import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
@@ -91,8 +91,7 @@ def save_libraries(
     offsets = np.concatenate([[0], np.cumsum([len(v) for v in libraries])]).astype(np.int64)
     tensors = {"libraries": np.concatenate(libraries).astype(np.float32), "offsets": offsets}
     tensors.update({k: np.ascontiguousarray(v) for k, v in (extra or {}).items()})
-    save_file(tensors, str(path))
-    shareable(path)
+    save_tensors(save_file, tensors, path)
 
 
 def load_libraries(path: Path, n_labels: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
@@ -444,8 +443,7 @@ class NegBinBaseline(DesignRequests):
                                                         *self.combo_libraries]),
                      "combo_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
         write_meta(directory, meta, self.labels, self.genes)
-        save_file(params, str(directory / "params.safetensors"))
-        shareable(directory / "params.safetensors")
+        save_tensors(save_file, params, directory / "params.safetensors")
         save_libraries(directory / "libraries.safetensors", self.libraries, extra)
         write_checksums(directory)
 

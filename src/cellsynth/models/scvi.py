@@ -65,7 +65,7 @@ from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
-from ..runtime import shareable
+from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
@@ -334,8 +334,7 @@ class ScviGenerator(DesignRequests):
             meta["design"] = self.design.to_json()
         write_meta(directory, meta, self.labels, self.genes)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(directory / "module.safetensors"))
-        shareable(directory / "module.safetensors")
+        save_tensors(save_file, state, directory / "module.safetensors")
         save_libraries(
             directory / "latent.safetensors",
             self.libraries,
