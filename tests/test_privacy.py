@@ -123,6 +123,31 @@ def test_donor_level_skipped(data: dict) -> None:
     assert none.donor_attacks is None and "no donor labels" in none.donor_skipped
 
 
+def test_heldout_cells_of_training_and_of_new_donors(data: dict) -> None:
+    """A run's test split holds cells of training donors (a random split) and of held-out
+    donors: the cell level scores the former, the donor level the latter; with no new donor
+    the donor level is skipped with what to do, the cell level as without donors."""
+    tr, ho, sy = embed(data["train"]), embed(data["heldout"]), embed(data["synth"])
+    td = np.repeat([f"d{i}" for i in range(6)], 50)
+    hd = np.r_[np.repeat([f"d{i}" for i in range(6)], 25), np.repeat([f"n{i}" for i in range(6)], 25)]
+    both = privacy_audit(tr, ho, tr.copy(), seed=1, train_donors=td, heldout_donors=hd)
+    assert both.donor_skipped is None
+    assert both.donor_attacks["distance"]["n_members"] == 6
+    assert both.donor_attacks["distance"]["n_nonmembers"] == 6  # the new donors only
+    assert both.donor_attacks["distance"]["auc"] == 1.0
+    assert both.attacks["distance"]["n_nonmembers"] == 150  # training donors' held-out cells
+    assert both.dcr["n_heldout"] == 150
+    alone = privacy_audit(tr, ho[:150], tr.copy(), seed=1)  # the same cell level, no donors
+    assert both.attacks["distance"]["auc"] == alone.attacks["distance"]["auc"]
+    seen = privacy_audit(tr, ho, sy, seed=1, train_donors=td, heldout_donors=np.resize(td, 300))
+    assert seen.donor_attacks is None and "split.heldout_donors" in seen.donor_skipped
+    assert seen.attacks["distance"]["n_nonmembers"] == 300
+    few = np.r_[np.repeat(["d0"], 10), np.repeat([f"n{i}" for i in range(10)], 29)]
+    mostly_new = privacy_audit(tr, ho[:300], sy, seed=1, train_donors=td, heldout_donors=few)
+    assert mostly_new.attacks["distance"]["n_nonmembers"] == 300  # 10 < MIN_CELLS: all of them
+    assert mostly_new.donor_attacks["distance"]["n_nonmembers"] == 10
+
+
 def test_heldout_overlapping_training_is_an_error(data: dict) -> None:
     tr, sy = embed(data["train"]), embed(data["synth"])
     hoc = sp.vstack([data["heldout"][:200], data["train"][:100]]).tocsr()

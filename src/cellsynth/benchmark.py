@@ -66,6 +66,9 @@ GENE_PRIVACY_COLUMNS = [
     ("privacy_flagged", "leak flagged", "{}"),
     ("verdict", "verdict", "{}"),
 ]
+#: appended to it where a run held out donors (``split.heldout_donors``)
+DONOR_COLUMNS = [("privacy_donor_auc", "donor-level AUC (largest)", "{:.3f}"),
+                 ("privacy_donors", "donors: training / held out", "{}")]
 #: bumped when the metrics a kept result holds change, so that --reuse reruns it
 METRICS_VERSION = 5  # 4: gene-level AUCs averaged over halvings; 5: privacy audit too
 
@@ -207,7 +210,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         by_type = {t: space.embed(sx(syn_train)[sl(syn_train) == t]) for t in n_train}
         aug = augmentation(emb["train"], emb["val"], emb["test"], by_type, n_rare, cfg.classifier,
                            seed=derive_seed(seed, "augment"))
-        genes, privacy = _genes_and_privacy(parts, syn_test, syn_train, label_key, pre, seed)
+        genes, privacy = _genes_and_privacy(parts, syn_test, syn_train, label_key, pre, seed,
+                                            donor_key=cfg.dataset.donor_key)
         rows["real vs real"].update(genes["floor_row"])
         verdict = fidelity_verdict(fid, floor, genes=genes["report"]["hvg"])
         row = flat_report(fid)
@@ -243,13 +247,13 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
 
 def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: ad.AnnData,
                        twin: ad.AnnData, label_key: str, pre: ad.AnnData,
-                       seed: int) -> tuple[dict, dict]:  # fmt: skip
+                       seed: int, donor_key: str = "") -> tuple[dict, dict]:  # fmt: skip
     """Gene-level fidelity of the generated test cells ``syn`` (top HVGs overall and per type,
     and all detected genes overall), each beside its floor; and the privacy audit of ``twin``,
     the training split's composition generated (what would be shared in place of the training
     cells: a posterior-predictive generator re-draws every training cell once), against the
     real training cells with the test split held out (``{"skipped": why}`` when it cannot
-    run)."""
+    run), at donor level too with a ``donor_key`` (on the test cells of held-out donors)."""
     from .errors import DataError
     from .metrics.genes import gene_fidelity
     from .metrics.privacy_counts import audit_counts
@@ -266,12 +270,18 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
              "per_type_gene_auc": (float(np.mean([v["floor_auc"] for v in per_type]))
                                    if per_type else None)}  # fmt: skip
     hvg.pop("genes", None)  # per-gene statistics: too large for the kept results
+    donors: dict[str, np.ndarray] = {}
+    if donor_key:
+        d, split = (pre.obs[c].astype(str).to_numpy() for c in (donor_key, K.SPLIT))
+        donors = {"train_donors": d[split == "train"], "heldout_donors": d[split == "test"]}
     report = {"hvg": hvg, "detected": {"overall": detected["overall"]}}
     try:
         privacy = audit_counts(parts["train"][0], xt, sp.csr_matrix(twin.X),
                                list(map(str, pre.var_names)),
                                seed=derive_seed(seed, "privacy"),
-                               train_labels=parts["train"][1]).to_dict()  # fmt: skip
+                               train_labels=parts["train"][1], **donors).to_dict()  # fmt: skip
+        if donor_key:
+            privacy["donor_key"] = donor_key
     except DataError as exc:
         logger.warning("privacy audit skipped: %s", exc)
         privacy = {"skipped": str(exc)}
@@ -286,7 +296,16 @@ def _privacy_row(privacy: dict[str, Any]) -> dict[str, Any]:
             "privacy_density_auc": attacks["density"]["auc"],
             "privacy_redraw_auc": attacks.get("redraw", {}).get("auc"),
             "dcr_share": dcr["share_below_quantile"], "exact_copies": dcr["exact_duplicates"],
-            "privacy_flagged": "yes" if privacy["flagged"] else "no"}
+            "privacy_flagged": "yes" if privacy["flagged"] else "no",
+            **(_donor_row(privacy["donor_attacks"]) if privacy.get("donor_attacks") else {})}
+
+
+def _donor_row(attacks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The donor level's largest attack AUC, its donors and the AUC's s.e. under no leak."""
+    first = next(iter(attacks.values()))
+    return {"privacy_donor_auc": max(a["auc"] for a in attacks.values()),
+            "privacy_donors": f"{first['n_members']} / {first['n_nonmembers']}",
+            "privacy_donor_se": first["se_null"]}
 
 
 def table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]] | None = None

@@ -172,6 +172,9 @@ def check_ranges(section: Any, prefix: str = "") -> None:
 class DatasetConfig:
     path: str = ""  # h5ad file; "" = the embedded demo atlas (simulated, no download)
     label_key: str = "cell_type"  # obs column with the fine cell type
+    # obs column naming each cell's donor (or sample): with split.heldout_donors, the privacy
+    # audit also attacks at donor level ("": none)
+    donor_key: str = ""
     is_normalised: Literal["auto", True, False] = "auto"  # what X holds; "auto" detects
     groups: str = ""  # fine -> coarse mapping: TSV/JSON path, a packaged name ("e-annd-5"), or ""
     doublet_key: str = "predicted_doublets"  # obs column flagging doublets; skipped when absent
@@ -209,6 +212,11 @@ class SplitConfig:
     train: float = ranged("(0, 1)", 0.7)
     val: float = ranged("(0, 1)", 0.1)  # the reference's "eval" split, used for early stopping
     test: float = ranged("(0, 1)", 0.2)
+    # donors (dataset.donor_key) whose every cell is a test cell, chosen from the seed; the
+    # other donors' cells are split by the fractions. 0: every donor in every split. The
+    # privacy audit's donor level needs held-out donors absent from training (its AUC over
+    # donors can pass its threshold only with about 7 or more donors on each side)
+    heldout_donors: int = ranged("[0, inf)", 0)
 
 
 @dataclass
@@ -463,6 +471,11 @@ class RunConfig:
                 f"split fractions must be positive and sum to 1, got train={s.train}, "
                 f"val={s.val}, test={s.test}; fix them with --set split.train=0.7 etc."
             )
+        if s.heldout_donors and not self.dataset.donor_key:
+            raise ConfigError(
+                f"split.heldout_donors = {s.heldout_donors} holds out whole donors, but "
+                "dataset.donor_key names no donor column; set it (--set "
+                "dataset.donor_key=donor) or set split.heldout_donors = 0")
         self.cvae.validate()
         return self
 

@@ -225,6 +225,8 @@ ADDED: dict[str, dict[str, Any]] = {
              "decode_labels": True, "label_dropout": 0.0},
     "nb": {"covariates": [], "min_cells": 20},
     "scvi": {"covariates": []},
+    "dataset": {"donor_key": ""},
+    "split": {"heldout_donors": 0},
 }
 
 

@@ -287,7 +287,15 @@ def filter_cells(
                            len(unmapped), ", ".join(unmapped[:10]))
         st.obs[K.GROUP] = [groups.get(v, v) for v in labels]
 
-    st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed)
+    donors = None
+    if dataset.donor_key:
+        if dataset.donor_key not in st.obs.columns:
+            raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
+                            f"columns are: {', '.join(map(str, st.obs.columns[:20]))}; set "
+                            "dataset.donor_key to one of them, or to \"\" for none")
+        donors = st.obs[dataset.donor_key].astype(str).to_numpy()
+    st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed,
+                                       donors=donors, heldout_donors=split.heldout_donors)
     st.keep_cells(n_genes_cell[st.rows] >= qc.min_genes_per_cell,
                   f"fewer than {qc.min_genes_per_cell} genes", "qc.min_genes_per_cell")
 

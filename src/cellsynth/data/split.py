@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from ..errors import DataError
+from ..seeds import derive_seed
+
+logger = logging.getLogger(__name__)
 
 
 def stratified_split(
-    labels: np.ndarray, fractions: tuple[float, float, float], *, seed: int
+    labels: np.ndarray, fractions: tuple[float, float, float], *, seed: int,
+    donors: np.ndarray | None = None, heldout_donors: int = 0,
 ) -> np.ndarray:
     """Assign each cell to ``train``, ``val`` or ``test``, stratified by label.
 
@@ -14,17 +22,30 @@ def stratified_split(
     split holds each type in about the same proportion. A type with few cells keeps at least
     one training cell; validation, then test, get theirs only when the type has enough.
 
+    With ``donors`` and ``heldout_donors = k``, ``k`` donors drawn from the seed are test
+    cells whole (donors absent from training, for the privacy audit's donor level); the
+    other donors' cells are split as above.
+
     Returns
     -------
     An object array of ``"train"``/``"val"``/``"test"`` aligned with ``labels``.
+
+    Raises
+    ------
+    DataError
+        ``heldout_donors`` leaves fewer than one donor for training.
     """
     labels = np.asarray(labels)
     _, val_frac, test_frac = fractions
     rng = np.random.default_rng(seed)
     out = np.empty(labels.shape[0], dtype=object)
+    held = np.zeros(labels.shape[0], dtype=bool)
+    if heldout_donors:
+        held = _heldout_donors(np.asarray(donors).astype(str), heldout_donors, seed)
+        out[held] = "test"
     codes, uniques = _codes(labels)
     for code in range(len(uniques)):
-        idx = np.flatnonzero(codes == code)
+        idx = np.flatnonzero((codes == code) & ~held)
         idx = idx[rng.permutation(idx.size)]
         n = idx.size
         n_val = round(n * val_frac)
@@ -38,6 +59,20 @@ def stratified_split(
         out[idx[n_val : n_val + n_test]] = "test"
         out[idx[n_val + n_test :]] = "train"
     return out
+
+
+def _heldout_donors(donors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Mask of the cells of ``k`` donors drawn from ``seed`` (among the sorted donor names)."""
+    names = np.unique(donors)
+    if k >= len(names):
+        raise DataError(f"split.heldout_donors = {k} but the data have {len(names)} donor(s): "
+                        "at least one must be left for training; hold out fewer "
+                        f"(--set split.heldout_donors={max(len(names) - 1, 0)}) or none (0)")
+    picked = np.random.default_rng(derive_seed(seed, "heldout-donors")).choice(
+        names, size=k, replace=False)
+    logger.info("split: %d held-out donor(s), every cell a test cell: %s", k,
+                ", ".join(sorted(map(str, picked))[:10]))
+    return np.isin(donors, picked)
 
 
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -248,7 +248,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
         # fitted on, so they would sit farther from everything than unseen cells; as
         # metrics.privacy_counts.audit_counts splits them); copies of any real cell: memorisation
-        donors = None if r.donors is None else r.donors[evaluated]
+        donors, pool = (None, None) if r.donors is None else (r.donors[evaluated], r.donors)
         # the re-draw attack's weights and reference: the cells the space was fitted on
         redraw = _skipped("the re-draw attack", lambda: fit_redraw_space(
             space, fc, fl, seed=derive_seed(seed, "privacy-redraw")))
@@ -257,7 +257,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         embedded = (space.embed(rc), space.embed(heldout_counts), space.embed(sc))
         out["privacy"] = average_audits([privacy_audit(
             *embedded, seed=derive_seed(seed, "privacy" if r == 0 else f"privacy-{r}"),
-            train_donors=donors, heldout_donors=h.donors, train_counts=rc,
+            train_donors=donors, heldout_donors=h.donors, donor_pool=pool, train_counts=rc,
             heldout_counts=heldout_counts, synthetic_counts=sc, log=False, population=r == 0,
             redraw=None if isinstance(redraw, dict) else redraw)
             for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip

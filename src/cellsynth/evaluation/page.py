@@ -9,7 +9,7 @@ import os
 import platform
 from typing import Any
 
-from ..benchmark import GENE_PRIVACY_COLUMNS, table
+from ..benchmark import DONOR_COLUMNS, GENE_PRIVACY_COLUMNS, table
 from ..holdout import holdout_section
 from ..metrics.privacy_counts import AUDIT_REPEATS
 
@@ -85,6 +85,13 @@ def _privacy_targets(rows: dict, details: dict | None) -> list[str]:
                      "attack): " + ("met" if worst <= PRIVACY_TARGET else
                                     f"missed by {worst - PRIVACY_TARGET:.3f}")
                      + " (" + ", ".join(f"{k} {v:.3f}" for k, v in found.items()) + ")")
+    if c.get("privacy_donor_auc") is not None:
+        worst = c["privacy_donor_auc"]
+        notes.append(f"cvae membership-inference AUC ≤ {PRIVACY_TARGET} (donor level, "
+                     f"{c['privacy_donors']} donors): " + ("met" if worst <= PRIVACY_TARGET else
+                                                         f"missed by {worst - PRIVACY_TARGET:.3f}")
+                     + f" ({worst:.3f}; its s.e. under no leak at this many donors: "
+                       f"{c['privacy_donor_se']:.3f})")
     for name in CONTROLS:
         if rows.get(name, {}).get("privacy_flagged") is None:
             continue
@@ -136,6 +143,12 @@ _GENES_PRIVACY = (
     "controls the audit must flag."
 )
 
+_DONORS = (
+    " Donor level (`split.heldout_donors`): each attack's cell scores averaged per donor, the "
+    "training donors against donors held out whole; the largest AUC of the three attacks (with "
+    "fewer than about 7 donors a side none can pass its threshold)."
+)
+
 
 def results_page(sections: list, command: str, models: list[str]) -> str:
     """The markdown page of a benchmark: ``sections`` are ``(name, cfg, shape, details)``."""
@@ -159,7 +172,9 @@ def results_page(sections: list, command: str, models: list[str]) -> str:
                      if details.get("stale") else ""), "",
                   *table(rows), ""]
         if any(k in row for row in rows.values() for k, _, _ in GENE_PRIVACY_COLUMNS):
-            lines += [_GENES_PRIVACY, "", *table(rows, GENE_PRIVACY_COLUMNS), ""]
+            donors = any("privacy_donor_auc" in row for row in rows.values())
+            lines += [_GENES_PRIVACY + (_DONORS if donors else ""), "",
+                      *table(rows, GENE_PRIVACY_COLUMNS + (DONOR_COLUMNS if donors else [])), ""]
         if "cvae" in rows:
             trtr = rows["cvae"].get("trtr_macro_f1")
             lines.append(f"TRTR macro-F1 (real-trained, for TSTR/TRTR): {trtr:.3f}.")

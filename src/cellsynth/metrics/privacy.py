@@ -385,6 +385,41 @@ def redraw_attack(
     return cell, None if donor is None else donor["redraw"]
 
 
+def _donor_sides(train: Any, heldout: Any, train_donors: Any, heldout_donors: Any,
+                 pool: Any = None) -> tuple[np.ndarray | None, np.ndarray | None, str | None, bool]:  # fmt: skip
+    """Which held-out cells each level of the audit uses: ``(cells, donors, skipped, pure)``.
+
+    The donor level needs held-out donors absent from training, the cell level non-members of
+    the members' population. Held-out cells of training donors (a random split's test cells)
+    are the cell level's; those of donors with no training cell (held-out donors) the donor
+    level's; ``pool`` is every training donor (default: ``train_donors``'). ``cells`` (None:
+    every held-out cell) are the cell level's rows: the training
+    donors' held-out cells when there are ``MIN_CELLS`` of them and also new donors, else all.
+    ``donors`` (None: no donor level) are the donor level's rows, ``skipped`` why there are
+    none; ``pure``: every held-out donor is new, so one pass gives both levels.
+    """
+    if train_donors is None or heldout_donors is None:
+        return None, None, "no donor labels given (train_donors and heldout_donors)", False
+    n_train = train.shape[0] if hasattr(train, "shape") else len(train)
+    n_heldout = heldout.shape[0] if hasattr(heldout, "shape") else len(heldout)
+    td = _labels(train_donors, n_train, "train_donors")
+    hd = _labels(heldout_donors, n_heldout, "heldout_donors")
+    seen = np.isin(hd, np.unique(td if pool is None else np.asarray(pool).astype(str)))
+    if seen.all():
+        return None, None, (
+            f"every held-out donor ({len(np.unique(hd))}) also has training cells; donor-level "
+            "membership needs held-out donors absent from training: hold out whole donors "
+            "(split.heldout_donors in a run), or give held-out cells of other donors"), False
+    new = np.flatnonzero(~seen)
+    if not seen.any():
+        return None, new, None, True
+    if seen.sum() < MIN_CELLS:
+        logger.info("privacy: %d held-out cell(s) of training donors, fewer than %d: the cell "
+                    "level uses every held-out cell", int(seen.sum()), MIN_CELLS)
+        return None, new, None, False
+    return np.flatnonzero(seen), new, None, False
+
+
 @dataclass
 class PrivacyResult:
     """What :func:`privacy_audit` found; :meth:`to_dict` gives it JSON-ready."""
@@ -413,7 +448,7 @@ def privacy_audit(
     heldout_donors: Any = None, train_counts: Any = None, synthetic_counts: Any = None,
     heldout_counts: Any = None, max_n: int = 2_000, k: int = 1,
     redraw: RedrawSpace | None = None, copy_refs: Any = None, log: bool = True,
-    population: bool = True,
+    population: bool = True, donor_pool: Any = None,
 ) -> PrivacyResult:
     """Privacy and memorisation audit of generated cells against their training cells.
 
@@ -430,7 +465,13 @@ def privacy_audit(
     seed, max_n
         Seeds every subsample (child seeds by name); cells per side for DCRs and attacks.
     train_donors, heldout_donors, k
-        As in :func:`membership_attacks`.
+        As in :func:`membership_attacks`, with held-out cells of both kinds allowed: those of
+        training donors (a random split's test cells) are the cell level's non-members and
+        those of donors with no training cell (held-out donors) the donor level's
+        (:func:`_donor_sides`); without new donors the donor level is skipped, with the reason.
+    donor_pool
+        Every donor of the training cells, when ``train`` holds some of them only (the
+        members of a halving, a subsample): a held-out donor among them is no new donor.
     train_counts, synthetic_counts, heldout_counts, copy_refs
         As in :func:`distance_to_closest`.
     redraw
@@ -444,21 +485,40 @@ def privacy_audit(
         they differ). An audit repeated with other seeds keeps its first repeat's test, so the
         other repeats skip it (``population`` None, no caveats).
     """
-    dcr = distance_to_closest(train, heldout, synthetic, seed=derive_seed(seed, "dcr"),
+    cells, donor_rows, donor_skipped, pure = _donor_sides(train, heldout, train_donors,
+                                                          heldout_donors, donor_pool)  # fmt: skip
+
+    def rows(x: Any, r: np.ndarray | None) -> Any:
+        return x if x is None or r is None else (x[r] if sp.issparse(x) else np.asarray(x)[r])
+
+    ho, ho_counts = rows(heldout, cells), rows(heldout_counts, cells)
+    dcr = distance_to_closest(train, ho, synthetic, seed=derive_seed(seed, "dcr"),
                               max_n=max_n, train_counts=train_counts,
-                              synthetic_counts=synthetic_counts, heldout_counts=heldout_counts,
+                              synthetic_counts=synthetic_counts, heldout_counts=ho_counts,
                               copy_refs=copy_refs)
-    att = membership_attacks(train, heldout, synthetic, seed=derive_seed(seed, "attacks"),
-                             max_n=max_n, k=k, train_donors=train_donors,
-                             heldout_donors=heldout_donors)
+    donors = {"train_donors": train_donors, "heldout_donors": heldout_donors} if pure else {}
+    att = membership_attacks(train, ho, synthetic, seed=derive_seed(seed, "attacks"),
+                             max_n=max_n, k=k, **donors)
     attacks = {name: att[name] for name in ("distance", "density")}
-    donor_attacks = att["donor_level"]
+    donor_attacks = att["donor_level"] if pure else None
+    if donor_rows is not None and not pure:  # the donor level on the new donors' cells alone
+        by_donor = membership_attacks(
+            train, rows(heldout, donor_rows), synthetic, seed=derive_seed(seed, "attacks-donors"),
+            max_n=max_n, k=k, train_donors=train_donors,
+            heldout_donors=rows(heldout_donors, donor_rows))  # fmt: skip
+        donor_attacks, donor_skipped = by_donor["donor_level"], by_donor["donor_skipped"]
+    elif pure:
+        donor_skipped = att["donor_skipped"]
     counts = (train_counts, heldout_counts, synthetic_counts)
     if redraw is not None and all(c is not None for c in counts):
-        cell, donor = redraw_attack(redraw, *counts, seed=derive_seed(seed, "redraw"),
-                                    max_n=max_n, train_donors=train_donors,
-                                    heldout_donors=heldout_donors)  # fmt: skip
-        attacks["redraw"] = cell
+        attacks["redraw"], donor = redraw_attack(
+            redraw, train_counts, ho_counts, synthetic_counts, seed=derive_seed(seed, "redraw"),
+            max_n=max_n, **donors)  # fmt: skip
+        if donor_rows is not None and not pure:
+            _, donor = redraw_attack(
+                redraw, train_counts, rows(heldout_counts, donor_rows), synthetic_counts,
+                seed=derive_seed(seed, "redraw-donors"), max_n=max_n,
+                train_donors=train_donors, heldout_donors=rows(heldout_donors, donor_rows))
         if donor_attacks is not None and donor is not None:
             donor_attacks = {**donor_attacks, "redraw": donor}
     elif redraw is not None:
@@ -469,9 +529,9 @@ def privacy_audit(
                 "overlap_share": OVERLAP_SHARE, "exact_tol": EXACT_TOL}
     if "redraw" in attacks:
         settings["redraw"] = redraw.summary()
-    tested, caveats = (_population(train, heldout, seed, max_n, log=log) if population
+    tested, caveats = (_population(train, ho, seed, max_n, log=log) if population
                        else (None, []))  # fmt: skip
-    return PrivacyResult(dcr, attacks, donor_attacks, att["donor_skipped"],
+    return PrivacyResult(dcr, attacks, donor_attacks, donor_skipped,
                          att["reference_split"], bool(reasons), reasons, settings, tested,
                          caveats)
 

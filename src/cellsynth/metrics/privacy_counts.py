@@ -34,7 +34,7 @@ AUDIT_REPEATS = 5
 def audit_counts(
     train_counts: Any, heldout_counts: Any, synthetic_counts: Any, genes: list[str], *,
     seed: int, train_labels: Any = None, train_donors: Any = None, heldout_donors: Any = None,
-    max_n: int = 2_000, repeats: int = AUDIT_REPEATS,
+    max_n: int = 2_000, repeats: int = AUDIT_REPEATS, donor_pool: Any = None,
 ) -> PrivacyResult:
     """:func:`privacy_audit` from raw counts, in an evaluation space fitted on neither side,
     averaged over ``repeats`` random halvings of the training cells.
@@ -69,7 +69,11 @@ def audit_counts(
     train_labels
         Cell types of the training cells (the split and the space's PCA are balanced by type).
     train_donors, heldout_donors
-        Donor of each training and held-out cell, for the donor-level attack.
+        Donor of each training and held-out cell, for the donor-level attack (on held-out
+        cells of donors absent from training; :func:`~cellsynth.metrics.privacy.privacy_audit`).
+    donor_pool
+        Every training donor, when ``train_counts`` are a subsample of the training cells
+        (default: ``train_donors``').
     max_n
         Cells per side for the distances and attacks.
     repeats
@@ -100,7 +104,8 @@ def audit_counts(
             train_donors=None if all_donors is None else all_donors[members],
             heldout_donors=heldout_donors, train_counts=tr[members], heldout_counts=hc,
             synthetic_counts=sc, max_n=max_n, redraw=rs, copy_refs=tr[fit], log=False,
-            population=r == 0)  # average_audits keeps the first repeat's population test
+            population=r == 0,  # average_audits keeps the first repeat's population test
+            donor_pool=all_donors if donor_pool is None else donor_pool)
         result.settings.update(space_cells=len(fit), member_pool=len(members))
         results.append(result)
     return average_audits(results)

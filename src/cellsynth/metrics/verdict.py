@@ -481,4 +481,16 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
             lines.append(f"  caution: {caveat}")
         if privacy.get("donor_key") and privacy.get("donor_skipped"):
             lines.append(f"  donor level skipped: {privacy['donor_skipped']}")
+        if privacy.get("donor_attacks"):
+            lines.append(_donor_line(privacy["donor_attacks"]))
     return lines
+
+
+def _donor_line(attacks: dict[str, dict[str, Any]]) -> str:
+    """The donor-level AUCs in one line, and whether that many donors can flag at all."""
+    first = next(iter(attacks.values()))
+    line = (f"  donor level ({first['n_members']} training, {first['n_nonmembers']} held-out "
+            "donors): " + ", ".join(f"{name} AUC {a['auc']:.3f}" for name, a in attacks.items()))
+    if first["threshold"] >= 1.0:
+        return line + " (too few donors for any AUC to pass its threshold)"
+    return line + f" (flagged above {first['threshold']:.3f})"

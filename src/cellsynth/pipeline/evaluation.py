@@ -90,10 +90,13 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         real_c = sp.csr_matrix(test.layers[K.COUNTS])
         fid = fidelity_report(space, real_c, y_real, syn_x, y_syn[is_], seed=ctx.seed("fidelity"))
         it = train[stratified_subsample(y[train], cap, seed=ctx.seed("eval-train"))]
-        train_c = sp.csr_matrix(cells.to_memory(it).layers[K.COUNTS])
+        train_cells = cells.to_memory(it)
+        train_c = sp.csr_matrix(train_cells.layers[K.COUNTS])
+        donors = _donors(ctx, cells.obs.iloc[train], train_cells.obs, test.obs)
         result = {"real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
                   "synthetic_vs_real": fid,
-                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"])}
+                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"],
+                           donors)}
         result.update(_judged(ctx, space, result, (real_c, y_real), (syn_x, y_syn[is_])))
         write_json(ctx.path("metrics", "fidelity.json"), result)
         if keys:
@@ -142,12 +145,21 @@ def _covariates(ctx: RunContext) -> list[str]:
     return covariates_of(ctx.cfg, ctx.cfg.generator.model)
 
 
+def _donors(ctx: RunContext, *obs: pd.DataFrame) -> tuple[np.ndarray, ...] | None:
+    """The donor (``dataset.donor_key``) of each cell of ``obs`` tables (every training cell,
+    the evaluated training cells, the evaluated test cells), or None without a donor column."""
+    key = ctx.cfg.dataset.donor_key
+    return None if not key else tuple(o[key].astype(str).to_numpy() for o in obs)
+
+
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,
-           test_c: sp.csr_matrix, syn_c: sp.csr_matrix, c2st: float) -> dict[str, Any]:  # fmt: skip
+           test_c: sp.csr_matrix, syn_c: sp.csr_matrix, c2st: float,
+           donors: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:  # fmt: skip
     """``memorisation`` (copies of real cells, training cells included) and ``privacy`` (the
     audit of the generated cells against the training cells, the test cells held out, in a
     space fitted on other training cells; ``{"skipped": why}`` when the cells are too few),
-    each logged as a WARNING when flagged."""
+    each logged as a WARNING when flagged. With ``donors`` (:func:`_donors`) the audit also attacks at donor level, on the test cells of held-out donors
+    (``split.heldout_donors``)."""
     from ..metrics.fidelity import memorisation
     from ..metrics.privacy_counts import audit_counts
 
@@ -157,8 +169,14 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
         logger.warning("memorisation: the synthetic cells copy real ones (%s); their fidelity "
                        "scores do not measure generation", "; ".join(memo["reasons"]))
     try:
+        pool, train_d, test_d = donors if donors is not None else (None, None, None)
         privacy = audit_counts(train_c, test_c, syn_c, list(space.genes), seed=ctx.seed("privacy"),
-                               train_labels=train_y).to_dict()
+                               train_labels=train_y, train_donors=train_d,
+                               heldout_donors=test_d, donor_pool=pool).to_dict()  # fmt: skip
+        if donors is not None:
+            privacy["donor_key"] = ctx.cfg.dataset.donor_key
+            if privacy["donor_skipped"]:
+                logger.warning("privacy: donor-level audit skipped: %s", privacy["donor_skipped"])
     except DataError as exc:  # too few cells, or test cells that repeat training cells
         logger.warning("privacy audit skipped: %s", exc)
         privacy = {"skipped": str(exc)}

@@ -138,6 +138,8 @@ def _privacy(priv: Any) -> str:
                "Not flagged: no attack tells the training cells from held-out real cells "
                "better than chance allows (no proof of privacy, only that these attacks fail).")
     verdict += "".join(f" Caution: {c}." for c in priv.get("caveats") or [])
+    if priv.get("donor_key") and priv.get("donor_skipped"):
+        verdict += f" Donor level ({priv['donor_key']}) skipped: {priv['donor_skipped']}."
     rows = [(f"{name} attack ({level} level)", a.get("auc"), a.get("auc_sd"), a.get("threshold"),
              a.get("n_members"))
             for level, block in (("cell", priv.get("attacks")), ("donor", priv.get("donor_attacks")))
