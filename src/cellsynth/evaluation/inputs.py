@@ -213,7 +213,7 @@ def _check_disjoint(real: Any, heldout: Any, label_key: str, seed: int) -> None:
     """Refuse held-out cells that are training cells: cells of the same name in both whose
     counts are identical (a sample of up to 200 read from each), more than the privacy audit's
     ``OVERLAP_SHARE`` of the held-out cells. (Renamed copies are caught by the audit itself.)"""
-    from ..metrics.privacy import OVERLAP_SHARE
+    from ..metrics.privacy_dcr import OVERLAP_SHARE
 
     rn, hn = _labelled_names(real, label_key), _labelled_names(heldout, label_key)
     shared = rn.intersection(hn)
