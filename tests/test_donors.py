@@ -43,7 +43,7 @@ def test_bad_donor_settings():
     assert config.load(overrides=["split.heldout_donors=3", "dataset.donor_key='donor'"])
 
 
-def test_run_audits_held_out_donors(tmp_path):
+def test_run_audits_held_out_donors(tmp_path, capsys):
     """`cellsynth run` with a donor column and held-out donors: the privacy audit scores the
     training donors against the held-out ones (its donor level) and the report shows it."""
     from cellsynth.cli import main
@@ -70,6 +70,15 @@ def test_run_audits_held_out_donors(tmp_path):
     bad[bad.index("--out") + 1:bad.index("--out") + 1] = [str(tmp_path / "bad")]
     bad[bad.index("dataset.donor_key='donor'")] = "dataset.donor_key='patient'"
     assert main(bad) == 2  # a donor column the data lack: an error naming the columns
+    assert "donor column 'patient'" in capsys.readouterr().err
+    a = simulate_atlas(600, 100, 3, n_donors=4, seed=1)
+    a.obs["donor"] = a.obs["donor"].astype(object)
+    a.obs.iloc[:5, a.obs.columns.get_loc("donor")] = None
+    a.write_h5ad(tmp_path / "gaps.h5ad")
+    bad[bad.index(str(data))] = str(tmp_path / "gaps.h5ad")
+    bad[bad.index("dataset.donor_key='patient'")] = "dataset.donor_key='donor'"
+    assert main(bad) == 2  # cells without a donor: an error, not a donor called "nan"
+    assert "5 cell(s) have no donor" in capsys.readouterr().err
 
 
 def test_benchmark_audits_held_out_donors(tmp_path):

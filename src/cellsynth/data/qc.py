@@ -79,7 +79,7 @@ class _Cells:
         mask = np.asarray(mask, dtype=bool)
         if not mask.all():
             self.rows = self.rows[mask]
-            self.obs = self.obs.iloc[mask]
+            self.obs = self.obs.iloc[mask].copy()  # a frame of its own: columns are added later
         self.report.record(step, (before, len(self.rows)), (self.n_genes, self.n_genes))
         self._heavy(step, setting, before, len(self.rows))
         if len(self.rows) == 0:
@@ -293,6 +293,11 @@ def filter_cells(
             raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
                             f"columns are: {', '.join(map(str, st.obs.columns[:20]))}; set "
                             "dataset.donor_key to one of them, or to \"\" for none")
+        no_donor = missing_labels(st.obs[dataset.donor_key])
+        if no_donor.any():
+            raise DataError(f"{int(no_donor.sum())} cell(s) have no donor in obs"
+                            f"['{dataset.donor_key}'] (dataset.donor_key); give every cell its "
+                            "donor (or sample), or set dataset.donor_key = \"\"")
         donors = st.obs[dataset.donor_key].astype(str).to_numpy()
     st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed,
                                        donors=donors, heldout_donors=split.heldout_donors)
