@@ -21,9 +21,11 @@ conditioned run, ``simulated_donors_by_donor/``) and reused while its settings a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import sys
@@ -60,14 +62,18 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data, made = out / "simulated_donors.h5ad", out / "simulated_donors.json"
-    kept = ROOT / "benchmarks" / "results"
     if not data.exists() or not made.exists() or json.loads(made.read_text()) != ATLAS:
         simulate_atlas(ATLAS["n_cells"], ATLAS["n_genes"], ATLAS["n_types"],
                        n_donors=ATLAS["n_donors"], seed=ATLAS["seed"],
-                       library_size=ATLAS["library_size"]).write_h5ad(data)
+                       library_size=ATLAS["library_size"]).write_h5ad(data)  # same seed, same file
         made.write_text(json.dumps(ATLAS))
+    kept = ROOT / "benchmarks" / "results"
+    atlas = kept / "simulated_donors" / "atlas.json"  # the atlas the kept results are of
+    if not atlas.exists() or json.loads(atlas.read_text()) != ATLAS:
         for name in ("simulated_donors", "simulated_donors_by_donor"):  # other data: rerun
             shutil.rmtree(kept / name, ignore_errors=True)
+        atlas.parent.mkdir(parents=True, exist_ok=True)
+        atlas.write_text(json.dumps(ATLAS, indent=1) + "\n")
     sets = ["dataset.label_key='cell_type'", "dataset.donor_key='donor'",
             f"split.heldout_donors={HELD_OUT}"]
     command = "python benchmarks/privacy_donors.py " + " ".join(sys.argv[1:])
@@ -85,7 +91,9 @@ def main() -> int:
         parts.append(_body(page.read_text(), f"simulated, {ATLAS['n_donors']} donors: {title}"))
     head = (
         "# Donor-level privacy on a simulated atlas\n\n"
-        f"Written by `{command.strip()}`. Do not edit by hand: rerun the command.\n\n"
+        f"Written by `{command.strip()}` on {dt.date.today().isoformat()} "
+        f"({platform.machine()}, {os.cpu_count()} cores). Do not edit by hand: rerun the "
+        "command.\n\n"
         "Does a generator give away which donors it was trained on? No shared data set can say "
         "(Kang's four samples come from two donors, and an AUC over donors can pass its "
         "threshold only with about 7 donors a side), so this page uses a simulated atlas: "
