@@ -27,7 +27,7 @@ from .data.store import write_h5ad
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
-from .metrics.verdict import fidelity_verdict
+from .metrics.verdict import donor_summary, fidelity_verdict
 from .models.registry import make_generator
 from .runtime import hashed_settings, peak_rss_mb, write_json
 from .seeds import derive_seed
@@ -256,7 +256,7 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
     run), at donor level too with a ``donor_key`` (on the test cells of held-out donors)."""
     from .errors import DataError
     from .metrics.genes import gene_fidelity
-    from .metrics.privacy_counts import audit_counts
+    from .metrics.privacy_counts import audit_counts, with_donor_key
 
     (xt, yt), (xs, ys) = parts["test"], (sp.csr_matrix(syn.X), syn.obs[label_key].astype(str))
     gseed = derive_seed(seed, "genes")  # one seed: every generator meets the same real halves
@@ -280,8 +280,7 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
                                list(map(str, pre.var_names)),
                                seed=derive_seed(seed, "privacy"),
                                train_labels=parts["train"][1], **donors).to_dict()  # fmt: skip
-        if donor_key:
-            privacy["donor_key"] = donor_key
+        privacy = with_donor_key(privacy, donor_key)
     except DataError as exc:
         logger.warning("privacy audit skipped: %s", exc)
         privacy = {"skipped": str(exc)}
@@ -302,10 +301,10 @@ def _privacy_row(privacy: dict[str, Any]) -> dict[str, Any]:
 
 def _donor_row(attacks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The donor level's largest attack AUC, its donors and the AUC's s.e. under no leak."""
-    first = next(iter(attacks.values()))
-    return {"privacy_donor_auc": max(a["auc"] for a in attacks.values()),
-            "privacy_donors": f"{first['n_members']} / {first['n_nonmembers']}",
-            "privacy_donor_se": first["se_null"]}
+    d = donor_summary(attacks)
+    return {"privacy_donor_auc": d["largest"],
+            "privacy_donors": f"{d['n_members']} / {d['n_nonmembers']}",
+            "privacy_donor_se": d["se_null"]}
 
 
 def table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]] | None = None

@@ -242,7 +242,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
     }
     if h is not None:
         from ..metrics.privacy import privacy_audit
-        from ..metrics.privacy_counts import AUDIT_REPEATS, average_audits
+        from ..metrics.privacy_counts import AUDIT_REPEATS, average_audits, with_donor_key
         from ..metrics.privacy_redraw import fit_redraw_space
 
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
@@ -261,10 +261,8 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
             heldout_counts=heldout_counts, synthetic_counts=sc, log=False, population=r == 0,
             redraw=None if isinstance(redraw, dict) else redraw)
             for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip
-        out["privacy"]["donor_key"] = donor_key
-        if out["privacy"]["donor_skipped"] and donor_key is not None:
-            logger.warning("privacy: donor-level audit skipped: %s",
-                           out["privacy"]["donor_skipped"])
+        out["privacy"]["donor_key"] = donor_key  # None too: the file says none was given
+        with_donor_key(out["privacy"], donor_key)
     return out
 
 

@@ -249,10 +249,10 @@ def _donor_sides(train: Any, heldout: Any, train_donors: Any, heldout_donors: An
     the members' population. Held-out cells of training donors (a random split's test cells)
     are the cell level's; those of donors with no training cell (held-out donors) the donor
     level's; ``pool`` is every training donor (default: ``train_donors``'). ``cells`` (None:
-    every held-out cell) are the cell level's rows: the training
-    donors' held-out cells when there are ``MIN_CELLS`` of them and also new donors, else all.
-    ``donors`` (None: no donor level) are the donor level's rows, ``skipped`` why there are
-    none; ``pure``: every held-out donor is new, so one pass gives both levels.
+    every held-out cell) are the cell level's rows: the training donors' held-out cells when
+    there are ``MIN_CELLS`` of them and also new donors, else all. ``donors`` (None: no donor
+    level) are the donor level's rows, ``skipped`` why there are none; ``pure``: every
+    held-out donor is new, so one pass gives both levels.
     """
     if train_donors is None or heldout_donors is None:
         return None, None, "no donor labels given (train_donors and heldout_donors)", False

@@ -111,6 +111,19 @@ def audit_counts(
     return average_audits(results)
 
 
+def with_donor_key(privacy: dict[str, Any], donor_key: str | None) -> dict[str, Any]:
+    """An audit's dict (:meth:`PrivacyResult.to_dict`) that was asked for a donor level by the
+    obs column ``donor_key`` (None or "": not asked): the column is recorded beside it
+    (``donor_key``, what the report and the verdict lines name), and a donor level that could
+    not run is logged as a WARNING with the reason."""
+    if not donor_key:
+        return privacy
+    privacy["donor_key"] = donor_key
+    if privacy.get("donor_skipped"):
+        logger.warning("privacy: donor-level audit skipped: %s", privacy["donor_skipped"])
+    return privacy
+
+
 def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     """One :class:`PrivacyResult` from audits of one generator repeated with other seeds (the
     halvings of :func:`audit_counts`, or other attack candidates and reference folds): mean

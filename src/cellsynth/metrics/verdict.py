@@ -486,11 +486,20 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
     return lines
 
 
-def _donor_line(attacks: dict[str, dict[str, Any]]) -> str:
-    """The donor-level AUCs in one line, and whether that many donors can flag at all."""
+def donor_summary(attacks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The privacy audit's donor level (``donor_attacks``) in a few numbers: ``largest`` attack
+    AUC, the donors a side (``n_members``, ``n_nonmembers``), the AUC's ``se_null`` and flag
+    ``threshold`` at that many donors (one for every attack: they score the same donors)."""
     first = next(iter(attacks.values()))
-    line = (f"  donor level ({first['n_members']} training, {first['n_nonmembers']} held-out "
+    return {"largest": max(a["auc"] for a in attacks.values()),
+            **{k: first[k] for k in ("n_members", "n_nonmembers", "se_null", "threshold")}}
+
+
+def _donor_line(attacks: Mapping[str, Mapping[str, Any]]) -> str:
+    """The donor-level AUCs in one line, and whether that many donors can flag at all."""
+    d = donor_summary(attacks)
+    line = (f"  donor level ({d['n_members']} training, {d['n_nonmembers']} held-out "
             "donors): " + ", ".join(f"{name} AUC {a['auc']:.3f}" for name, a in attacks.items()))
-    if first["threshold"] >= 1.0:
+    if d["threshold"] >= 1.0:
         return line + " (too few donors for any AUC to pass its threshold)"
-    return line + f" (flagged above {first['threshold']:.3f})"
+    return line + f" (flagged above {d['threshold']:.3f})"

@@ -158,10 +158,10 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     """``memorisation`` (copies of real cells, training cells included) and ``privacy`` (the
     audit of the generated cells against the training cells, the test cells held out, in a
     space fitted on other training cells; ``{"skipped": why}`` when the cells are too few),
-    each logged as a WARNING when flagged. With ``donors`` (:func:`_donors`) the audit also attacks at donor level, on the test cells of held-out donors
-    (``split.heldout_donors``)."""
+    each logged as a WARNING when flagged. With ``donors`` (:func:`_donors`) the audit also
+    attacks at donor level, on the test cells of held-out donors (``split.heldout_donors``)."""
     from ..metrics.fidelity import memorisation
-    from ..metrics.privacy_counts import audit_counts
+    from ..metrics.privacy_counts import audit_counts, with_donor_key
 
     memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c, c2st=c2st,
                         seed=ctx.seed("memorisation"))  # fmt: skip
@@ -170,13 +170,10 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
                        "scores do not measure generation", "; ".join(memo["reasons"]))
     try:
         pool, train_d, test_d = donors if donors is not None else (None, None, None)
-        privacy = audit_counts(train_c, test_c, syn_c, list(space.genes), seed=ctx.seed("privacy"),
-                               train_labels=train_y, train_donors=train_d,
-                               heldout_donors=test_d, donor_pool=pool).to_dict()  # fmt: skip
-        if donors is not None:
-            privacy["donor_key"] = ctx.cfg.dataset.donor_key
-            if privacy["donor_skipped"]:
-                logger.warning("privacy: donor-level audit skipped: %s", privacy["donor_skipped"])
+        privacy = with_donor_key(audit_counts(
+            train_c, test_c, syn_c, list(space.genes), seed=ctx.seed("privacy"),
+            train_labels=train_y, train_donors=train_d, heldout_donors=test_d,
+            donor_pool=pool).to_dict(), ctx.cfg.dataset.donor_key)  # fmt: skip
     except DataError as exc:  # too few cells, or test cells that repeat training cells
         logger.warning("privacy audit skipped: %s", exc)
         privacy = {"skipped": str(exc)}
