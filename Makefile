@@ -17,13 +17,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cellsynth run
 
-# two pytest workers (pytest-xdist), each test file on one of them so that its module fixtures
-# are fitted once: 9 min 54 s for the suite on 2 cores where one process took 12 min 38 s
+# two pytest workers (pytest-xdist) that take each other's queued tests when idle, so the
+# largest test files do not end the run on one worker: 9 min 19 s for the suite on 2 cores,
+# where each file on one worker (--dist loadfile) took 9 min 44 s - 10 min 0 s and one process
+# 12 min 38 s
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
