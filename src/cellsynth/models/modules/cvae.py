@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Normal, constraints, kl_divergence
 
+from ._sparse_input import sparse_first_layer
 from .seed_vae import LossOutput, mlp
 
 Likelihood = Literal["nb", "zinb", "gaussian"]
@@ -244,6 +245,9 @@ class CVAEModule(nn.Module):
     """
 
     compute_dtype: torch.dtype = torch.float32
+    #: the encoder's first layer reads only the non-zero counts on the CPU in float32
+    #: (:mod:`._sparse_input`); False: the dense layer everywhere
+    sparse_input: bool = True
 
     def __init__(
         self,
@@ -385,7 +389,15 @@ class CVAEModule(nn.Module):
             Integer covariate codes, shape ``(B, k)`` (None without covariates).
         """
         with self._mixed():
-            h = self.encoder(torch.cat([self.normalise(x, library), self.condition(y, c)], dim=-1))
+            cond = self.condition(y, c)
+            first = None
+            if self.sparse_input and x.device.type == "cpu" and not self._low_precision():
+                log_factor = self.log_target_sum - torch.log(library.clamp_min(1.0))  # (B,)
+                first = sparse_first_layer(x, torch.exp(log_factor), cond, self.encoder[0])
+            if first is None:
+                h = self.encoder(torch.cat([self.normalise(x, library), cond], dim=-1))
+            else:  # the same layer, from the non-zero counts only
+                h = self.encoder[1:](first)
             qz_m = self.z_mean(h).float()  # (B, n_latent)
             qz_log_scale = self.z_log_scale(h).float().clamp(*_LOG_SCALE_RANGE)  # (B, n_latent)
         qz = Normal(qz_m, torch.exp(qz_log_scale))
