@@ -73,13 +73,20 @@ log = logging.getLogger("performance")
 # machine, timing, results
 
 
+#: the widest vector unit a CPU flag names, first match
+VECTOR_UNITS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 with BF16"), ("avx512f", "AVX-512"),
+                ("avx2", "AVX2"), ("avx", "AVX"))
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, RAM, GPU and the versions that matter for these numbers."""
     import torch
 
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as fh:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+        info = fh.read().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), []))
     with open("/proc/meminfo") as fh:
         kb = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal"))
     versions = {}
@@ -90,7 +97,10 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[pkg] = "absent"
     cuda = torch.cuda.is_available()
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(kb / 2**20, 1),
+    # hosts of one model name differ in vector units (a float32 peak of 137 GFLOP/s with
+    # AVX-512, 157 without it on this "AMD EPYC"): named so that sections compare like with like
+    vector = next((name for flag, name in VECTOR_UNITS if flag in flags), "no AVX")
+    return {"cpu": cpu, "vector": vector, "cores": os.cpu_count(), "ram_gib": round(kb / 2**20, 1),
             "gpu": torch.cuda.get_device_name(0) if cuda else None,
             "cuda": torch.version.cuda if cuda else None, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "versions": versions}  # fmt: skip
@@ -99,7 +109,8 @@ def machine() -> dict[str, Any]:
 def describe_machine(m: dict[str, Any]) -> str:
     v = m["versions"]
     gpu = f", GPU {m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else ", no GPU"
-    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+    vector = f" ({m['vector']})" if m.get("vector") else ""  # not recorded before 2026-12-05
+    return (f"{m['cpu']}{vector}, {m['cores']} cores ({m['torch_threads']} torch threads), "
             f"{m['ram_gib']} GiB RAM{gpu}; torch {v['torch']}, scvi-tools {v['scvi-tools']}, "
             f"xgboost {v['xgboost']}, cellsynth {v['cellsynth']}, Python {m['python']}")  # fmt: skip
 
