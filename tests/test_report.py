@@ -33,6 +33,10 @@ TINY = [
     "generator.n_per_type_val=5",
     "explain.max_cells=30",
     "explain.n_top_genes=5",
+    # a small CVAE, briefly: the report reads its files, not how good its cells are
+    "cvae.n_hidden=[64, 32]",
+    "cvae.n_latent=8",
+    "cvae.max_epochs=20",
 ]
 CHROMIUM = Path("/usr/bin/chromium")
 NOTE = "Not available in this run"

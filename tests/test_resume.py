@@ -82,7 +82,7 @@ def _checkpoint_epoch(path) -> int:
 def test_killed_during_training_resumes_from_its_checkpoint(tmp_path, caplog):
     """A run killed mid-training keeps its finished stages and its last training checkpoint; the
     rerun goes on from that checkpoint's epoch, not from epoch 0."""
-    epochs = 60
+    epochs = 12
     training = [f"cvae.max_epochs={epochs}", f"cvae.patience={epochs}", "cvae.batch_size=16",
                 "cvae.checkpoint_seconds=0"]  # fmt: skip
     ckpt = tmp_path / "generator" / "checkpoint" / "cvae.safetensors"
