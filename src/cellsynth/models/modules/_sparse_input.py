@@ -10,10 +10,11 @@ non-zero entries only:
 
 - forward: the non-zero counts of each cell (a compiled pass over the dense batch, in parallel
   over cells), normalised where they are, times the rows of the weight's transpose they select
-  (:func:`_rows_times`: each cell's output accumulated in registers, in parallel over cells);
+  (:func:`_times`: each cell's output accumulated in registers, in parallel over cells);
 - backward: the weight's gradient of the genes, gene by gene over the cells that have the gene
-  (:func:`_genes_times`, in parallel over genes), and the dense products for the type and
-  covariate columns, the bias and the embeddings' gradient as :class:`torch.nn.Linear` makes them.
+  (:func:`_times` again, on the counts as CSC, in parallel over genes), and the dense products
+  for the type and covariate columns, the bias and the embeddings' gradient as
+  :class:`torch.nn.Linear` makes them.
 
 Every output element is summed in one fixed order whatever the thread count, so a seed gives the
 same weights on any number of threads; the sums run in another order than a dense matmul's, so the
@@ -62,31 +63,20 @@ def _fill(x, factor, indptr, indices, values):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _rows_times(indptr, indices, values, wt, out):
-    """``out (B, H) = X @ wt`` for CSR ``X`` and ``wt (G, H)``: row by row, in parallel."""
+def _times(ptr, idx, values, dense, out):
+    """``out (n, H) = S @ dense`` for a compressed sparse ``S`` of ``n`` rows ``(ptr, idx,
+    values)`` and ``dense (m, H)``, row by row in parallel, each row summed in registers in the
+    order of its entries. With CSR ``X``: ``X @ W.T`` (``dense`` the weight's transpose); with
+    ``X`` as CSC, i.e. ``X.T`` as CSR: ``X.T @ dy``, the weight's gradient gene by gene."""
     n, h = out.shape
     for i in prange(n):
         acc = np.zeros(h, dtype=np.float32)
-        for p in range(indptr[i], indptr[i + 1]):
+        for p in range(ptr[i], ptr[i + 1]):
             v = values[p]
-            row = wt[indices[p]]
+            row = dense[idx[p]]
             for k in range(h):
                 acc[k] += v * row[k]
         out[i, :] = acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _genes_times(colptr, rows, values, dy, out):
-    """``out (G, H) = X.T @ dy`` for ``X`` as CSC ``(colptr, rows, values)``: gene by gene."""
-    g, h = out.shape
-    for j in prange(g):
-        acc = np.zeros(h, dtype=np.float32)
-        for p in range(colptr[j], colptr[j + 1]):
-            v = values[p]
-            row = dy[rows[p]]
-            for k in range(h):
-                acc[k] += v * row[k]
-        out[j, :] = acc
 
 
 def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
@@ -114,7 +104,7 @@ class SparseFirstLayer(torch.autograd.Function):
         wt = np.ascontiguousarray(w_genes.detach().numpy().T)  # (G, H)
         out = np.empty((csr.shape[0], weight.shape[0]), dtype=np.float32)
         with _threads():
-            _rows_times(csr.indptr, csr.indices, csr.data, wt, out)
+            _times(csr.indptr, csr.indices, csr.data, wt, out)
         w_cond = weight[:, n_genes:]
         h = torch.addmm(bias, cond, w_cond.t()).add_(torch.from_numpy(out))
         ctx.csr = csr
@@ -131,7 +121,7 @@ class SparseFirstLayer(torch.autograd.Function):
         csc = csr.tocsc()
         gt = np.empty((n_genes, weight.shape[0]), dtype=np.float32)  # (G, H)
         with _threads():
-            _genes_times(csc.indptr, csc.indices, csc.data, dy.numpy(), gt)
+            _times(csc.indptr, csc.indices, csc.data, dy.numpy(), gt)
         grad_w[:, :n_genes] = torch.from_numpy(gt).t()
         grad_w[:, n_genes:] = dy.t() @ cond
         grad_cond = dy @ weight[:, n_genes:] if ctx.needs_input_grad[1] else None
