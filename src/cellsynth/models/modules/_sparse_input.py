@@ -84,10 +84,11 @@ def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
     xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
     f = np.ascontiguousarray(factor.detach().numpy(), dtype=np.float32)
     indptr = np.zeros(len(xn) + 1, dtype=np.int64)
-    np.cumsum(_count(xn), out=indptr[1:])
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    values = np.empty(indptr[-1], dtype=np.float32)
-    _fill(xn, f, indptr, indices, values)
+    with _threads():
+        np.cumsum(_count(xn), out=indptr[1:])
+        indices = np.empty(indptr[-1], dtype=np.int32)
+        values = np.empty(indptr[-1], dtype=np.float32)
+        _fill(xn, f, indptr, indices, values)
     return sp.csr_matrix((values, indices, indptr), shape=xn.shape)
 
 
