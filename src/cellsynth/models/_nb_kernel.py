@@ -25,7 +25,9 @@ the random stream is not (a seed gives other cells on the CPU than on a GPU, as 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -261,9 +263,7 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
     theta = np.ascontiguousarray(theta, dtype=np.float32).reshape(-1, genes)
     dropout = (np.zeros((1, 0), np.float32) if dropout is None
                else np.ascontiguousarray(dropout, dtype=np.float32).reshape(-1, genes))
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with numba_threads(threads):
         keep = np.empty((n, genes), dtype=np.bool_)
         nnz = np.empty(n, dtype=np.int64)
         _mark(mu, theta, dropout, np.uint64(seed), keep, nnz)
@@ -272,6 +272,16 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
         indices = np.empty(indptr[-1], dtype=np.int32)
         data = np.empty(indptr[-1], dtype=np.float32)
         _fill(mu, theta, np.uint64(seed), keep, indptr, indices, data)
+    return data, indices, indptr
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int) -> Iterator[None]:
+    """numba's parallel loops on ``threads`` threads (at most numba's own limit, at least one)
+    for the duration, as many as torch's beside them; the earlier count after."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
     finally:
         numba.set_num_threads(before)
-    return data, indices, indptr

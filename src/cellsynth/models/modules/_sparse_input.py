@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
 from numba import njit, prange
+
+from .._nb_kernel import numba_threads
 
 
 @njit(parallel=True, cache=True)
@@ -84,7 +85,7 @@ def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
     xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
     f = np.ascontiguousarray(factor.detach().numpy(), dtype=np.float32)
     indptr = np.zeros(len(xn) + 1, dtype=np.int64)
-    with _threads():
+    with numba_threads(torch.get_num_threads()):
         np.cumsum(_count(xn), out=indptr[1:])
         indices = np.empty(indptr[-1], dtype=np.int32)
         values = np.empty(indptr[-1], dtype=np.float32)
@@ -104,7 +105,7 @@ class SparseFirstLayer(torch.autograd.Function):
         w_genes = weight[:, :n_genes]
         wt = np.ascontiguousarray(w_genes.detach().numpy().T)  # (G, H)
         out = np.empty((csr.shape[0], weight.shape[0]), dtype=np.float32)
-        with _threads():
+        with numba_threads(torch.get_num_threads()):
             _times(csr.indptr, csr.indices, csr.data, wt, out)
         w_cond = weight[:, n_genes:]
         h = torch.addmm(bias, cond, w_cond.t()).add_(torch.from_numpy(out))
@@ -121,23 +122,12 @@ class SparseFirstLayer(torch.autograd.Function):
         dy = dy.contiguous()
         csc = csr.tocsc()
         gt = np.empty((n_genes, weight.shape[0]), dtype=np.float32)  # (G, H)
-        with _threads():
+        with numba_threads(torch.get_num_threads()):
             _times(csc.indptr, csc.indices, csc.data, dy.numpy(), gt)
         grad_w[:, :n_genes] = torch.from_numpy(gt).t()
         grad_w[:, n_genes:] = dy.t() @ cond
         grad_cond = dy @ weight[:, n_genes:] if ctx.needs_input_grad[1] else None
         return None, grad_cond, grad_w, dy.sum(0)
-
-
-class _threads:
-    """numba's threads set to torch's for the duration (the kernels run beside torch's)."""
-
-    def __enter__(self) -> None:
-        self.before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-    def __exit__(self, *exc: object) -> None:
-        numba.set_num_threads(self.before)
 
 
 #: above this share of non-zero entries in a batch the dense layer is as fast (Kang's 30 %: the
