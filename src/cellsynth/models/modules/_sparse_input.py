@@ -82,14 +82,23 @@ def _times(ptr, idx, values, dense, out):
 
 def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
     """CSR of ``log1p(x * factor[:, None])`` (float32) from the dense CPU batch ``x``."""
-    xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
-    f = np.ascontiguousarray(factor.detach().numpy(), dtype=np.float32)
-    indptr = np.zeros(len(xn) + 1, dtype=np.int64)
+    xn = _float32(x)
     with numba_threads(torch.get_num_threads()):
-        np.cumsum(_count(xn), out=indptr[1:])
-        indices = np.empty(indptr[-1], dtype=np.int32)
-        values = np.empty(indptr[-1], dtype=np.float32)
-        _fill(xn, f, indptr, indices, values)
+        return _normalised(xn, factor, _count(xn))
+
+
+def _float32(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+
+
+def _normalised(xn: np.ndarray, factor: torch.Tensor, nnz: np.ndarray) -> sp.csr_matrix:
+    """:func:`normalised_csr` of ``xn`` whose rows have ``nnz`` non-zero entries (:func:`_count`;
+    under :func:`numba_threads`)."""
+    indptr = np.zeros(len(xn) + 1, dtype=np.int64)
+    np.cumsum(nnz, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    values = np.empty(indptr[-1], dtype=np.float32)
+    _fill(xn, _float32(factor), indptr, indices, values)
     return sp.csr_matrix((values, indices, indptr), shape=xn.shape)
 
 
@@ -140,7 +149,10 @@ def sparse_first_layer(x: torch.Tensor, factor: torch.Tensor, cond: torch.Tensor
     """``layer(cat([log1p(x * factor[:, None]), cond], -1))`` from the non-zero counts of the
     dense CPU batch ``x``; None when more than :data:`MAX_DENSITY` of its entries are non-zero
     (the dense layer is then as fast)."""
-    csr = normalised_csr(x, factor)
-    if csr.nnz > MAX_DENSITY * max(x.numel(), 1):
-        return None
+    xn = _float32(x)
+    with numba_threads(torch.get_num_threads()):
+        nnz = _count(xn)  # decided before the normalised entries are written
+        if nnz.sum() > MAX_DENSITY * max(x.numel(), 1):
+            return None
+        csr = _normalised(xn, factor, nnz)
     return SparseFirstLayer.apply(csr, cond, layer.weight, layer.bias)

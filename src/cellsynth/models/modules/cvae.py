@@ -360,8 +360,11 @@ class CVAEModule(nn.Module):
 
     def normalise(self, x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
         """``log1p(x / library * target_sum)``; ``x`` is ``(B, n_input)``, ``library`` ``(B,)``."""
-        log_factor = self.log_target_sum - torch.log(library.clamp_min(1.0))  # (B,)
-        return torch.log1p(x * torch.exp(log_factor)[:, None])  # (B, n_input)
+        return torch.log1p(x * self._size_factor(library)[:, None])  # (B, n_input)
+
+    def _size_factor(self, library: torch.Tensor) -> torch.Tensor:
+        """``target_sum / library`` (``(B,)``; a library below 1 counts as 1)."""
+        return torch.exp(self.log_target_sum - torch.log(library.clamp_min(1.0)))
 
     def prior(self, y: torch.Tensor) -> Normal:
         """``p(z | y)`` for integer codes ``y`` (``(B,)``): batch shape ``(B, n_latent)``."""
@@ -392,8 +395,7 @@ class CVAEModule(nn.Module):
             cond = self.condition(y, c)
             first = None
             if self.sparse_input and x.device.type == "cpu" and not self._low_precision():
-                log_factor = self.log_target_sum - torch.log(library.clamp_min(1.0))  # (B,)
-                first = sparse_first_layer(x, torch.exp(log_factor), cond, self.encoder[0])
+                first = sparse_first_layer(x, self._size_factor(library), cond, self.encoder[0])
             if first is None:
                 h = self.encoder(torch.cat([self.normalise(x, library), cond], dim=-1))
             else:  # the same layer, from the non-zero counts only
