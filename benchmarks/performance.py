@@ -373,8 +373,7 @@ def bench_flops(args, device: str) -> dict:
     batches = _batches(model, adata, device, bs)
     x0, _, lib0 = batches(0)
     density = float((x0 != 0).float().mean())
-    sparse = (getattr(module, "sparse_input", False) and device == "cpu"
-              and precision == "float32" and density <= MAX_DENSITY)  # fmt: skip
+    sparse = module.sparse_encoding(x0) and density <= MAX_DENSITY
     layers, flops, dense_flops = [], 0, 0
     for name, lin in linears:
         first = lin.in_features >= genes  # the input layer: no gradient for its input

@@ -362,6 +362,12 @@ class CVAEModule(nn.Module):
         """``log1p(x / library * target_sum)``; ``x`` is ``(B, n_input)``, ``library`` ``(B,)``."""
         return torch.log1p(x * self._size_factor(library)[:, None])  # (B, n_input)
 
+    def sparse_encoding(self, x: torch.Tensor) -> bool:
+        """Whether the encoder's first layer may read only the non-zero counts of the batch
+        ``x`` (:attr:`sparse_input`, on the CPU, in float32); it still takes the dense layer
+        for a batch above ``_sparse_input.MAX_DENSITY`` non-zero."""
+        return self.sparse_input and x.device.type == "cpu" and not self._low_precision()
+
     def _size_factor(self, library: torch.Tensor) -> torch.Tensor:
         """``target_sum / library`` (``(B,)``; a library below 1 counts as 1)."""
         return torch.exp(self.log_target_sum - torch.log(library.clamp_min(1.0)))
@@ -394,7 +400,7 @@ class CVAEModule(nn.Module):
         with self._mixed():
             cond = self.condition(y, c)
             first = None
-            if self.sparse_input and x.device.type == "cpu" and not self._low_precision():
+            if self.sparse_encoding(x):
                 first = sparse_first_layer(x, self._size_factor(library), cond, self.encoder[0])
             if first is None:
                 h = self.encoder(torch.cat([self.normalise(x, library), cond], dim=-1))
