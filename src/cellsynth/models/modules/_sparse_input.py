@@ -12,7 +12,8 @@ non-zero entries only:
   over cells), normalised where they are, times the rows of the weight's transpose they select
   (:func:`_times`: each cell's output accumulated in registers, in parallel over cells);
 - backward: the weight's gradient of the genes, gene by gene over the cells that have the gene
-  (:func:`_times` again, on the counts as CSC, in parallel over genes), and the dense products
+  (:func:`_times_t`, on the counts as CSC, in parallel over blocks of genes, written straight
+  into the gradient's ``(H, G)`` layout), and the dense products
   for the type and covariate columns, the bias and the embeddings' gradient as
   :class:`torch.nn.Linear` makes them.
 
@@ -67,8 +68,7 @@ def _fill(x, factor, indptr, indices, values):
 def _times(ptr, idx, values, dense, out):
     """``out (n, H) = S @ dense`` for a compressed sparse ``S`` of ``n`` rows ``(ptr, idx,
     values)`` and ``dense (m, H)``, row by row in parallel, each row summed in registers in the
-    order of its entries. With CSR ``X``: ``X @ W.T`` (``dense`` the weight's transpose); with
-    ``X`` as CSC, i.e. ``X.T`` as CSR: ``X.T @ dy``, the weight's gradient gene by gene."""
+    order of its entries: with CSR ``X``, ``X @ W.T`` (``dense`` the weight's transpose)."""
     n, h = out.shape
     for i in prange(n):
         acc = np.zeros(h, dtype=np.float32)
@@ -78,6 +78,32 @@ def _times(ptr, idx, values, dense, out):
             for k in range(h):
                 acc[k] += v * row[k]
         out[i, :] = acc
+
+
+_BLOCK = 16  # genes per task of :func:`_times_t`: their rows of the output written as one
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _times_t(ptr, idx, values, dense, out_t):
+    """:func:`_times` written transposed, ``out_t (H, n) = (S @ dense).T``, summed in the same
+    order: a block of :data:`_BLOCK` rows is summed in registers, then written column by column,
+    a cache line of ``out_t`` at a time (``out_t`` may be a strided view: the weight's gradient
+    of the genes, written where it lies, with no transposed copy after)."""
+    h, n = out_t.shape
+    for b in prange((n + _BLOCK - 1) // _BLOCK):
+        i0 = b * _BLOCK
+        i1 = min(n, i0 + _BLOCK)
+        acc = np.zeros((_BLOCK, h), dtype=np.float32)
+        for i in range(i0, i1):
+            a = acc[i - i0]
+            for p in range(ptr[i], ptr[i + 1]):
+                v = values[p]
+                row = dense[idx[p]]
+                for k in range(h):
+                    a[k] += v * row[k]
+        for k in range(h):
+            for i in range(i0, i1):
+                out_t[k, i] = acc[i - i0, k]
 
 
 def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
@@ -112,7 +138,7 @@ class SparseFirstLayer(torch.autograd.Function):
                 bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
         n_genes = csr.shape[1]
         w_genes = weight[:, :n_genes]
-        wt = np.ascontiguousarray(w_genes.detach().numpy().T)  # (G, H)
+        wt = w_genes.detach().t().contiguous().numpy()  # (G, H)
         out = np.empty((csr.shape[0], weight.shape[0]), dtype=np.float32)
         with numba_threads(torch.get_num_threads()):
             _times(csr.indptr, csr.indices, csr.data, wt, out)
@@ -130,10 +156,8 @@ class SparseFirstLayer(torch.autograd.Function):
         grad_w = torch.empty_like(weight)
         dy = dy.contiguous()
         csc = csr.tocsc()
-        gt = np.empty((n_genes, weight.shape[0]), dtype=np.float32)  # (G, H)
-        with numba_threads(torch.get_num_threads()):
-            _times(csc.indptr, csc.indices, csc.data, dy.numpy(), gt)
-        grad_w[:, :n_genes] = torch.from_numpy(gt).t()
+        with numba_threads(torch.get_num_threads()):  # into grad_w[:, :n_genes], transposed
+            _times_t(csc.indptr, csc.indices, csc.data, dy.numpy(), grad_w[:, :n_genes].numpy())
         grad_w[:, n_genes:] = dy.t() @ cond
         grad_cond = dy @ weight[:, n_genes:] if ctx.needs_input_grad[1] else None
         return None, grad_cond, grad_w, dy.sum(0)

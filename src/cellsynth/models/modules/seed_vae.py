@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+from ._dropout import Dropout
+
 #: log-variance is clamped to this range so ``exp`` cannot overflow early in training
 _LOGVAR_RANGE = (-20.0, 15.0)
 
@@ -40,7 +42,7 @@ def mlp(n_in: int, n_hidden: Sequence[int], dropout_rate: float) -> nn.Sequentia
     """Stacked ``Linear -> LayerNorm -> GELU -> Dropout`` blocks of widths ``n_hidden``."""
     layers: list[nn.Module] = []
     for n_out in n_hidden:
-        layers += [nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(), nn.Dropout(dropout_rate)]
+        layers += [nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(), Dropout(dropout_rate)]
         n_in = n_out
     return nn.Sequential(*layers)
 
