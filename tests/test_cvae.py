@@ -25,6 +25,7 @@ from cellsynth.models._counts import (
     library_sizes,
 )
 from cellsynth.models.base import Generator
+from cellsynth.models.modules._sparse_input import nonzero
 from cellsynth.models.modules.cvae import (
     CVAEModule,
     NegativeBinomial,
@@ -594,7 +595,8 @@ def test_auto_epoch_budget_follows_the_training_cells(small_kang, monkeypatch):
 
 @pytest.mark.parametrize("zero_inflated", [False, True])
 @pytest.mark.parametrize("per_cell_theta", [False, True])
-def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta):
+@pytest.mark.parametrize("found", [False, True])  # the non-zero counts found by the caller
+def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta, found):
     gen = torch.Generator().manual_seed(0)
     b, g = 16, 50
     mu = (torch.rand(b, g, generator=gen) * 5).requires_grad_()
@@ -605,7 +607,7 @@ def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta)
     x[3] = 0.0  # a cell with no counts
     px = NegativeBinomial(mu, theta, zi_logits=zi)
     dense = px.log_prob(x).sum(-1)
-    sparse = px.log_prob_cells(x)
+    sparse = px.log_prob_cells(x, nonzero(x) if found else None)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-4)
     params = [t for t in (mu, theta, zi) if t is not None]
     g_dense = torch.autograd.grad(dense.sum(), params)
@@ -614,7 +616,8 @@ def test_sparse_log_prob_sum_equals_the_dense_sum(zero_inflated, per_cell_theta)
         torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-5)
 
 
-def test_poisson_from_logits_is_the_dense_sum_and_moments_training_leaves_the_dispersion():
+@pytest.mark.parametrize("found", [False, True])  # the non-zero counts found by the caller
+def test_poisson_from_logits_is_the_dense_sum_and_moments_training_leaves_the_dispersion(found):
     logits = torch.randn(6, 9, dtype=torch.float64) * 2
     library = torch.rand(6, dtype=torch.float64) * 30 + 1
     x = torch.poisson(library[:, None] * torch.softmax(logits, -1))
@@ -625,9 +628,10 @@ def test_poisson_from_logits_is_the_dense_sum_and_moments_training_leaves_the_di
         mu = library[:, None] * torch.softmax(lg, -1)
         return torch.distributions.Poisson(mu).log_prob(x).sum(-1)
 
-    torch.testing.assert_close(log_poisson_softmax(x, logits, library), dense(logits))
+    nz = nonzero(x) if found else None
+    torch.testing.assert_close(log_poisson_softmax(x, logits, library, nz), dense(logits))
     (g_dense,) = torch.autograd.grad(dense(logits).sum(), logits)
-    (g_sparse,) = torch.autograd.grad(log_poisson_softmax(x, logits, library).sum(), logits)
+    (g_sparse,) = torch.autograd.grad(log_poisson_softmax(x, logits, library, nz).sum(), logits)
     torch.testing.assert_close(g_sparse, g_dense)
 
     module = CVAEModule(n_input=9, n_labels=2, n_hidden=[8], n_latent=2, dispersion_fit="moments")

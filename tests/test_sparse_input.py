@@ -61,7 +61,7 @@ def test_the_sparse_layer_is_used_and_gives_up_on_dense_batches(monkeypatch):
 def test_the_normalised_entries_are_log1p_of_the_scaled_counts():
     x = _batch(20, 50, 0.3)
     factor = torch.linspace(0.5, 3.0, 20)
-    csr = S.normalised_csr(x, factor)
+    csr = S.nonzero(x).normalised(factor)
     want = torch.log1p(x * factor[:, None]).numpy()
     np.testing.assert_allclose(csr.toarray(), want, rtol=1e-6, atol=1e-7)
     assert csr.nnz == int((x != 0).sum())

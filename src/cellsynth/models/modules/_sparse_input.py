@@ -27,6 +27,7 @@ dense layer would multiply in float32 on the CPU; a GPU, and the bfloat16 traini
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,16 +52,15 @@ def _count(x):
 
 
 @njit(parallel=True, cache=True)
-def _fill(x, factor, indptr, indices, values):
-    """CSR ``(indices, values)`` of ``log1p(x * factor[row])`` at the non-zero entries of ``x``."""
+def _fill(x, indptr, indices, values):
+    """CSR ``(indices, values)`` of the non-zero entries of the dense ``x``."""
     for i in prange(x.shape[0]):
         at = indptr[i]
-        f = factor[i]
         for j in range(x.shape[1]):
             v = x[i, j]
             if v != 0.0:
                 indices[at] = j
-                values[at] = math.log1p(v * f)
+                values[at] = v
                 at += 1
 
 
@@ -106,26 +106,41 @@ def _times_t(ptr, idx, values, dense, out_t):
                 out_t[k, i] = acc[i - i0, k]
 
 
-def normalised_csr(x: torch.Tensor, factor: torch.Tensor) -> sp.csr_matrix:
-    """CSR of ``log1p(x * factor[:, None])`` (float32) from the dense CPU batch ``x``."""
-    xn = _float32(x)
+@dataclass
+class Nonzero:
+    """The non-zero counts of a dense CPU batch ``(B, G)``, found in one compiled pass: CSR
+    (``indptr``, ``indices``, ``counts``) and each entry's ``rows`` and ``cols`` (torch int64). The encoder's sparse input
+    layer and the likelihood's sum over the non-zero counts both read it."""
+
+    shape: tuple[int, int]
+    indptr: np.ndarray
+    indices: np.ndarray  # int32
+    counts: torch.Tensor  # float32, (nnz,)
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+    def normalised(self, factor: torch.Tensor) -> sp.csr_matrix:
+        """CSR of ``log1p(x * factor[:, None])`` (float32)."""
+        values = torch.log1p(self.counts * factor.detach().float()[self.rows])
+        return sp.csr_matrix((values.numpy(), self.indices, self.indptr), shape=self.shape)
+
+
+def nonzero(x: torch.Tensor, max_density: float = 1.0) -> Nonzero | None:
+    """:class:`Nonzero` of the dense CPU batch ``x``; None when more than ``max_density`` of
+    its entries are non-zero (decided from a counting pass, before any entry is written)."""
+    xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
     with numba_threads(torch.get_num_threads()):
-        return _normalised(xn, factor, _count(xn))
-
-
-def _float32(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
-
-
-def _normalised(xn: np.ndarray, factor: torch.Tensor, nnz: np.ndarray) -> sp.csr_matrix:
-    """:func:`normalised_csr` of ``xn`` whose rows have ``nnz`` non-zero entries (:func:`_count`;
-    under :func:`numba_threads`)."""
-    indptr = np.zeros(len(xn) + 1, dtype=np.int64)
-    np.cumsum(nnz, out=indptr[1:])
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    values = np.empty(indptr[-1], dtype=np.float32)
-    _fill(xn, _float32(factor), indptr, indices, values)
-    return sp.csr_matrix((values, indices, indptr), shape=xn.shape)
+        nnz = _count(xn)
+        if nnz.sum() > max_density * max(x.numel(), 1):
+            return None
+        indptr = np.zeros(len(xn) + 1, dtype=np.int64)
+        np.cumsum(nnz, out=indptr[1:])
+        indices = np.empty(indptr[-1], dtype=np.int32)
+        counts = np.empty(indptr[-1], dtype=np.float32)
+        _fill(xn, indptr, indices, counts)
+    rows = torch.repeat_interleave(torch.arange(len(xn)), torch.from_numpy(nnz))
+    return Nonzero(xn.shape, indptr, indices, torch.from_numpy(counts), rows,
+                   torch.from_numpy(indices).long())  # fmt: skip
 
 
 class SparseFirstLayer(torch.autograd.Function):
@@ -168,15 +183,12 @@ class SparseFirstLayer(torch.autograd.Function):
 MAX_DENSITY = 0.25
 
 
-def sparse_first_layer(x: torch.Tensor, factor: torch.Tensor, cond: torch.Tensor,
+def sparse_first_layer(x: torch.Tensor | Nonzero, factor: torch.Tensor, cond: torch.Tensor,
                        layer: torch.nn.Linear) -> torch.Tensor | None:  # fmt: skip
     """``layer(cat([log1p(x * factor[:, None]), cond], -1))`` from the non-zero counts of the
-    dense CPU batch ``x``; None when more than :data:`MAX_DENSITY` of its entries are non-zero
-    (the dense layer is then as fast)."""
-    xn = _float32(x)
-    with numba_threads(torch.get_num_threads()):
-        nnz = _count(xn)  # decided before the normalised entries are written
-        if nnz.sum() > MAX_DENSITY * max(x.numel(), 1):
-            return None
-        csr = _normalised(xn, factor, nnz)
-    return SparseFirstLayer.apply(csr, cond, layer.weight, layer.bias)
+    dense CPU batch ``x`` (or its :class:`Nonzero`); None when more than :data:`MAX_DENSITY` of
+    its entries are non-zero (the dense layer is then as fast)."""
+    found = x if isinstance(x, Nonzero) else nonzero(x, MAX_DENSITY)
+    if found is None or len(found.counts) > MAX_DENSITY * max(math.prod(found.shape), 1):
+        return None
+    return SparseFirstLayer.apply(found.normalised(factor), cond, layer.weight, layer.bias)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Normal, constraints, kl_divergence
 
-from ._sparse_input import sparse_first_layer
+from ._sparse_input import Nonzero, nonzero, sparse_first_layer
 from .seed_vae import LossOutput, mlp
 
 Likelihood = Literal["nb", "zinb", "gaussian"]
@@ -59,21 +59,32 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tens
     )
 
 
-def log_poisson_softmax(x: torch.Tensor, logits: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+def log_poisson_softmax(x: torch.Tensor, logits: torch.Tensor, library: torch.Tensor,
+                        found: Nonzero | None = None) -> torch.Tensor:  # fmt: skip
     """Poisson log-likelihood of each cell's counts ``x`` (``(B, n_genes)``) at means
-    ``library * softmax(logits)``, from the logits.
+    ``library * softmax(logits)``, from the logits; ``found``: the non-zero counts of ``x`` where
+    they were found already (:func:`._sparse_input.nonzero`).
 
     The means sum to ``library``, so the zeros add ``-library`` in all; only the non-zero
-    counts are visited, at ``log mu = log library + logits - logsumexp(logits)`` (exact: no
-    logarithm of a mean that underflows). The dense work is one logsumexp and its softmax in
-    the backward pass. At 2,000 genes on 2 CPU cores it is no faster than going through the
-    means: the output layer's matmuls dominate the head.
+    counts are visited, at ``log mu = log library + log_softmax(logits)`` (exact: no
+    logarithm of a mean that underflows). The dense work is one fused ``log_softmax`` and its
+    fused backward (1.3 ms forward and backward for 256 x 2,000 on 2 CPU cores, against 2.5 ms
+    for ``logits - logsumexp(logits)``).
     """
-    lse = torch.logsumexp(logits, dim=-1)  # (B,)
-    rows, cols = (x > 0).nonzero(as_tuple=True)
-    k = x[rows, cols]
-    log_mu = logits[rows, cols] - lse[rows] + torch.log(library)[rows]
+    rows, k, at = _nonzero(x, found)
+    log_mu = at(torch.log_softmax(logits, dim=-1)) + torch.log(library)[rows]
     return (-library).index_add(0, rows, k * log_mu - torch.lgamma(k + 1.0))
+
+
+def _nonzero(x: torch.Tensor, found: Nonzero | None):
+    """``(rows, counts, at)`` of the non-zero entries of ``x``: their rows, their counts, and a
+    function that takes a ``(B, G)`` tensor's values there; from ``found`` when given."""
+    if found is not None:
+        rows, cols, counts = found.rows, found.cols, found.counts
+    else:
+        rows, cols = (x > 0).nonzero(as_tuple=True)
+        counts = x[rows, cols]
+    return rows, counts, lambda t: t[rows, cols]
 
 
 def log_zinb(
@@ -142,8 +153,9 @@ class NegativeBinomial(Distribution):
             return log_nb(value, self.mu, self.theta)
         return log_zinb(value, self.mu, self.theta, self.zi_logits)
 
-    def log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
-        """``log_prob(value).sum(-1)`` for counts ``(B, n_genes)``, computed sparsely.
+    def log_prob_cells(self, value: torch.Tensor, found: Nonzero | None = None) -> torch.Tensor:
+        """``log_prob(value).sum(-1)`` for counts ``(B, n_genes)``, computed sparsely (``found``:
+        the non-zero counts of ``value`` where they were found already).
 
         Every term but ``theta * log(theta / (theta + mu))`` (and, zero-inflated, the zero
         case) vanishes where the count is 0, so the log-gamma terms, ``log(mu)`` and their
@@ -153,11 +165,10 @@ class NegativeBinomial(Distribution):
         mu, theta = self.mu, self.theta
         log_theta_mu = torch.log(theta + mu + _EPS)
         log_p0 = theta * (torch.log(theta + _EPS) - log_theta_mu)  # (B, G): NB's log P(x = 0)
-        rows, cols = (value > 0).nonzero(as_tuple=True)
-        x = value[rows, cols]
-        th = theta.expand_as(mu)[rows, cols]
+        rows, x, at = _nonzero(value, found)
+        th = at(theta.expand_as(mu))
         nonzero = (
-            x * (torch.log(mu[rows, cols] + _EPS) - log_theta_mu[rows, cols])
+            x * (torch.log(at(mu) + _EPS) - at(log_theta_mu))
             + torch.lgamma(x + th)
             - torch.lgamma(th)
             - torch.lgamma(x + 1.0)
@@ -167,8 +178,8 @@ class NegativeBinomial(Distribution):
         # zero: softplus(-zi + log_p0) - softplus(-zi); non-zero: -zi + log_p0 - softplus(-zi) + ...
         shifted = log_p0 - self.zi_logits
         dense = (F.softplus(shifted) - F.softplus(-self.zi_logits)).sum(-1)
-        at = shifted[rows, cols]
-        return dense.index_add(0, rows, at - F.softplus(at) + nonzero)
+        shifted_at = at(shifted)
+        return dense.index_add(0, rows, shifted_at - F.softplus(shifted_at) + nonzero)
 
     @torch.no_grad()
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
@@ -382,7 +393,7 @@ class CVAEModule(nn.Module):
 
     def inference(
         self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
-        c: torch.Tensor | None = None,
+        c: torch.Tensor | None = None, *, found: Nonzero | None = None,
     ) -> tuple[Normal, torch.Tensor]:
         """Posterior ``q(z | x, y)`` and a reparameterised sample.
 
@@ -396,12 +407,16 @@ class CVAEModule(nn.Module):
             Total counts per cell, shape ``(B,)``.
         c
             Integer covariate codes, shape ``(B, k)`` (None without covariates).
+        found
+            The non-zero counts of ``x`` (:func:`._sparse_input.nonzero`) where the caller found
+            them already; else the sparse input layer finds them.
         """
         with self._mixed():
             cond = self.condition(y, c)
             first = None
             if self.sparse_encoding(x):
-                first = sparse_first_layer(x, self._size_factor(library), cond, self.encoder[0])
+                first = sparse_first_layer(x if found is None else found,
+                                           self._size_factor(library), cond, self.encoder[0])  # fmt: skip
             if first is None:
                 h = self.encoder(torch.cat([self.normalise(x, library), cond], dim=-1))
             else:  # the same layer, from the non-zero counts only
@@ -556,13 +571,15 @@ class CVAEModule(nn.Module):
         """Negative ELBO averaged over the batch; ``kl_weight`` scales
         ``KL(q(z|x,y,c) || p(z|y))``. The decoder's mean is not calibrated (``gene_scale``
         is for generation only)."""
-        qz, z = self.inference(x, y, library, c)
+        # the non-zero counts, found once for the sparse input layer and the likelihood
+        found = nonzero(x) if x.device.type == "cpu" else None
+        qz, z = self.inference(x, y, library, c, found=found)
         if self.dispersion_fit == "moments":  # Poisson at library * softmax: the logits do
-            reconst = -log_poisson_softmax(x, self._decode(z, y, c)[1], library)  # (B,)
+            reconst = -log_poisson_softmax(x, self._decode(z, y, c)[1], library, found)  # (B,)
         else:
             px = self.generative(z, y, library, c, calibrated=False)
             if isinstance(px, NegativeBinomial):
-                reconst = -px.log_prob_cells(x)  # (B,)
+                reconst = -px.log_prob_cells(x, found)  # (B,)
             else:  # Gaussian, on the normalised values
                 reconst = -px.log_prob(self.normalise(x, library)).sum(dim=-1)
         kl = kl_divergence(qz, self.prior(y)).sum(dim=-1)  # (B,)
