@@ -444,7 +444,7 @@ def bench_flops(args, device: str) -> dict:
 
     t_linear = timeit(linear_only, device, min_time)
     x, y, lib = batches(0)
-    t_nb = _time_nb_head(x, lib, device, min_time)
+    t_nb = _time_head(module, x, lib, device, min_time)
     prof = _profile(module, opt, batches, device, 3 if args.quick else 10)
     module.zero_grad(set_to_none=True)
     return {"peak_gflops": peak, "peak": peak_gflops, "peaks": peaks, "precision": precision,
@@ -456,7 +456,7 @@ def bench_flops(args, device: str) -> dict:
             "dense_flops_per_step": dense_flops,
             "step_loop_s": step_loop, "loop_epochs": hist["epochs"],
             "step_manual_s": step_manual, "phases_s": phases, "linear_s": t_linear,
-            "nb_head_s": t_nb, "batch_source": batches.source, "achieved_gflops": flops / step_loop / 1e9,
+            "nb_head_s": t_nb, "head": module.dispersion_fit, "batch_source": batches.source, "achieved_gflops": flops / step_loop / 1e9,
             "linear_only_gflops": flops / t_linear / 1e9, "profile": prof,
             "float32_matmul_precision": torch.get_float32_matmul_precision()}  # fmt: skip
 
@@ -494,19 +494,31 @@ def _batches(model, adata, device: str, bs: int):
     return batches
 
 
-def _time_nb_head(x, lib, device: str, min_time: float) -> float | None:
-    """Forward + backward of softmax -> mean -> NB log-likelihood on one batch, as the module's
-    head computes it (``NegativeBinomial.log_prob_cells``: summed over the non-zero counts)."""
+#: the likelihood head a training step computes, by ``cvae.dispersion_fit``
+HEADS = {"moments": "Poisson from the logits (`log_poisson_softmax`; the dispersion is fitted "
+                    "by moments after training, the default)",
+         "learned": "softmax → mean → `NegativeBinomial.log_prob_cells`"}  # fmt: skip
+
+
+def _time_head(module, x, lib, device: str, min_time: float) -> float | None:
+    """Forward + backward of the module's likelihood head (:data:`HEADS`) on one batch, from
+    its logits, summed over the non-zero counts found once as the training step finds them."""
     import torch
 
-    from cellsynth.models.modules.cvae import NegativeBinomial
+    from cellsynth.models.modules._sparse_input import nonzero
+    from cellsynth.models.modules.cvae import NegativeBinomial, log_poisson_softmax
 
     logits = torch.randn(x.shape, device=device, requires_grad=True)
     px_r = torch.zeros(x.shape[1], device=device, requires_grad=True)
 
     def head() -> None:
-        mu = lib[:, None] * torch.softmax(logits, dim=-1)
-        (-NegativeBinomial(mu, torch.exp(px_r)).log_prob_cells(x).mean()).backward()
+        found = nonzero(x) if x.device.type == "cpu" else None
+        if module.dispersion_fit == "moments":
+            loss = -log_poisson_softmax(x, logits, lib, found).mean()
+        else:
+            mu = lib[:, None] * torch.softmax(logits, dim=-1)
+            loss = -NegativeBinomial(mu, torch.exp(px_r)).log_prob_cells(x, found).mean()
+        loss.backward()
 
     return timeit(head, device, min_time)
 
@@ -819,9 +831,8 @@ def page_flops(found: dict) -> list[str]:
              "Achieved = those FLOPs / the training step time of `CVAE.fit` (its own loop, the "
              "default architecture, epochs after the first when there are several). "
              "The step breakdown times one step phase by phase (synchronised on a GPU), then "
-             "the same linear layers alone (forward + backward on random inputs) and the NB "
-             "head alone (softmax → mean → `NegativeBinomial.log_prob_cells`, forward + "
-             "backward) on one batch.", ""]
+             "the same linear layers alone (forward + backward on random inputs) and the "
+             "likelihood head alone (from the logits, forward + backward) on one batch.", ""]
     if not found:
         return [*lines, "Not run yet: `python benchmarks/performance.py --flops`.", ""]
     for r in found.values():
@@ -864,9 +875,10 @@ def page_flops(found: dict) -> list[str]:
         lines.append(f"| **whole step (phases summed)** | {step * 1e3:.2f} | 100% |")
         lines.append(f"| of which linear layers, fwd + bwd (alone) | {res['linear_s'] * 1e3:.2f} "
                      f"| {res['linear_s'] / step:.0%} |")
-        if res.get("nb_head_s") is not None:
-            lines.append(f"| of which NB head, fwd + bwd (alone) | {res['nb_head_s'] * 1e3:.2f} "
-                         f"| {res['nb_head_s'] / step:.0%} |")
+        if res.get("nb_head_s") is not None:  # results before "head" timed the learned one
+            head = HEADS[res.get("head", "learned")]
+            lines.append(f"| of which the likelihood head, {head}, fwd + bwd (alone) | "
+                         f"{res['nb_head_s'] * 1e3:.2f} | {res['nb_head_s'] / step:.0%} |")
             rest = step - res["linear_s"] - res["nb_head_s"] - res["phases_s"]["densify"] \
                 - res["phases_s"]["optimizer"]
             lines.append(f"| of which the rest (norms, activations, dropout, KL, autograd and "
