@@ -8,8 +8,9 @@ entries of the shared data sets are non-zero, 30 % at most), and a zero count ad
 either product. :class:`SparseFirstLayer` is that layer as an autograd function that reads the
 non-zero entries only:
 
-- forward: the non-zero counts of each cell (a compiled pass over the dense batch, in parallel
-  over cells), normalised where they are, times the rows of the weight's transpose they select
+- forward: the non-zero counts of each cell (:func:`nonzero`: a compiled pass over the dense
+  batch, in parallel over cells; a training step finds them once for this layer and for the
+  likelihood), normalised where they are, times the rows of the weight's transpose they select
   (:func:`_times`: each cell's output accumulated in registers, in parallel over cells);
 - backward: the weight's gradient of the genes, gene by gene over the cells that have the gene
   (:func:`_times_t`, on the counts as CSC, in parallel over blocks of genes, written straight
@@ -109,8 +110,9 @@ def _times_t(ptr, idx, values, dense, out_t):
 @dataclass
 class Nonzero:
     """The non-zero counts of a dense CPU batch ``(B, G)``, found in one compiled pass: CSR
-    (``indptr``, ``indices``, ``counts``) and each entry's ``rows`` and ``cols`` (torch int64). The encoder's sparse input
-    layer and the likelihood's sum over the non-zero counts both read it."""
+    (``indptr``, ``indices``, ``counts``) and each entry's ``rows`` and ``cols`` (torch int64).
+    The encoder's sparse input layer and the likelihood's sum over the non-zero counts both
+    read it."""
 
     shape: tuple[int, int]
     indptr: np.ndarray
