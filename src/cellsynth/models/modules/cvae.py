@@ -571,8 +571,10 @@ class CVAEModule(nn.Module):
         """Negative ELBO averaged over the batch; ``kl_weight`` scales
         ``KL(q(z|x,y,c) || p(z|y))``. The decoder's mean is not calibrated (``gene_scale``
         is for generation only)."""
-        # the non-zero counts, found once for the sparse input layer and the likelihood
-        found = nonzero(x) if x.device.type == "cpu" else None
+        # the non-zero counts, found once for the sparse input layer and the count likelihood
+        # (the Gaussian one reads every normalised value)
+        found = (nonzero(x) if x.device.type == "cpu"
+                 and (self.likelihood != "gaussian" or self.sparse_encoding(x)) else None)
         qz, z = self.inference(x, y, library, c, found=found)
         if self.dispersion_fit == "moments":  # Poisson at library * softmax: the logits do
             reconst = -log_poisson_softmax(x, self._decode(z, y, c)[1], library, found)  # (B,)
