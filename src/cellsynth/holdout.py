@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from . import keys as K
 from .config import COVARIATE_SECTIONS, RunConfig
+from .data.levels import LevelLookup, level_text
 from .errors import DataError
 from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
@@ -92,12 +93,13 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
         if key not in obs:
             raise DataError(f"--holdout: no column {key!r}; the columns are "
                             f"{', '.join(map(str, obs.columns))}")
-        values = obs[key].astype(str).to_numpy()
-        if level not in set(values):
-            seen = sorted(set(values))
+        values = level_text(obs[key])
+        seen = sorted(set(values))
+        code = LevelLookup(seen).code(level)  # a number matches by value: 12 is 12.0
+        if code < 0:
             raise DataError(f"--holdout: {key} has no level {level!r}; it has "
                             f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}")
-        mask &= values == level
+        mask &= values == seen[code]
     return mask
 
 

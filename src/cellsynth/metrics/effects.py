@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..data.levels import level_text
 from ..seeds import derive_seed
 from .fidelity import FidelityConfig, fidelity_report, real_floor
 from .space import EvalSpace
@@ -36,7 +37,7 @@ def combination(obs: pd.DataFrame, label_key: str, keys: list[str]) -> np.ndarra
     """Each cell's combination as one string: ``"B cells | condition=stim | donor=D7"``."""
     out = obs[label_key].astype(str).to_numpy().astype(object)
     for k in keys:
-        out = out + f" | {k}=" + obs[k].astype(str).to_numpy().astype(object)
+        out = out + f" | {k}=" + level_text(obs[k]).astype(object)
     return out.astype(str)
 
 
@@ -83,7 +84,7 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
         space, real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, keys=keys,
         seed=derive_seed(seed, "combinations")), "effects": {}}  # fmt: skip
     for k in keys:
-        levels = real_obs[k].astype(str).value_counts()
+        levels = pd.Series(level_text(real_obs[k])).value_counts()
         if len(levels) > MAX_EFFECT_LEVELS:
             out["effects"][k] = {"skipped": f"{len(levels)} levels: more than "
                                             f"{MAX_EFFECT_LEVELS}"}
@@ -140,8 +141,7 @@ def condition_effects(real_counts: Any, real_obs: pd.DataFrame, syn_counts: Any,
     out: dict[str, dict[str, Any]] = {}
     r_type = real_obs[label_key].astype(str).to_numpy()
     s_type = syn_obs[label_key].astype(str).to_numpy()
-    r_cov = real_obs[covariate].astype(str).to_numpy()
-    s_cov = syn_obs[covariate].astype(str).to_numpy()
+    r_cov, s_cov = level_text(real_obs[covariate]), level_text(syn_obs[covariate])
     for t in sorted(set(r_type) | set(s_type)):
         rows = {(side, lv): np.flatnonzero((ty == t) & (cv == lv))
                 for side, ty, cv in (("real", r_type, r_cov), ("syn", s_type, s_cov))

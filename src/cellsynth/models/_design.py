@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.io import missing_as_text
+from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
 from ._training import check_count, known_label
 from .base import request as request_pairs
@@ -80,7 +81,7 @@ class Design:
                     f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
                     f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
                     f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
-            levels[key] = sorted(set(values.astype(str)))
+            levels[key] = sorted({str(v) for v in level_text(values)})
         design = cls(list(keys), levels)
         codes = design.codes(obs)
         combos = pd.DataFrame(codes[train], columns=keys)
@@ -93,11 +94,11 @@ class Design:
 
     def codes(self, obs: pd.DataFrame) -> np.ndarray:
         """``(n, k)`` int64 codes of ``obs``'s covariate columns (-1: a level not seen in
-        training)."""
+        training); numbers match by value (:mod:`cellsynth.data.levels`: a float column's
+        ``1.0`` is the level ``"1"``)."""
         out = np.empty((len(obs), len(self.keys)), dtype=np.int64)
         for i, key in enumerate(self.keys):
-            col = _column(obs, key).astype(str)
-            out[:, i] = pd.Categorical(col, categories=self.levels[key]).codes
+            out[:, i] = LevelLookup(self.levels[key]).codes(level_text(_column(obs, key)))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -177,11 +178,11 @@ class Design:
                         else "it was trained without covariates")
                 raise DataError(f"the model has no covariate '{key}' ({have}); refit with "
                                 f"--covariates {key} to ask for it")
-            level = str(level)
-            if level not in self.levels[key]:
+            code = LevelLookup(self.levels[key]).code(level)
+            if code < 0:
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training; "
                                 f"seen: {', '.join(self.levels[key][:30])}")
-            fixed[self.keys.index(key)] = self.levels[key].index(level)
+            fixed[self.keys.index(key)] = code
         return fixed
 
     def _spread(self, label: str, fixed: dict[int, int],

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .. import keys as K
+from ..data.levels import level_text
 from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
@@ -105,7 +106,10 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
         raise DataError(f"{path} has no obs column(s) {missing} that the model conditions on; "
                         f"its columns are {list(obs.columns)}")
     obs = obs[cols].dropna()
-    table = obs.astype(str).groupby(cols, sort=False).size().reset_index(name="n")
+    # a covariate's levels named as the model names them (a float column's 1.0 is "1")
+    obs = pd.DataFrame({c: obs[c].astype(str) if c == label_key else level_text(obs[c])
+                        for c in cols})
+    table = obs.groupby(cols, sort=False).size().reset_index(name="n")
     return table[table["n"] > 0]
 
 

@@ -1,0 +1,100 @@
+"""Covariate levels as names, and a requested level matched to a trained one.
+
+A covariate's levels are names (text). A numeric column's values are named as numbers are
+read: a whole number without a decimal part (``12.0`` is the level ``"12"``), so the same donor
+or age is one level whether a file stores it as an integer or a float (an h5ad written from R,
+a column with a missing value somewhere, a request table read by pandas). A requested level
+matches a trained one by name or, when both are numbers, by value: ``12``, ``12.0`` and
+``"12"`` all ask for the level ``"12"`` (and for ``"12.0"`` of a model that named it so); a
+value that several levels share (``"01"`` and ``"1"``) matches by name only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: whole numbers larger than this are not written as integers (a float cannot hold them exactly)
+_EXACT = 2**53
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (text that is not a number, NaN, infinities)."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def level_name(value: Any) -> str:
+    """The level name of one value: a whole number without its decimal part (``1.0`` ->
+    ``"1"``), anything else as ``str`` writes it."""
+    if isinstance(value, str):
+        return value
+    x = _number(value)
+    if x is not None and x.is_integer() and abs(x) < _EXACT:
+        return str(int(x))
+    return str(value)
+
+
+def level_text(values: pd.Series) -> np.ndarray:
+    """The level name of every value of an ``obs`` column, as a str array: a numeric column's
+    (or numeric categories') values by :func:`level_name`, other columns as ``astype(str)``
+    writes them (a missing value is ``"nan"``)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = values.cat.categories
+        if not _numeric(cats.dtype):
+            return values.astype(str).to_numpy()
+        names = np.array([*(level_name(v) for v in cats), "nan"], dtype=object)
+        return names[values.cat.codes.to_numpy()].astype(str)  # code -1 (missing): "nan"
+    if not _numeric(values.dtype):
+        return values.astype(str).to_numpy()
+    codes, uniq = pd.factorize(values)  # missing: -1
+    names = np.array([*(level_name(v) for v in uniq), "nan"], dtype=object)
+    return names[codes].astype(str)
+
+
+def _numeric(dtype: Any) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+class LevelLookup:
+    """Requested values to the codes (positions) of a covariate's trained ``levels``.
+
+    Examples
+    --------
+    >>> look = LevelLookup(["12.0", "16.0", "ctrl"])
+    >>> look.code("12"), look.code(16), look.code("ctrl"), look.code("stim")
+    (0, 1, 2, -1)
+    """
+
+    def __init__(self, levels: Sequence[str]) -> None:
+        self.levels = list(levels)
+        self._by_name = {name: i for i, name in enumerate(self.levels)}
+        by_value: dict[float, list[int]] = {}
+        for i, name in enumerate(self.levels):
+            x = _number(name)
+            if x is not None:
+                by_value.setdefault(x, []).append(i)
+        self._by_value = {x: codes[0] for x, codes in by_value.items() if len(codes) == 1}
+
+    def code(self, value: Any) -> int:
+        """The code of the level ``value`` names, -1 where it names none."""
+        name = level_name(value)
+        if name in self._by_name:
+            return self._by_name[name]
+        x = _number(name)
+        return -1 if x is None else self._by_value.get(x, -1)
+
+    def codes(self, names: np.ndarray) -> np.ndarray:
+        """``(n,)`` int64 codes of an array of level names (:func:`level_text`)."""
+        idx, uniq = pd.factorize(np.asarray(names, dtype=object))
+        table = np.array([self.code(u) for u in uniq], dtype=np.int64)
+        return table[idx] if len(uniq) else np.full(len(idx), -1, dtype=np.int64)

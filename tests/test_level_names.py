@@ -1,0 +1,90 @@
+"""A covariate level is one level however a file stores it (data.levels, issue 18): a donor
+written 1 in training and 1.0 in a request, an age column of floats asked for as "12", a column
+read back as categories of numbers: the same level everywhere a level is read (fit, requests,
+``--like``, ``--holdout``, the per-combination metrics), and text levels are never merged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellsynth.data.levels import LevelLookup, level_name, level_text
+from cellsynth.errors import DataError
+from cellsynth.holdout import holdout_mask
+from cellsynth.metrics.effects import combination
+from cellsynth.models._design import Design
+from cellsynth.pipeline.generate import like_request
+
+
+def test_level_names_of_numbers_and_text():
+    assert [level_name(v) for v in (1, np.int64(2), 3.0, np.float32(4.0), 2.5, "07", True)] == [
+        "1", "2", "3", "4", "2.5", "07", "True"]
+    assert level_text(pd.Series([1.0, 12.0, np.nan, 2.5])).tolist() == ["1", "12", "nan", "2.5"]
+    assert level_text(pd.Series([3, 1], dtype="int32")).tolist() == ["3", "1"]
+    cats = pd.Series(pd.Categorical([12.0, np.nan, 16.0]))
+    assert level_text(cats).tolist() == ["12", "nan", "16"]
+    text = pd.Series(["01", "1", "1.0", "stim"])  # text stays as written: three levels, not one
+    assert level_text(text).tolist() == ["01", "1", "1.0", "stim"]
+    assert level_text(pd.Series([True, False])).tolist() == ["True", "False"]
+
+
+def test_lookup_matches_by_name_then_by_value():
+    look = LevelLookup(["12.0", "16", "ctrl"])  # "12.0": a model that named its levels so
+    assert [look.code(v) for v in ("12", 12, 12.0, np.int64(16), "16.0", "ctrl", "stim", 13)] == [
+        0, 0, 0, 1, 1, 2, -1, -1]
+    shared = LevelLookup(["01", "1", "2"])  # "01" and "1" share a value: by name only
+    assert [shared.code(v) for v in ("01", "1", 1.0, "1.0", "2.0")] == [0, 1, 1, -1, 2]
+    assert look.codes(np.array(["16", "12", "x", "16"])).tolist() == [1, 0, -1, 1]
+    assert look.codes(np.array([], dtype=str)).tolist() == []
+
+
+def _obs(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    donor = rng.integers(1, 4, n)  # int64 donors 1..3
+    return pd.DataFrame({"cell_type": pd.Categorical(np.where(np.arange(n) % 2, "B", "T")),
+                         "donor": donor, "age": donor * 4.0 + 8.0})  # float ages 12, 16, 20
+
+
+def test_a_design_reads_a_level_however_it_is_written():
+    obs = _obs()
+    design, codes = Design.fit(obs, ["donor", "age"], "cell_type", obs["cell_type"].to_numpy(),
+                               np.arange(len(obs)), np.arange(len(obs)))
+    assert design.levels == {"donor": ["1", "2", "3"], "age": ["12", "16", "20"]}
+    assert all(type(v) is str for v in design.levels["age"])  # JSON-ready
+    floats = obs.assign(donor=obs["donor"].astype(float), age=pd.Categorical(obs["age"]))
+    assert (design.codes(floats) == codes).all()
+    for where in ({"donor": 2}, {"donor": "2"}, {"donor": 2.0}, {"donor": np.int64(2)},
+                  {"donor": 2, "age": "16"}, {"age": 16}, {"age": "16.0"}):
+        plan, _ = design.plan({"B": 10}, where, ["B", "T"], "cell_type")
+        assert {c for _, c, _ in plan} == {(1, 1)}, where
+    table = pd.DataFrame({"cell_type": ["B", "T"], "donor": [3, np.nan], "n": [4, 6]})  # floats
+    plan, _ = design.plan(table, None, ["B", "T"], "cell_type")
+    assert sum(k for t, c, k in plan if t == "B" and c[0] == 2) == 4
+    assert sum(k for t, _, k in plan if t == "T") == 6
+    with pytest.raises(DataError, match=r"'2.5' is not a level of covariate 'donor'.*1, 2, 3"):
+        design.plan({"B": 1}, {"donor": 2.5}, ["B", "T"], "cell_type")
+
+
+def test_like_holdout_and_metrics_name_levels_alike(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    obs = _obs()
+    adata = ad.AnnData(sp.csr_matrix(np.ones((len(obs), 3), np.float32)),
+                       obs=obs.assign(donor=obs["donor"].astype(float)).set_axis(
+                           [f"c{i}" for i in range(len(obs))]))
+    adata.write_h5ad(tmp_path / "like.h5ad")
+    table = like_request(tmp_path / "like.h5ad", "cell_type", ["donor", "age"])
+    assert set(table["donor"]) == {"1", "2", "3"} and set(table["age"]) == {"12", "16", "20"}
+    assert table["n"].sum() == len(obs)
+    mask = holdout_mask(obs, {"cell_type": "B", "age": "12"}, "cell_type")
+    assert mask.sum() == ((obs["cell_type"] == "B") & (obs["age"] == 12.0)).sum() > 0
+    assert (holdout_mask(obs, {"cell_type": "B", "age": "12.0"}, "cell_type") == mask).all()
+    with pytest.raises(DataError, match="age has no level '13'; it has 12, 16, 20"):
+        holdout_mask(obs, {"cell_type": "B", "age": "13"}, "cell_type")
+    as_int = combination(obs, "cell_type", ["donor", "age"])
+    as_float = combination(obs.assign(donor=obs["donor"].astype(float)), "cell_type",
+                           ["donor", "age"])
+    assert (as_int == as_float).all()
+    assert "B | donor=2 | age=16" in set(as_int) and not any(".0" in c for c in as_int)
