@@ -36,6 +36,9 @@ def test_lookup_matches_by_name_then_by_value():
     shared = LevelLookup(["01", "1", "2"])  # "01" and "1" share a value: by name only
     assert [shared.code(v) for v in ("01", "1", 1.0, "1.0", "2.0")] == [0, 1, 1, -1, 2]
     assert look.codes(np.array(["16", "12", "x", "16"])).tolist() == [1, 0, -1, 1]
+    spaced = LevelLookup(["stim ", "ctrl", " ctrl "])  # spaces kept by an atlas
+    assert [spaced.code(v) for v in ("stim", "stim ", "ctrl", " ctrl ", "ctrl ")] == [
+        0, 0, 1, 2, -1]
     assert look.codes(np.array([], dtype=str)).tolist() == []
 
 
@@ -64,6 +67,9 @@ def test_a_design_reads_a_level_however_it_is_written():
     assert sum(k for t, _, k in plan if t == "T") == 6
     with pytest.raises(DataError, match=r"'2.5' is not a level of covariate 'donor'.*1, 2, 3"):
         design.plan({"B": 1}, {"donor": 2.5}, ["B", "T"], "cell_type")
+    with pytest.raises(DataError, match=r"'200' is not a level of covariate 'age' seen in "
+                                        r"training \(did you mean '20'"):
+        design.plan({"B": 1}, {"age": "200"}, ["B", "T"], "cell_type")
 
 
 def test_like_holdout_and_metrics_name_levels_alike(tmp_path):

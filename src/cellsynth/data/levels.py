@@ -6,7 +6,9 @@ or age is one level whether a file stores it as an integer or a float (an h5ad w
 a column with a missing value somewhere, a request table read by pandas). A requested level
 matches a trained one by name or, when both are numbers, by value: ``12``, ``12.0`` and
 ``"12"`` all ask for the level ``"12"`` (and for ``"12.0"`` of a model that named it so); a
-value that several levels share (``"01"`` and ``"1"``) matches by name only.
+value that several levels share (``"01"`` and ``"1"``) matches by name only. Failing those, a
+name matches the one level equal to it but for surrounding spaces (a command line strips them;
+an atlas may keep them), as a cell type's name does.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class LevelLookup:
             if x is not None:
                 by_value.setdefault(x, []).append(i)
         self._by_value = {x: codes[0] for x, codes in by_value.items() if len(codes) == 1}
+        stripped: dict[str, list[int]] = {}
+        for i, name in enumerate(self.levels):
+            stripped.setdefault(name.strip(), []).append(i)
+        self._by_stripped = {k: codes[0] for k, codes in stripped.items() if len(codes) == 1}
 
     def code(self, value: Any) -> int:
         """The code of the level ``value`` names, -1 where it names none."""
@@ -91,7 +97,9 @@ class LevelLookup:
         if name in self._by_name:
             return self._by_name[name]
         x = _number(name)
-        return -1 if x is None else self._by_value.get(x, -1)
+        if x is not None and x in self._by_value:
+            return self._by_value[x]
+        return self._by_stripped.get(name.strip(), -1)
 
     def codes(self, names: np.ndarray) -> np.ndarray:
         """``(n,)`` int64 codes of an array of level names (:func:`level_text`)."""

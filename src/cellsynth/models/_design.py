@@ -180,8 +180,12 @@ class Design:
                                 f"--covariates {key} to ask for it")
             code = LevelLookup(self.levels[key]).code(level)
             if code < 0:
-                raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training; "
-                                f"seen: {', '.join(self.levels[key][:30])}")
+                import difflib
+
+                close = difflib.get_close_matches(str(level), self.levels[key], n=3, cutoff=0.6)
+                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+                raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
+                                f"{hint}; seen: {', '.join(self.levels[key][:30])}")
             fixed[self.keys.index(key)] = code
         return fixed
 
