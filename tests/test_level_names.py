@@ -94,3 +94,10 @@ def test_like_holdout_and_metrics_name_levels_alike(tmp_path):
                            ["donor", "age"])
     assert (as_int == as_float).all()
     assert "B | donor=2 | age=16" in set(as_int) and not any(".0" in c for c in as_int)
+
+
+def test_a_covariate_cannot_take_the_request_tables_count_column():
+    obs = _obs().rename(columns={"donor": "n"})
+    with pytest.raises(DataError, match="a covariate cannot be called 'n'.*rename"):
+        Design.fit(obs, ["n"], "cell_type", obs["cell_type"].to_numpy(), np.arange(len(obs)),
+                   np.arange(len(obs)))

@@ -65,6 +65,9 @@ class Design:
         if len(set(keys)) != len(keys) or label_key in keys:
             raise DataError(f"covariates {keys} must be distinct columns other than the label "
                             f"column '{label_key}'")
+        if "n" in keys:  # a request table's column of cell counts
+            raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
+                            "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
         levels = {}
         for key in keys:
             col = _column(obs, key)
