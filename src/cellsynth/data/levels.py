@@ -80,16 +80,8 @@ class LevelLookup:
     def __init__(self, levels: Sequence[str]) -> None:
         self.levels = list(levels)
         self._by_name = {name: i for i, name in enumerate(self.levels)}
-        by_value: dict[float, list[int]] = {}
-        for i, name in enumerate(self.levels):
-            x = _number(name)
-            if x is not None:
-                by_value.setdefault(x, []).append(i)
-        self._by_value = {x: codes[0] for x, codes in by_value.items() if len(codes) == 1}
-        stripped: dict[str, list[int]] = {}
-        for i, name in enumerate(self.levels):
-            stripped.setdefault(name.strip(), []).append(i)
-        self._by_stripped = {k: codes[0] for k, codes in stripped.items() if len(codes) == 1}
+        self._by_value = _unique_keys([_number(name) for name in self.levels])
+        self._by_stripped = _unique_keys([name.strip() for name in self.levels])
 
     def code(self, value: Any) -> int:
         """The code of the level ``value`` names, -1 where it names none."""
@@ -106,3 +98,12 @@ class LevelLookup:
         idx, uniq = pd.factorize(np.asarray(names, dtype=object))
         table = np.array([self.code(u) for u in uniq], dtype=np.int64)
         return table[idx] if len(uniq) else np.full(len(idx), -1, dtype=np.int64)
+
+
+def _unique_keys(keys: list[Any]) -> dict[Any, int]:
+    """Key -> position, for the keys (not None) that one position alone has."""
+    where: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            where.setdefault(key, []).append(i)
+    return {key: pos[0] for key, pos in where.items() if len(pos) == 1}
