@@ -39,6 +39,7 @@ from .data.io import (
     missing_labels,
     training_source,
 )
+from .data.split import stratified_split
 from .data.store import MatrixRows
 from .errors import DataError
 
@@ -310,8 +311,9 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
     if K.SPLIT in obs:
         split = obs[K.SPLIT].astype(str).to_numpy().copy()
     else:
-        rng = np.random.default_rng(seed)
-        split = np.where(rng.random(len(obs)) < val_fraction, "val", "train").astype(object)
+        # stratified by type: every type keeps its training cells, a type of a few cells all
+        split = stratified_split(obs[label_key].astype(str).to_numpy(),
+                                 (1 - val_fraction, val_fraction, 0.0), seed=seed)
     missing = missing_labels(obs[label_key])
     if missing.any():
         logger.warning("%d cells have no label in obs['%s'] (missing, or written as text: %s) "

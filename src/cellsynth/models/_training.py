@@ -247,7 +247,7 @@ def encode_labels(
         raise DataError(f"{name} must hold one label per cell ({n}), got shape {y.shape}")
     known = np.isin(y, labels)
     if not known.all():
-        unknown = sorted(set(y[~known]))[:10]
+        unknown = sorted({str(v) for v in y[~known]})[:10]
         if not drop_unknown:
             raise DataError(
                 f"{name} has labels the model does not know: {unknown}; known: {labels}"

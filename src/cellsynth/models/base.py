@@ -24,6 +24,7 @@ from ..data.io import (
     missing_labels,
     training_source,
 )
+from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import checked_seed
 from ._training import check_counts, package_version
@@ -69,14 +70,17 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
     return x
 
 
-def split_masks(adata: ad.AnnData, *, seed: int, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation rows: ``obs['cellsynth_split']`` when present, else a random cut."""
+def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,
+                val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Training and validation rows: ``obs['cellsynth_split']`` when present, else a random cut
+    stratified by the type ``labels`` (:func:`~cellsynth.data.split.stratified_split`: every type
+    keeps its training cells, a type of a few cells all of them)."""
     if K.SPLIT in adata.obs:
         split = adata.obs[K.SPLIT].astype(str).to_numpy()
         return split == "train", split == "val"
-    rng = np.random.default_rng(checked_seed(seed))
-    val = rng.random(adata.n_obs) < val_fraction
-    return ~val, val
+    split = stratified_split(np.asarray(labels).astype(str), (1 - val_fraction, val_fraction, 0.0),
+                             seed=checked_seed(seed))  # fmt: skip
+    return split == "train", split == "val"
 
 
 def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:

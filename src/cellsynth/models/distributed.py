@@ -295,7 +295,7 @@ def _fit(
     with h5py.File(path, "r") as f:
         meta = ad.AnnData(obs=read_elem(f["obs"]), var=read_elem(f["var"]))
         y_all = fit_labels(meta, label_key)
-        train_mask, val_mask = split_masks(meta, seed=seed)
+        train_mask, val_mask = split_masks(meta, y_all, seed=seed)
         if not train_mask.any():
             raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
         labels = sorted(set(y_all[train_mask]))

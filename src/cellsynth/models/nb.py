@@ -77,7 +77,7 @@ def per_type_rows(codes: np.ndarray, n_labels: int) -> list[np.ndarray]:
 def training_rows(adata: ad.AnnData, label_key: str, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training rows (``train`` of the split, else all but a random 10%) and their labels."""
     y = fit_labels(adata, label_key)
-    train, _ = split_masks(adata, seed=seed)
+    train, _ = split_masks(adata, y, seed=seed)
     rows = np.flatnonzero(train)
     if rows.size == 0:
         raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")

@@ -174,7 +174,7 @@ class ScviGenerator(DesignRequests):
         start = time.perf_counter()
         c = self.config
         y = fit_labels(adata, label_key)
-        train, val = split_masks(adata, seed=seed)
+        train, val = split_masks(adata, y, seed=seed)
         rows = np.flatnonzero(train | val)
         if not train.any():
             raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")

@@ -107,7 +107,7 @@ class SeedGenerator:
         """Fit the PCA on the training rows and the CVAE on training and validation rows."""
         start = time.perf_counter()
         y = fit_labels(adata, label_key)
-        train, val = split_masks(adata, seed=seed)
+        train, val = split_masks(adata, y, seed=seed)
         if not train.any() or not val.any():
             raise DataError(
                 f"the seed model needs training and validation cells, got {train.sum()} and "
