@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from cellsynth import keys as K
 from cellsynth.config import RunConfig, ScviConfig
 from cellsynth.data.simulate import simulate_atlas
-from cellsynth.errors import ModelFileError
+from cellsynth.errors import DataError, ModelFileError
 from cellsynth.metrics.privacy_counts import audit_counts
 from cellsynth.models.base import Generator
 from cellsynth.models.controls import CopyGenerator, draw_rows
@@ -99,6 +99,11 @@ def test_copy_returns_training_cells_only(atlas, copy):
     again = copy.sample(ask, seed=3)
     assert (again.X != out.X).nnz == 0
     assert (copy.sample(ask, seed=4).X != out.X).nnz > 0
+
+
+def test_copy_refuses_a_request_larger_than_memory(copy):
+    with pytest.raises(DataError, match=r"1,000,000,000,000 cells would take up to"):
+        copy.sample({copy.labels[0]: 10**12}, seed=0)
 
 
 def test_copy_save_load_round_trip(atlas, copy, tmp_path):

@@ -249,16 +249,16 @@ def test_sample_rejects_unknown_type_and_bad_counts(fitted):
 def test_sample_refuses_more_cells_than_memory_holds(fitted, monkeypatch):
     """An in-memory request larger than the memory available is refused before any drawing,
     with the streaming alternatives named (a typo'd count would otherwise run until killed)."""
-    from cellsynth.models import cvae
+    from cellsynth import runtime
 
     t = fitted.labels[0]
     with pytest.raises(DataError, match=r"1,000,000,000,000 cells would take up to .* GB in "
                                         r"memory, but .* is available.*sample_chunks"):
         fitted.sample({t: 10**12})
-    monkeypatch.setattr(cvae, "available_memory", lambda: 1e3)  # 1 kB
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1e3)  # 1 kB
     with pytest.raises(DataError, match="1,000 cells would take"):
         fitted.sample({t: 1_000})
-    monkeypatch.setattr(cvae, "available_memory", lambda: None)  # unknown: no check
+    monkeypatch.setattr(runtime, "available_memory", lambda: None)  # unknown: no check
     assert fitted.sample({t: 3}).n_obs == 3
 
 

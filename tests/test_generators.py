@@ -115,6 +115,22 @@ def test_bad_requests(fitted):
             fitted.sample(bad, seed=0)
 
 
+def test_a_request_larger_than_memory_is_refused_before_drawing(fitted, monkeypatch):
+    """Every generator checks a request's counts against the memory available before drawing
+    (a typo'd count would otherwise run until the allocator or the kernel stops it)."""
+    from cellsynth import runtime
+
+    t = fitted.labels[0]
+    with pytest.raises(DataError, match=r"1,000,000,000,000 cells would take up to .* GB in "
+                                        r"memory, but .* is available: ask for fewer cells"):
+        fitted.sample({t: 10**12}, seed=0)
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1e3)  # 1 kB
+    with pytest.raises(DataError, match="1,000 cells would take"):
+        fitted.sample({t: 1_000}, seed=0)
+    monkeypatch.setattr(runtime, "available_memory", lambda: None)  # unknown: no check
+    assert fitted.sample({t: 3}, seed=0).n_obs == 3
+
+
 def test_save_load_round_trip(fitted, saved):
     for loaded in (type(fitted).load(saved), load_generator(saved)):
         assert type(loaded) is type(fitted)

@@ -70,6 +70,32 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
     return x
 
 
+#: bytes a stored count takes, in memory or in an h5ad (float32 value and int32 column index)
+BYTES_PER_VALUE = 8
+
+
+def request_bytes(parts: list[tuple[float, int]], n_genes: int) -> float:
+    """An upper estimate of the stored counts of generated cells: ``parts`` are ``(mean library
+    size, cells)``; a cell holds at most as many non-zero genes as counts, or all genes."""
+    return float(sum(n * min(float(lib), n_genes) for lib, n in parts) * BYTES_PER_VALUE)
+
+
+def check_request_memory(parts: list[tuple[float, int]], n_genes: int, hint: str = "") -> None:
+    """:func:`check_memory` of generated cells, ``parts`` as :func:`request_bytes` reads them."""
+    check_memory(request_bytes(parts, n_genes), sum(n for _, n in parts), hint)
+
+
+def check_memory(need: float, n_cells: int, hint: str = "") -> None:
+    """Refuse, before anything is drawn, cells whose counts (``need`` bytes) would not fit in
+    the memory available now: a :class:`DataError` saying how much, and ``hint``."""
+    from ..runtime import available_memory
+
+    free = available_memory()
+    if free is not None and need > free:
+        raise DataError(f"{n_cells:,} cells would take up to {need / 1e9:,.1f} GB in memory, but "
+                        f"{free / 1e9:,.1f} GB is available: ask for fewer cells{hint}")
+
+
 def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,
                 val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Training and validation rows: ``obs['cellsynth_split']`` when present, else a random cut

@@ -37,7 +37,7 @@ from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
-from .base import request, synthetic_adata, training_counts
+from .base import check_request_memory, request, synthetic_adata, training_counts
 from .nb import (
     load_libraries,
     per_type_rows,
@@ -109,6 +109,10 @@ class CopyGenerator:
     def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
         """Training cells of each requested type; rows grouped by type in the request's order."""
         pairs = request(counts_per_type, self.labels)
+        stored = np.diff(self.counts.indptr)  # values each training cell holds
+        check_request_memory([(float(np.mean(stored[self.offsets[k]:self.offsets[k + 1]])), n)
+                              for k, n in ((self.labels.index(t), n) for t, n in pairs)],
+                             len(self.genes))  # fmt: skip
         rng = np.random.default_rng(checked_seed(seed))
         picks = []
         for label, n in pairs:
@@ -222,6 +226,8 @@ class ScviPosteriorGenerator(ScviGenerator):
         pairs = request(counts_per_type, self.labels)
         if self.module is None:
             raise DataError("the scvi-pp model is not fitted; call fit() or load() first")
+        check_request_memory([(float(np.mean(self.libraries[self.labels.index(t)])), n)
+                              for t, n in pairs], len(self.genes))  # fmt: skip
         source = self.sources(counts_per_type, seed=seed)
         rng = np.random.default_rng(checked_seed(seed))
         blocks, start = [], 0

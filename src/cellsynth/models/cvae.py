@@ -42,7 +42,6 @@ from ..data.io import check_label, missing_labels, read
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar
-from ..runtime import available_memory
 from ..seeds import checked_seed
 from . import _loop
 from . import _training as tr
@@ -56,7 +55,14 @@ from ._counts import (
 from ._design import Design, DesignRequests
 from ._draws import sample_counts
 from ._prepare import training_data
-from .base import check_genes, fit_labels, synthetic_adata, training_counts
+from .base import (
+    check_genes,
+    check_memory,
+    fit_labels,
+    request_bytes,
+    synthetic_adata,
+    training_counts,
+)
 from .modules.cvae import CVAEModule
 
 logger = logging.getLogger(__name__)
@@ -78,20 +84,15 @@ def _keyword_fix(key: str) -> str:
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
-#: bytes a stored count takes, in memory or in an h5ad (float32 value and int32 column index)
-BYTES_PER_VALUE = 8
-
-
 def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
-    """An upper estimate of the stored counts of a plan's cells: per type, its mean library
-    size (a cell holds at most as many non-zero genes as counts) or all genes, whichever is
-    fewer, times the cells."""
+    """An upper estimate of the stored counts of a plan's cells (:func:`.base.request_bytes`),
+    from each type's mean library size under its log-normal library model."""
     module = gen.module
     mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
     sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
-    per_cell = np.minimum(np.exp(mean + sd**2 / 2), len(gen.genes))
+    library = np.exp(mean + sd**2 / 2)
     index = {label: i for i, label in enumerate(gen.labels)}
-    return float(sum(k * per_cell[index[t]] for t, _, k in plan) * BYTES_PER_VALUE)
+    return request_bytes([(library[index[t]], k) for t, _, k in plan], len(gen.genes))
 
 
 class CVAE(DesignRequests):
@@ -443,13 +444,9 @@ class CVAE(DesignRequests):
         provenance in ``uns['cellsynth']``.
         """
         plan, unseen = self.plan(request, where)
-        need, free = estimate_bytes(self, plan), available_memory()
-        if free is not None and need > free:
-            n = sum(k for _, _, k in plan)
-            raise DataError(f"{n:,} cells would take up to {need / 1e9:,.1f} GB in memory, but "
-                            f"{free / 1e9:,.1f} GB is available: ask for fewer cells, or stream "
-                            "them to a file chunk by chunk (CVAE.sample_chunks, or cellsynth "
-                            "generate)")
+        check_memory(estimate_bytes(self, plan), sum(k for _, _, k in plan),
+                     ", or stream them to a file chunk by chunk (CVAE.sample_chunks, or "
+                     "cellsynth generate)")
         chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(sp.vstack(chunks, format="csr"), obs[self.label_key].to_numpy(),

@@ -48,7 +48,13 @@ from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._training import model_directory, package_version
-from .base import fit_labels, split_masks, synthetic_adata, training_counts
+from .base import (
+    check_request_memory,
+    fit_labels,
+    split_masks,
+    synthetic_adata,
+    training_counts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +400,8 @@ class NegBinBaseline(DesignRequests):
         rng = np.random.default_rng(checked_seed(seed))
         blocks, fell_back = [], []
         index = {combo: f for f, combo in enumerate(self.combinations)}
+        check_request_memory([(float(np.mean(self._params(label, levels, index)[2])), n)
+                              for label, levels, n in plan], len(self.genes))  # fmt: skip
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="nb sample", unit="cell")
         for label, levels, n in plan:
             mu_k, theta_k, libraries, pooled = self._params(label, levels, index)

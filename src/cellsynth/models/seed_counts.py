@@ -35,7 +35,14 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
-from .base import fit_labels, request, split_masks, synthetic_adata, training_counts
+from .base import (
+    check_request_memory,
+    fit_labels,
+    request,
+    split_masks,
+    synthetic_adata,
+    training_counts,
+)
 from .nb import (
     draw_libraries,
     load_libraries,
@@ -144,6 +151,8 @@ class SeedGenerator:
         pairs = request(counts_per_type, self.labels)
         if self.vae is None or self.pca is None:
             raise DataError("the seed model is not fitted; call fit() or load() first")
+        check_request_memory([(float(np.mean(self.libraries[self.labels.index(t)])), n)
+                              for t, n in pairs], len(self.genes))  # fmt: skip
         points, y = self.vae.sample(dict(pairs), seed=derive_seed(seed, "latent"))  # (n, k)
         rng = np.random.default_rng(derive_seed(seed, "counts"))
         blocks, row = [], 0

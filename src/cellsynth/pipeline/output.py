@@ -17,8 +17,8 @@ import pandas as pd
 
 from .. import keys as K
 from ..errors import DataError
-from ..models.base import writable_uns
-from ..models.cvae import BYTES_PER_VALUE, estimate_bytes
+from ..models.base import BYTES_PER_VALUE, writable_uns
+from ..models.cvae import estimate_bytes
 
 
 def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
