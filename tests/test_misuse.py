@@ -759,6 +759,40 @@ def test_no_output_replaces_a_file_that_cellsynth_did_not_write(kang_path, tmp_p
         (model / "checksums.json").read_text())) | {"checksums.json", "run_config.toml"}
 
 
+def test_an_output_nothing_can_be_written_under_is_refused_before_any_work(kang_path, tmp_path,
+                                                                          capsys):
+    """fit, generate, evaluate, simulate and run refuse an output path under a file, or in a
+    place where no file can be created, before any work (a fit found it only once trained);
+    a new path several folders deep is fine."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    model = tmp_path / "model"
+    assert main(["fit", str(kang_path), "--label-key", LABEL, "--model", "nb", "--out",
+                 str(model), "--quiet"]) == 0
+    capsys.readouterr()
+    commands = {
+        "fit": ["fit", str(kang_path), "--label-key", LABEL, "--model", "nb", "--out"],
+        "generate": ["generate", str(model), "--n-per-type", "3", "--out"],
+        "evaluate": ["evaluate", "--real", str(kang_path), "--synthetic", str(kang_path),
+                     "--label-key", LABEL, "--out"],
+        "simulate": ["simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out"],
+        "run": ["run", str(kang_path), "--label-key", LABEL, "--out"],
+    }
+    for name, argv in commands.items():
+        target = a_file / ("x.h5ad" if name in ("generate", "simulate") else "x")
+        assert main([*argv, str(target)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{a_file} is a file, so nothing can be written under it" in err, (name, err)
+        assert "Traceback" not in err
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main([*commands["fit"], str(locked / "m")]) == 2
+        assert "cannot write in" in capsys.readouterr().err
+    deep = tmp_path / "a" / "b" / "cells.h5ad"
+    assert main([*commands["generate"], str(deep), "--quiet"]) == 0 and deep.exists()
+
+
 def test_an_evaluation_on_few_or_unmatched_cells_gives_no_verdict_from_them(atlas_file, caplog):
     """Three synthetic cells, or synthetic types named otherwise than the real ones, must not
     read as indistinguishable; swapped inputs are said."""

@@ -474,12 +474,34 @@ RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "f
 _BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml", "input.h5ad"}
 
 
+def check_writable(path: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path under which nothing can be written: its nearest
+    existing folder is a file, or a file cannot be created there (permissions, a read-only or
+    virtual file system). The path itself may be new, and so may folders above it."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    place = path if path.is_dir() else path.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise CellsynthError(f"{flag} {path}: {place} is a file, so nothing can be written under "
+                             "it; give a path in a directory")
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as exc:
+        raise CellsynthError(f"{flag} {path}: cannot write in {place} ({exc.strerror or exc}); "
+                             "give a path you can write to") from None
+
+
 def check_out(out: Path, cfg: Any) -> None:
     """A run directory that is an existing file, that would overwrite the input file, or that is
     a non-empty directory of another kind is a one-line error."""
     if out.exists() and not out.is_dir():
         raise CellsynthError(f"--out {out} is an existing file, not a directory; give a directory "
                              "for the run (e.g. runs/NAME)")
+    check_writable(out)
     if cfg.dataset.path:
         data = Path(cfg.dataset.path).expanduser().resolve()
         try:
@@ -554,6 +576,7 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
         raise CellsynthError(f"{flag} {path}: cellsynth writes {what} here, in the "
                              f"{suffixes[0]} format, not {path.suffix}; give a path ending in "
                              f"{suffixes[0]}, e.g. {path.with_suffix(suffixes[0])}")
+    check_writable(path, flag)
     if exists:
         logger.info("replacing %s, %s written earlier", path, what)
 

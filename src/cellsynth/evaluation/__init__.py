@@ -33,7 +33,7 @@ from ..metrics.genes import gene_fidelity
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
-from ..runtime import write_json, write_text
+from ..runtime import check_writable, write_json, write_text
 from ..seeds import derive_seed
 from .inputs import (
     IN_MEMORY,
@@ -272,6 +272,7 @@ def _out_dir(out: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is an existing file; give a directory for fidelity.json "
                         "and fidelity.md")
+    check_writable(out)
     return out
 
 

@@ -16,6 +16,7 @@ from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
 from ..models.registry import make_generator
+from ..runtime import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def check_model_out(out: Path, data: Any = None) -> None:
     refit replaces the directory whole."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is an existing file; give a directory for the model")
+    check_writable(out)
     if isinstance(data, str | Path) and Path(data).expanduser().resolve().is_relative_to(
             out.resolve()):
         raise DataError(f"--out {out} holds the input {data}; a refit replaces the directory "
