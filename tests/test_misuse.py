@@ -894,3 +894,21 @@ def test_a_type_of_a_few_cells_is_never_cut_out_of_training():
     nb = NegBinBaseline()
     nb.fit(a, "cell_type", seed=7)
     assert {"pair", "single"} <= set(nb.labels)
+
+
+def test_covariates_given_twice_or_to_another_generator_are_said(kang_path, tmp_path, capsys,
+                                                                 caplog):
+    """--covariates and a different MODEL.covariates (--set or --config) are refused like a
+    seed given twice; the same list twice is fine; covariates set for a generator that is not
+    the one fitted are named as unused, not silently dropped."""
+    fit = ["fit", str(kang_path), "--label-key", LABEL, "--model", "nb", "--quiet", "--out"]
+    rc = main([*fit, str(tmp_path / "a"), "--set", 'nb.covariates=["sample_id"]',
+               "--covariates", "condition"])
+    assert rc == 2
+    assert "the covariates are given twice: --covariates condition and nb.covariates = " \
+           "['sample_id']" in capsys.readouterr().err
+    assert main([*fit, str(tmp_path / "b"), "--set", 'nb.covariates=["condition"]',
+                 "--covariates", "condition"]) == 0
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert main([*fit, str(tmp_path / "c"), "--set", 'cvae.covariates=["condition"]']) == 0
+    assert "cvae.covariates = ['condition'] is not used: this fits --model nb" in caplog.text

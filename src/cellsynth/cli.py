@@ -184,14 +184,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
+    section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
+    cfg = config.load(args.config, sets)
     if covariates:
-        section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
         if section is None:
             raise CellsynthError(f"--covariates: the {args.model} generator does not condition "
                                  f"on covariates; use --model "
                                  f"{', '.join(config.COVARIATE_SECTIONS)}")
-        sets.append(f"{section}.covariates={json.dumps(covariates)}")
-    cfg = config.load(args.config, sets)
+        given = list(getattr(cfg, section).covariates)
+        if given and given != covariates:
+            raise CellsynthError(f"the covariates are given twice: --covariates "
+                                 f"{','.join(covariates)} and {section}.covariates = {given} "
+                                 "(--set or --config); give one")
+        cfg = config.load(args.config, [*sets, f"{section}.covariates={json.dumps(covariates)}"])
+    for other in sorted(set(config.COVARIATE_SECTIONS.values()) - {section}):
+        if getattr(cfg, other).covariates:  # a setting of a generator not fitted here
+            logger.warning("%s.covariates = %s is not used: this fits --model %s (give "
+                           "--covariates, or %s.covariates)", other,
+                           list(getattr(cfg, other).covariates), args.model, section or other)
     if args.seed is not None and cfg.seed not in (0, args.seed):
         raise CellsynthError(f"the seed is given twice: --seed {args.seed} and seed = {cfg.seed} "
                              "(--set or --config); give one")
