@@ -337,6 +337,15 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
     assert main(["generate", str(model), "--types", "type_01=3", "--where", "condition=IFN",
                  "--out", str(out)]) == 2
     assert "'IFN' is not a level of covariate 'condition'" in capsys.readouterr().err
+    excel = tmp_path / "excel.csv"  # a UTF-8 byte-order mark first, as Excel writes
+    excel.write_bytes("cell_type,condition,n\r\ntype_02,stim,4\r\n".encode("utf-8-sig"))
+    assert main(["generate", str(model), "--request", str(excel), "--out", str(out),
+                 "--quiet"]) == 0
+    assert ad.read_h5ad(out).n_obs == 4
+    bad.write_text("cell_type\tcondition\tnote\tn\ntype_02\tctrl\tmine\t3\n")
+    assert main(["generate", str(model), "--request", str(bad), "--out", str(out)]) == 2
+    assert ("no covariate 'note' (it conditions on condition, donor): leave it out of the "
+            "request") in capsys.readouterr().err
 
 
 def test_pipeline_generates_the_training_design(tmp_path):

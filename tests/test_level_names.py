@@ -101,3 +101,21 @@ def test_a_covariate_cannot_take_the_request_tables_count_column():
     with pytest.raises(DataError, match=r"a covariate cannot be called 'n'.*rename"):
         Design.fit(obs, ["n"], "cell_type", obs["cell_type"].to_numpy(), np.arange(len(obs)),
                    np.arange(len(obs)))
+
+
+def test_like_leaves_out_cells_without_a_label_or_level_and_says_so(tmp_path, caplog):
+    import logging
+
+    import anndata as ad
+    import scipy.sparse as sp
+
+    obs = _obs().astype({"donor": float, "cell_type": object})
+    obs.iloc[0, obs.columns.get_loc("cell_type")] = ""  # no label, written as text
+    obs.iloc[1, obs.columns.get_loc("donor")] = np.nan
+    adata = ad.AnnData(sp.csr_matrix(np.ones((len(obs), 3), np.float32)),
+                       obs=obs.set_axis([f"c{i}" for i in range(len(obs))]))
+    adata.write_h5ad(tmp_path / "like.h5ad")
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        table = like_request(tmp_path / "like.h5ad", "cell_type", ["donor"])
+    assert table["n"].sum() == len(obs) - 2 and "" not in set(table["cell_type"])
+    assert "2 of the 60 cells" in caplog.text and "the twin leaves them out" in caplog.text

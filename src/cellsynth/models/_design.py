@@ -179,8 +179,8 @@ class Design:
             if key not in self.keys:
                 have = (f"it conditions on {', '.join(self.keys)}" if self.keys
                         else "it was trained without covariates")
-                raise DataError(f"the model has no covariate '{key}' ({have}); refit with "
-                                f"--covariates {key} to ask for it")
+                raise DataError(f"the model has no covariate '{key}' ({have}): leave it out of "
+                                f"the request, or refit with --covariates {key} to ask for it")
             code = LevelLookup(self.levels[key]).code(level)
             if code < 0:
                 import difflib

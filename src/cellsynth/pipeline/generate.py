@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .. import keys as K
+from ..data.io import missing_labels
 from ..data.levels import level_text
 from ..errors import DataError
 from ..models.base import writable_uns
@@ -64,7 +65,7 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     import csv
 
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's) is not a name
             lines = list(csv.reader(f, delimiter=sep))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
@@ -105,7 +106,13 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
     if missing:
         raise DataError(f"{path} has no obs column(s) {missing} that the model conditions on; "
                         f"its columns are {list(obs.columns)}")
-    obs = obs[cols].dropna()
+    # a cell without a label (missing, or written as text: "", "nan") or a covariate level is
+    # left out, as a fit leaves it out, and said
+    lost = missing_labels(obs[label_key]) | obs[keys].isna().any(axis=1).to_numpy()
+    if lost.any():
+        logger.warning("%d of the %d cells of %s have no %s or no level of a covariate: the "
+                       "twin leaves them out", int(lost.sum()), len(obs), path, label_key)
+    obs = obs.loc[~lost, cols]
     # a covariate's levels named as the model names them (a float column's 1.0 is "1")
     obs = pd.DataFrame({c: obs[c].astype(str) if c == label_key else level_text(obs[c])
                         for c in cols})
