@@ -19,6 +19,7 @@ from cellsynth import evaluation
 from cellsynth.cli import _parse_types, main
 from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import CellsynthError
+from cellsynth.metrics.verdict import verdict_lines
 
 LABEL = "cell_type"
 
@@ -820,6 +821,12 @@ def test_an_evaluation_on_few_or_unmatched_cells_gives_no_verdict_from_them(atla
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         evaluation.compare(generated, real, label_key=LABEL, max_cells=200)
     assert "are --real and --synthetic swapped?" in caplog.text
+    one = other[other.obs[LABEL] == "type_00"].copy()  # one of the three real types
+    v = evaluation.compare(real, one, label_key=LABEL, max_cells=200)["verdict"]
+    assert v["absent"] == ["type_01", "type_02"]
+    assert "2 of the 3 real cell types have no synthetic cells (type_01, type_02): the " \
+           "verdict covers only the types generated" in v["warning"]
+    assert "WARNING: 2 of the 3 real cell types" in "\n".join(verdict_lines(v))
 
 
 def test_a_type_name_with_surrounding_spaces_is_found_and_a_typo_gets_a_suggestion(atlas_file):

@@ -300,11 +300,16 @@ def fidelity_verdict(
             continue
         per_type[t] = {**_summarise(judged), "n_real": scored[0], "n_synthetic": scored[1]}
     overall = _overall(fs, ff, per_type, floor_spread, genes, typewise)
-    warning = None
+    warnings = []
     if memorisation and memorisation.get("flagged"):
-        warning = ("the synthetic cells copy real ones (" + "; ".join(memorisation.get("reasons")
-                                                                   or []) + "): the verdict does "
-                   "not measure generation")
+        warnings.append("the synthetic cells copy real ones (" + "; ".join(
+            memorisation.get("reasons") or []) + "): the verdict does not measure generation")
+    if absent:  # the verdict is on the types generated: the data's other types are missing
+        n_real = sum(1 for c in counts.values() if c.get("real_total", c.get("real")))
+        warnings.append(f"{len(absent)} of the {n_real} real cell types have no synthetic cells "
+                        f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): the "
+                        "verdict covers only the types generated")
+    warning = "; ".join(warnings) or None
     n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
     return {"overall": overall, "per_type": per_type, "too_few": too_few, "absent": absent,
             "extra": extra, "counts": counts, "n_types": n_types, "warning": warning,
