@@ -919,3 +919,17 @@ def test_covariates_given_twice_or_to_another_generator_are_said(kang_path, tmp_
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         assert main([*fit, str(tmp_path / "c"), "--set", 'cvae.covariates=["condition"]']) == 0
     assert "cvae.covariates = ['condition'] is not used: this fits --model nb" in caplog.text
+
+
+def test_generate_names_a_data_file_given_as_the_model_and_never_suggests_the_model_dir(
+        kang_path, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["fit", str(kang_path), "--label-key", LABEL, "--model", "nb", "--out",
+                 str(model), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(kang_path), "--n-per-type", "3", "--out",
+                 str(tmp_path / "x.h5ad")]) == 2
+    assert f"{kang_path} is a file, not a model directory" in capsys.readouterr().err
+    assert main(["generate", str(model), "--n-per-type", "3", "--out", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "is inside the model directory" in err and "synthetic.h5ad" not in err

@@ -62,6 +62,9 @@ def _name_of(model: Any) -> str | None:
 def load_generator(directory: str | Path) -> Generator:
     """Load a saved generator of any registered kind, dispatching on ``config.json``'s ``model``."""
     path = Path(directory) / "config.json"
+    if Path(directory).is_file():
+        raise ModelFileError(f"{directory} is a file, not a model directory: give the directory "
+                             "cellsynth fit (or a run's generator/) wrote")
     if not path.is_file():
         raise ModelFileError(f"{path} is missing; {directory} is not a saved generator")
     try:

@@ -161,10 +161,10 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     than cells cellsynth generated or simulated (``runtime.check_file_out``). Before anything
     is loaded."""
     path = Path(out).expanduser().resolve()
-    if path.is_dir():
+    model = Path(model_dir).expanduser().resolve()
+    if path.is_dir() and not (path == model or model in path.parents):
         raise DataError(f"--out {out} is a directory; give the .h5ad file to write, e.g. "
                         f"{Path(out) / 'synthetic.h5ad'}")
-    model = Path(model_dir).expanduser().resolve()
     if path == model or model in path.parents:
         raise DataError(f"--out {out} is inside the model directory {model_dir}: it would "
                         "replace or mix with the model's files; write the cells elsewhere")
