@@ -73,8 +73,10 @@ class Design:
             col = _column(obs, key)
             missing = int(col.iloc[used].isna().sum())
             if missing:
+                n_all = int(col.isna().sum())
+                where = "" if n_all == missing else f" training reads ({n_all} in the column)"
                 raise DataError(
-                    f"covariate '{key}' is missing for {missing} cells; fill it (e.g. "
+                    f"covariate '{key}' is missing for {missing} cells{where}; fill it (e.g. "
                     f"adata.obs['{key}'] = adata.obs['{key}'].astype(object).fillna('unknown')"
                     ".astype(str)) or drop those cells")
             missing_as_text(col.iloc[used], key, "covariate level", "'unknown'")
