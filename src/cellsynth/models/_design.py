@@ -157,8 +157,11 @@ class Design:
                 if combo not in unseen:
                     unseen.append(combo)
         if unseen:
-            logger.info("generating %d combination(s) no training cell had: %s", len(unseen),
-                        "; ".join(", ".join(f"{k}={v}" for k, v in u.items()) for u in unseen[:5]))
+            # allowed, but the cells are the model's extrapolation: said even under --quiet
+            logger.warning("generating %d combination(s) no training cell had (the model's "
+                           "answer for them, not learnt from their cells): %s", len(unseen),
+                           "; ".join(", ".join(f"{k}={v}" for k, v in u.items())
+                                     for u in unseen[:5]))
         return plan, unseen
 
     def seen(self, label: str, codes: tuple[int, ...]) -> bool:
