@@ -259,13 +259,10 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
                 "cells from each type's fitted mixture, decodes them, and scales each type's "
                 "gene means to the training cells' means (`CVAEModule.gene_scale`, used when "
                 "generating, never in the training loss): a moment fit like the dispersion's "
-                "and like `nb`'s means, on top of the network's structure, shrunk where a "
-                "type's training cells hold few counts of a gene (`(observed + prior) / "
-                "(expected + 1)` counts: a small type's generated cells are not pulled towards "
-                "its few training cells) towards the gene's ratio over all types (`prior`, "
-                "`models._counts.shrunk_gene_scale`; the runs tagged pooled-prior: before them "
-                "the prior was one, which left the decoder's shortfall for rare genes in place "
-                "wherever a type held a count or two of them).", "",
+                "and like `nb`'s means, on top of the network's structure, shrunk towards one "
+                "where a type's training cells hold few counts of a gene "
+                "(`(observed + 1) / (expected + 1)` counts: a small type's generated cells are "
+                "not pulled towards its few training cells).", "",
                 "Then the shares of zeros (`CVAEModule.zero_inflation`, "
                 "`models._counts.zero_inflation_by_moments`): the NB dispersion is fitted by "
                 "moments around each training cell's reconstruction, which the encoder made "
