@@ -1067,19 +1067,3 @@ def test_mixture_draws_are_each_cells_component_mean_plus_its_factor_times_the_n
     torch.testing.assert_close(z, expected[:, :-1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(library, torch.exp(expected[:, -1]), rtol=1e-5, atol=1e-5)
     assert not bool(((y == 1) & (comp == 2)).any())
-
-
-def test_gene_scale_shrinks_towards_the_genes_scale_over_all_types():
-    """A type with many counts of a gene is calibrated by its own ratio; one with none (a rare
-    gene, a small type) takes the gene's ratio over every type, not one: the decoder's
-    shortfall for a rare gene is the gene's (issue 21); with no shortfall anywhere it is one."""
-    from cellsynth.models._counts import shrunk_gene_scale
-
-    observed = np.array([[4000.0, 30.0, 5.0], [0.0, 0.0, 5.0]])  # type 1 lacks genes 0 and 1
-    expected = np.array([[2000.0, 10.0, 5.0], [0.0, 0.0, 5.0]])
-    scale = shrunk_gene_scale(observed, expected, a=1.0)
-    assert scale[0, 0] == pytest.approx(2.0, rel=1e-3)  # its own ratio
-    assert scale[1, 0] == pytest.approx(4001 / 2001)  # the gene's ratio, not one
-    assert scale[0, 1] == pytest.approx((30 + 31 / 11) / 11)  # shrunk towards 31 / 11
-    assert scale[1, 1] == pytest.approx(31 / 11)
-    assert scale[:, 2] == pytest.approx([1.0, 1.0])  # no shortfall: one

@@ -332,13 +332,14 @@ def gene_scale_by_moments(
     mixture over ``(z, log library)``, as :func:`~cellsynth.models._draws.sample_counts` does,
     with the covariate codes of random training cells of the type, and decodes their means (the
     module's gene scale must be one: :func:`fit_sampler` resets it).
-    Like the dispersion, a moment fit on the training cells, but shrunk towards the gene's scale
-    over all types where the type's training cells hold few counts of the gene
-    (:func:`shrunk_gene_scale`, the empirical-Bayes estimate of a rate ratio with
-    ``a = GENE_SCALE_PRIOR_COUNTS`` pseudo-counts). A gene with thousands of counts in a type is
-    calibrated fully; one with a count or two (small types, rare genes) keeps the decoder's
-    smooth mean times the gene's scale over every type, so that a generated cell is not pulled
-    towards the few training cells of a small type.
+    Like the dispersion, a moment fit on the training cells, but shrunk towards one where the
+    type's training cells hold few counts of the gene: the scale is
+    ``(observed + a) / (expected + a)`` with ``observed`` the gene's counts in the type's training
+    cells, ``expected`` the same under the decoded means and ``a = GENE_SCALE_PRIOR_COUNTS``
+    (a gamma prior of ``a`` pseudo-counts at the decoder's mean, the empirical-Bayes estimate of
+    a rate ratio). A gene with thousands of counts in a type is calibrated fully; one with a count
+    or two (small types, rare genes) keeps about the decoder's smooth mean, so that a generated
+    cell is not pulled towards the few training cells of a small type.
 
     Parameters
     ----------
@@ -380,23 +381,10 @@ def gene_scale_by_moments(
                 combinations[t] = combinations[t] or Combinations()
                 combinations[t].add(px.mean, c)
         decoded[t] = total.cpu().numpy() / n
-    expected = decoded * n_cells[:, None].astype(np.float64)  # counts under the decoded means
-    return torch.tensor(shrunk_gene_scale(train_sum, expected), dtype=torch.float32)
-
-
-def shrunk_gene_scale(observed: np.ndarray, expected: np.ndarray,
-                      a: float = GENE_SCALE_PRIOR_COUNTS) -> np.ndarray:  # fmt: skip
-    """Per type and gene, ``(observed + a * prior) / (expected + a)`` in ``[0, MAX_GENE_SCALE]``:
-    the rate ratio of a gene's training counts in a type (``observed``, ``(n_labels, n_genes)``)
-    over its counts under the decoded means (``expected``), under a gamma prior of ``a``
-    pseudo-counts at the gene's ratio over all types, ``prior = (sum_t observed + a) /
-    (sum_t expected + a)`` (itself shrunk towards one). A type with many counts of the gene is
-    calibrated by its own; one with a count or two (a small type, a rare gene) takes the gene's
-    ratio over all types, not one: the decoder's bias for a rare gene is mostly the gene's (its
-    means of genes under 0.01 counts a cell came out at 0.66 of the training means with one as
-    the prior, 0.85 with this: pbmc4k, every gene; ``docs/GENE_LEVEL.md``)."""
-    prior = (observed.sum(0) + a) / (expected.sum(0) + a)  # (n_genes,)
-    return np.clip((observed + a * prior) / (expected + a), 0.0, MAX_GENE_SCALE)
+    n = n_cells[:, None].astype(np.float64)
+    a = GENE_SCALE_PRIOR_COUNTS
+    scale = (train_sum + a) / (decoded * n + a)
+    return torch.tensor(np.clip(scale, 0.0, MAX_GENE_SCALE), dtype=torch.float32)
 
 
 @torch.no_grad()
