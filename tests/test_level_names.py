@@ -98,7 +98,7 @@ def test_like_holdout_and_metrics_name_levels_alike(tmp_path):
 
 def test_a_covariate_cannot_take_the_request_tables_count_column():
     obs = _obs().rename(columns={"donor": "n"})
-    with pytest.raises(DataError, match="a covariate cannot be called 'n'.*rename"):
+    with pytest.raises(DataError, match=r"a covariate cannot be called 'n'.*rename"):
         Design.fit(obs, ["n"], "cell_type", obs["cell_type"].to_numpy(), np.arange(len(obs)),
                    np.arange(len(obs)))
 
