@@ -85,6 +85,14 @@ def check_request_memory(parts: list[tuple[float, int]], n_genes: int, hint: str
     check_memory(request_bytes(parts, n_genes), sum(n for _, n in parts), hint)
 
 
+def check_library_memory(libraries: list[np.ndarray], labels: list[str],
+                         pairs: list[tuple[str, int]], n_genes: int) -> None:  # fmt: skip
+    """:func:`check_request_memory` of ``(type, cells)`` pairs from each type's training
+    library sizes (``libraries``, in ``labels``' order)."""
+    check_request_memory([(float(np.mean(libraries[labels.index(t)])), n) for t, n in pairs],
+                         n_genes)
+
+
 def check_memory(need: float, n_cells: int, hint: str = "") -> None:
     """Refuse, before anything is drawn, cells whose counts (``need`` bytes) would not fit in
     the memory available now: a :class:`DataError` saying how much, and ``hint``."""

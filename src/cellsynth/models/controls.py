@@ -37,7 +37,13 @@ from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
-from .base import check_request_memory, request, synthetic_adata, training_counts
+from .base import (
+    check_library_memory,
+    check_request_memory,
+    request,
+    synthetic_adata,
+    training_counts,
+)
 from .nb import (
     load_libraries,
     per_type_rows,
@@ -226,8 +232,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         pairs = request(counts_per_type, self.labels)
         if self.module is None:
             raise DataError("the scvi-pp model is not fitted; call fit() or load() first")
-        check_request_memory([(float(np.mean(self.libraries[self.labels.index(t)])), n)
-                              for t, n in pairs], len(self.genes))  # fmt: skip
+        check_library_memory(self.libraries, self.labels, pairs, len(self.genes))
         source = self.sources(counts_per_type, seed=seed)
         rng = np.random.default_rng(checked_seed(seed))
         blocks, start = [], 0

@@ -70,7 +70,7 @@ from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from .base import (
-    check_request_memory,
+    check_library_memory,
     fit_labels,
     split_masks,
     synthetic_adata,
@@ -283,8 +283,8 @@ class ScviGenerator(DesignRequests):
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
         plan, unseen = self.plan(request, where)
-        check_request_memory([(float(np.mean(self.libraries[self.labels.index(t)])), n)
-                              for t, _, n in plan], len(self.genes))  # fmt: skip
+        check_library_memory(self.libraries, self.labels, [(t, n) for t, _, n in plan],
+                             len(self.genes))
         rng = np.random.default_rng(checked_seed(seed))
         blocks = []
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="SCVI sample", unit="cell")

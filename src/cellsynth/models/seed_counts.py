@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
 from .base import (
-    check_request_memory,
+    check_library_memory,
     fit_labels,
     request,
     split_masks,
@@ -151,8 +151,7 @@ class SeedGenerator:
         pairs = request(counts_per_type, self.labels)
         if self.vae is None or self.pca is None:
             raise DataError("the seed model is not fitted; call fit() or load() first")
-        check_request_memory([(float(np.mean(self.libraries[self.labels.index(t)])), n)
-                              for t, n in pairs], len(self.genes))  # fmt: skip
+        check_library_memory(self.libraries, self.labels, pairs, len(self.genes))
         points, y = self.vae.sample(dict(pairs), seed=derive_seed(seed, "latent"))  # (n, k)
         rng = np.random.default_rng(derive_seed(seed, "counts"))
         blocks, row = [], 0
