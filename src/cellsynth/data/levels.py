@@ -50,13 +50,10 @@ def level_text(values: pd.Series) -> np.ndarray:
     """The level name of every value of an ``obs`` column, as a str array: a numeric column's
     (or numeric categories') values by :func:`level_name`, other columns as ``astype(str)``
     writes them (a missing value is ``"nan"``)."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        cats = values.cat.categories
-        if not _numeric(cats.dtype):
-            return values.astype(str).to_numpy()
-        names = np.array([*(level_name(v) for v in cats), "nan"], dtype=object)
-        return names[values.cat.codes.to_numpy()].astype(str)  # code -1 (missing): "nan"
-    if not _numeric(values.dtype):
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        dtype = dtype.categories.dtype  # categories of numbers are numbers
+    if not _numeric(dtype):
         return values.astype(str).to_numpy()
     codes, uniq = pd.factorize(values)  # missing: -1
     names = np.array([*(level_name(v) for v in uniq), "nan"], dtype=object)

@@ -28,7 +28,7 @@ import pandas as pd
 from ..data.io import missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
-from ._training import check_count, known_label
+from ._training import check_count, did_you_mean, known_label
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -188,12 +188,9 @@ class Design:
                                 f"the request, or refit with --covariates {key} to ask for it")
             code = LevelLookup(self.levels[key]).code(level)
             if code < 0:
-                import difflib
-
-                close = difflib.get_close_matches(str(level), self.levels[key], n=3, cutoff=0.6)
-                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
-                                f"{hint}; seen: {', '.join(self.levels[key][:30])}")
+                                f"{did_you_mean(level, self.levels[key])}; seen: "
+                                f"{', '.join(self.levels[key][:30])}")
             fixed[self.keys.index(key)] = code
         return fixed
 

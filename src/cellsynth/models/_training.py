@@ -267,11 +267,17 @@ def known_label(label: Any, labels: list[str]) -> str:
     same = [t for t in labels if t.strip() == str(label).strip()]
     if len(same) == 1:
         return same[0]
+    raise DataError(f"unknown cell type {label!r}{did_you_mean(label, labels)}; known types: "
+                    f"{labels}")
+
+
+def did_you_mean(name: Any, names: list[str]) -> str:
+    """``" (did you mean 'a', 'b'?)"`` with the up to three of ``names`` closest to ``name``
+    (:func:`difflib.get_close_matches`), or ``""`` when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(label), labels, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-    raise DataError(f"unknown cell type {label!r}{hint}; known types: {labels}")
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 #: the most cells one request may ask of a type: beyond it the counts overflow int64 arithmetic

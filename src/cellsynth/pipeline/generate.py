@@ -162,10 +162,11 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     is loaded."""
     path = Path(out).expanduser().resolve()
     model = Path(model_dir).expanduser().resolve()
-    if path.is_dir() and not (path == model or model in path.parents):
+    inside = path == model or model in path.parents
+    if path.is_dir() and not inside:
         raise DataError(f"--out {out} is a directory; give the .h5ad file to write, e.g. "
                         f"{Path(out) / 'synthetic.h5ad'}")
-    if path == model or model in path.parents:
+    if inside:
         raise DataError(f"--out {out} is inside the model directory {model_dir}: it would "
                         "replace or mix with the model's files; write the cells elsewhere")
     for given in inputs:
