@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--rerun", action="store_true",
                     help="rerun generators whose kept results in --out match (default: reuse them)")
+    ap.add_argument("--fits", type=int, default=1,
+                    help="fits per generator, each with its own seeds: rows are their means")
     ap.add_argument("--kept-only", action="store_true",
                     help="fit nothing: write the page from the results kept in --out")
     args = ap.parse_args()
@@ -41,7 +43,7 @@ def main() -> int:
     path = run_benchmark([str(ROOT / "examples" / f"{p}.toml") for p in args.presets],
                          args.models.split(","), ROOT / args.out, overrides=args.set,
                          doc=ROOT / args.doc, reuse=not args.rerun, kept_only=args.kept_only,
-                         kept=ROOT / args.kept,
+                         kept=ROOT / args.kept, fits=args.fits,
                          command=" ".join(["python benchmarks/fidelity.py", *sys.argv[1:]]))
     put_sections(path)  # the covariate sections kept by benchmarks/covariates.py
     print(f"wrote {path}")

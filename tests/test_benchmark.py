@@ -65,6 +65,25 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     elsewhere = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
                                        command="test", reuse=True, kept=kept_dir)
     assert elsewhere.read_text() == text
+    # several fits: the first with a single fit's seeds, the row their mean, the spread given
+    monkeypatch.undo()
+    two = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "two", overrides=sets,
+                                   command="test", fits=2).read_text()
+    both = json.loads((tmp_path / "two" / "tiny" / "results" / "nb.json").read_text())
+    first, second = both["details"]["fits"]
+    timed = {"fit_seconds", "generate_cells_per_second"}
+
+    def untimed(row):
+        return {k: v for k, v in row.items() if k not in timed}
+
+    assert untimed(first) == untimed(kept["row"]) and second["c2st_auc"] != first["c2st_auc"]
+    assert both["row"]["fits"] == 2 and both["key"] != kept["key"]
+    assert both["row"]["c2st_auc"] == pytest.approx((first["c2st_auc"] + second["c2st_auc"]) / 2)
+    sd = abs(first["c2st_auc"] - second["c2st_auc"]) / 2 ** 0.5
+    assert both["details"]["spread"]["c2st_auc"] == pytest.approx(sd)
+    assert f"nb, 2 fits: 2-sample AUC {sd:.3f}" in two
+    with pytest.raises(evaluation.DataError, match="fits must be"):
+        evaluation.run_benchmark([str(data)], ["nb"], out, fits=0)
 
 
 def test_privacy_target_reads_every_attack():

@@ -113,8 +113,9 @@ MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "
                   "scvi-pp": "scvi", "nb": "nb", "copy": None}  # "seed": the reference's old name
 
 
-def model_key(cfg: RunConfig, name: str) -> str:
-    """What one generator's benchmark results depend on, as a short hash."""
+def model_key(cfg: RunConfig, name: str, fits: int = 1) -> str:
+    """What one generator's benchmark results depend on (``fits``: how many fits they are the
+    mean of), as a short hash."""
     import hashlib
     import json
     from importlib.metadata import version
@@ -124,22 +125,30 @@ def model_key(cfg: RunConfig, name: str) -> str:
     section = MODEL_SECTIONS.get(name)
     if section and d[section]:  # nb's section is empty at its defaults: the keys kept before
         keep[section] = d[section]
+    if fits > 1:  # one fit: the keys kept before
+        keep["fits"] = fits
     blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth"),
                        "metrics": METRICS_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
-                      n_rare: int = 3, reuse: bool = False,
-                      kept_only: bool = False, kept_dir: Path | None = None) -> dict[str, Any]:
+                      n_rare: int = 3, reuse: bool = False, kept_only: bool = False,
+                      kept_dir: Path | None = None, fits: int = 1) -> dict[str, Any]:
     """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
 
     Each generator's results are kept in ``kept_dir/NAME.json`` (default ``out/results``; small
     JSON files, so a results page can keep them under version control) with :func:`model_key`;
     with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
     with ``kept_only``, kept results are read back and a generator without them is left out
-    (``details['not_run']``).
+    (``details['not_run']``). With ``fits`` above one, each generator is fitted that many times,
+    each fit with seeds of its own (the first with those of a single fit), and its row is the
+    mean of the fits' rows (:func:`mean_of_fits`: the spread beside it), so that a comparison
+    is not read off one fit's luck: on a few hundred cells, refitting with other seeds moves a
+    two-sample AUC by several hundredths.
     """
+    if fits < 1:
+        raise ValueError(f"fits must be at least 1, got {fits}")
     import datetime as dt
     import json
     label_key = cfg.dataset.label_key
@@ -160,41 +169,25 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     n_test = pd.Series(parts["test"][1]).value_counts().to_dict()
     n_train = pd.Series(parts["train"][1]).value_counts().to_dict()
     n_val = pd.Series(parts["val"][1]).value_counts().to_dict()
-    for name in models:
-        kept, key = (kept_dir or out / "results") / f"{name}.json", model_key(cfg, name)
-        if kept_only and not kept.exists() and name == "reference":  # kept under its old name
-            kept = kept.with_name("seed.json")
-        saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
-        if saved.get("key") == key:
-            rows[name], details["models"][name] = saved["row"], saved["details"]
-            rows["real vs real"].update(saved["details"].get("gene_floor", {}))
-            logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
-            continue
-        if kept_only and saved.get("row"):  # an earlier version's: shown, and said so
-            rows[name], details["models"][name] = saved["row"], saved["details"]
-            details.setdefault("stale", []).append(name)
-            logger.warning("benchmark %s: the kept results in %s were made with other settings "
-                           "or metrics; shown as they are", name, kept)  # fmt: skip
-            continue
-        if kept_only:
-            logger.warning("benchmark %s: no kept results for these settings in %s; left out",
-                           name, kept)  # fmt: skip
-            details.setdefault("not_run", []).append(name)
-            continue
+    def one_fit(name: str, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Fit ``name`` once (fit ``r``: its own seeds from the second on), generate, score."""
+        tag = name if r == 0 else f"{name}-fit{r}"  # the first fit's seeds as with one fit
         started = time.perf_counter()
-        logger.info("benchmark: fitting %s on %d cells", name, fit_on.n_obs)
+        logger.info("benchmark: fitting %s on %d cells%s", name, fit_on.n_obs,
+                    f" (fit {r + 1} of {fits})" if fits > 1 else "")
         gen = make_generator(name, cfg)
         t0 = time.perf_counter()
-        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
+        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{tag}"))
         fit_seconds = time.perf_counter() - t0
-        gen.save(out / "models" / name)
         t0 = time.perf_counter()
-        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{name}"))
+        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{tag}"))
         gen_seconds = time.perf_counter() - t0
-        syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{name}"))
-        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{name}"))
-        (out / "synthetic").mkdir(parents=True, exist_ok=True)
-        write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
+        syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{tag}"))
+        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{tag}"))
+        if r == 0:  # the first fit's model and cells are kept
+            gen.save(out / "models" / name)
+            (out / "synthetic").mkdir(parents=True, exist_ok=True)
+            write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
 
         def sx(a: ad.AnnData) -> sp.csr_matrix:
             return sp.csr_matrix(a.X)
@@ -203,7 +196,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             return a.obs[label_key].astype(str).to_numpy()
 
         fid = fidelity_report(space, *parts["test"], sx(syn_test), sl(syn_test),
-                              seed=derive_seed(seed, f"fid-{name}"))
+                              seed=derive_seed(seed, f"fid-{tag}"))
         util = tstr(emb["train"], emb["val"], emb["test"], (space.embed(sx(syn_train)), sl(syn_train)),
                     (space.embed(sx(syn_val)), sl(syn_val)), cfg.classifier,
                     seed=derive_seed(seed, "tstr"), synth_test=(space.embed(sx(syn_test)), sl(syn_test)))
@@ -225,24 +218,68 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             generate_cells_per_second=syn_test.n_obs / max(gen_seconds, 1e-9),
             epochs=history.get("epochs"),
         )
-        rows[name] = row
-        details["models"][name] = {"fidelity": fid, "utility": util, "augmentation": aug,
-                                   "genes": genes["report"], "gene_floor": genes["floor_row"],
-                                   "verdict": verdict,
-                                   "privacy": privacy,
-                                   "history": history, "row": row,
-                                   "date": dt.datetime.now().isoformat(timespec="minutes"),
-                                   "seconds": time.perf_counter() - started}
-        write_json(kept, {"key": key, "date": details["models"][name]["date"], "row": row,
-                          "details": details["models"][name]})
         logger.info("benchmark %s: AUC %.3f, TSTR %.3f (TRTR %.3f), fit %.0f s, peak RSS %.0f MB",
                     name, row["c2st_auc"] or float("nan"), row["tstr_macro_f1"],
                     row["trtr_macro_f1"], fit_seconds, peak_rss_mb())
+        return row, {"fidelity": fid, "utility": util, "augmentation": aug,
+                     "genes": genes["report"], "gene_floor": genes["floor_row"],
+                     "verdict": verdict, "privacy": privacy, "history": history, "row": row,
+                     "date": dt.datetime.now().isoformat(timespec="minutes"),
+                     "seconds": time.perf_counter() - started}
+
+    for name in models:
+        kept, key = (kept_dir or out / "results") / f"{name}.json", model_key(cfg, name, fits)
+        if kept_only and not kept.exists() and name == "reference":  # kept under its old name
+            kept = kept.with_name("seed.json")
+        saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
+        if saved.get("key") == key:
+            rows[name], details["models"][name] = saved["row"], saved["details"]
+            rows["real vs real"].update(saved["details"].get("gene_floor", {}))
+            logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
+            continue
+        if kept_only and saved.get("row"):  # an earlier version's: shown, and said so
+            rows[name], details["models"][name] = saved["row"], saved["details"]
+            details.setdefault("stale", []).append(name)
+            logger.warning("benchmark %s: the kept results in %s were made with other settings "
+                           "or metrics; shown as they are", name, kept)  # fmt: skip
+            continue
+        if kept_only:
+            logger.warning("benchmark %s: no kept results for these settings in %s; left out",
+                           name, kept)  # fmt: skip
+            details.setdefault("not_run", []).append(name)
+            continue
+        fitted = [one_fit(name, r) for r in range(fits)]
+        row, det = mean_of_fits(fitted) if fits > 1 else fitted[0]
+        rows[name], details["models"][name] = row, det
+        write_json(kept, {"key": key, "date": det["date"], "row": row, "details": det})
     details["rows"] = rows
     details["rare_types"] = next(iter(details["models"].values()))["augmentation"].get("rare_types") \
         if details["models"] else []
     write_json(out / "benchmark.json", details)
     return details
+
+
+def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """One row from several fits' ``(row, details)``: numbers averaged, text (verdict, leak
+    flagged) the most common value; the details are the first fit's, with every fit's row
+    (``fits``), the standard deviation of each number across them (``spread``) and the mean
+    row."""
+    rows = [row for row, _ in fitted]
+    mean: dict[str, Any] = {}
+    spread: dict[str, float] = {}
+    for key in rows[0]:
+        values = [row.get(key) for row in rows]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers and len(numbers) == len(values):
+            mean[key] = float(np.mean(numbers))
+            spread[key] = float(np.std(numbers, ddof=1))
+        else:  # text, or a number some fits lack: the most common value
+            mean[key] = max(values, key=lambda v: (values.count(v), v is not None))
+    mean["fits"] = len(rows)
+    details = {**fitted[0][1], "row": mean, "fits": rows, "spread": spread,
+               "seconds": sum(d["seconds"] for _, d in fitted)}
+    return mean, details
 
 
 def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: ad.AnnData,

@@ -248,7 +248,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     holdout = parse_holdout(args.holdout) if args.holdout else None  # checked before any work
     path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
                          Path(args.out), config_path=args.config, overrides=args.set,
-                         label_key=args.label_key, holdout=holdout)
+                         label_key=args.label_key, holdout=holdout, fits=args.fits)
     for summary in sorted(Path(args.out).glob("*/summary.json")):
         for line in json.loads(summary.read_text()).get("verdicts", []):
             print(f"{summary.parent.name}: {line}")
@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--holdout", metavar="COLUMN=LEVEL,...", default=None,
                    help="also hold this combination out of training and score it, e.g. "
                         "'cell_type=CD14+ Monocytes,condition=stim' (default: none)")
+    b.add_argument("--fits", type=int, default=1, metavar="N",
+                   help="fit each generator N times, each with its own seeds, and report the "
+                        "mean and the spread across fits (default: 1)")
     b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     b.set_defaults(func=cmd_benchmark)
 

@@ -356,7 +356,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
                   command: str | None = None, reuse: bool = False, kept_only: bool = False,
-                  kept: Path | None = None, holdout: dict[str, str] | None = None) -> Path:
+                  kept: Path | None = None, holdout: dict[str, str] | None = None,
+                  fits: int = 1) -> Path:
     """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
 
     With ``reuse``, a generator whose results in ``out`` were made with the same settings and
@@ -364,13 +365,17 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     ``kept_only``, nothing is fitted: the page is written from the kept results alone. Kept
     results are in ``kept/DATASET/`` (default ``out/DATASET/results/``). With ``holdout``
     (``{column: level}``, the type and covariates), each dataset also holds that combination
-    out of training and scores it (:func:`~cellsynth.holdout.benchmark_holdout`).
+    out of training and scores it (:func:`~cellsynth.holdout.benchmark_holdout`). With ``fits``
+    above one, each generator's row is the mean of that many fits, each with its own seeds
+    (:func:`~cellsynth.benchmark.benchmark_dataset`), and the page gives their spread.
 
     Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
     """
     from ..config import canonical_model
     from ..models.registry import GENERATORS
 
+    if isinstance(fits, bool) or not isinstance(fits, int) or fits < 1:
+        raise DataError(f"fits must be a whole number of at least 1, got {fits!r}")
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
@@ -393,7 +398,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         pre = prepare(cfg.dataset.path, cfg)
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                     kept_only=kept_only,
-                                    kept_dir=kept / name if kept else None)
+                                    kept_dir=kept / name if kept else None, fits=fits)
         if holdout:
             from ..holdout import benchmark_holdout
 
