@@ -82,6 +82,9 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     sd = abs(first["c2st_auc"] - second["c2st_auc"]) / 2 ** 0.5
     assert both["details"]["spread"]["c2st_auc"] == pytest.approx(sd)
     assert f"nb, 2 fits: 2-sample AUC {sd:.3f}" in two
+    monkeypatch.setattr(benchmark, "make_generator", fail)  # kept over more fits: reused
+    assert evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "two", overrides=sets,
+                                    command="test", reuse=True).read_text() == two
     with pytest.raises(evaluation.DataError, match="fits must be"):
         evaluation.run_benchmark([str(data)], ["nb"], out, fits=0)
 

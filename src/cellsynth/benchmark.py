@@ -139,7 +139,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
 
     Each generator's results are kept in ``kept_dir/NAME.json`` (default ``out/results``; small
     JSON files, so a results page can keep them under version control) with :func:`model_key`;
-    with ``reuse``, a generator whose kept results have the same key is read back, not rerun;
+    with ``reuse``, a generator whose kept results have the same key is read back, not rerun
+    (results kept over more fits than ``fits`` too);
     with ``kept_only``, kept results are read back and a generator without them is left out
     (``details['not_run']``). With ``fits`` above one, each generator is fitted that many times,
     each fit with seeds of its own (the first with those of a single fit), and its row is the
@@ -232,7 +233,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         if kept_only and not kept.exists() and name == "reference":  # kept under its old name
             kept = kept.with_name("seed.json")
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
-        if saved.get("key") == key:
+        more = int((saved.get("row") or {}).get("fits", 1))  # kept over more fits: as good
+        if saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key):
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
