@@ -216,19 +216,20 @@ def test_nb_falls_back_to_the_type_for_a_tiny_combination(design: ad.AnnData) ->
     got = model.sample({"type_01": 60}, where={"condition": "stim"}, seed=3)
     want = plain.sample({"type_01": 60}, seed=3)
     assert (got.X != want.X).nnz == 0
-    assert got.uns["cellsynth"]["fallback_combinations"] == [{KEY: "type_01", "condition": "stim"}]
-    assert got.uns["cellsynth"]["unseen_combinations"] == []
+    assert got.uns["cellsynth"]["fallback_combinations"] == {KEY: ["type_01"], "condition": ["stim"]}
+    assert got.uns["cellsynth"]["unseen_combinations"] == {}
     ctrl = model.sample({"type_01": 60}, where={"condition": "ctrl"}, seed=3)
-    assert ctrl.uns["cellsynth"]["fallback_combinations"] == [] and (ctrl.X != want.X).nnz > 0
+    assert ctrl.uns["cellsynth"]["fallback_combinations"] == {} and (ctrl.X != want.X).nnz > 0
 
 
-def test_nb_requests_where_and_unseen_combinations(design: ad.AnnData) -> None:
+def test_nb_requests_where_and_unseen_combinations(design: ad.AnnData, tmp_path) -> None:
     held = _rows(design.obs, "type_00", "stim")
     model = NegBinBaseline(covariate_keys=["condition", "donor"])
     model.fit(design[~held].copy(), KEY, seed=0)
     syn = model.sample({"type_00": 40}, where={"condition": "stim"}, seed=0)
-    assert syn.uns["cellsynth"]["unseen_combinations"] == [
-        {KEY: "type_00", "condition": "stim", "donor": d} for d in ("D0", "D1")]
+    assert syn.uns["cellsynth"]["unseen_combinations"] == {
+        KEY: ["type_00"] * 2, "condition": ["stim"] * 2, "donor": ["D0", "D1"]}
+    syn.write_h5ad(tmp_path / "unseen.h5ad")  # as sample returns it
     assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
     assert list(syn.obs["donor"].cat.categories) == ["D0", "D1"]
     assert set(syn.obs["condition"]) == {"stim"}
@@ -482,8 +483,10 @@ def test_scvi_generates_the_requested_levels(design, scvi_fit, tmp_path) -> None
     assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
     assert list(syn.obs["donor"].cat.categories) == ["D0", "D1"]
     assert syn.obs.groupby([KEY, "condition"], observed=True).size().eq(300).all()
-    assert {KEY: "type_00", "condition": "stim", "donor": "D0"} in syn.uns["cellsynth"][
-        "unseen_combinations"]
+    unseen = pd.DataFrame(syn.uns["cellsynth"]["unseen_combinations"])
+    assert ((unseen[KEY] == "type_00") & (unseen["condition"] == "stim")
+            & (unseen["donor"] == "D0")).any()
+    syn.write_h5ad(tmp_path / "unseen.h5ad")  # as sample returns it
     slopes = {}
     for t in TYPES:
         cols, lfc = _program(design, t)
@@ -494,7 +497,7 @@ def test_scvi_generates_the_requested_levels(design, scvi_fit, tmp_path) -> None
     assert slopes["type_00"] > 0.2, slopes  # never seen: only what the decoder shares
     where = model.sample({"type_01": 40}, where={"condition": "stim", "donor": "D1"}, seed=2)
     assert set(where.obs["condition"]) == {"stim"} and set(where.obs["donor"]) == {"D1"}
-    assert where.uns["cellsynth"]["unseen_combinations"] == []
+    assert where.uns["cellsynth"]["unseen_combinations"] == {}
     model.save(tmp_path / "scvi")
     loaded = ScviGenerator.load(tmp_path / "scvi")
     assert loaded.design == model.design and loaded.module_kwargs["n_cats_per_cov"] == [2, 2]

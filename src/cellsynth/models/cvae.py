@@ -62,6 +62,7 @@ from .base import (
     request_bytes,
     synthetic_adata,
     training_counts,
+    writable_uns,
 )
 from .modules.cvae import CVAEModule
 
@@ -467,7 +468,7 @@ class CVAE(DesignRequests):
                "config": {**dataclasses.asdict(self.config), "latent_sampler": latent}}
         if self.design:
             uns["unseen_combinations"] = unseen
-        return uns
+        return writable_uns(uns)  # as the h5ad holds it
 
     @torch.no_grad()
     def sample_chunks(

@@ -54,6 +54,7 @@ from .base import (
     split_masks,
     synthetic_adata,
     training_counts,
+    writable_uns,
 )
 
 logger = logging.getLogger(__name__)
@@ -422,7 +423,8 @@ class NegBinBaseline(DesignRequests):
         for key in self.design.keys:
             out.obs[key] = obs[key].values  # categorical, with the training levels
         if self.design:
-            out.uns[K.UNS].update(unseen_combinations=unseen, fallback_combinations=fell_back)
+            out.uns[K.UNS].update(writable_uns({"unseen_combinations": unseen,
+                                                "fallback_combinations": fell_back}))
         return out
 
     def save(self, directory: str | Path) -> None:

@@ -75,6 +75,7 @@ from .base import (
     split_masks,
     synthetic_adata,
     training_counts,
+    writable_uns,
 )
 from .nb import (
     draw_libraries,
@@ -305,7 +306,7 @@ class ScviGenerator(DesignRequests):
         for key in self.design.keys:
             out.obs[key] = obs[key].values  # categorical, with the training levels
         if self.design:
-            out.uns[K.UNS]["unseen_combinations"] = unseen
+            out.uns[K.UNS].update(writable_uns({"unseen_combinations": unseen}))
         return out
 
     def _decode_sample(
