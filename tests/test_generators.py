@@ -140,6 +140,32 @@ def test_save_load_round_trip(fitted, saved):
         assert (a.X != b.X).nnz == 0
 
 
+def test_save_never_mixes_with_other_files(fitted, saved, tmp_path):
+    """A save refuses a folder of other files (nothing written there), replaces a model saved
+    before whole (no file of another model kind stays), and a failed save leaves it as it was."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(ModelFileError, match="not a saved model"):
+        fitted.save(mine)
+    assert [p.name for p in mine.iterdir()] == ["config.json"]
+    assert (mine / "config.json").read_text() == '{"mine": 1}'
+    other = tmp_path / "other"  # another kind's model: replaced whole
+    other.mkdir()
+    (other / "config.json").write_text('{"model": "Other", "format_version": 1}')
+    (other / "leftover.safetensors").write_text("x")
+    fitted.save(other)
+    assert not (other / "leftover.safetensors").exists()
+    assert sorted(p.name for p in other.iterdir()) == sorted(p.name for p in saved.iterdir())
+    before = {p.name: p.read_bytes() for p in saved.iterdir() if p.is_file()}
+    with pytest.MonkeyPatch.context() as mp:  # a save failing half way: labels JSON cannot hold
+        mp.setattr(fitted, "labels", [object()])
+        with pytest.raises(TypeError):
+            fitted.save(saved)
+    assert {p.name: p.read_bytes() for p in saved.iterdir() if p.is_file()} == before
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "damage",
     [

@@ -5,10 +5,12 @@ Nothing here knows about a particular model; a count-space VAE can reuse every f
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
-from ..runtime import save_tensors
+from ..runtime import check_writable, save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +329,61 @@ def model_directory(directory: str | Path) -> Path:
                              "model into")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a model cellsynth saved (its ``config.json`` names the model)."""
+    try:
+        meta = json.loads((path / MODEL_FILES["config"]).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "model" in meta and "format_version" in meta
+
+
+def check_save_dir(out: Path, flag: str = "the model directory") -> None:
+    """Refuse a model directory that is a file, cannot be written under, or is a non-empty
+    directory that is not a saved model (a project's folder, a run directory): a save replaces
+    the directory whole."""
+    if out.exists() and not out.is_dir():
+        raise ModelFileError(f"{flag} {out} is an existing file; give a directory for the model")
+    check_writable(out, flag)
+    if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
+        held = sorted(p.name for p in out.iterdir())
+        raise ModelFileError(
+            f"{flag} {out} is a non-empty directory that is not a saved model (it holds "
+            f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a save replaces the "
+            "directory whole: give a new or empty directory")
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put directory ``new`` in the place of ``out`` (a model saved earlier goes whole, so no
+    file of another model stays beside the new one's)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
+    """A generator's ``save(directory)`` made safe: the directory is checked first
+    (:func:`check_save_dir`), the model written beside it and then put in its place, so that a
+    save never mixes with other files, never leaves a model of another kind's files behind, and
+    a failed save leaves what was there."""
+    @functools.wraps(save)
+    def wrapper(self: Any, directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        out = Path(directory).expanduser().resolve()
+        check_save_dir(out)
+        partial = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            save(self, partial, *args, **kwargs)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        replace_dir(partial, out)
+    return wrapper
 
 
 def save_model_dir(

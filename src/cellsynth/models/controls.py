@@ -37,6 +37,7 @@ from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
+from ._training import saves_whole
 from .base import (
     check_library_memory,
     check_request_memory,
@@ -129,6 +130,7 @@ class CopyGenerator:
         return synthetic_adata(self.counts[np.concatenate(picks)], y, self.genes,
                                label_key=self.label_key, model=self.name, seed=seed)  # fmt: skip
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes and ``cells.safetensors`` (the CSR and offsets)."""
         directory = Path(directory)
@@ -252,6 +254,7 @@ class ScviPosteriorGenerator(ScviGenerator):
                                label_key=self.label_key, model=self.name, seed=seed,
                                config=dataclasses.asdict(self.config))  # fmt: skip
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes, ``module`` and ``cells`` safetensors."""
         if self.module is None:

@@ -55,6 +55,7 @@ from ._counts import (
 from ._design import Design, DesignRequests
 from ._draws import sample_counts
 from ._prepare import training_data
+from ._training import saves_whole
 from .base import (
     check_genes,
     check_memory,
@@ -530,6 +531,7 @@ class CVAE(DesignRequests):
                                   "model.train() (or fit(adata)) first, or CVAE.load(DIR) a "
                                   "trained one")
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``weights.safetensors`` (library model included), ``labels.json``,
         ``genes.json`` and ``history.json``."""

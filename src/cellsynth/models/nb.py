@@ -47,7 +47,7 @@ from ..runtime import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import model_directory, package_version
+from ._training import model_directory, package_version, saves_whole
 from .base import (
     check_request_memory,
     fit_labels,
@@ -427,6 +427,7 @@ class NegBinBaseline(DesignRequests):
                                                 "fallback_combinations": fell_back}))
         return out
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``labels.json``, ``genes.json``, ``params`` and ``libraries``.
 

@@ -69,6 +69,7 @@ from ..runtime import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
+from ._training import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
@@ -326,6 +327,7 @@ class ScviGenerator(DesignRequests):
         zinb = self.module_kwargs["gene_likelihood"] == "zinb"
         return nb_csr(rng, px.mu, px.theta, px.zi_probs if zinb else None)
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes, ``module`` and ``latent`` safetensors."""
         if self.module is None:

@@ -16,6 +16,7 @@ from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed
 from . import _loop
 from . import _training as tr
+from ._training import saves_whole
 from .modules import SeedVAEModule
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class SeedCVAE:
     # ------------------------------------------------------------------------------------------
     # files
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``weights.safetensors``, ``labels.json`` and ``history.json``."""
         if not self.is_trained:

@@ -35,6 +35,7 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
+from ._training import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
@@ -175,6 +176,7 @@ class SeedGenerator:
             config=self._settings(),
         )
 
+    @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes, library sizes, ``vae/`` and ``pca/``."""
         if self.vae is None or self.pca is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -15,8 +14,8 @@ import numpy as np
 from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
+from ..models._training import check_save_dir, replace_dir
 from ..models.registry import make_generator
-from ..runtime import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -63,43 +62,16 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     shutil.rmtree(partial, ignore_errors=True)
     gen.save(partial)
     save(used, partial / "run_config.toml")
-    _replace_dir(partial, out)
+    replace_dir(partial, out)
     return gen, history
-
-
-def _is_model_dir(path: Path) -> bool:
-    """Whether ``path`` holds a model cellsynth saved (its ``config.json`` names the model)."""
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "model" in meta and "format_version" in meta
 
 
 def check_model_out(out: Path, data: Any = None) -> None:
     """Refuse a model directory that is a file, the input, or a non-empty directory that is not
     a saved model (a run directory, anyone's files): the model would mix with them, and a
-    refit replaces the directory whole."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is an existing file; give a directory for the model")
-    check_writable(out)
+    refit replaces the directory whole (:func:`~cellsynth.models._training.check_save_dir`)."""
     if isinstance(data, str | Path) and Path(data).expanduser().resolve().is_relative_to(
             out.resolve()):
         raise DataError(f"--out {out} holds the input {data}; a refit replaces the directory "
                         "whole: give another --out")
-    if out.is_dir() and any(out.iterdir()) and not _is_model_dir(out):
-        held = sorted(p.name for p in out.iterdir())
-        raise DataError(f"--out {out} is a non-empty directory that is not a saved model (it "
-                        f"holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); give a "
-                        "new or empty directory")
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put directory ``new`` in the place of ``out`` (a model saved earlier goes whole, so no
-    file of another model stays beside the new one's)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    check_save_dir(out, "--out")
