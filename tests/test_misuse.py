@@ -933,3 +933,22 @@ def test_generate_names_a_data_file_given_as_the_model_and_never_suggests_the_mo
     assert main(["generate", str(model), "--n-per-type", "3", "--out", str(model)]) == 2
     err = capsys.readouterr().err
     assert "is inside the model directory" in err and "synthetic.h5ad" not in err
+
+
+def test_duplicate_gene_names_are_refused_by_every_fit(tmp_path):
+    """A model matches genes by name (sampling, evaluation, get_latent): duplicate gene names
+    are refused before training, in memory and from a file, by the CVAE and the other
+    generators alike (they were trained on, and only evaluate refused the cells)."""
+    from cellsynth.models.cvae import CVAE
+    from cellsynth.models.nb import NegBinBaseline
+
+    a = simulate_atlas(200, 40, 2, seed=2)
+    names = list(a.var_names)
+    names[1] = names[0]
+    a.var_names = names
+    a.write_h5ad(tmp_path / "dup.h5ad")
+    for data in (a, str(tmp_path / "dup.h5ad")):
+        with pytest.raises(CellsynthError, match="duplicate gene names"):
+            CVAE(data, label_key="cell_type").train(max_epochs=1)
+    with pytest.raises(CellsynthError, match="duplicate gene names"):
+        NegBinBaseline().fit(a, "cell_type")

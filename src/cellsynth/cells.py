@@ -32,6 +32,7 @@ from .data.io import (
     BACKED_BYTES,
     MISSING_TEXT,
     check_file,
+    check_gene_names,
     check_label,
     check_values,
     find_counts,
@@ -299,8 +300,10 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
             raise DataError(f"{source.path} holds normalised values only; generators need raw "
                             "counts: give the unnormalised file")
         x, genes = source.matrix(expr)
+        check_gene_names(genes, str(source.path))
         return x, list(map(str, genes))
     x, genes = training_source(source)
+    check_gene_names(genes)
     return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, genes))
 
 

@@ -77,8 +77,15 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
             f"{name} has duplicate cell names (e.g. {dup}); make them unique with "
             "adata.obs_names_make_unique() and write the file again"
         )
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()][:3].tolist()
+    check_gene_names(adata.var_names, name)
+
+
+def check_gene_names(genes: Any, name: str = "the data") -> None:
+    """Refuse duplicate gene names: a model, its cells and every comparison match genes by
+    name."""
+    genes = pd.Index(genes)
+    if not genes.is_unique:
+        dup = genes[genes.duplicated()][:3].tolist()
         raise DataError(
             f"{name} has duplicate gene names (e.g. {dup}); make them unique with "
             "adata.var_names_make_unique() and write the file again"

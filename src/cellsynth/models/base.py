@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..data.io import (
     MISSING_TEXT,
+    check_gene_names,
     check_label,
     check_values,
     is_counts,
@@ -60,6 +61,7 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
             f"X holds normalised values and raw.X the counts, but over {len(genes)} genes where "
             f"X has {adata.n_vars}; train on adata.raw.to_adata() (the counts over raw's genes, "
             "with the same obs) or put the counts in layers['counts']")
+    check_gene_names(genes)
     x = sp.csr_matrix(x, dtype=np.float32)
     check_values(x.data, "the counts")
     if not is_counts(x.data[:1_000_000]):
