@@ -106,6 +106,8 @@ def test_same_seed_same_cells(fitted):
     c = fitted.sample(_types(fitted), seed=6).X
     assert (a != b).nnz == 0
     assert (a != c).nnz > 0
+    both = ad.concat([fitted.sample(_types(fitted), seed=s) for s in (5, 6)])
+    assert both.obs_names.is_unique  # draws with other seeds concatenate without clashes
 
 
 def test_bad_requests(fitted):

@@ -145,6 +145,12 @@ def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:
         )
 
 
+def cell_names(n: int, seed: int) -> pd.Index:
+    """Names of ``n`` generated cells drawn with ``seed``: ``synthetic_SEED_I``, so that the
+    cells of draws with other seeds can be concatenated without clashing names."""
+    return pd.Index([f"synthetic_{int(seed)}_{i}" for i in range(n)])
+
+
 def synthetic_adata(
     counts: sp.csr_matrix | np.ndarray,
     labels: np.ndarray,
@@ -158,7 +164,7 @@ def synthetic_adata(
     """Package generated counts as an AnnData with provenance in ``uns['cellsynth']``."""
     x = sp.csr_matrix(counts, dtype=np.float32)
     obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
-                       index=[f"synthetic_{i}" for i in range(x.shape[0])])
+                       index=cell_names(x.shape[0], seed))
     a = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
     a.uns[K.UNS] = {"version": package_version(), "model": model, "seed": int(seed),
                     "label_key": label_key, "config": config or {}}

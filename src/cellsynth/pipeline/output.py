@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..errors import DataError
-from ..models.base import BYTES_PER_VALUE, writable_uns
+from ..models.base import BYTES_PER_VALUE, cell_names, writable_uns
 from ..models.cvae import estimate_bytes
 
 
@@ -106,7 +106,7 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
         for x in prefetched(chunks) if overlap else chunks:
             writer.append(x)
         obs = obs.copy()
-        obs.index = pd.Index([f"synthetic_{i}" for i in range(len(obs))])
+        obs.index = cell_names(len(obs), uns.get("seed", 0))
         for col in obs.columns:  # categorical, as anndata writes them
             if not isinstance(obs[col].dtype, pd.CategoricalDtype):
                 obs[col] = pd.Categorical(obs[col].astype(str))
