@@ -952,3 +952,47 @@ def test_duplicate_gene_names_are_refused_by_every_fit(tmp_path):
             CVAE(data, label_key="cell_type").train(max_epochs=1)
     with pytest.raises(CellsynthError, match="duplicate gene names"):
         NegBinBaseline().fit(a, "cell_type")
+
+
+def test_every_generator_takes_a_path_or_backed_data_and_refuses_use_before_fit(tmp_path):
+    """fit takes an h5ad path or backed cells as the CVAE's does (nb said 'str' has no attribute
+    'obs', backed data failed in scipy); saving or sampling a generator never fitted says so
+    before anything is written (nb wrote half a model directory)."""
+    from cellsynth.errors import NotTrainedError
+    from cellsynth.models.controls import CopyGenerator
+    from cellsynth.models.nb import NegBinBaseline
+
+    path = tmp_path / "a.h5ad"
+    simulate_atlas(300, 40, 3, seed=4).write_h5ad(path)
+    want = NegBinBaseline()
+    want.fit(ad.read_h5ad(path), "cell_type")
+    for data in (str(path), path, ad.read_h5ad(path, backed="r")):
+        got = NegBinBaseline()
+        got.fit(data, "cell_type")
+        assert got.labels == want.labels
+        assert (got.sample({want.labels[0]: 20}, seed=1).X
+                != want.sample({want.labels[0]: 20}, seed=1).X).nnz == 0
+    with pytest.raises(CellsynthError, match="AnnData or the path"):
+        NegBinBaseline().fit(np.zeros((3, 3)), "cell_type")
+    for gen in (NegBinBaseline(), CopyGenerator()):
+        with pytest.raises(NotTrainedError, match="not been fitted"):
+            gen.save(tmp_path / "m")
+        with pytest.raises(NotTrainedError, match="not been fitted"):
+            gen.sample({"type_00": 3})
+    assert not (tmp_path / "m").exists()
+
+
+def test_get_latent_takes_backed_cells_and_names_a_gene_order(tmp_path):
+    from cellsynth.models.cvae import CVAE
+
+    path = tmp_path / "a.h5ad"
+    simulate_atlas(300, 40, 3, seed=4).write_h5ad(path)
+    from cellsynth.config import CVAEConfig
+
+    model = CVAE(str(path), config=CVAEConfig(n_hidden=[16], n_latent=2, select="elbo",
+                                              min_steps=0))
+    model.train(max_epochs=1)
+    z = model.get_latent(ad.read_h5ad(path, backed="r"))
+    assert z.shape == (300, 2)
+    with pytest.raises(CellsynthError, match="another order"):
+        model.get_latent(ad.read_h5ad(path)[:, ::-1])

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..runtime import check_writable, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -300,6 +300,9 @@ def check_count(label: Any, n: Any) -> None:
 def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str, int]:
     """The request with each type as the model names it (:func:`known_label`); a
     :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
+    if not labels:  # a generator that knows no type has not been fitted
+        raise NotTrainedError("this model has not been fitted, so it cannot generate: call "
+                              "fit(adata, label_key) first, or load a fitted one")
     if not counts_per_type:
         raise DataError(f"no cells requested; ask for cells of some of {labels}")
     out: dict[str, int] = {}
@@ -373,6 +376,9 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
     a failed save leaves what was there."""
     @functools.wraps(save)
     def wrapper(self: Any, directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        if not getattr(self, "labels", None) and getattr(self, "is_trained", None) is not True:
+            raise NotTrainedError(f"this {type(self).__name__} has not been fitted, so it "
+                                  "cannot be saved: call fit(adata, label_key) first")
         out = Path(directory).expanduser().resolve()
         check_save_dir(out)
         partial = out.with_name(f".{out.name}.partial")

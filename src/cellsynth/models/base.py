@@ -7,6 +7,9 @@ cells as an AnnData: integer counts in ``X`` (CSR), the label in ``obs``, the mo
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -29,6 +32,8 @@ from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import checked_seed
 from ._training import check_counts, package_version
+
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -119,6 +124,32 @@ def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,
     return split == "train", split == "val"
 
 
+def in_memory(data: ad.AnnData | str | Path) -> ad.AnnData:
+    """The cells a generator that trains in memory reads: an AnnData as it is, a backed one
+    read into memory, an h5ad path read (:func:`~cellsynth.data.io.read`'s checks); anything
+    else a :class:`DataError` naming what was given."""
+    if isinstance(data, str | Path):
+        from ..data.io import read
+
+        data = read(data, backed=False)
+    if not isinstance(data, ad.AnnData):
+        raise DataError(f"expected an AnnData or the path of an .h5ad file, got "
+                        f"{type(data).__name__}")
+    if data.isbacked:
+        logger.info("reading the %d backed cells into memory", data.n_obs)
+        data = data.to_memory()
+    return data
+
+
+def reads_cells(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """A generator's ``fit(adata, ...)`` that also takes a path or backed data
+    (:func:`in_memory`), as the CVAE's does."""
+    @functools.wraps(fit)
+    def wrapper(self: Any, adata: Any, *args: Any, **kwargs: Any) -> Any:
+        return fit(self, in_memory(adata), *args, **kwargs)
+    return wrapper
+
+
 def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
     """The label column as strings, checked to exist, to hold names and to leave no cell
     without one (a missing label would become a type called "nan")."""
@@ -136,6 +167,9 @@ def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
 def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:
     """Refuse data whose genes differ from the model's."""
     genes = list(map(str, adata.var_names))
+    if genes != model_genes and sorted(genes) == sorted(model_genes):
+        raise DataError("the data hold the model's genes in another order; put them in the "
+                        "model's order with adata[:, model.genes]")
     if genes != model_genes:
         missing = [g for g in model_genes if g not in set(genes)][:5]
         raise DataError(

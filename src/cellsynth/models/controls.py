@@ -41,6 +41,7 @@ from ._training import saves_whole
 from .base import (
     check_library_memory,
     check_request_memory,
+    reads_cells,
     request,
     synthetic_adata,
     training_counts,
@@ -96,6 +97,7 @@ class CopyGenerator:
     def __repr__(self) -> str:
         return f"CopyGenerator(n_labels={len(self.labels)}, n_cells={self.counts.shape[0]})"
 
+    @reads_cells
     def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0) -> dict[str, Any]:
         """Keep the training rows' counts, grouped by type; return a short history."""
         start = time.perf_counter()
@@ -202,6 +204,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         return (f"ScviPosteriorGenerator(n_labels={len(self.labels)}, n_genes={len(self.genes)}, "
                 f"n_cells={sum(len(v) for v in self.libraries)})")  # fmt: skip
 
+    @reads_cells
     def fit(self, adata: ad.AnnData, label_key: str, *, seed: int = 0) -> dict[str, Any]:
         """Train SCVI (as ``scvi``); keep each training cell's posterior and library size."""
         cells = self._train(adata, label_key, seed=seed)

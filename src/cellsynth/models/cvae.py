@@ -60,6 +60,7 @@ from .base import (
     check_genes,
     check_memory,
     fit_labels,
+    in_memory,
     request_bytes,
     synthetic_adata,
     training_counts,
@@ -386,6 +387,7 @@ class CVAE(DesignRequests):
         known types.
         """
         module = self._module()
+        adata = in_memory(adata)
         check_genes(self.genes, adata)
         counts = training_counts(adata)
         y, _ = tr.encode_labels(

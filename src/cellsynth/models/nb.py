@@ -51,6 +51,7 @@ from ._training import model_directory, package_version, saves_whole
 from .base import (
     check_request_memory,
     fit_labels,
+    reads_cells,
     split_masks,
     synthetic_adata,
     training_counts,
@@ -270,6 +271,7 @@ class NegBinBaseline(DesignRequests):
         extra = {"covariate_keys": self.covariate_keys, "min_cells": self.min_cells}
         return {"max_theta": self.max_theta, **(extra if self.covariate_keys else {})}
 
+    @reads_cells
     def fit(
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:

@@ -73,6 +73,7 @@ from ._training import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
+    reads_cells,
     split_masks,
     synthetic_adata,
     training_counts,
@@ -158,6 +159,7 @@ class ScviGenerator(DesignRequests):
             f"n_latent={c.n_latent}, gene_likelihood={c.gene_likelihood!r}{covs})"
         )
 
+    @reads_cells
     def fit(
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ._training import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
+    reads_cells,
     request,
     split_masks,
     synthetic_adata,
@@ -109,6 +110,7 @@ class SeedGenerator:
             "target_sum": self.target_sum,
         }
 
+    @reads_cells
     def fit(
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
