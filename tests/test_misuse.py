@@ -996,3 +996,25 @@ def test_get_latent_takes_backed_cells_and_names_a_gene_order(tmp_path):
     assert z.shape == (300, 2)
     with pytest.raises(CellsynthError, match="another order"):
         model.get_latent(ad.read_h5ad(path)[:, ::-1])
+
+
+def test_evaluate_checks_its_arguments_first_and_reads_labels_as_a_fit_does(tmp_path, caplog):
+    """cs.evaluate: a bad seed or max_cells and an output that is a file are refused before any
+    work (out named as Python names it); a label written as the text 'nan' is a missing label,
+    as a fit reads it, not a type called 'nan'."""
+    import cellsynth as cs
+
+    real = simulate_atlas(300, 50, 3, seed=1)
+    fake = simulate_atlas(300, 50, 3, seed=2)
+    for kw in ({"seed": -1}, {"seed": 1.5}, {"max_cells": 0.5}):
+        with pytest.raises(CellsynthError, match=r"seed must be|max_cells must be"):
+            cs.evaluate(real, fake, label_key="cell_type", **kw)
+    (tmp_path / "taken.txt").write_text("x")
+    with pytest.raises(CellsynthError, match=r"^out .* is an existing file"):
+        cs.evaluate(real, fake, label_key="cell_type", out=tmp_path / "taken.txt")
+    fake.obs["cell_type"] = fake.obs["cell_type"].astype(str)
+    fake.obs.iloc[:40, fake.obs.columns.get_loc("cell_type")] = "nan"
+    with caplog.at_level(logging.WARNING):
+        result = cs.evaluate(real, fake, label_key="cell_type", max_cells=300)
+    assert "nan" not in result.per_type.index
+    assert "40 cells have no label" in caplog.text

@@ -300,6 +300,8 @@ def evaluate(
     from . import evaluation
     from .evaluation.result import Evaluation
 
+    if out is not None:
+        evaluation._out_dir(out, "out")  # before any work
     result = Evaluation(evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
                                            max_cells=max_cells, heldout=heldout,
                                            donor_key=donor_key))

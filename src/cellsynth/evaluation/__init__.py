@@ -34,7 +34,7 @@ from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
 from ..runtime import check_writable, write_json, write_text
-from ..seeds import derive_seed
+from ..seeds import checked_seed, derive_seed
 from .inputs import (
     IN_MEMORY,
     _check_disjoint,
@@ -121,6 +121,10 @@ def compare(
         copies, or the real file itself), also a WARNING in the log and a line in
         ``fidelity.md``.
     """
+    seed = checked_seed(seed)
+    if max_cells is not None and (isinstance(max_cells, bool)
+                                  or not isinstance(max_cells, int | np.integer)):
+        raise DataError(f"max_cells must be a whole number of cells, got {max_cells!r}")
     max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
     if max_cells < 4:
         raise DataError(f"max_cells must be at least 4 (the floor splits the real cells in "
@@ -266,13 +270,14 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
     return out
 
 
-def _out_dir(out: str | Path) -> Path:
-    """The output directory, refused when it is an existing file (e.g. the input)."""
+def _out_dir(out: str | Path, flag: str = "--out") -> Path:
+    """The output directory, refused when it is an existing file (e.g. the input); ``flag``
+    names it in the message (``--out`` on the command line, ``out`` in Python)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is an existing file; give a directory for fidelity.json "
+        raise DataError(f"{flag} {out} is an existing file; give a directory for fidelity.json "
                         "and fidelity.md")
-    check_writable(out)
+    check_writable(out, flag)
     return out
 
 

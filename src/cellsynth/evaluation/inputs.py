@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..data.io import Expression, check_label, check_shape, check_values, find_counts, is_counts
+from ..data.io import (
+    Expression,
+    check_label,
+    check_shape,
+    check_values,
+    find_counts,
+    is_counts,
+    missing_labels,
+)
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
 from ..errors import DataError
@@ -117,7 +125,7 @@ def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
                    pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
     """``pick`` among the cells that have a label (sorted positions); cells without one are
     left out with a count in the log, as a run's QC does."""
-    known = np.flatnonzero(obs[label_key].notna().to_numpy())
+    known = np.flatnonzero(~missing_labels(obs[label_key]))  # as a fit reads them
     if len(known) < len(labels):
         logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
                        len(labels) - len(known), label_key)  # fmt: skip
