@@ -14,6 +14,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from cellsynth import evaluation
 from cellsynth.cli import _parse_types, main
@@ -1018,3 +1019,44 @@ def test_evaluate_checks_its_arguments_first_and_reads_labels_as_a_fit_does(tmp_
         result = cs.evaluate(real, fake, label_key="cell_type", max_cells=300)
     assert "nan" not in result.per_type.index
     assert "40 cells have no label" in caplog.text
+
+
+def test_a_plan_given_to_sample_is_checked_as_a_request_is():
+    """sample() also takes a plan [(type, level codes, n), ...] (what plan() returns): each
+    entry is checked (an unknown type, a bad count, a level's name or a code out of range
+    reached numpy or torch), and its unseen combinations are listed."""
+    from cellsynth.models.nb import NegBinBaseline
+
+    a = simulate_atlas(300, 40, 3, seed=4, n_conditions=2)
+    model = NegBinBaseline(covariate_keys=["condition"])
+    model.fit(a, "cell_type")
+    t = model.labels[0]
+    for plan, match in (([("NoSuch", (0,), 5)], "unknown cell type"),
+                        ([(t, (0,), -5)], "positive integer"), ([(t, (0,), 2.5)], "positive"),
+                        ([(t, ("stim",), 5)], "level codes"), ([(t, (9,), 5)], "level codes"),
+                        ([(t, (-1,), 5)], "level codes"), ([(t, (), 5)], "level codes")):
+        with pytest.raises(CellsynthError, match=match):
+            model.sample(plan)
+    want, _ = model.plan({t: 6}, {"condition": "stim"})
+    got = model.sample(want, seed=3)
+    assert got.n_obs == 6 and set(got.obs["condition"]) == {"stim"}
+
+
+def test_normalised_values_rounded_to_counts_are_warned_about(caplog):
+    """Counts normalised to one total and rounded pass the whole-number check; every fit warns
+    that the totals are all alike (raw counts' totals vary), and real counts are not warned."""
+    from cellsynth.cells import for_training
+    from cellsynth.models.nb import NegBinBaseline
+
+    a = simulate_atlas(300, 200, 3, seed=5)
+    x = a.X.tocsr().astype(np.float64)
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    b = a.copy()
+    b.X = sp.diags(1e4 / lib) @ x
+    b.X.data = np.round(b.X.data)
+    for data, warned in ((a, False), (b, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            NegBinBaseline().fit(data, "cell_type")
+            for_training(data, "cell_type", seed=0).close()
+        assert caplog.text.count("look like normalised values rounded") == 2 * warned

@@ -39,6 +39,7 @@ from .data.io import (
     is_counts,
     missing_labels,
     training_source,
+    warn_equal_libraries,
 )
 from .data.split import stratified_split
 from .data.store import MatrixRows
@@ -353,6 +354,7 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
     count the training cells detecting each gene, and find the cells without a count."""
     detected = np.zeros(counts.shape[1], dtype=np.int64)
     empty: list[np.ndarray] = []
+    libraries: list[np.ndarray] = []
     is_train = np.isin(rows, train_rows)
     for pos, block in counts.chunks(chunk_size, rows):
         block = sp.csr_matrix(block)
@@ -366,7 +368,11 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
                 "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X")
         train = block[is_train[pos]]
         detected += np.bincount(train.indices, minlength=counts.shape[1])
-        empty.append(rows[pos][np.asarray(block.sum(axis=1)).ravel() == 0])
+        lib = np.asarray(block.sum(axis=1)).ravel()
+        empty.append(rows[pos][lib == 0])
+        libraries.append(lib)
+    if libraries:
+        warn_equal_libraries(np.concatenate(libraries))
     return detected, np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
 
 

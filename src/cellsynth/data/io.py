@@ -80,6 +80,25 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
     check_gene_names(adata.var_names, name)
 
 
+def warn_equal_libraries(libraries: np.ndarray, what: str = "the counts") -> bool:
+    """Warn when nearly every cell has the same total count (90% within 5% of the median, over
+    50 cells or more): normalised values rounded to whole numbers pass as counts, and a
+    generator would learn their totals, not a library size. Returns whether it warned."""
+    libs = np.asarray(libraries, dtype=np.float64)
+    libs = libs[libs > 0]
+    if len(libs) < 50:
+        return False
+    med = float(np.median(libs))
+    share = float(np.mean(np.abs(libs - med) <= 0.05 * med))
+    if share < 0.9:
+        return False
+    logger.warning("%s: %.0f%% of %d cells have a total within 5%% of %.0f counts: these look "
+                   "like normalised values rounded to whole numbers, not raw counts (whose "
+                   "totals vary from cell to cell); give the unnormalised counts", what,
+                   100 * share, len(libs), med)
+    return True
+
+
 def check_gene_names(genes: Any, name: str = "the data") -> None:
     """Refuse duplicate gene names: a model, its cells and every comparison match genes by
     name."""

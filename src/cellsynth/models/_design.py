@@ -124,10 +124,9 @@ class Design:
         training cell had (``{label_key: type, covariate: level, ...}``). A plan is returned as
         it is; a ``{type: n}`` request without ``where`` to a model without covariates is
         checked as a type-only request."""
-        if isinstance(request, list) and all(
-                isinstance(p, tuple) and len(p) == 3 and isinstance(p[1], tuple)
-                for p in request):  # fmt: skip  # already a plan
-            return request, []
+        if isinstance(request, list) and request and all(
+                isinstance(p, tuple) and len(p) == 3 for p in request):  # fmt: skip
+            return self._checked_plan(request, labels, label_key)
         if isinstance(request, Mapping) and not isinstance(request, dict):
             request = dict(request)
         if where is not None and not isinstance(where, Mapping):
@@ -149,6 +148,34 @@ class Design:
             fixed = self._fixed(given)
             for codes, k in self._spread(label, fixed, int(n)):
                 plan.append((label, codes, k))
+        return plan, self._unseen(plan, label_key)
+
+    def _checked_plan(self, plan: list[tuple[Any, Any, Any]], labels: list[str],
+                      label_key: str) -> tuple[list[tuple[str, tuple[int, ...], int]],
+                                               list[dict[str, str]]]:  # fmt: skip
+        """A plan ``[(type, level codes, n), ...]`` given as it is (what :meth:`plan` returns,
+        and ``generate`` streams): each type known, each count a whole number >= 1, each
+        codes tuple one code in range per covariate (a level's name is not a code)."""
+        out = []
+        sizes = self.n_levels
+        for label, codes, n in plan:
+            label = known_label(label, labels)
+            check_count(label, n)
+            if not isinstance(codes, tuple) or len(codes) != len(self.keys) or not all(
+                    isinstance(c, int | np.integer) and not isinstance(c, bool) and 0 <= c < m
+                    for c, m in zip(codes, sizes, strict=False)):  # fmt: skip
+                raise DataError(
+                    f"a plan's level codes for {label!r} are {codes!r}: one code per covariate "
+                    f"({', '.join(self.keys) or 'none: the model has no covariates'}), each in "
+                    "range; ask by name instead: sample({type: n}, where={covariate: level}) "
+                    "or a request table")
+            out.append((label, tuple(int(c) for c in codes), int(n)))
+        return out, self._unseen(out, label_key, warn=False)  # warned when it was made
+
+    def _unseen(self, plan: list[tuple[str, tuple[int, ...], int]], label_key: str,
+                warn: bool = True) -> list[dict[str, str]]:  # fmt: skip
+        """The combinations in ``plan`` that no training cell had (a WARNING when any and
+        ``warn``)."""
         unseen = []
         for label, codes, _ in plan:
             if self.keys and not self.seen(label, codes):
@@ -156,13 +183,13 @@ class Design:
                                               zip(self.keys, codes, strict=True)}}
                 if combo not in unseen:
                     unseen.append(combo)
-        if unseen:
+        if unseen and warn:
             # allowed, but the cells are the model's extrapolation: said even under --quiet
             logger.warning("generating %d combination(s) no training cell had (the model's "
                            "answer for them, not learnt from their cells): %s", len(unseen),
                            "; ".join(", ".join(f"{k}={v}" for k, v in u.items())
                                      for u in unseen[:5]))
-        return plan, unseen
+        return unseen
 
     def seen(self, label: str, codes: tuple[int, ...]) -> bool:
         """Whether training cells of type ``label`` had the covariate level codes ``codes``."""
