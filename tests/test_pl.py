@@ -96,6 +96,23 @@ def test_every_function_returns_axes_draws_into_ax_and_saves(cells, evaluation, 
     assert len(shown) == len(calls)
     with pytest.raises(cs.CellsynthError, match="file path"):
         cs.pl.history(_history(), save=True)
+    # misuse: refused by name, before a file is written
+    for name, call in calls.items():
+        for bad, match in ((tmp_path / "plot.h5ad", "saved as one of"),
+                           (tmp_path, "is a directory"), ("/proc/x/plot.png", "save=")):
+            with pytest.raises(cs.CellsynthError, match=match):
+                call(save=bad)
+        with pytest.raises(cs.CellsynthError, match="ax= takes"):
+            call(ax="left")
+        if name != "genes":  # one panel: one Axes, also in a list
+            one = Figure().subplots()
+            assert call(ax=[one]) is one, name
+    assert not (tmp_path / "plot.h5ad").exists()
+    with pytest.raises(cs.CellsynthError, match="ax= takes 2 axes"):
+        cs.pl.genes(evaluation, ax=Figure().subplots())
+    with pytest.raises(cs.CellsynthError, match="bins must be"):
+        cs.pl.library_sizes(cells[0], cells[1], bins=0)
+    assert cs.pl.fidelity(evaluation, metrics="c2st_auc").has_data()  # one metric by name
 
 
 def test_equal_counts():
@@ -155,7 +172,7 @@ def test_umap_refusals():
         cs.pl.umap(table, color="nope")
     with pytest.raises(cs.CellsynthError, match="lacks column"):
         cs.pl.umap(table.drop(columns="x"))
-    with pytest.raises(cs.CellsynthError, match="one axes per color"):
+    with pytest.raises(cs.CellsynthError, match="one per color"):
         cs.pl.umap(table, color=["origin", "label"], ax=Figure().subplots())
 
 
@@ -223,5 +240,5 @@ def test_genes_plot_shows_each_side_and_refuses_a_result_without_genes(evaluatio
     assert [len(c.get_offsets()) for c in variance.collections] == [n, n]
     with pytest.raises(cs.CellsynthError, match="gene-level"):
         cs.pl.genes({"genes": {"skipped": "too few cells"}})
-    with pytest.raises(cs.CellsynthError, match="two axes"):
+    with pytest.raises(cs.CellsynthError, match="takes 2 axes"):
         cs.pl.genes(evaluation, ax=[Figure().subplots()])

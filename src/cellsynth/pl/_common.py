@@ -81,13 +81,39 @@ def type_colors(n: int) -> list:
 
 
 def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    """``ax``, or the axes of a new pyplot figure of ``figsize`` inches (never shown here)."""
+    """``ax``, or the axes of a new pyplot figure of ``figsize`` inches (never shown here);
+    one Axes in a list or tuple is taken, anything else refused by name."""
+    from matplotlib.axes import Axes as _Axes
+
+    if isinstance(ax, Sequence) and not isinstance(ax, str) and len(ax) == 1:
+        ax = ax[0]
+    if ax is not None and not isinstance(ax, _Axes):
+        raise DataError(f"ax= takes one matplotlib Axes (this plot has one panel), got "
+                        f"{type(ax).__name__}")
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
 
     _, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax
+
+
+def axes_list(ax: object, n: int, what: str) -> list[Axes]:
+    """``ax`` given to a plot of ``n`` panels (``what``: one per what) as a list of ``n``
+    Axes: one Axes or a list of them; anything else, or another count, refused by name."""
+    import numpy as np
+    from matplotlib.axes import Axes as _Axes
+
+    if isinstance(ax, np.ndarray):  # as plt.subplots returns several
+        ax = list(ax.ravel())
+    axs = [ax] if isinstance(ax, _Axes) else (
+        list(ax) if isinstance(ax, Sequence) and not isinstance(ax, str) else None)
+    if axs is None or not all(isinstance(a, _Axes) for a in axs):
+        raise DataError(f"ax= takes {n} matplotlib Axes (one per {what}), got "
+                        f"{type(ax).__name__}")
+    if len(axs) != n:
+        raise DataError(f"ax= takes {n} axes (one per {what}), got {len(axs)}")
+    return axs
 
 
 def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
@@ -98,7 +124,18 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
     if save is not None:
         if isinstance(save, bool):
             raise DataError("save= takes a file path (such as 'umap.png'), not True or False")
-        path = Path(save)
+        path = Path(save).expanduser()
+        kinds = first.figure.canvas.get_supported_filetypes()
+        if path.is_dir():
+            raise DataError(f"save= {path} is a directory; give a file path such as "
+                            f"{path / 'plot.png'}")
+        if path.suffix.lstrip(".").lower() not in kinds:
+            raise DataError(f"save= {path}: a figure is saved as one of "
+                            f"{', '.join('.' + k for k in sorted(kinds))}; give a file name "
+                            "ending in one of them")
+        from ..runtime import check_writable
+
+        check_writable(path, "save=")
         path.parent.mkdir(parents=True, exist_ok=True)
         first.figure.savefig(path, bbox_inches="tight", dpi=150)
     if show:

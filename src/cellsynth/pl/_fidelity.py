@@ -88,6 +88,7 @@ def fidelity(
 
     synth, floor = _reports(result)
     s, f = flat_report(synth), flat_report(floor)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)  # one metric by name
     unknown = [m for m in metrics if m not in s]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(s)}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes_list, doc_params, finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,9 +69,7 @@ def genes(
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    axs = list(ax)
-    if len(axs) != 2:
-        raise DataError(f"ax= takes two axes (one per panel), got {len(axs)}")
+    axs = axes_list(ax, 2, "panel")
     for side, color, label in (("real", REAL_COLOR, "real"), ("synth", SYNTH_COLOR, "generated")):
         mean = np.asarray(block[f"{side}_mean"], dtype=float)
         x = np.log10(np.maximum(mean, 1e-4))

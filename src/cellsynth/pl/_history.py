@@ -62,8 +62,9 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     hist = _history(model_or_history)
     train = np.asarray([np.nan if v is None else v for v in hist.get("train_loss", [])], float)
     if train.size == 0:
-        raise DataError("the history has no train_loss per epoch (a model fitted without "
-                        "epochs, such as nb, has no curve)")
+        raise DataError("the history has no train_loss per epoch: the model has not been "
+                        "trained, or was fitted without epochs (such as nb), which has no "
+                        "curve")
     val = np.asarray([np.nan if v is None else v for v in hist.get("val_loss", [])], float)
     epochs = np.arange(train.size)
     ax = axes(ax, (6.0, 3.8))

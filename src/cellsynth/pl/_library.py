@@ -63,6 +63,8 @@ def library_sizes(
     Axes or None
         The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``).
     """
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise DataError(f"bins must be a whole number of at least 1, got {bins!r}")
     r, s = _totals(real, "the real data"), _totals(synthetic, "the synthetic data")
     if label_key is None:
         ax = axes(ax, (6.0, 3.8))

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, doc_params, finish, need_cells, type_colors
+from ._common import (
+    REAL_COLOR,
+    SYNTH_COLOR,
+    axes_list,
+    doc_params,
+    finish,
+    need_cells,
+    type_colors,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -297,9 +305,7 @@ def umap(
                               layout="constrained", squeeze=False)
         axs = list(axs[0])
     else:
-        axs = list(ax) if isinstance(ax, Sequence) else [ax]
-        if len(axs) != len(kinds):
-            raise DataError(f"{len(axs)} axes for {len(kinds)} colors; give one axes per color")
+        axs = axes_list(ax, len(kinds), "color")
     for a, kind in zip(axs, kinds, strict=True):
         _draw(df, kind, a, palette)
     return finish(axs if many else axs[0], show, save)
