@@ -1060,3 +1060,25 @@ def test_normalised_values_rounded_to_counts_are_warned_about(caplog):
             NegBinBaseline().fit(data, "cell_type")
             for_training(data, "cell_type", seed=0).close()
         assert caplog.text.count("look like normalised values rounded") == 2 * warned
+
+
+def test_python_entry_points_refuse_bad_arguments_by_name(tmp_path):
+    """cs.simulate with a fractional size, cs.run into an existing file, a split column of
+    unknown values: one-line errors naming the fix (they were a TypeError about slices, a
+    FileExistsError, and 'every cell lacks a label'); Evaluation.to_dict() is a copy."""
+    import cellsynth as cs
+    from cellsynth.config import CVAEConfig
+
+    with pytest.raises(CellsynthError, match="n_cells must be a whole number"):
+        cs.simulate(100.5, 50, 3)
+    a = cs.simulate(300, 50, 3)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(CellsynthError, match="is an existing file"):
+        cs.run(a, out=tmp_path / "f.txt")
+    b = a.copy()
+    b.obs["cellsynth_split"] = "training"
+    with pytest.raises(CellsynthError, match="holds 'training'"):
+        cs.CVAE(b, config=CVAEConfig(n_hidden=[8], n_latent=2)).train(max_epochs=1)
+    result = cs.evaluate(a[:150], a[150:], label_key="cell_type", max_cells=150)
+    result.to_dict()["verdict"] = None
+    assert result.verdict is not None

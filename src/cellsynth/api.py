@@ -8,6 +8,7 @@ libraries are imported inside the functions, so ``import cellsynth`` stays light
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +67,12 @@ def simulate(
     True
     """
     from .data.simulate import simulate_atlas
+    from .errors import DataError
 
+    for name, v, least in (("n_cells", n_cells, 1), ("n_genes", n_genes, 1),
+                           ("n_types", n_types, 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least:
+            raise DataError(f"{name} must be a whole number of at least {least}, got {v!r}")
     return simulate_atlas(n_cells, n_genes, n_types, seed=seed, label_key=label_key)
 
 
@@ -196,8 +202,14 @@ def run(
     >>> results = cs.run("atlas.h5ad", label_key="cell_type", out="runs/atlas")  # doctest: +SKIP
     """
     from . import pipeline
+    from .errors import CellsynthError
+    from .runtime import check_writable
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
+    if out_dir.exists() and not out_dir.is_dir():  # before an AnnData is written into it
+        raise CellsynthError(f"out {out_dir} is an existing file, not a directory; give a "
+                             "directory for the run (e.g. runs/NAME)")
+    check_writable(out_dir, "out")
     cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)

@@ -314,6 +314,11 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
     check_label(SimpleNamespace(obs=obs), label_key)
     if K.SPLIT in obs:
         split = obs[K.SPLIT].astype(str).to_numpy().copy()
+        odd = sorted(set(np.unique(split)) - {"train", "val", "test", "none", *MISSING_TEXT})
+        if odd:
+            raise DataError(f"obs['{K.SPLIT}'] holds {', '.join(map(repr, odd[:5]))}; its values "
+                            "are 'train', 'val' (fitted on) and 'test' (left out): rename them, "
+                            f"or drop the column for a seeded split (del adata.obs['{K.SPLIT}'])")
     else:
         # stratified by type: every type keeps its training cells, a type of a few cells all
         split = stratified_split(obs[label_key].astype(str).to_numpy(),

@@ -281,7 +281,9 @@ class Evaluation(Mapping[str, Any]):
         dict
             :func:`cellsynth.evaluation.compare`'s result.
         """
-        return self._result
+        import copy
+
+        return copy.deepcopy(self._result)  # the result stays as it was computed
 
     def to_html(self, path: str | Path) -> Path:
         """Write the evaluation as one self-contained HTML page (verdict first).
