@@ -201,7 +201,7 @@ def test_evaluate_returns_a_result_object(pair, result, tmp_path):
     assert {"c2st_auc", "c2st_auc_floor", "gene_auc", "de_logfc_r", "trts_f1",
             "verdict"} <= set(table.columns)
     assert result.privacy is None and "overall" in result.genes
-    assert result.to_dict()["verdict"] is result.verdict and result["n_genes"] == 150
+    assert result.to_dict()["verdict"] == result.verdict and result["n_genes"] == 150
     assert set(result) == set(result.to_dict()) and len(result) == len(result.to_dict())
     page = result.to_html(tmp_path / "eval.html").read_text()
     assert page.index("Verdict") < page.index("Per type") and "type_00" in page

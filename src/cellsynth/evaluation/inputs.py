@@ -125,7 +125,9 @@ def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
                    pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
     """``pick`` among the cells that have a label (sorted positions); cells without one are
     left out with a count in the log, as a run's QC does."""
-    known = np.flatnonzero(~missing_labels(obs[label_key]))  # as a fit reads them
+    names = pd.unique(labels)  # a few names shared by every cell: checked once each
+    gone = names[missing_labels(pd.Series(names, dtype=object))]
+    known = np.flatnonzero(~np.isin(labels, gone))  # missing as a fit reads them
     if len(known) < len(labels):
         logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
                        len(labels) - len(known), label_key)  # fmt: skip

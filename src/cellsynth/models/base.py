@@ -33,6 +33,8 @@ from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import checked_seed
 from ._training import check_counts, package_version
+from ._training import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
+from ._training import replace_dir as replace_dir
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
-from ..models._training import check_save_dir, replace_dir
+from ..models.base import check_save_dir, replace_dir
 from ..models.registry import make_generator
 
 logger = logging.getLogger(__name__)
