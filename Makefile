@@ -20,12 +20,15 @@ demo: $(STAMP)
 # two pytest workers (pytest-xdist) that take each other's queued tests when idle, so the
 # largest test files do not end the run on one worker: 9 min 19 s for the suite on 2 cores,
 # where each file on one worker (--dist loadfile) took 9 min 44 s - 10 min 0 s and one process
-# 12 min 38 s
+# 12 min 38 s. Each worker computes on one thread (OMP_NUM_THREADS=1: torch, XGBoost,
+# scikit-learn's OpenMP and the BLAS): two workers of two threads each on two cores contended
+# (the suite 9 min 58 s against 9 min 22 s with one thread a worker and ten more tests)
+TEST_ENV = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist worksteal
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
