@@ -422,7 +422,7 @@ def test_pipeline_nb_generates_and_scores_the_training_design(design: ad.AnnData
 # scvi with scvi-tools' categorical_covariate_keys
 
 
-def test_scvi_with_covariates_through_the_cli(design: ad.AnnData, tmp_path) -> None:
+def test_scvi_with_covariates_through_the_cli(design: ad.AnnData, tmp_path, capfd) -> None:
     """`fit --model scvi --covariates` (2 epochs on 600 cells), then `generate --where` and
     `--like`: the requested levels in obs with the training categories, the unseen
     combination listed, the training design in ``config.json``."""
@@ -436,6 +436,8 @@ def test_scvi_with_covariates_through_the_cli(design: ad.AnnData, tmp_path) -> N
     assert main(["fit", data, "--label-key", KEY, "--model", "scvi", "--covariates", "condition",
                  "--out", str(model), "--quiet", "--set", "scvi.max_epochs=2", "--set",
                  "scvi.n_hidden=16", "--set", "scvi.n_latent=4"]) == 0  # fmt: skip
+    err = capfd.readouterr().err  # --quiet: no trainer banners, tips or set-up warnings
+    assert not any(s in err for s in ("GPU available", "Tip:", "Seed set", "log_every_n_steps")), err
     meta = json.loads((model / "config.json").read_text())
     assert meta["design"]["keys"] == ["condition"] and meta["module_kwargs"]["n_cats_per_cov"] == [2]
     out = tmp_path / "stim.h5ad"

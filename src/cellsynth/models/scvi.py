@@ -50,6 +50,9 @@ import dataclasses
 import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -91,6 +94,29 @@ from .nb import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: the loggers scvi-tools' trainer writes its banners through (seed, devices, tips)
+_TRAINER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "scvi")
+
+
+@contextmanager
+def _trainer_quiet(quiet: bool) -> Iterator[None]:
+    """Lightning's warnings about how cellsynth sets up its trainer (logging interval, worker
+    counts, its own deprecations) are not the user's to act on: hidden; with ``quiet`` (no
+    progress bars: ``--quiet``, or no terminal) its banners and tips (seed set, devices,
+    'Tip: ...') too, which its own handlers print whatever cellsynth's logging says."""
+    loggers = [logging.getLogger(name) for name in _TRAINER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        if quiet:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 FORMAT_VERSION = 1
 #: scvi-tools' registry key of the categorical covariates (``REGISTRY_KEYS.CAT_COVS_KEY``)
@@ -195,26 +221,27 @@ class ScviGenerator(DesignRequests):
         is_train = train[rows]
         train_idx, val_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
 
-        scvi.settings.seed = int(derive_seed(seed, "scvi") % 2**31)
-        scvi.model.SCVI.setup_anndata(sub, categorical_covariate_keys=design.keys or None)
-        model = scvi.model.SCVI(
-            sub,
-            n_hidden=c.n_hidden,
-            n_latent=c.n_latent,
-            n_layers=c.n_layers,
-            gene_likelihood=c.gene_likelihood,
-        )
-        model.train(
-            max_epochs=c.max_epochs,
-            batch_size=c.batch_size,
-            early_stopping=c.early_stopping and val_idx.size > 0,
-            datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
-            # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr, and
-            # none at all when cs.settings hides progress bars
-            enable_progress_bar=settings.show_progress(),
-            simple_progress_bar=False,
-            callbacks=[_epoch_bar()] if settings.show_progress() else [],
-        )
+        with _trainer_quiet(not settings.show_progress()):
+            scvi.settings.seed = int(derive_seed(seed, "scvi") % 2**31)
+            scvi.model.SCVI.setup_anndata(sub, categorical_covariate_keys=design.keys or None)
+            model = scvi.model.SCVI(
+                sub,
+                n_hidden=c.n_hidden,
+                n_latent=c.n_latent,
+                n_layers=c.n_layers,
+                gene_likelihood=c.gene_likelihood,
+            )
+            model.train(
+                max_epochs=c.max_epochs,
+                batch_size=c.batch_size,
+                early_stopping=c.early_stopping and val_idx.size > 0,
+                datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
+                # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr,
+                # and none at all when cs.settings hides progress bars
+                enable_progress_bar=settings.show_progress(),
+                simple_progress_bar=False,
+                callbacks=[_epoch_bar()] if settings.show_progress() else [],
+            )
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
         codes = np.searchsorted(np.array(labels), y[rows[train_idx]])
