@@ -388,6 +388,8 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        if out.is_dir() and any(out.iterdir()):
+            logger.info("replacing the model saved in %s", out)
         replace_dir(partial, out)
     return wrapper
 
