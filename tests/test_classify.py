@@ -274,3 +274,18 @@ def test_predict_in_row_chunks(trained, monkeypatch):
     monkeypatch.setattr(xgb_mod, "PREDICT_ROWS", 60)
     assert np.array_equal(trained.predict_proba(X_test), whole)
     assert np.array_equal(trained.predict_proba(sp.csr_matrix(X_test)), whole)
+
+
+def test_threads_follow_omp_num_threads_then_the_cores_this_process_may_use(monkeypatch):
+    """classifier.n_jobs = 0 takes OMP_NUM_THREADS (a pytest worker's, a job script's), else the
+    process's CPU affinity (a cluster job's cores, not the node's)."""
+    import os
+
+    from cellsynth.runtime import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
+    assert cpu_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads() == len(os.sched_getaffinity(0))

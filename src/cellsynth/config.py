@@ -246,7 +246,7 @@ class ClassifierConfig:
     max_cells_per_class: int | Literal["auto"] = ranged("[0, inf)", "auto")
     # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
     chunk_size: int = ranged("[0, inf)", 0)
-    n_jobs: int = ranged("[0, inf)", 0)  # threads; 0 = all cores
+    n_jobs: int = ranged("[0, inf)", 0)  # threads; 0 = OMP_NUM_THREADS, else the cores this process may use
     backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
     dask_scheduler: str = ""  # scheduler address (tcp://host:8786); "" = a local cluster
     # workers of the local cluster when no scheduler is given

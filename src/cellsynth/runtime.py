@@ -28,6 +28,20 @@ def peak_rss_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 1024**2
 
 
+def cpu_threads() -> int:
+    """Threads a computation here may use: ``OMP_NUM_THREADS`` when it is set (as torch and
+    OpenMP libraries read it), else the cores this process may run on (a cluster job's or a
+    ``taskset``'s, not the whole node's), else every core. Two processes each spinning one
+    OpenMP thread per core on the same cores slow each other many times over."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def available_memory() -> float | None:
     """Bytes of memory available to a new allocation without swapping (``MemAvailable`` of
     ``/proc/meminfo``, else free physical pages), or None where neither can be read."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ import scipy.sparse as sp
 
 from ..config import ClassifierConfig
 from ..errors import ConfigError
+from ..runtime import cpu_threads
 from .xgb import (
     _HYPERPARAMETERS,
     Classifier,
@@ -227,7 +227,7 @@ def train_classifier_dask(
         seconds = time.perf_counter() - start
 
     booster = result["booster"]
-    booster.set_param({"nthread": cfg.n_jobs or os.cpu_count() or 1})  # predict on this machine
+    booster.set_param({"nthread": cfg.n_jobs or cpu_threads()})  # predict on this machine
     evals_result = {
         name: {metric: [float(v) for v in values] for metric, values in log.items()}
         for name, log in result["history"].items()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import xgboost as xgb
 from ..config import ClassifierConfig, fix_hint
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
+from ..runtime import cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def train_classifier(
     codes_train = np.searchsorted(labels, y_train).astype(np.int32)  # labels are sorted
     codes_val = np.searchsorted(labels, y_val).astype(np.int32)
     weight = balanced_weights(y_train) if cfg.balanced_weights else None
-    nthread = cfg.n_jobs or os.cpu_count() or 1
+    nthread = cfg.n_jobs or cpu_threads()
     device = resolve_device(cfg.device)
 
     if chunk:
