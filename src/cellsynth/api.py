@@ -202,14 +202,10 @@ def run(
     >>> results = cs.run("atlas.h5ad", label_key="cell_type", out="runs/atlas")  # doctest: +SKIP
     """
     from . import pipeline
-    from .errors import CellsynthError
-    from .runtime import check_writable
+    from .runtime import check_run_dir
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
-    if out_dir.exists() and not out_dir.is_dir():  # before an AnnData is written into it
-        raise CellsynthError(f"out {out_dir} is an existing file, not a directory; give a "
-                             "directory for the run (e.g. runs/NAME)")
-    check_writable(out_dir, "out")
+    check_run_dir(out_dir, "out")  # before an AnnData is written into it
     cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)

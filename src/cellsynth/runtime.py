@@ -509,13 +509,19 @@ def check_writable(path: str | Path, flag: str = "--out") -> None:
                              "give a path you can write to") from None
 
 
+def check_run_dir(out: Path, flag: str = "--out") -> None:
+    """A run directory that is an existing file, or under which nothing can be written, is a
+    one-line error (``flag`` names it: ``--out``, or ``out`` in Python)."""
+    if out.exists() and not out.is_dir():
+        raise CellsynthError(f"{flag} {out} is an existing file, not a directory; give a "
+                             "directory for the run (e.g. runs/NAME)")
+    check_writable(out, flag)
+
+
 def check_out(out: Path, cfg: Any) -> None:
     """A run directory that is an existing file, that would overwrite the input file, or that is
     a non-empty directory of another kind is a one-line error."""
-    if out.exists() and not out.is_dir():
-        raise CellsynthError(f"--out {out} is an existing file, not a directory; give a directory "
-                             "for the run (e.g. runs/NAME)")
-    check_writable(out)
+    check_run_dir(out)
     if cfg.dataset.path:
         data = Path(cfg.dataset.path).expanduser().resolve()
         try:

@@ -82,16 +82,9 @@ def type_colors(n: int) -> list:
 
 def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     """``ax``, or the axes of a new pyplot figure of ``figsize`` inches (never shown here);
-    one Axes in a list or tuple is taken, anything else refused by name."""
-    from matplotlib.axes import Axes as _Axes
-
-    if isinstance(ax, Sequence) and not isinstance(ax, str) and len(ax) == 1:
-        ax = ax[0]
-    if ax is not None and not isinstance(ax, _Axes):
-        raise DataError(f"ax= takes one matplotlib Axes (this plot has one panel), got "
-                        f"{type(ax).__name__}")
+    one Axes, also in a list, is taken (:func:`axes_list`), anything else refused by name."""
     if ax is not None:
-        return ax
+        return axes_list(ax, 1, "panel")[0]
     import matplotlib.pyplot as plt
 
     _, ax = plt.subplots(figsize=figsize, layout="constrained")
