@@ -875,7 +875,7 @@ def test_a_bad_seed_or_a_file_as_model_directory_is_a_clear_error(atlas_file, tm
         with pytest.raises(CellsynthError, match=r"seed must be a whole number from 0 to 2\*\*63"):
             gen.sample({"type_01": 2}, seed=seed)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CellsynthError, match="is an existing file; give a directory"):
+    with pytest.raises(CellsynthError, match="is an existing file, not a directory; give a directory"):
         gen.save(tmp_path / "file")
 
 

@@ -509,13 +509,24 @@ def check_writable(path: str | Path, flag: str = "--out") -> None:
                              "give a path you can write to") from None
 
 
+def check_out_dir(out: str | Path, flag: str, what: str,
+                  error: type[CellsynthError] = CellsynthError) -> Path:  # fmt: skip
+    """An output directory that is an existing file (the input, a model file...), or under
+    which nothing can be written, is a one-line ``error`` before any work: ``flag`` names the
+    argument (``--out`` on the command line, ``out`` in Python), ``what`` what the directory
+    is for. The one check of every output directory (a run, a model, an evaluation)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise error(f"{flag} {out} is an existing file, not a directory; give a directory "
+                    f"for {what}")
+    check_writable(out, flag)
+    return out
+
+
 def check_run_dir(out: Path, flag: str = "--out") -> None:
     """A run directory that is an existing file, or under which nothing can be written, is a
     one-line error (``flag`` names it: ``--out``, or ``out`` in Python)."""
-    if out.exists() and not out.is_dir():
-        raise CellsynthError(f"{flag} {out} is an existing file, not a directory; give a "
-                             "directory for the run (e.g. runs/NAME)")
-    check_writable(out, flag)
+    check_out_dir(out, flag, "the run (e.g. runs/NAME)")
 
 
 def check_out(out: Path, cfg: Any) -> None:

@@ -33,7 +33,7 @@ from ..metrics.genes import gene_fidelity
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
-from ..runtime import check_writable, write_json, write_text
+from ..runtime import check_out_dir, write_json, write_text
 from ..seeds import checked_seed, derive_seed
 from .inputs import (
     IN_MEMORY,
@@ -273,12 +273,7 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
 def _out_dir(out: str | Path, flag: str = "--out") -> Path:
     """The output directory, refused when it is an existing file (e.g. the input); ``flag``
     names it in the message (``--out`` on the command line, ``out`` in Python)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{flag} {out} is an existing file; give a directory for fidelity.json "
-                        "and fidelity.md")
-    check_writable(out, flag)
-    return out
+    return check_out_dir(out, flag, "fidelity.json and fidelity.md", DataError)
 
 
 def write(result: Mapping[str, Any], out: str | Path) -> Path:

@@ -23,7 +23,7 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
-from ..runtime import check_writable, save_tensors
+from ..runtime import check_out_dir, save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -326,10 +326,7 @@ HISTORY_FILE = "history.json"
 def model_directory(directory: str | Path) -> Path:
     """Create the model directory ``directory``; an existing file there is a
     :class:`ModelFileError` (not an OS error about a path)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ModelFileError(f"{directory} is an existing file; give a directory to save the "
-                             "model into")
+    directory = check_out_dir(directory, "the model directory", "the model", ModelFileError)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
@@ -347,9 +344,7 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
     """Refuse a model directory that is a file, cannot be written under, or is a non-empty
     directory that is not a saved model (a project's folder, a run directory): a save replaces
     the directory whole."""
-    if out.exists() and not out.is_dir():
-        raise ModelFileError(f"{flag} {out} is an existing file; give a directory for the model")
-    check_writable(out, flag)
+    check_out_dir(out, flag, "the model", ModelFileError)
     if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
         held = sorted(p.name for p in out.iterdir())
         raise ModelFileError(
