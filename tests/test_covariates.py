@@ -70,6 +70,33 @@ def test_condition_program_is_recovered_in_seen_and_unseen_combinations(fitted, 
     assert set(syn.obs["condition"]) == {"stim"} and set(syn.obs["donor"]) <= {"d1", "d2"}
 
 
+def test_a_level_the_type_never_had_is_generated_without_the_types_zero_inflation(fitted):
+    """The type's zero inflation was solved for the shares of zeros of its cells at their own
+    levels; a level its training cells never had (type_00 in stim) is drawn without it, while
+    a seen combination, and a new combination of levels the type had, keep it."""
+    import torch
+
+    model, _ = fitted
+    design = model.design
+    code = {k: {v: i for i, v in enumerate(design.levels[k])} for k in design.keys}
+    ctrl, stim, d1 = code["condition"]["ctrl"], code["condition"]["stim"], code["donor"]["d1"]
+    assert design.new_level(HELD_OUT[0], (stim, d1))  # (condition, donor), as design.keys
+    assert not design.new_level(HELD_OUT[0], (ctrl, d1))
+    assert not design.new_level("type_01", (stim, d1))
+    module = model.module
+    kept = module.zero_inflation.clone()
+    try:
+        module.set_zero_inflation(torch.full_like(kept, 0.9))  # nine in ten entries zeroed
+        zeros = {}
+        for t, cond in (("type_01", "stim"), (HELD_OUT[0], "ctrl"), (HELD_OUT[0], "stim")):
+            syn = model.sample({t: 200}, where={"condition": cond}, seed=3)
+            zeros[t, cond] = 1.0 - sp.csr_matrix(syn.X).nnz / np.prod(syn.shape)
+    finally:
+        module.set_zero_inflation(kept)
+    assert zeros["type_01", "stim"] > 0.85 and zeros[HELD_OUT[0], "ctrl"] > 0.85
+    assert zeros[HELD_OUT] < 0.8, zeros
+
+
 def test_the_known_condition_effect_is_recovered(fitted):
     """metrics.condition_effects: the simulated stim program in generated cells correlates with
     the real cells' as well as two halves of the real cells do; for the combination no training

@@ -195,6 +195,12 @@ class Design:
         """Whether training cells of type ``label`` had the covariate level codes ``codes``."""
         return any(tuple(c) == codes for c, _ in self.composition.get(label, []))
 
+    def new_level(self, label: str, codes: tuple[int, ...]) -> bool:
+        """Whether a level in ``codes`` is one no training cell of type ``label`` had (a new
+        condition for the type, not only a new combination of its levels)."""
+        had = [c for c, _ in self.composition.get(label, [])]
+        return any(all(c[i] != code for c in had) for i, code in enumerate(codes))
+
     def obs(self, plan: list[tuple[str, tuple[int, ...], int]], label_key: str) -> pd.DataFrame:
         """``obs`` of the cells a plan generates: the type and each covariate, categorical."""
         sizes = [n for _, _, n in plan]

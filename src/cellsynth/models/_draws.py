@@ -318,12 +318,15 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
 
 
 def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, latent: str,
-                  cov: tuple[int, ...] = (), *, any_type: bool = False) -> sp.csr_matrix:
+                  cov: tuple[int, ...] = (), *, any_type: bool = False,
+                  unseen_level: bool = False) -> sp.csr_matrix:
     """``n`` cells of type ``code`` (and covariate codes ``cov``) from a trained CVAE ``module``,
     as CSR counts; all noise from ``rng``.
 
     ``latent="mixture"`` draws ``z`` and the library size jointly from the type's mixture;
     ``"prior"`` draws ``z`` from ``p(z | type)`` and the library from the type's log-normal.
+    ``unseen_level``: ``cov`` holds a level no training cell of the type had (its zero
+    inflation, fitted at the type's own levels, is left out: ``CVAEModule.generative``);
     ``any_type``: decoded with the module's "some type" input (label dropout), for a
     combination no training cell had.
     """
@@ -340,5 +343,5 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     else:
         z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
         library = module.library_from_noise(eps[:, -1], y)  # (n,)
-    px = module.generative(z, y, library, c, one_type=True, any_type=any_type)
+    px = module.generative(z, y, library, c, one_type=True, any_type=any_type, unseen_level=unseen_level)
     return draw_counts(px, library, rng)

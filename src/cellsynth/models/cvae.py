@@ -512,16 +512,20 @@ class CVAE(DesignRequests):
         rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
         free = self._module().any_type is not None  # trained with label dropout
         for label, cov, n in plan:
-            # a combination no training cell had: decoded with "some type" (label dropout)
+            # a combination no training cell had: decoded with "some type" where the model
+            # learned one (label dropout); a level the type never had: without its zero inflation
             unseen = free and not self.design.seen(label, cov)
+            new_level = bool(cov) and self.design.new_level(label, cov)
             for sl in tr.iter_slices(n, rows):
                 yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
-                                                cov, any_type=unseen)  # fmt: skip
+                                                cov, unseen_level=new_level, any_type=unseen)
 
     def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
-                      cov: tuple[int, ...] = (), any_type: bool = False) -> sp.csr_matrix:  # fmt: skip
+                      cov: tuple[int, ...] = (), *, unseen_level: bool = False,
+                      any_type: bool = False) -> sp.csr_matrix:  # fmt: skip
         """``n`` cells of type ``code`` (covariate codes ``cov``) as CSR counts, noise from ``rng``."""
-        return sample_counts(self._module(), code, n, rng, latent, cov, any_type=any_type)
+        return sample_counts(self._module(), code, n, rng, latent, cov, any_type=any_type,
+                             unseen_level=unseen_level)
 
     # ------------------------------------------------------------------------------------------
     # files

@@ -428,7 +428,8 @@ class CVAEModule(nn.Module):
 
     def generative(self, z: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
                    c: torch.Tensor | None = None, *, calibrated: bool = True,
-                   one_type: bool = False, any_type: bool = False) -> Distribution:  # fmt: skip
+                   one_type: bool = False, any_type: bool = False,
+                   unseen_level: bool = False) -> Distribution:  # fmt: skip
         """``p(x | z, y, c, library)``: batch shape ``(B, n_input)``.
 
         For ``"gaussian"`` the distribution is over ``log1p(x / library * target_sum)``. With
@@ -442,6 +443,11 @@ class CVAEModule(nn.Module):
         input instead of the type's embedding: the type comes from ``z``, and a covariate's
         effect is what the decoder learned at that state over every type (a combination no
         training cell had); the per-type tables (dispersion, gene scale) are still ``y``'s.
+        With ``unseen_level`` (a covariate level no training cell of the type had) the type's
+        zero inflation is left out: it was solved for the shares of zeros of the type's cells
+        at their own levels, and a condition that switches genes on or off changes those
+        shares (an interferon response: a held-out combination's cells came out closer to
+        its real ones without it, with every decoder).
         """
         # generation (no gradient, calibrated): the NB mean in row blocks (:meth:`_nb_rate`)
         fused = (calibrated and self.likelihood != "gaussian" and not torch.is_grad_enabled()
@@ -458,7 +464,7 @@ class CVAEModule(nn.Module):
             factor = self.gene_scale[rows]  # (B | 1, n_input); ones until fitted
             if c is not None and self.level_scale.shape[0] > 1:
                 factor = factor * self._level_factor(y, c)  # (B, n_input)
-            if zi is None and bool(self.zero_inflation.any()):  # as below
+            if zi is None and not unseen_level and bool(self.zero_inflation.any()):  # as below
                 pi = self.zero_inflation[rows]
                 factor = factor / (1.0 - pi)
                 zi = torch.logit(pi)
@@ -469,7 +475,7 @@ class CVAEModule(nn.Module):
             if c is not None and self.level_scale.shape[0] > 1:
                 px_scale = px_scale * self._level_factor(y, c)
         px_rate = library[:, None] * px_scale  # (B, n_input)
-        if calibrated and zi is None and bool(self.zero_inflation.any()):
+        if calibrated and zi is None and not unseen_level and bool(self.zero_inflation.any()):
             # extra zeros with probability pi, the others drawn at mean mu / (1 - pi): the
             # mean stays mu (ones where nothing was fitted: the same draws as without)
             pi = self.zero_inflation[rows]  # (B | 1, n_input)
