@@ -157,11 +157,16 @@ def test_a_handful_of_real_cells_gives_no_overall_verdict():
     assert fidelity_verdict(syn, flo)["overall"]["verdict"] in LEVELS
 
 
-def test_copies_warn_that_the_verdict_measures_nothing():
+def test_copies_get_a_verdict_of_their_own_not_a_level_of_fidelity():
     syn, flo = _reports({"a": 0.3, "b": 0.3}, 200, pooled=0.3)
+    assert fidelity_verdict(syn, flo)["overall"]["verdict"] == IND  # the numbers alone
     v = fidelity_verdict(syn, flo, memorisation={"flagged": True, "reasons": ["40% exact copies"]})
-    assert v["overall"]["verdict"] == IND and "copy real ones (40% exact copies)" in v["warning"]
-    assert "WARNING" in vd.verdict_lines(v)[1]
+    assert v["overall"]["verdict"] == vd.COPIES and v["overall"]["decided_by"] == ["memorisation"]
+    assert "the metrics alone read indistinguishable" in v["overall"]["reason"]
+    assert "copy real ones (40% exact copies)" in v["warning"]
+    lines = vd.verdict_lines(v)
+    assert lines[0].startswith("verdict: copies of real cells") and "WARNING" in lines[1]
+    assert v["per_type"]["a"]["verdict"] == IND  # the types' numbers are kept, for reading
 
 
 # -- compare on simulated cells ------------------------------------------------------------------

@@ -35,6 +35,9 @@ import pandas as pd
 LEVELS = ("indistinguishable", "close", "distinguishable")
 #: a type without a verdict: too few cells, none generated, or none real
 TOO_FEW, ABSENT, EXTRA = "too few cells", "absent", "only in synthetic"
+#: the overall verdict on synthetic cells that copy real ones (memorisation flagged): their
+#: metrics measure the real cells, not a generator, whatever level they would read
+COPIES = "copies of real cells"
 #: a gap within ``Z`` noise standard deviations of the floor is noise: about one perfect type
 #: in 700 per metric is called worse than indistinguishable (one-sided normal tail), as the
 #: privacy audit flags an attack AUC (``metrics.privacy.AUC_Z``). The spreads of the per-type
@@ -246,7 +249,9 @@ def fidelity_verdict(
         Optional per type ``{"real": n, "synthetic": n, "real_total": n, "synthetic_total": n}``
         (cells scored, and in the inputs); by default read from the reports.
     memorisation
-        Optional :func:`~cellsynth.metrics.fidelity.memorisation`: when flagged, a ``warning``.
+        Optional :func:`~cellsynth.metrics.fidelity.memorisation`: when flagged, the overall
+        verdict is :data:`COPIES` (decided by ``memorisation``; the reason says what the
+        metrics alone would read) and a ``warning`` gives the evidence.
 
     Returns
     -------
@@ -302,6 +307,10 @@ def fidelity_verdict(
     overall = _overall(fs, ff, per_type, floor_spread, genes, typewise)
     warnings = []
     if memorisation and memorisation.get("flagged"):
+        overall = {**overall, "verdict": COPIES, "decided_by": ["memorisation"],
+                   "reason": "the synthetic cells copy real ones, so their scores are the real "
+                             f"cells'; the metrics alone read {overall['verdict']} "
+                             f"({overall['reason']})"}
         warnings.append("the synthetic cells copy real ones (" + "; ".join(
             memorisation.get("reasons") or []) + "): the verdict does not measure generation")
     if absent:  # the verdict is on the types generated: the data's other types are missing

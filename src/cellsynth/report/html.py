@@ -41,7 +41,7 @@ img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .verdict{font-size:1.15em;padding:.5em .8em;border-left:6px solid #999}
 .verdict-indistinguishable{border-color:#55a868;background:#eef7f0}
 .verdict-close{border-color:#f0b400;background:#fff8e1}
-.verdict-distinguishable{border-color:#c44e52;background:#fbeeee}
+.verdict-distinguishable,.verdict-copies-of-real-cells{border-color:#c44e52;background:#fbeeee}
 .verdict-too-few-cells{border-color:#8c8c8c;background:#f4f4f4}
 """
 
