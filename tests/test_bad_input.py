@@ -278,13 +278,55 @@ def test_genes_differ(saved_nb):
 
 
 def test_truncated_h5ad(tmp_path):
+    """Every reader of an h5ad (anndata's, and the h5py one of obs-only reads such as
+    generate --like) gives the same one-line error for a file cut short."""
+    from cellsynth.data.store import H5adFile
+
     data = write(make_adata(), tmp_path / "x.h5ad")
     blob = data.read_bytes()
     data.write_bytes(blob[: len(blob) // 2])
+    for reader in (read, H5adFile):
+        with pytest.raises(DataError) as info:
+            reader(data)
+        one_line(info.value, "could not be read as h5ad")
+        assert "truncated or corrupt" in str(info.value)
+
+
+def test_compressed_and_10x_files_are_named_with_their_conversion(tmp_path):
+    import gzip
+
+    import h5py
+
+    plain = write(make_adata(), tmp_path / "x.h5ad")
+    packed = tmp_path / "x.h5ad.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
     with pytest.raises(DataError) as info:
-        read(data)
-    one_line(info.value, "could not be read as h5ad")
-    assert "truncated or corrupt" in str(info.value)
+        read(packed)
+    one_line(info.value, "is compressed (.gz); uncompress it first (e.g. gunzip x.h5ad.gz)")
+    tenx = tmp_path / "filtered_feature_bc_matrix.h5"
+    with h5py.File(tenx, "w") as f:  # 10x's layout: a "matrix" group, no obs
+        f.create_group("matrix").create_dataset("data", data=np.arange(3))
+    with pytest.raises(DataError) as info:
+        read(tenx)
+    one_line(info.value, "is a 10x Genomics .h5 matrix, not an h5ad")
+    assert "sc.read_10x_h5" in str(info.value)
+
+
+def test_scaled_x_with_counts_in_raw_trains_on_the_counts(caplog):
+    """scanpy's layout after sc.pp.scale: X centred (negative values), counts in raw.X."""
+    a = make_adata()
+    counts = a.X.copy()
+    a.raw = a.copy()
+    dense = np.asarray(sp.csr_matrix(counts).todense(), dtype=np.float32)
+    a.X = (dense - dense.mean(0)) / (dense.std(0) + 1e-6)
+    with caplog.at_level("WARNING"):
+        assert find_counts(a).counts == "raw.X"
+    assert "X is not expression" in caplog.text and "negative values" in caplog.text
+    with pytest.raises(DataError, match="negative values"):
+        find_counts(a, is_normalised=False)  # the user says X holds counts: it does not
+    del a.raw
+    with pytest.raises(DataError, match="negative values"):  # nowhere else to look
+        find_counts(a)
 
 
 def test_corrupt_h5ad_not_hdf5(tmp_path):

@@ -39,14 +39,26 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
     try:
         adata = ad.read_h5ad(path, backed="r" if use_backed else None)
     except Exception as exc:  # h5py/anndata raise many types for damaged files
-        raise DataError(
-            f"{path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file may be "
-            "truncated or corrupt: download or write it again"
-        ) from None
+        raise unreadable(path, exc) from None
     check_shape(adata, str(path))
     logger.info("read %s: %d cells x %d genes%s", path, adata.n_obs, adata.n_vars,
                 " (backed)" if use_backed else "")
     return adata
+
+
+def unreadable(path: Path, exc: Exception) -> DataError:
+    """The one-line error of an HDF5 file that h5py or anndata cannot read as h5ad: a 10x
+    Genomics ``.h5`` (its ``matrix`` group) is named as such, anything else as damaged."""
+    try:
+        with h5py.File(path, "r") as f:
+            tenx = "matrix" in f and "obs" not in f
+    except OSError:
+        tenx = False
+    if tenx:
+        return DataError(f"{path} is a 10x Genomics .h5 matrix, not an h5ad; convert it with "
+                         "scanpy (sc.read_10x_h5(path).write_h5ad(...)) and pass the .h5ad")
+    return DataError(f"{path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file "
+                     "may be truncated or corrupt: download or write it again")
 
 
 def check_file(path: str | Path) -> Path:
@@ -58,6 +70,9 @@ def check_file(path: str | Path) -> Path:
     if not path.is_file():
         raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
     if not h5py.is_hdf5(path):
+        if path.suffix in (".gz", ".bz2", ".xz", ".zip"):
+            raise DataError(f"{path} is compressed ({path.suffix}); uncompress it first (e.g. "
+                            f"gunzip {path.name}) and pass the .h5ad")
         raise DataError(
             f"{path} is not an h5ad (HDF5) file; convert it with anndata/scanpy "
             "(e.g. sc.read_10x_mtx(...).write_h5ad(...)) and pass the .h5ad"
@@ -234,7 +249,14 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         looked for in ``layers['counts']`` and ``raw.X``); ``False`` says ``X`` holds counts.
     """
     x_values = _probe(adata.X)
-    check_values(x_values, "X")
+    try:
+        check_values(x_values, "X")
+    except DataError as bad:  # scaled (scanpy's sc.pp.scale) or damaged X: counts elsewhere?
+        found = None if is_normalised is False else _counts_elsewhere(adata)
+        if found is None:
+            raise
+        logger.warning("X is not expression (%s); using the counts in %s", bad, found.counts)
+        return found
     x_counts = is_counts(x_values)
     if is_normalised is False:
         if not x_counts:
@@ -246,6 +268,12 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
     if is_normalised == "auto" and x_counts:
         return Expression("X", normalised=False)
     # X is normalised: look for counts elsewhere
+    return _counts_elsewhere(adata) or Expression(None, normalised=True)
+
+
+def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:
+    """Counts in ``layers['counts']``, else in ``raw.X`` (scanpy's layout), beside an ``X``
+    that does not hold them; None where neither does."""
     if "counts" in adata.layers:
         vals = _probe(adata.layers["counts"])
         check_values(vals, "layers['counts']")
@@ -259,7 +287,7 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
                 logger.warning("raw.X holds counts over %d genes (X has %d): using raw's genes",
                                adata.raw.shape[1], adata.n_vars)
             return Expression("raw.X", normalised=True)
-    return Expression(None, normalised=True)
+    return None
 
 
 def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:

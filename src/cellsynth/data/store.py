@@ -24,7 +24,7 @@ from anndata.io import read_elem
 
 from ..errors import DataError
 from ..options import progress_bar
-from .io import Expression, check_file
+from .io import Expression, check_file, unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,10 @@ class H5adFile:
 
     def __init__(self, path: str | Path):
         self.path = check_file(path)
-        self.file = h5py.File(self.path, "r")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:  # not HDF5, or cut short: as damaged as below
+            raise unreadable(self.path, exc) from None
         try:
             self.obs: pd.DataFrame = read_elem(self.file["obs"])
             self.var: pd.DataFrame = read_elem(self.file["var"])
@@ -220,10 +223,7 @@ class H5adFile:
             raw_var = read_elem(raw["var"]) if raw is not None and "X" in raw else None
         except Exception as exc:  # h5py/anndata raise many types for damaged files
             self.file.close()
-            raise DataError(
-                f"{self.path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file "
-                "may be truncated or corrupt: download or write it again"
-            ) from None
+            raise unreadable(self.path, exc) from None
         self.layers = _Matrices(self.file.get("layers"), "layers")
         self.raw = None
         if raw_var is not None:
