@@ -514,3 +514,25 @@ def test_an_output_named_for_another_format_is_refused(saved_nb, tmp_path, capsy
     (tmp_path / "run" / "manifest.json").write_text('{"stages": {}}')
     with pytest.raises(CellsynthError, match=r"in the \.html format, not \.pdf"):
         write_report(tmp_path / "run", tmp_path / "report.pdf")
+
+
+def test_names_that_differ_only_by_surrounding_spaces_are_refused(tmp_path):
+    """'B cell' and 'B cell ' are one type split in two: a fit (nb, cvae), the pipeline's QC and
+    a covariate's levels refuse them, naming the twins and the fix; the stripped column fits."""
+    from cellsynth.models.cvae import CVAE
+
+    a = make_adata()
+    a.obs[LABEL] = pd.Categorical([t + (" " if i % 2 else "") for i, t in enumerate(a.obs[LABEL])])
+    for fit in (lambda: NegBinBaseline().fit(a, LABEL, seed=0),
+                lambda: CVAE(a, label_key=LABEL),
+                lambda: preprocess(a, *_sections())):
+        with pytest.raises(DataError) as info:
+            fit()
+        one_line(info.value, "differ only by surrounding spaces ('B cell', 'B cell ', ")
+        assert f"adata.obs['{LABEL}'].str.strip()" in str(info.value)
+    a.obs[LABEL] = a.obs[LABEL].str.strip().astype("category")  # the fix the error gives
+    NegBinBaseline().fit(a, LABEL, seed=0)
+    a.obs["condition"] = ["stim", "stim ", "ctrl"] * 20
+    with pytest.raises(DataError) as info:
+        NegBinBaseline(covariate_keys=["condition"]).fit(a, LABEL, seed=0)
+    one_line(info.value, "obs['condition'] holds covariate levels that differ only by")

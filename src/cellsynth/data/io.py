@@ -184,6 +184,22 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             f"cells ({len(values) / n_distinct:.1f} cells a value): it looks like a cell or "
             "sample identifier, not cell types; give the column of type names "
             "(dataset.label_key / --label-key)")
+    check_spaced_names(values.unique(), label_key, "cell types")
+
+
+def check_spaced_names(names: Any, key: str, what: str) -> None:
+    """Refuse names that differ only by surrounding spaces ("B cells" and "B cells "): one cell
+    type (or level) split in two, which a model would learn as two and a request would find one
+    of. ``key`` is the obs column in the error, ``what`` what its values are (plural)."""
+    text = pd.Series(pd.unique(pd.Series(names, dtype=object).astype(str)))
+    stripped = text.str.strip()
+    twins = text[stripped.duplicated(keep=False)]
+    if len(twins):
+        shown = sorted(twins.tolist(), key=lambda t: (t.strip(), t))[:6]
+        raise DataError(
+            f"obs['{key}'] holds {what} that differ only by surrounding spaces "
+            f"({', '.join(map(repr, shown))}): one {what[:-1]} split in two; strip them, e.g. "
+            f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:

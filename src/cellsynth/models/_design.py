@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.io import missing_as_text
+from ..data.io import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
 from ._training import check_count, did_you_mean, known_label
@@ -87,6 +87,7 @@ class Design:
                     f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
                     f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
             levels[key] = sorted({str(v) for v in level_text(values)})
+            check_spaced_names(levels[key], key, "covariate levels")
         design = cls(list(keys), levels)
         codes = design.codes(obs)
         combos = pd.DataFrame(codes[train], columns=keys)
