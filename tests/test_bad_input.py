@@ -536,3 +536,22 @@ def test_names_that_differ_only_by_surrounding_spaces_are_refused(tmp_path):
     with pytest.raises(DataError) as info:
         NegBinBaseline(covariate_keys=["condition"]).fit(a, LABEL, seed=0)
     one_line(info.value, "obs['condition'] holds covariate levels that differ only by")
+
+
+def test_one_absurd_count_is_refused_not_learned(caplog):
+    """A count of 1e9 among cells of ~60 counts set the nb means and the CVAE's libraries
+    (generated cells of 1e8 counts); a fit refuses it, in memory and read from disk alike."""
+    from cellsynth.cells import for_training
+
+    a = make_adata()
+    a.X[2, 3] = 1e9
+    with pytest.raises(DataError) as info:
+        NegBinBaseline().fit(a, LABEL, seed=0)
+    one_line(info.value, "1 cell(s) have a total count over 1,000 times the median cell's")
+    with pytest.raises(DataError, match="over 1,000 times the median"):
+        for_training(a, LABEL, seed=0)
+    b = make_adata()
+    b.X = b.X * 1e6  # every cell scaled up alike: warned, as counts no sequencing gives
+    with caplog.at_level("WARNING"):
+        NegBinBaseline().fit(b, LABEL, seed=0)
+    assert "are these counts scaled up?" in caplog.text

@@ -34,12 +34,12 @@ from .data.io import (
     check_file,
     check_gene_names,
     check_label,
+    check_libraries,
     check_values,
     find_counts,
     is_counts,
     missing_labels,
     training_source,
-    warn_equal_libraries,
 )
 from .data.split import stratified_split
 from .data.store import MatrixRows
@@ -377,7 +377,7 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
         empty.append(rows[pos][lib == 0])
         libraries.append(lib)
     if libraries:
-        warn_equal_libraries(np.concatenate(libraries))
+        check_libraries(np.concatenate(libraries))
     return detected, np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
 
 

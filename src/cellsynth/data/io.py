@@ -95,6 +95,35 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
     check_gene_names(adata.var_names, name)
 
 
+#: a cell whose total count is this many times the median cell's is a corrupt or mis-scaled
+#: value (one count of 1e9 among cells of a few thousand), not a deep cell
+MAX_LIBRARY_RATIO = 1_000.0
+#: a median total count per cell above this is more than sequencing gives (scaled-up counts)
+MAX_MEDIAN_LIBRARY = 1e7
+
+
+def check_libraries(libraries: np.ndarray, what: str = "the counts") -> None:
+    """Refuse cells whose total count exceeds :data:`MAX_LIBRARY_RATIO` times the median cell's
+    (over 10 cells or more): a single absurd value would set every mean and dispersion a model
+    fits for its type. Warn when the median itself exceeds :data:`MAX_MEDIAN_LIBRARY`, and when
+    nearly every cell has the same total (:func:`warn_equal_libraries`)."""
+    libs = np.asarray(libraries, dtype=np.float64)
+    seen = libs[libs > 0]
+    if len(seen) >= 10:
+        med = float(np.median(seen))
+        bad = libs > MAX_LIBRARY_RATIO * med
+        if bad.any():
+            raise DataError(
+                f"{what}: {int(bad.sum())} cell(s) have a total count over "
+                f"{MAX_LIBRARY_RATIO:,.0f} times the median cell's {med:,.0f} (the largest "
+                f"{libs.max():.3g}): a corrupt or mis-scaled value, which would set every mean "
+                "the model fits for its type; drop those cells or fix their counts")
+        if med > MAX_MEDIAN_LIBRARY:
+            logger.warning("%s: the median cell holds %.3g counts, more than sequencing gives "
+                           "(thousands to a few million): are these counts scaled up?", what, med)
+    warn_equal_libraries(libs, what)
+
+
 def warn_equal_libraries(libraries: np.ndarray, what: str = "the counts") -> bool:
     """Warn when nearly every cell has the same total count (90% within 5% of the median, over
     50 cells or more): normalised values rounded to whole numbers pass as counts, and a

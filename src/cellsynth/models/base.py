@@ -23,11 +23,11 @@ from ..data.io import (
     MISSING_TEXT,
     check_gene_names,
     check_label,
+    check_libraries,
     check_values,
     is_counts,
     missing_labels,
     training_source,
-    warn_equal_libraries,
 )
 from ..data.split import stratified_split
 from ..errors import DataError
@@ -77,7 +77,7 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
             "this generator needs raw counts, but the matrix holds non-integer values "
             "(normalised data); give the unnormalised counts in X, layers['counts'] or raw.X"
         )
-    warn_equal_libraries(np.asarray(x.sum(axis=1)).ravel())
+    check_libraries(np.asarray(x.sum(axis=1)).ravel())
     return x
 
 
