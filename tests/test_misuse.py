@@ -69,6 +69,27 @@ def test_cells_from_another_draw_are_not_flagged(atlas_file):
     assert result["memorisation"]["near_copy_fraction"] < 0.01
 
 
+def test_a_handful_of_new_cells_is_not_called_copies(atlas_file):
+    """Three fresh draws: their two-sample AUC is any number (0.17 in a sweep), chance at
+    that size; that alone is no sign of copies, so the verdict is not 'copies of real cells'."""
+    from cellsynth.metrics.fidelity import memorisation
+    from cellsynth.metrics.space import fit_space
+    from cellsynth.metrics.verdict import COPIES
+
+    real = ad.read_h5ad(atlas_file)
+    other = simulate_atlas(600, 150, 3, seed=1, label_key=LABEL)
+    few = other[other.obs[LABEL] == real.obs[LABEL].iloc[0]][:3].copy()
+    result = evaluation.compare(real, few, label_key=LABEL, max_cells=200)
+    assert not result["memorisation"]["flagged"], result["memorisation"]["reasons"]
+    assert result["verdict"]["overall"]["verdict"] != COPIES
+    space = fit_space(sp.csr_matrix(real.X), real.obs[LABEL].astype(str).to_numpy(),
+                      list(real.var_names), seed=0)
+    x = sp.csr_matrix(other.X[:50])
+    for cells, flagged in ((3, False), (2_000, True)):  # the same low AUC, read at its size
+        memo = memorisation(space, sp.csr_matrix(real.X), x, c2st=0.17, seed=0, c2st_cells=cells)
+        assert memo["flagged"] is flagged
+
+
 # -- 11: duplicate requests -------------------------------------------------------------------
 
 def test_a_type_requested_twice_is_an_error():

@@ -170,6 +170,7 @@ def compare(
     floor = real_floor(space, rc, rl, seed=derive_seed(seed, "floor"))
     fid = fidelity_report(space, rc, rl, sc, s.labels, seed=derive_seed(seed, "fidelity"))
     memo = memorisation(space, counts, sc, c2st=fid["overall"]["c2st_auc"],
+                        c2st_cells=fid["overall"].get("n_per_side"),
                         seed=derive_seed(seed, "memorisation"))
     if _same_file(real, synthetic):
         memo["reasons"].insert(0, "the synthetic data are the real file itself")

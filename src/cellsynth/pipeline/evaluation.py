@@ -95,7 +95,7 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         donors = _donors(ctx, cells.obs.iloc[train], train_cells.obs, test.obs)
         result = {"real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
                   "synthetic_vs_real": fid,
-                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"]["c2st_auc"],
+                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"],
                            donors)}
         result.update(_judged(ctx, space, result, (real_c, y_real), (syn_x, y_syn[is_])))
         write_json(ctx.path("metrics", "fidelity.json"), result)
@@ -153,7 +153,7 @@ def _donors(ctx: RunContext, *obs: pd.DataFrame) -> tuple[np.ndarray, ...] | Non
 
 
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,
-           test_c: sp.csr_matrix, syn_c: sp.csr_matrix, c2st: float,
+           test_c: sp.csr_matrix, syn_c: sp.csr_matrix, overall: dict[str, Any],
            donors: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:  # fmt: skip
     """``memorisation`` (copies of real cells, training cells included) and ``privacy`` (the
     audit of the generated cells against the training cells, the test cells held out, in a
@@ -163,7 +163,8 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     from ..metrics.fidelity import memorisation
     from ..metrics.privacy_counts import audit_counts, with_donor_key
 
-    memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c, c2st=c2st,
+    memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c,
+                        c2st=overall["c2st_auc"], c2st_cells=overall.get("n_per_side"),
                         seed=ctx.seed("memorisation"))  # fmt: skip
     if memo["flagged"]:
         logger.warning("memorisation: the synthetic cells copy real ones (%s); their fidelity "
