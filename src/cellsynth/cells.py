@@ -330,7 +330,10 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
                        ", ".join(map(repr, MISSING_TEXT)))  # fmt: skip
     split = np.where(missing | ~np.isin(split, ["train", "val"]), "none", split)
     if not (split == "train").any():
-        raise DataError("no training cells: every cell lacks a label or is in the test split")
+        why = ("every cell lacks a label" if missing.all() else
+               f"every cell lacks a label or is in another split than train in obs['{K.SPLIT}']")
+        raise DataError(f"no training cells: {why}; give cells with a label in "
+                        f"obs['{label_key}']")
     return split.astype(str)
 
 

@@ -352,9 +352,10 @@ class CVAE(DesignRequests):
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
         history["select"] = "fidelity" if fidelity else "elbo"
         history["precision"] = str(module.compute_dtype).removeprefix("torch.")
+        watched = ("validation two-sample AUC" if fidelity else "val loss" if len(val)
+                   else "training loss: no validation cells")  # fmt: skip
         logger.info("CVAE: best epoch %d of %d (%s %.4f) in %.1f s, %.0f cells/s",
-                    history["best_epoch"], history["epochs"],
-                    "validation two-sample AUC" if fidelity else "val loss", result.best_loss,
+                    history["best_epoch"], history["epochs"], watched, result.best_loss,
                     seconds, history["cells_per_second"])  # fmt: skip
         self.history = history
         return history
@@ -553,9 +554,8 @@ class CVAE(DesignRequests):
         }
         if self.design:
             meta["design"] = self.design.to_json()
-        path = tr.save_model_dir(directory, meta, module, self.labels, self.history,
+        tr.save_model_dir(directory, meta, module, self.labels, self.history,
                                  extra_files={GENES_FILE: json.dumps(self.genes)})
-        logger.info("saved CVAE to %s", path)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> CVAE:

@@ -237,8 +237,7 @@ class SeedCVAE:
             "n_input": self.n_input,
             "config": dataclasses.asdict(self.config),
         }
-        path = tr.save_model_dir(directory, meta, self.module, self.labels, self.history)
-        logger.info("saved SeedCVAE to %s", path)
+        tr.save_model_dir(directory, meta, self.module, self.labels, self.history)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> SeedCVAE:

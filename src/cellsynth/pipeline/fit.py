@@ -14,7 +14,7 @@ import numpy as np
 from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
-from ..models.base import check_save_dir, replace_dir
+from ..models.base import check_save_dir, replace_dir, staging_dir
 from ..models.registry import make_generator
 
 logger = logging.getLogger(__name__)
@@ -58,11 +58,12 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
             history = gen.fit(cells.to_memory(fit_rows), label_key, seed=seed)
     finally:
         cells.close()
-    partial = out.with_name(f".{out.name}.partial")
+    partial = staging_dir(out)
     shutil.rmtree(partial, ignore_errors=True)
     gen.save(partial)
     save(used, partial / "run_config.toml")
     replace_dir(partial, out)
+    logger.info("saved %s to %s", type(gen).__name__, out)
     return gen, history
 
 
