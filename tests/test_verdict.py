@@ -334,8 +334,18 @@ def test_bad_input_says_what_to_mend(atlas):
         evaluation.compare(real, unlabelled, label_key=LABEL)
     renamed = other.copy()
     renamed.var_names = [f"x{i}" if i >= 60 else g for i, g in enumerate(other.var_names)]
-    with pytest.raises(DataError, match=r"share only 60 gene names \(the real data hold 150"):
+    with pytest.raises(DataError, match=r"share only \d+ of the \d+ gene names the real "
+                                        r"cells express \(the real data hold 150"):
         evaluation.compare(real, renamed, label_key=LABEL)
+    # a generator keeps the genes its training cells express: genes no real cell has do not
+    # count against it (a full-gene file against its own model's cells)
+    silent = real.copy()
+    x = np.asarray(sp.csr_matrix(silent.X).todense())
+    x[:, 60:] = 0
+    silent.X = sp.csr_matrix(x)
+    kept = other[:, :60].copy()
+    result = evaluation.compare(silent, kept, label_key=LABEL, max_cells=200)
+    assert result["synthetic_vs_real"]["overall"]["c2st_auc"] is not None
     with pytest.raises(DataError, match="donor column 'donor' not in obs"):
         evaluation.compare(real, other, label_key=LABEL, heldout=other, donor_key="donor")
 

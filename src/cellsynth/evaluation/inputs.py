@@ -188,13 +188,19 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     genes = [g for g in map(str, r.genes) if g in in_synth]
     if not genes:
         raise DataError("the real and synthetic data share no gene names; compare matching files")
-    need = max(MIN_GENE_SHARE * len(r.genes), min(MIN_GENES, len(r.genes)))
-    if len(genes) < need:
+    # the share is of the genes the real cells express: a generator keeps the genes detected in
+    # its training cells (a fit leaves out the rest), and a gene no real cell has is no evidence
+    detected = np.asarray((r.counts != 0).sum(axis=0)).ravel() > 0
+    real = r.genes[detected] if detected.any() else r.genes
+    shared = sum(str(g) in in_synth for g in real)
+    need = max(MIN_GENE_SHARE * len(real), min(MIN_GENES, len(real)))
+    if shared < need:
         raise DataError(
-            f"the real and synthetic data share only {len(genes)} gene names (the real data "
-            f"hold {len(r.genes)}, the synthetic {len(s.genes)}); evaluation needs at least "
-            f"{int(np.ceil(need))} (half the real genes, and {MIN_GENES} or all of them): give "
-            "files with the same gene names in var_names (e.g. both symbols or both Ensembl IDs)")
+            f"the real and synthetic data share only {shared} of the {len(real)} gene names the "
+            f"real cells express (the real data hold {len(r.genes)}, the synthetic "
+            f"{len(s.genes)}); evaluation needs at least {int(np.ceil(need))} (half of them, and "
+            f"{MIN_GENES} or all): give files with the same gene names in var_names (e.g. both "
+            "symbols or both Ensembl IDs)")
     if len(genes) < len(r.genes) or len(genes) < len(s.genes):
         logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
                        len(genes), len(r.genes), len(s.genes))
