@@ -369,3 +369,16 @@ def test_a_cvae_that_has_not_learned_is_not_indistinguishable(atlas):
     result = evaluation.compare(unseen, fake, label_key=LABEL, max_cells=200, seed=0)
     v = result["verdict"]
     assert v["overall"]["verdict"] != IND, v["overall"]["reason"]
+
+
+def test_cells_at_another_depth_are_not_indistinguishable():
+    """The PCs and the gene test read log-normalised values, blind to depth: counts 1,000 times
+    too deep scored 'indistinguishable' in a sweep. The library sizes' distance decides."""
+    syn, flo = _reports({"a": 0.5, "b": 0.5}, 200, pooled=0.5)
+    flo["overall"]["library_size_distance"] = 0.03
+    for distance, verdict in ((0.05, IND), (0.3, "close"), (3.0, "distinguishable")):
+        syn["overall"]["library_size_distance"] = distance
+        v = fidelity_verdict(syn, flo)
+        assert v["overall"]["verdict"] == verdict, (distance, v["overall"]["reason"])
+    assert v["overall"]["decided_by"] == ["library_size_distance"]
+    assert "library-size distance (log10) 3.000" in v["overall"]["reason"]

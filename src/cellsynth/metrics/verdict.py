@@ -16,7 +16,8 @@ Pure functions over the JSON-ready dicts the metrics return, so a pipeline run (
 
 A type's verdict is the worst of its metrics, ``decided_by`` the one or two furthest beyond
 their tolerance; its ``reason`` reads "metric value vs floor ± tolerance" for each. The overall
-verdict is the worst of the pooled metrics and of the mean per-type AUC; a type worse than that
+verdict is the worst of the pooled metrics (library sizes among them: the other metrics read
+log-normalised values, blind to depth) and of the mean per-type AUC; a type worse than that
 makes it at least ``close``, and when half the judged types or more are distinguishable, so is
 the whole. A pooled AUC cannot hide a per-type gap.
 """
@@ -73,7 +74,10 @@ class Rule:
 #: one cell in twenty off the real manifold (or not covered), ``close`` up to one in five. DE
 #: log-fold-change r is a correlation over genes (its floor was 0.92-0.93 with 100-170 cells
 #: of a simulated type, 0.5-0.8 with 30-50): 0.05 and 0.20 below the floor. Marker overlap is
-#: a share of the top 50 genes: 5 genes of 50, and 15.
+#: a share of the top 50 genes: 5 genes of 50, and 15. Library sizes are read on their own
+#: (the PCs and the gene test see log-normalised values, blind to depth): the Wasserstein
+#: distance of log10 totals, 0.1 (a quarter more or less counts a cell; the floors were
+#: 0.01-0.05), and 0.3 beyond it: cells 2.5 times too deep or shallow are "distinguishable".
 RULES: dict[str, Rule] = {
     "c2st_auc": Rule("two-sample AUC", False, 0.05, 0.10, 0.5),
     "per_type_c2st_auc": Rule("mean per-type two-sample AUC", False, 0.05, 0.10, 0.5),
@@ -82,6 +86,7 @@ RULES: dict[str, Rule] = {
     "knn_recall": Rule("kNN recall", True, 0.05, 0.15),
     "de_logfc_r": Rule("DE log-fold-change r", True, 0.05, 0.15),
     "marker_overlap": Rule("marker overlap", True, 0.10, 0.20),
+    "library_size_distance": Rule("library-size distance (log10)", False, 0.10, 0.30),
 }
 
 #: the per-type table's columns after ``type`` (every column always present)
@@ -345,6 +350,9 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
     for m, block in ((typewise or {}).get("overall") or {}).items():
         if m in RULES:
             judged[m] = _typewise_judgement(m, block)
+    judged["library_size_distance"] = judge("library_size_distance",
+                                            so.get("library_size_distance"),
+                                            fo.get("library_size_distance"))
     judged = {k: v for k, v in judged.items() if v is not None}
     out = _summarise(judged) if judged else {"verdict": LEVELS[0], "decided_by": [],
                                              "reason": "no metric", "metrics": {}}
