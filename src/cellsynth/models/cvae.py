@@ -555,7 +555,7 @@ class CVAE(DesignRequests):
         if self.design:
             meta["design"] = self.design.to_json()
         tr.save_model_dir(directory, meta, module, self.labels, self.history,
-                                 extra_files={GENES_FILE: json.dumps(self.genes)})
+                          extra_files={GENES_FILE: json.dumps(self.genes)})
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> CVAE:
