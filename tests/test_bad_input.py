@@ -555,3 +555,17 @@ def test_one_absurd_count_is_refused_not_learned(caplog):
     with caplog.at_level("WARNING"):
         NegBinBaseline().fit(b, LABEL, seed=0)
     assert "are these counts scaled up?" in caplog.text
+
+
+def test_a_cvae_built_on_normalised_data_says_so_at_once():
+    """scvi-tools' habit, CVAE(adata, label_key): a log-normalised X without counts elsewhere
+    was accepted here and refused only at train()."""
+    from cellsynth.models.cvae import CVAE
+
+    a = make_adata()
+    a.X = np.log1p(a.X / a.X.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    with pytest.raises(DataError) as info:
+        CVAE(a, label_key=LABEL)
+    one_line(info.value, "this generator needs raw counts")
+    a.layers["counts"] = make_adata().X  # with the counts beside it, it builds
+    assert CVAE(a, label_key=LABEL).labels == sorted(TYPES)

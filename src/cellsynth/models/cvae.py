@@ -38,7 +38,7 @@ from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
 from ..config import hints as config_hints
-from ..data.io import check_label, missing_labels, read
+from ..data.io import check_label, missing_labels, read, training_source
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar
@@ -154,6 +154,7 @@ class CVAE(DesignRequests):
         self.adata = adata
         if adata is not None:
             check_label(adata, label_key)
+            training_source(adata)  # no raw counts (a log-normalised X alone): said now
             labels = adata.obs[label_key]
             labelled = ~missing_labels(labels)
             if K.SPLIT in adata.obs:
