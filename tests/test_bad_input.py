@@ -569,3 +569,21 @@ def test_a_cvae_built_on_normalised_data_says_so_at_once():
     one_line(info.value, "this generator needs raw counts")
     a.layers["counts"] = make_adata().X  # with the counts beside it, it builds
     assert CVAE(a, label_key=LABEL).labels == sorted(TYPES)
+
+
+def test_counts_kept_in_a_layer_without_x_are_found(tmp_path):
+    """An AnnData whose X is None (counts in layers['counts'] alone): fit took it, evaluate
+    said 'has no X'. Both readers (in memory, and an h5ad read with h5py) find the layer."""
+    from cellsynth.data.store import H5adFile
+
+    a = make_adata()
+    counts = a.X.copy()
+    a.layers["counts"] = counts
+    a.X = None
+    assert find_counts(a).counts == "layers/counts"
+    with H5adFile(write(a, tmp_path / "x.h5ad")) as h5:
+        assert find_counts(h5).counts == "layers/counts"
+    del a.layers["counts"]
+    with pytest.raises(DataError) as info:
+        find_counts(a)
+    one_line(info.value, "no X and no counts in layers['counts'] or raw.X")

@@ -293,7 +293,17 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         ``"auto"`` inspects the values; ``True`` says ``X`` is normalised (counts are then
         looked for in ``layers['counts']`` and ``raw.X``); ``False`` says ``X`` holds counts.
     """
-    x_values = _probe(adata.X)
+    try:
+        x = adata.X
+    except DataError:  # an h5ad without X (store.H5adFile says so)
+        x = None
+    if x is None:  # counts kept in a layer or raw alone
+        found = None if is_normalised is False else _counts_elsewhere(adata)
+        if found is None:
+            raise DataError("the data have no X and no counts in layers['counts'] or raw.X; "
+                            "write the counts into X (or layers['counts'])")
+        return found
+    x_values = _probe(x)
     try:
         check_values(x_values, "X")
     except DataError as bad:  # scaled (scanpy's sc.pp.scale) or damaged X: counts elsewhere?
