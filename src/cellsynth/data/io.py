@@ -293,10 +293,8 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         ``"auto"`` inspects the values; ``True`` says ``X`` is normalised (counts are then
         looked for in ``layers['counts']`` and ``raw.X``); ``False`` says ``X`` holds counts.
     """
-    try:
-        x = adata.X
-    except DataError:  # an h5ad without X (store.H5adFile says so)
-        x = None
+    file = getattr(adata, "file", None)  # store.H5adFile: the h5ad itself
+    x = None if isinstance(file, h5py.File) and "X" not in file else adata.X
     if x is None:  # counts kept in a layer or raw alone
         found = None if is_normalised is False else _counts_elsewhere(adata)
         if found is None:
