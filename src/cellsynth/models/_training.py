@@ -375,11 +375,8 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
             raise NotTrainedError(f"this {type(self).__name__} has not been fitted, so it "
                                   "cannot be saved: call fit(adata, label_key) first")
         out = Path(directory).expanduser().resolve()
-        if is_staging_dir(out):  # a caller's (cellsynth fit's): written there, moved by it
-            save(self, out, *args, **kwargs)
-            return
         check_save_dir(out)
-        partial = staging_dir(out)
+        partial = out.with_name(f".{out.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         try:
             save(self, partial, *args, **kwargs)
@@ -391,16 +388,6 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
         replace_dir(partial, out)
         logger.info("saved %s to %s", type(self).__name__, out)
     return wrapper
-
-
-def staging_dir(out: Path) -> Path:
-    """Where a model directory ``out`` is written before it is put in place."""
-    return out.with_name(f".{out.name}.partial")
-
-
-def is_staging_dir(path: Path) -> bool:
-    """Whether ``path`` is a :func:`staging_dir` (of a save whose caller puts it in place)."""
-    return path.name.startswith(".") and path.name.endswith(".partial")
 
 
 def save_model_dir(

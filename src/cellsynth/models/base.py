@@ -34,8 +34,6 @@ from ..errors import DataError
 from ..seeds import checked_seed
 from ._training import check_counts, package_version
 from ._training import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
-from ._training import replace_dir as replace_dir
-from ._training import staging_dir as staging_dir
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
-from ..models.base import check_save_dir, replace_dir, staging_dir
+from ..models.base import check_save_dir
 from ..models.registry import make_generator
 
 logger = logging.getLogger(__name__)
@@ -58,12 +57,8 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
             history = gen.fit(cells.to_memory(fit_rows), label_key, seed=seed)
     finally:
         cells.close()
-    partial = staging_dir(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    gen.save(partial)
-    save(used, partial / "run_config.toml")
-    replace_dir(partial, out)
-    logger.info("saved %s to %s", type(gen).__name__, out)
+    gen.save(out)  # written beside out, then put in its place whole (saves_whole)
+    save(used, out / "run_config.toml")
     return gen, history
 
 
