@@ -8,7 +8,6 @@ libraries are imported inside the functions, so ``import cellsynth`` stays light
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,12 +66,10 @@ def simulate(
     True
     """
     from .data.simulate import simulate_atlas
-    from .errors import DataError
+    from .seeds import checked_whole
 
-    for name, v, least in (("n_cells", n_cells, 1), ("n_genes", n_genes, 1),
-                           ("n_types", n_types, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least:
-            raise DataError(f"{name} must be a whole number of at least {least}, got {v!r}")
+    for name, v in (("n_cells", n_cells), ("n_genes", n_genes), ("n_types", n_types)):
+        checked_whole(v, name)
     return simulate_atlas(n_cells, n_genes, n_types, seed=seed, label_key=label_key)
 
 

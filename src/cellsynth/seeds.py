@@ -17,11 +17,27 @@ def derive_seed(seed: int, name: str) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number given as one: an int or a numpy integer, not a bool
+    (an int to Python) nor a float that happens to be whole."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def checked_whole(value: object, name: str, least: int = 1) -> int:
+    """``value`` as an int, or a :class:`~cellsynth.errors.DataError` naming ``name`` unless it
+    is a whole number of at least ``least``."""
+    from .errors import DataError
+
+    if not is_whole(value) or value < least:
+        raise DataError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    return int(value)
+
+
 def checked_seed(seed: object) -> int:
     """``seed`` as an int, or a :class:`~cellsynth.errors.DataError` saying what a seed is (a
     negative or fractional one reached numpy's generators with numpy's own message)."""
     from .errors import DataError
 
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+    if not is_whole(seed) or not 0 <= seed < 2**63:
         raise DataError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     return int(seed)

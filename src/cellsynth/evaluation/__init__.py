@@ -34,7 +34,7 @@ from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
 from ..runtime import check_out_dir, write_json, write_text
-from ..seeds import checked_seed, derive_seed
+from ..seeds import checked_seed, checked_whole, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,
     _check_disjoint,
@@ -122,8 +122,7 @@ def compare(
         ``fidelity.md``.
     """
     seed = checked_seed(seed)
-    if max_cells is not None and (isinstance(max_cells, bool)
-                                  or not isinstance(max_cells, int | np.integer)):
+    if max_cells is not None and not is_whole(max_cells):
         raise DataError(f"max_cells must be a whole number of cells, got {max_cells!r}")
     max_cells = config.ReportConfig().max_cells if max_cells is None else int(max_cells)
     if max_cells < 4:
@@ -375,8 +374,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     from ..config import canonical_model
     from ..models.registry import GENERATORS
 
-    if isinstance(fits, bool) or not isinstance(fits, int) or fits < 1:
-        raise DataError(f"fits must be a whole number of at least 1, got {fits!r}")
+    checked_whole(fits, "fits")
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")

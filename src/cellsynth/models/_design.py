@@ -28,6 +28,7 @@ import pandas as pd
 from ..data.io import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
+from ..seeds import is_whole
 from ._training import check_count, did_you_mean, known_label
 from .base import request as request_pairs
 
@@ -163,7 +164,7 @@ class Design:
             label = known_label(label, labels)
             check_count(label, n)
             if not isinstance(codes, tuple) or len(codes) != len(self.keys) or not all(
-                    isinstance(c, int | np.integer) and not isinstance(c, bool) and 0 <= c < m
+                    is_whole(c) and 0 <= c < m
                     for c, m in zip(codes, sizes, strict=False)):  # fmt: skip
                 raise DataError(
                     f"a plan's level codes for {label!r} are {codes!r}: one code per covariate "

@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..runtime import check_out_dir, save_tensors
+from ..seeds import is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ MAX_REQUEST = 10**12
 def check_count(label: Any, n: Any) -> None:
     """:class:`DataError` unless ``n`` cells of ``label`` is a count one can ask for: an integer
     from 1 to :data:`MAX_REQUEST`."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+    if not is_whole(n) or n <= 0:
         raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
     if n > MAX_REQUEST:
         raise DataError(f"the count for {label!r} is {n:,} cells, more than one request can "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DataError
+from ..seeds import checked_whole
 from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish, need_cells
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ def library_sizes(
     Axes or None
         The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``).
     """
-    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
-        raise DataError(f"bins must be a whole number of at least 1, got {bins!r}")
+    checked_whole(bins, "bins")
     r, s = _totals(real, "the real data"), _totals(synthetic, "the synthetic data")
     if label_key is None:
         ax = axes(ax, (6.0, 3.8))
