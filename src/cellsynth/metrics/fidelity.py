@@ -574,7 +574,7 @@ def memorisation(space: EvalSpace, real_counts: Any, synth_counts: Any, *, c2st:
         near_fraction = float(np.mean(d_syn <= NEAR_COPY * max(scale, 1e-12)))
     reasons = []
     noise = auc_noise(c2st_cells) if c2st_cells else 0.0
-    if c2st < MEMORISATION_AUC and not c2st > 0.5 - Z * noise:
+    if c2st < MEMORISATION_AUC and c2st <= 0.5 - Z * noise:
         reasons.append(f"two-sample AUC {c2st:.3f} is below {MEMORISATION_AUC}: far below 0.5, "
                        "so the synthetic cells sit on real ones, not beside them")
     if exact_fraction > COPY_FRACTION:
