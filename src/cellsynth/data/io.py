@@ -106,41 +106,30 @@ def check_libraries(libraries: np.ndarray, what: str = "the counts") -> None:
     """Refuse cells whose total count exceeds :data:`MAX_LIBRARY_RATIO` times the median cell's
     (over 10 cells or more): a single absurd value would set every mean and dispersion a model
     fits for its type. Warn when the median itself exceeds :data:`MAX_MEDIAN_LIBRARY`, and when
-    nearly every cell has the same total (:func:`warn_equal_libraries`)."""
+    nearly every cell has the same total (90% within 5% of the median, over 50 cells or more):
+    normalised values rounded to whole numbers pass as counts, and a generator would learn
+    their totals, not a library size."""
     libs = np.asarray(libraries, dtype=np.float64)
     seen = libs[libs > 0]
-    if len(seen) >= 10:
-        med = float(np.median(seen))
-        bad = libs > MAX_LIBRARY_RATIO * med
-        if bad.any():
-            raise DataError(
-                f"{what}: {int(bad.sum())} cell(s) have a total count over "
-                f"{MAX_LIBRARY_RATIO:,.0f} times the median cell's {med:,.0f} (the largest "
-                f"{libs.max():.3g}): a corrupt or mis-scaled value, which would set every mean "
-                "the model fits for its type; drop those cells or fix their counts")
-        if med > MAX_MEDIAN_LIBRARY:
-            logger.warning("%s: the median cell holds %.3g counts, more than sequencing gives "
-                           "(thousands to a few million): are these counts scaled up?", what, med)
-    warn_equal_libraries(libs, what)
-
-
-def warn_equal_libraries(libraries: np.ndarray, what: str = "the counts") -> bool:
-    """Warn when nearly every cell has the same total count (90% within 5% of the median, over
-    50 cells or more): normalised values rounded to whole numbers pass as counts, and a
-    generator would learn their totals, not a library size. Returns whether it warned."""
-    libs = np.asarray(libraries, dtype=np.float64)
-    libs = libs[libs > 0]
-    if len(libs) < 50:
-        return False
-    med = float(np.median(libs))
-    share = float(np.mean(np.abs(libs - med) <= 0.05 * med))
-    if share < 0.9:
-        return False
-    logger.warning("%s: %.0f%% of %d cells have a total within 5%% of %.0f counts: these look "
-                   "like normalised values rounded to whole numbers, not raw counts (whose "
-                   "totals vary from cell to cell); give the unnormalised counts", what,
-                   100 * share, len(libs), med)
-    return True
+    if len(seen) < 10:
+        return
+    med = float(np.median(seen))
+    bad = libs > MAX_LIBRARY_RATIO * med
+    if bad.any():
+        raise DataError(
+            f"{what}: {int(bad.sum())} cell(s) have a total count over "
+            f"{MAX_LIBRARY_RATIO:,.0f} times the median cell's {med:,.0f} (the largest "
+            f"{libs.max():.3g}): a corrupt or mis-scaled value, which would set every mean "
+            "the model fits for its type; drop those cells or fix their counts")
+    if med > MAX_MEDIAN_LIBRARY:
+        logger.warning("%s: the median cell holds %.3g counts, more than sequencing gives "
+                       "(thousands to a few million): are these counts scaled up?", what, med)
+    share = float(np.mean(np.abs(seen - med) <= 0.05 * med))
+    if len(seen) >= 50 and share >= 0.9:
+        logger.warning("%s: %.0f%% of %d cells have a total within 5%% of %.0f counts: these "
+                       "look like normalised values rounded to whole numbers, not raw counts "
+                       "(whose totals vary from cell to cell); give the unnormalised counts",
+                       what, 100 * share, len(seen), med)
 
 
 def check_gene_names(genes: Any, name: str = "the data") -> None:
