@@ -8,6 +8,7 @@ import pytest
 
 from cellsynth import benchmark, evaluation
 from cellsynth.data.simulate import simulate_atlas
+from cellsynth.metrics.verdict import COPIES
 
 
 @pytest.mark.slow
@@ -105,3 +106,18 @@ def test_privacy_target_reads_every_attack():
     assert "missed" in copy and "0.020 below its flag threshold 0.580" in copy, copy
     rows["cvae"]["privacy_redraw_auc"] = None  # an audit without counts: two attacks
     assert "met" in _privacy_targets(rows, None)[0]
+
+
+@pytest.mark.slow
+def test_benchmark_verdict_names_copies(tmp_path):
+    """The copy control returns training cells: its metrics sit at the floor, and the
+    benchmark's verdict says what they are, as cs.evaluate's does (memorisation decides)."""
+    data = tmp_path / "tiny.h5ad"
+    simulate_atlas(600, 200, 3, seed=3).write_h5ad(data)
+    sets = ["qc.min_genes_per_cell=10", "qc.min_cells_per_type=10"]
+    evaluation.run_benchmark([str(data)], ["copy"], tmp_path / "bench", overrides=sets,
+                             command="test")
+    kept = json.loads((tmp_path / "bench" / "tiny" / "results" / "copy.json").read_text())
+    assert kept["details"]["memorisation"]["flagged"]
+    assert kept["row"]["verdict"] == COPIES
+    assert kept["details"]["verdict"]["overall"]["decided_by"] == ["memorisation"]

@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
-from .metrics.fidelity import fidelity_report, real_floor
+from .metrics.fidelity import fidelity_report, memorisation, real_floor
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
 from .metrics.verdict import donor_summary, fidelity_verdict
@@ -207,7 +207,12 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         genes, privacy = _genes_and_privacy(parts, syn_test, syn_train, label_key, pre, seed,
                                             donor_key=cfg.dataset.donor_key)
         rows["real vs real"].update(genes["floor_row"])
-        verdict = fidelity_verdict(fid, floor, genes=genes["report"]["hvg"])
+        # copies of any real cell (training cells included) decide the verdict, as in
+        # cs.evaluate and the pipeline's evaluation: the metrics alone would read them as close
+        memo = memorisation(space, counts, sx(syn_test), c2st=fid["overall"]["c2st_auc"],
+                            c2st_cells=fid["overall"].get("n_per_side"),
+                            seed=derive_seed(seed, f"memorisation-{tag}"))
+        verdict = fidelity_verdict(fid, floor, genes=genes["report"]["hvg"], memorisation=memo)
         row = flat_report(fid)
         row.update(genes["row"], **_privacy_row(privacy), verdict=verdict["overall"]["verdict"])
         row.update(
@@ -224,7 +229,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                     row["trtr_macro_f1"], fit_seconds, peak_rss_mb())
         return row, {"fidelity": fid, "utility": util, "augmentation": aug,
                      "genes": genes["report"], "gene_floor": genes["floor_row"],
-                     "verdict": verdict, "privacy": privacy, "history": history, "row": row,
+                     "verdict": verdict, "memorisation": memo, "privacy": privacy,
+                     "history": history, "row": row,
                      "date": dt.datetime.now().isoformat(timespec="minutes"),
                      "seconds": time.perf_counter() - started}
 
