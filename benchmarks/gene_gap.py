@@ -17,6 +17,11 @@ cells of each type as the real test split holds, and writes
 - ``decoder_means`` (cvae): the decoder's means and their spread at posterior draws of the
   training cells and at cells drawn from the sampler's mixture (:func:`decoder_means`);
 
+with ``--oracles``, ``oracles``: the same gene-level AUCs of reference samples built from real
+cells (training cells, their genes shuffled within types, their counts redrawn with added
+noise, the cvae's posterior re-draw of each; :func:`oracles`): what the test's floor asks of a
+generator;
+
 and ``stats``: per (type, gene) pair, binned by the pair's mean count in the training cells,
 each generator's cells against the training cells (:func:`binned_stats`: mean and detection
 ratios, zero-fraction difference, Fano factors, correlation of counts with library size,
@@ -33,7 +38,7 @@ built by ``benchmarks/gene_gap_doc.py``).
 Usage, from the repository root:
 .venv/bin/python benchmarks/gene_gap.py [--data pbmc4k_10x|PRESET|PATH] [--genes qc|all]
     [--tag T] [--note TEXT] [--set SECTION.KEY=VALUE] [--reuse [--reuse-from KEY]
-    [--refit-sampler]] [--write-doc | --doc-only]
+    [--refit-sampler]] [--oracles] [--write-doc | --doc-only]
 """
 
 from __future__ import annotations
@@ -239,6 +244,76 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
     return rows_out
 
 
+def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_matrix,
+            y_test: np.ndarray, genes: list[str], seed: int) -> dict[str, dict[str, Any]]:
+    """The gene-level AUCs (500 HVGs and every detected gene, against the real test cells, as
+    the generators are scored) of reference samples that bound what a generator can reach:
+
+    - ``training``: real training cells, as many of each type as the test split holds, drawn
+      without replacement: a sample of the distribution the generators learn (a perfect
+      generator's score);
+    - ``shuffled``: the same cells with each gene's counts permuted among the type's training
+      cells: every gene's distribution in a type exactly the training cells', no dependence
+      between genes (nor between a gene and the cell's depth);
+    - ``poisson``: the same cells with each count ``x`` replaced by a Poisson draw at mean ``x``:
+      the same means, more count noise;
+    - ``redraw`` (a cvae without covariates): the same cells encoded, one posterior draw of
+      ``z`` each decoded with the sampler's calibration (gene scale, zero inflation) and counts
+      drawn, as generation draws them: the cells' own states, the model's count noise.
+    """
+    import torch
+
+    from cellsynth.metrics.genes import gene_fidelity
+    from cellsynth.models import _training as tr
+    from cellsynth.models._counts import Rows
+    from cellsynth.models._draws import draw_counts
+
+    rng = np.random.default_rng(seed)
+    types = sorted(set(y_test.tolist()))
+    idx = np.concatenate([np.sort(rng.choice(np.flatnonzero(y_train == t),
+                                             min(int((y_test == t).sum()),
+                                                 int((y_train == t).sum())), replace=False))
+                          for t in types])
+    labels = y_train[idx]
+    cells = x_train[idx].tocsr()
+    samples = {"training": cells}
+    dense = []
+    for t in types:
+        pool = x_train[y_train == t].toarray()
+        dense.append(np.stack([rng.permutation(pool[:, j]) for j in range(pool.shape[1])], 1)
+                     [: int((labels == t).sum())])
+    samples["shuffled"] = sp.csr_matrix(np.concatenate(dense))
+    noisy = cells.copy()
+    noisy.data = rng.poisson(noisy.data).astype(np.float32)
+    noisy.eliminate_zeros()
+    samples["poisson"] = noisy
+    if gen is not None and getattr(gen, "module", None) is not None and not gen.design:
+        module = gen.module.eval()
+        codes = np.array([gen.labels.index(t) for t in labels])
+        rows = Rows(x_train[idx], codes, gen.device)
+        parts = []
+        with torch.no_grad():
+            for t in types:
+                sel = np.flatnonzero(labels == t)
+                for sl in tr.iter_slices(len(sel), 256):
+                    x, y, library, c = rows.batch(sel[sl])
+                    qz, _ = module.inference(x, y, library, c)
+                    eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape),
+                                                               dtype=np.float32))
+                    px = module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
+                                           one_type=True)
+                    parts.append(draw_counts(px, library, rng))
+        samples["redraw"] = sp.vstack(parts, format="csr")
+    out = {}
+    for name, x in samples.items():
+        out[name] = {g: gene_fidelity(x_test, x, real_labels=y_test, synth_labels=labels,
+                                      seed=seed, genes=g, gene_names=genes)["overall"]["auc"]
+                     for g in ("hvg", "detected")}
+        logger.info("oracle %s: genes %.3f, detected %.3f", name, out[name]["hvg"],
+                    out[name]["detected"])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # gene-level metrics
 
@@ -382,6 +457,8 @@ def run_dataset(name: str, cfg, args) -> dict[str, Any]:
         if model == "cvae" and not gen.design:
             out["models"][model]["decoder_means"] = decoder_means(
                 gen, x_train, y_train, derive_seed(seed, "decoder-means"))
+        if model == "cvae" and args.oracles:
+            out["oracles"] = oracles(gen, x_train, y_train, x_test, y_test, genes, gseed)
         logger.info("%s %s: PCs %.3f (floor %.3f), genes %.3f (floor %.3f), detected %.3f "
                     "(floor %.3f); metrics in %.0f s", name, model, pc["overall"]["c2st_auc"],
                     out["pcs_floor"], gf["hvg"]["overall"]["auc"],
@@ -427,6 +504,9 @@ def main() -> int:
     ap.add_argument("--note", default="", help="a line kept in the JSON and shown on the page")
     ap.add_argument("--refit-sampler", action="store_true",
                     help="with --reuse: refit the read-back cvae's sampler with today's code")
+    ap.add_argument("--oracles", action="store_true",
+                    help="also score reference samples (training cells, shuffled genes, added "
+                         "count noise, the cvae's posterior re-draw): oracles()")
     ap.add_argument("--results", default="benchmarks/results/gene_gap")
     ap.add_argument("--doc", default="docs/GENE_LEVEL.md")
     ap.add_argument("--write-doc", action="store_true", help="write --doc from --results")

@@ -26,6 +26,70 @@ def _label(d: dict[str, Any]) -> str:
         f" [{d['tag']}]" if d.get("tag") else "")
 
 
+#: the reference samples of ``gene_gap.oracles``, in the page's order, and what each one is
+ORACLES = {
+    "training": "real training cells (as many of each type as the test split): a perfect "
+                "generator",
+    "shuffled": "the same cells, each gene's counts permuted within the type: exact "
+                "distributions per gene, no dependence between genes",
+    "poisson": "the same cells, each count x redrawn as Poisson(x): the same means, more noise",
+    "redraw": "the same cells' own posterior states, decoded and drawn as cvae generates",
+}
+
+
+def oracle_section(runs: list[dict[str, Any]]) -> list[str]:
+    """What a perfect, a gene-independent, a noisier and a per-cell re-drawn sample score (runs
+    with ``--oracles``): how far the test's floor is within reach of a generator."""
+    runs = [d for d in runs if d.get("oracles")]
+    if not runs:
+        return []
+    out = ["## What the gene-level test rewards: reference samples", "",
+           "Each row scores a sample built from real cells against the real test cells, as the "
+           "generators are scored (gene AUC on 500 HVGs, then on every detected gene; "
+           "`benchmarks/gene_gap.py --oracles`, function `oracles`):", ""]
+    out += [f"- `{k}`: {v}" for k, v in ORACLES.items()]
+    out += ["", "| dataset | sample | gene AUC, 500 HVGs (floor) | gene AUC, detected genes "
+            "(floor) |", "|---|---|---:|---:|"]
+    for d in runs:
+        floors = {g: _gene(d, "cvae", g)["floor_auc"] for g in ("hvg", "detected")}
+        rows = [("cvae (generated)", {g: _gene(d, "cvae", g)["auc"] for g in floors})]
+        rows += [(k, d["oracles"][k]) for k in ORACLES if k in d["oracles"]]
+        for name, r in rows:
+            out.append(f"| {_label(d)} | {name} | {r['hvg']:.3f} ({floors['hvg']:.3f}) | "
+                       f"{r['detected']:.3f} ({floors['detected']:.3f}) |")
+    for d in runs:
+        o, det = d["oracles"], _gene(d, "cvae", "detected")
+        if not {"training", "shuffled", "poisson"} <= o.keys():
+            continue
+        line = (f"**{_label(d)}**, every detected gene: real training cells score "
+                f"{o['training']['detected']:.3f} (floor {det['floor_auc']:.3f}); the same cells "
+                f"with each gene permuted within its type, every gene's distribution exact, "
+                f"{o['shuffled']['detected']:.3f}; with a Poisson draw added to each count "
+                f"{o['poisson']['detected']:.3f}")
+        if "redraw" in o:
+            line += (f"; re-drawn from cvae's posterior of each cell "
+                     f"{o['redraw']['detected']:.3f}, against {det['auc']:.3f} for its generated "
+                     f"cells")
+        floor, gap = det["floor_auc"], det["auc"] - det["floor_auc"]
+        if o["shuffled"]["detected"] - o["training"]["detected"] < 0.03:
+            line += (". With every gene's distribution in a type exact, the genes independent, a "
+                     "sample sits as near the floor as real cells: the test reads each gene's "
+                     "distribution, not the dependence between genes")
+        if "redraw" in o and gap > 0.03:
+            share = (o["redraw"]["detected"] - floor) / gap
+            line += (f". The re-draw holds {share:.0%} of the generated cells' gap to the floor "
+                     "with the cells' own states: the gap is in the count distribution around a "
+                     "decoded state (the decoder's means and the noise drawn around them), not in "
+                     "the states the sampler draws" if share >= 0.5 else
+                     f". The re-draw holds {share:.0%} of the generated cells' gap to the floor: "
+                     "most of it is in the states the sampler draws")
+        if det["auc"] > floor + 0.08:
+            line += f". Issue 21's target (within 0.08 of the floor) is missed by {gap - 0.08:.3f}"
+        line += "."
+        out += ["", line]
+    return [*out, ""]
+
+
 def summary_table(runs: list[dict[str, Any]]) -> list[str]:
     """One row per dataset and generator: PC and gene-level AUCs beside their floors."""
     lines = ["| dataset | genes | generator | PC AUC (floor) | gene AUC, 500 HVGs (floor) | "
@@ -138,6 +202,7 @@ def write_doc(results: Path, doc: Path, command: str) -> Path:
              "third of the genes (by training mean).", "",
              *summary_table(runs), ""]
     lines += findings(runs)
+    lines += oracle_section(runs)
     for d in runs:
         lines += dataset_section(d)
     doc.write_text("\n".join(lines))
