@@ -77,10 +77,11 @@ def oracle_section(runs: list[dict[str, Any]]) -> list[str]:
                      "distribution, not the dependence between genes")
         if "redraw" in o and gap > 0.03:
             share = (o["redraw"]["detected"] - floor) / gap
-            line += (f". The re-draw holds {share:.0%} of the generated cells' gap to the floor "
-                     "with the cells' own states: the gap is in the count distribution around a "
-                     "decoded state (the decoder's means and the noise drawn around them), not in "
-                     "the states the sampler draws" if share >= 0.5 else
+            held = (f"holds {share:.0%} of the generated cells' gap to the floor" if share < 1
+                    else "is as far from the floor as the generated cells, or further,")
+            line += (f". The re-draw {held} with the cells' own states: the gap is in the count "
+                     "distribution around a decoded state (the decoder's means and the noise "
+                     "drawn around them), not in the states the sampler draws" if share >= 0.5 else
                      f". The re-draw holds {share:.0%} of the generated cells' gap to the floor: "
                      "most of it is in the states the sampler draws")
         if det["auc"] > floor + 0.08:
