@@ -177,6 +177,24 @@ def _wmedian(v: np.ndarray, w: np.ndarray) -> float | None:
     return float(v[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
+def posterior_draws(module, rows, idx: np.ndarray, rng: np.random.Generator, *,
+                    calibrated: bool):
+    """The decoder's distribution at one posterior draw of ``z`` for each of the rows ``idx``
+    of ``rows`` (cells of one type), 256 cells at a time, with their library sizes: ``(px,
+    library)`` per batch; the normals from ``rng``. ``calibrated``: with the sampler's gene
+    scale and zero inflation, as generation decodes."""
+    import torch
+
+    from cellsynth.models import _training as tr
+
+    for sl in tr.iter_slices(len(idx), 256):
+        x, y, library, c = rows.batch(idx[sl])
+        qz, _ = module.inference(x, y, library, c)
+        eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape), dtype=np.float32))
+        yield module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
+                                calibrated=calibrated, one_type=True), library
+
+
 def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
                   ) -> list[dict[str, Any]]:
     """Where a cvae's generated means and spread go wrong, per (type, gene) pair binned as in
@@ -213,12 +231,8 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
             train[t] = np.asarray(x.mean(axis=0)).ravel()
             var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - train[t] ** 2
             excess[t] = var * len(idx) / max(len(idx) - 1, 1) - train[t]
-            for sl in tr.iter_slices(len(idx), 256):
-                xb, y, library, c = rows.batch(idx[sl])
-                qz, _ = module.inference(xb, y, library, c)
-                eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape), dtype=np.float32))
-                add("post", t, module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
-                                              calibrated=False).mean, len(idx))
+            for px, _ in posterior_draws(module, rows, idx, rng, calibrated=False):
+                add("post", t, px.mean, len(idx))
             n = max(2000, len(idx))
             for sl in tr.iter_slices(n, 256):
                 b = sl.stop - sl.start
@@ -264,7 +278,6 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
     import torch
 
     from cellsynth.metrics.genes import gene_fidelity
-    from cellsynth.models import _training as tr
     from cellsynth.models._counts import Rows
     from cellsynth.models._draws import draw_counts
 
@@ -294,15 +307,8 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
         parts = []
         with torch.no_grad():
             for t in types:
-                sel = np.flatnonzero(labels == t)
-                for sl in tr.iter_slices(len(sel), 256):
-                    x, y, library, c = rows.batch(sel[sl])
-                    qz, _ = module.inference(x, y, library, c)
-                    eps = torch.from_numpy(rng.standard_normal(tuple(qz.loc.shape),
-                                                               dtype=np.float32))
-                    px = module.generative(qz.loc + qz.scale * eps.to(qz.loc), y, library, c,
-                                           one_type=True)
-                    parts.append(draw_counts(px, library, rng))
+                parts += [draw_counts(px, library, rng) for px, library in posterior_draws(
+                    module, rows, np.flatnonzero(labels == t), rng, calibrated=True)]
         samples["redraw"] = sp.vstack(parts, format="csr")
     out = {}
     for name, x in samples.items():
