@@ -111,8 +111,8 @@ def test_the_known_condition_effect_is_recovered(fitted):
                             covariate="condition", level="stim", reference="ctrl")
     for t in model.labels:
         e = eff[t]
-        if t == HELD_OUT[0]:  # stim never seen for this type: the effect transfers, attenuated
-            assert e["r"] > 0.6 and e["slope"] > 0.3, (t, e)
+        if t == HELD_OUT[0]:  # stim never seen for this type: carried from the other types
+            assert e["r"] > 0.85 and e["slope"] > 0.6, (t, e)
         else:
             assert e["r"] > e["floor_r"] - 0.05 and 0.6 < e["slope"] < 1.4, (t, e)
     # a level missing on one side is skipped with the reason, not scored
@@ -150,12 +150,24 @@ def test_design_survives_save_and_load(fitted, tmp_path):
     assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
 
 
-def _held_out_effect(model, a) -> dict:
-    """The stim effect of the held-out combination's type, generated against real."""
+def _held_out_effect(model, a, carried: bool = True) -> dict:
+    """The stim effect of the held-out combination's type, generated against real; without
+    ``carried``, the decoder's alone (the effect carried from the other types switched off)."""
     from cellsynth.metrics import condition_effects
 
     table = pd.DataFrame({"cell_type": [HELD_OUT[0]] * 2, "condition": ["ctrl", "stim"], "n": 200})
-    syn = model.sample(table, seed=3)
+    module = model.module
+    rows = module.level_rows.clone()
+    if not carried:
+        t, col = model.labels.index(HELD_OUT[0]), model.design.levels["condition"].index("stim")
+        assert int(rows[t, col]) > 0  # the held-out level has a factor: the carried effect
+        alone = rows.clone()
+        alone[t, col] = 0
+        module.set_level_scale(alone, module.level_scale)
+    try:
+        syn = model.sample(table, seed=3)
+    finally:
+        module.set_level_scale(rows, module.level_scale)
     return condition_effects(a.X, a.obs, syn.X, syn.obs, label_key="cell_type",
                              covariate="condition", level="stim", reference="ctrl")[HELD_OUT[0]]
 
@@ -166,17 +178,27 @@ def fitted_unlabelled_decoder():
     return _fit_held_out(decode_labels=False)
 
 
+def test_a_level_a_type_lacked_carries_the_other_types_effect(fitted):
+    """Issue 18: the held-out type never had stim; the program the other types share is carried
+    to it (models._levels.transferred_effects): slope about 0.74, r 0.91, where the decoder
+    alone gives about 0.49, 0.81 (floor 0.95, 0.97)."""
+    model, a = fitted
+    e, alone = _held_out_effect(model, a), _held_out_effect(model, a, carried=False)
+    assert e["r"] > 0.87 and e["slope"] > 0.6, e
+    assert e["slope"] > alone["slope"] + 0.15 and e["r"] > alone["r"] + 0.05, (e, alone)
+
+
 def test_a_decoder_without_the_type_transfers_a_shared_effect_to_an_unseen_combination(
         fitted, fitted_unlabelled_decoder):
     """Issue 18: with the type embedding in the decoder (the default), the held-out type's stim
-    effect is one unconstrained interaction and comes out attenuated; without it the effect is
-    a function of the cell's state, learned from the other types, and a program shared by the
-    types (as here) comes out nearly whole (with the type: slope about 0.5, r 0.83; without:
-    about 0.7, 0.9; floor r 0.97)."""
+    effect is one unconstrained interaction and the decoder alone (no carried effect) gives it
+    attenuated; without the embedding the effect is a function of the cell's state, learned from
+    the other types, and a program shared by the types (as here) comes out nearly whole (with
+    the type: slope about 0.5, r 0.83; without: about 0.7, 0.9; floor r 0.97)."""
     model, a = fitted_unlabelled_decoder
     assert not model.module.decode_labels and fitted[0].module.decode_labels
-    with_type = _held_out_effect(fitted[0], a)
-    e = _held_out_effect(model, a)
+    with_type = _held_out_effect(fitted[0], a, carried=False)
+    e = _held_out_effect(model, a, carried=False)
     assert e["r"] > 0.87 and e["slope"] > 0.6, e
     assert e["slope"] > with_type["slope"] + 0.1 and e["r"] > with_type["r"], (e, with_type)
     # seen combinations keep the effect
@@ -195,14 +217,16 @@ def test_label_dropout_decodes_an_unseen_combination_from_the_state(
         fitted, fitted_unlabelled_decoder, fitted_label_dropout, monkeypatch):
     """Issue 18: trained with label dropout, the decoder has a "some type" input; a combination
     no training cell had is decoded with it (the type from z, the effect learned over every
-    type at that state), the seen ones with their type. The held-out type's stim effect comes
-    out more whole than with the type's embedding or with no type in the decoder at all (on
+    type at that state), the seen ones with their type. The held-out type's stim effect, the
+    decoder's alone (no carried effect), comes out more whole than with the type's embedding
+    or with no type in the decoder at all (on
     this design, slope and r: 0.77 / 0.87 against 0.50 / 0.84 and 0.67 / 0.88; floor 0.95 /
     0.97; r moves by a few hundredths with the fit's validation cells: 0.92 with another cut)."""
     model, a = fitted_label_dropout
     assert model.module.any_type is not None and fitted[0].module.any_type is None
-    e = _held_out_effect(model, a)
-    with_type, without = _held_out_effect(fitted[0], a), _held_out_effect(fitted_unlabelled_decoder[0], a)
+    e = _held_out_effect(model, a, carried=False)
+    with_type = _held_out_effect(fitted[0], a, carried=False)
+    without = _held_out_effect(fitted_unlabelled_decoder[0], a, carried=False)
     assert e["slope"] > with_type["slope"] + 0.2 and e["r"] > with_type["r"], (e, with_type)
     assert e["slope"] > without["slope"] + 0.05, (e, without)
     table = pd.DataFrame({"cell_type": ["type_01", "type_01"], "condition": ["ctrl", "stim"],

@@ -10,7 +10,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellsynth.models._levels import LEVEL_MIN_CELLS, Combinations, level_factors
+from cellsynth.models._levels import (
+    LEVEL_MIN_CELLS,
+    Combinations,
+    level_factors,
+    transferred_effects,
+)
 from cellsynth.models.cvae import CVAE
 from test_covariates import PROGRAM, _design_atlas
 
@@ -69,6 +74,40 @@ def test_levels_without_enough_cells_or_a_second_level_get_no_factor():
     over = Combinations()
     over.overflow = True
     assert level_factors(over, _combinations(decoded), np.ones(3), [2, 1]) == {}
+
+
+def _stim_design(n_types: int, own: bool) -> list[Combinations]:
+    """Types with a ctrl and a stim level (type 0: ctrl only), 40 genes: stim multiplies genes
+    0-4 by 4 in every type and, with ``own``, one gene of each type's own (5 + type) by 4."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(20, 60, (n_types, 40))  # mean counts per cell, each type its own
+    out = []
+    for t in range(n_types):
+        stim = np.ones(40)
+        stim[:5] = 4.0
+        if own:
+            stim[5 + t] = 4.0
+        rows = {(0,): (100 * base[t], 100)}
+        if t:
+            rows[(1,)] = (100 * base[t] * stim, 100)
+        out.append(_combinations(rows))
+    return out
+
+
+def test_a_level_a_type_lacked_carries_the_effect_the_other_types_share():
+    """Type 0 never had stim: it gets the response all three others share, little of the genes
+    each of them changes on its own, and nothing elsewhere."""
+    got = transferred_effects(_stim_design(4, own=True), [2])
+    assert list(got) == [(0, 0, 1)]
+    effect = got[(0, 0, 1)]
+    np.testing.assert_allclose(effect[:5], np.log(4.0), rtol=0.02)
+    assert np.abs(effect[6:9]).max() < 0.3 * np.log(4.0)  # the others' own genes
+    assert np.abs(effect[9:]).max() < 0.02
+
+
+def test_no_effect_is_carried_from_fewer_than_two_types():
+    assert transferred_effects(_stim_design(2, own=False), [2]) == {}
+    assert len(transferred_effects(_stim_design(3, own=False), [2])) == 1
 
 
 def _program_ratios(model, a, program) -> tuple[float, float]:

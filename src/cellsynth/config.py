@@ -306,7 +306,9 @@ class CVAEConfig:
     # so a response shared by the types carries over to a combination never seen in training
     # (Kang's held-out CD14+ Monocytes x stim: MMD 0.51 -> 0.24, scvi 0.30), but a
     # type-specific one is borrowed from other types (the simulated design's held-out
-    # combination: 0.063 -> 0.22, pooling the type's other levels 0.071)
+    # combination: 0.063 -> 0.22, pooling the type's other levels 0.071). Either way, a level a
+    # type's training cells lacked also gets the effect the types that have it share, as a gene
+    # scale of generated means (models._levels.transferred_effects)
     decode_labels: bool = True
     # the share of training cells whose decoder sees a learned "some type" input instead of
     # their type (with covariates; 0: off). A combination no training cell had is then decoded

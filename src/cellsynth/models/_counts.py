@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +26,7 @@ from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
 from ..options import progress_bar
 from . import _training as tr
-from ._levels import Combinations, fit_level_scale
+from ._levels import TRANSFER_DRAWS, Combinations, fit_level_scale
 from .modules.cvae import CVAEModule, NegativeBinomial
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,12 @@ def fit_sampler(
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,))), decoded,
             budget=budget, progress=not quiet)
         module.set_gene_scale(scale)
-        levels = fit_level_scale(module, observed, decoded, scale)
+        # a budgeted fit (a fidelity check) generates the validation cells' combinations only:
+        # no level a type lacked is decoded there
+        carry = None if budget is not None else _level_decoder(
+            module, covariates, batch_size,
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,))))
+        levels = fit_level_scale(module, observed, decoded, scale, carry)
     pi = None
     if inflated:
         pi = zero_inflation_by_moments(
@@ -288,12 +293,12 @@ def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
-                    rng: np.random.Generator, device: torch.device
+                    rng: np.random.Generator, device: torch.device, **how: bool,
                     ) -> tuple[NegativeBinomial, torch.Tensor | None]:  # fmt: skip
     """``b`` cells of type ``t`` drawn from its mixture over ``(z, log library)`` (covariate
     codes of random training cells of the type, ``cov``) and decoded, calibrated: the NB the
     sampler's moment fits read, and the covariate codes. Draws, in order: component uniforms,
-    normals, covariate rows."""
+    normals, covariate rows. ``how``: ``generative``'s flags."""
     y = torch.full((b,), t, dtype=torch.long, device=device)
     u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
     eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
@@ -302,7 +307,28 @@ def _decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
     if cov is not None:
         c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
     z, library = module.mixture_from_noise(u, eps, y)
-    return module.generative(z, y, library, c, one_type=True), c
+    return module.generative(z, y, library, c, one_type=True, **how), c
+
+
+def _level_decoder(module: CVAEModule, covariates: list[np.ndarray | None], batch_size: int,
+                   rng: np.random.Generator) -> Callable[[int, int, int], np.ndarray]:  # fmt: skip
+    """``decode(type, covariate, level)`` for :func:`~cellsynth.models._levels.fit_level_scale`:
+    the mean of ``TRANSFER_DRAWS`` cells of the type from its mixture, decoded at that level
+    (their other levels random training cells' of the type) as generation decodes a level the
+    type lacked (no zero inflation; "some type" where the module has one)."""
+    device = next(module.parameters()).device
+
+    def decode(t: int, j: int, level: int) -> np.ndarray:
+        codes = covariates[t].copy()
+        codes[:, j] = level
+        total = torch.zeros(module.n_input, dtype=torch.float64, device=device)
+        for sl in tr.iter_slices(TRANSFER_DRAWS, batch_size):
+            px, _ = _decode_mixture(module, t, sl.stop - sl.start, codes, rng, device,
+                                    unseen_level=True, any_type=module.any_type is not None)
+            total += px.mean.sum(0)
+        return total.cpu().numpy() / TRANSFER_DRAWS
+
+    return decode
 
 
 def scale_draws(n: int, few: int = SCALE_FEW_DRAWS, most: int = SCALE_MIN_DRAWS, *,

@@ -11,14 +11,26 @@ type's scale is), the covariates fitted in turn (backfitting, ``BACKFIT_STEPS`` 
 donor's factor is not also a condition's. A generated cell's mean is the decoded mean times its
 type's scale times the factors of its levels.
 
-A level that a type's training cells lacked has no factor (one): its effect on that type, a
-combination no training cell had, comes from the decoder alone; so does a level with fewer than
-``LEVEL_MIN_CELLS`` training cells of the type, or a covariate with one level in the type.
+A level with fewer than ``LEVEL_MIN_CELLS`` training cells of the type, or a covariate with one
+level in the type, has no factor (one): the decoder's effect alone.
+
+A level that a type's training cells lacked (a combination no training cell had, issue 18) gets
+its effect from the other types (:func:`transferred_effects`): in every type that has the level
+and some of this type's levels, the log ratio of its mean counts at the level over those levels
+(from the training counts alone, backfitted as above); their mean over those types, per gene,
+weighted by how consistent it is across them, ``mean^2 / (mean^2 + variance)``. A response the
+types share (an interferon program) carries over; one of a type's own (genes the other types
+change each their own way) mostly does not, and with fewer than ``TRANSFER_MIN_TYPES`` such
+types nothing does. The level's factor for the type is then what makes the means of cells
+decoded at that level the type's training means times that effect (:func:`fit_level_scale`):
+the decoder's own carry-over, whatever it is, counted once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,6 +42,15 @@ LEVEL_MIN_CELLS = 10  # training cells of a type a level needs for a factor of i
 MAX_LEVEL_SCALE = 1e3  # factors kept in [1 / MAX_LEVEL_SCALE, MAX_LEVEL_SCALE]
 MAX_COMBINATIONS = 512  # combinations of levels per type summed at most (beyond: no factors)
 BACKFIT_STEPS = 5  # rounds over the covariates when there are several
+TRANSFER_MIN_TYPES = 2  # types that have a level, at least, for its effect to carry to others
+TRANSFER_DRAWS = 256  # cells decoded per (type, level) pair an effect is carried to
+#: how a level's effect is carried to a type that lacks it (:func:`_carry`): (sharpness of the
+#: weights by likeness, inf: all types alike; whether only effects consistent across the types
+#: count), chosen per level by how well each rule predicts the types that have it
+TRANSFER_RULES: tuple[tuple[float, bool], ...] = tuple(
+    (sharp, consistent) for sharp in (0.02, 0.05, 0.1, 0.2, math.inf) for consistent in (True, False))
+PROFILE_PSEUDO = 0.01  # counts a cell added to a type's mean counts before the log (likeness)
+MAX_TRANSFER_PAIRS = 1024  # (type, level) pairs given a carried effect at most (beyond: none)
 
 
 class Combinations:
@@ -61,6 +82,43 @@ class Combinations:
             self.cells[j] += len(sel)
 
 
+def _table(comb: Combinations) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """``comb``'s combination codes ``(m, k)``, sums ``(m, n_genes)``, cells ``(m,)`` and keys."""
+    keys = list(comb.index)
+    codes = np.array(keys, dtype=np.int64).reshape(len(keys), -1)
+    obs = np.stack([comb.sums[comb.index[key]] for key in keys])
+    cells = np.array([comb.cells[comb.index[key]] for key in keys], dtype=np.float64)
+    return codes, obs, cells, keys
+
+
+def _backfit(codes: np.ndarray, obs: np.ndarray, cells: np.ndarray, expected: np.ndarray,
+             n_levels: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:  # fmt: skip
+    """Each covariate's factors ``(levels, n_genes)`` that take ``expected`` counts per
+    combination to ``obs`` (backfitted, shrunk by ``LEVEL_PRIOR_COUNTS``), and the codes of the
+    levels given one (covariates with two levels or more in the rows, levels with
+    ``LEVEL_MIN_CELLS`` cells or more)."""
+    fitted: dict[int, np.ndarray] = {}  # covariate -> codes of the levels given a factor
+    for j, n in enumerate(n_levels):
+        per_level = np.bincount(codes[:, j], weights=cells, minlength=n)
+        if np.count_nonzero(per_level) < 2:  # one level in the type: the type's scale is it
+            continue
+        fitted[j] = np.flatnonzero(per_level >= LEVEL_MIN_CELLS)
+    factors = {j: np.ones((n, obs.shape[1])) for j, n in enumerate(n_levels)}
+    a = LEVEL_PRIOR_COUNTS
+    for _ in range(BACKFIT_STEPS if len(fitted) > 1 else 1):
+        for j, levels in fitted.items():
+            other = np.ones_like(expected)
+            for i in fitted:
+                if i != j:
+                    other *= factors[i][codes[:, i]]
+            excl = expected * other  # expected counts with every factor but covariate j's
+            for lv in levels:
+                rows = codes[:, j] == lv
+                ratio = (obs[rows].sum(0) + a) / (excl[rows].sum(0) + a)
+                factors[j][lv] = np.clip(ratio, 1 / MAX_LEVEL_SCALE, MAX_LEVEL_SCALE)
+    return factors, fitted
+
+
 def level_factors(observed: Combinations, decoded: Combinations, type_scale: np.ndarray,
                   n_levels: list[int]) -> dict[int, np.ndarray]:  # fmt: skip
     """One type's factor per covariate level and gene (see the module's docstring).
@@ -84,43 +142,139 @@ def level_factors(observed: Combinations, decoded: Combinations, type_scale: np.
     """
     if observed.overflow or not observed.sums or not decoded.sums:
         return {}
-    keys = list(observed.index)
-    codes = np.array(keys, dtype=np.int64).reshape(len(keys), -1)  # (m, k)
-    obs = np.stack([observed.sums[observed.index[key]] for key in keys])  # (m, n_genes)
-    cells = np.array([observed.cells[observed.index[key]] for key in keys], dtype=np.float64)
+    codes, obs, cells, keys = _table(observed)
     overall = np.sum(decoded.sums, axis=0) / max(sum(decoded.cells), 1)
     # per combination the decoded mean; one no draw had (a rare one): the type's
     mean = np.stack([decoded.sums[decoded.index[key]] / decoded.cells[decoded.index[key]]
                      if key in decoded.index else overall for key in keys])  # fmt: skip
     expected = mean * cells[:, None] * type_scale[None, :]  # (m, n_genes) under the type scale
-    fitted: dict[int, np.ndarray] = {}  # covariate -> codes of the levels given a factor
-    for j, n in enumerate(n_levels):
-        per_level = np.bincount(codes[:, j], weights=cells, minlength=n)
-        if np.count_nonzero(per_level) < 2:  # one level in the type: the type's scale is it
-            continue
-        fitted[j] = np.flatnonzero(per_level >= LEVEL_MIN_CELLS)
-    factors = {j: np.ones((n, obs.shape[1])) for j, n in enumerate(n_levels)}
-    a = LEVEL_PRIOR_COUNTS
-    for _ in range(BACKFIT_STEPS if len(fitted) > 1 else 1):
-        for j, levels in fitted.items():
-            other = np.ones_like(expected)
-            for i in fitted:
-                if i != j:
-                    other *= factors[i][codes[:, i]]
-            excl = expected * other  # expected counts with every factor but covariate j's
-            for lv in levels:
-                rows = codes[:, j] == lv
-                ratio = (obs[rows].sum(0) + a) / (excl[rows].sum(0) + a)
-                factors[j][lv] = np.clip(ratio, 1 / MAX_LEVEL_SCALE, MAX_LEVEL_SCALE)
-    offsets = np.concatenate([[0], np.cumsum(n_levels)[:-1]]).astype(int)
+    factors, fitted = _backfit(codes, obs, cells, expected, n_levels)
+    offsets = _offsets(n_levels)
     return {int(offsets[j] + lv): factors[j][lv] for j, levels in fitted.items() for lv in levels}
 
 
+def _offsets(n_levels: list[int]) -> np.ndarray:
+    """Each covariate's first column in ``level_rows``."""
+    return np.concatenate([[0], np.cumsum(n_levels)[:-1]]).astype(int)
+
+
+def _carry(e: np.ndarray, likeness: np.ndarray, rule: tuple[float, bool]) -> np.ndarray:
+    """The effect carried from the effects ``e`` ``(S, n_genes)`` of ``S`` types whose likeness
+    to the receiving type is ``likeness`` ``(S,)``: weighted by ``exp(likeness / sharpness)``
+    and, with ``consistent``, times ``mean^2 / (mean^2 + variance)`` across the types, gene by
+    gene (``rule = (sharpness, consistent)``)."""
+    sharpness, consistent = rule
+    w = np.exp((likeness - likeness.max()) / sharpness) if math.isfinite(sharpness) else \
+        np.ones(len(e))
+    out = (w / w.sum()) @ e
+    if consistent and len(e) > 1:
+        mean, var = e.mean(0), e.var(0, ddof=1)
+        out = out * mean**2 / np.maximum(mean**2 + var, 1e-12)
+    return out
+
+
+def _choose_rule(e: np.ndarray, likeness: np.ndarray) -> tuple[float, bool]:
+    """The :data:`TRANSFER_RULES` rule that best predicts each type's own effect ``e[s]`` from
+    the others' (least squares over genes and types; ``likeness`` ``(S, S)``); with fewer than
+    three types, the most cautious one (all alike, consistent genes only)."""
+    if len(e) < 3:
+        return math.inf, True
+    rest = [np.flatnonzero(np.arange(len(e)) != s) for s in range(len(e))]
+    errors = [sum(float(np.sum((e[s] - _carry(e[r], likeness[s, r], rule)) ** 2))
+                  for s, r in enumerate(rest)) for rule in TRANSFER_RULES]  # fmt: skip
+    return TRANSFER_RULES[int(np.argmin(errors))]
+
+
+def _contrast(logf: np.ndarray, level: int, ref: list[int], weights: np.ndarray) -> np.ndarray:
+    """``log factor(level)`` minus the ``weights``-weighted mean of ``log factor(ref)``."""
+    return logf[level] - (weights / weights.sum()) @ logf[ref]
+
+
+def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
+                        ) -> dict[tuple[int, int, int], np.ndarray]:  # fmt: skip
+    """The log effect on each gene of every covariate level a type's training cells lacked,
+    carried over from the types that have it (see the module's docstring).
+
+    Each type's effects come from its training counts alone (:func:`_backfit` with every
+    combination expected at the type's mean). For a level, the types that have it give its
+    effect relative to the receiving type's own levels; they are weighted by their likeness to
+    it (the correlation of log mean counts) and, gene by gene, by how consistent the effect is
+    across them, by whichever of :data:`TRANSFER_RULES` best predicted each of them from the
+    others (an interferon response: the likeliest type's; programs of each type's own: only
+    what they share).
+
+    Parameters
+    ----------
+    observed
+        Per type, its training counts per combination of covariate levels (None: no cells).
+    n_levels
+        Levels of each covariate.
+
+    Returns
+    -------
+    ``{(type, covariate, level): (n_genes,) natural-log effects}`` relative to the type's own
+    levels of the covariate (weighted by its cells); pairs with fewer than
+    ``TRANSFER_MIN_TYPES`` types to carry from are left out.
+    """
+    logf: list[dict[int, np.ndarray] | None] = []  # per type, covariate: (levels, n_genes)
+    fits: list[dict[int, set[int]]] = []
+    per_level: list[list[np.ndarray] | None] = []  # per type, covariate: cells per level
+    profiles: dict[int, np.ndarray] = {}  # per type, log mean counts (likeness)
+    for t, comb in enumerate(observed):
+        if comb is None or comb.overflow or not comb.sums:
+            logf.append(None), fits.append({}), per_level.append(None)
+            continue
+        codes, obs, cells, _ = _table(comb)
+        mean = obs.sum(0) / cells.sum()
+        profiles[t] = np.log(mean + PROFILE_PSEUDO)
+        factors, fitted = _backfit(codes, obs, cells, cells[:, None] * mean[None, :], n_levels)
+        logf.append({j: np.log(factors[j]) for j in fitted})
+        fits.append({j: set(levels.tolist()) for j, levels in fitted.items()})
+        per_level.append([np.bincount(codes[:, j], weights=cells, minlength=n)
+                          for j, n in enumerate(n_levels)])  # fmt: skip
+    if not profiles:
+        return {}
+    likeness = np.zeros((len(observed), len(observed)))
+    have = sorted(profiles)
+    likeness[np.ix_(have, have)] = np.corrcoef(np.stack([profiles[t] for t in have]))
+    out: dict[tuple[int, int, int], np.ndarray] = {}
+    rules: dict[tuple[int, int], tuple[float, bool]] = {}
+    for t, counts in enumerate(per_level):
+        if counts is None:
+            continue
+        for j in range(len(n_levels)):
+            own = np.flatnonzero(counts[j] > 0)
+            for lv in np.flatnonzero(counts[j] == 0):
+                sources = [s for s in range(len(observed)) if s != t and logf[s] is not None
+                           and lv in fits[s].get(j, ()) and any(r in fits[s][j] for r in own)]
+                if len(sources) < TRANSFER_MIN_TYPES:
+                    continue
+                if (j, lv) not in rules:  # each source's effect against its own other levels
+                    mine = np.stack([_contrast(
+                        logf[s][j], lv, [r for r in fits[s][j] if r != lv],
+                        per_level[s][j][[r for r in fits[s][j] if r != lv]]) for s in sources])
+                    rules[(j, lv)] = _choose_rule(mine, likeness[np.ix_(sources, sources)])
+                e = np.stack([_contrast(logf[s][j], lv, [r for r in own if r in fits[s][j]],
+                                        counts[j][[r for r in own if r in fits[s][j]]])
+                              for s in sources])  # fmt: skip
+                out[(t, j, int(lv))] = _carry(e, likeness[t, sources], rules[(j, lv)])
+    return out
+
+
 def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None],
-                    decoded: list[Combinations | None],
-                    type_scale: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
+                    decoded: list[Combinations | None], type_scale: torch.Tensor,
+                    decode: Callable[[int, int, int], np.ndarray] | None = None,
+                    ) -> torch.Tensor | None:  # fmt: skip
     """Fit every type's level factors (:func:`level_factors`) and set them on ``module``
-    (``set_level_scale``); returns the table (None: the module has no covariates)."""
+    (``set_level_scale``); returns the table (None: the module has no covariates).
+
+    With ``decode``, also the levels a type lacked (:func:`transferred_effects`):
+    ``decode(type, covariate, level)`` returns the ``(n_genes,)`` mean of cells of the type
+    drawn from its mixture and decoded at that level (their other levels a random training
+    cell's), calibrated: the type's scale and the levels' factors fitted so far applied. The
+    factor makes that mean the type's training mean times the carried effect, shrunk by
+    ``LEVEL_PRIOR_COUNTS`` as the others are.
+    """
     n_levels = list(module.n_covariate_levels)
     if not n_levels:
         return None
@@ -139,6 +293,27 @@ def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None]
         logger.warning("%d type(s) have more than %d combinations of covariate levels: their "
                        "levels get no gene scale of their own (the decoder's effects alone)",
                        skipped, MAX_COMBINATIONS)  # fmt: skip
+    carried = transferred_effects(observed, n_levels) if decode is not None else {}
+    if len(carried) > MAX_TRANSFER_PAIRS:
+        logger.warning("%d (type, level) pairs no training cell had: more than %d, so none gets "
+                       "the level's effect in other types (the decoder's effect alone)",
+                       len(carried), MAX_TRANSFER_PAIRS)  # fmt: skip
+        carried = {}
+    if carried:
+        module.set_level_scale(rows, torch.tensor(np.stack(table), dtype=torch.float32))
+        offsets, a = _offsets(n_levels), LEVEL_PRIOR_COUNTS
+        found = []  # every pair decoded under the seen levels' factors only
+        for (t, j, lv), effect in carried.items():
+            n = float(sum(observed[t].cells))
+            target = np.sum(observed[t].sums, axis=0) * np.exp(effect)  # (n_genes,) counts
+            ratio = (target + a) / (n * decode(t, j, lv) + a)
+            found.append((t, int(offsets[j] + lv), np.clip(ratio, 1 / MAX_LEVEL_SCALE,
+                                                           MAX_LEVEL_SCALE)))
+        for t, col, factor in found:
+            rows[t, col] = len(table)
+            table.append(factor)
+        logger.debug("covariate levels: %d (type, level) pairs no training cell had carry the "
+                     "level's effect in other types", len(found))  # fmt: skip
     out = torch.tensor(np.stack(table), dtype=torch.float32)
     module.set_level_scale(rows, out)
     return out
