@@ -105,9 +105,16 @@ def test_a_level_a_type_lacked_carries_the_effect_the_other_types_share():
     assert np.abs(effect[9:]).max() < 0.02
 
 
-def test_no_effect_is_carried_from_fewer_than_two_types():
+def test_no_effect_is_carried_from_fewer_than_two_types_or_past_the_cap(monkeypatch, caplog):
     assert transferred_effects(_stim_design(2, own=False), [2]) == {}
     assert len(transferred_effects(_stim_design(3, own=False), [2])) == 1
+    # a type with no counts at all has no likeness to the others: no NaN reaches the effect
+    design = _stim_design(4, own=False)
+    design[0].sums = [np.zeros(40)]
+    assert np.isfinite(transferred_effects(design, [2])[(0, 0, 1)]).all()
+    monkeypatch.setattr("cellsynth.models._levels.MAX_TRANSFER_PAIRS", 0)
+    assert transferred_effects(_stim_design(3, own=False), [2]) == {}
+    assert "more than 0" in caplog.text
 
 
 def _program_ratios(model, a, program) -> tuple[float, float]:

@@ -51,6 +51,7 @@ TRANSFER_RULES: tuple[tuple[float, bool], ...] = tuple(
     (sharp, consistent) for sharp in (0.02, 0.05, 0.1, 0.2, math.inf) for consistent in (True, False))
 PROFILE_PSEUDO = 0.01  # counts a cell added to a type's mean counts before the log (likeness)
 MAX_TRANSFER_PAIRS = 1024  # (type, level) pairs given a carried effect at most (beyond: none)
+MAX_RULE_TYPES = 12  # types a level's carrying rule is chosen on at most (those with most cells)
 
 
 class Combinations:
@@ -214,7 +215,9 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
     -------
     ``{(type, covariate, level): (n_genes,) natural-log effects}`` relative to the type's own
     levels of the covariate (weighted by its cells); pairs with fewer than
-    ``TRANSFER_MIN_TYPES`` types to carry from are left out.
+    ``TRANSFER_MIN_TYPES`` types to carry from are left out, and with more than
+    ``MAX_TRANSFER_PAIRS`` pairs none is returned (a warning says so). A level's rule is chosen
+    on its ``MAX_RULE_TYPES`` types with the most cells there.
     """
     logf: list[dict[int, np.ndarray] | None] = []  # per type, covariate: (levels, n_genes)
     fits: list[dict[int, set[int]]] = []
@@ -234,11 +237,7 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
                           for j, n in enumerate(n_levels)])  # fmt: skip
     if not profiles:
         return {}
-    likeness = np.zeros((len(observed), len(observed)))
-    have = sorted(profiles)
-    likeness[np.ix_(have, have)] = np.corrcoef(np.stack([profiles[t] for t in have]))
-    out: dict[tuple[int, int, int], np.ndarray] = {}
-    rules: dict[tuple[int, int], tuple[float, bool]] = {}
+    pairs = []  # (type, covariate, level, the types to carry from)
     for t, counts in enumerate(per_level):
         if counts is None:
             continue
@@ -247,17 +246,32 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
             for lv in np.flatnonzero(counts[j] == 0):
                 sources = [s for s in range(len(observed)) if s != t and logf[s] is not None
                            and lv in fits[s].get(j, ()) and any(r in fits[s][j] for r in own)]
-                if len(sources) < TRANSFER_MIN_TYPES:
-                    continue
-                if (j, lv) not in rules:  # each source's effect against its own other levels
-                    mine = np.stack([_contrast(
-                        logf[s][j], lv, [r for r in fits[s][j] if r != lv],
-                        per_level[s][j][[r for r in fits[s][j] if r != lv]]) for s in sources])
-                    rules[(j, lv)] = _choose_rule(mine, likeness[np.ix_(sources, sources)])
-                e = np.stack([_contrast(logf[s][j], lv, [r for r in own if r in fits[s][j]],
-                                        counts[j][[r for r in own if r in fits[s][j]]])
-                              for s in sources])  # fmt: skip
-                out[(t, j, int(lv))] = _carry(e, likeness[t, sources], rules[(j, lv)])
+                if len(sources) >= TRANSFER_MIN_TYPES:
+                    pairs.append((t, j, int(lv), sources))
+    if len(pairs) > MAX_TRANSFER_PAIRS:
+        logger.warning("%d (type, level) pairs no training cell had: more than %d, so none gets "
+                       "the level's effect in other types (the decoder's effect alone)",
+                       len(pairs), MAX_TRANSFER_PAIRS)  # fmt: skip
+        return {}
+    have = sorted(profiles)
+    likeness = np.zeros((len(observed), len(observed)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a type of constant counts: no likeness
+        likeness[np.ix_(have, have)] = np.nan_to_num(
+            np.corrcoef(np.stack([profiles[t] for t in have])), nan=0.0)
+    out: dict[tuple[int, int, int], np.ndarray] = {}
+    rules: dict[tuple[int, int], tuple[float, bool]] = {}
+    for t, j, lv, sources in pairs:
+        if (j, lv) not in rules:  # each source's effect against its own other levels
+            most = sorted(sources, key=lambda s: -per_level[s][j][lv])[:MAX_RULE_TYPES]
+            mine = np.stack([_contrast(logf[s][j], lv, [r for r in fits[s][j] if r != lv],
+                                       per_level[s][j][[r for r in fits[s][j] if r != lv]])
+                             for s in most])  # fmt: skip
+            rules[(j, lv)] = _choose_rule(mine, likeness[np.ix_(most, most)])
+        own = list(np.flatnonzero(per_level[t][j] > 0))
+        e = np.stack([_contrast(logf[s][j], lv, [r for r in own if r in fits[s][j]],
+                                per_level[t][j][[r for r in own if r in fits[s][j]]])
+                      for s in sources])  # fmt: skip
+        out[(t, j, lv)] = _carry(e, likeness[t, sources], rules[(j, lv)])
     return out
 
 
@@ -294,11 +308,6 @@ def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None]
                        "levels get no gene scale of their own (the decoder's effects alone)",
                        skipped, MAX_COMBINATIONS)  # fmt: skip
     carried = transferred_effects(observed, n_levels) if decode is not None else {}
-    if len(carried) > MAX_TRANSFER_PAIRS:
-        logger.warning("%d (type, level) pairs no training cell had: more than %d, so none gets "
-                       "the level's effect in other types (the decoder's effect alone)",
-                       len(carried), MAX_TRANSFER_PAIRS)  # fmt: skip
-        carried = {}
     if carried:
         module.set_level_scale(rows, torch.tensor(np.stack(table), dtype=torch.float32))
         offsets, a = _offsets(n_levels), LEVEL_PRIOR_COUNTS
