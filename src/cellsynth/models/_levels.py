@@ -17,11 +17,13 @@ level in the type, has no factor (one): the decoder's effect alone.
 A level that a type's training cells lacked (a combination no training cell had, issue 18) gets
 its effect from the other types (:func:`transferred_effects`): in every type that has the level
 and some of this type's levels, the log ratio of its mean counts at the level over those levels
-(from the training counts alone, backfitted as above); their mean over those types, per gene,
-weighted by how consistent it is across them, ``mean^2 / (mean^2 + variance)``. A response the
-types share (an interferon program) carries over; one of a type's own (genes the other types
-change each their own way) mostly does not, and with fewer than ``TRANSFER_MIN_TYPES`` such
-types nothing does. The level's factor for the type is then what makes the means of cells
+(from the training counts alone, backfitted as above); their mean over those types, weighted by
+each one's likeness to the type and, per gene, by how consistent the effect is across them
+(``mean^2 / (mean^2 + variance)``, or the mean's standard error in place of the variance), the
+rule chosen per level by how well it predicts each of those types from the others. A response
+the types share (an interferon program) carries over; one of a type's own (genes the other
+types change each their own way) mostly does not, and with fewer than ``TRANSFER_MIN_TYPES``
+such types nothing does. The level's factor for the type is then what makes the means of cells
 decoded at that level the type's training means times that effect (:func:`fit_level_scale`):
 the decoder's own carry-over, whatever it is, counted once.
 """
@@ -45,10 +47,11 @@ BACKFIT_STEPS = 5  # rounds over the covariates when there are several
 TRANSFER_MIN_TYPES = 2  # types that have a level, at least, for its effect to carry to others
 TRANSFER_DRAWS = 256  # cells decoded per (type, level) pair an effect is carried to
 #: how a level's effect is carried to a type that lacks it (:func:`_carry`): (sharpness of the
-#: weights by likeness, inf: all types alike; whether only effects consistent across the types
-#: count), chosen per level by how well each rule predicts the types that have it
-TRANSFER_RULES: tuple[tuple[float, bool], ...] = tuple(
-    (sharp, consistent) for sharp in (0.02, 0.05, 0.1, 0.2, math.inf) for consistent in (True, False))
+#: weights by likeness, inf: all types alike; how an effect must be consistent across the types
+#: to count), chosen per level by how well each rule predicts the types that have it
+TRANSFER_RULES: tuple[tuple[float, str], ...] = tuple(
+    (sharp, consistency) for sharp in (0.02, 0.05, 0.1, 0.2, math.inf)
+    for consistency in ("spread", "error", "none"))
 PROFILE_PSEUDO = 0.01  # counts a cell added to a type's mean counts before the log (likeness)
 MAX_TRANSFER_PAIRS = 1024  # (type, level) pairs given a carried effect at most (beyond: none)
 MAX_RULE_TYPES = 12  # types a level's carrying rule is chosen on at most (those with most cells)
@@ -159,27 +162,31 @@ def _offsets(n_levels: list[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(n_levels)[:-1]]).astype(int)
 
 
-def _carry(e: np.ndarray, likeness: np.ndarray, rule: tuple[float, bool]) -> np.ndarray:
+def _carry(e: np.ndarray, likeness: np.ndarray, rule: tuple[float, str]) -> np.ndarray:
     """The effect carried from the effects ``e`` ``(S, n_genes)`` of ``S`` types whose likeness
-    to the receiving type is ``likeness`` ``(S,)``: weighted by ``exp(likeness / sharpness)``
-    and, with ``consistent``, times ``mean^2 / (mean^2 + variance)`` across the types, gene by
-    gene (``rule = (sharpness, consistent)``)."""
-    sharpness, consistent = rule
+    to the receiving type is ``likeness`` ``(S,)``: their mean weighted by
+    ``exp(likeness / sharpness)``, gene by gene times ``mean^2 / (mean^2 + v)`` over the types,
+    ``v`` their variance (``"spread"``: an effect the types agree on) or its share of the mean's
+    (``"error"``: an effect clear of its standard error), or as it is (``"none"``);
+    ``rule = (sharpness, consistency)``."""
+    sharpness, consistency = rule
     w = np.exp((likeness - likeness.max()) / sharpness) if math.isfinite(sharpness) else \
         np.ones(len(e))
     out = (w / w.sum()) @ e
-    if consistent and len(e) > 1:
+    if consistency != "none" and len(e) > 1:
         mean, var = e.mean(0), e.var(0, ddof=1)
+        if consistency == "error":
+            var = var / len(e)
         out = out * mean**2 / np.maximum(mean**2 + var, 1e-12)
     return out
 
 
-def _choose_rule(e: np.ndarray, likeness: np.ndarray) -> tuple[float, bool]:
+def _choose_rule(e: np.ndarray, likeness: np.ndarray) -> tuple[float, str]:
     """The :data:`TRANSFER_RULES` rule that best predicts each type's own effect ``e[s]`` from
     the others' (least squares over genes and types; ``likeness`` ``(S, S)``); with fewer than
     three types, the most cautious one (all alike, consistent genes only)."""
     if len(e) < 3:
-        return math.inf, True
+        return math.inf, "spread"
     rest = [np.flatnonzero(np.arange(len(e)) != s) for s in range(len(e))]
     errors = [sum(float(np.sum((e[s] - _carry(e[r], likeness[s, r], rule)) ** 2))
                   for s, r in enumerate(rest)) for rule in TRANSFER_RULES]  # fmt: skip
@@ -259,7 +266,7 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
         likeness[np.ix_(have, have)] = np.nan_to_num(
             np.corrcoef(np.stack([profiles[t] for t in have])), nan=0.0)
     out: dict[tuple[int, int, int], np.ndarray] = {}
-    rules: dict[tuple[int, int], tuple[float, bool]] = {}
+    rules: dict[tuple[int, int], tuple[float, str]] = {}
     for t, j, lv, sources in pairs:
         if (j, lv) not in rules:  # each source's effect against its own other levels
             most = sorted(sources, key=lambda s: -per_level[s][j][lv])[:MAX_RULE_TYPES]
