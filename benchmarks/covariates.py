@@ -231,6 +231,10 @@ def main() -> int:
                                 *(f"--set {s}" for s in args.set)])
             now = dt.datetime.now().isoformat(timespec="minutes")
             if args.holdout_only:
+                if not (KEPT / f"{name}.json").exists():
+                    raise SystemExit(f"--holdout-only keeps the pipeline results of {name} in "
+                                     f"{KEPT}, and there are none: run it without "
+                                     "--holdout-only first")
                 result = json.loads((KEPT / f"{name}.json").read_text())
                 result.update(run_holdout(name, DESIGNS[name], ROOT / args.out, args.set),
                               holdout_command=f"{command} --holdout-only", holdout_date=now)
