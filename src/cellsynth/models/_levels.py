@@ -193,8 +193,10 @@ def _choose_rule(e: np.ndarray, likeness: np.ndarray) -> tuple[float, str]:
     return TRANSFER_RULES[int(np.argmin(errors))]
 
 
-def _contrast(logf: np.ndarray, level: int, ref: list[int], weights: np.ndarray) -> np.ndarray:
-    """``log factor(level)`` minus the ``weights``-weighted mean of ``log factor(ref)``."""
+def _contrast(logf: np.ndarray, level: int, ref: list[int], cells: np.ndarray) -> np.ndarray:
+    """``log factor(level)`` minus the mean of ``log factor(ref)`` weighted by ``cells`` (cells
+    per level, of the type whose levels ``ref`` stand for)."""
+    weights = cells[ref]
     return logf[level] - (weights / weights.sum()) @ logf[ref]
 
 
@@ -271,13 +273,11 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
         if (j, lv) not in rules:  # each source's effect against its own other levels
             most = sorted(sources, key=lambda s: -per_level[s][j][lv])[:MAX_RULE_TYPES]
             mine = np.stack([_contrast(logf[s][j], lv, [r for r in fits[s][j] if r != lv],
-                                       per_level[s][j][[r for r in fits[s][j] if r != lv]])
-                             for s in most])  # fmt: skip
+                                       per_level[s][j]) for s in most])  # fmt: skip
             rules[(j, lv)] = _choose_rule(mine, likeness[np.ix_(most, most)])
         own = list(np.flatnonzero(per_level[t][j] > 0))
         e = np.stack([_contrast(logf[s][j], lv, [r for r in own if r in fits[s][j]],
-                                per_level[t][j][[r for r in own if r in fits[s][j]]])
-                      for s in sources])  # fmt: skip
+                                per_level[t][j]) for s in sources])  # fmt: skip
         out[(t, j, lv)] = _carry(e, likeness[t, sources], rules[(j, lv)])
     return out
 
