@@ -259,7 +259,8 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
 
 
 def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_matrix,
-            y_test: np.ndarray, genes: list[str], seed: int) -> dict[str, dict[str, Any]]:
+            y_test: np.ndarray, genes: list[str], seed: int, repeats: int | str = "auto"
+            ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The gene-level AUCs (500 HVGs and every detected gene, against the real test cells, as
     the generators are scored) of reference samples that bound what a generator can reach:
 
@@ -274,6 +275,8 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
     - ``redraw`` (a cvae without covariates): the same cells encoded, one posterior draw of
       ``z`` each decoded with the sampler's calibration (gene scale, zero inflation) and counts
       drawn, as generation draws them: the cells' own states, the model's count noise.
+
+    ``repeats``: the halvings each AUC is the mean of (``gene_fidelity``'s).
     """
     import torch
 
@@ -313,7 +316,8 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
     out = {}
     for name, x in samples.items():
         out[name] = {g: gene_fidelity(x_test, x, real_labels=y_test, synth_labels=labels,
-                                      seed=seed, genes=g, gene_names=genes)["overall"]["auc"]
+                                      seed=seed, genes=g, gene_names=genes,
+                                      repeats=repeats)["overall"]["auc"]
                      for g in ("hvg", "detected")}
         logger.info("oracle %s: genes %.3f, detected %.3f", name, out[name]["hvg"],
                     out[name]["detected"])

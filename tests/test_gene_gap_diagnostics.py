@@ -48,7 +48,8 @@ def test_oracles_bound_the_gene_level_test():
     model = CVAE(config=tiny_config(max_epochs=20, select="elbo", patience=20, batch_size=32))
     model.fit(adata[~test].copy(), "cell_type", seed=0)
     genes = list(map(str, adata.var_names))
-    out = gene_gap.oracles(model, x[~test], y[~test], x[test], y[test], genes, seed=0)
+    out = gene_gap.oracles(model, x[~test], y[~test], x[test], y[test], genes, seed=0,
+                           repeats=2)
     assert set(out) == {"training", "shuffled", "poisson", "redraw"}
     assert out["training"]["detected"] < 0.62, out
     assert out["poisson"]["detected"] > out["training"]["detected"] + 0.1, out

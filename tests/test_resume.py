@@ -24,7 +24,9 @@ from cellsynth.errors import CellsynthError
 from cellsynth.models import CVAE, SeedCVAE, _loop
 from test_pipeline import FAST
 
-TINY = [*FAST, "dataset.demo_cells=600", "dataset.demo_genes=200", "qc.min_genes_per_cell=20"]
+# the fidelity metrics (most of a tiny run's time) are tested elsewhere; resuming is per stage
+TINY = [*FAST, "dataset.demo_cells=600", "dataset.demo_genes=200", "qc.min_genes_per_cell=20",
+        "report.fidelity=false"]
 
 
 def _args(out, *extra):
