@@ -506,7 +506,7 @@ def _time_head(module, x, lib, device: str, min_time: float) -> float | None:
     import torch
 
     from cellsynth.models.modules._sparse_input import nonzero
-    from cellsynth.models.modules.cvae import NegativeBinomial, log_poisson_softmax
+    from cellsynth.models.modules.likelihoods import NegativeBinomial, log_poisson_softmax
 
     logits = torch.randn(x.shape, device=device, requires_grad=True)
     px_r = torch.zeros(x.shape[1], device=device, requires_grad=True)

@@ -26,8 +26,8 @@ from cellsynth.models._counts import (
 )
 from cellsynth.models.base import Generator
 from cellsynth.models.modules._sparse_input import nonzero
-from cellsynth.models.modules.cvae import (
-    CVAEModule,
+from cellsynth.models.modules.cvae import CVAEModule
+from cellsynth.models.modules.likelihoods import (
     NegativeBinomial,
     log_nb,
     log_poisson_softmax,

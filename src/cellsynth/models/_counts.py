@@ -27,7 +27,8 @@ from ..data.rows import library_sizes as library_sizes
 from ..options import progress_bar
 from . import _training as tr
 from ._levels import TRANSFER_DRAWS, Combinations, fit_level_scale
-from .modules.cvae import CVAEModule, NegativeBinomial
+from .modules.cvae import CVAEModule
+from .modules.likelihoods import NegativeBinomial
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from ._nb_kernel import nb_csr_arrays
-from .modules.cvae import NegativeBinomial
+from .modules.likelihoods import NegativeBinomial
 
 _P_MAX = 1.0 - 1e-12  # log-series parameter below 1 (mu >> theta in float rounding)
 _PART_VALUES = 1 << 18  # noise values per numpy stream; blocks are filled in parallel threads
