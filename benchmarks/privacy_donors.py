@@ -56,7 +56,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from cellsynth.data.simulate import simulate_atlas
     from cellsynth.evaluation import run_benchmark
-    from cellsynth.runtime import write_text
+    from cellsynth.outputs import write_text
 
     os.chdir(ROOT)  # the page names the data by paths relative to the repository
     out = Path(args.out)

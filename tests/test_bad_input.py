@@ -429,7 +429,7 @@ def test_disk_full_while_saving_model(tmp_path, capsys, monkeypatch):
 
 
 def test_disk_full_while_writing_json(tmp_path, monkeypatch):
-    from cellsynth import runtime
+    from cellsynth import outputs
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -438,7 +438,7 @@ def test_disk_full_while_writing_json(tmp_path, monkeypatch):
     earlier = tmp_path / "m.json"
     earlier.write_bytes(b'{"a": 0}')
     with pytest.raises(CellsynthError) as info:
-        runtime.write_json(earlier, {"a": 1})
+        outputs.write_json(earlier, {"a": 1})
     one_line(info.value, "disk full")
     assert earlier.read_bytes() == b'{"a": 0}'  # the earlier output is intact
 

@@ -270,27 +270,27 @@ def test_generate_streams_checks_the_size_and_writes_atomically(tmp_path, monkey
 
 
 def test_a_failed_text_write_keeps_the_earlier_file(monkeypatch, tmp_path):
-    from cellsynth import runtime
+    from cellsynth import outputs
 
     page = tmp_path / "report.html"
     page.write_text("earlier")
     with monkeypatch.context() as m:
         m.setattr(Path, "write_text", _text_fails_midway)
         with pytest.raises(CellsynthError, match="disk full"):
-            runtime.write_text(page, "new")
+            outputs.write_text(page, "new")
         with pytest.raises(CellsynthError, match="disk full"):
-            runtime.write_json(tmp_path / "fidelity.json", {"a": 1})
+            outputs.write_json(tmp_path / "fidelity.json", {"a": 1})
     assert page.read_text() == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
 
 
 def test_reports_and_fidelity_use_the_atomic_writer(monkeypatch, tmp_path):
-    """results.md, report.html and fidelity.md are written by runtime.write_text."""
-    from cellsynth import evaluation, runtime
+    """results.md, report.html and fidelity.md are written by outputs.write_text."""
+    from cellsynth import evaluation, outputs
     from cellsynth.report import html, results
 
     for module in (html, results, evaluation):
-        assert module.write_text is runtime.write_text, module.__name__
+        assert module.write_text is outputs.write_text, module.__name__
     written = []
     monkeypatch.setattr(evaluation, "write_text", lambda path, text: written.append(Path(path)))
     result = {"n_cells": {"real": {"used": 1, "total": 2, "space": 1},
@@ -597,7 +597,7 @@ def test_a_directory_of_another_kind_as_out_is_refused(tmp_path, capsys):
 
 def test_an_anndata_given_to_cs_run_is_not_a_foreign_file(tmp_path):
     from cellsynth import config
-    from cellsynth.runtime import check_out
+    from cellsynth.outputs import check_out
 
     out = tmp_path / "from_memory"
     out.mkdir()

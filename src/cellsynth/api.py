@@ -199,7 +199,7 @@ def run(
     >>> results = cs.run("atlas.h5ad", label_key="cell_type", out="runs/atlas")  # doctest: +SKIP
     """
     from . import pipeline
-    from .runtime import check_run_dir
+    from .outputs import check_run_dir
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
     check_run_dir(out_dir, "out")  # before an AnnData is written into it

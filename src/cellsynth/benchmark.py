@@ -29,7 +29,8 @@ from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
 from .metrics.verdict import donor_summary, fidelity_verdict
 from .models.registry import make_generator
-from .runtime import hashed_settings, peak_rss_mb, write_json
+from .outputs import write_json
+from .runtime import hashed_settings, peak_rss_mb
 from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)

@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # validated (keys, types, ranges) before any data is read
     cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
     out = _run_dir(args, cfg)
-    from .runtime import check_links, check_out
+    from .outputs import check_links, check_out
 
     check_links(out)  # before run.log is opened in it: links leading out, a file as --out
     check_out(out, cfg)

@@ -37,7 +37,7 @@ from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
 from .models.registry import make_generator
-from .runtime import write_json
+from .outputs import write_json
 from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)

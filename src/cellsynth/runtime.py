@@ -1,9 +1,9 @@
-"""Timing, memory and the run manifest: shared by the pipeline stages."""
+"""Timing, memory, the run manifest, resuming and the run lock: shared by the pipeline stages
+(what a run writes, and where it may: :mod:`cellsynth.outputs`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -12,12 +12,11 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CellsynthError
+from .outputs import write_json
 
 logger = logging.getLogger("cellsynth.pipeline")
 
@@ -56,42 +55,6 @@ def available_memory() -> float | None:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    write_text(path, json.dumps(data, indent=2, default=_default))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically: into ``PATH.tmp``, then renamed to ``path``.
-
-    A failure or a kill mid-write leaves ``path`` as it was (the temporary file is removed on
-    error); the rename replaces a symlink at ``path`` rather than writing through it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink(missing_ok=True)  # never write through a link left at the temporary name
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            from .errors import CellsynthError
-
-            raise CellsynthError(f"disk full while writing {path}; free space or choose "
-                                 "another --out (the earlier file is left as it was)") from None
-        raise
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
 
 
 class Manifest:
@@ -474,182 +437,3 @@ def environment() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the run directory: what --out may be
-
-#: what a run writes at the top of its directory (an input file there would be overwritten)
-RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "features",
-               "classifier", "generator", "generator_ddp", "synthetic", "classifier_synthetic",
-               "metrics", "explain", "results.md", "report.html")
-#: what a directory may hold before its first run (the CLI opens run.log first; cs.run writes
-#: an AnnData given in memory to input.h5ad)
-_BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml", "input.h5ad"}
-
-
-def check_writable(path: str | Path, flag: str = "--out") -> None:
-    """Refuse, before any work, an output path under which nothing can be written: its nearest
-    existing folder is a file, or a file cannot be created there (permissions, a read-only or
-    virtual file system). The path itself may be new, and so may folders above it."""
-    import tempfile
-
-    path = Path(path).expanduser()
-    place = path if path.is_dir() else path.parent
-    while not place.exists() and place != place.parent:
-        place = place.parent
-    if not place.is_dir():
-        raise CellsynthError(f"{flag} {path}: {place} is a file, so nothing can be written under "
-                             "it; give a path in a directory")
-    try:
-        with tempfile.TemporaryFile(dir=place):
-            pass
-    except OSError as exc:
-        raise CellsynthError(f"{flag} {path}: cannot write in {place} ({exc.strerror or exc}); "
-                             "give a path you can write to") from None
-
-
-def check_out_dir(out: str | Path, flag: str, what: str,
-                  error: type[CellsynthError] = CellsynthError) -> Path:  # fmt: skip
-    """An output directory that is an existing file (the input, a model file...), or under
-    which nothing can be written, is a one-line ``error`` before any work: ``flag`` names the
-    argument (``--out`` on the command line, ``out`` in Python), ``what`` what the directory
-    is for. The one check of every output directory (a run, a model, an evaluation)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise error(f"{flag} {out} is an existing file, not a directory; give a directory "
-                    f"for {what}")
-    check_writable(out, flag)
-    return out
-
-
-def check_run_dir(out: Path, flag: str = "--out") -> None:
-    """A run directory that is an existing file, or under which nothing can be written, is a
-    one-line error (``flag`` names it: ``--out``, or ``out`` in Python)."""
-    check_out_dir(out, flag, "the run (e.g. runs/NAME)")
-
-
-def check_out(out: Path, cfg: Any) -> None:
-    """A run directory that is an existing file, that would overwrite the input file, or that is
-    a non-empty directory of another kind is a one-line error."""
-    check_run_dir(out)
-    if cfg.dataset.path:
-        data = Path(cfg.dataset.path).expanduser().resolve()
-        try:
-            rel = data.relative_to(out.resolve())
-        except ValueError:
-            rel = None
-        if rel is not None and rel.parts and rel.parts[0] in RUN_ENTRIES:
-            raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} "
-                                 f"writes its outputs ({rel.parts[0]}); move the input or choose "
-                                 "another --out")
-    if not out.is_dir() or (out / "manifest.json").exists():
-        return
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN
-                                      and "config.toml" in names):
-        return  # new, or a run directory whose manifest is gone (every stage runs again)
-    other = sorted(names - _BEFORE_FIRST_RUN)
-    raise CellsynthError(
-        f"--out {out} is a non-empty directory that is not a cellsynth run directory (it holds "
-        f"{', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); a run writes data/, "
-        "metrics/... into it: give a new or empty directory")
-
-
-def generated_h5ad(path: Path, *, simulated: bool = True) -> bool:
-    """Whether ``path`` is an h5ad that cellsynth wrote: generated cells (``uns['cellsynth']``)
-    or, with ``simulated``, a simulated atlas (``uns['source']`` naming
-    ``cellsynth.data.simulate``)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "uns/cellsynth" in f:
-                return True
-            if not simulated:
-                return False
-            source = f.get("uns/source")
-            value = source[()] if isinstance(source, h5py.Dataset) else b""
-            return (value if isinstance(value, bytes) else str(value).encode()).startswith(
-                b"cellsynth.data.simulate")
-    except (OSError, ValueError):  # not HDF5 at all
-        return False
-
-
-def report_html(path: Path) -> bool:
-    """Whether ``path`` is a report or an evaluation page cellsynth wrote (its HTML head names
-    it)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-            return b"<title>cellsynth report" in head or b"<title>cellsynth evaluation" in head
-    except OSError:
-        return False
-
-
-def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out",
-                   suffixes: tuple[str, ...] = (".h5ad",)) -> None:  # fmt: skip
-    """Refuse an output file that is a directory, one whose name says another format than
-    ``suffixes`` (``cells.csv`` would hold an h5ad), or an existing file that cellsynth did not
-    write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
-    anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
-    a command writes its output again), with a line in the log."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
-                             f"{path / (('report' if 'report' in what else 'cells') + suffixes[0])}")
-    exists = path.exists()
-    if exists and not ours(path):
-        raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
-                             "writing would destroy it; give a new path (or remove the file "
-                             "yourself)")
-    if path.suffix and path.suffix.lower() not in suffixes:
-        raise CellsynthError(f"{flag} {path}: cellsynth writes {what} here, in the "
-                             f"{suffixes[0]} format, not {path.suffix}; give a path ending in "
-                             f"{suffixes[0]}, e.g. {path.with_suffix(suffixes[0])}")
-    check_writable(path, flag)
-    if exists:
-        logger.info("replacing %s, %s written earlier", path, what)
-
-
-def check_links(out: Path) -> None:
-    """A symlink in the run directory that leads outside it is refused: a run never writes
-    through one (one line naming it)."""
-    root = out.resolve()
-    for folder, dirs, names in os.walk(out):
-        for n in dirs + names:
-            path = Path(folder, n)
-            if not path.is_symlink():
-                continue
-            target = path.resolve()
-            if target != root and root not in target.parents:
-                raise CellsynthError(f"{path} is a symbolic link to {target}, outside the run "
-                                     f"directory; a run never writes through one: remove the link "
-                                     "or choose another --out")
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: read by setting, then put back at once
-    os.umask(mask)
-    return mask
-
-
-def shareable(path: str | Path) -> None:
-    """Give a written file the mode a new file gets (``0o666`` less the umask): safetensors
-    writes its files readable by their owner only, so a model directory shared with a group
-    could not be loaded by the others."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def save_tensors(save: Callable[..., Any], tensors: Any, path: str | Path) -> None:
-    """``save(tensors, path)`` with safetensors' ``save_file`` (its numpy or its torch one),
-    then the file made :func:`shareable` (safetensors writes it for its owner only)."""
-    save(tensors, str(path))
-    shareable(path)

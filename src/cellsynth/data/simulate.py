@@ -36,7 +36,8 @@ from anndata.io import write_elem
 from ..errors import ConfigError
 from ..keys import MITO, N_GENES
 from ..options import progress_bar
-from ..runtime import available_memory, check_file_out, generated_h5ad
+from ..outputs import check_file_out, generated_h5ad
+from ..runtime import available_memory
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)

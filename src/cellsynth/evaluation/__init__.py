@@ -33,7 +33,7 @@ from ..metrics.genes import gene_fidelity
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
-from ..runtime import check_out_dir, write_json, write_text
+from ..outputs import check_out_dir, write_json, write_text
 from ..seeds import checked_seed, checked_whole, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,

@@ -30,7 +30,7 @@ from ..data.io import (
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
 from ..errors import DataError
-from ..runtime import generated_h5ad
+from ..outputs import generated_h5ad
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..metrics.verdict import COLUMNS, verdict_lines
-from ..runtime import check_file_out, report_html, write_text
+from ..outputs import check_file_out, report_html, write_text
 
 #: the per-type table as shown: (header, value column, floor column or None, digits)
 _SHOWN = (("two-sample AUC ↓", "c2st_auc", "c2st_auc_floor", 2),

@@ -25,7 +25,7 @@ from ..data.split import balanced_subsample
 from ..data.store import MatrixRows
 from ..errors import ModelFileError
 from ..options import progress_bar
-from ..runtime import save_tensors
+from ..outputs import save_tensors
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
-from ..runtime import check_out_dir, save_tensors
+from ..outputs import check_out_dir, save_tensors
 from ..seeds import is_whole
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
-from ..runtime import save_tensors
+from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._training import saves_whole
 from .base import (

@@ -43,7 +43,7 @@ from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
-from ..runtime import save_tensors
+from ..outputs import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr

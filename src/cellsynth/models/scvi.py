@@ -68,7 +68,7 @@ from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig, from_dict
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
-from ..runtime import save_tensors
+from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr

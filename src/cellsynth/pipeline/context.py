@@ -10,15 +10,8 @@ from pathlib import Path
 from ..cells import is_large
 from ..config import RunConfig, save, to_dict
 from ..errors import CellsynthError, ConfigError
-from ..runtime import (
-    Manifest,
-    ResumePlan,
-    RunLock,
-    check_links,
-    check_out,
-    environment,
-    input_digest,
-)
+from ..outputs import check_links, check_out
+from ..runtime import Manifest, ResumePlan, RunLock, environment, input_digest
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
 from ..errors import DataError
 from ..features.pca import PCAModel, fit_pca
-from ..runtime import write_json
+from ..outputs import write_json
 from .context import RunContext
 
 logger = logging.getLogger(__name__)

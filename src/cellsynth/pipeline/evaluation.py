@@ -20,7 +20,7 @@ from ..data.store import H5adFile
 from ..errors import DataError
 from ..explain.shap import explain_type, write_shap
 from ..features.pca import PCAModel
-from ..runtime import write_json
+from ..outputs import write_json
 from .context import RunContext
 from .data import Split
 

@@ -14,7 +14,7 @@ from ..data.levels import level_text
 from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
-from ..runtime import check_file_out, generated_h5ad
+from ..outputs import check_file_out, generated_h5ad
 from .output import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
 def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | None) -> None:
     """Refuse an output that would replace what generation reads: the model's own files, or an
     input (``--like``, ``--request``); that is a directory; or that is an existing file other
-    than cells cellsynth generated or simulated (``runtime.check_file_out``). Before anything
+    than cells cellsynth generated or simulated (``outputs.check_file_out``). Before anything
     is loaded."""
     path = Path(out).expanduser().resolve()
     model = Path(model_dir).expanduser().resolve()

@@ -25,7 +25,7 @@ from ..metrics.classification import classification_report, summary_row, to_coar
 from ..models.base import package_version, request
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
-from ..runtime import write_json
+from ..outputs import write_json
 from .context import RunContext
 from .data import Split
 from .output import check_disk, write_cells

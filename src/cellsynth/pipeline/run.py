@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
+from ..outputs import write_json
 from ..report.html import write_report as write_html_report
 from ..report.results import write_results
-from ..runtime import timed, write_json
+from ..runtime import timed
 from .context import RunContext, check_backed
 from .data import stage_data, stage_features, stage_groups
 from .evaluation import stage_evaluation, stage_explain

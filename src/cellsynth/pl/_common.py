@@ -126,7 +126,7 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
             raise DataError(f"save= {path}: a figure is saved as one of "
                             f"{', '.join('.' + k for k in sorted(kinds))}; give a file name "
                             "ending in one of them")
-        from ..runtime import check_writable
+        from ..outputs import check_writable
 
         check_writable(path, "save=")
         path.parent.mkdir(parents=True, exist_ok=True)

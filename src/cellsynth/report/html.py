@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
-from ..runtime import check_file_out, report_html, write_text
+from ..outputs import check_file_out, report_html, write_text
 from . import figures
 from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
 from ._markup import _e, _fmt, _img, _left_out, _missing, _note, _Run, _table

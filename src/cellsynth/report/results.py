@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..metrics.classification import small_sample_note
-from ..runtime import write_text
+from ..outputs import write_text
 
 _ROWS = {
     "a": ("Real data", "Real data"),
