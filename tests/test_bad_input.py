@@ -587,3 +587,80 @@ def test_counts_kept_in_a_layer_without_x_are_found(tmp_path):
     with pytest.raises(DataError) as info:
         find_counts(a)
     one_line(info.value, "no X and no counts in layers['counts'] or raw.X")
+
+
+def test_every_count_is_checked_not_a_sample(tmp_path):
+    """Non-integer values after the first million stored ones are still refused (the nb
+    baseline once checked a prefix), naming the cells."""
+    x = np.ones((1_200, 1_000), dtype=np.float32)  # 1.2 M stored values
+    x[-2:, :10] = 0.5
+    adata = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame(
+        {LABEL: pd.Categorical([TYPES[i % 3] for i in range(1_200)])},
+        index=[f"c{i}" for i in range(1_200)]))
+    with pytest.raises(DataError) as info:
+        NegBinBaseline().fit(adata, LABEL)
+    one_line(info.value, "cells at rows 1198, 1199")
+
+
+def test_counts_with_a_few_fractional_values_say_so_not_normalised(tmp_path, capsys):
+    """Counts with a few non-integer values (ambient correction, noise) are not called
+    normalised data: the error says what they look like and how to mend them."""
+    adata = make_adata(200)
+    adata.X[:3] *= 0.97
+    assert find_counts(adata).counts is None and "not whole numbers" in find_counts(adata).note
+    path = write(adata, tmp_path / "noisy.h5ad")
+    cli_error(capsys, ["fit", str(path), "--label-key", LABEL, "--out", str(tmp_path / "m"),
+                       "--quiet"], "ambient-corrected or noisy counts? round them (np.rint)")
+    from cellsynth.models.cvae import CVAE
+
+    with pytest.raises(DataError, match="not whole numbers"):
+        CVAE(adata, label_key=LABEL)
+    normalised = make_adata(200)
+    normalised.X = np.log1p(normalised.X / normalised.X.sum(1, keepdims=True) * 1e4)
+    assert find_counts(normalised).note == ""  # normalised data are still called so
+
+
+@pytest.mark.parametrize("key", ["", "a/b", "donor", "predicted_doublets"])
+def test_simulate_refuses_a_label_column_it_cannot_keep(tmp_path, capsys, key):
+    from cellsynth.data.simulate import simulate_atlas
+
+    with pytest.raises(ConfigError):
+        simulate_atlas(50, 30, 2, label_key=key, n_donors=2)
+    cli_error(capsys, ["simulate", "--cells", "50", "--genes", "30", "--types", "2", "--label-key",
+                       key, "--out", str(tmp_path / "s.h5ad")], "--label-key")
+    assert not (tmp_path / "s.h5ad").exists()
+
+
+def test_empty_layer_widths_are_refused_by_the_config():
+    for key in ("cvae.n_hidden", "seed_vae.n_hidden"):
+        with pytest.raises(ConfigError, match=rf"{key} must hold at least one value"):
+            config.load(None, [f"{key}=[]"])
+
+
+def test_a_run_directory_given_as_a_model_points_to_its_generator(tmp_path):
+    run = tmp_path / "run"
+    (run / "generator").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(ModelFileError, match="is a run directory, not a saved generator: it has no"):
+        load_generator(run)
+    (run / "generator" / "config.json").write_text('{"model": "nb"}')
+    with pytest.raises(ModelFileError, match=r"give .*run/generator, the generator it saved"):
+        load_generator(run)
+
+
+def test_a_combination_asked_twice_is_refused_not_summed(tmp_path):
+    """As --types refuses a type named twice, a request table or file does too, naming the
+    rows (a table) or the lines (a file)."""
+    from cellsynth.pipeline.generate import read_request
+
+    model = NegBinBaseline()
+    model.fit(make_adata(), LABEL)
+    table = pd.DataFrame({LABEL: ["B cell", "T cell", "B cell "], "n": [5, 3, 5]})
+    with pytest.raises(DataError) as info:
+        model.sample(table)
+    one_line(info.value, "request rows 1 and 3 both ask for B cell")
+    path = tmp_path / "request.tsv"
+    path.write_text(f"{LABEL}\tn\nB cell\t5\nT cell\t3\n\nT cell\t2\n")
+    with pytest.raises(DataError) as info:
+        read_request(path, LABEL)
+    one_line(info.value, "lines 3 and 5: the same combination twice")

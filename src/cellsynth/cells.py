@@ -36,8 +36,8 @@ from .data.io import (
     check_label,
     check_libraries,
     check_values,
+    check_whole,
     find_counts,
-    is_counts,
     missing_labels,
     training_source,
 )
@@ -298,8 +298,8 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
     if on_disk:
         expr = find_counts(source)
         if expr.counts is None:
-            raise DataError(f"{source.path} holds normalised values only; generators need raw "
-                            "counts: give the unnormalised file")
+            raise expr.no_counts(f"{source.path} holds normalised values only; generators need "
+                                 "raw counts: give the unnormalised file")
         x, genes = source.matrix(expr)
         check_gene_names(genes, str(source.path))
         return x, list(map(str, genes))
@@ -367,13 +367,7 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
     for pos, block in counts.chunks(chunk_size, rows):
         block = sp.csr_matrix(block)
         check_values(block.data, "the counts")
-        if not is_counts(block.data):
-            entry_rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-            first = rows[pos][np.unique(entry_rows[np.mod(block.data, 1) != 0])[:3]]
-            raise DataError(
-                "this generator needs raw counts, but the matrix holds non-integer values "
-                f"(cells at rows {', '.join(map(str, first))}, ...: normalised, scaled or "
-                "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X")
+        check_whole(block, rows[pos])
         train = block[is_train[pos]]
         detected += np.bincount(train.indices, minlength=counts.shape[1])
         lib = np.asarray(block.sum(axis=1)).ravel()

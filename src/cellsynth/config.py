@@ -158,6 +158,9 @@ def check_ranges(section: Any, prefix: str = "") -> None:
             check_ranges(value, f"{key}.")
             continue
         rng = f.metadata.get("range")
+        if isinstance(value, list) and not value and rng is not None:  # layer widths, say
+            raise ConfigError(f"{key} must hold at least one value (each {rng.describe()}), got "
+                              f"[]; {fix_hint(key)}")
         for i, v in enumerate(value if isinstance(value, list) else [value]):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 continue  # "auto" and other words are checked by their type

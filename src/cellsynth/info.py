@@ -55,7 +55,8 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
     adata = read(path, backed=True)
     try:
         expr = find_counts(adata)
-        what = "raw counts" if expr.counts == "X" else "normalised values"
+        what = ("raw counts" if expr.counts == "X" else
+                f"not counts: {expr.note}" if expr.note else "normalised values")
         counts = expr.counts or "none found"
     except DataError as exc:  # e.g. PCA coordinates: describe, do not refuse
         what, counts = f"not expression values ({exc})", "none found"

@@ -265,12 +265,51 @@ def is_counts(values: np.ndarray) -> bool:
     return bool(np.all(values >= 0) and np.all(np.mod(values, 1) == 0))
 
 
+def check_whole(x: sp.csr_matrix, rows: np.ndarray | None = None) -> None:
+    """Refuse counts (CSR) with a non-integer value, naming the first such cells: their row
+    numbers in the data are ``rows`` (default: ``x``'s own)."""
+    fractional = np.mod(x.data, 1) != 0
+    if not fractional.any():
+        return
+    entry_rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    first = np.unique(entry_rows[fractional])[:3]
+    first = first if rows is None else np.asarray(rows)[first]
+    raise DataError(
+        "this generator needs raw counts, but the matrix holds non-integer values (cells at "
+        f"rows {', '.join(map(str, first))}, ...; e.g. {x.data[fractional][0]:.6g}: normalised, "
+        "scaled or ambient-corrected data); give the unnormalised counts in X, "
+        "layers['counts'] or raw.X (counts with a little noise: round them, np.rint)")
+
+
+#: a sample whose non-zero values are at least this share whole numbers reads as counts with a
+#: few non-integer values (noise, ambient correction), not as normalised data
+MOSTLY_WHOLE = 0.9
+
+
+def _mostly_whole(values: np.ndarray) -> str:
+    """Where sampled values are counts but for a few non-integer ones, what to do about them."""
+    nonzero = values[values != 0]
+    fractional = np.mod(nonzero, 1) != 0
+    if not nonzero.size or not fractional.any() or fractional.mean() > 1 - MOSTLY_WHOLE:
+        return ""
+    return (f"X looks like raw counts, but {fractional.mean():.2%} of its sampled non-zero "
+            f"values are not whole numbers (e.g. {nonzero[fractional][0]:.6g}): ambient-corrected "
+            "or noisy counts? round them (np.rint) or drop those cells, or give the raw counts "
+            "in layers['counts']")
+
+
 @dataclass(frozen=True)
 class Expression:
     """Where the raw counts live (``None`` when the file only has normalised values)."""
 
     counts: Source | None
     normalised: bool  # whether X is normalised (log or otherwise)
+    # without counts: why X, which looks like counts, is not taken as counts ("" otherwise)
+    note: str = ""
+
+    def no_counts(self, message: str) -> DataError:
+        """The error for a caller that needs counts and has none: ``message``, or the note."""
+        return DataError(self.note or message)
 
 
 def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] = "auto") -> Expression:
@@ -310,7 +349,8 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
     if is_normalised == "auto" and x_counts:
         return Expression("X", normalised=False)
     # X is normalised: look for counts elsewhere
-    return _counts_elsewhere(adata) or Expression(None, normalised=True)
+    return _counts_elsewhere(adata) or Expression(None, normalised=True,
+                                                   note=_mostly_whole(x_values))
 
 
 def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:
@@ -340,9 +380,9 @@ def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
         return adata.layers["counts"], adata.var_names
     expr = find_counts(adata)
     if expr.counts is None:
-        raise DataError("this generator needs raw counts, but X holds normalised values and "
-                        "there is no layers['counts'] or raw.X with counts; give the "
-                        "unnormalised counts in X, layers['counts'] or raw.X")
+        raise expr.no_counts("this generator needs raw counts, but X holds normalised values "
+                             "and there is no layers['counts'] or raw.X with counts; give the "
+                             "unnormalised counts in X, layers['counts'] or raw.X")
     if expr.counts == "raw.X":
         logger.info("X holds normalised values: training on the counts in raw.X")
         return adata.raw.X, adata.raw.var_names
@@ -368,7 +408,7 @@ def require_counts(adata: ad.AnnData, what: str) -> None:
     """Refuse normalised data where raw counts are needed (generators in count space)."""
     expr = find_counts(adata)
     if expr.counts is None:
-        raise DataError(
+        raise expr.no_counts(
             f"{what} needs raw counts, but X holds normalised values and there is no "
             "layers['counts'] or raw.X with counts; give the unnormalised file"
         )

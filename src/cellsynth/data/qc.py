@@ -397,6 +397,8 @@ class WholeCheck:
 def describe_expression(expr: Expression) -> bool:
     """Log where the counts are; whether there are any."""
     has_counts = expr.counts is not None
+    if expr.note:  # counts but for a few values: read as normalised, and said why
+        logger.warning("%s; until then X is read as normalised values", expr.note)
     logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
                 "normalised values only (no counts found): normalisation is skipped")
     return has_counts

@@ -343,6 +343,18 @@ def _chunks(model: _Model, plan: _Plan, effects: _Effects | None, seed: int,
 PLAN_BYTES_PER_CELL = 256
 
 
+def _check_label_key(label_key: str) -> None:
+    """Refuse a label column the file cannot hold or that another column would overwrite."""
+    if not isinstance(label_key, str) or not label_key.strip() or "/" in label_key:
+        raise ConfigError(f"the label column must be a non-empty name without '/', got "
+                          f"{label_key!r} (--label-key)")  # fmt: skip
+    written = (DOUBLET_KEY, MITO, N_GENES, DONOR_KEY, CONDITION_KEY)
+    if label_key in written:
+        raise ConfigError(f"the label column {label_key!r} is the name of a column the simulator "
+                          f"writes itself ({', '.join(written)}): the cell types would be lost; "
+                          "choose another --label-key")  # fmt: skip
+
+
 def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
@@ -461,6 +473,7 @@ def simulate_atlas(
     >>> adata = simulate_atlas(2000, 500, 4, n_donors=3, n_conditions=2, seed=0)
     >>> adata.uns["simulation"]["condition_programs"]["type_00"]["stim"]["genes"][:3]
     """
+    _check_label_key(label_key)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
     parts = list(_chunks(model, plan, effects, seed, _BLOCK))
@@ -531,6 +544,7 @@ def write_atlas(
     """
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
+    _check_label_key(label_key)
     path, started = Path(path), time.perf_counter()
     check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)

@@ -274,7 +274,7 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
         if request.empty:
             raise DataError("the request table has no rows; ask for cells of some types")
         covs = [c for c in request.columns if c not in (label_key, "n")]
-        rows = []
+        rows, first_row = [], {}
         for i, r in enumerate(request.to_dict("records")):
             n = r["n"]
             if isinstance(n, float) and float(n).is_integer():
@@ -284,6 +284,12 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
             given = {c: r[c] for c in covs if not pd.isna(r[c]) and str(r[c]) != ""}
             if not isinstance(n, int) or isinstance(n, bool):
                 raise DataError(f"request row {i + 1}: n must be a positive integer, got {n!r}")
+            combo = (str(r[label_key]).strip(), *sorted((c, str(v)) for c, v in given.items()))
+            if combo in first_row:  # as --types refuses a type named twice
+                shown = ", ".join([combo[0], *(f"{c}={v}" for c, v in combo[1:])])
+                raise DataError(f"request rows {first_row[combo] + 1} and {i + 1} both ask for "
+                                f"{shown}; give each combination once, with its total n")
+            first_row[combo] = i
             rows.append((str(r[label_key]), given, n))
         return rows
     if not request:

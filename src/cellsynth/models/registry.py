@@ -66,6 +66,12 @@ def load_generator(directory: str | Path) -> Generator:
         raise ModelFileError(f"{directory} is a file, not a model directory: give the directory "
                              "cellsynth fit (or a run's generator/) wrote")
     if not path.is_file():
+        run = Path(directory)
+        if (run / "manifest.json").is_file():  # a run directory: its generator is inside
+            inside = [d for d in ("generator", "generator_ddp") if (run / d / "config.json").is_file()]
+            where = (f"give {run / inside[0]}, the generator it saved" if inside else
+                     "it has no saved generator yet (its generator stage has not finished)")
+            raise ModelFileError(f"{directory} is a run directory, not a saved generator: {where}")
         raise ModelFileError(f"{path} is missing; {directory} is not a saved generator")
     try:
         model = json.loads(path.read_text()).get("model")

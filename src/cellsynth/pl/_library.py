@@ -25,8 +25,8 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
     expr = find_counts(adata)
     if expr.counts is None:
-        raise DataError(f"{what} holds normalised values and no raw counts (layers['counts'] "
-                        "or raw.X); library sizes are counts per cell")
+        raise expr.no_counts(f"{what} holds normalised values and no raw counts "
+                             "(layers['counts'] or raw.X); library sizes are counts per cell")
     x = {"layers/counts": lambda: adata.layers["counts"], "raw.X": lambda: adata.raw.X,
          "X": lambda: adata.X}[expr.counts]()
     return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
