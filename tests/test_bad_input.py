@@ -664,3 +664,14 @@ def test_a_combination_asked_twice_is_refused_not_summed(tmp_path):
     with pytest.raises(DataError) as info:
         read_request(path, LABEL)
     one_line(info.value, "lines 3 and 5: the same combination twice")
+
+
+def test_types_that_differ_only_by_case_are_warned(caplog):
+    import logging
+
+    adata = make_adata()
+    adata.obs[LABEL] = pd.Categorical(np.where(np.arange(60) < 10, "b cell",
+                                               adata.obs[LABEL].astype(str)))
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        NegBinBaseline().fit(adata, LABEL)
+    assert caplog.text.count("differ only by case ('B cell', 'b cell')") == 1

@@ -208,3 +208,14 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match=r"need at least 23 genes \(--genes\): 13 "
                                           r"mitochondrial genes \(n_mito\) and 10 others; got 20"):
         write_atlas(tmp_path / "e.h5ad", 100, 20, 2)
+
+
+def test_too_few_cells_for_the_types_is_said(caplog):
+    import logging
+
+    from cellsynth.data.simulate import simulate_atlas
+
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        adata = simulate_atlas(5, 30, 10, seed=0)
+    got = adata.obs["cell_type"].nunique()
+    assert got < 10 and f"{10 - got} of the 10 cell types got no cell" in caplog.text

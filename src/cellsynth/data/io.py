@@ -205,10 +205,14 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
     check_spaced_names(values.unique(), label_key, "cell types")
 
 
+_CASE_WARNED: set[tuple[str, ...]] = set()
+
+
 def check_spaced_names(names: Any, key: str, what: str) -> None:
     """Refuse names that differ only by surrounding spaces ("B cells" and "B cells "): one cell
     type (or level) split in two, which a model would learn as two and a request would find one
-    of. ``key`` is the obs column in the error, ``what`` what its values are (plural)."""
+    of; warn, once, of names that differ only by case. ``key`` is the obs column in the error,
+    ``what`` what its values are (plural)."""
     text = pd.Series(pd.unique(pd.Series(names, dtype=object).astype(str)))
     stripped = text.str.strip()
     twins = text[stripped.duplicated(keep=False)]
@@ -218,6 +222,13 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
             f"obs['{key}'] holds {what} that differ only by surrounding spaces "
             f"({', '.join(map(repr, shown))}): one {what[:-1]} split in two; strip them, e.g. "
             f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
+    folded = text[stripped.str.casefold().duplicated(keep=False)]
+    shown = sorted(folded.tolist(), key=lambda t: (t.casefold(), t))[:6]
+    if shown and (key, *shown) not in _CASE_WARNED:  # "B cells", "b cells": most likely one
+        _CASE_WARNED.add((key, *shown))  # once: the labels are checked at several steps
+        logger.warning("obs['%s'] holds %s that differ only by case (%s): they are learned as "
+                       "different %s; if they are one, rename them to one spelling", key, what,
+                       ", ".join(map(repr, shown)), what)  # fmt: skip
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:

@@ -227,6 +227,10 @@ class CVAE(DesignRequests):
     ) -> dict[str, Any]:
         """Train on the AnnData given at construction (scvi-tools' habit); see :meth:`fit`.
 
+        Unlike scvi-tools' ``train``, a second call does not go on from the current weights: it
+        fits anew from ``seed`` (the same seed, the same model). A fit stopped part-way goes on
+        from its checkpoint instead (:meth:`fit` with ``checkpoint_dir``, as ``cellsynth run`` resumes).
+
         Parameters
         ----------
         max_epochs
