@@ -276,20 +276,27 @@ def is_counts(values: np.ndarray) -> bool:
     return bool(np.all(values >= 0) and np.all(np.mod(values, 1) == 0))
 
 
+def fractional_rows(x: sp.csr_matrix) -> tuple[np.ndarray, float | None]:
+    """The rows of the CSR ``x`` holding a non-integer value, and one such value (None: none)."""
+    fractional = np.mod(x.data, 1) != 0
+    if not fractional.any():
+        return np.zeros(0, dtype=np.int64), None
+    entry_rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    return np.unique(entry_rows[fractional]), float(x.data[fractional][0])
+
+
 def check_whole(x: sp.csr_matrix, rows: np.ndarray | None = None) -> None:
     """Refuse counts (CSR) with a non-integer value, naming the first such cells: their row
     numbers in the data are ``rows`` (default: ``x``'s own)."""
-    fractional = np.mod(x.data, 1) != 0
-    if not fractional.any():
+    bad, example = fractional_rows(x)
+    if not len(bad):
         return
-    entry_rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-    first = np.unique(entry_rows[fractional])[:3]
-    first = first if rows is None else np.asarray(rows)[first]
+    first = bad[:3] if rows is None else np.asarray(rows)[bad[:3]]
     raise DataError(
         "this generator needs raw counts, but the matrix holds non-integer values (cells at "
-        f"rows {', '.join(map(str, first))}, ...; e.g. {x.data[fractional][0]:.6g}: normalised, "
-        "scaled or ambient-corrected data); give the unnormalised counts in X, "
-        "layers['counts'] or raw.X (counts with a little noise: round them, np.rint)")
+        f"rows {', '.join(map(str, first))}, ...; e.g. {example:.6g}: normalised, scaled or "
+        "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X "
+        "(counts with a little noise: round them, np.rint)")
 
 
 #: a sample whose non-zero values are at least this share whole numbers reads as counts with a

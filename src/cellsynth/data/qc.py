@@ -18,7 +18,14 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
-from .io import Expression, check_label, counts_matrix, find_counts, missing_labels
+from .io import (
+    Expression,
+    check_label,
+    counts_matrix,
+    find_counts,
+    fractional_rows,
+    missing_labels,
+)
 from .split import stratified_split
 
 logger = logging.getLogger(__name__)
@@ -374,11 +381,9 @@ class WholeCheck:
         self.where, self.n_cells, self.examples = where, 0, []
 
     def add(self, block: sp.csr_matrix, first: int) -> None:
-        fractional = np.mod(block.data, 1) != 0
-        if not fractional.any():
+        cells, _ = fractional_rows(block)
+        if not len(cells):
             return
-        entry_rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-        cells = np.unique(entry_rows[fractional])
         self.n_cells += len(cells)
         self.examples.extend((first + cells[: 3 - len(self.examples)]).tolist())
 
