@@ -675,3 +675,20 @@ def test_types_that_differ_only_by_case_are_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         NegBinBaseline().fit(adata, LABEL)
     assert caplog.text.count("differ only by case ('B cell', 'b cell')") == 1
+
+
+@pytest.mark.parametrize(("column", "fix"), [("cell_id", "condition on a column with a few levels"),
+                                             ("age", "bin it first")])
+def test_a_covariate_with_a_level_per_cell_is_refused(column, fix):
+    """A covariate of cell identifiers (or numbers kept as text) has about one training cell a
+    level: refused with the fix, for the CVAE and the nb baseline alike (it once crashed when
+    no validation cell had a level seen in training)."""
+    from cellsynth.models.cvae import CVAE
+
+    adata = make_adata(120)
+    adata.obs[column] = [f"c{i}" if column == "cell_id" else str(20 + i) for i in range(120)]
+    with pytest.raises(DataError) as info:
+        CVAE(adata, label_key=LABEL, covariate_keys=[column]).train(max_epochs=1)
+    one_line(info.value, fix)
+    with pytest.raises(DataError, match="levels in"):
+        NegBinBaseline(covariate_keys=[column]).fit(adata, LABEL)

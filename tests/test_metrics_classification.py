@@ -141,3 +141,19 @@ def test_the_macro_f1_interval_is_wide_on_few_cells_and_narrow_on_many():
     assert small_sample_note({"(c)": summary_row(rep)}).startswith(
         "Few cells scored (a class under 20 cells): (c) 10 cells, the smallest class 5: macro F1 "
         "1.000, no cell misread, yet an error rate up to 30.0% is not excluded")
+
+
+def test_a_class_only_predicted_is_not_averaged_as_a_class_missed():
+    """A type with no true cell that the classifier still predicts (a type whose cells all
+    landed in training, predicted by a classifier trained on generated cells) is a row with
+    support 0; its predictions cost the true classes' recall, but the macro mean is over the
+    classes with true cells, as for a classifier that never predicts it."""
+    from cellsynth.metrics.classification import classification_report
+
+    r = classification_report(["a", "a", "b", "b"], ["a", "c", "b", "b"])
+    assert r["labels"] == ["a", "b", "c"] and r["per_class"]["c"]["support"] == 0
+    assert r["macro"]["f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert r["macro"]["recall"] == pytest.approx((0.5 + 1) / 2)
+    assert r["accuracy"] == pytest.approx(0.75)
+    lo, hi = r["f1_macro_interval"]
+    assert lo <= r["macro"]["f1"] <= hi

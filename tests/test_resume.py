@@ -307,3 +307,16 @@ def test_checkpoint_keeps_best_weights_of_an_earlier_epoch(tmp_path):
         torch.testing.assert_close(stopper2.best_state[k], v, rtol=0, atol=0)
         torch.testing.assert_close(net2.state_dict()[k], net.state_dict()[k], rtol=0, atol=0)
     assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_a_rerun_leaves_no_earlier_evaluation_file(tmp_path):
+    """Files the evaluation stage wrote under earlier settings (covariates, fidelity, UMAP) are
+    removed when it runs again, so the report never shows an earlier run's section."""
+    assert main(_args(tmp_path)) == 0
+    stale = [tmp_path / "metrics" / "covariates.json", tmp_path / "metrics" / "fidelity.json",
+             tmp_path / "features" / "umap.csv"]  # fmt: skip
+    for path in stale:
+        path.write_text("{}")
+    assert main([*_args(tmp_path), "--force", "evaluation"]) == 0
+    assert not [p for p in stale if p.exists()]  # TINY: no fidelity, no UMAP, no covariates
+    assert (tmp_path / "report.html").is_file()

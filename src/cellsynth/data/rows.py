@@ -58,8 +58,8 @@ class Rows:
         self.codes_np = np.asarray(codes, dtype=np.int64)
         self.codes = torch.from_numpy(self.codes_np).to(device)
         self.library = torch.from_numpy(self.library_np).to(device)
-        self.covariates_np = (None if covariates is None
-                              else np.asarray(covariates, dtype=np.int64).reshape(len(self), -1))
+        cov = None if covariates is None else np.asarray(covariates, dtype=np.int64)
+        self.covariates_np = cov[:, None] if cov is not None and cov.ndim == 1 else cov  # (n, k)
         self.covariates = (None if covariates is None
                            else torch.from_numpy(self.covariates_np).to(device))
         if gather is None:

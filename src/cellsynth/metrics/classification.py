@@ -45,7 +45,11 @@ def classification_report(
         True and predicted labels, one per cell.
     labels
         Classes to report, in this order; default: the sorted union of ``y_true`` and
-        ``y_pred``. Averages are taken over these classes; accuracy is over all cells.
+        ``y_pred``. The macro average is taken over those of them with true cells (a class
+        only predicted, e.g. a type with no test cell that a classifier trained on generated
+        cells still predicts, is a row of ``per_class`` with support 0, its predictions errors
+        of the true classes' recall, not a class scored 0 in the mean); the micro and weighted
+        ones over all of them; accuracy over all cells.
     seed
         Seed of the bootstrap of the macro F1's interval (:func:`f1_interval`).
 
@@ -83,10 +87,11 @@ def classification_report(
         for i, label in enumerate(labels)
     }
     report: dict[str, Any] = {"per_class": per_class}
+    scored = [label for label, n in zip(labels, s, strict=True) if n > 0] or labels
     for avg in _AVERAGES:
         pa, ra, fa, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=avg, zero_division=0
-        )
+            y_true, y_pred, labels=scored if avg == "macro" else labels, average=avg,
+            zero_division=0)  # fmt: skip
         report[avg] = {"precision": float(pa), "recall": float(ra), "f1": float(fa)}
     report["accuracy"] = float(accuracy_score(y_true, y_pred))
     report["labels"] = labels
@@ -103,15 +108,14 @@ def f1_interval(confusion: np.ndarray, *, level: float = 0.95, draws: int = BOOT
                 seed: int = 0) -> list[float]:
     """Bootstrap interval of the macro F1 over the cells scored: the cells of the confusion
     matrix (rows true, columns predicted) drawn again with replacement ``draws`` times, the
-    central ``level`` of the macro F1s (over the classes each draw holds; a class with no cell
-    at all scores 0 in every draw, as in :func:`classification_report`). On a few dozen test cells it is wide: the
+    central ``level`` of the macro F1s (each over the classes with true cells in the draw, as
+    :func:`classification_report` averages over the classes with true cells). On a few dozen test cells it is wide: the
     F1 of one run is a rough number, and the interval says how rough."""
     c = np.asarray(confusion, dtype=np.int64)
     n = int(c.sum())
     if n == 0:
         return [0.0, 0.0]
     rng = np.random.default_rng(seed)
-    listed = (c.sum(0) + c.sum(1)) > 0  # classes absent from the cells score 0, as in the report
     macro = []
     step = max(1, 2_000_000 // c.size)  # draws at a time: 126 types are 16k cells a draw
     for start in range(0, draws, step):
@@ -120,7 +124,7 @@ def f1_interval(confusion: np.ndarray, *, level: float = 0.95, draws: int = BOOT
         tp = np.einsum("bii->bi", sample).astype(np.float64)
         both = sample.sum(1) + sample.sum(2)  # predicted + true, per class
         f1 = np.where(both > 0, 2 * tp / np.maximum(both, 1), 0.0)
-        counted = (both > 0) | ~listed  # a class the draw left out is not a class it missed
+        counted = sample.sum(2) > 0  # the classes with true cells in the draw, as in the report
         macro.append((f1 * counted).sum(1) / np.maximum(counted.sum(1), 1))
     macro = np.concatenate(macro)
     lo, hi = np.quantile(macro, [(1 - level) / 2, (1 + level) / 2])

@@ -35,6 +35,9 @@ from .base import request as request_pairs
 logger = logging.getLogger(__name__)
 
 MAX_LEVELS = 200  # more levels than this in a numeric column: bin it first
+#: fewer training cells a level than this on average: an identifier (of cells, barcodes), not a
+#: design a model can learn a level's effect from
+MIN_CELLS_PER_LEVEL = 5
 
 
 @dataclass
@@ -88,6 +91,17 @@ class Design:
                     f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
                     f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
             levels[key] = sorted({str(v) for v in level_text(values)})
+            if len(levels[key]) > 1 and len(values) < MIN_CELLS_PER_LEVEL * len(levels[key]):
+                numbers = pd.to_numeric(pd.Series(levels[key]), errors="coerce").notna().all()
+                fix = (f"bin it first, e.g. adata.obs['{key}_bin'] = pd.cut(pd.to_numeric("
+                       f"adata.obs['{key}']), 5).astype(str), and condition on '{key}_bin'"
+                       if numbers else "condition on a column with a few levels (donor, "
+                       "condition, batch)")  # fmt: skip
+                raise DataError(
+                    f"covariate '{key}' has {len(levels[key])} levels in {len(values)} training "
+                    f"cells ({len(values) / len(levels[key]):.1f} a level): too many to learn "
+                    f"each level's effect (at least {MIN_CELLS_PER_LEVEL} cells a level on "
+                    f"average; an identifier of cells or a number?); {fix}")
             check_spaced_names(levels[key], key, "covariate levels")
         design = cls(list(keys), levels)
         codes = design.codes(obs)

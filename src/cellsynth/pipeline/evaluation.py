@@ -56,8 +56,15 @@ def stage_evaluation(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         _evaluate(ctx, cells, pca)
 
 
+#: what the stage may write (each only under its settings): removed before it runs, so that a
+#: rerun with other settings leaves no earlier run's file for the report to show
+OUTPUTS = (("features", "umap.csv"), ("metrics", "fidelity.json"), ("metrics", "covariates.json"))
+
+
 def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
     cfg, cap = ctx.cfg, ctx.cfg.report.max_cells
+    for parts in OUTPUTS:
+        ctx.path(*parts).unlink(missing_ok=True)
     rows, y = cells.split_rows(), cells.labels()
     test_rows = rows["test"]
     ir = stratified_subsample(y[test_rows], cap, seed=ctx.seed("eval-real"))
