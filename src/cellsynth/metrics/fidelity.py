@@ -488,7 +488,8 @@ def real_floor(
         raise DataError(
             f"the real-vs-real floor compares two halves of each type's real cells, but no type "
             f"has 2 real cells ({len(labels)} cells of {len(sizes)} types); give more real cells "
-            "(evaluate: a larger --max-cells; a run: more cells, or a larger test split)")
+            "(evaluate: a larger --max-cells; a run: a larger report.max_cells, more cells, or a "
+            "larger test split)")
     rng = np.random.default_rng(derive_seed(seed, "halves"))
     first, second = [], []
     for t in types:

@@ -160,8 +160,7 @@ def fit_space(
         Highly variable genes kept (clamped to the number of genes), ranked by
         :func:`normalised_dispersion` of the log-normalised training data.
     n_pcs
-        Principal components (clamped by :func:`~cellsynth.features.pca.fit_pca` when the data
-        allow fewer, with a warning).
+        Principal components (fewer where the cells or genes allow fewer, said in the log).
     target_sum
         Counts per cell before log1p.
     max_cells_per_class
@@ -198,6 +197,11 @@ def fit_space(
     disp = _dispersion(*_mean_var(total, total_sq, len(rows)))
     order = np.argsort(-disp, kind="stable")  # ties keep gene order: deterministic
     hvg = np.sort(order[:n_hvg])
+    n_fit = int(np.minimum(np.unique(labels, return_counts=True)[1], max_cells_per_class).sum())
+    if n_pcs > min(n_fit - 1, n_hvg):  # said here: features.n_components is not this setting
+        logger.info("evaluation space: %d PCs, not %d: fitted on %d cells, %d genes",
+                    min(n_fit - 1, n_hvg), n_pcs, n_fit, n_hvg)  # fmt: skip
+        n_pcs = max(1, min(n_fit - 1, n_hvg))
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
     pca = fit_pca(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed, rows=rows)
