@@ -320,3 +320,19 @@ def test_a_rerun_leaves_no_earlier_evaluation_file(tmp_path):
     assert main([*_args(tmp_path), "--force", "evaluation"]) == 0
     assert not [p for p in stale if p.exists()]  # TINY: no fidelity, no UMAP, no covariates
     assert (tmp_path / "report.html").is_file()
+
+
+def test_a_rerun_that_fails_marks_what_it_would_redo_stale(tmp_path, capsys):
+    """A rerun whose new QC settings fail leaves the later stages' earlier results on disk:
+    the manifest calls them stale and `cellsynth info` says the F1s are an earlier run's."""
+    from cellsynth.info import describe
+
+    assert main(_args(tmp_path)) == 0
+    assert "f1_macro_note" not in describe(tmp_path)
+    assert main(_args(tmp_path, "qc.min_genes_per_cell=100000")) == 2
+    stages = _stages(tmp_path)
+    assert stages["data"]["status"] == "failed"
+    assert {stages[s]["status"] for s in ("features", "generator", "evaluation")} == {"stale"}
+    assert "from an earlier run" in describe(tmp_path)["f1_macro_note"]
+    assert main(_args(tmp_path)) == 0  # the earlier settings again: every stage done anew
+    assert {s["status"] for s in _stages(tmp_path).values()} == {"done"}

@@ -267,7 +267,20 @@ class ResumePlan:
         self.ran.add(name)
         if why:
             logger.info("stage %s: %s; running again", name, why)
+        self._mark_stale(name)
         return True
+
+    def _mark_stale(self, name: str) -> None:
+        """Mark every finished stage that uses ``name`` (directly or not) ``stale`` before it
+        runs again: should this run stop, their results on disk are an earlier run's, and the
+        manifest (``cellsynth info``, the report) says so."""
+        after, stages = {name}, self.manifest.data["stages"]
+        for other, (_, uses) in STAGES.items():
+            if after.intersection(uses):
+                after.add(other)
+                if stages.get(other, {}).get("status") == "done":
+                    stages[other]["status"] = "stale"
+        write_json(self.manifest.path, self.manifest.data)
 
     def _why(self, name: str) -> str | None:
         """Why ``name`` runs ("" for a stage never finished before), None when it is skipped."""
@@ -276,10 +289,11 @@ class ResumePlan:
         if name in self.force:
             return "--force" if done else ""
         upstream = sorted(self.ran.intersection(STAGES[name][1]))
+        stale = entry.get("status") == "stale"
         if upstream:
-            return f"stage {upstream[0]} ran" if done else ""
+            return f"stage {upstream[0]} ran" if done or stale else ""
         if not done:
-            return ""
+            return "a stage it uses ran again since it finished" if stale else ""
         if entry.get("config_hash") != self.hashes[name]:
             if name in self.inputs and (entry.get("input") or {}).get("sha256") != \
                     self.inputs[name]["sha256"]:
