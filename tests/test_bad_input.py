@@ -692,3 +692,19 @@ def test_a_covariate_with_a_level_per_cell_is_refused(column, fix):
     one_line(info.value, fix)
     with pytest.raises(DataError, match="levels in"):
         NegBinBaseline(covariate_keys=[column]).fit(adata, LABEL)
+
+
+def test_a_missing_donor_column_is_refused_before_qc(caplog):
+    """Before QC reads a single count (on an atlas, minutes): with a label column QC would
+    refuse later (a type of one cell) the donor column is still what is named."""
+    import logging
+
+    adata = make_adata()
+    adata.obs[LABEL] = adata.obs[LABEL].cat.add_categories(["lone"])
+    adata.obs.loc[adata.obs_names[0], LABEL] = "lone"
+    cfg = config.load(None, [f"dataset.label_key={LABEL}", "dataset.donor_key=patient"])
+    with caplog.at_level(logging.INFO, logger="cellsynth"), pytest.raises(DataError) as info:
+        preprocess(adata, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    one_line(info.value, "donor column 'patient' (dataset.donor_key) not in obs; columns are: "
+                         f"{LABEL}")
+    assert "expression:" not in caplog.text  # the counts were not looked at

@@ -40,6 +40,7 @@ from .qc import (
     GeneMoments,
     QCReport,
     WholeCheck,
+    check_donor_key,
     describe_expression,
     filter_cells,
     final_obs,
@@ -95,6 +96,7 @@ def preprocess_backed(
     with H5adFile(path) as h5:
         check_shape(h5, str(h5.path))
         check_label(h5, label_key)
+        check_donor_key(h5.obs.columns, dataset)
         expr = find_counts(h5, dataset.is_normalised)
         has_counts = describe_expression(expr)
         x, genes = h5.matrix(expr)

@@ -7,7 +7,7 @@ fitted on the training split only and applied to every split. The matrix stays s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anndata as ad
@@ -296,7 +296,7 @@ def filter_cells(
 
     donors = None
     if dataset.donor_key:
-        if dataset.donor_key not in st.obs.columns:
+        if dataset.donor_key not in st.obs.columns:  # also checked before QC (check_donor_key)
             raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
                             f"columns are: {', '.join(map(str, st.obs.columns[:20]))}; set "
                             "dataset.donor_key to one of them, or to \"\" for none")
@@ -409,6 +409,14 @@ def describe_expression(expr: Expression) -> bool:
     return has_counts
 
 
+def check_donor_key(obs_columns: Sequence[str] | pd.Index, dataset: DatasetConfig) -> None:
+    """Refuse, before QC reads the counts, a ``dataset.donor_key`` that is not a column."""
+    if dataset.donor_key and dataset.donor_key not in set(map(str, obs_columns)):
+        raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
+                        f"columns are: {', '.join(map(str, obs_columns)) or '(none)'}; set "
+                        "dataset.donor_key to one of them, or to \"\" for none")
+
+
 def preprocess(
     adata: ad.AnnData,
     dataset: DatasetConfig,
@@ -431,6 +439,7 @@ def preprocess(
     """
     label_key = dataset.label_key
     check_label(adata, label_key)
+    check_donor_key(adata.obs.columns, dataset)
     expr = find_counts(adata, dataset.is_normalised)
     has_counts = describe_expression(expr)
     x, genes = counts_matrix(adata, expr)
