@@ -274,13 +274,15 @@ class ResumePlan:
         """Mark every finished stage that uses ``name`` (directly or not) ``stale`` before it
         runs again: should this run stop, their results on disk are an earlier run's, and the
         manifest (``cellsynth info``, the report) says so."""
-        after, stages = {name}, self.manifest.data["stages"]
+        after, stages, marked = {name}, self.manifest.data["stages"], False
         for other, (_, uses) in STAGES.items():
             if after.intersection(uses):
                 after.add(other)
                 if stages.get(other, {}).get("status") == "done":
                     stages[other]["status"] = "stale"
-        write_json(self.manifest.path, self.manifest.data)
+                    marked = True
+        if marked:  # a first run has nothing to mark: no write
+            write_json(self.manifest.path, self.manifest.data)
 
     def _why(self, name: str) -> str | None:
         """Why ``name`` runs ("" for a stage never finished before), None when it is skipped."""

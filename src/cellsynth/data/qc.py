@@ -296,10 +296,7 @@ def filter_cells(
 
     donors = None
     if dataset.donor_key:
-        if dataset.donor_key not in st.obs.columns:  # also checked before QC (check_donor_key)
-            raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
-                            f"columns are: {', '.join(map(str, st.obs.columns[:20]))}; set "
-                            "dataset.donor_key to one of them, or to \"\" for none")
+        check_donor_key(st.obs.columns, dataset)  # preprocess checked it before QC already
         no_donor = missing_labels(st.obs[dataset.donor_key])
         if no_donor.any():
             raise DataError(f"{int(no_donor.sum())} cell(s) have no donor in obs"
@@ -413,7 +410,7 @@ def check_donor_key(obs_columns: Sequence[str] | pd.Index, dataset: DatasetConfi
     """Refuse, before QC reads the counts, a ``dataset.donor_key`` that is not a column."""
     if dataset.donor_key and dataset.donor_key not in set(map(str, obs_columns)):
         raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
-                        f"columns are: {', '.join(map(str, obs_columns)) or '(none)'}; set "
+                        f"columns are: {', '.join(map(str, list(obs_columns)[:20])) or '(none)'}; set "
                         "dataset.donor_key to one of them, or to \"\" for none")
 
 

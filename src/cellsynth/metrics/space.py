@@ -198,10 +198,10 @@ def fit_space(
     order = np.argsort(-disp, kind="stable")  # ties keep gene order: deterministic
     hvg = np.sort(order[:n_hvg])
     n_fit = int(np.minimum(np.unique(labels, return_counts=True)[1], max_cells_per_class).sum())
-    if n_pcs > min(n_fit - 1, n_hvg):  # said here: features.n_components is not this setting
-        logger.info("evaluation space: %d PCs, not %d: fitted on %d cells, %d genes",
-                    min(n_fit - 1, n_hvg), n_pcs, n_fit, n_hvg)  # fmt: skip
-        n_pcs = max(1, min(n_fit - 1, n_hvg))
+    if n_pcs > (most := max(1, min(n_fit - 1, n_hvg))):  # not features.n_components: said here
+        logger.info("evaluation space: %d PCs, not %d: fitted on %d cells, %d genes", most,
+                    n_pcs, n_fit, n_hvg)  # fmt: skip
+        n_pcs = most
     cfg = FeaturesConfig(n_components=n_pcs, max_cells_per_class=max_cells_per_class, scale=False)
     hvg_genes = [str(genes[i]) for i in hvg]
     pca = fit_pca(_HVGs(x, hvg, target_sum), labels, hvg_genes, cfg, seed=seed, rows=rows)
