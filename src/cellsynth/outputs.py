@@ -39,8 +39,6 @@ def write_text(path: Path, text: str) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            from .errors import CellsynthError
-
             raise CellsynthError(f"disk full while writing {path}; free space or choose "
                                  "another --out (the earlier file is left as it was)") from None
         raise

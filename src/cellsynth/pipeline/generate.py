@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .. import keys as K
@@ -57,13 +56,14 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
             raise DataError(f"request file {path}, line {line}: n must be a whole number, "
                             f"got {n!r}") from None
     table["n"] = counts
-    keys = [c for c in header if c != "n"]
-    again = np.flatnonzero(table.duplicated(keys).to_numpy())
-    if len(again):  # named by line here; a table in Python is named by row
-        i = again[0]
-        j = next(j for j in range(i) if table.iloc[j][keys].equals(table.iloc[i][keys]))
-        raise DataError(f"request file {path}, lines {rows[j][0]} and {rows[i][0]}: the same "
-                        "combination twice; give each combination once, with its total n")
+    first_line: dict[tuple[str, ...], int] = {}  # named by line here; a table by row
+    for (line, _), combo in zip(rows, table.drop(columns="n").itertuples(index=False),
+                                strict=True):  # fmt: skip
+        if combo in first_line:
+            raise DataError(f"request file {path}, lines {first_line[combo]} and {line}: the "
+                            "same combination twice; give each combination once, with its "
+                            "total n")
+        first_line[combo] = line
     return table
 
 
