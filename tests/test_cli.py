@@ -14,7 +14,7 @@ import types
 import pytest
 
 import cellsynth
-from cellsynth import cli, config
+from cellsynth import cli, config, config_sources
 from cellsynth.presets import demo_config_path
 
 
@@ -129,7 +129,7 @@ def _show(capsys, *argv: str) -> str:
 
 def test_config_show_is_the_resolved_settings_as_toml(capsys):
     text = _show(capsys, "my.h5ad", "--label-key", "ct", "--set", "cvae.n_latent=8")
-    cfg, _ = config.resolve("my.h5ad", "ct", None, ["cvae.n_latent=8"])
+    cfg, _ = config_sources.resolve("my.h5ad", "ct", None, ["cvae.n_latent=8"])
     assert tomllib.loads(text) == config.to_dict(cfg)  # the comments are TOML comments
     lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
     assert lines["path"].endswith('# argument (default ""); str')

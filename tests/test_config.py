@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cellsynth import config
+from cellsynth import config, config_rules, config_sources
 from cellsynth.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -90,31 +90,31 @@ def test_the_laptop_preset_bounds_what_the_reference_preset_does_not():
 
 
 def test_resolve_uses_the_demo_preset_only_without_data():
-    demo, sources = config.resolve()
+    demo, sources = config_sources.resolve()
     assert demo.qc.min_cells_per_gene == 20 and sources["qc.min_cells_per_gene"] == "demo preset"
     assert sources["cvae.lr"] == "default"
     defaults = config.RunConfig()
     for given in ({"data": "my.h5ad"}, {"overrides": ["dataset.path=my.h5ad"]}):
-        cfg, sources = config.resolve(**given)
+        cfg, sources = config_sources.resolve(**given)
         assert cfg.dataset.path == "my.h5ad"
         assert cfg.qc.min_cells_per_gene == defaults.qc.min_cells_per_gene == 100  # not the demo's
         assert cfg.cvae.min_steps == defaults.cvae.min_steps
         assert "demo preset" not in sources.values()
         assert sources["dataset.path"] == ("argument" if "data" in given else "--set")
-    assert set(sources) == set(config.setting_names())
+    assert set(sources) == set(config_sources.setting_names())
 
 
 def test_resolve_layers_file_set_and_arguments(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[dataset]\npath = "a.h5ad"\nlabel_key = "x"\n[cvae]\nlr = 0.01\nn_latent = 8\n')
-    cfg, sources = config.resolve("b.h5ad", "y", p, ["cvae.lr=0.02"])
+    cfg, sources = config_sources.resolve("b.h5ad", "y", p, ["cvae.lr=0.02"])
     assert (cfg.dataset.path, cfg.dataset.label_key, cfg.cvae.lr, cfg.cvae.n_latent) == (
         "b.h5ad", "y", 0.02, 8)
     assert sources["dataset.path"] == sources["dataset.label_key"] == "argument"
     assert sources["cvae.lr"] == "--set" and sources["cvae.n_latent"] == f"config {p}"
     assert sources["qc.target_sum"] == "default"
     with pytest.raises(ConfigError, match="given twice"):
-        config.resolve("b.h5ad", overrides=["dataset.path=c.h5ad"])
+        config_sources.resolve("b.h5ad", overrides=["dataset.path=c.h5ad"])
 
 
 @pytest.mark.parametrize(
@@ -153,16 +153,16 @@ def test_ranges_are_checked_at_load(override, message):
 
 def test_every_numeric_setting_declares_a_range_and_its_default_lies_in_it():
     cfg = config.RunConfig()
-    for name in config.setting_names():
-        f, tp = config._field(name)
+    for name in config_sources.setting_names():
+        f, tp = config_sources.setting_field(name)
         numeric = {int, float} & set(typing.get_args(tp) or (tp,)) or tp == list[int]
         if numeric:
             rng = f.metadata.get("range")
             assert rng is not None, f"{name} declares no range"
-            value = config.get_setting(cfg, name)
+            value = config_sources.get_setting(cfg, name)
             for v in value if isinstance(value, list) else [value]:
                 assert v == "auto" or v in rng, name
-            assert str(rng) in config.rule(name)
+            assert str(rng) in config_sources.rule(name)
 
 
 def test_a_range_applies_to_sections_built_alone():
@@ -186,7 +186,7 @@ def test_seed_is_an_alias_of_reference_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="cellsynth"):
         assert config.load(None, ["generator.model=reference"]).generator.model == "reference"
     assert "renamed" not in caplog.text
-    assert '"seed"' not in config.rule("generator.model")
+    assert '"seed"' not in config_sources.rule("generator.model")
     with pytest.raises(ConfigError, match="must be one of"):
         config.load(None, ["generator.model=seeds"])
 
@@ -210,7 +210,7 @@ def test_every_config_error_says_the_fix_as_the_caller_sets_it(override):
     with pytest.raises(ConfigError, match=rf"fix it in the config file or with --set (?:{key}|"
                                           r"cvae\.dispersion_fit)=\.\.\.$"):
         config.load(None, [override])
-    with config.hints(lambda k: f"pass {k} as a keyword"), \
+    with config_rules.hints(lambda k: f"pass {k} as a keyword"), \
             pytest.raises(ConfigError, match=r"pass cvae\.\w+ as a keyword$") as info:
         config.load(None, [override])
     assert "--set" not in str(info.value)

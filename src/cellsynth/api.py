@@ -146,7 +146,9 @@ def _config(data: str | None, label_key: str | None, config: Any,
 
         raise ConfigError(f"config is a {type(config).__name__}; give a TOML path, a "
                           "cellsynth.RunConfig or None")
-    cfg, sources = cfg_mod.resolve(data, label_key, config, list(overrides))
+    from .config_sources import resolve
+
+    cfg, sources = resolve(data, label_key, config, list(overrides))
     logger.debug("settings from: %s", sorted(set(sources.values())))
     return cfg
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import config, config_sources
 from .errors import CellsynthError
 from .options import settings
 
@@ -43,7 +43,7 @@ def _value(value: object) -> str:
 
 def settings_line(cfg: config.RunConfig, sources: dict[str, str]) -> str:
     """The settings not at their default, each with where it came from, on one line."""
-    given = [f"{k}={_value(config.get_setting(cfg, k))} ({src})"
+    given = [f"{k}={_value(config_sources.get_setting(cfg, k))} ({src})"
              for k, src in sources.items() if src != "default"]
     return "settings: " + (", ".join(given) or "all defaults")
 
@@ -58,9 +58,9 @@ def show_settings(cfg: config.RunConfig, sources: dict[str, str]) -> str:
         if head != section:
             section = head
             lines += ["", f"[{head}]"]
-        value, default = config.get_setting(cfg, key), config.get_setting(defaults, key)
+        value, default = config_sources.get_setting(cfg, key), config_sources.get_setting(defaults, key)
         source = sources[key] if sources[key] == "default" else             f"{sources[key]} (default {_value(default)})"
-        lines.append(f"{name} = {_value(value)}".ljust(38) + f"  # {source}; {config.rule(key)}")
+        lines.append(f"{name} = {_value(value)}".ljust(38) + f"  # {source}; {config_sources.rule(key)}")
     return "\n".join(lines)
 
 
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)  # a renamed setting's warning is shown while resolving
     # validated (keys, types, ranges) before any data is read
-    cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
+    cfg, sources = config_sources.resolve(args.data, args.label_key, args.config, args.set)
     out = _run_dir(args, cfg)
     from .outputs import check_links, check_out
 
@@ -108,10 +108,10 @@ def _print_verdict(path: Path) -> None:
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "defaults":
-        cfg, sources = config.RunConfig(), dict.fromkeys(config.setting_names(), "default")
+        cfg, sources = config.RunConfig(), dict.fromkeys(config_sources.setting_names(), "default")
     else:
         _setup_logging(quiet=False)
-        cfg, sources = config.resolve(args.data, args.label_key, args.config, args.set)
+        cfg, sources = config_sources.resolve(args.data, args.label_key, args.config, args.set)
     print(show_settings(cfg, sources).lstrip("\n"))
     return 0
 

@@ -6,22 +6,18 @@ before any long work starts, and saved (resolved) next to every output.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import json
 import logging
-import math
 import tomllib
-import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import tomli_w
 
+from .config_rules import check_ranges, coerce, fix_hint, ranged, within
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,9 +28,6 @@ DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", 
 
 #: old generator names -> their names now (still accepted, with a warning)
 MODEL_ALIASES = {"seed": "reference"}
-
-_INF = float("inf")
-
 
 #: the generators that condition on covariates, and the section holding their ``covariates``
 COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
@@ -55,120 +48,6 @@ def canonical_model(name: str) -> str:
                        MODEL_ALIASES[name], MODEL_ALIASES[name], MODEL_ALIASES[name])
         return MODEL_ALIASES[name]
     return name
-
-
-@dataclass(frozen=True)
-class Range:
-    """The interval a numeric setting must lie in (``inf``: unbounded on that side).
-
-    Declared beside each default with :func:`ranged`; a list setting's items must each lie in it.
-    """
-
-    low: float
-    high: float
-    low_closed: bool
-    high_closed: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Range:
-        """``"[0, 1)"``, ``"(0, inf)"``, ``"[0, 2**63)"`` -> a :class:`Range`."""
-        low, high = (part.strip() for part in text.strip()[1:-1].split(","))
-        return cls(_number(low), _number(high), text.strip()[0] == "[", text.strip()[-1] == "]")
-
-    def __contains__(self, value: float) -> bool:
-        above = value >= self.low if self.low_closed else value > self.low
-        below = value <= self.high if self.high_closed else value < self.high
-        return above and below
-
-    def __str__(self) -> str:
-        return (f"{'[' if self.low_closed else '('}{_show(self.low)}, "
-                f"{_show(self.high)}{']' if self.high_closed else ')'}")
-
-    def describe(self) -> str:
-        """The rule in words: "positive", "0 or more", "at least 2", "in [0, 1)"."""
-        if self.high == _INF:
-            if self.low == 0:
-                return "0 or more" if self.low_closed else "positive (> 0)"
-            if self.low_closed:
-                return f"at least {_show(self.low)}"
-        return f"in {self}"
-
-
-def _number(text: str) -> float:
-    if text in ("inf", "-inf"):
-        return float(text)
-    if "**" in text:
-        base, exp = text.split("**")
-        return int(base) ** int(exp)
-    return float(text) if "." in text or "e" in text else int(text)
-
-
-def _show(x: float) -> str:
-    if isinstance(x, int) and x >= 2**16 and (x & (x - 1)) == 0:
-        return f"2**{x.bit_length() - 1}"
-    return str(x)
-
-
-def within(interval: str) -> dict[str, Range]:
-    """Field metadata declaring the range (e.g. ``"[0, 1)"``) a numeric setting must lie in."""
-    return {"range": Range.parse(interval)}
-
-
-def ranged(interval: str, default: Any) -> Any:
-    """A dataclass field with ``default`` whose value must lie in ``interval``."""
-    return field(default=default, metadata=within(interval))
-
-
-def field_range(cls: type, name: str) -> Range | None:
-    """The declared :class:`Range` of field ``name`` of config class ``cls``, or None."""
-    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
-
-
-_FIX: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar(
-    "config_fix", default=lambda key: f"fix it in the config file or with --set {key}=...")
-
-
-def fix_hint(key: str) -> str:
-    """How to change the setting ``key`` (``"cvae.lr"``), said as the caller sets it: a config
-    file or ``--set`` by default, the Python keyword inside :func:`hints`."""
-    return _FIX.get()(key)
-
-
-@contextlib.contextmanager
-def hints(fix: Callable[[str], str]) -> Iterator[None]:
-    """Within this block, every config error says how to fix a setting with ``fix(key)``
-    (e.g. the keyword of a Python call) instead of the command line's ``--set``."""
-    token = _FIX.set(fix)
-    try:
-        yield
-    finally:
-        _FIX.reset(token)
-
-
-def check_ranges(section: Any, prefix: str = "") -> None:
-    """Raise a :class:`ConfigError` for a non-finite float or a value outside its declared range.
-
-    Checks the fields of ``section`` (a config dataclass) and of the dataclasses nested in it;
-    ``prefix`` (``"cvae."``) names the section in the message.
-    """
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            check_ranges(value, f"{key}.")
-            continue
-        rng = f.metadata.get("range")
-        if isinstance(value, list) and not value and rng is not None:  # layer widths, say
-            raise ConfigError(f"{key} must hold at least one value (each {rng.describe()}), got "
-                              f"[]; {fix_hint(key)}")
-        for i, v in enumerate(value if isinstance(value, list) else [value]):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                continue  # "auto" and other words are checked by their type
-            name = f"{key}[{i}]" if isinstance(value, list) else key
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v}; {fix_hint(key)}")
-            if rng is not None and v not in rng:
-                raise ConfigError(f"{name} must be {rng.describe()}, got {v}; {fix_hint(key)}")
 
 
 @dataclass
@@ -497,58 +376,6 @@ class RunConfig:
 # dict <-> dataclass with type checks
 
 
-def _type_name(tp: Any) -> str:
-    """A field type as a message says it: ``int or 'auto'``, ``list``, ``float``."""
-    origin = get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is Literal:
-        return " or ".join(map(repr, get_args(tp)))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` as type ``tp`` or raise a :class:`ConfigError` naming ``key``."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        for a in allowed:
-            if value == a and type(value) is type(a):
-                return a
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}; {fix_hint(key)}")
-    if origin in (list, tuple):
-        (item_tp,) = get_args(tp)[:1]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}; {fix_hint(key)}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (types.UnionType, typing.Union):
-        for arg in get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}; {fix_hint(key)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a field type this module does not know
-        raise TypeError(f"unsupported config type {tp} for {key}")
-    raise ConfigError(
-        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); {fix_hint(key)}"
-    )
-
-
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """A config dataclass ``cls`` from a nested dict, keys, types and ranges checked.
 
@@ -573,7 +400,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
                 raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
             kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
         else:
-            kwargs[f.name] = _coerce(value, tp, f"{prefix}{f.name}")
+            kwargs[f.name] = coerce(value, tp, f"{prefix}{f.name}")
     section = cls(**kwargs)
     check_ranges(section, prefix)  # before any data is read
     return section
@@ -613,7 +440,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _read_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path) -> dict[str, Any]:
     """The nested dict of a TOML config file, or a :class:`ConfigError` saying what is wrong."""
     path = Path(path)
     if not path.is_file():
@@ -635,140 +462,9 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
 
 def load(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> RunConfig:
     """Load a TOML config (defaults where ``path`` is None), apply overrides, validate."""
-    data = _read_toml(path) if path is not None else {}
+    data = read_toml(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
     return run_config(data)
-
-
-def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"cvae": {"lr": 1}}`` -> ``{"cvae.lr": 1}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def setting_names(cls: type | None = None, prefix: str = "") -> list[str]:
-    """Every setting of ``cls`` (default :class:`RunConfig`) as ``"section.key"``, in field order."""
-    cls = RunConfig if cls is None else cls
-    hints = typing.get_type_hints(cls)
-    names: list[str] = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            names += setting_names(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            names.append(f"{prefix}{f.name}")
-    return names
-
-
-def _field(dotted: str) -> tuple[dataclasses.Field, Any]:
-    """The dataclass field of setting ``dotted`` (``"cvae.lr"``) and its type."""
-    cls: Any = RunConfig
-    *sections, key = dotted.split(".")
-    for part in sections:
-        cls = typing.get_type_hints(cls)[part]
-    return next(f for f in dataclasses.fields(cls) if f.name == key), typing.get_type_hints(cls)[key]
-
-
-def get_setting(cfg: RunConfig, dotted: str) -> Any:
-    """The value of setting ``dotted`` (``"cvae.lr"``) in ``cfg``."""
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def rule(dotted: str) -> str:
-    """What setting ``dotted`` accepts, in words: its type with its declared range or choices."""
-    f, tp = _field(dotted)
-    rng = f.metadata.get("range")
-    words: list[str] = []
-    for arg in get_args(tp) if get_origin(tp) in (types.UnionType, typing.Union) else (tp,):
-        if get_origin(arg) is Literal:
-            choices = [a for a in get_args(arg) if a not in MODEL_ALIASES]
-            words.append(("one of " if len(choices) > 1 else "") + ", ".join(map(_json, choices)))
-        elif get_origin(arg) is list:
-            item = get_args(arg)[0]
-            words.append(f"a list of {_type_name(item)}" + (f", each in {rng}" if rng else ""))
-        elif arg is bool:
-            words.append("true or false")
-        elif arg in (int, float):
-            words.append(f"{_type_name(arg)} in {rng}" if rng else _type_name(arg))
-        else:
-            words.append(_type_name(arg))
-    if dotted.startswith("split."):
-        words.append("train + val + test = 1")
-    return "; ".join(words) if dotted.startswith("split.") else " or ".join(words)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
-
-
-def resolve(data: str | None = None, label_key: str | None = None,
-            config_path: str | Path | None = None,
-            overrides: Sequence[str] = ()) -> tuple[RunConfig, dict[str, str]]:
-    """The run's validated config and where each setting came from.
-
-    Layers, later ones winning: the package defaults; a config file (``config_path``), or the
-    embedded demo preset when no data is given in any way (no ``data``, no ``config_path``, no
-    non-empty ``dataset.path`` among ``overrides``); the ``--set`` ``overrides``; the ``data``
-    and ``label_key`` arguments. With data and no config file the package defaults apply, not
-    the demo's settings.
-
-    Parameters
-    ----------
-    data
-        The h5ad file to learn (``dataset.path``); None when not given as an argument.
-    label_key
-        The obs column with the cell type (``dataset.label_key``); None keeps the config's.
-    config_path
-        A TOML config file; None for none.
-    overrides
-        ``section.key=value`` strings (``--set``), values in TOML syntax.
-
-    Returns
-    -------
-    The validated :class:`RunConfig`, and for every setting ``"section.key"`` (``"seed"`` at the
-    top level) its source: ``"default"``, ``"demo preset"``, ``"config FILE"``, ``"--set"`` or
-    ``"argument"``.
-
-    Raises
-    ------
-    ConfigError
-        A missing or invalid file, an unknown key, a value of the wrong type or out of range, or
-        ``data`` given both as an argument and as a different ``--set dataset.path``.
-    """
-    set_leaves = _leaves(apply_overrides({}, list(overrides)))
-    if data is not None and set_leaves.get("dataset.path", data) != data:
-        raise ConfigError(f"the data file is given twice: as the argument {data!r} and as --set "
-                          f"dataset.path={set_leaves['dataset.path']!r}; give it once")
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if config_path is not None:
-        layers.append((f"config {config_path}", _read_toml(config_path)))
-    elif data is None and not set_leaves.get("dataset.path"):
-        from .presets import demo_config_path
-
-        layers.append(("demo preset", _read_toml(demo_config_path())))
-    layers.append(("--set", apply_overrides({}, list(overrides))))
-    arguments = {"path": data, "label_key": label_key}
-    layers.append(("argument", {"dataset": {k: v for k, v in arguments.items() if v is not None}}))
-    merged: dict[str, Any] = {}
-    sources = dict.fromkeys(setting_names(), "default")
-    for source, layer in layers:
-        for dotted, value in _leaves(layer).items():
-            node = merged
-            *sections, key = dotted.split(".")
-            for part in sections:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
-            node[key] = value
-            sources[dotted] = source
-    return run_config(merged), sources  # an unknown key has raised: sources names settings only
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import xgboost as xgb
 
-from ..config import ClassifierConfig, fix_hint
+from ..config import ClassifierConfig
+from ..config_rules import fix_hint
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
 from ..runtime import cpu_threads

@@ -1,0 +1,188 @@
+"""The rules a setting obeys: its declared range, a finite value, its type; and how an error
+says to fix it (a config file or ``--set``, or a Python keyword within :func:`hints`).
+
+:mod:`cellsynth.config` declares each setting with :func:`ranged` and checks a section with
+:func:`check_ranges` and :func:`coerce`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import ConfigError
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric setting must lie in (``inf``: unbounded on that side).
+
+    Declared beside each default with :func:`ranged`; a list setting's items must each lie in it.
+    """
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """``"[0, 1)"``, ``"(0, inf)"``, ``"[0, 2**63)"`` -> a :class:`Range`."""
+        low, high = (part.strip() for part in text.strip()[1:-1].split(","))
+        return cls(_number(low), _number(high), text.strip()[0] == "[", text.strip()[-1] == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return (f"{'[' if self.low_closed else '('}{_show(self.low)}, "
+                f"{_show(self.high)}{']' if self.high_closed else ')'}")
+
+    def describe(self) -> str:
+        """The rule in words: "positive", "0 or more", "at least 2", "in [0, 1)"."""
+        if self.high == INF:
+            if self.low == 0:
+                return "0 or more" if self.low_closed else "positive (> 0)"
+            if self.low_closed:
+                return f"at least {_show(self.low)}"
+        return f"in {self}"
+
+
+def _number(text: str) -> float:
+    if text in ("inf", "-inf"):
+        return float(text)
+    if "**" in text:
+        base, exp = text.split("**")
+        return int(base) ** int(exp)
+    return float(text) if "." in text or "e" in text else int(text)
+
+
+def _show(x: float) -> str:
+    if isinstance(x, int) and x >= 2**16 and (x & (x - 1)) == 0:
+        return f"2**{x.bit_length() - 1}"
+    return str(x)
+
+
+def within(interval: str) -> dict[str, Range]:
+    """Field metadata declaring the range (e.g. ``"[0, 1)"``) a numeric setting must lie in."""
+    return {"range": Range.parse(interval)}
+
+
+def ranged(interval: str, default: Any) -> Any:
+    """A dataclass field with ``default`` whose value must lie in ``interval``."""
+    return field(default=default, metadata=within(interval))
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    """The declared :class:`Range` of field ``name`` of config class ``cls``, or None."""
+    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+_FIX: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar(
+    "config_fix", default=lambda key: f"fix it in the config file or with --set {key}=...")
+
+
+def fix_hint(key: str) -> str:
+    """How to change the setting ``key`` (``"cvae.lr"``), said as the caller sets it: a config
+    file or ``--set`` by default, the Python keyword inside :func:`hints`."""
+    return _FIX.get()(key)
+
+
+@contextlib.contextmanager
+def hints(fix: Callable[[str], str]) -> Iterator[None]:
+    """Within this block, every config error says how to fix a setting with ``fix(key)``
+    (e.g. the keyword of a Python call) instead of the command line's ``--set``."""
+    token = _FIX.set(fix)
+    try:
+        yield
+    finally:
+        _FIX.reset(token)
+
+
+def check_ranges(section: Any, prefix: str = "") -> None:
+    """Raise a :class:`ConfigError` for a non-finite float or a value outside its declared range.
+
+    Checks the fields of ``section`` (a config dataclass) and of the dataclasses nested in it;
+    ``prefix`` (``"cvae."``) names the section in the message.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+            continue
+        rng = f.metadata.get("range")
+        if isinstance(value, list) and not value and rng is not None:  # layer widths, say
+            raise ConfigError(f"{key} must hold at least one value (each {rng.describe()}), got "
+                              f"[]; {fix_hint(key)}")
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue  # "auto" and other words are checked by their type
+            name = f"{key}[{i}]" if isinstance(value, list) else key
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v}; {fix_hint(key)}")
+            if rng is not None and v not in rng:
+                raise ConfigError(f"{name} must be {rng.describe()}, got {v}; {fix_hint(key)}")
+
+
+def type_name(tp: Any) -> str:
+    """A field type as a message says it: ``int or 'auto'``, ``list``, ``float``."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(type_name(a) for a in get_args(tp))
+    if origin is Literal:
+        return " or ".join(map(repr, get_args(tp)))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a :class:`ConfigError` naming ``key``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        for a in allowed:
+            if value == a and type(value) is type(a):
+                return a
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}; {fix_hint(key)}")
+    if origin in (list, tuple):
+        (item_tp,) = get_args(tp)[:1]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}; {fix_hint(key)}")
+        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        for arg in get_args(tp):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {type_name(tp)}, got {value!r}; {fix_hint(key)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this module does not know
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    raise ConfigError(
+        f"{key} must be {type_name(tp)}, got {value!r} ({type(value).__name__}); {fix_hint(key)}"
+    )

@@ -1,0 +1,149 @@
+"""Every setting by name, where its value came from and what it accepts: what
+``cellsynth config show`` prints and how :func:`resolve` layers the defaults, a config file,
+``--set`` and the command's arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from .config import MODEL_ALIASES, RunConfig, apply_overrides, read_toml, run_config
+from .config_rules import type_name
+from .errors import ConfigError
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"cvae": {"lr": 1}}`` -> ``{"cvae.lr": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def setting_names(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every setting of ``cls`` (default :class:`RunConfig`) as ``"section.key"``, in field order."""
+    cls = RunConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names += setting_names(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def setting_field(dotted: str) -> tuple[dataclasses.Field, Any]:
+    """The dataclass field of setting ``dotted`` (``"cvae.lr"``) and its type."""
+    cls: Any = RunConfig
+    *sections, key = dotted.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    return next(f for f in dataclasses.fields(cls) if f.name == key), typing.get_type_hints(cls)[key]
+
+
+def get_setting(cfg: RunConfig, dotted: str) -> Any:
+    """The value of setting ``dotted`` (``"cvae.lr"``) in ``cfg``."""
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def rule(dotted: str) -> str:
+    """What setting ``dotted`` accepts, in words: its type with its declared range or choices."""
+    f, tp = setting_field(dotted)
+    rng = f.metadata.get("range")
+    words: list[str] = []
+    for arg in get_args(tp) if get_origin(tp) in (types.UnionType, typing.Union) else (tp,):
+        if get_origin(arg) is Literal:
+            choices = [a for a in get_args(arg) if a not in MODEL_ALIASES]
+            words.append(("one of " if len(choices) > 1 else "") + ", ".join(map(_json, choices)))
+        elif get_origin(arg) is list:
+            item = get_args(arg)[0]
+            words.append(f"a list of {type_name(item)}" + (f", each in {rng}" if rng else ""))
+        elif arg is bool:
+            words.append("true or false")
+        elif arg in (int, float):
+            words.append(f"{type_name(arg)} in {rng}" if rng else type_name(arg))
+        else:
+            words.append(type_name(arg))
+    if dotted.startswith("split."):
+        words.append("train + val + test = 1")
+    return "; ".join(words) if dotted.startswith("split.") else " or ".join(words)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def resolve(data: str | None = None, label_key: str | None = None,
+            config_path: str | Path | None = None,
+            overrides: Sequence[str] = ()) -> tuple[RunConfig, dict[str, str]]:
+    """The run's validated config and where each setting came from.
+
+    Layers, later ones winning: the package defaults; a config file (``config_path``), or the
+    embedded demo preset when no data is given in any way (no ``data``, no ``config_path``, no
+    non-empty ``dataset.path`` among ``overrides``); the ``--set`` ``overrides``; the ``data``
+    and ``label_key`` arguments. With data and no config file the package defaults apply, not
+    the demo's settings.
+
+    Parameters
+    ----------
+    data
+        The h5ad file to learn (``dataset.path``); None when not given as an argument.
+    label_key
+        The obs column with the cell type (``dataset.label_key``); None keeps the config's.
+    config_path
+        A TOML config file; None for none.
+    overrides
+        ``section.key=value`` strings (``--set``), values in TOML syntax.
+
+    Returns
+    -------
+    The validated :class:`RunConfig`, and for every setting ``"section.key"`` (``"seed"`` at the
+    top level) its source: ``"default"``, ``"demo preset"``, ``"config FILE"``, ``"--set"`` or
+    ``"argument"``.
+
+    Raises
+    ------
+    ConfigError
+        A missing or invalid file, an unknown key, a value of the wrong type or out of range, or
+        ``data`` given both as an argument and as a different ``--set dataset.path``.
+    """
+    set_leaves = _leaves(apply_overrides({}, list(overrides)))
+    if data is not None and set_leaves.get("dataset.path", data) != data:
+        raise ConfigError(f"the data file is given twice: as the argument {data!r} and as --set "
+                          f"dataset.path={set_leaves['dataset.path']!r}; give it once")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_path is not None:
+        layers.append((f"config {config_path}", read_toml(config_path)))
+    elif data is None and not set_leaves.get("dataset.path"):
+        from .presets import demo_config_path
+
+        layers.append(("demo preset", read_toml(demo_config_path())))
+    layers.append(("--set", apply_overrides({}, list(overrides))))
+    arguments = {"path": data, "label_key": label_key}
+    layers.append(("argument", {"dataset": {k: v for k, v in arguments.items() if v is not None}}))
+    merged: dict[str, Any] = {}
+    sources = dict.fromkeys(setting_names(), "default")
+    for source, layer in layers:
+        for dotted, value in _leaves(layer).items():
+            node = merged
+            *sections, key = dotted.split(".")
+            for part in sections:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+            node[key] = value
+            sources[dotted] = source
+    return run_config(merged), sources  # an unknown key has raised: sources names settings only
