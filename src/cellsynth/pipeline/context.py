@@ -53,14 +53,26 @@ class RunContext:
         self.lock = RunLock(self.out)
         self.lock.acquire()  # before anything is written: one run per directory
         try:
-            save(self.cfg, self.out / "config.toml")
             self.manifest = Manifest(self.out / "manifest.json")
-            self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
+            # a rerun's settings replace the recorded ones when it first changes an output (or
+            # finishes): one refused before any stage ran leaves the directory as it was
+            self._recorded = False
+            if not self.manifest.data["stages"]:
+                self.record_config()
             self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
             self.backed = out_of_core(self.cfg)
         except BaseException:
             self.close()
             raise
+
+    def record_config(self) -> None:
+        """Write the run's settings (``config.toml``, the manifest's ``config`` and
+        ``environment``), once: before the first stage that runs, or at the end of a run that
+        reran none."""
+        if not self._recorded:
+            save(self.cfg, self.out / "config.toml")
+            self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
+            self._recorded = True
 
     def _inputs(self) -> dict[str, dict]:
         """The data stage's input file digest (the demo atlas has none: its settings are its
@@ -95,6 +107,7 @@ class RunContext:
     @contextmanager
     def stage(self, name: str):
         """Run stage ``name`` timed into the manifest; yields its manifest entry."""
+        self.record_config()
         with self.manifest.stage(name, self.plan.hash(name)) as entry:
             if name in self.plan.inputs:
                 entry["input"] = self.plan.inputs[name]

@@ -65,6 +65,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         stage_evaluation(ctx, cells, pca)
     finally:
         cells.close()
+    ctx.record_config()  # a rerun that found every stage done still ran with these settings
     with timed("report"):
         path = write_results(ctx.out, results, report, cfg, ctx.manifest.data,
                              has_groups=bool(groups))  # fmt: skip
