@@ -708,3 +708,26 @@ def test_a_missing_donor_column_is_refused_before_qc(caplog):
     one_line(info.value, "donor column 'patient' (dataset.donor_key) not in obs; columns are: "
                          f"{LABEL}")
     assert "expression:" not in caplog.text  # the counts were not looked at
+
+
+def test_a_whole_count_written_as_a_float_is_one_count_everywhere():
+    """5.0 cells reads as 5 in a dict, a table, a request file and --types alike (a table's
+    count column turns float as soon as one value is missing); 5.5 is refused in each."""
+    import numpy as np
+
+    from cellsynth.cli import _parse_types
+    from cellsynth.models._training import check_counts
+    from cellsynth.pipeline.generate import parse_count
+
+    assert check_counts({"B": 5.0, "T": np.float32(2)}, ["B", "T"]) == {"B": 5, "T": 2}
+    assert all(type(n) is int for n in check_counts({"B": np.int64(3)}, ["B"]).values())
+    for bad in (5.5, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(DataError, match="positive integer"):
+            check_counts({"B": bad}, ["B"])
+    assert [parse_count(t) for t in ("5", "5.0", " 12 ", "1e3")] == [5, 5, 12, 1000]
+    for bad in ("5.5", "inf", "nan", "many", ""):
+        with pytest.raises(ValueError):
+            parse_count(bad)
+    assert _parse_types("B cells=5.0,NK=2") == {"B cells": 5, "NK": 2}
+    with pytest.raises(CellsynthError, match="must be an integer"):
+        _parse_types("B cells=2.5")

@@ -148,6 +148,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _parse_types(text: str) -> dict[str, int]:
     """``"B cell=500,NK=200"`` -> ``{"B cell": 500, "NK": 200}``; a name holding a comma is
     read up to the count that follows it (``"B, naive=10"`` -> ``{"B, naive": 10}``)."""
+    from .pipeline.generate import parse_count
+
     out: dict[str, int] = {}
     items, pending = [], ""
     for piece in text.split(","):
@@ -169,7 +171,7 @@ def _parse_types(text: str) -> dict[str, int]:
             raise CellsynthError(f"--types names {name.strip()!r} twice; give each type once "
                                  "(TYPE=N,...) with the total you want")
         try:
-            out[name.strip()] = int(n)
+            out[name.strip()] = parse_count(n)
         except ValueError:
             raise CellsynthError(f"--types: the count for {name.strip()!r} must be an integer, "
                                  f"got {n!r} (a type whose name holds ',' or '=' goes in a "

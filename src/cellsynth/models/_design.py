@@ -29,7 +29,7 @@ from ..data.io import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
 from ..seeds import is_whole
-from ._training import check_count, did_you_mean, known_label
+from ._training import check_count, did_you_mean, known_label, whole_count
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class Design:
             label = known_label(label, labels)
             check_count(label, n)
             fixed = self._fixed(given)
-            for codes, k in self._spread(label, fixed, int(n)):
+            for codes, k in self._spread(label, fixed, whole_count(n)):
                 plan.append((label, codes, k))
         return plan, self._unseen(plan, label_key)
 
@@ -290,11 +290,7 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
         covs = [c for c in request.columns if c not in (label_key, "n")]
         rows, first_row = [], {}
         for i, r in enumerate(request.to_dict("records")):
-            n = r["n"]
-            if isinstance(n, float) and float(n).is_integer():
-                n = int(n)
-            if isinstance(n, np.integer):
-                n = int(n)
+            n = whole_count(r["n"])
             given = {c: r[c] for c in covs if not pd.isna(r[c]) and str(r[c]) != ""}
             if not isinstance(n, int) or isinstance(n, bool):
                 raise DataError(f"request row {i + 1}: n must be a positive integer, got {n!r}")

@@ -288,9 +288,18 @@ def did_you_mean(name: Any, names: list[str]) -> str:
 MAX_REQUEST = 10**12
 
 
+def whole_count(n: Any) -> Any:
+    """``n`` as an int where it is a whole number, a float one included (``5.0``: a table's
+    column of counts is float as soon as one is missing); anything else as it is."""
+    if isinstance(n, float | np.floating) and math.isfinite(n) and float(n).is_integer():
+        return int(n)
+    return int(n) if is_whole(n) else n
+
+
 def check_count(label: Any, n: Any) -> None:
-    """:class:`DataError` unless ``n`` cells of ``label`` is a count one can ask for: an integer
-    from 1 to :data:`MAX_REQUEST`."""
+    """:class:`DataError` unless ``n`` cells of ``label`` is a count one can ask for: a whole
+    number (``5.0`` too) from 1 to :data:`MAX_REQUEST`."""
+    n = whole_count(n)
     if not is_whole(n) or n <= 0:
         raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
     if n > MAX_REQUEST:
@@ -313,7 +322,7 @@ def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str
         if name in out:
             raise DataError(f"cell type {name!r} is requested twice; give it once with the "
                             "total you want")
-        out[name] = n
+        out[name] = whole_count(n)
     return out
 
 

@@ -51,7 +51,7 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     counts = []
     for (line, _), n in zip(rows, table["n"], strict=True):
         try:
-            counts.append(int(n))
+            counts.append(parse_count(n))
         except ValueError:
             raise DataError(f"request file {path}, line {line}: n must be a whole number, "
                             f"got {n!r}") from None
@@ -65,6 +65,18 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
                             "total n")
         first_line[combo] = line
     return table
+
+
+def parse_count(text: str) -> int:
+    """A count as a request file or ``--types`` writes it: ``"5"``, and ``"5.0"`` as a table
+    saved from a float column writes it; a ``ValueError`` for anything that is not whole."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(text) from None
+    if not value.is_integer():  # 5.5, inf, nan
+        raise ValueError(text)
+    return int(value)
 
 
 def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
