@@ -330,7 +330,7 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
                 "(`(observed + 1) / (expected + 1)` counts: a small type's generated cells are "
                 "not pulled towards its few training cells).", "",
                 "Then the shares of zeros (`CVAEModule.zero_inflation`, "
-                "`models._counts.zero_inflation_by_moments`): the NB dispersion is fitted by "
+                "`models._moments.zero_inflation_by_moments`): the NB dispersion is fitted by "
                 "moments around each training cell's reconstruction, which the encoder made "
                 "having seen the cell, so much of the cell-to-cell spread reads as explained "
                 "(most type-gene dispersions end at the Poisson limit) and generated "

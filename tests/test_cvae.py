@@ -719,7 +719,7 @@ def test_sampler_fit_shows_signs_of_life(monkeypatch, caplog):
 
 
 def test_share_budget_cuts_the_largest_types_to_one_cap():
-    from cellsynth.models._counts import share_budget
+    from cellsynth.models._moments import share_budget
 
     sizes = np.array([10, 300, 3000, 4000])
     assert share_budget(sizes, None).tolist() == sizes.tolist()
@@ -979,7 +979,7 @@ def test_zero_inflation_gives_generated_cells_the_training_share_of_zeros():
 def test_zero_inflation_solve_matches_the_target_share_or_stops_at_its_largest_pi():
     """solve_zero_inflation against a fine bisection over every gene: means of every size,
     heavy and light tails, targets within reach and out of it (those stop at the largest pi)."""
-    from cellsynth.models._counts import MAX_ZERO_INFLATION, solve_zero_inflation
+    from cellsynth.models._moments import MAX_ZERO_INFLATION, solve_zero_inflation
 
     gen = torch.Generator().manual_seed(0)
     b, g = 300, 3000

@@ -1,6 +1,6 @@
 """The gene scale of each covariate level within a type: generated means per level calibrated.
 
-The type's gene scale (:func:`~cellsynth.models._counts.gene_scale_by_moments`) makes a type's
+The type's gene scale (:func:`~cellsynth.models._moments.gene_scale_by_moments`) makes a type's
 generated gene means equal its training cells' over all of them; a model conditioned on
 covariates (donor, condition...) must keep the differences between their levels too, and a
 decoder attenuates them (every published generator does: issue 18's condition effect, slope
