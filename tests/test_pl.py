@@ -166,6 +166,36 @@ def test_umap_from_anndata_embeds_equal_numbers_per_type(cells):
         cs.pl.umap(real, fake)
 
 
+def _same_origin_share(df: pd.DataFrame, k: int = 10) -> float:
+    from sklearn.neighbors import NearestNeighbors
+
+    xy = df[["x", "y"]].to_numpy()
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy)
+    origin = df["origin"].to_numpy()
+    return float((origin[idx[:, 1:]] == origin[:, None]).mean())
+
+
+def test_umap_of_alike_cells_mixes_when_one_side_has_genes_the_other_lacks(cells, caplog):
+    """Both sides are normalised over the genes they share: 20 genes with many counts that
+    only the 'generated' side holds (real cells of the same kind) do not part them; cells
+    without a label are left out with a warning, not drawn as a type called 'nan'."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cellsynth.pl._umap import _embed
+
+    train, heldout, _ = cells
+    extra = ad.AnnData(sp.csr_matrix(np.full((heldout.n_obs, 20), 50.0, dtype=np.float32)),
+                       obs=heldout.obs, var=pd.DataFrame(index=[f"extra{i}" for i in range(20)]))
+    wider = ad.concat([heldout, extra], axis=1, merge="first")
+    assert _same_origin_share(_embed(train, wider, LABEL, None, 0)) < 0.6
+    train = train.copy()
+    train.obs[LABEL] = train.obs[LABEL].astype(object)
+    train.obs.iloc[:30, train.obs.columns.get_loc(LABEL)] = np.nan
+    df = _embed(train, heldout, LABEL, None, 0)
+    assert "nan" not in set(df["label"]) and "30 cells have no label" in caplog.text
+
+
 def test_umap_refusals():
     table = _table({"A": 5}, {"A": 5})
     with pytest.raises(cs.CellsynthError, match="color"):

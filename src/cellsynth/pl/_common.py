@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..errors import DataError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -148,3 +153,19 @@ def need_cells(adata: object, what: str) -> None:
         hint = (" (an evaluation result: plot it with cs.pl.fidelity, cs.pl.per_type or "
                 "cs.pl.privacy)" if hasattr(adata, "verdict") else "")
         raise DataError(f"{what} must be an AnnData of cells, got {type(adata).__name__}{hint}")
+
+
+def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the cells with a label, and their labels as ``str`` (cells without one
+    are left out with a warning, as :func:`cellsynth.evaluate` leaves them out)."""
+    from ..data.io import missing_labels
+
+    if label_key not in adata.obs:
+        raise DataError(f"label column '{label_key}' not in the obs of {what}; columns "
+                        f"are: {', '.join(map(str, adata.obs.columns)) or '(none)'}")
+    col = adata.obs[label_key]
+    keep = np.flatnonzero(~missing_labels(col))
+    if len(keep) < len(col):
+        logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
+                       len(col) - len(keep), label_key)  # fmt: skip
+    return keep, col.astype(str).to_numpy()[keep]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..seeds import checked_whole
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish, need_cells
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish, labelled, need_cells
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -77,12 +77,9 @@ def library_sizes(
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
         return finish(ax, show, save)
-    for adata, what in ((real, "the real data"), (synthetic, "the synthetic data")):
-        if label_key not in adata.obs:
-            raise DataError(f"label column '{label_key}' not in the obs of {what}; columns are: "
-                            f"{', '.join(map(str, adata.obs.columns)) or '(none)'}")
-    rl = real.obs[label_key].astype(str).to_numpy()
-    sl = synthetic.obs[label_key].astype(str).to_numpy()
+    (kr, rl), (ks, sl) = (labelled(real, label_key, "the real data"),
+                          labelled(synthetic, label_key, "the synthetic data"))
+    r, s = r[kr], s[ks]
     types = sorted(set(rl) & set(sl))
     if not types:
         raise DataError("the real and synthetic cells share no cell type; check the label names")

@@ -15,6 +15,7 @@ from ._common import (
     axes_list,
     doc_params,
     finish,
+    labelled,
     need_cells,
     type_colors,
 )
@@ -95,13 +96,12 @@ def _pick(labels: np.ndarray, plan: Mapping[str, tuple[int, int]], side: int,
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, list[str]]:
-    """Log-normalised values of ``rows`` (from raw counts where found, else ``X`` as it is)
-    and their gene names."""
+def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, list[str], bool]:
+    """The values of ``rows`` (raw counts where found, else ``X`` as it is), their gene names,
+    and whether they are counts (to be normalised once the genes are matched)."""
     import scipy.sparse as sp
 
     from ..data.io import find_counts
-    from ..data.qc import normalise_log1p
 
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
@@ -111,36 +111,36 @@ def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, li
     else:
         x, genes = (adata.layers["counts"] if where == "layers/counts" else adata.X,
                     list(adata.var_names))
-    x = sp.csr_matrix(x[rows], dtype=np.float32)
-    return (normalise_log1p(x, TARGET_SUM) if where is not None else x), genes
+    return sp.csr_matrix(x[rows], dtype=np.float32), genes, where is not None
 
 
 def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: int | None,
            seed: int) -> pd.DataFrame:  # fmt: skip
     """The UMAP table of equal numbers of real and generated cells per type: a PCA of the
-    real cells' log-normalised values (the generated cells projected), then one UMAP."""
+    real cells' log-normalised values (the generated cells projected), then one UMAP. Both
+    sides are normalised over the genes they share: a gene one side lacks would change its
+    cells' library sizes and part cells that are alike."""
     import pandas as pd
     from sklearn.decomposition import PCA
 
-    labels = []
-    for adata, what in ((real, "the real data"), (synthetic, "the synthetic data")):
-        if label_key not in adata.obs:
-            raise DataError(f"label column '{label_key}' not in the obs of {what}; columns "
-                            f"are: {', '.join(map(str, adata.obs.columns)) or '(none)'}")
-        labels.append(adata.obs[label_key].astype(str).to_numpy())
-    rl, sl = labels
+    from ..data.qc import normalise_log1p
+
+    (kr, rl), (ks, sl) = (labelled(real, label_key, "the real data"),
+                          labelled(synthetic, label_key, "the synthetic data"))
     plan = equal_counts(pd.Series(rl).value_counts().to_dict(),
                         pd.Series(sl).value_counts().to_dict(), n_per_type)
     rng = np.random.default_rng(seed)
     ir, is_ = _pick(rl, plan, 0, rng), _pick(sl, plan, 1, rng)
-    xr, gr = _expression(real, ir, "the real data")
-    xs, gs = _expression(synthetic, is_, "the synthetic data")
+    xr, gr, counts_r = _expression(real, kr[ir], "the real data")
+    xs, gs, counts_s = _expression(synthetic, ks[is_], "the synthetic data")
     genes = [g for g in gr if g in set(gs)]
     if len(genes) < 3:
         raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s); a UMAP "
                         "needs the same genes (var_names) on both sides")
     xr = xr[:, pd.Index(gr).get_indexer(genes)]
     xs = xs[:, pd.Index(gs).get_indexer(genes)]
+    xr = normalise_log1p(xr, TARGET_SUM) if counts_r else xr
+    xs = normalise_log1p(xs, TARGET_SUM) if counts_s else xs
     if xr.shape[0] < 4:
         raise DataError(f"{xr.shape[0]} real cells to embed; a UMAP needs at least 4")
     k = min(N_PCS, xr.shape[0] - 1, len(genes) - 1)
@@ -151,7 +151,7 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
     emb = umap_learn.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed % 2**31,
                           n_jobs=1).fit_transform(z)
     return pd.DataFrame({
-        "cell": [*real.obs_names[ir], *synthetic.obs_names[is_]],
+        "cell": [*real.obs_names[kr[ir]], *synthetic.obs_names[ks[is_]]],
         "origin": ["real"] * len(ir) + ["synthetic"] * len(is_),
         "label": [*rl[ir], *sl[is_]], "x": emb[:, 0], "y": emb[:, 1],
     })  # fmt: skip
