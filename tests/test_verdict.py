@@ -166,7 +166,11 @@ def test_copies_get_a_verdict_of_their_own_not_a_level_of_fidelity():
     assert "copy real ones (40% exact copies)" in v["warning"]
     lines = vd.verdict_lines(v)
     assert lines[0].startswith("verdict: copies of real cells") and "WARNING" in lines[1]
-    assert v["per_type"]["a"]["verdict"] == IND  # the types' numbers are kept, for reading
+    # no type is called good either (a per-type table is read alone); its numbers are kept
+    a = v["per_type"]["a"]
+    assert a["verdict"] == vd.COPIES and "its metrics alone read indistinguishable" in a["reason"]
+    assert a["metrics"] == fidelity_verdict(syn, flo)["per_type"]["a"]["metrics"]
+    assert "types: 2 copies of real cells, 0 indistinguishable" in "\n".join(lines)
 
 
 # -- compare on simulated cells ------------------------------------------------------------------

@@ -318,6 +318,11 @@ def fidelity_verdict(
                              f"({overall['reason']})"}
         warnings.append("the synthetic cells copy real ones (" + "; ".join(
             memorisation.get("reasons") or []) + "): the verdict does not measure generation")
+        # and no type's: a table of per-type verdicts read alone must not call copies good
+        per_type = {t: {**p, "verdict": COPIES, "decided_by": ["memorisation"],
+                        "reason": "the synthetic cells copy real ones, so this type's scores may "
+                                  f"be the real cells'; its metrics alone read {p['verdict']} "
+                                  f"({p['reason']})"} for t, p in per_type.items()}
     if absent:  # the verdict is on the types generated: the data's other types are missing
         n_real = sum(1 for c in counts.values() if c.get("real_total", c.get("real")))
         warnings.append(f"{len(absent)} of the {n_real} real cell types have no synthetic cells "
@@ -325,6 +330,8 @@ def fidelity_verdict(
                         "verdict covers only the types generated")
     warning = "; ".join(warnings) or None
     n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
+    if any(v["verdict"] == COPIES for v in per_type.values()):
+        n_types[COPIES] = sum(v["verdict"] == COPIES for v in per_type.values())
     return {"overall": overall, "per_type": per_type, "too_few": too_few, "absent": absent,
             "extra": extra, "counts": counts, "n_types": n_types, "warning": warning,
             "thresholds": {"z": Z, "cv_inflation": CV_INFLATION, "min_type_cells": MIN_TYPE_CELLS,
@@ -488,7 +495,8 @@ def verdict_lines(v: Mapping[str, Any], *, privacy: Mapping[str, Any] | None = N
     for t in v["extra"]:
         lines.append(f"  {t}: only in the synthetic data (no real cells of this type)")
     n = v["n_types"]
-    lines.append(f"  types: {n[LEVELS[0]]} indistinguishable, {n[LEVELS[1]]} close, "
+    copies = f"{n[COPIES]} copies of real cells, " if n.get(COPIES) else ""
+    lines.append(f"  types: {copies}{n[LEVELS[0]]} indistinguishable, {n[LEVELS[1]]} close, "
                  f"{n[LEVELS[2]]} distinguishable, {len(v['too_few'])} too few, "
                  f"{len(v['absent'])} absent")
     if privacy is not None:
