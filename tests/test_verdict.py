@@ -314,6 +314,10 @@ def test_heldout_cells_give_a_privacy_block_that_flags_copies(atlas, caplog):
         assert len(a["auc_repeats"]) == AUDIT_REPEATS
         assert a["auc"] == pytest.approx(np.mean(a["auc_repeats"]))
     assert result["memorisation"]["flagged"] and result.verdict["warning"]
+    # the audit looks for copies among every real cell read, as the memorisation check does
+    # (it looked among the scored half only, and said half as many)
+    exact = result["memorisation"]["exact_copies"]
+    assert exact > 0 and priv["dcr"]["exact_duplicates"] == exact
     assert result["n_cells"]["heldout"]["total"] == 800
     text = result.summary
     assert "privacy: FLAGGED" in text and "donor level skipped" in text
@@ -386,3 +390,20 @@ def test_cells_at_another_depth_are_not_indistinguishable():
         assert v["overall"]["verdict"] == verdict, (distance, v["overall"]["reason"])
     assert v["overall"]["decided_by"] == ["library_size_distance"]
     assert "library-size distance (log10) 3.000" in v["overall"]["reason"]
+
+
+def test_heldout_cells_that_are_training_cells_renamed_are_refused_before_the_metrics(
+        atlas, monkeypatch):
+    """Held-out cells that copy the real (training) cells under other names are refused from
+    their counts before any metric runs (the audit found them after every metric)."""
+    import cellsynth.evaluation as evaluation
+
+    def no_metric(*args, **kwargs):
+        raise AssertionError("a metric ran before the held-out cells were checked")
+
+    monkeypatch.setattr(evaluation, "fit_space", no_metric)
+    real, _ = atlas
+    renamed = real.copy()
+    renamed.obs_names = [f"other_{i}" for i in range(renamed.n_obs)]
+    with pytest.raises(cs.CellsynthError, match="held-out cells are identical to training"):
+        cs.evaluate(real, real[::2].copy(), label_key=LABEL, max_cells=200, heldout=renamed)

@@ -159,6 +159,12 @@ def compare(
     rc, rl = counts[evaluated], r.labels[evaluated]  # scored: never seen by the space
     fc, fl = counts[~evaluated], r.labels[~evaluated]  # the space is fitted on these
     sc = _columns(s, genes, "the synthetic data")
+    hc = None
+    if h is not None:  # held-out copies of training cells under other names: refused now
+        from ..metrics.privacy_dcr import heldout_overlap
+
+        hc = _columns(h, genes, "the held-out data")
+        heldout_overlap(counts, hc)
     logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
                 "other real cells (of %d real; stratified subsamples of at most %d)",
                 len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
@@ -195,8 +201,7 @@ def compare(
         result.update(heldout=h.source, donor_key=donor_key)
     type_counts = _type_counts(rl, s.labels, picked)
     extras = _extras(space, evaluated, r, h, (rc, rl), (fc, fl), (sc, s.labels), genes, seed,
-                     _columns(h, genes, "the held-out data") if h is not None else None,
-                     donor_key)
+                     hc, donor_key)
     v = fidelity_verdict(fid, floor, genes=extras["genes"] if "overall" in extras["genes"] else None,
                 typewise=extras["typewise"], type_counts=type_counts, memorisation=memo)
     table = per_type_table(fid, floor, verdicts=v, genes=extras["genes"],
@@ -262,7 +267,8 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         out["privacy"] = average_audits([privacy_audit(
             *embedded, seed=derive_seed(seed, "privacy" if r == 0 else f"privacy-{r}"),
             train_donors=donors, heldout_donors=h.donors, donor_pool=pool, train_counts=rc,
-            heldout_counts=heldout_counts, synthetic_counts=sc, log=False, population=r == 0,
+            heldout_counts=heldout_counts, synthetic_counts=sc, copy_refs=fc, log=False,
+            population=r == 0,
             redraw=None if isinstance(redraw, dict) else redraw)
             for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip
         out["privacy"]["donor_key"] = donor_key  # None too: the file says none was given

@@ -80,6 +80,26 @@ def _copies(refs: sp.csr_matrix, queries: sp.csr_matrix) -> np.ndarray:
                      for k, d in zip(_row_keys(queries), detected, strict=True)], dtype=bool)
 
 
+def heldout_overlap(train_counts: sp.csr_matrix, heldout_counts: sp.csr_matrix) -> int:
+    """Held-out cells identical in counts to a training cell; a :class:`DataError` when more
+    than ``OVERLAP_SHARE`` of them are (the audit would score members as non-members), a
+    WARNING for a few. Cheap (a hash per row): run it before any metric."""
+    return _overlap_checked(int(_copies(train_counts, heldout_counts).sum()),
+                            heldout_counts.shape[0], "counts")
+
+
+def _overlap_checked(shared: int, n_checked: int, source: str) -> int:
+    if shared > OVERLAP_SHARE * n_checked:
+        raise DataError(
+            f"{shared} of {n_checked} held-out cells are identical to training cells (by "
+            f"{source}): held-out cells must not be training cells, or the audit is "
+            "meaningless (members would be scored as non-members); split the cells again so "
+            "that no cell is in both sets")
+    if shared:
+        logger.warning("privacy: %d held-out cell(s) identical to training cells", shared)
+    return shared
+
+
 def _nearest(refs: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
     """Distance from each query to its ``k``-th nearest reference point."""
     nn = NearestNeighbors(n_neighbors=k).fit(refs)
@@ -144,17 +164,10 @@ def distance_to_closest(
                         format="csr")
     if trc is not None and heldout_counts is not None:
         hoc = _counts(heldout_counts, len(ho), trc.shape[1], "heldout counts")
-        shared, n_checked, shared_source = int(_copies(trc, hoc).sum()), len(ho), "counts"
+        shared, shared_source = heldout_overlap(trc, hoc), "counts"
     else:
-        shared, n_checked, shared_source = int((d_h <= tol).sum()), len(i_h), "embedding"
-    if shared > OVERLAP_SHARE * n_checked:
-        raise DataError(
-            f"{shared} of {n_checked} held-out cells are identical to training cells (by "
-            f"{shared_source}): held-out cells must not be training cells, or the audit is "
-            "meaningless (members would be scored as non-members); split the cells again so "
-            "that no cell is in both sets")
-    if shared:
-        logger.warning("privacy: %d held-out cell(s) identical to training cells", shared)
+        shared, shared_source = _overlap_checked(int((d_h <= tol).sum()), len(i_h),
+                                                 "embedding"), "embedding"
     if trc is not None and synthetic_counts is not None:
         syc = _counts(synthetic_counts, len(sy), trc.shape[1], "synthetic counts")
         mask = _copies(trc, syc)
