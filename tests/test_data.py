@@ -92,9 +92,20 @@ def test_split_is_stratified_and_seeded():
     assert len(idx) == 10 + 10 + 3
     # a cap in all: each type keeps its share, the rarest at least one cell; sorted, seeded
     idx = stratified_subsample(labels, 30, seed=0)
-    assert [(labels[idx] == t).sum() for t in "abc"] == [20, 10, 1]
+    assert [(labels[idx] == t).sum() for t in "abc"] == [19, 10, 1]  # 30: the largest gives one
     assert (np.diff(idx) > 0).all() and (idx == stratified_subsample(labels, 30, seed=0)).all()
     assert (stratified_subsample(labels, 200, seed=0) == np.arange(len(labels))).all()
+    # "at most" holds where the rounding and the one-cell floor overshoot: 5 rare types, 4 or 9
+    rare = np.array(["big"] * 1000 + list("vwxyz"))
+    assert len(stratified_subsample(rare, 9, seed=0)) == 9
+    assert set(rare[stratified_subsample(rare, 9, seed=0)]) == {"big", *"vwxyz"}
+    assert len(stratified_subsample(rare, 4, seed=0)) == 4  # fewer than the types: at random
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        labels = rng.integers(0, rng.integers(1, 30), size=rng.integers(2, 400)).astype(str)
+        cap = int(rng.integers(1, len(labels)))
+        idx = stratified_subsample(labels, cap, seed=1)
+        assert len(idx) <= cap and len(np.unique(idx)) == len(idx)
 
 
 def test_normalise_and_variance():

@@ -101,9 +101,13 @@ def stratified_subsample(labels: np.ndarray, cap: int, *, seed: int) -> np.ndarr
     if len(labels) <= cap:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    keep = []
-    for t in np.unique(labels):
-        idx = np.flatnonzero(labels == t)
-        n = max(1, round(cap * len(idx) / len(labels)))
-        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    types, codes = np.unique(labels, return_inverse=True)
+    if cap < len(types):  # not one cell of every type: cap cells at random
+        return np.sort(rng.choice(len(labels), size=max(cap, 0), replace=False))
+    sizes = np.bincount(codes, minlength=len(types))
+    take = np.minimum(np.maximum(1, np.round(cap * sizes / len(labels)).astype(np.int64)), sizes)
+    for _ in range(int(take.sum()) - cap):  # the rounding up and the one-cell floor overshot
+        take[np.argmax(take)] -= 1
+    keep = [rng.choice(np.flatnonzero(codes == t), size=int(k), replace=False)
+            for t, k in enumerate(take)]
     return np.sort(np.concatenate(keep))
