@@ -157,3 +157,14 @@ def test_a_class_only_predicted_is_not_averaged_as_a_class_missed():
     assert r["accuracy"] == pytest.approx(0.75)
     lo, hi = r["f1_macro_interval"]
     assert lo <= r["macro"]["f1"] <= hi
+
+
+def test_one_class_scored_is_a_report_without_a_warning():
+    """One class in the truth and the predictions (TRTS of a type only one class scored) is
+    a 1 x 1 table: scikit-learn's "single label" warning does not reach the user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = classification_report(["a", "a", "a"], ["a", "a", "a"], labels=["a"])
+    assert r["confusion"] == [[3]] and r["macro"]["f1"] == 1.0

@@ -6,9 +6,11 @@ Reports are plain dicts of Python numbers (JSON-ready). Scores come from
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,22 @@ def _as_labels(y: Any) -> np.ndarray:
     return np.asarray(y).astype(str)
 
 
+def _one_class_quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` without scikit-learn's "A single label was found" warning: it is raised even
+    when ``labels=`` names that one class, whose table is then 1 x 1, as it should be (TRTS of
+    a type that only one class scored, say)."""
+
+    @functools.wraps(fn)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="A single label was found",
+                                    category=UserWarning)
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_one_class_quiet
 def classification_report(
     y_true: Sequence[str] | np.ndarray,
     y_pred: Sequence[str] | np.ndarray,
