@@ -316,11 +316,25 @@ def test_files_saved_before_decode_labels_load_as_before(fitted, tmp_path):
 @pytest.mark.parametrize(("where", "message"), [
     ({"tissue": "x"}, "no covariate 'tissue'"),
     ({"condition": "IFN"}, r"'IFN' is not a level of covariate 'condition'.*ctrl, stim"),
+    ({"condition": ["ctrl", "stim"]}, r"one level per covariate; 'condition' was given 2"),
 ])
 def test_bad_requests(fitted, where, message):
     model, _ = fitted
     with pytest.raises(DataError, match=message):
         model.sample({"type_01": 5}, where=where)
+
+
+def test_a_series_of_counts_is_a_request(fitted):
+    """`adata.obs[key].value_counts()` asks for those counts (its zero counts, unused
+    categories, left out); a table with where= names the columns to add instead."""
+    model, _ = fitted
+    counts = pd.Series(pd.Categorical(["type_01"] * 3 + ["type_02"] * 2,
+                                      categories=["type_00", "type_01", "type_02"])).value_counts()
+    syn = model.sample(counts, where={"condition": "stim"}, seed=0)
+    assert syn.obs["cell_type"].value_counts()[["type_01", "type_02"]].tolist() == [3, 2]
+    table = pd.DataFrame({"cell_type": ["type_01"], "n": [4]})
+    with pytest.raises(DataError, match=r"add the column\(s\) 'condition'"):
+        model.sample(table, where={"condition": "stim"})
 
 
 def test_bad_covariate_columns():

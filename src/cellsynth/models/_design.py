@@ -29,7 +29,7 @@ from ..data.io import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
 from ..seeds import is_whole
-from ._training import check_count, did_you_mean, known_label, whole_count
+from ._training import check_count, did_you_mean, known_label, type_counts, whole_count
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -143,13 +143,12 @@ class Design:
         if isinstance(request, list) and request and all(
                 isinstance(p, tuple) and len(p) == 3 for p in request):  # fmt: skip
             return self._checked_plan(request, labels, label_key)
-        if isinstance(request, Mapping) and not isinstance(request, dict):
-            request = dict(request)
+        request = type_counts(request)
         if where is not None and not isinstance(where, Mapping):
             raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
                             f"got {type(where).__name__} {str(where)[:60]!r}")
         if not isinstance(request, dict | pd.DataFrame):
-            shown = repr(request)
+            shown = " ".join(repr(request).split())  # one line, however it prints
             raise DataError(
                 "a request is a {type: n} dict (e.g. {'B cells': 500}) or a table with the "
                 f"columns {label_key!r}, any covariates and 'n'; got {type(request).__name__} "
@@ -234,7 +233,12 @@ class Design:
                 have = (f"it conditions on {', '.join(self.keys)}" if self.keys
                         else "it was trained without covariates")
                 raise DataError(f"the model has no covariate '{key}' ({have}): leave it out of "
-                                f"the request, or refit with --covariates {key} to ask for it")
+                                f"the request, or refit with '{key}' as a covariate (--covariates "
+                                f"{key}; covariate_keys=[...] in Python) to ask for it")
+            if isinstance(level, list | tuple | set | np.ndarray | pd.Series):
+                raise DataError(f"where= takes one level per covariate; '{key}' was given "
+                                f"{len(level)}: ask for several levels with a request table (one "
+                                "row per type and level, with its n) or one call per level")
             code = LevelLookup(self.levels[key]).code(level)
             if code < 0:
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
@@ -279,8 +283,9 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
     """``(type, {covariate: level}, n)`` rows of a dict request with ``where``, or of a table."""
     if isinstance(request, pd.DataFrame):
         if where:
-            raise DataError("give the covariate levels as columns of the request table, not "
-                            "also as where=")
+            raise DataError("a request table takes its covariate levels from its columns, not "
+                            f"from where=: add the column(s) {', '.join(map(repr, where))} with "
+                            "the level on each row (request[name] = level) and leave out where=")
         missing = [c for c in (label_key, "n") if c not in request.columns]
         if missing:
             raise DataError(f"the request table needs the columns {label_key!r} and 'n'; "

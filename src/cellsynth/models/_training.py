@@ -10,12 +10,13 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -307,9 +308,21 @@ def check_count(label: Any, n: Any) -> None:
                         f"hold ({MAX_REQUEST:,}); ask for fewer cells")
 
 
+def type_counts(request: Any) -> Any:
+    """A ``{type: n}`` request given as a pandas Series (``adata.obs[key].value_counts()``) or
+    another mapping, as a dict; a Series' zero counts are left out (``value_counts`` lists a
+    category no cell has with 0). Anything else as it is."""
+    if isinstance(request, pd.Series):
+        return {k: v for k, v in request.items() if not (is_whole(whole_count(v)) and v == 0)}
+    if isinstance(request, Mapping) and not isinstance(request, dict):
+        return dict(request)
+    return request
+
+
 def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str, int]:
     """The request with each type as the model names it (:func:`known_label`); a
     :class:`DataError` for an empty request, an unknown type or a count that is not >= 1."""
+    counts_per_type = type_counts(counts_per_type)
     if not labels:  # a generator that knows no type has not been fitted
         raise NotTrainedError("this model has not been fitted, so it cannot generate: call "
                               "fit(adata, label_key) first, or load a fitted one")
