@@ -90,7 +90,7 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
         dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
         raise DataError(
             f"{name} has duplicate cell names (e.g. {dup}); make them unique with "
-            "adata.obs_names_make_unique() and write the file again"
+            "adata.obs_names_make_unique() (then write the file again, for a file)"
         )
     check_gene_names(adata.var_names, name)
 
@@ -140,7 +140,7 @@ def check_gene_names(genes: Any, name: str = "the data") -> None:
         dup = genes[genes.duplicated()][:3].tolist()
         raise DataError(
             f"{name} has duplicate gene names (e.g. {dup}); make them unique with "
-            "adata.var_names_make_unique() and write the file again"
+            "adata.var_names_make_unique() (then write the file again, for a file)"
         )
 
 

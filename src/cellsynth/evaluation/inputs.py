@@ -87,7 +87,7 @@ def _check_columns(data: Any, label_key: str, donor_key: str | None, what: str,
     if donor_key is not None and donor_key not in data.obs.columns:
         cols = ", ".join(map(str, data.obs.columns)) or "(none)"
         raise DataError(f"{what} ({source}): donor column '{donor_key}' not in obs; columns "
-                        f"are: {cols}; give --donor-key one of them, or leave it out")
+                        f"are: {cols}; give donor_key (--donor-key) one of them, or leave it out")
 
 
 def _donors(obs: pd.DataFrame, donor_key: str | None, rows: np.ndarray) -> np.ndarray | None:
@@ -296,7 +296,7 @@ def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None
     if len(unknown) == len(syn_types):
         raise DataError(f"no synthetic cell type is a real one: every one of them has no real "
                         f"type of that name in obs['{label_key}'] ({', '.join(hints)}"
-                        f"{' ...' if len(unknown) > 8 else ''}); give the same --label-key and "
+                        f"{' ...' if len(unknown) > 8 else ''}); give the same label column (label_key=, --label-key) and "
                         f"type names on both sides (real types: {sorted(real_types)[:8]})")
     logger.warning("%d of the %s (%.0f%% of the synthetic cells): not scored", len(unknown),
                    what, 100 * share)

@@ -201,7 +201,7 @@ def membership_attacks(
     out: dict[str, Any] = {name: _auc(*s) for name, s in scores.items()}
     out.update(reference_split=split, k=k, donor_level=None, donor_skipped=None)
     if td is None or hd is None:
-        out["donor_skipped"] = "no donor labels given (train_donors and heldout_donors)"
+        out["donor_skipped"] = "no donor column given (donor_key=, --donor-key)"
     else:
         out["donor_level"], out["donor_skipped"] = _donor_level(scores, td[i_m], hd[i_n])
     return out
@@ -255,7 +255,7 @@ def _donor_sides(train: Any, heldout: Any, train_donors: Any, heldout_donors: An
     held-out donor is new, so one pass gives both levels.
     """
     if train_donors is None or heldout_donors is None:
-        return None, None, "no donor labels given (train_donors and heldout_donors)", False
+        return None, None, "no donor column given (donor_key=, --donor-key)", False
     n_train = train.shape[0] if hasattr(train, "shape") else len(train)
     n_heldout = heldout.shape[0] if hasattr(heldout, "shape") else len(heldout)
     td = _labels(train_donors, n_train, "train_donors")
