@@ -7,6 +7,7 @@ No test here runs the pipeline: ``cellsynth run`` is checked up to the call of
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tomllib
 import types
@@ -204,6 +205,15 @@ def test_fit_records_the_seed_and_data_it_used_and_refuses_two_seeds(kang_path, 
     assert fit("c", "--seed", "3", "--set", "seed=4") == 2
     assert "the seed is given twice: --seed 3 and seed = 4" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    # the generator of --set or --config when --model is not given; two different: refused
+    assert cli.main(["fit", str(kang_path), "--label-key", "cell_type", "--set",
+                     "generator.model='nb'", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert used("d")["generator"]["model"] == "nb"
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["model"] == "nb"
+    assert cli.main(["fit", str(kang_path), "--label-key", "cell_type", "--model", "cvae",
+                     "--set", "generator.model='nb'", "--out", str(tmp_path / "e")]) == 2
+    assert "the generator is given twice: --model cvae and generator.model = nb" in (
+        capsys.readouterr().err)
 
 
 def test_an_interrupt_lost_where_python_cannot_raise_it_is_raised_again(monkeypatch):

@@ -184,6 +184,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .pipeline import fit_model
 
     _setup_logging(args.quiet)
+    given = config.load(args.config, list(args.set)).generator.model  # --config, --set
+    if args.model is None:
+        args.model = given
+    elif (given != config.GeneratorConfig().model
+          and config.canonical_model(given) != config.canonical_model(args.model)):
+        raise CellsynthError(f"the generator is given twice: --model {args.model} and "
+                             f"generator.model = {given} (--set or --config); give one")
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
     section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
@@ -418,9 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data", metavar="DATA.h5ad", help="labelled atlas of raw counts")
     f.add_argument("--label-key", required=True, metavar="KEY",
                    help="obs column with the cell type")
-    f.add_argument("--model", default="cvae",
+    f.add_argument("--model", default=None,
                    help="generator: cvae, nb, reference (the reference project's CVAE; "
-                        "'seed' is its old name) or scvi")
+                        "'seed' is its old name) or scvi (default: generator.model of "
+                        "--config or --set, else cvae)")
     f.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
     f.add_argument("--config", metavar="FILE",
                    help="TOML config for the model's settings, e.g. its [cvae] section "
