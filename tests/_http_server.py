@@ -1,8 +1,9 @@
 """A threaded HTTP server on 127.0.0.1 that serves bytes from memory, for download tests.
 
-Supports ``Range: bytes=N-`` (206, or 416 past the end) and three faults: close the
-connection after ``cut_after`` body bytes while announcing the full length (once), ignore
-Range requests (answer 200), and answer 404 to everything.
+Supports ``Range: bytes=N-`` (206, or 416 past the end) and four faults: close the
+connection after ``cut_after`` body bytes while announcing the full length (once), announce
+no length at all (``no_length``), ignore Range requests (answer 200), and answer 404 to
+everything.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class ServerState:
     data: bytes
     cut_after: int | None = None  # close after this many body bytes, for the next response only
     ignore_range: bool = False
+    no_length: bool = False  # send no Content-Length (nor Content-Range total)
     not_found: bool = False
     requests: list[dict[str, str]] = field(default_factory=list)  # headers of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,11 +54,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+            self.send_header("Content-Range", f"bytes {start}-{total - 1}/"
+                             f"{'*' if state.no_length else total}")
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not state.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if cut is not None:
             body = body[:cut]

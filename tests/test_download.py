@@ -15,14 +15,28 @@ from cellsynth.data.download import DEFAULT_BASE_URL, download, download_url, ex
 from cellsynth.errors import CellsynthError, DownloadError
 
 ACC = "E-TEST-1"
-SIZE = 3 * 1024 * 1024
 FAST = {"timeout": 5.0, "chunk_size": 1 << 16}
+
+
+def _hdf5(n_bytes: int) -> bytes:
+    """A whole HDF5 file of about ``n_bytes`` (a download is opened before it is kept)."""
+    import io
+
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["x"] = np.frombuffer(np.random.default_rng(0).bytes(n_bytes), dtype=np.uint8)
+    return buf.getvalue()
+
+
+PAYLOAD = _hdf5(3 * 1024 * 1024)
+SIZE = len(PAYLOAD)
 
 
 @pytest.fixture(scope="module")
 def payload() -> bytes:
-    # an HDF5 signature (a download that is not HDF5 is refused), then random bytes
-    return b"\x89HDF\r\n\x1a\n" + np.random.default_rng(0).bytes(SIZE - 8)
+    return PAYLOAD
 
 
 @pytest.fixture
@@ -135,12 +149,17 @@ def test_connection_refused(tmp_path: Path) -> None:
 
 def test_existing_file_not_fetched(server, tmp_path: Path, caplog) -> None:
     state, base = server
-    _dest(tmp_path).write_bytes(b"cached")
+    cached = _hdf5(1000)
+    _dest(tmp_path).write_bytes(cached)
     with caplog.at_level(logging.INFO, logger="cellsynth.data.download"):
         path = download(ACC, tmp_path, base_url=base, **FAST)
-    assert path.read_bytes() == b"cached"
+    assert path.read_bytes() == cached
     assert state.requests == []
     assert "cached" in caplog.text
+    _dest(tmp_path).write_bytes(b"cached")  # not an h5ad: said, with the way to replace it
+    with pytest.raises(DownloadError, match="not a readable h5ad.*--force"):
+        download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.requests == []
 
 
 @pytest.mark.parametrize("bad", ["", "E ANND 5", "../E-ANND-5", "E-ANND-5/x", "E_ANND_5", "ANND"])
@@ -148,3 +167,22 @@ def test_bad_accession(bad: str, tmp_path: Path) -> None:
     with pytest.raises(CellsynthError, match="invalid accession"):
         download(bad, tmp_path, base_url="http://127.0.0.1:9", **FAST)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_transfer_without_a_size_that_stops_early_is_not_kept(server, payload: bytes,
+                                                                tmp_path: Path) -> None:
+    """A server that announces no size and closes half way: the bytes received are not taken
+    for the file (HDF5 cannot open them); the part is kept, and the same command resumes it.
+    A cached file cut short the same way is resumed too, not returned."""
+    state, base = server
+    state.no_length, state.cut_after = True, 1_000_000
+    with pytest.raises(DownloadError, match="ended after 1000000 bytes, but the file is not "
+                                            "complete.*resumes it"):
+        download(ACC, tmp_path, base_url=base, **FAST)
+    assert not _dest(tmp_path).exists()
+    path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert path.read_bytes() == payload and state.ranges[-1] == "bytes=1000000-"
+    path.write_bytes(payload[:2_000_000])  # a cached file cut short
+    assert download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == payload
+    assert state.ranges[-1] == "bytes=2000000-"
+

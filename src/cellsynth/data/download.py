@@ -103,8 +103,15 @@ def download(
     url = expression_atlas_url(accession, base_url)
     dest = Path(cache_dir).expanduser() / url.rsplit("/", 1)[1]
     if dest.is_file() and not force:
-        logger.info("using cached %s; pass force=True to download again", dest)
-        return dest
+        damage = unreadable(dest)
+        if damage is None:
+            logger.info("using cached %s; pass force=True to download again", dest)
+            return dest
+        if "truncated" not in damage:
+            raise DownloadError(f"the cached {dest} is not a readable h5ad ({damage}); "
+                                "download it again with --force (force=True)")
+        logger.warning("the cached %s is incomplete (%s): resuming its download", dest, damage)
+        os.replace(dest, _part_path(dest))
     if force:
         _part_path(dest).unlink(missing_ok=True)
     return download_url(url, dest, timeout=timeout, chunk_size=chunk_size)
@@ -287,6 +294,28 @@ def _finish(part: Path, dest: Path) -> Path:
         part.unlink(missing_ok=True)
         raise DownloadError(f"the server sent {what}, not an HDF5 (.h5ad) file; nothing was saved "
                             f"as {dest}: check the accession and the base URL, or {_BY_HAND}")
+    damage = unreadable(part) if dest.suffix in (".h5ad", ".h5", ".hdf5") else None
+    if damage is not None and "truncated" in damage:  # a server that announced no size
+        raise DownloadError(f"the transfer ended after {part.stat().st_size} bytes, but the file "
+                            f"is not complete ({damage}); {part} is kept and running the same "
+                            "command again resumes it")
+    if damage is not None:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"the server sent a damaged HDF5 file ({damage}); nothing was saved "
+                            f"as {dest}: run the same command again, or {_BY_HAND}")
     os.replace(part, dest)
     logger.info("saved %s (%d bytes)", dest, dest.stat().st_size)
     return dest
+
+
+def unreadable(path: Path) -> str | None:
+    """Why HDF5 cannot open ``path`` (a truncated file: "truncated file: eof = ...,
+    stored_eof = ..."), or None when it opens: a download that stopped early without a
+    size to check it against is caught here, before it is taken for the data."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return None
+    except OSError as exc:
+        return " ".join(str(exc).split())[:300]
