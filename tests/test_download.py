@@ -157,7 +157,7 @@ def test_existing_file_not_fetched(server, tmp_path: Path, caplog) -> None:
     assert state.requests == []
     assert "cached" in caplog.text
     _dest(tmp_path).write_bytes(b"cached")  # not an h5ad: said, with the way to replace it
-    with pytest.raises(DownloadError, match="not a readable h5ad.*--force"):
+    with pytest.raises(DownloadError, match=r"not a readable h5ad.*--force"):
         download(ACC, tmp_path, base_url=base, **FAST)
     assert state.requests == []
 
@@ -176,8 +176,8 @@ def test_a_transfer_without_a_size_that_stops_early_is_not_kept(server, payload:
     A cached file cut short the same way is resumed too, not returned."""
     state, base = server
     state.no_length, state.cut_after = True, 1_000_000
-    with pytest.raises(DownloadError, match="ended after 1000000 bytes, but the file is not "
-                                            "complete.*resumes it"):
+    with pytest.raises(DownloadError, match=r"ended after 1000000 bytes, but the file is not "
+                                            r"complete.*resumes it"):
         download(ACC, tmp_path, base_url=base, **FAST)
     assert not _dest(tmp_path).exists()
     path = download(ACC, tmp_path, base_url=base, **FAST)
