@@ -50,12 +50,15 @@ def test_round_trip(tmp_path):
         ("features.n_components=ten", "features.n_components must be int"),
         ("features.n_components=2.5", "must be int"),
         ("classifier.device='gpu'", "must be one of"),
-        ("features.scale=1", "must be bool"),
+        ("features.scale=1", "must be true or false, got 1"),
+        ("features.scale=True", r"got \"True\" \(str\) \(TOML writes true and false unquoted"),
+        ("cvae.covariates=[donor]", r"a list of words quotes each one"),
+        ("dataset.label_key=1", r"text is quoted in TOML; on the command line --set 'dataset"),
         ("split.train=0.9", "sum to 1"),
         ("seed_vae.batch_size=0", r"seed_vae.batch_size must be at least 1, got 0"),
         ("seed_vae.n_hidden=3", "must be a list"),
         ("seed", "section.key=value"),
-        ("cvae.max_epochs=three", "cvae.max_epochs must be int or 'auto', got 'three'"),
+        ("cvae.max_epochs=three", 'cvae.max_epochs must be int or "auto", got "three"'),
     ],
 )
 def test_bad_config_is_one_clear_line(override, fragment):
@@ -71,6 +74,9 @@ def test_missing_and_invalid_file(tmp_path):
     bad.write_text("[features\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad)
+    bom = tmp_path / "bom.toml"  # as Windows Notepad saves it, with CRLF line ends
+    bom.write_bytes("\ufeff[cvae]\r\nn_latent = 12\r\n".encode())
+    assert config.load(bom).cvae.n_latent == 12
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in EXAMPLES.glob("*.toml")))

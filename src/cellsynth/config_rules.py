@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -142,8 +143,33 @@ def type_name(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(type_name(a) for a in get_args(tp))
     if origin is Literal:
-        return " or ".join(map(repr, get_args(tp)))
+        return " or ".join(map(toml_value, get_args(tp)))
+    if tp is bool:
+        return "true or false"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``"auto"``, ``3``): how a message shows a
+    choice or what it got, so that it can be copied into a config file or ``--set``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _quoting(key: str, value: Any, tp: Any) -> str:
+    """How to write ``value`` for a setting of type ``tp`` in TOML, where a common slip shows:
+    ``True`` for ``true``, a list of unquoted words, a number or date meant as text."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return " (TOML writes true and false unquoted and in lower case)"
+    if get_origin(tp) in (list, tuple) and isinstance(value, str) and value.lstrip()[:1] == "[":
+        return (f" (a list of words quotes each one: [\"a\", \"b\"]; on the command line "
+                f"--set '{key}=[\"a\", \"b\"]')")
+    if tp is str and not isinstance(value, str):
+        return f" (text is quoted in TOML; on the command line --set '{key}=\"...\"')"
+    return ""
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -154,11 +180,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         for a in allowed:
             if value == a and type(value) is type(a):
                 return a
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}; {fix_hint(key)}")
+        raise ConfigError(f"{key} must be one of {', '.join(map(toml_value, allowed))}, got "
+                          f"{toml_value(value)}{_quoting(key, value, tp)}; {fix_hint(key)}")
     if origin in (list, tuple):
         (item_tp,) = get_args(tp)[:1]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}; {fix_hint(key)}")
+            raise ConfigError(f"{key} must be a list, got {toml_value(value)}"
+                              f"{_quoting(key, value, tp)}; {fix_hint(key)}")
         return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (types.UnionType, typing.Union):
         for arg in get_args(tp):
@@ -166,7 +194,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key} must be {type_name(tp)}, got {value!r}; {fix_hint(key)}")
+        raise ConfigError(f"{key} must be {type_name(tp)}, got {toml_value(value)}"
+                          f"{_quoting(key, value, tp)}; {fix_hint(key)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -183,6 +212,5 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - a field type this module does not know
         raise TypeError(f"unsupported config type {tp} for {key}")
-    raise ConfigError(
-        f"{key} must be {type_name(tp)}, got {value!r} ({type(value).__name__}); {fix_hint(key)}"
-    )
+    raise ConfigError(f"{key} must be {type_name(tp)}, got {toml_value(value)} "
+                      f"({type(value).__name__}){_quoting(key, value, tp)}; {fix_hint(key)}")
