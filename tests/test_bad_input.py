@@ -731,3 +731,17 @@ def test_a_whole_count_written_as_a_float_is_one_count_everywhere():
     assert _parse_types("B cells=5.0,NK=2") == {"B cells": 5, "NK": 2}
     with pytest.raises(CellsynthError, match="must be an integer"):
         _parse_types("B cells=2.5")
+
+
+def test_a_name_typed_in_another_unicode_form_is_the_same_name():
+    """'naïve' with a combining diaeresis (NFD, as some keyboards and file systems write it)
+    names the type and the covariate level written composed (NFC)."""
+    import unicodedata
+
+    from cellsynth.data.levels import LevelLookup
+    from cellsynth.models._training import known_label
+
+    nfc = "T/NK, naïve"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc and known_label(nfd, ["B", nfc]) == nfc
+    assert LevelLookup(["ctrl", nfc]).code(f" {nfd} ") == 1

@@ -14,6 +14,7 @@ an atlas may keep them), as a cell type's name does.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,12 @@ def _numeric(dtype: Any) -> bool:
     return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
 
 
+def loose_name(name: Any) -> str:
+    """A name as a match by hand reads it: Unicode composed the one way (NFC: "naïve" typed
+    with a combining diaeresis is the same word) and without surrounding spaces."""
+    return unicodedata.normalize("NFC", str(name)).strip()
+
+
 class LevelLookup:
     """Requested values to the codes (positions) of a covariate's trained ``levels``.
 
@@ -78,7 +85,7 @@ class LevelLookup:
         self.levels = list(levels)
         self._by_name = {name: i for i, name in enumerate(self.levels)}
         self._by_value = _unique_keys([_number(name) for name in self.levels])
-        self._by_stripped = _unique_keys([name.strip() for name in self.levels])
+        self._by_stripped = _unique_keys([loose_name(name) for name in self.levels])
 
     def code(self, value: Any) -> int:
         """The code of the level ``value`` names, -1 where it names none."""
@@ -88,7 +95,7 @@ class LevelLookup:
         x = _number(name)
         if x is not None and x in self._by_value:
             return self._by_value[x]
-        return self._by_stripped.get(name.strip(), -1)
+        return self._by_stripped.get(loose_name(name), -1)
 
     def codes(self, names: np.ndarray) -> np.ndarray:
         """``(n,)`` int64 codes of an array of level names (:func:`level_text`)."""

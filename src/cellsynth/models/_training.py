@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
+from ..data.levels import loose_name
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..outputs import check_out_dir, save_tensors
 from ..seeds import is_whole
@@ -264,11 +265,12 @@ def encode_labels(
 
 def known_label(label: Any, labels: list[str]) -> str:
     """The model's type ``label`` names: itself, or the one type equal to it but for surrounding
-    spaces (a command line strips them; an atlas may keep them); else a :class:`DataError`
-    naming the closest types."""
+    spaces (a command line strips them; an atlas may keep them) and the Unicode form of its
+    letters (:func:`~cellsynth.data.levels.loose_name`); else a :class:`DataError` naming the
+    closest types."""
     if label in labels:
         return label
-    same = [t for t in labels if t.strip() == str(label).strip()]
+    same = [t for t in labels if loose_name(t) == loose_name(label)]
     if len(same) == 1:
         return same[0]
     raise DataError(f"unknown cell type {label!r}{did_you_mean(label, labels)}; known types: "
