@@ -396,6 +396,17 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
     cols = ["cell_type", "condition", "donor"]
     want = a.obs[cols].astype(str).value_counts().sort_index()
     assert twin.obs[cols].astype(str).value_counts().sort_index().equals(want)
+    # a type the model never saw (QC removed it before training): left out of the twin, said
+    extra = a[:7].copy()
+    extra.obs["cell_type"] = "LOW_Q_CELLS"
+    extra.obs_names = [f"lowq_{i}" for i in range(extra.n_obs)]
+    with_extra = tmp_path / "with_extra.h5ad"
+    ad.concat([a, extra]).write_h5ad(with_extra)
+    capsys.readouterr()
+    assert main(["generate", str(model), "--like", str(with_extra), "--out", str(out)]) == 0
+    assert "1 cell type(s) the model does not know, left out of the twin (7 cells" in (
+        capsys.readouterr().err)
+    assert ad.read_h5ad(out).n_obs == a.n_obs
     capsys.readouterr()
     bad = tmp_path / "bad.tsv"
     bad.write_text("cell_type\tcondition\tn\ntype_02\tctrl\tmany\n")

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import keys as K
 from ..data.io import missing_labels
-from ..data.levels import level_text
+from ..data.levels import level_text, loose_name
 from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
@@ -196,6 +197,31 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     check_file_out(path, "an h5ad of cells", generated_h5ad)
 
 
+def _known_types(ask: Any, labels: list[str], label_key: str, like: str | Path) -> Any:
+    """A ``--like`` request without the types the model does not know, said in a WARNING with
+    their cells (the types QC removed before training, say: a twin of the training atlas);
+    an error when it knows none of them."""
+    known = {loose_name(t) for t in labels}
+    table = isinstance(ask, pd.DataFrame)
+    names = ask[label_key].astype(str) if table else pd.Series(list(ask), dtype=str)
+    unknown = ~names.map(loose_name).isin(known).to_numpy()
+    if not unknown.any():
+        return ask
+    if unknown.all():
+        raise DataError(f"{like} has no cell type the model knows (its types: "
+                        f"{sorted(set(names))[:10]}; the model's: {labels[:20]}): is the label "
+                        "column the one the model was fitted on?")
+    counts = ask["n"].to_numpy() if table else np.array(list(ask.values()))
+    gone = pd.Series(counts[unknown], index=names[unknown].to_numpy()).groupby(level=0).sum()
+    logger.warning("%s has %d cell type(s) the model does not know, left out of the twin "
+                   "(%d cells; removed by QC before training, or not in its training data): %s",
+                   like, len(gone), int(gone.sum()),
+                   ", ".join(f"{t} ({n})" for t, n in gone.items()))
+    if table:
+        return ask[~unknown].reset_index(drop=True)
+    return {t: n for t, n, u in zip(ask, ask.values(), unknown, strict=True) if not u}
+
+
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
              request: str | Path | None, like: str | Path | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The request (``{type: n}`` or a table) and ``sample``'s keyword arguments."""
@@ -212,10 +238,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
                                 getattr(gen, "genes", None))
         if not design:
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
-        unknown = sorted(set(ask[label_key] if design else ask) - set(gen.labels))
-        if unknown:
-            raise DataError(f"{like} has cell types the model does not know: {unknown[:10]}; "
-                            f"known: {gen.labels[:20]}")
+        ask = _known_types(ask, gen.labels, label_key, like)
     elif request is not None:
         ask = read_request(request, label_key)
     else:
