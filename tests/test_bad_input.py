@@ -745,3 +745,29 @@ def test_a_name_typed_in_another_unicode_form_is_the_same_name():
     nfd = unicodedata.normalize("NFD", nfc)
     assert nfd != nfc and known_label(nfd, ["B", nfc]) == nfc
     assert LevelLookup(["ctrl", nfc]).code(f" {nfd} ") == 1
+
+
+def test_a_run_of_a_dozen_cells_finishes_with_what_it_can_score(tmp_path, caplog, capsys):
+    """12 cells of 2 types: the run finishes and says what it skipped (the UMAP, fidelity on
+    one test cell) instead of failing at its last stage (umap-learn's ValueError); 4 cells
+    leave no test cell, refused after QC with what to change."""
+    import logging
+
+    import cellsynth as cs
+    from cellsynth.cli import main
+    from test_pipeline import FAST
+
+    path = tmp_path / "few.h5ad"
+    cs.simulate(12, 200, 2, seed=0).write_h5ad(path)
+    args = ["run", str(path), "--label-key", "cell_type", "--quiet"]
+    for s in [*FAST, "qc.min_cells_per_type=2", "qc.min_genes_per_cell=1",
+              "qc.min_cells_per_gene=1", "cvae.max_epochs=2", "report.umap=true"]:
+        args += ["--set", s]
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert "UMAP skipped" in caplog.text and "fidelity skipped" in caplog.text
+    assert (tmp_path / "run" / "report.html").is_file()
+    cs.simulate(4, 200, 2, seed=0).write_h5ad(path)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "run4")]) == 2
+    assert "after QC the test split holds no cells" in capsys.readouterr().err

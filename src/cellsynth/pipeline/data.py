@@ -146,6 +146,14 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
             "but the data holds normalised values only; give the unnormalised file or set "
             "generator.model = 'reference'"
         )
+    n = cells.obs[K.SPLIT].astype(str).value_counts()
+    if not n.get("test", 0) or not n.get("train", 0):
+        raise DataError(
+            f"after QC the {'test' if n.get('train', 0) else 'training'} split holds no cells "
+            f"({cells.n_obs} cells: {n.get('train', 0)} train, {n.get('val', 0)} val, "
+            f"{n.get('test', 0)} test); the classifier and the generated cells are scored on "
+            "test cells: give more cells, or a larger split.test (a type gets a test cell from "
+            "about 1 / split.test cells up; see data/qc_steps.csv for what QC removed)")
     known = set(cells.labels())
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(

@@ -86,32 +86,43 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         _write_umap(ctx, z_real, z_syn, [*test.obs_names, *syn_names[iu]],
                     [*y_real, *y_syn[is_][iu]])  # fmt: skip
     if cfg.report.fidelity and has_counts and cells.has_counts:
-        from ..metrics.fidelity import fidelity_report, real_floor
-        from ..metrics.space import fit_space
+        try:
+            _fidelity(ctx, cells, test, (y_real, y_syn[is_]), syn_x, syn_obs, keys)
+        except DataError as exc:  # a few test cells: the run's other results still stand
+            logger.warning("fidelity skipped: %s", exc)
 
-        train = rows["train"]
-        sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
-                                       seed=ctx.seed("eval-space-cells"))]  # fmt: skip
-        space = fit_space(cells.counts, y[sub], list(cells.genes), rows=sub,
-                          seed=ctx.seed("eval-space"))  # fmt: skip
-        real_c = sp.csr_matrix(test.layers[K.COUNTS])
-        fid = fidelity_report(space, real_c, y_real, syn_x, y_syn[is_], seed=ctx.seed("fidelity"))
-        it = train[stratified_subsample(y[train], cap, seed=ctx.seed("eval-train"))]
-        train_cells = cells.to_memory(it)
-        train_c = sp.csr_matrix(train_cells.layers[K.COUNTS])
-        donors = _donors(ctx, cells.obs.iloc[train], train_cells.obs, test.obs)
-        result = {"real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
-                  "synthetic_vs_real": fid,
-                  **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"],
-                           donors)}
-        result.update(_judged(ctx, space, result, (real_c, y_real), (syn_x, y_syn[is_])))
-        write_json(ctx.path("metrics", "fidelity.json"), result)
-        if keys:
-            from ..metrics.effects import design_report
 
-            write_json(ctx.path("metrics", "covariates.json"), design_report(
-                space, real_c, test.obs.reset_index(drop=True), syn_x, syn_obs,
-                label_key=ctx.label_key, keys=keys, seed=ctx.seed("design")))  # fmt: skip
+def _fidelity(ctx: RunContext, cells: Cells, test: Any, labels: tuple, syn_x: Any,
+              syn_obs: pd.DataFrame, keys: list[str]) -> None:
+    """``metrics/fidelity.json`` (and ``covariates.json`` with covariates): the generated
+    cells against the test cells, beside the floor, the leaks and the verdict."""
+    from ..metrics.fidelity import fidelity_report, real_floor
+    from ..metrics.space import fit_space
+
+    cfg, cap = ctx.cfg, ctx.cfg.report.max_cells
+    (y_real, y_syn), y, train = labels, cells.labels(), cells.split_rows()["train"]
+    sub = train[balanced_subsample(y[train], cfg.features.max_cells_per_class,
+                                   seed=ctx.seed("eval-space-cells"))]  # fmt: skip
+    space = fit_space(cells.counts, y[sub], list(cells.genes), rows=sub,
+                      seed=ctx.seed("eval-space"))  # fmt: skip
+    real_c = sp.csr_matrix(test.layers[K.COUNTS])
+    fid = fidelity_report(space, real_c, y_real, syn_x, y_syn, seed=ctx.seed("fidelity"))
+    it = train[stratified_subsample(y[train], cap, seed=ctx.seed("eval-train"))]
+    train_cells = cells.to_memory(it)
+    train_c = sp.csr_matrix(train_cells.layers[K.COUNTS])
+    donors = _donors(ctx, cells.obs.iloc[train], train_cells.obs, test.obs)
+    result = {"real_vs_real": real_floor(space, real_c, y_real, seed=ctx.seed("floor")),
+              "synthetic_vs_real": fid,
+              **_leaks(ctx, space, train_c, y[it], real_c, syn_x, fid["overall"],
+                       donors)}
+    result.update(_judged(ctx, space, result, (real_c, y_real), (syn_x, y_syn)))
+    write_json(ctx.path("metrics", "fidelity.json"), result)
+    if keys:
+        from ..metrics.effects import design_report
+
+        write_json(ctx.path("metrics", "covariates.json"), design_report(
+            space, real_c, test.obs.reset_index(drop=True), syn_x, syn_obs,
+            label_key=ctx.label_key, keys=keys, seed=ctx.seed("design")))  # fmt: skip
 
 
 def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, syn: tuple
@@ -202,14 +213,27 @@ def _as_many_as_real(y_syn: np.ndarray, y_real: np.ndarray, *, seed: int) -> np.
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
+#: fewer cells (real and generated together) than this get no UMAP
+MIN_UMAP_CELLS = 20
+
+
 def _write_umap(ctx: RunContext, z_real: np.ndarray, z_syn: np.ndarray, cells: list,
                 labels: list) -> None:  # fmt: skip
     """``features/umap.csv``: one UMAP of real then generated cells (their PCA features; at
     most as many generated as real cells of each type, :func:`_as_many_as_real`)."""
     import umap  # umap-learn, a scanpy dependency; imported here as it is slow to import
 
-    emb = umap.UMAP(random_state=ctx.seed("umap") % 2**31, n_jobs=1  # seeded: one thread
-                    ).fit_transform(np.vstack([z_real, z_syn]))  # fmt: skip
+    z = np.vstack([z_real, z_syn])
+    if len(z) < MIN_UMAP_CELLS:
+        logger.warning("UMAP skipped: %d cells to embed, a UMAP needs %d", len(z),
+                       MIN_UMAP_CELLS)  # fmt: skip
+        return
+    try:
+        emb = umap.UMAP(n_neighbors=min(15, len(z) - 1), n_jobs=1,  # seeded: one thread
+                        random_state=ctx.seed("umap") % 2**31).fit_transform(z)  # fmt: skip
+    except ValueError as exc:  # a few cells apart from the rest leave umap-learn no graph
+        logger.warning("UMAP skipped: umap-learn could not embed %d cells (%s)", len(z), exc)
+        return
     pd.DataFrame({
         "cell": cells,
         "origin": ["real"] * len(z_real) + ["synthetic"] * len(z_syn),
