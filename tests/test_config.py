@@ -222,3 +222,20 @@ def test_every_config_error_says_the_fix_as_the_caller_sets_it(override):
     assert "--set" not in str(info.value)
     with pytest.raises(ConfigError, match=r"with --set"):  # the block's hint ends with it
         config.load(None, [override])
+
+
+def test_a_relative_data_path_beside_the_config_file_is_found(tmp_path, monkeypatch):
+    """A config kept with its data and run from another folder: a relative dataset.path that
+    is not in the current folder but is beside the config file is that file; one in the
+    current folder is still read from there (the presets' paths are from the repository)."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "data.h5ad").write_bytes(b"")
+    cfg_file = tmp_path / "proj" / "run.toml"
+    cfg_file.write_text('[dataset]\npath = "data.h5ad"\nlabel_key = "cell_type"\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg, _ = config_sources.resolve(config_path=cfg_file)
+    assert cfg.dataset.path == str((tmp_path / "proj" / "data.h5ad").resolve())
+    (tmp_path / "elsewhere" / "data.h5ad").write_bytes(b"")
+    assert config_sources.resolve(config_path=cfg_file)[0].dataset.path == "data.h5ad"
+

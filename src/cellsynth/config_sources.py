@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from typing import Any, Literal, get_args, get_origin
 from .config import MODEL_ALIASES, RunConfig, apply_overrides, read_toml, run_config
 from .config_rules import type_name
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -146,4 +149,20 @@ def resolve(data: str | None = None, label_key: str | None = None,
                     raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
             node[key] = value
             sources[dotted] = source
+    if config_path is not None and sources.get("dataset.path") == f"config {config_path}":
+        _from_config_folder(merged, Path(config_path))
     return run_config(merged), sources  # an unknown key has raised: sources names settings only
+
+
+def _from_config_folder(merged: dict[str, Any], config_path: Path) -> None:
+    """A relative ``dataset.path`` of a config file is read from the current folder; where no
+    file is there but one is beside the config file, that one (a config kept with its data
+    and run from elsewhere), logged."""
+    given = merged.get("dataset", {}).get("path")
+    if not isinstance(given, str) or not given or Path(given).expanduser().is_absolute():
+        return
+    beside = (config_path.parent / given).resolve()
+    if not Path(given).exists() and beside.exists():
+        logger.info("dataset.path %s: not in the current folder; using %s, beside the config "
+                    "file", given, beside)
+        merged["dataset"]["path"] = str(beside)

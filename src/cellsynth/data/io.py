@@ -68,7 +68,9 @@ def check_file(path: str | Path) -> Path:
         raise DataError(f"{path} is a directory; give the path of an .h5ad file in it "
                         "(dataset.path)")
     if not path.is_file():
-        raise DataError(f"{path} does not exist; give the path of an .h5ad file (dataset.path)")
+        where = "" if path.is_absolute() else f" (a relative path, read from {Path.cwd()})"
+        raise DataError(f"{path} does not exist{where}; give the path of an .h5ad file "
+                        "(dataset.path)")
     if not h5py.is_hdf5(path):
         if path.suffix in (".gz", ".bz2", ".xz", ".zip"):
             raise DataError(f"{path} is compressed ({path.suffix}); uncompress it first (e.g. "
