@@ -235,3 +235,16 @@ def test_an_interrupt_lost_where_python_cannot_raise_it_is_raised_again(monkeypa
             time.sleep(0.01)
     assert lost == 1 and time.time() < deadline
     time.sleep(0.6)  # the command has ended: nothing is raised any more (it would be here)
+
+
+def test_errors_name_the_options_of_the_command_given(tmp_path, capsys):
+    """A path error names the option that gave the path (--cache-dir of download, not --out
+    or --config, which it does not have); simulate's chunk size is --chunk-size."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert cli.main(["download", "E-TEST-1", "--cache-dir", str(afile), "--base-url",
+                     "http://127.0.0.1:9"]) == 2
+    assert "File exists; check --cache-dir" in capsys.readouterr().err
+    assert cli.main(["simulate", "--cells", "10", "--out", str(tmp_path / "s.h5ad"),
+                     "--chunk-size", "0"]) == 2
+    assert "--chunk-size must be at least 1" in capsys.readouterr().err

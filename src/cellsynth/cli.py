@@ -138,6 +138,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .data.simulate import write_atlas
 
     _setup_logging(args.quiet)
+    if args.chunk_size < 1:
+        raise CellsynthError(f"--chunk-size must be at least 1 cell, got {args.chunk_size}")
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
                        label_key=args.label_key, chunk_size=args.chunk_size,
                        n_donors=args.donors, n_conditions=args.conditions)
@@ -618,6 +620,18 @@ def _terminations() -> Iterator[None]:
                 signal.signal(getattr(signal, n), previous)
 
 
+def _path_options(args: argparse.Namespace, filename: Any) -> str:
+    """The options of this command whose path holds ``filename`` (``--cache-dir``), or the
+    command's path options, to name in an error about that file."""
+    paths = {k: v for k, v in vars(args).items()
+             if isinstance(v, str | Path) and k not in ("func", "command") and v}
+    name = str(filename)
+    hit = [k for k, v in paths.items()
+           if name == str(v) or name.startswith(str(v).rstrip("/") + "/")]
+    shown = [("the data" if k == "data" else "--" + k.replace("_", "-")) for k in hit or paths]
+    return ", ".join(shown) if shown else "the paths given"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
@@ -640,8 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
                       FileExistsError | FileNotFoundError) and exc.filename:  # a path given
-            print(f"cellsynth: error: {exc.filename}: {exc.strerror}; check the paths given "
-                  "(--out, the data, --config)", file=sys.stderr)
+            print(f"cellsynth: error: {exc.filename}: {exc.strerror}; check "
+                  f"{_path_options(args, exc.filename)}", file=sys.stderr)
             return 2
         raise
     except _Terminated as exc:
