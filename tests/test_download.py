@@ -96,7 +96,7 @@ def test_server_ignoring_range_restarts(server, payload: bytes, tmp_path: Path, 
     state, base = server
     state.ignore_range = True
     part = _dest(tmp_path).with_suffix(".h5ad.part")
-    part.write_bytes(b"\x00" * 500_000)  # wrong bytes: a restart must drop them
+    part.write_bytes(payload[:8] + b"\x00" * 499_992)  # wrong bytes: a restart must drop them
     with caplog.at_level(logging.WARNING, logger="cellsynth.data.download"):
         path = download(ACC, tmp_path, base_url=base, **FAST)
     assert state.ranges == ["bytes=500000-"]
@@ -185,4 +185,17 @@ def test_a_transfer_without_a_size_that_stops_early_is_not_kept(server, payload:
     path.write_bytes(payload[:2_000_000])  # a cached file cut short
     assert download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == payload
     assert state.ranges[-1] == "bytes=2000000-"
+
+
+def test_a_partial_download_that_is_not_hdf5_starts_again(server, payload: bytes,
+                                                          tmp_path: Path, caplog) -> None:
+    """A leftover .part that does not start as HDF5 (another file, an HTML page) is not
+    resumed, which would end in blaming the server: the download starts from zero."""
+    state, base = server
+    part = _dest(tmp_path).with_suffix(".h5ad.part")
+    part.write_bytes(b"<html>an error page</html>" * 10)
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data.download"):
+        path = download(ACC, tmp_path, base_url=base, **FAST)
+    assert state.ranges == [None] and path.read_bytes() == payload
+    assert "does not start as an HDF5 file (an HTML page): starting again" in caplog.text
 

@@ -155,6 +155,11 @@ def download_url(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
+    if (part.is_file() and part.stat().st_size >= len(HDF5_SIGNATURE) and
+            dest.suffix in (".h5ad", ".h5", ".hdf5") and not is_hdf5(part)):  # fmt: skip
+        logger.warning("the partial download %s does not start as an HDF5 file (%s): starting "
+                       "again from zero", part, describe(part))
+        part.unlink()
     for _attempt in range(2):  # a second attempt only after discarding an unusable .part
         offset = part.stat().st_size if part.is_file() else 0
         headers = {"User-Agent": _USER_AGENT}
@@ -231,7 +236,10 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
         desc=dest.name,
     ) as bar:
         try:
-            while chunk := response.read(chunk_size):
+            # read1: what has arrived, up to a chunk (read() waits for a whole chunk, so a
+            # transfer stalled or cut mid-chunk lost what it had received)
+            read = getattr(response, "read1", response.read)
+            while chunk := read(chunk_size):
                 fh.write(chunk)
                 written += len(chunk)
                 bar.update(len(chunk))
