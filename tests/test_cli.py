@@ -248,3 +248,15 @@ def test_errors_name_the_options_of_the_command_given(tmp_path, capsys):
     assert cli.main(["simulate", "--cells", "10", "--out", str(tmp_path / "s.h5ad"),
                      "--chunk-size", "0"]) == 2
     assert "--chunk-size must be at least 1" in capsys.readouterr().err
+
+
+def test_a_folder_given_for_a_file_is_called_a_folder(tmp_path, capsys):
+    """--config and --request given a folder say so (they said "does not exist")."""
+    assert cli.main(["config", "show", "--config", str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a folder" in capsys.readouterr().err
+    from cellsynth.errors import DataError
+    from cellsynth.pipeline.generate import read_request
+
+    with pytest.raises(DataError, match="is a folder; give the request file in it"):
+        read_request(tmp_path, "cell_type")
+

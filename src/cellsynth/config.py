@@ -444,7 +444,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """The nested dict of a TOML config file, or a :class:`ConfigError` saying what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; give an existing --config path")
+        raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else
+                          "does not exist") + "; give an existing --config file")
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM (Windows editors) is no error
     except UnicodeDecodeError as exc:

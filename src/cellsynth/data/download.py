@@ -153,6 +153,9 @@ def download_url(
         before the announced size (the ``.part`` file is kept so that a rerun resumes it).
     """
     dest = Path(dest)
+    if dest.is_dir():
+        raise DownloadError(f"{dest} is a folder, where the download would be saved: move it "
+                            "away or download into another folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     if (part.is_file() and part.stat().st_size >= len(HDF5_SIGNATURE) and

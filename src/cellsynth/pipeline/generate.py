@@ -41,7 +41,8 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     and ``n``, one row per combination; a malformed row is named by its line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"request file {path} does not exist")
+        raise DataError(f"request file {path} " + ("is a folder; give the request file in it"
+                        if path.is_dir() else "does not exist"))
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     header, rows = _table_rows(path, sep)
     for col in (label_key, "n"):
