@@ -771,3 +771,34 @@ def test_a_run_of_a_dozen_cells_finishes_with_what_it_can_score(tmp_path, caplog
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "run4")]) == 2
     assert "after QC the test split holds no cells" in capsys.readouterr().err
+
+
+def test_a_run_checks_its_covariate_columns_before_qc(tmp_path, capsys, caplog):
+    """A covariate column that is not there, or a number of many values, stops a run before
+    QC (it was found after the classifier had trained); a covariate setting of another
+    generator than the one run is said not to be used."""
+    import logging
+
+    import cellsynth as cs
+    from cellsynth.cli import main
+    from test_pipeline import FAST
+
+    a = cs.simulate(300, 150, 3, seed=0)
+    a.obs["age"] = np.random.default_rng(0).normal(size=a.n_obs)
+    path = tmp_path / "a.h5ad"
+    a.write_h5ad(path)
+    base = ["run", str(path), "--label-key", "cell_type", "--quiet", "--out"]
+    for cov, message in ((["nope"], "covariate column 'nope' not in obs"),
+                         (["age"], "covariate 'age' is numeric with 300 distinct values")):
+        out = tmp_path / cov[0]
+        assert main([*base, str(out), "--set", f"cvae.covariates={json.dumps(cov)}"]) == 2
+        assert message in capsys.readouterr().err
+        stages = json.loads((out / "manifest.json").read_text())["stages"]
+        assert stages["data"]["status"] == "failed" and "classifier" not in stages
+    args = [*base, str(tmp_path / "nb"), "--set", 'cvae.covariates=["age"]', "--set",
+            "generator.model='nb'", "--set", "qc.min_genes_per_cell=20"]
+    for s in FAST:
+        args += ["--set", s]
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert main(args) == 0
+    assert "cvae.covariates = ['age'] is not used: generator.model = nb" in caplog.text

@@ -1,5 +1,6 @@
 """Generators of synthetic cells: user-facing models on top of the pure torch modules."""
 
+from ._design import check_columns as check_covariate_columns
 from .cvae import CVAE
 from .nb import NegBinBaseline
 from .registry import GENERATORS, get_generator, load_generator, make_generator
@@ -14,6 +15,7 @@ __all__ = [
     "ScviGenerator",
     "SeedCVAE",
     "SeedGenerator",
+    "check_covariate_columns",
     "get_generator",
     "load_generator",
     "make_generator",

@@ -66,15 +66,10 @@ class Design:
         cells training reads (checked for missing values). ``(Design(), None)`` without keys."""
         if not keys:
             return cls(), None
-        if len(set(keys)) != len(keys) or label_key in keys:
-            raise DataError(f"covariates {keys} must be distinct columns other than the label "
-                            f"column '{label_key}'")
-        if "n" in keys:  # a request table's column of cell counts
-            raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
-                            "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
+        check_columns(obs, keys, label_key)
         levels = {}
         for key in keys:
-            col = _column(obs, key)
+            col = obs[key]
             missing = int(col.iloc[used].isna().sum())
             if missing:
                 n_all = int(col.isna().sum())
@@ -85,11 +80,7 @@ class Design:
                     ".astype(str)) or drop those cells")
             missing_as_text(col.iloc[used], key, "covariate level", "'unknown'")
             values = col.iloc[train]
-            if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
-                raise DataError(
-                    f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
-                    f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
-                    f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
+            _not_a_number(values, key)
             levels[key] = sorted({str(v) for v in level_text(values)})
             if len(levels[key]) > 1 and len(values) < MIN_CELLS_PER_LEVEL * len(levels[key]):
                 numbers = pd.to_numeric(pd.Series(levels[key]), errors="coerce").notna().all()
@@ -270,12 +261,34 @@ class Design:
         return [(c, int(k)) for c, k in zip(combos, counts, strict=True) if k > 0]
 
 
+def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
+    """What can be told of covariate columns before any cell is read: distinct, none the label
+    nor ``n``, each in ``obs``, none a number of many values (a run checks this before QC;
+    :meth:`Design.fit` again on the training cells, with their missing values)."""
+    if len(set(keys)) != len(keys) or label_key in keys:
+        raise DataError(f"covariates {keys} must be distinct columns other than the label "
+                        f"column '{label_key}'")
+    if "n" in keys:  # a request table's column of cell counts
+        raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
+                        "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
+    for key in keys:
+        _not_a_number(_column(obs, key), key)
+
+
 def _column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
         cols = ", ".join(str(c) for c in obs.columns
                          if not str(c).startswith("cellsynth_")) or "(none)"  # not ours
         raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}")
     return obs[key]
+
+
+def _not_a_number(values: pd.Series, key: str) -> None:
+    if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
+        raise DataError(
+            f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
+            f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
+            f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
 
 
 def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,

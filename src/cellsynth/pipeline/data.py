@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
+from ..config import COVARIATE_SECTIONS, covariates_of
 from ..data.groups import load_groups
 from ..data.io import read
 from ..data.qc import QCReport
@@ -82,6 +83,23 @@ def _backed_source(ctx: RunContext) -> Path:
                        label_key=ds.label_key)
 
 
+def check_covariates(ctx: RunContext, obs: pd.DataFrame) -> None:
+    """The generator's covariate columns, checked against ``obs`` before QC (a missing or
+    numeric column was found after the classifier had trained); a covariate setting of
+    another generator than the one run is said not to be used."""
+    from ..models import check_covariate_columns
+
+    keys = covariates_of(ctx.cfg, ctx.cfg.generator.model)
+    if keys:
+        check_covariate_columns(obs, keys, ctx.label_key)
+    for section in sorted(set(COVARIATE_SECTIONS.values())):
+        unused = list(getattr(ctx.cfg, section).covariates)
+        if unused and section != COVARIATE_SECTIONS.get(ctx.cfg.generator.model):
+            logger.warning("%s.covariates = %s is not used: generator.model = %s (set "
+                           "generator.model = \"%s\" to condition on them)", section, unused,
+                           ctx.cfg.generator.model, section)
+
+
 def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
     """QC, split and normalisation into ``data/preprocessed.h5ad``: in memory, or chunk by
     chunk from disk when the run is out of core (the one place that asks)."""
@@ -94,6 +112,7 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
 
         source = _backed_source(ctx)
         with H5adFile(source) as h5:
+            check_covariates(ctx, h5.obs)
             groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, h5, [])
         _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=groups,
                                       seed=seed, out_path=target)  # fmt: skip
@@ -101,6 +120,7 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
     from ..data.qc import preprocess
 
     raw = load_dataset(ctx)
+    check_covariates(ctx, raw.obs)
     groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, raw, [])
     pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=seed)
     del raw
