@@ -802,3 +802,26 @@ def test_a_run_checks_its_covariate_columns_before_qc(tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         assert main(args) == 0
     assert "cvae.covariates = ['age'] is not used: generator.model = nb" in caplog.text
+
+
+def test_benchmark_data_sets_of_one_name_are_refused_before_any_fit(tmp_path):
+    """Two files of one name (or one file twice) would write one results folder; refused
+    before any fit. Generator names are read as typed loosely ("CVAE", "cvae,,nb"); a path
+    holding a quote is a path."""
+    from cellsynth.evaluation import run_benchmark
+
+    (tmp_path / "sub").mkdir()
+    for p in (tmp_path / "a.h5ad", tmp_path / "sub" / "a.h5ad"):
+        p.write_bytes(b"")
+    with pytest.raises(DataError, match=r"two data sets are named 'a' .*file name of its own"):
+        run_benchmark([str(tmp_path / "a.h5ad"), str(tmp_path / "sub" / "a.h5ad")], ["nb"],
+                      tmp_path / "out")
+    with pytest.raises(DataError, match="is given twice"):
+        run_benchmark([str(tmp_path / "a.h5ad")] * 2, ["nb"], tmp_path / "out")
+    with pytest.raises(DataError, match="no generator given"):
+        run_benchmark([str(tmp_path / "a.h5ad")], ["", " "], tmp_path / "out")
+    quoted = tmp_path / "it's.h5ad"
+    quoted.write_bytes(b"")  # found where it is (the quote ended the TOML string: not found)
+    with pytest.raises(DataError, match="it's.h5ad is not an h5ad"):
+        run_benchmark([str(quoted)], ["CVAE"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

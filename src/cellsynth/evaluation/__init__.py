@@ -14,6 +14,7 @@ cells, the privacy audit. :func:`evaluate` writes ``fidelity.json``, ``fidelity.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -381,18 +382,23 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     from ..models.registry import GENERATORS
 
     checked_whole(fits, "fits")
+    models = [m.strip().lower() for m in models if m.strip()]  # "cvae,,nb", "CVAE"
+    if not models:
+        raise DataError(f"no generator given; choose from {', '.join(GENERATORS)}")
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     overrides = list(overrides or [])
     cfgs = []
     for item in datasets:
-        extra = [f"dataset.label_key='{label_key}'"] if label_key else []
+        # TOML strings written by json: a path or column holding a quote or a backslash
+        extra = [f"dataset.label_key={json.dumps(label_key)}"] if label_key else []
         if item.endswith(".toml"):
             cfgs.append((Path(item).stem, config.load(item, overrides + extra)))
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
-                f"dataset.path='{item}'"])))
+                f"dataset.path={json.dumps(str(item))}"])))
+    _distinct_names(cfgs, datasets)
     _check_inputs(cfgs, holdout)  # every file and the holdout, before hours of fitting
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
@@ -419,6 +425,19 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         # the page is rewritten after every dataset, so an interrupted run still leaves one
         write_text(path, results_page(sections, command, models))
     return path
+
+
+def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
+    """Each data set's results go to ``out/NAME`` (its file name): a file given twice, or two
+    files of one name, would overwrite each other's (it happened without a word)."""
+    seen: dict[str, str] = {}
+    for (name, _), item in zip(cfgs, datasets, strict=True):
+        if name in seen:
+            same = Path(seen[name]).resolve() == Path(item).resolve()
+            raise DataError(f"{item} is given twice" if same else
+                            f"two data sets are named {name!r} ({seen[name]} and {item}): their "
+                            "results would share one folder; give one a file name of its own")
+        seen[name] = item
 
 
 def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
