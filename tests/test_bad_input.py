@@ -822,6 +822,6 @@ def test_benchmark_data_sets_of_one_name_are_refused_before_any_fit(tmp_path):
         run_benchmark([str(tmp_path / "a.h5ad")], ["", " "], tmp_path / "out")
     quoted = tmp_path / "it's.h5ad"
     quoted.write_bytes(b"")  # found where it is (the quote ended the TOML string: not found)
-    with pytest.raises(DataError, match="it's.h5ad is not an h5ad"):
+    with pytest.raises(DataError, match=r"it's\.h5ad is not an h5ad"):
         run_benchmark([str(quoted)], ["CVAE"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
