@@ -505,3 +505,16 @@ def test_every_likelihood_fits_its_sampler_with_covariates(likelihood):
                 dispersion_fit="learned")
     syn = model.sample({"type_01": 20}, where={"condition": "stim"}, seed=0)
     assert syn.n_obs == 20 and float(model.module.zero_inflation.abs().sum()) == 0.0
+
+
+def test_the_reference_level_of_an_effect_does_not_depend_on_the_split():
+    """A level named as a control is the reference however many cells each level has in the
+    test split (the most common one was, so a split could flip "stim vs ctrl"); else the most
+    common, ties by name."""
+    from cellsynth.metrics.effects import reference_level
+
+    assert reference_level(pd.Series({"stim": 806, "ctrl": 750})) == "ctrl"
+    assert reference_level(pd.Series({"IFN": 3, "Untreated": 2})) == "Untreated"
+    assert reference_level(pd.Series({"b": 5, "a": 5, "c": 9})) == "c"
+    assert reference_level(pd.Series({"b": 5, "a": 5})) == "a"
+

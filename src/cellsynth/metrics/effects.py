@@ -74,12 +74,29 @@ def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFr
     }
 
 
+#: level names read as the reference of an effect ("stim vs ctrl"), lower case
+CONTROL_NAMES = frozenset({"ctrl", "control", "controls", "untreated", "unstimulated",
+                           "unstim", "baseline", "healthy", "normal", "wt", "wildtype",
+                           "wild-type", "wild_type", "vehicle", "mock", "dmso", "pbs"})
+
+
+def reference_level(counts: pd.Series) -> str:
+    """The level effects are measured against, the same whatever the split: the one named as a
+    control (:data:`CONTROL_NAMES`: "ctrl", "untreated", "healthy"...), else the most common
+    (``counts``: cells per level), ties by name."""
+    names = [str(n) for n in counts.index]
+    controls = sorted(n for n in names if n.strip().lower() in CONTROL_NAMES)
+    if controls:
+        return controls[0]
+    return min(names, key=lambda n: (-int(counts[n]), n))
+
+
 def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, syn_counts: Any,
                   syn_obs: pd.DataFrame, *, label_key: str, keys: list[str],
                   seed: int) -> dict[str, Any]:  # fmt: skip
     """:func:`combination_fidelity` over all ``keys``, and for each covariate with at most
     ``MAX_EFFECT_LEVELS`` levels the :func:`condition_effects` of every level against the
-    most common one (the reference) in the real cells."""
+    reference (:func:`reference_level`)."""
     out: dict[str, Any] = {"combinations": combination_fidelity(
         space, real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, keys=keys,
         seed=derive_seed(seed, "combinations")), "effects": {}}  # fmt: skip
@@ -89,7 +106,7 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
             out["effects"][k] = {"skipped": f"{len(levels)} levels: more than "
                                             f"{MAX_EFFECT_LEVELS}"}
             continue
-        reference = str(levels.index[0])
+        reference = reference_level(levels)
         out["effects"][k] = {
             f"{lv} vs {reference}": condition_effects(
                 real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, covariate=k,
