@@ -14,6 +14,7 @@ through scvi-tools' ``categorical_covariate_keys``, generates the requested leve
 from __future__ import annotations
 
 import json
+import logging
 
 import anndata as ad
 import numpy as np
@@ -200,7 +201,7 @@ def test_nb_per_combination_recovers_the_combination_mean(design, nb_pair) -> No
     assert all(eff[t]["r"] > 0.7 and 0.7 < eff[t]["slope"] < 1.3 for t in TYPES), eff
 
 
-def test_nb_falls_back_to_the_type_for_a_tiny_combination(design: ad.AnnData) -> None:
+def test_nb_falls_back_to_the_type_for_a_tiny_combination(design: ad.AnnData, caplog) -> None:
     """type_01 keeps 8 stim cells: that combination is the type's fit, the same draws as the
     type-only model's; it is recorded at fit and in the generated cells' provenance."""
     stim = np.flatnonzero(_rows(design.obs, "type_01", "stim"))
@@ -213,7 +214,9 @@ def test_nb_falls_back_to_the_type_for_a_tiny_combination(design: ad.AnnData) ->
     assert history["fallbacks"] == [{KEY: "type_01", "condition": "stim", "n_cells": 8}]
     plain = NegBinBaseline()
     plain.fit(a, KEY)
-    got = model.sample({"type_01": 60}, where={"condition": "stim"}, seed=3)
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        got = model.sample({"type_01": 60}, where={"condition": "stim"}, seed=3)
+    assert "drawn from their type's fit, whatever their covariate levels" in caplog.text
     want = plain.sample({"type_01": 60}, seed=3)
     assert (got.X != want.X).nnz == 0
     assert got.uns["cellsynth"]["fallback_combinations"] == {KEY: ["type_01"], "condition": ["stim"]}

@@ -418,6 +418,14 @@ class NegBinBaseline(DesignRequests):
                 blocks.append(nb_csr(rng, factor[:, None] * mu[None, :], theta))  # mean (m, G)
                 bar.update(m)
         bar.close()
+        if fell_back:  # the cells carry the asked levels in obs, but not their effect
+            logger.warning("nb: %d combination(s) had too few training cells (under nb.min_cells "
+                           "= %d) for a fit of their own and are drawn from their type's fit, "
+                           "whatever their covariate levels (their obs names the levels asked "
+                           "for; uns['cellsynth']['fallback_combinations'] lists them): %s",
+                           len(fell_back), self.min_cells,
+                           "; ".join(", ".join(f"{k}={v}" for k, v in c.items())
+                                     for c in fell_back[:5]))  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(sp.vstack(blocks, format="csr"), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
