@@ -518,3 +518,26 @@ def test_the_reference_level_of_an_effect_does_not_depend_on_the_split():
     assert reference_level(pd.Series({"b": 5, "a": 5, "c": 9})) == "c"
     assert reference_level(pd.Series({"b": 5, "a": 5})) == "a"
 
+
+
+def test_a_covariate_the_cells_cannot_teach_is_warned_about(caplog):
+    """One level, the cell types again, or levels of a few cells: allowed, with a warning
+    (they fitted without a word)."""
+    import logging
+
+    from cellsynth.models._design import Design
+
+    labels = np.array(["a"] * 20 + ["b"] * 20)
+    obs = pd.DataFrame({"cell_type": labels, "one": "x", "copy": np.where(labels == "a", "p", "q"),
+                        "rare": ["r1"] * 38 + ["r2"] * 2, "fine": ["u", "v"] * 20})
+    rows = np.arange(len(obs))
+    for key, said in (("one", "has one level"), ("copy", "is the cell type again"),
+                      ("rare", "1 level(s) with fewer than 5 training cells (r2 (2))")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cellsynth"):
+            Design.fit(obs, [key], "cell_type", labels, rows, rows)
+        assert said in caplog.text, key
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        Design.fit(obs, ["fine"], "cell_type", labels, rows, rows)
+    assert caplog.text == ""

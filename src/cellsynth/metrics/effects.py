@@ -111,7 +111,7 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
             f"{lv} vs {reference}": condition_effects(
                 real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, covariate=k,
                 level=str(lv), reference=reference, seed=derive_seed(seed, f"effect:{k}:{lv}"))
-            for lv in levels.index[1:]}  # fmt: skip
+            for lv in levels.index if str(lv) != reference}  # fmt: skip
     return out
 
 

@@ -94,6 +94,7 @@ class Design:
                     f"each level's effect (at least {MIN_CELLS_PER_LEVEL} cells a level on "
                     f"average; an identifier of cells or a number?); {fix}")
             check_spaced_names(levels[key], key, "covariate levels")
+            _warn_uninformative(key, level_text(values), np.asarray(labels)[train])
         design = cls(list(keys), levels)
         codes = design.codes(obs)
         combos = pd.DataFrame(codes[train], columns=keys)
@@ -259,6 +260,28 @@ class Design:
         order = np.argsort(-(exact - counts), kind="stable")
         counts[order[: n - counts.sum()]] += 1  # largest remainders
         return [(c, int(k)) for c, k in zip(combos, counts, strict=True) if k > 0]
+
+
+def _warn_uninformative(key: str, values: pd.Series, labels: np.ndarray) -> None:
+    """A WARNING for a covariate its training cells cannot teach: one level only, levels that
+    are the cell types again (each type one level, each level one type), or levels of fewer
+    than ``MIN_CELLS_PER_LEVEL`` cells (their effect is a guess). Allowed: the fit runs."""
+    levels = pd.Series(np.asarray(values, dtype=object))
+    counts = levels.value_counts()
+    if len(counts) == 1:
+        logger.warning("covariate '%s' has one level in the training cells (%s): it tells the "
+                       "model nothing; leave it out", key, counts.index[0])
+        return
+    pairs = pd.DataFrame({"level": levels.to_numpy(), "type": labels}).drop_duplicates()
+    if pairs["level"].is_unique and pairs["type"].is_unique:
+        logger.warning("covariate '%s' is the cell type again (each type has one level, each "
+                       "level one type): its effect cannot be told from the type's; leave it out",
+                       key)  # fmt: skip
+    few = counts[counts < MIN_CELLS_PER_LEVEL]
+    if len(few):
+        logger.warning("covariate '%s': %d level(s) with fewer than %d training cells (%s): "
+                       "their effect is learnt from those cells alone", key, len(few),
+                       MIN_CELLS_PER_LEVEL, ", ".join(f"{k} ({v})" for k, v in few[:5].items()))
 
 
 def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
