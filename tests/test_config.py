@@ -46,6 +46,8 @@ def test_round_trip(tmp_path):
     ("override", "fragment"),
     [
         ("vae.n_latent=3", "unknown config key 'vae'"),
+        ("dataset.covariates=['a']", r"'dataset.covariates' in \[dataset\]; did you mean "
+                                     r"cvae.covariates"),
         ("features.n_comps=3", "valid keys: max_cells_per_class, n_components, scale"),
         ("features.n_components=ten", "features.n_components must be int"),
         ("features.n_components=2.5", "must be int"),

@@ -29,6 +29,11 @@ DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", 
 #: old generator names -> their names now (still accepted, with a warning)
 MODEL_ALIASES = {"seed": "reference"}
 
+#: settings people look for where they are not, and where they are
+MOVED = {"dataset.covariates": "cvae.covariates (each generator's own section: nb.covariates, "
+                               "scvi.covariates; or `cellsynth fit --covariates`)",
+         "generator.covariates": "cvae.covariates (or nb.covariates, scvi.covariates)"}
+
 #: the generators that condition on covariates, and the section holding their ``covariates``
 COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
 
@@ -386,8 +391,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key in data:
         if key not in names:
             where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+            moved = MOVED.get(f"{prefix}{key}")
             raise ConfigError(
-                f"unknown config key '{prefix}{key}' in {where}; valid keys: {', '.join(sorted(names))}"
+                f"unknown config key '{prefix}{key}' in {where}"
+                + (f"; did you mean {moved}?" if moved else "")
+                + f"; valid keys: {', '.join(sorted(names))}"
             )
     kwargs = {}
     for f in dataclasses.fields(cls):
