@@ -35,6 +35,7 @@ def test_parse_and_bad_holdouts(design, tmp_path):
     pre, cfg = design
     for spec, match in (({"cell_type": "type_00"}, "at least one covariate"),
                         ({"cell_type": "type_00", "tissue": "x"}, "no column 'tissue'"),
+                        ({"celltype": "type_00", "condition": "stim"}, "no column 'celltype'"),
                         ({"cell_type": "type_00", "condition": "IFN"}, "has no level 'IFN'")):
         with pytest.raises(DataError, match=match):
             benchmark_holdout(pre, ["nb"], cfg, tmp_path, spec)

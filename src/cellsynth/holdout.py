@@ -85,14 +85,15 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
     """The cells of the combination ``holdout`` in ``obs``, after checking that it names the
     type and a covariate, and that its columns and levels exist (a benchmark checks each
     dataset's ``obs`` so before any work)."""
+    for key in holdout:  # a misspelt column first: it is why the type seems missing
+        if key not in obs:
+            raise DataError(f"--holdout: no column {key!r}; the columns are "
+                            f"{', '.join(map(str, obs.columns))}")
     if label_key not in holdout or len(holdout) < 2:
         raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
                         f"(e.g. condition=stim), got {sorted(holdout)}")
     mask = np.ones(len(obs), dtype=bool)
     for key, level in holdout.items():
-        if key not in obs:
-            raise DataError(f"--holdout: no column {key!r}; the columns are "
-                            f"{', '.join(map(str, obs.columns))}")
         values = level_text(obs[key])
         seen = sorted(set(values))
         code = LevelLookup(seen).code(level)  # a number matches by value: 12 is 12.0
