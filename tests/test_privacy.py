@@ -120,7 +120,7 @@ def test_donor_level_skipped(data: dict) -> None:
     shared = membership_attacks(tr, ho, sy, seed=0, train_donors=td, heldout_donors=td)
     assert shared["donor_level"] is None and "in both train and heldout" in shared["donor_skipped"]
     none = privacy_audit(tr, ho, sy, seed=0)
-    assert none.donor_attacks is None and "no donor labels" in none.donor_skipped
+    assert none.donor_attacks is None and "no donor column given" in none.donor_skipped
 
 
 def test_heldout_cells_of_training_and_of_new_donors(data: dict) -> None:
