@@ -781,7 +781,6 @@ def test_a_run_checks_its_covariate_columns_before_qc(tmp_path, capsys, caplog):
 
     import cellsynth as cs
     from cellsynth.cli import main
-    from test_pipeline import FAST
 
     a = cs.simulate(300, 150, 3, seed=0)
     a.obs["age"] = np.random.default_rng(0).normal(size=a.n_obs)
@@ -795,12 +794,14 @@ def test_a_run_checks_its_covariate_columns_before_qc(tmp_path, capsys, caplog):
         assert message in capsys.readouterr().err
         stages = json.loads((out / "manifest.json").read_text())["stages"]
         assert stages["data"]["status"] == "failed" and "classifier" not in stages
-    args = [*base, str(tmp_path / "nb"), "--set", 'cvae.covariates=["age"]', "--set",
-            "generator.model='nb'", "--set", "qc.min_genes_per_cell=20"]
-    for s in FAST:
-        args += ["--set", s]
+    from types import SimpleNamespace
+
+    from cellsynth import config
+    from cellsynth.pipeline.data import check_covariates
+
+    cfg = config.load(None, ['cvae.covariates=["age"]', "generator.model='nb'"])
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
-        assert main(args) == 0
+        check_covariates(SimpleNamespace(cfg=cfg, label_key="cell_type"), a.obs)
     assert "cvae.covariates = ['age'] is not used: generator.model = nb" in caplog.text
 
 

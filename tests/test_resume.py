@@ -50,9 +50,17 @@ def test_second_run_skips_finished_stages(tmp_path, caplog):
     assert _stages(tmp_path) == first  # nothing re-ran
     assert (tmp_path / "metrics" / "summary.json").read_text() == summary
 
+    # settings refused before a stage runs (a generator that needs the cells in memory, with
+    # the cells on disk) change nothing: config.toml and the manifest still describe the run
+    config, manifest = ((tmp_path / f).read_text() for f in ("config.toml", "manifest.json"))
+    assert main(_args(tmp_path, "dataset.backed=true", "generator.model='nb'")) == 2
+    assert (tmp_path / "config.toml").read_text() == config
+    assert (tmp_path / "manifest.json").read_text() == manifest
+
     # a classifier setting redoes what uses the classifier, not data, features or the generator
     caplog.clear()
     assert main(_args(tmp_path, "classifier.max_depth=2")) == 0
+    assert "max_depth = 2" in (tmp_path / "config.toml").read_text()  # a rerun records its own
     again = _stages(tmp_path)
     for stage in ("data", "features", "generator"):
         assert again[stage] == first[stage], stage
@@ -336,17 +344,3 @@ def test_a_rerun_that_fails_marks_what_it_would_redo_stale(tmp_path, capsys):
     assert "from an earlier run" in describe(tmp_path)["f1_macro_note"]
     assert main(_args(tmp_path)) == 0  # the earlier settings again: every stage done anew
     assert {s["status"] for s in _stages(tmp_path).values()} == {"done"}
-
-
-def test_a_rerun_refused_before_any_stage_keeps_the_recorded_settings(tmp_path):
-    """Settings refused before a stage runs (a generator that needs the cells in memory, with
-    the cells on disk) change nothing in the run directory: config.toml and the manifest still
-    describe the run that made its outputs."""
-    assert main(_args(tmp_path)) == 0
-    config = (tmp_path / "config.toml").read_text()
-    manifest = (tmp_path / "manifest.json").read_text()
-    assert main(_args(tmp_path, "dataset.backed=true", "generator.model='nb'")) == 2
-    assert (tmp_path / "config.toml").read_text() == config
-    assert (tmp_path / "manifest.json").read_text() == manifest
-    assert main(_args(tmp_path, "classifier.max_depth=2")) == 0  # a rerun that runs records its own
-    assert "max_depth = 2" in (tmp_path / "config.toml").read_text()
