@@ -208,11 +208,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                  f"{','.join(covariates)} and {section}.covariates = {given} "
                                  "(--set or --config); give one")
         cfg = config.load(args.config, [*sets, f"{section}.covariates={json.dumps(covariates)}"])
-    for other in sorted(set(config.COVARIATE_SECTIONS.values()) - {section}):
-        if getattr(cfg, other).covariates:  # a setting of a generator not fitted here
-            logger.warning("%s.covariates = %s is not used: this fits --model %s (give "
-                           "--covariates, or %s.covariates)", other,
-                           list(getattr(cfg, other).covariates), args.model, section or other)
+    for other, unused in config.unused_covariates(cfg, args.model).items():
+        logger.warning("%s.covariates = %s is not used: this fits --model %s (give "
+                       "--covariates, or %s.covariates)", other, unused, args.model,
+                       section or other)
     if args.seed is not None and cfg.seed not in (0, args.seed):
         raise CellsynthError(f"the seed is given twice: --seed {args.seed} and seed = {cfg.seed} "
                              "(--set or --config); give one")

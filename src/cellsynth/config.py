@@ -45,6 +45,14 @@ def covariates_of(cfg: RunConfig, model: str) -> list[str]:
     return list(getattr(cfg, section).covariates) if section else []
 
 
+def unused_covariates(cfg: RunConfig, model: str) -> dict[str, list[str]]:
+    """The ``covariates`` of generator sections other than ``model``'s, where set: settings a
+    fit of ``model`` does not use (``fit`` and ``run`` say so)."""
+    own = COVARIATE_SECTIONS.get(MODEL_ALIASES.get(model, model))  # no second rename warning
+    return {s: list(getattr(cfg, s).covariates) for s in sorted(set(COVARIATE_SECTIONS.values()))
+            if s != own and getattr(cfg, s).covariates}
+
+
 def canonical_model(name: str) -> str:
     """The generator's name now: ``"seed"`` -> ``"reference"`` (logged as renamed)."""
     if name in MODEL_ALIASES:

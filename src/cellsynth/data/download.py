@@ -159,7 +159,7 @@ def download_url(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     if (part.is_file() and part.stat().st_size >= len(HDF5_SIGNATURE) and
-            dest.suffix in (".h5ad", ".h5", ".hdf5") and not is_hdf5(part)):  # fmt: skip
+            _hdf5_name(dest) and not is_hdf5(part)):  # fmt: skip
         logger.warning("the partial download %s does not start as an HDF5 file (%s): starting "
                        "again from zero", part, describe(part))
         part.unlink()
@@ -266,6 +266,11 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
+def _hdf5_name(path: Path) -> bool:
+    """Whether ``path`` is named as an HDF5 file (what a download is checked as)."""
+    return path.suffix in (".h5ad", ".h5", ".hdf5")
+
+
 def is_hdf5(path: Path) -> bool:
     """Whether ``path`` starts (or, after a user block, continues) with the HDF5 signature."""
     size = path.stat().st_size
@@ -300,12 +305,12 @@ def describe(path: Path) -> str:
 
 
 def _finish(part: Path, dest: Path) -> Path:
-    if dest.suffix in (".h5ad", ".h5", ".hdf5") and not is_hdf5(part):
+    if _hdf5_name(dest) and not is_hdf5(part):
         what = describe(part)
         part.unlink(missing_ok=True)
         raise DownloadError(f"the server sent {what}, not an HDF5 (.h5ad) file; nothing was saved "
                             f"as {dest}: check the accession and the base URL, or {_BY_HAND}")
-    damage = unreadable(part) if dest.suffix in (".h5ad", ".h5", ".hdf5") else None
+    damage = unreadable(part) if _hdf5_name(dest) else None
     if damage is not None and "truncated" in damage:  # a server that announced no size
         raise DownloadError(f"the transfer ended after {part.stat().st_size} bytes, but the file "
                             f"is not complete ({damage}); {part} is kept and running the same "

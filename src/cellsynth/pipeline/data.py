@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
-from ..config import COVARIATE_SECTIONS, covariates_of
+from ..config import covariates_of, unused_covariates
 from ..data.groups import load_groups
 from ..data.io import read
 from ..data.qc import QCReport
@@ -92,12 +92,10 @@ def check_covariates(ctx: RunContext, obs: pd.DataFrame) -> None:
     keys = covariates_of(ctx.cfg, ctx.cfg.generator.model)
     if keys:
         check_covariate_columns(obs, keys, ctx.label_key)
-    for section in sorted(set(COVARIATE_SECTIONS.values())):
-        unused = list(getattr(ctx.cfg, section).covariates)
-        if unused and section != COVARIATE_SECTIONS.get(ctx.cfg.generator.model):
-            logger.warning("%s.covariates = %s is not used: generator.model = %s (set "
-                           "generator.model = \"%s\" to condition on them)", section, unused,
-                           ctx.cfg.generator.model, section)
+    for section, unused in unused_covariates(ctx.cfg, ctx.cfg.generator.model).items():
+        logger.warning("%s.covariates = %s is not used: generator.model = %s (set "
+                       "generator.model = \"%s\" to condition on them)", section, unused,
+                       ctx.cfg.generator.model, section)
 
 
 def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
