@@ -34,8 +34,11 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
         raise AssertionError("a finished generator was run again")
 
     monkeypatch.setattr(benchmark, "make_generator", fail)
-    again = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="test",
-                                   reuse=True)
+    with monkeypatch.context() as m:  # the floor and the evaluation space are kept too
+        for name in ("real_floor", "fit_space"):
+            m.setattr(benchmark, name, fail)
+        again = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets,
+                                         command="test", reuse=True)
     assert again.read_text() == text
     # --kept-only: fits nothing, says what is missing
     kept_page = evaluation.run_benchmark([str(data)], ["nb", "cvae"], out, overrides=sets,
@@ -62,7 +65,8 @@ def test_benchmark_page_and_reuse(tmp_path, monkeypatch):
     # fresh --out (nothing fitted there) still gives the same page
     kept_dir = tmp_path / "kept"
     (kept_dir / "tiny").mkdir(parents=True)
-    (kept_dir / "tiny" / "nb.json").write_text((out / "tiny" / "results" / "nb.json").read_text())
+    for name in ("nb.json", "floor.json"):
+        (kept_dir / "tiny" / name).write_text((out / "tiny" / "results" / name).read_text())
     elsewhere = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "fresh", overrides=sets,
                                        command="test", reuse=True, kept=kept_dir)
     assert elsewhere.read_text() == text

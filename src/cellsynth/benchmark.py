@@ -139,7 +139,9 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
 
     Each generator's results are kept in ``kept_dir/NAME.json`` (default ``out/results``; small
-    JSON files, so a results page can keep them under version control) with :func:`model_key`;
+    JSON files, so a results page can keep them under version control) with :func:`model_key`,
+    and the real-vs-real floor in ``floor.json`` beside them (read back whenever its key
+    matches: a page rebuilt from kept results fits neither the floor nor the evaluation space);
     with ``reuse``, a generator whose kept results have the same key is read back, not rerun
     (results kept over more fits than ``fits`` too);
     with ``kept_only``, kept results are read back and a generator without them is left out
@@ -159,12 +161,22 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     counts = _counts(pre)
     parts = {s: (counts[split == s], y[split == s]) for s in K.SPLITS}
     seed = cfg.seed
-    space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
-                      seed=derive_seed(seed, "eval-space"))
-    emb = {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
-    t0 = time.perf_counter()
-    floor = real_floor(space, *parts["test"], seed=derive_seed(seed, "floor"))
-    logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
+    results = kept_dir or out / "results"
+    fitted_space: list = []  # the evaluation space, fitted on first use: not for kept results
+
+    def space_and_embedding():
+        if not fitted_space:
+            space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
+                              seed=derive_seed(seed, "eval-space"))
+            fitted_space.extend([space, {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}])
+        return fitted_space
+
+    floor = _kept_floor(results / "floor.json", model_key(cfg, "floor"))
+    if floor is None:
+        t0 = time.perf_counter()
+        floor = real_floor(space_and_embedding()[0], *parts["test"], seed=derive_seed(seed, "floor"))
+        logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
+        write_json(results / "floor.json", {"key": model_key(cfg, "floor"), "floor": floor})
     rows: dict[str, dict[str, Any]] = {"real vs real": flat_report(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
     fit_on = pre[np.isin(split, ["train", "val"])]
@@ -175,6 +187,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         """Fit ``name`` once (fit ``r``: its own seeds from the second on), generate, score."""
         tag = name if r == 0 else f"{name}-fit{r}"  # the first fit's seeds as with one fit
         started = time.perf_counter()
+        space, emb = space_and_embedding()
         logger.info("benchmark: fitting %s on %d cells%s", name, fit_on.n_obs,
                     f" (fit {r + 1} of {fits})" if fits > 1 else "")
         gen = make_generator(name, cfg)
@@ -236,7 +249,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                      "seconds": time.perf_counter() - started}
 
     for name in models:
-        kept, key = (kept_dir or out / "results") / f"{name}.json", model_key(cfg, name, fits)
+        kept, key = results / f"{name}.json", model_key(cfg, name, fits)
         if kept_only and not kept.exists() and name == "reference":  # kept under its old name
             kept = kept.with_name("seed.json")
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
@@ -266,6 +279,18 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         if details["models"] else []
     write_json(out / "benchmark.json", details)
     return details
+
+
+def _kept_floor(path: Path, key: str) -> dict[str, Any] | None:
+    """The real-vs-real floor kept in ``path`` by an earlier benchmark with the same data, QC,
+    split and seed (``key``), or None: a page rebuilt from kept results computes nothing."""
+    import json
+
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept.get("floor") if isinstance(kept, dict) and kept.get("key") == key else None
 
 
 def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]
