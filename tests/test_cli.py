@@ -36,6 +36,15 @@ def test_the_commands_are_all_walked():
             "cellsynth benchmark", "cellsynth info"} <= set(PARSERS)
 
 
+def test_python_dash_m_is_the_command():
+    """``python -m cellsynth``, for an environment whose scripts are not on the PATH."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "cellsynth", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("cellsynth "), proc
+
+
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_every_option_has_help_and_shows_its_default(name):
     parser = PARSERS[name]
