@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
+from .cli_parser import build_parser
 from .errors import CellsynthError
 from .options import settings
 
@@ -283,267 +284,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; every option's help ends with its default, unless it says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        quiet = action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS))
-        quiet = quiet or action.default == []
-        if quiet or "default" in text or not (action.option_strings or action.nargs == "?"):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-_DESCRIPTION = """\
-Learn a labelled single-cell RNA-seq atlas (an AnnData .h5ad), generate synthetic cells of the
-types you ask for, and measure how close they are to real ones.
-
-  cellsynth run                      the demo: a simulated atlas, minutes on a laptop CPU
-  cellsynth run my.h5ad --label-key cell_type
-  cellsynth config show my.h5ad      the settings that run would use, with their ranges
-  cellsynth COMMAND --help           each command's options and defaults"""
-
-_SET_HELP = ("override one setting, TOML syntax (cvae.lr=1e-3, dataset.path='a.h5ad'); "
-             "repeatable; `cellsynth config show` lists them all (default: none)")
-_QUIET_HELP = "warnings only, no progress bars (default: off)"
-
-
-def _command(sub: argparse._SubParsersAction, name: str, summary: str,
-             description: str) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` shows ``description`` and every option's default."""
-    return sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
-                          formatter_class=_HelpFormatter)
-
-
-def _seed(text: str) -> int:
-    """A --seed value: a whole number in [0, 2**63), as the config's ``seed``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
-    return value
-
-
-def _settings_arguments(p: argparse.ArgumentParser) -> None:
-    """DATA, --label-key, --config and --set: what settings are resolved from (``run`` and
-    ``config show`` take the same)."""
-    p.add_argument("data", nargs="?", metavar="DATA.h5ad",
-                   help="the labelled atlas to learn (dataset.path; default: the demo atlas "
-                        "unless --config or --set dataset.path names one)")
-    p.add_argument("--label-key", metavar="KEY",
-                   help="obs column with the cell type (dataset.label_key; default: the "
-                        "config's, 'cell_type')")
-    p.add_argument("--config", metavar="FILE",
-                   help="TOML config file (default: none with DATA, else the embedded demo)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=_SET_HELP)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellsynth", description=_DESCRIPTION,
-                                formatter_class=_HelpFormatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
-                   help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    r = _command(sub, "run", "run the whole experiment into one run directory", (
-        "Reads the atlas, QCs and splits it, fits PCA, the classifier and the generator, runs\n"
-        "the three experiments and writes results.md and report.html. With no DATA, no --config\n"
-        "and no --set dataset.path it runs the demo: a simulated atlas with the embedded demo\n"
-        "preset's settings (`make demo`). With DATA the package defaults apply, then --config,\n"
-        "then --set. The log's `settings:` line says where each non-default setting came from;\n"
-        "`cellsynth config show` prints them all before a run. A rerun on the same directory\n"
-        "skips the stages already done with the same settings."))
-    _settings_arguments(r)
-    r.add_argument("--out", metavar="DIR",
-                   help="run directory (default: runs/<DATA's name>, else runs/<config's name>, "
-                        "else runs/demo)")
-    r.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    r.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo this stage (data, features, classifier, generator, experiments, "
-                        "explain, evaluation) and the ones after it even if done; repeatable "
-                        "(default: none)")
-    r.set_defaults(func=cmd_run)
-
-    c = _command(sub, "config", "print settings: resolved, with defaults, sources and ranges", (
-        "`config show` resolves the settings exactly as `cellsynth run` would with the same\n"
-        "arguments and prints them as TOML, each line's comment giving where the value came\n"
-        "from (default, demo preset, config FILE, --set, argument), the default and what the\n"
-        "setting accepts (its range or choices). `config defaults` prints the package defaults."))
-    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    cs = _command(csub, "show", "the settings a run would use", (
-        "Takes the arguments of `cellsynth run`; reads no data."))
-    _settings_arguments(cs)
-    _command(csub, "defaults", "the package defaults", (
-        "What every setting is when neither a config file nor --set changes it."))
-    c.set_defaults(func=cmd_config)
-
-    d = _command(sub, "download", "download an Expression Atlas experiment's h5ad", (
-        "Resumable (HTTP Range into a .part file), size-checked, renamed when complete; prints\n"
-        "the cached file's path."))
-    d.add_argument("accession", help="the experiment's accession, e.g. E-ANND-5")
-    d.add_argument("--cache-dir", default="~/.cache/cellsynth", metavar="DIR",
-                   help="where downloads are kept")
-    d.add_argument("--base-url", default="", metavar="URL",
-                   help="mirror of the Expression Atlas sc_experiments folder (default: the "
-                        "EBI's)")
-    d.add_argument("--force", action="store_true",
-                   help="download again even if cached (default: off)")
-    d.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    d.set_defaults(func=cmd_download)
-
-    s = _command(sub, "simulate", "write a simulated atlas (chunked) to an h5ad", (
-        "Negative binomial counts with per-type marker programs, written chunk by chunk, so\n"
-        "atlases larger than memory can be made for tests and benchmarks. --donors and\n"
-        "--conditions add obs columns 'donor' (D0, D1...) and 'condition' (ctrl, stim,\n"
-        "stim2...) whose effects are known: a per-donor shift of some genes and, per type, a\n"
-        "condition program, stated in uns['simulation'] (genes and log fold changes)."))
-    s.add_argument("--cells", type=int, default=10_000, metavar="N", help="cells")
-    s.add_argument("--genes", type=int, default=2_000, metavar="N", help="genes")
-    s.add_argument("--types", type=int, default=20, metavar="N", help="cell types")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed")
-    s.add_argument("--label-key", default="celltype_annotation", metavar="KEY",
-                   help="obs column the cell types are written to")
-    s.add_argument("--chunk-size", type=int, default=50_000, metavar="N",
-                   help="cells generated and written at a time")
-    s.add_argument("--donors", type=int, default=0, metavar="K",
-                   help="donors, each shifting a random subset of genes (default: 0, no donor "
-                        "column)")
-    s.add_argument("--conditions", type=int, default=0, metavar="C",
-                   help="conditions: ctrl, then stim, stim2... each with a gene program per type "
-                        "(default: 0, no condition column)")
-    s.add_argument("--out", required=True, metavar="FILE", help="the h5ad file to write")
-    s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    s.set_defaults(func=cmd_simulate)
-
-    f = _command(sub, "fit", "fit a generator on an h5ad of raw counts", (
-        "Fits one generator on every cell of DATA and saves it as a directory of plain files\n"
-        "(config.json, safetensors weights, labels and genes) for `cellsynth generate`. The\n"
-        "model's settings are the package defaults, then --config, then --set."))
-    f.add_argument("data", metavar="DATA.h5ad", help="labelled atlas of raw counts")
-    f.add_argument("--label-key", required=True, metavar="KEY",
-                   help="obs column with the cell type")
-    f.add_argument("--model", default=None,
-                   help="generator: cvae, nb, reference (the reference project's CVAE; "
-                        "'seed' is its old name) or scvi (default: generator.model of "
-                        "--config or --set, else cvae)")
-    f.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
-    f.add_argument("--config", metavar="FILE",
-                   help="TOML config for the model's settings, e.g. its [cvae] section "
-                        "(default: the package defaults)")
-    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=_SET_HELP)
-    f.add_argument("--covariates", metavar="LIST", default="",
-                   help="comma-separated obs columns the model also conditions on (donor, "
-                        "condition, batch...): cvae, nb or scvi; same as --set "
-                        "MODEL.covariates=[...], e.g. nb.covariates=[...]")
-    f.add_argument("--seed", type=_seed, default=None,
-                   help="random seed of the fit (default: the config's seed, 0 unless set)")
-    f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    f.set_defaults(func=cmd_fit)
-
-    g = _command(sub, "generate", "generate cells of chosen types from a saved generator", (
-        "Give exactly one of --n-per-type, --types, --request and --like. Writes counts (or PCA\n"
-        "points for the reference model) with the types and covariates in obs and provenance\n"
-        "in uns['cellsynth'] (with the combinations no training cell had)."))
-    g.add_argument("model_dir", help="a model directory written by `cellsynth fit` or a run's "
-                                     "generator/ directory")
-    g.add_argument("--n-per-type", type=int, metavar="N",
-                   help="this many cells of every type (default: none; or --types)")
-    g.add_argument("--types", metavar="'TYPE=N,...'",
-                   help="cells per named type, e.g. 'B cell=500,NK=200' (default: none; or "
-                        "--n-per-type)")
-    g.add_argument("--where", metavar="'COV=LEVEL,...'",
-                   help="covariate levels for every requested type, e.g. 'condition=stim,"
-                        "donor=D7'; a covariate not given follows each type's training "
-                        "composition (a cvae, nb or scvi fitted with --covariates; default: none)")
-    g.add_argument("--request", metavar="FILE",
-                   help="a TSV (or .csv) with the label column, any covariate columns and n, "
-                        "one row per combination (default: none)")
-    g.add_argument("--like", metavar="REAL.h5ad",
-                   help="as many cells of every type (x covariate levels) as this file has: "
-                        "a synthetic twin (default: none)")
-    g.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
-    g.add_argument("--out", required=True, metavar="FILE", help="output .h5ad")
-    g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    g.set_defaults(func=cmd_generate)
-
-    e = _command(sub, "evaluate", "fidelity of synthetic cells against real ones, with the "
-                 "real-vs-real floor", (
-                     "Two-sample AUC, MMD, energy, kNN precision/recall and gene statistics in a\n"
-                     "space fitted on the real cells, beside what two halves of the real cells\n"
-                     "score (the floor); a gene-level two-sample test; per type, DE fold-change r,\n"
-                     "marker overlap and TRTS. Ends with the verdict: overall and per type,\n"
-                     "indistinguishable, close or distinguishable from the floor. With --heldout,\n"
-                     "a privacy audit: can the synthetic cells tell training cells from unseen ones?"))
-    e.add_argument("--real", required=True, metavar="FILE", help="h5ad of real cells")
-    e.add_argument("--synthetic", required=True, metavar="FILE", help="h5ad of generated cells")
-    e.add_argument("--label-key", required=True, metavar="KEY",
-                   help="obs column with the cell type, in both files")
-    e.add_argument("--out", required=True, metavar="DIR",
-                   help="directory for fidelity.json, fidelity.md (the verdict first) and "
-                        "per_type.csv")
-    e.add_argument("--seed", type=_seed, default=0, help="random seed of subsamples and the floor")
-    e.add_argument("--max-cells", type=int, default=3000, metavar="N",
-                   help="cells of each file read (a stratified subsample; files are never "
-                        "read whole)")
-    e.add_argument("--heldout", metavar="FILE",
-                   help="h5ad of real cells the generator never saw (e.g. the test split), for "
-                        "the privacy audit; --real are then the cells it trained on (default: "
-                        "no audit)")
-    e.add_argument("--donor-key", metavar="KEY",
-                   help="obs column with each cell's donor, in --real and --heldout: donor-level "
-                        "membership attacks (default: cell level only)")
-    e.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    e.set_defaults(func=cmd_evaluate)
-
-    b = _command(sub, "benchmark", "generators side by side on datasets: fidelity, utility, "
-                 "the real-vs-real floor", (
-                     "Each generator's results are kept per dataset and reused while its\n"
-                     "settings are unchanged; the page is written to OUT."))
-    b.add_argument("--data", required=True, metavar="LIST",
-                   help="comma-separated .h5ad files or preset TOMLs")
-    b.add_argument("--models", default="cvae,nb,reference,scvi", metavar="LIST",
-                   help="comma-separated generators")
-    b.add_argument("--label-key", default=None, metavar="KEY",
-                   help="label column (default: the config's)")
-    b.add_argument("--config", metavar="FILE",
-                   help="TOML config for every dataset (default: the package defaults)")
-    b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=_SET_HELP)
-    b.add_argument("--out", required=True, metavar="DIR", help="benchmark directory")
-    b.add_argument("--holdout", metavar="COLUMN=LEVEL,...", default=None,
-                   help="also hold this combination out of training and score it, e.g. "
-                        "'cell_type=CD14+ Monocytes,condition=stim' (default: none)")
-    b.add_argument("--fits", type=int, default=1, metavar="N",
-                   help="fit each generator N times, each with its own seeds, and report the "
-                        "mean and the spread across fits (default: 1)")
-    b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    b.set_defaults(func=cmd_benchmark)
-
-    rp = _command(sub, "report", "write a self-contained HTML report of a run directory", (
-        "Reads only the run directory's files; no model is loaded."))
-    rp.add_argument("run_dir", help="a run directory written by cellsynth run")
-    rp.add_argument("--out", metavar="FILE", help="HTML file (default: RUN_DIR/report.html)")
-    rp.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
-    rp.set_defaults(func=cmd_report)
-
-    i = _command(sub, "info", "describe a run directory, a model directory or an h5ad", (
-        "A run's stages and results, a model's kind, types and genes, or an h5ad's shape,\n"
-        "columns and where its counts are."))
-    i.add_argument("path", help="a run directory, a model directory or an .h5ad file")
-    i.add_argument("--json", action="store_true", help="print JSON (default: text)")
-    i.set_defaults(func=cmd_info)
-    return p
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("cellsynth")
+#: the function each command calls
+COMMANDS = {
+    "run": cmd_run,
+    "config": cmd_config,
+    "download": cmd_download,
+    "simulate": cmd_simulate,
+    "fit": cmd_fit,
+    "generate": cmd_generate,
+    "evaluate": cmd_evaluate,
+    "benchmark": cmd_benchmark,
+    "report": cmd_report,
+    "info": cmd_info,
+}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -637,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     try:
         with settings.override(progress=False if quiet else "auto"), _terminations():
-            return args.func(args)
+            return COMMANDS[args.command](args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
         return 2
