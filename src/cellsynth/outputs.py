@@ -99,6 +99,16 @@ def check_out_dir(out: str | Path, flag: str, what: str,
     return out
 
 
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run directory ``path`` is or lies in: the nearest folder at or above it that holds a
+    run's ``manifest.json`` and ``config.toml``; None outside any run."""
+    path = Path(path).expanduser().resolve()
+    for place in (path, *path.parents):
+        if (place / "manifest.json").is_file() and (place / "config.toml").is_file():
+            return place
+    return None
+
+
 def check_run_dir(out: Path, flag: str = "--out") -> None:
     """A run directory that is an existing file, or under which nothing can be written, is a
     one-line error (``flag`` names it: ``--out``, or ``out`` in Python)."""

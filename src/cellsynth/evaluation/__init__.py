@@ -34,7 +34,7 @@ from ..metrics.genes import gene_fidelity
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
-from ..outputs import check_out_dir, write_json, write_text
+from ..outputs import check_out_dir, enclosing_run, write_json, write_text
 from ..seeds import checked_seed, checked_whole, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,
@@ -278,9 +278,49 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
 
 
 def _out_dir(out: str | Path, flag: str = "--out") -> Path:
-    """The output directory, refused when it is an existing file (e.g. the input); ``flag``
+    """The output directory, refused when it is an existing file (e.g. the input), when it is
+    or lies in a run directory (whose own evaluation it would replace or mix with), or when it
+    holds files named as an evaluation's that ``cellsynth evaluate`` did not write; ``flag``
     names it in the message (``--out`` on the command line, ``out`` in Python)."""
-    return check_out_dir(out, flag, "fidelity.json and fidelity.md", DataError)
+    out = check_out_dir(out, flag, "fidelity.json and fidelity.md", DataError)
+    run = enclosing_run(out)
+    if run is not None:
+        raise DataError(f"{flag} {out} is in the run directory {run}, which keeps its own "
+                        "evaluation (metrics/fidelity.json, read by its report): writing there "
+                        "would replace or mix with the run's results; give a folder outside "
+                        "the run")
+    held = [name for name in EVALUATION_FILES if (out / name).exists()]
+    if held and not _evaluation_written(out):
+        raise DataError(f"{flag} {out} holds {', '.join(held)} that cellsynth evaluate did not "
+                        "write: writing would destroy them; give a new or empty folder")
+    return out
+
+
+#: the files :func:`write` writes (``per_type.csv`` when the result has the per-type table)
+EVALUATION_FILES = ("fidelity.json", "fidelity.md", "per_type.csv")
+
+
+def _evaluation_written(out: Path) -> bool:
+    """Whether the evaluation files in ``out`` are an earlier :func:`write`'s (its
+    ``fidelity.json`` holds the comparison of both sides, its ``fidelity.md`` starts with the
+    heading it writes): an earlier evaluation may be replaced."""
+    import json
+
+    try:
+        kept = json.loads((out / "fidelity.json").read_text())
+        if not (isinstance(kept, dict) and "synthetic_vs_real" in kept):
+            return False
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return False
+    try:
+        with open(out / "fidelity.md", encoding="utf-8", errors="replace") as fh:
+            return fh.readline().strip() == "# Fidelity"
+    except FileNotFoundError:
+        return (out / "fidelity.json").exists()
+    except OSError:
+        return False
 
 
 def write(result: Mapping[str, Any], out: str | Path) -> Path:
@@ -331,6 +371,8 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
                       "success.", ""]
     if result.get("per_type"):
         pd.DataFrame(result["per_type"]).to_csv(out / "per_type.csv", index=False)
+    else:  # an earlier evaluation's table would be read as this one's
+        (out / "per_type.csv").unlink(missing_ok=True)
     path = out / "fidelity.md"
     write_text(path, "\n".join(lines))  # atomic
     return path

@@ -370,12 +370,40 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
     directory that is not a saved model (a project's folder, a run directory): a save replaces
     the directory whole."""
     check_out_dir(out, flag, "the model", ModelFileError)
+    resolved = Path(out).expanduser().resolve()
+    above = next((p for p in resolved.parents if is_model_dir(p)), None)
+    if above is not None:
+        raise ModelFileError(f"{flag} {out} is inside the model directory {above}: a refit of "
+                             "that model would delete it; give a directory of its own")
+    if out.is_dir() and is_model_dir(out):
+        extra = _not_the_model(out)
+        if extra:
+            raise ModelFileError(
+                f"{flag} {out} holds a saved model and other files ({', '.join(extra[:5])}"
+                f"{', ...' if len(extra) > 5 else ''}); a save replaces the directory whole, "
+                "so they would be lost: move them out or give another directory")
     if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
         held = sorted(p.name for p in out.iterdir())
         raise ModelFileError(
             f"{flag} {out} is a non-empty directory that is not a saved model (it holds "
             f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a save replaces the "
             "directory whole: give a new or empty directory")
+
+
+def _not_the_model(path: Path) -> list[str]:
+    """What a saved model's directory holds beyond the model: entries its ``checksums.json``
+    does not list, other than the checksums, the settings a fit saves beside them and a run's
+    training checkpoints (an older save without checksums: nothing is known, so nothing is
+    named)."""
+    try:
+        listed = json.loads((path / CHECKSUMS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(listed, dict):
+        return []
+    ours = {Path(name).parts[0] for name in listed} | {CHECKSUMS_FILE, "run_config.toml", "checkpoint"}
+    return sorted(p.name for p in path.iterdir() if p.name not in ours
+                  and not p.name.startswith("."))
 
 
 def replace_dir(new: Path, out: Path) -> None:

@@ -15,6 +15,7 @@ from ..config import RunConfig, save
 from ..errors import DataError
 from ..models.base import check_save_dir
 from ..models.registry import make_generator
+from ..outputs import enclosing_run
 
 logger = logging.getLogger(__name__)
 
@@ -70,4 +71,9 @@ def check_model_out(out: Path, data: Any = None) -> None:
             out.resolve()):
         raise DataError(f"--out {out} holds the input {data}; a refit replaces the directory "
                         "whole: give another --out")
+    run = enclosing_run(out)
+    if run is not None:
+        raise DataError(f"--out {out} is in the run directory {run}: the run's own model is "
+                        "its generator/, which `cellsynth run` trains and checks; give a "
+                        "directory outside the run")
     check_save_dir(out, "--out")
