@@ -33,16 +33,16 @@ def _model_dir(path, *extra):
 def test_an_evaluation_is_not_written_into_a_run_or_over_other_files(tmp_path):
     run = _run_dir(tmp_path / "run")
     for out in (run, run / "metrics", run / "metrics" / "new"):
-        with pytest.raises(CellsynthError, match="is in the run directory .*give a folder outside"):
+        with pytest.raises(CellsynthError, match=r"is in the run directory .*give a folder outside"):
             _out_dir(out)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "fidelity.json").write_text(json.dumps({"mine": 1}))
-    with pytest.raises(CellsynthError, match="holds fidelity.json that cellsynth evaluate did not"):
+    with pytest.raises(CellsynthError, match=r"holds fidelity\.json that cellsynth evaluate did not"):
         _out_dir(mine)
     (mine / "fidelity.json").unlink()
     (mine / "per_type.csv").write_text("a,b\n")
-    with pytest.raises(CellsynthError, match="holds per_type.csv"):
+    with pytest.raises(CellsynthError, match=r"holds per_type\.csv"):
         _out_dir(mine)
     earlier = tmp_path / "earlier"  # an earlier evaluation's files may be replaced
     earlier.mkdir()
@@ -64,6 +64,6 @@ def test_a_save_keeps_files_that_are_not_the_model(tmp_path):
     with pytest.raises(CellsynthError, match="is inside the model directory"):
         check_save_dir(tmp_path / "plain" / "sub")
     run = _run_dir(tmp_path / "run")
-    with pytest.raises(CellsynthError, match="is in the run directory .*generator/"):
+    with pytest.raises(CellsynthError, match=r"is in the run directory .*generator/"):
         check_model_out(run / "generator")
     check_model_out(tmp_path / "elsewhere")

@@ -68,10 +68,26 @@ def test_second_run_skips_finished_stages(tmp_path, caplog):
         assert again[stage]["config_hash"] != first[stage]["config_hash"], stage
     assert "stage classifier: start" in caplog.text
 
-    # --force redoes a stage whose settings did not change
+    # --force redoes a stage whose settings did not change; a file its earlier run wrote and
+    # this one does not (another generator's table, say) is removed, not left as this run's
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["stages"]["explain"]["outputs"].append("explain/earlier.csv")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "explain" / "earlier.csv").write_text("an earlier run's\n")
     caplog.clear()
     assert main([*_args(tmp_path, "classifier.max_depth=2"), "--force", "explain"]) == 0
     assert "stage explain: start" in caplog.text and "stage generator: start" not in caplog.text
+    assert not (tmp_path / "explain" / "earlier.csv").exists()
+    assert "removed explain/earlier.csv, which its earlier run wrote" in caplog.text
+
+    # an output cut short or replaced since its stage wrote it (same name, another size) is
+    # found as a missing one is: that stage runs again
+    shap = tmp_path / "explain" / "shap_genes.csv"
+    shap.write_text(shap.read_text()[:50])
+    caplog.clear()
+    assert main(_args(tmp_path, "classifier.max_depth=2")) == 0
+    assert "its output explain/shap_genes.csv changed since it was written" in caplog.text
+    assert "stage explain: start" in caplog.text and "stage classifier: start" not in caplog.text
 
 
 def test_unknown_force_stage(tmp_path, capsys):

@@ -74,11 +74,25 @@ class Manifest:
         entry = self.data["stages"].get(name, {})
         return entry.get("status") == "done" and entry.get("config_hash") == config_hash
 
-    def missing_outputs(self, name: str) -> list[str]:
-        """The files stage ``name`` wrote (recorded when it finished) that are gone now."""
+    def changed_outputs(self, name: str) -> list[str]:
+        """The files stage ``name`` wrote (recorded when it finished) that are gone now or whose
+        size is not the one recorded (a truncated or replaced file), each with why."""
         root = self.path.parent
-        outputs = self.data["stages"].get(name, {}).get("outputs", [])
-        return [f for f in outputs if isinstance(f, str) and not (root / f).is_file()]
+        entry = self.data["stages"].get(name, {})
+        sizes = entry.get("sizes") if isinstance(entry.get("sizes"), dict) else {}
+        changed = []
+        for f in entry.get("outputs", []):
+            if not isinstance(f, str):
+                continue
+            try:
+                size = (root / f).stat().st_size if (root / f).is_file() else None
+            except OSError:
+                size = None
+            if size is None:
+                changed.append(f"{f} is missing")
+            elif isinstance(sizes.get(f), int) and sizes[f] != size:
+                changed.append(f"{f} changed since it was written ({size} bytes, was {sizes[f]})")
+        return changed
 
     @contextmanager
     def stage(self, name: str, config_hash: str = ""):
@@ -89,6 +103,7 @@ class Manifest:
         """
         logger.info("stage %s: start", name)
         t0 = time.perf_counter()
+        earlier = self.data["stages"].get(name, {}).get("outputs", [])
         entry: dict[str, Any] = {"status": "running", "config_hash": config_hash}
         self.data["stages"][name] = entry
         write_json(self.path, self.data)
@@ -105,11 +120,31 @@ class Manifest:
                 logger.warning("stage %s: could not mark it failed in %s", name, self.path)
             raise
         after = _files(self.path.parent)
+        outputs = sorted(f for f, stat in after.items() if before.get(f) != stat)
         entry.update(status="done", seconds=round(time.perf_counter() - t0, 3),
-                     peak_rss_mb=round(peak_rss_mb(), 1),
-                     outputs=sorted(f for f, stat in after.items() if before.get(f) != stat))
+                     peak_rss_mb=round(peak_rss_mb(), 1), outputs=outputs,
+                     sizes={f: after[f][0] for f in outputs})
+        self._remove_stale(name, earlier)
         write_json(self.path, self.data)
         _log_done(name, entry["seconds"], entry["peak_rss_mb"])
+
+
+    def _remove_stale(self, name: str, earlier: Any) -> None:
+        """Remove the files an earlier run of stage ``name`` wrote that this run did not write
+        again and no other stage claims: left, they would be read as this run's (a per-type
+        table of another generator beside this one's results)."""
+        root = self.path.parent
+        claimed = {f for other, entry in self.data["stages"].items()
+                   for f in (entry.get("outputs", []) if isinstance(entry, dict) else [])}
+        for f in earlier if isinstance(earlier, list) else []:
+            if not isinstance(f, str) or f in claimed or f in _NOT_OUTPUTS:
+                continue
+            path = root / f
+            inside = path.resolve().is_relative_to(root.resolve()) and not path.is_symlink()
+            if inside and path.is_file():  # never a file outside the run (an edited manifest)
+                path.unlink()
+                logger.info("stage %s: removed %s, which its earlier run wrote and this one "
+                            "did not", name, f)
 
 
 #: files of a run directory that belong to no stage
@@ -301,10 +336,10 @@ class ResumePlan:
                     self.inputs[name]["sha256"]:
                 return f"the input file changed ({_input_change(entry.get('input'), self.inputs[name])})"
             return "its settings changed"
-        missing = self.manifest.missing_outputs(name)
-        if missing:
-            more = f" (and {len(missing) - 1} more of its files)" if len(missing) > 1 else ""
-            return f"its output {missing[0]} is missing{more}"
+        changed = self.manifest.changed_outputs(name)
+        if changed:
+            more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
+            return f"its output {changed[0]}{more}"
         return None
 
 
