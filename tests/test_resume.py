@@ -360,3 +360,36 @@ def test_a_rerun_that_fails_marks_what_it_would_redo_stale(tmp_path, capsys):
     assert "from an earlier run" in describe(tmp_path)["f1_macro_note"]
     assert main(_args(tmp_path)) == 0  # the earlier settings again: every stage done anew
     assert {s["status"] for s in _stages(tmp_path).values()} == {"done"}
+
+
+def test_the_input_is_known_by_its_content_and_recorded_by_its_full_path(tmp_path, monkeypatch):
+    """The same file named two ways (``atlas.h5ad``, ``./atlas.h5ad``) keeps every stage's key,
+    so a rerun skips them; config.toml names it by its full path (it replays from any
+    folder) and the manifest records the command that started the run."""
+    import tomllib
+
+    from cellsynth import config
+    from cellsynth.pipeline.context import RunContext
+
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "atlas.h5ad").write_bytes(b"some bytes")
+    monkeypatch.chdir(data)
+    keys = []
+    for i, spelled in enumerate(("atlas.h5ad", "./atlas.h5ad", str(data / "atlas.h5ad"))):
+        cfg = config.load(overrides=[f"dataset.path='{spelled}'"])
+        ctx = RunContext(cfg, tmp_path / f"run{i}", command=f"cellsynth run {spelled}")
+        try:
+            ctx.record_config()
+            keys.append(ctx.plan.hashes)
+        finally:
+            ctx.close()
+        saved = tomllib.loads((tmp_path / f"run{i}" / "config.toml").read_text())
+        assert saved["dataset"]["path"] == str(data / "atlas.h5ad")
+        manifest = json.loads((tmp_path / f"run{i}" / "manifest.json").read_text())
+        assert manifest["command"] == f"cellsynth run {spelled}"
+    assert keys[0] == keys[1] == keys[2]
+    (data / "atlas.h5ad").write_bytes(b"other bytes")  # the content is what counts
+    ctx = RunContext(config.load(overrides=["dataset.path='atlas.h5ad'"]), tmp_path / "run3")
+    ctx.close()
+    assert ctx.plan.hashes["data"] != keys[0]["data"]

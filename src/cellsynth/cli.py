@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)
     logger.info("%s", settings_line(cfg, sources))
-    path = pipeline.run(cfg, out, force=set(args.force))
+    path = pipeline.run(cfg, out, force=set(args.force), command=args.command_line)
     _print_verdict(out / "metrics" / "fidelity.json")
     print(f"results: {path}")
     print(f"report:  {out / 'report.html'}")
@@ -376,7 +377,7 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
     """The options of this command whose path holds ``filename`` (``--cache-dir``), or the
     command's path options, to name in an error about that file."""
     paths = {k: v for k, v in vars(args).items()
-             if isinstance(v, str | Path) and k not in ("func", "command") and v}
+             if isinstance(v, str | Path) and k not in ("func", "command", "command_line") and v}
     name = str(filename)
     hit = [k for k, v in paths.items()
            if name == str(v) or name.startswith(str(v).rstrip("/") + "/")]
@@ -386,6 +387,7 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["cellsynth", *(sys.argv[1:] if argv is None else argv)])
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
     try:

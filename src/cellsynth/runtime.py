@@ -278,6 +278,9 @@ class ResumePlan:
         self.manifest, self.force, self.ran = manifest, set(force), set()
         self.inputs = dict(inputs or {})
         config = hashed_settings(cfg)
+        for name, digest in self.inputs.items():  # a file read is known by its content: the
+            if name == "data" and isinstance(config.get("dataset"), dict):  # same file by
+                config["dataset"] = {**config["dataset"], "path": digest["sha256"]}  # any path
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
             # a section holding only ADDED settings at their old values (nb's) is left out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,11 +33,14 @@ class RunContext:
         The run directory.
     force
         Stages to redo, and so everything after them.
+    command
+        The command line that started the run (recorded in the manifest), or None.
     """
 
     cfg: RunConfig
     out: Path
     force: set[str] = field(default_factory=set)
+    command: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -70,8 +74,10 @@ class RunContext:
         ``environment``), once: before the first stage that runs, or at the end of a run that
         reran none."""
         if not self._recorded:
-            save(self.cfg, self.out / "config.toml")
-            self.manifest.set_meta(config=to_dict(self.cfg), environment=environment())
+            # the input's path resolved: the file replays from any folder
+            save(with_resolved_path(self.cfg), self.out / "config.toml")
+            self.manifest.set_meta(config=to_dict(self.cfg), environment=environment(),
+                                   command=self.command)
             self._recorded = True
 
     def _inputs(self) -> dict[str, dict]:
@@ -117,6 +123,15 @@ class RunContext:
         """Whether training checkpoints must be ignored (a forced data, features or generator
         stage)."""
         return bool(self.plan.force & {"data", "features", "generator"})
+
+
+def with_resolved_path(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``dataset.path`` absolute (as read from the working folder), so a run's
+    ``config.toml`` names the file it read wherever it is replayed from."""
+    if not cfg.dataset.path:
+        return cfg
+    path = str(Path(cfg.dataset.path).expanduser().resolve())
+    return dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
 
 
 def out_of_core(cfg: RunConfig) -> bool:

@@ -30,15 +30,16 @@ logger = logging.getLogger(__name__)
 
 
 def run(cfg: RunConfig, out: str | Path, *,
-        force: set[str] | None = None) -> Path:  # fmt: skip
+        force: set[str] | None = None, command: str | None = None) -> Path:  # fmt: skip
     """Run every stage into ``out`` and return the path of ``results.md``.
 
     A stage already done in ``out`` with the same settings (and upstream stages unchanged) is
     skipped and its outputs are read back; ``force`` names stages to redo (and so everything
     after them). With ``dataset.backed`` (or ``"auto"`` and a file over 2 GB) the cells stay on
-    disk and are read in chunks of ``qc.chunk_size``.
+    disk and are read in chunks of ``qc.chunk_size``. ``command``, the command line that
+    started the run, is recorded in the manifest.
     """
-    ctx = RunContext(cfg, Path(out), force=set(force or ()))
+    ctx = RunContext(cfg, Path(out), force=set(force or ()), command=command)
     try:
         return _stages(ctx, cfg)
     finally:
