@@ -175,6 +175,20 @@ def test_config_show_maps_the_old_model_name_with_a_warning(capsys):
     assert 'model = "reference"' in out and "renamed 'reference'" in err
 
 
+def test_a_stopped_command_says_what_a_rerun_does():
+    """Only a run resumes; fit and generate start again; a benchmark reuses what it finished."""
+    def after(*argv):
+        return cli._after_stop(cli.build_parser().parse_args(list(argv)))
+
+    assert "rerun the same command to resume" in after("run")
+    for argv in (["fit", "a.h5ad", "--label-key", "t", "--out", "m"], ["generate", "m", "--n-per-type", "5",
+                                                   "--out", "c.h5ad"]):
+        assert "does not resume: the same command starts again" in after(*argv)
+        assert "resume)" not in after(*argv)
+    assert "reuses them" in after("benchmark", "--data", "a.h5ad", "--out", "b")
+    assert after("simulate", "--out", "a.h5ad") == ""  # nothing kept: nothing to say
+
+
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_terminated_command_says_so_and_leaves_no_partial_file(tmp_path, signum):
     """SIGTERM (a scheduler's cancel or time limit) unwinds as Ctrl-C does: a clear last line,

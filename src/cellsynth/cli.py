@@ -417,13 +417,27 @@ def main(argv: list[str] | None = None) -> int:
 
         name = signal.Signals(exc.signum).name
         logging.getLogger("cellsynth").error("terminated by %s", name)
-        print(f"cellsynth: terminated by {name}; partial outputs removed (a run keeps its "
-              "finished stages: rerun the same command to resume)", file=sys.stderr)
+        print(f"cellsynth: terminated by {name}; partial outputs removed{_after_stop(args)}",
+              file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print("cellsynth: interrupted; partial outputs removed (a run keeps its finished "
-              "stages: rerun the same command to resume)", file=sys.stderr)
+        print(f"cellsynth: interrupted; partial outputs removed{_after_stop(args)}",
+              file=sys.stderr)
         return 130
+
+
+def _after_stop(args: argparse.Namespace) -> str:
+    """What a rerun of a stopped command does, in words: a run resumes, a benchmark reuses the
+    generators it finished, the others start again."""
+    if args.command == "run":
+        return (" (a run keeps its finished stages and its last training checkpoint: rerun "
+                "the same command to resume)")
+    if args.command == "benchmark":
+        return (" (the generators it finished are kept: the same command reuses them and "
+                "fits the others)")
+    if args.command in ("fit", "generate"):
+        return f" (`cellsynth {args.command}` does not resume: the same command starts again)"
+    return ""
 
 
 if __name__ == "__main__":  # pragma: no cover
