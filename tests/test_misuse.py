@@ -430,6 +430,12 @@ def test_input_change_is_told_apart_from_a_settings_change(tmp_path, caplog):
     changed = {**given, "size": 12, "sha256": "b" * 64}
     assert ResumePlan(manifest, RunConfig(), set(), inputs={"data": changed}).runs("data")
     assert "the input file changed (/d/a.h5ad: 10 bytes before, 12 now)" in caplog.text
+    assert "WARNING" not in caplog.text  # the file edited: said as any other reason
+    another = {**changed, "path": "/d/b.h5ad"}  # another file: the whole run is replaced, warned
+    assert ResumePlan(manifest, RunConfig(), set(), inputs={"data": another}).runs("data")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "now /d/b.h5ad, was /d/a.h5ad" in warned[0].getMessage()
+    assert "every result in" in warned[0].getMessage()
     cfg = RunConfig()
     cfg.qc.min_genes_per_cell = 3
     assert ResumePlan(manifest, cfg, set(), inputs={"data": given}).runs("data")

@@ -303,7 +303,10 @@ class ResumePlan:
             logger.info("stage %s: done before with the same settings, skipped", name)
             return False
         self.ran.add(name)
-        if why:
+        if why.startswith("the input file changed (now "):  # another file: the run is replaced
+            logger.warning("stage %s: %s; running again: every result in %s is replaced by "
+                           "this file's", name, why, self.manifest.path.parent)
+        elif why:
             logger.info("stage %s: %s; running again", name, why)
         self._mark_stale(name)
         return True
