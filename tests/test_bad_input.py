@@ -507,7 +507,23 @@ def test_an_output_named_for_another_format_is_refused(saved_nb, tmp_path, capsy
               "in the .h5ad format, not .csv; give a path ending in .h5ad")
     cli_error(capsys, ["simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out",
                        str(tmp_path / "atlas.zarr"), "--quiet"], "not .zarr")
+    for name, said in (("cells", "its name has no suffix; give a path ending in .h5ad, "
+                                 "e.g. {}.h5ad"),
+                       ("cells.h5ad.gz", "not .gz; give a path ending in .h5ad, e.g. {}"),
+                       ("-", "to a file, not to standard output")):
+        out = "-" if name == "-" else str(tmp_path / name)
+        like = str(tmp_path / name.removesuffix(".gz"))
+        cli_error(capsys, ["generate", str(saved_nb), "--n-per-type", "5", "--out", out,
+                           "--quiet"], said.format(like))
     assert not list(tmp_path.glob("cells*")) and not list(tmp_path.glob("atlas*"))
+    # an earlier output is said to be replaced only once the request is known to be good
+    earlier = str(tmp_path / "earlier.h5ad")
+    assert main(["generate", str(saved_nb), "--n-per-type", "3", "--out", earlier]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(saved_nb), "--types", "no such type=3", "--out", earlier]) == 2
+    assert "replacing" not in capsys.readouterr().err
+    assert main(["generate", str(saved_nb), "--n-per-type", "4", "--out", earlier]) == 0
+    assert f"replacing {earlier}" in capsys.readouterr().err
     from cellsynth.report.html import write_report
 
     (tmp_path / "run").mkdir()

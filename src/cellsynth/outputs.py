@@ -174,12 +174,13 @@ def report_html(path: Path) -> bool:
 
 
 def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out",
-                   suffixes: tuple[str, ...] = (".h5ad",)) -> None:  # fmt: skip
+                   suffixes: tuple[str, ...] = (".h5ad",), say: bool = True) -> None:  # fmt: skip
     """Refuse an output file that is a directory, one whose name says another format than
     ``suffixes`` (``cells.csv`` would hold an h5ad), or an existing file that cellsynth did not
     write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
     anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
-    a command writes its output again), with a line in the log."""
+    a command writes its output again), with a line in the log (``say`` false: the caller
+    says it when it writes, after its other checks)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
@@ -189,12 +190,20 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
         raise CellsynthError(f"{flag} {path} exists and is not {what} that cellsynth wrote: "
                              "writing would destroy it; give a new path (or remove the file "
                              "yourself)")
-    if path.suffix and path.suffix.lower() not in suffixes:
+    if path.name == "-":  # the shell's "standard output", resolved or not
+        raise CellsynthError(f"{flag} -: cellsynth writes {what} to a file, not to standard "
+                             f"output; give a path ending in {suffixes[0]}")
+    if path.suffix.lower() not in suffixes:
+        stem = Path(path.stem)  # z.h5ad.gz: z.h5ad, not z.h5ad.h5ad
+        like = path.with_name(stem.name) if stem.suffix.lower() in suffixes else \
+            path.with_name(path.name + suffixes[0]) if not path.suffix else \
+            path.with_suffix(suffixes[0])
+        said = f"not {path.suffix}" if path.suffix else "and its name has no suffix"
         raise CellsynthError(f"{flag} {path}: cellsynth writes {what} here, in the "
-                             f"{suffixes[0]} format, not {path.suffix}; give a path ending in "
-                             f"{suffixes[0]}, e.g. {path.with_suffix(suffixes[0])}")
+                             f"{suffixes[0]} format, {said}; give a path ending in "
+                             f"{suffixes[0]}, e.g. {like}")
     check_writable(path, flag)
-    if exists:
+    if exists and say:
         logger.info("replacing %s, %s written earlier", path, what)
 
 

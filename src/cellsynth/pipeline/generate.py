@@ -164,9 +164,11 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     if not hasattr(gen, "sample_chunks"):
         syn = gen.sample(req, seed=seed, **kwargs)
         syn.uns[K.UNS] = writable_uns(syn.uns[K.UNS])  # combinations as tables
+        _replacing(out)
         write_h5ad(syn, out)
         return syn.n_obs
     plan, unseen = gen.plan(req, kwargs.get("where"))
+    _replacing(out)
     n = sum(k for _, _, k in plan)
     need = check_disk(gen, plan, out.parent)
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
@@ -175,6 +177,12 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen),
                 overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
+
+
+def _replacing(out: Path) -> None:
+    """Say that ``out``, cells written earlier, is replaced: once the request is known good."""
+    if out.exists():
+        logger.info("replacing %s, an h5ad of cells written earlier", out)
 
 
 def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | None) -> None:
@@ -195,7 +203,7 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
         if given is not None and Path(given).expanduser().resolve() == path:
             raise DataError(f"--out {out} is the input file {given}: writing would replace it; "
                             "give another output path")
-    check_file_out(path, "an h5ad of cells", generated_h5ad)
+    check_file_out(path, "an h5ad of cells", generated_h5ad, say=False)  # said when written
 
 
 def _known_types(ask: Any, labels: list[str], label_key: str, like: str | Path) -> Any:
