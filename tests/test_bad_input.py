@@ -636,6 +636,36 @@ def test_counts_with_a_few_fractional_values_say_so_not_normalised(tmp_path, cap
     assert find_counts(normalised).note == ""  # normalised data are still called so
 
 
+def test_values_that_are_neither_counts_nor_log_normalised_are_not_read_as_either(tmp_path, capsys):
+    """Counts stored with float round-off (x / s * s) and counts per 10,000 never
+    log-transformed were read by a run as log-normalised values (PCA and the classifier on
+    linear-scale counts, without a word); fit called the round-off counts normalised. Each
+    is refused with what it looks like and the fix; dataset.is_normalised = true keeps them."""
+    counts = make_adata(200)
+    x = counts.X.copy()
+    size = (x.sum(1, keepdims=True) / np.median(x.sum(1))).astype(np.float32)
+    rounded = counts.copy()
+    rounded.X = sp.csr_matrix((x / size * size).astype(np.float32))
+    assert not np.all(np.mod(rounded.X.data, 1) == 0)  # the round-off is there
+    cp10k = counts.copy()
+    cp10k.X = sp.csr_matrix((x / x.sum(1, keepdims=True) * 1e4).astype(np.float32))
+    cfg = config.load(overrides=["generator.model='reference'", "qc.min_genes_per_cell=1",
+                                 "qc.min_cells_per_gene=1", "qc.min_cells_per_type=5"])
+    for adata, said in ((rounded, "raw counts stored with round-off or a little noise"),
+                        (cp10k, "normalised values that are not log-transformed")):
+        with pytest.raises(DataError, match=said):
+            preprocess(adata.copy(), cfg.dataset, cfg.qc, cfg.split)
+        path = write(adata, tmp_path / "x.h5ad")
+        cli_error(capsys, ["fit", str(path), "--label-key", LABEL, "--out", str(tmp_path / "m"),
+                           "--quiet"], said)
+    with pytest.raises(DataError, match=r"round them \(adata\.X\.data = np\.rint"):
+        preprocess(rounded.copy(), cfg.dataset, cfg.qc, cfg.split)
+    told = config.load(overrides=["dataset.is_normalised=true", "qc.min_genes_per_cell=1",
+                                  "qc.min_cells_per_gene=1", "qc.min_cells_per_type=5"])
+    pre, _ = preprocess(cp10k.copy(), told.dataset, told.qc, told.split)  # taken at its word
+    assert pre.n_obs == 200
+
+
 @pytest.mark.parametrize("key", ["", "a/b", "donor", "predicted_doublets"])
 def test_simulate_refuses_a_label_column_it_cannot_keep(tmp_path, capsys, key):
     from cellsynth.data.simulate import simulate_atlas

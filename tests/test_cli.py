@@ -73,7 +73,7 @@ def fake_pipeline(monkeypatch, tmp_path):
     """``pipeline.run`` replaced by a recorder; the working directory is ``tmp_path``."""
     calls: list[tuple[config.RunConfig, object]] = []
 
-    def run(cfg, out, *, force=None):
+    def run(cfg, out, *, force=None, command=None):
         calls.append((cfg, out))
         return out / "results.md"
 

@@ -70,7 +70,10 @@ class DatasetConfig:
     # obs column naming each cell's donor (or sample): with split.heldout_donors, the privacy
     # audit also attacks at donor level ("": none)
     donor_key: str = ""
-    is_normalised: Literal["auto", True, False] = "auto"  # what X holds; "auto" detects
+    # what X holds: "auto" detects counts, or log-normalised values where there are none (and
+    # refuses counts with round-off or noise, and normalised values never log-transformed);
+    # true takes X as log-normalised values, false as counts
+    is_normalised: Literal["auto", True, False] = "auto"
     groups: str = ""  # fine -> coarse mapping: TSV/JSON path, a packaged name ("e-annd-5"), or ""
     doublet_key: str = "predicted_doublets"  # obs column flagging doublets; skipped when absent
     mito_key: str = "mito"  # obs column with the mitochondrial fraction; computed when absent

@@ -306,6 +306,33 @@ def check_whole(x: sp.csr_matrix, rows: np.ndarray | None = None) -> None:
 MOSTLY_WHOLE = 0.9
 
 
+#: sampled values all this close to whole numbers are counts with round-off or a little noise
+NEAR_WHOLE = 0.01
+#: normalised values above this are not log-transformed (log1p of counts per 10,000 stays under
+#: 10, of counts per million under 14, log2 of them under 20)
+LOGGED_MAX = 50.0
+
+
+def _doubt(values: np.ndarray) -> str:
+    """Why sampled values that are not counts should not be read as log-normalised values
+    either, with what to do ("" when they may): counts with round-off, noise or a few
+    corrected values, or normalised values that were never log-transformed."""
+    nonzero = values[values != 0]
+    if not nonzero.size:
+        return ""
+    off = np.abs(nonzero - np.rint(nonzero))
+    if off.max() <= NEAR_WHOLE:
+        return (f"X looks like raw counts stored with round-off or a little noise (every "
+                f"sampled value within {NEAR_WHOLE} of a whole number, e.g. "
+                f"{nonzero[off.argmax()]:.8g}): round them (adata.X.data = np.rint(adata.X.data)) "
+                "and write the file again, or give the raw counts in layers['counts']")
+    if nonzero.max() > LOGGED_MAX:
+        return (f"X holds normalised values that are not log-transformed (the largest sampled "
+                f"is {nonzero.max():.6g}; log-normalised values stay under {LOGGED_MAX:g}): "
+                "give the raw counts (best), or log-transform them (sc.pp.log1p)")
+    return _mostly_whole(nonzero)
+
+
 def _mostly_whole(values: np.ndarray) -> str:
     """Where sampled values are counts but for a few non-integer ones, what to do about them."""
     nonzero = values[values != 0]
@@ -324,7 +351,8 @@ class Expression:
 
     counts: Source | None
     normalised: bool  # whether X is normalised (log or otherwise)
-    # without counts: why X, which looks like counts, is not taken as counts ("" otherwise)
+    # without counts: why X should not be read as log-normalised values either (counts with
+    # round-off or noise, normalised values never log-transformed; "" otherwise)
     note: str = ""
 
     def no_counts(self, message: str) -> DataError:
@@ -369,8 +397,8 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
     if is_normalised == "auto" and x_counts:
         return Expression("X", normalised=False)
     # X is normalised: look for counts elsewhere
-    return _counts_elsewhere(adata) or Expression(None, normalised=True,
-                                                   note=_mostly_whole(x_values))
+    return _counts_elsewhere(adata) or Expression(
+        None, normalised=True, note=_doubt(x_values) if is_normalised == "auto" else "")
 
 
 def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:

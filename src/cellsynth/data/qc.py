@@ -399,8 +399,9 @@ class WholeCheck:
 def describe_expression(expr: Expression) -> bool:
     """Log where the counts are; whether there are any."""
     has_counts = expr.counts is not None
-    if expr.note:  # counts but for a few values: read as normalised, and said why
-        logger.warning("%s; until then X is read as normalised values", expr.note)
+    if expr.note:  # neither counts nor log-normalised values: PCA would read them wrongly
+        raise DataError(f"{expr.note}; or set dataset.is_normalised = true to use X as the "
+                        "log-normalised values it is")
     logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
                 "normalised values only (no counts found): normalisation is skipped")
     return has_counts
