@@ -302,7 +302,22 @@ def test_compressed_and_10x_files_are_named_with_their_conversion(tmp_path):
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     with pytest.raises(DataError) as info:
         read(packed)
-    one_line(info.value, "is compressed (.gz); uncompress it first (e.g. gunzip x.h5ad.gz)")
+    one_line(info.value, "is compressed (gzip); uncompress it first (e.g. gunzip x.h5ad.gz)")
+    hidden = tmp_path / "zipped.h5ad"  # compressed under an h5ad's name: known by its bytes
+    hidden.write_bytes(packed.read_bytes())
+    with pytest.raises(DataError, match=r"is compressed \(gzip\)"):
+        read(hidden)
+    table = tmp_path / "table.h5ad"
+    table.write_text("cell,gene_1,gene_2\nc1,0,3\n")
+    with pytest.raises(DataError, match=r"is a text file \(a CSV or TSV table\?\).*sc\.read_csv"):
+        read(table)
+    loom = tmp_path / "cells.loom"
+    with h5py.File(loom, "w") as f:  # loom's layout: matrix, row_attrs, col_attrs
+        f.create_dataset("matrix", data=np.ones((3, 2)))
+        f.create_group("row_attrs")
+        f.create_group("col_attrs")
+    with pytest.raises(DataError, match=r"is a loom file.*sc\.read_loom"):
+        read(loom)
     tenx = tmp_path / "filtered_feature_bc_matrix.h5"
     with h5py.File(tenx, "w") as f:  # 10x's layout: a "matrix" group, no obs
         f.create_group("matrix").create_dataset("data", data=np.arange(3))

@@ -42,6 +42,13 @@ def test_a_directory_given_as_the_data_file(tmp_path, capsys):
         read(tmp_path)
     one_line(err.value, "is a directory; give the path of an .h5ad file")
     cli_error(capsys, fit_argv(tmp_path, tmp_path / "m"), "is a directory")
+    # a saved model or a run directory given as cells: said what it is, and where cells are
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"is a saved model's directory.*cellsynth generate"):
+        read(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(DataError, match=r"is a run directory.*synthetic"):
+        read(tmp_path)
 
 
 def test_a_base_url_without_a_scheme():

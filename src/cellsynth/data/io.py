@@ -51,9 +51,13 @@ def unreadable(path: Path, exc: Exception) -> DataError:
     Genomics ``.h5`` (its ``matrix`` group) is named as such, anything else as damaged."""
     try:
         with h5py.File(path, "r") as f:
-            tenx = "matrix" in f and "obs" not in f
+            loom = "matrix" in f and "row_attrs" in f and "col_attrs" in f
+            tenx = "matrix" in f and "obs" not in f and not loom
     except OSError:
-        tenx = False
+        loom = tenx = False
+    if loom:
+        return DataError(f"{path} is a loom file, not an h5ad; convert it with scanpy "
+                         "(sc.read_loom(path).write_h5ad(...)) and pass the .h5ad")
     if tenx:
         return DataError(f"{path} is a 10x Genomics .h5 matrix, not an h5ad; convert it with "
                          "scanpy (sc.read_10x_h5(path).write_h5ad(...)) and pass the .h5ad")
@@ -65,21 +69,66 @@ def check_file(path: str | Path) -> Path:
     """The path of an existing HDF5 file; :class:`DataError` otherwise."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise DataError(f"{path} is a directory; give the path of an .h5ad file in it "
-                        "(dataset.path)")
+        if (path / "manifest.json").is_file():
+            raise DataError(f"{path} is a run directory, not an h5ad; its generated cells are "
+                            f"in {path / 'synthetic'} and its preprocessed cells in "
+                            f"{path / 'data'}: pass one of those .h5ad files")
+        if (path / "config.json").is_file():
+            raise DataError(f"{path} is a saved model's directory, not an h5ad of cells: "
+                            f"generate cells from it (cellsynth generate {path} ...) and pass "
+                            "the .h5ad written")
+        raise DataError(f"{path} is a directory; give the path of an .h5ad file")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a relative path, read from {Path.cwd()})"
         raise DataError(f"{path} does not exist{where}; give the path of an .h5ad file "
                         "(dataset.path)")
     if not h5py.is_hdf5(path):
-        if path.suffix in (".gz", ".bz2", ".xz", ".zip"):
-            raise DataError(f"{path} is compressed ({path.suffix}); uncompress it first (e.g. "
-                            f"gunzip {path.name}) and pass the .h5ad")
+        kind = _compressed(path)
+        if kind:
+            raise DataError(f"{path} is compressed ({kind}); uncompress it first (e.g. "
+                            f"{COMPRESSED[kind][1]} {path.name}) and pass the .h5ad")
+        if _text(path):
+            raise DataError(f"{path} is a text file (a CSV or TSV table?), not an h5ad; read it "
+                            "with scanpy (sc.read_csv(path), cells as rows) or anndata, then "
+                            "write_h5ad(...) and pass the .h5ad")
         raise DataError(
             f"{path} is not an h5ad (HDF5) file; convert it with anndata/scanpy "
             "(e.g. sc.read_10x_mtx(...).write_h5ad(...)) and pass the .h5ad"
         )
     return path
+
+
+#: compression formats by their first bytes: (magic, the command that uncompresses)
+COMPRESSED = {"gzip": (b"\x1f\x8b", "gunzip"), "bzip2": (b"BZh", "bunzip2"),
+              "xz": (b"\xfd7zXZ\x00", "unxz"), "zip": (b"PK\x03\x04", "unzip"),
+              "zstd": (b"\x28\xb5\x2f\xfd", "unzstd")}
+
+
+def _head(path: Path, n: int = 512) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def _compressed(path: Path) -> str:
+    """The compression format of ``path`` by its first bytes, whatever its name ("": none)."""
+    head = _head(path, 8)
+    return next((kind for kind, (magic, _) in COMPRESSED.items() if head.startswith(magic)), "")
+
+
+def _text(path: Path) -> bool:
+    """Whether ``path`` starts as a text file (a table, a log) does."""
+    head = _head(path)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # a character cut at the end of the head, or not text
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return bool(text) and all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
