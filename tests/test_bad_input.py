@@ -887,3 +887,20 @@ def test_benchmark_data_sets_of_one_name_are_refused_before_any_fit(tmp_path):
     with pytest.raises(DataError, match=r"it's\.h5ad is not an h5ad"):
         run_benchmark([str(quoted)], ["CVAE"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_type_name_with_a_line_break_and_a_single_type_are_refused_with_the_fix():
+    """A line break in a type name split every verdict line that named it; data with one cell
+    type were told to lower qc.min_cells_per_type, which cannot make a second."""
+    from cellsynth.data.io import check_spaced_names
+
+    broken = make_adata()
+    broken.obs[LABEL] = broken.obs[LABEL].astype(str).str.replace(TYPES[0], "CD8\nT")
+    with pytest.raises(DataError, match=r"control characters \(line breaks...\): 'CD8\\nT'"):
+        check_label(broken, LABEL)
+    check_spaced_names(["B cell", "T\tcell"], LABEL, "cell types")  # a tab is kept
+    one = make_adata(90)
+    one.obs[LABEL] = pd.Categorical(["T"] * one.n_obs)
+    cfg = config.load(overrides=["qc.min_genes_per_cell=1", "qc.min_cells_per_gene=1"])
+    with pytest.raises(DataError, match=r"has one cell type after QC \('T'\).*cellsynth fit"):
+        preprocess(one, cfg.dataset, cfg.qc, cfg.split)

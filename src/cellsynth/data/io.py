@@ -7,6 +7,7 @@ Expression Atlas files usually hold normalised values in ``X`` and may hold raw 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -265,6 +266,12 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
     of; warn, once, of names that differ only by case. ``key`` is the obs column in the error,
     ``what`` what its values are (plural)."""
     text = pd.Series(pd.unique(pd.Series(names, dtype=object).astype(str)))
+    broken = [t for t in text if any(unicodedata.category(c) == "Cc" and c != "\t" for c in t)]
+    if broken:  # a newline splits every line that names it (verdicts, tables, request files)
+        raise DataError(
+            f"obs['{key}'] holds {what} with control characters (line breaks...): "
+            f"{', '.join(map(repr, broken[:3]))}; rename them, e.g. adata.obs['{key}'] = "
+            f"adata.obs['{key}'].str.replace(r'\\s+', ' ', regex=True).astype('category')")
     stripped = text.str.strip()
     twins = text[stripped.duplicated(keep=False)]
     if len(twins):

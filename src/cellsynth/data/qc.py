@@ -340,6 +340,11 @@ def filter_cells(
         report.dropped_types = rare
     st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells",
                   "qc.min_cells_per_type")
+    if len(all_types) < 2:  # no setting makes a second type
+        raise DataError(
+            f"obs['{label_key}'] has one cell type after QC ({', '.join(map(repr, all_types))}"
+            "): a run's classifier experiments need at least 2; to learn and generate cells "
+            "of one type, use `cellsynth fit` and `cellsynth generate`")
     if len(all_types) - len(rare) < 2:
         raise DataError(
             f"fewer than 2 cell types have {qc.min_cells_per_type} or more training cells; "
