@@ -1,5 +1,6 @@
-"""An output never destroys or mixes with what its command did not write: a run's results, a
-model's folder, anyone's files (fast checks on the output paths, before any work)."""
+"""What commands write: an output never destroys or mixes with what its command did not write
+(a run's results, a model's folder, anyone's files: checked on the paths, before any work); JSON
+is strict; an evaluation says when the cells it scores are empty."""
 
 from __future__ import annotations
 
@@ -67,3 +68,38 @@ def test_a_save_keeps_files_that_are_not_the_model(tmp_path):
     with pytest.raises(CellsynthError, match=r"is in the run directory .*generator/"):
         check_model_out(run / "generator")
     check_model_out(tmp_path / "elsewhere")
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    """A NaN (a correlation over constant values: cells without counts) was written as a bare
+    NaN, which jq, JavaScript and strict parsers refuse: it is null."""
+    import numpy as np
+
+    from cellsynth.outputs import write_json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+
+    write_json(tmp_path / "x.json", {"r": float("nan"), "f32": np.float32("nan"),
+                                     "arr": np.array([1.0, np.inf]), "ok": [0.5, -np.inf]})
+    assert strict((tmp_path / "x.json").read_text()) == {"r": None, "f32": None,
+                                                         "arr": [1.0, None], "ok": [0.5, None]}
+
+
+def test_an_evaluation_of_empty_synthetic_cells_says_so(caplog):
+    """All-zero synthetic cells (a generator that failed) were scored without a word."""
+    import logging
+    import types
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from cellsynth.evaluation import _warn_empty_cells
+
+    full = sp.csr_matrix(np.ones((10, 4), dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        _warn_empty_cells(types.SimpleNamespace(counts=full))
+        assert not caplog.text
+        empty = sp.vstack([full[:5], sp.csr_matrix((5, 4), dtype=np.float32)], format="csr")
+        _warn_empty_cells(types.SimpleNamespace(counts=empty))
+    assert "5 of the 10 synthetic cells scored (50%) hold no count at all" in caplog.text

@@ -17,6 +17,7 @@ from . import config, config_sources
 from .cli_parser import build_parser
 from .errors import CellsynthError
 from .options import settings
+from .outputs import json_ready
 
 logger = logging.getLogger("cellsynth")
 
@@ -281,7 +282,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe, format_info
 
     info = describe(args.path)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    print(json.dumps(json_ready(info), indent=2) if args.json else format_info(info))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,21 @@ logger = logging.getLogger("cellsynth.pipeline")
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    write_text(path, json.dumps(data, indent=2, default=_default))
+    """Write JSON atomically (temporary file, then rename), strict: a number that is not
+    finite (NaN: a correlation of constant values) is written as null, which every JSON
+    reader takes (a bare NaN is refused by jq, JavaScript and strict parsers)."""
+    write_text(path, json.dumps(json_ready(data), indent=2, default=_default, allow_nan=False))
+
+
+def json_ready(o: Any) -> Any:
+    """``o`` with every float that is not finite replaced by None (dicts and lists walked)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: json_ready(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [json_ready(v) for v in o]
+    return o
 
 
 def write_text(path: Path, text: str) -> None:
@@ -46,9 +60,9 @@ def write_text(path: Path, text: str) -> None:
 
 def _default(o: Any) -> Any:
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return json_ready(o.tolist())
     if hasattr(o, "item"):
-        return o.item()
+        return json_ready(o.item())
     return str(o)
 
 

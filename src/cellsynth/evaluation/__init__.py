@@ -56,6 +56,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: a share of synthetic cells without a count above this is said (a generator that failed)
+EMPTY_SHARE = 0.1
+
+
+def _warn_empty_cells(side: Any) -> None:
+    """Say so when many synthetic cells hold no count at all: every metric then scores a
+    generator's failure (all-zero cells read as a 'DE r' and a 'marker overlap')."""
+    n = side.counts.shape[0]
+    empty = int(np.sum(np.asarray(side.counts.sum(axis=1)).ravel() == 0)) if n else 0
+    if n and empty > EMPTY_SHARE * n:
+        logger.warning("%d of the %d synthetic cells scored (%.0f%%) hold no count at all: did "
+                       "the generator fail? The metrics below score them as they are", empty, n,
+                       100 * empty / n)
+
+
 def compare(
     real: ad.AnnData | str | Path,
     synthetic: ad.AnnData | str | Path,
@@ -145,6 +160,7 @@ def compare(
     r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
     _check_labels(picked["real_total"], picked["synthetic_total"], label_key)
+    _warn_empty_cells(s)
     genes = _shared_genes(r, s)
     h = None
     if heldout is not None:

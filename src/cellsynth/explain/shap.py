@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from ..classify.xgb import Classifier
 from ..errors import DataError
 from ..options import progress_bar
+from ..outputs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -296,5 +297,5 @@ def write_shap(result: ShapResult, directory: Path) -> None:
         "top_pcs": result.pc_importance.head(20).to_dict(orient="records"),
         "top_genes": result.gene_importance.to_dict(orient="records"),
     }
-    (directory / "shap.json").write_text(json.dumps(summary, indent=1))
+    write_json(directory / "shap.json", summary)
     logger.info("wrote SHAP results for %s to %s", result.cell_type, directory)

@@ -7,7 +7,6 @@ Reports are plain dicts of Python numbers (JSON-ready). Scores come from
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..errors import DataError
+from ..outputs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def write_report(report: Mapping[str, Any], directory: Path, name: str) -> None:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(report, indent=1))
+    write_json(directory / f"{name}.json", report)
     per_class = pd.DataFrame(
         [{"label": label, **values} for label, values in report["per_class"].items()],
         columns=["label", "precision", "recall", "f1", "support"],
