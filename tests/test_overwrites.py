@@ -63,7 +63,7 @@ def test_a_save_keeps_files_that_are_not_the_model(tmp_path):
     with pytest.raises(CellsynthError, match=r"holds a saved model and other files \(NOTES.txt\)"):
         check_save_dir(_model_dir(tmp_path / "notes", "NOTES.txt"))
     with pytest.raises(CellsynthError, match="is inside the model directory"):
-        check_save_dir(tmp_path / "plain" / "sub")
+        check_model_out(tmp_path / "plain" / "sub")  # fit --out: a refit would delete it
     run = _run_dir(tmp_path / "run")
     with pytest.raises(CellsynthError, match=r"is in the run directory .*generator/"):
         check_model_out(run / "generator")

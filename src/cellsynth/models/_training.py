@@ -370,11 +370,6 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
     directory that is not a saved model (a project's folder, a run directory): a save replaces
     the directory whole."""
     check_out_dir(out, flag, "the model", ModelFileError)
-    resolved = Path(out).expanduser().resolve()
-    above = next((p for p in resolved.parents if is_model_dir(p)), None)
-    if above is not None:
-        raise ModelFileError(f"{flag} {out} is inside the model directory {above}: a refit of "
-                             "that model would delete it; give a directory of its own")
     if out.is_dir() and is_model_dir(out):
         extra = _not_the_model(out)
         if extra:
@@ -392,8 +387,8 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
 
 def _not_the_model(path: Path) -> list[str]:
     """What a saved model's directory holds beyond the model: entries its ``checksums.json``
-    does not list, other than the checksums, the settings a fit saves beside them and a run's
-    training checkpoints (an older save without checksums: nothing is known, so nothing is
+    does not list, other than the checksums, the settings and training history a fit or a run
+    saves beside them and a run's training checkpoints (an older save without checksums: nothing is known, so nothing is
     named)."""
     try:
         listed = json.loads((path / CHECKSUMS_FILE).read_text())
@@ -401,7 +396,8 @@ def _not_the_model(path: Path) -> list[str]:
         return []
     if not isinstance(listed, dict):
         return []
-    ours = {Path(name).parts[0] for name in listed} | {CHECKSUMS_FILE, "run_config.toml", "checkpoint"}
+    ours = {Path(name).parts[0] for name in listed} | {CHECKSUMS_FILE, HISTORY_FILE,
+                                                        "run_config.toml", "checkpoint"}
     return sorted(p.name for p in path.iterdir() if p.name not in ours
                   and not p.name.startswith("."))
 

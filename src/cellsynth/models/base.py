@@ -34,6 +34,7 @@ from ..errors import DataError
 from ..seeds import checked_seed
 from ._training import check_counts, package_version
 from ._training import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
+from ._training import is_model_dir as is_model_dir  # re-exported: cellsynth fit's checks
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..cells import for_training
 from ..config import RunConfig, save
 from ..errors import DataError
-from ..models.base import check_save_dir
+from ..models.base import check_save_dir, is_model_dir
 from ..models.registry import make_generator
 from ..outputs import enclosing_run
 
@@ -76,4 +76,8 @@ def check_model_out(out: Path, data: Any = None) -> None:
         raise DataError(f"--out {out} is in the run directory {run}: the run's own model is "
                         "its generator/, which `cellsynth run` trains and checks; give a "
                         "directory outside the run")
+    above = next((p for p in out.expanduser().resolve().parents if is_model_dir(p)), None)
+    if above is not None:
+        raise DataError(f"--out {out} is inside the model directory {above}: a refit of that "
+                        "model would delete it; give a directory of its own")
     check_save_dir(out, "--out")
