@@ -349,8 +349,38 @@ def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
         CVAE.load(tmp_path / "genes")
 
     (tmp_path / "genes" / "config.json").write_text("{not json")
-    with pytest.raises(ModelFileError, match="corrupt"):
+    with pytest.raises(ModelFileError, match=r"config\.json is corrupt"):  # the file named
         CVAE.load(tmp_path / "genes")
+
+    # edited files that the checksums no longer guard (deleted): each is named, not read as
+    # an untrained model or a missing file
+    fitted.save(tmp_path / "edited")
+    (tmp_path / "edited" / "checksums.json").unlink()
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    (tmp_path / "edited" / "history.json").write_text("{}")
+    with pytest.raises(ModelFileError, match=r"history\.json is missing or holds no training"):
+        CVAE.load(tmp_path / "edited")
+    fitted.save(tmp_path / "edited")
+    (tmp_path / "edited" / "checksums.json").unlink()
+    (tmp_path / "edited" / "config.json").write_text(json.dumps({**config, "n_genes": "300"}))
+    with pytest.raises(ModelFileError, match=r"n_genes = '300' but genes\.json lists 300"):
+        CVAE.load(tmp_path / "edited")
+    (tmp_path / "edited" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelFileError, match=r"must hold a JSON object .* not a list"):
+        CVAE.load(tmp_path / "edited")
+    # another generator's folder, or a file: said what it is
+    from cellsynth.models.nb import NegBinBaseline
+
+    nb = NegBinBaseline()
+    nb.fit(simulated_counts(30, seed=0), "cell_type", seed=0)
+    nb.save(tmp_path / "nb")
+    with pytest.raises(ModelFileError, match=r"holds a saved nb model, not a CVAE.*load_model"):
+        CVAE.load(tmp_path / "nb")
+    with pytest.raises(ModelFileError, match=r"is a file, not a model directory"):
+        CVAE.load(tmp_path / "nb" / "config.json")
+    fitted.save(tmp_path / "cvae")
+    with pytest.raises(ModelFileError, match=r"holds a saved CVAE model, not a nb"):
+        NegBinBaseline.load(tmp_path / "cvae")
 
 
 def test_conditional_prior_generates_each_type(tmp_path):

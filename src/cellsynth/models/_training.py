@@ -491,19 +491,20 @@ def load_model_dir(
     depend on the architecture are left to the caller.
     """
     directory = Path(directory)
+    check_kind(directory, model)
     for name in MODEL_FILES.values():
         if not (directory / name).is_file():
             raise ModelFileError(
                 f"{directory / name} is missing; {directory} is not a complete {model} save"
             )
-    try:
-        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
-        labels = json.loads((directory / MODEL_FILES["labels"]).read_text())
-        hist_path = directory / HISTORY_FILE
-        history = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"a JSON file in {directory} is corrupt: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("model") != model:
+    meta, labels = (_json_file(directory / MODEL_FILES[k]) for k in ("config", "labels"))
+    hist_path = directory / HISTORY_FILE
+    history = _json_file(hist_path) if hist_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{directory / MODEL_FILES['config']} must hold a JSON object (the "
+                             f"model's settings), not a {type(meta).__name__}; save the model "
+                             "again")
+    if meta.get("model") != model:
         raise ModelFileError(f"{directory / MODEL_FILES['config']} does not describe a {model}")
     if meta.get("format_version") != format_version:
         raise ModelFileError(
@@ -531,6 +532,36 @@ def load_model_dir(
         raise ModelFileError(f"{directory / MODEL_FILES['weights']} holds non-finite weights "
                              f"({bad}); the model cannot generate: train it again")
     return meta, labels, state, history if isinstance(history, dict) else {}
+
+
+def _json_file(path: Path) -> Any:
+    """The contents of one of a model's JSON files; a corrupt one is named."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is corrupt ({exc}); save the model again") from None
+
+
+def check_kind(directory: Path, model: str, names: set[str] | None = None) -> None:
+    """Refuse, before any file is read, a ``directory`` that is a file or that holds another
+    kind of model than ``model`` (its ``config.json`` names one not in ``names``): that is not
+    a damaged save, and the message says which loader reads it."""
+    if directory.is_file():
+        raise ModelFileError(f"{directory} is a file, not a model directory; give the folder "
+                             "that fit or save wrote")
+    other = _saved_kind(directory)
+    if other and other not in (names or {model}):
+        raise ModelFileError(f"{directory} holds a saved {other} model, not a {model}; load it "
+                             "with cellsynth.load_model(path), which reads every kind")
+
+
+def _saved_kind(directory: Path) -> str:
+    """The model kind a directory's ``config.json`` names ("" when it names none)."""
+    try:
+        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(meta.get("model", "")) if isinstance(meta, dict) else ""
 
 
 def optimizer(module: torch.nn.Module, config: Any) -> torch.optim.Optimizer:

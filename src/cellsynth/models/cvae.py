@@ -576,6 +576,14 @@ class CVAE(DesignRequests):
         directory = Path(directory)
         meta, labels, state, history = tr.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
         genes = tr.read_genes(directory / GENES_FILE, directory)
+        if meta.get("n_genes", len(genes)) != len(genes):
+            raise ModelFileError(f"{directory / 'config.json'} says n_genes = "
+                                 f"{meta.get('n_genes')!r} but {GENES_FILE} lists {len(genes)} "
+                                 "genes: the files come from different saves; save it again")
+        if not history.get("epochs"):  # a save records its training: is_trained reads it
+            raise ModelFileError(f"{directory / tr.HISTORY_FILE} is missing or holds no "
+                                 "training record (epochs); a trained CVAE's save writes one: "
+                                 "save or fit the model again")
         config = tr.read_config(directory, meta, CVAEConfig)
         label_key = str(meta.get("label_key", "cell_type"))
         if device is not None:

@@ -47,7 +47,7 @@ from ..outputs import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import model_directory, package_version, saves_whole
+from ._training import check_kind, model_directory, package_version, saves_whole
 from .base import (
     check_request_memory,
     fit_labels,
@@ -150,6 +150,7 @@ def read_meta(
     from ..config import MODEL_ALIASES
 
     names = {model, *(old for old, new in MODEL_ALIASES.items() if new == model)}
+    check_kind(directory, model, names)
     out = []
     for name in ("config.json", "labels.json", "genes.json"):
         path = directory / name
