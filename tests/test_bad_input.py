@@ -904,3 +904,21 @@ def test_a_type_name_with_a_line_break_and_a_single_type_are_refused_with_the_fi
     cfg = config.load(overrides=["qc.min_genes_per_cell=1", "qc.min_cells_per_gene=1"])
     with pytest.raises(DataError, match=r"has one cell type after QC \('T'\).*cellsynth fit"):
         preprocess(one, cfg.dataset, cfg.qc, cfg.split)
+
+
+def test_a_counts_layer_that_holds_no_counts_is_named(caplog):
+    """layers['counts'] was used unchecked by a fit (a non-integer error that named X) while
+    a run and an evaluation read the counts in X: the fit now does as they do, and says so."""
+    import logging
+
+    from cellsynth.data.io import training_source
+
+    a = make_adata()
+    a.layers["counts"] = np.log1p(a.X)  # X holds the counts
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        x, _ = training_source(a)
+    assert x is a.X and "layers['counts'] holds non-integer values, not raw counts" in caplog.text
+    a.X = np.log1p(a.X)  # and now X holds none either
+    with pytest.raises(DataError) as info:
+        training_source(a)
+    one_line(info.value, "layers['counts'] holds non-integer values")

@@ -481,7 +481,17 @@ def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
     present, else where :func:`find_counts` finds them (``X``, or ``raw.X`` under a normalised
     ``X``: scanpy's layout). Raises :class:`DataError` when there are none."""
     if "counts" in adata.layers:
-        return adata.layers["counts"], adata.var_names
+        layer = _probe(adata.layers["counts"])
+        check_values(layer, "layers['counts']")
+        if is_counts(layer):
+            return adata.layers["counts"], adata.var_names
+        if find_counts(adata).counts != "X":
+            raise DataError("layers['counts'] holds non-integer values (e.g. "
+                            f"{layer[np.mod(layer, 1) != 0][0]:.6g}), not raw counts, and X holds "
+                            "none either; put the raw counts in layers['counts'] (or X)")
+        logger.warning("layers['counts'] holds non-integer values, not raw counts; X holds "
+                       "counts: training on X (remove or mend layers['counts'])")
+        return adata.X, adata.var_names
     expr = find_counts(adata)
     if expr.counts is None:
         raise expr.no_counts("this generator needs raw counts, but X holds normalised values "
