@@ -80,8 +80,9 @@ class DatasetConfig:
     n_genes_key: str = "n_genes"  # obs column with genes detected per cell; computed when absent
     uninformative_prefixes: list[str] = field(default_factory=lambda: list(DEFAULT_UNINFORMATIVE))
     backed: Literal["auto", True, False] = "auto"  # open the h5ad backed (files over 2 GB on auto)
-    # `cellsynth fit` / CVAE(...): drop genes with no count in the training cells (run's QC
-    # filters genes by qc.min_cells_per_gene instead)
+    # `cellsynth fit` / cs.fit: drop genes with no count in the training cells (run's QC
+    # filters genes by qc.min_cells_per_gene instead; a CVAE(adata) made in Python keeps every
+    # gene of its AnnData, as scvi-tools' models do)
     drop_undetected_genes: bool = True
     demo_cells: int = ranged("[1, inf)", 3000)  # size of the embedded demo atlas when path is ""
     demo_genes: int = ranged("[1, inf)", 2000)
