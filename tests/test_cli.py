@@ -187,6 +187,14 @@ def test_a_stopped_command_says_what_a_rerun_does():
         assert "resume)" not in after(*argv)
     assert "reuses them" in after("benchmark", "--data", "a.h5ad", "--out", "b")
     assert after("simulate", "--out", "a.h5ad") == ""  # nothing kept: nothing to say
+    # the manifest and the log name the signal, not an internal class (_Terminated)
+    import signal
+
+    from cellsynth.runtime import why_stopped
+
+    assert why_stopped(cli._Terminated(signal.SIGTERM)) == "terminated by SIGTERM"
+    assert why_stopped(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
+    assert why_stopped(ValueError("x")) == "ValueError"
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])

@@ -111,7 +111,8 @@ class Manifest:
         try:
             yield entry
         except BaseException as exc:
-            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3),
+            entry.update(status="failed", reason=why_stopped(exc),
+                         seconds=round(time.perf_counter() - t0, 3),
                          peak_rss_mb=round(peak_rss_mb(), 1))
             _log_failed(name, entry["seconds"], entry["peak_rss_mb"], exc)
             try:
@@ -196,7 +197,18 @@ def _log_failed(name: str, seconds: float, rss: float, exc: BaseException) -> No
     # INFO, like the done line: run.log always gets it, and a user error stays one line on a
     # --quiet console (the CLI prints the error itself)
     logger.info("stage %s: failed after %.1f s (peak RSS %.0f MB): %s", name, seconds, rss,
-                type(exc).__name__)
+                why_stopped(exc))
+
+
+def why_stopped(exc: BaseException) -> str:
+    """What stopped a stage, in words: the error's kind, or the signal that stopped it (the
+    command line's SIGTERM is a KeyboardInterrupt carrying ``signum``)."""
+    signum = getattr(exc, "signum", None)
+    if isinstance(exc, KeyboardInterrupt):
+        import signal
+
+        return f"terminated by {signal.Signals(signum).name}" if signum else "interrupted (Ctrl-C)"
+    return type(exc).__name__
 
 
 @contextmanager
