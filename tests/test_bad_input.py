@@ -539,6 +539,9 @@ def test_an_output_named_for_another_format_is_refused(saved_nb, tmp_path, capsy
     assert "replacing" not in capsys.readouterr().err
     assert main(["generate", str(saved_nb), "--n-per-type", "4", "--out", earlier]) == 0
     assert f"replacing {earlier}" in capsys.readouterr().err
+    made_by = ad.read_h5ad(earlier).uns["cellsynth"]  # which model made them
+    assert made_by["model_path"] == str(Path(saved_nb).resolve())
+    assert len(made_by["model_sha256"]) == 64
     from cellsynth.report.html import write_report
 
     (tmp_path / "run").mkdir()

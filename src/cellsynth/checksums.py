@@ -45,8 +45,9 @@ def verify_checksums(directory: str | Path) -> None:
     directory = Path(directory)
     path = directory / CHECKSUMS_FILE
     if not path.is_file():
-        logger.warning("%s has no %s (saved by an older cellsynth): its files cannot be checked "
-                       "for changes; save the model again to add it", directory, CHECKSUMS_FILE)
+        logger.warning("%s has no %s (deleted, or saved by an older cellsynth): its files "
+                       "cannot be checked for changes; save the model again to add it",
+                       directory, CHECKSUMS_FILE)
         return
     try:
         sums = json.loads(path.read_text())

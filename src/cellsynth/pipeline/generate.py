@@ -161,9 +161,10 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
                            ask.get("request"), ask.get("like"))  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    made_by = model_identity(model_dir)
     if not hasattr(gen, "sample_chunks"):
         syn = gen.sample(req, seed=seed, **kwargs)
-        syn.uns[K.UNS] = writable_uns(syn.uns[K.UNS])  # combinations as tables
+        syn.uns[K.UNS] = writable_uns({**syn.uns[K.UNS], **made_by})  # combinations as tables
         _replacing(out)
         write_h5ad(syn, out)
         return syn.n_obs
@@ -174,9 +175,24 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
-    write_cells(out, chunks, gen.plan_obs(plan), gen.genes, gen.provenance(seed, unseen),
+    write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
+                {**gen.provenance(seed, unseen), **made_by},
                 overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
+
+
+def model_identity(model_dir: str | Path) -> dict[str, str]:
+    """Which model made the cells, for their ``uns['cellsynth']``: its folder and the sha256 of
+    its ``checksums.json`` (so of every file it saved: two models never share it; "" for a
+    save without checksums)."""
+    import hashlib
+
+    folder = Path(model_dir).expanduser().resolve()
+    try:
+        digest = hashlib.sha256((folder / "checksums.json").read_bytes()).hexdigest()
+    except OSError:
+        digest = ""
+    return {"model_path": str(folder), "model_sha256": digest}
 
 
 def _replacing(out: Path) -> None:
