@@ -48,6 +48,10 @@ def test_info_errors(tmp_path):
         describe(tmp_path / "nope")
     with pytest.raises(CellsynthError, match="neither a run directory"):
         describe(tmp_path)
+    training = tmp_path / "generator"  # a run's generator while it trains
+    (training / "checkpoint").mkdir(parents=True)
+    with pytest.raises(CellsynthError, match="training has not finished"):
+        describe(training)
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text("{not json")  # a corrupt file: named, no traceback

@@ -42,6 +42,10 @@ def _describe(path: Path) -> dict[str, Any]:
     if (path / "model.ubj").is_file():
         labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
+    if (path / "checkpoint").is_dir():  # a run's generator/ while it trains
+        raise CellsynthError(f"{path} holds a training checkpoint and no saved model yet: its "
+                             "training has not finished (a stopped run resumes from it when "
+                             "rerun)")
     raise CellsynthError(
         f"{path} is neither a run directory (manifest.json), a model directory (config.json) "
         "nor a classifier (model.ubj)"
