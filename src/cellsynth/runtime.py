@@ -103,7 +103,8 @@ class Manifest:
         """
         logger.info("stage %s: start", name)
         t0 = time.perf_counter()
-        earlier = self.data["stages"].get(name, {}).get("outputs", [])
+        before_entry = self.data["stages"].get(name)
+        earlier = before_entry.get("outputs", []) if isinstance(before_entry, dict) else []
         entry: dict[str, Any] = {"status": "running", "config_hash": config_hash}
         self.data["stages"][name] = entry
         write_json(self.path, self.data)
@@ -129,13 +130,12 @@ class Manifest:
         write_json(self.path, self.data)
         _log_done(name, entry["seconds"], entry["peak_rss_mb"])
 
-
     def _remove_stale(self, name: str, earlier: Any) -> None:
         """Remove the files an earlier run of stage ``name`` wrote that this run did not write
         again and no other stage claims: left, they would be read as this run's (a per-type
         table of another generator beside this one's results)."""
         root = self.path.parent
-        claimed = {f for other, entry in self.data["stages"].items()
+        claimed = {f for entry in self.data["stages"].values()
                    for f in (entry.get("outputs", []) if isinstance(entry, dict) else [])}
         for f in earlier if isinstance(earlier, list) else []:
             if not isinstance(f, str) or f in claimed or f in _NOT_OUTPUTS:
