@@ -384,6 +384,7 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     syn = ad.read_h5ad(out)
     assert syn.n_obs == 30 and set(syn.obs["condition"]) == {"stim"}
+    assert out.stat().st_size < 500_000  # chunks sized to 30 cells (fixed ones: 2.7 MB)
     made_by = syn.uns["cellsynth"]  # which model: its folder and a digest of its files
     assert made_by["model_path"] == str(model.resolve()) and len(made_by["model_sha256"]) == 64
     req = tmp_path / "request.tsv"

@@ -102,7 +102,7 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
     from ..data.store import CSRWriter, h5ad_file
 
     with h5ad_file(path) as f:
-        writer = CSRWriter(f, "X", len(genes))
+        writer = CSRWriter(f, "X", len(genes), n_rows=len(obs))
         for x in prefetched(chunks) if overlap else chunks:
             writer.append(x)
         obs = obs.copy()
