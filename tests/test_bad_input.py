@@ -925,3 +925,16 @@ def test_a_counts_layer_that_holds_no_counts_is_named(caplog):
     with pytest.raises(DataError) as info:
         training_source(a)
     one_line(info.value, "layers['counts'] holds non-integer values")
+
+
+def test_a_cvae_on_scanpys_layout_has_raws_genes_from_the_start():
+    """X a log-normalised subset of genes, the counts of every gene in raw.X: the CVAE trains
+    on raw's genes, and said X's number of genes until it had trained."""
+    from cellsynth.models.cvae import CVAE
+
+    full = make_adata(60, 30)
+    a = full[:, :12].copy()
+    a.X = np.log1p(a.X)
+    a.raw = full
+    model = CVAE(a, label_key=LABEL)
+    assert model.genes == list(full.var_names) and "n_genes=30" in repr(model)

@@ -154,13 +154,13 @@ class CVAE(DesignRequests):
         self.adata = adata
         if adata is not None:
             check_label(adata, label_key)
-            training_source(adata)  # no raw counts (a log-normalised X alone): said now
+            _, genes = training_source(adata)  # no raw counts (a log-normalised X alone): said now
             labels = adata.obs[label_key]
             labelled = ~missing_labels(labels)
             if K.SPLIT in adata.obs:
                 labelled &= (adata.obs[K.SPLIT].astype(str) == "train").to_numpy()
             self.labels = sorted(set(labels[labelled].astype(str)))
-            self.genes = list(map(str, adata.var_names))
+            self.genes = list(map(str, genes))  # raw's genes when the counts are in raw.X
             known = np.flatnonzero(~missing_labels(adata.obs[label_key]))
             self.design, _ = Design.fit(adata.obs, list(self.config.covariates), label_key,
                                         adata.obs[label_key].astype(str).to_numpy(), known, known)
