@@ -938,3 +938,33 @@ def test_a_cvae_on_scanpys_layout_has_raws_genes_from_the_start():
     a.raw = full
     model = CVAE(a, label_key=LABEL)
     assert model.genes == list(full.var_names) and "n_genes=30" in repr(model)
+
+
+def test_python_api_misuse_gets_the_packages_messages():
+    """Seeds a fit's generators took raw (np.int64 refused by torch; -1, 2**64, None, a
+    Generator: numpy's or torch's errors); latents of an untrained model (random weights, no
+    word); a dict as config (AttributeError); a misspelt setting (accepted silently)."""
+    import cellsynth as cs
+    from cellsynth.errors import NotTrainedError
+    from cellsynth.models.cvae import CVAE
+
+    a = make_adata(60, 20)
+    nb = NegBinBaseline()
+    nb.fit(a, LABEL, seed=np.int64(3))  # a numpy integer is a seed
+    for seed in (-1, 2**64, None, np.random.default_rng(0), 1.0):
+        with pytest.raises(DataError, match="seed must be a whole number from 0 to 2"):
+            NegBinBaseline().fit(a, LABEL, seed=seed)
+        with pytest.raises(DataError, match="seed must be a whole number from 0 to 2"):
+            CVAE(a, label_key=LABEL).train(max_epochs=1, seed=seed)
+    with pytest.raises(NotTrainedError, match="cannot give latent representations"):
+        CVAE(a, label_key=LABEL).get_latent(a)
+    with pytest.raises(ConfigError, match="config is a dict; give a CVAEConfig"):
+        CVAE(a, label_key=LABEL, config={"max_epochs": 2})
+    before = cs.settings.progress
+    try:
+        with pytest.raises(AttributeError, match="progres"):
+            cs.settings.progres = False
+        cs.settings.progress = np.False_
+        assert cs.settings.progress is False
+    finally:
+        cs.settings.progress = before

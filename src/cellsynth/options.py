@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import numpy as np
 from tqdm.auto import tqdm
 from tqdm.std import tqdm as _plain_tqdm
 
@@ -41,15 +42,21 @@ class Settings:
         default) shows them when stderr is a terminal or in a notebook.
     """
 
+    __slots__ = ("_progress",)  # a misspelt setting (settings.progres = False) is an error
+
     def __init__(self) -> None:
         self._progress: bool | Literal["auto"] = "auto"
 
     @property
     def progress(self) -> bool | Literal["auto"]:
+        """Whether long loops show progress bars: True, False or ``"auto"`` (when stderr is a
+        terminal or in a notebook)."""
         return self._progress
 
     @progress.setter
     def progress(self, value: bool | Literal["auto"]) -> None:
+        if isinstance(value, np.bool_):  # a numpy bool is a bool
+            value = bool(value)
         if value != "auto" and not isinstance(value, bool):
             raise CellsynthError(f"settings.progress must be True, False or 'auto', not {value!r}")
         self._progress = value

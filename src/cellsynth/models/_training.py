@@ -26,7 +26,7 @@ from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..data.levels import loose_name
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..outputs import check_out_dir, save_tensors
-from ..seeds import is_whole
+from ..seeds import checked_seed, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def seed_everything(seed: int) -> torch.Generator:
     The global seed makes weight initialisation and dropout reproducible; the returned
     generator is for explicit draws (mini-batch sampling, prior samples).
     """
+    seed = checked_seed(seed)  # np.int64 is a seed; -1, 2**64, None, 1.0 are said to be wrong
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
 

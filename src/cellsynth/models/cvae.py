@@ -134,6 +134,10 @@ class CVAE(DesignRequests):
         covariate_keys: list[str] | None = None,
     ) -> None:
         config = config if config is not None else CVAEConfig()
+        if not isinstance(config, CVAEConfig):
+            raise ConfigError(f"config is a {type(config).__name__}; give a CVAEConfig (e.g. "
+                              "CVAEConfig(max_epochs=50)), or set the settings with "
+                              "model.configure(...) or train(max_epochs=...)")
         if covariate_keys is not None:
             if isinstance(covariate_keys, str):  # one column, as scanpy takes a key
                 covariate_keys = [covariate_keys]
@@ -314,6 +318,7 @@ class CVAE(DesignRequests):
         epoch training went on from) after a resume.
 
         """
+        seed = checked_seed(seed)  # before any generator sees it: one message for every bad seed
         c = self.config
         if not isinstance(data, Cells):
             data = for_training(data, label_key or self.label_key, seed=seed)
@@ -392,6 +397,7 @@ class CVAE(DesignRequests):
         ``adata`` needs the model's genes (in order), raw counts and the label column with
         known types.
         """
+        self._check_trained("give latent representations")
         module = self._module()
         adata = in_memory(adata)
         check_genes(self.genes, adata)

@@ -294,6 +294,7 @@ class NegBinBaseline(DesignRequests):
         The history: cells, cells per type, seconds and, with covariates, the combinations
         fitted and those that fell back to the type's fit (``fallbacks``).
         """
+        seed = checked_seed(seed)  # before any generator sees it: one message for every bad seed
         start = time.perf_counter()
         rows, y = training_rows(adata, label_key, seed=seed)
         design, cov = Design.fit(adata.obs, self.covariate_keys, label_key,

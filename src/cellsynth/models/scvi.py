@@ -190,7 +190,7 @@ class ScviGenerator(DesignRequests):
         self, adata: ad.AnnData, label_key: str, *, seed: int = 0
     ) -> dict[str, Any]:
         """Train SCVI on the training rows (validation rows for early stopping); fit the latents."""
-        cells = self._train(adata, label_key, seed=seed)
+        cells = self._train(adata, label_key, seed=checked_seed(seed))
         means, covs, libs = [], [], []
         for idx in per_type_rows(cells.codes, len(self.labels)):
             m, v = cells.qzm[idx].astype(np.float64), cells.qzv[idx].astype(np.float64)  # (n_t, d)

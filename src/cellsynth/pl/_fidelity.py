@@ -67,7 +67,7 @@ def fidelity(
     Parameters
     ----------
     result
-        What :func:`cellsynth.evaluate` returned (the :class:`~cellsynth.result.Evaluation`,
+        What :func:`cellsynth.evaluate` returned (the :class:`~cellsynth.evaluation.result.Evaluation`,
         or its ``to_dict()``; a run's ``metrics/fidelity.json`` read with ``json.load``).
     metrics
         Headline metric names (:func:`cellsynth.benchmark.flat_report`'s keys). The default
@@ -186,7 +186,7 @@ def per_type(
     """One fidelity metric per cell type: synthetic cells beside the real-vs-real floor.
 
     Each type's label gives its cells (real · synthetic, scored); with an
-    :class:`~cellsynth.result.Evaluation` its verdict is written beside its bars.
+    :class:`~cellsynth.evaluation.result.Evaluation` its verdict is written beside its bars.
 
     Parameters
     ----------

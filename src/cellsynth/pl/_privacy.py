@@ -94,7 +94,7 @@ def privacy(
     ----------
     result
         What :func:`cellsynth.evaluate` returned with ``heldout`` (an
-        :class:`~cellsynth.result.Evaluation` or its dict), a run's ``metrics/fidelity.json``
+        :class:`~cellsynth.evaluation.result.Evaluation` or its dict), a run's ``metrics/fidelity.json``
         read with ``json.load``, a :class:`~cellsynth.metrics.privacy.PrivacyResult`, or its
         ``to_dict()``.
     {ax}

@@ -234,8 +234,8 @@ def umap(
     """Real and generated cells in one UMAP, with equal numbers of each per cell type.
 
     Many generated cells of a type would swamp a handful of real ones, so each type shows as
-    many generated as real cells (the smaller side's number, see :func:`equal_counts`); a
-    type only one side holds shows that side's cells alone. Origin colours (real blue,
+    many generated as real cells (the smaller side's number); a type only one side holds
+    shows that side's cells alone. Origin colours (real blue,
     generated orange) are never cell-type colours; each panel's legend stands beside it.
 
     Parameters
