@@ -455,9 +455,9 @@ class CVAE(DesignRequests):
 
         Returns
         -------
-        AnnData with CSR float32 whole-number counts in ``X``, the types and every covariate
-        in ``obs`` (categorical, with the training levels), the model's genes in ``var`` and
-        provenance in ``uns['cellsynth']``.
+        AnnData with CSR float32 whole-number counts in ``X``, the types (categorical, the
+        types generated) and every covariate (categorical, with its training levels) in
+        ``obs``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
         """
         plan, unseen = self.plan(request, where)
         check_memory(estimate_bytes(self, plan), sum(k for _, _, k in plan),

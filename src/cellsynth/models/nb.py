@@ -396,8 +396,9 @@ class NegBinBaseline(DesignRequests):
 
         Returns
         -------
-        AnnData with whole counts in ``X`` (CSR float32), the type and every covariate in
-        ``obs`` (categorical, with the training levels) and provenance in ``uns['cellsynth']``
+        AnnData with whole counts in ``X`` (CSR float32), the type (categorical, the types
+        generated) and every covariate (categorical, with its training levels) in ``obs`` and
+        provenance in ``uns['cellsynth']``
         (with covariates also ``unseen_combinations`` and ``fallback_combinations``: those
         generated from their type's fit).
         """

@@ -308,8 +308,9 @@ class ScviGenerator(DesignRequests):
 
         Returns
         -------
-        AnnData with whole counts in ``X`` (CSR float32), the type and every covariate in
-        ``obs`` (categorical, with the training levels) and provenance in ``uns['cellsynth']``.
+        AnnData with whole counts in ``X`` (CSR float32), the type (categorical, the types
+        generated) and every covariate (categorical, with its training levels) in ``obs`` and
+        provenance in ``uns['cellsynth']``.
         """
         if self.module is None:
             raise DataError("the scvi model is not fitted; call fit() or load() first")
