@@ -257,6 +257,16 @@ def test_run_resolves_settings_and_the_output_directory(tmp_path, monkeypatch, p
     cfg, out, _ = calls[-1]
     assert Path(cfg.dataset.path) == tmp_path / "from_memory" / "input.h5ad"
     assert cs.read(cfg.dataset.path).n_obs == real.n_obs
+    # an AnnData's settings are checked before its copy is written; one h5ad cannot store is
+    # said, with nothing left behind
+    with pytest.raises(cs.CellsynthError, match=r"unknown config key 'cvae\.max_epoch'"):
+        cs.run(real, label_key=LABEL, out=tmp_path / "typo", overrides=["cvae.max_epoch=2"])
+    assert not (tmp_path / "typo" / "input.h5ad").exists()
+    mixed = real.copy()
+    mixed.obs["mixed"] = [1 if i % 2 else "x" for i in range(mixed.n_obs)]
+    with pytest.raises(cs.CellsynthError, match=r"cannot be written to .*an obs column of mixed"):
+        cs.run(mixed, label_key=LABEL, out=tmp_path / "mixed")
+    assert not list((tmp_path / "mixed").glob("input.h5ad*"))
     with pytest.raises(cs.CellsynthError, match=r"unknown|not a"):
         cs.run(overrides=["nosuch.key=1"])
     with pytest.raises(cs.CellsynthError, match="config is a"):

@@ -116,10 +116,20 @@ def _data_path(data: Any, out: Path) -> str | None:
     if hasattr(data, "write_h5ad") and hasattr(data, "obs"):
         if getattr(data, "isbacked", False):
             return str(data.filename)
+        from .data.store import write_h5ad
+        from .errors import DataError
+
         out.mkdir(parents=True, exist_ok=True)
         path = out / "input.h5ad"
         logger.info("writing the AnnData to %s for the run to read", path)
-        data.write_h5ad(path)
+        try:
+            write_h5ad(data, path)  # atomic: nothing is left under path when it fails
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise DataError(f"the AnnData cannot be written to {path}, which the run reads "
+                            f"({type(exc).__name__}: {exc}): an obs column of mixed types, or "
+                            "uns keys that are not strings? Convert them (e.g. adata.obs[col] = "
+                            "adata.obs[col].astype(str)) or drop them, or pass an .h5ad path"
+                            ) from None
         return str(path)
     from .errors import DataError
 
@@ -205,6 +215,9 @@ def run(
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
     check_run_dir(out_dir, "out")  # before an AnnData is written into it
+    if hasattr(data, "write_h5ad") and not getattr(data, "isbacked", False):  # an AnnData's
+        _config(str(out_dir / "input.h5ad"), label_key, config, overrides)  # settings checked
+        # before its copy is written (a misspelt setting left a copy of the atlas behind)
     cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
