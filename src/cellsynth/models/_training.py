@@ -359,11 +359,19 @@ def model_directory(directory: str | Path) -> Path:
 
 def is_model_dir(path: Path) -> bool:
     """Whether ``path`` holds a model cellsynth saved (its ``config.json`` names the model)."""
+    return bool(saved_kind(path))
+
+
+def saved_kind(directory: Path) -> str:
+    """The model kind a saved model's ``config.json`` names (with its format version), or ""
+    for a directory that holds no saved model."""
     try:
-        meta = json.loads((path / MODEL_FILES["config"]).read_text())
+        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "model" in meta and "format_version" in meta
+        return ""
+    if not (isinstance(meta, dict) and "model" in meta and "format_version" in meta):
+        return ""
+    return str(meta["model"])
 
 
 def check_save_dir(out: Path, flag: str = "the model directory") -> None:
@@ -389,8 +397,8 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
 def _not_the_model(path: Path) -> list[str]:
     """What a saved model's directory holds beyond the model: entries its ``checksums.json``
     does not list, other than the checksums, the settings and training history a fit or a run
-    saves beside them and a run's training checkpoints (an older save without checksums: nothing is known, so nothing is
-    named)."""
+    saves beside them and a run's training checkpoints (an older save without checksums:
+    nothing is known, so nothing is named)."""
     try:
         listed = json.loads((path / CHECKSUMS_FILE).read_text())
     except (OSError, ValueError):
@@ -498,9 +506,9 @@ def load_model_dir(
             raise ModelFileError(
                 f"{directory / name} is missing; {directory} is not a complete {model} save"
             )
-    meta, labels = (_json_file(directory / MODEL_FILES[k]) for k in ("config", "labels"))
+    meta, labels = (json_file(directory / MODEL_FILES[k]) for k in ("config", "labels"))
     hist_path = directory / HISTORY_FILE
-    history = _json_file(hist_path) if hist_path.is_file() else {}
+    history = json_file(hist_path) if hist_path.is_file() else {}
     if not isinstance(meta, dict):
         raise ModelFileError(f"{directory / MODEL_FILES['config']} must hold a JSON object (the "
                              f"model's settings), not a {type(meta).__name__}; save the model "
@@ -535,7 +543,7 @@ def load_model_dir(
     return meta, labels, state, history if isinstance(history, dict) else {}
 
 
-def _json_file(path: Path) -> Any:
+def json_file(path: Path) -> Any:
     """The contents of one of a model's JSON files; a corrupt one is named."""
     try:
         return json.loads(path.read_text())
@@ -550,19 +558,10 @@ def check_kind(directory: Path, model: str, names: set[str] | None = None) -> No
     if directory.is_file():
         raise ModelFileError(f"{directory} is a file, not a model directory; give the folder "
                              "that fit or save wrote")
-    other = _saved_kind(directory)
+    other = saved_kind(directory)
     if other and other not in (names or {model}):
         raise ModelFileError(f"{directory} holds a saved {other} model, not a {model}; load it "
                              "with cellsynth.load_model(path), which reads every kind")
-
-
-def _saved_kind(directory: Path) -> str:
-    """The model kind a directory's ``config.json`` names ("" when it names none)."""
-    try:
-        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
-    except (OSError, ValueError):
-        return ""
-    return str(meta.get("model", "")) if isinstance(meta, dict) else ""
 
 
 def optimizer(module: torch.nn.Module, config: Any) -> torch.optim.Optimizer:
@@ -580,10 +579,7 @@ def read_genes(path: Path, directory: Path) -> list[str]:
     """The gene list a model directory holds (``genes.json``), checked."""
     if not path.is_file():
         raise ModelFileError(f"{path} is missing; {directory} is not a complete model save")
-    try:
-        genes = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is corrupt: {exc}") from None
+    genes = json_file(path)
     if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
         raise ModelFileError(f"{path} must hold a list of gene names")
     return genes

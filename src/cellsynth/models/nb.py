@@ -47,7 +47,7 @@ from ..outputs import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import check_kind, model_directory, package_version, saves_whole
+from ._training import check_kind, json_file, model_directory, package_version, saves_whole
 from .base import (
     check_request_memory,
     fit_labels,
@@ -156,10 +156,7 @@ def read_meta(
         path = directory / name
         if not path.is_file():
             raise ModelFileError(f"{path} is missing; {directory} is not a complete {model} save")
-        try:
-            out.append(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{path} is corrupt: {exc}") from None
+        out.append(json_file(path))
     meta, labels, genes = out
     if not isinstance(meta, dict) or meta.get("model") not in names:
         raise ModelFileError(f"{directory / 'config.json'} does not describe a {model!r} model")
