@@ -9,6 +9,7 @@ cells. The same metrics between two disjoint halves of the real test cells are t
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -162,21 +163,22 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     parts = {s: (counts[split == s], y[split == s]) for s in K.SPLITS}
     seed = cfg.seed
     results = kept_dir or out / "results"
-    fitted_space: list = []  # the evaluation space, fitted on first use: not for kept results
 
-    def space_and_embedding():
-        if not fitted_space:
-            space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
-                              seed=derive_seed(seed, "eval-space"))
-            fitted_space.extend([space, {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}])
-        return fitted_space
+    @functools.cache
+    def space_and_embedding() -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """The evaluation space and each split embedded in it, fitted on first use (a page
+        rebuilt from kept results never uses them)."""
+        space = fit_space(parts["train"][0], parts["train"][1], list(map(str, pre.var_names)),
+                          seed=derive_seed(seed, "eval-space"))
+        return space, {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
 
-    floor = _kept_floor(results / "floor.json", model_key(cfg, "floor"))
+    floor_key = model_key(cfg, "floor")
+    floor = _kept_floor(results / "floor.json", floor_key)
     if floor is None:
         t0 = time.perf_counter()
         floor = real_floor(space_and_embedding()[0], *parts["test"], seed=derive_seed(seed, "floor"))
         logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
-        write_json(results / "floor.json", {"key": model_key(cfg, "floor"), "floor": floor})
+        write_json(results / "floor.json", {"key": floor_key, "floor": floor})
     rows: dict[str, dict[str, Any]] = {"real vs real": flat_report(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
     fit_on = pre[np.isin(split, ["train", "val"])]
