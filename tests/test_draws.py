@@ -13,9 +13,12 @@ from scipy import stats
 from cellsynth.models._draws import nb_csr
 
 CASES = [(0.01, 0.5), (0.3, 2.0), (5.0, 1.0), (50.0, 10.0), (200.0, 0.3),
-         (3.0, 1.0), (1.0, 50.0), (20.0, 0.05), (3.9, 1e4), (30.0, 1e4), (0.2, 0.01)]
+         (3.0, 1.0), (1.0, 50.0), (20.0, 0.05), (3.9, 1e4), (30.0, 1e4), (0.2, 0.01),
+         (15.0, 1e4), (0.002, 3.0)]
 # (3.0, 1.0) and (3.9, 1e4): long inverse-CDF searches; (1.0, 50.0): Poisson-like; (30.0, 1e4):
-# a Poisson with many events in the compound path; (20.0, 0.05), (0.2, 0.01): heavy tails
+# a Poisson with many events in the compound path; (20.0, 0.05), (0.2, 0.01): heavy tails;
+# (15.0, 1e4): P(x > 0) is 1 in float32, the search reads P(0) itself; (0.002, 3.0): the share
+# of non-zeros (200 expected) is all the chi-square sees
 
 
 ENGINES = ["kernel", "torch"]
@@ -92,3 +95,49 @@ def test_means_that_carry_a_gradient_are_drawn_from(engine: str) -> None:
     x = nb_csr(np.random.default_rng(0), mu, theta, torch.full((1, 30), 0.1).requires_grad_(),
                engine=engine)
     assert x.shape == (40, 30) and x.nnz > 0
+
+
+def test_float32_log1p_and_nonzero_probability_are_accurate() -> None:
+    """The vectorised float32 functions the kernel decides entries with, against float64."""
+    from numba import njit
+
+    from cellsynth.models._f32math import log1p32, nonzero_or_zero32
+
+    @njit(error_model="numpy")
+    def both(mu, theta, log_out, prob_out):
+        for i in range(mu.size):
+            log_out[i] = log1p32(mu[i] / theta[i])
+            prob_out[i] = nonzero_or_zero32(theta[i] * log_out[i])
+
+    rng = np.random.default_rng(0)
+    mu = (10 ** rng.uniform(-9, 4, 200_000)).astype(np.float32)
+    theta = (10 ** rng.uniform(-2, 4, 200_000)).astype(np.float32)
+    log_out, prob_out = np.empty_like(mu), np.empty_like(mu)
+    both(mu, theta, log_out, prob_out)
+    m, t = mu.astype(float), theta.astype(float)
+    log_ref = np.log1p(m / t)
+    lam = t * log_ref
+    nonzero, zero = -np.expm1(-lam), np.exp(-lam)
+    v = prob_out.astype(float)
+    nonzero_hat, zero_hat = np.where(v >= 0, v, 1 + v), np.where(v >= 0, 1 - v, -v)
+    assert np.max(np.abs(log_out - log_ref) / log_ref) < 3e-7
+    # the smaller of the two to its own relative precision (the larger is one less it)
+    small = nonzero < 0.5
+    assert np.max(np.abs(nonzero_hat - nonzero)[small] / nonzero[small]) < 5e-7
+    # P(0) = exp(-lam) as precise as float32's lam is: relative error lam times its rounding
+    large = ~small & (lam < 80)  # beyond, P(0) < 2e-35 is read as exp(-80)
+    assert np.max(np.abs(zero_hat - zero)[large] / zero[large] / (1 + lam[large])) < 5e-7
+    assert (v < 0).sum() > 1000 and (v > 0).sum() > 1000  # both sides tried
+
+
+def test_a_uniform_beyond_the_float32_cdf_is_drawn_again_in_float64() -> None:
+    """Where float32's P(0) leaves the zero-truncated cdf short of the entry's uniform, the
+    count comes from a fresh uniform against the float64 cdf: small, never the search's cap."""
+    from cellsynth.models._nb_kernel import _positive
+
+    mu, theta = 1.0, 1.0
+    zero = theta / (theta + mu)  # P(0) of NB(1, 1)
+    counts = [_positive(1.0 - 1e-9, mu, theta, 1.0 - zero, zero * 0.999, np.uint64(base))
+              for base in range(200)]  # P(0) 0.1% low: the cdf ends below 1 - 1e-9
+    assert min(counts) >= 1 and max(counts) < 40
+    assert 1.5 < np.mean(counts) < 2.5  # E[x | x >= 1] = mu / P(x > 0) = 2

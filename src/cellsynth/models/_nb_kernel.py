@@ -33,11 +33,15 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._f32math import log1p32, nonzero_or_zero32
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_S40 = np.uint64(40)
 _TO_UNIT = 2.0**-53
+_TWO24, _ONE32 = np.float32(2.0**24), np.float32(1.0)
 
 #: inverse-pmf search for counts whose mean is at most this (and log-series parameter ``p`` at
 #: most ``SEARCH_P``): each step is a few flops in registers, so longer searches than the torch
@@ -158,22 +162,37 @@ def _logseries(p, base, k):
 
 
 @njit
-def _positive(w, mu, theta, lam, pos, base):
-    """An ``NB(mu, theta)`` count given ``>= 1`` (``pos = P(x > 0) = 1 - exp(-lam)``); ``w``
-    uniform (the entry's decision uniform rescaled), further uniforms from the entry's stream
-    ``base``."""
+def _search(w, term, p, theta):
+    """The first ``n`` whose zero-truncated cdf reaches ``w`` (``term = P(1 | >= 1)``; each next
+    term is the last times ``p (n + theta) / (n + 1)``), or 0 when the cdf stopped growing first
+    (``w`` beyond its rounding)."""
+    cdf = term
+    n = 1
+    while w > cdf:
+        if n >= _MAX_STEPS or term < 1e-17 * cdf:  # what is left is below the cdf's rounding
+            return 0.0
+        term *= p * (n + theta) / (n + 1.0)
+        n += 1
+        cdf += term
+    return float(n)
+
+
+@njit
+def _positive(w, mu, theta, nonzero, zero, base):
+    """An ``NB(mu, theta)`` count given ``>= 1`` (``nonzero``, ``zero``: ``P(x > 0)`` and
+    ``P(x = 0)``, each to float32's precision); ``w`` uniform (the entry's decision uniform
+    rescaled), further uniforms from the entry's stream ``base``."""
     p = min(mu / (mu + theta), _P_MAX)
     if p <= SEARCH_P and mu <= SEARCH_MU:  # invert the zero-truncated pmf at w
-        term = theta * p * (1.0 - pos) / pos  # P(1 | >= 1)
-        cdf = term
-        n = 1
-        while w > cdf and n < _MAX_STEPS:
-            term *= p * (n + theta) / (n + 1.0)
-            n += 1
-            cdf += term
-            if term < 1e-17 * cdf:  # what is left of the tail is below the cdf's rounding
-                break
-        return float(n)
+        n = _search(w, theta * p * zero / nonzero, p, theta)
+        if n > 0.0:
+            return n
+        # w fell where float32's P(0) left the cdf short of one (about 1e-6 of the entries):
+        # a fresh uniform against the cdf in float64
+        lam = theta * math.log1p(mu / theta)
+        n = _search(_next(base, 2), theta * p * math.exp(-lam) / -math.expm1(-lam), p, theta)
+        return max(n, 1.0)
+    lam = theta * math.log1p(mu / theta)
     k = 2  # uniform 0 decided the entry, and number 1 its dropout (if any)
     if lam >= MANY_EVENTS:  # gamma-Poisson, zeros drawn again (probability exp(-lam) <= 0.14)
         while True:
@@ -193,62 +212,77 @@ def _positive(w, mu, theta, lam, pos, base):
 
 
 @njit(inline="always")
-def _nonzero(mu, theta, u):
-    """Whether an entry of mean ``mu`` is non-zero at its uniform ``u``: ``u < 1 - exp(-lam)``.
-
-    Bounds decide most entries without a transcendental function: ``lam <= mu`` and
-    ``1 - exp(-x) <= x - x^2 / 2 + x^3 / 6`` above; ``lam >= lo = theta mu / (theta + mu)`` and
-    ``1 - exp(-x) >= max(x / (1 + x), x - x^2 / 2)`` below.
-    """
-    if u >= mu or u >= mu * (1.0 - mu * (0.5 - mu / 6.0)):
-        return False
-    lo = theta * mu / (theta + mu)
-    if u < max(lo / (1.0 + lo), lo * (1.0 - 0.5 * lo)):
-        return True
-    return u < -math.expm1(-theta * math.log1p(mu / theta))
+def _nonzero(v):
+    """``P(x > 0)`` from :func:`nonzero_or_zero32`'s value (float32, as pass 1 and 2 both read it)."""
+    return v if v >= 0 else _ONE32 + v
 
 
-@njit(parallel=True, cache=True)
-def _mark(mu, theta, dropout, seed, keep, nnz):
-    """Pass 1: ``keep[r, g]`` for the non-zero entries, ``nnz[r]`` per cell."""
-    n, genes = mu.shape
-    th_rows, dr_rows = theta.shape[0], dropout.shape[0]
-    for row in prange(n):
-        r = np.int64(row)  # (prange's index may be unsigned: mixed with signed, it is a float)
-        tr = r if th_rows > 1 else np.int64(0)
-        dr = r if dr_rows > 1 else np.int64(0)
-        count = 0
-        for g in range(genes):
-            m = float(mu[r, g])
-            bits = _entry_bits(seed, r * genes + g)
-            hit = _nonzero(m, float(theta[tr, g]), _unit(bits))
-            if hit and dropout.shape[1] and _next(bits, 1) < dropout[dr, g]:
-                hit = False
-            keep[r, g] = hit
-            count += hit
-        nnz[r] = count
-
-
-@njit(parallel=True, cache=True)
-def _fill(mu, theta, seed, keep, indptr, indices, data):
-    """Pass 2: the counts of the marked entries, at each cell's CSR offset."""
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _mark(mu, theta, seed, prob, code, room):
+    """Pass 1, vectorised: ``prob``, each entry's :func:`nonzero_or_zero32` (float32) of ``lam
+    = theta log1p(mu / theta)``, and its ``code``: 2 when the top 24 bits of its uniform ``u``
+    already place it below ``P(x > 0)``, 1 when they leave it open (pass 2 reads the rest), 0
+    when it is a zero; ``room[r]``, the entries of cell ``r`` that may be non-zero. Two loops a
+    cell: together LLVM does not vectorise them."""
     n, genes = mu.shape
     th_rows = theta.shape[0]
     for row in prange(n):
+        r = np.int64(row)  # (prange's index may be unsigned: mixed with signed, it is a float)
+        tr = r if th_rows > 1 else np.int64(0)
+        for g in range(genes):
+            t = theta[tr, g]
+            prob[r, g] = nonzero_or_zero32(t * log1p32(mu[r, g] / t))
+        count = 0
+        for g in range(genes):
+            # u in [k, k + 1) / 2^24: below P(x > 0) for sure when k + 1 <= it 2^24, above when k >= it
+            k = np.float32(_entry_bits(seed, r * genes + g) >> _S40)
+            scaled = _nonzero(prob[r, g]) * _TWO24
+            maybe = k < scaled
+            code[r, g] = np.uint8(maybe) + np.uint8(k + _ONE32 <= scaled)
+            count += maybe
+        room[r] = count
+
+
+@njit(parallel=True, cache=True)
+def _fill(mu, theta, dropout, seed, prob, code, start, indices, data, nnz):
+    """Pass 2: the counts of the non-zero entries, from each cell's offset ``start[r]``
+    (``nnz[r]`` of them: open entries decided against the whole uniform, zero-inflated ones
+    dropped when a second uniform of the entry falls below their dropout)."""
+    n, genes = mu.shape
+    th_rows, dr_rows = theta.shape[0], dropout.shape[0]
+    for row in prange(n):
         r = np.int64(row)
         tr = r if th_rows > 1 else np.int64(0)
-        at = indptr[r]
+        dr = r if dr_rows > 1 else np.int64(0)
+        at = start[r]
         for g in range(genes):
-            if not keep[r, g]:
+            c = code[r, g]
+            if c == 0:
                 continue
-            m = float(mu[r, g])
-            th = float(theta[tr, g])
             bits = _entry_bits(seed, r * genes + g)
-            lam = th * math.log1p(m / th)
-            pos = -math.expm1(-lam)  # P(x > 0)
+            u = _unit(bits)
+            v = prob[r, g]
+            p = float(_nonzero(v))
+            if c == 1 and u >= p:
+                continue
+            if dropout.shape[1] and _next(bits, 1) < dropout[dr, g]:
+                continue
             indices[at] = g
-            data[at] = _positive(_unit(bits) / pos, m, th, lam, pos, bits)
+            zero = -float(v) if v < 0 else 1.0 - p
+            data[at] = _positive(u / p, float(mu[r, g]), float(theta[tr, g]), p, zero, bits)
             at += 1
+        nnz[r] = at - start[r]
+
+
+@njit(parallel=True, cache=True)
+def _pack(start, nnz, indptr, indices, data, out_indices, out_data):
+    """Each cell's counts from its room (at ``start``) to its place in the CSR (``indptr``)."""
+    for row in prange(len(nnz)):
+        r = np.int64(row)
+        a, b = start[r], indptr[r]
+        for j in range(nnz[r]):
+            out_indices[b + j] = indices[a + j]
+            out_data[b + j] = data[a + j]
 
 
 def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None, seed: int,
@@ -264,14 +298,23 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
     dropout = (np.zeros((1, 0), np.float32) if dropout is None
                else np.ascontiguousarray(dropout, dtype=np.float32).reshape(-1, genes))
     with numba_threads(threads):
-        keep = np.empty((n, genes), dtype=np.bool_)
+        prob = np.empty((n, genes), dtype=np.float32)
+        code = np.empty((n, genes), dtype=np.uint8)
+        room = np.empty(n, dtype=np.int64)
+        _mark(mu, theta, np.uint64(seed), prob, code, room)
+        start = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(room, out=start[1:])
+        indices = np.empty(start[-1], dtype=np.int32)
+        data = np.empty(start[-1], dtype=np.float32)
         nnz = np.empty(n, dtype=np.int64)
-        _mark(mu, theta, dropout, np.uint64(seed), keep, nnz)
+        _fill(mu, theta, dropout, np.uint64(seed), prob, code, start, indices, data, nnz)
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(nnz, out=indptr[1:])
-        indices = np.empty(indptr[-1], dtype=np.int32)
-        data = np.empty(indptr[-1], dtype=np.float32)
-        _fill(mu, theta, np.uint64(seed), keep, indptr, indices, data)
+        if indptr[-1] < start[-1]:  # open or dropped entries left gaps: close them
+            out_indices = np.empty(indptr[-1], dtype=np.int32)
+            out_data = np.empty(indptr[-1], dtype=np.float32)
+            _pack(start, nnz, indptr, indices, data, out_indices, out_data)
+            indices, data = out_indices, out_data
     return data, indices, indptr
 
 
