@@ -35,6 +35,7 @@ from anndata.io import read_elem, write_elem
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
+from .csr import stack_rows
 from .io import check_label, check_shape, check_values, find_counts
 from .qc import (
     GeneMoments,
@@ -301,7 +302,7 @@ class PreprocessedStore:
         if rows is None:
             rows = np.arange(self.n_obs)
             parts = [block for _, block in self.x.chunks(chunk_size)]
-            x = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+            x = stack_rows(parts) if len(parts) > 1 else parts[0]
         else:
             rows = np.asarray(rows, dtype=np.int64)
             x = self.x.take(rows)

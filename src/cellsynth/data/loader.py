@@ -29,6 +29,7 @@ import torch
 from .. import keys as K
 from ..errors import DataError
 from ..options import progress_bar
+from .csr import stack_rows
 from .store import RowStore
 
 logger = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class BlockLoader:
                 read_s += time.perf_counter() - t0
                 if pool is not None and i + 1 < len(fetches):
                     pending = pool.submit(self._read, fetches[i + 1])
-                buf_x = sp.vstack([carry_x, block], format="csr") if carry_i.size else block
+                buf_x = stack_rows([carry_x, block]) if carry_i.size else block
                 buf_i = np.concatenate([carry_i, positions]) if carry_i.size else positions
                 if self.shuffle:
                     perm = rng.permutation(len(buf_i))

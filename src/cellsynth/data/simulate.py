@@ -38,6 +38,7 @@ from ..keys import MITO, N_GENES
 from ..options import progress_bar
 from ..outputs import check_file_out, generated_h5ad
 from ..runtime import available_memory
+from .csr import stack_rows
 from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
@@ -303,9 +304,8 @@ def _block(model: _Model, plan: _Plan, effects: _Effects | None, start: int, sto
     cut = (np.diff(types[order]) != 0) | (np.diff(level[order]) != 0)
     runs = np.split(order, np.flatnonzero(cut) + 1)
     batches = [run[i : i + _BATCH] for run in runs for i in range(0, len(run), _BATCH)]
-    stacked = sp.vstack(
-        [_nb_counts(rng, model, shares(int(types[b[0]])), libs[b], jitter[b]) for b in batches],
-        "csr",
+    stacked = stack_rows(
+        [_nb_counts(rng, model, shares(int(types[b[0]])), libs[b], jitter[b]) for b in batches]
     )  # rows in ``order``
     rank = np.argsort(order)
     nuc, second = stacked[rank[:n]], stacked[rank[n:]]
@@ -332,7 +332,7 @@ def _chunks(model: _Model, plan: _Plan, effects: _Effects | None, seed: int,
         parts.append(_block(model, plan, effects, start, stop, seed))
         held += stop - start
         while held >= chunk_size or (stop == n_cells and held):
-            buf = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+            buf = parts[0] if len(parts) == 1 else stack_rows(parts)
             parts = [buf[chunk_size:]] if held > chunk_size else []  # copies only when cut
             held = held - chunk_size if held > chunk_size else 0
             yield buf[:chunk_size] if parts else buf
@@ -481,7 +481,7 @@ def simulate_atlas(
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
     parts = list(_chunks(model, plan, effects, seed, _BLOCK))
-    x = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+    x = parts[0] if len(parts) == 1 else stack_rows(parts)
     obs, var, uns = _annotations(
         model, plan, effects, label_key, seed, _qc(x, n_mito) if qc_columns else None
     )

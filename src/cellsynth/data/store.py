@@ -24,6 +24,7 @@ from anndata.io import read_elem
 
 from ..errors import DataError
 from ..options import progress_bar
+from .csr import stack_rows
 from .io import Expression, check_file, unreadable
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class RowStore:
         for run in _runs(rows):
             block = self.rows(run[0], run[-1] + 1)
             parts.append(block if len(run) == block.shape[0] else block[run - run[0]])
-        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+        return parts[0] if len(parts) == 1 else stack_rows(parts)
 
     def __getitem__(self, key: slice | np.ndarray) -> sp.csr_matrix:
         if isinstance(key, slice):

@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError
 from ..options import progress_bar
@@ -153,7 +154,7 @@ def _fit(x: sp.csr_matrix, y: np.ndarray, seed: int, *, tol: float = 1e-3, max_i
 
 def _cv_auc(fa: sp.csr_matrix, fb: sp.csr_matrix, seed: int, n_folds: int) -> float:
     """Mean stratified-fold ROC AUC of telling the rows of ``fa`` (0) from ``fb`` (1)."""
-    x = sp.vstack([fa, fb], format="csr")
+    x = stack_rows([fa, fb])
     y = np.r_[np.zeros(fa.shape[0]), np.ones(fb.shape[0])]
     folds = StratifiedKFold(min(n_folds, fa.shape[0], fb.shape[0]), shuffle=True,
                             random_state=derive_seed(seed, "folds"))
@@ -497,7 +498,7 @@ def gene_importance(
     if not len(cols):
         raise DataError(f"no gene is detected in at least {min_cells} of the {m} cells of either "
                         "side; lower min_cells or give more cells")
-    x = sp.vstack([_features(lr, cols), _features(ls, cols)], format="csr")
+    x = stack_rows([_features(lr, cols), _features(ls, cols)])
     y = np.r_[np.zeros(m), np.ones(m)]
     with threadpool_limits(1):
         scaling, clf = _fit(x, y, derive_seed(seed, "gene-importance"), tol=1e-5, max_iter=2000)

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
+from ..data.csr import stack_rows
 from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import derive_seed
@@ -160,8 +161,7 @@ def distance_to_closest(
     tol = EXACT_TOL * float(np.sqrt(tr.var(axis=0).sum()))
     trc = None if train_counts is None else _counts(train_counts, len(tr), None, "train counts")
     if trc is not None and copy_refs is not None:
-        trc = sp.vstack([trc, as_csr(copy_refs, trc.shape[1], what="training counts")],
-                        format="csr")
+        trc = stack_rows([trc, as_csr(copy_refs, trc.shape[1], what="training counts")])
     if trc is not None and heldout_counts is not None:
         hoc = _counts(heldout_counts, len(ho), trc.shape[1], "heldout counts")
         shared, shared_source = heldout_overlap(trc, hoc), "counts"

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import FeaturesConfig
+from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..data.store import MatrixRows
 from ..errors import DataError
@@ -113,7 +114,7 @@ class EvalSpace:
             return normalise_log1p(x, self.target_sum)
         parts = [normalise_log1p(x[s : s + CHUNK], self.target_sum)
                  for s in range(0, x.shape[0], CHUNK)]
-        return sp.vstack(parts, format="csr")
+        return stack_rows(parts)
 
     def embed(self, counts: Any) -> np.ndarray:
         """Cells in PCA space, ``(n_cells, n_pcs)`` float32, computed chunk by chunk."""

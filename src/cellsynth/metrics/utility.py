@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from ..classify.xgb import train_classifier
 from ..config import ClassifierConfig
+from ..data.csr import stack_rows
 from ..errors import DataError
 from ..seeds import derive_seed
 from .classification import classification_report, summary_row
@@ -52,7 +53,7 @@ def _split(pair: Split, name: str, space: EvalSpace | None) -> tuple[Any, np.nda
 
 def _stack(parts: list[Any]) -> Any:
     if any(sp.issparse(p) for p in parts):
-        return sp.vstack([sp.csr_matrix(p) for p in parts], format="csr")
+        return stack_rows([sp.csr_matrix(p) for p in parts])
     return np.concatenate([np.asarray(p) for p in parts])
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 
 import numba
@@ -298,8 +299,8 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
     dropout = (np.zeros((1, 0), np.float32) if dropout is None
                else np.ascontiguousarray(dropout, dtype=np.float32).reshape(-1, genes))
     with numba_threads(threads):
-        prob = np.empty((n, genes), dtype=np.float32)
-        code = np.empty((n, genes), dtype=np.uint8)
+        prob, code = _workspace(n * genes)
+        prob, code = prob.reshape(n, genes), code.reshape(n, genes)
         room = np.empty(n, dtype=np.int64)
         _mark(mu, theta, np.uint64(seed), prob, code, room)
         start = np.zeros(n + 1, dtype=np.int64)
@@ -316,6 +317,19 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
             _pack(start, nnz, indptr, indices, data, out_indices, out_data)
             indices, data = out_indices, out_data
     return data, indices, indptr
+
+
+_LOCAL = threading.local()
+
+
+def _workspace(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1's arrays (float32 and uint8, ``size`` values each), kept between calls of this
+    thread: written into fresh from the system, a chunk's 20 MB of them cost more in page faults
+    (4x pass 1's time on the machine of docs/PERFORMANCE.md) than the pass itself."""
+    have = getattr(_LOCAL, "arrays", None)
+    if have is None or have[0].size < size:
+        have = _LOCAL.arrays = (np.empty(size, np.float32), np.empty(size, np.uint8))
+    return have[0][:size], have[1][:size]
 
 
 @contextlib.contextmanager

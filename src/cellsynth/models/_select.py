@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..data.csr import stack_rows
 from ..data.rows import Rows
 from ..data.split import stratified_subsample
 from ..errors import CellsynthError
@@ -127,7 +128,7 @@ class FidelityCheck:
         aucs = []
         for rep in range(self.repeats):  # a few hundred cells: average several draws
             chunks = [x for _, x in self.model._chunks(self.request, rng, "mixture")]
-            counts = sp.vstack(chunks, format="csr")
+            counts = stack_rows(chunks)
             pcs = c2st_auc(self.real, self.space.embed(counts), seed=derive_seed(seed, f"c2st-{rep}"),
                            rounds=CHECK_ROUNDS, learning_rate=CHECK_RATE)  # fmt: skip
             aucs.append(pcs if (genes := self._genes(counts, rep)) is None else (pcs + genes) / 2)

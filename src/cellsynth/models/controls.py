@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 
 from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
+from ..data.csr import stack_rows
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
@@ -253,7 +254,7 @@ class ScviPosteriorGenerator(ScviGenerator):
                 bar.update(m)
         bar.close()
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
-        return synthetic_adata(sp.vstack(blocks, format="csr"), y, self.genes,
+        return synthetic_adata(stack_rows(blocks), y, self.genes,
                                label_key=self.label_key, model=self.name, seed=seed,
                                config=dataclasses.asdict(self.config))  # fmt: skip
 

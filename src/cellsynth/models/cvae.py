@@ -38,6 +38,7 @@ from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
 from ..config_rules import hints as config_hints
+from ..data.csr import stack_rows
 from ..data.io import check_label, missing_labels, read, training_source
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
@@ -465,7 +466,7 @@ class CVAE(DesignRequests):
                      "cellsynth generate)")
         chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
         obs = self.plan_obs(plan)
-        out = synthetic_adata(sp.vstack(chunks, format="csr"), obs[self.label_key].to_numpy(),
+        out = synthetic_adata(stack_rows(chunks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed)
         for key, col in obs.items():
             if key != self.label_key:

@@ -47,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import config as config_mod
 from .. import keys as K
 from ..config import CVAEConfig
+from ..data.csr import stack_rows
 from ..errors import CellsynthError, DataError
 from ..options import settings
 from ..seeds import derive_seed
@@ -106,7 +107,7 @@ def _read_rows(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
     ]
     if not blocks:
         return sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
-    return training_counts(ad.AnnData(X=sp.vstack(blocks, format="csr")))
+    return training_counts(ad.AnnData(X=stack_rows(blocks)))
 
 
 def _shard(n: int, rank: int, world: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

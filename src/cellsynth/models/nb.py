@@ -41,6 +41,7 @@ from safetensors.numpy import load_file, save_file
 
 from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
+from ..data.csr import stack_rows
 from ..errors import ConfigError, DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
@@ -427,7 +428,7 @@ class NegBinBaseline(DesignRequests):
                            "; ".join(", ".join(f"{k}={v}" for k, v in c.items())
                                      for c in fell_back[:5]))  # fmt: skip
         obs = self.plan_obs(plan)
-        out = synthetic_adata(sp.vstack(blocks, format="csr"), obs[self.label_key].to_numpy(),
+        out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
                               config=self.config)  # fmt: skip
         for key in self.design.keys:

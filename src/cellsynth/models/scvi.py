@@ -66,6 +66,7 @@ from safetensors.torch import save_file
 from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig, from_dict
+from ..data.csr import stack_rows
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
 from ..outputs import save_tensors
@@ -331,7 +332,7 @@ class ScviGenerator(DesignRequests):
                 bar.update(m)
         bar.close()
         obs = self.plan_obs(plan)
-        out = synthetic_adata(sp.vstack(blocks, format="csr"), obs[self.label_key].to_numpy(),
+        out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
                               config=dataclasses.asdict(self.config))  # fmt: skip
         for key in self.design.keys:

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 
 from ..checksums import verify_checksums, write_checksums
 from ..config import FeaturesConfig, SeedVAEConfig, from_dict
+from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
@@ -169,7 +170,7 @@ class SeedGenerator:
                 blocks.append(sp.csr_matrix(rng.poisson(prop * lib[:, None]).astype(np.float32)))
                 row += m
         return synthetic_adata(
-            sp.vstack(blocks, format="csr"),
+            stack_rows(blocks),
             y,
             self.genes,
             label_key=self.label_key,

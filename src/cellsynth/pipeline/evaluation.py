@@ -14,6 +14,7 @@ from .. import keys as K
 from ..cells import Cells
 from ..classify.xgb import Classifier
 from ..config import covariates_of
+from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..data.split import balanced_subsample, stratified_subsample
 from ..data.store import H5adFile
@@ -181,7 +182,7 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     from ..metrics.fidelity import memorisation
     from ..metrics.privacy_counts import audit_counts, with_donor_key
 
-    memo = memorisation(space, sp.vstack([train_c, test_c], format="csr"), syn_c,
+    memo = memorisation(space, stack_rows([train_c, test_c]), syn_c,
                         c2st=overall["c2st_auc"], c2st_cells=overall.get("n_per_side"),
                         seed=ctx.seed("memorisation"))  # fmt: skip
     if memo["flagged"]:
