@@ -1,26 +1,34 @@
-"""The CPU's sparse negative binomial draw: one compiled pass per entry, straight into CSR.
+"""The CPU's sparse negative binomial draw: a vectorised pass over the entries, then the counts.
 
 :func:`~cellsynth.models._draws.nb_csr` draws ``NB(mu, theta)`` counts on the device the decoder
 ran on. On a GPU that is a round of torch operations per step; on the CPU each such round is a
 pass over memory, and the draw cost more than the decoder did (26 µs a cell at 2,000 genes). Here
-a numba kernel (numba comes with scanpy) decides each entry and draws its count in registers, in
+numba kernels (numba comes with scanpy) decide each entry and draw its count in registers, in
 parallel over cells:
 
 1. every entry ``i`` has its own uniform ``u = U(seed, i)``, from a counter-based generator
    (splitmix64 at position ``i`` of the stream ``seed``), so the cells depend neither on the
    thread count nor on the order the threads take the rows in;
-2. the entry is non-zero when ``u < P(x > 0) = 1 - exp(-lam)``, ``lam = theta log1p(mu / theta)``
-   (``u >= mu`` screens out most entries first, as ``P(x > 0) <= mu``), and a zero-inflated one
-   is dropped when a second uniform of the entry falls below its dropout;
+2. the entry is non-zero when ``u < P(x > 0) = 1 - exp(-lam)``, ``lam = theta log1p(mu / theta)``,
+   and a zero-inflated one is dropped when a second uniform of the entry falls below its
+   dropout;
 3. the count of a non-zero entry: given ``u < P(x > 0)``, ``w = u / P(x > 0)`` is uniform, and
    the count is the zero-truncated pmf's inverse at ``w`` where that search is short (small mean,
    a tail that falls fast); otherwise gamma-Poisson draws with the zeros drawn again (many events)
    or compound Poisson (one or more log-series counts: heavy tails with few events), their
    uniforms from the entry's own stream.
 
-A first pass marks the non-zero entries and counts them per cell; the second draws the counts of
-the marked ones into the CSR arrays at each cell's offset. The distribution is the torch path's;
-the random stream is not (a seed gives other cells on the CPU than on a GPU, as before).
+The first pass (:func:`_mark`) is written for LLVM's vectoriser: ``P(x > 0)``, or ``P(0)`` where
+that is the smaller, in float32 by the branch-free functions of :mod:`._f32math` (numba's
+``log1p`` and ``expm1`` are C library calls, one value at a time), and each entry's decision from
+the top 24 bits of its uniform; the rare entry those bits leave open (one in 2^24) is decided in
+the second pass against all 53. The second (:func:`_fill`) draws the counts of the non-zero
+entries into each cell's room in the CSR arrays, from the probabilities the first kept (no
+transcendental function for most counts), and the gaps that open and dropped entries left are
+closed after. On the machine of docs/PERFORMANCE.md this halved the draw's time against one
+scalar pass that decided each entry with ``log1p`` and ``expm1`` in float64. The distribution is
+the torch path's, to float32's rounding of ``P(x > 0)`` (relative 5e-7); the random stream is
+not (a seed gives other cells on the CPU than on a GPU, as before).
 """
 
 from __future__ import annotations
