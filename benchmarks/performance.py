@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -561,54 +562,50 @@ def bench_generation(args, device: str) -> dict:
     import torch
 
     from cellsynth.config import CVAEConfig
-    from cellsynth.models._draws import draw_counts
     from cellsynth.models.cvae import CVAE
 
     adata = atlas(args.cells, args.genes, args.types)
     cfg = CVAEConfig(max_epochs=args.flop_epochs, patience=args.flop_epochs + 1, device=device)
     model = CVAE(config=cfg)
     model.fit(adata, LABEL, seed=0)
-    streamed = [stream_generation(model, n)
+    # untimed: a first `cellsynth generate` after an install compiles (and caches) the kernels
+    stream_generation(model, len(model.labels))
+    streamed = [fastest(functools.partial(stream_generation, model, n), "wall_s")
                 for n in (args.gen_cells, STREAM_FACTOR * args.gen_cells)]  # fmt: skip
     wide = atlas(args.cells, args.wide_genes, args.types)
     wide_model = CVAE(config=cfg)
     wide_model.fit(wide, LABEL, seed=0)
-    streamed.append(stream_generation(wide_model, args.gen_cells))
+    streamed.append(fastest(functools.partial(stream_generation, wide_model, args.gen_cells),
+                            "wall_s"))
     del wide, wide_model
     per_type, extra = divmod(args.gen_cells, len(model.labels))
     request = {t: per_type + (i < extra) for i, t in enumerate(model.labels)}
-    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
-        t0 = time.perf_counter()
-        syn = model.sample(request, seed=1)
-        t1 = time.perf_counter()
-        syn.write_h5ad(Path(tmp) / "generated.h5ad")
-        t2 = time.perf_counter()
-        size_mb = (Path(tmp) / "generated.h5ad").stat().st_size / 1e6
-        back = ad.read_h5ad(Path(tmp) / "generated.h5ad")
-        assert back.shape == syn.shape
-    n, genes = syn.n_obs, syn.n_vars
-    nnz = syn.X.nnz
-    del syn, back
+    best = None
+    for _ in range(REPEATS):
+        with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+            t0 = time.perf_counter()
+            syn = model.sample(request, seed=1)
+            t1 = time.perf_counter()
+            syn.write_h5ad(Path(tmp) / "generated.h5ad")
+            t2 = time.perf_counter()
+            size_mb = (Path(tmp) / "generated.h5ad").stat().st_size / 1e6
+            back = ad.read_h5ad(Path(tmp) / "generated.h5ad")
+            assert back.shape == syn.shape
+        if best is None or t2 - t0 < best[2] - best[0]:
+            best = (t0, t1, t2)
+        n, genes = syn.n_obs, syn.n_vars
+        nnz = syn.X.nnz
+        del syn, back
+    t0, t1, t2 = best
     # where sample's time goes: mixture + decoder (on the device) vs the sparse NB draw
     module = model.module
     rows = max(1, min(4 * cfg.batch_size, 4_000_000 // genes))  # CVAE.sample's chunk size
     n_chunks = max(1, min(math.ceil(n / rows), 10))
     rng = np.random.default_rng(0)
-    t_dec = t_draw = 0.0
-    with torch.no_grad():  # as CVAE.sample does: latents and libraries from each type's mixture
-        for i in range(n_chunks):
-            s0 = time.perf_counter()
-            y = torch.full((rows,), i % len(model.labels), dtype=torch.long, device=device)
-            u = torch.from_numpy(rng.random(rows, dtype=np.float32)).to(device)
-            eps = torch.from_numpy(rng.standard_normal((rows, module.n_latent + 1),
-                                                       dtype=np.float32)).to(device)  # fmt: skip
-            z, lib = module.mixture_from_noise(u, eps, y)
-            px = module.generative(z, y, lib, one_type=True)  # as sample_counts decodes a chunk
-            sync(device)
-            s1 = time.perf_counter()
-            draw_counts(px, lib, rng)
-            s2 = time.perf_counter()
-            t_dec, t_draw = t_dec + s1 - s0, t_draw + s2 - s1
+    t_dec = t_draw = math.inf
+    for _ in range(REPEATS):  # the fastest of the repeats, each part apart
+        dec, draw = chunk_times(module, model, rows, n_chunks, rng, device)
+        t_dec, t_draw = min(t_dec, dec), min(t_draw, draw)
     per_cell = 1 / (n_chunks * rows)
     decoder_flops = sum(2 * m.in_features * m.out_features for name, m in module.named_modules()
                         if isinstance(m, torch.nn.Linear)
@@ -621,6 +618,41 @@ def bench_generation(args, device: str) -> dict:
             "decoder_s_per_cell": t_dec * per_cell, "draw_s_per_cell": t_draw * per_cell,
             "decoder_flops_per_cell": decoder_flops, "chunk_rows": rows,
             "streamed": streamed}  # fmt: skip
+
+
+#: section 3 times each measurement this many times and keeps the fastest: on the shared 2-core
+#: host one run's decoder time varied by half between runs of the same code
+REPEATS = 3
+
+
+def fastest(measure, key: str) -> dict:
+    """The result of ``measure()`` with the smallest ``key`` of :data:`REPEATS` calls."""
+    return min((measure() for _ in range(REPEATS)), key=lambda r: r[key])
+
+
+def chunk_times(module, model, rows: int, n_chunks: int, rng, device: str) -> tuple[float, float]:
+    """Seconds of ``n_chunks`` chunks of ``rows`` cells in the mixture and decoder, and in the
+    sparse NB draw, decoded as :func:`~cellsynth.models._draws.sample_counts` decodes a chunk."""
+    import torch
+
+    from cellsynth.models._draws import draw_counts
+
+    t_dec = t_draw = 0.0
+    with torch.no_grad():  # as CVAE.sample does: latents and libraries from each type's mixture
+        for i in range(n_chunks):
+            s0 = time.perf_counter()
+            y = torch.full((rows,), i % len(model.labels), dtype=torch.long, device=device)
+            u = torch.from_numpy(rng.random(rows, dtype=np.float32)).to(device)
+            eps = torch.from_numpy(rng.standard_normal((rows, module.n_latent + 1),
+                                                       dtype=np.float32)).to(device)  # fmt: skip
+            z, lib = module.mixture_from_noise(u, eps, y)
+            px = module.generative(z, y, lib, one_type=True)
+            sync(device)
+            s1 = time.perf_counter()
+            draw_counts(px, lib, rng)
+            s2 = time.perf_counter()
+            t_dec, t_draw = t_dec + s1 - s0, t_draw + s2 - s1
+    return t_dec, t_draw
 
 
 #: the larger streamed request is this many times the in-memory one (memory must not grow)
@@ -921,7 +953,9 @@ def page_flops(found: dict) -> list[str]:
 def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
     lines = ["## 3. Generation throughput", "",
              "`CVAE.sample` of the requested cells (spread evenly over the types, mixture "
-             "latents) and `AnnData.write_h5ad` of the result; cells/s counts both. The model "
+             "latents) and `AnnData.write_h5ad` of the result; cells/s counts both. Every "
+             f"time here is the fastest of {REPEATS} runs (on a shared host a run's time "
+             "varies by more than the changes it is read for). The model "
              "is the default architecture trained briefly on a simulated atlas (training does "
              "not change the cost of sampling). The split of `sample`'s time is timed apart on "
              "up to 10 of its chunks, as `sample` makes them (latents and library sizes from "
@@ -962,7 +996,8 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
                           f"| cells/s the decoder alone allows at the section 2 matmul peak "
                           f"({peak:.1f} GFLOP/s) | {fmt(bound)} |", ""]
         if res.get("streamed"):
-            lines += ["Streamed to a file by `cellsynth generate` (" +
+            lines += ["Streamed to a file by `cellsynth generate`, after an untimed first run "
+                      "(on a fresh install, it compiles and caches the kernels) (" +
                       "; ".join(f"`{x['command']}`" for x in res["streamed"]) + "):", "",
                       "| cells × genes | wall s | cells/s | values/s | peak RSS MB | file MB |",
                       "|---|---:|---:|---:|---:|---:|"]
