@@ -139,42 +139,42 @@ def test_a_download_that_is_not_hdf5_is_refused(body, said, tmp_path):
 def _saved(tmp_path, **kw):
     import torch
 
-    from cellsynth.models import _training as tr
+    from cellsynth.models import _model_dir as md
 
     module = torch.nn.Linear(4, 3)
     meta = {"model": "Toy", "format_version": 1}
-    return tr.save_model_dir(tmp_path / "model", meta, module, ["a", "b"], {"epochs": 1}, **kw)
+    return md.save_model_dir(tmp_path / "model", meta, module, ["a", "b"], {"epochs": 1}, **kw)
 
 
 def test_a_model_file_changed_after_saving_is_refused_naming_it(tmp_path):
     from cellsynth.errors import ModelFileError
-    from cellsynth.models import _training as tr
+    from cellsynth.models import _model_dir as md
 
     d = _saved(tmp_path, extra_files={"genes.json": json.dumps(["g1", "g2", "g3", "g4"])})
     sums = json.loads((d / "checksums.json").read_text())
     assert set(sums) == {"config.json", "weights.safetensors", "labels.json", "history.json",
                          "genes.json"}
-    tr.load_model_dir(d, "Toy", 1)  # untouched: loads
+    md.load_model_dir(d, "Toy", 1)  # untouched: loads
     for name, edit in [("genes.json", '["g1", "g2", "g3", "X"]'),
                        ("config.json", '{"model": "Toy", "format_version": 1, "x": 1}'),
                        ("labels.json", '["b", "a"]')]:
         before = (d / name).read_text()
         (d / name).write_text(edit)
         with pytest.raises(ModelFileError, match=f"{re.escape(name)} changed after the model was saved"):
-            tr.load_model_dir(d, "Toy", 1)
+            md.load_model_dir(d, "Toy", 1)
         (d / name).write_text(before)
     (d / "genes.json").unlink()
     with pytest.raises(ModelFileError, match=r"genes\.json is missing \(it is listed in checksums\.json\)"):
-        tr.load_model_dir(d, "Toy", 1)
+        md.load_model_dir(d, "Toy", 1)
 
 
 def test_an_older_model_without_checksums_loads_with_a_warning(tmp_path, caplog):
-    from cellsynth.models import _training as tr
+    from cellsynth.models import _model_dir as md
 
     d = _saved(tmp_path)
     (d / "checksums.json").unlink()
     with caplog.at_level(logging.WARNING):
-        tr.load_model_dir(d, "Toy", 1)
+        md.load_model_dir(d, "Toy", 1)
     assert "has no checksums.json" in caplog.text
 
 
@@ -183,13 +183,13 @@ def test_non_finite_weights_are_refused_at_save_and_at_load(tmp_path):
     from safetensors.torch import save_file
 
     from cellsynth.errors import ModelFileError
-    from cellsynth.models import _training as tr
+    from cellsynth.models import _model_dir as md
 
     module = torch.nn.Linear(4, 3)
     with torch.no_grad():
         module.weight[0, 0] = float("nan")
     with pytest.raises(ModelFileError, match=r"non-finite values \(weight: 1 of 12\)"):
-        tr.save_model_dir(tmp_path / "nan", {"model": "Toy", "format_version": 1}, module,
+        md.save_model_dir(tmp_path / "nan", {"model": "Toy", "format_version": 1}, module,
                           ["a"], {})
     assert not (tmp_path / "nan").exists()
     d = _saved(tmp_path)
@@ -197,7 +197,7 @@ def test_non_finite_weights_are_refused_at_save_and_at_load(tmp_path):
     state = {"weight": torch.full((3, 4), float("nan")), "bias": torch.zeros(3)}
     save_file(state, str(d / "weights.safetensors"))
     with pytest.raises(ModelFileError, match="holds non-finite weights"):
-        tr.load_model_dir(d, "Toy", 1)
+        md.load_model_dir(d, "Toy", 1)
 
 
 # -- 7: atomic writes -------------------------------------------------------------------------

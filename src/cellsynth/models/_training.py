@@ -1,31 +1,23 @@
-"""Helpers shared by the generators: device, seeding, sampling, KL warm-up, early stopping, files.
+"""Helpers shared by the generators: device, seeding, sampling, KL warm-up, early stopping.
 
 Nothing here knows about a particular model; a count-space VAE can reuse every function.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
-from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..data.levels import loose_name
-from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
-from ..outputs import check_out_dir, save_tensors
+from ..errors import ConfigError, DataError, NotTrainedError
 from ..seeds import checked_seed, is_whole
 
 logger = logging.getLogger(__name__)
@@ -342,228 +334,6 @@ def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# model directories: config.json, weights.safetensors, labels.json, history.json
-
-MODEL_FILES = {"config": "config.json", "weights": "weights.safetensors", "labels": "labels.json"}
-HISTORY_FILE = "history.json"
-
-
-def model_directory(directory: str | Path) -> Path:
-    """Create the model directory ``directory``; an existing file there is a
-    :class:`ModelFileError` (not an OS error about a path)."""
-    directory = check_out_dir(directory, "the model directory", "the model", ModelFileError)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def is_model_dir(path: Path) -> bool:
-    """Whether ``path`` holds a model cellsynth saved (its ``config.json`` names the model)."""
-    return bool(saved_kind(path))
-
-
-def saved_kind(directory: Path) -> str:
-    """The model kind a saved model's ``config.json`` names (with its format version), or ""
-    for a directory that holds no saved model."""
-    try:
-        meta = json.loads((directory / MODEL_FILES["config"]).read_text())
-    except (OSError, ValueError):
-        return ""
-    if not (isinstance(meta, dict) and "model" in meta and "format_version" in meta):
-        return ""
-    return str(meta["model"])
-
-
-def check_save_dir(out: Path, flag: str = "the model directory") -> None:
-    """Refuse a model directory that is a file, cannot be written under, or is a non-empty
-    directory that is not a saved model (a project's folder, a run directory): a save replaces
-    the directory whole."""
-    check_out_dir(out, flag, "the model", ModelFileError)
-    if out.is_dir() and is_model_dir(out):
-        extra = _not_the_model(out)
-        if extra:
-            raise ModelFileError(
-                f"{flag} {out} holds a saved model and other files ({', '.join(extra[:5])}"
-                f"{', ...' if len(extra) > 5 else ''}); a save replaces the directory whole, "
-                "so they would be lost: move them out or give another directory")
-    if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
-        held = sorted(p.name for p in out.iterdir())
-        raise ModelFileError(
-            f"{flag} {out} is a non-empty directory that is not a saved model (it holds "
-            f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a save replaces the "
-            "directory whole: give a new or empty directory")
-
-
-def _not_the_model(path: Path) -> list[str]:
-    """What a saved model's directory holds beyond the model: entries its ``checksums.json``
-    does not list, other than the checksums, the settings and training history a fit or a run
-    saves beside them and a run's training checkpoints (an older save without checksums:
-    nothing is known, so nothing is named)."""
-    try:
-        listed = json.loads((path / CHECKSUMS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(listed, dict):
-        return []
-    ours = {Path(name).parts[0] for name in listed} | {CHECKSUMS_FILE, HISTORY_FILE,
-                                                        "run_config.toml", "checkpoint"}
-    return sorted(p.name for p in path.iterdir() if p.name not in ours
-                  and not p.name.startswith("."))
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Put directory ``new`` in the place of ``out`` (a model saved earlier goes whole, so no
-    file of another model stays beside the new one's)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
-    """A generator's ``save(directory)`` made safe: the directory is checked first
-    (:func:`check_save_dir`), the model written beside it and then put in its place, so that a
-    save never mixes with other files, never leaves a model of another kind's files behind, and
-    a failed save leaves what was there."""
-    @functools.wraps(save)
-    def wrapper(self: Any, directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        if not getattr(self, "labels", None) and getattr(self, "is_trained", None) is not True:
-            raise NotTrainedError(f"this {type(self).__name__} has not been fitted, so it "
-                                  "cannot be saved: call fit(adata, label_key) first")
-        out = Path(directory).expanduser().resolve()
-        check_save_dir(out)
-        partial = out.with_name(f".{out.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            save(self, partial, *args, **kwargs)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if out.is_dir() and any(out.iterdir()):
-            logger.info("replacing the model saved in %s", out)
-        replace_dir(partial, out)
-        logger.info("saved %s to %s", type(self).__name__, out)
-    return wrapper
-
-
-def save_model_dir(
-    directory: str | Path,
-    meta: dict[str, Any],
-    module: torch.nn.Module,
-    labels: list[str],
-    history: dict[str, Any],
-    extra_files: dict[str, str] | None = None,
-) -> Path:
-    """Write a model directory of plain files (JSON and safetensors; nothing pickled).
-
-    ``meta`` (model name, format version, sizes, config) goes to ``config.json``;
-    ``extra_files`` (file name -> text, e.g. ``genes.json``) are written beside. Weights that are
-    not finite (a diverged fit) are refused. ``checksums.json`` records the sha256 of every
-    file written here, and :func:`load_model_dir` checks them.
-    """
-    directory = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    bad = _non_finite(state)
-    if bad:
-        raise ModelFileError(f"the model's weights hold non-finite values ({bad}): training "
-                             f"diverged; nothing was saved to {directory}; lower cvae.lr or "
-                             "check the input counts")
-    model_directory(directory)
-    texts = {MODEL_FILES["config"]: json.dumps(meta, indent=2),
-             MODEL_FILES["labels"]: json.dumps(labels, indent=2),
-             HISTORY_FILE: json.dumps(history, indent=2), **(extra_files or {})}
-    (directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # no stale checksums while writing
-    for name, text in texts.items():
-        (directory / name).write_text(text)
-    save_tensors(save_file, state, directory / MODEL_FILES["weights"])
-    write_checksums(directory, [*texts, MODEL_FILES["weights"]])
-    return directory
-
-
-def _non_finite(state: dict[str, torch.Tensor]) -> str:
-    """The tensors of ``state`` holding NaN or infinity, in words ("" when none)."""
-    bad = [f"{k}: {int((~torch.isfinite(v)).sum())} of {v.numel()}" for k, v in state.items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    return "; ".join(bad[:3]) + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-
-
-def load_model_dir(
-    directory: str | Path, model: str, format_version: int
-) -> tuple[dict[str, Any], list[str], dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and check a directory written by :func:`save_model_dir`.
-
-    Returns ``(meta, labels, state_dict, history)``; raises :class:`ModelFileError` when a file
-    is missing, corrupt or changed since it was saved (``checksums.json``), the weights are not
-    finite, the model name or format version differ, or the labels are invalid. Checks that
-    depend on the architecture are left to the caller.
-    """
-    directory = Path(directory)
-    check_kind(directory, model)
-    for name in MODEL_FILES.values():
-        if not (directory / name).is_file():
-            raise ModelFileError(
-                f"{directory / name} is missing; {directory} is not a complete {model} save"
-            )
-    meta, labels = (json_file(directory / MODEL_FILES[k]) for k in ("config", "labels"))
-    hist_path = directory / HISTORY_FILE
-    history = json_file(hist_path) if hist_path.is_file() else {}
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{directory / MODEL_FILES['config']} must hold a JSON object (the "
-                             f"model's settings), not a {type(meta).__name__}; save the model "
-                             "again")
-    if meta.get("model") != model:
-        raise ModelFileError(f"{directory / MODEL_FILES['config']} does not describe a {model}")
-    if meta.get("format_version") != format_version:
-        raise ModelFileError(
-            f"{directory} has format version {meta.get('format_version')!r}; this cellsynth reads "
-            f"version {format_version} (the files were saved by cellsynth {meta.get('cellsynth_version')})"
-        )
-    if (
-        not isinstance(labels, list)
-        or not all(isinstance(x, str) for x in labels)
-        or len(set(labels)) != len(labels)
-    ):
-        raise ModelFileError(
-            f"{directory / MODEL_FILES['labels']} must hold a list of unique cell type names"
-        )
-    try:
-        state = load_file(str(directory / MODEL_FILES["weights"]))
-    except (SafetensorError, OSError) as exc:
-        verify_checksums(directory)  # a file replaced after saving says so, not "header too large"
-        raise ModelFileError(
-            f"{directory / MODEL_FILES['weights']} cannot be read: {exc}"
-        ) from None
-    verify_checksums(directory)  # after the checks that name a corrupt file's fault
-    bad = _non_finite(state)
-    if bad:
-        raise ModelFileError(f"{directory / MODEL_FILES['weights']} holds non-finite weights "
-                             f"({bad}); the model cannot generate: train it again")
-    return meta, labels, state, history if isinstance(history, dict) else {}
-
-
-def json_file(path: Path) -> Any:
-    """The contents of one of a model's JSON files; a corrupt one is named."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is corrupt ({exc}); save the model again") from None
-
-
-def check_kind(directory: Path, model: str, names: set[str] | None = None) -> None:
-    """Refuse, before any file is read, a ``directory`` that is a file or that holds another
-    kind of model than ``model`` (its ``config.json`` names one not in ``names``): that is not
-    a damaged save, and the message says which loader reads it."""
-    if directory.is_file():
-        raise ModelFileError(f"{directory} is a file, not a model directory; give the folder "
-                             "that fit or save wrote")
-    other = saved_kind(directory)
-    if other and other not in (names or {model}):
-        raise ModelFileError(f"{directory} holds a saved {other} model, not a {model}; load it "
-                             "with cellsynth.load_model(path), which reads every kind")
-
-
 def optimizer(module: torch.nn.Module, config: Any) -> torch.optim.Optimizer:
     """The training optimiser (shared with the distributed fit, so both take the same steps).
 
@@ -573,51 +343,3 @@ def optimizer(module: torch.nn.Module, config: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
-
-
-def read_genes(path: Path, directory: Path) -> list[str]:
-    """The gene list a model directory holds (``genes.json``), checked."""
-    if not path.is_file():
-        raise ModelFileError(f"{path} is missing; {directory} is not a complete model save")
-    genes = json_file(path)
-    if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
-        raise ModelFileError(f"{path} must hold a list of gene names")
-    return genes
-
-
-def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:
-    """The settings dataclass ``cls`` saved in ``config.json``'s ``config`` table, checked."""
-    from ..config import from_dict
-
-    try:
-        if not isinstance(meta.get("config"), dict):
-            raise ValueError("'config' must be a table of settings")
-        if "label_key" not in meta:
-            raise KeyError("label_key")
-        return from_dict(cls, meta["config"])
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{directory / MODEL_FILES['config']} is invalid: {exc}") from None
-
-
-def check_sizes(directory: Path, state: dict[str, torch.Tensor],
-                expected: dict[str, tuple[int, str, str]]) -> None:  # fmt: skip
-    """Refuse weights whose first dimension disagrees with a file of the same save:
-    ``expected`` maps a weight to ``(size, file, what)``."""
-    for key, (size, file, what) in expected.items():
-        n = state[key].shape[0] if key in state else None
-        if n != size:
-            raise ModelFileError(
-                f"{file} in {directory} lists {size} {what} but the weights hold {n}; the files "
-                "come from different models"
-            )
-
-
-def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
-    """Load a saved CVAE module's weights (its latent mixture sized first), in eval mode."""
-    try:
-        module.set_latent_mixture(state["mixture_weight"], state["mixture_mean"],
-                                  state["mixture_chol"])  # fmt: skip
-        module.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"weights in {directory} do not fit the saved config: {exc}") from None
-    module.eval()

@@ -32,9 +32,9 @@ from ..data.io import (
 from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import checked_seed
+from ._model_dir import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
+from ._model_dir import is_model_dir as is_model_dir  # re-exported: cellsynth fit's checks
 from ._training import check_counts, package_version
-from ._training import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
-from ._training import is_model_dir as is_model_dir  # re-exported: cellsynth fit's checks
 
 logger = logging.getLogger(__name__)
 

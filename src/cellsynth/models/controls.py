@@ -38,7 +38,7 @@ from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
-from ._training import saves_whole
+from ._model_dir import saves_whole
 from .base import (
     check_library_memory,
     check_request_memory,

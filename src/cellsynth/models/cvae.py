@@ -45,6 +45,7 @@ from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar
 from ..seeds import checked_seed
 from . import _loop
+from . import _model_dir as md
 from . import _training as tr
 from ._counts import (
     MIXTURE_MAX_CELLS,
@@ -55,8 +56,8 @@ from ._counts import (
 )
 from ._design import Design, DesignRequests
 from ._draws import sample_counts
+from ._model_dir import saves_whole
 from ._prepare import training_data
-from ._training import saves_whole
 from .base import (
     check_genes,
     check_memory,
@@ -566,7 +567,7 @@ class CVAE(DesignRequests):
         }
         if self.design:
             meta["design"] = self.design.to_json()
-        tr.save_model_dir(directory, meta, module, self.labels, self.history,
+        md.save_model_dir(directory, meta, module, self.labels, self.history,
                           extra_files={GENES_FILE: json.dumps(self.genes)})
 
     @classmethod
@@ -581,21 +582,21 @@ class CVAE(DesignRequests):
             Override the saved ``config.device`` (e.g. ``"cpu"`` for a model trained on a GPU).
         """
         directory = Path(directory)
-        meta, labels, state, history = tr.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
-        genes = tr.read_genes(directory / GENES_FILE, directory)
+        meta, labels, state, history = md.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
+        genes = md.read_genes(directory / GENES_FILE, directory)
         if meta.get("n_genes", len(genes)) != len(genes):
             raise ModelFileError(f"{directory / 'config.json'} says n_genes = "
                                  f"{meta.get('n_genes')!r} but {GENES_FILE} lists {len(genes)} "
                                  "genes: the files come from different saves; save it again")
         if not history.get("epochs"):  # a save records its training: is_trained reads it
-            raise ModelFileError(f"{directory / tr.HISTORY_FILE} is missing or holds no "
+            raise ModelFileError(f"{directory / md.HISTORY_FILE} is missing or holds no "
                                  "training record (epochs); a trained CVAE's save writes one: "
                                  "save or fit the model again")
-        config = tr.read_config(directory, meta, CVAEConfig)
+        config = md.read_config(directory, meta, CVAEConfig)
         label_key = str(meta.get("label_key", "cell_type"))
         if device is not None:
             config = dataclasses.replace(config, device=device)
-        tr.check_sizes(directory, state, {"embed.weight": (len(labels), "labels.json", "cell types"),
+        md.check_sizes(directory, state, {"embed.weight": (len(labels), "labels.json", "cell types"),
                                           "px_scale_decoder.weight": (len(genes), GENES_FILE,
                                                                       "genes")})  # fmt: skip
         try:
@@ -610,6 +611,6 @@ class CVAE(DesignRequests):
             raise ModelFileError(f"{directory}: config.json's covariates and design disagree; "
                                  "the file was edited: save the model again")
         model.module = model._build_module()
-        tr.load_state(model.module, state, directory)
+        md.load_state(model.module, state, directory)
         model.history = history
         return model

@@ -48,7 +48,8 @@ from ..outputs import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import check_kind, json_file, model_directory, package_version, saves_whole
+from ._model_dir import check_kind, json_file, model_directory, saves_whole
+from ._training import package_version
 from .base import (
     check_request_memory,
     fit_labels,

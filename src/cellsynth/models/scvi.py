@@ -73,7 +73,7 @@ from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._training import saves_whole
+from ._model_dir import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,

@@ -15,8 +15,9 @@ from ..config import SeedVAEConfig, from_dict
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed
 from . import _loop
+from . import _model_dir as md
 from . import _training as tr
-from ._training import saves_whole
+from ._model_dir import saves_whole
 from .modules import SeedVAEModule
 
 logger = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class SeedCVAE:
             "n_input": self.n_input,
             "config": dataclasses.asdict(self.config),
         }
-        tr.save_model_dir(directory, meta, self.module, self.labels, self.history)
+        md.save_model_dir(directory, meta, self.module, self.labels, self.history)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> SeedCVAE:
@@ -250,8 +251,8 @@ class SeedCVAE:
         device
             Override the saved ``config.device`` (e.g. ``"cpu"`` for a model trained on a GPU).
         """
-        meta, labels, state, history = tr.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
-        config_path = Path(directory) / tr.MODEL_FILES["config"]
+        meta, labels, state, history = md.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
+        config_path = Path(directory) / md.MODEL_FILES["config"]
         try:
             if not isinstance(meta.get("config"), dict):
                 raise ValueError("'config' must be a table of settings")

@@ -36,7 +36,7 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
-from ._training import saves_whole
+from ._model_dir import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,

@@ -66,7 +66,7 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
 def check_model_out(out: Path, data: Any = None) -> None:
     """Refuse a model directory that is a file, the input, or a non-empty directory that is not
     a saved model (a run directory, anyone's files): the model would mix with them, and a
-    refit replaces the directory whole (:func:`~cellsynth.models._training.check_save_dir`)."""
+    refit replaces the directory whole (:func:`~cellsynth.models._model_dir.check_save_dir`)."""
     if isinstance(data, str | Path) and Path(data).expanduser().resolve().is_relative_to(
             out.resolve()):
         raise DataError(f"--out {out} holds the input {data}; a refit replaces the directory "
