@@ -72,7 +72,7 @@ def test_cells_from_another_draw_are_not_flagged(atlas_file):
 def test_a_handful_of_new_cells_is_not_called_copies(atlas_file):
     """Three fresh draws: their two-sample AUC is any number (0.17 in a sweep), chance at
     that size; that alone is no sign of copies, so the verdict is not 'copies of real cells'."""
-    from cellsynth.metrics.fidelity import memorisation
+    from cellsynth.metrics.memorisation import memorisation
     from cellsynth.metrics.space import fit_space
     from cellsynth.metrics.verdict import COPIES
 

@@ -25,7 +25,8 @@ from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
-from .metrics.fidelity import fidelity_report, memorisation, real_floor
+from .metrics.fidelity import fidelity_report, real_floor
+from .metrics.memorisation import memorisation
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
 from .metrics.verdict import donor_summary, fidelity_verdict

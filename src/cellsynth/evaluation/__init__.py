@@ -29,8 +29,9 @@ from .. import config
 from ..benchmark import benchmark_dataset, flat_report, prepare, table
 from ..data.split import stratified_subsample
 from ..errors import DataError
-from ..metrics.fidelity import fidelity_report, memorisation, real_floor
+from ..metrics.fidelity import fidelity_report, real_floor
 from ..metrics.genes import gene_fidelity
+from ..metrics.memorisation import memorisation
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
@@ -132,7 +133,7 @@ def compare(
         ``heldout``) the cells ``used`` (scored) and the ``total`` in the input, and for
         ``real`` the ``space`` cells; ``n_genes`` compared; ``max_cells``, ``seed``,
         ``label_key``, ``donor_key``; ``real``, ``synthetic`` and ``heldout``: the paths (or
-        ``"AnnData"``); ``memorisation``: :func:`~cellsynth.metrics.fidelity.memorisation`
+        ``"AnnData"``); ``memorisation``: :func:`~cellsynth.metrics.memorisation.memorisation`
         (``flagged`` when the synthetic cells copy real ones: an AUC below 0.4, exact or near
         copies, or the real file itself), also a WARNING in the log and a line in
         ``fidelity.md``.

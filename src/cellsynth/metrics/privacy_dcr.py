@@ -21,7 +21,8 @@ from ..data.csr import stack_rows
 from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import derive_seed
-from .fidelity import _MIN_GENES_FOR_COPY, _row_keys, _subsample
+from .fidelity import _subsample
+from .memorisation import _MIN_GENES_FOR_COPY, _row_keys
 from .space import as_csr
 
 logger = logging.getLogger(__name__)

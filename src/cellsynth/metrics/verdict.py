@@ -254,7 +254,7 @@ def fidelity_verdict(
         Optional per type ``{"real": n, "synthetic": n, "real_total": n, "synthetic_total": n}``
         (cells scored, and in the inputs); by default read from the reports.
     memorisation
-        Optional :func:`~cellsynth.metrics.fidelity.memorisation`: when flagged, the overall
+        Optional :func:`~cellsynth.metrics.memorisation.memorisation`: when flagged, the overall
         verdict is :data:`COPIES` (decided by ``memorisation``; the reason says what the
         metrics alone would read) and a ``warning`` gives the evidence.
 

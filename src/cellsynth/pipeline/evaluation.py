@@ -179,7 +179,7 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
     space fitted on other training cells; ``{"skipped": why}`` when the cells are too few),
     each logged as a WARNING when flagged. With ``donors`` (:func:`_donors`) the audit also
     attacks at donor level, on the test cells of held-out donors (``split.heldout_donors``)."""
-    from ..metrics.fidelity import memorisation
+    from ..metrics.memorisation import memorisation
     from ..metrics.privacy_counts import audit_counts, with_donor_key
 
     memo = memorisation(space, stack_rows([train_c, test_c]), syn_c,
