@@ -320,3 +320,16 @@ def test_pl_refusals_say_what_to_do(result):
         cs.pl.history({"seconds": 1.0})
     with pytest.raises(cs.CellsynthError, match="unknown per-type metric"):
         cs.pl.per_type(result, "nope")
+
+
+def test_a_run_of_an_anndata_does_not_default_to_the_demo_folder():
+    """cs.run(adata) writes its input.h5ad into its run directory: never the demo's."""
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.api import RUNS_DIR, _default_out
+
+    assert _default_out(ad.AnnData(np.ones((2, 2))), None) == RUNS_DIR / "anndata"
+    assert _default_out(None, None) == RUNS_DIR / "demo"
+    assert _default_out("data/x.h5ad", None) == RUNS_DIR / "x"
+    assert _default_out(ad.AnnData(np.ones((2, 2))), "conf/kang.toml") == RUNS_DIR / "kang"

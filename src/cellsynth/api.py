@@ -99,11 +99,14 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
 
 
 def _default_out(data: Any, config: Any) -> Path:
-    """``runs/<config stem>``, else ``runs/<data stem>``, else ``runs/demo`` (as the CLI)."""
+    """``runs/<config stem>``, else ``runs/<data stem>``, else ``runs/anndata`` for an AnnData
+    (not the demo's folder: its cells are other cells), else ``runs/demo`` (as the CLI)."""
     if isinstance(config, str | Path):
         return RUNS_DIR / Path(config).stem
     if isinstance(data, str | Path):
         return RUNS_DIR / Path(data).stem
+    if data is not None:
+        return RUNS_DIR / "anndata"
     return RUNS_DIR / "demo"
 
 
@@ -186,7 +189,8 @@ def run(
         A TOML config file, a :class:`~cellsynth.config.RunConfig`, or None for the package
         defaults (the demo preset when no data is given at all).
     out
-        The run directory; default ``runs/<config or data file stem>``, or ``runs/demo``. A
+        The run directory; default ``runs/<config or data file stem>``, ``runs/anndata`` for
+        an AnnData, or ``runs/demo``. A
         second run into the same directory skips the stages already done with the same
         settings.
     overrides
