@@ -14,12 +14,19 @@ Pure functions over the JSON-ready dicts the metrics return, so a pipeline run (
   ``gap <= tolerance + close``, else **distinguishable** (``margin`` and ``close`` per metric
   in :data:`RULES`).
 
-A type's verdict is the worst of its metrics, ``decided_by`` the one or two furthest beyond
-their tolerance; its ``reason`` reads "metric value vs floor ± tolerance" for each. The overall
-verdict is the worst of the pooled metrics (library sizes among them: the other metrics read
-log-normalised values, blind to depth) and of the mean per-type AUC; a type worse than that
-makes it at least ``close``, and when half the judged types or more are distinguishable, so is
-the whole. A pooled AUC cannot hide a per-type gap.
+A metric whose tolerance is wider than ``margin + close`` (few cells: an AUC's noise at 40 cells
+a side lets 0.75 pass) is **inconclusive** when it reads indistinguishable: it could not have
+shown a gap that matters, so it does not vouch for the cells (a gap beyond it still counts). A
+type's verdict is the worst of its metrics, ``decided_by`` the one or two conclusive ones
+furthest beyond their tolerance; its ``reason`` reads "metric value vs floor ± tolerance" for
+each; a type whose metrics are all inconclusive gets no verdict (:data:`TOO_FEW`, with why). The
+overall verdict is the worst of the pooled metrics (library sizes among them: the other metrics
+read log-normalised values, blind to depth) and of the mean per-type AUC; a type worse than
+that makes it at least ``close``, and when half the judged types or more, or types holding
+:data:`DISTINGUISHABLE_SHARE` of their real cells, are distinguishable, so is the whole. A
+pooled AUC cannot hide a per-type gap, nor an indistinguishable whole a missing type: real
+types with no synthetic cells, or too few to score where the real cells have enough, make it
+at best ``close``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ Z = 3.0
 #: 1.29-1.37 times :func:`auc_se`, the gene-level one of ``metrics.genes`` (30 pairs of halves
 #: of a simulated type, 300 genes) 1.33-1.48 times
 CV_INFLATION = 1.4
+#: the share of the judged types' real cells in distinguishable types that makes the whole
+#: distinguishable (as half the types do): two large types swapped are not "close"
+DISTINGUISHABLE_SHARE = 1 / 3
 #: cells of a type a verdict needs on each side (scored real and synthetic); fewer is
 #: :data:`TOO_FEW`. At 20 a side an AUC's noise is already 0.13: only large gaps show
 MIN_TYPE_CELLS = 20
@@ -152,8 +162,12 @@ def judge(metric: str, value: Any, floor: Any, noise: Any = None) -> dict[str, A
     gap = ref - v if rule.higher_is_better else v - ref
     tol = max(rule.margin, Z * sd) if sd is not None else rule.margin
     level = LEVELS[0] if gap <= tol else LEVELS[1] if gap <= tol + rule.close else LEVELS[2]
+    # a tolerance wider than the gap a "distinguishable" reading starts at cannot tell a good
+    # generator from a bad one: such a metric can still show a gap, but not its absence
+    conclusive = level != LEVELS[0] or tol <= rule.margin + rule.close
     return {"metric": metric, "label": rule.label, "value": v, "floor": f, "reference": ref,
-            "gap": gap, "noise": sd, "tolerance": tol, "level": level, "excess": gap / tol}
+            "gap": gap, "noise": sd, "tolerance": tol, "level": level, "excess": gap / tol,
+            "conclusive": conclusive}
 
 
 def _spread(floor_spread: Mapping | None, where: str, key: str, metric: str) -> float | None:
@@ -188,13 +202,24 @@ def _typewise_judgement(metric: str, block: Mapping) -> dict[str, Any] | None:
 
 
 def _summarise(judged: dict[str, dict]) -> dict[str, Any]:
-    """The worst level of ``judged`` metrics and the one or two that decided it."""
+    """The worst level of ``judged`` metrics and the one or two that decided it; ``verdict``
+    is None when no metric is conclusive (each within a tolerance too wide to tell)."""
     worst = max((LEVELS.index(j["level"]) for j in judged.values()), default=0)
-    top = sorted((j for j in judged.values() if LEVELS.index(j["level"]) == worst),
-                 key=lambda j: -j["excess"])[:2]
+    top = sorted((j for j in judged.values() if LEVELS.index(j["level"]) == worst
+                  and j.get("conclusive", True)), key=lambda j: -j["excess"])[:2]
+    if not top:  # every metric indistinguishable within a tolerance too wide to read
+        return {"verdict": None, "decided_by": [], "metrics": judged,
+                "reason": "; ".join(_describe(j) for j in judged.values())}
     reason = "; ".join(_describe(j) for j in top)
     return {"verdict": LEVELS[worst], "decided_by": [j["metric"] for j in top], "reason": reason,
             "metrics": judged}
+
+
+def _inconclusive(scored: tuple[int, int], summary: Mapping) -> str:
+    """Why a type whose metrics are all too noisy to read has no verdict."""
+    return (f"{scored[0]} real and {scored[1]} synthetic cells scored: every metric's noise is "
+            "wider than the gap that would make it distinguishable, so none can show the cells "
+            f"alike ({summary['reason']}); give more cells (max_cells) to judge this type")
 
 
 def _describe(j: Mapping) -> str:
@@ -308,8 +333,13 @@ def fidelity_verdict(
         if not judged:
             too_few[t] = "no metric could be computed for this type"
             continue
-        per_type[t] = {**_summarise(judged), "n_real": scored[0], "n_synthetic": scored[1]}
+        summary = _summarise(judged)
+        if summary["verdict"] is None:
+            too_few[t] = _inconclusive(scored, summary)
+            continue
+        per_type[t] = {**summary, "n_real": scored[0], "n_synthetic": scored[1]}
     overall = _overall(fs, ff, per_type, floor_spread, genes, typewise)
+    overall = _missing_types(overall, absent, too_few, counts)
     warnings = []
     if memorisation and memorisation.get("flagged"):
         overall = {**overall, "verdict": COPIES, "decided_by": ["memorisation"],
@@ -363,18 +393,22 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
     judged = {k: v for k, v in judged.items() if v is not None}
     out = _summarise(judged) if judged else {"verdict": LEVELS[0], "decided_by": [],
                                              "reason": "no metric", "metrics": {}}
-    level = LEVELS.index(out["verdict"])
+    level = 0 if out["verdict"] is None else LEVELS.index(out["verdict"])
     worse = {t: p for t, p in per_type.items() if LEVELS.index(p["verdict"]) > level}
     if worse:
         bad = sorted(worse, key=lambda t: (-LEVELS.index(worse[t]["verdict"]),
                                            -max((j["excess"] for j in worse[t]["metrics"].values()),
                                                 default=0.0)))
-        n_dist = sum(p["verdict"] == LEVELS[2] for p in per_type.values())
-        new = 2 if 2 * n_dist >= len(per_type) else max(level, 1)
+        dist = [p for p in per_type.values() if p["verdict"] == LEVELS[2]]
+        cells = sum(p.get("n_real") or 0 for p in per_type.values())
+        share = sum(p.get("n_real") or 0 for p in dist) / cells if cells else 0.0
+        many = 2 * len(dist) >= len(per_type) or share >= DISTINGUISHABLE_SHARE
+        new = 2 if many else max(level, 1)
         if new > level:
             names = ", ".join(f"{t} ({worse[t]['verdict']})" for t in bad[:3])
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            why = (f"{n_dist} of {len(per_type)} judged types are distinguishable" if new == 2
+            why = (f"{len(dist)} of {len(per_type)} judged types, {share:.0%} of their real "
+                   "cells, are distinguishable" if new == 2
                    else "the pooled metrics are better than some types")
             out.update(verdict=LEVELS[new],
                        decided_by=[f"{t}/{m}" for t in bad[:2] for m in worse[t]["decided_by"][:1]],
@@ -384,6 +418,10 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
     sides = {"real cells a side in the floor (two halves of the real test cells)":
              fo.get("n_per_side"), "synthetic cells scored": so.get("n_per_side")}
     sides = {k: v for k, v in sides.items() if isinstance(v, int | float)}
+    if out["verdict"] is None:  # no type worse, and every pooled metric too noisy to vouch
+        out.update(verdict=TOO_FEW, reason=("every pooled metric's noise is wider than the gap "
+                                            "that would make it distinguishable: give more "
+                                            f"cells ({out['reason']})"))
     if sides and min(sides.values()) < MIN_TYPE_CELLS:
         which = min(sides, key=sides.get)
         out.update(verdict=TOO_FEW, decided_by=[],
@@ -391,6 +429,26 @@ def _overall(fs: Mapping, ff: Mapping, per_type: dict[str, dict], floor_spread: 
                            f"each: give more cells (the metrics, too noisy to read: "
                            f"{out['reason']})"))
     return out
+
+
+def _missing_types(overall: dict[str, Any], absent: list[str], too_few: Mapping[str, str],
+                   counts: Mapping[str, Mapping]) -> dict[str, Any]:
+    """The overall verdict at best ``close`` when real types are missing from the synthetic
+    cells: none generated, or too few to score where the real cells had enough."""
+    short = [t for t in too_few if t not in absent
+             and (counts[t].get("real") or 0) >= MIN_TYPE_CELLS
+             and (counts[t].get("synthetic_total", counts[t].get("synthetic")) or 0)
+             < MIN_TYPE_CELLS]  # fmt: skip
+    missing = [*absent, *short]
+    if not missing or overall["verdict"] != LEVELS[0]:
+        return overall
+    names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+    what = (f"{len(absent)} real type(s) have no synthetic cells" if absent else "") + (
+        "; " if absent and short else "") + (
+        f"{len(short)} have fewer than {MIN_TYPE_CELLS} where the real cells have enough"
+        if short else "")  # fmt: skip
+    return {**overall, "verdict": LEVELS[1], "decided_by": ["missing types"],
+            "reason": f"{what} ({names}); the types generated read: {overall['reason']}"}
 
 
 def per_type_table(
