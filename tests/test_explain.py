@@ -138,3 +138,19 @@ def test_plot_and_write(clf, target_cells, tmp_path):
     assert "shap_CD4_T_naive.png" in names
     summary = json.loads((out / "shap.json").read_text())
     assert summary["cell_type"] == "CD4+ T/naive" and len(summary["top_genes"]) == 5
+
+
+def test_a_long_type_name_gives_a_file_name_the_system_takes(clf, target_cells, tmp_path):
+    """A free-text annotation of 400 characters: the plot's file name is cut, with a hash that
+    keeps two such names that start alike apart (it crashed the run's last stage)."""
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    res = explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, n_top=5)
+    names = []
+    for end in ("one", "two"):
+        res.cell_type = "CD4 T cells " + "very long descriptive annotation " * 12 + end
+        out = tmp_path / end
+        write_shap(res, out)
+        (png,) = out.glob("shap_*.png")
+        assert len(png.name) <= 100 and png.name.startswith("shap_CD4_T_cells_very_long")
+        names.append(png.name)
+    assert names[0] != names[1]

@@ -6,6 +6,7 @@ SHAP values come from XGBoost's exact TreeSHAP (``pred_contribs=True``); they ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -256,8 +257,18 @@ def explain_type(
     return ShapResult(cell_type, pcs, genes, int(X.shape[0]))
 
 
+#: the longest type name a file name keeps (a file name may have 255 bytes on most systems)
+_NAME_CHARS = 80
+
+
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "type"
+    """``name`` as a file name's part: ASCII letters, digits, ``._-``; a longer name is cut and
+    ends in 8 hex digits of its hash, so two long names that start alike stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "type"
+    if len(safe) <= _NAME_CHARS:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[: _NAME_CHARS - 9].rstrip('._')}_{digest}"
 
 
 def plot_shap(result: ShapResult, path: Path) -> None:
