@@ -1109,3 +1109,37 @@ def test_python_entry_points_refuse_bad_arguments_by_name(tmp_path):
     result = cs.evaluate(a[:150], a[150:], label_key="cell_type", max_cells=150)
     result.to_dict()["verdict"] = None
     assert result.verdict is not None
+
+
+def test_mitochondrial_genes_are_found_by_symbols_where_the_names_are_ids(tmp_path, caplog):
+    """CELLxGENE's layout: Ensembl IDs as var_names, symbols in var['feature_name'], counts in
+    raw.X. The mitochondrial fraction is read from the symbols, in memory and out of core;
+    without them the warning says the names look like IDs and how to mend it."""
+    import logging
+
+    import anndata as ad
+
+    from cellsynth import config
+    from cellsynth.data.chunked import preprocess_backed
+    from cellsynth.data.qc import preprocess
+
+    adata = simulate_atlas(400, 120, 3, seed=0, label_key=LABEL)
+    cfg = config.load(None, [f"dataset.label_key='{LABEL}'", "qc.min_genes_per_cell=5"])
+    want = preprocess(adata, cfg.dataset, cfg.qc, cfg.split)[0].obs["mito"]
+    assert (want > 0).any()  # the simulated atlas has MT- genes
+    symbols = adata.var_names.copy()
+    cxg = adata.copy()
+    cxg.var_names = [f"ENSG{i:011d}" for i in range(cxg.n_vars)]
+    cxg.var["feature_name"] = symbols.to_numpy()
+    cxg.raw = ad.AnnData(cxg.X.copy(), var=cxg.var.copy(), obs=cxg.obs[[]])
+    path = tmp_path / "cxg.h5ad"
+    cxg.write_h5ad(path)
+    got = preprocess(cxg, cfg.dataset, cfg.qc, cfg.split)[0].obs["mito"]
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy())
+    backed = ad.read_h5ad(preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split,
+                                            out_path=tmp_path / "pre.h5ad", chunk_size=64)[0])
+    np.testing.assert_allclose(backed.obs["mito"].to_numpy(), want.to_numpy())
+    del cxg.raw, cxg.var["feature_name"]
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        preprocess(cxg, cfg.dataset, cfg.qc, cfg.split)
+    assert "look like Ensembl IDs" in caplog.text and "feature_name" in caplog.text

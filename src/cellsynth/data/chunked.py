@@ -45,6 +45,7 @@ from .qc import (
     describe_expression,
     filter_cells,
     final_obs,
+    gene_symbols,
     keep_variable,
     mito_fraction,
     mito_genes,
@@ -105,7 +106,8 @@ def preprocess_backed(
                     h5.path, x.shape[0], x.shape[1], x.nnz, chunk)
         need_mito = dataset.mito_key not in h5.obs.columns
         whole = WholeCheck(expr.counts) if has_counts else None
-        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, whole)
+        symbols = gene_symbols(h5, expr.counts)
+        n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, whole, symbols)
         if whole is not None:
             whole.check(h5.obs_names)
         cells, keep_detected = filter_cells(
@@ -131,12 +133,12 @@ def preprocess_backed(
 
 def _cell_stats(
     x: RowStore, genes: pd.Index, need_mito: bool, chunk: int,
-    whole: WholeCheck | None = None,
+    whole: WholeCheck | None = None, symbols: pd.Series | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Genes detected per cell and (when needed) the mitochondrial fraction; values checked
     (finite, non-negative and, with ``whole``, whole numbers: every value, in the same pass)."""
     n_genes_cell = np.empty(x.shape[0], dtype=x.index_dtype)  # as preprocess's n_genes
-    mito_idx = mito_genes(genes) if need_mito else None
+    mito_idx = mito_genes(genes, symbols) if need_mito else None
     mito = np.empty(x.shape[0], dtype=np.float32) if need_mito else None
     for pos, block in x.chunks(chunk, desc="qc: cell statistics"):
         check_values(block.data, "the expression matrix")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -145,11 +146,41 @@ def _row_nnz(x: sp.csr_matrix) -> np.ndarray:
     return np.diff(x.indptr)
 
 
-def mito_genes(genes: pd.Index) -> np.ndarray:
-    """Positions of the mitochondrial genes (``MT-``/``mt-``); warns when there are none."""
-    idx = np.flatnonzero(pd.Index(genes).astype(str).str.upper().str.startswith("MT-"))
+#: ``var`` columns that hold gene symbols where ``var_names`` are IDs (CELLxGENE's first)
+SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_symbol", "gene_name", "symbol")
+
+
+def gene_symbols(data: Any, counts: str | None) -> pd.Series | None:
+    """The gene symbols beside the genes of the counts in ``counts`` (``"raw.X"``: raw's
+    ``var``), from the first of :data:`SYMBOL_COLUMNS` there; None without one."""
+    raw = getattr(data, "raw", None)
+    var = getattr(raw, "var", None) if counts == "raw.X" else getattr(data, "var", None)
+    if not isinstance(var, pd.DataFrame):
+        return None
+    column = next((c for c in SYMBOL_COLUMNS if c in var.columns), None)
+    return None if column is None else var[column].rename(column)
+
+
+def _mt(names: Any) -> np.ndarray:
+    return np.flatnonzero(pd.Index(names).astype(str).str.upper().str.startswith("MT-"))
+
+
+def mito_genes(genes: pd.Index, symbols: pd.Series | None = None) -> np.ndarray:
+    """Positions of the mitochondrial genes (``MT-``/``mt-``), by name or, where the names are
+    IDs, by the ``symbols`` beside them (:func:`gene_symbols`); warns when there are none."""
+    idx = _mt(genes)
+    if not idx.size and symbols is not None and len(symbols) == len(genes):
+        idx = _mt(symbols)
+        if idx.size:
+            logger.info("mitochondrial genes found by their symbols in var[%r]: %d",
+                        symbols.name, idx.size)
     if not idx.size:
-        logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for every cell")
+        ids = pd.Index(genes).astype(str).str.match(r"ENS[A-Z]*G\d").mean() > 0.5
+        hint = (": the gene names look like Ensembl IDs; put symbols in a var column named "
+                f"one of {', '.join(SYMBOL_COLUMNS)} (or set adata.var_names to them), or give "
+                "a per-cell mitochondrial fraction in obs (dataset.mito_key)") if ids else ""
+        logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for "
+                       "every cell%s", hint)
     return idx
 
 
@@ -453,7 +484,7 @@ def preprocess(
     cells, keep_detected = filter_cells(
         adata.obs, genes, dataset, qc, split, groups=groups, seed=seed,
         n_genes_cell=_row_nnz(x),
-        mito=lambda: mito_fraction(x, mito_genes(genes)),
+        mito=lambda: mito_fraction(x, mito_genes(genes, gene_symbols(adata, expr.counts))),
         detected=lambda rows: np.bincount(x[rows].indices, minlength=x.shape[1]),
     )
     if len(cells.rows) < x.shape[0]:

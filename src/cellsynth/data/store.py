@@ -230,7 +230,7 @@ class H5adFile:
         if raw_var is not None:
             n_raw = int(_shape(raw["X"])[0])
             self.raw = SimpleNamespace(X=RowStore(raw["X"], "raw.X"), var_names=raw_var.index,
-                                       shape=(n_raw, len(raw_var)))
+                                       var=raw_var, shape=(n_raw, len(raw_var)))
 
     @property
     def X(self) -> RowStore:
