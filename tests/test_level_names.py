@@ -119,3 +119,25 @@ def test_like_leaves_out_cells_without_a_label_or_level_and_says_so(tmp_path, ca
         table = like_request(tmp_path / "like.h5ad", "cell_type", ["donor"])
     assert table["n"].sum() == len(obs) - 2 and "" not in set(table["cell_type"])
     assert "2 of the 60 cells" in caplog.text and "the twin leaves them out" in caplog.text
+
+
+def test_a_level_a_type_never_had_gets_the_other_covariates_that_go_with_it():
+    """Kang's design: donors are stimulated or not. Stim asked of a type seen only in ctrl gets
+    the stimulated donors (as every type's stim cells had them), not the type's ctrl donors."""
+    rows = [("Mono", "ctrl", "c1"), ("Mono", "ctrl", "c2"),
+            ("B", "ctrl", "c1"), ("B", "stim", "s1"), ("B", "stim", "s2"),
+            ("T", "ctrl", "c2"), ("T", "stim", "s2")]
+    obs = pd.DataFrame([r for r in rows for _ in range(10)],
+                       columns=["cell_type", "condition", "donor"])
+    design, _ = Design.fit(obs, ["condition", "donor"], "cell_type", obs["cell_type"].to_numpy(),
+                           np.arange(len(obs)), np.arange(len(obs)))
+    plan, unseen = design.plan({"Mono": 40}, {"condition": "stim"}, ["B", "Mono", "T"],
+                               "cell_type")
+    donors = {design.levels["donor"][c[1]]: k for _, c, k in plan}
+    assert set(donors) == {"s1", "s2"} and sum(donors.values()) == 40
+    assert donors["s2"] > donors["s1"]  # s2 held twice the stim cells
+    assert {design.levels["condition"][c[0]] for _, c, _ in plan} == {"stim"}
+    assert unseen  # and they are named as combinations no training cell had
+    # a level the type had keeps the type's own composition
+    plan, _ = design.plan({"B": 20}, {"condition": "stim"}, ["B", "Mono", "T"], "cell_type")
+    assert {design.levels["donor"][c[1]]: k for _, c, k in plan} == {"s1": 10, "s2": 10}

@@ -242,13 +242,19 @@ class Design:
     def _spread(self, label: str, fixed: dict[int, int],
                 n: int) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
         """``n`` cells over combinations: the fixed levels, the rest as in the type's training
-        cells (those with the fixed levels when there are any)."""
+        cells with the fixed levels; where the type has none (a level it never had), as in the
+        training cells of every type with them (stim asked of a type seen only in ctrl gets the
+        donors that were stimulated, not its ctrl donors); else as in the type's cells."""
         if not self.keys:
             return [((), n)]
+
+        def matching(comp: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:
+            return [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
+
         comp = [(list(c), k) for c, k in self.composition.get(label, [])]
-        match = [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
+        every = [(list(c), k) for rows in self.composition.values() for c, k in rows]
         weights: dict[tuple[int, ...], int] = {}
-        for c, k in match or comp:
+        for c, k in matching(comp) or matching(every) or comp:
             key = tuple(fixed.get(i, v) for i, v in enumerate(c))
             weights[key] = weights.get(key, 0) + k
         if not weights:  # a type without training cells cannot be asked for, but be safe
