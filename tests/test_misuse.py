@@ -1143,3 +1143,26 @@ def test_mitochondrial_genes_are_found_by_symbols_where_the_names_are_ids(tmp_pa
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         preprocess(cxg, cfg.dataset, cfg.qc, cfg.split)
     assert "look like Ensembl IDs" in caplog.text and "feature_name" in caplog.text
+
+
+def test_report_refuses_a_manifest_it_cannot_read_and_points_an_evaluation_to_to_html(tmp_path):
+    """A garbled or empty manifest.json is no run: an error (exit 1), not an empty page; a
+    folder cellsynth evaluate wrote is told where its HTML page comes from."""
+    from cellsynth.cli import main
+
+    for name, text in (("garbled", "garbage{"), ("empty", "{}")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+        assert main(["report", str(tmp_path / name)]) != 0
+        assert not (tmp_path / name / "report.html").exists()
+    from cellsynth.errors import CellsynthError
+    from cellsynth.report.html import write_report
+
+    with pytest.raises(CellsynthError, match="cannot be read"):
+        write_report(tmp_path / "garbled")
+    with pytest.raises(CellsynthError, match="holds no run's stages"):
+        write_report(tmp_path / "empty")
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "fidelity.json").write_text("{}")
+    with pytest.raises(CellsynthError, match=r"to_html\(path\)"):
+        write_report(tmp_path / "ev")

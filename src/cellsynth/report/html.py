@@ -8,6 +8,7 @@ when its files are missing or unreadable; rendering never fails on a partial run
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -381,9 +382,23 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run_dir.is_dir():
         raise CellsynthError(f"{run_dir} is not a directory; give a run directory written by "
                              "cellsynth run")
-    if not (run_dir / "manifest.json").is_file():
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        hint = ""
+        if (run_dir / "fidelity.json").is_file():  # cellsynth evaluate's folder
+            hint = ("; it holds an evaluation (cellsynth evaluate), whose HTML page comes from "
+                    "Python: cs.evaluate(real, synthetic, label_key=...).to_html(path)")
         raise CellsynthError(f"{run_dir} is not a run directory (no manifest.json); give a "
-                             "directory written by cellsynth run")
+                             f"directory written by cellsynth run{hint}")
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise CellsynthError(f"{manifest} cannot be read ({type(exc).__name__}: {exc}); it is "
+                             "the run's record, which cellsynth run writes: rerun the run into "
+                             "this directory to write it again") from None
+    if not isinstance(record, dict) or not isinstance(record.get("stages"), dict):
+        raise CellsynthError(f"{manifest} holds no run's stages: not a run directory written by "
+                             "cellsynth run (rerun the run into it to write it again)")
     path = Path(out) if out is not None else run_dir / "report.html"
     check_file_out(path, "an HTML report", report_html, suffixes=(".html", ".htm"))
     page = render_report(run_dir)
