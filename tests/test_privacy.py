@@ -121,6 +121,16 @@ def test_donor_level_skipped(data: dict) -> None:
     assert shared["donor_level"] is None and "in both train and heldout" in shared["donor_skipped"]
     none = privacy_audit(tr, ho, sy, seed=0)
     assert none.donor_attacks is None and "no donor column given" in none.donor_skipped
+    # a donor column without values is no donor: not one donor named "nan" on both sides
+    empty = privacy_audit(tr, ho, sy, seed=0, train_donors=[np.nan] * 300,
+                          heldout_donors=[None] * 300)
+    assert empty.donor_attacks is None
+    assert "no values for the training and held-out cells" in empty.donor_skipped
+    hd = np.repeat([f"h{i}" for i in range(6)], 50).astype(object)
+    hd[:7] = np.nan
+    part = privacy_audit(tr, ho, sy, seed=0, train_donors=td, heldout_donors=hd)
+    assert part.donor_attacks is None and "0 training and 7 held-out cells have no donor" in \
+        part.donor_skipped
 
 
 def test_heldout_cells_of_training_and_of_new_donors(data: dict) -> None:

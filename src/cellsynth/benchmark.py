@@ -27,6 +27,7 @@ from .data.qc import preprocess
 from .data.store import write_h5ad
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.memorisation import memorisation
+from .metrics.privacy import donor_values
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
 from .metrics.verdict import donor_summary, fidelity_verdict
@@ -346,7 +347,7 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
     hvg.pop("genes", None)  # per-gene statistics: too large for the kept results
     donors: dict[str, np.ndarray] = {}
     if donor_key:
-        d, split = (pre.obs[c].astype(str).to_numpy() for c in (donor_key, K.SPLIT))
+        d, split = donor_values(pre.obs[donor_key]), pre.obs[K.SPLIT].astype(str).to_numpy()
         donors = {"train_donors": d[split == "train"], "heldout_donors": d[split == "test"]}
     report = {"hvg": hvg, "detected": {"overall": detected["overall"]}}
     try:

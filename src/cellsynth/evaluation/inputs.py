@@ -30,6 +30,7 @@ from ..data.io import (
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
 from ..errors import DataError
+from ..metrics.privacy import donor_values
 from ..outputs import generated_h5ad
 from ..seeds import derive_seed
 
@@ -91,7 +92,7 @@ def _check_columns(data: Any, label_key: str, donor_key: str | None, what: str,
 
 
 def _donors(obs: pd.DataFrame, donor_key: str | None, rows: np.ndarray) -> np.ndarray | None:
-    return None if donor_key is None else obs[donor_key].astype(str).to_numpy()[rows]
+    return None if donor_key is None else donor_values(obs[donor_key])[rows]
 
 
 def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarray],

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
@@ -114,16 +115,45 @@ def _folds(n: int, donors: np.ndarray | None, rng: np.random.Generator) -> tuple
     return rng.permutation(np.arange(n) % 2), split
 
 
+#: a cell's donor where its donor column holds none (NaN, None): no donor-level audit reads it
+NO_DONOR = ""
+
+
 def _labels(x: Any, n: int, name: str) -> np.ndarray:
-    out = np.asarray(x).astype(str)
-    if out.ndim != 1 or len(out) != n:
-        raise DataError(f"{name} has {out.size} labels for {n} cells; give one donor per cell")
+    raw = np.asarray(x, dtype=object)
+    if raw.ndim != 1 or len(raw) != n:
+        raise DataError(f"{name} has {raw.size} labels for {n} cells; give one donor per cell")
+    out = raw.astype(str)
+    out[pd.isna(raw)] = NO_DONOR
     return out
+
+
+def donor_values(column: pd.Series) -> np.ndarray:
+    """An obs donor column as the audit reads it: each donor's name as text, None where a cell
+    has none (NaN: not one donor named "nan")."""
+    out = column.astype(str).to_numpy(dtype=object)
+    out[column.isna().to_numpy()] = None
+    return out
+
+
+def _missing_donors(td: np.ndarray, hd: np.ndarray) -> str | None:
+    """Why the donor level is skipped when donors are missing (None: every cell has one)."""
+    gaps = {side: int((d == NO_DONOR).sum()) for side, d in (("training", td), ("held-out", hd))}
+    if not any(gaps.values()):
+        return None
+    empty = [side for side, d in (("training", td), ("held-out", hd)) if (d == NO_DONOR).all()]
+    if empty:
+        return (f"the donor column has no values for the {' and '.join(empty)} cells; give "
+                "each cell's donor (donor_key=, --donor-key) or leave it out")
+    return (f"{gaps['training']} training and {gaps['held-out']} held-out cells have no donor "
+            "(NaN); the donor level needs every cell's: fill them or leave those cells out")
 
 
 def _donor_level(scores: dict[str, tuple[np.ndarray, np.ndarray]], dm: np.ndarray,
                  dn: np.ndarray) -> tuple[dict[str, Any] | None, str | None]:
     """Per-donor mean of each attack's cell scores, and the AUC over donors."""
+    if (why := _missing_donors(dm, dn)) is not None:
+        return None, why
     both = sorted(set(dm.tolist()) & set(dn.tolist()))
     if both:
         return None, (f"donor(s) {', '.join(both[:5])} are in both train and heldout; donor-level "
@@ -260,6 +290,8 @@ def _donor_sides(train: Any, heldout: Any, train_donors: Any, heldout_donors: An
     n_heldout = heldout.shape[0] if hasattr(heldout, "shape") else len(heldout)
     td = _labels(train_donors, n_train, "train_donors")
     hd = _labels(heldout_donors, n_heldout, "heldout_donors")
+    if (why := _missing_donors(td, hd)) is not None:
+        return None, None, why, False
     seen = np.isin(hd, np.unique(td if pool is None else np.asarray(pool).astype(str)))
     if seen.all():
         return None, None, (

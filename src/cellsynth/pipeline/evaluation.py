@@ -21,6 +21,7 @@ from ..data.store import H5adFile
 from ..errors import DataError
 from ..explain.shap import explain_type, write_shap
 from ..features.pca import PCAModel
+from ..metrics.privacy import donor_values
 from ..outputs import write_json
 from .context import RunContext
 from .data import Split
@@ -168,7 +169,7 @@ def _donors(ctx: RunContext, *obs: pd.DataFrame) -> tuple[np.ndarray, ...] | Non
     """The donor (``dataset.donor_key``) of each cell of ``obs`` tables (every training cell,
     the evaluated training cells, the evaluated test cells), or None without a donor column."""
     key = ctx.cfg.dataset.donor_key
-    return None if not key else tuple(o[key].astype(str).to_numpy() for o in obs)
+    return None if not key else tuple(donor_values(o[key]) for o in obs)
 
 
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,
