@@ -139,6 +139,37 @@ def test_requests_give_the_asked_composition(fitted):
     assert model.sample({"type_02": 400}, seed=0).X.nnz == syn.X.nnz  # seeded
 
 
+def test_requests_in_the_shapes_pandas_gives_them(fitted):
+    """obs[[type, covariate]].value_counts() (a Series on a MultiIndex), a dict of columns, a
+    groupby table with rows of 0; a row of -1 or one combination asked twice in names that
+    read alike is refused, naming it."""
+    model, _ = fitted
+    want = {("type_01", "stim"): 6, ("type_02", "ctrl"): 4}
+    series = pd.Series(list(want.values()), index=pd.MultiIndex.from_tuples(
+        list(want), names=["cell_type", "condition"]))
+    plan, _ = model.plan(series)
+    got = {}
+    for t, c, k in plan:
+        key = (t, model.design.levels["condition"][c[0]])
+        got[key] = got.get(key, 0) + k
+    assert got == want
+    columns = {"cell_type": ["type_01", "type_02"], "condition": ["stim", "ctrl"], "n": [6, 4]}
+    assert model.plan(columns)[0] == plan
+    zeros = pd.DataFrame({**columns, "n": [6, 0]})
+    assert sum(k for _, _, k in model.plan(zeros)[0]) == 6
+    with pytest.raises(DataError, match=r"request row 2 \(type_02, condition=ctrl\): n must be "
+                                        "a positive integer, got -1"):
+        model.plan(pd.DataFrame({**columns, "n": [6, -1]}))
+    with pytest.raises(DataError, match="every request row has n = 0"):
+        model.plan(pd.DataFrame({**columns, "n": [0, 0]}))
+    twice = pd.DataFrame({"cell_type": ["type_01", "type_01"], "condition": ["stim", " stim"],
+                          "n": [4, 4]})
+    with pytest.raises(DataError, match="asks twice for type_01, condition=stim"):
+        model.plan(twice)
+    with pytest.raises(DataError, match="asks twice"):
+        model.plan({"type_01": 2, "type_01 ": 2}, where={"condition": "stim"})
+
+
 def test_design_survives_save_and_load(fitted, tmp_path):
     model, _ = fitted
     model.save(tmp_path / "m")

@@ -135,6 +135,10 @@ class Design:
         if isinstance(request, list) and request and all(
                 isinstance(p, tuple) and len(p) == 3 for p in request):  # fmt: skip
             return self._checked_plan(request, labels, label_key)
+        if (isinstance(request, dict) and label_key in request and "n" in request
+                and all(isinstance(v, list | tuple | np.ndarray | pd.Series)
+                        for v in request.values())):  # a dict of columns: a table
+            request = pd.DataFrame(request)
         request = type_counts(request)
         if where is not None and not isinstance(where, Mapping):
             raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
@@ -149,10 +153,20 @@ class Design:
             return [(t, (), n) for t, n in request_pairs(request, labels)], []
         rows = _request_rows(request, where, label_key)
         plan: list[tuple[str, tuple[int, ...], int]] = []
+        asked: set[tuple] = set()  # each combination once, however its names were written
         for label, given, n in rows:
             label = known_label(label, labels)
             check_count(label, n)
             fixed = self._fixed(given)
+            combo = (label, *sorted(fixed.items()))
+            if combo in asked:
+                levels = [f"{k}={self.levels[k][c]}" for k, c in
+                          zip(self.keys, (fixed.get(j, -1) for j in range(len(self.keys))),
+                              strict=True) if c >= 0]  # fmt: skip
+                raise DataError(f"the request asks twice for {', '.join([label, *levels])} (names "
+                                "that read alike: spaces, case or Unicode form); give each "
+                                "combination once, with its total n")
+            asked.add(combo)
             for codes, k in self._spread(label, fixed, whole_count(n)):
                 plan.append((label, codes, k))
         return plan, self._unseen(plan, label_key)
@@ -335,12 +349,19 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
         if request.empty:
             raise DataError("the request table has no rows; ask for cells of some types")
         covs = [c for c in request.columns if c not in (label_key, "n")]
-        rows, first_row = [], {}
+        rows, first_row, zeros = [], {}, 0
         for i, r in enumerate(request.to_dict("records")):
             n = whole_count(r["n"])
             given = {c: r[c] for c in covs if not pd.isna(r[c]) and str(r[c]) != ""}
-            if not isinstance(n, int) or isinstance(n, bool):
-                raise DataError(f"request row {i + 1}: n must be a positive integer, got {n!r}")
+            shown = ", ".join([str(r[label_key]), *(f"{c}={v}" for c, v in given.items())])
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise DataError(f"request row {i + 1} ({shown}): n must be a positive integer, "
+                                f"got {n!r}")
+            if pd.isna(r[label_key]) or not str(r[label_key]).strip():
+                raise DataError(f"request row {i + 1}: no cell type in column {label_key!r}")
+            if n == 0:  # a table of counts lists combinations no cell had with 0
+                zeros += 1
+                continue
             combo = (str(r[label_key]).strip(), *sorted((c, str(v)) for c, v in given.items()))
             if combo in first_row:  # as --types refuses a type named twice
                 shown = ", ".join([combo[0], *(f"{c}={v}" for c, v in combo[1:])])
@@ -348,6 +369,10 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
                                 f"{shown}; give each combination once, with its total n")
             first_row[combo] = i
             rows.append((str(r[label_key]), given, n))
+        if zeros:
+            logger.info("%d request row(s) with n = 0 left out", zeros)
+        if not rows:
+            raise DataError("every request row has n = 0; ask for cells of some types")
         return rows
     if not request:
         raise DataError("no cells requested; ask for cells of some types")

@@ -305,12 +305,14 @@ def check_count(label: Any, n: Any) -> None:
 
 def type_counts(request: Any) -> Any:
     """A ``{type: n}`` request given as a pandas Series (``adata.obs[key].value_counts()``) or
-    another mapping, as a dict; a Series' zero counts are left out (``value_counts`` lists a
-    category no cell has with 0). Anything else as it is."""
-    if isinstance(request, pd.Series):
+    another mapping, as a dict, its zero counts left out (``value_counts`` lists a category no
+    cell has with 0; a table's zero rows are left out alike). A Series indexed by several
+    columns (``obs[[type, covariate]].value_counts()``) is a request table with ``n``.
+    Anything else as it is."""
+    if isinstance(request, pd.Series) and isinstance(request.index, pd.MultiIndex):
+        return request.rename("n").reset_index()
+    if isinstance(request, Mapping | pd.Series):
         return {k: v for k, v in request.items() if not (is_whole(whole_count(v)) and v == 0)}
-    if isinstance(request, Mapping) and not isinstance(request, dict):
-        return dict(request)
     return request
 
 

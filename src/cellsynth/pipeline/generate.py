@@ -51,12 +51,18 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
                             f"separated, a header line first); it has {header}")
     table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str)
     counts = []
-    for (line, _), n in zip(rows, table["n"], strict=True):
+    for (line, _), n, label in zip(rows, table["n"], table[label_key], strict=True):
         try:
             counts.append(parse_count(n))
         except ValueError:
             raise DataError(f"request file {path}, line {line}: n must be a whole number, "
                             f"got {n!r}") from None
+        if counts[-1] < 0:
+            raise DataError(f"request file {path}, line {line}: n must be 0 or more (a row of "
+                            f"0 is left out), got {n!r}")
+        if not str(label).strip():
+            raise DataError(f"request file {path}, line {line}: no cell type in column "
+                            f"{label_key!r}")
     table["n"] = counts
     first_line: dict[tuple[str, ...], int] = {}  # named by line here; a table by row
     for (line, _), combo in zip(rows, table.drop(columns="n").itertuples(index=False),
