@@ -570,6 +570,13 @@ def test_names_that_differ_only_by_surrounding_spaces_are_refused(tmp_path):
     with pytest.raises(DataError) as info:
         NegBinBaseline(covariate_keys=["condition"]).fit(a, LABEL, seed=0)
     one_line(info.value, "obs['condition'] holds covariate levels that differ only by")
+    # one name in two Unicode forms (composed and decomposed): refused alike, with the fix
+    a.obs["condition"] = ["na\u00efve", "nai\u0308ve", "ctrl"] * 20
+    with pytest.raises(DataError) as info:
+        NegBinBaseline(covariate_keys=["condition"]).fit(a, LABEL, seed=0)
+    one_line(info.value, "obs['condition'] holds covariate levels that are one name written in "
+                         "two Unicode forms ('nai\\u0308ve', 'na\\xefve')")
+    assert "unicodedata.normalize('NFC', s)" in str(info.value)
 
 
 def test_one_absurd_count_is_refused_not_learned(caplog):

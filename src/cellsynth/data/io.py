@@ -280,6 +280,15 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
             f"obs['{key}'] holds {what} that differ only by surrounding spaces "
             f"({', '.join(map(repr, shown))}): one {what[:-1]} split in two; strip them, e.g. "
             f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
+    composed = stripped.map(lambda t: unicodedata.normalize("NFC", t))
+    forms = text[composed.duplicated(keep=False)]
+    if len(forms):  # "naïve" as one code point and as i + a combining diaeresis: one name
+        shown = sorted(forms.tolist(), key=lambda t: (unicodedata.normalize("NFC", t), t))[:6]
+        raise DataError(
+            f"obs['{key}'] holds {what} that are one name written in two Unicode forms "
+            f"({', '.join(map(ascii, shown))}): one {what[:-1]} split in two; write them alike, "
+            f"e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str).map(lambda s: "
+            "unicodedata.normalize('NFC', s)).astype('category')")
     folded = text[stripped.str.casefold().duplicated(keep=False)]
     shown = sorted(folded.tolist(), key=lambda t: (t.casefold(), t))[:6]
     if shown and (key, *shown) not in _CASE_WARNED:  # "B cells", "b cells": most likely one
