@@ -196,6 +196,26 @@ def test_umap_of_alike_cells_mixes_when_one_side_has_genes_the_other_lacks(cells
     assert "nan" not in set(df["label"]) and "30 cells have no label" in caplog.text
 
 
+def test_umap_refuses_sides_normalised_apart(cells):
+    """Counts on one side and values already normalised on the other would sit apart for that
+    alone; values neither counts nor logged are refused as evaluate refuses them."""
+    import scipy.sparse as sp
+
+    from cellsynth.pl._umap import _embed
+
+    train, heldout, _ = cells
+    logged = heldout.copy()
+    x = sp.csr_matrix(logged.X, dtype=np.float32)
+    x = sp.diags(1e4 / np.maximum(np.asarray(x.sum(1)).ravel(), 1)) @ x
+    logged.X = sp.csr_matrix(x)
+    with pytest.raises(cs.CellsynthError, match=r"the synthetic data: .*sc.pp.log1p"):
+        _embed(train, logged, LABEL, None, 0)  # per 10k, unlogged
+    logged.X = logged.X.log1p()
+    with pytest.raises(cs.CellsynthError, match="the real data hold raw counts and the synthetic "
+                                                "data normalised values only"):
+        _embed(train, logged, LABEL, None, 0)
+
+
 def test_umap_refusals():
     table = _table({"A": 5}, {"A": 5})
     with pytest.raises(cs.CellsynthError, match="color"):

@@ -105,7 +105,10 @@ def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, li
 
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
-    where = find_counts(adata).counts
+    expr = find_counts(adata)
+    if expr.note:  # neither counts nor log-normalised values: they would be read as the latter
+        raise DataError(f"{what}: {expr.note}")
+    where = expr.counts
     if where == "raw.X":
         x, genes = adata.raw.X, list(adata.raw.var_names)
     else:
@@ -133,6 +136,11 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
     ir, is_ = _pick(rl, plan, 0, rng), _pick(sl, plan, 1, rng)
     xr, gr, counts_r = _expression(real, kr[ir], "the real data")
     xs, gs, counts_s = _expression(synthetic, ks[is_], "the synthetic data")
+    if counts_r != counts_s:  # counts normalised here beside values normalised elsewhere
+        kind = {True: "raw counts", False: "normalised values only (no counts found)"}
+        raise DataError(f"the real data hold {kind[counts_r]} and the synthetic data "
+                        f"{kind[counts_s]}: give both sides as counts (or both log-normalised "
+                        "alike), or they sit apart in the plot for that alone")
     genes = [g for g in gr if g in set(gs)]
     if len(genes) < 3:
         raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s); a UMAP "
