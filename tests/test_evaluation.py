@@ -195,6 +195,16 @@ def test_refusals_say_what_to_do(tmp_path):
     other.var_names = [f"x{i}" for i in range(other.n_vars)]
     with pytest.raises(DataError, match="share no gene names"):
         evaluation.compare(a, other, label_key=LABEL)
+    lower = a.copy()
+    lower.var_names = [g.lower() for g in a.var_names]
+    with pytest.raises(DataError, match=r"alike but for case \(real '.+', synthetic '.+'\): "
+                                        "rename one side's var_names"):
+        evaluation.compare(a, lower, label_key=LABEL)
+    ids, versioned = a.copy(), a.copy()
+    ids.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    versioned.var_names = [f"{g}.3" for g in ids.var_names]
+    with pytest.raises(DataError, match="alike but for a version suffix"):
+        evaluation.compare(ids, versioned, label_key=LABEL)
     with pytest.raises(DataError, match="does not exist"):
         evaluation.compare(tmp_path / "missing.h5ad", a, label_key=LABEL)
     with pytest.raises(DataError, match=r"give an AnnData or an \.h5ad path"):

@@ -9,6 +9,7 @@ not training cells. Used by :func:`cellsynth.evaluation.compare`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,12 +184,28 @@ MIN_GENES = 100
 _SHARED_SAMPLE = 200
 
 
+def _near_names(r: _Sample, s: _Sample) -> str:
+    """Why two gene lists that share no name may still be one: names alike but for case or an
+    Ensembl version suffix (``ENSG...1.5``), with an example and the fix; else ""."""
+    def plain(g: str) -> str:
+        return re.sub(r"^(ENS[A-Z]*G\d+)\.\d+$", r"\1", str(g)).upper()
+
+    real = {plain(g): str(g) for g in r.genes}
+    for g in map(str, s.genes):
+        if plain(g) in real:
+            how = ("case" if real[plain(g)].upper() == g.upper() else "a version suffix")
+            return (f", but they are alike but for {how} (real {real[plain(g)]!r}, synthetic "
+                    f"{g!r}): rename one side's var_names to the other's")
+    return ""
+
+
 def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     """The genes both sides hold (in the real order); too few is an error naming how many."""
     in_synth = set(map(str, s.genes))
     genes = [g for g in map(str, r.genes) if g in in_synth]
     if not genes:
-        raise DataError("the real and synthetic data share no gene names; compare matching files")
+        raise DataError("the real and synthetic data share no gene names" + _near_names(r, s)
+                        + "; compare files with the same gene names in var_names")
     # the share is of the genes the real cells express: a generator keeps the genes detected in
     # its training cells (a fit leaves out the rest), and a gene no real cell has is no evidence
     detected = np.asarray((r.counts != 0).sum(axis=0)).ravel() > 0
