@@ -224,7 +224,10 @@ def _inconclusive(scored: tuple[int, int], summary: Mapping) -> str:
 
 def _describe(j: Mapping) -> str:
     noise = f" ± {j['tolerance']:.2f}" if j.get("tolerance") is not None else ""
-    return f"{j['label']} {j['value']:.3f} vs floor {j['reference']:.3f}{noise}"
+    floor = f"{j['reference']:.3f}"
+    if j.get("floor") is not None and j["floor"] < j["reference"]:  # below chance: read as it
+        floor = f"{j['floor']:.3f}, read as chance {j['reference']:.3f},"
+    return f"{j['label']} {j['value']:.3f} vs floor {floor}{noise}"
 
 
 def _counts(fid: Mapping, type_counts: Mapping | None) -> dict[str, dict[str, int | None]]:
