@@ -118,6 +118,9 @@ def test_numeric_label_column(tmp_path, capsys, earlier_model):
     a.obs[LABEL] = labels.astype("string").astype("category")  # the fix the message gives
     check_label(a, LABEL)
     assert a.obs[LABEL].isna().sum() == 3
+    a.obs[LABEL] = np.arange(a.n_obs) % 2 == 0  # True/False: mapped to names, not "False"
+    with pytest.raises(DataError, match=r"is True/False \(bool\).*\.map\(\{True: 'positive'"):
+        check_label(a, LABEL)
 
 
 def test_missing_labels_written_as_text(tmp_path, capsys):

@@ -232,6 +232,12 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             "set dataset.label_key (--label-key, label_key=) to one of them"
         )
     col = adata.obs[label_key]
+    if pd.api.types.is_bool_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+        raise DataError(  # "False" as a name is among dataset.uninformative_prefixes' defaults
+            f"label column '{label_key}' is True/False ({col.dtype}); cellsynth needs cell-type "
+            f"names: map them to names, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
+            ".map({True: 'positive', False: 'negative'}).astype('category') (\"False\" as a "
+            "name would be dropped as uninformative: dataset.uninformative_prefixes)")
     if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
         raise DataError(
             f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
