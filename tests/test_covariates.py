@@ -575,3 +575,10 @@ def test_a_covariate_the_cells_cannot_teach_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         Design.fit(obs, ["fine"], "cell_type", labels, rows, rows)
     assert caplog.text == ""
+
+
+def test_the_label_column_in_where_points_to_the_request_itself(fitted):
+    model, _ = fitted
+    with pytest.raises(DataError, match="'cell_type' is the cell-type column, not a covariate: "
+                                        "ask for types in the request itself"):
+        model.plan({"type_01": 3}, where={"cell_type": "type_01"})

@@ -143,6 +143,11 @@ class Design:
         if where is not None and not isinstance(where, Mapping):
             raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
                             f"got {type(where).__name__} {str(where)[:60]!r}")
+        if where and label_key in where:
+            raise DataError(f"'{label_key}' is the cell-type column, not a covariate: ask for "
+                            f"types in the request itself ({{type: n}}; --types \"TYPE=N\" on "
+                            f"the command line) and give where= only covariates "
+                            f"({', '.join(self.keys) or 'this model has none'})")
         if not isinstance(request, dict | pd.DataFrame):
             shown = " ".join(repr(request).split())  # one line, however it prints
             raise DataError(
