@@ -738,6 +738,22 @@ def test_a_combination_asked_twice_is_refused_not_summed(tmp_path):
     with pytest.raises(DataError) as info:
         read_request(path, LABEL)
     one_line(info.value, "lines 3 and 5: the same combination twice")
+    # a .csv that is not comma-separated is told the suffix decides; UTF-16 to save as UTF-8
+    semi = tmp_path / "request.csv"
+    semi.write_text(f"{LABEL};n\nB cell;5\n")
+    with pytest.raises(DataError, match=r"comma-separated: its name ends in \.csv"):
+        read_request(semi, LABEL)
+    wide = tmp_path / "wide.tsv"
+    wide.write_text(f"{LABEL}\tn\nB cell\t5\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"is not UTF-8 text .*save it as UTF-8"):
+        read_request(wide, LABEL)
+    for text, line in ((f"{LABEL}\tn\nB cell\t-3\n", "line 2: n must be 0 or more"),
+                       (f"{LABEL}\tn\nB cell\t2\n \t4\n", "line 3: no cell type")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=line):
+            read_request(path, LABEL)
+    path.write_text(f"{LABEL}\tn\nB cell\t0\nT cell\t4\n")  # a row of 0 is left out
+    assert model.plan(read_request(path, LABEL))[0] == [("T cell", (), 4)]
 
 
 def test_types_that_differ_only_by_case_are_warned(caplog):

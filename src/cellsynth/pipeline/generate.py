@@ -47,8 +47,10 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     header, rows = _table_rows(path, sep)
     for col in (label_key, "n"):
         if col not in header:
-            raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' (tab-"
-                            f"separated, a header line first); it has {header}")
+            fields = ("comma-separated: its name ends in .csv" if sep == "," else
+                      "tab-separated, as its name does not end in .csv")
+            raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' "
+                            f"({fields}; a header line first); it has {header}")
     table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str)
     counts = []
     for (line, _), n, label in zip(rows, table["n"], table[label_key], strict=True):
@@ -95,7 +97,10 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's) is not a name
             lines = list(csv.reader(f, delimiter=sep))
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise DataError(f"request file {path} is not UTF-8 text (UTF-16, as some spreadsheets "
+                        "save it?): save it as UTF-8 (CSV UTF-8, or tab-separated text)") from None
+    except csv.Error as exc:
         raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
     if not lines:
         raise DataError(f"request file {path} is empty; it needs a header line and one row per "
