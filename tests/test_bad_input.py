@@ -994,3 +994,17 @@ def test_python_api_misuse_gets_the_packages_messages():
         assert cs.settings.progress is False
     finally:
         cs.settings.progress = before
+
+
+def test_a_list_setting_given_as_words_shows_the_list_to_write():
+    from cellsynth import config
+    from cellsynth.errors import ConfigError
+    from cellsynth.models.cvae import CVAE
+
+    with pytest.raises(ConfigError, match=r"""--set 'cvae.covariates=\["condition", "donor"\]'"""):
+        config.load(None, ['cvae.covariates="condition,donor"'])
+    a = make_adata()
+    a.obs["condition"], a.obs["donor"] = "x", "d"
+    with pytest.raises(DataError, match=r"give them as a list, covariate_keys=\['condition', "
+                                        r"'donor'\]"):
+        CVAE(a, label_key=LABEL, covariate_keys="condition,donor")

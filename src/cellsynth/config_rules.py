@@ -167,6 +167,10 @@ def _quoting(key: str, value: Any, tp: Any) -> str:
     if get_origin(tp) in (list, tuple) and isinstance(value, str) and value.lstrip()[:1] == "[":
         return (f" (a list of words quotes each one: [\"a\", \"b\"]; on the command line "
                 f"--set '{key}=[\"a\", \"b\"]')")
+    if get_origin(tp) in (list, tuple) and isinstance(value, str):  # one word, or "a,b"
+        words = [w.strip() for w in value.split(",") if w.strip()] or ["a"]
+        shown = ", ".join(f'\"{w}\"' for w in words)
+        return f" (a list in brackets, each word quoted: --set '{key}=[{shown}]')"
     if tp is str and not isinstance(value, str):
         return f" (text is quoted in TOML; on the command line --set '{key}=\"...\"')"
     return ""

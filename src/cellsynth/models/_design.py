@@ -327,7 +327,11 @@ def _column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
         cols = ", ".join(str(c) for c in obs.columns
                          if not str(c).startswith("cellsynth_")) or "(none)"  # not ours
-        raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}")
+        hint = ""
+        if "," in str(key) and all(k.strip() in obs.columns for k in str(key).split(",")):
+            hint = (f"; '{key}' names several columns: give them as a list, "
+                    f"covariate_keys={[k.strip() for k in str(key).split(',')]}")
+        raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}{hint}")
     return obs[key]
 
 
