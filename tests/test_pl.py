@@ -256,8 +256,11 @@ def test_fidelity_plots_read_the_evaluation_and_its_dict(evaluation):
     cs.pl.per_type(evaluation, "mmd_rbf")  # from the reports
     with pytest.raises(cs.CellsynthError, match="per-type table has no"):
         cs.pl.per_type(evaluation.per_type, "mmd_rbf")
-    with pytest.raises(cs.CellsynthError, match="unknown per-type metric"):
+    with pytest.raises(cs.CellsynthError, match="unknown per-type metric") as info:
         cs.pl.per_type(evaluation, "nope")
+    assert "n_real" not in str(info.value)  # cell counts are no metric to choose
+    with pytest.raises(cs.CellsynthError, match="metrics is empty: name one or more of"):
+        cs.pl.fidelity(evaluation, metrics=[])
     with pytest.raises(cs.CellsynthError, match=r"cellsynth\.evaluate returned"):
         cs.pl.fidelity({"x": 1})
 

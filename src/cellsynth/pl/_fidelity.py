@@ -89,6 +89,8 @@ def fidelity(
     synth, floor = _reports(result)
     s, f = flat_report(synth), flat_report(floor)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)  # one metric by name
+    if not metrics:
+        raise DataError(f"metrics is empty: name one or more of {', '.join(s)}")
     unknown = [m for m in metrics if m not in s]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(s)}")
@@ -161,7 +163,8 @@ def _per_type_values(result: Any, metric: str
     if not types:
         raise DataError("the result has no per-type numbers (every type had too few cells); "
                         "evaluate with more cells (max_cells)")
-    known = {k for row in (*st.values(), *ft.values()) for k in row} | (
+    known = {k for row in (*st.values(), *ft.values()) for k in row
+             if not k.startswith("n_")} | (  # cell counts are no metric
         set(TABLE_METRICS) if rows is not None else set())
     if metric not in known:
         raise DataError(f"unknown per-type metric {metric!r}; choose from {', '.join(sorted(known))}")
