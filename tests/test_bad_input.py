@@ -118,6 +118,9 @@ def test_numeric_label_column(tmp_path, capsys, earlier_model):
     a.obs[LABEL] = labels.astype("string").astype("category")  # the fix the message gives
     check_label(a, LABEL)
     assert a.obs[LABEL].isna().sum() == 3
+    a.obs[LABEL] = (np.arange(a.n_obs) % 3).astype(float)  # clusters 0.0, 1.0: named "1"
+    with pytest.raises(DataError, match=r"\.astype\('Int64'\)\.astype\('string'\)"):
+        check_label(a, LABEL)
     a.obs[LABEL] = np.arange(a.n_obs) % 2 == 0  # True/False: mapped to names, not "False"
     with pytest.raises(DataError, match=r"is True/False \(bool\).*\.map\(\{True: 'positive'"):
         check_label(a, LABEL)

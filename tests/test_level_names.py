@@ -141,3 +141,15 @@ def test_a_level_a_type_never_had_gets_the_other_covariates_that_go_with_it():
     # a level the type had keeps the type's own composition
     plan, _ = design.plan({"B": 20}, {"condition": "stim"}, ["B", "Mono", "T"], "cell_type")
     assert {design.levels["donor"][c[1]]: k for _, c, k in plan} == {"s1": 10, "s2": 10}
+
+
+def test_a_type_is_read_as_a_level_is_a_number_included():
+    """Labels "0.0", "1.0" (a float cluster column made text) are asked for as 1, as a
+    covariate's levels are."""
+    from cellsynth.models._training import known_label
+
+    labels = ["0.0", "1.0", "B cells"]
+    assert [known_label(v, labels) for v in ("1", 1, "1.0", " B cells")] == ["1.0", "1.0",
+                                                                              "1.0", "B cells"]
+    with pytest.raises(DataError, match="unknown cell type '2'"):
+        known_label("2", labels)

@@ -239,10 +239,13 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             ".map({True: 'positive', False: 'negative'}).astype('category') (\"False\" as a "
             "name would be dropped as uninformative: dataset.uninformative_prefixes)")
     if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+        values = col.dropna().to_numpy(dtype=float)
+        whole = pd.api.types.is_float_dtype(col) and bool(np.all(values == np.round(values)))
+        via = ".astype('Int64')" if whole else ""  # cluster 3.0 named "3", not "3.0"
         raise DataError(
             f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
             f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
-            ".astype('string').astype('category') (missing values stay missing)"
+            f"{via}.astype('string').astype('category') (missing values stay missing)"
         )
     values = col.dropna().astype(str)
     n_distinct = values.nunique()

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
-from ..data.levels import loose_name
+from ..data.levels import LevelLookup, loose_name
 from ..errors import ConfigError, DataError, NotTrainedError
 from ..seeds import checked_seed, is_whole
 
@@ -266,6 +266,9 @@ def known_label(label: Any, labels: list[str]) -> str:
     same = [t for t in labels if loose_name(t) == loose_name(label)]
     if len(same) == 1:
         return same[0]
+    code = LevelLookup(labels).code(label)  # a number as covariate levels match one: 1, "1.0"
+    if code >= 0:
+        return labels[code]
     raise DataError(f"unknown cell type {label!r}{did_you_mean(label, labels)}; known types: "
                     f"{labels}")
 

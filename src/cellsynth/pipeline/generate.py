@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..data.io import missing_labels
-from ..data.levels import level_text, loose_name
+from ..data.levels import LevelLookup, level_text
 from ..errors import DataError
 from ..models.base import writable_uns
 from ..models.registry import load_generator
@@ -237,10 +237,10 @@ def _known_types(ask: Any, labels: list[str], label_key: str, like: str | Path) 
     """A ``--like`` request without the types the model does not know, said in a WARNING with
     their cells (the types QC removed before training, say: a twin of the training atlas);
     an error when it knows none of them."""
-    known = {loose_name(t) for t in labels}
+    look = LevelLookup(labels)  # as a request reads a type: spaces, Unicode form, 1 and "1.0"
     table = isinstance(ask, pd.DataFrame)
     names = ask[label_key].astype(str) if table else pd.Series(list(ask), dtype=str)
-    unknown = ~names.map(loose_name).isin(known).to_numpy()
+    unknown = (look.codes(names.to_numpy(dtype=object)) < 0)
     if not unknown.any():
         return ask
     if unknown.all():
