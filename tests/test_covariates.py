@@ -441,6 +441,17 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
     assert "1 cell type(s) the model does not know, left out of the twin (7 cells" in (
         capsys.readouterr().err)
     assert ad.read_h5ad(out).n_obs == a.n_obs
+    # a level the model never saw, or none ("" as NaN is): left out alike, each said
+    other = a[:9].copy()
+    other.obs["condition"] = pd.Categorical(["IFN"] * 5 + [""] * 4)
+    other.obs_names = [f"other_{i}" for i in range(other.n_obs)]
+    ad.concat([a, other]).write_h5ad(with_extra)
+    capsys.readouterr()
+    assert main(["generate", str(model), "--like", str(with_extra), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "level(s) of 'condition' the model never saw, left out of the twin (5 cells): IFN" in err
+    assert "4 of the" in err and "no level of a covariate" in err
+    assert ad.read_h5ad(out).n_obs == a.n_obs
     capsys.readouterr()
     bad = tmp_path / "bad.tsv"
     bad.write_text("cell_type\tcondition\tn\ntype_02\tctrl\tmany\n")

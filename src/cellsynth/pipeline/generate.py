@@ -141,7 +141,9 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
                         f"its columns are {list(obs.columns)}")
     # a cell without a label (missing, or written as text: "", "nan") or a covariate level is
     # left out, as a fit leaves it out, and said
-    lost = missing_labels(obs[label_key]) | obs[keys].isna().any(axis=1).to_numpy()
+    lost = missing_labels(obs[label_key])
+    for key in keys:  # "", "nan" and NaN alike, as for the label
+        lost = lost | missing_labels(obs[key])
     if lost.any():
         logger.warning("%d of the %d cells of %s have no %s or no level of a covariate: the "
                        "twin leaves them out", int(lost.sum()), len(obs), path, label_key)
@@ -233,6 +235,24 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     check_file_out(path, "an h5ad of cells", generated_h5ad, say=False)  # said when written
 
 
+def _known_levels(ask: pd.DataFrame, design: Any, like: str | Path) -> pd.DataFrame:
+    """A ``--like`` table without the rows of covariate levels the model never saw, said in a
+    WARNING with their cells, as types it does not know are; an error when none is left."""
+    unknown = np.zeros(len(ask), dtype=bool)
+    for key in design.keys:
+        bad = LevelLookup(design.levels[key]).codes(ask[key].to_numpy(dtype=object)) < 0
+        if bad.any():
+            logger.warning("%s has level(s) of '%s' the model never saw, left out of the twin "
+                           "(%d cells): %s; its levels: %s", like, key, int(ask["n"][bad].sum()),
+                           ", ".join(sorted(set(ask[key][bad].astype(str)))[:5]),
+                           ", ".join(design.levels[key][:10]))
+        unknown |= bad
+    if unknown.all():
+        raise DataError(f"{like} has no cells of covariate levels the model knows; is it data "
+                        "of the same design (the same donors, conditions...)?")
+    return ask[~unknown].reset_index(drop=True)
+
+
 def _known_types(ask: Any, labels: list[str], label_key: str, like: str | Path) -> Any:
     """A ``--like`` request without the types the model does not know, said in a WARNING with
     their cells (the types QC removed before training, say: a twin of the training atlas);
@@ -275,6 +295,8 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
         if not design:
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
         ask = _known_types(ask, gen.labels, label_key, like)
+        if design:
+            ask = _known_levels(ask, design, like)
     elif request is not None:
         ask = read_request(request, label_key)
     else:
