@@ -593,3 +593,20 @@ def test_the_label_column_in_where_points_to_the_request_itself(fitted):
     with pytest.raises(DataError, match="'cell_type' is the cell-type column, not a covariate: "
                                         "ask for types in the request itself"):
         model.plan({"type_01": 3}, where={"cell_type": "type_01"})
+
+
+def test_like_names_a_missing_label_column_as_the_types(tmp_path):
+    import anndata as ad
+
+    from cellsynth.pipeline.generate import like_request
+
+    a = ad.AnnData(np.ones((4, 3), dtype=np.float32),
+                   obs=pd.DataFrame({"celltype": list("aabb"), "condition": list("xyxy")},
+                                    index=[f"c{i}" for i in range(4)]))
+    a.write_h5ad(tmp_path / "x.h5ad")
+    with pytest.raises(DataError, match="has no obs column 'cell_type', the cell types the model "
+                                        "was fitted on"):
+        like_request(tmp_path / "x.h5ad", "cell_type", ["condition"])
+    with pytest.raises(DataError, match=r"no obs column\(s\) \['donor'\] that the model "
+                                        "conditions on"):
+        like_request(tmp_path / "x.h5ad", "celltype", ["condition", "donor"])

@@ -135,7 +135,11 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
                            "model's genes, so it cannot be compared with %s gene for gene",
                            path, shared, len(genes), path)
     cols = [label_key, *keys]
-    missing = [c for c in cols if c not in obs.columns]
+    if label_key not in obs.columns:
+        raise DataError(f"{path} has no obs column '{label_key}', the cell types the model "
+                        f"was fitted on; its columns are {list(obs.columns)}: rename its label "
+                        f"column to '{label_key}'")
+    missing = [c for c in keys if c not in obs.columns]
     if missing:
         raise DataError(f"{path} has no obs column(s) {missing} that the model conditions on; "
                         f"its columns are {list(obs.columns)}")
