@@ -234,7 +234,7 @@ def test_mixture_keeps_the_depth_of_each_state():
 def test_sample_rejects_unknown_type_and_bad_counts(fitted):
     with pytest.raises(DataError, match="known types"):
         fitted.sample({"delta": 5})
-    with pytest.raises(DataError, match="positive"):
+    with pytest.raises(DataError, match="no cells requested"):  # a 0 is left out
         fitted.sample({fitted.labels[0]: 0})
     with pytest.raises(DataError, match="positive"):
         fitted.sample({fitted.labels[0]: -2})
