@@ -169,7 +169,8 @@ class Design:
                           zip(self.keys, (fixed.get(j, -1) for j in range(len(self.keys))),
                               strict=True) if c >= 0]  # fmt: skip
                 raise DataError(f"the request asks twice for {', '.join([label, *levels])} (names "
-                                "that read alike: spaces, case or Unicode form); give each "
+                                "that read alike: surrounding spaces, Unicode form, a number "
+                                "written two ways); give each "
                                 "combination once, with its total n")
             asked.add(combo)
             for codes, k in self._spread(label, fixed, whole_count(n)):
