@@ -610,3 +610,12 @@ def test_like_names_a_missing_label_column_as_the_types(tmp_path):
     with pytest.raises(DataError, match=r"no obs column\(s\) \['donor'\] that the model "
                                         "conditions on"):
         like_request(tmp_path / "x.h5ad", "celltype", ["condition", "donor"])
+
+
+def test_an_empty_where_is_refused_not_ignored():
+    from cellsynth.pipeline.generate import parse_where
+
+    for text in ("", "  ", ","):
+        with pytest.raises(DataError, match="--where is empty"):
+            parse_where(text)
+    assert parse_where("condition=stim") == {"condition": "stim"}

@@ -33,6 +33,9 @@ def parse_where(text: str) -> dict[str, str]:
         if key.strip() in out:
             raise DataError(f"--where names {key.strip()!r} twice; give each covariate once")
         out[key.strip()] = level.strip()
+    if not out:
+        raise DataError("--where is empty; give COVARIATE=LEVEL[,COVARIATE=LEVEL...] or leave "
+                        "it out")
     return out
 
 
@@ -289,7 +292,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     if sum(given) != 1:
         raise DataError("give exactly one of --n-per-type, --types, --request or --like")
     design = getattr(gen, "design", None)
-    if (where or request is not None) and design is None:
+    if (where is not None or request is not None) and design is None:
         raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
                         "--request need a cvae, nb or scvi fitted with --covariates")
     label_key = getattr(gen, "label_key", "cell_type")
@@ -309,5 +312,5 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
         ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
     kwargs: dict[str, Any] = {}
     if design is not None:
-        kwargs.update(where=parse_where(where) if where else None)
+        kwargs.update(where=parse_where(where) if where is not None else None)
     return ask, kwargs
