@@ -20,7 +20,7 @@ from cellsynth import evaluation
 from cellsynth.cli import _parse_types, main
 from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import CellsynthError
-from cellsynth.metrics.verdict import verdict_lines
+from cellsynth.metrics.verdict_text import verdict_lines
 
 LABEL = "cell_type"
 

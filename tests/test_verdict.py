@@ -18,9 +18,11 @@ import scipy.sparse as sp
 
 import cellsynth as cs
 import cellsynth.metrics.verdict as vd
+import cellsynth.metrics.verdict_text as vt
 from cellsynth import evaluation
 from cellsynth.errors import DataError
-from cellsynth.metrics.verdict import LEVELS, auc_noise, fidelity_verdict, judge, per_type_table
+from cellsynth.metrics.verdict import LEVELS, auc_noise, fidelity_verdict, judge
+from cellsynth.metrics.verdict_text import per_type_table
 
 LABEL = "cell_type"
 IND, CLOSE, DIST = LEVELS
@@ -76,7 +78,7 @@ def test_a_pooled_auc_cannot_hide_a_type():
     assert v["overall"]["decided_by"] == ["per_type_c2st_auc"]  # the mean, 0.62, shows it
     assert v["overall"]["metrics"]["per_type_c2st_auc"]["value"] == pytest.approx(0.62)
     assert v["overall"]["metrics"]["c2st_auc"]["level"] == IND  # the pooled AUC does not
-    lines = vd.verdict_lines(v)
+    lines = vt.verdict_lines(v)
     assert lines[0].startswith("verdict: close") and "  d: distinguishable (two-sample AUC " \
         "0.970 vs floor 0.500" in "\n".join(lines)
     aucs = dict.fromkeys("abcdefgijkl", 0.5) | {"h": 0.95}  # the mean, 0.54, within its noise
@@ -170,7 +172,7 @@ def test_types_too_few_absent_and_only_synthetic_are_named():
     assert fidelity_verdict(syn, flo, type_counts=counts)["too_few"]["rare"].endswith(
         ", and the inputs hold only 600 real and 9 synthetic")
     counts["rare"]["synthetic_total"] = 40
-    lines = "\n".join(vd.verdict_lines(v))
+    lines = "\n".join(vt.verdict_lines(v))
     assert "gone: absent from the synthetic data (50 real cells)" in lines
     assert "rare: too few cells" in lines and "new: only in the synthetic data" in lines
     table = per_type_table(syn, flo, verdicts=v)
@@ -189,7 +191,7 @@ def test_a_handful_of_real_cells_gives_no_overall_verdict():
     assert v["overall"]["verdict"] == vd.TOO_FEW and v["overall"]["decided_by"] == []
     assert v["overall"]["reason"].startswith("18 real cells a side in the floor")
     assert "a verdict needs 20 of each" in v["overall"]["reason"]
-    assert vd.verdict_lines(v)[0].startswith("verdict: too few cells (18 real cells")
+    assert vt.verdict_lines(v)[0].startswith("verdict: too few cells (18 real cells")
     syn, flo = _reports({"a": 0.7, "b": 0.7}, 40, pooled=0.7)  # 40 a side in the floor: read
     assert fidelity_verdict(syn, flo)["overall"]["verdict"] in LEVELS
 
@@ -201,7 +203,7 @@ def test_copies_get_a_verdict_of_their_own_not_a_level_of_fidelity():
     assert v["overall"]["verdict"] == vd.COPIES and v["overall"]["decided_by"] == ["memorisation"]
     assert "the metrics alone read indistinguishable" in v["overall"]["reason"]
     assert "copy real ones (40% exact copies)" in v["warning"]
-    lines = vd.verdict_lines(v)
+    lines = vt.verdict_lines(v)
     assert lines[0].startswith("verdict: copies of real cells") and "WARNING" in lines[1]
     # no type is called good either (a per-type table is read alone); its numbers are kept
     a = v["per_type"]["a"]

@@ -30,7 +30,8 @@ from .metrics.memorisation import memorisation
 from .metrics.privacy import donor_values
 from .metrics.space import fit_space
 from .metrics.utility import augmentation, tstr
-from .metrics.verdict import donor_summary, fidelity_verdict
+from .metrics.verdict import fidelity_verdict
+from .metrics.verdict_text import donor_summary
 from .models.registry import make_generator
 from .outputs import write_json
 from .runtime import hashed_settings, peak_rss_mb

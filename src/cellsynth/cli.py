@@ -104,7 +104,7 @@ def _print_verdict(path: Path) -> None:
     except (OSError, ValueError):
         return
     if "verdict" in fid:
-        from .metrics.verdict import verdict_lines
+        from .metrics.verdict_text import verdict_lines
 
         print("\n".join(verdict_lines(fid["verdict"], privacy=fid.get("privacy"))))
 
@@ -240,7 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import _out_dir, compare, write
-    from .metrics.verdict import verdict_lines
+    from .metrics.verdict_text import verdict_lines
 
     _setup_logging(args.quiet)
     _out_dir(args.out)  # before any work

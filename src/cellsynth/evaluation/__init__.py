@@ -34,7 +34,8 @@ from ..metrics.genes import gene_fidelity
 from ..metrics.memorisation import memorisation
 from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
-from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict, per_type_table, verdict_lines
+from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict
+from ..metrics.verdict_text import per_type_table, verdict_lines
 from ..outputs import check_out_dir, enclosing_run, write_json, write_text
 from ..seeds import checked_seed, checked_whole, derive_seed, is_whole
 from .inputs import (
@@ -125,7 +126,7 @@ def compare(
         :func:`~cellsynth.metrics.fidelity.fidelity_report`; ``verdict``:
         :func:`~cellsynth.metrics.verdict.fidelity_verdict` (``overall`` and ``per_type``, each a
         ``verdict``, ``decided_by`` and ``reason``; ``too_few``, ``absent``, ``extra``);
-        ``per_type``: :func:`~cellsynth.metrics.verdict.per_type_table` as a list of rows;
+        ``per_type``: :func:`~cellsynth.metrics.verdict_text.per_type_table` as a list of rows;
         ``genes``: :func:`~cellsynth.metrics.genes.gene_fidelity` (or ``{"skipped": why}``);
         ``typewise``: :func:`~cellsynth.metrics.typewise.typewise_fidelity`; ``trts``:
         :func:`~cellsynth.metrics.typewise.trts_by_type`; ``privacy``: the audit as a dict,

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..metrics.verdict import COLUMNS, verdict_lines
+from ..metrics.verdict import COLUMNS
+from ..metrics.verdict_text import verdict_lines
 from ..outputs import check_file_out, report_html, write_text
 
 #: the per-type table as shown: (header, value column, floor column or None, digits)

@@ -29,7 +29,8 @@ from .privacy import PrivacyResult, distance_to_closest, membership_attacks, pri
 from .space import EvalSpace, fit_space
 from .typewise import trts_by_type, typewise_fidelity
 from .utility import augmentation, rarest_types, tstr
-from .verdict import fidelity_verdict, judge, per_type_table, verdict_lines
+from .verdict import fidelity_verdict, judge
+from .verdict_text import per_type_table, verdict_lines
 
 __all__ = [
     "EvalSpace",

@@ -135,7 +135,8 @@ def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, sy
     table is written to ``metrics/per_type.csv``."""
     from ..metrics.genes import gene_fidelity
     from ..metrics.typewise import typewise_fidelity
-    from ..metrics.verdict import fidelity_verdict, per_type_table, verdict_lines
+    from ..metrics.verdict import fidelity_verdict
+    from ..metrics.verdict_text import per_type_table, verdict_lines
 
     (rc, rl), (sc, sl) = real, syn
     out: dict[str, Any] = {}

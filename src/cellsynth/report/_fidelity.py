@@ -98,7 +98,7 @@ def _genes(genes: Any) -> str:
 
 def _sec_verdict(run: _Run) -> str:
     """The first screen: are the generated cells realistic? Overall and per type."""
-    from ..metrics.verdict import verdict_lines
+    from ..metrics.verdict_text import verdict_lines
 
     fid = run.json("metrics/fidelity.json")
     if not isinstance(fid, dict):

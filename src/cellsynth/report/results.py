@@ -40,7 +40,7 @@ def _fidelity(out: Path) -> list[str]:
     """The verdict on the generated cells (``metrics/fidelity.json``), or why there is none."""
     import json
 
-    from ..metrics.verdict import verdict_lines
+    from ..metrics.verdict_text import verdict_lines
 
     path = out / "metrics" / "fidelity.json"
     lines = ["## Are the generated cells realistic?", ""]
