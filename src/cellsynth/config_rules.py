@@ -90,8 +90,17 @@ def field_range(cls: type, name: str) -> Range | None:
     return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
 
 
+def _cli_fix(key: str) -> str:
+    return f"fix it in the config file or with --set {key}=..."
+
+
 _FIX: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar(
-    "config_fix", default=lambda key: f"fix it in the config file or with --set {key}=...")
+    "config_fix", default=_cli_fix)
+
+
+def _on_command_line() -> bool:
+    """Whether config errors speak to a config file or ``--set`` (not inside :func:`hints`)."""
+    return _FIX.get() is _cli_fix
 
 
 def fix_hint(key: str) -> str:
@@ -164,15 +173,18 @@ def _quoting(key: str, value: Any, tp: Any) -> str:
     ``True`` for ``true``, a list of unquoted words, a number or date meant as text."""
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return " (TOML writes true and false unquoted and in lower case)"
+    cli = _on_command_line()
     if get_origin(tp) in (list, tuple) and isinstance(value, str) and value.lstrip()[:1] == "[":
-        return (f" (a list of words quotes each one: [\"a\", \"b\"]; on the command line "
-                f"--set '{key}=[\"a\", \"b\"]')")
+        return (" (a list of words quotes each one: [\"a\", \"b\"]" + (
+            f"; on the command line --set '{key}=[\"a\", \"b\"]')" if cli else ")"))
     if get_origin(tp) in (list, tuple) and isinstance(value, str):  # one word, or "a,b"
         words = [w.strip() for w in value.split(",") if w.strip()] or ["a"]
         shown = ", ".join(f'\"{w}\"' for w in words)
-        return f" (a list in brackets, each word quoted: --set '{key}=[{shown}]')"
+        return (f" (a list in brackets, each word quoted: --set '{key}=[{shown}]')" if cli
+                else f" (a list: [{shown}])")
     if tp is str and not isinstance(value, str):
-        return f" (text is quoted in TOML; on the command line --set '{key}=\"...\"')"
+        return " (text is quoted in TOML" + (
+            f"; on the command line --set '{key}=\"...\"')" if cli else ")")
     return ""
 
 
