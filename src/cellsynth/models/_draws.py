@@ -13,9 +13,9 @@ first event's time, is an exponential truncated to ``[0, lam]``, and the count i
 
 Two engines draw the same distribution where the means are. On the CPU (the default there) the
 compiled kernel of :mod:`._nb_kernel` decides every entry in a vectorised pass and draws the
-counts of the non-zero ones in a second, in registers, in parallel over cells. Elsewhere (a GPU) every step is a vectorised torch operation on the
-device; only the non-zero entries' column indices and counts leave it, as CSR. Its noise comes
-from one seed: from a torch generator on the device, or (this engine on the CPU, as the tests run
+counts of the non-zero ones in a second, in registers, in parallel over cells. Elsewhere (a
+GPU) every step is a vectorised torch operation on the device; only the non-zero entries'
+column indices and counts leave it, as CSR. Its noise comes from one seed: from a torch generator on the device, or (this engine on the CPU, as the tests run
 it) from numpy's generators filled in parallel in blocks of :data:`_PART_VALUES` values, each
 block from its own stream, so the cells do not depend on the thread count. Each engine has its
 own stream: the same seed gives other cells on a GPU than on the CPU.
@@ -117,8 +117,8 @@ def nb_csr(
         cell), or ``None``.
     engine
         ``"kernel"`` (the default on the CPU): the compiled kernel of :mod:`._nb_kernel`, a
-        vectorised pass over the entries and one over the non-zero ones; ``"torch"`` (the default elsewhere): rounds of tensor operations on the
-        device (:class:`_Noise`, :func:`positive_nb`). The same distribution, other streams.
+        vectorised pass over the entries and one over the non-zero ones; ``"torch"`` (the
+        default elsewhere): rounds of tensor operations on the device (:class:`_Noise`, :func:`positive_nb`). The same distribution, other streams.
     """
     n, n_genes = mu.shape
     seed = int(rng.integers(2**63))

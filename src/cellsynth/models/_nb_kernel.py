@@ -222,7 +222,7 @@ def _positive(w, mu, theta, nonzero, zero, base):
 
 @njit(inline="always")
 def _nonzero(v):
-    """``P(x > 0)`` from :func:`nonzero_or_zero32`'s value (float32, as pass 1 and 2 both read it)."""
+    """``P(x > 0)`` from :func:`nonzero_or_zero32`'s value (float32, as both passes read it)."""
     return v if v >= 0 else _ONE32 + v
 
 
@@ -243,7 +243,8 @@ def _mark(mu, theta, seed, prob, code, room):
             prob[r, g] = nonzero_or_zero32(t * log1p32(mu[r, g] / t))
         count = 0
         for g in range(genes):
-            # u in [k, k + 1) / 2^24: below P(x > 0) for sure when k + 1 <= it 2^24, above when k >= it
+            # u in [k, k + 1) / 2^24: below P(x > 0) for sure when k + 1 <= it 2^24, above
+            # when k >= it
             k = np.float32(_entry_bits(seed, r * genes + g) >> _S40)
             scaled = _nonzero(prob[r, g]) * _TWO24
             maybe = k < scaled
