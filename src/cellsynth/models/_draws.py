@@ -15,9 +15,10 @@ Two engines draw the same distribution where the means are. On the CPU (the defa
 compiled kernel of :mod:`._nb_kernel` decides every entry in a vectorised pass and draws the
 counts of the non-zero ones in a second, in registers, in parallel over cells. Elsewhere (a
 GPU) every step is a vectorised torch operation on the device; only the non-zero entries'
-column indices and counts leave it, as CSR. Its noise comes from one seed: from a torch generator on the device, or (this engine on the CPU, as the tests run
-it) from numpy's generators filled in parallel in blocks of :data:`_PART_VALUES` values, each
-block from its own stream, so the cells do not depend on the thread count. Each engine has its
+column indices and counts leave it, as CSR. Its noise comes from one seed: from a torch
+generator on the device, or (this engine on the CPU, as the tests run it) from numpy's
+generators filled in parallel in blocks of :data:`_PART_VALUES` values, each block from its own
+stream, so the cells do not depend on the thread count. Each engine has its
 own stream: the same seed gives other cells on a GPU than on the CPU.
 
 This replaces a gamma and a Poisson draw for every entry (about 6k cells/s at 2,000 genes on two
