@@ -119,7 +119,8 @@ def nb_csr(
     engine
         ``"kernel"`` (the default on the CPU): the compiled kernel of :mod:`._nb_kernel`, a
         vectorised pass over the entries and one over the non-zero ones; ``"torch"`` (the
-        default elsewhere): rounds of tensor operations on the device (:class:`_Noise`, :func:`positive_nb`). The same distribution, other streams.
+        default elsewhere): rounds of tensor operations on the device (:class:`_Noise`,
+        :func:`positive_nb`). The same distribution, other streams.
     """
     n, n_genes = mu.shape
     seed = int(rng.integers(2**63))
