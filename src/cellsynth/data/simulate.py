@@ -13,7 +13,7 @@ mean of a random subset of genes by ``exp(lfc)`` (its own lfc per gene); a condi
 ``ctrl`` multiplies, per type, a program of genes (a core shared by the types, scaled by the
 type's response, and genes of the type's own) by ``exp(lfc)``, at the same library size. The
 effects are stated in ``uns["simulation"]``. They come from random streams of their own, so
-without them the atlas is the same bit for bit.
+without them the atlas is the same bit for bit (:mod:`._sim_design`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anndata as ad
 import h5py
@@ -38,6 +38,16 @@ from ..keys import MITO, N_GENES
 from ..options import progress_bar
 from ..outputs import check_file_out, generated_h5ad
 from ..runtime import available_memory
+from ._sim_design import (
+    CONDITION_KEY,
+    DONOR_KEY,
+    Effects,
+    level_names,
+    make_effects,
+    stream,
+    truth,
+    type_names,
+)
 from .csr import stack_rows
 from .store import h5ad_file
 
@@ -53,7 +63,6 @@ _BLOCK = 10_000  # cells per random stream: the output does not depend on the ch
 _BATCH = 256  # most cells in one thinning batch
 _LIB_STEP = 0.2  # a batch spans libraries within a factor exp(_LIB_STEP): few rejected events
 _N_PROGRAMS = 6  # shared gene programs
-DONOR_KEY, CONDITION_KEY, REFERENCE = "donor", "condition", "ctrl"
 _MITO = "ND1 ND2 CO1 CO2 ATP8 ATP6 CO3 ND3 ND4L ND4 ND5 ND6 CYB".split()
 
 
@@ -81,47 +90,8 @@ class _Plan:
     doublet: np.ndarray  # (n_cells,) bool, the predicted_doublets flag
 
 
-@dataclass(frozen=True)
-class _Effects:
-    """Donors and conditions: who is what, and what it does to the gene means."""
-
-    n_donors: int  # 0: no donor column
-    n_conditions: int  # 0: no condition column
-    donor: np.ndarray  # (n_cells,) donor code (0 without donors)
-    condition: np.ndarray  # (n_cells,) condition code, 0 = ctrl
-    donor_genes: np.ndarray  # (k,) nuclear genes every donor shifts
-    donor_lfc: np.ndarray  # (n_donors, k) natural-log fold change of each donor
-    #: per type, per condition after ``ctrl``: (nuclear genes, their natural-log fold changes)
-    programs: list[list[tuple[np.ndarray, np.ndarray]]]
-
-    def component(self, types: np.ndarray, cells: np.ndarray, n_types: int) -> np.ndarray:
-        """Code of (type, donor, condition) of components of cells ``cells``."""
-        return types + n_types * (self.donor[cells] + max(self.n_donors, 1) * self.condition[cells])
-
-    def shares(self, model: _Model, code: int) -> np.ndarray:
-        """The gene shares of component ``code``: the type's, times the covariates' effects."""
-        n_types = len(model.proportions)
-        t, rest = code % n_types, code // n_types
-        d, c = rest % max(self.n_donors, 1), rest // max(self.n_donors, 1)
-        q = model.q[t].copy()
-        if self.n_donors:
-            q[self.donor_genes] *= np.exp(self.donor_lfc[d])
-        if c:
-            genes, lfc = self.programs[t][c - 1]
-            q[genes] *= np.exp(lfc)
-        return q
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
-def _type_names(n_types: int) -> list[str]:
-    return [f"type_{t:0{max(2, len(str(n_types - 1)))}d}" for t in range(n_types)]
-
-
 def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int) -> _Model:
-    rng = _rng(seed, 0)
+    rng = stream(seed, 0)
     n_nuc = n_genes - n_mito
     base = rng.normal(0.0, 2.0, n_nuc)
     theta = np.exp(rng.normal(0.0, 0.7, n_nuc) + 0.2 * base).clip(0.05, 100.0)
@@ -160,7 +130,7 @@ def _make_model(n_genes: int, n_types: int, n_mito: int, seed: int) -> _Model:
 def _make_plan(
     model: _Model, n_cells: int, seed: int, doublet_rate: float, uninf_rate: float, lib: float
 ) -> _Plan:
-    rng, p = _rng(seed, 1), model.proportions
+    rng, p = stream(seed, 1), model.proportions
     n_types = len(p)
     n_doublet = round(doublet_rate * n_cells) if n_types > 1 else 0
     n_uninf = round(uninf_rate * n_cells)
@@ -190,66 +160,8 @@ def _make_plan(
     lib1[kind == 3] *= 0.35
     mito[kind == 3] = rng.uniform(0.2, 0.6, int((kind == 3).sum()))
     codes = np.where(kind == 2, n_types, np.where(kind == 3, n_types + 1, type1))
-    labels = pd.Categorical.from_codes(codes, [*_type_names(n_types), DOUBLET_LABEL, LOW_Q_LABEL])
+    labels = pd.Categorical.from_codes(codes, [*type_names(n_types), DOUBLET_LABEL, LOW_Q_LABEL])
     return _Plan(type1, type2, lib1, lib2, mito, labels.remove_unused_categories(), kind == 1)
-
-
-def _levels(n_donors: int, n_conditions: int) -> tuple[list[str], list[str]]:
-    conditions = [REFERENCE, "stim", *(f"stim{c}" for c in range(2, n_conditions))]
-    return [f"D{d}" for d in range(n_donors)], conditions[:n_conditions]
-
-
-def _make_effects(model: _Model, n_cells: int, n_donors: int, n_conditions: int,
-                  seed: int) -> _Effects:  # fmt: skip
-    """Covariates of every cell and their effects, from random streams of their own."""
-    n_types, n_nuc = model.q.shape
-    log_q = np.log(model.q)
-    visible = np.flatnonzero(log_q.mean(axis=0) > np.median(log_q.mean(axis=0)))
-    rng = _rng(seed, 3, 0)  # donors: about equal shares, uneven
-    donor, genes, lfc = np.zeros(n_cells, np.int64), np.zeros(0, np.int64), np.zeros((0, 0))
-    if n_donors:
-        donor = rng.choice(n_donors, n_cells, p=rng.dirichlet(np.full(n_donors, 5.0)))
-        size = min(int(np.clip(n_nuc // 20, 5, 500)), len(visible))
-        genes = np.sort(rng.choice(visible, size, replace=False))
-        lfc = rng.normal(0.0, 0.4, (n_donors, len(genes)))
-    rng = _rng(seed, 3, 1)  # conditions: equal shares, a program per type
-    condition = rng.integers(n_conditions, size=n_cells) if n_conditions else np.zeros_like(donor)
-    k = min(int(np.clip(n_nuc // 60, 5, 100)), len(visible) // 2)
-    programs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_types)]
-    for _ in range(1, n_conditions):
-        core = rng.choice(visible, k, replace=False)
-        core_lfc = rng.normal(1.5, 0.3, k) * np.where(rng.random(k) < 0.75, 1, -1)
-        for t in range(n_types):
-            own = np.setdiff1d(np.flatnonzero(log_q[t] > np.median(log_q[t])), core)
-            own = rng.choice(own, min(k, len(own)), replace=False)
-            own_lfc = rng.normal(1.2, 0.3, len(own)) * np.where(rng.random(len(own)) < 0.75, 1, -1)
-            order = np.argsort(np.concatenate([core, own]))
-            both = np.concatenate([core_lfc * rng.uniform(0.6, 1.4), own_lfc])
-            programs[t].append((np.concatenate([core, own])[order], both[order]))
-    return _Effects(n_donors, n_conditions, donor, condition, genes, lfc, programs)
-
-
-def _truth(effects: _Effects, genes: pd.Index, n_mito: int, n_types: int) -> dict[str, Any]:
-    """``uns["simulation"]``: the covariates' effects as plain JSON values."""
-    donors, conditions = _levels(effects.n_donors, effects.n_conditions)
-
-    def names(nuclear: np.ndarray) -> list[str]:
-        return [str(g) for g in genes[nuclear + n_mito]]
-
-    out: dict[str, Any] = {
-        "effects": "a cell's mean count of a gene, at its library size, is multiplied by "
-                   "exp(log_fold_change) (natural log) for its donor and its condition",
-        "donor_key": DONOR_KEY, "donors": donors,
-        "condition_key": CONDITION_KEY, "conditions": conditions,
-        "reference": REFERENCE}  # fmt: skip
-    if effects.n_donors:
-        out["donor_shift"] = {"genes": names(effects.donor_genes), "log_fold_change": {
-            d: [float(v) for v in effects.donor_lfc[i]] for i, d in enumerate(donors)}}
-    out["condition_programs"] = {
-        t: {c: {"genes": names(g), "log_fold_change": [float(v) for v in lfc]}
-            for c, (g, lfc) in zip(conditions[1:], effects.programs[k], strict=True)}
-        for k, t in enumerate(_type_names(n_types))}  # fmt: skip
-    return out
 
 
 def _nb_counts(
@@ -286,10 +198,10 @@ def _nb_counts(
     return sp.csr_matrix((count, (cell[keep], gene[keep])), shape=(len(libs), n_nuc))
 
 
-def _block(model: _Model, plan: _Plan, effects: _Effects | None, start: int, stop: int,
+def _block(model: _Model, plan: _Plan, effects: Effects | None, start: int, stop: int,
            seed: int) -> sp.csr_matrix:  # fmt: skip
     """Counts of cells ``start:stop`` (inside one ``_BLOCK``), canonical CSR float32."""
-    rng = _rng(seed, 2, start // _BLOCK)
+    rng = stream(seed, 2, start // _BLOCK)
     n, cells = stop - start, slice(start, stop)
     two = np.flatnonzero(plan.type2[cells] >= 0)  # components: n cells, doublets' second parts
     types = np.concatenate([plan.type1[cells], plan.type2[cells][two]])
@@ -323,7 +235,7 @@ def _block(model: _Model, plan: _Plan, effects: _Effects | None, start: int, sto
     return sp.hstack([sp.csr_matrix(mito), nuc], format="csr")
 
 
-def _chunks(model: _Model, plan: _Plan, effects: _Effects | None, seed: int,
+def _chunks(model: _Model, plan: _Plan, effects: Effects | None, seed: int,
             chunk_size: int) -> Iterator[sp.csr_matrix]:  # fmt: skip
     """The count matrix in row chunks of ``chunk_size`` cells (the last may be shorter)."""
     n_cells, parts, held = len(plan.type1), [], 0
@@ -359,7 +271,7 @@ def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
     n_donors: int = 0, n_conditions: int = 0,
-) -> tuple[_Model, _Plan, _Effects | None]:  # fmt: skip
+) -> tuple[_Model, _Plan, Effects | None]:  # fmt: skip
     if min(n_cells, n_types) < 1:
         raise ConfigError(f"need at least 1 cell and 1 type (--cells, --types); got {n_cells} "
                           f"cells and {n_types} types")  # fmt: skip
@@ -390,11 +302,11 @@ def _setup(
                        "or fewer types (--types)", n_types - got, n_types, n_cells)  # fmt: skip
     if not (n_donors or n_conditions):
         return model, plan, None
-    return model, plan, _make_effects(model, n_cells, n_donors, n_conditions, seed)
+    return model, plan, make_effects(model, n_cells, n_donors, n_conditions, seed)
 
 
 def _annotations(
-    model: _Model, plan: _Plan, effects: _Effects | None, label_key: str, seed: int,
+    model: _Model, plan: _Plan, effects: Effects | None, label_key: str, seed: int,
     qc: tuple[np.ndarray, ...] | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # fmt: skip
     """``obs``, ``var`` and ``uns``; ``qc`` holds the mito fraction and genes detected, or None."""
@@ -409,15 +321,15 @@ def _annotations(
     var = pd.DataFrame({"gene_ids": [f"ENSSIMG{i:011d}" for i in range(1, n_genes + 1)]}, genes)
     source = f"cellsynth.data.simulate: {n_cells} x {n_genes}, {n_types} types, seed {seed}"
     group = [f"group_{chr(65 + g) if g < 26 else g + 1}" for g in model.groups.tolist()]
-    groups = dict(zip(_type_names(n_types), group, strict=True))
+    groups = dict(zip(type_names(n_types), group, strict=True))
     uns = {"label_key": label_key, "source": source, "celltype_groups": groups}
     if effects is not None:
-        donors, conditions = _levels(effects.n_donors, effects.n_conditions)
+        donors, conditions = level_names(effects.n_donors, effects.n_conditions)
         for key, levels, codes in ((DONOR_KEY, donors, effects.donor),
                                    (CONDITION_KEY, conditions, effects.condition)):  # fmt: skip
             if levels:
                 obs[key] = pd.Categorical.from_codes(codes, categories=levels)
-        uns["simulation"] = _truth(effects, genes, n_mito, n_types)
+        uns["simulation"] = truth(effects, genes, n_mito, n_types)
     return obs, var, uns
 
 
@@ -489,7 +401,7 @@ def simulate_atlas(
 
 
 def _write_x(
-    f: h5py.File, model: _Model, plan: _Plan, effects: _Effects | None, seed: int, chunk_size: int,
+    f: h5py.File, model: _Model, plan: _Plan, effects: Effects | None, seed: int, chunk_size: int,
     compression: str | None, qc: tuple[np.ndarray, np.ndarray] | None,
 ) -> int:  # fmt: skip
     """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""

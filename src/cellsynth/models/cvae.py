@@ -16,7 +16,7 @@ they fit, else sliced on the host); cells on disk by a :class:`~cellsynth.data.l
 one mini-batch and a few numbers per cell). ``select = "fidelity"`` needs the validation cells
 in memory; cells on disk are selected by the validation ELBO. What a fit trains on is prepared
 by :mod:`._prepare`, the epoch loop is :func:`._loop.train_loop`, the kept epoch's check
-:mod:`._select`, and the draws :mod:`._draws`.
+:mod:`._select`, generation :mod:`.sampling` and its draws :mod:`._draws`.
 """
 
 from __future__ import annotations
@@ -24,25 +24,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anndata as ad
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from .. import keys as K
 from ..cells import Cells, for_training
 from ..config import CVAEConfig, from_dict
 from ..config_rules import hints as config_hints
-from ..data.csr import stack_rows
 from ..data.io import check_label, missing_labels, read, training_source
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
-from ..options import progress_bar
 from ..seeds import checked_seed
 from . import _loop
 from . import _model_dir as md
@@ -55,27 +50,22 @@ from ._counts import (
     library_model,
 )
 from ._design import Design, DesignRequests
-from ._draws import sample_counts
 from ._model_dir import saves_whole
 from ._prepare import training_data
 from .base import (
     check_genes,
-    check_memory,
     fit_labels,
     in_memory,
-    request_bytes,
-    synthetic_adata,
     training_counts,
-    writable_uns,
 )
 from .modules.cvae import CVAEModule
+from .sampling import GenerationMixin
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: the latent mixture is over (z, log library), full covariance
 GENES_FILE = "genes.json"
 CHECKPOINT_NAME = "cvae"  # the training checkpoint is CHECKPOINT_NAME.safetensors
-_SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
 _EVAL_VALUES = 16_000_000  # values (cells x genes) of one dense pass without gradients
 #: CVAEConfig fields that change neither the training nor the model (not in the fingerprint)
 
@@ -89,18 +79,7 @@ def _keyword_fix(key: str) -> str:
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
-def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
-    """An upper estimate of the stored counts of a plan's cells (:func:`.base.request_bytes`),
-    from each type's mean library size under its log-normal library model."""
-    module = gen.module
-    mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
-    sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)
-    library = np.exp(mean + sd**2 / 2)
-    index = {label: i for i, label in enumerate(gen.labels)}
-    return request_bytes([(library[index[t]], k) for t, _, k in plan], len(gen.genes))
-
-
-class CVAE(DesignRequests):
+class CVAE(GenerationMixin, DesignRequests):
     """Conditional VAE on raw counts that generates integer-count cells of requested types.
 
     Parameters
@@ -418,128 +397,6 @@ class CVAE(DesignRequests):
             qz, _ = module.inference(*rows.batch(np.arange(sl.start, sl.stop)))
             out.append(qz.loc.float().cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, module.n_latent), np.float32)
-
-    # ------------------------------------------------------------------------------------------
-    # generation
-
-    @torch.no_grad()
-    def sample(
-        self,
-        request: dict[str, int] | pd.DataFrame,
-        *,
-        where: dict[str, Any] | None = None,
-        seed: int = 0,
-        latent: Literal["mixture", "prior"] = "mixture",
-    ) -> ad.AnnData:
-        """Generate integer-count cells; rows come out grouped as requested, in its order.
-
-        Parameters
-        ----------
-        request
-            Cells to generate per type, e.g. ``{"B cells": 100}``; or, for a model with
-            covariates, a table with the label column, any covariate columns and ``n`` (one row
-            per combination).
-        where
-            Covariate levels for every type of a dict request, e.g. ``{"condition": "stim"}``.
-            A covariate not given follows the type's training composition over it. A
-            combination of seen levels that no training cell had is allowed (and listed in
-            ``uns['cellsynth']['unseen_combinations']``).
-        seed
-            All noise (latents, library sizes, counts) is drawn from
-            ``numpy.random.default_rng(seed)``: the same seed gives byte-identical counts.
-        latent
-            Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture over ``z`` and
-            the log library size fitted to the training cells after training (keeps
-            multi-modal types, e.g. treated and control cells, apart, and each state's
-            sequencing depth; with covariates it is pooled over their levels, which enter
-            through the decoder); ``"prior"``, the model's prior ``p(z | type)``, with the
-            library from the type's log-normal library model.
-
-        Returns
-        -------
-        AnnData with CSR float32 whole-number counts in ``X``, the types (categorical, the
-        types generated) and every covariate (categorical, with its training levels) in
-        ``obs``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
-        """
-        plan, unseen = self.plan(request, where)
-        check_memory(estimate_bytes(self, plan), sum(k for _, _, k in plan),
-                     ", or stream them to a file chunk by chunk (CVAE.sample_chunks, or "
-                     "cellsynth generate)")
-        chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
-        obs = self.plan_obs(plan)
-        out = synthetic_adata(stack_rows(chunks), obs[self.label_key].to_numpy(),
-                              self.genes, label_key=self.label_key, model=self.name, seed=seed)
-        for key, col in obs.items():
-            if key != self.label_key:
-                out.obs[key] = col.values  # categorical, with the training levels
-        out.uns[K.UNS] = self.provenance(seed, unseen, latent)
-        return out
-
-    def provenance(self, seed: int, unseen: list[dict[str, str]],
-                   latent: str = "mixture") -> dict[str, Any]:  # fmt: skip
-        """``uns['cellsynth']`` of generated cells (:meth:`sample`, and cells written chunk by
-        chunk): version, model, seed, label key, settings and, with covariates, the
-        combinations no training cell had."""
-        uns = {"version": tr.package_version(), "model": self.name, "seed": int(seed),
-               "label_key": self.label_key,
-               "config": {**dataclasses.asdict(self.config), "latent_sampler": latent}}
-        if self.design:
-            uns["unseen_combinations"] = unseen
-        return writable_uns(uns)  # as the h5ad holds it
-
-    @torch.no_grad()
-    def sample_chunks(
-        self,
-        request: dict[str, int] | pd.DataFrame | list,
-        *,
-        where: dict[str, Any] | None = None,
-        seed: int = 0,
-        latent: Literal["mixture", "prior"] = "mixture",
-    ) -> Iterator[tuple[str, sp.csr_matrix]]:
-        """The cells :meth:`sample` returns, as ``(type, CSR counts)`` chunks in the same order
-        (``request`` may also be a :meth:`plan`).
-
-        The same seed gives the same counts as :meth:`sample`; memory holds one chunk, so a
-        caller can embed or write the cells as they come (the out-of-core pipeline).
-        """
-        plan, _ = self.plan(request, where)
-        if latent not in ("mixture", "prior"):
-            raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
-        module = self._module()
-        self._check_trained("generate cells")
-        module.eval()
-        bar = progress_bar(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell")  # fmt: skip
-        try:
-            for label, x in self._chunks(plan, np.random.default_rng(checked_seed(seed)), latent):
-                yield label, x
-                bar.update(x.shape[0])
-        finally:
-            bar.close()
-
-    @torch.no_grad()
-    def _chunks(self, plan: list[tuple[str, tuple[int, ...], int]], rng: np.random.Generator,
-                latent: str) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
-        """``(type, CSR counts)`` chunks of a checked plan, all noise from ``rng`` (no checks,
-        no progress bar: :meth:`sample_chunks`, and the epoch selection's checks while the model
-        is still training)."""
-        codes = {label: i for i, label in enumerate(self.labels)}
-        rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
-        free = self._module().any_type is not None  # trained with label dropout
-        for label, cov, n in plan:
-            # a combination no training cell had: decoded with "some type" where the model
-            # learned one (label dropout); a level the type never had: without its zero inflation
-            unseen = free and not self.design.seen(label, cov)
-            new_level = bool(cov) and self.design.new_level(label, cov)
-            for sl in tr.iter_slices(n, rows):
-                yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
-                                                cov, unseen_level=new_level, any_type=unseen)
-
-    def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
-                      cov: tuple[int, ...] = (), *, unseen_level: bool = False,
-                      any_type: bool = False) -> sp.csr_matrix:  # fmt: skip
-        """``n`` cells of type ``code`` (covariate codes ``cov``) as CSR counts, noise from ``rng``."""
-        return sample_counts(self._module(), code, n, rng, latent, cov, any_type=any_type,
-                             unseen_level=unseen_level)
 
     # ------------------------------------------------------------------------------------------
     # files

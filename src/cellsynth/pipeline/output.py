@@ -18,7 +18,7 @@ import pandas as pd
 from .. import keys as K
 from ..errors import DataError
 from ..models.base import BYTES_PER_VALUE, cell_names, writable_uns
-from ..models.cvae import estimate_bytes
+from ..models.sampling import estimate_bytes
 
 
 def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
