@@ -40,6 +40,9 @@ def test_lookup_matches_by_name_then_by_value():
     assert [spaced.code(v) for v in ("stim", "stim ", "ctrl", " ctrl ", "ctrl ")] == [
         0, 0, 1, 2, -1]
     assert look.codes(np.array([], dtype=str)).tolist() == []
+    # a missing value names no level, wherever it stands (not the last distinct value's)
+    missing = np.array([np.nan, "ctrl", None, "12"], dtype=object)
+    assert look.codes(missing).tolist() == [-1, 2, -1, 0]
 
 
 def _obs(n: int = 60) -> pd.DataFrame:
@@ -153,3 +156,22 @@ def test_a_type_is_read_as_a_level_is_a_number_included():
                                                                               "1.0", "B cells"]
     with pytest.raises(DataError, match="unknown cell type '2'"):
         known_label("2", labels)
+
+
+def test_a_twin_leaves_out_unknown_types_and_levels_and_refuses_when_none_is_left(caplog):
+    import logging
+
+    from cellsynth.errors import DataError
+    from cellsynth.pipeline.generate import _known_rows
+
+    known = {"cell_type": ["B", "T"], "donor": ["1", "2"]}
+    ask = pd.DataFrame({"cell_type": ["B", "T", "NK", "B"], "donor": [1, np.nan, 2, 3.0],
+                        "n": [4, 5, 6, 7]})
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        kept = _known_rows(ask, known, "cell_type", "like.h5ad")
+    assert kept.to_dict("list") == {"cell_type": ["B"], "donor": [1.0], "n": [4]}
+    assert "1 cell type(s) the model does not know, left out of the twin (6 cells" in caplog.text
+    assert "2 level(s) of 'donor' the model never saw, left out of the twin (12 cells)" in (
+        caplog.text)
+    with pytest.raises(DataError, match="no cells of the types and covariate levels"):
+        _known_rows(ask.iloc[2:], known, "cell_type", "like.h5ad")

@@ -100,8 +100,8 @@ class LevelLookup:
     def codes(self, names: np.ndarray) -> np.ndarray:
         """``(n,)`` int64 codes of an array of level names (:func:`level_text`)."""
         idx, uniq = pd.factorize(np.asarray(names, dtype=object))
-        table = np.array([self.code(u) for u in uniq], dtype=np.int64)
-        return table[idx] if len(uniq) else np.full(len(idx), -1, dtype=np.int64)
+        table = np.array([self.code(u) for u in uniq] + [-1], dtype=np.int64)
+        return table[np.where(idx < 0, len(uniq), idx)]  # a missing value (-1) names none
 
 
 def _unique_keys(keys: list[Any]) -> dict[Any, int]:

@@ -242,47 +242,34 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     check_file_out(path, "an h5ad of cells", generated_h5ad, say=False)  # said when written
 
 
-def _known_levels(ask: pd.DataFrame, design: Any, like: str | Path) -> pd.DataFrame:
-    """A ``--like`` table without the rows of covariate levels the model never saw, said in a
-    WARNING with their cells, as types it does not know are; an error when none is left."""
+def _known_rows(ask: pd.DataFrame, known: dict[str, list[str]], label_key: str,
+                like: str | Path) -> pd.DataFrame:  # fmt: skip
+    """A ``--like`` table without the rows whose type or covariate level the model does not
+    know (read as a request reads them: spaces, Unicode form, 1 and "1.0"), said in a WARNING
+    per column with the cells left out; an error when no row is left."""
     unknown = np.zeros(len(ask), dtype=bool)
-    for key in design.keys:
-        bad = LevelLookup(design.levels[key]).codes(ask[key].to_numpy(dtype=object)) < 0
-        if bad.any():
-            logger.warning("%s has level(s) of '%s' the model never saw, left out of the twin "
-                           "(%d cells): %s; its levels: %s", like, key, int(ask["n"][bad].sum()),
-                           ", ".join(sorted(set(ask[key][bad].astype(str)))[:5]),
-                           ", ".join(design.levels[key][:10]))
+    for key, levels in known.items():
+        values = ask[key].to_numpy(dtype=object)
+        bad = LevelLookup(levels).codes(values) < 0
+        if not bad.any():
+            continue
+        gone = pd.Series(ask["n"].to_numpy()[bad], index=values[bad].astype(str))
+        gone = gone.groupby(level=0).sum()
+        what, why = f"level(s) of '{key}' the model never saw", ""
+        if key == label_key:  # the types QC removed before training, say: a twin of the atlas
+            what = "cell type(s) the model does not know"
+            why = "; removed by QC before training, or not in its training data"
+        logger.warning("%s has %d %s, left out of the twin (%d cells%s): %s; the model's: %s",
+                       like, len(gone), what, int(gone.sum()), why,
+                       ", ".join(f"{t} ({n})" for t, n in list(gone.items())[:10]),
+                       ", ".join(levels[:10]))
         unknown |= bad
     if unknown.all():
-        raise DataError(f"{like} has no cells of covariate levels the model knows; is it data "
-                        "of the same design (the same donors, conditions...)?")
+        raise DataError(f"{like} has no cells of the types and covariate levels the model knows "
+                        f"(its {', '.join(known)} against the model's; the model's types: "
+                        f"{known[label_key][:20]}): is it data of the same design, with the "
+                        "label column the model was fitted on?")
     return ask[~unknown].reset_index(drop=True)
-
-
-def _known_types(ask: Any, labels: list[str], label_key: str, like: str | Path) -> Any:
-    """A ``--like`` request without the types the model does not know, said in a WARNING with
-    their cells (the types QC removed before training, say: a twin of the training atlas);
-    an error when it knows none of them."""
-    look = LevelLookup(labels)  # as a request reads a type: spaces, Unicode form, 1 and "1.0"
-    table = isinstance(ask, pd.DataFrame)
-    names = ask[label_key].astype(str) if table else pd.Series(list(ask), dtype=str)
-    unknown = (look.codes(names.to_numpy(dtype=object)) < 0)
-    if not unknown.any():
-        return ask
-    if unknown.all():
-        raise DataError(f"{like} has no cell type the model knows (its types: "
-                        f"{sorted(set(names))[:10]}; the model's: {labels[:20]}): is the label "
-                        "column the one the model was fitted on?")
-    counts = ask["n"].to_numpy() if table else np.array(list(ask.values()))
-    gone = pd.Series(counts[unknown], index=names[unknown].to_numpy()).groupby(level=0).sum()
-    logger.warning("%s has %d cell type(s) the model does not know, left out of the twin "
-                   "(%d cells; removed by QC before training, or not in its training data): %s",
-                   like, len(gone), int(gone.sum()),
-                   ", ".join(f"{t} ({n})" for t, n in gone.items()))
-    if table:
-        return ask[~unknown].reset_index(drop=True)
-    return {t: n for t, n, u in zip(ask, ask.values(), unknown, strict=True) if not u}
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
@@ -299,11 +286,10 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     if like is not None:
         ask: Any = like_request(like, label_key, list(design.keys) if design else [],
                                 getattr(gen, "genes", None))
+        ask = _known_rows(ask, {label_key: gen.labels, **(design.levels if design else {})},
+                          label_key, like)
         if not design:
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
-        ask = _known_types(ask, gen.labels, label_key, like)
-        if design:
-            ask = _known_levels(ask, design, like)
     elif request is not None:
         ask = read_request(request, label_key)
     else:
