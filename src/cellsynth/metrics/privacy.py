@@ -129,11 +129,9 @@ def _labels(x: Any, n: int, name: str) -> np.ndarray:
 
 
 def donor_values(column: pd.Series) -> np.ndarray:
-    """An obs donor column as the audit reads it: each donor's name as text, None where a cell
-    has none (NaN: not one donor named "nan")."""
-    out = column.astype(str).to_numpy(dtype=object)
-    out[column.isna().to_numpy()] = None
-    return out
+    """An obs donor column as the audit reads it: each donor's name as text, :data:`NO_DONOR`
+    where a cell has none (NaN: not one donor named "nan")."""
+    return _labels(column.to_numpy(dtype=object), len(column), str(column.name))
 
 
 def _missing_donors(td: np.ndarray, hd: np.ndarray) -> str | None:
