@@ -219,10 +219,13 @@ def run(
 
     out_dir = Path(out) if out is not None else _default_out(data, config)
     check_run_dir(out_dir, "out")  # before an AnnData is written into it
-    if hasattr(data, "write_h5ad") and not getattr(data, "isbacked", False):  # an AnnData's
-        _config(str(out_dir / "input.h5ad"), label_key, config, overrides)  # settings checked
-        # before its copy is written (a misspelt setting left a copy of the atlas behind)
-    cfg = _config(_data_path(data, out_dir), label_key, config, overrides)
+    copied = hasattr(data, "write_h5ad") and not getattr(data, "isbacked", False)
+    path = str(out_dir / "input.h5ad") if copied else _data_path(data, out_dir)
+    # an AnnData's settings are checked before its copy is written (a misspelt setting left a
+    # copy of the atlas behind), and the copy is written where the config says
+    cfg = _config(path, label_key, config, overrides)
+    if copied:
+        _data_path(data, out_dir)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
         return pipeline.run(cfg, out_dir)
