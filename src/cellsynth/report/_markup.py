@@ -71,12 +71,15 @@ class _Run:
 
     def __init__(self, root: Path):
         self.root = root
+        self._json: dict[str, Any] = {}  # each JSON file read once (the manifest by every section)
 
     def json(self, rel: str) -> Any:
-        try:
-            return json.loads((self.root / rel).read_text())
-        except (OSError, ValueError):
-            return None
+        if rel not in self._json:
+            try:
+                self._json[rel] = json.loads((self.root / rel).read_text())
+            except (OSError, ValueError):
+                self._json[rel] = None
+        return self._json[rel]
 
     def csv(self, rel: str, **kw: Any) -> pd.DataFrame | None:
         try:
