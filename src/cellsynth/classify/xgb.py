@@ -79,13 +79,32 @@ class Classifier:
 
         Rows go to XGBoost ``PREDICT_ROWS`` at a time (a memory-mapped ``X`` is read so).
         """
-        X = _as_features(X)
+        X = self._checked(X)
         out = np.empty((X.shape[0], len(self.labels)), dtype=np.float32)
         for start in range(0, X.shape[0], PREDICT_ROWS):
             dmat = xgb.DMatrix(X[start : start + PREDICT_ROWS])
             prob = self.booster.predict(dmat, iteration_range=(0, self.best_iteration + 1))
             out[start : start + PREDICT_ROWS] = np.asarray(prob).reshape(-1, len(self.labels))
         return out
+
+    def _checked(self, X: Any) -> np.ndarray | sp.csr_matrix:
+        """``X`` as features, refused unless it is cells x the booster's features (XGBoost
+        would read fewer columns as missing values and fail on more with a C++ trace)."""
+        if hasattr(X, "obs") and hasattr(X, "var_names"):
+            raise DataError("the classifier reads PCA features, not an AnnData: project the "
+                            "cells first (PCAModel.load(RUN / 'features').transform(adata) on "
+                            "log-normalised values)")
+        try:
+            X = _as_features(X)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"the classifier's input must be a numeric cells x features matrix "
+                            f"({type(exc).__name__}: {exc})") from None
+        want = self.booster.num_features()
+        if X.ndim != 2 or X.shape[1] != want:
+            raise DataError(f"the classifier was trained on {want} features (PCA components), "
+                            f"the input has shape {X.shape}: give cells x {want} (the run's "
+                            "features stage, PCAModel.transform; one cell: x.reshape(1, -1))")
+        return X
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable label of each cell, an object array of strings."""

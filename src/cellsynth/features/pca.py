@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
@@ -23,7 +25,7 @@ from ..config import FeaturesConfig
 from ..data.qc import GeneMoments
 from ..data.split import balanced_subsample
 from ..data.store import MatrixRows
-from ..errors import ModelFileError
+from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
 
@@ -57,13 +59,15 @@ class PCAModel:
     def transform(self, x, *, chunk_size: int = 10_000, out: np.ndarray | None = None) -> np.ndarray:
         """Project cells (genes as fitted) to PCA space, ``chunk_size`` rows at a time.
 
-        ``x`` is anything sliced by rows into sparse or dense blocks: a matrix, or cells on disk
-        (``PreprocessedStore.normalised`` normalises them as they are read). ``out`` receives
+        ``x`` is anything sliced by rows into sparse or dense blocks whose columns are
+        :attr:`genes` in order: a matrix, or cells on disk (``PreprocessedStore.normalised``
+        normalises them as they are read); or an AnnData of values normalised as the features
+        stage's (log1p of counts per 10,000), whose ``var_names`` are matched to :attr:`genes`
+        by name (reordered, other genes left out; a missing gene is refused). ``out`` receives
         the ``(n_cells, n_components)`` float32 result, e.g. an ``np.lib.format.open_memmap``
         ``.npy`` file when it should not be held in memory; a new array by default.
         """
-        if x.shape[1] != len(self.genes):
-            raise ValueError(f"PCA was fitted on {len(self.genes)} genes, data has {x.shape[1]}")
+        x = self._aligned(x)
         w = self.components.T.astype(np.float32)  # (G, k)
         mu = self.mean
         if self.scale is not None:
@@ -80,6 +84,41 @@ class PCAModel:
             prod = block @ w  # (chunk, k)
             out[start : start + chunk_size] = np.asarray(prod) - offset
         return out
+
+    def _aligned(self, x: Any) -> Any:
+        """``x``'s columns as :attr:`genes`: an AnnData realigned by its gene names, a matrix
+        checked (its columns cannot be told apart by name)."""
+        n = len(self.genes)
+        if hasattr(x, "var_names") and hasattr(x, "X"):  # an AnnData: by name
+            names = pd.Index(map(str, x.var_names))
+            if not names.is_unique:
+                raise DataError(f"the AnnData's var_names hold {int(names.duplicated().sum())} "
+                                "duplicate gene name(s); make them unique (adata.var_names_make_"
+                                "unique()) before projecting")
+            idx = names.get_indexer(self.genes)
+            if (idx < 0).any():
+                gone = [g for g, i in zip(self.genes, idx, strict=True) if i < 0]
+                raise DataError(f"{len(gone)} of the {n} genes the PCA was fitted on are not in "
+                                f"the AnnData's var_names (e.g. {', '.join(gone[:5])}): give "
+                                "cells with the genes of the run's features (pca.genes)")
+            values = x.X[:, idx]
+            sample = values[: min(500, values.shape[0])]
+            sample = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+            if sample.size and np.all(sample == np.round(sample)) and sample.max() > 30:
+                logger.warning("the AnnData's X looks like raw counts (whole numbers up to %.0f); "
+                               "the PCA was fitted on log1p of counts per 10,000: normalise "
+                               "them first (sc.pp.normalize_total(target_sum=1e4), "
+                               "sc.pp.log1p)", float(sample.max()))
+            return values
+        if getattr(x, "ndim", 2) != 2 or not hasattr(x, "shape"):
+            raise DataError(f"give cells x genes as a 2-d matrix or an AnnData, not a "
+                            f"{type(x).__name__} of shape {getattr(x, 'shape', None)} (one cell: "
+                            "x.reshape(1, -1))")
+        if x.shape[1] != n:
+            raise DataError(f"the PCA was fitted on {n} genes, the data has {x.shape[1]}: give "
+                            "the columns of its genes in order (pca.genes), or an AnnData, "
+                            "whose genes are matched by name")
+        return x
 
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
         """Carry PCA points back to (normalised) gene space: ``z @ W + mu``."""
