@@ -59,3 +59,35 @@ def test_the_classifier_refuses_inputs_of_other_features():
             clf.predict(bad)
     with pytest.raises(DataError, match="not an AnnData"):
         clf.predict(ad.AnnData(x))
+
+
+def test_every_class_the_classifier_knows_has_a_row_in_the_scores(tmp_path, caplog):
+    import json
+
+    import pandas as pd
+
+    from cellsynth.pipeline.models import score
+
+    y_true = np.array(["a", "a", "b", "b"])
+    y_pred = np.array(["a", "b", "b", "b"])
+    groups = {"a": "AB", "b": "AB", "rare": "R"}
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        summary = score(y_true, y_pred, groups, tmp_path, "a_real_real", ["a", "b", "rare"])
+    fine = pd.read_csv(tmp_path / "a_real_real_fine_per_class.csv")
+    assert fine["label"].tolist() == ["a", "b", "rare"]
+    assert fine.set_index("label").loc["rare", "support"] == 0
+    coarse = pd.read_csv(tmp_path / "a_real_real_coarse_per_class.csv")
+    assert coarse["label"].tolist() == ["AB", "R"]
+    # the macro average is over the types with cells to score: a, b
+    report = json.loads((tmp_path / "a_real_real_fine.json").read_text())
+    assert report["macro"]["f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert summary["fine"] and "1 type(s) have no cells to score" in caplog.text
+    assert "rare" in caplog.text
+
+
+def test_the_report_says_which_cells_shap_explained():
+    from cellsynth.report.html import _explained
+
+    assert _explained({"split": "test"}) == "test cells"
+    assert _explained({"split": "training"}).startswith("training cells: the type has no test")
+    assert _explained({}) == "cells"  # a run written before the split was recorded

@@ -138,6 +138,9 @@ def test_plot_and_write(clf, target_cells, tmp_path):
     assert "shap_CD4_T_naive.png" in names
     summary = json.loads((out / "shap.json").read_text())
     assert summary["cell_type"] == "CD4+ T/naive" and len(summary["top_genes"]) == 5
+    assert summary["split"] == "test"  # which cells were explained is recorded
+    write_shap(res, tmp_path / "out", split="training")
+    assert json.loads((out / "shap.json").read_text())["split"] == "training"
 
 
 def test_a_long_type_name_gives_a_file_name_the_system_takes(clf, target_cells, tmp_path):
@@ -154,3 +157,16 @@ def test_a_long_type_name_gives_a_file_name_the_system_takes(clf, target_cells, 
         assert len(png.name) <= 100 and png.name.startswith("shap_CD4_T_cells_very_long")
         names.append(png.name)
     assert names[0] != names[1]
+
+
+def test_explain_refuses_a_count_of_no_cells_and_a_single_flat_row(clf, target_cells):
+    genes = [f"g{i}" for i in range(N_FEATURES)]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(DataError, match="max_cells must be a whole number"):
+            explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, max_cells=bad)
+    with pytest.raises(DataError, match="n_top must be"):
+        explain_type(clf, target_cells, "target", np.eye(N_FEATURES), genes, n_top=0)
+    with pytest.raises(DataError, match=r"reshape\(1, -1\)"):
+        explain_type(clf, np.asarray(target_cells)[0], "target", np.eye(N_FEATURES), genes)
+    one = explain_type(clf, np.asarray(target_cells)[:1], "target", np.eye(N_FEATURES), genes)
+    assert one.n_cells == 1 and np.isfinite(one.pc_importance["mean_abs_shap"]).all()

@@ -213,9 +213,15 @@ def explain_type(
         raise DataError(
             f"components has {components.shape[1]} gene columns but {len(gene_names)} gene names given"
         )
+    for name, value in (("max_cells", max_cells), ("n_top", n_top)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise DataError(f"{name} must be a whole number of at least 1, got {value!r}")
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    if X.ndim != 2:
+        raise DataError(f"X must be cells x features (2-d), got shape {X.shape}; one cell: "
+                        "X.reshape(1, -1)")
     n = X.shape[0]
-    if X.ndim != 2 or n == 0:
+    if n == 0:
         raise DataError(f"no cells of type {cell_type!r} to explain")
     if X.shape[1] != n_features:
         raise DataError(f"X has {X.shape[1]} features but the classifier expects {n_features}")
@@ -293,8 +299,9 @@ def plot_shap(result: ShapResult, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_shap(result: ShapResult, directory: Path) -> None:
-    """Write ``shap_pcs.csv``, ``shap_genes.csv``, ``shap_<type>.png`` and ``shap.json``."""
+def write_shap(result: ShapResult, directory: Path, *, split: str = "test") -> None:
+    """Write ``shap_pcs.csv``, ``shap_genes.csv``, ``shap_<type>.png`` and ``shap.json``
+    (``split``: which cells were explained, recorded there)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result.pc_importance.to_csv(directory / "shap_pcs.csv", index=False)
@@ -304,6 +311,7 @@ def write_shap(result: ShapResult, directory: Path) -> None:
     summary = {
         "cell_type": result.cell_type,
         "n_cells": result.n_cells,
+        "split": split,
         "plot": plot_name,
         "top_pcs": result.pc_importance.head(20).to_dict(orient="records"),
         "top_genes": result.gene_importance.to_dict(orient="records"),

@@ -31,20 +31,24 @@ logger = logging.getLogger(__name__)
 
 def stage_explain(ctx: RunContext, clf: Classifier, pca: PCAModel,
                   splits: dict[str, Split]) -> None:  # fmt: skip
-    """SHAP values of one type's test cells (the most common type by default)."""
+    """SHAP values of one type's test cells (the most common type by default; its training
+    cells, said, when it has no test cell)."""
     if not ctx.runs("explain"):
         return
     with ctx.stage("explain") as entry:
         train, test = splits["train"], splits["test"]
         cell_type = ctx.cfg.explain.cell_type or pd.Series(train.y).value_counts().index[0]
-        x_t = test.x[test.y == cell_type]
+        x_t, split = test.x[test.y == cell_type], "test"
         if x_t.shape[0] == 0:
-            x_t = train.x[train.y == cell_type]
+            x_t, split = train.x[train.y == cell_type], "training"
+            logger.warning("explain: %r has no test cells; its training cells are explained "
+                           "instead (the classifier has seen them: read the genes as what it "
+                           "learned, not as how it generalises)", cell_type)
         e = ctx.cfg.explain
         shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes, n_top=e.n_top_genes,
                             max_cells=e.max_cells, seed=ctx.seed("explain"))  # fmt: skip
-        write_shap(shap, ctx.path("explain"))
-        entry.update(cell_type=cell_type)
+        write_shap(shap, ctx.path("explain"), split=split)
+        entry.update(cell_type=cell_type, split=split)
 
 
 def stage_evaluation(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:

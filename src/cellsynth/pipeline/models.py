@@ -33,10 +33,24 @@ from .output import check_disk, write_cells
 logger = logging.getLogger(__name__)
 
 
-def score(y_true, y_pred, groups: dict[str, str], out: Path, name: str) -> dict:
-    """Fine and coarse reports of one experiment, written as ``{name}_*`` and ``{key}_summary.json``."""
-    fine = classification_report(y_true, y_pred)
-    coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
+def score(y_true, y_pred, groups: dict[str, str], out: Path, name: str,
+          classes: list[str]) -> dict:  # fmt: skip
+    """Fine and coarse reports of one experiment, written as ``{name}_*`` and ``{key}_summary.json``.
+
+    Every class the classifier knows (``classes``) has a row, one without true cells with
+    support 0 (said, and out of the macro average), so no type is missing from the tables.
+    """
+    y_true, y_pred = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
+    labels = sorted(set(map(str, classes)) | set(y_true.tolist()) | set(y_pred.tolist()))
+    unscored = sorted(set(labels) - set(y_true.tolist()))
+    if unscored:
+        logger.warning("%s: %d type(s) have no cells to score (support 0 in the per-class "
+                       "tables, left out of the macro average): %s", name, len(unscored),
+                       ", ".join(unscored[:10]) + (f" and {len(unscored) - 10} more"
+                                                   if len(unscored) > 10 else ""))
+    fine = classification_report(y_true, y_pred, labels)
+    coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups),
+                                   sorted(set(to_coarse(labels, groups).tolist())))
     write_report(fine, out, f"{name}_fine")
     write_report(coarse, out, f"{name}_coarse")
     summary = {"fine": summary_row(fine), "coarse": summary_row(coarse)}
@@ -63,7 +77,7 @@ def stage_classifier(ctx: RunContext, splits: dict[str, Split], groups: dict[str
         clf = fit_classifier(ctx, splits["train"], splits["val"], "classifier")
         clf.save(ctx.path("classifier"))
         score(splits["test"].y, clf.predict(splits["test"].x), groups, ctx.path("metrics"),
-              "a_real_real")
+              "a_real_real", clf.labels)
     return clf
 
 
@@ -213,9 +227,9 @@ def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, cl
                for name, n in sizes.items()}  # fmt: skip
         metrics = ctx.path("metrics")
         x_b, y_b = syn["eval"]
-        score(y_b, clf.predict(x_b), groups, metrics, "b_real_synthetic")
+        score(y_b, clf.predict(x_b), groups, metrics, "b_real_synthetic", clf.labels)
         clf_syn = fit_classifier(ctx, Split(*syn["train"]), Split(*syn["val"]),
                                  "classifier-synthetic")  # fmt: skip
         clf_syn.save(ctx.path("classifier_synthetic"))
         score(splits["test"].y, clf_syn.predict(splits["test"].x), groups, metrics,
-              "c_synthetic_real")
+              "c_synthetic_real", clf_syn.labels)

@@ -288,13 +288,21 @@ def _sec_training(run: _Run) -> str:
                                  "training loss curves")
 
 
+def _explained(meta: dict) -> str:
+    """Which cells SHAP explained, as the report says it."""
+    if meta.get("split") == "training":
+        return "training cells: the type has no test cell, so these are cells it learned from"
+    return f"{meta['split']} cells" if meta.get("split") else "cells"
+
+
 def _sec_shap(run: _Run) -> str:
     meta = run.json("explain/shap.json") or {}
     genes = run.csv("explain/shap_genes.csv")
     parts = []
     if meta.get("cell_type"):
         parts.append(f"<p>Why the real-trained classifier predicts <b>{_e(meta['cell_type'])}</b>"
-                     f" (mean over {_e(meta.get('n_cells', '?'))} cells): SHAP values of the PCs, "
+                     f" (mean over {_e(meta.get('n_cells', '?'))} {_e(_explained(meta))}): "
+                     "SHAP values of the PCs, "
                      "carried to genes through the PCA loadings; positive genes push cells "
                      "towards the type.</p>")
     if genes is None:
