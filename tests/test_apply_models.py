@@ -91,3 +91,18 @@ def test_the_report_says_which_cells_shap_explained():
     assert _explained({"split": "test"}) == "test cells"
     assert _explained({"split": "training"}).startswith("training cells: the type has no test")
     assert _explained({}) == "cells"  # a run written before the split was recorded
+
+
+def test_a_classifier_that_learned_nothing_is_said(caplog):
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b", "c"], 40)
+    noise = rng.normal(size=(120, 4)).astype(np.float32)  # features unrelated to the labels
+    cfg = ClassifierConfig(n_estimators=30, early_stopping_rounds=3, n_jobs=1)
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        train_classifier(noise[:60], y[::2], noise[60:], y[1::2], cfg, seed=0)
+    assert "learned next to nothing" in caplog.text
+    caplog.clear()
+    signal = noise + 3 * (np.arange(120) // 40)[:, None]
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        train_classifier(signal[::2], y[::2], signal[1::2], y[1::2], cfg, seed=0)
+    assert "learned next to nothing" not in caplog.text

@@ -212,6 +212,10 @@ def balanced_weights(y: Sequence[str] | np.ndarray) -> np.ndarray:
     return (len(y) / (len(classes) * counts[inverse])).astype(np.float32)
 
 
+#: a validation loss above this share of ln(classes) (equal odds) is a classifier that learned
+#: next to nothing (said); one that learned anything real ends far below it
+LEARNED_NOTHING = 0.97
+
 AUTO_MAX_CELLS = 100_000  # classifier.max_cells_per_class = "auto": train on at most this many
 
 
@@ -459,4 +463,10 @@ def train_classifier(
     val_loss = evals_result["val"]["mlogloss"][best] if "val" in evals_result else float("nan")
     msg = "trained %d rounds in %.1f s; best iteration %d (val mlogloss %.4f)"
     logger.info(msg, booster.num_boosted_rounds(), time.perf_counter() - start, best, val_loss)
+    if len(labels) > 1 and val_loss >= LEARNED_NOTHING * np.log(len(labels)):
+        logger.warning("the classifier's validation loss stayed at guessing's (mlogloss %.4f; "
+                       "equal odds for every type is ln %d = %.4f): it learned next to "
+                       "nothing. Too few training cells (%d; classifier.max_cells_per_class = "
+                       "%s), or features that do not tell the types apart?", val_loss,
+                       len(labels), np.log(len(labels)), len(y_train), cfg.max_cells_per_class)
     return Classifier(booster, labels, best, evals_result)
