@@ -106,3 +106,13 @@ def test_a_classifier_that_learned_nothing_is_said(caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         train_classifier(signal[::2], y[::2], signal[1::2], y[1::2], cfg, seed=0)
     assert "learned next to nothing" not in caplog.text
+
+
+def test_the_report_shows_the_settings_the_run_used():
+    from cellsynth.report.html import _rounds, _used
+
+    assert _used(2000, 409) == "409 (asked 2000; the data allow no more)"
+    assert _used(50, 50) == "50" and _used(50, None) == "50"
+    assert _rounds({"n_estimators": 500}, {"best_iteration": 41}) == (
+        "42 rounds kept (at most 500, early-stopped)")
+    assert _rounds({"n_estimators": 500}, {}) == "at most 500 rounds"

@@ -67,6 +67,21 @@ _NO_GROUPS = ("the coarse level: no fine-to-coarse mapping (dataset.groups) merg
               "so it would repeat the fine one")
 
 
+def _used(asked: Any, used: Any) -> str:
+    """A setting as the run used it, and as asked where the data changed it."""
+    if used is None or str(used) == str(asked):
+        return str(asked)
+    return f"{used} (asked {asked}; the data allow no more)"
+
+
+def _rounds(clf: dict, meta: dict) -> str:
+    """The boosting rounds the kept classifier uses, beside the most allowed."""
+    most = clf.get("n_estimators", "–")
+    if isinstance(meta.get("best_iteration"), int):
+        return f"{meta['best_iteration'] + 1} rounds kept (at most {most}, early-stopped)"
+    return f"at most {most} rounds"
+
+
 def _sec_run(run: _Run) -> str:
     cfg = run.config()
     manifest = run.json("manifest.json") or {}
@@ -88,9 +103,10 @@ def _sec_run(run: _Run) -> str:
         ("generator", g.get("model", "–")),
         ("generated cells per type", f"eval {g.get('n_per_type_eval', '–')}, train "
          f"{g.get('n_per_type_train', '–')}, val {g.get('n_per_type_val', '–')}"),
-        ("PCA components", feat.get("n_components", "–")),
-        ("classifier", f"XGBoost, {clf.get('n_estimators', '–')} rounds, max depth "
-         f"{clf.get('max_depth', '–')}, learning rate {clf.get('learning_rate', '–')}"),
+        ("PCA components", _used(feat.get("n_components", "–"),
+                                 (run.json("features/pca.json") or {}).get("n_components"))),
+        ("classifier", f"XGBoost, {_rounds(clf, run.json('classifier/meta.json') or {})}, max "
+         f"depth {clf.get('max_depth', '–')}, learning rate {clf.get('learning_rate', '–')}"),
     ]
     parts = [_table(None, [(k, str(v)) for k, v in rows]) if cfg
              else _missing("manifest.json config", "config.toml")]
