@@ -116,3 +116,16 @@ def test_the_report_shows_the_settings_the_run_used():
     assert _rounds({"n_estimators": 500}, {"best_iteration": 41}) == (
         "42 rounds kept (at most 500, early-stopped)")
     assert _rounds({"n_estimators": 500}, {}) == "at most 500 rounds"
+
+
+def test_a_run_asking_for_a_missing_gpu_stops_before_any_stage(tmp_path, monkeypatch):
+    from cellsynth import config
+    from cellsynth.classify import xgb as module
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline.run import run
+
+    monkeypatch.setattr(module, "_has_gpu", lambda: False)
+    cfg = config.load(None, ["classifier.device='cuda'"])
+    with pytest.raises(ConfigError, match="XGBoost sees no CUDA device"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()

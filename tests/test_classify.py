@@ -203,12 +203,18 @@ def test_progress_bar_runs(data):
     assert clf.booster.num_boosted_rounds() <= 3
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
+    from cellsynth.classify import xgb as module
+
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("cuda") == "cuda"
     assert resolve_device("auto") in ("cpu", "cuda")
     with pytest.raises(ConfigError):
         resolve_device("tpu")
+    monkeypatch.setattr(module, "_has_gpu", lambda: True)
+    assert resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(module, "_has_gpu", lambda: False)  # asked for, not there: said
+    with pytest.raises(ConfigError, match="XGBoost sees no CUDA device"):
+        resolve_device("cuda")
 
 
 def test_auto_device_uses_xgboosts_cuda_without_a_cuda_torch(monkeypatch):

@@ -167,20 +167,34 @@ def resolve_device(device: str) -> str:
 
     The CPU build of torch (the one cellsynth pins) never sees a GPU, while XGBoost's own CUDA
     build can use one; so a GPU counts when torch sees one, or when this XGBoost was built with
-    CUDA and the CUDA driver reports a device. Other values are returned as given.
+    CUDA and the CUDA driver reports a device. ``"cpu"`` is returned as given; ``"cuda"``
+    without such a device is refused (XGBoost would fall back to the CPU with a warning of its
+    own while the run's record said CUDA).
     """
-    if device in ("cpu", "cuda"):
+    if device == "cpu":
         return device
-    if device != "auto":
+    if device not in ("auto", "cuda"):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if _has_gpu():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("classifier.device = 'cuda', but XGBoost sees no CUDA device here "
+                          f"(XGBoost built with CUDA: {_xgboost_has_cuda()}, CUDA devices: "
+                          f"{cuda_driver_devices()}): set classifier.device = 'auto' or 'cpu'")
+    return "cpu"
+
+
+def _has_gpu() -> bool:
+    """Whether torch sees a CUDA device, or this XGBoost was built with CUDA and the driver
+    reports one."""
     try:
         import torch
 
         if torch.cuda.is_available():
-            return "cuda"
+            return True
     except ImportError:
         pass
-    return "cuda" if _xgboost_has_cuda() and cuda_driver_devices() > 0 else "cpu"
+    return _xgboost_has_cuda() and cuda_driver_devices() > 0
 
 
 def _xgboost_has_cuda() -> bool:

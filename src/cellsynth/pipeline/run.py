@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classify.xgb import resolve_device
 from ..config import RunConfig
 from ..outputs import write_json
 from ..report.html import write_report as write_html_report
@@ -47,6 +48,8 @@ def run(cfg: RunConfig, out: str | Path, *,
 
 
 def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
+    if cfg.classifier.backend == "local":  # a device that is not there: said before any stage
+        resolve_device(cfg.classifier.device)
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
