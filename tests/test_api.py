@@ -50,7 +50,8 @@ def _has_section(doc: str, section: str) -> bool:
 
 def test_all_is_complete_and_in_dir():
     assert len(set(cs.__all__)) == len(cs.__all__)
-    expected = {"read", "simulate", "run", "evaluate", "load_model", "CVAE", "NegBinBaseline",
+    expected = {"read", "simulate", "run", "evaluate", "load_model", "predict_types", "CVAE",
+                "NegBinBaseline",
                 "ScviGenerator", "ReferenceGenerator", "RunConfig", "CellsynthError", "pl",
                 "settings", "__version__"}
     assert set(cs.__all__) == expected

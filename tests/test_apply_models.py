@@ -129,3 +129,37 @@ def test_a_run_asking_for_a_missing_gpu_stops_before_any_stage(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="XGBoost sees no CUDA device"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
+
+
+def test_a_runs_classifier_annotates_new_cells_whatever_their_gene_order(tmp_path):
+    import cellsynth as cs
+
+    atlas = cs.simulate(600, 150, 3, seed=0)
+    settings = ["classifier.n_estimators=20", "classifier.n_jobs=1", "generator.model='nb'",
+                "qc.min_genes_per_cell=5",
+                "generator.n_per_type_eval=20", "generator.n_per_type_train=40",
+                "generator.n_per_type_val=10", "report.umap=false", "report.fidelity=false"]
+    run = tmp_path / "run"
+    cs.run(atlas, label_key="cell_type", out=run, overrides=settings)
+    new = cs.simulate(300, 150, 3, seed=0)  # the same types, other cells
+    truth = new.obs["cell_type"].astype(str).to_numpy()
+    shuffled = new[:, np.random.default_rng(0).permutation(new.n_vars)].copy()
+    table = cs.predict_types(shuffled, run)
+    assert list(table.columns[:2]) == ["prediction", "probability"]
+    known = np.isin(truth, table.columns[2:]) & ~new.obs["predicted_doublets"].to_numpy(bool)
+    assert known.mean() > 0.8  # the simulator's doublets and uninformative labels aside
+    predicted = shuffled.obs["cellsynth_prediction"].astype(str).to_numpy()
+    import json
+
+    own = json.loads((run / "metrics" / "a_summary.json").read_text())["fine"]["accuracy"]
+    assert (predicted == truth)[known].mean() > own - 0.1  # as on the run's own test cells
+    assert np.allclose(table.iloc[:, 2:].sum(axis=1), 1, atol=1e-4)
+    again = cs.predict_types(new, run, key_added="again")  # the genes in the run's order
+    assert (again["prediction"] == table["prediction"]).all()
+    assert "again_probability" in new.obs
+    with pytest.raises(DataError, match="not a DataFrame"):
+        cs.predict_types(new.to_df(), run)
+    with pytest.raises(DataError, match="classifier stages have finished"):
+        cs.predict_types(new, tmp_path)
+    with pytest.raises(DataError, match="genes the PCA was fitted on are not"):
+        cs.predict_types(new[:, :100].copy(), run)

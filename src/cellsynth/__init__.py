@@ -16,7 +16,8 @@ Example::
 
 ``cs.run(...)`` runs the whole pipeline (``cellsynth run``: QC, PCA, classifier, generator,
 experiments, SHAP, report) into a resumable run directory; ``cs.load_model(directory)`` reads a
-saved generator back. Plots are in ``cs.pl``; every setting is a field of ``cs.RunConfig``;
+saved generator back; ``cs.predict_types(adata, run_dir)`` annotates new cells with a run's
+classifier. Plots are in ``cs.pl``; every setting is a field of ``cs.RunConfig``;
 ``cs.settings.progress = False`` hides every progress bar.
 Docs: ``README.md`` and ``docs/`` in the repository (``docs/api.md`` for this API,
 ``docs/cli.md`` for the command line), and ``help(cs.<name>)``.
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
     from . import pl
     from .api import evaluate, load_model, read, run, simulate
+    from .classify.predict import predict_types
     from .config import RunConfig
     from .errors import CellsynthError
     from .models.cvae import CVAE
@@ -54,6 +56,7 @@ _LAZY: dict[str, str] = {
     "run": "cellsynth.api:run",
     "evaluate": "cellsynth.api:evaluate",
     "load_model": "cellsynth.api:load_model",
+    "predict_types": "cellsynth.classify.predict:predict_types",
     "CVAE": "cellsynth.models.cvae:CVAE",
     "NegBinBaseline": "cellsynth.models.nb:NegBinBaseline",
     "ScviGenerator": "cellsynth.models.scvi:ScviGenerator",  # needs the scvi extra to fit
@@ -77,6 +80,7 @@ __all__ = [
     "evaluate",
     "load_model",
     "pl",
+    "predict_types",
     "read",
     "run",
     "settings",

@@ -1,0 +1,108 @@
+"""A run's classifier applied to new cells: :func:`predict_types` (``cs.predict_types``).
+
+The cells go the way the run's own test cells went: counts scaled to the run's
+``qc.target_sum`` over each cell's whole library and log1p-transformed (values already
+normalised are used as they are), the run's genes picked by name, projected onto the run's
+PCA, classified by its XGBoost model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import QCConfig
+from ..data.io import counts_matrix, find_counts
+from ..data.qc import normalise_log1p
+from ..errors import DataError
+from ..features.pca import PCAModel
+from .xgb import MODEL_FILE, Classifier
+
+logger = logging.getLogger(__name__)
+
+
+def _target_sum(run: Path) -> float:
+    """The run's ``qc.target_sum`` (its manifest's config), else the default."""
+    try:
+        config = json.loads((run / "manifest.json").read_text()).get("config") or {}
+        return float(config.get("qc", {}).get("target_sum", QCConfig.target_sum))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return float(QCConfig.target_sum)
+
+
+def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_prediction",
+                  classifier: str = "classifier") -> pd.DataFrame:  # fmt: skip
+    """Predict the cell type of new cells with a run's classifier, as scanpy tools annotate.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts (``X``, ``layers['counts']`` or ``raw.X``) or log-normalised
+        values, with gene names in ``var_names``: every gene of the run's features must be
+        among them (other genes are left out; their order does not matter).
+    run
+        A directory written by ``cellsynth run`` (``cs.run``): its ``features`` (the PCA) and
+        its classifier are read.
+    key_added
+        ``adata.obs[key_added]`` receives the predicted type (categorical, the classifier's
+        types) and ``adata.obs[key_added + "_probability"]`` its probability.
+    classifier
+        ``"classifier"`` (trained on real cells, the default) or ``"classifier_synthetic"``
+        (experiment (c): trained on generated cells).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell (``adata.obs_names``): ``prediction``, ``probability``, and one
+        column per type with its probability.
+
+    Examples
+    --------
+    >>> cs.predict_types(new_cells, "runs/atlas")  # doctest: +SKIP
+    >>> new_cells.obs["cellsynth_prediction"].value_counts()  # doctest: +SKIP
+    """
+    run = Path(run).expanduser()
+    if classifier not in ("classifier", "classifier_synthetic"):
+        raise DataError(f"classifier must be 'classifier' or 'classifier_synthetic', got "
+                        f"{classifier!r}")
+    for part in ("features/pca.safetensors", f"{classifier}/{MODEL_FILE}"):
+        if not (run / part).is_file():
+            raise DataError(f"{run / part} is missing: give a run directory whose features and "
+                            f"classifier stages have finished (cellsynth run ... --out {run})")
+    if not (hasattr(adata, "obs") and hasattr(adata, "var_names")):
+        raise DataError(f"give the cells as an AnnData (cs.read('cells.h5ad')), not a "
+                        f"{type(adata).__name__}: their gene names pick the run's genes")
+    if not isinstance(key_added, str) or not key_added:
+        raise DataError(f"key_added must be a non-empty obs column name, got {key_added!r}")
+    pca = PCAModel.load(run / "features")
+    clf = Classifier.load(run / classifier)
+    expr = find_counts(adata)
+    x, genes = counts_matrix(adata, expr)
+    if expr.counts is not None:  # as the run did: scaled over the whole library, then log1p
+        x = normalise_log1p(x, _target_sum(run))
+    else:
+        logger.info("predict_types: no raw counts found; X is used as log-normalised values")
+    cells = _Cells(x, genes)
+    z = pca.transform(cells)
+    prob = clf.predict_proba(z)
+    best = prob.argmax(axis=1)
+    out = pd.DataFrame(prob, index=adata.obs_names, columns=clf.labels)
+    out.insert(0, "probability", prob[np.arange(len(best)), best])
+    out.insert(0, "prediction", pd.Categorical.from_codes(best, categories=clf.labels))
+    adata.obs[key_added] = out["prediction"].to_numpy()
+    adata.obs[f"{key_added}_probability"] = out["probability"].to_numpy()
+    logger.info("predicted %d cells with %s: %s", len(out), run / classifier,
+                ", ".join(f"{t} {n}" for t, n in out["prediction"].value_counts().head(5).items()))
+    return out
+
+
+class _Cells:
+    """A normalised matrix with its gene names, as :meth:`PCAModel.transform` matches them."""
+
+    def __init__(self, x: Any, genes: pd.Index) -> None:
+        self.X, self.var_names = x, genes
