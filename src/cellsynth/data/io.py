@@ -400,11 +400,13 @@ def _doubt(values: np.ndarray) -> str:
                 f"sampled value within {NEAR_WHOLE} of a whole number, e.g. "
                 f"{nonzero[off.argmax()]:.8g}): round them (adata.X.data = np.rint(adata.X.data)) "
                 "and write the file again, or give the raw counts in layers['counts']")
+    if mostly := _mostly_whole(nonzero):  # counts with a few corrected values: large too
+        return mostly
     if nonzero.max() > LOGGED_MAX:
         return (f"X holds normalised values that are not log-transformed (the largest sampled "
                 f"is {nonzero.max():.6g}; log-normalised values stay under {LOGGED_MAX:g}): "
                 "give the raw counts (best), or log-transform them (sc.pp.log1p)")
-    return _mostly_whole(nonzero)
+    return ""
 
 
 def _mostly_whole(values: np.ndarray) -> str:
