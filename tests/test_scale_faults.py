@@ -23,3 +23,42 @@ def test_counts_with_a_few_fractional_values_are_not_called_unlogged_normalised_
     assert "not log-transformed" not in note
     cpm = x / x.sum(axis=1, keepdims=True) * 1e6  # normalised, never logged: still said so
     assert "not log-transformed" in find_counts(ad.AnnData(sp.csr_matrix(cpm))).note
+
+
+def test_a_stopped_run_stops_the_training_processes_it_started(tmp_path):
+    """Stopping the run (here an alarm raising KeyboardInterrupt, as the CLI's SIGTERM handler
+    does) stops torchrun's whole process group, workers included: they trained on before."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from cellsynth.pipeline.models import run_process_group
+
+    pid_file = tmp_path / "worker.pid"
+    spawn = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', "
+             "'import time; time.sleep(120)']); open(sys.argv[1], 'w').write(str(w.pid)); "
+             "time.sleep(120)")
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_process_group([sys.executable, "-c", spawn, str(pid_file)], grace=5)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    worker = int(pid_file.read_text())
+    for _ in range(50):  # the worker, reparented once its parent died, is reaped by init
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived the stopped run")
+    assert run_process_group([sys.executable, "-c", "raise SystemExit(3)"]) == 3

@@ -5,7 +5,11 @@ trained on generated cells tested on real ones."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +85,38 @@ def stage_classifier(ctx: RunContext, splits: dict[str, Split], groups: dict[str
     return clf
 
 
+def run_process_group(cmd: list[Any], grace: float = 30.0) -> int:
+    """Run ``cmd`` in a process group of its own and return its exit status; when this process
+    is stopped meanwhile (Ctrl-C, SIGTERM from a scheduler: an exception here), the whole group
+    is stopped too, SIGTERM then SIGKILL after ``grace`` seconds. ``subprocess.run`` would kill
+    only ``torchrun``, whose workers then trained on, wrote outputs and removed the checkpoint
+    the stopped run was to resume from."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        _stop_group(proc, grace)
+        logger.warning("stopped the distributed training's processes (%s)", cmd[0])
+        raise
+
+
+def _stop_group(proc: Any, grace: float) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left of it after ``grace`` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: a zombie still counts as a member
+            os.killpg(proc.pid, 0)  # raises once no process of the group is left
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.poll()
+
+
 def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -> Any:
     """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
-    import subprocess
-
     from ..models.cvae import CVAE
     from ..models.distributed import torchrun_command
 
@@ -99,7 +131,7 @@ def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -
                            seed=ctx.seed("generator"), checkpoint_dir=checkpoint_dir,
                            checkpoint_key=ctx.plan.hash("features"))  # fmt: skip
     logger.info("torchrun: %s", " ".join(map(str, cmd)))
-    if subprocess.run(cmd).returncode != 0:
+    if run_process_group(cmd) != 0:
         raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
                              f"(command: {' '.join(map(str, cmd))})")
     return CVAE.load(work / "model")
