@@ -62,3 +62,25 @@ def test_a_stopped_run_stops_the_training_processes_it_started(tmp_path):
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker outlived the stopped run")
     assert run_process_group([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+def test_a_dask_scheduler_that_cannot_be_reached_is_one_line_and_quick(monkeypatch):
+    import time
+
+    from cellsynth.classify import dask as module
+    from cellsynth.errors import ConfigError
+
+    for bad in ("not an address", "foo://host:1", "tcp://host", "tcp://host:port"):
+        with pytest.raises(ConfigError, match="is not a scheduler address"):
+            module.check_scheduler(bad)
+    for good in ("tcp://10.0.0.5:8786", "127.0.0.1:8786", "tls://node-1.cluster:8786"):
+        module.check_scheduler(good)
+    monkeypatch.setattr(module, "CONNECT_SECONDS", 2)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
+        with module._connect(None, "tcp://127.0.0.1:1", 1):
+            pass
+    assert time.perf_counter() - start < 20
+    with pytest.raises(ConfigError, match="dask_workers = 1000"):
+        with module._connect(None, "", 1000):
+            pass

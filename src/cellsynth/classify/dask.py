@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -60,24 +61,63 @@ def _connect(client: Any, scheduler: str, n_workers: int) -> Iterator[Any]:
         yield client
         return
     if scheduler:
+        check_scheduler(scheduler)
         logger.info("connecting to the Dask scheduler at %s", scheduler)
-        with Client(scheduler) as remote:
+        try:
+            remote = Client(scheduler, timeout=CONNECT_SECONDS)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} "
+                              f"(classifier.dask_scheduler) within {CONNECT_SECONDS} s: "
+                              f"{str(exc).splitlines()[0][:200]}; start it (dask scheduler), "
+                              "check its host and port, or leave the setting empty for a "
+                              "local cluster") from None
+        with remote:
             yield remote
         return
     if n_workers < 1:
         raise ConfigError(f"n_workers must be at least 1, got {n_workers}")
+    cores = os.cpu_count() or 1
+    if n_workers > 4 * cores:
+        raise ConfigError(f"classifier.dask_workers = {n_workers} local worker processes on "
+                          f"{cores} cores: each is a process of its own; give at most {cores} "
+                          "(or a scheduler of a real cluster, classifier.dask_scheduler)")
+    if n_workers > cores:
+        logger.warning("%d local Dask workers on %d cores: they share the cores, no faster "
+                       "than %d (classifier.dask_workers)", n_workers, cores, cores)
     logger.info("starting a local Dask cluster of %d single-threaded workers", n_workers)
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        ) as cluster,
-        Client(cluster) as local,
-    ):
+    try:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.WARNING)
+    except RuntimeError as exc:
+        raise ConfigError(f"the local Dask cluster did not start ({str(exc).splitlines()[0]}). "
+                          "In a script, its worker processes import the script again: put the "
+                          "code that runs cellsynth under `if __name__ == \"__main__\":`") from None
+    with cluster, Client(cluster) as local:
         yield local
+
+
+#: seconds to reach a Dask scheduler before saying it cannot be reached
+CONNECT_SECONDS = 10
+
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse a Dask scheduler address that is not ``[scheme://]host:port`` (a setting's typo,
+    said before any stage rather than by a 60-line trace from the connection)."""
+    from urllib.parse import urlsplit
+
+    text = address if "://" in address else f"tcp://{address}"
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in _SCHEMES or not parts.hostname or (port is None and
+                                                              parts.scheme != "inproc"):
+        raise ConfigError(f"classifier.dask_scheduler = {address!r} is not a scheduler "
+                          "address: give SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786 (what "
+                          "`dask scheduler` prints), or leave it empty for a local cluster")
 
 
 def _is_dask(x: Any) -> bool:

@@ -50,6 +50,10 @@ def run(cfg: RunConfig, out: str | Path, *,
 def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     if cfg.classifier.backend == "local":  # a device that is not there: said before any stage
         resolve_device(cfg.classifier.device)
+    elif cfg.classifier.dask_scheduler:  # so is a scheduler address that cannot be one
+        from ..classify.dask import check_scheduler
+
+        check_scheduler(cfg.classifier.dask_scheduler)
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
