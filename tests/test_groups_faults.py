@@ -1,0 +1,128 @@
+"""Coarse-group mappings misused: malformed files refused with one-line errors, mappings that
+miss the data's types refused or warned about, resume keyed on the groups file's content, and
+``dataset.groups`` a dependency of the stages that read it only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellsynth import config
+from cellsynth.data.groups import check_groups, load_groups
+from cellsynth.errors import DataError, listed
+
+TYPES = ["B cells", "CD4 T cells", "CD8 T cells", "CD14+ Monocytes", "FCGR3A+ Monocytes"]
+
+
+def _file(tmp_path, name, content):
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return str(path)
+
+
+# ---------------------------------------------------------------- reading a file (2, 4, 6)
+
+def test_a_type_given_two_groups_is_refused_tsv_and_json(tmp_path):
+    tsv = _file(tmp_path, "dup.tsv", "B cells\tLymphoid\nCD4 T cells\tLymphoid\nCD4 T cells\tMyeloid\n")
+    with pytest.raises(DataError, match=r"'CD4 T cells' is given two coarse groups, 'Lymphoid' "
+                                        r"\(line 2\) and 'Myeloid' \(line 3\)"):
+        load_groups(tsv)
+    js = _file(tmp_path, "dup.json", '{"CD4 T cells": "Lymphoid", "B cells": "Lymphoid", '
+                                     '"CD4 T cells": "Myeloid"}')
+    with pytest.raises(DataError, match=r"'CD4 T cells' is given two coarse groups, 'Lymphoid'.*'Myeloid'"):
+        load_groups(js)
+    # the same pair twice is harmless
+    same = _file(tmp_path, "same.tsv", "B cells\tLymphoid\nB cells\tLymphoid\n")
+    assert load_groups(same) == {"B cells": "Lymphoid"}
+
+
+def test_not_utf8_is_one_error_and_a_bom_is_stripped(tmp_path):
+    latin1 = _file(tmp_path, "latin1.tsv", b"B cells\tLymphoid\nCD4 T cells na\xefve\tLymphoid\n")
+    with pytest.raises(DataError, match=r"latin1.tsv is not UTF-8 text \(byte 0xef.*save it as UTF-8"):
+        load_groups(latin1)
+    bom = _file(tmp_path, "bom.tsv", b"\xef\xbb\xbffine\tcoarse\r\nB cells\tLymphoid\r\n")
+    assert load_groups(bom) == {"B cells": "Lymphoid"}  # header recognised: the BOM is gone
+    bom_json = _file(tmp_path, "bom.json", b'\xef\xbb\xbf{"B cells": "Lymphoid"}')
+    assert load_groups(bom_json) == {"B cells": "Lymphoid"}
+
+
+@pytest.mark.parametrize(("name", "content", "fragment"), [
+    ("blank.tsv", "fine\tcoarse\nB cells\tLymphoid\nCD4 T cells\t\n",
+     "line 3 has a blank coarse group of 'CD4 T cells'"),
+    ("blank.json", '{"B cells": " "}', "entry 1 has a blank coarse group of 'B cells'"),
+    ("blankfine.tsv", "\tLymphoid\n", "line 1 has a blank cell type"),
+    ("empty.tsv", "", "holds no mapping"),
+    ("header.tsv", "fine\tcoarse\n\n", "holds no mapping"),
+    ("empty.json", "{}", "holds no mapping"),
+    ("comma.csv", "B cells,Lymphoid\n", "comma-separated"),
+])
+def test_degenerate_files_are_refused(tmp_path, name, content, fragment):
+    with pytest.raises(DataError, match=fragment):
+        load_groups(_file(tmp_path, name, content))
+
+
+def test_a_missing_file_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"looked for {tmp_path / 'nope.tsv'}"):
+        load_groups("nope.tsv")
+
+
+def test_a_coarse_first_header_is_read_as_such(tmp_path):
+    path = _file(tmp_path, "swapped.tsv", "coarse\tfine\nLymphoid\tB cells\nMyeloid\tCD14+ Monocytes\n")
+    assert load_groups(path) == {"B cells": "Lymphoid", "CD14+ Monocytes": "Myeloid"}
+
+
+# ---------------------------------------------------------------- against the data's types (3, 6)
+
+def test_a_mapping_naming_no_type_is_refused_showing_both_sides():
+    with pytest.raises(DataError) as exc:
+        check_groups({"NK cells": "Lymphoid", "Dendritic": "Myeloid"}, TYPES, "g.tsv")
+    msg = str(exc.value)
+    assert "names none of the data's cell types" in msg and "fine type<TAB>coarse group" in msg
+    assert "'NK cells'" in msg and "'B cells'" in msg and "\n" not in msg
+
+
+def test_swapped_columns_are_detected():
+    with pytest.raises(DataError, match="columns look swapped"):
+        check_groups({"Lymphoid": "B cells", "Myeloid": "CD14+ Monocytes"}, TYPES, "g.tsv")
+
+
+def test_unused_entries_are_listed_with_near_misses(caplog):
+    groups = {"b cells": "Lymphoid", "CD8 T cells": "Lymphoid", "FCGR3A+  Monocytes": "Myeloid",
+              "NK cells": "Lymphoid"}
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        used = check_groups(groups, TYPES, "g.tsv")
+    assert used == {"CD8 T cells": "Lymphoid"}
+    assert "3 of 4 entries name no cell type" in caplog.text
+    assert "'b cells' (did you mean 'B cells'?)" in caplog.text
+    assert "'FCGR3A+  Monocytes' (did you mean 'FCGR3A+ Monocytes'?)" in caplog.text
+    assert "'NK cells'," not in caplog.text and "'NK cells'" in caplog.text  # no suggestion
+
+
+def test_a_single_group_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        check_groups(dict.fromkeys(TYPES, "All"), TYPES, "one.tsv")
+    assert "into the one group 'All'" in caplog.text and "say nothing" in caplog.text
+
+
+# ---------------------------------------------------------------- truncated lists (7)
+
+def test_shortened_lists_say_how_many_were_left_out():
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([f"t{i}" for i in range(8)], 3) == "t0, t1, t2 and 5 more"
+
+
+def test_single_cell_types_error_counts_them():
+    from cellsynth.data.qc import filter_cells
+
+    labels = [f"rare{i}" for i in range(7)] + ["common"] * 20
+    obs = pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))])
+    cfg = config.load()
+    with pytest.raises(DataError, match=r"7 cell type\(s\) have a single cell \('rare0', .* and 2 more\)"):
+        filter_cells(obs, pd.Index(["g1", "g2"]), cfg.dataset, cfg.qc, cfg.split, groups=None,
+                     seed=0, n_genes_cell=np.full(len(labels), 500), mito=lambda: np.zeros(len(labels)),
+                     detected=lambda rows: np.full(2, len(rows)))
+
