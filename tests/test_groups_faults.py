@@ -5,13 +5,14 @@ miss the data's types refused or warned about, resume keyed on the groups file's
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cellsynth import config
-from cellsynth.data.groups import check_groups, load_groups
+from cellsynth.data.groups import check_groups, load_groups, merges_types
 from cellsynth.errors import DataError, listed
 
 TYPES = ["B cells", "CD4 T cells", "CD8 T cells", "CD14+ Monocytes", "FCGR3A+ Monocytes"]
@@ -106,6 +107,25 @@ def test_a_single_group_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth"):
         check_groups(dict.fromkeys(TYPES, "All"), TYPES, "one.tsv")
     assert "into the one group 'All'" in caplog.text and "say nothing" in caplog.text
+
+
+def test_one_rule_for_whether_the_coarse_level_differs(tmp_path):
+    from cellsynth.report import html, results
+
+    assert not merges_types({"B cells": "B cells", "CD4 T cells": "CD4 T cells"})
+    assert not merges_types({}) and merges_types({"a": "X", "b": "X"})
+    assert not hasattr(html, "_has_groups")  # the report's own copy is gone
+    row = {"precision_macro": 1.0, "recall_macro": 1.0, "f1_macro": 1.0, "precision_micro": 1.0,
+           "recall_micro": 1.0, "f1_micro": 1.0, "accuracy": 1.0, "n": 10}
+    res = {k: {"fine": row, "coarse": row} for k in "abc"}
+    report = SimpleNamespace(cells_per_type_after={"a": 5, "b": 5}, dropped_types=[])
+    identity = {"a": "a", "b": "b"}  # a mapping, but one that merges nothing
+    path = results.write_results(tmp_path, res, report, config.load(), {}, groups=identity)
+    text = path.read_text()
+    assert "counts as correct" not in text and "merges any types" in text
+    text = results.write_results(tmp_path, res, report, config.load(), {},
+                                 groups={"a": "X", "b": "X"}).read_text()
+    assert "counts as correct" in text
 
 
 # ---------------------------------------------------------------- truncated lists (7)

@@ -69,7 +69,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     ctx.record_config()  # a rerun that found every stage done still ran with these settings
     with timed("report"):
         path = write_results(ctx.out, results, report, cfg, ctx.manifest.data,
-                             has_groups=bool(groups))  # fmt: skip
+                             groups=groups)  # fmt: skip
         logger.info("results: %s", path)
         logger.info("report: %s", write_html_report(ctx.out))
     return path
