@@ -4,6 +4,7 @@ miss the data's types refused or warned about, resume keyed on the groups file's
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -146,3 +147,70 @@ def test_single_cell_types_error_counts_them():
                      seed=0, n_genes_cell=np.full(len(labels), 500), mito=lambda: np.zeros(len(labels)),
                      detected=lambda rows: np.full(2, len(rows)))
 
+
+# ---------------------------------------------------------------- resume (1)
+
+def _plan(tmp_path, groups, inputs=None):
+    from cellsynth.runtime import Manifest, ResumePlan
+
+    cfg = config.load(overrides=[f"dataset.groups={json.dumps(groups)}"])
+    return ResumePlan(Manifest(tmp_path / "manifest.json"), cfg, set(), inputs=inputs).hashes
+
+
+def test_groups_are_a_dependency_of_the_classifier_stage_on_only(tmp_path):
+    none, packaged = _plan(tmp_path, ""), _plan(tmp_path, "e-annd-5")
+    for stage in ("data", "features", "generator"):  # QC, PCA and generator training kept
+        assert none[stage] == packaged[stage], stage
+    for stage in ("classifier", "experiments", "explain", "evaluation"):
+        assert none[stage] != packaged[stage], stage
+
+
+def test_the_groups_files_content_is_among_the_run_inputs(tmp_path):
+    from cellsynth.pipeline.context import RunContext
+
+    g = tmp_path / "g.tsv"
+    g.write_text("B cells\tLymphoid\n")
+    cfg = config.load(overrides=[f"dataset.groups={json.dumps(str(g))}"])
+
+    def hashes():
+        ctx = RunContext(cfg, tmp_path / "run")
+        try:
+            return ctx.plan.inputs["classifier"]["sha256"], ctx.plan.hashes
+        finally:
+            ctx.close()
+
+    before, h1 = hashes()
+    g.write_text("B cells\tMyeloid\n")  # edited in place: same path
+    after, h2 = hashes()
+    assert before != after
+    assert h1["classifier"] != h2["classifier"] and h1["data"] == h2["data"]
+
+
+TINY_GROUPS = "".join(f"type_0{i}\t{'AB'[i % 2]}\n" for i in range(8))
+
+
+@pytest.mark.slow
+def test_an_edited_groups_file_reruns_the_scoring_not_the_data_or_generator(tmp_path, caplog):
+    from cellsynth.cli import main
+    from test_resume import _args, _stages
+
+    g, out = tmp_path / "g.tsv", tmp_path / "run"
+    g.write_text(TINY_GROUPS)
+    assert main(_args(out, f"dataset.groups={json.dumps(str(g))}")) == 0
+    first = _stages(out)
+    g.write_text(TINY_GROUPS.replace("\tB\n", "\tA\n", 1))  # one type moves group, in place
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert main(_args(out, f"dataset.groups={json.dumps(str(g))}")) == 0
+    now = _stages(out)
+    for stage in ("data", "features", "generator"):
+        assert now[stage] == first[stage], stage
+    assert now["classifier"]["input"]["sha256"] != first["classifier"]["input"]["sha256"]
+    assert "stage classifier: the input file changed" in caplog.text
+    assert json.loads((out / "data" / "groups.json").read_text())["type_00"] == "A"
+    # the data's own mapping (the demo atlas's uns), named as the source
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert main(_args(out, "dataset.groups=''")) == 0
+    assert 'coarse groups from the data\'s uns["celltype_groups"]' in caplog.text
+    assert _stages(out)["generator"] == first["generator"]
