@@ -14,7 +14,7 @@ import pytest
 
 from cellsynth import config
 from cellsynth.data.groups import check_groups, load_groups, merges_types
-from cellsynth.errors import DataError, listed
+from cellsynth.errors import ConfigError, DataError, listed
 
 TYPES = ["B cells", "CD4 T cells", "CD8 T cells", "CD14+ Monocytes", "FCGR3A+ Monocytes"]
 
@@ -127,6 +127,27 @@ def test_one_rule_for_whether_the_coarse_level_differs(tmp_path):
     text = results.write_results(tmp_path, res, report, config.load(), {},
                                  groups={"a": "X", "b": "X"}).read_text()
     assert "counts as correct" in text
+
+
+# ---------------------------------------------------------------- config file folder (5)
+
+def test_a_relative_groups_file_is_looked_for_beside_the_config(tmp_path, monkeypatch):
+    from cellsynth.config_sources import resolve
+
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "g.tsv").write_text("B cells\tLymphoid\n")
+    (folder / "run.toml").write_text('[dataset]\ngroups = "g.tsv"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg, _ = resolve(data="x.h5ad", config_path=folder / "run.toml")
+    assert cfg.dataset.groups == str(folder / "g.tsv")
+    (folder / "run.toml").write_text('[dataset]\ngroups = "gone.tsv"\n')
+    with pytest.raises(ConfigError, match=f"nor beside the config file \\({folder / 'gone.tsv'}\\)"):
+        resolve(data="x.h5ad", config_path=folder / "run.toml")
+    (folder / "run.toml").write_text('[dataset]\ngroups = "auto"\n')  # not a file: kept
+    assert resolve(data="x.h5ad", config_path=folder / "run.toml")[0].dataset.groups == "auto"
 
 
 # ---------------------------------------------------------------- truncated lists (7)
