@@ -235,3 +235,13 @@ def test_an_edited_groups_file_reruns_the_scoring_not_the_data_or_generator(tmp_
         assert main(_args(out, "dataset.groups=''")) == 0
     assert 'coarse groups from the data\'s uns["celltype_groups"]' in caplog.text
     assert _stages(out)["generator"] == first["generator"]
+
+
+def test_other_shortened_lists_count_what_they_leave_out(tmp_path):
+    from cellsynth.errors import CellsynthError
+    from cellsynth.outputs import check_out
+
+    for i in range(7):
+        (tmp_path / f"f{i}.txt").write_text("")
+    with pytest.raises(CellsynthError, match=r"holds f0.txt, .* and 2 more\)"):
+        check_out(tmp_path, config.load())

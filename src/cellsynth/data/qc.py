@@ -446,7 +446,7 @@ def check_donor_key(obs_columns: Sequence[str] | pd.Index, dataset: DatasetConfi
     """Refuse, before QC reads the counts, a ``dataset.donor_key`` that is not a column."""
     if dataset.donor_key and dataset.donor_key not in set(map(str, obs_columns)):
         raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
-                        f"columns are: {', '.join(map(str, list(obs_columns)[:20])) or '(none)'}; set "
+                        f"columns are: {listed(obs_columns, 20) or '(none)'}; set "
                         "dataset.donor_key to one of them, or to \"\" for none")
 
 

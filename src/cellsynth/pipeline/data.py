@@ -20,7 +20,7 @@ from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..features.pca import PCAModel, fit_pca
 from ..outputs import write_json
 from .context import RunContext
@@ -189,7 +189,7 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
             f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
-            f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
+            f"after QC ({listed(sorted(known), 20)}); set explain.cell_type to one of them"
         )
 
 
