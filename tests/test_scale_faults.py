@@ -77,7 +77,7 @@ def test_a_dask_scheduler_that_cannot_be_reached_is_one_line_and_quick(monkeypat
         module.check_scheduler(good)
     monkeypatch.setattr(module, "CONNECT_SECONDS", 2)
     start = time.perf_counter()
-    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
+    with pytest.raises(ConfigError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:1"):
         with module._connect(None, "tcp://127.0.0.1:1", 1):
             pass
     assert time.perf_counter() - start < 20

@@ -74,7 +74,10 @@ class DatasetConfig:
     # refuses counts with round-off or noise, and normalised values never log-transformed);
     # true takes X as log-normalised values, false as counts
     is_normalised: Literal["auto", True, False] = "auto"
-    groups: str = ""  # fine -> coarse mapping: TSV/JSON path, a packaged name ("e-annd-5"), or ""
+    # fine -> coarse mapping (the coarse tables): a TSV (fine<TAB>coarse) or JSON file path,
+    # a packaged name ("e-annd-5"), "auto" (types clustered by mean training features), or ""
+    # (the h5ad's uns["celltype_groups"] where it has one; else none)
+    groups: str = ""
     doublet_key: str = "predicted_doublets"  # obs column flagging doublets; skipped when absent
     mito_key: str = "mito"  # obs column with the mitochondrial fraction; computed when absent
     n_genes_key: str = "n_genes"  # obs column with genes detected per cell; computed when absent

@@ -149,20 +149,31 @@ def resolve(data: str | None = None, label_key: str | None = None,
                     raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
             node[key] = value
             sources[dotted] = source
-    if config_path is not None and sources.get("dataset.path") == f"config {config_path}":
-        _from_config_folder(merged, Path(config_path))
+    for key in ("path", "groups"):
+        if config_path is not None and sources.get(f"dataset.{key}") == f"config {config_path}":
+            _from_config_folder(merged, Path(config_path), key)
     return run_config(merged), sources  # an unknown key has raised: sources names settings only
 
 
-def _from_config_folder(merged: dict[str, Any], config_path: Path) -> None:
-    """A relative ``dataset.path`` of a config file is read from the current folder; where no
-    file is there but one is beside the config file, that one (a config kept with its data
-    and run from elsewhere), logged."""
-    given = merged.get("dataset", {}).get("path")
+def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> None:
+    """A relative ``dataset.path`` or ``dataset.groups`` file of a config file is read from the
+    current folder; where no file is there but one is beside the config file, that one (a
+    config kept with its data and run from elsewhere), logged. A groups file in neither place
+    is refused, naming both."""
+    from .data.groups import groups_file
+
+    given = merged.get("dataset", {}).get(key)
     if not isinstance(given, str) or not given or Path(given).expanduser().is_absolute():
         return
+    if key == "groups" and groups_file(given) is None:
+        return  # "auto" or a packaged name
     beside = (config_path.parent / given).resolve()
     if not Path(given).exists() and beside.exists():
-        logger.info("dataset.path %s: not in the current folder; using %s, beside the config "
-                    "file", given, beside)
-        merged["dataset"]["path"] = str(beside)
+        logger.info("dataset.%s %s: not in the current folder; using %s, beside the config "
+                    "file", key, given, beside)
+        merged["dataset"][key] = str(beside)
+    elif key == "groups" and not Path(given).exists():
+        raise ConfigError(
+            f"dataset.groups = {given!r} (config {config_path}): no such file in the current "
+            f"folder ({Path(given).absolute()}) nor beside the config file ({beside}); give "
+            "the file's path, a packaged mapping (e-annd-5), \"auto\" or \"\" for none")

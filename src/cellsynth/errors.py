@@ -29,3 +29,12 @@ class ModelFileError(CellsynthError, OSError):
 
 class NotTrainedError(CellsynthError, RuntimeError):
     """A model asked to generate or be saved before it was trained."""
+
+
+def listed(items, limit: int = 5, *, quote: bool = False) -> str:
+    """``items`` joined by commas for a message, the first ``limit`` of them and how many more
+    (``"a, b, c and 4 more"``): a shortened list always says that it is one."""
+    items = [repr(str(i)) if quote else str(i) for i in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"

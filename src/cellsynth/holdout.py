@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from . import keys as K
 from .config import COVARIATE_SECTIONS, RunConfig
 from .data.levels import LevelLookup, level_text
-from .errors import DataError
+from .errors import DataError, listed
 from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
@@ -99,7 +99,7 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
         code = LevelLookup(seen).code(level)  # a number matches by value: 12 is 12.0
         if code < 0:
             raise DataError(f"--holdout: {key} has no level {level!r}; it has "
-                            f"{', '.join(seen[:20])}{' ...' if len(seen) > 20 else ''}")
+                            f"{listed(seen, 20)}")
         mask &= values == seen[code]
     return mask
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import CellsynthError
+from .errors import CellsynthError, listed
 
 logger = logging.getLogger("cellsynth.pipeline")
 
@@ -152,7 +152,7 @@ def check_out(out: Path, cfg: Any) -> None:
     other = sorted(names - _BEFORE_FIRST_RUN)
     raise CellsynthError(
         f"--out {out} is a non-empty directory that is not a cellsynth run directory (it holds "
-        f"{', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); a run writes data/, "
+        f"{listed(other)}); a run writes data/, "
         "metrics/... into it: give a new or empty directory")
 
 

@@ -229,12 +229,15 @@ def timed(name: str):
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "data": (("seed", "dataset", "qc", "split"), ()),
     "features": (("features",), ("data",)),
-    "classifier": (("classifier",), ("features",)),
+    "classifier": (("classifier", "groups"), ("features",)),  # groups: dataset.groups
     "generator": (("generator", "seed_vae", "cvae", "nb", "scvi"), ("features",)),
     "experiments": (("generator", "classifier"), ("classifier", "generator")),
     "explain": (("explain",), ("classifier",)),
     "evaluation": (("report",), ("experiments",)),
 }
+
+#: the stages that read a file the user names, and the setting naming it (hashed by content)
+INPUT_SETTINGS = {"data": ("dataset", "path"), "classifier": ("groups", "spec")}
 
 #: settings that change how a stage runs, not what it produces: left out of the stage hashes, so
 #: changing them does not redo a finished stage (how often training checkpoints are written)
@@ -258,6 +261,12 @@ def hashed_settings(cfg: Any) -> dict[str, Any]:
     """The config as a dict without the :data:`UNHASHED` settings, nor the :data:`ADDED` ones
     at their earlier behaviour's value: what results depend on."""
     config = dataclasses.asdict(cfg)
+    if isinstance(config.get("dataset"), dict) and "groups" in config["dataset"]:
+        # dataset.groups: read by the classifier stage on, so its own pseudo-section ({} when
+        # empty); the data stage keeps the "" it hashed before, so kept results stay valid
+        spec = config["dataset"]["groups"]
+        config["dataset"] = {**config["dataset"], "groups": ""}
+        config["groups"] = {"spec": spec} if spec else {}
     for section, keys in UNHASHED.items():
         if isinstance(config.get(section), dict):
             config[section] = {k: v for k, v in config[section].items() if k not in keys}
@@ -291,8 +300,9 @@ class ResumePlan:
         self.inputs = dict(inputs or {})
         config = hashed_settings(cfg)
         for name, digest in self.inputs.items():  # a file read is known by its content: the
-            if name == "data" and isinstance(config.get("dataset"), dict):  # same file by
-                config["dataset"] = {**config["dataset"], "path": digest["sha256"]}  # any path
+            section, key = INPUT_SETTINGS[name]  # same file by any path
+            if isinstance(config.get(section), dict):
+                config[section] = {**config[section], key: digest["sha256"]}
         self.hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
             # a section holding only ADDED settings at their old values (nb's) is left out,
@@ -315,7 +325,7 @@ class ResumePlan:
             logger.info("stage %s: done before with the same settings, skipped", name)
             return False
         self.ran.add(name)
-        if why.startswith("the input file changed (now "):  # another file: the run is replaced
+        if name == "data" and why.startswith("the input file changed (now "):  # another data
             logger.warning("stage %s: %s; running again: every result in %s is replaced by "
                            "this file's", name, why, self.manifest.path.parent)
         elif why:

@@ -1,16 +1,45 @@
-"""Fine-to-coarse cell-type mappings: a TSV/JSON file, or one shipped with the package."""
+"""Fine-to-coarse cell-type mappings: a TSV/JSON file, or one shipped with the package.
+
+:func:`load_groups` reads a mapping and refuses a malformed one (not UTF-8, empty, a blank
+name, a type given two groups); :func:`check_groups` holds it against the data's cell types
+(refuses one that names none of them or has its columns swapped; warns for unused entries,
+with near misses, and for a single group); :func:`merges_types` says whether the coarse level
+differs from the fine one (the report's and ``results.md``'s one rule).
+"""
 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
+import logging
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, listed
+
+logger = logging.getLogger(__name__)
 
 #: mappings shipped as package data (``cellsynth/data/groups/<name>.tsv``)
 PACKAGED = ("e-annd-5",)
+
+#: ``dataset.groups`` value that groups types by their mean training features
+AUTO = "auto"
+
+#: header lines recognised (lower-cased): fine first, or coarse first (columns swapped)
+_HEADERS = {("fine", "coarse"): False, ("fine_label", "group"): False,
+            ("coarse", "fine"): True, ("group", "fine_label"): True}
+
+_FORMAT = ("one fine type<TAB>coarse group per line (a header line 'fine<TAB>coarse' allowed) "
+           "or a JSON object {\"fine type\": \"coarse group\"}")
+
+
+def groups_file(spec: str) -> Path | None:
+    """The file ``spec`` names (None for ``""``, ``"auto"`` or a packaged name)."""
+    if not spec or spec == AUTO or spec in PACKAGED:
+        return None
+    return Path(spec).expanduser()
 
 
 def load_groups(spec: str) -> dict[str, str]:
@@ -20,38 +49,155 @@ def load_groups(spec: str) -> dict[str, str]:
     ----------
     spec
         ``""`` for none, a packaged name (``"e-annd-5"``), or the path of a TSV (two columns,
-        fine then coarse, a header line allowed) or JSON (``{"fine": "coarse"}``) file.
+        fine then coarse; a header line ``fine<TAB>coarse``, or ``coarse<TAB>fine`` for the
+        other order) or JSON (``{"fine": "coarse"}``) file, UTF-8 (a byte-order mark allowed).
+
+    Raises
+    ------
+    DataError
+        A missing file, one that is not UTF-8 or not valid JSON, an empty one, a blank type or
+        group name, or a type given two different groups.
     """
     if not spec:
         return {}
     if spec in PACKAGED:
-        text = resources.files("cellsynth.data").joinpath(f"groups/{spec}.tsv").read_text()
-        return _parse_tsv(text, spec)
-    path = Path(spec).expanduser()
-    if not path.is_file():
+        raw = resources.files("cellsynth.data").joinpath(f"groups/{spec}.tsv").read_bytes()
+        return _parse_tsv(raw.decode("utf-8-sig"), spec)
+    path = groups_file(spec)
+    if path is None or not path.is_file():
         raise DataError(
-            f"cell-type groups '{spec}' is neither a packaged mapping ({', '.join(PACKAGED)}) "
-            "nor an existing TSV/JSON file; fix dataset.groups"
-        )
-    text = path.read_text()
+            f"cell-type groups '{spec}' is neither a packaged mapping ({', '.join(PACKAGED)}), "
+            f"\"{AUTO}\" nor an existing TSV/JSON file (looked for {Path(spec).expanduser().absolute()}); "
+            "fix dataset.groups")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1].hex()
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{bad} at offset {exc.start}: "
+                        f"{exc.reason}); save it as UTF-8") from None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise DataError(f"{path} must hold one JSON object mapping fine label -> coarse group")
-        return {str(k): v for k, v in data.items()}
+        return _parse_json(text, path)
     return _parse_tsv(text, str(path))
 
 
+def _parse_json(text: str, path: Path) -> dict[str, str]:
+    pairs: list[tuple[str, str]] = []
+
+    def keep(items: list[tuple[str, object]]) -> dict:
+        if not pairs:  # the outer object only (a nested one is refused below)
+            pairs.extend(items)  # type: ignore[arg-type]
+        return dict(items)
+
+    try:
+        data = json.loads(text, object_pairs_hook=keep)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DataError(f"{path} must hold one JSON object mapping fine type -> coarse group "
+                        "(each value one string), e.g. {\"B cells\": \"Lymphoid\"}")
+    return _mapping([(f"entry {i}", k, v) for i, (k, v) in enumerate(pairs, 1)], str(path))
+
+
 def _parse_tsv(text: str, name: str) -> dict[str, str]:
-    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t") if r and any(r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] in (["fine_label", "group"], ["fine", "coarse"]):
-        rows = rows[1:]
-    mapping: dict[str, str] = {}
-    for i, row in enumerate(rows, 1):
+    rows = [(i, line, next(csv.reader([line], delimiter="\t")))
+            for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    swapped = False
+    if rows:
+        head = tuple(c.strip().lower() for c in rows[0][2][:2])
+        if head in _HEADERS:
+            swapped = _HEADERS[head]
+            rows = rows[1:]
+    entries = []
+    for i, line, row in rows:
         if len(row) < 2:
-            raise DataError(f"{name}: line {i} has {len(row)} column(s); expected fine<TAB>coarse")
-        mapping[row[0].strip()] = row[1].strip()
+            hint = " (a comma-separated file? separate the columns with a TAB)" if "," in line \
+                else ""
+            raise DataError(f"{name}: line {i} has {len(row)} column(s); expected fine<TAB>coarse"
+                            f"{hint}")
+        fine, coarse = (row[1], row[0]) if swapped else (row[0], row[1])
+        entries.append((f"line {i}", fine, coarse))
+    return _mapping(entries, name)
+
+
+def _mapping(entries: list[tuple[str, str, str]], name: str) -> dict[str, str]:
+    """``{fine: coarse}`` of ``(where, fine, coarse)`` entries, names stripped; refuses none, a
+    blank name and a type given two groups."""
+    if not entries:
+        raise DataError(f"{name} holds no mapping; expected {_FORMAT} (or set dataset.groups "
+                        "= \"\" for no coarse groups)")
+    mapping: dict[str, str] = {}
+    where_of: dict[str, str] = {}
+    for where, fine, coarse in entries:
+        fine, coarse = fine.strip(), coarse.strip()
+        if not fine or not coarse:
+            blank = "cell type" if not fine else f"coarse group of {fine!r}"
+            raise DataError(f"{name}: {where} has a blank {blank}; give every entry a type and "
+                            "a group name (a type left out stands as its own group)")
+        if fine in mapping and mapping[fine] != coarse:
+            raise DataError(f"{name}: {fine!r} is given two coarse groups, {mapping[fine]!r} "
+                            f"({where_of[fine]}) and {coarse!r} ({where}); keep one")
+        mapping[fine] = coarse
+        where_of.setdefault(fine, where)
     return mapping
+
+
+def _near(name: str, types: list[str]) -> str | None:
+    """The data's type ``name`` was likely meant as: the same but for case and spacing, or
+    close in spelling."""
+    key = " ".join(name.split()).casefold()
+    same = [t for t in types if " ".join(t.split()).casefold() == key]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(name, types, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str) -> dict[str, str]:
+    """``groups`` held against the data's cell types ``types``; returns the entries used.
+
+    Refuses a mapping that names none of the types (and says so when its second column holds
+    them: columns swapped); warns for entries naming no type (with the types they likely
+    meant), for types with no group, and for a mapping that puts every type in one group.
+    """
+    types = sorted({str(t) for t in types})
+    known = set(types)
+    if not groups:
+        return {}
+    used = {k: v for k, v in groups.items() if k in known}
+    if not used:
+        if known & set(groups.values()):
+            raise DataError(
+                f"dataset.groups ({source}): its columns look swapped: the coarse groups "
+                f"({listed(sorted(set(groups.values())), quote=True)}) are the data's cell types "
+                "and the fine types are not; put the fine type first (fine<TAB>coarse), or "
+                "start the file with the header line coarse<TAB>fine")
+        near = [f"{k!r} (the data's {n!r}?)" for k in groups if (n := _near(k, types))]
+        raise DataError(
+            f"dataset.groups ({source}) names none of the data's cell types"
+            + (f"; near misses: {listed(near)}" if near else "")
+            + f"; expected {_FORMAT}, fine types spelled as in the data. Its fine types: "
+            f"{listed(sorted(groups), quote=True)}; the data's: {listed(types, quote=True)}")
+    unused = [k for k in groups if k not in known]
+    if unused:
+        shown = [f"{k!r} (did you mean {n!r}?)" if (n := _near(k, types)) else repr(k)
+                 for k in unused]
+        logger.warning("dataset.groups (%s): %d of %d entries name no cell type of the data and "
+                       "are not used: %s", source, len(unused), len(groups), listed(shown))
+    unmapped = [t for t in types if t not in used]
+    if unmapped:
+        logger.warning("%d cell type(s) have no coarse group and stand as their own: %s",
+                       len(unmapped), listed(unmapped))
+    coarse = {used.get(t, t) for t in types}
+    if len(coarse) == 1 and len(types) > 1:
+        logger.warning("dataset.groups (%s) puts all %d cell types into the one group %r: every "
+                       "prediction falls in the right group, so the coarse scores are 1 and say "
+                       "nothing; give two or more groups", source, len(types), coarse.pop())
+    return used
+
+
+def merges_types(groups: object) -> bool:
+    """Whether a fine -> coarse mapping puts two or more types into one group (else the coarse
+    level repeats the fine one)."""
+    if not isinstance(groups, Mapping) or not groups:
+        return False
+    return len(set(groups.values())) < len(groups)

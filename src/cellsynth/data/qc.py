@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
-from ..errors import DataError
+from ..errors import DataError, listed
+from .groups import check_groups
 from .io import (
     Expression,
     check_label,
@@ -314,15 +315,13 @@ def filter_cells(
     one = [t for t, n in report.cells_per_type_before.items() if n == 1]
     if one and qc.on_single_cell_type == "error":
         raise DataError(
-            f"cell type(s) {one[:5]} have a single cell, which cannot be split into train/val/test; "
+            f"{len(one)} cell type(s) have a single cell ({listed(one, quote=True)}), which "
+            "cannot be split into train/val/test; "
             "remove them or set qc.on_single_cell_type = \"drop\""
         )
 
     if groups:
-        unmapped = sorted(set(labels) - set(groups))
-        if unmapped:
-            logger.warning("%d label(s) have no coarse group and stand as their own: %s",
-                           len(unmapped), ", ".join(unmapped[:10]))
+        groups = check_groups(groups, labels, "groups")
         st.obs[K.GROUP] = [groups.get(v, v) for v in labels]
 
     donors = None
@@ -447,7 +446,7 @@ def check_donor_key(obs_columns: Sequence[str] | pd.Index, dataset: DatasetConfi
     """Refuse, before QC reads the counts, a ``dataset.donor_key`` that is not a column."""
     if dataset.donor_key and dataset.donor_key not in set(map(str, obs_columns)):
         raise DataError(f"donor column '{dataset.donor_key}' (dataset.donor_key) not in obs; "
-                        f"columns are: {', '.join(map(str, list(obs_columns)[:20])) or '(none)'}; set "
+                        f"columns are: {listed(obs_columns, 20) or '(none)'}; set "
                         "dataset.donor_key to one of them, or to \"\" for none")
 
 

@@ -30,7 +30,7 @@ from ..data.io import (
 )
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..metrics.privacy import donor_values
 from ..outputs import generated_h5ad
 from ..seeds import derive_seed
@@ -315,7 +315,7 @@ def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None
         raise DataError(f"no synthetic cell type is a real one: every one of them has no real "
                         f"type of that name in obs['{label_key}'] ({', '.join(hints)}"
                         f"{' ...' if len(unknown) > 8 else ''}); give the same label column (label_key=, --label-key) and "
-                        f"type names on both sides (real types: {sorted(real_types)[:8]})")
+                        f"type names on both sides (real types: {listed(sorted(real_types), 8)})")
     logger.warning("%d of the %s (%.0f%% of the synthetic cells): not scored", len(unknown),
                    what, 100 * share)
 

@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import listed
+
 #: the verdicts, best first
 LEVELS = ("indistinguishable", "close", "distinguishable")
 #: a type without a verdict: too few cells, none generated, or none real
@@ -357,7 +359,7 @@ def fidelity_verdict(
     if absent:  # the verdict is on the types generated: the data's other types are missing
         n_real = sum(1 for c in counts.values() if c.get("real_total", c.get("real")))
         warnings.append(f"{len(absent)} of the {n_real} real cell types have no synthetic cells "
-                        f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): the "
+                        f"({listed(absent)}): the "
                         "verdict covers only the types generated")
     warning = "; ".join(warnings) or None
     n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
@@ -443,7 +445,7 @@ def _missing_types(overall: dict[str, Any], absent: list[str], too_few: Mapping[
     missing = [*absent, *short]
     if not missing or overall["verdict"] != LEVELS[0]:
         return overall
-    names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+    names = listed(missing)
     what = (f"{len(absent)} real type(s) have no synthetic cells" if absent else "") + (
         "; " if absent and short else "") + (
         f"{len(short)} have fewer than {MIN_TYPE_CELLS} where the real cells have enough"

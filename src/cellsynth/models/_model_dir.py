@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
-from ..errors import ConfigError, ModelFileError, NotTrainedError
+from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
         held = sorted(p.name for p in out.iterdir())
         raise ModelFileError(
             f"{flag} {out} is a non-empty directory that is not a saved model (it holds "
-            f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a save replaces the "
+            f"{listed(held)}); a save replaces the "
             "directory whole: give a new or empty directory")
 
 

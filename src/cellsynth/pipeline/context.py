@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..cells import is_large
 from ..config import RunConfig, save, to_dict
+from ..data.groups import groups_file
 from ..errors import CellsynthError, ConfigError
 from ..outputs import check_links, check_out
 from ..runtime import Manifest, ResumePlan, RunLock, environment, input_digest
@@ -81,15 +82,19 @@ class RunContext:
             self._recorded = True
 
     def _inputs(self) -> dict[str, dict]:
-        """The data stage's input file digest (the demo atlas has none: its settings are its
-        identity), reusing the one recorded before when the file's size and time are unchanged."""
-        if not self.cfg.dataset.path:
-            return {}
-        path = Path(self.cfg.dataset.path).expanduser()
-        if not path.is_file():
-            return {}  # the data stage says the file is missing, as before
-        known = self.manifest.data["stages"].get("data", {}).get("input")
-        return {"data": input_digest(path, known if isinstance(known, dict) else None)}
+        """The digests of the files the user names: the data stage's ``dataset.path`` (the demo
+        atlas has none: its settings are its identity) and the classifier stage's
+        ``dataset.groups`` file, so a file edited in place reruns what read it; each reuses the
+        one recorded before when the file's size and time are unchanged."""
+        files = {"data": Path(self.cfg.dataset.path).expanduser() if self.cfg.dataset.path
+                 else None, "classifier": groups_file(self.cfg.dataset.groups)}
+        out = {}
+        for stage, path in files.items():
+            if path is None or not path.is_file():
+                continue  # the stage reading it says the file is missing
+            known = self.manifest.data["stages"].get(stage, {}).get("input")
+            out[stage] = input_digest(path, known if isinstance(known, dict) else None)
+        return out
 
     def close(self) -> None:
         """Release the run directory's lock (at the end of the run, also after an error)."""
@@ -126,12 +131,17 @@ class RunContext:
 
 
 def with_resolved_path(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``dataset.path`` absolute (as read from the working folder), so a run's
-    ``config.toml`` names the file it read wherever it is replayed from."""
-    if not cfg.dataset.path:
+    """``cfg`` with ``dataset.path`` and a ``dataset.groups`` file absolute (as read from the
+    working folder), so a run's ``config.toml`` names the files it read wherever it is
+    replayed from."""
+    resolved = {}
+    if cfg.dataset.path:
+        resolved["path"] = str(Path(cfg.dataset.path).expanduser().resolve())
+    if groups_file(cfg.dataset.groups) is not None:
+        resolved["groups"] = str(groups_file(cfg.dataset.groups).resolve())
+    if not resolved:
         return cfg
-    path = str(Path(cfg.dataset.path).expanduser().resolve())
-    return dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
+    return dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, **resolved))
 
 
 def out_of_core(cfg: RunConfig) -> bool:

@@ -15,12 +15,12 @@ import pandas as pd
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
 from ..config import covariates_of, unused_covariates
-from ..data.groups import load_groups
+from ..data.groups import AUTO, PACKAGED, check_groups, load_groups
 from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..features.pca import PCAModel, fit_pca
 from ..outputs import write_json
 from .context import RunContext
@@ -47,26 +47,38 @@ def load_dataset(ctx: RunContext) -> ad.AnnData:
     return read(ds.path, backed=ds.backed)
 
 
-def resolve_groups(ctx: RunContext, adata, labels: list[str],
-                   centroids: np.ndarray | None = None) -> dict[str, str]:
-    """The fine -> coarse mapping: a file or packaged name, the data's own, or ``auto``.
+def data_groups(adata) -> dict[str, str]:
+    """The data's own fine -> coarse mapping (``uns["celltype_groups"]``), or ``{}``."""
+    uns_groups = adata.uns.get("celltype_groups")
+    if isinstance(uns_groups, dict):
+        return {str(k): str(v) for k, v in uns_groups.items()}
+    return {}
+
+
+def resolve_groups(ctx: RunContext, labels: list[str],
+                   centroids: np.ndarray | None = None) -> tuple[dict[str, str], str]:
+    """The fine -> coarse mapping and where it came from: a file or packaged name, ``auto``,
+    or the data's own (recorded by the data stage in ``data/data_groups.json``).
 
     ``auto`` joins types whose mean training features are close (average-linkage clustering
     into about sqrt(n_types) groups); use it only where no biological grouping exists.
     """
     spec = ctx.cfg.dataset.groups
-    if spec == "auto":
+    if spec == AUTO:
         from scipy.cluster.hierarchy import fcluster, linkage
 
         n_groups = max(2, round(len(labels) ** 0.5))
         cut = fcluster(linkage(centroids, "average"), n_groups, criterion="maxclust")
-        return {t: f"group_{c:02d}" for t, c in zip(labels, cut, strict=True)}
+        return ({t: f"group_{c:02d}" for t, c in zip(labels, cut, strict=True)},
+                "auto: clustered by mean training features")
     if spec:
-        return load_groups(spec)
-    uns_groups = adata.uns.get("celltype_groups")
-    if isinstance(uns_groups, dict):
-        return {str(k): str(v) for k, v in uns_groups.items()}
-    return {}
+        where = "packaged mapping" if spec in PACKAGED else "file"
+        return load_groups(spec), f"{where} {spec}"
+    own = ctx.path("data", "data_groups.json")
+    if not own.is_file():  # a run directory of an earlier version: its data stage wrote this
+        own = ctx.path("data", "groups.json")
+    groups = json.loads(own.read_text()) if own.is_file() else {}
+    return groups, 'the data\'s uns["celltype_groups"]'
 
 
 def _backed_source(ctx: RunContext) -> Path:
@@ -100,7 +112,8 @@ def check_covariates(ctx: RunContext, obs: pd.DataFrame) -> None:
 
 def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
     """QC, split and normalisation into ``data/preprocessed.h5ad``: in memory, or chunk by
-    chunk from disk when the run is out of core (the one place that asks)."""
+    chunk from disk when the run is out of core (the one place that asks); also the data's own
+    coarse groups (no QC step reads them: the mapping used is chosen by the classifier stage)."""
     cfg, target = ctx.cfg, ctx.path("data", "preprocessed.h5ad")
     target.parent.mkdir(parents=True, exist_ok=True)
     seed = ctx.seed("split")
@@ -111,16 +124,16 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
         source = _backed_source(ctx)
         with H5adFile(source) as h5:
             check_covariates(ctx, h5.obs)
-            groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, h5, [])
-        _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=groups,
+            groups = data_groups(h5)
+        _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=None,
                                       seed=seed, out_path=target)  # fmt: skip
         return from_preprocessed(target, label_key=ctx.label_key, on_disk=True), report, groups
     from ..data.qc import preprocess
 
     raw = load_dataset(ctx)
     check_covariates(ctx, raw.obs)
-    groups = {} if cfg.dataset.groups == "auto" else resolve_groups(ctx, raw, [])
-    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=groups, seed=seed)
+    groups = data_groups(raw)
+    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=None, seed=seed)
     del raw
     write_h5ad(pre, target)  # atomic: .part, then renamed
     return from_preprocessed(pre, label_key=ctx.label_key), report, groups
@@ -128,7 +141,8 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
 
 def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
     """Read, QC and split the cells (or reopen them when done before); writes ``qc.json``,
-    ``qc_steps.csv``, ``cells.csv`` and ``groups.json`` into ``data/``."""
+    ``qc_steps.csv``, ``cells.csv`` and ``data_groups.json`` (the data's own mapping) into
+    ``data/``."""
     d = ctx.path("data")
     if not ctx.runs("data"):
         cells = from_preprocessed(d / "preprocessed.h5ad", label_key=ctx.label_key,
@@ -144,9 +158,8 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
             "n_cells": cells.n_obs, "n_genes": cells.n_vars, "has_counts": cells.has_counts,
         })  # fmt: skip
         pd.DataFrame(report.steps).to_csv(d / "qc_steps.csv", index=False)
-        cols = [ctx.label_key, K.SPLIT] + ([K.GROUP] if K.GROUP in cells.obs else [])
-        cells.obs[cols].to_csv(d / "cells.csv", index_label="cell")
-        write_json(d / "groups.json", groups)
+        cells.obs[[ctx.label_key, K.SPLIT]].to_csv(d / "cells.csv", index_label="cell")
+        write_json(d / "data_groups.json", groups)
         entry.update(cells=cells.n_obs, genes=cells.n_vars,
                      types=int(cells.obs[ctx.label_key].nunique()))
         if ctx.backed:
@@ -176,7 +189,7 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
             f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
-            f"after QC ({', '.join(sorted(known)[:20])}); set explain.cell_type to one of them"
+            f"after QC ({listed(sorted(known), 20)}); set explain.cell_type to one of them"
         )
 
 
@@ -221,13 +234,39 @@ def centroids(split: Split, types: list[str], chunk: int) -> np.ndarray:
     return sums / np.maximum(np.bincount(codes[codes >= 0], minlength=len(types)), 1)[:, None]
 
 
-def stage_groups(ctx: RunContext, cells: Cells, splits: dict[str, Split],
-                 types: list[str]) -> dict[str, str]:  # fmt: skip
-    """The fine -> coarse mapping of the run (``auto``: from the training features)."""
-    path = ctx.path("data", "groups.json")
-    groups = json.loads(path.read_text())
-    if ctx.cfg.dataset.groups == "auto":
-        groups = resolve_groups(ctx, cells, types,
-                                centroids(splits["train"], types, ctx.cfg.qc.chunk_size))
-        write_json(path, groups)
+def check_groups_setting(ctx: RunContext) -> None:
+    """Read a ``dataset.groups`` file or packaged mapping before any stage, so a malformed one
+    stops the run before work is done (it is held against the data's types later)."""
+    spec = ctx.cfg.dataset.groups
+    if spec and spec != AUTO:
+        load_groups(spec)
+
+
+def stage_groups(ctx: RunContext, splits: dict[str, Split], types: list[str]) -> dict[str, str]:
+    """The run's fine -> coarse mapping (``auto``: from the training features), held against
+    the types and written to ``data/groups.json``; run inside the classifier stage, the first
+    that reads it (no earlier stage depends on ``dataset.groups``)."""
+    cents = centroids(splits["train"], types, ctx.cfg.qc.chunk_size) \
+        if ctx.cfg.dataset.groups == AUTO else None
+    groups, source = resolve_groups(ctx, types, cents)
+    try:
+        groups = check_groups(groups, types, source)
+    except DataError as exc:
+        if ctx.cfg.dataset.groups:
+            raise
+        logger.warning("%s; the data's own groups are not used", exc)  # not asked for: no stop
+        groups = {}
+    if groups:
+        logger.info("coarse groups from %s: %d types in %d groups", source, len(groups),
+                    len(set(groups.values())))
+    else:
+        logger.info("no coarse groups (dataset.groups is empty and the data has no "
+                    "uns[\"celltype_groups\"]): the coarse scores repeat the fine ones")
+    write_json(ctx.path("data", "groups.json"), groups)
     return groups
+
+
+def read_groups(ctx: RunContext) -> dict[str, str]:
+    """The mapping a finished classifier stage wrote (``{}`` when there is none)."""
+    path = ctx.path("data", "groups.json")
+    return json.loads(path.read_text()) if path.is_file() else {}

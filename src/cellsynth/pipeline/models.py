@@ -31,7 +31,7 @@ from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..outputs import write_json
 from .context import RunContext
-from .data import Split
+from .data import Split, read_groups, stage_groups
 from .output import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
@@ -73,16 +73,19 @@ def fit_classifier(ctx: RunContext, train: Split, val: Split, seed_name: str) ->
     return train_classifier(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name))  # fmt: skip
 
 
-def stage_classifier(ctx: RunContext, splits: dict[str, Split], groups: dict[str, str]) -> Classifier:
-    """The classifier on real training cells, scored on the test cells (experiment a)."""
+def stage_classifier(ctx: RunContext, splits: dict[str, Split],
+                     types: list[str]) -> tuple[Classifier, dict[str, str]]:
+    """The classifier on real training cells, scored on the test cells (experiment a); and the
+    coarse groups (``data/groups.json``), chosen here: the first stage that reads them."""
     if not ctx.runs("classifier"):
-        return Classifier.load(ctx.path("classifier"))
+        return Classifier.load(ctx.path("classifier")), read_groups(ctx)
     with ctx.stage("classifier"):
+        groups = stage_groups(ctx, splits, types)
         clf = fit_classifier(ctx, splits["train"], splits["val"], "classifier")
         clf.save(ctx.path("classifier"))
         score(splits["test"].y, clf.predict(splits["test"].x), groups, ctx.path("metrics"),
               "a_real_real", clf.labels)
-    return clf
+    return clf, groups
 
 
 def run_process_group(cmd: list[Any], grace: float = 30.0) -> int:

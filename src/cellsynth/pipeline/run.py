@@ -23,7 +23,7 @@ from ..report.html import write_report as write_html_report
 from ..report.results import write_results
 from ..runtime import timed
 from .context import RunContext, check_backed
-from .data import stage_data, stage_features, stage_groups
+from .data import check_groups_setting, stage_data, stage_features
 from .evaluation import stage_evaluation, stage_explain
 from .models import stage_classifier, stage_experiments, stage_generator
 
@@ -58,12 +58,12 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
                     "%d", cfg.dataset.backed, cfg.qc.chunk_size)
+    check_groups_setting(ctx)
     cells, report = stage_data(ctx)
     try:
         pca, splits = stage_features(ctx, cells)
         types = sorted(np.unique(splits["train"].y).tolist())
-        groups = stage_groups(ctx, cells, splits, types)
-        clf = stage_classifier(ctx, splits, groups)
+        clf, groups = stage_classifier(ctx, splits, types)
         gen = stage_generator(ctx, cells, pca, splits, types)
         stage_experiments(ctx, gen, cells, pca, clf, splits, types, groups)
         metrics = ctx.path("metrics")
@@ -76,7 +76,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     ctx.record_config()  # a rerun that found every stage done still ran with these settings
     with timed("report"):
         path = write_results(ctx.out, results, report, cfg, ctx.manifest.data,
-                             has_groups=bool(groups))  # fmt: skip
+                             groups=groups)  # fmt: skip
         logger.info("results: %s", path)
         logger.info("report: %s", write_html_report(ctx.out))
     return path

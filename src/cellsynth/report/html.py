@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..data.groups import merges_types
 from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
 from ..outputs import check_file_out, report_html, write_text
@@ -57,11 +58,6 @@ window.addEventListener("load", function () {
 
 
 # ---------------------------------------------------------------- sections
-
-def _has_groups(groups: Any) -> bool:
-    """A fine-to-coarse mapping that merges some types (not each type its own group)."""
-    return isinstance(groups, dict) and bool(groups) and len(set(groups.values())) < len(groups)
-
 
 _NO_GROUPS = ("the coarse level: no fine-to-coarse mapping (dataset.groups) merges any types, "
               "so it would repeat the fine one")
@@ -206,7 +202,7 @@ def _sec_classifier(run: _Run) -> str:
         return _missing("metrics/summary.json")
     coarse = ("<p>A prediction inside the right coarse group counts as correct.</p>"
               + _results_table(summary, "coarse")
-              if _has_groups(run.json("data/groups.json")) else _left_out(_NO_GROUPS))
+              if merges_types(run.json("data/groups.json")) else _left_out(_NO_GROUPS))
     return ("<p>(a) trained on real training cells, tested on real test cells; (b) that "
             "classifier on generated cells, scored against the intended type; (c) trained on "
             "generated cells, tested on the real test cells.</p>"
@@ -243,7 +239,7 @@ def _sec_per_class(run: _Run) -> str:
 def _sec_confusion(run: _Run) -> str:
     parts = ["<p>Rows are the true type (its cells in brackets), columns the prediction; each "
              "row is divided by the true type's cells (row-normalised).</p>"]
-    has_groups = _has_groups(run.json("data/groups.json"))
+    has_groups = merges_types(run.json("data/groups.json"))
     for level in ("fine", "coarse"):
         parts.append(f"<h3>{_e(level.capitalize())} level</h3>")
         if level == "coarse" and not has_groups:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..data.groups import merges_types
 from ..metrics.classification import small_sample_note
 from ..outputs import write_text
 
@@ -62,8 +63,9 @@ def _fidelity(out: Path) -> list[str]:
 
 
 def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConfig,
-                  manifest: dict, *, has_groups: bool) -> Path:
-    """Write ``out/results.md`` and return its path."""
+                  manifest: dict, *, groups: dict[str, str]) -> Path:
+    """Write ``out/results.md`` and return its path (``groups``: the run's fine -> coarse
+    mapping)."""
     stages = manifest.get("stages", {})
     n_types = len(report.cells_per_type_after)
     g = cfg.generator
@@ -90,11 +92,11 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
         "## Coarse groups",
         "",
     ]
-    if has_groups:
+    if merges_types(groups):
         lines.append("A prediction inside the right coarse group counts as correct.")
     else:
-        lines.append("No fine-to-coarse mapping was given (`dataset.groups`): each type is its own "
-                     "group, so this table repeats the fine one.")
+        lines.append("No fine-to-coarse mapping (`dataset.groups`) merges any types: each type is "
+                     "its own group, so this table repeats the fine one.")
     lines += ["", *_table(results, "coarse"), "", *_fidelity(out), "## Stages", "",
               "| stage | seconds | peak RSS (MB) |", "|---|---:|---:|"]
     for name, s in stages.items():
