@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 from importlib import resources
-from pathlib import Path
 
 from ..errors import DataError
+from ..paths import expand_user
 
 #: mappings shipped as package data (``cellsynth/data/groups/<name>.tsv``)
 PACKAGED = ("e-annd-5",)
@@ -27,7 +27,7 @@ def load_groups(spec: str) -> dict[str, str]:
     if spec in PACKAGED:
         text = resources.files("cellsynth.data").joinpath(f"groups/{spec}.tsv").read_text()
         return _parse_tsv(text, spec)
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     if not path.is_file():
         raise DataError(
             f"cell-type groups '{spec}' is neither a packaged mapping ({', '.join(PACKAGED)}) "
