@@ -1,9 +1,11 @@
 """A threaded HTTP server on 127.0.0.1 that serves bytes from memory, for download tests.
 
-Supports ``Range: bytes=N-`` (206, or 416 past the end) and four faults: close the
-connection after ``cut_after`` body bytes while announcing the full length (once), announce
-no length at all (``no_length``), ignore Range requests (answer 200), and answer 404 to
-everything.
+Supports ``Range: bytes=N-`` (206, or 416 past the end), an ``ETag`` (``etag``) with
+``If-Range`` (a Range whose If-Range is not the current ETag gets the whole file, unless
+``ignore_if_range``) and these faults: close the connection after ``cut_after`` body bytes
+while announcing the full length (once), announce no length at all (``no_length``), ignore
+Range requests (answer 200), answer 404 to everything, and answer 200 with an HTML page
+(``html``). ``data`` may be replaced between requests (the file changed on the server).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class ServerState:
     ignore_range: bool = False
     no_length: bool = False  # send no Content-Length (nor Content-Range total)
     not_found: bool = False
+    etag: str | None = None  # sent as ETag; an If-Range that differs gets the whole file
+    ignore_if_range: bool = False
+    html: bytes | None = None  # answer every request with this page (200, text/html)
     requests: list[dict[str, str]] = field(default_factory=list)  # headers of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,8 +48,19 @@ class _Handler(BaseHTTPRequestHandler):
         if state.not_found:
             self.send_error(404)
             return
+        if state.html is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(state.html)))
+            self.end_headers()
+            self.wfile.write(state.html)
+            self.close_connection = True
+            return
         data, start, total = state.data, 0, len(state.data)
         rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range != state.etag and not state.ignore_if_range:
+            rng = None  # the file changed: the whole of it
         if rng and not state.ignore_range:
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= total:
@@ -59,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        if state.etag is not None:
+            self.send_header("ETag", state.etag)
         if not state.no_length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -44,6 +44,7 @@ from .data.io import (
 from .data.split import stratified_split
 from .data.store import MatrixRows
 from .errors import DataError
+from .paths import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def is_large(path: str | Path | None, backed: Backed) -> bool:
     if backed is True:
         return True
     if backed == "auto" and path:
-        p = Path(path).expanduser()
+        p = expand_user(path)
         return p.is_file() and p.stat().st_size > BACKED_BYTES
     return False
 

@@ -418,18 +418,31 @@ def main(argv: list[str] | None = None) -> int:
 
         name = signal.Signals(exc.signum).name
         logging.getLogger("cellsynth").error("terminated by %s", name)
-        print(f"cellsynth: terminated by {name}; partial outputs removed{_after_stop(args)}",
-              file=sys.stderr)
+        print(f"cellsynth: terminated by {name}; {_after_stop(args)}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print(f"cellsynth: interrupted; partial outputs removed{_after_stop(args)}",
-              file=sys.stderr)
+        print(f"cellsynth: interrupted; {_after_stop(args)}", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # pathlib's, for a ~user that does not exist
+        if "home directory" not in str(exc):
+            raise
+        print(f"cellsynth: error: a path starting with ~ cannot be expanded ({exc}); give it "
+              "as a full path", file=sys.stderr)
+        return 2
 
 
 def _after_stop(args: argparse.Namespace) -> str:
-    """What a rerun of a stopped command does, in words: a run resumes, a benchmark reuses the
-    generators it finished, the others start again."""
+    """What was kept of a stopped command and what a rerun does, in words: a download keeps its
+    partial file and resumes it, a run resumes, a benchmark reuses the generators it finished,
+    the others start again."""
+    if args.command == "download":
+        return ("the partial download (NAME.part in --cache-dir) is kept: run the same command "
+                "again to resume it")
+    return "partial outputs removed" + _rerun(args)
+
+
+def _rerun(args: argparse.Namespace) -> str:
+    """What a rerun of a stopped command other than download does, in words."""
     if args.command == "run":
         return (" (a run keeps its finished stages and its last training checkpoint: rerun "
                 "the same command to resume)")

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import CellsynthError
+from .paths import expand_user
 from .runtime import RunLock
 
 
@@ -22,7 +23,7 @@ def _json(path: Path) -> Any:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """A plain dict describing what is at ``path``; ``kind`` says which it is."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     try:
         return _describe(path)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:  # JSON of another shape

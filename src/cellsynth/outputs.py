@@ -10,11 +10,13 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import CellsynthError, listed
+from .paths import expand_user
 
 logger = logging.getLogger("cellsynth.pipeline")
 
@@ -37,21 +39,59 @@ def json_ready(o: Any) -> Any:
     return o
 
 
+def _umask() -> int:
+    """This process's umask (read from /proc where possible: setting it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: Path, suffix: str, *, folder: bool = False) -> Path:
+    """A new, empty file (or ``folder``) of this process's own beside ``path``, named
+    ``NAME.<random>`` + ``suffix``, for an atomic write that is renamed to ``path`` when done.
+
+    Every writer gets its own name, so two writers of one output never write into (or rename)
+    each other's half-written file. The permissions are those of a new file or folder (mkstemp
+    and mkdtemp make them private).
+    """
+    path = Path(path)
+    prefix = ("." if folder else "") + path.name + "."
+    if folder:
+        made = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+        made.chmod(0o777 & ~_umask())
+        return made
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically: into ``PATH.tmp``, then renamed to ``path``.
+    """Write ``text`` (UTF-8) atomically: into ``PATH.<random>.tmp``, then renamed to ``path``.
 
     A failure or a kill mid-write leaves ``path`` as it was (the temporary file is removed on
     error); the rename replaces a symlink at ``path`` rather than writing through it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = None
     try:
-        tmp.unlink(missing_ok=True)  # never write through a link left at the temporary name
+        tmp = temp_beside(path, ".tmp")  # this writer's own: never another's, nor a link
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CellsynthError(f"disk full while writing {path}; free space or choose "
                                  "another --out (the earlier file is left as it was)") from None
@@ -84,7 +124,7 @@ def check_writable(path: str | Path, flag: str = "--out") -> None:
     virtual file system). The path itself may be new, and so may folders above it."""
     import tempfile
 
-    path = Path(path).expanduser()
+    path = expand_user(path)
     place = path if path.is_dir() else path.parent
     while not place.exists() and place != place.parent:
         place = place.parent
@@ -116,7 +156,7 @@ def check_out_dir(out: str | Path, flag: str, what: str,
 def enclosing_run(path: str | Path) -> Path | None:
     """The run directory ``path`` is or lies in: the nearest folder at or above it that holds a
     run's ``manifest.json`` and ``config.toml``; None outside any run."""
-    path = Path(path).expanduser().resolve()
+    path = expand_user(path).resolve()
     for place in (path, *path.parents):
         if (place / "manifest.json").is_file() and (place / "config.toml").is_file():
             return place
@@ -134,7 +174,7 @@ def check_out(out: Path, cfg: Any) -> None:
     a non-empty directory of another kind is a one-line error."""
     check_run_dir(out)
     if cfg.dataset.path:
-        data = Path(cfg.dataset.path).expanduser().resolve()
+        data = expand_user(cfg.dataset.path).resolve()
         try:
             rel = data.relative_to(out.resolve())
         except ValueError:
@@ -195,7 +235,7 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
     anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
     a command writes its output again), with a line in the log (``say`` false: the caller
     says it when it writes, after its other checks)."""
-    path = Path(path).expanduser()
+    path = expand_user(path, flag)
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
                              f"{path / (('report' if 'report' in what else 'cells') + suffixes[0])}")

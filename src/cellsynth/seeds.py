@@ -29,8 +29,16 @@ def checked_whole(value: object, name: str, least: int = 1) -> int:
     from .errors import DataError
 
     if not is_whole(value) or value < least:
-        raise DataError(f"{name} must be a whole number of at least {least}, got {value!r}")
+        raise DataError(f"{name} must be a whole number of at least {least}, got {value!r}"
+                        f"{_as_int(value)}")
     return int(value)
+
+
+def _as_int(value: object) -> str:
+    """For a whole-valued float, how to give it (an int); else nothing."""
+    if isinstance(value, float) and value.is_integer():
+        return f", a float: pass the int {int(value)}"
+    return ""
 
 
 def checked_seed(seed: object) -> int:
@@ -39,5 +47,6 @@ def checked_seed(seed: object) -> int:
     from .errors import DataError
 
     if not is_whole(seed) or not 0 <= seed < 2**63:
-        raise DataError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+        raise DataError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}"
+                        f"{_as_int(seed)}")
     return int(seed)

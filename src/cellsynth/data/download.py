@@ -1,23 +1,43 @@
 """Download Expression Atlas experiments into a local cache, resumably.
 
 Only the standard library talks to the network (:mod:`urllib`). A download streams into
-``<file>.part``; an interrupted one is resumed with an HTTP ``Range`` request the next time the
-same command runs, and the file gets its final name (atomically) only once its size matches the
-size the server announced.
+``<file>.part``; an interrupted one is resumed with an HTTP ``Range`` request (and ``If-Range``)
+the next time the same command runs, only when the server's file is the one it began with (the
+validators kept in ``<file>.part.json``), and the file gets its final name (atomically) only
+once the size on disk matches the size the server announced. ``<file>.lock`` keeps a second
+process from writing into the same ``.part``.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import math
 import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from cellsynth.errors import ConfigError, DownloadError
+from cellsynth.errors import ConfigError, DataError, DownloadError
 from cellsynth.options import progress_bar
+from cellsynth.paths import expand_user
+from cellsynth.seeds import checked_whole
+
+from ._download_state import (
+    HDF5_SIGNATURE,
+    Validators,
+    describe_bytes,
+    discard,
+    disk_full,
+    drop_state,
+    locked,
+    not_the_file,
+    read_head,
+    read_state,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +82,15 @@ def expression_atlas_url(accession: str, base_url: str = DEFAULT_BASE_URL) -> st
     return f"{base_url.rstrip('/')}/{acc}/{acc}.project.h5ad"
 
 
+def _checked_settings(timeout: object, chunk_size: object) -> tuple[float, int]:
+    """``timeout`` and ``chunk_size`` checked, or a :class:`DataError` naming the bad one."""
+    chunk_size = checked_whole(chunk_size, "chunk_size (bytes read per step)")
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout) or timeout <= 0):  # fmt: skip
+        raise DataError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout), chunk_size
+
+
 def download(
     accession: str,
     cache_dir: str | Path = "~/.cache/cellsynth",
@@ -82,7 +111,8 @@ def download(
     base_url
         Root of the single-cell experiments directory.
     force
-        Download again (from zero) even if the file or a partial download exists.
+        Discard the cached file and download it again. A partial download (``.part``) is still
+        resumed when the server's file is unchanged (same size, ETag and Last-Modified).
     timeout
         Seconds to wait for the server on connect and on each read.
     chunk_size
@@ -98,27 +128,43 @@ def download(
     ConfigError
         If the accession is malformed.
     DownloadError
-        If the host cannot be reached, the file does not exist or the transfer is cut short.
+        If the host cannot be reached, the file does not exist, the transfer is cut short, the
+        disk is full or another process downloads the same file.
     """
+    timeout, chunk_size = _checked_settings(timeout, chunk_size)
     url = expression_atlas_url(accession, base_url)
-    dest = Path(cache_dir).expanduser() / url.rsplit("/", 1)[1]
-    if dest.is_file() and not force:
-        damage = unreadable(dest)
-        if damage is None:
-            logger.info("using cached %s; pass force=True to download again", dest)
-            return dest
-        if "truncated" not in damage:
-            raise DownloadError(f"the cached {dest} is not a readable h5ad ({damage}); "
-                                "download it again with --force (force=True)")
-        logger.warning("the cached %s is incomplete (%s): resuming its download", dest, damage)
-        os.replace(dest, _part_path(dest))
-    if force:
-        _part_path(dest).unlink(missing_ok=True)
-    return download_url(url, dest, timeout=timeout, chunk_size=chunk_size)
+    dest = expand_user(cache_dir, "--cache-dir (cache_dir=)") / url.rsplit("/", 1)[1]
+    _make_folder(dest)
+    with locked(dest):
+        if dest.is_file() and force:
+            logger.info("--force (force=True): discarding the cached %s", dest)
+            dest.unlink()
+        if dest.is_file():
+            damage = unreadable(dest)
+            if damage is None:
+                logger.info("using cached %s; download it again with --force (force=True)",
+                            dest)
+                return dest
+            if "truncated" not in damage:
+                raise DownloadError(f"the cached {dest} is not a readable h5ad ({damage}); "
+                                    "download it again with --force (force=True)")
+            # which version of the server's file it holds is not known: resuming it could join
+            # two versions, so it is fetched again
+            logger.warning("the cached %s is incomplete (%s): downloading it again", dest,
+                           damage)
+            dest.unlink()
+        return _fetch(url, dest, timeout, chunk_size)
 
 
 def _part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")  # data.h5ad -> data.h5ad.part
+
+
+def _make_folder(dest: Path) -> None:
+    if dest.is_dir():
+        raise DownloadError(f"{dest} is a folder, where the download would be saved: move it "
+                            "away or download into another folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
 
 
 def download_url(
@@ -128,14 +174,15 @@ def download_url(
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
 ) -> Path:
-    """Stream ``url`` into ``dest``, resuming a previous partial download.
+    """Stream ``url`` into ``dest``, resuming a previous partial download of the same file.
 
     Parameters
     ----------
     url
         Address of the file.
     dest
-        Final path; the transfer goes to ``dest`` + ``".part"`` and is renamed when complete.
+        Final path; the transfer goes to ``dest`` + ``".part"`` (the first reply's validators
+        in ``.part.json``) and is renamed when complete; ``dest`` + ``".lock"`` is held meanwhile.
     timeout
         Seconds to wait for the server on connect and on each read.
     chunk_size
@@ -149,27 +196,42 @@ def download_url(
     Raises
     ------
     DownloadError
-        If the host cannot be reached, the server answers with an error or the transfer ends
-        before the announced size (the ``.part`` file is kept so that a rerun resumes it).
+        If the host cannot be reached, the server answers with an error or a page instead of
+        the file, the transfer ends before the announced size (the ``.part`` file is kept so
+        that a rerun resumes it), the disk is full or another process downloads the same file.
     """
-    dest = Path(dest)
-    if dest.is_dir():
-        raise DownloadError(f"{dest} is a folder, where the download would be saved: move it "
-                            "away or download into another folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    timeout, chunk_size = _checked_settings(timeout, chunk_size)
+    dest = expand_user(dest, "the destination")
+    _make_folder(dest)
+    with locked(dest):
+        return _fetch(url, dest, timeout, chunk_size)
+
+
+def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
+    """:func:`download_url`'s work, under the download's lock."""
     part = _part_path(dest)
-    if (part.is_file() and part.stat().st_size >= len(HDF5_SIGNATURE) and
+    if not part.is_file():
+        drop_state(part)
+    elif (part.stat().st_size >= len(HDF5_SIGNATURE) and
             _hdf5_name(dest) and not is_hdf5(part)):  # fmt: skip
         logger.warning("the partial download %s does not start as an HDF5 file (%s): starting "
                        "again from zero", part, describe(part))
-        part.unlink()
+        discard(part)
+    elif read_state(part) is None:
+        logger.warning("the partial download %s has no record of the server's file it came "
+                       "from (left by an older cellsynth?): starting again from zero", part)
+        discard(part)
     for _attempt in range(2):  # a second attempt only after discarding an unusable .part
         offset = part.stat().st_size if part.is_file() else 0
+        stored = read_state(part) if offset else None
         headers = {"User-Agent": _USER_AGENT}
-        if offset:
+        if offset and stored is not None:
             headers["Range"] = f"bytes={offset}-"
+            if stored.if_range():  # the server sends the whole file if its file changed
+                headers["If-Range"] = stored.if_range()
             logger.info("resuming %s at byte %d", url, offset)
         else:
+            offset, stored = 0, None
             logger.info("downloading %s to %s", url, dest)
         try:
             response = urllib.request.urlopen(
@@ -179,22 +241,20 @@ def download_url(
             if exc.code == 416 and offset:
                 total = _parse_content_range(exc.headers.get("Content-Range"))[1]
                 exc.close()
-                if total == offset:
+                if total == offset and stored.total in (None, total):
                     logger.info("%s was already complete (%d bytes)", part, offset)
-                    return _finish(part, dest)
+                    return _finish(part, dest, url, total)
                 logger.warning("discarding %s (%d bytes): the server has %s bytes",
                                part, offset, total)
-                part.unlink()
+                discard(part)
                 continue
             raise _http_error(url, exc) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise DownloadError(
-                f"cannot reach {url} ({reason}): this machine seems offline or the host "
-                f"unreachable; {_BY_HAND}"
-            ) from None
+            raise _unreachable(url, exc, timeout) from None
         with response:
-            return _receive(response, url, part, dest, offset, chunk_size)
+            done = _receive(response, url, part, dest, offset, stored, chunk_size, timeout)
+        if done is not None:
+            return done
     raise DownloadError(f"cannot resume {url} into {part}; delete it and run again")
 
 
@@ -208,6 +268,19 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> DownloadError:
     return DownloadError(f"{url} answered HTTP {exc.code} {exc.reason}; try again later or {_BY_HAND}")
 
 
+def _unreachable(url: str, exc: OSError, timeout: float) -> DownloadError:
+    """The error for a request that got no reply: no such file, a timeout, or no route."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, FileNotFoundError | NotADirectoryError):
+        return DownloadError(f"{url} does not exist (the mirror has no such file): check the "
+                             "accession and the base URL (--base-url)")
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return DownloadError(f"{url} did not answer within {timeout:g} s (timed out): the server "
+                             f"is slow or overloaded; try again later, or {_BY_HAND}")
+    return DownloadError(f"cannot reach {url} ({reason}): this machine seems offline or the host "
+                         f"unreachable; {_BY_HAND}")
+
+
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     """``(start, total)`` from ``bytes START-END/TOTAL`` or ``bytes */TOTAL``; None if absent."""
     match = _CONTENT_RANGE.fullmatch((value or "").strip())
@@ -217,9 +290,10 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return (int(start) if start else None), (int(total) if total != "*" else None)
 
 
-def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Path,
-             offset: int, chunk_size: int) -> Path:
-    """Write the body of ``response`` into ``part`` and rename it to ``dest`` when complete."""
+def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Path, offset: int,
+             stored: Validators | None, chunk_size: int, timeout: float) -> Path | None:
+    """Write the body of ``response`` into ``part`` and rename it to ``dest`` when complete;
+    None when the server's file changed since ``part`` was begun (``part`` is then discarded)."""
     status = getattr(response, "status", None) or 200
     length = response.headers.get("Content-Length")
     length = int(length) if length and length.isdigit() else None
@@ -229,41 +303,88 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
             raise DownloadError(f"{url} resumed at byte {start} instead of {offset}; delete {part}")
         if total is None and length is not None:
             total = offset + length
+        now = Validators.of(response.headers, total)
+        if changed := stored.differences(now):
+            logger.warning("the server's file changed since %s was begun (%s): starting again "
+                           "from zero", part, "; ".join(changed))
+            discard(part)
+            return None
     else:
         if offset:
-            logger.warning("server ignored the Range request for %s; restarting from zero", url)
+            logger.warning("%s sent the whole file, not the rest of %s (it ignores Range, or its "
+                           "file changed): restarting from zero", url, part)
         offset, total = 0, length
-    written = offset
-    with open(part, "ab" if status == 206 else "wb") as fh, progress_bar(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=dest.name,
-    ) as bar:
-        try:
-            # read1: what has arrived, up to a chunk (read() waits for a whole chunk, so a
-            # transfer stalled or cut mid-chunk lost what it had received)
-            read = getattr(response, "read1", response.read)
-            while chunk := read(chunk_size):
-                fh.write(chunk)
-                written += len(chunk)
-                bar.update(len(chunk))
-        except (http.client.IncompleteRead, OSError) as exc:
-            logger.debug("transfer of %s interrupted: %r", url, exc)
-    if total is not None and written != total:
-        if written > total:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{url} sent {written} bytes, more than the {total} announced; "
+        now = Validators.of(response.headers, total)
+    read = getattr(response, "read1", response.read)
+    try:
+        head = read_head(read)
+    except (http.client.IncompleteRead, OSError) as exc:
+        logger.debug("reading %s failed: %r", url, exc)
+        head = b""
+    why = not_the_file(response.headers.get("Content-Type"), head, hdf5=_hdf5_name(dest),
+                       replacing=status != 206 and part.is_file())
+    if why is None and not head and status != 206:
+        why = describe_bytes(head, 0)  # "an empty file"
+    if why is not None:
+        kept = (f"the partial download {part} is kept and the same command resumes it once the "
+                "server sends the file again" if part.is_file() else
+                f"nothing was saved as {dest}: check the accession and the base URL, or {_BY_HAND}")
+        raise DownloadError(f"the server sent {why}, not an HDF5 (.h5ad) file; {kept}")
+    target = part if status == 206 else part.with_name(part.name + ".new")
+    error = _stream(read, head, target, part, url, now, total, offset, chunk_size, dest.name)
+    size = part.stat().st_size  # what is on disk, not what this process counted
+    if total is not None and size != total:
+        if size > total:
+            discard(part)
+            raise DownloadError(f"{url} sent {size} bytes, more than the {total} announced; "
                                 "the partial file was removed, run the same command again")
-        raise DownloadError(
-            f"transfer of {url} was truncated at {written} of {total} bytes; {part} is kept "
-            "and running the same command again resumes it"
-        )
+        why = (f"no data for {timeout:g} s" if isinstance(error, TimeoutError) else
+               "the connection was closed")
+        raise DownloadError(f"transfer of {url} was truncated at {size} of {total} bytes ({why}); "
+                            f"{part} is kept and running the same command again resumes it")
     if total is None:
-        logger.warning("%s announced no size; cannot verify the %d bytes received", url, written)
-    return _finish(part, dest)
+        logger.warning("%s announced no size; cannot verify the %d bytes received", url, size)
+    return _finish(part, dest, url, total)
 
 
-#: the HDF5 signature, at byte 0 or (after a user block) at 512, 1024, 2048... bytes
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path, url: str,
+            now: Validators, total: int | None, offset: int, chunk_size: int,
+            name: str) -> BaseException | None:
+    """Write ``head`` and the rest of the reply into ``target`` (``part``, or a new file that
+    replaces ``part`` once its first bytes are written); the read error that ended the
+    transfer, if any. A write error (a full disk) is a :class:`DownloadError`."""
+    error = None
+    try:
+        with open(target, "ab" if target == part else "wb", buffering=0) as fh, progress_bar(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=name,
+        ) as bar:
+            chunk = head
+            while chunk:
+                view = memoryview(chunk)
+                while view:  # an unbuffered write may take part of the chunk
+                    view = view[fh.write(view):]
+                bar.update(len(chunk))
+                if target != part:  # the new reply passed its check: it replaces the old part
+                    drop_state(part)
+                    os.replace(target, part)
+                    write_state(part, now, url)
+                    target = part
+                try:
+                    # read1: what has arrived, up to a chunk (read() waits for a whole chunk,
+                    # so a transfer stalled or cut mid-chunk lost what it had received)
+                    chunk = read(chunk_size)
+                except (http.client.IncompleteRead, OSError) as exc:
+                    logger.debug("transfer of %s interrupted: %r", url, exc)
+                    error = exc
+                    break
+    except OSError as exc:  # writing, not reading
+        if target != part:
+            target.unlink(missing_ok=True)
+        raise disk_full(part, exc, total) from None
+    if target != part:  # an empty reply: nothing replaced the old part
+        target.unlink(missing_ok=True)
+    return error
 
 
 def _hdf5_name(path: Path) -> bool:
@@ -285,41 +406,36 @@ def is_hdf5(path: Path) -> bool:
 
 
 def describe(path: Path) -> str:
-    """What a file that is not HDF5 looks like, in words (an HTML page and its title, gzip,
-    zip, text and how it starts, or its first bytes)."""
-    head = path.read_bytes()[:4096] if path.stat().st_size else b""
-    if not head:
-        return "an empty file"
-    text = head.decode("utf-8", errors="replace")
-    lower = text.lower()
-    if "<html" in lower or "<!doctype html" in lower:
-        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-        return "an HTML page" + (f": {' '.join(title.group(1).split())[:80]!r}" if title else "")
-    if head.startswith(b"\x1f\x8b"):
-        return "a gzip file (decompress it first?)"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive"
-    if all(c.isprintable() or c.isspace() for c in text[:200]):
-        return f"text starting {' '.join(text[:60].split())!r}"
-    return f"{path.stat().st_size} bytes starting {head[:8].hex(' ')}"
+    """What a file that is not HDF5 looks like, in words (see :func:`describe_bytes`)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        return describe_bytes(fh.read(4096), size)
 
 
-def _finish(part: Path, dest: Path) -> Path:
+def _finish(part: Path, dest: Path, url: str, total: int | None) -> Path:
     if _hdf5_name(dest) and not is_hdf5(part):
         what = describe(part)
-        part.unlink(missing_ok=True)
+        discard(part)
         raise DownloadError(f"the server sent {what}, not an HDF5 (.h5ad) file; nothing was saved "
                             f"as {dest}: check the accession and the base URL, or {_BY_HAND}")
     damage = unreadable(part) if _hdf5_name(dest) else None
+    size = part.stat().st_size
+    if damage is not None and "truncated" in damage and total is not None and size == total:
+        discard(part)  # downloading again gives the same bytes
+        raise DownloadError(f"the server's own copy of {url} is incomplete: it announced {total} "
+                            f"bytes and sent them all, but the file is cut short ({damage}); "
+                            f"nothing was saved as {dest}: try another mirror (--base-url) or "
+                            f"later, or {_BY_HAND}")
     if damage is not None and "truncated" in damage:  # a server that announced no size
-        raise DownloadError(f"the transfer ended after {part.stat().st_size} bytes, but the file "
-                            f"is not complete ({damage}); {part} is kept and running the same "
+        raise DownloadError(f"the transfer ended after {size} bytes, but the file is not "
+                            f"complete ({damage}); {part} is kept and running the same "
                             "command again resumes it")
     if damage is not None:
-        part.unlink(missing_ok=True)
+        discard(part)
         raise DownloadError(f"the server sent a damaged HDF5 file ({damage}); nothing was saved "
                             f"as {dest}: run the same command again, or {_BY_HAND}")
     os.replace(part, dest)
+    drop_state(part)
     logger.info("saved %s (%d bytes)", dest, dest.stat().st_size)
     return dest
 

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, listed
+from ..paths import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def groups_file(spec: str) -> Path | None:
     """The file ``spec`` names (None for ``""``, ``"auto"`` or a packaged name)."""
     if not spec or spec == AUTO or spec in PACKAGED:
         return None
-    return Path(spec).expanduser()
+    return expand_user(spec, "dataset.groups")
 
 
 def load_groups(spec: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataError
+from ..paths import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def unreadable(path: Path, exc: Exception) -> DataError:
 
 def check_file(path: str | Path) -> Path:
     """The path of an existing HDF5 file; :class:`DataError` otherwise."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if path.is_dir():
         if (path / "manifest.json").is_file():
             raise DataError(f"{path} is a run directory, not an h5ad; its generated cells are "

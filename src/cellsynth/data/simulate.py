@@ -38,6 +38,7 @@ from ..keys import MITO, N_GENES
 from ..options import progress_bar
 from ..outputs import check_file_out, generated_h5ad
 from ..runtime import available_memory
+from ._sim_checks import check_args, check_writing, model_bytes
 from ._sim_design import (
     CONDITION_KEY,
     DONOR_KEY,
@@ -272,6 +273,9 @@ def _setup(
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
     n_donors: int = 0, n_conditions: int = 0,
 ) -> tuple[_Model, _Plan, Effects | None]:  # fmt: skip
+    rates = {"doublet_rate": doublet_rate, "uninformative_rate": uninformative_rate}
+    seed = check_args(n_cells, n_genes, n_types, n_mito, seed, rates, library_size, n_donors,
+                      n_conditions)
     if min(n_cells, n_types) < 1:
         raise ConfigError(f"need at least 1 cell and 1 type (--cells, --types); got {n_cells} "
                           f"cells and {n_types} types")  # fmt: skip
@@ -286,8 +290,13 @@ def _setup(
         raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
                           f"{doublet_rate}, uninformative_rate {uninformative_rate}, "
                           f"library_size {library_size}")  # fmt: skip
-    need = n_cells * PLAN_BYTES_PER_CELL
+    need, model = n_cells * PLAN_BYTES_PER_CELL, model_bytes(n_genes, n_types)
     free = available_memory()
+    if free is not None and model > free:
+        raise ConfigError(f"{n_types:,} types x {n_genes:,} genes need about "
+                          f"{model / 2**30:,.1f} GiB of memory for the simulator's model, and "
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer types (--types) "
+                          "or genes (--genes)")
     if free is not None and need > free:
         raise ConfigError(f"{n_cells:,} cells need about {need / 2**30:,.1f} GiB of memory for "
                           f"their annotations alone (counts are written in chunks), and "
@@ -458,8 +467,7 @@ def write_atlas(
     -------
     The path written.
     """
-    if chunk_size < 1:
-        raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
+    chunk_size = check_writing(chunk_size, compression)
     _check_label_key(label_key)
     path, started = Path(path), time.perf_counter()
     check_file_out(path, "a simulated atlas", generated_h5ad)

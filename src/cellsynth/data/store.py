@@ -24,6 +24,7 @@ from anndata.io import read_elem
 
 from ..errors import DataError
 from ..options import progress_bar
+from ..outputs import temp_beside
 from .csr import stack_rows
 from .io import Expression, check_file, unreadable
 
@@ -286,7 +287,7 @@ def _shape(elem: h5py.Group | h5py.Dataset) -> tuple[int, int]:
 
 @contextmanager
 def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
-    """An h5ad written into ``PATH.part`` and renamed to ``path`` when the block ends.
+    """An h5ad written into ``PATH.<random>.part`` and renamed to ``path`` when the block ends.
 
     The caller writes ``X``, ``obs``, ``var`` and ``uns`` (e.g. with :class:`CSRWriter` and
     ``anndata.io.write_elem``); the other elements are written empty. On any error the part file
@@ -318,28 +319,31 @@ def _write_advice(exc: OSError) -> str:
 
 @contextmanager
 def _replaced(path: Path) -> Iterator[Path]:
-    """``PATH.part`` to write into; renamed to ``path`` when the block ends, removed when it
-    fails (a full disk or an unwritable folder: a one-line :class:`DataError`)."""
+    """``PATH.<random>.part`` to write into, this writer's own (two writers of one output never
+    share a part file); renamed to ``path`` when the block ends, removed when it fails (a full
+    disk or an unwritable folder: a one-line :class:`DataError`)."""
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
-    part = path.with_name(path.name + ".part")
+    part = None
     try:
-        part.unlink(missing_ok=True)  # never write through a link left at the part name
+        part = temp_beside(path, ".part")  # a new file: never another's, nor a link
         yield part
         part.replace(path)
     except OSError as exc:
         try:
-            part.unlink(missing_ok=True)
+            if part is not None:
+                part.unlink(missing_ok=True)
         except OSError:  # an unwritable folder may not let it go either
             pass
         raise DataError(f"cannot write {path} ({exc}); {_write_advice(exc)}") from None
     except BaseException:
-        part.unlink(missing_ok=True)
+        if part is not None:
+            part.unlink(missing_ok=True)
         raise
 
 
 def write_h5ad(adata, path: str | Path) -> Path:
-    """``adata.write_h5ad`` made atomic: written into ``PATH.part`` and renamed to ``path``.
+    """``adata.write_h5ad`` made atomic: written into ``PATH.<random>.part`` and renamed to ``path``.
 
     A failure or a kill mid-write never leaves a partial file under ``path`` (the part file is
     removed on error); ``path`` an existing directory, a full disk or an unwritable folder is a

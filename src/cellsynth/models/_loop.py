@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import CellsynthError
 from ..options import LOG_SECONDS, progress_bar
+from ..outputs import temp_beside
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -150,13 +151,15 @@ class Checkpoint:
     def write(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Write atomically (temporary file, then rename); a failure only stops checkpointing."""
         start = time.perf_counter()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_beside(self.path, ".tmp")  # this writer's own (two ranks, two runs)
             save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
             os.replace(tmp, self.path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             self._broken = True
             logger.warning(
                 "cannot write the training checkpoint %s (%s); training goes on without "
@@ -195,7 +198,8 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete the checkpoint (and its folder when left empty)."""
         self.path.unlink(missing_ok=True)
-        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+        for tmp in self.path.parent.glob(self.path.name + ".*.tmp"):  # left by a kill
+            tmp.unlink(missing_ok=True)
         try:
             self.path.parent.rmdir()
         except OSError:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
-from ..outputs import check_out_dir, save_tensors
+from ..outputs import check_out_dir, save_tensors, temp_beside
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,13 @@ def _not_the_model(path: Path) -> list[str]:
 def replace_dir(new: Path, out: Path) -> None:
     """Put directory ``new`` in the place of ``out`` (a model saved earlier goes whole, so no
     file of another model stays beside the new one's)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    old = temp_beside(out, ".old", folder=True)  # this saver's own (an empty folder)
+    try:
+        if out.exists():
+            out.rename(old)  # onto the empty folder
+        new.rename(out)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
@@ -117,8 +118,8 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
                                   "cannot be saved: call fit(adata, label_key) first")
         out = Path(directory).expanduser().resolve()
         check_save_dir(out)
-        partial = out.with_name(f".{out.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = temp_beside(out, ".partial", folder=True)  # this saver's own
         try:
             save(self, partial, *args, **kwargs)
         except BaseException:
