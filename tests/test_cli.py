@@ -181,10 +181,12 @@ def test_a_stopped_command_says_what_a_rerun_does():
         return cli._after_stop(cli.build_parser().parse_args(list(argv)))
 
     assert "rerun the same command to resume" in after("run")
-    for argv in (["fit", "a.h5ad", "--label-key", "t", "--out", "m"], ["generate", "m", "--n-per-type", "5",
-                                                   "--out", "c.h5ad"]):
+    for argv in (["fit", "a.h5ad", "--label-key", "t", "--out", "m", "--model", "nb"],
+                 ["generate", "m", "--n-per-type", "5", "--out", "c.h5ad"]):
         assert "does not resume: the same command starts again" in after(*argv)
         assert "resume)" not in after(*argv)
+    # the cvae (the default model) checkpoints its training: the same command resumes it
+    assert "resumes from it" in after("fit", "a.h5ad", "--label-key", "t", "--out", "m")
     assert "reuses them" in after("benchmark", "--data", "a.h5ad", "--out", "b")
     assert after("simulate", "--out", "a.h5ad") == ""  # nothing kept: nothing to say
     # the manifest and the log name the signal, not an internal class (_Terminated)

@@ -84,3 +84,35 @@ def test_a_dask_scheduler_that_cannot_be_reached_is_one_line_and_quick(monkeypat
     with pytest.raises(ConfigError, match="dask_workers = 1000"):
         with module._connect(None, "", 1000):
             pass
+
+
+def test_a_stopped_cvae_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+    """`cellsynth fit` keeps the CVAE's checkpoint beside --out: the same command resumes it
+    (an out-of-core fit of an atlas is hours a scheduler may stop)."""
+    import logging
+
+    from cellsynth import config
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models import _loop
+    from cellsynth.pipeline.fit import checkpoint_dir, fit_model
+
+    data = tmp_path / "atlas.h5ad"
+    simulate_atlas(n_cells=300, n_genes=120, n_types=3, label_key="cell_type").write_h5ad(data)
+    cfg = config.load(None, ["cvae.max_epochs=3", "cvae.select='elbo'", "cvae.n_hidden=[32]",
+                             "cvae.n_latent=4", "cvae.checkpoint_seconds=0.0"])
+    out = tmp_path / "model"
+    write = _loop.Checkpoint.write
+
+    def write_then_die(self, tensors, meta):
+        write(self, tensors, meta)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(_loop.Checkpoint, "write", write_then_die)
+        fit_model(cfg, data, "cell_type", out, seed=0)
+    assert any(checkpoint_dir(out).iterdir()) and not out.exists()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        _, history = fit_model(cfg, data, "cell_type", out, seed=0)
+    assert "resuming CVAE training from epoch 1" in caplog.text
+    assert history["resumed_from"] == 1 and (out / "weights.safetensors").is_file()
+    assert not checkpoint_dir(out).exists()  # removed once training ended

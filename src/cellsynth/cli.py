@@ -449,6 +449,9 @@ def _rerun(args: argparse.Namespace) -> str:
     if args.command == "benchmark":
         return (" (the generators it finished are kept: the same command reuses them and "
                 "fits the others)")
+    if args.command == "fit" and getattr(args, "model", None) in (None, "cvae"):
+        return (" (the cvae's last training checkpoint is kept beside --out: the same command "
+                "resumes from it)")
     if args.command in ("fit", "generate"):
         return f" (`cellsynth {args.command}` does not resume: the same command starts again)"
     return ""

@@ -29,7 +29,9 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     with no count in the training cells are left out (``dataset.drop_undetected_genes``), and
     a seeded 10% of the cells (or ``obs['cellsynth_split']``) is held out for validation. The
     CVAE trains from disk in bounded memory; the other generators read their cells into
-    memory. ``seed`` (default: ``cfg.seed``) seeds all of it. ``out`` also receives
+    memory; the CVAE checkpoints its training beside ``out`` (:func:`checkpoint_dir`), so the
+    same call after a stop resumes it. ``seed`` (default: ``cfg.seed``) seeds all of it. ``out``
+    also receives
     ``run_config.toml``, the settings used: the seed, the data file and label column included.
 
     Returns
@@ -47,8 +49,10 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
                          chunk_size=cfg.qc.chunk_size)  # fmt: skip
     try:
         gen = make_generator(model, cfg)
-        if model == "cvae":
-            history = gen.fit(cells, seed=seed)
+        if model == "cvae":  # a stopped fit resumes from its checkpoint (same data, settings)
+            key = str(Path(data).resolve()) if isinstance(data, str | Path) else ""
+            history = gen.fit(cells, seed=seed, checkpoint_dir=checkpoint_dir(out),
+                              checkpoint_key=f"{key}|{label_key}")
         else:
             rows = cells.split_rows()
             fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
@@ -61,6 +65,12 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     gen.save(out)  # written beside out, then put in its place whole (saves_whole)
     save(used, out / "run_config.toml")
     return gen, history
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where ``cellsynth fit`` keeps the CVAE's training checkpoint: beside ``out`` (which a
+    save replaces whole), removed when training ends."""
+    return out.parent / f".{out.name}.checkpoint"
 
 
 def check_model_out(out: Path, data: Any = None) -> None:
