@@ -11,6 +11,8 @@ Range requests (answer 200), answer 404 to everything, and answer 200 with an HT
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -98,3 +100,14 @@ def start(data: bytes) -> tuple[_Server, ServerState, str]:
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
     return server, server.state, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@contextmanager
+def serving(data: bytes) -> Iterator[tuple[ServerState, str]]:
+    """:func:`start`'s server for the ``with`` block (a fixture's body): its state and base URL."""
+    server, state, base = start(data)
+    try:
+        yield state, base
+    finally:
+        server.shutdown()
+        server.server_close()

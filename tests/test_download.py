@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _http_server import ServerState, start
+from _http_server import ServerState, serving
 from cellsynth.data.download import DEFAULT_BASE_URL, download, download_url, expression_atlas_url
 from cellsynth.errors import CellsynthError, DownloadError
 
@@ -42,12 +42,8 @@ def payload() -> bytes:
 
 @pytest.fixture
 def server(payload: bytes) -> Iterator[tuple[ServerState, str]]:
-    srv, state, base = start(payload)
-    try:
-        yield state, base
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(payload) as served:
+        yield served
 
 
 def _dest(cache: Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import cellsynth.data.download as dl
-from _http_server import ServerState, start
+from _http_server import ServerState, serving, start
 from cellsynth.data._download_state import locked
 from cellsynth.errors import CellsynthError, ConfigError, DownloadError
 
@@ -39,12 +39,8 @@ BIGGER = _hdf5(3 << 19, 2)
 
 @pytest.fixture
 def server() -> Iterator[tuple[ServerState, str]]:
-    srv, state, base = start(OLD)
-    try:
-        yield state, base
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(OLD) as served:
+        yield served
 
 
 def _dest(cache: Path) -> Path:
