@@ -248,7 +248,7 @@ def test_single_cell_type():
     assert qc.on_single_cell_type == "error"
     with pytest.raises(DataError) as info:
         preprocess(a, dataset, qc, split)
-    one_line(info.value, "cell type(s) ['Rare'] have a single cell")
+    one_line(info.value, "1 cell type(s) have a single cell ('Rare')")
     assert 'qc.on_single_cell_type = "drop"' in str(info.value)
 
 

@@ -188,7 +188,7 @@ def test_a_stopped_command_says_what_a_rerun_does():
     # the cvae (the default model) checkpoints its training: the same command resumes it
     assert "resumes from it" in after("fit", "a.h5ad", "--label-key", "t", "--out", "m")
     assert "reuses them" in after("benchmark", "--data", "a.h5ad", "--out", "b")
-    assert after("simulate", "--out", "a.h5ad") == ""  # nothing kept: nothing to say
+    assert after("simulate", "--out", "a.h5ad") == "partial outputs removed"  # nothing kept
     # the manifest and the log name the signal, not an internal class (_Terminated)
     import signal
 

@@ -63,6 +63,17 @@ def canonical_model(name: str) -> str:
     return name
 
 
+#: ``dataset.groups`` values that name no file: the packaged mappings
+#: (``cellsynth/data/groups/<name>.tsv``) and "auto" (types grouped by mean training features)
+PACKAGED_GROUPS = ("e-annd-5",)
+AUTO_GROUPS = "auto"
+
+
+def groups_is_file(spec: str) -> bool:
+    """Whether ``dataset.groups = spec`` names a mapping file (not "", "auto" or packaged)."""
+    return bool(spec) and spec != AUTO_GROUPS and spec not in PACKAGED_GROUPS
+
+
 @dataclass
 class DatasetConfig:
     path: str = ""  # h5ad file; "" = the embedded demo atlas (simulated, no download)

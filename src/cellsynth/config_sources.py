@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .config import MODEL_ALIASES, RunConfig, apply_overrides, read_toml, run_config
+from .config import (
+    MODEL_ALIASES,
+    RunConfig,
+    apply_overrides,
+    groups_is_file,
+    read_toml,
+    run_config,
+)
 from .config_rules import type_name
 from .errors import ConfigError
 
@@ -160,12 +167,10 @@ def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> 
     current folder; where no file is there but one is beside the config file, that one (a
     config kept with its data and run from elsewhere), logged. A groups file in neither place
     is refused, naming both."""
-    from .data.groups import groups_file
-
     given = merged.get("dataset", {}).get(key)
     if not isinstance(given, str) or not given or Path(given).expanduser().is_absolute():
         return
-    if key == "groups" and groups_file(given) is None:
+    if key == "groups" and not groups_is_file(given):
         return  # "auto" or a packaged name
     beside = (config_path.parent / given).resolve()
     if not Path(given).exists() and beside.exists():

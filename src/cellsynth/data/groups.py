@@ -17,16 +17,14 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
+from ..config import AUTO_GROUPS, PACKAGED_GROUPS, groups_is_file
 from ..errors import DataError, listed
 from ..paths import expand_user
 
 logger = logging.getLogger(__name__)
 
-#: mappings shipped as package data (``cellsynth/data/groups/<name>.tsv``)
-PACKAGED = ("e-annd-5",)
-
-#: ``dataset.groups`` value that groups types by their mean training features
-AUTO = "auto"
+#: mappings shipped as package data; ``dataset.groups`` value grouping types by features
+PACKAGED, AUTO = PACKAGED_GROUPS, AUTO_GROUPS
 
 #: header lines recognised (lower-cased): fine first, or coarse first (columns swapped)
 _HEADERS = {("fine", "coarse"): False, ("fine_label", "group"): False,
@@ -38,7 +36,7 @@ _FORMAT = ("one fine type<TAB>coarse group per line (a header line 'fine<TAB>coa
 
 def groups_file(spec: str) -> Path | None:
     """The file ``spec`` names (None for ``""``, ``"auto"`` or a packaged name)."""
-    if not spec or spec == AUTO or spec in PACKAGED:
+    if not groups_is_file(spec):
         return None
     return expand_user(spec, "dataset.groups")
 
