@@ -116,3 +116,26 @@ def test_a_stopped_cvae_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, c
     assert "resuming CVAE training from epoch 1" in caplog.text
     assert history["resumed_from"] == 1 and (out / "weights.safetensors").is_file()
     assert not checkpoint_dir(out).exists()  # removed once training ended
+
+
+def test_cellsynths_kernels_leave_torchs_thread_count_as_the_user_set_it():
+    """numba's OpenMP pool, started by the first parallel kernel, set the process's OpenMP
+    thread count, torch's: a user's torch.set_num_threads(1) became every core after the first
+    draw, and a fit after it summed in another order than the same fit before (the one-rank
+    data-parallel fit differed from the plain one). A fresh process: the pool starts once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numpy as np\n"
+        "torch.set_num_threads(1)\n"
+        "from cellsynth.models._nb_kernel import nb_csr_arrays\n"
+        "from cellsynth.models.modules._sparse_input import nonzero\n"
+        "nonzero(torch.ones(8, 16))\n"
+        "nb_csr_arrays(np.ones((8, 16), np.float32), np.ones((1, 16), np.float32), None, 1, 1)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**__import__("os").environ, "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "1", out.stderr[-2000:]

@@ -344,10 +344,21 @@ def _workspace(size: int) -> tuple[np.ndarray, np.ndarray]:
 @contextlib.contextmanager
 def numba_threads(threads: int) -> Iterator[None]:
     """numba's parallel loops on ``threads`` threads (at most numba's own limit, at least one)
-    for the duration, as many as torch's beside them; the earlier count after."""
+    for the duration, as many as torch's beside them; the earlier count after.
+
+    With numba's OpenMP threading layer, setting its count sets the calling thread's OpenMP
+    one, which torch's CPU thread count is: restoring numba's default (every core) after a
+    draw would raise a user's ``torch.set_num_threads(1)`` to every core, so that a fit after
+    a draw ran on other threads (and summed in another order) than the same fit before it.
+    torch's count is put back as it was."""
+    import torch
+
+    torch_before = torch.get_num_threads()  # first: numba's first call starts its OpenMP pool
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
         numba.set_num_threads(before)
+        if torch.get_num_threads() != torch_before:
+            torch.set_num_threads(torch_before)
