@@ -66,9 +66,9 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
         extra = _not_the_model(out)
         if extra:
             raise ModelFileError(
-                f"{flag} {out} holds a saved model and other files ({', '.join(extra[:5])}"
-                f"{', ...' if len(extra) > 5 else ''}); a save replaces the directory whole, "
-                "so they would be lost: move them out or give another directory")
+                f"{flag} {out} holds a saved model and other files ({listed(extra)}); a save "
+                "replaces the directory whole, so they would be lost: move them out or give "
+                "another directory")
     if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
         held = sorted(p.name for p in out.iterdir())
         raise ModelFileError(
