@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
+from ..config_rules import from_dict
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
 
@@ -260,8 +261,6 @@ def read_genes(path: Path, directory: Path) -> list[str]:
 
 def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:
     """The settings dataclass ``cls`` saved in ``config.json``'s ``config`` table, checked."""
-    from ..config import from_dict
-
     try:
         if not isinstance(meta.get("config"), dict):
             raise ValueError("'config' must be a table of settings")
