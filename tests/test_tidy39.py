@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from cellsynth import keys as K
 from cellsynth.data.io import check_shape, check_whole
-from cellsynth.errors import DataError, listed
+from cellsynth.errors import ConfigError, DataError, listed
 from cellsynth.models._training import encode_labels
 
 
@@ -55,3 +55,57 @@ def test_obs_split_values_say_how_many_more():
     obs = pd.DataFrame({"cell_type": ["a"] * 8, K.SPLIT: [f"s{i}" for i in range(8)]})
     with pytest.raises(DataError, match=r"holds 's0', 's1', 's2', 's3', 's4' and 3 more; its"):
         _training_split(obs, "cell_type", seed=0, val_fraction=0.1)
+
+
+# --- simulate: a bound on types x conditions, and levels that get no cell ------------------------
+
+
+def test_simulate_refuses_too_many_condition_programs_before_any_work(tmp_path, capsys,
+                                                                      monkeypatch):
+    """--types 1000 --conditions 1000 would write about 3 million HDF5 objects to uns (hours):
+    refused in one line, with the bound, before the model is made or a file is written."""
+    from cellsynth import cli
+    from cellsynth.data import simulate
+    from cellsynth.data._sim_checks import MAX_PROGRAMS
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was made")
+
+    monkeypatch.setattr(simulate, "_make_model", no_model)
+    out = tmp_path / "big.h5ad"
+    assert cli.main(["simulate", "--out", str(out), "--cells", "200", "--types", "1000",
+                     "--conditions", "1000", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1,000 types x 1,000 conditions make 999,000 gene programs" in err
+    assert f"at most {MAX_PROGRAMS:,}" in err and "--conditions" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    with pytest.raises(ConfigError, match=r"101 types x 51 conditions make 5,050 gene programs"):
+        simulate.simulate_atlas(20, 30, 101, n_conditions=51)
+
+
+def test_simulate_at_the_bound_is_not_refused(monkeypatch):
+    from cellsynth.data import _sim_checks
+
+    _sim_checks.check_design(5_000, 2)
+    _sim_checks.check_design(10, 501)
+    with pytest.raises(ConfigError, match="5,001 gene programs"):
+        _sim_checks.check_design(5_001, 2)
+
+
+@pytest.mark.parametrize(("kw", "what"), [({"n_donors": 30}, "donors"),
+                                          ({"n_conditions": 30}, "conditions")])
+def test_simulate_warns_when_levels_get_no_cell(caplog, kw, what):
+    import logging
+
+    from cellsynth.data.simulate import simulate_atlas
+
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        adata = simulate_atlas(10, 30, 2, seed=0, **kw)
+    key = "donor" if what == "donors" else "condition"
+    got = adata.obs[key].nunique()
+    assert got <= 10 and f"{30 - got} of the 30 {what} got no cell (10 cells, fewer than the " \
+        "levels)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        simulate_atlas(200, 30, 2, seed=0, n_donors=3, n_conditions=2)
+    assert "got no cell" not in caplog.text
