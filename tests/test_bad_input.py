@@ -221,7 +221,7 @@ def test_duplicate_cell_names():
         a.obs_names = ["cell_0", *a.obs_names[:-1]]
     with pytest.raises(DataError) as info:
         check_shape(a, "x.h5ad")
-    one_line(info.value, "duplicate cell names (e.g. ['cell_0'])")
+    one_line(info.value, "duplicate cell names ('cell_0')")
     assert "obs_names_make_unique()" in str(info.value)
 
 
@@ -232,7 +232,7 @@ def test_duplicate_gene_names():
         a.var_names = ["gene_0", *a.var_names[:-1]]
     with pytest.raises(DataError) as info:
         check_shape(a, "x.h5ad")
-    one_line(info.value, "duplicate gene names (e.g. ['gene_0'])")
+    one_line(info.value, "duplicate gene names ('gene_0')")
     assert "var_names_make_unique()" in str(info.value)
 
 

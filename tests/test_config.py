@@ -176,7 +176,7 @@ def test_every_numeric_setting_declares_a_range_and_its_default_lies_in_it():
 def test_a_range_applies_to_sections_built_alone():
     """Model files build their sections with from_dict; CVAE(...) validates its config."""
     with pytest.raises(ConfigError, match=r"dropout_rate must be in \[0, 1\), got 2"):
-        config.from_dict(config.SeedVAEConfig, {"dropout_rate": 2.0})
+        config_rules.from_dict(config.SeedVAEConfig, {"dropout_rate": 2.0})
     with pytest.raises(ConfigError, match=r"cvae\.n_latent must be at least 1, got 0"):
         config.CVAEConfig(n_latent=0).validate()
     bad = config.RunConfig()

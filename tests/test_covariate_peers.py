@@ -301,7 +301,7 @@ def test_covariates_from_the_config_reach_nb_and_scvi() -> None:
     from cellsynth import config
     from cellsynth.benchmark import model_key
     from cellsynth.models.registry import make_generator
-    from cellsynth.runtime import hashed_settings
+    from cellsynth.resume import hashed_settings
 
     cfg = config.load(None, ["nb.covariates=['condition']", "nb.min_cells=5",
                              "scvi.covariates=['donor', 'condition']"])  # fmt: skip

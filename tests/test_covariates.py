@@ -532,7 +532,7 @@ def test_decode_labels_keeps_earlier_results_valid():
     """``cvae.decode_labels`` at its default (the behaviour before it) leaves stage hashes as
     they were; ``false`` is a new model, hashed."""
     from cellsynth import config
-    from cellsynth.runtime import hashed_settings
+    from cellsynth.resume import hashed_settings
 
     assert "decode_labels" not in hashed_settings(config.load())["cvae"]
     off = hashed_settings(config.load(overrides=["cvae.decode_labels=false"]))["cvae"]

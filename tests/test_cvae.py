@@ -566,7 +566,7 @@ def test_min_improvement_stops_a_loss_that_only_creeps_down():
     """On atlases the validation loss falls by hundredths of a percent an epoch for the whole
     budget: ``cvae.min_improvement`` counts such epochs as no improvement."""
     from cellsynth.config import load
-    from cellsynth.runtime import hashed_settings
+    from cellsynth.resume import hashed_settings
 
     def run(**stop) -> dict:
         creeping = (1000.0 * (1 - 0.0003 * e) for e in range(100))  # -0.03% an epoch
@@ -586,7 +586,7 @@ def test_kl_weight_scales_the_warm_up_and_adding_it_keeps_old_hashes():
     it is left out of the settings hash, so results kept before it still match."""
     from cellsynth.config import load
     from cellsynth.errors import ConfigError
-    from cellsynth.runtime import hashed_settings
+    from cellsynth.resume import hashed_settings
 
     def weights(**kl) -> list[float]:
         seen: list[float] = []
@@ -867,7 +867,7 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
     (an AUC in [0, 1]) and keeps the best checked epoch; "elbo" monitors the validation loss
     every epoch. Adding the setting keeps the hashes of results kept before it (as "elbo")."""
     from cellsynth.config import load
-    from cellsynth.runtime import hashed_settings
+    from cellsynth.resume import hashed_settings
 
     adata = simulated_counts(n_per_type=100)
     config = tiny_config(select=select, max_epochs=8, min_steps=0, patience=50, batch_size=16)

@@ -172,7 +172,8 @@ def test_single_cell_types_error_counts_them():
 # ---------------------------------------------------------------- resume (1)
 
 def _plan(tmp_path, groups, inputs=None):
-    from cellsynth.runtime import Manifest, ResumePlan
+    from cellsynth.resume import ResumePlan
+    from cellsynth.runtime import Manifest
 
     cfg = config.load(overrides=[f"dataset.groups={json.dumps(groups)}"])
     return ResumePlan(Manifest(tmp_path / "manifest.json"), cfg, set(), inputs=inputs).hashes

@@ -388,7 +388,7 @@ def test_a_deleted_stage_output_reruns_that_stage(finished_run, tmp_path, caplog
 
 
 def test_the_input_digest_is_computed_once_per_file_state(tmp_path):
-    from cellsynth.runtime import input_digest
+    from cellsynth.resume import input_digest
 
     path = tmp_path / "x.h5ad"
     path.write_bytes(b"cells")
@@ -401,7 +401,8 @@ def test_the_input_digest_is_computed_once_per_file_state(tmp_path):
 
 def test_a_corrupt_manifest_is_set_aside_and_every_stage_runs(tmp_path, caplog):
     from cellsynth.config import RunConfig
-    from cellsynth.runtime import Manifest, ResumePlan
+    from cellsynth.resume import ResumePlan
+    from cellsynth.runtime import Manifest
 
     path = tmp_path / "manifest.json"
     for bad in ("{not json", "[1, 2]", '{"stages": 3}', "\udcff"):
@@ -418,7 +419,8 @@ def test_a_corrupt_manifest_is_set_aside_and_every_stage_runs(tmp_path, caplog):
 
 def test_input_change_is_told_apart_from_a_settings_change(tmp_path, caplog):
     from cellsynth.config import RunConfig
-    from cellsynth.runtime import Manifest, ResumePlan
+    from cellsynth.resume import ResumePlan
+    from cellsynth.runtime import Manifest
 
     manifest = Manifest(tmp_path / "manifest.json")
     given = {"path": "/d/a.h5ad", "size": 10, "mtime_ns": 1, "sha256": "a" * 64}

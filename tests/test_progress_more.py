@@ -20,7 +20,8 @@ from cellsynth import keys as K
 from cellsynth.cli import main
 from cellsynth.config import ClassifierConfig, FeaturesConfig, RunConfig
 from cellsynth.options import settings
-from cellsynth.runtime import Manifest, ResumePlan
+from cellsynth.resume import ResumePlan
+from cellsynth.runtime import Manifest
 
 BAR = re.compile(r"\d+%\|")  # tqdm's "  40%|####  |"
 TIMED = r"\d+(\.\d+)? s \(peak RSS \d+ MB\)"

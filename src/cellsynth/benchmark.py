@@ -34,7 +34,8 @@ from .metrics.verdict import fidelity_verdict
 from .metrics.verdict_text import donor_summary
 from .models.registry import make_generator
 from .outputs import write_json
-from .runtime import hashed_settings, peak_rss_mb
+from .resume import hashed_settings
+from .runtime import peak_rss_mb
 from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)

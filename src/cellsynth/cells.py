@@ -43,7 +43,7 @@ from .data.io import (
 )
 from .data.split import stratified_split
 from .data.store import MatrixRows
-from .errors import DataError
+from .errors import DataError, listed
 from .paths import expand_user
 
 logger = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
         split = obs[K.SPLIT].astype(str).to_numpy().copy()
         odd = sorted(set(np.unique(split)) - {"train", "val", "test", "none", *MISSING_TEXT})
         if odd:
-            raise DataError(f"obs['{K.SPLIT}'] holds {', '.join(map(repr, odd[:5]))}; its values "
+            raise DataError(f"obs['{K.SPLIT}'] holds {listed(odd, quote=True)}; its values "
                             "are 'train', 'val' (fitted on) and 'test' (left out): rename them, "
                             f"or drop the column for a seeded split (del adata.obs['{K.SPLIT}'])")
     else:
@@ -354,7 +354,7 @@ def _warn_small_types(obs: pd.DataFrame, label_key: str) -> None:
                        "generated cells are drawn from these few and can come close to copies "
                        "of them; leave such types out or merge them (cellsynth run's QC drops "
                        "types under qc.min_cells_per_type)", len(small), FEW_CELLS,
-                       ", ".join(f"{t}: {k}" for t, k in list(small.sort_values().items())[:8]))
+                       listed([f"{t}: {k}" for t, k in small.sort_values().items()], 8))
 
 
 def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "column)")
     s.add_argument("--conditions", type=int, default=0, metavar="C",
                    help="conditions: ctrl, then stim, stim2... each with a gene program per type "
-                        "(default: 0, no condition column)")
+                        "(default: 0, no condition column; types x (conditions - 1) at most "
+                        "5,000)")
     s.add_argument("--out", required=True, metavar="FILE", help="the h5ad file to write")
     s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tomllib
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from .config_rules import check_ranges, coerce, fix_hint, ranged, within
+from .config_rules import check_ranges, fix_hint, from_dict, ranged, within
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -28,11 +27,6 @@ DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", 
 
 #: old generator names -> their names now (still accepted, with a warning)
 MODEL_ALIASES = {"seed": "reference"}
-
-#: settings people look for where they are not, and where they are
-MOVED = {"dataset.covariates": "cvae.covariates (each generator's own section: nb.covariates, "
-                               "scvi.covariates; or `cellsynth fit --covariates`)",
-         "generator.covariates": "cvae.covariates (or nb.covariates, scvi.covariates)"}
 
 #: the generators that condition on covariates, and the section holding their ``covariates``
 COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
@@ -404,40 +398,7 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checks
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """A config dataclass ``cls`` from a nested dict, keys, types and ranges checked.
-
-    ``prefix`` (``"cvae."``) names the section in error messages. Raises :class:`ConfigError`.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
-            moved = MOVED.get(f"{prefix}{key}")
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}' in {where}"
-                + (f"; did you mean {moved}?" if moved else "")
-                + f"; valid keys: {', '.join(sorted(names))}"
-            )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        tp = hints[f.name]
-        value = data[f.name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
-            kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
-        else:
-            kwargs[f.name] = coerce(value, tp, f"{prefix}{f.name}")
-    section = cls(**kwargs)
-    check_ranges(section, prefix)  # before any data is read
-    return section
+# dict <-> dataclass (a section from a dict, checked: config_rules.from_dict), TOML
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The rules a setting obeys: its declared range, a finite value, its type; and how an error
 says to fix it (a config file or ``--set``, or a Python keyword within :func:`hints`).
 
-:mod:`cellsynth.config` declares each setting with :func:`ranged` and checks a section with
-:func:`check_ranges` and :func:`coerce`.
+:mod:`cellsynth.config` declares each setting with :func:`ranged`; :func:`from_dict` builds a
+section from a dict, its keys, types (:func:`coerce`) and ranges (:func:`check_ranges`) checked.
 """
 
 from __future__ import annotations
@@ -230,3 +230,43 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise TypeError(f"unsupported config type {tp} for {key}")
     raise ConfigError(f"{key} must be {type_name(tp)}, got {toml_value(value)} "
                       f"({type(value).__name__}){_quoting(key, value, tp)}; {fix_hint(key)}")
+
+
+#: settings (of :class:`cellsynth.config.RunConfig`) people look for where they are not, and
+#: where they are: an unknown key among them is answered with where it is
+MOVED = {"dataset.covariates": "cvae.covariates (each generator's own section: nb.covariates, "
+                               "scvi.covariates; or `cellsynth fit --covariates`)",
+         "generator.covariates": "cvae.covariates (or nb.covariates, scvi.covariates)"}
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """A config dataclass ``cls`` from a nested dict, keys, types and ranges checked.
+
+    ``prefix`` (``"cvae."``) names the section in error messages. Raises :class:`ConfigError`.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+            moved = MOVED.get(f"{prefix}{key}")
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}' in {where}"
+                + (f"; did you mean {moved}?" if moved else "")
+                + f"; valid keys: {', '.join(sorted(names))}"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        value = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
+            kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = coerce(value, tp, f"{prefix}{f.name}")
+    section = cls(**kwargs)
+    check_ranges(section, prefix)  # before any data is read
+    return section

@@ -31,10 +31,11 @@ class NotTrainedError(CellsynthError, RuntimeError):
     """A model asked to generate or be saved before it was trained."""
 
 
-def listed(items, limit: int = 5, *, quote: bool = False) -> str:
-    """``items`` joined by commas for a message, the first ``limit`` of them and how many more
-    (``"a, b, c and 4 more"``): a shortened list always says that it is one."""
+def listed(items, limit: int = 5, *, quote: bool = False, sep: str = ", ") -> str:
+    """``items`` joined by commas (or ``sep``, for items that hold commas) for a message, the
+    first ``limit`` of them and how many more (``"a, b, c and 4 more"``): a shortened list
+    always says that it is one."""
     items = [repr(str(i)) if quote else str(i) for i in items]
     if len(items) <= limit:
-        return ", ".join(items)
-    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+        return sep.join(items)
+    return f"{sep.join(items[:limit])} and {len(items) - limit} more"

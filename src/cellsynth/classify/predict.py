@@ -19,7 +19,7 @@ import pandas as pd
 from ..config import QCConfig
 from ..data.io import counts_matrix, find_counts
 from ..data.qc import normalise_log1p
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..features.pca import PCAModel
 from .xgb import MODEL_FILE, Classifier
 
@@ -97,7 +97,7 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     adata.obs[key_added] = out["prediction"].to_numpy()
     adata.obs[f"{key_added}_probability"] = out["probability"].to_numpy()
     logger.info("predicted %d cells with %s: %s", len(out), run / classifier,
-                ", ".join(f"{t} {n}" for t, n in out["prediction"].value_counts().head(5).items()))
+                listed(f"{t} {n}" for t, n in out["prediction"].value_counts().items()))
     return out
 
 

@@ -24,7 +24,7 @@ import xgboost as xgb
 
 from ..config import ClassifierConfig
 from ..config_rules import fix_hint
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..runtime import cpu_threads
 
@@ -321,7 +321,7 @@ def select_training(
     if not known.all():
         unknown = sorted(set(y_val[~known].tolist()))
         msg = "dropping %d validation cells of %d types absent from training: %s"
-        logger.warning(msg, int((~known).sum()), len(unknown), ", ".join(unknown[:10]))
+        logger.warning(msg, int((~known).sum()), len(unknown), listed(unknown, 10))
     return keep, np.flatnonzero(known), labels
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..paths import expand_user
 
 logger = logging.getLogger(__name__)
@@ -140,9 +140,9 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
             f"{name} has {adata.n_obs} cells and {adata.n_vars} genes; an atlas needs both"
         )
     if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()][:3].tolist()
+        dup = listed(pd.unique(adata.obs_names[adata.obs_names.duplicated()]), 3, quote=True)
         raise DataError(
-            f"{name} has duplicate cell names (e.g. {dup}); make them unique with "
+            f"{name} has duplicate cell names ({dup}); make them unique with "
             "adata.obs_names_make_unique() (then write the file again, for a file)"
         )
     check_gene_names(adata.var_names, name)
@@ -190,9 +190,9 @@ def check_gene_names(genes: Any, name: str = "the data") -> None:
     name."""
     genes = pd.Index(genes)
     if not genes.is_unique:
-        dup = genes[genes.duplicated()][:3].tolist()
+        dup = listed(pd.unique(genes[genes.duplicated()]), 3, quote=True)
         raise DataError(
-            f"{name} has duplicate gene names (e.g. {dup}); make them unique with "
+            f"{name} has duplicate gene names ({dup}); make them unique with "
             "adata.var_names_make_unique() (then write the file again, for a file)"
         )
 
@@ -280,32 +280,32 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
     if broken:  # a newline splits every line that names it (verdicts, tables, request files)
         raise DataError(
             f"obs['{key}'] holds {what} with control characters (line breaks...): "
-            f"{', '.join(map(repr, broken[:3]))}; rename them, e.g. adata.obs['{key}'] = "
+            f"{listed(broken, 3, quote=True)}; rename them, e.g. adata.obs['{key}'] = "
             f"adata.obs['{key}'].str.replace(r'\\s+', ' ', regex=True).astype('category')")
     stripped = text.str.strip()
     twins = text[stripped.duplicated(keep=False)]
     if len(twins):
-        shown = sorted(twins.tolist(), key=lambda t: (t.strip(), t))[:6]
+        shown = sorted(twins.tolist(), key=lambda t: (t.strip(), t))
         raise DataError(
             f"obs['{key}'] holds {what} that differ only by surrounding spaces "
-            f"({', '.join(map(repr, shown))}): one {what[:-1]} split in two; strip them, e.g. "
+            f"({listed(shown, 6, quote=True)}): one {what[:-1]} split in two; strip them, e.g. "
             f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
     composed = stripped.map(lambda t: unicodedata.normalize("NFC", t))
     forms = text[composed.duplicated(keep=False)]
     if len(forms):  # "naïve" as one code point and as i + a combining diaeresis: one name
-        shown = sorted(forms.tolist(), key=lambda t: (unicodedata.normalize("NFC", t), t))[:6]
+        shown = sorted(forms.tolist(), key=lambda t: (unicodedata.normalize("NFC", t), t))
         raise DataError(
             f"obs['{key}'] holds {what} that are one name written in two Unicode forms "
-            f"({', '.join(map(ascii, shown))}): one {what[:-1]} split in two; write them alike, "
+            f"({listed(map(ascii, shown), 6)}): one {what[:-1]} split in two; write them alike, "
             f"e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str).map(lambda s: "
             "unicodedata.normalize('NFC', s)).astype('category')")
     folded = text[stripped.str.casefold().duplicated(keep=False)]
-    shown = sorted(folded.tolist(), key=lambda t: (t.casefold(), t))[:6]
+    shown = sorted(folded.tolist(), key=lambda t: (t.casefold(), t))
     if shown and (key, *shown) not in _CASE_WARNED:  # "B cells", "b cells": most likely one
         _CASE_WARNED.add((key, *shown))  # once: the labels are checked at several steps
         logger.warning("obs['%s'] holds %s that differ only by case (%s): they are learned as "
                        "different %s; if they are one, rename them to one spelling", key, what,
-                       ", ".join(map(repr, shown)), what)  # fmt: skip
+                       listed(shown, 6, quote=True), what)  # fmt: skip
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
@@ -368,10 +368,10 @@ def check_whole(x: sp.csr_matrix, rows: np.ndarray | None = None) -> None:
     bad, example = fractional_rows(x)
     if not len(bad):
         return
-    first = bad[:3] if rows is None else np.asarray(rows)[bad[:3]]
+    at = bad if rows is None else np.asarray(rows)[bad]
     raise DataError(
         "this generator needs raw counts, but the matrix holds non-integer values (cells at "
-        f"rows {', '.join(map(str, first))}, ...; e.g. {example:.6g}: normalised, scaled or "
+        f"rows {listed(at, 3)}; e.g. {example:.6g}: normalised, scaled or "
         "ambient-corrected data); give the unnormalised counts in X, layers['counts'] or raw.X "
         "(counts with a little noise: round them, np.rint)")
 

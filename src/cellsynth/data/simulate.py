@@ -38,7 +38,7 @@ from ..keys import MITO, N_GENES
 from ..options import progress_bar
 from ..outputs import check_file_out, generated_h5ad
 from ..runtime import available_memory
-from ._sim_checks import check_args, check_writing, model_bytes
+from ._sim_checks import check_args, check_design, check_writing, model_bytes
 from ._sim_design import (
     CONDITION_KEY,
     DONOR_KEY,
@@ -285,6 +285,7 @@ def _setup(
     if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
         raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
                           f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip
+    check_design(n_types, n_conditions)
     rates_ok = 0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5
     if not rates_ok or (library_size is not None and library_size <= 0):
         raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
@@ -311,7 +312,16 @@ def _setup(
                        "or fewer types (--types)", n_types - got, n_types, n_cells)  # fmt: skip
     if not (n_donors or n_conditions):
         return model, plan, None
-    return model, plan, make_effects(model, n_cells, n_donors, n_conditions, seed)
+    effects = make_effects(model, n_cells, n_donors, n_conditions, seed)
+    for what, flag, n, codes in (("donors", "--donors", n_donors, effects.donor),
+                                 ("conditions", "--conditions", n_conditions,
+                                  effects.condition)):  # fmt: skip
+        if n and (got := len(np.unique(codes))) < n:
+            logger.warning("%d of the %d %s got no cell (%d cells%s): their levels are obs "
+                           "categories without cells, their effects stated but shown by none; ask for more cells (--cells) "
+                           "or fewer %s (%s)", n - got, n, what, n_cells,
+                           ", fewer than the levels" if n_cells < n else "", what, flag)
+    return model, plan, effects
 
 
 def _annotations(

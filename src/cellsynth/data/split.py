@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _heldout_donors(donors: np.ndarray, k: int, seed: int) -> np.ndarray:
     picked = np.random.default_rng(derive_seed(seed, "heldout-donors")).choice(
         names, size=k, replace=False)
     logger.info("split: %d held-out donor(s), every cell a test cell: %s", k,
-                ", ".join(sorted(map(str, picked))[:10]))
+                listed(sorted(map(str, picked)), 10))
     return np.isin(donors, picked)
 
 

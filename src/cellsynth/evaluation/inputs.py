@@ -306,15 +306,14 @@ def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None
     if not unknown:
         return
     near = {_norm(t): t for t in real_types}
-    hints = [f"{t!r} (real: {near[_norm(t)]!r})" if _norm(t) in near else repr(t)
-             for t in unknown[:8]]
+    hints = listed([f"{t!r} (real: {near[_norm(t)]!r})" if _norm(t) in near else repr(t)
+                    for t in unknown], 8)
     share = float(synthetic[unknown].sum() / max(synthetic.sum(), 1))
-    what = (f"synthetic cell types with no real type of that name in obs['{label_key}']: "
-            f"{', '.join(hints)}{' ...' if len(unknown) > 8 else ''}")
+    what = f"synthetic cell types with no real type of that name in obs['{label_key}']: {hints}"
     if len(unknown) == len(syn_types):
         raise DataError(f"no synthetic cell type is a real one: every one of them has no real "
-                        f"type of that name in obs['{label_key}'] ({', '.join(hints)}"
-                        f"{' ...' if len(unknown) > 8 else ''}); give the same label column (label_key=, --label-key) and "
+                        f"type of that name in obs['{label_key}'] ({hints}); give the same label "
+                        "column (label_key=, --label-key) and "
                         f"type names on both sides (real types: {listed(sorted(real_types), 8)})")
     logger.warning("%d of the %s (%.0f%% of the synthetic cells): not scored", len(unknown),
                    what, 100 * share)

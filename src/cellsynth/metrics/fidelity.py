@@ -35,7 +35,7 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from ..data.qc import normalise_log1p
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .space import EvalSpace, as_csr
@@ -403,12 +403,10 @@ def fidelity_report(
                         f"cells, {len(sl)} for {s.shape[0]} synthetic cells")
     common = sorted(set(rl.tolist()) & set(sl.tolist()))
     if not common:
-        def some(labels: np.ndarray) -> str:
-            names = sorted(set(labels.tolist()))
-            return ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
-
-        raise DataError(f"real and synthetic cells share no cell type (real: {some(rl)}; "
-                        f"synthetic: {some(sl)}); check the label column of both")
+        raise DataError(f"real and synthetic cells share no cell type (real: "
+                        f"{listed(sorted(set(rl.tolist())), quote=True)}; synthetic: "
+                        f"{listed(sorted(set(sl.tolist())), quote=True)}); check the label column "
+                        "of both")
 
     rng = np.random.default_rng(derive_seed(seed, "overall-sample"))
     ir, is_, n_per_type = _matched(rl, sl, cfg.max_cells, rng)
@@ -449,7 +447,7 @@ def fidelity_report(
         per_type[t] = row
     if skipped:
         logger.info("fidelity: %d type(s) skipped with fewer than %d cells on a side: %s",
-                    len(skipped), cfg.min_cells, ", ".join(list(skipped)[:10]))
+                    len(skipped), cfg.min_cells, listed(skipped, 10))
     keys = sorted({k for row in per_type.values() for k in row} - {"n_real", "n_synth"})
     with warnings.catch_warnings():  # a metric NaN for every type stays NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)

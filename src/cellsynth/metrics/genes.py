@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, listed
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .fidelity import _gene_stats, _subsample
@@ -452,7 +452,7 @@ def _halving(r: sp.csr_matrix, s: sp.csr_matrix, rl: np.ndarray, sl: np.ndarray,
                 skipped[t] = str(err)
         if skipped and not quiet:
             logger.info("gene fidelity: %d type(s) not compared: %s", len(skipped),
-                        "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]))
+                        listed([f"{k}: {v}" for k, v in skipped.items()], sep="; "))
     return {"overall": overall, "per_type": per_type, "skipped": skipped, "cells": (a, b, ss)}
 
 

@@ -39,7 +39,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .fidelity import _subsample, c2st_auc
@@ -154,7 +154,7 @@ def _donor_level(scores: dict[str, tuple[np.ndarray, np.ndarray]], dm: np.ndarra
         return None, why
     both = sorted(set(dm.tolist()) & set(dn.tolist()))
     if both:
-        return None, (f"donor(s) {', '.join(both[:5])} are in both train and heldout; donor-level "
+        return None, (f"donor(s) {listed(both)} are in both train and heldout; donor-level "
                       "membership needs held-out donors absent from training")
     um, un = np.unique(dm, return_inverse=True), np.unique(dn, return_inverse=True)
     if min(len(um[0]), len(un[0])) < 2:

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from ..classify.xgb import train_classifier
 from ..config import ClassifierConfig
 from ..data.csr import stack_rows
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..seeds import derive_seed
 from .classification import classification_report, summary_row
 from .space import EvalSpace
@@ -102,7 +102,7 @@ def tstr(
     missing = sorted(set(yte.tolist()) - set(sytr.tolist()))
     if missing:
         logger.warning("TSTR: %d real test type(s) have no synthetic training cells and score 0: "
-                       "%s", len(missing), ", ".join(missing[:10]))
+                       "%s", len(missing), listed(missing, 10))
 
     real_clf = train_classifier(xtr, ytr, xva, yva, cfg, seed=derive_seed(seed, "trtr"))
     synth_clf = train_classifier(sxtr, sytr, sxva, syva, cfg, seed=derive_seed(seed, "tstr"))
@@ -178,7 +178,7 @@ def augmentation(
     for t in rare:
         if t not in synth_by_type:
             raise DataError(f"no generated cells for rare type {t!r}; generate cells of every "
-                            f"rare type (got types: {', '.join(sorted(synth_by_type)[:10])})")
+                            f"rare type (got types: {listed(sorted(synth_by_type), 10)})")
         idx = np.flatnonzero(ytr == t)
         if idx.size == 0:
             raise DataError(f"rare type {t!r} has no real training cells; it cannot be oversampled")

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..data.io import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..seeds import is_whole
 from ._training import check_count, did_you_mean, known_label, type_counts, whole_count
 from .base import request as request_pairs
@@ -214,8 +214,8 @@ class Design:
             # allowed, but the cells are the model's extrapolation: said even under --quiet
             logger.warning("generating %d combination(s) no training cell had (the model's "
                            "answer for them, not learnt from their cells): %s", len(unseen),
-                           "; ".join(", ".join(f"{k}={v}" for k, v in u.items())
-                                     for u in unseen[:5]))
+                           listed([", ".join(f"{k}={v}" for k, v in u.items()) for u in unseen],
+                                  sep="; "))
         return unseen
 
     def seen(self, label: str, codes: tuple[int, ...]) -> bool:
@@ -255,7 +255,7 @@ class Design:
             if code < 0:
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
                                 f"{did_you_mean(level, self.levels[key])}; seen: "
-                                f"{', '.join(self.levels[key][:30])}")
+                                f"{listed(self.levels[key], 30)}")
             fixed[self.keys.index(key)] = code
         return fixed
 
@@ -307,7 +307,7 @@ def _warn_uninformative(key: str, values: pd.Series, labels: np.ndarray) -> None
     if len(few):
         logger.warning("covariate '%s': %d level(s) with fewer than %d training cells (%s): "
                        "their effect is learnt from those cells alone", key, len(few),
-                       MIN_CELLS_PER_LEVEL, ", ".join(f"{k} ({v})" for k, v in few[:5].items()))
+                       MIN_CELLS_PER_LEVEL, listed([f"{k} ({v})" for k, v in few.items()]))
 
 
 def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:

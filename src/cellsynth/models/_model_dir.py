@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
+from ..config_rules import from_dict
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
 
@@ -66,9 +67,9 @@ def check_save_dir(out: Path, flag: str = "the model directory") -> None:
         extra = _not_the_model(out)
         if extra:
             raise ModelFileError(
-                f"{flag} {out} holds a saved model and other files ({', '.join(extra[:5])}"
-                f"{', ...' if len(extra) > 5 else ''}); a save replaces the directory whole, "
-                "so they would be lost: move them out or give another directory")
+                f"{flag} {out} holds a saved model and other files ({listed(extra)}); a save "
+                "replaces the directory whole, so they would be lost: move them out or give "
+                "another directory")
     if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
         held = sorted(p.name for p in out.iterdir())
         raise ModelFileError(
@@ -260,8 +261,6 @@ def read_genes(path: Path, directory: Path) -> list[str]:
 
 def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:
     """The settings dataclass ``cls`` saved in ``config.json``'s ``config`` table, checked."""
-    from ..config import from_dict
-
     try:
         if not isinstance(meta.get("config"), dict):
             raise ValueError("'config' must be a table of settings")

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..data.levels import LevelLookup, loose_name
-from ..errors import ConfigError, DataError, NotTrainedError
+from ..errors import ConfigError, DataError, NotTrainedError, listed
 from ..seeds import checked_seed, is_whole
 
 logger = logging.getLogger(__name__)
@@ -245,11 +245,10 @@ def encode_labels(
         raise DataError(f"{name} must hold one label per cell ({n}), got shape {y.shape}")
     known = np.isin(y, labels)
     if not known.all():
-        unknown = sorted({str(v) for v in y[~known]})[:10]
+        unknown = listed(sorted({str(v) for v in y[~known]}), 10, quote=True)
         if not drop_unknown:
-            raise DataError(
-                f"{name} has labels the model does not know: {unknown}; known: {labels}"
-            )
+            raise DataError(f"{name} has labels the model does not know: {unknown}; known: "
+                            f"{listed(labels, 20, quote=True)}")
         logger.warning("dropping %d %s cells with unknown labels %s", (~known).sum(), name, unknown)
     index = {label: i for i, label in enumerate(labels)}
     codes = np.array([index[v] for v in y[known]], dtype=np.int64)  # (n_known,)

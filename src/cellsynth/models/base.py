@@ -30,7 +30,7 @@ from ..data.io import (
     training_source,
 )
 from ..data.split import stratified_split
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..seeds import checked_seed
 from ._model_dir import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
 from ._model_dir import is_model_dir as is_model_dir  # re-exported: cellsynth fit's checks
@@ -171,10 +171,13 @@ def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:
         raise DataError("the data hold the model's genes in another order; put them in the "
                         "model's order with adata[:, model.genes]")
     if genes != model_genes:
-        missing = [g for g in model_genes if g not in set(genes)][:5]
+        have = set(genes)
+        missing = [g for g in model_genes if g not in have]
+        what = (f"missing: {listed(missing, quote=True)}" if missing else
+                f"extra: {listed(sorted(set(genes) - set(model_genes)), quote=True)}")
         raise DataError(
             f"the data's {len(genes)} genes differ from the model's {len(model_genes)} "
-            f"(missing e.g. {missing}); subset the data to the model's genes "
+            f"({what}); subset the data to the model's genes "
             "(adata[:, model.genes]) or fit a model on this gene set"
         )
 

@@ -33,7 +33,8 @@ import torch
 
 from .. import keys as K
 from ..cells import Cells, for_training
-from ..config import CVAEConfig, from_dict
+from ..config import CVAEConfig
+from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
 from ..data.io import check_label, missing_labels, read, training_source
 from ..data.rows import Rows

@@ -42,7 +42,7 @@ from safetensors.numpy import load_file, save_file
 from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..data.csr import stack_rows
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..seeds import checked_seed
@@ -426,8 +426,8 @@ class NegBinBaseline(DesignRequests):
                            "whatever their covariate levels (their obs names the levels asked "
                            "for; uns['cellsynth']['fallback_combinations'] lists them): %s",
                            len(fell_back), self.min_cells,
-                           "; ".join(", ".join(f"{k}={v}" for k, v in c.items())
-                                     for c in fell_back[:5]))  # fmt: skip
+                           listed([", ".join(f"{k}={v}" for k, v in c.items()) for c in fell_back],
+                                  sep="; "))  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,

@@ -65,7 +65,8 @@ from safetensors.torch import save_file
 
 from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
-from ..config import ScviConfig, from_dict
+from ..config import ScviConfig
+from ..config_rules import from_dict
 from ..data.csr import stack_rows
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings

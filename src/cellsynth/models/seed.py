@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SeedVAEConfig, from_dict
+from ..config import SeedVAEConfig
+from ..config_rules import from_dict
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed
 from . import _loop

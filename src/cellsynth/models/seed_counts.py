@@ -30,7 +30,8 @@ import scipy.sparse as sp
 from safetensors import SafetensorError
 
 from ..checksums import verify_checksums, write_checksums
-from ..config import FeaturesConfig, SeedVAEConfig, from_dict
+from ..config import FeaturesConfig, SeedVAEConfig
+from ..config_rules import from_dict
 from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError

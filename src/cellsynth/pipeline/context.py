@@ -13,7 +13,8 @@ from ..config import RunConfig, save, to_dict
 from ..data.groups import groups_file
 from ..errors import CellsynthError, ConfigError
 from ..outputs import check_links, check_out
-from ..runtime import Manifest, ResumePlan, RunLock, environment, input_digest
+from ..resume import ResumePlan, input_digest
+from ..runtime import Manifest, RunLock, environment
 from ..seeds import derive_seed
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pandas as pd
 from .. import keys as K
 from ..data.io import missing_labels
 from ..data.levels import LevelLookup, level_text
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
@@ -261,13 +261,12 @@ def _known_rows(ask: pd.DataFrame, known: dict[str, list[str]], label_key: str,
             why = "; removed by QC before training, or not in its training data"
         logger.warning("%s has %d %s, left out of the twin (%d cells%s): %s; the model's: %s",
                        like, len(gone), what, int(gone.sum()), why,
-                       ", ".join(f"{t} ({n})" for t, n in list(gone.items())[:10]),
-                       ", ".join(levels[:10]))
+                       listed([f"{t} ({n})" for t, n in gone.items()], 10), listed(levels, 10))
         unknown |= bad
     if unknown.all():
         raise DataError(f"{like} has no cells of the types and covariate levels the model knows "
                         f"(its {', '.join(known)} against the model's; the model's types: "
-                        f"{known[label_key][:20]}): is it data of the same design, with the "
+                        f"{listed(known[label_key], 20)}): is it data of the same design, with the "
                         "label column the model was fitted on?")
     return ask[~unknown].reset_index(drop=True)
 

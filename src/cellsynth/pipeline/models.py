@@ -23,7 +23,7 @@ from ..classify.xgb import Classifier, train_classifier
 from ..config import save
 from ..data.qc import normalise_log1p
 from ..data.store import write_h5ad
-from ..errors import CellsynthError
+from ..errors import CellsynthError, listed
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
 from ..models.base import package_version, request
@@ -50,8 +50,7 @@ def score(y_true, y_pred, groups: dict[str, str], out: Path, name: str,
     if unscored:
         logger.warning("%s: %d type(s) have no cells to score (support 0 in the per-class "
                        "tables, left out of the macro average): %s", name, len(unscored),
-                       ", ".join(unscored[:10]) + (f" and {len(unscored) - 10} more"
-                                                   if len(unscored) > 10 else ""))
+                       listed(unscored, 10))
     fine = classification_report(y_true, y_pred, labels)
     coarse = classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups),
                                    sorted(set(to_coarse(labels, groups).tolist())))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import listed
 from . import figures
 from ._markup import _e, _fmt, _img, _is_num, _left_out, _missing, _note, _Run, _table
 
@@ -183,7 +184,7 @@ def _sec_design(run: _Run) -> str:
     skipped = comb.get("skipped") or {}
     if skipped:
         out += (f"<p>{len(skipped)} combination(s) not scored: "
-                + _e("; ".join(f"{c}: {why}" for c, why in list(skipped.items())[:10])) + "</p>")
+                + _e(listed([f"{c}: {why}" for c, why in skipped.items()], 10, sep="; ")) + "</p>")
     for key, pairs in (rep.get("effects") or {}).items():
         out += f"<h3>Effect of {_e(key)}</h3>"
         if "skipped" in pairs:
