@@ -122,13 +122,17 @@ def test_a_run_asking_for_a_missing_gpu_stops_before_any_stage(tmp_path, monkeyp
     from cellsynth import config
     from cellsynth.classify import xgb as module
     from cellsynth.errors import ConfigError
-    from cellsynth.pipeline.run import run
+    from cellsynth.pipeline import run
 
     monkeypatch.setattr(module, "_has_gpu", lambda: False)
     cfg = config.load(None, ["classifier.device='cuda'"])
     with pytest.raises(ConfigError, match="XGBoost sees no CUDA device"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
+    import cellsynth.pipeline.experiment  # noqa: F401  a submodule import shadows no function
+    from cellsynth import pipeline
+
+    assert callable(pipeline.run)
 
 
 def test_a_runs_classifier_annotates_new_cells_whatever_their_gene_order(tmp_path):
@@ -163,3 +167,24 @@ def test_a_runs_classifier_annotates_new_cells_whatever_their_gene_order(tmp_pat
         cs.predict_types(new, tmp_path)
     with pytest.raises(DataError, match="genes the PCA was fitted on are not"):
         cs.predict_types(new[:, :100].copy(), run)
+
+
+def test_evaluate_says_when_the_real_cells_are_the_generators_training_cells(tmp_path, caplog):
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.evaluation.inputs import warn_trained_on
+    from cellsynth.pipeline.fit import fit_model
+    from cellsynth.pipeline.generate import generate_to_file
+
+    data, other = tmp_path / "data.h5ad", tmp_path / "test.h5ad"
+    simulate_atlas(n_cells=300, n_genes=80, n_types=3, label_key="cell_type").write_h5ad(data)
+    simulate_atlas(n_cells=200, n_genes=80, n_types=3, label_key="cell_type",
+                   seed=1).write_h5ad(other)
+    from cellsynth import config
+
+    fit_model(config.load(None, []), data, "cell_type", tmp_path / "m", model="nb")
+    generate_to_file(tmp_path / "m", tmp_path / "syn.h5ad", n_per_type=20)
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert warn_trained_on(data, tmp_path / "syn.h5ad")
+    assert "scored against the cells the generator trained on" in caplog.text
+    assert not warn_trained_on(other, tmp_path / "syn.h5ad")
+    assert not warn_trained_on(data, data)  # no provenance: silent

@@ -197,7 +197,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CellsynthError(f"the generator is given twice: --model {args.model} and "
                              f"generator.model = {given} (--set or --config); give one")
     sets = [*args.set, f"generator.model='{args.model}'"]
-    covariates = [c.strip() for c in args.covariates.split(",") if c.strip()]
+    covariates = [c.strip() for c in (args.covariates or "").split(",") if c.strip()]
     section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
     cfg = config.load(args.config, sets)
     if covariates:

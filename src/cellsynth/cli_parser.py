@@ -157,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the package defaults)")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
-    f.add_argument("--covariates", metavar="LIST", default="",
+    f.add_argument("--covariates", metavar="LIST", default=None,
                    help="comma-separated obs columns the model also conditions on (donor, "
                         "condition, batch...): cvae, nb or scvi; same as --set "
-                        "MODEL.covariates=[...], e.g. nb.covariates=[...]")
+                        "MODEL.covariates=[...], e.g. nb.covariates=[...] (default: the "
+                        "config's, none unless set)")
     f.add_argument("--seed", type=_seed, default=None,
                    help="random seed of the fit (default: the config's seed, 0 unless set)")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
@@ -225,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", required=True, metavar="LIST",
                    help="comma-separated .h5ad files or preset TOMLs")
     b.add_argument("--models", default="cvae,nb,reference,scvi", metavar="LIST",
-                   help="comma-separated generators")
+                   help="comma-separated generators: cvae, nb, reference, scvi, and the privacy "
+                        "audit's positive controls copy (training cells returned) and scvi-pp "
+                        "(scVI's posterior re-draws of them)")
     b.add_argument("--label-key", default=None, metavar="KEY",
                    help="label column (default: the config's)")
     b.add_argument("--config", metavar="FILE",

@@ -49,6 +49,7 @@ from .inputs import (
     _same_file,
     _Sample,
     _shared_genes,
+    warn_trained_on,
 )
 from .page import results_page, verdict_summary
 
@@ -159,6 +160,8 @@ def compare(
 
     donors = donor_key if heldout is not None else None
     _check_sides(real, synthetic)
+    if heldout is None:
+        warn_trained_on(real, synthetic)
     r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
     _check_labels(picked["real_total"], picked["synthetic_total"], label_key)

@@ -333,3 +333,32 @@ def _check_sides(real: Any, synthetic: Any) -> None:
         logger.warning("the real data hold cells cellsynth generated (uns['cellsynth']) and the "
                        "synthetic data do not: are --real and --synthetic swapped? The floor "
                        "is built from the real side")
+
+
+def warn_trained_on(real: Any, synthetic: Any) -> bool:
+    """A WARNING (and True) when the synthetic file's model (``uns['cellsynth']['model_path']``,
+    written by ``cellsynth generate``) was fitted on the very file given as the real cells
+    (its ``run_config.toml``'s ``dataset.path``): scored against its own training cells, a
+    generator that copies them looks perfect. Silent where either side is not a file or the
+    provenance cannot be read."""
+    import tomllib
+
+    import h5py
+    from anndata.io import read_elem
+
+    if not isinstance(real, str | Path) or not isinstance(synthetic, str | Path):
+        return False
+    try:
+        with h5py.File(Path(synthetic).expanduser(), "r") as f:
+            model = Path(str(read_elem(f["uns"]["cellsynth"]["model_path"])))
+        fitted = tomllib.loads((model / "run_config.toml").read_text())["dataset"]["path"]
+        same = Path(fitted).expanduser().resolve() == Path(real).expanduser().resolve()
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    if same:
+        logger.warning("the synthetic cells come from %s, which was fitted on %s itself: they "
+                       "are scored against the cells the generator trained on, where copying "
+                       "looks perfect. Score them against cells it never saw (--real TEST.h5ad, "
+                       "a file of cells left out of the fit), or give those as --heldout for "
+                       "the privacy audit", model, real)
+    return same

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["RunContext", "fit_model", "out_of_core", "run"]
 
-_WHERE = {"RunContext": "context", "out_of_core": "context", "fit_model": "fit", "run": "run"}
+_WHERE = {"RunContext": "context", "out_of_core": "context", "fit_model": "fit", "run": "experiment"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,8 @@
 """Plots of cellsynth's results, in scanpy's habit (``cs.pl.<name>``).
 
 Each function takes data (a result, a model, AnnData objects), draws into ``ax`` (a new
-figure when None) and returns the matplotlib :class:`~matplotlib.axes.Axes`; ``save=`` writes
+figure when None) and returns the matplotlib :class:`~matplotlib.axes.Axes` (a list of them
+for several panels); ``save=`` writes
 the figure to a file and ``show=True`` calls ``plt.show()`` (and returns None), as scanpy's
 ``pl`` functions do. By default nothing is shown, so they work the same in a notebook, a
 script or on a headless machine (Agg). matplotlib is imported only when a function is
