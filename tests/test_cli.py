@@ -149,6 +149,8 @@ def test_config_show_is_the_resolved_settings_as_toml(capsys):
     assert "dropout_rate = 0.1" in text and "float in [0, 1)" in text
     assert "int in [0, 2**63)" in lines["seed"]
     assert 'one of "cvae", "nb", "reference", "scvi"' in lines["model"]
+    assert lines["val"].endswith("train + val + test = 1")  # the fractions' rule, on them alone
+    assert "train + val" not in lines["heldout_donors"]
 
 
 def test_config_show_without_data_is_the_demo_preset(capsys):

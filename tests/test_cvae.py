@@ -1097,3 +1097,17 @@ def test_mixture_draws_are_each_cells_component_mean_plus_its_factor_times_the_n
     torch.testing.assert_close(z, expected[:, :-1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(library, torch.exp(expected[:, -1]), rtol=1e-5, atol=1e-5)
     assert not bool(((y == 1) & (comp == 2)).any())
+
+
+def test_the_log_says_when_the_kept_epoch_is_checked(caplog):
+    """A fit shorter than the check interval checks at its last epoch, and says so (it said
+    "every 33 epochs" for a 2-epoch fit)."""
+    import logging
+
+    from cellsynth.data.simulate import simulate_atlas
+
+    atlas = simulate_atlas(n_cells=600, n_genes=100, n_types=3, label_key="cell_type")
+    model = CVAE(config=CVAEConfig(n_hidden=[32], n_latent=4, max_epochs=2, device="cpu"))
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        model.fit(atlas, "cell_type", seed=0)
+    assert "two-sample AUC at the last of 2 epoch(s)" in caplog.text

@@ -87,9 +87,10 @@ def rule(dotted: str) -> str:
             words.append(f"{type_name(arg)} in {rng}" if rng else type_name(arg))
         else:
             words.append(type_name(arg))
-    if dotted.startswith("split."):
+    if dotted in ("split.train", "split.val", "split.test"):  # the fractions' rule alone
         words.append("train + val + test = 1")
-    return "; ".join(words) if dotted.startswith("split.") else " or ".join(words)
+        return "; ".join(words)
+    return " or ".join(words)
 
 
 def _json(value: Any) -> str:

@@ -161,9 +161,11 @@ def monitor(model: Any, train: Any, val: Any, yt: np.ndarray, seed: int,
         every = check_every(len(train), c.batch_size, max_epochs)
         check = FidelityCheck(model, train, yt, val.counts, val.codes_np, seed,
                               val_covariates=val.covariates_np)
+        when = (f"every {every} epochs and at the last" if every < max_epochs
+                else f"at the last of {max_epochs} epoch(s)")
         logger.info("CVAE: keeping the epoch whose generated cells are closest to %d "
-                    "validation cells (two-sample AUC every %d epochs)",
-                    sum(n for _, _, n in check.request), every)  # fmt: skip
+                    "validation cells (two-sample AUC %s)",
+                    sum(n for _, _, n in check.request), when)  # fmt: skip
         return check, every
     if c.select == "fidelity":
         logger.info("CVAE: early stopping monitors the validation ELBO: cvae.select = "
