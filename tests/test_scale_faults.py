@@ -139,3 +139,29 @@ def test_cellsynths_kernels_leave_torchs_thread_count_as_the_user_set_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "1", out.stderr[-2000:]
+
+
+def test_a_rank_whose_peers_never_come_says_so_in_time(monkeypatch):
+    """A rank started without its peers waited torch's 30 minutes in silence."""
+    import socket
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.models import _ddp as distributed
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not in this build")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed, "JOIN_SECONDS", 2)
+    start = time.perf_counter()
+    with pytest.raises(CellsynthError, match="could not join the other ranks of 2"):
+        distributed.init_process_group(torch.device("cpu"))
+    assert time.perf_counter() - start < 30 and not dist.is_initialized()

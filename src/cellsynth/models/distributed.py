@@ -61,6 +61,13 @@ from ._counts import (
     library_model,
     mean_loss,
 )
+from ._ddp import (
+    all_gather,
+    broadcast_mixture,
+    init_process_group,
+    rank_device,
+    weighted_sums,
+)
 from .base import fit_labels, split_masks, training_counts
 from .cvae import CVAE
 
@@ -144,87 +151,6 @@ def _mixture_rows(
 
 
 # ---------------------------------------------------------------------------------------------
-# collectives
-
-
-def _all_gather(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Concatenation of every rank's 1-d tensor (lengths may differ), in rank order."""
-    if dist.get_world_size() == 1:
-        return t
-    size = torch.tensor([len(t)], device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    buf = torch.zeros(longest, dtype=t.dtype, device=device)
-    buf[: len(t)] = t.to(device)
-    parts = [torch.zeros_like(buf) for _ in sizes]
-    dist.all_gather(parts, buf)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
-
-
-def _weighted_sums(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum over ranks of each value (already weighted by the rank's share), equal on all ranks."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    dist.broadcast(t, src=0)  # identical bits everywhere: every rank takes the same stop decision
-    return t.cpu().tolist()
-
-
-def _broadcast_mixture(module: nn.Module, device: torch.device) -> None:
-    """Give every rank rank 0's latent mixture (its component count may differ from theirs),
-    gene scale, zero inflation and NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
-    if dist.get_world_size() == 1:
-        return
-    k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
-    dist.broadcast(k, src=0)
-    n_labels, d = module.n_labels, module.n_latent + 1  # (z, log library)
-    weight = module.mixture_weight.to(device)
-    mean, chol = module.mixture_mean.to(device), module.mixture_chol.to(device)
-    if dist.get_rank() != 0:
-        weight = torch.zeros(n_labels, int(k.item()), device=device)
-        mean = torch.zeros(n_labels, int(k.item()), d, device=device)
-        chol = torch.zeros(n_labels, int(k.item()), d, d, device=device)
-    for t in (weight, mean, chol):
-        dist.broadcast(t, src=0)
-    module.set_latent_mixture(weight, mean, chol)
-    px_r = module.px_r.detach().to(device)
-    dist.broadcast(px_r, src=0)
-    module.set_dispersion(px_r)
-    scale = module.gene_scale.detach().to(device).clone()
-    dist.broadcast(scale, src=0)  # rank 0's gene scale (ones where the likelihood has none)
-    module.set_gene_scale(scale)
-    pi = module.zero_inflation.detach().to(device).clone()
-    dist.broadcast(pi, src=0)  # and its zero inflation (zeros where none was fitted)
-    module.set_zero_inflation(pi)
-
-
-def _rank_device(cfg: CVAEConfig) -> torch.device:
-    """CUDA device ``LOCAL_RANK`` when the config resolves to CUDA, else the CPU."""
-    device = tr.resolve_device(cfg.device)
-    if device.type != "cuda":
-        return device
-    index = int(os.environ.get("LOCAL_RANK", device.index or 0))
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
-def _init_process_group(device: torch.device) -> bool:
-    """Join (or form) the process group: ``nccl`` on CUDA, ``gloo`` on the CPU.
-
-    Under ``torchrun`` (``WORLD_SIZE`` set) the group comes from the environment; otherwise a
-    one-process group is formed in memory. Returns whether this call created it.
-    """
-    if dist.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    else:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
 # training
 
 
@@ -271,8 +197,8 @@ def fit_distributed(
     The group is destroyed afterwards only when this call created it.
     """
     cfg = config if config is not None else CVAEConfig()
-    device = _rank_device(cfg)
-    own_group = _init_process_group(device)
+    device = rank_device(cfg)
+    own_group = init_process_group(device)
     ckpt = (checkpoint_dir, checkpoint_key)
     try:
         return _fit(Path(data), label_key, out, cfg, device, seed, ckpt)
@@ -332,8 +258,8 @@ def _fit(
 
     model = CVAE(None, label_key=label_key, config=cfg)
     model.device, model.labels, model.genes = device, labels, list(map(str, meta.var_names))
-    lib_all = _all_gather(torch.from_numpy(train.library_np[real]), device).numpy()
-    codes_all = _all_gather(torch.from_numpy(codes[real]), device).numpy()
+    lib_all = all_gather(torch.from_numpy(train.library_np[real]), device).numpy()
+    codes_all = all_gather(torch.from_numpy(codes[real]), device).numpy()
 
     generator = tr.seed_everything(seed)
     model.module = module = model._build_module()
@@ -355,7 +281,7 @@ def _fit(
         return mean_loss(module, val, eval_rows) * (len(val) / n_val) if len(val) else 0.0
 
     def reduce(train_loss: float, val_loss: float) -> tuple[float, float]:
-        t, v = _weighted_sums([train_loss / world, 0.0 if n_val == 0 else val_loss], device)
+        t, v = weighted_sums([train_loss / world, 0.0 if n_val == 0 else val_loss], device)
         return t, v
 
     steps = _loop.Steps(
@@ -375,7 +301,7 @@ def _fit(
     if rank == 0:  # as CVAE.fit; with several ranks on rows read again, capped per type
         mix = (train, codes) if world == 1 else _mixture_rows(path, train_rows, yt, seed, device)
         model._fit_sampler(*mix, seed)
-    _broadcast_mixture(module, device)
+    broadcast_mixture(module, device)
     if checkpoint is not None:
         checkpoint.remove()
     seconds = history["seconds"]
