@@ -87,8 +87,7 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
         x = normalise_log1p(x, _target_sum(run))
     else:
         logger.info("predict_types: no raw counts found; X is used as log-normalised values")
-    cells = _Cells(x, genes)
-    z = pca.transform(cells)
+    z = pca.transform(x[:, pca.columns(genes)])  # the run's genes, by name, in its order
     prob = clf.predict_proba(z)
     best = prob.argmax(axis=1)
     out = pd.DataFrame(prob, index=adata.obs_names, columns=clf.labels)
@@ -100,9 +99,3 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
                 listed(f"{t} {n}" for t, n in out["prediction"].value_counts().items()))
     return out
 
-
-class _Cells:
-    """A normalised matrix with its gene names, as :meth:`PCAModel.transform` matches them."""
-
-    def __init__(self, x: Any, genes: pd.Index) -> None:
-        self.X, self.var_names = x, genes

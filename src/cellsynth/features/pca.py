@@ -85,23 +85,28 @@ class PCAModel:
             out[start : start + chunk_size] = np.asarray(prod) - offset
         return out
 
+    def columns(self, names: Any) -> np.ndarray:
+        """Where each of :attr:`genes` stands among the gene ``names`` of some cells (their
+        columns to project, in the fitted order); duplicate names or a missing gene refused."""
+        names = pd.Index(map(str, names))
+        if not names.is_unique:
+            raise DataError(f"the data's gene names (var_names) hold "
+                            f"{int(names.duplicated().sum())} duplicate(s); make them unique "
+                            "(adata.var_names_make_unique()) before projecting")
+        idx = names.get_indexer(self.genes)
+        if (idx < 0).any():
+            gone = [g for g, i in zip(self.genes, idx, strict=True) if i < 0]
+            raise DataError(f"{len(gone)} of the {len(self.genes)} genes the PCA was fitted on "
+                            f"are not in the data's var_names (e.g. {', '.join(gone[:5])}): "
+                            "give cells with the genes of the run's features (pca.genes)")
+        return idx
+
     def _aligned(self, x: Any) -> Any:
         """``x``'s columns as :attr:`genes`: an AnnData realigned by its gene names, a matrix
         checked (its columns cannot be told apart by name)."""
         n = len(self.genes)
         if hasattr(x, "var_names") and hasattr(x, "X"):  # an AnnData: by name
-            names = pd.Index(map(str, x.var_names))
-            if not names.is_unique:
-                raise DataError(f"the AnnData's var_names hold {int(names.duplicated().sum())} "
-                                "duplicate gene name(s); make them unique (adata.var_names_make_"
-                                "unique()) before projecting")
-            idx = names.get_indexer(self.genes)
-            if (idx < 0).any():
-                gone = [g for g, i in zip(self.genes, idx, strict=True) if i < 0]
-                raise DataError(f"{len(gone)} of the {n} genes the PCA was fitted on are not in "
-                                f"the AnnData's var_names (e.g. {', '.join(gone[:5])}): give "
-                                "cells with the genes of the run's features (pca.genes)")
-            values = x.X[:, idx]
+            values = x.X[:, self.columns(x.var_names)]
             sample = values[: min(500, values.shape[0])]
             sample = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
             if sample.size and np.all(sample == np.round(sample)) and sample.max() > 30:
