@@ -145,14 +145,18 @@ def read_head(read: Callable[[int], bytes]) -> bytes:
     return head
 
 
-def has_hdf5_signature(head: bytes) -> bool:
-    """Whether ``head`` holds the HDF5 signature where HDF5 puts it (0, 512, 1024, ...)."""
+def signature_offsets(size: int) -> Iterator[int]:
+    """Where HDF5 may put its signature in a file of ``size`` bytes: 0, 512, 1024, 2048, ..."""
     offset = 0
-    while offset + len(HDF5_SIGNATURE) <= len(head):
-        if head[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
-            return True
+    while offset + len(HDF5_SIGNATURE) <= size:
+        yield offset
         offset = 512 if offset == 0 else offset * 2
-    return False
+
+
+def has_hdf5_signature(head: bytes) -> bool:
+    """Whether ``head`` holds the HDF5 signature where HDF5 puts it (:func:`signature_offsets`)."""
+    return any(head[at:at + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE
+               for at in signature_offsets(len(head)))
 
 
 def describe_bytes(head: bytes, size: int) -> str:

@@ -36,6 +36,7 @@ from ._download_state import (
     not_the_file,
     read_head,
     read_state,
+    signature_offsets,
     write_state,
 )
 
@@ -394,14 +395,11 @@ def _hdf5_name(path: Path) -> bool:
 
 def is_hdf5(path: Path) -> bool:
     """Whether ``path`` starts (or, after a user block, continues) with the HDF5 signature."""
-    size = path.stat().st_size
     with open(path, "rb") as fh:
-        offset = 0
-        while offset + len(HDF5_SIGNATURE) <= size:
+        for offset in signature_offsets(path.stat().st_size):
             fh.seek(offset)
             if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
                 return True
-            offset = 512 if offset == 0 else offset * 2
     return False
 
 
