@@ -30,11 +30,11 @@ def checked_whole(value: object, name: str, least: int = 1) -> int:
 
     if not is_whole(value) or value < least:
         raise DataError(f"{name} must be a whole number of at least {least}, got {value!r}"
-                        f"{_as_int(value)}")
+                        f"{as_int_hint(value)}")
     return int(value)
 
 
-def _as_int(value: object) -> str:
+def as_int_hint(value: object) -> str:
     """For a whole-valued float, how to give it (an int); else nothing."""
     if isinstance(value, float) and value.is_integer():
         return f", a float: pass the int {int(value)}"
@@ -48,5 +48,5 @@ def checked_seed(seed: object) -> int:
 
     if not is_whole(seed) or not 0 <= seed < 2**63:
         raise DataError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}"
-                        f"{_as_int(seed)}")
+                        f"{as_int_hint(seed)}")
     return int(seed)

@@ -7,7 +7,7 @@ import math
 from numbers import Real
 
 from ..errors import ConfigError
-from ..seeds import checked_seed, is_whole
+from ..seeds import as_int_hint, checked_seed, is_whole
 
 #: arrays of (n_types, n_genes) float64 alive at once while the model is made (log fold
 #: changes, program activity, log weights, their normaliser and the shares q)
@@ -18,10 +18,7 @@ def whole(value: object, name: str) -> int:
     """``value`` as an int, or a :class:`ConfigError` (a whole-valued float is named as one)."""
     if is_whole(value):
         return int(value)
-    if isinstance(value, float) and value.is_integer():
-        raise ConfigError(f"{name} must be a whole number given as an int, got the float "
-                          f"{value!r}: pass {int(value)}")
-    raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    raise ConfigError(f"{name} must be a whole number, got {value!r}{as_int_hint(value)}")
 
 
 def check_args(n_cells: object, n_genes: object, n_types: object, n_mito: object, seed: object,
