@@ -46,3 +46,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, so that `make test`'s two workers do not end with one of them running
+    a minute-long test while the other waits: the modules holding a test marked ``slow`` come
+    first, and in each module its slow tests first. A module's tests stay together (its
+    module-scoped fixtures are built once per worker that runs them)."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.module.__name__ if item.module else "", []).append(item)
+
+    def slow(item) -> bool:
+        return item.get_closest_marker("slow") is not None
+
+    ordered = sorted(modules.values(), key=lambda tests: not any(map(slow, tests)))
+    items[:] = [t for tests in ordered for t in sorted(tests, key=lambda t: not slow(t))]

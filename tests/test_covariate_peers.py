@@ -392,6 +392,7 @@ def test_cvae_generate_writes_its_unseen_combinations(design: ad.AnnData, tmp_pa
     assert list(unseen[KEY]) == ["type_00"] and list(unseen["condition"]) == ["stim"]
 
 
+@pytest.mark.slow
 def test_pipeline_nb_generates_and_scores_the_training_design(design: ad.AnnData,
                                                               tmp_path) -> None:  # fmt: skip
     """`cellsynth run` with generator.model = nb and nb.covariates: the experiments' cells

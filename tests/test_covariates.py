@@ -474,35 +474,15 @@ def test_cli_fit_and_generate_by_design(tmp_path, capsys):
             "request") in capsys.readouterr().err
 
 
-def test_pipeline_generates_the_training_design(tmp_path):
-    """`cellsynth run` with cvae.covariates: generated cells carry the covariates, in the
-    training cells' composition per type."""
-    import anndata as ad
-
-    from cellsynth.cli import main
-    from test_pipeline import FAST
-
-    a = _design_atlas(seed=4)
-    data = tmp_path / "design.h5ad"
-    a.write_h5ad(data)
-    args = ["run", str(data), "--label-key", "cell_type", "--out", str(tmp_path / "run"),
-            "--quiet", "--set", 'cvae.covariates=["condition"]', "--set", "qc.min_cells_per_gene=20",
-            "--set", "qc.min_genes_per_cell=20"]
-    for s in FAST:
-        args += ["--set", s]
-    assert main(args) == 0
-    syn = ad.read_h5ad(tmp_path / "run" / "synthetic" / "train.h5ad")
-    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
-    share = syn.obs.groupby("cell_type", observed=True)["condition"].apply(
-        lambda c: (c == "stim").mean())
-    assert ((share > 0.3) & (share < 0.7)).all()  # about half of every type, as in training
-
-
+@pytest.mark.slow
 def test_the_run_scores_each_combination_and_the_condition_effect(tmp_path):
-    """`cellsynth run` with cvae.covariates: metrics/covariates.json holds fidelity per
+    """`cellsynth run` with cvae.covariates: generated cells carry the covariates, in the
+    training cells' composition per type; metrics/covariates.json holds fidelity per
     (type x condition) combination beside its floor and the stim-vs-ctrl effect per type,
     and the report shows both."""
     import json
+
+    import anndata as ad
 
     from cellsynth.cli import main
     from test_pipeline import FAST
@@ -515,6 +495,11 @@ def test_the_run_scores_each_combination_and_the_condition_effect(tmp_path):
               "generator.n_per_type_eval=100", "qc.min_genes_per_cell=5"]:
         args += ["--set", s]
     assert main(args) == 0
+    syn = ad.read_h5ad(tmp_path / "run" / "synthetic" / "train.h5ad")
+    assert list(syn.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    share = syn.obs.groupby("cell_type", observed=True)["condition"].apply(
+        lambda c: (c == "stim").mean())
+    assert ((share > 0.3) & (share < 0.7)).all()  # about half of every type, as in training
     rep = json.loads((tmp_path / "run" / "metrics" / "covariates.json").read_text())
     per = rep["combinations"]["per_combination"]
     assert {c.split(" | ")[1] for c in per} == {"condition=ctrl", "condition=stim"}

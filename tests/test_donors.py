@@ -43,6 +43,7 @@ def test_bad_donor_settings():
     assert config.load(overrides=["split.heldout_donors=3", "dataset.donor_key='donor'"])
 
 
+@pytest.mark.slow
 def test_run_audits_held_out_donors(tmp_path, capsys):
     """`cellsynth run` with a donor column and held-out donors: the privacy audit scores the
     training donors against the held-out ones (its donor level) and the report shows it."""
@@ -81,6 +82,7 @@ def test_run_audits_held_out_donors(tmp_path, capsys):
     assert "5 cell(s) have no donor" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_audits_held_out_donors(tmp_path):
     """`cellsynth benchmark` with held-out donors: the copy control is flagged at donor level
     too, and the page gains the donor-level columns."""

@@ -165,6 +165,7 @@ def test_counts_wherever_they_are_and_the_same_from_a_path(tmp_path, where):
     assert np.all(np.mod(disk.counts.data, 1) == 0)  # the counts, not X's normalised values
 
 
+@pytest.mark.slow
 def test_in_memory_pair(tmp_path):
     """AnnData objects in, with the same numbers for the same seed, and the results page."""
     real = simulate_atlas(400, 150, 3, seed=1, label_key=LABEL)

@@ -193,6 +193,7 @@ def test_errors_say_what_and_how():
         gene_importance(x, x, NAMES[:-1], seed=0)
 
 
+@pytest.mark.slow
 def test_repeats_average_halvings_and_steady_the_floor():
     """With few cells one halving's floor is noisy; ``repeats`` averages independent halvings
     (the first is the single-repeat result), and ``"auto"`` takes more of them the fewer cells

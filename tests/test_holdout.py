@@ -41,6 +41,7 @@ def test_parse_and_bad_holdouts(design, tmp_path):
             benchmark_holdout(pre, ["nb"], cfg, tmp_path, spec)
 
 
+@pytest.mark.slow
 def test_held_out_combination_beats_pooling(design, tmp_path):
     """The cvae conditioned on condition generates type_00 x stim, which no training cell had,
     closer to its real cells than the type's ctrl cells are; nb, fitted per combination, falls

@@ -36,6 +36,7 @@ def _run(tmp_path, *extra: str, config: str | None = None) -> int:
     return main(args)
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     assert _run(tmp_path, "dataset.demo_cells=800", "dataset.demo_genes=300", "qc.min_genes_per_cell=20") == 0
     assert f"results: {tmp_path / 'results.md'}" in capsys.readouterr().out
@@ -62,6 +63,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "stage generator: done" in (tmp_path / "run.log").read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):  # the fidelity metrics are seeded alike: test_gene_fidelity.py

@@ -143,6 +143,7 @@ def test_umap_from_a_table_draws_equal_numbers_per_type():
     assert len(ax.collections[0].get_offsets()) == 12
 
 
+@pytest.mark.slow
 def test_umap_from_anndata_embeds_equal_numbers_per_type(cells):
     import anndata as ad
 

@@ -222,6 +222,7 @@ def _terminal(monkeypatch) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
 
 
+@pytest.mark.slow
 def test_evaluate_bars_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, capsys):
     real, syn = tmp_path / "real.h5ad", tmp_path / "syn.h5ad"
     _counts(seed=0).write_h5ad(real)

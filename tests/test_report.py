@@ -99,6 +99,7 @@ def _add_optional_files(run: Path) -> None:
         {"real_vs_real": report(0.512), "synthetic_vs_real": report(0.734), "privacy": privacy}))
 
 
+@pytest.mark.slow
 def test_complete_run_is_self_contained(full_report):
     path, run = full_report, full_report.parent
     assert path == run / "report.html" and path.is_file()
@@ -253,6 +254,7 @@ def test_pipeline_umap_has_no_more_generated_than_real_cells_per_type(run_dir):
     assert (n.get("synthetic", 0) <= n["real"]).all(), n
 
 
+@pytest.mark.slow
 def test_panels_with_nothing_to_show_are_left_out_with_why(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "run")
     _add_optional_files(run)

@@ -40,6 +40,7 @@ def _stages(out):
     return json.loads((out / "manifest.json").read_text())["stages"]
 
 
+@pytest.mark.slow
 def test_second_run_skips_finished_stages(tmp_path, caplog):
     assert main(_args(tmp_path)) == 0
     first = _stages(tmp_path)
@@ -346,6 +347,7 @@ def test_a_rerun_leaves_no_earlier_evaluation_file(tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_a_rerun_that_fails_marks_what_it_would_redo_stale(tmp_path, capsys):
     """A rerun whose new QC settings fail leaves the later stages' earlier results on disk:
     the manifest calls them stale and `cellsynth info` says the F1s are an earlier run's."""

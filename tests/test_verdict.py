@@ -286,6 +286,7 @@ def test_a_runs_fidelity_json_is_judged_alike(same):
         {*TYPES, "DOUBLET_MIXED", "LOW_Q_HIGH_MITO"}
 
 
+@pytest.mark.slow
 def test_another_atlas_is_distinguishable(atlas):
     real, _ = atlas
     other = cs.simulate(800, 150, 3, seed=1)  # another model: other markers and programs
@@ -333,6 +334,7 @@ def test_one_scrambled_type_is_named_and_spoils_the_whole(atlas, tmp_path, capsy
 # -- the privacy audit -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heldout_cells_give_a_privacy_block_that_flags_copies(atlas, caplog):
     """The synthetic cells are copies of the training cells: the audit (training cells
     against held-out ones) flags them; one donor a side is said, not silently skipped."""
