@@ -11,7 +11,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,23 +77,36 @@ def temp_beside(path: Path, suffix: str, *, folder: bool = False) -> Path:
     return Path(name)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically: into ``PATH.<random>.tmp``, then renamed to ``path``.
-
-    A failure or a kill mid-write leaves ``path`` as it was (the temporary file is removed on
-    error); the rename replaces a symlink at ``path`` rather than writing through it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def replaced(path: Path, suffix: str) -> Iterator[Path]:
+    """A file of this writer's own beside ``path`` (:func:`temp_beside`) to write into, renamed
+    to ``path`` when the block ends, removed when it fails (the error goes on to the caller).
+    ``path`` is never seen half-written, and the rename replaces a symlink at ``path`` rather
+    than writing through it."""
     tmp = None
     try:
-        tmp = temp_beside(path, ".tmp")  # this writer's own: never another's, nor a link
-        tmp.write_text(text, encoding="utf-8")
+        tmp = temp_beside(path, suffix)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # an unwritable folder may not let it go either
+                pass
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: into ``PATH.<random>.tmp``, then renamed to ``path``
+    (:func:`replaced`). A failure or a kill mid-write leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with replaced(path, ".tmp") as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CellsynthError(f"disk full while writing {path}; free space or choose "
                                  "another --out (the earlier file is left as it was)") from None
         raise

@@ -24,7 +24,7 @@ from anndata.io import read_elem
 
 from ..errors import DataError
 from ..options import progress_bar
-from ..outputs import temp_beside
+from ..outputs import replaced
 from .csr import stack_rows
 from .io import Expression, check_file, unreadable
 
@@ -324,22 +324,11 @@ def _replaced(path: Path) -> Iterator[Path]:
     disk or an unwritable folder: a one-line :class:`DataError`)."""
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
-    part = None
     try:
-        part = temp_beside(path, ".part")  # a new file: never another's, nor a link
-        yield part
-        part.replace(path)
+        with replaced(path, ".part") as part:  # a new file: never another's, nor a link
+            yield part
     except OSError as exc:
-        try:
-            if part is not None:
-                part.unlink(missing_ok=True)
-        except OSError:  # an unwritable folder may not let it go either
-            pass
         raise DataError(f"cannot write {path} ({exc}); {_write_advice(exc)}") from None
-    except BaseException:
-        if part is not None:
-            part.unlink(missing_ok=True)
-        raise
 
 
 def write_h5ad(adata, path: str | Path) -> Path:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..errors import CellsynthError
 from ..options import LOG_SECONDS, progress_bar
-from ..outputs import temp_beside
+from ..outputs import replaced
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -151,15 +150,11 @@ class Checkpoint:
     def write(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Write atomically (temporary file, then rename); a failure only stops checkpointing."""
         start = time.perf_counter()
-        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_beside(self.path, ".tmp")  # this writer's own (two ranks, two runs)
-            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-            os.replace(tmp, self.path)
+            with replaced(self.path, ".tmp") as tmp:  # this writer's own (two ranks, two runs)
+                save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
         except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             self._broken = True
             logger.warning(
                 "cannot write the training checkpoint %s (%s); training goes on without "
