@@ -138,8 +138,8 @@ def with_resolved_path(cfg: RunConfig) -> RunConfig:
     resolved = {}
     if cfg.dataset.path:
         resolved["path"] = str(Path(cfg.dataset.path).expanduser().resolve())
-    if groups_file(cfg.dataset.groups) is not None:
-        resolved["groups"] = str(groups_file(cfg.dataset.groups).resolve())
+    if (groups := groups_file(cfg.dataset.groups)) is not None:
+        resolved["groups"] = str(groups.resolve())
     if not resolved:
         return cfg
     return dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, **resolved))
