@@ -10,6 +10,7 @@ from .classification import (
     to_coarse,
     write_report,
 )
+from .depth import detection_at_depth
 from .effects import condition_effects
 from .fidelity import (
     FidelityConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "coarse_report",
     "condition_effects",
     "correlation_distance",
+    "detection_at_depth",
     "distance_to_closest",
     "energy_distance",
     "fidelity_report",

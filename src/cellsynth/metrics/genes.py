@@ -30,6 +30,7 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, listed
 from ..options import progress_bar
 from ..seeds import derive_seed
+from .depth import compare_depth
 from .fidelity import _gene_stats, _subsample
 from .space import normalised_dispersion
 
@@ -365,7 +366,10 @@ def gene_fidelity(
         compared cells, ``index`` (and ``gene``), ``real_``/``synth_`` ``mean``,
         ``zero_fraction`` and ``variance`` of log-normalised values (A and B against the
         synthetic cells of the overall comparison), for mean-zero-fraction and mean-variance
-        figures. ``config``: the settings. Only floats, ints, strings, lists, dicts and None.
+        figures. ``depth``: genes detected per cell at equal library size and type, the
+        synthetic cells against A beside B (:func:`~cellsynth.metrics.depth.compare_depth`,
+        the first halving's cells; None with too few), often most of what the classifier
+        finds. ``config``: the settings. Only floats, ints, strings, lists, dicts and None.
     """
     r, s = _inputs(real_counts, synth_counts, "gene_fidelity", real_factor=2, genes=genes,
                    n_genes=n_genes, n_folds=n_folds, min_cells=min_cells)
@@ -397,7 +401,8 @@ def gene_fidelity(
     for t, rep in per_type.items():
         _average(rep, [run["per_type"][t] for run in runs if t in run["per_type"]])
     a, b, ss = first["cells"]
-    return {"overall": overall, "per_type": per_type, "skipped": first["skipped"],
+    depth = compare_depth(r[a], r[b], s[ss], rl[a], rl[b], sl[ss], sizes["min_type_cells"])
+    return {"overall": overall, "per_type": per_type, "skipped": first["skipped"], "depth": depth,
             "genes": _gene_block(r[np.sort(np.r_[a, b])], s[ss], target_sum, gene_names),
             "config": {**opts, **sizes, "repeats": repeats,
                        "classifier": f"L2 logistic regression, C={C_L2}, standardised "

@@ -102,7 +102,7 @@ RULES: dict[str, Rule] = {
 #: the per-type table's columns after ``type`` (every column always present)
 COLUMNS = ("n_real", "n_synthetic", "n_real_scored", "n_synthetic_scored", "verdict",
            "decided_by", "c2st_auc", "c2st_auc_floor", "gene_auc", "gene_auc_floor",
-           "knn_precision", "knn_precision_floor", "knn_recall", "knn_recall_floor",
+           "genes_at_depth", "genes_at_depth_floor", "knn_precision", "knn_precision_floor", "knn_recall", "knn_recall_floor",
            "de_logfc_r", "de_logfc_r_floor", "marker_overlap", "marker_overlap_floor",
            "trts_f1", "trtr_f1", "note")
 _TYPEWISE = ("knn_precision", "knn_recall", "de_logfc_r", "marker_overlap")

@@ -48,13 +48,16 @@ def per_type_table(
     pandas.DataFrame
         Indexed by ``type``, the columns of :data:`COLUMNS` (missing numbers are NaN). k-NN
         precision and recall, DE r and marker overlap come from ``typewise`` (equal-sized
-        floors), else the k-NN numbers of the reports. ``note`` says why a type has no verdict,
+        floors), else the k-NN numbers of the reports; ``genes_at_depth`` (and its floor) the
+        genes detected per cell at equal library size over real cells' (``genes["depth"]``:
+        :func:`~cellsynth.metrics.depth.compare_depth`). ``note`` says why a type has no verdict,
         or that its generated cells are easier to classify than real ones (too typical).
     """
     v = verdicts or fidelity_verdict(synthetic_vs_real, real_vs_real, genes=genes, typewise=typewise,
                             type_counts=type_counts)
     st, ft = synthetic_vs_real.get("per_type") or {}, real_vs_real.get("per_type") or {}
     gt = (genes or {}).get("per_type") or {}
+    dt = ((genes or {}).get("depth") or {}).get("per_type") or {}
     tt = (typewise or {}).get("per_type") or {}
     tr = (trts or {}).get("per_type") or {}
     rows = []
@@ -68,6 +71,9 @@ def per_type_table(
         row["c2st_auc_floor"] = ft.get(t, {}).get("c2st_auc", math.nan)
         if t in gt:
             row["gene_auc"], row["gene_auc_floor"] = gt[t].get("auc"), gt[t].get("floor_auc")
+        if t in dt:  # genes detected at equal depth, over real cells' (1 = as many)
+            row["genes_at_depth"] = dt[t]["ratio"]
+            row["genes_at_depth_floor"] = dt[t]["floor_ratio"]
         for m in _TYPEWISE:
             if m in tt.get(t, {}):
                 row[m], row[f"{m}_floor"] = tt[t][m]["value"], tt[t][m]["floor"]

@@ -119,10 +119,13 @@ def _sec_verdict(run: _Run) -> str:
     table = run.csv("metrics/per_type.csv")
     if table is not None and len(table):
         cols = [c for c in ("type", "n_real", "n_synthetic", "verdict", "c2st_auc",
-                            "c2st_auc_floor", "gene_auc", "gene_auc_floor", "knn_precision",
-                            "knn_recall", "de_logfc_r", "marker_overlap") if c in table]
+                            "c2st_auc_floor", "gene_auc", "gene_auc_floor", "genes_at_depth",
+                            "genes_at_depth_floor", "knn_precision", "knn_recall", "de_logfc_r",
+                            "marker_overlap") if c in table]
         out += ("<h3>Per type</h3><p>Its cells scored (real, generated), its verdict and each "
-                "metric beside its floor (all columns in <code>metrics/per_type.csv</code>).</p>"
+                "metric beside its floor (all columns in <code>metrics/per_type.csv</code>); "
+                "<i>genes_at_depth</i>: genes detected per cell over real cells' at the same "
+                "library size (1: as many).</p>"
                 + _table(cols, table[cols].itertuples(index=False, name=None)))
     return out
 
