@@ -84,3 +84,16 @@ def test_gene_fidelity_and_the_per_type_table_carry_it(halves):
     t = next(iter(d["per_type"]))
     assert table.loc[t, "genes_at_depth"] == pytest.approx(d["per_type"][t]["ratio"])
     assert table.loc[t, "genes_at_depth_floor"] == pytest.approx(d["per_type"][t]["floor_ratio"])
+
+
+def test_fidelity_md_says_it():
+    from cellsynth.evaluation.result import markdown
+
+    genes = {"overall": {"n_genes": 500, "auc": 0.61, "floor_auc": 0.5, "n_cells": 200},
+             "depth": {"overall": {"ratio": 0.963, "floor_ratio": 0.997, "auc": 0.641,
+                                   "floor_auc": 0.503}}}
+    _, tail = markdown({"genes": genes})
+    assert ("generated cells detect 0.963x the genes real cells do (two halves of the real "
+            "cells: 0.997x; rank AUC 0.641, floor 0.503)") in "\n".join(tail)
+    _, tail = markdown({"genes": {**genes, "depth": None}})
+    assert "library size" not in "\n".join(tail)

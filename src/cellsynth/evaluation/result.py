@@ -117,8 +117,7 @@ def _genes_md(genes: Mapping | None) -> list[str]:
     if d:
         text += (f" At the same library size, generated cells detect {d['ratio']:.3f}x the genes "
                  f"real cells do (two halves of the real cells: {d['floor_ratio']:.3f}x; rank "
-                 f"AUC {d['auc']:.3f}, floor {d['floor_auc']:.3f}): a shortfall of a few per cent "
-                 "there is often most of what the classifier finds.")
+                 f"AUC {d['auc']:.3f}, floor {d['floor_auc']:.3f}).")
     return ["## Gene level", "", text, ""]
 
 

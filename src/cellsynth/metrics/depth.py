@@ -4,9 +4,10 @@ cells of the same library size?
 The number of genes a cell detects grows with its library size along a curve each type keeps
 (scanpy's ``n_genes_by_counts`` against ``total_counts``, a QC plot every analyst knows). A
 generator can match every gene's mean and its PCs while its cells sit below that curve: each
-cell's lowly expressed genes come out zero a few per cent more often than in real cells. A
-classifier on thousands of genes adds those small shortfalls up over the genes, so this one
-per-cell number is often most of what it finds (``docs/GENE_LEVEL.md``).
+cell's lowly expressed genes come out zero a few per cent more often than in real cells. The
+gene-level classifier (:mod:`~cellsynth.metrics.genes`) says that cells differ, not how; this
+is one way they can, in a number a biologist reads (on pbmc4k, cvae's cells detect about 4%
+fewer genes than real cells at the same depth, nb's as many).
 
 :func:`detection_at_depth` fits ``log(genes detected) = a + b log(library size)`` per type on
 one half of the real cells, then compares the other half (the floor) and the synthetic cells

@@ -368,8 +368,7 @@ def gene_fidelity(
         synthetic cells of the overall comparison), for mean-zero-fraction and mean-variance
         figures. ``depth``: genes detected per cell at equal library size and type, the
         synthetic cells against A beside B (:func:`~cellsynth.metrics.depth.compare_depth`,
-        the first halving's cells; None with too few), often most of what the classifier
-        finds. ``config``: the settings. Only floats, ints, strings, lists, dicts and None.
+        the first halving's cells; None with too few). ``config``: the settings. Only floats, ints, strings, lists, dicts and None.
     """
     r, s = _inputs(real_counts, synth_counts, "gene_fidelity", real_factor=2, genes=genes,
                    n_genes=n_genes, n_folds=n_folds, min_cells=min_cells)
