@@ -22,7 +22,8 @@ from _http_server import start
 from cellsynth import config
 from cellsynth.cli import main
 from cellsynth.data.download import download_url
-from cellsynth.data.io import check_label, check_shape, find_counts, read
+from cellsynth.data.io import check_shape, find_counts, read
+from cellsynth.data.labels import check_label
 from cellsynth.data.qc import preprocess
 from cellsynth.errors import CellsynthError, ConfigError, DataError, DownloadError, ModelFileError
 from cellsynth.models.base import check_genes
@@ -924,7 +925,7 @@ def test_benchmark_data_sets_of_one_name_are_refused_before_any_fit(tmp_path):
 def test_a_type_name_with_a_line_break_and_a_single_type_are_refused_with_the_fix():
     """A line break in a type name split every verdict line that named it; data with one cell
     type were told to lower qc.min_cells_per_type, which cannot make a second."""
-    from cellsynth.data.io import check_spaced_names
+    from cellsynth.data.labels import check_spaced_names
 
     broken = make_adata()
     broken.obs[LABEL] = broken.obs[LABEL].astype(str).str.replace(TYPES[0], "CD8\nT")

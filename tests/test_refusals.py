@@ -16,7 +16,8 @@ import scipy.sparse as sp
 import cellsynth as cs
 from cellsynth.cli import main
 from cellsynth.data.download import expression_atlas_url
-from cellsynth.data.io import check_label, read
+from cellsynth.data.io import read
+from cellsynth.data.labels import check_label
 from cellsynth.data.simulate import write_atlas
 from cellsynth.data.store import _write_advice
 from cellsynth.errors import ConfigError, DataError

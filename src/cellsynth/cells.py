@@ -30,17 +30,15 @@ import scipy.sparse as sp
 from . import keys as K
 from .data.io import (
     BACKED_BYTES,
-    MISSING_TEXT,
     check_file,
     check_gene_names,
-    check_label,
     check_libraries,
     check_values,
     check_whole,
     find_counts,
-    missing_labels,
     training_source,
 )
+from .data.labels import MISSING_TEXT, check_label, missing_labels
 from .data.split import stratified_split
 from .data.store import MatrixRows
 from .errors import DataError, listed

@@ -36,7 +36,8 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
 from .csr import stack_rows
-from .io import check_label, check_shape, check_values, find_counts
+from .io import check_shape, check_values, find_counts
+from .labels import check_label
 from .qc import (
     GeneMoments,
     QCReport,

@@ -7,7 +7,6 @@ Expression Atlas files usually hold normalised values in ``X`` and may hold raw 
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -195,117 +194,6 @@ def check_gene_names(genes: Any, name: str = "the data") -> None:
             f"{name} has duplicate gene names ({dup}); make them unique with "
             "adata.var_names_make_unique() (then write the file again, for a file)"
         )
-
-
-#: text a missing value becomes when a column is turned into strings (``.astype(str)`` gives
-#: "nan"; ``str(None)`` "None"; pandas' NA "<NA>"): a missing value, never a name
-MISSING_TEXT = ("", "nan", "NaN", "None", "<NA>", "null")
-
-
-def missing_labels(col: pd.Series) -> np.ndarray:
-    """Which cells have no label: missing values, or missing values written as text
-    (:data:`MISSING_TEXT`: a cell type called "nan" is what ``.astype(str)`` makes of NaN)."""
-    text = col.astype(object).astype(str).str.strip()
-    return col.isna().to_numpy() | text.isin(MISSING_TEXT).to_numpy()
-
-
-def missing_as_text(col: pd.Series, key: str, what: str, fill: str = "None") -> None:
-    """Refuse ``col`` values that are missing values written as text (:data:`MISSING_TEXT`):
-    a level called "nan" is what ``.astype(str)`` makes of a missing value.
-    ``fill``: what the error's fix replaces them with (``None``: missing)."""
-    found = col[missing_labels(col) & col.notna().to_numpy()].astype(str).str.strip()
-    if len(found):
-        names = sorted(set(found))
-        raise DataError(
-            f"{len(found)} cells have the {what} {', '.join(map(repr, names))} in obs['{key}']: "
-            "a missing value written as text (as .astype(str) writes NaN), not a name; "
-            + ("make them missing" if fill == "None" else f"give them a name, e.g. {fill}")
-            + f" (adata.obs['{key}'] = adata.obs['{key}'].astype(object).replace({names!r}, "
-            f"{fill}))")
-
-
-def check_label(adata: ad.AnnData, label_key: str) -> None:
-    """The label column exists and holds names, not numbers."""
-    if label_key not in adata.obs.columns:
-        cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
-        raise DataError(
-            f"label column '{label_key}' not in obs; columns are: {cols}; "
-            "set dataset.label_key (--label-key, label_key=) to one of them"
-        )
-    col = adata.obs[label_key]
-    if pd.api.types.is_bool_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
-        raise DataError(  # "False" as a name is among dataset.uninformative_prefixes' defaults
-            f"label column '{label_key}' is True/False ({col.dtype}); cellsynth needs cell-type "
-            f"names: map them to names, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
-            ".map({True: 'positive', False: 'negative'}).astype('category') (\"False\" as a "
-            "name would be dropped as uninformative: dataset.uninformative_prefixes)")
-    if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
-        values = col.dropna().to_numpy(dtype=float)
-        whole = pd.api.types.is_float_dtype(col) and bool(np.all(values == np.round(values)))
-        via = ".astype('Int64')" if whole else ""  # cluster 3.0 named "3", not "3.0"
-        raise DataError(
-            f"label column '{label_key}' is numeric ({col.dtype}); cellsynth needs cell-type names: "
-            f"convert it, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
-            f"{via}.astype('string').astype('category') (missing values stay missing)"
-        )
-    values = col.dropna().astype(str)
-    n_distinct = values.nunique()
-    if n_distinct >= 50 and n_distinct > len(values) / 2:
-        numeric = pd.to_numeric(pd.Series(values.unique()), errors="coerce").notna().mean()
-        if numeric > 0.9:
-            raise DataError(
-                f"label column '{label_key}' looks continuous ({n_distinct} distinct numeric "
-                f"values in {len(values)} cells), not cell types; give the column of type "
-                "names (dataset.label_key / --label-key)")
-        # names, but one or two cells each: an identifier (barcode, sample), not cell types;
-        # a fit would learn a model per label (1,556 of them took minutes for nothing)
-        raise DataError(
-            f"label column '{label_key}' has {n_distinct} distinct values in {len(values)} "
-            f"cells ({len(values) / n_distinct:.1f} cells a value): it looks like a cell or "
-            "sample identifier, not cell types; give the column of type names "
-            "(dataset.label_key / --label-key)")
-    check_spaced_names(values.unique(), label_key, "cell types")
-
-
-_CASE_WARNED: set[tuple[str, ...]] = set()
-
-
-def check_spaced_names(names: Any, key: str, what: str) -> None:
-    """Refuse names that differ only by surrounding spaces ("B cells" and "B cells "): one cell
-    type (or level) split in two, which a model would learn as two and a request would find one
-    of; warn, once, of names that differ only by case. ``key`` is the obs column in the error,
-    ``what`` what its values are (plural)."""
-    text = pd.Series(pd.unique(pd.Series(names, dtype=object).astype(str)))
-    broken = [t for t in text if any(unicodedata.category(c) == "Cc" and c != "\t" for c in t)]
-    if broken:  # a newline splits every line that names it (verdicts, tables, request files)
-        raise DataError(
-            f"obs['{key}'] holds {what} with control characters (line breaks...): "
-            f"{listed(broken, 3, quote=True)}; rename them, e.g. adata.obs['{key}'] = "
-            f"adata.obs['{key}'].str.replace(r'\\s+', ' ', regex=True).astype('category')")
-    stripped = text.str.strip()
-    twins = text[stripped.duplicated(keep=False)]
-    if len(twins):
-        shown = sorted(twins.tolist(), key=lambda t: (t.strip(), t))
-        raise DataError(
-            f"obs['{key}'] holds {what} that differ only by surrounding spaces "
-            f"({listed(shown, 6, quote=True)}): one {what[:-1]} split in two; strip them, e.g. "
-            f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
-    composed = stripped.map(lambda t: unicodedata.normalize("NFC", t))
-    forms = text[composed.duplicated(keep=False)]
-    if len(forms):  # "naïve" as one code point and as i + a combining diaeresis: one name
-        shown = sorted(forms.tolist(), key=lambda t: (unicodedata.normalize("NFC", t), t))
-        raise DataError(
-            f"obs['{key}'] holds {what} that are one name written in two Unicode forms "
-            f"({listed(map(ascii, shown), 6)}): one {what[:-1]} split in two; write them alike, "
-            f"e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str).map(lambda s: "
-            "unicodedata.normalize('NFC', s)).astype('category')")
-    folded = text[stripped.str.casefold().duplicated(keep=False)]
-    shown = sorted(folded.tolist(), key=lambda t: (t.casefold(), t))
-    if shown and (key, *shown) not in _CASE_WARNED:  # "B cells", "b cells": most likely one
-        _CASE_WARNED.add((key, *shown))  # once: the labels are checked at several steps
-        logger.warning("obs['%s'] holds %s that differ only by case (%s): they are learned as "
-                       "different %s; if they are one, rename them to one spelling", key, what,
-                       listed(shown, 6, quote=True), what)  # fmt: skip
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:

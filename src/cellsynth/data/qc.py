@@ -20,14 +20,8 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
 from .groups import check_groups
-from .io import (
-    Expression,
-    check_label,
-    counts_matrix,
-    find_counts,
-    fractional_rows,
-    missing_labels,
-)
+from .io import Expression, counts_matrix, find_counts, fractional_rows
+from .labels import check_label, missing_labels
 from .split import stratified_split
 
 logger = logging.getLogger(__name__)

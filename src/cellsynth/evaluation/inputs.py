@@ -19,15 +19,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..data.io import (
-    Expression,
-    check_label,
-    check_shape,
-    check_values,
-    find_counts,
-    is_counts,
-    missing_labels,
-)
+from ..data.io import Expression, check_shape, check_values, find_counts, is_counts
+from ..data.labels import check_label, missing_labels
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
 from ..errors import DataError, listed

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.io import check_spaced_names, missing_as_text
+from ..data.labels import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError, listed
 from ..seeds import is_whole

@@ -19,16 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
-from ..data.io import (
-    MISSING_TEXT,
-    check_gene_names,
-    check_label,
-    check_libraries,
-    check_values,
-    check_whole,
-    missing_labels,
-    training_source,
-)
+from ..data.io import check_gene_names, check_libraries, check_values, check_whole, training_source
+from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
 from ..errors import DataError, listed
 from ..seeds import checked_seed

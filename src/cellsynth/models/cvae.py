@@ -36,7 +36,8 @@ from ..cells import Cells, for_training
 from ..config import CVAEConfig
 from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
-from ..data.io import check_label, missing_labels, read, training_source
+from ..data.io import read, training_source
+from ..data.labels import check_label, missing_labels
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import keys as K
-from ..data.io import missing_labels
+from ..data.labels import missing_labels
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError, listed
 from ..models.base import writable_uns

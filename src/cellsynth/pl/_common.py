@@ -158,7 +158,7 @@ def need_cells(adata: object, what: str) -> None:
 def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the cells with a label, and their labels as ``str`` (cells without one
     are left out with a warning, as :func:`cellsynth.evaluate` leaves them out)."""
-    from ..data.io import missing_labels
+    from ..data.labels import missing_labels
 
     if label_key not in adata.obs:
         raise DataError(f"label column '{label_key}' not in the obs of {what}; columns "
