@@ -195,9 +195,9 @@ def test_one_process_equals_fit(atlas_path, single, tmp_path):
 @needs_gloo
 def test_one_process_resumes_from_its_checkpoint(atlas_path, single, tmp_path, monkeypatch, caplog):
     """Killed after an epoch, the data-parallel fit resumes and ends as the uninterrupted fit."""
-    from cellsynth.models import _loop
+    from cellsynth.models import _checkpoint
 
-    write = _loop.Checkpoint.write
+    write = _checkpoint.Checkpoint.write
 
     def write_then_die(self, tensors, meta):
         write(self, tensors, meta)
@@ -208,7 +208,7 @@ def test_one_process_resumes_from_its_checkpoint(atlas_path, single, tmp_path, m
     ckpt, cfg = tmp_path / "checkpoint", tiny_cvae(checkpoint_seconds=0.0)
     try:
         with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-            m.setattr(_loop.Checkpoint, "write", write_then_die)
+            m.setattr(_checkpoint.Checkpoint, "write", write_then_die)
             fit_distributed(atlas_path, LABEL_KEY, config=cfg, seed=SEED,
                             checkpoint_dir=ckpt)  # fmt: skip
         assert not dist.is_initialized() and (ckpt / "cvae-rank0.safetensors").is_file()

@@ -21,7 +21,7 @@ from cellsynth.cli import main
 from cellsynth.config import CVAEConfig, SeedVAEConfig
 from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import CellsynthError
-from cellsynth.models import CVAE, SeedCVAE, _loop
+from cellsynth.models import CVAE, SeedCVAE, _checkpoint
 from test_pipeline import FAST
 
 # the fidelity metrics (most of a tiny run's time) are tested elsewhere; resuming is per stage
@@ -161,14 +161,14 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, epoch: int) -> None:
     """Make the training loop die right after writing the checkpoint of ``epoch`` epochs."""
-    write = _loop.Checkpoint.write
+    write = _checkpoint.Checkpoint.write
 
     def write_then_die(self, tensors, meta):
         write(self, tensors, meta)
         if meta["epoch"] == epoch:
             raise Interrupted
 
-    monkeypatch.setattr(_loop.Checkpoint, "write", write_then_die)
+    monkeypatch.setattr(_checkpoint.Checkpoint, "write", write_then_die)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -250,7 +250,7 @@ def test_checkpoint_that_does_not_fit_says_delete_it(atlas, tmp_path, monkeypatc
         interrupt_after(m, 2)
         CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4,
                                        checkpoint_dir=ckpt)  # fmt: skip
-    monkeypatch.setattr(_loop.Checkpoint, "read",  # a matching key but other shapes
+    monkeypatch.setattr(_checkpoint.Checkpoint, "read",  # a matching key but other shapes
                         lambda self: ({"model.x": torch.zeros(1)}, {"epoch": 2}))  # fmt: skip
     with pytest.raises(CellsynthError, match=r"does not fit this CVAE .*; delete it and run again"):
         CVAE(config=cvae_config()).fit(atlas, "cell_type", seed=4,
@@ -259,13 +259,13 @@ def test_checkpoint_that_does_not_fit_says_delete_it(atlas, tmp_path, monkeypatc
 
 def test_checkpoints_follow_the_settings(atlas, tmp_path, monkeypatch):
     epochs = []
-    write = _loop.Checkpoint.write
+    write = _checkpoint.Checkpoint.write
 
     def record(self, tensors, meta):
         epochs.append(meta["epoch"])
         write(self, tensors, meta)
 
-    monkeypatch.setattr(_loop.Checkpoint, "write", record)
+    monkeypatch.setattr(_checkpoint.Checkpoint, "write", record)
     CVAE(config=cvae_config(checkpoint_every=2, max_epochs=7)).fit(
         atlas, "cell_type", seed=0, checkpoint_dir=tmp_path / "a")  # fmt: skip
     assert epochs == [2, 4, 6]  # never after the last epoch
@@ -318,13 +318,13 @@ def test_checkpoint_keeps_best_weights_of_an_earlier_epoch(tmp_path):
     opt.step()  # the weights move on, the loss does not improve
     stopper.step(2.0, 1, net)
     history = {"train_loss": [1.0, 2.0], "val_loss": [1.0, 2.0]}
-    ckpt = _loop.Checkpoint(tmp_path, "k")
+    ckpt = _checkpoint.Checkpoint(tmp_path, "k")
     generator = torch.Generator().manual_seed(0)
-    ckpt.write(*_loop._capture(2, 1.5, net, opt, None, generator, stopper, history, "k"))
+    ckpt.write(*_checkpoint._capture(2, 1.5, net, opt, None, generator, stopper, history, "k"))
 
     net2, opt2, stopper2 = objects()
     hist2: dict = {}
-    epoch, seconds = _loop._restore(ckpt.read(), net2, opt2, None, torch.Generator(), stopper2,
+    epoch, seconds = _checkpoint._restore(ckpt.read(), net2, opt2, None, torch.Generator(), stopper2,
                                     hist2)  # fmt: skip
     assert (epoch, seconds) == (2, 1.5) and hist2 == history
     assert (stopper2.best_epoch, stopper2.best_loss, stopper2.wait) == (0, 1.0, 1)

@@ -93,7 +93,7 @@ def test_a_stopped_cvae_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, c
 
     from cellsynth import config
     from cellsynth.data.simulate import simulate_atlas
-    from cellsynth.models import _loop
+    from cellsynth.models import _checkpoint
     from cellsynth.pipeline.fit import checkpoint_dir, fit_model
 
     data = tmp_path / "atlas.h5ad"
@@ -101,14 +101,14 @@ def test_a_stopped_cvae_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch, c
     cfg = config.load(None, ["cvae.max_epochs=3", "cvae.select='elbo'", "cvae.n_hidden=[32]",
                              "cvae.n_latent=4", "cvae.checkpoint_seconds=0.0"])
     out = tmp_path / "model"
-    write = _loop.Checkpoint.write
+    write = _checkpoint.Checkpoint.write
 
     def write_then_die(self, tensors, meta):
         write(self, tensors, meta)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(_loop.Checkpoint, "write", write_then_die)
+        m.setattr(_checkpoint.Checkpoint, "write", write_then_die)
         fit_model(cfg, data, "cell_type", out, seed=0)
     assert any(checkpoint_dir(out).iterdir()) and not out.exists()
     with caplog.at_level(logging.INFO, logger="cellsynth"):

@@ -41,7 +41,7 @@ from ..data.labels import check_label, missing_labels
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed
-from . import _loop
+from . import _checkpoint, _loop
 from . import _model_dir as md
 from . import _training as tr
 from ._counts import (
@@ -319,7 +319,7 @@ class CVAE(GenerationMixin, DesignRequests):
         batches, step = d.steps(module, c.balanced_sampling, generator)
         checkpoint = None
         if checkpoint_dir is not None:
-            checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
+            checkpoint = _checkpoint.Checkpoint(checkpoint_dir, key, every=c.checkpoint_every,
                                           min_seconds=c.checkpoint_seconds, name=CHECKPOINT_NAME)  # fmt: skip
         max_epochs = _loop.epoch_budget(c.max_epochs, len(train), c.batch_size)
         # imported here: the check's metrics (scikit-learn, xgboost) are for training only, and
@@ -359,7 +359,7 @@ class CVAE(GenerationMixin, DesignRequests):
         config = {k: v for k, v in dataclasses.asdict(self.config).items()
                   if k not in _NOT_FINGERPRINTED}  # fmt: skip
         cells = [loader.digest() for loader in (train, val)]
-        return _loop.fingerprint(
+        return _checkpoint.fingerprint(
             "CVAE", FORMAT_VERSION, config, seed, self.genes, self.labels, cells, key
         )
 

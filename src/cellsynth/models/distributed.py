@@ -53,6 +53,7 @@ from ..options import settings
 from ..seeds import derive_seed
 from . import _loop
 from . import _training as tr
+from ._checkpoint import Checkpoint
 from ._counts import (
     MIXTURE_MAX_CELLS,
     Rows,
@@ -329,14 +330,14 @@ def _checkpoint(
     device: torch.device,
     directory: str | Path | None,
     key: str,
-) -> _loop.Checkpoint | None:
+) -> Checkpoint | None:
     """This rank's checkpoint; every rank writes at the same epochs (rank 0's clock decides),
     and a resume needs every rank's file, all from the same epoch (else all are removed)."""
     if directory is None:
         return None
     rank, c = dist.get_rank(), model.config
     key = model._fingerprint(train, val, seed, f"{key}|ddp-{rank}-of-{world}")
-    checkpoint = _loop.Checkpoint(directory, key, every=c.checkpoint_every,
+    checkpoint = Checkpoint(directory, key, every=c.checkpoint_every,
                                   min_seconds=c.checkpoint_seconds, name=f"cvae-rank{rank}",
                                   agree=lambda due: _from_rank0(due, device))  # fmt: skip
     low, high = _extremes(checkpoint.epoch(), device)

@@ -15,7 +15,7 @@ from ..config import SeedVAEConfig
 from ..config_rules import from_dict
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
 from ..seeds import checked_seed
-from . import _loop
+from . import _checkpoint, _loop
 from . import _model_dir as md
 from . import _training as tr
 from ._model_dir import saves_whole
@@ -144,12 +144,12 @@ class SeedCVAE:
         )
         checkpoint = None
         if checkpoint_dir is not None:
-            key = _loop.fingerprint(
+            key = _checkpoint.fingerprint(
                 "SeedCVAE", FORMAT_VERSION, dataclasses.asdict(c), seed, self.n_input, self.labels,
                 [float(Xt.double().sum()), float(Xv.double().sum()), yt, yv],
                 checkpoint_key,
             )  # fmt: skip
-            checkpoint = _loop.Checkpoint(checkpoint_dir, key, every=1,
+            checkpoint = _checkpoint.Checkpoint(checkpoint_dir, key, every=1,
                                           min_seconds=CHECKPOINT_SECONDS, name="seed")  # fmt: skip
         device = self.device
 
