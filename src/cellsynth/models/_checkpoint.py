@@ -157,7 +157,7 @@ class Checkpoint:
 # the training state as tensors and JSON
 
 
-def _capture(
+def capture(
     epoch: int,
     seconds: float,
     module: nn.Module,
@@ -210,7 +210,7 @@ def _capture(
     return tensors, meta
 
 
-def _restore(
+def restore(
     found: tuple[dict[str, torch.Tensor], dict[str, Any]],
     module: nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -24,11 +24,9 @@ from torch import nn
 from ..errors import CellsynthError
 from ..options import LOG_SECONDS, progress_bar
 from . import _training as tr
-from ._checkpoint import Checkpoint, _capture, _restore
+from ._checkpoint import Checkpoint, capture, restore
 
 logger = logging.getLogger(__name__)
-
-
 
 AUTO_EPOCHS = 400  # max_epochs = "auto": at most this many epochs...
 AUTO_STEPS = 10_000  # ...and about this many optimiser steps
@@ -183,7 +181,7 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
     found = checkpoint.read() if checkpoint is not None else None
     if found is not None:
         try:
-            first, elapsed = _restore(found, module, optimizer, scheduler, generator, stopper,
+            first, elapsed = restore(found, module, optimizer, scheduler, generator, stopper,
                                       history)  # fmt: skip
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             why = " ".join(str(exc).split())[:200]  # one line
@@ -241,7 +239,7 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
         last = epoch + 1 == settings.max_epochs
         if checkpoint is not None and not last and checkpoint.due(epoch + 1):
             seconds = elapsed + time.perf_counter() - start
-            checkpoint.write(*_capture(epoch + 1, seconds, module, optimizer, scheduler,
+            checkpoint.write(*capture(epoch + 1, seconds, module, optimizer, scheduler,
                                        generator, stopper, history, checkpoint.key))  # fmt: skip
     bar.close()
     if not stopper.restore(module):
