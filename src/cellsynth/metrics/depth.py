@@ -43,6 +43,8 @@ def _log_depth(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _curve(log_lib: np.ndarray, log_genes: np.ndarray) -> tuple[float, float]:
     """Least-squares ``(a, b)`` of ``log_genes = a + b log_lib``; ``b = 0`` where the library
     sizes do not vary (one depth: only the level can be compared)."""
+    if len(log_lib) == 0:
+        return 0.0, 0.0
     if len(log_lib) < 3 or np.ptp(log_lib) < 1e-9:
         return float(np.mean(log_genes)), 0.0
     b, a = np.polyfit(log_lib, log_genes, 1)
