@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..errors import DataError
 from ..seeds import derive_seed
+from .space import paired_labels
 
 #: fewest cells of a type on each side for its own depth curve and row (else pooled, unscored)
 MIN_TYPE_CELLS = 20
@@ -125,13 +126,7 @@ def detection_at_depth(real_counts: Any, synth_counts: Any, *, real_labels: Any 
         no difference and 1 no overlap), ``n_real`` and ``n_synthetic``.
     """
     r, s = sp.csr_matrix(real_counts), sp.csr_matrix(synth_counts)
-    if (real_labels is None) != (synth_labels is None):
-        raise DataError("give both real_labels and synth_labels, or neither")
-    rl = np.asarray(real_labels if real_labels is not None else np.zeros(r.shape[0])).astype(str)
-    sl = np.asarray(synth_labels if synth_labels is not None else np.zeros(s.shape[0])).astype(str)
-    if len(rl) != r.shape[0] or len(sl) != s.shape[0]:
-        raise DataError(f"{len(rl)} labels for {r.shape[0]} real cells and {len(sl)} for "
-                        f"{s.shape[0]} synthetic cells; give one label per cell")
+    rl, sl, _ = paired_labels(real_labels, synth_labels, r.shape[0], s.shape[0])
     rng = np.random.default_rng(derive_seed(seed, "depth-halves"))
     half = np.zeros(r.shape[0], dtype=bool)
     for t in np.unique(rl):

@@ -32,7 +32,7 @@ from ..options import progress_bar
 from ..seeds import derive_seed
 from .depth import compare_depth
 from .fidelity import _gene_stats, _subsample
-from .space import normalised_dispersion
+from .space import normalised_dispersion, paired_labels
 
 logger = logging.getLogger(__name__)
 
@@ -372,19 +372,12 @@ def gene_fidelity(
     """
     r, s = _inputs(real_counts, synth_counts, "gene_fidelity", real_factor=2, genes=genes,
                    n_genes=n_genes, n_folds=n_folds, min_cells=min_cells)
-    if (real_labels is None) != (synth_labels is None):
-        raise DataError("give both real_labels and synth_labels, or neither")
+    rl, sl, labelled = paired_labels(real_labels, synth_labels, r.shape[0], s.shape[0])
     if gene_names is not None and len(gene_names) != r.shape[1]:
         raise DataError(f"{len(gene_names)} gene names for {r.shape[1]} genes; give one per gene")
     if repeats != "auto" and (isinstance(repeats, bool) or not isinstance(repeats, int)
                               or repeats < 1):  # fmt: skip
         raise ConfigError(f"repeats must be a positive integer or 'auto', got {repeats!r}")
-    labelled = real_labels is not None
-    rl = np.asarray(real_labels if labelled else np.zeros(r.shape[0])).astype(str)
-    sl = np.asarray(synth_labels if labelled else np.zeros(s.shape[0])).astype(str)
-    if len(rl) != r.shape[0] or len(sl) != s.shape[0]:
-        raise DataError(f"{len(rl)} labels for {r.shape[0]} real cells and {len(sl)} for "
-                        f"{s.shape[0]} synthetic cells; give one label per cell")
     opts = {"genes": genes, "n_genes": n_genes, "min_cells": min_cells, "n_folds": n_folds,
             "n_bins": n_bins, "target_sum": target_sum}
     sizes = {"max_n": int(max_n), "min_type_cells": max(int(min_type_cells), MIN_CELLS)}

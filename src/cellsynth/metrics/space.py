@@ -43,6 +43,21 @@ def as_csr(x: Any, n_genes: int | None = None, *, what: str = "counts") -> sp.cs
     return out
 
 
+def paired_labels(real_labels: Any, synth_labels: Any, n_real: int, n_synth: int
+                  ) -> tuple[np.ndarray, np.ndarray, bool]:  # fmt: skip
+    """Each side's cell types as strings, checked: both given or neither (then every cell of a
+    side has one type), one per cell; and whether they were given."""
+    if (real_labels is None) != (synth_labels is None):
+        raise DataError("give both real_labels and synth_labels, or neither")
+    labelled = real_labels is not None
+    rl = np.asarray(real_labels if labelled else np.zeros(n_real)).astype(str)
+    sl = np.asarray(synth_labels if labelled else np.zeros(n_synth)).astype(str)
+    if len(rl) != n_real or len(sl) != n_synth:
+        raise DataError(f"{len(rl)} labels for {n_real} real cells and {len(sl)} for "
+                        f"{n_synth} synthetic cells; give one label per cell")
+    return rl, sl, labelled
+
+
 def _sums(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene sum and sum of squares of a sparse matrix, float64, without densifying it."""
     return (np.asarray(x.sum(axis=0), dtype=np.float64).ravel(),
