@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
 from ..config import FeaturesConfig
+from ..data.io import check_gene_names
 from ..data.qc import GeneMoments
 from ..data.split import balanced_subsample
 from ..data.store import MatrixRows
@@ -89,10 +90,7 @@ class PCAModel:
         """Where each of :attr:`genes` stands among the gene ``names`` of some cells (their
         columns to project, in the fitted order); duplicate names or a missing gene refused."""
         names = pd.Index(map(str, names))
-        if not names.is_unique:
-            raise DataError(f"the data's gene names (var_names) hold "
-                            f"{int(names.duplicated().sum())} duplicate(s); make them unique "
-                            "(adata.var_names_make_unique()) before projecting")
+        check_gene_names(names, "the data to project")
         idx = names.get_indexer(self.genes)
         if (idx < 0).any():
             gone = [g for g, i in zip(self.genes, idx, strict=True) if i < 0]
