@@ -60,15 +60,14 @@ def broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     for t in (weight, mean, chol):
         dist.broadcast(t, src=0)
     module.set_latent_mixture(weight, mean, chol)
-    px_r = module.px_r.detach().to(device)
-    dist.broadcast(px_r, src=0)
-    module.set_dispersion(px_r)
-    scale = module.gene_scale.detach().to(device).clone()
-    dist.broadcast(scale, src=0)  # rank 0's gene scale (ones where the likelihood has none)
-    module.set_gene_scale(scale)
-    pi = module.zero_inflation.detach().to(device).clone()
-    dist.broadcast(pi, src=0)  # and its zero inflation (zeros where none was fitted)
-    module.set_zero_inflation(pi)
+    # rank 0's dispersion, gene scale (ones where the likelihood has none) and zero inflation
+    # (zeros where none was fitted)
+    for table, set_table in ((module.px_r, module.set_dispersion),
+                             (module.gene_scale, module.set_gene_scale),
+                             (module.zero_inflation, module.set_zero_inflation)):
+        table = table.detach().to(device).clone()
+        dist.broadcast(table, src=0)
+        set_table(table)
 
 
 def rank_device(cfg: CVAEConfig) -> torch.device:

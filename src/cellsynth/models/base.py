@@ -166,7 +166,7 @@ def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:
         have = set(genes)
         missing = [g for g in model_genes if g not in have]
         what = (f"missing: {listed(missing, quote=True)}" if missing else
-                f"extra: {listed(sorted(set(genes) - set(model_genes)), quote=True)}")
+                f"extra: {listed(sorted(have - set(model_genes)), quote=True)}")
         raise DataError(
             f"the data's {len(genes)} genes differ from the model's {len(model_genes)} "
             f"({what}); subset the data to the model's genes "
