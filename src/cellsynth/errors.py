@@ -6,6 +6,10 @@ what was wrong and how to fix it. The CLI prints it without a traceback and exit
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
 
 class CellsynthError(Exception):
     """Bad input or settings: the message names the problem and the fix."""
@@ -39,3 +43,20 @@ def listed(items, limit: int = 5, *, quote: bool = False, sep: str = ", ") -> st
     if len(items) <= limit:
         return sep.join(items)
     return f"{sep.join(items[:limit])} and {len(items) - limit} more"
+
+
+def did_you_mean(name: Any, names: Iterable[Any]) -> str:
+    """``" (did you mean 'a', 'b'?)"`` for a message about an unknown ``name``, or ``""``.
+
+    The names equal to ``name`` but for case (and surrounding spaces) come alone: a difference
+    in case is the commonest slip, and plain likeness of spelling ranks ``'Stim'`` close to
+    ``'stim'`` but ``'STIM'`` close to nothing. Otherwise the up to three of ``names`` closest
+    in spelling (:func:`difflib.get_close_matches`). Only a suggestion: the caller still
+    refuses ``name``.
+    """
+    names = [str(n) for n in names]
+    folded = str(name).strip().casefold()
+    close = [n for n in names if n.strip().casefold() == folded]
+    if not close:
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close[:3]))}?)" if close else ""

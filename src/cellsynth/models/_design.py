@@ -27,9 +27,9 @@ import pandas as pd
 
 from ..data.labels import check_spaced_names, missing_as_text
 from ..data.levels import LevelLookup, level_text
-from ..errors import DataError, listed
+from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
-from ._training import check_count, did_you_mean, known_label, type_counts, whole_count
+from ._training import check_count, known_label, type_counts, whole_count
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)

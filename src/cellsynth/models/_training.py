@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from ..data.levels import LevelLookup, loose_name
-from ..errors import ConfigError, DataError, NotTrainedError, listed
+from ..errors import ConfigError, DataError, NotTrainedError, did_you_mean, listed
 from ..seeds import checked_seed, is_whole
 
 logger = logging.getLogger(__name__)
@@ -270,15 +270,6 @@ def known_label(label: Any, labels: list[str]) -> str:
         return labels[code]
     raise DataError(f"unknown cell type {label!r}{did_you_mean(label, labels)}; known types: "
                     f"{labels}")
-
-
-def did_you_mean(name: Any, names: list[str]) -> str:
-    """``" (did you mean 'a', 'b'?)"`` with the up to three of ``names`` closest to ``name``
-    (:func:`difflib.get_close_matches`), or ``""`` when none is close."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 #: the most cells one request may ask of a type: beyond it the counts overflow int64 arithmetic
