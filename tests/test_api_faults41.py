@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import cellsynth as cs
 from cellsynth.errors import DataError, did_you_mean
 from cellsynth.models._design import Design
 from cellsynth.models._training import known_label
@@ -53,3 +54,25 @@ def test_a_type_in_another_case_is_the_one_suggestion():
     # spelling, not case: the closest names as before
     assert did_you_mean("CD4 T cels", types).startswith(" (did you mean 'CD4 T cells'")
     assert did_you_mean("zzz", types) == ""
+
+
+# -- 2: the subpackages from ``import cellsynth as cs`` -------------------------------------------
+
+
+def test_documented_subpackages_are_attributes():
+    assert cs.models.CVAE is cs.CVAE
+    assert callable(cs.metrics.condition_effects)
+    assert callable(cs.metrics.detection_at_depth)
+    assert cs.metrics.verdict.RULES
+    assert callable(cs.evaluation.compare)
+    assert cs.config.ScviConfig is not None  # a module named in the docs (cellsynth.config.X)
+    assert {"models", "metrics", "evaluation", "data"} <= set(dir(cs))
+
+
+def test_an_unknown_attribute_lists_what_exists():
+    with pytest.raises(AttributeError, match=r"no attribute 'metric' \(did you mean 'metrics'\?\)"
+                       r".*CVAE.*subpackages.*metrics, models"):
+        cs.metric  # noqa: B018
+    with pytest.raises(AttributeError, match=r"\(did you mean 'CVAE'\?\)"):
+        cs.cvae  # noqa: B018
+    assert not hasattr(cs, "__wrapped__")  # a probe by a tool: a plain AttributeError

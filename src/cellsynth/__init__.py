@@ -18,7 +18,8 @@ Example::
 experiments, SHAP, report) into a resumable run directory; ``cs.load_model(directory)`` reads a
 saved generator back; ``cs.predict_types(adata, run_dir)`` annotates new cells with a run's
 classifier. Plots are in ``cs.pl``; every setting is a field of ``cs.RunConfig``;
-``cs.settings.progress = False`` hides every progress bar.
+``cs.settings.progress = False`` hides every progress bar. The subpackages are reachable the
+same way (``cs.models``, ``cs.metrics``, ``cs.evaluation``, ``cs.data``, ...).
 Docs: ``README.md`` and ``docs/`` in the repository (``docs/api.md`` for this API,
 ``docs/cli.md`` for the command line), and ``help(cs.<name>)``.
 
@@ -28,6 +29,7 @@ scanpy.
 
 from __future__ import annotations
 
+import pkgutil
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -88,11 +90,29 @@ __all__ = [
 ]
 
 
+def _submodules(packages: bool = False) -> list[str]:
+    """The public modules of cellsynth (``config``, ``models``, ``metrics``, ...), or with
+    ``packages`` its subpackages alone, found without importing them."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in _LAZY
+                  and (m.ispkg or not packages))
+
+
 def __getattr__(name: str) -> Any:
-    """Import a public name on first use (PEP 562) and keep it in the module."""
+    """Import a public name or submodule on first use (PEP 562) and keep it in the module."""
     target = _LAZY.get(name)
+    if target is None and not name.startswith("_") and name in _submodules():
+        target = f"cellsynth.{name}"  # cs.models, cs.metrics: as ``import cellsynth.metrics``
     if target is None:
-        raise AttributeError(f"module 'cellsynth' has no attribute {name!r}")
+        if name.startswith("_"):  # dunder probes (copy, pickle, IDEs): no listing to build
+            raise AttributeError(f"module 'cellsynth' has no attribute {name!r}")
+        from .errors import did_you_mean, listed
+
+        near = did_you_mean(name, [*_LAZY, *_submodules()])
+        raise AttributeError(
+            f"module 'cellsynth' has no attribute {name!r}{near}; its names: "
+            f"{listed(sorted(_LAZY), 30)}; its subpackages (each module too, as cs.config): "
+            f"{listed(_submodules(packages=True), 30)}")
     module, _, attr = target.partition(":")
     value = import_module(module)
     if attr:
@@ -102,4 +122,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_submodules()))
