@@ -17,11 +17,30 @@ import pandas as pd
 import pytest
 
 import cellsynth as cs
+from cellsynth.cli import main
+from cellsynth.data.simulate import simulate_atlas
 from cellsynth.errors import DataError, did_you_mean
 from cellsynth.models._design import Design
 from cellsynth.models._training import known_label
 
 LABEL = "cell_type"
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    """400 cells, 60 genes, 2 types, 2 donors, ctrl and stim (``condition``)."""
+    return simulate_atlas(400, 60, 2, n_donors=2, n_conditions=2, seed=0, doublet_rate=0,
+                          uninformative_rate=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nb_dir(atlas, tmp_path_factory):
+    """A saved nb model conditioned on ``condition`` (fitted by moments: no epochs)."""
+    model = cs.NegBinBaseline(covariate_keys=["condition"])
+    model.fit(atlas, LABEL, seed=0)
+    path = tmp_path_factory.mktemp("faults41") / "nb"
+    model.save(path)
+    return path
 
 
 # -- 4: a name typed in another case --------------------------------------------------------------
@@ -76,3 +95,24 @@ def test_an_unknown_attribute_lists_what_exists():
     with pytest.raises(AttributeError, match=r"\(did you mean 'CVAE'\?\)"):
         cs.cvae  # noqa: B018
     assert not hasattr(cs, "__wrapped__")  # a probe by a tool: a plain AttributeError
+
+
+# -- 3: the command line's fix for --request with --where -----------------------------------------
+
+
+def test_cli_request_with_where_says_the_command_line_fix(nb_dir, tmp_path, capsys):
+    request = tmp_path / "req.tsv"
+    request.write_text(f"{LABEL}\tn\ntype_00\t3\n")
+    out = tmp_path / "x.h5ad"
+    code = main(["generate", str(nb_dir), "--request", str(request), "--where", "condition=stim",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert f"--request {request} takes the covariate levels from its columns" in err
+    assert "'condition'" in err and "drop --where" in err
+    assert "where=" not in err and "request[name]" not in err  # the Python spelling
+    # the same file with the column and without --where is the way the message gives
+    request.write_text(f"{LABEL}\tcondition\tn\ntype_00\tstim\t3\n")
+    assert main(["generate", str(nb_dir), "--request", str(request), "--out", str(out),
+                 "--quiet"]) == 0
+

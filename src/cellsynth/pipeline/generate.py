@@ -281,6 +281,13 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     if (where is not None or request is not None) and design is None:
         raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
                         "--request need a cvae, nb or scvi fitted with --covariates")
+    if where is not None and (request is not None or like is not None):
+        keys = ", ".join(repr(k) for k in parse_where(where))
+        raise DataError(f"--request {request} takes the covariate levels from its columns: add "
+                        f"the column(s) {keys} to {request} with the level on each row, or drop "
+                        "--where" if request is not None else
+                        "--like takes the covariate levels from its cells: drop --where (or "
+                        "give --like only the cells of the levels wanted)")
     label_key = getattr(gen, "label_key", "cell_type")
     if like is not None:
         ask: Any = like_request(like, label_key, list(design.keys) if design else [],
