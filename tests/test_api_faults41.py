@@ -116,3 +116,13 @@ def test_cli_request_with_where_says_the_command_line_fix(nb_dir, tmp_path, caps
     assert main(["generate", str(nb_dir), "--request", str(request), "--out", str(out),
                  "--quiet"]) == 0
 
+
+# -- 5: cs.pl.history of a saved model without a curve --------------------------------------------
+
+
+def test_history_of_an_nb_directory_names_the_model_kind(nb_dir):
+    with pytest.raises(DataError, match=r"is a saved nb model, which is fitted by moments "
+                                        r"without epochs and has no training curve"):
+        cs.pl.history(nb_dir)
+    with pytest.raises(DataError, match="saved nb model"):  # its history.json path alike
+        cs.pl.history(nb_dir / "history.json")

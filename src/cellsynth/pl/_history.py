@@ -22,6 +22,7 @@ def _history(source: Any) -> Mapping[str, Any]:
         path = Path(source)
         path = path / "history.json" if path.is_dir() else path
         if not path.is_file():
+            _no_curve(path.parent)
             raise ModelFileError(f"{path} does not exist; give a model directory, its "
                                  "history.json, a model or its history dict")
         try:
@@ -33,6 +34,21 @@ def _history(source: Any) -> Mapping[str, Any]:
         raise DataError(f"a {type(source).__name__} has no training history; give a trained "
                         "model, its history dict or its directory")
     return hist
+
+
+def _no_curve(directory: Path) -> None:
+    """Refuse a saved model directory without ``history.json`` by its kind (``config.json``'s
+    ``model``), as a model object without a curve is refused; return when it is no model."""
+    try:
+        kind = json.loads((directory / "config.json").read_text()).get("model")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return
+    if not kind:
+        return
+    how = ("is fitted by moments without epochs and has no training curve" if kind == "nb"
+           else "keeps no history.json of losses per epoch")
+    raise DataError(f"{directory} is a saved {kind} model, which {how}; cs.pl.history draws "
+                    "the curve of a cvae or reference model")
 
 
 @doc_params
