@@ -12,14 +12,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import cellsynth as cs
 from cellsynth.cli import main
+from cellsynth.config import NBConfig, ScviConfig
 from cellsynth.data.simulate import simulate_atlas
-from cellsynth.errors import DataError, did_you_mean
+from cellsynth.errors import ConfigError, DataError, did_you_mean
 from cellsynth.models._design import Design
 from cellsynth.models._training import known_label
 
@@ -41,6 +44,41 @@ def nb_dir(atlas, tmp_path_factory):
     path = tmp_path_factory.mktemp("faults41") / "nb"
     model.save(path)
     return path
+
+
+# -- 1: ScviGenerator takes the data as CVAE does -------------------------------------------------
+
+
+def test_scvi_generator_takes_data_first_as_the_cvae_does(atlas):
+    pytest.importorskip("scvi")
+    params = list(inspect.signature(cs.ScviGenerator).parameters)
+    assert params == list(inspect.signature(cs.CVAE).parameters) == [
+        "adata", "label_key", "config", "covariate_keys"]
+    model = cs.ScviGenerator(atlas, LABEL, covariate_keys="condition")
+    assert model.design.keys == ["condition"] and model.labels == ["type_00", "type_01"]
+    assert "covariates=['condition']" in repr(model)  # no AttributeError of the data
+    with cs.settings.override(progress=False):
+        history = model.train(max_epochs=1, n_hidden=8, n_latent=2, batch_size=128, seed=0)
+    assert history["epochs"] == 1 and model.config.n_latent == 2
+    cells = model.sample({"type_00": 5}, where={"condition": "stim"}, seed=1)
+    assert cells.n_obs == 5 and set(cells.obs["condition"]) == {"stim"}
+    # the earlier form, a ScviConfig first, is still the config
+    old = cs.ScviGenerator(ScviConfig(n_latent=3, covariates=["condition"]))
+    assert old.config.n_latent == 3 and old.adata is None
+
+
+def test_scvi_generator_refuses_what_is_neither_data_nor_its_config(atlas):
+    with pytest.raises(DataError, match=r"ScviGenerator takes an AnnData .* got NBConfig; give "
+                                        r"the settings as config=ScviConfig"):
+        cs.ScviGenerator(NBConfig())
+    with pytest.raises(ConfigError, match="config is a NBConfig; give a ScviConfig"):
+        cs.ScviGenerator(atlas, config=NBConfig())
+    with pytest.raises(DataError, match=r"built without data; use ScviGenerator\(adata\)"):
+        cs.ScviGenerator().train()
+    with pytest.raises(ConfigError, match="unknown scvi setting"):
+        cs.ScviGenerator(atlas).train(lr=1e-3)
+    with pytest.raises(DataError, match="covariate column 'nope' not in obs"):
+        cs.ScviGenerator(atlas, covariate_keys=["nope"])
 
 
 # -- 4: a name typed in another case --------------------------------------------------------------

@@ -195,7 +195,7 @@ class ScviPosteriorGenerator(ScviGenerator):
             logger.info("scvi-pp re-draws training cells and does not condition on covariates; "
                         "scvi.covariates %s are not used", config.covariates)
             config = dataclasses.replace(config, covariates=[])
-        super().__init__(config)
+        super().__init__(config=config)
         self.design = None  # no requests by covariate (`cellsynth generate` refuses --where)
         self.qzm: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior means
         self.qzv: list[np.ndarray] = []  # per type, (n_t, n_latent) posterior variances
@@ -290,7 +290,7 @@ class ScviPosteriorGenerator(ScviGenerator):
             raise ModelFileError(f"{directory / 'cells.safetensors'} does not hold qzm and qzv "
                                  f"of {n} cells x n_latent={d}; the files come from different "
                                  "models")  # fmt: skip
-        model = cls(config)
+        model = cls(config=config)
         try:
             model.module = _build_module(scvi, kwargs, state)
         except (RuntimeError, TypeError, ValueError) as exc:

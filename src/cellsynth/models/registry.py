@@ -43,7 +43,7 @@ def make_generator(name: str, run_config: RunConfig) -> Generator:
     if name == "reference":
         return cls(run_config.seed_vae, run_config.features, target_sum=run_config.qc.target_sum)
     if name in ("scvi", "scvi-pp"):
-        return cls(run_config.scvi)
+        return cls(config=run_config.scvi)
     if name == "nb":
         return cls(covariate_keys=run_config.nb.covariates, min_cells=run_config.nb.min_cells)
     return cls()

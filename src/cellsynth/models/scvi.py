@@ -22,7 +22,7 @@ This is scvi's ``posterior_predictive_sample`` of randomly chosen type-``t`` cel
 per-cell posteriors pooled into one Gaussian per type, so the generator does not replay
 individual training cells.
 
-**Covariates** (``scvi.covariates``, ``ScviGenerator(ScviConfig(covariates=[...]))``,
+**Covariates** (``scvi.covariates``, ``ScviGenerator(adata, covariate_keys=[...])``,
 ``cellsynth fit --model scvi --covariates donor,condition``) are passed as scvi-tools' own
 ``categorical_covariate_keys`` of ``SCVI.setup_anndata``, its users' way: each covariate is a
 one-hot input of every decoder layer (scvi's defaults: ``encode_covariates=False``,
@@ -48,11 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -67,7 +63,9 @@ from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
 from ..config_rules import from_dict
+from ..config_rules import hints as config_hints
 from ..data.csr import stack_rows
+from ..data.io import training_source
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
 from ..outputs import save_tensors
@@ -75,9 +73,11 @@ from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import saves_whole
+from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
     check_library_memory,
     fit_labels,
+    in_memory,
     reads_cells,
     split_masks,
     synthetic_adata,
@@ -96,29 +96,6 @@ from .nb import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: the loggers scvi-tools' trainer writes its banners through (seed, devices, tips)
-_TRAINER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "scvi")
-
-
-@contextmanager
-def _trainer_quiet(quiet: bool) -> Iterator[None]:
-    """Lightning's warnings about how cellsynth sets up its trainer (logging interval, worker
-    counts, its own deprecations) are not the user's to act on: hidden; with ``quiet`` (no
-    progress bars: ``--quiet``, or no terminal) its banners and tips (seed set, devices,
-    'Tip: ...') too, which its own handlers print whatever cellsynth's logging says."""
-    loggers = [logging.getLogger(name) for name in _TRAINER_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    try:
-        if quiet:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 FORMAT_VERSION = 1
 #: scvi-tools' registry key of the categorical covariates (``REGISTRY_KEYS.CAT_COVS_KEY``)
@@ -153,24 +130,52 @@ class ScviGenerator(DesignRequests):
 
     Parameters
     ----------
+    adata
+        Labelled AnnData with raw counts (``X``, ``layers['counts']`` or ``raw.X``), or the
+        path of an h5ad file, to :meth:`train` on, as ``scvi.model.SCVI(adata)`` and
+        ``CVAE(adata)`` take it; ``None`` for a model to :meth:`fit` later. (A
+        :class:`~cellsynth.config.ScviConfig` here is taken as ``config``, the earlier form
+        ``ScviGenerator(ScviConfig(...))``.)
+    label_key
+        ``obs`` column holding the cell type.
     config
         Architecture and training settings of ``scvi.model.SCVI``; ``config.covariates``: the
         ``obs`` columns passed as ``categorical_covariate_keys`` (see the module docstring).
+    covariate_keys
+        ``obs`` columns to condition on besides the type (default ``config.covariates``), as
+        the CVAE's and ``NegBinBaseline``'s; one column may be given as a string.
 
     Examples
     --------
-    >>> model = ScviGenerator(ScviConfig(covariates=["condition"], max_epochs=50))
-    >>> model.fit(adata, "cell_type", seed=0)
+    >>> model = ScviGenerator(adata, "cell_type", covariate_keys=["condition"])
+    >>> model.train(max_epochs=50, seed=0)
     >>> stim = model.sample({"B cells": 100}, where={"condition": "stim"}, seed=1)
     """
 
     name: ClassVar[str] = "scvi"
 
-    def __init__(self, config: ScviConfig | None = None) -> None:
-        self.config = config if config is not None else ScviConfig()
+    def __init__(
+        self,
+        adata: ad.AnnData | str | Path | None = None,
+        label_key: str = "cell_type",
+        config: ScviConfig | None = None,
+        covariate_keys: list[str] | str | None = None,
+    ) -> None:
+        if isinstance(adata, ScviConfig) and config is None:  # ScviGenerator(ScviConfig(...))
+            adata, config = None, adata
+        config = config if config is not None else ScviConfig()
+        if not isinstance(config, ScviConfig):
+            raise ConfigError(f"config is a {type(config).__name__}; give a ScviConfig (e.g. "
+                              "ScviGenerator(adata, config=ScviConfig(max_epochs=50))), or the "
+                              "settings to train(max_epochs=...)")
+        if covariate_keys is not None:
+            if isinstance(covariate_keys, str):  # one column, as scanpy takes a key
+                covariate_keys = [covariate_keys]
+            config = dataclasses.replace(config, covariates=list(covariate_keys))
+        self.config = config
         self.labels: list[str] = []
         self.genes: list[str] = []
-        self.label_key = "cell_type"
+        self.label_key = label_key
         self.module: torch.nn.Module | None = None  # scvi.module.VAE, on the CPU, eval mode
         self.module_kwargs: dict[str, Any] = {}
         self.latent_mean = np.zeros((0, 0), dtype=np.float32)  # (T, n_latent)
@@ -178,6 +183,18 @@ class ScviGenerator(DesignRequests):
         self.libraries: list[np.ndarray] = []
         self.design = Design()  # the covariates and their training levels (none: type only)
         self.history: dict[str, Any] = {}
+        if adata is not None and not isinstance(adata, ad.AnnData | str | Path):
+            raise DataError(f"ScviGenerator takes an AnnData or the path of an h5ad file, got "
+                            f"{type(adata).__name__}; give the settings as "
+                            "config=ScviConfig(...)")
+        self.adata = None if adata is None else in_memory(adata)
+        if self.adata is not None:  # the label, counts and covariates checked now, as the CVAE's
+            y = fit_labels(self.adata, label_key)
+            training_source(self.adata)  # no raw counts (a log-normalised X alone): said now
+            rows = np.arange(self.adata.n_obs)
+            self.design, _ = Design.fit(self.adata.obs, list(config.covariates), label_key, y,
+                                        rows, rows)  # fmt: skip
+            self.labels, self.genes = sorted(set(y)), list(map(str, self.adata.var_names))
 
     def __repr__(self) -> str:
         c = self.config
@@ -186,6 +203,39 @@ class ScviGenerator(DesignRequests):
             f"ScviGenerator(n_labels={len(self.labels)}, n_genes={len(self.genes)}, "
             f"n_latent={c.n_latent}, gene_likelihood={c.gene_likelihood!r}{covs})"
         )
+
+    def train(self, max_epochs: int | None = None, batch_size: int | None = None, *,
+              seed: int = 0, **settings: Any) -> dict[str, Any]:  # fmt: skip
+        """Train on the AnnData given at construction (scvi-tools' habit); see :meth:`fit`.
+
+        Parameters
+        ----------
+        max_epochs
+            Most epochs of SCVI's training.
+        batch_size
+            Cells per mini-batch.
+        seed
+            Seeds scvi-tools (weights, mini-batches) and the validation cut.
+        **settings
+            Any other :class:`~cellsynth.config.ScviConfig` field, e.g. ``n_latent=10``.
+
+        Returns
+        -------
+        The training history (see :meth:`fit`).
+        """
+        if self.adata is None:
+            raise DataError("ScviGenerator() was built without data; use "
+                            "ScviGenerator(adata).train() or fit(adata, label_key)")
+        given = {"max_epochs": max_epochs, "batch_size": batch_size, **settings}
+        names = {f.name for f in dataclasses.fields(ScviConfig)}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise ConfigError(f"unknown scvi setting(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join(sorted(names))}")  # fmt: skip
+        with config_hints(lambda key: f"give another {key.removeprefix('scvi.')} to train()"):
+            self.config = from_dict(ScviConfig, {**dataclasses.asdict(self.config),
+                                                 **{k: v for k, v in given.items() if v is not None}})
+        return self.fit(self.adata, self.label_key, seed=seed)
 
     @reads_cells
     def fit(
@@ -223,7 +273,7 @@ class ScviGenerator(DesignRequests):
         is_train = train[rows]
         train_idx, val_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
 
-        with _trainer_quiet(not settings.show_progress()):
+        with trainer_quiet(not settings.show_progress()):
             scvi.settings.seed = int(derive_seed(seed, "scvi") % 2**31)
             scvi.model.SCVI.setup_anndata(sub, categorical_covariate_keys=design.keys or None)
             model = scvi.model.SCVI(
@@ -242,7 +292,7 @@ class ScviGenerator(DesignRequests):
                 # and none at all when cs.settings hides progress bars
                 enable_progress_bar=settings.show_progress(),
                 simple_progress_bar=False,
-                callbacks=[_epoch_bar()] if settings.show_progress() else [],
+                callbacks=[epoch_bar()] if settings.show_progress() else [],
             )
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
@@ -401,7 +451,7 @@ class ScviGenerator(DesignRequests):
                 f"{directory / 'latent.safetensors'} does not match {len(labels)} "
                 f"types and n_latent={d}; the files come from different models"
             )
-        model = cls(config)
+        model = cls(config=config)
         try:
             model.module = _build_module(scvi, kwargs, state)
         except (RuntimeError, TypeError, ValueError) as exc:
@@ -485,49 +535,3 @@ def _build_module(
     module = scvi.module.VAE(**kwargs, use_observed_lib_size=True)
     module.load_state_dict(state, strict=True)
     return module.cpu().eval()
-
-
-def _epoch_bar() -> Any:
-    """A Lightning progress bar: one tqdm bar over SCVI's epochs, on stderr.
-
-    scvi's ``ProgressBar`` and Lightning's ``TQDMProgressBar`` both write to stdout, which
-    cellsynth keeps for its results; Lightning disables this one on ranks other than 0.
-    """
-    from lightning.pytorch.callbacks import ProgressBar
-
-    class EpochBar(ProgressBar):
-        def __init__(self) -> None:
-            super().__init__()
-            self._enabled = True
-            self.bar: Any = None
-
-        @property
-        def is_enabled(self) -> bool:
-            return self._enabled
-
-        def disable(self) -> None:
-            self._enabled = False
-
-        def enable(self) -> None:
-            self._enabled = True
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            super().on_train_start(trainer, pl_module)
-            self.bar = progress_bar(total=trainer.max_epochs, desc="SCVI", unit="epoch", file=sys.stderr,
-                                    here=self._enabled)  # fmt: skip
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            super().on_train_epoch_end(trainer, pl_module)
-            if self.bar is not None:
-                metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items()
-                           if k != "v_num"}  # fmt: skip
-                self.bar.set_postfix(metrics, refresh=False)
-                self.bar.update()
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            super().on_train_end(trainer, pl_module)
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return EpochBar()
