@@ -35,6 +35,7 @@ from anndata.io import read_elem, write_elem
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
+from ._qc_columns import check_qc_columns, needs_computing
 from .csr import stack_rows
 from .io import check_shape, check_values, find_counts
 from .labels import check_label
@@ -100,12 +101,13 @@ def preprocess_backed(
         check_shape(h5, str(h5.path))
         check_label(h5, label_key)
         check_donor_key(h5.obs.columns, dataset)
+        check_qc_columns(h5.obs, dataset)
         expr = find_counts(h5, dataset.is_normalised)
         has_counts = describe_expression(expr)
         x, genes = h5.matrix(expr)
         logger.info("preprocessing %s out of core: %d cells x %d genes, %d values, %d-cell chunks",
                     h5.path, x.shape[0], x.shape[1], x.nnz, chunk)
-        need_mito = dataset.mito_key not in h5.obs.columns
+        need_mito = needs_computing(h5.obs, dataset.mito_key)
         whole = WholeCheck(expr.counts) if has_counts else None
         symbols = gene_symbols(h5, expr.counts)
         n_genes_cell, mito = _cell_stats(x, genes, need_mito, chunk, whole, symbols)

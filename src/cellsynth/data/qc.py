@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
+from ._qc_columns import check_qc_columns, doublets, iqr_inliers, qc_column
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts, fractional_rows
 from .labels import check_label, missing_labels
@@ -70,17 +71,23 @@ class _Cells:
     resulting rows and genes to their matrix.
     """
 
-    def __init__(self, obs: pd.DataFrame, n_genes: int, report: QCReport):
-        self.obs, self.n_genes, self.report = obs, n_genes, report
+    def __init__(self, obs: pd.DataFrame, n_genes: int, report: QCReport,
+                 label_key: str | None = None):
+        self.obs, self.n_genes, self.report, self.label_key = obs, n_genes, report, label_key
         self.rows = np.arange(len(obs))  # positions in the input, sorted
         self._heavy_steps: list[tuple[str, str | None, int, int]] = []
 
-    def keep_cells(self, mask: np.ndarray, step: str, setting: str | None = None) -> None:
+    def keep_cells(self, mask: np.ndarray, step: str, setting: str | None = None,
+                   lost: int | None = logging.WARNING) -> None:
         """Keep the cells ``mask`` selects; ``setting`` is the config key that governs the step
-        (named when the step removes most of the cells, or all of them)."""
+        (named when the step removes most of the cells, or all of them). A type whose every
+        cell the step removes is logged at level ``lost`` (None: the caller says it) and, at
+        WARNING, added to the report's ``dropped_types``: no type vanishes unsaid."""
         before = len(self.rows)
         mask = np.asarray(mask, dtype=bool)
         if not mask.all():
+            if lost is not None:
+                self._lost_types(mask, step, setting, lost)
             self.rows = self.rows[mask]
             self.obs = self.obs.iloc[mask].copy()  # a frame of its own: columns are added later
         self.report.record(step, (before, len(self.rows)), (self.n_genes, self.n_genes))
@@ -92,6 +99,20 @@ class _Cells:
                    "check dataset.label_key, dataset.uninformative_prefixes and the qc.* "
                    "thresholds for this data")
             )
+
+    def _lost_types(self, mask: np.ndarray, step: str, setting: str | None, level: int) -> None:
+        if self.label_key is None:
+            return
+        col = self.obs[self.label_key]
+        labels = col.astype(str).to_numpy()
+        gone = sorted(set(labels[~mask & ~missing_labels(col)]) - set(labels[mask]))
+        if not gone:
+            return
+        logger.log(level, "QC step '%s' removed every cell of %d type(s): %s%s", step, len(gone),
+                   listed(gone, 10, quote=True),
+                   f"; if that is not meant, check {setting}" if setting else "")
+        if level >= logging.WARNING:
+            self.report.dropped_types += [t for t in gone if t not in self.report.dropped_types]
 
     def keep_genes(self, mask: np.ndarray, step: str, setting: str | None = None) -> np.ndarray:
         """Keep the genes ``mask`` selects (returned); ``setting`` as for :meth:`keep_cells`."""
@@ -127,14 +148,6 @@ class _Cells:
     def train(self) -> np.ndarray:
         """Which of the cells still in are training cells."""
         return (self.obs[K.SPLIT] == "train").to_numpy()
-
-
-def _as_bool(col: pd.Series) -> np.ndarray:
-    """Doublet flags given as bools, 0/1 or the strings 'True'/'False'."""
-    if col.dtype == bool:
-        return col.to_numpy()
-    text = col.astype(str).str.strip().str.lower()
-    return text.isin(["true", "1", "yes"]).to_numpy()
 
 
 def _row_nnz(x: sp.csr_matrix) -> np.ndarray:
@@ -186,11 +199,6 @@ def mito_fraction(x: sp.csr_matrix, mito: np.ndarray) -> np.ndarray:
     total = np.asarray(x.sum(axis=1)).ravel()
     m = np.asarray(x[:, mito].sum(axis=1)).ravel()
     return (m / np.maximum(total, 1e-12)).astype(np.float32)
-
-
-def _iqr_bounds(v: np.ndarray, k: float) -> tuple[float, float]:
-    q1, q3 = np.percentile(v, [25, 75])
-    return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
 
 
 def normalise_log1p(
@@ -271,28 +279,18 @@ def filter_cells(
     label_key = dataset.label_key
     obs = obs.copy()
     obs[label_key] = obs[label_key].astype(object)
-    st = _Cells(obs, len(genes), QCReport())
+    st = _Cells(obs, len(genes), QCReport(), label_key)
     report = st.report
 
-    # QC columns are computed on the full gene set, before any gene is removed
-    if dataset.mito_key not in st.obs.columns:
-        st.obs[K.MITO] = mito()
-        mito_key = K.MITO
-    else:
-        mito_key = dataset.mito_key
-    if dataset.n_genes_key not in st.obs.columns:
-        st.obs[K.N_GENES] = n_genes_cell
-        n_genes_key = K.N_GENES
-    else:
-        n_genes_key = dataset.n_genes_key
-    if mito_key != K.MITO:
-        st.obs[K.MITO] = st.obs[mito_key].astype(np.float32)
-    if n_genes_key != K.N_GENES:
-        st.obs[K.N_GENES] = st.obs[n_genes_key].astype(np.float32)
+    # QC columns are computed on the full gene set, before any gene is removed; a user's
+    # column is checked (numbers; missing values kept, unjudged, with a warning)
+    st.obs[K.MITO] = qc_column(st.obs, dataset.mito_key, "dataset.mito_key", mito)
+    st.obs[K.N_GENES] = qc_column(st.obs, dataset.n_genes_key, "dataset.n_genes_key",
+                                  lambda: n_genes_cell)
 
     st.keep_cells(n_genes_cell > 0, "no detected genes")
     if dataset.doublet_key and dataset.doublet_key in st.obs.columns:
-        st.keep_cells(~_as_bool(st.obs[dataset.doublet_key]), "predicted doublets",
+        st.keep_cells(~doublets(st.obs, dataset.doublet_key), "predicted doublets",
                       "dataset.doublet_key")
     elif dataset.doublet_key:
         logger.info("no doublet column '%s' in obs: doublet filter skipped", dataset.doublet_key)
@@ -300,9 +298,10 @@ def filter_cells(
     missing = missing_labels(lab)
     st.keep_cells(~missing, "no label", "dataset.label_key")
     prefixes = tuple(dataset.uninformative_prefixes)
-    if prefixes:
+    if prefixes:  # labels removed by name, as the setting asks: said at INFO
         uninformative = st.obs[label_key].astype(str).str.startswith(prefixes).to_numpy()
-        st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes")
+        st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes",
+                      lost=logging.INFO)
     labels = st.obs[label_key].astype(str).to_numpy()
     report.cells_per_type_before = pd.Series(labels).value_counts().to_dict()
 
@@ -337,20 +336,9 @@ def filter_cells(
                                f"genes in < {qc.min_cells_per_gene} train cells",
                                "qc.min_cells_per_gene")
 
-    # per-type IQR fences, fitted on training cells and applied to every split
-    keep = np.ones(len(st.rows), dtype=bool)
-    labels = st.obs[label_key].astype(str).to_numpy()
-    mito_frac = st.obs[K.MITO].to_numpy(dtype=np.float64)
-    ngen = st.obs[K.N_GENES].to_numpy(dtype=np.float64)
-    train = st.train()
-    for t in np.unique(labels):
-        is_t = labels == t
-        fit = is_t & train
-        if fit.sum() < 4:
-            continue
-        _, mito_hi = _iqr_bounds(mito_frac[fit], qc.iqr_factor)
-        lo, hi = _iqr_bounds(ngen[fit], qc.iqr_factor)
-        keep &= ~is_t | ((mito_frac <= mito_hi) & (ngen >= lo) & (ngen <= hi))
+    keep = iqr_inliers(st.obs[label_key].astype(str).to_numpy(), st.train(),
+                       st.obs[K.MITO].to_numpy(dtype=np.float64),
+                       st.obs[K.N_GENES].to_numpy(dtype=np.float64), qc.iqr_factor)
     st.keep_cells(keep, "per-type IQR outliers", "qc.iqr_factor")
 
     labels = st.obs[label_key].astype(str).to_numpy()
@@ -361,9 +349,9 @@ def filter_cells(
     if rare:
         logger.warning("dropping %d type(s) with fewer than %d training cells: %s", len(rare),
                        qc.min_cells_per_type, ", ".join(rare))
-        report.dropped_types = rare
+        report.dropped_types += rare
     st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells",
-                  "qc.min_cells_per_type")
+                  "qc.min_cells_per_type", lost=None)
     if len(all_types) < 2:  # no setting makes a second type
         raise DataError(
             f"obs['{label_key}'] has one cell type after QC ({', '.join(map(repr, all_types))}"
@@ -467,6 +455,7 @@ def preprocess(
     label_key = dataset.label_key
     check_label(adata, label_key)
     check_donor_key(adata.obs.columns, dataset)
+    check_qc_columns(adata.obs, dataset)
     expr = find_counts(adata, dataset.is_normalised)
     has_counts = describe_expression(expr)
     x, genes = counts_matrix(adata, expr)
