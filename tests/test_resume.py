@@ -320,12 +320,13 @@ def test_checkpoint_keeps_best_weights_of_an_earlier_epoch(tmp_path):
     history = {"train_loss": [1.0, 2.0], "val_loss": [1.0, 2.0]}
     ckpt = _checkpoint.Checkpoint(tmp_path, "k")
     generator = torch.Generator().manual_seed(0)
-    ckpt.write(*_checkpoint.capture(2, 1.5, net, opt, None, generator, stopper, history, "k"))
+    state = _checkpoint.TrainingState(net, opt, None, generator, stopper, history)
+    ckpt.write(*state.capture(2, 1.5, "k"))
 
     net2, opt2, stopper2 = objects()
     hist2: dict = {}
-    epoch, seconds = _checkpoint.restore(ckpt.read(), net2, opt2, None, torch.Generator(), stopper2,
-                                    hist2)  # fmt: skip
+    state2 = _checkpoint.TrainingState(net2, opt2, None, torch.Generator(), stopper2, hist2)
+    epoch, seconds = state2.restore(ckpt.read())
     assert (epoch, seconds) == (2, 1.5) and hist2 == history
     assert (stopper2.best_epoch, stopper2.best_loss, stopper2.wait) == (0, 1.0, 1)
     for k, v in best.items():

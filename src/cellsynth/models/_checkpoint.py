@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,105 +158,101 @@ class Checkpoint:
 # the training state as tensors and JSON
 
 
-def capture(
-    epoch: int,
-    seconds: float,
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    stopper: tr.EarlyStopping,
-    history: dict[str, Any],
-    key: str,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The state after ``epoch`` epochs: tensors for safetensors, the rest JSON-able."""
-    tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
-    best_is_model = stopper.best_epoch == epoch - 1  # improved just now: the same tensors
-    if stopper.best_state is not None and not best_is_model:
-        tensors.update({f"best.{k}": v for k, v in stopper.best_state.items()})
-    opt = optimizer.state_dict()
-    scalars: dict[str, Any] = {}
-    for i, state in opt["state"].items():
-        for k, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{i}.{k}"] = v
-            else:
-                scalars[f"{i}.{k}"] = v
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.data"] = generator.get_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state, saved as is
-    py_version, py_state, py_gauss = random.getstate()
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "key": key,
-        "epoch": epoch,
-        "seconds": seconds,
-        "history": {k: list(history[k]) for k in ("train_loss", "val_loss")},
-        "stopper": {
-            "best_loss": stopper.best_loss,
-            "kept_loss": stopper.kept_loss,
-            "best_epoch": stopper.best_epoch,
-            "wait": stopper.wait,
-            "best_is_model": best_is_model,
-        },
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python_rng": [py_version, list(py_state), py_gauss],
-    }
-    return tensors, meta
+@dataclass
+class TrainingState:
+    """The objects a training checkpoint saves and restores: the module, its optimiser and
+    learning-rate schedule (None without one), the data order's generator, the early stopping
+    and the loss history (``train_loss``, ``val_loss``)."""
 
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    stopper: tr.EarlyStopping
+    history: dict[str, Any]
 
-def restore(
-    found: tuple[dict[str, torch.Tensor], dict[str, Any]],
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    stopper: tr.EarlyStopping,
-    history: dict[str, Any],
-) -> tuple[int, float]:
-    """Load a captured state into the training objects; return (epochs done, seconds so far)."""
-    tensors, meta = found
+    def capture(self, epoch: int, seconds: float, key: str
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+        """The state after ``epoch`` epochs: tensors for safetensors, the rest JSON-able."""
+        tensors = {f"model.{k}": v for k, v in self.module.state_dict().items()}
+        best_is_model = self.stopper.best_epoch == epoch - 1  # improved just now: same tensors
+        if self.stopper.best_state is not None and not best_is_model:
+            tensors.update({f"best.{k}": v for k, v in self.stopper.best_state.items()})
+        opt = self.optimizer.state_dict()
+        scalars: dict[str, Any] = {}
+        for i, state in opt["state"].items():
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{i}.{k}"] = v
+                else:
+                    scalars[f"{i}.{k}"] = v
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.generator.get_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state, saved as is
+        py_version, py_state, py_gauss = random.getstate()
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "key": key,
+            "epoch": epoch,
+            "seconds": seconds,
+            "history": {k: list(self.history[k]) for k in ("train_loss", "val_loss")},
+            "stopper": {
+                "best_loss": self.stopper.best_loss,
+                "kept_loss": self.stopper.kept_loss,
+                "best_epoch": self.stopper.best_epoch,
+                "wait": self.stopper.wait,
+                "best_is_model": best_is_model,
+            },
+            "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python_rng": [py_version, list(py_state), py_gauss],
+        }
+        return tensors, meta
 
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    def restore(self, found: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> tuple[int, float]:
+        """Load a captured state into the training objects; return (epochs done, seconds
+        so far)."""
+        tensors, meta = found
 
-    model = part("model.")
-    module.load_state_dict(model)
-    best = model if meta["stopper"]["best_is_model"] else part("best.")
-    stopper.best_state = best or None  # loaded tensors: copied into the module, not shared
-    stopper.best_loss = float(meta["stopper"]["best_loss"])
-    stopper.kept_loss = float(meta["stopper"].get("kept_loss", stopper.best_loss))
-    stopper.best_epoch = int(meta["stopper"]["best_epoch"])
-    stopper.wait = int(meta["stopper"]["wait"])
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in part("optim.").items():
-        i, name = k.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    for k, v in meta["optimizer"]["scalars"].items():
-        i, name = k.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
-              for g in meta["optimizer"]["param_groups"]]  # fmt: skip
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    if scheduler is not None and meta["scheduler"] is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    history["train_loss"] = list(meta["history"]["train_loss"])
-    history["val_loss"] = list(meta["history"]["val_loss"])
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.data"])
-    cuda = part("rng.cuda.")
-    if cuda and torch.cuda.is_available():
-        for i, s in cuda.items():
-            if int(i) < torch.cuda.device_count():
-                torch.cuda.set_rng_state(s, int(i))
-    name, keys, *rest = meta["numpy_rng"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))  # noqa: NPY002
-    version, py_state, gauss = meta["python_rng"]
-    random.setstate((version, tuple(py_state), gauss))
-    return int(meta["epoch"]), float(meta["seconds"])
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        model = part("model.")
+        self.module.load_state_dict(model)
+        best = model if meta["stopper"]["best_is_model"] else part("best.")
+        self.stopper.best_state = best or None  # loaded tensors: copied into the module, not shared
+        self.stopper.best_loss = float(meta["stopper"]["best_loss"])
+        self.stopper.kept_loss = float(meta["stopper"].get("kept_loss", self.stopper.best_loss))
+        self.stopper.best_epoch = int(meta["stopper"]["best_epoch"])
+        self.stopper.wait = int(meta["stopper"]["wait"])
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in part("optim.").items():
+            i, name = k.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        for k, v in meta["optimizer"]["scalars"].items():
+            i, name = k.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
+                  for g in meta["optimizer"]["param_groups"]]  # fmt: skip
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        if self.scheduler is not None and meta["scheduler"] is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.history["train_loss"] = list(meta["history"]["train_loss"])
+        self.history["val_loss"] = list(meta["history"]["val_loss"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.data"])
+        cuda = part("rng.cuda.")
+        if cuda and torch.cuda.is_available():
+            for i, s in cuda.items():
+                if int(i) < torch.cuda.device_count():
+                    torch.cuda.set_rng_state(s, int(i))
+        name, keys, *rest = meta["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))  # noqa: NPY002
+        version, py_state, gauss = meta["python_rng"]
+        random.setstate((version, tuple(py_state), gauss))
+        return int(meta["epoch"]), float(meta["seconds"])

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import CellsynthError
 from ..options import LOG_SECONDS, progress_bar
 from . import _training as tr
-from ._checkpoint import Checkpoint, capture, restore
+from ._checkpoint import Checkpoint, TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +177,12 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
                                tolerance=o.tolerance)  # fmt: skip
     min_steps = int(getattr(settings, "min_steps", 0))
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
+    state = TrainingState(module, optimizer, scheduler, generator, stopper, history)
     first, elapsed = 0, 0.0
     found = checkpoint.read() if checkpoint is not None else None
     if found is not None:
         try:
-            first, elapsed = restore(found, module, optimizer, scheduler, generator, stopper,
-                                      history)  # fmt: skip
+            first, elapsed = state.restore(found)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             why = " ".join(str(exc).split())[:200]  # one line
             raise CellsynthError(f"the training checkpoint {checkpoint.path} does not fit this "
@@ -239,8 +239,7 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
         last = epoch + 1 == settings.max_epochs
         if checkpoint is not None and not last and checkpoint.due(epoch + 1):
             seconds = elapsed + time.perf_counter() - start
-            checkpoint.write(*capture(epoch + 1, seconds, module, optimizer, scheduler,
-                                       generator, stopper, history, checkpoint.key))  # fmt: skip
+            checkpoint.write(*state.capture(epoch + 1, seconds, checkpoint.key))
     bar.close()
     if not stopper.restore(module):
         raise CellsynthError(f"the {name} validation loss was never finite; lower {o.lr_setting} "
