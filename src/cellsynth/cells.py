@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
+from .data.genes import gene_annotation
 from .data.io import (
     BACKED_BYTES,
     check_file,
@@ -72,12 +73,18 @@ class Cells:
         ``layers['counts']``); built from the readers when None.
     close
         Called by :meth:`close` (an open file).
+    annotation
+        The text columns of the data's ``var`` (gene symbols...), one row per gene
+        (:func:`~cellsynth.data.genes.gene_annotation`), kept by a model fitted on the cells for
+        the cells it generates; None: none.
     """
 
     def __init__(self, obs: pd.DataFrame, genes: list[str], label_key: str, *, counts: Any,
                  normalised: Any = None, on_disk: bool = False, memory: ad.AnnData | None = None,
-                 close: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 close: Callable[[], None] | None = None,
+                 annotation: pd.DataFrame | None = None) -> None:  # fmt: skip
         self.obs, self.genes, self.label_key = obs, list(genes), label_key
+        self.annotation = annotation
         self.counts, self.normalised, self.on_disk = counts, normalised, on_disk
         self._memory, self._close = memory, close
 
@@ -263,7 +270,7 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         source = read(data, backed=False)
         close, on_disk = None, False
     try:
-        counts, genes = _counts_of(source, on_disk)
+        counts, genes, annotation = _counts_of(source, on_disk)
         obs = source.obs.copy()
         obs[K.SPLIT] = _training_split(obs, label_key, seed=seed, val_fraction=val_fraction)
         fitted = np.flatnonzero(obs[K.SPLIT].isin(["train", "val"]).to_numpy())
@@ -289,11 +296,14 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
                     int((obs[K.SPLIT] == "train").sum()))  # fmt: skip
         counts = ColumnRows(counts, keep)
         genes = [genes[i] for i in keep]
-    return Cells(obs, genes, label_key, counts=counts, on_disk=on_disk, close=close)
+        annotation = annotation.iloc[keep]
+    return Cells(obs, genes, label_key, counts=counts, on_disk=on_disk, close=close,
+                 annotation=annotation)  # fmt: skip
 
 
-def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
-    """The raw counts of an AnnData or an open h5ad, by rows, with their gene names."""
+def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame]:
+    """The raw counts of an AnnData or an open h5ad, by rows, with their gene names and
+    annotation (the text columns of ``var``, or of ``raw.var`` for counts in ``raw.X``)."""
     if on_disk:
         expr = find_counts(source)
         if expr.counts is None:
@@ -301,10 +311,13 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str]]:
                                  "raw counts: give the unnormalised file")
         x, genes = source.matrix(expr)
         check_gene_names(genes, str(source.path))
-        return x, list(map(str, genes))
-    x, genes = training_source(source)
-    check_gene_names(genes)
-    return MatrixRows(sp.csr_matrix(x, dtype=np.float32)), list(map(str, genes))
+    else:
+        x, genes = training_source(source)
+        check_gene_names(genes)
+        x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
+    raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)
+    var = source.raw.var if raw else source.var  # counts in raw.X over raw's genes
+    return x, list(map(str, genes)), gene_annotation(var, genes)
 
 
 def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,

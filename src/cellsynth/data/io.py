@@ -7,6 +7,7 @@ Expression Atlas files usually hold normalised values in ``X`` and may hold raw 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,8 @@ import scipy.sparse as sp
 
 from ..errors import DataError, listed
 from ..paths import expand_user
+from .genes import check_gene_names as check_gene_names  # re-exported: its users import it here
+from .genes import gene_difference
 
 logger = logging.getLogger(__name__)
 
@@ -184,18 +187,6 @@ def check_libraries(libraries: np.ndarray, what: str = "the counts") -> None:
                        what, 100 * share, len(seen), med)
 
 
-def check_gene_names(genes: Any, name: str = "the data") -> None:
-    """Refuse duplicate gene names: a model, its cells and every comparison match genes by
-    name."""
-    genes = pd.Index(genes)
-    if not genes.is_unique:
-        dup = listed(pd.unique(genes[genes.duplicated()]), 3, quote=True)
-        raise DataError(
-            f"{name} has duplicate gene names ({dup}); make them unique with "
-            "adata.var_names_make_unique() (then write the file again, for a file)"
-        )
-
-
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
     """A sample of the stored values (non-zeros for sparse) of a matrix, dense or sparse."""
     if sp.issparse(x):
@@ -276,26 +267,54 @@ NEAR_WHOLE = 0.01
 LOGGED_MAX = 50.0
 
 
-def _doubt(values: np.ndarray) -> str:
+def _doubt(values: np.ndarray) -> tuple[str, str]:
     """Why sampled values that are not counts should not be read as log-normalised values
-    either, with what to do ("" when they may): counts with round-off, noise or a few
-    corrected values, or normalised values that were never log-transformed."""
+    either, with what to do (``("", "")`` when they may): counts with round-off, noise, a
+    constant offset or a few corrected values, or normalised values that were never
+    log-transformed. The second text is the advice for a caller that needs raw counts, where it
+    differs from the first ("": the same)."""
     nonzero = values[values != 0]
     if not nonzero.size:
-        return ""
+        return "", ""
     off = np.abs(nonzero - np.rint(nonzero))
     if off.max() <= NEAR_WHOLE:
         return (f"X looks like raw counts stored with round-off or a little noise (every "
                 f"sampled value within {NEAR_WHOLE} of a whole number, e.g. "
                 f"{nonzero[off.argmax()]:.8g}): round them (adata.X.data = np.rint(adata.X.data)) "
-                "and write the file again, or give the raw counts in layers['counts']")
+                "and write the file again, or give the raw counts in layers['counts']"), ""
+    if offset := _offset(nonzero):
+        return offset, ""
     if mostly := _mostly_whole(nonzero):  # counts with a few corrected values: large too
-        return mostly
+        return mostly, ""
     if nonzero.max() > LOGGED_MAX:
-        return (f"X holds normalised values that are not log-transformed (the largest sampled "
-                f"is {nonzero.max():.6g}; log-normalised values stay under {LOGGED_MAX:g}): "
-                "give the raw counts (best), or log-transform them (sc.pp.log1p)")
-    return ""
+        what = (f"X holds normalised values that are not log-transformed (the largest sampled "
+                f"is {nonzero.max():.6g}; log-normalised values stay under {LOGGED_MAX:g})")
+        return (f"{what}: give the raw counts (best: generators and evaluate need them), or "
+                "log-transform them (sc.pp.log1p) for what reads log-normalised values alone",
+                f"{what}, and raw counts are needed here (log-transforming them would not do): "
+                "give the unnormalised counts in X, layers['counts'] or raw.X")
+    return "", ""
+
+
+def _offset(nonzero: np.ndarray) -> str:
+    """Where every sampled value is a whole number plus one constant (a pseudo-count added to
+    counts, e.g. 0.5), what to do about it ("" otherwise)."""
+    frac = np.mod(nonzero, 1)
+    shift = float(np.median(frac))
+    if nonzero.size < 2 or np.ptp(frac) > NEAR_WHOLE or not NEAR_WHOLE < shift < 1 - NEAR_WHOLE:
+        return ""
+    return (f"X looks like raw counts plus a constant {shift:.6g} (every sampled value is a "
+            f"whole number + {shift:.6g}, e.g. {nonzero[0]:.6g}: a pseudo-count added?): give "
+            f"the raw counts, or subtract it from the stored values (sparse X: adata.X.data -= "
+            f"{shift:.6g}; dense X: adata.X -= {shift:.6g}) and write the file again")
+
+
+def _share(n: int, total: int, what: str) -> str:
+    """``"12 of 3,000,000 values (0.0004%)"``: a part, its whole and the percentage to its
+    first significant digit (a few of millions never reads as 0.00%)."""
+    pct = 100 * n / max(total, 1)
+    digits = 1 if pct >= 1 or pct <= 0 else max(1, -math.floor(math.log10(pct)))
+    return f"{n:,} of {total:,} {what} ({pct:.{digits}f}%)"
 
 
 def _mostly_whole(values: np.ndarray) -> str:
@@ -304,10 +323,10 @@ def _mostly_whole(values: np.ndarray) -> str:
     fractional = np.mod(nonzero, 1) != 0
     if not nonzero.size or not fractional.any() or fractional.mean() > 1 - MOSTLY_WHOLE:
         return ""
-    return (f"X looks like raw counts, but {fractional.mean():.2%} of its sampled non-zero "
-            f"values are not whole numbers (e.g. {nonzero[fractional][0]:.6g}): ambient-corrected "
-            "or noisy counts? round them (np.rint) or drop those cells, or give the raw counts "
-            "in layers['counts']")
+    share = _share(int(fractional.sum()), nonzero.size, "non-zero values sampled")
+    return (f"X looks like raw counts, but {share} are not whole numbers (e.g. "
+            f"{nonzero[fractional][0]:.6g}): ambient-corrected or noisy counts? round them "
+            "(np.rint) or drop those cells, or give the raw counts in layers['counts']")
 
 
 @dataclass(frozen=True)
@@ -319,10 +338,16 @@ class Expression:
     # without counts: why X should not be read as log-normalised values either (counts with
     # round-off or noise, normalised values never log-transformed; "" otherwise)
     note: str = ""
+    # the note as said to a caller that needs raw counts, where its advice differs ("": note)
+    counts_note: str = ""
+
+    def for_counts(self) -> str:
+        """The note for a caller that needs raw counts: its advice leads to counts."""
+        return self.counts_note or self.note
 
     def no_counts(self, message: str) -> DataError:
         """The error for a caller that needs counts and has none: ``message``, or the note."""
-        return DataError(self.note or message)
+        return DataError(self.for_counts() or message)
 
 
 def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] = "auto") -> Expression:
@@ -360,10 +385,42 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
             )
         return Expression("X", normalised=False)
     if is_normalised == "auto" and x_counts:
-        return Expression("X", normalised=False)
+        return _layer_or_x(adata, x)
     # X is normalised: look for counts elsewhere
-    return _counts_elsewhere(adata) or Expression(
-        None, normalised=True, note=_doubt(x_values) if is_normalised == "auto" else "")
+    note, counts_note = _doubt(x_values) if is_normalised == "auto" else ("", "")
+    return _counts_elsewhere(adata) or Expression(None, normalised=True, note=note,
+                                                  counts_note=counts_note)
+
+
+#: rows of X and layers['counts'] compared to tell whether they hold the same counts
+_SAME_ROWS = 500
+
+
+def _layer_or_x(adata: ad.AnnData, x: Any) -> Expression:
+    """The counts of an ``X`` that holds counts, or of ``layers['counts']`` where that holds
+    counts too: the one rule of every command (``fit``, ``run``, ``evaluate``,
+    ``predict_types``), a layer named "counts" being the raw counts by name. Two count
+    matrices that differ are said, with how to choose the other."""
+    if "counts" not in adata.layers:
+        return Expression("X", normalised=False)
+    layer = adata.layers["counts"]
+    vals = _probe(layer)
+    check_values(vals, "layers['counts']")
+    if not is_counts(vals):
+        logger.warning("layers['counts'] holds non-integer values, not raw counts (e.g. %.6g); "
+                       "X holds counts: using X (remove or mend layers['counts'])",
+                       vals[np.mod(vals, 1) != 0][0])
+        return Expression("X", normalised=False)
+    n = min(_SAME_ROWS, adata.n_obs)
+    head_x, head_layer = (sp.csr_matrix(m[:n], dtype=np.float64) for m in (x, layer))
+    if (head_x != head_layer).nnz:
+        logger.warning(
+            "X and layers['counts'] both hold raw counts, but different ones (the first %d "
+            "cells hold %s counts in X, %s in layers['counts']): using layers['counts'], as "
+            "every cellsynth command does; to use X instead, delete the layer (del "
+            "adata.layers['counts']) or, for cellsynth run, set dataset.is_normalised = false",
+            n, f"{head_x.sum():,.0f}", f"{head_layer.sum():,.0f}")
+    return Expression("layers/counts", normalised=False)
 
 
 def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:
@@ -378,37 +435,34 @@ def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:
         vals = _probe(adata.raw.X)
         check_values(vals, "raw.X")
         if is_counts(vals):
-            if adata.raw.shape[1] != adata.n_vars or not adata.raw.var_names.equals(adata.var_names):
-                logger.warning("raw.X holds counts over %d genes (X has %d): using raw's genes",
-                               adata.raw.shape[1], adata.n_vars)
+            if not adata.raw.var_names.equals(adata.var_names):
+                logger.warning("raw.X holds the counts, over %s: using raw's genes",
+                               gene_difference(adata.raw.var_names, adata.var_names, "raw.X",
+                                               "X"))
             return Expression("raw.X", normalised=True)
     return None
 
 
 def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
-    """The raw counts a generator trains on, with their genes: ``layers['counts']`` when
-    present, else where :func:`find_counts` finds them (``X``, or ``raw.X`` under a normalised
-    ``X``: scanpy's layout). Raises :class:`DataError` when there are none."""
-    if "counts" in adata.layers:
-        layer = _probe(adata.layers["counts"])
-        check_values(layer, "layers['counts']")
-        if is_counts(layer):
-            return adata.layers["counts"], adata.var_names
-        if find_counts(adata).counts != "X":
-            raise DataError("layers['counts'] holds non-integer values (e.g. "
-                            f"{layer[np.mod(layer, 1) != 0][0]:.6g}), not raw counts, and X holds "
-                            "none either; put the raw counts in layers['counts'] (or X)")
-        logger.warning("layers['counts'] holds non-integer values, not raw counts; X holds "
-                       "counts: training on X (remove or mend layers['counts'])")
-        return adata.X, adata.var_names
+    """The raw counts a generator trains on, with their genes: where :func:`find_counts` finds
+    them, as every command reads them (``layers['counts']`` when it holds counts, else ``X``,
+    or ``raw.X`` under a normalised ``X``: scanpy's layout). Raises :class:`DataError` when
+    there are none."""
     expr = find_counts(adata)
+    if expr.counts is None and "counts" in adata.layers:
+        layer = _probe(adata.layers["counts"])
+        raise DataError("layers['counts'] holds non-integer values (e.g. "
+                        f"{layer[np.mod(layer, 1) != 0][0]:.6g}), not raw counts, and X holds "
+                        "none either; put the raw counts in layers['counts'] (or X)")
     if expr.counts is None:
         raise expr.no_counts("this generator needs raw counts, but X holds normalised values "
                              "and there is no layers['counts'] or raw.X with counts; give the "
                              "unnormalised counts in X, layers['counts'] or raw.X")
+    logger.info("training on the raw counts in %s", expr.counts)
     if expr.counts == "raw.X":
-        logger.info("X holds normalised values: training on the counts in raw.X")
         return adata.raw.X, adata.raw.var_names
+    if expr.counts == "layers/counts":
+        return adata.layers["counts"], adata.var_names
     return adata.X, adata.var_names
 
 

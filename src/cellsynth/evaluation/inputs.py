@@ -54,7 +54,7 @@ def _counts_where(data: Any, what: str, source: str) -> Expression:
     except DataError as exc:  # which of the inputs it was: "X holds NaN" alone does not say
         raise DataError(f"{what} ({source}): {exc}") from None
     if expr.counts is None:
-        raise DataError(f"{what} ({source}): {expr.note}" if expr.note else
+        raise DataError(f"{what} ({source}): {expr.for_counts()}" if expr.note else
             f"{what} ({source}) holds normalised values in X and no raw counts in "
             "layers['counts'] or raw.X; evaluation compares counts: give the unnormalised file"
         )  # fmt: skip

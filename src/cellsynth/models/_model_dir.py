@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILES = {"config": "config.json", "weights": "weights.safetensors", "labels": "labels.json"}
 HISTORY_FILE = "history.json"
+#: the training data's gene annotation (text columns of var), written where there is any
+VAR_FILE = "var.json"
 
 
 def model_directory(directory: str | Path) -> Path:
@@ -257,6 +260,33 @@ def read_genes(path: Path, directory: Path) -> list[str]:
     if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
         raise ModelFileError(f"{path} must hold a list of gene names")
     return genes
+
+
+def annotation_files(annotation: pd.DataFrame | None) -> dict[str, str]:
+    """``{VAR_FILE: text}`` of a model's gene annotation (the text columns of the training
+    data's ``var``, :func:`~cellsynth.data.genes.gene_annotation`): a JSON object of one list
+    per column, in the genes' order, missing values null; nothing without columns."""
+    if annotation is None or not len(annotation.columns):
+        return {}
+    columns = {str(c): [None if v is None or v != v else str(v) for v in annotation[c]]
+               for c in annotation.columns}
+    return {VAR_FILE: json.dumps(columns)}
+
+
+def read_annotation(directory: Path, genes: list[str]) -> pd.DataFrame | None:
+    """The gene annotation a model directory holds (``var.json``), checked against its
+    genes; None for a model saved without one."""
+    path = directory / VAR_FILE
+    if not path.is_file():
+        return None
+    columns = json_file(path)
+    if not isinstance(columns, dict) or not all(
+            isinstance(v, list) and len(v) == len(genes)
+            and all(x is None or isinstance(x, str) for x in v) for v in columns.values()):
+        raise ModelFileError(f"{path} must hold one list of {len(genes)} texts (or nulls) per "
+                             "gene annotation column, as genes.json lists the genes; save the "
+                             "model again")
+    return pd.DataFrame(columns, index=pd.Index(genes, dtype=object), dtype=object)
 
 
 def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:

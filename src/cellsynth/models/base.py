@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
+from ..data.genes import gene_difference
 from ..data.io import check_gene_names, check_libraries, check_values, check_whole, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
@@ -58,9 +59,10 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
     x, genes = training_source(adata)
     if not genes.equals(adata.var_names):  # raw.X over other genes
         raise DataError(
-            f"X holds normalised values and raw.X the counts, but over {len(genes)} genes where "
-            f"X has {adata.n_vars}; train on adata.raw.to_adata() (the counts over raw's genes, "
-            "with the same obs) or put the counts in layers['counts']")
+            f"X holds normalised values and raw.X the counts, but over "
+            f"{gene_difference(genes, adata.var_names, 'raw.X', 'X')}; train on "
+            "adata.raw.to_adata() (the counts over raw's genes, with the same obs) or put the "
+            "counts in layers['counts']")
     check_gene_names(genes)
     x = sp.csr_matrix(x, dtype=np.float32)
     check_values(x.data, "the counts")
@@ -189,15 +191,27 @@ def synthetic_adata(
     model: str,
     seed: int,
     config: dict[str, Any] | None = None,
+    annotation: pd.DataFrame | None = None,
 ) -> ad.AnnData:
-    """Package generated counts as an AnnData with provenance in ``uns['cellsynth']``."""
+    """Package generated counts as an AnnData with provenance in ``uns['cellsynth']`` and the
+    training data's gene ``annotation`` in ``var`` (:func:`generated_var`)."""
     x = sp.csr_matrix(counts, dtype=np.float32)
     obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
                        index=cell_names(x.shape[0], seed))
-    a = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    a = ad.AnnData(X=x, obs=obs, var=generated_var(genes, annotation))
     a.uns[K.UNS] = {"version": package_version(), "model": model, "seed": int(seed),
                     "label_key": label_key, "config": config or {}}
     return a
+
+
+def generated_var(genes: list[str], annotation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``var`` of generated cells: the model's genes, with the text columns of the training
+    data's ``var`` the model kept (:func:`~cellsynth.data.genes.gene_annotation`; gene symbols
+    beside Ensembl IDs), each categorical as an h5ad holds it."""
+    var = pd.DataFrame(index=pd.Index(genes, dtype=str))
+    for col in [] if annotation is None else annotation.columns:
+        var[col] = pd.Categorical(annotation[col].reindex(var.index).to_numpy(dtype=object))
+    return var
 
 
 def request(counts_per_type: dict[str, int], labels: list[str]) -> list[tuple[str, int]]:

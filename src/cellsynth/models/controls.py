@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from safetensors.numpy import save_file
@@ -34,11 +35,12 @@ from safetensors.numpy import save_file
 from ..checksums import verify_checksums, write_checksums
 from ..config import ScviConfig
 from ..data.csr import stack_rows
+from ..data.genes import gene_annotation
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
-from ._model_dir import saves_whole
+from ._model_dir import read_annotation, saves_whole
 from .base import (
     check_library_memory,
     check_request_memory,
@@ -90,6 +92,7 @@ class CopyGenerator:
     def __init__(self) -> None:
         self.labels: list[str] = []
         self.genes: list[str] = []
+        self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.label_key = "cell_type"
         self.counts = sp.csr_matrix((0, 0), dtype=np.float32)  # (n, G) training cells by type
         self.offsets = np.zeros(1, dtype=np.int64)  # (T + 1,) type k is rows offsets[k]:[k+1]
@@ -108,6 +111,7 @@ class CopyGenerator:
         self.counts = training_counts(adata)[rows][np.concatenate(groups)]
         self.offsets = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(np.int64)
         self.labels, self.genes, self.label_key = labels, list(map(str, adata.var_names)), label_key
+        self.gene_annotation = gene_annotation(adata.var)
         self.history = {
             "n_cells": len(rows),
             "cells_per_type": {t: len(g) for t, g in zip(labels, groups, strict=True)},
@@ -131,7 +135,8 @@ class CopyGenerator:
             picks.append(first + draw_rows(rng, int(stop - first), n))
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
         return synthetic_adata(self.counts[np.concatenate(picks)], y, self.genes,
-                               label_key=self.label_key, model=self.name, seed=seed)  # fmt: skip
+                               label_key=self.label_key, model=self.name, seed=seed,
+                               annotation=self.gene_annotation)  # fmt: skip
 
     @saves_whole
     def save(self, directory: str | Path) -> None:
@@ -139,7 +144,7 @@ class CopyGenerator:
         directory = Path(directory)
         meta = {"model": self.name, "format_version": FORMAT_VERSION,
                 "label_key": self.label_key, "history": self.history}  # fmt: skip
-        write_meta(directory, meta, self.labels, self.genes)
+        write_meta(directory, meta, self.labels, self.genes, self.gene_annotation)
         x = self.counts
         tensors = {"data": x.data, "indices": x.indices, "indptr": x.indptr, "offsets": self.offsets}
         save_tensors(save_file, {k: np.ascontiguousarray(v) for k, v in tensors.items()},
@@ -166,6 +171,7 @@ class CopyGenerator:
                                  "models or were changed") from None  # fmt: skip
         model = cls()
         model.labels, model.genes, model.counts, model.offsets = labels, genes, x, off
+        model.gene_annotation = read_annotation(directory, genes)
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.history = meta.get("history") or {}
         verify_checksums(directory)  # after the checks above, which name what is wrong
@@ -256,7 +262,8 @@ class ScviPosteriorGenerator(ScviGenerator):
         y = np.repeat([t for t, _ in pairs], [n for _, n in pairs])
         return synthetic_adata(stack_rows(blocks), y, self.genes,
                                label_key=self.label_key, model=self.name, seed=seed,
-                               config=dataclasses.asdict(self.config))  # fmt: skip
+                               config=dataclasses.asdict(self.config),
+                               annotation=self.gene_annotation)  # fmt: skip
 
     @saves_whole
     def save(self, directory: str | Path) -> None:
@@ -267,7 +274,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         meta = {"model": self.name, "format_version": FORMAT_VERSION, "label_key": self.label_key,
                 "config": dataclasses.asdict(self.config), "module_kwargs": self.module_kwargs,
                 "history": self.history}  # fmt: skip
-        write_meta(directory, meta, self.labels, self.genes)
+        write_meta(directory, meta, self.labels, self.genes, self.gene_annotation)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_tensors(save_file, {k: v.numpy() for k, v in state.items()},
                      directory / "module.safetensors")
@@ -298,6 +305,7 @@ class ScviPosteriorGenerator(ScviGenerator):
         bounds = np.cumsum([len(v) for v in libraries])[:-1]
         model.qzm, model.qzv = np.split(cells["qzm"], bounds), np.split(cells["qzv"], bounds)
         model.module_kwargs, model.labels, model.genes, model.libraries = kwargs, labels, genes, libraries
+        model.gene_annotation = read_annotation(directory, genes)
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.history = meta.get("history") or {}
         verify_checksums(directory)  # after the checks above, which name what is wrong

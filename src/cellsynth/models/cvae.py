@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import torch
 
 from .. import keys as K
@@ -131,6 +132,7 @@ class CVAE(GenerationMixin, DesignRequests):
         self.label_key = label_key
         self.labels: list[str] = []
         self.genes: list[str] = []
+        self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.history: dict[str, Any] = {}
         self.module: CVAEModule | None = None
         if isinstance(adata, str | Path):  # as fit and cs.evaluate take them
@@ -307,6 +309,7 @@ class CVAE(GenerationMixin, DesignRequests):
             data = for_training(data, label_key or self.label_key, seed=seed)
         d = training_data(data, c, self.device, seed)
         self.label_key, self.labels, self.genes, self.design = d.label_key, d.labels, d.genes, d.design
+        self.gene_annotation = data.annotation
         train, val, yt = d.train, d.val, d.yt
 
         generator = tr.seed_everything(seed)
@@ -413,7 +416,8 @@ class CVAE(GenerationMixin, DesignRequests):
     @saves_whole
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, ``weights.safetensors`` (library model included), ``labels.json``,
-        ``genes.json`` and ``history.json``."""
+        ``genes.json``, ``history.json`` and, where the training data's var had text columns
+        (gene symbols), ``var.json``."""
         self._check_trained("be saved")
         module = self._module()
         meta = {
@@ -427,7 +431,8 @@ class CVAE(GenerationMixin, DesignRequests):
         if self.design:
             meta["design"] = self.design.to_json()
         md.save_model_dir(directory, meta, module, self.labels, self.history,
-                          extra_files={GENES_FILE: json.dumps(self.genes)})
+                          extra_files={GENES_FILE: json.dumps(self.genes),
+                                       **md.annotation_files(self.gene_annotation)})
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> CVAE:
@@ -465,6 +470,7 @@ class CVAE(GenerationMixin, DesignRequests):
                 f"cannot load {directory}: {exc}; or pass load(..., device='cpu')"
             ) from None
         model.labels, model.genes = list(labels), list(genes)
+        model.gene_annotation = md.read_annotation(directory, model.genes)
         model.design = Design.from_json(meta.get("design"))
         if model.design.keys != list(config.covariates):
             raise ModelFileError(f"{directory}: config.json's covariates and design disagree; "

@@ -42,13 +42,21 @@ from safetensors.numpy import load_file, save_file
 from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..data.csr import stack_rows
+from ..data.genes import gene_annotation
 from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..seeds import checked_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._model_dir import check_kind, json_file, model_directory, saves_whole
+from ._model_dir import (
+    annotation_files,
+    check_kind,
+    json_file,
+    model_directory,
+    read_annotation,
+    saves_whole,
+)
 from ._training import package_version
 from .base import (
     check_request_memory,
@@ -133,13 +141,17 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         raise ModelFileError(f"{path} cannot be read: {exc}") from None
 
 
-def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: list[str]) -> None:
-    """Write ``config.json`` (model name, format and package version), labels and genes."""
+def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: list[str],
+               annotation: pd.DataFrame | None = None) -> None:  # fmt: skip
+    """Write ``config.json`` (model name, format and package version), labels, genes and their
+    annotation (``var.json``, where the training data's var had text columns)."""
     model_directory(directory)
     meta = {"cellsynth_version": package_version(), **meta}
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     (directory / "labels.json").write_text(json.dumps(labels, indent=2))
     (directory / "genes.json").write_text(json.dumps(genes))
+    for name, text in annotation_files(annotation).items():
+        (directory / name).write_text(text)
 
 
 def read_meta(
@@ -255,6 +267,7 @@ class NegBinBaseline(DesignRequests):
         self.combo_libraries: list[np.ndarray] = []
         self.labels: list[str] = []
         self.genes: list[str] = []
+        self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.label_key = "cell_type"
         self.mu = np.zeros((0, 0), dtype=np.float32)  # (T, G) mean at the type's mean library
         self.theta = np.zeros((0, 0), dtype=np.float32)  # (T, G)
@@ -309,6 +322,7 @@ class NegBinBaseline(DesignRequests):
             theta.append(th)
             libs.append(lib.astype(np.float32))
         self.labels, self.genes, self.label_key = labels, list(map(str, adata.var_names)), label_key
+        self.gene_annotation = gene_annotation(adata.var)
         self.mu = np.stack(mu).astype(np.float32)
         self.theta = np.stack(theta).astype(np.float32)
         self.libraries = libs
@@ -431,7 +445,7 @@ class NegBinBaseline(DesignRequests):
         obs = self.plan_obs(plan)
         out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
-                              config=self.config)  # fmt: skip
+                              config=self.config, annotation=self.gene_annotation)  # fmt: skip
         for key in self.design.keys:
             out.obs[key] = obs[key].values  # categorical, with the training levels
         if self.design:
@@ -465,7 +479,7 @@ class NegBinBaseline(DesignRequests):
             extra = {"combo_libraries": np.concatenate([np.zeros(0, np.float32),
                                                         *self.combo_libraries]),
                      "combo_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)}
-        write_meta(directory, meta, self.labels, self.genes)
+        write_meta(directory, meta, self.labels, self.genes, self.gene_annotation)
         save_tensors(save_file, params, directory / "params.safetensors")
         save_libraries(directory / "libraries.safetensors", self.libraries, extra)
         write_checksums(directory)
@@ -498,6 +512,7 @@ class NegBinBaseline(DesignRequests):
             raise ModelFileError(f"{directory / 'config.json'} has invalid settings: "
                                  f"{exc}") from None
         model.labels, model.genes = labels, genes
+        model.gene_annotation = read_annotation(directory, genes)
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.mu, model.theta, model.libraries = params["mu"], params["theta"], libraries
         model.history = meta.get("history") or {}

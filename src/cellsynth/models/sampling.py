@@ -85,7 +85,8 @@ class GenerationMixin:
         -------
         AnnData with CSR float32 whole-number counts in ``X``, the types (categorical, the
         types generated) and every covariate (categorical, with its training levels) in
-        ``obs``, the model's genes in ``var`` and provenance in ``uns['cellsynth']``.
+        ``obs``, the model's genes in ``var`` (with the text columns of the training data's
+        ``var``, e.g. gene symbols) and provenance in ``uns['cellsynth']``.
         """
         plan, unseen = self.plan(request, where)
         check_memory(estimate_bytes(self, plan), sum(k for _, _, k in plan),
@@ -94,7 +95,8 @@ class GenerationMixin:
         chunks = [x for _, x in self.sample_chunks(plan, seed=seed, latent=latent)]  # fmt: skip
         obs = self.plan_obs(plan)
         out = synthetic_adata(stack_rows(chunks), obs[self.label_key].to_numpy(),
-                              self.genes, label_key=self.label_key, model=self.name, seed=seed)
+                              self.genes, label_key=self.label_key, model=self.name, seed=seed,
+                              annotation=self.gene_annotation)
         for key, col in obs.items():
             if key != self.label_key:
                 out.obs[key] = col.values  # categorical, with the training levels

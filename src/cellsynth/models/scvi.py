@@ -65,6 +65,7 @@ from ..config import ScviConfig
 from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
 from ..data.csr import stack_rows
+from ..data.genes import gene_annotation
 from ..data.io import training_source
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
@@ -72,7 +73,7 @@ from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._model_dir import saves_whole
+from ._model_dir import read_annotation, saves_whole
 from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
     check_library_memory,
@@ -175,6 +176,7 @@ class ScviGenerator(DesignRequests):
         self.config = config
         self.labels: list[str] = []
         self.genes: list[str] = []
+        self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.label_key = label_key
         self.module: torch.nn.Module | None = None  # scvi.module.VAE, on the CPU, eval mode
         self.module_kwargs: dict[str, Any] = {}
@@ -314,6 +316,7 @@ class ScviGenerator(DesignRequests):
         self.module = _build_module(scvi, kwargs, state)
         self.module_kwargs = kwargs
         self.labels, self.genes, self.label_key = labels, genes, label_key
+        self.gene_annotation = gene_annotation(adata.var)
         self.design = design
         hist = model.history
         self.history = {
@@ -385,7 +388,8 @@ class ScviGenerator(DesignRequests):
         obs = self.plan_obs(plan)
         out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
-                              config=dataclasses.asdict(self.config))  # fmt: skip
+                              config=dataclasses.asdict(self.config),
+                              annotation=self.gene_annotation)  # fmt: skip
         for key in self.design.keys:
             out.obs[key] = obs[key].values  # categorical, with the training levels
         if self.design:
@@ -425,7 +429,7 @@ class ScviGenerator(DesignRequests):
         }
         if self.design:
             meta["design"] = self.design.to_json()
-        write_meta(directory, meta, self.labels, self.genes)
+        write_meta(directory, meta, self.labels, self.genes, self.gene_annotation)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_tensors(save_file, state, directory / "module.safetensors")
         save_libraries(
@@ -457,6 +461,7 @@ class ScviGenerator(DesignRequests):
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
         model.module_kwargs, model.labels, model.genes = kwargs, labels, genes
+        model.gene_annotation = read_annotation(directory, genes)
         model.label_key = str(meta.get("label_key", "cell_type"))
         model.latent_mean, model.latent_cov, model.libraries = (
             latent["mean"],

@@ -197,7 +197,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
                 {**gen.provenance(seed, unseen), **made_by},
-                overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
+                annotation=getattr(gen, "gene_annotation", None), overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
 
 

@@ -238,7 +238,8 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
                 yield x
 
         if write:
-            write_cells(path, projected(), obs, gen.genes, uns)
+            write_cells(path, projected(), obs, gen.genes, uns,
+                        annotation=getattr(gen, "gene_annotation", None))
         else:
             for _ in projected():
                 pass

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..errors import DataError
-from ..models.base import BYTES_PER_VALUE, cell_names, writable_uns
+from ..models.base import BYTES_PER_VALUE, cell_names, generated_var, writable_uns
 from ..models.sampling import estimate_bytes
 
 
@@ -89,14 +89,16 @@ def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
-                uns: dict, *, overlap: bool = False) -> None:  # fmt: skip
+                uns: dict, *, overlap: bool = False,
+                annotation: pd.DataFrame | None = None) -> None:  # fmt: skip
     """Write generated CSR chunks (an iterable) and their ``obs`` (the type and covariates)
     as an h5ad, one chunk in memory at a time; lists of combinations in ``uns`` are written as
     tables (:func:`~cellsynth.models.base.writable_uns`). With ``overlap`` the next chunk is
     drawn in a background thread while one is written (:func:`prefetched`): worth it when the
     chunks are drawn on a GPU; on the CPU the draw already keeps every core busy, and the two
     threads competing for them wrote 200,000 cells at 2,000 genes at 12,000-14,000 cells/s
-    against 16,000 without (two cores)."""
+    against 16,000 without (two cores). ``var`` holds ``genes`` and the model's gene
+    ``annotation`` (:func:`~cellsynth.models.base.generated_var`)."""
     from anndata.io import write_elem
 
     from ..data.store import CSRWriter, h5ad_file
@@ -111,5 +113,5 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
             if not isinstance(obs[col].dtype, pd.CategoricalDtype):
                 obs[col] = pd.Categorical(obs[col].astype(str))
         write_elem(f, "obs", obs)
-        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes, dtype=str)))
+        write_elem(f, "var", generated_var(genes, annotation))
         write_elem(f, "uns", {K.UNS: writable_uns(uns)})

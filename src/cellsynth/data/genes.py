@@ -1,0 +1,64 @@
+"""Gene names and gene annotation: the checks a gene list passes, how two lists differ, and
+the annotation columns of ``var`` a model keeps for the cells it generates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, listed
+
+
+def check_gene_names(genes: Any, name: str = "the data") -> None:
+    """Refuse empty (or only whitespace, or missing) and duplicate gene names: a model, its
+    cells and every comparison match genes by name."""
+    genes = pd.Index(genes)
+    blank = np.flatnonzero(genes.isna() | (genes.astype(str).str.strip() == ""))
+    if len(blank):
+        raise DataError(
+            f"{name} has {len(blank)} gene name(s) that are empty or only spaces (at "
+            f"position(s) {listed(blank, 5)} of var_names, counted from 0); genes are matched "
+            "by name: name them (e.g. from a symbol column of var) or drop them (adata = "
+            "adata[:, adata.var_names.str.strip() != ''].copy()), then write the file again"
+        )
+    if not genes.is_unique:
+        dup = listed(pd.unique(genes[genes.duplicated()]), 3, quote=True)
+        raise DataError(
+            f"{name} has duplicate gene names ({dup}); make them unique with "
+            "adata.var_names_make_unique() (then write the file again, for a file)"
+        )
+
+
+def gene_difference(genes: Any, other: Any, name: str, other_name: str) -> str:
+    """How the gene list ``genes`` (of ``name``, e.g. "raw.X") differs from ``other`` (of
+    ``other_name``), in words: the same genes in another order, or how many and which each
+    has alone."""
+    genes, other = pd.Index(map(str, genes)), pd.Index(map(str, other))
+    only, only_other = genes.difference(other, sort=False), other.difference(genes, sort=False)
+    if not len(only) and not len(only_other):
+        first = next(i for i, (g, o) in enumerate(zip(genes, other, strict=True)) if g != o)
+        return (f"the same {len(genes):,} genes as {other_name} in another order (gene "
+                f"{first} is {genes[first]!r} in {name}, {other[first]!r} in {other_name})")
+    parts = [f"{len(g):,} only in {who} ({listed(g, 3, quote=True)})"
+             for g, who in ((only, name), (only_other, other_name)) if len(g)]
+    return f"{len(genes):,} genes where {other_name} has {len(other):,}: {'; '.join(parts)}"
+
+
+def gene_annotation(var: pd.DataFrame, genes: Any | None = None) -> pd.DataFrame:
+    """The annotation a model keeps for the genes it generates: the text columns of ``var``
+    (gene symbols beside Ensembl IDs, feature types, ...), one row per gene of ``genes``
+    (default: ``var``'s index), missing values as None. Numeric and boolean columns are
+    statistics of the training cells (means, highly variable flags), not annotation: left out."""
+    index = pd.Index(map(str, var.index if genes is None else genes), dtype=object)
+    out = pd.DataFrame(index=index)
+    var = var.set_axis(pd.Index(map(str, var.index)), axis=0)
+    for col in var.columns:
+        values = var[col].reindex(index)
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.astype(object)
+        known = values.dropna()
+        if isinstance(col, str) and len(known) and all(isinstance(v, str) for v in known):
+            out[col] = values.astype(object).where(values.notna(), None)
+    return out
