@@ -7,6 +7,7 @@ cells as an AnnData: integer counts in ``X`` (CSR), the label in ``obs``, the mo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from ..data.genes import gene_difference
 from ..data.io import check_gene_names, check_libraries, check_values, check_whole, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
-from ..errors import DataError, listed
+from ..errors import ConfigError, DataError, listed
 from ..seeds import checked_seed
 from ._model_dir import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
 from ._model_dir import is_model_dir as is_model_dir  # re-exported: cellsynth fit's checks
@@ -116,6 +117,20 @@ def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,
     split = stratified_split(np.asarray(labels).astype(str), (1 - val_fraction, val_fraction, 0.0),
                              seed=checked_seed(seed))  # fmt: skip
     return split == "train", split == "val"
+
+
+def generator_config(config: Any, kind: type, covariate_keys: list[str] | str | None,
+                     fix: str) -> Any:  # fmt: skip
+    """A generator's settings as its constructor takes them: ``config`` (``kind()`` when None),
+    refused unless a ``kind`` (``fix``: how to give one), with ``covariate_keys`` (one column
+    may be a string, as scanpy takes a key) as its ``covariates`` when given."""
+    config = config if config is not None else kind()
+    if not isinstance(config, kind):
+        raise ConfigError(f"config is a {type(config).__name__}; give a {kind.__name__} ({fix})")
+    if covariate_keys is not None:
+        keys = [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys)
+        config = dataclasses.replace(config, covariates=keys)
+    return config
 
 
 def in_memory(data: ad.AnnData | str | Path) -> ad.AnnData:

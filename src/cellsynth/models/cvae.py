@@ -58,6 +58,7 @@ from ._prepare import training_data
 from .base import (
     check_genes,
     fit_labels,
+    generator_config,
     in_memory,
     training_counts,
 )
@@ -117,15 +118,9 @@ class CVAE(GenerationMixin, DesignRequests):
         config: CVAEConfig | None = None,
         covariate_keys: list[str] | None = None,
     ) -> None:
-        config = config if config is not None else CVAEConfig()
-        if not isinstance(config, CVAEConfig):
-            raise ConfigError(f"config is a {type(config).__name__}; give a CVAEConfig (e.g. "
-                              "CVAEConfig(max_epochs=50)), or set the settings with "
-                              "model.configure(...) or train(max_epochs=...)")
-        if covariate_keys is not None:
-            if isinstance(covariate_keys, str):  # one column, as scanpy takes a key
-                covariate_keys = [covariate_keys]
-            config = dataclasses.replace(config, covariates=list(covariate_keys))
+        config = generator_config(config, CVAEConfig, covariate_keys,
+                                  "e.g. CVAEConfig(max_epochs=50)), or set the settings with "
+                                  "model.configure(...) or train(max_epochs=...")
         self.config = config.validate()
         self.design = Design()
         self.device = tr.resolve_device(self.config.device)

@@ -78,6 +78,7 @@ from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
     check_library_memory,
     fit_labels,
+    generator_config,
     in_memory,
     reads_cells,
     split_masks,
@@ -164,15 +165,9 @@ class ScviGenerator(DesignRequests):
     ) -> None:
         if isinstance(adata, ScviConfig) and config is None:  # ScviGenerator(ScviConfig(...))
             adata, config = None, adata
-        config = config if config is not None else ScviConfig()
-        if not isinstance(config, ScviConfig):
-            raise ConfigError(f"config is a {type(config).__name__}; give a ScviConfig (e.g. "
-                              "ScviGenerator(adata, config=ScviConfig(max_epochs=50))), or the "
-                              "settings to train(max_epochs=...)")
-        if covariate_keys is not None:
-            if isinstance(covariate_keys, str):  # one column, as scanpy takes a key
-                covariate_keys = [covariate_keys]
-            config = dataclasses.replace(config, covariates=list(covariate_keys))
+        config = generator_config(
+            config, ScviConfig, covariate_keys, "e.g. ScviGenerator(adata, config=ScviConfig("
+            "max_epochs=50))), or the settings to train(max_epochs=...")
         self.config = config
         self.labels: list[str] = []
         self.genes: list[str] = []
