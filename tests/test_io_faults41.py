@@ -245,3 +245,50 @@ def test_an_empty_or_blank_gene_name_is_refused_with_its_position(tmp_path, blan
     a.write_h5ad(tmp_path / "blank.h5ad")
     with pytest.raises(DataError, match="empty or only spaces"):
         read(tmp_path / "blank.h5ad")
+
+
+def test_a_run_s_preprocessed_data_keep_the_gene_symbols_in_memory_and_out_of_core(tmp_path):
+    """`cellsynth run` trains on the preprocessed data: its var carries the source's text
+    columns for the genes QC kept, in memory and out of core alike, and a model fitted on it
+    keeps them."""
+    from cellsynth import config
+    from cellsynth.data.chunked import PreprocessedStore, preprocess_backed
+    from cellsynth.data.qc import preprocess
+
+    a = ensembl()
+    a.write_h5ad(tmp_path / "a.h5ad")
+    cfg = config.load(None, [f'dataset.label_key="{LABEL}"', "qc.min_genes_per_cell=1",
+                             "qc.min_cells_per_gene=1"])
+    mem, _ = preprocess(a.copy(), cfg.dataset, cfg.qc, cfg.split, seed=0)
+    out, _ = preprocess_backed(tmp_path / "a.h5ad", cfg.dataset, cfg.qc, cfg.split, seed=0,
+                               out_path=tmp_path / "pre.h5ad", chunk_size=7)
+    disk = ad.read_h5ad(out)
+    for pre in (mem, disk):
+        kept = [int(g[4:]) for g in pre.var_names]
+        assert list(pre.var["gene_symbols"].astype(str)) == [f"SYM{j}" for j in kept]
+        assert "means" not in pre.var.columns
+    with PreprocessedStore(out) as store:
+        assert store.n_vars == disk.n_vars
+    model = NegBinBaseline()
+    model.fit(mem, LABEL)
+    syn = model.sample({"B cell": 3}, seed=0)
+    assert list(syn.var["gene_symbols"].astype(str)) == list(mem.var["gene_symbols"].astype(str))
+
+
+def test_a_run_on_counts_plus_an_offset_is_not_told_to_read_them_as_log_normalised():
+    """The run's refusal of X that is neither counts nor log-normalised values gave, after
+    every note, "set dataset.is_normalised = true to use X as the log-normalised values it is":
+    wrong for counts plus a pseudo-count. The setting is offered only as an override of a
+    wrong guess."""
+    from cellsynth import config
+    from cellsynth.data.qc import preprocess
+
+    a = make_adata()
+    a.X = a.X.toarray() + 0.5
+    cfg = config.load(None, [f'dataset.label_key="{LABEL}"'])
+    with pytest.raises(DataError) as err:
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    text = str(err.value)
+    assert "plus a constant 0.5" in text and "subtract it" in text
+    assert "log-normalised values it is" not in text
+    assert "Only if X does hold log-normalised values after all" in text

@@ -37,6 +37,7 @@ from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
 from ._qc_columns import check_qc_columns, needs_computing
 from .csr import stack_rows
+from .genes import annotated_var, source_annotation
 from .io import check_shape, check_values, find_counts
 from .labels import check_label
 from .qc import (
@@ -127,8 +128,9 @@ def preprocess_backed(
             obs[K.NORM_TOTAL] = totals
         uns = {"has_counts": has_counts, "label_key": label_key,
                "x": "counts" if has_counts else "normalised", "target_sum": float(qc.target_sum)}
-        out = _write(out_path, x, cells.rows, detected[keep], obs,
-                     genes[detected[keep]].astype(str), uns, chunk)
+        names = genes[detected[keep]].astype(str)
+        var = annotated_var(names, source_annotation(h5, expr.counts, names))
+        out = _write(out_path, x, cells.rows, detected[keep], obs, var, uns, chunk)
     logger.info("preprocessed %d cells x %d genes into %s in %.1f s", len(obs), int(keep.sum()),
                 out, time.perf_counter() - started)
     return out, cells.report
@@ -184,9 +186,10 @@ def _variance(
 
 def _write(
     out_path: str | Path, x: RowStore, rows: np.ndarray, genes: np.ndarray, obs: pd.DataFrame,
-    gene_names: pd.Index, uns: dict, chunk: int,
+    var: pd.DataFrame, uns: dict, chunk: int,
 ) -> Path:  # fmt: skip
-    """Write rows ``rows`` x columns ``genes`` of ``x`` with ``obs``/``var``/``uns`` as an h5ad."""
+    """Write rows ``rows`` x columns ``genes`` of ``x`` with ``obs``/``var``/``uns`` as an h5ad
+    (``var``: one row per written gene)."""
     out = Path(out_path)
     every_gene = len(genes) == x.shape[1]
     with h5ad_file(out) as f:
@@ -194,7 +197,7 @@ def _write(
         for _, block in x.chunks(chunk, rows, desc="qc: write"):
             writer.append(block if every_gene else block[:, genes])
         write_elem(f, "obs", obs)
-        write_elem(f, "var", pd.DataFrame(index=gene_names))
+        write_elem(f, "var", var)
         write_elem(f, "uns", {K.UNS: uns})
     return out
 

@@ -62,3 +62,21 @@ def gene_annotation(var: pd.DataFrame, genes: Any | None = None) -> pd.DataFrame
         if isinstance(col, str) and len(known) and all(isinstance(v, str) for v in known):
             out[col] = values.astype(object).where(values.notna(), None)
     return out
+
+
+def source_annotation(data: Any, counts: str | None, genes: Any) -> pd.DataFrame | None:
+    """:func:`gene_annotation` of the ``var`` beside the counts a reader found (``counts``:
+    ``"raw.X"`` reads ``raw.var``), for ``genes``; None where there is no ``var``."""
+    raw = getattr(data, "raw", None)
+    var = getattr(raw, "var", None) if counts == "raw.X" else getattr(data, "var", None)
+    return gene_annotation(var, genes) if isinstance(var, pd.DataFrame) else None
+
+
+def annotated_var(genes: Any, annotation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``var`` for ``genes`` with the text columns of ``annotation`` (:func:`gene_annotation`;
+    gene symbols beside Ensembl IDs), each categorical as an h5ad holds it: the preprocessed
+    data's ``var`` and generated cells' ``var``."""
+    var = pd.DataFrame(index=pd.Index(list(map(str, genes)), dtype=str))
+    for col in [] if annotation is None else annotation.columns:
+        var[col] = pd.Categorical(annotation[col].reindex(var.index).to_numpy(dtype=object))
+    return var

@@ -20,6 +20,7 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
 from ._qc_columns import check_qc_columns, doublets, iqr_inliers, qc_column
+from .genes import annotated_var, source_annotation
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts, fractional_rows
 from .labels import check_label, missing_labels
@@ -417,8 +418,10 @@ def describe_expression(expr: Expression) -> bool:
     """Log where the counts are; whether there are any."""
     has_counts = expr.counts is not None
     if expr.note:  # neither counts nor log-normalised values: PCA would read them wrongly
-        raise DataError(f"{expr.note}; or set dataset.is_normalised = true to use X as the "
-                        "log-normalised values it is")
+        # the note says what X looks like and how to mend it; the setting only overrides a
+        # wrong guess (it would read counts or unlogged values as log-normalised ones)
+        raise DataError(f"{expr.note}. Only if X does hold log-normalised values after all, set "
+                        "dataset.is_normalised = true to read it as such")
     logger.info("expression: %s", f"raw counts in {expr.counts}" if has_counts else
                 "normalised values only (no counts found): normalisation is skipped")
     return has_counts
@@ -482,7 +485,9 @@ def preprocess(
         counts = counts[:, keep_g] if counts is not None else None
 
     obs = final_obs(cells, label_key)
-    out = ad.AnnData(X=xn, obs=obs, var=pd.DataFrame(index=genes.astype(str)))
+    # the text columns of the source's var (gene symbols beside IDs) go on to the models
+    var = annotated_var(genes, source_annotation(adata, expr.counts, genes))
+    out = ad.AnnData(X=xn, obs=obs, var=var)
     if counts is not None:
         out.layers[K.COUNTS] = counts
     out.uns[K.UNS] = {"has_counts": has_counts, "label_key": label_key}

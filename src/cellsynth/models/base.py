@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
-from ..data.genes import gene_difference
+from ..data.genes import annotated_var, gene_difference
 from ..data.io import check_gene_names, check_libraries, check_values, check_whole, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
@@ -209,24 +209,15 @@ def synthetic_adata(
     annotation: pd.DataFrame | None = None,
 ) -> ad.AnnData:
     """Package generated counts as an AnnData with provenance in ``uns['cellsynth']`` and the
-    training data's gene ``annotation`` in ``var`` (:func:`generated_var`)."""
+    training data's gene ``annotation`` in ``var``
+    (:func:`~cellsynth.data.genes.annotated_var`)."""
     x = sp.csr_matrix(counts, dtype=np.float32)
     obs = pd.DataFrame({label_key: pd.Categorical(np.asarray(labels, dtype=str))},
                        index=cell_names(x.shape[0], seed))
-    a = ad.AnnData(X=x, obs=obs, var=generated_var(genes, annotation))
+    a = ad.AnnData(X=x, obs=obs, var=annotated_var(genes, annotation))
     a.uns[K.UNS] = {"version": package_version(), "model": model, "seed": int(seed),
                     "label_key": label_key, "config": config or {}}
     return a
-
-
-def generated_var(genes: list[str], annotation: pd.DataFrame | None = None) -> pd.DataFrame:
-    """``var`` of generated cells: the model's genes, with the text columns of the training
-    data's ``var`` the model kept (:func:`~cellsynth.data.genes.gene_annotation`; gene symbols
-    beside Ensembl IDs), each categorical as an h5ad holds it."""
-    var = pd.DataFrame(index=pd.Index(genes, dtype=str))
-    for col in [] if annotation is None else annotation.columns:
-        var[col] = pd.Categorical(annotation[col].reindex(var.index).to_numpy(dtype=object))
-    return var
 
 
 def request(counts_per_type: dict[str, int], labels: list[str]) -> list[tuple[str, int]]:
