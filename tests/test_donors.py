@@ -59,6 +59,7 @@ def test_run_audits_held_out_donors(tmp_path, capsys):
         args += ["--set", s]
     assert main(args) == 0
     fid = json.loads((tmp_path / "run" / "metrics" / "fidelity.json").read_text())
+    assert fid["genes"]["config"]["repeats"] == 1  # report.gene_repeats in FAST ("auto": more)
     priv = fid["privacy"]
     assert priv["donor_key"] == "donor" and priv["donor_skipped"] is None
     for attack in ("distance", "density", "redraw"):

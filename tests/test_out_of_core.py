@@ -28,6 +28,7 @@ FAST = [
     "generator.n_per_type_val=10",
     "explain.max_cells=50",
     "report.umap=false",
+    "report.gene_repeats=1",  # one halving of the gene-level test: quick, not steady
     "qc.min_genes_per_cell=20",
     "qc.min_cells_per_gene=20",
     "qc.chunk_size=97",  # several chunks per pass

@@ -24,6 +24,7 @@ FAST = [
     "generator.n_per_type_val=10",
     "explain.max_cells=50",
     "report.umap=false",
+    "report.gene_repeats=1",  # one halving of the gene-level test: quick, not steady
 ]
 
 

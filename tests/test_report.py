@@ -37,6 +37,7 @@ TINY = [
     "cvae.n_hidden=[64, 32]",
     "cvae.n_latent=8",
     "cvae.max_epochs=20",
+    "report.gene_repeats=1",
 ]
 CHROMIUM = Path("/usr/bin/chromium")
 NOTE = "Not available in this run"

@@ -347,6 +347,10 @@ class ReportConfig:
     # cells per origin in the UMAP and the fidelity metrics (stratified)
     max_cells: int = ranged("[1, inf)", 3000)
     fidelity: bool = True  # fidelity metrics with the real-vs-real floor (count generators)
+    # random halvings the gene-level AUCs and their floor average over: "auto" takes more the
+    # fewer cells there are (up to 10 under 2,000 a side; one halving of a few hundred cells
+    # moves the floor by several hundredths); 1 is the quickest, for a first look
+    gene_repeats: int | Literal["auto"] = ranged("[1, inf)", "auto")
 
 
 @dataclass

@@ -146,7 +146,7 @@ def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, sy
     out: dict[str, Any] = {}
     for name, fn in (("genes", lambda: gene_fidelity(
                          rc, sc, real_labels=rl, synth_labels=sl, seed=ctx.seed("genes"),
-                         gene_names=list(space.genes))),
+                         gene_names=list(space.genes), repeats=ctx.cfg.report.gene_repeats)),
                      ("typewise", lambda: typewise_fidelity(space, rc, rl, sc, sl,
                                                             seed=ctx.seed("typewise")))):
         try:
