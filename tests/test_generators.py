@@ -256,7 +256,7 @@ def test_nb_sample_matches_fitted_means(small):
 
 
 def test_sampling_in_row_chunks(small, monkeypatch):
-    from cellsynth.models import nb
+    from cellsynth.models import _count_files as nb
 
     model = NegBinBaseline()
     model.fit(small, LABEL)

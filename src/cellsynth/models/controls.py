@@ -40,16 +40,7 @@ from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
-from ._model_dir import read_annotation, saves_whole
-from .base import (
-    check_library_memory,
-    check_request_memory,
-    reads_cells,
-    request,
-    synthetic_adata,
-    training_counts,
-)
-from .nb import (
+from ._count_files import (
     load_libraries,
     per_type_rows,
     read_meta,
@@ -58,6 +49,15 @@ from .nb import (
     save_libraries,
     training_rows,
     write_meta,
+)
+from ._model_dir import read_annotation, saves_whole
+from .base import (
+    check_library_memory,
+    check_request_memory,
+    reads_cells,
+    request,
+    synthetic_adata,
+    training_counts,
 )
 from .scvi import ScviGenerator, _build_module, import_scvi, read_module_files
 

@@ -71,6 +71,16 @@ from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..options import progress_bar, settings
 from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
+from ._count_files import (
+    draw_libraries,
+    load_libraries,
+    per_type_rows,
+    read_meta,
+    read_tensors,
+    row_chunks,
+    save_libraries,
+    write_meta,
+)
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import read_annotation, saves_whole
@@ -85,16 +95,6 @@ from .base import (
     synthetic_adata,
     training_counts,
     writable_uns,
-)
-from .nb import (
-    draw_libraries,
-    load_libraries,
-    per_type_rows,
-    read_meta,
-    read_tensors,
-    row_chunks,
-    save_libraries,
-    write_meta,
 )
 
 logger = logging.getLogger(__name__)

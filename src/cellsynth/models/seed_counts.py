@@ -37,6 +37,15 @@ from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..seeds import derive_seed
+from ._count_files import (
+    draw_libraries,
+    load_libraries,
+    per_type_rows,
+    read_meta,
+    row_chunks,
+    save_libraries,
+    write_meta,
+)
 from ._model_dir import saves_whole
 from .base import (
     check_library_memory,
@@ -46,15 +55,6 @@ from .base import (
     split_masks,
     synthetic_adata,
     training_counts,
-)
-from .nb import (
-    draw_libraries,
-    load_libraries,
-    per_type_rows,
-    read_meta,
-    row_chunks,
-    save_libraries,
-    write_meta,
 )
 from .seed import SeedCVAE
 
