@@ -358,7 +358,7 @@ def auc_by_level(x_test, y_test, syn, syn_labels, order: np.ndarray, seed: int) 
 
 def importance_summary(x_test, syn, genes: list[str], seed: int) -> dict[str, Any]:
     """gene_importance over every gene, summed by decile of real mean expression, and the top."""
-    from cellsynth.metrics.genes import gene_importance
+    from cellsynth.metrics.gene_test import gene_importance
 
     rows = gene_importance(x_test, syn, genes, seed=seed, top=len(genes))
     df = pd.DataFrame(rows)

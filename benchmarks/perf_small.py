@@ -18,7 +18,7 @@ each in its own process (so its peak RSS is that fit's ``ru_maxrss`` and nothing
 The parent process scores every model's cells against the test cells with one evaluator: the
 classifier two-sample AUC in the 30-PC evaluation space fitted on the real training cells
 (:func:`cellsynth.metrics.fidelity.c2st_auc`) and the gene-level AUC
-(:func:`cellsynth.metrics.genes.gene_c2st`), beside the same numbers for real training cells
+(:func:`cellsynth.metrics.gene_test.gene_c2st`), beside the same numbers for real training cells
 (as many per type as the test split has) against the test cells: the floor.
 
 Run as ``python benchmarks/perf_small.py --child MODEL ...`` it is one such fit (used by
@@ -142,7 +142,7 @@ def evaluate(d: dict[str, Any], sets: dict[str, Any]) -> dict[str, dict[str, flo
     import scipy.sparse as sp
 
     from cellsynth.metrics.fidelity import c2st_auc
-    from cellsynth.metrics.genes import gene_c2st
+    from cellsynth.metrics.gene_test import gene_c2st
     from cellsynth.metrics.space import fit_space
     from cellsynth.seeds import derive_seed
 
@@ -308,7 +308,7 @@ INTRO = (
     "(the CVAE and SCVI take 10 % of those for validation). Generate s: making the test "
     "split's number of cells per type. AUC: classifier two-sample test of the generated cells "
     "against the test cells (`metrics.fidelity.c2st_auc`, in the 30-PC evaluation space fitted "
-    "on the real training cells); gene AUC: `metrics.genes.gene_c2st` (logistic regression on "
+    "on the real training cells); gene AUC: `metrics.gene_test.gene_c2st` (logistic regression on "
     "500 HVGs); one evaluator, seeds alike for every model. Floor: two halves of the test "
     "cells, stratified by type (what `metrics.fidelity.real_floor` compares: a perfect "
     "generator's score, with half the cells a side). *Real training cells vs test* (as many "

@@ -17,13 +17,8 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from cellsynth.errors import CellsynthError
 from cellsynth.metrics.fidelity import c2st_auc
-from cellsynth.metrics.genes import (
-    _distances,
-    _lognorm,
-    gene_c2st,
-    gene_fidelity,
-    gene_importance,
-)
+from cellsynth.metrics.gene_test import _lognorm, gene_c2st, gene_importance
+from cellsynth.metrics.genes import _distances, gene_fidelity
 from cellsynth.metrics.space import fit_space
 
 N_GENES = 300

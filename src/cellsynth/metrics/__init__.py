@@ -25,7 +25,8 @@ from .fidelity import (
     mmd_rbf,
     real_floor,
 )
-from .genes import gene_c2st, gene_fidelity, gene_importance
+from .gene_test import gene_c2st, gene_importance
+from .genes import gene_fidelity
 from .privacy import PrivacyResult, distance_to_closest, membership_attacks, privacy_audit
 from .space import EvalSpace, fit_space
 from .typewise import trts_by_type, typewise_fidelity

@@ -14,7 +14,7 @@ epochs it fits the sampler to the training cells, generates as many cells of eac
 seeded subsample of the validation cells holds, and returns the mean of two cross-validated
 two-sample AUCs between the two (averaged over a few draws when there are few validation
 cells): one in an evaluation space (HVGs, log1p per 10k, PCs) fitted once on training cells,
-and one on the genes themselves (:func:`~cellsynth.metrics.genes.gene_c2st`: the validation
+and one on the genes themselves (:func:`~cellsynth.metrics.gene_test.gene_c2st`: the validation
 cells' top HVGs, log-normalised, with their detection indicators), so that the kept epoch is
 not blind to what the PCs average away (a decoder's lowly expressed genes, zero fractions,
 dispersions; issue 21). The gene test is bounded as the PC test is: at most
@@ -36,7 +36,7 @@ from ..data.rows import Rows
 from ..data.split import stratified_subsample
 from ..errors import CellsynthError
 from ..metrics.fidelity import c2st_auc
-from ..metrics.genes import gene_c2st
+from ..metrics.gene_test import gene_c2st
 from ..metrics.space import fit_space
 from ..seeds import derive_seed
 from ._counts import mean_loss
