@@ -51,6 +51,7 @@ from ._count_files import (
     write_meta,
 )
 from ._model_dir import read_annotation, saves_whole
+from ._scvi_files import build_module, import_scvi, read_module_files
 from .base import (
     check_library_memory,
     check_request_memory,
@@ -59,7 +60,7 @@ from .base import (
     synthetic_adata,
     training_counts,
 )
-from .scvi import ScviGenerator, _build_module, import_scvi, read_module_files
+from .scvi import ScviGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class ScviPosteriorGenerator(ScviGenerator):
                                  "models")  # fmt: skip
         model = cls(config=config)
         try:
-            model.module = _build_module(scvi, kwargs, state)
+            model.module = build_module(scvi, kwargs, state)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
         bounds = np.cumsum([len(v) for v in libraries])[:-1]

@@ -76,7 +76,6 @@ from ._count_files import (
     load_libraries,
     per_type_rows,
     read_meta,
-    read_tensors,
     row_chunks,
     save_libraries,
     write_meta,
@@ -84,6 +83,7 @@ from ._count_files import (
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import read_annotation, saves_whole
+from ._scvi_files import build_module, import_scvi, load_design, read_module_files
 from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
     check_library_memory,
@@ -104,18 +104,6 @@ FORMAT_VERSION = 1
 CAT_COVS_KEY = "extra_categorical_covs"
 #: added to each type's latent covariance before its Cholesky factor
 JITTER = 1e-6
-
-
-def import_scvi() -> Any:
-    """The ``scvi`` package, or a :class:`CellsynthError` saying how to install it."""
-    try:
-        import scvi
-    except ImportError as exc:
-        raise CellsynthError(
-            f"the scvi generator needs scvi-tools ({exc}); install the extra: "
-            "pip install 'cellsynth[scvi]'"
-        ) from None
-    return scvi
 
 
 class PosteriorCells(NamedTuple):
@@ -308,7 +296,7 @@ class ScviGenerator(DesignRequests):
         if design:
             kwargs["n_cats_per_cov"] = _registered_levels(model, design)
         state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
-        self.module = _build_module(scvi, kwargs, state)
+        self.module = build_module(scvi, kwargs, state)
         self.module_kwargs = kwargs
         self.labels, self.genes, self.label_key = labels, genes, label_key
         self.gene_annotation = gene_annotation(adata.var)
@@ -452,7 +440,7 @@ class ScviGenerator(DesignRequests):
             )
         model = cls(config=config)
         try:
-            model.module = _build_module(scvi, kwargs, state)
+            model.module = build_module(scvi, kwargs, state)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
         model.module_kwargs, model.labels, model.genes = kwargs, labels, genes
@@ -464,7 +452,7 @@ class ScviGenerator(DesignRequests):
             libraries,
         )
         model.history = meta.get("history") or {}
-        model.design = _load_design(directory, meta, config, kwargs)
+        model.design = load_design(directory, meta, config, kwargs)
         verify_checksums(directory)  # after the checks above, which name what is wrong
         return model
 
@@ -497,41 +485,3 @@ def _registered_levels(model: Any, design: Design) -> list[int]:
                              f"training levels {design.levels}; report this with the "
                              "scvi-tools version")
     return [int(n) for n in state.n_cats_per_key]
-
-
-def _load_design(directory: Path, meta: dict[str, Any], config: ScviConfig,
-                 kwargs: dict[str, Any]) -> Design:  # fmt: skip
-    """The saved design, checked against the config's covariates and the decoder's inputs."""
-    design = Design.from_json(meta.get("design"))
-    inputs = list(kwargs.get("n_cats_per_cov") or [])  # the decoder's levels per covariate
-    if design.keys != list(config.covariates) or inputs != design.n_levels:
-        raise ModelFileError(f"{directory / 'config.json'}: the covariate design, "
-                             "config.covariates and module_kwargs.n_cats_per_cov disagree; the "
-                             "files come from different models")
-    return design
-
-
-def read_module_files(
-    directory: Path, meta: dict[str, Any], genes: list[str]
-) -> tuple[ScviConfig, dict[str, Any], dict[str, torch.Tensor]]:
-    """The config, module arguments and weights :meth:`ScviGenerator.save` wrote (checked)."""
-    try:
-        config = from_dict(ScviConfig, meta["config"])
-        kwargs = dict(meta["module_kwargs"])
-        if kwargs["n_input"] != len(genes) or kwargs["gene_likelihood"] != config.gene_likelihood:
-            raise ValueError("module_kwargs disagree with genes.json or the config")
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
-    state = {
-        k: torch.from_numpy(v) for k, v in read_tensors(directory / "module.safetensors").items()
-    }
-    return config, kwargs, state
-
-
-def _build_module(
-    scvi: Any, kwargs: dict[str, Any], state: dict[str, torch.Tensor]
-) -> torch.nn.Module:
-    """``scvi.module.VAE`` as ``scvi.model.SCVI`` builds it, ``state`` loaded, CPU, eval mode."""
-    module = scvi.module.VAE(**kwargs, use_observed_lib_size=True)
-    module.load_state_dict(state, strict=True)
-    return module.cpu().eval()
