@@ -240,7 +240,7 @@ def test_evaluate_bars_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch, c
 
 
 def test_benchmark_bars_follow_quiet_and_the_terminal(tmp_path, monkeypatch, capsys):
-    from cellsynth import evaluation as ev
+    from cellsynth.evaluation import runner as ev
 
     seen = []
 

@@ -1,0 +1,119 @@
+"""``cellsynth benchmark``: every generator on every data set, one results page
+(:func:`run_benchmark`); the data sets and the held-out combination checked before any fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..benchmark import benchmark_dataset, prepare
+from ..errors import DataError
+from ..outputs import write_json, write_text
+from ..seeds import checked_whole
+from .page import results_page, verdict_summary
+
+logger = logging.getLogger(__name__)
+
+
+def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
+                  config_path: str | None = None, overrides: list[str] | None = None,
+                  label_key: str | None = None, doc: Path | None = None,
+                  command: str | None = None, reuse: bool = False, kept_only: bool = False,
+                  kept: Path | None = None, holdout: dict[str, str] | None = None,
+                  fits: int = 1) -> Path:
+    """Benchmark ``models`` on each dataset (an .h5ad, or a preset .toml) and write a results page.
+
+    With ``reuse``, a generator whose results in ``out`` were made with the same settings and
+    package version (``benchmark.model_key``) is read back instead of rerun; with
+    ``kept_only``, nothing is fitted: the page is written from the kept results alone. Kept
+    results are in ``kept/DATASET/`` (default ``out/DATASET/results/``). With ``holdout``
+    (``{column: level}``, the type and covariates), each dataset also holds that combination
+    out of training and scores it (:func:`~cellsynth.holdout.benchmark_holdout`). With ``fits``
+    above one, each generator's row is the mean of that many fits, each with its own seeds
+    (:func:`~cellsynth.benchmark.benchmark_dataset`), and the page gives their spread.
+
+    Returns the path of the markdown page (``doc``, default ``out/RESULTS.md``).
+    """
+    from ..config import canonical_model
+    from ..models.registry import GENERATORS
+
+    checked_whole(fits, "fits")
+    models = [m.strip().lower() for m in models if m.strip()]  # "cvae,,nb", "CVAE"
+    if not models:
+        raise DataError(f"no generator given; choose from {', '.join(GENERATORS)}")
+    unknown = [m for m in models if canonical_model(m) not in GENERATORS]
+    if unknown:
+        raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
+    overrides = list(overrides or [])
+    cfgs = []
+    for item in datasets:
+        # TOML strings written by json: a path or column holding a quote or a backslash
+        extra = [f"dataset.label_key={json.dumps(label_key)}"] if label_key else []
+        if item.endswith(".toml"):
+            cfgs.append((Path(item).stem, config.load(item, overrides + extra)))
+        else:
+            cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
+                f"dataset.path={json.dumps(str(item))}"])))
+    _distinct_names(cfgs, datasets)
+    _check_inputs(cfgs, holdout)  # every file and the holdout, before hours of fitting
+    if command is None:
+        command = "cellsynth " + " ".join(sys.argv[1:])
+    path = doc or out / "RESULTS.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for name, cfg in cfgs:
+        pre = prepare(cfg.dataset.path, cfg)
+        details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
+                                    kept_only=kept_only,
+                                    kept_dir=kept / name if kept else None, fits=fits)
+        if holdout:
+            from ..holdout import benchmark_holdout
+
+            details["holdout"] = benchmark_holdout(pre, models, cfg, out / name / "holdout",
+                                                   holdout)  # fmt: skip
+        for line in verdict_summary(details):
+            logger.info("benchmark %s: %s", name, line)
+        shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
+                 "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
+        sections.append((name, cfg, shape, details))
+        write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape,
+                                                 "verdicts": verdict_summary(details)})
+        # the page is rewritten after every dataset, so an interrupted run still leaves one
+        write_text(path, results_page(sections, command, models))
+    return path
+
+
+def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
+    """Each data set's results go to ``out/NAME`` (its file name): a file given twice, or two
+    files of one name, would overwrite each other's (it happened without a word)."""
+    seen: dict[str, str] = {}
+    for (name, _), item in zip(cfgs, datasets, strict=True):
+        if name in seen:
+            same = Path(seen[name]).resolve() == Path(item).resolve()
+            raise DataError(f"{item} is given twice" if same else
+                            f"two data sets are named {name!r} ({seen[name]} and {item}): their "
+                            "results would share one folder; give one a file name of its own")
+        seen[name] = item
+
+
+def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
+    """Every dataset file exists and is an h5ad, and ``holdout``'s columns and levels are in
+    each one's ``obs`` (read alone), so that a typo fails at once, not after the datasets
+    before it were benchmarked."""
+    from ..data.io import check_file
+    from ..data.store import H5adFile
+    from ..holdout import holdout_mask
+
+    for name, cfg in cfgs:
+        path = check_file(cfg.dataset.path)
+        if holdout:
+            with H5adFile(path) as h5:
+                obs = h5.obs
+            try:
+                holdout_mask(obs, holdout, cfg.dataset.label_key)
+            except DataError as err:
+                raise DataError(f"{name} ({path}): {err}") from None
