@@ -170,9 +170,10 @@ def test_in_memory_pair(tmp_path):
     """AnnData objects in, with the same numbers for the same seed, and the results page."""
     real = simulate_atlas(400, 150, 3, seed=1, label_key=LABEL)
     syn = simulate_atlas(300, 150, 3, seed=2, label_key=LABEL)  # another model: far apart
-    one = evaluation.compare(real, syn, label_key=LABEL, max_cells=120, seed=3)
-    two = evaluation.compare(real, syn, label_key=LABEL, max_cells=120, seed=3)
+    one = evaluation.compare(real, syn, label_key=LABEL, max_cells=120, seed=3, gene_repeats=2)
+    two = evaluation.compare(real, syn, label_key=LABEL, max_cells=120, seed=3, gene_repeats=2)
     assert one["synthetic_vs_real"]["overall"]["c2st_auc"] == two["synthetic_vs_real"]["overall"]["c2st_auc"]
+    assert one["genes"] == two["genes"] and one["genes"]["config"]["repeats"] == 2
     assert one["synthetic_vs_real"]["overall"]["c2st_auc"] > 0.9
     assert one["real_vs_real"]["overall"]["c2st_auc"] < 0.75
     n = one["n_cells"]
@@ -210,3 +211,24 @@ def test_refusals_say_what_to_do(tmp_path):
         evaluation.compare(tmp_path / "missing.h5ad", a, label_key=LABEL)
     with pytest.raises(DataError, match=r"give an AnnData or an \.h5ad path"):
         evaluation.compare([1, 2], a, label_key=LABEL)
+
+
+def test_gene_repeats_is_passed_on_and_checked(tmp_path):
+    """``gene_repeats`` (``--gene-repeats``; ``report.gene_repeats`` in a run) sets the halvings
+    the gene-level AUCs average over (what "auto" takes: tests/test_gene_fidelity.py)."""
+    from cellsynth.cli import main
+
+    real = simulate_atlas(300, 80, 3, seed=1, label_key=LABEL)
+    syn = simulate_atlas(300, 80, 3, seed=2, label_key=LABEL)
+    real.write_h5ad(tmp_path / "real.h5ad")
+    syn.write_h5ad(tmp_path / "syn.h5ad")
+    args = ["evaluate", "--real", str(tmp_path / "real.h5ad"), "--synthetic",
+            str(tmp_path / "syn.h5ad"), "--label-key", LABEL, "--max-cells", "100", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one"), "--gene-repeats", "1"]) == 0
+    one = json.loads((tmp_path / "one" / "fidelity.json").read_text())
+    assert one["genes"]["config"]["repeats"] == 1
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--gene-repeats", "0"])
+    for bad in (0, 1.5, "some", True):
+        with pytest.raises(DataError, match="gene_repeats must be 'auto' or a whole number"):
+            evaluation.compare(real, syn, label_key=LABEL, gene_repeats=bad)

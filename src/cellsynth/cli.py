@@ -245,7 +245,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     _out_dir(args.out)  # before any work
     result = compare(args.real, args.synthetic, label_key=args.label_key, seed=args.seed,
-                     max_cells=args.max_cells, heldout=args.heldout, donor_key=args.donor_key)
+                     max_cells=args.max_cells, heldout=args.heldout, donor_key=args.donor_key,
+                     gene_repeats=args.gene_repeats)
     path = write(result, Path(args.out))
     print(f"fidelity: {path}")
     print("\n".join(verdict_lines(result["verdict"], privacy=result.get("privacy"))))

@@ -51,6 +51,19 @@ def _seed(text: str) -> int:
     return value
 
 
+def _repeats(text: str) -> int | str:
+    """A --gene-repeats value: "auto" or a whole number from 1, as ``report.gene_repeats``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _settings_arguments(p: argparse.ArgumentParser) -> None:
     """DATA, --label-key, --config and --set: what settings are resolved from (``run`` and
     ``config show`` take the same)."""
@@ -210,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-cells", type=int, default=3000, metavar="N",
                    help="cells of each file read (a stratified subsample; files are never "
                         "read whole)")
+    e.add_argument("--gene-repeats", type=_repeats, default="auto", metavar="N",
+                   help="random halvings the gene-level AUCs average over ('auto': up to 10 "
+                        "when there are few cells; 1 is the quickest)")
     e.add_argument("--heldout", metavar="FILE",
                    help="h5ad of real cells the generator never saw (e.g. the test split), for "
                         "the privacy audit; --real are then the cells it trained on (default: "

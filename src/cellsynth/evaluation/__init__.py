@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,7 @@ def compare(
     max_cells: int | None = None,
     heldout: ad.AnnData | str | Path | None = None,
     donor_key: str | None = None,
+    gene_repeats: int | Literal["auto"] | None = None,
 ) -> dict[str, Any]:
     """Fidelity of ``synthetic`` against ``real`` counts, beside two halves of ``real``, with a
     verdict, a per-type table, the gene-level test and, given ``heldout``, a privacy audit.
@@ -117,6 +118,9 @@ def compare(
     donor_key
         An ``obs`` column naming each cell's donor, in ``real`` and ``heldout``: the audit
         then also attacks at donor level (skipped, with the reason, with one donor a side).
+    gene_repeats
+        Random halvings the gene-level AUCs and their floor average over (``"auto"``: up to 10
+        when there are few cells; 1 is the quickest); default ``report.gene_repeats``.
 
     Returns
     -------
@@ -146,6 +150,12 @@ def compare(
     if max_cells < 4:
         raise DataError(f"max_cells must be at least 4 (the floor splits the real cells in "
                         f"halves), got {max_cells}")
+    gene_repeats = config.ReportConfig().gene_repeats if gene_repeats is None else gene_repeats
+    if not (isinstance(gene_repeats, str) and gene_repeats == "auto"):
+        if not is_whole(gene_repeats) or gene_repeats < 1:
+            raise DataError(f"gene_repeats must be 'auto' or a whole number of at least 1, got "
+                            f"{gene_repeats!r}")
+        gene_repeats = int(gene_repeats)
     picked: dict[str, Any] = {}
 
     def real_rows(labels: np.ndarray) -> np.ndarray:
@@ -222,7 +232,7 @@ def compare(
         result.update(heldout=h.source, donor_key=donor_key)
     type_counts = _type_counts(rl, s.labels, picked)
     extras = _extras(space, evaluated, r, h, (rc, rl), (fc, fl), (sc, s.labels), genes, seed,
-                     hc, donor_key)
+                     hc, donor_key, gene_repeats)
     v = fidelity_verdict(fid, floor, genes=extras["genes"] if "overall" in extras["genes"] else None,
                 typewise=extras["typewise"], type_counts=type_counts, memorisation=memo)
     table = per_type_table(fid, floor, verdicts=v, genes=extras["genes"],
@@ -255,14 +265,16 @@ def _skipped(what: str, fn: Callable[[], Any]) -> Any:
 
 def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
             scored: tuple, fitted: tuple, synth: tuple, genes: list[str], seed: int,
-            heldout_counts: sp.csr_matrix | None, donor_key: str | None) -> dict[str, Any]:
+            heldout_counts: sp.csr_matrix | None, donor_key: str | None,
+            gene_repeats: int | str = "auto") -> dict[str, Any]:
     """The gene-level test, the per-type metrics against equal-sized floors, TRTS per type and,
     with held-out cells, the privacy audit (its refusals are errors: the user asked for it)."""
     (rc, rl), (fc, fl), (sc, sl) = scored, fitted, synth
     out = {
         "genes": _skipped("gene-level fidelity", lambda: gene_fidelity(
             rc, sc, real_labels=rl, synth_labels=sl, seed=derive_seed(seed, "genes"),
-            gene_names=genes, min_type_cells=MIN_TYPE_CELLS // 2)),  # halves, as the floor's
+            gene_names=genes, min_type_cells=MIN_TYPE_CELLS // 2,  # halves, as the floor's
+            repeats=gene_repeats)),
         "typewise": _skipped("per-type floors", lambda: typewise_fidelity(
             space, rc, rl, sc, sl, seed=derive_seed(seed, "typewise"))),
         "trts": _skipped("TRTS", lambda: trts_by_type(
@@ -400,12 +412,13 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
 def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, label_key: str,
              out: str | Path, *, seed: int = 0, max_cells: int | None = None,
              heldout: ad.AnnData | str | Path | None = None,
-             donor_key: str | None = None) -> Path:
+             donor_key: str | None = None,
+             gene_repeats: int | Literal["auto"] | None = None) -> Path:
     """:func:`compare`, written into ``out`` by :func:`write` (``cellsynth evaluate``).
 
     Parameters
     ----------
-    real, synthetic, label_key, seed, max_cells, heldout, donor_key
+    real, synthetic, label_key, seed, max_cells, heldout, donor_key, gene_repeats
         As for :func:`compare`.
     out
         The output directory for ``fidelity.json``, ``fidelity.md`` and ``per_type.csv``.
@@ -416,5 +429,5 @@ def evaluate(real: ad.AnnData | str | Path, synthetic: ad.AnnData | str | Path, 
     """
     _out_dir(out)  # before any work
     result = compare(real, synthetic, label_key=label_key, seed=seed, max_cells=max_cells,
-                     heldout=heldout, donor_key=donor_key)
+                     heldout=heldout, donor_key=donor_key, gene_repeats=gene_repeats)
     return write(result, out)
