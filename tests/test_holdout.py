@@ -87,7 +87,7 @@ def test_benchmark_checks_every_input_before_any_work(tmp_path, monkeypatch):
 
     path = tmp_path / "design.h5ad"
     _design_atlas().write_h5ad(path)
-    monkeypatch.setattr(evaluation, "benchmark_dataset",
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
                         lambda *a, **k: pytest.fail("fitted before the inputs were checked"))
     with pytest.raises(DataError, match=r"nothere\.h5ad does not exist"):
         evaluation.run_benchmark([str(path), str(tmp_path / "nothere.h5ad")], ["nb"],

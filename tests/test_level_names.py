@@ -33,8 +33,11 @@ def test_lookup_matches_by_name_then_by_value():
     look = LevelLookup(["12.0", "16", "ctrl"])  # "12.0": a model that named its levels so
     assert [look.code(v) for v in ("12", 12, 12.0, np.int64(16), "16.0", "ctrl", "stim", 13)] == [
         0, 0, 0, 1, 1, 2, -1, -1]
-    shared = LevelLookup(["01", "1", "2"])  # "01" and "1" share a value: by name only
-    assert [shared.code(v) for v in ("01", "1", 1.0, "1.0", "2.0")] == [0, 1, 1, -1, 2]
+    # "01" is text (not written as a number is): by name only, so 1.0 and "1.0" ask for "1"
+    shared = LevelLookup(["01", "1", "2"])
+    assert [shared.code(v) for v in ("01", "1", 1.0, "1.0", "2.0")] == [0, 1, 1, 1, 2]
+    twice = LevelLookup(["1", "1.0"])  # two levels written as the number 1: by name only
+    assert [twice.code(v) for v in ("1", "1.0", 1, "1.00")] == [0, 1, 0, -1]
     assert look.codes(np.array(["16", "12", "x", "16"])).tolist() == [1, 0, -1, 1]
     spaced = LevelLookup(["stim ", "ctrl", " ctrl "])  # spaces kept by an atlas
     assert [spaced.code(v) for v in ("stim", "stim ", "ctrl", " ctrl ", "ctrl ")] == [
@@ -175,3 +178,17 @@ def test_a_twin_leaves_out_unknown_types_and_levels_and_refuses_when_none_is_lef
         caplog.text)
     with pytest.raises(DataError, match="no cells of the types and covariate levels"):
         _known_rows(ask.iloc[2:], known, "cell_type", "like.h5ad")
+
+
+def test_a_zero_padded_text_level_is_not_asked_for_by_value():
+    """Text donors "01" and "02": `--where donor=1` (or 001) generated donor "01" without a
+    word, while with "01", "1" and "2" the same request meant "1". A text level is matched by
+    its name; only levels written as numbers are (12, 12.0, "12" ask for "12")."""
+    from cellsynth.data.levels import LevelLookup
+
+    padded = LevelLookup(["01", "02"])
+    assert [padded.code(v) for v in ("01", "1", "001", 1, 1.0)] == [0, -1, -1, -1, -1]
+    both = LevelLookup(["01", "1", "2"])
+    assert [both.code(v) for v in ("1", 1, "01", "001")] == [1, 1, 0, 1]  # "1" is a number
+    numbers = LevelLookup(["8", "12", "12.5", "16.0"])
+    assert [numbers.code(v) for v in (8, "8.0", 12.5, "16", 16)] == [0, 0, 2, 3, 3]

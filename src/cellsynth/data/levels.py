@@ -6,7 +6,8 @@ or age is one level whether a file stores it as an integer or a float (an h5ad w
 a column with a missing value somewhere, a request table read by pandas). A requested level
 matches a trained one by name or, when both are numbers, by value: ``12``, ``12.0`` and
 ``"12"`` all ask for the level ``"12"`` (and for ``"12.0"`` of a model that named it so); a
-value that several levels share (``"01"`` and ``"1"``) matches by name only. Failing those, a
+text level written otherwise than a number is (``"01"``) and a value that several levels share
+match by name only, so ``donor=1`` never asks for the donor ``"01"``. Failing those, a
 name matches the one level equal to it but for surrounding spaces (a command line strips them;
 an atlas may keep them), as a cell type's name does.
 """
@@ -84,7 +85,8 @@ class LevelLookup:
     def __init__(self, levels: Sequence[str]) -> None:
         self.levels = list(levels)
         self._by_name = {name: i for i, name in enumerate(self.levels)}
-        self._by_value = _unique_keys([_number(name) for name in self.levels])
+        self._by_value = _unique_keys([_number(name) if _as_number(name) else None
+                                       for name in self.levels])
         self._by_stripped = _unique_keys([loose_name(name) for name in self.levels])
 
     def code(self, value: Any) -> int:
@@ -102,6 +104,15 @@ class LevelLookup:
         idx, uniq = pd.factorize(np.asarray(names, dtype=object))
         table = np.array([self.code(u) for u in uniq] + [-1], dtype=np.int64)
         return table[np.where(idx < 0, len(uniq), idx)]  # a missing value (-1) names none
+
+
+def _as_number(name: str) -> bool:
+    """Whether a level's name is a number as a numeric column's value is written (``"12"``,
+    ``"12.5"``, or ``"12.0"`` as ``str`` writes a float): such a level may be asked for by value.
+    A text level that reads as a number only once parsed (``"01"``, ``"007"``) is matched by its
+    name alone: ``donor=1`` is not the donor ``"01"``."""
+    x = _number(name)
+    return x is not None and name in (level_name(x), str(x))
 
 
 def _unique_keys(keys: list[Any]) -> dict[Any, int]:
