@@ -75,7 +75,8 @@ def test_large_files_are_read_as_subsamples_with_bounded_memory(large_pair, monk
     monkeypatch.setattr(evaluation, "fidelity_report", report)  # what they are given is
     monkeypatch.setattr(evaluation, "memorisation", memorised)
 
-    def extras(space_, evaluated, r, h, scored, fitted, synth, genes, seed, heldout, donor_key):
+    def extras(space_, evaluated, r, h, scored, fitted, synth, genes, seed, heldout, donor_key,
+               gene_repeats):
         seen["extras"] = (scored[0].shape, synth[0].shape)
         return {"genes": {"skipped": "stub"}, "typewise": {"skipped": "stub"},
                 "trts": {"skipped": "stub"}, "privacy": None}
