@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .data.genes import gene_annotation
+from .data.genes import source_annotation
 from .data.io import (
     BACKED_BYTES,
     check_file,
@@ -296,12 +296,12 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
                     int((obs[K.SPLIT] == "train").sum()))  # fmt: skip
         counts = ColumnRows(counts, keep)
         genes = [genes[i] for i in keep]
-        annotation = annotation.iloc[keep]
+        annotation = None if annotation is None else annotation.iloc[keep]
     return Cells(obs, genes, label_key, counts=counts, on_disk=on_disk, close=close,
                  annotation=annotation)  # fmt: skip
 
 
-def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame]:
+def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame | None]:
     """The raw counts of an AnnData or an open h5ad, by rows, with their gene names and
     annotation (the text columns of ``var``, or of ``raw.var`` for counts in ``raw.X``)."""
     if on_disk:
@@ -316,8 +316,8 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
         check_gene_names(genes)
         x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
     raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)
-    var = source.raw.var if raw else source.var  # counts in raw.X over raw's genes
-    return x, list(map(str, genes)), gene_annotation(var, genes)
+    # counts in raw.X over raw's genes: raw.var annotates them
+    return x, list(map(str, genes)), source_annotation(source, "raw.X" if raw else "X", genes)
 
 
 def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
