@@ -237,7 +237,7 @@ def test_nb_requests_where_and_unseen_combinations(design: ad.AnnData, tmp_path)
     assert list(syn.obs["donor"].cat.categories) == ["D0", "D1"]
     assert set(syn.obs["condition"]) == {"stim"}
     table = pd.DataFrame({KEY: ["type_01", "type_02", "type_02"],
-                          "condition": ["stim", "ctrl", "stim"], "donor": ["D1", "D0", ""],
+                          "condition": ["stim", "ctrl", "stim"], "donor": ["D1", "D0", "*"],
                           "n": [7, 5, 9]})
     syn = model.sample(table, seed=0)
     got = syn.obs.groupby([KEY, "condition"], observed=True).size().to_dict()
@@ -355,7 +355,7 @@ def test_cli_fit_nb_with_covariates_end_to_end(design: ad.AnnData, tmp_path, cap
     unseen = syn.uns["cellsynth"]["unseen_combinations"]  # a table in the file
     assert list(unseen[KEY]) == ["type_00", "type_00"] and list(unseen["donor"]) == ["D0", "D1"]
     req = tmp_path / "request.tsv"
-    req.write_text(f"{KEY}\tcondition\tdonor\tn\ntype_02\tctrl\tD1\t12\ntype_01\tstim\t\t8\n")
+    req.write_text(f"{KEY}\tcondition\tdonor\tn\ntype_02\tctrl\tD1\t12\ntype_01\tstim\t*\t8\n")
     assert main(["generate", str(model), "--request", str(req), "--out", str(out),
                  "--quiet"]) == 0  # fmt: skip
     syn = ad.read_h5ad(out)

@@ -72,19 +72,45 @@ def parse_holdout(text: str) -> dict[str, str]:
     return out
 
 
-def _held_out(pre: ad.AnnData, holdout: dict[str, str], label_key: str) -> np.ndarray:
-    """The mask of the combination's cells, after checking the columns and levels exist."""
-    mask = holdout_mask(pre.obs, holdout, label_key)
-    if mask.sum() < MIN_HELD_OUT:
-        raise DataError(f"the combination {holdout} has {int(mask.sum())} cells after QC; the "
-                        f"held-out benchmark needs at least {MIN_HELD_OUT}")
-    return mask
+#: training cells of the held-out type at other levels that pooling needs
+MIN_POOL = 10
+
+
+def check_holdout(obs: pd.DataFrame, holdout: dict[str, str], label_key: str,
+                  *, after: str = "after QC") -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
+    """The combination's cells in ``obs`` and ``holdout`` with each level as ``obs`` writes it
+    (``cluster=01`` for a column of numbers is ``cluster=1``), after checking that it names the
+    type and a covariate, that its columns and levels exist, that it has at least
+    :data:`MIN_HELD_OUT` cells and that its type has :data:`MIN_POOL` cells at other levels to
+    pool. A benchmark checks each data set's ``obs`` so before any fit (``after``: what the
+    cells are, for the message), and the prepared cells again."""
+    mask, levels = _resolve(obs, holdout, label_key)
+    n = int(mask.sum())
+    if n < MIN_HELD_OUT:
+        raise DataError(f"the combination {_shown(levels)} has {n} cells {after}; the held-out "
+                        f"benchmark needs at least {MIN_HELD_OUT}: hold out a larger one")
+    same_type = level_text(obs[label_key]) == levels[label_key]
+    pool = int((same_type & ~mask).sum())
+    if pool < MIN_POOL:
+        raise DataError(f"{levels[label_key]} has {pool} cells {after} outside the combination "
+                        f"{_shown(levels)}: pooling its other levels needs at least {MIN_POOL}; "
+                        "hold out a combination whose type has other levels")
+    return mask, levels
+
+
+def _shown(holdout: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in holdout.items())
 
 
 def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> np.ndarray:
     """The cells of the combination ``holdout`` in ``obs``, after checking that it names the
-    type and a covariate, and that its columns and levels exist (a benchmark checks each
-    dataset's ``obs`` so before any work)."""
+    type and a covariate, and that its columns and levels exist (see :func:`check_holdout`,
+    which also counts them)."""
+    return _resolve(obs, holdout, label_key)[0]
+
+
+def _resolve(obs: pd.DataFrame, holdout: dict[str, str],
+             label_key: str) -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
     for key in holdout:  # a misspelt column first: it is why the type seems missing
         if key not in obs:
             raise DataError(f"--holdout: no column {key!r}; the columns are "
@@ -93,6 +119,7 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
         raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
                         f"(e.g. condition=stim), got {sorted(holdout)}")
     mask = np.ones(len(obs), dtype=bool)
+    levels = {}
     for key, level in holdout.items():
         values = level_text(obs[key])
         seen = sorted(set(values))
@@ -101,7 +128,8 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
             raise DataError(f"--holdout: {key} has no level {level!r}; it has "
                             f"{listed(seen, 20)}")
         mask &= values == seen[code]
-    return mask
+        levels[key] = str(seen[code])
+    return mask, levels
 
 
 def _row(space: Any, real: sp.csr_matrix, label: str, other: sp.csr_matrix, seed: int,
@@ -130,11 +158,11 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     cannot condition on the covariates); also written to ``out/holdout.json``.
     """
     label_key = cfg.dataset.label_key
-    held = _held_out(pre, holdout, label_key)
+    held, holdout = check_holdout(pre.obs, holdout, label_key)
     covariates = [k for k in holdout if k != label_key]
     cell_type, where = holdout[label_key], {k: holdout[k] for k in covariates}
     split = pre.obs[K.SPLIT].astype(str).to_numpy()
-    y = pre.obs[label_key].astype(str).to_numpy()
+    y = level_text(pre.obs[label_key])
     counts = sp.csr_matrix(pre.layers[K.COUNTS] if K.COUNTS in pre.layers else pre.X)
     genes = list(map(str, pre.var_names))
     seed = cfg.seed
@@ -145,7 +173,7 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     floor = real_floor(space, real, np.full(real.shape[0], label),
                        seed=derive_seed(seed, "floor"), cfg=FidelityConfig(min_cells=10))
     pool = counts[train & (y == cell_type)]
-    if pool.shape[0] < 10:
+    if pool.shape[0] < MIN_POOL:  # check_holdout counted the type's cells of every split
         raise DataError(f"{cell_type} has {pool.shape[0]} training cells outside {where}: too "
                         "few to pool; hold out a combination whose type has other levels")
     gseed = derive_seed(seed, "holdout-genes")

@@ -67,6 +67,10 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     sections = []
     for name, cfg in cfgs:
         pre = prepare(cfg.dataset.path, cfg)
+        if holdout:  # QC may have removed cells of it: checked again before any fit
+            from ..holdout import check_holdout
+
+            check_holdout(pre.obs, holdout, cfg.dataset.label_key)
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                     kept_only=kept_only,
                                     kept_dir=kept / name if kept else None, fits=fits)
@@ -102,11 +106,11 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
 
 def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
     """Every dataset file exists and is an h5ad, and ``holdout``'s columns and levels are in
-    each one's ``obs`` (read alone), so that a typo fails at once, not after the datasets
-    before it were benchmarked."""
+    each one's ``obs`` (read alone) with enough cells to hold out and to pool, so that a typo
+    or a small combination fails at once, not after the datasets before it were benchmarked."""
     from ..data.io import check_file
     from ..data.store import H5adFile
-    from ..holdout import holdout_mask
+    from ..holdout import check_holdout
 
     for name, cfg in cfgs:
         path = check_file(cfg.dataset.path)
@@ -114,6 +118,6 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -
             with H5adFile(path) as h5:
                 obs = h5.obs
             try:
-                holdout_mask(obs, holdout, cfg.dataset.label_key)
+                check_holdout(obs, holdout, cfg.dataset.label_key, after="in the file")
             except DataError as err:
                 raise DataError(f"{name} ({path}): {err}") from None

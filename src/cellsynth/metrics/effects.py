@@ -14,6 +14,7 @@ what r a perfect generator could reach on this many real cells.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..data.levels import level_text
+from ..errors import listed
 from ..seeds import derive_seed
 from .fidelity import FidelityConfig, fidelity_report, real_floor
 from .space import EvalSpace
+
+logger = logging.getLogger(__name__)
 
 TOP_GENES = 100  # the slope is fitted on the genes the real cells change most
 MIN_CELLS = 10  # cells of each level a type needs on both sides
@@ -96,15 +100,30 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
                   seed: int) -> dict[str, Any]:  # fmt: skip
     """:func:`combination_fidelity` over all ``keys``, and for each covariate with at most
     ``MAX_EFFECT_LEVELS`` levels the :func:`condition_effects` of every level against the
-    reference (:func:`reference_level`)."""
+    reference (:func:`reference_level`), among the levels both sides have: a level of real
+    cells only (a held-out donor, whose cells are all test cells) cannot be generated, and is
+    listed in ``levels_not_generated`` (a WARNING) instead of skipping every effect against it."""
     out: dict[str, Any] = {"combinations": combination_fidelity(
         space, real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, keys=keys,
-        seed=derive_seed(seed, "combinations")), "effects": {}}  # fmt: skip
+        seed=derive_seed(seed, "combinations")), "effects": {}, "levels_not_generated": {}}
     for k in keys:
-        levels = pd.Series(level_text(real_obs[k])).value_counts()
+        counts = pd.Series(level_text(real_obs[k])).value_counts()
+        generated = set(level_text(syn_obs[k]))
+        only_real = sorted(str(lv) for lv in counts.index if str(lv) not in generated)
+        if only_real:
+            out["levels_not_generated"][k] = only_real
+            logger.warning("covariate %s: %d level(s) of the real test cells were not generated "
+                           "(%s): no training cell had them (held-out donors?); their cells are "
+                           "left out of the effects and of the combinations scored", k,
+                           len(only_real), listed(only_real, 10))  # fmt: skip
+        levels = counts[[str(lv) not in only_real for lv in counts.index]]
         if len(levels) > MAX_EFFECT_LEVELS:
             out["effects"][k] = {"skipped": f"{len(levels)} levels: more than "
                                             f"{MAX_EFFECT_LEVELS}"}
+            continue
+        if len(levels) < 2:
+            out["effects"][k] = {"skipped": f"{len(levels)} level(s) in both the real and the "
+                                            "generated cells: no pair to compare"}
             continue
         reference = reference_level(levels)
         out["effects"][k] = {

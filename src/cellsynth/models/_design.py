@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.labels import check_spaced_names, missing_as_text
+from ..data.labels import check_spaced_names, missing_labels
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
@@ -70,15 +70,7 @@ class Design:
         levels = {}
         for key in keys:
             col = obs[key]
-            missing = int(col.iloc[used].isna().sum())
-            if missing:
-                n_all = int(col.isna().sum())
-                where = "" if n_all == missing else f" training reads ({n_all} in the column)"
-                raise DataError(
-                    f"covariate '{key}' is missing for {missing} cells{where}; fill it (e.g. "
-                    f"adata.obs['{key}'] = adata.obs['{key}'].astype(object).fillna('unknown')"
-                    ".astype(str)) or drop those cells")
-            missing_as_text(col.iloc[used], key, "covariate level", "'unknown'")
+            _no_missing(col, used, key)
             values = col.iloc[train]
             _not_a_number(values, key)
             levels[key] = sorted({str(v) for v in level_text(values)})
@@ -336,12 +328,38 @@ def _column(obs: pd.DataFrame, key: str) -> pd.Series:
     return obs[key]
 
 
+def _no_missing(col: pd.Series, used: np.ndarray, key: str) -> None:
+    """Refuse missing values in the cells training reads (``used``): NaN, and missing values
+    written as text ("nan", "", "None": ``data.labels.MISSING_TEXT``), counted together, with
+    one fix that mends them all."""
+    part = col.iloc[used]
+    gone = missing_labels(part)
+    if not gone.any():
+        return
+    nan = int(part.isna().sum())
+    texts = sorted(set(part[gone & part.notna().to_numpy()].astype(str).str.strip()))
+    kinds = ([f"{nan} NaN"] if nan else []) + (
+        [f"{int(gone.sum()) - nan} written as text ({', '.join(map(repr, texts))})"] if texts else [])
+    n_all = int(missing_labels(col).sum())
+    where = "" if n_all == int(gone.sum()) else f" training reads ({n_all} in the column)"
+    replace = sorted(set(part[gone].astype(str).str.strip()))  # NaN as astype(str) writes it
+    raise DataError(
+        f"covariate '{key}' is missing for {int(gone.sum())} cells{where}: {', '.join(kinds)}; "
+        f"give them a level (e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str).str"
+        f".strip().replace({replace!r}, 'unknown')) or drop those cells")
+
+
 def _not_a_number(values: pd.Series, key: str) -> None:
     if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
         raise DataError(
             f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
             f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
             f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
+
+
+#: a request table's level meaning "any": the type's training composition over that covariate,
+#: as when the table has no column for it (a blank cell is refused: a blank left by mistake)
+ANY_LEVEL = "*"
 
 
 def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,
@@ -362,8 +380,14 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
         rows, first_row, zeros = [], {}, 0
         for i, r in enumerate(request.to_dict("records")):
             n = whole_count(r["n"])
-            given = {c: r[c] for c in covs if not pd.isna(r[c]) and str(r[c]) != ""}
+            given = {c: r[c] for c in covs if str(r[c]).strip() != ANY_LEVEL}
             shown = ", ".join([str(r[label_key]), *(f"{c}={v}" for c, v in given.items())])
+            blank = [c for c, v in given.items() if missing_labels(pd.Series([v])).any()]
+            if blank:
+                raise DataError(f"request row {i + 1} ({r[label_key]}): no level of "
+                                f"{', '.join(map(repr, blank))} ({given[blank[0]]!r}); give "
+                                f"one, or {ANY_LEVEL} for the type's training composition over "
+                                "it (a blank once silently meant that)")
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise DataError(f"request row {i + 1} ({shown}): n must be a positive integer, "
                                 f"got {n!r}")

@@ -104,6 +104,13 @@ def check_covariates(ctx: RunContext, obs: pd.DataFrame) -> None:
     keys = covariates_of(ctx.cfg, ctx.cfg.generator.model)
     if keys:
         check_covariate_columns(obs, keys, ctx.label_key)
+    donor, held = ctx.cfg.dataset.donor_key, ctx.cfg.split.heldout_donors
+    if donor and held and donor in keys:
+        logger.warning("covariate %r is the donor column, and split.heldout_donors = %d holds "
+                       "%d donor(s) out of training: the generator never sees their levels, so "
+                       "no generated cell has them and their test cells are not compared by "
+                       "level; condition on another column, or set split.heldout_donors = 0",
+                       donor, held, held)  # fmt: skip
     for section, unused in unused_covariates(ctx.cfg, ctx.cfg.generator.model).items():
         logger.warning("%s.covariates = %s is not used: generator.model = %s (set "
                        "generator.model = \"%s\" to condition on them)", section, unused,

@@ -13,6 +13,7 @@ from .. import keys as K
 from ..data.labels import missing_labels
 from ..data.levels import LevelLookup, level_text
 from ..errors import DataError, listed
+from ..models._design import ANY_LEVEL
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
@@ -43,7 +44,7 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     """A request table (TSV, or CSV by its suffix): the label column, any covariate columns
     and ``n``, one row per combination; a malformed row is named by its line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (--request <(...)) is read as a file is
         raise DataError(f"request file {path} " + ("is a folder; give the request file in it"
                         if path.is_dir() else "does not exist"))
     sep = "," if path.suffix.lower() == ".csv" else "\t"
@@ -68,6 +69,13 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
         if not str(label).strip():
             raise DataError(f"request file {path}, line {line}: no cell type in column "
                             f"{label_key!r}")
+    covariates = [c for c in header if c not in (label_key, "n")]
+    for (line, _), values in zip(rows, table[covariates].itertuples(index=False), strict=True):
+        blank = [c for c, v in zip(covariates, values, strict=True) if not str(v).strip()]
+        if blank:
+            raise DataError(f"request file {path}, line {line}: no level in column(s) "
+                            f"{', '.join(map(repr, blank))}; give one, or {ANY_LEVEL} for the "
+                            "type's training composition over it")
     table["n"] = counts
     first_line: dict[tuple[str, ...], int] = {}  # named by line here; a table by row
     for (line, _), combo in zip(rows, table.drop(columns="n").itertuples(index=False),

@@ -188,6 +188,10 @@ def _sec_design(run: _Run) -> str:
     if skipped:
         out += (f"<p>{len(skipped)} combination(s) not scored: "
                 + _e(listed([f"{c}: {why}" for c, why in skipped.items()], 10, sep="; ")) + "</p>")
+    for key, levels in (rep.get("levels_not_generated") or {}).items():
+        out += (f"<p>{_e(key)}: {len(levels)} level(s) of the real test cells were not generated "
+                f"(no training cell had them; held-out donors?), and are not compared: "
+                f"{_e(listed(levels, 10))}.</p>")
     for key, pairs in (rep.get("effects") or {}).items():
         out += f"<h3>Effect of {_e(key)}</h3>"
         if "skipped" in pairs:
