@@ -166,3 +166,15 @@ def test_a_donor_covariate_with_held_out_donors_is_warned(caplog):
     with caplog.at_level("WARNING"):
         check_covariates(SimpleNamespace(cfg=cfg, label_key="cell_type"), obs)
     assert "covariate 'donor' is the donor column, and split.heldout_donors = 1" in caplog.text
+
+
+def test_like_without_a_covariate_column_gives_the_fixes(tmp_path):
+    from cellsynth.pipeline.generate import like_request
+
+    a = _design_atlas(seed=1)
+    del a.obs["donor"]
+    path = tmp_path / "no_donor.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(DataError, match=r"no obs column\(s\) \['donor'\] .*adata\.obs\['donor'\] "
+                                        r"= 'LEVEL'.*--request table with \* in that column"):
+        like_request(path, "cell_type", ["condition", "donor"])

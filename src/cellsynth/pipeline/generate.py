@@ -153,7 +153,10 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
     missing = [c for c in keys if c not in obs.columns]
     if missing:
         raise DataError(f"{path} has no obs column(s) {missing} that the model conditions on; "
-                        f"its columns are {list(obs.columns)}")
+                        f"its columns are {list(obs.columns)}: add the level its cells have "
+                        f"(adata.obs['{missing[0]}'] = 'LEVEL'), or write the composition as a "
+                        f"--request table with {ANY_LEVEL} in that column for the types' training "
+                        "composition over it")
     # a cell without a label (missing, or written as text: "", "nan") or a covariate level is
     # left out, as a fit leaves it out, and said
     lost = missing_labels(obs[label_key])
