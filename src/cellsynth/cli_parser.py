@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "composition (a cvae, nb or scvi fitted with --covariates; default: none)")
     g.add_argument("--request", metavar="FILE",
                    help="a TSV (or .csv) with the label column, any covariate columns and n, "
-                        "one row per combination (default: none)")
+                        "one row per combination; * in a covariate's cell: the type's "
+                        "training composition over it (default: none)")
     g.add_argument("--like", metavar="REAL.h5ad",
                    help="as many cells of every type (x covariate levels) as this file has: "
                         "a synthetic twin (default: none)")
