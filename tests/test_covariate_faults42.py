@@ -182,3 +182,15 @@ def test_like_without_a_covariate_column_gives_the_fixes(tmp_path):
     with pytest.raises(DataError, match=r"no obs column\(s\) \['donor'\] .*adata\.obs\['donor'\] "
                                         r"= 'LEVEL'.*--request table with \* in that column"):
         like_request(path, "cell_type", ["condition", "donor"])
+
+
+def test_combinations_carry_their_levels_as_a_dict():
+    """A level holding " | " or "=" makes a combination's name ambiguous; its dict is not."""
+    from cellsynth.metrics.effects import _levels, combination
+
+    obs = pd.DataFrame({"cell_type": ["B", "B", "T"], "weird": ["a | b=c", "x", "a | b=c"],
+                        "age": [1.0, 2.0, 1.0]})
+    names = combination(obs, "cell_type", ["weird", "age"])
+    got = _levels(names, obs, "cell_type", ["weird", "age"])
+    assert got[names[0]] == {"cell_type": "B", "weird": "a | b=c", "age": "1"}
+    assert len(got) == 3 and got[names[2]]["cell_type"] == "T"

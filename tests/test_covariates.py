@@ -502,6 +502,9 @@ def test_the_run_scores_each_combination_and_the_condition_effect(tmp_path):
     per = rep["combinations"]["per_combination"]
     assert {c.split(" | ")[1] for c in per} == {"condition=ctrl", "condition=stim"}
     assert all(0 <= r["c2st_auc"] <= 1 and r["n_real"] >= 20 for r in per.values())
+    assert all(r["levels"] == dict(zip(["cell_type", "condition"],
+                                       [p.split("=")[-1] for p in c.split(" | ")], strict=True))
+               for c, r in per.items())  # fmt: skip
     effects = rep["effects"]["condition"]
     (pair, types), = effects.items()
     assert pair in ("ctrl vs stim", "stim vs ctrl") and len(types) == 3

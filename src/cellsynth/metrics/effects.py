@@ -45,6 +45,17 @@ def combination(obs: pd.DataFrame, label_key: str, keys: list[str]) -> np.ndarra
     return out.astype(str)
 
 
+def _levels(names: np.ndarray, obs: pd.DataFrame, label_key: str,
+            keys: list[str]) -> dict[str, dict[str, str]]:  # fmt: skip
+    """Each combination's name (:func:`combination`) -> ``{column: level}``: the name alone is
+    ambiguous where a level holds " | " or "=", the dict is not."""
+    cols = [label_key, *keys]
+    text = {c: (obs[c].astype(str).to_numpy() if c == label_key else level_text(obs[c]))
+            for c in cols}  # fmt: skip
+    _, first = np.unique(names, return_index=True)
+    return {str(names[i]): {c: str(text[c][i]) for c in cols} for i in first}
+
+
 def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame,
                          syn_counts: Any, syn_obs: pd.DataFrame, *, label_key: str,
                          keys: list[str], seed: int,
@@ -54,7 +65,9 @@ def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFr
     Returns
     -------
     ``per_combination``: combination -> ``c2st_auc``, ``floor_c2st_auc`` (two halves of the
-    combination's real cells; None when a half has fewer than ``min_cells``), the other
+    combination's real cells; None when a half has fewer than ``min_cells``), ``levels``
+    (``{column: level}``, the type's column first: the name is ambiguous where a level holds
+    " | " or "="), the other
     per-type metrics of :func:`~cellsynth.metrics.fidelity.fidelity_report`, ``n_real`` and
     ``n_synth``; ``mean_c2st_auc`` and ``mean_floor_c2st_auc`` over combinations with both;
     ``max_c2st_auc``; ``skipped``: combination -> why; ``keys``; ``min_cells``.
@@ -63,10 +76,11 @@ def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFr
     rc, sc = combination(real_obs, label_key, keys), combination(syn_obs, label_key, keys)
     rep = fidelity_report(space, real_counts, rc, syn_counts, sc, seed=seed, cfg=cfg)
     floor = real_floor(space, real_counts, rc, seed=derive_seed(seed, "floor"), cfg=cfg)
+    levels = {**_levels(rc, real_obs, label_key, keys), **_levels(sc, syn_obs, label_key, keys)}
     per = {}
     for c, row in rep["per_type"].items():
         f = floor["per_type"].get(c, {})
-        per[c] = {**row, "floor_c2st_auc": f.get("c2st_auc")}
+        per[c] = {**row, "floor_c2st_auc": f.get("c2st_auc"), "levels": levels.get(c)}
     both = [r for r in per.values() if r["floor_c2st_auc"] is not None]
     return {
         "per_combination": per,
