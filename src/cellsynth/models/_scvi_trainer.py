@@ -37,7 +37,9 @@ def trainer_quiet(quiet: bool) -> Iterator[None]:
 
 
 def epoch_bar() -> Any:
-    """A Lightning progress bar: one tqdm bar over SCVI's epochs, on stderr.
+    """A Lightning progress bar: one tqdm bar over SCVI's epochs, on stderr, or where progress
+    bars are hidden (no terminal) a log line every ``options.LOG_SECONDS``
+    (:func:`~cellsynth.options.progress_bar`).
 
     scvi's ``ProgressBar`` and Lightning's ``TQDMProgressBar`` both write to stdout, which
     cellsynth keeps for its results; Lightning disables this one on ranks other than 0.

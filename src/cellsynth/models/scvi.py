@@ -274,10 +274,11 @@ class ScviGenerator(DesignRequests):
                 early_stopping=c.early_stopping and val_idx.size > 0,
                 datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
                 # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr,
-                # and none at all when cs.settings hides progress bars
-                enable_progress_bar=settings.show_progress(),
+                # and where cs.settings hides progress bars (no terminal) a log line every
+                # options.LOG_SECONDS instead: a long fit is not silent in a log file
+                enable_progress_bar=True,
                 simple_progress_bar=False,
-                callbacks=[epoch_bar()] if settings.show_progress() else [],
+                callbacks=[epoch_bar()],
             )
         qzm, qzv = model.get_latent_representation(sub, indices=train_idx, return_dist=True)
         labels = sorted(set(y[rows[train_idx]]))
