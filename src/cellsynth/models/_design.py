@@ -387,7 +387,7 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
                 raise DataError(f"request row {i + 1} ({r[label_key]}): no level of "
                                 f"{', '.join(map(repr, blank))} ({given[blank[0]]!r}); give "
                                 f"one, or {ANY_LEVEL} for the type's training composition over "
-                                "it (a blank once silently meant that)")
+                                "it")
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise DataError(f"request row {i + 1} ({shown}): n must be a positive integer, "
                                 f"got {n!r}")
