@@ -39,6 +39,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
+from ..data.levels import level_text
 from ..errors import DataError, listed
 from ..options import progress_bar
 from ..seeds import derive_seed
@@ -129,9 +130,13 @@ def _labels(x: Any, n: int, name: str) -> np.ndarray:
 
 
 def donor_values(column: pd.Series) -> np.ndarray:
-    """An obs donor column as the audit reads it: each donor's name as text, :data:`NO_DONOR`
+    """An obs donor column as the audit reads it: each donor's name as text, a whole number
+    the same however a file stores it (``data.levels.level_text``: donor 1 and 1.0 are one
+    donor, the second what a column of numbers becomes once it holds a NaN), :data:`NO_DONOR`
     where a cell has none (NaN: not one donor named "nan")."""
-    return _labels(column.to_numpy(dtype=object), len(column), str(column.name))
+    names = level_text(column).astype(object)
+    names[column.isna().to_numpy()] = None
+    return _labels(names, len(column), str(column.name))
 
 
 def _missing_donors(td: np.ndarray, hd: np.ndarray) -> str | None:
