@@ -21,3 +21,44 @@ def test_a_donor_stored_as_1_and_as_1_0_is_one_donor():
     assert text.tolist() == ["01", NO_DONOR, "d7"]  # text as written
     cat = donor_values(pd.Series(pd.Categorical(["a", None, "b"]), name="donor"))
     assert cat.tolist() == ["a", NO_DONOR, "b"]
+
+
+def _sim(n: int = 600, seed: int = 0):
+    from cellsynth.data.simulate import simulate_atlas
+
+    a = simulate_atlas(n, 120, 3, seed=seed, doublet_rate=0.0, uninformative_rate=0.0)
+    return a
+
+
+def test_rounded_normalised_values_are_said_when_read_for_an_evaluation(caplog):
+    """Totals of 10,000 a cell, rounded: whole numbers, so they pass as counts; a fit says they
+    look normalised, and now an evaluation reading them does too."""
+    import scipy.sparse as sp
+
+    from cellsynth.evaluation.inputs import _checked, _Sample
+
+    a = _sim()
+    x = sp.csr_matrix(a.X, dtype=np.float64)
+    x = sp.csr_matrix(sp.diags(1e4 / np.asarray(x.sum(axis=1)).ravel()) @ x)
+    x.data = np.rint(x.data)
+    sample = _Sample(x.astype(np.float32), a.obs["cell_type"].astype(str).to_numpy(),
+                     a.var_names, a.n_obs, "AnnData", "X")
+    with caplog.at_level("WARNING"):
+        _checked(sample, "the synthetic data")
+    assert "look like normalised values rounded to whole numbers" in caplog.text
+
+
+def test_synthetic_cells_that_are_the_held_out_cells_are_copies(caplog):
+    """The test file given as the synthetic one (renamed here) read as a perfect generator that
+    passed the privacy audit; its cells are copies of real (held-out) cells."""
+    import cellsynth as cs
+
+    a = _sim(900, seed=1)
+    train, test = a[:600].copy(), a[600:].copy()
+    fake = test.copy()
+    fake.obs_names = [f"g{i}" for i in range(fake.n_obs)]
+    result = cs.evaluate(train, fake, label_key="cell_type", heldout=test, max_cells=300,
+                         gene_repeats=1)
+    memo = result["memorisation"]
+    assert memo["flagged"] and memo["exact_copies"] > 0
+    assert result.verdict["overall"]["verdict"] == "copies of real cells"

@@ -267,6 +267,7 @@ def evaluate(
     max_cells: int | None = None,
     heldout: ad.AnnData | str | Path | None = None,
     donor_key: str | None = None,
+    gene_repeats: int | Literal["auto"] | None = None,
 ) -> Evaluation:
     """Are the synthetic cells good? A verdict, per type and overall, each metric read against
     the real-vs-real floor, and, given held-out cells, a privacy audit.
@@ -303,6 +304,10 @@ def evaluate(
     donor_key
         The ``obs`` column naming each cell's donor (in ``real`` and ``heldout``), for the
         audit's donor-level attacks (skipped, with the reason, when a side has one donor).
+    gene_repeats
+        Random halvings the gene-level AUCs and their floor average over (``"auto"``: up to 10
+        when there are few cells; 1 is the quickest); default ``report.gene_repeats``
+        (``cellsynth evaluate --gene-repeats``).
 
     Returns
     -------
@@ -331,7 +336,7 @@ def evaluate(
         evaluation._out_dir(out, "out")  # before any work
     result = Evaluation(evaluation.compare(real, synthetic, label_key=label_key, seed=seed,
                                            max_cells=max_cells, heldout=heldout,
-                                           donor_key=donor_key))
+                                           donor_key=donor_key, gene_repeats=gene_repeats))
     if out is not None:
         path = evaluation.write(result, out)
         logger.info("fidelity written to %s", path)

@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..data.io import Expression, check_shape, check_values, find_counts, is_counts
+from ..data.io import (
+    Expression,
+    check_libraries,
+    check_shape,
+    check_values,
+    find_counts,
+    is_counts,
+)
 from ..data.labels import check_label, missing_labels
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
@@ -165,6 +172,8 @@ def _checked(sample: _Sample, what: str) -> _Sample:
             f"{what} ({sample.source}) holds non-integer values in {sample.where}; evaluation "
             "compares raw counts: give the unnormalised counts in X, layers['counts'] or raw.X"
         )
+    # normalised values rounded to whole numbers pass as counts: said, as a fit says it
+    check_libraries(np.asarray(sample.counts.sum(axis=1)).ravel(), f"{what} ({sample.source})")
     return sample
 
 
