@@ -62,3 +62,39 @@ def test_synthetic_cells_that_are_the_held_out_cells_are_copies(caplog):
     memo = result["memorisation"]
     assert memo["flagged"] and memo["exact_copies"] > 0
     assert result.verdict["overall"]["verdict"] == "copies of real cells"
+
+
+def test_a_backed_view_is_read_as_the_view_with_its_obs_as_edited(tmp_path):
+    """A backed AnnData was read whole from its file: a view without a type, or labels edited
+    in memory, were scored as the file had them."""
+    import anndata as ad
+
+    from cellsynth.evaluation.inputs import _read_side
+
+    a = _sim(300, seed=2)
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.write_h5ad(tmp_path / "s.h5ad")
+    b = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
+    keep = (b.obs["cell_type"] != "type_00").to_numpy()
+    rows = np.flatnonzero(keep)[::-1]  # cells in another order, some genes: one view
+    view = b[rows, b.var_names[10:50]]
+    got = _read_side(view, "cell_type", lambda labels: np.arange(len(labels)), "the synthetic data")
+    assert "type_00" not in set(got.labels) and got.counts.shape == (view.n_obs, 40)
+    assert list(got.genes) == list(view.var_names)
+    mem = a[rows, a.var_names[10:50]]
+    assert abs(got.counts - mem.X).max() == 0  # the same cells, in the view's order
+    b.obs["cell_type"] = b.obs["cell_type"].astype(str).replace("type_00", "edited")
+    got = _read_side(b, "cell_type", lambda labels: np.arange(len(labels)), "the synthetic data")
+    assert "edited" in set(got.labels) and got.n_total == a.n_obs
+
+
+def test_held_out_cells_without_the_label_column_are_told_to_add_it():
+    import pytest
+
+    from cellsynth.errors import DataError
+    from cellsynth.evaluation.inputs import _check_columns
+
+    a = _sim(100)
+    del a.obs["cell_type"]
+    with pytest.raises(DataError, match=r"the held-out data \(x\.h5ad\): .*add obs\['cell_type'\]"):
+        _check_columns(a, "cell_type", None, "the held-out data", "x.h5ad")

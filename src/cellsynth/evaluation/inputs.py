@@ -84,7 +84,9 @@ def _check_columns(data: Any, label_key: str, donor_key: str | None, what: str,
         check_label(data, label_key)
     except DataError as err:
         hint = (" (the synthetic file must carry the real file's cell-type column, as "
-                "cellsynth generate writes it)" if "synthetic" in what else "")
+                "cellsynth generate writes it)" if "synthetic" in what else
+                f" (the held-out cells must carry the real cells' cell-type column; add "
+                f"obs['{label_key}'] to them)" if "held-out" in what else "")
         raise DataError(f"{what} ({source}): {err}{hint}") from None
     if donor_key is not None and donor_key not in data.obs.columns:
         cols = ", ".join(map(str, data.obs.columns)) or "(none)"
@@ -104,8 +106,8 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
         return _read_file(Path(data), label_key, pick, what, donor_key)
     if not hasattr(data, "obs") or not hasattr(data, "var_names"):
         raise DataError(f"{what} is a {type(data).__name__}; give an AnnData or an .h5ad path")
-    if getattr(data, "isbacked", False):  # layers of a backed AnnData are in memory: use the file
-        return _read_file(Path(data.filename), label_key, pick, what, donor_key)
+    if getattr(data, "isbacked", False):  # its counts are read from its file, its obs as it is
+        return _read_file(Path(data.filename), label_key, pick, what, donor_key, backed=data)
     check_shape(data, what)
     _check_columns(data, label_key, donor_key, what, IN_MEMORY)
     where = _counts_where(data, what, IN_MEMORY).counts
@@ -137,17 +139,45 @@ def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
 
 
 def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
-               what: str, donor_key: str | None = None) -> _Sample:
+               what: str, donor_key: str | None = None, backed: Any = None) -> _Sample:
+    """As :func:`_read_side` for a file; with ``backed`` (an AnnData backed by ``path``, or a
+    view of one), its cells, genes and ``obs`` as they are in memory (a subset, edited labels),
+    the counts read from the file."""
     with H5adFile(path) as h5:
         check_shape(h5, str(path))
-        _check_columns(h5, label_key, donor_key, what, str(path))
+        side = h5 if backed is None else backed
+        _check_columns(side, label_key, donor_key, what, str(path))
         expr = _counts_where(h5, what, str(path))
         store, genes = h5.matrix(expr)
-        labels = _labels(h5.obs, label_key)
-        rows = _pick_labelled(h5.obs, label_key, labels, pick, what)
-        x = store.take(rows)  # only the subsample's rows are read
-        return _checked(_Sample(x, labels[rows], genes, h5.n_obs, str(path), expr.counts,
-                                _donors(h5.obs, donor_key, rows)), what)
+        labels = _labels(side.obs, label_key)
+        rows = _pick_labelled(side.obs, label_key, labels, pick, what)
+        at = rows if backed is None else _file_rows(h5.obs_names, backed.obs_names, path)[rows]
+        order = np.argsort(at, kind="stable")  # a view may order its cells its own way
+        x = store.take(at[order])[np.argsort(order)]  # only the subsample's rows are read
+        if backed is not None and expr.counts != "raw.X" and not genes.equals(backed.var_names):
+            cols = genes.get_indexer(backed.var_names)  # a view of some genes: those
+            if (cols < 0).any():
+                raise DataError(f"{path}: {int((cols < 0).sum())} genes of the backed AnnData "
+                                "are not in its file (renamed in memory?); call .to_memory() on "
+                                "it, or write it to a file")
+            x, genes = x[:, cols], pd.Index(backed.var_names)
+        return _checked(_Sample(sp.csr_matrix(x), labels[rows], genes, side.n_obs, str(path),
+                                expr.counts, _donors(side.obs, donor_key, rows)), what)
+
+
+def _file_rows(in_file: pd.Index, cells: pd.Index, path: Path) -> np.ndarray:
+    """Positions in the file of the cells of a backed AnnData (a view: some of them)."""
+    if len(cells) == len(in_file) and cells.equals(in_file):
+        return np.arange(len(cells))
+    if not in_file.is_unique:
+        raise DataError(f"{path}: a view of this backed file cannot be matched to its rows (its "
+                        "obs_names repeat); call .to_memory() on the view, or write it to a file")
+    at = in_file.get_indexer(cells)
+    if (at < 0).any():
+        raise DataError(f"{path}: {int((at < 0).sum())} cells of the backed AnnData are not in "
+                        "its file (renamed in memory?); call .to_memory() on it, or write it to "
+                        "a file")
+    return at
 
 
 def _real_rows(labels: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,10 +267,10 @@ def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
 
 def _labelled_names(data: Any, label_key: str) -> pd.Index:
     """obs names of the cells with a label, in order (the positions ``pick`` sees)."""
-    if isinstance(data, str | Path) or getattr(data, "isbacked", False):
-        with H5adFile(data if isinstance(data, str | Path) else data.filename) as h5:
+    if isinstance(data, str | Path):
+        with H5adFile(data) as h5:
             obs, names = h5.obs, h5.obs_names
-    else:
+    else:  # a backed AnnData's obs as it is in memory (a view, edits)
         obs, names = data.obs, data.obs_names
     return pd.Index(names)[obs[label_key].notna().to_numpy()]
 
