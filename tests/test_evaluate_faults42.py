@@ -98,3 +98,48 @@ def test_held_out_cells_without_the_label_column_are_told_to_add_it():
     del a.obs["cell_type"]
     with pytest.raises(DataError, match=r"the held-out data \(x\.h5ad\): .*add obs\['cell_type'\]"):
         _check_columns(a, "cell_type", None, "the held-out data", "x.h5ad")
+
+
+def _reports(rows: dict[str, tuple]) -> tuple[dict, dict]:
+    """``fidelity_report``-like and ``real_floor``-like dicts: per type (n, AUC, floor AUC,
+    library-size distance, its floor)."""
+    fs = {"overall": {}, "per_type": {}}
+    ff = {"overall": {}, "per_type": {}}
+    for t, (n, auc, floor, lib, lib_floor) in rows.items():
+        fs["per_type"][t] = {"c2st_auc": auc, "n_real": n, "n_synth": n,
+                             "library_size_distance": lib}
+        ff["per_type"][t] = {"c2st_auc": floor, "n_real": n, "n_synth": n,
+                             "library_size_distance": lib_floor}
+    return fs, ff
+
+
+def test_a_type_generated_too_deep_is_distinguishable_and_depth_never_vouches():
+    from cellsynth.metrics.verdict import fidelity_verdict
+
+    fs, ff = _reports({"deep": (300, 0.52, 0.50, 0.50, 0.02),
+                       "fine": (300, 0.52, 0.50, 0.03, 0.02),
+                       "small": (25, 0.55, 0.50, 0.03, 0.02)})
+    v = fidelity_verdict(fs, ff)
+    assert v["per_type"]["deep"]["verdict"] == "distinguishable"
+    assert v["per_type"]["deep"]["decided_by"] == ["library_size_distance"]
+    assert v["per_type"]["fine"]["verdict"] == "indistinguishable"
+    assert "small" in v["too_few"]  # its AUC cannot vouch at 25 cells, nor can its depth
+
+
+def test_weak_metrics_do_not_vouch_for_a_type_whose_noisy_auc_reads_a_large_gap():
+    """22 cells: k-NN recall 0.49 against a floor of 1.0 is within its noise (its spread over
+    splits), and k-NN precision and marker overlap read the cells alike; the type was called
+    indistinguishable on them."""
+    from cellsynth.metrics.verdict import fidelity_verdict
+
+    fs, ff = _reports({"delta": (22, 0.785, 0.683, 0.03, 0.02),
+                       "ok": (22, 0.52, 0.50, 0.03, 0.02)})
+    block = {"knn_precision": {"value": 1.0, "floor": 0.98, "sd": 0.01, "n": 22},
+             "marker_overlap": {"value": 0.36, "floor": 0.36, "sd": 0.01, "n": 22}}
+    noisy = {**block, "knn_recall": {"value": 0.49, "floor": 1.0, "sd": 0.2, "n": 22}}
+    typewise = {"per_type": {"delta": noisy, "ok": block}}
+    v = fidelity_verdict(fs, ff, typewise=typewise)
+    assert "delta" not in v["per_type"]
+    assert "kNN recall 0.490" in v["too_few"]["delta"]
+    assert "a gap that would make the type distinguishable" in v["too_few"]["delta"]
+    assert v["per_type"]["ok"]["verdict"] == "indistinguishable"  # small gaps: vouched as before

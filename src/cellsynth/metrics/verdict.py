@@ -17,11 +17,15 @@ Pure functions over the JSON-ready dicts the metrics return, so a pipeline run (
 A metric whose tolerance is wider than ``margin + close`` (few cells: an AUC's noise at 40 cells
 a side lets 0.75 pass) is **inconclusive** when it reads indistinguishable: it could not have
 shown a gap that matters, so it does not vouch for the cells (a gap beyond it still counts). A
-type's verdict is the worst of its metrics, ``decided_by`` the one or two conclusive ones
+type's verdict is the worst of its metrics (its library sizes among them: the other metrics
+read log-normalised values, blind to depth), ``decided_by`` the one or two conclusive ones
 furthest beyond their tolerance; its ``reason`` reads "metric value vs floor ± tolerance" for
-each; a type whose metrics are all inconclusive gets no verdict (:data:`TOO_FEW`, with why). The
-overall verdict is the worst of the pooled metrics (library sizes among them: the other metrics
-read log-normalised values, blind to depth) and of the mean per-type AUC; a type worse than
+each; a type whose metrics are all inconclusive gets no verdict (:data:`TOO_FEW`, with why), and
+so does one that would read indistinguishable while an inconclusive metric reads a gap of a
+distinguishable size (a two-sample AUC of 0.79 on 22 cells: within its noise, but the cells
+that read alike on k-NN precision and marker overlap are not vouched for by them). The
+overall verdict is the worst of the pooled metrics (library sizes among them) and of the mean
+per-type AUC; a type worse than
 that makes it at least ``close``, and when half the judged types or more, or types holding
 :data:`DISTINGUISHABLE_SHARE` of their real cells, are distinguishable, so is the whole. A
 pooled AUC cannot hide a per-type gap, nor an indistinguishable whole a missing type: real
@@ -210,13 +214,24 @@ def _summarise(judged: dict[str, dict]) -> dict[str, Any]:
     if not top:  # every metric indistinguishable within a tolerance too wide to read
         return {"verdict": None, "decided_by": [], "metrics": judged,
                 "reason": "; ".join(_describe(j) for j in judged.values())}
+    doubt = [j for j in judged.values() if not j.get("conclusive", True)
+             and j["gap"] > RULES[j["metric"]].margin + RULES[j["metric"]].close]
+    if worst == 0 and doubt:  # a gap of a distinguishable size, within its noise: no vouching
+        return {"verdict": None, "decided_by": [], "metrics": judged, "doubt": True,
+                "reason": "; ".join(_describe(j) for j in doubt)}
     reason = "; ".join(_describe(j) for j in top)
     return {"verdict": LEVELS[worst], "decided_by": [j["metric"] for j in top], "reason": reason,
             "metrics": judged}
 
 
 def _inconclusive(scored: tuple[int, int], summary: Mapping) -> str:
-    """Why a type whose metrics are all too noisy to read has no verdict."""
+    """Why a type whose metrics are all too noisy to read has no verdict, or whose noisy
+    metrics read a gap the others cannot vouch against (``summary["doubt"]``)."""
+    if summary.get("doubt"):
+        return (f"{scored[0]} real and {scored[1]} synthetic cells scored: {summary['reason']}: "
+                "a gap that would make the type distinguishable, within the noise of this few "
+                "cells, so the metrics that read it alike do not vouch for it; give more cells "
+                "(max_cells) to judge this type")
     return (f"{scored[0]} real and {scored[1]} synthetic cells scored: every metric's noise is "
             "wider than the gap that would make it distinguishable, so none can show the cells "
             f"alike ({summary['reason']}); give more cells (max_cells) to judge this type")
@@ -332,6 +347,12 @@ def fidelity_verdict(
         for m in _TYPEWISE:
             if m in tt.get(t, {}):
                 judged[m] = _typewise_judgement(m, tt[t][m])
+        # depth per type too: one type generated 3 times too deep hid in the pooled distance.
+        # It shows a gap, never vouches: alike depths say nothing of the expression
+        depth = judge("library_size_distance", st[t].get("library_size_distance"),
+                      ft[t].get("library_size_distance"))
+        if depth is not None:
+            judged["library_size_distance"] = {**depth, "conclusive": depth["level"] != LEVELS[0]}
         judged = {k: v for k, v in judged.items() if v is not None}
         if not judged:
             too_few[t] = "no metric could be computed for this type"
