@@ -143,3 +143,62 @@ def test_weak_metrics_do_not_vouch_for_a_type_whose_noisy_auc_reads_a_large_gap(
     assert "kNN recall 0.490" in v["too_few"]["delta"]
     assert "a gap that would make the type distinguishable" in v["too_few"]["delta"]
     assert v["per_type"]["ok"]["verdict"] == "indistinguishable"  # small gaps: vouched as before
+
+
+def _sample(genes, n: int = 30, seed: int = 0):
+    import scipy.sparse as sp
+
+    from cellsynth.evaluation.inputs import _Sample
+
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix(rng.poisson(1.0, (n, len(genes))).astype(np.float32))
+    return _Sample(x, np.array(["a"] * n), pd.Index(genes), n, "AnnData", "X")
+
+
+def test_a_synthetic_file_of_some_of_the_real_genes_is_compared_on_them(caplog):
+    """A generator of the top HVGs: every synthetic gene is a real one; it was refused with
+    advice about symbols and Ensembl IDs."""
+    from cellsynth.evaluation.inputs import _shared_genes
+
+    real = _sample([f"g{i}" for i in range(1000)])
+    synth = _sample([f"g{i}" for i in range(0, 1000, 4)])  # 250 of them
+    with caplog.at_level("WARNING"):
+        assert len(_shared_genes(real, synth)) == 250
+    assert "every synthetic gene is a real one" in caplog.text
+
+
+def test_names_that_differ_only_by_case_are_named_when_some_genes_match(caplog):
+    import pytest
+
+    from cellsynth.errors import DataError
+    from cellsynth.evaluation.inputs import _shared_genes
+
+    genes = [f"Gene{i}" for i in range(400)]
+    real = _sample(genes)
+    half = _sample([g.upper() if i % 2 else g for i, g in enumerate(genes)])
+    with caplog.at_level("WARNING"):
+        assert len(_shared_genes(real, half)) == 200
+    assert "alike but for case" in caplog.text
+    most = _sample([g.upper() if i % 4 else g for i, g in enumerate(genes)])
+    with pytest.raises(DataError, match=r"share only 100 of the 400 .* 300 of them not among the "
+                                        r"real ones, but they are alike but for case"):
+        _shared_genes(real, most)
+
+
+def test_a_layer_of_denoised_values_is_named_as_such():
+    import pytest
+
+    from cellsynth.errors import DataError
+    from cellsynth.evaluation.inputs import _counts_where
+
+    a = _sim(100)
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(a.X, dtype=np.float32)
+    denoised = x.copy()
+    denoised.data = denoised.data * 0.5 + 0.25  # not whole numbers
+    a.layers["counts"] = denoised
+    x.data = np.log1p(x.data)
+    a.X = x
+    with pytest.raises(DataError, match=r"layers\['counts'\] holds non-integer values"):
+        _counts_where(a, "the synthetic data", "AnnData")

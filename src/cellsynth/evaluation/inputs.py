@@ -60,6 +60,10 @@ def _counts_where(data: Any, what: str, source: str) -> Expression:
         expr = find_counts(data)
     except DataError as exc:  # which of the inputs it was: "X holds NaN" alone does not say
         raise DataError(f"{what} ({source}): {exc}") from None
+    if expr.counts is None and "counts" in data.layers:  # there is one, of other values
+        raise DataError(f"{what} ({source}): layers['counts'] holds non-integer values (denoised "
+                        "or normalised?), not raw counts, and X holds none either; evaluation "
+                        "compares raw counts: put them in layers['counts'] (or X)")
     if expr.counts is None:
         raise DataError(f"{what} ({source}): {expr.for_counts()}" if expr.note else
             f"{what} ({source}) holds normalised values in X and no raw counts in "
@@ -216,15 +220,15 @@ MIN_GENES = 100
 _SHARED_SAMPLE = 200
 
 
-def _near_names(r: _Sample, s: _Sample) -> str:
-    """Why two gene lists that share no name may still be one: names alike but for case or an
+def _near_names(real_genes: Any, synthetic_genes: Any) -> str:
+    """Why gene names that do not match may still be the same genes: alike but for case or an
     Ensembl version suffix (``ENSG...1.5``), with an example and the fix; else ""."""
     def plain(g: str) -> str:
         return re.sub(r"^(ENS[A-Z]*G\d+)\.\d+$", r"\1", str(g)).upper()
 
-    real = {plain(g): str(g) for g in r.genes}
-    for g in map(str, s.genes):
-        if plain(g) in real:
+    real = {plain(g): str(g) for g in real_genes}
+    for g in map(str, synthetic_genes):
+        if plain(g) in real and real[plain(g)] != g:
             how = ("case" if real[plain(g)].upper() == g.upper() else "a version suffix")
             return (f", but they are alike but for {how} (real {real[plain(g)]!r}, synthetic "
                     f"{g!r}): rename one side's var_names to the other's")
@@ -232,11 +236,15 @@ def _near_names(r: _Sample, s: _Sample) -> str:
 
 
 def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
-    """The genes both sides hold (in the real order); too few is an error naming how many."""
+    """The genes both sides hold (in the real order); too few is an error naming how many,
+    unless every synthetic gene is a real one (a generator of a subset of genes, HVGs)."""
     in_synth = set(map(str, s.genes))
     genes = [g for g in map(str, r.genes) if g in in_synth]
+    in_real = set(map(str, r.genes))
+    unmatched = [g for g in map(str, s.genes) if g not in in_real]
     if not genes:
-        raise DataError("the real and synthetic data share no gene names" + _near_names(r, s)
+        raise DataError("the real and synthetic data share no gene names"
+                        + _near_names(r.genes, s.genes)
                         + "; compare files with the same gene names in var_names")
     # the share is of the genes the real cells express: a generator keeps the genes detected in
     # its training cells (a fit leaves out the rest), and a gene no real cell has is no evidence
@@ -244,16 +252,22 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     real = r.genes[detected] if detected.any() else r.genes
     shared = sum(str(g) in in_synth for g in real)
     need = max(MIN_GENE_SHARE * len(real), min(MIN_GENES, len(real)))
-    if shared < need:
+    subset = not unmatched and len(genes) >= min(MIN_GENES, len(real))
+    if shared < need and not subset:
+        near = _near_names(r.genes, unmatched)
         raise DataError(
             f"the real and synthetic data share only {shared} of the {len(real)} gene names the "
             f"real cells express (the real data hold {len(r.genes)}, the synthetic "
-            f"{len(s.genes)}); evaluation needs at least {int(np.ceil(need))} (half of them, and "
-            f"{MIN_GENES} or all): give files with the same gene names in var_names (e.g. both "
-            "symbols or both Ensembl IDs)")
+            f"{len(s.genes)}, {len(unmatched)} of them not among the real ones{near}); "
+            f"evaluation needs at least {int(np.ceil(need))} (half of them, and {MIN_GENES} or "
+            "all): give files with the same gene names in var_names (e.g. both symbols or both "
+            "Ensembl IDs)")
     if len(genes) < len(r.genes) or len(genes) < len(s.genes):
-        logger.warning("comparing the %d genes both hold (real %d, synthetic %d)",
-                       len(genes), len(r.genes), len(s.genes))
+        why = (": every synthetic gene is a real one (a generator of some genes, e.g. HVGs); "
+               "the scores are of those genes" if subset and len(genes) < len(r.genes) else
+               _near_names(r.genes, unmatched))
+        logger.warning("comparing the %d genes both hold (real %d, synthetic %d)%s",
+                       len(genes), len(r.genes), len(s.genes), why)
     return genes
 
 

@@ -469,7 +469,8 @@ def _missing_types(overall: dict[str, Any], absent: list[str], too_few: Mapping[
     names = listed(missing)
     what = (f"{len(absent)} real type(s) have no synthetic cells" if absent else "") + (
         "; " if absent and short else "") + (
-        f"{len(short)} have fewer than {MIN_TYPE_CELLS} where the real cells have enough"
+        f"{len(short)} type(s) have fewer than {MIN_TYPE_CELLS} synthetic cells where the "
+        "real cells have enough"
         if short else "")  # fmt: skip
     return {**overall, "verdict": LEVELS[1], "decided_by": ["missing types"],
             "reason": f"{what} ({names}); the types generated read: {overall['reason']}"}
