@@ -202,3 +202,16 @@ def test_a_layer_of_denoised_values_is_named_as_such():
     a.X = x
     with pytest.raises(DataError, match=r"layers\['counts'\] holds non-integer values"):
         _counts_where(a, "the synthetic data", "AnnData")
+
+
+def test_type_names_written_with_underscores_get_the_real_name():
+    import pytest
+
+    from cellsynth.errors import DataError
+    from cellsynth.evaluation.inputs import _check_labels
+
+    real = pd.Series({"B cells": 50, "CD4 T cells": 60})
+    synth = pd.Series({"B_cells": 50, "CD4.T.cells": 60})
+    with pytest.raises(DataError, match=r"'B_cells' \(real: 'B cells'\).*'CD4\.T\.cells' \(real: "
+                                        r"'CD4 T cells'\)"):
+        _check_labels(real, synth, "cell_type")

@@ -339,7 +339,9 @@ def _same_file(real: Any, synthetic: Any) -> bool:
 
 
 def _norm(name: str) -> str:
-    return " ".join(str(name).split()).casefold()
+    """A type's name as a match by hand reads it: case, spaces, and "_" or "." for a space
+    (``B_cells``, as R's make.names and many file formats write ``B cells``), set aside."""
+    return " ".join(re.sub(r"[_.]", " ", str(name)).split()).casefold()
 
 
 def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None:
