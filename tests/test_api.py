@@ -96,7 +96,8 @@ def test_signatures_read_like_scanpy():
         (cs.simulate, 3, {"seed", "label_key"}),
         (cs.read, 1, {"backed"}),
         (cs.run, 1, {"label_key", "config", "out", "overrides"}),
-        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells", "heldout", "donor_key"}),
+        (cs.evaluate, 2, {"label_key", "seed", "out", "max_cells", "heldout", "donor_key",
+                          "gene_repeats"}),
         (cs.load_model, 1, set()),
     ):
         params = sig(fn).parameters.values()

@@ -67,7 +67,7 @@ def test_a_design_reads_a_level_however_it_is_written():
                   {"donor": 2, "age": "16"}, {"age": 16}, {"age": "16.0"}):
         plan, _ = design.plan({"B": 10}, where, ["B", "T"], "cell_type")
         assert {c for _, c, _ in plan} == {(1, 1)}, where
-    table = pd.DataFrame({"cell_type": ["B", "T"], "donor": [3, np.nan], "n": [4, 6]})  # floats
+    table = pd.DataFrame({"cell_type": ["B", "T"], "donor": [3.0, "*"], "n": [4, 6]})  # a float
     plan, _ = design.plan(table, None, ["B", "T"], "cell_type")
     assert sum(k for t, c, k in plan if t == "B" and c[0] == 2) == 4
     assert sum(k for t, _, k in plan if t == "T") == 6

@@ -134,7 +134,7 @@ def test_missing_or_underproduced_types_keep_the_whole_from_indistinguishable():
     syn, flo = _reports({"a": 0.5, "b": 0.5}, 400, pooled=0.5,
                         skipped={"few": "70 real and 3 synthetic cells: fewer than 10 on a side"})
     v = fidelity_verdict(syn, flo)
-    assert v["overall"]["verdict"] == CLOSE and "fewer than 20 where the real" in \
+    assert v["overall"]["verdict"] == CLOSE and "fewer than 20 synthetic cells where the real" in \
         v["overall"]["reason"]
     syn, flo = _reports({"a": 0.5, "b": 0.5}, 400, pooled=0.5,
                         skipped={"rare": "6 real and 4 synthetic cells: fewer than 10 on a side"})

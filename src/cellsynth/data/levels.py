@@ -48,6 +48,11 @@ def level_name(value: Any) -> str:
     return str(value)
 
 
+#: a request table's level meaning "any": the type's training composition over that covariate,
+#: as when the table has no column for it (a blank cell is refused: a blank left by mistake)
+ANY_LEVEL = "*"
+
+
 def level_text(values: pd.Series) -> np.ndarray:
     """The level name of every value of an ``obs`` column, as a str array: a numeric column's
     (or numeric categories') values by :func:`level_name`, other columns as ``astype(str)``

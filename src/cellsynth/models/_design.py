@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.labels import check_spaced_names, missing_labels
-from ..data.levels import LevelLookup, level_text
+from ..data.levels import ANY_LEVEL, LevelLookup, level_text
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
 from ._training import check_count, known_label, type_counts, whole_count
@@ -355,11 +355,6 @@ def _not_a_number(values: pd.Series, key: str) -> None:
             f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
             f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
             f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
-
-
-#: a request table's level meaning "any": the type's training composition over that covariate,
-#: as when the table has no column for it (a blank cell is refused: a blank left by mistake)
-ANY_LEVEL = "*"
 
 
 def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,

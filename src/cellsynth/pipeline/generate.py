@@ -11,9 +11,8 @@ import pandas as pd
 
 from .. import keys as K
 from ..data.labels import missing_labels
-from ..data.levels import LevelLookup, level_text
+from ..data.levels import ANY_LEVEL, LevelLookup, level_text
 from ..errors import DataError, listed
-from ..models._design import ANY_LEVEL
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
@@ -70,8 +69,8 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
             raise DataError(f"request file {path}, line {line}: no cell type in column "
                             f"{label_key!r}")
     covariates = [c for c in header if c not in (label_key, "n")]
-    for (line, _), values in zip(rows, table[covariates].itertuples(index=False), strict=True):
-        blank = [c for c, v in zip(covariates, values, strict=True) if not str(v).strip()]
+    for (line, _), (_, values) in zip(rows, table[covariates].iterrows(), strict=True):
+        blank = [c for c in covariates if not str(values[c]).strip()]
         if blank:
             raise DataError(f"request file {path}, line {line}: no level in column(s) "
                             f"{', '.join(map(repr, blank))}; give one, or {ANY_LEVEL} for the "
