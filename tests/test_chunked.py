@@ -138,13 +138,20 @@ def test_row_store_reads_like_memory(tmp_path):
         assert _same_csr(RowStore(f["X"], "X")[:], x)
 
 
-def test_bad_files(tmp_path, kang_path):
+def test_bad_files(tmp_path, kang_path, monkeypatch):
+    from cellsynth.data import store
+
     x, obs, var = _toy()
     cfg = _cfg("qc.min_genes_per_cell=10", "qc.min_cells_per_gene=5")
     csc = tmp_path / "csc.h5ad"
     ad.AnnData(sp.csc_matrix(x), obs=obs, var=var).write_h5ad(csc)
-    with pytest.raises(DataError, match="rewrite it as CSR"):
+    with h5py.File(csc) as f:  # a valid h5ad stored by genes: read whole, turned into rows
+        assert _same_csr(RowStore(f["X"], "X")[:], x)
+    monkeypatch.setattr(store, "MAX_CSC_VALUES", 10)  # beyond the cap: refused, with the fix
+    with pytest.raises(DataError, match=r"csc_matrix of [\d,]+ values \(more than 10 .*rewrite "
+                                        "it as CSR"):
         preprocess_backed(csc, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "o.h5ad")
+    monkeypatch.undo()
     bad = x.copy()
     bad.data[-1] = np.nan
     nan = tmp_path / "nan.h5ad"

@@ -215,3 +215,18 @@ def test_type_names_written_with_underscores_get_the_real_name():
     with pytest.raises(DataError, match=r"'B_cells' \(real: 'B cells'\).*'CD4\.T\.cells' \(real: "
                                         r"'CD4 T cells'\)"):
         _check_labels(real, synth, "cell_type")
+
+
+def test_a_file_stored_by_genes_is_read(tmp_path):
+    """A CSC h5ad is valid: it was refused ("rewrite it as CSR"); small enough, it is read."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cellsynth.evaluation.inputs import _read_side
+
+    a = _sim(200, seed=4)
+    b = ad.AnnData(sp.csc_matrix(a.X, dtype=np.float32), obs=a.obs, var=a.var)
+    b.write_h5ad(tmp_path / "csc.h5ad")
+    got = _read_side(tmp_path / "csc.h5ad", "cell_type", lambda labels: np.arange(len(labels)),
+                     "the real data")
+    assert abs(got.counts - sp.csr_matrix(a.X)).max() == 0

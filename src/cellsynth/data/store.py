@@ -30,6 +30,10 @@ from .io import Expression, check_file, unreadable
 
 logger = logging.getLogger(__name__)
 
+#: a matrix stored by columns (CSC) is read whole and turned into rows up to this many values
+#: (about 1 GB as float32 values and int32 indices, twice that while converting); beyond, refused
+MAX_CSC_VALUES = 100_000_000
+
 #: rows at most between two selected rows that :meth:`RowStore.take` reads through
 _GAP = 16
 #: rows at most :meth:`RowStore.take` reads at once
@@ -55,15 +59,28 @@ class RowStore:
             self.index_dtype = np.dtype(np.int32 if self.nnz < 2**31 else np.int64)
             return
         encoding = str(elem.attrs.get("encoding-type", ""))
-        if encoding != "csr_matrix":
+        csc = encoding == "csc_matrix" and elem["data"].shape[0] <= MAX_CSC_VALUES
+        if encoding != "csr_matrix" and not csc:
+            too_big = (f" of {elem['data'].shape[0]:,} values (more than {MAX_CSC_VALUES:,} are "
+                       "not read whole)" if encoding == "csc_matrix" else "")
             raise DataError(
-                f"{name} is stored as {encoding or 'an unknown encoding'}, but cells are read by "
-                "rows: rewrite it as CSR (adata.X = adata.X.tocsr(); adata.write_h5ad(...))"
+                f"{name} is stored as {encoding or 'an unknown encoding'}{too_big}, but cells are "
+                "read by rows: rewrite it as CSR (adata.X = adata.X.tocsr(); "
+                "adata.write_h5ad(...))"
             )
         self.format = "csr"
+        self.shape = (int(elem.attrs["shape"][0]), int(elem.attrs["shape"][1]))
+        if csc:  # a file of columns (valid h5ad): read whole and turned into rows, in memory
+            logger.info("%s is stored by genes (CSC): read whole (%s values) and turned into "
+                        "rows", name, f"{elem['data'].shape[0]:,}")
+            m = sp.csc_matrix((elem["data"][:], elem["indices"][:], elem["indptr"][:]),
+                              shape=self.shape).tocsr()
+            self._data, self._indices = m.data, m.indices
+            self.indptr = m.indptr.astype(np.int64)
+            self.index_dtype = np.result_type(m.indices.dtype, m.indptr.dtype)
+            return
         self._data, self._indices = elem["data"], elem["indices"]
         self.indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
-        self.shape = (int(elem.attrs["shape"][0]), int(elem.attrs["shape"][1]))
         #: the index dtype of this matrix read whole into scipy (that of its row pointer)
         self.index_dtype = np.result_type(self._indices.dtype, elem["indptr"].dtype)
 
