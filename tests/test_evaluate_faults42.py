@@ -61,6 +61,7 @@ def test_synthetic_cells_that_are_the_held_out_cells_are_copies(caplog):
                          gene_repeats=1)
     memo = result["memorisation"]
     assert memo["flagged"] and memo["exact_copies"] > 0
+    assert any("looked for among 900 real cells read: a lower bound" in r for r in memo["reasons"])
     assert result.verdict["overall"]["verdict"] == "copies of real cells"
 
 

@@ -96,7 +96,8 @@ def memorisation(space: EvalSpace, real_counts: Any, synth_counts: Any, *, c2st:
                        "so the synthetic cells sit on real ones, not beside them")
     if exact_fraction > COPY_FRACTION:
         reasons.append(f"{exact} synthetic cells ({exact_fraction:.1%}) are exact copies of real "
-                       "cells")
+                       f"cells (looked for among {r.shape[0]:,} real cells read: a lower bound where "
+                       "those are a subsample of the inputs)")
     if near_fraction > COPY_FRACTION:
         reasons.append(f"{near_fraction:.1%} of the synthetic cells are near copies of real cells "
                        "(distance about 0 in the evaluation space)")
