@@ -186,12 +186,13 @@ def test_like_without_a_covariate_column_gives_the_fixes(tmp_path):
 
 def test_combinations_carry_their_levels_as_a_dict():
     """A level holding " | " or "=" makes a combination's name ambiguous; its dict is not."""
-    from cellsynth.metrics.effects import _levels, combination
+    from cellsynth.metrics.effects import _levels, _named, combination
 
     obs = pd.DataFrame({"cell_type": ["B", "B", "T"], "weird": ["a | b=c", "x", "a | b=c"],
                         "age": [1.0, 2.0, 1.0]})
-    names = combination(obs, "cell_type", ["weird", "age"])
-    got = _levels(names, obs, "cell_type", ["weird", "age"])
+    names, text = _named(obs, "cell_type", ["weird", "age"])
+    assert (names == combination(obs, "cell_type", ["weird", "age"])).all()
+    got = _levels(names, text)
     assert got[names[0]] == {"cell_type": "B", "weird": "a | b=c", "age": "1"}
     assert len(got) == 3 and got[names[2]]["cell_type"] == "T"
 

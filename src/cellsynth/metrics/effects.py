@@ -39,21 +39,26 @@ MAX_EFFECT_LEVELS = 6
 
 def combination(obs: pd.DataFrame, label_key: str, keys: list[str]) -> np.ndarray:
     """Each cell's combination as one string: ``"B cells | condition=stim | donor=D7"``."""
-    out = obs[label_key].astype(str).to_numpy().astype(object)
+    return _named(obs, label_key, keys)[0]
+
+
+def _named(obs: pd.DataFrame, label_key: str,
+           keys: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """:func:`combination`'s names, and the level text of each column they are made of (the
+    type as ``astype(str)`` writes it, each covariate by ``level_text``)."""
+    text = {label_key: obs[label_key].astype(str).to_numpy()}
+    text.update({k: level_text(obs[k]) for k in keys})
+    out = text[label_key].astype(object)
     for k in keys:
-        out = out + f" | {k}=" + level_text(obs[k]).astype(object)
-    return out.astype(str)
+        out = out + f" | {k}=" + text[k].astype(object)
+    return out.astype(str), text
 
 
-def _levels(names: np.ndarray, obs: pd.DataFrame, label_key: str,
-            keys: list[str]) -> dict[str, dict[str, str]]:  # fmt: skip
-    """Each combination's name (:func:`combination`) -> ``{column: level}``: the name alone is
-    ambiguous where a level holds " | " or "=", the dict is not."""
-    cols = [label_key, *keys]
-    text = {c: (obs[c].astype(str).to_numpy() if c == label_key else level_text(obs[c]))
-            for c in cols}  # fmt: skip
+def _levels(names: np.ndarray, text: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+    """Each combination's name -> ``{column: level}`` (``text``: :func:`_named`'s): the name
+    alone is ambiguous where a level holds " | " or "=", the dict is not."""
     _, first = np.unique(names, return_index=True)
-    return {str(names[i]): {c: str(text[c][i]) for c in cols} for i in first}
+    return {str(names[i]): {c: str(v[i]) for c, v in text.items()} for i in first}
 
 
 def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame,
@@ -73,10 +78,10 @@ def combination_fidelity(space: EvalSpace, real_counts: Any, real_obs: pd.DataFr
     ``max_c2st_auc``; ``skipped``: combination -> why; ``keys``; ``min_cells``.
     """
     cfg = FidelityConfig(min_cells=min_cells)
-    rc, sc = combination(real_obs, label_key, keys), combination(syn_obs, label_key, keys)
+    (rc, rtext), (sc, stext) = _named(real_obs, label_key, keys), _named(syn_obs, label_key, keys)
     rep = fidelity_report(space, real_counts, rc, syn_counts, sc, seed=seed, cfg=cfg)
     floor = real_floor(space, real_counts, rc, seed=derive_seed(seed, "floor"), cfg=cfg)
-    levels = {**_levels(rc, real_obs, label_key, keys), **_levels(sc, syn_obs, label_key, keys)}
+    levels = {**_levels(rc, rtext), **_levels(sc, stext)}
     per = {}
     for c, row in rep["per_type"].items():
         f = floor["per_type"].get(c, {})
