@@ -373,11 +373,12 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
             raise DataError("the request table has no rows; ask for cells of some types")
         covs = [c for c in request.columns if c not in (label_key, "n")]
         rows, first_row, zeros = [], {}, 0
+        missing = {c: missing_labels(request[c]) for c in covs}  # NaN, "", "nan": no level
         for i, r in enumerate(request.to_dict("records")):
             n = whole_count(r["n"])
             given = {c: r[c] for c in covs if str(r[c]).strip() != ANY_LEVEL}
             shown = ", ".join([str(r[label_key]), *(f"{c}={v}" for c, v in given.items())])
-            blank = [c for c, v in given.items() if missing_labels(pd.Series([v])).any()]
+            blank = [c for c in given if missing[c][i]]
             if blank:
                 raise DataError(f"request row {i + 1} ({r[label_key]}): no level of "
                                 f"{', '.join(map(repr, blank))} ({given[blank[0]]!r}); give "

@@ -69,8 +69,11 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
             raise DataError(f"request file {path}, line {line}: no cell type in column "
                             f"{label_key!r}")
     covariates = [c for c in header if c not in (label_key, "n")]
-    for (line, _), (_, values) in zip(rows, table[covariates].iterrows(), strict=True):
-        blank = [c for c in covariates if not str(values[c]).strip()]
+    empty = np.zeros((len(rows), len(covariates)), dtype=bool)  # blank cells, each column once
+    for j, c in enumerate(covariates):
+        empty[:, j] = table[c].str.strip().eq("").to_numpy()
+    for (line, _), flags in zip(rows, empty, strict=True):
+        blank = [c for c, flag in zip(covariates, flags, strict=True) if flag]
         if blank:
             raise DataError(f"request file {path}, line {line}: no level in column(s) "
                             f"{', '.join(map(repr, blank))}; give one, or {ANY_LEVEL} for the "
