@@ -155,9 +155,12 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
         store, genes = h5.matrix(expr)
         labels = _labels(side.obs, label_key)
         rows = _pick_labelled(side.obs, label_key, labels, pick, what)
-        at = rows if backed is None else _file_rows(h5.obs_names, backed.obs_names, path)[rows]
-        order = np.argsort(at, kind="stable")  # a view may order its cells its own way
-        x = store.take(at[order])[np.argsort(order)]  # only the subsample's rows are read
+        if backed is None:
+            x = store.take(rows)  # only the subsample's rows are read
+        else:  # a view may order its cells its own way: read in the file's order, then its
+            at = _file_rows(h5.obs_names, backed.obs_names, path)[rows]
+            order = np.argsort(at, kind="stable")
+            x = store.take(at[order])[np.argsort(order)]
         if backed is not None and expr.counts != "raw.X" and not genes.equals(backed.var_names):
             cols = genes.get_indexer(backed.var_names)  # a view of some genes: those
             if (cols < 0).any():
@@ -165,8 +168,8 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
                                 "are not in its file (renamed in memory?); call .to_memory() on "
                                 "it, or write it to a file")
             x, genes = x[:, cols], pd.Index(backed.var_names)
-        return _checked(_Sample(sp.csr_matrix(x), labels[rows], genes, side.n_obs, str(path),
-                                expr.counts, _donors(side.obs, donor_key, rows)), what)
+        return _checked(_Sample(x, labels[rows], genes, side.n_obs, str(path), expr.counts,
+                                _donors(side.obs, donor_key, rows)), what)
 
 
 def _file_rows(in_file: pd.Index, cells: pd.Index, path: Path) -> np.ndarray:
