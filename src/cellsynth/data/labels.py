@@ -29,21 +29,6 @@ def missing_labels(col: pd.Series) -> np.ndarray:
     return col.isna().to_numpy() | text.isin(MISSING_TEXT).to_numpy()
 
 
-def missing_as_text(col: pd.Series, key: str, what: str, fill: str = "None") -> None:
-    """Refuse ``col`` values that are missing values written as text (:data:`MISSING_TEXT`):
-    a level called "nan" is what ``.astype(str)`` makes of a missing value.
-    ``fill``: what the error's fix replaces them with (``None``: missing)."""
-    found = col[missing_labels(col) & col.notna().to_numpy()].astype(str).str.strip()
-    if len(found):
-        names = sorted(set(found))
-        raise DataError(
-            f"{len(found)} cells have the {what} {', '.join(map(repr, names))} in obs['{key}']: "
-            "a missing value written as text (as .astype(str) writes NaN), not a name; "
-            + ("make them missing" if fill == "None" else f"give them a name, e.g. {fill}")
-            + f" (adata.obs['{key}'] = adata.obs['{key}'].astype(object).replace({names!r}, "
-            f"{fill}))")
-
-
 def check_label(adata: ad.AnnData, label_key: str) -> None:
     """The label column exists and holds names, not numbers."""
     if label_key not in adata.obs.columns:
