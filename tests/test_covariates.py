@@ -605,3 +605,60 @@ def test_an_empty_where_is_refused_not_ignored():
         with pytest.raises(DataError, match="--where is empty"):
             parse_where(text)
     assert parse_where("condition=stim") == {"condition": "stim"}
+
+
+def test_a_seen_combination_draws_from_a_latent_mixture_of_its_own(fitted):
+    """Each (type, levels) combination with enough training cells gets a mixture over (z, log
+    library) fitted on its own cells, and draws from it; one never seen (HELD_OUT) draws from
+    its type's, pooled over levels. The encoder leaves part of the condition in z, so a
+    combination's mixture sits at its own cells, away from the type's other level (a mixture
+    pooled over both sits between them)."""
+    import torch
+
+    model, a = fitted
+    module = model.module
+    codes = model.design.codes(a.obs)
+    types = a.obs["cell_type"].astype(str).to_numpy()
+    y = np.array([model.labels.index(t) for t in types])
+    held = (types == HELD_OUT[0]) & (a.obs["condition"] == HELD_OUT[1]).to_numpy()
+    seen = {(int(t), *map(int, c)) for t, c in zip(y[~held], codes[~held], strict=True)}
+    combos = {tuple(map(int, row)) for row in module.mixture_combos.cpu().numpy()}
+    assert combos == seen  # every combination the training cells had (~150 cells each)
+    rows = module.mixture_rows(torch.from_numpy(y[held]), torch.from_numpy(codes[held]))
+    assert (rows == torch.from_numpy(y[held])).all()  # never seen: the type's mixture
+    points = np.full((a.n_obs, module.n_latent + 1), np.nan)
+    points[~held, :-1] = model.get_latent(a[~held])
+    points[:, -1] = np.log(np.asarray(a.X.sum(1)).ravel())
+    checked = 0
+    for t, *levels in sorted(combos):
+        own = (y == t) & (codes == levels).all(1)
+        other = (y == t) & (codes[:, 0] != levels[0]) & ~held
+        if not other.any():
+            continue
+        row = int(module.mixture_rows(torch.tensor([t]), torch.tensor([levels]))[0])
+        assert row >= module.n_labels
+        centre = (module.mixture_weight[row] @ module.mixture_mean[row]).cpu().numpy()
+        near, far = (np.linalg.norm(centre - points[m].mean(0)) for m in (own, other))
+        assert near < far, (model.labels[t], levels, near, far)
+        checked += 1
+    assert checked == 8  # type_01 and type_02: two conditions x two donors
+
+
+def test_weights_saved_before_combination_mixtures_load_with_the_types_mixtures():
+    """A state dict without ``mixture_combos`` (saved before combinations had mixtures) loads
+    into a module that had some: one mixture per type, as then."""
+    import torch
+
+    from cellsynth.models.modules.cvae import CVAEModule
+
+    def module():
+        return CVAEModule(n_input=12, n_labels=2, n_latent=3, n_covariate_levels=[2])
+
+    state = {k: v for k, v in module().state_dict().items() if k != "mixture_combos"}
+    m = module()
+    m.set_latent_mixture(torch.ones(3, 1), torch.zeros(3, 1, 4), torch.eye(4).repeat(3, 1, 1, 1),
+                         torch.tensor([[0, 1]]))  # fmt: skip
+    assert int(m.mixture_rows(torch.tensor([0]), torch.tensor([[1]]))[0]) == 2
+    m.load_state_dict(state)
+    assert tuple(m.mixture_combos.shape) == (0, 2) and tuple(m.mixture_weight.shape) == (2, 1)
+    assert int(m.mixture_rows(torch.tensor([0]), torch.tensor([[1]]))[0]) == 0
