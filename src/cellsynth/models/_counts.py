@@ -25,7 +25,7 @@ from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), 
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
 from . import _training as tr
-from ._levels import MAX_COMBINATIONS, TRANSFER_DRAWS, Combinations, fit_level_scale
+from ._levels import TRANSFER_DRAWS, Combinations, fit_level_scale
 from ._moments import (
     decode_mixture,
     gene_scale_by_moments,
@@ -41,9 +41,6 @@ logger = logging.getLogger(__name__)
 TARGET_SUM = 1e4  # counts per cell before log1p (encoder input, Gaussian likelihood)
 MIXTURE_COMPONENTS = 5  # most components of a type's latent mixture
 MIXTURE_MAX_CELLS = 5_000  # training cells per type the mixture is fitted on at most
-# cells of a type a combination of covariate levels needs for a mixture of its own, in units of
-# n_latent + 1: two components at least, each of a full covariance (fit_sampler)
-COMBINATION_MIN_CELLS = 2
 
 
 def epoch_batches(
@@ -87,8 +84,6 @@ class SamplerFit(NamedTuple):
     # (R + 1, n_genes) gene scales of covariate levels (models._levels), already set; None:
     # no covariates or not an NB
     level_scale: torch.Tensor | None = None
-    # (M - n_labels, 1 + k) the (type, level codes) of each mixture row past the types'
-    combos: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -127,14 +122,6 @@ def fit_sampler(
     under it (pbmc4k with its 14,407 detected genes: about 0.7 of the training means for genes
     under 0.01 counts a cell; ``docs/GENE_LEVEL.md``).
 
-    With covariates, each combination of levels (one per covariate) that at least
-    ``COMBINATION_MIN_CELLS * d`` of a type's cells have also gets a mixture of its own, fitted
-    as the type's on those cells: the encoder leaves part of a covariate's effect in ``z``
-    (Kang: ``z`` tells stimulated from control cells of a type with AUC 0.7-0.8), and ``z`` of a
-    mixture pooled over the levels, decoded at one level, makes cells between the levels. A
-    combination with fewer cells, or none (a combination never seen), draws from the type's
-    mixture, pooled over its levels, as do types with one combination only.
-
     With covariates, each level's gene scale within a type follows the type's
     (:mod:`~cellsynth.models._levels`, from the same draws), and with ``likelihood = "nb"`` the
     zero inflation (:func:`~cellsynth.models._moments.zero_inflation_by_moments`) is solved last, under both scales.
@@ -142,6 +129,8 @@ def fit_sampler(
     The module's mixture, gene scales, zero inflation and (moments) dispersion are set here;
     they are also returned (:class:`SamplerFit`) for callers that keep or send them.
     """
+    from sklearn.mixture import GaussianMixture  # only needed here
+
     module.eval()
     start = time.perf_counter()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
@@ -162,15 +151,14 @@ def fit_sampler(
     observed: list[Combinations | None] = [None] * module.n_labels
     if scaled and module.n_covariate_levels:
         module.set_level_scale(torch.zeros_like(module.level_rows), torch.ones(1, module.n_input))
-    parts = []  # per type, then per combination: (weights, means, scale factors)
-    combos: list[tuple[int, ...]] = []  # (type, level codes) of each combination's mixture
-    combo_parts = []
+    parts = []
     n_type = np.bincount(codes, minlength=module.n_labels)
     take = share_budget(np.minimum(n_type, max_cells), budget)
     for t in type_progress(module.n_labels, "latent mixtures", not quiet):
         idx = np.flatnonzero(codes == t)
         if len(idx) > take[t]:
             idx = np.sort(rng.choice(idx, take[t], replace=False))
+        k = min(MIXTURE_COMPONENTS, len(idx) // d)
         mean, std, log_lib, draws, cov = [], [], [], [], []
         n_used[t] = len(idx)
         for sl in tr.iter_slices(len(idx), batch_size):
@@ -202,29 +190,28 @@ def fit_sampler(
             chol[:, np.arange(d - 1), np.arange(d - 1)] = sd
             parts.append((np.ones(1), np.hstack([mu, ll[:, None]]), chol))
             continue
-        points = np.hstack([np.concatenate(draws), ll[:, None]])
         # one BLAS / OpenMP thread: on these small matrices (up to 5 components of
         # n_latent + 1 dimensions over a few thousand cells) threads beside torch's only wait,
         # and the EM took ten times as long (cbmc: 4 of a check's 6 s); the same fit
         with threadpool_limits(1):
-            parts.append(_mixture(points, d, rng))
-            for key, members in combination_rows(covariates[t], COMBINATION_MIN_CELLS * d):
-                combos.append((t, *key))
-                combo_parts.append(_mixture(points[members], d, rng))
-    parts += combo_parts
+            if k < 2:
+                parts.append(_one_gaussian(np.hstack([np.concatenate(draws), ll[:, None]])))
+                continue
+            gm = GaussianMixture(
+                k, covariance_type="full", reg_covar=1e-4, random_state=int(rng.integers(2**31))
+            ).fit(np.hstack([np.concatenate(draws), ll[:, None]]))
+            parts.append((gm.weights_, gm.means_, np.linalg.cholesky(gm.covariances_)))
     k_max = max(len(w) for w, _, _ in parts)
     weight = np.zeros((len(parts), k_max))
     mean = np.zeros((len(parts), k_max, d))
     chol = np.zeros((len(parts), k_max, d, d))
     for t, (w, m, c) in enumerate(parts):
         weight[t, : len(w)], mean[t, : len(w)], chol[t, : len(w)] = w / w.sum(), m, c
-    weight, mean, chol = torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
-    combo_codes = torch.tensor(combos, dtype=torch.long).reshape(
-        len(combos), 1 + len(module.n_covariate_levels))
-    module.set_latent_mixture(weight, mean, chol, combo_codes)
     px_r = None
     if moments:
         px_r = torch.tensor(log_theta_by_moments(mu2, excess, module.dispersion), dtype=torch.float32)
+    weight, mean, chol = torch.tensor(weight), torch.tensor(mean), torch.tensor(chol)
+    module.set_latent_mixture(weight, mean, chol)
     if px_r is not None:
         module.set_dispersion(px_r)
     scale = levels = None
@@ -249,46 +236,15 @@ def fit_sampler(
             budget=budget, progress=not quiet)
         module.set_zero_inflation(pi)
     (logger.debug if quiet else logger.info)(
-        "CVAE: latent and library mixtures (up to %d components per type%s)%s%s%s%s in %.1f s",
-        k_max, f", and of {len(combos)} combinations of levels" if combos else "",
+        "CVAE: latent and library mixtures (up to %d components per type)%s%s%s%s in %.1f s",
+        k_max,
         ", gene scale" if scaled else "",
         f", gene scale of {len(levels) - 1} covariate levels" if levels is not None else "",
         ", zero inflation" if inflated else "",
         " and NB dispersion by moments" if moments else "",
         time.perf_counter() - start,
     )
-    return SamplerFit(weight, mean, chol, px_r, scale, pi, levels, combo_codes)
-
-
-def _mixture(points: np.ndarray, d: int, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """A Gaussian mixture over ``points`` (cells x ``d``): full covariances, one component per
-    ``d`` points up to ``MIXTURE_COMPONENTS``; under two, one shrunk Gaussian
-    (:func:`_one_gaussian`). Returns weights, means and Cholesky factors."""
-    from sklearn.mixture import GaussianMixture  # only needed here
-
-    k = min(MIXTURE_COMPONENTS, len(points) // d)
-    if k < 2:
-        return _one_gaussian(points)
-    gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4,
-                         random_state=int(rng.integers(2**31))).fit(points)  # fmt: skip
-    return gm.weights_, gm.means_, np.linalg.cholesky(gm.covariances_)
-
-
-def combination_rows(codes: np.ndarray | None, min_cells: int
-                     ) -> list[tuple[tuple[int, ...], np.ndarray]]:  # fmt: skip
-    """The combinations of covariate levels in ``codes`` (cells x covariates) that have at least
-    ``min_cells`` cells, with their rows, the most frequent ``MAX_COMBINATIONS`` at most; none
-    when the cells have one combination (its mixture would be the type's)."""
-    if codes is None or len(codes) == 0:
-        return []
-    uniq, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    if len(uniq) < 2:
-        return []
-    inv = inv.reshape(-1)
-    keep = [i for i in np.argsort(-counts, kind="stable") if counts[i] >= min_cells]
-    return [(tuple(int(v) for v in uniq[i]), np.flatnonzero(inv == i))
-            for i in sorted(keep[:MAX_COMBINATIONS])]
+    return SamplerFit(weight, mean, chol, px_r, scale, pi, levels)
 
 
 def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,23 +48,18 @@ def broadcast_mixture(module: nn.Module, device: torch.device) -> None:
     gene scale, zero inflation and NB dispersion (fitted with the mixture when ``dispersion_fit = "moments"``)."""
     if dist.get_world_size() == 1:
         return
-    # rank 0's component count and number of combinations' mixtures (covariates)
-    sizes = torch.tensor([module.mixture_weight.shape[-1], module.mixture_combos.shape[0]],
-                         device=device)  # fmt: skip
-    dist.broadcast(sizes, src=0)
-    k, m = (int(v) for v in sizes.tolist())
-    rows, d = module.n_labels + m, module.n_latent + 1  # (z, log library)
+    k = torch.tensor([module.mixture_weight.shape[-1]], device=device)
+    dist.broadcast(k, src=0)
+    n_labels, d = module.n_labels, module.n_latent + 1  # (z, log library)
     weight = module.mixture_weight.to(device)
     mean, chol = module.mixture_mean.to(device), module.mixture_chol.to(device)
-    combos = module.mixture_combos.to(device)
     if dist.get_rank() != 0:
-        weight = torch.zeros(rows, k, device=device)
-        mean = torch.zeros(rows, k, d, device=device)
-        chol = torch.zeros(rows, k, d, d, device=device)
-        combos = torch.zeros(m, module.mixture_combos.shape[1], dtype=torch.long, device=device)
-    for t in (weight, mean, chol, combos):
+        weight = torch.zeros(n_labels, int(k.item()), device=device)
+        mean = torch.zeros(n_labels, int(k.item()), d, device=device)
+        chol = torch.zeros(n_labels, int(k.item()), d, d, device=device)
+    for t in (weight, mean, chol):
         dist.broadcast(t, src=0)
-    module.set_latent_mixture(weight, mean, chol, combos)
+    module.set_latent_mixture(weight, mean, chol)
     # rank 0's dispersion, gene scale (ones where the likelihood has none) and zero inflation
     # (zeros where none was fitted)
     for table, set_table in ((module.px_r, module.set_dispersion),

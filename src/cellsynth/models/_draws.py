@@ -325,8 +325,7 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     """``n`` cells of type ``code`` (and covariate codes ``cov``) from a trained CVAE ``module``,
     as CSR counts; all noise from ``rng``.
 
-    ``latent="mixture"`` draws ``z`` and the library size jointly from the mixture of the
-    combination (type and ``cov``) where the training cells had it often enough, else the type's;
+    ``latent="mixture"`` draws ``z`` and the library size jointly from the type's mixture;
     ``"prior"`` draws ``z`` from ``p(z | type)`` and the library from the type's log-normal.
     ``unseen_level``: ``cov`` holds a level no training cell of the type had (its zero
     inflation, fitted at the type's own levels, is left out: ``CVAEModule.generative``);
@@ -342,7 +341,7 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
     eps = eps.to(device)
     if latent == "mixture":  # z and library jointly
-        z, library = module.mixture_from_noise(u.to(device), eps, y, c)
+        z, library = module.mixture_from_noise(u.to(device), eps, y)
     else:
         z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
         library = module.library_from_noise(eps[:, -1], y)  # (n,)

@@ -318,7 +318,7 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], director
     """Load a saved CVAE module's weights (its latent mixture sized first), in eval mode."""
     try:
         module.set_latent_mixture(state["mixture_weight"], state["mixture_mean"],
-                                  state["mixture_chol"], state.get("mixture_combos"))
+                                  state["mixture_chol"])  # fmt: skip
         module.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"weights in {directory} do not fit the saved config: {exc}") from None

@@ -81,7 +81,7 @@ def decode_mixture(module: CVAEModule, t: int, b: int, cov: np.ndarray | None,
     c = None
     if cov is not None:
         c = torch.from_numpy(cov[rng.integers(len(cov), size=b)]).to(device)
-    z, library = module.mixture_from_noise(u, eps, y, c)
+    z, library = module.mixture_from_noise(u, eps, y)
     return module.generative(z, y, library, c, one_type=True, **how), c
 
 

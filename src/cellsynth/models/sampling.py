@@ -77,9 +77,8 @@ class GenerationMixin:
             Where ``z`` comes from: ``"mixture"``, the per-type Gaussian mixture over ``z`` and
             the log library size fitted to the training cells after training (keeps
             multi-modal types, e.g. treated and control cells, apart, and each state's
-            sequencing depth; with covariates, the combination's own where the training cells
-            had it often enough, else the type's, pooled over the levels, which enter through
-            the decoder); ``"prior"``, the model's prior ``p(z | type)``, with the
+            sequencing depth; with covariates it is pooled over their levels, which enter
+            through the decoder); ``"prior"``, the model's prior ``p(z | type)``, with the
             library from the type's log-normal library model.
 
         Returns

@@ -3,8 +3,7 @@ draws from it.
 
 The caller fits these after training and stores them as buffers: the dispersion, the per-type
 gene scale, zero inflation and (type, covariate level) gene scale, the per-type log-normal
-library model and the mixtures over ``(z, log library)``, one per type and, with covariates,
-one per seen combination of type and levels with enough cells. The draws take the noise from
+library model and the per-type mixture over ``(z, log library)``. The draws take the noise from
 the caller, so a seed fixes the output on any device.
 """
 
@@ -79,55 +78,23 @@ class GenerationBuffers:
 
     @torch.no_grad()
     def set_latent_mixture(
-        self, weight: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor,
-        combos: torch.Tensor | None = None,
+        self, weight: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor
     ) -> None:
-        """Store the mixtures over ``(z, log library)``: weights ``(M, K)`` (rows sum to 1),
-        means ``(M, K, n_latent + 1)`` and lower-triangular scale factors
-        ``(M, K, n_latent + 1, n_latent + 1)``; ``K`` may differ from the current one. Rows
-        ``0 .. n_labels - 1`` are the types' mixtures; with covariates, ``combos``
-        ``(M - n_labels, 1 + k)`` names the combination each further row is the mixture of
-        (its type, then a level code per covariate), in any order (default: none)."""
+        """Store a per-type mixture over ``(z, log library)``: weights ``(n_labels, K)`` (rows
+        sum to 1), means ``(n_labels, K, n_latent + 1)`` and lower-triangular scale factors
+        ``(n_labels, K, n_latent + 1, n_latent + 1)``; ``K`` may differ from the current one."""
         k, d = weight.shape[-1], self.n_latent + 1
-        if combos is None:
-            combos = torch.zeros(0, self.mixture_combos.shape[1], dtype=torch.long)
-        m = self.n_labels + combos.shape[0]
-        if (weight.shape != (m, k) or mean.shape != (m, k, d) or chol.shape != (m, k, d, d)
-                or combos.shape[1] != self.mixture_combos.shape[1]):  # fmt: skip
+        if (weight.shape != (self.n_labels, k) or mean.shape != (self.n_labels, k, d)
+                or chol.shape != (self.n_labels, k, d, d)):  # fmt: skip
             raise ValueError(
                 f"mixture shapes {tuple(weight.shape)}, {tuple(mean.shape)}, {tuple(chol.shape)} "
-                f"do not fit {self.n_labels} types, {combos.shape[0]} combinations of "
-                f"{self.mixture_combos.shape[1] - 1} covariates and {self.n_latent} latent "
-                "dimensions (+1 for the log library size)"
+                f"do not fit {self.n_labels} types and {self.n_latent} latent dimensions "
+                "(+1 for the log library size)"
             )
         device = self.mixture_mean.device
-        combos = combos.to(device, torch.long)
-        # the combinations by key, so that mixture_rows finds them with one searchsorted
-        order = torch.argsort(self._combo_key(combos[:, 0], combos[:, 1:]))
-        rows = torch.cat([torch.arange(self.n_labels, device=device), self.n_labels + order])
-        self.mixture_weight = weight.to(device, torch.float32)[rows]
-        self.mixture_mean = mean.to(device, torch.float32)[rows]
-        self.mixture_chol = chol.to(device, torch.float32)[rows]
-        self.mixture_combos = combos[order]
-
-    def _combo_key(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """One integer per (type, covariate codes) row: its mixed-radix number."""
-        key = y.long()
-        for i, n in enumerate(self.n_covariate_levels):
-            key = key * n + c[:, i].long()
-        return key
-
-    def mixture_rows(self, y: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """The mixture row each cell draws from, ``(B,)``: its combination's where the type and
-        levels ``c`` ``(B, k)`` have one, else its type's (``y``)."""
-        combos = self.mixture_combos
-        if c is None or combos.shape[0] == 0:
-            return y
-        keys = self._combo_key(combos[:, 0], combos[:, 1:])  # sorted (set_latent_mixture)
-        want = self._combo_key(y, c.clamp_min(0))
-        at = torch.searchsorted(keys, want).clamp_max(len(keys) - 1)
-        hit = (keys[at] == want) & (c >= 0).all(1)  # a code < 0: no level, the type's mixture
-        return torch.where(hit, self.n_labels + at, y)
+        self.mixture_weight = weight.to(device, torch.float32)
+        self.mixture_mean = mean.to(device, torch.float32)
+        self.mixture_chol = chol.to(device, torch.float32)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the stored mixture's number of components before loading (a training
@@ -145,16 +112,10 @@ class GenerationBuffers:
             self.level_scale = torch.empty_like(state_dict[prefix + "level_scale"]).to(
                 self.level_scale.device)
         keys = [prefix + k for k in ("mixture_weight", "mixture_mean", "mixture_chol")]
-        combos = prefix + "mixture_combos"
-        if combos not in state_dict and prefix + "embed.weight" in state_dict:
-            state_dict[combos] = torch.zeros_like(self.mixture_combos[:0])  # one per type only
         if all(k in state_dict for k in keys) and (
             state_dict[keys[0]].shape != self.mixture_weight.shape
-        ):  # shapes only: the values are loaded below
-            m = state_dict[keys[0]].shape[0] - self.n_labels
-            self.mixture_weight, self.mixture_mean, self.mixture_chol = (
-                torch.empty_like(state_dict[k]).to(self.mixture_mean.device) for k in keys)
-            self.mixture_combos = self.mixture_combos.new_zeros(m, self.mixture_combos.shape[1])
+        ):
+            self.set_latent_mixture(*(torch.empty_like(state_dict[k]) for k in keys))  # shapes
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -165,13 +126,11 @@ class GenerationBuffers:
 
     @torch.no_grad()
     def mixture_from_noise(
-        self, u: torch.Tensor, eps: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None = None
+        self, u: torch.Tensor, eps: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint draws of ``z`` and the library size from the mixture of each cell's type and
-        covariate codes ``c`` (:meth:`mixture_rows`): the component by uniform ``u``
-        (``(B,)``), then ``mean + L @ eps`` with standard-normal ``eps``
+        """Joint draws of ``z`` and the library size from the per-type mixture: the component by
+        uniform ``u`` (``(B,)``), then ``mean + L @ eps`` with standard-normal ``eps``
         (``(B, n_latent + 1)``). Returns ``z`` ``(B, n_latent)`` and the library ``(B,)``."""
-        y = self.mixture_rows(y, c)
         cdf = torch.cumsum(self.mixture_weight[y], dim=-1)  # (B, K)
         k = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:]).clamp_max(cdf.shape[1] - 1)  # (B, 1)
         # the cells of each (type, component) at once: one matmul by its Cholesky factor, not a

@@ -13,8 +13,7 @@ The covariates ``c`` (donor, condition, batch...: one integer level per covariat
 embedding of their own, so any combination of seen levels can be decoded, also one no training
 cell had. The prior is ``p(z | y) = N(mu_y, sigma_y)`` (learned per type) or ``N(0, I)``. For generation
 the module also holds (as buffers, fitted by the caller) a per-type log-normal library-size model,
-a per-type Gaussian mixture fitted to the aggregate posterior of the training cells (with
-covariates, also one per seen combination of type and levels with enough cells), a
+a per-type Gaussian mixture fitted to the aggregate posterior of the training cells, a
 per-type gene scale that multiplies the decoded NB means of generated cells (not of training),
 so that each type's gene means under the mixture equal the training cells' (``set_gene_scale``),
 a gene scale per type and covariate level, so that within each level the type's gene means
@@ -90,7 +89,7 @@ class CVAEModule(GenerationBuffers, nn.Module):
         Size of each covariate's embedding.
     decode_labels
         Feed the type embedding to the decoder. False (as scVI): ``p(x | z, c, l)``, the type
-        lives in ``z`` (its prior and mixtures are still per type and combination), so a covariate's effect is
+        lives in ``z`` (its prior and mixture are still per type), so a covariate's effect is
         a function of the cell's state shared by types of similar states, not an interaction
         learned per type: it carries over to a combination no training cell had (issue 18).
     label_dropout
@@ -187,14 +186,10 @@ class CVAEModule(GenerationBuffers, nn.Module):
         self.register_buffer("library_log_std", torch.ones(n_labels))
         # per-type Gaussian mixture over (z, log library), fitted by the caller to the training
         # cells' posteriors and observed library sizes after training (set_latent_mixture):
-        # weights, means and lower-triangular scale factors; until then N(0, I) and library 1.
-        # With covariates, rows past n_labels are mixtures of seen (type, levels) combinations,
-        # mixture_combos (one row each: the type, then a level per covariate) says which
+        # weights, means and lower-triangular scale factors; until then N(0, I) and library 1
         self.register_buffer("mixture_weight", torch.ones(n_labels, 1))
         self.register_buffer("mixture_mean", torch.zeros(n_labels, 1, n_latent + 1))
         self.register_buffer("mixture_chol", torch.eye(n_latent + 1).repeat(n_labels, 1, 1, 1))
-        self.register_buffer("mixture_combos", torch.zeros(
-            0, 1 + len(n_covariate_levels), dtype=torch.long))
         # per-type gene scale of the decoded NB mean when generating (set_gene_scale); ones
         # until fitted, and never applied to the training loss
         self.register_buffer("gene_scale", torch.ones(n_labels, n_input))
