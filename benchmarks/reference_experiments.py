@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,9 @@ def main() -> int:
     rows = []
     for name in args.names:
         out = ROOT / args.out / name
+        # a fresh run: one into an earlier run's directory resumes the stages done with the
+        # same settings, whatever code did them, and its time would not be the run's
+        shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "cellsynth.cli", "run", "--config", f"examples/{name}.toml",
                "--out", str(out), "--quiet"]
         t0 = time.perf_counter()
