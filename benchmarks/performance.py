@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,14 @@ def load_results(out: Path) -> dict[str, dict[str, dict]]:
             variant = data.get("variant") or ""
             found[data["section"]][data["device"] + (f"/{variant}" if variant else "")] = data
     return found
+
+
+def machine_tag(m: dict[str, Any]) -> str:
+    """The kept-result variant of a CPU section (1-3): the host's vector units, as a file-name
+    word. Hosts of one model name differ in them, and each section's targets are ratios to that
+    host's own peak or to scvi-tools on it: a run on another kind of host is kept beside the
+    earlier one, not in its place."""
+    return re.sub(r"[^a-z0-9]+", "-", str(m.get("vector") or "unknown").lower()).strip("-")
 
 
 def rel(path: Path) -> str:
@@ -688,27 +697,29 @@ def stream_generation(model, cells: int) -> dict:
 
 def run_watched(cmd: list[str], limit: float | None) -> tuple[int | str, str, float | None]:
     """Run ``cmd`` from the repository root; kill it after ``limit`` seconds. Returns its exit
-    status (``"timeout"`` when killed), its stderr and its peak RSS in MB (the kernel's
-    ``VmHWM``, read every few seconds: a killed run has no stage record of its last stage)."""
+    status (``"timeout"`` when killed), its stderr and its peak RSS in MB: the ``ru_maxrss``
+    that ``wait4`` gives for it when it ends, killed or not (exact however short the run;
+    a process tree's largest process, its children included once it has waited for them)."""
+    import threading
+
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
-    start, peak, err = time.monotonic(), None, ""
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()  # drained as it comes: a full pipe would stall the child
+    start, killed = time.monotonic(), False
     while True:
-        try:
-            _, err = proc.communicate(timeout=5)  # retried: no output is lost
-            return proc.returncode, err, peak
-        except subprocess.TimeoutExpired:
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                kb = next(int(line.split()[1]) for line in status.splitlines()
-                          if line.startswith("VmHWM:"))  # fmt: skip
-                peak = max(peak or 0.0, kb / 1024)
-            except (OSError, StopIteration, ValueError):
-                pass  # not Linux, or the process just ended
-            if limit is not None and time.monotonic() - start > limit:
-                proc.kill()
-                _, err = proc.communicate()
-                return "timeout", err, peak
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if not killed and limit is not None and time.monotonic() - start > limit:
+            proc.kill()
+            killed = True
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    reader.join()
+    peak = usage.ru_maxrss / 1024 if usage.ru_maxrss else None  # KB on Linux
+    return ("timeout" if killed else proc.returncode), "".join(err), peak
 
 
 def bench_pipeline(args, out: Path, keep=None, *, atlas: bool = False) -> dict:
@@ -971,7 +982,7 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
              "gene.", ""]
     if not found:
         return [*lines, "Not run yet: `python benchmarks/performance.py --generation`.", ""]
-    for r in found.values():
+    for key, r in found.items():
         res = r["result"]
         ok = res["cells_per_s"] >= TARGETS["generation"]
         lines += header(r)
@@ -988,7 +999,7 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
                   f"| sparse NB draw to CSR, µs per cell | {res['draw_s_per_cell'] * 1e6:.1f} |",
                   ""]  # fmt: skip
         flops = res.get("decoder_flops_per_cell")
-        peak = peaks.get(r["device"])
+        peak = peaks.get(key)  # section 2's run on the same kind of host
         if flops and peak:  # what the decoder alone allows at the measured matmul peak
             bound = peak * 1e9 / flops
             lines[-1:] = [f"| decoder matmul FLOPs per cell | {flops / 1e6:.2f} M "
@@ -1154,7 +1165,11 @@ def write_page(out: Path, doc: Path) -> Path:
              f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/`; every number "
              "comes from a run. Each section names its own date, command and machine, because "
              "sections are rerun one at a time (`--training`, `--flops`, `--generation`, "
-             "`--pipeline`, `--atlas`, `--small`). Do not edit by hand: rerun the command.", ""]
+             "`--pipeline`, `--atlas`, `--small`). Sections 1-3 on the CPU are kept per kind "
+             "of host (its vector units: hosts of one model name differ in them, and so do "
+             "their peaks): a run on another kind adds its own table beside the earlier one, "
+             "and each table's targets are read on its own host. Do not edit by hand: rerun "
+             "the command.", ""]
     if not any(r.get("device") == "cuda" for sec in found.values() for r in sec.values()):
         lines += ["**GPU: not measured yet.** Every section runs on CUDA too where there is a "
                   "GPU (`--devices cpu,cuda`, the default when torch sees one; the pipeline "
@@ -1164,7 +1179,7 @@ def write_page(out: Path, doc: Path) -> Path:
     if any_quick:
         lines += ["**Some sections below are from `--quick` runs (small sizes, to check the "
                   "script): placeholders until the full run.**", ""]
-    peaks = {dev: r["result"]["peak"] for dev, r in found["flops"].items()}
+    peaks = {key: r["result"]["peak"] for key, r in found["flops"].items()}
     old = _sections(doc.read_text()) if doc.is_file() else {}
     for section, part in (("training", page_training(found["training"])),
                           ("flops", page_flops(found["flops"])),
@@ -1312,7 +1327,8 @@ def main() -> int:
                     bench_pipeline(args, out, keep, atlas=section == "atlas")  # kept per size
                 else:
                     result = globals()[f"bench_{section}"](args, device)
-                    save_result(kept, section, device, result, ctx, start)
+                    variant = machine_tag(ctx["machine"]) if device == "cpu" else ""
+                    save_result(kept, section, device, result, ctx, start, variant)
     print(f"wrote {write_page(kept, doc)}")
     return 0
 
