@@ -695,11 +695,16 @@ def stream_generation(model, cells: int) -> dict:
 # 4. the full pipeline on simulated atlases
 
 
+#: seconds between two readings of a watched run's peak memory
+POLL_S = 0.05
+
+
 def run_watched(cmd: list[str], limit: float | None) -> tuple[int | str, str, float | None]:
     """Run ``cmd`` from the repository root; kill it after ``limit`` seconds. Returns its exit
-    status (``"timeout"`` when killed), its stderr and its peak RSS in MB: the ``ru_maxrss``
-    that ``wait4`` gives for it when it ends, killed or not (exact however short the run;
-    a process tree's largest process, its children included once it has waited for them)."""
+    status (``"timeout"`` when killed), its stderr and its peak RSS in MB: the kernel's
+    ``VmHWM`` of the process, read every :data:`POLL_S` seconds until it ends. Not the
+    ``ru_maxrss`` that ``wait4`` gives: that keeps the high-water mark of the image the child
+    was forked from, this (large) process's, across its ``exec``."""
     import threading
 
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -707,18 +712,20 @@ def run_watched(cmd: list[str], limit: float | None) -> tuple[int | str, str, fl
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
     reader.start()  # drained as it comes: a full pipe would stall the child
-    start, killed = time.monotonic(), False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
+    start, killed, peak = time.monotonic(), False, None
+    status_file = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            kb = next(int(line.split()[1]) for line in status_file.read_text().splitlines()
+                      if line.startswith("VmHWM:"))  # fmt: skip
+            peak = max(peak or 0.0, kb / 1024)
+        except (OSError, StopIteration, ValueError):
+            pass  # not Linux, or the process is ending
         if not killed and limit is not None and time.monotonic() - start > limit:
             proc.kill()
             killed = True
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        time.sleep(POLL_S)
     reader.join()
-    peak = usage.ru_maxrss / 1024 if usage.ru_maxrss else None  # KB on Linux
     return ("timeout" if killed else proc.returncode), "".join(err), peak
 
 

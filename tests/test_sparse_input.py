@@ -87,3 +87,21 @@ def test_the_same_output_and_gradient_on_one_thread_and_on_two():
         torch.set_num_threads(before)
     assert torch.equal(out[0][0], out[1][0])
     assert torch.equal(out[0][1][:, :400], out[1][1][:, :400])  # the genes' columns: the kernel's
+
+
+def test_the_forward_kernel_sums_each_output_alike_whatever_its_tasks():
+    """``_times_w`` splits the output's columns into tasks: any split gives the same bits (each
+    element summed over its genes in order), a width that does not divide H included, and the
+    product is the matrix product, with the weight read where it lies (a strided view)."""
+    x = _batch(40, 300, 0.1)
+    csc = S.nonzero(x).normalised(torch.full((40,), 0.7)).tocsc()
+    weight = torch.randn(50, 300 + 6)  # H = 50: no width below divides it
+    w = weight.numpy()[:, :300]
+    outs = []
+    for width in (16, 32, 128):
+        out = np.empty((40, 50), dtype=np.float32)
+        S._times_w(csc.indptr, csc.indices, csc.data, w, out, width)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    np.testing.assert_allclose(outs[0], csc.toarray() @ w.T, rtol=1e-5, atol=1e-5)
+    assert S._width(512, 2) == 128 and S._width(128, 2) == 64 and S._width(20, 4) == 16

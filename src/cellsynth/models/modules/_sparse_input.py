@@ -10,8 +10,12 @@ non-zero entries only:
 
 - forward: the non-zero counts of each cell (:func:`nonzero`: a compiled pass over the dense
   batch, in parallel over cells; a training step finds them once for this layer and for the
-  likelihood), normalised where they are, times the rows of the weight's transpose they select
-  (:func:`_times`: each cell's output accumulated in registers, in parallel over cells);
+  likelihood), normalised where they are, as CSC, times the weight's gene columns as they lie
+  (:func:`_times_w`: gene by gene, a tile of the weight read once into cache and added into
+  every cell that has its genes, in parallel over blocks of the output's columns). Reading the
+  weight in place, once, instead of a transposed copy made each step and a row of it for every
+  non-zero count, took the layer's forward from 10.4 to 4.6 ms at 14,407 genes (a 29 MB weight,
+  128 cells) and from 23.6 to 6.8 ms at 22,312; the same at 2,000 genes;
 - backward: the weight's gradient of the genes, gene by gene over the cells that have the gene
   (:func:`_times_t`, on the counts as CSC, in parallel over blocks of genes, written straight
   into the gradient's ``(H, G)`` layout), and the dense products
@@ -65,20 +69,50 @@ def _fill(x, indptr, indices, values):
                 at += 1
 
 
+#: genes per tile of :func:`_times_w`: each row of the weight gives a cache line of them
+_TILE = 16
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def _times(ptr, idx, values, dense, out):
-    """``out (n, H) = S @ dense`` for a compressed sparse ``S`` of ``n`` rows ``(ptr, idx,
-    values)`` and ``dense (m, H)``, row by row in parallel, each row summed in registers in the
-    order of its entries: with CSR ``X``, ``X @ W.T`` (``dense`` the weight's transpose)."""
+def _times_w(ptr, idx, values, w, out, width):
+    """``out (n, H) = S @ w.T`` for ``S`` of ``n`` rows given as CSC (``ptr`` over its genes,
+    ``idx`` the rows) and ``w (H, genes)``, a strided view allowed (the layer's weight as it
+    lies). Tasks in parallel: blocks of ``width`` output columns, each summed in a buffer of its
+    own; in a task, :data:`_TILE` genes at a time, their weight columns copied into a tile (a
+    cache line of each row), each added into the rows that have the gene. Every output element
+    is summed over its genes in ascending order whatever the tasks, as a CSR row of sorted
+    genes would sum them."""
     n, h = out.shape
-    for i in prange(n):
-        acc = np.zeros(h, dtype=np.float32)
-        for p in range(ptr[i], ptr[i + 1]):
-            v = values[p]
-            row = dense[idx[p]]
-            for k in range(h):
-                acc[k] += v * row[k]
-        out[i, :] = acc
+    genes = len(ptr) - 1
+    for task in prange((h + width - 1) // width):
+        k0 = task * width
+        hk = min(h, k0 + width) - k0
+        tile = np.empty((_TILE, width), dtype=np.float32)
+        acc = np.zeros((n, width), dtype=np.float32)
+        for g0 in range(0, genes, _TILE):
+            g1 = min(genes, g0 + _TILE)
+            if ptr[g1] == ptr[g0]:  # no cell has these genes
+                continue
+            for k in range(hk):
+                for j in range(g1 - g0):
+                    tile[j, k] = w[k0 + k, g0 + j]
+            for j in range(g1 - g0):
+                t = tile[j]
+                for p in range(ptr[g0 + j], ptr[g0 + j + 1]):
+                    v = values[p]
+                    row = acc[idx[p]]
+                    for k in range(hk):
+                        row[k] += v * t[k]
+        for i in range(n):
+            for k in range(hk):
+                out[i, k0 + k] = acc[i, k]
+
+
+def _width(h: int, threads: int) -> int:
+    """Output columns per task of :func:`_times_w`: at most 128 (a task's tile and buffer stay
+    in cache), and enough tasks for every thread; a multiple of 16."""
+    per = -(-h // max(threads, 1))
+    return int(min(128, max(16, -(-per // 16) * 16)))
 
 
 _BLOCK = 16  # genes per task of :func:`_times_t`: their rows of the output written as one
@@ -86,8 +120,9 @@ _BLOCK = 16  # genes per task of :func:`_times_t`: their rows of the output writ
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _times_t(ptr, idx, values, dense, out_t):
-    """:func:`_times` written transposed, ``out_t (H, n) = (S @ dense).T``, summed in the same
-    order: a block of :data:`_BLOCK` rows is summed in registers, then written column by column,
+    """``out_t (H, n) = (S @ dense).T`` for a compressed sparse ``S`` of ``n`` rows ``(ptr, idx,
+    values)`` and ``dense (m, H)``, each row summed in the order of its entries: a block of
+    :data:`_BLOCK` rows is summed in registers, then written column by column,
     a cache line of ``out_t`` at a time (``out_t`` may be a strided view: the weight's gradient
     of the genes, written where it lies, with no transposed copy after)."""
     h, n = out_t.shape
@@ -154,25 +189,25 @@ class SparseFirstLayer(torch.autograd.Function):
     def forward(ctx, csr: sp.csr_matrix, cond: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
         n_genes = csr.shape[1]
-        w_genes = weight[:, :n_genes]
-        wt = w_genes.detach().t().contiguous().numpy()  # (G, H)
+        csc = csr.tocsc()  # sorted by gene, then by cell; the backward reads it too
         out = np.empty((csr.shape[0], weight.shape[0]), dtype=np.float32)
-        with numba_threads(torch.get_num_threads()):
-            _times(csr.indptr, csr.indices, csr.data, wt, out)
+        threads = torch.get_num_threads()
+        with numba_threads(threads):
+            _times_w(csc.indptr, csc.indices, csc.data, weight.detach().numpy()[:, :n_genes],
+                     out, _width(weight.shape[0], threads))  # fmt: skip
         w_cond = weight[:, n_genes:]
         h = torch.addmm(bias, cond, w_cond.t()).add_(torch.from_numpy(out))
-        ctx.csr = csr
+        ctx.csc = csc
         ctx.save_for_backward(cond, weight)
         return h
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         cond, weight = ctx.saved_tensors
-        csr = ctx.csr
-        n_genes = csr.shape[1]
+        csc = ctx.csc
+        n_genes = csc.shape[1]
         grad_w = torch.empty_like(weight)
         dy = dy.contiguous()
-        csc = csr.tocsc()
         with numba_threads(torch.get_num_threads()):  # into grad_w[:, :n_genes], transposed
             _times_t(csc.indptr, csc.indices, csc.data, dy.numpy(), grad_w[:, :n_genes].numpy())
         grad_w[:, n_genes:] = dy.t() @ cond
