@@ -231,13 +231,15 @@ def atlas(cells: int, genes: int, types: int):
 
 def real_dataset(name: str, genes: int):
     """A shared real dataset (../shared/data/NAME.h5ad or a path), its ``genes`` most counted
-    genes, every cell a training cell."""
+    genes (0: every gene with a count), every cell a training cell."""
     import anndata as ad
     import scipy.sparse as sp
 
     path = Path(name) if name.endswith(".h5ad") else ROOT.parent / "shared" / "data" / f"{name}.h5ad"
     a = ad.read_h5ad(path)
     a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    if genes == 0:
+        genes = int((np.asarray(a.X.sum(axis=0)).ravel() > 0).sum())
     if a.n_vars > genes:
         top = np.sort(np.argsort(-np.asarray(a.X.sum(axis=0)).ravel())[:genes])
         a = a[:, top].copy()
@@ -314,7 +316,7 @@ def bench_training(args, device: str) -> dict:
     datasets = [(f"simulated {args.cells:,} × {args.genes:,}, {args.types} types",
                  atlas(args.cells, args.genes, args.types))]  # fmt: skip
     if args.real:
-        a, name = real_dataset(args.real, args.genes)
+        a, name = real_dataset(args.real, args.genes if args.real_genes is None else args.real_genes)
         datasets.append((f"{name} ({a.n_obs:,} × {a.n_vars:,})", a))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("scvi").setLevel(logging.WARNING)
@@ -815,6 +817,12 @@ def header(r: dict) -> list[str]:
             f"{describe_machine(r['machine'])}. {seen}{warn}{quick}", ""]
 
 
+def _ratio(r: float) -> str:
+    """A speed ratio to 2 decimals, or 3 where 2 would show a missed target as met (2.00)."""
+    target = TARGETS["training"]
+    return f"{r:.3f}" if r < target <= round(r, 2) else f"{r:.2f}"
+
+
 def page_training(found: dict) -> list[str]:
     lines = ["## 1. CVAE training throughput vs scvi-tools SCVI", "",
              "Both models train on the same cells (every cell a training cell, so neither runs a "
@@ -868,7 +876,7 @@ def page_training(found: dict) -> list[str]:
             lines.append(f"| {row['data']} | {a['n_hidden']} × {a['n_layers']}, {a['n_latent']} "
                          f"| {o['params']:,} / {s['params']:,} | {fmt(o['cells_per_s'])} "
                          f"| {fmt(s['cells_per_s'])} | {fmt(o['steady_cells_per_s'])} "
-                         f"| {fmt(s['steady_cells_per_s'])} | {row['ratio']:.2f}× "
+                         f"| {fmt(s['steady_cells_per_s'])} | {_ratio(row['ratio'])}× "
                          f"| {'met' if row['ratio'] >= TARGETS['training'] else 'missed'} "
                          f"| {half} |")
         lines.append("")
@@ -1252,6 +1260,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--archs", default="128x1:10,512x2:32",
                     help="section 1: HIDDENxLAYERS:LATENT, comma-separated")
     ap.add_argument("--real", default="", help="section 1: also this ../shared/data dataset")
+    ap.add_argument("--real-genes", type=int, default=None,
+                    help="section 1: the --real data set's most counted genes (default: --genes; "
+                    "0: every gene with a count, the width real data sets train at)")
     ap.add_argument("--gen-cells", type=int, help="cells to generate, section 3")
     ap.add_argument("--wide-genes", type=int, help="genes of section 3's second, wider model")
     ap.add_argument("--pipeline-sizes", help="section 4: cells, comma-separated")
