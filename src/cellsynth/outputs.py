@@ -158,8 +158,9 @@ def check_out_dir(out: str | Path, flag: str, what: str,
     """An output directory that is an existing file (the input, a model file...), or under
     which nothing can be written, is a one-line ``error`` before any work: ``flag`` names the
     argument (``--out`` on the command line, ``out`` in Python), ``what`` what the directory
-    is for. The one check of every output directory (a run, a model, an evaluation)."""
-    out = Path(out)
+    is for. The one check of every output directory (a run, a model, an evaluation). Returns
+    the directory, ``~`` expanded: write there, not to the path as given."""
+    out = expand_user(out, flag)
     if out.exists() and not out.is_dir():
         raise error(f"{flag} {out} is an existing file, not a directory; give a directory "
                     f"for {what}")
@@ -242,13 +243,14 @@ def report_html(path: Path) -> bool:
 
 
 def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out",
-                   suffixes: tuple[str, ...] = (".h5ad",), say: bool = True) -> None:  # fmt: skip
+                   suffixes: tuple[str, ...] = (".h5ad",), say: bool = True) -> Path:  # fmt: skip
     """Refuse an output file that is a directory, one whose name says another format than
     ``suffixes`` (``cells.csv`` would hold an h5ad), or an existing file that cellsynth did not
     write as ``what`` (``ours(path)`` false): the input, a run's manifest, a model's weights or
     anyone's data would be lost. An earlier output of the same kind may be replaced (rerunning
     a command writes its output again), with a line in the log (``say`` false: the caller
-    says it when it writes, after its other checks)."""
+    says it when it writes, after its other checks). Returns the path, ``~`` expanded: write
+    there, not to the path as given."""
     path = expand_user(path, flag)
     if path.is_dir():
         raise CellsynthError(f"{flag} {path} is a directory; give the file to write, e.g. "
@@ -273,6 +275,7 @@ def check_file_out(path: str | Path, what: str, ours: Any, *, flag: str = "--out
     check_writable(path, flag)
     if exists and say:
         logger.info("replacing %s, %s written earlier", path, what)
+    return path
 
 
 def check_links(out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ConfigError
@@ -9,7 +10,13 @@ from .errors import ConfigError
 
 def expand_user(path: str | Path, option: str = "the path") -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded; a :class:`ConfigError` naming
-    ``option`` when there is no such user or no home directory (pathlib's RuntimeError)."""
+    ``option`` when it is not a path (None, a number: pathlib's TypeError) or when there is no
+    such user or no home directory (pathlib's RuntimeError). Every path a user gives to write
+    to goes through here, so ``~/x`` is the home folder's ``x`` for every writer, never a
+    folder named ``~``."""
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"{option} takes a path (a string such as 'results/out'), not "
+                          f"{type(path).__name__} {path!r}")
     try:
         return Path(path).expanduser()
     except RuntimeError:

@@ -31,6 +31,9 @@ def missing_labels(col: pd.Series) -> np.ndarray:
 
 def check_label(adata: ad.AnnData, label_key: str) -> None:
     """The label column exists and holds names, not numbers."""
+    if not isinstance(label_key, str):
+        raise DataError(f"label_key takes the name of one obs column (a string such as "
+                        f"'cell_type'), not {type(label_key).__name__} {label_key!r}")
     if label_key not in adata.obs.columns:
         cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
         raise DataError(

@@ -479,8 +479,8 @@ def write_atlas(
     """
     chunk_size = check_writing(chunk_size, compression)
     _check_label_key(label_key)
-    path, started = Path(path), time.perf_counter()
-    check_file_out(path, "a simulated atlas", generated_h5ad)
+    started = time.perf_counter()
+    path = check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)

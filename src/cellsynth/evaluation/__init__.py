@@ -196,6 +196,7 @@ def compare(
 
         hc = _columns(h, genes, "the held-out data")
         heldout_overlap(counts, hc)
+        _check_audit_sizes(rc.shape[0], hc.shape[0], sc.shape[0])
     logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
                 "other real cells (of %d real; stratified subsamples of at most %d)",
                 len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
@@ -311,6 +312,20 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         out["privacy"]["donor_key"] = donor_key  # None too: the file says none was given
         with_donor_key(out["privacy"], donor_key)
     return out
+
+
+def _check_audit_sizes(n_real: int, n_heldout: int, n_synthetic: int) -> None:
+    """The privacy audit's sets, each of at least ``MIN_CELLS`` cells, checked before any
+    work (the audit runs last: a too small held-out set failed it after the fidelity's
+    minutes, losing them)."""
+    from ..metrics.privacy_dcr import MIN_CELLS
+
+    for n, name in ((n_real, "the real (training) cells scored"), (n_heldout, "the held-out data"),
+                    (n_synthetic, "the synthetic data")):  # fmt: skip
+        if n < MIN_CELLS:
+            raise DataError(f"{name} has {n} cells but the privacy audit needs at least "
+                            f"{MIN_CELLS} in each set; give more cells, or leave heldout out "
+                            "(no audit)")
 
 
 def _out_dir(out: str | Path, flag: str = "--out") -> Path:

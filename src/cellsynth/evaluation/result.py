@@ -9,6 +9,7 @@ sections of ``fidelity.md``; :func:`html_page` the same as one self-contained HT
 
 from __future__ import annotations
 
+import copy
 import html
 import math
 from collections.abc import Iterator, Mapping
@@ -243,7 +244,7 @@ class Evaluation(Mapping[str, Any]):
         self._result = dict(result)
 
     def __getitem__(self, key: str) -> Any:
-        return self._result[key]
+        return copy.deepcopy(self._result[key])  # read-only: a caller's edit stays its own
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._result)
@@ -255,7 +256,7 @@ class Evaluation(Mapping[str, Any]):
     def verdict(self) -> dict[str, Any]:
         """:func:`~cellsynth.metrics.verdict.fidelity_verdict`: ``overall`` and ``per_type`` verdicts
         (``verdict``, ``decided_by``, ``reason``), ``too_few``, ``absent``, ``extra``."""
-        return self._result["verdict"]
+        return copy.deepcopy(self._result["verdict"])
 
     @property
     def summary(self) -> str:
@@ -272,7 +273,7 @@ class Evaluation(Mapping[str, Any]):
     def privacy(self) -> dict[str, Any] | None:
         """The privacy audit (:class:`~cellsynth.metrics.privacy.PrivacyResult` as a dict), or
         None without held-out cells."""
-        return self._result.get("privacy")
+        return copy.deepcopy(self._result.get("privacy"))
 
     @property
     def genes(self) -> dict[str, Any] | None:
@@ -288,8 +289,6 @@ class Evaluation(Mapping[str, Any]):
         dict
             :func:`cellsynth.evaluation.compare`'s result.
         """
-        import copy
-
         return copy.deepcopy(self._result)  # the result stays as it was computed
 
     def to_html(self, path: str | Path) -> Path:
@@ -305,9 +304,8 @@ class Evaluation(Mapping[str, Any]):
         -------
         The path written.
         """
-        path = Path(path)
-        check_file_out(path, "an HTML report", report_html, flag="to_html:",
-                       suffixes=(".html", ".htm"))  # never over data or another file
+        path = check_file_out(path, "an HTML report", report_html, flag="to_html:",
+                              suffixes=(".html", ".htm"))  # never over data or another file
         write_text(path, html_page(self._result))
         return path
 

@@ -382,6 +382,10 @@ def fidelity_verdict(
         warnings.append(f"{len(absent)} of the {n_real} real cell types have no synthetic cells "
                         f"({listed(absent)}): the "
                         "verdict covers only the types generated")
+    if extra:  # cells of types the real data lack: generated, never judged
+        warnings.append(f"{len(extra)} synthetic cell type(s) are not in the real data "
+                        f"({listed(extra)}): their cells have no real cells of their type to be "
+                        "judged against (are the labels spelled as the real data's?)")
     warning = "; ".join(warnings) or None
     n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
     if any(v["verdict"] == COPIES for v in per_type.values()):

@@ -25,6 +25,7 @@ from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..config_rules import from_dict
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
+from ..paths import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
         if not getattr(self, "labels", None) and getattr(self, "is_trained", None) is not True:
             raise NotTrainedError(f"this {type(self).__name__} has not been fitted, so it "
                                   "cannot be saved: call fit(adata, label_key) first")
-        out = Path(directory).expanduser().resolve()
+        out = expand_user(directory, "the model directory").resolve()
         check_save_dir(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = temp_beside(out, ".partial", folder=True)  # this saver's own

@@ -122,26 +122,60 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
     if save is not None:
         if isinstance(save, bool):
             raise DataError("save= takes a file path (such as 'umap.png'), not True or False")
-        path = Path(save).expanduser()
+        from ..paths import expand_user
+
+        path = expand_user(save, "save=")
         kinds = first.figure.canvas.get_supported_filetypes()
         if path.is_dir():
             raise DataError(f"save= {path} is a directory; give a file path such as "
                             f"{path / 'plot.png'}")
-        if path.suffix.lstrip(".").lower() not in kinds:
+        kind = path.suffix.lstrip(".").lower()
+        if kind not in kinds:
             raise DataError(f"save= {path}: a figure is saved as one of "
                             f"{', '.join('.' + k for k in sorted(kinds))}; give a file name "
                             "ending in one of them")
+        if path.exists() and not figure_written(path):
+            unmarked = ("" if kind in _MARK_KEYS else f" (a .{kind} file has no field that "
+                        "names its writer, so cellsynth never replaces one)")
+            raise DataError(f"save= {path} exists and is not a figure that cellsynth wrote"
+                            f"{unmarked}: saving would destroy it; give a new path (or remove "
+                            "the file yourself)")
         from ..outputs import check_writable
 
         check_writable(path, "save=")
         path.parent.mkdir(parents=True, exist_ok=True)
-        first.figure.savefig(path, bbox_inches="tight", dpi=150)
+        meta = {key: FIGURE_MARK} if (key := _MARK_KEYS.get(kind)) else None
+        first.figure.savefig(path, bbox_inches="tight", dpi=150, metadata=meta)
     if show:
         import matplotlib.pyplot as plt
 
         plt.show()
         return None
     return list(ax) if isinstance(ax, Sequence) else ax
+
+
+#: what a figure cellsynth saved says it is, in the file's own metadata (PNG "Software", PDF,
+#: SVG and PostScript "Creator"), so that a later save= may replace it and nothing else: formats
+#: without such a field (JPEG, TIFF...) are written but never replaced
+FIGURE_MARK = "cellsynth.pl figure"
+_MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "ps": "Creator",
+              "eps": "Creator"}  # fmt: skip
+#: the bytes of a file searched for the mark (a figure's metadata is near either end)
+_MARK_SPAN = 1 << 20
+
+
+def figure_written(path: Path) -> bool:
+    """Whether ``path`` is a figure ``save=`` wrote (its metadata holds :data:`FIGURE_MARK`,
+    uncompressed in every format that has the field), read at both ends of the file."""
+    mark = FIGURE_MARK.encode()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_MARK_SPAN)
+            fh.seek(max(0, path.stat().st_size - _MARK_SPAN))
+            tail = fh.read(_MARK_SPAN)
+    except OSError:
+        return False
+    return mark in head or mark in tail
 
 
 def need_cells(adata: object, what: str) -> None:

@@ -145,16 +145,24 @@ def _per_type_values(result: Any, metric: str
     """``(types, floor, synthetic, sizes, verdicts)`` of ``metric``, from the per-type table
     when it holds the metric, else from the two reports' ``per_type``."""
     rows = _rows(result)
+    if rows is not None and not rows and hasattr(result, "reset_index"):
+        raise DataError("the per-type table has no rows: there is no type to plot (give the "
+                        "evaluation's per_type, not a selection of none of its rows)")
+    whole = isinstance(result, Mapping) and "synthetic_vs_real" in result
     if rows is not None and metric in TABLE_METRICS:
         rows = [r for r in rows if not (math.isnan(_num(r.get(metric)))
                                         and math.isnan(_num(r.get(TABLE_METRICS[metric]))))]
+        if not rows and not whole:
+            raise DataError(f"the per-type table has no value of {metric!r} for any type (each "
+                            "had too few cells to score); plot another metric, or evaluate with "
+                            "more cells (max_cells)")
         if rows:
             return ([str(r["type"]) for r in rows],
                     np.array([_num(r.get(TABLE_METRICS[metric])) for r in rows]),
                     np.array([_num(r.get(metric)) for r in rows]),
                     [_size(r.get("n_real_scored"), r.get("n_synthetic_scored")) for r in rows],
                     [str(r.get("verdict") or "") for r in rows])
-    if rows is not None and not (isinstance(result, Mapping) and "synthetic_vs_real" in result):
+    if rows is not None and not whole:
         raise DataError(f"the per-type table has no {metric!r}; choose from "
                         f"{', '.join(TABLE_METRICS)}")
     synth, floor = _reports(result)

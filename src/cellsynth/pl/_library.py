@@ -21,6 +21,8 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
     from ..data.io import find_counts
 
     need_cells(adata, what)
+    if adata.n_obs == 0:
+        raise DataError(f"{what} has no cells; give cells to plot their library sizes")
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
     expr = find_counts(adata)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
+from ..paths import expand_user
+from ..seeds import checked_seed
 from ._common import (
     REAL_COLOR,
     SYNTH_COLOR,
@@ -169,7 +171,14 @@ def _table(source: Any, label_key: str | None) -> pd.DataFrame:
     """The UMAP table from a DataFrame or a path to ``features/umap.csv``."""
     import pandas as pd
 
-    df = pd.read_csv(source) if isinstance(source, str | Path) else source.copy()
+    if isinstance(source, str | Path):
+        path = expand_user(source, "the UMAP table")
+        if not path.is_file():
+            raise DataError(f"the UMAP table {path} does not exist (or is not a file); give a "
+                            "run's features/umap.csv, or the real and synthetic AnnData")
+        df = pd.read_csv(path)
+    else:
+        df = source.copy()
     if label_key and label_key in df and "label" not in df:
         df = df.rename(columns={label_key: "label"})
     missing = [c for c in TABLE_COLUMNS if c not in df]
@@ -282,6 +291,7 @@ def umap(
     log1p-transformed, a PCA (30 components) fitted on the real cells drawn and the generated
     cells projected into it, then one UMAP (``umap-learn``) of both.
     """
+    seed = checked_seed(seed)
     colors_wanted = [color] if isinstance(color, str) else list(color)
     names = {"origin", "label", *([label_key] if label_key else [])}
     bad = [c for c in colors_wanted if c not in names]

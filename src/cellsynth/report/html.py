@@ -419,8 +419,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not isinstance(record, dict) or not isinstance(record.get("stages"), dict):
         raise CellsynthError(f"{manifest} holds no run's stages: not a run directory written by "
                              "cellsynth run (rerun the run into it to write it again)")
-    path = Path(out) if out is not None else run_dir / "report.html"
-    check_file_out(path, "an HTML report", report_html, suffixes=(".html", ".htm"))
+    path = check_file_out(out if out is not None else run_dir / "report.html", "an HTML report",
+                          report_html, suffixes=(".html", ".htm"))
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, page)  # atomic: a temporary file renamed, removed on error
