@@ -179,8 +179,10 @@ def _quoting(key: str, value: Any, tp: Any) -> str:
             f"; on the command line --set '{key}=[\"a\", \"b\"]')" if cli else ")"))
     if get_origin(tp) in (list, tuple) and isinstance(value, str):  # one word, or "a,b"
         words = [w.strip() for w in value.split(",") if w.strip()] or ["a"]
-        shown = ", ".join(f'\"{w}\"' for w in words)
-        return (f" (a list in brackets, each word quoted: --set '{key}=[{shown}]')" if cli
+        numbers = (get_args(tp)[:1] or (str,))[0] in (int, float)  # list[int]: 512, not "512"
+        shown = ", ".join(w if numbers else f'\"{w}\"' for w in words)
+        how = "numbers unquoted" if numbers else "each word quoted"
+        return (f" (a list in brackets, {how}: --set '{key}=[{shown}]')" if cli
                 else f" (a list: [{shown}])")
     if tp is str and not isinstance(value, str):
         return " (text is quoted in TOML" + (

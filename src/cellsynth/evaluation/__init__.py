@@ -48,6 +48,7 @@ from .inputs import (
     _same_file,
     _Sample,
     _shared_genes,
+    check_heldout_unseen,
     warn_trained_on,
 )
 from .runner import run_benchmark as run_benchmark  # cellsynth benchmark; its home
@@ -182,6 +183,7 @@ def compare(
             labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells")),
             "the held-out data", donor_key=donor_key)
         _check_disjoint(real, heldout, label_key, seed)
+        check_heldout_unseen(synthetic, heldout)
     elif donor_key is not None:
         logger.warning("donor_key %r is used by the privacy audit only, which needs held-out "
                        "cells (heldout / --heldout); ignored", donor_key)

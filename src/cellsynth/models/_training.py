@@ -38,6 +38,23 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
 
 
+def loadable_device(saved: str, given: str | None, where: object) -> str:
+    """The device a saved model loads on: ``given`` when the caller names one (its absence is
+    an error: it was asked for), else the saved ``config.device`` where this machine has it,
+    else the CPU with a WARNING: a model fitted on a GPU cluster (``device = "cuda"``) is
+    read on a laptop to generate (``cellsynth generate`` has no device to pass)."""
+    if given is not None:
+        return given
+    try:
+        resolve_device(saved)
+    except ConfigError:
+        logger.warning("%s was fitted with device %r, which this machine does not have: "
+                       "loading it on the CPU (pass load(..., device=) to choose another)",
+                       where, saved)  # fmt: skip
+        return "cpu"
+    return saved
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """True when ``device`` multiplies bfloat16 matrices in hardware (a CPU with AVX512-BF16 or
     AMX tiles; a CUDA GPU that supports bfloat16), so mixed precision is faster, not emulated."""

@@ -453,17 +453,15 @@ class CVAE(GenerationMixin, DesignRequests):
                                  "save or fit the model again")
         config = md.read_config(directory, meta, CVAEConfig)
         label_key = str(meta.get("label_key", "cell_type"))
-        if device is not None:
-            config = dataclasses.replace(config, device=device)
+        config = dataclasses.replace(config, device=tr.loadable_device(config.device, device,
+                                                                       directory))
         md.check_sizes(directory, state, {"embed.weight": (len(labels), "labels.json", "cell types"),
                                           "px_scale_decoder.weight": (len(genes), GENES_FILE,
                                                                       "genes")})  # fmt: skip
         try:
             model = cls(None, label_key=label_key, config=config)
         except ConfigError as exc:
-            raise ModelFileError(
-                f"cannot load {directory}: {exc}; or pass load(..., device='cpu')"
-            ) from None
+            raise ModelFileError(f"cannot load {directory}: {exc}") from None
         model.labels, model.genes = list(labels), list(genes)
         model.gene_annotation = md.read_annotation(directory, model.genes)
         model.design = Design.from_json(meta.get("design"))

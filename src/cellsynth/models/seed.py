@@ -261,8 +261,8 @@ class SeedCVAE:
             n_input = int(meta["n_input"])
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{config_path} is invalid: {exc}") from None
-        if device is not None:
-            config = dataclasses.replace(config, device=device)
+        config = dataclasses.replace(config, device=tr.loadable_device(config.device, device,
+                                                                       directory))
         n_embedded = state["embed.weight"].shape[0] if "embed.weight" in state else None
         if n_embedded != len(labels):
             raise ModelFileError(
@@ -278,9 +278,7 @@ class SeedCVAE:
         try:
             model = cls(n_input, labels, config)
         except ConfigError as exc:
-            raise ModelFileError(
-                f"cannot load {directory}: {exc}; or pass load(..., device='cpu')"
-            ) from None
+            raise ModelFileError(f"cannot load {directory}: {exc}") from None
         try:
             model.module.load_state_dict(state)
         except RuntimeError as exc:
