@@ -84,3 +84,26 @@ def test_a_list_of_numbers_is_shown_unquoted_in_the_hint(tmp_path: Path, kang_pa
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode != 0
     assert "--set 'cvae.n_hidden=[512, 256]'" in done.stderr
+
+
+def test_nothing_is_written_into_a_saved_models_folder(tmp_path: Path, kang_path: Path) -> None:
+    import json
+
+    synthetic = _fit_and_generate(kang_path, tmp_path)
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-r", str(tmp_path / "m"), str(other)], check=True)
+    done = subprocess.run([*CLI, "generate", str(tmp_path / "m"), "--n-per-type", "3", "--out",
+                           str(other)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "other_synthetic.h5ad" in done.stderr  # not other/...
+    done = subprocess.run([*CLI, "evaluate", "--real", str(kang_path), "--synthetic",
+                           str(synthetic), "--label-key", "cell_type", "--out", str(other)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "holds a saved model" in done.stderr
+    assert not (other / "fidelity.json").exists()
+    genes = other / "genes.json"  # edited, its checksums gone: still refused
+    names = json.loads(genes.read_text())
+    genes.write_text(json.dumps([names[0], *names[:-1]]))
+    (other / "checksums.json").unlink()
+    done = subprocess.run([*CLI, "generate", str(other), "--n-per-type", "3", "--out",
+                           str(tmp_path / "x.h5ad")], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0 and "more than once" in done.stderr

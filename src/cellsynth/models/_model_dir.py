@@ -260,6 +260,11 @@ def read_genes(path: Path, directory: Path) -> list[str]:
     genes = json_file(path)
     if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
         raise ModelFileError(f"{path} must hold a list of gene names")
+    repeated = pd.Index(genes)[pd.Index(genes).duplicated()].unique()
+    if len(repeated):  # a save writes unique names: the file was edited (checked without sums)
+        raise ModelFileError(f"{path} lists {len(repeated)} gene name(s) more than once "
+                             f"({', '.join(map(repr, repeated[:3]))}): the file was edited; "
+                             "save or fit the model again")
     return genes
 
 

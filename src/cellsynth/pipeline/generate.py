@@ -243,8 +243,13 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     model = Path(model_dir).expanduser().resolve()
     inside = path == model or model in path.parents
     if path.is_dir() and not inside:
+        from ..models._model_dir import is_model_dir
+
+        # never into a saved model's folder: a later fit or save there refuses its extra files
+        like = (path.parent / f"{path.name}_synthetic.h5ad" if is_model_dir(path)
+                else Path(out) / "synthetic.h5ad")
         raise DataError(f"--out {out} is a directory; give the .h5ad file to write, e.g. "
-                        f"{Path(out) / 'synthetic.h5ad'}")
+                        f"{like}")
     if inside:
         raise DataError(f"--out {out} is inside the model directory {model_dir}: it would "
                         "replace or mix with the model's files; write the cells elsewhere")
