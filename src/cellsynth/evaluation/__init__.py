@@ -336,7 +336,7 @@ def _out_dir(out: str | Path, flag: str = "--out") -> Path:
     holds files named as an evaluation's that ``cellsynth evaluate`` did not write; ``flag``
     names it in the message (``--out`` on the command line, ``out`` in Python)."""
     out = check_out_dir(out, flag, "fidelity.json and fidelity.md", DataError)
-    from ..models._model_dir import is_model_dir
+    from ..models.base import is_model_dir
 
     if out.is_dir() and is_model_dir(out):
         raise DataError(f"{flag} {out} holds a saved model: an evaluation written there would "

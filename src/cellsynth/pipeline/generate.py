@@ -243,7 +243,7 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     model = Path(model_dir).expanduser().resolve()
     inside = path == model or model in path.parents
     if path.is_dir() and not inside:
-        from ..models._model_dir import is_model_dir
+        from ..models.base import is_model_dir
 
         # never into a saved model's folder: a later fit or save there refuses its extra files
         like = (path.parent / f"{path.name}_synthetic.h5ad" if is_model_dir(path)
