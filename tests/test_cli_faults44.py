@@ -107,3 +107,30 @@ def test_nothing_is_written_into_a_saved_models_folder(tmp_path: Path, kang_path
     done = subprocess.run([*CLI, "generate", str(other), "--n-per-type", "3", "--out",
                            str(tmp_path / "x.h5ad")], capture_output=True, text=True)  # fmt: skip
     assert done.returncode != 0 and "more than once" in done.stderr
+
+
+def test_any_level_in_where_says_to_leave_the_covariate_out() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from cellsynth.models._design import Design
+
+    obs = pd.DataFrame({"cell_type": ["B", "T"] * 10, "condition": ["ctrl"] * 10 + ["stim"] * 10})
+    rows = np.arange(len(obs))
+    design, _ = Design.fit(obs, ["condition"], "cell_type", obs["cell_type"].to_numpy(), rows,
+                           rows)  # fmt: skip
+    with pytest.raises(DataError, match="leave 'condition' out"):
+        design.plan({"B": 3}, {"condition": "*"}, ["B", "T"], "cell_type")
+
+
+def test_a_request_file_may_hold_comment_lines(tmp_path: Path) -> None:
+    from cellsynth.pipeline.generate import read_request
+
+    path = tmp_path / "request.tsv"
+    path.write_text("# asked by the lab\ncell_type\tn\n# B first\nB cells\t5\n\nT cells\t2\n")
+    table = read_request(path, "cell_type")
+    assert table["cell_type"].tolist() == ["B cells", "T cells"]
+    assert table["n"].tolist() == [5, 2]
+    path.write_text("cell_type\tn\nB cells\tfive\n")
+    with pytest.raises(DataError, match="line 2"):  # lines still numbered as in the file
+        read_request(path, "cell_type")

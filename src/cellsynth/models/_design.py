@@ -244,6 +244,10 @@ class Design:
                                 f"{len(level)}: ask for several levels with a request table (one "
                                 "row per type and level, with its n) or one call per level")
             code = LevelLookup(self.levels[key]).code(level)
+            if code < 0 and str(level).strip() == ANY_LEVEL:
+                raise DataError(f"'{ANY_LEVEL}' (any level) is for a request table's cells; in "
+                                f"where= (--where) leave '{key}' out instead: its levels then "
+                                "follow each type's training composition")
             if code < 0:
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
                                 f"{did_you_mean(level, self.levels[key])}; seen: "

@@ -16,6 +16,7 @@ from ..errors import DataError, listed
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
+from ..paths import expand_user
 from .output import check_disk, write_cells
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def parse_where(text: str) -> dict[str, str]:
 
 def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     """A request table (TSV, or CSV by its suffix): the label column, any covariate columns
-    and ``n``, one row per combination; a malformed row is named by its line."""
-    path = Path(path)
+    and ``n``, one row per combination; a malformed row is named by its line. Lines that start with ``#`` are comments."""
+    path = expand_user(path, "--request")
     if not path.exists() or path.is_dir():  # a pipe (--request <(...)) is read as a file is
         raise DataError(f"request file {path} " + ("is a folder; give the request file in it"
                         if path.is_dir() else "does not exist"))
@@ -104,7 +105,8 @@ def parse_count(text: str) -> int:
 
 def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """A request file's header and its non-blank rows with their line numbers, each row with as
-    many fields as the header (a row with one more is not read as holding an index)."""
+    many fields as the header (a row with one more is not read as holding an index); lines
+    whose first field starts with ``#`` are comments, before the header too."""
     import csv
 
     try:
@@ -115,13 +117,15 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
                         "save it?): save it as UTF-8 (CSV UTF-8, or tab-separated text)") from None
     except csv.Error as exc:
         raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
-    if not lines:
+    numbered = [(i, fields) for i, fields in enumerate(lines, start=1)
+                if fields and not fields[0].lstrip().startswith("#")]  # fmt: skip
+    if not numbered:
         raise DataError(f"request file {path} is empty; it needs a header line and one row per "
                         "combination")
-    header = lines[0]
+    header = numbered[0][1]
     if len(set(header)) != len(header):
         raise DataError(f"request file {path}: the header names a column twice ({', '.join(header)})")
-    rows = [(i, fields) for i, fields in enumerate(lines[1:], start=2) if fields]
+    rows = numbered[1:]
     for i, fields in rows:
         if len(fields) != len(header):
             what = "tab" if sep == "\t" else "comma"
