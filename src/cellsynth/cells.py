@@ -255,7 +255,15 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         An AnnData in memory, or an h5ad path: read from disk when ``backed`` is true or
         ``"auto"`` and the file is larger than 2 GB, else read into memory.
     """
+    given_obs = None
     if isinstance(data, ad.AnnData) and data.isbacked:
+        if data.is_view:  # its file would be read whole, the subset lost
+            raise DataError("this AnnData is a subset (a view) of a file opened backed, and "
+                            "backed cells are read from their file by rows: the whole file "
+                            "would be trained on; write the subset to a file of its own "
+                            "(adata.write_h5ad(path)) or read it into memory "
+                            "(adata.to_memory()), then fit")
+        given_obs = data.obs  # in memory, edits included (renamed labels): used, not the file's
         data, backed = data.filename, True  # an AnnData opened backed: read its file by rows
     if isinstance(data, ad.AnnData):
         source, close, on_disk = data, None, False
@@ -271,7 +279,7 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         close, on_disk = None, False
     try:
         counts, genes, annotation = _counts_of(source, on_disk)
-        obs = source.obs.copy()
+        obs = (source.obs if given_obs is None else _same_cells(given_obs, source.obs)).copy()
         obs[K.SPLIT] = _training_split(obs, label_key, seed=seed, val_fraction=val_fraction)
         fitted = np.flatnonzero(obs[K.SPLIT].isin(["train", "val"]).to_numpy())
         detected, empty = _check_and_detect(counts, fitted,
@@ -368,6 +376,17 @@ def _warn_small_types(obs: pd.DataFrame, label_key: str) -> None:
                        listed([f"{t}: {k}" for t, k in small.sort_values().items()], 8))
 
 
+def _same_cells(given: pd.DataFrame, filed: pd.DataFrame) -> pd.DataFrame:
+    """``given``, the obs of a backed AnnData, when it describes the cells of its file in their
+    order (its columns may have been edited), else a :class:`DataError`."""
+    if not given.index.equals(filed.index):
+        raise DataError("the cells of this backed AnnData are not its file's (renamed or "
+                        "reordered in memory): backed cells are read from the file by rows; "
+                        "write the AnnData to a file of its own (adata.write_h5ad(path)) or "
+                        "read it into memory (adata.to_memory()), then fit")
+    return given
+
+
 def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
                       chunk_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Check every stored value of ``rows`` (finite, non-negative, whole), chunk by chunk;
@@ -381,7 +400,7 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
         check_values(block.data, "the counts")
         check_whole(block, rows[pos])
         train = block[is_train[pos]]
-        detected += np.bincount(train.indices, minlength=counts.shape[1])
+        detected += np.bincount(train.indices[train.data != 0], minlength=counts.shape[1])
         lib = np.asarray(block.sum(axis=1)).ravel()
         empty.append(rows[pos][lib == 0])
         libraries.append(lib)

@@ -65,6 +65,11 @@ def unreadable(path: Path, exc: Exception) -> DataError:
     if tenx:
         return DataError(f"{path} is a 10x Genomics .h5 matrix, not an h5ad; convert it with "
                          "scanpy (sc.read_10x_h5(path).write_h5ad(...)) and pass the .h5ad")
+    if "float16" in str(exc):  # scipy.sparse has no float16: anndata cannot read it either
+        return DataError(f"{path} stores its sparse values as float16, which scipy.sparse (and "
+                         "so anndata) cannot read; write them as float32 (with h5py, or "
+                         "the tool that wrote the file), or read it backed "
+                         "(--set dataset.backed=true)")
     return DataError(f"{path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file "
                      "may be truncated or corrupt: download or write it again")
 
@@ -84,8 +89,7 @@ def check_file(path: str | Path) -> Path:
         raise DataError(f"{path} is a directory; give the path of an .h5ad file")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a relative path, read from {Path.cwd()})"
-        raise DataError(f"{path} does not exist{where}; give the path of an .h5ad file "
-                        "(dataset.path)")
+        raise DataError(f"{path} does not exist{where}; give the path of an .h5ad file")
     if not h5py.is_hdf5(path):
         kind = _compressed(path)
         if kind:

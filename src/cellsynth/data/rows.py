@@ -66,6 +66,10 @@ class Rows:
             gather = device.type == "cuda" and fits_on_device(counts, device)
         self.on_device = bool(gather)
         if self.on_device:
+            if not counts.has_canonical_format:  # the gather writes each entry, not their sum
+                counts = counts.copy()
+                counts.sum_duplicates()
+                self.counts = counts
             self.indptr = torch.from_numpy(counts.indptr.astype(np.int64)).to(device)
             self.indices = torch.from_numpy(counts.indices.astype(np.int32)).to(device)
             self.data = torch.from_numpy(counts.data.astype(np.float32)).to(device)
