@@ -86,3 +86,18 @@ def test_float16_sparse_values_are_named_as_the_cause(tmp_path: Path, kang_path:
         f["X/data"] = values
     with pytest.raises(DataError, match="float16"):
         read(path, backed=False)
+
+
+def test_a_run_says_it_replaces_the_datas_own_split(caplog) -> None:
+    """cellsynth run draws its own split: a cellsynth_split column the data hold (a fit keeps
+    it) is replaced, and the log says so (its test cells may be trained on)."""
+    from cellsynth import config
+    from cellsynth.data.qc import preprocess
+    from cellsynth.data.simulate import simulate_atlas
+
+    a = simulate_atlas(600, 400, 3, seed=0, doublet_rate=0.0, uninformative_rate=0.0)
+    cfg = config.load(None, ["dataset.label_key=cell_type", "qc.min_genes_per_cell=5",
+                             "qc.min_cells_per_gene=1"])  # fmt: skip
+    a.obs["cellsynth_split"] = "test"
+    preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert "replaced by this run's own split" in caplog.text

@@ -327,6 +327,11 @@ def filter_cells(
                             f"['{dataset.donor_key}'] (dataset.donor_key); give every cell its "
                             "donor (or sample), or set dataset.donor_key = \"\"")
         donors = st.obs[dataset.donor_key].astype(str).to_numpy()
+    if K.SPLIT in st.obs.columns:  # a run draws its own split: say the data's is not used
+        logger.warning("the data's obs['%s'] is replaced by this run's own split (split.train, "
+                       "split.val, split.test, seed %d): cells it marks test may be trained on "
+                       "here; cellsynth fit keeps such a column, cellsynth run does not",
+                       K.SPLIT, seed)  # fmt: skip
     st.obs[K.SPLIT] = stratified_split(labels, (split.train, split.val, split.test), seed=seed,
                                        donors=donors, heldout_donors=split.heldout_donors)
     st.keep_cells(n_genes_cell[st.rows] >= qc.min_genes_per_cell,

@@ -385,7 +385,8 @@ def fidelity_verdict(
     if extra:  # cells of types the real data lack: generated, never judged
         warnings.append(f"{len(extra)} synthetic cell type(s) are not in the real data "
                         f"({listed(extra)}): their cells have no real cells of their type to be "
-                        "judged against (are the labels spelled as the real data's?)")
+                        "judged against (a type too small to reach these real cells, or a label "
+                        "spelled otherwise)")
     warning = "; ".join(warnings) or None
     n_types = {lvl: sum(v["verdict"] == lvl for v in per_type.values()) for lvl in LEVELS}
     if any(v["verdict"] == COPIES for v in per_type.values()):

@@ -64,7 +64,8 @@ def stage_evaluation(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
 
 #: what the stage may write (each only under its settings): removed before it runs, so that a
 #: rerun with other settings leaves no earlier run's file for the report to show
-OUTPUTS = (("features", "umap.csv"), ("metrics", "fidelity.json"), ("metrics", "covariates.json"))
+OUTPUTS = (("features", "umap.csv"), ("metrics", "fidelity.json"), ("metrics", "covariates.json"),
+           ("metrics", "per_type.csv"), ("results.md",))  # results.md: rewritten at the run's end
 
 
 def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
