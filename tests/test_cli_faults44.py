@@ -134,3 +134,17 @@ def test_a_request_file_may_hold_comment_lines(tmp_path: Path) -> None:
     path.write_text("cell_type\tn\nB cells\tfive\n")
     with pytest.raises(DataError, match="line 2"):  # lines still numbered as in the file
         read_request(path, "cell_type")
+
+
+def test_a_config_without_data_warns_that_the_demo_runs(tmp_path: Path, monkeypatch, capsys
+                                                        ) -> None:  # fmt: skip
+    import cellsynth.pipeline as pipeline
+    from cellsynth.cli import main
+
+    config = tmp_path / "mine.toml"
+    config.write_text("[cvae]\nmax_epochs = 2\n")
+    ran = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg, out, **kw: ran.append(cfg) or out / "r.md")
+    main(["run", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert ran and not ran[0].dataset.path
+    assert "gives no dataset.path" in capsys.readouterr().err

@@ -89,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)
+    if args.config and not cfg.dataset.path:  # the demo is for a run given nothing at all
+        logger.warning("%s gives no dataset.path: this run uses the embedded demo atlas, with "
+                       "the config's settings; to run on your data set [dataset] path = "
+                       "\"DATA.h5ad\" there (or --set dataset.path=DATA.h5ad)", args.config)
     logger.info("%s", settings_line(cfg, sources))
     path = pipeline.run(cfg, out, force=set(args.force), command=args.command_line)
     _print_verdict(out / "metrics" / "fidelity.json")
