@@ -386,17 +386,14 @@ def _check_sides(real: Any, synthetic: Any) -> None:
                        "is built from the real side")
 
 
-def _fitted_file(synthetic: Any) -> tuple[Path, Path] | None:
-    """``(model directory, the data file it was fitted on)`` from the synthetic cells'
-    provenance (``uns['cellsynth']['model_path']``, written by ``cellsynth generate``, and the
-    model's ``run_config.toml``), for a model ``cellsynth fit`` wrote (not inside a run
-    directory, whose own split holds the test cells back); None where any of it is missing."""
+def _provenance(synthetic: Any) -> tuple[Path, Path] | None:
+    """``(model directory, the data file it was fitted on)`` of synthetic cells, a file or an
+    AnnData: their ``uns['cellsynth']['model_path']`` (written by ``cellsynth generate``) and
+    that model's ``run_config.toml``'s ``dataset.path``; None where any of it cannot be read."""
     import tomllib
 
     import h5py
     from anndata.io import read_elem
-
-    from ..outputs import enclosing_run
 
     try:
         if isinstance(synthetic, str | Path):
@@ -404,8 +401,6 @@ def _fitted_file(synthetic: Any) -> tuple[Path, Path] | None:
                 model = Path(str(read_elem(f["uns"]["cellsynth"]["model_path"])))
         else:
             model = Path(str(synthetic.uns["cellsynth"]["model_path"]))
-        if enclosing_run(model) is not None:
-            return None
         fitted = tomllib.loads((model / "run_config.toml").read_text())["dataset"]["path"]
         return model, Path(fitted).expanduser()
     except (OSError, KeyError, TypeError, ValueError, AttributeError):
@@ -417,20 +412,28 @@ def check_heldout_unseen(synthetic: Any, heldout: Any) -> None:
     fitted on: by name, against the cells of its training file that ``cellsynth fit`` trains
     and validates on (all of them, or those ``obs['cellsynth_split']`` does not mark test).
     The privacy audit reads held-out cells as unseen: trained-on ones make it say "no leak"
-    whatever the generator does. Silent where the provenance cannot be read."""
+    whatever the generator does. Silent where the provenance cannot be read, and for a model
+    inside a run directory (the run's own split holds its test cells back)."""
     from .. import keys as K
+    from ..errors import CellsynthError
+    from ..outputs import enclosing_run
 
-    found = _fitted_file(synthetic)
-    if found is None:
+    found = _provenance(synthetic)
+    if found is None or enclosing_run(found[0]) is not None:
         return
     model, fitted = found
-    names, split = _obs_names(fitted, K.SPLIT)
-    held = (heldout.obs_names if not isinstance(heldout, str | Path)
-            else _obs_names(Path(heldout).expanduser())[0])
-    if names is None or held is None:
+    try:
+        with H5adFile(fitted) as h5:
+            names, obs = pd.Index(h5.obs_names).astype(str), h5.obs
+        if isinstance(heldout, str | Path):
+            with H5adFile(heldout) as h5:
+                held = pd.Index(h5.obs_names)
+        else:
+            held = pd.Index(heldout.obs_names)
+    except CellsynthError:  # the training file moved or changed: nothing to compare
         return
-    trained = names if split is None else names[split != "test"]
-    seen = pd.Index(held.astype(str)).intersection(trained)
+    trained = names if K.SPLIT not in obs else names[obs[K.SPLIT].astype(str).to_numpy() != "test"]
+    seen = held.astype(str).intersection(trained)
     if len(seen):
         raise DataError(f"{len(seen)} of the {len(held)} held-out cells ({listed(list(seen[:3]))}"
                         f"{', ...' if len(seen) > 3 else ''}) are cells the generator {model} was "
@@ -439,43 +442,21 @@ def check_heldout_unseen(synthetic: Any, heldout: Any) -> None:
                         "as heldout cells the fit never saw (a file of cells left out of it)")
 
 
-def _obs_names(path: Path, column: str | None = None
-               ) -> tuple[pd.Index | None, np.ndarray | None]:  # fmt: skip
-    """The cell names of an h5ad and its obs ``column`` as text (None where absent), read
-    alone; ``(None, None)`` where the file cannot be read so."""
-    import h5py
-    from anndata.io import read_elem
-
-    try:
-        with h5py.File(path, "r") as f:
-            obs = f["obs"]
-            names = pd.Index(np.asarray(read_elem(obs[obs.attrs["_index"]])).astype(str))
-            values = (np.asarray(read_elem(obs[column])).astype(str)
-                      if column is not None and column in obs else None)  # fmt: skip
-            return names, values
-    except (OSError, KeyError, TypeError, ValueError):
-        return None, None
-
-
 def warn_trained_on(real: Any, synthetic: Any) -> bool:
     """A WARNING (and True) when the synthetic file's model (``uns['cellsynth']['model_path']``,
     written by ``cellsynth generate``) was fitted on the very file given as the real cells
     (its ``run_config.toml``'s ``dataset.path``): scored against its own training cells, a
     generator that copies them looks perfect. Silent where either side is not a file or the
     provenance cannot be read."""
-    import tomllib
-
-    import h5py
-    from anndata.io import read_elem
-
     if not isinstance(real, str | Path) or not isinstance(synthetic, str | Path):
         return False
+    found = _provenance(synthetic)
+    if found is None:
+        return False
+    model, fitted = found
     try:
-        with h5py.File(Path(synthetic).expanduser(), "r") as f:
-            model = Path(str(read_elem(f["uns"]["cellsynth"]["model_path"])))
-        fitted = tomllib.loads((model / "run_config.toml").read_text())["dataset"]["path"]
-        same = Path(fitted).expanduser().resolve() == Path(real).expanduser().resolve()
-    except (OSError, KeyError, TypeError, ValueError):
+        same = fitted.resolve() == Path(real).expanduser().resolve()
+    except OSError:
         return False
     if same:
         logger.warning("the synthetic cells come from %s, which was fitted on %s itself: they "

@@ -42,7 +42,8 @@ def parse_where(text: str) -> dict[str, str]:
 
 def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     """A request table (TSV, or CSV by its suffix): the label column, any covariate columns
-    and ``n``, one row per combination; a malformed row is named by its line. Lines that start with ``#`` are comments."""
+    and ``n``, one row per combination; a malformed row is named by its line. Lines that
+    start with ``#`` are comments."""
     path = expand_user(path, "--request")
     if not path.exists() or path.is_dir():  # a pipe (--request <(...)) is read as a file is
         raise DataError(f"request file {path} " + ("is a folder; give the request file in it"
