@@ -320,14 +320,11 @@ def _check_audit_sizes(n_real: int, n_heldout: int, n_synthetic: int) -> None:
     """The privacy audit's sets, each of at least ``MIN_CELLS`` cells, checked before any
     work (the audit runs last: a too small held-out set failed it after the fidelity's
     minutes, losing them)."""
-    from ..metrics.privacy_dcr import MIN_CELLS
+    from ..metrics.privacy_dcr import check_audit_size
 
     for n, name in ((n_real, "the real (training) cells scored"), (n_heldout, "the held-out data"),
                     (n_synthetic, "the synthetic data")):  # fmt: skip
-        if n < MIN_CELLS:
-            raise DataError(f"{name} has {n} cells but the privacy audit needs at least "
-                            f"{MIN_CELLS} in each set; give more cells, or leave heldout out "
-                            "(no audit)")
+        check_audit_size(n, name, "give more cells, or leave heldout out (no audit)")
 
 
 def _out_dir(out: str | Path, flag: str = "--out") -> Path:

@@ -52,6 +52,7 @@ from .privacy_dcr import (
     _check,
     _nearest,
     _points,
+    check_audit_size,
     distance_to_closest,
 )
 from .privacy_redraw import RedrawSpace, redraw_scores
@@ -259,9 +260,7 @@ def redraw_attack(
     ho = as_csr(heldout_counts, len(rs.space.genes), what="held-out counts")
     sy = as_csr(synthetic_counts, len(rs.space.genes), what="synthetic counts")
     for x, name in ((tr, "train"), (ho, "heldout"), (sy, "synthetic")):
-        if x.shape[0] < MIN_CELLS:
-            raise DataError(f"{name} has {x.shape[0]} cells but the privacy audit needs at least "
-                            f"{MIN_CELLS} in each set; give more cells")
+        check_audit_size(x.shape[0], name)
     rng = np.random.default_rng(derive_seed(seed, "redraw-candidates"))
     i_m, i_n = _subsample(tr.shape[0], max_n, rng), _subsample(ho.shape[0], max_n, rng)
     sm, sn = redraw_scores(rs, tr[i_m], sy), redraw_scores(rs, ho[i_n], sy)

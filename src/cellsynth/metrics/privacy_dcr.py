@@ -41,14 +41,20 @@ EXACT_TOL = 1e-6
 DCR_QUANTILE = 0.05
 
 
+def check_audit_size(n: int, name: str, fix: str = "give more cells") -> None:
+    """A :class:`DataError` when a set of the privacy audit (``name``: members, held-out or
+    synthetic cells) has fewer than :data:`MIN_CELLS` cells; ``fix`` says what to do."""
+    if n < MIN_CELLS:
+        raise DataError(f"{name} has {n} cells but the privacy audit needs at least "
+                        f"{MIN_CELLS} in each set; {fix}")
+
+
 def _points(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
     if a.ndim != 2:
         raise DataError(f"{name} must be a 2-d array (cells x PCs) of embedded cells, got shape "
                         f"{a.shape}; embed counts with EvalSpace.embed first")
-    if a.shape[0] < MIN_CELLS:
-        raise DataError(f"{name} has {a.shape[0]} cells but the privacy audit needs at least "
-                        f"{MIN_CELLS} in each set; give more cells")
+    check_audit_size(a.shape[0], name)
     if not np.isfinite(a).all():
         raise DataError(f"{name} has NaN or infinite coordinates; embed finite counts")
     return a
