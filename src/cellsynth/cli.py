@@ -391,6 +391,21 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
     return ", ".join(shown) if shown else "the paths given"
 
 
+def _exit_if_hdf5_broken(code: int) -> None:
+    """Exit at once (logs flushed) when an h5ad write failed in this process: HDF5 cannot close
+    a file that the disk filled under, and its clean-up at exit would crash the process (a
+    segmentation fault, exit 139, after the right message)."""
+    store = sys.modules.get("cellsynth.data.store")
+    if store is None or not store.hdf5_write_failed():
+        return
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["cellsynth", *(sys.argv[1:] if argv is None else argv)])
@@ -401,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
+        _exit_if_hdf5_broken(2)
         return 2
     except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
         import os
@@ -411,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
                   "free space or choose another --out (finished stages are kept)", file=sys.stderr)
+            _exit_if_hdf5_broken(2)
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
                       FileExistsError | FileNotFoundError) and exc.filename:  # a path given

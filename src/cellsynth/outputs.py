@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CellsynthError, listed
+from .errors import CellsynthError, DataError, listed
 from .paths import expand_user
 
 logger = logging.getLogger("cellsynth.pipeline")
@@ -95,6 +95,32 @@ def replaced(path: Path, suffix: str) -> Iterator[Path]:
             except OSError:  # an unwritable folder may not let it go either
                 pass
         raise
+
+
+#: room a write needs beyond its estimated size: HDF5's own structures, obs and var tables
+_DISK_MARGIN = 1.05
+_DISK_SLACK = 1 << 20  # bytes
+
+
+def check_disk_space(path: Path, nbytes: int, what: str) -> None:
+    """Refuse, before a byte is written, to write about ``nbytes`` into ``path``'s folder when
+    its disk has less room free (with a margin): HDF5 cannot recover from a disk that fills
+    under it (a file it cannot close, then a crash when the process exits), so an h5ad writer
+    asks first. A folder whose free space cannot be read is let through."""
+    import shutil
+
+    need = int(nbytes * _DISK_MARGIN) + _DISK_SLACK
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return
+    if free < need:
+        raise DataError(f"cannot write {path}: about {_mb(need)} needed for {what}, and its "
+                        f"disk has {_mb(free)} free; free disk space or choose another output")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} kB"
 
 
 def write_text(path: Path, text: str) -> None:

@@ -24,7 +24,7 @@ from anndata.io import read_elem
 
 from ..errors import DataError
 from ..options import progress_bar
-from ..outputs import replaced
+from ..outputs import check_disk_space, replaced
 from .csr import stack_rows
 from .io import Expression, check_file, unreadable
 
@@ -323,6 +323,39 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
                 write_elem(f, key, {})
 
 
+#: outputs whose HDF5 writing failed in this process (:func:`_replaced`): HDF5 keeps such a
+#: file's objects open, unable to flush or close them, and crashes when the process exits
+_FAILED_WRITES: list[Path] = []
+
+
+def hdf5_write_failed() -> bool:
+    """Whether an h5ad write failed in this process (a full disk mid-write): the command line
+    then exits at once after its message (``os._exit``), before HDF5's clean-up at exit
+    crashes on the file it could not close (a segmentation fault after the right message)."""
+    return bool(_FAILED_WRITES)
+
+
+def nbytes(adata) -> int:
+    """About the bytes ``adata`` takes in an uncompressed h5ad: its matrices' values and
+    indices, ``obs`` and ``var``."""
+    def size(m) -> int:
+        if m is None:
+            return 0
+        if sp.issparse(m):
+            return sum(int(getattr(m, k).nbytes) for k in ("data", "indices", "indptr")
+                       if hasattr(m, k))
+        return int(getattr(m, "nbytes", 0) or 0)
+
+    total = size(adata.X)
+    for group in ("layers", "obsm", "varm", "obsp", "varp"):
+        total += sum(size(v) for v in getattr(adata, group, {}).values())
+    if getattr(adata, "raw", None) is not None:
+        total += size(adata.raw.X)
+    for frame in (adata.obs, adata.var):
+        total += int(frame.memory_usage(index=True, deep=True).sum())
+    return total
+
+
 def _write_advice(exc: OSError) -> str:
     """What to do when writing failed: the cause's remedy, not free disk space for all."""
     import errno
@@ -345,6 +378,7 @@ def _replaced(path: Path) -> Iterator[Path]:
         with replaced(path, ".part") as part:  # a new file: never another's, nor a link
             yield part
     except OSError as exc:
+        _FAILED_WRITES.append(path)
         raise DataError(f"cannot write {path} ({exc}); {_write_advice(exc)}") from None
 
 
@@ -357,6 +391,7 @@ def write_h5ad(adata, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_disk_space(path, nbytes(adata), "the h5ad")
     with _replaced(path) as part:
         adata.write_h5ad(part)
     return path
@@ -391,6 +426,8 @@ class CSRWriter:
         x = sp.csr_matrix(x)
         if x.shape[1] != self.n_cols:
             raise ValueError(f"rows have {x.shape[1]} columns, the matrix {self.n_cols}")
+        check_disk_space(Path(self.group.file.filename), x.data.nbytes + x.indices.nbytes
+                         + 8 * (x.shape[0] + 1), f"the next {x.shape[0]:,} rows")
         for dataset, values in ((self._data, x.data), (self._indices, x.indices)):
             dataset.resize((self.nnz + x.nnz,))
             dataset[self.nnz :] = values

@@ -125,8 +125,8 @@ def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -
     work = ctx.path("generator_ddp")
     work.mkdir(parents=True, exist_ok=True)
     rows = cells.split_rows()
-    cells.to_memory(np.sort(np.concatenate([rows["train"], rows["val"]]))).write_h5ad(
-        work / "fit_on.h5ad")
+    write_h5ad(cells.to_memory(np.sort(np.concatenate([rows["train"], rows["val"]]))),
+               work / "fit_on.h5ad")  # atomic, and refused before HDF5 where the disk lacks room
     save(ctx.cfg, work / "run.toml")
     cmd = torchrun_command(work / "fit_on.h5ad", ctx.label_key, work / "model",
                            nproc_per_node=ctx.cfg.cvae.nproc_per_node, config=work / "run.toml",

@@ -1,0 +1,97 @@
+"""A disk without room for an h5ad: refused before HDF5 writes a byte (a disk that fills under
+HDF5 leaves a file it cannot close, and the process crashed at exit after the right message),
+and the command line exits at once when such a write failed anyway."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellsynth.errors import DataError
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _full(free: int):
+    real = shutil.disk_usage
+
+    def usage(path):
+        return Usage(real(path).total, real(path).total - free, free)
+
+    return usage
+
+
+def _cells(n: int = 2000, genes: int = 500) -> ad.AnnData:
+    x = sp.random(n, genes, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    return ad.AnnData(x)
+
+
+def test_an_h5ad_too_big_for_the_disk_is_refused_before_it_is_written(tmp_path: Path,
+                                                                      monkeypatch) -> None:  # fmt: skip
+    from cellsynth.data import store
+
+    adata = _cells()
+    need = store.nbytes(adata)
+    assert need > adata.X.data.nbytes  # values, indices and row pointers at least
+    monkeypatch.setattr(shutil, "disk_usage", _full(need // 2))
+    with pytest.raises(DataError, match=r"about .* needed for the h5ad, and its disk has .* free"):
+        store.write_h5ad(adata, tmp_path / "cells.h5ad")
+    assert list(tmp_path.iterdir()) == []  # nothing begun, no part file left
+    assert not store.hdf5_write_failed()  # HDF5 never saw the write
+    monkeypatch.setattr(shutil, "disk_usage", _full(50 * need))  # room enough: written
+    store.write_h5ad(adata, tmp_path / "cells.h5ad")
+    assert ad.read_h5ad(tmp_path / "cells.h5ad").shape == adata.shape
+
+
+def test_rows_streamed_to_a_disk_that_fills_stop_before_the_chunk_that_would_not_fit(
+        tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    from cellsynth.data.store import CSRWriter, h5ad_file
+
+    chunk = _cells(500).X
+    free = [10 * (chunk.data.nbytes + chunk.indices.nbytes) + (2 << 20)]
+    real = shutil.disk_usage
+
+    def usage(path):  # the disk fills as rows are written
+        return Usage(real(path).total, 0, free[0])
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    written = 0
+    with pytest.raises(DataError, match=r"needed for the next 500 rows"):
+        with h5ad_file(tmp_path / "stream.h5ad") as f:
+            writer = CSRWriter(f, "X", chunk.shape[1])
+            for _ in range(100):
+                writer.append(chunk)
+                written += 1
+                free[0] -= 4 * (chunk.data.nbytes + chunk.indices.nbytes)
+    assert 0 < written < 100
+    assert list(tmp_path.iterdir()) == []  # the part file removed, no output
+
+
+def test_the_command_line_exits_at_once_after_a_failed_hdf5_write(tmp_path: Path,
+                                                                  monkeypatch, capsys) -> None:  # fmt: skip
+    import os
+
+    from cellsynth import cli
+    from cellsynth.data import store
+
+    exits = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    missing = str(tmp_path / "none.h5ad")
+    assert cli.main(["info", missing]) == 2  # an ordinary error: an ordinary return
+    assert exits == []
+    monkeypatch.setattr(store, "_FAILED_WRITES", [tmp_path / "x.h5ad"])
+    with pytest.raises(SystemExit):
+        cli.main(["info", missing])
+    assert exits == [2]
+    assert "cellsynth: error:" in capsys.readouterr().err  # the message first
