@@ -95,3 +95,50 @@ def test_the_command_line_exits_at_once_after_a_failed_hdf5_write(tmp_path: Path
         cli.main(["info", missing])
     assert exits == [2]
     assert "cellsynth: error:" in capsys.readouterr().err  # the message first
+
+
+def _disk_full_error():
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: I/O error: No space left on device "
+                           "(os error 28)")
+
+
+def test_a_model_file_that_the_disk_cannot_hold_is_a_one_line_error(tmp_path: Path) -> None:
+    import errno
+
+    from safetensors import SafetensorError
+
+    from cellsynth.outputs import save_tensors
+
+    def full(tensors, path):  # safetensors' own error type, not an OSError
+        raise _disk_full_error()
+
+    with pytest.raises(DataError, match="the disk is full"):
+        save_tensors(full, {}, tmp_path / "weights.safetensors")
+
+    def denied(tensors, path):
+        raise SafetensorError("Error while serializing: I/O error: Permission denied "
+                              "(os error 13)")
+
+    with pytest.raises(PermissionError) as caught:
+        save_tensors(denied, {}, tmp_path / "weights.safetensors")
+    assert caught.value.errno == errno.EACCES
+
+
+def test_a_training_checkpoint_the_disk_cannot_hold_stops_checkpoints_not_training(
+        tmp_path: Path, monkeypatch, caplog) -> None:  # fmt: skip
+    import torch
+
+    from cellsynth.models import _checkpoint
+
+    def full(*args, **kwargs):
+        raise _disk_full_error()
+
+    monkeypatch.setattr(_checkpoint, "save_file", full)
+    ckpt = _checkpoint.Checkpoint(tmp_path, key="k")
+    with caplog.at_level("WARNING"):
+        ckpt.write({"w": torch.zeros(2)}, {"epoch": 1})
+    assert "cannot write the training checkpoint" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no part file left
+    assert not ckpt.due(2)  # no more tries

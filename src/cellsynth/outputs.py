@@ -342,6 +342,30 @@ def shareable(path: str | Path) -> None:
 
 def save_tensors(save: Callable[..., Any], tensors: Any, path: str | Path) -> None:
     """``save(tensors, path)`` with safetensors' ``save_file`` (its numpy or its torch one),
-    then the file made :func:`shareable` (safetensors writes it for its owner only)."""
-    save(tensors, str(path))
+    then the file made :func:`shareable` (safetensors writes it for its owner only). A failed
+    write is an :class:`OSError` (safetensors raises its own error type for one), a full disk
+    a one-line :class:`DataError`."""
+    try:
+        save(tensors, str(path))
+    except Exception as exc:
+        failed = as_os_error(exc, path)
+        if isinstance(failed, OSError) and failed.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"cannot write {path}: the disk is full; free disk space or choose "
+                            "another output") from None
+        if failed is exc:
+            raise
+        raise failed from None
     shareable(path)
+
+
+def as_os_error(exc: Exception, path: str | Path) -> Exception:
+    """safetensors' error for a failed write (``SafetensorError``: "I/O error: No space left on
+    device (os error 28)") as the :class:`OSError` it stands for, with the errno its message
+    gives; any other exception as it is."""
+    import re
+
+    if type(exc).__name__ != "SafetensorError" or "I/O error" not in str(exc):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..outputs import replaced
+from ..outputs import as_os_error, replaced
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,10 @@ class Checkpoint:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with replaced(self.path, ".tmp") as tmp:  # this writer's own (two ranks, two runs)
-                save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+                try:
+                    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+                except SafetensorError as exc:  # its own error type for a failed write
+                    raise as_os_error(exc, tmp) from None
         except OSError as exc:
             self._broken = True
             logger.warning(
