@@ -87,14 +87,24 @@ def test_the_command_line_exits_at_once_after_a_failed_hdf5_write(tmp_path: Path
         raise SystemExit(code)
 
     monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(store, "_FAILED_WRITES", [])
     missing = str(tmp_path / "none.h5ad")
     assert cli.main(["info", missing]) == 2  # an ordinary error: an ordinary return
     assert exits == []
-    monkeypatch.setattr(store, "_FAILED_WRITES", [tmp_path / "x.h5ad"])
+
+    def disk_filled(args) -> int:  # as store's writer fails on a disk that fills under HDF5
+        store._FAILED_WRITES.append(tmp_path / "x.h5ad")
+        raise DataError("cannot write x.h5ad (No space left on device); the disk is full")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", disk_filled)
     with pytest.raises(SystemExit):
         cli.main(["info", missing])
     assert exits == [2]
-    assert "cellsynth: error:" in capsys.readouterr().err  # the message first
+    assert "the disk is full" in capsys.readouterr().err  # the message first
+    monkeypatch.setitem(cli.COMMANDS, "info", lambda args: (_ for _ in ()).throw(
+        DataError("another error")))
+    assert cli.main(["info", missing]) == 2  # an earlier command's failure is not this one's
+    assert exits == [2]
 
 
 def _disk_full_error():
@@ -142,3 +152,38 @@ def test_a_training_checkpoint_the_disk_cannot_hold_stops_checkpoints_not_traini
     assert "cannot write the training checkpoint" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no part file left
     assert not ckpt.due(2)  # no more tries
+
+
+def test_generate_writes_what_fits_though_its_upper_bound_does_not(
+        tmp_path: Path, kang_path: Path, monkeypatch, capsys) -> None:  # fmt: skip
+    """The size bound of generated cells (a non-zero gene per count) is often ten times the
+    file: a request that fits is generated, one that does not is refused before any is
+    written, from what its first cells took."""
+    from cellsynth import cli
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models.cvae import CVAE
+    from cellsynth.models.sampling import estimate_bytes
+
+    model = CVAE(config=CVAEConfig(max_epochs=1, min_steps=0, n_hidden=[32], n_latent=4))
+    model.fit(ad.read_h5ad(kang_path), "cell_type", seed=0)
+    model.save(tmp_path / "m")
+    plan, _ = model.plan({t: 2000 for t in model.labels})
+    bound = estimate_bytes(model, plan)
+    out = tmp_path / "g.h5ad"
+    real = shutil.disk_usage
+
+    def room(free: int):
+        return lambda path: Usage(real(path).total, 0, free) if Path(path) == tmp_path else \
+            real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", room(int(bound / 2)))
+    assert cli.main(["generate", str(tmp_path / "m"), "--n-per-type", "2000", "--out", str(out),
+                     "--quiet"]) == 0  # fmt: skip
+    size = out.stat().st_size
+    assert size < bound / 2  # the bound would have refused it
+    out.unlink()
+    monkeypatch.setattr(shutil, "disk_usage", room(size // 3))
+    assert cli.main(["generate", str(tmp_path / "m"), "--n-per-type", "2000", "--out",
+                     str(out), "--quiet"]) == 2  # fmt: skip
+    assert "from the 1,024 cells drawn first" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("g.h5ad*"))

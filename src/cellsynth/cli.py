@@ -391,12 +391,17 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
     return ", ".join(shown) if shown else "the paths given"
 
 
-def _exit_if_hdf5_broken(code: int) -> None:
-    """Exit at once (logs flushed) when an h5ad write failed in this process: HDF5 cannot close
-    a file that the disk filled under, and its clean-up at exit would crash the process (a
-    segmentation fault, exit 139, after the right message)."""
+def _hdf5_failures() -> int:
     store = sys.modules.get("cellsynth.data.store")
-    if store is None or not store.hdf5_write_failed():
+    return 0 if store is None else store.hdf5_failures()
+
+
+def _exit_if_hdf5_broken(code: int, since: int) -> None:
+    """Exit at once (logs flushed) when an h5ad write failed in this command (more than
+    ``since`` failures in the process): HDF5 cannot close a file that the disk filled under,
+    and its clean-up at exit would crash the process (a segmentation fault, exit 139, after
+    the right message)."""
+    if _hdf5_failures() <= since:
         return
     import os
 
@@ -411,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["cellsynth", *(sys.argv[1:] if argv is None else argv)])
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
+    failures = _hdf5_failures()  # an earlier command's in this process (tests) is not this one's
     try:
         with settings.override(progress=False if quiet else "auto"), _terminations():
             return COMMANDS[args.command](args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
-        _exit_if_hdf5_broken(2)
+        _exit_if_hdf5_broken(2, failures)
         return 2
     except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
         import os
@@ -427,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
                   "free space or choose another --out (finished stages are kept)", file=sys.stderr)
-            _exit_if_hdf5_broken(2)
+            _exit_if_hdf5_broken(2, failures)
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
                       FileExistsError | FileNotFoundError) and exc.filename:  # a path given

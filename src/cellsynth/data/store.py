@@ -10,6 +10,7 @@ cannot afford.) :class:`CSRWriter` appends CSR rows to a new file chunk by chunk
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -328,11 +329,17 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
 _FAILED_WRITES: list[Path] = []
 
 
-def hdf5_write_failed() -> bool:
-    """Whether an h5ad write failed in this process (a full disk mid-write): the command line
-    then exits at once after its message (``os._exit``), before HDF5's clean-up at exit
-    crashes on the file it could not close (a segmentation fault after the right message)."""
-    return bool(_FAILED_WRITES)
+def hdf5_write_failed(since: int = 0) -> bool:
+    """Whether an h5ad write failed in this process (a full disk mid-write), after the first
+    ``since`` such failures (:func:`hdf5_failures`): the command line then exits at once after
+    its message (``os._exit``), before HDF5's clean-up at exit crashes on the file it could not
+    close (a segmentation fault after the right message)."""
+    return len(_FAILED_WRITES) > since
+
+
+def hdf5_failures() -> int:
+    """How many h5ad writes failed in this process so far (see :func:`hdf5_write_failed`)."""
+    return len(_FAILED_WRITES)
 
 
 def nbytes(adata) -> int:
@@ -378,7 +385,8 @@ def _replaced(path: Path) -> Iterator[Path]:
         with replaced(path, ".part") as part:  # a new file: never another's, nor a link
             yield part
     except OSError as exc:
-        _FAILED_WRITES.append(path)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):  # HDF5 cannot close it
+            _FAILED_WRITES.append(path)
         raise DataError(f"cannot write {path} ({exc}); {_write_advice(exc)}") from None
 
 

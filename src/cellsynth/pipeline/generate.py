@@ -209,10 +209,10 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     plan, unseen = gen.plan(req, kwargs.get("where"))
     _replacing(out)
     n = sum(k for _, _, k in plan)
-    need = check_disk(gen, plan, out.parent)
+    chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
+    need, chunks = check_disk(gen, plan, out.parent, chunks)
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
-    chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
                 {**gen.provenance(seed, unseen), **made_by},
                 annotation=getattr(gen, "gene_annotation", None), overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")

@@ -201,9 +201,11 @@ def _count_chunks(gen: Any, counts: dict[str, int], seed: int, out: Path | None)
     ``uns['cellsynth']``; checks first that ``out``'s disk can hold them (when writing)."""
     if hasattr(gen, "sample_chunks"):  # one chunk in memory at a time
         plan, unseen = gen.plan(counts)
-        if out is not None:
-            check_disk(gen, plan, out.parent)
         chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
+        if out is not None:
+            _, chunks = check_disk(gen, plan, out.parent, chunks,
+                                   hint="free disk space, choose another --out, or lower "
+                                   "generator.n_per_type_train and n_per_type_eval")  # fmt: skip
         return chunks, gen.plan_obs(plan), gen.provenance(seed, unseen)
     syn = gen.sample(counts, seed=seed)
     return iter([syn.X]), syn.obs.reset_index(drop=True), dict(syn.uns[K.UNS])

@@ -6,6 +6,7 @@ Shared by ``cellsynth generate`` (:mod:`.generate`) and the run's experiments
 
 from __future__ import annotations
 
+import itertools
 import queue
 import shutil
 import threading
@@ -18,22 +19,40 @@ import pandas as pd
 from .. import keys as K
 from ..data.genes import annotated_var
 from ..errors import DataError
-from ..models.base import BYTES_PER_VALUE, cell_names, writable_uns
+from ..models.base import cell_names, writable_uns
 from ..models.sampling import estimate_bytes
 
 
-def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path) -> float:
-    """The estimated size of a plan's cells (:func:`estimate_bytes`), after checking that
-    ``directory``'s disk has that much free; raise :class:`DataError` before anything is
-    generated when it has not."""
+def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path,
+               chunks: Iterator[Any], hint: str = "ask for fewer cells or write elsewhere",
+               ) -> tuple[float, Iterator[Any]]:  # fmt: skip
+    """Check, before a byte is written, that ``directory``'s disk can hold a plan's cells;
+    raise :class:`DataError` (with ``hint``) when it cannot. Returns the estimated size and the
+    ``chunks`` (CSR matrices, or ``(type, CSR)`` pairs) to write, unchanged.
+
+    The upper bound (:func:`estimate_bytes`: as many non-zero genes as counts, at most every
+    gene) is often ten times the file; where it exceeds the free space the first chunk is drawn
+    and the bound scaled by what that chunk's cells take against their bound, with a quarter
+    more for the file's own structures and margin (the streamed writer checks each chunk again as it goes)."""
     n = sum(k for _, _, k in plan)
-    need = estimate_bytes(gen, plan)
+    bound = estimate_bytes(gen, plan)
     free = shutil.disk_usage(directory).free
+    if bound <= free or not n:
+        return bound, chunks
+    first = next(chunks, None)
+    if first is None:
+        return 0.0, iter(())
+    x = first[1] if isinstance(first, tuple) else first
+    rows = max(int(x.shape[0]), 1)
+    took = x.data.nbytes + x.indices.nbytes + 8 * (rows + 1)
+    label = plan[0][0]
+    first_bound = estimate_bytes(gen, [(label, (), rows)])
+    need = 1.25 * bound * took / max(first_bound, 1.0)
     if need > free:
-        raise DataError(f"{n:,} cells would take about {_size(need)} (at most "
-                        f"{BYTES_PER_VALUE} bytes per count a cell can hold), but {directory} "
-                        f"has {_size(free)} free: ask for fewer cells or write elsewhere")
-    return need
+        raise DataError(f"{n:,} cells would take about {_size(need)} (from the {rows:,} cells "
+                        f"drawn first, at {_size(took / rows)} a cell), but {directory} has "
+                        f"{_size(free)} free: {hint}")
+    return need, itertools.chain([first], chunks)
 
 
 def _size(n: float) -> str:
