@@ -319,6 +319,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
                                  "raw counts: give the unnormalised file")
         x, genes = source.matrix(expr)
         check_gene_names(genes, str(source.path))
+        logger.info("training on the raw counts in %s (read from disk)", expr.counts)
     else:
         x, genes = training_source(source)
         check_gene_names(genes)

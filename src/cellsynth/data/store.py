@@ -237,18 +237,23 @@ class H5adFile:
         except OSError as exc:  # not HDF5, or cut short: as damaged as below
             raise unreadable(self.path, exc) from None
         try:
-            self.obs: pd.DataFrame = read_elem(self.file["obs"])
-            self.var: pd.DataFrame = read_elem(self.file["var"])
-            raw = self.file.get("raw")
-            raw_var = read_elem(raw["var"]) if raw is not None and "X" in raw else None
+            if _legacy(self.file):  # anndata < 0.7: obs and var as tables, raw as raw.X
+                self.obs, self.var, raw_var = _legacy_frames(self.path)
+                raw_x = self.file.get("raw.X") if raw_var is not None else None
+            else:
+                self.obs: pd.DataFrame = read_elem(self.file["obs"])
+                self.var: pd.DataFrame = read_elem(self.file["var"])
+                raw = self.file.get("raw")
+                raw_var = read_elem(raw["var"]) if raw is not None and "X" in raw else None
+                raw_x = raw["X"] if raw_var is not None else None
         except Exception as exc:  # h5py/anndata raise many types for damaged files
             self.file.close()
             raise unreadable(self.path, exc) from None
         self.layers = _Matrices(self.file.get("layers"), "layers")
         self.raw = None
-        if raw_var is not None:
-            n_raw = int(_shape(raw["X"])[0])
-            self.raw = SimpleNamespace(X=RowStore(raw["X"], "raw.X"), var_names=raw_var.index,
+        if raw_x is not None:
+            n_raw = int(_shape(raw_x)[0])
+            self.raw = SimpleNamespace(X=RowStore(raw_x, "raw.X"), var_names=raw_var.index,
                                        var=raw_var, shape=(n_raw, len(raw_var)))
 
     @property
@@ -300,6 +305,25 @@ class H5adFile:
 
 def _shape(elem: h5py.Group | h5py.Dataset) -> tuple[int, int]:
     return tuple(elem.shape) if isinstance(elem, h5py.Dataset) else tuple(elem.attrs["shape"])
+
+
+def _legacy(file: h5py.File) -> bool:
+    """Whether ``file`` is an h5ad of anndata before 0.7: ``obs`` and ``var`` stored as tables
+    (compound datasets, categories in ``uns``), which ``read_elem`` returns as record arrays."""
+    return any(isinstance(file.get(key), h5py.Dataset) for key in ("obs", "var"))
+
+
+def _legacy_frames(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """``obs``, ``var`` and ``raw.var`` (None: no raw) of an h5ad of anndata before 0.7, read as
+    anndata reads them (categories restored from ``uns``); the matrices stay on disk."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(path, backed="r")
+    try:
+        raw_var = None if adata.raw is None else adata.raw.var.copy()
+        return adata.obs.copy(), adata.var.copy(), raw_var
+    finally:
+        adata.file.close()
 
 
 

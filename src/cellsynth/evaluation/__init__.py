@@ -202,6 +202,9 @@ def compare(
     logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
                 "other real cells (of %d real; stratified subsamples of at most %d)",
                 len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
+    logger.info("raw counts read from %s", ", ".join(
+        f"{name} {side.where}" for name, side in (("real", r), ("synthetic", s), ("held-out", h))
+        if side is not None))  # a layer or raw.X beside a normalised X: which one, said
     if len(fl) < 3:
         raise DataError(f"the real data hold {r.n_total} cells: too few to fit the evaluation "
                         "space on some and score others; give at least 8 real cells")

@@ -52,6 +52,7 @@ class _Sample:
     source: str  # the path, or "AnnData" for an object in memory
     where: str  # where the counts were found: X, layers/counts or raw.X
     donors: np.ndarray | None = None  # (n_used,) obs[donor_key] as str, when asked for
+    var: pd.DataFrame | None = None  # the var beside the counts (raw.var for raw.X): symbols
 
 
 def _counts_where(data: Any, what: str, source: str) -> Expression:
@@ -125,8 +126,15 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
         x, genes = data.X, data.var_names
     x = x[rows] if len(rows) < data.n_obs else x
     return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
-                            data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows)),
-                    what)
+                            data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows),
+                            _var_of(data, where)), what)
+
+
+def _var_of(data: Any, where: str | None) -> pd.DataFrame | None:
+    """The ``var`` describing the genes of the counts in ``where`` (``raw.var`` for raw.X)."""
+    var = getattr(getattr(data, "raw", None), "var", None) if where == "raw.X" else \
+        getattr(data, "var", None)
+    return var if isinstance(var, pd.DataFrame) else None
 
 
 def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
@@ -168,8 +176,9 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
                                 "are not in its file (renamed in memory?); call .to_memory() on "
                                 "it, or write it to a file")
             x, genes = x[:, cols], pd.Index(backed.var_names)
+        var = _var_of(side if expr.counts != "raw.X" else h5, expr.counts)
         return _checked(_Sample(x, labels[rows], genes, side.n_obs, str(path), expr.counts,
-                                _donors(side.obs, donor_key, rows)), what)
+                                _donors(side.obs, donor_key, rows), var), what)
 
 
 def _file_rows(in_file: pd.Index, cells: pd.Index, path: Path) -> np.ndarray:
@@ -238,6 +247,30 @@ def _near_names(real_genes: Any, synthetic_genes: Any) -> str:
     return ""
 
 
+def _named_in_var(r: _Sample, s: _Sample) -> str:
+    """Where one side's genes are named in a text column of the other side's ``var`` (gene
+    symbols beside Ensembl IDs: ``var['gene_symbols']``, ``var['feature_name']``) more often
+    than by the other's var_names, which column, with the fix; else ""."""
+    from ..data.genes import gene_annotation
+
+    for side, sample, other, other_name in (("real", r, s, "synthetic"),
+                                            ("synthetic", s, r, "real")):
+        if sample.var is None or not len(other.genes):
+            continue
+        names = set(map(str, other.genes))
+        by_name = sum(str(g) in names for g in sample.genes)
+        annotation = gene_annotation(sample.var, sample.genes)
+        for col in annotation.columns:
+            hits = int(annotation[col].isin(names).sum())
+            if hits > max(by_name, MIN_GENE_SHARE * min(len(other.genes), len(sample.genes))):
+                return (f", but the {side} data's var[{col!r}] holds {hits:,} of the "
+                        f"{len(other.genes):,} {other_name} gene names (its var_names are "
+                        f"{listed(list(sample.genes[:2]), 2, quote=True)}, ...): name the "
+                        f"{side} genes by it (adata.var_names = adata.var[{col!r}].astype(str); "
+                        "adata.var_names_make_unique(), then write the file again, for a file)")
+    return ""
+
+
 def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     """The genes both sides hold (in the real order); too few is an error naming how many,
     unless every synthetic gene is a real one (a generator of a subset of genes, HVGs)."""
@@ -247,7 +280,7 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     unmatched = [g for g in map(str, s.genes) if g not in in_real]
     if not genes:
         raise DataError("the real and synthetic data share no gene names"
-                        + _near_names(r.genes, s.genes)
+                        + (_named_in_var(r, s) or _near_names(r.genes, s.genes))
                         + "; compare files with the same gene names in var_names")
     # the share is of the genes the real cells express: a generator keeps the genes detected in
     # its training cells (a fit leaves out the rest), and a gene no real cell has is no evidence
@@ -257,7 +290,7 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
     need = max(MIN_GENE_SHARE * len(real), min(MIN_GENES, len(real)))
     subset = not unmatched and len(genes) >= min(MIN_GENES, len(real))
     if shared < need and not subset:
-        near = _near_names(r.genes, unmatched)
+        near = _named_in_var(r, s) or _near_names(r.genes, unmatched)
         raise DataError(
             f"the real and synthetic data share only {shared} of the {len(real)} gene names the "
             f"real cells express (the real data hold {len(r.genes)}, the synthetic "
@@ -277,8 +310,10 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
 def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
     idx = sample.genes.get_indexer(genes)
     if (idx < 0).any():
+        near = _near_names(genes, sample.genes).replace("synthetic", "held-out")
         raise DataError(f"{what} ({sample.source}) lack {int((idx < 0).sum())} of the {len(genes)} "
-                        "genes compared; give held-out cells of the same genes as the real data")
+                        f"genes compared ({listed(np.asarray(genes)[idx < 0], 3, quote=True)})"
+                        f"{near}; give held-out cells of the same genes as the real data")
     return sp.csr_matrix(sample.counts[:, idx])
 
 
