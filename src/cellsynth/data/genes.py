@@ -80,3 +80,33 @@ def annotated_var(genes: Any, annotation: pd.DataFrame | None = None) -> pd.Data
     for col in [] if annotation is None else annotation.columns:
         var[col] = pd.Categorical(annotation[col].reindex(var.index).to_numpy(dtype=object))
     return var
+
+
+def naming_column(var: Any, genes: Any, other: Any) -> tuple[str, int] | None:
+    """The text column of ``var`` (annotating ``genes``) that names more of the gene names
+    ``other`` than ``genes`` themselves do, and more than half of the smaller list: gene symbols
+    in ``var['gene_symbols']`` or ``var['feature_name']`` beside Ensembl IDs in var_names, while
+    another data set is named by symbols. ``(column, genes it matches)``, or None."""
+    if not isinstance(var, pd.DataFrame):
+        return None
+    genes, names = pd.Index(genes), set(map(str, other))
+    by_name = sum(str(g) in names for g in genes)
+    annotation = gene_annotation(var, genes)
+    for col in annotation.columns:
+        hits = int(annotation[col].isin(names).sum())
+        if hits > max(by_name, 0.5 * min(len(names), len(genes))):
+            return str(col), hits
+    return None
+
+
+def naming_hint(var: Any, genes: Any, other: Any, side: str, other_side: str) -> str:
+    """``", but ..."``: the fix where :func:`naming_column` finds the column naming ``side``'s
+    genes as ``other_side`` names its own; else ""."""
+    found = naming_column(var, genes, other)
+    if found is None:
+        return ""
+    col, hits = found
+    return (f", but the {side} data's var[{col!r}] holds {hits:,} of the {len(other):,} "
+            f"{other_side} gene names (its var_names are {listed(list(genes)[:2], 2, quote=True)}"
+            f", ...): name the {side} genes by it (adata.var_names = adata.var[{col!r}]"
+            ".astype(str); adata.var_names_make_unique(), then write the file again, for a file)")

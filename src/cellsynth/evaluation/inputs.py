@@ -144,6 +144,10 @@ def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
     names = pd.unique(labels)  # a few names shared by every cell: checked once each
     gone = names[missing_labels(pd.Series(names, dtype=object))]
     known = np.flatnonzero(~np.isin(labels, gone))  # missing as a fit reads them
+    if not len(known):
+        raise DataError(f"{what}: none of the {len(labels)} cells has a label in "
+                        f"obs['{label_key}'] (every value is missing: {listed(gone, 3, quote=True)})"
+                        "; give the cells' types in that column, as the other side names them")
     if len(known) < len(labels):
         logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
                        len(labels) - len(known), label_key)  # fmt: skip
@@ -249,26 +253,11 @@ def _near_names(real_genes: Any, synthetic_genes: Any) -> str:
 
 def _named_in_var(r: _Sample, s: _Sample) -> str:
     """Where one side's genes are named in a text column of the other side's ``var`` (gene
-    symbols beside Ensembl IDs: ``var['gene_symbols']``, ``var['feature_name']``) more often
-    than by the other's var_names, which column, with the fix; else ""."""
-    from ..data.genes import gene_annotation
+    symbols beside Ensembl IDs), which column, with the fix; else ""."""
+    from ..data.genes import naming_hint
 
-    for side, sample, other, other_name in (("real", r, s, "synthetic"),
-                                            ("synthetic", s, r, "real")):
-        if sample.var is None or not len(other.genes):
-            continue
-        names = set(map(str, other.genes))
-        by_name = sum(str(g) in names for g in sample.genes)
-        annotation = gene_annotation(sample.var, sample.genes)
-        for col in annotation.columns:
-            hits = int(annotation[col].isin(names).sum())
-            if hits > max(by_name, MIN_GENE_SHARE * min(len(other.genes), len(sample.genes))):
-                return (f", but the {side} data's var[{col!r}] holds {hits:,} of the "
-                        f"{len(other.genes):,} {other_name} gene names (its var_names are "
-                        f"{listed(list(sample.genes[:2]), 2, quote=True)}, ...): name the "
-                        f"{side} genes by it (adata.var_names = adata.var[{col!r}].astype(str); "
-                        "adata.var_names_make_unique(), then write the file again, for a file)")
-    return ""
+    return (naming_hint(r.var, r.genes, s.genes, "real", "synthetic")
+            or naming_hint(s.var, s.genes, r.genes, "synthetic", "real"))
 
 
 def _shared_genes(r: _Sample, s: _Sample) -> list[str]:

@@ -411,7 +411,11 @@ def fidelity_report(
     rng = np.random.default_rng(derive_seed(seed, "overall-sample"))
     ir, is_, n_per_type = _matched(rl, sl, cfg.max_cells, rng)
     if len(ir) < 2:
-        raise DataError("fewer than 2 composition-matched cells per side; give more cells")
+        raise DataError(f"only {len(ir)} real and synthetic cell pair(s) of the types both hold "
+                        f"({listed(common, 5, quote=True)}; a type gives as many pairs as the "
+                        f"fewer of its real and synthetic cells, here {len(rl)} real and "
+                        f"{len(sl)} synthetic cells in all): the metrics need at least 2; give "
+                        "more cells of those types (tens a type for scores worth reading)")
     r_sub, s_sub = r[ir], s[is_]
     overall = _distribution_metrics(space.embed(r_sub), space.embed(s_sub), cfg, seed)
     overall["gene_stats"] = gene_stats_spearman(r_sub, s_sub, target_sum=space.target_sum)

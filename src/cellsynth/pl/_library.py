@@ -25,7 +25,10 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
         raise DataError(f"{what} has no cells; give cells to plot their library sizes")
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
-    expr = find_counts(adata)
+    try:
+        expr = find_counts(adata)
+    except DataError as exc:  # "X holds NaN" alone does not say of which side
+        raise DataError(f"{what}: {exc}") from None
     if expr.counts is None:
         raise expr.no_counts(f"{what} holds normalised values and no raw counts "
                              "(layers['counts'] or raw.X); library sizes are counts per cell")

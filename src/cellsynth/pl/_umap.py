@@ -107,7 +107,10 @@ def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, li
 
     if getattr(adata, "isbacked", False):
         raise DataError(f"{what} is backed; give a subsample in memory (adata[idx].to_memory())")
-    expr = find_counts(adata)
+    try:
+        expr = find_counts(adata)
+    except DataError as exc:  # "X holds NaN" alone does not say of which side
+        raise DataError(f"{what}: {exc}") from None
     if expr.note:  # neither counts nor log-normalised values: they would be read as the latter
         raise DataError(f"{what}: {expr.note}")
     where = expr.counts
@@ -145,8 +148,14 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
                         "alike), or they sit apart in the plot for that alone")
     genes = [g for g in gr if g in set(gs)]
     if len(genes) < 3:
-        raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s); a UMAP "
-                        "needs the same genes (var_names) on both sides")
+        from ..data.genes import naming_hint
+
+        var_r = real.raw.var if len(gr) != real.n_vars else real.var
+        var_s = synthetic.raw.var if len(gs) != synthetic.n_vars else synthetic.var
+        hint = (naming_hint(var_r, gr, gs, "real", "synthetic")
+                or naming_hint(var_s, gs, gr, "synthetic", "real"))
+        raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s){hint}; "
+                        "a UMAP needs the same genes (var_names) on both sides")
     xr = xr[:, pd.Index(gr).get_indexer(genes)]
     xs = xs[:, pd.Index(gs).get_indexer(genes)]
     xr = normalise_log1p(xr, TARGET_SUM) if counts_r else xr
