@@ -150,8 +150,10 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
     if len(genes) < 3:
         from ..data.genes import naming_hint
 
-        var_r = real.raw.var if len(gr) != real.n_vars else real.var
-        var_s = synthetic.raw.var if len(gs) != synthetic.n_vars else synthetic.var
+        def var(adata: ad.AnnData, names: list[str]) -> pd.DataFrame | None:  # raw.X: raw.var
+            return adata.var if list(adata.var_names) == names else getattr(adata.raw, "var", None)
+
+        var_r, var_s = var(real, gr), var(synthetic, gs)
         hint = (naming_hint(var_r, gr, gs, "real", "synthetic")
                 or naming_hint(var_s, gs, gr, "synthetic", "real"))
         raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s){hint}; "
