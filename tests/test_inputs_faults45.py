@@ -142,3 +142,10 @@ def test_evaluate_says_which_matrix_each_side_was_read_from(
     assert "raw counts read from real raw.X, synthetic X" in caplog.text
     same = cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)
     assert ev.verdict["overall"] == same.verdict["overall"]  # the counts, not the logged X
+
+
+def test_real_cells_without_any_count_are_refused() -> None:
+    real, synthetic = _cells(seed=0), _cells(seed=1)
+    real.X = sp.csr_matrix(real.shape, dtype=np.float32)  # read as "copies of real cells"
+    with pytest.raises(DataError, match=r"the real data \(AnnData\) hold no count at all in X"):
+        cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)

@@ -74,6 +74,22 @@ def _warn_empty_cells(side: Any) -> None:
                        100 * empty / n)
 
 
+def _refuse_empty_real(side: Any, what: str) -> None:
+    """A :class:`DataError` when real cells (the real or held-out side) hold no count at all:
+    a space fitted on them has no variance, and synthetic cells would be read as their copies;
+    a WARNING when many of them are empty (a fit leaves such cells out, the floor keeps them)."""
+    n = side.counts.shape[0]
+    empty = int(np.sum(np.asarray(side.counts.sum(axis=1)).ravel() == 0)) if n else 0
+    if n and empty == n:
+        raise DataError(f"{what} ({side.source}) hold no count at all in {side.where} (every one "
+                        f"of the {n} cells read is empty): give the cells' raw counts (in X, "
+                        "layers['counts'] or raw.X)")
+    if empty > EMPTY_SHARE * n:
+        logger.warning("%s: %d of the %d cells read (%.0f%%) hold no count at all; they are "
+                       "scored as real cells: drop them first (sc.pp.filter_cells(adata, "
+                       "min_counts=1))", what, empty, n, 100 * empty / n)
+
+
 def compare(
     real: ad.AnnData | str | Path,
     synthetic: ad.AnnData | str | Path,
@@ -175,6 +191,7 @@ def compare(
     r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
     _check_labels(picked["real_total"], picked["synthetic_total"], label_key)
+    _refuse_empty_real(r, "the real data")
     _warn_empty_cells(s)
     genes = _shared_genes(r, s)
     h = None
@@ -182,6 +199,7 @@ def compare(
         h = _read_side(heldout, label_key, lambda labels: stratified_subsample(
             labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells")),
             "the held-out data", donor_key=donor_key)
+        _refuse_empty_real(h, "the held-out data")
         _check_disjoint(real, heldout, label_key, seed)
         check_heldout_unseen(synthetic, heldout)
     elif donor_key is not None:
