@@ -149,3 +149,22 @@ def test_real_cells_without_any_count_are_refused() -> None:
     real.X = sp.csr_matrix(real.shape, dtype=np.float32)  # read as "copies of real cells"
     with pytest.raises(DataError, match=r"the real data \(AnnData\) hold no count at all in X"):
         cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)
+
+
+def test_duplicate_genes_of_raw_counts_are_refused_with_raw_s_fix(tmp_path: Path) -> None:
+    a = _cells()
+    names = list(a.var_names)
+    names[1] = names[0]
+    a.var_names = names
+    a.raw = a.copy()  # the counts, over genes of which two share a name
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()))
+    a.var_names_make_unique()  # X's names unique: only raw's repeat
+    fix = r"raw = adata.raw.to_adata\(\); raw.var_names_make_unique\(\); adata.raw = raw"
+    with pytest.raises(DataError, match=rf"raw.var_names.*duplicate gene names \('GENE0'\).*{fix}"):
+        for_training(a, "cell_type", seed=0)
+    with pytest.raises(DataError, match=fix):  # an InvalidIndexError traceback before
+        cs.evaluate(a, _cells(seed=1), label_key="cell_type", gene_repeats=1)
+    path = tmp_path / "raw.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(DataError, match=fix):
+        cs.evaluate(path, _cells(seed=1), label_key="cell_type", gene_repeats=1)

@@ -318,11 +318,11 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
             raise expr.no_counts(f"{source.path} holds normalised values only; generators need "
                                  "raw counts: give the unnormalised file")
         x, genes = source.matrix(expr)
-        check_gene_names(genes, str(source.path))
+        check_gene_names(genes, str(source.path), raw=expr.counts == "raw.X")
         logger.info("training on the raw counts in %s (read from disk)", expr.counts)
     else:
         x, genes = training_source(source)
-        check_gene_names(genes)
+        check_gene_names(genes, raw=not pd.Index(genes).equals(source.var_names))
         x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
     raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)
     # counts in raw.X over raw's genes: raw.var annotates them

@@ -10,24 +10,31 @@ import pandas as pd
 
 from ..errors import DataError, listed
 
+#: how to make the gene names of ``raw`` unique (a Raw has no var_names_make_unique)
+RAW_UNIQUE = ("raw = adata.raw.to_adata(); raw.var_names_make_unique(); adata.raw = raw")
 
-def check_gene_names(genes: Any, name: str = "the data") -> None:
+
+def check_gene_names(genes: Any, name: str = "the data", *, raw: bool = False) -> None:
     """Refuse empty (or only whitespace, or missing) and duplicate gene names: a model, its
-    cells and every comparison match genes by name."""
+    cells and every comparison match genes by name. ``raw``: the names are ``raw.var_names``
+    (the counts are in ``raw.X``), which the fixes then name."""
     genes = pd.Index(genes)
+    if raw:
+        name = f"{name} (raw.var_names, the genes of the counts in raw.X)"
     blank = np.flatnonzero(genes.isna() | (genes.astype(str).str.strip() == ""))
     if len(blank):
         raise DataError(
             f"{name} has {len(blank)} gene name(s) that are empty or only spaces (at "
-            f"position(s) {listed(blank, 5)} of var_names, counted from 0); genes are matched "
-            "by name: name them (e.g. from a symbol column of var) or drop them (adata = "
+            f"position(s) {listed(blank, 5)} of {'raw.var_names' if raw else 'var_names'}, "
+            "counted from 0); genes are matched by name: name them (e.g. from a symbol column of var) or drop them (adata = "
             "adata[:, adata.var_names.str.strip() != ''].copy()), then write the file again"
         )
     if not genes.is_unique:
         dup = listed(pd.unique(genes[genes.duplicated()]), 3, quote=True)
+        fix = RAW_UNIQUE if raw else "adata.var_names_make_unique()"
         raise DataError(
             f"{name} has duplicate gene names ({dup}); make them unique with "
-            "adata.var_names_make_unique() (then write the file again, for a file)"
+            f"{fix} (then write the file again, for a file)"
         )
 
 

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from ..data.io import (
     Expression,
+    check_gene_names,
     check_libraries,
     check_shape,
     check_values,
@@ -124,6 +125,8 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
         x, genes = data.raw.X, data.raw.var_names
     else:
         x, genes = data.X, data.var_names
+    if where == "raw.X":  # check_shape checked var_names, not raw's
+        check_gene_names(genes, what, raw=True)
     x = x[rows] if len(rows) < data.n_obs else x
     return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
                             data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows),
@@ -165,6 +168,8 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
         _check_columns(side, label_key, donor_key, what, str(path))
         expr = _counts_where(h5, what, str(path))
         store, genes = h5.matrix(expr)
+        if expr.counts == "raw.X":  # check_shape checked var_names, not raw's
+            check_gene_names(genes, str(path), raw=True)
         labels = _labels(side.obs, label_key)
         rows = _pick_labelled(side.obs, label_key, labels, pick, what)
         if backed is None:

@@ -115,7 +115,10 @@ def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, li
         raise DataError(f"{what}: {expr.note}")
     where = expr.counts
     if where == "raw.X":
+        from ..data.genes import check_gene_names
+
         x, genes = adata.raw.X, list(adata.raw.var_names)
+        check_gene_names(genes, what, raw=True)  # var_names were checked, raw's may repeat
     else:
         x, genes = (adata.layers["counts"] if where == "layers/counts" else adata.X,
                     list(adata.var_names))
