@@ -168,3 +168,12 @@ def test_duplicate_genes_of_raw_counts_are_refused_with_raw_s_fix(tmp_path: Path
     a.write_h5ad(path)
     with pytest.raises(DataError, match=fix):
         cs.evaluate(path, _cells(seed=1), label_key="cell_type", gene_repeats=1)
+
+
+def test_types_of_two_cells_say_the_floor_needs_four() -> None:
+    real, synthetic = _cells(400, seed=0), _cells(400, seed=1)
+    for a in (real, synthetic):  # 200 types of 2 cells
+        a.obs["cell_type"] = pd.Categorical([f"type{i // 2}" for i in range(a.n_obs)])
+    with pytest.raises(DataError, match="needs a type of at least 4 real cells; give more real "
+                                        "cells of each type"):  # not "a larger --max-cells"
+        cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)

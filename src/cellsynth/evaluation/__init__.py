@@ -209,6 +209,15 @@ def compare(
     evaluated = picked["evaluated"]
     rc, rl = counts[evaluated], r.labels[evaluated]  # scored: never seen by the space
     fc, fl = counts[~evaluated], r.labels[~evaluated]  # the space is fitted on these
+    if len(rl) and not (pd.Series(rl).value_counts() >= 2).any():  # the floor needs halves
+        n, sizes = int(picked["real_total"].sum()), picked["real_total"]
+        more = ("a larger max_cells (--max-cells)" if sizes.max() >= 4 else
+                "more real cells of each type, or merge the small types")
+        raise DataError(f"the real data hold {n} labelled cells of {len(sizes)} types (at most "
+                        f"{int(sizes.max())} a type): evaluate scores about half of each type's "
+                        "real cells and fits its space on the rest, and the real-vs-real floor "
+                        "splits a type's scored cells in two, so it needs a type of at least 4 "
+                        f"real cells; give {more}")
     sc = _columns(s, genes, "the synthetic data")
     hc = None
     if h is not None:  # held-out copies of training cells under other names: refused now
