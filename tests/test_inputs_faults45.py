@@ -177,3 +177,18 @@ def test_types_of_two_cells_say_the_floor_needs_four() -> None:
     with pytest.raises(DataError, match="needs a type of at least 4 real cells; give more real "
                                         "cells of each type"):  # not "a larger --max-cells"
         cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)
+
+
+def test_counts_in_a_layer_of_another_name_are_pointed_to(tmp_path: Path) -> None:
+    a = _cells()
+    a.layers["raw_counts"] = a.X.copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()))
+    hint = r"layers\['raw_counts'\] holds whole numbers: .*adata.layers\['counts'\] = "
+    with pytest.raises(DataError, match=hint):  # "normalised values only" before
+        for_training(a, "cell_type", seed=0)
+    path = tmp_path / "raw_counts.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(DataError, match=hint):
+        for_training(path, "cell_type", seed=0, backed=True)
+    with pytest.raises(DataError, match=rf"the real data \({path}\) holds normalised .*{hint}"):
+        cs.evaluate(path, _cells(seed=1), label_key="cell_type", gene_repeats=1)

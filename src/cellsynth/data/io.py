@@ -344,6 +344,8 @@ class Expression:
     note: str = ""
     # the note as said to a caller that needs raw counts, where its advice differs ("": note)
     counts_note: str = ""
+    # without counts: a layer of another name that holds whole numbers, said ("": none)
+    elsewhere: str = ""
 
     def for_counts(self) -> str:
         """The note for a caller that needs raw counts: its advice leads to counts."""
@@ -351,7 +353,7 @@ class Expression:
 
     def no_counts(self, message: str) -> DataError:
         """The error for a caller that needs counts and has none: ``message``, or the note."""
-        return DataError(self.for_counts() or message)
+        return DataError((self.for_counts() or message) + self.elsewhere)
 
 
 def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] = "auto") -> Expression:
@@ -393,7 +395,24 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
     # X is normalised: look for counts elsewhere
     note, counts_note = _doubt(x_values) if is_normalised == "auto" else ("", "")
     return _counts_elsewhere(adata) or Expression(None, normalised=True, note=note,
-                                                  counts_note=counts_note)
+                                                  counts_note=counts_note,
+                                                  elsewhere=_other_count_layers(adata))
+
+
+def _other_count_layers(adata: Any) -> str:
+    """Where no counts were found: ``"; layers['raw_counts'] holds ..."``, naming a layer of
+    another name than ``counts`` whose values are whole numbers (counts are looked for in
+    ``layers['counts']`` only), with how to use it; "" where there is none."""
+    for key in [k for k in getattr(adata, "layers", {}) if k != "counts"]:
+        try:
+            vals = _probe(adata.layers[key])
+        except Exception:  # a layer that cannot be read (another format) is no hint
+            continue
+        if vals.size and np.all(np.isfinite(vals)) and (vals > 0).any() and is_counts(vals):
+            return (f"; layers[{key!r}] holds whole numbers: if they are the raw counts, name "
+                    f"that layer 'counts' (adata.layers['counts'] = adata.layers[{key!r}], then "
+                    "write the file again, for a file)")
+    return ""
 
 
 #: rows of X and layers['counts'] compared to tell whether they hold the same counts

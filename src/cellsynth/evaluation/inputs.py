@@ -67,10 +67,10 @@ def _counts_where(data: Any, what: str, source: str) -> Expression:
                         "or normalised?), not raw counts, and X holds none either; evaluation "
                         "compares raw counts: put them in layers['counts'] (or X)")
     if expr.counts is None:
-        raise DataError(f"{what} ({source}): {expr.for_counts()}" if expr.note else
+        raise DataError((f"{what} ({source}): {expr.for_counts()}" if expr.note else
             f"{what} ({source}) holds normalised values in X and no raw counts in "
             "layers['counts'] or raw.X; evaluation compares counts: give the unnormalised file"
-        )  # fmt: skip
+        ) + expr.elsewhere)  # fmt: skip
     return expr
 
 
