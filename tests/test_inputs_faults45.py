@@ -192,3 +192,10 @@ def test_counts_in_a_layer_of_another_name_are_pointed_to(tmp_path: Path) -> Non
         for_training(path, "cell_type", seed=0, backed=True)
     with pytest.raises(DataError, match=rf"the real data \({path}\) holds normalised .*{hint}"):
         cs.evaluate(path, _cells(seed=1), label_key="cell_type", gene_repeats=1)
+
+
+def test_counts_wrapped_by_a_narrow_integer_type_are_named() -> None:
+    a = _cells()
+    a.X = (a.X.toarray() * 50).astype(np.int8)  # counts over 127 wrap to negative numbers
+    with pytest.raises(DataError, match=r"stored as int8, which holds counts up to 127 only"):
+        for_training(a, "cell_type", seed=0)

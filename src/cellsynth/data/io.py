@@ -223,6 +223,13 @@ def check_values(values: np.ndarray, where: str) -> None:
             f"{where} holds NaN or infinite values; replace or drop those cells before running"
         )
     if values.min() < 0:
+        if values.dtype.kind == "i" and values.dtype.itemsize <= 2:  # int8/int16: wrapped
+            info = np.iinfo(values.dtype)
+            raise DataError(
+                f"{where} holds negative values (min {values.min()}) stored as {values.dtype}, "
+                f"which holds counts up to {info.max} only: larger counts wrapped around to "
+                "negative numbers when they were converted; write the counts from their source "
+                "as float32 or int32 (a conversion back cannot recover them)")
         raise DataError(
             f"{where} holds negative values (min {values.min():.3g}): expression must be counts "
             "or normalised non-negative values, not scaled/centred data"
