@@ -405,7 +405,9 @@ def _exit_if_hdf5_broken(code: int, since: int) -> None:
         return
     import os
 
-    logging.shutdown()
+    for name in (None, "cellsynth"):  # the log file and the terminal's lines written out
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
