@@ -333,6 +333,11 @@ def check_counts(counts_per_type: dict[str, int], labels: list[str]) -> dict[str
     if not labels:  # a generator that knows no type has not been fitted
         raise NotTrainedError("this model has not been fitted, so it cannot generate: call "
                               "fit(adata, label_key) first, or load a fitted one")
+    if not isinstance(counts_per_type, Mapping):  # a list, a number, a table: no .items()
+        shown = " ".join(repr(counts_per_type).split())  # one line, however it prints
+        raise DataError(
+            "a request is a {type: n} dict (e.g. {'B cells': 500}); got "
+            f"{type(counts_per_type).__name__} {shown[:60]}{'...' if len(shown) > 60 else ''}")
     if not counts_per_type:
         raise DataError(f"no cells requested; ask for cells of some of {labels}")
     out: dict[str, int] = {}

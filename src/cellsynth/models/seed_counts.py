@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from safetensors import SafetensorError
 
@@ -36,7 +37,7 @@ from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
-from ..seeds import derive_seed
+from ..seeds import checked_seed, derive_seed
 from ._count_files import (
     draw_libraries,
     load_libraries,
@@ -46,12 +47,12 @@ from ._count_files import (
     save_libraries,
     write_meta,
 )
+from ._design import Design
 from ._model_dir import saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
     reads_cells,
-    request,
     split_masks,
     synthetic_adata,
     training_counts,
@@ -151,9 +152,21 @@ class SeedGenerator:
         }
         return self.history
 
-    def sample(self, counts_per_type: dict[str, int], *, seed: int = 0) -> ad.AnnData:
-        """Decode prior draws into PCA points, carry them to genes and draw Poisson counts."""
-        pairs = request(counts_per_type, self.labels)
+    def sample(self, counts_per_type: dict[str, int] | pd.DataFrame, *,
+               where: dict[str, Any] | None = None, seed: int = 0) -> ad.AnnData:  # fmt: skip
+        """Decode prior draws into PCA points, carry them to genes and draw Poisson counts.
+
+        The request is read as the other generators read it (a ``{type: n}`` dict or Series,
+        or a table with the label column and ``n``); ``where`` is refused, as the model
+        conditions on the type alone."""
+        seed = checked_seed(seed)  # numpy's own message for -1, 1.5 truncated to 1 otherwise
+        if where:
+            raise DataError(f"the reference generator conditions on the cell type alone, not on "
+                            f"covariates (where={str(where)[:60]!r} given): leave "
+                            "out where=, or fit a cvae, nb or scvi with covariate_keys=[...] to "
+                            "ask for covariate levels")
+        plan, _ = Design().plan(counts_per_type, None, self.labels, self.label_key)
+        pairs = [(label, n) for label, _, n in plan]
         if self.vae is None or self.pca is None:
             raise DataError("the seed model is not fitted; call fit() or load() first")
         check_library_memory(self.libraries, self.labels, pairs, len(self.genes))

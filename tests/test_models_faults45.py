@@ -1,0 +1,68 @@
+"""Saved models and generation under misuse (session 45's sweep): the reference generator reads
+a request, a seed and where= as the other generators do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellsynth.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def small(kang_path: Path) -> ad.AnnData:
+    """300 cells of Kang over its 200 most expressed genes."""
+    a = ad.read_h5ad(kang_path)
+    rows = np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))
+    a = a[rows].copy()
+    x = a.layers["counts"] if "counts" in a.layers else a.X
+    genes = np.sort(np.argsort(-np.asarray(x.sum(axis=0)).ravel())[:200])
+    return a[:, genes].copy()
+
+
+@pytest.fixture(scope="module")
+def reference(small: ad.AnnData):
+    from cellsynth.config import FeaturesConfig, SeedVAEConfig
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    model = SeedGenerator(SeedVAEConfig(max_epochs=1), FeaturesConfig(n_components=10))
+    model.fit(small, "cell_type", seed=0)
+    return model
+
+
+@pytest.mark.parametrize("bad", [["B cells"], 5, None])
+def test_reference_refuses_a_request_that_is_no_dict_in_one_line(reference, bad) -> None:
+    with pytest.raises(DataError, match=r"a request is a \{type: n\} dict"):
+        reference.sample(bad, seed=1)
+
+
+def test_reference_reads_a_request_table_as_the_others_do(reference) -> None:
+    table = pd.DataFrame({"cell_type": pd.Categorical(["B cells", "CD8 T cells"]), "n": [2, 3]})
+    cells = reference.sample(table, seed=1)
+    assert cells.obs["cell_type"].value_counts().to_dict() == {"CD8 T cells": 3, "B cells": 2}
+    with pytest.raises(DataError, match="no covariate 'condition'"):
+        reference.sample(table.assign(condition="stim"), seed=1)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", None, 2**70])
+def test_reference_refuses_a_bad_seed_as_the_others_do(reference, seed) -> None:
+    with pytest.raises(DataError, match="seed must be a whole number"):
+        reference.sample({"B cells": 2}, seed=seed)
+
+
+def test_reference_refuses_where_with_what_to_do(reference) -> None:
+    with pytest.raises(DataError, match="conditions on the cell type alone.*cvae, nb or scvi"):
+        reference.sample({"B cells": 2}, where={"condition": "stim"}, seed=1)
+    assert reference.sample({"B cells": 2}, where={}, seed=1).n_obs == 2  # nothing asked: fine
+
+
+def test_a_type_only_request_that_is_no_dict_is_one_line_for_every_generator() -> None:
+    from cellsynth.models._training import check_counts
+
+    for bad in (["B cells"], 5, pd.DataFrame({"cell_type": ["B cells"], "n": [1]})):
+        with pytest.raises(DataError, match=r"a request is a \{type: n\} dict"):
+            check_counts(bad, ["B cells"])
