@@ -55,7 +55,7 @@ def test_reference_refuses_a_bad_seed_as_the_others_do(reference, seed) -> None:
 
 
 def test_reference_refuses_where_with_what_to_do(reference) -> None:
-    with pytest.raises(DataError, match="conditions on the cell type alone.*cvae, nb or scvi"):
+    with pytest.raises(DataError, match=r"conditions on the cell type alone.*cvae, nb or scvi"):
         reference.sample({"B cells": 2}, where={"condition": "stim"}, seed=1)
     assert reference.sample({"B cells": 2}, where={}, seed=1).n_obs == 2  # nothing asked: fine
 
@@ -66,3 +66,33 @@ def test_a_type_only_request_that_is_no_dict_is_one_line_for_every_generator() -
     for bad in (["B cells"], 5, pd.DataFrame({"cell_type": ["B cells"], "n": [1]})):
         with pytest.raises(DataError, match=r"a request is a \{type: n\} dict"):
             check_counts(bad, ["B cells"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "m", "--types", "B cells=2", "--types", "NK=2", "--out", "g.h5ad"],
+    ["generate", "m", "--n-per-type", "2", "--where", "condition=stim", "--where",
+     "condition=ctrl", "--out", "g.h5ad"],
+    ["generate", "m", "--n-per-type", "2", "--seed", "1", "--seed", "2", "--out", "g.h5ad"],
+    ["generate", "m", "--n-per-type", "2", "--out", "a.h5ad", "--out", "b.h5ad"],
+    ["fit", "d.h5ad", "--label-key", "cell_type", "--model", "nb", "--model", "cvae", "--out", "m"],
+    ["fit", "d.h5ad", "--label-key", "cell_type", "--covariates", "a", "--covariates", "b",
+     "--out", "m"],
+])  # fmt: skip
+def test_an_option_of_one_value_given_twice_is_refused_not_overwritten(argv, capsys) -> None:
+    from cellsynth.cli_parser import build_parser
+
+    with pytest.raises(SystemExit) as stop:  # argparse kept the last value, without a word
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_options_given_once_parse_as_before() -> None:
+    from cellsynth.cli_parser import build_parser
+
+    args = build_parser().parse_args(["generate", "m", "--types", "B cells=2", "--where",
+                                      "condition=stim", "--seed", "3", "--out", "g.h5ad"])
+    assert (args.types, args.where, args.seed, args.out) == ("B cells=2", "condition=stim", 3,
+                                                             "g.h5ad")  # fmt: skip
+    assert build_parser().parse_args(["generate", "m", "--n-per-type", "2", "--out",
+                                      "g.h5ad"]).seed == 0  # the default still applies

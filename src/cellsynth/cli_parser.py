@@ -40,6 +40,25 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str,
                           formatter_class=_HelpFormatter)
 
 
+class _Once(argparse.Action):
+    """An option that takes one value, given once: argparse keeps the last of repeated values, so
+    ``--types 'B cells=500' --types 'NK=200'`` generated NK cells only, and ``--where`` twice the
+    last level, without a word. A repeat is refused, naming both values."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:  # fmt: skip
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            together = (f"; put them in one value, e.g. {option_string} "
+                        f"'{getattr(namespace, self.dest)},{values}'"
+                        if self.dest in ("types", "where", "covariates") else "")
+            raise argparse.ArgumentError(
+                self, f"given twice ({getattr(namespace, self.dest)!r}, then {values!r}): "
+                      f"give it once{together}")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 def _seed(text: str) -> int:
     """A --seed value: a whole number in [0, 2**63), as the config's ``seed``."""
     try:
@@ -158,24 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(config.json, safetensors weights, labels and genes) for `cellsynth generate`. The\n"
         "model's settings are the package defaults, then --config, then --set."))
     f.add_argument("data", metavar="DATA.h5ad", help="labelled atlas of raw counts")
-    f.add_argument("--label-key", required=True, metavar="KEY",
+    f.add_argument("--label-key", action=_Once, required=True, metavar="KEY",
                    help="obs column with the cell type")
-    f.add_argument("--model", default=None,
+    f.add_argument("--model", action=_Once, default=None,
                    help="generator: cvae, nb, reference (the reference project's CVAE; "
                         "'seed' is its old name) or scvi (default: generator.model of "
                         "--config or --set, else cvae)")
-    f.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
-    f.add_argument("--config", metavar="FILE",
+    f.add_argument("--out", action=_Once, required=True, metavar="DIR", help="model directory to write")
+    f.add_argument("--config", action=_Once, metavar="FILE",
                    help="TOML config for the model's settings, e.g. its [cvae] section "
                         "(default: the package defaults)")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
-    f.add_argument("--covariates", metavar="LIST", default=None,
+    f.add_argument("--covariates", action=_Once, metavar="LIST", default=None,
                    help="comma-separated obs columns the model also conditions on (donor, "
                         "condition, batch...): cvae, nb or scvi; same as --set "
                         "MODEL.covariates=[...], e.g. nb.covariates=[...] (default: the "
                         "config's, none unless set)")
-    f.add_argument("--seed", type=_seed, default=None,
+    f.add_argument("--seed", action=_Once, type=_seed, default=None,
                    help="random seed of the fit (default: the config's seed, 0 unless set)")
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
@@ -185,24 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
         "in uns['cellsynth'] (with the combinations no training cell had)."))
     g.add_argument("model_dir", help="a model directory written by `cellsynth fit` or a run's "
                                      "generator/ directory")
-    g.add_argument("--n-per-type", type=int, metavar="N",
+    g.add_argument("--n-per-type", action=_Once, type=int, metavar="N",
                    help="this many cells of every type (default: none; or --types)")
-    g.add_argument("--types", metavar="'TYPE=N,...'",
+    g.add_argument("--types", action=_Once, metavar="'TYPE=N,...'",
                    help="cells per named type, e.g. 'B cell=500,NK=200' (default: none; or "
                         "--n-per-type)")
-    g.add_argument("--where", metavar="'COV=LEVEL,...'",
+    g.add_argument("--where", action=_Once, metavar="'COV=LEVEL,...'",
                    help="covariate levels for every requested type, e.g. 'condition=stim,"
                         "donor=D7'; a covariate not given follows each type's training "
                         "composition (a cvae, nb or scvi fitted with --covariates; default: none)")
-    g.add_argument("--request", metavar="FILE",
+    g.add_argument("--request", action=_Once, metavar="FILE",
                    help="a TSV (or .csv) with the label column, any covariate columns and n, "
                         "one row per combination; * in a covariate's cell: the type's "
                         "training composition over it (default: none)")
-    g.add_argument("--like", metavar="REAL.h5ad",
+    g.add_argument("--like", action=_Once, metavar="REAL.h5ad",
                    help="as many cells of every type (x covariate levels) as this file has: "
                         "a synthetic twin (default: none)")
-    g.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
-    g.add_argument("--out", required=True, metavar="FILE", help="output .h5ad")
+    g.add_argument("--seed", action=_Once, type=_seed, default=0, help="random seed of the draws")
+    g.add_argument("--out", action=_Once, required=True, metavar="FILE", help="output .h5ad")
     g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
     e = _command(sub, "evaluate", "fidelity of synthetic cells against real ones, with the "
