@@ -96,3 +96,15 @@ def test_options_given_once_parse_as_before() -> None:
                                                              "g.h5ad")  # fmt: skip
     assert build_parser().parse_args(["generate", "m", "--n-per-type", "2", "--out",
                                       "g.h5ad"]).seed == 0  # the default still applies
+
+
+def test_an_h5ad_given_as_request_file_says_to_give_it_as_like(kang_path: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    from cellsynth.pipeline.generate import read_request
+
+    with pytest.raises(DataError, match=r"HDF5 file .*--like"):  # was: "UTF-16, ...?"
+        read_request(kang_path, "cell_type")
+    utf16 = tmp_path / "r.tsv"
+    utf16.write_text("cell_type\tn\nB cells\t3\n", encoding="utf-16")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_request(utf16, "cell_type")

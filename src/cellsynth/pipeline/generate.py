@@ -104,6 +104,18 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
+def _starts_hdf5(path: Path) -> bool:
+    """Whether the file at ``path`` begins with the HDF5 signature (an h5ad); its first bytes
+    only, as an atlas may be large."""
+    from ..data._download_state import HDF5_SIGNATURE
+
+    try:
+        with path.open("rb") as f:
+            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
 def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """A request file's header and its non-blank rows with their line numbers, each row with as
     many fields as the header (a row with one more is not read as holding an index); lines
@@ -114,6 +126,10 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
         with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's) is not a name
             lines = list(csv.reader(f, delimiter=sep))
     except UnicodeDecodeError:
+        if _starts_hdf5(path):  # an h5ad of cells, not a table
+            raise DataError(f"request file {path} is an HDF5 file (an h5ad of cells?), not a "
+                            "request table: for as many cells of every type (and covariate "
+                            f"levels) as it has, give it as --like {path}") from None
         raise DataError(f"request file {path} is not UTF-8 text (UTF-16, as some spreadsheets "
                         "save it?): save it as UTF-8 (CSV UTF-8, or tab-separated text)") from None
     except csv.Error as exc:
