@@ -108,3 +108,12 @@ def test_an_h5ad_given_as_request_file_says_to_give_it_as_like(kang_path: Path,
     utf16.write_text("cell_type\tn\nB cells\t3\n", encoding="utf-16")
     with pytest.raises(DataError, match="not UTF-8 text"):
         read_request(utf16, "cell_type")
+
+
+def test_fit_refuses_an_out_named_like_an_h5ad_file(tmp_path: Path) -> None:
+    from cellsynth.pipeline.fit import check_model_out
+
+    with pytest.raises(DataError, match=r"names an \.h5ad file.*give a folder such as"):
+        check_model_out(tmp_path / "model.h5ad")  # was: a folder called model.h5ad
+    assert not (tmp_path / "model.h5ad").exists()
+    check_model_out(tmp_path / "model")  # a folder's name: fine

@@ -81,6 +81,11 @@ def check_model_out(out: Path, data: Any = None) -> None:
             out.resolve()):
         raise DataError(f"--out {out} holds the input {data}; a refit replaces the directory "
                         "whole: give another --out")
+    if out.suffix.lower() == ".h5ad" and not is_model_dir(out):  # a file's name, for a folder
+        raise DataError(f"--out {out} names an .h5ad file, but fit writes a model directory "
+                        f"(config.json, weights, ...): give a folder such as "
+                        f"{out.with_suffix('')}; `cellsynth generate MODEL_DIR --out "
+                        f"{out.name}` then writes cells to an .h5ad")
     run = enclosing_run(out)
     if run is not None:
         raise DataError(f"--out {out} is in the run directory {run}: the run's own model is "
