@@ -117,3 +117,17 @@ def test_fit_refuses_an_out_named_like_an_h5ad_file(tmp_path: Path) -> None:
         check_model_out(tmp_path / "model.h5ad")  # was: a folder called model.h5ad
     assert not (tmp_path / "model.h5ad").exists()
     check_model_out(tmp_path / "model")  # a folder's name: fine
+
+
+def test_loading_a_model_directory_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    import cellsynth as cs
+    from cellsynth.errors import ModelFileError
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    gone = tmp_path / "typo"  # was: "typo/config.json is missing; typo is not a complete save"
+    for load in (cs.load_model, cs.CVAE.load, cs.NegBinBaseline.load, SeedGenerator.load):
+        with pytest.raises(ModelFileError, match="typo does not exist"):
+            load(gone)
+    gone.mkdir()  # there, but empty: still not a saved model
+    with pytest.raises(ModelFileError, match="config.json is missing"):
+        cs.load_model(gone)

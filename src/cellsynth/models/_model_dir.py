@@ -247,6 +247,9 @@ def check_kind(directory: Path, model: str, names: set[str] | None = None) -> No
     if directory.is_file():
         raise ModelFileError(f"{directory} is a file, not a model directory; give the folder "
                              "that fit or save wrote")
+    if not directory.exists():  # not a damaged save: nothing is there
+        raise ModelFileError(f"{directory} does not exist; give the folder that fit or save "
+                             "wrote")
     other = saved_kind(directory)
     if other and other not in (names or {model}):
         raise ModelFileError(f"{directory} holds a saved {other} model, not a {model}; load it "

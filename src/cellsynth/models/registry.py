@@ -72,6 +72,9 @@ def load_generator(directory: str | Path) -> Generator:
             where = (f"give {run / inside[0]}, the generator it saved" if inside else
                      "it has no saved generator yet (its generator stage has not finished)")
             raise ModelFileError(f"{directory} is a run directory, not a saved generator: {where}")
+        if not run.exists():  # not a damaged save: nothing is there
+            raise ModelFileError(f"{directory} does not exist; give the model directory that "
+                                 "cellsynth fit (or a run's generator/) wrote")
         raise ModelFileError(f"{path} is missing; {directory} is not a saved generator")
     try:
         model = json.loads(path.read_text()).get("model")
