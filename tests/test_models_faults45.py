@@ -129,5 +129,5 @@ def test_loading_a_model_directory_that_does_not_exist_says_so(tmp_path: Path) -
         with pytest.raises(ModelFileError, match="typo does not exist"):
             load(gone)
     gone.mkdir()  # there, but empty: still not a saved model
-    with pytest.raises(ModelFileError, match="config.json is missing"):
+    with pytest.raises(ModelFileError, match=r"config\.json is missing"):
         cs.load_model(gone)
