@@ -131,3 +131,27 @@ def test_loading_a_model_directory_that_does_not_exist_says_so(tmp_path: Path) -
     gone.mkdir()  # there, but empty: still not a saved model
     with pytest.raises(ModelFileError, match=r"config\.json is missing"):
         cs.load_model(gone)
+
+
+def test_weights_of_another_model_are_refused_in_one_line(reference, small, tmp_path: Path
+                                                          ) -> None:  # fmt: skip
+    import dataclasses
+    import shutil
+
+    from cellsynth.config import FeaturesConfig
+    from cellsynth.errors import ModelFileError
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    other = SeedGenerator(dataclasses.replace(reference.config, n_hidden=[24]),
+                          FeaturesConfig(n_components=10))  # fmt: skip
+    other.fit(small, "cell_type", seed=0)
+    reference.save(tmp_path / "a")
+    other.save(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "vae" / "weights.safetensors", tmp_path / "a" / "vae")
+    for sums in (tmp_path / "a" / "checksums.json", tmp_path / "a" / "vae" / "checksums.json"):
+        sums.unlink()  # no checksums to say the file changed: the shapes must
+    with pytest.raises(ModelFileError) as info:
+        SeedGenerator.load(tmp_path / "a")
+    message = str(info.value)
+    assert "\n" not in message and "do not fit the saved config" in message  # was: 20 lines
+    assert "more); the weights come from another model" in message

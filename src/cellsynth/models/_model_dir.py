@@ -330,5 +330,17 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], director
                                   state["mixture_chol"])  # fmt: skip
         module.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"weights in {directory} do not fit the saved config: {exc}") from None
+        raise ModelFileError(misfit_weights(directory, exc)) from None
     module.eval()
+
+
+def misfit_weights(directory: Path, exc: BaseException) -> str:
+    """One line for weights that do not fit their ``config.json`` (torch's ``load_state_dict``
+    lists every missing key and size mismatch, one line each, dozens for weights of another
+    model): the first of them, how many more, and the fix."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Error(s) in loading")]
+    shown = lines[0][:200] if lines else type(exc).__name__
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return (f"weights in {directory} do not fit the saved config: {shown}{more}; the weights "
+            "come from another model: restore the files of one save together, or fit again")

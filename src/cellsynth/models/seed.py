@@ -282,9 +282,7 @@ class SeedCVAE:
         try:
             model.module.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelFileError(
-                f"weights in {directory} do not fit the saved config: {exc}"
-            ) from None
+            raise ModelFileError(md.misfit_weights(directory, exc)) from None
         model.module.eval()
         model.history = history
         return model
