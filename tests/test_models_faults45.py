@@ -155,3 +155,18 @@ def test_weights_of_another_model_are_refused_in_one_line(reference, small, tmp_
     message = str(info.value)
     assert "\n" not in message and "do not fit the saved config" in message  # was: 20 lines
     assert "more); the weights come from another model" in message
+
+
+def test_a_reference_save_without_its_pca_names_the_save_not_a_run_stage(reference,
+                                                                        tmp_path: Path) -> None:
+    from cellsynth.errors import ModelFileError
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    reference.save(tmp_path / "m")
+    (tmp_path / "m" / "pca" / "genes.json").unlink()
+    with pytest.raises(ModelFileError, match="not a complete reference save") as info:
+        SeedGenerator.load(tmp_path / "m")
+    assert "features stage" not in str(info.value)  # fit wrote it: there is no run to re-run
+    (tmp_path / "m" / "pca" / "genes.json").write_text("[")
+    with pytest.raises(ModelFileError, match="or fit the model again"):
+        SeedGenerator.load(tmp_path / "m")

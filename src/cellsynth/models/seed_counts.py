@@ -229,10 +229,16 @@ class SeedGenerator:
             raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
         libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
         vae = SeedCVAE.load(directory / "vae", device=device)
+        for name in ("pca.safetensors", "genes.json"):  # PCAModel.load's own says: a run's stage
+            if not (directory / "pca" / name).is_file():
+                raise ModelFileError(f"{directory / 'pca' / name} is missing; {directory} is not "
+                                     "a complete reference save: copy the whole directory or "
+                                     "fit again")
         try:
             pca = PCAModel.load(directory / "pca")
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
-            raise ModelFileError(f"{directory / 'pca'} cannot be read: {exc}") from None
+            raise ModelFileError(f"{directory / 'pca'} cannot be read ({exc}); restore it from "
+                                 "the same save, or fit the model again") from None
         if vae.labels != labels or pca.genes != genes or vae.n_input != pca.n_components:
             raise ModelFileError(
                 f"the parts of {directory} disagree (labels, genes or PCA size differ between "
