@@ -170,3 +170,24 @@ def test_a_reference_save_without_its_pca_names_the_save_not_a_run_stage(referen
     (tmp_path / "m" / "pca" / "genes.json").write_text("[")
     with pytest.raises(ModelFileError, match="or fit the model again"):
         SeedGenerator.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("key", ["condition", "", 123])
+def test_a_saved_label_column_that_is_a_covariate_or_blank_is_refused(small, tmp_path: Path,
+                                                                       key) -> None:  # fmt: skip
+    import json
+
+    import cellsynth as cs
+    from cellsynth.errors import ModelFileError
+
+    model = cs.NegBinBaseline(covariate_keys=["condition"])
+    model.fit(small, "cell_type", seed=0)
+    model.save(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["label_key"] = key  # an edited file in a save without checksums (an older one)
+    config.write_text(json.dumps(meta))
+    (tmp_path / "m" / "checksums.json").unlink()
+    # was: the types overwritten by the condition in obs without a word, or a traceback writing
+    with pytest.raises(ModelFileError, match="names the label column .*fit the model again"):
+        cs.load_model(tmp_path / "m")

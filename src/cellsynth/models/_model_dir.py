@@ -298,6 +298,21 @@ def read_annotation(directory: Path, genes: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame(columns, index=pd.Index(genes, dtype=object), dtype=object)
 
 
+def saved_label_key(directory: Path, meta: dict[str, Any], covariates: Any = ()) -> str:
+    """``config.json``'s ``label_key``, the ``obs`` column generated cells name their type in:
+    a blank or non-text name, or one of the model's covariates (the covariate's levels would
+    replace the types in ``obs``, without a word), is an edited file; ``cell_type`` when an
+    older save wrote none."""
+    key = meta.get("label_key", "cell_type")
+    if not isinstance(key, str) or not key.strip() or key in list(covariates or ()):
+        why = ("is one of its covariates" if isinstance(key, str) and key.strip() else
+               "is no column name")
+        raise ModelFileError(f"{directory / MODEL_FILES['config']} names the label column "
+                             f"{key!r}, which {why}: the file was edited; restore it from the "
+                             "same save, or fit the model again")
+    return key
+
+
 def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:
     """The settings dataclass ``cls`` saved in ``config.json``'s ``config`` table, checked."""
     try:

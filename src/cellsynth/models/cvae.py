@@ -452,7 +452,7 @@ class CVAE(GenerationMixin, DesignRequests):
                                  "training record (epochs); a trained CVAE's save writes one: "
                                  "save or fit the model again")
         config = md.read_config(directory, meta, CVAEConfig)
-        label_key = str(meta.get("label_key", "cell_type"))
+        label_key = md.saved_label_key(directory, meta, config.covariates)
         config = dataclasses.replace(config, device=tr.loadable_device(config.device, device,
                                                                        directory))
         md.check_sizes(directory, state, {"embed.weight": (len(labels), "labels.json", "cell types"),

@@ -60,6 +60,7 @@ from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import (
     read_annotation,
+    saved_label_key,
     saves_whole,
 )
 from .base import (
@@ -391,7 +392,7 @@ class NegBinBaseline(DesignRequests):
                                  f"{exc}") from None
         model.labels, model.genes = labels, genes
         model.gene_annotation = read_annotation(directory, genes)
-        model.label_key = str(meta.get("label_key", "cell_type"))
+        model.label_key = saved_label_key(directory, meta, model.covariate_keys)
         model.mu, model.theta, model.libraries = params["mu"], params["theta"], libraries
         model.history = meta.get("history") or {}
         if model.covariate_keys:

@@ -82,7 +82,7 @@ from ._count_files import (
 )
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
-from ._model_dir import read_annotation, saves_whole
+from ._model_dir import read_annotation, saved_label_key, saves_whole
 from ._scvi_files import build_module, import_scvi, load_design, read_module_files
 from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
@@ -446,7 +446,7 @@ class ScviGenerator(DesignRequests):
             raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
         model.module_kwargs, model.labels, model.genes = kwargs, labels, genes
         model.gene_annotation = read_annotation(directory, genes)
-        model.label_key = str(meta.get("label_key", "cell_type"))
+        model.label_key = saved_label_key(directory, meta, config.covariates)
         model.latent_mean, model.latent_cov, model.libraries = (
             latent["mean"],
             latent["cov"],

@@ -48,7 +48,7 @@ from ._count_files import (
     write_meta,
 )
 from ._design import Design
-from ._model_dir import saves_whole
+from ._model_dir import saved_label_key, saves_whole
 from .base import (
     check_library_memory,
     fit_labels,
@@ -248,7 +248,7 @@ class SeedGenerator:
         model.labels, model.genes, model.label_key = (
             labels,
             genes,
-            str(meta.get("label_key", "cell_type")),
+            saved_label_key(directory, meta),
         )
         model.vae, model.pca, model.libraries = vae, pca, libraries
         model.history = meta.get("history") or {}
