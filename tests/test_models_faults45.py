@@ -189,5 +189,5 @@ def test_a_saved_label_column_that_is_a_covariate_or_blank_is_refused(small, tmp
     config.write_text(json.dumps(meta))
     (tmp_path / "m" / "checksums.json").unlink()
     # was: the types overwritten by the condition in obs without a word, or a traceback writing
-    with pytest.raises(ModelFileError, match="names the label column .*fit the model again"):
+    with pytest.raises(ModelFileError, match=r"names the label column .*fit the model again"):
         cs.load_model(tmp_path / "m")
