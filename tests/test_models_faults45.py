@@ -191,3 +191,12 @@ def test_a_saved_label_column_that_is_a_covariate_or_blank_is_refused(small, tmp
     # was: the types overwritten by the condition in obs without a word, or a traceback writing
     with pytest.raises(ModelFileError, match=r"names the label column .*fit the model again"):
         cs.load_model(tmp_path / "m")
+
+
+def test_a_count_beyond_floats_is_echoed_as_written() -> None:
+    from cellsynth.pipeline.generate import parse_count
+
+    assert parse_count("99999999999999999999999") == 10**23 - 1  # was 99,999...991,611,392
+    assert parse_count("5.0") == 5 and parse_count("1e3") == 1000
+    with pytest.raises(ValueError):
+        parse_count("5.5")

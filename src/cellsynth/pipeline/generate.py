@@ -96,6 +96,10 @@ def parse_count(text: str) -> int:
     """A count as a request file or ``--types`` writes it: ``"5"``, and ``"5.0"`` as a table
     saved from a float column writes it; a ``ValueError`` for anything that is not whole."""
     try:
+        return int(text)  # exact, however large: a float would echo 10**23 as 99,999...611,392
+    except (TypeError, ValueError):
+        pass
+    try:
         value = float(text)
     except (TypeError, ValueError):
         raise ValueError(text) from None
