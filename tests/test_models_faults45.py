@@ -200,3 +200,14 @@ def test_a_count_beyond_floats_is_echoed_as_written() -> None:
     assert parse_count("5.0") == 5 and parse_count("1e3") == 1000
     with pytest.raises(ValueError):
         parse_count("5.5")
+
+
+def test_a_request_file_to_the_reference_model_says_what_to_give_instead(reference) -> None:
+    from cellsynth.pipeline.generate import _request
+
+    # was: "--where and --request need a cvae, nb or scvi fitted with --covariates", but a
+    # type-only cvae or nb reads a request file
+    with pytest.raises(DataError, match=r"takes no --request table: give .*--types"):
+        _request(reference, None, None, None, "request.tsv", None)
+    with pytest.raises(DataError, match="--where needs a cvae, nb or scvi"):
+        _request(reference, None, {"B cells": 2}, "condition=stim", None, None)

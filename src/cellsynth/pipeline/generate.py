@@ -321,9 +321,13 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
     if sum(given) != 1:
         raise DataError("give exactly one of --n-per-type, --types, --request or --like")
     design = getattr(gen, "design", None)
-    if (where is not None or request is not None) and design is None:
-        raise DataError(f"the {gen.name} generator does not condition on covariates; --where and "
-                        "--request need a cvae, nb or scvi fitted with --covariates")
+    if where is not None and design is None:
+        raise DataError(f"the {gen.name} generator does not condition on covariates; --where "
+                        "needs a cvae, nb or scvi fitted with --covariates")
+    if request is not None and design is None:  # a type-only cvae or nb reads one: not this
+        raise DataError(f"the {gen.name} generator does not condition on covariates and takes "
+                        "no --request table: give the cells per type with --types "
+                        "'TYPE=N,...' (or --n-per-type, --like)")
     if where is not None and (request is not None or like is not None):
         keys = ", ".join(repr(k) for k in parse_where(where))
         raise DataError(f"--request {request} takes the covariate levels from its columns: add "
