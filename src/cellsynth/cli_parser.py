@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator: cvae, nb, reference (the reference project's CVAE; "
                         "'seed' is its old name) or scvi (default: generator.model of "
                         "--config or --set, else cvae)")
-    f.add_argument("--out", action=_Once, required=True, metavar="DIR", help="model directory to write")
+    f.add_argument("--out", action=_Once, required=True, metavar="DIR",
+                   help="model directory to write")
     f.add_argument("--config", action=_Once, metavar="FILE",
                    help="TOML config for the model's settings, e.g. its [cvae] section "
                         "(default: the package defaults)")
