@@ -114,7 +114,7 @@ def _disk_full_error():
                            "(os error 28)")
 
 
-def test_a_model_file_that_the_disk_cannot_hold_is_a_one_line_error(tmp_path: Path) -> None:
+def test_a_model_file_that_the_disk_cannot_hold_is_an_os_error_with_its_errno(tmp_path: Path) -> None:
     import errno
 
     from safetensors import SafetensorError
@@ -124,8 +124,10 @@ def test_a_model_file_that_the_disk_cannot_hold_is_a_one_line_error(tmp_path: Pa
     def full(tensors, path):  # safetensors' own error type, not an OSError
         raise _disk_full_error()
 
-    with pytest.raises(DataError, match="the disk is full"):
+    with pytest.raises(OSError) as caught:  # the command line's one line for a full disk
         save_tensors(full, {}, tmp_path / "weights.safetensors")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "weights.safetensors")
 
     def denied(tensors, path):
         raise SafetensorError("Error while serializing: I/O error: Permission denied "

@@ -343,15 +343,12 @@ def shareable(path: str | Path) -> None:
 def save_tensors(save: Callable[..., Any], tensors: Any, path: str | Path) -> None:
     """``save(tensors, path)`` with safetensors' ``save_file`` (its numpy or its torch one),
     then the file made :func:`shareable` (safetensors writes it for its owner only). A failed
-    write is an :class:`OSError` (safetensors raises its own error type for one), a full disk
-    a one-line :class:`DataError`."""
+    write is an :class:`OSError` with its errno (safetensors raises its own error type for
+    one), which the command line says in one line (a full disk: where, and the fix)."""
     try:
         save(tensors, str(path))
     except Exception as exc:
         failed = as_os_error(exc, path)
-        if isinstance(failed, OSError) and failed.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(f"cannot write {path}: the disk is full; free disk space or choose "
-                            "another output") from None
         if failed is exc:
             raise
         raise failed from None
