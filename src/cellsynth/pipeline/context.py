@@ -11,7 +11,7 @@ from pathlib import Path
 from ..cells import is_large
 from ..config import RunConfig, save, to_dict
 from ..data.groups import groups_file
-from ..errors import CellsynthError, ConfigError
+from ..errors import CellsynthError, ConfigError, ModelFileError
 from ..outputs import check_links, check_out
 from ..resume import ResumePlan, input_digest
 from ..runtime import Manifest, RunLock, environment
@@ -124,6 +124,25 @@ class RunContext:
             if name in self.plan.inputs:
                 entry["input"] = self.plan.inputs[name]
             yield entry
+
+    @contextmanager
+    def read_back(self, name: str):
+        """Read back what stage ``name`` wrote in an earlier run: a file there that cannot be
+        read (damaged in place, same size, or written by something else) is a one-line error
+        naming ``--force``, never a traceback or the reader's own advice for a user's file."""
+        try:
+            yield
+        except MemoryError:
+            raise
+        except Exception as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, CellsynthError):
+                why = why.split("; ")[0]  # what was wrong: the fix is this one
+            elif not isinstance(exc, OSError):
+                why = f"{type(exc).__name__}: {why}"
+            raise ModelFileError(
+                f"cannot read back what stage {name} wrote in {self.out} earlier ({why[:300]}); "
+                f"rerun with --force {name} to redo it and the stages after it") from exc
 
     def fresh(self) -> bool:
         """Whether training checkpoints must be ignored (a forced data, features or generator

@@ -152,10 +152,12 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
     ``data/``."""
     d = ctx.path("data")
     if not ctx.runs("data"):
-        cells = from_preprocessed(d / "preprocessed.h5ad", label_key=ctx.label_key,
-                                  on_disk=ctx.backed)  # fmt: skip
+        with ctx.read_back("data"):
+            cells = from_preprocessed(d / "preprocessed.h5ad", label_key=ctx.label_key,
+                                      on_disk=ctx.backed)  # fmt: skip
+            report = QCReport.from_json(d / "qc.json")
         check_before_training(ctx, cells)
-        return cells, QCReport.from_json(d / "qc.json")
+        return cells, report
     with ctx.stage("data") as entry:
         cells, report, groups = _preprocess(ctx)
         write_json(d / "qc.json", {
@@ -214,8 +216,9 @@ def stage_features(ctx: RunContext, cells: Cells) -> tuple[PCAModel, dict[str, S
                 "explained_variance_ratio": pca.explained_variance_ratio,
             })  # fmt: skip
             return pca, _project(ctx, cells, pca, reuse=False)
-    pca = PCAModel.load(ctx.path("features"))
-    return pca, _project(ctx, cells, pca, reuse=True)
+    with ctx.read_back("features"):
+        pca = PCAModel.load(ctx.path("features"))
+        return pca, _project(ctx, cells, pca, reuse=True)
 
 
 def _project(ctx: RunContext, cells: Cells, pca: PCAModel, reuse: bool) -> dict[str, Split]:

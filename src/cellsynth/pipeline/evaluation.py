@@ -77,7 +77,7 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
     ir = stratified_subsample(y[test_rows], cap, seed=ctx.seed("eval-real"))
     test = cells.to_memory(test_rows[ir])
     y_real = y[test_rows][ir]
-    with H5adFile(ctx.path("synthetic", "eval.h5ad")) as syn:
+    with ctx.read_back("experiments"), H5adFile(ctx.path("synthetic", "eval.h5ad")) as syn:
         y_syn = syn.obs[ctx.label_key].astype(str).to_numpy()
         is_ = stratified_subsample(y_syn, cap, seed=ctx.seed("eval-synthetic"))
         syn_x = syn.X.take(is_)

@@ -67,7 +67,10 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         gen = stage_generator(ctx, cells, pca, splits, types)
         stage_experiments(ctx, gen, cells, pca, clf, splits, types, groups)
         metrics = ctx.path("metrics")
-        results = {k: json.loads((metrics / f"{k}_summary.json").read_text()) for k in "abc"}
+        results = {}
+        for k, stage in (("a", "classifier"), ("b", "experiments"), ("c", "experiments")):
+            with ctx.read_back(stage):
+                results[k] = json.loads((metrics / f"{k}_summary.json").read_text())
         write_json(metrics / "summary.json", results)
         stage_explain(ctx, clf, pca, splits)
         stage_evaluation(ctx, cells, pca)

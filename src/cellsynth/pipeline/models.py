@@ -77,7 +77,8 @@ def stage_classifier(ctx: RunContext, splits: dict[str, Split],
     """The classifier on real training cells, scored on the test cells (experiment a); and the
     coarse groups (``data/groups.json``), chosen here: the first stage that reads them."""
     if not ctx.runs("classifier"):
-        return Classifier.load(ctx.path("classifier")), read_groups(ctx)
+        with ctx.read_back("classifier"):
+            return Classifier.load(ctx.path("classifier")), read_groups(ctx)
     with ctx.stage("classifier"):
         groups = stage_groups(ctx, splits, types)
         clf = fit_classifier(ctx, splits["train"], splits["val"], "classifier")
@@ -175,9 +176,10 @@ def stage_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[s
                     types: list[str]) -> Any:  # fmt: skip
     """Train and save the generator (or load the one trained before)."""
     if not ctx.runs("generator"):
-        if ctx.cfg.generator.model == "reference":
-            return SeedCVAE.load(ctx.path("generator"))
-        return load_generator(ctx.path("generator"))
+        with ctx.read_back("generator"):
+            if ctx.cfg.generator.model == "reference":
+                return SeedCVAE.load(ctx.path("generator"))
+            return load_generator(ctx.path("generator"))
     with ctx.stage("generator") as entry:
         gen, history = fit_generator(ctx, cells, pca, splits, types)
         gen.save(ctx.path("generator"))

@@ -1,0 +1,62 @@
+"""`cellsynth run` under misuse (session 45's sweep): a finished stage's file damaged in place
+(same size, so the resume check cannot see it) is a one-line error naming --force, not a
+traceback or the advice meant for a user's own file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "cellsynth.cli"]
+TINY = ["--set", "cvae.max_epochs=1", "--set", "cvae.min_steps=0", "--set", "cvae.n_hidden=[32]",
+        "--set", "report.umap=false", "--set", "report.fidelity=false", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(kang_path: Path, tmp_path_factory) -> Path:
+    a = ad.read_h5ad(kang_path)
+    rows = np.sort(np.random.default_rng(0).choice(a.n_obs, 400, replace=False))
+    path = tmp_path_factory.mktemp("data") / "tiny.h5ad"
+    a[rows].copy().write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    done = subprocess.run([*CLI, "run", str(tiny), "--out", str(out), *TINY],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "run", *args, *TINY], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("damaged", "stage", "force"), [
+    ("features/pca.safetensors", "features", "classifier"),
+    ("data/preprocessed.h5ad", "data", "classifier"),
+    ("data/qc.json", "data", "features"),
+    ("metrics/a_summary.json", "classifier", None),
+])  # fmt: skip
+def test_a_damaged_output_of_a_finished_stage_names_force(finished_run: Path, tiny: Path,
+                                                          tmp_path: Path, damaged: str,
+                                                          stage: str, force) -> None:  # fmt: skip
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    path = out / damaged
+    with open(path, "r+b") as fh:  # the same size: only reading it can tell
+        fh.write(b"\0" * min(100, path.stat().st_size))
+    done = _run(str(tiny), "--out", str(out), *(["--force", force] if force else []))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"rerun with --force {stage}" in done.stderr
+    assert "convert it with anndata" not in done.stderr
