@@ -60,3 +60,21 @@ def test_a_damaged_output_of_a_finished_stage_names_force(finished_run: Path, ti
     assert "Traceback" not in done.stderr
     assert f"rerun with --force {stage}" in done.stderr
     assert "convert it with anndata" not in done.stderr
+
+
+def test_a_misspelt_covariate_on_a_resumed_run_is_refused_before_any_stage(
+        finished_run: Path, tiny: Path, tmp_path: Path) -> None:  # fmt: skip
+    """The data stage skipped: the covariates are still checked first, so the classifier is not
+    retrained and the trained generator not marked failed by a typo."""
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = json.loads((out / "manifest.json").read_text())["stages"]
+    done = _run(str(tiny), "--out", str(out), "--set", 'cvae.covariates=["conditon"]',
+                "--set", "classifier.max_depth=3")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "did you mean 'condition'" in done.stderr
+    after = json.loads((out / "manifest.json").read_text())["stages"]
+    assert after == before

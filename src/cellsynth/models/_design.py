@@ -328,7 +328,9 @@ def _column(obs: pd.DataFrame, key: str) -> pd.Series:
         if "," in str(key) and all(k.strip() in obs.columns for k in str(key).split(",")):
             hint = (f"; '{key}' names several columns: give them as a list, "
                     f"covariate_keys={[k.strip() for k in str(key).split(',')]}")
-        raise DataError(f"covariate column '{key}' not in obs; columns are: {cols}{hint}")
+        near = "" if hint else did_you_mean(key, [c for c in obs.columns
+                                                  if not str(c).startswith("cellsynth_")])
+        raise DataError(f"covariate column '{key}' not in obs{near}; columns are: {cols}{hint}")
     return obs[key]
 
 

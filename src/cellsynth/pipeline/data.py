@@ -156,6 +156,9 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
             cells = from_preprocessed(d / "preprocessed.h5ad", label_key=ctx.label_key,
                                       on_disk=ctx.backed)  # fmt: skip
             report = QCReport.from_json(d / "qc.json")
+        # the covariates too, as when the stage runs: else a misspelt one is found by the
+        # generator stage, after the classifier trained, and marks the trained generator failed
+        check_covariates(ctx, cells.obs)
         check_before_training(ctx, cells)
         return cells, report
     with ctx.stage("data") as entry:
