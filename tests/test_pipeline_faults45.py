@@ -78,3 +78,19 @@ def test_a_misspelt_covariate_on_a_resumed_run_is_refused_before_any_stage(
     assert "did you mean 'condition'" in done.stderr
     after = json.loads((out / "manifest.json").read_text())["stages"]
     assert after == before
+
+
+def test_a_missing_data_file_leaves_the_finished_stages_done(finished_run: Path,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """A data file moved away (an unmounted disk): refused before any stage is planned, so
+    the run's finished stages are not all marked stale and redone once the file is back."""
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = json.loads((out / "manifest.json").read_text())["stages"]
+    done = _run(str(tmp_path / "moved.h5ad"), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "moved.h5ad does not exist" in done.stderr
+    assert json.loads((out / "manifest.json").read_text())["stages"] == before

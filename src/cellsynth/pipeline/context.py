@@ -11,6 +11,7 @@ from pathlib import Path
 from ..cells import is_large
 from ..config import RunConfig, save, to_dict
 from ..data.groups import groups_file
+from ..data.io import check_file
 from ..errors import CellsynthError, ConfigError, ModelFileError
 from ..outputs import check_links, check_out
 from ..resume import ResumePlan, input_digest
@@ -87,12 +88,15 @@ class RunContext:
         atlas has none: its settings are its identity) and the classifier stage's
         ``dataset.groups`` file, so a file edited in place reruns what read it; each reuses the
         one recorded before when the file's size and time are unchanged."""
-        files = {"data": Path(self.cfg.dataset.path).expanduser() if self.cfg.dataset.path
-                 else None, "classifier": groups_file(self.cfg.dataset.groups)}
+        # the data file checked here, before any stage is planned: a file moved away or
+        # unmounted must not mark the finished stages stale (they would all run again once it
+        # is back), nor read as "its settings changed"
+        files = {"data": check_file(self.cfg.dataset.path) if self.cfg.dataset.path else None,
+                 "classifier": groups_file(self.cfg.dataset.groups)}
         out = {}
         for stage, path in files.items():
             if path is None or not path.is_file():
-                continue  # the stage reading it says the file is missing
+                continue  # a groups file: the classifier stage says it is missing
             known = self.manifest.data["stages"].get(stage, {}).get("input")
             out[stage] = input_digest(path, known if isinstance(known, dict) else None)
         return out
