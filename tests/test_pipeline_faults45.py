@@ -94,3 +94,23 @@ def test_a_missing_data_file_leaves_the_finished_stages_done(finished_run: Path,
     assert done.returncode == 2, done.stderr
     assert "moved.h5ad does not exist" in done.stderr
     assert json.loads((out / "manifest.json").read_text())["stages"] == before
+
+
+def test_a_generator_device_that_is_not_there_is_refused_before_any_stage(
+        finished_run: Path, tiny: Path, tmp_path: Path) -> None:  # fmt: skip
+    """cvae.device = "cuda" without CUDA: said before any stage, as classifier.device is, so
+    the generator trained before is not marked failed (and trained again on going back)."""
+    import json
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = json.loads((out / "manifest.json").read_text())["stages"]
+    done = _run(str(tiny), "--out", str(out), "--set", "cvae.device=cuda")
+    assert done.returncode == 2, done.stderr
+    assert "set cvae.device = 'auto' or 'cpu'" in done.stderr
+    assert json.loads((out / "manifest.json").read_text())["stages"] == before

@@ -1,6 +1,7 @@
 """Generators of synthetic cells: user-facing models on top of the pure torch modules."""
 
 from ._design import check_columns as check_covariate_columns
+from ._training import resolve_device as torch_device
 from .cvae import CVAE
 from .nb import NegBinBaseline
 from .registry import GENERATORS, get_generator, load_generator, make_generator
@@ -19,4 +20,5 @@ __all__ = [
     "get_generator",
     "load_generator",
     "make_generator",
+    "torch_device",
 ]

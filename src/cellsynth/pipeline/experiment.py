@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..classify.xgb import resolve_device
-from ..config import RunConfig
+from ..config import MODEL_ALIASES, RunConfig
+from ..errors import ConfigError
 from ..outputs import write_json
 from ..report.html import write_report as write_html_report
 from ..report.results import write_results
@@ -54,6 +55,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         from ..classify.dask import check_scheduler
 
         check_scheduler(cfg.classifier.dask_scheduler)
+    check_generator_device(cfg)
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
@@ -83,3 +85,21 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         logger.info("results: %s", path)
         logger.info("report: %s", write_html_report(ctx.out))
     return path
+
+
+def check_generator_device(cfg: RunConfig) -> None:
+    """The generator's device, said before any stage as the classifier's is: found by the
+    generator stage, it would mark a generator trained before failed and the stages after it
+    stale, so going back to the earlier settings would train it again."""
+    from ..models import torch_device
+
+    model = MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)
+    section = {"cvae": "cvae", "reference": "seed_vae"}.get(model)
+    if section is None:
+        return
+    device = getattr(cfg, section).device
+    try:
+        torch_device(device)
+    except ConfigError:
+        raise ConfigError(f"{section}.device = '{device}', but torch sees no CUDA device here: "
+                          f"set {section}.device = 'auto' or 'cpu'") from None
