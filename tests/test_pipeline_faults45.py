@@ -114,3 +114,26 @@ def test_a_generator_device_that_is_not_there_is_refused_before_any_stage(
     assert done.returncode == 2, done.stderr
     assert "set cvae.device = 'auto' or 'cpu'" in done.stderr
     assert json.loads((out / "manifest.json").read_text())["stages"] == before
+
+
+def test_a_folder_with_another_programs_manifest_json_is_not_a_run(tiny: Path,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """A web app's or browser extension's manifest.json (a JSON object without 'stages') does
+    not make its folder a run directory: the run is refused and the file kept as it was."""
+    from cellsynth.runtime import Manifest
+
+    out = tmp_path / "webapp"
+    out.mkdir()
+    own = '{"name": "my app", "version": "1.0"}'
+    (out / "manifest.json").write_text(own)
+    (out / "index.html").write_text("<html></html>")
+    done = _run(str(tiny), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert "not a cellsynth run directory" in done.stderr
+    assert (out / "manifest.json").read_text() == own
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "manifest.json"]
+    alone = tmp_path / "alone" / "manifest.json"  # read as a run's: set aside, not overwritten
+    alone.parent.mkdir()
+    alone.write_text(own)
+    assert Manifest(alone).data == {"stages": {}}
+    assert (alone.parent / "manifest.json.corrupt").read_text() == own

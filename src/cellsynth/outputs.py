@@ -224,17 +224,30 @@ def check_out(out: Path, cfg: Any) -> None:
             raise CellsynthError(f"the input {cfg.dataset.path} lies where the run in {out} "
                                  f"writes its outputs ({rel.parts[0]}); move the input or choose "
                                  "another --out")
-    if not out.is_dir() or (out / "manifest.json").exists():
+    if not out.is_dir() or _run_manifest(out / "manifest.json"):
         return
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    if names <= _BEFORE_FIRST_RUN or (names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN
-                                      and "config.toml" in names):
-        return  # new, or a run directory whose manifest is gone (every stage runs again)
+    names = {p.name for p in out.iterdir()
+             if not p.name.startswith(".") and p.name != "manifest.json.corrupt"}
+    if names <= _BEFORE_FIRST_RUN | {"manifest.json"} or (
+            names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN and "config.toml" in names):
+        return  # new, or a run directory whose manifest is gone or damaged (set aside: every
+        # stage runs again)
     other = sorted(names - _BEFORE_FIRST_RUN)
     raise CellsynthError(
         f"--out {out} is a non-empty directory that is not a cellsynth run directory (it holds "
         f"{listed(other)}); a run writes data/, "
         "metrics/... into it: give a new or empty directory")
+
+
+def _run_manifest(path: Path) -> bool:
+    """Whether ``path`` is a run's ``manifest.json`` (a JSON object with its ``stages``): a
+    folder's own manifest.json (a web app's, a browser extension's) does not make it a run
+    directory to write into."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("stages"), dict)
 
 
 def generated_h5ad(path: Path, *, simulated: bool = True) -> bool:

@@ -173,7 +173,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     a warning and a new one started, so every stage runs again: nothing is trusted from it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        why = "" if isinstance(data, dict) and isinstance(data.get("stages", {}), dict) else \
+        # a JSON object without 'stages' is another program's manifest.json, not a run's
+        why = "" if isinstance(data, dict) and isinstance(data.get("stages"), dict) else \
             "not a JSON object with a 'stages' object"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         data, why = None, f"not valid JSON: {exc}"
