@@ -137,3 +137,27 @@ def test_a_folder_with_another_programs_manifest_json_is_not_a_run(tiny: Path,
     alone.write_text(own)
     assert Manifest(alone).data == {"stages": {}}
     assert (alone.parent / "manifest.json.corrupt").read_text() == own
+
+
+def test_out_with_a_quoted_tilde_is_the_home_folder_and_an_empty_out_is_refused(
+        tiny: Path, tmp_path: Path) -> None:  # fmt: skip
+    """`--out '~/runs/x'` (a tilde the shell left alone): every file under the home folder, none
+    in a folder named ~ (run.log and the manifest went there, the rest to the home's, then a
+    traceback); `--out ""` (an unset variable) is refused, not taken as runs/<name>."""
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    done = subprocess.run([*CLI, "run", str(tiny), "--out", "~/runs/x", "--label-key", "nope",
+                           *TINY], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "label column 'nope'" in done.stderr
+    assert not (tmp_path / "~").exists()
+    assert (home / "runs" / "x" / "run.log").is_file()
+    for out in ("", " "):
+        done = subprocess.run([*CLI, "run", str(tiny), "--out", out, *TINY], capture_output=True,
+                              text=True, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "--out is empty" in done.stderr
+        assert not (tmp_path / "runs").exists()

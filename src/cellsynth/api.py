@@ -216,8 +216,9 @@ def run(
     """
     from . import pipeline
     from .outputs import check_run_dir
+    from .paths import expand_user
 
-    out_dir = Path(out) if out is not None else _default_out(data, config)
+    out_dir = expand_user(out, "out") if out is not None else _default_out(data, config)
     check_run_dir(out_dir, "out")  # before an AnnData is written into it
     copied = hasattr(data, "write_h5ad") and not getattr(data, "isbacked", False)
     path = str(out_dir / "input.h5ad") if copied else _data_path(data, out_dir)

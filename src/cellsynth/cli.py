@@ -69,8 +69,13 @@ def show_settings(cfg: config.RunConfig, sources: dict[str, str]) -> str:
 
 def _run_dir(args: argparse.Namespace, cfg: config.RunConfig) -> Path:
     """``--out``, else ``runs/<name>``: the data argument's, the config's, the data's, or demo."""
-    if args.out:
-        return Path(args.out)
+    if args.out is not None and not args.out.strip():  # `--out "$RUN"` with RUN unset
+        raise CellsynthError(f"--out is empty ({args.out!r}); give the run directory, or leave "
+                             "--out out for runs/<the data's name>")
+    if args.out:  # ~ expanded: else run.log went to a folder named ~, the rest to the home's
+        from .paths import expand_user
+
+        return expand_user(args.out, "--out")
     named = args.data or args.config or cfg.dataset.path
     return Path("runs") / (Path(named).stem if named else "demo")
 

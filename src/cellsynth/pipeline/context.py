@@ -14,6 +14,7 @@ from ..data.groups import groups_file
 from ..data.io import check_file
 from ..errors import CellsynthError, ConfigError, ModelFileError
 from ..outputs import check_links, check_out
+from ..paths import expand_user
 from ..resume import ResumePlan, input_digest
 from ..runtime import Manifest, RunLock, environment
 from ..seeds import derive_seed
@@ -46,7 +47,7 @@ class RunContext:
     command: str | None = None
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
+        self.out = expand_user(self.out, "out")  # every write below goes to the expanded path
         check_links(self.out)  # before anything is written (the write probe included)
         check_out(self.out, self.cfg)
         try:
