@@ -161,3 +161,12 @@ def test_out_with_a_quoted_tilde_is_the_home_folder_and_an_empty_out_is_refused(
         assert done.returncode == 2, done.stderr
         assert "--out is empty" in done.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_list_item_names_a_set_that_can_be_typed() -> None:
+    """No --set takes an index: the fix for cvae.n_hidden[1] is the whole list."""
+    from cellsynth import config
+    from cellsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cvae.n_hidden\[1\] must be int.*--set cvae.n_hidden=\.\.\.$"):
+        config.load(None, ["cvae.n_hidden=[32, 32.5]"])

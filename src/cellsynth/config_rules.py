@@ -105,8 +105,9 @@ def _on_command_line() -> bool:
 
 def fix_hint(key: str) -> str:
     """How to change the setting ``key`` (``"cvae.lr"``), said as the caller sets it: a config
-    file or ``--set`` by default, the Python keyword inside :func:`hints`."""
-    return _FIX.get()(key)
+    file or ``--set`` by default, the Python keyword inside :func:`hints`. An item of a list
+    (``cvae.n_hidden[1]``) is fixed by giving the whole list: no ``--set`` takes an index."""
+    return _FIX.get()(key.split("[", 1)[0])
 
 
 @contextlib.contextmanager
