@@ -170,3 +170,25 @@ def test_a_bad_list_item_names_a_set_that_can_be_typed() -> None:
 
     with pytest.raises(ConfigError, match=r"cvae.n_hidden\[1\] must be int.*--set cvae.n_hidden=\.\.\.$"):
         config.load(None, ["cvae.n_hidden=[32, 32.5]"])
+
+
+def test_a_run_refused_by_another_runs_lock_writes_nothing_into_its_log(finished_run: Path,
+                                                                        tiny: Path) -> None:  # fmt: skip
+    """A second run into a folder a running one holds is refused before the command line
+    opens run.log there (its lines went into the first run's log)."""
+    import json
+    import os
+    import platform
+
+    lock = finished_run / "run.lock"
+    log = finished_run / "run.log"
+    before = log.read_bytes()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(),
+                                "started": "now"}))  # this test's process: alive  # fmt: skip
+    try:
+        done = _run(str(tiny), "--out", str(finished_run))
+    finally:
+        lock.unlink()
+    assert done.returncode == 2, done.stderr
+    assert "in use by another cellsynth run" in done.stderr
+    assert log.read_bytes() == before

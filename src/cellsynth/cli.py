@@ -91,6 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_links(out)  # before run.log is opened in it: links leading out, a file as --out
     check_out(out, cfg)
+    from .runtime import RunLock
+
+    RunLock(out).check_free()  # a run going on there: its run.log is not this one's
     _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)

@@ -253,14 +253,7 @@ class RunLock:
                 logger.warning("%s is unreadable or empty (a run killed while taking it?); "
                                "taking it over", self.path)
             elif self._alive(other):
-                from .errors import CellsynthError
-
-                where = "" if other.get("host") == me["host"] else f" on host {other.get('host')}"
-                raise CellsynthError(
-                    f"{self.path.parent} is in use by another cellsynth run (process "
-                    f"{other.get('pid')}{where}, started {other.get('started', '?')}); wait for it "
-                    f"to end or choose another --out (if no such run is going on, delete "
-                    f"{self.path})")
+                raise self._in_use(other)
             else:
                 logger.warning("taking over the stale lock %s of process %s (no longer "
                                "running)", self.path, other.get("pid"))
@@ -269,6 +262,24 @@ class RunLock:
 
         raise CellsynthError(f"cannot take {self.path}: other runs keep taking it; choose "
                              "another --out")
+
+    def check_free(self) -> None:
+        """Refuse, as :meth:`acquire` would, when a running process holds the lock, without
+        taking it: before anything is written into the directory (the command line opens its
+        ``run.log`` first, and a refused second run wrote its lines into the first one's)."""
+        other = self._read() if self.path.exists() else None
+        if other is not None and self._alive(other):
+            raise self._in_use(other)
+
+    def _in_use(self, other: dict[str, Any]) -> Exception:
+        from .errors import CellsynthError
+
+        host = other.get("host")
+        where = "" if host == platform.node() else f" on host {host}"
+        return CellsynthError(
+            f"{self.path.parent} is in use by another cellsynth run (process "
+            f"{other.get('pid')}{where}, started {other.get('started', '?')}); wait for it "
+            f"to end or choose another --out (if no such run is going on, delete {self.path})")
 
     def _create(self, me: dict[str, Any]) -> bool:
         tmp = self.path.with_name(f"{self.NAME}.{os.getpid()}.tmp")
