@@ -379,7 +379,7 @@ def test_load_rejects_missing_or_inconsistent_files(fitted, tmp_path):
     with pytest.raises(ModelFileError, match=r"is a file, not a model directory"):
         CVAE.load(tmp_path / "nb" / "config.json")
     fitted.save(tmp_path / "cvae")
-    with pytest.raises(ModelFileError, match=r"holds a saved CVAE model, not a nb"):
+    with pytest.raises(ModelFileError, match=r"holds a saved CVAE model, not an nb"):
         NegBinBaseline.load(tmp_path / "cvae")
 
 

@@ -211,3 +211,17 @@ def test_a_request_file_to_the_reference_model_says_what_to_give_instead(referen
         _request(reference, None, None, None, "request.tsv", None)
     with pytest.raises(DataError, match="--where needs a cvae, nb or scvi"):
         _request(reference, None, {"B cells": 2}, "condition=stim", None, None)
+
+
+def test_a_misspelt_covariate_in_where_gets_a_did_you_mean() -> None:
+    import pandas as pd
+
+    from cellsynth.errors import DataError
+    from cellsynth.models._design import Design
+
+    obs = pd.DataFrame({"cell_type": ["B", "T"] * 10, "condition": ["ctrl"] * 10 + ["stim"] * 10})
+    rows = np.arange(len(obs))
+    design, _ = Design.fit(obs, ["condition"], "cell_type", obs["cell_type"].to_numpy(), rows,
+                           rows)  # fmt: skip
+    with pytest.raises(DataError, match=r"no covariate 'condition ' \(did you mean 'condition'"):
+        design.plan({"B": 5}, {"condition ": "stim"}, ["B", "T"], "cell_type")

@@ -236,7 +236,8 @@ class Design:
             if key not in self.keys:
                 have = (f"it conditions on {', '.join(self.keys)}" if self.keys
                         else "it was trained without covariates")
-                raise DataError(f"the model has no covariate '{key}' ({have}): leave it out of "
+                near = did_you_mean(key, self.keys) if self.keys else ""
+                raise DataError(f"the model has no covariate '{key}'{near} ({have}): leave it out of "
                                 f"the request, or refit with '{key}' as a covariate (--covariates "
                                 f"{key}; covariate_keys=[...] in Python) to ask for it")
             if isinstance(level, list | tuple | set | np.ndarray | pd.Series):

@@ -252,7 +252,7 @@ def check_kind(directory: Path, model: str, names: set[str] | None = None) -> No
                              "wrote")
     other = saved_kind(directory)
     if other and other not in (names or {model}):
-        raise ModelFileError(f"{directory} holds a saved {other} model, not a {model}; load it "
+        raise ModelFileError(f"{directory} holds a saved {other} model, not {_a(model)}; load it "
                              "with cellsynth.load_model(path), which reads every kind")
 
 
@@ -359,3 +359,9 @@ def misfit_weights(directory: Path, exc: BaseException) -> str:
     more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
     return (f"weights in {directory} do not fit the saved config: {shown}{more}; the weights "
             "come from another model: restore the files of one save together, or fit again")
+
+
+def _a(word: str) -> str:
+    """``word`` with its article: "a cvae", "an nb" (read as letters: en-bee, es-cee-vee-i)."""
+    spelt = word.lower().split("-")[0] in ("nb", "scvi")
+    return f"{'an' if spelt or word[:1].lower() in 'aeiou' else 'a'} {word}"
