@@ -92,7 +92,7 @@ class RunContext:
         # the data file checked here, before any stage is planned: a file moved away or
         # unmounted must not mark the finished stages stale (they would all run again once it
         # is back), nor read as "its settings changed"
-        files = {"data": check_file(self.cfg.dataset.path) if self.cfg.dataset.path else None,
+        files = {"data": self._data_file() if self.cfg.dataset.path else None,
                  "classifier": groups_file(self.cfg.dataset.groups)}
         out = {}
         for stage, path in files.items():
@@ -129,6 +129,14 @@ class RunContext:
             if name in self.plan.inputs:
                 entry["input"] = self.plan.inputs[name]
             yield entry
+
+    def _data_file(self) -> Path:
+        """``dataset.path``, ``~`` expanded; one that is not there is refused now (what it
+        holds, the data stage checks)."""
+        path = expand_user(self.cfg.dataset.path)
+        if not path.exists():
+            check_file(path)  # its one-line error: where it was looked for
+        return path
 
     @contextmanager
     def read_back(self, name: str):

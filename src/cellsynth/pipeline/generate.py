@@ -109,13 +109,11 @@ def parse_count(text: str) -> int:
 
 
 def _starts_hdf5(path: Path) -> bool:
-    """Whether the file at ``path`` begins with the HDF5 signature (an h5ad); its first bytes
-    only, as an atlas may be large."""
-    from ..data._download_state import HDF5_SIGNATURE
+    """Whether the file at ``path`` is an HDF5 file (an h5ad), read from its first bytes."""
+    import h5py
 
     try:
-        with path.open("rb") as f:
-            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        return bool(h5py.is_hdf5(path))
     except OSError:
         return False
 
