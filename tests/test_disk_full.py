@@ -189,3 +189,32 @@ def test_generate_writes_what_fits_though_its_upper_bound_does_not(
                      str(out), "--quiet"]) == 2  # fmt: skip
     assert "from the 1,024 cells drawn first" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("g.h5ad*"))
+
+
+def test_a_classifier_the_disk_cannot_hold_is_a_one_line_error_and_leaves_no_part(
+        tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    """XGBoost's own save_model raised an XGBoostError on a full disk (a traceback) and left a
+    truncated model.ubj; the classifier is now written by the atomic writer."""
+    import errno
+
+    import xgboost as xgb
+
+    from cellsynth.classify.xgb import Classifier
+    from cellsynth.errors import CellsynthError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), np.repeat([0, 1, 2], 20)
+    booster = xgb.train({"objective": "multi:softprob", "num_class": 3},
+                        xgb.DMatrix(x, y), num_boost_round=3)  # fmt: skip
+    clf = Classifier(booster, ["a", "b", "c"], best_iteration=2)
+    clf.save(tmp_path / "ok")
+    again = Classifier.load(tmp_path / "ok")
+    np.testing.assert_allclose(again.predict_proba(x), clf.predict_proba(x))
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(CellsynthError, match="disk full while writing"):
+        clf.save(tmp_path / "full")
+    assert list((tmp_path / "full").iterdir()) == []  # no truncated model.ubj

@@ -26,6 +26,7 @@ from ..config import ClassifierConfig
 from ..config_rules import fix_hint
 from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
+from ..outputs import write_bytes, write_text
 from ..runtime import cpu_threads
 
 logger = logging.getLogger(__name__)
@@ -115,8 +116,10 @@ class Classifier:
         """Write ``model.ubj``, ``labels.json`` and ``meta.json`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(directory / MODEL_FILE)
-        (directory / LABELS_FILE).write_text(json.dumps(list(self.labels), indent=1))
+        # XGBoost's own UBJ, written by cellsynth's atomic writer: save_model on a full disk
+        # raised an XGBoostError (a traceback) and left a truncated file
+        write_bytes(directory / MODEL_FILE, bytes(self.booster.save_raw(raw_format="ubj")))
+        write_text(directory / LABELS_FILE, json.dumps(list(self.labels), indent=1))
         meta: dict[str, Any] = {
             "best_iteration": int(self.best_iteration),
             "n_classes": len(self.labels),
@@ -125,7 +128,7 @@ class Classifier:
         }
         with contextlib.suppress(ImportError):  # PackageNotFoundError: cellsynth not installed
             meta["cellsynth_version"] = version("cellsynth")
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+        write_text(directory / META_FILE, json.dumps(meta, indent=1))
         logger.info("saved classifier (%d classes) to %s", len(self.labels), directory)
 
     @classmethod
