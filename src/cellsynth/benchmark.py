@@ -140,7 +140,8 @@ def model_key(cfg: RunConfig, name: str, fits: int = 1) -> str:
 
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
                       n_rare: int = 3, reuse: bool = False, kept_only: bool = False,
-                      kept_dir: Path | None = None, fits: int = 1) -> dict[str, Any]:
+                      kept_dir: Path | None = None, fits: int = 1,
+                      data: str | None = None) -> dict[str, Any]:
     """Fit, generate and score every generator in ``models`` on one preprocessed dataset.
 
     Each generator's results are kept in ``kept_dir/NAME.json`` (default ``out/results``; small
@@ -154,7 +155,9 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     each fit with seeds of its own (the first with those of a single fit), and its row is the
     mean of the fits' rows (:func:`mean_of_fits`: the spread beside it), so that a comparison
     is not read off one fit's luck: on a few hundred cells, refitting with other seeds moves a
-    two-sample AUC by several hundredths.
+    two-sample AUC by several hundredths. ``data``, the data file's sha256, is kept beside the
+    results: kept results (and the floor) of another version of the file are not read back
+    (results kept without one are, as before).
     """
     if fits < 1:
         raise ValueError(f"fits must be at least 1, got {fits}")
@@ -177,12 +180,13 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         return space, {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
 
     floor_key = model_key(cfg, "floor")
-    floor = _kept_floor(results / "floor.json", floor_key)
+    floor = _kept_floor(results / "floor.json", floor_key, data)
     if floor is None:
         t0 = time.perf_counter()
         floor = real_floor(space_and_embedding()[0], *parts["test"], seed=derive_seed(seed, "floor"))
         logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
-        write_json(results / "floor.json", {"key": floor_key, "floor": floor})
+        write_json(results / "floor.json", {"key": floor_key, "floor": floor,
+                                            **({"data": data} if data else {})})
     rows: dict[str, dict[str, Any]] = {"real vs real": flat_report(floor)}
     details: dict[str, Any] = {"floor": floor, "models": {}}
     fit_on = pre[np.isin(split, ["train", "val"])]
@@ -260,7 +264,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             kept = kept.with_name("seed.json")
         saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
         more = int((saved.get("row") or {}).get("fits", 1))  # kept over more fits: as good
-        if saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key):
+        if saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
+                not _other_data(saved, data, name, kept):
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
@@ -279,7 +284,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         fitted = [one_fit(name, r) for r in range(fits)]
         row, det = mean_of_fits(fitted) if fits > 1 else fitted[0]
         rows[name], details["models"][name] = row, det
-        write_json(kept, {"key": key, "date": det["date"], "row": row, "details": det})
+        write_json(kept, {"key": key, "date": det["date"], "row": row, "details": det,
+                          **({"data": data} if data else {})})
     details["rows"] = rows
     details["rare_types"] = next(iter(details["models"].values()))["augmentation"].get("rare_types") \
         if details["models"] else []
@@ -287,16 +293,30 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     return details
 
 
-def _kept_floor(path: Path, key: str) -> dict[str, Any] | None:
+def _kept_floor(path: Path, key: str, data: str | None = None) -> dict[str, Any] | None:
     """The real-vs-real floor kept in ``path`` by an earlier benchmark with the same data, QC,
-    split and seed (``key``), or None: a page rebuilt from kept results computes nothing."""
+    split and seed (``key``; ``data``: the file's sha256, where both know it), or None: a page
+    rebuilt from kept results computes nothing."""
     import json
 
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return kept.get("floor") if isinstance(kept, dict) and kept.get("key") == key else None
+    if not isinstance(kept, dict) or kept.get("key") != key:
+        return None
+    return kept.get("floor") if kept.get("data") in (None, data) or data is None else None
+
+
+def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path) -> bool:
+    """Whether the results ``saved`` in ``kept`` were made from another version of the data
+    file than the one of sha256 ``data`` (a file replaced under the same name: its settings,
+    hence its key, unchanged); said in the log. Unknown on either side: not another."""
+    if data is None or saved.get("data") in (None, data):
+        return False
+    logger.info("benchmark %s: the results kept in %s were made from another version of the "
+                "data file; fitting it again", name, kept)
+    return True
 
 
 def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]

@@ -17,7 +17,7 @@ from . import config, config_sources
 from .cli_parser import build_parser
 from .errors import CellsynthError
 from .options import settings
-from .outputs import json_ready
+from .outputs import json_text
 
 logger = logging.getLogger("cellsynth")
 
@@ -271,11 +271,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     from .holdout import parse_holdout
 
-    holdout = parse_holdout(args.holdout) if args.holdout else None  # checked before any work
-    path = run_benchmark([d for d in args.data.split(",") if d], args.models.split(","),
-                         Path(args.out), config_path=args.config, overrides=args.set,
-                         label_key=args.label_key, holdout=holdout, fits=args.fits)
-    for summary in sorted(Path(args.out).glob("*/summary.json")):
+    # checked before any work; an empty one (`--holdout "$COMBO"` with COMBO unset) is refused
+    holdout = parse_holdout(args.holdout) if args.holdout is not None else None
+    if not args.out.strip():  # `--out "$DIR"` with DIR unset: not the current folder
+        raise CellsynthError(f"--out is empty ({args.out!r}); give the benchmark directory, "
+                             "e.g. --out bench/")
+    # the results of a finished generator are read back while its settings are unchanged (the
+    # help and a stopped benchmark's message say so): a rerun fits only what is missing
+    path = run_benchmark([d.strip() for d in args.data.split(",") if d.strip()],
+                         args.models.split(","), Path(args.out), config_path=args.config,
+                         overrides=args.set, label_key=args.label_key, holdout=holdout,
+                         fits=args.fits, reuse=True)
+    for summary in sorted(path.parent.glob("*/summary.json")):
         for line in json.loads(summary.read_text()).get("verdicts", []):
             print(f"{summary.parent.name}: {line}")
     print(f"benchmark: {path}")
@@ -295,7 +302,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe, format_info
 
     info = describe(args.path)
-    print(json.dumps(json_ready(info), indent=2) if args.json else format_info(info))
+    print(json_text(info) if args.json else format_info(info))  # numpy values of uns too
     return 0
 
 

@@ -287,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="FILE", help="HTML file (default: RUN_DIR/report.html)")
     rp.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
-    i = _command(sub, "info", "describe a run directory, a model directory or an h5ad", (
-        "A run's stages and results, a model's kind, types and genes, or an h5ad's shape,\n"
-        "columns and where its counts are."))
-    i.add_argument("path", help="a run directory, a model directory or an .h5ad file")
+    i = _command(sub, "info", "describe a run directory, a model directory, a benchmark "
+                 "directory or an h5ad", (
+        "A run's stages and results, a model's kind, types and genes, a benchmark's data sets\n"
+        "and verdicts, or an h5ad's shape, columns and where its counts are."))
+    i.add_argument("path", help="a run directory, a model directory, a benchmark directory or "
+                   "an .h5ad file")
     i.add_argument("--json", action="store_true", help="print JSON (default: text)")
     return p
 

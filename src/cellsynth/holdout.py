@@ -69,6 +69,10 @@ def parse_holdout(text: str) -> dict[str, str]:
         if key.strip() in out:
             raise DataError(f"--holdout names {key.strip()!r} twice; give each column once")
         out[key.strip()] = value.strip()
+    if not out:  # `--holdout ","` or an unset variable: the benchmark would run without one
+        raise DataError(f"--holdout names no combination ({text!r}); give COLUMN=LEVEL pairs "
+                        "such as 'cell_type=CD14+ Monocytes,condition=stim', or leave --holdout "
+                        "out")
     return out
 
 

@@ -1,8 +1,10 @@
-"""``cellsynth info PATH``: describe a run directory, a model directory or an h5ad file."""
+"""``cellsynth info PATH``: describe a run directory, a model directory, a benchmark directory
+or an h5ad file."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,15 @@ def _describe(path: Path) -> dict[str, Any]:
     if (path / "model.ubj").is_file():
         labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
+    if (path / "summary.json").is_file() or list(path.glob("*/summary.json")):
+        return _describe_benchmark(path)  # `cellsynth benchmark --out`, or one data set's folder
     if (path / "checkpoint").is_dir():  # a run's generator/ while it trains
         raise CellsynthError(f"{path} holds a training checkpoint and no saved model yet: its "
                              "training has not finished (a stopped run resumes from it when "
                              "rerun)")
     raise CellsynthError(
-        f"{path} is neither a run directory (manifest.json), a model directory (config.json) "
-        "nor a classifier (model.ubj)"
+        f"{path} is neither a run directory (manifest.json), a model directory (config.json), "
+        "a classifier (model.ubj) nor a benchmark directory (DATASET/summary.json)"
     )
 
 
@@ -84,7 +88,9 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
         "has_raw": adata.raw is not None,
     }
     if "cellsynth" in adata.uns:
-        out["cellsynth"] = {k: v for k, v in dict(adata.uns["cellsynth"]).items() if k != "config"}
+        made = adata.uns["cellsynth"]  # a generated file's provenance; another program's value
+        out["cellsynth"] = ({k: v for k, v in made.items() if k != "config"}
+                            if isinstance(made, Mapping) else f"not cellsynth's provenance: {made!r}")
     adata.file.close()
     return out
 
@@ -110,6 +116,24 @@ def _describe_run(path: Path) -> dict[str, Any]:
                                     "not done since; run again to bring them up to date")
     if (path / "results.md").is_file():
         out["results"] = str(path / "results.md")
+    return out
+
+
+def _describe_benchmark(path: Path) -> dict[str, Any]:
+    """A benchmark directory (a folder per data set, each with its ``summary.json``) or one
+    data set's folder of it: each data set's shape after QC and its generators' verdicts."""
+    one = (path / "summary.json").is_file()
+    datasets = {}
+    for summary in [path / "summary.json"] if one else sorted(path.glob("*/summary.json")):
+        s = _json(summary)
+        datasets[summary.parent.name] = {**s.get("shape", {}), "generators": ", ".join(
+            name for name in s.get("rows", {}) if name != "real vs real"),
+            "verdicts": s.get("verdicts", [])}
+    page = path.parent / "RESULTS.md" if one else path / "RESULTS.md"
+    out: dict[str, Any] = {"kind": "benchmark data set" if one else "benchmark",
+                           "path": str(path), "datasets": datasets}
+    if page.is_file():
+        out["results"] = str(page)
     return out
 
 

@@ -26,7 +26,13 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename), strict: a number that is not
     finite (NaN: a correlation of constant values) is written as null, which every JSON
     reader takes (a bare NaN is refused by jq, JavaScript and strict parsers)."""
-    write_text(path, json.dumps(json_ready(data), indent=2, default=_default, allow_nan=False))
+    write_text(path, json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """``data`` as strict JSON text (indented): numbers that are not finite as null, numpy
+    arrays and scalars (an h5ad's ``uns`` read back) as lists and numbers."""
+    return json.dumps(json_ready(data), indent=2, default=_default, allow_nan=False)
 
 
 def json_ready(o: Any) -> Any:

@@ -252,6 +252,9 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
             raise _http_error(url, exc) from None
         except (urllib.error.URLError, OSError) as exc:
             raise _unreachable(url, exc, timeout) from None
+        except (ValueError, http.client.InvalidURL) as exc:  # a bad port, a space, "http://[::1"
+            raise ConfigError(f"{url} is not a valid address ({exc}); check the base URL "
+                              "(--base-url)") from None
         with response:
             done = _receive(response, url, part, dest, offset, stored, chunk_size, timeout)
         if done is not None:

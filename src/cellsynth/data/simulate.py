@@ -261,6 +261,9 @@ def _check_label_key(label_key: str) -> None:
     if not isinstance(label_key, str) or not label_key.strip() or "/" in label_key:
         raise ConfigError(f"the label column must be a non-empty name without '/', got "
                           f"{label_key!r} (--label-key)")  # fmt: skip
+    if label_key == "_index":  # anndata refused it only when the file was written
+        raise ConfigError("the label column cannot be named '_index': the h5ad format keeps "
+                          "that name for the cell names; choose another --label-key")
     written = (DOUBLET_KEY, MITO, N_GENES, DONOR_KEY, CONDITION_KEY)
     if label_key in written:
         raise ConfigError(f"the label column {label_key!r} is the name of a column the simulator "

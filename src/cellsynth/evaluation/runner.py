@@ -12,7 +12,8 @@ from typing import Any
 from .. import config
 from ..benchmark import benchmark_dataset, prepare
 from ..errors import DataError
-from ..outputs import write_json, write_text
+from ..outputs import check_out_dir, write_json, write_text
+from ..resume import input_digest
 from ..seeds import checked_whole
 from .page import results_page, verdict_summary
 
@@ -48,7 +49,18 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
+    _distinct_models(models)
+    if not datasets:  # `--data ""` or `--data ,`: a page of nothing, said to be written
+        raise DataError("no data set given; give --data one or more .h5ad files or preset "
+                        "TOMLs, separated by commas")
+    out = check_out_dir(out, "--out", "the benchmark (RESULTS.md and a folder per data set)",
+                        DataError)  # before any work; ~ expanded
     overrides = list(overrides or [])
+    tomls = [item for item in datasets if item.endswith(".toml")]
+    if config_path and tomls:
+        logger.warning("--config %s is not applied to %s: a preset TOML is the whole config of "
+                       "its data set; put those settings in it, or give them with --set (which "
+                       "applies to every data set)", config_path, ", ".join(tomls))  # fmt: skip
     cfgs = []
     for item in datasets:
         # TOML strings written by json: a path or column holding a quote or a backslash
@@ -73,7 +85,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
             check_holdout(pre.obs, holdout, cfg.dataset.label_key)
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                     kept_only=kept_only,
-                                    kept_dir=kept / name if kept else None, fits=fits)
+                                    kept_dir=kept / name if kept else None, fits=fits,
+                                    data=input_digest(cfg.dataset.path)["sha256"])  # fmt: skip
         if holdout:
             from ..holdout import benchmark_holdout
 
@@ -89,6 +102,22 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         # the page is rewritten after every dataset, so an interrupted run still leaves one
         write_text(path, results_page(sections, command, models))
     return path
+
+
+def _distinct_models(models: list[str]) -> None:
+    """A generator named twice (or by its old name beside its own: ``seed``, ``reference``)
+    would be fitted twice into one row, its kept results and model overwritten."""
+    from ..config import MODEL_ALIASES
+
+    seen: dict[str, str] = {}
+    for name in models:
+        model = MODEL_ALIASES.get(name, name)
+        if model in seen:
+            first = seen[model]
+            raise DataError(f"--models names {model} twice"
+                            + (f" ({first} and {name})" if first != name else "")
+                            + "; give each generator once")  # fmt: skip
+        seen[model] = name
 
 
 def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
