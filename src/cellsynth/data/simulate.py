@@ -309,7 +309,8 @@ def _setup(
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
     plan = _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate, lib)
-    if (got := len(np.unique(plan.type1))) < n_types:
+    # types some cell is labelled with: a low-quality or mixed cell's own type is not shown
+    if (got := len(set(plan.labels.categories) - {DOUBLET_LABEL, LOW_Q_LABEL})) < n_types:
         logger.warning("%d of the %d cell types got no cell: %d cells are too few for that many "
                        "types (the rarer types are drawn seldom); ask for more cells (--cells) "
                        "or fewer types (--types)", n_types - got, n_types, n_cells)  # fmt: skip

@@ -86,7 +86,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                     kept_only=kept_only,
                                     kept_dir=kept / name if kept else None, fits=fits,
-                                    data=input_digest(cfg.dataset.path)["sha256"])  # fmt: skip
+                                    data=_data_digest(cfg.dataset.path))
         if holdout:
             from ..holdout import benchmark_holdout
 
@@ -102,6 +102,15 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         # the page is rewritten after every dataset, so an interrupted run still leaves one
         write_text(path, results_page(sections, command, models))
     return path
+
+
+def _data_digest(path: str) -> str | None:
+    """The data file's sha256, kept beside each generator's results so that a file replaced
+    under the same name is benchmarked again; None where it cannot be read (nothing checked)."""
+    try:
+        return input_digest(path)["sha256"]
+    except OSError:
+        return None
 
 
 def _distinct_models(models: list[str]) -> None:
