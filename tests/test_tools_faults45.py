@@ -22,8 +22,14 @@ from cellsynth.errors import ConfigError, DataError
 SETS = ["qc.min_genes_per_cell=10", "qc.min_cells_per_type=10"]
 
 
-def test_the_command_line_benchmark_reuses_what_it_finished(tmp_path: Path, monkeypatch) -> None:
+def test_the_command_line_benchmark_reuses_what_it_finished(tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:  # fmt: skip
+    """And it prints the verdicts of its own data sets, not those an earlier command left."""
     seen = {}
+    for name in ("a", "earlier"):
+        (tmp_path / "b" / name).mkdir(parents=True)
+        (tmp_path / "b" / name / "summary.json").write_text(
+            json.dumps({"verdicts": [f"nb: verdict of {name}"]}))  # fmt: skip
 
     def fake(datasets, models, out, **kw):
         seen.update(kw)
@@ -33,6 +39,8 @@ def test_the_command_line_benchmark_reuses_what_it_finished(tmp_path: Path, monk
     assert main(["benchmark", "--data", "a.h5ad", "--models", "nb", "--out",
                  str(tmp_path / "b"), "--quiet"]) == 0  # fmt: skip
     assert seen["reuse"] is True
+    out = capsys.readouterr().out
+    assert "a: nb: verdict of a" in out and "earlier" not in out
 
 
 def test_kept_results_of_another_version_of_the_data_file_are_fitted_again(tmp_path: Path,

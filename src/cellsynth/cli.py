@@ -278,13 +278,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                              "e.g. --out bench/")
     # the results of a finished generator are read back while its settings are unchanged (the
     # help and a stopped benchmark's message say so): a rerun fits only what is missing
-    path = run_benchmark([d.strip() for d in args.data.split(",") if d.strip()],
-                         args.models.split(","), Path(args.out), config_path=args.config,
-                         overrides=args.set, label_key=args.label_key, holdout=holdout,
-                         fits=args.fits, reuse=True)
-    for summary in sorted(path.parent.glob("*/summary.json")):
-        for line in json.loads(summary.read_text()).get("verdicts", []):
-            print(f"{summary.parent.name}: {line}")
+    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
+    path = run_benchmark(datasets, args.models.split(","), Path(args.out),
+                         config_path=args.config, overrides=args.set, label_key=args.label_key,
+                         holdout=holdout, fits=args.fits, reuse=True)
+    for name in (Path(d).stem for d in datasets):  # not an earlier command's other data sets
+        summary = path.parent / name / "summary.json"
+        for line in json.loads(summary.read_text()).get("verdicts", []) if summary.is_file() else []:
+            print(f"{name}: {line}")
     print(f"benchmark: {path}")
     return 0
 
