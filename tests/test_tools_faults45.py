@@ -156,3 +156,19 @@ def test_types_without_a_labelled_cell_are_counted_as_missing(caplog) -> None:
     labels = a.obs["cell_type"].astype(str)
     missing = 400 - labels[labels.str.startswith("type_")].nunique()
     assert f"{missing} of the 400 cell types got no cell" in caplog.text
+
+
+def test_a_benchmark_of_normalised_values_is_refused_before_any_work(tmp_path: Path,
+                                                                    kang_path: Path) -> None:  # fmt: skip
+    import scipy.sparse as sp
+
+    a = ad.read_h5ad(kang_path)[:200].copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()).astype(np.float32))  # no counts anywhere
+    first, second = tmp_path / "first.h5ad", tmp_path / "logged.h5ad"
+    ad.read_h5ad(kang_path)[:200].copy().write_h5ad(first)
+    a.write_h5ad(second)
+    with pytest.raises(DataError, match=r"logged \(.*\): the benchmark fits generators on raw "
+                                        "counts"):  # fmt: skip
+        evaluation.run_benchmark([str(first), str(second)], ["nb"], tmp_path / "out",
+                                 label_key="cell_type")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,10 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
     pre, _ = preprocess(read(path), cfg.dataset, cfg.qc, cfg.split,
                         seed=derive_seed(cfg.seed, "split"))
     if K.COUNTS not in pre.layers:
-        raise ValueError(f"{path}: the benchmark needs raw counts")
+        from .errors import DataError
+
+        raise DataError(f"{path}: the benchmark needs raw counts (in X, layers['counts'] or "
+                        "raw.X); give the unnormalised file")
     return pre
 
 

@@ -143,18 +143,25 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
 
 
 def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
-    """Every dataset file exists and is an h5ad, and ``holdout``'s columns and levels are in
-    each one's ``obs`` (read alone) with enough cells to hold out and to pool, so that a typo
-    or a small combination fails at once, not after the datasets before it were benchmarked."""
-    from ..data.io import check_file
+    """Every dataset file exists and is an h5ad of raw counts, and ``holdout``'s columns and
+    levels are in each one's ``obs`` (read alone) with enough cells to hold out and to pool, so
+    that a typo, a small combination or a normalised file fails at once, not after the datasets
+    before it were benchmarked."""
+    from ..data.io import check_file, find_counts
     from ..data.store import H5adFile
     from ..holdout import check_holdout
 
     for name, cfg in cfgs:
         path = check_file(cfg.dataset.path)
+        with H5adFile(path) as h5:  # every generator is fitted on counts: none, refused first
+            expr = find_counts(h5, cfg.dataset.is_normalised)
+            if expr.counts is None:
+                raise expr.no_counts(f"{name} ({path}): the benchmark fits generators on raw "
+                                     "counts, but X holds normalised values and there is no "
+                                     "layers['counts'] or raw.X with counts; give the "
+                                     "unnormalised file")  # fmt: skip
+            obs = h5.obs
         if holdout:
-            with H5adFile(path) as h5:
-                obs = h5.obs
             try:
                 check_holdout(obs, holdout, cfg.dataset.label_key, after="in the file")
             except DataError as err:
