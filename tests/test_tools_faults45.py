@@ -172,3 +172,15 @@ def test_a_benchmark_of_normalised_values_is_refused_before_any_work(tmp_path: P
         evaluation.run_benchmark([str(first), str(second)], ["nb"], tmp_path / "out",
                                  label_key="cell_type")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["download", "E-TEST-1", "--cache-dir", ""], "--cache-dir is empty"),
+    (["simulate", "--cells", "50", "--genes", "30", "--types", "2", "--out", " "], "--out is empty"),
+])  # fmt: skip
+def test_an_empty_folder_or_file_is_refused_not_read_as_the_current_folder(
+        tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

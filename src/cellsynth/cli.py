@@ -143,6 +143,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     from .data.download import DEFAULT_BASE_URL, download
 
     _setup_logging(args.quiet)
+    if not args.cache_dir.strip():  # `--cache-dir "$DIR"` with DIR unset: not the current folder
+        raise CellsynthError(f"--cache-dir is empty ({args.cache_dir!r}); give a folder, or leave "
+                             "--cache-dir out for ~/.cache/cellsynth")
     path = download(args.accession, args.cache_dir, base_url=args.base_url or DEFAULT_BASE_URL,
                     force=args.force)
     print(path)
@@ -155,6 +158,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     if args.chunk_size < 1:
         raise CellsynthError(f"--chunk-size must be at least 1 cell, got {args.chunk_size}")
+    if not args.out.strip():  # `--out "$FILE"` with FILE unset: it was called the folder "."
+        raise CellsynthError(f"--out is empty ({args.out!r}); give the h5ad file to write, e.g. "
+                             "--out atlas.h5ad")
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
                        label_key=args.label_key, chunk_size=args.chunk_size,
                        n_donors=args.donors, n_conditions=args.conditions)
