@@ -80,6 +80,11 @@ def _keyword_fix(key: str) -> str:
     return f"give another {name} (model.configure({name}=...) or model.train)"
 
 
+# the settings that shape the trained network (CVAEModule's arguments and the design): a
+# trained model refuses a change of them in configure (train and fit build the network anew)
+_NETWORK_SETTINGS = ("n_hidden", "n_latent", "n_embed", "covariates", "n_covariate_embed",
+                     "decode_labels", "label_dropout", "likelihood", "prior",
+                     "dispersion", "dispersion_fit")
 _NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds", "distributed", "nproc_per_node")
 
 
@@ -152,10 +157,12 @@ class CVAE(GenerationMixin, DesignRequests):
 
     def __repr__(self) -> str:
         c = self.config
+        # before training, the covariates the next fit conditions on (configure may change them)
+        covariates = self.design.keys if self.is_trained else list(c.covariates)
         return (
             f"CVAE(n_genes={len(self.genes)}, n_labels={len(self.labels)}, "
             f"likelihood={c.likelihood!r}, prior={c.prior!r}, n_hidden={c.n_hidden}, "
-            f"n_latent={c.n_latent}, covariates={self.design.keys}, device={self.device}, "
+            f"n_latent={c.n_latent}, covariates={covariates}, device={self.device}, "
             f"trained={self.is_trained})"
         )
 
@@ -239,11 +246,20 @@ class CVAE(GenerationMixin, DesignRequests):
                 "CVAE() was built without data; use CVAE(adata).train() or fit(adata, ...)"
             )
         given = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, **settings}
-        self.configure(**{k: v for k, v in given.items() if v is not None})
+        self._configure({k: v for k, v in given.items() if v is not None})  # fits anew below
         return self.fit(self.adata, self.label_key, seed=seed)
 
     def configure(self, **settings: Any) -> CVAE:
-        """Change settings of :attr:`config` (checked as a config file's are); returns self."""
+        """Change settings of :attr:`config` (checked as a config file's are); returns self.
+
+        A trained model keeps the network it was trained with: a setting that shapes it
+        (``n_hidden``, ``n_latent``, ``likelihood``, ``covariates``, ...) is refused there, as
+        it would take effect only with a new fit (``model.train(n_hidden=[...])`` fits anew).
+        """
+        return self._configure(settings, refit=False)
+
+    def _configure(self, settings: dict[str, Any], refit: bool = True) -> CVAE:
+        """:meth:`configure`; ``refit``: a new fit follows, so the network may change."""
         names = {f.name for f in dataclasses.fields(CVAEConfig)}
         unknown = sorted(set(settings) - names)
         if unknown:
@@ -251,7 +267,17 @@ class CVAE(GenerationMixin, DesignRequests):
                               f"{', '.join(sorted(names))}")  # fmt: skip
         with config_hints(_keyword_fix):  # in Python: the keyword, not the command line's --set
             config = from_dict(CVAEConfig, {**dataclasses.asdict(self.config), **settings})
-            self.config = config.validate()
+            config.validate()
+        changed = [k for k in _NETWORK_SETTINGS if getattr(config, k) != getattr(self.config, k)]
+        if changed and self.is_trained and not refit:
+            now = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in changed)
+            raise ConfigError(
+                f"{', '.join(changed)} shape{'s' if len(changed) == 1 else ''} the trained "
+                f"network (trained with {now}): changed alone, the settings would no longer "
+                f"fit the weights (nor load once saved); fit anew with the new value: "
+                f"model.train({changed[0]}=...) on the data the model was built with, or "
+                f"CVAE(adata, ...).configure({changed[0]}=...) then train()")
+        self.config = config
         self.device = tr.resolve_device(self.config.device)
         return self
 
