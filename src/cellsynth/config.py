@@ -366,7 +366,9 @@ class RunConfig:
     seed
         The one seed every other seed is derived from (``seeds.derive_seed``).
     dataset, qc, split, features, classifier, generator, seed_vae, cvae, nb, scvi, explain, report
-        The settings of each stage (:class:`DatasetConfig`, :class:`QCConfig`, ...).
+        The settings of each stage (:class:`DatasetConfig`, :class:`QCConfig`, ...), or a
+        dict of some of them (``RunConfig(cvae={"max_epochs": 20})``), checked as a config
+        file's table is.
     """
 
     seed: int = ranged("[0, 2**63)", 0)  # the one seed every other seed is derived from
@@ -382,6 +384,21 @@ class RunConfig:
     scvi: ScviConfig = field(default_factory=ScviConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        # RunConfig(cvae={"max_epochs": 20}): a section given as a dict is read as a config
+        # file's table is (keys, types and ranges checked; the settings left out at defaults)
+        for f in dataclasses.fields(self):
+            section = f.default_factory
+            if not (isinstance(section, type) and dataclasses.is_dataclass(section)):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                setattr(self, f.name, from_dict(section, value, f"{f.name}."))
+            elif not isinstance(value, section):
+                raise ConfigError(f"RunConfig({f.name}=...) takes a {section.__name__} or a "
+                                  f"dict of its settings (e.g. {f.name}={{...}}), got "
+                                  f"{type(value).__name__}")
 
     def validate(self) -> RunConfig:
         """Check ranges and values a type cannot express; raise :class:`ConfigError` with the fix."""
