@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,12 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
 
     Raises :class:`DataError` for a missing, non-h5ad, corrupt or empty file.
     """
+    if isinstance(path, ad.AnnData):  # not "the path takes a path" with the AnnData's repr
+        raise DataError("read takes the path of an .h5ad file, not an AnnData: this one is "
+                        "read already, so use it as it is")
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise DataError(f"read takes the path of an .h5ad file, not {type(path).__name__} "
+                        f"{path!r}")
     path = check_file(path)
     use_backed = path.stat().st_size > BACKED_BYTES if backed == "auto" else bool(backed)
     try:

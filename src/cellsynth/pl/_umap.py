@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..paths import expand_user
-from ..seeds import checked_seed
+from ..seeds import checked_seed, checked_whole
 from ._common import (
     REAL_COLOR,
     SYNTH_COLOR,
@@ -306,6 +306,8 @@ def umap(
     cells projected into it, then one UMAP (``umap-learn``) of both.
     """
     seed = checked_seed(seed)
+    if n_per_type is not None:
+        n_per_type = checked_whole(n_per_type, "n_per_type")
     colors_wanted = [color] if isinstance(color, str) else list(color)
     names = {"origin", "label", *([label_key] if label_key else [])}
     bad = [c for c in colors_wanted if c not in names]
