@@ -30,6 +30,7 @@ DEFAULT_METRICS = (
 #: per-type metrics of :func:`cellsynth.evaluate`'s per-type table (``result["per_type"]``),
 #: each with its floor's column (equal-sized real halves; TRTS beside TRTR)
 TABLE_METRICS = {"c2st_auc": "c2st_auc_floor", "gene_auc": "gene_auc_floor",
+                 "genes_at_depth": "genes_at_depth_floor",
                  "knn_precision": "knn_precision_floor", "knn_recall": "knn_recall_floor",
                  "de_logfc_r": "de_logfc_r_floor", "marker_overlap": "marker_overlap_floor",
                  "trts_f1": "trtr_f1"}
@@ -206,7 +207,8 @@ def per_type(
         ``per_type`` DataFrame), or a run's ``metrics/fidelity.json`` read with ``json.load``.
     metric
         A per-type metric. From the per-type table of an ``Evaluation`` (floors from
-        equal-sized real halves): ``c2st_auc`` (default), ``gene_auc``, ``knn_precision``,
+        equal-sized real halves): ``c2st_auc`` (default), ``gene_auc``, ``genes_at_depth``,
+        ``knn_precision``,
         ``knn_recall``, ``de_logfc_r``, ``marker_overlap``, ``trts_f1`` (beside TRTR). From
         the reports (also a run's ``fidelity.json``): ``c2st_auc``, ``mmd_rbf``,
         ``energy_distance``, ``knn_precision``, ``knn_recall``, ``gene_mean_spearman``,
@@ -220,6 +222,10 @@ def per_type(
         The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``). Types with
         no number on either side (too few cells) are left out.
     """
+    if not isinstance(metric, str):
+        raise DataError(f"metric takes one per-type metric's name (such as 'c2st_auc'), not "
+                        f"{type(metric).__name__} {metric!r}: draw each metric with a call of "
+                        "its own")
     types, floor, synth, sizes, verdicts = _per_type_values(result, metric)
     ax = axes(ax, (6.5, 0.4 * len(types) + 1.4))
     y = np.arange(len(types))
