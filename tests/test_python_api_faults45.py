@@ -1,0 +1,91 @@
+"""The Python API as a scanpy user drives it in a notebook (session 45's sweep): a trained CVAE
+refuses a setting that would leave its weights and settings apart, ``RunConfig`` takes a section
+as a dict, ``cs.read`` and the plots name a wrong argument in one line, and ``cs.pl.per_type``
+draws every metric the per-type table holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+import cellsynth as cs
+from cellsynth.errors import CellsynthError, ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def small(kang_path: Path) -> ad.AnnData:
+    """300 cells of Kang over its 200 most expressed genes."""
+    a = ad.read_h5ad(kang_path)
+    rows = np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))
+    a = a[rows].copy()
+    x = a.layers["counts"] if "counts" in a.layers else a.X
+    genes = np.sort(np.argsort(-np.asarray(x.sum(axis=0)).ravel())[:200])
+    return a[:, genes].copy()
+
+
+@pytest.fixture(scope="module")
+def result(small: ad.AnnData):
+    return cs.evaluate(small[::2].copy(), small[1::2].copy(), label_key="cell_type",
+                       max_cells=150, gene_repeats=1)  # fmt: skip
+
+
+def test_a_trained_cvae_refuses_a_setting_that_shapes_its_network(small, tmp_path,
+                                                                   one_torch_thread) -> None:
+    model = cs.CVAE(small, label_key="cell_type")
+    model.configure(max_epochs=1, min_steps=0, n_hidden=(16,), n_latent=4)  # before: any
+    model.train(seed=0)
+    with pytest.raises(ConfigError, match=r"n_hidden, n_latent shape the trained network.*"
+                                          r"model\.train\(n_hidden=\.\.\.\)"):
+        model.configure(n_hidden=[8], n_latent=2)
+    assert model.config.n_hidden == [16] and model.config.n_latent == 4  # left as trained
+    model.configure(n_hidden=[16], max_epochs=2, device="cpu")  # unchanged or not shaping
+    model.save(tmp_path / "m")
+    assert cs.load_model(tmp_path / "m").sample({"B cells": 2}, seed=0).n_obs == 2
+    model.train(n_hidden=[8], seed=0)  # a new fit takes it
+    assert model.config.n_hidden == [8] and model.is_trained
+
+
+def test_an_untrained_cvae_shows_the_covariates_its_fit_will_use(small) -> None:
+    model = cs.CVAE(small, label_key="cell_type").configure(covariates=["condition"])
+    assert "covariates=['condition']" in repr(model)
+
+
+def test_run_config_takes_a_section_as_a_dict_checked() -> None:
+    cfg = cs.RunConfig(cvae={"max_epochs": 2}, report={"umap": False})
+    assert cfg.cvae.max_epochs == 2 and cfg.cvae.n_latent == 32 and not cfg.report.umap
+    assert cfg.validate() is cfg
+    with pytest.raises(ConfigError, match="unknown config key 'cvae.max_epoch'"):
+        cs.RunConfig(cvae={"max_epoch": 2})
+    with pytest.raises(ConfigError, match="cvae.max_epochs must be at least 1"):
+        cs.RunConfig(cvae={"max_epochs": 0})
+    with pytest.raises(ConfigError, match=r"RunConfig\(cvae=\.\.\.\) takes a CVAEConfig"):
+        cs.RunConfig(cvae=3)
+
+
+def test_read_names_an_anndata_or_a_non_path_in_one_line(small) -> None:
+    with pytest.raises(DataError, match="not an AnnData: this one is read already") as err:
+        cs.read(small)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="read takes the path of an .h5ad file, not NoneType"):
+        cs.read(None)
+
+
+def test_umap_checks_n_per_type_before_any_work(small) -> None:
+    with pytest.raises(DataError, match="n_per_type must be a whole number"):
+        cs.pl.umap(small, small, label_key="cell_type", n_per_type=2.5)
+
+
+def test_per_type_draws_genes_at_depth_and_refuses_a_list(result) -> None:
+    for source in (result, result.per_type):
+        ax = cs.pl.per_type(source, "genes_at_depth")
+        assert ax.get_xlabel() == "genes_at_depth"
+        plt.close(ax.figure)
+    with pytest.raises(CellsynthError, match="one per-type metric's name"):
+        cs.pl.per_type(result, ["c2st_auc", "knn_recall"])
