@@ -61,9 +61,9 @@ def test_run_config_takes_a_section_as_a_dict_checked() -> None:
     cfg = cs.RunConfig(cvae={"max_epochs": 2}, report={"umap": False})
     assert cfg.cvae.max_epochs == 2 and cfg.cvae.n_latent == 32 and not cfg.report.umap
     assert cfg.validate() is cfg
-    with pytest.raises(ConfigError, match="unknown config key 'cvae.max_epoch'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'cvae\.max_epoch'"):
         cs.RunConfig(cvae={"max_epoch": 2})
-    with pytest.raises(ConfigError, match="cvae.max_epochs must be at least 1"):
+    with pytest.raises(ConfigError, match=r"cvae\.max_epochs must be at least 1"):
         cs.RunConfig(cvae={"max_epochs": 0})
     with pytest.raises(ConfigError, match=r"RunConfig\(cvae=\.\.\.\) takes a CVAEConfig"):
         cs.RunConfig(cvae=3)
@@ -73,7 +73,7 @@ def test_read_names_an_anndata_or_a_non_path_in_one_line(small) -> None:
     with pytest.raises(DataError, match="not an AnnData: this one is read already") as err:
         cs.read(small)
     assert "\n" not in str(err.value)
-    with pytest.raises(DataError, match="read takes the path of an .h5ad file, not NoneType"):
+    with pytest.raises(DataError, match=r"read takes the path of an \.h5ad file, not NoneType"):
         cs.read(None)
 
 
