@@ -158,7 +158,10 @@ def _config(data: str | None, label_key: str | None, config: Any,
         from .errors import ConfigError
 
         raise ConfigError(f"config is a {type(config).__name__}; give a TOML path, a "
-                          "cellsynth.RunConfig or None")
+                          "cellsynth.RunConfig or None" + (
+                              " (a dict of sections: config=cs.RunConfig(**settings), e.g. "
+                              "cs.RunConfig(cvae={'max_epochs': 20}))"
+                              if isinstance(config, dict) else ""))
     from .config_sources import resolve
 
     cfg, sources = resolve(data, label_key, config, list(overrides))
@@ -226,6 +229,11 @@ def run(
     # copy of the atlas behind), and the copy is written where the config says
     cfg = _config(path, label_key, config, overrides)
     if copied:
+        from .data.labels import check_label
+
+        key = cfg.dataset.label_key
+        if not isinstance(key, str) or key not in data.obs.columns:
+            check_label(data, key)  # a misspelt label_key leaves no copy behind
         _data_path(data, out_dir)
     with _run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)

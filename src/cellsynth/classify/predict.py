@@ -21,6 +21,7 @@ from ..data.io import counts_matrix, find_counts
 from ..data.qc import normalise_log1p
 from ..errors import DataError, listed
 from ..features.pca import PCAModel
+from ..paths import expand_user
 from .xgb import MODEL_FILE, Classifier
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,17 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     >>> cs.predict_types(new_cells, "runs/atlas")  # doctest: +SKIP
     >>> new_cells.obs["cellsynth_prediction"].value_counts()  # doctest: +SKIP
     """
-    run = Path(run).expanduser()
+    if hasattr(run, "obs") and hasattr(run, "var_names"):
+        raise DataError("the cells come first and the run directory second: "
+                        "cs.predict_types(adata, 'runs/atlas')")
+    run = expand_user(run, "run")
+    if not run.is_dir():
+        what = "is a file" if run.exists() else "does not exist"
+        raise DataError(f"the run directory {run} {what}; give the directory cellsynth run "
+                        "(or cs.run) wrote (its --out / out=)")
+    if (run / "config.json").is_file() and not (run / "manifest.json").is_file():
+        raise DataError(f"{run} is a saved generator's directory, not a run: predict_types "
+                        "uses a run's classifier; give the run directory (its --out / out=)")
     if classifier not in ("classifier", "classifier_synthetic"):
         raise DataError(f"classifier must be 'classifier' or 'classifier_synthetic', got "
                         f"{classifier!r}")
