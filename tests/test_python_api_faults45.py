@@ -89,3 +89,24 @@ def test_per_type_draws_genes_at_depth_and_refuses_a_list(result) -> None:
         plt.close(ax.figure)
     with pytest.raises(CellsynthError, match="one per-type metric's name"):
         cs.pl.per_type(result, ["c2st_auc", "knn_recall"])
+
+
+def test_predict_types_names_what_it_was_given_instead_of_a_run(small, tmp_path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        cs.predict_types(small, tmp_path / "nope")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="saved generator's directory, not a run"):
+        cs.predict_types(small, model)
+    with pytest.raises(DataError, match="the cells come first"):
+        cs.predict_types(str(tmp_path), small)  # type: ignore[arg-type]
+
+
+def test_run_checks_an_anndatas_label_column_before_copying_it(small, tmp_path) -> None:
+    with pytest.raises(DataError, match="label column 'celltype' not in obs"):
+        cs.run(small, label_key="celltype", out=tmp_path / "run")
+    assert not (tmp_path / "run" / "input.h5ad").exists()
+    with pytest.raises(ConfigError, match=r"cs\.RunConfig\(\*\*settings\)"):
+        cs.run(small, label_key="cell_type", config={"cvae": {"max_epochs": 2}},
+               out=tmp_path / "run2")  # fmt: skip
