@@ -110,3 +110,9 @@ def test_run_checks_an_anndatas_label_column_before_copying_it(small, tmp_path) 
     with pytest.raises(ConfigError, match=r"cs\.RunConfig\(\*\*settings\)"):
         cs.run(small, label_key="cell_type", config={"cvae": {"max_epochs": 2}},
                out=tmp_path / "run2")  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf"), "x"])
+def test_nb_refuses_a_max_theta_that_would_hang_its_sampling(bad) -> None:
+    with pytest.raises(ConfigError, match="max_theta must be a finite number of at least"):
+        cs.NegBinBaseline(max_theta=bad)

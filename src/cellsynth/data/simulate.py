@@ -411,6 +411,7 @@ def simulate_atlas(
     --------
     >>> adata = simulate_atlas(2000, 500, 4, n_donors=3, n_conditions=2, seed=0)
     >>> adata.uns["simulation"]["condition_programs"]["type_00"]["stim"]["genes"][:3]
+    ['GENE00006', 'GENE00048', 'GENE00091']
     """
     _check_label_key(label_key)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)

@@ -26,6 +26,7 @@ count-space generators (``seed``, ``scvi``).
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -133,6 +134,10 @@ class NegBinBaseline(DesignRequests):
                  min_cells: int = MIN_CELLS) -> None:  # fmt: skip
         if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 2:
             raise ConfigError(f"min_cells must be an integer >= 2, got {min_cells!r}")
+        if (isinstance(max_theta, bool) or not isinstance(max_theta, numbers.Real)
+                or not MIN_THETA <= max_theta < float("inf")):  # below MIN_THETA: a hang
+            raise ConfigError(f"max_theta must be a finite number of at least {MIN_THETA}, got "
+                              f"{max_theta!r}; the default is {MAX_THETA:g}")
         if isinstance(covariate_keys, str):
             covariate_keys = [covariate_keys]
         self.max_theta = float(max_theta)
