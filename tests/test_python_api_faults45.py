@@ -116,3 +116,19 @@ def test_run_checks_an_anndatas_label_column_before_copying_it(small, tmp_path) 
 def test_nb_refuses_a_max_theta_that_would_hang_its_sampling(bad) -> None:
     with pytest.raises(ConfigError, match="max_theta must be a finite number of at least"):
         cs.NegBinBaseline(max_theta=bad)
+
+
+def test_two_evaluations_of_the_same_cells_are_equal_and_genes_is_a_copy(small) -> None:
+    real, synth = small[::2].copy(), small[1::2].copy()
+    synth = synth[synth.obs["cell_type"].isin(["B cells", "CD14+ Monocytes"])].copy()
+
+    def evaluate():
+        return cs.evaluate(real, synth, label_key="cell_type", max_cells=150, gene_repeats=1)
+
+    first, again = evaluate(), evaluate()
+    assert first.per_type["c2st_auc"].isna().any()  # types without synthetic cells: NaN
+    assert first == again and first == again.to_dict() and not first != again
+    genes = first.genes
+    assert genes is not None and "overall" in genes
+    genes["overall"]["auc"] = -1.0
+    assert first.genes["overall"]["auc"] != -1.0  # as every other property: a copy

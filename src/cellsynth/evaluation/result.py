@@ -222,6 +222,17 @@ def html_page(result: Mapping[str, Any]) -> str:
     return "".join(parts) + "</body></html>"
 
 
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for JSON-ready values, with NaN equal to NaN (``nan != nan`` in Python)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
 class Evaluation(Mapping[str, Any]):
     """The result of :func:`cellsynth.evaluate`: the verdict, the per-type table, privacy.
 
@@ -279,7 +290,7 @@ class Evaluation(Mapping[str, Any]):
     def genes(self) -> dict[str, Any] | None:
         """The gene-level test (:func:`~cellsynth.metrics.genes.gene_fidelity`; types it left
         out under ``skipped``), or ``{"skipped": why}`` (no ``overall``) when it could not run."""
-        return self._result.get("genes")
+        return copy.deepcopy(self._result.get("genes"))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (what ``fidelity.json`` holds).
@@ -308,6 +319,16 @@ class Evaluation(Mapping[str, Any]):
                               suffixes=(".html", ".htm"))  # never over data or another file
         write_text(path, html_page(self._result))
         return path
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to an evaluation (or its dict) of the same numbers: a metric that is NaN on
+        both sides (a type too small to score) is equal, as two runs of one evaluation are."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        theirs = other._result if isinstance(other, Evaluation) else dict(other)
+        return _same(self._result, theirs)
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping: unhashable, as a dict
 
     def __repr__(self) -> str:
         types = len(self._result.get("per_type") or [])
