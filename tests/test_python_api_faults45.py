@@ -132,3 +132,10 @@ def test_two_evaluations_of_the_same_cells_are_equal_and_genes_is_a_copy(small) 
     assert genes is not None and "overall" in genes
     genes["overall"]["auc"] = -1.0
     assert first.genes["overall"]["auc"] != -1.0  # as every other property: a copy
+
+
+def test_a_setting_cellsynth_lacks_says_what_it_has_and_how_to_quiet_it() -> None:
+    with pytest.raises(AttributeError, match=r"its one setting is progress.*logging"):
+        cs.settings.verbosity = 0  # type: ignore[attr-defined]  # scanpy's habit
+    with cs.settings.override(progress=False):
+        assert cs.settings.progress is False

@@ -61,6 +61,14 @@ class Settings:
             raise CellsynthError(f"settings.progress must be True, False or 'auto', not {value!r}")
         self._progress = value
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in ("progress", "_progress"):  # scanpy's settings.verbosity, say
+            raise AttributeError(
+                f"cs.settings has no setting {name!r}: its one setting is progress (True, False "
+                "or 'auto'); cellsynth's messages go through Python's logging, so "
+                "logging.getLogger('cellsynth').setLevel(logging.ERROR) hides its log messages")
+        object.__setattr__(self, name, value)
+
     def show_progress(self) -> bool:
         """Whether a loop starting now shows a bar (``"auto"`` resolved)."""
         if self._progress == "auto":
