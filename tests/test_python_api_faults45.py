@@ -139,3 +139,20 @@ def test_a_setting_cellsynth_lacks_says_what_it_has_and_how_to_quiet_it() -> Non
         cs.settings.verbosity = 0  # type: ignore[attr-defined]  # scanpy's habit
     with cs.settings.override(progress=False):
         assert cs.settings.progress is False
+
+
+def test_scvi_before_a_fit_is_not_trained_as_every_generator_and_its_curve_is_drawn(
+        tmp_path) -> None:  # fmt: skip
+    from cellsynth.errors import NotTrainedError
+
+    model = cs.ScviGenerator()
+    with pytest.raises(NotTrainedError, match="has not been fitted, so it cannot generate"):
+        model.sample({"B cells": 3}, seed=0)
+    with pytest.raises(NotTrainedError, match="cannot be saved"):
+        model.save(tmp_path / "m")
+    model.history = {"elbo_train": [900.0, 850.0, 840.0], "elbo_validation": [910.0, 870.0, 865.0],
+                     "epochs": 3}  # fmt: skip  # what a fit keeps
+    ax = cs.pl.history(model)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "training ELBO", "validation ELBO (early stopping)"]
+    plt.close(ax.figure)

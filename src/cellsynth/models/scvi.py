@@ -67,7 +67,7 @@ from ..config_rules import hints as config_hints
 from ..data.csr import stack_rows
 from ..data.genes import gene_annotation
 from ..data.io import training_source
-from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
+from ..errors import CellsynthError, ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar, settings
 from ..outputs import save_tensors
 from ..seeds import checked_seed, derive_seed
@@ -352,7 +352,9 @@ class ScviGenerator(DesignRequests):
         provenance in ``uns['cellsynth']``.
         """
         if self.module is None:
-            raise DataError("the scvi model is not fitted; call fit() or load() first")
+            raise NotTrainedError("this scvi model has not been fitted, so it cannot generate: "
+                                  "call train() or fit(adata, label_key) first, or load a "
+                                  "fitted one")
         plan, unseen = self.plan(request, where)
         check_library_memory(self.libraries, self.labels, [(t, n) for t, _, n in plan],
                              len(self.genes))
@@ -401,7 +403,8 @@ class ScviGenerator(DesignRequests):
     def save(self, directory: str | Path) -> None:
         """Write ``config.json``, labels, genes, ``module`` and ``latent`` safetensors."""
         if self.module is None:
-            raise DataError("the scvi model is not fitted; call fit() before save()")
+            raise NotTrainedError("this scvi model has not been fitted, so it cannot be "
+                                  "saved: call train() or fit(adata, label_key) first")
         directory = Path(directory)
         meta = {
             "model": self.name,

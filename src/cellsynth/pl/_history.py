@@ -64,8 +64,8 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     Parameters
     ----------
     model_or_history
-        A trained model (its ``history``), a history dict, or a saved model directory (or its
-        ``history.json``).
+        A trained model (its ``history``; an scvi model's ELBO per epoch), a history dict, or
+        a saved model directory (or its ``history.json``).
     {ax}
     {show_save}
 
@@ -76,6 +76,9 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
         its twin, ``ax.right_ax``); None with ``show=True``.
     """
     hist = _history(model_or_history)
+    elbo = "train_loss" not in hist and bool(hist.get("elbo_train"))  # scvi's curve
+    if elbo:  # its validation ELBO is what its early stopping watched
+        hist = {"train_loss": hist["elbo_train"], "val_loss": hist.get("elbo_validation") or []}
     train = np.asarray([np.nan if v is None else v for v in hist.get("train_loss", [])], float)
     if train.size == 0:
         raise DataError("the history has no train_loss per epoch: the model has not been "
@@ -84,7 +87,8 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     val = np.asarray([np.nan if v is None else v for v in hist.get("val_loss", [])], float)
     epochs = np.arange(train.size)
     ax = axes(ax, (6.0, 3.8))
-    lines = ax.plot(epochs, train, color=REAL_COLOR, label="training loss")
+    lines = ax.plot(epochs, train, color=REAL_COLOR,
+                    label="training ELBO" if elbo else "training loss")
     checked = np.flatnonzero(np.isfinite(val))
     if hist.get("select") == "fidelity" and checked.size:
         right = ax.twinx()
@@ -95,7 +99,8 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     elif checked.size:
         lines += ax.plot(epochs[checked], val[checked], color=SYNTH_COLOR,
                          marker="." if checked.size <= 30 else None,
-                         label="validation loss (chose the kept epoch)")
+                         label="validation ELBO (early stopping)" if elbo
+                         else "validation loss (chose the kept epoch)")
     best = hist.get("best_epoch")
     if best is not None:
         lines.append(ax.axvline(best, color="black", linestyle="--", linewidth=0.8,
