@@ -32,6 +32,18 @@ def pbmc4k_path() -> Path:
     return shared_file("pbmc4k_10x_soupx_fullgenes_5types.h5ad")
 
 
+def kang_small_cells(kang_path: Path) -> ad.AnnData:
+    """300 cells of Kang over its 200 most expressed genes (the misuse tests' small data)."""
+    import numpy as np
+
+    a = ad.read_h5ad(kang_path)
+    rows = np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))
+    a = a[rows].copy()
+    x = a.layers["counts"] if "counts" in a.layers else a.X
+    genes = np.sort(np.argsort(-np.asarray(x.sum(axis=0)).ravel())[:200])
+    return a[:, genes].copy()
+
+
 @pytest.fixture
 def kang(kang_path: Path) -> ad.AnnData:
     return ad.read_h5ad(kang_path)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import anndata as ad
 import matplotlib
-import numpy as np
 import pytest
+
+from conftest import kang_small_cells
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -21,13 +22,7 @@ from cellsynth.errors import CellsynthError, ConfigError, DataError
 
 @pytest.fixture(scope="module")
 def small(kang_path: Path) -> ad.AnnData:
-    """300 cells of Kang over its 200 most expressed genes."""
-    a = ad.read_h5ad(kang_path)
-    rows = np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))
-    a = a[rows].copy()
-    x = a.layers["counts"] if "counts" in a.layers else a.X
-    genes = np.sort(np.argsort(-np.asarray(x.sum(axis=0)).ravel())[:200])
-    return a[:, genes].copy()
+    return kang_small_cells(kang_path)
 
 
 @pytest.fixture(scope="module")
