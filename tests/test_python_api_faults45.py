@@ -151,3 +151,19 @@ def test_scvi_before_a_fit_is_not_trained_as_every_generator_and_its_curve_is_dr
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "training ELBO", "validation ELBO (early stopping)"]
     plt.close(ax.figure)
+
+
+def test_fidelity_and_per_type_take_either_name_of_a_metric(result) -> None:
+    """cs.pl.fidelity named MMD 'mmd' and cs.pl.per_type 'mmd_rbf' (energy and the library
+    distance alike): each refused the other's name."""
+    for one, other in (("mmd", "mmd_rbf"), ("energy", "energy_distance"),
+                       ("library_distance", "library_size_distance")):  # fmt: skip
+        a = cs.pl.fidelity(result, metrics=[one], show=False)
+        b = cs.pl.fidelity(result, metrics=[other], show=False)
+        assert [t.get_text() for t in a.get_yticklabels()] == \
+            [t.get_text() for t in b.get_yticklabels()]
+        plt.close("all")
+        c = cs.pl.per_type(result.to_dict(), other, show=False)
+        d = cs.pl.per_type(result.to_dict(), one, show=False)
+        assert len(c.patches) == len(d.patches) > 0
+        plt.close("all")

@@ -36,6 +36,12 @@ TABLE_METRICS = {"c2st_auc": "c2st_auc_floor", "gene_auc": "gene_auc_floor",
                  "trts_f1": "trtr_f1"}
 
 
+#: one metric, two names: the reports' (``fidelity.json``, :func:`per_type`) and the results
+#: table's (:func:`cellsynth.benchmark.flat_report`, :func:`fidelity`); either is taken by both
+REPORT_NAMES = {"mmd_rbf": "mmd", "energy_distance": "energy",
+                "library_size_distance": "library_distance"}
+
+
 def _reports(result: Mapping[str, Any]) -> tuple[dict, dict]:
     try:
         return result["synthetic_vs_real"], result["real_vs_real"]
@@ -73,7 +79,9 @@ def fidelity(
     metrics
         Headline metric names (:func:`cellsynth.benchmark.flat_report`'s keys). The default
         ones all lie in [0, 1]; the unbounded ones (``mmd``, ``energy``,
-        ``library_distance``, ``correlation_distance``) are on other scales. An unbiased MMD
+        ``library_distance``, ``correlation_distance``) are on other scales (the first three
+        also by :func:`per_type`'s names: ``mmd_rbf``, ``energy_distance``,
+        ``library_size_distance``). An unbiased MMD
         or energy distance can be slightly below zero: the two samples are then as alike as
         their noise allows (read it as 0).
     {ax}
@@ -90,6 +98,7 @@ def fidelity(
     synth, floor = _reports(result)
     s, f = flat_report(synth), flat_report(floor)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)  # one metric by name
+    metrics = [REPORT_NAMES.get(m, m) if isinstance(m, str) else m for m in metrics]
     if not metrics:
         raise DataError(f"metrics is empty: name one or more of {', '.join(s)}")
     unknown = [m for m in metrics if m not in s]
@@ -175,6 +184,7 @@ def _per_type_values(result: Any, metric: str
     known = {k for row in (*st.values(), *ft.values()) for k in row
              if not k.startswith("n_")} | (  # cell counts are no metric
         set(TABLE_METRICS) if rows is not None else set())
+    metric = {v: k for k, v in REPORT_NAMES.items()}.get(metric, metric)  # fidelity's name
     if metric not in known:
         raise DataError(f"unknown per-type metric {metric!r}; choose from {', '.join(sorted(known))}")
 
@@ -212,7 +222,8 @@ def per_type(
         ``knn_recall``, ``de_logfc_r``, ``marker_overlap``, ``trts_f1`` (beside TRTR). From
         the reports (also a run's ``fidelity.json``): ``c2st_auc``, ``mmd_rbf``,
         ``energy_distance``, ``knn_precision``, ``knn_recall``, ``gene_mean_spearman``,
-        ``library_size_distance``.
+        ``library_size_distance`` (also by :func:`fidelity`'s names: ``mmd``, ``energy``,
+        ``library_distance``).
     {ax}
     {show_save}
 
