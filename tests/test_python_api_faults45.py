@@ -167,3 +167,27 @@ def test_fidelity_and_per_type_take_either_name_of_a_metric(result) -> None:
         d = cs.pl.per_type(result.to_dict(), one, show=False)
         assert len(c.patches) == len(d.patches) > 0
         plt.close("all")
+
+
+def test_configure_device_moves_a_trained_network_with_it(small, monkeypatch) -> None:
+    """configure(device=...) on a trained model changed where its inputs were made but left
+    the network where it was (on a GPU, sampling would mix devices)."""
+    import torch
+
+    from cellsynth.models import _training as tr
+
+    model = cs.CVAE(small, label_key="cell_type").configure(max_epochs=1, min_steps=0,
+                                                           n_hidden=[16], n_latent=4)
+    model.train()
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        moved.append(args[0] if args else kwargs.get("device"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    monkeypatch.setattr(tr, "resolve_device", lambda device: torch.device("cpu"))
+    model.configure(device="cpu")
+    assert moved and str(moved[-1]) == "cpu"
+    assert model.sample({"B cells": 3}, seed=0).n_obs == 3

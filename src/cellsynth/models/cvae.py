@@ -279,6 +279,8 @@ class CVAE(GenerationMixin, DesignRequests):
                 f"CVAE(adata, ...).configure({changed[0]}=...) then train()")
         self.config = config
         self.device = tr.resolve_device(self.config.device)
+        if self.module is not None:  # a trained network goes where it will now run
+            self.module.to(self.device)
         return self
 
     def fit(
