@@ -199,3 +199,22 @@ def test_counts_wrapped_by_a_narrow_integer_type_are_named() -> None:
     a.X = (a.X.toarray() * 50).astype(np.int8)  # counts over 127 wrap to negative numbers
     with pytest.raises(DataError, match=r"stored as int8, which holds counts up to 127 only"):
         for_training(a, "cell_type", seed=0)
+
+
+def test_binarised_expression_is_not_taken_for_counts() -> None:
+    """A true/false X (detected or not) was trained on as counts of 0 and 1."""
+    import anndata as ad
+    import numpy as np
+    import pytest
+    import scipy.sparse as sp
+
+    from cellsynth.data.io import find_counts
+    from cellsynth.errors import DataError
+
+    counts = sp.random(50, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 5)
+    binary = ad.AnnData(sp.csr_matrix(counts > 0))
+    with pytest.raises(DataError, match=r"true/false values .* not counts"):
+        find_counts(binary)
+    binary.layers["counts"] = counts  # the counts beside it: read from there
+    assert find_counts(binary).counts == "layers/counts"

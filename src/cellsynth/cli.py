@@ -427,11 +427,12 @@ def _exit_if_hdf5_broken(code: int, since: int) -> None:
         return
     import os
 
-    for name in (None, "cellsynth"):  # the log file and the terminal's lines written out
-        for handler in logging.getLogger(name).handlers:
-            handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in [h for name in (None, "cellsynth") for h in logging.getLogger(name).handlers
+                   ] + [sys.stdout, sys.stderr]:  # the log file and the terminal's lines out
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a stream closed already: nothing to keep
+            pass
     os._exit(code)
 
 

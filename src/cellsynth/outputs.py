@@ -132,17 +132,22 @@ def _mb(n: int) -> str:
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically: into ``PATH.<random>.tmp``, then renamed to ``path``
     (:func:`replaced`). A failure or a kill mid-write leaves ``path`` as it was."""
-    write_bytes(path, text.encode("utf-8"))
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically, as :func:`write_text` writes text; a full disk is a one-line
-    error."""
+    """Write ``data`` atomically, as :func:`write_text` writes text."""
+    _write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` into a file of this writer's own beside ``path``, renamed to ``path``; a
+    full disk is a one-line error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with replaced(path, ".tmp") as tmp:
-            tmp.write_bytes(data)
+            write(tmp)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CellsynthError(f"disk full while writing {path}; free space or choose "

@@ -222,9 +222,13 @@ def _probe(x) -> np.ndarray:
 
 
 def check_values(values: np.ndarray, where: str) -> None:
-    """Refuse negative, NaN or infinite expression values."""
+    """Refuse negative, NaN or infinite expression values, and true/false ones (binarised
+    data: not counts, and no model of counts can be fitted to them)."""
     if values.size == 0:
         return
+    if values.dtype.kind == "b":
+        raise DataError(f"{where} holds true/false values (binarised expression: detected or "
+                        "not), not counts: give the raw counts the matrix was made from")
     if not np.all(np.isfinite(values)):
         raise DataError(
             f"{where} holds NaN or infinite values; replace or drop those cells before running"
