@@ -13,6 +13,8 @@ import torch
 from cellsynth.models._levels import (
     LEVEL_MIN_CELLS,
     Combinations,
+    carried_target,
+    effect_shift,
     level_factors,
     transferred_effects,
 )
@@ -149,3 +151,26 @@ def test_a_briefly_trained_decoder_keeps_the_condition_effect_through_the_level_
     module.set_level_scale(rows, table)
     with pytest.raises(ValueError, match="first row of ones"):
         module.set_level_scale(rows, table * 2)
+
+
+def test_a_gene_the_level_induces_from_no_counts_is_induced_where_the_effect_is_carried():
+    """Three types raise gene 0 from no counts to 5 a cell at stim (an interferon gene) and
+    double gene 1; type 3 never had stim. Carried on the scale it is estimated on (log1p of
+    normalised expression), the effect raises type 3's gene 0 towards the others' level (a
+    product with its mean of zero left it at zero: on Kang a third of the carried effect was
+    lost) and still doubles gene 1, leaving gene 2 as it was."""
+    n = 100
+    ctrl = np.array([0.0, 10.0, 3.0, 987.0])  # counts a cell: a library of 1,000
+    design = []
+    for t in range(4):
+        rows = {(0,): (ctrl * n, n)}
+        if t < 3:
+            rows[(1,)] = (np.array([5.0, 20.0, 3.0, 972.0]) * n, n)
+        design.append(_combinations(rows))
+    effect = transferred_effects(design, [2])[(3, 0, 1)]
+    assert effect_shift(ctrl) == pytest.approx(0.1)  # one count per 10,000 of the library
+    target = carried_target(ctrl * n, effect, effect_shift(ctrl) * n) / n  # per cell
+    assert target[0] > 3.0  # induced, not 0 x exp(effect)
+    assert target[1] == pytest.approx(20.0, rel=0.05)
+    assert target[2] == pytest.approx(3.0, rel=0.05)
+    assert np.all(carried_target(np.zeros(3), np.full(3, -5.0), 1.0) == 0)  # never negative

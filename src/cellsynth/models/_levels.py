@@ -25,7 +25,11 @@ the types share (an interferon program) carries over; one of a type's own (genes
 types change each their own way) mostly does not, and with fewer than ``TRANSFER_MIN_TYPES``
 such types nothing does. The level's factor for the type is then what makes the means of cells
 decoded at that level the type's training means times that effect (:func:`fit_level_scale`):
-the decoder's own carry-over, whatever it is, counted once.
+the decoder's own carry-over, whatever it is, counted once. Effects are estimated and applied on
+one scale, ratios of ``log(counts + library / 10,000)`` (log1p of normalised expression,
+:func:`effect_shift`, :func:`carried_target`): a gene the level induces from no counts (an
+interferon gene) is raised towards the level the other types reach, where a product with its
+mean of about zero had left it there.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ TRANSFER_RULES: tuple[tuple[float, str], ...] = tuple(
 PROFILE_PSEUDO = 0.01  # counts a cell added to a type's mean counts before the log (likeness)
 MAX_TRANSFER_PAIRS = 1024  # (type, level) pairs given a carried effect at most (beyond: none)
 MAX_RULE_TYPES = 12  # types a level's carrying rule is chosen on at most (those with most cells)
+#: a carried effect is a ratio of log(counts + library / EFFECT_SCALE): log1p of expression
+#: normalised to this many counts a cell (:func:`effect_shift`)
+EFFECT_SCALE = 1e4
 
 
 class Combinations:
@@ -96,11 +103,13 @@ def _table(comb: Combinations) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
 
 
 def _backfit(codes: np.ndarray, obs: np.ndarray, cells: np.ndarray, expected: np.ndarray,
-             n_levels: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:  # fmt: skip
+             n_levels: list[int], shift: float = 0.0,
+             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:  # fmt: skip
     """Each covariate's factors ``(levels, n_genes)`` that take ``expected`` counts per
-    combination to ``obs`` (backfitted, shrunk by ``LEVEL_PRIOR_COUNTS``), and the codes of the
-    levels given one (covariates with two levels or more in the rows, levels with
-    ``LEVEL_MIN_CELLS`` cells or more)."""
+    combination to ``obs`` (backfitted, shrunk by ``LEVEL_PRIOR_COUNTS``, plus ``shift`` counts
+    per cell of the level: the scale the factors are ratios on), and the codes of the levels
+    given one (covariates with two levels or more in the rows, levels with ``LEVEL_MIN_CELLS``
+    cells or more)."""
     fitted: dict[int, np.ndarray] = {}  # covariate -> codes of the levels given a factor
     for j, n in enumerate(n_levels):
         per_level = np.bincount(codes[:, j], weights=cells, minlength=n)
@@ -118,7 +127,8 @@ def _backfit(codes: np.ndarray, obs: np.ndarray, cells: np.ndarray, expected: np
             excl = expected * other  # expected counts with every factor but covariate j's
             for lv in levels:
                 rows = codes[:, j] == lv
-                ratio = (obs[rows].sum(0) + a) / (excl[rows].sum(0) + a)
+                pseudo = a + shift * cells[rows].sum()
+                ratio = (obs[rows].sum(0) + pseudo) / (excl[rows].sum(0) + pseudo)
                 factors[j][lv] = np.clip(ratio, 1 / MAX_LEVEL_SCALE, MAX_LEVEL_SCALE)
     return factors, fitted
 
@@ -239,7 +249,8 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
         codes, obs, cells, _ = _table(comb)
         mean = obs.sum(0) / cells.sum()
         profiles[t] = np.log(mean + PROFILE_PSEUDO)
-        factors, fitted = _backfit(codes, obs, cells, cells[:, None] * mean[None, :], n_levels)
+        factors, fitted = _backfit(codes, obs, cells, cells[:, None] * mean[None, :], n_levels,
+                                   shift=effect_shift(mean))  # fmt: skip
         logf.append({j: np.log(factors[j]) for j in fitted})
         fits.append({j: set(levels.tolist()) for j, levels in fitted.items()})
         per_level.append([np.bincount(codes[:, j], weights=cells, minlength=n)
@@ -282,6 +293,23 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
     return out
 
 
+def effect_shift(mean: np.ndarray) -> float:
+    """The counts per cell a carried effect's log ratio is shifted by: one count per
+    ``EFFECT_SCALE`` of the type's mean library (``mean``: its mean counts per gene), so that
+    effects are ratios of ``log1p`` of normalised expression, the scale single-cell analyses
+    read them on, and carry alike between types of other depths."""
+    return float(np.sum(mean)) / EFFECT_SCALE
+
+
+def carried_target(base: np.ndarray, effect: np.ndarray, shift: float) -> np.ndarray:
+    """A type's counts ``base`` at its own levels moved by a carried log ``effect`` on the
+    scale it was estimated on, ``log(counts + shift)`` (:func:`effect_shift`, times the type's
+    cells): ``(base + shift) exp(effect) - shift``, at least 0. A gene the level induces from
+    no counts is raised towards the level the other types reach (a product with its mean of
+    about zero left it there: Kang's CD14+ Monocytes x stim, a third of the carried effect lost)."""
+    return np.maximum((np.asarray(base, dtype=np.float64) + shift) * np.exp(effect) - shift, 0.0)
+
+
 def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None],
                     decoded: list[Combinations | None], type_scale: torch.Tensor,
                     decode: Callable[[int, int, int], np.ndarray] | None = None,
@@ -321,7 +349,8 @@ def fit_level_scale(module: torch.nn.Module, observed: list[Combinations | None]
         found = []  # every pair decoded under the seen levels' factors only
         for (t, j, lv), effect in carried.items():
             n = float(sum(observed[t].cells))
-            target = np.sum(observed[t].sums, axis=0) * np.exp(effect)  # (n_genes,) counts
+            base = np.sum(observed[t].sums, axis=0)
+            target = carried_target(base, effect, effect_shift(base / n) * n)  # (n_genes,)
             ratio = (target + a) / (n * decode(t, j, lv) + a)
             found.append((t, int(offsets[j] + lv), np.clip(ratio, 1 / MAX_LEVEL_SCALE,
                                                            MAX_LEVEL_SCALE)))
