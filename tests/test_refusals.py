@@ -22,7 +22,7 @@ from cellsynth.data.simulate import write_atlas
 from cellsynth.data.store import _write_advice
 from cellsynth.errors import ConfigError, DataError
 from cellsynth.models.nb import NegBinBaseline
-from cellsynth.pipeline.output import _size
+from cellsynth.outputs import size_text as _size
 from test_bad_input import LABEL, cli_error, fit_argv, make_adata, one_line, write
 
 

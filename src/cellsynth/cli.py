@@ -67,11 +67,18 @@ def show_settings(cfg: config.RunConfig, sources: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _not_blank(value: str, flag: str, fix: str) -> None:
+    """Refuse an empty path option (``--out "$DIR"`` with ``DIR`` unset): it would name the
+    current folder."""
+    if not value.strip():
+        raise CellsynthError(f"{flag} is empty ({value!r}); {fix}")
+
+
 def _run_dir(args: argparse.Namespace, cfg: config.RunConfig) -> Path:
     """``--out``, else ``runs/<name>``: the data argument's, the config's, the data's, or demo."""
-    if args.out is not None and not args.out.strip():  # `--out "$RUN"` with RUN unset
-        raise CellsynthError(f"--out is empty ({args.out!r}); give the run directory, or leave "
-                             "--out out for runs/<the data's name>")
+    if args.out is not None:  # `--out "$RUN"` with RUN unset
+        _not_blank(args.out, "--out", "give the run directory, or leave --out out for "
+                   "runs/<the data's name>")
     if args.out:  # ~ expanded: else run.log went to a folder named ~, the rest to the home's
         from .paths import expand_user
 
@@ -143,9 +150,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     from .data.download import DEFAULT_BASE_URL, download
 
     _setup_logging(args.quiet)
-    if not args.cache_dir.strip():  # `--cache-dir "$DIR"` with DIR unset: not the current folder
-        raise CellsynthError(f"--cache-dir is empty ({args.cache_dir!r}); give a folder, or leave "
-                             "--cache-dir out for ~/.cache/cellsynth")
+    _not_blank(args.cache_dir, "--cache-dir", "give a folder, or leave --cache-dir out for "
+               "~/.cache/cellsynth")  # not the current folder
     path = download(args.accession, args.cache_dir, base_url=args.base_url or DEFAULT_BASE_URL,
                     force=args.force)
     print(path)
@@ -158,9 +164,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     if args.chunk_size < 1:
         raise CellsynthError(f"--chunk-size must be at least 1 cell, got {args.chunk_size}")
-    if not args.out.strip():  # `--out "$FILE"` with FILE unset: it was called the folder "."
-        raise CellsynthError(f"--out is empty ({args.out!r}); give the h5ad file to write, e.g. "
-                             "--out atlas.h5ad")
+    _not_blank(args.out, "--out", "give the h5ad file to write, e.g. --out atlas.h5ad")
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
                        label_key=args.label_key, chunk_size=args.chunk_size,
                        n_donors=args.donors, n_conditions=args.conditions)
@@ -279,9 +283,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     # checked before any work; an empty one (`--holdout "$COMBO"` with COMBO unset) is refused
     holdout = parse_holdout(args.holdout) if args.holdout is not None else None
-    if not args.out.strip():  # `--out "$DIR"` with DIR unset: not the current folder
-        raise CellsynthError(f"--out is empty ({args.out!r}); give the benchmark directory, "
-                             "e.g. --out bench/")
+    _not_blank(args.out, "--out", "give the benchmark directory, e.g. --out bench/")
     # the results of a finished generator are read back while its settings are unchanged (the
     # help and a stopped benchmark's message say so): a rerun fits only what is missing
     datasets = [d.strip() for d in args.data.split(",") if d.strip()]

@@ -121,12 +121,17 @@ def check_disk_space(path: Path, nbytes: int, what: str) -> None:
     except OSError:
         return
     if free < need:
-        raise DataError(f"cannot write {path}: about {_mb(need)} needed for {what}, and its "
-                        f"disk has {_mb(free)} free; free disk space or choose another output")
+        raise DataError(f"cannot write {path}: about {size_text(need)} needed for {what}, and "
+                        f"its disk has {size_text(free)} free; free disk space or choose another "
+                        "output")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} kB"
+def size_text(n: float) -> str:
+    """Bytes in the largest unit that keeps a digit before the point (``"3.2 MB"``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} bytes"
 
 
 def write_text(path: Path, text: str) -> None:

@@ -353,16 +353,11 @@ def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
 _FAILED_WRITES: list[Path] = []
 
 
-def hdf5_write_failed(since: int = 0) -> bool:
-    """Whether an h5ad write failed in this process (a full disk mid-write), after the first
-    ``since`` such failures (:func:`hdf5_failures`): the command line then exits at once after
-    its message (``os._exit``), before HDF5's clean-up at exit crashes on the file it could not
-    close (a segmentation fault after the right message)."""
-    return len(_FAILED_WRITES) > since
-
-
 def hdf5_failures() -> int:
-    """How many h5ad writes failed in this process so far (see :func:`hdf5_write_failed`)."""
+    """How many h5ad writes failed in this process so far (a full disk mid-write): when one
+    fails in a command, the command line exits at once after its message (``os._exit``),
+    before HDF5's clean-up at exit crashes on the file it could not close (a segmentation
+    fault after the right message)."""
     return len(_FAILED_WRITES)
 
 

@@ -63,11 +63,16 @@ logger = logging.getLogger(__name__)
 EMPTY_SHARE = 0.1
 
 
+def _empty_cells(side: Any) -> tuple[int, int]:
+    """``(cells, cells without any count)`` of one side's counts."""
+    n = side.counts.shape[0]
+    return n, int(np.sum(np.asarray(side.counts.sum(axis=1)).ravel() == 0)) if n else 0
+
+
 def _warn_empty_cells(side: Any) -> None:
     """Say so when many synthetic cells hold no count at all: every metric then scores a
     generator's failure (all-zero cells read as a 'DE r' and a 'marker overlap')."""
-    n = side.counts.shape[0]
-    empty = int(np.sum(np.asarray(side.counts.sum(axis=1)).ravel() == 0)) if n else 0
+    n, empty = _empty_cells(side)
     if n and empty > EMPTY_SHARE * n:
         logger.warning("%d of the %d synthetic cells scored (%.0f%%) hold no count at all: did "
                        "the generator fail? The metrics below score them as they are", empty, n,
@@ -78,8 +83,7 @@ def _refuse_empty_real(side: Any, what: str) -> None:
     """A :class:`DataError` when real cells (the real or held-out side) hold no count at all:
     a space fitted on them has no variance, and synthetic cells would be read as their copies;
     a WARNING when many of them are empty (a fit leaves such cells out, the floor keeps them)."""
-    n = side.counts.shape[0]
-    empty = int(np.sum(np.asarray(side.counts.sum(axis=1)).ravel() == 0)) if n else 0
+    n, empty = _empty_cells(side)
     if n and empty == n:
         raise DataError(f"{what} ({side.source}) hold no count at all in {side.where} (every one "
                         f"of the {n} cells read is empty): give the cells' raw counts (in X, "

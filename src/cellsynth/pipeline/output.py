@@ -21,6 +21,7 @@ from ..data.genes import annotated_var
 from ..errors import DataError
 from ..models.base import cell_names, writable_uns
 from ..models.sampling import estimate_bytes
+from ..outputs import size_text
 
 
 def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory: Path,
@@ -28,7 +29,7 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
                ) -> tuple[float, Iterator[Any]]:  # fmt: skip
     """Check, before a byte is written, that ``directory``'s disk can hold a plan's cells;
     raise :class:`DataError` (with ``hint``) when it cannot. Returns the estimated size and the
-    ``chunks`` (CSR matrices, or ``(type, CSR)`` pairs) to write, unchanged.
+    ``chunks`` (CSR matrices) to write, unchanged.
 
     The upper bound (:func:`estimate_bytes`: as many non-zero genes as counts, at most every
     gene) is often ten times the file; where it exceeds the free space the first chunk is drawn
@@ -42,25 +43,16 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
     first = next(chunks, None)
     if first is None:
         return 0.0, iter(())
-    x = first[1] if isinstance(first, tuple) else first
-    rows = max(int(x.shape[0]), 1)
-    took = x.data.nbytes + x.indices.nbytes + 8 * (rows + 1)
+    rows = max(int(first.shape[0]), 1)
+    took = first.data.nbytes + first.indices.nbytes + 8 * (rows + 1)
     label = plan[0][0]
     first_bound = estimate_bytes(gen, [(label, (), rows)])
     need = 1.25 * bound * took / max(first_bound, 1.0)
     if need > free:
-        raise DataError(f"{n:,} cells would take about {_size(need)} (from the {rows:,} cells "
-                        f"drawn first, at {_size(took / rows)} a cell), but {directory} has "
-                        f"{_size(free)} free: {hint}")
+        raise DataError(f"{n:,} cells would take about {size_text(need)} (from the {rows:,} cells "
+                        f"drawn first, at {size_text(took / rows)} a cell), but {directory} has "
+                        f"{size_text(free)} free: {hint}")
     return need, itertools.chain([first], chunks)
-
-
-def _size(n: float) -> str:
-    """Bytes in the largest unit that keeps a digit before the point (``"3.2 MB"``)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n:,.0f} bytes"
 
 
 def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
