@@ -105,3 +105,47 @@ def test_the_forward_kernel_sums_each_output_alike_whatever_its_tasks():
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
     np.testing.assert_allclose(outs[0], csc.toarray() @ w.T, rtol=1e-5, atol=1e-5)
     assert S._width(512, 2) == 128 and S._width(128, 2) == 64 and S._width(20, 4) == 16
+
+
+def test_the_nonzero_counts_read_from_csr_are_those_found_in_the_dense_batch():
+    import scipy.sparse as sp
+
+    x = _batch(30, 80, 0.2)
+    want = S.nonzero(x)
+    csr = sp.csr_matrix(x.numpy())
+    last = csr.indices[-1]  # a gene the last cell has: stored again there, and a stored zero
+    zero = next(g for g in range(80) if x[-1, g] == 0)
+    messy = sp.csr_matrix((np.r_[csr.data, 2.0, 0.0], np.r_[csr.indices, last, zero],
+                           np.r_[csr.indptr[:-1], csr.nnz + 2]), shape=csr.shape)  # fmt: skip
+    messy.has_sorted_indices = False
+    x_messy = torch.from_numpy(messy.toarray())
+    for got, dense in ((S.Nonzero.from_csr(csr), x), (S.Nonzero.from_csr(messy), x_messy)):
+        expect = S.nonzero(dense)
+        np.testing.assert_array_equal(got.indptr, expect.indptr)
+        np.testing.assert_array_equal(got.indices, expect.indices)
+        torch.testing.assert_close(got.counts, expect.counts)
+        torch.testing.assert_close(got.rows, expect.rows)
+        torch.testing.assert_close(got.cols, expect.cols)
+    assert S.Nonzero.from_csr(csr).counts.tolist() == want.counts.tolist()
+    assert messy.nnz == csr.nnz + 2  # the caller's matrix is left as it was
+
+
+def test_a_training_loss_from_the_batch_csr_equals_the_one_from_the_dense_batch():
+    import scipy.sparse as sp
+
+    module = CVAEModule(300, 4).train()
+    x = _batch(40, 300, 0.1)
+    y = torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(1))
+    library = x.sum(1).clamp_min(1.0)
+    out = []
+    for csr in (None, sp.csr_matrix(x.numpy())):
+        torch.manual_seed(3)  # the same dropout masks and latent draws
+        module.zero_grad(set_to_none=True)
+        loss = module.loss(x, y, library, kl_weight=0.5, csr=csr).loss
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in module.named_parameters()
+                                  if p.grad is not None}))  # fmt: skip
+    assert out[0][0] == out[1][0]
+    assert out[0][1].keys() == out[1][1].keys()
+    for name, grad in out[0][1].items():
+        assert torch.equal(out[1][1][name], grad), name

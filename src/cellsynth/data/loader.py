@@ -44,6 +44,7 @@ class Batch:
     library: torch.Tensor  # (B,) float32 total counts, at least 1
     index: np.ndarray  # (B,) positions of the cells among the loader's cells
     c: torch.Tensor | None = None  # (B, k) int64 covariate codes; None without covariates
+    csr: sp.csr_matrix | None = None  # the counts x as CSR, where they were sliced from CSR
 
     def __len__(self) -> int:
         """Cells in the batch (what a training loop weights the batch's mean loss by)."""
@@ -52,6 +53,12 @@ class Batch:
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(x, y, library, c)``: ``module.loss(*batch.tensors(), kl_weight=beta)``."""
         return self.x, self.y, self.library, self.c
+
+    def loss(self, module: torch.nn.Module, kl_weight: float) -> torch.Tensor:
+        """The batch's mean loss under ``module`` (a count-space VAE) at KL weight
+        ``kl_weight``, with its CSR counts where it has them (the CPU: no pass over the dense
+        counts to find the non-zero ones)."""
+        return module.loss(*self.tensors(), kl_weight=kl_weight, csr=self.csr).loss
 
 
 class BlockLoader:
@@ -302,13 +309,17 @@ class BlockLoader:
         Random access in any order (read sorted, returned as asked): for evaluation passes and
         per-type subsamples, as the in-memory rows' ``batch``.
         """
+        return self.take(idx).tensors()
+
+    def take(self, idx: np.ndarray) -> Batch:
+        """The cells at positions ``idx`` as a :class:`Batch` (random access, as :meth:`batch`)."""
         idx = np.asarray(idx, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         uniq, inverse = np.unique(idx[order], return_inverse=True)
         block = self._read(uniq)[inverse]
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        return self._batch(block[back], idx).tensors()
+        return self._batch(block[back], idx)
 
     def _batch(self, block: sp.csr_matrix, index: np.ndarray) -> Batch:
         """Densify ``block`` (rows ``index``) into tensors on the device."""
@@ -319,9 +330,8 @@ class BlockLoader:
             x = _densify_on_device(block, self.device)
             y, library = (t.pin_memory().to(self.device, non_blocking=True) for t in (y, library))
             c = None if c is None else c.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = torch.from_numpy(block.toarray())
-        return Batch(x, y, library, index, c)
+            return Batch(x, y, library, index, c)
+        return Batch(torch.from_numpy(block.toarray()), y, library, index, c, block)
 
 
 def type_sums(

@@ -80,25 +80,30 @@ class Rows:
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
         """Counts ``(B, n_genes)``, codes ``(B,)``, libraries ``(B,)`` and covariate codes
         ``(B, k)`` (None without covariates) of rows ``idx``."""
+        return self.take(idx).tensors()
+
+    def take(self, idx: np.ndarray) -> Batch:
+        """Rows ``idx`` as a :class:`~cellsynth.data.loader.Batch` (on the CPU with their CSR
+        counts beside the dense ones)."""
         idx = np.asarray(idx, dtype=np.int64)
         idx_t = torch.from_numpy(idx).to(self.device)
+        csr = None
         if self.on_device:
             total = int((self.counts.indptr[idx + 1] - self.counts.indptr[idx]).sum())
             x = gather_rows(self.indptr, self.indices, self.data, idx_t, total, self.n_genes)
         else:
-            x = torch.from_numpy(self.counts[idx].toarray())
+            csr = self.counts[idx]
+            x = torch.from_numpy(csr.toarray())
             if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
+                x, csr = x.pin_memory().to(self.device, non_blocking=True), None
         c = None if self.covariates is None else self.covariates[idx_t]
-        return x, self.codes[idx_t], self.library[idx_t], c
+        return Batch(x, self.codes[idx_t], self.library[idx_t], idx, c, csr)
 
     def iter_generator(self, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch of shuffled mini-batches, the order drawn from ``generator``."""
         order = torch.randperm(len(self), generator=generator).numpy()
         for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            x, y, library, c = self.batch(idx)
-            yield Batch(x, y, library, idx, c)
+            yield self.take(order[start : start + self.batch_size])
 
     def chunks(self, chunk_size: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray,
                                                                np.ndarray]]:  # fmt: skip

@@ -65,8 +65,7 @@ def mean_loss(module: CVAEModule, rows: Rows, batch_size: int) -> float:
     module.eval()
     total = torch.zeros((), device=rows.device)
     for sl in tr.iter_slices(len(rows), batch_size):
-        out = module.loss(*rows.batch(np.arange(sl.start, sl.stop)), kl_weight=1.0)
-        total += out.loss * (sl.stop - sl.start)
+        total += rows.take(np.arange(sl.start, sl.stop)).loss(module, 1.0) * (sl.stop - sl.start)
     return total.item() / len(rows)
 
 

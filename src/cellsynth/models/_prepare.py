@@ -40,9 +40,8 @@ class TrainingData:
         row positions (random reads when on disk), or the loader's own batches."""
         if balanced:
             return (lambda: epoch_batches(self.yt, self.train.batch_size, True, generator),
-                    lambda idx, beta: module.loss(*self.train.batch(idx), kl_weight=beta).loss)
-        return (lambda: self.train.iter_generator(generator),
-                lambda b, beta: module.loss(*b.tensors(), kl_weight=beta).loss)
+                    lambda idx, beta: self.train.take(idx).loss(module, beta))
+        return lambda: self.train.iter_generator(generator), lambda b, beta: b.loss(module, beta)
 
 
 def training_data(cells: Cells, config: CVAEConfig, device: Any, seed: int) -> TrainingData:

@@ -144,7 +144,8 @@ def _times_t(ptr, idx, values, dense, out_t):
 
 @dataclass
 class Nonzero:
-    """The non-zero counts of a dense CPU batch ``(B, G)``, found in one compiled pass: CSR
+    """The non-zero counts of a CPU batch ``(B, G)``, found in one compiled pass over the dense
+    batch (:func:`nonzero`) or read from its CSR (:meth:`from_csr`): CSR
     (``indptr``, ``indices``, ``counts``) and each entry's ``rows`` and ``cols`` (torch int64).
     The encoder's sparse input layer and the likelihood's sum over the non-zero counts both
     read it."""
@@ -155,6 +156,21 @@ class Nonzero:
     counts: torch.Tensor  # float32, (nnz,)
     rows: torch.Tensor
     cols: torch.Tensor
+
+    @classmethod
+    def from_csr(cls, csr: sp.csr_matrix) -> Nonzero:
+        """:class:`Nonzero` of a batch the caller holds as CSR already (a training batch sliced
+        from the cells' CSR): read from its arrays, with no pass over the dense batch
+        (duplicate entries summed and stored zeros dropped first, on a copy)."""
+        if not csr.has_canonical_format or (csr.data == 0).any():
+            csr = csr.copy()
+            csr.sum_duplicates()
+            csr.eliminate_zeros()
+        indptr = csr.indptr.astype(np.int64)
+        indices = np.ascontiguousarray(csr.indices, dtype=np.int32)
+        counts = torch.from_numpy(np.ascontiguousarray(csr.data, dtype=np.float32))
+        rows = torch.repeat_interleave(torch.arange(csr.shape[0]), torch.from_numpy(np.diff(indptr)))
+        return cls(csr.shape, indptr, indices, counts, rows, torch.from_numpy(indices).long())
 
     def normalised(self, factor: torch.Tensor) -> sp.csr_matrix:
         """CSR of ``log1p(x * factor[:, None])`` (float32)."""

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -427,14 +428,18 @@ class CVAEModule(GenerationBuffers, nn.Module):
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, library: torch.Tensor,
         c: torch.Tensor | None = None, *, kl_weight: float = 1.0,
+        csr: sp.csr_matrix | None = None,
     ) -> LossOutput:
         """Negative ELBO averaged over the batch; ``kl_weight`` scales
         ``KL(q(z|x,y,c) || p(z|y))``. The decoder's mean is not calibrated (``gene_scale``
-        is for generation only)."""
+        is for generation only). ``csr``: the same counts as ``x``, as CSR, where the caller
+        sliced the batch from CSR (on the CPU its non-zero counts are read from it rather
+        than found in ``x``)."""
         # the non-zero counts, found once for the sparse input layer and the count likelihood
         # (the Gaussian one reads every normalised value)
-        found = (nonzero(x) if x.device.type == "cpu"
-                 and (self.likelihood != "gaussian" or self.sparse_encoding(x)) else None)
+        found = None
+        if x.device.type == "cpu" and (self.likelihood != "gaussian" or self.sparse_encoding(x)):
+            found = nonzero(x) if csr is None else Nonzero.from_csr(csr)
         qz, z = self.inference(x, y, library, c, found=found)
         if self.dispersion_fit == "moments":  # Poisson at library * softmax: the logits do
             reconst = -log_poisson_softmax(x, self._decode(z, y, c)[1], library, found)  # (B,)
