@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +16,12 @@ if TYPE_CHECKING:
     import anndata as ad
     from matplotlib.axes import Axes
 
+logger = logging.getLogger(__name__)
 
-def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
-    """Counts per cell of ``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``)."""
+
+def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
+    """``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``), their gene names and
+    ``var`` (``raw.var`` for ``raw.X``)."""
     from ..data.io import find_counts
 
     need_cells(adata, what)
@@ -32,9 +36,37 @@ def _totals(adata: ad.AnnData, what: str) -> np.ndarray:
     if expr.counts is None:
         raise expr.no_counts(f"{what} holds normalised values and no raw counts "
                              "(layers['counts'] or raw.X); library sizes are counts per cell")
-    x = {"layers/counts": lambda: adata.layers["counts"], "raw.X": lambda: adata.raw.X,
-         "X": lambda: adata.X}[expr.counts]()
-    return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    if expr.counts == "raw.X":
+        return adata.raw.X, list(map(str, adata.raw.var_names)), adata.raw.var
+    x = adata.layers["counts"] if expr.counts == "layers/counts" else adata.X
+    return x, list(map(str, adata.var_names)), adata.var
+
+
+def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """Counts per cell of each side over the genes both hold, as :func:`cellsynth.evaluate`
+    reads library sizes: a gene one side lacks (a generator of the HVGs beside the whole
+    atlas) would make that side's libraries smaller for that alone."""
+    (xr, gr, vr), (xs, gs, vs) = (_counts(real, "the real data"),
+                                  _counts(synthetic, "the synthetic data"))
+    shared = set(gr) & set(gs)
+    if not shared:
+        from ..data.genes import naming_hint
+
+        hint = (naming_hint(vr, gr, gs, "real", "synthetic")
+                or naming_hint(vs, gs, gr, "synthetic", "real"))
+        raise DataError(f"the real and synthetic cells share no gene name{hint}; library sizes "
+                        "are compared over the genes both hold: give both sides the same gene "
+                        "names (var_names)")
+    if len(shared) < max(len(gr), len(gs)):
+        logger.warning("library sizes over the %d genes both sides hold (real %d, synthetic %d)",
+                       len(shared), len(gr), len(gs))
+
+    def total(x: Any, genes: list[str]) -> np.ndarray:
+        if len(shared) < len(genes):
+            x = x[:, np.flatnonzero([g in shared for g in genes])]
+        return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+
+    return total(xr, gr), total(xs, gs)
 
 
 @doc_params
@@ -51,7 +83,9 @@ def library_sizes(
     """Counts per cell (library size) of real and synthetic cells, on a log scale.
 
     Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
-    type (those both hold), the real and synthetic box plots side by side.
+    type (those both hold), the real and synthetic box plots side by side. Counts are summed
+    over the genes both sides hold (a warning says so when one side has genes the other
+    lacks), as :func:`cellsynth.evaluate` reads library sizes.
 
     Parameters
     ----------
@@ -70,7 +104,7 @@ def library_sizes(
         The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``).
     """
     checked_whole(bins, "bins")
-    r, s = _totals(real, "the real data"), _totals(synthetic, "the synthetic data")
+    r, s = _totals(real, synthetic)
     if label_key is None:
         ax = axes(ax, (6.0, 3.8))
         lr, ls = np.log10(r + 1), np.log10(s + 1)
