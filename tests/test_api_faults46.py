@@ -1,5 +1,6 @@
 """The Python API under a scanpy user's misuse (session 46's sweep): ``cs.pl.library_sizes``
-compares the two sides over the genes both hold, as ``cs.evaluate`` does."""
+compares the two sides over the genes both hold, as ``cs.evaluate`` does; the reference
+generator refuses the data or a dict where its settings go."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import cellsynth as cs
-from cellsynth.errors import DataError
+from cellsynth.config import FeaturesConfig, SeedVAEConfig
+from cellsynth.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +45,20 @@ def test_library_sizes_of_a_synthetic_gene_subset_are_over_the_shared_genes(atla
     with pytest.raises(DataError, match=r"share no gene name, but the synthetic data's "
                                         r"var\['symbol'\] holds 60"):
         cs.pl.library_sizes(real, renamed)
+
+
+def test_the_reference_generator_refuses_data_or_a_dict_as_its_settings(atlas):
+    with pytest.raises(DataError, match=r"takes its settings, not the data \(got AnnData\): "
+                                        r"fit it with cs\.ReferenceGenerator\(\)\.fit\(adata"):
+        cs.ReferenceGenerator(atlas)  # as cs.CVAE(adata) takes it: was kept as its config
+    with pytest.raises(ConfigError, match=r"config is a dict; give a cellsynth\.config\."
+                                          r"SeedVAEConfig or None \(a dict of settings"):
+        cs.ReferenceGenerator({"max_epochs": 2})
+    with pytest.raises(ConfigError, match=r"features is a dict"):
+        cs.ReferenceGenerator(features={"n_components": 5})
+    with pytest.raises(ConfigError, match=r"seed_vae\.max_epochs must be at least 1"):
+        cs.ReferenceGenerator(SeedVAEConfig(max_epochs=0))
+    with pytest.raises(ConfigError, match=r"target_sum must be a positive number"):
+        cs.ReferenceGenerator(target_sum=0)
+    model = cs.ReferenceGenerator(SeedVAEConfig(max_epochs=1), FeaturesConfig(n_components=5))
+    assert model.config.max_epochs == 1 and model.features.n_components == 5

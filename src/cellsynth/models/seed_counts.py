@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ from safetensors import SafetensorError
 
 from ..checksums import verify_checksums, write_checksums
 from ..config import FeaturesConfig, SeedVAEConfig
-from ..config_rules import from_dict
+from ..config_rules import check_ranges, from_dict
 from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
@@ -66,6 +67,32 @@ FORMAT_VERSION = 1
 DEFAULT_COMPONENTS = 100
 
 
+def _check_settings(config: Any, features: Any, target_sum: Any) -> None:
+    """:class:`SeedGenerator`'s settings, each of its type and range, or a one-line error: the
+    data given to the constructor (as ``cs.CVAE(adata)`` takes them) or a dict of settings had
+    been kept as its settings, and the fit failed after its PCA with an AttributeError."""
+    if isinstance(config, ad.AnnData | Path) or (isinstance(config, str)
+                                                  and config.endswith(".h5ad")):
+        raise DataError(f"ReferenceGenerator(...) takes its settings, not the data (got "
+                        f"{type(config).__name__}): fit it with "
+                        "cs.ReferenceGenerator().fit(adata, 'cell_type')")
+    for name, value, kind in (("config", config, SeedVAEConfig),
+                              ("features", features, FeaturesConfig)):
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            example = "{'max_epochs': 20}" if kind is SeedVAEConfig else "{'n_components': 50}"
+            dict_fix = (f" (a dict of settings: {name}={kind.__name__}(**settings), e.g. "
+                        f"{kind.__name__}(**{example}))" if isinstance(value, dict) else "")
+            raise ConfigError(f"{name} is a {type(value).__name__}; give a "
+                              f"cellsynth.config.{kind.__name__} or None{dict_fix}")
+        check_ranges(value, "seed_vae." if kind is SeedVAEConfig else "features.")
+    if (isinstance(target_sum, bool) or not isinstance(target_sum, numbers.Real)
+            or not 0 < target_sum < float("inf")):
+        raise ConfigError(f"target_sum must be a positive number (counts per cell before log1p), "
+                          f"got {target_sum!r}; the default is 1e4")
+
+
 class SeedGenerator:
     """The reference PCA-space CVAE, fitted on counts and generating counts (the ``seed`` model).
 
@@ -88,6 +115,7 @@ class SeedGenerator:
         *,
         target_sum: float = 1e4,
     ) -> None:
+        _check_settings(config, features, target_sum)
         self.config = config if config is not None else SeedVAEConfig()
         self.features = (
             features if features is not None else FeaturesConfig(n_components=DEFAULT_COMPONENTS)
@@ -225,6 +253,7 @@ class SeedGenerator:
             from_dict(SeedVAEConfig, settings["seed_vae"])  # validated; vae/ holds the one used
             features = from_dict(FeaturesConfig, settings["features"])
             target_sum = float(settings["target_sum"])
+            _check_settings(None, features, target_sum)
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
         libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
