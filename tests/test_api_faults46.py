@@ -1,6 +1,7 @@
 """The Python API under a scanpy user's misuse (session 46's sweep): ``cs.pl.library_sizes``
 compares the two sides over the genes both hold, as ``cs.evaluate`` does; the reference
-generator refuses the data or a dict where its settings go."""
+generator refuses the data or a dict where its settings go; ``cs.run(adata)`` leaves the
+AnnData (or view) it copies as it was."""
 
 from __future__ import annotations
 
@@ -62,3 +63,25 @@ def test_the_reference_generator_refuses_data_or_a_dict_as_its_settings(atlas):
         cs.ReferenceGenerator(target_sum=0)
     model = cs.ReferenceGenerator(SeedVAEConfig(max_epochs=1), FeaturesConfig(n_components=5))
     assert model.config.max_epochs == 1 and model.features.n_components == 5
+
+
+def test_run_leaves_the_callers_anndata_and_view_as_they_were(tmp_path):
+    adata = cs.simulate(200, 50, 3, seed=0)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)  # text, as a user's often is
+    adata.obs["note"] = np.array(["x", "y"] * 100, dtype=object)
+    adata.var["symbol"] = [f"g{i % 7}" for i in range(adata.n_vars)]
+    adata.raw = adata.copy()
+    before = adata.copy()
+    view = before[:150]
+    for i, data in enumerate((adata, view)):  # the QC refuses every cell: after the copy
+        with pytest.raises(DataError, match="no cells left after the QC step"):
+            cs.run(data, label_key="cell_type", out=tmp_path / f"run{i}",
+                   overrides=["qc.min_genes_per_cell=100000"])  # fmt: skip
+        written = ad.read_h5ad(tmp_path / f"run{i}" / "input.h5ad")
+        assert written.obs["note"].dtype == "category"  # written as anndata writes it
+        assert written.n_obs == data.n_obs and written.raw.var["symbol"].dtype == "category"
+    assert view.is_view and view.obs["note"].dtype == object  # anndata made it an AnnData
+    for table in ("obs", "var"):  # anndata's write turned text columns into categoricals
+        assert getattr(adata, table).equals(getattr(before, table))
+        assert list(getattr(adata, table).dtypes) == list(getattr(before, table).dtypes)
+    assert adata.raw.var["symbol"].dtype == object

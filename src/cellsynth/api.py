@@ -119,14 +119,15 @@ def _data_path(data: Any, out: Path) -> str | None:
     if hasattr(data, "write_h5ad") and hasattr(data, "obs"):
         if getattr(data, "isbacked", False):
             return str(data.filename)
-        from .data.store import write_h5ad
+        from .data.store import as_written, write_h5ad
         from .errors import DataError
 
         out.mkdir(parents=True, exist_ok=True)
         path = out / "input.h5ad"
         logger.info("writing the AnnData to %s for the run to read", path)
         try:
-            write_h5ad(data, path)  # atomic: nothing is left under path when it fails
+            # atomic: nothing is left under path when it fails; the caller's AnnData unchanged
+            write_h5ad(as_written(data), path)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise DataError(f"the AnnData cannot be written to {path}, which the run reads "
                             f"({type(exc).__name__}: {exc}): an obs column of mixed types, or "

@@ -424,6 +424,32 @@ def write_h5ad(adata, path: str | Path) -> Path:
     return path
 
 
+def as_written(adata):
+    """A user's ``adata`` as anndata writes it, for :func:`write_h5ad` to write without
+    changing it: anndata's ``write_h5ad`` turns the text columns of ``obs``, ``var`` and
+    ``raw.var`` into categoricals in place (and a view into an AnnData of its own), so
+    ``cs.run(adata)`` handed the AnnData back changed. The same conversion is made on copies of
+    those tables, in an AnnData that shares every matrix (a view's are its rows, as its write
+    reads them). cellsynth's own AnnData objects are written as they are."""
+    import anndata as ad
+    from pandas.api.types import infer_dtype
+
+    if not isinstance(adata, ad.AnnData) or adata.isbacked:
+        return adata
+    tables = [adata.obs, adata.var] + ([adata.raw.var] if adata.raw is not None else [])
+    if not adata.is_view and not any(infer_dtype(t[c]) == "string" for t in tables for c in t):
+        return adata  # nothing anndata would change
+    obs, var = adata.obs.copy(), adata.var.copy()
+    raw = None
+    if adata.raw is not None:
+        raw = {"X": adata.raw.X, "var": adata.raw.var.copy(), "varm": dict(adata.raw.varm)}
+    for table in (obs, var, *([raw["var"]] if raw else [])):
+        adata.strings_to_categoricals(table)  # a table given: only that table changes
+    return ad.AnnData(X=adata.X, obs=obs, var=var, uns=adata.uns, obsm=dict(adata.obsm),
+                      varm=dict(adata.varm), layers=dict(adata.layers), obsp=dict(adata.obsp),
+                      varp=dict(adata.varp), raw=raw)  # fmt: skip
+
+
 class CSRWriter:
     """Append CSR rows to a new anndata CSR group (``encoding-type`` csr_matrix), chunk by chunk.
 
