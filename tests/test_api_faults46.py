@@ -1,7 +1,7 @@
 """The Python API under a scanpy user's misuse (session 46's sweep): ``cs.pl.library_sizes``
 compares the two sides over the genes both hold, as ``cs.evaluate`` does; the reference
 generator refuses the data or a dict where its settings go; ``cs.run(adata)`` leaves the
-AnnData (or view) it copies as it was."""
+AnnData (or view) it copies as it was; a plot checks ``save=`` and ``ax=`` before any work."""
 
 from __future__ import annotations
 
@@ -85,3 +85,28 @@ def test_run_leaves_the_callers_anndata_and_view_as_they_were(tmp_path):
         assert getattr(adata, table).equals(getattr(before, table))
         assert list(getattr(adata, table).dtypes) == list(getattr(before, table).dtypes)
     assert adata.raw.var["symbol"].dtype == object
+
+
+def test_a_plot_refuses_its_save_path_and_axes_before_any_work(atlas, tmp_path, monkeypatch):
+    import cellsynth.pl._umap as umap_module
+
+    def no_umap(*args, **kwargs):
+        raise AssertionError("the UMAP was computed before the arguments were checked")
+
+    monkeypatch.setattr(umap_module, "_embed", no_umap)
+    mine = tmp_path / "figure.png"
+    mine.write_bytes(b"a figure of the user's own")
+    open_before = plt.get_fignums()
+    real, fake = atlas[::2].copy(), atlas[1::2].copy()
+    with pytest.raises(DataError, match="exists and is not a figure that cellsynth wrote"):
+        cs.pl.umap(real, fake, label_key="cell_type", save=mine)
+    with pytest.raises(DataError, match=r"save= .*umap\.pngg: a figure is saved as one of"):
+        cs.pl.umap(real, fake, label_key="cell_type", save=tmp_path / "umap.pngg")
+    fig, grid = plt.subplots(2, 2)
+    with pytest.raises(DataError, match=r"ax= takes 2 axes \(one per color\), got 4"):
+        cs.pl.umap(real, fake, label_key="cell_type", color=["origin", "label"], ax=grid)
+    plt.close(fig)
+    with pytest.raises(DataError, match="exists and is not a figure"):
+        cs.pl.library_sizes(real, fake, save=mine)
+    assert plt.get_fignums() == open_before  # no figure left open by a refusal
+    assert mine.read_bytes() == b"a figure of the user's own"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +56,7 @@ def _verdict(result: Mapping[str, Any]) -> str | None:
     return (v.get("overall") or {}).get("verdict") if isinstance(v, Mapping) else None
 
 
-@doc_params
+@plot
 def fidelity(
     result: Mapping[str, Any],
     *,
@@ -196,7 +196,7 @@ def _per_type_values(result: Any, metric: str
     return types, values(ft), values(st), sizes, [""] * len(types)
 
 
-@doc_params
+@plot
 def per_type(
     result: Mapping[str, Any] | pd.DataFrame,
     metric: str = "c2st_auc",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes_list, doc_params, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes_list, finish, plot
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,7 +34,7 @@ def _block(result: Any) -> Mapping[str, Any]:
                     "metrics.genes.gene_fidelity)")
 
 
-@doc_params
+@plot
 def genes(
     result: Any,
     *,

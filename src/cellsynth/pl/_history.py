@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, ModelFileError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,7 +51,7 @@ def _no_curve(directory: Path) -> None:
                     "the curve of a cvae or reference model")
 
 
-@doc_params
+@plot
 def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None = None,
             save: str | Path | None = None) -> Axes | None:
     """The training curve of a generator: loss per epoch, the validation check, the kept epoch.

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..seeds import checked_whole
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, doc_params, finish, labelled, need_cells
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, labelled, need_cells, plot
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -69,7 +69,7 @@ def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.nda
     return total(xr, gr), total(xs, gs)
 
 
-@doc_params
+@plot
 def library_sizes(
     real: ad.AnnData,
     synthetic: ad.AnnData,

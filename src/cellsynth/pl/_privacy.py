@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import FLAG_COLOR, axes, doc_params, finish
+from ._common import FLAG_COLOR, axes, finish, plot
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -63,7 +63,7 @@ def _rows(priv: Mapping[str, Any]
     return rows
 
 
-@doc_params
+@plot
 def privacy(
     result: Any,
     *,

@@ -15,10 +15,10 @@ from ._common import (
     REAL_COLOR,
     SYNTH_COLOR,
     axes_list,
-    doc_params,
     finish,
     labelled,
     need_cells,
+    plot,
     type_colors,
 )
 
@@ -249,7 +249,7 @@ def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> 
               title=title, title_fontsize=8, ncol=ncol, frameon=False, markerscale=1.2)
 
 
-@doc_params
+@plot
 def umap(
     real: ad.AnnData | pd.DataFrame | str | Path,
     synthetic: ad.AnnData | None = None,
@@ -315,6 +315,7 @@ def umap(
         raise DataError(f"color {bad or color!r} unknown; give 'origin', 'label' (the cell "
                         "type) or a list of them")
     kinds = ["origin" if c == "origin" else "label" for c in colors_wanted]
+    axs = axes_list(ax, len(kinds), "color") if ax is not None else None  # before the UMAP
     import pandas as pd
 
     if isinstance(real, pd.DataFrame | str | Path):
@@ -332,14 +333,12 @@ def umap(
     types = sorted(df["label"].unique())
     palette = dict(zip(types, type_colors(len(types)), strict=True))
     many = not isinstance(color, str)
-    if ax is None:
+    if axs is None:
         import matplotlib.pyplot as plt
 
-        _, axs = plt.subplots(1, len(kinds), figsize=(7.0 * len(kinds), 5.5),
-                              layout="constrained", squeeze=False)
-        axs = list(axs[0])
-    else:
-        axs = axes_list(ax, len(kinds), "color")
+        _, grid = plt.subplots(1, len(kinds), figsize=(7.0 * len(kinds), 5.5),
+                               layout="constrained", squeeze=False)
+        axs = list(grid[0])
     for a, kind in zip(axs, kinds, strict=True):
         _draw(df, kind, a, palette)
     return finish(axs if many else axs[0], show, save)
