@@ -110,3 +110,10 @@ def test_a_plot_refuses_its_save_path_and_axes_before_any_work(atlas, tmp_path, 
         cs.pl.library_sizes(real, fake, save=mine)
     assert plt.get_fignums() == open_before  # no figure left open by a refusal
     assert mine.read_bytes() == b"a figure of the user's own"
+
+
+def test_library_sizes_names_the_side_whose_values_are_not_counts(atlas):
+    real, fake = atlas[::2].copy(), atlas[1::2].copy()
+    fake.X = fake.X * 1.37  # a generator's means, not counts
+    with pytest.raises(DataError, match=r"^the synthetic data: X holds normalised values"):
+        cs.pl.library_sizes(real, fake)

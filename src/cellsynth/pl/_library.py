@@ -33,9 +33,11 @@ def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
         expr = find_counts(adata)
     except DataError as exc:  # "X holds NaN" alone does not say of which side
         raise DataError(f"{what}: {exc}") from None
-    if expr.counts is None:
-        raise expr.no_counts(f"{what} holds normalised values and no raw counts "
-                             "(layers['counts'] or raw.X); library sizes are counts per cell")
+    if expr.counts is None:  # what the values look like names no side: said here
+        note = expr.for_counts()
+        raise (DataError(f"{what}: {note}{expr.elsewhere}") if note else expr.no_counts(
+            f"{what} holds normalised values and no raw counts (layers['counts'] or raw.X); "
+            "library sizes are counts per cell"))
     if expr.counts == "raw.X":
         return adata.raw.X, list(map(str, adata.raw.var_names)), adata.raw.var
     x = adata.layers["counts"] if expr.counts == "layers/counts" else adata.X
