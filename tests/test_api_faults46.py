@@ -1,7 +1,8 @@
 """The Python API under a scanpy user's misuse (session 46's sweep): ``cs.pl.library_sizes``
 compares the two sides over the genes both hold, as ``cs.evaluate`` does; the reference
 generator refuses the data or a dict where its settings go; ``cs.run(adata)`` leaves the
-AnnData (or view) it copies as it was; a plot checks ``save=`` and ``ax=`` before any work."""
+AnnData (or view) it copies as it was; a plot checks ``save=`` and ``ax=`` before any work;
+``cs.predict_types`` refuses a backed view, whose obs cannot take its predictions, first."""
 
 from __future__ import annotations
 
@@ -117,3 +118,20 @@ def test_library_sizes_names_the_side_whose_values_are_not_counts(atlas):
     fake.X = fake.X * 1.37  # a generator's means, not counts
     with pytest.raises(DataError, match=r"^the synthetic data: X holds normalised values"):
         cs.pl.library_sizes(real, fake)
+
+
+def test_predict_types_refuses_a_backed_view_before_any_work(atlas, tmp_path):
+    from cellsynth.classify.predict import MODEL_FILE
+
+    run = tmp_path / "run"  # a run's files, never read: the cells are refused first
+    for part in ("manifest.json", "features/pca.safetensors", f"classifier/{MODEL_FILE}"):
+        (run / part).parent.mkdir(parents=True, exist_ok=True)
+        (run / part).write_text("{}")
+    atlas.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    try:  # the predictions were made, then anndata's ValueError on writing them to obs
+        with pytest.raises(DataError, match=r"a view\) of a file opened backed.*"
+                                            r"adata\.to_memory\(\)"):
+            cs.predict_types(backed[:50], run)
+    finally:
+        backed.file.close()

@@ -88,6 +88,11 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     if not (hasattr(adata, "obs") and hasattr(adata, "var_names")):
         raise DataError(f"give the cells as an AnnData (cs.read('cells.h5ad')), not a "
                         f"{type(adata).__name__}: their gene names pick the run's genes")
+    if getattr(adata, "is_view", False) and getattr(adata, "isbacked", False):
+        raise DataError("the cells are a subset (a view) of a file opened backed, whose obs "
+                        "cannot take the predictions (anndata copies a view written to, and "
+                        "cannot copy a backed one): read the subset into memory first (adata = "
+                        "adata.to_memory()), or predict on the whole backed AnnData")
     if not isinstance(key_added, str) or not key_added:
         raise DataError(f"key_added must be a non-empty obs column name, got {key_added!r}")
     pca = PCAModel.load(run / "features")
