@@ -2,7 +2,8 @@
 compares the two sides over the genes both hold, as ``cs.evaluate`` does; the reference
 generator refuses the data or a dict where its settings go; ``cs.run(adata)`` leaves the
 AnnData (or view) it copies as it was; a plot checks ``save=`` and ``ax=`` before any work;
-``cs.predict_types`` refuses a backed view, whose obs cannot take its predictions, first."""
+``cs.predict_types`` refuses a backed view, whose obs cannot take its predictions, first; every
+reader of a model directory or a config file expands ``~`` as the writers do."""
 
 from __future__ import annotations
 
@@ -135,3 +136,25 @@ def test_predict_types_refuses_a_backed_view_before_any_work(atlas, tmp_path):
             cs.predict_types(backed[:50], run)
     finally:
         backed.file.close()
+
+
+def test_every_reader_of_a_model_or_config_expands_the_home_folder(atlas, tmp_path, monkeypatch,
+                                                                   one_torch_thread):
+    from cellsynth import config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = cs.CVAE(atlas, label_key="cell_type").configure(max_epochs=1, min_steps=0,
+                                                             n_hidden=[8], n_latent=2)
+    model.train(seed=0)
+    model.save("~/models/cvae")  # the writers expand ~ (session 44)
+    nb = cs.NegBinBaseline()
+    nb.fit(atlas, "cell_type", seed=0)
+    nb.save("~/models/nb")
+    (tmp_path / "atlas.toml").write_text("[cvae]\nmax_epochs = 2\n")
+    # each was "~/models/cvae does not exist", a folder named ~ looked for in the current one
+    assert cs.load_model("~/models/cvae").labels == model.labels
+    assert cs.CVAE.load("~/models/cvae").is_trained
+    assert cs.NegBinBaseline.load("~/models/nb").labels == nb.labels
+    ax = cs.pl.history("~/models/cvae")
+    plt.close(ax.figure)
+    assert config.load("~/atlas.toml").cvae.max_epochs == 2

@@ -458,7 +458,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The nested dict of a TOML config file, or a :class:`ConfigError` saying what is wrong."""
-    path = Path(path)
+    from .paths import expand_user
+
+    path = expand_user(path, "config")  # ~/configs/atlas.toml, as every writer reads ~
     if not path.is_file():
         raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else
                           "does not exist") + "; give an existing --config file")

@@ -39,6 +39,7 @@ from ..data.genes import gene_annotation
 from ..errors import DataError, ModelFileError
 from ..options import progress_bar
 from ..outputs import save_tensors
+from ..paths import expand_user
 from ..seeds import checked_seed, derive_seed
 from ._count_files import (
     load_libraries,
@@ -155,7 +156,7 @@ class CopyGenerator:
     @classmethod
     def load(cls, directory: str | Path) -> CopyGenerator:
         """Read a directory written by :meth:`save`, checking that its files agree."""
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         path = directory / "cells.safetensors"
         t = read_tensors(path)
@@ -287,7 +288,7 @@ class ScviPosteriorGenerator(ScviGenerator):
     def load(cls, directory: str | Path) -> ScviPosteriorGenerator:
         """Rebuild the SCVI module and read the per-cell posteriors (no pickle)."""
         scvi = import_scvi()
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         config, kwargs, state = read_module_files(directory, meta, genes)
         libraries, cells = load_libraries(directory / "cells.safetensors", len(labels))

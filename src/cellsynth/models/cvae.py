@@ -41,6 +41,7 @@ from ..data.io import read, training_source
 from ..data.labels import check_label, missing_labels
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError, ModelFileError, NotTrainedError
+from ..paths import expand_user
 from ..seeds import checked_seed
 from . import _checkpoint, _loop
 from . import _model_dir as md
@@ -468,7 +469,7 @@ class CVAE(GenerationMixin, DesignRequests):
         device
             Override the saved ``config.device`` (e.g. ``"cpu"`` for a model trained on a GPU).
         """
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, state, history = md.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
         genes = md.read_genes(directory / GENES_FILE, directory)
         if meta.get("n_genes", len(genes)) != len(genes):

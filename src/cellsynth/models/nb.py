@@ -45,6 +45,7 @@ from ..data.genes import gene_annotation
 from ..errors import ConfigError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import save_tensors
+from ..paths import expand_user
 from ..seeds import checked_seed
 from ._count_files import (
     draw_libraries,
@@ -371,7 +372,7 @@ class NegBinBaseline(DesignRequests):
     @classmethod
     def load(cls, directory: str | Path) -> NegBinBaseline:
         """Read a directory written by :meth:`save`, checking that its files agree."""
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         params = read_tensors(directory / "params.safetensors")
         shape = (len(labels), len(genes))

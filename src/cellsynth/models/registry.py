@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import MODEL_ALIASES, RunConfig, canonical_model
 from ..errors import ConfigError, ModelFileError
+from ..paths import expand_user
 from .base import Generator
 
 #: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
@@ -61,12 +62,13 @@ def _name_of(model: Any) -> str | None:
 
 def load_generator(directory: str | Path) -> Generator:
     """Load a saved generator of any registered kind, dispatching on ``config.json``'s ``model``."""
-    path = Path(directory) / "config.json"
-    if Path(directory).is_file():
+    directory = expand_user(directory, "the model directory")  # ~/models/cvae, as a writer
+    path = directory / "config.json"
+    if directory.is_file():
         raise ModelFileError(f"{directory} is a file, not a model directory: give the directory "
                              "cellsynth fit (or a run's generator/) wrote")
     if not path.is_file():
-        run = Path(directory)
+        run = directory
         if (run / "manifest.json").is_file():  # a run directory: its generator is inside
             inside = [d for d in ("generator", "generator_ddp") if (run / d / "config.json").is_file()]
             where = (f"give {run / inside[0]}, the generator it saved" if inside else

@@ -70,6 +70,7 @@ from ..data.io import training_source
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError, NotTrainedError
 from ..options import progress_bar, settings
 from ..outputs import save_tensors
+from ..paths import expand_user
 from ..seeds import checked_seed, derive_seed
 from ._count_files import (
     draw_libraries,
@@ -430,7 +431,7 @@ class ScviGenerator(DesignRequests):
     def load(cls, directory: str | Path) -> ScviGenerator:
         """Rebuild the SCVI module from ``config.json`` and load its weights (no pickle)."""
         scvi = import_scvi()
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         config, kwargs, state = read_module_files(directory, meta, genes)
         libraries, latent = load_libraries(directory / "latent.safetensors", len(labels))

@@ -38,6 +38,7 @@ from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
 from ..errors import ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
+from ..paths import expand_user
 from ..seeds import checked_seed, derive_seed
 from ._count_files import (
     draw_libraries,
@@ -246,7 +247,7 @@ class SeedGenerator:
 
         ``device`` overrides the CVAE's saved device (e.g. ``"cpu"`` for a GPU-trained model).
         """
-        directory = Path(directory)
+        directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
         try:
             settings = meta["config"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, ModelFileError
+from ..paths import expand_user
 from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 def _history(source: Any) -> Mapping[str, Any]:
     """The history dict of a model, a dict, or a model directory / ``history.json`` path."""
     if isinstance(source, str | Path):
-        path = Path(source)
+        path = expand_user(source, "the model directory")  # ~/models/cvae
         path = path / "history.json" if path.is_dir() else path
         if not path.is_file():
             _no_curve(path.parent)
