@@ -220,3 +220,23 @@ def test_a_misspelt_covariate_in_where_gets_a_did_you_mean() -> None:
                            rows)  # fmt: skip
     with pytest.raises(DataError, match=r"no covariate 'condition ' \(did you mean 'condition'"):
         design.plan({"B": 5}, {"condition ": "stim"}, ["B", "T"], "cell_type")
+
+
+def test_nb_takes_its_data_as_the_other_generators_do(small, tmp_path):
+    """NegBinBaseline(adata, label_key) raised Python's TypeError (keyword-only settings), where
+    cs.CVAE(adata, label_key) and cs.ScviGenerator(adata, label_key) take the data first."""
+    import cellsynth as cs
+
+    adata = small
+    model = cs.NegBinBaseline(adata, "cell_type")
+    history = model.train(seed=0)
+    assert history["n_cells"] > 0 and set(model.labels) <= set(adata.obs["cell_type"].astype(str))
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    assert cs.NegBinBaseline(str(path), "cell_type").train(seed=0)["n_cells"] == history["n_cells"]
+    with pytest.raises(DataError, match="without data"):
+        cs.NegBinBaseline().train()
+    with pytest.raises(DataError, match="no_such"):
+        cs.NegBinBaseline(adata, "no_such")
+    with pytest.raises(DataError, match="AnnData or the path"):
+        cs.NegBinBaseline({"max_theta": 10.0})

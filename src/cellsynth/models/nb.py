@@ -42,7 +42,9 @@ from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..data.csr import stack_rows
 from ..data.genes import gene_annotation
-from ..errors import ConfigError, ModelFileError, listed
+from ..data.io import read
+from ..data.labels import check_label
+from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import save_tensors
 from ..paths import expand_user
@@ -112,6 +114,11 @@ class NegBinBaseline(DesignRequests):
 
     Parameters
     ----------
+    adata
+        Data to fit by :meth:`train` (an AnnData or the path of an h5ad file), as
+        ``CVAE(adata, label_key)`` takes it; or None, and :meth:`fit` is given the data.
+    label_key
+        ``obs`` column of the cell types in ``adata``.
     max_theta
         Dispersion stored for genes without over-dispersion (the Poisson limit).
     covariate_keys
@@ -125,13 +132,14 @@ class NegBinBaseline(DesignRequests):
     Examples
     --------
     >>> model = NegBinBaseline(covariate_keys=["condition"])
-    >>> model.fit(adata, "cell_type", seed=0)
+    >>> model.fit(adata, "cell_type", seed=0)  # or NegBinBaseline(adata, "cell_type", ...).train()
     >>> stim = model.sample({"B cells": 100}, where={"condition": "stim"}, seed=1)
     """
 
     name: ClassVar[str] = "nb"
 
-    def __init__(self, *, max_theta: float = MAX_THETA, covariate_keys: list[str] | None = None,
+    def __init__(self, adata: ad.AnnData | str | Path | None = None, label_key: str = "cell_type",
+                 *, max_theta: float = MAX_THETA, covariate_keys: list[str] | None = None,
                  min_cells: int = MIN_CELLS) -> None:  # fmt: skip
         if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 2:
             raise ConfigError(f"min_cells must be an integer >= 2, got {min_cells!r}")
@@ -153,7 +161,15 @@ class NegBinBaseline(DesignRequests):
         self.labels: list[str] = []
         self.genes: list[str] = []
         self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
-        self.label_key = "cell_type"
+        self.label_key = label_key
+        if isinstance(adata, str | Path):  # as CVAE(adata) and fit take them
+            adata = read(adata)
+        elif adata is not None and not isinstance(adata, ad.AnnData):
+            raise DataError(f"NegBinBaseline takes an AnnData or the path of an h5ad file, got "
+                            f"{type(adata).__name__}")
+        if adata is not None:
+            check_label(adata, label_key)
+        self.adata = adata
         self.mu = np.zeros((0, 0), dtype=np.float32)  # (T, G) mean at the type's mean library
         self.theta = np.zeros((0, 0), dtype=np.float32)  # (T, G)
         self.libraries: list[np.ndarray] = []  # per type, training library sizes
@@ -168,6 +184,13 @@ class NegBinBaseline(DesignRequests):
         """The settings (saved in ``config.json`` and in generated cells' provenance)."""
         extra = {"covariate_keys": self.covariate_keys, "min_cells": self.min_cells}
         return {"max_theta": self.max_theta, **(extra if self.covariate_keys else {})}
+
+    def train(self, *, seed: int = 0) -> dict[str, Any]:
+        """Fit on the AnnData given at construction (as ``CVAE(adata).train()``); see :meth:`fit`."""
+        if self.adata is None:
+            raise DataError("NegBinBaseline() was built without data; use "
+                            "NegBinBaseline(adata, label_key).train() or fit(adata, label_key)")
+        return self.fit(self.adata, self.label_key, seed=seed)
 
     @reads_cells
     def fit(
