@@ -62,14 +62,18 @@ def _umask() -> int:
 
 def temp_beside(path: Path, suffix: str, *, folder: bool = False) -> Path:
     """A new, empty file (or ``folder``) of this process's own beside ``path``, named
-    ``NAME.<random>`` + ``suffix``, for an atomic write that is renamed to ``path`` when done.
+    ``NAME.<pid>@<host>.<random>`` + ``suffix``, for an atomic write that is renamed to ``path``
+    when done.
 
     Every writer gets its own name, so two writers of one output never write into (or rename)
-    each other's half-written file. The permissions are those of a new file or folder (mkstemp
-    and mkdtemp make them private).
+    each other's half-written file. The name says which process writes it, so the next writer of
+    ``path`` removes what a killed one left (:func:`remove_dead_temps`: a SIGKILL, a crash, a
+    machine that went down). The permissions are those of a new file or folder (mkstemp and
+    mkdtemp make them private).
     """
     path = Path(path)
-    prefix = ("." if folder else "") + path.name + "."
+    remove_dead_temps(path)
+    prefix = ("." if folder else "") + path.name + f".{os.getpid()}@{_host()}."
     if folder:
         made = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
         made.chmod(0o777 & ~_umask())
@@ -81,6 +85,61 @@ def temp_beside(path: Path, suffix: str, *, folder: bool = False) -> Path:
     finally:
         os.close(fd)
     return Path(name)
+
+
+def _host() -> str:
+    """This machine's name as it goes into a temporary file's name (letters, digits, ``.-_``)."""
+    import platform
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", platform.node())[:40] or "host"
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Remove the temporary files and folders beside ``path`` (:func:`temp_beside`'s, any
+    suffix) whose writer was a process of this machine that has ended: a command killed while
+    writing ``path`` leaves them (an h5ad of gigabytes among them), and nothing else would ever
+    remove them. A live writer's, another machine's and this process's own are kept. Returns
+    what was removed."""
+    import re
+    import shutil
+
+    path = Path(path)
+    pattern = re.compile(r"\.?" + re.escape(path.name) + r"\.(\d+)@" + re.escape(_host())
+                         + r"\.[a-z0-9_]{8}\.[A-Za-z]+")  # fmt: skip
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # no folder yet, or one that cannot be listed: nothing to remove
+        return []
+    removed = []
+    for entry in entries:
+        found = pattern.fullmatch(entry.name)
+        if found is None or int(found[1]) == os.getpid() or _alive(int(found[1])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:  # another writer removed it first, or the folder is read-only
+            continue
+        removed.append(entry)
+        logger.info("removed %s, left by process %s, which stopped before it finished writing "
+                    "%s", entry, found[1], path.name)  # fmt: skip
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):  # not a pid this system has
+        return False
+    return True
 
 
 @contextmanager
@@ -112,9 +171,11 @@ def check_disk_space(path: Path, nbytes: int, what: str) -> None:
     """Refuse, before a byte is written, to write about ``nbytes`` into ``path``'s folder when
     its disk has less room free (with a margin): HDF5 cannot recover from a disk that fills
     under it (a file it cannot close, then a crash when the process exits), so an h5ad writer
-    asks first. A folder whose free space cannot be read is let through."""
+    asks first, after removing what killed writers of ``path`` left (:func:`remove_dead_temps`).
+    A folder whose free space cannot be read is let through."""
     import shutil
 
+    remove_dead_temps(path)
     need = int(nbytes * _DISK_MARGIN) + _DISK_SLACK
     try:
         free = shutil.disk_usage(Path(path).parent).free
@@ -135,8 +196,8 @@ def size_text(n: float) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically: into ``PATH.<random>.tmp``, then renamed to ``path``
-    (:func:`replaced`). A failure or a kill mid-write leaves ``path`` as it was."""
+    """Write ``text`` (UTF-8) atomically: into ``PATH.<pid>@<host>.<random>.tmp``, then renamed
+    to ``path`` (:func:`replaced`). A failure or a kill mid-write leaves ``path`` as it was."""
     _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

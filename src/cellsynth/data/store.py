@@ -329,7 +329,8 @@ def _legacy_frames(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
 
 @contextmanager
 def h5ad_file(path: str | Path) -> Iterator[h5py.File]:
-    """An h5ad written into ``PATH.<random>.part`` and renamed to ``path`` when the block ends.
+    """An h5ad written into ``PATH.<pid>@<host>.<random>.part`` and renamed to ``path`` when
+    the block ends (a killed writer's part file is removed by the next writer of ``path``).
 
     The caller writes ``X``, ``obs``, ``var`` and ``uns`` (e.g. with :class:`CSRWriter` and
     ``anndata.io.write_elem``); the other elements are written empty. On any error the part file
@@ -395,8 +396,8 @@ def _write_advice(exc: OSError) -> str:
 
 @contextmanager
 def _replaced(path: Path) -> Iterator[Path]:
-    """``PATH.<random>.part`` to write into, this writer's own (two writers of one output never
-    share a part file); renamed to ``path`` when the block ends, removed when it fails (a full
+    """``PATH.<pid>@<host>.<random>.part`` to write into, this writer's own (two writers of one
+    output never share a part file); renamed to ``path`` when the block ends, removed when it fails (a full
     disk or an unwritable folder: a one-line :class:`DataError`)."""
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a file name for the .h5ad output")
@@ -410,7 +411,8 @@ def _replaced(path: Path) -> Iterator[Path]:
 
 
 def write_h5ad(adata, path: str | Path) -> Path:
-    """``adata.write_h5ad`` made atomic: written into ``PATH.<random>.part`` and renamed to ``path``.
+    """``adata.write_h5ad`` made atomic: written into ``PATH.<pid>@<host>.<random>.part`` and
+    renamed to ``path``.
 
     A failure or a kill mid-write never leaves a partial file under ``path`` (the part file is
     removed on error); ``path`` an existing directory, a full disk or an unwritable folder is a
