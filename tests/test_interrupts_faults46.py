@@ -62,3 +62,76 @@ def test_the_next_writer_removes_what_a_killed_writer_left(tmp_path: Path) -> No
     mine = temp_beside(model, ".partial", folder=True)
     assert mine.is_dir() and not partial.exists()
 
+
+def _counts(path: Path) -> Path:
+    """A small labelled h5ad of raw counts."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(2.0, (60, 30)).astype(np.float32)),
+                   obs=pd.DataFrame({"cell_type": np.repeat(["a", "b", "c"], 20)},
+                                    index=[f"c{i}" for i in range(60)]),
+                   var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))  # fmt: skip
+    a.write_h5ad(path)
+    return path
+
+
+def _held_by_a_live_process(lock: Path) -> subprocess.Popen:
+    """A process that runs on, recorded in ``lock`` as :class:`RunLock` records its holder."""
+    import json
+    import platform
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"pid": proc.pid, "host": platform.node(),
+                                "started": "2026-12-07 10:00:00 UTC"}))  # fmt: skip
+    return proc
+
+
+def test_a_second_fit_into_one_model_directory_is_refused_while_the_first_runs(
+        tmp_path: Path) -> None:  # fmt: skip
+    """Two `cellsynth fit --out M` at once both trained, into one training checkpoint (each
+    overwrote the other's, so a kill resumed neither), and each saved M: one's run_config.toml
+    could land beside the other's weights. The second is refused at once, naming the first."""
+    data = _counts(tmp_path / "d.h5ad")
+    out = tmp_path / "model"
+    proc = _held_by_a_live_process(tmp_path / ".model.lock")
+    try:
+        done = subprocess.run([*CLI, "fit", str(data), "--label-key", "cell_type", "--out",
+                               str(out), "--model", "nb", "--quiet"],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"in use by another cellsynth fit (process {proc.pid}" in done.stderr
+    assert not out.exists()
+    # its process gone, the lock is taken over, and a finished fit leaves no lock behind
+    done = subprocess.run([*CLI, "fit", str(data), "--label-key", "cell_type", "--out",
+                           str(out), "--model", "nb", "--quiet"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (out / "run_config.toml").is_file() and not (tmp_path / ".model.lock").exists()
+
+
+def test_a_second_benchmark_into_one_directory_is_refused_while_the_first_runs(
+        tmp_path: Path) -> None:  # fmt: skip
+    """Two `cellsynth benchmark --out B` at once fitted the same generators into one models/
+    and results/: the page's rows could be one command's beside the other's models. The second
+    is refused before any fit."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.evaluation import run_benchmark
+
+    data = _counts(tmp_path / "d.h5ad")
+    out = tmp_path / "bench"
+    proc = _held_by_a_live_process(out / "benchmark.lock")
+    try:
+        import pytest
+
+        with pytest.raises(CellsynthError, match="in use by another cellsynth benchmark"):
+            run_benchmark([str(data)], ["nb"], out, label_key="cell_type", reuse=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.lock"]

@@ -233,12 +233,25 @@ class RunLock:
     another host, stops with a one-line :class:`~cellsynth.errors.CellsynthError` naming it;
     a stale one (its process is gone) is taken over with a warning. :meth:`release` removes
     it if it is still this process's.
+
+    Parameters
+    ----------
+    directory
+        The output the lock guards (a run directory; a model directory, a benchmark's).
+    path
+        The lock file (default ``directory / "run.lock"``); ``cellsynth fit`` keeps it beside
+        the model directory, which a save replaces whole.
+    what
+        The command that holds it, in the message of a second one (``"cellsynth fit"``).
     """
 
     NAME = "run.lock"
 
-    def __init__(self, directory: str | Path):
-        self.path = Path(directory) / self.NAME
+    def __init__(self, directory: str | Path, *, path: str | Path | None = None,
+                 what: str = "cellsynth run") -> None:  # fmt: skip
+        self.target = Path(directory)
+        self.path = Path(path) if path is not None else self.target / self.NAME
+        self.what = what
         self.held = False
 
     def acquire(self) -> None:
@@ -260,8 +273,8 @@ class RunLock:
             self.path.unlink(missing_ok=True)
         from .errors import CellsynthError
 
-        raise CellsynthError(f"cannot take {self.path}: other runs keep taking it; choose "
-                             "another --out")
+        raise CellsynthError(f"cannot take {self.path}: other commands keep taking it; "
+                             "choose another --out")
 
     def check_free(self) -> None:
         """Refuse, as :meth:`acquire` would, when a running process holds the lock, without
@@ -277,12 +290,13 @@ class RunLock:
         host = other.get("host")
         where = "" if host == platform.node() else f" on host {host}"
         return CellsynthError(
-            f"{self.path.parent} is in use by another cellsynth run (process "
+            f"{self.target} is in use by another {self.what} (process "
             f"{other.get('pid')}{where}, started {other.get('started', '?')}); wait for it "
-            f"to end or choose another --out (if no such run is going on, delete {self.path})")
+            f"to end or choose another --out (if no such {self.what.split()[-1]} is going on, "
+            f"delete {self.path})")
 
     def _create(self, me: dict[str, Any]) -> bool:
-        tmp = self.path.with_name(f"{self.NAME}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(me))
         try:
             os.link(tmp, self.path)

@@ -14,8 +14,12 @@ from ..benchmark import benchmark_dataset, prepare
 from ..errors import DataError
 from ..outputs import check_out_dir, write_json, write_text
 from ..resume import input_digest
+from ..runtime import RunLock
 from ..seeds import checked_whole
 from .page import results_page, verdict_summary
+
+#: held in a benchmark's --out while it runs (:class:`~cellsynth.runtime.RunLock`)
+LOCK_FILE = "benchmark.lock"
 
 logger = logging.getLogger(__name__)
 
@@ -76,31 +80,39 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         command = "cellsynth " + " ".join(sys.argv[1:])
     path = doc or out / "RESULTS.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for name, cfg in cfgs:
-        pre = prepare(cfg.dataset.path, cfg)
-        if holdout:  # QC may have removed cells of it: checked again before any fit
-            from ..holdout import check_holdout
+    # one benchmark per directory: two at once would fit the same generators into one
+    # models/ and results/, a page's rows then read beside another command's models
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, path=out / LOCK_FILE, what="cellsynth benchmark")
+    lock.acquire()
+    try:
+        sections = []
+        for name, cfg in cfgs:
+            pre = prepare(cfg.dataset.path, cfg)
+            if holdout:  # QC may have removed cells of it: checked again before any fit
+                from ..holdout import check_holdout
 
-            check_holdout(pre.obs, holdout, cfg.dataset.label_key)
-        details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
-                                    kept_only=kept_only,
-                                    kept_dir=kept / name if kept else None, fits=fits,
-                                    data=_data_digest(cfg.dataset.path))
-        if holdout:
-            from ..holdout import benchmark_holdout
+                check_holdout(pre.obs, holdout, cfg.dataset.label_key)
+            details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
+                                        kept_only=kept_only,
+                                        kept_dir=kept / name if kept else None, fits=fits,
+                                        data=_data_digest(cfg.dataset.path))
+            if holdout:
+                from ..holdout import benchmark_holdout
 
-            details["holdout"] = benchmark_holdout(pre, models, cfg, out / name / "holdout",
-                                                   holdout)  # fmt: skip
-        for line in verdict_summary(details):
-            logger.info("benchmark %s: %s", name, line)
-        shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
-                 "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
-        sections.append((name, cfg, shape, details))
-        write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape,
-                                                 "verdicts": verdict_summary(details)})
-        # the page is rewritten after every dataset, so an interrupted run still leaves one
-        write_text(path, results_page(sections, command, models))
+                details["holdout"] = benchmark_holdout(pre, models, cfg, out / name / "holdout",
+                                                       holdout)  # fmt: skip
+            for line in verdict_summary(details):
+                logger.info("benchmark %s: %s", name, line)
+            shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
+                     "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
+            sections.append((name, cfg, shape, details))
+            write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape,
+                                                     "verdicts": verdict_summary(details)})
+            # the page is rewritten after every dataset, so an interrupted run still leaves one
+            write_text(path, results_page(sections, command, models))
+    finally:
+        lock.release()
     return path
 
 

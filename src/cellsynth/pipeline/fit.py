@@ -16,6 +16,7 @@ from ..errors import DataError
 from ..models.base import check_save_dir, is_model_dir
 from ..models.registry import make_generator
 from ..outputs import enclosing_run
+from ..runtime import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,20 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     """
     out = Path(out).expanduser()
     check_model_out(out, data)  # before the fit: no training is lost to a bad --out
+    # one fit per model directory: two at once would share one training checkpoint and mix
+    # their saves (one's run_config.toml beside the other's weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, path=lock_path(out), what="cellsynth fit")
+    lock.acquire()
+    try:
+        return _fit(cfg, data, label_key, out, model=model, seed=seed)
+    finally:
+        lock.release()
+
+
+def _fit(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out: Path, *,
+         model: str, seed: int | None) -> tuple[Any, dict]:  # fmt: skip
+    """:func:`fit_model` once ``out`` is checked and its lock taken."""
     seed = cfg.seed if seed is None else seed
     used = dataclasses.replace(cfg, seed=seed, dataset=dataclasses.replace(
         cfg.dataset, label_key=label_key,
@@ -65,6 +80,12 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     gen.save(out)  # written beside out, then put in its place whole (saves_whole)
     save(used, out / "run_config.toml")
     return gen, history
+
+
+def lock_path(out: Path) -> Path:
+    """The lock of ``cellsynth fit`` into ``out``: beside it (a save replaces ``out`` whole),
+    held while the fit runs (:class:`~cellsynth.runtime.RunLock`)."""
+    return out.parent / f".{out.name}.lock"
 
 
 def checkpoint_dir(out: Path) -> Path:
