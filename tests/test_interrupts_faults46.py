@@ -135,3 +135,50 @@ def test_a_second_benchmark_into_one_directory_is_refused_while_the_first_runs(
         proc.kill()
         proc.wait()
     assert sorted(p.name for p in out.iterdir()) == ["benchmark.lock"]
+
+
+def test_info_on_a_benchmark_stopped_before_a_data_set_finished(tmp_path: Path) -> None:
+    """`cellsynth info B` on a benchmark stopped (or still running) before its first data set
+    finished said B was no benchmark directory at all, though it kept a generator's results.
+    It is described as a benchmark whose data set is not finished: running, or what a rerun
+    reuses."""
+    from cellsynth.info import describe
+
+    bench = tmp_path / "bench"
+    (bench / "kang" / "results").mkdir(parents=True)
+    (bench / "kang" / "results" / "floor.json").write_text("{}")
+    (bench / "kang" / "results" / "nb.json").write_text("{}")
+    info = describe(bench)
+    assert info["kind"] == "benchmark"
+    assert "stopped" in info["datasets"]["kang"]["status"]
+    assert "reuses the results kept of nb and fits the rest" in info["datasets"]["kang"]["status"]
+    proc = _held_by_a_live_process(bench / "benchmark.lock")
+    try:
+        info = describe(bench)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "running" in info["datasets"]["kang"]["status"] and "running" in info["status"]
+
+
+def test_info_on_the_model_directory_of_a_stopped_fit_names_its_checkpoint(
+        tmp_path: Path) -> None:  # fmt: skip
+    """`cellsynth info M` after a stopped `cellsynth fit --out M` said only that M does not
+    exist: the training checkpoint beside it, which the same fit resumes, went unmentioned."""
+    import pytest
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.info import describe
+
+    (tmp_path / ".model.checkpoint").mkdir()
+    (tmp_path / ".model.checkpoint" / "cvae.safetensors").write_bytes(b"\0")
+    with pytest.raises(CellsynthError, match=r"stopped `cellsynth fit --out .*model` left its "
+                       r"training checkpoint in \.model\.checkpoint .*rerun that fit"):  # fmt: skip
+        describe(tmp_path / "model")
+    proc = _held_by_a_live_process(tmp_path / ".model.lock")
+    try:
+        with pytest.raises(CellsynthError, match="a `cellsynth fit` writing it is still running"):
+            describe(tmp_path / "model")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -14,6 +14,9 @@ from .errors import CellsynthError
 from .paths import expand_user
 from .runtime import RunLock
 
+#: the lock a benchmark holds in its --out (``evaluation.runner.LOCK_FILE``)
+BENCHMARK_LOCK = "benchmark.lock"
+
 
 def _json(path: Path) -> Any:
     """A JSON file of a run or model directory, or an error naming it when it is corrupt."""
@@ -35,7 +38,8 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 def _describe(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise CellsynthError(f"{path} does not exist; give a run directory, a model directory or an .h5ad")
+        raise CellsynthError(_fit_underway(path) or f"{path} does not exist; give a run "
+                             "directory, a model directory or an .h5ad")
     if path.is_file():
         return _describe_h5ad(path)
     if (path / "manifest.json").is_file():
@@ -45,8 +49,11 @@ def _describe(path: Path) -> dict[str, Any]:
     if (path / "model.ubj").is_file():
         labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
-    if (path / "summary.json").is_file() or list(path.glob("*/summary.json")):
-        return _describe_benchmark(path)  # `cellsynth benchmark --out`, or one data set's folder
+    if (path / "summary.json").is_file() or list(path.glob("*/summary.json")) or \
+            (path / BENCHMARK_LOCK).is_file() or list(path.glob("*/results/*.json")):
+        # `cellsynth benchmark --out` (one stopped before a data set finished included), or
+        # one data set's folder of it
+        return _describe_benchmark(path)
     if (path / "checkpoint").is_dir():  # a run's generator/ while it trains
         raise CellsynthError(f"{path} holds a training checkpoint and no saved model yet: its "
                              "training has not finished (a stopped run resumes from it when "
@@ -123,18 +130,47 @@ def _describe_benchmark(path: Path) -> dict[str, Any]:
     """A benchmark directory (a folder per data set, each with its ``summary.json``) or one
     data set's folder of it: each data set's shape after QC and its generators' verdicts."""
     one = (path / "summary.json").is_file()
+    folders = [path] if one else sorted({p.parent for p in path.glob("*/summary.json")} |
+                                        {p.parent.parent for p in path.glob("*/results/*.json")})
+    running = RunLock(path, path=path / BENCHMARK_LOCK).held_by_a_live_process()
     datasets = {}
-    for summary in [path / "summary.json"] if one else sorted(path.glob("*/summary.json")):
-        s = _json(summary)
-        datasets[summary.parent.name] = {**s.get("shape", {}), "generators": ", ".join(
+    for folder in folders:
+        if not (folder / "summary.json").is_file():  # stopped (or still going) before its end
+            kept = sorted(p.stem for p in (folder / "results").glob("*.json")
+                          if p.stem != "floor")
+            datasets[folder.name] = {"status": "not finished" + (
+                " (the benchmark is running)" if running else
+                " (the benchmark was stopped; the same command reuses the results kept of "
+                + (", ".join(kept) if kept else "none of its generators") + " and fits the rest)")}
+            continue
+        s = _json(folder / "summary.json")
+        datasets[folder.name] = {**s.get("shape", {}), "generators": ", ".join(
             name for name in s.get("rows", {}) if name != "real vs real"),
             "verdicts": s.get("verdicts", [])}
     page = path.parent / "RESULTS.md" if one else path / "RESULTS.md"
     out: dict[str, Any] = {"kind": "benchmark data set" if one else "benchmark",
                            "path": str(path), "datasets": datasets}
+    if running:
+        out["status"] = "running: another process is writing it"
     if page.is_file():
         out["results"] = str(page)
     return out
+
+
+def _fit_underway(path: Path) -> str:
+    """Why the model directory ``path`` is not there yet, in words, when ``cellsynth fit --out
+    PATH`` left something beside it ("" when it did not): the lock of a fit still writing it,
+    or a stopped fit's training checkpoint (``pipeline.fit.lock_path`` and ``checkpoint_dir``
+    name them)."""
+    lock = RunLock(path, path=path.parent / f".{path.name}.lock", what="cellsynth fit")
+    if lock.path.is_file() and lock.held_by_a_live_process():
+        return (f"{path} does not exist yet: a `cellsynth fit` writing it is still running; "
+                "wait for it to end")
+    if (path.parent / f".{path.name}.checkpoint").is_dir():
+        return (f"{path} does not exist: a stopped `cellsynth fit --out {path}` left its "
+                f"training checkpoint in .{path.name}.checkpoint beside it; rerun that fit to "
+                "resume it")
+    return ""
 
 
 def _describe_model(path: Path) -> dict[str, Any]:
