@@ -210,15 +210,18 @@ def test_a_terminated_command_says_so_and_leaves_no_partial_file(tmp_path, signu
     import time
 
     out = tmp_path / "atlas.h5ad"
+    # not ignored in the command, as it would be if these tests ran in a script's background
+    # job (a signal ignored at start stays ignored)
+    sig = getattr(signal, signum)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cellsynth.cli", "simulate", "--cells", "5000000", "--genes",
-         "2000", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+         "2000", "--out", str(out)], stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(tmp_path.iterdir()) and time.time() < deadline:  # writing has begun
         time.sleep(0.2)
-    proc.send_signal(getattr(signal, signum))
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    sig = getattr(signal, signum)
     assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
     assert ("interrupted" if sig == signal.SIGINT else "terminated by SIGTERM") in err
     assert "partial outputs removed" in err and "Traceback" not in err

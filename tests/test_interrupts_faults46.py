@@ -182,3 +182,28 @@ def test_info_on_the_model_directory_of_a_stopped_fit_names_its_checkpoint(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    """`nohup cellsynth run ... &` was stopped by the SIGHUP of a closed terminal or SSH
+    session (the command's handler replaced the ignore nohup set: a day's run lost), and a
+    script's background `cellsynth run ... &` by the Ctrl-C meant for its foreground job. A
+    signal ignored when the command starts stays ignored; one that is not still stops it."""
+    import os
+    import signal
+    import time
+
+    from cellsynth import cli
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with cli._terminations():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing is raised
+            time.sleep(0.05)
+            assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

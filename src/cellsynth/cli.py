@@ -379,11 +379,15 @@ class _Signals:
 @contextlib.contextmanager
 def _terminations() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` / :class:`_Terminated` within the
-    block, and again while it has not ended (:class:`_Signals`; main thread only)."""
+    block, and again while it has not ended (:class:`_Signals`; main thread only). A signal
+    the command was started with ignored stays ignored: SIGHUP under ``nohup`` (a closed
+    terminal or SSH session must not stop it), SIGINT in a script's background job (Ctrl-C is
+    meant for the job in the foreground)."""
     import signal
     import threading
 
-    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+             and signal.getsignal(getattr(signal, n)) is not signal.SIG_IGN]  # fmt: skip
     if threading.current_thread() is not threading.main_thread():
         yield
         return
