@@ -207,3 +207,40 @@ def test_a_signal_ignored_at_start_stays_ignored() -> None:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_the_lock_of_a_killed_run_is_stale_once_its_pid_is_another_process(
+        tmp_path: Path, caplog) -> None:  # fmt: skip
+    """A run killed (SIGKILL, out of memory, the machine restarted) left run.lock naming its pid;
+    once that pid was another process's (reused, as pids are after a restart or in a
+    container), every rerun was refused as "in use by another cellsynth run" though none ran.
+    The lock names which process holds the pid (its start time) and this boot of the machine;
+    a lock of another process or boot is taken over with a warning, a live one still refuses."""
+    import json
+    import logging
+
+    import pytest
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.runtime import RunLock, _process_start
+
+    proc = _held_by_a_live_process(tmp_path / "run.lock")  # its pid runs on
+    try:
+        held = json.loads((tmp_path / "run.lock").read_text())
+        right = {**held, "process_start": _process_start(proc.pid)}
+        (tmp_path / "run.lock").write_text(json.dumps(right))
+        with pytest.raises(CellsynthError, match=f"in use by another cellsynth run \\(process "
+                                                 f"{proc.pid}"):  # fmt: skip
+            RunLock(tmp_path).acquire()
+        for stale in ({**right, "process_start": "1"}, {**right, "boot": "another-boot"}):
+            (tmp_path / "run.lock").write_text(json.dumps(stale))
+            lock = RunLock(tmp_path)
+            with caplog.at_level(logging.WARNING):
+                lock.acquire()
+            assert f"taking over the stale lock {tmp_path / 'run.lock'} of process {proc.pid}" \
+                in caplog.text
+            lock.release()
+            assert not (tmp_path / "run.lock").exists()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -256,7 +256,10 @@ class RunLock:
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": platform.node(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              # which process that pid is: after a reboot or once the pid is reused by another
+              # process, the lock of a killed run is stale although its pid runs
+              "boot": _boot_id(), "process_start": _process_start(os.getpid())}  # fmt: skip
         for _attempt in range(5):
             if self._create(me):
                 self.held = True
@@ -332,13 +335,18 @@ class RunLock:
             return True  # cannot tell: never take another machine's lock
         if other["pid"] == os.getpid():
             return False  # this process's own lock, left by a run that did not release it
+        boot = _boot_id()
+        if other.get("boot") and boot and other["boot"] != boot:
+            return False  # taken before the machine restarted: that process is gone
         try:
             os.kill(other["pid"], 0)
         except ProcessLookupError:
             return False
         except PermissionError:  # another user's process
-            return True
-        return True
+            pass
+        start = _process_start(other["pid"])
+        # the pid is another process's now (started after the lock was taken)
+        return not (other.get("process_start") and start and other["process_start"] != start)
 
     def release(self) -> None:
         if not self.held:
@@ -348,6 +356,24 @@ class RunLock:
         if other is not None and other.get("pid") == os.getpid() and \
                 other.get("host") == platform.node():
             self.path.unlink(missing_ok=True)
+
+
+def _boot_id() -> str | None:
+    """This boot of the machine (Linux's ``boot_id``), None where it cannot be read."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat``'s 22nd
+    field): with the pid, which process it is. None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]  # fields after the name: state is 3rd
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def environment() -> dict[str, str]:
