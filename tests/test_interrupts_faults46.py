@@ -244,3 +244,31 @@ def test_the_lock_of_a_killed_run_is_stale_once_its_pid_is_another_process(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_report_of_an_unfinished_run_says_so_first(tmp_path: Path) -> None:
+    """A finished run rerun with another generator setting and stopped during its experiments:
+    `cellsynth report` wrote a page of the earlier generator's scores beside the new
+    generator's settings, its only sign a 'failed' row deep in the stage table. The page now
+    says first which stages are not done and what a rerun does, and the command warns."""
+    import json
+
+    from cellsynth.report.html import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stages = {"data": {"status": "done"}, "generator": {"status": "done"},
+              "experiments": {"status": "failed", "reason": "interrupted (Ctrl-C)"},
+              "evaluation": {"status": "stale"}}  # fmt: skip
+    (run / "manifest.json").write_text(json.dumps({"stages": stages}))
+    (run / "config.toml").write_text("")
+    page = write_report(run).read_text()
+    top = page[:page.index("<nav>")]
+    assert "This run is not finished: stage(s) experiments (failed: interrupted (Ctrl-C)), " \
+           "evaluation (stale)" in top
+    assert "Run the same cellsynth run again" in top
+    for entry in stages.values():
+        entry.update(status="done", reason=None)
+    (run / "manifest.json").write_text(json.dumps({"stages": stages}))
+    page = write_report(run).read_text()
+    assert "not finished" not in page[:page.index("<nav>")]

@@ -389,8 +389,41 @@ def render_report(run_dir: str | Path) -> str:
         f"<script>{_SCRIPT}</script></head><body>"
         f"<h1>cellsynth report: {_e(name)}</h1>"
         f'<p class="muted">Written by <code>cellsynth report</code> on {_e(now)}.</p>'
-        f"<nav>{nav}</nav>" + "".join(body) + "</body></html>\n"
+        + _unfinished(run) + f"<nav>{nav}</nav>" + "".join(body) + "</body></html>\n"
     )
+
+
+def _unfinished(run: _Run) -> str:
+    """A note at the top when the run's stages are not all done (:func:`unfinished_text`)."""
+    text = unfinished_text(run)
+    return _note(text) if text else ""
+
+
+def unfinished_text(run: _Run) -> str:
+    """What a report of a run whose stages are not all done must say first: a run going on, or
+    one stopped (a rerun after a change interrupted), whose sections would otherwise show an
+    earlier run's results beside this run's settings and generator without a word ("" when
+    every stage is done)."""
+    from ..runtime import RunLock
+
+    stages = (run.json("manifest.json") or {}).get("stages")
+    if not isinstance(stages, dict):
+        return ""
+    left = {name: entry for name, entry in stages.items()
+            if isinstance(entry, dict) and entry.get("status") != "done"}
+    if not left:
+        return ""
+    named = ", ".join(f"{name} ({entry.get('status')}"
+                      + (f": {entry['reason']}" if entry.get("reason") else "") + ")"
+                      for name, entry in left.items())  # fmt: skip
+    if RunLock(run.root).held_by_a_live_process():
+        return (f"A cellsynth run is writing this directory now: stage(s) {named} not done "
+                "yet, so their sections show an earlier run's results or none. Write the "
+                "report again when the run has finished.")
+    return (f"This run is not finished: stage(s) {named} have not run to the end since its "
+            "settings or data last changed, so their sections show an earlier run's results "
+            "(beside this run's settings) or none. Run the same cellsynth run again to bring "
+            "them up to date.")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -422,6 +455,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = check_file_out(out if out is not None else run_dir / "report.html", "an HTML report",
                           report_html, suffixes=(".html", ".htm"))
     page = render_report(run_dir)
+    unfinished = unfinished_text(_Run(run_dir))
+    if unfinished:  # said on the console too, not only inside the page
+        logger.warning("report of %s: %s", run_dir, unfinished)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, page)  # atomic: a temporary file renamed, removed on error
     logger.info("report: %s", path)
