@@ -11,8 +11,6 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-CLI = [sys.executable, "-m", "cellsynth.cli"]
-
 
 def _dead_pid() -> int:
     """The id of a process that has ended."""
@@ -93,25 +91,25 @@ def test_a_second_fit_into_one_model_directory_is_refused_while_the_first_runs(
     """Two `cellsynth fit --out M` at once both trained, into one training checkpoint (each
     overwrote the other's, so a kill resumed neither), and each saved M: one's run_config.toml
     could land beside the other's weights. The second is refused at once, naming the first."""
+    import pytest
+
+    from cellsynth.config import RunConfig
+    from cellsynth.errors import CellsynthError
+    from cellsynth.pipeline.fit import fit_model
+
     data = _counts(tmp_path / "d.h5ad")
     out = tmp_path / "model"
     proc = _held_by_a_live_process(tmp_path / ".model.lock")
     try:
-        done = subprocess.run([*CLI, "fit", str(data), "--label-key", "cell_type", "--out",
-                               str(out), "--model", "nb", "--quiet"],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        with pytest.raises(CellsynthError, match=f"in use by another cellsynth fit \\(process "
+                                                 f"{proc.pid}"):  # fmt: skip
+            fit_model(RunConfig(), data, "cell_type", out, model="nb")
     finally:
         proc.kill()
         proc.wait()
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert f"in use by another cellsynth fit (process {proc.pid}" in done.stderr
     assert not out.exists()
     # its process gone, the lock is taken over, and a finished fit leaves no lock behind
-    done = subprocess.run([*CLI, "fit", str(data), "--label-key", "cell_type", "--out",
-                           str(out), "--model", "nb", "--quiet"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    fit_model(RunConfig(), data, "cell_type", out, model="nb")
     assert (out / "run_config.toml").is_file() and not (tmp_path / ".model.lock").exists()
 
 
