@@ -177,8 +177,9 @@ def test_config_show_maps_the_old_model_name_with_a_warning(capsys):
     assert 'model = "reference"' in out and "renamed 'reference'" in err
 
 
-def test_a_stopped_command_says_what_a_rerun_does():
+def test_a_stopped_command_says_what_a_rerun_does(tmp_path, monkeypatch):
     """Only a run resumes; fit and generate start again; a benchmark reuses what it finished."""
+    monkeypatch.chdir(tmp_path)
     def after(*argv):
         return cli._after_stop(cli.build_parser().parse_args(list(argv)))
 
@@ -188,6 +189,7 @@ def test_a_stopped_command_says_what_a_rerun_does():
         assert "does not resume: the same command starts again" in after(*argv)
         assert "resume)" not in after(*argv)
     # the cvae (the default model) checkpoints its training: the same command resumes it
+    (tmp_path / ".m.checkpoint").mkdir()
     assert "resumes from it" in after("fit", "a.h5ad", "--label-key", "t", "--out", "m")
     assert "reuses them" in after("benchmark", "--data", "a.h5ad", "--out", "b")
     assert after("simulate", "--out", "a.h5ad") == "partial outputs removed"  # nothing kept

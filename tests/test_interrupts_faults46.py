@@ -270,3 +270,16 @@ def test_the_report_of_an_unfinished_run_says_so_first(tmp_path: Path) -> None:
     (run / "manifest.json").write_text(json.dumps({"stages": stages}))
     page = write_report(run).read_text()
     assert "not finished" not in page[:page.index("<nav>")]
+
+
+def test_a_stopped_fit_names_a_checkpoint_only_when_one_was_kept(tmp_path: Path) -> None:
+    """A `cellsynth fit` (cvae) stopped before its first checkpoint said its checkpoint was kept
+    and that the same command resumes from it: none was, and the rerun starts again."""
+    import argparse
+
+    from cellsynth import cli
+
+    args = argparse.Namespace(command="fit", out=str(tmp_path / "model"), model=None)
+    assert "does not resume: the same command starts again" in cli._after_stop(args)
+    (tmp_path / ".model.checkpoint").mkdir()
+    assert "checkpoint is kept beside --out: the same command resumes" in cli._after_stop(args)

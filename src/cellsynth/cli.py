@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -508,7 +509,10 @@ def _rerun(args: argparse.Namespace) -> str:
     if args.command == "benchmark":
         return (" (the generators it finished are kept: the same command reuses them and "
                 "fits the others)")
-    if args.command == "fit" and getattr(args, "model", None) in (None, "cvae"):
+    out = Path(os.path.expanduser(str(args.out))) if args.command == "fit" else None
+    # pipeline.fit.checkpoint_dir's folder, none before the first epochs were saved
+    if out is not None and getattr(args, "model", None) in (None, "cvae") and \
+            (out.parent / f".{out.name}.checkpoint").is_dir():
         return (" (the cvae's last training checkpoint is kept beside --out: the same command "
                 "resumes from it)")
     if args.command in ("fit", "generate"):
