@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 
@@ -283,3 +284,39 @@ def test_a_stopped_fit_names_a_checkpoint_only_when_one_was_kept(tmp_path: Path)
     assert "does not resume: the same command starts again" in cli._after_stop(args)
     (tmp_path / ".model.checkpoint").mkdir()
     assert "checkpoint is kept beside --out: the same command resumes" in cli._after_stop(args)
+
+
+def test_every_table_is_written_through_the_atomic_writer():
+    """evaluate's per_type.csv (and a run's other tables) were written in place by to_csv: a
+    kill, or a second evaluate into one --out, mid-write left half a table or rows of two."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "cellsynth"
+    direct = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "to_csv" and node.args):  # to_csv(PATH): in place
+                direct.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert not direct, f"write tables with outputs.write_csv, not to_csv(path): {direct}"
+
+
+def test_write_csv_leaves_the_table_whole_when_writing_fails(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from cellsynth import outputs
+    from cellsynth.errors import CellsynthError
+
+    path = tmp_path / "per_type.csv"
+    outputs.write_csv(path, pd.DataFrame({"a": [1, 2]}), index=False)
+    assert path.read_text() == "a\n1\n2\n"
+
+    def broken(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(CellsynthError, match="left as it was"):
+        outputs.write_csv(path, pd.DataFrame({"a": [3]}), index=False)
+    monkeypatch.undo()
+    assert path.read_text() == "a\n1\n2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per_type.csv"]

@@ -195,6 +195,12 @@ def size_text(n: float) -> str:
     return f"{n:,.0f} bytes"
 
 
+def write_csv(path: Path, frame: Any, **kwargs: Any) -> None:
+    """``frame.to_csv(path, **kwargs)`` written atomically (:func:`write_text`): a kill or a
+    second writer mid-write never leaves half a table, or rows of two."""
+    write_text(path, frame.to_csv(**kwargs))
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically: into ``PATH.<pid>@<host>.<random>.tmp``, then renamed
     to ``path`` (:func:`replaced`). A failure or a kill mid-write leaves ``path`` as it was."""

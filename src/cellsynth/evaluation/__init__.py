@@ -35,7 +35,7 @@ from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict
 from ..metrics.verdict_text import per_type_table, verdict_lines
-from ..outputs import check_out_dir, enclosing_run, write_json, write_text
+from ..outputs import check_out_dir, enclosing_run, write_csv, write_json, write_text
 from ..seeds import checked_seed, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,
@@ -459,7 +459,7 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
                       "The scores below do not measure generation: do not read them as a "
                       "success.", ""]
     if result.get("per_type"):
-        pd.DataFrame(result["per_type"]).to_csv(out / "per_type.csv", index=False)
+        write_csv(out / "per_type.csv", pd.DataFrame(result["per_type"]), index=False)
     else:  # an earlier evaluation's table would be read as this one's
         (out / "per_type.csv").unlink(missing_ok=True)
     path = out / "fidelity.md"

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from ..classify.xgb import Classifier
 from ..errors import DataError
 from ..options import progress_bar
-from ..outputs import write_json
+from ..outputs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +304,8 @@ def write_shap(result: ShapResult, directory: Path, *, split: str = "test") -> N
     (``split``: which cells were explained, recorded there)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    result.pc_importance.to_csv(directory / "shap_pcs.csv", index=False)
-    result.gene_importance.to_csv(directory / "shap_genes.csv", index=False)
+    write_csv(directory / "shap_pcs.csv", result.pc_importance, index=False)
+    write_csv(directory / "shap_genes.csv", result.gene_importance, index=False)
     plot_name = f"shap_{_safe_name(result.cell_type)}.png"
     plot_shap(result, directory / plot_name)
     summary = {

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..errors import DataError
-from ..outputs import write_json
+from ..outputs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +228,9 @@ def write_report(report: Mapping[str, Any], directory: Path, name: str) -> None:
         [{"label": label, **values} for label, values in report["per_class"].items()],
         columns=["label", "precision", "recall", "f1", "support"],
     )
-    per_class.to_csv(directory / f"{name}_per_class.csv", index=False)
+    write_csv(directory / f"{name}_per_class.csv", per_class, index=False)
     labels = report["labels"]
     confusion = pd.DataFrame(report["confusion"], index=labels, columns=labels)
     confusion.index.name = "true\\predicted"
-    confusion.to_csv(directory / f"{name}_confusion.csv")
+    write_csv(directory / f"{name}_confusion.csv", confusion)
     logger.info("wrote %s report (%d classes) to %s", name, len(labels), directory)

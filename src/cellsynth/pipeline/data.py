@@ -22,7 +22,7 @@ from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
 from ..errors import DataError, listed
 from ..features.pca import PCAModel, fit_pca
-from ..outputs import write_json
+from ..outputs import write_csv, write_json
 from .context import RunContext
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
             "cells_per_type_after": report.cells_per_type_after,
             "n_cells": cells.n_obs, "n_genes": cells.n_vars, "has_counts": cells.has_counts,
         })  # fmt: skip
-        pd.DataFrame(report.steps).to_csv(d / "qc_steps.csv", index=False)
-        cells.obs[[ctx.label_key, K.SPLIT]].to_csv(d / "cells.csv", index_label="cell")
+        write_csv(d / "qc_steps.csv", pd.DataFrame(report.steps), index=False)
+        write_csv(d / "cells.csv", cells.obs[[ctx.label_key, K.SPLIT]], index_label="cell")
         write_json(d / "data_groups.json", groups)
         entry.update(cells=cells.n_obs, genes=cells.n_vars,
                      types=int(cells.obs[ctx.label_key].nunique()))

@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..explain.shap import explain_type, write_shap
 from ..features.pca import PCAModel
 from ..metrics.privacy import donor_values
-from ..outputs import write_json
+from ..outputs import write_csv, write_json
 from .context import RunContext
 from .data import Split
 
@@ -159,8 +159,9 @@ def _judged(ctx: RunContext, space: Any, result: dict[str, Any], real: tuple, sy
     typewise = out["typewise"] if "per_type" in out["typewise"] else None
     v = fidelity_verdict(result["synthetic_vs_real"], result["real_vs_real"], genes=genes,
                          typewise=typewise, memorisation=result["memorisation"])  # fmt: skip
-    per_type_table(result["synthetic_vs_real"], result["real_vs_real"], verdicts=v, genes=genes,
-                   typewise=typewise).to_csv(ctx.path("metrics", "per_type.csv"))
+    write_csv(ctx.path("metrics", "per_type.csv"),
+              per_type_table(result["synthetic_vs_real"], result["real_vs_real"], verdicts=v,
+                             genes=genes, typewise=typewise))
     for line in verdict_lines(v, privacy=result.get("privacy")):
         logger.info("%s", line)
     return {**out, "verdict": v}
@@ -242,9 +243,9 @@ def _write_umap(ctx: RunContext, z_real: np.ndarray, z_syn: np.ndarray, cells: l
     except ValueError as exc:  # a few cells apart from the rest leave umap-learn no graph
         logger.warning("UMAP skipped: umap-learn could not embed %d cells (%s)", len(z), exc)
         return
-    pd.DataFrame({
+    write_csv(ctx.path("features", "umap.csv"), pd.DataFrame({
         "cell": cells,
         "origin": ["real"] * len(z_real) + ["synthetic"] * len(z_syn),
         "label": labels,
         "x": emb[:, 0], "y": emb[:, 1],
-    }).to_csv(ctx.path("features", "umap.csv"), index=False)  # fmt: skip
+    }), index=False)  # fmt: skip
