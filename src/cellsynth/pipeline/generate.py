@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..data.labels import missing_labels
-from ..data.levels import ANY_LEVEL, LevelLookup, level_text
+from ..data.levels import ANY_LEVEL, LevelLookup, level_text, loose_name
 from ..errors import DataError, listed
 from ..models.base import writable_uns
 from ..models.registry import load_generator
@@ -22,11 +22,19 @@ from .output import check_disk, write_cells
 logger = logging.getLogger(__name__)
 
 
-def parse_where(text: str) -> dict[str, str]:
-    """``"condition=stim,donor=D7"`` -> ``{"condition": "stim", "donor": "D7"}`` (a level with
-    a comma or ``=`` goes in a request file instead)."""
+def parse_where(text: str, levels: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """``"condition=stim,donor=D7"`` -> ``{"condition": "stim", "donor": "D7"}``. With the
+    model's ``levels`` (covariate -> its trained levels), a level holding ``,`` (or ``=``) is
+    read whole where it is one of them (``"condition=IFN-b, 10 ng"``), as ``--types`` reads a
+    type holding a comma; a level with a comma the model never saw goes in a request file."""
+    items: list[str] = []
+    for piece in text.split(","):
+        if items and levels and _continues(items[-1], piece, levels):
+            items[-1] += "," + piece  # the comma was inside the previous item's level
+        else:
+            items.append(piece)
     out: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
+    for item in filter(None, (p.strip() for p in items)):
         key, sep, level = item.partition("=")
         if not sep or not key.strip() or not level.strip():
             raise DataError(f"--where expects COVARIATE=LEVEL[,COVARIATE=LEVEL...], got {item!r}; "
@@ -38,6 +46,16 @@ def parse_where(text: str) -> dict[str, str]:
         raise DataError("--where is empty; give COVARIATE=LEVEL[,COVARIATE=LEVEL...] or leave "
                         "it out")
     return out
+
+
+def _continues(item: str, piece: str, levels: dict[str, list[str]]) -> bool:
+    """Whether ``piece``, the text after a comma, goes on the level of ``item`` (``KEY=LEVEL``
+    so far): ``item``'s covariate has a level that starts with both, joined by that comma."""
+    key, sep, level = item.partition("=")
+    if not sep or key.strip() not in levels:
+        return False
+    start = loose_name(f"{level},{piece}")
+    return any(loose_name(known).startswith(start) for known in levels[key.strip()])
 
 
 def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
@@ -327,7 +345,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
                         "no --request table: give the cells per type with --types "
                         "'TYPE=N,...' (or --n-per-type, --like)")
     if where is not None and (request is not None or like is not None):
-        keys = ", ".join(repr(k) for k in parse_where(where))
+        keys = ", ".join(repr(k) for k in parse_where(where, design.levels))
         raise DataError(f"--request {request} takes the covariate levels from its columns: add "
                         f"the column(s) {keys} to {request} with the level on each row, or drop "
                         "--where" if request is not None else
@@ -349,5 +367,5 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
         ask = dict.fromkeys(gen.labels, n_per_type) if n_per_type is not None else types
     kwargs: dict[str, Any] = {}
     if design is not None:
-        kwargs.update(where=parse_where(where) if where is not None else None)
+        kwargs.update(where=parse_where(where, design.levels) if where is not None else None)
     return ask, kwargs

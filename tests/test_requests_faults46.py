@@ -1,0 +1,55 @@
+"""Generation requests misused (session 46's sweep): levels that hold commas on the command
+line, request tables written with an index column or spaced headers, and a request table given
+as ``--like``."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cellsynth.cli import main
+from test_covariates import _design_atlas
+
+STIM = "IFN-b, 10=ng"  # a level holding ',' and '='
+
+
+@pytest.fixture(scope="module")
+def comma_model(tmp_path_factory):
+    """An nb model (fast: fitted by moments) on a condition whose stim level holds ',' and
+    '=', saved; and its atlas's path."""
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=2)
+    a.obs["condition"] = pd.Categorical(a.obs["condition"].astype(str).replace({"stim": STIM}))
+    folder = tmp_path_factory.mktemp("requests46")
+    a.write_h5ad(folder / "atlas.h5ad")
+    model = NegBinBaseline(covariate_keys=["condition", "donor"])
+    model.fit(a, "cell_type")
+    model.save(folder / "model")
+    return folder / "model", folder / "atlas.h5ad"
+
+
+def _generated(path) -> pd.DataFrame:
+    import anndata as ad
+
+    return ad.read_h5ad(path).obs
+
+
+def test_where_reads_a_level_holding_a_comma_whole(comma_model, tmp_path, capsys):
+    """``--where 'condition=IFN-b, 10=ng'`` was split at the comma: 'IFN-b' was called unknown
+    beside a list of levels that read "IFN-b, 10=ng, ctrl"."""
+    from cellsynth.pipeline.generate import parse_where
+
+    model, _ = comma_model
+    levels = {"condition": [STIM, "ctrl"], "donor": ["d1", "d2"]}
+    assert parse_where(f"condition={STIM},donor=d1", levels) == {"condition": STIM,
+                                                                 "donor": "d1"}
+    assert parse_where("condition=ctrl, donor=d2", levels) == {"condition": "ctrl",
+                                                               "donor": "d2"}
+    out = tmp_path / "stim.h5ad"
+    assert main(["generate", str(model), "--types", "type_01=6", "--where",
+                 f"condition={STIM}", "--out", str(out), "--quiet"]) == 0
+    assert (_generated(out)["condition"] == STIM).all()
+    assert main(["generate", str(model), "--types", "type_01=6", "--where", "condition=IFN-b",
+                 "--out", str(out), "--quiet"]) == 2
+    assert f"seen: {STIM}; ctrl" in capsys.readouterr().err  # where one level ends
