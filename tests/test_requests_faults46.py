@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from cellsynth.cli import main
+from cellsynth.errors import DataError
 from test_covariates import _design_atlas
 
 STIM = "IFN-b, 10=ng"  # a level holding ',' and '='
@@ -53,3 +54,33 @@ def test_where_reads_a_level_holding_a_comma_whole(comma_model, tmp_path, capsys
     assert main(["generate", str(model), "--types", "type_01=6", "--where", "condition=IFN-b",
                  "--out", str(out), "--quiet"]) == 2
     assert f"seen: {STIM}; ctrl" in capsys.readouterr().err  # where one level ends
+
+
+def test_a_request_written_with_its_index_or_spaced_headers(comma_model, tmp_path):
+    """A table saved by ``to_csv`` with its index (a first column without a name) was read as
+    asking for a covariate '' ("refit with --covariates ;"), read back by pandas as one named
+    'Unnamed: 0'; a header "n " was not the column n."""
+    from cellsynth.models.registry import load_generator
+    from cellsynth.pipeline.generate import read_request
+
+    model, _ = comma_model
+    table = pd.DataFrame({"cell_type": ["type_01", "type_02"], "condition": ["ctrl", STIM],
+                          "n": [5, 3]})
+    for name, sep in (("idx.csv", ","), ("idx.tsv", "\t")):
+        table.to_csv(tmp_path / name, sep=sep)
+        with pytest.raises(DataError, match=r"column 1 of the header \(line 1\) has no name.*"
+                                            r"to_csv\(\.\.\., index=False\)"):
+            read_request(tmp_path / name, "cell_type")
+    (tmp_path / "tail.tsv").write_text("cell_type\tn\t\ntype_01\t5\t\n")
+    with pytest.raises(DataError, match="column 3 of the header"):
+        read_request(tmp_path / "tail.tsv", "cell_type")
+    (tmp_path / "spaced.tsv").write_text("cell_type \tcondition\t n\ntype_01\tctrl\t5\n")
+    assert list(read_request(tmp_path / "spaced.tsv", "cell_type").columns) == [
+        "cell_type", "condition", "n"]
+    gen = load_generator(model)
+    with pytest.raises(DataError, match=r"column without a name \('Unnamed: 0'\).*index_col=0"):
+        gen.plan(pd.read_csv(tmp_path / "idx.csv"))
+    with pytest.raises(DataError, match=r"its index is 'cell_type': request.reset_index\(\)"):
+        gen.plan(table.set_index("cell_type"))
+    plan, _ = gen.plan(pd.read_csv(tmp_path / "idx.csv", index_col=0))
+    assert sum(n for _, _, n in plan) == 8

@@ -374,8 +374,16 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
                             "the level on each row (request[name] = level) and leave out where=")
         missing = [c for c in (label_key, "n") if c not in request.columns]
         if missing:
+            index = [c for c in missing if c in request.index.names]
+            hint = (f" (its index is {index[0]!r}: request.reset_index())" if index else "")
             raise DataError(f"the request table needs the columns {label_key!r} and 'n'; "
-                            f"missing {missing}; it has {list(request.columns)}")
+                            f"missing {missing}; it has {list(request.columns)}{hint}")
+        unnamed = [c for c in request.columns
+                   if not str(c).strip() or str(c).startswith("Unnamed: ")]  # fmt: skip
+        if unnamed:
+            raise DataError(f"the request table has a column without a name ({unnamed[0]!r}): "
+                            "the row numbers of a file written by to_csv with its index? Read "
+                            "it with pd.read_csv(..., index_col=0) or drop the column")
         if request.empty:
             raise DataError("the request table has no rows; ask for cells of some types")
         covs = [c for c in request.columns if c not in (label_key, "n")]

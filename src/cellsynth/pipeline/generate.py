@@ -159,7 +159,13 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     if not numbered:
         raise DataError(f"request file {path} is empty; it needs a header line and one row per "
                         "combination")
-    header = numbered[0][1]
+    header = [name.strip() for name in numbered[0][1]]  # "n " is the column n
+    unnamed = [j + 1 for j, name in enumerate(header) if not name]
+    if unnamed:
+        raise DataError(f"request file {path}: column {unnamed[0]} of the header (line "
+                        f"{numbered[0][0]}) has no name ({', '.join(header)}); the row numbers "
+                        "pandas writes unless to_csv(..., index=False), or a separator at the end "
+                        "of the header? Name the column or remove it")
     if len(set(header)) != len(header):
         raise DataError(f"request file {path}: the header names a column twice ({', '.join(header)})")
     rows = numbered[1:]
