@@ -4,6 +4,8 @@ as ``--like``."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -84,3 +86,27 @@ def test_a_request_written_with_its_index_or_spaced_headers(comma_model, tmp_pat
         gen.plan(table.set_index("cell_type"))
     plan, _ = gen.plan(pd.read_csv(tmp_path / "idx.csv", index_col=0))
     assert sum(n for _, _, n in plan) == 8
+
+
+def test_like_given_a_request_table_or_a_file_without_cells(comma_model, tmp_path, capsys):
+    """A request table given as ``--like`` was to be converted to an h5ad with
+    ``sc.read_10x_mtx`` (its BOM hid that it is text); an h5ad without cells was "not data of
+    the same design"."""
+    import anndata as ad
+
+    model, atlas = comma_model
+    out = tmp_path / "twin.h5ad"
+    table = tmp_path / "request.tsv"
+    table.write_bytes(b"\xef\xbb\xbfcell_type\tcondition\tn\r\ntype_01\tctrl\t5\r\n")
+    empty = tmp_path / "empty.h5ad"
+    ad.read_h5ad(atlas)[:0].copy().write_h5ad(empty)
+    text = tmp_path / "table.csv"
+    text.write_bytes(b"\xef\xbb\xbfgene,c1\nA,1\n")
+    for given, said in ((table, f"is a request table .* give it as --request {table}"),
+                        (empty, "has no cells: --like asks for"),
+                        (text, r"is a text file \(a CSV or TSV table\?\)")):
+        assert main(["generate", str(model), "--like", str(given), "--out", str(out),
+                     "--quiet"]) == 2
+        assert re.search(said, capsys.readouterr().err), given
+    assert main(["generate", str(model), "--request", str(table), "--out", str(out),
+                 "--quiet"]) == 0

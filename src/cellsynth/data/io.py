@@ -143,6 +143,7 @@ def _text(path: Path) -> bool:
             text = head[:-3].decode("utf-8")
         except UnicodeDecodeError:
             return False
+    text = text.removeprefix("\ufeff")  # the byte order mark a spreadsheet's export starts with
     return bool(text) and all(c.isprintable() or c in "\t\r\n" for c in text)
 
 

@@ -185,9 +185,14 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
     few of them: the twin has the model's genes, and comparing it with ``path`` needs both."""
     from ..data.store import H5adFile
 
+    _not_a_request_table(path, label_key)
     with H5adFile(path) as h5:
         obs = h5.obs
         theirs = set(map(str, h5.var_names))
+    if not len(obs):
+        raise DataError(f"{path} has no cells: --like asks for as many cells of every type (and "
+                        "covariate levels) as it has; give a file with cells, or the counts as "
+                        "--types or a --request table")
     if genes:
         shared = sum(g in theirs for g in genes)
         if shared < 0.5 * len(genes):
@@ -220,6 +225,23 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
                         for c in cols})
     table = obs.groupby(cols, sort=False).size().reset_index(name="n")
     return table[table["n"] > 0]
+
+
+def _not_a_request_table(path: str | Path, label_key: str) -> None:
+    """Refuse a request table given as ``--like``: a text file whose first line names the
+    label column and ``n`` (it would be called a text file to convert to an h5ad)."""
+    path = Path(path).expanduser()
+    if not path.is_file() or _starts_hdf5(path):
+        return
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            first = f.readline(10_000)
+    except (OSError, UnicodeDecodeError):
+        return
+    names = {name.strip().strip('"') for name in first.replace(",", "\t").split("\t")}
+    if {label_key, "n"} <= names:
+        raise DataError(f"{path} is a request table (its header names '{label_key}' and 'n'), "
+                        f"not an h5ad of cells: give it as --request {path}")
 
 
 def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, **ask: Any) -> int:
