@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,3 +111,28 @@ def test_like_given_a_request_table_or_a_file_without_cells(comma_model, tmp_pat
         assert re.search(said, capsys.readouterr().err), given
     assert main(["generate", str(model), "--request", str(table), "--out", str(out),
                  "--quiet"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_cvae(one_torch_thread):
+    """A CVAE with covariates trained for one epoch (fast: its cells are not judged here)."""
+    from cellsynth.models import CVAE
+
+    a = _design_atlas(seed=3)[:500].copy()
+    model = CVAE(a, label_key="cell_type", covariate_keys=["condition", "donor"])
+    model.train(max_epochs=1, batch_size=128, n_hidden=[16], n_latent=4, select="elbo",
+                min_steps=0, device="cpu", seed=0)
+    return model
+
+
+def test_sample_chunks_checks_its_request_when_called(tiny_cvae):
+    """``sample_chunks`` was a generator function: a level never seen, a bad seed or latent
+    raised only when the first chunk was asked for (after the caller had opened its file)."""
+    for kwargs in ({"where": {"condition": "stimm"}}, {"seed": -1}, {"latent": "gauss"}):
+        with pytest.raises(DataError):
+            tiny_cvae.sample_chunks({"type_01": 3}, **kwargs)  # not iterated
+    chunks = list(tiny_cvae.sample_chunks({"type_01": 3}, where={"condition": "stim"}, seed=4))
+    held = tiny_cvae.sample({"type_01": 3}, where={"condition": "stim"}, seed=4)
+    assert {label for label, _ in chunks} == {"type_01"}
+    streamed = np.vstack([x.toarray() for _, x in chunks])
+    assert (streamed == held.X.toarray()).all()  # the same cells, held or streamed

@@ -115,7 +115,6 @@ class GenerationMixin:
             uns["unseen_combinations"] = unseen
         return writable_uns(uns)  # as the h5ad holds it
 
-    @torch.no_grad()
     def sample_chunks(
         self,
         request: dict[str, int] | pd.DataFrame | list,
@@ -128,17 +127,25 @@ class GenerationMixin:
         (``request`` may also be a :meth:`plan`).
 
         The same seed gives the same counts as :meth:`sample`; memory holds one chunk, so a
-        caller can embed or write the cells as they come (the out-of-core pipeline).
+        caller can embed or write the cells as they come (the out-of-core pipeline). The
+        request, ``latent`` and ``seed`` are checked here, when it is called, not when the
+        first chunk is asked for (after a caller has opened the file it writes, say).
         """
         plan, _ = self.plan(request, where)
         if latent not in ("mixture", "prior"):
             raise DataError(f"latent must be 'mixture' or 'prior', got {latent!r}")
-        module = self._module()
+        self._module()
         self._check_trained("generate cells")
-        module.eval()
+        return self._streamed(plan, np.random.default_rng(checked_seed(seed)), latent)
+
+    @torch.no_grad()
+    def _streamed(self, plan: list[tuple[str, tuple[int, ...], int]], rng: np.random.Generator,
+                  latent: str) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
+        """:meth:`sample_chunks`'s chunks of a checked plan, behind a progress bar."""
+        self._module().eval()
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="CVAE sample", unit="cell")  # fmt: skip
         try:
-            for label, x in self._chunks(plan, np.random.default_rng(checked_seed(seed)), latent):
+            for label, x in self._chunks(plan, rng, latent):
                 yield label, x
                 bar.update(x.shape[0])
         finally:
