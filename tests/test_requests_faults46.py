@@ -136,3 +136,21 @@ def test_sample_chunks_checks_its_request_when_called(tiny_cvae):
     assert {label for label, _ in chunks} == {"type_01"}
     streamed = np.vstack([x.toarray() for _, x in chunks])
     assert (streamed == held.X.toarray()).all()  # the same cells, held or streamed
+
+
+def test_a_spreadsheet_s_empty_rows_are_blank_lines(tmp_path):
+    """Blank lines were skipped, but not a line of spaces ("1 fields where the header has 3")
+    nor a spreadsheet's empty row of separators ("n must be a whole number, got ''")."""
+    from cellsynth.pipeline.generate import read_request
+
+    for name, text in (("spaces.tsv", "cell_type\tcondition\tn\ntype_01\tstim\t3\n   \n"),
+                       ("tabs.tsv", "\t\t\ncell_type\tcondition\tn\r\n\t\t\r\ntype_01\tstim\t3\r\n"
+                                    "\t\t\r\n"),
+                       ("commas.csv", "cell_type,condition,n\n,,\ntype_01,stim,3\n , ,\n")):
+        (tmp_path / name).write_text(text, newline="")
+        table = read_request(tmp_path / name, "cell_type")
+        assert table.to_dict("list") == {"cell_type": ["type_01"], "condition": ["stim"],
+                                         "n": [3]}, name
+    (tmp_path / "blank.tsv").write_text("\t\t\n  \n")
+    with pytest.raises(DataError, match="is empty"):
+        read_request(tmp_path / "blank.tsv", "cell_type")

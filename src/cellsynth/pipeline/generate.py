@@ -137,9 +137,10 @@ def _starts_hdf5(path: Path) -> bool:
 
 
 def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """A request file's header and its non-blank rows with their line numbers, each row with as
-    many fields as the header (a row with one more is not read as holding an index); lines
-    whose first field starts with ``#`` are comments, before the header too."""
+    """A request file's header and its non-blank rows (a blank row: empty, spaces or separators
+    alone) with their line numbers, each row with as many fields as the header (a row with one
+    more is not read as holding an index); lines whose first field starts with ``#`` are
+    comments, before the header too."""
     import csv
 
     try:
@@ -154,8 +155,10 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
                         "save it?): save it as UTF-8 (CSV UTF-8, or tab-separated text)") from None
     except csv.Error as exc:
         raise DataError(f"request file {path} cannot be read as a table: {exc}") from None
+    # a line of spaces or of separators alone (a spreadsheet's empty row: "\t\t", ",,") is
+    # blank, as an empty one is
     numbered = [(i, fields) for i, fields in enumerate(lines, start=1)
-                if fields and not fields[0].lstrip().startswith("#")]  # fmt: skip
+                if any(f.strip() for f in fields) and not fields[0].lstrip().startswith("#")]  # fmt: skip
     if not numbered:
         raise DataError(f"request file {path} is empty; it needs a header line and one row per "
                         "combination")
