@@ -154,3 +154,23 @@ def test_a_spreadsheet_s_empty_rows_are_blank_lines(tmp_path):
     (tmp_path / "blank.tsv").write_text("\t\t\n  \n")
     with pytest.raises(DataError, match="is empty"):
         read_request(tmp_path / "blank.tsv", "cell_type")
+
+
+def test_a_request_the_disk_cannot_hold_does_not_say_it_replaces_the_file(tiny_cvae, tmp_path,
+                                                                          caplog):
+    """``generate`` logged "replacing OUT, an h5ad of cells written earlier" and then refused
+    the request for the disk space, leaving OUT as it was."""
+    import logging
+
+    model = tmp_path / "m"
+    tiny_cvae.save(model)
+    out = tmp_path / "cells.h5ad"
+    assert main(["generate", str(model), "--types", "type_01=5", "--out", str(out),
+                 "--quiet"]) == 0
+    before = out.read_bytes()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert main(["generate", str(model), "--types", f"type_01={10**12}", "--out",
+                     str(out)]) == 2
+    assert out.read_bytes() == before
+    assert "replacing" not in caplog.text

@@ -274,10 +274,10 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
         write_h5ad(syn, out)
         return syn.n_obs
     plan, unseen = gen.plan(req, kwargs.get("where"))
-    _replacing(out)
     n = sum(k for _, _, k in plan)
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     need, chunks = check_disk(gen, plan, out.parent, chunks)
+    _replacing(out)  # once the disk can hold the cells: a refused request leaves it as it was
     logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
                 need / 1e9, out)  # fmt: skip
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
