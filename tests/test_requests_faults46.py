@@ -174,3 +174,20 @@ def test_a_request_the_disk_cannot_hold_does_not_say_it_replaces_the_file(tiny_c
                      str(out)]) == 2
     assert out.read_bytes() == before
     assert "replacing" not in caplog.text
+
+
+def test_a_label_column_called_n_is_refused_with_covariates(tmp_path):
+    """A model with covariates fitted on a label column called 'n' took no request table (its
+    types and counts share the column 'n'), and ``--like`` ended in pandas' traceback "cannot
+    insert n, already exists"."""
+    from cellsynth.models import NegBinBaseline
+    from cellsynth.pipeline.generate import like_request
+
+    a = _design_atlas(seed=4)[:300].copy()
+    a.obs["n"] = a.obs["cell_type"]
+    with pytest.raises(DataError, match=r"label column cannot be called 'n'.*--label-key"):
+        NegBinBaseline(covariate_keys=["condition"]).fit(a, "n")
+    NegBinBaseline().fit(a, "n")  # without covariates a request is {type: n}: allowed
+    a.write_h5ad(tmp_path / "a.h5ad")
+    with pytest.raises(DataError, match="label column is called 'n'"):
+        like_request(tmp_path / "a.h5ad", "n", ["condition"])  # a model saved before

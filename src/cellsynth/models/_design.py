@@ -309,14 +309,20 @@ def _warn_uninformative(key: str, values: pd.Series, labels: np.ndarray) -> None
 
 def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
     """What can be told of covariate columns before any cell is read: distinct, none the label
-    nor ``n``, each in ``obs``, none a number of many values (a run checks this before QC;
-    :meth:`Design.fit` again on the training cells, with their missing values)."""
+    nor ``n`` (nor the label ``n``: a request table has both), each in ``obs``, none a number
+    of many values (a run checks this before QC; :meth:`Design.fit` again on the training
+    cells, with their missing values)."""
     if len(set(keys)) != len(keys) or label_key in keys:
         raise DataError(f"covariates {keys} must be distinct columns other than the label "
                         f"column '{label_key}'")
     if "n" in keys:  # a request table's column of cell counts
         raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
                         "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
+    if label_key == "n" and keys:  # a request table holds the types and the counts
+        raise DataError("with covariates the label column cannot be called 'n' (a request "
+                        "table's column of cell counts, beside one of the types); rename it, "
+                        "e.g. adata.obs.rename(columns={'n': 'cell_type'}), and fit with "
+                        "label_key='cell_type' (--label-key cell_type)")
     for key in keys:
         _not_a_number(_column(obs, key), key)
 

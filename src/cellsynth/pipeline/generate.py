@@ -203,6 +203,10 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
                            "model's genes, so it cannot be compared with %s gene for gene",
                            path, shared, len(genes), path)
     cols = [label_key, *keys]
+    if label_key == "n" and keys:  # a model saved before its fit refused this
+        raise DataError("the model's label column is called 'n', the count column of the table "
+                        "--like makes: refit it with the label column renamed (e.g. "
+                        "adata.obs.rename(columns={'n': 'cell_type'})), or ask with --types")
     if label_key not in obs.columns:
         raise DataError(f"{path} has no obs column '{label_key}', the cell types the model "
                         f"was fitted on; its columns are {list(obs.columns)}: rename its label "
