@@ -340,11 +340,15 @@ def _known_rows(ask: pd.DataFrame, known: dict[str, list[str]], label_key: str,
                 like: str | Path) -> pd.DataFrame:  # fmt: skip
     """A ``--like`` table without the rows whose type or covariate level the model does not
     know (read as a request reads them: spaces, Unicode form, 1 and "1.0"), said in a WARNING
-    per column with the cells left out; an error when no row is left."""
+    per column with the cells left out; an error when no row is left. Each value is named as
+    the model names it, and rows naming one combination are summed."""
     unknown = np.zeros(len(ask), dtype=bool)
+    named = {}  # each value as the model names it: "B " and "B", 1 and "1.0" are one
     for key, levels in known.items():
         values = ask[key].to_numpy(dtype=object)
-        bad = LevelLookup(levels).codes(values) < 0
+        codes = LevelLookup(levels).codes(values)
+        bad = codes < 0
+        named[key] = np.asarray(levels, dtype=object)[np.maximum(codes, 0)]
         if not bad.any():
             continue
         gone = pd.Series(ask["n"].to_numpy()[bad], index=values[bad].astype(str))
@@ -362,7 +366,11 @@ def _known_rows(ask: pd.DataFrame, known: dict[str, list[str]], label_key: str,
                         f"(its {', '.join(known)} against the model's; the model's types: "
                         f"{listed(known[label_key], 20)}): is it data of the same design, with the "
                         "label column the model was fitted on?")
-    return ask[~unknown].reset_index(drop=True)
+    # rows that name one combination alike are one row: the file's cells, not a table a user
+    # wrote twice (which a request refuses)
+    ask = pd.DataFrame({**{k: v[~unknown] for k, v in named.items()},
+                        "n": ask["n"].to_numpy()[~unknown]})
+    return ask.groupby(list(known), sort=False).sum().reset_index()
 
 
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
