@@ -214,3 +214,18 @@ def test_a_twin_sums_the_cells_whose_names_read_alike(comma_model, tmp_path):
                  str(out), "--quiet"]) == 0
     got = _generated(out)[["cell_type", "condition", "donor"]].astype(str).value_counts()
     assert got.sort_index().equals(want.sort_index())
+
+
+def test_a_table_row_as_a_dict_and_counts_as_text_are_named(tiny_cvae):
+    """``sample({"cell_type": "type_01", "n": 2})`` was "unknown cell type 'cell_type'", and a
+    count read as text ("2") was refused as "n must be a positive integer, got '2'"."""
+    with pytest.raises(DataError, match=r"reads as one row of a request table.*"
+                                        r"pd\.DataFrame\(\[row\]\).*\{'type_01': 2\}"):
+        tiny_cvae.sample({"cell_type": "type_01", "condition": "stim", "n": 2})
+    table = pd.DataFrame({"cell_type": ["type_01"], "n": ["2"]})  # read with dtype=str
+    with pytest.raises(DataError, match=r"got '2', text: counts are numbers \(request\['n'\] = "
+                                        r"pd\.to_numeric\(request\['n'\]\)\)"):
+        tiny_cvae.sample(table)
+    with pytest.raises(DataError, match=r"got '2', text: counts are numbers"):
+        tiny_cvae.sample({"type_01": "2"})
+    assert tiny_cvae.sample(table.assign(n=pd.to_numeric(table["n"]))).n_obs == 2

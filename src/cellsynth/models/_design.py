@@ -29,7 +29,7 @@ from ..data.labels import check_spaced_names, missing_labels
 from ..data.levels import ANY_LEVEL, LevelLookup, level_text
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
-from ._training import check_count, known_label, type_counts, whole_count
+from ._training import as_text, check_count, known_label, type_counts, whole_count
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,12 @@ class Design:
                 and all(isinstance(v, list | tuple | np.ndarray | pd.Series)
                         for v in request.values())):  # a dict of columns: a table
             request = pd.DataFrame(request)
+        if (isinstance(request, Mapping) and label_key in request and "n" in request
+                and label_key not in labels):  # fmt: skip
+            raise DataError(f"{dict(request)!r} reads as one row of a request table, not a "
+                            "{type: n} dict: give it as a table, pd.DataFrame([row]), or as "
+                            f"{{{str(request[label_key])!r}: {request['n']!r}}} with where= "
+                            "for the covariate levels")
         request = type_counts(request)
         if where is not None and not isinstance(where, Mapping):
             raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
@@ -407,7 +413,7 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
                                 "it")
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise DataError(f"request row {i + 1} ({shown}): n must be a positive integer, "
-                                f"got {n!r}")
+                                f"got {n!r}{as_text(n, 'request')}")
             if pd.isna(r[label_key]) or not str(r[label_key]).strip():
                 raise DataError(f"request row {i + 1}: no cell type in column {label_key!r}")
             if n == 0:  # a table of counts lists combinations no cell had with 0

@@ -302,12 +302,22 @@ def whole_count(n: Any) -> Any:
     return int(n) if is_whole(n) else n
 
 
+def as_text(n: Any, table: str = "") -> str:
+    """For a count message: where ``n`` is text (``"2"``: a table read as text), that counts are
+    numbers, and how to make a ``table``'s column of them numbers; else ``""``."""
+    if not isinstance(n, str):
+        return ""
+    fix = f"{table}['n'] = pd.to_numeric({table}['n'])" if table else "int(n)"
+    return f", text: counts are numbers ({fix})"
+
+
 def check_count(label: Any, n: Any) -> None:
     """:class:`DataError` unless ``n`` cells of ``label`` is a count one can ask for: a whole
     number (``5.0`` too) from 1 to :data:`MAX_REQUEST`."""
     n = whole_count(n)
     if not is_whole(n) or n <= 0:
-        raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}")
+        raise DataError(f"the count for {label!r} must be a positive integer, got {n!r}"
+                        f"{as_text(n)}")
     if n > MAX_REQUEST:
         raise DataError(f"the count for {label!r} is {n:,} cells, more than one request can "
                         f"hold ({MAX_REQUEST:,}); ask for fewer cells")
