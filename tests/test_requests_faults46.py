@@ -229,3 +229,15 @@ def test_a_table_row_as_a_dict_and_counts_as_text_are_named(tiny_cvae):
     with pytest.raises(DataError, match=r"got '2', text: counts are numbers"):
         tiny_cvae.sample({"type_01": "2"})
     assert tiny_cvae.sample(table.assign(n=pd.to_numeric(table["n"]))).n_obs == 2
+
+
+def test_a_run_s_cells_per_type_are_checked_with_the_config():
+    """``generator.n_per_type_eval = 1e13`` passed the config's check ("[1, inf)") and was
+    refused by the request's only after the data, classifier and generator stages had run."""
+    from cellsynth import config
+    from cellsynth.errors import ConfigError
+
+    for key in ("n_per_type_eval", "n_per_type_train", "n_per_type_val"):
+        with pytest.raises(ConfigError, match=rf"generator\.{key} must be in \[1, 1000000000000\]"):
+            config.load(None, [f"generator.{key}={10**13}"])
+        assert getattr(config.load(None, [f"generator.{key}={10**12}"]).generator, key) == 10**12

@@ -166,11 +166,11 @@ class GeneratorConfig:
     # (the reference project's CVAE on PCA features; "seed" is its old name), "scvi"
     model: Literal["cvae", "nb", "reference", "scvi", "seed"] = "cvae"
     # experiment (b): cells per type scored by the real classifier
-    n_per_type_eval: int = ranged("[1, inf)", 1000)
+    n_per_type_eval: int = ranged("[1, 10**12]", 1000)  # at most MAX_REQUEST a request
     # experiment (c): cells per type to train a classifier on
-    n_per_type_train: int = ranged("[1, inf)", 2000)
+    n_per_type_train: int = ranged("[1, 10**12]", 2000)
     # experiment (c): cells per type for its early stopping
-    n_per_type_val: int = ranged("[1, inf)", 100)
+    n_per_type_val: int = ranged("[1, 10**12]", 100)
 
     def __post_init__(self) -> None:
         self.model = canonical_model(self.model)
