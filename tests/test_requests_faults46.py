@@ -241,3 +241,24 @@ def test_a_run_s_cells_per_type_are_checked_with_the_config():
         with pytest.raises(ConfigError, match=rf"generator\.{key} must be in \[1, 1000000000000\]"):
             config.load(None, [f"generator.{key}={10**13}"])
         assert getattr(config.load(None, [f"generator.{key}={10**12}"]).generator, key) == 10**12
+
+
+def test_a_run_refuses_missing_covariate_levels_before_the_classifier(tmp_path, capsys):
+    """A run conditioning on a covariate with missing values trained the classifier first and
+    was refused by the generator stage (the data's fix then reruns every stage)."""
+    import json
+
+    import numpy as np
+
+    a = _design_atlas(seed=5)[:600].copy()
+    cond = a.obs["condition"].astype(object)
+    cond.iloc[::40] = np.nan
+    a.obs["condition"] = cond
+    a.write_h5ad(tmp_path / "a.h5ad")
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "a.h5ad"), "--label-key", "cell_type", "--out", str(run),
+                 "--quiet", "--set", "generator.model=nb", "--set", "nb.covariates=['condition']",
+                 "--set", "qc.min_genes_per_cell=5"]) == 2
+    assert "covariate 'condition' is missing for" in capsys.readouterr().err
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert set(stages) == {"data"} and not (run / "classifier").exists()

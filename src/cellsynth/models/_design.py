@@ -66,27 +66,9 @@ class Design:
         cells training reads (checked for missing values). ``(Design(), None)`` without keys."""
         if not keys:
             return cls(), None
-        check_columns(obs, keys, label_key)
-        levels = {}
+        levels = training_levels(obs, keys, label_key, train, used)
         for key in keys:
-            col = obs[key]
-            _no_missing(col, used, key)
-            values = col.iloc[train]
-            _not_a_number(values, key)
-            levels[key] = sorted({str(v) for v in level_text(values)})
-            if len(levels[key]) > 1 and len(values) < MIN_CELLS_PER_LEVEL * len(levels[key]):
-                numbers = pd.to_numeric(pd.Series(levels[key]), errors="coerce").notna().all()
-                fix = (f"bin it first, e.g. adata.obs['{key}_bin'] = pd.cut(pd.to_numeric("
-                       f"adata.obs['{key}']), 5).astype(str), and condition on '{key}_bin'"
-                       if numbers else "condition on a column with a few levels (donor, "
-                       "condition, batch)")  # fmt: skip
-                raise DataError(
-                    f"covariate '{key}' has {len(levels[key])} levels in {len(values)} training "
-                    f"cells ({len(values) / len(levels[key]):.1f} a level): too many to learn "
-                    f"each level's effect (at least {MIN_CELLS_PER_LEVEL} cells a level on "
-                    f"average; an identifier of cells or a number?); {fix}")
-            check_spaced_names(levels[key], key, "covariate levels")
-            _warn_uninformative(key, level_text(values), np.asarray(labels)[train])
+            _warn_uninformative(key, level_text(obs[key].iloc[train]), np.asarray(labels)[train])
         design = cls(list(keys), levels)
         codes = design.codes(obs)
         combos = pd.DataFrame(codes[train], columns=keys)
@@ -289,6 +271,36 @@ class Design:
         order = np.argsort(-(exact - counts), kind="stable")
         counts[order[: n - counts.sum()]] += 1  # largest remainders
         return [(c, int(k)) for c, k in zip(combos, counts, strict=True) if k > 0]
+
+
+def training_levels(obs: pd.DataFrame, keys: list[str], label_key: str, train: np.ndarray,
+                    used: np.ndarray) -> dict[str, list[str]]:  # fmt: skip
+    """Each covariate's levels in the training cells ``train`` (positions in ``obs``), sorted,
+    and every refusal of :meth:`Design.fit` (a missing value among the cells training reads,
+    ``used``; a number of many values; too many levels for the cells; levels that differ by
+    spaces) without its warnings: a run checks this once its cells are split, before the
+    classifier trains."""
+    check_columns(obs, keys, label_key)
+    levels = {}
+    for key in keys:
+        col = obs[key]
+        _no_missing(col, used, key)
+        values = col.iloc[train]
+        _not_a_number(values, key)
+        levels[key] = sorted({str(v) for v in level_text(values)})
+        if len(levels[key]) > 1 and len(values) < MIN_CELLS_PER_LEVEL * len(levels[key]):
+            numbers = pd.to_numeric(pd.Series(levels[key]), errors="coerce").notna().all()
+            fix = (f"bin it first, e.g. adata.obs['{key}_bin'] = pd.cut(pd.to_numeric("
+                   f"adata.obs['{key}']), 5).astype(str), and condition on '{key}_bin'"
+                   if numbers else "condition on a column with a few levels (donor, "
+                   "condition, batch)")  # fmt: skip
+            raise DataError(
+                f"covariate '{key}' has {len(levels[key])} levels in {len(values)} training "
+                f"cells ({len(values) / len(levels[key]):.1f} a level): too many to learn "
+                f"each level's effect (at least {MIN_CELLS_PER_LEVEL} cells a level on "
+                f"average; an identifier of cells or a number?); {fix}")
+        check_spaced_names(levels[key], key, "covariate levels")
+    return levels
 
 
 def _warn_uninformative(key: str, values: pd.Series, labels: np.ndarray) -> None:

@@ -197,6 +197,13 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
             f"{n.get('test', 0)} test); the classifier and the generated cells are scored on "
             "test cells: give more cells, or a larger split.test (a type gets a test cell from "
             "about 1 / split.test cells up; see data/qc_steps.csv for what QC removed)")
+    keys = covariates_of(cfg, cfg.generator.model)
+    if keys:  # a missing level, or too many, was found by the generator stage: after the
+        # classifier had trained
+        from ..models._design import training_levels
+
+        train = np.flatnonzero(cells.obs[K.SPLIT].astype(str).to_numpy() == "train")
+        training_levels(cells.obs, keys, ctx.label_key, train, train)
     known = set(cells.labels())
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
