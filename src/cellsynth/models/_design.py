@@ -138,11 +138,14 @@ class Design:
             return [(t, (), n) for t, n in request_pairs(request, labels)], []
         rows = _request_rows(request, where, label_key)
         plan: list[tuple[str, tuple[int, ...], int]] = []
+        # built once a request, not once a row: a twin of an atlas asks for thousands of rows
+        lookups = {key: LevelLookup(self.levels[key]) for key in self.keys}
+        every = [(list(c), k) for rows in self.composition.values() for c, k in rows]
         asked: set[tuple] = set()  # each combination once, however its names were written
         for label, given, n in rows:
             label = known_label(label, labels)
             check_count(label, n)
-            fixed = self._fixed(given)
+            fixed = self._fixed(given, lookups)
             combo = (label, *sorted(fixed.items()))
             if combo in asked:
                 levels = [f"{k}={self.levels[k][c]}" for k, c in
@@ -153,7 +156,7 @@ class Design:
                                 "written two ways); give each "
                                 "combination once, with its total n")
             asked.add(combo)
-            for codes, k in self._spread(label, fixed, whole_count(n)):
+            for codes, k in self._spread(label, fixed, whole_count(n), every):
                 plan.append((label, codes, k))
         return plan, self._unseen(plan, label_key)
 
@@ -183,13 +186,15 @@ class Design:
                 warn: bool = True) -> list[dict[str, str]]:  # fmt: skip
         """The combinations in ``plan`` that no training cell had (a WARNING when any and
         ``warn``)."""
-        unseen = []
+        if not self.keys:
+            return []
+        had = {(label, tuple(c)) for label, rows in self.composition.items() for c, _ in rows}
+        unseen, listed_ = [], set()  # in the plan's order, each once
         for label, codes, _ in plan:
-            if self.keys and not self.seen(label, codes):
-                combo = {label_key: label, **{k: self.levels[k][c] for k, c in
-                                              zip(self.keys, codes, strict=True)}}
-                if combo not in unseen:
-                    unseen.append(combo)
+            if (label, tuple(codes)) not in had and (label, tuple(codes)) not in listed_:
+                listed_.add((label, tuple(codes)))
+                unseen.append({label_key: label, **{k: self.levels[k][c] for k, c in
+                                                    zip(self.keys, codes, strict=True)}})
         if unseen and warn:
             # allowed, but the cells are the model's extrapolation: said even under --quiet
             logger.warning("generating %d combination(s) no training cell had (the model's "
@@ -217,8 +222,10 @@ class Design:
             obs[key] = pd.Categorical.from_codes(codes, categories=self.levels[key])
         return pd.DataFrame(obs)
 
-    def _fixed(self, given: dict[str, Any]) -> dict[int, int]:
-        """Covariate position -> code of the levels a request fixes, checked."""
+    def _fixed(self, given: dict[str, Any],
+               lookups: dict[str, LevelLookup] | None = None) -> dict[int, int]:  # fmt: skip
+        """Covariate position -> code of the levels a request fixes, checked (``lookups``:
+        each covariate's :class:`LevelLookup`, made here when not given)."""
         fixed = {}
         for key, level in given.items():
             if key not in self.keys:
@@ -232,7 +239,7 @@ class Design:
                 raise DataError(f"where= takes one level per covariate; '{key}' was given "
                                 f"{len(level)}: ask for several levels with a request table (one "
                                 "row per type and level, with its n) or one call per level")
-            code = LevelLookup(self.levels[key]).code(level)
+            code = (lookups[key] if lookups else LevelLookup(self.levels[key])).code(level)
             if code < 0 and str(level).strip() == ANY_LEVEL:
                 raise DataError(f"'{ANY_LEVEL}' (any level) is for a request table's cells; in "
                                 f"where= (--where) leave '{key}' out instead: its levels then "
@@ -244,8 +251,9 @@ class Design:
             fixed[self.keys.index(key)] = code
         return fixed
 
-    def _spread(self, label: str, fixed: dict[int, int],
-                n: int) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
+    def _spread(self, label: str, fixed: dict[int, int], n: int,
+                every: list[tuple[list[int], int]] | None = None,
+                ) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
         """``n`` cells over combinations: the fixed levels, the rest as in the type's training
         cells with the fixed levels; where the type has none (a level it never had), as in the
         training cells of every type with them (stim asked of a type seen only in ctrl gets the
@@ -257,7 +265,8 @@ class Design:
             return [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
 
         comp = [(list(c), k) for c, k in self.composition.get(label, [])]
-        every = [(list(c), k) for rows in self.composition.values() for c, k in rows]
+        if every is None:  # every type's combinations, as plan() passes them
+            every = [(list(c), k) for rows in self.composition.values() for c, k in rows]
         weights: dict[tuple[int, ...], int] = {}
         for c, k in matching(comp) or matching(every) or comp:
             key = tuple(fixed.get(i, v) for i, v in enumerate(c))
