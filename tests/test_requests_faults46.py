@@ -287,3 +287,17 @@ def test_a_request_of_thousands_of_combinations_is_planned_in_seconds():
     plan, unseen = design.plan(table, None, types, "cell_type")
     assert time.perf_counter() - start < 10  # 4,500 rows; was 45 s
     assert sum(k for _, _, k in plan) == n and unseen == []
+
+
+def test_where_takes_a_level_as_numpy_writes_one(tiny_cvae):
+    """``where={"condition": np.array("stim")}`` (``np.asarray`` of one value) ended in
+    ``TypeError: len() of unsized object``; a list of one level said it "was given 1"."""
+    import numpy as np
+
+    syn = tiny_cvae.sample({"type_01": 2}, where={"condition": np.array("stim")})
+    assert list(syn.obs["condition"]) == ["stim", "stim"]
+    for one in (["stim"], np.array(["stim"]), {"stim"}):
+        with pytest.raises(DataError, match=r"one level per covariate, itself: 'condition' was "
+                                            r"given a \w+ of it; give where=\{'condition': "
+                                            r"'stim'\}"):
+            tiny_cvae.sample({"type_01": 2}, where={"condition": one})

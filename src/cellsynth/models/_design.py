@@ -235,7 +235,15 @@ class Design:
                 raise DataError(f"the model has no covariate '{key}'{near} ({have}): leave it out of "
                                 f"the request, or refit with '{key}' as a covariate (--covariates "
                                 f"{key}; covariate_keys=[...] in Python) to ask for it")
+            if isinstance(level, np.ndarray) and level.ndim == 0:  # np.asarray of one value
+                level = level.item()
             if isinstance(level, list | tuple | set | np.ndarray | pd.Series):
+                if len(level) == 1:
+                    one = next(iter(level))
+                    one = one.item() if isinstance(one, np.generic) else one
+                    raise DataError(f"where= takes one level per covariate, itself: '{key}' was "
+                                    f"given a {type(level).__name__} of it; give "
+                                    f"where={{{key!r}: {one!r}}}")
                 raise DataError(f"where= takes one level per covariate; '{key}' was given "
                                 f"{len(level)}: ask for several levels with a request table (one "
                                 "row per type and level, with its n) or one call per level")
