@@ -301,3 +301,12 @@ def test_where_takes_a_level_as_numpy_writes_one(tiny_cvae):
                                             r"given a \w+ of it; give where=\{'condition': "
                                             r"'stim'\}"):
             tiny_cvae.sample({"type_01": 2}, where={"condition": one})
+
+
+def test_a_table_cell_holding_several_levels_is_named_as_a_table_s(tiny_cvae):
+    """A request table's cell holding a list of levels was refused as where=: "where= takes one
+    level per covariate", of a request that had no where=."""
+    table = pd.DataFrame({"cell_type": ["type_01"], "condition": [["stim", "ctrl"]], "n": [2]})
+    with pytest.raises(DataError, match=r"request row 1 \(type_01\): one level a cell, but "
+                                        r"'condition' holds \['stim', 'ctrl'\]; give one row"):
+        tiny_cvae.sample(table)

@@ -434,6 +434,12 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
             n = whole_count(r["n"])
             given = {c: r[c] for c in covs if str(r[c]).strip() != ANY_LEVEL}
             shown = ", ".join([str(r[label_key]), *(f"{c}={v}" for c, v in given.items())])
+            several = [c for c, v in given.items()
+                       if isinstance(v, list | tuple | set | np.ndarray | pd.Series)]  # fmt: skip
+            if several:
+                raise DataError(f"request row {i + 1} ({r[label_key]}): one level a cell, but "
+                                f"'{several[0]}' holds {given[several[0]]!r}; give one row per "
+                                "level, each with its n")
             blank = [c for c in given if missing[c][i]]
             if blank:
                 raise DataError(f"request row {i + 1} ({r[label_key]}): no level of "
