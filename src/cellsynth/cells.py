@@ -34,6 +34,7 @@ from .data.io import (
     check_file,
     check_gene_names,
     check_libraries,
+    check_shape,
     check_values,
     check_whole,
     find_counts,
@@ -321,6 +322,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
         check_gene_names(genes, str(source.path), raw=expr.counts == "raw.X")
         logger.info("training on the raw counts in %s (read from disk)", expr.counts)
     else:
+        check_shape(source)  # an AnnData: the checks read() gives a file (no cells, names twice)
         x, genes = training_source(source)
         check_gene_names(genes, raw=not pd.Index(genes).equals(source.var_names))
         x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))

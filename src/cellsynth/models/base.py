@@ -21,7 +21,14 @@ import scipy.sparse as sp
 
 from .. import keys as K
 from ..data.genes import annotated_var, gene_difference
-from ..data.io import check_gene_names, check_libraries, check_values, check_whole, training_source
+from ..data.io import (
+    check_gene_names,
+    check_libraries,
+    check_shape,
+    check_values,
+    check_whole,
+    training_source,
+)
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
 from ..errors import ConfigError, DataError, listed
@@ -136,7 +143,8 @@ def generator_config(config: Any, kind: type, covariate_keys: list[str] | str | 
 def in_memory(data: ad.AnnData | str | Path) -> ad.AnnData:
     """The cells a generator that trains in memory reads: an AnnData as it is, a backed one
     read into memory, an h5ad path read (:func:`~cellsynth.data.io.read`'s checks); anything
-    else a :class:`DataError` naming what was given."""
+    else a :class:`DataError` naming what was given. An AnnData gets the checks a file gets
+    (:func:`~cellsynth.data.io.check_shape`: no cells or genes, duplicate cell or gene names)."""
     if isinstance(data, str | Path):
         from ..data.io import read
 
@@ -147,6 +155,7 @@ def in_memory(data: ad.AnnData | str | Path) -> ad.AnnData:
     if data.isbacked:
         logger.info("reading the %d backed cells into memory", data.n_obs)
         data = data.to_memory()
+    check_shape(data)
     return data
 
 
