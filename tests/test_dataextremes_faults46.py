@@ -4,6 +4,9 @@ Each test fails without its fix."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -53,3 +56,69 @@ def test_fit_on_an_anndata_gets_the_checks_of_a_file(model: str, shape: str, sai
         a.obs_names = ["cell0", *a.obs_names[1:-1], "cell0"]
     with pytest.raises(DataError, match=said.replace("(", r"\(").replace(")", r"\)")):
         _generators()[model]().fit(a, "cell_type")
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """The command line in this process (no second import of torch): exit code and stderr."""
+    from cellsynth import cli
+
+    code = cli.main([*args, "--quiet"])
+    return code, capsys.readouterr().err
+
+
+BINARISED = "holds true/false values (binarised expression"
+WRAPPED = "stored as int8, which holds counts up to 127 only"
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory) -> dict[str, Path]:
+    """The small atlas with X stored as true/false, as int8 wrapped around (counts over 127
+    negative), and with one cell name twice."""
+    folder = tmp_path_factory.mktemp("odd")
+    files = {"atlas": folder / "atlas.h5ad"}
+    a = small_atlas()
+    a.write_h5ad(files["atlas"])
+    b = a.copy()
+    b.X = (b.X > 0).astype(bool)
+    files["bool"] = folder / "bool.h5ad"
+    b.write_h5ad(files["bool"])
+    c = a.copy()
+    c.X = c.X.copy()
+    c.X.data[-1] = 200  # int8: -56
+    c.X = c.X.astype(np.int8)
+    files["int8"] = folder / "int8.h5ad"
+    c.write_h5ad(files["int8"])
+    d = a.copy()
+    d.obs_names = ["cell0", *d.obs_names[1:-1], "cell0"]
+    files["names"] = folder / "names.h5ad"
+    d.write_h5ad(files["names"])
+    return files
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ("bool", BINARISED), ("int8", WRAPPED), ("names", "has duplicate cell names ('cell0')"),
+])  # fmt: skip
+def test_a_file_read_from_disk_gets_the_value_checks_of_one_in_memory(
+        odd_files: dict[str, Path], kind: str, said: str) -> None:  # fmt: skip
+    """Out of core (dataset.backed), values are read as float32: a true/false X was fitted on
+    as counts of 1, an int8 X's wrapped counts were called scaled data, and duplicate cell
+    names (refused in memory) were fitted on. Now the in-memory read's messages."""
+    from cellsynth.cells import for_training
+
+    with pytest.raises(DataError, match=re.escape(said)):
+        for_training(odd_files[kind], "cell_type", seed=0, backed=True)
+
+
+@pytest.mark.parametrize(("kind", "said"), [("bool", BINARISED), ("int8", WRAPPED)])
+def test_evaluate_and_an_out_of_core_run_refuse_a_binarised_or_wrapped_file(
+        odd_files: dict[str, Path], tmp_path: Path, capsys, kind: str, said: str) -> None:  # fmt: skip
+    """`cellsynth evaluate` scored a true/false synthetic file as counts and an out-of-core
+    `cellsynth run` ran every stage on one; both read the file by rows from disk."""
+    code, err = _cli(capsys, "evaluate", "--real", str(odd_files["atlas"]), "--synthetic",
+                     str(odd_files[kind]), "--label-key", "cell_type", "--out",
+                     str(tmp_path / "e"))  # fmt: skip
+    assert code == 2 and said in err, err
+    code, err = _cli(capsys, "run", str(odd_files[kind]), "--out", str(tmp_path / "run"),
+                     "--set", "dataset.backed=true")  # fmt: skip
+    assert code == 2 and said in err, err
+    assert not (tmp_path / "run" / "features").exists()

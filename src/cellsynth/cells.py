@@ -38,6 +38,7 @@ from .data.io import (
     check_values,
     check_whole,
     find_counts,
+    stored_values,
     training_source,
 )
 from .data.labels import MISSING_TEXT, check_label, missing_labels
@@ -314,6 +315,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
     """The raw counts of an AnnData or an open h5ad, by rows, with their gene names and
     annotation (the text columns of ``var``, or of ``raw.var`` for counts in ``raw.X``)."""
     if on_disk:
+        check_shape(source, str(source.path))  # read() gives a file in memory the same checks
         expr = find_counts(source)
         if expr.counts is None:
             raise expr.no_counts(f"{source.path} holds normalised values only; generators need "
@@ -398,9 +400,11 @@ def _check_and_detect(counts: Any, rows: np.ndarray, train_rows: np.ndarray,
     empty: list[np.ndarray] = []
     libraries: list[np.ndarray] = []
     is_train = np.isin(rows, train_rows)
+    stored = getattr(counts, "stored_dtype", None)  # a matrix on disk: its values as stored
     for pos, block in counts.chunks(chunk_size, rows):
         block = sp.csr_matrix(block)
-        check_values(block.data, "the counts")
+        check_values(block.data if stored is None else stored_values(block.data, stored),
+                     "the counts")
         check_whole(block, rows[pos])
         train = block[is_train[pos]]
         detected += np.bincount(train.indices[train.data != 0], minlength=counts.shape[1])

@@ -218,8 +218,15 @@ def _probe(x) -> np.ndarray:
     indptr = getattr(x, "indptr", None)
     if indptr is not None and getattr(x, "format", None) == "csr":  # the probe's rows only
         step = max(1, min(step, int(np.searchsorted(indptr, _PROBE_VALUES))))
-    head = x[:step]
-    return _values(head)
+    values = _values(x[:step])
+    stored = getattr(x, "stored_dtype", None)  # a matrix on disk, read as float32
+    return values if stored is None else stored_values(values, stored)
+
+
+def stored_values(values: np.ndarray, stored: np.dtype) -> np.ndarray:
+    """Values read as float32 in the dtype they are stored in (a matrix on disk's
+    ``stored_dtype``), so that :func:`check_values` sees a true/false or int8 matrix as such."""
+    return values.astype(stored, copy=False) if stored.kind in "biu" else values
 
 
 def check_values(values: np.ndarray, where: str) -> None:

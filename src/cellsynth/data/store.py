@@ -44,13 +44,17 @@ _MAX_SPAN = 4096
 class RowStore:
     """A 2-D matrix in an HDF5 file (anndata's CSR group, or a dense dataset), read by rows.
 
-    Rows come back as CSR float32, whatever the stored dtype. The CSR row pointer is held in
-    memory (8 bytes a row); values and column indices are read only for the rows asked for.
+    Rows come back as CSR float32, whatever the stored dtype (``stored_dtype``: what the
+    value checks read, a true/false or wrapped int8 matrix being float32 once read). The CSR
+    row pointer is held in memory (8 bytes a row); values and column indices are read only for
+    the rows asked for.
     """
 
     def __init__(self, elem: h5py.Group | h5py.Dataset, name: str):
         self.name = name
         self._dense: h5py.Dataset | None = None
+        dataset = elem if isinstance(elem, h5py.Dataset) else elem.get("data")
+        self.stored_dtype = np.dtype(getattr(dataset, "dtype", np.float32))
         if isinstance(elem, h5py.Dataset):
             if elem.ndim != 2:
                 raise DataError(f"{name} is a {elem.ndim}-d array, not a cells x genes matrix")
