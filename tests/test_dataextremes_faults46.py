@@ -122,3 +122,27 @@ def test_evaluate_and_an_out_of_core_run_refuse_a_binarised_or_wrapped_file(
                      "--set", "dataset.backed=true")  # fmt: skip
     assert code == 2 and said in err, err
     assert not (tmp_path / "run" / "features").exists()
+
+
+@pytest.mark.parametrize("model", ["cvae", "nb"])
+def test_a_type_whose_every_cell_is_empty_is_named_and_never_generated_empty(
+        model: str, caplog) -> None:  # fmt: skip
+    """NegBinBaseline.fit kept cells without a count: a type of only such cells was fitted and
+    generated as empty cells (and empty cells made empty generated ones); `cellsynth fit` and
+    the CVAE left them out, but said only how many cells, not that a whole type was lost."""
+    import logging
+
+    a = small_atlas()
+    x = a.X.toarray()
+    x[(a.obs["cell_type"] == "type 2").to_numpy()] = 0
+    x[0] = 0  # one empty cell of a type that keeps others
+    a.X = sp.csr_matrix(x)
+    gen = _generators()[model]()
+    with caplog.at_level(logging.WARNING):
+        gen.fit(a, "cell_type")
+    assert gen.labels == ["type 0", "type 1"]
+    assert "1 cell type(s) have no cell with a count" in caplog.text and "'type 2'" in caplog.text
+    cells = gen.sample({"type 0": 30, "type 1": 30})
+    assert (np.asarray(cells.X.sum(axis=1)).ravel() > 0).mean() > 0.9
+    if model == "nb":
+        assert all((lib > 0).all() for lib in gen.libraries)  # the empty cell left out

@@ -287,7 +287,7 @@ def for_training(data: ad.AnnData | str | Path, label_key: str, *, seed: int,
         detected, empty = _check_and_detect(counts, fitted,
                                             np.flatnonzero(obs[K.SPLIT] == "train"), chunk_size)
         if len(empty):  # no library size: nothing to learn, and an empty cell to generate
-            logger.warning("leaving out %d cells without a single count", len(empty))
+            warn_empty_cells(obs[label_key].to_numpy()[fitted], np.isin(fitted, empty))
             obs.iloc[empty, obs.columns.get_loc(K.SPLIT)] = "none"
             if not (obs[K.SPLIT] == "train").any():
                 rest = ", and the rest went to validation" if len(empty) < len(fitted) else ""
@@ -360,6 +360,17 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
         raise DataError(f"no training cells: {why}; give cells with a label in "
                         f"obs['{label_key}']")
     return split.astype(str)
+
+
+def warn_empty_cells(labels: np.ndarray, empty: np.ndarray) -> None:
+    """Warn that the cells ``empty`` (a mask over ``labels``, their types) are left out for
+    holding no count, naming the types every cell of which is: those are not learned at all."""
+    labels = np.asarray(labels).astype(str)
+    lost = sorted(set(labels[empty]) - set(labels[~empty]))
+    gone = (f"; {len(lost)} cell type(s) have no cell with a count, so the model will not "
+            f"know them: {listed(lost, 8, quote=True)} (give their counts, or leave them out "
+            "to silence this)" if lost else "")  # fmt: skip
+    logger.warning("leaving out %d cells without a single count%s", int(empty.sum()), gone)
 
 
 #: a type with fewer training cells than this is generated from so few real ones that its

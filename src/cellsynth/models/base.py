@@ -164,8 +164,27 @@ def reads_cells(fit: Callable[..., Any]) -> Callable[..., Any]:
     (:func:`in_memory`), as the CVAE's does."""
     @functools.wraps(fit)
     def wrapper(self: Any, adata: Any, *args: Any, **kwargs: Any) -> Any:
-        return fit(self, in_memory(adata), *args, **kwargs)
+        label_key = args[0] if args else kwargs.get("label_key")
+        return fit(self, without_empty_cells(in_memory(adata), label_key), *args, **kwargs)
     return wrapper
+
+
+def without_empty_cells(adata: ad.AnnData, label_key: Any) -> ad.AnnData:
+    """``adata`` without its cells that hold no count (a warning naming the types that had
+    only such cells), as ``cellsynth fit`` and the CVAE leave them out: a cell without a
+    library is nothing to learn from, and its type's generated cells would come out empty."""
+    from ..cells import warn_empty_cells
+
+    x, _ = training_source(adata)
+    empty = np.asarray(x.sum(axis=1)).ravel() == 0
+    if not empty.any():
+        return adata
+    if empty.all():
+        raise DataError(f"no cell to learn from: all {adata.n_obs} cells have no count at all; "
+                        "give cells with counts")
+    known = isinstance(label_key, str) and label_key in adata.obs
+    warn_empty_cells(adata.obs[label_key].to_numpy() if known else np.zeros(adata.n_obs), empty)
+    return adata[~empty].copy()
 
 
 def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
