@@ -245,10 +245,10 @@ class H5adFile:
                 self.obs, self.var, raw_var = _legacy_frames(self.path)
                 raw_x = self.file.get("raw.X") if raw_var is not None else None
             else:
-                self.obs: pd.DataFrame = read_elem(self.file["obs"])
-                self.var: pd.DataFrame = read_elem(self.file["var"])
+                self.obs: pd.DataFrame = _named(read_elem(self.file["obs"]))
+                self.var: pd.DataFrame = _named(read_elem(self.file["var"]))
                 raw = self.file.get("raw")
-                raw_var = read_elem(raw["var"]) if raw is not None and "X" in raw else None
+                raw_var = _named(read_elem(raw["var"])) if raw is not None and "X" in raw else None
                 raw_x = raw["X"] if raw_var is not None else None
         except Exception as exc:  # h5py/anndata raise many types for damaged files
             self.file.close()
@@ -305,6 +305,14 @@ class H5adFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _named(frame: pd.DataFrame) -> pd.DataFrame:
+    """``obs`` or ``var`` with its names as text, as anndata reads them: an index another tool
+    stored as numbers (genes 0, 1, ...) would otherwise match no name read by anndata."""
+    if not all(isinstance(name, str) for name in frame.index):
+        frame.index = frame.index.astype(str)
+    return frame
 
 
 def _shape(elem: h5py.Group | h5py.Dataset) -> tuple[int, int]:
