@@ -185,3 +185,46 @@ def test_a_label_column_of_only_missing_values_is_said_to_be_empty(missing) -> N
         check_label(a, "cell_type")
     with pytest.raises(DataError, match="holds no label"):
         _generators()["nb"]().fit(a, "cell_type")
+
+
+def _stored_zeros(a: ad.AnnData, rows: np.ndarray, gene: int) -> ad.AnnData:
+    """``a`` with ``rows`` emptied and gene ``gene`` never detected, but every one of their
+    places kept in X as a stored zero (as some converters and ``X[X < t] = 0`` leave them)."""
+    x = a.X.toarray()
+    x[rows] = 0
+    x[:, gene] = 0
+    stored = (x != 0)
+    stored[rows] = True
+    stored[:, gene] = True
+    r, c = np.nonzero(stored)
+    b = a.copy()
+    b.X = sp.csr_matrix((x[r, c].astype(np.float32), (r, c)), shape=x.shape)
+    assert (b.X.data == 0).sum() > 0
+    return b
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_stored_zeros_are_not_detections_in_qc(tmp_path: Path, backed: bool) -> None:
+    """QC counted a matrix's stored zeros as detected genes: cells without a single count
+    passed the genes-per-cell filter (with n_genes of every gene) and a gene no cell detects
+    passed the cells-per-gene filter, in memory and out of core alike."""
+    from cellsynth.config import RunConfig
+    from cellsynth.data.chunked import preprocess_backed
+    from cellsynth.data.qc import preprocess
+
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene, cfg.qc.iqr_factor = 5, 3, 100.0
+    a = small_atlas(n_cells=90, n_genes=60)
+    empty = np.array([0, 1, 2])
+    b = _stored_zeros(a, empty, gene=30)
+    if backed:
+        b.write_h5ad(tmp_path / "in.h5ad")
+        path, _ = preprocess_backed(tmp_path / "in.h5ad", cfg.dataset, cfg.qc, cfg.split,
+                                    seed=0, out_path=tmp_path / "pre.h5ad")  # fmt: skip
+        out = ad.read_h5ad(path)
+    else:
+        out, _ = preprocess(b, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    assert not set(b.obs_names[empty]) & set(out.obs_names)
+    assert "g30" not in out.var_names
+    kept = b[out.obs_names].X.toarray()
+    assert (out.obs["n_genes"].to_numpy() == (kept != 0).sum(axis=1)).all()

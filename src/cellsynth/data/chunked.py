@@ -44,11 +44,13 @@ from .qc import (
     GeneMoments,
     QCReport,
     WholeCheck,
+    cells_per_gene,
     check_donor_key,
     describe_expression,
     filter_cells,
     final_obs,
     gene_symbols,
+    genes_per_cell,
     keep_variable,
     mito_fraction,
     mito_genes,
@@ -149,7 +151,7 @@ def _cell_stats(
         check_values(block.data, "the expression matrix")
         if whole is not None:
             whole.add(block, pos.start)
-        n_genes_cell[pos] = np.diff(block.indptr)
+        n_genes_cell[pos] = genes_per_cell(block)
         if mito is not None:
             mito[pos] = mito_fraction(block, mito_idx)
     return n_genes_cell, mito
@@ -159,7 +161,7 @@ def _detected(x: RowStore, rows: np.ndarray, chunk: int) -> np.ndarray:
     """Per gene, how many of the cells ``rows`` hold a value."""
     counts = np.zeros(x.shape[1], dtype=np.int64)
     for _, block in x.chunks(chunk, rows, desc="qc: genes detected"):
-        counts += np.bincount(block.indices, minlength=x.shape[1])
+        counts += cells_per_gene(block)
     return counts
 
 

@@ -151,8 +151,17 @@ class _Cells:
         return (self.obs[K.SPLIT] == "train").to_numpy()
 
 
-def _row_nnz(x: sp.csr_matrix) -> np.ndarray:
-    return np.diff(x.indptr)
+def genes_per_cell(x: sp.csr_matrix) -> np.ndarray:
+    """Genes each row of the CSR ``x`` detects: its stored values that are not zero (a file
+    may store zeros, which are no detection: a cell of only those holds no count)."""
+    nonzero = np.concatenate([[0], np.cumsum(x.data != 0)])
+    return nonzero[x.indptr[1:]] - nonzero[x.indptr[:-1]]
+
+
+def cells_per_gene(x: sp.csr_matrix) -> np.ndarray:
+    """Rows of the CSR ``x`` detecting each gene (stored zeros left out, as in
+    :func:`genes_per_cell`)."""
+    return np.bincount(x.indices[x.data != 0], minlength=x.shape[1])
 
 
 #: ``var`` columns that hold gene symbols where ``var_names`` are IDs (CELLxGENE's first)
@@ -473,9 +482,9 @@ def preprocess(
         whole.check(adata.obs_names)
     cells, keep_detected = filter_cells(
         adata.obs, genes, dataset, qc, split, groups=groups, seed=seed,
-        n_genes_cell=_row_nnz(x),
+        n_genes_cell=genes_per_cell(x),
         mito=lambda: mito_fraction(x, mito_genes(genes, gene_symbols(adata, expr.counts))),
-        detected=lambda rows: np.bincount(x[rows].indices, minlength=x.shape[1]),
+        detected=lambda rows: cells_per_gene(x[rows]),
     )
     if len(cells.rows) < x.shape[0]:
         x = x[cells.rows]
