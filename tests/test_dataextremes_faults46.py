@@ -228,3 +228,25 @@ def test_stored_zeros_are_not_detections_in_qc(tmp_path: Path, backed: bool) -> 
     assert "g30" not in out.var_names
     kept = b[out.obs_names].X.toarray()
     assert (out.obs["n_genes"].to_numpy() == (kept != 0).sum(axis=1)).all()
+
+
+def test_a_judged_type_says_why_it_lacks_a_metric() -> None:
+    """A run on a small test split: a type judged on 20 real cells, the only one with enough,
+    had no gene-level AUC, genes at depth, DE r or marker overlap in per_type.csv, and its note
+    was empty (the metrics' own skip reasons were dropped). Now the note gives them."""
+    from cellsynth.metrics.verdict_text import per_type_table
+
+    skip = "20 real and 600 synthetic cells; the test needs 20 per side"
+    v = {"counts": {"A": {"real": 20, "synthetic": 600}, "B": {"real": 9, "synthetic": 600}},
+         "per_type": {"A": {"verdict": "distinguishable", "decided_by": ["knn_recall"]}},
+         "too_few": {"B": "9 real and 600 synthetic cells scored"}, "absent": [], "extra": []}
+    knn = {"value": 0.5, "floor": 1.0}
+    table = per_type_table(
+        {"per_type": {"A": {"c2st_auc": 0.9}}}, {"per_type": {"A": {"c2st_auc": 0.5}}},
+        verdicts=v, genes={"per_type": {}, "skipped": {"A": skip}, "depth": {"per_type": {}}},
+        typewise={"per_type": {"A": {"knn_precision": knn, "knn_recall": knn}}, "skipped": {}})
+    note = table.loc["A", "note"]
+    assert note.startswith("not scored: gene-level AUC (" + skip + ")")
+    assert "genes at depth (fewer than 20 cells" in note
+    assert "DE r and marker overlap (a fold change is against the other types" in note
+    assert table.loc["B", "note"] == "9 real and 600 synthetic cells scored"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from .depth import MIN_TYPE_CELLS
 from .verdict import (
     _TYPEWISE,
     ABSENT,
@@ -23,6 +24,25 @@ from .verdict import (
     _num,
     fidelity_verdict,
 )
+
+
+def _unscored(row: Mapping[str, Any], genes: Mapping[str, Any] | None,
+              typewise: Mapping[str, Any] | None, depth: bool) -> str:
+    """Why a judged type's row lacks a metric that was computed for others (its cells too few
+    for it): the skip reasons the gene-level test and the typewise metrics give."""
+    parts = []
+    if genes and _num(row["gene_auc"]) is None:
+        why = (genes.get("skipped") or {}).get(row["type"])
+        parts.append(f"gene-level AUC ({why or 'not computed'})")
+    if genes and genes.get("depth") and not depth:
+        parts.append(f"genes at depth (fewer than {MIN_TYPE_CELLS} cells of the type in a real "
+                     "half or the synthetic cells)")
+    if typewise and _num(row["de_logfc_r"]) is None:
+        why = (typewise.get("skipped") or {}).get(row["type"]) or (
+            "a fold change is against the other types: it needs two or more types with enough "
+            "cells" if row["type"] in (typewise.get("per_type") or {}) else "not computed")
+        parts.append(f"DE r and marker overlap ({why})")
+    return "not scored: " + "; ".join(parts) if parts else ""
 
 
 def per_type_table(
@@ -91,6 +111,8 @@ def per_type_table(
                 (TOO_FEW, ""))
             row["note"] = v["too_few"].get(t, "no synthetic cells of this type" if t in v["absent"]
                                            else "no real cells of this type")
+        if t in v["per_type"]:
+            row["note"] = _unscored(row, genes, typewise, t in dt)
         a, b = _num(row["trts_f1"]), _num(row["trtr_f1"])
         if a is not None and b is not None and a > b + 0.05 and not row["note"]:
             row["note"] = (f"generated cells easier to classify than real ones (TRTS F1 {a:.2f}"
