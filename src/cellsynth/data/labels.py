@@ -41,10 +41,10 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             "set dataset.label_key (--label-key, label_key=) to one of them"
         )
     col = adata.obs[label_key]
-    if len(col) and missing_labels(col).all():  # all NaN reads as a float column: not numbers
-        raise DataError(
+    if len(col) and pd.api.types.is_float_dtype(col) and col.isna().all():  # not numbers
+        raise DataError(  # a column of only NaN is float to pandas
             f"label column '{label_key}' holds no label: all {len(col)} of its values are "
-            f"missing (NaN, or text such as 'nan'); give the column of cell-type names "
+            f"missing (NaN); give the column of cell-type names "
             "(dataset.label_key / --label-key), or fill this one")
     if pd.api.types.is_bool_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
         raise DataError(  # "False" as a name is among dataset.uninformative_prefixes' defaults
