@@ -249,3 +249,23 @@ def test_a_judged_type_says_why_it_lacks_a_metric() -> None:
     assert "genes at depth (fewer than 20 cells" in note
     assert "DE r and marker overlap (a fold change is against the other types" in note
     assert table.loc["B", "note"] == "9 real and 600 synthetic cells scored"
+
+
+def test_copies_are_found_whether_or_not_a_file_stores_zeros() -> None:
+    """The copy checks keyed a cell by its stored values: a held-out (or synthetic) cell equal
+    to a training cell but for zeros one file stores was no copy, and a cell of stored zeros
+    counted its zeros as detected genes. Now only non-zero values count."""
+    from cellsynth.metrics.privacy_dcr import heldout_overlap
+
+    train = small_atlas().X.tocsr()
+    heldout = _stored_zeros(small_atlas(), np.array([], dtype=int), gene=39).X[:10]
+    train = train.tolil()
+    train[:, 39] = 0
+    train = sp.csr_matrix(train)
+    train.eliminate_zeros()
+    assert (heldout.data == 0).any()
+    with pytest.raises(DataError, match="10 of 10 held-out cells are identical to training"):
+        heldout_overlap(train, heldout)
+    empty = sp.csr_matrix((np.zeros(40, np.float32), (np.zeros(40, int), np.arange(40))),
+                          shape=(1, 40))  # fmt: skip
+    assert heldout_overlap(sp.csr_matrix((1, 40), dtype=np.float32), empty) == 0

@@ -32,9 +32,20 @@ COPY_FRACTION = 0.01
 _MIN_GENES_FOR_COPY = 5
 
 
-def _row_keys(x: sp.csr_matrix) -> list[bytes]:
-    """One key per row: its non-zero columns and values (an exact copy has the same key)."""
+def nonzero_rows(x: Any) -> sp.csr_matrix:
+    """``x`` as CSR without stored zeros (a copy only where it has some)."""
     x = sp.csr_matrix(x)
+    zero = x.data == 0
+    if not zero.any():
+        return x
+    kept = np.concatenate([[0], np.cumsum(~zero)])[x.indptr]
+    return sp.csr_matrix((x.data[~zero], x.indices[~zero], kept), shape=x.shape)
+
+
+def _row_keys(x: sp.csr_matrix) -> list[bytes]:
+    """One key per row: its non-zero columns and values (an exact copy has the same key,
+    whether or not either file stores some of its zeros)."""
+    x = nonzero_rows(x)
     x.sort_indices()
     p, idx, val = x.indptr, x.indices.astype(np.int64), x.data.astype(np.float32)
     return [idx[p[i]:p[i + 1]].tobytes() + b"|" + val[p[i]:p[i + 1]].tobytes()
@@ -77,7 +88,7 @@ def memorisation(space: EvalSpace, real_counts: Any, synth_counts: Any, *, c2st:
     r = as_csr(real_counts, len(space.genes), what="real counts")
     s = as_csr(synth_counts, len(space.genes), what="synthetic counts")
     real_keys = set(_row_keys(r))
-    detected = np.diff(s.indptr) >= _MIN_GENES_FOR_COPY
+    detected = np.diff(nonzero_rows(s).indptr) >= _MIN_GENES_FOR_COPY
     exact = sum(k in real_keys for k, d in zip(_row_keys(s), detected, strict=True) if d)
     exact_fraction = exact / max(int(detected.sum()), 1)
     rng = np.random.default_rng(derive_seed(seed, "memorisation"))

@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import derive_seed
 from .fidelity import _subsample
-from .memorisation import _MIN_GENES_FOR_COPY, _row_keys
+from .memorisation import _MIN_GENES_FOR_COPY, _row_keys, nonzero_rows
 from .space import as_csr
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _copies(refs: sp.csr_matrix, queries: sp.csr_matrix) -> np.ndarray:
     """Whether each query row equals a reference row in counts (rows of fewer than 5
     detected genes coincide by chance and never count)."""
     keys = set(_row_keys(refs))
-    detected = np.diff(queries.indptr) >= _MIN_GENES_FOR_COPY
+    detected = np.diff(nonzero_rows(queries).indptr) >= _MIN_GENES_FOR_COPY
     return np.array([bool(d) and k in keys
                      for k, d in zip(_row_keys(queries), detected, strict=True)], dtype=bool)
 
