@@ -1,6 +1,7 @@
 """Generators of synthetic cells: user-facing models on top of the pure torch modules."""
 
 from ._design import check_columns as check_covariate_columns
+from ._design import training_levels
 from ._training import resolve_device as torch_device
 from .cvae import CVAE
 from .nb import NegBinBaseline
@@ -21,4 +22,5 @@ __all__ = [
     "load_generator",
     "make_generator",
     "torch_device",
+    "training_levels",
 ]

@@ -200,7 +200,7 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
     keys = covariates_of(cfg, cfg.generator.model)
     if keys:  # a missing level, or too many, was found by the generator stage: after the
         # classifier had trained
-        from ..models._design import training_levels
+        from ..models import training_levels
 
         train = np.flatnonzero(cells.obs[K.SPLIT].astype(str).to_numpy() == "train")
         training_levels(cells.obs, keys, ctx.label_key, train, train)
