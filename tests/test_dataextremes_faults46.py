@@ -269,3 +269,21 @@ def test_copies_are_found_whether_or_not_a_file_stores_zeros() -> None:
     empty = sp.csr_matrix((np.zeros(40, np.float32), (np.zeros(40, int), np.arange(40))),
                           shape=(1, 40))  # fmt: skip
     assert heldout_overlap(sp.csr_matrix((1, 40), dtype=np.float32), empty) == 0
+
+
+def test_detection_counts_leave_out_stored_zeros_block_by_block(monkeypatch):
+    """genes_per_cell and cells_per_gene scan the stored values for zeros a block at a time (a
+    cumulative sum over every stored value took 8 bytes a value: gigabytes for an atlas)."""
+    import scipy.sparse as sp
+
+    from cellsynth.data import qc
+
+    rng = np.random.default_rng(0)
+    x = sp.random(50, 40, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    x.data[rng.random(x.nnz) < 0.3] = 0.0  # stored zeros, spread over the blocks
+    dense = x.toarray()
+    monkeypatch.setattr(qc, "_ZERO_SCAN", 7)
+    np.testing.assert_array_equal(qc.genes_per_cell(x), (dense != 0).sum(1))
+    np.testing.assert_array_equal(qc.cells_per_gene(x), (dense != 0).sum(0))
+    x.eliminate_zeros()
+    np.testing.assert_array_equal(qc.genes_per_cell(x), np.diff(x.indptr))
