@@ -320,3 +320,29 @@ def test_write_csv_leaves_the_table_whole_when_writing_fails(tmp_path, monkeypat
     monkeypatch.undo()
     assert path.read_text() == "a\n1\n2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["per_type.csv"]
+
+
+def test_a_fits_settings_arrive_with_its_model_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    """`cellsynth fit` put the model folder in place and wrote run_config.toml after it: a kill
+    between the two left a model without the settings it was fitted with (and evaluate's
+    trained-on checks then quietly skipped). The settings are written into the model's folder
+    before it is put in place."""
+    import tomllib
+
+    from cellsynth.config import RunConfig
+    from cellsynth.models import _model_dir
+    from cellsynth.pipeline.fit import fit_model
+
+    data = _counts(tmp_path / "d.h5ad")
+    out = tmp_path / "model"
+    seen = []
+    swap = _model_dir.replace_dir
+
+    def watched(partial, target):
+        seen.append(sorted(p.name for p in Path(partial).iterdir()))
+        return swap(partial, target)
+
+    monkeypatch.setattr(_model_dir, "replace_dir", watched)
+    fit_model(RunConfig(), data, "cell_type", out, model="nb", seed=3)
+    assert "run_config.toml" in seen[0]  # in the folder that is renamed into place
+    assert tomllib.loads((out / "run_config.toml").read_text())["seed"] == 3

@@ -488,4 +488,9 @@ def load(path: str | Path | None = None, overrides: Sequence[str] | None = None)
 
 def save(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as TOML."""
-    Path(path).write_text(tomli_w.dumps(to_dict(cfg)))
+    Path(path).write_text(toml_text(cfg))
+
+
+def toml_text(cfg: RunConfig) -> str:
+    """The resolved config as TOML text (what :func:`save` writes)."""
+    return tomli_w.dumps(to_dict(cfg))

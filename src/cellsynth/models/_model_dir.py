@@ -115,9 +115,12 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
     """A generator's ``save(directory)`` made safe: the directory is checked first
     (:func:`check_save_dir`), the model written beside it and then put in its place, so that a
     save never mixes with other files, never leaves a model of another kind's files behind, and
-    a failed save leaves what was there."""
+    a failed save leaves what was there. ``beside`` (file name -> text) is written into the
+    model's folder before it is put in place, so that it arrives with the model or not at all
+    (``cellsynth fit``'s ``run_config.toml``)."""
     @functools.wraps(save)
-    def wrapper(self: Any, directory: str | Path, *args: Any, **kwargs: Any) -> None:
+    def wrapper(self: Any, directory: str | Path, *args: Any,
+                beside: dict[str, str] | None = None, **kwargs: Any) -> None:  # fmt: skip
         if not getattr(self, "labels", None) and getattr(self, "is_trained", None) is not True:
             raise NotTrainedError(f"this {type(self).__name__} has not been fitted, so it "
                                   "cannot be saved: call fit(adata, label_key) first")
@@ -127,6 +130,8 @@ def saves_whole(save: Callable[..., Any]) -> Callable[..., None]:
         partial = temp_beside(out, ".partial", folder=True)  # this saver's own
         try:
             save(self, partial, *args, **kwargs)
+            for name, text in (beside or {}).items():
+                (partial / name).write_text(text, encoding="utf-8")
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

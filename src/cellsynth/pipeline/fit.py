@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 
 from ..cells import for_training
-from ..config import RunConfig, save
+from ..config import RunConfig, toml_text
 from ..errors import DataError
 from ..models.base import check_save_dir, is_model_dir
 from ..models.registry import make_generator
@@ -77,8 +77,9 @@ def _fit(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out: Pat
             history = gen.fit(cells.to_memory(fit_rows), label_key, seed=seed)
     finally:
         cells.close()
-    gen.save(out)  # written beside out, then put in its place whole (saves_whole)
-    save(used, out / "run_config.toml")
+    # written beside out, settings included, then put in its place whole (saves_whole): a kill
+    # never leaves a model without the settings it was fitted with
+    gen.save(out, beside={"run_config.toml": toml_text(used)})
     return gen, history
 
 
