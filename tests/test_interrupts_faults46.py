@@ -346,3 +346,22 @@ def test_a_fits_settings_arrive_with_its_model_or_not_at_all(tmp_path: Path, mon
     fit_model(RunConfig(), data, "cell_type", out, model="nb", seed=3)
     assert "run_config.toml" in seen[0]  # in the folder that is renamed into place
     assert tomllib.loads((out / "run_config.toml").read_text())["seed"] == 3
+
+
+def test_the_training_checkpoint_is_readable_as_a_new_file_is(tmp_path: Path) -> None:
+    """safetensors writes its files for their owner only: the training checkpoint (unlike the
+    model's files) was mode 600, so a group sharing a fit's folder could not resume it."""
+    import os
+
+    import torch
+
+    from cellsynth.models._checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path / "ckpt", "key")
+    old = os.umask(0o022)
+    try:
+        checkpoint.write({"w": torch.zeros(3)}, {"epoch": 1})
+    finally:
+        os.umask(old)
+    assert checkpoint.writes == 1
+    assert checkpoint.path.stat().st_mode & 0o777 == 0o644

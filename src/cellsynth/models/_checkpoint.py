@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..outputs import as_os_error, replaced
+from ..outputs import replaced, save_tensors
 from . import _training as tr
 
 logger = logging.getLogger(__name__)
@@ -106,10 +106,9 @@ class Checkpoint:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with replaced(self.path, ".tmp") as tmp:  # this writer's own (two ranks, two runs)
-                try:
-                    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-                except SafetensorError as exc:  # its own error type for a failed write
-                    raise as_os_error(exc, tmp) from None
+                # as a model's files: an OSError for a failed write, readable as a new file is
+                save_tensors(lambda t, path: save_file(t, path, metadata={
+                    _META_KEY: json.dumps(meta)}), tensors, tmp)
         except OSError as exc:
             self._broken = True
             logger.warning(
