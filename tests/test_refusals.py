@@ -63,7 +63,7 @@ def test_an_atlas_too_large_for_memory_is_refused_before_it_starts(tmp_path, mon
     monkeypatch.setattr("cellsynth.data.simulate.available_memory", lambda: 2.0**30)
     with pytest.raises(ConfigError) as err:
         write_atlas(tmp_path / "atlas.h5ad", 10**9, 300, 5)
-    one_line(err.value, "ask for fewer cells (--cells)")
+    one_line(err.value, "ask for fewer cells (n_cells= or --cells)")
     assert not list(tmp_path.iterdir())
 
 

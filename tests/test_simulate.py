@@ -205,7 +205,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError):
         write_atlas(tmp_path / "d.h5ad", 100, 50, 2, chunk_size=0)
-    with pytest.raises(ConfigError, match=r"need at least 23 genes \(--genes\): 13 "
+    with pytest.raises(ConfigError, match=r"need at least 23 genes \(n_genes= or --genes\): 13 "
                                           r"mitochondrial genes \(n_mito\) and 10 others; got 20"):
         write_atlas(tmp_path / "e.h5ad", 100, 20, 2)
 

@@ -58,8 +58,8 @@ def check_design(n_types: int, n_conditions: int) -> None:
             f"{n_types:,} types x {n_conditions:,} conditions make {programs:,} gene programs "
             f"(one per type and condition after ctrl), each stated in uns['simulation'] as 3 "
             f"HDF5 objects at about 3 ms each (about {programs * 9 / 1e3 / 60:,.0f} min): the "
-            f"simulator takes at most {MAX_PROGRAMS:,}; ask for fewer types (--types) or "
-            "conditions (--conditions)")
+            f"simulator takes at most {MAX_PROGRAMS:,}; ask for fewer types (n_types= or --types) "
+            "or conditions (n_conditions= or --conditions)")
 
 
 def check_writing(chunk_size: object, compression: object) -> int:

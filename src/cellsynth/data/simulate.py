@@ -260,7 +260,7 @@ def _check_label_key(label_key: str) -> None:
     """Refuse a label column the file cannot hold or that another column would overwrite."""
     if not isinstance(label_key, str) or not label_key.strip() or "/" in label_key:
         raise ConfigError(f"the label column must be a non-empty name without '/', got "
-                          f"{label_key!r} (--label-key)")  # fmt: skip
+                          f"{label_key!r} (label_key= or --label-key)")  # fmt: skip
     if label_key == "_index":  # anndata refused it only when the file was written
         raise ConfigError("the label column cannot be named '_index': the h5ad format keeps "
                           "that name for the cell names; choose another --label-key")
@@ -280,10 +280,12 @@ def _setup(
     seed = check_args(n_cells, n_genes, n_types, n_mito, seed, rates, library_size, n_donors,
                       n_conditions)
     if min(n_cells, n_types) < 1:
-        raise ConfigError(f"need at least 1 cell and 1 type (--cells, --types); got {n_cells} "
+        raise ConfigError(f"need at least 1 cell and 1 type (n_cells= or --cells, n_types= or "
+                          f"--types); got {n_cells} "
                           f"cells and {n_types} types")  # fmt: skip
     if n_mito < 0 or n_genes - n_mito < 10:
-        raise ConfigError(f"need at least {max(n_mito, 0) + 10} genes (--genes): {n_mito} "
+        raise ConfigError(f"need at least {max(n_mito, 0) + 10} genes (n_genes= or --genes): "
+                          f"{n_mito} "
                           f"mitochondrial genes (n_mito) and 10 others; got {n_genes}")
     if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
         raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
@@ -299,12 +301,13 @@ def _setup(
     if free is not None and model > free:
         raise ConfigError(f"{n_types:,} types x {n_genes:,} genes need about "
                           f"{model / 2**30:,.1f} GiB of memory for the simulator's model, and "
-                          f"{free / 2**30:,.1f} GiB are available: ask for fewer types (--types) "
-                          "or genes (--genes)")
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer types "
+                          "(n_types= or --types) or genes (n_genes= or --genes)")
     if free is not None and need > free:
         raise ConfigError(f"{n_cells:,} cells need about {need / 2**30:,.1f} GiB of memory for "
                           f"their annotations alone (counts are written in chunks), and "
-                          f"{free / 2**30:,.1f} GiB are available: ask for fewer cells (--cells)")
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer cells "
+                          "(n_cells= or --cells)")
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
@@ -312,19 +315,21 @@ def _setup(
     # types some cell is labelled with: a low-quality or mixed cell's own type is not shown
     if (got := len(set(plan.labels.categories) - {DOUBLET_LABEL, LOW_Q_LABEL})) < n_types:
         logger.warning("%d of the %d cell types got no cell: %d cells are too few for that many "
-                       "types (the rarer types are drawn seldom); ask for more cells (--cells) "
-                       "or fewer types (--types)", n_types - got, n_types, n_cells)  # fmt: skip
+                       "types (the rarer types are drawn seldom); ask for more cells "
+                       "(n_cells= or --cells) or fewer types (n_types= or --types)",
+                       n_types - got, n_types, n_cells)  # fmt: skip
     if not (n_donors or n_conditions):
         return model, plan, None
     effects = make_effects(model, n_cells, n_donors, n_conditions, seed)
-    for what, flag, n, codes in (("donors", "--donors", n_donors, effects.donor),
-                                 ("conditions", "--conditions", n_conditions,
+    for what, flag, n, codes in (("donors", "n_donors= or --donors", n_donors, effects.donor),
+                                 ("conditions", "n_conditions= or --conditions", n_conditions,
                                   effects.condition)):  # fmt: skip
         if n and (got := len(np.unique(codes))) < n:
             logger.warning("%d of the %d %s got no cell (%d cells%s): their levels are obs "
-                           "categories without cells, their effects stated but shown by none; ask for more cells (--cells) "
-                           "or fewer %s (%s)", n - got, n, what, n_cells,
-                           ", fewer than the levels" if n_cells < n else "", what, flag)
+                           "categories without cells, their effects stated but shown by none; "
+                           "ask for more cells (n_cells= or --cells) or fewer %s (%s)", n - got,
+                           n, what, n_cells, ", fewer than the levels" if n_cells < n else "",
+                           what, flag)
     return model, plan, effects
 
 
