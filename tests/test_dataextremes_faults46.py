@@ -276,13 +276,13 @@ def test_detection_counts_leave_out_stored_zeros_block_by_block(monkeypatch):
     cumulative sum over every stored value took 8 bytes a value: gigabytes for an atlas)."""
     import scipy.sparse as sp
 
-    from cellsynth.data import qc
+    from cellsynth.data import csr, qc
 
     rng = np.random.default_rng(0)
     x = sp.random(50, 40, density=0.3, format="csr", random_state=1, dtype=np.float32)
     x.data[rng.random(x.nnz) < 0.3] = 0.0  # stored zeros, spread over the blocks
     dense = x.toarray()
-    monkeypatch.setattr(qc, "_ZERO_SCAN", 7)
+    monkeypatch.setattr(csr, "_ZERO_SCAN", 7)
     np.testing.assert_array_equal(qc.genes_per_cell(x), (dense != 0).sum(1))
     np.testing.assert_array_equal(qc.cells_per_gene(x), (dense != 0).sum(0))
     x.eliminate_zeros()

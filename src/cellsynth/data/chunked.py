@@ -36,7 +36,7 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
 from ._qc_columns import check_qc_columns, needs_computing
-from .csr import stack_rows
+from .csr import cells_per_gene, genes_per_cell, stack_rows
 from .genes import annotated_var, source_annotation
 from .io import check_shape, check_values, find_counts
 from .labels import check_label
@@ -44,13 +44,11 @@ from .qc import (
     GeneMoments,
     QCReport,
     WholeCheck,
-    cells_per_gene,
     check_donor_key,
     describe_expression,
     filter_cells,
     final_obs,
     gene_symbols,
-    genes_per_cell,
     keep_variable,
     mito_fraction,
     mito_genes,

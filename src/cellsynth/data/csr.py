@@ -1,4 +1,5 @@
-"""Row blocks of CSR counts joined into one matrix by joining their arrays.
+"""CSR helpers: row blocks joined into one matrix by joining their arrays, and detection counts
+that leave out stored zeros.
 
 ``scipy.sparse.vstack(parts, format="csr")`` takes a detour through a block matrix: for 50
 blocks of 2,000 x 2,000 counts at 9% non-zero it took 0.94 s where joining the three arrays
@@ -7,7 +8,7 @@ takes 0.03 s, and generation, the streamed loaders and the metrics join blocks a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,3 +47,35 @@ def stack_rows(parts: Sequence) -> sp.csr_matrix:
     out = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
     out.has_sorted_indices = all(b.has_sorted_indices for b in blocks)
     return out
+
+
+def genes_per_cell(x: sp.csr_matrix) -> np.ndarray:
+    """Genes each row of the CSR ``x`` detects: its stored values that are not zero (a file
+    may store zeros, which are no detection: a cell of only those holds no count)."""
+    n = np.diff(x.indptr)
+    for at in _stored_zeros(x):  # rare: no pass beyond counting them when there are none
+        n -= np.bincount(np.searchsorted(x.indptr, at, side="right") - 1, minlength=len(n))
+    return n
+
+
+def cells_per_gene(x: sp.csr_matrix) -> np.ndarray:
+    """Rows of the CSR ``x`` detecting each gene (stored zeros left out, as in
+    :func:`genes_per_cell`)."""
+    n = np.bincount(x.indices, minlength=x.shape[1])
+    for at in _stored_zeros(x):
+        n -= np.bincount(x.indices[at], minlength=x.shape[1])
+    return n
+
+
+_ZERO_SCAN = 1 << 24  # stored values scanned for zeros at once (a bounded temporary)
+
+
+def _stored_zeros(x: sp.csr_matrix) -> Iterator[np.ndarray]:
+    """Positions of the stored zeros of ``x``'s values, a block of values at a time; nothing
+    when there are none (counted without a temporary as large as the matrix)."""
+    if np.count_nonzero(x.data) == len(x.data):
+        return
+    for start in range(0, len(x.data), _ZERO_SCAN):
+        at = np.flatnonzero(x.data[start:start + _ZERO_SCAN] == 0)
+        if len(at):
+            yield at + start

@@ -7,7 +7,7 @@ fitted on the training split only and applied to every split. The matrix stays s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
 from ._qc_columns import check_qc_columns, doublets, iqr_inliers, qc_column
+from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, source_annotation
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts, fractional_rows
@@ -149,38 +150,6 @@ class _Cells:
     def train(self) -> np.ndarray:
         """Which of the cells still in are training cells."""
         return (self.obs[K.SPLIT] == "train").to_numpy()
-
-
-def genes_per_cell(x: sp.csr_matrix) -> np.ndarray:
-    """Genes each row of the CSR ``x`` detects: its stored values that are not zero (a file
-    may store zeros, which are no detection: a cell of only those holds no count)."""
-    n = np.diff(x.indptr)
-    for at in _stored_zeros(x):  # rare: no pass beyond counting them when there are none
-        n -= np.bincount(np.searchsorted(x.indptr, at, side="right") - 1, minlength=len(n))
-    return n
-
-
-def cells_per_gene(x: sp.csr_matrix) -> np.ndarray:
-    """Rows of the CSR ``x`` detecting each gene (stored zeros left out, as in
-    :func:`genes_per_cell`)."""
-    n = np.bincount(x.indices, minlength=x.shape[1])
-    for at in _stored_zeros(x):
-        n -= np.bincount(x.indices[at], minlength=x.shape[1])
-    return n
-
-
-_ZERO_SCAN = 1 << 24  # stored values scanned for zeros at once (a bounded temporary)
-
-
-def _stored_zeros(x: sp.csr_matrix) -> Iterator[np.ndarray]:
-    """Positions of the stored zeros of ``x``'s values, a block of values at a time; nothing
-    when there are none (counted without a temporary as large as the matrix)."""
-    if np.count_nonzero(x.data) == len(x.data):
-        return
-    for start in range(0, len(x.data), _ZERO_SCAN):
-        at = np.flatnonzero(x.data[start:start + _ZERO_SCAN] == 0)
-        if len(at):
-            yield at + start
 
 
 #: ``var`` columns that hold gene symbols where ``var_names`` are IDs (CELLxGENE's first)
