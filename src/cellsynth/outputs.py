@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,6 +194,24 @@ def size_text(n: float) -> str:
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n:,.0f} bytes"
+
+
+#: Markdown's active characters; an ``_`` inside a word (``CD14_Mono``) is literal already
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~]|&(?=#?\w+;)|(?<![^\W_])_|_(?![^\W_]))")
+
+
+def md_text(text: Any) -> str:
+    """``text`` as literal Markdown: the characters that would format (``* _ ` ~``), link
+    (``[ ]``), open HTML (``< >``, ``&name;``) or split a table cell (``|``) backslash-escaped,
+    so that a cell type such as ``<script>`` or ``A | B*`` reads as spelled in a rendered page."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def md_fence(lines: list[str]) -> str:
+    """A code fence longer than any run of backticks in ``lines`` (3 at least), so that no
+    line (a cell type spelled with backticks) closes the block early."""
+    runs = [len(r) for line in lines for r in re.findall(r"`+", line)]
+    return "`" * max([3, *(n + 1 for n in runs)])
 
 
 def write_csv(path: Path, frame: Any, **kwargs: Any) -> None:

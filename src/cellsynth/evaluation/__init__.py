@@ -35,7 +35,7 @@ from ..metrics.space import fit_space
 from ..metrics.typewise import trts_by_type, typewise_fidelity
 from ..metrics.verdict import MIN_TYPE_CELLS, fidelity_verdict
 from ..metrics.verdict_text import per_type_table, verdict_lines
-from ..outputs import check_out_dir, enclosing_run, write_csv, write_json, write_text
+from ..outputs import check_out_dir, enclosing_run, md_text, write_csv, write_json, write_text
 from ..seeds import checked_seed, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,
@@ -454,7 +454,7 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     ]  # fmt: skip
     memo = result.get("memorisation") or {}
     if memo.get("flagged"):
-        why = "; ".join(memo["reasons"])
+        why = md_text("; ".join(memo["reasons"]))
         lines[2:2] = [f"**Memorisation: the synthetic cells copy real ones** ({why}). "
                       "The scores below do not measure generation: do not read them as a "
                       "success.", ""]

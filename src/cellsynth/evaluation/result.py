@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..metrics.verdict import COLUMNS
 from ..metrics.verdict_text import verdict_lines
-from ..outputs import check_file_out, report_html, write_text
+from ..outputs import check_file_out, md_text, report_html, write_text
 
 #: the per-type table as shown: (header, value column, floor column or None, digits)
 _SHOWN = (("two-sample AUC ↓", "c2st_auc", "c2st_auc_floor", 2),
@@ -73,22 +73,25 @@ def table_rows(per_type: pd.DataFrame | list[dict]) -> tuple[list[str], list[lis
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
-    esc = [[c.replace("|", "\\|") for c in row] for row in body]
+    esc = [[md_text(c) for c in row] for row in body]  # a type's <, |, * read as spelled
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(row) + " |" for row in esc)]
 
 
-def _privacy_md(priv: Mapping | None) -> list[str]:
+def _privacy_md(priv: Mapping | None, esc: Any = md_text) -> list[str]:
+    """The privacy section's Markdown lines (``esc``: how its free text is escaped; ``str``
+    for the HTML page, which escapes for HTML)."""
     if priv is None:
         return []
     lines = ["## Privacy", ""]
     if "skipped" in priv:
-        return [*lines, f"Not audited: {priv['skipped']}", ""]
-    lines.append("**Flagged**: " + "; ".join(priv.get("reasons") or []) if priv.get("flagged")
+        return [*lines, f"Not audited: {esc(priv['skipped'])}", ""]
+    lines.append("**Flagged**: " + esc("; ".join(priv.get("reasons") or []))
+                 if priv.get("flagged")
                  else "Not flagged: no attack tells the training cells from held-out real "
                       "cells better than chance allows (no proof of privacy, only that these "
                       "attacks fail).")
-    lines += [f"\n**Caution**: {c}" for c in priv.get("caveats") or []]
+    lines += [f"\n**Caution**: {esc(c)}" for c in priv.get("caveats") or []]
     lines += ["", "| attack | level | AUC (0.5 = no leak) | flagged above | members |",
               "|---|---|---:|---:|---:|"]
     for level, block in (("cell", priv.get("attacks")), ("donor", priv.get("donor_attacks"))):
@@ -96,7 +99,7 @@ def _privacy_md(priv: Mapping | None) -> list[str]:
             lines.append(f"| {name} | {level} | {a['auc']:.3f} | {a['threshold']:.3f} | "
                          f"{a['n_members']} |")
     if priv.get("donor_skipped"):
-        lines += ["", f"Donor level skipped: {priv['donor_skipped']}."]
+        lines += ["", f"Donor level skipped: {esc(priv['donor_skipped'])}."]
     dcr = priv.get("dcr") or {}
     if dcr:
         lines += ["", f"Distance to the closest training cell (median): generated "
@@ -109,7 +112,7 @@ def _genes_md(genes: Mapping | None) -> list[str]:
     if not genes:
         return []
     if "overall" not in genes:
-        return ["## Gene level", "", f"Not computed: {genes.get('skipped')}", ""]
+        return ["## Gene level", "", f"Not computed: {md_text(genes.get('skipped'))}", ""]
     o = genes["overall"]
     text = (f"A classifier on {o['n_genes']} genes (log-normalised values and detection) tells "
             f"generated from real cells with AUC {o['auc']:.3f}; two halves of the real cells: "
@@ -130,8 +133,8 @@ def markdown(result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     head: list[str] = []
     if v:
         lines = verdict_lines(v)
-        head = [f"**Verdict: {v['overall']['verdict']}.** {v['overall']['reason']}", "",
-                *(f"- {line.strip()}" for line in lines[1:]), ""]
+        head = [f"**Verdict: {v['overall']['verdict']}.** {md_text(v['overall']['reason'])}",
+                "", *(f"- {md_text(line.strip())}" for line in lines[1:]), ""]
     tail: list[str] = []
     if result.get("per_type"):
         tail += ["## Per type", "",
@@ -170,7 +173,7 @@ def _privacy_html(priv: Mapping) -> str:
     head = "<h2>Privacy</h2>"
     if "skipped" in priv:
         return head + f"<p class='note'>Not audited: {_e(priv['skipped'])}</p>"
-    lines = [line for line in _privacy_md(priv)[2:] if line]
+    lines = [line for line in _privacy_md(priv, esc=str)[2:] if line]
     verdict = lines[0].replace("**", "")
     rows = [(name, level, a["auc"], a["threshold"], a["n_members"])
             for level, block in (("cell", priv.get("attacks")),

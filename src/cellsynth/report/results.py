@@ -9,7 +9,7 @@ from typing import Any
 from ..config import RunConfig
 from ..data.groups import merges_types
 from ..metrics.classification import small_sample_note
-from ..outputs import write_text
+from ..outputs import md_fence, md_text, write_text
 
 _ROWS = {
     "a": ("Real data", "Real data"),
@@ -54,10 +54,12 @@ def _fidelity(out: Path) -> list[str]:
         return [*lines, "Not judged: `metrics/fidelity.json` was written by an earlier version; "
                 "rerun with `--force evaluation`.", ""]
     o = fid["synthetic_vs_real"]["overall"]
+    text = verdict_lines(fid["verdict"], privacy=fid.get("privacy"))
+    fence = md_fence(text)  # longer than a cell type's run of backticks
     floor = fid["real_vs_real"]["overall"]
     return [*lines, "Each metric is read against two halves of the real test cells (the "
             "floor) and its noise: indistinguishable, close or distinguishable.", "",
-            "```", *verdict_lines(fid["verdict"], privacy=fid.get("privacy")), "```", "",
+            fence, *text, fence, "",
             f"Two-sample AUC {o['c2st_auc']:.3f} (floor {floor['c2st_auc']:.3f}); per type and "
             "per metric in `metrics/per_type.csv` and `metrics/fidelity.json`.", ""]
 
@@ -77,7 +79,8 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
         f"label `{cfg.dataset.label_key}`, seed {cfg.seed}, generator `{g.model}`.",
         "",
         f"{n_types} cell types after QC"
-        + (f" ({len(report.dropped_types)} dropped: {', '.join(report.dropped_types)})"
+        + (f" ({len(report.dropped_types)} dropped: "
+           f"{', '.join(map(md_text, report.dropped_types))})"
            if report.dropped_types else "")
         + ". Experiments: (a) classifier trained on the real training split, tested on the real "
         f"test split; (b) that classifier on {g.n_per_type_eval} generated cells per type, scored "

@@ -1,0 +1,76 @@
+"""The outputs a user reads (fidelity.md, results.md, report.html, ``cellsynth info``) under odd
+cell type names, many types, missing metrics and runs read from another folder."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from cellsynth import config
+from cellsynth.evaluation.result import markdown
+from cellsynth.report import results
+
+#: names a biologist's atlas may hold: HTML, Markdown emphasis and tables, code, unicode
+ODD = ["<script>alert(1)</script>", "A & B | c*d*", "`tick`,\"q\" _x_", "CD4+ <naive> [1]",
+       "T cell 🧬 é", "```fence", "~strike~ &amp;"]
+
+
+def _rendered(text: str) -> str:
+    """``text`` rendered as a Markdown viewer would (CommonMark with tables)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return markdown_it.MarkdownIt("commonmark").enable("table").render(text)
+
+
+def _verdict(names: list[str]) -> dict:
+    return {"overall": {"verdict": "close", "reason": f"few cells of {', '.join(names)}"},
+            "per_type": {}, "too_few": {n: "3 real cells" for n in names}, "absent": [],
+            "extra": [], "counts": {},
+            "n_types": {"indistinguishable": 0, "close": 0, "distinguishable": 0}}
+
+
+def _per_type_row(name: str) -> dict:
+    return {"type": name, "n_real": 3, "n_synthetic": 3, "verdict": "too few cells",
+            "note": f"only 3 cells of {name}"}
+
+
+# ---------------------------------------------- cell type names in Markdown (fidelity.md, results.md)
+
+def test_fidelity_md_shows_odd_type_names_as_spelled():
+    """fidelity.md put type names raw into Markdown: '<script>...' became HTML in a viewer,
+    'c*d*' italics, '`tick`' code, '[1]' a link; only '|' was escaped."""
+    head, tail = markdown({"verdict": _verdict(ODD), "per_type": [_per_type_row(n) for n in ODD]})
+    page = _rendered("\n".join([*head, *tail]))
+    assert "<script>" not in page and "<em>" not in page
+    assert page.count("<code>") == 2  # the page's own `typewise` and `per_type.csv`
+    assert "<del>" not in page and "<a " not in page
+    for name in ODD:
+        assert html.escape(name, quote=False) in page.replace("&quot;", '"'), name
+    rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
+    assert len(rows) == 1 + len(ODD)  # the header and one row a type: none split or merged
+    assert {r.count("<td") for r in rows[1:]} == {rows[0].count("<th")}
+
+
+def test_results_md_shows_dropped_types_and_verdict_as_spelled(tmp_path):
+    """results.md listed QC's dropped types raw, and a type spelled with backticks closed the
+    verdict's code fence early (the rest of the verdict rendered as Markdown)."""
+    (tmp_path / "metrics").mkdir()
+    fid = {"verdict": _verdict(["```fence <b>x</b>", "ok"]),
+           "synthetic_vs_real": {"overall": {"c2st_auc": 0.6}},
+           "real_vs_real": {"overall": {"c2st_auc": 0.5}}}
+    (tmp_path / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    row = {"precision_macro": 1.0, "recall_macro": 1.0, "f1_macro": 1.0, "precision_micro": 1.0,
+           "recall_micro": 1.0, "f1_micro": 1.0, "accuracy": 1.0, "n": 10}
+    res = {k: {"fine": row, "coarse": row} for k in "abc"}
+    report = SimpleNamespace(cells_per_type_after={"a": 5, "b": 5},
+                             dropped_types=["<i>rare</i>", "x*y*"])
+    text = results.write_results(tmp_path, res, report, config.load(), {}, groups={}).read_text()
+    page = _rendered(text)
+    assert "<i>" not in page and "<b>" not in page and "<em>" not in page
+    assert "&lt;i&gt;rare&lt;/i&gt;, x*y*" in page
+    blocks = re.findall(r"<pre><code>(.*?)</code></pre>", page, flags=re.S)
+    assert len(blocks) == 1 and "ok: too few cells" in blocks[0]
+    assert "```fence &lt;b&gt;x&lt;/b&gt;: too few cells" in blocks[0]
