@@ -12,6 +12,7 @@ import pytest
 
 from cellsynth import config
 from cellsynth.evaluation.result import markdown
+from cellsynth.outputs import md_text
 from cellsynth.report import results
 
 #: names a biologist's atlas may hold: HTML, Markdown emphasis and tables, code, unicode
@@ -74,3 +75,38 @@ def test_results_md_shows_dropped_types_and_verdict_as_spelled(tmp_path):
     blocks = re.findall(r"<pre><code>(.*?)</code></pre>", page, flags=re.S)
     assert len(blocks) == 1 and "ok: too few cells" in blocks[0]
     assert "```fence &lt;b&gt;x&lt;/b&gt;: too few cells" in blocks[0]
+
+
+# ---------------------------------------------- '$' in a cell type's name (matplotlib mathtext)
+
+DOLLAR = ["$\\frac$ x", "IFN$\\gamma$ high"]
+
+
+def test_a_dollar_in_a_type_name_draws_as_spelled(tmp_path):
+    """A type named '$\\frac$ x' stopped `cellsynth run` in the explain stage with a matplotlib
+    traceback (mathtext ValueError), cost the report its QC figure ('Could not render') and
+    failed cs.pl; 'IFN$\\gamma$' was drawn as a formula. Names are drawn as spelled now."""
+    import pandas as pd
+
+    from cellsynth import pl
+    from cellsynth.explain.shap import ShapResult, plot_shap
+    from cellsynth.report.html import render_report
+
+    (tmp_path / "data").mkdir()
+    counts = dict.fromkeys([*DOLLAR, "B"], 5)
+    (tmp_path / "data" / "qc.json").write_text(json.dumps({
+        "steps": [], "cells_per_type_before": counts, "cells_per_type_after": counts}))
+    page = render_report(tmp_path)
+    assert "Could not render" not in page and "data:image/png;base64," in page
+    pcs = pd.DataFrame({"component": ["PC1", "PC2"], "mean_abs_shap": [0.2, 0.1],
+                        "mean_shap": [0.1, 0.0]})
+    genes = pd.DataFrame({"gene": ["g$1$", "g2"], "score": [0.3, -0.1], "abs_score": [0.3, 0.1],
+                          "magnitude": [0.3, 0.1]})
+    plot_shap(ShapResult(DOLLAR[0], pcs, genes, n_cells=3), tmp_path / "shap.png")
+    assert (tmp_path / "shap.png").stat().st_size > 0
+    row = {"c2st_auc": 0.6, "n_real": 30, "n_synth": 30}
+    result = {"synthetic_vs_real": {"per_type": {t: row for t in DOLLAR}},
+              "real_vs_real": {"per_type": {t: {**row, "c2st_auc": 0.5} for t in DOLLAR}}}
+    pl.per_type(result, save=tmp_path / "per_type.png")
+    assert (tmp_path / "per_type.png").stat().st_size > 0
+    assert [md_text(t) for t in DOLLAR] == ["\\$\\\\frac\\$ x", "IFN\\$\\\\gamma\\$ high"]

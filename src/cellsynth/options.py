@@ -141,3 +141,14 @@ class _LogBar(_plain_tqdm):
             self._logged_at = now
             logger.info("%s", str(self).strip())
         return True
+
+
+@contextmanager
+def literal_text() -> Iterator[None]:
+    """Text drawn inside is shown as spelled: matplotlib reads no ``$...$`` as mathtext, so a
+    cell type or gene named ``IFN$\\gamma$`` or ``$\\frac$`` is its name on a figure, never a
+    formula or a ValueError that stops a plot, a report section or the explain stage."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield

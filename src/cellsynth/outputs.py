@@ -197,7 +197,7 @@ def size_text(n: float) -> str:
 
 
 #: Markdown's active characters; an ``_`` inside a word (``CD14_Mono``) is literal already
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~]|&(?=#?\w+;)|(?<![^\W_])_|_(?![^\W_]))")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~$]|&(?=#?\w+;)|(?<![^\W_])_|_(?![^\W_]))")
 
 
 def md_text(text: Any) -> str:

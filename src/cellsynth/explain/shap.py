@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ..classify.xgb import Classifier
 from ..errors import DataError
-from ..options import progress_bar
+from ..options import literal_text, progress_bar
 from ..outputs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -279,6 +279,11 @@ def _safe_name(name: str) -> str:
 
 def plot_shap(result: ShapResult, path: Path) -> None:
     """Save a PNG with two horizontal bar charts: the top 20 PCs and the top genes."""
+    with literal_text():  # a type named '$\\frac$' is its name, not a failing formula
+        _plot_shap(result, path)
+
+
+def _plot_shap(result: ShapResult, path: Path) -> None:
     pcs = result.pc_importance.head(20).iloc[::-1]
     genes = result.gene_importance.iloc[::-1]
     height = max(4.0, 0.25 * max(len(pcs), len(genes)) + 1.5)

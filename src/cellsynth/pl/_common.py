@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CellsynthError, DataError
+from ..options import literal_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def plot(func: Callable) -> Callable:
 
         before = set(plt.get_fignums())
         try:
-            return func(*args, **kwargs)
+            with literal_text():
+                return func(*args, **kwargs)
         except CellsynthError:
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)

@@ -19,6 +19,7 @@ import pandas as pd
 from ..data.groups import merges_types
 from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
+from ..options import literal_text
 from ..outputs import check_file_out, report_html, write_text
 from . import figures
 from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
@@ -374,7 +375,8 @@ def render_report(run_dir: str | Path) -> str:
     body = []
     for sid, title, render in _SECTIONS:
         try:
-            content = render(run)
+            with literal_text():  # a '$' in a type's name is no mathtext on any figure
+                content = render(run)
         except Exception as exc:  # a malformed file costs one section, never the report
             logger.warning("report: section %r failed: %s: %s", title, type(exc).__name__, exc)
             content = _note(f"Could not render this section: {type(exc).__name__}: {exc}")
