@@ -110,3 +110,24 @@ def test_a_dollar_in_a_type_name_draws_as_spelled(tmp_path):
     pl.per_type(result, save=tmp_path / "per_type.png")
     assert (tmp_path / "per_type.png").stat().st_size > 0
     assert [md_text(t) for t in DOLLAR] == ["\\$\\\\frac\\$ x", "IFN\\$\\\\gamma\\$ high"]
+
+
+# ---------------------------------------------- many types: the per-type figure says whom it leaves out
+
+def test_the_per_type_figure_says_which_types_it_leaves_out(tmp_path):
+    """With 128 types, most too small for a two-sample test, the report's per-type figure drew
+    19 bars and said nothing of the other 109: read as the whole atlas."""
+    from cellsynth.report.html import render_report
+
+    types = [f"type_{i:03d}" for i in range(30)]
+    row = {"c2st_auc": 0.6, "n_real": 30, "n_synth": 30}
+    fid = {"synthetic_vs_real": {"overall": {}, "per_type": {t: row for t in types[:4]}},
+           "real_vs_real": {"overall": {}, "per_type": {types[0]: row}},
+           "verdict": {**_verdict(types[4:]),
+                       "counts": {t: {"real": 5, "synthetic": 5} for t in types}}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "fidelity.json").write_text(json.dumps(fid))
+    page = render_report(tmp_path)
+    assert "Left out: 26 of 30 types from the figure: too few cells" in page
+    assert "type_004, type_005" in page and "and 16 more" in page
+    assert "Could not render" not in page

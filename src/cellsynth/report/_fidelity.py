@@ -54,7 +54,7 @@ def _sec_fidelity(run: _Run) -> str:
         parts += ["<h3>Per type</h3><p>The two-sample AUC of each type's generated against its "
                   "real test cells (0.5: indistinguishable), beside two halves of its real "
                   "cells; its cells (real · generated) beside its name.</p>",
-                  _img(figures.per_type_bars(fid), "two-sample AUC per type")]
+                  _img(figures.per_type_bars(fid), "two-sample AUC per type"), _undrawn(fid)]
     else:
         parts.append(_left_out("the per-type figure: no type had enough cells on both sides "
                                "for a two-sample test"))
@@ -64,6 +64,23 @@ def _sec_fidelity(run: _Run) -> str:
     if isinstance(priv, dict) and isinstance(priv.get("attacks"), dict):
         parts.append(_img(figures.privacy_bars(priv), "privacy audit"))
     return "".join(parts)
+
+
+def _undrawn(fid: dict) -> str:
+    """Which types the per-type figure leaves out (no number on either side: too few cells
+    for a two-sample test), so that a figure of 19 bars is not read as the atlas's 128."""
+    drawn = {str(t) for side in ("synthetic_vs_real", "real_vs_real")
+             for t in ((fid.get(side) or {}).get("per_type") or {})}
+    v = fid.get("verdict") if isinstance(fid.get("verdict"), dict) else {}
+    types = [str(t) for t in (v.get("counts") or {})] or [
+        str(t) for key in ("per_type", "too_few", "absent", "extra") for t in (v.get(key) or {})]
+    left = [t for t in dict.fromkeys(types) if t not in drawn]
+    if not left:
+        return ""
+    return _left_out(f"{len(left)} of {len(set(types) | drawn)} types from the figure: too few "
+                     "cells for a two-sample test, of generated against real cells or of two "
+                     "real halves (each is in the verdict and in metrics/per_type.csv): "
+                     f"{listed(left, 10)}")
 
 
 def _negative_note(rows: Sequence[tuple]) -> str:
