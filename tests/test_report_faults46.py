@@ -131,3 +131,49 @@ def test_the_per_type_figure_says_which_types_it_leaves_out(tmp_path):
     assert "Left out: 26 of 30 types from the figure: too few cells" in page
     assert "type_004, type_005" in page and "and 16 more" in page
     assert "Could not render" not in page
+
+
+# ---------------------------------------------- a very long cell type name on the figures
+
+def _png_width(uri: str) -> int:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size[0]
+
+
+def test_a_very_long_type_name_does_not_squeeze_the_figures():
+    """A 300-character type name widened the report's cells-per-type, F1, confusion, per-type
+    and UMAP figures to 2,500-2,800 pixels: shown at the page's width, every bar became a
+    sliver. Labels keep a name's start and end around an ellipsis now (tables keep it whole)."""
+    import numpy as np
+    import pandas as pd
+
+    from cellsynth.pl import short_label
+    from cellsynth.report import figures
+
+    long = "CD4-positive " + "L" * 300 + " T cell"
+    assert short_label(long).startswith("CD4-positive L") and short_label(long).endswith(" T cell")
+    assert len(short_label(long)) == 40 and short_label("B cell") == "B cell"
+
+    def widths(names: list[str]) -> list[int]:
+        counts = dict.fromkeys(names, 5)
+        m = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+        row = {"c2st_auc": 0.6, "n_real": 30, "n_synth": 30}
+        fid = {"synthetic_vs_real": {"per_type": {t: row for t in names}},
+               "real_vs_real": {"per_type": {t: row for t in names}}}
+        rng = np.random.default_rng(0)
+        umap = pd.DataFrame({"origin": ["real", "synthetic"] * len(names) * 5,
+                             "label": [t for t in names for _ in range(10)],
+                             "x": rng.normal(size=10 * len(names)),
+                             "y": rng.normal(size=10 * len(names))})
+        return [_png_width(u) for u in (
+            figures.cells_per_type(counts, counts),
+            figures.f1_bars({"(a)": pd.Series(0.5, index=names)}, counts),
+            figures.confusion_heatmaps({"(a)": m}), figures.per_type_bars(fid),
+            figures.umap_panels(umap))]
+
+    short, wide = widths(["B cell", "T cell"]), widths(["B cell", long])
+    assert all(w <= 1.4 * s for s, w in zip(short, wide, strict=True)), (short, wide)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from ._common import REAL_COLOR as REAL_COLOR  # the report's colours too
 from ._common import SYNTH_COLOR as SYNTH_COLOR
+from ._common import short_label as short_label  # the report's figures' labels too
 from ._fidelity import fidelity, per_type
 from ._genes import genes
 from ._history import history

@@ -77,6 +77,21 @@ def plot(func: Callable) -> Callable:
     return checked
 
 
+#: the most characters of a cell type's name a figure's tick or legend label shows
+LABEL_CHARS = 40
+
+
+def short_label(name: Any, limit: int = LABEL_CHARS) -> str:
+    """``name`` for a figure's tick or legend: a name longer than ``limit`` characters keeps
+    its start and end around an ellipsis (``"CD4-positive, alpha…ory T cell"``), so that one
+    long cell type does not squeeze every bar of a figure into a sliver; tables keep it whole."""
+    text = str(name)
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 3
+    return f"{text[: limit - 1 - tail]}…{text[len(text) - tail:]}"
+
+
 #: tab10 and tab20 without their blues and oranges, which are the origins' colours
 _TAB10 = (2, 3, 4, 5, 6, 7, 8, 9)
 _TAB20 = (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19)

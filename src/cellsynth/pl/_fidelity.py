@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot
+from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot, short_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -243,7 +243,8 @@ def per_type(
     h = 0.38
     ax.barh(y - h / 2, floor, height=h, color=REAL_COLOR, label="real vs real (floor)")
     ax.barh(y + h / 2, synth, height=h, color=SYNTH_COLOR, label="synthetic vs real")
-    ax.set_yticks(y, [f"{t} ({n})" for t, n in zip(types, sizes, strict=True)], fontsize=8)
+    ax.set_yticks(y, [f"{short_label(t)} ({n})" for t, n in zip(types, sizes, strict=True)],
+                  fontsize=8)
     ax.invert_yaxis()
     ax.set_ylabel("type (cells: real · synthetic)")
     ax.set_xlabel(metric + (" (floor: TRTR)" if metric == "trts_f1" else ""))

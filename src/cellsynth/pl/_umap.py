@@ -19,6 +19,7 @@ from ._common import (
     labelled,
     need_cells,
     plot,
+    short_label,
     type_colors,
 )
 
@@ -236,7 +237,8 @@ def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> 
         c = [colors[t] for t in df["label"]]
         n = df.groupby(["label", "origin"]).size()
         handles = [Line2D([], [], ls="", marker="o", color=colors[t],
-                          label=f"{t} ({n.get((t, 'real'), 0)} · {n.get((t, 'synthetic'), 0)})")
+                          label=f"{short_label(t)} ({n.get((t, 'real'), 0)} · "
+                                f"{n.get((t, 'synthetic'), 0)})")
                    for t in colors]
         title, ncol = "cell type (real · generated)", -(-len(colors) // 25)
     ax.scatter(df["x"], df["y"], s=size, c=c, linewidths=0, rasterized=True)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .. import pl
-from ..pl import REAL_COLOR, SYNTH_COLOR
+from ..pl import REAL_COLOR, SYNTH_COLOR, short_label
 
 DPI = 100
 #: the third experiment's colour in bars beside real and synthetic
@@ -59,7 +59,7 @@ def cells_per_type(before: Mapping[str, int], after: Mapping[str, int]) -> str:
     ax = fig.subplots()
     ax.barh(y + 0.2, [before.get(t, 0) for t in types], 0.4, label="before QC", color="#aaaaaa")
     ax.barh(y - 0.2, [after.get(t, 0) for t in types], 0.4, label="after QC", color=REAL_COLOR)
-    ax.set_yticks(y, types, fontsize=8)
+    ax.set_yticks(y, [short_label(t) for t in types], fontsize=8)
     ax.set_xlabel("cells")
     sizes = [v for v in (*before.values(), *after.values()) if v > 0]
     if sizes and max(sizes) / min(sizes) > 100:
@@ -101,7 +101,8 @@ def f1_bars(series: Mapping[str, pd.Series], sizes: Mapping[str, int] | None = N
         ax.barh(y + (len(names) - 1) * width / 2 - i * width, np.nan_to_num(vals), width,
                 label=name, color=colors[i % len(colors)])
     sizes = sizes or {}
-    ax.set_yticks(y, [f"{t} ({sizes[t]:,})" if t in sizes else t for t in types], fontsize=8)
+    ax.set_yticks(y, [f"{short_label(t)} ({sizes[t]:,})" if t in sizes else short_label(t)
+                      for t in types], fontsize=8)
     if sizes:
         ax.set_ylabel("type (real test cells)")
     ax.set_xlim(0, 1.0)
@@ -128,8 +129,9 @@ def confusion_heatmaps(matrices: Mapping[str, pd.DataFrame]) -> str:
         norm = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
         image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal")
         fs = 8 if len(m) <= 30 else 6
-        ax.set_xticks(np.arange(m.shape[1]), [str(c) for c in m.columns], rotation=90, fontsize=fs)
-        ax.set_yticks(np.arange(len(m)), [f"{i} ({int(t):,})" for i, t in
+        ax.set_xticks(np.arange(m.shape[1]), [short_label(c) for c in m.columns], rotation=90,
+                      fontsize=fs)
+        ax.set_yticks(np.arange(len(m)), [f"{short_label(i)} ({int(t):,})" for i, t in
                                           zip(m.index, totals.ravel(), strict=True)], fontsize=fs)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true (cells)")
