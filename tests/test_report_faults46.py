@@ -177,3 +177,30 @@ def test_a_very_long_type_name_does_not_squeeze_the_figures():
 
     short, wide = widths(["B cell", "T cell"]), widths(["B cell", long])
     assert all(w <= 1.4 * s for s, w in zip(short, wide, strict=True)), (short, wide)
+
+
+# ---------------------------------------------- a character the figures' font lacks (emoji)
+
+def test_a_character_without_a_glyph_is_said_once_not_as_raw_warnings(tmp_path, monkeypatch,
+                                                                      caplog, recwarn):
+    """A type named 'T cell 🧬' made `cellsynth run` and `cellsynth report` print matplotlib's
+    raw 'UserWarning: Glyph 129516 ... missing from font(s)' with a source line, once per
+    figure; it is one log line now, saying what it means."""
+    import logging
+
+    from cellsynth import options
+    from cellsynth.report.html import render_report
+
+    monkeypatch.setattr(options, "_NO_GLYPH_SAID", set())
+    (tmp_path / "data").mkdir()
+    counts = {"T cell \U0001f9ec": 5, "B": 5}
+    (tmp_path / "data" / "qc.json").write_text(json.dumps({
+        "steps": [], "cells_per_type_before": counts, "cells_per_type_after": counts}))
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        render_report(tmp_path)
+        render_report(tmp_path)
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    said = [r for r in caplog.records if "no glyph" in r.getMessage()]
+    assert len(said) <= 1  # none where the font has the glyph
+    if said:
+        assert "DNA DOUBLE HELIX" in said[0].getMessage()

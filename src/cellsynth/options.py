@@ -11,8 +11,10 @@ every :data:`LOG_SECONDS` instead, so that a long job's log is never silent for 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -143,12 +145,35 @@ class _LogBar(_plain_tqdm):
         return True
 
 
+#: matplotlib's warning of a character its font cannot draw (an emoji in a type's name)
+_NO_GLYPH = re.compile(r"Glyph \d+ \((.*?)\) missing from font")
+_NO_GLYPH_SAID: set[str] = set()  # each character is said once a session, not per figure
+
+
 @contextmanager
 def literal_text() -> Iterator[None]:
     """Text drawn inside is shown as spelled: matplotlib reads no ``$...$`` as mathtext, so a
     cell type or gene named ``IFN$\\gamma$`` or ``$\\frac$`` is its name on a figure, never a
-    formula or a ValueError that stops a plot, a report section or the explain stage."""
+    formula or a ValueError that stops a plot, a report section or the explain stage. A
+    character the font cannot draw (an emoji) is said once in a log line, not in matplotlib's
+    raw warnings, one per figure; other warnings pass on as they were."""
     import matplotlib
 
-    with matplotlib.rc_context({"text.parse_math": False}):
+    with matplotlib.rc_context({"text.parse_math": False}), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         yield
+    missing = set()
+    for w in caught:  # matplotlib's one warning per character and figure, said once here
+        glyph = _NO_GLYPH.search(str(w.message))
+        if glyph and issubclass(w.category, UserWarning):
+            missing.add(glyph.group(1))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    missing -= _NO_GLYPH_SAID
+    if missing:
+        _NO_GLYPH_SAID.update(missing)
+        logging.getLogger("cellsynth.figures").warning(
+            "the font has no glyph for %s (in a cell type's or a gene's name): drawn as an "
+            "empty box on the figures; the tables and files spell the name whole",
+            ", ".join(sorted(missing)))
