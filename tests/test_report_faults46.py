@@ -204,3 +204,17 @@ def test_a_character_without_a_glyph_is_said_once_not_as_raw_warnings(tmp_path, 
     assert len(said) <= 1  # none where the font has the glyph
     if said:
         assert "DNA DOUBLE HELIX" in said[0].getMessage()
+
+
+def test_the_benchmark_held_out_heading_shows_the_type_as_spelled():
+    """`cellsynth benchmark --holdout 'cell_type=CD4+ <naive> *x*,...'` wrote the type raw into
+    the page's heading: '<naive>' vanished in a viewer and '*x*' turned italic."""
+    from cellsynth.holdout import holdout_section
+
+    row = {"c2st_auc": 0.6, "mmd": 0.1, "knn_precision": 0.9, "knn_recall": 0.9,
+           "gene_mean_spearman": 0.9, "gene_auc": 0.6, "n_cells": 50}
+    result = {"holdout": {"cell_type": "CD4+ <naive> *x*", "condition": "stim"},
+              "n_held_out": 50, "conditioned": {"cvae": True},
+              "rows": {"real vs real": row, "pooling (other levels)": row, "cvae": row}}
+    page = _rendered("\n".join(holdout_section(result)))
+    assert "<h3>Held-out combination: cell_type=CD4+ &lt;naive&gt; *x*, condition=stim</h3>" in page

@@ -37,7 +37,7 @@ from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
 from .models.registry import make_generator
-from .outputs import write_json
+from .outputs import md_text, write_json
 from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def holdout_section(result: dict[str, Any]) -> list[str]:
     """The held-out combination's markdown: the table and one line per generator."""
     from .benchmark import table
 
-    spec = ", ".join(f"{k}={v}" for k, v in result["holdout"].items())
+    spec = md_text(", ".join(f"{k}={v}" for k, v in result["holdout"].items()))  # a type's <, *
     lines = [f"### Held-out combination: {spec}", "",
              f"All {result['n_held_out']} cells of it were removed from training; every row is "
              "scored against them. Pooling: the type's real training cells of the other levels.",
