@@ -218,3 +218,21 @@ def test_the_benchmark_held_out_heading_shows_the_type_as_spelled():
               "rows": {"real vs real": row, "pooling (other levels)": row, "cvae": row}}
     page = _rendered("\n".join(holdout_section(result)))
     assert "<h3>Held-out combination: cell_type=CD4+ &lt;naive&gt; *x*, condition=stim</h3>" in page
+
+
+# ---------------------------------------------- fidelity.md's command line, as a shell reads it
+
+def test_fidelity_md_gives_a_command_a_shell_can_run(tmp_path):
+    """`cellsynth evaluate --real 'my real.h5ad' --label-key 'cell type'` wrote the command into
+    fidelity.md unquoted (`--real my real.h5ad --label-key cell type`): copied, it failed."""
+    from cellsynth.cli import main
+
+    real, syn = tmp_path / "my real.h5ad", tmp_path / "syn.h5ad"
+    for seed, path in ((0, real), (1, syn)):
+        assert main(["simulate", "--cells", "200", "--genes", "120", "--types", "3", "--seed",
+                     str(seed), "--label-key", "cell type", "--out", str(path), "--quiet"]) == 0
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--real", str(real), "--synthetic", str(syn), "--label-key",
+                 "cell type", "--out", str(out), "--quiet", "--gene-repeats", "1"]) == 0
+    text = (out / "fidelity.md").read_text()
+    assert f"--real '{real}' --synthetic {syn} --label-key 'cell type'`" in text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -438,9 +439,11 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     if IN_MEMORY in (result["real"], result["synthetic"]):
         call = f"`cellsynth.evaluate(..., label_key={result['label_key']!r})` on AnnData objects"
     else:
-        call = (f"`cellsynth evaluate --real {result['real']} --synthetic {result['synthetic']} "
-                f"--label-key {result['label_key']}"
-                + (f" --heldout {result['heldout']}`" if result.get("heldout") else "`"))
+        # quoted as a shell needs (a label key 'cell type', a path with spaces): copied, it runs
+        call = "`" + shlex.join(
+            ["cellsynth", "evaluate", "--real", str(result["real"]), "--synthetic",
+             str(result["synthetic"]), "--label-key", str(result["label_key"]),
+             *(["--heldout", str(result["heldout"])] if result.get("heldout") else [])]) + "`"
     head, tail = markdown(result)
     lines = [
         "# Fidelity", "", *head,
