@@ -102,21 +102,49 @@ def _table(comb: Combinations) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
     return codes, obs, cells, keys
 
 
+class LevelRows:
+    """One covariate's factors ``(n_genes,)`` for the levels given one, every other level one:
+    ``rows[levels]`` reads them as a ``(levels, n_genes)`` table would. Held for those levels
+    only (a type has a few of a covariate's hundreds of donors; a full table per type was
+    types x levels x genes, 14 GB for 200 types of 300 donors and 29,000 genes)."""
+
+    def __init__(self, n_levels: int, levels: np.ndarray, n_genes: int) -> None:
+        self.table = np.ones((len(levels) + 1, n_genes))  # the last row: a level without one
+        self.row = np.full(n_levels, len(levels))
+        self.row[levels] = np.arange(len(levels))
+
+    def __getitem__(self, levels: int | list[int] | np.ndarray) -> np.ndarray:
+        return self.table[self.row[levels]]
+
+    def __setitem__(self, level: int, factor: np.ndarray) -> None:
+        if self.row[level] == len(self.table) - 1:
+            raise KeyError(f"level {level} was not given a factor")
+        self.table[self.row[level]] = factor
+
+    def log(self) -> LevelRows:
+        """The natural log of every factor (the same levels)."""
+        out = object.__new__(LevelRows)
+        out.table, out.row = np.log(self.table), self.row
+        return out
+
+
 def _backfit(codes: np.ndarray, obs: np.ndarray, cells: np.ndarray, expected: np.ndarray,
              n_levels: list[int], shift: float = 0.0,
-             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:  # fmt: skip
-    """Each covariate's factors ``(levels, n_genes)`` that take ``expected`` counts per
-    combination to ``obs`` (backfitted, shrunk by ``LEVEL_PRIOR_COUNTS``, plus ``shift`` counts
-    per cell of the level: the scale the factors are ratios on), and the codes of the levels
-    given one (covariates with two levels or more in the rows, levels with ``LEVEL_MIN_CELLS``
-    cells or more)."""
+             ) -> tuple[dict[int, LevelRows], dict[int, np.ndarray]]:  # fmt: skip
+    """Each covariate's factors (:class:`LevelRows`, ``(levels, n_genes)``) that take
+    ``expected`` counts per combination to ``obs`` (backfitted, shrunk by
+    ``LEVEL_PRIOR_COUNTS``, plus ``shift`` counts per cell of the level: the scale the factors
+    are ratios on), and the codes of the levels given one (covariates with two levels or more
+    in the rows, levels with ``LEVEL_MIN_CELLS`` cells or more)."""
     fitted: dict[int, np.ndarray] = {}  # covariate -> codes of the levels given a factor
     for j, n in enumerate(n_levels):
         per_level = np.bincount(codes[:, j], weights=cells, minlength=n)
         if np.count_nonzero(per_level) < 2:  # one level in the type: the type's scale is it
             continue
         fitted[j] = np.flatnonzero(per_level >= LEVEL_MIN_CELLS)
-    factors = {j: np.ones((n, obs.shape[1])) for j, n in enumerate(n_levels)}
+    empty = np.zeros(0, dtype=np.int64)
+    factors = {j: LevelRows(n, fitted.get(j, empty), obs.shape[1])
+               for j, n in enumerate(n_levels)}  # fmt: skip
     a = LEVEL_PRIOR_COUNTS
     for _ in range(BACKFIT_STEPS if len(fitted) > 1 else 1):
         for j, levels in fitted.items():
@@ -203,7 +231,7 @@ def _choose_rule(e: np.ndarray, likeness: np.ndarray) -> tuple[float, str]:
     return TRANSFER_RULES[int(np.argmin(errors))]
 
 
-def _contrast(logf: np.ndarray, level: int, ref: list[int], cells: np.ndarray) -> np.ndarray:
+def _contrast(logf: LevelRows, level: int, ref: list[int], cells: np.ndarray) -> np.ndarray:
     """``log factor(level)`` minus the mean of ``log factor(ref)`` weighted by ``cells`` (cells
     per level, of the type whose levels ``ref`` stand for)."""
     weights = cells[ref]
@@ -238,7 +266,7 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
     ``MAX_TRANSFER_PAIRS`` pairs none is returned (a warning says so). A level's rule is chosen
     on its ``MAX_RULE_TYPES`` types with the most cells there.
     """
-    logf: list[dict[int, np.ndarray] | None] = []  # per type, covariate: (levels, n_genes)
+    logf: list[dict[int, LevelRows] | None] = []  # per type, covariate: (levels, n_genes)
     fits: list[dict[int, set[int]]] = []
     per_level: list[list[np.ndarray] | None] = []  # per type, covariate: cells per level
     profiles: dict[int, np.ndarray] = {}  # per type, log mean counts (likeness)
@@ -251,7 +279,7 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
         profiles[t] = np.log(mean + PROFILE_PSEUDO)
         factors, fitted = _backfit(codes, obs, cells, cells[:, None] * mean[None, :], n_levels,
                                    shift=effect_shift(mean))  # fmt: skip
-        logf.append({j: np.log(factors[j]) for j in fitted})
+        logf.append({j: factors[j].log() for j in fitted})
         fits.append({j: set(levels.tolist()) for j, levels in fitted.items()})
         per_level.append([np.bincount(codes[:, j], weights=cells, minlength=n)
                           for j, n in enumerate(n_levels)])  # fmt: skip
