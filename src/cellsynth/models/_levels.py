@@ -285,15 +285,25 @@ def transferred_effects(observed: list[Combinations | None], n_levels: list[int]
                           for j, n in enumerate(n_levels)])  # fmt: skip
     if not profiles:
         return {}
+    # per covariate, each level's types with a factor there (ascending), the levels two or more
+    # types have: a type's candidates are read from here, not from every type at every level
+    # it lacks (types x types x levels: minutes for 300 types of 1,000 donors)
+    holders: list[dict[int, list[int]]] = [{} for _ in n_levels]
+    for s, fit in enumerate(fits):
+        for j, levels in fit.items():
+            for lv in levels:
+                holders[j].setdefault(lv, []).append(s)
+    shared = [sorted(lv for lv, types in held.items() if len(types) >= TRANSFER_MIN_TYPES)
+              for held in holders]  # fmt: skip
     pairs = []  # (type, covariate, level, the types to carry from)
     for t, counts in enumerate(per_level):
         if counts is None:
             continue
         for j in range(len(n_levels)):
             own = np.flatnonzero(counts[j] > 0)
-            for lv in np.flatnonzero(counts[j] == 0):
-                sources = [s for s in range(len(observed)) if s != t and logf[s] is not None
-                           and lv in fits[s].get(j, ()) and any(r in fits[s][j] for r in own)]
+            for lv in (lv for lv in shared[j] if counts[j][lv] == 0):
+                sources = [s for s in holders[j][lv] if s != t and logf[s] is not None
+                           and any(r in fits[s][j] for r in own)]
                 if len(sources) >= TRANSFER_MIN_TYPES:
                     pairs.append((t, j, int(lv), sources))
     if len(pairs) > MAX_TRANSFER_PAIRS:
