@@ -197,6 +197,8 @@ class CVAEModule(GenerationBuffers, nn.Module):
         # per-type zero inflation of generated NB counts (set_zero_inflation): zeros until
         # fitted, never in the training loss; the mean is kept (the NB's is raised to match)
         self.register_buffer("zero_inflation", torch.zeros(n_labels, n_input))
+        self._inflated_at: tuple | None = None  # the buffer _inflated last read
+        self._inflated_any = False
         # per (type, covariate level) gene scale of generated NB means (set_level_scale):
         # level_rows[type, offset of the covariate + level] is a row of level_scale, row 0 ones
         # (no factor: levels a type's training cells lacked, and every model without covariates)
@@ -309,9 +311,12 @@ class CVAEModule(GenerationBuffers, nn.Module):
                  and not self._low_precision())
         h, out = self._decode(z, y, c, any_type=any_type, with_head=not fused)
         rows = y[:1] if one_type else y
-        px_r = torch.exp(self.px_r.clamp(*PX_R_RANGE))  # (n_input,) | (n_labels, n_input)
-        if self.dispersion != "gene":
-            px_r = px_r[rows]  # (B | 1, n_input): one gather, after the per-type table's exp
+        if self.dispersion == "gene":
+            px_r = torch.exp(self.px_r.clamp(*PX_R_RANGE))  # (n_input,)
+        elif one_type or not torch.is_grad_enabled():  # the rows' exp, not the whole table's
+            px_r = torch.exp(self.px_r[rows].clamp(*PX_R_RANGE))  # (B | 1, n_input)
+        else:  # training: one gather, after the per-type table's exp (its gradient summed so)
+            px_r = torch.exp(self.px_r.clamp(*PX_R_RANGE))[rows]  # (B, n_input)
         if self.likelihood == "gaussian":
             return Normal(out, px_r.expand_as(out), validate_args=False)
         zi = self.px_dropout_decoder(h) if self.px_dropout_decoder is not None else None
@@ -319,7 +324,7 @@ class CVAEModule(GenerationBuffers, nn.Module):
             factor = self.gene_scale[rows]  # (B | 1, n_input); ones until fitted
             if c is not None and self.level_scale.shape[0] > 1:
                 factor = factor * self._level_factor(y, c)  # (B, n_input)
-            if zi is None and not unseen_level and bool(self.zero_inflation.any()):  # as below
+            if zi is None and not unseen_level and self._inflated():  # as below
                 pi = self.zero_inflation[rows]
                 factor = factor / (1.0 - pi)
                 zi = torch.logit(pi)
@@ -330,13 +335,24 @@ class CVAEModule(GenerationBuffers, nn.Module):
             if c is not None and self.level_scale.shape[0] > 1:
                 px_scale = px_scale * self._level_factor(y, c)
         px_rate = library[:, None] * px_scale  # (B, n_input)
-        if calibrated and zi is None and not unseen_level and bool(self.zero_inflation.any()):
+        if calibrated and zi is None and not unseen_level and self._inflated():
             # extra zeros with probability pi, the others drawn at mean mu / (1 - pi): the
             # mean stays mu (ones where nothing was fitted: the same draws as without)
             pi = self.zero_inflation[rows]  # (B | 1, n_input)
             px_rate = px_rate / (1.0 - pi)
             zi = torch.logit(pi)  # (B | 1, n_input), broadcast: -inf where pi = 0, no extra zeros
         return NegativeBinomial(px_rate, px_r, zi_logits=zi, scale=px_scale)
+
+    def _inflated(self) -> bool:
+        """``zero_inflation.any()``, remembered until the buffer changes (another tensor, or
+        written in place: its version): a chunk of generated cells asked it of the whole
+        ``(n_labels, n_input)`` table, and generation of many small chunks (a type's cells at
+        each of hundreds of donors) spent a quarter of its time there."""
+        table = self.zero_inflation
+        key = (table.data_ptr(), table._version, table.device, table.shape)
+        if self._inflated_at != key:
+            self._inflated_at, self._inflated_any = key, bool(table.any())
+        return self._inflated_any
 
     #: rows of :meth:`_nb_rate`'s blocks on the CPU: a block's logits (256 x 2,000 genes: 2 MB)
     #: stay in cache through the passes that turn them into means
