@@ -268,6 +268,10 @@ class Design:
         donors that were stimulated, not its ctrl donors); else as in the type's cells."""
         if not self.keys:
             return [((), n)]
+        if len(fixed) == len(self.keys):  # every level given: that one combination, whatever
+            # the compositions hold (a twin's rows each name theirs: scanning every type's
+            # combinations for each row was rows x combinations)
+            return [(tuple(fixed[i] for i in range(len(self.keys))), n)] if n > 0 else []
 
         def matching(comp: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:
             return [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
