@@ -113,3 +113,26 @@ def test_a_request_row_that_names_every_level_is_not_matched_against_every_combi
     assert plan[0] == ("T0", (0,), 3) and plan[1] == ("T0", (6,), 3) and len(plan) == len(rows)
     assert len(unseen) == len(rows) - 1
     assert seconds < 2.0, f"{seconds:.1f} s for {len(rows)} rows"
+
+
+def test_zero_inflation_logits_are_taken_once_not_for_every_chunk(monkeypatch):
+    """Each chunk of generated cells took the logit of its type's zero inflation row, and the
+    logit of a zero (a gene without inflation: -inf) takes a slow path, 3 ms a row of 29,000
+    genes, a fifth of generating 14,000 cells of 202 types in chunks of a few cells. The table's
+    logits are taken once while it is unchanged: the same values."""
+    module = CVAEModule(n_input=50, n_labels=4, n_hidden=[8], n_latent=2).eval()
+    pi = torch.zeros(4, 50)
+    pi[1, :5] = 0.25
+    module.set_zero_inflation(pi)
+    calls = []
+    logit = torch.logit
+    monkeypatch.setattr(torch, "logit", lambda x, *a, **k: calls.append(1) or logit(x, *a, **k))
+    z, library = torch.zeros(3, 2), torch.full((3,), 1e3)
+    with torch.no_grad():
+        for t in (0, 1, 2, 3, 1, 0) * 10:
+            px = module.generative(z, torch.full((3,), t), library, one_type=True)
+            torch.testing.assert_close(px.zi_logits, logit(pi[t:t + 1]), rtol=0, atol=0)
+        module.set_zero_inflation(pi * 2)  # set again: read again
+        px = module.generative(z, torch.full((3,), 1), library, one_type=True)
+    torch.testing.assert_close(px.zi_logits, logit(pi[1:2] * 2), rtol=0, atol=0)
+    assert len(calls) == 2
