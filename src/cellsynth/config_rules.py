@@ -21,6 +21,8 @@ from typing import Any, Literal, get_args, get_origin
 from .errors import ConfigError
 
 INF = float("inf")
+#: whole-number settings are 64-bit integers where they are used (torch, numpy, HDF5)
+INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ def check_ranges(section: Any, prefix: str = "") -> None:
                 raise ConfigError(f"{name} must be a finite number, got {v}; {fix_hint(key)}")
             if rng is not None and v not in rng:
                 raise ConfigError(f"{name} must be {rng.describe()}, got {v}; {fix_hint(key)}")
+            if isinstance(v, int) and not -INT64 <= v < INT64:  # 1e30 for a layer width, say
+                raise ConfigError(f"{name} must be a whole number below 2**63 (a 64-bit "
+                                  f"integer), got {v:.3g}; {fix_hint(key)}")
 
 
 def type_name(tp: Any) -> str:
