@@ -8,7 +8,7 @@ import pytest
 
 import cellsynth as cs
 from cellsynth import config
-from cellsynth.config import RunConfig
+from cellsynth.config import CVAEConfig, RunConfig
 from cellsynth.errors import ConfigError
 
 
@@ -28,3 +28,14 @@ def test_a_whole_number_beyond_64_bits_is_refused_at_load(override):
     with pytest.raises(ConfigError, match="below 2"):
         RunConfig(cvae={"n_latent": 2**64}).validate()
 
+
+def test_a_network_too_large_for_memory_is_refused_before_allocation(atlas, monkeypatch):
+    """cvae.n_hidden = [1000000000] stopped a fit with the allocator's RuntimeError traceback."""
+    from cellsynth import runtime
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1e6)  # 1 MB free
+    with pytest.raises(ConfigError, match=r"cvae.n_hidden = \[100000\].*GB is available.*"
+                                          r"--set cvae.n_hidden="):
+        cs.CVAE(atlas, config=CVAEConfig(n_hidden=[100_000]))
+    monkeypatch.undo()
+    assert cs.CVAE(atlas, config=CVAEConfig(n_hidden=[16])).module is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,34 @@ def check_memory(need: float, n_cells: int, hint: str = "") -> None:
     if free is not None and need > free:
         raise DataError(f"{n_cells:,} cells would take up to {need / 1e9:,.1f} GB in memory, but "
                         f"{free / 1e9:,.1f} GB is available: ask for fewer cells{hint}")
+
+
+def check_network_memory(section: str, n_input: int, n_hidden: list[int], n_latent: int,
+                         n_embed: int = 0) -> None:
+    """Refuse, before any weight is allocated, a network whose training state (weights, their
+    gradients and two optimiser moments, float32; encoder and mirrored decoder) would not fit in
+    the memory available now: a :class:`ConfigError` naming ``section``'s width settings
+    (``cvae.n_hidden = [1000000000]`` stopped a fit with the allocator's traceback)."""
+    from ..config_rules import fix_hint
+    from ..runtime import available_memory
+
+    widths = [int(n_input), *map(int, n_hidden), int(n_latent)]
+    weights = 2.0 * sum(a * b for a, b in itertools.pairwise(widths))
+    weights += 2.0 * int(n_embed) * (int(n_hidden[0]) if n_hidden else int(n_latent))
+    need, free = weights * 4 * 4, available_memory()
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{section}.n_hidden = {list(n_hidden)}, {section}.n_latent = {n_latent} over "
+            f"{n_input:,} inputs make a network whose training needs about {need / 1e9:,.1f} GB, "
+            f"but {free / 1e9:,.1f} GB is available: give narrower layers (the default is "
+            f"{_default_widths(section)}); {fix_hint(f'{section}.n_hidden')}")
+
+
+def _default_widths(section: str) -> str:
+    from .. import config
+
+    cls = {"cvae": config.CVAEConfig, "seed_vae": config.SeedVAEConfig}[section]
+    return f"n_hidden = {cls().n_hidden}, n_latent = {cls().n_latent}"
 
 
 def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,

@@ -58,6 +58,7 @@ from ._model_dir import saves_whole
 from ._prepare import training_data
 from .base import (
     check_genes,
+    check_network_memory,
     fit_labels,
     generator_config,
     in_memory,
@@ -174,6 +175,7 @@ class CVAE(GenerationMixin, DesignRequests):
 
     def _build_module(self) -> CVAEModule:
         c = self.config
+        check_network_memory("cvae", len(self.genes), list(c.n_hidden), c.n_latent, c.n_embed)
         module = CVAEModule(
             n_input=len(self.genes),
             n_labels=len(self.labels),

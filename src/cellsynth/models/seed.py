@@ -19,6 +19,7 @@ from . import _checkpoint, _loop
 from . import _model_dir as md
 from . import _training as tr
 from ._model_dir import saves_whole
+from .base import check_network_memory
 from .modules import SeedVAEModule
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class SeedCVAE:
 
     def _build_module(self) -> SeedVAEModule:
         c = self.config
+        check_network_memory("seed_vae", self.n_input, list(c.n_hidden), c.n_latent, c.n_embed)
         module = SeedVAEModule(
             n_input=self.n_input,
             n_labels=len(self.labels),
