@@ -3,6 +3,8 @@ becomes, networks too large for the machine, ... each refused as one line naming
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import pytest
 
@@ -39,3 +41,25 @@ def test_a_network_too_large_for_memory_is_refused_before_allocation(atlas, monk
         cs.CVAE(atlas, config=CVAEConfig(n_hidden=[100_000]))
     monkeypatch.undo()
     assert cs.CVAE(atlas, config=CVAEConfig(n_hidden=[16])).module is not None
+
+
+@pytest.mark.parametrize(("sets", "said"), [
+    (["qc.min_cells_per_gene=100000"], r"--set qc.min_cells_per_gene: `cellsynth fit --model nb` "
+                                       r"does not use this setting \(it reads \[nb\]"),
+    (["seed_vae.n_latent=3"], "--set seed_vae.n_latent: `cellsynth fit --model nb` does not use"),
+    (["dataset.label_key=foo"], "--set dataset.label_key='foo' and the argument --label-key"),
+    (["dataset.path=other.h5ad"], "--set dataset.path='other.h5ad' and the argument DATA"),
+])
+def test_fit_refuses_a_set_it_would_ignore(atlas, tmp_path, capsys, sets, said):
+    """`cellsynth fit --set qc.min_cells_per_gene=100000` fitted on every gene without a word
+    and wrote the setting into the model's run_config.toml as if used."""
+    from cellsynth.cli import main
+
+    data = tmp_path / "a.h5ad"
+    atlas.write_h5ad(data)
+    fit = ["fit", str(data), "--label-key", "cell_type", "--model", "nb", "--quiet"]
+    assert main([*fit, "--out", str(tmp_path / "m"), *(a for s in sets for a in ("--set", s))]) == 2
+    assert re.search(said, capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+    used = ["qc.chunk_size=50", "nb.min_cells=5", f"dataset.path={data}", "seed=1"]
+    assert main([*fit, "--out", str(tmp_path / "ok"), *(a for s in used for a in ("--set", s))]) == 0

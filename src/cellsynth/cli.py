@@ -219,6 +219,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
           and config.canonical_model(given) != config.canonical_model(args.model)):
         raise CellsynthError(f"the generator is given twice: --model {args.model} and "
                              f"generator.model = {given} (--set or --config); give one")
+    config_sources.check_fit_overrides(args.set, args.model, args.data, args.label_key)
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in (args.covariates or "").split(",") if c.strip()]
     section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))

@@ -183,3 +183,41 @@ def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> 
             f"dataset.groups = {given!r} (config {config_path}): no such file in the current "
             f"folder ({Path(given).absolute()}) nor beside the config file ({beside}); give "
             "the file's path, a packaged mapping (e-annd-5), \"auto\" or \"\" for none")
+
+
+#: the settings ``cellsynth fit`` reads whatever the generator, besides the data and label
+#: arguments (``dataset.path``, ``dataset.label_key``)
+FIT_SETTINGS = ("seed", "generator.model", "dataset.backed", "dataset.drop_undetected_genes",
+                "qc.chunk_size")
+#: the sections (and single settings) each generator's fit reads
+FIT_SECTIONS = {"cvae": ("cvae.",), "nb": ("nb.",), "scvi": ("scvi.",),
+                "reference": ("seed_vae.", "features.", "qc.target_sum")}
+
+
+def check_fit_overrides(overrides: Sequence[str], model: str, data: str,
+                        label_key: str) -> None:
+    """Refuse a ``--set`` that ``cellsynth fit --model model`` would not use (QC, split,
+    classifier, another generator's section...), or that names another data file or label
+    column than its arguments: the fit ignored them without a word and recorded them in the
+    model's ``run_config.toml`` as if used."""
+    from .config import canonical_model
+
+    model = canonical_model(model)
+    own = FIT_SECTIONS.get(model, ())
+    arguments = {"dataset.path": ("DATA", data), "dataset.label_key": ("--label-key", label_key)}
+    for key, value in _leaves(apply_overrides({}, list(overrides))).items():
+        if key in arguments:
+            name, given = arguments[key]
+            same = (Path(str(value)).expanduser().resolve() == Path(given).expanduser().resolve()
+                    if key == "dataset.path" else value == given)
+            if not same:
+                raise ConfigError(f"--set {key}={value!r} and the argument {name} {given!r} "
+                                  f"both give it; `cellsynth fit` uses the argument: drop the "
+                                  "--set")
+        elif key not in FIT_SETTINGS and not any(
+                key.startswith(p) if p.endswith(".") else key == p for p in own):
+            uses = [f"[{p[:-1]}]" if p.endswith(".") else p for p in own]
+            raise ConfigError(
+                f"--set {key}: `cellsynth fit --model {model}` does not use this setting (it "
+                f"reads {', '.join(uses)} and {', '.join(FIT_SETTINGS[2:])}, seed); drop it, "
+                "or give it to `cellsynth run`, which uses it")
