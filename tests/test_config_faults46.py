@@ -63,3 +63,13 @@ def test_fit_refuses_a_set_it_would_ignore(atlas, tmp_path, capsys, sets, said):
     assert not (tmp_path / "m").exists()
     used = ["qc.chunk_size=50", "nb.min_cells=5", f"dataset.path={data}", "seed=1"]
     assert main([*fit, "--out", str(tmp_path / "ok"), *(a for s in used for a in ("--set", s))]) == 0
+
+
+@pytest.mark.parametrize(("override", "meant"), [
+    ("cvae.lrr=1e-3", "cvae.lr"), ("qc.min_cell_per_gene=3", "qc.min_cells_per_gene"),
+    ("cvea.lr=1e-3", "cvae"), ("seeds=1", "seed")])
+def test_an_unknown_key_names_the_nearest_setting(override, meant):
+    """A misspelt key was answered with the section's 31 valid keys and no pointer to the one
+    meant."""
+    with pytest.raises(ConfigError, match=rf"did you mean '{re.escape(meant)}'\?; valid keys"):
+        config.load(None, [override])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -257,7 +258,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key in data:
         if key not in names:
             where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
-            moved = MOVED.get(f"{prefix}{key}")
+            moved = MOVED.get(f"{prefix}{key}") or next(
+                (f"'{prefix}{m}'" for m in difflib.get_close_matches(str(key), names, n=1)), None)
             raise ConfigError(
                 f"unknown config key '{prefix}{key}' in {where}"
                 + (f"; did you mean {moved}?" if moved else "")
