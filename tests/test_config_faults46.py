@@ -11,7 +11,7 @@ import pytest
 import cellsynth as cs
 from cellsynth import config
 from cellsynth.config import CVAEConfig, RunConfig
-from cellsynth.errors import ConfigError
+from cellsynth.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,22 @@ def test_an_unknown_key_names_the_nearest_setting(override, meant):
     meant."""
     with pytest.raises(ConfigError, match=rf"did you mean '{re.escape(meant)}'\?; valid keys"):
         config.load(None, [override])
+
+
+def test_a_path_with_an_environment_variable_says_it_is_not_expanded(tmp_path, monkeypatch):
+    """dataset.path = "$HOME/atlas.h5ad" in a config file was refused as a relative path that
+    does not exist, with no word that $HOME is taken literally."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CS_ATLAS_DIR", str(tmp_path))
+    (tmp_path / "c.toml").write_text('[dataset]\npath = "$CS_ATLAS_DIR/a.h5ad"\n')
+    from cellsynth.cli import main
+    from cellsynth.data.io import check_file
+
+    with pytest.raises(DataError, match=rf"not expanded .*write \$CS_ATLAS_DIR out \({tmp_path}\)"):
+        check_file("$CS_ATLAS_DIR/a.h5ad")
+    with pytest.raises(ConfigError, match=r"config file \${CS_ATLAS_DIR}/c.toml does not exist; "
+                                          "environment variables are not expanded"):
+        config.read_toml("${CS_ATLAS_DIR}/c.toml")
+    assert main(["run", "--config", "c.toml", "--out", "o", "--quiet"]) == 2
+    with pytest.raises(DataError, match=r"a relative path, read from [^;]*; give the path"):
+        check_file("a.h5ad")  # no variable: no note

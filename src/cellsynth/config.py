@@ -458,12 +458,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The nested dict of a TOML config file, or a :class:`ConfigError` saying what is wrong."""
-    from .paths import expand_user
+    from .paths import expand_user, variables_hint
 
     path = expand_user(path, "config")  # ~/configs/atlas.toml, as every writer reads ~
     if not path.is_file():
         raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else
-                          "does not exist") + "; give an existing --config file")
+                          "does not exist" + variables_hint(path))
+                          + "; give an existing --config file")
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM (Windows editors) is no error
     except UnicodeDecodeError as exc:

@@ -24,6 +24,7 @@ from .config import (
 )
 from .config_rules import type_name
 from .errors import ConfigError
+from .paths import variables_hint
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,9 @@ def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> 
     elif key == "groups" and not Path(given).exists():
         raise ConfigError(
             f"dataset.groups = {given!r} (config {config_path}): no such file in the current "
-            f"folder ({Path(given).absolute()}) nor beside the config file ({beside}); give "
-            "the file's path, a packaged mapping (e-annd-5), \"auto\" or \"\" for none")
+            f"folder ({Path(given).absolute()}) nor beside the config file ({beside})"
+            f"{variables_hint(given)}; give the file's path, a packaged mapping (e-annd-5), "
+            "\"auto\" or \"\" for none")
 
 
 #: the settings ``cellsynth fit`` reads whatever the generator, besides the data and label

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import ConfigError
@@ -24,3 +25,16 @@ def expand_user(path: str | Path, option: str = "the path") -> Path:
         raise ConfigError(f"cannot expand {head!r} in {str(path)!r}: there is no such user or "
                           f"home directory on this machine; give {option} as a full path "
                           "(or one relative to the current folder)") from None
+
+
+def variables_hint(path: str | Path) -> str:
+    """A note for a path that was not found and holds an environment variable (``$HOME/x``,
+    ``${DATA}/x``, ``%USERPROFILE%``): a shell expands them on the command line, but a config
+    file, ``--set`` within quotes or Python does not; ``""`` for any other path."""
+    name = re.search(r"\$\{?(\w+)\}?|%(\w+)%", str(path))
+    if name is None:
+        return ""
+    var = name.group(1) or name.group(2)
+    value = os.environ.get(var)
+    return (f"; environment variables are not expanded in paths (config files, --set, Python): "
+            f"write {name.group(0)} out" + (f" ({value})" if value else ""))

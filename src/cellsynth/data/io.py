@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataError, listed
-from ..paths import expand_user
+from ..paths import expand_user, variables_hint
 from .genes import check_gene_names as check_gene_names  # re-exported: its users import it here
 from .genes import gene_difference
 
@@ -96,7 +96,8 @@ def check_file(path: str | Path) -> Path:
         raise DataError(f"{path} is a directory; give the path of an .h5ad file")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a relative path, read from {Path.cwd()})"
-        raise DataError(f"{path} does not exist{where}; give the path of an .h5ad file")
+        raise DataError(f"{path} does not exist{where}{variables_hint(path)}; give the path of "
+                        "an .h5ad file")
     if not h5py.is_hdf5(path):
         kind = _compressed(path)
         if kind:
