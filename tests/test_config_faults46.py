@@ -92,3 +92,19 @@ def test_a_path_with_an_environment_variable_says_it_is_not_expanded(tmp_path, m
     assert main(["run", "--config", "c.toml", "--out", "o", "--quiet"]) == 2
     with pytest.raises(DataError, match=r"a relative path, read from [^;]*; give the path"):
         check_file("a.h5ad")  # no variable: no note
+
+
+def test_a_table_given_with_set_merges_into_the_section(tmp_path):
+    """--set 'cvae={lr=0.5}' replaced the whole [cvae] of the config file (or of an earlier
+    --set, or of a RunConfig given to cs.run): its n_latent = 3 went back to the default."""
+    from cellsynth.api import _config
+    from cellsynth.config_sources import resolve
+
+    path = tmp_path / "c.toml"
+    path.write_text("[cvae]\nn_latent = 3\n")
+    for cfg in (config.load(path, ["cvae={lr=0.5}"]),
+                config.load(None, ["cvae.n_latent=3", "cvae={lr=0.5}"]),
+                resolve(None, None, None, ["cvae.n_latent=3", "cvae={lr=0.5}"])[0],
+                _config(None, None, RunConfig(cvae={"n_latent": 3}), ["cvae={lr=0.5}"])):
+        assert (cfg.cvae.n_latent, cfg.cvae.lr) == (3, 0.5)
+    assert config.load(None, ["cvae={lr=0.5}", "cvae.lr=0.1"]).cvae.lr == 0.1  # later wins

@@ -452,8 +452,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
-        node[parts[-1]] = _parse_value(text.strip())
+        _merge(node, parts[-1], _parse_value(text.strip()))
     return data
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    """``node[key] = value``, but a table (``--set 'cvae={lr=1e-3}'``) set over a table merges
+    into it key by key: replacing it dropped the section's other settings of the config file or
+    an earlier ``--set`` without a word."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for k, v in value.items():
+            _merge(node[key], k, v)
+    else:
+        node[key] = value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
