@@ -108,3 +108,17 @@ def test_a_table_given_with_set_merges_into_the_section(tmp_path):
                 _config(None, None, RunConfig(cvae={"n_latent": 3}), ["cvae={lr=0.5}"])):
         assert (cfg.cvae.n_latent, cfg.cvae.lr) == (3, 0.5)
     assert config.load(None, ["cvae={lr=0.5}", "cvae.lr=0.1"]).cvae.lr == 0.1  # later wins
+
+
+@pytest.mark.parametrize("argv", [["run", "--set", "dataset.path="], ["run", ""],
+                                  ["run", "--config", " "], ["config", "show", "--set", "seed="]])
+def test_an_empty_value_from_an_unset_variable_is_refused(tmp_path, capsys, monkeypatch, argv):
+    """`cellsynth run "$ATLAS"` or `--set dataset.path=$ATLAS` with ATLAS not set ran the demo
+    atlas for minutes as if it were the data; `--config ""` said "config file . is a folder"."""
+    from cellsynth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert "(a shell variable that is not set?)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert config.load(None, ["dataset.path=\"\""]).dataset.path == ""  # "" written out: kept

@@ -446,6 +446,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         dotted, text = item.split("=", 1)
+        if not text.strip():  # `--set dataset.path=$ATLAS` with ATLAS unset: not "" meant
+            raise ConfigError(f"--set {item.strip()} gives no value (a shell variable that is "
+                              f"not set?); give one, or --set '{dotted.strip()}=\"\"' for "
+                              "empty text")
         parts = dotted.strip().split(".")
         node = data
         for part in parts[:-1]:

@@ -132,6 +132,10 @@ def resolve(data: str | None = None, label_key: str | None = None,
         A missing or invalid file, an unknown key, a value of the wrong type or out of range, or
         ``data`` given both as an argument and as a different ``--set dataset.path``.
     """
+    for given, what in ((data, "the data argument"), (config_path, "--config")):
+        if given is not None and not str(given).strip():  # "$ATLAS" with ATLAS not set
+            raise ConfigError(f"{what} is empty (a shell variable that is not set?); give the "
+                              "file's path, or leave it out (no data and no --config: the demo)")
     set_leaves = _leaves(apply_overrides({}, list(overrides)))
     if data is not None and set_leaves.get("dataset.path", data) != data:
         raise ConfigError(f"the data file is given twice: as the argument {data!r} and as --set "
