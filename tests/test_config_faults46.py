@@ -122,3 +122,14 @@ def test_an_empty_value_from_an_unset_variable_is_refused(tmp_path, capsys, monk
     assert "(a shell variable that is not set?)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert config.load(None, ["dataset.path=\"\""]).dataset.path == ""  # "" written out: kept
+
+
+def test_a_value_where_a_section_goes_says_how_to_write_the_section(tmp_path):
+    """`cvae = 3` in a config file (or --set cvae=3) said only "'cvae' must be a table of
+    settings, got 3": no word of how a table is written."""
+    path = tmp_path / "c.toml"
+    path.write_text("cvae = 3\n")
+    for args in ((path, []), (None, ["cvae=3"])):
+        with pytest.raises(ConfigError, match=r"'cvae' is a section: .*\[cvae\] with KEY = VALUE "
+                                              r"lines in a config file, or --set cvae\.KEY=VALUE"):
+            config.load(*args)

@@ -273,7 +273,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         value = data[f.name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"'{prefix}{f.name}' must be a table of settings, got {value!r}")
+                name = f"{prefix}{f.name}"
+                how = (f"[{name}] with KEY = VALUE lines in a config file, or --set "
+                       f"{name}.KEY=VALUE" if _on_command_line() else fix_hint(name))
+                raise ConfigError(f"'{name}' is a section: it takes a table of settings ({how}; "
+                                  f"`cellsynth config show` lists them), got {toml_value(value)}")
             kwargs[f.name] = from_dict(tp, value, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = coerce(value, tp, f"{prefix}{f.name}")
