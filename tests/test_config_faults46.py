@@ -147,3 +147,18 @@ def test_a_setting_given_twice_by_set_with_two_values_is_refused(tmp_path, capsy
     assert main(["fit", "a.h5ad", "--label-key", "t", "--model", "nb", "--out", str(tmp_path / "m"),
                  "--set", "nb.min_cells=3", "--set", "nb.min_cells=4"]) == 2
     assert "--set gives nb.min_cells twice (3, then 4)" in capsys.readouterr().err
+
+
+def test_a_config_files_missing_data_names_both_folders_searched(tmp_path, monkeypatch, caplog):
+    """A config elsewhere with path = "missing.h5ad" was refused naming the current folder
+    only, though the config file's folder is searched too (and a groups file names both)."""
+    from cellsynth.config_sources import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cf").mkdir()
+    (tmp_path / "cf" / "c.toml").write_text('[dataset]\npath = "missing.h5ad"\n')
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        resolve(None, None, "cf/c.toml")
+    said = caplog.text
+    assert "no such file in the current folder" in said and str(tmp_path / "cf") in said
+    assert "read from the current folder, then from the config file's" in said

@@ -203,6 +203,11 @@ def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> 
         logger.info("dataset.%s %s: not in the current folder; using %s, beside the config "
                     "file", key, given, beside)
         merged["dataset"][key] = str(beside)
+    elif key == "path" and not Path(given).exists():  # the data stage refuses it, naming cwd
+        logger.warning("dataset.path = %r (config %s): no such file in the current folder (%s) "
+                       "nor beside the config file (%s); a relative path in a config file is "
+                       "read from the current folder, then from the config file's%s", given,
+                       config_path, Path(given).absolute(), beside, variables_hint(given))
     elif key == "groups" and not Path(given).exists():
         raise ConfigError(
             f"dataset.groups = {given!r} (config {config_path}): no such file in the current "
