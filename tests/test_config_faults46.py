@@ -162,3 +162,16 @@ def test_a_config_files_missing_data_names_both_folders_searched(tmp_path, monke
     said = caplog.text
     assert "no such file in the current folder" in said and str(tmp_path / "cf") in said
     assert "read from the current folder, then from the config file's" in said
+
+
+def test_a_scheduler_with_the_local_backend_is_refused_before_any_stage(tmp_path, capsys):
+    """classifier.dask_scheduler = "tcp://..." with the default local backend trained the
+    classifier here, the cluster unused, without a word."""
+    from cellsynth.cli import main
+
+    out = tmp_path / "r"
+    assert main(["run", "--set", "classifier.dask_scheduler='tcp://10.0.0.1:8786'", "--out",
+                 str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'is used only with classifier.backend = "dask"' in err
+    assert not (out / "data").exists()

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..classify.xgb import resolve_device
 from ..config import MODEL_ALIASES, RunConfig
+from ..config_rules import fix_hint
 from ..errors import ConfigError
 from ..outputs import write_json
 from ..report.html import write_report as write_html_report
@@ -50,6 +51,12 @@ def run(cfg: RunConfig, out: str | Path, *,
 
 def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     if cfg.classifier.backend == "local":  # a device that is not there: said before any stage
+        if cfg.classifier.dask_scheduler:  # trained here, the cluster unused, without a word
+            raise ConfigError(
+                f"classifier.dask_scheduler = {cfg.classifier.dask_scheduler!r} is used only "
+                "with classifier.backend = \"dask\", but the backend is \"local\": set "
+                "classifier.backend = \"dask\" (or dask_scheduler = \"\" to train here); "
+                f"{fix_hint('classifier.backend')}")
         resolve_device(cfg.classifier.device)
     elif cfg.classifier.dask_scheduler:  # so is a scheduler address that cannot be one
         from ..classify.dask import check_scheduler
