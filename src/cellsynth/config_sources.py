@@ -220,6 +220,8 @@ def _from_config_folder(merged: dict[str, Any], config_path: Path, key: str) -> 
 #: arguments (``dataset.path``, ``dataset.label_key``)
 FIT_SETTINGS = ("seed", "generator.model", "dataset.backed", "dataset.drop_undetected_genes",
                 "qc.chunk_size")
+#: settings ``cellsynth fit`` names as unused with a warning (``config.unused_covariates``)
+UNUSED_WARNED = ("cvae.covariates", "nb.covariates", "scvi.covariates")
 #: the sections (and single settings) each generator's fit reads
 FIT_SECTIONS = {"cvae": ("cvae.",), "nb": ("nb.",), "scvi": ("scvi.",),
                 "reference": ("seed_vae.", "features.", "qc.target_sum")}
@@ -246,6 +248,8 @@ def check_fit_overrides(overrides: Sequence[str], model: str, data: str,
                 raise ConfigError(f"--set {key}={value!r} and the argument {name} {given!r} "
                                   f"both give it; `cellsynth fit` uses the argument: drop the "
                                   "--set")
+        elif key in UNUSED_WARNED:
+            continue  # another generator's covariates: cellsynth fit warns they are not used
         elif key not in FIT_SETTINGS and not any(
                 key.startswith(p) if p.endswith(".") else key == p for p in own):
             uses = [f"[{p[:-1]}]" if p.endswith(".") else p for p in own]
