@@ -135,20 +135,6 @@ def test_a_value_where_a_section_goes_says_how_to_write_the_section(tmp_path):
             config.load(*args)
 
 
-def test_a_setting_given_twice_by_set_with_two_values_is_refused(tmp_path, capsys):
-    """`--set cvae.max_epochs=50 ... --set cvae.max_epochs=5` used the last without a word
-    (as --types twice did before it was refused)."""
-    from cellsynth.cli import main
-    from cellsynth.config_sources import resolve
-
-    with pytest.raises(ConfigError, match=r"--set gives cvae.lr twice \(1, then 2\): give it once"):
-        resolve(None, None, None, ["cvae.lr=1", "cvae={lr=2}"])
-    assert resolve(None, None, None, ["cvae.lr=1", "cvae.lr=1.0"])[0].cvae.lr == 1.0  # same value
-    assert main(["fit", "a.h5ad", "--label-key", "t", "--model", "nb", "--out", str(tmp_path / "m"),
-                 "--set", "nb.min_cells=3", "--set", "nb.min_cells=4"]) == 2
-    assert "--set gives nb.min_cells twice (3, then 4)" in capsys.readouterr().err
-
-
 def test_a_config_files_missing_data_names_both_folders_searched(tmp_path, monkeypatch, caplog):
     """A config elsewhere with path = "missing.h5ad" was refused naming the current folder
     only, though the config file's folder is searched too (and a groups file names both)."""

@@ -94,25 +94,6 @@ def rule(dotted: str) -> str:
     return " or ".join(words)
 
 
-def check_repeats(overrides: Sequence[str]) -> None:
-    """Refuse one setting given two different values by ``--set`` (``cvae.max_epochs=50``,
-    then ``cvae.max_epochs=5`` further along a long command line): the last was used without
-    a word."""
-    seen: dict[str, Any] = {}
-    for item in overrides:
-        for key, value in _leaves(apply_overrides({}, [item])).items():
-            if key in seen and seen[key] != value:
-                raise ConfigError(f"--set gives {key} twice ({_toml(seen[key])}, then "
-                                  f"{_toml(value)}): give it once")
-            seen[key] = value
-
-
-def _toml(value: Any) -> str:
-    from .config_rules import toml_value
-
-    return toml_value(value)
-
-
 def _json(value: Any) -> str:
     return json.dumps(value)
 
@@ -155,7 +136,6 @@ def resolve(data: str | None = None, label_key: str | None = None,
         if given is not None and not str(given).strip():  # "$ATLAS" with ATLAS not set
             raise ConfigError(f"{what} is empty (a shell variable that is not set?); give the "
                               "file's path, or leave it out (no data and no --config: the demo)")
-    check_repeats(overrides)
     set_leaves = _leaves(apply_overrides({}, list(overrides)))
     if data is not None and set_leaves.get("dataset.path", data) != data:
         raise ConfigError(f"the data file is given twice: as the argument {data!r} and as --set "
@@ -235,7 +215,6 @@ def check_fit_overrides(overrides: Sequence[str], model: str, data: str,
     model's ``run_config.toml`` as if used."""
     from .config import canonical_model
 
-    check_repeats(overrides)
     model = canonical_model(model)
     own = FIT_SECTIONS.get(model, ())
     arguments = {"dataset.path": ("DATA", data), "dataset.label_key": ("--label-key", label_key)}
