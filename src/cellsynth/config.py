@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from .config_rules import check_ranges, fix_hint, from_dict, ranged, within
+from .config_rules import apply_overrides, check_ranges, fix_hint, from_dict, ranged, within
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -430,45 +430,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def run_config(data: dict[str, Any]) -> RunConfig:
     """A validated :class:`RunConfig` from a nested dict (``from_dict`` builds any section)."""
     return from_dict(RunConfig, data).validate()
-
-
-def _parse_value(text: str) -> Any:
-    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as TOML) to a nested dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        dotted, text = item.split("=", 1)
-        if not text.strip():  # `--set dataset.path=$ATLAS` with ATLAS unset: not "" meant
-            raise ConfigError(f"--set {item.strip()} gives no value (a shell variable that is "
-                              f"not set?); give one, or --set '{dotted.strip()}=\"\"' for "
-                              "empty text")
-        parts = dotted.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
-        _merge(node, parts[-1], _parse_value(text.strip()))
-    return data
-
-
-def _merge(node: dict[str, Any], key: str, value: Any) -> None:
-    """``node[key] = value``, but a table (``--set 'cvae={lr=1e-3}'``) set over a table merges
-    into it key by key: replacing it dropped the section's other settings of the config file or
-    an earlier ``--set`` without a word."""
-    if isinstance(value, dict) and isinstance(node.get(key), dict):
-        for k, v in value.items():
-            _merge(node[key], k, v)
-    else:
-        node[key] = value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

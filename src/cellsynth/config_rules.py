@@ -2,7 +2,8 @@
 says to fix it (a config file or ``--set``, or a Python keyword within :func:`hints`).
 
 :mod:`cellsynth.config` declares each setting with :func:`ranged`; :func:`from_dict` builds a
-section from a dict, its keys, types (:func:`coerce`) and ranges (:func:`check_ranges`) checked.
+section from a dict, its keys, types (:func:`coerce`) and ranges (:func:`check_ranges`) checked;
+:func:`apply_overrides` lays ``--set section.key=value`` over the nested dict first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -284,3 +286,42 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     section = cls(**kwargs)
     check_ranges(section, prefix)  # before any data is read
     return section
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as TOML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        dotted, text = item.split("=", 1)
+        if not text.strip():  # `--set dataset.path=$ATLAS` with ATLAS unset: not "" meant
+            raise ConfigError(f"--set {item.strip()} gives no value (a shell variable that is "
+                              f"not set?); give one, or --set '{dotted.strip()}=\"\"' for "
+                              "empty text")
+        parts = dotted.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        _merge(node, parts[-1], _parse_value(text.strip()))
+    return data
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    """``node[key] = value``, but a table (``--set 'cvae={lr=1e-3}'``) set over a table merges
+    into it key by key: replacing it dropped the section's other settings of the config file or
+    an earlier ``--set`` without a word."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for k, v in value.items():
+            _merge(node[key], k, v)
+    else:
+        node[key] = value
