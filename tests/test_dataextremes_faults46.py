@@ -287,3 +287,16 @@ def test_detection_counts_leave_out_stored_zeros_block_by_block(monkeypatch):
     np.testing.assert_array_equal(qc.cells_per_gene(x), (dense != 0).sum(0))
     x.eliminate_zeros()
     np.testing.assert_array_equal(qc.genes_per_cell(x), np.diff(x.indptr))
+
+
+def test_names_that_differ_only_by_the_spaces_within_them_are_one_name_split():
+    """'B  cell' and 'B cell' passed the label checks (surrounding spaces, Unicode form and case
+    were caught) and were learned as two types that every table and page shows alike."""
+    from cellsynth.data.labels import check_spaced_names
+    from cellsynth.errors import DataError
+
+    check_spaced_names(["B cell", "T cell", "NK"], "cell_type", "cell types")  # distinct: fine
+    for twins in (["B cell", "B  cell"], ["B cell", "B\tcell"]):
+        with pytest.raises(DataError, match="differ only by the spaces within them") as info:
+            check_spaced_names([*twins, "T cell"], "cell_type", "cell types")
+        assert "str.replace(r'\\s+', ' '" in str(info.value)

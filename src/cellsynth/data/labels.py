@@ -103,6 +103,16 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
             f"obs['{key}'] holds {what} that differ only by surrounding spaces "
             f"({listed(shown, 6, quote=True)}): one {what[:-1]} split in two; strip them, e.g. "
             f"adata.obs['{key}'] = adata.obs['{key}'].str.strip().astype('category')")
+    # "B  cell" and "B cell": read alike in every table and page, as surrounding spaces are
+    squeezed = stripped.str.replace(r"\s+", " ", regex=True)
+    twins = text[squeezed.duplicated(keep=False)]
+    if len(twins):
+        shown = sorted(twins.tolist(), key=lambda t: (" ".join(t.split()), t))
+        raise DataError(
+            f"obs['{key}'] holds {what} that differ only by the spaces within them "
+            f"({listed(shown, 6, quote=True)}): one {what[:-1]} split in two; write them alike, "
+            f"e.g. adata.obs['{key}'] = adata.obs['{key}'].str.replace(r'\\s+', ' ', "
+            "regex=True).astype('category')")
     composed = stripped.map(lambda t: unicodedata.normalize("NFC", t))
     forms = text[composed.duplicated(keep=False)]
     if len(forms):  # "naïve" as one code point and as i + a combining diaeresis: one name
