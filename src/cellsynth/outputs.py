@@ -91,7 +91,6 @@ def temp_beside(path: Path, suffix: str, *, folder: bool = False) -> Path:
 def _host() -> str:
     """This machine's name as it goes into a temporary file's name (letters, digits, ``.-_``)."""
     import platform
-    import re
 
     return re.sub(r"[^A-Za-z0-9._-]", "_", platform.node())[:40] or "host"
 
@@ -102,7 +101,6 @@ def remove_dead_temps(path: Path) -> list[Path]:
     writing ``path`` leaves them (an h5ad of gigabytes among them), and nothing else would ever
     remove them. A live writer's, another machine's and this process's own are kept. Returns
     what was removed."""
-    import re
     import shutil
 
     path = Path(path)
@@ -172,11 +170,11 @@ def check_disk_space(path: Path, nbytes: int, what: str) -> None:
     """Refuse, before a byte is written, to write about ``nbytes`` into ``path``'s folder when
     its disk has less room free (with a margin): HDF5 cannot recover from a disk that fills
     under it (a file it cannot close, then a crash when the process exits), so an h5ad writer
-    asks first, after removing what killed writers of ``path`` left (:func:`remove_dead_temps`).
-    A folder whose free space cannot be read is let through."""
+    asks first, once its own temporary file is made (:func:`temp_beside`, which removes what
+    killed writers of the output left). A folder whose free space cannot be read is let
+    through."""
     import shutil
 
-    remove_dead_temps(path)
     need = int(nbytes * _DISK_MARGIN) + _DISK_SLACK
     try:
         free = shutil.disk_usage(Path(path).parent).free

@@ -432,8 +432,8 @@ def write_h5ad(adata, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_disk_space(path, nbytes(adata), "the h5ad")
-    with _replaced(path) as part:
+    with _replaced(path) as part:  # made first: killed writers' files are gone before the check
+        check_disk_space(path, nbytes(adata), "the h5ad")
         adata.write_h5ad(part)
     return path
 
