@@ -223,9 +223,9 @@ class Design:
         return pd.DataFrame(obs)
 
     def _fixed(self, given: dict[str, Any],
-               lookups: dict[str, LevelLookup] | None = None) -> dict[int, int]:  # fmt: skip
+               lookups: dict[str, LevelLookup]) -> dict[int, int]:  # fmt: skip
         """Covariate position -> code of the levels a request fixes, checked (``lookups``:
-        each covariate's :class:`LevelLookup`, made here when not given)."""
+        each covariate's :class:`LevelLookup`, made once a request by :meth:`plan`)."""
         fixed = {}
         for key, level in given.items():
             if key not in self.keys:
@@ -247,7 +247,7 @@ class Design:
                 raise DataError(f"where= takes one level per covariate; '{key}' was given "
                                 f"{len(level)}: ask for several levels with a request table (one "
                                 "row per type and level, with its n) or one call per level")
-            code = (lookups[key] if lookups else LevelLookup(self.levels[key])).code(level)
+            code = lookups[key].code(level)
             if code < 0 and str(level).strip() == ANY_LEVEL:
                 raise DataError(f"'{ANY_LEVEL}' (any level) is for a request table's cells; in "
                                 f"where= (--where) leave '{key}' out instead: its levels then "
@@ -260,12 +260,12 @@ class Design:
         return fixed
 
     def _spread(self, label: str, fixed: dict[int, int], n: int,
-                every: list[tuple[list[int], int]] | None = None,
-                ) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
+                every: list[tuple[list[int], int]]) -> list[tuple[tuple[int, ...], int]]:
         """``n`` cells over combinations: the fixed levels, the rest as in the type's training
         cells with the fixed levels; where the type has none (a level it never had), as in the
-        training cells of every type with them (stim asked of a type seen only in ctrl gets the
-        donors that were stimulated, not its ctrl donors); else as in the type's cells."""
+        training cells of every type with them (``every``: each type's combinations, as
+        :meth:`plan` gathers them once; stim asked of a type seen only in ctrl gets the donors
+        that were stimulated, not its ctrl donors); else as in the type's cells."""
         if not self.keys:
             return [((), n)]
         if len(fixed) == len(self.keys):  # every level given: that one combination, whatever
@@ -277,8 +277,6 @@ class Design:
             return [(c, k) for c, k in comp if all(c[i] == v for i, v in fixed.items())]
 
         comp = [(list(c), k) for c, k in self.composition.get(label, [])]
-        if every is None:  # every type's combinations, as plan() passes them
-            every = [(list(c), k) for rows in self.composition.values() for c, k in rows]
         weights: dict[tuple[int, ...], int] = {}
         for c, k in matching(comp) or matching(every) or comp:
             key = tuple(fixed.get(i, v) for i, v in enumerate(c))
