@@ -113,7 +113,7 @@ def remove_dead_temps(path: Path) -> list[Path]:
     removed = []
     for entry in entries:
         found = pattern.fullmatch(entry.name)
-        if found is None or int(found[1]) == os.getpid() or _alive(int(found[1])):
+        if found is None or int(found[1]) == os.getpid() or process_alive(int(found[1])):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -128,8 +128,9 @@ def remove_dead_temps(path: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (another user's process counts)."""
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's process counts; a number
+    no process can have does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

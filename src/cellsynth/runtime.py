@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .outputs import write_json
+from .outputs import process_alive, write_json
 
 logger = logging.getLogger("cellsynth.pipeline")
 
@@ -338,12 +338,8 @@ class RunLock:
         boot = _boot_id()
         if other.get("boot") and boot and other["boot"] != boot:
             return False  # taken before the machine restarted: that process is gone
-        try:
-            os.kill(other["pid"], 0)
-        except ProcessLookupError:
+        if not process_alive(other["pid"]):
             return False
-        except PermissionError:  # another user's process
-            pass
         start = _process_start(other["pid"])
         # the pid is another process's now (started after the lock was taken)
         return not (other.get("process_start") and start and other["process_start"] != start)
