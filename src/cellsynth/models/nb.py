@@ -42,7 +42,6 @@ from .. import keys as K
 from ..checksums import verify_checksums, write_checksums
 from ..data.csr import stack_rows
 from ..data.genes import gene_annotation
-from ..data.io import read
 from ..data.labels import check_label
 from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
@@ -70,6 +69,7 @@ from ._model_dir import (
 from .base import (
     check_request_memory,
     fit_labels,
+    in_memory,
     reads_cells,
     synthetic_adata,
     training_counts,
@@ -162,12 +162,8 @@ class NegBinBaseline(DesignRequests):
         self.genes: list[str] = []
         self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.label_key = label_key
-        if isinstance(adata, str | Path):  # as CVAE(adata) and fit take them
-            adata = read(adata)
-        elif adata is not None and not isinstance(adata, ad.AnnData):
-            raise DataError(f"NegBinBaseline takes an AnnData or the path of an h5ad file, got "
-                            f"{type(adata).__name__}")
-        if adata is not None:
+        if adata is not None:  # as fit reads it: an AnnData, or an h5ad's path read
+            adata = in_memory(adata)
             check_label(adata, label_key)
         self.adata = adata
         self.mu = np.zeros((0, 0), dtype=np.float32)  # (T, G) mean at the type's mean library
