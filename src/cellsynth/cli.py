@@ -510,10 +510,12 @@ def _rerun(args: argparse.Namespace) -> str:
     if args.command == "benchmark":
         return (" (the generators it finished are kept: the same command reuses them and "
                 "fits the others)")
+    from .runtime import fit_checkpoint_dir
+
     out = Path(os.path.expanduser(str(args.out))) if args.command == "fit" else None
-    # pipeline.fit.checkpoint_dir's folder, none before the first epochs were saved
+    # none before the first epochs were saved
     if out is not None and getattr(args, "model", None) in (None, "cvae") and \
-            (out.parent / f".{out.name}.checkpoint").is_dir():
+            fit_checkpoint_dir(out).is_dir():
         return (" (the cvae's last training checkpoint is kept beside --out: the same command "
                 "resumes from it)")
     if args.command in ("fit", "generate"):

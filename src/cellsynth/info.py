@@ -12,10 +12,7 @@ import pandas as pd
 
 from .errors import CellsynthError
 from .paths import expand_user
-from .runtime import RunLock
-
-#: the lock a benchmark holds in its --out (``evaluation.runner.LOCK_FILE``)
-BENCHMARK_LOCK = "benchmark.lock"
+from .runtime import RunLock, fit_checkpoint_dir
 
 
 def _json(path: Path) -> Any:
@@ -50,7 +47,7 @@ def _describe(path: Path) -> dict[str, Any]:
         labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
     if (path / "summary.json").is_file() or list(path.glob("*/summary.json")) or \
-            (path / BENCHMARK_LOCK).is_file() or list(path.glob("*/results/*.json")):
+            (path / RunLock.BENCHMARK).is_file() or list(path.glob("*/results/*.json")):
         # `cellsynth benchmark --out` (one stopped before a data set finished included), or
         # one data set's folder of it
         return _describe_benchmark(path)
@@ -132,7 +129,7 @@ def _describe_benchmark(path: Path) -> dict[str, Any]:
     one = (path / "summary.json").is_file()
     folders = [path] if one else sorted({p.parent for p in path.glob("*/summary.json")} |
                                         {p.parent.parent for p in path.glob("*/results/*.json")})
-    running = RunLock(path, path=path / BENCHMARK_LOCK).held_by_a_live_process()
+    running = RunLock.of_benchmark(path).held_by_a_live_process()
     datasets = {}
     for folder in folders:
         if not (folder / "summary.json").is_file():  # stopped (or still going) before its end
@@ -160,13 +157,13 @@ def _describe_benchmark(path: Path) -> dict[str, Any]:
 def _fit_underway(path: Path) -> str:
     """Why the model directory ``path`` is not there yet, in words, when ``cellsynth fit --out
     PATH`` left something beside it ("" when it did not): the lock of a fit still writing it,
-    or a stopped fit's training checkpoint (``pipeline.fit.lock_path`` and ``checkpoint_dir``
-    name them)."""
-    lock = RunLock(path, path=path.parent / f".{path.name}.lock", what="cellsynth fit")
+    or a stopped fit's training checkpoint (:meth:`RunLock.of_fit`,
+    :func:`~cellsynth.runtime.fit_checkpoint_dir`)."""
+    lock = RunLock.of_fit(path)
     if lock.path.is_file() and lock.held_by_a_live_process():
         return (f"{path} does not exist yet: a `cellsynth fit` writing it is still running; "
                 "wait for it to end")
-    if (path.parent / f".{path.name}.checkpoint").is_dir():
+    if fit_checkpoint_dir(path).is_dir():
         return (f"{path} does not exist: a stopped `cellsynth fit --out {path}` left its "
                 f"training checkpoint in .{path.name}.checkpoint beside it; rerun that fit to "
                 "resume it")

@@ -246,6 +246,7 @@ class RunLock:
     """
 
     NAME = "run.lock"
+    BENCHMARK = "benchmark.lock"  # in a benchmark's --out
 
     def __init__(self, directory: str | Path, *, path: str | Path | None = None,
                  what: str = "cellsynth run") -> None:  # fmt: skip
@@ -253,6 +254,17 @@ class RunLock:
         self.path = Path(path) if path is not None else self.target / self.NAME
         self.what = what
         self.held = False
+
+    @classmethod
+    def of_fit(cls, out: Path) -> RunLock:
+        """The lock of ``cellsynth fit --out OUT``: beside ``OUT`` (a save replaces it whole),
+        ``.OUT.lock``."""
+        return cls(out, path=out.parent / f".{out.name}.lock", what="cellsynth fit")
+
+    @classmethod
+    def of_benchmark(cls, out: Path) -> RunLock:
+        """The lock of ``cellsynth benchmark --out OUT``: ``OUT/benchmark.lock``."""
+        return cls(out, path=out / cls.BENCHMARK, what="cellsynth benchmark")
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": platform.node(),
@@ -352,6 +364,12 @@ class RunLock:
         if other is not None and other.get("pid") == os.getpid() and \
                 other.get("host") == platform.node():
             self.path.unlink(missing_ok=True)
+
+
+def fit_checkpoint_dir(out: Path) -> Path:
+    """Where ``cellsynth fit --out OUT`` keeps the CVAE's training checkpoint: beside ``OUT``
+    (which a save replaces whole), ``.OUT.checkpoint``, removed when training ends."""
+    return out.parent / f".{out.name}.checkpoint"
 
 
 def _boot_id() -> str | None:

@@ -18,9 +18,6 @@ from ..runtime import RunLock
 from ..seeds import checked_whole
 from .page import results_page, verdict_summary
 
-#: held in a benchmark's --out while it runs (:class:`~cellsynth.runtime.RunLock`)
-LOCK_FILE = "benchmark.lock"
-
 logger = logging.getLogger(__name__)
 
 
@@ -83,7 +80,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     # one benchmark per directory: two at once would fit the same generators into one
     # models/ and results/, a page's rows then read beside another command's models
     out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out, path=out / LOCK_FILE, what="cellsynth benchmark")
+    lock = RunLock.of_benchmark(out)
     lock.acquire()
     try:
         sections = []

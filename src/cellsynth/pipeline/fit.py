@@ -17,6 +17,7 @@ from ..models.base import check_save_dir, is_model_dir
 from ..models.registry import make_generator
 from ..outputs import enclosing_run
 from ..runtime import RunLock
+from ..runtime import fit_checkpoint_dir as checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def fit_model(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out
     # one fit per model directory: two at once would share one training checkpoint and mix
     # their saves (one's run_config.toml beside the other's weights)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out, path=lock_path(out), what="cellsynth fit")
+    lock = RunLock.of_fit(out)
     lock.acquire()
     try:
         return _fit(cfg, data, label_key, out, model=model, seed=seed)
@@ -83,16 +84,6 @@ def _fit(cfg: RunConfig, data: str | Path | ad.AnnData, label_key: str, out: Pat
     return gen, history
 
 
-def lock_path(out: Path) -> Path:
-    """The lock of ``cellsynth fit`` into ``out``: beside it (a save replaces ``out`` whole),
-    held while the fit runs (:class:`~cellsynth.runtime.RunLock`)."""
-    return out.parent / f".{out.name}.lock"
-
-
-def checkpoint_dir(out: Path) -> Path:
-    """Where ``cellsynth fit`` keeps the CVAE's training checkpoint: beside ``out`` (which a
-    save replaces whole), removed when training ends."""
-    return out.parent / f".{out.name}.checkpoint"
 
 
 def check_model_out(out: Path, data: Any = None) -> None:
