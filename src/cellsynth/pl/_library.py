@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
     """``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``), their gene names and
     ``var`` (``raw.var`` for ``raw.X``)."""
-    from ..data.io import find_counts
+    from ..data.io import counts_matrix, find_counts
 
     need_cells(adata, what)
     if adata.n_obs == 0:
@@ -38,10 +38,8 @@ def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
         raise (DataError(f"{what}: {note}{expr.elsewhere}") if note else expr.no_counts(
             f"{what} holds normalised values and no raw counts (layers['counts'] or raw.X); "
             "library sizes are counts per cell"))
-    if expr.counts == "raw.X":
-        return adata.raw.X, list(map(str, adata.raw.var_names)), adata.raw.var
-    x = adata.layers["counts"] if expr.counts == "layers/counts" else adata.X
-    return x, list(map(str, adata.var_names)), adata.var
+    x, genes = counts_matrix(adata, expr)
+    return x, list(map(str, genes)), adata.raw.var if expr.counts == "raw.X" else adata.var
 
 
 def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
