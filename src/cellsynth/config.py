@@ -18,6 +18,7 @@ import tomli_w
 
 from .config_rules import apply_overrides, check_ranges, fix_hint, from_dict, ranged, within
 from .errors import ConfigError
+from .outputs import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -464,8 +465,9 @@ def load(path: str | Path | None = None, overrides: Sequence[str] | None = None)
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as TOML."""
-    Path(path).write_text(toml_text(cfg))
+    """Write the resolved config as TOML, atomically (:func:`cellsynth.outputs.write_text`): a
+    run killed mid-write leaves the settings file as it was, never half of it."""
+    write_text(Path(path), toml_text(cfg))
 
 
 def toml_text(cfg: RunConfig) -> str:
