@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,46 @@ def test_a_settings_file_is_never_left_half_written(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]  # no temporary left
+
+
+def test_a_benchmark_stopped_while_scoring_reuses_the_fit_it_saved(tmp_path, monkeypatch):
+    """A benchmark stopped after a generator's fit was saved (while its privacy audit or TSTR
+    ran) fitted that generator again from scratch when rerun; it reads the saved fit back, and
+    the page is the one an uninterrupted run writes."""
+    from cellsynth import benchmark, evaluation
+    from cellsynth.data.simulate import simulate_atlas
+
+    data = tmp_path / "tiny.h5ad"
+    simulate_atlas(300, 120, 3, seed=3).write_h5ad(data)
+    sets = ["qc.min_genes_per_cell=10", "qc.min_cells_per_type=10"]
+    evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "whole", overrides=sets,
+                             command="t", reuse=True)
+    real_tstr = benchmark.tstr
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "tstr", stopped)
+    out = tmp_path / "bench"
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="t",
+                                 reuse=True)
+    assert (out / "tiny" / "models" / "nb.fit.json").is_file()
+    monkeypatch.setattr(benchmark, "tstr", real_tstr)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(benchmark, "make_generator", fail)
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=sets, command="t", reuse=True)
+
+    def row(where):
+        kept = json.loads((where / "tiny" / "results" / "nb.json").read_text())["row"]
+        timed = {"fit_seconds", "generate_cells_per_second"}  # two fits' clocks
+        return {k: v for k, v in kept.items() if k not in timed}
+
+    assert row(out) == row(tmp_path / "whole")
+    # other settings: the saved fit is not theirs
+    with pytest.raises(AssertionError, match="fitted again"):
+        evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "bench", command="t",
+                                 overrides=[*sets, "seed=5"], reuse=True)

@@ -203,17 +203,23 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         space, emb = space_and_embedding()
         logger.info("benchmark: fitting %s on %d cells%s", name, fit_on.n_obs,
                     f" (fit {r + 1} of {fits})" if fits > 1 else "")
-        gen = make_generator(name, cfg)
-        t0 = time.perf_counter()
-        history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{tag}"))
-        fit_seconds = time.perf_counter() - t0
+        fit_key = {"key": model_key(cfg, name), **({"data": data} if data else {})}
+        found = _saved_fit(out / "models", name, fit_key) if reuse and r == 0 else None
+        if found is not None:  # a stopped benchmark's fit, saved before it was scored
+            gen, history, fit_seconds = found
+        else:
+            gen = make_generator(name, cfg)
+            t0 = time.perf_counter()
+            history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{tag}"))
+            fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{tag}"))
         gen_seconds = time.perf_counter() - t0
         syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{tag}"))
         syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{tag}"))
-        if r == 0:  # the first fit's model and cells are kept
-            gen.save(out / "models" / name)
+        if r == 0 and found is None:  # the first fit's model and cells are kept
+            _save_fit(gen, out / "models", name, {**fit_key, "history": history,
+                                                   "fit_seconds": fit_seconds})
             (out / "synthetic").mkdir(parents=True, exist_ok=True)
             write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
 
@@ -309,6 +315,42 @@ def _kept_floor(path: Path, key: str, data: str | None = None) -> dict[str, Any]
     if not isinstance(kept, dict) or kept.get("key") != key:
         return None
     return kept.get("floor") if kept.get("data") in (None, data) or data is None else None
+
+
+def _save_fit(gen: Any, models: Path, name: str, record: dict[str, Any]) -> None:
+    """Save ``gen`` into ``models/NAME`` and, once it is saved, ``models/NAME.fit.json``: the
+    key and data it was fitted with, its history and fit time (:func:`_saved_fit`). The record
+    is removed first, so a save stopped half way is never read back under an older record."""
+    record_path = models / f"{name}.fit.json"
+    record_path.unlink(missing_ok=True)
+    gen.save(models / name)
+    write_json(record_path, record)
+
+
+def _saved_fit(models: Path, name: str, fit_key: dict[str, Any]) -> tuple[Any, dict, float] | None:
+    """The generator a stopped benchmark saved in ``models/NAME`` with the same settings and
+    data (``fit_key``), its history and fit seconds, or None (no record, another key, or a
+    model that does not load: fitted again). A benchmark stopped while scoring a fitted
+    generator (privacy, TSTR) then scores it again without refitting it."""
+    import json
+
+    from .models.registry import load_generator
+
+    try:
+        record = json.loads((models / f"{name}.fit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in fit_key.items()):
+        return None
+    try:
+        gen = load_generator(models / name)
+    except Exception as err:  # any save that does not load is fitted again
+        logger.info("benchmark %s: its saved fit in %s does not load (%s); fitting it again",
+                    name, models / name, err)  # fmt: skip
+        return None
+    logger.info("benchmark %s: reusing its fit saved in %s (a stopped benchmark's)", name,
+                models / name)
+    return gen, record.get("history") or {}, float(record.get("fit_seconds") or 0.0)
 
 
 def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path) -> bool:
