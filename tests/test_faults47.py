@@ -73,3 +73,36 @@ def test_a_benchmark_stopped_while_scoring_reuses_the_fit_it_saved(tmp_path, mon
     with pytest.raises(AssertionError, match="fitted again"):
         evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "bench", command="t",
                                  overrides=[*sets, "seed=5"], reuse=True)
+
+
+def test_an_atlas_evaluation_keeps_the_cells_each_type_needs_for_its_verdict():
+    """The evaluation stage subsampled an atlas's test cells by share: at report.max_cells =
+    3,000 over 126 types most types kept a handful of cells, too few for a verdict of their
+    own (40: the floor's two halves of 20). Each type now keeps 40 (or all it has) at least."""
+    import numpy as np
+
+    from cellsynth.data.split import stratified_subsample
+    from cellsynth.metrics.verdict import MIN_TYPE_CELLS, TYPE_EVAL_CELLS
+
+    rng = np.random.default_rng(0)
+    sizes = np.maximum(5, (20000 * rng.dirichlet(np.full(126, 0.3))).astype(int))
+    labels = np.repeat([f"t{i:03d}" for i in range(126)], sizes)
+    rng.shuffle(labels)
+    judged = sizes >= 2 * MIN_TYPE_CELLS
+
+    def kept(idx):
+        return np.array([(labels[idx] == f"t{i:03d}").sum() for i in range(126)])
+
+    by_share = kept(stratified_subsample(labels, 3000, seed=1))
+    assert (by_share[judged] < 2 * MIN_TYPE_CELLS).sum() > 20  # the fault's picture
+    picked = stratified_subsample(labels, 3000, seed=1, floor=TYPE_EVAL_CELLS)
+    assert len(set(picked)) == len(picked)
+    counts = kept(picked)
+    assert (counts >= np.minimum(sizes, TYPE_EVAL_CELLS)).all() and (counts <= sizes).all()
+    # the others keep their share: the largest as many as without a floor
+    assert counts[np.argmax(sizes)] == by_share[np.argmax(sizes)] > TYPE_EVAL_CELLS
+    assert (counts == np.maximum(by_share, np.minimum(sizes, TYPE_EVAL_CELLS))).all()
+    # under the cap every cell, with or without a floor; floor 0 is the share as it was
+    assert (stratified_subsample(labels[:500], 3000, seed=1, floor=40) == np.arange(500)).all()
+    assert (stratified_subsample(labels, 3000, seed=1, floor=0)
+            == stratified_subsample(labels, 3000, seed=1)).all()

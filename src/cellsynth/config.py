@@ -345,7 +345,8 @@ class ExplainConfig:
 @dataclass
 class ReportConfig:
     umap: bool = True  # UMAP of real test and generated cells in the report (umap-learn)
-    # cells per origin in the UMAP and the fidelity metrics (stratified)
+    # cells per origin in the UMAP and the fidelity metrics (stratified; each type keeps 40, or
+    # all it has, beyond it: the cells its own verdict needs, so many types can pass it)
     max_cells: int = ranged("[1, inf)", 3000)
     fidelity: bool = True  # fidelity metrics with the real-vs-real floor (count generators)
     # random halvings the gene-level AUCs and their floor average over: "auto" takes more the

@@ -67,6 +67,10 @@ DISTINGUISHABLE_SHARE = 1 / 3
 #: cells of a type a verdict needs on each side (scored real and synthetic); fewer is
 #: :data:`TOO_FEW`. At 20 a side an AUC's noise is already 0.13: only large gaps show
 MIN_TYPE_CELLS = 20
+#: cells of each type an evaluation's subsample keeps at least, where the type has them
+#: (``data.split.stratified_subsample``'s ``floor``): the real-vs-real floor's two halves need
+#: :data:`MIN_TYPE_CELLS` each, so an atlas of many types is judged type by type
+TYPE_EVAL_CELLS = 2 * MIN_TYPE_CELLS
 
 
 @dataclass(frozen=True)

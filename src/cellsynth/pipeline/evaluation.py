@@ -22,6 +22,7 @@ from ..errors import DataError
 from ..explain.shap import explain_type, write_shap
 from ..features.pca import PCAModel
 from ..metrics.privacy import donor_values
+from ..metrics.verdict import TYPE_EVAL_CELLS
 from ..outputs import write_csv, write_json
 from .context import RunContext
 from .data import Split
@@ -74,12 +75,16 @@ def _evaluate(ctx: RunContext, cells: Cells, pca: PCAModel) -> None:
         ctx.path(*parts).unlink(missing_ok=True)
     rows, y = cells.split_rows(), cells.labels()
     test_rows = rows["test"]
-    ir = stratified_subsample(y[test_rows], cap, seed=ctx.seed("eval-real"))
+    # every type keeps the cells its own verdict needs, where it has them (an atlas's 126 types
+    # at 3,000 cells by share: most with a handful)
+    ir = stratified_subsample(y[test_rows], cap, seed=ctx.seed("eval-real"),
+                              floor=TYPE_EVAL_CELLS)
     test = cells.to_memory(test_rows[ir])
     y_real = y[test_rows][ir]
     with ctx.read_back("experiments"), H5adFile(ctx.path("synthetic", "eval.h5ad")) as syn:
         y_syn = syn.obs[ctx.label_key].astype(str).to_numpy()
-        is_ = stratified_subsample(y_syn, cap, seed=ctx.seed("eval-synthetic"))
+        is_ = stratified_subsample(y_syn, cap, seed=ctx.seed("eval-synthetic"),
+                                   floor=TYPE_EVAL_CELLS)
         syn_x = syn.X.take(is_)
         syn_names = syn.obs_names[is_]
         keys = [k for k in _covariates(ctx) if k in syn.obs]
