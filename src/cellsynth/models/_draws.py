@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.csr import stack_rows
 from ._nb_kernel import nb_csr_arrays
 from .modules.likelihoods import NegativeBinomial
 
@@ -122,9 +123,19 @@ def nb_csr(
         default elsewhere): rounds of tensor operations on the device (:class:`_Noise`,
         :func:`positive_nb`). The same distribution, other streams.
     """
+    return nb_csr_seeded(int(rng.integers(2**63)), mu, theta, dropout, engine=engine)
+
+
+def nb_csr_seeded(seed: int | np.ndarray, mu: torch.Tensor, theta: torch.Tensor,
+                  dropout: torch.Tensor | None = None, *, engine: str | None = None,
+                  ) -> sp.csr_matrix:  # fmt: skip
+    """:func:`nb_csr` with its noise from ``seed`` (the integer ``nb_csr`` draws from its
+    generator): the same counts for the same seed and means. On the CPU's kernel ``seed`` may
+    be one per cell (``(n,)``, runs of one seed: the cells of one call per run, drawn in one)."""
     n, n_genes = mu.shape
-    seed = int(rng.integers(2**63))
     engine = engine or ("kernel" if mu.device.type == "cpu" else "torch")
+    if np.ndim(seed) and engine != "kernel":
+        raise ValueError("a seed per cell is for the CPU's kernel; draw each run apart")
     if engine == "kernel":
         if mu.device.type != "cpu":
             raise ValueError(f"the kernel draws on the CPU; these means are on {mu.device}")
@@ -347,3 +358,56 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
         library = module.library_from_noise(eps[:, -1], y)  # (n,)
     px = module.generative(z, y, library, c, one_type=True, any_type=any_type, unseen_level=unseen_level)
     return draw_counts(px, library, rng)
+
+
+def sample_counts_rows(module: Any, code: int, pieces: list[tuple[tuple[int, ...], int]],
+                       rng: np.random.Generator, latent: str, *, any_type: bool = False,
+                       unseen_level: bool = False) -> sp.csr_matrix:  # fmt: skip
+    """The counts :func:`sample_counts` gives for each ``(covariate codes, n)`` of ``pieces``
+    in turn (one type ``code``, one pair of flags), decoded together: a request of thousands of
+    small combinations (a synthetic twin of an atlas of many donors) decoded one at a time ran
+    at a few hundred cells a second, each piece a decoder call and a draw of its own.
+
+    The generator is read as :func:`sample_counts` reads it, piece by piece (the latent and
+    library noise, then the seed of the count draw), and each piece's counts are drawn from its
+    own rows with its own seed, so the cells are those of piece-by-piece sampling (to float
+    rounding of the batched matmuls). NB and ZINB likelihoods only.
+    """
+    device = next(module.parameters()).device
+    d = module.n_latent + 1
+    u, eps, seeds, covs = [], [], [], []
+    for cov, n in pieces:
+        u.append(rng.random(n, dtype=np.float32))
+        eps.append(rng.standard_normal((n, d), dtype=np.float32))
+        seeds.append(int(rng.integers(2**63)))  # what nb_csr draws after the chunk's decoding
+        covs.append(np.broadcast_to(np.asarray(cov, dtype=np.int64), (n, len(cov))))
+    n_all = sum(n for _, n in pieces)
+    y = torch.full((n_all,), code, dtype=torch.long, device=device)
+    c = torch.from_numpy(np.concatenate(covs)).to(device) if pieces[0][0] else None
+    e = torch.from_numpy(np.concatenate(eps)).to(device)
+    if latent == "mixture":
+        z, library = module.mixture_from_noise(torch.from_numpy(np.concatenate(u)).to(device),
+                                               e, y)  # fmt: skip
+    else:
+        z, library = module.latent_from_noise(e[:, :-1], y), module.library_from_noise(e[:, -1], y)
+    px = module.generative(z, y, library, c, one_type=True, any_type=any_type,
+                           unseen_level=unseen_level)  # fmt: skip
+    if not isinstance(px, NegativeBinomial):
+        raise ValueError("sample_counts_rows draws NB or ZINB counts; decode a Gaussian "
+                         "likelihood's pieces one at a time (sample_counts)")
+    dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
+
+    sizes = [n for _, n in pieces]
+    if px.mu.device.type == "cpu":  # one kernel call, each piece's rows in its own stream
+        return nb_csr_seeded(np.repeat(np.array(seeds, dtype=np.uint64), sizes), px.mu,
+                             px.theta, dropout)  # fmt: skip
+
+    def rows(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
+        return t if t is None or t.dim() == 1 or t.shape[0] == 1 else t[sl]
+
+    parts, start = [], 0
+    for n, seed in zip(sizes, seeds, strict=True):
+        sl = slice(start, start + n)
+        parts.append(nb_csr_seeded(seed, px.mu[sl], rows(px.theta, sl), rows(dropout, sl)))
+        start += n
+    return stack_rows(parts)

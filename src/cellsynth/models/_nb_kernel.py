@@ -227,17 +227,19 @@ def _nonzero(v):
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _mark(mu, theta, seed, prob, code, room):
+def _mark(mu, theta, seeds, pos, prob, code, room):
     """Pass 1, vectorised: ``prob``, each entry's :func:`nonzero_or_zero32` (float32) of ``lam
     = theta log1p(mu / theta)``, and its ``code``: 2 when the top 24 bits of its uniform ``u``
     already place it below ``P(x > 0)``, 1 when they leave it open (pass 2 reads the rest), 0
-    when it is a zero; ``room[r]``, the entries of cell ``r`` that may be non-zero. Two loops a
-    cell: together LLVM does not vectorise them."""
+    when it is a zero; ``room[r]``, the entries of cell ``r`` that may be non-zero. Cell ``r``'s
+    uniforms are those of row ``pos[r]`` of the stream ``seeds[r]``. Two loops a cell: together
+    LLVM does not vectorise them."""
     n, genes = mu.shape
     th_rows = theta.shape[0]
     for row in prange(n):
         r = np.int64(row)  # (prange's index may be unsigned: mixed with signed, it is a float)
         tr = r if th_rows > 1 else np.int64(0)
+        seed, first = seeds[r], pos[r] * genes
         for g in range(genes):
             t = theta[tr, g]
             prob[r, g] = nonzero_or_zero32(t * log1p32(mu[r, g] / t))
@@ -245,7 +247,7 @@ def _mark(mu, theta, seed, prob, code, room):
         for g in range(genes):
             # u in [k, k + 1) / 2^24: below P(x > 0) for sure when k + 1 <= it 2^24, above
             # when k >= it
-            k = np.float32(_entry_bits(seed, r * genes + g) >> _S40)
+            k = np.float32(_entry_bits(seed, first + g) >> _S40)
             scaled = _nonzero(prob[r, g]) * _TWO24
             maybe = k < scaled
             code[r, g] = np.uint8(maybe) + np.uint8(k + _ONE32 <= scaled)
@@ -254,7 +256,7 @@ def _mark(mu, theta, seed, prob, code, room):
 
 
 @njit(parallel=True, cache=True)
-def _fill(mu, theta, dropout, seed, prob, code, start, indices, data, nnz):
+def _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz):
     """Pass 2: the counts of the non-zero entries, from each cell's offset ``start[r]``
     (``nnz[r]`` of them: open entries decided against the whole uniform, zero-inflated ones
     dropped when a second uniform of the entry falls below their dropout)."""
@@ -264,12 +266,13 @@ def _fill(mu, theta, dropout, seed, prob, code, start, indices, data, nnz):
         r = np.int64(row)
         tr = r if th_rows > 1 else np.int64(0)
         dr = r if dr_rows > 1 else np.int64(0)
+        seed, first = seeds[r], pos[r] * genes
         at = start[r]
         for g in range(genes):
             c = code[r, g]
             if c == 0:
                 continue
-            bits = _entry_bits(seed, r * genes + g)
+            bits = _entry_bits(seed, first + g)
             u = _unit(bits)
             v = prob[r, g]
             p = float(_nonzero(v))
@@ -295,14 +298,17 @@ def _pack(start, nnz, indptr, indices, data, out_indices, out_data):
             out_data[b + j] = data[a + j]
 
 
-def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None, seed: int,
-                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
+                  seed: int | np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """CSR ``(data, indices, indptr)`` of ``NB(mu, theta)`` counts, zero-inflated by ``dropout``.
 
     ``mu`` is ``(n, genes)``; ``theta`` and ``dropout`` are ``(1, genes)`` (every cell) or
-    ``(n, genes)``; ``seed`` a 64-bit integer; ``threads`` the parallel threads to use.
+    ``(n, genes)``; ``seed`` a 64-bit integer, or one per cell (``(n,)``: the rows of several
+    draws in one call, each run of a seed numbered from its first row, so each gives the cells
+    its own call would); ``threads`` the parallel threads to use.
     """
     n, genes = mu.shape
+    seeds, pos = _streams(seed, n)
     mu = np.ascontiguousarray(mu, dtype=np.float32)
     theta = np.ascontiguousarray(theta, dtype=np.float32).reshape(-1, genes)
     dropout = (np.zeros((1, 0), np.float32) if dropout is None
@@ -311,13 +317,13 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
         prob, code = _workspace(n * genes)
         prob, code = prob.reshape(n, genes), code.reshape(n, genes)
         room = np.empty(n, dtype=np.int64)
-        _mark(mu, theta, np.uint64(seed), prob, code, room)
+        _mark(mu, theta, seeds, pos, prob, code, room)
         start = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(room, out=start[1:])
         indices = np.empty(start[-1], dtype=np.int32)
         data = np.empty(start[-1], dtype=np.float32)
         nnz = np.empty(n, dtype=np.int64)
-        _fill(mu, theta, dropout, np.uint64(seed), prob, code, start, indices, data, nnz)
+        _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz)
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(nnz, out=indptr[1:])
         if indptr[-1] < start[-1]:  # open or dropped entries left gaps: close them
@@ -326,6 +332,19 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
             _pack(start, nnz, indptr, indices, data, out_indices, out_data)
             indices, data = out_indices, out_data
     return data, indices, indptr
+
+
+def _streams(seed: int | np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's stream (uint64) and its row in it: one seed, rows 0 to ``n - 1``; a seed per
+    cell, each run of equal consecutive seeds numbered from 0."""
+    if np.ndim(seed) == 0:
+        return np.full(n, seed, dtype=np.uint64), np.arange(n, dtype=np.int64)
+    seeds = np.asarray(seed, dtype=np.uint64)
+    if seeds.shape != (n,):
+        raise ValueError(f"{seeds.shape[0] if seeds.ndim else 0} seeds for {n} cells")
+    new = np.flatnonzero(np.r_[True, seeds[1:] != seeds[:-1]])  # each run's first row
+    pos = np.arange(n, dtype=np.int64)
+    return seeds, pos - np.repeat(new, np.diff(np.r_[new, n]))
 
 
 _LOCAL = threading.local()

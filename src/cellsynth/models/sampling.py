@@ -26,7 +26,7 @@ from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import checked_seed
 from . import _training as tr
-from ._draws import sample_counts
+from ._draws import sample_counts, sample_counts_rows
 from .base import check_memory, request_bytes, synthetic_adata, writable_uns
 
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
@@ -160,14 +160,40 @@ class GenerationMixin:
         codes = {label: i for i, label in enumerate(self.labels)}
         rows = max(1, min(4 * self.config.batch_size, _SAMPLE_VALUES // max(1, len(self.genes))))
         free = self._module().any_type is not None  # trained with label dropout
+        together = self._module().likelihood != "gaussian"
+        group: list[tuple[tuple[int, ...], int]] = []  # pieces decoded together
+        key: tuple[str, bool, bool] | None = None
         for label, cov, n in plan:
             # a combination no training cell had: decoded with "some type" where the model
             # learned one (label dropout); a level the type never had: without its zero inflation
             unseen = free and not self.design.seen(label, cov)
             new_level = bool(cov) and self.design.new_level(label, cov)
             for sl in tr.iter_slices(n, rows):
-                yield label, self._sample_chunk(codes[label], sl.stop - sl.start, rng, latent,
-                                                cov, unseen_level=new_level, any_type=unseen)
+                k = sl.stop - sl.start
+                # consecutive pieces of one type and flags share a chunk, up to its rows: the
+                # small combinations of a many-donor request are decoded together
+                if group and ((label, unseen, new_level) != key or not together
+                              or sum(m for _, m in group) + k > rows):
+                    yield key[0], self._sample_group(codes[key[0]], group, rng, latent, key)
+                    group = []
+                key = (label, unseen, new_level)
+                group.append((cov, k))
+        if group:
+            yield key[0], self._sample_group(codes[key[0]], group, rng, latent, key)
+
+    def _sample_group(self, code: int, group: list[tuple[tuple[int, ...], int]],
+                      rng: np.random.Generator, latent: str,
+                      key: tuple[str, bool, bool]) -> sp.csr_matrix:  # fmt: skip
+        """One chunk: one piece as :meth:`_sample_chunk` draws it, several (consecutive
+        combinations of one type) decoded together with the same noise
+        (:func:`~._draws.sample_counts_rows`)."""
+        _, unseen, new_level = key
+        if len(group) == 1:
+            (cov, n), = group
+            return self._sample_chunk(code, n, rng, latent, cov, unseen_level=new_level,
+                                      any_type=unseen)  # fmt: skip
+        return sample_counts_rows(self._module(), code, group, rng, latent, any_type=unseen,
+                                  unseen_level=new_level)  # fmt: skip
 
     def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
                       cov: tuple[int, ...] = (), *, unseen_level: bool = False,
