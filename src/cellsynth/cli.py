@@ -222,6 +222,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     config_sources.check_fit_overrides(args.set, args.model, args.data, args.label_key)
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in (args.covariates or "").split(",") if c.strip()]
+    if args.covariates is not None and not covariates:  # `--covariates "$COVS"`, COVS unset
+        raise CellsynthError(f"--covariates names no column ({args.covariates!r}): the model "
+                             "would be fitted without covariates; give the obs columns, e.g. "
+                             "--covariates condition,donor, or leave --covariates out")
     section = config.COVARIATE_SECTIONS.get(config.canonical_model(args.model))
     cfg = config.load(args.config, sets)
     if covariates:
