@@ -36,7 +36,8 @@ def test_holdout_counts_its_cells_and_the_pool_up_front():
 def test_holdout_levels_are_the_data_s_own_spelling():
     """A number written another way (1.0 for a column of 1, 2) names the level as obs writes it,
     so pooling and the tables use it (the pool was once looked up by the user's spelling)."""
-    obs = pd.DataFrame({"cluster": ["a"] * 100, "age": [1] * 50 + [2] * 50})
+    obs = pd.DataFrame({"cluster": ["a"] * 100 + ["b"] * 20,  # b: age 1 kept for training
+                        "age": [1] * 50 + [2] * 50 + [1, 2] * 10})
     mask, levels = check_holdout(obs, {"cluster": "a", "age": "1.0"}, "cluster")
     assert levels == {"cluster": "a", "age": "1"} and mask.sum() == 50
 

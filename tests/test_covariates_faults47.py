@@ -4,6 +4,8 @@ validation cells in a run, and ``--holdout`` levels that hold a comma."""
 
 from __future__ import annotations
 
+import pytest
+
 from cellsynth.cli import main
 from test_covariates import _design_atlas
 
@@ -18,3 +20,45 @@ def test_an_empty_covariates_option_is_refused(tmp_path, capsys):
                      "--covariates", given, "--out", str(tmp_path / "m"), "--quiet"]) == 2
         assert "--covariates names no column" in capsys.readouterr().err
         assert not (tmp_path / "m").exists()
+
+
+def test_a_holdout_that_takes_a_level_out_of_training_is_refused_before_any_fit(tmp_path,
+                                                                               monkeypatch):
+    """``--holdout cell_type=type_00,condition=stim`` where only type_00 has stim cells: every
+    generator was fitted (the whole benchmark first), then refused "'stim' is not a level of
+    covariate 'condition' seen in training"; a covariate with missing values elsewhere was
+    refused by the first conditioned fit alike."""
+    import numpy as np
+    import pandas as pd
+
+    from cellsynth import evaluation
+    from cellsynth.errors import DataError
+    from cellsynth.holdout import check_holdout
+    from test_holdout import SETS
+
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("fitted before the holdout was checked"))
+    a = _design_atlas()
+    only = np.where((a.obs["cell_type"] == "type_00").to_numpy(),
+                    a.obs["condition"].astype(str), "ctrl")
+    holdout = {"cell_type": "type_00", "condition": "stim"}
+    for name, column, said in (
+            ("only.h5ad", pd.Categorical(only), r"holds out every cell of condition=stim: no "
+                                                r"generator would be trained on the level"),
+            ("gaps.h5ad", a.obs["condition"].astype(object).where(np.arange(a.n_obs) % 50 > 0),
+             r"conditions the generators on condition, .*missing for \d+ cells")):
+        b = a.copy()
+        b.obs["condition"] = column
+        b.write_h5ad(tmp_path / name)
+        with pytest.raises(DataError, match=said):
+            evaluation.run_benchmark([str(tmp_path / name)], ["nb"], tmp_path / "out",
+                                     overrides=SETS, holdout=holdout)
+    # the prepared cells: the level's other cells all in the test split count as none
+    obs = pd.DataFrame({"cell_type": ["a"] * 60 + ["b"] * 40,
+                        "condition": ["stim"] * 45 + ["ctrl"] * 15 + ["stim", "ctrl"] * 20})
+    split = np.array(["train"] * 100, dtype=object)
+    split[60:100:2] = "test"  # every stim cell of b
+    spec = {"cell_type": "a", "condition": "stim"}
+    assert check_holdout(obs, spec, "cell_type")[0].sum() == 45
+    with pytest.raises(DataError, match="holds out every training cell of condition=stim"):
+        check_holdout(obs, spec, "cell_type", split=split)

@@ -81,13 +81,17 @@ MIN_POOL = 10
 
 
 def check_holdout(obs: pd.DataFrame, holdout: dict[str, str], label_key: str,
-                  *, after: str = "after QC") -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
+                  *, after: str = "after QC",
+                  split: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
     """The combination's cells in ``obs`` and ``holdout`` with each level as ``obs`` writes it
     (``cluster=01`` for a column of numbers is ``cluster=1``), after checking that it names the
     type and a covariate, that its columns and levels exist, that it has at least
-    :data:`MIN_HELD_OUT` cells and that its type has :data:`MIN_POOL` cells at other levels to
-    pool. A benchmark checks each data set's ``obs`` so before any fit (``after``: what the
-    cells are, for the message), and the prepared cells again."""
+    :data:`MIN_HELD_OUT` cells, that its type has :data:`MIN_POOL` cells at other levels to
+    pool, and that the generators can be conditioned on its covariates once it is held out
+    (:func:`_check_conditioning`; ``split``: each cell's split, the prepared cells'; None: every
+    cell outside the combination may be a training one). A benchmark checks each data set's
+    ``obs`` so before any fit (``after``: what the cells are, for the message), and the prepared
+    cells again."""
     mask, levels = _resolve(obs, holdout, label_key)
     n = int(mask.sum())
     if n < MIN_HELD_OUT:
@@ -99,7 +103,37 @@ def check_holdout(obs: pd.DataFrame, holdout: dict[str, str], label_key: str,
         raise DataError(f"{levels[label_key]} has {pool} cells {after} outside the combination "
                         f"{_shown(levels)}: pooling its other levels needs at least {MIN_POOL}; "
                         "hold out a combination whose type has other levels")
+    _check_conditioning(obs, mask, levels, label_key, split)
     return mask, levels
+
+
+def _check_conditioning(obs: pd.DataFrame, mask: np.ndarray, levels: dict[str, str],
+                        label_key: str, split: np.ndarray | None) -> None:  # fmt: skip
+    """Refuse, before any fit, a held-out combination the generators cannot be conditioned on:
+    a level that no training cell keeps once the combination is held out (every generator was
+    fitted, then refused to generate it), or a covariate the design refuses in the cells they
+    are fitted on (missing values, too many levels: refused by the first fit)."""
+    from .models import training_levels
+
+    keys = [k for k in levels if k != label_key]
+    if split is None:
+        train = used = ~mask
+    else:
+        split = np.asarray(split).astype(str)
+        train, used = ~mask & (split == "train"), ~mask & np.isin(split, ["train", "val"])
+    try:
+        found = training_levels(obs, keys, label_key, np.flatnonzero(train), np.flatnonzero(used))
+    except DataError as err:
+        raise DataError(f"--holdout {_shown(levels)} conditions the generators on "
+                        f"{', '.join(keys)}, fitted on the cells outside it: {err}") from None
+    for key in keys:
+        if levels[key] not in found[key]:
+            raise DataError(
+                f"--holdout {_shown(levels)} holds out every "
+                f"{'' if split is None else 'training '}cell of {key}={levels[key]}: no "
+                "generator would be trained on the level, so none could generate it; hold out "
+                f"a combination whose {key} level other types have too (the {key} levels left "
+                f"for training: {listed(found[key], 20)})")
 
 
 def _shown(holdout: dict[str, str]) -> str:
@@ -162,7 +196,7 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     cannot condition on the covariates); also written to ``out/holdout.json``.
     """
     label_key = cfg.dataset.label_key
-    held, holdout = check_holdout(pre.obs, holdout, label_key)
+    held, holdout = check_holdout(pre.obs, holdout, label_key, split=pre.obs[K.SPLIT].to_numpy())
     covariates = [k for k in holdout if k != label_key]
     cell_type, where = holdout[label_key], {k: holdout[k] for k in covariates}
     split = pre.obs[K.SPLIT].astype(str).to_numpy()

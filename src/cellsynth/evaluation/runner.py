@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
+from .. import keys as K
 from ..benchmark import benchmark_dataset, prepare
 from ..errors import DataError
 from ..outputs import check_out_dir, write_json, write_text
@@ -89,7 +90,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
             if holdout:  # QC may have removed cells of it: checked again before any fit
                 from ..holdout import check_holdout
 
-                check_holdout(pre.obs, holdout, cfg.dataset.label_key)
+                check_holdout(pre.obs, holdout, cfg.dataset.label_key,
+                              split=pre.obs[K.SPLIT].to_numpy())
             details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                         kept_only=kept_only,
                                         kept_dir=kept / name if kept else None, fits=fits,
