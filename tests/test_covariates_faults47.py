@@ -62,3 +62,35 @@ def test_a_holdout_that_takes_a_level_out_of_training_is_refused_before_any_fit(
     assert check_holdout(obs, spec, "cell_type")[0].sum() == 45
     with pytest.raises(DataError, match="holds out every training cell of condition=stim"):
         check_holdout(obs, spec, "cell_type", split=split)
+
+
+@pytest.mark.parametrize(("model", "refused"), [("cvae", True), ("scvi", True), ("nb", False)])
+def test_a_run_checks_the_validation_cells_levels_before_the_classifier(model, refused):
+    """A run of the cvae (or scvi) on a covariate missing in validation cells alone trained the
+    classifier, then the generator's fit refused them (it stops early on validation cells);
+    nb reads its training cells only, and is not refused for them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cellsynth import config
+    from cellsynth import keys as K
+    from cellsynth.cells import from_preprocessed
+    from cellsynth.errors import DataError
+    from cellsynth.pipeline.data import check_before_training
+
+    a = _design_atlas(seed=1)[:400].copy()
+    a.layers["counts"] = a.X.copy()
+    split = np.array(["train", "train", "train", "val", "test"] * 80)
+    a.obs[K.SPLIT] = split
+    cond = a.obs["condition"].astype(object)
+    cond.iloc[np.flatnonzero(split == "val")[:3]] = np.nan
+    a.obs["condition"] = cond
+    cfg = config.load(None, [f"generator.model='{model}'", f"{model}.covariates=['condition']"])
+    ctx = SimpleNamespace(cfg=cfg, label_key="cell_type")
+    cells = from_preprocessed(a, label_key="cell_type")
+    if not refused:
+        check_before_training(ctx, cells)
+        return
+    with pytest.raises(DataError, match="covariate 'condition' is missing for 3 cells: 3 NaN"):
+        check_before_training(ctx, cells)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
-from ..config import covariates_of, unused_covariates
+from ..config import canonical_model, covariates_of, unused_covariates
 from ..data.groups import AUTO, PACKAGED, check_groups, load_groups
 from ..data.io import read
 from ..data.qc import QCReport
@@ -202,8 +202,12 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
         # classifier had trained
         from ..models import training_levels
 
-        train = np.flatnonzero(cells.obs[K.SPLIT].astype(str).to_numpy() == "train")
-        training_levels(cells.obs, keys, ctx.label_key, train, train)
+        split = cells.obs[K.SPLIT].astype(str).to_numpy()
+        # the cells the generator reads: nb its training cells; cvae and scvi their
+        # validation cells too (early stopping), a missing level there refused by their fit
+        reads = ["train"] if canonical_model(cfg.generator.model) == "nb" else ["train", "val"]
+        training_levels(cells.obs, keys, ctx.label_key, np.flatnonzero(split == "train"),
+                        np.flatnonzero(np.isin(split, reads)))
     known = set(cells.labels())
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
