@@ -94,3 +94,23 @@ def test_a_run_checks_the_validation_cells_levels_before_the_classifier(model, r
         return
     with pytest.raises(DataError, match="covariate 'condition' is missing for 3 cells: 3 NaN"):
         check_before_training(ctx, cells)
+
+
+def test_a_holdout_level_holding_a_comma_is_read_whole(tmp_path):
+    """``--holdout 'cell_type=CD4-positive, alpha-beta T cell,condition=stim'`` (a Cell
+    Ontology name) was refused as "--holdout wants COLUMN=LEVEL pairs ..., got ' alpha-beta T
+    cell'": no type or level with a comma could be held out from the command line."""
+    import numpy as np
+    import pandas as pd
+
+    from cellsynth.holdout import check_holdout, parse_holdout
+
+    t_cell = "CD4-positive, alpha-beta T cell"
+    spec = parse_holdout(f"cell_type={t_cell},condition=stim, 10 ng,donor=d1")
+    assert spec == {"cell_type": t_cell, "condition": "stim, 10 ng", "donor": "d1"}
+    obs = pd.DataFrame({"cell_type": [t_cell] * 60 + ["B cell"] * 40,
+                        "condition": ["stim, 10 ng"] * 45 + ["ctrl"] * 15 + ["stim, 10 ng",
+                                                                           "ctrl"] * 20,
+                        "donor": "d1"})
+    mask, _ = check_holdout(obs, spec, "cell_type")
+    assert int(mask.sum()) == 45 and np.flatnonzero(mask).max() == 44

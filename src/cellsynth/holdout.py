@@ -59,9 +59,17 @@ HOLDOUT_COLUMNS = [
 
 
 def parse_holdout(text: str) -> dict[str, str]:
-    """``"cell_type=CD14+ Monocytes,condition=stim"`` as ``{column: level}``."""
+    """``"cell_type=CD14+ Monocytes,condition=stim"`` as ``{column: level}``. A piece without
+    ``=`` after a comma goes on the level before it: the comma is the level's own
+    (``"cell_type=CD4-positive, alpha-beta T cell,condition=stim"``)."""
+    parts: list[str] = []
+    for piece in (p for p in text.split(",") if p.strip()):
+        if "=" not in piece and parts and "=" in parts[-1]:
+            parts[-1] += "," + piece
+        else:
+            parts.append(piece)
     out: dict[str, str] = {}
-    for part in (p for p in text.split(",") if p.strip()):
+    for part in parts:
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise DataError(f"--holdout wants COLUMN=LEVEL pairs separated by commas, got "
@@ -152,7 +160,10 @@ def _resolve(obs: pd.DataFrame, holdout: dict[str, str],
     for key in holdout:  # a misspelt column first: it is why the type seems missing
         if key not in obs:
             raise DataError(f"--holdout: no column {key!r}; the columns are "
-                            f"{', '.join(map(str, obs.columns))}")
+                            f"{', '.join(map(str, obs.columns))} (a level holding both ',' "
+                            "and '=' cannot be told from the next pair on the command line: "
+                            "give holdout={column: level} to cellsynth.evaluation."
+                            "run_benchmark)")
     if label_key not in holdout or len(holdout) < 2:
         raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
                         f"(e.g. condition=stim), got {sorted(holdout)}")
