@@ -114,3 +114,21 @@ def test_a_holdout_level_holding_a_comma_is_read_whole(tmp_path):
                         "donor": "d1"})
     mask, _ = check_holdout(obs, spec, "cell_type")
     assert int(mask.sum()) == 45 and np.flatnonzero(mask).max() == 44
+
+
+def test_holdout_given_twice_is_refused(tmp_path, monkeypatch, capsys):
+    """``benchmark --holdout A --holdout B`` held out B alone, without a word (argparse keeps
+    the last value), as ``--where`` twice once did."""
+    from cellsynth import evaluation
+
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("benchmarked"))
+    data = tmp_path / "design.h5ad"
+    _design_atlas(seed=1)[:300].copy().write_h5ad(data)
+    with pytest.raises(SystemExit) as stop:
+        main(["benchmark", "--data", str(data), "--models", "nb", "--out", str(tmp_path / "out"),
+              "--holdout", "cell_type=type_00,condition=stim", "--holdout",
+              "cell_type=type_01,condition=stim", "--quiet"])
+    assert stop.value.code == 2
+    assert "argument --holdout: given twice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
     b.add_argument("--out", required=True, metavar="DIR", help="benchmark directory")
-    b.add_argument("--holdout", metavar="COLUMN=LEVEL,...", default=None,
+    b.add_argument("--holdout", action=_Once, metavar="COLUMN=LEVEL,...", default=None,
                    help="also hold this combination out of training and score it, e.g. "
                         "'cell_type=CD14+ Monocytes,condition=stim' (default: none)")
     b.add_argument("--fits", type=int, default=1, metavar="N",
