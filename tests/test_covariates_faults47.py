@@ -132,3 +132,41 @@ def test_holdout_given_twice_is_refused(tmp_path, monkeypatch, capsys):
     assert stop.value.code == 2
     assert "argument --holdout: given twice" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def nb_model():
+    """An nb model conditioned on condition and donor (fast: fitted by moments)."""
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=2)[:800].copy()
+    model = NegBinBaseline(covariate_keys=["condition", "donor"])
+    model.fit(a, "cell_type")
+    return model, a
+
+
+def test_a_request_naming_a_column_twice_is_refused(nb_model):
+    """A request table with a column twice (``pd.concat(..., axis=1)``) ended in pandas'
+    "'DataFrame' object has no attribute 'str'" for a covariate, and generated the last
+    column's n (or type) without a word; a Series counted over a column twice, or over a
+    column called n, in "cannot insert cell_type, already exists"."""
+    import pandas as pd
+
+    from cellsynth.errors import DataError
+
+    model, a = nb_model
+    for cols, row in ((["cell_type", "condition", "condition", "n"], ["type_01", "stim", "ctrl", 2]),
+                      (["cell_type", "condition", "n", "n"], ["type_01", "stim", 2, 3]),
+                      (["cell_type", "cell_type", "n"], ["type_01", "type_02", 2])):
+        twice = next(c for c in cols if cols.count(c) == 2)
+        with pytest.raises(DataError, match=f"names the column '{twice}' twice"):
+            model.sample(pd.DataFrame([row], columns=cols))
+    counts = a.obs[["cell_type", "condition"]].value_counts()
+    twice = counts.copy()
+    twice.index = twice.index.set_names(["cell_type", "cell_type"])
+    with pytest.raises(DataError, match="the request's index names 'cell_type' twice"):
+        model.sample(twice)
+    obs = a.obs.assign(n=1)
+    with pytest.raises(DataError, match="the request's index names 'n' as the count column"):
+        model.sample(obs[["cell_type", "condition", "n"]].value_counts())
+    assert model.sample(counts, seed=0).n_obs == a.n_obs

@@ -415,6 +415,11 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
             raise DataError("a request table takes its covariate levels from its columns, not "
                             f"from where=: add the column(s) {', '.join(map(repr, where))} with "
                             "the level on each row (request[name] = level) and leave out where=")
+        if request.columns.has_duplicates:  # one of them read, or pandas' error
+            raise DataError(f"the request table names the column "
+                            f"{request.columns[request.columns.duplicated()][0]!r} twice "
+                            f"({list(request.columns)}): give each column once, e.g. "
+                            "request.loc[:, ~request.columns.duplicated()] keeps the first")
         missing = [c for c in (label_key, "n") if c not in request.columns]
         if missing:
             index = [c for c in missing if c in request.index.names]

@@ -330,6 +330,15 @@ def type_counts(request: Any) -> Any:
     columns (``obs[[type, covariate]].value_counts()``) is a request table with ``n``.
     Anything else as it is."""
     if isinstance(request, pd.Series) and isinstance(request.index, pd.MultiIndex):
+        names = list(request.index.names)
+        twice = [n for n in dict.fromkeys(names)
+                 if n is not None and (names.count(n) > 1 or n == "n")]
+        if twice:  # reset_index's "cannot insert cell_type, already exists"
+            raise DataError(f"the request's index names {twice[0]!r} "
+                            f"{'twice' if names.count(twice[0]) > 1 else 'as the count column n'}"
+                            f" (its levels: {names}): a request table has each column once, "
+                            "the counts in 'n'; count the label and covariate columns once "
+                            "each, e.g. adata.obs[[label, covariate]].value_counts()")
         return request.rename("n").reset_index()
     if isinstance(request, Mapping | pd.Series):
         return {k: v for k, v in request.items() if not (is_whole(whole_count(v)) and v == 0)}
