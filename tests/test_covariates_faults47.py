@@ -170,3 +170,28 @@ def test_a_request_naming_a_column_twice_is_refused(nb_model):
     with pytest.raises(DataError, match="the request's index names 'n' as the count column"):
         model.sample(obs[["cell_type", "condition", "n"]].value_counts())
     assert model.sample(counts, seed=0).n_obs == a.n_obs
+
+
+def test_covariate_keys_as_pandas_and_numpy_give_them(nb_model):
+    """``NegBinBaseline(covariate_keys=adata.obs.columns[2:4])`` ended in "The truth value of a
+    Index is ambiguous"; a number raised TypeError; the CVAE kept numpy's str type in its
+    design."""
+    import numpy as np
+    import pandas as pd
+
+    from cellsynth.errors import ConfigError
+    from cellsynth.models import CVAE, NegBinBaseline
+
+    _, a = nb_model
+    for keys in (pd.Index(["condition", "donor"]), np.array(["condition", "donor"])):
+        model = NegBinBaseline(covariate_keys=keys)
+        assert model.covariate_keys == ["condition", "donor"]
+        model.fit(a, "cell_type")
+        assert model.design.keys == ["condition", "donor"]
+        cvae = CVAE(a, label_key="cell_type", covariate_keys=keys)
+        assert [type(k) for k in cvae.design.keys] == [str, str]
+    for bad in (5, True):
+        with pytest.raises(ConfigError, match="covariate_keys are obs column names"):
+            NegBinBaseline(covariate_keys=bad)
+        with pytest.raises(ConfigError, match="covariate_keys are obs column names"):
+            CVAE(None, covariate_keys=bad)

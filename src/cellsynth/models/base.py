@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -164,9 +164,22 @@ def generator_config(config: Any, kind: type, covariate_keys: list[str] | str | 
     if not isinstance(config, kind):
         raise ConfigError(f"config is a {type(config).__name__}; give a {kind.__name__} ({fix})")
     if covariate_keys is not None:
-        keys = [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys)
-        config = dataclasses.replace(config, covariates=keys)
+        config = dataclasses.replace(config, covariates=key_list(covariate_keys))
     return config
+
+
+def key_list(keys: Any) -> list[str]:
+    """Covariate columns as a generator takes them: one column as a string (as scanpy takes a
+    key), None for none, or any sequence of them (a list, ``adata.obs.columns[2:4]``, an
+    array), each named as text."""
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    if not isinstance(keys, Iterable):
+        raise ConfigError(f"covariate_keys are obs column names: a list of them, or one as "
+                          f"text (covariate_keys=['donor']); got {type(keys).__name__} {keys!r}")
+    return [str(k) for k in keys]
 
 
 def in_memory(data: ad.AnnData | str | Path) -> ad.AnnData:

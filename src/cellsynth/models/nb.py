@@ -70,6 +70,7 @@ from .base import (
     check_request_memory,
     fit_labels,
     in_memory,
+    key_list,
     reads_cells,
     synthetic_adata,
     training_counts,
@@ -147,10 +148,8 @@ class NegBinBaseline(DesignRequests):
                 or not MIN_THETA <= max_theta < float("inf")):  # below MIN_THETA: a hang
             raise ConfigError(f"max_theta must be a finite number of at least {MIN_THETA}, got "
                               f"{max_theta!r}; the default is {MAX_THETA:g}")
-        if isinstance(covariate_keys, str):
-            covariate_keys = [covariate_keys]
         self.max_theta = float(max_theta)
-        self.covariate_keys = [str(k) for k in covariate_keys or []]
+        self.covariate_keys = key_list(covariate_keys)
         self.min_cells = min_cells
         self.design = Design()
         #: per fitted combination: its type and level codes, mean, dispersion, libraries
