@@ -4,6 +4,8 @@ validation cells in a run, and ``--holdout`` levels that hold a comma."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cellsynth.cli import main
@@ -195,3 +197,25 @@ def test_covariate_keys_as_pandas_and_numpy_give_them(nb_model):
             NegBinBaseline(covariate_keys=bad)
         with pytest.raises(ConfigError, match="covariate_keys are obs column names"):
             CVAE(None, covariate_keys=bad)
+
+
+def test_a_request_file_s_unknown_value_is_named_by_its_line(nb_model, tmp_path, capsys):
+    """A request file with a misspelt type or level on one row was refused naming the value
+    alone (a twin's table has thousands of rows), and two rows written alike ('stim' and
+    'stim ', 1 and 1.0) as "the request asks twice", without their lines."""
+    model, _ = nb_model
+    model.save(tmp_path / "model")
+    head = "cell_type\tcondition\tdonor\tn\n# a comment\ntype_01\tstim\td1\t5\n\n"
+    for row, said in (("type_09\tstim\td1\t3", r"line 5: unknown cell type 'type_09'"),
+                      ("type_02\tstimm\t*\t3", r"line 5: 'stimm' is not a level of covariate "
+                                               r"'condition'"),
+                      ("type_01\tstim \td1\t3", r"lines 3 and 5 ask for one combination, "
+                                                r"written two ways")):
+        (tmp_path / "r.tsv").write_text(head + row + "\n")
+        assert main(["generate", str(tmp_path / "model"), "--request", str(tmp_path / "r.tsv"),
+                     "--out", str(tmp_path / "out.h5ad"), "--quiet"]) == 2
+        assert re.search(r"request file \S+r\.tsv, " + said, capsys.readouterr().err), row
+    (tmp_path / "r.tsv").write_text(head + "type_02\tctrl\t*\t3\ntype_01\tstim \td1\t0\n"
+                                    "type_09\tctrl\td1\t0\n")  # rows of 0 are left out
+    assert main(["generate", str(tmp_path / "model"), "--request", str(tmp_path / "r.tsv"),
+                 "--out", str(tmp_path / "out.h5ad"), "--quiet"]) == 0

@@ -60,8 +60,8 @@ def _continues(item: str, piece: str, levels: dict[str, list[str]]) -> bool:
 
 def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
     """A request table (TSV, or CSV by its suffix): the label column, any covariate columns
-    and ``n``, one row per combination; a malformed row is named by its line. Lines that
-    start with ``#`` are comments."""
+    and ``n``, one row per combination, indexed by each row's line in the file; a malformed
+    row is named by its line. Lines that start with ``#`` are comments."""
     path = expand_user(path, "--request")
     if not path.exists() or path.is_dir():  # a pipe (--request <(...)) is read as a file is
         raise DataError(f"request file {path} " + ("is a folder; give the request file in it"
@@ -74,7 +74,8 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
                       "tab-separated, as its name does not end in .csv")
             raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' "
                             f"({fields}; a header line first); it has {header}")
-    table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str)
+    table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str,
+                         index=pd.Index([line for line, _ in rows], name="line"))
     counts = []
     for (line, _), n, label in zip(rows, table["n"], table[label_key], strict=True):
         try:
@@ -373,6 +374,38 @@ def _known_rows(ask: pd.DataFrame, known: dict[str, list[str]], label_key: str,
     return ask.groupby(list(known), sort=False).sum().reset_index()
 
 
+def _name_bad_line(gen: Any, table: pd.DataFrame, path: str | Path) -> None:
+    """Refuse a request file's first row whose type, or a covariate level, the model does not
+    know, and two rows that name one combination as the model reads names (surrounding spaces,
+    Unicode form, a number written two ways), naming their lines: the model's plan names the
+    values alone, and a twin's table has thousands of rows. An unknown value gets the plan's
+    message for its row."""
+    label_key = getattr(gen, "label_key", "cell_type")
+    known = {label_key: gen.labels, **{k: v for k, v in gen.design.levels.items()
+                                       if k in table.columns}}  # fmt: skip
+    codes = np.empty((len(table), len(known)), dtype=np.int64)
+    for j, (key, levels) in enumerate(known.items()):
+        values = table[key].str.strip()
+        codes[:, j] = LevelLookup(levels).codes(values.to_numpy(dtype=object))
+        if key != label_key:
+            codes[(values == ANY_LEVEL).to_numpy(), j] = len(levels)  # any: a code of its own
+    bad = (codes < 0).any(axis=1) & (table["n"] > 0).to_numpy()  # a row of 0 is left out
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        try:
+            gen.plan(table.iloc[[row]])
+        except DataError as err:
+            raise DataError(f"request file {path}, line {table.index[row]}: {err}") from None
+    first: dict[tuple[int, ...], Any] = {}
+    for line, combo, n in zip(table.index, map(tuple, codes), table["n"], strict=True):
+        if n > 0 and combo in first:
+            raise DataError(f"request file {path}, lines {first[combo]} and {line} ask for one "
+                            "combination, written two ways (surrounding spaces, Unicode form, "
+                            "a number written two ways); give each combination once, with its "
+                            "total n")
+        first.setdefault(combo, line)
+
+
 def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, where: str | None,
              request: str | Path | None, like: str | Path | None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The request (``{type: n}`` or a table) and ``sample``'s keyword arguments."""
@@ -404,6 +437,7 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
     elif request is not None:
         ask = read_request(request, label_key)
+        _name_bad_line(gen, ask, request)
     else:
         if n_per_type is not None and (isinstance(n_per_type, bool) or n_per_type < 1):
             raise DataError(f"--n-per-type must be at least 1, got {n_per_type!r}")
