@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 
 from cellsynth.cli import main
@@ -219,3 +220,28 @@ def test_a_request_file_s_unknown_value_is_named_by_its_line(nb_model, tmp_path,
                                     "type_09\tctrl\td1\t0\n")  # rows of 0 are left out
     assert main(["generate", str(tmp_path / "model"), "--request", str(tmp_path / "r.tsv"),
                  "--out", str(tmp_path / "out.h5ad"), "--quiet"]) == 0
+
+
+def test_a_number_beside_text_in_one_column_is_one_level(nb_model):
+    """``ad.concat`` of a batch that stores its donors as numbers (1.0) and one that writes
+    them as text ('1') gives a column of both: the donor was two levels, "1.0" and "1" (a
+    numeric column's 1.0 is "1"), without a word."""
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.data.levels import level_text
+    from cellsynth.models import NegBinBaseline
+
+    _, a = nb_model
+    donor = np.where(a.obs["donor"].astype(str) == "d1", 1, 2)
+    first, second = a[: a.n_obs // 2].copy(), a[a.n_obs // 2:].copy()
+    first.obs["donor"] = donor[: a.n_obs // 2].astype(float)
+    second.obs["donor"] = donor[a.n_obs // 2:].astype(str)
+    both = ad.concat([first, second])
+    assert both.obs["donor"].dtype == object
+    assert sorted(set(level_text(both.obs["donor"]))) == ["1", "2"]
+    model = NegBinBaseline(covariate_keys=["donor"])
+    model.fit(both, "cell_type")
+    assert model.design.levels == {"donor": ["1", "2"]}
+    mixed = np.array([True, 1.5, "x", None, np.nan, 3], dtype=object)
+    assert list(level_text(pd.Series(mixed))) == ["True", "1.5", "x", "None", "nan", "3"]

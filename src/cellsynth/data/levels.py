@@ -15,6 +15,7 @@ an atlas may keep them), as a cell type's name does.
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -56,15 +57,29 @@ ANY_LEVEL = "*"
 def level_text(values: pd.Series) -> np.ndarray:
     """The level name of every value of an ``obs`` column, as a str array: a numeric column's
     (or numeric categories') values by :func:`level_name`, other columns as ``astype(str)``
-    writes them (a missing value is ``"nan"``)."""
+    writes them (a missing value is ``"nan"``), but for the numbers of a column that mixes them
+    with text (``'1'`` and ``1.0`` after ``ad.concat``), named as a numeric column's are."""
     dtype = values.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         dtype = dtype.categories.dtype  # categories of numbers are numbers
     if not _numeric(dtype):
-        return values.astype(str).to_numpy()
+        text = values.astype(str).to_numpy()
+        kinds = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else values
+        if pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(
+                kinds, skipna=True) not in ("string", "bytes", "empty"):  # fmt: skip
+            _name_numbers(values.to_numpy(dtype=object), text)
+        return text
     codes, uniq = pd.factorize(values)  # missing: -1
     names = np.array([*(level_name(v) for v in uniq), "nan"], dtype=object)
     return names[codes].astype(str)
+
+
+def _name_numbers(cells: np.ndarray, text: np.ndarray) -> None:
+    """Name each number (not a bool) among ``cells`` by :func:`level_name` in ``text``, in
+    place: the donor ``1.0`` beside the donor ``'1'`` is one level, ``"1"``."""
+    number = np.fromiter((isinstance(v, numbers.Number) and not isinstance(v, bool | np.bool_)
+                          for v in cells), dtype=bool, count=len(cells))  # fmt: skip
+    text[number] = [level_name(v) for v in cells[number]]
 
 
 def _numeric(dtype: Any) -> bool:
