@@ -245,3 +245,35 @@ def test_a_number_beside_text_in_one_column_is_one_level(nb_model):
     assert model.design.levels == {"donor": ["1", "2"]}
     mixed = np.array([True, 1.5, "x", None, np.nan, 3], dtype=object)
     assert list(level_text(pd.Series(mixed))) == ["True", "1.5", "x", "None", "nan", "3"]
+
+
+def test_a_benchmark_checks_each_generator_s_covariates_before_any_fit(tmp_path, monkeypatch):
+    """``benchmark --models reference,nb --set nb.covariates=['conditon']`` (or a covariate
+    with missing values) fitted the reference first (hours on an atlas), then nb's fit
+    refused the column (a second data set's after the first was benchmarked: a missing
+    value, read in the cells its fit reads, before that data set's fits)."""
+    import numpy as np
+
+    from cellsynth import evaluation
+    from cellsynth.errors import DataError
+    from test_holdout import SETS
+
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("fitted before the covariates were checked"))
+    a = _design_atlas(seed=4)
+    a.write_h5ad(tmp_path / "good.h5ad")
+    gaps = a.copy()
+    gaps.obs["condition"] = gaps.obs["condition"].astype(object).where(
+        np.arange(a.n_obs) % 50 > 0)
+    gaps.write_h5ad(tmp_path / "gaps.h5ad")
+    for data, cov, said in (
+            (["good", "gaps"], "'conditon'", r"good \(.*good\.h5ad\): nb conditions on "
+                                             r"nb\.covariates = \['conditon'\]: covariate column "
+                                             r"'conditon' not in obs"),
+            (["gaps"], "'condition'", r"gaps \(.*gaps\.h5ad\): nb conditions on "
+                                              r"nb\.covariates = \['condition'\]: covariate "
+                                              r"'condition' is missing for \d+ cells")):
+        with pytest.raises(DataError, match=said):
+            evaluation.run_benchmark([str(tmp_path / f"{d}.h5ad") for d in data],
+                                     ["reference", "nb"], tmp_path / "out",
+                                     overrides=[*SETS, f"nb.covariates=[{cov}]"])

@@ -73,7 +73,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
                 f"dataset.path={json.dumps(str(item))}"])))
     _distinct_names(cfgs, datasets)
-    _check_inputs(cfgs, holdout)  # every file and the holdout, before hours of fitting
+    _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
+    # of fitting
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
     path = doc or out / "RESULTS.md"
@@ -87,6 +88,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
         sections = []
         for name, cfg in cfgs:
             pre = prepare(cfg.dataset.path, cfg)
+            if not kept_only:  # as each fit reads them, before any (none with kept_only)
+                _check_designs(name, cfg, models, pre.obs)
             if holdout:  # QC may have removed cells of it: checked again before any fit
                 from ..holdout import check_holdout
 
@@ -153,11 +156,36 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
         seen[name] = item
 
 
-def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -> None:
-    """Every dataset file exists and is an h5ad of raw counts, and ``holdout``'s columns and
-    levels are in each one's ``obs`` (read alone) with enough cells to hold out and to pool, so
-    that a typo, a small combination or a normalised file fails at once, not after the datasets
-    before it were benchmarked."""
+def _check_designs(name: str, cfg: Any, models: list[str], obs: Any, *,
+                   columns_only: bool = False) -> None:  # fmt: skip
+    """Each generator's covariates (``nb.covariates``...) in the dataset ``name``'s ``obs``:
+    the columns (``columns_only``: a file's cells, before QC), or as its fit reads the prepared
+    cells (:func:`~cellsynth.pipeline.data.check_design`), named by the generator: else the
+    generators before it were fitted, then its own fit refused them."""
+    from ..config import COVARIATE_SECTIONS, covariates_of
+    from ..models import check_covariate_columns
+    from ..pipeline.data import check_design
+
+    for model in models:
+        keys = covariates_of(cfg, model)
+        if not keys:
+            continue
+        try:
+            if columns_only:
+                check_covariate_columns(obs, keys, cfg.dataset.label_key)
+            else:
+                check_design(cfg, model, obs, cfg.dataset.label_key)
+        except DataError as err:
+            raise DataError(f"{name} ({cfg.dataset.path}): {model} conditions on "
+                            f"{COVARIATE_SECTIONS.get(model, model)}.covariates = {keys}: {err}") from None
+
+
+def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None,
+                  models: list[str] = ()) -> None:  # fmt: skip
+    """Every dataset file exists and is an h5ad of raw counts, each generator's covariate
+    columns and ``holdout``'s columns and levels are in each one's ``obs`` (read alone), the
+    combination with enough cells to hold out and to pool, so that a typo, a small combination
+    or a normalised file fails at once, not after the datasets before it were benchmarked."""
     from ..data.io import check_file, find_counts
     from ..data.store import H5adFile
     from ..holdout import check_holdout
@@ -172,6 +200,7 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None) -
                                      "layers['counts'] or raw.X with counts; give the "
                                      "unnormalised file")  # fmt: skip
             obs = h5.obs
+        _check_designs(name, cfg, models, obs, columns_only=True)
         if holdout:
             try:
                 check_holdout(obs, holdout, cfg.dataset.label_key, after="in the file")

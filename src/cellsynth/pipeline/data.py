@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
-from ..config import canonical_model, covariates_of, unused_covariates
+from ..config import RunConfig, canonical_model, covariates_of, unused_covariates
 from ..data.groups import AUTO, PACKAGED, check_groups, load_groups
 from ..data.io import read
 from ..data.qc import QCReport
@@ -180,6 +180,23 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
     return cells, report
 
 
+def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) -> None:
+    """The covariates generator ``model`` conditions on, checked in the prepared cells ``obs``
+    (their split column) as its fit reads them, before any model is trained: levels of the
+    training cells (not too many, none differing by spaces), none missing among the cells it
+    reads (nb its training cells; cvae and scvi their validation cells too, for early
+    stopping)."""
+    keys = covariates_of(cfg, model)
+    if not keys:
+        return
+    from ..models import training_levels
+
+    split = obs[K.SPLIT].astype(str).to_numpy()
+    reads = ["train"] if canonical_model(model) == "nb" else ["train", "val"]
+    training_levels(obs, keys, label_key, np.flatnonzero(split == "train"),
+                    np.flatnonzero(np.isin(split, reads)))
+
+
 def check_before_training(ctx: RunContext, cells: Cells) -> None:
     """Settings that can only be checked against the data, before any model is trained."""
     cfg = ctx.cfg
@@ -197,17 +214,8 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
             f"{n.get('test', 0)} test); the classifier and the generated cells are scored on "
             "test cells: give more cells, or a larger split.test (a type gets a test cell from "
             "about 1 / split.test cells up; see data/qc_steps.csv for what QC removed)")
-    keys = covariates_of(cfg, cfg.generator.model)
-    if keys:  # a missing level, or too many, was found by the generator stage: after the
-        # classifier had trained
-        from ..models import training_levels
-
-        split = cells.obs[K.SPLIT].astype(str).to_numpy()
-        # the cells the generator reads: nb its training cells; cvae and scvi their
-        # validation cells too (early stopping), a missing level there refused by their fit
-        reads = ["train"] if canonical_model(cfg.generator.model) == "nb" else ["train", "val"]
-        training_levels(cells.obs, keys, ctx.label_key, np.flatnonzero(split == "train"),
-                        np.flatnonzero(np.isin(split, reads)))
+    # a missing level, or too many, was found by the generator stage: after the classifier
+    check_design(cfg, cfg.generator.model, cells.obs, ctx.label_key)
     known = set(cells.labels())
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
