@@ -277,3 +277,31 @@ def test_a_benchmark_checks_each_generator_s_covariates_before_any_fit(tmp_path,
             evaluation.run_benchmark([str(tmp_path / f"{d}.h5ad") for d in data],
                                      ["reference", "nb"], tmp_path / "out",
                                      overrides=[*SETS, f"nb.covariates=[{cov}]"])
+
+
+def test_real_test_cells_without_a_level_are_left_out_of_the_design_report(monkeypatch, caplog):
+    """Test cells with a missing covariate (allowed: no generator reads them) were scored as a
+    level "nan" that "no training cell had (held-out donors?)", their combinations listed."""
+    import numpy as np
+
+    from cellsynth.metrics import effects
+    from cellsynth.metrics.effects import design_report
+    from cellsynth.metrics.space import fit_space
+
+    got = {}
+    monkeypatch.setattr(effects, "combination_fidelity",
+                        lambda space, rc, ro, *a, **k: got.update(n=len(ro)) or {})
+    a = _design_atlas(seed=3)
+    real, syn = a[:700].copy(), a[700:1400].copy()
+    cond = real.obs["condition"].astype(object)
+    cond.iloc[:12] = np.nan
+    real.obs["condition"] = cond
+    space = fit_space(a.X, a.obs["cell_type"].astype(str).to_numpy(),
+                      list(map(str, a.var_names)), seed=0)
+    with caplog.at_level("WARNING"):
+        rep = design_report(space, real.X, real.obs, syn.X, syn.obs, label_key="cell_type",
+                            keys=["condition"], seed=0)
+    assert rep["levels_not_generated"] == {} and got["n"] == 688
+    assert "12 of the 700 real test cells have no level" in caplog.text
+    assert "held-out donors" not in caplog.text
+    assert list(rep["effects"]["condition"]) == ["stim vs ctrl"]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..data.labels import missing_labels
 from ..data.levels import level_text
 from ..errors import listed
 from ..seeds import derive_seed
@@ -121,7 +122,10 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
     ``MAX_EFFECT_LEVELS`` levels the :func:`condition_effects` of every level against the
     reference (:func:`reference_level`), among the levels both sides have: a level of real
     cells only (a held-out donor, whose cells are all test cells) cannot be generated, and is
-    listed in ``levels_not_generated`` (a WARNING) instead of skipping every effect against it."""
+    listed in ``levels_not_generated`` (a WARNING) instead of skipping every effect against it.
+    Real cells without a level of a covariate (missing: NaN, "", "nan") are left out, with a
+    WARNING: they are no level, and no generated cell has one."""
+    real_counts, real_obs = _without_missing(real_counts, real_obs, keys)
     out: dict[str, Any] = {"combinations": combination_fidelity(
         space, real_counts, real_obs, syn_counts, syn_obs, label_key=label_key, keys=keys,
         seed=derive_seed(seed, "combinations")), "effects": {}, "levels_not_generated": {}}
@@ -151,6 +155,23 @@ def design_report(space: EvalSpace, real_counts: Any, real_obs: pd.DataFrame, sy
                 level=str(lv), reference=reference, seed=derive_seed(seed, f"effect:{k}:{lv}"))
             for lv in levels.index if str(lv) != reference}  # fmt: skip
     return out
+
+
+def _without_missing(counts: Any, obs: pd.DataFrame,
+                     keys: list[str]) -> tuple[Any, pd.DataFrame]:  # fmt: skip
+    """The real cells with a level of every covariate in ``keys`` (a WARNING per covariate
+    for the others: their "nan" read as a level no training cell had)."""
+    gone = np.zeros(len(obs), dtype=bool)
+    for k in keys:
+        miss = missing_labels(obs[k])
+        if miss.any():
+            logger.warning("covariate %s: %d of the %d real test cells have no level (missing: "
+                           "NaN, '', 'nan'): left out of the effects and of the combinations "
+                           "scored", k, int(miss.sum()), len(obs))
+            gone |= miss
+    if not gone.any():
+        return counts, obs
+    return counts[np.flatnonzero(~gone)], obs[~gone].reset_index(drop=True)
 
 
 def _lognorm_mean(x: Any) -> np.ndarray:
