@@ -106,6 +106,7 @@ def test_a_holdout_level_holding_a_comma_is_read_whole(tmp_path):
     import numpy as np
     import pandas as pd
 
+    from cellsynth.errors import DataError
     from cellsynth.holdout import check_holdout, parse_holdout
 
     t_cell = "CD4-positive, alpha-beta T cell"
@@ -117,6 +118,12 @@ def test_a_holdout_level_holding_a_comma_is_read_whole(tmp_path):
                         "donor": "d1"})
     mask, _ = check_holdout(obs, spec, "cell_type")
     assert int(mask.sum()) == 45 and np.flatnonzero(mask).max() == 44
+    with pytest.raises(DataError, match=r"no column 'conditon' \(did you mean 'condition'\?\); "
+                                        r"the columns are cell_type, condition, donor$"):
+        check_holdout(obs, parse_holdout(f"cell_type={t_cell},conditon=x"), "cell_type")
+    with pytest.raises(DataError, match=r"no column '10'; .*or the rest of a level holding ',' "
+                                        r"and '='.*run_benchmark"):
+        check_holdout(obs, parse_holdout(f"cell_type={t_cell},condition=x, 10=ng"), "cell_type")
 
 
 def test_holdout_given_twice_is_refused(tmp_path, monkeypatch, capsys):

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from . import keys as K
 from .config import COVARIATE_SECTIONS, RunConfig
 from .data.levels import LevelLookup, level_text
-from .errors import DataError, listed
+from .errors import DataError, did_you_mean, listed
 from .metrics.fidelity import FidelityConfig, fidelity_report, real_floor
 from .metrics.genes import gene_fidelity
 from .metrics.space import fit_space
@@ -157,13 +157,15 @@ def holdout_mask(obs: pd.DataFrame, holdout: dict[str, str], label_key: str) -> 
 
 def _resolve(obs: pd.DataFrame, holdout: dict[str, str],
              label_key: str) -> tuple[np.ndarray, dict[str, str]]:  # fmt: skip
-    for key in holdout:  # a misspelt column first: it is why the type seems missing
+    for i, key in enumerate(holdout):  # a misspelt column first: why the type seems missing
         if key not in obs:
-            raise DataError(f"--holdout: no column {key!r}; the columns are "
-                            f"{', '.join(map(str, obs.columns))} (a level holding both ',' "
-                            "and '=' cannot be told from the next pair on the command line: "
-                            "give holdout={column: level} to cellsynth.evaluation."
-                            "run_benchmark)")
+            near = did_you_mean(key, obs.columns)
+            hint = "" if near or not i else (
+                "; or the rest of a level holding ',' and '=', which the command line cannot "
+                "tell from a pair: give holdout={column: level} to "
+                "cellsynth.evaluation.run_benchmark")
+            raise DataError(f"--holdout: no column {key!r}{near}; the columns are "
+                            f"{', '.join(map(str, obs.columns))}{hint}")
     if label_key not in holdout or len(holdout) < 2:
         raise DataError(f"--holdout names the type ({label_key}=...) and at least one covariate "
                         f"(e.g. condition=stim), got {sorted(holdout)}")
