@@ -1,15 +1,20 @@
-"""Covariates misused (session 47's sweep): an empty ``--covariates``, a held-out combination
-that takes a whole level (or a level's missing values) out of training, missing levels among
-validation cells in a run, and ``--holdout`` levels that hold a comma."""
+"""Covariates misused (session 47's sweep): an empty ``--covariates``; ``--holdout`` of a
+combination that takes a whole level (or a covariate with missing values) out of training, of
+levels that hold a comma, or given twice; validation cells' missing levels in a run; a request
+table with a column twice; ``covariate_keys`` as pandas or numpy give them; a request file's
+unknown value named by its line; a column mixing numbers and text; benchmark generators'
+covariates checked before any fit; and real test cells without a level in the design report."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cellsynth.cli import main
+from cellsynth.errors import ConfigError, DataError
 from test_covariates import _design_atlas
 
 
@@ -31,11 +36,7 @@ def test_a_holdout_that_takes_a_level_out_of_training_is_refused_before_any_fit(
     generator was fitted (the whole benchmark first), then refused "'stim' is not a level of
     covariate 'condition' seen in training"; a covariate with missing values elsewhere was
     refused by the first conditioned fit alike."""
-    import numpy as np
-    import pandas as pd
-
     from cellsynth import evaluation
-    from cellsynth.errors import DataError
     from cellsynth.holdout import check_holdout
     from test_holdout import SETS
 
@@ -74,12 +75,9 @@ def test_a_run_checks_the_validation_cells_levels_before_the_classifier(model, r
     nb reads its training cells only, and is not refused for them."""
     from types import SimpleNamespace
 
-    import numpy as np
-
     from cellsynth import config
     from cellsynth import keys as K
     from cellsynth.cells import from_preprocessed
-    from cellsynth.errors import DataError
     from cellsynth.pipeline.data import check_before_training
 
     a = _design_atlas(seed=1)[:400].copy()
@@ -103,10 +101,6 @@ def test_a_holdout_level_holding_a_comma_is_read_whole(tmp_path):
     """``--holdout 'cell_type=CD4-positive, alpha-beta T cell,condition=stim'`` (a Cell
     Ontology name) was refused as "--holdout wants COLUMN=LEVEL pairs ..., got ' alpha-beta T
     cell'": no type or level with a comma could be held out from the command line."""
-    import numpy as np
-    import pandas as pd
-
-    from cellsynth.errors import DataError
     from cellsynth.holdout import check_holdout, parse_holdout
 
     t_cell = "CD4-positive, alpha-beta T cell"
@@ -160,10 +154,6 @@ def test_a_request_naming_a_column_twice_is_refused(nb_model):
     "'DataFrame' object has no attribute 'str'" for a covariate, and generated the last
     column's n (or type) without a word; a Series counted over a column twice, or over a
     column called n, in "cannot insert cell_type, already exists"."""
-    import pandas as pd
-
-    from cellsynth.errors import DataError
-
     model, a = nb_model
     for cols, row in ((["cell_type", "condition", "condition", "n"], ["type_01", "stim", "ctrl", 2]),
                       (["cell_type", "condition", "n", "n"], ["type_01", "stim", 2, 3]),
@@ -186,10 +176,6 @@ def test_covariate_keys_as_pandas_and_numpy_give_them(nb_model):
     """``NegBinBaseline(covariate_keys=adata.obs.columns[2:4])`` ended in "The truth value of a
     Index is ambiguous"; a number raised TypeError; the CVAE kept numpy's str type in its
     design."""
-    import numpy as np
-    import pandas as pd
-
-    from cellsynth.errors import ConfigError
     from cellsynth.models import CVAE, NegBinBaseline
 
     _, a = nb_model
@@ -234,7 +220,6 @@ def test_a_number_beside_text_in_one_column_is_one_level(nb_model):
     them as text ('1') gives a column of both: the donor was two levels, "1.0" and "1" (a
     numeric column's 1.0 is "1"), without a word."""
     import anndata as ad
-    import numpy as np
 
     from cellsynth.data.levels import level_text
     from cellsynth.models import NegBinBaseline
@@ -259,10 +244,7 @@ def test_a_benchmark_checks_each_generator_s_covariates_before_any_fit(tmp_path,
     with missing values) fitted the reference first (hours on an atlas), then nb's fit
     refused the column (a second data set's after the first was benchmarked: a missing
     value, read in the cells its fit reads, before that data set's fits)."""
-    import numpy as np
-
     from cellsynth import evaluation
-    from cellsynth.errors import DataError
     from test_holdout import SETS
 
     monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
@@ -289,8 +271,6 @@ def test_a_benchmark_checks_each_generator_s_covariates_before_any_fit(tmp_path,
 def test_real_test_cells_without_a_level_are_left_out_of_the_design_report(monkeypatch, caplog):
     """Test cells with a missing covariate (allowed: no generator reads them) were scored as a
     level "nan" that "no training cell had (held-out donors?)", their combinations listed."""
-    import numpy as np
-
     from cellsynth.metrics import effects
     from cellsynth.metrics.effects import design_report
     from cellsynth.metrics.space import fit_space
