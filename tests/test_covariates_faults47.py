@@ -292,3 +292,20 @@ def test_real_test_cells_without_a_level_are_left_out_of_the_design_report(monke
     assert "12 of the 700 real test cells have no level" in caplog.text
     assert "held-out donors" not in caplog.text
     assert list(rep["effects"]["condition"]) == ["stim vs ctrl"]
+
+
+def test_a_holdout_whose_type_has_few_training_cells_to_pool_is_refused_before_any_fit():
+    """The pool was counted over every split before the fits, and over the training cells by
+    benchmark_holdout, after the whole benchmark: a type of 12 cells at other levels, 5 of
+    them training ones, passed the first and failed the second."""
+    from cellsynth.holdout import check_holdout
+
+    obs = pd.DataFrame({"cell_type": ["a"] * 57 + ["b"] * 40,
+                        "condition": ["stim"] * 45 + ["ctrl"] * 12 + ["stim", "ctrl"] * 20})
+    split = np.array(["train"] * len(obs), dtype=object)
+    split[45:52] = "test"  # 7 of a's 12 ctrl cells
+    spec = {"cell_type": "a", "condition": "stim"}
+    assert check_holdout(obs, spec, "cell_type")[0].sum() == 45
+    with pytest.raises(DataError, match=r"a has 5 training cells after QC outside the "
+                                        r"combination cell_type=a, condition=stim: pooling"):
+        check_holdout(obs, spec, "cell_type", split=split)

@@ -106,11 +106,14 @@ def check_holdout(obs: pd.DataFrame, holdout: dict[str, str], label_key: str,
         raise DataError(f"the combination {_shown(levels)} has {n} cells {after}; the held-out "
                         f"benchmark needs at least {MIN_HELD_OUT}: hold out a larger one")
     same_type = level_text(obs[label_key]) == levels[label_key]
+    if split is not None:  # pooling reads the type's training cells (benchmark_holdout)
+        same_type &= np.asarray(split).astype(str) == "train"
     pool = int((same_type & ~mask).sum())
     if pool < MIN_POOL:
-        raise DataError(f"{levels[label_key]} has {pool} cells {after} outside the combination "
-                        f"{_shown(levels)}: pooling its other levels needs at least {MIN_POOL}; "
-                        "hold out a combination whose type has other levels")
+        raise DataError(f"{levels[label_key]} has {pool} {'' if split is None else 'training '}"
+                        f"cells {after} outside the combination {_shown(levels)}: pooling its "
+                        f"other levels needs at least {MIN_POOL}; hold out a combination whose "
+                        "type has other levels")
     _check_conditioning(obs, mask, levels, label_key, split)
     return mask, levels
 
