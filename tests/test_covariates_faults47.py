@@ -309,3 +309,27 @@ def test_a_holdout_whose_type_has_few_training_cells_to_pool_is_refused_before_a
     with pytest.raises(DataError, match=r"a has 5 training cells after QC outside the "
                                         r"combination cell_type=a, condition=stim: pooling"):
         check_holdout(obs, spec, "cell_type", split=split)
+
+
+def test_a_holdout_covariate_missing_in_cells_qc_removes_is_not_refused(tmp_path, monkeypatch):
+    """Unlabelled cells, left out before any fit, may lack the covariate too: the check of
+    the file's cells (before QC) does not refuse their missing values."""
+    from cellsynth import evaluation
+    from test_holdout import SETS
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset", reached)
+    a = _design_atlas()
+    unlabelled = np.arange(a.n_obs) % 50 == 0
+    for key in ("cell_type", "condition"):
+        a.obs[key] = a.obs[key].astype(object).where(~unlabelled)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    with pytest.raises(Reached):
+        evaluation.run_benchmark([str(tmp_path / "a.h5ad")], ["nb"], tmp_path / "out",
+                                 overrides=SETS,
+                                 holdout={"cell_type": "type_00", "condition": "stim"})

@@ -97,7 +97,8 @@ def check_holdout(obs: pd.DataFrame, holdout: dict[str, str], label_key: str,
     :data:`MIN_HELD_OUT` cells, that its type has :data:`MIN_POOL` cells at other levels to
     pool, and that the generators can be conditioned on its covariates once it is held out
     (:func:`_check_conditioning`; ``split``: each cell's split, the prepared cells'; None: every
-    cell outside the combination may be a training one). A benchmark checks each data set's
+    cell outside the combination may be a training one, and missing values are not looked
+    for: QC may remove their cells). A benchmark checks each data set's
     ``obs`` so before any fit (``after``: what the cells are, for the message), and the prepared
     cells again."""
     mask, levels = _resolve(obs, holdout, label_key)
@@ -127,8 +128,9 @@ def _check_conditioning(obs: pd.DataFrame, mask: np.ndarray, levels: dict[str, s
     from .models import training_levels
 
     keys = [k for k in levels if k != label_key]
-    if split is None:
-        train = used = ~mask
+    if split is None:  # a file's cells, some of them QC's to remove: their missing values are
+        # checked once the data set is prepared
+        train, used = ~mask, np.zeros(len(obs), dtype=bool)
     else:
         split = np.asarray(split).astype(str)
         train, used = ~mask & (split == "train"), ~mask & np.isin(split, ["train", "val"])
