@@ -333,3 +333,27 @@ def test_a_holdout_covariate_missing_in_cells_qc_removes_is_not_refused(tmp_path
         evaluation.run_benchmark([str(tmp_path / "a.h5ad")], ["nb"], tmp_path / "out",
                                  overrides=SETS,
                                  holdout={"cell_type": "type_00", "condition": "stim"})
+
+
+def test_a_generator_built_on_the_data_leaves_its_test_cells_levels_alone():
+    """``CVAE(adata, covariate_keys=[...])`` (and ``ScviGenerator``) on cells with a split
+    column refused a covariate missing in test cells, which their fit never reads (``cellsynth
+    fit``, nb and the run took the same cells)."""
+    from cellsynth import keys as K
+    from cellsynth.models import CVAE, ScviGenerator
+
+    a = _design_atlas(seed=2)[:500].copy()
+    split = np.array(["train"] * 8 + ["val", "test"])[np.arange(a.n_obs) % 10]
+    a.obs[K.SPLIT] = split
+    cond = a.obs["condition"].astype(object)
+    cond.iloc[np.flatnonzero(split == "test")[:3]] = np.nan
+    a.obs["condition"] = cond
+    assert CVAE(a, label_key="cell_type", covariate_keys=["condition"]).design.keys == [
+        "condition"]
+    assert ScviGenerator(a, "cell_type", covariate_keys=["condition"]).design.keys == [
+        "condition"]
+    cond.iloc[np.flatnonzero(split == "val")[:2]] = np.nan  # validation cells are read
+    a.obs["condition"] = cond
+    for make in (CVAE, ScviGenerator):
+        with pytest.raises(DataError, match="covariate 'condition' is missing for 2 cells"):
+            make(a, "cell_type", covariate_keys=["condition"])

@@ -229,6 +229,16 @@ def without_empty_cells(adata: ad.AnnData, label_key: Any) -> ad.AnnData:
     return adata[~empty].copy()
 
 
+def read_rows(obs: pd.DataFrame, label_key: str) -> np.ndarray:
+    """The rows of ``obs`` a fit reads: the labelled cells, and where a split column is, its
+    training and validation cells (never the test ones): what a generator built on the data
+    checks its covariates in before the fit."""
+    rows = ~missing_labels(obs[label_key])
+    if K.SPLIT in obs:
+        rows &= obs[K.SPLIT].astype(str).isin(["train", "val"]).to_numpy()
+    return np.flatnonzero(rows)
+
+
 def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
     """The label column as strings, checked to exist, to hold names and to leave no cell
     without one (a missing label would become a type called "nan")."""

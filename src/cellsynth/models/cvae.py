@@ -62,6 +62,7 @@ from .base import (
     fit_labels,
     generator_config,
     in_memory,
+    read_rows,
     training_counts,
 )
 from .modules.cvae import CVAEModule
@@ -152,7 +153,7 @@ class CVAE(GenerationMixin, DesignRequests):
                 labelled &= (adata.obs[K.SPLIT].astype(str) == "train").to_numpy()
             self.labels = sorted(set(labels[labelled].astype(str)))
             self.genes = list(map(str, genes))  # raw's genes when the counts are in raw.X
-            known = np.flatnonzero(~missing_labels(adata.obs[label_key]))
+            known = read_rows(adata.obs, label_key)  # not the test cells
             self.design, _ = Design.fit(adata.obs, list(self.config.covariates), label_key,
                                         adata.obs[label_key].astype(str).to_numpy(), known, known)
             self.module = self._build_module()

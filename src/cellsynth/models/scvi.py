@@ -91,6 +91,7 @@ from .base import (
     fit_labels,
     generator_config,
     in_memory,
+    read_rows,
     reads_cells,
     split_masks,
     synthetic_adata,
@@ -177,7 +178,7 @@ class ScviGenerator(DesignRequests):
         if self.adata is not None:  # the label, counts and covariates checked now, as the CVAE's
             y = fit_labels(self.adata, label_key)
             training_source(self.adata)  # no raw counts (a log-normalised X alone): said now
-            rows = np.arange(self.adata.n_obs)
+            rows = read_rows(self.adata.obs, label_key)  # not the test cells
             self.design, _ = Design.fit(self.adata.obs, list(config.covariates), label_key, y,
                                         rows, rows)  # fmt: skip
             self.labels, self.genes = sorted(set(y)), list(map(str, self.adata.var_names))
