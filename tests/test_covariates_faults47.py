@@ -1,9 +1,11 @@
 """Covariates misused (session 47's sweep): an empty ``--covariates``; ``--holdout`` of a
-combination that takes a whole level (or a covariate with missing values) out of training, of
-levels that hold a comma, or given twice; validation cells' missing levels in a run; a request
-table with a column twice; ``covariate_keys`` as pandas or numpy give them; a request file's
-unknown value named by its line; a column mixing numbers and text; benchmark generators'
-covariates checked before any fit; and real test cells without a level in the design report."""
+combination that takes a whole level (or a covariate with missing values) out of training,
+whose type has few training cells to pool, of levels that hold a comma, or given twice;
+validation cells' missing levels in a run; a request table with a column twice;
+``covariate_keys`` as pandas or numpy give them; a request file's unknown value named by its
+line; a column mixing numbers and text; benchmark generators' covariates checked before any
+fit; real test cells without a level in the design report; and test cells' missing levels left
+alone by a generator built on the data."""
 
 from __future__ import annotations
 
