@@ -146,3 +146,23 @@ def test_many_small_combinations_are_generated_together_with_the_cells_of_one_at
     assert (together.obs == apart.obs).all().all()
     diff = abs(together.X - apart.X)
     assert diff.nnz <= 1e-4 * np.prod(together.shape)  # float rounding of batched matmuls
+
+
+def test_an_scvi_network_too_large_for_memory_is_refused_before_any_work(monkeypatch):
+    """scvi.n_hidden = 1000000 (or many layers) went to scvi-tools and stopped in torch's
+    allocator with a traceback: the CVAE's check of the network's training memory now covers
+    scvi, naming its own settings."""
+    pytest.importorskip("scvi")
+    import cellsynth as cs
+    from cellsynth import runtime
+    from cellsynth.config import ScviConfig
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.errors import ConfigError
+
+    atlas = simulate_atlas(200, 60, 2, seed=0, doublet_rate=0)
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1e6)  # 1 MB free
+    gen = cs.ScviGenerator(atlas, "cell_type", config=ScviConfig(n_hidden=100_000, n_layers=2))
+    with pytest.raises(ConfigError, match=r"scvi.n_hidden = 100000, scvi.n_layers = 2, "
+                                          r"scvi.n_latent = 10 over 60 inputs.*n_hidden = 128, "
+                                          r"n_layers = 1, n_latent = 10"):
+        gen.fit(atlas, "cell_type", seed=0)

@@ -115,11 +115,13 @@ def check_memory(need: float, n_cells: int, hint: str = "") -> None:
 
 
 def check_network_memory(section: str, n_input: int, n_hidden: list[int], n_latent: int,
-                         n_embed: int = 0) -> None:
+                         n_embed: int = 0, *, settings: str | None = None) -> None:
     """Refuse, before any weight is allocated, a network whose training state (weights, their
     gradients and two optimiser moments, float32; encoder and mirrored decoder) would not fit in
     the memory available now: a :class:`ConfigError` naming ``section``'s width settings
-    (``cvae.n_hidden = [1000000000]`` stopped a fit with the allocator's traceback)."""
+    (``cvae.n_hidden = [1000000000]`` stopped a fit with the allocator's traceback);
+    ``settings``: how the message names the width settings, where they are not a list of layers
+    and ``n_latent`` (scvi's ``n_hidden`` and ``n_layers``)."""
     from ..config_rules import fix_hint
     from ..runtime import available_memory
 
@@ -129,7 +131,7 @@ def check_network_memory(section: str, n_input: int, n_hidden: list[int], n_late
     need, free = weights * 4 * 4, available_memory()
     if free is not None and need > free:
         raise ConfigError(
-            f"{section}.n_hidden = {list(n_hidden)}, {section}.n_latent = {n_latent} over "
+            f"{settings or f'{section}.n_hidden = {list(n_hidden)}, {section}.n_latent = {n_latent}'} over "
             f"{n_input:,} inputs make a network whose training needs about {need / 1e9:,.1f} GB, "
             f"but {free / 1e9:,.1f} GB is available: give narrower layers (the default is "
             f"{_default_widths(section)}); {fix_hint(f'{section}.n_hidden')}")
@@ -138,8 +140,10 @@ def check_network_memory(section: str, n_input: int, n_hidden: list[int], n_late
 def _default_widths(section: str) -> str:
     from .. import config
 
-    cls = {"cvae": config.CVAEConfig, "seed_vae": config.SeedVAEConfig}[section]
-    return f"n_hidden = {cls().n_hidden}, n_latent = {cls().n_latent}"
+    cls = {"cvae": config.CVAEConfig, "seed_vae": config.SeedVAEConfig,
+           "scvi": config.ScviConfig}[section]
+    layers = f", n_layers = {cls().n_layers}" if hasattr(cls(), "n_layers") else ""
+    return f"n_hidden = {cls().n_hidden}{layers}, n_latent = {cls().n_latent}"
 
 
 def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,

@@ -88,6 +88,7 @@ from ._scvi_files import build_module, import_scvi, load_design, read_module_fil
 from ._scvi_trainer import epoch_bar, trainer_quiet
 from .base import (
     check_library_memory,
+    check_network_memory,
     fit_labels,
     generator_config,
     in_memory,
@@ -254,6 +255,10 @@ class ScviGenerator(DesignRequests):
         if not train.any():
             raise DataError("no training cells: obs['cellsynth_split'] has no 'train' rows")
         design, rows, obs = _design_obs(adata, list(c.covariates), label_key, y, train, rows)
+        # scvi-tools' VAE: n_layers hidden layers of n_hidden, encoder and mirrored decoder
+        check_network_memory("scvi", adata.n_vars, [c.n_hidden] * c.n_layers, c.n_latent,
+                             settings=f"scvi.n_hidden = {c.n_hidden}, scvi.n_layers = "
+                                      f"{c.n_layers}, scvi.n_latent = {c.n_latent}")
         counts = training_counts(adata)[rows]
         genes = list(map(str, adata.var_names))
         sub = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
