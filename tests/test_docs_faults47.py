@@ -1,0 +1,61 @@
+"""The documentation as a new user reads it (sweep 47): README.md, docs/*.md, the tutorial,
+examples/*.toml and every ``--help``; each test is a fault the docs had."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the pages a user reads (the results pages are written by their scripts, not checked here)
+PAGES = [ROOT / "README.md", ROOT / "ARCHITECTURE.md",
+         *(ROOT / "docs" / f"{name}.md" for name in ("index", "getting-started", "usage", "api",
+                                                    "cli", "scale", "gpu", "report",
+                                                    "development", "architecture")),
+         ROOT / "docs" / "tutorial.ipynb"]
+
+
+def _text(page: Path) -> str:
+    """A page's Markdown (a notebook's markdown cells)."""
+    text = page.read_text(encoding="utf-8")
+    if page.suffix == ".ipynb":
+        cells = json.loads(text)["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return text
+
+
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors of a page (and of the pages it includes), as MyST
+    (``myst_heading_anchors``) and GitHub make them: lower case, spaces to hyphens, every other
+    character but letters, digits, ``_`` and ``-`` dropped (``metrics/fidelity.json`` ->
+    ``metricsfidelityjson``)."""
+    text = _text(page)
+    out = set()
+    for heading in re.findall(r"^#{1,6} +(.+?)\s*$", text, flags=re.M):
+        heading = re.sub(r"[`*]", "", heading).strip().lower().replace(" ", "-")
+        out.add(re.sub(r"[^\w\- ]", "", heading))
+    for included in re.findall(r"^```\{include\} +(\S+)", text, flags=re.M):
+        out |= _anchors((page.parent / included).resolve())
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_names_a_file_and_heading_that_exist(page):
+    """getting-started.md linked ``report.md#metrics-fidelity-json``, a heading anchor no
+    page has (the heading `metrics/fidelity.json` is ``#metricsfidelityjson``): the link
+    went to the top of the page on GitHub, and ``make docs`` (warnings as errors) failed on
+    MyST's "local id not found"."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", _text(page)):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path) if path else page
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and anchor not in _anchors(linked):
+            broken.append(f"{target} (no such heading; {sorted(_anchors(linked))})")
+    assert not broken, f"{page.name}: {broken}"
