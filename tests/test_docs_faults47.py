@@ -59,3 +59,41 @@ def test_every_relative_link_names_a_file_and_heading_that_exist(page):
         elif anchor and anchor not in _anchors(linked):
             broken.append(f"{target} (no such heading; {sorted(_anchors(linked))})")
     assert not broken, f"{page.name}: {broken}"
+
+
+@pytest.mark.parametrize(("cli_args", "api_kwargs", "name"), [
+    (["--set", "dataset.path='data/atlas.h5ad'"], {"overrides": ["dataset.path='data/atlas.h5ad'"]},
+     "atlas"),
+    (["data/atlas.h5ad", "--config", "kang.toml"],
+     {"data": "data/atlas.h5ad", "config": "kang.toml"}, "atlas"),
+    (["--config", "kang.toml"], {"config": "kang.toml"}, "kang"),
+])
+def test_cs_run_names_its_run_directory_as_cellsynth_run_does(tmp_path, monkeypatch, cli_args,
+                                                              api_kwargs, name):
+    """usage.md: "In Python, cs.run(data, config=..., overrides=[...]) does the same" as
+    `cellsynth run`; but cs.run(overrides=["dataset.path=atlas.h5ad"]) (or a RunConfig naming
+    the file) ran the atlas in runs/demo, the demo's folder, and cs.run(DATA, config=FILE)
+    in runs/<config's name> where `cellsynth run DATA --config FILE` uses runs/<DATA's name>:
+    the second never resumed the first. One rule now names both (and the help says it)."""
+    import cellsynth as cs
+    from cellsynth import cli, pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kang.toml").write_text("[cvae]\nmax_epochs = 2\n")
+    used = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg, out, **kw: used.append(Path(out))
+                        or Path(out) / "results.md")
+    assert cli.main(["run", *cli_args]) == 0
+    cs.run(**api_kwargs)
+    assert used == [Path("runs") / name] * 2
+    if "overrides" in api_kwargs:
+        cs.run(config=cs.RunConfig(dataset={"path": "data/atlas.h5ad"}))
+        assert used[-1] == Path("runs") / name
+
+
+def test_the_run_help_names_every_default_run_directory():
+    from cellsynth.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["run"]
+    out = next(a for a in sub._actions if "--out" in a.option_strings)
+    assert "dataset.path" in out.help and "runs/demo" in out.help

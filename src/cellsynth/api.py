@@ -98,19 +98,21 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
     return read_h5ad(path, backed=backed)
 
 
-def _default_out(data: Any, config: Any) -> Path:
-    """``runs/<config stem>``, else ``runs/<data stem>``, else ``runs/anndata`` for an AnnData
-    (not the demo's folder: its cells are other cells), else ``runs/demo`` (as the CLI)."""
-    if isinstance(config, str | Path):
-        return RUNS_DIR / Path(config).stem
-    if isinstance(data, str | Path):
-        return RUNS_DIR / Path(data).stem
+def _default_out(data: Any, config: Any, cfg: RunConfig | None = None) -> Path:
+    """``runs/<name>``, named as ``cellsynth run`` names its run directory: the data file's
+    stem, else the config file's, else ``runs/anndata`` for an AnnData (not the demo's folder:
+    its cells are other cells), else ``dataset.path``'s stem (``cfg``, the resolved settings:
+    a path set by ``overrides`` or a :class:`RunConfig`), else ``runs/demo``."""
+    for named in (data, config):
+        if isinstance(named, str | Path) and str(named):
+            return RUNS_DIR / Path(named).stem
     if data is not None:
         return RUNS_DIR / "anndata"
-    return RUNS_DIR / "demo"
+    path = cfg.dataset.path if cfg is not None else ""
+    return RUNS_DIR / (Path(path).stem if path else "demo")
 
 
-def _data_path(data: Any, out: Path) -> str | None:
+def _data_path(data: Any, out: Path | None) -> str | None:
     """The h5ad path of ``data``: a path as given; an AnnData written to ``out/input.h5ad``."""
     if data is None:
         return None
@@ -193,10 +195,10 @@ def run(
         A TOML config file, a :class:`~cellsynth.config.RunConfig`, or None for the package
         defaults (the demo preset when no data is given at all).
     out
-        The run directory; default ``runs/<config or data file stem>``, ``runs/anndata`` for
-        an AnnData, or ``runs/demo``. A
-        second run into the same directory skips the stages already done with the same
-        settings.
+        The run directory; default, as ``cellsynth run`` names it, ``runs/<data file stem>``,
+        else ``runs/<config file stem>``, else ``runs/anndata`` for an AnnData, else
+        ``runs/<dataset.path's stem>``, else ``runs/demo``. A second run into the same
+        directory skips the stages already done with the same settings.
     overrides
         ``"section.key=value"`` settings (``--set``), values in TOML syntax, e.g.
         ``["generator.model='nb'", "cvae.max_epochs=20"]``.
@@ -222,13 +224,19 @@ def run(
     from .outputs import check_run_dir
     from .paths import expand_user
 
-    out_dir = expand_user(out, "out") if out is not None else _default_out(data, config)
-    check_run_dir(out_dir, "out")  # before an AnnData is written into it
     copied = hasattr(data, "write_h5ad") and not getattr(data, "isbacked", False)
-    path = str(out_dir / "input.h5ad") if copied else _data_path(data, out_dir)
+    if copied:  # an AnnData is copied into its run directory: named before the settings
+        out_dir = expand_user(out, "out") if out is not None else _default_out(data, config)
+        check_run_dir(out_dir, "out")  # before an AnnData is written into it
+        path = str(out_dir / "input.h5ad")
+    else:
+        path = _data_path(data, None)
     # an AnnData's settings are checked before its copy is written (a misspelt setting left a
     # copy of the atlas behind), and the copy is written where the config says
     cfg = _config(path, label_key, config, overrides)
+    if not copied:  # named as `cellsynth run` names it, dataset.path of the settings too
+        out_dir = expand_user(out, "out") if out is not None else _default_out(data, config, cfg)
+        check_run_dir(out_dir, "out")
     if copied:
         from .data.labels import check_label
 

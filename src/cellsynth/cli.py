@@ -84,8 +84,9 @@ def _run_dir(args: argparse.Namespace, cfg: config.RunConfig) -> Path:
         from .paths import expand_user
 
         return expand_user(args.out, "--out")
-    named = args.data or args.config or cfg.dataset.path
-    return Path("runs") / (Path(named).stem if named else "demo")
+    from .api import _default_out  # one rule for cs.run and this command
+
+    return _default_out(args.data, args.config, cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

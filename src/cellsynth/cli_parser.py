@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_arguments(r)
     r.add_argument("--out", metavar="DIR",
                    help="run directory (default: runs/<DATA's name>, else runs/<config's name>, "
-                        "else runs/demo)")
+                        "else runs/<dataset.path's name>, else runs/demo)")
     r.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     r.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo this stage (data, features, classifier, generator, experiments, "
