@@ -97,3 +97,37 @@ def test_the_run_help_names_every_default_run_directory():
     sub = build_parser()._subparsers._group_actions[0].choices["run"]
     out = next(a for a in sub._actions if "--out" in a.option_strings)
     assert "dataset.path" in out.help and "runs/demo" in out.help
+
+
+def test_a_reference_runs_generator_is_refused_with_where_its_points_are(tmp_path, capsys):
+    """generate's help said it "writes counts (or PCA points for the reference model)" from "a
+    run's generator/ directory", and cs.load_model's docstring read RUN/generator of any kind;
+    but the generator/ of a run of generator.model = "reference" (every dataset preset's) is
+    the run's PCA-space CVAE: `cellsynth generate RUN/generator` said only "names the model
+    'SeedCVAE', which is not a generator", cs.ReferenceGenerator.load sent the user to
+    cs.load_model, which refused it so, and `cellsynth info` called its 100 PCs genes."""
+    import numpy as np
+
+    import cellsynth as cs
+    from cellsynth.cli import main
+    from cellsynth.config import SeedVAEConfig
+    from cellsynth.errors import ModelFileError
+    from cellsynth.models import SeedCVAE
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 6)).astype(np.float32), np.array(["a", "b"] * 30, dtype=object)
+    model = SeedCVAE(6, ["a", "b"], SeedVAEConfig(n_embed=2, n_hidden=[8], n_latent=2,
+                                                  max_epochs=1, device="cpu"))
+    model.fit(x, y, x[:20], y[:20], seed=0)
+    gen = tmp_path / "run" / "generator"
+    model.save(gen)
+    said = r"reference CVAE that a cellsynth run fitted on its PCA.*run[/\\]synthetic.*--model reference"
+    for load in (cs.load_model, cs.ReferenceGenerator.load, cs.CVAE.load):
+        with pytest.raises(ModelFileError, match=said):
+            load(gen)
+    assert main(["generate", str(gen), "--n-per-type", "5", "--out",
+                 str(tmp_path / "cells.h5ad")]) == 2
+    assert re.search(said, capsys.readouterr().err)
+    assert main(["info", str(gen)]) == 0
+    shown = capsys.readouterr().out
+    assert "n_components: 6" in shown and "n_genes" not in shown

@@ -378,7 +378,10 @@ def load_model(directory: str | Path) -> Generator:
     Raises
     ------
     ModelFileError
-        A missing, corrupt or inconsistent model directory, or an unknown model kind.
+        A missing, corrupt or inconsistent model directory, or an unknown model kind; also
+        the ``generator/`` of a run of ``generator.model = "reference"``, a model of that
+        run's PCA and not a generator of cells (its points are in ``RUN/synthetic/``;
+        ``cs.ReferenceGenerator`` is the reference model as a generator).
 
     Examples
     --------

@@ -200,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
     g = _command(sub, "generate", "generate cells of chosen types from a saved generator", (
-        "Give exactly one of --n-per-type, --types, --request and --like. Writes counts (or PCA\n"
-        "points for the reference model) with the types and covariates in obs and provenance\n"
-        "in uns['cellsynth'] (with the combinations no training cell had)."))
+        "Give exactly one of --n-per-type, --types, --request and --like. Writes counts, every\n"
+        "generator's (the reference model's too: `cellsynth fit --model reference`), with the\n"
+        "types and covariates in obs and provenance in uns['cellsynth'] (with the combinations\n"
+        "no training cell had). A run of generator.model = \"reference\" keeps a model of its\n"
+        "PCA instead, not a generator: its generated points are in RUN/synthetic/."))
     g.add_argument("model_dir", help="a model directory written by `cellsynth fit` or a run's "
                                      "generator/ directory")
     g.add_argument("--n-per-type", action=_Once, type=int, metavar="N",

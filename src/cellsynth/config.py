@@ -29,6 +29,11 @@ DEFAULT_UNINFORMATIVE = ("DOUBLET", "LOW_Q", "False", "PLACENTAL_CONTAMINANTS", 
 #: old generator names -> their names now (still accepted, with a warning)
 MODEL_ALIASES = {"seed": "reference"}
 
+#: the one saved model (``config.json``'s ``model``) that no generator loads: the reference CVAE
+#: a ``cellsynth run`` fits on its PCA features (``generator.model = "reference"``), which draws
+#: points of that run's PCA, not cells
+PCA_SPACE_MODEL = "SeedCVAE"
+
 #: the generators that condition on covariates, and the section holding their ``covariates``
 COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
 

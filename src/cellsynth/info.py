@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .config import PCA_SPACE_MODEL
 from .errors import CellsynthError
 from .paths import expand_user
 from .runtime import RunLock, fit_checkpoint_dir
@@ -185,7 +186,11 @@ def _describe_model(path: Path) -> dict[str, Any]:
         "cellsynth_version": meta.get("cellsynth_version"),
         "n_types": len(labels),
         "types": labels,
-        "n_genes": len(genes) if genes is not None else meta.get("n_input"),
+        # a run's reference CVAE (PCA_SPACE_MODEL) models the run's PCA: its inputs are PCs
+        **({"n_components": meta.get("n_input"), "note": "a model of a run's PCA, not a "
+            "generator of cells: the run's generated points are in its synthetic/"}
+           if meta.get("model") == PCA_SPACE_MODEL else
+           {"n_genes": len(genes) if genes is not None else meta.get("n_input")}),
         # what the model conditions on besides the type, and the levels it can generate
         "covariates": {k: ", ".join(map(str, v)) for k, v in
                        (meta.get("design") or {}).get("levels", {}).items()} or "none",

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
+from ..config import PCA_SPACE_MODEL
 from ..config_rules import from_dict
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
@@ -60,6 +61,20 @@ def saved_kind(directory: Path) -> str:
     if not (isinstance(meta, dict) and "model" in meta and "format_version" in meta):
         return ""
     return str(meta["model"])
+
+
+def refuse_pca_space(directory: Path, kind: str) -> None:
+    """Refuse a run's PCA-space reference CVAE (``kind`` :data:`PCA_SPACE_MODEL`) where a
+    generator of cells is loaded, saying where its points are and how to fit the reference
+    model as a generator of counts."""
+    if kind == PCA_SPACE_MODEL:
+        raise ModelFileError(
+            f"{directory} holds the reference CVAE that a cellsynth run fitted on its PCA "
+            "features (generator.model = \"reference\"): it draws points of that run's PCA, "
+            "not cells, so it is not a generator to load or generate from; the run's generated "
+            f"points are in {directory.parent / 'synthetic'} (eval.h5ad, train.h5ad), and "
+            "`cellsynth fit DATA --model reference` (cellsynth.ReferenceGenerator) fits the "
+            "reference model as a generator of counts")
 
 
 def check_save_dir(out: Path, flag: str = "the model directory") -> None:
@@ -257,6 +272,7 @@ def check_kind(directory: Path, model: str, names: set[str] | None = None) -> No
                              "wrote")
     other = saved_kind(directory)
     if other and other not in (names or {model}):
+        refuse_pca_space(directory, other)
         raise ModelFileError(f"{directory} holds a saved {other} model, not {_a(model)}; load it "
                              "with cellsynth.load_model(path), which reads every kind")
 

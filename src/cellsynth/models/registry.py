@@ -13,6 +13,7 @@ from typing import Any
 from ..config import MODEL_ALIASES, RunConfig, canonical_model
 from ..errors import ConfigError, ModelFileError
 from ..paths import expand_user
+from ._model_dir import refuse_pca_space
 from .base import Generator
 
 #: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
@@ -84,6 +85,7 @@ def load_generator(directory: str | Path) -> Generator:
         raise ModelFileError(f"{path} is corrupt: {exc}") from None
     name = _name_of(model)
     if name is None:
+        refuse_pca_space(directory, model)
         raise ModelFileError(
             f"{path} names the model {model!r}, which is not a generator; "
             f"known: {', '.join(GENERATORS)}"
