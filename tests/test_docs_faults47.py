@@ -131,3 +131,22 @@ def test_a_reference_runs_generator_is_refused_with_where_its_points_are(tmp_pat
     assert main(["info", str(gen)]) == 0
     shown = capsys.readouterr().out
     assert "n_components: 6" in shown and "n_genes" not in shown
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "dataset.path='other.h5ad'"],
+    ["--label-key", "cell_type", "--set", "dataset.label_key='condition'"],
+])
+def test_benchmark_refuses_a_data_setting_that_data_or_label_key_overrides(tmp_path, capsys,
+                                                                          argv):
+    """benchmark --help's --set example is dataset.path='a.h5ad'; with --data a.h5ad that
+    setting (and a --set dataset.label_key beside --label-key) was dropped without a word and
+    the benchmark ran on the other file or column, where `cellsynth fit` refuses the same."""
+    from cellsynth.cli import main
+
+    (tmp_path / "kang.h5ad").write_bytes(b"")
+    assert main(["benchmark", "--data", str(tmp_path / "kang.h5ad"), "--models", "nb",
+                 "--out", str(tmp_path / "bench"), *argv]) == 2
+    assert re.search(r"drop the --set", capsys.readouterr().err)
+    assert not (tmp_path / "bench").exists()
+

@@ -12,7 +12,7 @@ from typing import Any
 from .. import config
 from .. import keys as K
 from ..benchmark import benchmark_dataset, prepare
-from ..errors import DataError
+from ..errors import ConfigError, DataError, listed
 from ..outputs import check_out_dir, write_json, write_text
 from ..resume import input_digest
 from ..runtime import RunLock
@@ -20,6 +20,27 @@ from ..seeds import checked_whole
 from .page import results_page, verdict_summary
 
 logger = logging.getLogger(__name__)
+
+
+def _check_data_settings(overrides: list[str], datasets: list[str], label_key: str | None) -> None:
+    """Refuse a ``--set dataset.path`` where ``--data`` gives h5ad files (each is read instead:
+    the setting only points preset TOMLs at another file) and a ``--set dataset.label_key``
+    other than ``--label-key``: one of the two was ignored without a word, as ``cellsynth fit``
+    refuses them."""
+    from ..config_rules import apply_overrides
+    from ..config_sources import _leaves
+
+    given = _leaves(apply_overrides({}, overrides))
+    files = [item for item in datasets if not item.endswith(".toml")]
+    if "dataset.path" in given and files:
+        raise ConfigError(f"--set dataset.path={given['dataset.path']!r} names a data file, but "
+                          f"--data gives {listed(files)}, which the benchmark reads instead: "
+                          "drop the --set (it points the preset TOMLs of --data at another "
+                          "file), or give that file in --data")
+    if label_key and given.get("dataset.label_key", label_key) != label_key:
+        raise ConfigError(f"--set dataset.label_key={given['dataset.label_key']!r} and "
+                          f"--label-key {label_key!r} both give the label column; the benchmark "
+                          "uses --label-key: drop the --set")
 
 
 def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
@@ -58,6 +79,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     out = check_out_dir(out, "--out", "the benchmark (RESULTS.md and a folder per data set)",
                         DataError)  # before any work; ~ expanded
     overrides = list(overrides or [])
+    _check_data_settings(overrides, datasets, label_key)
     tomls = [item for item in datasets if item.endswith(".toml")]
     if config_path and tomls:
         logger.warning("--config %s is not applied to %s: a preset TOML is the whole config of "
