@@ -150,3 +150,20 @@ def test_benchmark_refuses_a_data_setting_that_data_or_label_key_overrides(tmp_p
     assert re.search(r"drop the --set", capsys.readouterr().err)
     assert not (tmp_path / "bench").exists()
 
+
+def test_a_missing_download_says_to_download_it(tmp_path):
+    """scale.md runs examples/e-annd-5-laptop.toml after `cellsynth download E-ANND-5`; run
+    without it (or after a download stopped part-way), the file the preset names was only
+    "does not exist; give the path of an .h5ad file", never the command that fetches it."""
+    from cellsynth.data.io import check_file
+    from cellsynth.errors import DataError
+
+    path = tmp_path / "E-ANND-5.project.h5ad"
+    with pytest.raises(DataError, match=r"`cellsynth download E-ANND-5 --cache-dir .*` writes: "
+                                        r"download it first, or give the path"):
+        check_file(path)
+    (tmp_path / "E-ANND-5.project.h5ad.part").write_bytes(b"\x89HDF")
+    with pytest.raises(DataError, match="stopped part-way: that command resumes it"):
+        check_file(path)
+    with pytest.raises(DataError, match=r"does not exist; give the path of an \.h5ad file"):
+        check_file(tmp_path / "atlas.h5ad")

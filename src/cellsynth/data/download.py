@@ -157,6 +157,19 @@ def download(
         return _fetch(url, dest, timeout, chunk_size)
 
 
+def download_hint(path: Path) -> str:
+    """How to get a missing ``path`` named as a download is (``ACC.project.h5ad``, as the
+    E-ANND-5 presets name theirs): ``cellsynth download ACC`` into its folder, which resumes a
+    download stopped there; "" for any other name."""
+    acc = path.name.removesuffix(".project.h5ad")
+    if acc == path.name or not _ACCESSION.fullmatch(acc):
+        return ""
+    stopped = (" (a download of it was stopped part-way: that command resumes it)"
+               if _part_path(path).is_file() else "")
+    return (f"; it is the file `cellsynth download {acc} --cache-dir {path.parent}` writes: "
+            f"download it first{stopped}, or")
+
+
 def _part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")  # data.h5ad -> data.h5ad.part
 

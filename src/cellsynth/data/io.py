@@ -96,8 +96,11 @@ def check_file(path: str | Path) -> Path:
         raise DataError(f"{path} is a directory; give the path of an .h5ad file")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a relative path, read from {Path.cwd()})"
-        raise DataError(f"{path} does not exist{where}{variables_hint(path)}; give the path of "
-                        "an .h5ad file")
+        from .download import download_hint
+
+        hint = download_hint(path) or ";"  # the E-ANND-5 presets' file: download it first
+        raise DataError(f"{path} does not exist{where}{variables_hint(path)}{hint} give the path "
+                        "of an .h5ad file")
     if not h5py.is_hdf5(path):
         kind = _compressed(path)
         if kind:
