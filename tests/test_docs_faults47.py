@@ -75,14 +75,19 @@ def test_cs_run_names_its_run_directory_as_cellsynth_run_does(tmp_path, monkeypa
     the file) ran the atlas in runs/demo, the demo's folder, and cs.run(DATA, config=FILE)
     in runs/<config's name> where `cellsynth run DATA --config FILE` uses runs/<DATA's name>:
     the second never resumed the first. One rule now names both (and the help says it)."""
+    import sys
+    import types
+
     import cellsynth as cs
-    from cellsynth import cli, pipeline
+    from cellsynth import cli
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kang.toml").write_text("[cvae]\nmax_epochs = 2\n")
     used = []
-    monkeypatch.setattr(pipeline, "run", lambda cfg, out, **kw: used.append(Path(out))
-                        or Path(out) / "results.md")
+    fake = types.SimpleNamespace(run=lambda cfg, out, **kw: used.append(Path(out))
+                                 or Path(out) / "results.md")  # the pipeline, not imported
+    monkeypatch.setitem(sys.modules, "cellsynth.pipeline", fake)
+    monkeypatch.setattr(cs, "pipeline", fake, raising=False)
     assert cli.main(["run", *cli_args]) == 0
     cs.run(**api_kwargs)
     assert used == [Path("runs") / name] * 2
