@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "setting accepts (its range or choices). `config defaults` prints the package defaults."))
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     cs = _command(csub, "show", "the settings a run would use", (
-        "Takes the arguments of `cellsynth run`; reads no data."))
+        "Takes the settings arguments of `cellsynth run` (DATA, --label-key, --config, --set;\n"
+        "not --out, --force or --quiet); reads no data."))
     _settings_arguments(cs)
     _command(csub, "defaults", "the package defaults", (
         "What every setting is when neither a config file nor --set changes it."))
