@@ -174,9 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
     f = _command(sub, "fit", "fit a generator on an h5ad of raw counts", (
-        "Fits one generator on every cell of DATA and saves it as a directory of plain files\n"
-        "(config.json, safetensors weights, labels and genes) for `cellsynth generate`. The\n"
-        "model's settings are the package defaults, then --config, then --set."))
+        "Fits one generator on every labelled cell of DATA (but cells marked test in\n"
+        "obs['cellsynth_split'], as a run's data/preprocessed.h5ad marks them) and saves it as\n"
+        "a directory of plain files (config.json, safetensors weights, labels and genes) for\n"
+        "`cellsynth generate`. The model's settings are the package defaults, then --config,\n"
+        "then --set."))
     f.add_argument("data", metavar="DATA.h5ad", help="labelled atlas of raw counts")
     f.add_argument("--label-key", action=_Once, required=True, metavar="KEY",
                    help="obs column with the cell type")
