@@ -196,3 +196,16 @@ def test_the_readme_python_example_runs_on_a_file_read_backed(tmp_path, monkeypa
     assert cs.read("data.h5ad").isbacked
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "synthetic.h5ad").is_file() and (tmp_path / "models" / "cvae").is_dir()
+
+
+def test_fit_of_a_model_without_epochs_prints_none(tmp_path, capsys):
+    """`cellsynth fit ... --model nb` (usage.md) ended with "model: models/nb (5 types, 1267
+    genes, - epochs)": a negative binomial is fitted, not trained in epochs."""
+    import cellsynth as cs
+    from cellsynth.cli import main
+
+    cs.simulate(200, 40, 2, seed=0).write_h5ad(tmp_path / "a.h5ad")
+    assert main(["fit", str(tmp_path / "a.h5ad"), "--label-key", "cell_type", "--model", "nb",
+                 "--out", str(tmp_path / "nb"), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"model: .*nb \(\d+ types, \d+ genes\)", line), line

@@ -249,8 +249,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                              "(--set or --config); give one")
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
                              seed=args.seed)
-    print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes, "
-          f"{history.get('epochs', '-')} epochs)")
+    epochs = f", {history['epochs']} epochs" if "epochs" in history else ""  # nb: fitted, not trained
+    print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes{epochs})")
     return 0
 
 
