@@ -209,3 +209,21 @@ def test_fit_of_a_model_without_epochs_prints_none(tmp_path, capsys):
                  "--out", str(tmp_path / "nb"), "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"model: .*nb \(\d+ types, \d+ genes\)", line), line
+
+
+def test_group_entries_of_types_qc_dropped_are_not_called_unknown(caplog):
+    """examples/mouse_pancreas_baron2016.toml warned on every run that "6 of 13 entries name no
+    cell type of the data" of its own groups file: they name the data's rarest types, which QC
+    had just dropped (with a warning of its own). They are logged as dropped now; an entry
+    naming no type at all still warns."""
+    from cellsynth.data.groups import check_groups
+
+    groups = {"beta": "endocrine", "alpha": "endocrine", "ductal": "exocrine", "betta": "x"}
+    with caplog.at_level("INFO", logger="cellsynth"):
+        used = check_groups(groups, ["beta", "ductal"], "g.tsv", dropped=["alpha", "schwann"])
+    assert used == {"beta": "endocrine", "ductal": "exocrine"}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "'betta' (did you mean 'beta'?)" in warned[0], warned
+    assert "alpha" not in warned[0]
+    assert any("name types QC dropped, not scored: alpha" in r.getMessage()
+               for r in caplog.records if r.levelname == "INFO")

@@ -151,17 +151,24 @@ def _near(name: str, types: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str) -> dict[str, str]:
+def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
+                 dropped: Iterable[str] = ()) -> dict[str, str]:
     """``groups`` held against the data's cell types ``types``; returns the entries used.
 
     Refuses a mapping that names none of the types (and says so when its second column holds
     them: columns swapped); warns for entries naming no type (with the types they likely
     meant), for types with no group, and for a mapping that puts every type in one group.
+    Entries naming ``dropped`` types (the data's, removed by QC, which warned) are only logged.
     """
     types = sorted({str(t) for t in types})
     known = set(types)
     if not groups:
         return {}
+    gone = [k for k in groups if k not in known and k in {str(t) for t in dropped}]
+    if gone:
+        logger.info("dataset.groups (%s): %d entries name types QC dropped, not scored: %s",
+                    source, len(gone), listed(gone))
+        groups = {k: v for k, v in groups.items() if k not in gone}
     used = {k: v for k, v in groups.items() if k in known}
     if not used:
         if known & set(groups.values()):

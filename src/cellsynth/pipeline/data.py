@@ -274,15 +274,17 @@ def check_groups_setting(ctx: RunContext) -> None:
         load_groups(spec)
 
 
-def stage_groups(ctx: RunContext, splits: dict[str, Split], types: list[str]) -> dict[str, str]:
+def stage_groups(ctx: RunContext, splits: dict[str, Split], types: list[str],
+                 dropped: list[str]) -> dict[str, str]:
     """The run's fine -> coarse mapping (``auto``: from the training features), held against
-    the types and written to ``data/groups.json``; run inside the classifier stage, the first
-    that reads it (no earlier stage depends on ``dataset.groups``)."""
+    the types (``dropped``: those QC removed, not named as unknown) and written to
+    ``data/groups.json``; run inside the classifier stage, the first that reads it (no earlier
+    stage depends on ``dataset.groups``)."""
     cents = centroids(splits["train"], types, ctx.cfg.qc.chunk_size) \
         if ctx.cfg.dataset.groups == AUTO else None
     groups, source = resolve_groups(ctx, types, cents)
     try:
-        groups = check_groups(groups, types, source)
+        groups = check_groups(groups, types, source, dropped)
     except DataError as exc:
         if ctx.cfg.dataset.groups:
             raise

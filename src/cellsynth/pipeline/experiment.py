@@ -72,7 +72,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     try:
         pca, splits = stage_features(ctx, cells)
         types = sorted(np.unique(splits["train"].y).tolist())
-        clf, groups = stage_classifier(ctx, splits, types)
+        clf, groups = stage_classifier(ctx, splits, types, report.dropped_types)
         gen = stage_generator(ctx, cells, pca, splits, types)
         stage_experiments(ctx, gen, cells, pca, clf, splits, types, groups)
         metrics = ctx.path("metrics")

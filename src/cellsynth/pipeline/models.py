@@ -72,15 +72,16 @@ def fit_classifier(ctx: RunContext, train: Split, val: Split, seed_name: str) ->
     return train_classifier(train.x, train.y, val.x, val.y, c, seed=ctx.seed(seed_name))  # fmt: skip
 
 
-def stage_classifier(ctx: RunContext, splits: dict[str, Split],
-                     types: list[str]) -> tuple[Classifier, dict[str, str]]:
+def stage_classifier(ctx: RunContext, splits: dict[str, Split], types: list[str],
+                     dropped: list[str]) -> tuple[Classifier, dict[str, str]]:
     """The classifier on real training cells, scored on the test cells (experiment a); and the
-    coarse groups (``data/groups.json``), chosen here: the first stage that reads them."""
+    coarse groups (``data/groups.json``), chosen here: the first stage that reads them
+    (``dropped``: the types QC removed)."""
     if not ctx.runs("classifier"):
         with ctx.read_back("classifier"):
             return Classifier.load(ctx.path("classifier")), read_groups(ctx)
     with ctx.stage("classifier"):
-        groups = stage_groups(ctx, splits, types)
+        groups = stage_groups(ctx, splits, types, dropped)
         clf = fit_classifier(ctx, splits["train"], splits["val"], "classifier")
         clf.save(ctx.path("classifier"))
         score(splits["test"].y, clf.predict(splits["test"].x), groups, ctx.path("metrics"),
