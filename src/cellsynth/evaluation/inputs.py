@@ -140,13 +140,19 @@ def _var_of(data: Any, where: str | None) -> pd.DataFrame | None:
     return var if isinstance(var, pd.DataFrame) else None
 
 
+def _known_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the cells that have a label (missing as a fit reads them: NaN, or
+    missing written as text), and the missing names found."""
+    names = pd.unique(labels)  # a few names shared by every cell: checked once each
+    gone = names[missing_labels(pd.Series(names, dtype=object))]
+    return np.flatnonzero(~np.isin(labels, gone)), gone
+
+
 def _pick_labelled(obs: pd.DataFrame, label_key: str, labels: np.ndarray,
                    pick: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
     """``pick`` among the cells that have a label (sorted positions); cells without one are
     left out with a count in the log, as a run's QC does."""
-    names = pd.unique(labels)  # a few names shared by every cell: checked once each
-    gone = names[missing_labels(pd.Series(names, dtype=object))]
-    known = np.flatnonzero(~np.isin(labels, gone))  # missing as a fit reads them
+    known, gone = _known_rows(labels)
     if not len(known):
         raise DataError(f"{what}: none of the {len(labels)} cells has a label in "
                         f"obs['{label_key}'] (every value is missing: {listed(gone, 3, quote=True)})"
@@ -312,13 +318,15 @@ def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
 
 
 def _labelled_names(data: Any, label_key: str) -> pd.Index:
-    """obs names of the cells with a label, in order (the positions ``pick`` sees)."""
+    """obs names of the cells with a label, in order (the positions ``pick`` sees: cells
+    whose label is missing as :func:`_pick_labelled` reads it, text such as "" or "nan"
+    included, left out)."""
     if isinstance(data, str | Path):
         with H5adFile(data) as h5:
             obs, names = h5.obs, h5.obs_names
     else:  # a backed AnnData's obs as it is in memory (a view, edits)
         obs, names = data.obs, data.obs_names
-    return pd.Index(names)[obs[label_key].notna().to_numpy()]
+    return pd.Index(names)[_known_rows(_labels(obs, label_key))[0]]
 
 
 def _check_disjoint(real: Any, heldout: Any, label_key: str, seed: int) -> None:
