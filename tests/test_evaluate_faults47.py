@@ -3,6 +3,7 @@ missing as text beside held-out cells that are training cells, ..."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cellsynth.errors import DataError
@@ -33,3 +34,25 @@ def test_training_cells_in_heldout_are_found_when_some_labels_are_missing_as_tex
     heldout = ad.concat([test, real[-60:]])  # the last training cells, under their names
     with pytest.raises(DataError, match=r"share about 60 of their 160 cells"):
         _check_disjoint(real, heldout, "cell_type", 0)
+
+
+def test_the_command_in_fidelity_md_gives_the_same_evaluation(tmp_path):
+    """fidelity.md's command left out --donor-key, --seed, --max-cells and --gene-repeats:
+    copied, it scored other cells (the defaults) and ran no donor-level audit."""
+    import shlex
+
+    from cellsynth.cli import main
+
+    a = _sim(600, seed=3)
+    a.obs["donor"] = np.where(np.arange(a.n_obs) % 2, "d1", "d2")
+    real, test, syn = (tmp_path / f"{n}.h5ad" for n in ("real", "test", "syn"))
+    a[:300].write_h5ad(real)
+    a[300:].write_h5ad(test)
+    _sim(300, seed=4).write_h5ad(syn)
+    args = ["--real", str(real), "--synthetic", str(syn), "--label-key", "cell_type",
+            "--heldout", str(test), "--donor-key", "donor", "--seed", "5", "--max-cells",
+            "150", "--gene-repeats", "1"]
+    assert main(["evaluate", *args, "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    text = (tmp_path / "ev" / "fidelity.md").read_text()
+    command = text.split("`cellsynth evaluate ", 1)[1].split("`", 1)[0]
+    assert shlex.split(command) == args

@@ -235,4 +235,4 @@ def test_fidelity_md_gives_a_command_a_shell_can_run(tmp_path):
     assert main(["evaluate", "--real", str(real), "--synthetic", str(syn), "--label-key",
                  "cell type", "--out", str(out), "--quiet", "--gene-repeats", "1"]) == 0
     text = (out / "fidelity.md").read_text()
-    assert f"--real '{real}' --synthetic {syn} --label-key 'cell type'`" in text
+    assert f"--real '{real}' --synthetic {syn} --label-key 'cell type' " in text

@@ -159,8 +159,8 @@ def compare(
         or None without ``heldout``; ``n_cells``: for ``real``, ``synthetic`` (and
         ``heldout``) the cells ``used`` (scored) and the ``total`` in the input, and for
         ``real`` the ``space`` cells; ``n_genes`` compared; ``max_cells``, ``seed``,
-        ``label_key``, ``donor_key``; ``real``, ``synthetic`` and ``heldout``: the paths (or
-        ``"AnnData"``); ``memorisation``: :func:`~cellsynth.metrics.memorisation.memorisation`
+        ``gene_repeats``, ``label_key``, ``donor_key``; ``real``, ``synthetic`` and
+        ``heldout``: the paths (or ``"AnnData"``); ``memorisation``: :func:`~cellsynth.metrics.memorisation.memorisation`
         (``flagged`` when the synthetic cells copy real ones: an AUC below 0.4, exact or near
         copies, or the real file itself), also a WARNING in the log and a line in
         ``fidelity.md``.
@@ -265,6 +265,7 @@ def compare(
         "n_genes": len(genes),
         "max_cells": max_cells,
         "seed": seed,
+        "gene_repeats": gene_repeats,
         "label_key": label_key,
         "real": r.source,
         "synthetic": s.source,
@@ -428,7 +429,7 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     -------
     The path of ``fidelity.md``.
     """
-    from .result import markdown
+    from .result import call_args, markdown
 
     result = dict(result)
     out = _out_dir(out)
@@ -439,11 +440,9 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     if IN_MEMORY in (result["real"], result["synthetic"]):
         call = f"`cellsynth.evaluate(..., label_key={result['label_key']!r})` on AnnData objects"
     else:
-        # quoted as a shell needs (a label key 'cell type', a path with spaces): copied, it runs
-        call = "`" + shlex.join(
-            ["cellsynth", "evaluate", "--real", str(result["real"]), "--synthetic",
-             str(result["synthetic"]), "--label-key", str(result["label_key"]),
-             *(["--heldout", str(result["heldout"])] if result.get("heldout") else [])]) + "`"
+        # quoted as a shell needs (a label key 'cell type', a path with spaces), with every
+        # setting the numbers depend on: copied, it runs this evaluation again
+        call = "`" + shlex.join(["cellsynth", "evaluate", *call_args(result)]) + "`"
     head, tail = markdown(result)
     lines = [
         "# Fidelity", "", *head,

@@ -144,6 +144,36 @@ def markdown(result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return head, [*tail, *_genes_md(result.get("genes")), *_privacy_md(result.get("privacy"))]
 
 
+def call_args(result: Mapping[str, Any]) -> list[str]:
+    """The ``cellsynth evaluate`` options that give ``result`` again (``fidelity.md`` shows
+    them as a command).
+
+    Parameters
+    ----------
+    result
+        :func:`cellsynth.evaluation.compare`'s result, with paths as ``real`` and
+        ``synthetic``.
+
+    Returns
+    -------
+    list of str
+        The inputs, the label and donor columns, and the seed, ``--max-cells`` and
+        ``--gene-repeats`` the result was read with: without them, the defaults score other
+        cells, and a donor-level audit is not run.
+    """
+    args = ["--real", str(result["real"]), "--synthetic", str(result["synthetic"]),
+            "--label-key", str(result["label_key"])]
+    if result.get("heldout"):
+        args += ["--heldout", str(result["heldout"])]
+        if result.get("donor_key") is not None:
+            args += ["--donor-key", str(result["donor_key"])]
+    for flag, key in (("--seed", "seed"), ("--max-cells", "max_cells"),
+                      ("--gene-repeats", "gene_repeats")):
+        if result.get(key) is not None:  # a result of an earlier version may lack one
+            args += [flag, str(result[key])]
+    return args
+
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:0 auto;padding:1em 2em;
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
