@@ -171,7 +171,7 @@ def test_a_runs_classifier_annotates_new_cells_whatever_their_gene_order(tmp_pat
 
 def test_evaluate_says_when_the_real_cells_are_the_generators_training_cells(tmp_path, caplog):
     from cellsynth.data.simulate import simulate_atlas
-    from cellsynth.evaluation.inputs import warn_trained_on
+    from cellsynth.evaluation.overlap import warn_trained_on
     from cellsynth.pipeline.fit import fit_model
     from cellsynth.pipeline.generate import generate_to_file
 

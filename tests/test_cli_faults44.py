@@ -29,7 +29,7 @@ def _fit_and_generate(data: Path, out: Path) -> Path:
 
 def test_held_out_cells_the_generator_was_fitted_on_are_refused(tmp_path: Path, kang_path: Path
                                                                 ) -> None:  # fmt: skip
-    from cellsynth.evaluation.inputs import check_heldout_unseen
+    from cellsynth.evaluation.overlap import check_heldout_unseen
 
     a = ad.read_h5ad(kang_path)
     a.obs["cellsynth_split"] = "train"

@@ -23,7 +23,7 @@ def test_training_cells_in_heldout_are_found_when_some_labels_are_missing_as_tex
     with other cells."""
     import anndata as ad
 
-    from cellsynth.evaluation.inputs import _check_disjoint
+    from cellsynth.evaluation.overlap import check_disjoint
 
     a = _sim(300)
     a.obs_names = [f"c{i}" for i in range(a.n_obs)]
@@ -33,7 +33,7 @@ def test_training_cells_in_heldout_are_found_when_some_labels_are_missing_as_tex
     real.obs["cell_type"] = labels
     heldout = ad.concat([test, real[-60:]])  # the last training cells, under their names
     with pytest.raises(DataError, match=r"share about 60 of their 160 cells"):
-        _check_disjoint(real, heldout, "cell_type", 0)
+        check_disjoint(real, heldout, "cell_type", 0)
 
 
 def test_the_command_in_fidelity_md_gives_the_same_evaluation(tmp_path):
@@ -56,3 +56,29 @@ def test_the_command_in_fidelity_md_gives_the_same_evaluation(tmp_path):
     text = (tmp_path / "ev" / "fidelity.md").read_text()
     command = text.split("`cellsynth evaluate ", 1)[1].split("`", 1)[0]
     assert shlex.split(command) == args
+
+
+def test_held_out_cells_that_share_only_names_with_the_fitted_file_are_not_refused(tmp_path):
+    """A training file and a held-out file written apart (cells named 0, 1, ...; barcodes of
+    two 10x channels) share names, not cells: they were refused as cells the generator was
+    fitted on. The names of cells it saw, with their counts, still are."""
+    import anndata as ad
+
+    from cellsynth.evaluation.overlap import check_heldout_unseen
+
+    train, test = _sim(200, seed=5), _sim(150, seed=6)
+    train.obs_names = [str(i) for i in range(train.n_obs)]
+    test.obs_names = [str(i) for i in range(test.n_obs)]
+    fitted = tmp_path / "train.h5ad"
+    train.write_h5ad(fitted)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "run_config.toml").write_text(f'[dataset]\npath = "{fitted}"\n')
+    synthetic = _sim(100, seed=7)
+    synthetic.uns["cellsynth"] = {"model_path": str(model)}
+    check_heldout_unseen(synthetic, test)  # other cells under the same names: fine
+    seen = ad.concat([test[:100], train[150:]])  # 50 cells it was fitted on
+    seen.obs_names_make_unique()
+    with pytest.raises(DataError, match=r"50 of the 150 held-out cells .* by cell name and "
+                                        r"counts"):
+        check_heldout_unseen(synthetic, seen)

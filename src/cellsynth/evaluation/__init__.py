@@ -40,7 +40,6 @@ from ..outputs import check_out_dir, enclosing_run, md_text, write_csv, write_js
 from ..seeds import checked_seed, derive_seed, is_whole
 from .inputs import (
     IN_MEMORY,
-    _check_disjoint,
     _check_labels,
     _check_sides,
     _columns,
@@ -49,9 +48,8 @@ from .inputs import (
     _same_file,
     _Sample,
     _shared_genes,
-    check_heldout_unseen,
-    warn_trained_on,
 )
+from .overlap import check_disjoint, check_heldout_unseen, warn_trained_on
 from .runner import run_benchmark as run_benchmark  # cellsynth benchmark; its home
 
 if TYPE_CHECKING:
@@ -205,8 +203,8 @@ def compare(
             labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells")),
             "the held-out data", donor_key=donor_key)
         _refuse_empty_real(h, "the held-out data")
-        _check_disjoint(real, heldout, label_key, seed)
-        check_heldout_unseen(synthetic, heldout)
+        check_disjoint(real, heldout, label_key, seed)
+        check_heldout_unseen(synthetic, heldout, seed)
     elif donor_key is not None:
         logger.warning("donor_key %r is used by the privacy audit only, which needs held-out "
                        "cells (heldout / --heldout); ignored", donor_key)

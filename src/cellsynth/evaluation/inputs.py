@@ -2,8 +2,8 @@
 
 A file is never loaded whole: it is opened with :class:`~cellsynth.data.store.H5adFile`
 (``obs`` in memory, matrices on disk) and only the picked rows are read. Also here: the genes
-both sides hold (too few is an error naming how many), and the check that held-out cells are
-not training cells. Used by :func:`cellsynth.evaluation.compare`.
+both sides hold (too few is an error naming how many); whether held-out cells are training
+cells is :mod:`.overlap`'s. Used by :func:`cellsynth.evaluation.compare`.
 """
 
 from __future__ import annotations
@@ -243,8 +243,6 @@ def _checked(sample: _Sample, what: str) -> _Sample:
 #: (symbols against Ensembl IDs, another organism, a gene panel), not a comparison
 MIN_GENE_SHARE = 0.5
 MIN_GENES = 100
-#: names shared with the training cells, sampled to check whether they are the same cells
-_SHARED_SAMPLE = 200
 
 
 def _near_names(real_genes: Any, synthetic_genes: Any) -> str:
@@ -317,53 +315,6 @@ def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
     return sp.csr_matrix(sample.counts[:, idx])
 
 
-def _labelled_names(data: Any, label_key: str) -> pd.Index:
-    """obs names of the cells with a label, in order (the positions ``pick`` sees: cells
-    whose label is missing as :func:`_pick_labelled` reads it, text such as "" or "nan"
-    included, left out)."""
-    if isinstance(data, str | Path):
-        with H5adFile(data) as h5:
-            obs, names = h5.obs, h5.obs_names
-    else:  # a backed AnnData's obs as it is in memory (a view, edits)
-        obs, names = data.obs, data.obs_names
-    return pd.Index(names)[_known_rows(_labels(obs, label_key))[0]]
-
-
-def _check_disjoint(real: Any, heldout: Any, label_key: str, seed: int) -> None:
-    """Refuse held-out cells that are training cells: cells of the same name in both whose
-    counts are identical (a sample of up to 200 read from each), more than the privacy audit's
-    ``OVERLAP_SHARE`` of the held-out cells. (Renamed copies are caught by the audit itself.)"""
-    from ..metrics.privacy_dcr import OVERLAP_SHARE
-
-    rn, hn = _labelled_names(real, label_key), _labelled_names(heldout, label_key)
-    shared = rn.intersection(hn)
-    if len(shared) <= OVERLAP_SHARE * len(hn):
-        return
-    rng = np.random.default_rng(derive_seed(seed, "heldout-shared"))
-    names = shared[np.sort(rng.choice(len(shared), min(_SHARED_SAMPLE, len(shared)),
-                                      replace=False))]
-    r = _read_side(real, label_key, lambda _: np.sort(rn.get_indexer(names)), "the real data")
-    h = _read_side(heldout, label_key, lambda _: np.sort(hn.get_indexer(names)),
-                   "the held-out data")
-    in_h = set(map(str, h.genes))
-    genes = [g for g in map(str, r.genes) if g in in_h]
-    rc = sp.csr_matrix(r.counts[:, r.genes.get_indexer(genes)])[np.argsort(np.argsort(
-        rn.get_indexer(names)))]  # rows in the order of names
-    hc = sp.csr_matrix(h.counts[:, h.genes.get_indexer(genes)])[np.argsort(np.argsort(
-        hn.get_indexer(names)))]
-    same = float(np.mean(np.diff(sp.csr_matrix(rc != hc).indptr) == 0))  # identical rows
-    n_same = round(same * len(shared))
-    if n_same > OVERLAP_SHARE * len(hn):
-        raise DataError(
-            f"the held-out data share about {n_same} of their {len(hn)} cells with the real "
-            f"(training) data ({len(shared)} names in both, {same:.0%} of those checked with "
-            "identical counts): the privacy audit would be meaningless, as training cells would "
-            "count as unseen ones; give held-out cells the generator never saw (e.g. the test "
-            "split)")
-    logger.info("%d held-out cell names are also real cell names, with other counts: other "
-                "cells", len(shared))
-
-
 def _same_file(real: Any, synthetic: Any) -> bool:
     """Whether two paths are one file, or two files of the same bytes."""
     import filecmp
@@ -421,84 +372,3 @@ def _check_sides(real: Any, synthetic: Any) -> None:
         logger.warning("the real data hold cells cellsynth generated (uns['cellsynth']) and the "
                        "synthetic data do not: are --real and --synthetic swapped? The floor "
                        "is built from the real side")
-
-
-def _provenance(synthetic: Any) -> tuple[Path, Path] | None:
-    """``(model directory, the data file it was fitted on)`` of synthetic cells, a file or an
-    AnnData: their ``uns['cellsynth']['model_path']`` (written by ``cellsynth generate``) and
-    that model's ``run_config.toml``'s ``dataset.path``; None where any of it cannot be read."""
-    import tomllib
-
-    import h5py
-    from anndata.io import read_elem
-
-    try:
-        if isinstance(synthetic, str | Path):
-            with h5py.File(Path(synthetic).expanduser(), "r") as f:
-                model = Path(str(read_elem(f["uns"]["cellsynth"]["model_path"])))
-        else:
-            model = Path(str(synthetic.uns["cellsynth"]["model_path"]))
-        fitted = tomllib.loads((model / "run_config.toml").read_text())["dataset"]["path"]
-        return model, Path(fitted).expanduser()
-    except (OSError, KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
-def check_heldout_unseen(synthetic: Any, heldout: Any) -> None:
-    """A :class:`DataError` when held-out cells are cells the synthetic cells' generator was
-    fitted on: by name, against the cells of its training file that ``cellsynth fit`` trains
-    and validates on (all of them, or those ``obs['cellsynth_split']`` does not mark test).
-    The privacy audit reads held-out cells as unseen: trained-on ones make it say "no leak"
-    whatever the generator does. Silent where the provenance cannot be read, and for a model
-    inside a run directory (the run's own split holds its test cells back)."""
-    from .. import keys as K
-    from ..errors import CellsynthError
-    from ..outputs import enclosing_run
-
-    found = _provenance(synthetic)
-    if found is None or enclosing_run(found[0]) is not None:
-        return
-    model, fitted = found
-    try:
-        with H5adFile(fitted) as h5:
-            names, obs = pd.Index(h5.obs_names).astype(str), h5.obs
-        if isinstance(heldout, str | Path):
-            with H5adFile(heldout) as h5:
-                held = pd.Index(h5.obs_names)
-        else:
-            held = pd.Index(heldout.obs_names)
-    except CellsynthError:  # the training file moved or changed: nothing to compare
-        return
-    trained = names if K.SPLIT not in obs else names[obs[K.SPLIT].astype(str).to_numpy() != "test"]
-    seen = held.astype(str).intersection(trained)
-    if len(seen):
-        raise DataError(f"{len(seen)} of the {len(held)} held-out cells ({listed(list(seen[:3]))}"
-                        f"{', ...' if len(seen) > 3 else ''}) are cells the generator {model} was "
-                        f"fitted on ({fitted}, by cell name): the privacy audit would take them "
-                        "for unseen cells and report no leak whatever the generator does; give "
-                        "as heldout cells the fit never saw (a file of cells left out of it)")
-
-
-def warn_trained_on(real: Any, synthetic: Any) -> bool:
-    """A WARNING (and True) when the synthetic file's model (``uns['cellsynth']['model_path']``,
-    written by ``cellsynth generate``) was fitted on the very file given as the real cells
-    (its ``run_config.toml``'s ``dataset.path``): scored against its own training cells, a
-    generator that copies them looks perfect. Silent where either side is not a file or the
-    provenance cannot be read."""
-    if not isinstance(real, str | Path) or not isinstance(synthetic, str | Path):
-        return False
-    found = _provenance(synthetic)
-    if found is None:
-        return False
-    model, fitted = found
-    try:
-        same = fitted.resolve() == Path(real).expanduser().resolve()
-    except OSError:
-        return False
-    if same:
-        logger.warning("the synthetic cells come from %s, which was fitted on %s itself: they "
-                       "are scored against the cells the generator trained on, where copying "
-                       "looks perfect. Score them against cells it never saw (--real TEST.h5ad, "
-                       "a file of cells left out of the fit), or give those as --heldout for "
-                       "the privacy audit", model, real)
-    return same
