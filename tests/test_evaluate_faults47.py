@@ -82,3 +82,36 @@ def test_held_out_cells_that_share_only_names_with_the_fitted_file_are_not_refus
     with pytest.raises(DataError, match=r"50 of the 150 held-out cells .* by cell name and "
                                         r"counts"):
         check_heldout_unseen(synthetic, seen)
+
+
+def test_a_training_donor_the_subsample_did_not_read_is_no_held_out_donor(monkeypatch):
+    """The donor level took for held-out donors those absent from the training cells read
+    (a subsample): a donor with a few training cells, none read, was attacked as a donor the
+    generator never saw. Every training donor in the input is now the pool."""
+    import anndata as ad
+
+    import cellsynth as cs
+    import cellsynth.metrics.privacy as privacy
+
+    a = _sim(420, seed=8, genes=80)
+    a.obs["donor"] = np.array(["d0", "d1", "d2", "d3", "d4", "d5", "d6"])[np.arange(420) % 7]
+    train = a[a.obs["donor"].isin(["d0", "d1", "d2", "d3"]).to_numpy()].copy()
+    test = a[a.obs["donor"].isin(["d4", "d5", "d6"]).to_numpy()].copy()
+    stray = test[:1].copy()  # one training cell of donor d4, not among the 80 read
+    stray.obs_names = ["stray"]
+    train = ad.concat([train, stray])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def audit(*args, donor_pool=None, **kwargs):
+        seen["pool"] = set(np.asarray(donor_pool).tolist())
+        raise Stop
+
+    monkeypatch.setattr(privacy, "privacy_audit", audit)
+    with pytest.raises(Stop):
+        cs.evaluate(train, _sim(200, seed=9, genes=80), label_key="cell_type", heldout=test,
+                    donor_key="donor", max_cells=40, gene_repeats=1)
+    assert seen["pool"] == {"d0", "d1", "d2", "d3", "d4"}
+

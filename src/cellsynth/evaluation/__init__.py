@@ -331,7 +331,8 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         # members: the scored training cells, not the space's (a PCA spreads the cells it is
         # fitted on, so they would sit farther from everything than unseen cells; as
         # metrics.privacy_counts.audit_counts splits them); copies of any real cell: memorisation
-        donors, pool = (None, None) if r.donors is None else (r.donors[evaluated], r.donors)
+        # the pool: every training donor, also those of cells the subsample did not read
+        donors, pool = (None, None) if r.donors is None else (r.donors[evaluated], r.donor_pool)
         # the re-draw attack's weights and reference: the cells the space was fitted on
         redraw = _skipped("the re-draw attack", lambda: fit_redraw_space(
             space, fc, fl, seed=derive_seed(seed, "privacy-redraw")))

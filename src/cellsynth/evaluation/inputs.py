@@ -54,6 +54,7 @@ class _Sample:
     where: str  # where the counts were found: X, layers/counts or raw.X
     donors: np.ndarray | None = None  # (n_used,) obs[donor_key] as str, when asked for
     var: pd.DataFrame | None = None  # the var beside the counts (raw.var for raw.X): symbols
+    donor_pool: np.ndarray | None = None  # every labelled cell's donor, read or not (unique)
 
 
 def _counts_where(data: Any, what: str, source: str) -> Expression:
@@ -104,6 +105,14 @@ def _donors(obs: pd.DataFrame, donor_key: str | None, rows: np.ndarray) -> np.nd
     return None if donor_key is None else donor_values(obs[donor_key])[rows]
 
 
+def _donor_pool(obs: pd.DataFrame, donor_key: str | None, labels: np.ndarray) -> np.ndarray | None:
+    """Every donor of the labelled cells, not only of those read (a donor of a few training
+    cells, none of them in the subsample, is still no held-out donor)."""
+    if donor_key is None:
+        return None
+    return np.unique(donor_values(obs[donor_key])[_known_rows(labels)[0]])
+
+
 def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarray],
                what: str, *, donor_key: str | None = None) -> _Sample:
     """The cells ``pick(labels)`` (sorted positions) of ``data`` (a path, an AnnData in memory
@@ -130,7 +139,7 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
     x = x[rows] if len(rows) < data.n_obs else x
     return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
                             data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows),
-                            _var_of(data, where)), what)
+                            _var_of(data, where), _donor_pool(data.obs, donor_key, labels)), what)
 
 
 def _var_of(data: Any, where: str | None) -> pd.DataFrame | None:
@@ -193,7 +202,8 @@ def _read_file(path: Path, label_key: str, pick: Callable[[np.ndarray], np.ndarr
             x, genes = x[:, cols], pd.Index(backed.var_names)
         var = _var_of(side if expr.counts != "raw.X" else h5, expr.counts)
         return _checked(_Sample(x, labels[rows], genes, side.n_obs, str(path), expr.counts,
-                                _donors(side.obs, donor_key, rows), var), what)
+                                _donors(side.obs, donor_key, rows), var,
+                                _donor_pool(side.obs, donor_key, labels)), what)
 
 
 def _file_rows(in_file: pd.Index, cells: pd.Index, path: Path) -> np.ndarray:
