@@ -115,3 +115,19 @@ def test_a_training_donor_the_subsample_did_not_read_is_no_held_out_donor(monkey
                     donor_key="donor", max_cells=40, gene_repeats=1)
     assert seen["pool"] == {"d0", "d1", "d2", "d3", "d4"}
 
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_output_folder_is_refused_before_any_work(out, tmp_path, monkeypatch, capsys):
+    """`cellsynth evaluate --out "$EVAL"` with EVAL unset (and out="" in Python) wrote
+    fidelity.json, fidelity.md and per_type.csv into the current folder after the work."""
+    import cellsynth as cs
+    from cellsynth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"out is empty .* would name the current folder"):
+        cs.evaluate("real.h5ad", "syn.h5ad", label_key="cell_type", out=out)
+    assert main(["evaluate", "--real", "real.h5ad", "--synthetic", "syn.h5ad", "--label-key",
+                 "cell_type", "--out", out]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

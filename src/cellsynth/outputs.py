@@ -292,7 +292,11 @@ def check_out_dir(out: str | Path, flag: str, what: str,
     which nothing can be written, is a one-line ``error`` before any work: ``flag`` names the
     argument (``--out`` on the command line, ``out`` in Python), ``what`` what the directory
     is for. The one check of every output directory (a run, a model, an evaluation). Returns
-    the directory, ``~`` expanded: write there, not to the path as given."""
+    the directory, ``~`` expanded: write there, not to the path as given. An empty path
+    (``--out "$DIR"`` with ``DIR`` unset, ``out=""``) is refused: it names the current folder."""
+    if isinstance(out, str) and not out.strip():
+        raise error(f"{flag} is empty ({out!r}), which would name the current folder; give a "
+                    f"directory for {what} (the current folder as '.')")
     out = expand_user(out, flag)
     if out.exists() and not out.is_dir():
         raise error(f"{flag} {out} is an existing file, not a directory; give a directory "
