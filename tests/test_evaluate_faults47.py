@@ -131,3 +131,13 @@ def test_an_empty_output_folder_is_refused_before_any_work(out, tmp_path, monkey
                  "cell_type", "--out", out]) == 2
     assert "--out is empty" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("donor_key", [["donor"], 3])
+def test_a_donor_key_that_is_not_a_column_name_is_a_one_line_error(donor_key):
+    """donor_key=["donor"] ended in pandas' TypeError (unhashable type: 'list')."""
+    import cellsynth as cs
+
+    a = _sim(200, seed=10)
+    with pytest.raises(DataError, match=r"donor_key takes the name of one obs column"):
+        cs.evaluate(a, a, label_key="cell_type", heldout=a, donor_key=donor_key)

@@ -176,6 +176,9 @@ def compare(
             raise DataError(f"gene_repeats must be 'auto' or a whole number of at least 1, got "
                             f"{gene_repeats!r}")
         gene_repeats = int(gene_repeats)
+    if donor_key is not None and not isinstance(donor_key, str):  # a list: unhashable in obs
+        raise DataError(f"donor_key takes the name of one obs column (a string such as "
+                        f"'donor'), not {type(donor_key).__name__} {donor_key!r}")
     picked: dict[str, Any] = {}
 
     def real_rows(labels: np.ndarray) -> np.ndarray:
