@@ -141,3 +141,23 @@ def test_a_donor_key_that_is_not_a_column_name_is_a_one_line_error(donor_key):
     a = _sim(200, seed=10)
     with pytest.raises(DataError, match=r"donor_key takes the name of one obs column"):
         cs.evaluate(a, a, label_key="cell_type", heldout=a, donor_key=donor_key)
+
+
+def test_type_names_in_another_unicode_form_are_named_with_the_fix(caplog):
+    """'Naïve T' written as i + a combining diaeresis on one side was "no real type of that
+    name", beside real types that printed the same: nothing said why, or how to mend it."""
+    import unicodedata
+
+    import pandas as pd
+
+    from cellsynth.evaluation.inputs import _check_labels
+
+    real = pd.Series({unicodedata.normalize("NFC", "Naïve T"): 50, "B": 40})
+    synthetic = pd.Series({unicodedata.normalize("NFD", "Naïve T"): 50, "B": 40})
+    with caplog.at_level("WARNING"):
+        _check_labels(real, synthetic, "cell_type")
+    assert r"'Nai\u0308ve T' (real: 'Na\xefve T', the same name in another Unicode form" \
+        in caplog.text
+    assert "unicodedata.normalize('NFC', s)" in caplog.text
+    with pytest.raises(DataError, match="another Unicode form"):
+        _check_labels(real, synthetic.drop("B"), "cell_type")

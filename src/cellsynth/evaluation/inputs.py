@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,22 +342,36 @@ def _same_file(real: Any, synthetic: Any) -> bool:
 
 def _norm(name: str) -> str:
     """A type's name as a match by hand reads it: case, spaces, and "_" or "." for a space
-    (``B_cells``, as R's make.names and many file formats write ``B cells``), set aside."""
-    return " ".join(re.sub(r"[_.]", " ", str(name)).split()).casefold()
+    (``B_cells``, as R's make.names and many file formats write ``B cells``) and the Unicode
+    form (``naïve`` as one code point or as ``i`` and a combining diaeresis), set aside."""
+    text = unicodedata.normalize("NFKC", str(name))
+    return " ".join(re.sub(r"[_.]", " ", text).split()).casefold()
+
+
+def _type_hint(name: str, near: dict[str, str], key: str) -> str:
+    """A synthetic type named with the real type it would be, but for case, spaces or the
+    Unicode form (which print alike: shown as code points, with the fix)."""
+    real = near.get(_norm(name))
+    if real is None:
+        return repr(name)
+    if unicodedata.normalize("NFC", real) == unicodedata.normalize("NFC", name):
+        return (f"{name!a} (real: {real!a}, the same name in another Unicode form: "
+                f"write both alike, e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str)"
+                ".map(lambda s: unicodedata.normalize('NFC', s)).astype('category'))")
+    return f"{name!r} (real: {real!r})"
 
 
 def _check_labels(real: pd.Series, synthetic: pd.Series, label_key: str) -> None:
     """Synthetic cell types are scored against real ones of the same name: a synthetic file
     whose types match none of the real ones is an error, and types that match none are named
-    (with the real type they would be, but for case or spaces), so that an overall verdict
-    is not read from the few types that happen to match."""
+    (with the real type they would be, but for case, spaces or the Unicode form), so that an
+    overall verdict is not read from the few types that happen to match."""
     real_types, syn_types = set(map(str, real.index)), list(map(str, synthetic.index))
     unknown = [t for t in syn_types if t not in real_types]
     if not unknown:
         return
     near = {_norm(t): t for t in real_types}
-    hints = listed([f"{t!r} (real: {near[_norm(t)]!r})" if _norm(t) in near else repr(t)
-                    for t in unknown], 8)
+    hints = listed([_type_hint(t, near, label_key) for t in unknown], 8)
     share = float(synthetic[unknown].sum() / max(synthetic.sum(), 1))
     what = f"synthetic cell types with no real type of that name in obs['{label_key}']: {hints}"
     if len(unknown) == len(syn_types):
