@@ -161,3 +161,24 @@ def test_type_names_in_another_unicode_form_are_named_with_the_fix(caplog):
     assert "unicodedata.normalize('NFC', s)" in caplog.text
     with pytest.raises(DataError, match="another Unicode form"):
         _check_labels(real, synthetic.drop("B"), "cell_type")
+
+
+def test_real_cells_the_fit_left_out_are_refused_as_the_audits_members(tmp_path):
+    """A fit's own file, split with obs['cellsynth_split'], given as the real (training) cells
+    beside held-out ones: its 'test' cells were read as members the generator trained on,
+    pulling every attack towards chance."""
+    import cellsynth as cs
+
+    a = _sim(300, seed=11)
+    real, test = a[:200].copy(), a[200:].copy()
+    real.obs["cellsynth_split"] = np.where(np.arange(200) % 5 == 0, "test", "train")
+    path = tmp_path / "split.h5ad"
+    real.write_h5ad(path)
+    for given in (real, path):
+        with pytest.raises(DataError, match=r"hold 40 cells marked 'test' in "
+                                            r"obs\['cellsynth_split'\], which cellsynth fit"):
+            cs.evaluate(given, test, label_key="cell_type", heldout=test)
+    real.obs["cellsynth_split"] = "train"
+    from cellsynth.evaluation.overlap import check_members
+
+    check_members(real)  # every cell trained on: fine

@@ -49,7 +49,7 @@ from .inputs import (
     _Sample,
     _shared_genes,
 )
-from .overlap import check_disjoint, check_heldout_unseen, warn_trained_on
+from .overlap import check_disjoint, check_heldout_unseen, check_members, warn_trained_on
 from .runner import run_benchmark as run_benchmark  # cellsynth benchmark; its home
 
 if TYPE_CHECKING:
@@ -194,6 +194,8 @@ def compare(
     _check_sides(real, synthetic)
     if heldout is None:
         warn_trained_on(real, synthetic)
+    else:  # before any work: the audit's members are the real cells
+        check_members(real)
     r = _read_side(real, label_key, real_rows, "the real data", donor_key=donors)
     s = _read_side(synthetic, label_key, synthetic_rows, "the synthetic data")
     _check_labels(picked["real_total"], picked["synthetic_total"], label_key)

@@ -75,6 +75,31 @@ def identical_share(a: Any, b: Any, shared: pd.Index, seed: int,
     return float(np.mean(np.diff(sp.csr_matrix(xa != xb).indptr) == 0))  # identical rows
 
 
+def check_members(real: Any) -> None:
+    """A :class:`DataError` when the real cells, the privacy audit's members (the generator's
+    training cells), hold cells ``obs['cellsynth_split']`` marks ``test``: cells ``cellsynth
+    fit`` leaves out (a run's ``data/preprocessed.h5ad``, a file split for a fit). Read as
+    members it never saw, they pull every attack's AUC towards chance and hide a leak."""
+    from .. import keys as K
+
+    if isinstance(real, str | Path):
+        with H5adFile(real) as h5:
+            obs, source = h5.obs, str(real)
+    else:
+        obs, source = real.obs, IN_MEMORY
+    if K.SPLIT not in obs:
+        return
+    test = int((obs[K.SPLIT].astype(str).to_numpy() == "test").sum())
+    if test:
+        raise DataError(
+            f"the real data ({source}) hold {test} cells marked 'test' in obs['{K.SPLIT}'], "
+            "which cellsynth fit leaves out: with held-out cells, the real cells are the "
+            "generator's training cells (the privacy audit's members), and these would count "
+            "as members it never saw, hiding a leak; give only the cells it was fitted on "
+            f"(adata[adata.obs['{K.SPLIT}'] != 'test'], written to a file for the command line), "
+            f"or drop the column if it is not the fit's split (del adata.obs['{K.SPLIT}'])")
+
+
 def _labelled_names(data: Any, label_key: str) -> pd.Index:
     """obs names of the cells with a label (a label missing as the evaluation reads it, text
     such as "" or "nan" included, leaves its cell out)."""
