@@ -182,3 +182,47 @@ def test_real_cells_the_fit_left_out_are_refused_as_the_audits_members(tmp_path)
     from cellsynth.evaluation.overlap import check_members
 
     check_members(real)  # every cell trained on: fine
+
+
+def test_a_type_too_noisy_to_judge_is_told_to_raise_max_cells_only_when_that_helps():
+    """Every cell of a type was already scored (the inputs hold no more) and the verdict
+    still said "give more cells (max_cells)": raising it changes nothing."""
+    from cellsynth.metrics.verdict import fidelity_verdict
+
+    fs = {"overall": {}, "per_type": {}}
+    ff = {"overall": {}, "per_type": {}}
+    for t in ("delta", "ok"):
+        fs["per_type"][t] = {"c2st_auc": 0.785 if t == "delta" else 0.52, "n_real": 22,
+                             "n_synth": 44, "library_size_distance": 0.03}
+        ff["per_type"][t] = {"c2st_auc": 0.683 if t == "delta" else 0.50, "n_real": 22,
+                             "n_synth": 22, "library_size_distance": 0.02}
+    block = {"knn_precision": {"value": 1.0, "floor": 0.98, "sd": 0.01, "n": 22},
+             "marker_overlap": {"value": 0.36, "floor": 0.36, "sd": 0.01, "n": 22}}
+    noisy = {**block, "knn_recall": {"value": 0.49, "floor": 1.0, "sd": 0.2, "n": 22}}
+    typewise = {"per_type": {"delta": noisy, "ok": block}}
+
+    def why(real_more: bool) -> str:
+        counts = {t: {"real": 22, "synthetic": 44, "real_total": 44, "synthetic_total": 44,
+                      "real_more": real_more} for t in ("delta", "ok")}
+        v = fidelity_verdict(fs, ff, typewise=typewise, type_counts=counts)
+        return v["too_few"]["delta"]
+
+    assert "the inputs hold only 44 real and 44 synthetic" in why(False)
+    assert "max_cells" not in why(False)
+    assert "raise max_cells to judge this type (the inputs hold 44 real" in why(True)
+
+
+def test_real_more_says_whether_max_cells_held_real_cells_back():
+    import pandas as pd
+
+    from cellsynth.evaluation import _type_counts
+
+    labels = np.array(["a"] * 40 + ["b"] * 60)
+    total = pd.Series(labels).value_counts()
+    rl = np.array(["a"] * 19 + ["b"] * 31)  # half of them, rounding aside: max_cells >= 50
+    whole = {"real_total": total, "synthetic_total": total,
+             "evaluated": np.ones(50, dtype=bool)}
+    assert not _type_counts(rl, labels, whole)["a"]["real_more"]
+    capped = {**whole, "evaluated": np.ones(30, dtype=bool)}  # max_cells = 30 < 50
+    rl = np.array(["a"] * 12 + ["b"] * 18)
+    assert _type_counts(rl, labels, capped)["a"]["real_more"]

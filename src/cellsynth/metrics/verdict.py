@@ -228,17 +228,29 @@ def _summarise(judged: dict[str, dict]) -> dict[str, Any]:
             "metrics": judged}
 
 
-def _inconclusive(scored: tuple[int, int], summary: Mapping) -> str:
+def _inconclusive(scored: tuple[int, int], summary: Mapping, c: Mapping) -> str:
     """Why a type whose metrics are all too noisy to read has no verdict, or whose noisy
-    metrics read a gap the others cannot vouch against (``summary["doubt"]``)."""
+    metrics read a gap the others cannot vouch against (``summary["doubt"]``); ``c``: its
+    cells (:func:`_counts`), to say whether a larger ``max_cells`` would score more of them."""
     if summary.get("doubt"):
         return (f"{scored[0]} real and {scored[1]} synthetic cells scored: {summary['reason']}: "
                 "a gap that would make the type distinguishable, within the noise of this few "
-                "cells, so the metrics that read it alike do not vouch for it; give more cells "
-                "(max_cells) to judge this type")
+                f"cells, so the metrics that read it alike do not vouch for it; {_more(scored, c)}")
     return (f"{scored[0]} real and {scored[1]} synthetic cells scored: every metric's noise is "
             "wider than the gap that would make it distinguishable, so none can show the cells "
-            f"alike ({summary['reason']}); give more cells (max_cells) to judge this type")
+            f"alike ({summary['reason']}); {_more(scored, c)}")
+
+
+def _more(scored: tuple[int, int], c: Mapping) -> str:
+    """How to judge a type its scored cells are too few for: a larger ``max_cells`` where the
+    inputs hold more of its cells (at most half the real ones are scored), else more cells."""
+    rt, st = c.get("real_total"), c.get("synthetic_total")
+    if rt is None or st is None:
+        return "give more cells (max_cells) to judge this type"
+    if c.get("real_more", rt // 2 > scored[0]) or st > scored[1]:
+        return f"raise max_cells to judge this type (the inputs hold {rt} real and {st} synthetic)"
+    return (f"the inputs hold only {rt} real and {st} synthetic (about half the real ones are "
+            "scored, the rest fit the evaluation space): give more cells of this type to judge it")
 
 
 def _describe(j: Mapping) -> str:
@@ -270,7 +282,8 @@ def _too_few(scored: tuple[int, int], c: Mapping) -> str:
     if rt is None or st is None or (rt, st) == scored:
         return why
     # at most half the real cells are scored (the others fit the evaluation space)
-    if rt // 2 >= MIN_TYPE_CELLS and st >= MIN_TYPE_CELLS:
+    limited = c.get("real_more", True) or st > scored[1]  # max_cells held cells back
+    if rt // 2 >= MIN_TYPE_CELLS and st >= MIN_TYPE_CELLS and limited:
         return f"{why}: raise max_cells (the inputs hold {rt} real and {st} synthetic)"
     return f"{why}, and the inputs hold only {rt} real and {st} synthetic"
 
@@ -299,7 +312,9 @@ def fidelity_verdict(
         reports' own k-NN numbers do not: their floor has half the cells.)
     type_counts
         Optional per type ``{"real": n, "synthetic": n, "real_total": n, "synthetic_total": n}``
-        (cells scored, and in the inputs); by default read from the reports.
+        (cells scored, and in the inputs), and ``real_more`` (whether a larger ``max_cells``
+        would score more of its real cells; else read from the totals, about half of the real
+        cells being scored); by default read from the reports.
     memorisation
         Optional :func:`~cellsynth.metrics.memorisation.memorisation`: when flagged, the overall
         verdict is :data:`COPIES` (decided by ``memorisation``; the reason says what the
@@ -363,7 +378,7 @@ def fidelity_verdict(
             continue
         summary = _summarise(judged)
         if summary["verdict"] is None:
-            too_few[t] = _inconclusive(scored, summary)
+            too_few[t] = _inconclusive(scored, summary, c)
             continue
         per_type[t] = {**summary, "n_real": scored[0], "n_synthetic": scored[1]}
     overall = _overall(fs, ff, per_type, floor_spread, genes, typewise)
