@@ -226,3 +226,26 @@ def test_real_more_says_whether_max_cells_held_real_cells_back():
     capped = {**whole, "evaluated": np.ones(30, dtype=bool)}  # max_cells = 30 < 50
     rl = np.array(["a"] * 12 + ["b"] * 18)
     assert _type_counts(rl, labels, capped)["a"]["real_more"]
+
+
+def _audit(auc: float):
+    from cellsynth.metrics.privacy import PrivacyResult
+
+    attack = {"auc": auc, "threshold": 0.57, "flagged": auc > 0.57, "se_null": 0.03,
+              "n_members": 300, "n_nonmembers": 300}
+    return PrivacyResult({"exact_share": 0.0, "exact_duplicates": 0, "exact_source": "counts"},
+                         {"distance": dict(attack)}, None, None, "cells", False, [], {})
+
+
+def test_attacks_that_read_the_held_out_cells_as_members_are_said(caplog):
+    """--real TEST --heldout TRAIN (swapped): the generated cells sat nearer the held-out
+    cells, every attack read an AUC of about 0.34, and the audit said "not flagged"."""
+    from cellsynth.metrics.privacy_counts import average_audits
+
+    with caplog.at_level("WARNING"):
+        low = average_audits([_audit(0.33), _audit(0.35)])
+    assert not low.flagged
+    assert "the attacks read the held-out cells as the members (cell-level distance attack " \
+           "AUC 0.340" in low.caveats[0]
+    assert "swapped" in low.caveats[0] and "swapped" in caplog.text
+    assert average_audits([_audit(0.47), _audit(0.49)]).caveats == []  # chance: nothing said
