@@ -39,6 +39,7 @@ def test_training_cells_in_heldout_are_found_when_some_labels_are_missing_as_tex
 def test_the_command_in_fidelity_md_gives_the_same_evaluation(tmp_path):
     """fidelity.md's command left out --donor-key, --seed, --max-cells and --gene-repeats:
     copied, it scored other cells (the defaults) and ran no donor-level audit."""
+    import json
     import shlex
 
     from cellsynth.cli import main
@@ -56,6 +57,13 @@ def test_the_command_in_fidelity_md_gives_the_same_evaluation(tmp_path):
     text = (tmp_path / "ev" / "fidelity.md").read_text()
     command = text.split("`cellsynth evaluate ", 1)[1].split("`", 1)[0]
     assert shlex.split(command) == args
+    # held-out cells given in memory beside files: no command with "--heldout AnnData"
+    from cellsynth.evaluation import write
+
+    result = json.loads((tmp_path / "ev" / "fidelity.json").read_text())
+    write({**result, "heldout": "AnnData"}, tmp_path / "ev2")
+    text = (tmp_path / "ev2" / "fidelity.md").read_text()
+    assert "--heldout AnnData" not in text and "on AnnData objects" in text
 
 
 def test_held_out_cells_that_share_only_names_with_the_fitted_file_are_not_refused(tmp_path):

@@ -446,7 +446,7 @@ def write(result: Mapping[str, Any], out: str | Path) -> Path:
     write_json(out / "fidelity.json", result)
     n = result["n_cells"]
     real, syn = n["real"], n["synthetic"]
-    if IN_MEMORY in (result["real"], result["synthetic"]):
+    if IN_MEMORY in (result["real"], result["synthetic"], result.get("heldout")):
         call = f"`cellsynth.evaluate(..., label_key={result['label_key']!r})` on AnnData objects"
     else:
         # quoted as a shell needs (a label key 'cell type', a path with spaces), with every
