@@ -58,8 +58,8 @@ def identical_share(a: Any, b: Any, shared: pd.Index, seed: int,
                     what: tuple[str, str]) -> float | None:
     """The share of the cells named in both ``a`` and ``b`` (``shared``) whose counts are
     identical in both, over the genes both hold, from a sample of up to :data:`SHARED_SAMPLE`
-    of them; None where it cannot be read (names that repeat, no gene in common). ``what``
-    names each side in an error."""
+    of them; None where it cannot be read (cell or gene names that repeat, no gene in
+    common). ``what`` names each side in an error."""
     rng = np.random.default_rng(derive_seed(seed, "heldout-shared"))
     names = shared[np.sort(rng.choice(len(shared), min(SHARED_SAMPLE, len(shared)),
                                       replace=False))]
@@ -67,8 +67,10 @@ def identical_share(a: Any, b: Any, shared: pd.Index, seed: int,
     if ra is None or rb is None:
         return None
     (xa, ga), (xb, gb) = ra, rb
-    genes = [g for g in map(str, ga) if g in set(map(str, gb))]
-    if not genes:
+    ga, gb = ga.astype(str), gb.astype(str)
+    in_b = set(gb)
+    genes = [g for g in ga if g in in_b]
+    if not genes or not ga.is_unique or not gb.is_unique:
         return None
     xa = sp.csr_matrix(xa[:, ga.get_indexer(genes)])
     xb = sp.csr_matrix(xb[:, gb.get_indexer(genes)])
