@@ -190,6 +190,8 @@ def test_real_cells_the_fit_left_out_are_refused_as_the_audits_members(tmp_path)
     from cellsynth.evaluation.overlap import check_members
 
     check_members(real)  # every cell trained on: fine
+    with pytest.raises(DataError, match="the real data is a list; give an AnnData"):
+        cs.evaluate([real], test, label_key="cell_type", heldout=test)  # its reader's message
 
 
 def test_a_type_too_noisy_to_judge_is_told_to_raise_max_cells_only_when_that_helps():

@@ -87,9 +87,9 @@ def check_members(real: Any) -> None:
     if isinstance(real, str | Path):
         with H5adFile(real) as h5:
             obs, source = h5.obs, str(real)
-    else:
-        obs, source = real.obs, IN_MEMORY
-    if K.SPLIT not in obs:
+    else:  # not an AnnData (a list, a DataFrame): its reader says so
+        obs, source = getattr(real, "obs", None), IN_MEMORY
+    if not isinstance(obs, pd.DataFrame) or K.SPLIT not in obs:
         return
     test = int((obs[K.SPLIT].astype(str).to_numpy() == "test").sum())
     if test:
