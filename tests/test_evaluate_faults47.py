@@ -1,5 +1,8 @@
-"""`cellsynth evaluate` / `cs.evaluate` misused as users do (session 47's sweep): labels
-missing as text beside held-out cells that are training cells, ..."""
+"""`cellsynth evaluate` / `cs.evaluate` misused as users do (session 47's sweep): labels missing
+as text beside held-out training cells, fidelity.md's command, names shared by files written
+apart, donors the subsample did not read, an empty --out, a donor_key list, type names in
+another Unicode form, a fit's test cells as members, the max_cells advice, and attacks that
+read the held-out cells as the members (real and held-out swapped)."""
 
 from __future__ import annotations
 
