@@ -182,11 +182,11 @@ def _check_designs(name: str, cfg: Any, models: list[str], obs: Any, *,
                    columns_only: bool = False) -> None:  # fmt: skip
     """Each generator's covariates (``nb.covariates``...) in the dataset ``name``'s ``obs``:
     the columns (``columns_only``: a file's cells, before QC), or as its fit reads the prepared
-    cells (:func:`~cellsynth.pipeline.data.check_design`), named by the generator: else the
+    cells (:func:`~cellsynth.models.registry.check_design`), named by the generator: else the
     generators before it were fitted, then its own fit refused them."""
     from ..config import COVARIATE_SECTIONS, covariates_of
     from ..models import check_covariate_columns
-    from ..pipeline.data import check_design
+    from ..models.registry import check_design
 
     for model in models:
         keys = covariates_of(cfg, model)

@@ -10,9 +10,14 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from ..config import MODEL_ALIASES, RunConfig, canonical_model
+import numpy as np
+import pandas as pd
+
+from .. import keys as K
+from ..config import MODEL_ALIASES, RunConfig, canonical_model, covariates_of
 from ..errors import ConfigError, ModelFileError
 from ..paths import expand_user
+from ._design import training_levels
 from ._model_dir import refuse_pca_space
 from .base import Generator
 
@@ -91,3 +96,18 @@ def load_generator(directory: str | Path) -> Generator:
             f"known: {', '.join(GENERATORS)}"
         )
     return get_generator(name).load(directory)
+
+
+def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) -> None:
+    """The covariates generator ``model`` conditions on, checked in the prepared cells ``obs``
+    (their split column) as its fit reads them, before any model is trained: levels of the
+    training cells (not too many, none differing by spaces), none missing among the cells it
+    reads (nb its training cells; cvae and scvi their validation cells too, for early
+    stopping)."""
+    keys = covariates_of(cfg, model)
+    if not keys:
+        return
+    split = obs[K.SPLIT].astype(str).to_numpy()
+    reads = ["train"] if canonical_model(model) == "nb" else ["train", "val"]
+    training_levels(obs, keys, label_key, np.flatnonzero(split == "train"),
+                    np.flatnonzero(np.isin(split, reads)))

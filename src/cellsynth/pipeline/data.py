@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
-from ..config import RunConfig, canonical_model, covariates_of, unused_covariates
+from ..config import covariates_of, unused_covariates
 from ..data.groups import AUTO, PACKAGED, check_groups, load_groups
 from ..data.io import read
 from ..data.qc import QCReport
@@ -22,6 +22,7 @@ from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
 from ..errors import DataError, listed
 from ..features.pca import PCAModel, fit_pca
+from ..models.registry import check_design
 from ..outputs import write_csv, write_json
 from .context import RunContext
 
@@ -178,23 +179,6 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
             entry.update(out_of_core=True)
         check_before_training(ctx, cells)
     return cells, report
-
-
-def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) -> None:
-    """The covariates generator ``model`` conditions on, checked in the prepared cells ``obs``
-    (their split column) as its fit reads them, before any model is trained: levels of the
-    training cells (not too many, none differing by spaces), none missing among the cells it
-    reads (nb its training cells; cvae and scvi their validation cells too, for early
-    stopping)."""
-    keys = covariates_of(cfg, model)
-    if not keys:
-        return
-    from ..models import training_levels
-
-    split = obs[K.SPLIT].astype(str).to_numpy()
-    reads = ["train"] if canonical_model(model) == "nb" else ["train", "val"]
-    training_levels(obs, keys, label_key, np.flatnonzero(split == "train"),
-                    np.flatnonzero(np.isin(split, reads)))
 
 
 def check_before_training(ctx: RunContext, cells: Cells) -> None:
