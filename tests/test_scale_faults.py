@@ -73,7 +73,7 @@ def test_a_dask_scheduler_that_cannot_be_reached_is_one_line_and_quick(monkeypat
     for bad in ("not an address", "foo://host:1", "tcp://host", "tcp://host:port"):
         with pytest.raises(ConfigError, match="is not a scheduler address"):
             module.check_scheduler(bad)
-    for good in ("tcp://10.0.0.5:8786", "127.0.0.1:8786", "tls://node-1.cluster:8786"):
+    for good in ("tcp://10.0.0.5:8786", "127.0.0.1:8786", "ws://node-1.cluster:8786"):
         module.check_scheduler(good)
     monkeypatch.setattr(module, "CONNECT_SECONDS", 2)
     start = time.perf_counter()

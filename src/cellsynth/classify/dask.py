@@ -65,7 +65,7 @@ def _connect(client: Any, scheduler: str, n_workers: int) -> Iterator[Any]:
         logger.info("connecting to the Dask scheduler at %s", scheduler)
         try:
             remote = Client(scheduler, timeout=CONNECT_SECONDS)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} "
                               f"(classifier.dask_scheduler) within {CONNECT_SECONDS} s: "
                               f"{str(exc).splitlines()[0][:200]}; start it (dask scheduler), "
@@ -104,20 +104,53 @@ _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 def check_scheduler(address: str) -> None:
     """Refuse a Dask scheduler address that is not ``[scheme://]host:port`` (a setting's typo,
-    said before any stage rather than by a 60-line trace from the connection)."""
+    said before any stage rather than by a 60-line trace from the connection), and one whose
+    transport cannot connect from here: ``tls://`` and ``wss://`` without the client's
+    certificates in Dask's configuration, ``ucx://`` without UCX."""
     from urllib.parse import urlsplit
 
     text = address if "://" in address else f"tcp://{address}"
-    parts = urlsplit(text)
-    try:
+    try:  # an unclosed "[" of an IPv6 host, a port out of range: ValueErrors
+        parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        port = None
-    if parts.scheme not in _SCHEMES or not parts.hostname or (port is None and
-                                                              parts.scheme != "inproc"):
+        parts, port = None, None
+    inproc = parts is not None and parts.scheme == "inproc"
+    if (parts is None or text != text.strip() or parts.scheme not in _SCHEMES
+            or not parts.hostname or (port is None and not inproc)
+            or (parts.path and not inproc) or parts.query or parts.fragment
+            or parts.username is not None):
         raise ConfigError(f"classifier.dask_scheduler = {address!r} is not a scheduler "
                           "address: give SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786 (what "
                           "`dask scheduler` prints), or leave it empty for a local cluster")
+    _check_transport(parts.scheme, address)
+
+
+def _check_transport(scheme: str, address: str) -> None:
+    """Refuse a scheme whose connection cannot be made from here (distributed raised a
+    TypeError from inside the client, left half-open, instead)."""
+    if scheme in ("tls", "wss", "ucx"):
+        _require_dask()
+    if scheme in ("tls", "wss"):
+        from distributed.security import Security
+
+        if Security().get_connection_args("client").get("ssl_context") is None:
+            raise ConfigError(
+                f"classifier.dask_scheduler = {address!r} is a {scheme}:// address, but no "
+                "TLS certificates for the client are set in Dask's configuration: set "
+                "distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and "
+                "distributed.comm.tls.client.key (or the DASK_DISTRIBUTED__COMM__TLS__... "
+                "variables), or give the scheduler's tcp:// address")
+    elif scheme == "ucx":
+        from distributed.comm.registry import get_backend
+
+        try:
+            get_backend(scheme).get_connector()
+        except (TypeError, ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"classifier.dask_scheduler = {address!r} is a ucx:// address, but UCX cannot "
+                f"be used here ({str(exc).splitlines()[0][:120]}): install distributed-ucxx, "
+                "or give the scheduler's tcp:// address") from None
 
 
 def _is_dask(x: Any) -> bool:
