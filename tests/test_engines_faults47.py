@@ -59,3 +59,40 @@ def test_a_ucx_scheduler_without_ucx_is_refused_before_connecting():
         pytest.skip("UCX is installed here")
     with pytest.raises(ConfigError, match="install distributed-ucxx"):
         module.check_scheduler("ucx://127.0.0.1:8786")
+
+
+def test_dask_not_installed_is_said_before_any_stage(tmp_path, monkeypatch, capsys):
+    """Without dask, classifier.backend = "dask" ran the data and features stages (an atlas's
+    hour) and failed at the classifier."""
+    import sys
+
+    from cellsynth.cli import main
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    out = tmp_path / "r"
+    assert main(["run", "--set", "classifier.backend='dask'", "--out", str(out), "--quiet"]) == 2
+    assert "pip install 'cellsynth[dask]'" in capsys.readouterr().err
+    assert not (out / "data").exists()
+
+
+def test_a_local_dask_cluster_on_cuda_without_a_gpu_is_refused_before_any_stage(
+        tmp_path, monkeypatch, capsys):
+    """classifier.device = "cuda" is refused without a GPU for the local backend, but a local
+    Dask cluster (its workers on this machine) trained on the CPU, XGBoost's workers warning
+    in their own words, the run's record saying CUDA."""
+    module = _dask_module()
+    from cellsynth.classify import xgb
+    from cellsynth.cli import main
+    from cellsynth.config import ClassifierConfig
+
+    monkeypatch.setattr(xgb, "_has_gpu", lambda: False)
+    out = tmp_path / "r"
+    assert main(["run", "--set", "classifier.backend='dask'", "--set",
+                 "classifier.device='cuda'", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA device here" in err and "starts its workers on this machine" in err
+    assert not (out / "data").exists()
+    cfg = ClassifierConfig(device="cuda")
+    with pytest.raises(ConfigError, match="sees no CUDA device here"):
+        module.train_classifier_dask([[0.0]], ["a"], [[0.0]], ["a"], cfg, seed=0)
+    module.check_settings(ClassifierConfig(device="cuda", dask_scheduler="tcp://10.0.0.5:8786"))

@@ -32,6 +32,7 @@ from .xgb import (
     _as_features,
     balanced_weights,
     prepare_training,
+    resolve_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,27 @@ def _check_transport(scheme: str, address: str) -> None:
                 "or give the scheduler's tcp:// address") from None
 
 
+def check_settings(cfg: ClassifierConfig) -> None:
+    """What :func:`train_classifier_dask` would find only once the stages before it are done:
+    dask not installed, a scheduler address that cannot be one, and for a local cluster (whose
+    workers run on this machine) ``device = "cuda"`` without a CUDA device (XGBoost's workers
+    fell back to the CPU with warnings of their own while the run's record said CUDA)."""
+    _require_dask()
+    if cfg.dask_scheduler:
+        check_scheduler(cfg.dask_scheduler)
+    elif cfg.device == "cuda":
+        _local_cuda()
+
+
+def _local_cuda() -> None:
+    """Refuse ``device = "cuda"`` for a local cluster on a machine XGBoost sees no GPU on."""
+    try:
+        resolve_device("cuda")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (classifier.backend = 'dask' with no dask_scheduler starts "
+                          "its workers on this machine)") from None
+
+
 def _is_dask(x: Any) -> bool:
     import dask.array as da
 
@@ -255,6 +277,8 @@ def train_classifier_dask(
         The same class :func:`~cellsynth.classify.xgb.train_classifier` returns.
     """
     _require_dask()
+    if client is None and not scheduler and cfg.device == "cuda":
+        _local_cuda()
     from xgboost import dask as dxgb
 
     X_train, y_train, X_val, y_val, labels = _prepare(X_train, y_train, X_val, y_val, cfg, seed)

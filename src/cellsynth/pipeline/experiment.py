@@ -58,10 +58,10 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
                 "classifier.backend = \"dask\" (or dask_scheduler = \"\" to train here); "
                 f"{fix_hint('classifier.backend')}")
         resolve_device(cfg.classifier.device)
-    elif cfg.classifier.dask_scheduler:  # so is a scheduler address that cannot be one
-        from ..classify.dask import check_scheduler
+    else:  # so are dask missing, a scheduler address that cannot be one, a GPU not here
+        from ..classify.dask import check_settings
 
-        check_scheduler(cfg.classifier.dask_scheduler)
+        check_settings(cfg.classifier)
     check_generator_device(cfg)
     if ctx.backed:
         check_backed(cfg)
