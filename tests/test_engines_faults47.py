@@ -96,3 +96,104 @@ def test_a_local_dask_cluster_on_cuda_without_a_gpu_is_refused_before_any_stage(
     with pytest.raises(ConfigError, match="sees no CUDA device here"):
         module.train_classifier_dask([[0.0]], ["a"], [[0.0]], ["a"], cfg, seed=0)
     module.check_settings(ClassifierConfig(device="cuda", dask_scheduler="tcp://10.0.0.5:8786"))
+
+
+def _launcher(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "cellsynth.models._torchrun", "--standalone",
+            "--nproc_per_node=1", *args]
+
+
+def _gone(pid: int, seconds: float = 20.0) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _worker_script(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    return script
+
+
+def test_a_failed_rank_is_said_in_one_line_not_torchruns_traceback(tmp_path):
+    """A rank that failed (bad data, a disk full at the save, the out-of-memory killer) ended
+    `cellsynth run` with torchrun's ChildFailedError traceback and its box of failures."""
+    import subprocess
+
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('error (rank 0): no such file', file=sys.stderr)\n"
+                      "sys.exit(2)\n")
+    run = subprocess.run(_launcher(str(script)), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
+    assert "error (rank 0): " in run.stderr
+    assert "torchrun: rank 0 of the distributed CVAE training exited with status 2" in run.stderr
+    from cellsynth.models._torchrun import _failure
+
+    assert "out-of-memory killer" in _failure(1, -9)
+
+
+def test_a_stopped_launcher_stops_its_ranks_without_a_traceback(tmp_path):
+    """Ctrl-C (or a scheduler's SIGTERM) during `cellsynth run`'s distributed fit printed
+    torchrun's SignalException traceback under the one-line 'interrupted'."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    proc = subprocess.Popen(_launcher(str(_worker_script(tmp_path)), str(pid_file)),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_the_ranks_end_when_cellsynth_run_is_killed(tmp_path):
+    """`cellsynth run` killed with SIGKILL (the out-of-memory killer) left torchrun and its
+    ranks, each in a session of its own, training on: they wrote into the run directory and
+    removed the checkpoint that the rerun, beside its own ranks, resumed from."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cellsynth.models._torchrun import PARENT_ENV
+
+    pid_file = tmp_path / "worker.pid"
+    parent = ("import os, subprocess, sys, time\n"
+              f"env = {{**os.environ, {PARENT_ENV!r}: str(os.getpid())}}\n"
+              "subprocess.Popen(sys.argv[1:], env=env)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent,
+                             *_launcher(str(_worker_script(tmp_path)), str(pid_file))])
+    try:
+        for _ in range(600):
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    worker = int(pid_file.read_text())
+    if not _gone(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the rank outlived the killed run")

@@ -69,6 +69,7 @@ from ._ddp import (
     rank_device,
     weighted_sums,
 )
+from ._torchrun import die_with_parent
 from .base import fit_labels, split_masks, training_counts
 from .cvae import CVAE
 
@@ -378,13 +379,16 @@ def torchrun_command(
     torchrun_args: Sequence[str] = ("--standalone",),
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
+    launcher: str = "torch.distributed.run",
 ) -> list[str]:
     """The command that trains with ``nproc_per_node`` processes under this Python's torchrun.
 
     ``torchrun_args`` replace ``--standalone`` for several nodes, e.g.
-    ``["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=host:29400"]``.
+    ``["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=host:29400"]``. ``launcher`` is
+    the module run as torchrun (``cellsynth run`` gives ``cellsynth.models._torchrun``: torch's,
+    its stops and failures said in one line, ended with its parent).
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args,
+    cmd = [sys.executable, "-m", launcher, *torchrun_args,
            f"--nproc_per_node={nproc_per_node}", "-m", __name__,
            "--data", str(data), "--label-key", label_key, "--out", str(out), "--seed", str(seed)]  # fmt: skip
     if config is not None:
@@ -419,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, train, and return the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of torchrun's: ends with it
+        die_with_parent()
     logging.basicConfig(
         level=logging.WARNING if args.quiet or rank else logging.INFO,
         format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s",

@@ -89,13 +89,14 @@ def stage_classifier(ctx: RunContext, splits: dict[str, Split], types: list[str]
     return clf, groups
 
 
-def run_process_group(cmd: list[Any], grace: float = 30.0) -> int:
+def run_process_group(cmd: list[Any], grace: float = 30.0,
+                      env: dict[str, str] | None = None) -> int:
     """Run ``cmd`` in a process group of its own and return its exit status; when this process
     is stopped meanwhile (Ctrl-C, SIGTERM from a scheduler: an exception here), the whole group
     is stopped too, SIGTERM then SIGKILL after ``grace`` seconds. ``subprocess.run`` would kill
     only ``torchrun``, whose workers then trained on, wrote outputs and removed the checkpoint
     the stopped run was to resume from."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     try:
         return proc.wait()
     except BaseException:
@@ -121,6 +122,7 @@ def _stop_group(proc: Any, grace: float) -> None:
 
 def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -> Any:
     """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
+    from ..models._torchrun import PARENT_ENV
     from ..models.cvae import CVAE
     from ..models.distributed import torchrun_command
 
@@ -133,9 +135,10 @@ def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -
     cmd = torchrun_command(work / "fit_on.h5ad", ctx.label_key, work / "model",
                            nproc_per_node=ctx.cfg.cvae.nproc_per_node, config=work / "run.toml",
                            seed=ctx.seed("generator"), checkpoint_dir=checkpoint_dir,
-                           checkpoint_key=ctx.plan.hash("features"))  # fmt: skip
+                           checkpoint_key=ctx.plan.hash("features"),
+                           launcher="cellsynth.models._torchrun")  # fmt: skip
     logger.info("torchrun: %s", " ".join(map(str, cmd)))
-    if run_process_group(cmd) != 0:
+    if run_process_group(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())}) != 0:
         raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
                              f"(command: {' '.join(map(str, cmd))})")
     return CVAE.load(work / "model")
