@@ -197,3 +197,30 @@ def test_the_ranks_end_when_cellsynth_run_is_killed(tmp_path):
     if not _gone(worker):
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the rank outlived the killed run")
+
+
+def test_more_training_processes_than_the_machine_holds_are_refused_before_any_stage(
+        tmp_path, monkeypatch, capsys, caplog):
+    """cvae.nproc_per_node = 64 on a 2-core machine started 64 processes, each holding torch
+    (the memory filled); on a GPU node a rank past the last device failed in
+    torch.cuda.set_device with a traceback. More ranks than cores trained without a word."""
+    import torch
+
+    from cellsynth.cli import main
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models import _ddp
+
+    monkeypatch.setattr(_ddp, "cpu_cores", lambda: 2)
+    out = tmp_path / "r"
+    assert main(["run", "--set", "cvae.distributed=true", "--set", "cvae.nproc_per_node=9",
+                 "--set", "cvae.device='cpu'", "--out", str(out), "--quiet"]) == 2
+    assert "cvae.nproc_per_node = 9 training processes on 2 cores" in capsys.readouterr().err
+    assert not (out / "data").exists()
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        _ddp.check_processes(CVAEConfig(nproc_per_node=3, device="cpu"))
+    assert "they share the cores" in caplog.text
+    _ddp.check_processes(CVAEConfig(nproc_per_node=2, device="cpu"))
+    monkeypatch.setattr(_ddp.tr, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"2 ranks on 1 CUDA device\(s\)"):
+        _ddp.check_processes(CVAEConfig(nproc_per_node=2))

@@ -34,6 +34,12 @@ def cpu_threads() -> int:
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
     if given.isdigit() and int(given) > 0:
         return int(given)
+    return cpu_cores()
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a cluster job's or a ``taskset``'s, not the whole
+    node's), else every core."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import CVAEConfig
-from ..errors import CellsynthError
+from ..errors import CellsynthError, ConfigError
+from ..runtime import cpu_cores
 from . import _training as tr
 
 logger = logging.getLogger("cellsynth.models.distributed")
@@ -78,6 +79,30 @@ def rank_device(cfg: CVAEConfig) -> torch.device:
     index = int(os.environ.get("LOCAL_RANK", device.index or 0))
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def check_processes(cfg: CVAEConfig) -> None:
+    """Refuse ``cvae.nproc_per_node`` ranks this machine cannot give one each of: a CUDA
+    device (a rank past the last one failed in ``torch.cuda.set_device`` with a traceback), or
+    on the CPU more than 4 per core (each a process holding torch and its shard: they filled
+    the memory); more than one per core is a WARNING (they share the cores, no faster)."""
+    n = cfg.nproc_per_node
+    if tr.resolve_device(cfg.device).type == "cuda":
+        gpus = torch.cuda.device_count()
+        if n > gpus:
+            raise ConfigError(f"cvae.nproc_per_node = {n} ranks on {gpus} CUDA device(s): each "
+                              f"rank trains on a device of its own; give at most {gpus} "
+                              "(--set cvae.nproc_per_node=N)")
+        return
+    cores = cpu_cores()
+    if n > 4 * cores:
+        raise ConfigError(f"cvae.nproc_per_node = {n} training processes on {cores} cores: "
+                          f"each is a process of its own holding torch; give at most {cores} "
+                          "(--set cvae.nproc_per_node=N), or run torchrun across nodes "
+                          "(docs/SCALING.md)")
+    if n > cores:
+        logger.warning("cvae.nproc_per_node = %d training processes on %d cores: they share "
+                       "the cores, no faster than %d", n, cores, cores)
 
 
 #: seconds a rank waits for the others to join (torch's default is 30 minutes, in silence)

@@ -63,6 +63,10 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
 
         check_settings(cfg.classifier)
     check_generator_device(cfg)
+    if cfg.generator.model == "cvae" and cfg.cvae.distributed:  # one rank per device or core
+        from ..models._ddp import check_processes
+
+        check_processes(cfg.cvae)
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
