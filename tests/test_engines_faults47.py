@@ -224,3 +224,20 @@ def test_more_training_processes_than_the_machine_holds_are_refused_before_any_s
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match=r"2 ranks on 1 CUDA device\(s\)"):
         _ddp.check_processes(CVAEConfig(nproc_per_node=2))
+
+
+def test_cvae_distributed_on_a_one_process_fit_is_said(tmp_path, capsys, one_torch_thread):
+    """`cellsynth fit --set cvae.distributed=true` (and CVAE.fit with such a config) trained in
+    one process without a word: the setting is read by `cellsynth run` only."""
+    from cellsynth.cli import main
+    from cellsynth.data.simulate import simulate_atlas
+
+    data = tmp_path / "atlas.h5ad"
+    simulate_atlas(n_cells=200, n_genes=60, n_types=2, label_key="cell_type").write_h5ad(data)
+    assert main(["fit", str(data), "--label-key", "cell_type", "--out", str(tmp_path / "m"),
+                 "--set", "cvae.distributed=true", "--set", "cvae.max_epochs=1", "--set",
+                 "cvae.n_hidden=[16]", "--set", "cvae.n_latent=2", "--set",
+                 "cvae.select='elbo'"]) == 0
+    err = capsys.readouterr().err
+    assert "cvae.distributed = true: this fit trains in one process" in err
+    assert "-m cellsynth.models.distributed" in err

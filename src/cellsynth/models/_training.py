@@ -38,6 +38,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
 
 
+def warn_one_process(cfg: Any) -> None:
+    """A WARNING when ``cvae.distributed`` is set on a one-process fit (``cellsynth fit``,
+    ``CVAE.fit``, a benchmark): only ``cellsynth run`` starts torchrun for it, and the fit
+    trained in one process without a word."""
+    if getattr(cfg, "distributed", False):
+        logger.warning("cvae.distributed = true: this fit trains in one process (only "
+                       "`cellsynth run` starts torchrun for it); for a data-parallel fit of a "
+                       "file run `torchrun --standalone --nproc_per_node=N -m "
+                       "cellsynth.models.distributed --data FILE --label-key KEY --out DIR` "
+                       "(docs/SCALING.md), or set cvae.distributed = false")
+
+
 def loadable_device(saved: str, given: str | None, where: object) -> str:
     """The device a saved model loads on: ``given`` when the caller names one (its absence is
     an error: it was asked for), else the saved ``config.device`` where this machine has it,

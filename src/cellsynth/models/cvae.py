@@ -332,6 +332,7 @@ class CVAE(GenerationMixin, DesignRequests):
         """
         seed = checked_seed(seed)  # before any generator sees it: one message for every bad seed
         c = self.config
+        tr.warn_one_process(c)
         if not isinstance(data, Cells):
             data = for_training(data, label_key or self.label_key, seed=seed)
         d = training_data(data, c, self.device, seed)
