@@ -241,3 +241,23 @@ def test_cvae_distributed_on_a_one_process_fit_is_said(tmp_path, capsys, one_tor
     err = capsys.readouterr().err
     assert "cvae.distributed = true: this fit trains in one process" in err
     assert "-m cellsynth.models.distributed" in err
+
+
+def test_a_data_parallel_fit_records_its_precision(tmp_path, one_torch_thread, caplog):
+    """history["precision"] says which precision trained a CVAE, but the data-parallel fit's
+    history had no such key: a bfloat16 fit under torchrun was recorded as nothing."""
+    import torch.distributed as dist
+
+    from cellsynth.config import CVAEConfig
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models.distributed import fit_distributed
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    data = tmp_path / "atlas.h5ad"
+    simulate_atlas(n_cells=200, n_genes=60, n_types=2, label_key="cell_type").write_h5ad(data)
+    cfg = CVAEConfig(precision="bfloat16", device="cpu", max_epochs=1, n_hidden=[16],
+                     n_latent=2, select="elbo")
+    with caplog.at_level("ERROR"):  # bfloat16 emulated on this CPU: a warning, not the point
+        model = fit_distributed(data, "cell_type", config=cfg, seed=0)
+    assert model.history["precision"] == "bfloat16"

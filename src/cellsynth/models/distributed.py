@@ -309,8 +309,8 @@ def _fit(
     seconds = history["seconds"]
     history.update(
         cells_per_second=n_train * history["epochs"] / max(seconds, 1e-9), world_size=world,
-        select="elbo",
-    )
+        select="elbo", precision=str(module.compute_dtype).removeprefix("torch."),
+    )  # the keys of CVAE.fit's history
     model.history = history
     if rank == 0:
         msg = "CVAE: best epoch %d of %d (val loss %.4f) in %.1f s on %d ranks, %.0f cells/s"
