@@ -261,3 +261,20 @@ def test_a_data_parallel_fit_records_its_precision(tmp_path, one_torch_thread, c
     with caplog.at_level("ERROR"):  # bfloat16 emulated on this CPU: a warning, not the point
         model = fit_distributed(data, "cell_type", config=cfg, seed=0)
     assert model.history["precision"] == "bfloat16"
+
+
+def test_covariates_with_a_data_parallel_fit_are_refused_before_any_stage(tmp_path, capsys):
+    """cvae.covariates with cvae.distributed trained data-parallel on the type alone, saved a
+    config naming covariates it had no design for, and its load then said 'the file was
+    edited: save the model again': the training lost, the cause unsaid."""
+    from cellsynth.cli import main
+    from cellsynth.config import CVAEConfig
+    from cellsynth.models.distributed import fit_distributed
+
+    out = tmp_path / "r"
+    assert main(["run", "--set", "cvae.distributed=true", "--set", "cvae.covariates=['batch']",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "the data-parallel fit conditions on the cell type only" in capsys.readouterr().err
+    assert not (out / "data").exists()
+    with pytest.raises(ConfigError, match=r"cvae\.distributed = false to condition on"):
+        fit_distributed(tmp_path / "any.h5ad", config=CVAEConfig(covariates=["batch"]))

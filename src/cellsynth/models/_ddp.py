@@ -81,6 +81,17 @@ def rank_device(cfg: CVAEConfig) -> torch.device:
     return torch.device("cuda", index)
 
 
+def check_type_only(cfg: CVAEConfig) -> None:
+    """Refuse ``cvae.covariates``: the data-parallel fit conditions on the cell type only, and
+    trained without them, saving a model whose config named covariates it had no design for
+    (its load then said the file was edited: the training lost)."""
+    if cfg.covariates:
+        raise ConfigError(f"cvae.covariates = {list(cfg.covariates)} with cvae.distributed: "
+                          "the data-parallel fit conditions on the cell type only; set "
+                          "cvae.distributed = false to condition on the covariates, or "
+                          "cvae.covariates = [] to train data-parallel on the type alone")
+
+
 def check_processes(cfg: CVAEConfig) -> None:
     """Refuse ``cvae.nproc_per_node`` ranks this machine cannot give one each of: a CUDA
     device (a rank past the last one failed in ``torch.cuda.set_device`` with a traceback), or

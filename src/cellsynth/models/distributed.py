@@ -65,6 +65,7 @@ from ._counts import (
 from ._ddp import (
     all_gather,
     broadcast_mixture,
+    check_type_only,
     init_process_group,
     rank_device,
     weighted_sums,
@@ -178,7 +179,8 @@ def fit_distributed(
     out
         Model directory rank 0 writes with :meth:`CVAE.save`; ``None`` writes nothing.
     config
-        Architecture and training settings; ``batch_size`` is the global batch.
+        Architecture and training settings; ``batch_size`` is the global batch. Its
+        ``covariates`` are refused: this fit conditions on the cell type only.
     seed
         As :meth:`CVAE.fit`'s; with one process the result equals ``CVAE.fit`` exactly.
     checkpoint_dir
@@ -199,6 +201,7 @@ def fit_distributed(
     The group is destroyed afterwards only when this call created it.
     """
     cfg = config if config is not None else CVAEConfig()
+    check_type_only(cfg)
     device = rank_device(cfg)
     own_group = init_process_group(device)
     ckpt = (checkpoint_dir, checkpoint_key)

@@ -64,8 +64,9 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         check_settings(cfg.classifier)
     check_generator_device(cfg)
     if cfg.generator.model == "cvae" and cfg.cvae.distributed:  # one rank per device or core
-        from ..models._ddp import check_processes
+        from ..models._ddp import check_processes, check_type_only
 
+        check_type_only(cfg.cvae)
         check_processes(cfg.cvae)
     if ctx.backed:
         check_backed(cfg)
