@@ -278,3 +278,37 @@ def test_covariates_with_a_data_parallel_fit_are_refused_before_any_stage(tmp_pa
     assert not (out / "data").exists()
     with pytest.raises(ConfigError, match=r"cvae\.distributed = false to condition on"):
         fit_distributed(tmp_path / "any.h5ad", config=CVAEConfig(covariates=["batch"]))
+
+
+def test_a_file_open_for_writing_elsewhere_is_said_so_not_called_corrupt(tmp_path, capsys):
+    """An h5ad another process holds open for writing (a notebook's backed='r+' AnnData, a
+    write still going on) was said to be 'truncated or corrupt: download or write it again';
+    the data-parallel fit's ranks ended on h5py's BlockingIOError traceback."""
+    import subprocess
+    import sys
+
+    from cellsynth.data.io import read
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.errors import DataError
+    from cellsynth.models.distributed import main as ddp_main
+
+    data = tmp_path / "atlas.h5ad"
+    simulate_atlas(n_cells=60, n_genes=40, n_types=2, label_key="cell_type").write_h5ad(data)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               "f = h5py.File(sys.argv[1], 'r+'); print('open', flush=True)\n"
+                               "time.sleep(60)", str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for backed in (False, True):
+            with pytest.raises(DataError, match="is open for writing in another process"):
+                read(data, backed=backed)
+        assert ddp_main(["--data", str(data), "--out", str(tmp_path / "m"), "--quiet"]) == 2
+        assert "is open for writing in another process" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    from cellsynth.data.io import unreadable
+
+    other = OSError("Unable to synchronously open file (unable to lock file, errno = 38, "
+                    "error message = 'Function not implemented')")
+    assert "HDF5_USE_FILE_LOCKING=FALSE" in str(unreadable(data, other))

@@ -59,7 +59,12 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
 
 def unreadable(path: Path, exc: Exception) -> DataError:
     """The one-line error of an HDF5 file that h5py or anndata cannot read as h5ad: a 10x
-    Genomics ``.h5`` (its ``matrix`` group) is named as such, anything else as damaged."""
+    Genomics ``.h5`` (its ``matrix`` group) is named as such, a file HDF5 could not lock
+    (another process writing it, or a file system without locks) as such, anything else as
+    damaged."""
+    locked = _lock_error(exc, path)
+    if locked is not None:
+        return locked
     try:
         with h5py.File(path, "r") as f:
             loom = "matrix" in f and "row_attrs" in f and "col_attrs" in f
@@ -79,6 +84,23 @@ def unreadable(path: Path, exc: Exception) -> DataError:
                          "(--set dataset.backed=true)")
     return DataError(f"{path} could not be read as h5ad ({type(exc).__name__}: {exc}); the file "
                      "may be truncated or corrupt: download or write it again")
+
+
+def _lock_error(exc: Exception, path: Path) -> DataError | None:
+    """HDF5's "unable to lock file" said as what it is, not as a damaged file to download
+    again: errno 11, another process holds the file open for writing; other numbers, a file
+    system without locks (some NFS or Lustre mounts)."""
+    text = str(exc)
+    if "unable to lock file" not in text:
+        return None
+    if "errno = 11" in text or isinstance(exc, BlockingIOError):
+        return DataError(f"{path} is open for writing in another process (HDF5's file lock: "
+                         "a write still going on, or an AnnData opened with backed='r+' in a "
+                         "notebook): let the write end or close the file there, then run "
+                         "again")
+    return DataError(f"{path} could not be locked for reading ({text.splitlines()[0][:160]}): "
+                     "this file system does not support HDF5's file locks; set the "
+                     "environment variable HDF5_USE_FILE_LOCKING=FALSE and run again")
 
 
 def check_file(path: str | Path) -> Path:

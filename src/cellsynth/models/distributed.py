@@ -48,6 +48,7 @@ from .. import config as config_mod
 from .. import keys as K
 from ..config import CVAEConfig
 from ..data.csr import stack_rows
+from ..data.io import unreadable
 from ..errors import CellsynthError, DataError
 from ..options import settings
 from ..seeds import derive_seed
@@ -224,7 +225,11 @@ def _fit(
     rank, world = dist.get_rank(), dist.get_world_size()
     if not path.is_file() or not h5py.is_hdf5(path):
         raise DataError(f"{path} is not an h5ad file; give --data the path of an .h5ad")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # locked by a writer, unreadable: one line, not a rank's traceback
+        raise unreadable(path, exc) from None
+    with f:
         meta = ad.AnnData(obs=read_elem(f["obs"]), var=read_elem(f["var"]))
         y_all = fit_labels(meta, label_key)
         train_mask, val_mask = split_masks(meta, y_all, seed=seed)
