@@ -312,3 +312,32 @@ def test_a_file_open_for_writing_elsewhere_is_said_so_not_called_corrupt(tmp_pat
     other = OSError("Unable to synchronously open file (unable to lock file, errno = 38, "
                     "error message = 'Function not implemented')")
     assert "HDF5_USE_FILE_LOCKING=FALSE" in str(unreadable(data, other))
+
+
+@pytest.mark.parametrize("lost", ["worker", "future", "scheduler"])
+def test_a_dask_worker_or_scheduler_lost_during_training_is_one_line(monkeypatch, lost):
+    """A worker killed mid-training (the out-of-memory killer, a preempted node) ended the run
+    on distributed's FutureCancelledError traceback (exit 1); a scheduler stopped, on an
+    OSError's."""
+    module = _dask_module()
+    import types
+
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    from cellsynth.config import ClassifierConfig
+    from cellsynth.errors import CellsynthError
+
+    worker = types.SimpleNamespace(address="tcp://10.0.0.5:40000", name="w0")
+    error = {"worker": KilledWorker("fit", worker, 3),
+             "future": FutureCancelledError("finalize-1", "already forgotten"),
+             "scheduler": OSError("Timed out trying to connect to tcp://10.0.0.5:8786")}[lost]
+
+    def lose(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(module, "_distribute", lose)
+    x = [[0.0], [1.0], [0.0], [1.0]]
+    with pytest.raises(CellsynthError, match="a worker or the scheduler was lost"):
+        module.train_classifier_dask(x, ["a", "b", "a", "b"], x, ["a", "b", "a", "b"],
+                                     ClassifierConfig(device="cpu"), seed=0, client=object())

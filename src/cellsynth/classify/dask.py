@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import ClassifierConfig
-from ..errors import ConfigError
+from ..errors import CellsynthError, ConfigError
 from ..runtime import cpu_threads
 from .xgb import (
     _HYPERPARAMETERS,
@@ -95,6 +95,27 @@ def _connect(client: Any, scheduler: str, n_workers: int) -> Iterator[Any]:
                           "code that runs cellsynth under `if __name__ == \"__main__\":`") from None
     with cluster, Client(cluster) as local:
         yield local
+
+
+@contextlib.contextmanager
+def _cluster_failures() -> Iterator[None]:
+    """A worker or the scheduler lost during the training (a worker killed for memory, a node
+    preempted, the scheduler stopped) said in one line, not distributed's traceback."""
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+    from xgboost.core import XGBoostError
+
+    try:
+        yield
+    except (CancelledError, KilledWorker, OSError, XGBoostError) as exc:
+        raise CellsynthError(
+            f"XGBoost's training on the Dask cluster failed ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}): a worker or the scheduler was lost "
+            "(a worker killed for memory? see the workers' logs; more workers, or fewer cells "
+            "with classifier.max_cells_per_class, need less each); rerun once the cluster is "
+            "back (the finished stages are kept), or set classifier.backend = 'local'"
+        ) from None
 
 
 #: seconds to reach a Dask scheduler before saying it cannot be reached
@@ -298,7 +319,7 @@ def train_classifier_dask(
     if cfg.n_jobs > 0:
         params["nthread"] = cfg.n_jobs
 
-    with _connect(client, scheduler, n_workers) as c:
+    with _connect(client, scheduler, n_workers) as c, _cluster_failures():
         start = time.perf_counter()
         Xt, yt, wt = _distribute(c, X_train, codes_train, weight)
         dtrain = dxgb.DaskQuantileDMatrix(c, Xt, yt, weight=wt)
