@@ -341,3 +341,30 @@ def test_a_dask_worker_or_scheduler_lost_during_training_is_one_line(monkeypatch
     with pytest.raises(CellsynthError, match="a worker or the scheduler was lost"):
         module.train_classifier_dask(x, ["a", "b", "a", "b"], x, ["a", "b", "a", "b"],
                                      ClassifierConfig(device="cpu"), seed=0, client=object())
+
+
+def test_a_benchmark_refuses_a_device_that_is_not_there_before_any_fit(tmp_path, monkeypatch,
+                                                                       capsys, caplog):
+    """`cellsynth benchmark --set classifier.device='cuda'` on a machine without a GPU fitted
+    the first generator (hours on an atlas) and only then refused, at its first utility
+    score; the fit was lost. classifier.backend = 'dask' was ignored there without a word."""
+    from cellsynth.classify import xgb
+    from cellsynth.cli import main
+    from cellsynth.data.simulate import simulate_atlas
+
+    monkeypatch.setattr(xgb, "_has_gpu", lambda: False)
+    data = tmp_path / "atlas.h5ad"
+    simulate_atlas(n_cells=200, n_genes=60, n_types=2, label_key="cell_type").write_h5ad(data)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data), "--label-key", "cell_type", "--models",
+                 "nb", "--out", str(out), "--set", "classifier.device='cuda'", "--set",
+                 "qc.min_genes_per_cell=5", "--set", "qc.min_cells_per_gene=1", "--quiet"]) == 2
+    assert "sees no CUDA device here" in capsys.readouterr().err
+    assert not out.exists()
+    from cellsynth import config
+    from cellsynth.evaluation.runner import _check_engines
+
+    cfg = config.load(None, ["classifier.backend='dask'", "classifier.device='cpu'"])
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        _check_engines([("atlas", cfg)], ["nb"])
+    assert "the benchmark trains its classifiers on this machine" in caplog.text

@@ -97,6 +97,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     _distinct_names(cfgs, datasets)
     _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
     # of fitting
+    _check_engines(cfgs, models)  # so are the devices
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
     path = doc or out / "RESULTS.md"
@@ -176,6 +177,27 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
                             f"two data sets are named {name!r} ({seen[name]} and {item}): their "
                             "results would share one folder; give one a file name of its own")
         seen[name] = item
+
+
+def _check_engines(cfgs: list[tuple[str, Any]], models: list[str]) -> None:
+    """The devices asked for, refused before any fit as ``cellsynth run`` refuses them: a
+    ``classifier.device = "cuda"`` without a GPU was found by the first utility score, after
+    that generator's fit (hours), and a generator's device by its fit, after the datasets
+    before it. ``classifier.backend = "dask"`` is said not to apply: the benchmark's
+    classifiers train here."""
+    import dataclasses
+
+    from ..classify.xgb import resolve_device
+    from ..pipeline.experiment import check_generator_device
+
+    for _, cfg in cfgs:
+        resolve_device(cfg.classifier.device)
+        for model in models:
+            check_generator_device(dataclasses.replace(
+                cfg, generator=dataclasses.replace(cfg.generator, model=model)))
+    if any(cfg.classifier.backend == "dask" for _, cfg in cfgs):
+        logger.warning("classifier.backend = 'dask' is read by `cellsynth run` only: the "
+                       "benchmark trains its classifiers on this machine")
 
 
 def _check_designs(name: str, cfg: Any, models: list[str], obs: Any, *,
