@@ -368,3 +368,23 @@ def test_a_benchmark_refuses_a_device_that_is_not_there_before_any_fit(tmp_path,
     with caplog.at_level("WARNING", logger="cellsynth"):
         _check_engines([("atlas", cfg)], ["nb"])
     assert "the benchmark trains its classifiers on this machine" in caplog.text
+
+
+def test_the_data_parallel_fit_checks_its_model_directory_before_training(tmp_path,
+                                                                          monkeypatch):
+    """torchrun -m cellsynth.models.distributed --out DIR, DIR a non-empty folder that is not a
+    model (or under a file), trained to the end and then refused DIR at rank 0's save: the
+    training lost, as `cellsynth fit` refuses it before any work."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.models import distributed
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the model directory was checked")
+
+    monkeypatch.setattr(distributed, "_fit", trained)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "mine", tmp_path / "file" / "model"):
+        with pytest.raises(CellsynthError, match=r"nothing can be written|non-empty directory"):
+            distributed.fit_distributed(tmp_path / "any.h5ad", out=out)

@@ -71,6 +71,7 @@ from ._ddp import (
     rank_device,
     weighted_sums,
 )
+from ._model_dir import check_save_dir
 from ._torchrun import die_with_parent
 from .base import fit_labels, split_masks, training_counts
 from .cvae import CVAE
@@ -203,6 +204,8 @@ def fit_distributed(
     """
     cfg = config if config is not None else CVAEConfig()
     check_type_only(cfg)
+    if out is not None:  # before the training, not at rank 0's save after it
+        check_save_dir(Path(out).expanduser())
     device = rank_device(cfg)
     own_group = init_process_group(device)
     ckpt = (checkpoint_dir, checkpoint_key)
