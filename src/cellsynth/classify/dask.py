@@ -111,10 +111,12 @@ def _cluster_failures() -> Iterator[None]:
     except (CancelledError, KilledWorker, OSError, XGBoostError) as exc:
         raise CellsynthError(
             f"XGBoost's training on the Dask cluster failed ({type(exc).__name__}: "
-            f"{(str(exc).splitlines() or [''])[0][:200]}): a worker or the scheduler was lost "
-            "(a worker killed for memory? see the workers' logs; more workers, or fewer cells "
-            "with classifier.max_cells_per_class, need less each); rerun once the cluster is "
-            "back (the finished stages are kept), or set classifier.backend = 'local'"
+            f"{(str(exc).splitlines() or [''])[0][:200]}): a worker or the scheduler was lost, "
+            "or a worker could not run the task; see the workers' logs (killed for memory: "
+            "more workers, or fewer cells with classifier.max_cells_per_class, need less each; "
+            "an ImportError: install xgboost and scipy on every worker, pip install "
+            "'cellsynth[dask]'); rerun once the cluster is fixed (the finished stages are "
+            "kept), or set classifier.backend = 'local'"
         ) from None
 
 
