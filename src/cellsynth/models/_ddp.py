@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import CVAEConfig
+from ..config_rules import fix_hint
 from ..errors import CellsynthError, ConfigError
 from ..runtime import cpu_cores
 from . import _training as tr
@@ -102,15 +103,15 @@ def check_processes(cfg: CVAEConfig) -> None:
         gpus = torch.cuda.device_count()
         if n > gpus:
             raise ConfigError(f"cvae.nproc_per_node = {n} ranks on {gpus} CUDA device(s): each "
-                              f"rank trains on a device of its own; give at most {gpus} "
-                              "(--set cvae.nproc_per_node=N)")
+                              f"rank trains on a device of its own; give at most {gpus}: "
+                              f"{fix_hint('cvae.nproc_per_node')}")
         return
     cores = cpu_cores()
     if n > 4 * cores:
         raise ConfigError(f"cvae.nproc_per_node = {n} training processes on {cores} cores: "
                           f"each is a process of its own holding torch; give at most {cores} "
-                          "(--set cvae.nproc_per_node=N), or run torchrun across nodes "
-                          "(docs/SCALING.md)")
+                          "(or run torchrun across nodes, docs/SCALING.md): "
+                          f"{fix_hint('cvae.nproc_per_node')}")
     if n > cores:
         logger.warning("cvae.nproc_per_node = %d training processes on %d cores: they share "
                        "the cores, no faster than %d", n, cores, cores)
