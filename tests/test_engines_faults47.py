@@ -388,3 +388,32 @@ def test_the_data_parallel_fit_checks_its_model_directory_before_training(tmp_pa
     for out in (tmp_path / "mine", tmp_path / "file" / "model"):
         with pytest.raises(CellsynthError, match=r"nothing can be written|non-empty directory"):
             distributed.fit_distributed(tmp_path / "any.h5ad", out=out)
+
+
+def test_a_rank_that_outlives_a_lost_peer_says_so_in_one_line(tmp_path, monkeypatch):
+    """A rank killed mid-training (the out-of-memory killer) left the others failing in their
+    next collective with gloo's 'Connection reset by peer' RuntimeError: a traceback per rank
+    above torchrun's line."""
+    import torch.distributed as dist
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.models import distributed
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+
+    def peer_lost(*args, **kwargs):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:52147: "
+                           "Connection reset by peer")
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(distributed, "_fit", peer_lost)
+    with pytest.raises(CellsynthError, match="rank 0 lost the other ranks during training"):
+        distributed.fit_distributed(tmp_path / "any.h5ad")
+    monkeypatch.setattr(distributed, "_fit", a_bug)  # not a lost peer: left as it is
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        distributed.fit_distributed(tmp_path / "any.h5ad")
+    assert not dist.is_initialized()

@@ -46,8 +46,8 @@ def _failure(rank: int, exitcode: int) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (SIGKILL: often the out-of-memory killer; fewer cvae.nproc_per_node or a " \
-               "smaller cvae.batch_size need less memory)" if -exitcode == signal.SIGKILL else ""
+        hint = " (often the out-of-memory killer: fewer cvae.nproc_per_node or a smaller " \
+               "cvae.batch_size need less memory)" if -exitcode == signal.SIGKILL else ""
         return f"rank {rank} of the distributed CVAE training was killed by {name}{hint}"
     return (f"rank {rank} of the distributed CVAE training exited with status {exitcode}; "
             "its message is above")

@@ -211,9 +211,25 @@ def fit_distributed(
     ckpt = (checkpoint_dir, checkpoint_key)
     try:
         return _fit(Path(data), label_key, out, cfg, device, seed, ckpt)
+    except RuntimeError as exc:
+        if dist.get_world_size() == 1 or not _peer_lost(exc):
+            raise
+        raise CellsynthError(
+            f"rank {dist.get_rank()} lost the other ranks during training "
+            f"({(str(exc).splitlines() or [''])[0][:160]}): another rank ended (its own "
+            "line says why: killed for memory, an error); a rerun resumes from the last "
+            "training checkpoint where one was saved (cellsynth run, --checkpoint-dir)") from None
     finally:
         if own_group:
             dist.destroy_process_group()
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank went away: torch's ``DistError``s
+    (NCCL), gloo's plain ``RuntimeError`` ("Connection reset by peer") otherwise a traceback
+    of the ranks that outlived the one that ended."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "gloo" in text or "by peer" in text
 
 
 def _fit(
