@@ -58,16 +58,16 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
                 "classifier.backend = \"dask\" (or dask_scheduler = \"\" to train here); "
                 f"{fix_hint('classifier.backend')}")
         resolve_device(cfg.classifier.device)
-    else:  # so are dask missing, a scheduler address that cannot be one, a GPU not here
+    elif not ctx.backed:  # out of core, check_backed refuses the dask backend itself
         from ..classify.dask import check_settings
 
-        check_settings(cfg.classifier)
+        check_settings(cfg.classifier)  # dask missing, a scheduler address, a GPU not here
     check_generator_device(cfg)
-    if cfg.generator.model == "cvae" and cfg.cvae.distributed:  # one rank per device or core
+    if cfg.generator.model == "cvae" and cfg.cvae.distributed and not ctx.backed:
         from ..models._ddp import check_processes, check_type_only
 
         check_type_only(cfg.cvae)
-        check_processes(cfg.cvae)
+        check_processes(cfg.cvae)  # one rank per device, at most 4 per core
     if ctx.backed:
         check_backed(cfg)
         logger.info("out of core (dataset.backed = %s): cells are read from disk in chunks of "
