@@ -177,3 +177,18 @@ def literal_text() -> Iterator[None]:
             "the font has no glyph for %s (in a cell type's or a gene's name): drawn as an "
             "empty box on the figures; the tables and files spell the name whole",
             ", ".join(sorted(missing)))
+
+
+#: the most characters of a cell type's name a figure's tick or legend label shows
+LABEL_CHARS = 40
+
+
+def short_label(name: Any, limit: int = LABEL_CHARS) -> str:
+    """``name`` for a figure's tick or legend: a name longer than ``limit`` characters keeps
+    its start and end around an ellipsis (``"CD4-positive, alpha…ory T cell"``), so that one
+    long cell type does not squeeze every bar of a figure into a sliver; tables keep it whole."""
+    text = str(name)
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 3
+    return f"{text[: limit - 1 - tail]}…{text[len(text) - tail:]}"

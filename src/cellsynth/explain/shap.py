@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ..classify.xgb import Classifier
 from ..errors import DataError
-from ..options import literal_text, progress_bar
+from ..options import literal_text, progress_bar, short_label
 from ..outputs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -292,9 +292,13 @@ def _plot_shap(result: ShapResult, path: Path) -> None:
     ax_pc, ax_gene = fig.subplots(1, 2)
     ax_pc.barh(pcs["component"], pcs["mean_abs_shap"], color="tab:blue")
     ax_pc.set_xlabel("mean |SHAP| (margin units)")
-    ax_pc.set_title(f"PCs driving {result.cell_type}")
+    # a long type or gene name shortened (it had pushed the bars off the figure); the bars at
+    # positions of their own, so that two genes of one name (or one shortened label) stay two
+    ax_pc.set_title(f"PCs driving {short_label(result.cell_type)}")
     colors = np.where(genes["score"] >= 0, "tab:red", "tab:blue")
-    ax_gene.barh(genes["gene"], genes["score"], color=colors)
+    y = np.arange(len(genes))
+    ax_gene.barh(y, genes["score"], color=colors)
+    ax_gene.set_yticks(y, [short_label(g) for g in genes["gene"]])
     ax_gene.axvline(0, color="black", linewidth=0.8)
     ax_gene.set_xlabel("score (SHAP carried through loadings)")
     ax_gene.set_title(f"genes (n = {result.n_cells} cells)")

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CellsynthError, DataError
+from ..options import LABEL_CHARS as LABEL_CHARS  # the figures' labels, as the explain stage's
 from ..options import literal_text
+from ..options import short_label as short_label
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +77,6 @@ def plot(func: Callable) -> Callable:
             raise
 
     return checked
-
-
-#: the most characters of a cell type's name a figure's tick or legend label shows
-LABEL_CHARS = 40
-
-
-def short_label(name: Any, limit: int = LABEL_CHARS) -> str:
-    """``name`` for a figure's tick or legend: a name longer than ``limit`` characters keeps
-    its start and end around an ellipsis (``"CD4-positive, alpha…ory T cell"``), so that one
-    long cell type does not squeeze every bar of a figure into a sliver; tables keep it whole."""
-    text = str(name)
-    if len(text) <= limit:
-        return text
-    tail = (limit - 1) // 3
-    return f"{text[: limit - 1 - tail]}…{text[len(text) - tail:]}"
 
 
 #: tab10 and tab20 without their blues and oranges, which are the origins' colours

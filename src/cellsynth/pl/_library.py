@@ -10,7 +10,16 @@ import numpy as np
 
 from ..errors import DataError
 from ..seeds import checked_whole
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, labelled, need_cells, plot
+from ._common import (
+    REAL_COLOR,
+    SYNTH_COLOR,
+    axes,
+    finish,
+    labelled,
+    need_cells,
+    plot,
+    short_label,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -131,7 +140,7 @@ def library_sizes(
         for patch in box["boxes"]:
             patch.set_facecolor(color)
     ax.set_yscale("log")
-    ax.set_xticks(pos, types, rotation=45, ha="right")
+    ax.set_xticks(pos, [short_label(t) for t in types], rotation=45, ha="right")
     ax.set_ylabel("counts per cell")
     from matplotlib.patches import Patch
 

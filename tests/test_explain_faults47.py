@@ -1,0 +1,78 @@
+"""Explanations and plots under misuse (session 47's sweep): long names, the figures a plot
+leaves open, odd save= paths and hand-made inputs of ``cs.pl`` and ``cellsynth.explain``."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+import cellsynth as cs
+from cellsynth.options import LABEL_CHARS
+
+matplotlib.use("Agg")
+
+LABEL = "cell_type"
+LONG = "CD4-positive, alpha-beta memory T cell " * 6  # 234 characters
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _shap_result(cell_type: str, genes: list[str]):
+    from cellsynth.explain import ShapResult
+
+    pcs = pd.DataFrame({"component": [f"PC{i}" for i in range(1, 6)],
+                        "mean_abs_shap": np.linspace(1, 0.2, 5), "mean_shap": np.linspace(1, 0.2, 5)})
+    score = np.linspace(-1, 1, len(genes))
+    gene_table = pd.DataFrame({"gene": genes, "score": score, "abs_score": np.abs(score),
+                               "magnitude": np.abs(score)})
+    return ShapResult(cell_type, pcs, gene_table, 12)
+
+
+# -- 1: long type and gene names -------------------------------------------------------------
+
+
+def test_library_sizes_shortens_a_long_type_name_as_the_other_plots_do():
+    """cs.pl.library_sizes(..., label_key=) wrote each type's whole name under its boxes: a
+    type named as in the Cell Ontology pushed the boxes into a sliver (constrained layout gave
+    up); the ticks now keep at most LABEL_CHARS characters, as cs.pl.umap and per_type do."""
+    real, fake = cs.simulate(120, 40, 2, seed=0), cs.simulate(120, 40, 2, seed=1)
+    for a in (real, fake):
+        a.obs[LABEL] = a.obs[LABEL].astype(str) + " " + LONG
+    ax = cs.pl.library_sizes(real, fake, label_key=LABEL)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) == real.obs[LABEL].nunique() and all(len(t) <= LABEL_CHARS for t in ticks)
+
+
+def test_shap_figure_shortens_long_names_and_keeps_genes_of_one_name_apart(tmp_path,
+                                                                          monkeypatch):
+    """The SHAP figure of the explain stage put a type's whole name in its title (cut at both
+    edges, over the other panel's title) and whole gene names beside the bars; two genes of one
+    name (or one shortened label) were drawn as one bar, the other hidden behind it."""
+    from matplotlib.figure import Figure
+
+    import cellsynth.explain.shap as shap_module
+
+    made = []
+
+    class Kept(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(shap_module, "Figure", Kept)
+    genes = ["GENE1", "GENE1", "ENSG0001_" + "x" * 100, "GENE2"]
+    shap_module.plot_shap(_shap_result(LONG, genes), tmp_path / "shap.png")
+    ax_pc, ax_gene = made[0].axes
+    assert len(ax_pc.get_title()) <= LABEL_CHARS + len("PCs driving ")
+    ticks = [t.get_text() for t in ax_gene.get_yticklabels()]
+    assert len(ticks) == 4 and all(len(t) <= LABEL_CHARS for t in ticks)
+    assert len(ax_gene.patches) == 4
+    assert len({p.get_y() for p in ax_gene.patches}) == 4  # four bars, four rows
