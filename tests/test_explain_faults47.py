@@ -76,3 +76,26 @@ def test_shap_figure_shortens_long_names_and_keeps_genes_of_one_name_apart(tmp_p
     assert len(ticks) == 4 and all(len(t) <= LABEL_CHARS for t in ticks)
     assert len(ax_gene.patches) == 4
     assert len({p.get_y() for p in ax_gene.patches}) == 4  # four bars, four rows
+
+
+# -- 2: show=True where nothing can be shown ---------------------------------------------------
+
+
+def _history() -> dict:
+    return {"train_loss": [5.0, 4.0, 3.5, 3.4], "best_epoch": 2, "val_loss": [4.5, 4.1, 3.9, 3.8]}
+
+
+def test_show_without_a_display_says_so_and_leaves_no_figure_open(caplog):
+    """show=True on a machine without a display (matplotlib's Agg) showed nothing, said nothing
+    and returned None, and each call left its figure open in pyplot (a loop over types warned
+    'More than 20 figures' and grew in memory); now it says how to keep the figure and closes it."""
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        for _ in range(3):
+            assert cs.pl.history(_history(), show=True) is None
+    assert len(plt.get_fignums()) == before
+    assert "cannot show figures" in caplog.text and "save=" in caplog.text
+    ax = cs.pl.history(_history())  # without show=: the axes, the figure open
+    assert len(plt.get_fignums()) == before + 1 and ax.has_data()

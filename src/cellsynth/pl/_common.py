@@ -164,8 +164,30 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
         import matplotlib.pyplot as plt
 
         plt.show()
+        backend = _non_interactive()
+        if backend:  # plt.show() returned at once and showed nothing: said, and the figure
+            # closed, since nobody holds it (None is returned) and each call left one open
+            logger.warning("show=True: matplotlib's backend %r cannot show figures (no "
+                           "display); give save= a file path to keep the figure, or "
+                           "show=False to get its axes", backend)
+            plt.close(first.figure)
         return None
     return list(ax) if isinstance(ax, Sequence) else ax
+
+
+def _non_interactive() -> str | None:
+    """The name of matplotlib's backend when it is one that draws into files only (Agg on a
+    machine without a display), else None (a window, or a notebook's inline figures)."""
+    import matplotlib
+
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+
+        files_only = backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE)
+    except ImportError:  # matplotlib before 3.9
+        from matplotlib.rcsetup import non_interactive_bk as files_only
+    backend = matplotlib.get_backend()
+    return backend if backend.lower() in {b.lower() for b in files_only} else None
 
 
 def check_save(save: Any, kinds: Mapping[str, str] | None = None) -> Path:
