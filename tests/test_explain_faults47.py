@@ -99,3 +99,51 @@ def test_show_without_a_display_says_so_and_leaves_no_figure_open(caplog):
     assert "cannot show figures" in caplog.text and "save=" in caplog.text
     ax = cs.pl.history(_history())  # without show=: the axes, the figure open
     assert len(plt.get_fignums()) == before + 1 and ax.has_data()
+
+
+# -- 3: a save= matplotlib cannot write, and a plot that fails half-drawn ---------------------
+
+
+def test_pgf_without_tex_is_refused_before_the_figure_is_drawn(tmp_path, monkeypatch):
+    """save='fig.pgf' on a machine without TeX drew the whole figure, then stopped with
+    matplotlib's RuntimeError ('xelatex' not found) and left the figure open; now a one-line
+    error before any work names the other formats."""
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    before = len(plt.get_fignums())
+    with pytest.raises(cs.CellsynthError, match=r"\.pgf.*not installed.*\.pdf or \.svg"):
+        cs.pl.history(_history(), save=tmp_path / "fig.pgf")
+    assert len(plt.get_fignums()) == before and not (tmp_path / "fig.pgf").exists()
+
+
+def test_a_failed_write_of_the_figure_is_one_line_and_closes_it(tmp_path, monkeypatch):
+    """When matplotlib failed to write a checked save= path (a disk that filled, an image over
+    2^16 pixels a side), its OSError or ValueError came out as a traceback and the figure stayed
+    open; any failure inside a plot (not only cellsynth's refusals) left its figure open too."""
+    import errno
+
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = len(plt.get_fignums())
+    with monkeypatch.context() as m:
+        m.setattr(Figure, "savefig", full)
+        with pytest.raises(cs.CellsynthError, match=r"could not write.*No space left"):
+            cs.pl.history(_history(), save=tmp_path / "fig.png")
+    assert len(plt.get_fignums()) == before
+
+    def broken(*args, **kwargs):
+        raise ValueError("a drawing failure")
+
+    with monkeypatch.context() as m:
+        m.setattr(Axes, "set_xlabel", broken)
+        with pytest.raises(ValueError, match="drawing failure"):
+            cs.pl.history(_history())
+    assert len(plt.get_fignums()) == before

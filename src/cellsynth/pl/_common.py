@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CellsynthError, DataError
+from ..errors import DataError
 from ..options import LABEL_CHARS as LABEL_CHARS  # the figures' labels, as the explain stage's
 from ..options import literal_text
 from ..options import short_label as short_label
@@ -52,8 +52,8 @@ def doc_params(func: Callable) -> Callable:
 def plot(func: Callable) -> Callable:
     """A ``cs.pl`` function: its docstring completed (:func:`doc_params`), its ``save=`` path
     checked before any work (:func:`check_save`; a path refused once the figure was drawn had
-    cost a whole UMAP), and the figures it opened closed when it refuses its input (a notebook
-    showed the half-drawn figure beside the error)."""
+    cost a whole UMAP), and the figures it opened closed when it fails (a notebook showed the
+    half-drawn figure beside the error, and a loop of failing calls kept each one open)."""
     func = doc_params(func)
     signature = inspect.signature(func)
 
@@ -71,7 +71,7 @@ def plot(func: Callable) -> Callable:
         try:
             with literal_text():
                 return func(*args, **kwargs)
-        except CellsynthError:
+        except Exception:  # its own refusals and any other failure: no half-drawn figure
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)
             raise
@@ -159,7 +159,12 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
         kind = path.suffix.lstrip(".").lower()
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {key: FIGURE_MARK} if (key := _MARK_KEYS.get(kind)) else None
-        first.figure.savefig(path, bbox_inches="tight", dpi=150, metadata=meta)
+        try:
+            first.figure.savefig(path, bbox_inches="tight", dpi=150, metadata=meta)
+        except (OSError, RuntimeError, ValueError) as exc:  # a full disk, a figure too large
+            raise DataError(f"save= {path}: matplotlib could not write the figure "
+                            f"({str(exc).strip() or type(exc).__name__}); give another path "
+                            "or format (.png, .pdf, .svg)") from None
     if show:
         import matplotlib.pyplot as plt
 
@@ -211,6 +216,15 @@ def check_save(save: Any, kinds: Mapping[str, str] | None = None) -> Path:
         raise DataError(f"save= {path}: a figure is saved as one of "
                         f"{', '.join('.' + k for k in sorted(kinds))}; give a file name "
                         "ending in one of them")
+    if kind == "pgf":  # matplotlib measures a .pgf figure's text through a TeX system
+        import shutil
+
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise DataError(f"save= {path}: a .pgf figure is written through {tex}, which is "
+                            "not installed here; save as .pdf or .svg (or install TeX)")
     if path.exists() and not figure_written(path):
         unmarked = ("" if kind in _MARK_KEYS else f" (a .{kind} file has no field that "
                     "names its writer, so cellsynth never replaces one)")
