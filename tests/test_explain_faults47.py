@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import cellsynth as cs
+from cellsynth.errors import ConfigError
 from cellsynth.options import LABEL_CHARS
 
 matplotlib.use("Agg")
@@ -147,3 +148,31 @@ def test_a_failed_write_of_the_figure_is_one_line_and_closes_it(tmp_path, monkey
         with pytest.raises(ValueError, match="drawing failure"):
             cs.pl.history(_history())
     assert len(plt.get_fignums()) == before
+
+
+# -- 4: a path no file system takes ------------------------------------------------------------
+
+
+def test_a_path_too_long_or_with_a_null_character_is_one_line(tmp_path, capsys):
+    """save= (and every path a user gives, --out of the command line too) with a name over the
+    file system's 255 bytes stopped with pathlib's OSError 'File name too long' as a traceback,
+    and one holding a null character drew the whole figure, then failed in matplotlib with
+    'embedded null byte'; both are now a one-line ConfigError naming the option."""
+    import matplotlib.pyplot as plt
+
+    from cellsynth.cli import main
+
+    before = len(plt.get_fignums())
+    long = tmp_path / ("a" * 300 + ".png")
+    with pytest.raises(ConfigError, match=r"save= .*longer than this file system allows"):
+        cs.pl.history(_history(), save=long)
+    with pytest.raises(ConfigError, match=r"save= .*null character"):
+        cs.pl.history(_history(), save=str(tmp_path / "a\x00b.png"))
+    assert len(plt.get_fignums()) == before
+    data = tmp_path / "cells.h5ad"
+    cs.simulate(60, 40, 2, seed=0).write_h5ad(data)
+    assert main(["run", str(data), "--label-key", LABEL, "--out", str(tmp_path / ("r" * 300)),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "longer than this file system allows" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
