@@ -176,3 +176,40 @@ def test_a_path_too_long_or_with_a_null_character_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--out" in err and "longer than this file system allows" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# -- 5: a hand-made or edited training history -------------------------------------------------
+
+
+@pytest.mark.parametrize(("history", "match"), [
+    ({"train_loss": ["a", "b"]}, "train_loss holds 'a'"),
+    ({"train_loss": 3.0}, "train_loss must be a list"),
+    ({"train_loss": [[1, 2], [3, 4]]}, r"train_loss holds \[1, 2\]"),
+    ({"train_loss": [1.0, 2.0], "val_loss": "ab"}, "val_loss must be a list"),
+    ({"train_loss": [1.0, 2.0], "val_loss": [1.0, 2.0, 3.0]}, "3 val_loss values for 2 epochs"),
+    ({"train_loss": [float("nan")] * 3}, "NaN or infinite"),
+    ({"train_loss": [1.0, 2.0], "best_epoch": 10}, "best_epoch 10 is not an epoch"),
+    ({"train_loss": [1.0, 2.0], "best_epoch": "x"}, "best_epoch 'x' is not an epoch"),
+])
+def test_history_refuses_a_curve_that_is_not_one_by_name(history, match):
+    """cs.pl.history of a history dict (or an edited history.json) whose curve was not one
+    number per epoch stopped in numpy or matplotlib (ValueError, TypeError, IndexError); one
+    whose every loss was NaN drew an empty figure and a best_epoch off the curve stretched the
+    axis to it without a word; each is now refused by name."""
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    with pytest.raises(cs.CellsynthError, match=match):
+        cs.pl.history(history)
+    assert len(plt.get_fignums()) == before
+
+
+def test_history_json_of_another_kind_and_a_fit_that_kept_no_epoch(tmp_path):
+    """A history.json holding a JSON list stopped with AttributeError ('list' has no 'get');
+    a fit whose validation never improved (best_epoch -1) still draws, without a kept epoch."""
+    (tmp_path / "history.json").write_text("[1, 2, 3]")
+    with pytest.raises(cs.CellsynthError, match="JSON list, not a history"):
+        cs.pl.history(tmp_path)
+    ax = cs.pl.history({"train_loss": [3.0, 2.0], "val_loss": [None, None], "best_epoch": -1})
+    assert ax.has_data() and not any("kept epoch" in t.get_text()
+                                     for t in ax.get_legend().get_texts())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +28,36 @@ def _history(source: Any) -> Mapping[str, Any]:
             raise ModelFileError(f"{path} does not exist; give a model directory, its "
                                  "history.json, a model or its history dict")
         try:
-            return json.loads(path.read_text())
+            hist = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{path} is not a JSON history ({exc})") from None
+        if not isinstance(hist, Mapping):
+            raise ModelFileError(f"{path} holds a JSON {type(hist).__name__}, not a history "
+                                 "(an object of losses per epoch, as a model's fit writes it)")
+        return hist
     hist = getattr(source, "history", source)
     if not isinstance(hist, Mapping):
         raise DataError(f"a {type(source).__name__} has no training history; give a trained "
                         "model, its history dict or its directory")
     return hist
+
+
+def _curve(hist: Mapping[str, Any], key: str) -> np.ndarray:
+    """``hist[key]``, one number (or None: not checked that epoch) per epoch, as floats; a
+    hand-made or edited history whose curve is not one is refused by name (it had stopped in
+    numpy or matplotlib with a traceback)."""
+    values = hist.get(key)
+    values = [] if values is None else values
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+        raise DataError(f"the history's {key} must be a list of one number per epoch, not "
+                        f"{type(values).__name__} {str(values)[:40]!r}")
+    bad = [v for v in values if v is not None and (isinstance(v, bool) or not isinstance(v, Real))]
+    if bad:
+        raise DataError(f"the history's {key} holds {bad[0]!r} ({len(bad)} of {len(values)} "
+                        "values are not numbers): give one number (or None) per epoch")
+    return np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
 def _no_curve(directory: Path) -> None:
@@ -80,12 +103,25 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
     elbo = "train_loss" not in hist and bool(hist.get("elbo_train"))  # scvi's curve
     if elbo:  # its validation ELBO is what its early stopping watched
         hist = {"train_loss": hist["elbo_train"], "val_loss": hist.get("elbo_validation") or []}
-    train = np.asarray([np.nan if v is None else v for v in hist.get("train_loss", [])], float)
+    train = _curve(hist, "train_loss")
     if train.size == 0:
         raise DataError("the history has no train_loss per epoch: the model has not been "
                         "trained, or was fitted without epochs (such as nb), which has no "
                         "curve")
-    val = np.asarray([np.nan if v is None else v for v in hist.get("val_loss", [])], float)
+    if not np.isfinite(train).any():
+        raise DataError(f"every one of the history's {train.size} train_loss values is NaN or "
+                        "infinite (the training diverged): there is no curve to draw; train "
+                        "again, with a smaller learning rate")
+    val = _curve(hist, "val_loss")
+    if val.size > train.size:
+        raise DataError(f"the history has {val.size} val_loss values for {train.size} epochs of "
+                        "train_loss: give one value (or None) per epoch, as a model's fit "
+                        "writes them")
+    best = hist.get("best_epoch")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, Integral)
+                             or not -1 <= best < train.size):  # -1: no epoch improved
+        raise DataError(f"the history's best_epoch {best!r} is not an epoch of its curve "
+                        f"(0 to {train.size - 1}): give the kept epoch's number, or None")
     epochs = np.arange(train.size)
     ax = axes(ax, (6.0, 3.8))
     lines = ax.plot(epochs, train, color=REAL_COLOR,
@@ -102,8 +138,7 @@ def history(model_or_history: Any, *, ax: Axes | None = None, show: bool | None 
                          marker="." if checked.size <= 30 else None,
                          label="validation ELBO (early stopping)" if elbo
                          else "validation loss (chose the kept epoch)")
-    best = hist.get("best_epoch")
-    if best is not None:
+    if best is not None and best >= 0:
         lines.append(ax.axvline(best, color="black", linestyle="--", linewidth=0.8,
                                 label=f"kept epoch ({best})"))
     ax.set_xlabel("epoch")
