@@ -213,3 +213,67 @@ def test_history_json_of_another_kind_and_a_fit_that_kept_no_epoch(tmp_path):
     ax = cs.pl.history({"train_loss": [3.0, 2.0], "val_loss": [None, None], "best_epoch": -1})
     assert ax.has_data() and not any("kept epoch" in t.get_text()
                                      for t in ax.get_legend().get_texts())
+
+
+# -- 6: the explain API's inputs ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_classifier():
+    from cellsynth.classify import train_classifier
+    from cellsynth.config import ClassifierConfig
+
+    rng = np.random.default_rng(0)
+    y = np.array(["t0", "t1", "t2"])[rng.integers(0, 3, 240)]
+    X = rng.normal(size=(240, 5)).astype(np.float32)
+    for i in range(3):
+        X[y == f"t{i}", i] += 3.0
+    cfg = ClassifierConfig(n_estimators=10, max_depth=3, device="cpu", n_jobs=1)
+    clf = train_classifier(X[:160], y[:160], X[160:], y[160:], cfg, seed=0)
+    return clf, X[y == "t0"], rng.normal(size=(5, 8)), [f"g{i}" for i in range(8)]
+
+
+def _with(array, row, col, value):
+    out = np.array(array, copy=True)
+    out[row, col] = value
+    return out
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"gene_names": ["g"] * 8}, "duplicate gene names"),
+    ({"gene_names": [""] * 7 + ["g7"]}, "empty or only spaces"),
+    ({"gene_names": [None] * 8}, "empty or only spaces"),
+    ({"gene_names": "abcdefgh"}, "one name per gene column"),
+    ({"X": "nan"}, r"NaN or infinite values \(1 of"),
+    ({"X": "inf"}, r"NaN or infinite values \(1 of"),
+    ({"X": np.array([["a"] * 5])}, "X must hold numbers"),
+    ({"components": "nan"}, "components hold 1 NaN"),
+    ({"seed": -1}, "seed must be a whole number"),
+])
+def test_explain_type_refuses_inputs_that_gave_a_silent_or_raw_answer(small_classifier, change,
+                                                                     match):
+    """explain_type took duplicate, blank or missing gene names (a gene table of rows no one
+    could tell apart, 'None' as a gene) and one string as eight names; NaN features were read as
+    missing by XGBoost and explained silently, an infinite one stopped it with its C++ stack
+    trace; NaN loadings gave NaN gene scores; text features and a negative seed stopped in
+    numpy. Each is now a one-line DataError naming the input."""
+    from cellsynth.explain import explain_type
+
+    clf, X, components, genes = small_classifier
+    args = {"X": X, "components": components, "gene_names": genes, "seed": 0}
+    for key, value in change.items():
+        if isinstance(value, str) and value in ("nan", "inf") and key != "gene_names":
+            value = _with(args[key], 0, 0, float(value))
+        args[key] = value
+    with pytest.raises(cs.CellsynthError, match=match):
+        explain_type(clf, args["X"], "t0", args["components"], args["gene_names"],
+                     seed=args["seed"])
+
+
+def test_shap_contributions_refuses_an_infinite_feature(small_classifier):
+    from cellsynth.explain import shap_contributions
+
+    clf, X, _, _ = small_classifier
+    with pytest.raises(cs.CellsynthError, match="NaN or infinite"):
+        shap_contributions(clf, _with(X, 2, 1, np.inf), "t0")
+    assert shap_contributions(clf, X[:3], "t0").shape == (3, X.shape[1] + 1)

@@ -22,9 +22,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..classify.xgb import Classifier
-from ..errors import DataError
+from ..data.genes import check_gene_names
+from ..errors import DataError, listed
 from ..options import literal_text, progress_bar, short_label
 from ..outputs import write_csv, write_json
+from ..seeds import checked_seed
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def shap_contributions(
         to the class's raw margin (``output_margin=True``).
     """
     k = _class_index(classifier, cell_type)
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    X = _features(X)
     n_features = X.shape[1]
     n_rounds = classifier.best_iteration + 1
     one = class_booster(classifier.booster, k, n_rounds)
@@ -111,6 +113,24 @@ def shap_contributions(
         bar.update(stop - start)
     bar.close()
     return out
+
+
+def _features(X: Any) -> Any:
+    """``X`` as float32 (CSR when sparse), or a :class:`DataError`: values that are not
+    numbers (numpy's ValueError), or NaN or infinite ones (XGBoost read NaN as a missing
+    feature and explained those cells silently; infinity stopped it with its stack trace)."""
+    try:
+        X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"X must hold numbers (cells x the classifier's features): {exc}") from None
+    values = X.data if sp.issparse(X) else X
+    if not np.isfinite(values).all():
+        bad = (np.flatnonzero(~np.isfinite(X.toarray() if sp.issparse(X) else X).all(axis=-1))
+               if X.ndim == 2 else [])  # fmt: skip
+        raise DataError(f"X holds NaN or infinite values ({len(bad)} of {X.shape[0]} cells, "
+                        f"the first at row(s) {listed(bad, 5)}); a cell's features are finite: "
+                        "check what they were projected from, or leave those cells out")
+    return X
 
 
 def class_booster(booster: xgb.Booster, k: int, n_rounds: int) -> xgb.Booster | None:
@@ -202,21 +222,34 @@ def explain_type(
     shares; they say which genes the PCs that matter are made of, not a gene-level SHAP.
     """
     k = _class_index(classifier, cell_type)
-    components = np.asarray(components, dtype=np.float64)
+    seed = checked_seed(seed)
+    try:
+        components = np.asarray(components, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"components must hold numbers (the PCA's loadings): {exc}") from None
     n_features = classifier.booster.num_features()
     if components.ndim != 2 or components.shape[0] != n_features:
         raise DataError(
             f"components must have shape (n_components, n_genes) with n_components = "
             f"{n_features} (the classifier's features), got {components.shape}"
         )
+    if isinstance(gene_names, str | bytes):
+        raise DataError("gene_names takes one name per gene column of components (a list, "
+                        f"var_names), not one text {str(gene_names)[:40]!r}")
     if components.shape[1] != len(gene_names):
         raise DataError(
             f"components has {components.shape[1]} gene columns but {len(gene_names)} gene names given"
         )
+    # one gene twice, or a gene without a name, made a gene table of rows no one could tell apart
+    check_gene_names(list(gene_names), "gene_names")
+    if not np.isfinite(components).all():
+        raise DataError(f"components hold {int((~np.isfinite(components)).sum())} NaN or infinite "
+                        "loadings, which made gene scores NaN; give the fitted PCA's "
+                        "components (finite)")
     for name, value in (("max_cells", max_cells), ("n_top", n_top)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise DataError(f"{name} must be a whole number of at least 1, got {value!r}")
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
+    X = _features(X)
     if X.ndim != 2:
         raise DataError(f"X must be cells x features (2-d), got shape {X.shape}; one cell: "
                         "X.reshape(1, -1)")
