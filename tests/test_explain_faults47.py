@@ -277,3 +277,41 @@ def test_shap_contributions_refuses_an_infinite_feature(small_classifier):
     with pytest.raises(cs.CellsynthError, match="NaN or infinite"):
         shap_contributions(clf, _with(X, 2, 1, np.inf), "t0")
     assert shap_contributions(clf, X[:3], "t0").shape == (3, X.shape[1] + 1)
+
+
+# -- 7: where the explain API writes its figure and files --------------------------------------
+
+
+def test_plot_shap_and_write_shap_write_where_they_are_told_or_refuse(tmp_path, monkeypatch):
+    """plot_shap(result, 'shap') wrote 'shap.png' and plot_shap(result, '.') a hidden '.png'
+    (files in places not asked for), 'shap.h5ad' stopped in matplotlib with ValueError, any
+    existing file (a user's own figure) was overwritten, and '~/x' made a folder named '~';
+    write_shap into a file stopped with FileExistsError/NotADirectoryError. The figure's path
+    is now checked as cs.pl's save= is, and the directory as every output directory is."""
+    import os
+
+    from cellsynth.explain import plot_shap, write_shap
+
+    result = _shap_result("B cells", ["GENE1", "GENE2"])
+    monkeypatch.chdir(tmp_path)
+    for bad, match in (("shap", "saved as one of"), (".", "is a directory"),
+                       ("shap.h5ad", "saved as one of")):
+        with pytest.raises(cs.CellsynthError, match=match):
+            plot_shap(result, bad)
+    (tmp_path / "mine.png").write_bytes(b"my own figure")
+    with pytest.raises(cs.CellsynthError, match="not a figure that cellsynth wrote"):
+        plot_shap(result, "mine.png")
+    assert (tmp_path / "mine.png").read_bytes() == b"my own figure"
+    assert sorted(os.listdir(tmp_path)) == ["mine.png"]
+    plot_shap(result, "shap.png")
+    plot_shap(result, "shap.png")  # its own figure: replaced
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    plot_shap(result, "~/figs/shap.pdf")
+    assert (home / "figs" / "shap.pdf").is_file() and not (tmp_path / "~").exists()
+    for bad in ("mine.png", "mine.png/sub"):
+        with pytest.raises(cs.CellsynthError, match="directory= "):
+            write_shap(result, bad)
+    write_shap(result, "~/explain")
+    write_shap(result, "~/explain")  # a rerun replaces its own files, the figure too
+    assert (home / "explain" / "shap.json").is_file()

@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 from ..classify.xgb import Classifier
 from ..data.genes import check_gene_names
 from ..errors import DataError, listed
+from ..figure_io import check_save, save_figure
 from ..options import literal_text, progress_bar, short_label
-from ..outputs import write_csv, write_json
+from ..outputs import check_out_dir, write_csv, write_json
 from ..seeds import checked_seed
 
 logger = logging.getLogger(__name__)
@@ -311,7 +312,12 @@ def _safe_name(name: str) -> str:
 
 
 def plot_shap(result: ShapResult, path: Path) -> None:
-    """Save a PNG with two horizontal bar charts: the top 20 PCs and the top genes."""
+    """Save a figure with two horizontal bar charts: the top 20 PCs and the top genes.
+
+    ``path`` is checked before drawing as ``cs.pl``'s ``save=`` is
+    (:func:`~cellsynth.figure_io.check_save`: ``~`` expanded, a format matplotlib writes, a
+    file cellsynth did not write never replaced)."""
+    path = check_save(path, flag="path=")
     with literal_text():  # a type named '$\\frac$' is its name, not a failing formula
         _plot_shap(result, path)
 
@@ -336,20 +342,19 @@ def _plot_shap(result: ShapResult, path: Path) -> None:
     ax_gene.set_xlabel("score (SHAP carried through loadings)")
     ax_gene.set_title(f"genes (n = {result.n_cells} cells)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, Path(path), "path=", dpi=120)
 
 
 def write_shap(result: ShapResult, directory: Path, *, split: str = "test") -> None:
     """Write ``shap_pcs.csv``, ``shap_genes.csv``, ``shap_<type>.png`` and ``shap.json``
     (``split``: which cells were explained, recorded there)."""
-    directory = Path(directory)
+    directory = check_out_dir(directory, "directory=", "the SHAP results", DataError)
     directory.mkdir(parents=True, exist_ok=True)
     write_csv(directory / "shap_pcs.csv", result.pc_importance, index=False)
     write_csv(directory / "shap_genes.csv", result.gene_importance, index=False)
     plot_name = f"shap_{_safe_name(result.cell_type)}.png"
-    plot_shap(result, directory / plot_name)
+    with literal_text():  # its own file of its directory: replaced on a rerun
+        _plot_shap(result, directory / plot_name)
     summary = {
         "cell_type": result.cell_type,
         "n_cells": result.n_cells,

@@ -7,13 +7,16 @@ import inspect
 import logging
 import re
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError
+from ..figure_io import FIGURE_MARK as FIGURE_MARK  # a figure cellsynth saved says so
+from ..figure_io import check_save, save_figure
+from ..figure_io import figure_written as figure_written
 from ..options import LABEL_CHARS as LABEL_CHARS  # the figures' labels, as the explain stage's
 from ..options import literal_text
 from ..options import short_label as short_label
@@ -156,15 +159,7 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
     first = ax if not isinstance(ax, Sequence) else ax[0]
     if save is not None:
         path = check_save(save, first.figure.canvas.get_supported_filetypes())
-        kind = path.suffix.lstrip(".").lower()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {key: FIGURE_MARK} if (key := _MARK_KEYS.get(kind)) else None
-        try:
-            first.figure.savefig(path, bbox_inches="tight", dpi=150, metadata=meta)
-        except (OSError, RuntimeError, ValueError) as exc:  # a full disk, a figure too large
-            raise DataError(f"save= {path}: matplotlib could not write the figure "
-                            f"({str(exc).strip() or type(exc).__name__}); give another path "
-                            "or format (.png, .pdf, .svg)") from None
+        save_figure(first.figure, path, bbox_inches="tight", dpi=150)
     if show:
         import matplotlib.pyplot as plt
 
@@ -193,70 +188,6 @@ def _non_interactive() -> str | None:
         from matplotlib.rcsetup import non_interactive_bk as files_only
     backend = matplotlib.get_backend()
     return backend if backend.lower() in {b.lower() for b in files_only} else None
-
-
-def check_save(save: Any, kinds: Mapping[str, str] | None = None) -> Path:
-    """The path ``save=`` writes the figure to, ``~`` expanded, or a one-line error: not a path,
-    a directory, a format matplotlib does not write (``kinds``: the canvas's; default the
-    formats of any figure), a file cellsynth did not write, a place nothing can be written."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    from ..outputs import check_writable
-    from ..paths import expand_user
-
-    if isinstance(save, bool):
-        raise DataError("save= takes a file path (such as 'umap.png'), not True or False")
-    path = expand_user(save, "save=")
-    kinds = kinds if kinds is not None else FigureCanvasBase.get_supported_filetypes()
-    if path.is_dir():
-        raise DataError(f"save= {path} is a directory; give a file path such as "
-                        f"{path / 'plot.png'}")
-    kind = path.suffix.lstrip(".").lower()
-    if kind not in kinds:
-        raise DataError(f"save= {path}: a figure is saved as one of "
-                        f"{', '.join('.' + k for k in sorted(kinds))}; give a file name "
-                        "ending in one of them")
-    if kind == "pgf":  # matplotlib measures a .pgf figure's text through a TeX system
-        import shutil
-
-        import matplotlib
-
-        tex = matplotlib.rcParams["pgf.texsystem"]
-        if shutil.which(tex) is None:
-            raise DataError(f"save= {path}: a .pgf figure is written through {tex}, which is "
-                            "not installed here; save as .pdf or .svg (or install TeX)")
-    if path.exists() and not figure_written(path):
-        unmarked = ("" if kind in _MARK_KEYS else f" (a .{kind} file has no field that "
-                    "names its writer, so cellsynth never replaces one)")
-        raise DataError(f"save= {path} exists and is not a figure that cellsynth wrote"
-                        f"{unmarked}: saving would destroy it; give a new path (or remove "
-                        "the file yourself)")
-    check_writable(path, "save=")
-    return path
-
-
-#: what a figure cellsynth saved says it is, in the file's own metadata (PNG "Software", PDF,
-#: SVG and PostScript "Creator"), so that a later save= may replace it and nothing else: formats
-#: without such a field (JPEG, TIFF...) are written but never replaced
-FIGURE_MARK = "cellsynth.pl figure"
-_MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "ps": "Creator",
-              "eps": "Creator"}  # fmt: skip
-#: the bytes of a file searched for the mark (a figure's metadata is near either end)
-_MARK_SPAN = 1 << 20
-
-
-def figure_written(path: Path) -> bool:
-    """Whether ``path`` is a figure ``save=`` wrote (its metadata holds :data:`FIGURE_MARK`,
-    uncompressed in every format that has the field), read at both ends of the file."""
-    mark = FIGURE_MARK.encode()
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_MARK_SPAN)
-            fh.seek(max(0, path.stat().st_size - _MARK_SPAN))
-            tail = fh.read(_MARK_SPAN)
-    except OSError:
-        return False
-    return mark in head or mark in tail
 
 
 def need_cells(adata: object, what: str) -> None:
