@@ -315,3 +315,33 @@ def test_plot_shap_and_write_shap_write_where_they_are_told_or_refuse(tmp_path, 
     write_shap(result, "~/explain")
     write_shap(result, "~/explain")  # a rerun replaces its own files, the figure too
     assert (home / "explain" / "shap.json").is_file()
+
+
+# -- 8: a UMAP table with holes ----------------------------------------------------------------
+
+
+def _umap_table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"origin": ["real"] * 30 + ["synthetic"] * 30, "label": ["A", "B"] * 30,
+                         "x": rng.normal(size=60), "y": rng.normal(size=60)})
+
+
+def test_umap_table_with_text_nan_or_missing_labels(caplog):
+    """cs.pl.umap of a table whose x held text drew the cells on category positions, one whose
+    coordinates were all NaN drew an empty panel, both silently; rows without a label were drawn
+    as a cell type called 'nan' (the AnnData path leaves such cells out with a warning)."""
+    table = _umap_table()
+    with pytest.raises(cs.CellsynthError, match="column 'x' holds 'a', not a number"):
+        cs.pl.umap(table.assign(x="a"))
+    with pytest.raises(cs.CellsynthError, match="none of the UMAP table's 60 rows"):
+        cs.pl.umap(table.assign(y=np.nan))
+    with pytest.raises(cs.CellsynthError, match="has no rows"):
+        cs.pl.umap(table.iloc[:0])
+    holes = table.astype({"label": object})
+    holes.loc[:5, "label"] = np.nan
+    holes.loc[10, "x"] = np.inf
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        ax = cs.pl.umap(holes, color="label")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 2 and not any(t.startswith("nan") for t in legend)
+    assert "7 of 60 rows have no label or no finite x, y" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from ._common import (
     short_label,
     type_colors,
 )
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -200,6 +203,26 @@ def _table(source: Any, label_key: str | None) -> pd.DataFrame:
     if missing:
         raise DataError(f"the UMAP table lacks column(s) {missing}; it needs {list(TABLE_COLUMNS)} "
                         "(a run's features/umap.csv)")
+    if df.empty:
+        raise DataError("the UMAP table has no rows; give a run's features/umap.csv, or the real "
+                        "and synthetic AnnData")
+    for axis in ("x", "y"):  # text drew as categories, NaN as nothing: both silently
+        values = pd.to_numeric(df[axis], errors="coerce")
+        text = values.isna() & df[axis].notna()
+        if text.any():
+            raise DataError(f"the UMAP table's column {axis!r} holds {df[axis][text].iloc[0]!r}, "
+                            "not a number; x and y are each cell's coordinates")
+        df[axis] = values
+    from ..data.labels import missing_labels
+
+    drop = missing_labels(df["label"]) | ~np.isfinite(df[["x", "y"]].to_numpy(float)).all(axis=1)
+    if drop.all():
+        raise DataError(f"none of the UMAP table's {len(df)} rows has a label and finite x and "
+                        "y; give a run's features/umap.csv, or the real and synthetic AnnData")
+    if drop.any():  # as the AnnData path leaves cells without a label out
+        logger.warning("the UMAP table: %d of %d rows have no label or no finite x, y and are "
+                       "left out", int(drop.sum()), len(df))
+        df = df[~drop].copy()
     df["origin"], df["label"] = df["origin"].astype(str), df["label"].astype(str)
     bad = sorted(set(df["origin"]) - {"real", "synthetic"})
     if bad:
