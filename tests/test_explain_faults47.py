@@ -345,3 +345,52 @@ def test_umap_table_with_text_nan_or_missing_labels(caplog):
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert len(legend) == 2 and not any(t.startswith("nan") for t in legend)
     assert "7 of 60 rows have no label or no finite x, y" in caplog.text
+
+
+# -- 9: results with nothing to draw ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluation_dict():
+    real, fake = cs.simulate(240, 60, 2, seed=0), cs.simulate(120, 60, 2, seed=1)
+    result = cs.evaluate(real[:120].copy(), fake, label_key=LABEL, max_cells=60,
+                         heldout=real[120:].copy())
+    return result.to_dict()
+
+
+def test_results_with_nothing_to_draw_are_refused_not_drawn_empty(evaluation_dict):
+    """cs.pl.fidelity of a result whose every asked metric had no value (too few cells), and
+    cs.pl.privacy of an audit without attacks or distances, drew empty axes without a word;
+    cs.pl.genes of per-gene statistics lacking one, of unequal lengths or of no gene stopped
+    with KeyError or matplotlib's ValueError, or drew empty panels."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    empty = copy.deepcopy(evaluation_dict)
+    for side in ("synthetic_vs_real", "real_vs_real"):
+        for block in ("overall", "per_type_mean"):
+            for key, value in empty[side].get(block, {}).items():
+                if isinstance(value, dict):
+                    value.update(dict.fromkeys(value))
+                else:
+                    empty[side][block][key] = None
+    with pytest.raises(cs.CellsynthError, match="no value of c2st_auc"):
+        cs.pl.fidelity(empty)
+    assert cs.pl.fidelity(evaluation_dict).has_data()
+    bare = copy.deepcopy(evaluation_dict)
+    bare["privacy"].update(attacks={}, dcr={})
+    bare["privacy"].pop("donor_attacks", None)
+    with pytest.raises(cs.CellsynthError, match="no attack AUC"):
+        cs.pl.privacy(bare)
+    stats = {f"{side}_{s}": [1.0, 2.0] for side in ("real", "synth")
+             for s in ("mean", "zero_fraction", "variance")}
+    for block, match in (({k: v for k, v in stats.items() if k != "synth_variance"},
+                          r"lack \['synth_variance'\]"),
+                         ({**stats, "real_variance": [1.0]}, "real side differ in length"),
+                         ({k: [] for k in stats}, "no gene on the real side")):
+        with pytest.raises(cs.CellsynthError, match=match):
+            cs.pl.genes({"genes": block})
+    assert len(plt.get_fignums()) == before + 1
+    assert all(a.has_data() for a in cs.pl.genes({"genes": stats}))

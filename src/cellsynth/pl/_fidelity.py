@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot, short_label
 
 if TYPE_CHECKING:
@@ -105,7 +105,11 @@ def fidelity(
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(s)}")
     names = {key: label for key, label, _ in COLUMNS}
-    keep = [m for m in metrics if s[m] is not None or f[m] is not None]
+    keep = [m for m in metrics if not (math.isnan(_num(s[m])) and math.isnan(_num(f[m])))]
+    if not keep:  # an empty figure said nothing of why
+        raise DataError(f"no value of {listed(metrics, 8)} in the result on either side (each "
+                        "needs enough cells to score): plot other metrics, or evaluate with "
+                        "more cells (max_cells)")
     ax = axes(ax, (6.0, 0.45 * len(keep) + 1.2))
     y = np.arange(len(keep))
     h = 0.38

@@ -29,9 +29,33 @@ def _block(result: Any) -> Mapping[str, Any]:
         if isinstance(g, Mapping) and isinstance(g.get("skipped"), str):  # the whole test
             raise DataError(f"the gene-level test was not run: {g['skipped']}")
         if isinstance(g, Mapping) and "real_mean" in g:
-            return g
+            return _checked(g)
     raise DataError("the result holds no per-gene statistics ('genes' from "
                     "metrics.genes.gene_fidelity)")
+
+
+#: the per-gene statistics the plot draws, each side
+STATS = ("mean", "zero_fraction", "variance")
+
+
+def _checked(block: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``block`` when it holds every statistic, as many values of each per side and at least
+    one gene (a hand-made or edited one had stopped with KeyError or matplotlib's ValueError,
+    or drawn empty panels)."""
+    missing = [f"{side}_{s}" for side in ("real", "synth") for s in STATS
+               if f"{side}_{s}" not in block]
+    if missing:
+        raise DataError(f"the per-gene statistics lack {missing}; give the 'genes' of "
+                        "metrics.genes.gene_fidelity (or what cellsynth.evaluate returned)")
+    for side in ("real", "synth"):
+        sizes = {s: np.size(block[f"{side}_{s}"]) for s in STATS}
+        if len(set(sizes.values())) > 1:
+            raise DataError(f"the per-gene statistics of the {side} side differ in length "
+                            f"({sizes}): give one value per gene of each")
+        if not sizes["mean"]:
+            raise DataError(f"the per-gene statistics hold no gene on the {side} side: there "
+                            "is nothing to draw")
+    return block
 
 
 @plot

@@ -108,6 +108,9 @@ def privacy(
     """
     priv = _audit(result)
     rows = _rows(priv)
+    if not rows:  # an empty figure said nothing of why
+        raise DataError("the privacy audit holds no attack AUC and no distance to the closest "
+                        "training cell: give PrivacyResult.to_dict() or the evaluation whole")
     ax = axes(ax, (6.5, 0.5 * len(rows) + 1.4))
     y = np.arange(len(rows))
     values = np.array([r[1] for r in rows])

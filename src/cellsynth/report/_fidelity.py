@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import listed
+from ..errors import DataError, listed
 from . import figures
 from ._markup import _e, _fmt, _img, _is_num, _left_out, _missing, _note, _Run, _table
 
@@ -48,7 +48,11 @@ def _sec_fidelity(run: _Run) -> str:
              "beside it.</p>",
              _table(["metric", "real vs real (control)", "synthetic vs real", "ideal"], rows),
              _negative_note(rows)]
-    parts.append(_img(figures.fidelity_bars(fid), "fidelity metrics beside the control"))
+    try:
+        parts.append(_img(figures.fidelity_bars(fid), "fidelity metrics beside the control"))
+    except DataError:  # cs.pl.fidelity refuses to draw no bar at all
+        parts.append(_left_out("the fidelity figure: no headline metric has a value on either "
+                               "side (too few cells to score)"))
     if (fid["synthetic_vs_real"].get("per_type") or (fid.get("real_vs_real") or {})
             .get("per_type")):
         parts += ["<h3>Per type</h3><p>The two-sample AUC of each type's generated against its "
@@ -62,7 +66,10 @@ def _sec_fidelity(run: _Run) -> str:
     priv = fid.get("privacy")
     parts.append(_privacy(priv))
     if isinstance(priv, dict) and isinstance(priv.get("attacks"), dict):
-        parts.append(_img(figures.privacy_bars(priv), "privacy audit"))
+        try:
+            parts.append(_img(figures.privacy_bars(priv), "privacy audit"))
+        except DataError:  # cs.pl.privacy refuses an audit without a number to draw
+            parts.append(_left_out("the privacy figure: the audit holds no number to draw"))
     return "".join(parts)
 
 
