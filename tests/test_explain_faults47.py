@@ -394,3 +394,31 @@ def test_results_with_nothing_to_draw_are_refused_not_drawn_empty(evaluation_dic
             cs.pl.genes({"genes": block})
     assert len(plt.get_fignums()) == before + 1
     assert all(a.has_data() for a in cs.pl.genes({"genes": stats}))
+
+
+# -- 10: axes of another kind, figure or subfigure ---------------------------------------------
+
+
+def test_axes_polar_in_two_figures_or_in_a_subfigure(tmp_path):
+    """ax= a polar (or 3-d) Axes drew every bar and point in polar coordinates silently
+    (cs.pl.history stopped with matplotlib's ValueError); panels in two figures with save=
+    saved the first figure alone, the second panel lost; an Axes of a SubFigure stopped save=
+    with AttributeError ('SubFigure' has no 'savefig') and show=True with a TypeError."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    polar = Figure().add_subplot(projection="polar")
+    with pytest.raises(cs.CellsynthError, match=r"ordinary .* got polar ones"):
+        cs.pl.history(_history(), ax=polar)
+    left, right = Figure().subplots(), Figure().subplots()
+    stats = {f"{side}_{s}": [1.0, 2.0] for side in ("real", "synth")
+             for s in ("mean", "zero_fraction", "variance")}
+    with pytest.raises(cs.CellsynthError, match="lie in 2 figures"):
+        cs.pl.genes({"genes": stats}, ax=[left, right], save=tmp_path / "genes.png")
+    assert not (tmp_path / "genes.png").exists()
+    fig = plt.figure()
+    inner = fig.subfigures(1, 2)[0].subplots()
+    assert cs.pl.history(_history(), ax=inner, save=tmp_path / "sub.png") is inner
+    assert (tmp_path / "sub.png").read_bytes()[:4] == b"\x89PNG"
+    assert cs.pl.history(_history(), ax=inner, show=True) is None
+    assert plt.fignum_exists(fig.number)  # the caller's figure stays open

@@ -63,21 +63,28 @@ def plot(func: Callable) -> Callable:
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
         try:
-            save = signature.bind(*args, **kwargs).arguments.get("save")
+            given = signature.bind(*args, **kwargs).arguments
         except TypeError:  # the call itself says what is wrong with its arguments
-            save = None
+            given = {}
+        save = given.get("save")
         if save is not None:
             check_save(save)
+            one_figure(given.get("ax"))
         import matplotlib.pyplot as plt
 
         before = set(plt.get_fignums())
         try:
             with literal_text():
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
         except Exception:  # its own refusals and any other failure: no half-drawn figure
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)
             raise
+        if given.get("show") and _non_interactive():  # not shown, and nobody holds it (None
+            # is returned): each call had left one open; a figure of the caller's stays
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+        return out
 
     return checked
 
@@ -123,6 +130,33 @@ def type_colors(n: int) -> list:
     return out
 
 
+def root_figure(ax: Axes) -> Any:
+    """The figure ``ax`` is saved and closed with: its own, or the one its subfigure lies in
+    (a SubFigure has no ``savefig``)."""
+    from matplotlib.figure import Figure
+
+    fig = ax.figure
+    while not isinstance(fig, Figure):  # a SubFigure's figure: its parent
+        fig = fig.figure
+    return fig
+
+
+def one_figure(ax: object) -> None:
+    """With ``save=``: refuse, before any work, panels (``ax=``) that lie in several figures:
+    one file holds one figure, and only the first panel's was saved."""
+    from matplotlib.axes import Axes as _Axes
+
+    if isinstance(ax, np.ndarray):
+        ax = list(ax.ravel())
+    if not isinstance(ax, Sequence) or isinstance(ax, str):
+        return
+    figures = {id(root_figure(a)) for a in ax if isinstance(a, _Axes)}
+    if len(figures) > 1:
+        raise DataError(f"save= writes one figure, but the axes given (ax=) lie in "
+                        f"{len(figures)} figures: give axes of one figure (plt.subplots(1, "
+                        f"{len(ax)})), or save each figure yourself (fig.savefig)")
+
+
 def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     """``ax``, or the axes of a new pyplot figure of ``figsize`` inches (never shown here);
     one Axes, also in a list, is taken (:func:`axes_list`), anything else refused by name."""
@@ -147,6 +181,10 @@ def axes_list(ax: object, n: int, what: str) -> list[Axes]:
     if axs is None or not all(isinstance(a, _Axes) for a in axs):
         raise DataError(f"ax= takes {n} matplotlib Axes (one per {what}), got "
                         f"{type(ax).__name__}")
+    odd = sorted({a.name for a in axs if a.name != "rectilinear"})
+    if odd:  # bars and points drawn in polar or 3-d coordinates: a figure that reads wrong
+        raise DataError(f"ax= takes ordinary (x, y) axes, got {' and '.join(odd)} ones; make "
+                        "them with plt.subplots() (no projection=)")
     if len(axs) != n:
         raise DataError(f"ax= takes {n} axes (one per {what}), got {len(axs)}")
     return axs
@@ -157,20 +195,20 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
     """scanpy's ending of a plot: ``save`` the figure to a path, ``plt.show()`` it when
     ``show`` is True (then return None), else return the axes."""
     first = ax if not isinstance(ax, Sequence) else ax[0]
+    figure = root_figure(first)
     if save is not None:
-        path = check_save(save, first.figure.canvas.get_supported_filetypes())
-        save_figure(first.figure, path, bbox_inches="tight", dpi=150)
+        path = check_save(save, figure.canvas.get_supported_filetypes())
+        save_figure(figure, path, bbox_inches="tight", dpi=150)
     if show:
         import matplotlib.pyplot as plt
 
         plt.show()
         backend = _non_interactive()
-        if backend:  # plt.show() returned at once and showed nothing: said, and the figure
-            # closed, since nobody holds it (None is returned) and each call left one open
+        if backend:  # plt.show() returned at once and showed nothing: said (the figure a
+            # call made is closed by plot())
             logger.warning("show=True: matplotlib's backend %r cannot show figures (no "
                            "display); give save= a file path to keep the figure, or "
                            "show=False to get its axes", backend)
-            plt.close(first.figure)
         return None
     return list(ax) if isinstance(ax, Sequence) else ax
 
