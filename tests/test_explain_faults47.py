@@ -422,3 +422,33 @@ def test_axes_polar_in_two_figures_or_in_a_subfigure(tmp_path):
     assert (tmp_path / "sub.png").read_bytes()[:4] == b"\x89PNG"
     assert cs.pl.history(_history(), ax=inner, show=True) is None
     assert plt.fignum_exists(fig.number)  # the caller's figure stays open
+
+
+# -- 11: hundreds of cell types in the UMAP ----------------------------------------------------
+
+
+def test_umap_of_many_types_keeps_its_panels_readable():
+    """With 100 types the UMAP's legend of four columns squeezed both panels into slivers, and
+    with 130 (E-ANND-5 has 126) it covered the other panel and its legend (constrained layout
+    gave up: 'axes sizes collapsed to zero'); over 50 types each type is now named on its
+    cells and the panels keep their width."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    n = 130
+    rng = np.random.default_rng(0)
+    labels = [f"type {i} CD4-positive, alpha-beta memory T cell" for i in range(n)]
+    table = pd.DataFrame({"origin": ["real", "synthetic"] * (n * 5),
+                          "label": [labels[i // 2 % n] for i in range(n * 10)],
+                          "x": rng.normal(size=n * 10), "y": rng.normal(size=n * 10)})
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout's 'collapsed to zero' warning
+        by_type, by_origin = cs.pl.umap(table, color=["label", "origin"],
+                                        ax=list(fig.subplots(1, 2)))
+        fig.canvas.draw()
+    assert by_type.get_legend() is None and len(by_type.texts) == n
+    assert by_type.get_position().width > 0.3 and by_origin.get_position().width > 0.3
+    few = cs.pl.umap(table[table["label"].isin(labels[:5])], color="label")
+    assert len(few.get_legend().get_texts()) == 5 and not few.texts

@@ -37,6 +37,8 @@ MAX_POINTS = 30_000
 N_PCS = 30
 #: counts per cell after normalisation (as ``qc.target_sum``)
 TARGET_SUM = 1e4
+#: the most cell types a panel's legend lists (two columns); beyond, types are named on the data
+LEGEND_TYPES = 50
 #: the UMAP table's columns (``features/umap.csv``)
 TABLE_COLUMNS = ("origin", "label", "x", "y")
 
@@ -244,7 +246,8 @@ def _equalise(df: pd.DataFrame, n_per_type: int | None, seed: int) -> pd.DataFra
 
 
 def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> None:
-    """One panel: the cells coloured by origin or by type, the legend beside it (right)."""
+    """One panel: the cells coloured by origin or by type, the legend beside it (right), or
+    over :data:`LEGEND_TYPES` types each type's name on its cells."""
     import pandas as pd
     from matplotlib.lines import Line2D
 
@@ -269,6 +272,16 @@ def _draw(df: pd.DataFrame, color: str, ax: Axes, colors: Mapping[str, Any]) -> 
     ax.set_yticks([])
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
+    if color != "origin" and len(colors) > LEGEND_TYPES:
+        # a legend of that many columns squeezed the panels into slivers, and beyond about
+        # 120 types covered the next panel and its legend: each type named on its cells
+        centres = df.groupby("label")[["x", "y"]].median()
+        for t, (x, y) in centres.iterrows():
+            ax.text(x, y, short_label(t, 24), fontsize=5, ha="center", va="center",
+                    color="black", alpha=0.8)
+        ax.set_title(f"by cell type ({len(colors)} types, each named at its cells' median)",
+                     fontsize=10)
+        return
     ax.set_title("by origin" if color == "origin" else "by cell type", fontsize=10)
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7,
               title=title, title_fontsize=8, ncol=ncol, frameon=False, markerscale=1.2)
@@ -292,7 +305,8 @@ def umap(
     Many generated cells of a type would swamp a handful of real ones, so each type shows as
     many generated as real cells (the smaller side's number); a type only one side holds
     shows that side's cells alone. Origin colours (real blue,
-    generated orange) are never cell-type colours; each panel's legend stands beside it.
+    generated orange) are never cell-type colours; each panel's legend stands beside it (over
+    50 types, each type's name is written at its cells' median instead).
 
     Parameters
     ----------
