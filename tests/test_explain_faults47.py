@@ -452,3 +452,22 @@ def test_umap_of_many_types_keeps_its_panels_readable():
     assert by_type.get_position().width > 0.3 and by_origin.get_position().width > 0.3
     few = cs.pl.umap(table[table["label"].isin(labels[:5])], color="label")
     assert len(few.get_legend().get_texts()) == 5 and not few.texts
+
+
+# -- 12: an argument of the wrong kind ---------------------------------------------------------
+
+
+def test_plot_arguments_of_the_wrong_kind_are_named():
+    """label_key=['cell_type'] (cs.pl.library_sizes, cs.pl.umap) stopped pandas with
+    'unhashable type: list', color=None (umap) and metrics=None (fidelity) with 'NoneType is
+    not iterable'; each is now a one-line error naming the argument."""
+    real, fake = cs.simulate(80, 40, 2, seed=0), cs.simulate(80, 40, 2, seed=1)
+    with pytest.raises(cs.CellsynthError, match="label_key takes the name of one obs column"):
+        cs.pl.library_sizes(real, fake, label_key=[LABEL])
+    with pytest.raises(cs.CellsynthError, match="label_key takes the name of one obs column"):
+        cs.pl.umap(real, fake, label_key=[LABEL])
+    with pytest.raises(cs.CellsynthError, match="color takes 'origin'"):
+        cs.pl.umap(_umap_table(), color=None)
+    with pytest.raises(cs.CellsynthError, match="metrics takes metric names"):
+        cs.pl.fidelity({"synthetic_vs_real": {"overall": {}}, "real_vs_real": {"overall": {}}},
+                       metrics=None)

@@ -244,6 +244,9 @@ def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndar
     are left out with a warning, as :func:`cellsynth.evaluate` leaves them out)."""
     from ..data.labels import missing_labels
 
+    if not isinstance(label_key, str):  # a list stopped pandas with "unhashable type"
+        raise DataError(f"label_key takes the name of one obs column (a string such as "
+                        f"'cell_type'), not {type(label_key).__name__} {label_key!r}")
     if label_key not in adata.obs:
         raise DataError(f"label column '{label_key}' not in the obs of {what}; columns "
                         f"are: {', '.join(map(str, adata.obs.columns)) or '(none)'}")

@@ -97,6 +97,9 @@ def fidelity(
 
     synth, floor = _reports(result)
     s, f = flat_report(synth), flat_report(floor)
+    if not isinstance(metrics, str | Sequence):
+        raise DataError(f"metrics takes metric names (a list, or one name), not "
+                        f"{type(metrics).__name__} {metrics!r}; leave it out for the headline ones")
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)  # one metric by name
     metrics = [REPORT_NAMES.get(m, m) if isinstance(m, str) else m for m in metrics]
     if not metrics:

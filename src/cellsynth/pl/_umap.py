@@ -347,6 +347,12 @@ def umap(
     seed = checked_seed(seed)
     if n_per_type is not None:
         n_per_type = checked_whole(n_per_type, "n_per_type")
+    if label_key is not None and not isinstance(label_key, str):
+        raise DataError(f"label_key takes the name of one obs column (a string such as "
+                        f"'cell_type'), not {type(label_key).__name__} {label_key!r}")
+    if not isinstance(color, str) and not isinstance(color, Sequence):
+        raise DataError(f"color takes 'origin', 'label' (the cell type) or a list of them, not "
+                        f"{type(color).__name__} {color!r}")
     colors_wanted = [color] if isinstance(color, str) else list(color)
     names = {"origin", "label", *([label_key] if label_key else [])}
     bad = [c for c in colors_wanted if c not in names]
