@@ -471,3 +471,38 @@ def test_plot_arguments_of_the_wrong_kind_are_named():
     with pytest.raises(cs.CellsynthError, match="metrics takes metric names"):
         cs.pl.fidelity({"synthetic_vs_real": {"overall": {}}, "real_vs_real": {"overall": {}}},
                        metrics=None)
+
+
+# -- 13: a type with a few test cells ----------------------------------------------------------
+
+
+def test_explain_stage_says_when_the_type_has_a_few_test_cells(small_classifier, tmp_path,
+                                                               caplog):
+    """The explain stage explained a type with one or two test cells as it explained one of
+    hundreds, without a word: the mean of SHAP values over a cell or two read as the type's."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from cellsynth.config import RunConfig
+    from cellsynth.pipeline.data import Split
+    from cellsynth.pipeline.evaluation import stage_explain
+
+    clf, X, components, genes = small_classifier
+
+    @contextmanager
+    def stage(name):
+        yield {}
+
+    cfg = RunConfig()
+    cfg.explain.cell_type = "t0"
+    ctx = SimpleNamespace(cfg=cfg, runs=lambda name: True, stage=stage, seed=lambda name: 0,
+                          path=lambda *parts: tmp_path.joinpath(*parts))
+    pca = SimpleNamespace(components=components, genes=genes)  # what the stage reads of it
+    train = Split(X, np.array(["t0"] * len(X)))
+    for n_test, said in ((2, True), (len(X), False)):
+        caplog.clear()
+        test = Split(X[:n_test], np.array(["t0"] * n_test))
+        with caplog.at_level("WARNING", logger="cellsynth"):
+            stage_explain(ctx, clf, pca, {"train": train, "test": test})
+        assert ("has 2 test cell(s)" in caplog.text) is said
+        assert (tmp_path / "explain" / "shap.json").is_file()

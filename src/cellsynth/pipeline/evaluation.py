@@ -30,6 +30,10 @@ from .data import Split
 logger = logging.getLogger(__name__)
 
 
+#: test cells under which the explained type's SHAP means are said to be those of a few cells
+FEW_CELLS = 10
+
+
 def stage_explain(ctx: RunContext, clf: Classifier, pca: PCAModel,
                   splits: dict[str, Split]) -> None:  # fmt: skip
     """SHAP values of one type's test cells (the most common type by default; its training
@@ -45,6 +49,10 @@ def stage_explain(ctx: RunContext, clf: Classifier, pca: PCAModel,
             logger.warning("explain: %r has no test cells; its training cells are explained "
                            "instead (the classifier has seen them: read the genes as what it "
                            "learned, not as how it generalises)", cell_type)
+        elif x_t.shape[0] < FEW_CELLS:  # a mean over a cell or two, read as the type's
+            logger.warning("explain: %r has %d test cell(s); the SHAP values are their mean, "
+                           "not the type's: read the genes with care, or explain a larger type "
+                           "(explain.cell_type)", cell_type, x_t.shape[0])
         e = ctx.cfg.explain
         shap = explain_type(clf, x_t, cell_type, pca.components, pca.genes, n_top=e.n_top_genes,
                             max_cells=e.max_cells, seed=ctx.seed("explain"))  # fmt: skip
