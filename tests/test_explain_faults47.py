@@ -506,3 +506,31 @@ def test_explain_stage_says_when_the_type_has_a_few_test_cells(small_classifier,
             stage_explain(ctx, clf, pca, {"train": train, "test": test})
         assert ("has 2 test cell(s)" in caplog.text) is said
         assert (tmp_path / "explain" / "shap.json").is_file()
+
+
+# -- 14: a misspelt type among many ------------------------------------------------------------
+
+
+def test_a_misspelt_explained_type_is_named_with_its_near_miss(small_classifier):
+    """explain_type(..., 'T0') listed every type the classifier knows (126 on E-ANND-5, one
+    line of thousands of characters) and the run's explain.cell_type check the first 20 in
+    sorted order, where the intended type may not be: neither named the near miss, as every
+    other unknown name in cellsynth does."""
+    from types import SimpleNamespace
+
+    from cellsynth.explain import explain_type
+    from cellsynth.pipeline.data import check_before_training
+
+    clf, X, components, genes = small_classifier
+    with pytest.raises(cs.CellsynthError, match=r"'T0' is not one .*did you mean 't0'\?"):
+        explain_type(clf, X, "T0", components, genes)
+    types = [f"type_{i:03d}" for i in range(126)] + ["Zeta cells"]
+    obs = pd.DataFrame({LABEL: types * 2, "cellsynth_split": ["train"] * 127 + ["test"] * 127})
+    cells = SimpleNamespace(has_counts=True, obs=obs, n_obs=len(obs),
+                            labels=lambda: obs[LABEL].to_numpy())
+    cfg = cs.RunConfig()
+    cfg.generator.model = "nb"
+    cfg.explain.cell_type = "zeta cells"
+    ctx = SimpleNamespace(cfg=cfg, label_key=LABEL)
+    with pytest.raises(cs.CellsynthError, match=r"did you mean 'Zeta cells'\?.*and 107 more"):
+        check_before_training(ctx, cells)

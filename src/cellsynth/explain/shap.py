@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ..classify.xgb import Classifier
 from ..data.genes import check_gene_names
-from ..errors import DataError, listed
+from ..errors import DataError, did_you_mean, listed
 from ..figure_io import check_save, save_figure
 from ..options import literal_text, progress_bar, short_label
 from ..outputs import check_out_dir, write_csv, write_json
@@ -63,10 +63,11 @@ class ShapResult:
 
 
 def _class_index(classifier: Classifier, cell_type: str) -> int:
-    if cell_type not in classifier.labels:
-        known = ", ".join(classifier.labels)
+    if cell_type not in classifier.labels:  # a slip of case or spelling named, as elsewhere
         raise DataError(
-            f"cell type {cell_type!r} is not one the classifier knows; known types: {known}"
+            f"cell type {cell_type!r} is not one the classifier knows"
+            f"{did_you_mean(cell_type, classifier.labels)}; its {len(classifier.labels)} "
+            f"types: {listed(classifier.labels, 20)}"
         )
     return classifier.labels.index(cell_type)
 

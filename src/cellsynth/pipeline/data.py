@@ -20,7 +20,7 @@ from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
-from ..errors import DataError, listed
+from ..errors import DataError, did_you_mean, listed
 from ..features.pca import PCAModel, fit_pca
 from ..models.registry import check_design
 from ..outputs import write_csv, write_json
@@ -204,7 +204,8 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
             f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
-            f"after QC ({listed(sorted(known), 20)}); set explain.cell_type to one of them"
+            f"after QC{did_you_mean(cfg.explain.cell_type, sorted(known))} "
+            f"({listed(sorted(known), 20)}); set explain.cell_type to one of them"
         )
 
 
