@@ -534,3 +534,15 @@ def test_a_misspelt_explained_type_is_named_with_its_near_miss(small_classifier)
     ctx = SimpleNamespace(cfg=cfg, label_key=LABEL)
     with pytest.raises(cs.CellsynthError, match=r"did you mean 'Zeta cells'\?.*and 107 more"):
         check_before_training(ctx, cells)
+
+
+# -- 15: a histogram wider than any figure ----------------------------------------------------
+
+
+def test_library_sizes_refuses_more_bins_than_a_figure_has_pixels():
+    """cs.pl.library_sizes(..., bins=10**6) drew for two minutes and bins=10**9 hung, building
+    a billion bin edges; more than 1,000 bins is now refused before any work."""
+    real, fake = cs.simulate(60, 40, 2, seed=0), cs.simulate(60, 40, 2, seed=1)
+    with pytest.raises(cs.CellsynthError, match="bins must be at most 1,000"):
+        cs.pl.library_sizes(real, fake, bins=10**5)
+    assert cs.pl.library_sizes(real, fake, bins=1000).has_data()

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: histogram bins at most (more than a figure of any sensible width has pixels)
+MAX_BINS = 1000
+
 
 def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
     """``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``), their gene names and
@@ -103,7 +106,7 @@ def library_sizes(
     label_key
         The ``obs`` column holding the cell type; None pools every cell.
     bins
-        Histogram bins (without ``label_key``).
+        Histogram bins (without ``label_key``), 1 to 1,000.
     {ax}
     {show_save}
 
@@ -112,7 +115,9 @@ def library_sizes(
     Axes or None
         The :class:`~matplotlib.axes.Axes` drawn into (None with ``show=True``).
     """
-    checked_whole(bins, "bins")
+    if checked_whole(bins, "bins") > MAX_BINS:  # 10^6 drew for two minutes, 10^9 hung
+        raise DataError(f"bins must be at most {MAX_BINS:,} (a histogram {MAX_BINS:,} bins wide "
+                        f"is wider than the figure has pixels), got {bins:,}")
     r, s = _totals(real, synthetic)
     if label_key is None:
         ax = axes(ax, (6.0, 3.8))
