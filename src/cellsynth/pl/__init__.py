@@ -4,7 +4,8 @@ Each function takes data (a result, a model, AnnData objects), draws into ``ax``
 figure when None) and returns the matplotlib :class:`~matplotlib.axes.Axes` (a list of them
 for several panels); ``save=`` writes
 the figure to a file and ``show=True`` calls ``plt.show()`` (and returns None), as scanpy's
-``pl`` functions do. By default nothing is shown, so they work the same in a notebook, a
+``pl`` functions do; where matplotlib cannot show a figure (Agg, no display) it says so and
+closes the figure it made. By default nothing is shown, so they work the same in a notebook, a
 script or on a headless machine (Agg). matplotlib is imported only when a function is
 called. ``report.html`` draws its figures with these same functions.
 
