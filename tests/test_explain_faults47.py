@@ -546,3 +546,24 @@ def test_library_sizes_refuses_more_bins_than_a_figure_has_pixels():
     with pytest.raises(cs.CellsynthError, match="bins must be at most 1,000"):
         cs.pl.library_sizes(real, fake, bins=10**5)
     assert cs.pl.library_sizes(real, fake, bins=1000).has_data()
+
+
+# -- 16: gene names twice or blank in the plots' AnnData ---------------------------------------
+
+
+def test_umap_and_library_sizes_refuse_duplicate_or_blank_gene_names():
+    """cs.pl.umap of cells whose var_names held a name twice or blank names stopped pandas with
+    'Reindexing only valid with uniquely valued Index objects'; cs.pl.library_sizes summed or
+    left out those genes by name without a word. Both now refuse them as every reader does
+    (data.genes.check_gene_names), naming the side and the fix."""
+    real, fake = cs.simulate(80, 40, 2, seed=0), cs.simulate(80, 40, 2, seed=1)
+    twice, blank = real.copy(), real.copy()
+    twice.var_names = ["g"] * 3 + list(real.var_names[3:])
+    blank.var_names = [""] * 2 + list(real.var_names[2:])
+    for bad, match in ((twice, "duplicate gene names"), (blank, "empty or only spaces")):
+        for plot in (lambda a, b: cs.pl.umap(a, b, label_key=LABEL),
+                     lambda a, b: cs.pl.library_sizes(a, b, label_key=LABEL)):
+            with pytest.raises(cs.CellsynthError, match=f"the real data has .*{match}"):
+                plot(bad, fake)
+            with pytest.raises(cs.CellsynthError, match=f"the synthetic data has .*{match}"):
+                plot(fake, bad)

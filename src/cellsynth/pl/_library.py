@@ -51,6 +51,10 @@ def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
             f"{what} holds normalised values and no raw counts (layers['counts'] or raw.X); "
             "library sizes are counts per cell"))
     x, genes = counts_matrix(adata, expr)
+    from ..data.genes import check_gene_names
+
+    # a name twice or blank: its genes were summed or left out by name without a word
+    check_gene_names(genes, what, raw=expr.counts == "raw.X")
     return x, list(map(str, genes)), adata.raw.var if expr.counts == "raw.X" else adata.var
 
 

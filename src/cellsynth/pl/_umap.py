@@ -119,15 +119,16 @@ def _expression(adata: ad.AnnData, rows: np.ndarray, what: str) -> tuple[Any, li
         raise DataError(f"{what}: {exc}") from None
     if expr.note:  # neither counts nor log-normalised values: they would be read as the latter
         raise DataError(f"{what}: {expr.note}")
+    from ..data.genes import check_gene_names
+
     where = expr.counts
     if where == "raw.X":
-        from ..data.genes import check_gene_names
-
         x, genes = adata.raw.X, list(adata.raw.var_names)
-        check_gene_names(genes, what, raw=True)  # var_names were checked, raw's may repeat
+        check_gene_names(genes, what, raw=True)
     else:
         x, genes = (adata.layers["counts"] if where == "layers/counts" else adata.X,
                     list(adata.var_names))
+        check_gene_names(genes, what)  # a name twice or blank stopped pandas' reindexing
     return sp.csr_matrix(x[rows], dtype=np.float32), genes, where is not None
 
 
