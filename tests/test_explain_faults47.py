@@ -567,3 +567,25 @@ def test_umap_and_library_sizes_refuse_duplicate_or_blank_gene_names():
                 plot(bad, fake)
             with pytest.raises(cs.CellsynthError, match=f"the synthetic data has .*{match}"):
                 plot(fake, bad)
+
+
+# -- 17: the explain API given the wrong kind of object ----------------------------------------
+
+
+def test_explain_type_names_an_argument_of_the_wrong_kind(small_classifier):
+    """explain_type with X=None stopped with IndexError, X an AnnData with numpy's 'would
+    exceed the maximum number of dimensions', gene_names=None with TypeError and
+    classifier=None with AttributeError; each now says what the argument takes."""
+    import anndata as ad
+
+    from cellsynth.explain import explain_type
+
+    clf, X, components, genes = small_classifier
+    for change, match in (({"X": None}, "X takes the cells' features"),
+                          ({"X": ad.AnnData(X)}, "not AnnData"),
+                          ({"gene_names": None}, "gene_names takes one name per gene"),
+                          ({"classifier": None}, "classifier takes a trained Classifier")):
+        args = {"classifier": clf, "X": X, "cell_type": "t0", "components": components,
+                "gene_names": genes, **change}
+        with pytest.raises(cs.CellsynthError, match=match):
+            explain_type(**args)

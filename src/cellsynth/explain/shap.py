@@ -63,6 +63,10 @@ class ShapResult:
 
 
 def _class_index(classifier: Classifier, cell_type: str) -> int:
+    if not isinstance(classifier, Classifier):
+        raise DataError(f"classifier takes a trained Classifier (classify.train_classifier, or "
+                        f"Classifier.load of a run's classifier/), not "
+                        f"{type(classifier).__name__}")
     if cell_type not in classifier.labels:  # a slip of case or spelling named, as elsewhere
         raise DataError(
             f"cell type {cell_type!r} is not one the classifier knows"
@@ -121,14 +125,19 @@ def _features(X: Any) -> Any:
     """``X`` as float32 (CSR when sparse), or a :class:`DataError`: values that are not
     numbers (numpy's ValueError), or NaN or infinite ones (XGBoost read NaN as a missing
     feature and explained those cells silently; infinity stopped it with its stack trace)."""
+    if X is None or hasattr(X, "obs"):  # None read as one NaN; an AnnData as an object
+        raise DataError(f"X takes the cells' features (an array of cells x the classifier's "
+                        f"features, such as the PCA of the cells), not {type(X).__name__}")
     try:
         X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, np.float32)
     except (TypeError, ValueError) as exc:
         raise DataError(f"X must hold numbers (cells x the classifier's features): {exc}") from None
+    if X.ndim != 2:
+        raise DataError(f"X must be cells x features (2-d), got shape {X.shape}; one cell: "
+                        "X.reshape(1, -1)")
     values = X.data if sp.issparse(X) else X
     if not np.isfinite(values).all():
-        bad = (np.flatnonzero(~np.isfinite(X.toarray() if sp.issparse(X) else X).all(axis=-1))
-               if X.ndim == 2 else [])  # fmt: skip
+        bad = np.flatnonzero(~np.isfinite(X.toarray() if sp.issparse(X) else X).all(axis=1))
         raise DataError(f"X holds NaN or infinite values ({len(bad)} of {X.shape[0]} cells, "
                         f"the first at row(s) {listed(bad, 5)}); a cell's features are finite: "
                         "check what they were projected from, or leave those cells out")
@@ -235,9 +244,9 @@ def explain_type(
             f"components must have shape (n_components, n_genes) with n_components = "
             f"{n_features} (the classifier's features), got {components.shape}"
         )
-    if isinstance(gene_names, str | bytes):
+    if isinstance(gene_names, str | bytes) or not hasattr(gene_names, "__len__"):
         raise DataError("gene_names takes one name per gene column of components (a list, "
-                        f"var_names), not one text {str(gene_names)[:40]!r}")
+                        f"var_names), not {type(gene_names).__name__} {str(gene_names)[:40]!r}")
     if components.shape[1] != len(gene_names):
         raise DataError(
             f"components has {components.shape[1]} gene columns but {len(gene_names)} gene names given"
@@ -252,9 +261,6 @@ def explain_type(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise DataError(f"{name} must be a whole number of at least 1, got {value!r}")
     X = _features(X)
-    if X.ndim != 2:
-        raise DataError(f"X must be cells x features (2-d), got shape {X.shape}; one cell: "
-                        "X.reshape(1, -1)")
     n = X.shape[0]
     if n == 0:
         raise DataError(f"no cells of type {cell_type!r} to explain")
