@@ -589,3 +589,19 @@ def test_explain_type_names_an_argument_of_the_wrong_kind(small_classifier):
                 "gene_names": genes, **change}
         with pytest.raises(cs.CellsynthError, match=match):
             explain_type(**args)
+
+
+# -- 18: a UMAP "table" that is not one --------------------------------------------------------
+
+
+def test_umap_of_an_h5ad_or_an_empty_file_given_as_its_table(tmp_path):
+    """cs.pl.umap('atlas.h5ad') (the cells' file where the AnnData was meant) stopped pandas
+    with UnicodeDecodeError, and an empty table file with EmptyDataError; both now say what the
+    file is and what to give."""
+    atlas = tmp_path / "atlas.h5ad"
+    cs.simulate(40, 40, 2, seed=0).write_h5ad(atlas)
+    with pytest.raises(cs.CellsynthError, match=r"is an h5ad \(HDF5\) file, not a UMAP table"):
+        cs.pl.umap(atlas)
+    (tmp_path / "umap.csv").write_text("")
+    with pytest.raises(cs.CellsynthError, match="is not a CSV table"):
+        cs.pl.umap(tmp_path / "umap.csv")

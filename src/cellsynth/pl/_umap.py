@@ -197,7 +197,16 @@ def _table(source: Any, label_key: str | None) -> pd.DataFrame:
         if not path.is_file():
             raise DataError(f"the UMAP table {path} does not exist (or is not a file); give a "
                             "run's features/umap.csv, or the real and synthetic AnnData")
-        df = pd.read_csv(path)
+        with open(path, "rb") as fh:
+            hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+        if hdf5:  # an h5ad given where its cells were meant: pandas' UnicodeDecodeError
+            raise DataError(f"{path} is an h5ad (HDF5) file, not a UMAP table: read it first "
+                            "(cs.read) and give the real and synthetic AnnData with label_key")
+        try:
+            df = pd.read_csv(path)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataError(f"the UMAP table {path} is not a CSV table ({exc}); give a run's "
+                            "features/umap.csv") from None
     else:
         df = source.copy()
     if label_key and label_key in df and "label" not in df:
