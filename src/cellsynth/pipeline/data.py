@@ -204,8 +204,8 @@ def check_before_training(ctx: RunContext, cells: Cells) -> None:
     if cfg.explain.cell_type and cfg.explain.cell_type not in known:
         raise DataError(
             f"explain.cell_type '{cfg.explain.cell_type}' is not among the cell types left "
-            f"after QC{did_you_mean(cfg.explain.cell_type, sorted(known))} "
-            f"({listed(sorted(known), 20)}); set explain.cell_type to one of them"
+            f"after QC{did_you_mean(cfg.explain.cell_type, sorted(known))}; they are: "
+            f"{listed(sorted(known), 20)}; set explain.cell_type to one of them"
         )
 
 
