@@ -188,7 +188,7 @@ def _check_engines(cfgs: list[tuple[str, Any]], models: list[str]) -> None:
     import dataclasses
 
     from ..classify.xgb import resolve_device
-    from ..pipeline.experiment import check_generator_device
+    from ..models.registry import check_generator_device
 
     for _, cfg in cfgs:
         resolve_device(cfg.classifier.device)

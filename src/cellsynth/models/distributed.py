@@ -71,7 +71,9 @@ from ._ddp import (
     rank_device,
     weighted_sums,
 )
+from ._ddp import check_processes as check_processes  # the run's checks before any stage
 from ._model_dir import check_save_dir
+from ._torchrun import PARENT_ENV as PARENT_ENV  # for the run's launcher
 from ._torchrun import die_with_parent
 from .base import fit_labels, split_masks, training_counts
 from .cvae import CVAE

@@ -19,6 +19,7 @@ from ..errors import ConfigError, ModelFileError
 from ..paths import expand_user
 from ._design import training_levels
 from ._model_dir import refuse_pca_space
+from ._training import resolve_device
 from .base import Generator
 
 #: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
@@ -111,3 +112,19 @@ def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) 
     reads = ["train"] if canonical_model(model) == "nb" else ["train", "val"]
     training_levels(obs, keys, label_key, np.flatnonzero(split == "train"),
                     np.flatnonzero(np.isin(split, reads)))
+
+
+def check_generator_device(cfg: RunConfig) -> None:
+    """The generator's device, said before any stage as the classifier's is: found by the
+    generator stage, it would mark a generator trained before failed and the stages after it
+    stale, so going back to the earlier settings would train it again."""
+    model = MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)
+    section = {"cvae": "cvae", "reference": "seed_vae"}.get(model)
+    if section is None:
+        return
+    device = getattr(cfg, section).device
+    try:
+        resolve_device(device)
+    except ConfigError:
+        raise ConfigError(f"{section}.device = '{device}', but torch sees no CUDA device here: "
+                          f"set {section}.device = 'auto' or 'cpu'") from None

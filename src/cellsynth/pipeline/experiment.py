@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classify.xgb import resolve_device
-from ..config import MODEL_ALIASES, RunConfig
+from ..config import RunConfig
 from ..config_rules import fix_hint
 from ..errors import ConfigError
 from ..outputs import write_json
@@ -62,9 +62,11 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         from ..classify.dask import check_settings
 
         check_settings(cfg.classifier)  # dask missing, a scheduler address, a GPU not here
+    from ..models.registry import check_generator_device  # torch: imported when run
+
     check_generator_device(cfg)
     if cfg.generator.model == "cvae" and cfg.cvae.distributed and not ctx.backed:
-        from ..models._ddp import check_processes, check_type_only
+        from ..models.distributed import check_processes, check_type_only
 
         check_type_only(cfg.cvae)
         check_processes(cfg.cvae)  # one rank per device, at most 4 per core
@@ -98,20 +100,3 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         logger.info("report: %s", write_html_report(ctx.out))
     return path
 
-
-def check_generator_device(cfg: RunConfig) -> None:
-    """The generator's device, said before any stage as the classifier's is: found by the
-    generator stage, it would mark a generator trained before failed and the stages after it
-    stale, so going back to the earlier settings would train it again."""
-    from ..models import torch_device
-
-    model = MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)
-    section = {"cvae": "cvae", "reference": "seed_vae"}.get(model)
-    if section is None:
-        return
-    device = getattr(cfg, section).device
-    try:
-        torch_device(device)
-    except ConfigError:
-        raise ConfigError(f"{section}.device = '{device}', but torch sees no CUDA device here: "
-                          f"set {section}.device = 'auto' or 'cpu'") from None

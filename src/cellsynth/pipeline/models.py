@@ -122,9 +122,8 @@ def _stop_group(proc: Any, grace: float) -> None:
 
 def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -> Any:
     """Train the CVAE with DistributedDataParallel in ``torchrun`` processes; load the result."""
-    from ..models._torchrun import PARENT_ENV
     from ..models.cvae import CVAE
-    from ..models.distributed import torchrun_command
+    from ..models.distributed import PARENT_ENV, torchrun_command
 
     work = ctx.path("generator_ddp")
     work.mkdir(parents=True, exist_ok=True)
