@@ -166,3 +166,43 @@ def test_an_scvi_network_too_large_for_memory_is_refused_before_any_work(monkeyp
                                           r"scvi.n_latent = 10 over 60 inputs.*n_hidden = 128, "
                                           r"n_layers = 1, n_latent = 10"):
         gen.fit(atlas, "cell_type", seed=0)
+
+
+def test_a_privacy_audit_of_few_cells_says_it_is_weak_instead_of_a_plain_not_flagged():
+    """With a few dozen cells a side an attack is flagged only above an AUC of 0.6-0.7, and
+    the audit said "privacy: not flagged" as it does on thousands: a weak audit read as no
+    leak. It now says how weak it was (the flag's AUC) and how to make it stronger."""
+    import cellsynth as cs
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.metrics.privacy import PrivacyResult
+    from cellsynth.metrics.privacy_counts import WEAK_AUDIT_AUC, average_audits
+    from cellsynth.metrics.verdict_text import verdict_lines
+
+    a = simulate_atlas(260, 100, 2, seed=0, doublet_rate=0.0, uninformative_rate=0.0)
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    train, test = a[:200].copy(), a[200:].copy()
+    synth = simulate_atlas(200, 100, 2, seed=5, doublet_rate=0.0, uninformative_rate=0.0)
+    synth.obs["cell_type"] = synth.obs["cell_type"].astype(str)
+    result = cs.evaluate(train, synth, label_key="cell_type", heldout=test, seed=0)
+    privacy = result.privacy
+    assert not privacy["flagged"]
+    weak = [c for c in privacy["caveats"] if c.startswith("a weak audit")]
+    assert len(weak) == 1 and "flagged only above AUC 0." in weak[0]
+    assert any("a weak audit" in line for line in verdict_lines(result.verdict, privacy=privacy))
+
+    def audit(n, auc=0.5):
+        from cellsynth.metrics.privacy import auc_threshold
+
+        threshold, se = auc_threshold(n, n)
+        attack = {"auc": auc, "threshold": threshold, "flagged": auc > threshold,
+                  "se_null": se, "n_members": n, "n_nonmembers": n}
+        return PrivacyResult({"exact_share": 0.0, "exact_duplicates": 0, "exact_source": "x"},
+                             {"distance": attack}, None, None, "cells", False, [], {})
+
+    assert auc_of(audit(60)) > WEAK_AUDIT_AUC and average_audits([audit(60)]).caveats
+    assert average_audits([audit(2000)]).caveats == []  # thousands a side: strong enough
+    assert not any("weak" in c for c in average_audits([audit(60, 0.95)]).caveats)  # flagged
+
+
+def auc_of(result):
+    return max(a["threshold"] for a in result.attacks.values())

@@ -199,7 +199,8 @@ def test_audit_counts_fits_its_space_on_other_training_cells():
     train, held, synth = counts(240, 11), counts(200, 12), counts(200, 13)
     fair = audit_counts(train, held, synth, genes, seed=0)
     assert not fair.flagged, fair.reasons
-    assert not fair.population["shifted"] and fair.caveats == []
+    assert not fair.population["shifted"]
+    assert [c for c in fair.caveats if not c.startswith("a weak audit")] == []  # 120 a side
     assert all(abs(a["auc"] - 0.5) < 0.1 for a in fair.attacks.values()), fair.attacks
     assert fair.settings["space_cells"] + fair.settings["member_pool"] == 240
     copies = audit_counts(train, held, train, genes, seed=0)

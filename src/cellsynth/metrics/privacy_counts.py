@@ -18,7 +18,7 @@ import numpy as np
 from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import derive_seed
-from .privacy import MIN_CELLS, PrivacyResult, _reasons, privacy_audit
+from .privacy import AUC_MARGIN, MIN_CELLS, PrivacyResult, _reasons, privacy_audit
 from .privacy_redraw import fit_redraw_space
 from .space import as_csr, fit_space
 
@@ -124,6 +124,11 @@ def with_donor_key(privacy: dict[str, Any], donor_key: str | None) -> dict[str, 
     return privacy
 
 
+#: a cell-level attack flagged only above this AUC (too few cells a side) makes the audit weak
+#: (:func:`_weak`): twice the smallest gap the audit calls a leak (``privacy.AUC_MARGIN``)
+WEAK_AUDIT_AUC = 0.5 + 2 * AUC_MARGIN
+
+
 def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     """One :class:`PrivacyResult` from audits of one generator repeated with other seeds (the
     halvings of :func:`audit_counts`, or other attack candidates and reference folds): mean
@@ -158,7 +163,7 @@ def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     donors = attacks([r.donor_attacks for r in results])
     dcr = {k: mean([r.dcr[k] for r in results]) for k in first.dcr}
     reasons = _reasons(cells, donors, dcr)
-    caveats = [*first.caveats, *_reversed(cells, donors)]
+    caveats = [*first.caveats, *_reversed(cells, donors), *_weak(cells, bool(reasons))]
     for caveat in caveats:
         logger.warning("privacy: %s", caveat)
     return PrivacyResult(dcr, cells, donors, first.donor_skipped, first.reference_split,
@@ -182,3 +187,20 @@ def _reversed(cells: dict[str, dict[str, Any]] | None,
             "than the training ones; are the training and held-out cells swapped (the real "
             "cells must be those the generator was fitted on), or was it fitted on the held-out "
             "cells? A leak of those cells reads here as no leak"]
+
+
+def _weak(cells: dict[str, dict[str, Any]] | None, flagged: bool) -> list[str]:
+    """A caveat when nothing is flagged but the audit had too few cells to flag a leak of a
+    size that matters: a cell-level attack is flagged only above an AUC beyond
+    :data:`WEAK_AUDIT_AUC` (a few dozen cells a side). "Not flagged" then says little: the
+    fidelity verdict says "too few cells" in its place, the audit says how weak it was."""
+    if flagged or not cells:
+        return []
+    threshold = max(a["threshold"] for a in cells.values())
+    if threshold <= WEAK_AUDIT_AUC:
+        return []
+    a = next(iter(cells.values()))
+    return [f"a weak audit: at {a['n_members']} training and {a['n_nonmembers']} held-out cells "
+            f"an attack is flagged only above AUC {threshold:.3f}, so a smaller leak passes "
+            "unseen; audit more cells (more held-out cells, or a larger max_cells) before "
+            "reading 'not flagged' as no leak"]
