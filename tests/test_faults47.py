@@ -206,3 +206,26 @@ def test_a_privacy_audit_of_few_cells_says_it_is_weak_instead_of_a_plain_not_fla
 
 def auc_of(result):
     return max(a["threshold"] for a in result.attacks.values())
+
+
+def test_fit_with_a_whole_preset_as_config_says_which_settings_it_does_not_use(tmp_path, caplog):
+    """`cellsynth fit DATA --config examples/PRESET.toml` dropped the preset's QC, split and
+    classifier settings and its dataset.path without a word (the same given with --set are
+    refused): it now warns of them, and that the DATA argument is the data."""
+    from cellsynth.cli import main
+    from cellsynth.data.simulate import simulate_atlas
+
+    data = tmp_path / "a.h5ad"
+    simulate_atlas(200, 60, 2, seed=0, doublet_rate=0.0).write_h5ad(data)
+    preset = tmp_path / "preset.toml"
+    preset.write_text('seed = 3\n[dataset]\npath = "other.h5ad"\nlabel_key = "cell_type"\n'
+                      '[qc]\nmin_genes_per_cell = 5\n[classifier]\nmax_depth = 4\n'
+                      '[nb]\nmin_cells = 5\n')
+    with caplog.at_level("WARNING"):
+        assert main(["fit", str(data), "--label-key", "cell_type", "--model", "nb", "--config",
+                     str(preset), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    said = caplog.text
+    assert "dataset.path = 'other.h5ad'" in said and "reads the argument DATA" in said
+    assert "does not use qc.min_genes_per_cell, classifier.max_depth (it reads [nb]" in said
+    assert "label_key" not in said.split("does not use")[1].split("(")[0]  # the same: fine
+    assert "nb.min_cells" not in said and "seed" not in said.split("does not use")[1].split("(")[0]

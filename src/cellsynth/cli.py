@@ -221,6 +221,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CellsynthError(f"the generator is given twice: --model {args.model} and "
                              f"generator.model = {given} (--set or --config); give one")
     config_sources.check_fit_overrides(args.set, args.model, args.data, args.label_key)
+    config_sources.warn_fit_config(args.config, args.model, args.data, args.label_key)
     sets = [*args.set, f"generator.model='{args.model}'"]
     covariates = [c.strip() for c in (args.covariates or "").split(",") if c.strip()]
     if args.covariates is not None and not covariates:  # `--covariates "$COVS"`, COVS unset

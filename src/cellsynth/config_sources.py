@@ -23,7 +23,7 @@ from .config import (
     run_config,
 )
 from .config_rules import type_name
-from .errors import ConfigError
+from .errors import ConfigError, listed
 from .paths import variables_hint
 
 logger = logging.getLogger(__name__)
@@ -221,18 +221,53 @@ def check_fit_overrides(overrides: Sequence[str], model: str, data: str,
     for key, value in _leaves(apply_overrides({}, list(overrides))).items():
         if key in arguments:
             name, given = arguments[key]
-            same = (Path(str(value)).expanduser().resolve() == Path(given).expanduser().resolve()
-                    if key == "dataset.path" else value == given)
-            if not same:
+            if not _same_argument(key, value, given):
                 raise ConfigError(f"--set {key}={value!r} and the argument {name} {given!r} "
                                   f"both give it; `cellsynth fit` uses the argument: drop the "
                                   "--set")
-        elif key in UNUSED_WARNED:
-            continue  # another generator's covariates: cellsynth fit warns they are not used
-        elif key not in FIT_SETTINGS and not any(
-                key.startswith(p) if p.endswith(".") else key == p for p in own):
-            uses = [f"[{p[:-1]}]" if p.endswith(".") else p for p in own]
+        elif _fit_ignores(key, own):
             raise ConfigError(
                 f"--set {key}: `cellsynth fit --model {model}` does not use this setting (it "
-                f"reads {', '.join(uses)} and {', '.join(FIT_SETTINGS[2:])}, seed); drop it, "
-                "or give it to `cellsynth run`, which uses it")
+                f"reads {_fit_reads(own)}); drop it, or give it to `cellsynth run`, which "
+                "uses it")
+
+
+def warn_fit_config(path: str | Path | None, model: str, data: str, label_key: str) -> None:
+    """Warn of the settings a ``cellsynth fit --config FILE`` file gives that the fit does not
+    use (a preset's QC, split, classifier...: refused when given with ``--set``, but a whole
+    preset is a fair config to take a generator's settings from), and of a data file or label
+    column other than the arguments', which win: all were dropped without a word."""
+    from .config import canonical_model
+
+    if path is None:
+        return
+    given = _leaves(read_toml(path))
+    own = FIT_SECTIONS.get(canonical_model(model), ())
+    arguments = {"dataset.path": ("DATA", data), "dataset.label_key": ("--label-key", label_key)}
+    for key, (name, value) in arguments.items():
+        if key in given and not _same_argument(key, given[key], value):
+            logger.warning("%s = %r (config %s) is not used: `cellsynth fit` reads the argument "
+                           "%s %r", key, given[key], path, name, value)  # fmt: skip
+    ignored = [k for k in given if k not in arguments and _fit_ignores(k, own)]
+    if ignored:
+        logger.warning("config %s: `cellsynth fit --model %s` does not use %s (it reads %s); "
+                       "they are not applied (`cellsynth run` uses them)", path, model,
+                       listed(ignored, 8), _fit_reads(own))  # fmt: skip
+
+
+def _same_argument(key: str, value: Any, given: str) -> bool:
+    if key == "dataset.path":
+        return Path(str(value)).expanduser().resolve() == Path(given).expanduser().resolve()
+    return value == given
+
+
+def _fit_ignores(key: str, own: tuple[str, ...]) -> bool:
+    """Whether ``cellsynth fit`` leaves ``key`` unused (``own``: its generator's sections);
+    another generator's covariates are not: the fit warns of them itself."""
+    return key not in UNUSED_WARNED and key not in FIT_SETTINGS and not any(
+        key.startswith(p) if p.endswith(".") else key == p for p in own)
+
+
+def _fit_reads(own: tuple[str, ...]) -> str:
+    uses = [f"[{p[:-1]}]" if p.endswith(".") else p for p in own]
+    return f"{', '.join(uses)} and {', '.join(FIT_SETTINGS[2:])}, seed"
