@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from cellsynth import keys as K
-from cellsynth.data.io import check_shape, check_whole
+from cellsynth.data.io import check_shape
+from cellsynth.data.values import check_whole
 from cellsynth.errors import ConfigError, DataError, listed
 from cellsynth.models._training import encode_labels
 

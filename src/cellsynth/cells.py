@@ -33,17 +33,14 @@ from .data.io import (
     BACKED_BYTES,
     check_file,
     check_gene_names,
-    check_libraries,
     check_shape,
-    check_values,
-    check_whole,
     find_counts,
-    stored_values,
     training_source,
 )
 from .data.labels import MISSING_TEXT, check_label, missing_labels
 from .data.split import stratified_split
 from .data.store import MatrixRows
+from .data.values import check_libraries, check_values, check_whole, stored_values
 from .errors import DataError, listed
 from .paths import expand_user
 

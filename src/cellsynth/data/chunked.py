@@ -38,7 +38,7 @@ from ..errors import DataError
 from ._qc_columns import check_qc_columns, needs_computing
 from .csr import cells_per_gene, genes_per_cell, stack_rows
 from .genes import annotated_var, source_annotation
-from .io import check_shape, check_values, find_counts
+from .io import check_shape, find_counts
 from .labels import check_label
 from .qc import (
     GeneMoments,
@@ -55,6 +55,7 @@ from .qc import (
     normalise_log1p,
 )
 from .store import CSRWriter, H5adFile, RowStore, h5ad_file
+from .values import check_values
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from ._qc_columns import check_qc_columns, doublets, iqr_inliers, qc_column
 from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, source_annotation
 from .groups import check_groups
-from .io import Expression, counts_matrix, find_counts, fractional_rows
+from .io import Expression, counts_matrix, find_counts
 from .labels import check_label, missing_labels
 from .split import stratified_split
+from .values import fractional_rows
 
 logger = logging.getLogger(__name__)
 

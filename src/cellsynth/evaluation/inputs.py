@@ -20,18 +20,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..data.io import (
-    Expression,
-    check_gene_names,
-    check_libraries,
-    check_shape,
-    check_values,
-    find_counts,
-    is_counts,
-)
+from ..data.io import Expression, check_gene_names, check_shape, find_counts
 from ..data.labels import check_label, missing_labels
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
+from ..data.values import check_libraries, check_values, is_counts
 from ..errors import DataError, listed
 from ..metrics.privacy import donor_values
 from ..outputs import generated_h5ad

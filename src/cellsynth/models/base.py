@@ -22,16 +22,10 @@ import scipy.sparse as sp
 
 from .. import keys as K
 from ..data.genes import annotated_var, gene_difference
-from ..data.io import (
-    check_gene_names,
-    check_libraries,
-    check_shape,
-    check_values,
-    check_whole,
-    training_source,
-)
+from ..data.io import check_gene_names, check_shape, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
 from ..data.split import stratified_split
+from ..data.values import check_libraries, check_values, check_whole
 from ..errors import ConfigError, DataError, listed
 from ..seeds import checked_seed
 from ._model_dir import check_save_dir as check_save_dir  # re-exported: cellsynth fit's checks
