@@ -229,3 +229,30 @@ def test_fit_with_a_whole_preset_as_config_says_which_settings_it_does_not_use(t
     assert "does not use qc.min_genes_per_cell, classifier.max_depth (it reads [nb]" in said
     assert "label_key" not in said.split("does not use")[1].split("(")[0]  # the same: fine
     assert "nb.min_cells" not in said and "seed" not in said.split("does not use")[1].split("(")[0]
+
+
+def test_nb_says_a_fallback_once_not_at_every_sample(caplog):
+    """A run's nb generates three times (experiments b and c, c's validation cells) and warned
+    three times that the same combinations fall back to their type's fit; a model warns of a
+    combination once, later samples of it log it at INFO, a new one warns again."""
+    import logging
+
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models.nb import NegBinBaseline
+
+    a = simulate_atlas(400, 60, 2, seed=0, doublet_rate=0.0, n_conditions=2)
+    a.obs["cellsynth_split"] = "train"
+    model = NegBinBaseline(covariate_keys=["condition"], min_cells=10_000)  # every one falls back
+    model.fit(a, "cell_type")
+
+    def warned(**request):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cellsynth"):
+            model.sample(**request, seed=1)
+        said = [r for r in caplog.records if "drawn from their type's fit" in r.getMessage()]
+        assert len(said) == 1
+        return said[0].levelno == logging.WARNING
+
+    assert warned(request={"type_00": 5}, where={"condition": "stim"})
+    assert not warned(request={"type_00": 7}, where={"condition": "stim"})  # said already
+    assert warned(request={"type_00": 5}, where={"condition": "ctrl"})  # a new one

@@ -337,14 +337,16 @@ class NegBinBaseline(DesignRequests):
                 blocks.append(nb_csr(rng, factor[:, None] * mu[None, :], theta))  # mean (m, G)
                 bar.update(m)
         bar.close()
+        said = self.__dict__.setdefault("_fallbacks_said", set())  # each once a model
+        shown = [", ".join(f"{k}={v}" for k, v in c.items()) for c in fell_back]
         if fell_back:  # the cells carry the asked levels in obs, but not their effect
-            logger.warning("nb: %d combination(s) had too few training cells (under nb.min_cells "
-                           "= %d) for a fit of their own and are drawn from their type's fit, "
-                           "whatever their covariate levels (their obs names the levels asked "
-                           "for; uns['cellsynth']['fallback_combinations'] lists them): %s",
-                           len(fell_back), self.min_cells,
-                           listed([", ".join(f"{k}={v}" for k, v in c.items()) for c in fell_back],
-                                  sep="; "))  # fmt: skip
+            log = logger.info if said.issuperset(shown) else logger.warning
+            said.update(shown)
+            log("nb: %d combination(s) had too few training cells (under nb.min_cells = %d) "
+                "for a fit of their own and are drawn from their type's fit, whatever their "
+                "covariate levels (their obs names the levels asked for; "
+                "uns['cellsynth']['fallback_combinations'] lists them): %s", len(fell_back),
+                self.min_cells, listed(shown, sep="; "))
         obs = self.plan_obs(plan)
         out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
                               self.genes, label_key=self.label_key, model=self.name, seed=seed,
