@@ -317,15 +317,25 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
     if status == 206:
         start, total = _parse_content_range(response.headers.get("Content-Range"))
         if start != offset:
-            raise DownloadError(f"{url} resumed at byte {start} instead of {offset}; delete {part}")
+            sent = ("no byte range (its Content-Range is missing or malformed: "
+                    f"{response.headers.get('Content-Range')!r})" if start is None else
+                    f"the bytes from {start}")
+            asked = (f"the bytes from {offset} were asked for" if offset else
+                     "the whole file was asked for")
+            kept = (f"{part} is kept; delete it if the same command fails again"
+                    if offset else f"nothing was saved as {dest}")
+            raise DownloadError(f"{url} answered 206 Partial Content with {sent}, where "
+                                f"{asked}; {kept}, or {_BY_HAND}")
         if total is None and length is not None:
             total = offset + length
         now = Validators.of(response.headers, total)
-        if changed := stored.differences(now):
+        if stored is not None and (changed := stored.differences(now)):
             logger.warning("the server's file changed since %s was begun (%s): starting again "
                            "from zero", part, "; ".join(changed))
             discard(part)
             return None
+        if stored is None:  # a 206 to a request for the whole file: its rest can be resumed
+            write_state(part, now, url)
     else:
         if offset:
             logger.warning("%s sent the whole file, not the rest of %s (it ignores Range, or its "

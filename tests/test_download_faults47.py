@@ -1,0 +1,118 @@
+"""Faults of ``cellsynth download`` against servers that misbehave (a 206 to a request for the
+whole file, a reply that is not HTTP, a stall after the headers, a redirect loop, a base URL
+without a host) and cache folders that cannot be used; the server is on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import cellsynth.data.download as dl
+from cellsynth.errors import DownloadError
+
+ACC = "E-TEST-1"
+FAST = {"timeout": 2.0, "chunk_size": 1 << 16}
+
+
+def _hdf5() -> bytes:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["x"] = np.arange(100_000)
+    return buf.getvalue()
+
+
+DATA = _hdf5()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers as ``server.mode`` says: a misbehaving server, one fault per mode."""
+
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _head(self, status: int, **headers: str) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        mode, n = self.server.mode, len(DATA)
+        if mode == "206":  # a 206 although no Range was asked for
+            self._head(206, Content_Range=f"bytes 0-{n - 1}/{n}", Content_Length=str(n))
+            self.wfile.write(DATA)
+        elif mode == "206-first-half":
+            half = n // 2
+            rng = self.headers.get("Range")
+            start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
+            end = n - 1 if rng else half - 1
+            self._head(206, Content_Range=f"bytes {start}-{end}/{n}",
+                       Content_Length=str(end + 1 - start))
+            self.wfile.write(DATA[start:end + 1])
+        elif mode == "206-no-range":
+            self._head(206, Content_Length=str(n))
+            self.wfile.write(DATA)
+        elif mode == "not-http":
+            self.wfile.write(b"SSH-2.0-OpenSSH_8.9\r\n")
+        elif mode == "stall":  # the headers, then nothing
+            self._head(200, Content_Length=str(n))
+            self.wfile.flush()
+            time.sleep(4)
+        elif mode == "loop":
+            self._head(302, Location=self.path, Content_Length="0")
+        else:
+            self._head(200, Content_Length=str(n))
+            self.wfile.write(DATA)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    mode = "ok"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[_Server, str]]:
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _dest(cache: Path) -> Path:
+    return cache / f"{ACC}.project.h5ad"
+
+
+def test_a_206_to_a_request_for_the_whole_file_is_taken(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "206"
+    assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA
+
+
+def test_a_206_with_part_of_the_file_is_resumed(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "206-first-half"
+    with pytest.raises(DownloadError, match="truncated"):
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
+    assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA
+
+
+def test_a_206_without_a_content_range_is_one_line(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "206-no-range"
+    with pytest.raises(DownloadError, match="Content-Range is missing") as err:
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
+    assert "None instead" not in str(err.value)
