@@ -116,3 +116,10 @@ def test_a_206_without_a_content_range_is_one_line(server, tmp_path: Path) -> No
     with pytest.raises(DownloadError, match="Content-Range is missing") as err:
         dl.download(ACC, tmp_path, base_url=base, **FAST)
     assert "None instead" not in str(err.value)
+
+
+def test_a_reply_that_is_not_http_is_one_line(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "not-http"
+    with pytest.raises(DownloadError, match=r"did not answer in HTTP.*BadStatusLine"):
+        dl.download(ACC, tmp_path, base_url=base, **FAST)

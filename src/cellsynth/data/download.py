@@ -268,6 +268,12 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
         except (ValueError, http.client.InvalidURL) as exc:  # a bad port, a space, "http://[::1"
             raise ConfigError(f"{url} is not a valid address ({exc}); check the base URL "
                               "(--base-url)") from None
+        except http.client.HTTPException as exc:  # a reply that is not HTTP (BadStatusLine...)
+            said = " ".join(str(exc).split())[:80]
+            raise DownloadError(f"{url} did not answer in HTTP ({type(exc).__name__}: {said!r}): "
+                                "the address may be another kind of server, or a proxy broke "
+                                f"the reply; check the base URL (--base-url), or {_BY_HAND}"
+                                ) from None
         with response:
             done = _receive(response, url, part, dest, offset, stored, chunk_size, timeout)
         if done is not None:
@@ -345,7 +351,7 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
     read = getattr(response, "read1", response.read)
     try:
         head = read_head(read)
-    except (http.client.IncompleteRead, OSError) as exc:
+    except (http.client.HTTPException, OSError) as exc:  # IncompleteRead...
         logger.debug("reading %s failed: %r", url, exc)
         head = b""
     why = not_the_file(response.headers.get("Content-Type"), head, hdf5=_hdf5_name(dest),
@@ -401,7 +407,7 @@ def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path,
                     # read1: what has arrived, up to a chunk (read() waits for a whole chunk,
                     # so a transfer stalled or cut mid-chunk lost what it had received)
                     chunk = read(chunk_size)
-                except (http.client.IncompleteRead, OSError) as exc:
+                except (http.client.HTTPException, OSError) as exc:  # IncompleteRead...
                     logger.debug("transfer of %s interrupted: %r", url, exc)
                     error = exc
                     break
