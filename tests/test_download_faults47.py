@@ -68,6 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._head(200, Content_Length=str(n))
             self.wfile.flush()
             time.sleep(4)
+        elif mode == "stall-mid":  # the headers and 1000 bytes, then nothing
+            self._head(200, Content_Length=str(n))
+            self.wfile.write(DATA[:1000])
+            self.wfile.flush()
+            time.sleep(4)
         elif mode == "loop":
             self._head(302, Location=self.path, Content_Length="0")
         else:
@@ -123,3 +128,21 @@ def test_a_reply_that_is_not_http_is_one_line(server, tmp_path: Path) -> None:
     srv.mode = "not-http"
     with pytest.raises(DownloadError, match=r"did not answer in HTTP.*BadStatusLine"):
         dl.download(ACC, tmp_path, base_url=base, **FAST)
+
+
+def test_a_stall_after_the_headers_is_a_timeout_not_an_empty_file(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "stall"
+    with pytest.raises(DownloadError, match="headers but no data") as err:
+        dl.download(ACC, tmp_path, base_url=base, timeout=0.5, chunk_size=1 << 16)
+    assert "no data for 0.5 s" in str(err.value) and "empty" not in str(err.value)
+    assert not _dest(tmp_path).exists()
+
+
+def test_the_bytes_before_a_stall_are_kept(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "stall-mid"
+    with pytest.raises(DownloadError, match=r"truncated at 1000 of \d+ bytes \(no data for 0.5 s"):
+        dl.download(ACC, tmp_path, base_url=base, timeout=0.5, chunk_size=1 << 16)
+    srv.mode = "206-first-half"  # answers a Range with the rest
+    assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import json
 import logging
 import os
@@ -137,12 +138,17 @@ def locked(dest: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def read_head(read: Callable[[int], bytes]) -> bytes:
-    """Up to the first few KiB of a reply (less only at its end), for :func:`not_the_file`."""
+def read_head(read: Callable[[int], bytes]) -> tuple[bytes, BaseException | None]:
+    """Up to the first few KiB of a reply (less only at its end), for :func:`not_the_file`,
+    and the read error (a timeout, a closed connection) that ended it early, if any: the bytes
+    read before it are kept."""
     head = b""
-    while len(head) < _HEAD_BYTES and (chunk := read(_HEAD_BYTES - len(head))):
-        head += chunk
-    return head
+    try:
+        while len(head) < _HEAD_BYTES and (chunk := read(_HEAD_BYTES - len(head))):
+            head += chunk
+    except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, TimeoutError...
+        return head, exc
+    return head, None
 
 
 def signature_offsets(size: int) -> Iterator[int]:

@@ -349,11 +349,14 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
         offset, total = 0, length
         now = Validators.of(response.headers, total)
     read = getattr(response, "read1", response.read)
-    try:
-        head = read_head(read)
-    except (http.client.HTTPException, OSError) as exc:  # IncompleteRead...
-        logger.debug("reading %s failed: %r", url, exc)
-        head = b""
+    head, cut = read_head(read)
+    if cut is not None:
+        logger.debug("reading %s failed: %r", url, cut)
+        if not head:  # not "an empty file": the server stalled or hung up
+            kept = (f"{part} is kept and running the same command again resumes it"
+                    if part.is_file() else f"nothing was saved as {dest}")
+            raise DownloadError(f"{url} sent its headers but no data ({_stopped(cut, timeout)});"
+                                f" {kept}; try again later, or {_BY_HAND}")
     why = not_the_file(response.headers.get("Content-Type"), head, hdf5=_hdf5_name(dest),
                        replacing=status != 206 and part.is_file())
     if why is None and not head and status != 206:
@@ -364,15 +367,15 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
                 f"nothing was saved as {dest}: check the accession and the base URL, or {_BY_HAND}")
         raise DownloadError(f"the server sent {why}, not an HDF5 (.h5ad) file; {kept}")
     target = part if status == 206 else part.with_name(part.name + ".new")
-    error = _stream(read, head, target, part, url, now, total, offset, chunk_size, dest.name)
+    error = _stream(read, head, target, part, url, now, total, offset, chunk_size, dest.name,
+                    stop=cut)
     size = part.stat().st_size  # what is on disk, not what this process counted
     if total is not None and size != total:
         if size > total:
             discard(part)
             raise DownloadError(f"{url} sent {size} bytes, more than the {total} announced; "
                                 "the partial file was removed, run the same command again")
-        why = (f"no data for {timeout:g} s" if isinstance(error, TimeoutError) else
-               "the connection was closed")
+        why = _stopped(error, timeout)
         raise DownloadError(f"transfer of {url} was truncated at {size} of {total} bytes ({why}); "
                             f"{part} is kept and running the same command again resumes it")
     if total is None:
@@ -382,10 +385,11 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
 
 def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path, url: str,
             now: Validators, total: int | None, offset: int, chunk_size: int,
-            name: str) -> BaseException | None:
+            name: str, stop: BaseException | None = None) -> BaseException | None:
     """Write ``head`` and the rest of the reply into ``target`` (``part``, or a new file that
     replaces ``part`` once its first bytes are written); the read error that ended the
-    transfer, if any. A write error (a full disk) is a :class:`DownloadError`."""
+    transfer, if any (``stop``: the one that ended ``head``, nothing more is read). A write
+    error (a full disk) is a :class:`DownloadError`."""
     error = None
     try:
         with open(target, "ab" if target == part else "wb", buffering=0) as fh, progress_bar(
@@ -403,6 +407,9 @@ def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path,
                     os.replace(target, part)
                     write_state(part, now, url)
                     target = part
+                if stop is not None:
+                    error = stop
+                    break
                 try:
                     # read1: what has arrived, up to a chunk (read() waits for a whole chunk,
                     # so a transfer stalled or cut mid-chunk lost what it had received)
@@ -418,6 +425,13 @@ def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path,
     if target != part:  # an empty reply: nothing replaced the old part
         target.unlink(missing_ok=True)
     return error
+
+
+def _stopped(error: BaseException | None, timeout: float) -> str:
+    """Why a reply stopped early, in words: a timeout, or a closed connection."""
+    if isinstance(error, TimeoutError) or "timed out" in str(error):
+        return f"no data for {timeout:g} s"
+    return "the connection was closed"
 
 
 def _hdf5_name(path: Path) -> bool:
