@@ -146,3 +146,15 @@ def test_the_bytes_before_a_stall_are_kept(server, tmp_path: Path) -> None:
         dl.download(ACC, tmp_path, base_url=base, timeout=0.5, chunk_size=1 << 16)
     srv.mode = "206-first-half"  # answers a Range with the rest
     assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA
+
+
+def test_a_redirect_loop_is_one_line_that_names_the_base_url(server, tmp_path: Path,
+                                                              capsys) -> None:
+    from cellsynth.cli import main
+
+    srv, base = server
+    srv.mode = "loop"
+    assert main(["download", ACC, "--cache-dir", str(tmp_path), "--base-url", base,
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "redirect that cannot be followed" in err and "--base-url" in err

@@ -288,7 +288,12 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> DownloadError:
             f"{url} answered HTTP 404 Not Found: the accession may not exist at that URL; "
             "check the accession and the base URL"
         )
-    return DownloadError(f"{url} answered HTTP {exc.code} {exc.reason}; try again later or {_BY_HAND}")
+    reason = " ".join(str(exc.reason).split())[:200]  # urllib's redirect refusals span lines
+    if 300 <= exc.code < 400:  # a loop, over 10 redirects, or to an address urllib refuses
+        return DownloadError(f"{url} answered with a redirect that cannot be followed (HTTP "
+                             f"{exc.code}: {reason}); check the base URL (--base-url), or "
+                             f"{_BY_HAND}")
+    return DownloadError(f"{url} answered HTTP {exc.code} {reason}; try again later or {_BY_HAND}")
 
 
 def _unreachable(url: str, exc: OSError, timeout: float) -> DownloadError:
