@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cellsynth.data.download as dl
-from cellsynth.errors import DownloadError
+from cellsynth.errors import ConfigError, DownloadError
 
 ACC = "E-TEST-1"
 FAST = {"timeout": 2.0, "chunk_size": 1 << 16}
@@ -158,3 +158,14 @@ def test_a_redirect_loop_is_one_line_that_names_the_base_url(server, tmp_path: P
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "redirect that cannot be followed" in err and "--base-url" in err
+
+
+@pytest.mark.parametrize("base, said", [
+    ("http://", "no host"), ("https:///data", "no host"), ("http://127.0.0.1:9/x?a=1", "query"),
+    ("http://127.0.0.1:9/x#top", "fragment"), ("http://127.0.0.1:9/x/?", "query"),
+    ("http://me:secret@127.0.0.1:9", "user name"),
+])
+def test_a_base_url_the_address_cannot_be_built_on_is_refused(base, said, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"cannot be used: .*{said}.*--base-url"):
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
+    assert list(tmp_path.iterdir()) == []

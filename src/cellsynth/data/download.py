@@ -16,6 +16,7 @@ import math
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -77,10 +78,28 @@ def expression_atlas_url(accession: str, base_url: str = DEFAULT_BASE_URL) -> st
         ``{base_url}/{ACC}/{ACC}.project.h5ad``.
     """
     acc = _check_accession(accession)
-    if not str(base_url).lower().startswith(("http://", "https://", "file://")):
+    _check_base_url(base_url)
+    return f"{base_url.rstrip('/')}/{acc}/{acc}.project.h5ad"
+
+
+def _check_base_url(base_url: object) -> None:
+    """Refuse, with a :class:`ConfigError`, a base URL the file's address cannot be built on:
+    another scheme, an http(s) address without a host, with a query or fragment (the
+    accession's path would land in it) or with a user name (urllib takes it for the host)."""
+    if not isinstance(base_url, str) or not base_url.lower().startswith(
+            ("http://", "https://", "file://")):  # fmt: skip
         raise ConfigError(f"the base URL must start with http://, https:// or file://, got "
                           f"{base_url!r}; give the directory's full address (--base-url)")
-    return f"{base_url.rstrip('/')}/{acc}/{acc}.project.h5ad"
+    parts = urllib.parse.urlsplit(base_url)
+    why = ("it has no host" if parts.scheme.lower() != "file" and not parts.netloc else
+           "it has a query (?...) or fragment (#...), where the file's path would be added"
+           if parts.query or parts.fragment or base_url.rstrip("/").endswith(("?", "#")) else
+           "it has a user name (user@host), which is not supported" if "@" in parts.netloc
+           else None)
+    if why is not None:
+        raise ConfigError(f"the base URL {base_url!r} cannot be used: {why}; give the address "
+                          "of the folder holding the experiments' folders, such as "
+                          f"{DEFAULT_BASE_URL} (--base-url)")
 
 
 def _checked_settings(timeout: object, chunk_size: object) -> tuple[float, int]:
