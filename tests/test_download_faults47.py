@@ -5,6 +5,7 @@ without a host) and cache folders that cannot be used; the server is on 127.0.0.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -169,3 +170,23 @@ def test_a_base_url_the_address_cannot_be_built_on_is_refused(base, said, tmp_pa
     with pytest.raises(ConfigError, match=f"cannot be used: .*{said}.*--base-url"):
         dl.download(ACC, tmp_path, base_url=base, **FAST)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_dir_that_cannot_be_made_is_a_download_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for cache in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(DownloadError, match=r"cannot make the folder.*--cache-dir"):
+            dl.download(ACC, cache, base_url="http://127.0.0.1:9", **FAST)
+
+
+def test_a_read_only_cache_dir_is_a_download_error(tmp_path: Path, monkeypatch) -> None:
+    real = os.open
+
+    def refuse_locks(path, *args, **kwargs):  # a read-only folder (the tests may run as root)
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_locks)
+    with pytest.raises(DownloadError, match=r"cannot write in .*Permission denied.*--cache-dir"):
+        dl.download(ACC, tmp_path, base_url="http://127.0.0.1:9", **FAST)

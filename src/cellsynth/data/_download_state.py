@@ -111,7 +111,12 @@ def locked(dest: Path) -> Iterator[None]:
         return
     lock = dest.with_name(dest.name + ".lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only folder, a full disk
+            raise DownloadError(f"cannot write in {dest.parent} ({exc.strerror or exc}: "
+                                f"{lock.name}); choose another --cache-dir (cache_dir=), or "
+                                "make the folder writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -197,7 +197,12 @@ def _make_folder(dest: Path) -> None:
     if dest.is_dir():
         raise DownloadError(f"{dest} is a folder, where the download would be saved: move it "
                             "away or download into another folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only parent
+        raise DownloadError(f"cannot make the folder {dest.parent} for the download "
+                            f"({exc.strerror or exc}: {exc.filename or dest.parent}); choose "
+                            "another --cache-dir (cache_dir=)") from None
 
 
 def download_url(
