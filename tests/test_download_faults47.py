@@ -4,6 +4,7 @@ without a host) and cache folders that cannot be used; the server is on 127.0.0.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import threading
@@ -74,6 +75,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(DATA[:1000])
             self.wfile.flush()
             time.sleep(4)
+        elif mode == "gzip":  # compressed although not asked for
+            body = gzip.compress(DATA)
+            self._head(200, Content_Encoding="gzip", Content_Length=str(len(body)))
+            self.wfile.write(body)
         elif mode == "loop":
             self._head(302, Location=self.path, Content_Length="0")
         else:
@@ -190,3 +195,12 @@ def test_a_read_only_cache_dir_is_a_download_error(tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(os, "open", refuse_locks)
     with pytest.raises(DownloadError, match=r"cannot write in .*Permission denied.*--cache-dir"):
         dl.download(ACC, tmp_path, base_url="http://127.0.0.1:9", **FAST)
+
+
+def test_a_compressed_reply_is_refused_before_it_is_saved(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "gzip"
+    with pytest.raises(DownloadError, match="Content-Encoding: gzip") as err:
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
+    assert "decompress it first" not in str(err.value)
+    assert not _dest(tmp_path).exists()

@@ -262,7 +262,7 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
     for _attempt in range(2):  # a second attempt only after discarding an unusable .part
         offset = part.stat().st_size if part.is_file() else 0
         stored = read_state(part) if offset else None
-        headers = {"User-Agent": _USER_AGENT}
+        headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
         if offset and stored is not None:
             headers["Range"] = f"bytes={offset}-"
             if stored.if_range():  # the server sends the whole file if its file changed
@@ -390,6 +390,9 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
                        replacing=status != 206 and part.is_file())
     if why is None and not head and status != 206:
         why = describe_bytes(head, 0)  # "an empty file"
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":  # asked for none: its bytes are not the file's (nor its sizes)
+        why = f"the file compressed (Content-Encoding: {encoding}, which cellsynth does not undo)"
     if why is not None:
         kept = (f"the partial download {part} is kept and the same command resumes it once the "
                 "server sends the file again" if part.is_file() else
