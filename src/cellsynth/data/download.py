@@ -16,7 +16,6 @@ import math
 import os
 import re
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,14 @@ from cellsynth.options import progress_bar
 from cellsynth.paths import expand_user
 from cellsynth.seeds import checked_whole
 
+from ._download_errors import (
+    BY_HAND,
+    DEFAULT_BASE_URL,
+    check_base_url,
+    http_error,
+    stopped,
+    unreachable,
+)
 from ._download_state import (
     HDF5_SIGNATURE,
     Validators,
@@ -43,12 +50,9 @@ from ._download_state import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://ftp.ebi.ac.uk/pub/databases/microarray/data/atlas/sc_experiments"
-
 _ACCESSION = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)+")
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 _USER_AGENT = "cellsynth (python-urllib)"
-_BY_HAND = "download the file by hand and pass it with `cellsynth run --set dataset.path=FILE`"
 
 
 def _check_accession(accession: str) -> str:
@@ -78,28 +82,8 @@ def expression_atlas_url(accession: str, base_url: str = DEFAULT_BASE_URL) -> st
         ``{base_url}/{ACC}/{ACC}.project.h5ad``.
     """
     acc = _check_accession(accession)
-    _check_base_url(base_url)
+    check_base_url(base_url)
     return f"{base_url.rstrip('/')}/{acc}/{acc}.project.h5ad"
-
-
-def _check_base_url(base_url: object) -> None:
-    """Refuse, with a :class:`ConfigError`, a base URL the file's address cannot be built on:
-    another scheme, an http(s) address without a host, with a query or fragment (the
-    accession's path would land in it) or with a user name (urllib takes it for the host)."""
-    if not isinstance(base_url, str) or not base_url.lower().startswith(
-            ("http://", "https://", "file://")):  # fmt: skip
-        raise ConfigError(f"the base URL must start with http://, https:// or file://, got "
-                          f"{base_url!r}; give the directory's full address (--base-url)")
-    parts = urllib.parse.urlsplit(base_url)
-    why = ("it has no host" if parts.scheme.lower() != "file" and not parts.netloc else
-           "it has a query (?...) or fragment (#...), where the file's path would be added"
-           if parts.query or parts.fragment or base_url.rstrip("/").endswith(("?", "#")) else
-           "it has a user name (user@host), which is not supported" if "@" in parts.netloc
-           else None)
-    if why is not None:
-        raise ConfigError(f"the base URL {base_url!r} cannot be used: {why}; give the address "
-                          "of the folder holding the experiments' folders, such as "
-                          f"{DEFAULT_BASE_URL} (--base-url)")
 
 
 def _checked_settings(timeout: object, chunk_size: object) -> tuple[float, int]:
@@ -286,9 +270,9 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
                                part, offset, total)
                 discard(part)
                 continue
-            raise _http_error(url, exc) from None
+            raise http_error(url, exc) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise _unreachable(url, exc, timeout) from None
+            raise unreachable(url, exc, timeout) from None
         except (ValueError, http.client.InvalidURL) as exc:  # a bad port, a space, "http://[::1"
             raise ConfigError(f"{url} is not a valid address ({exc}); check the base URL "
                               "(--base-url)") from None
@@ -296,41 +280,13 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
             said = " ".join(str(exc).split())[:80]
             raise DownloadError(f"{url} did not answer in HTTP ({type(exc).__name__}: {said!r}): "
                                 "the address may be another kind of server, or a proxy broke "
-                                f"the reply; check the base URL (--base-url), or {_BY_HAND}"
+                                f"the reply; check the base URL (--base-url), or {BY_HAND}"
                                 ) from None
         with response:
             done = _receive(response, url, part, dest, offset, stored, chunk_size, timeout)
         if done is not None:
             return done
     raise DownloadError(f"cannot resume {url} into {part}; delete it and run again")
-
-
-def _http_error(url: str, exc: urllib.error.HTTPError) -> DownloadError:
-    exc.close()
-    if exc.code == 404:
-        return DownloadError(
-            f"{url} answered HTTP 404 Not Found: the accession may not exist at that URL; "
-            "check the accession and the base URL"
-        )
-    reason = " ".join(str(exc.reason).split())[:200]  # urllib's redirect refusals span lines
-    if 300 <= exc.code < 400:  # a loop, over 10 redirects, or to an address urllib refuses
-        return DownloadError(f"{url} answered with a redirect that cannot be followed (HTTP "
-                             f"{exc.code}: {reason}); check the base URL (--base-url), or "
-                             f"{_BY_HAND}")
-    return DownloadError(f"{url} answered HTTP {exc.code} {reason}; try again later or {_BY_HAND}")
-
-
-def _unreachable(url: str, exc: OSError, timeout: float) -> DownloadError:
-    """The error for a request that got no reply: no such file, a timeout, or no route."""
-    reason = getattr(exc, "reason", exc)
-    if isinstance(reason, FileNotFoundError | NotADirectoryError):
-        return DownloadError(f"{url} does not exist (the mirror has no such file): check the "
-                             "accession and the base URL (--base-url)")
-    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-        return DownloadError(f"{url} did not answer within {timeout:g} s (timed out): the server "
-                             f"is slow or overloaded; try again later, or {_BY_HAND}")
-    return DownloadError(f"cannot reach {url} ({reason}): this machine seems offline or the host "
-                         f"unreachable; {_BY_HAND}")
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -360,7 +316,7 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
             kept = (f"{part} is kept; delete it if the same command fails again"
                     if offset else f"nothing was saved as {dest}")
             raise DownloadError(f"{url} answered 206 Partial Content with {sent}, where "
-                                f"{asked}; {kept}, or {_BY_HAND}")
+                                f"{asked}; {kept}, or {BY_HAND}")
         if total is None and length is not None:
             total = offset + length
         now = Validators.of(response.headers, total)
@@ -384,8 +340,8 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
         if not head:  # not "an empty file": the server stalled or hung up
             kept = (f"{part} is kept and running the same command again resumes it"
                     if part.is_file() else f"nothing was saved as {dest}")
-            raise DownloadError(f"{url} sent its headers but no data ({_stopped(cut, timeout)});"
-                                f" {kept}; try again later, or {_BY_HAND}")
+            raise DownloadError(f"{url} sent its headers but no data ({stopped(cut, timeout)});"
+                                f" {kept}; try again later, or {BY_HAND}")
     why = not_the_file(response.headers.get("Content-Type"), head, hdf5=_hdf5_name(dest),
                        replacing=status != 206 and part.is_file())
     if why is None and not head and status != 206:
@@ -396,7 +352,7 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
     if why is not None:
         kept = (f"the partial download {part} is kept and the same command resumes it once the "
                 "server sends the file again" if part.is_file() else
-                f"nothing was saved as {dest}: check the accession and the base URL, or {_BY_HAND}")
+                f"nothing was saved as {dest}: check the accession and the base URL, or {BY_HAND}")
         raise DownloadError(f"the server sent {why}, not an HDF5 (.h5ad) file; {kept}")
     target = part if status == 206 else part.with_name(part.name + ".new")
     error = _stream(read, head, target, part, url, now, total, offset, chunk_size, dest.name,
@@ -407,7 +363,7 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
             discard(part)
             raise DownloadError(f"{url} sent {size} bytes, more than the {total} announced; "
                                 "the partial file was removed, run the same command again")
-        why = _stopped(error, timeout)
+        why = stopped(error, timeout)
         raise DownloadError(f"transfer of {url} was truncated at {size} of {total} bytes ({why}); "
                             f"{part} is kept and running the same command again resumes it")
     if total is None:
@@ -459,13 +415,6 @@ def _stream(read: Callable[[int], bytes], head: bytes, target: Path, part: Path,
     return error
 
 
-def _stopped(error: BaseException | None, timeout: float) -> str:
-    """Why a reply stopped early, in words: a timeout, or a closed connection."""
-    if isinstance(error, TimeoutError) or "timed out" in str(error):
-        return f"no data for {timeout:g} s"
-    return "the connection was closed"
-
-
 def _hdf5_name(path: Path) -> bool:
     """Whether ``path`` is named as an HDF5 file (what a download is checked as)."""
     return path.suffix in (".h5ad", ".h5", ".hdf5")
@@ -493,7 +442,7 @@ def _finish(part: Path, dest: Path, url: str, total: int | None) -> Path:
         what = describe(part)
         discard(part)
         raise DownloadError(f"the server sent {what}, not an HDF5 (.h5ad) file; nothing was saved "
-                            f"as {dest}: check the accession and the base URL, or {_BY_HAND}")
+                            f"as {dest}: check the accession and the base URL, or {BY_HAND}")
     damage = unreadable(part) if _hdf5_name(dest) else None
     size = part.stat().st_size
     if damage is not None and "truncated" in damage and total is not None and size == total:
@@ -501,7 +450,7 @@ def _finish(part: Path, dest: Path, url: str, total: int | None) -> Path:
         raise DownloadError(f"the server's own copy of {url} is incomplete: it announced {total} "
                             f"bytes and sent them all, but the file is cut short ({damage}); "
                             f"nothing was saved as {dest}: try another mirror (--base-url) or "
-                            f"later, or {_BY_HAND}")
+                            f"later, or {BY_HAND}")
     if damage is not None and "truncated" in damage:  # a server that announced no size
         raise DownloadError(f"the transfer ended after {size} bytes, but the file is not "
                             f"complete ({damage}); {part} is kept and running the same "
@@ -509,7 +458,7 @@ def _finish(part: Path, dest: Path, url: str, total: int | None) -> Path:
     if damage is not None:
         discard(part)
         raise DownloadError(f"the server sent a damaged HDF5 file ({damage}); nothing was saved "
-                            f"as {dest}: run the same command again, or {_BY_HAND}")
+                            f"as {dest}: run the same command again, or {BY_HAND}")
     os.replace(part, dest)
     drop_state(part)
     logger.info("saved %s (%d bytes)", dest, dest.stat().st_size)
