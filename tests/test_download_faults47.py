@@ -79,6 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = gzip.compress(DATA)
             self._head(200, Content_Encoding="gzip", Content_Length=str(len(body)))
             self.wfile.write(body)
+        elif mode == "hang-up":  # the request read, no reply
+            self.close_connection = True
         elif mode == "loop":
             self._head(302, Location=self.path, Content_Length="0")
         else:
@@ -204,3 +206,13 @@ def test_a_compressed_reply_is_refused_before_it_is_saved(server, tmp_path: Path
         dl.download(ACC, tmp_path, base_url=base, **FAST)
     assert "decompress it first" not in str(err.value)
     assert not _dest(tmp_path).exists()
+
+
+@pytest.mark.parametrize("mode, scheme", [("hang-up", "http"), ("ok", "https")])
+def test_a_server_that_hangs_up_is_not_called_unreachable(server, tmp_path: Path, mode,
+                                                          scheme) -> None:
+    srv, base = server
+    srv.mode = mode
+    with pytest.raises(DownloadError, match="was reached but the connection failed") as err:
+        dl.download(ACC, tmp_path, base_url=base.replace("http", scheme), **FAST)
+    assert "offline" not in str(err.value)

@@ -4,6 +4,7 @@ do about it, for :mod:`cellsynth.data.download`."""
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.parse
 
@@ -59,6 +60,13 @@ def unreachable(url: str, exc: OSError, timeout: float) -> DownloadError:
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return DownloadError(f"{url} did not answer within {timeout:g} s (timed out): the server "
                              f"is slow or overloaded; try again later, or {BY_HAND}")
+    if isinstance(reason, ConnectionResetError | ConnectionAbortedError | ssl.SSLError):
+        # the host answered: the server hung up without a reply, or spoke no TLS (https://
+        # to a plain-HTTP port) or a TLS this machine does not accept
+        return DownloadError(f"{url} was reached but the connection failed ({reason}): the "
+                             "server closed it without a reply, or it does not speak https at "
+                             "that address (try http://); check the base URL (--base-url), try "
+                             f"again later, or {BY_HAND}")
     return DownloadError(f"cannot reach {url} ({reason}): this machine seems offline or the host "
                          f"unreachable; {BY_HAND}")
 
