@@ -216,3 +216,10 @@ def test_a_server_that_hangs_up_is_not_called_unreachable(server, tmp_path: Path
     with pytest.raises(DownloadError, match="was reached but the connection failed") as err:
         dl.download(ACC, tmp_path, base_url=base.replace("http", scheme), **FAST)
     assert "offline" not in str(err.value)
+
+
+def test_a_file_mirror_with_a_folder_for_the_file_is_not_called_offline(tmp_path: Path) -> None:
+    (tmp_path / "mirror" / ACC / f"{ACC}.project.h5ad").mkdir(parents=True)
+    with pytest.raises(DownloadError, match=r"cannot read file:.*Is a directory") as err:
+        dl.download(ACC, tmp_path / "cache", base_url=(tmp_path / "mirror").as_uri(), **FAST)
+    assert "offline" not in str(err.value)

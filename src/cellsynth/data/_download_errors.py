@@ -57,6 +57,9 @@ def unreachable(url: str, exc: OSError, timeout: float) -> DownloadError:
     if isinstance(reason, FileNotFoundError | NotADirectoryError):
         return DownloadError(f"{url} does not exist (the mirror has no such file): check the "
                              "accession and the base URL (--base-url)")
+    if url.lower().startswith("file:"):  # a folder where the file should be, no permission
+        return DownloadError(f"cannot read {url} ({reason}): it is a local path, not a host; "
+                             "check the accession and the base URL (--base-url)")
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return DownloadError(f"{url} did not answer within {timeout:g} s (timed out): the server "
                              f"is slow or overloaded; try again later, or {BY_HAND}")
