@@ -81,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         elif mode == "hang-up":  # the request read, no reply
             self.close_connection = True
+        elif mode == "416-no-size":  # a Range past the end refused without a Content-Range
+            self._head(416 if self.headers.get("Range") else 200, Content_Length="0")
         elif mode == "loop":
             self._head(302, Location=self.path, Content_Length="0")
         else:
@@ -223,3 +225,15 @@ def test_a_file_mirror_with_a_folder_for_the_file_is_not_called_offline(tmp_path
     with pytest.raises(DownloadError, match=r"cannot read file:.*Is a directory") as err:
         dl.download(ACC, tmp_path / "cache", base_url=(tmp_path / "mirror").as_uri(), **FAST)
     assert "offline" not in str(err.value)
+
+
+def test_a_complete_part_refused_416_without_a_size_is_kept(server, tmp_path: Path) -> None:
+    srv, base = server
+    srv.mode = "206-first-half"  # the first half, then the rest: a .part of the whole file
+    with pytest.raises(DownloadError, match="truncated"):
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
+    part = tmp_path / f"{ACC}.project.h5ad.part"
+    with open(part, "ab") as fh:  # as if the rest had arrived before the rename
+        fh.write(DATA[len(DATA) // 2:])
+    srv.mode = "416-no-size"
+    assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA

@@ -263,11 +263,14 @@ def _fetch(url: str, dest: Path, timeout: float, chunk_size: int) -> Path:
             if exc.code == 416 and offset:
                 total = _parse_content_range(exc.headers.get("Content-Range"))[1]
                 exc.close()
+                if total is None:  # no size with the refusal: the one the .part was begun with
+                    total = stored.total
                 if total == offset and stored.total in (None, total):
                     logger.info("%s was already complete (%d bytes)", part, offset)
                     return _finish(part, dest, url, total)
-                logger.warning("discarding %s (%d bytes): the server has %s bytes",
-                               part, offset, total)
+                logger.warning("discarding %s (%d bytes): the server has %s", part, offset,
+                               "no such range and did not say its size" if total is None else
+                               f"{total} bytes")
                 discard(part)
                 continue
             raise http_error(url, exc) from None
