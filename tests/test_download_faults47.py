@@ -4,6 +4,7 @@ without a host) and cache folders that cannot be used; the server is on 127.0.0.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -123,6 +124,18 @@ def test_a_206_with_part_of_the_file_is_resumed(server, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="truncated"):
         dl.download(ACC, tmp_path, base_url=base, **FAST)
     assert dl.download(ACC, tmp_path, base_url=base, **FAST).read_bytes() == DATA
+
+
+def test_a_full_disk_at_a_206s_first_record_says_so(server, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    srv, base = server
+    srv.mode = "206"
+    monkeypatch.setattr(dl, "write_state", full)
+    with pytest.raises(DownloadError, match=r"disk holding .* is full"):
+        dl.download(ACC, tmp_path, base_url=base, **FAST)
 
 
 def test_a_206_without_a_content_range_is_one_line(server, tmp_path: Path) -> None:

@@ -329,7 +329,10 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Pat
             discard(part)
             return None
         if stored is None:  # a 206 to a request for the whole file: its rest can be resumed
-            write_state(part, now, url)
+            try:
+                write_state(part, now, url)
+            except OSError as exc:  # a full disk
+                raise disk_full(part, exc, total) from None
     else:
         if offset:
             logger.warning("%s sent the whole file, not the rest of %s (it ignores Range, or its "
