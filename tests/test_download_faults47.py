@@ -202,6 +202,18 @@ def test_a_cache_dir_that_cannot_be_made_is_a_download_error(tmp_path: Path) -> 
 
 
 def test_a_read_only_cache_dir_is_a_download_error(tmp_path: Path, monkeypatch) -> None:
+    _refuse_locks(monkeypatch)
+    with pytest.raises(DownloadError, match=r"cannot write in .*Permission denied.*--cache-dir"):
+        dl.download(ACC, tmp_path, base_url="http://127.0.0.1:9", **FAST)
+
+
+def test_a_read_only_cache_serves_the_file_it_holds(tmp_path: Path, monkeypatch) -> None:
+    _dest(tmp_path).write_bytes(DATA)
+    _refuse_locks(monkeypatch)
+    assert dl.download(ACC, tmp_path, base_url="http://127.0.0.1:9", **FAST) == _dest(tmp_path)
+
+
+def _refuse_locks(monkeypatch) -> None:
     real = os.open
 
     def refuse_locks(path, *args, **kwargs):  # a read-only folder (the tests may run as root)
@@ -210,8 +222,6 @@ def test_a_read_only_cache_dir_is_a_download_error(tmp_path: Path, monkeypatch) 
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refuse_locks)
-    with pytest.raises(DownloadError, match=r"cannot write in .*Permission denied.*--cache-dir"):
-        dl.download(ACC, tmp_path, base_url="http://127.0.0.1:9", **FAST)
 
 
 def test_a_compressed_reply_is_refused_before_it_is_saved(server, tmp_path: Path) -> None:

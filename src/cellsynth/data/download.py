@@ -139,6 +139,11 @@ def download(
     url = expression_atlas_url(accession, base_url)
     dest = expand_user(cache_dir, "--cache-dir (cache_dir=)") / url.rsplit("/", 1)[1]
     _make_folder(dest)
+    if not force and dest.is_file() and unreadable(dest) is None:
+        # no lock needed to read it (a download replaces it whole, by a rename): a cache in
+        # a read-only folder, where no lock file can be made, serves what it holds
+        logger.info("using cached %s; download it again with --force (force=True)", dest)
+        return dest
     with locked(dest):
         if dest.is_file() and force:
             logger.info("--force (force=True): discarding the cached %s", dest)
