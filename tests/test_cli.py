@@ -15,7 +15,7 @@ import types
 import pytest
 
 import cellsynth
-from cellsynth import cli, config, config_sources
+from cellsynth import cli, cli_signals, config, config_sources
 from cellsynth.presets import demo_config_path
 
 
@@ -198,7 +198,7 @@ def test_a_stopped_command_says_what_a_rerun_does(tmp_path, monkeypatch):
 
     from cellsynth.runtime import why_stopped
 
-    assert why_stopped(cli._Terminated(signal.SIGTERM)) == "terminated by SIGTERM"
+    assert why_stopped(cli_signals.Terminated(signal.SIGTERM)) == "terminated by SIGTERM"
     assert why_stopped(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
     assert why_stopped(ValueError("x")) == "ValueError"
 
@@ -263,13 +263,13 @@ def test_an_interrupt_lost_where_python_cannot_raise_it_is_raised_again(monkeypa
     import signal
     import time
 
-    monkeypatch.setattr(cli, "REPEAT_SIGNAL_SECONDS", 0.2)
+    monkeypatch.setattr(cli_signals, "REPEAT_SIGNAL_SECONDS", 0.2)
     # Ctrl-C as an interactive command gets it: a test run in a background job (`make test &`,
     # nohup) starts with SIGINT ignored, which the command keeps ignored
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     lost = 0
     try:
-        with pytest.raises(KeyboardInterrupt), cli._terminations():
+        with pytest.raises(KeyboardInterrupt), cli_signals.terminations():
             try:
                 signal.raise_signal(signal.SIGINT)
             except KeyboardInterrupt:  # what a finaliser does with it

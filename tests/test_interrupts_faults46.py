@@ -192,12 +192,12 @@ def test_a_signal_ignored_at_start_stays_ignored() -> None:
     import signal
     import time
 
-    from cellsynth import cli
+    from cellsynth import cli_signals
 
     before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with cli._terminations():
+        with cli_signals.terminations():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing is raised
             time.sleep(0.05)

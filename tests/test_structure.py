@@ -11,7 +11,7 @@ import cellsynth
 SRC = Path(cellsynth.__file__).parent
 #: the layers, outermost first: a module may import its own layer or those after it
 LAYERS = [
-    {"__main__", "cli", "cli_parser"},
+    {"__main__", "cli", "cli_parser", "cli_signals"},
     {"api", "pipeline"},
     {"evaluation", "benchmark", "holdout", "info", "report", "pl"},
     {"models", "classify", "features", "explain", "metrics", "cells"},

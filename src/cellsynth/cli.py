@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
 from .cli_parser import build_parser
+from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
 from .errors import CellsynthError
 from .options import settings
 from .outputs import json_text
@@ -338,83 +337,6 @@ COMMANDS = {
 }
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a batch scheduler's cancel or time limit, `timeout`, a closed
-    terminal), raised in the main thread so that it unwinds as Ctrl-C does: the stage running
-    is marked failed in the manifest and partial outputs are removed."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-#: seconds after a signal before it is raised again while the command is still running
-REPEAT_SIGNAL_SECONDS = 10.0
-
-
-class _Signals:
-    """The handler of SIGINT (``KeyboardInterrupt``), SIGTERM and SIGHUP (:class:`_Terminated`)
-    while a command runs. An exception raised where Python cannot propagate it (inside a
-    finaliser or a C extension's callback: "Exception ignored in ...") is lost, and the command
-    would run on; so after the first signal a watcher raises it again in the main thread every
-    :data:`REPEAT_SIGNAL_SECONDS` until the command has ended."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.done = threading.Event()
-        self.watcher: threading.Thread | None = None
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        import signal
-        import threading
-
-        if self.watcher is None:
-            self.watcher = threading.Thread(target=self._repeat, args=(signum,), daemon=True,
-                                            name="cellsynth-signal")  # fmt: skip
-            self.watcher.start()
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise _Terminated(signum)
-
-    def _repeat(self, signum: int) -> None:
-        import _thread
-
-        while not self.done.wait(REPEAT_SIGNAL_SECONDS):
-            _thread.interrupt_main(signum)  # runs this handler in the main thread again
-
-
-@contextlib.contextmanager
-def _terminations() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` / :class:`_Terminated` within the
-    block, and again while it has not ended (:class:`_Signals`; main thread only). A signal
-    the command was started with ignored stays ignored: SIGHUP under ``nohup`` (a closed
-    terminal or SSH session must not stop it), SIGINT in a script's background job (Ctrl-C is
-    meant for the job in the foreground)."""
-    import signal
-    import threading
-
-    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
-             and signal.getsignal(getattr(signal, n)) is not signal.SIG_IGN]  # fmt: skip
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = _Signals()
-    old = {n: signal.signal(getattr(signal, n), handler) for n in names}
-    try:
-        yield
-    finally:
-        handler.done.set()
-        # the watcher stops before the old handlers are back, so no repeat reaches the main
-        # thread after the command has ended (one already sent is raised here, by this handler)
-        try:
-            if handler.watcher is not None:
-                handler.watcher.join()
-        finally:
-            for n, previous in old.items():
-                signal.signal(getattr(signal, n), previous)
-
-
 def _path_options(args: argparse.Namespace, filename: Any) -> str:
     """The options of this command whose path holds ``filename`` (``--cache-dir``), or the
     command's path options, to name in an error about that file."""
@@ -427,41 +349,18 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
     return ", ".join(shown) if shown else "the paths given"
 
 
-def _hdf5_failures() -> int:
-    store = sys.modules.get("cellsynth.data.store")
-    return 0 if store is None else store.hdf5_failures()
-
-
-def _exit_if_hdf5_broken(code: int, since: int) -> None:
-    """Exit at once (logs flushed) when an h5ad write failed in this command (more than
-    ``since`` failures in the process): HDF5 cannot close a file that the disk filled under,
-    and its clean-up at exit would crash the process (a segmentation fault, exit 139, after
-    the right message)."""
-    if _hdf5_failures() <= since:
-        return
-    import os
-
-    for stream in [h for name in (None, "cellsynth") for h in logging.getLogger(name).handlers
-                   ] + [sys.stdout, sys.stderr]:  # the log file and the terminal's lines out
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a stream closed already: nothing to keep
-            pass
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["cellsynth", *(sys.argv[1:] if argv is None else argv)])
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
-    failures = _hdf5_failures()  # an earlier command's in this process (tests) is not this one's
+    failures = hdf5_failures()  # an earlier command's in this process (tests) is not this one's
     try:
-        with settings.override(progress=False if quiet else "auto"), _terminations():
+        with settings.override(progress=False if quiet else "auto"), terminations():
             return COMMANDS[args.command](args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)
-        _exit_if_hdf5_broken(2, failures)
+        exit_if_hdf5_broken(2, failures)
         return 2
     except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
         import os
@@ -472,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
                   "free space or choose another --out (finished stages are kept)", file=sys.stderr)
-            _exit_if_hdf5_broken(2, failures)
+            exit_if_hdf5_broken(2, failures)
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
                       FileExistsError | FileNotFoundError) and exc.filename:  # a path given
@@ -480,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_path_options(args, exc.filename)}", file=sys.stderr)
             return 2
         raise
-    except _Terminated as exc:
+    except Terminated as exc:
         import signal
 
         name = signal.Signals(exc.signum).name
