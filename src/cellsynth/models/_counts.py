@@ -24,9 +24,11 @@ from threadpoolctl import threadpool_limits
 from ..data.rows import Rows as Rows  # the in-memory mini-batches (data.rows), named here too
 from ..data.rows import csr_type_sums
 from ..data.rows import library_sizes as library_sizes
+from ..errors import CellsynthError
 from . import _training as tr
 from ._levels import TRANSFER_DRAWS, Combinations, fit_level_scale
 from ._moments import (
+    DIVERGED,
     decode_mixture,
     gene_scale_by_moments,
     log_theta_by_moments,
@@ -184,6 +186,8 @@ def fit_sampler(
                 excess[t] += ((x - mu) ** 2 - mu).sum(0, dtype=torch.float64).cpu().numpy()
         covariates.append(np.concatenate(cov) if cov else None)
         mu, sd, ll = np.concatenate(mean), np.concatenate(std), np.concatenate(log_lib)
+        if not (np.isfinite(mu).all() and np.isfinite(sd).all()):  # before the mixture's EM
+            raise CellsynthError(DIVERGED.format(what="the latent positions of its cells"))
         if len(idx) == 1:  # its posterior for z, its own library size
             chol = np.zeros((1, d, d))
             chol[:, np.arange(d - 1), np.arange(d - 1)] = sd
@@ -227,6 +231,9 @@ def fit_sampler(
             module, covariates, batch_size,
             np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,))))
         levels = fit_level_scale(module, observed, decoded, scale, carry)
+    else:  # no gene scale decodes the mixture: a few draws of each type, before any sampling
+        _check_decodes(module, covariates, batch_size,
+                       np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,))))
     pi = None
     if inflated:
         pi = zero_inflation_by_moments(
@@ -244,6 +251,27 @@ def fit_sampler(
         time.perf_counter() - start,
     )
     return SamplerFit(weight, mean, chol, px_r, scale, pi, levels)
+
+
+def _check_decodes(module: CVAEModule, covariates: list[np.ndarray | None], batch_size: int,
+                   rng: np.random.Generator, draws: int = 64) -> None:
+    """Refuse a Gaussian CVAE whose mixture gives counts that are not finite (a diverged fit:
+    its latent positions and library sizes overflow), from ``draws`` cells of each type."""
+    device = next(module.parameters()).device
+    b = min(draws, batch_size)
+    for t in range(module.n_labels):
+        u = torch.from_numpy(rng.random(b, dtype=np.float32)).to(device)
+        eps = torch.from_numpy(rng.standard_normal((b, module.n_latent + 1),
+                                                   dtype=np.float32)).to(device)  # fmt: skip
+        c = None if covariates[t] is None else torch.from_numpy(
+            covariates[t][rng.integers(len(covariates[t]), size=b)]).to(device)
+        y = torch.full((b,), t, dtype=torch.long, device=device)
+        z, library = module.mixture_from_noise(u, eps, y)
+        px = module.generative(z, y, library, c, one_type=True)
+        loc, scale = px.loc.double(), px.scale.double()  # (b, n_genes) log-normalised values
+        counts = torch.expm1(loc.clamp_min(0.0)) * library.double()[:, None]
+        if not (torch.isfinite(counts.float()).all() and torch.isfinite(scale).all()):
+            raise CellsynthError(DIVERGED.format(what="the counts its cells decode to"))
 
 
 def _one_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

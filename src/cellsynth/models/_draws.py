@@ -39,6 +39,8 @@ import scipy.sparse as sp
 import torch
 
 from ..data.csr import stack_rows
+from ..errors import CellsynthError
+from ._moments import DIVERGED
 from ._nb_kernel import nb_csr_arrays
 from .modules.likelihoods import NegativeBinomial
 
@@ -320,14 +322,19 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
     a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
     """
     if isinstance(px, NegativeBinomial):
+        if not bool(torch.isfinite(px.mu).all()):  # a model saved before fits were checked
+            raise CellsynthError(DIVERGED.format(what="the means it decodes"))
         dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
         return nb_csr(rng, px.mu, px.theta, dropout)
     loc = px.loc.double().cpu().numpy()
     scale = px.scale.double().cpu().numpy()
     v = np.maximum(rng.normal(loc, scale), 0.0)
     lib = library.double().cpu().numpy()[:, None]
-    x = np.rint(np.expm1(v) * (lib / target_sum))
-    return sp.csr_matrix(x.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+        x = (np.rint(np.expm1(v) * (lib / target_sum))).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise CellsynthError(DIVERGED.format(what="the counts it decodes"))
+    return sp.csr_matrix(x)
 
 
 def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, latent: str,

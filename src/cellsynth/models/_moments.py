@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..errors import CellsynthError
 from ..options import progress_bar
 from . import _training as tr
 from ._levels import Combinations
@@ -43,6 +44,10 @@ def share_budget(sizes: np.ndarray, budget: int | None, least: int = MIN_TYPE_SH
 SCALE_MIN_DRAWS = 2_000
 SCALE_FEW_DRAWS = 500
 SCALE_PER_CELL = 4
+#: what a fit whose sampler cannot be fitted says (a diverged training: overflowing latents)
+DIVERGED = ("the CVAE's training diverged: {what} are not finite (they overflow), and the "
+            "cells it generated would be empty or infinite; lower cvae.lr (e.g. by 10x) and "
+            "fit again")
 MAX_GENE_SCALE = 1e6  # largest per-type gene scale (a gene the decoder all but switched off)
 GENE_SCALE_PRIOR_COUNTS = 1.0  # pseudo-counts at the decoded mean the gene scale is shrunk with
 # the zero inflation (zero_inflation_by_moments): cells drawn from a type's mixture, pseudo-cells
@@ -161,6 +166,8 @@ def gene_scale_by_moments(
                 combinations[t] = combinations[t] or Combinations()
                 combinations[t].add(px.mean, c)
         decoded[t] = total.cpu().numpy() / n
+        if not np.isfinite(decoded[t]).all():  # 0 counts over an infinite mean: a scale of 0
+            raise CellsynthError(DIVERGED.format(what="the means it decodes"))
     n = n_cells[:, None].astype(np.float64)
     a = GENE_SCALE_PRIOR_COUNTS
     scale = (train_sum + a) / (decoded * n + a)

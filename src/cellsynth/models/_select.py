@@ -119,8 +119,12 @@ class FidelityCheck:
 
     def __call__(self) -> float:
         """Refit the sampler, generate, and return the AUC (0.5: indistinguishable)."""
-        self.model._fit_sampler(self.train, self.train_codes, self.seed, quiet=True,
-                                max_cells=SAMPLER_CELLS, budget=SAMPLER_BUDGET)  # fmt: skip
+        try:
+            self.model._fit_sampler(self.train, self.train_codes, self.seed, quiet=True,
+                                    max_cells=SAMPLER_CELLS, budget=SAMPLER_BUDGET)  # fmt: skip
+        except CellsynthError as err:  # a diverged epoch: never the one kept
+            logger.debug("CVAE: no sampler at this epoch: %s", err)
+            return math.nan
         # the same noise at every check: epochs are compared on equal terms, and a resumed
         # training makes the same choice as one that was never stopped
         seed = derive_seed(self.seed, "select-check")

@@ -1,0 +1,69 @@
+"""Training and generation numerics on odd but legal data (session 47's sweep): tiny types,
+few genes, large counts, extreme settings (``cvae.lr``, ``batch_size``, ``max_epochs``).
+Each test fails without its fix."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellsynth.errors import CellsynthError
+
+
+def atlas(sizes: tuple[int, ...] = (20, 20), n_genes: int = 40, seed: int = 0) -> ad.AnnData:
+    """Poisson counts, one block of raised genes per type, ``sizes[k]`` cells of type ``k``."""
+    rng = np.random.default_rng(seed)
+    types = np.repeat(np.arange(len(sizes)), sizes)
+    rate = np.full((len(types), n_genes), 2.0)
+    for k in range(len(sizes)):
+        rate[types == k, 3 * k : 3 * k + 3] = 20.0
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"t{k}" for k in types])},
+                       index=[f"c{i}" for i in range(len(types))])  # fmt: skip
+    return ad.AnnData(sp.csr_matrix(rng.poisson(rate).astype(np.float32)), obs=obs,
+                      var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))  # fmt: skip
+
+
+def cvae(**settings):
+    import cellsynth as cs
+    from cellsynth.config import CVAEConfig
+
+    return cs.CVAE(config=CVAEConfig(**{"max_epochs": 20, "n_hidden": [16], "device": "cpu",
+                                        **settings}))  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", [
+    {"lr": 10.0},
+    {"lr": 10.0, "likelihood": "zinb", "dispersion_fit": "learned"},
+    {"lr": 10.0, "likelihood": "gaussian", "dispersion_fit": "learned"},
+])  # fmt: skip
+def test_a_diverged_cvae_fit_is_refused_not_kept_to_generate_empty_cells(settings,
+                                                                         one_torch_thread):
+    """cvae.lr = 10 (or 1) trained to finite weights whose latent positions overflow: the fit
+    kept them, the gene scale came out 0 and every generated cell was empty (nb, zinb), or
+    the cells held inf and NaN counts (gaussian), all without a word. The fit now stops with
+    what diverged and the setting to lower."""
+    with pytest.raises(CellsynthError, match=r"training diverged.*lower cvae\.lr"):
+        cvae(**settings).fit(atlas(), "cell_type")
+
+
+def test_a_cvae_fit_at_a_workable_lr_still_generates_cells(one_torch_thread):
+    """The check refuses overflow only: a fit at a usual learning rate generates as before."""
+    model = cvae(lr=0.1)
+    model.fit(atlas(), "cell_type")
+    cells = model.sample({"t0": 5, "t1": 5}, seed=0)
+    assert (np.asarray(cells.X.sum(axis=1)).ravel() > 0).all()
+
+
+def test_a_model_that_decodes_non_finite_means_is_refused_at_generation(one_torch_thread):
+    """A model saved before fits were checked (a gene scale of inf or NaN) was sampled into
+    empty cells; generating from it now says it diverged and how to fit it again."""
+    import torch
+
+    model = cvae(lr=0.01, max_epochs=2)
+    model.fit(atlas(), "cell_type")
+    model.module.set_gene_scale(torch.full_like(model.module.gene_scale, float("inf")))
+    with pytest.raises(CellsynthError, match=r"training diverged.*lower cvae\.lr"):
+        model.sample({"t0": 5}, seed=0)
