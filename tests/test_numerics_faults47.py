@@ -67,3 +67,30 @@ def test_a_model_that_decodes_non_finite_means_is_refused_at_generation(one_torc
     model.module.set_gene_scale(torch.full_like(model.module.gene_scale, float("inf")))
     with pytest.raises(CellsynthError, match=r"training diverged.*lower cvae\.lr"):
         model.sample({"t0": 5}, seed=0)
+
+
+def reference(**settings):
+    from cellsynth.config import SeedVAEConfig
+    from cellsynth.models.registry import get_generator
+
+    return get_generator("reference")(config=SeedVAEConfig(**{"max_epochs": 3, **settings}))
+
+
+def test_a_diverged_reference_fit_is_refused_not_kept_to_crash_at_generation(one_torch_thread):
+    """seed_vae.lr = 10 fitted and saved a reference model whose decoded expression overflows;
+    sampling it raised numpy's ValueError 'lam value too large'. The fit now stops with what
+    diverged and the setting to lower."""
+    with pytest.raises(CellsynthError, match=r"training diverged.*lower seed_vae\.lr"):
+        reference(lr=10.0).fit(atlas(), "cell_type")
+
+
+def test_a_reference_model_that_decodes_overflowing_expression_is_refused_at_generation(
+        one_torch_thread, monkeypatch):  # fmt: skip
+    """A reference model saved before fits were checked: one line, not numpy's ValueError."""
+    model = reference()
+    model.fit(atlas(), "cell_type")
+    assert (np.asarray(model.sample({"t0": 5}).X.sum(axis=1)) > 0).all()
+    monkeypatch.setattr(model.pca, "inverse_transform",
+                        lambda z: np.full((len(z), len(model.genes)), 1e6))  # fmt: skip
+    with pytest.raises(CellsynthError, match=r"training diverged.*lower seed_vae\.lr"):
+        model.sample({"t0": 5}, seed=0)

@@ -36,7 +36,7 @@ from ..config import FeaturesConfig, SeedVAEConfig
 from ..config_rules import check_ranges, from_dict
 from ..data.csr import stack_rows
 from ..data.qc import normalise_log1p
-from ..errors import ConfigError, DataError, ModelFileError
+from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
 from ..paths import expand_user
 from ..seeds import checked_seed, derive_seed
@@ -66,6 +66,22 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 #: PCA components when no features config is given (clamped to what the data allow)
 DEFAULT_COMPONENTS = 100
+CHECK_DRAWS = 64  # cells of each type a fit decodes to check that its counts are finite
+
+
+def _proportions(logn: np.ndarray) -> np.ndarray:
+    """Each cell's expression shares from its decoded log-normalised values ``(m, G)``: the
+    Poisson rates over its library size; :class:`CellsynthError` where they overflow (a seed
+    CVAE whose training diverged decodes points far outside the PCA's cells)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below
+        expr = np.expm1(np.clip(logn.astype(np.float64), 0.0, None))
+        total = expr.sum(axis=1, keepdims=True)
+        prop = np.divide(expr, total, out=np.zeros_like(expr), where=total > 0)
+    if not (np.isfinite(total).all() and np.isfinite(prop).all()):
+        raise CellsynthError("the reference model's training diverged: the expression it "
+                             "decodes is not finite (it overflows), and no counts can be drawn "
+                             "from it; lower seed_vae.lr (e.g. by 10x) and fit again")
+    return prop
 
 
 def _check_settings(config: Any, features: Any, target_sum: Any) -> None:
@@ -171,6 +187,10 @@ class SeedGenerator:
         history = vae.fit(
             z_train, y[train], z_val, y[val], seed=derive_seed(seed, "vae")
         )
+        # a few draws of each type through the path sample() takes: a diverged fit is refused
+        # here, not kept to fail (or draw garbage) at generation
+        check, _ = vae.sample(dict.fromkeys(labels, CHECK_DRAWS), seed=derive_seed(seed, "check"))
+        _proportions(pca.inverse_transform(check))
         self.labels, self.genes, self.label_key = labels, genes, label_key
         self.pca, self.vae, self.libraries = pca, vae, libs
         self.history = {
@@ -205,10 +225,7 @@ class SeedGenerator:
         for label, n in pairs:
             k = self.labels.index(label)
             for m in row_chunks(n, len(self.genes)):
-                logn = self.pca.inverse_transform(points[row : row + m])  # (m, G) log-normalised
-                expr = np.expm1(np.clip(logn.astype(np.float64), 0.0, None))
-                total = expr.sum(axis=1, keepdims=True)
-                prop = np.divide(expr, total, out=np.zeros_like(expr), where=total > 0)
+                prop = _proportions(self.pca.inverse_transform(points[row : row + m]))
                 lib = draw_libraries(rng, self.libraries[k], m)
                 blocks.append(sp.csr_matrix(rng.poisson(prop * lib[:, None]).astype(np.float32)))
                 row += m
