@@ -94,3 +94,33 @@ def test_a_reference_model_that_decodes_overflowing_expression_is_refused_at_gen
                         lambda z: np.full((len(z), len(model.genes)), 1e6))  # fmt: skip
     with pytest.raises(CellsynthError, match=r"training diverged.*lower seed_vae\.lr"):
         model.sample({"t0": 5}, seed=0)
+
+
+def scvi(**settings):
+    pytest.importorskip("scvi")
+    from cellsynth.config import ScviConfig
+    from cellsynth.models.registry import get_generator
+
+    return get_generator("scvi")(config=ScviConfig(**{"max_epochs": 1, "n_hidden": 16,
+                                                      **settings}))  # fmt: skip
+
+
+def test_scvi_trains_when_its_training_cells_leave_a_last_batch_of_one(one_torch_thread):
+    """129 training cells at the default scvi.batch_size = 128 (or 36 at 35) stopped the fit
+    with torch's 'ValueError: Expected more than 1 value per channel when training': scvi-tools'
+    batch normalisation cannot train on a batch of one cell. That last cell is now left out of
+    each epoch, and the fit ends."""
+    a = atlas((70, 69))
+    a.obs["cellsynth_split"] = ["val" if i % 14 == 0 else "train" for i in range(a.n_obs)]
+    assert (a.obs["cellsynth_split"] == "train").sum() == 129
+    model = scvi(batch_size=128)
+    model.fit(a, "cell_type")
+    assert np.isfinite(model.sample({"t0": 5}, seed=0).X.toarray()).all()
+
+
+def test_scvi_batch_size_1_is_refused_with_the_setting_to_change():
+    """scvi.batch_size = 1 (a legal setting) ended in torch's ValueError traceback."""
+    from cellsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"scvi\.batch_size = 1.*2 or more"):
+        scvi(batch_size=1).fit(atlas(), "cell_type")

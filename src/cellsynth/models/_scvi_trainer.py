@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..config_rules import fix_hint
+from ..errors import ConfigError, DataError
 from ..options import progress_bar
+
+logger = logging.getLogger(__name__)
 
 #: the loggers scvi-tools' trainer writes its banners through (seed, devices, tips)
 _TRAINER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "scvi")
@@ -34,6 +38,27 @@ def trainer_quiet(quiet: bool) -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def last_batch(n_train: int, batch_size: int) -> dict[str, Any]:
+    """The data splitter's ``drop_last`` for ``n_train`` training cells in batches of
+    ``batch_size``: scvi-tools' batch normalisation fails on a training batch of one cell
+    (torch's 'Expected more than 1 value per channel'), so a last batch of one is left out of
+    each epoch (a different cell each time: the batches are shuffled); elsewhere nothing
+    changes. A batch size of 1, or a single training cell, cannot be trained: refused."""
+    if batch_size < 2:
+        raise ConfigError(f"scvi.batch_size = {batch_size}: scvi-tools' batch normalisation "
+                          "needs at least 2 cells a training batch; set scvi.batch_size to 2 "
+                          f"or more (the default is 128); {fix_hint('scvi.batch_size')}")
+    if n_train < 2:
+        raise DataError(f"scvi needs at least 2 training cells, got {n_train}: scvi-tools' "
+                        "batch normalisation cannot train on one; give more cells")
+    if n_train % batch_size != 1:
+        return {}
+    logger.info("SCVI: %d training cells leave a last batch of one cell, which scvi-tools "
+                "cannot train on: each epoch leaves out one cell (a different one each time)",
+                n_train)  # fmt: skip
+    return {"drop_last": True}
 
 
 def epoch_bar() -> Any:

@@ -85,7 +85,7 @@ from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import read_annotation, saved_label_key, saves_whole
 from ._scvi_files import build_module, import_scvi, load_design, read_module_files
-from ._scvi_trainer import epoch_bar, trainer_quiet
+from ._scvi_trainer import epoch_bar, last_batch, trainer_quiet
 from .base import (
     check_library_memory,
     check_network_memory,
@@ -279,7 +279,8 @@ class ScviGenerator(DesignRequests):
                 max_epochs=c.max_epochs,
                 batch_size=c.batch_size,
                 early_stopping=c.early_stopping and val_idx.size > 0,
-                datasplitter_kwargs={"external_indexing": [train_idx, val_idx]},
+                datasplitter_kwargs={"external_indexing": [train_idx, val_idx],
+                                     **last_batch(train_idx.size, c.batch_size)},
                 # scvi's own bar (and Lightning's) write to stdout: ours is one bar on stderr,
                 # and where cs.settings hides progress bars (no terminal) a log line every
                 # options.LOG_SECONDS instead: a long fit is not silent in a log file
