@@ -124,3 +124,25 @@ def test_scvi_batch_size_1_is_refused_with_the_setting_to_change():
 
     with pytest.raises(ConfigError, match=r"scvi\.batch_size = 1.*2 or more"):
         scvi(batch_size=1).fit(atlas(), "cell_type")
+
+
+@pytest.mark.parametrize(("model", "setting"), [("cvae", "cvae.lr"), ("reference", "seed_vae.lr")])
+def test_a_save_of_non_finite_weights_names_the_setting_of_its_model_not_a_temporary_folder(
+        model, setting, tmp_path, one_torch_thread):  # fmt: skip
+    """Saving weights that hold NaN said 'nothing was saved to .../.model.PID@HOST.partial'
+    (the save's own temporary folder, not the directory given) and told a reference model's
+    user to lower cvae.lr, a setting that model does not read."""
+    import torch
+
+    from cellsynth.errors import ModelFileError
+
+    fitted = cvae(lr=0.01, max_epochs=2) if model == "cvae" else reference()
+    fitted.fit(atlas(), "cell_type")
+    module = fitted.module if model == "cvae" else fitted.vae.module
+    weight = next(p for p in module.parameters() if p.is_floating_point())
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    with pytest.raises(ModelFileError) as err:
+        fitted.save(tmp_path / "model")
+    assert f"lower {setting} " in str(err.value) and ".partial" not in str(err.value)
+    assert not (tmp_path / "model").exists()

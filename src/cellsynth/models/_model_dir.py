@@ -164,21 +164,23 @@ def save_model_dir(
     labels: list[str],
     history: dict[str, Any],
     extra_files: dict[str, str] | None = None,
+    lr_setting: str = "cvae.lr",
 ) -> Path:
     """Write a model directory of plain files (JSON and safetensors; nothing pickled).
 
     ``meta`` (model name, format version, sizes, config) goes to ``config.json``;
     ``extra_files`` (file name -> text, e.g. ``genes.json``) are written beside. Weights that are
-    not finite (a diverged fit) are refused. ``checksums.json`` records the sha256 of every
+    not finite (a diverged fit) are refused, naming ``lr_setting``. ``checksums.json`` records the sha256 of every
     file written here, and :func:`load_model_dir` checks them.
     """
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     bad = _non_finite(state)
     if bad:
+        # ``directory`` is the save's temporary folder (saves_whole), not the user's: unnamed
         raise ModelFileError(f"the model's weights hold non-finite values ({bad}): training "
-                             f"diverged; nothing was saved to {directory}; lower cvae.lr or "
-                             "check the input counts")
+                             f"diverged, and the model was not saved; lower {lr_setting} "
+                             "(e.g. by 10x) and fit again, or check the input counts")
     model_directory(directory)
     texts = {MODEL_FILES["config"]: json.dumps(meta, indent=2),
              MODEL_FILES["labels"]: json.dumps(labels, indent=2),

@@ -241,7 +241,8 @@ class SeedCVAE:
             "n_input": self.n_input,
             "config": dataclasses.asdict(self.config),
         }
-        md.save_model_dir(directory, meta, self.module, self.labels, self.history)
+        md.save_model_dir(directory, meta, self.module, self.labels, self.history,
+                          lr_setting="seed_vae.lr")
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | None = None) -> SeedCVAE:
