@@ -146,3 +146,16 @@ def test_a_save_of_non_finite_weights_names_the_setting_of_its_model_not_a_tempo
         fitted.save(tmp_path / "model")
     assert f"lower {setting} " in str(err.value) and ".partial" not in str(err.value)
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("model", ["cvae", "reference"])
+def test_weights_made_nan_during_training_end_in_the_fits_message_not_torchs(model,
+                                                                            one_torch_thread):
+    """weight_decay = 1e6 (legal: [0, inf)) turned the weights NaN within an epoch, and the
+    next encoder pass raised torch's 'ValueError: Expected parameter loc ... to satisfy the
+    constraint Real()' from deep in the loop. The NaN loss now reaches the training loop and
+    the sampler checks: one line naming the settings to lower."""
+    fit = cvae(weight_decay=1e6) if model == "cvae" else reference(weight_decay=1e6)
+    setting = "cvae" if model == "cvae" else "seed_vae"
+    with pytest.raises(CellsynthError, match=rf"lower {setting}\.lr.*{setting}\.weight_decay"):
+        fit.fit(atlas((30, 30)), "cell_type")

@@ -46,8 +46,8 @@ SCALE_FEW_DRAWS = 500
 SCALE_PER_CELL = 4
 #: what a fit whose sampler cannot be fitted says (a diverged training: overflowing latents)
 DIVERGED = ("the CVAE's training diverged: {what} are not finite (they overflow), and the "
-            "cells it generated would be empty or infinite; lower cvae.lr (e.g. by 10x) and "
-            "fit again")
+            "cells it generated would be empty or infinite; lower cvae.lr (e.g. by 10x; and "
+            "cvae.weight_decay, if raised) and fit again")
 MAX_GENE_SCALE = 1e6  # largest per-type gene scale (a gene the decoder all but switched off)
 GENE_SCALE_PRIOR_COUNTS = 1.0  # pseudo-counts at the decoded mean the gene scale is shrunk with
 # the zero inflation (zero_inflation_by_moments): cells drawn from a type's mixture, pseudo-cells

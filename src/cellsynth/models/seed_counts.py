@@ -80,7 +80,8 @@ def _proportions(logn: np.ndarray) -> np.ndarray:
     if not (np.isfinite(total).all() and np.isfinite(prop).all()):
         raise CellsynthError("the reference model's training diverged: the expression it "
                              "decodes is not finite (it overflows), and no counts can be drawn "
-                             "from it; lower seed_vae.lr (e.g. by 10x) and fit again")
+                             "from it; lower seed_vae.lr (e.g. by 10x; and seed_vae.weight_decay, "
+                             "if raised) and fit again")
     return prop
 
 

@@ -101,7 +101,7 @@ class SeedVAEModule(nn.Module):
         h = self.encoder(torch.cat([x, self.embed(y)], dim=-1))  # (B, n_hidden[-1])
         qz_m = self.z_mean(h)  # (B, n_latent)
         qz_logvar = self.z_logvar(h).clamp(*_LOGVAR_RANGE)  # (B, n_latent)
-        qz = Normal(qz_m, torch.exp(0.5 * qz_logvar))
+        qz = Normal(qz_m, torch.exp(0.5 * qz_logvar), validate_args=False)  # NaN: the loop's
         z = qz.rsample()  # (B, n_latent)
         return qz, z
 
