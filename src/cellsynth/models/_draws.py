@@ -322,7 +322,9 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
     a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
     """
     if isinstance(px, NegativeBinomial):
-        if not bool(torch.isfinite(px.mu).all()):  # a model saved before fits were checked
+        # a model saved before fits were checked decodes non-finite means for its cells: the
+        # chunk's first cell tells (the whole chunk would cost a pass over every mean)
+        if not bool(torch.isfinite(px.mu[:1]).all()):
             raise CellsynthError(DIVERGED.format(what="the means it decodes"))
         dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
         return nb_csr(rng, px.mu, px.theta, dropout)
