@@ -67,6 +67,7 @@ class RunContext:
             self._recorded = False
             if not self.manifest.data["stages"]:
                 self.record_config()
+            self._check_demo_over_data()
             self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
             self.backed = out_of_core(self.cfg)
         except BaseException:
@@ -83,6 +84,28 @@ class RunContext:
             self.manifest.set_meta(config=to_dict(self.cfg), environment=environment(),
                                    command=self.command)
             self._recorded = True
+
+    def _check_demo_over_data(self) -> None:
+        """Refuse the embedded demo atlas (no ``dataset.path``) in a directory whose data stage
+        read a user's file, unless the data stage is forced: ``cellsynth run --out RUN`` given
+        no data reads as "go on with RUN" and would replace every result there with the
+        demo's."""
+        if self.cfg.dataset.path or "data" in self.force:
+            return
+        entry = self.manifest.data["stages"].get("data", {})
+        read = entry.get("input") if isinstance(entry, dict) else None
+        if not isinstance(read, dict) or not read.get("path"):
+            return
+        import shlex
+
+        out = shlex.quote(str(self.out))
+        raise ConfigError(
+            f"{self.out} holds a run of {read['path']}; this run is given no data "
+            "(no dataset.path) and would run the embedded demo atlas there, replacing every "
+            f"result of that run; to go on with it give its data: cellsynth run "
+            f"{shlex.quote(str(read['path']))} --out {out} (or --config "
+            f"{shlex.quote(str(self.out / 'config.toml'))}); for the demo give another --out, "
+            "or --force data to replace that run")
 
     def _inputs(self) -> dict[str, dict]:
         """The digests of the files the user names: the data stage's ``dataset.path`` (the demo
