@@ -13,7 +13,7 @@ import pandas as pd
 from .config import PCA_SPACE_MODEL
 from .errors import CellsynthError
 from .paths import expand_user
-from .runtime import RunLock, fit_checkpoint_dir
+from .runtime import RunLock, changed_outputs, fit_checkpoint_dir
 
 
 def _json(path: Path) -> Any:
@@ -104,6 +104,13 @@ def _describe_run(path: Path) -> dict[str, Any]:
     manifest = _json(path / "manifest.json")
     stages = {k: {"status": v.get("status"), "seconds": v.get("seconds")}
               for k, v in manifest.get("stages", {}).items()}
+    for name, stage in stages.items():  # done, but a file it wrote deleted or replaced since
+        changed = changed_outputs(path, manifest["stages"][name]) \
+            if stage["status"] == "done" else []
+        if changed:
+            more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
+            stage["status"] = (f"done, but its output {changed[0]}{more}: the next run "
+                               "redoes it and the stages that use it")
     if not RunLock(path).held_by_a_live_process():  # killed: no process runs those stages
         for stage in stages.values():
             if stage["status"] == "running":

@@ -80,24 +80,8 @@ class Manifest:
         return entry.get("status") == "done" and entry.get("config_hash") == config_hash
 
     def changed_outputs(self, name: str) -> list[str]:
-        """The files stage ``name`` wrote (recorded when it finished) that are gone now or whose
-        size is not the one recorded (a truncated or replaced file), each with why."""
-        root = self.path.parent
-        entry = self.data["stages"].get(name, {})
-        sizes = entry.get("sizes") if isinstance(entry.get("sizes"), dict) else {}
-        changed = []
-        for f in entry.get("outputs", []):
-            if not isinstance(f, str):
-                continue
-            try:
-                size = (root / f).stat().st_size if (root / f).is_file() else None
-            except OSError:
-                size = None
-            if size is None:
-                changed.append(f"{f} is missing")
-            elif isinstance(sizes.get(f), int) and sizes[f] != size:
-                changed.append(f"{f} changed since it was written ({size} bytes, was {sizes[f]})")
-        return changed
+        """The files stage ``name`` wrote that are gone or changed now (:func:`changed_outputs`)."""
+        return changed_outputs(self.path.parent, self.data["stages"].get(name, {}))
 
     @contextmanager
     def stage(self, name: str, config_hash: str = ""):
@@ -151,6 +135,28 @@ class Manifest:
                 path.unlink()
                 logger.info("stage %s: removed %s, which its earlier run wrote and this one "
                             "did not", name, f)
+
+
+def changed_outputs(root: Path, entry: Any) -> list[str]:
+    """The files a stage wrote (``entry``: its manifest entry, its files recorded when it
+    finished) that are gone from the run directory ``root`` now or whose size is not the one
+    recorded (a truncated or replaced file), each with why."""
+    entry = entry if isinstance(entry, dict) else {}
+    sizes = entry.get("sizes") if isinstance(entry.get("sizes"), dict) else {}
+    outputs = entry.get("outputs") if isinstance(entry.get("outputs"), list) else []
+    changed = []
+    for f in outputs:
+        if not isinstance(f, str):
+            continue
+        try:
+            size = (root / f).stat().st_size if (root / f).is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            changed.append(f"{f} is missing")
+        elif isinstance(sizes.get(f), int) and sizes[f] != size:
+            changed.append(f"{f} changed since it was written ({size} bytes, was {sizes[f]})")
+    return changed
 
 
 #: files of a run directory that belong to no stage
