@@ -51,3 +51,31 @@ def test_info_says_a_done_stage_whose_files_were_deleted_is_not_whole(tmp_path) 
     assert "1 more" in status and "the next run redoes it" in status
     (run / "features" / "genes.json").write_text("[1, 2]")  # replaced by another size
     assert "changed since it was written" in describe(run)["stages"]["features"]["status"]
+
+
+def test_settings_the_generator_does_not_read_keep_the_trained_generator(tmp_path) -> None:
+    # `--set generator.n_per_type_eval=500` (read by the experiments stage only) or a setting
+    # of another model's section (scvi.n_hidden with generator.model = "cvae") retrained the
+    # generator: hours on an atlas, for nothing
+    from cellsynth import config
+    from cellsynth.resume import STAGES, ResumePlan
+    from cellsynth.runtime import Manifest
+
+    def plan(*overrides: str) -> ResumePlan:
+        return ResumePlan(Manifest(tmp_path / "manifest.json"),
+                          config.load(overrides=list(overrides)), set())
+
+    def done(keys: dict[str, str]) -> None:
+        _manifest(tmp_path, {name: {"status": "done", "config_hash": keys[name]}
+                             for name in STAGES})
+
+    done(plan().hashes)
+    for setting in ("scvi.n_hidden=64", "seed_vae.n_latent=3", "nb.min_cells=5"):
+        assert not [s for s in STAGES if plan(setting).runs(s)], setting
+    counts = plan("generator.n_per_type_eval=5")
+    assert [s for s in STAGES if counts.runs(s)] == ["experiments", "evaluation"]
+    done(plan().hashes)
+    ran = plan("cvae.n_latent=3")  # the model's own settings: the generator trains again
+    assert [s for s in STAGES if ran.runs(s)] == ["generator", "experiments", "evaluation"]
+    done(plan().earlier)  # a run kept by an earlier version: its stages are still done
+    assert not [s for s in STAGES if plan().runs(s)]

@@ -96,16 +96,26 @@ class ResumePlan:
             section, key = INPUT_SETTINGS[name]  # same file by any path
             if isinstance(config.get(section), dict):
                 config[section] = {**config[section], key: digest["sha256"]}
-        self.hashes: dict[str, str] = {}
+        self.hashes = self._keys(config, narrow=True)
+        # the keys before the generator's narrowed to its model's section: a stage done with
+        # one is done with the same settings (they covered more), so kept results stay valid
+        self.earlier = self._keys(config, narrow=False)
+
+    def _keys(self, config: dict[str, Any], *, narrow: bool) -> dict[str, str]:
+        """Each stage's key; ``narrow``: the generator stage's covers only what it reads."""
+        hashes: dict[str, str] = {}
         for name, (sections, uses) in STAGES.items():
             # a section holding only ADDED settings at their old values (nb's) is left out,
             # so adding it keeps earlier keys
-            key: dict[str, Any] = {"config": {k: config[k] for k in sections if config[k] != {}},
-                                   "uses": [self.hashes[u] for u in uses]}
+            settings = {k: config[k] for k in sections if config[k] != {}}
+            if narrow and name == "generator":
+                settings = _generator_settings(config, settings)
+            key: dict[str, Any] = {"config": settings, "uses": [hashes[u] for u in uses]}
             if name in self.inputs:
                 key["input"] = self.inputs[name]["sha256"]
             blob = json.dumps(key, sort_keys=True, default=str)
-            self.hashes[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            hashes[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hashes
 
     def hash(self, name: str) -> str:
         return self.hashes[name]
@@ -152,7 +162,7 @@ class ResumePlan:
             return f"stage {upstream[0]} ran" if done or stale else ""
         if not done:
             return "a stage it uses ran again since it finished" if stale else ""
-        if entry.get("config_hash") != self.hashes[name]:
+        if entry.get("config_hash") not in (self.hashes[name], self.earlier[name]):
             if name in self.inputs and (entry.get("input") or {}).get("sha256") != \
                     self.inputs[name]["sha256"]:
                 return f"the input file changed ({_input_change(entry.get('input'), self.inputs[name])})"
@@ -162,6 +172,23 @@ class ResumePlan:
             more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
             return f"its output {changed[0]}{more}"
         return None
+
+
+#: the config section of each generator's own settings (the one its model reads)
+MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "nb": "nb",
+                  "scvi": "scvi"}
+
+
+def _generator_settings(config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """What the generator stage reads of ``settings`` (its sections): the model's name and
+    its own section, not the other models' sections nor the counts of generated cells (read by
+    the experiments stage), so changing those keeps the trained generator."""
+    model = (config.get("generator") or {}).get("model")
+    if model not in MODEL_SECTIONS:
+        return settings
+    section = MODEL_SECTIONS[model]
+    return {"generator": {"model": model},
+            **({section: settings[section]} if section in settings else {})}
 
 
 def _input_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
