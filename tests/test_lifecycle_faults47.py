@@ -79,3 +79,30 @@ def test_settings_the_generator_does_not_read_keep_the_trained_generator(tmp_pat
     assert [s for s in STAGES if ran.runs(s)] == ["generator", "experiments", "evaluation"]
     done(plan().earlier)  # a run kept by an earlier version: its stages are still done
     assert not [s for s in STAGES if plan().runs(s)]
+
+
+def test_a_stage_redone_for_its_settings_names_the_settings(tmp_path, caplog) -> None:
+    # a rerun with one setting changed logged 'its settings changed; running again' and left
+    # the user to guess which of a config's hundred settings it was
+    import dataclasses
+    import logging
+
+    from cellsynth import config
+    from cellsynth.resume import STAGES, ResumePlan
+    from cellsynth.runtime import Manifest
+
+    keys = ResumePlan(Manifest(tmp_path / "manifest.json"), config.load(), set()).hashes
+    text = json.dumps({"stages": {name: {"status": "done", "config_hash": keys[name]}
+                                  for name in STAGES},
+                       "config": dataclasses.asdict(config.load())})
+    with caplog.at_level(logging.INFO, logger="cellsynth.pipeline"):
+        for stage, settings in (("data", ["qc.iqr_factor=2.0"]),
+                                ("generator", ["cvae.n_latent=3", "generator.n_per_type_eval=7"])):
+            (tmp_path / "manifest.json").write_text(text)
+            plan = ResumePlan(Manifest(tmp_path / "manifest.json"),
+                              config.load(overrides=settings), set())
+            assert plan.runs(stage)
+    assert "stage data: its settings changed (qc.iqr_factor: 1.5 before, 2.0 now)" in caplog.text
+    # the generator's own: not the counts of generated cells, which it does not read
+    assert "stage generator: its settings changed (cvae.n_latent: 32 before, 3 now)" in \
+        caplog.text

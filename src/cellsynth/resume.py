@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, listed
 from .outputs import write_json
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class ResumePlan:
             raise ConfigError(f"--force: unknown stage(s) {sorted(unknown)}; stages are: "
                               f"{', '.join(STAGES)}")
         self.manifest, self.force, self.ran = manifest, set(force), set()
+        # the settings the directory's last run recorded, taken before this run records its own
+        self.before = _plain(manifest.data.get("config"))
+        self.now = _plain(dataclasses.asdict(cfg))
         self.inputs = dict(inputs or {})
         config = hashed_settings(cfg)
         for name, digest in self.inputs.items():  # a file read is known by its content: the
@@ -166,12 +169,45 @@ class ResumePlan:
             if name in self.inputs and (entry.get("input") or {}).get("sha256") != \
                     self.inputs[name]["sha256"]:
                 return f"the input file changed ({_input_change(entry.get('input'), self.inputs[name])})"
-            return "its settings changed"
+            changed = self._changed_settings(name)
+            return f"its settings changed ({listed(changed, 4, sep='; ')})" if changed else \
+                "its settings changed"
         changed = self.manifest.changed_outputs(name)
         if changed:
             more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
             return f"its output {changed[0]}{more}"
         return None
+
+
+    def _changed_settings(self, name: str) -> list[str]:
+        """The settings stage ``name`` reads that differ from those the directory's last run
+        recorded (``cvae.n_latent: 32 before, 16 now``); [] when none is known to."""
+        if not isinstance(self.before, dict):
+            return []
+        sections = list(STAGES[name][0])
+        if name == "generator":
+            model = (self.now.get("generator") or {}).get("model")
+            sections = ["generator", MODEL_SECTIONS[model]] if model in MODEL_SECTIONS else \
+                sections
+        pairs: list[tuple[str, Any, Any]] = []
+        for section in sections:
+            now, before = self.now.get(section), self.before.get(section)
+            if section == "groups":  # dataset.groups, read by the classifier stage
+                pairs.append(("dataset.groups", (self.before.get("dataset") or {}).get("groups"),
+                              (self.now.get("dataset") or {}).get("groups")))
+            elif not isinstance(now, dict):
+                pairs.append((section, before, now))
+            else:
+                before = before if isinstance(before, dict) else {}
+                for key, value in now.items():
+                    skip = UNHASHED.get(section, ()) + (("groups",) if section == "dataset" else ())
+                    if key in skip or (name == "generator" and section == "generator"
+                                       and key != "model"):  # fmt: skip
+                        continue
+                    was = before.get(key, ADDED.get(section, {}).get(key))
+                    pairs.append((f"{section}.{key}", was, value))
+        return [f"{key}: {json.dumps(was)} before, {json.dumps(now)} now"
+                for key, was, now in pairs if was != now]
 
 
 #: the config section of each generator's own settings (the one its model reads)
@@ -189,6 +225,11 @@ def _generator_settings(config: dict[str, Any], settings: dict[str, Any]) -> dic
     section = MODEL_SECTIONS[model]
     return {"generator": {"model": model},
             **({section: settings[section]} if section in settings else {})}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists): the manifest's form."""
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
 
 
 def _input_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
