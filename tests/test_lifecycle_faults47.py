@@ -106,3 +106,13 @@ def test_a_stage_redone_for_its_settings_names_the_settings(tmp_path, caplog) ->
     # the generator's own: not the counts of generated cells, which it does not read
     assert "stage generator: its settings changed (cvae.n_latent: 32 before, 3 now)" in \
         caplog.text
+
+
+def test_info_on_a_folder_with_another_programs_manifest_is_refused(tmp_path, capsys) -> None:
+    # `cellsynth info DIR` where DIR/manifest.json is another program's: 'kind: run' with no
+    # stages and 'cellsynth: None', as if it were an empty run (the report refuses it)
+    for text in ('{"name": "my-app", "version": 2}', "[1, 2]"):
+        (tmp_path / "manifest.json").write_text(text)
+        assert main(["info", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "holds no run's stages" in err and "written by cellsynth run" in err

@@ -102,6 +102,11 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
 
 def _describe_run(path: Path) -> dict[str, Any]:
     manifest = _json(path / "manifest.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+        raise CellsynthError(f"{path / 'manifest.json'} holds no run's stages: its files are "
+                             "not the ones cellsynth writes (another program's manifest.json); "
+                             "give a run directory written by cellsynth run, or rerun the run "
+                             "into it")
     stages = {k: {"status": v.get("status"), "seconds": v.get("seconds")}
               for k, v in manifest.get("stages", {}).items()}
     for name, stage in stages.items():  # done, but a file it wrote deleted or replaced since
