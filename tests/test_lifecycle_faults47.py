@@ -116,3 +116,27 @@ def test_info_on_a_folder_with_another_programs_manifest_is_refused(tmp_path, ca
         assert main(["info", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "holds no run's stages" in err and "written by cellsynth run" in err
+
+
+def test_a_hand_edited_config_toml_that_a_rerun_replaces_is_warned(tmp_path, caplog) -> None:
+    # edit RUN/config.toml by hand, then `cellsynth run DATA --out RUN`: the run used its
+    # own settings and rewrote the file, the edits gone without a word
+    import dataclasses
+    import logging
+
+    from cellsynth import config
+    from cellsynth.pipeline.context import RunContext
+
+    recorded = dataclasses.asdict(config.load())
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"stages": {"data": {"status": "done"}}, "config": recorded}))
+    config.save(config.load(), tmp_path / "config.toml")
+    text = (tmp_path / "config.toml").read_text()
+    (tmp_path / "config.toml").write_text(text.replace("max_depth = 6", "max_depth = 2"))
+    with caplog.at_level(logging.WARNING):
+        RunContext(config.load(), tmp_path).close()  # this run: the default, 6
+        assert "config.toml was edited since the run wrote it (classifier.max_depth = 2 " \
+               "there, 6 in this run)" in caplog.text and "give --config" in caplog.text
+        caplog.clear()  # the file given with --config: its edits are this run's, no warning
+        RunContext(config.load(tmp_path / "config.toml"), tmp_path).close()
+        assert "edited" not in caplog.text

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cells import is_large
-from ..config import RunConfig, save, to_dict
+from ..config import RunConfig, read_toml, save, to_dict
 from ..data.groups import groups_file
 from ..data.io import check_file
-from ..errors import CellsynthError, ConfigError, ModelFileError
+from ..errors import CellsynthError, ConfigError, ModelFileError, listed
 from ..outputs import check_links, check_out
 from ..paths import expand_user
 from ..resume import ResumePlan, input_digest
@@ -68,6 +68,7 @@ class RunContext:
             if not self.manifest.data["stages"]:
                 self.record_config()
             self._check_demo_over_data()
+            self._warn_edited_config()
             self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
             self.backed = out_of_core(self.cfg)
         except BaseException:
@@ -106,6 +107,26 @@ class RunContext:
             f"{shlex.quote(str(read['path']))} --out {out} (or --config "
             f"{shlex.quote(str(self.out / 'config.toml'))}); for the demo give another --out, "
             "or --force data to replace that run")
+
+    def _warn_edited_config(self) -> None:
+        """Warn when ``config.toml`` was edited by hand since the run wrote it and this run's
+        settings differ from the edits: the file is rewritten with this run's settings, and
+        edits made there are used only when given with ``--config``."""
+        path, recorded = self.out / "config.toml", self.manifest.data.get("config")
+        if not path.is_file() or not isinstance(recorded, dict):
+            return
+        try:
+            edited = _flat(read_toml(path))
+        except CellsynthError:  # not TOML now: it is rewritten, as any file of the run
+            edited = {}
+        before, now = _flat(recorded), _flat(to_dict(self.cfg))
+        lost = [f"{key} = {value!r} there, {now[key]!r} in this run" for key, value in
+                edited.items() if key != "dataset.path" and key in before and key in now
+                and value != before[key] and value != now[key]]  # fmt: skip
+        if lost:
+            logger.warning("%s was edited since the run wrote it (%s); this run's settings "
+                           "replace it: to run with the file's, give --config %s", path,
+                           listed(lost, 4, sep="; "), path)
 
     def _inputs(self) -> dict[str, dict]:
         """The digests of the files the user names: the data stage's ``dataset.path`` (the demo
@@ -218,3 +239,17 @@ def check_backed(cfg: RunConfig) -> None:
     if cfg.classifier.backend == "dask":
         raise ConfigError("classifier.backend = dask needs the data in memory; set "
                           "classifier.backend = local or dataset.backed = false")
+
+
+def _flat(settings: dict) -> dict[str, object]:
+    """A nested settings dict as ``{"section.key": value}`` (values as JSON gives them back)."""
+    import json
+
+    plain = json.loads(json.dumps(settings, default=str))
+    out: dict[str, object] = {}
+    for section, value in plain.items():
+        if isinstance(value, dict):
+            out.update({f"{section}.{k}": v for k, v in value.items()})
+        else:
+            out[section] = value
+    return out
