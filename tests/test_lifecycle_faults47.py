@@ -140,3 +140,22 @@ def test_a_hand_edited_config_toml_that_a_rerun_replaces_is_warned(tmp_path, cap
         caplog.clear()  # the file given with --config: its edits are this run's, no warning
         RunContext(config.load(tmp_path / "config.toml"), tmp_path).close()
         assert "edited" not in caplog.text
+
+
+def test_info_names_the_runs_data_and_whether_it_changed_since(tmp_path) -> None:
+    # `cellsynth info RUN` did not say which data file the run was on, nor that the file had
+    # been replaced or moved since (the next run redoes every stage, or cannot find it)
+    import os
+
+    from cellsynth.info import describe
+
+    data = tmp_path / "atlas é.h5ad"
+    data.write_bytes(b"12345")
+    st = data.stat()
+    _manifest(tmp_path / "run", {"data": {"status": "done", "input": {
+        "path": str(data), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": "0"}}})
+    assert describe(tmp_path / "run")["data"] == str(data)
+    data.write_bytes(b"another file")
+    assert "changed since the run read it" in describe(tmp_path / "run")["data"]
+    os.remove(data)
+    assert "not there now" in describe(tmp_path / "run")["data"]

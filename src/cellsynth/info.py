@@ -123,6 +123,9 @@ def _describe_run(path: Path) -> dict[str, Any]:
 
     out = {"kind": "run", "path": str(path), "stages": stages,
            "cellsynth": manifest.get("environment", {}).get("cellsynth")}
+    read = manifest["stages"].get("data", {}).get("input")
+    if isinstance(read, dict) and isinstance(read.get("path"), str):
+        out["data"] = read["path"] + _data_changed(Path(read["path"]), read)
     summary = path / "metrics" / "summary.json"
     if summary.is_file():
         s = _json(summary)
@@ -134,6 +137,20 @@ def _describe_run(path: Path) -> dict[str, Any]:
     if (path / "results.md").is_file():
         out["results"] = str(path / "results.md")
     return out
+
+
+def _data_changed(data: Path, read: dict[str, Any]) -> str:
+    """How the data file a run's data stage read differs now, in words ("" when its size and
+    modification time are the ones recorded)."""
+    try:
+        st = data.stat()
+    except OSError:
+        return (" (not there now: to rerun, give the file from where it is now; the run knows "
+                "it by its content)")
+    if st.st_size != read.get("size") or st.st_mtime_ns != read.get("mtime_ns"):
+        return (" (changed since the run read it: a rerun checks its content and, if it "
+                "differs, redoes every stage)")
+    return ""
 
 
 def _describe_benchmark(path: Path) -> dict[str, Any]:
