@@ -159,3 +159,25 @@ def test_info_names_the_runs_data_and_whether_it_changed_since(tmp_path) -> None
     assert "changed since the run read it" in describe(tmp_path / "run")["data"]
     os.remove(data)
     assert "not there now" in describe(tmp_path / "run")["data"]
+
+
+def test_a_runs_generator_its_run_no_longer_calls_done_is_warned(tmp_path, caplog) -> None:
+    # a run rerun with other settings and stopped before its generator trained: `cellsynth
+    # generate RUN/generator` (cs.load_model) used the earlier run's model without a word,
+    # though RUN/config.toml now describes another
+    import logging
+
+    import cellsynth as cs
+    from cellsynth.data.simulate import simulate_atlas
+    from cellsynth.models import NegBinBaseline
+
+    model = NegBinBaseline()
+    model.fit(simulate_atlas(n_cells=200, n_genes=40, n_types=2, seed=0), "cell_type")
+    model.save(tmp_path / "run" / "generator")
+    with caplog.at_level(logging.WARNING):
+        for status, warned in (("done", False), ("failed", True), ("stale", True)):
+            _manifest(tmp_path / "run", {"generator": {"status": status}})
+            caplog.clear()
+            cs.load_model(tmp_path / "run" / "generator")
+            assert ("saved by an earlier run" in caplog.text) == warned, status
+    assert "generator stage is stale since" in caplog.text

@@ -6,6 +6,7 @@ Classes are imported only when asked for, so ``scvi`` costs nothing unless it is
 from __future__ import annotations
 
 import json
+import logging
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ._design import training_levels
 from ._model_dir import refuse_pca_space
 from ._training import resolve_device
 from .base import Generator
+
+logger = logging.getLogger(__name__)
 
 #: generator name -> ``"module:Class"`` (old names: ``config.MODEL_ALIASES``)
 GENERATORS: dict[str, str] = {
@@ -96,7 +99,28 @@ def load_generator(directory: str | Path) -> Generator:
             f"{path} names the model {model!r}, which is not a generator; "
             f"known: {', '.join(GENERATORS)}"
         )
+    _warn_earlier_run(directory)
     return get_generator(name).load(directory)
+
+
+def _warn_earlier_run(directory: Path) -> None:
+    """Warn when ``directory`` is a run's ``generator/`` that its run no longer calls done: a
+    rerun with other settings or data stopped before it trained its own, so the model there
+    is an earlier run's, not the one the run's ``config.toml`` describes."""
+    manifest = directory.parent / "manifest.json"
+    if directory.name not in ("generator", "generator_ddp") or not manifest.is_file():
+        return
+    try:
+        entry = json.loads(manifest.read_text())["stages"]["generator"]
+        status = entry["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a run's record, or one without a generator stage
+    if status != "done":
+        logger.warning("%s was saved by an earlier run of %s: that run's generator stage is "
+                       "%s since (a rerun with other settings or data did not finish it), so "
+                       "this model is not the one its config.toml describes; run the same "
+                       "cellsynth run again to train that one", directory, directory.parent,
+                       status)
 
 
 def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) -> None:
