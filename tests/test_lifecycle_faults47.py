@@ -44,7 +44,11 @@ def test_info_says_a_done_stage_whose_files_were_deleted_is_not_whole(tmp_path) 
                      "sizes": {"features/genes.json": 2}},
         "generator": {"status": "done", "outputs": ["generator/weights.safetensors",
                                                     "generator/config.json"]}})
-    stages = describe(run)["stages"]
+    (run / "metrics").mkdir()
+    (run / "metrics" / "summary.json").write_text('{"a": {"fine": {"f1_macro": 0.9}}}')
+    described = describe(run)
+    assert "f1_macro_note" not in described  # the F1s are still this run's
+    stages = described["stages"]
     assert stages["features"]["status"] == "done"
     status = stages["generator"]["status"]
     assert status.startswith("done, but its output generator/weights.safetensors is missing")

@@ -130,7 +130,7 @@ def _describe_run(path: Path) -> dict[str, Any]:
     if summary.is_file():
         s = _json(summary)
         out["f1_macro"] = {k: v["fine"]["f1_macro"] for k, v in s.items() if "fine" in v}
-        unfinished = [k for k, v in stages.items() if v["status"] != "done"]
+        unfinished = [k for k, v in stages.items() if not str(v["status"]).startswith("done")]
         if unfinished:  # a rerun stopped: the results on disk are an earlier run's
             out["f1_macro_note"] = (f"from an earlier run: stage(s) {', '.join(unfinished)} "
                                     "not done since; run again to bring them up to date")
