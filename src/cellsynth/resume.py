@@ -178,7 +178,6 @@ class ResumePlan:
             return f"its output {changed[0]}{more}"
         return None
 
-
     def _changed_settings(self, name: str) -> list[str]:
         """The settings stage ``name`` reads that differ from those the directory's last run
         recorded (``cvae.n_latent: 32 before, 16 now``); [] when none is known to."""
