@@ -22,7 +22,12 @@ def check_base_url(base_url: object) -> None:
             ("http://", "https://", "file://")):  # fmt: skip
         raise ConfigError(f"the base URL must start with http://, https:// or file://, got "
                           f"{base_url!r}; give the directory's full address (--base-url)")
-    parts = urllib.parse.urlsplit(base_url)
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+    except ValueError as err:  # an unclosed IPv6 bracket, a bad port
+        raise ConfigError(f"the base URL {base_url!r} is not a valid address ({err}); give "
+                          f"the directory's full address, such as {DEFAULT_BASE_URL} "
+                          "(--base-url)") from None
     why = ("it has no host" if parts.scheme.lower() != "file" and not parts.netloc else
            "it has a query (?...) or fragment (#...), where the file's path would be added"
            if parts.query or parts.fragment or base_url.rstrip("/").endswith(("?", "#")) else
