@@ -136,8 +136,8 @@ def test_many_small_combinations_are_generated_together_with_the_cells_of_one_at
     assert len(calls) <= 3 * 4  # a chunk per type (and flags), not one per combination
 
     def one_at_a_time(self, code, group, rng, latent, key):
-        return sampling.stack_rows([self._sample_chunk(code, n, rng, latent, cov,
-                                                       unseen_level=key[2], any_type=key[1])
+        return sampling.stack_rows([_draws.sample_counts(self.module, code, n, rng, latent, cov,
+                                                         unseen_level=key[2], any_type=key[1])
                                     for cov, n in group])
 
     monkeypatch.setattr(sampling.GenerationMixin, "_sample_group", one_at_a_time)

@@ -322,12 +322,7 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
     a normal draw, clipped at 0, scaled back to the library and rounded. All noise from ``rng``.
     """
     if isinstance(px, NegativeBinomial):
-        # a model saved before fits were checked decodes non-finite means for its cells: the
-        # chunk's first cell tells (the whole chunk would cost a pass over every mean)
-        if not bool(torch.isfinite(px.mu[:1]).all()):
-            raise CellsynthError(DIVERGED.format(what="the means it decodes"))
-        dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
-        return nb_csr(rng, px.mu, px.theta, dropout)
+        return nb_csr(rng, px.mu, px.theta, _checked_dropout(px))
     loc = px.loc.double().cpu().numpy()
     scale = px.scale.double().cpu().numpy()
     v = np.maximum(rng.normal(loc, scale), 0.0)
@@ -337,6 +332,15 @@ def draw_counts(px: Any, library: torch.Tensor, rng: np.random.Generator, *,
     if not np.isfinite(x).all():
         raise CellsynthError(DIVERGED.format(what="the counts it decodes"))
     return sp.csr_matrix(x)
+
+
+def _checked_dropout(px: NegativeBinomial) -> torch.Tensor | None:
+    """``px``'s zero-inflation probabilities (None: none), after refusing the means of a model
+    saved before fits were checked for divergence: it decodes non-finite means for its cells,
+    and a chunk's first cell tells (every mean would cost a pass over the chunk)."""
+    if not bool(torch.isfinite(px.mu[:1]).all()):
+        raise CellsynthError(DIVERGED.format(what="the means it decodes"))
+    return None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
 
 
 def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, latent: str,
@@ -352,21 +356,8 @@ def sample_counts(module: Any, code: int, n: int, rng: np.random.Generator, late
     ``any_type``: decoded with the module's "some type" input (label dropout), for a
     combination no training cell had.
     """
-    device = next(module.parameters()).device
-    y = torch.full((n,), code, dtype=torch.long, device=device)  # (n,)
-    c = (torch.tensor(cov, dtype=torch.long, device=device).expand(n, len(cov))
-         if cov else None)  # (n, k)
-    u = torch.from_numpy(rng.random(n, dtype=np.float32))
-    # (n, n_latent + 1): z's noise, then the library size's
-    eps = torch.from_numpy(rng.standard_normal((n, module.n_latent + 1), dtype=np.float32))
-    eps = eps.to(device)
-    if latent == "mixture":  # z and library jointly
-        z, library = module.mixture_from_noise(u.to(device), eps, y)
-    else:
-        z = module.latent_from_noise(eps[:, :-1], y)  # (n, n_latent)
-        library = module.library_from_noise(eps[:, -1], y)  # (n,)
-    px = module.generative(z, y, library, c, one_type=True, any_type=any_type, unseen_level=unseen_level)
-    return draw_counts(px, library, rng)
+    return sample_counts_rows(module, code, [(cov, n)], rng, latent, any_type=any_type,
+                              unseen_level=unseen_level)
 
 
 def sample_counts_rows(module: Any, code: int, pieces: list[tuple[tuple[int, ...], int]],
@@ -377,35 +368,39 @@ def sample_counts_rows(module: Any, code: int, pieces: list[tuple[tuple[int, ...
     small combinations (a synthetic twin of an atlas of many donors) decoded one at a time ran
     at a few hundred cells a second, each piece a decoder call and a draw of its own.
 
-    The generator is read as :func:`sample_counts` reads it, piece by piece (the latent and
-    library noise, then the seed of the count draw), and each piece's counts are drawn from its
-    own rows with its own seed, so the cells are those of piece-by-piece sampling (to float
-    rounding of the batched matmuls). NB and ZINB likelihoods only.
+    Each piece reads the generator in turn: its latent and library noise (``z``'s, then the
+    library's), then, for NB and ZINB likelihoods, the seed of its count draw, and its counts
+    are drawn from its own rows with that seed, so the cells do not depend on which pieces
+    share a chunk (to float rounding of the batched matmuls). A Gaussian likelihood draws its
+    noise after decoding: one piece at a time.
     """
+    counts = module.likelihood != "gaussian"
+    if not counts and len(pieces) != 1:
+        raise ValueError("a Gaussian likelihood's noise follows its decoding: decode its pieces "
+                         "one at a time")
     device = next(module.parameters()).device
     d = module.n_latent + 1
     u, eps, seeds, covs = [], [], [], []
     for cov, n in pieces:
         u.append(rng.random(n, dtype=np.float32))
-        eps.append(rng.standard_normal((n, d), dtype=np.float32))
-        seeds.append(int(rng.integers(2**63)))  # what nb_csr draws after the chunk's decoding
+        eps.append(rng.standard_normal((n, d), dtype=np.float32))  # z's noise, the library's
+        if counts:
+            seeds.append(int(rng.integers(2**63)))  # what nb_csr draws after the decoding
         covs.append(np.broadcast_to(np.asarray(cov, dtype=np.int64), (n, len(cov))))
     n_all = sum(n for _, n in pieces)
     y = torch.full((n_all,), code, dtype=torch.long, device=device)
     c = torch.from_numpy(np.concatenate(covs)).to(device) if pieces[0][0] else None
     e = torch.from_numpy(np.concatenate(eps)).to(device)
-    if latent == "mixture":
+    if latent == "mixture":  # z and library jointly
         z, library = module.mixture_from_noise(torch.from_numpy(np.concatenate(u)).to(device),
                                                e, y)  # fmt: skip
     else:
         z, library = module.latent_from_noise(e[:, :-1], y), module.library_from_noise(e[:, -1], y)
     px = module.generative(z, y, library, c, one_type=True, any_type=any_type,
                            unseen_level=unseen_level)  # fmt: skip
-    if not isinstance(px, NegativeBinomial):
-        raise ValueError("sample_counts_rows draws NB or ZINB counts; decode a Gaussian "
-                         "likelihood's pieces one at a time (sample_counts)")
-    dropout = None if px.zi_logits is None else torch.sigmoid(px.zi_logits)
-
+    if not counts:
+        return draw_counts(px, library, rng)
+    dropout = _checked_dropout(px)
     sizes = [n for _, n in pieces]
     if px.mu.device.type == "cpu":  # one kernel call, each piece's rows in its own stream
         return nb_csr_seeded(np.repeat(np.array(seeds, dtype=np.uint64), sizes), px.mu,

@@ -26,7 +26,7 @@ from ..errors import DataError
 from ..options import progress_bar
 from ..seeds import checked_seed
 from . import _training as tr
-from ._draws import sample_counts, sample_counts_rows
+from ._draws import sample_counts_rows
 from .base import check_memory, request_bytes, synthetic_adata, writable_uns
 
 _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at once
@@ -184,20 +184,9 @@ class GenerationMixin:
     def _sample_group(self, code: int, group: list[tuple[tuple[int, ...], int]],
                       rng: np.random.Generator, latent: str,
                       key: tuple[str, bool, bool]) -> sp.csr_matrix:  # fmt: skip
-        """One chunk: one piece as :meth:`_sample_chunk` draws it, several (consecutive
-        combinations of one type) decoded together with the same noise
+        """One chunk of type ``code``: the pieces of ``group`` (consecutive combinations of one
+        type and ``key``'s flags) decoded together, each with the noise it would have alone
         (:func:`~._draws.sample_counts_rows`)."""
         _, unseen, new_level = key
-        if len(group) == 1:
-            (cov, n), = group
-            return self._sample_chunk(code, n, rng, latent, cov, unseen_level=new_level,
-                                      any_type=unseen)  # fmt: skip
         return sample_counts_rows(self._module(), code, group, rng, latent, any_type=unseen,
                                   unseen_level=new_level)  # fmt: skip
-
-    def _sample_chunk(self, code: int, n: int, rng: np.random.Generator, latent: str,
-                      cov: tuple[int, ...] = (), *, unseen_level: bool = False,
-                      any_type: bool = False) -> sp.csr_matrix:  # fmt: skip
-        """``n`` cells of type ``code`` (covariate codes ``cov``) as CSR counts, noise from ``rng``."""
-        return sample_counts(self._module(), code, n, rng, latent, cov, any_type=any_type,
-                             unseen_level=unseen_level)
