@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .config import RunConfig
+from .config import MODEL_SECTIONS, RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
@@ -116,10 +116,6 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
     return pre
 
 
-#: the config section of each generator (its results depend on it, on the data, QC, split and
-#: classifier settings, and on the seed)
-MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "scvi": "scvi",
-                  "scvi-pp": "scvi", "nb": "nb", "copy": None}  # "seed": the reference's old name
 
 
 def model_key(cfg: RunConfig, name: str, fits: int = 1) -> str:

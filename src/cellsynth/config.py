@@ -34,6 +34,10 @@ MODEL_ALIASES = {"seed": "reference"}
 #: points of that run's PCA, not cells
 PCA_SPACE_MODEL = "SeedCVAE"
 
+#: the config section of each generator's own settings (``copy``: none); "seed" is the
+#: reference's old name
+MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "scvi": "scvi",
+                  "scvi-pp": "scvi", "nb": "nb", "copy": None}
 #: the generators that condition on covariates, and the section holding their ``covariates``
 COVARIATE_SECTIONS = {"cvae": "cvae", "nb": "nb", "scvi": "scvi"}
 

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import MODEL_SECTIONS
 from .errors import ConfigError, listed
 from .outputs import write_json
 
@@ -186,8 +187,8 @@ class ResumePlan:
         sections = list(STAGES[name][0])
         if name == "generator":
             model = (self.now.get("generator") or {}).get("model")
-            sections = ["generator", MODEL_SECTIONS[model]] if model in MODEL_SECTIONS else \
-                sections
+            own = MODEL_SECTIONS.get(model)
+            sections = ["generator", own] if own else sections
         pairs: list[tuple[str, Any, Any]] = []
         for section in sections:
             now, before = self.now.get(section), self.before.get(section)
@@ -209,19 +210,15 @@ class ResumePlan:
                 for key, was, now in pairs if was != now]
 
 
-#: the config section of each generator's own settings (the one its model reads)
-MODEL_SECTIONS = {"cvae": "cvae", "reference": "seed_vae", "seed": "seed_vae", "nb": "nb",
-                  "scvi": "scvi"}
-
 
 def _generator_settings(config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """What the generator stage reads of ``settings`` (its sections): the model's name and
     its own section, not the other models' sections nor the counts of generated cells (read by
     the experiments stage), so changing those keeps the trained generator."""
     model = (config.get("generator") or {}).get("model")
-    if model not in MODEL_SECTIONS:
+    section = MODEL_SECTIONS.get(model)
+    if section is None:
         return settings
-    section = MODEL_SECTIONS[model]
     return {"generator": {"model": model},
             **({section: settings[section]} if section in settings else {})}
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import keys as K
-from ..config import MODEL_ALIASES, RunConfig, canonical_model, covariates_of
+from ..config import MODEL_ALIASES, MODEL_SECTIONS, RunConfig, canonical_model, covariates_of
 from ..errors import ConfigError, ModelFileError
 from ..paths import expand_user
 from ._design import training_levels
@@ -142,9 +142,8 @@ def check_generator_device(cfg: RunConfig) -> None:
     """The generator's device, said before any stage as the classifier's is: found by the
     generator stage, it would mark a generator trained before failed and the stages after it
     stale, so going back to the earlier settings would train it again."""
-    model = MODEL_ALIASES.get(cfg.generator.model, cfg.generator.model)
-    section = {"cvae": "cvae", "reference": "seed_vae"}.get(model)
-    if section is None:
+    section = MODEL_SECTIONS.get(cfg.generator.model)
+    if section is None or not hasattr(getattr(cfg, section), "device"):  # nb, scvi: none
         return
     device = getattr(cfg, section).device
     try:
