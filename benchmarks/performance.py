@@ -1020,7 +1020,10 @@ def page_generation(found: dict, peaks: dict[str, float]) -> list[str]:
             lines[-1:] = [f"| decoder matmul FLOPs per cell | {flops / 1e6:.2f} M "
                           f"({flops / res['decoder_s_per_cell'] / 1e9:.1f} GFLOP/s achieved) |",
                           f"| cells/s the decoder alone allows at the section 2 matmul peak "
-                          f"({peak:.1f} GFLOP/s) | {fmt(bound)} |", ""]
+                          f"({peak:.1f} GFLOP/s) | {fmt(bound)} |",
+                          "| cells/s the decoder at that peak and the draw above allow "
+                          "(nothing else: no mixture, no write) | "
+                          f"{fmt(1 / (1 / bound + res['draw_s_per_cell']))} |", ""]
         if res.get("streamed"):
             lines += ["Streamed to a file by `cellsynth generate`, after an untimed first run "
                       "(on a fresh install, it compiles and caches the kernels) (" +
