@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..seeds import as_int_hint, checked_seed, is_whole
 
@@ -75,3 +77,81 @@ def check_writing(chunk_size: object, compression: object) -> int:
 def model_bytes(n_genes: int, n_types: int) -> int:
     """Bytes the dense model takes while it is made (see :data:`MODEL_ARRAYS`)."""
     return (MODEL_ARRAYS * n_types + 16) * n_genes * 8
+
+
+#: bytes a cell's plan and annotations hold while an atlas is simulated (types, kinds, library
+#: sizes, QC columns, obs), an upper bound for the memory check
+PLAN_BYTES_PER_CELL = 256
+
+#: bytes a non-zero count takes while the counts of many cells are held: its value (float32)
+#: and column (int32) in the blocks drawn and in the matrix they are joined into (measured: 18
+#: bytes per non-zero at the peak of ``simulate_atlas``, at 2,000 and at 33,538 genes)
+NONZERO_BYTES = 20
+
+#: a cell's mean library over its median (the libraries are log-normal with sd 0.45)
+_LIB_MEAN = math.exp(0.45**2 / 2)
+
+
+def check_model_memory(n_cells: int, n_genes: int, n_types: int, free: float | None) -> None:
+    """Refuse a model (types x genes) or a plan (cells) that memory cannot hold, before either
+    is made."""
+    model, plan = model_bytes(n_genes, n_types), n_cells * PLAN_BYTES_PER_CELL
+    if free is not None and model > free:
+        raise ConfigError(f"{n_types:,} types x {n_genes:,} genes need about "
+                          f"{model / 2**30:,.1f} GiB of memory for the simulator's model, and "
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer types "
+                          "(n_types= or --types) or genes (n_genes= or --genes)")
+    if free is not None and plan > free:
+        raise ConfigError(f"{n_cells:,} cells need about {plan / 2**30:,.1f} GiB of memory for "
+                          f"their annotations alone (counts are written in chunks), and "
+                          f"{free / 2**30:,.1f} GiB are available: ask for fewer cells "
+                          "(n_cells= or --cells)")
+
+
+def nonzeros_per_cell(q: np.ndarray, theta: np.ndarray, type_size: np.ndarray,
+                      proportions: np.ndarray, lib: float, n_mito: int,
+                      doublet_rate: float) -> float:  # fmt: skip
+    """About the non-zero counts a simulated cell holds, a little more than are drawn: the
+    expected genes an NB draw detects at each type's mean library, over the types' shares,
+    doublets counted twice and every mitochondrial gene detected (5-15% above the drawn
+    ones at 2,000 genes and at 33,538)."""
+    rows = max(1, (1 << 20) // max(q.shape[1], 1))  # a few MB of types at a time
+    total = 0.0
+    for start in range(0, len(q), rows):
+        mean = (lib * _LIB_MEAN * type_size[start : start + rows])[:, None] * q[start : start + rows]
+        detected = -np.expm1(-theta * np.log1p(mean / theta)).sum(axis=1)
+        total += float(proportions[start : start + rows] @ detected)
+    return total * (1 + doublet_rate) + n_mito
+
+
+def check_counts_memory(n_cells: int, chunk_size: int | None, nonzeros: float,
+                        free: float | None, block: int) -> None:  # fmt: skip
+    """Refuse, before a count is drawn, counts that cannot be held in memory: all the cells'
+    (``chunk_size`` None, :func:`.simulate.simulate_atlas`) or a chunk's
+    (:func:`.simulate.write_atlas`, which holds up to a chunk and a ``block`` of cells, the
+    cells drawn at once), beside every cell's plan."""
+    cells = n_cells if chunk_size is None else min(n_cells, chunk_size + block)
+    plan, per_cell = n_cells * PLAN_BYTES_PER_CELL, nonzeros * NONZERO_BYTES
+    if free is None or plan + cells * per_cell <= free:
+        return
+    gib = (f"about {(plan + cells * per_cell) / 2**30:,.1f} GiB of memory, and "
+           f"{free / 2**30:,.1f} GiB are available")  # fmt: skip
+    if chunk_size is None:
+        raise ConfigError(
+            f"{n_cells:,} simulated cells hold about {nonzeros:,.0f} non-zero counts each, "
+            f"{n_cells * nonzeros:,.0f} in all, which need {gib}; ask for fewer cells "
+            "(n_cells=) or genes (n_genes=), or write the atlas to a file chunk by chunk "
+            "(cellsynth.data.simulate.write_atlas, or `cellsynth simulate --out`)")
+    fits = int((free - plan) / per_cell) - block
+    fix = (f"give a chunk_size (--chunk-size) of at most {fits:,}" if fits >= 100 else
+           "ask for fewer genes (n_genes= or --genes) or cells (n_cells= or --cells)")
+    raise ConfigError(
+        f"a chunk of {min(n_cells, chunk_size):,} simulated cells (about {nonzeros:,.0f} "
+        f"non-zero counts each) held while it is written, beside the plan of {n_cells:,} "
+        f"cells, needs {gib}; {fix}")
+
+
+def file_bytes(n_cells: int, nonzeros: float) -> int:
+    """About the bytes of an uncompressed simulated atlas: a value (float32) and a column
+    (int32) per non-zero, a row pointer (int64) and a name and annotations per cell."""
+    return int(n_cells * (nonzeros * 8 + 8 + 64))

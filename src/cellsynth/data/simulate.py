@@ -36,9 +36,17 @@ from anndata.io import write_elem
 from ..errors import ConfigError
 from ..keys import MITO, N_GENES
 from ..options import progress_bar
-from ..outputs import check_file_out, generated_h5ad
+from ..outputs import check_disk_space, check_file_out, generated_h5ad
 from ..runtime import available_memory
-from ._sim_checks import check_args, check_design, check_writing, model_bytes
+from ._sim_checks import (
+    check_args,
+    check_counts_memory,
+    check_design,
+    check_model_memory,
+    check_writing,
+    file_bytes,
+    nonzeros_per_cell,
+)
 from ._sim_design import (
     CONDITION_KEY,
     DONOR_KEY,
@@ -251,11 +259,6 @@ def _chunks(model: _Model, plan: _Plan, effects: Effects | None, seed: int,
             yield buf[:chunk_size] if parts else buf
 
 
-#: bytes a cell's plan and annotations hold while an atlas is simulated (types, kinds, library
-#: sizes, QC columns, obs), an upper bound for the memory check
-PLAN_BYTES_PER_CELL = 256
-
-
 def _check_label_key(label_key: str) -> None:
     """Refuse a label column the file cannot hold or that another column would overwrite."""
     if not isinstance(label_key, str) or not label_key.strip() or "/" in label_key:
@@ -274,8 +277,11 @@ def _check_label_key(label_key: str) -> None:
 def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
-    n_donors: int = 0, n_conditions: int = 0,
-) -> tuple[_Model, _Plan, Effects | None]:  # fmt: skip
+    n_donors: int = 0, n_conditions: int = 0, chunk_size: int | None = None,
+) -> tuple[_Model, _Plan, Effects | None, float]:  # fmt: skip
+    """The model, the cells' plan and the design's effects, and about the non-zero counts a
+    cell holds; every argument checked, and the memory they need (``chunk_size``: the cells
+    :func:`write_atlas` holds at once, None: all of them), before any work."""
     rates = {"doublet_rate": doublet_rate, "uninformative_rate": uninformative_rate}
     seed = check_args(n_cells, n_genes, n_types, n_mito, seed, rates, library_size, n_donors,
                       n_conditions)
@@ -296,21 +302,13 @@ def _setup(
         raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
                           f"{doublet_rate}, uninformative_rate {uninformative_rate}, "
                           f"library_size {library_size}")  # fmt: skip
-    need, model = n_cells * PLAN_BYTES_PER_CELL, model_bytes(n_genes, n_types)
-    free = available_memory()
-    if free is not None and model > free:
-        raise ConfigError(f"{n_types:,} types x {n_genes:,} genes need about "
-                          f"{model / 2**30:,.1f} GiB of memory for the simulator's model, and "
-                          f"{free / 2**30:,.1f} GiB are available: ask for fewer types "
-                          "(n_types= or --types) or genes (n_genes= or --genes)")
-    if free is not None and need > free:
-        raise ConfigError(f"{n_cells:,} cells need about {need / 2**30:,.1f} GiB of memory for "
-                          f"their annotations alone (counts are written in chunks), and "
-                          f"{free / 2**30:,.1f} GiB are available: ask for fewer cells "
-                          "(n_cells= or --cells)")
+    check_model_memory(n_cells, n_genes, n_types, available_memory())
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
+    nonzeros = nonzeros_per_cell(model.q, model.theta, model.type_size, model.proportions, lib,
+                                 n_mito, doublet_rate)
+    check_counts_memory(n_cells, chunk_size, nonzeros, available_memory(), _BLOCK)
     plan = _make_plan(model, n_cells, seed, doublet_rate, uninformative_rate, lib)
     # types some cell is labelled with: a low-quality or mixed cell's own type is not shown
     if (got := len(set(plan.labels.categories) - {DOUBLET_LABEL, LOW_Q_LABEL})) < n_types:
@@ -319,7 +317,7 @@ def _setup(
                        "(n_cells= or --cells) or fewer types (n_types= or --types)",
                        n_types - got, n_types, n_cells)  # fmt: skip
     if not (n_donors or n_conditions):
-        return model, plan, None
+        return model, plan, None, nonzeros
     effects = make_effects(model, n_cells, n_donors, n_conditions, seed)
     for what, flag, n, codes in (("donors", "n_donors= or --donors", n_donors, effects.donor),
                                  ("conditions", "n_conditions= or --conditions", n_conditions,
@@ -330,7 +328,7 @@ def _setup(
                            "ask for more cells (n_cells= or --cells) or fewer %s (%s)", n - got,
                            n, what, n_cells, ", fewer than the levels" if n_cells < n else "",
                            what, flag)
-    return model, plan, effects
+    return model, plan, effects, nonzeros
 
 
 def _annotations(
@@ -420,7 +418,7 @@ def simulate_atlas(
     """
     _check_label_key(label_key)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
-    model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
+    model, plan, effects, _ = _setup(*args, library_size, n_donors, n_conditions)
     parts = list(_chunks(model, plan, effects, seed, _BLOCK))
     x = parts[0] if len(parts) == 1 else stack_rows(parts)
     obs, var, uns = _annotations(
@@ -492,10 +490,13 @@ def write_atlas(
     started = time.perf_counter()
     path = check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
-    model, plan, effects = _setup(*args, library_size, n_donors, n_conditions)
+    model, plan, effects, nonzeros = _setup(*args, library_size, n_donors, n_conditions,
+                                            chunk_size)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
     qc = (np.zeros(n_cells, np.float32), np.zeros(n_cells, np.int32)) if qc_columns else None
     with h5ad_file(path) as f:
+        if compression is None:  # a compressed file's size is not known before it is written
+            check_disk_space(path, file_bytes(n_cells, nonzeros), "the simulated atlas")
         nnz = _write_x(f, model, plan, effects, seed, chunk_size, compression, qc)
         obs, var, uns = _annotations(model, plan, effects, label_key, seed, qc)
         for key, elem in {"obs": obs, "var": var, "uns": uns}.items():

@@ -1,0 +1,101 @@
+"""`cellsynth simulate` and `cs.simulate` under misuse (session 48's sweep): each fault found,
+what the user did, and that it now ends in a one-line error that says how to fix it."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+import cellsynth as cs
+import cellsynth.data.simulate as sim
+from cellsynth.cli import main
+from cellsynth.errors import ConfigError, DataError
+
+MiB = 2.0**20
+
+
+class _Drew(Exception):
+    """Raised in place of drawing counts: the checks before it let the call through."""
+
+
+def _no_drawing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def drew(*args, **kwargs):
+        raise _Drew
+
+    monkeypatch.setattr(sim, "_chunks", drew)
+
+
+def _one_line(err: pytest.ExceptionInfo, *said: str) -> None:
+    text = str(err.value)
+    assert "\n" not in text, text
+    for s in said:
+        assert s in text, text
+
+
+# -- the counts held in memory: refused up front with the estimate, not an OOM hours in --------
+
+
+def test_an_atlas_in_memory_larger_than_memory_is_refused_before_drawing(monkeypatch) -> None:
+    """cs.simulate(500_000, 2000, 8) with 300 MiB free: the check counted the cells' plan only
+    (128 MB), so counts of about 2 GB were drawn into memory (OOM at an atlas's size)."""
+    monkeypatch.setattr(sim, "available_memory", lambda: 300 * MiB)
+    _no_drawing(monkeypatch)
+    with pytest.raises(ConfigError) as err:
+        cs.simulate(500_000, 2000, 8)
+    _one_line(err, "500,000 simulated cells hold about", "GiB of memory", "0.3 GiB are available",
+              "fewer cells (n_cells=)", "write_atlas", "cellsynth simulate --out")
+    with pytest.raises(_Drew):  # what fits is let through
+        cs.simulate(20_000, 2000, 8)
+
+
+def test_a_chunk_larger_than_memory_is_refused_with_the_chunk_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`cellsynth simulate --cells 500000 --chunk-size 500000` with 300 MiB free: a chunk of
+    every cell was held in memory; now refused, naming the chunk size that fits."""
+    monkeypatch.setattr(sim, "available_memory", lambda: 300 * MiB)
+    _no_drawing(monkeypatch)
+    out = tmp_path / "a.h5ad"
+    with pytest.raises(ConfigError) as err:
+        sim.write_atlas(out, 500_000, 2000, 8, chunk_size=500_000)
+    _one_line(err, "a chunk of 500,000 simulated cells", "chunk_size (--chunk-size) of at most")
+    fits = int(str(err.value).rsplit("at most ", 1)[1].replace(",", ""))
+    assert 10_000 < fits < 500_000
+    with pytest.raises(_Drew):  # the size it names passes
+        sim.write_atlas(out, 500_000, 2000, 8, chunk_size=fits)
+    argv = ["simulate", "--cells", "500000", "--genes", "2000", "--types", "8",
+            "--chunk-size", "500000", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert "--chunk-size) of at most" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_atlas_larger_than_the_free_disk_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_atlas onto a disk without room: HDF5 wrote until the disk was full (an atlas's
+    size: half an hour of work lost, and a file HDF5 could not close); now refused first."""
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**9, 10**9, 4 * 2**20))
+    out = tmp_path / "a.h5ad"
+    with pytest.raises(DataError) as err:
+        sim.write_atlas(out, 3000, 2000, 3)
+    _one_line(err, "the simulated atlas", "free disk space or choose another output")
+    assert not list(tmp_path.iterdir())
+    sim.write_atlas(out, 300, 40, 2)  # a file that fits is written
+    assert out.is_file()
+
+
+def test_the_nonzero_estimate_is_close_above_the_drawn_counts() -> None:
+    """The estimate the checks rest on: above the drawn non-zeros, and not far above."""
+    from cellsynth.data._sim_checks import nonzeros_per_cell
+
+    for n_genes, n_types, lib in ((2000, 8, None), (500, 3, None), (2000, 4, 20_000.0)):
+        a = sim.simulate_atlas(2000, n_genes, n_types, seed=0, library_size=lib)
+        m = sim._make_model(n_genes, n_types, 13, 0)
+        auto = 600.0 * (n_genes / 2000) ** 0.43 if lib is None else lib
+        est = nonzeros_per_cell(m.q, m.theta, m.type_size, m.proportions, auto, 13, 0.02)
+        assert a.X.nnz / 2000 < est < 1.3 * a.X.nnz / 2000
+
