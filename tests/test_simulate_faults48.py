@@ -99,3 +99,28 @@ def test_the_nonzero_estimate_is_close_above_the_drawn_counts() -> None:
         est = nonzeros_per_cell(m.q, m.theta, m.type_size, m.proportions, auto, 13, 0.02)
         assert a.X.nnz / 2000 < est < 1.3 * a.X.nnz / 2000
 
+
+
+# -- absurd values of the Python-only options ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"library_size": 1e300}, "library_size (a cell's median nuclear counts) must be from 1 to"),
+    ({"library_size": 1e7}, "no longer a whole number in float32"),
+    ({"library_size": 1e-9}, "under one count most cells are empty"),
+    ({"qc_columns": "no"}, "qc_columns must be True or False, got 'no'"),
+    ({"qc_columns": None}, "qc_columns must be True or False"),
+    ({"doublet_rate": -0.1}, "doublet_rate must be from 0 to under 0.5"),
+])
+def test_absurd_option_values_are_refused_in_one_line(kwargs, said, tmp_path: Path) -> None:
+    """simulate_atlas(library_size=1e300) was numpy's ValueError from inside the draw (p >= 1);
+    1e-9 an atlas of empty cells, 1e7 counts past float32's whole numbers; qc_columns="no"
+    added the QC columns (any text is true)."""
+    for call in (lambda: sim.simulate_atlas(100, 40, 2, **kwargs),
+                 lambda: sim.write_atlas(tmp_path / "a.h5ad", 100, 40, 2, **kwargs)):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            call()
+        _one_line(err, said)
+    assert not list(tmp_path.iterdir())
+    sim.simulate_atlas(100, 40, 2, library_size=1.0, qc_columns=True)  # the ends are taken
+    sim.simulate_atlas(20, 40, 2, library_size=1e6)

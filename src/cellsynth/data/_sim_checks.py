@@ -23,11 +23,23 @@ def whole(value: object, name: str) -> int:
     raise ConfigError(f"{name} must be a whole number, got {value!r}{as_int_hint(value)}")
 
 
+#: the range of ``library_size``: a median cell of at least one count, and of at most a million
+#: (10x cells hold up to some 10^5; above some 10^7 a gene's count passes 2^24, beyond which
+#: float32 holds only some whole numbers, and near 10^16 the draw itself fails)
+MIN_LIBRARY, MAX_LIBRARY = 1.0, 1e6
+
+
+def check_flag(value: object, name: str) -> None:
+    """Refuse a switch that is not True or False (``"no"`` would read as true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
 def check_args(n_cells: object, n_genes: object, n_types: object, n_mito: object, seed: object,
                rates: dict[str, object], library_size: object, n_donors: object,
                n_conditions: object) -> int:
-    """Check the simulator's arguments' types and finiteness (their ranges are checked by
-    the caller); returns the seed as an int."""
+    """Check the simulator's arguments' types and finiteness, the rates' and the library
+    size's ranges (the sizes' ranges are checked by the caller); returns the seed as an int."""
     for name, value in (("n_cells (--cells)", n_cells), ("n_genes (--genes)", n_genes),
                         ("n_types (--types)", n_types), ("n_mito", n_mito),
                         ("n_donors (--donors)", n_donors),
@@ -38,6 +50,16 @@ def check_args(n_cells: object, n_genes: object, n_types: object, n_mito: object
             continue
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    for name, value in rates.items():
+        if not 0 <= value < 0.5:
+            raise ConfigError(f"{name} must be from 0 to under 0.5 (a share of the cells), got "
+                              f"{value!r}")
+    if library_size is not None and not MIN_LIBRARY <= library_size <= MAX_LIBRARY:
+        raise ConfigError(
+            f"library_size (a cell's median nuclear counts) must be from {MIN_LIBRARY:,.0f} to "
+            f"{MAX_LIBRARY:,.0f}, or None to grow it with n_genes, got {library_size!r}: under "
+            "one count most cells are empty, and far above a million a gene's count is no "
+            "longer a whole number in float32 (or cannot be drawn)")
     try:
         return checked_seed(seed)
     except ValueError as exc:

@@ -42,6 +42,7 @@ from ._sim_checks import (
     check_args,
     check_counts_memory,
     check_design,
+    check_flag,
     check_model_memory,
     check_writing,
     file_bytes,
@@ -297,11 +298,6 @@ def _setup(
         raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
                           f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip
     check_design(n_types, n_conditions)
-    rates_ok = 0 <= doublet_rate < 0.5 and 0 <= uninformative_rate < 0.5
-    if not rates_ok or (library_size is not None and library_size <= 0):
-        raise ConfigError(f"need rates in [0, 0.5) and library_size > 0 or None, got doublet_rate "
-                          f"{doublet_rate}, uninformative_rate {uninformative_rate}, "
-                          f"library_size {library_size}")  # fmt: skip
     check_model_memory(n_cells, n_genes, n_types, available_memory())
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
@@ -417,6 +413,7 @@ def simulate_atlas(
     ['GENE00006', 'GENE00048', 'GENE00091']
     """
     _check_label_key(label_key)
+    check_flag(qc_columns, "qc_columns")
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
     model, plan, effects, _ = _setup(*args, library_size, n_donors, n_conditions)
     parts = list(_chunks(model, plan, effects, seed, _BLOCK))
@@ -487,6 +484,7 @@ def write_atlas(
     """
     chunk_size = check_writing(chunk_size, compression)
     _check_label_key(label_key)
+    check_flag(qc_columns, "qc_columns")
     started = time.perf_counter()
     path = check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
