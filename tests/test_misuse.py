@@ -811,7 +811,7 @@ def test_an_output_nothing_can_be_written_under_is_refused_before_any_work(kang_
         "generate": ["generate", str(model), "--n-per-type", "3", "--out"],
         "evaluate": ["evaluate", "--real", str(kang_path), "--synthetic", str(kang_path),
                      "--label-key", LABEL, "--out"],
-        "simulate": ["simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out"],
+        "simulate": ["simulate", "--cells", "50", "--genes", "30", "--types", "2", "--out"],
         "run": ["run", str(kang_path), "--label-key", LABEL, "--out"],
     }
     for name, argv in commands.items():

@@ -124,3 +124,23 @@ def test_absurd_option_values_are_refused_in_one_line(kwargs, said, tmp_path: Pa
     assert not list(tmp_path.iterdir())
     sim.simulate_atlas(100, 40, 2, library_size=1.0, qc_columns=True)  # the ends are taken
     sim.simulate_atlas(20, 40, 2, library_size=1e6)
+
+
+def test_a_wrong_argument_does_not_say_the_file_is_being_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """`cellsynth simulate --genes 1 --out a.h5ad` over an atlas written before logged
+    "replacing a.h5ad, a simulated atlas written earlier" before its error: the user read that
+    the file was gone. The arguments are now checked before the output path."""
+    out = tmp_path / "a.h5ad"
+    sim.write_atlas(out, 60, 40, 2)
+    before = out.read_bytes()
+    caplog.set_level("INFO")
+    for bad in (["--genes", "1"], ["--donors", "-1"], ["--types", "0"]):
+        caplog.clear()
+        argv = ["simulate", "--cells", "60", "--genes", "40", "--types", "2", *bad,
+                "--out", str(out)]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "replacing" not in caplog.text + err and "cellsynth: error: need" in err
+    assert out.read_bytes() == before

@@ -37,9 +37,9 @@ def check_flag(value: object, name: str) -> None:
 
 def check_args(n_cells: object, n_genes: object, n_types: object, n_mito: object, seed: object,
                rates: dict[str, object], library_size: object, n_donors: object,
-               n_conditions: object) -> int:
-    """Check the simulator's arguments' types and finiteness, the rates' and the library
-    size's ranges (the sizes' ranges are checked by the caller); returns the seed as an int."""
+               n_conditions: object, free: float | None) -> int:
+    """Check the simulator's arguments, their types and ranges, and the memory of the model
+    and the plan (``free``: the bytes available); returns the seed as an int."""
     for name, value in (("n_cells (--cells)", n_cells), ("n_genes (--genes)", n_genes),
                         ("n_types (--types)", n_types), ("n_mito", n_mito),
                         ("n_donors (--donors)", n_donors),
@@ -61,9 +61,21 @@ def check_args(n_cells: object, n_genes: object, n_types: object, n_mito: object
             "one count most cells are empty, and far above a million a gene's count is no "
             "longer a whole number in float32 (or cannot be drawn)")
     try:
-        return checked_seed(seed)
+        seed = checked_seed(seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if min(n_cells, n_types) < 1:
+        raise ConfigError(f"need at least 1 cell and 1 type (n_cells= or --cells, n_types= or "
+                          f"--types); got {n_cells} cells and {n_types} types")
+    if n_mito < 0 or n_genes - n_mito < 10:
+        raise ConfigError(f"need at least {max(n_mito, 0) + 10} genes (n_genes= or --genes): "
+                          f"{n_mito} mitochondrial genes (n_mito) and 10 others; got {n_genes}")
+    if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
+        raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
+                          f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip
+    check_design(n_types, n_conditions)
+    check_model_memory(n_cells, n_genes, n_types, free)
+    return seed
 
 
 #: gene programs (one per type and condition after ``ctrl``) a simulation may have: each is

@@ -41,9 +41,7 @@ from ..runtime import available_memory
 from ._sim_checks import (
     check_args,
     check_counts_memory,
-    check_design,
     check_flag,
-    check_model_memory,
     check_writing,
     file_bytes,
     nonzeros_per_cell,
@@ -275,30 +273,27 @@ def _check_label_key(label_key: str) -> None:
                           "choose another --label-key")  # fmt: skip
 
 
+def _check(
+    n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
+    doublet_rate: float, uninformative_rate: float, library_size: float | None,
+    n_donors: int = 0, n_conditions: int = 0,
+) -> int:  # fmt: skip
+    """Every argument checked, and the memory of the model and the plan; returns the seed."""
+    rates = {"doublet_rate": doublet_rate, "uninformative_rate": uninformative_rate}
+    return check_args(n_cells, n_genes, n_types, n_mito, seed, rates, library_size, n_donors,
+                      n_conditions, available_memory())
+
+
 def _setup(
     n_cells: int, n_genes: int, n_types: int, n_mito: int, seed: int,
     doublet_rate: float, uninformative_rate: float, library_size: float | None,
     n_donors: int = 0, n_conditions: int = 0, chunk_size: int | None = None,
 ) -> tuple[_Model, _Plan, Effects | None, float]:  # fmt: skip
     """The model, the cells' plan and the design's effects, and about the non-zero counts a
-    cell holds; every argument checked, and the memory they need (``chunk_size``: the cells
-    :func:`write_atlas` holds at once, None: all of them), before any work."""
-    rates = {"doublet_rate": doublet_rate, "uninformative_rate": uninformative_rate}
-    seed = check_args(n_cells, n_genes, n_types, n_mito, seed, rates, library_size, n_donors,
-                      n_conditions)
-    if min(n_cells, n_types) < 1:
-        raise ConfigError(f"need at least 1 cell and 1 type (n_cells= or --cells, n_types= or "
-                          f"--types); got {n_cells} "
-                          f"cells and {n_types} types")  # fmt: skip
-    if n_mito < 0 or n_genes - n_mito < 10:
-        raise ConfigError(f"need at least {max(n_mito, 0) + 10} genes (n_genes= or --genes): "
-                          f"{n_mito} "
-                          f"mitochondrial genes (n_mito) and 10 others; got {n_genes}")
-    if min(n_donors, n_conditions) < 0 or max(n_donors, n_conditions) > 1000:
-        raise ConfigError(f"need 0 <= n_donors, n_conditions <= 1000 (0: no such column); got "
-                          f"{n_donors} donors, {n_conditions} conditions")  # fmt: skip
-    check_design(n_types, n_conditions)
-    check_model_memory(n_cells, n_genes, n_types, available_memory())
+    cell holds; every argument checked (:func:`_check`), and the memory the counts need
+    (``chunk_size``: the cells :func:`write_atlas` holds at once, None: all), before any work."""
+    seed = _check(n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate,
+                  library_size, n_donors, n_conditions)
     # automatic: ~10% nonzeros at 2,000 genes, ~1,300 genes detected a cell at 33,538
     lib = 600.0 * (n_genes / 2000) ** 0.43 if library_size is None else float(library_size)
     model = _make_model(n_genes, n_types, n_mito, seed)
@@ -486,8 +481,9 @@ def write_atlas(
     _check_label_key(label_key)
     check_flag(qc_columns, "qc_columns")
     started = time.perf_counter()
-    path = check_file_out(path, "a simulated atlas", generated_h5ad)
     args = (n_cells, n_genes, n_types, n_mito, seed, doublet_rate, uninformative_rate)
+    _check(*args, library_size, n_donors, n_conditions)  # before the path's log line
+    path = check_file_out(path, "a simulated atlas", generated_h5ad)
     model, plan, effects, nonzeros = _setup(*args, library_size, n_donors, n_conditions,
                                             chunk_size)
     logger.info("writing a simulated atlas of %d cells x %d genes to %s", n_cells, n_genes, path)
