@@ -144,3 +144,21 @@ def test_a_wrong_argument_does_not_say_the_file_is_being_replaced(
         err = capsys.readouterr().err
         assert "replacing" not in caplog.text + err and "cellsynth: error: need" in err
     assert out.read_bytes() == before
+
+
+def test_a_demo_atlas_refused_names_the_run_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`cellsynth run --set dataset.demo_genes=5` said "need at least 23 genes (n_genes= or
+    --genes)": options run does not have; now the demo's settings are named, and for a demo
+    too large for memory, dataset.backed (written to disk chunk by chunk)."""
+    assert main(["run", "--set", "dataset.demo_genes=5", "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "demo_genes = 5" in err and "--set dataset.demo_cells=N" in err
+    assert "dataset.backed" not in err
+    monkeypatch.setattr(sim, "available_memory", lambda: 300 * MiB)
+    _no_drawing(monkeypatch)
+    argv = ["run", "--set", "dataset.demo_cells=500000", "--out", str(tmp_path / "r2")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dataset.demo_cells = 500000" in err and "--set dataset.backed=true" in err

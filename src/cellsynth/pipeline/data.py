@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
 from ..data.store import write_h5ad
-from ..errors import DataError, did_you_mean, listed
+from ..errors import ConfigError, DataError, did_you_mean, listed
 from ..features.pca import PCAModel, fit_pca
 from ..models.registry import check_design
 from ..outputs import write_csv, write_json
@@ -43,9 +45,28 @@ def load_dataset(ctx: RunContext) -> ad.AnnData:
     if not ds.path:
         logger.info("no dataset.path: using the embedded demo atlas (%d simulated cells, %d genes, "
                     "%d types)", ds.demo_cells, ds.demo_genes, ds.demo_types)
-        return simulate_atlas(ds.demo_cells, ds.demo_genes, ds.demo_types,
-                              seed=ctx.seed("demo"), label_key=ds.label_key)
+        with _demo_settings(ctx, in_memory=True):
+            return simulate_atlas(ds.demo_cells, ds.demo_genes, ds.demo_types,
+                                  seed=ctx.seed("demo"), label_key=ds.label_key)
     return read(ds.path, backed=ds.backed)
+
+
+@contextmanager
+def _demo_settings(ctx: RunContext, *, in_memory: bool) -> Iterator[None]:
+    """The simulator's refusal of the demo atlas's sizes said in the run's settings: it names
+    its own arguments (``n_cells= or --cells``), which a run sets as ``dataset.demo_*``."""
+    try:
+        yield
+    except ConfigError as exc:
+        ds = ctx.cfg.dataset
+        disk = (" or --set dataset.backed=true to simulate it to disk chunk by chunk,"
+                if in_memory and "memory" in str(exc) else "")  # fmt: skip
+        raise ConfigError(
+            f"the embedded demo atlas (no dataset.path) cannot be simulated with "
+            f"dataset.demo_cells = {ds.demo_cells}, demo_genes = {ds.demo_genes} and demo_types "
+            f"= {ds.demo_types} (the simulator's n_cells, n_genes and n_types): {exc}; change "
+            f"them with --set dataset.demo_cells=N and the like,{disk} or give an atlas"
+        ) from None
 
 
 def data_groups(adata) -> dict[str, str]:
@@ -92,8 +113,9 @@ def _backed_source(ctx: RunContext) -> Path:
     path = ctx.path("data", "demo.h5ad")
     logger.info("no dataset.path: writing the embedded demo atlas (%d simulated cells, %d genes, "
                 "%d types) to %s", ds.demo_cells, ds.demo_genes, ds.demo_types, path)
-    return write_atlas(path, ds.demo_cells, ds.demo_genes, ds.demo_types, seed=ctx.seed("demo"),
-                       label_key=ds.label_key)
+    with _demo_settings(ctx, in_memory=False):
+        return write_atlas(path, ds.demo_cells, ds.demo_genes, ds.demo_types,
+                           seed=ctx.seed("demo"), label_key=ds.label_key)
 
 
 def check_covariates(ctx: RunContext, obs: pd.DataFrame) -> None:
