@@ -162,3 +162,20 @@ def test_a_demo_atlas_refused_names_the_run_settings(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "dataset.demo_cells = 500000" in err and "--set dataset.backed=true" in err
+
+
+def test_a_label_column_cellsynth_reads_as_its_own_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`cellsynth simulate --label-key cellsynth_split` wrote an atlas that `cellsynth fit
+    --label-key cellsynth_split` then refused (the types read as the split marker): the
+    simulated file was no valid input. Names starting with 'cellsynth_' are refused first."""
+    out = tmp_path / "a.h5ad"
+    argv = ["simulate", "--cells", "60", "--genes", "40", "--types", "2",
+            "--label-key", "cellsynth_split", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert "names starting with 'cellsynth_'" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ConfigError) as err:
+        cs.simulate(60, 40, 2, label_key="cellsynth_group")
+    _one_line(err, "choose another --label-key")

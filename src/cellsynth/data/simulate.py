@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from anndata.io import write_elem
 
 from ..errors import ConfigError
-from ..keys import MITO, N_GENES
+from ..keys import MITO, N_GENES, SPLIT
 from ..options import progress_bar
 from ..outputs import check_disk_space, check_file_out, generated_h5ad
 from ..runtime import available_memory
@@ -266,6 +266,11 @@ def _check_label_key(label_key: str) -> None:
     if label_key == "_index":  # anndata refused it only when the file was written
         raise ConfigError("the label column cannot be named '_index': the h5ad format keeps "
                           "that name for the cell names; choose another --label-key")
+    if label_key.startswith("cellsynth_"):  # SPLIT: a fit then read the types as its split
+        raise ConfigError(f"the label column cannot be named {label_key!r}: cellsynth keeps "
+                          f"names starting with 'cellsynth_' for its own columns ({SPLIT!r} "
+                          "marks the cells a fit leaves out), so fit and run could not read "
+                          "the atlas; choose another --label-key")  # fmt: skip
     written = (DOUBLET_KEY, MITO, N_GENES, DONOR_KEY, CONDITION_KEY)
     if label_key in written:
         raise ConfigError(f"the label column {label_key!r} is the name of a column the simulator "
