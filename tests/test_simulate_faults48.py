@@ -179,3 +179,14 @@ def test_a_label_column_cellsynth_reads_as_its_own_is_refused(
     with pytest.raises(ConfigError) as err:
         cs.simulate(60, 40, 2, label_key="cellsynth_group")
     _one_line(err, "choose another --label-key")
+
+
+@pytest.mark.parametrize("label", [".", "a\x00b", "\udcff"])
+def test_a_label_column_no_h5ad_can_hold_is_refused_before_writing(label, tmp_path) -> None:
+    """write_atlas(label_key=".") ended in a TypeError from anndata's writer after the counts
+    were written, "a\\x00b" in h5py's ValueError, and `--label-key $'\\xff'` (bytes that are
+    not UTF-8, a lone surrogate in Python) in a UnicodeEncodeError."""
+    with pytest.raises(ConfigError) as err:
+        sim.write_atlas(tmp_path / "a.h5ad", 60, 40, 2, label_key=label)
+    _one_line(err, "a non-empty name an h5ad file can hold")
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ from numbers import Real
 import numpy as np
 
 from ..errors import ConfigError
+from ..keys import SPLIT
 from ..seeds import as_int_hint, checked_seed, is_whole
 
 #: arrays of (n_types, n_genes) float64 alive at once while the model is made (log fold
@@ -189,3 +190,33 @@ def file_bytes(n_cells: int, nonzeros: float) -> int:
     """About the bytes of an uncompressed simulated atlas: a value (float32) and a column
     (int32) per non-zero, a row pointer (int64) and a name and annotations per cell."""
     return int(n_cells * (nonzeros * 8 + 8 + 64))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a command line's bytes that are not UTF-8
+        return False
+    return True
+
+
+def check_label_key(label_key: object, written: tuple[str, ...]) -> None:
+    """Refuse a label column the file cannot hold, that cellsynth reads as its own, or that
+    another column the simulator ``written`` would overwrite."""
+    if (not isinstance(label_key, str) or not label_key.strip() or label_key == "."
+            or "/" in label_key or "\0" in label_key or not _utf8(label_key)):  # fmt: skip
+        raise ConfigError(f"the label column must be a non-empty name an h5ad file can hold "
+                          f"(UTF-8 text, not '.', without '/' or a null character), got "
+                          f"{label_key!r} (label_key= or --label-key)")  # fmt: skip
+    if label_key == "_index":  # anndata refused it only when the file was written
+        raise ConfigError("the label column cannot be named '_index': the h5ad format keeps "
+                          "that name for the cell names; choose another --label-key")
+    if label_key.startswith("cellsynth_"):  # SPLIT: a fit then read the types as its split
+        raise ConfigError(f"the label column cannot be named {label_key!r}: cellsynth keeps "
+                          f"names starting with 'cellsynth_' for its own columns ({SPLIT!r} "
+                          "marks the cells a fit leaves out), so fit and run could not read "
+                          "the atlas; choose another --label-key")  # fmt: skip
+    if label_key in written:
+        raise ConfigError(f"the label column {label_key!r} is the name of a column the simulator "
+                          f"writes itself ({', '.join(written)}): the cell types would be lost; "
+                          "choose another --label-key")  # fmt: skip

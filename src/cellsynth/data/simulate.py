@@ -33,8 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import write_elem
 
-from ..errors import ConfigError
-from ..keys import MITO, N_GENES, SPLIT
+from ..keys import MITO, N_GENES
 from ..options import progress_bar
 from ..outputs import check_disk_space, check_file_out, generated_h5ad
 from ..runtime import available_memory
@@ -42,6 +41,7 @@ from ._sim_checks import (
     check_args,
     check_counts_memory,
     check_flag,
+    check_label_key,
     check_writing,
     file_bytes,
     nonzeros_per_cell,
@@ -259,23 +259,7 @@ def _chunks(model: _Model, plan: _Plan, effects: Effects | None, seed: int,
 
 
 def _check_label_key(label_key: str) -> None:
-    """Refuse a label column the file cannot hold or that another column would overwrite."""
-    if not isinstance(label_key, str) or not label_key.strip() or "/" in label_key:
-        raise ConfigError(f"the label column must be a non-empty name without '/', got "
-                          f"{label_key!r} (label_key= or --label-key)")  # fmt: skip
-    if label_key == "_index":  # anndata refused it only when the file was written
-        raise ConfigError("the label column cannot be named '_index': the h5ad format keeps "
-                          "that name for the cell names; choose another --label-key")
-    if label_key.startswith("cellsynth_"):  # SPLIT: a fit then read the types as its split
-        raise ConfigError(f"the label column cannot be named {label_key!r}: cellsynth keeps "
-                          f"names starting with 'cellsynth_' for its own columns ({SPLIT!r} "
-                          "marks the cells a fit leaves out), so fit and run could not read "
-                          "the atlas; choose another --label-key")  # fmt: skip
-    written = (DOUBLET_KEY, MITO, N_GENES, DONOR_KEY, CONDITION_KEY)
-    if label_key in written:
-        raise ConfigError(f"the label column {label_key!r} is the name of a column the simulator "
-                          f"writes itself ({', '.join(written)}): the cell types would be lost; "
-                          "choose another --label-key")  # fmt: skip
+    check_label_key(label_key, (DOUBLET_KEY, MITO, N_GENES, DONOR_KEY, CONDITION_KEY))
 
 
 def _check(
