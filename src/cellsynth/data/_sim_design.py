@@ -97,16 +97,22 @@ def make_effects(model: _Model, n_cells: int, n_donors: int, n_conditions: int,
     return Effects(n_donors, n_conditions, donor, condition, genes, lfc, programs)
 
 
-def truth(effects: Effects, genes: pd.Index, n_mito: int, n_types: int) -> dict[str, Any]:
-    """``uns["simulation"]``: the covariates' effects as plain JSON values."""
+def truth(effects: Effects, genes: pd.Index, n_mito: int, q: np.ndarray) -> dict[str, Any]:
+    """``uns["simulation"]``: the covariates' effects as plain JSON values; ``q`` is the
+    types' gene shares (types x nuclear genes), from which each condition's change of a type's
+    total counts follows (``total_ratio``)."""
     donors, conditions = level_names(effects.n_donors, effects.n_conditions)
+    n_types = len(q)
 
     def names(nuclear: np.ndarray) -> list[str]:
         return [str(g) for g in genes[nuclear + n_mito]]
 
     out: dict[str, Any] = {
         "effects": "a cell's mean count of a gene, at its library size, is multiplied by "
-                   "exp(log_fold_change) (natural log) for its donor and its condition",
+                   "exp(log_fold_change) (natural log) for its donor and its condition; the "
+                   "genes' shares are not renormalised, so a cell's total counts change too "
+                   "(total_ratio: per condition, each type's mean nuclear total over ctrl's), "
+                   "and fold changes of counts normalised per cell differ from these by it",
         "donor_key": DONOR_KEY, "donors": donors,
         "condition_key": CONDITION_KEY, "conditions": conditions,
         "reference": REFERENCE}  # fmt: skip
@@ -117,4 +123,8 @@ def truth(effects: Effects, genes: pd.Index, n_mito: int, n_types: int) -> dict[
         t: {c: {"genes": names(g), "log_fold_change": [float(v) for v in lfc]}
             for c, (g, lfc) in zip(conditions[1:], effects.programs[k], strict=True)}
         for k, t in enumerate(type_names(n_types))}  # fmt: skip
+    out["total_ratio"] = {  # 1 + sum of the program genes' shares times (exp(lfc) - 1)
+        c: [float(1 + q[k, g] @ np.expm1(lfc)) for k, (g, lfc) in
+            enumerate(effects.programs[t][i] for t in range(n_types))]
+        for i, c in enumerate(conditions[1:])}  # fmt: skip
     return out

@@ -11,7 +11,8 @@ A design with a known answer (``n_donors``, ``n_conditions``): every cell gets a
 (``D0``, ``D1``...) and a condition (``ctrl``, ``stim``, ``stim2``...). A donor multiplies the
 mean of a random subset of genes by ``exp(lfc)`` (its own lfc per gene); a condition other than
 ``ctrl`` multiplies, per type, a program of genes (a core shared by the types, scaled by the
-type's response, and genes of the type's own) by ``exp(lfc)``, at the same library size. The
+type's response, and genes of the type's own) by ``exp(lfc)``, at the cell's drawn library
+size; the shares are not renormalised, so the cell's total counts change with them. The
 effects are stated in ``uns["simulation"]``. They come from random streams of their own, so
 without them the atlas is the same bit for bit (:mod:`._sim_design`).
 """
@@ -335,7 +336,7 @@ def _annotations(
                                    (CONDITION_KEY, conditions, effects.condition)):  # fmt: skip
             if levels:
                 obs[key] = pd.Categorical.from_codes(codes, categories=levels)
-        uns["simulation"] = truth(effects, genes, n_mito, n_types)
+        uns["simulation"] = truth(effects, genes, n_mito, model.q)
     return obs, var, uns
 
 
@@ -388,7 +389,8 @@ def simulate_atlas(
     ``donors``, ``conditions``, ``reference`` (``ctrl``), ``donor_shift`` (``genes``, and
     ``log_fold_change`` per donor) and ``condition_programs`` (per type, per condition:
     ``genes`` and ``log_fold_change``), natural-log fold changes of a gene's mean at a fixed
-    library size.
+    library size, and ``total_ratio`` (per condition, each type's mean nuclear total over
+    ``ctrl``'s: the change of counts normalised per cell).
 
     Examples
     --------
