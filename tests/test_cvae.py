@@ -899,16 +899,16 @@ def test_cvae_keeps_the_epoch_its_selection_picks(select):
 def test_long_training_logs_signs_of_life(monkeypatch, caplog):
     """Without a terminal (no progress bar) a long fit still logs where it is, at most every
     LOG_SECONDS: epoch, cells, loss, the last check, cells/s and the time left."""
-    from cellsynth.models import _loop
+    from cellsynth import options
 
     caplog.set_level(logging.INFO, logger="cellsynth")
-    monkeypatch.setattr(_loop, "LOG_SECONDS", 0.0)  # every step is "long"
+    monkeypatch.setattr(options, "LOG_SECONDS", 0.0)  # every step is "long"
     _toy_loop([3.0, 2.0, 1.0], steps_per_epoch=3, max_epochs=3, patience=5)
     lines = [r.getMessage() for r in caplog.records if "cells/s" in r.getMessage()]
     assert len(lines) == 9  # one per step
     assert lines[0].startswith("test: epoch 1/3, 1 of 3 cells") and "left" in lines[0]
     assert "last check 3" in lines[3] and "last check" not in lines[0]
-    monkeypatch.setattr(_loop, "LOG_SECONDS", 3600.0)
+    monkeypatch.setattr(options, "LOG_SECONDS", 3600.0)
     caplog.clear()
     _toy_loop([3.0, 2.0, 1.0], steps_per_epoch=3, max_epochs=3, patience=5)
     assert not [r for r in caplog.records if "cells/s" in r.getMessage()]
@@ -920,7 +920,7 @@ def test_signs_of_life_rate_counts_the_checks(monkeypatch, caplog):
     import re
     import time
 
-    from cellsynth.models import _loop
+    from cellsynth import options
 
     def slow_checks():
         for v in (3.0, 2.0, 1.0):
@@ -928,7 +928,7 @@ def test_signs_of_life_rate_counts_the_checks(monkeypatch, caplog):
             yield v
 
     caplog.set_level(logging.INFO, logger="cellsynth")
-    monkeypatch.setattr(_loop, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(options, "LOG_SECONDS", 0.0)
     _toy_loop(slow_checks(), steps_per_epoch=3, max_epochs=3, patience=5)
     lines = [r.getMessage() for r in caplog.records if "cells/s" in r.getMessage()]
     assert lines[3].startswith("test: epoch 2/3, 1 of 3 cells")

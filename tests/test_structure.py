@@ -16,7 +16,7 @@ LAYERS = [
     {"evaluation", "benchmark", "holdout", "info", "report", "pl"},
     {"models", "classify", "features", "explain", "metrics", "cells"},
     {"data"},
-    {"config", "config_rules", "config_sources", "errors", "keys", "seeds", "runtime", "resume", "outputs", "presets", "options", "checksums", "paths", "figure_io"},
+    {"config", "config_rules", "config_sources", "errors", "keys", "seeds", "runtime", "resume", "outputs", "presets", "options", "checksums", "paths", "figure_io", "heartbeat"},
 ]
 
 

@@ -16,6 +16,7 @@ from . import config, config_sources
 from .cli_parser import build_parser
 from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
 from .errors import CellsynthError
+from .heartbeat import heartbeat
 from .options import settings
 from .outputs import json_text
 
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     failures = hdf5_failures()  # an earlier command's in this process (tests) is not this one's
     try:
-        with settings.override(progress=False if quiet else "auto"), terminations():
+        with settings.override(progress=False if quiet else "auto"), terminations(), \
+                heartbeat(f"cellsynth {args.command}"):
             return COMMANDS[args.command](args)
     except CellsynthError as exc:
         print(f"cellsynth: error: {exc}", file=sys.stderr)

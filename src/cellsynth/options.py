@@ -32,6 +32,17 @@ logger = logging.getLogger("cellsynth.progress")
 #: where no bar is shown, a loop logs a line at least this often (seconds) once it has run as long
 LOG_SECONDS = 30.0
 
+#: a loop logs its line this long before :data:`LOG_SECONDS` of silence, when its next step
+#: would pass it: :func:`cellsynth.heartbeat.heartbeat` speaks after about a second less than
+#: LOG_SECONDS of silence, and the loop's own line (where it is, its rate) is the one to read
+LOG_MARGIN = 2.0
+
+
+def log_due(silent: float, step: float) -> bool:
+    """Whether a loop, ``silent`` seconds after its last line and its last step having taken
+    ``step`` seconds, logs its line now: the next step would end after the line was due."""
+    return silent + step >= LOG_SECONDS - LOG_MARGIN
+
 
 class Settings:
     """Package-wide settings (one instance, :data:`settings`).
@@ -127,19 +138,21 @@ class _NullFile:
 
 
 class _LogBar(_plain_tqdm):
-    """A tqdm that draws nothing and logs its line every :data:`LOG_SECONDS` instead."""
+    """A tqdm that draws nothing and logs its line every :data:`LOG_SECONDS` instead (a step
+    earlier when the next would end after it: :func:`log_due`)."""
 
     def __init__(self, iterable: Iterable | None = None, **kwargs: Any) -> None:
         kwargs.pop("file", None)
         kwargs.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} "
                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-        self._logged_at = time.monotonic()
+        self._logged_at = self._shown_at = time.monotonic()
         super().__init__(iterable, file=_NullFile(), mininterval=min(LOG_SECONDS, 1.0),
                          miniters=1, dynamic_ncols=False, **kwargs)  # fmt: skip
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         now = time.monotonic()
-        if now - self._logged_at >= LOG_SECONDS and not getattr(self, "disable", False):
+        step, self._shown_at = now - self._shown_at, now
+        if log_due(now - self._logged_at, step) and not getattr(self, "disable", False):
             self._logged_at = now
             logger.info("%s", str(self).strip())
         return True

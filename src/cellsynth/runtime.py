@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .heartbeat import heartbeat
 from .outputs import process_alive, write_json
 
 logger = logging.getLogger("cellsynth.pipeline")
@@ -99,7 +100,8 @@ class Manifest:
         write_json(self.path, self.data)
         before = _files(self.path.parent)
         try:
-            yield entry
+            with heartbeat(f"stage {name}"):
+                yield entry
         except BaseException as exc:
             entry.update(status="failed", reason=why_stopped(exc),
                          seconds=round(time.perf_counter() - t0, 3),
@@ -230,7 +232,8 @@ def timed(name: str):
     logger.info("stage %s: start", name)
     t0 = time.perf_counter()
     try:
-        yield
+        with heartbeat(f"stage {name}"):
+            yield
     except BaseException as exc:
         _log_failed(name, time.perf_counter() - t0, peak_rss_mb(), exc)
         raise

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import CellsynthError
-from ..options import LOG_SECONDS, progress_bar
+from ..heartbeat import duration_text
+from ..options import log_due, progress_bar
 from . import _training as tr
 from ._checkpoint import Checkpoint, TrainingState
 
@@ -211,7 +212,9 @@ def train_loop(steps: Steps, evaluate: Callable[[], float] | None, settings: Loo
                 scheduler.step()
             total += batch_loss.detach().double() * len(idx)
             seen += len(idx)
-            if verbose and time.perf_counter() - life.last >= LOG_SECONDS:
+            now = time.perf_counter()
+            step, life.stepped = now - life.stepped, now
+            if verbose and log_due(now - life.last, step):
                 life.log(name, epoch, settings.max_epochs, seen, n_rows,
                          total.item() / max(seen, 1), (epoch - first) * n_rows + seen,
                          time.perf_counter() - start)
@@ -267,7 +270,8 @@ class _SignsOfLife:
     left it gives leaves out the checks, which are most of a small data set's fit."""
 
     def __init__(self, history: dict[str, Any]) -> None:
-        self.history, self.last = history, time.perf_counter()
+        self.history = history
+        self.last = self.stepped = time.perf_counter()  # the last line, the last batch's end
 
     def log(self, name: str, epoch: int, max_epochs: int, seen: int, n_rows: int, loss: float,
             done: int, seconds: float) -> None:  # fmt: skip
@@ -277,11 +281,5 @@ class _SignsOfLife:
         last = f", last check {checks[-1]:.4g}" if checks else ""
         logger.info("%s: epoch %d/%d, %d of %d cells, loss %.4g%s, %.0f cells/s, at most %s "
                     "left", name, epoch + 1, max_epochs, seen, n_rows, loss, last, rate,
-                    _duration(left))  # fmt: skip
+                    duration_text(left))  # fmt: skip
         self.last = time.perf_counter()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, m = seconds // 3600, seconds % 3600 // 60
-    return f"{h} h {m:02d} min" if h else f"{m} min {seconds % 60:02d} s"
