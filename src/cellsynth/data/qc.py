@@ -280,6 +280,10 @@ def filter_cells(
     obs[label_key] = obs[label_key].astype(object)
     st = _Cells(obs, len(genes), QCReport(), label_key)
     report = st.report
+    # every labelled cell of the input, before any step: the report's "before QC" (a type
+    # that a step removes whole, as doublets or as cells without a count, keeps its row)
+    labelled = ~missing_labels(obs[label_key])
+    report.cells_per_type_before = _type_counts(obs[label_key].astype(str).to_numpy()[labelled])
 
     # QC columns are computed on the full gene set, before any gene is removed; a user's
     # column is checked (numbers; missing values kept, unjudged, with a warning)
@@ -302,9 +306,7 @@ def filter_cells(
         st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes",
                       lost=logging.INFO)
     labels = st.obs[label_key].astype(str).to_numpy()
-    report.cells_per_type_before = pd.Series(labels).value_counts().to_dict()
-
-    one = [t for t, n in report.cells_per_type_before.items() if n == 1]
+    one = [t for t, n in _type_counts(labels).items() if n == 1]
     if one and qc.on_single_cell_type == "error":
         raise DataError(
             f"{len(one)} cell type(s) have a single cell ({listed(one, quote=True)}), which "
@@ -367,6 +369,11 @@ def filter_cells(
             "lower qc.min_cells_per_type or give a larger dataset"
         )
     return st, keep_genes
+
+
+def _type_counts(labels: np.ndarray) -> dict[str, int]:
+    """Cells per type, the largest first."""
+    return {str(t): int(n) for t, n in pd.Series(labels).value_counts().items()}
 
 
 def keep_variable(cells: _Cells, variance: np.ndarray, qc: QCConfig) -> np.ndarray:
