@@ -7,10 +7,14 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from cellsynth import config
+from cellsynth.config import DatasetConfig, QCConfig, SplitConfig
+from cellsynth.data.chunked import preprocess_backed
 from cellsynth.data.qc import preprocess
+from cellsynth.errors import ConfigError
 
 SETS = ["qc.min_genes_per_cell=10", "qc.min_cells_per_gene=5"]
 
@@ -54,3 +58,60 @@ def test_the_cells_per_type_before_qc_are_the_inputs_and_add_up_with_the_steps()
     assert removed >= 10 + 13
     assert sum(rep.cells_per_type_before.values()) - sum(rep.cells_per_type_after.values()) \
         == removed
+
+
+# fault 2: the sections a direct call of the data stage is given were not checked
+
+
+@pytest.mark.parametrize(("sections", "said"), [
+    ({"split": SplitConfig(train=0.9, val=0.3, test=-0.2)},  # gave no test cell, unsaid
+     "split.test must be in (0, 1), got -0.2; give another value: SplitConfig(test=...)"),
+    ({"split": SplitConfig(train=0.7, val=0.0, test=0.3)},  # gave no validation cell
+     "split.val must be in (0, 1), got 0.0"),
+    ({"split": SplitConfig(train=0.5, val=0.5, test=0.5)},  # "no genes left after ..."
+     "split fractions must be positive and sum to 1, got train=0.5, val=0.5, test=0.5 (sum "
+     "1.5; the defaults are 0.7, 0.1 and 0.2); give another value: SplitConfig(train=...)"),
+    ({"split": SplitConfig(train="0.7")}, 'split.train must be float, got "0.7" (str)'),
+    ({"split": SplitConfig(heldout_donors=2)},  # "the data have 1 donor(s)", a donor 'None'
+     "dataset.donor_key names no donor column: set dataset.donor_key to the obs column of "
+     "each cell's donor, or split.heldout_donors to 0; give another value: "
+     "DatasetConfig(donor_key=...)"),
+    ({"qc": QCConfig(min_genes_per_cell="10")},  # numpy's TypeError in the comparison
+     'qc.min_genes_per_cell must be int, got "10" (str); give another value: '
+     "QCConfig(min_genes_per_cell=...)"),
+    ({"qc": QCConfig(on_single_cell_type="Drop")}, "qc.on_single_cell_type must be one of"),
+    ({"qc": {"min_genes_per_cell": 10}}, "qc is a dict; give a cellsynth.config.QCConfig"),
+    ({"dataset": DatasetConfig(is_normalised="yes")}, "dataset.is_normalised must be one of"),
+])
+@pytest.mark.parametrize("backed", [False, True])
+def test_sections_made_in_python_are_checked_as_a_config_files_are(tmp_path, sections, said,
+                                                                   backed):
+    """``preprocess(adata, dataset, qc, split)`` (and ``preprocess_backed``) took sections
+    built in Python unchecked: a negative test fraction gave a split without test cells, no
+    word said; fractions summing to 1.5 failed as "no genes left"; a number written as text
+    failed in numpy. They are now checked before any data is read, each fix said as the
+    keyword of its section's class."""
+    args = {"dataset": DatasetConfig(), "qc": QCConfig(min_genes_per_cell=10),
+            "split": SplitConfig(), **sections}
+    a = _atlas()
+    with pytest.raises(ConfigError) as err:
+        if backed:
+            a.write_h5ad(tmp_path / "a.h5ad")
+            preprocess_backed(tmp_path / "a.h5ad", args["dataset"], args["qc"], args["split"],
+                              out_path=tmp_path / "pre.h5ad")
+        else:
+            preprocess(a, args["dataset"], args["qc"], args["split"])
+    assert said in str(err.value)
+    assert not (tmp_path / "pre.h5ad").exists()
+
+
+def test_the_checked_sections_give_the_same_cells():
+    """A whole float for a whole-number setting is read as the number it is (as a config file
+    reads it), and the checked sections change nothing in what QC keeps."""
+    a = _atlas()
+    cfg = config.load(None, SETS)
+    expected, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    out, _ = preprocess(a, cfg.dataset, QCConfig(min_genes_per_cell=10.0, min_cells_per_gene=5),
+                        cfg.split, seed=0)
+    assert list(out.obs_names) == list(expected.obs_names)
+    assert (out.obs["cellsynth_split"] == expected.obs["cellsynth_split"]).all()

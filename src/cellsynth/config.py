@@ -414,19 +414,25 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check ranges and values a type cannot express; raise :class:`ConfigError` with the fix."""
         check_ranges(self)
-        s = self.split
-        if min(s.train, s.val, s.test) <= 0 or abs(s.train + s.val + s.test - 1) > 1e-6:
-            raise ConfigError(
-                f"split fractions must be positive and sum to 1, got train={s.train}, "
-                f"val={s.val}, test={s.test}; fix them with --set split.train=0.7 etc."
-            )
-        if s.heldout_donors and not self.dataset.donor_key:
-            raise ConfigError(
-                f"split.heldout_donors = {s.heldout_donors} holds out whole donors, but "
-                "dataset.donor_key names no donor column; set it (--set "
-                "dataset.donor_key=donor) or set split.heldout_donors = 0")
+        check_split(self.split, self.dataset.donor_key)
         self.cvae.validate()
         return self
+
+
+def check_split(split: SplitConfig, donor_key: str) -> None:
+    """Refuse fractions that are not positive or do not sum to 1, and held-out donors without a
+    donor column (``dataset.donor_key``), with a :class:`ConfigError` that says the fix."""
+    s = split
+    if min(s.train, s.val, s.test) <= 0 or abs(s.train + s.val + s.test - 1) > 1e-6:
+        raise ConfigError(
+            f"split fractions must be positive and sum to 1, got train={s.train}, "
+            f"val={s.val}, test={s.test} (sum {s.train + s.val + s.test:.6g}; the defaults are "
+            f"0.7, 0.1 and 0.2); {fix_hint('split.train')} (and split.val, split.test)")
+    if s.heldout_donors and not donor_key:
+        raise ConfigError(
+            f"split.heldout_donors = {s.heldout_donors} holds out whole donors, but "
+            "dataset.donor_key names no donor column: set dataset.donor_key to the obs column "
+            f"of each cell's donor, or split.heldout_donors to 0; {fix_hint('dataset.donor_key')}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from .qc import (
     mito_genes,
     normalise_log1p,
 )
+from .settings import data_settings
 from .store import CSRWriter, H5adFile, RowStore, h5ad_file
 from .values import check_values
 
@@ -92,6 +93,7 @@ def preprocess_backed(
     -------
     The path written and the :class:`~cellsynth.data.qc.QCReport`.
     """
+    dataset, qc, split = data_settings(dataset, qc, split)  # made in Python: unchecked
     chunk = int(chunk_size or qc.chunk_size)
     if chunk < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk}; set qc.chunk_size")

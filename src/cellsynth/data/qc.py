@@ -25,6 +25,7 @@ from .genes import annotated_var, source_annotation
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts
 from .labels import check_label, missing_labels
+from .settings import data_settings
 from .split import stratified_split
 from .values import fractional_rows
 
@@ -282,8 +283,8 @@ def filter_cells(
     report = st.report
     # every labelled cell of the input, before any step: the report's "before QC" (a type
     # that a step removes whole, as doublets or as cells without a count, keeps its row)
-    labelled = ~missing_labels(obs[label_key])
-    report.cells_per_type_before = _type_counts(obs[label_key].astype(str).to_numpy()[labelled])
+    labelled = obs[label_key][~missing_labels(obs[label_key])].astype(str)
+    report.cells_per_type_before = labelled.value_counts().to_dict()
 
     # QC columns are computed on the full gene set, before any gene is removed; a user's
     # column is checked (numbers; missing values kept, unjudged, with a warning)
@@ -306,7 +307,7 @@ def filter_cells(
         st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes",
                       lost=logging.INFO)
     labels = st.obs[label_key].astype(str).to_numpy()
-    one = [t for t, n in _type_counts(labels).items() if n == 1]
+    one = [t for t, n in pd.Series(labels).value_counts().items() if n == 1]
     if one and qc.on_single_cell_type == "error":
         raise DataError(
             f"{len(one)} cell type(s) have a single cell ({listed(one, quote=True)}), which "
@@ -369,11 +370,6 @@ def filter_cells(
             "lower qc.min_cells_per_type or give a larger dataset"
         )
     return st, keep_genes
-
-
-def _type_counts(labels: np.ndarray) -> dict[str, int]:
-    """Cells per type, the largest first."""
-    return {str(t): int(n) for t, n in pd.Series(labels).value_counts().items()}
 
 
 def keep_variable(cells: _Cells, variance: np.ndarray, qc: QCConfig) -> np.ndarray:
@@ -465,6 +461,7 @@ def preprocess(
     when it has no counts), with ``layers['counts']`` when counts exist, and ``obs`` holding the
     label, ``cellsynth_group``, ``cellsynth_split``, ``n_genes`` and ``mito``.
     """
+    dataset, qc, split = data_settings(dataset, qc, split)  # made in Python: unchecked
     label_key = dataset.label_key
     check_label(adata, label_key)
     check_donor_key(adata.obs.columns, dataset)
