@@ -115,3 +115,38 @@ def test_the_checked_sections_give_the_same_cells():
                         cfg.split, seed=0)
     assert list(out.obs_names) == list(expected.obs_names)
     assert (out.obs["cellsynth_split"] == expected.obs["cellsynth_split"]).all()
+
+
+# fault 3: a split column of the user's with other values than train / val / test
+
+
+@pytest.mark.parametrize("values", [("Train", "Val", "Test"), ("train", "validation", "test"),
+                                    ("train ", "val", "test")])
+@pytest.mark.parametrize("covariates", [None, ["condition"]])
+def test_a_fit_refuses_split_values_it_would_leave_out(values, covariates):
+    """``cs.NegBinBaseline().fit(adata)`` on cells whose obs['cellsynth_split'] said "Train",
+    "Val", "Test" failed with "has no 'train' rows" without naming what the column holds, and
+    one saying "validation" was fitted with those cells left out unsaid (``cellsynth fit`` and
+    ``CVAE(adata)`` refused them, naming them). Every fit now reads the column the same way."""
+    import cellsynth as cs
+    from cellsynth.errors import DataError
+
+    a = _atlas()
+    a.obs["condition"] = np.where(np.arange(a.n_obs) % 2, "ctrl", "stim")
+    a.obs["cellsynth_split"] = np.array(values)[np.arange(a.n_obs) % 3]
+    with pytest.raises(DataError) as err:
+        cs.NegBinBaseline(covariate_keys=covariates).fit(a, "cell_type")
+    odd = ", ".join(repr(v) for v in sorted(set(values) - {"train", "val", "test"}))
+    assert str(err.value).startswith(f"obs['cellsynth_split'] holds {odd}; its values are "
+                                     "'train', 'val' (fitted on) and 'test' (left out)")
+
+
+def test_a_fit_reads_a_split_column_of_train_val_test_and_missing_values():
+    import cellsynth as cs
+
+    a = _atlas()
+    a.obs["cellsynth_split"] = np.array(["train", "val", "test"])[np.arange(a.n_obs) % 3]
+    a.obs.loc[a.obs_names[:5], "cellsynth_split"] = np.nan  # a missing value: in no split
+    model = cs.NegBinBaseline()
+    model.fit(a, "cell_type")
+    assert model.sample({"type0": 3}, seed=0).n_obs == 3

@@ -38,7 +38,7 @@ from .data.io import (
     training_source,
 )
 from .data.labels import MISSING_TEXT, check_label, missing_labels
-from .data.split import stratified_split
+from .data.split import split_column, stratified_split
 from .data.store import MatrixRows
 from .data.values import check_libraries, check_values, check_whole, stored_values
 from .errors import DataError, listed
@@ -334,14 +334,8 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
                     val_fraction: float) -> np.ndarray:  # fmt: skip
     """``train`` / ``val`` per cell (``none`` for cells without a label or in the test split)."""
     check_label(SimpleNamespace(obs=obs), label_key)
-    if K.SPLIT in obs:
-        split = obs[K.SPLIT].astype(str).to_numpy().copy()
-        odd = sorted(set(np.unique(split)) - {"train", "val", "test", "none", *MISSING_TEXT})
-        if odd:
-            raise DataError(f"obs['{K.SPLIT}'] holds {listed(odd, quote=True)}; its values "
-                            "are 'train', 'val' (fitted on) and 'test' (left out): rename them, "
-                            f"or drop the column for a seeded split (del adata.obs['{K.SPLIT}'])")
-    else:
+    split = split_column(obs)
+    if split is None:
         # stratified by type: every type keeps its training cells, a type of a few cells all
         split = stratified_split(obs[label_key].astype(str).to_numpy(),
                                  (1 - val_fraction, val_fraction, 0.0), seed=seed)

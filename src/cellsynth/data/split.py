@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 
+from .. import keys as K
 from ..errors import DataError, listed
 from ..seeds import derive_seed
+from .labels import MISSING_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,27 @@ def stratified_split(
         out[idx[n_val : n_val + n_test]] = "test"
         out[idx[n_val + n_test :]] = "train"
     return out
+
+
+def split_column(obs: pd.DataFrame) -> np.ndarray | None:
+    """The split ``obs['cellsynth_split']`` gives each cell, as text (a missing value as
+    ``"nan"``: in no split); None without the column.
+
+    Raises
+    ------
+    DataError
+        Values other than ``train``, ``val``, ``test`` (and ``none``): "Train", "validation",
+        "train " would leave their cells out of every split unsaid.
+    """
+    if K.SPLIT not in obs:
+        return None
+    split = obs[K.SPLIT].astype(str).to_numpy().copy()
+    odd = sorted(set(np.unique(split)) - {*K.SPLITS, "none", *MISSING_TEXT})
+    if odd:
+        raise DataError(f"obs['{K.SPLIT}'] holds {listed(odd, quote=True)}; its values are "
+                        "'train', 'val' (fitted on) and 'test' (left out): rename them, or "
+                        f"drop the column for a seeded split (del adata.obs['{K.SPLIT}'])")
+    return split
 
 
 def _heldout_donors(donors: np.ndarray, k: int, seed: int) -> np.ndarray:

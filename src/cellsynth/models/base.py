@@ -24,7 +24,7 @@ from .. import keys as K
 from ..data.genes import annotated_var, gene_difference
 from ..data.io import check_gene_names, check_shape, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels
-from ..data.split import stratified_split
+from ..data.split import split_column, stratified_split
 from ..data.values import check_libraries, check_values, check_whole
 from ..errors import ConfigError, DataError, listed
 from ..seeds import checked_seed
@@ -145,8 +145,8 @@ def split_masks(adata: ad.AnnData, labels: np.ndarray, *, seed: int,
     """Training and validation rows: ``obs['cellsynth_split']`` when present, else a random cut
     stratified by the type ``labels`` (:func:`~cellsynth.data.split.stratified_split`: every type
     keeps its training cells, a type of a few cells all of them)."""
-    if K.SPLIT in adata.obs:
-        split = adata.obs[K.SPLIT].astype(str).to_numpy()
+    split = split_column(adata.obs)  # odd values ("Train", "validation") refused
+    if split is not None:
         return split == "train", split == "val"
     split = stratified_split(np.asarray(labels).astype(str), (1 - val_fraction, val_fraction, 0.0),
                              seed=checked_seed(seed))  # fmt: skip
@@ -232,8 +232,9 @@ def read_rows(obs: pd.DataFrame, label_key: str) -> np.ndarray:
     training and validation cells (never the test ones): what a generator built on the data
     checks its covariates in before the fit."""
     rows = ~missing_labels(obs[label_key])
-    if K.SPLIT in obs:
-        rows &= obs[K.SPLIT].astype(str).isin(["train", "val"]).to_numpy()
+    split = split_column(obs)
+    if split is not None:
+        rows &= np.isin(split, ["train", "val"])
     return np.flatnonzero(rows)
 
 
