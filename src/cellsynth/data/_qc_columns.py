@@ -172,13 +172,35 @@ def iqr_inliers(
     cells and applied to every split; a type with fewer than 4 training cells is not fenced,
     and a missing value (NaN) is not judged on (see :func:`qc_column`)."""
     keep = np.ones(len(labels), dtype=bool)
+    flat: dict[str, list[str]] = {}  # a fence of zero width: the types it removed cells of
     for t in np.unique(labels):
         is_t = labels == t
         fit = is_t & train
         if fit.sum() < 4:
             continue
-        keep &= ~is_t | (_inside(mito, fit, k, lower=False) & _inside(n_genes, fit, k))
+        inside = {"dataset.mito_key": _inside(mito, fit, k, lower=False),
+                  "dataset.n_genes_key": _inside(n_genes, fit, k)}
+        for (setting, kept), v in zip(inside.items(), (mito, n_genes), strict=True):
+            out = int((is_t & ~kept).sum())
+            if out and _zero_width(v, fit):
+                flat.setdefault(setting, []).append(f"{t}: {out}")
+        keep &= ~is_t | (inside["dataset.mito_key"] & inside["dataset.n_genes_key"])
+    for setting, removed in flat.items():
+        what, off = (("mitochondrial share", "is above") if setting == "dataset.mito_key"
+                     else ("genes per cell", "differs from"))
+        logger.warning("QC step 'per-type IQR outliers' removed the cells whose %s %s the one "
+                       "value the middle half of their type's training cells share (an IQR of "
+                       "0: a fence of zero width), in %d type(s): %s cells; if they are not "
+                       "outliers (a single-nucleus atlas holds few mitochondrial reads), an "
+                       "obs column (%s) of one value for every cell, such as 0, leaves this "
+                       "fence out", what, off, len(removed), listed(removed, 10), setting)
     return keep
+
+
+def _zero_width(v: np.ndarray, fit: np.ndarray) -> bool:
+    """Whether the IQR of ``v`` over the known values of the cells ``fit`` is zero."""
+    known = v[fit & ~np.isnan(v)]
+    return len(known) >= 4 and bool(np.subtract(*np.percentile(known, [75, 25])) == 0)
 
 
 def check_qc_columns(obs: pd.DataFrame, dataset: DatasetConfig) -> None:
