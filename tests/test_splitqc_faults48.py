@@ -206,3 +206,27 @@ def test_a_fence_of_zero_width_that_removes_nothing_is_not_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
         preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
     assert "zero width" not in caplog.text
+
+
+# fault 5: a type dropped for its training cells, with no word of where its cells went
+
+
+def test_a_type_dropped_for_its_training_cells_says_how_many_it_has_and_why(caplog):
+    """With split.heldout_donors, a type of 30 cells all from a held-out donor was dropped as
+    "fewer than 10 training cells: type2", which read as a type of a few cells (lowering
+    qc.min_cells_per_type keeps none of its 0 training cells). The warning now gives each
+    dropped type's training cells of all its cells, and says that held-out donors' cells are
+    test cells."""
+    import logging
+
+    a = _atlas()
+    donors = np.where(np.arange(a.n_obs) % 2, "d0", "d1")
+    a.obs["donor"] = np.where(a.obs["cell_type"] == "type2", "dX", donors)
+    cfg = config.load(None, [*SETS, "dataset.donor_key='donor'", "split.heldout_donors=1"])
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
+        out, rep = preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=2)
+    assert rep.dropped_types == ["type2"] and "type2" not in set(out.obs["cell_type"])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropping")]
+    assert said == ["dropping 1 type(s) with fewer than 10 training cells "
+                    "(qc.min_cells_per_type): type2 (0 of its 30 cells); every cell of a "
+                    "held-out donor is a test cell (split.heldout_donors)"]

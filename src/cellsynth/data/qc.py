@@ -281,8 +281,7 @@ def filter_cells(
     obs[label_key] = obs[label_key].astype(object)
     st = _Cells(obs, len(genes), QCReport(), label_key)
     report = st.report
-    # every labelled cell of the input, before any step: the report's "before QC" (a type
-    # that a step removes whole, as doublets or as cells without a count, keeps its row)
+    # the report's "before QC": every labelled cell of the input, before any step removes one
     labelled = obs[label_key][~missing_labels(obs[label_key])].astype(str)
     report.cells_per_type_before = labelled.value_counts().to_dict()
 
@@ -354,8 +353,13 @@ def filter_cells(
     all_types = np.unique(labels)
     rare = sorted(t for t in all_types if n_train.get(t, 0) < qc.min_cells_per_type)
     if rare:
-        logger.warning("dropping %d type(s) with fewer than %d training cells: %s", len(rare),
-                       qc.min_cells_per_type, ", ".join(rare))
+        n_all = pd.Series(labels).value_counts()
+        logger.warning("dropping %d type(s) with fewer than %d training cells "
+                       "(qc.min_cells_per_type): %s%s", len(rare), qc.min_cells_per_type,
+                       listed([f"{t} ({n_train.get(t, 0)} of its {n_all[t]} cells)"
+                               for t in rare], 20),
+                       "; every cell of a held-out donor is a test cell (split.heldout_donors)"
+                       if split.heldout_donors else "")
         report.dropped_types += rare
     st.keep_cells(~np.isin(labels, rare), f"types with < {qc.min_cells_per_type} train cells",
                   "qc.min_cells_per_type", lost=None)
