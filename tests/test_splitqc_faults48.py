@@ -230,3 +230,37 @@ def test_a_type_dropped_for_its_training_cells_says_how_many_it_has_and_why(capl
     assert said == ["dropping 1 type(s) with fewer than 10 training cells "
                     "(qc.min_cells_per_type): type2 (0 of its 30 cells); every cell of a "
                     "held-out donor is a test cell (split.heldout_donors)"]
+
+
+# fault 6: a label or donor column that the data stage writes over or reads as another
+
+
+@pytest.mark.parametrize(("sets", "said"), [
+    (["dataset.label_key='cellsynth_split'"],  # a run's file: its types became the splits
+     "dataset.label_key = 'cellsynth_split' names a column the data stage writes"),
+    (["dataset.label_key='n_genes'"], "dataset.label_key = 'n_genes' is also "
+     "dataset.n_genes_key: the column would be read as both"),
+    (["dataset.donor_key='cell_type'", "split.heldout_donors=1"],  # a type held out whole
+     "dataset.donor_key = 'cell_type' is the label column (dataset.label_key)"),
+])
+def test_a_label_or_donor_column_the_data_stage_uses_otherwise_is_refused(tmp_path, capsys,
+                                                                         sets, said):
+    """``cellsynth run pre.h5ad --label-key cellsynth_split`` had its types replaced by the
+    run's split and failed as "fewer than 2 cell types have 10 or more training cells"; a
+    donor column that is the label column held whole types out as donors (dropped for want of
+    training cells). Both are now refused, in one line, naming the setting to change."""
+    from cellsynth.cli import main
+
+    a = _atlas()
+    for s in sets:
+        if s.startswith("dataset.label_key="):  # the types, in the column named
+            a.obs[s.split("=")[1].strip("'")] = a.obs["cell_type"].to_numpy()
+    a.write_h5ad(tmp_path / "a.h5ad")
+    capsys.readouterr()
+    args = ["run", str(tmp_path / "a.h5ad"), "--out", str(tmp_path / "run"), "--quiet"]
+    for s in [*SETS, *sets]:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"cellsynth: error: {said}"), err
+    assert "set dataset." in err

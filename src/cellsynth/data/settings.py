@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig, check_split
 from ..config_rules import from_dict, hints
 from ..errors import ConfigError
@@ -46,4 +47,32 @@ def data_settings(dataset: Any, qc: Any, split: Any) -> tuple[DatasetConfig, QCC
     dataset, qc, split = checked
     with hints(_keyword_fix):
         check_split(split, dataset.donor_key)
+    check_columns(dataset)
     return dataset, qc, split
+
+
+#: ``obs`` columns the data stage writes (``cellsynth_group`` only given a mapping: a run's is not)
+WRITTEN = (K.SPLIT, K.MITO, K.N_GENES, K.NORM_TOTAL)
+
+
+def check_columns(dataset: DatasetConfig) -> None:
+    """Refuse a label or donor column that the data stage writes over or reads as another
+    column: ``--label-key cellsynth_split`` (a run's file) had its types replaced by
+    ``train``/``val``/``test``, and a donor column that is the label column held out whole
+    cell types as donors."""
+    qc_keys = {"dataset.mito_key": dataset.mito_key, "dataset.n_genes_key": dataset.n_genes_key,
+               "dataset.doublet_key": dataset.doublet_key}
+    for setting, key in (("dataset.label_key", dataset.label_key),
+                         ("dataset.donor_key", dataset.donor_key)):
+        read_as = next((k for k, v in qc_keys.items() if v and v == key), None)
+        if key in WRITTEN or read_as:
+            what = (f"is also {read_as}: the column would be read as both" if read_as else
+                    f"names a column the data stage writes ({', '.join(WRITTEN)}), which "
+                    "would replace it")
+            raise ConfigError(f"{setting} = '{key}' {what}; set {setting} to another obs "
+                              "column (rename the column in the data if need be)")
+    if dataset.donor_key and dataset.donor_key == dataset.label_key:
+        raise ConfigError(f"dataset.donor_key = '{dataset.donor_key}' is the label column "
+                          "(dataset.label_key): each cell type would be read as a donor (held "
+                          "out whole, audited as one); set dataset.donor_key to the obs column "
+                          "of each cell's donor or sample, or to \"\" for none")
