@@ -264,3 +264,51 @@ def test_a_label_or_donor_column_the_data_stage_uses_otherwise_is_refused(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"cellsynth: error: {said}"), err
     assert "set dataset." in err
+
+
+# fault 7: mitochondrial genes in another spelling were said to be absent, no more
+
+
+@pytest.mark.parametrize(("names", "shown"), [
+    (["MT.ND1", "MT.CO1", "MT.ATP6"], "3 gene name(s) look mitochondrial in another spelling "
+     "('MT.ND1', 'MT.CO1', 'MT.ATP6')"),  # R's make.names
+    (["mt.Nd1", "mt.Co1", "mt.Atp6"], "('mt.Nd1', 'mt.Co1', 'mt.Atp6')"),
+    (["GRCh38_MT-ND1", "GRCh38_MT-CO1", "GRCh38_MT-CYB"], "'GRCh38_MT-ND1'"),  # two genomes
+    (["MT_ND1", "MT_CO1", "MT_ND4"], "'MT_ND1'"),
+])
+@pytest.mark.parametrize("backed", [False, True])
+def test_mitochondrial_genes_in_another_spelling_are_named(tmp_path, caplog, names, shown,
+                                                          backed):
+    """Genes named MT.ND1 (R's make.names of MT-ND1), GRCh38_MT-ND1 or MT_ND1 are not read as
+    mitochondrial, and the warning said "no mitochondrial genes (MT-/mt- prefix)", leaving
+    the user to guess why an atlas that holds them has none: the mito fraction is 0 and its
+    fence removes no damaged cell. The warning now names the genes and the renaming."""
+    import logging
+
+    a = _atlas()
+    a.var_names = [*names, *a.var_names[3:]]
+    cfg = config.load(None, SETS)
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
+        if backed:
+            a.write_h5ad(tmp_path / "a.h5ad")
+            preprocess_backed(tmp_path / "a.h5ad", cfg.dataset, cfg.qc, cfg.split,
+                              out_path=tmp_path / "pre.h5ad")
+        else:
+            preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    said = [r.getMessage() for r in caplog.records if "no mitochondrial genes" in r.getMessage()]
+    assert len(said) == 1 and shown in said[0]
+    assert "rename them with the MT- prefix (as MT-ND1, mt-Nd1 in mouse) in adata.var_names" \
+        in said[0]
+
+
+def test_names_that_only_start_with_mt_get_no_spelling_hint(caplog):
+    import logging
+
+    a = _atlas()
+    a.var_names = ["MT1A", "MT2A", "MTND1P23", "MTHFR", "Mt1", *a.var_names[5:]]
+    cfg = config.load(None, SETS)
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    said = [r.getMessage() for r in caplog.records if "no mitochondrial genes" in r.getMessage()]
+    assert said == ["no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for every "
+                    "cell"]

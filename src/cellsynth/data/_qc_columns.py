@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,24 @@ def _zero_width(v: np.ndarray, fit: np.ndarray) -> bool:
     """Whether the IQR of ``v`` over the known values of the cells ``fit`` is zero."""
     known = v[fit & ~np.isnan(v)]
     return len(known) >= 4 and bool(np.subtract(*np.percentile(known, [75, 25])) == 0)
+
+
+#: a mitochondrial gene in another spelling than ``MT-ND1``/``mt-Nd1``: R's make.names
+#: (``MT.ND1``), another separator (``MT_ND1``), a genome prefix (``GRCh38_MT-ND1``)
+_OTHER_MT = r"^(?:.*[_.\-])?MT[._](?:ND|CO|ATP|CYB|RNR|T[A-Z])|^.+[_.\-]MT-"
+
+
+def mito_spelling(names: Any) -> str:
+    """A hint for gene names that hold mitochondrial genes in another spelling (said beside
+    "no mitochondrial genes"), or ""."""
+    names = pd.Index([str(n) for n in names])
+    other = names[names.str.upper().str.contains(_OTHER_MT, regex=True)]
+    if not len(other):
+        return ""
+    return (f": {len(other)} gene name(s) look mitochondrial in another spelling "
+            f"({listed(list(other), 3, quote=True)}); rename them with the MT- prefix (as "
+            "MT-ND1, mt-Nd1 in mouse) in adata.var_names, or give a per-cell mitochondrial "
+            "fraction in obs (dataset.mito_key)")
 
 
 def check_qc_columns(obs: pd.DataFrame, dataset: DatasetConfig) -> None:

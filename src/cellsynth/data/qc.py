@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
-from ._qc_columns import check_qc_columns, doublets, iqr_inliers, qc_column
+from ._qc_columns import check_qc_columns, doublets, iqr_inliers, mito_spelling, qc_column
 from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, source_annotation
 from .groups import check_groups
@@ -186,7 +186,8 @@ def mito_genes(genes: pd.Index, symbols: pd.Series | None = None) -> np.ndarray:
         ids = pd.Index(genes).astype(str).str.match(r"ENS[A-Z]*G\d").mean() > 0.5
         hint = (": the gene names look like Ensembl IDs; put symbols in a var column named "
                 f"one of {', '.join(SYMBOL_COLUMNS)} (or set adata.var_names to them), or give "
-                "a per-cell mitochondrial fraction in obs (dataset.mito_key)") if ids else ""
+                "a per-cell mitochondrial fraction in obs (dataset.mito_key)") if ids else \
+            mito_spelling(genes if symbols is None else [*genes, *symbols])
         logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for "
                        "every cell%s", hint)
     return idx
