@@ -312,3 +312,36 @@ def test_names_that_only_start_with_mt_get_no_spelling_hint(caplog):
     said = [r.getMessage() for r in caplog.records if "no mitochondrial genes" in r.getMessage()]
     assert said == ["no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for every "
                     "cell"]
+
+
+# fault 8: "unknown" kept as a cell type beside the default prefix UNKNOWN, unsaid
+
+
+def test_types_named_with_an_uninformative_prefix_in_another_case_are_warned(caplog):
+    """The labels QC removes as uninformative are matched as written (the reference's
+    E-ANND-5 spellings: UNKNOWN, DOUBLET, ...), so CELLxGENE's "unknown" or a "Doublets"
+    type were learned and generated as cell types, no word said. The rule is unchanged; a
+    warning names them and the setting that leaves them out."""
+    import logging
+
+    a = _atlas()
+    labels = a.obs["cell_type"].to_numpy().copy()
+    labels[:25], labels[60:85], labels[100:103] = "unknown", "Doublets", "UNKNOWN_x"
+    a.obs["cell_type"] = labels
+    cfg = config.load(None, SETS)
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
+        out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    assert {"unknown", "Doublets"} <= set(out.obs["cell_type"])  # kept, as before
+    assert "UNKNOWN_x" not in set(out.obs["cell_type"])
+    said = [r.getMessage() for r in caplog.records if "another case" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        "2 type(s) kept start with an uninformative prefix in another case: 'Doublets' (25 "
+        "cells), 'unknown' (25 cells) (dataset.uninformative_prefixes, matched as written: "
+        "'DOUBLET', 'LOW_Q'")
+    assert "add them to dataset.uninformative_prefixes to leave them out" in said[0]
+    cfg = config.load(None, [*SETS, "dataset.uninformative_prefixes=['unknown', 'Doublet', 'UNKNOWN']"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellsynth.data"):
+        out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
+    assert not {"unknown", "Doublets"} & set(out.obs["cell_type"])
+    assert "another case" not in caplog.text

@@ -129,3 +129,19 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
         logger.warning("obs['%s'] holds %s that differ only by case (%s): they are learned as "
                        "different %s; if they are one, rename them to one spelling", key, what,
                        listed(shown, 6, quote=True), what)  # fmt: skip
+
+
+def warn_other_case_prefixes(labels: np.ndarray, prefixes: tuple[str, ...]) -> None:
+    """Warn of types kept whose name starts with one of ``prefixes`` (the labels QC removes as
+    uninformative, ``dataset.uninformative_prefixes``) in another case only: ``unknown``
+    (CELLxGENE's spelling) beside the default ``UNKNOWN`` would be learned as a cell type."""
+    folded = tuple(p.casefold() for p in prefixes)
+    names, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    near = [f"'{n}' ({k} cells)" for n, k in zip(names, counts, strict=True)
+            if n.casefold().startswith(folded) and not n.startswith(prefixes)]
+    if near:
+        logger.warning("%d type(s) kept start with an uninformative prefix in another case: %s "
+                       "(dataset.uninformative_prefixes, matched as written: %s); add them to "
+                       "dataset.uninformative_prefixes to leave them out, if they are not cell "
+                       "types", len(near), listed(near, 10), listed(list(prefixes), 10,
+                                                                    quote=True))

@@ -24,7 +24,7 @@ from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, source_annotation
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts
-from .labels import check_label, missing_labels
+from .labels import check_label, missing_labels, warn_other_case_prefixes
 from .settings import data_settings
 from .split import stratified_split
 from .values import fractional_rows
@@ -307,6 +307,7 @@ def filter_cells(
         st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes",
                       lost=logging.INFO)
     labels = st.obs[label_key].astype(str).to_numpy()
+    warn_other_case_prefixes(labels, prefixes)
     one = [t for t, n in pd.Series(labels).value_counts().items() if n == 1]
     if one and qc.on_single_cell_type == "error":
         raise DataError(
