@@ -345,3 +345,36 @@ def test_types_named_with_an_uninformative_prefix_in_another_case_are_warned(cap
         out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=0)
     assert not {"unknown", "Doublets"} & set(out.obs["cell_type"])
     assert "another case" not in caplog.text
+
+
+# fault 9: the split's seed of a direct call, unchecked
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, "0"])
+@pytest.mark.parametrize("backed", [False, True])
+def test_the_seed_of_a_direct_call_is_checked(tmp_path, seed, backed):
+    """``preprocess(..., seed=None)`` drew another split at every call, no word said (the
+    split of the same data and the same call differed), and seed=-1 or 1.5 failed in numpy
+    (ValueError, TypeError). A seed is now a whole number from 0 to 2**63 - 1, or refused."""
+    from cellsynth.errors import DataError
+
+    a = _atlas()
+    cfg = config.load(None, SETS)
+    with pytest.raises(DataError, match=r"seed must be a whole number from 0 to 2\*\*63 - 1"):
+        if backed:
+            a.write_h5ad(tmp_path / "a.h5ad")
+            preprocess_backed(tmp_path / "a.h5ad", cfg.dataset, cfg.qc, cfg.split, seed=seed,
+                              out_path=tmp_path / "pre.h5ad")
+        else:
+            preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=seed)
+
+
+def test_the_split_is_the_seeds():
+    a = _atlas()
+    cfg = config.load(None, SETS)
+
+    def split(seed):
+        return preprocess(a, cfg.dataset, cfg.qc, cfg.split, seed=seed)[0].obs["cellsynth_split"]
+
+    assert (split(3) == split(3)).all()
+    assert not (split(3) == split(4)).all()

@@ -93,7 +93,7 @@ def preprocess_backed(
     -------
     The path written and the :class:`~cellsynth.data.qc.QCReport`.
     """
-    dataset, qc, split = data_settings(dataset, qc, split)  # made in Python: unchecked
+    dataset, qc, split, seed = data_settings(dataset, qc, split, seed)  # Python's: unchecked
     chunk = int(chunk_size or qc.chunk_size)
     if chunk < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk}; set qc.chunk_size")

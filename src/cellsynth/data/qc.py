@@ -467,7 +467,7 @@ def preprocess(
     when it has no counts), with ``layers['counts']`` when counts exist, and ``obs`` holding the
     label, ``cellsynth_group``, ``cellsynth_split``, ``n_genes`` and ``mito``.
     """
-    dataset, qc, split = data_settings(dataset, qc, split)  # made in Python: unchecked
+    dataset, qc, split, seed = data_settings(dataset, qc, split, seed)  # Python's: unchecked
     label_key = dataset.label_key
     check_label(adata, label_key)
     check_donor_key(adata.obs.columns, dataset)

@@ -9,6 +9,7 @@ from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig, check_split
 from ..config_rules import from_dict, hints
 from ..errors import ConfigError
+from ..seeds import checked_seed
 
 #: the sections of the data stage, by the prefix of their settings
 _SECTIONS = {"dataset": DatasetConfig, "qc": QCConfig, "split": SplitConfig}
@@ -21,20 +22,24 @@ def _keyword_fix(key: str) -> str:
     return f"give another value: {_SECTIONS[section].__name__}({name}=...)"
 
 
-def data_settings(dataset: Any, qc: Any, split: Any) -> tuple[DatasetConfig, QCConfig,
-                                                               SplitConfig]:
+def data_settings(dataset: Any, qc: Any, split: Any,
+                  seed: Any) -> tuple[DatasetConfig, QCConfig, SplitConfig, int]:
     """The sections ``preprocess`` and ``preprocess_backed`` are given, checked before any data
     is read as a config file's are: each section's class, its values' types and ranges, the
-    split's fractions and held-out donors (a section built in Python is not checked when made).
+    split's fractions and held-out donors (a section built in Python is not checked when made);
+    the split's ``seed`` (None drew another split at every call; -1 failed in numpy).
 
     Returns
     -------
-    The three sections, their values coerced (a whole float of an int setting an int).
+    The three sections, their values coerced (a whole float of an int setting an int), and
+    the seed as an int.
 
     Raises
     ------
     ConfigError
         A section of another class, or a value of the wrong type or out of its range.
+    DataError
+        A seed that is not a whole number from 0 to 2**63 - 1.
     """
     checked = []
     for (name, kind), value in zip(_SECTIONS.items(), (dataset, qc, split), strict=True):
@@ -48,7 +53,7 @@ def data_settings(dataset: Any, qc: Any, split: Any) -> tuple[DatasetConfig, QCC
     with hints(_keyword_fix):
         check_split(split, dataset.donor_key)
     check_columns(dataset)
-    return dataset, qc, split
+    return dataset, qc, split, checked_seed(seed)
 
 
 #: ``obs`` columns the data stage writes (``cellsynth_group`` only given a mapping: a run's is not)
