@@ -2,8 +2,9 @@
 
 The cells go the way the run's own test cells went: counts scaled to the run's
 ``qc.target_sum`` over each cell's whole library and log1p-transformed (values already
-normalised are used as they are), the run's genes picked by name, projected onto the run's
-PCA, classified by its XGBoost model.
+log-normalised are used as they are, once checked to be at the run's scale: not log1p of raw
+counts, not normalised to another total, not unlogged), the run's genes picked by name,
+projected onto the run's PCA, classified by its XGBoost model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from .xgb import MODEL_FILE, Classifier
 logger = logging.getLogger(__name__)
 
 
+#: values read as log-normalised are at a run's scale unless the median cell's total (their
+#: expm1 summed) is this share above its ``qc.target_sum`` (a gene subset sums under it)
+SCALE_SLACK = 0.05
+#: nonzero values sampled to tell log1p of raw counts from log-normalised values
+SCALE_SAMPLE = 100_000
+
+
 def _target_sum(run: Path) -> float:
     """The run's ``qc.target_sum`` (its manifest's config), else the default."""
     try:
@@ -34,6 +42,47 @@ def _target_sum(run: Path) -> float:
         return float(config.get("qc", {}).get("target_sum", QCConfig.target_sum))
     except (OSError, ValueError, AttributeError, TypeError):
         return float(QCConfig.target_sum)
+
+
+def _run_had_counts(run: Path) -> bool:
+    """Whether the run normalised raw counts itself (``data/qc.json``'s ``has_counts``); a run
+    given log-normalised values alone used them as they were."""
+    try:
+        return bool(json.loads((run / "data" / "qc.json").read_text()).get("has_counts", True))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return True
+
+
+def _check_scale(x: Any, target: float) -> None:
+    """Refuse values read as log-normalised that are not at the run's scale, ``log1p`` of counts
+    scaled to ``target`` over each cell's library: log1p of raw counts (every value log1p of a
+    whole number), or values normalised to another total (the median cell's total above
+    ``target``, or every cell's total one other value). The classifier would read either as
+    other cells and answer confidently wrong types."""
+    fix = (f"give the raw counts (X, layers['counts'] or raw.X), as the run was given, or "
+           f"normalise as the run did: sc.pp.normalize_total(adata, target_sum={target:g}); "
+           "sc.pp.log1p(adata)")
+    unlogged = x.copy()
+    np.expm1(unlogged.data, out=unlogged.data)
+    totals = np.asarray(unlogged.sum(axis=1), dtype=np.float64).ravel()
+    totals = totals[totals > 0]
+    if not totals.size:
+        return
+    median = float(np.median(totals))
+    one_total = np.ptp(totals) <= 0.01 * median  # every gene kept: each cell sums to its target
+    if one_total and abs(median / target - 1) <= SCALE_SLACK:
+        return  # normalised as the run did (a cell of 1,000 counts scaled to 10,000 is whole)
+    values = x.data if x.nnz <= SCALE_SAMPLE else x.data[:: x.nnz // SCALE_SAMPLE]
+    counts = np.expm1(values.astype(np.float64))
+    whole = np.all(np.abs(counts - np.rint(counts)) <= 1e-3 * (1 + counts))
+    if whole and np.rint(counts.min()) == 1:  # raw counts have ones; a scaled-up cell has none
+        raise DataError("the cells' values are log1p of raw counts, not log-normalised (every "
+                        f"sampled value is log1p of a whole number, e.g. {values.max():.4g} = "
+                        f"log1p({np.rint(counts.max()):.0f})): {fix}")
+    if median > target * (1 + SCALE_SLACK) or (one_total and abs(median / target - 1) > SCALE_SLACK):
+        raise DataError(f"the cells' values are log-normalised to about {median:.4g} counts a "
+                        f"cell (the median cell's total), the run's to {target:g} (its "
+                        f"qc.target_sum): the classifier would read them as other cells; {fix}")
 
 
 def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_prediction",
@@ -44,7 +93,7 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     ----------
     adata
         Cells with raw counts (``X``, ``layers['counts']`` or ``raw.X``) or log-normalised
-        values, with gene names in ``var_names``: every gene of the run's features must be
+        values (``log1p`` of counts scaled to the run's ``qc.target_sum``), with gene names in ``var_names``: every gene of the run's features must be
         among them (other genes are left out; their order does not matter).
     run
         A directory written by ``cellsynth run`` (``cs.run``): its ``features`` (the PCA) and
@@ -101,7 +150,11 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     x, genes = counts_matrix(adata, expr)
     if expr.counts is not None:  # as the run did: scaled over the whole library, then log1p
         x = normalise_log1p(x, _target_sum(run))
+    elif expr.note:  # neither counts nor log-normalised values: they would be read as the latter
+        raise DataError(f"predict_types reads raw counts or log-normalised values: {expr.note}")
     else:
+        if _run_had_counts(run):  # the run's own scale; a run of normalised values used them so
+            _check_scale(x, _target_sum(run))
         logger.info("predict_types: no raw counts found; X is used as log-normalised values")
     z = pca.transform(x[:, pca.columns(genes)])  # the run's genes, by name, in its order
     prob = clf.predict_proba(z)

@@ -1,0 +1,72 @@
+"""Faults of the cell-type classifier found in session 48's sweep (each test fails without its
+fix): ``cs.predict_types`` read values that were neither counts nor log-normalised at the run's
+scale as if they were."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import cellsynth as cs
+from cellsynth.classify import train_classifier
+from cellsynth.config import ClassifierConfig, FeaturesConfig
+from cellsynth.data.qc import normalise_log1p
+from cellsynth.errors import DataError
+from cellsynth.features.pca import fit_pca
+
+FAST = {"n_estimators": 5, "max_depth": 2}
+
+
+@pytest.fixture(scope="module")
+def cells() -> ad.AnnData:
+    return cs.simulate(240, 60, 3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(cells, tmp_path_factory):
+    """A run directory's files predict_types reads: the PCA, the classifier, the settings."""
+    run = tmp_path_factory.mktemp("run")
+    x = normalise_log1p(sp.csr_matrix(cells.X, dtype=np.float32), 1e4)
+    y = cells.obs["cell_type"].astype(str).to_numpy()
+    genes = list(cells.var_names[:40])  # the run's features: the genes QC kept
+    pca = fit_pca(x[:, :40], y, genes, FeaturesConfig(n_components=5), seed=0)
+    z = pca.transform(x[:, :40])
+    train_classifier(z, y, z, y, ClassifierConfig(**FAST), seed=0).save(run / "classifier")
+    pca.save(run / "features")
+    (run / "manifest.json").write_text(json.dumps({"config": {"qc": {"target_sum": 1e4}}}))
+    (run / "data").mkdir()
+    (run / "data" / "qc.json").write_text(json.dumps({"has_counts": True}))
+    return run
+
+
+def _with_x(cells: ad.AnnData, x) -> ad.AnnData:
+    out = cells.copy()
+    out.X = sp.csr_matrix(x, dtype=np.float32)
+    return out
+
+
+def test_predict_types_refuses_values_not_at_the_runs_scale(cells, run):
+    """Normalised but not logged values, log1p of raw counts, and values normalised to another
+    total (counts per million, scanpy's median total) were read as the run's log-normalised
+    values: every cell got a confident type, most of them wrong, and nothing was said."""
+    counts = sp.csr_matrix(cells.X, dtype=np.float32)
+    expected = cs.predict_types(cells.copy(), run)["prediction"]
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    scaled = sp.diags(1e4 / totals) @ counts
+    assert (cs.predict_types(_with_x(cells, scaled.log1p()), run)["prediction"] == expected).all()
+    kept = _with_x(cells, scaled.log1p())[:, :40].copy()  # the run's genes alone: fine
+    assert (cs.predict_types(kept, run)["prediction"] == expected).all()
+    with pytest.raises(DataError, match=r"not log-transformed.*sc\.pp\.log1p"):
+        cs.predict_types(_with_x(cells, scaled), run)
+    with pytest.raises(DataError, match=r"log1p of raw counts, not log-normalised.*"
+                                        r"target_sum=10000"):
+        cs.predict_types(_with_x(cells, counts.log1p()), run)
+    for total in (1e6, float(np.median(totals))):
+        other = sp.diags(total / totals) @ counts
+        with pytest.raises(DataError, match=r"log-normalised to about .* counts a cell.*the "
+                                            r"run's to 10000 \(its qc.target_sum\)"):
+            cs.predict_types(_with_x(cells, other.log1p()), run)
