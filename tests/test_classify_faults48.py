@@ -15,7 +15,7 @@ import cellsynth as cs
 from cellsynth.classify import train_classifier
 from cellsynth.config import ClassifierConfig, FeaturesConfig
 from cellsynth.data.qc import normalise_log1p
-from cellsynth.errors import DataError
+from cellsynth.errors import ConfigError, DataError
 from cellsynth.features.pca import fit_pca
 
 FAST = {"n_estimators": 5, "max_depth": 2}
@@ -70,3 +70,37 @@ def test_predict_types_refuses_values_not_at_the_runs_scale(cells, run):
         with pytest.raises(DataError, match=r"log-normalised to about .* counts a cell.*the "
                                             r"run's to 10000 \(its qc.target_sum\)"):
             cs.predict_types(_with_x(cells, other.log1p()), run)
+
+
+def _labelled(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    y = np.array(["a", "b", "c"] * (n // 3))
+    x = np.random.default_rng(seed).normal(size=(n, 4)) + (y == "b")[:, None] * 3
+    return x, y
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ({"n_estimators": 0}, r"classifier.n_estimators must be at least 1, got 0; give another "
+                          r"n_estimators in the ClassifierConfig"),  # AttributeError
+    ({"max_depth": -1}, r"classifier.max_depth must be at least 1"),  # XGBoostError
+    ({"learning_rate": 0}, r"classifier.learning_rate must be in \(0, 1\]"),  # trained nothing
+    ({"learning_rate": 1e9}, r"classifier.learning_rate must be in \(0, 1\]"),
+    ({"subsample": 0}, r"classifier.subsample must be in \(0, 1\]"),
+    ({"early_stopping_rounds": 0}, r"classifier.early_stopping_rounds must be at least 1"),
+    ({"max_cells_per_class": "lots"}, r"max_cells_per_class must be int or \"auto\""),
+])
+def test_train_classifier_checks_a_config_built_in_python(setting, match):
+    """A ClassifierConfig built in Python is not checked when built (a config file's or
+    RunConfig's is): train_classifier passed it to XGBoost as it was, which failed with a
+    traceback or trained to no purpose."""
+    x, y = _labelled()
+    with pytest.raises(ConfigError, match=match):
+        train_classifier(x, y, x, y, ClassifierConfig(**{**FAST, **setting}), seed=0)
+
+
+def test_train_classifier_names_what_it_takes_as_settings():
+    x, y = _labelled()
+    with pytest.raises(ConfigError, match=r"cfg takes a ClassifierConfig"):
+        train_classifier(x, y, x, y, None, seed=0)
+    with pytest.raises(ConfigError, match=r"did you mean 'classifier.n_estimators'"):
+        train_classifier(x, y, x, y, {"n_estimator": 3}, seed=0)
+    assert train_classifier(x, y, x, y, dict(FAST), seed=0).labels == ["a", "b", "c"]

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from ..config import ClassifierConfig
 from ..errors import CellsynthError, ConfigError
 from ..runtime import cpu_threads
+from .checks import checked_config
 from .xgb import (
     _HYPERPARAMETERS,
     Classifier,
@@ -299,6 +300,7 @@ def train_classifier_dask(
     Classifier
         The same class :func:`~cellsynth.classify.xgb.train_classifier` returns.
     """
+    cfg = checked_config(cfg)
     _require_dask()
     if client is None and not scheduler and cfg.device == "cuda":
         _local_cuda()

@@ -28,6 +28,7 @@ from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import write_bytes, write_text
 from ..runtime import cpu_threads
+from .checks import checked_config
 
 logger = logging.getLogger(__name__)
 
@@ -416,6 +417,7 @@ def train_classifier(
     Classifier
         Predicting with rounds up to the best validation ``mlogloss``.
     """
+    cfg = checked_config(cfg)
     chunk = _chunk_size(cfg, X_train)
     if chunk:  # rows are read a batch at a time, never gathered into one array
         y_train, y_val = _as_labels(y_train), _as_labels(y_val)
