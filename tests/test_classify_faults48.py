@@ -104,3 +104,26 @@ def test_train_classifier_names_what_it_takes_as_settings():
     with pytest.raises(ConfigError, match=r"did you mean 'classifier.n_estimators'"):
         train_classifier(x, y, x, y, {"n_estimator": 3}, seed=0)
     assert train_classifier(x, y, x, y, dict(FAST), seed=0).labels == ["a", "b", "c"]
+
+
+def test_infinite_features_are_one_line_in_training_and_prediction():
+    """An infinite feature ended in XGBoost's C++ check and stack trace, in training (in
+    memory, sparse, or read in batches) and in prediction; a NaN stays a missing value."""
+    x, y = _labelled()
+    bad = x.copy()
+    bad[7, 2] = np.inf
+    cfg = ClassifierConfig(**FAST)
+    for given, what in [((bad, y, x, y), "the training features"),
+                        ((x, y, bad, y), "the validation features"),
+                        ((sp.csr_matrix(bad), y, x, y), "the training features")]:
+        with pytest.raises(DataError, match=rf"{what} hold infinite values \(1 of 60 cells, "
+                                            r"e\.g\. row 7\)"):
+            train_classifier(*given, cfg, seed=0)
+    with pytest.raises(DataError, match=r"the features of rows 0-9 hold infinite values.*row 7"):
+        train_classifier(bad, y, x, y, ClassifierConfig(**FAST, chunk_size=10), seed=0)
+    missing = x.copy()
+    missing[7, 2] = np.nan
+    clf = train_classifier(missing, y, x, y, cfg, seed=0)
+    with pytest.raises(DataError, match=r"the features to classify hold infinite values.*row 7"):
+        clf.predict(bad)
+    assert len(clf.predict(missing)) == 60

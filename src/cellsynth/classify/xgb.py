@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import write_bytes, write_text
 from ..runtime import cpu_threads
-from .checks import checked_config
+from .checks import check_features, checked_config
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ class Classifier:
         X = self._checked(X)
         out = np.empty((X.shape[0], len(self.labels)), dtype=np.float32)
         for start in range(0, X.shape[0], PREDICT_ROWS):
-            dmat = xgb.DMatrix(X[start : start + PREDICT_ROWS])
+            block = X[start : start + PREDICT_ROWS]
+            check_features(block, "the features to classify", start)
+            dmat = xgb.DMatrix(block)
             prob = self.booster.predict(dmat, iteration_range=(0, self.best_iteration + 1))
             out[start : start + PREDICT_ROWS] = np.asarray(prob).reshape(-1, len(self.labels))
         return out
@@ -339,6 +341,8 @@ def prepare_training(
     """
     y_train, y_val = _as_labels(y_train), _as_labels(y_val)
     _check_shapes(X_train, y_train, X_val, y_val)
+    check_features(X_train, "the training features")
+    check_features(X_val, "the validation features")
     keep, keep_val, labels = select_training(y_train, y_val, cfg, seed)
     if len(keep) < len(y_train):
         X_train, y_train = X_train[keep], y_train[keep]
@@ -367,8 +371,9 @@ class _RowBatches(xgb.DataIter):
         sl = slice(self.start, self.start + self.chunk_size)
         idx = self.rows[sl]
         contiguous = idx[-1] - idx[0] + 1 == len(idx)
-        block = self.X[idx[0] : idx[-1] + 1] if contiguous else self.X[idx]
-        input_data(data=_as_features(block), label=self.label[sl],
+        block = _as_features(self.X[idx[0] : idx[-1] + 1] if contiguous else self.X[idx])
+        check_features(block, f"the features of rows {idx[0]}-{idx[-1]}", int(idx[0]))
+        input_data(data=block, label=self.label[sl],
                    weight=None if self.weight is None else self.weight[sl])
         self.start += self.chunk_size
         return True
