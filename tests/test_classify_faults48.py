@@ -17,6 +17,7 @@ from cellsynth.config import ClassifierConfig, FeaturesConfig
 from cellsynth.data.qc import normalise_log1p
 from cellsynth.errors import ConfigError, DataError
 from cellsynth.features.pca import fit_pca
+from cellsynth.metrics.classification import classification_report
 
 FAST = {"n_estimators": 5, "max_depth": 2}
 
@@ -127,3 +128,20 @@ def test_infinite_features_are_one_line_in_training_and_prediction():
     with pytest.raises(DataError, match=r"the features to classify hold infinite values.*row 7"):
         clf.predict(bad)
     assert len(clf.predict(missing)) == 60
+
+
+def test_classification_report_takes_each_class_of_labels_once(caplog):
+    """A class named twice in ``labels`` (a column of labels given where its classes go) gave
+    a confusion matrix with an empty row and a macro average over the class twice: silently
+    wrong scores. Classes none of which is a true label were scikit-learn's ValueError."""
+    y_true, y_pred = ["a", "b", "c", "a"], ["a", "a", "a", "a"]
+    once = classification_report(y_true, y_pred, labels=["a", "b", "c"])
+    twice = classification_report(y_true, y_pred, labels=["a", "a", "b", "c"])
+    assert twice["confusion"] == once["confusion"] == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]
+    assert twice["macro"] == once["macro"] and twice["labels"] == ["a", "b", "c"]
+    assert "labels names 1 class(es) more than once ('a')" in caplog.text
+    with pytest.raises(DataError, match=r"none of the 2 classes in labels \('x', 'y'\) is a "
+                                        r"true label of a cell \(those are 'a', 'b', 'c'\)"):
+        classification_report(y_true, y_pred, labels=["x", "y"])
+    with pytest.raises(DataError, match=r"labels takes a list of classes, not one string"):
+        classification_report(y_true, y_pred, labels="abc")

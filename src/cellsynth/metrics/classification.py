@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..outputs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ def classification_report(
     y_true, y_pred
         True and predicted labels, one per cell.
     labels
-        Classes to report, in this order; default: the sorted union of ``y_true`` and
-        ``y_pred``. The macro average is taken over those of them with true cells (a class
+        Classes to report, in this order (a class named twice is reported once; at least one
+        must be a true label); default: the sorted union of ``y_true`` and ``y_pred``. The
+        macro average is taken over those of them with true cells (a class
         only predicted, e.g. a type with no test cell that a classifier trained on generated
         cells still predicts, is a row of ``per_class`` with support 0, its predictions errors
         of the true classes' recall, not a class scored 0 in the mean); the micro and weighted
@@ -88,9 +90,22 @@ def classification_report(
         raise DataError("no cells to score: y_true and y_pred are empty")
     if labels is None:
         labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    labels = [str(x) for x in labels]
+    if isinstance(labels, str):  # "abc" would be three classes, 'a', 'b' and 'c'
+        raise DataError(f"labels takes a list of classes, not one string ({labels!r}): give "
+                        f"[{labels!r}] for that class alone")
+    given = [str(x) for x in labels]
+    labels = list(dict.fromkeys(given))  # a class named twice is one row, one column
     if not labels:
         raise DataError("labels is empty; give at least one class to report on")
+    twice = sorted(x for x, n in Counter(given).items() if n > 1)
+    if twice:
+        logger.warning("labels names %d class(es) more than once (%s): each is reported once",
+                       len(twice), listed(twice, 5, quote=True))
+    if not set(labels) & set(y_true.tolist()):
+        shown, held = listed(labels, 5, quote=True), listed(sorted(set(y_true.tolist())), 5,
+                                                            quote=True)
+        raise DataError(f"none of the {len(labels)} classes in labels ({shown}) is a true label "
+                        f"of a cell (those are {held}): give the classes y_true holds")
 
     p, r, f, s = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
