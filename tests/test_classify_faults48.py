@@ -145,3 +145,30 @@ def test_classification_report_takes_each_class_of_labels_once(caplog):
         classification_report(y_true, y_pred, labels=["x", "y"])
     with pytest.raises(DataError, match=r"labels takes a list of classes, not one string"):
         classification_report(y_true, y_pred, labels="abc")
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, "", "nan"])
+def test_a_missing_label_is_refused_not_learned_or_scored_as_a_class(missing):
+    """A missing label (None, NaN, or one written as text) became a class named "None" or
+    "nan": train_classifier learned it as a cell type and classification_report scored it."""
+    x, y = _labelled()
+    y = y.astype(object)
+    y[4] = missing
+    with pytest.raises(DataError, match=r"y_train has 1 missing label\(s\) of 60 \(None, NaN "
+                                        r"or blank; e\.g\. cell 4.*leave those cells out"):
+        train_classifier(x, y, x, _labelled()[1], ClassifierConfig(**FAST), seed=0)
+    with pytest.raises(DataError, match=r"y_true has 1 missing label\(s\) of 60"):
+        classification_report(y, _labelled()[1])
+
+
+def test_numeric_labels_are_one_class_whether_stored_as_integers_or_floats(caplog):
+    """Labels 1.0 and 1 (a float column beside an integer one) were the classes "1.0" and "1":
+    validation cells were all dropped as types absent from training and every prediction was
+    scored wrong (macro F1 0)."""
+    x, _ = _labelled()
+    y = np.tile([1.0, 2.0, 3.0], 20)
+    clf = train_classifier(x, y, x, y.astype(int), ClassifierConfig(**FAST), seed=0)
+    assert clf.labels == ["1", "2", "3"] and "absent from training" not in caplog.text
+    report = classification_report(np.array([1.0, 2.0, 1.0]), np.array([1, 2, 1]))
+    assert report["labels"] == ["1", "2"] and report["macro"]["f1"] == 1.0
+    assert classification_report([1, 2], [1, 2], labels=[1.0, 2.0])["accuracy"] == 1.0

@@ -24,6 +24,7 @@ import xgboost as xgb
 
 from ..config import ClassifierConfig
 from ..config_rules import fix_hint
+from ..data.labels import label_names
 from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import write_bytes, write_text
@@ -50,8 +51,9 @@ def _as_features(X: Any) -> np.ndarray | sp.csr_matrix:
     return np.asarray(X, dtype=np.float32)
 
 
-def _as_labels(y: Any) -> np.ndarray:
-    return np.asarray(y).astype(str)
+def _as_labels(y: Any, what: str = "the labels") -> np.ndarray:
+    """Labels as names (numbers named as levels are, a missing label refused)."""
+    return label_names(y, what)
 
 
 def _num_class(booster: xgb.Booster) -> int:
@@ -339,7 +341,7 @@ def prepare_training(
     Every backend (here and :mod:`cellsynth.classify.dask`) calls this, so all fit the same
     problem. ``X`` may be numpy, scipy or dask arrays (rows indexable).
     """
-    y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+    y_train, y_val = _as_labels(y_train, "y_train"), _as_labels(y_val, "y_val")
     _check_shapes(X_train, y_train, X_val, y_val)
     check_features(X_train, "the training features")
     check_features(X_val, "the validation features")
@@ -408,8 +410,9 @@ def train_classifier(
         With ``cfg.chunk_size > 0``, or ``X_train`` a ``np.memmap``, XGBoost reads the rows a
         batch at a time through a ``DataIter`` (the per-class cap selects rows, copying none).
     y_train, y_val
-        Labels of the cells. Classes are the sorted unique training labels; validation cells
-        of other labels are dropped with a warning.
+        Labels of the cells: names, or numbers named as covariate levels are (``1.0`` and ``1``
+        are the class ``"1"``); a missing label is refused. Classes are the sorted unique
+        training labels; validation cells of other labels are dropped with a warning.
     cfg
         Hyperparameters; ``cfg.max_cells_per_class`` (a number above 0, or ``"auto"`` over
         100,000 cells) subsamples the training cells per class,
@@ -425,7 +428,7 @@ def train_classifier(
     cfg = checked_config(cfg)
     chunk = _chunk_size(cfg, X_train)
     if chunk:  # rows are read a batch at a time, never gathered into one array
-        y_train, y_val = _as_labels(y_train), _as_labels(y_val)
+        y_train, y_val = _as_labels(y_train, "y_train"), _as_labels(y_val, "y_val")
         _check_shapes(X_train, y_train, X_val, y_val)
         keep, keep_val, labels = select_training(y_train, y_val, cfg, seed)
         y_train, y_val = y_train[keep], y_val[keep_val]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, listed
+from .levels import level_text
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +146,32 @@ def warn_other_case_prefixes(labels: np.ndarray, prefixes: tuple[str, ...]) -> N
                        "dataset.uninformative_prefixes to leave them out, if they are not cell "
                        "types", len(near), listed(near, 10), listed(list(prefixes), 10,
                                                                     quote=True))
+
+
+def label_names(y: Any, what: str) -> np.ndarray:
+    """Labels given in Python (a list, array, Series or Categorical, one per cell) as names, a
+    str array: numbers named as covariate levels are (:func:`~.levels.level_text`: ``1.0`` and
+    ``1`` are both ``"1"``, where ``astype(str)`` made ``"1.0"`` a class of its own that no
+    integer label matched), a missing label (None, NaN, or missing written as text,
+    :data:`MISSING_TEXT`) refused: it became a class named "nan" or "None". ``what`` names the
+    labels in the error (``"y_train"``)."""
+    if isinstance(y, pd.Series | pd.Index | pd.Categorical):
+        values = pd.Series(np.asarray(y, dtype=object) if isinstance(y, pd.Index) else y)
+    else:
+        arr = np.asarray(y, dtype=object)
+        if arr.ndim == 2 and arr.shape[1] == 1:  # a column of labels
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise DataError(f"{what} takes one label per cell (1-d), got shape {arr.shape}")
+        values = pd.Series(arr)
+    codes, kinds = pd.factorize(values)  # missing: -1; each kind named once
+    names = level_text(pd.Series(kinds)).astype(object)
+    blank = np.isin(np.array([n.strip() for n in names], dtype=object), MISSING_TEXT)
+    missing = (codes < 0) | np.append(blank, True)[codes]
+    text = np.append(names, "").astype(str)[codes]
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise DataError(f"{what} has {len(rows)} missing label(s) of {len(text)} (None, NaN or "
+                        f"blank; e.g. cell {rows[0]}, {str(values.iloc[rows[0]])!r}): leave those "
+                        "cells out, or give them their type")
+    return text

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from ..data.labels import label_names
 from ..errors import DataError, listed
 from ..outputs import write_csv, write_json
 
@@ -29,8 +30,9 @@ SMALL_CLASS = 20
 BOOTSTRAP_DRAWS = 1000
 
 
-def _as_labels(y: Any) -> np.ndarray:
-    return np.asarray(y).astype(str)
+def _as_labels(y: Any, what: str = "the labels") -> np.ndarray:
+    """Labels as names (numbers named as levels are, a missing label refused)."""
+    return label_names(y, what)
 
 
 def _one_class_quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,7 +63,8 @@ def classification_report(
     Parameters
     ----------
     y_true, y_pred
-        True and predicted labels, one per cell.
+        True and predicted labels, one per cell: names, or numbers named as covariate levels
+        are (``1.0`` and ``1`` are the class ``"1"``); a missing label is refused.
     labels
         Classes to report, in this order (a class named twice is reported once; at least one
         must be a true label); default: the sorted union of ``y_true`` and ``y_pred``. The
@@ -81,11 +84,10 @@ def classification_report(
         predicted, in ``labels`` order), ``n`` (cells scored), ``min_class_n`` (true cells of
         the smallest class that has any) and ``f1_macro_interval`` (95% bootstrap interval).
     """
-    y_true, y_pred = _as_labels(y_true), _as_labels(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise DataError(
-            f"y_true and y_pred must be 1-d and of equal length, got {y_true.shape} and {y_pred.shape}"
-        )
+    if np.shape(y_true) != np.shape(y_pred) or np.ndim(y_true) != 1:
+        raise DataError(f"y_true and y_pred must be 1-d and of equal length, got "
+                        f"{np.shape(y_true)} and {np.shape(y_pred)}")
+    y_true, y_pred = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
     if len(y_true) == 0:
         raise DataError("no cells to score: y_true and y_pred are empty")
     if labels is None:
@@ -93,7 +95,7 @@ def classification_report(
     if isinstance(labels, str):  # "abc" would be three classes, 'a', 'b' and 'c'
         raise DataError(f"labels takes a list of classes, not one string ({labels!r}): give "
                         f"[{labels!r}] for that class alone")
-    given = [str(x) for x in labels]
+    given = _as_labels(list(labels), "labels").tolist()
     labels = list(dict.fromkeys(given))  # a class named twice is one row, one column
     if not labels:
         raise DataError("labels is empty; give at least one class to report on")
