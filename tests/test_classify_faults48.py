@@ -12,10 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 import cellsynth as cs
-from cellsynth.classify import train_classifier
+from cellsynth.classify import Classifier, train_classifier
 from cellsynth.config import ClassifierConfig, FeaturesConfig
 from cellsynth.data.qc import normalise_log1p
-from cellsynth.errors import ConfigError, DataError
+from cellsynth.errors import ConfigError, DataError, ModelFileError
 from cellsynth.features.pca import fit_pca
 from cellsynth.metrics.classification import classification_report
 
@@ -172,3 +172,26 @@ def test_numeric_labels_are_one_class_whether_stored_as_integers_or_floats(caplo
     report = classification_report(np.array([1.0, 2.0, 1.0]), np.array([1, 2, 1]))
     assert report["labels"] == ["1", "2"] and report["macro"]["f1"] == 1.0
     assert classification_report([1, 2], [1, 2], labels=[1.0, 2.0])["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(("file", "content", "match"), [
+    ("meta.json", '{"best_iteration": "abc"}', r"meta.json: best_iteration 'abc' is not one of "
+                                               r"the 5 saved rounds \(0 to 4\)"),  # ValueError
+    ("meta.json", '{"best_iteration": null}', r"best_iteration None is not one"),  # TypeError
+    ("meta.json", "[1, 2]", r"meta.json must be a JSON object"),  # AttributeError
+    ("labels.json", '["a", "a", "c"]', r"labels.json names 'a' more than once"),  # loaded
+    ("labels.json", '["a", " ", "c"]', r"labels.json holds a blank label"),  # loaded
+    ("model.ubj", "", r"cannot read .*model.ubj \(.*Invalid model format.*\): it is not an "
+                      r"XGBoost model.*--force classifier"),  # a C++ stack trace in it
+])
+def test_a_damaged_classifier_is_one_line_when_loaded(tmp_path, file, content, match):
+    """Classifier.load (a run's resume, cs.predict_types) read meta.json unchecked, a traceback
+    for a best_iteration that is no round and for a meta.json that is no object; took a label
+    list naming one type twice (predicting it for two output columns) or a blank one; and put
+    XGBoost's C++ stack trace into its one-line error."""
+    x, y = _labelled()
+    train_classifier(x, y, x, y, ClassifierConfig(**FAST), seed=0).save(tmp_path)
+    (tmp_path / file).write_text(content)
+    with pytest.raises(ModelFileError, match=match) as err:
+        Classifier.load(tmp_path)
+    assert "\n" not in str(err.value) and "Stack trace" not in str(err.value)

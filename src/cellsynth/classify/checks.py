@@ -1,10 +1,14 @@
 """What the classifier is given, checked before XGBoost reads it: its settings
-(:func:`checked_config`) and its features (:func:`check_features`). XGBoost's own checks end in
-a C++ stack trace, and some settings it takes train to no purpose."""
+(:func:`checked_config`) and its features (:func:`check_features`); and the files of a saved
+classifier, checked as they are read back (:func:`saved_labels`, :func:`saved_meta`,
+:func:`saved_best`). XGBoost's own checks end in a C++ stack trace, and some settings it takes
+train to no purpose."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +17,11 @@ import scipy.sparse as sp
 from ..config import ClassifierConfig
 from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelFileError, listed
+
+#: how a damaged classifier is written again, said where one cannot be read back
+REWRITE = ("a run's: rerun it with --force classifier, or --force experiments for "
+           "classifier_synthetic")
 
 
 def checked_config(cfg: Any) -> ClassifierConfig:
@@ -49,3 +57,50 @@ def check_features(X: Any, what: str, offset: int = 0) -> None:
         raise DataError(f"{what} hold infinite values ({len(rows)} of {X.shape[0]} cells, e.g. "
                         f"row {offset + rows[0]}): features must be finite (a NaN is read as "
                         "missing); drop or mend those cells")
+
+
+def read_json(path: Path) -> Any:
+    """A saved classifier's JSON file; a :class:`ModelFileError` for one that is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+
+
+def saved_labels(path: Path) -> list[str]:
+    """The label list of a saved classifier: strings, each type once and named (a type named
+    twice was predicted for two output columns; a blank one was loaded as a type)."""
+    labels = read_json(path)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ModelFileError(f"{path} must be a JSON list of strings")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice or any(not x.strip() for x in labels):  # each output column is one type
+        what = f"names {listed(twice, 5, quote=True)} more than once" if twice else \
+            "holds a blank label"
+        raise ModelFileError(f"{path} {what}: it was not written by Classifier.save (each "
+                             f"class is one named type); save the classifier again ({REWRITE})")
+    return labels
+
+
+def saved_meta(path: Path) -> dict:
+    """A saved classifier's ``meta.json`` (``{}`` where there is none), a JSON object."""
+    meta = read_json(path) if path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path} must be a JSON object (as Classifier.save writes), not "
+                             f"a {type(meta).__name__}")
+    return meta
+
+
+def saved_best(meta: dict, booster: Any, path: Path) -> int:
+    """The saved best round (``meta``'s, else the booster's own attribute, else its last),
+    one of the booster's rounds: an integer that was not one ended in a traceback."""
+    n_rounds = booster.num_boosted_rounds()
+    best = meta.get("best_iteration", booster.attr("best_iteration") or n_rounds - 1)
+    try:
+        best = int(best) if not isinstance(best, bool | float) else None
+    except (TypeError, ValueError):
+        best = None
+    if best is None or not 0 <= best < n_rounds:
+        raise ModelFileError(f"{path}: best_iteration {meta.get('best_iteration')!r} is not "
+                             f"one of the {n_rounds} saved rounds (0 to {n_rounds - 1})")
+    return best

@@ -29,7 +29,14 @@ from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
 from ..outputs import write_bytes, write_text
 from ..runtime import cpu_threads
-from .checks import check_features, checked_config
+from .checks import (
+    REWRITE,
+    check_features,
+    checked_config,
+    saved_best,
+    saved_labels,
+    saved_meta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +67,6 @@ def _num_class(booster: xgb.Booster) -> int:
     """Number of output classes the booster predicts (1 for a non-multiclass objective)."""
     config = json.loads(booster.save_config())
     return max(1, int(config["learner"]["learner_model_param"]["num_class"]))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
 
 
 @dataclass
@@ -148,26 +148,25 @@ class Classifier:
                     f"classifier directory {directory} lacks {name}; it must hold "
                     f"{MODEL_FILE} and {LABELS_FILE} as written by Classifier.save"
                 )
-        labels = _read_json(directory / LABELS_FILE)
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ModelFileError(f"{directory / LABELS_FILE} must be a JSON list of strings")
+        labels = saved_labels(directory / LABELS_FILE)
         booster = xgb.Booster()
         try:
             booster.load_model(directory / MODEL_FILE)
-        except xgb.core.XGBoostError as exc:
-            raise ModelFileError(f"cannot read {directory / MODEL_FILE}: {exc}") from None
+        except xgb.core.XGBoostError as exc:  # its first line; then a C++ stack trace
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise ModelFileError(f"cannot read {directory / MODEL_FILE} ({why[:300]}): it is "
+                                 "not an XGBoost model Classifier.save wrote; save the "
+                                 f"classifier again ({REWRITE})") from None
         n_class = _num_class(booster)
         if n_class != len(labels):
             raise ModelFileError(
                 f"{directory / LABELS_FILE} lists {len(labels)} labels but the model in "
                 f"{MODEL_FILE} predicts {n_class} classes; the files do not belong together"
             )
-        meta = _read_json(directory / META_FILE) if (directory / META_FILE).is_file() else {}
-        n_rounds = booster.num_boosted_rounds()
-        best = int(meta.get("best_iteration", booster.attr("best_iteration") or n_rounds - 1))
-        if not 0 <= best < n_rounds:
-            raise ModelFileError(f"best_iteration {best} is outside the {n_rounds} saved rounds")
-        return cls(booster, labels, best, meta.get("evals_result", {}))
+        meta = saved_meta(directory / META_FILE)
+        best = saved_best(meta, booster, directory / META_FILE)
+        evals = meta.get("evals_result", {})
+        return cls(booster, labels, best, evals if isinstance(evals, dict) else {})
 
 
 def resolve_device(device: str) -> str:
