@@ -82,7 +82,7 @@ def _labelled(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(("setting", "match"), [
     ({"n_estimators": 0}, r"classifier.n_estimators must be at least 1, got 0; give another "
                           r"n_estimators in the ClassifierConfig"),  # AttributeError
-    ({"max_depth": -1}, r"classifier.max_depth must be at least 1"),  # XGBoostError
+    ({"max_depth": -1}, r"classifier.max_depth must be in \[1, 2\*\*31\)"),  # XGBoostError
     ({"learning_rate": 0}, r"classifier.learning_rate must be in \(0, 1\]"),  # trained nothing
     ({"learning_rate": 1e9}, r"classifier.learning_rate must be in \(0, 1\]"),
     ({"subsample": 0}, r"classifier.subsample must be in \(0, 1\]"),
@@ -195,3 +195,23 @@ def test_a_damaged_classifier_is_one_line_when_loaded(tmp_path, file, content, m
     with pytest.raises(ModelFileError, match=match) as err:
         Classifier.load(tmp_path)
     assert "\n" not in str(err.value) and "Stack trace" not in str(err.value)
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ({"reg_lambda": 1e300}, r"classifier.reg_lambda must be in \[0, 1e\+30\], got 1e\+300"),
+    ({"reg_alpha": 1e39}, r"classifier.reg_alpha must be in \[0, 1e\+30\]"),
+    ({"max_depth": 2**31}, r"classifier.max_depth must be in \[1, 2\*\*31\)"),
+    ({"n_jobs": 2**40}, r"classifier.n_jobs must be in \[0, 2\*\*31\)"),
+])
+def test_settings_xgboost_cannot_read_are_refused_before_any_stage(setting, match):
+    """XGBoost reads its parameters as 32-bit numbers: a reg_lambda of 1e300 or a max_depth of
+    2**31 passed the config's ranges, and the run stopped at the classifier stage, after the
+    data and features stages, with XGBoost's traceback."""
+    from cellsynth.config import RunConfig
+
+    with pytest.raises(ConfigError, match=match):
+        RunConfig(classifier=setting)
+    x, y = _labelled()
+    with pytest.raises(ConfigError, match=r"classifier.learning_rate = 1e-300 is below what "
+                                          r"XGBoost reads \(a 32-bit float"):
+        train_classifier(x, y, x, y, ClassifierConfig(**FAST, learning_rate=1e-300), seed=0)

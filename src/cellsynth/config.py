@@ -149,12 +149,13 @@ class FeaturesConfig:
 @dataclass
 class ClassifierConfig:
     n_estimators: int = ranged("[1, inf)", 500)  # boosting rounds at most
-    max_depth: int = ranged("[1, inf)", 6)
+    max_depth: int = ranged("[1, 2**31)", 6)  # XGBoost reads a 32-bit integer
     subsample: float = ranged("(0, 1]", 0.9)
     colsample_bytree: float = ranged("(0, 1]", 0.9)
     learning_rate: float = ranged("(0, 1]", 0.05)
-    reg_alpha: float = ranged("[0, inf)", 1.0)
-    reg_lambda: float = ranged("[0, inf)", 1.0)
+    # L1 and L2 penalties; XGBoost reads a 32-bit float (above about 3.4e38, an error)
+    reg_alpha: float = ranged("[0, 1e30]", 1.0)
+    reg_lambda: float = ranged("[0, 1e30]", 1.0)
     early_stopping_rounds: int = ranged("[1, inf)", 10)  # on the validation split
     balanced_weights: bool = True  # class-balanced sample weights
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
@@ -163,7 +164,7 @@ class ClassifierConfig:
     max_cells_per_class: int | Literal["auto"] = ranged("[0, inf)", "auto")
     # cells per batch XGBoost reads through a DataIter; 0 = one array (memmaps: 100,000)
     chunk_size: int = ranged("[0, inf)", 0)
-    n_jobs: int = ranged("[0, inf)", 0)  # threads; 0 = OMP_NUM_THREADS, else the cores this process may use
+    n_jobs: int = ranged("[0, 2**31)", 0)  # threads; 0 = OMP_NUM_THREADS, else the cores this process may use
     backend: Literal["local", "dask"] = "local"  # dask: xgboost.dask on a Dask cluster
     dask_scheduler: str = ""  # scheduler address (tcp://host:8786); "" = a local cluster
     # workers of the local cluster when no scheduler is given

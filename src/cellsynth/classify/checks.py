@@ -19,6 +19,8 @@ from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
 from ..errors import ConfigError, DataError, ModelFileError, listed
 
+#: ClassifierConfig settings XGBoost reads as 32-bit floats
+FLOAT_PARAMETERS = ("subsample", "colsample_bytree", "learning_rate", "reg_alpha", "reg_lambda")
 #: how a damaged classifier is written again, said where one cannot be read back
 REWRITE = ("a run's: rerun it with --force classifier, or --force experiments for "
            "classifier_synthetic")
@@ -37,7 +39,14 @@ def checked_config(cfg: Any) -> ClassifierConfig:
                           f"{type(cfg).__name__}")
     with config_hints(lambda key: f"give another {key.removeprefix('classifier.')} in the "
                                   "ClassifierConfig"):  # fmt: skip
-        return from_dict(ClassifierConfig, cfg, "classifier.")
+        checked = from_dict(ClassifierConfig, cfg, "classifier.")
+    tiny = float(np.finfo(np.float32).tiny)
+    for key in FLOAT_PARAMETERS:  # XGBoost reads 32-bit floats: 1e-300 is out of its range
+        if 0 < (value := getattr(checked, key)) < tiny:
+            raise ConfigError(f"classifier.{key} = {value:g} is below what XGBoost reads (a "
+                              f"32-bit float: at least {tiny:.3g}, or 0 where 0 is allowed); "
+                              f"give a larger {key}")
+    return checked
 
 
 def check_features(X: Any, what: str, offset: int = 0) -> None:
