@@ -215,3 +215,17 @@ def test_settings_xgboost_cannot_read_are_refused_before_any_stage(setting, matc
     with pytest.raises(ConfigError, match=r"classifier.learning_rate = 1e-300 is below what "
                                           r"XGBoost reads \(a 32-bit float"):
         train_classifier(x, y, x, y, ClassifierConfig(**FAST, learning_rate=1e-300), seed=0)
+
+
+def test_predict_types_says_which_cells_have_nothing_to_read(cells, run, caplog):
+    """Cells with no count in the run's genes were each given a confident type, the one the
+    classifier guesses for an empty cell, and nothing was said."""
+    counts = sp.csr_matrix(cells.X, dtype=np.float32).tolil()
+    counts[[3, 8], :] = 0
+    empty = _with_x(cells, counts.tocsr())
+    cs.predict_types(empty, run)
+    assert (f"2 of 240 cells have no expression in the run's 40 genes (e.g. "
+            f"'{cells.obs_names[3]}', '{cells.obs_names[8]}')") in caplog.text
+    caplog.clear()
+    cs.predict_types(cells.copy(), run)
+    assert "no expression" not in caplog.text

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..config import QCConfig
 from ..data.io import counts_matrix, find_counts
@@ -156,7 +157,14 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
         if _run_had_counts(run):  # the run's own scale; a run of normalised values used them so
             _check_scale(x, _target_sum(run))
         logger.info("predict_types: no raw counts found; X is used as log-normalised values")
-    z = pca.transform(x[:, pca.columns(genes)])  # the run's genes, by name, in its order
+    x = x[:, pca.columns(genes)]  # the run's genes, by name, in its order
+    if (empty := np.flatnonzero(np.diff(sp.csr_matrix(x).indptr) == 0)).size:
+        logger.warning("predict_types: %d of %d cells have no expression in the run's %d genes "
+                       "(e.g. %s): each is given the type the classifier guesses for an empty "
+                       "cell, not one read from its data; leave such cells out (the run's QC "
+                       "dropped cells of few genes)", len(empty), x.shape[0], x.shape[1],
+                       listed([str(adata.obs_names[i]) for i in empty[:3]], 3, quote=True))
+    z = pca.transform(x)
     prob = clf.predict_proba(z)
     best = prob.argmax(axis=1)
     out = pd.DataFrame(prob, index=adata.obs_names, columns=clf.labels)
