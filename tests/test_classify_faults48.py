@@ -229,3 +229,23 @@ def test_predict_types_says_which_cells_have_nothing_to_read(cells, run, caplog)
     caplog.clear()
     cs.predict_types(cells.copy(), run)
     assert "no expression" not in caplog.text
+
+
+def test_a_classifier_is_saved_and_loaded_where_its_path_says(tmp_path, monkeypatch):
+    """Classifier.save wrote '~/clf' into a folder named '~' in the current one, and load looked
+    for it there; a file where the directory goes, or no path at all, were tracebacks
+    (FileExistsError, TypeError)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    x, y = _labelled()
+    clf = train_classifier(x, y, x, y, ClassifierConfig(**FAST), seed=0)
+    clf.save("~/clf")
+    assert (tmp_path / "home" / "clf" / "model.ubj").is_file() and not (tmp_path / "~").exists()
+    assert Classifier.load("~/clf").labels == clf.labels
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ModelFileError, match=r"the classifier directory afile is an existing "
+                                             r"file, not a directory"):
+        clf.save("afile")
+    with pytest.raises(ConfigError, match=r"the classifier directory takes a path"):
+        Classifier.load(None)

@@ -27,7 +27,8 @@ from ..config_rules import fix_hint
 from ..data.labels import label_names
 from ..errors import ConfigError, DataError, ModelFileError, listed
 from ..options import progress_bar
-from ..outputs import write_bytes, write_text
+from ..outputs import check_out_dir, write_bytes, write_text
+from ..paths import expand_user
 from ..runtime import cpu_threads
 from .checks import (
     REWRITE,
@@ -118,8 +119,10 @@ class Classifier:
         return np.asarray(self.labels, dtype=object)[idx]
 
     def save(self, directory: str | Path) -> None:
-        """Write ``model.ubj``, ``labels.json`` and ``meta.json`` into ``directory``."""
-        directory = Path(directory)
+        """Write ``model.ubj``, ``labels.json`` and ``meta.json`` into ``directory`` (``~``
+        expanded; an existing file there, or a place nothing can be written, refused first)."""
+        directory = check_out_dir(directory, "the classifier directory", "the classifier",
+                                  ModelFileError)
         directory.mkdir(parents=True, exist_ok=True)
         # XGBoost's own UBJ, written by cellsynth's atomic writer: save_model on a full disk
         # raised an XGBoostError (a traceback) and left a truncated file
@@ -138,8 +141,9 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
-        """Load a classifier written by :meth:`save`; raise :class:`ModelFileError` if broken."""
-        directory = Path(directory)
+        """Load a classifier written by :meth:`save` (``~`` expanded); raise
+        :class:`ModelFileError` if broken."""
+        directory = expand_user(directory, "the classifier directory")
         if not directory.is_dir():
             raise ModelFileError(f"classifier directory {directory} does not exist")
         for name in (MODEL_FILE, LABELS_FILE):
