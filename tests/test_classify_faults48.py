@@ -27,12 +27,9 @@ def cells() -> ad.AnnData:
     return cs.simulate(240, 60, 3, seed=0)
 
 
-@pytest.fixture(scope="module")
-def run(cells, tmp_path_factory):
+def _make_run(run, cells: ad.AnnData, y: np.ndarray):
     """A run directory's files predict_types reads: the PCA, the classifier, the settings."""
-    run = tmp_path_factory.mktemp("run")
     x = normalise_log1p(sp.csr_matrix(cells.X, dtype=np.float32), 1e4)
-    y = cells.obs["cell_type"].astype(str).to_numpy()
     genes = list(cells.var_names[:40])  # the run's features: the genes QC kept
     pca = fit_pca(x[:, :40], y, genes, FeaturesConfig(n_components=5), seed=0)
     z = pca.transform(x[:, :40])
@@ -42,6 +39,12 @@ def run(cells, tmp_path_factory):
     (run / "data").mkdir()
     (run / "data" / "qc.json").write_text(json.dumps({"has_counts": True}))
     return run
+
+
+@pytest.fixture(scope="module")
+def run(cells, tmp_path_factory):
+    return _make_run(tmp_path_factory.mktemp("run"), cells, cells.obs["cell_type"].astype(str)
+                     .to_numpy())
 
 
 def _with_x(cells: ad.AnnData, x) -> ad.AnnData:
@@ -249,3 +252,18 @@ def test_a_classifier_is_saved_and_loaded_where_its_path_says(tmp_path, monkeypa
         clf.save("afile")
     with pytest.raises(ConfigError, match=r"the classifier directory takes a path"):
         Classifier.load(None)
+
+
+def test_a_type_named_like_a_prediction_column_keeps_its_own(cells, tmp_path):
+    """A cell type named 'probability' or 'prediction' ended predict_types in pandas'
+    ValueError ('cannot insert probability, already exists'): its probability column had the
+    name of the column of each cell's best probability."""
+    y = cells.obs["cell_type"].astype(str).to_numpy()
+    kinds = sorted(set(y))
+    y = np.select([y == kinds[0], y == kinds[1]], ["probability", "prediction"], y)
+    out = cs.predict_types(cells.copy(), _make_run(tmp_path, cells, y))
+    assert list(out.columns[:2]) == ["prediction", "probability"]
+    assert {"probability (type)", "prediction (type)"} <= set(out.columns)
+    chosen = out["prediction"].astype(str).map(lambda t: f"{t} (type)" if t in
+                                               ("prediction", "probability") else t)
+    assert np.allclose(out["probability"], [out.at[c, t] for c, t in chosen.items()])

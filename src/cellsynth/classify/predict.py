@@ -110,7 +110,8 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     -------
     pandas.DataFrame
         One row per cell (``adata.obs_names``): ``prediction``, ``probability``, and one
-        column per type with its probability.
+        column per type with its probability (a type named ``prediction`` or
+        ``probability``: the column ``"prediction (type)"`` or ``"probability (type)"``).
 
     Examples
     --------
@@ -167,7 +168,9 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     z = pca.transform(x)
     prob = clf.predict_proba(z)
     best = prob.argmax(axis=1)
-    out = pd.DataFrame(prob, index=adata.obs_names, columns=clf.labels)
+    lead = ("prediction", "probability")  # a type of either name keeps its column apart
+    columns = [f"{t} (type)" if t in lead else t for t in clf.labels]
+    out = pd.DataFrame(prob, index=adata.obs_names, columns=columns)
     out.insert(0, "probability", prob[np.arange(len(best)), best])
     out.insert(0, "prediction", pd.Categorical.from_codes(best, categories=clf.labels))
     adata.obs[key_added] = out["prediction"].to_numpy()
