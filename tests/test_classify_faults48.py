@@ -267,3 +267,19 @@ def test_a_type_named_like_a_prediction_column_keeps_its_own(cells, tmp_path):
     chosen = out["prediction"].astype(str).map(lambda t: f"{t} (type)" if t in
                                                ("prediction", "probability") else t)
     assert np.allclose(out["probability"], [out.at[c, t] for c, t in chosen.items()])
+
+
+def test_a_report_is_written_where_its_directory_says(tmp_path, monkeypatch):
+    """write_report (cs.metrics) wrote '~/metrics' into a folder named '~', and a file where
+    its directory goes was a FileExistsError traceback."""
+    from cellsynth.metrics.classification import write_report
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    report = classification_report(["a", "b"], ["a", "a"])
+    write_report(report, "~/metrics", "test")
+    assert (tmp_path / "home" / "metrics" / "test_per_class.csv").is_file()
+    assert not (tmp_path / "~").exists()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(DataError, match=r"the report's directory afile is an existing file"):
+        write_report(report, "afile", "test")

@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from ..data.labels import label_names
 from ..errors import DataError, listed
-from ..outputs import write_csv, write_json
+from ..outputs import check_out_dir, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +234,11 @@ def write_report(report: Mapping[str, Any], directory: Path, name: str) -> None:
     report
         A dict from :func:`classification_report`.
     directory
-        Created when missing.
+        Created when missing (``~`` expanded; an existing file there is refused).
     name
         File-name stem, e.g. ``"test_real"``.
     """
-    directory = Path(directory)
+    directory = check_out_dir(directory, "the report's directory", "the report", DataError)
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / f"{name}.json", report)
     per_class = pd.DataFrame(
