@@ -175,6 +175,8 @@ def test_numeric_labels_are_one_class_whether_stored_as_integers_or_floats(caplo
     report = classification_report(np.array([1.0, 2.0, 1.0]), np.array([1, 2, 1]))
     assert report["labels"] == ["1", "2"] and report["macro"]["f1"] == 1.0
     assert classification_report([1, 2], [1, 2], labels=[1.0, 2.0])["accuracy"] == 1.0
+    # names stored as bytes (h5py's strings) stay the names astype(str) gave
+    assert classification_report(np.array([b"a", b"b"]), ["a", "b"])["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize(("file", "content", "match"), [

@@ -165,6 +165,9 @@ def label_names(y: Any, what: str) -> np.ndarray:
             raise DataError(f"{what} takes one label per cell (1-d), got shape {arr.shape}")
         values = pd.Series(arr)
     codes, kinds = pd.factorize(values)  # missing: -1; each kind named once
+    if any(isinstance(k, bytes) for k in kinds):  # b"B cells" (h5py's strings) is "B cells"
+        kinds = pd.Index([k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+                          for k in kinds], dtype=object)
     names = level_text(pd.Series(kinds)).astype(object)
     blank = np.isin(np.array([n.strip() for n in names], dtype=object), MISSING_TEXT)
     missing = (codes < 0) | np.append(blank, True)[codes]
