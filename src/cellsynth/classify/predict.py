@@ -63,8 +63,7 @@ def _check_scale(x: Any, target: float) -> None:
     fix = (f"give the raw counts (X, layers['counts'] or raw.X), as the run was given, or "
            f"normalise as the run did: sc.pp.normalize_total(adata, target_sum={target:g}); "
            "sc.pp.log1p(adata)")
-    unlogged = x.copy()
-    np.expm1(unlogged.data, out=unlogged.data)
+    unlogged = sp.csr_matrix((np.expm1(x.data), x.indices, x.indptr), shape=x.shape)  # no copy
     totals = np.asarray(unlogged.sum(axis=1), dtype=np.float64).ravel()
     totals = totals[totals > 0]
     if not totals.size:
