@@ -285,3 +285,24 @@ def test_a_report_is_written_where_its_directory_says(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(DataError, match=r"the report's directory afile is an existing file"):
         write_report(report, "afile", "test")
+
+
+@pytest.mark.parametrize(("groups", "match"), [
+    (None, r"groups takes a mapping of fine cell type to coarse group .* not NoneType"),
+    ([("a", "g")], r"groups takes a mapping .* not list"),  # AttributeError
+    ({"a": None}, r"groups maps 'a' to no group \(None\)"),  # "y_true has a missing label"
+    ({"x": "g"}, r"groups names none of the labels' types: its fine types are 'x', the "
+                 r"labels' 'a', 'b'"),  # a coarse report equal to the fine one, unsaid
+    ({"g": "a"}, r"its groups are the labels' types: fine type first"),
+])
+def test_coarse_report_refuses_a_mapping_that_is_none(groups, match):
+    """coarse_report (cs.metrics) with groups that are no mapping was an AttributeError; a type
+    mapped to None was reported as a cell without a label; a mapping that names none of the
+    types (another data set's, or its columns swapped) gave a coarse report equal to the fine
+    one, as if it had merged types."""
+    from cellsynth.metrics.classification import coarse_report
+
+    with pytest.raises(DataError, match=match):
+        coarse_report(["a", "b"], ["a", "a"], groups)
+    assert coarse_report(["a", "b"], ["a", "a"], {})["labels"] == ["a", "b"]
+    assert coarse_report(["a", "b"], ["a", "a"], {"a": "g", "b": "g"})["accuracy"] == 1.0

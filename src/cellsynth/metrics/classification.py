@@ -171,7 +171,21 @@ def to_coarse(labels: Sequence[str] | np.ndarray, groups: Mapping[str, str]) -> 
 
     Returns an object array of strings.
     """
+    _check_mapping(groups)
     return np.array([groups.get(x, x) for x in _as_labels(labels).tolist()], dtype=object)
+
+
+def _check_mapping(groups: Any) -> None:
+    """A fine -> coarse mapping: a dict of names to non-blank names (a list or None was an
+    AttributeError; a type mapped to None was reported as a cell with a missing label)."""
+    if not isinstance(groups, Mapping):
+        raise DataError(f"groups takes a mapping of fine cell type to coarse group (a dict such "
+                        f"as {{'CD4 T cells': 'T cells'}}), not {type(groups).__name__}")
+    blank = [k for k, v in groups.items() if not isinstance(v, str) or not v.strip()]
+    if blank:
+        raise DataError(f"groups maps {listed(map(str, blank), 5, quote=True)} to no group "
+                        f"({groups[blank[0]]!r}): give each type the name of its coarse group, or "
+                        "leave it out to keep its own name")
 
 
 def coarse_report(
@@ -181,8 +195,19 @@ def coarse_report(
 ) -> dict[str, Any]:
     """:func:`classification_report` on coarse groups.
 
-    A prediction of another fine type within the right coarse group counts as correct.
+    A prediction of another fine type within the right coarse group counts as correct. A
+    mapping that names none of the labels' types is refused (the coarse report would repeat
+    the fine one as if it had merged types).
     """
+    _check_mapping(groups)
+    types = set(_as_labels(y_true, "y_true").tolist()) | set(_as_labels(y_pred, "y_pred").tolist())
+    if groups and not types & set(map(str, groups)):
+        swapped = " (its groups are the labels' types: fine type first)" if types & set(
+            groups.values()) else ""
+        raise DataError(f"groups names none of the labels' types{swapped}: its fine types are "
+                        f"{listed(sorted(map(str, groups)), 5, quote=True)}, the labels' "
+                        f"{listed(sorted(types), 5, quote=True)}; map each fine type to its "
+                        "coarse group")
     return classification_report(to_coarse(y_true, groups), to_coarse(y_pred, groups))
 
 
