@@ -8,6 +8,7 @@ import json
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -306,3 +307,16 @@ def test_coarse_report_refuses_a_mapping_that_is_none(groups, match):
         coarse_report(["a", "b"], ["a", "a"], groups)
     assert coarse_report(["a", "b"], ["a", "a"], {})["labels"] == ["a", "b"]
     assert coarse_report(["a", "b"], ["a", "a"], {"a": "g", "b": "g"})["accuracy"] == 1.0
+
+
+def test_predictions_in_obs_are_categorical_over_every_type(cells, run):
+    """The docstring promised obs[key_added] categorical over the classifier's types; it was
+    an object column holding only the types predicted (a batch's colours and categories
+    differed from the next batch's)."""
+    one = cells[:1].copy()
+    out = cs.predict_types(one, run)
+    column = one.obs["cellsynth_prediction"]
+    assert isinstance(column.dtype, pd.CategoricalDtype)
+    assert list(column.cat.categories) == list(out["prediction"].cat.categories)
+    assert len(column.cat.categories) == cells.obs["cell_type"].nunique()
+    assert column.iloc[0] == out["prediction"].iloc[0]

@@ -172,7 +172,7 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     out = pd.DataFrame(prob, index=adata.obs_names, columns=columns)
     out.insert(0, "probability", prob[np.arange(len(best)), best])
     out.insert(0, "prediction", pd.Categorical.from_codes(best, categories=clf.labels))
-    adata.obs[key_added] = out["prediction"].to_numpy()
+    adata.obs[key_added] = out["prediction"].array  # categorical: every type a category
     adata.obs[f"{key_added}_probability"] = out["probability"].to_numpy()
     logger.info("predicted %d cells with %s: %s", len(out), run / classifier,
                 listed(f"{t} {n}" for t, n in out["prediction"].value_counts().items()))
