@@ -320,3 +320,21 @@ def test_predictions_in_obs_are_categorical_over_every_type(cells, run):
     assert list(column.cat.categories) == list(out["prediction"].cat.categories)
     assert len(column.cat.categories) == cells.obs["cell_type"].nunique()
     assert column.iloc[0] == out["prediction"].iloc[0]
+
+
+@pytest.mark.parametrize("twin", ["a ", " a", "a\u00a0", "a\t"])
+def test_names_that_differ_only_by_spaces_are_one_type_split_in_two(twin):
+    """Labels 'a' and 'a ' given to train_classifier (or classification_report) were learned and
+    scored as two types (a data set's label column is refused so; labels given in Python were
+    not)."""
+    x, y = _labelled()
+    y = y.astype(object)
+    y[::6] = twin
+    with pytest.raises(DataError, match=r"y_train holds names that differ only by spaces or "
+                                        r"Unicode form \(.*'a'.*\): one type split in two"):
+        train_classifier(x, y, x, _labelled()[1], ClassifierConfig(**FAST), seed=0)
+    with pytest.raises(DataError, match=r"y_true holds names that differ only by spaces"):
+        classification_report(y, _labelled()[1])
+    composed, decomposed = "na\u00efve", "nai\u0308ve"
+    with pytest.raises(DataError, match=r"differ only by spaces or Unicode form"):
+        classification_report([composed, decomposed], [composed, composed])

@@ -153,8 +153,9 @@ def label_names(y: Any, what: str) -> np.ndarray:
     str array: numbers named as covariate levels are (:func:`~.levels.level_text`: ``1.0`` and
     ``1`` are both ``"1"``, where ``astype(str)`` made ``"1.0"`` a class of its own that no
     integer label matched), a missing label (None, NaN, or missing written as text,
-    :data:`MISSING_TEXT`) refused: it became a class named "nan" or "None". ``what`` names the
-    labels in the error (``"y_train"``)."""
+    :data:`MISSING_TEXT`) refused: it became a class named "nan" or "None"; so are names that
+    differ only by spaces or Unicode form (:func:`check_spaced_names`' rule for a data set's
+    column). ``what`` names the labels in the error (``"y_train"``)."""
     if isinstance(y, pd.Series | pd.Index | pd.Categorical):
         values = pd.Series(np.asarray(y, dtype=object) if isinstance(y, pd.Index) else y)
     else:
@@ -177,4 +178,13 @@ def label_names(y: Any, what: str) -> np.ndarray:
         raise DataError(f"{what} has {len(rows)} missing label(s) of {len(text)} (None, NaN or "
                         f"blank; e.g. cell {rows[0]}, {str(values.iloc[rows[0]])!r}): leave those "
                         "cells out, or give them their type")
+    alike: dict[str, list[str]] = {}
+    for name in names:  # "B cells" and "B cells ": one type learned and scored as two
+        alike.setdefault(unicodedata.normalize("NFC", " ".join(name.split())), []).append(name)
+    if twins := sorted(sorted(v) for v in alike.values() if len(v) > 1):
+        raise DataError(f"{what} holds names that differ only by spaces or Unicode form "
+                        f"({listed(map(ascii, twins[0]), 4)}"
+                        f"{f', and {len(twins) - 1} more such set(s)' if len(twins) > 1 else ''}"
+                        "): one type split in two; write them alike, e.g. "
+                        "unicodedata.normalize('NFC', ' '.join(name.split()))")
     return text
