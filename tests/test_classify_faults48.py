@@ -158,10 +158,10 @@ def test_a_missing_label_is_refused_not_learned_or_scored_as_a_class(missing):
     x, y = _labelled()
     y = y.astype(object)
     y[4] = missing
-    with pytest.raises(DataError, match=r"y_train has 1 missing label\(s\) of 60 \(None, NaN "
+    with pytest.raises(DataError, match=r"y_train: 1 missing label\(s\) of 60 \(None, NaN "
                                         r"or blank; e\.g\. cell 4.*leave those cells out"):
         train_classifier(x, y, x, _labelled()[1], ClassifierConfig(**FAST), seed=0)
-    with pytest.raises(DataError, match=r"y_true has 1 missing label\(s\) of 60"):
+    with pytest.raises(DataError, match=r"y_true: 1 missing label\(s\) of 60"):
         classification_report(y, _labelled()[1])
 
 
@@ -330,10 +330,10 @@ def test_names_that_differ_only_by_spaces_are_one_type_split_in_two(twin):
     x, y = _labelled()
     y = y.astype(object)
     y[::6] = twin
-    with pytest.raises(DataError, match=r"y_train holds names that differ only by spaces or "
+    with pytest.raises(DataError, match=r"y_train: names that differ only by spaces or "
                                         r"Unicode form \(.*'a'.*\): one type split in two"):
         train_classifier(x, y, x, _labelled()[1], ClassifierConfig(**FAST), seed=0)
-    with pytest.raises(DataError, match=r"y_true holds names that differ only by spaces"):
+    with pytest.raises(DataError, match=r"y_true: names that differ only by spaces"):
         classification_report(y, _labelled()[1])
     composed, decomposed = "na\u00efve", "nai\u0308ve"
     with pytest.raises(DataError, match=r"differ only by spaces or Unicode form"):

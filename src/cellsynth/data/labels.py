@@ -175,14 +175,14 @@ def label_names(y: Any, what: str) -> np.ndarray:
     text = np.append(names, "").astype(str)[codes]
     if missing.any():
         rows = np.flatnonzero(missing)
-        raise DataError(f"{what} has {len(rows)} missing label(s) of {len(text)} (None, NaN or "
+        raise DataError(f"{what}: {len(rows)} missing label(s) of {len(text)} (None, NaN or "
                         f"blank; e.g. cell {rows[0]}, {str(values.iloc[rows[0]])!r}): leave those "
                         "cells out, or give them their type")
     alike: dict[str, list[str]] = {}
     for name in names:  # "B cells" and "B cells ": one type learned and scored as two
         alike.setdefault(unicodedata.normalize("NFC", " ".join(name.split())), []).append(name)
     if twins := sorted(sorted(v) for v in alike.values() if len(v) > 1):
-        raise DataError(f"{what} holds names that differ only by spaces or Unicode form "
+        raise DataError(f"{what}: names that differ only by spaces or Unicode form "
                         f"({listed(map(ascii, twins[0]), 4)}"
                         f"{f', and {len(twins) - 1} more such set(s)' if len(twins) > 1 else ''}"
                         "): one type split in two; write them alike, e.g. "
