@@ -338,3 +338,12 @@ def test_names_that_differ_only_by_spaces_are_one_type_split_in_two(twin):
     composed, decomposed = "na\u00efve", "nai\u0308ve"
     with pytest.raises(DataError, match=r"differ only by spaces or Unicode form"):
         classification_report([composed, decomposed], [composed, composed])
+
+
+def test_a_missing_synthetic_classifier_names_the_stage_that_writes_it(cells, run):
+    """predict_types(classifier='classifier_synthetic') on a run whose experiments had not run
+    said to finish the classifier stage, which was done; experiment (c)'s classifier is the
+    experiments stage's."""
+    with pytest.raises(DataError, match=r"classifier_synthetic/model.ubj is missing: give a run "
+                                        r"directory whose features and experiments stages"):
+        cs.predict_types(cells.copy(), run, classifier="classifier_synthetic")

@@ -133,8 +133,9 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
                         f"{classifier!r}")
     for part in ("features/pca.safetensors", f"{classifier}/{MODEL_FILE}"):
         if not (run / part).is_file():
+            stage = "classifier" if classifier == "classifier" else "experiments"
             raise DataError(f"{run / part} is missing: give a run directory whose features and "
-                            f"classifier stages have finished (cellsynth run ... --out {run})")
+                            f"{stage} stages have finished (cellsynth run ... --out {run})")
     if not (hasattr(adata, "obs") and hasattr(adata, "var_names")):
         raise DataError(f"give the cells as an AnnData (cs.read('cells.h5ad')), not a "
                         f"{type(adata).__name__}: their gene names pick the run's genes")
