@@ -347,3 +347,20 @@ def test_a_missing_synthetic_classifier_names_the_stage_that_writes_it(cells, ru
     with pytest.raises(DataError, match=r"classifier_synthetic/model.ubj is missing: give a run "
                                         r"directory whose features and experiments stages"):
         cs.predict_types(cells.copy(), run, classifier="classifier_synthetic")
+
+
+@pytest.mark.parametrize(("given", "match"), [
+    (np.zeros((60, 0)), r"X_train must be a cells x features matrix with at least one "
+                        r"feature, got shape \(60, 0\)"),  # XGBoost's C++ stack trace
+    (np.zeros(60), r"got shape \(60,\): one cell is x.reshape\(1, -1\)"),  # unpacking shape
+    (np.zeros((60, 2, 2)), r"got shape \(60, 2, 2\)"),  # unpacking shape
+    (np.full((60, 4), "a"), r"X_train must be a cells x features matrix of numbers"),
+])
+def test_training_features_that_are_no_matrix_are_one_line(given, match):
+    """Features with no column, of one or three dimensions, or of text ended train_classifier
+    in XGBoost's stack trace or a ValueError from unpacking their shape or converting them."""
+    _, y = _labelled()
+    x = _labelled()[0]
+    with pytest.raises(DataError, match=match):
+        train_classifier(given, y, x, y, ClassifierConfig(**FAST), seed=0)
+    assert train_classifier(x.tolist(), y, x, y, ClassifierConfig(**FAST), seed=0).labels

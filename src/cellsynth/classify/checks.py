@@ -49,6 +49,24 @@ def checked_config(cfg: Any) -> ClassifierConfig:
     return checked
 
 
+def check_matrix(X: Any, what: str) -> None:
+    """``X`` is a cells x features matrix of numbers with at least one feature: XGBoost failed
+    with a C++ stack trace on none, unpacking its shape on 1-d or 3-d input, numpy's
+    conversion on text (a list of rows is taken, as numpy reads it)."""
+    shape = getattr(X, "shape", None)
+    if shape is None or (getattr(X, "dtype", None) is not None and X.dtype.kind in "OUSV"):
+        try:
+            shape = np.asarray(X, dtype=np.float32).shape
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{what} must be a cells x features matrix of numbers "
+                            f"({type(exc).__name__}: {str(exc)[:100]})") from None
+    if len(shape) != 2 or shape[1] < 1:
+        hint = (": one cell is x.reshape(1, -1), one feature x.reshape(-1, 1)"
+                if len(shape) == 1 else "")
+        raise DataError(f"{what} must be a cells x features matrix with at least one feature, "
+                        f"got shape {tuple(shape)}{hint}")
+
+
 def check_features(X: Any, what: str, offset: int = 0) -> None:
     """Refuse infinite features (XGBoost's C++ check failed with a stack trace); a NaN is a
     missing value to XGBoost, as it is meant to be. ``offset``: the row number of ``X``'s first

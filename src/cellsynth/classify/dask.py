@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from ..config import ClassifierConfig
 from ..errors import CellsynthError, ConfigError
 from ..runtime import cpu_threads
-from .checks import checked_config
+from .checks import check_matrix, checked_config
 from .xgb import (
     _HYPERPARAMETERS,
     Classifier,
@@ -252,6 +252,8 @@ def _prepare(
     X_train: Any, y_train: Any, X_val: Any, y_val: Any, cfg: ClassifierConfig, seed: int
 ) -> tuple[Any, np.ndarray, Any, np.ndarray, list[str]]:
     """:func:`~cellsynth.classify.xgb.prepare_training` on dask or in-memory features."""
+    check_matrix(X_train, "X_train")
+    check_matrix(X_val, "X_val")
     if not _is_dask(X_train):
         X_train = _as_features(X_train)
     if not _is_dask(X_val):

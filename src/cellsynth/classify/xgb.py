@@ -33,6 +33,7 @@ from ..runtime import cpu_threads
 from .checks import (
     REWRITE,
     check_features,
+    check_matrix,
     checked_config,
     saved_best,
     saved_labels,
@@ -429,6 +430,8 @@ def train_classifier(
         Predicting with rounds up to the best validation ``mlogloss``.
     """
     cfg = checked_config(cfg)
+    check_matrix(X_train, "X_train")
+    check_matrix(X_val, "X_val")
     chunk = _chunk_size(cfg, X_train)
     if chunk:  # rows are read a batch at a time, never gathered into one array
         y_train, y_val = _as_labels(y_train, "y_train"), _as_labels(y_val, "y_val")
