@@ -262,3 +262,15 @@ def test_attacks_that_read_the_held_out_cells_as_members_are_said(caplog):
            "AUC 0.340" in low.caveats[0]
     assert "swapped" in low.caveats[0] and "swapped" in caplog.text
     assert average_audits([_audit(0.47), _audit(0.49)]).caveats == []  # chance: nothing said
+
+
+def test_members_marked_test_in_another_spelling_are_not_missed():
+    """The members' check compared obs['cellsynth_split'] to 'test' as written: 'Test' cells
+    (a split column of another tool) passed as members. It reads the column as every fit does
+    (data.split.split_column): values other than train, val and test are named."""
+    from cellsynth.evaluation.overlap import check_members
+
+    real = _sim(60, seed=3)
+    real.obs["cellsynth_split"] = np.where(np.arange(60) % 3 == 0, "Test", "Train")
+    with pytest.raises(DataError, match=r"holds 'Test', 'Train'; its values are 'train'"):
+        check_members(real)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..data.split import split_column
 from ..data.store import H5adFile
 from ..errors import CellsynthError, DataError, listed
 from ..seeds import derive_seed
@@ -91,7 +92,7 @@ def check_members(real: Any) -> None:
         obs, source = getattr(real, "obs", None), IN_MEMORY
     if not isinstance(obs, pd.DataFrame) or K.SPLIT not in obs:
         return
-    test = int((obs[K.SPLIT].astype(str).to_numpy() == "test").sum())
+    test = int((split_column(obs) == "test").sum())  # "Test", "validation": refused, named
     if test:
         raise DataError(
             f"the real data ({source}) hold {test} cells marked 'test' in obs['{K.SPLIT}'], "
