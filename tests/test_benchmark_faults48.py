@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from cellsynth import evaluation
+from cellsynth import benchmark, evaluation
 from cellsynth.data.simulate import simulate_atlas
 
 #: QC for a few dozen simulated cells
@@ -36,3 +37,81 @@ def test_a_data_set_too_small_for_the_gene_level_test_is_still_benchmarked(tmp_p
     kept = json.loads((tmp_path / "out" / "few" / "results" / "nb.json").read_text())
     assert kept["row"].get("gene_auc") is None and kept["row"]["tstr_macro_f1"] is not None
     assert "needs at least" in kept["details"]["genes"]["skipped"]
+
+
+class _Diverges:
+    """A generator whose fit fails as a bug or a diverged fit would (not a CellsynthError)."""
+
+    def fit(self, *args, **kwargs):
+        raise RuntimeError("the loss is NaN\nat epoch 3")
+
+
+def test_a_generator_that_fails_is_named_and_the_others_are_reported(tmp_path: Path,
+                                                                    monkeypatch, capsys):  # fmt: skip
+    """`benchmark --models copy,nb` where copy's fit failed: the benchmark stopped with copy's
+    error and wrote no page, so nb's results (fitted after it, or before it: hours) were
+    reported nowhere. The failure is named on the page and in the command's one-line error
+    (exit 2), the others are benchmarked and reported, and a rerun reads them back."""
+    from cellsynth.cli import main
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    real = benchmark.make_generator
+    monkeypatch.setattr(benchmark, "make_generator",
+                        lambda name, cfg: _Diverges() if name == "copy" else real(name, cfg))
+    out = tmp_path / "out"
+    sets = [a for s in SMALL for a in ("--set", s)]
+    assert main(["benchmark", "--data", str(data), "--models", "copy,nb", "--out", str(out),
+                 *sets, "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("cellsynth: error: "), err
+    assert "copy on few: RuntimeError: the loss is NaN at epoch 3" in last
+    assert "leave the failed generator out of --models" in last
+    page = (out / "RESULTS.md").read_text()
+    assert "| nb |" in page and "| copy |" not in page
+    assert "**Failed** (no row: rerun once the cause is mended): copy (RuntimeError" in page
+    assert json.loads((out / "few" / "summary.json").read_text())["failed"] == {
+        "copy": "RuntimeError: the loss is NaN at epoch 3"}
+    monkeypatch.setattr(benchmark, "make_generator", lambda *a: pytest.fail("fitted again"))
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t", reuse=True)
+
+
+def test_a_full_disk_in_a_generator_s_fit_still_stops_the_benchmark(tmp_path: Path, monkeypatch):
+    """An error of the disk or files is not one generator's: every generator after it would
+    meet it too, so it stops the benchmark as before, not fitting the others."""
+    import errno
+
+    class Full:
+        def fit(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", "ckpt")
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    monkeypatch.setattr(benchmark, "make_generator",
+                        lambda name, cfg: Full() if name == "copy" else pytest.fail("went on"))
+    with pytest.raises(OSError, match="No space left"):
+        evaluation.run_benchmark([str(data)], ["copy", "nb"], tmp_path / "out", overrides=SMALL,
+                                 command="t")  # fmt: skip
+
+
+def test_a_generator_that_fails_on_the_held_out_combination_is_named(tmp_path: Path,
+                                                                      monkeypatch):  # fmt: skip
+    """`--holdout`: a generator whose fit failed on the held-out training cells stopped the
+    benchmark before its page, losing every generator's results; it is named (the section's
+    line and ``failed``), the others scored."""
+    from cellsynth import config, holdout
+    from cellsynth.benchmark import prepare
+    from test_covariates import _design_atlas
+
+    path = tmp_path / "design.h5ad"
+    _design_atlas().write_h5ad(path)
+    cfg = config.load(None, ["qc.min_genes_per_cell=5", "qc.min_cells_per_type=10",
+                             f"dataset.path='{path}'"])  # fmt: skip
+    real = holdout.make_generator
+    monkeypatch.setattr(holdout, "make_generator",
+                        lambda name, c: _Diverges() if name == "copy" else real(name, c))
+    result = holdout.benchmark_holdout(prepare(path, cfg), ["copy", "nb"], cfg, tmp_path / "h",
+                                       {"cell_type": "type_00", "condition": "stim"})  # fmt: skip
+    assert "nb" in result["rows"] and "copy" not in result["rows"]
+    assert result["failed"] == {"copy": "RuntimeError: the loss is NaN at epoch 3"}
+    assert "- copy failed (no row): RuntimeError: the loss is NaN at epoch 3" in \
+        holdout.holdout_section(result)

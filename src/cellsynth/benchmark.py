@@ -25,6 +25,7 @@ from .config import MODEL_SECTIONS, RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
+from .errors import CellsynthError
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.memorisation import memorisation
 from .metrics.privacy import donor_values
@@ -201,18 +202,24 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                     f" (fit {r + 1} of {fits})" if fits > 1 else "")
         fit_key = {"key": model_key(cfg, name), **({"data": data} if data else {})}
         found = _saved_fit(out / "models", name, fit_key) if reuse and r == 0 else None
-        if found is not None:  # a stopped benchmark's fit, saved before it was scored
-            gen, history, fit_seconds = found
-        else:
-            gen = make_generator(name, cfg)
+        try:  # the generator's own work: its failure is said, the others still benchmarked
+            if found is not None:  # a stopped benchmark's fit, saved before it was scored
+                gen, history, fit_seconds = found
+            else:
+                gen = make_generator(name, cfg)
+                t0 = time.perf_counter()
+                history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{tag}"))
+                fit_seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
-            history = gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{tag}"))
-            fit_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{tag}"))
-        gen_seconds = time.perf_counter() - t0
-        syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{tag}"))
-        syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{tag}"))
+            syn_test = gen.sample({t: int(n) for t, n in n_test.items()}, seed=derive_seed(seed, f"gen-test-{tag}"))
+            gen_seconds = time.perf_counter() - t0
+            syn_train = gen.sample({t: int(n) for t, n in n_train.items()}, seed=derive_seed(seed, f"gen-train-{tag}"))
+            syn_val = gen.sample({t: max(1, int(n)) for t, n in n_val.items()}, seed=derive_seed(seed, f"gen-val-{tag}"))
+        except Exception as err:
+            why = generator_failure(err)
+            if why is None:
+                raise
+            raise _Failed(why) from err
         if r == 0 and found is None:  # the first fit's model and cells are kept
             _save_fit(gen, out / "models", name, {**fit_key, "history": history,
                                                    "fit_seconds": fit_seconds})
@@ -287,7 +294,12 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                            name, kept)  # fmt: skip
             details.setdefault("not_run", []).append(name)
             continue
-        fitted = [one_fit(name, r) for r in range(fits)]
+        try:
+            fitted = [one_fit(name, r) for r in range(fits)]
+        except _Failed as failed:
+            logger.error("benchmark %s failed: %s; the other generators go on", name, failed)
+            details.setdefault("failed", {})[name] = str(failed)
+            continue
         row, det = mean_of_fits(fitted) if fits > 1 else fitted[0]
         rows[name], details["models"][name] = row, det
         write_json(kept, {"key": key, "date": det["date"], "row": row, "details": det,
@@ -297,6 +309,27 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         if details["models"] else []
     write_json(out / "benchmark.json", details)
     return details
+
+
+class _Failed(Exception):
+    """A generator's own failure (its one-line ``why``): named, the others benchmarked."""
+
+
+def generator_failure(err: Exception) -> str | None:
+    """Why a generator failed, in one line, where ``err`` is its own failure; None where it is
+    one of the disk or files (an OSError in its chain: a full disk, a path), which every
+    generator after it would meet too, or a broken assertion (a bug, for its traceback): then
+    raised as it is."""
+    if isinstance(err, AssertionError):
+        return None
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, CellsynthError):
+            return None
+        seen = seen.__cause__ or seen.__context__
+    logger.debug("the generator's failure", exc_info=err)  # its traceback, for a bug report
+    why = str(err) if isinstance(err, CellsynthError) else f"{type(err).__name__}: {err}"
+    return " ".join(why.split())  # one line, on the page and in the error
 
 
 def _kept_floor(path: Path, key: str, data: str | None = None) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
+from .benchmark import generator_failure
 from .config import COVARIATE_SECTIONS, RunConfig
 from .data.levels import LevelLookup, level_text
 from .errors import DataError, did_you_mean, listed
@@ -241,15 +242,23 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     rows["pooling (other levels)"]["gene_auc"] = pool_genes["auc"]
     fit_on = pre[np.isin(split, ["train", "val"]) & ~held].copy()
     conditioned = {}
+    failed: dict[str, str] = {}
     for name in models:
-        gen = make_generator(name, _conditioned(cfg, name, covariates))
         t0 = time.perf_counter()
-        gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
-        can = "where" in inspect.signature(gen.sample).parameters and set(covariates) <= set(
-            getattr(getattr(gen, "design", None), "keys", []) or [])
-        request = {cell_type: int(real.shape[0])}
-        syn = (gen.sample(request, where=where, seed=derive_seed(seed, f"holdout-{name}")) if can
-               else gen.sample(request, seed=derive_seed(seed, f"holdout-{name}")))  # fmt: skip
+        try:  # the generator's own failure: said, the others still scored
+            gen = make_generator(name, _conditioned(cfg, name, covariates))
+            gen.fit(fit_on, label_key, seed=derive_seed(seed, f"fit-{name}"))
+            can = "where" in inspect.signature(gen.sample).parameters and set(covariates) <= set(
+                getattr(getattr(gen, "design", None), "keys", []) or [])
+            request = {cell_type: int(real.shape[0])}
+            syn = (gen.sample(request, where=where, seed=derive_seed(seed, f"holdout-{name}"))
+                   if can else gen.sample(request, seed=derive_seed(seed, f"holdout-{name}")))
+        except Exception as err:
+            if (why := generator_failure(err)) is None:
+                raise
+            logger.error("holdout %s failed: %s; the other generators go on", name, why)
+            failed[name] = why
+            continue
         x = sp.csr_matrix(syn.X)
         rows[name] = _row(space, real, label, x, derive_seed(seed, f"fid-{name}"))
         rows[name]["gene_auc"] = gene_fidelity(real, x, seed=gseed)["overall"]["auc"]
@@ -259,7 +268,7 @@ def benchmark_holdout(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                     rows[name]["c2st_auc"], rows["pooling (other levels)"]["c2st_auc"],
                     rows["real vs real"]["c2st_auc"], time.perf_counter() - t0)  # fmt: skip
     result = {"holdout": holdout, "n_held_out": int(held.sum()), "rows": rows,
-              "conditioned": conditioned}
+              "conditioned": conditioned, **({"failed": failed} if failed else {})}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "holdout.json", result)
     return result
@@ -293,6 +302,8 @@ def holdout_section(result: dict[str, Any]) -> list[str]:
         others = ["pooling (other levels)", *(["scvi"] if name != "scvi" and "scvi" in rows else [])]
         said = "; ".join(_compared(rows[name], rows[o], o.split(" (")[0]) for o in others)
         lines.append(f"- {name} {how}: AUC {rows[name]['c2st_auc']:.3f}; {said}.")
+    lines += [f"- {name} failed (no row): {md_text(why)}"
+              for name, why in result.get("failed", {}).items()]
     return [*lines, ""]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..benchmark import DONOR_COLUMNS, GENE_PRIVACY_COLUMNS, table
 from ..holdout import holdout_section
 from ..metrics.privacy_counts import AUDIT_REPEATS
+from ..outputs import md_text
 
 #: the privacy audit's positive controls: generators that must be flagged
 CONTROLS = ("copy", "scvi-pp")
@@ -174,10 +175,14 @@ def results_page(sections: list, command: str, models: list[str]) -> str:
         lines += [f"## {name}", "",
                   f"`{cfg.dataset.path}`: {shape['n_obs']} cells × {shape['n_vars']} genes after QC, "
                   f"{shape['n_types']} types. "
-                  "Each generator's row ran on " + ", ".join(
+                  + ("Each generator's row ran on " + ", ".join(
                       f"{m} {v.get('date', '?')}" for m, v in details["models"].items()) + "."
+                     if details["models"] else "")
                   + (f" **Not run** (no results kept for these settings): {', '.join(details['not_run'])}."
                      if details.get("not_run") else "")
+                  + (" **Failed** (no row: rerun once the cause is mended): " + "; ".join(
+                      f"{m} ({md_text(why)})" for m, why in details["failed"].items()) + "."
+                     if details.get("failed") else "")
                   + (f" **Kept from an earlier version** (other settings or metrics: rerun to "
                      f"refresh; no gene-level or privacy numbers): {', '.join(details['stale'])}."
                      if details.get("stale") else ""), "",

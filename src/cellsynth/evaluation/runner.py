@@ -12,7 +12,7 @@ from typing import Any
 from .. import config
 from .. import keys as K
 from ..benchmark import benchmark_dataset, prepare
-from ..errors import ConfigError, DataError, listed
+from ..errors import CellsynthError, ConfigError, DataError, listed
 from ..outputs import check_out_dir, write_json, write_text
 from ..resume import input_digest
 from ..runtime import RunLock
@@ -107,6 +107,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock.of_benchmark(out)
     lock.acquire()
+    failed: dict[tuple[str, str], str] = {}  # (data set, generator): why
     try:
         sections = []
         for name, cfg in cfgs:
@@ -122,22 +123,34 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
                                         kept_only=kept_only,
                                         kept_dir=kept / name if kept else None, fits=fits,
                                         data=_data_digest(cfg.dataset.path))
-            if holdout:
+            if holdout:  # not the generators that failed: they would fail again
                 from ..holdout import benchmark_holdout
 
-                details["holdout"] = benchmark_holdout(pre, models, cfg, out / name / "holdout",
-                                                       holdout)  # fmt: skip
+                details["holdout"] = benchmark_holdout(
+                    pre, [m for m in models if m not in details.get("failed", {})], cfg,
+                    out / name / "holdout", holdout)  # fmt: skip
+            failed.update({(name, m): why for m, why in details.get("failed", {}).items()})
+            failed.update({(name, f"{m} (held out)"): why
+                           for m, why in details.get("holdout", {}).get("failed", {}).items()})
             for line in verdict_summary(details):
                 logger.info("benchmark %s: %s", name, line)
             shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
                      "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
             sections.append((name, cfg, shape, details))
             write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape,
-                                                     "verdicts": verdict_summary(details)})
+                                                     "verdicts": verdict_summary(details),
+                                                     "failed": details.get("failed", {})})
             # the page is rewritten after every dataset, so an interrupted run still leaves one
             write_text(path, results_page(sections, command, models))
     finally:
         lock.release()
+    if failed:  # the page reports the others; the command still fails, naming each
+        raise CellsynthError(
+            f"{len(failed)} generator run(s) failed: " + "; ".join(
+                f"{model} on {data}: {why}" for (data, model), why in failed.items())
+            + f". {path} reports the others; mend the cause and run the same command again "
+            "(the finished generators are read back), or leave the failed generator out of "
+            "--models")  # fmt: skip
     return path
 
 
