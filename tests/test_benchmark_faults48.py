@@ -115,3 +115,30 @@ def test_a_generator_that_fails_on_the_held_out_combination_is_named(tmp_path: P
     assert result["failed"] == {"copy": "RuntimeError: the loss is NaN at epoch 3"}
     assert "- copy failed (no row): RuntimeError: the loss is NaN at epoch 3" in \
         holdout.holdout_section(result)
+
+
+def test_scvi_without_scvi_tools_is_refused_before_any_fit(tmp_path: Path, monkeypatch, capsys):
+    """`benchmark --models cvae,scvi` without scvi-tools fitted and scored cvae (hours), then
+    scvi's fit said to install the extra. It is said before any fit, with the other way out;
+    a page rebuilt from kept results (nothing fitted) does not need it."""
+    import sys
+
+    from cellsynth.cli import main
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    monkeypatch.setitem(sys.modules, "scvi", None)  # `import scvi` fails as when not installed
+
+    def reached(*args, **kwargs):
+        raise RuntimeError("benchmarked")
+
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset", reached)
+    sets = [a for s in SMALL for a in ("--set", s)]
+    assert main(["benchmark", "--data", str(data), "--models", "nb,SCVI", "--out",
+                 str(tmp_path / "out"), *sets, "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "the scvi generator needs scvi-tools" in err and "pip install 'cellsynth[scvi]'" in err
+    assert err.strip().endswith("or leave scvi out of --models"), err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(RuntimeError, match="benchmarked"):
+        evaluation.run_benchmark([str(data)], ["nb", "scvi"], tmp_path / "out", overrides=SMALL,
+                                 command="t", kept_only=True)  # fmt: skip

@@ -97,7 +97,7 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     _distinct_names(cfgs, datasets)
     _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
     # of fitting
-    _check_engines(cfgs, models)  # so are the devices
+    _check_engines(cfgs, models, fitting=not kept_only)  # so are the packages and devices
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
     path = doc or out / "RESULTS.md"
@@ -192,8 +192,10 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
         seen[name] = item
 
 
-def _check_engines(cfgs: list[tuple[str, Any]], models: list[str]) -> None:
-    """The devices asked for, refused before any fit as ``cellsynth run`` refuses them: a
+def _check_engines(cfgs: list[tuple[str, Any]], models: list[str], fitting: bool = True) -> None:
+    """The packages and devices asked for, refused before any fit (the devices as ``cellsynth
+    run`` refuses them): scvi-tools for ``scvi`` and ``scvi-pp`` where they are to be fitted
+    (``fitting``) was found missing by their fit, after the others'; a
     ``classifier.device = "cuda"`` without a GPU was found by the first utility score, after
     that generator's fit (hours), and a generator's device by its fit, after the datasets
     before it. ``classifier.backend = "dask"`` is said not to apply: the benchmark's
@@ -201,8 +203,13 @@ def _check_engines(cfgs: list[tuple[str, Any]], models: list[str]) -> None:
     import dataclasses
 
     from ..classify.xgb import resolve_device
-    from ..models.registry import check_generator_device
+    from ..models.registry import check_generator_device, check_generator_package
 
+    for model in models if fitting else []:  # kept results alone need no scvi-tools
+        try:
+            check_generator_package(model)
+        except CellsynthError as err:
+            raise CellsynthError(f"{err}, or leave {model} out of --models") from None
     for _, cfg in cfgs:
         resolve_device(cfg.classifier.device)
         for model in models:

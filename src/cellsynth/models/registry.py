@@ -138,6 +138,20 @@ def check_design(cfg: RunConfig, model: str, obs: pd.DataFrame, label_key: str) 
                     np.flatnonzero(np.isin(split, reads)))
 
 
+#: the generators that need a package beyond cellsynth's own requirements (an extra)
+NEEDS_SCVI = ("scvi", "scvi-pp")
+
+
+def check_generator_package(name: str) -> None:
+    """The package generator ``name`` needs beyond cellsynth's own (scvi-tools for ``scvi``
+    and ``scvi-pp``) imported, said before any fit: its fit imported it, after the fits and
+    data sets before it (a CellsynthError with the extra to install)."""
+    if MODEL_ALIASES.get(name, name) in NEEDS_SCVI:
+        from ._scvi_files import import_scvi
+
+        import_scvi()
+
+
 def check_generator_device(cfg: RunConfig) -> None:
     """The generator's device, said before any stage as the classifier's is: found by the
     generator stage, it would mark a generator trained before failed and the stages after it
