@@ -142,3 +142,21 @@ def test_scvi_without_scvi_tools_is_refused_before_any_fit(tmp_path: Path, monke
     with pytest.raises(RuntimeError, match="benchmarked"):
         evaluation.run_benchmark([str(data)], ["nb", "scvi"], tmp_path / "out", overrides=SMALL,
                                  command="t", kept_only=True)  # fmt: skip
+
+
+def test_the_old_name_of_a_generator_is_benchmarked_under_its_name(tmp_path: Path, monkeypatch):
+    """`benchmark --models seed` (the reference generator's old name, accepted with a warning)
+    wrote a row and kept results named seed, so a rerun with --models reference fitted the same
+    generator again; it is benchmarked, kept and reused as reference."""
+    seen = []
+
+    def record(pre, models, *args, **kwargs):
+        seen.append(models)
+        raise RuntimeError("benchmarked")
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset", record)
+    with pytest.raises(RuntimeError, match="benchmarked"):
+        evaluation.run_benchmark([str(data)], ["nb", "Seed"], tmp_path / "out", overrides=SMALL,
+                                 command="t")  # fmt: skip
+    assert seen == [["nb", "reference"]]

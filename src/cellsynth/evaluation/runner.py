@@ -73,6 +73,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     if unknown:
         raise DataError(f"unknown generator(s) {unknown}; choose from {', '.join(GENERATORS)}")
     _distinct_models(models)
+    # an old name (seed) is its generator's: one row, one kept result and one fit under its name
+    models = [canonical_model(m) for m in models]
     if not datasets:  # `--data ""` or `--data ,`: a page of nothing, said to be written
         raise DataError("no data set given; give --data one or more .h5ad files or preset "
                         "TOMLs, separated by commas")
