@@ -160,3 +160,29 @@ def test_the_old_name_of_a_generator_is_benchmarked_under_its_name(tmp_path: Pat
         evaluation.run_benchmark([str(data)], ["nb", "Seed"], tmp_path / "out", overrides=SMALL,
                                  command="t")  # fmt: skip
     assert seen == [["nb", "reference"]]
+
+
+def test_kept_results_that_do_not_read_are_run_again_not_a_traceback(tmp_path: Path, caplog):
+    """A generator's kept results (`DATASET/results/NAME.json`, small files meant for version
+    control) cut short, left with a merge's conflict markers or edited into another shape made
+    every rerun end in json's or Python's traceback. They are said not to read and not used:
+    the generator is run again (its file rewritten), or left out of a page of kept results."""
+    import logging
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    out = tmp_path / "out"
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t")
+    kept = out / "few" / "results" / "nb.json"
+    good = kept.read_text()
+    for bad in (good[:40], "<<<<<<< HEAD\n" + good, json.dumps({"row": [], "key": 1}),
+                json.dumps({**json.loads(good), "row": {"fits": "two"}})):
+        kept.write_text(bad)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            page = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL,
+                                            command="t", kept_only=True).read_text()  # fmt: skip
+        assert "**Not run** (no results kept for these settings): nb." in page
+        assert f"the kept results in {kept} do not read" in caplog.text
+        evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t",
+                                 reuse=True)  # fmt: skip
+        assert json.loads(kept.read_text())["row"]["tstr_macro_f1"] is not None

@@ -10,6 +10,7 @@ cells. The same metrics between two disjoint halves of the real test cells are t
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from pathlib import Path
@@ -123,7 +124,6 @@ def model_key(cfg: RunConfig, name: str, fits: int = 1) -> str:
     """What one generator's benchmark results depend on (``fits``: how many fits they are the
     mean of), as a short hash."""
     import hashlib
-    import json
     from importlib.metadata import version
 
     d = hashed_settings(cfg)  # without the settings that do not change results
@@ -162,7 +162,6 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     if fits < 1:
         raise ValueError(f"fits must be at least 1, got {fits}")
     import datetime as dt
-    import json
     label_key = cfg.dataset.label_key
     split = pre.obs[K.SPLIT].astype(str).to_numpy()
     y = pre.obs[label_key].astype(str).to_numpy()
@@ -275,13 +274,14 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         kept, key = results / f"{name}.json", model_key(cfg, name, fits)
         if kept_only and not kept.exists() and name == "reference":  # kept under its old name
             kept = kept.with_name("seed.json")
-        saved = json.loads(kept.read_text()) if (reuse or kept_only) and kept.exists() else {}
+        saved = _read_kept(kept) if (reuse or kept_only) and kept.exists() else {}
         more = int((saved.get("row") or {}).get("fits", 1))  # kept over more fits: as good
         if saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
                 not _other_data(saved, data, name, kept):
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
-            logger.info("benchmark %s: reusing its results of %s (%s)", name, saved["date"], kept)
+            logger.info("benchmark %s: reusing its results of %s (%s)", name, saved.get("date"),
+                        kept)  # fmt: skip
             continue
         if kept_only and saved.get("row"):  # an earlier version's: shown, and said so
             rows[name], details["models"][name] = saved["row"], saved["details"]
@@ -305,8 +305,8 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         write_json(kept, {"key": key, "date": det["date"], "row": row, "details": det,
                           **({"data": data} if data else {})})
     details["rows"] = rows
-    details["rare_types"] = next(iter(details["models"].values()))["augmentation"].get("rare_types") \
-        if details["models"] else []
+    details["rare_types"] = (next(iter(details["models"].values())).get("augmentation") or {}
+                             ).get("rare_types") if details["models"] else []  # fmt: skip
     write_json(out / "benchmark.json", details)
     return details
 
@@ -332,12 +332,28 @@ def generator_failure(err: Exception) -> str | None:
     return " ".join(why.split())  # one line, on the page and in the error
 
 
+def _read_kept(path: Path) -> dict[str, Any]:
+    """A generator's results kept in ``path``, or {} where they do not read as such (a file cut
+    short, edited, or left with a merge's conflict markers): said, and the generator is run
+    again (left out where only kept results are read)."""
+    try:
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict) and isinstance(saved.get("row"), dict) and \
+                isinstance(saved.get("details"), dict) and int(saved["row"].get("fits", 1)):
+            return saved
+        why = "not a generator's kept results"
+    except (OSError, ValueError, TypeError) as err:
+        why = str(err)
+    logger.warning("benchmark: the kept results in %s do not read (%s): not used (the generator "
+                   "is run again and the file rewritten; a page of kept results leaves it out)",
+                   path, why)  # fmt: skip
+    return {}
+
+
 def _kept_floor(path: Path, key: str, data: str | None = None) -> dict[str, Any] | None:
     """The real-vs-real floor kept in ``path`` by an earlier benchmark with the same data, QC,
     split and seed (``key``; ``data``: the file's sha256, where both know it), or None: a page
     rebuilt from kept results computes nothing."""
-    import json
-
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -362,8 +378,6 @@ def _saved_fit(models: Path, name: str, fit_key: dict[str, Any]) -> tuple[Any, d
     data (``fit_key``), its history and fit seconds, or None (no record, another key, or a
     model that does not load: fitted again). A benchmark stopped while scoring a fitted
     generator (privacy, TSTR) then scores it again without refitting it."""
-    import json
-
     from .models.registry import load_generator
 
     try:
