@@ -186,3 +186,30 @@ def test_kept_results_that_do_not_read_are_run_again_not_a_traceback(tmp_path: P
         evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t",
                                  reuse=True)  # fmt: skip
         assert json.loads(kept.read_text())["row"]["tstr_macro_f1"] is not None
+
+
+def test_a_later_data_set_s_labels_are_checked_before_any_fit(tmp_path: Path, monkeypatch):
+    """`--data a.h5ad,b.h5ad` where b has no label column, or one type: a was benchmarked
+    first (every generator fitted: hours), then b's preprocessing refused it in words that did
+    not say which data set. Both are refused before any fit, naming the data set; a refusal of
+    QC names it too."""
+    from cellsynth.errors import DataError
+
+    good = _few_cells(tmp_path / "good.h5ad")
+    a = simulate_atlas(300, 120, 3, seed=3)
+    a.obs = a.obs.rename(columns={"cell_type": "celltype"})
+    a.write_h5ad(tmp_path / "nolabel.h5ad")
+    one = simulate_atlas(300, 120, 3, seed=3)
+    one[one.obs["cell_type"] == "type_00"].copy().write_h5ad(tmp_path / "one.h5ad")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("benchmarked"))  # fmt: skip
+    for bad, match in (("nolabel", r"nolabel \(.*nolabel.h5ad\): label column 'cell_type' not "
+                                   "in obs"),
+                       ("one", r"one \(.*one.h5ad\): obs\['cell_type'\] holds 1 cell type\(s\) "
+                               r"\('type_00'\).*leave this one out of --data")):  # fmt: skip
+        with pytest.raises(DataError, match=match):
+            evaluation.run_benchmark([str(good), str(tmp_path / f"{bad}.h5ad")], ["nb"],
+                                     tmp_path / "out", overrides=SMALL, command="t")
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match=r"^good \(.*good.h5ad\): no cells left after the QC"):
+        evaluation.run_benchmark([str(good)], ["nb"], tmp_path / "out", command="t")

@@ -113,7 +113,12 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     try:
         sections = []
         for name, cfg in cfgs:
-            pre = prepare(cfg.dataset.path, cfg)
+            try:  # QC's refusals (one type left, no gene left) name the data set
+                pre = prepare(cfg.dataset.path, cfg)
+            except (DataError, ConfigError) as err:
+                said = str(err).startswith(str(cfg.dataset.path))
+                raise type(err)(str(err) if said else f"{name} ({cfg.dataset.path}): {err}"
+                                ) from None  # fmt: skip
             if not kept_only:  # as each fit reads them, before any (none with kept_only)
                 _check_designs(name, cfg, models, pre.obs)
             if holdout:  # QC may have removed cells of it: checked again before any fit
@@ -266,9 +271,31 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None,
                                      "layers['counts'] or raw.X with counts; give the "
                                      "unnormalised file")  # fmt: skip
             obs = h5.obs
+        _check_labels(name, path, obs, cfg.dataset.label_key)
         _check_designs(name, cfg, models, obs, columns_only=True)
         if holdout:
             try:
                 check_holdout(obs, holdout, cfg.dataset.label_key, after="in the file")
             except DataError as err:
                 raise DataError(f"{name} ({path}): {err}") from None
+
+
+def _check_labels(name: str, path: Any, obs: Any, label_key: str) -> None:
+    """The label column of data set ``name`` exists, holds names and at least two types (the
+    benchmark's classifiers tell types apart), checked in the file before any fit: else the
+    data sets before it were benchmarked first (hours), then its QC refused it."""
+    from types import SimpleNamespace
+
+    from ..data.labels import check_label, missing_labels
+
+    try:
+        check_label(SimpleNamespace(obs=obs), label_key)
+        col = obs[label_key]
+        types = col[~missing_labels(col)].astype(str).unique()
+        if len(types) < 2:
+            raise DataError(f"obs['{label_key}'] holds {len(types)} cell type(s) "
+                            f"({listed(types, quote=True) or 'none'}): the benchmark's classifier "
+                            "experiments need at least 2; give a data set of several types or "
+                            "leave this one out of --data")  # fmt: skip
+    except DataError as err:
+        raise DataError(f"{name} ({path}): {err}") from None
