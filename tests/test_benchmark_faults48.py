@@ -213,3 +213,35 @@ def test_a_later_data_set_s_labels_are_checked_before_any_fit(tmp_path: Path, mo
         assert not (tmp_path / "out").exists()
     with pytest.raises(DataError, match=r"^good \(.*good.h5ad\): no cells left after the QC"):
         evaluation.run_benchmark([str(good)], ["nb"], tmp_path / "out", command="t")
+
+
+@pytest.mark.parametrize("datasets, models, message", [
+    ("DATA", "nb,NB", "names nb twice"),  # one string: one file; the models as --models reads
+    (Path("DATA"), ["nb"], "reached"),
+    ([Path("DATA")], ("nb",), "reached"),
+    (["DATA", ""], ["nb"], "reached"),
+    (["DATA"], [None], r"models takes a list of names, e.g. \['cvae', 'nb'\], not NoneType"),
+    (["DATA"], None, "models takes a list of names"),
+    ([3], ["nb"], r"datasets takes a list of paths, e.g. .*, not int 3"),
+])  # fmt: skip
+def test_run_benchmark_reads_one_string_or_path_as_one_item(tmp_path: Path, monkeypatch,
+                                                            datasets, models, message):  # fmt: skip
+    """The Python counterpart took a string for its list: datasets='kang.h5ad' was read letter
+    by letter ('h is given twice'), models='nb' too ("unknown generator(s) ['n', 'b']"); a
+    Path, or a list of Paths, ended in a TypeError or an AttributeError, as did a None."""
+    from cellsynth.errors import DataError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+
+    def reached(*args, **kwargs):
+        raise DataError("reached")
+
+    monkeypatch.setattr(evaluation.runner, "_check_inputs", reached)
+
+    def given(item):
+        return {"DATA": str(data)}.get(item, item) if isinstance(item, str) else (
+            data if isinstance(item, Path) else item)
+
+    datasets = given(datasets) if not isinstance(datasets, list) else [given(d) for d in datasets]
+    with pytest.raises(DataError, match=message):
+        evaluation.run_benchmark(datasets, models, tmp_path / "out", command="t")

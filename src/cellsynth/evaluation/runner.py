@@ -43,7 +43,7 @@ def _check_data_settings(overrides: list[str], datasets: list[str], label_key: s
                           "uses --label-key: drop the --set")
 
 
-def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
+def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
                   config_path: str | None = None, overrides: list[str] | None = None,
                   label_key: str | None = None, doc: Path | None = None,
                   command: str | None = None, reuse: bool = False, kept_only: bool = False,
@@ -66,7 +66,8 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
     from ..models.registry import GENERATORS
 
     checked_whole(fits, "fits")
-    models = [m.strip().lower() for m in models if m.strip()]  # "cvae,,nb", "CVAE"
+    datasets = [item for item in _listed(datasets, "datasets", paths=True) if item.strip()]
+    models = [m.strip().lower() for m in _listed(models, "models") if m.strip()]  # "CVAE"
     if not models:
         raise DataError(f"no generator given; choose from {', '.join(GENERATORS)}")
     unknown = [m for m in models if canonical_model(m) not in GENERATORS]
@@ -159,6 +160,29 @@ def run_benchmark(datasets: list[str], models: list[str], out: Path, *,
             "(the finished generators are read back), or leave the failed generator out of "
             "--models")  # fmt: skip
     return path
+
+
+def _listed(items: Any, what: str, *, paths: bool = False) -> list[Any]:
+    """``datasets`` or ``models`` as a list: one string (``"cvae,nb"``, as ``--models`` reads
+    it; one data file) or path is one item, not its characters; an item that is not a name
+    (None, a number) is refused in one line."""
+    import os
+
+    if isinstance(items, str):
+        items = items.split(",") if what == "models" else [items]
+    elif isinstance(items, os.PathLike) and paths:
+        items = [items]
+    kinds = (str, os.PathLike) if paths else str
+    try:
+        items = list(items)
+    except TypeError:
+        items = [items]
+    bad = [item for item in items if not isinstance(item, kinds)]
+    if bad:
+        example = "['kang.h5ad', 'baron.toml']" if paths else "['cvae', 'nb']"
+        raise DataError(f"{what} takes a list of {'paths' if paths else 'names'}, e.g. {example}, "
+                        f"not {type(bad[0]).__name__} {bad[0]!r}")
+    return [os.fspath(item) if paths else item for item in items]
 
 
 def _data_digest(path: str) -> str | None:
