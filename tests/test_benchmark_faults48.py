@@ -245,3 +245,31 @@ def test_run_benchmark_reads_one_string_or_path_as_one_item(tmp_path: Path, monk
     datasets = given(datasets) if not isinstance(datasets, list) else [given(d) for d in datasets]
     with pytest.raises(DataError, match=message):
         evaluation.run_benchmark(datasets, models, tmp_path / "out", command="t")
+
+
+def test_run_benchmark_reads_its_other_arguments_given_as_strings(tmp_path: Path, monkeypatch):
+    """overrides='seed=3' was read letter by letter ("--set expects section.key=value, got
+    's'"), holdout='cell_type=...,condition=stim' too ("no column 'c'"), and doc= or kept= as
+    a string ended in an AttributeError or TypeError: each is read as its one value."""
+    from cellsynth import config
+
+    seen = {}
+
+    def record(pre, models, cfg, out, **kwargs):
+        seen.update(min_genes=cfg.qc.min_genes_per_cell, kept=kwargs["kept_dir"])
+        return {"rows": {}, "models": {}}
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    small, real = config.load(None, SMALL), evaluation.runner.prepare
+    monkeypatch.setattr(evaluation.runner, "prepare", lambda path, cfg: real(path, small))
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset", record)
+    page = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out",
+                                    overrides="qc.min_genes_per_cell=10", command="t",
+                                    doc=str(tmp_path / "page.md"), kept=str(tmp_path / "kept"))
+    assert page == tmp_path / "page.md" and page.is_file()
+    assert seen == {"min_genes": 10, "kept": tmp_path / "kept" / "few"}
+    from cellsynth.errors import DataError
+
+    with pytest.raises(DataError, match=r"--holdout: no column 'condition'"):
+        evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
+                                 holdout="condition=stim")  # fmt: skip

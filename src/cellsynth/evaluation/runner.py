@@ -81,7 +81,15 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
                         "TOMLs, separated by commas")
     out = check_out_dir(out, "--out", "the benchmark (RESULTS.md and a folder per data set)",
                         DataError)  # before any work; ~ expanded
-    overrides = list(overrides or [])
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])  # one
+    if isinstance(holdout, str):  # as --holdout reads it, not its letters as columns
+        from ..holdout import parse_holdout
+
+        holdout = parse_holdout(holdout)
+    from ..paths import expand_user
+
+    doc, kept = (expand_user(p, what) if p is not None else None
+                 for p, what in ((doc, "doc"), (kept, "kept")))  # a string: a path too
     _check_data_settings(overrides, datasets, label_key)
     tomls = [item for item in datasets if item.endswith(".toml")]
     if config_path and tomls:
