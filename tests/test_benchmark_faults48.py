@@ -189,10 +189,10 @@ def test_kept_results_that_do_not_read_are_run_again_not_a_traceback(tmp_path: P
 
 
 def test_a_later_data_set_s_labels_are_checked_before_any_fit(tmp_path: Path, monkeypatch):
-    """`--data a.h5ad,b.h5ad` where b has no label column, or one type: a was benchmarked
-    first (every generator fitted: hours), then b's preprocessing refused it in words that did
-    not say which data set. Both are refused before any fit, naming the data set; a refusal of
-    QC names it too."""
+    """`--data a.h5ad,b.h5ad` where b has no label column (or no donor column), or one type: a
+    was benchmarked first (every generator fitted: hours), then b's preprocessing refused it
+    in words that did not say which data set. Each is refused before any fit, naming the data
+    set; a refusal of QC names it too."""
     from cellsynth.errors import DataError
 
     good = _few_cells(tmp_path / "good.h5ad")
@@ -203,6 +203,13 @@ def test_a_later_data_set_s_labels_are_checked_before_any_fit(tmp_path: Path, mo
     one[one.obs["cell_type"] == "type_00"].copy().write_h5ad(tmp_path / "one.h5ad")
     monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
                         lambda *a, **k: pytest.fail("benchmarked"))  # fmt: skip
+    donor = simulate_atlas(300, 120, 3, seed=3)
+    donor.obs["donor"] = "d1"
+    donor.write_h5ad(tmp_path / "donor.h5ad")
+    with pytest.raises(DataError, match=r"good \(.*good.h5ad\): donor column 'donor'"):
+        evaluation.run_benchmark([str(tmp_path / "donor.h5ad"), str(good)], ["nb"],
+                                 tmp_path / "out", overrides=[*SMALL, "dataset.donor_key='donor'"],
+                                 command="t")  # fmt: skip
     for bad, match in (("nolabel", r"nolabel \(.*nolabel.h5ad\): label column 'cell_type' not "
                                    "in obs"),
                        ("one", r"one \(.*one.h5ad\): obs\['cell_type'\] holds 1 cell type\(s\) "

@@ -303,7 +303,7 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None,
                                      "layers['counts'] or raw.X with counts; give the "
                                      "unnormalised file")  # fmt: skip
             obs = h5.obs
-        _check_labels(name, path, obs, cfg.dataset.label_key)
+        _check_obs(name, path, obs, cfg.dataset)
         _check_designs(name, cfg, models, obs, columns_only=True)
         if holdout:
             try:
@@ -312,16 +312,21 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None,
                 raise DataError(f"{name} ({path}): {err}") from None
 
 
-def _check_labels(name: str, path: Any, obs: Any, label_key: str) -> None:
-    """The label column of data set ``name`` exists, holds names and at least two types (the
-    benchmark's classifiers tell types apart), checked in the file before any fit: else the
-    data sets before it were benchmarked first (hours), then its QC refused it."""
+def _check_obs(name: str, path: Any, obs: Any, dataset: Any) -> None:
+    """What preprocessing checks in data set ``name``'s ``obs`` before QC (the label column,
+    the donor column, the user's QC columns), and at least two types (the benchmark's
+    classifiers tell types apart), checked in the file before any fit: else the data sets
+    before it were benchmarked first (hours), then its preprocessing refused it."""
     from types import SimpleNamespace
 
     from ..data.labels import check_label, missing_labels
+    from ..data.qc import check_donor_key, check_qc_columns
 
+    label_key = dataset.label_key
     try:
         check_label(SimpleNamespace(obs=obs), label_key)
+        check_donor_key(obs.columns, dataset)
+        check_qc_columns(obs, dataset)
         col = obs[label_key]
         types = col[~missing_labels(col)].astype(str).unique()
         if len(types) < 2:
@@ -329,5 +334,5 @@ def _check_labels(name: str, path: Any, obs: Any, label_key: str) -> None:
                             f"({listed(types, quote=True) or 'none'}): the benchmark's classifier "
                             "experiments need at least 2; give a data set of several types or "
                             "leave this one out of --data")  # fmt: skip
-    except DataError as err:
-        raise DataError(f"{name} ({path}): {err}") from None
+    except (DataError, ConfigError) as err:
+        raise type(err)(f"{name} ({path}): {err}") from None
