@@ -280,3 +280,29 @@ def test_run_benchmark_reads_its_other_arguments_given_as_strings(tmp_path: Path
     with pytest.raises(DataError, match=r"--holdout: no column 'condition'"):
         evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
                                  holdout="condition=stim")  # fmt: skip
+
+
+def test_a_results_md_of_the_user_s_own_in_out_is_not_overwritten(tmp_path: Path, monkeypatch):
+    """`benchmark --out .` in a project folder replaced the user's own RESULTS.md with the
+    benchmark page, without a word. A RESULTS.md that is not a benchmark page is refused
+    before any work; an earlier page is replaced."""
+    from cellsynth.errors import CellsynthError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "RESULTS.md").write_text("# My results\n\nweeks of notes\n")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("benchmarked"))  # fmt: skip
+    with pytest.raises(CellsynthError, match=r"RESULTS.md exists and is not a benchmark page "
+                                             "that cellsynth wrote"):  # fmt: skip
+        evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t")
+    assert (out / "RESULTS.md").read_text() == "# My results\n\nweeks of notes\n"
+    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.md"]
+    from cellsynth.evaluation.page import results_page
+
+    (out / "RESULTS.md").write_text(results_page([], "t", ["nb"]))  # an earlier page
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: {"rows": {}, "models": {}})  # fmt: skip
+    assert evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL,
+                                    command="t") == out / "RESULTS.md"  # fmt: skip

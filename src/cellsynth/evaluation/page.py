@@ -162,10 +162,24 @@ _DONORS = (
 )
 
 
+#: the first line of every benchmark page (how a page cellsynth wrote is told from a user's)
+PAGE_HEADING = "# Fidelity and utility of the generators"
+
+
+def our_page(path: Any) -> bool:
+    """Whether the file ``path`` is a benchmark page cellsynth wrote (its first line), or
+    empty: nothing to lose."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(PAGE_HEADING.encode())) in (PAGE_HEADING.encode(), b"")
+    except OSError:
+        return False
+
+
 def results_page(sections: list, command: str, models: list[str]) -> str:
     """The markdown page of a benchmark: ``sections`` are ``(name, cfg, shape, details)``."""
     lines = [
-        "# Fidelity and utility of the generators", "",
+        PAGE_HEADING, "",
         f"Written by `{command}` on {dt.date.today().isoformat()} ({platform.machine()}, "
         f"{os.cpu_count()} cores). Do not edit by hand: rerun the command.", "",
         _INTRO, "",

@@ -13,11 +13,11 @@ from .. import config
 from .. import keys as K
 from ..benchmark import benchmark_dataset, prepare
 from ..errors import CellsynthError, ConfigError, DataError, listed
-from ..outputs import check_out_dir, write_json, write_text
+from ..outputs import check_file_out, check_out_dir, write_json, write_text
 from ..resume import input_digest
 from ..runtime import RunLock
 from ..seeds import checked_whole
-from .page import results_page, verdict_summary
+from .page import our_page, results_page, verdict_summary
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     _check_engines(cfgs, models, fitting=not kept_only)  # so are the packages and devices
     if command is None:
         command = "cellsynth " + " ".join(sys.argv[1:])
-    path = doc or out / "RESULTS.md"
+    path = out / "RESULTS.md" if doc is None else doc
+    # a RESULTS.md of the user's own in --out is not overwritten (an earlier page is)
+    path = check_file_out(path, "a benchmark page", our_page, flag="doc" if doc else "--out",
+                          suffixes=(path.suffix.lower(),), say=False)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     # one benchmark per directory: two at once would fit the same generators into one
     # models/ and results/, a page's rows then read beside another command's models
