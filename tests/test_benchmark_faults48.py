@@ -306,3 +306,27 @@ def test_a_results_md_of_the_user_s_own_in_out_is_not_overwritten(tmp_path: Path
                         lambda *a, **k: {"rows": {}, "models": {}})  # fmt: skip
     assert evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL,
                                     command="t") == out / "RESULTS.md"  # fmt: skip
+
+
+@pytest.mark.parametrize("option, values", [("--data", ("a.h5ad", "b.h5ad")),
+                                            ("--models", ("nb", "cvae")),
+                                            ("--out", ("one", "two")), ("--fits", ("1", "2")),
+                                            ("--label-key", ("cell_type", "celltype")),
+                                            ("--config", ("a.toml", "b.toml"))])  # fmt: skip
+def test_a_benchmark_option_given_twice_is_refused(tmp_path: Path, monkeypatch, capsys, option,
+                                                  values):  # fmt: skip
+    """`benchmark --data a.h5ad --data b.h5ad` benchmarked b alone (argparse keeps the last),
+    `--models nb --models cvae` cvae alone, without a word, where --holdout twice is refused."""
+    from cellsynth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluation, "run_benchmark", lambda *a, **k: pytest.fail("benchmarked"))
+    given = {"--data": "a.h5ad", "--out": "out"}
+    args = [a for k, v in given.items() if k != option for a in (k, v)]
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", *args, option, values[0], option, values[1], "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    said = err.splitlines()[-1]
+    assert f"argument {option}: given twice (" in said and all(v in said for v in values), err
+

@@ -51,7 +51,8 @@ class _Once(argparse.Action):
         if self.dest in given:
             together = (f"; put them in one value, e.g. {option_string} "
                         f"'{getattr(namespace, self.dest)},{values}'"
-                        if self.dest in ("types", "where", "covariates") else "")
+                        if self.dest in ("types", "where", "covariates", "data", "models")
+                        else "")
             raise argparse.ArgumentError(
                 self, f"given twice ({getattr(namespace, self.dest)!r}, then {values!r}): "
                       f"give it once{together}")
@@ -265,23 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
                  "the real-vs-real floor", (
                      "Each generator's results are kept per dataset and reused while its\n"
                      "settings are unchanged; the page is written to OUT."))
-    b.add_argument("--data", required=True, metavar="LIST",
+    b.add_argument("--data", action=_Once, required=True, metavar="LIST",
                    help="comma-separated .h5ad files or preset TOMLs")
-    b.add_argument("--models", default="cvae,nb,reference,scvi", metavar="LIST",
+    b.add_argument("--models", action=_Once, default="cvae,nb,reference,scvi", metavar="LIST",
                    help="comma-separated generators: cvae, nb, reference, scvi, and the privacy "
                         "audit's positive controls copy (training cells returned) and scvi-pp "
                         "(scVI's posterior re-draws of them)")
-    b.add_argument("--label-key", default=None, metavar="KEY",
+    b.add_argument("--label-key", action=_Once, default=None, metavar="KEY",
                    help="label column (default: the config's)")
-    b.add_argument("--config", metavar="FILE",
+    b.add_argument("--config", action=_Once, metavar="FILE",
                    help="TOML config for every dataset (default: the package defaults)")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help=_SET_HELP)
-    b.add_argument("--out", required=True, metavar="DIR", help="benchmark directory")
+    b.add_argument("--out", action=_Once, required=True, metavar="DIR", help="benchmark directory")
     b.add_argument("--holdout", action=_Once, metavar="COLUMN=LEVEL,...", default=None,
                    help="also hold this combination out of training and score it, e.g. "
                         "'cell_type=CD14+ Monocytes,condition=stim' (default: none)")
-    b.add_argument("--fits", type=int, default=1, metavar="N",
+    b.add_argument("--fits", action=_Once, type=int, default=1, metavar="N",
                    help="fit each generator N times, each with its own seeds, and report the "
                         "mean and the spread across fits (default: 1)")
     b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
