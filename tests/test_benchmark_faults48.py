@@ -330,3 +330,17 @@ def test_a_benchmark_option_given_twice_is_refused(tmp_path: Path, monkeypatch, 
     said = err.splitlines()[-1]
     assert f"argument {option}: given twice (" in said and all(v in said for v in values), err
 
+
+def test_a_preset_toml_of_upper_case_suffix_is_read_as_a_preset(tmp_path: Path, monkeypatch):
+    """`--data PRESET.TOML` was read as an h5ad ("a text file (a CSV or TSV table?), not an
+    h5ad"); the suffix is read whatever its case, as the file systems that ignore case do."""
+    data = _few_cells(tmp_path / "few.h5ad")
+    preset = tmp_path / "FEW.TOML"
+    preset.write_text(f'[dataset]\npath = "{data}"\n[qc]\nmin_genes_per_cell = 10\n'
+                      "min_cells_per_gene = 1\nmin_cells_per_type = 2\n")
+    seen = []
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda pre, models, cfg, *a, **k: seen.append(cfg.dataset.path) or
+                        {"rows": {}, "models": {}})  # fmt: skip
+    evaluation.run_benchmark([str(preset)], ["nb"], tmp_path / "out", command="t")
+    assert seen == [str(data)]

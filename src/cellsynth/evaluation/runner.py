@@ -31,7 +31,7 @@ def _check_data_settings(overrides: list[str], datasets: list[str], label_key: s
     from ..config_sources import _leaves
 
     given = _leaves(apply_overrides({}, overrides))
-    files = [item for item in datasets if not item.endswith(".toml")]
+    files = [item for item in datasets if not item.lower().endswith(".toml")]
     if "dataset.path" in given and files:
         raise ConfigError(f"--set dataset.path={given['dataset.path']!r} names a data file, but "
                           f"--data gives {listed(files)}, which the benchmark reads instead: "
@@ -91,7 +91,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     doc, kept = (expand_user(p, what) if p is not None else None
                  for p, what in ((doc, "doc"), (kept, "kept")))  # a string: a path too
     _check_data_settings(overrides, datasets, label_key)
-    tomls = [item for item in datasets if item.endswith(".toml")]
+    tomls = [item for item in datasets if item.lower().endswith(".toml")]
     if config_path and tomls:
         logger.warning("--config %s is not applied to %s: a preset TOML is the whole config of "
                        "its data set; put those settings in it, or give them with --set (which "
@@ -100,7 +100,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     for item in datasets:
         # TOML strings written by json: a path or column holding a quote or a backslash
         extra = [f"dataset.label_key={json.dumps(label_key)}"] if label_key else []
-        if item.endswith(".toml"):
+        if item.lower().endswith(".toml"):
             cfgs.append((Path(item).stem, config.load(item, overrides + extra)))
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
