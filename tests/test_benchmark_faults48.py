@@ -72,6 +72,10 @@ def test_a_generator_that_fails_is_named_and_the_others_are_reported(tmp_path: P
     assert "**Failed** (no row: rerun once the cause is mended): copy (RuntimeError" in page
     assert json.loads((out / "few" / "summary.json").read_text())["failed"] == {
         "copy": "RuntimeError: the loss is NaN at epoch 3"}
+    from cellsynth.info import describe  # and `cellsynth info` names it too
+
+    assert describe(out)["datasets"]["few"]["failed"] == {
+        "copy": "RuntimeError: the loss is NaN at epoch 3"}
     monkeypatch.setattr(benchmark, "make_generator", lambda *a: pytest.fail("fitted again"))
     evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t", reuse=True)
 
