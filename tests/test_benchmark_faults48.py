@@ -348,3 +348,20 @@ def test_a_preset_toml_of_upper_case_suffix_is_read_as_a_preset(tmp_path: Path, 
                         {"rows": {}, "models": {}})  # fmt: skip
     evaluation.run_benchmark([str(preset)], ["nb"], tmp_path / "out", command="t")
     assert seen == [str(data)]
+
+
+def test_kept_results_of_another_data_file_are_said_to_be_so(tmp_path: Path):
+    """A page of kept results (kept_only) after the data file was replaced under its name
+    showed the old file's rows as 'Kept from an earlier version (other settings or metrics
+    ...; no gene-level or privacy numbers)', none of which was so: it says they were made from
+    another version of the data file."""
+    data = _few_cells(tmp_path / "few.h5ad")
+    out = tmp_path / "out"
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t")
+    a = simulate_atlas(300, 120, 3, seed=4)  # the same name, other cells
+    a[a.obs["cell_type"].astype(str).str.startswith("type_").to_numpy()][:40].copy() \
+        .write_h5ad(data)
+    page = evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t",
+                                    kept_only=True).read_text()  # fmt: skip
+    assert "| nb |" in page and "Kept from an earlier version" not in page
+    assert "**Made from another version of the data file** (rerun to refresh): nb." in page

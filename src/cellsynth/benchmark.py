@@ -285,9 +285,11 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
             continue
         if kept_only and saved.get("row"):  # an earlier version's: shown, and said so
             rows[name], details["models"][name] = saved["row"], saved["details"]
-            details.setdefault("stale", []).append(name)
-            logger.warning("benchmark %s: the kept results in %s were made with other settings "
-                           "or metrics; shown as they are", name, kept)  # fmt: skip
+            other = data is not None and saved.get("data") not in (None, data)
+            details.setdefault("other_data" if other else "stale", []).append(name)
+            logger.warning("benchmark %s: the kept results in %s were made %s; shown as they are",
+                           name, kept, "from another version of the data file" if other else
+                           "with other settings or metrics")  # fmt: skip
             continue
         if kept_only:
             logger.warning("benchmark %s: no kept results for these settings in %s; left out",
@@ -404,7 +406,7 @@ def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path) 
     if data is None or saved.get("data") in (None, data):
         return False
     logger.info("benchmark %s: the results kept in %s were made from another version of the "
-                "data file; fitting it again", name, kept)
+                "data file: not read back", name, kept)
     return True
 
 

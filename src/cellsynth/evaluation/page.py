@@ -199,7 +199,10 @@ def results_page(sections: list, command: str, models: list[str]) -> str:
                      if details.get("failed") else "")
                   + (f" **Kept from an earlier version** (other settings or metrics: rerun to "
                      f"refresh; no gene-level or privacy numbers): {', '.join(details['stale'])}."
-                     if details.get("stale") else ""), "",
+                     if details.get("stale") else "")
+                  + (" **Made from another version of the data file** (rerun to refresh): "
+                     f"{', '.join(details['other_data'])}." if details.get("other_data") else ""),
+                  "",
                   *table(rows), ""]
         lines += _spread_lines(details)
         if any(k in row for row in rows.values() for k, _, _ in GENE_PRIVACY_COLUMNS):
