@@ -365,3 +365,17 @@ def test_kept_results_of_another_data_file_are_said_to_be_so(tmp_path: Path):
                                     kept_only=True).read_text()  # fmt: skip
     assert "| nb |" in page and "Kept from an earlier version" not in page
     assert "**Made from another version of the data file** (rerun to refresh): nb." in page
+
+
+def test_a_missing_preset_in_data_is_said_to_be_in_data(tmp_path: Path, capsys):
+    """`--data kang.h5ad,baron.toml` with no baron.toml said "config file baron.toml does not
+    exist; give an existing --config file": the command had no --config. It names --data."""
+    from cellsynth.cli import main
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    (tmp_path / "folder.toml").mkdir()
+    for preset, said in (("missing.toml", "does not exist"), ("folder.toml", "is a directory")):
+        assert main(["benchmark", "--data", f"{data},{tmp_path / preset}", "--models", "nb",
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert f"the preset {tmp_path / preset} in --data {said}" in err and "--config" not in err

@@ -101,6 +101,11 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
         # TOML strings written by json: a path or column holding a quote or a backslash
         extra = [f"dataset.label_key={json.dumps(label_key)}"] if label_key else []
         if item.lower().endswith(".toml"):
+            if not expand_user(item, "--data").is_file():  # not "give an existing --config"
+                raise DataError(f"the preset {item} in --data "
+                                + ("is a directory" if expand_user(item).is_dir() else
+                                   "does not exist") + "; give the path of a preset TOML (as "
+                                "in examples/) or of an .h5ad")  # fmt: skip
             cfgs.append((Path(item).stem, config.load(item, overrides + extra)))
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
