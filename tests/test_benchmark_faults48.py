@@ -379,3 +379,16 @@ def test_a_missing_preset_in_data_is_said_to_be_in_data(tmp_path: Path, capsys):
                      "--out", str(tmp_path / "out"), "--quiet"]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert f"the preset {tmp_path / preset} in --data {said}" in err and "--config" not in err
+
+
+def test_a_test_split_too_small_for_the_floor_names_the_benchmark_s_setting(tmp_path: Path):
+    """`--set split.test=0.01` left a test cell or two a type: the floor's refusal said to give
+    `evaluate` a larger --max-cells or a run a larger report.max_cells, neither of which the
+    benchmark has. It names split.test, before any fit."""
+    from cellsynth.errors import DataError
+
+    data = _few_cells(tmp_path / "few.h5ad", per_type=40)
+    with pytest.raises(DataError, match=r"the benchmark's test split is too small: .*no type has "
+                                        r"2 real cells.*raise split.test \(now 0.01"):
+        evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
+                                 overrides=[*SMALL, "split.test=0.01", "split.train=0.89"])

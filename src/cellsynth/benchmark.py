@@ -26,7 +26,7 @@ from .config import MODEL_SECTIONS, RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
-from .errors import CellsynthError
+from .errors import CellsynthError, DataError
 from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.memorisation import memorisation
 from .metrics.privacy import donor_values
@@ -111,8 +111,6 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
     pre, _ = preprocess(read(path), cfg.dataset, cfg.qc, cfg.split,
                         seed=derive_seed(cfg.seed, "split"))
     if K.COUNTS not in pre.layers:
-        from .errors import DataError
-
         raise DataError(f"{path}: the benchmark needs raw counts (in X, layers['counts'] or "
                         "raw.X); give the unnormalised file")
     return pre
@@ -182,7 +180,14 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     floor = _kept_floor(results / "floor.json", floor_key, data)
     if floor is None:
         t0 = time.perf_counter()
-        floor = real_floor(space_and_embedding()[0], *parts["test"], seed=derive_seed(seed, "floor"))
+        try:
+            floor = real_floor(space_and_embedding()[0], *parts["test"],
+                               seed=derive_seed(seed, "floor"))  # fmt: skip
+        except DataError as err:  # its hints are evaluate's and a run's
+            raise DataError(f"the benchmark's test split is too small: "
+                            f"{str(err).split('; give')[0]}; raise split.test (now "
+                            f"{cfg.split.test}, e.g. --set split.test=0.2) or give more "
+                            "cells") from None  # fmt: skip
         logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
         write_json(results / "floor.json", {"key": floor_key, "floor": floor,
                                             **({"data": data} if data else {})})
@@ -442,7 +447,6 @@ def _genes_and_privacy(parts: dict[str, tuple[sp.csr_matrix, np.ndarray]], syn: 
     cells: a posterior-predictive generator re-draws every training cell once), against the
     real training cells with the test split held out (``{"skipped": why}`` when it cannot
     run), at donor level too with a ``donor_key`` (on the test cells of held-out donors)."""
-    from .errors import DataError
     from .metrics.genes import gene_fidelity
     from .metrics.privacy_counts import audit_counts, with_donor_key
 
