@@ -186,8 +186,9 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         except DataError as err:  # its hints are evaluate's and a run's
             raise DataError(f"the benchmark's test split is too small: "
                             f"{str(err).split('; give')[0]}; raise split.test (now "
-                            f"{cfg.split.test}, e.g. --set split.test=0.2) or give more "
-                            "cells") from None  # fmt: skip
+                            f"{cfg.split.test}"
+                            + (", e.g. --set split.test=0.2" if cfg.split.test < 0.2 else "")
+                            + ") or give more cells") from None  # fmt: skip
         logger.info("real-vs-real floor in %.1f s", time.perf_counter() - t0)
         write_json(results / "floor.json", {"key": floor_key, "floor": floor,
                                             **({"data": data} if data else {})})
