@@ -392,3 +392,21 @@ def test_a_test_split_too_small_for_the_floor_names_the_benchmark_s_setting(tmp_
                                         r"2 real cells.*raise split.test \(now 0.01"):
         evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
                                  overrides=[*SMALL, "split.test=0.01", "split.train=0.89"])
+
+
+def test_a_preset_without_a_data_file_is_named(tmp_path: Path):
+    """A preset TOML in --data with no dataset.path was refused as '. is a directory; give the
+    path of an .h5ad file', and one whose file is missing without naming the preset (with
+    several data sets: which?). Both name the preset."""
+    from cellsynth.errors import CellsynthError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    (tmp_path / "nopath.toml").write_text("seed = 3\n")
+    (tmp_path / "gone.toml").write_text(f'[dataset]\npath = "{tmp_path / "gone-file.h5ad"}"\n')
+    for preset, match in (("nopath", r"the preset .*nopath.toml in --data names no data file: "
+                                     r"add \[dataset\] path"),
+                          ("gone", r"^gone \(a preset in --data\): .*gone-file.h5ad does not "
+                                   "exist")):  # fmt: skip
+        with pytest.raises(CellsynthError, match=match):
+            evaluation.run_benchmark([str(data), str(tmp_path / f"{preset}.toml")], ["nb"],
+                                     tmp_path / "out", command="t")  # fmt: skip

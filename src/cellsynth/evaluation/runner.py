@@ -107,6 +107,9 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
                                    "does not exist") + "; give the path of a preset TOML (as "
                                 "in examples/) or of an .h5ad")  # fmt: skip
             cfgs.append((Path(item).stem, config.load(item, overrides + extra)))
+            if not str(cfgs[-1][1].dataset.path).strip():  # it was read as the folder "."
+                raise DataError(f"the preset {item} in --data names no data file: add "
+                                "[dataset] path = \"....h5ad\" to it")
         else:
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
                 f"dataset.path={json.dumps(str(item))}"])))
@@ -302,7 +305,12 @@ def _check_inputs(cfgs: list[tuple[str, Any]], holdout: dict[str, str] | None,
     from ..holdout import check_holdout
 
     for name, cfg in cfgs:
-        path = check_file(cfg.dataset.path)
+        try:
+            path = check_file(cfg.dataset.path)
+        except CellsynthError as err:  # a preset's file: which data set's
+            if Path(str(cfg.dataset.path)).stem == name:
+                raise
+            raise type(err)(f"{name} (a preset in --data): {err}") from None
         with H5adFile(path) as h5:  # every generator is fitted on counts: none, refused first
             expr = find_counts(h5, cfg.dataset.is_normalised)
             if expr.counts is None:
