@@ -410,3 +410,25 @@ def test_a_preset_without_a_data_file_is_named(tmp_path: Path):
         with pytest.raises(CellsynthError, match=match):
             evaluation.run_benchmark([str(data), str(tmp_path / f"{preset}.toml")], ["nb"],
                                      tmp_path / "out", command="t")  # fmt: skip
+
+
+def test_the_page_names_the_call_that_wrote_it(tmp_path: Path, monkeypatch, capsys):
+    """From Python the page said it was 'Written by `cellsynth -f .../kernel-1.json`' (the
+    notebook's sys.argv, as if a command); it names the call. The command line's page names
+    the command as typed (quoted where a path holds a space)."""
+    import sys
+
+    from cellsynth.cli import main
+
+    data = _few_cells(tmp_path / "few data.h5ad")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: {"rows": {}, "models": {}})  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel-1.json"])
+    page = evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", overrides=SMALL)
+    text = page.read_text()
+    assert "kernel-1.json" not in text and f"Written by `run_benchmark(['{data}'], ['nb']" in text
+    args = ["benchmark", "--data", str(data), "--models", "nb", "--out", str(tmp_path / "cli"),
+            *[a for s in SMALL for a in ("--set", s)], "--quiet"]
+    assert main(args) == 0
+    assert f"Written by `cellsynth benchmark --data '{data}' --models nb" in \
+        (tmp_path / "cli" / "RESULTS.md").read_text()

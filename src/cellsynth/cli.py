@@ -297,7 +297,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     datasets = [d.strip() for d in args.data.split(",") if d.strip()]
     path = run_benchmark(datasets, args.models.split(","), Path(args.out),
                          config_path=args.config, overrides=args.set, label_key=args.label_key,
-                         holdout=holdout, fits=args.fits, reuse=True)
+                         holdout=holdout, fits=args.fits, reuse=True, command=args.command_line)
     for name in (Path(d).stem for d in datasets):  # not an earlier command's other data sets
         summary = path.parent / name / "summary.json"
         for line in json.loads(summary.read_text()).get("verdicts", []) if summary.is_file() else []:

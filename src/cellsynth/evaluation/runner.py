@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +116,9 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
     # of fitting
     _check_engines(cfgs, models, fitting=not kept_only)  # so are the packages and devices
-    if command is None:
-        command = "cellsynth " + " ".join(sys.argv[1:])
+    if command is None:  # a call from Python: the call (sys.argv is the notebook's, a script's)
+        command = (f"run_benchmark({datasets!r}, {models!r}, {str(out)!r}"
+                   + (f", overrides={overrides!r}" if overrides else "") + ")")
     path = out / "RESULTS.md" if doc is None else doc
     # a RESULTS.md of the user's own in --out is not overwritten (an earlier page is)
     path = check_file_out(path, "a benchmark page", our_page, flag="doc" if doc else "--out",
