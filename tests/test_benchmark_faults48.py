@@ -432,3 +432,29 @@ def test_the_page_names_the_call_that_wrote_it(tmp_path: Path, monkeypatch, caps
     assert main(args) == 0
     assert f"Written by `cellsynth benchmark --data '{data}' --models nb" in \
         (tmp_path / "cli" / "RESULTS.md").read_text()
+
+
+def test_scvi_results_read_back_need_no_scvi_tools(tmp_path: Path, monkeypatch):
+    """The check of scvi-tools before any fit is for the generators to fit: a rerun that reads
+    scvi's kept results back (its page rebuilt on a laptop without scvi-tools) is not refused,
+    and --holdout, which fits every generator again, is."""
+    import sys
+
+    from cellsynth import config
+    from cellsynth.errors import CellsynthError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    out = tmp_path / "out"
+    evaluation.run_benchmark([str(data)], ["nb"], out, overrides=SMALL, command="t")
+    kept = json.loads((out / "few" / "results" / "nb.json").read_text())
+    cfg = config.load(None, [*SMALL, f"dataset.path={json.dumps(str(data))}"])
+    kept["key"] = benchmark.model_key(cfg, "scvi")  # as if scvi had been benchmarked here
+    (out / "few" / "results" / "scvi.json").write_text(json.dumps(kept))
+    monkeypatch.setitem(sys.modules, "scvi", None)
+    page = evaluation.run_benchmark([str(data)], ["nb", "scvi"], out, overrides=SMALL,
+                                    command="t", reuse=True).read_text()  # fmt: skip
+    assert "| scvi |" in page
+    monkeypatch.setattr(evaluation.runner, "_check_inputs", lambda *a: None)  # any holdout
+    with pytest.raises(CellsynthError, match="the scvi generator needs scvi-tools"):
+        evaluation.run_benchmark([str(data)], ["nb", "scvi"], out, overrides=SMALL, command="t",
+                                 reuse=True, holdout={"cell_type": "type_00", "x": "y"})

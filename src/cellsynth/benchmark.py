@@ -281,9 +281,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         if kept_only and not kept.exists() and name == "reference":  # kept under its old name
             kept = kept.with_name("seed.json")
         saved = _read_kept(kept) if (reuse or kept_only) and kept.exists() else {}
-        more = int((saved.get("row") or {}).get("fits", 1))  # kept over more fits: as good
-        if saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
-                not _other_data(saved, data, name, kept):
+        if saved and reusable(saved, cfg, name, fits, data, kept):
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
             logger.info("benchmark %s: reusing its results of %s (%s)", name, saved.get("date"),
@@ -338,6 +336,23 @@ def generator_failure(err: Exception) -> str | None:
     logger.debug("the generator's failure", exc_info=err)  # its traceback, for a bug report
     why = str(err) if isinstance(err, CellsynthError) else f"{type(err).__name__}: {err}"
     return " ".join(why.split())  # one line, on the page and in the error
+
+
+def reusable(saved: dict[str, Any], cfg: RunConfig, name: str, fits: int, data: str | None,
+             kept: Path) -> bool:  # fmt: skip
+    """Whether generator ``name``'s results ``saved`` in ``kept`` are read back for these
+    settings and ``fits`` (kept over more fits: as good) and data file (sha256 ``data``)."""
+    key = model_key(cfg, name, fits)
+    more = int((saved.get("row") or {}).get("fits", 1))
+    return saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
+        not _other_data(saved, data, name, kept)
+
+
+def is_kept(results: Path, name: str, cfg: RunConfig, fits: int, data: str | None) -> bool:
+    """Whether a benchmark that reuses results reads ``name``'s back from ``results`` (the
+    data set's kept results), fitting nothing for it."""
+    kept = results / f"{name}.json"
+    return kept.is_file() and reusable(_read_kept(kept), cfg, name, fits, data, kept)
 
 
 def _read_kept(path: Path) -> dict[str, Any]:

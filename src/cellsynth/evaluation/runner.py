@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import config
 from .. import keys as K
-from ..benchmark import benchmark_dataset, prepare
+from ..benchmark import benchmark_dataset, is_kept, prepare
 from ..errors import CellsynthError, ConfigError, DataError, listed
 from ..outputs import check_file_out, check_out_dir, write_json, write_text
 from ..resume import input_digest
@@ -115,7 +115,13 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     _distinct_names(cfgs, datasets)
     _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
     # of fitting
-    _check_engines(cfgs, models, fitting=not kept_only)  # so are the packages and devices
+    digests = {name: _data_digest(cfg.dataset.path) for name, cfg in cfgs}
+    # so are the packages (of the generators to fit: not those whose results are read back;
+    # --holdout fits each again) and the devices
+    _check_engines(cfgs, models, fitting=None if holdout else set() if kept_only else {
+        model for model in models for name, cfg in cfgs
+        if not (reuse and is_kept((kept / name) if kept else out / name / "results", model,
+                                  cfg, fits, digests[name]))})  # fmt: skip
     if command is None:  # a call from Python: the call (sys.argv is the notebook's, a script's)
         command = (f"run_benchmark({datasets!r}, {models!r}, {str(out)!r}"
                    + (f", overrides={overrides!r}" if overrides else "") + ")")
@@ -149,7 +155,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
             details = benchmark_dataset(pre, models, cfg, out / name, reuse=reuse,
                                         kept_only=kept_only,
                                         kept_dir=kept / name if kept else None, fits=fits,
-                                        data=_data_digest(cfg.dataset.path))
+                                        data=digests[name])
             if holdout:  # not the generators that failed: they would fail again
                 from ..holdout import benchmark_holdout
 
@@ -242,10 +248,11 @@ def _distinct_names(cfgs: list[tuple[str, Any]], datasets: list[str]) -> None:
         seen[name] = item
 
 
-def _check_engines(cfgs: list[tuple[str, Any]], models: list[str], fitting: bool = True) -> None:
+def _check_engines(cfgs: list[tuple[str, Any]], models: list[str],
+                   fitting: set[str] | None = None) -> None:  # fmt: skip
     """The packages and devices asked for, refused before any fit (the devices as ``cellsynth
     run`` refuses them): scvi-tools for ``scvi`` and ``scvi-pp`` where they are to be fitted
-    (``fitting``) was found missing by their fit, after the others'; a
+    (in ``fitting``; None: every generator) was found missing by their fit, after the others'; a
     ``classifier.device = "cuda"`` without a GPU was found by the first utility score, after
     that generator's fit (hours), and a generator's device by its fit, after the datasets
     before it. ``classifier.backend = "dask"`` is said not to apply: the benchmark's
@@ -255,7 +262,7 @@ def _check_engines(cfgs: list[tuple[str, Any]], models: list[str], fitting: bool
     from ..classify.xgb import resolve_device
     from ..models.registry import check_generator_device, check_generator_package
 
-    for model in models if fitting else []:  # kept results alone need no scvi-tools
+    for model in models if fitting is None else [m for m in models if m in fitting]:
         try:
             check_generator_package(model)
         except CellsynthError as err:
