@@ -339,23 +339,24 @@ def generator_failure(err: Exception) -> str | None:
 
 
 def reusable(saved: dict[str, Any], cfg: RunConfig, name: str, fits: int, data: str | None,
-             kept: Path) -> bool:  # fmt: skip
+             kept: Path, say: bool = True) -> bool:  # fmt: skip
     """Whether generator ``name``'s results ``saved`` in ``kept`` are read back for these
     settings and ``fits`` (kept over more fits: as good) and data file (sha256 ``data``)."""
     key = model_key(cfg, name, fits)
     more = int((saved.get("row") or {}).get("fits", 1))
     return saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
-        not _other_data(saved, data, name, kept)
+        not _other_data(saved, data, name, kept, say)
 
 
 def is_kept(results: Path, name: str, cfg: RunConfig, fits: int, data: str | None) -> bool:
     """Whether a benchmark that reuses results reads ``name``'s back from ``results`` (the
-    data set's kept results), fitting nothing for it."""
+    data set's kept results), fitting nothing for it. Nothing logged: the benchmark says it."""
     kept = results / f"{name}.json"
-    return kept.is_file() and reusable(_read_kept(kept), cfg, name, fits, data, kept)
+    return kept.is_file() and reusable(_read_kept(kept, say=False), cfg, name, fits, data, kept,
+                                       say=False)  # fmt: skip
 
 
-def _read_kept(path: Path) -> dict[str, Any]:
+def _read_kept(path: Path, say: bool = True) -> dict[str, Any]:
     """A generator's results kept in ``path``, or {} where they do not read as such (a file cut
     short, edited, or left with a merge's conflict markers): said, and the generator is run
     again (left out where only kept results are read)."""
@@ -367,9 +368,9 @@ def _read_kept(path: Path) -> dict[str, Any]:
         why = "not a generator's kept results"
     except (OSError, ValueError, TypeError) as err:
         why = str(err)
-    logger.warning("benchmark: the kept results in %s do not read (%s): not used (the generator "
-                   "is run again and the file rewritten; a page of kept results leaves it out)",
-                   path, why)  # fmt: skip
+    (logger.warning if say else logger.debug)(
+        "benchmark: the kept results in %s do not read (%s): not used (the generator is run "
+        "again and the file rewritten; a page of kept results leaves it out)", path, why)
     return {}
 
 
@@ -420,14 +421,16 @@ def _saved_fit(models: Path, name: str, fit_key: dict[str, Any]) -> tuple[Any, d
     return gen, record.get("history") or {}, float(record.get("fit_seconds") or 0.0)
 
 
-def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path) -> bool:
+def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path,
+                say: bool = True) -> bool:  # fmt: skip
     """Whether the results ``saved`` in ``kept`` were made from another version of the data
     file than the one of sha256 ``data`` (a file replaced under the same name: its settings,
     hence its key, unchanged); said in the log. Unknown on either side: not another."""
     if data is None or saved.get("data") in (None, data):
         return False
-    logger.info("benchmark %s: the results kept in %s were made from another version of the "
-                "data file: not read back", name, kept)
+    (logger.info if say else logger.debug)(
+        "benchmark %s: the results kept in %s were made from another version of the data "
+        "file: not read back", name, kept)
     return True
 
 
