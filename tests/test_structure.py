@@ -13,7 +13,7 @@ SRC = Path(cellsynth.__file__).parent
 LAYERS = [
     {"__main__", "cli", "cli_parser", "cli_signals"},
     {"api", "pipeline"},
-    {"evaluation", "benchmark", "holdout", "info", "report", "pl"},
+    {"evaluation", "benchmark", "benchmark_kept", "holdout", "info", "report", "pl"},
     {"models", "classify", "features", "explain", "metrics", "cells"},
     {"data"},
     {"config", "config_rules", "config_sources", "errors", "keys", "seeds", "runtime", "resume", "outputs", "presets", "options", "checksums", "paths", "figure_io", "heartbeat"},

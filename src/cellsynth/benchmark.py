@@ -10,7 +10,6 @@ cells. The same metrics between two disjoint halves of the real test cells are t
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .config import MODEL_SECTIONS, RunConfig
+from .benchmark_kept import kept_floor, model_key, read_kept, reusable, save_fit, saved_fit
+from .config import RunConfig
 from .data.io import read
 from .data.qc import preprocess
 from .data.store import write_h5ad
@@ -36,7 +36,6 @@ from .metrics.verdict import fidelity_verdict
 from .metrics.verdict_text import donor_summary
 from .models.registry import make_generator
 from .outputs import write_json
-from .resume import hashed_settings
 from .runtime import peak_rss_mb
 from .seeds import derive_seed
 
@@ -77,10 +76,6 @@ GENE_PRIVACY_COLUMNS = [
 #: appended to it where a run held out donors (``split.heldout_donors``)
 DONOR_COLUMNS = [("privacy_donor_auc", "donor-level AUC (largest)", "{:.3f}"),
                  ("privacy_donors", "donors: training / held out", "{}")]
-#: bumped when the metrics a kept result holds change, so that --reuse reruns it
-METRICS_VERSION = 5  # 4: gene-level AUCs averaged over halvings; 5: privacy audit too
-
-
 def flat_report(report: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a fidelity report, one level deep."""
     o = report["overall"]
@@ -116,24 +111,6 @@ def prepare(path: str | Path, cfg: RunConfig) -> ad.AnnData:
     return pre
 
 
-
-
-def model_key(cfg: RunConfig, name: str, fits: int = 1) -> str:
-    """What one generator's benchmark results depend on (``fits``: how many fits they are the
-    mean of), as a short hash."""
-    import hashlib
-    from importlib.metadata import version
-
-    d = hashed_settings(cfg)  # without the settings that do not change results
-    keep = {k: d[k] for k in ("seed", "dataset", "qc", "split", "classifier")}
-    section = MODEL_SECTIONS.get(name)
-    if section and d[section]:  # nb's section is empty at its defaults: the keys kept before
-        keep[section] = d[section]
-    if fits > 1:  # one fit: the keys kept before
-        keep["fits"] = fits
-    blob = json.dumps({"model": name, "settings": keep, "version": version("cellsynth"),
-                       "metrics": METRICS_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: Path, *,
@@ -177,7 +154,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         return space, {s: (space.embed(x), lab) for s, (x, lab) in parts.items()}
 
     floor_key = model_key(cfg, "floor")
-    floor = _kept_floor(results / "floor.json", floor_key, data)
+    floor = kept_floor(results / "floor.json", floor_key, data)
     if floor is None:
         t0 = time.perf_counter()
         try:
@@ -206,7 +183,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         logger.info("benchmark: fitting %s on %d cells%s", name, fit_on.n_obs,
                     f" (fit {r + 1} of {fits})" if fits > 1 else "")
         fit_key = {"key": model_key(cfg, name), **({"data": data} if data else {})}
-        found = _saved_fit(out / "models", name, fit_key) if reuse and r == 0 else None
+        found = saved_fit(out / "models", name, fit_key) if reuse and r == 0 else None
         try:  # the generator's own work: its failure is said, the others still benchmarked
             if found is not None:  # a stopped benchmark's fit, saved before it was scored
                 gen, history, fit_seconds = found
@@ -226,7 +203,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
                 raise
             raise _Failed(why) from err
         if r == 0 and found is None:  # the first fit's model and cells are kept
-            _save_fit(gen, out / "models", name, {**fit_key, "history": history,
+            save_fit(gen, out / "models", name, {**fit_key, "history": history,
                                                    "fit_seconds": fit_seconds})
             (out / "synthetic").mkdir(parents=True, exist_ok=True)
             write_h5ad(syn_test, out / "synthetic" / f"{name}.h5ad")  # atomic
@@ -280,7 +257,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
         kept, key = results / f"{name}.json", model_key(cfg, name, fits)
         if kept_only and not kept.exists() and name == "reference":  # kept under its old name
             kept = kept.with_name("seed.json")
-        saved = _read_kept(kept) if (reuse or kept_only) and kept.exists() else {}
+        saved = read_kept(kept) if (reuse or kept_only) and kept.exists() else {}
         if saved and reusable(saved, cfg, name, fits, data, kept):
             rows[name], details["models"][name] = saved["row"], saved["details"]
             rows["real vs real"].update(saved["details"].get("gene_floor", {}))
@@ -336,102 +313,6 @@ def generator_failure(err: Exception) -> str | None:
     logger.debug("the generator's failure", exc_info=err)  # its traceback, for a bug report
     why = str(err) if isinstance(err, CellsynthError) else f"{type(err).__name__}: {err}"
     return " ".join(why.split())  # one line, on the page and in the error
-
-
-def reusable(saved: dict[str, Any], cfg: RunConfig, name: str, fits: int, data: str | None,
-             kept: Path, say: bool = True) -> bool:  # fmt: skip
-    """Whether generator ``name``'s results ``saved`` in ``kept`` are read back for these
-    settings and ``fits`` (kept over more fits: as good) and data file (sha256 ``data``)."""
-    key = model_key(cfg, name, fits)
-    more = int((saved.get("row") or {}).get("fits", 1))
-    return saved.get("key") in (key, model_key(cfg, name, more) if more > fits else key) and \
-        not _other_data(saved, data, name, kept, say)
-
-
-def is_kept(results: Path, name: str, cfg: RunConfig, fits: int, data: str | None) -> bool:
-    """Whether a benchmark that reuses results reads ``name``'s back from ``results`` (the
-    data set's kept results), fitting nothing for it. Nothing logged: the benchmark says it."""
-    kept = results / f"{name}.json"
-    return kept.is_file() and reusable(_read_kept(kept, say=False), cfg, name, fits, data, kept,
-                                       say=False)  # fmt: skip
-
-
-def _read_kept(path: Path, say: bool = True) -> dict[str, Any]:
-    """A generator's results kept in ``path``, or {} where they do not read as such (a file cut
-    short, edited, or left with a merge's conflict markers): said, and the generator is run
-    again (left out where only kept results are read)."""
-    try:
-        saved = json.loads(path.read_text())
-        if isinstance(saved, dict) and isinstance(saved.get("row"), dict) and \
-                isinstance(saved.get("details"), dict) and int(saved["row"].get("fits", 1)):
-            return saved
-        why = "not a generator's kept results"
-    except (OSError, ValueError, TypeError) as err:
-        why = str(err)
-    (logger.warning if say else logger.debug)(
-        "benchmark: the kept results in %s do not read (%s): not used (the generator is run "
-        "again and the file rewritten; a page of kept results leaves it out)", path, why)
-    return {}
-
-
-def _kept_floor(path: Path, key: str, data: str | None = None) -> dict[str, Any] | None:
-    """The real-vs-real floor kept in ``path`` by an earlier benchmark with the same data, QC,
-    split and seed (``key``; ``data``: the file's sha256, where both know it), or None: a page
-    rebuilt from kept results computes nothing."""
-    try:
-        kept = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(kept, dict) or kept.get("key") != key:
-        return None
-    return kept.get("floor") if kept.get("data") in (None, data) or data is None else None
-
-
-def _save_fit(gen: Any, models: Path, name: str, record: dict[str, Any]) -> None:
-    """Save ``gen`` into ``models/NAME`` and, once it is saved, ``models/NAME.fit.json``: the
-    key and data it was fitted with, its history and fit time (:func:`_saved_fit`). The record
-    is removed first, so a save stopped half way is never read back under an older record."""
-    record_path = models / f"{name}.fit.json"
-    record_path.unlink(missing_ok=True)
-    gen.save(models / name)
-    write_json(record_path, record)
-
-
-def _saved_fit(models: Path, name: str, fit_key: dict[str, Any]) -> tuple[Any, dict, float] | None:
-    """The generator a stopped benchmark saved in ``models/NAME`` with the same settings and
-    data (``fit_key``), its history and fit seconds, or None (no record, another key, or a
-    model that does not load: fitted again). A benchmark stopped while scoring a fitted
-    generator (privacy, TSTR) then scores it again without refitting it."""
-    from .models.registry import load_generator
-
-    try:
-        record = json.loads((models / f"{name}.fit.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or any(record.get(k) != v for k, v in fit_key.items()):
-        return None
-    try:
-        gen = load_generator(models / name)
-    except Exception as err:  # any save that does not load is fitted again
-        logger.info("benchmark %s: its saved fit in %s does not load (%s); fitting it again",
-                    name, models / name, err)  # fmt: skip
-        return None
-    logger.info("benchmark %s: reusing its fit saved in %s (a stopped benchmark's)", name,
-                models / name)
-    return gen, record.get("history") or {}, float(record.get("fit_seconds") or 0.0)
-
-
-def _other_data(saved: dict[str, Any], data: str | None, name: str, kept: Path,
-                say: bool = True) -> bool:  # fmt: skip
-    """Whether the results ``saved`` in ``kept`` were made from another version of the data
-    file than the one of sha256 ``data`` (a file replaced under the same name: its settings,
-    hence its key, unchanged); said in the log. Unknown on either side: not another."""
-    if data is None or saved.get("data") in (None, data):
-        return False
-    (logger.info if say else logger.debug)(
-        "benchmark %s: the results kept in %s were made from another version of the data "
-        "file: not read back", name, kept)
-    return True
 
 
 def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]

@@ -10,7 +10,8 @@ from typing import Any
 
 from .. import config
 from .. import keys as K
-from ..benchmark import benchmark_dataset, is_kept, prepare
+from ..benchmark import benchmark_dataset, prepare
+from ..benchmark_kept import is_kept
 from ..errors import CellsynthError, ConfigError, DataError, listed
 from ..outputs import check_file_out, check_out_dir, write_json, write_text
 from ..resume import input_digest
