@@ -458,3 +458,14 @@ def test_scvi_results_read_back_need_no_scvi_tools(tmp_path: Path, monkeypatch):
     with pytest.raises(CellsynthError, match="the scvi generator needs scvi-tools"):
         evaluation.run_benchmark([str(data)], ["nb", "scvi"], out, overrides=SMALL, command="t",
                                  reuse=True, holdout={"cell_type": "type_00", "x": "y"})
+
+
+def test_run_benchmark_refuses_an_override_that_is_not_text(tmp_path: Path):
+    """overrides=[3] (or [None]) ended in "TypeError: argument of type 'int' is not iterable"."""
+    from cellsynth.errors import DataError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    for bad in (3, None):
+        with pytest.raises(DataError, match=r"overrides takes a list of settings, e\.g\. .*, not "):
+            evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
+                                     overrides=["seed=3", bad])  # fmt: skip

@@ -81,7 +81,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
                         "TOMLs, separated by commas")
     out = check_out_dir(out, "--out", "the benchmark (RESULTS.md and a folder per data set)",
                         DataError)  # before any work; ~ expanded
-    overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])  # one
+    overrides = _listed(overrides or [], "overrides")  # one string: one setting
     if isinstance(holdout, str):  # as --holdout reads it, not its letters as columns
         from ..holdout import parse_holdout
 
@@ -188,10 +188,15 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     return path
 
 
+#: what each list argument of :func:`run_benchmark` holds, with an example
+_LISTS = {"datasets": ("paths", "['kang.h5ad', 'baron.toml']"), "models": ("names", "['cvae', 'nb']"),
+          "overrides": ("settings", "['seed=3', 'cvae.max_epochs=50']")}
+
+
 def _listed(items: Any, what: str, *, paths: bool = False) -> list[Any]:
-    """``datasets`` or ``models`` as a list: one string (``"cvae,nb"``, as ``--models`` reads
-    it; one data file) or path is one item, not its characters; an item that is not a name
-    (None, a number) is refused in one line."""
+    """``datasets``, ``models`` or ``overrides`` as a list: one string (``"cvae,nb"``, as
+    ``--models`` reads it; one data file; one setting) or path is one item, not its
+    characters; an item that is not a name (None, a number) is refused in one line."""
     import os
 
     if isinstance(items, str):
@@ -205,9 +210,9 @@ def _listed(items: Any, what: str, *, paths: bool = False) -> list[Any]:
         items = [items]
     bad = [item for item in items if not isinstance(item, kinds)]
     if bad:
-        example = "['kang.h5ad', 'baron.toml']" if paths else "['cvae', 'nb']"
-        raise DataError(f"{what} takes a list of {'paths' if paths else 'names'}, e.g. {example}, "
-                        f"not {type(bad[0]).__name__} {bad[0]!r}")
+        kind, example = _LISTS[what]
+        raise DataError(f"{what} takes a list of {kind}, e.g. {example}, not "
+                        f"{type(bad[0]).__name__} {bad[0]!r}")
     return [os.fspath(item) if paths else item for item in items]
 
 
