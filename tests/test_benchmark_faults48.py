@@ -469,3 +469,23 @@ def test_run_benchmark_refuses_an_override_that_is_not_text(tmp_path: Path):
         with pytest.raises(DataError, match=r"overrides takes a list of settings, e\.g\. .*, not "):
             evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", command="t",
                                      overrides=["seed=3", bad])  # fmt: skip
+
+
+def test_a_file_where_a_data_set_s_folder_goes_is_refused_before_any_fit(tmp_path: Path,
+                                                                         monkeypatch):  # fmt: skip
+    """`--data a.h5ad,b.h5ad --out B` where B/b is a file: a was benchmarked first, then
+    writing b's results said 'B/b/results: Not a directory'. Refused before any work."""
+    from cellsynth.errors import DataError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    other = _few_cells(tmp_path / "other.h5ad")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "other").write_text("notes\n")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: pytest.fail("benchmarked"))  # fmt: skip
+    with pytest.raises(DataError, match=r"other is a file, where the benchmark writes the folder "
+                                        "of data set 'other'"):  # fmt: skip
+        evaluation.run_benchmark([str(data), str(other)], ["nb"], out, overrides=SMALL,
+                                 command="t")  # fmt: skip
+    assert (out / "other").read_text() == "notes\n"

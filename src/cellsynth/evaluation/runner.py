@@ -114,6 +114,11 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
             cfgs.append((Path(item).stem, config.load(config_path, overrides + extra + [
                 f"dataset.path={json.dumps(str(item))}"])))
     _distinct_names(cfgs, datasets)
+    for name, _ in cfgs:  # each data set's folder: a file there was found after those before it
+        if (out / name).exists() and not (out / name).is_dir():
+            raise DataError(f"--out {out}: {out / name} is a file, where the benchmark writes "
+                            f"the folder of data set {name!r}; move the file or choose another "
+                            "--out")  # fmt: skip
     _check_inputs(cfgs, holdout, models)  # every file, covariate and the holdout, before hours
     # of fitting
     digests = {name: _data_digest(cfg.dataset.path) for name, cfg in cfgs}
