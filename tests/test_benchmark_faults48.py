@@ -489,3 +489,27 @@ def test_a_file_where_a_data_set_s_folder_goes_is_refused_before_any_fit(tmp_pat
         evaluation.run_benchmark([str(data), str(other)], ["nb"], out, overrides=SMALL,
                                  command="t")  # fmt: skip
     assert (out / "other").read_text() == "notes\n"
+
+
+def test_a_second_data_set_into_one_out_says_the_page_drops_the_first(tmp_path: Path,
+                                                                      monkeypatch, caplog):  # fmt: skip
+    """`benchmark --data a.h5ad --out B`, then `--data b.h5ad --out B`: the second page
+    replaced the first without a word, a's section gone though its results are kept. Said,
+    with how to have both."""
+    import logging
+
+    first, second = _few_cells(tmp_path / "first.h5ad"), _few_cells(tmp_path / "second.h5ad")
+    monkeypatch.setattr(evaluation.runner, "benchmark_dataset",
+                        lambda *a, **k: {"rows": {}, "models": {}})  # fmt: skip
+    out = tmp_path / "out"
+    evaluation.run_benchmark([str(first)], ["nb"], out, overrides=SMALL, command="t")
+    with caplog.at_level(logging.WARNING):
+        page = evaluation.run_benchmark([str(second)], ["nb"], out, overrides=SMALL, command="t")
+    assert "## first" not in page.read_text()
+    assert "held the data set(s) first of an earlier command, which this page replaces" in \
+        caplog.text and "give them in --data too" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # both: nothing to say
+        evaluation.run_benchmark([str(first), str(second)], ["nb"], out, overrides=SMALL,
+                                 command="t")  # fmt: skip
+    assert "of an earlier command" not in caplog.text

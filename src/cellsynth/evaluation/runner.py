@@ -135,6 +135,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     # a RESULTS.md of the user's own in --out is not overwritten (an earlier page is)
     path = check_file_out(path, "a benchmark page", our_page, flag="doc" if doc else "--out",
                           suffixes=(path.suffix.lower(),), say=False)  # fmt: skip
+    _say_dropped_sections(path, [name for name, _ in cfgs])
     path.parent.mkdir(parents=True, exist_ok=True)
     # one benchmark per directory: two at once would fit the same generators into one
     # models/ and results/, a page's rows then read beside another command's models
@@ -219,6 +220,24 @@ def _listed(items: Any, what: str, *, paths: bool = False) -> list[Any]:
         raise DataError(f"{what} takes a list of {kind}, e.g. {example}, not "
                         f"{type(bad[0]).__name__} {bad[0]!r}")
     return [os.fspath(item) if paths else item for item in items]
+
+
+def _say_dropped_sections(page: Path, names: list[str]) -> None:
+    """Said when the page an earlier command wrote holds data sets this one does not (a second
+    `--data b.h5ad` into the `--out` of `--data a.h5ad`): the new page replaces it, and how to
+    have both on it."""
+    import re
+
+    try:
+        text = page.read_text(errors="replace") if page.is_file() else ""
+    except OSError:
+        return
+    earlier = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    dropped = [n for n in earlier if n not in names]
+    if dropped:
+        logger.warning("%s held the data set(s) %s of an earlier command, which this page "
+                       "replaces: to have them beside %s, give them in --data too (their kept "
+                       "results are read back)", page, listed(dropped), listed(names))
 
 
 def _data_digest(path: str) -> str | None:
