@@ -513,3 +513,18 @@ def test_a_second_data_set_into_one_out_says_the_page_drops_the_first(tmp_path: 
         evaluation.run_benchmark([str(first), str(second)], ["nb"], out, overrides=SMALL,
                                  command="t")  # fmt: skip
     assert "of an earlier command" not in caplog.text
+
+
+def test_kept_only_with_a_holdout_is_refused(tmp_path: Path, monkeypatch):
+    """run_benchmark(kept_only=True, holdout=...) is to fit nothing, but fitted every generator
+    again for the held-out combination (hours). The two are refused together."""
+    from cellsynth import holdout
+    from cellsynth.errors import ConfigError
+
+    data = _few_cells(tmp_path / "few.h5ad")
+    monkeypatch.setattr(holdout, "benchmark_holdout", lambda *a, **k: pytest.fail("fitted"))
+    with pytest.raises(ConfigError, match="kept_only writes the page from kept results, fitting "
+                                          "nothing, but holdout fits"):  # fmt: skip
+        evaluation.run_benchmark([str(data)], ["nb"], tmp_path / "out", overrides=SMALL,
+                                 command="t", kept_only=True,
+                                 holdout={"cell_type": "type_00", "x": "y"})

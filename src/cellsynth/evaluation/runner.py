@@ -82,6 +82,10 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
     out = check_out_dir(out, "--out", "the benchmark (RESULTS.md and a folder per data set)",
                         DataError)  # before any work; ~ expanded
     overrides = _listed(overrides or [], "overrides")  # one string: one setting
+    if holdout and kept_only:  # it fitted every generator again, where nothing is to be
+        raise ConfigError("kept_only writes the page from kept results, fitting nothing, but "
+                          "holdout fits every generator again (its scores are not kept): give "
+                          "one or the other")  # fmt: skip
     if isinstance(holdout, str):  # as --holdout reads it, not its letters as columns
         from ..holdout import parse_holdout
 
