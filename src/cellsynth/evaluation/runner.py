@@ -192,7 +192,7 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
         raise CellsynthError(
             f"{len(failed)} generator run(s) failed: " + "; ".join(
                 f"{model} on {data}: {why}" for (data, model), why in failed.items())
-            + f". {path} reports the others; mend the cause and run the same command again "
+            + f"; {path} reports the others; mend the cause and run the same command again "
             "(the finished generators are read back), or leave the failed generator out of "
             "--models")  # fmt: skip
     return path
