@@ -256,3 +256,21 @@ def test_nb_says_a_fallback_once_not_at_every_sample(caplog):
     assert warned(request={"type_00": 5}, where={"condition": "stim"})
     assert not warned(request={"type_00": 7}, where={"condition": "stim"})  # said already
     assert warned(request={"type_00": 5}, where={"condition": "ctrl"})  # a new one
+
+
+def test_a_run_with_the_scvi_generator_without_scvi_tools_stops_before_any_stage(
+        tmp_path, monkeypatch, capsys):  # fmt: skip
+    """`cellsynth run --set generator.model=scvi` without scvi-tools ran the data, features and
+    classifier stages (an atlas's hour) before the generator stage asked for the extra. It is
+    said before the data stage, with the other way out."""
+    import sys
+
+    from cellsynth.cli import main
+
+    monkeypatch.setitem(sys.modules, "scvi", None)  # `import scvi` fails as when not installed
+    out = tmp_path / "run"
+    assert main(["run", "--set", "generator.model=scvi", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the scvi generator needs scvi-tools" in err, err
+    assert err.strip().endswith("or choose another generator.model"), err
+    assert not (out / "data").exists()

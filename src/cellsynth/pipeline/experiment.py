@@ -19,7 +19,7 @@ import numpy as np
 from ..classify.xgb import resolve_device
 from ..config import RunConfig
 from ..config_rules import fix_hint
-from ..errors import ConfigError
+from ..errors import CellsynthError, ConfigError
 from ..outputs import write_json
 from ..report.html import write_report as write_html_report
 from ..report.results import write_results
@@ -62,9 +62,13 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
         from ..classify.dask import check_settings
 
         check_settings(cfg.classifier)  # dask missing, a scheduler address, a GPU not here
-    from ..models.registry import check_generator_device  # torch: imported when run
+    from ..models.registry import check_generator_device, check_generator_package
 
-    check_generator_device(cfg)
+    check_generator_device(cfg)  # torch: imported when run
+    try:  # scvi-tools for scvi: said before the data stage, not after the classifier trained
+        check_generator_package(cfg.generator.model)
+    except CellsynthError as exc:
+        raise CellsynthError(f"{exc}, or choose another generator.model") from None
     if cfg.generator.model == "cvae" and cfg.cvae.distributed and not ctx.backed:
         from ..models.distributed import check_processes, check_type_only
 
