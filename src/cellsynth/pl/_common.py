@@ -36,7 +36,9 @@ FLAG_COLOR = "#c44e52"
 _DOC_PARAMS = {
     "{ax}": "ax\n    The axes to draw into; None makes a new figure.",
     "{show_save}": "show\n    True: show the figure (``plt.show()``) and return None.\n"
-                   "save\n    A file path (``.png``, ``.pdf``, ``.svg``...) to save the figure to.",
+                   "save\n    A file path (``.png``, ``.pdf``, ``.svg``...) to save the figure to; "
+                   "where\n    matplotlib cannot show figures (Agg) the figure a call made is then "
+                   "closed in\n    pyplot (its axes are still returned).",
 }
 
 
@@ -56,7 +58,8 @@ def plot(func: Callable) -> Callable:
     """A ``cs.pl`` function: its docstring completed (:func:`doc_params`), its ``save=`` path
     checked before any work (:func:`check_save`; a path refused once the figure was drawn had
     cost a whole UMAP), and the figures it opened closed when it fails (a notebook showed the
-    half-drawn figure beside the error, and a loop of failing calls kept each one open)."""
+    half-drawn figure beside the error, and a loop of failing calls kept each one open), as
+    are those it saved or "showed" where nothing can show them (Agg)."""
     func = doc_params(func)
     signature = inspect.signature(func)
 
@@ -80,8 +83,11 @@ def plot(func: Callable) -> Callable:
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)
             raise
-        if given.get("show") and _non_interactive():  # not shown, and nobody holds it (None
-            # is returned): each call had left one open; a figure of the caller's stays
+        if (given.get("show") or given.get("save") is not None) and _non_interactive():
+            # nothing will ever show a figure made here that is saved or "shown" (Agg): each
+            # call had left one open in pyplot, and a loop of save= calls warned "More than 20
+            # figures" and grew in memory (scanpy closes a saved figure too); the axes returned
+            # still draw and save, and a figure of the caller's (ax=) stays open
             for number in set(plt.get_fignums()) - before:
                 plt.close(number)
         return out
