@@ -47,3 +47,34 @@ def test_a_loop_of_saves_leaves_no_figure_open(tmp_path, recwarn):
     assert cs.pl.history(_history(), ax=mine, save=tmp_path / "mine.png") is mine
     assert plt.fignum_exists(mine.figure.number)  # the caller's figure is left to the caller
     assert cs.pl.history(_history()).has_data() and len(plt.get_fignums()) == before + 2
+
+
+# -- 2: log axes' tick labels --------------------------------------------------------------------
+
+
+def _tick_texts(ax) -> list[str]:
+    return [t.get_text() for axis in (ax.xaxis, ax.yaxis) for minor in (False, True)
+            for t in axis.get_ticklabels(minor=minor) if t.get_text()]
+
+
+def test_log_axes_label_their_ticks_as_numbers_not_raw_mathtext(tmp_path, monkeypatch):
+    """cs.pl.library_sizes(..., label_key=, save=) wrote '$\\mathdefault{10^{2}}$' on its
+    counts axis (and, drawn in a notebook, on its first tick): literal_text, which keeps a '$'
+    in a type's name as spelled, kept matplotlib's own log-axis labels as spelled too; the
+    report's cells-per-type figure (log axis when sizes span over 100-fold) had the same raw
+    labels. Log axes label their ticks as plain numbers now (100, 1,000)."""
+    from cellsynth.options import literal_text
+    from cellsynth.report import figures
+
+    real, fake = cs.simulate(150, 40, 2, seed=0), cs.simulate(150, 40, 2, seed=1)
+    ax = cs.pl.library_sizes(real, fake, label_key=LABEL, save=tmp_path / "lib.png")
+    texts = _tick_texts(ax)
+    assert any(t.replace(",", "").isdigit() for t in texts)
+    assert not [t for t in texts if "$" in t or "mathdefault" in t]
+    drawn = []
+    monkeypatch.setattr(figures, "to_data_uri", lambda fig: drawn.append(fig) or "")
+    with literal_text():  # as the report draws each section
+        figures.cells_per_type({"a": 10_000, "b": 5}, {"a": 9_000, "b": 3})
+        drawn[0].canvas.draw()
+    texts = _tick_texts(drawn[0].axes[0])
+    assert "1,000" in texts and not [t for t in texts if "$" in t or "mathdefault" in t]

@@ -192,6 +192,25 @@ def literal_text() -> Iterator[None]:
             ", ".join(sorted(missing)))
 
 
+def log_scale(ax: Any, axis: Literal["x", "y"]) -> None:
+    """Put ``ax``'s ``axis`` on a log scale whose tick labels are plain numbers (``100``,
+    ``1,000``): matplotlib's own labels of a log axis are mathtext (``$\\mathdefault{10^{2}}$``),
+    which :func:`literal_text` (around every figure) drew as spelled. Which ticks are labelled
+    stays matplotlib's choice (:class:`~matplotlib.ticker.LogFormatter`)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            if not super().__call__(x, pos):  # a tick matplotlib leaves unlabelled
+                return ""
+            return f"{x:,.0f}" if x >= 1 else f"{x:.2g}"
+
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_formatter(Plain())
+    target.set_minor_formatter(Plain())
+
+
 #: the most characters of a cell type's name a figure's tick or legend label shows
 LABEL_CHARS = 40
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
+from ..options import log_scale
 from ..seeds import checked_whole
 from ._common import (
     REAL_COLOR,
@@ -148,7 +149,7 @@ def library_sizes(
                          showfliers=False)
         for patch in box["boxes"]:
             patch.set_facecolor(color)
-    ax.set_yscale("log")
+    log_scale(ax, "y")  # plain labels: matplotlib's mathtext ones read as spelled here
     ax.set_xticks(pos, [short_label(t) for t in types], rotation=45, ha="right")
     ax.set_ylabel("counts per cell")
     from matplotlib.patches import Patch

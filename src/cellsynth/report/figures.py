@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .. import pl
+from ..options import log_scale
 from ..pl import REAL_COLOR, SYNTH_COLOR, short_label
 
 DPI = 100
@@ -63,7 +64,7 @@ def cells_per_type(before: Mapping[str, int], after: Mapping[str, int]) -> str:
     ax.set_xlabel("cells")
     sizes = [v for v in (*before.values(), *after.values()) if v > 0]
     if sizes and max(sizes) / min(sizes) > 100:
-        ax.set_xscale("log")
+        log_scale(ax, "x")  # plain labels: matplotlib's mathtext ones read as spelled here
     ax.legend(loc="lower right")
     ax.set_title("Cells per type")
     return to_data_uri(fig)
