@@ -78,3 +78,42 @@ def test_log_axes_label_their_ticks_as_numbers_not_raw_mathtext(tmp_path, monkey
         drawn[0].canvas.draw()
     texts = _tick_texts(drawn[0].axes[0])
     assert "1,000" in texts and not [t for t in texts if "$" in t or "mathdefault" in t]
+
+
+# -- 3: numbers that are missing, infinite or text ---------------------------------------------
+
+
+def _na(ax) -> int:
+    return sum(t.get_text().strip() == "n/a" for t in ax.texts)
+
+
+def test_missing_or_non_finite_numbers_are_marked_not_a_traceback_or_a_zero():
+    """A result whose number is infinite, None or text (a hand-edited or hand-made
+    fidelity.json) stopped cs.pl.privacy with matplotlib's "Axis limits cannot be NaN or Inf"
+    or a TypeError, cs.pl.fidelity and cs.pl.genes with ValueError ('could not convert string
+    to float'), and an infinite bar in cs.pl.fidelity spilled matplotlib RuntimeWarnings; a
+    missing bar looked like a bar of 0 (the worst k-NN recall). Each missing number is now
+    written "n/a" at its bar's place; per-gene text is a one-line DataError."""
+    inf = float("inf")
+    result = {"synthetic_vs_real": {"overall": {"c2st_auc": inf, "knn_precision": "abc",
+                                                "knn_recall": 0.0},
+                                    "per_type": {"A": {"c2st_auc": None, "n_real": 9},
+                                                 "B": {"c2st_auc": 0.7, "n_real": 9}}},
+              "real_vs_real": {"overall": {"c2st_auc": 0.5, "knn_precision": 0.8,
+                                           "knn_recall": 0.9},
+                               "per_type": {"A": {"c2st_auc": 0.5}, "B": {"c2st_auc": -inf}}}}
+    ax = cs.pl.fidelity(result, metrics=["c2st_auc", "knn_precision", "knn_recall"])
+    assert _na(ax) == 2  # the synthetic side's c2st and k-NN precision; a recall of 0 is one
+    assert _na(cs.pl.per_type(result)) == 2
+    attack = {"auc": inf, "threshold": None, "flagged": False}
+    audit = {"attacks": {"distance": attack, "density": {**attack, "auc": None},
+                         "redraw": {"auc": "abc", "threshold": 0.6}},
+             "dcr": {"median_ratio": inf, "exact_share": 0.0}}
+    ax = cs.pl.privacy(audit)
+    assert _na(ax) == 4 and len(ax.get_yticklabels()) == 5
+    genes = {"genes": {f"{side}_{s}": [0.1, "abc"] for side in ("real", "synth")
+                       for s in ("mean", "zero_fraction", "variance")}}
+    with pytest.raises(cs.CellsynthError, match="real_mean holds values that are not numbers"):
+        cs.pl.genes(genes)
+    genes["genes"] = {k: [0.1, None] for k in genes["genes"]}  # NaN in JSON: a gene without one
+    assert len(cs.pl.genes(genes)) == 2

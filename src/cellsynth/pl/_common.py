@@ -136,6 +136,25 @@ def type_colors(n: int) -> list:
     return out
 
 
+def finite(value: Any) -> float:
+    """``value`` as a float, or NaN where it is no finite number (None, NaN, an infinity,
+    text): a result's number that cannot be drawn as a bar's length (an infinite one stopped
+    a plot with matplotlib's "Axis limits cannot be NaN or Inf", text with ValueError)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan
+    return x if np.isfinite(x) else np.nan
+
+
+def mark_missing(ax: Axes, y: Sequence[float], values: Sequence[float]) -> None:
+    """Write "n/a" where a horizontal bar at ``y`` has no value (NaN): a missing bar looked
+    like a bar of 0, the worst score of some metrics and the best of others."""
+    for yi, v in zip(y, values, strict=True):
+        if np.isnan(v):
+            ax.text(0, yi, " n/a", va="center", ha="left", fontsize=7, color="#555555")
+
+
 def root_figure(ax: Axes) -> Any:
     """The figure ``ax`` is saved and closed with: its own, or the one its subfigure lies in
     (a SubFigure has no ``savefig``)."""

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, listed
-from ._common import REAL_COLOR, SYNTH_COLOR, axes, finish, plot, short_label
+from ._common import (
+    REAL_COLOR,
+    SYNTH_COLOR,
+    axes,
+    finish,
+    finite,
+    mark_missing,
+    plot,
+    short_label,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,20 +117,18 @@ def fidelity(
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(s)}")
     names = {key: label for key, label, _ in COLUMNS}
-    keep = [m for m in metrics if not (math.isnan(_num(s[m])) and math.isnan(_num(f[m])))]
+    keep = [m for m in metrics if not (math.isnan(finite(s[m])) and math.isnan(finite(f[m])))]
     if not keep:  # an empty figure said nothing of why
         raise DataError(f"no value of {listed(metrics, 8)} in the result on either side (each "
                         "needs enough cells to score): plot other metrics, or evaluate with "
                         "more cells (max_cells)")
     ax = axes(ax, (6.0, 0.45 * len(keep) + 1.2))
     y = np.arange(len(keep))
-    h = 0.38
 
-    def values(d: dict) -> np.ndarray:
-        return np.array([np.nan if d[m] is None else float(d[m]) for m in keep])
+    def values(d: dict) -> np.ndarray:  # an infinite one or text (an edited file): missing
+        return np.array([finite(d[m]) for m in keep])
 
-    ax.barh(y - h / 2, values(f), height=h, color=REAL_COLOR, label="real vs real (floor)")
-    ax.barh(y + h / 2, values(s), height=h, color=SYNTH_COLOR, label="synthetic vs real")
+    paired_bars(ax, y, values(f), values(s))
     ax.set_yticks(y, [names.get(m, m) for m in keep])
     ax.invert_yaxis()
     ax.set_xlabel("value (arrow: which way is better)")
@@ -136,6 +143,16 @@ def fidelity(
     return finish(ax, show, save)
 
 
+def paired_bars(ax: Axes, y: np.ndarray, floor: np.ndarray, synth: np.ndarray) -> None:
+    """The floor's bar (above) and the synthetic cells' (below) at each ``y``, "n/a" where
+    one has no value."""
+    h = 0.38
+    ax.barh(y - h / 2, floor, height=h, color=REAL_COLOR, label="real vs real (floor)")
+    ax.barh(y + h / 2, synth, height=h, color=SYNTH_COLOR, label="synthetic vs real")
+    mark_missing(ax, y - h / 2, floor)
+    mark_missing(ax, y + h / 2, synth)
+
+
 def _rows(result: Any) -> list[dict] | None:
     """The per-type table's rows (``result["per_type"]``, or the DataFrame itself), or None."""
     if hasattr(result, "reset_index"):  # Evaluation.per_type, a DataFrame indexed by type
@@ -144,16 +161,8 @@ def _rows(result: Any) -> list[dict] | None:
     return list(rows) if isinstance(rows, list) and rows else None
 
 
-def _num(v: Any) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return x if math.isfinite(x) else math.nan
-
-
 def _size(n_real: Any, n_synth: Any) -> str:
-    r, s = _num(n_real), _num(n_synth)
+    r, s = finite(n_real), finite(n_synth)
     return f"{'–' if math.isnan(r) else int(r)} · {'–' if math.isnan(s) else int(s)}"
 
 
@@ -167,16 +176,16 @@ def _per_type_values(result: Any, metric: str
                         "evaluation's per_type, not a selection of none of its rows)")
     whole = isinstance(result, Mapping) and "synthetic_vs_real" in result
     if rows is not None and metric in TABLE_METRICS:
-        rows = [r for r in rows if not (math.isnan(_num(r.get(metric)))
-                                        and math.isnan(_num(r.get(TABLE_METRICS[metric]))))]
+        rows = [r for r in rows if not (math.isnan(finite(r.get(metric)))
+                                        and math.isnan(finite(r.get(TABLE_METRICS[metric]))))]
         if not rows and not whole:
             raise DataError(f"the per-type table has no value of {metric!r} for any type (each "
                             "had too few cells to score); plot another metric, or evaluate with "
                             "more cells (max_cells)")
         if rows:
             return ([str(r["type"]) for r in rows],
-                    np.array([_num(r.get(TABLE_METRICS[metric])) for r in rows]),
-                    np.array([_num(r.get(metric)) for r in rows]),
+                    np.array([finite(r.get(TABLE_METRICS[metric])) for r in rows]),
+                    np.array([finite(r.get(metric)) for r in rows]),
                     [_size(r.get("n_real_scored"), r.get("n_synthetic_scored")) for r in rows],
                     [str(r.get("verdict") or "") for r in rows])
     if rows is not None and not whole:
@@ -196,7 +205,7 @@ def _per_type_values(result: Any, metric: str
         raise DataError(f"unknown per-type metric {metric!r}; choose from {', '.join(sorted(known))}")
 
     def values(table: dict) -> np.ndarray:
-        return np.array([_num(table.get(t, {}).get(metric)) for t in types])
+        return np.array([finite(table.get(t, {}).get(metric)) for t in types])
 
     sizes = [_size(st.get(t, ft.get(t, {})).get("n_real"), st.get(t, {}).get("n_synth"))
              for t in types]
@@ -247,9 +256,7 @@ def per_type(
     types, floor, synth, sizes, verdicts = _per_type_values(result, metric)
     ax = axes(ax, (6.5, 0.4 * len(types) + 1.4))
     y = np.arange(len(types))
-    h = 0.38
-    ax.barh(y - h / 2, floor, height=h, color=REAL_COLOR, label="real vs real (floor)")
-    ax.barh(y + h / 2, synth, height=h, color=SYNTH_COLOR, label="synthetic vs real")
+    paired_bars(ax, y, floor, synth)
     ax.set_yticks(y, [f"{short_label(t)} ({n})" for t, n in zip(types, sizes, strict=True)],
                   fontsize=8)
     ax.invert_yaxis()

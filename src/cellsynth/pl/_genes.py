@@ -47,6 +47,15 @@ def _checked(block: Mapping[str, Any]) -> Mapping[str, Any]:
     if missing:
         raise DataError(f"the per-gene statistics lack {missing}; give the 'genes' of "
                         "metrics.genes.gene_fidelity (or what cellsynth.evaluate returned)")
+    block = {**block}
+    for key in (f"{side}_{s}" for side in ("real", "synth") for s in STATS):
+        try:  # None (NaN in JSON) is a gene without a value; text stopped in numpy
+            block[key] = np.asarray([np.nan if v is None else v for v in
+                                     np.ravel(np.asarray(block[key], dtype=object))], dtype=float)
+        except (TypeError, ValueError):
+            raise DataError(f"the per-gene statistics' {key} holds values that are not numbers; "
+                            "give the 'genes' of metrics.genes.gene_fidelity (or what "
+                            "cellsynth.evaluate returned)") from None
     for side in ("real", "synth"):
         sizes = {s: np.size(block[f"{side}_{s}"]) for s in STATS}
         if len(set(sizes.values())) > 1:

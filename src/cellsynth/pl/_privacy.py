@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ._common import FLAG_COLOR, axes, finish, plot
+from ._common import FLAG_COLOR, axes, finish, finite, mark_missing, plot
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,24 +42,34 @@ def _rows(priv: Mapping[str, Any]
     """``(label, value, expected without a leak, flagged above, flagged, spread)`` per bar; the
     spread is an attack AUC's standard deviation over the audit's halvings of the training
     cells (``auc_sd``; 0 for the other bars and for a single audit)."""
+    def tick(v: Any) -> float | None:  # a threshold or an expectation: None when no number
+        x = finite(v)
+        return None if np.isnan(x) else x
+
     rows = []
     for level, block in (("cells", priv.get("attacks")), ("donors", priv.get("donor_attacks"))):
         for name, a in (block or {}).items():
-            rows.append((f"{name} attack AUC ({level})", float(a["auc"]), 0.5,
-                         float(a["threshold"]), bool(a.get("flagged")),
-                         float(a.get("auc_sd") or 0.0)))
+            if not isinstance(a, Mapping):
+                raise DataError(f"the privacy audit's {name!r} attack is a "
+                                f"{type(a).__name__}, not an attack's numbers (auc, threshold, "
+                                "flagged): give PrivacyResult.to_dict() or the evaluation whole")
+            rows.append((f"{name} attack AUC ({level})", finite(a.get("auc")), 0.5,
+                         tick(a.get("threshold")), bool(a.get("flagged")),
+                         np.nan_to_num(finite(a.get("auc_sd")))))
     dcr = priv.get("dcr") or {}
-    exact_share = (priv.get("settings") or {}).get("exact_share", 0.01)
+    exact_share = tick((priv.get("settings") or {}).get("exact_share", 0.01))
     if dcr.get("share_below_quantile") is not None:
-        q = dcr.get("quantile", 0.05)
-        rows.append((f"generated closer than {1 - q:.0%} of held-out",
-                     float(dcr["share_below_quantile"]), float(q), None, False, 0.0))
+        q = tick(dcr.get("quantile", 0.05))
+        rows.append((f"generated closer than {1 - q:.0%} of held-out" if q is not None else
+                     "generated closer than most held-out cells",
+                     finite(dcr["share_below_quantile"]), q, None, False, 0.0))
     if dcr.get("exact_share") is not None:
-        rows.append(("exact copies of training cells (share)", float(dcr["exact_share"]), 0.0,
-                     float(exact_share), float(dcr["exact_share"]) > exact_share, 0.0))
+        share = finite(dcr["exact_share"])
+        rows.append(("exact copies of training cells (share)", share, 0.0, exact_share,
+                     exact_share is not None and share > exact_share, 0.0))
     if dcr.get("median_ratio") is not None:
         rows.append(("median distance to closest training cell,\ngenerated / held-out",
-                     float(dcr["median_ratio"]), 1.0, None, False, 0.0))
+                     finite(dcr["median_ratio"]), 1.0, None, False, 0.0))
     return rows
 
 
@@ -127,10 +137,12 @@ def privacy(
         if threshold is not None:
             ax.plot([threshold, threshold], [yi - 0.4, yi + 0.4], color=FLAG_COLOR,
                     linewidth=1.5, linestyle="--")
-        ax.text(value, yi, f" {value:.3f}", va="center", fontsize=7)
+        if not np.isnan(value):  # no number (an edited file): "n/a" at the bar's place
+            ax.text(value, yi, f" {value:.3f}", va="center", fontsize=7)
+    mark_missing(ax, y, values)
     ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    top = max([1.0, *values, *(r[3] for r in rows if r[3] is not None)])
+    top = max([1.0, *values[~np.isnan(values)], *(r[3] for r in rows if r[3] is not None)])
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("value")
     from matplotlib.lines import Line2D
