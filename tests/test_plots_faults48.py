@@ -5,6 +5,7 @@ in a result, and refusals that did not say what each side held."""
 from __future__ import annotations
 
 import matplotlib
+import pandas as pd
 import pytest
 
 import cellsynth as cs
@@ -117,3 +118,35 @@ def test_missing_or_non_finite_numbers_are_marked_not_a_traceback_or_a_zero():
         cs.pl.genes(genes)
     genes["genes"] = {k: [0.1, None] for k in genes["genes"]}  # NaN in JSON: a gene without one
     assert len(cs.pl.genes(genes)) == 2
+
+
+# -- 4: refusals that name what each side holds -----------------------------------------------
+
+
+def test_no_shared_type_or_too_few_genes_says_what_each_side_holds(caplog):
+    """cs.pl.umap and cs.pl.library_sizes with label_key said "the real and synthetic cells share
+    no cell type; check the label names" of types 'A' beside 'x_A' (no names given), of a side
+    with no cells or no label at all, and of labels 0 beside 0.0 alike; cs.pl.umap of cells of
+    one or two genes said they "share 1 gene name(s); a UMAP needs the same genes" when both
+    held the same genes, and cs.pl.library_sizes of cells without genes that they "share no
+    gene name". Each now names both sides' types, the side without a label, or the gene count."""
+    import numpy as np
+
+    real, fake = cs.simulate(120, 30, 2, seed=0), cs.simulate(120, 30, 2, seed=1)
+    renamed = fake.copy()
+    renamed.obs[LABEL] = "x_" + renamed.obs[LABEL].astype(str)
+    for plot in (cs.pl.umap, cs.pl.library_sizes):
+        with pytest.raises(cs.CellsynthError, match=r"share no cell type in obs\['cell_type'\] "
+                                                    r"\(real: '.*'; synthetic: 'x_"):
+            plot(real, renamed, label_key=LABEL)
+        for empty in (real[:0].copy(), real.copy()):
+            empty.obs[LABEL] = np.nan
+            with pytest.raises(cs.CellsynthError, match=r"the real data h\w+ no cell"):
+                plot(empty, fake, label_key=LABEL)
+    with pytest.raises(cs.CellsynthError, match="share no cell type in the label column"):
+        cs.pl.umap(pd.DataFrame({"origin": ["real", "synthetic"], "label": ["0", "0.0"],
+                                 "x": [0.0, 1.0], "y": [0.0, 1.0]}))
+    with pytest.raises(cs.CellsynthError, match=r"hold 2 gene.*at least 3 genes"):
+        cs.pl.umap(real[:, :2].copy(), fake[:, :2].copy(), label_key=LABEL)
+    with pytest.raises(cs.CellsynthError, match="the real data hold no gene"):
+        cs.pl.library_sizes(real[:, :0].copy(), fake[:, :0].copy())

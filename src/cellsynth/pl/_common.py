@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..figure_io import FIGURE_MARK as FIGURE_MARK  # a figure cellsynth saved says so
 from ..figure_io import check_save, save_figure
 from ..figure_io import figure_written as figure_written
@@ -281,3 +281,18 @@ def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndar
         logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
                        len(col) - len(keep), label_key)  # fmt: skip
     return keep, col.astype(str).to_numpy()[keep]
+
+
+def no_shared_type(real: Sequence[Any], synthetic: Sequence[Any], label: str) -> DataError:
+    """The error of real and synthetic cells without a cell type in common (``real``,
+    ``synthetic``: the types each side holds; ``label``: where they were read), naming each
+    side's types, or the side that has no labelled cell at all: "share no cell type" alone
+    said nothing of an empty side, nor of 'type_1' beside 'type_1.0'."""
+    for side, types in (("real", real), ("synthetic", synthetic)):
+        if not len(types):
+            return DataError(f"the {side} data hold no cell with a label in {label} (no cells, "
+                             "or every label missing): give cells of the types to plot")
+    return DataError(f"the real and synthetic cells share no cell type in {label} (real: "
+                     f"{listed(sorted(map(str, real)), quote=True)}; synthetic: "
+                     f"{listed(sorted(map(str, synthetic)), quote=True)}): give both sides "
+                     "the same type names (label_key)")

@@ -18,6 +18,7 @@ from ._common import (
     finish,
     labelled,
     need_cells,
+    no_shared_type,
     plot,
     short_label,
 )
@@ -66,6 +67,10 @@ def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.nda
     (xr, gr, vr), (xs, gs, vs) = (_counts(real, "the real data"),
                                   _counts(synthetic, "the synthetic data"))
     shared = set(gr) & set(gs)
+    for side, genes in (("real", gr), ("synthetic", gs)):
+        if not genes:  # "share no gene name" of a side that holds no gene at all
+            raise DataError(f"the {side} data hold no gene (var_names is empty): library sizes "
+                            "are counts per cell over its genes; give the cells with their genes")
     if not shared:
         from ..data.genes import naming_hint
 
@@ -140,7 +145,7 @@ def library_sizes(
     r, s = r[kr], s[ks]
     types = sorted(set(rl) & set(sl))
     if not types:
-        raise DataError("the real and synthetic cells share no cell type; check the label names")
+        raise no_shared_type(sorted(set(rl)), sorted(set(sl)), f"obs['{label_key}']")
     ax = axes(ax, (max(6.0, 0.6 * len(types) + 2.0), 4.0))
     pos = np.arange(len(types), dtype=float)
     for values, labels, color, shift in ((r, rl, REAL_COLOR, -0.2), (s, sl, SYNTH_COLOR, 0.2)):

@@ -19,6 +19,7 @@ from ._common import (
     finish,
     labelled,
     need_cells,
+    no_shared_type,
     plot,
     short_label,
     type_colors,
@@ -72,8 +73,8 @@ def equal_counts(real: Mapping[str, int], synthetic: Mapping[str, int],
     shared = {t: min(int(real[t]), int(synthetic[t])) for t in real
               if real[t] > 0 and synthetic.get(t, 0) > 0}
     if not shared:
-        raise DataError("the real and synthetic cells share no cell type; check the label "
-                        "names (label_key) of both")
+        raise no_shared_type([t for t in real if real[t] > 0],
+                             [t for t in synthetic if synthetic[t] > 0], "the label column")
     if n_per_type is not None:
         shared = {t: min(k, n_per_type) for t, k in shared.items()}
     cap = n_per_type if n_per_type is not None else max(shared.values())
@@ -145,6 +146,8 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
 
     (kr, rl), (ks, sl) = (labelled(real, label_key, "the real data"),
                           labelled(synthetic, label_key, "the synthetic data"))
+    if not set(rl) & set(sl):
+        raise no_shared_type(sorted(set(rl)), sorted(set(sl)), f"obs['{label_key}']")
     plan = equal_counts(pd.Series(rl).value_counts().to_dict(),
                         pd.Series(sl).value_counts().to_dict(), n_per_type)
     rng = np.random.default_rng(seed)
@@ -157,6 +160,9 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
                         f"{kind[counts_s]}: give both sides as counts (or both log-normalised "
                         "alike), or they sit apart in the plot for that alone")
     genes = [g for g in gr if g in set(gs)]
+    if len(genes) < 3 and len(genes) == len(gr) == len(gs):  # alike, but too few
+        raise DataError(f"the cells hold {len(genes)} gene(s) (var_names); a UMAP needs at least "
+                        "3 genes: give the cells' whole gene set (or more of it)")
     if len(genes) < 3:
         from ..data.genes import naming_hint
 
