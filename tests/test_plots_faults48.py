@@ -150,3 +150,23 @@ def test_no_shared_type_or_too_few_genes_says_what_each_side_holds(caplog):
         cs.pl.umap(real[:, :2].copy(), fake[:, :2].copy(), label_key=LABEL)
     with pytest.raises(cs.CellsynthError, match="the real data hold no gene"):
         cs.pl.library_sizes(real[:, :0].copy(), fake[:, :0].copy())
+
+
+# -- 5: cells without a count on a log axis ----------------------------------------------------
+
+
+def test_library_sizes_per_type_shows_cells_without_a_count():
+    """cs.pl.library_sizes(real, synthetic, label_key=) of a generator that made empty cells
+    (no count) drew no synthetic box at all: its boxes sat at 0, which a log axis has no place
+    for, and the figure read as real cells alone. Both sides now add 1 to each cell's counts,
+    as the histogram without label_key does (log10(counts + 1))."""
+    from matplotlib.colors import same_color
+
+    from cellsynth.pl import SYNTH_COLOR
+
+    real, fake = cs.simulate(120, 30, 2, seed=0), cs.simulate(120, 30, 2, seed=1)
+    fake.X = fake.X * 0
+    ax = cs.pl.library_sizes(real, fake, label_key=LABEL)
+    boxes = [p for p in ax.patches if same_color(p.get_facecolor(), SYNTH_COLOR)]
+    assert boxes and all((p.get_path().vertices[:, 1] >= 1).all() for p in boxes)
+    assert ax.get_ylim()[0] < 1 < ax.get_ylim()[1] and "+ 1" in ax.get_ylabel()

@@ -105,7 +105,8 @@ def library_sizes(
     """Counts per cell (library size) of real and synthetic cells, on a log scale.
 
     Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
-    type (those both hold), the real and synthetic box plots side by side. Counts are summed
+    type (those both hold), the real and synthetic box plots side by side. Both add 1 to each
+    cell's counts, so that a cell without a count shows on the log axis. Counts are summed
     over the genes both sides hold (a warning says so when one side has genes the other
     lacks), as :func:`cellsynth.evaluate` reads library sizes.
 
@@ -142,7 +143,7 @@ def library_sizes(
         return finish(ax, show, save)
     (kr, rl), (ks, sl) = (labelled(real, label_key, "the real data"),
                           labelled(synthetic, label_key, "the synthetic data"))
-    r, s = r[kr], s[ks]
+    r, s = r[kr] + 1, s[ks] + 1  # + 1 as the histogram: a cell of no count had no place on a log axis
     types = sorted(set(rl) & set(sl))
     if not types:
         raise no_shared_type(sorted(set(rl)), sorted(set(sl)), f"obs['{label_key}']")
@@ -156,7 +157,7 @@ def library_sizes(
             patch.set_facecolor(color)
     log_scale(ax, "y")  # plain labels: matplotlib's mathtext ones read as spelled here
     ax.set_xticks(pos, [short_label(t) for t in types], rotation=45, ha="right")
-    ax.set_ylabel("counts per cell")
+    ax.set_ylabel("counts per cell + 1")
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color=REAL_COLOR, label="real"),
