@@ -170,3 +170,15 @@ def test_library_sizes_per_type_shows_cells_without_a_count():
     boxes = [p for p in ax.patches if same_color(p.get_facecolor(), SYNTH_COLOR)]
     assert boxes and all((p.get_path().vertices[:, 1] >= 1).all() for p in boxes)
     assert ax.get_ylim()[0] < 1 < ax.get_ylim()[1] and "+ 1" in ax.get_ylabel()
+
+
+def test_library_sizes_per_type_names_the_types_one_side_lacks(caplog):
+    """cs.pl.library_sizes(..., label_key=) of a generator that missed a type drew the types
+    both sides hold and said nothing of the missing one (cs.pl.umap shows it); a warning now
+    names each type only one side holds."""
+    real, fake = cs.simulate(120, 30, 2, seed=0), cs.simulate(120, 30, 2, seed=1)
+    missed = real.obs[LABEL].value_counts().index[0]
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        ax = cs.pl.library_sizes(real, fake[fake.obs[LABEL] != missed].copy(), label_key=LABEL)
+    assert missed not in [t.get_text() for t in ax.get_xticklabels()]
+    assert f"only the real cells hold have no box: '{missed}'" in caplog.text

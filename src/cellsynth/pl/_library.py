@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..options import log_scale
 from ..seeds import checked_whole
 from ._common import (
@@ -105,10 +105,10 @@ def library_sizes(
     """Counts per cell (library size) of real and synthetic cells, on a log scale.
 
     Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
-    type (those both hold), the real and synthetic box plots side by side. Both add 1 to each
-    cell's counts, so that a cell without a count shows on the log axis. Counts are summed
-    over the genes both sides hold (a warning says so when one side has genes the other
-    lacks), as :func:`cellsynth.evaluate` reads library sizes.
+    type (those both hold; a warning names the others), the real and synthetic box plots side
+    by side. Both add 1 to each cell's counts, so that a cell without a count shows on the log
+    axis. Counts are summed over the genes both sides hold (a warning says so when one side
+    has genes the other lacks), as :func:`cellsynth.evaluate` reads library sizes.
 
     Parameters
     ----------
@@ -147,6 +147,10 @@ def library_sizes(
     types = sorted(set(rl) & set(sl))
     if not types:
         raise no_shared_type(sorted(set(rl)), sorted(set(sl)), f"obs['{label_key}']")
+    for side, own in (("real", set(rl) - set(sl)), ("synthetic", set(sl) - set(rl))):
+        if own:  # a type the generator missed had no box and no word
+            logger.warning("library sizes: %d type(s) only the %s cells hold have no box: %s",
+                           len(own), side, listed(sorted(own), 10, quote=True))
     ax = axes(ax, (max(6.0, 0.6 * len(types) + 2.0), 4.0))
     pos = np.arange(len(types), dtype=float)
     for values, labels, color, shift in ((r, rl, REAL_COLOR, -0.2), (s, sl, SYNTH_COLOR, 0.2)):
