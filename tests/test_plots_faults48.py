@@ -182,3 +182,40 @@ def test_library_sizes_per_type_names_the_types_one_side_lacks(caplog):
         ax = cs.pl.library_sizes(real, fake[fake.obs[LABEL] != missed].copy(), label_key=LABEL)
     assert missed not in [t.get_text() for t in ax.get_xticklabels()]
     assert f"only the real cells hold have no box: '{missed}'" in caplog.text
+
+
+# -- 6: results of another shape -----------------------------------------------------------------
+
+
+def test_a_result_of_another_shape_is_named_not_a_traceback():
+    """cs.pl.fidelity and cs.pl.per_type of a hand-made, truncated or older result stopped with
+    KeyError ('overall', 'type', 'used'), TypeError or AttributeError: reports without
+    'overall' or that are lists, per-type rows without a type, a type's numbers that are no
+    dict, an n_cells or verdict of another shape (only the title reads them). Each is a
+    one-line DataError naming the part and what to give; the title leaves out what it cannot
+    read."""
+    overall = {"c2st_auc": 0.6, "knn_recall": 0.8}
+    good = {"synthetic_vs_real": {"overall": overall, "per_type": {"A": {"c2st_auc": 0.6}}},
+            "real_vs_real": {"overall": overall, "per_type": {"A": {"c2st_auc": 0.5}}}}
+    for bad, match in (({"synthetic_vs_real": {}, "real_vs_real": {}}, "no 'overall'"),
+                       ({"synthetic_vs_real": {"overall": None}, "real_vs_real": {}},
+                        "no 'overall'"),
+                       ({"synthetic_vs_real": [], "real_vs_real": []},
+                        "synthetic_vs_real is a list")):
+        with pytest.raises(cs.CellsynthError, match=match):
+            cs.pl.fidelity(bad)
+    with pytest.raises(cs.CellsynthError, match="synthetic_vs_real is a list"):
+        cs.pl.per_type({"synthetic_vs_real": [], "real_vs_real": []})
+    for rows in ([{"c2st_auc": 0.5, "c2st_auc_floor": 0.5}], ["A"]):
+        with pytest.raises(cs.CellsynthError, match="per_type table holds rows that are not"):
+            cs.pl.per_type({**good, "per_type": rows})
+    odd = {**good, "synthetic_vs_real": {**good["synthetic_vs_real"], "per_type": {"A": 5}}}
+    with pytest.raises(cs.CellsynthError, match=r"synthetic_vs_real\['per_type'\] is not a dict"):
+        cs.pl.per_type(odd)
+    for n_cells, verdict in (({"synthetic": 5, "real": 6}, {"overall": "x"}),
+                             ({"real": {"used": 1}}, "abc")):
+        ax = cs.pl.fidelity({**good, "n_cells": n_cells, "verdict": verdict})
+        assert ax.has_data() and ax.get_title() == ""
+    ax = cs.pl.fidelity({**good, "n_cells": {"synthetic": {"used": 3}, "real": {"used": 4}},
+                         "verdict": {"overall": {"verdict": "close"}}})
+    assert ax.get_title() == "verdict: close (3 synthetic vs 4 real cells)"

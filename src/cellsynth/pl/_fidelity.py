@@ -51,18 +51,48 @@ REPORT_NAMES = {"mmd_rbf": "mmd", "energy_distance": "energy",
                 "library_size_distance": "library_distance"}
 
 
-def _reports(result: Mapping[str, Any]) -> tuple[dict, dict]:
+#: what a result of another shape is refused with
+_GIVE = ("give what cellsynth.evaluate returned (an Evaluation, or its dict), or a run's "
+         "metrics/fidelity.json read with json.load")
+
+
+def _reports(result: Mapping[str, Any]) -> tuple[Mapping, Mapping]:
+    """The two reports of a result, each a dict (a hand-made or truncated one of another shape
+    had stopped with KeyError, TypeError or AttributeError)."""
     try:
-        return result["synthetic_vs_real"], result["real_vs_real"]
+        sides = result["synthetic_vs_real"], result["real_vs_real"]
     except (KeyError, TypeError):
         raise DataError("give what cellsynth.evaluate returned (an Evaluation, or its dict with "
                         "'synthetic_vs_real' and 'real_vs_real'; a run's metrics/fidelity.json "
                         "read with json.load)") from None
+    for name, side in zip(("synthetic_vs_real", "real_vs_real"), sides, strict=True):
+        if not isinstance(side, Mapping):
+            raise DataError(f"the result's {name} is a {type(side).__name__}, not a report (a "
+                            f"dict of 'overall' and 'per_type' numbers): {_GIVE}")
+        per_type = side.get("per_type") or {}
+        if not isinstance(per_type, Mapping) or not all(
+                isinstance(v, Mapping) for v in per_type.values()):
+            raise DataError(f"the result's {name}['per_type'] is not a dict of each type's "
+                            f"numbers: {_GIVE}")
+    return sides
 
 
 def _verdict(result: Mapping[str, Any]) -> str | None:
     v = result.get("verdict") if isinstance(result, Mapping) else None
-    return (v.get("overall") or {}).get("verdict") if isinstance(v, Mapping) else None
+    o = v.get("overall") if isinstance(v, Mapping) else None
+    return o.get("verdict") if isinstance(o, Mapping) else None
+
+
+def _title(result: Mapping[str, Any]) -> str:
+    """The cells compared and the verdict, as far as the result says them."""
+    n = result.get("n_cells")
+    used = [n[k].get("used") if isinstance(n, Mapping) and isinstance(n.get(k), Mapping)
+            else None for k in ("synthetic", "real")]
+    title = f"{used[0]} synthetic vs {used[1]} real cells" if None not in used else ""
+    verdict = _verdict(result)
+    if verdict:
+        title = f"verdict: {verdict}" + (f" ({title})" if title else "")
+    return title
 
 
 @plot
@@ -105,7 +135,11 @@ def fidelity(
     from ..benchmark import COLUMNS, flat_report
 
     synth, floor = _reports(result)
-    s, f = flat_report(synth), flat_report(floor)
+    try:
+        s, f = flat_report(synth), flat_report(floor)
+    except (KeyError, TypeError, AttributeError):  # no "overall", or one of another shape
+        raise DataError(f"the result's reports hold no 'overall' dict of headline numbers: "
+                        f"{_GIVE}") from None
     if not isinstance(metrics, str | Sequence):
         raise DataError(f"metrics takes metric names (a list, or one name), not "
                         f"{type(metrics).__name__} {metrics!r}; leave it out for the headline ones")
@@ -132,11 +166,7 @@ def fidelity(
     ax.set_yticks(y, [names.get(m, m) for m in keep])
     ax.invert_yaxis()
     ax.set_xlabel("value (arrow: which way is better)")
-    n, verdict = result.get("n_cells") or {}, _verdict(result)
-    title = (f"{n['synthetic']['used']} synthetic vs {n['real']['used']} real cells"
-             if n else "")
-    if verdict:
-        title = f"verdict: {verdict}" + (f" ({title})" if title else "")
+    title = _title(result)
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -158,7 +188,12 @@ def _rows(result: Any) -> list[dict] | None:
     if hasattr(result, "reset_index"):  # Evaluation.per_type, a DataFrame indexed by type
         return result.reset_index().to_dict(orient="records")
     rows = result.get("per_type") if isinstance(result, Mapping) else None
-    return list(rows) if isinstance(rows, list) and rows else None
+    if not (isinstance(rows, list) and rows):
+        return None
+    if not all(isinstance(r, Mapping) and "type" in r for r in rows):
+        raise DataError(f"the result's per_type table holds rows that are not a type's numbers "
+                        f"(a dict with 'type'): {_GIVE}")
+    return list(rows)
 
 
 def _size(n_real: Any, n_synth: Any) -> str:
@@ -192,7 +227,7 @@ def _per_type_values(result: Any, metric: str
         raise DataError(f"the per-type table has no {metric!r}; choose from "
                         f"{', '.join(TABLE_METRICS)}")
     synth, floor = _reports(result)
-    st, ft = synth.get("per_type", {}), floor.get("per_type", {})
+    st, ft = synth.get("per_type") or {}, floor.get("per_type") or {}
     types = sorted(set(st) | set(ft))
     if not types:
         raise DataError("the result has no per-type numbers (every type had too few cells); "
