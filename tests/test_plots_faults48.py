@@ -219,3 +219,17 @@ def test_a_result_of_another_shape_is_named_not_a_traceback():
     ax = cs.pl.fidelity({**good, "n_cells": {"synthetic": {"used": 3}, "real": {"used": 4}},
                          "verdict": {"overall": {"verdict": "close"}}})
     assert ax.get_title() == "verdict: close (3 synthetic vs 4 real cells)"
+
+
+def test_a_privacy_audit_of_another_shape_is_named_not_a_traceback():
+    """cs.pl.privacy of a result whose 'privacy' was text, a list or a number stopped with
+    AttributeError or TypeError ('skipped ...' read as a dict), and an audit whose dcr,
+    settings or donor_attacks was no dict with AttributeError; each is a one-line DataError."""
+    attacks = {"distance": {"auc": 0.5, "threshold": 0.6, "flagged": False}}
+    for priv in ("skipped: no held-out cells", [], 5):
+        with pytest.raises(cs.CellsynthError, match=r"privacy is a \w+, not the audit's dict"):
+            cs.pl.privacy({"privacy": priv})
+    for key in ("dcr", "settings", "donor_attacks"):
+        with pytest.raises(cs.CellsynthError, match=f"{key} is not a dict of numbers"):
+            cs.pl.privacy({"attacks": attacks, key: ["x"]})
+    assert cs.pl.privacy({"attacks": attacks, "dcr": None}).has_data()

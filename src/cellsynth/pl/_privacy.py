@@ -30,10 +30,20 @@ def _audit(result: Any) -> Mapping[str, Any]:
     if priv is None:
         raise DataError("the result holds no privacy audit: evaluate with held-out cells "
                         "(cs.evaluate(real, synthetic, heldout=test_cells, ...))")
+    if not isinstance(priv, Mapping):  # a hand-made or edited one: str, list... had stopped
+        raise DataError(f"the result's privacy is a {type(priv).__name__}, not the audit's dict; "
+                        "give what cellsynth.evaluate(..., heldout=...) returned, or "
+                        "PrivacyResult.to_dict()")
     if "skipped" in priv:
         raise DataError(f"the privacy audit was not run: {priv['skipped']}")
     if not isinstance(priv.get("attacks"), Mapping):
         raise DataError("the privacy dict has no 'attacks'; give PrivacyResult.to_dict()")
+    odd = [k for k in ("donor_attacks", "dcr", "settings")
+           if priv.get(k) is not None and not isinstance(priv[k], Mapping)]
+    if odd:
+        raise DataError(f"the privacy dict's {' and '.join(odd)} {'is' if len(odd) == 1 else 'are'}"
+                        " not a dict of numbers; give PrivacyResult.to_dict() (or the evaluation "
+                        "whole)")
     return priv
 
 
