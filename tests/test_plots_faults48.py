@@ -233,3 +233,14 @@ def test_a_privacy_audit_of_another_shape_is_named_not_a_traceback():
         with pytest.raises(cs.CellsynthError, match=f"{key} is not a dict of numbers"):
             cs.pl.privacy({"attacks": attacks, key: ["x"]})
     assert cs.pl.privacy({"attacks": attacks, "dcr": None}).has_data()
+
+
+def test_show_and_save_without_a_display_says_where_the_figure_is(tmp_path, caplog):
+    """cs.pl.history(h, show=True, save='h.png') on a machine without a display saved the
+    figure, then told the user to "give save= a file path to keep the figure", which they had
+    given; the warning now says where the figure was saved."""
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        assert cs.pl.history(_history(), show=True, save=tmp_path / "h.png") is None
+    assert (tmp_path / "h.png").stat().st_size
+    assert f"it is saved in {tmp_path / 'h.png'}" in caplog.text
+    assert "give save=" not in caplog.text

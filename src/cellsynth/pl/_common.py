@@ -230,10 +230,11 @@ def finish(ax: Axes | Sequence[Axes], show: bool | None, save: str | Path | None
         plt.show()
         backend = _non_interactive()
         if backend:  # plt.show() returned at once and showed nothing: said (the figure a
-            # call made is closed by plot())
+            # call made is closed by plot()); "give save=" to one who gave it misled
+            keep = (f"it is saved in {path}" if save is not None else
+                    "give save= a file path to keep the figure")
             logger.warning("show=True: matplotlib's backend %r cannot show figures (no "
-                           "display); give save= a file path to keep the figure, or "
-                           "show=False to get its axes", backend)
+                           "display); %s, or show=False to get its axes", backend, keep)
         return None
     return list(ax) if isinstance(ax, Sequence) else ax
 
