@@ -244,3 +244,22 @@ def test_show_and_save_without_a_display_says_where_the_figure_is(tmp_path, capl
     assert (tmp_path / "h.png").stat().st_size
     assert f"it is saved in {tmp_path / 'h.png'}" in caplog.text
     assert "give save=" not in caplog.text
+
+
+def test_n_a_of_a_first_or_last_row_lies_inside_the_axes():
+    """The "n/a" of a missing bar in the first or last row of cs.pl.per_type, fidelity or
+    privacy was drawn outside the axes, over the legend (a bar without a value widens no
+    limit): the report's per-type figure showed it above the plot. The rows of missing bars
+    now lie inside the axes."""
+    row = {"c2st_auc": 0.6, "n_real": 9}
+    result = {"synthetic_vs_real": {"overall": {"c2st_auc": None, "knn_recall": 0.8},
+                                    "per_type": {"A": row, "B": row, "C": {"c2st_auc": None}}},
+              "real_vs_real": {"overall": {"c2st_auc": 0.5, "knn_recall": None},
+                               "per_type": {"A": {"c2st_auc": None}, "B": row, "C": row}}}
+    audit = {"attacks": {"distance": {"auc": None, "threshold": 0.6}},
+             "dcr": {"median_ratio": float("nan"), "exact_share": 0.0}}
+    for ax in (cs.pl.per_type(result), cs.pl.privacy(audit),
+               cs.pl.fidelity(result, metrics=["c2st_auc", "knn_recall"])):
+        lo, hi = sorted(ax.get_ylim())
+        marks = [t.get_position()[1] for t in ax.texts if t.get_text().strip() == "n/a"]
+        assert len(marks) == 2 and all(lo < m < hi for m in marks), (marks, lo, hi)

@@ -147,12 +147,18 @@ def finite(value: Any) -> float:
     return x if np.isfinite(x) else np.nan
 
 
-def mark_missing(ax: Axes, y: Sequence[float], values: Sequence[float]) -> None:
-    """Write "n/a" where a horizontal bar at ``y`` has no value (NaN): a missing bar looked
-    like a bar of 0, the worst score of some metrics and the best of others."""
-    for yi, v in zip(y, values, strict=True):
-        if np.isnan(v):
-            ax.text(0, yi, " n/a", va="center", ha="left", fontsize=7, color="#555555")
+def mark_missing(ax: Axes, y: Sequence[float], values: Sequence[float], height: float) -> None:
+    """Write "n/a" where a horizontal bar at ``y`` (``height`` high) has no value (NaN): a
+    missing bar looked like a bar of 0, the worst score of some metrics and the best of
+    others."""
+    missing = [yi for yi, v in zip(y, values, strict=True) if np.isnan(v)]
+    for yi in missing:
+        ax.text(0, yi, " n/a", va="center", ha="left", fontsize=7, color="#555555")
+    if missing:  # a bar without a value widens no limit: "n/a" of a first or last row was
+        # drawn outside the axes, over the legend
+        lo, hi = sorted(ax.get_ylim())
+        pad = 0.6 * height
+        ax.set_ylim(min(lo, min(missing) - pad), max(hi, max(missing) + pad))
 
 
 def root_figure(ax: Axes) -> Any:

@@ -179,8 +179,8 @@ def paired_bars(ax: Axes, y: np.ndarray, floor: np.ndarray, synth: np.ndarray) -
     h = 0.38
     ax.barh(y - h / 2, floor, height=h, color=REAL_COLOR, label="real vs real (floor)")
     ax.barh(y + h / 2, synth, height=h, color=SYNTH_COLOR, label="synthetic vs real")
-    mark_missing(ax, y - h / 2, floor)
-    mark_missing(ax, y + h / 2, synth)
+    mark_missing(ax, y - h / 2, floor, h)
+    mark_missing(ax, y + h / 2, synth, h)
 
 
 def _rows(result: Any) -> list[dict] | None:

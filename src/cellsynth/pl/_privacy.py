@@ -149,7 +149,7 @@ def privacy(
                     linewidth=1.5, linestyle="--")
         if not np.isnan(value):  # no number (an edited file): "n/a" at the bar's place
             ax.text(value, yi, f" {value:.3f}", va="center", fontsize=7)
-    mark_missing(ax, y, values)
+    mark_missing(ax, y, values, 0.6)
     ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
     top = max([1.0, *values[~np.isnan(values)], *(r[3] for r in rows if r[3] is not None)])
