@@ -263,3 +263,29 @@ def test_n_a_of_a_first_or_last_row_lies_inside_the_axes():
         lo, hi = sorted(ax.get_ylim())
         marks = [t.get_position()[1] for t in ax.texts if t.get_text().strip() == "n/a"]
         assert len(marks) == 2 and all(lo < m < hi for m in marks), (marks, lo, hi)
+
+
+# -- 7: paths given to cs.pl.history -------------------------------------------------------------
+
+
+def test_history_of_a_path_that_is_no_models_curve_says_what_it_is(tmp_path):
+    """cs.pl.history('run/generator/cvae') (a mistyped path) said 'run/generator is a saved
+    cvae model, which keeps no history.json', of a directory that held one; a run directory
+    was 'run/history.json does not exist'; a run's metrics/fidelity.json was a model that 'has
+    not been trained'. Each now says what the path is and what to give."""
+    import json
+
+    run = tmp_path / "run"
+    (run / "generator").mkdir(parents=True)
+    (run / "metrics").mkdir()
+    (run / "generator" / "config.json").write_text(json.dumps({"model": "cvae"}))
+    (run / "generator" / "history.json").write_text(json.dumps(_history()))
+    (run / "metrics" / "fidelity.json").write_text(json.dumps({"synthetic_vs_real": {}}))
+    assert cs.pl.history(run / "generator").has_data()
+    with pytest.raises(cs.CellsynthError, match=r"generator.cvae does not exist; give a model"):
+        cs.pl.history(run / "generator" / "cvae")
+    with pytest.raises(cs.CellsynthError, match="is a run directory: its generator's curve is in"):
+        cs.pl.history(run)
+    with pytest.raises(cs.CellsynthError, match=r"fidelity\.json holds no train_loss per epoch: "
+                                                r"it is not a model's history\.json"):
+        cs.pl.history(run / "metrics" / "fidelity.json")

@@ -24,7 +24,13 @@ def _history(source: Any) -> Mapping[str, Any]:
         path = expand_user(source, "the model directory")  # ~/models/cvae
         path = path / "history.json" if path.is_dir() else path
         if not path.is_file():
-            _no_curve(path.parent)
+            if path.name == "history.json":  # a model directory without one: said by its
+                # kind; only then (a mistyped run1/generator/cvae had been called a saved
+                # model "which keeps no history.json" of run1/generator, which held one)
+                _no_curve(path.parent)
+                if (path.parent / "generator" / "history.json").is_file():
+                    raise DataError(f"{path.parent} is a run directory: its generator's curve "
+                                    f"is in {path.parent / 'generator'}; give that directory")
             raise ModelFileError(f"{path} does not exist; give a model directory, its "
                                  "history.json, a model or its history dict")
         try:
@@ -34,6 +40,10 @@ def _history(source: Any) -> Mapping[str, Any]:
         if not isinstance(hist, Mapping):
             raise ModelFileError(f"{path} holds a JSON {type(hist).__name__}, not a history "
                                  "(an object of losses per epoch, as a model's fit writes it)")
+        if path.name != "history.json" and not {"train_loss", "elbo_train"} & set(hist):
+            # fidelity.json had been called a model that "has not been trained"
+            raise ModelFileError(f"{path} holds no train_loss per epoch: it is not a model's "
+                                 "history.json; give a model directory or its history.json")
         return hist
     hist = getattr(source, "history", source)
     if not isinstance(hist, Mapping):
