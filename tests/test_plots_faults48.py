@@ -289,3 +289,16 @@ def test_history_of_a_path_that_is_no_models_curve_says_what_it_is(tmp_path):
     with pytest.raises(cs.CellsynthError, match=r"fidelity\.json holds no train_loss per epoch: "
                                                 r"it is not a model's history\.json"):
         cs.pl.history(run / "metrics" / "fidelity.json")
+
+
+def test_umap_of_a_run_directory_names_its_table(tmp_path):
+    """cs.pl.umap('run') said 'the UMAP table run does not exist (or is not a file)' of a run
+    directory that exists; it now names the run's features/umap.csv (or says how to get one)."""
+    run = tmp_path / "run"
+    (run / "features").mkdir(parents=True)
+    with pytest.raises(cs.CellsynthError, match=r"is a directory; give a run's features/umap"):
+        cs.pl.umap(run)
+    (run / "features" / "umap.csv").write_text("origin,label,x,y\nreal,A,0,0\nsynthetic,A,1,1\n")
+    with pytest.raises(cs.CellsynthError, match=r"is a directory; give its UMAP table, .*umap\.csv"):
+        cs.pl.umap(run)
+    assert cs.pl.umap(run / "features" / "umap.csv").has_data()

@@ -200,6 +200,12 @@ def _table(source: Any, label_key: str | None) -> pd.DataFrame:
 
     if isinstance(source, str | Path):
         path = expand_user(source, "the UMAP table")
+        if path.is_dir():  # "does not exist" of a run directory that does
+            table = path / "features" / "umap.csv"
+            hint = (f"give its UMAP table, {table}" if table.is_file() else "give a run's "
+                    "features/umap.csv (written with report.umap on), or the real and "
+                    "synthetic AnnData")
+            raise DataError(f"the UMAP table {path} is a directory; {hint}")
         if not path.is_file():
             raise DataError(f"the UMAP table {path} does not exist (or is not a file); give a "
                             "run's features/umap.csv, or the real and synthetic AnnData")
