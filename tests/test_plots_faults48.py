@@ -302,3 +302,27 @@ def test_umap_of_a_run_directory_names_its_table(tmp_path):
     with pytest.raises(cs.CellsynthError, match=r"is a directory; give its UMAP table, .*umap\.csv"):
         cs.pl.umap(run)
     assert cs.pl.umap(run / "features" / "umap.csv").has_data()
+
+
+def test_per_type_of_a_metric_no_type_has_is_refused_and_the_report_keeps_its_section(
+        tmp_path):
+    """cs.pl.per_type(result, 'trts_f1') of an evaluation whose TRTS was skipped (one type), or
+    of any metric no type had a value of, drew a figure of empty rows (now "n/a" alone); it is
+    a DataError naming the metric now, and the report, whose per-type figure had no guard,
+    leaves that figure out with why instead of losing its whole fidelity section."""
+    import json
+
+    from cellsynth.report.html import render_report
+
+    row = {"c2st_auc": None, "n_real": 9, "n_synth": 9}
+    result = {"synthetic_vs_real": {"overall": {"c2st_auc": 0.6}, "per_type": {"A": row}},
+              "real_vs_real": {"overall": {"c2st_auc": 0.5}, "per_type": {"A": row}},
+              "per_type": [{"type": "A", "c2st_auc": None, "c2st_auc_floor": None}]}
+    for metric in ("c2st_auc", "trts_f1"):
+        with pytest.raises(cs.CellsynthError, match=f"no type has a value of '{metric}'"):
+            cs.pl.per_type(result, metric)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "fidelity.json").write_text(json.dumps(result))
+    page = render_report(tmp_path)
+    fidelity = page.split('<section id="fidelity">')[1].split("</section>")[0]
+    assert "Could not render" not in fidelity and "the per-type figure: no type has" in fidelity

@@ -242,9 +242,14 @@ def _per_type_values(result: Any, metric: str
     def values(table: dict) -> np.ndarray:
         return np.array([finite(table.get(t, {}).get(metric)) for t in types])
 
+    floor_values, synth_values = values(ft), values(st)
+    if np.isnan(floor_values).all() and np.isnan(synth_values).all():  # a figure of "n/a" alone
+        raise DataError(f"no type has a value of {metric!r} (each had too few cells to score, or "
+                        "the test was skipped: see the evaluation's log); plot another metric, "
+                        "or evaluate with more cells (max_cells)")
     sizes = [_size(st.get(t, ft.get(t, {})).get("n_real"), st.get(t, {}).get("n_synth"))
              for t in types]
-    return types, values(ft), values(st), sizes, [""] * len(types)
+    return types, floor_values, synth_values, sizes, [""] * len(types)
 
 
 @plot

@@ -55,10 +55,15 @@ def _sec_fidelity(run: _Run) -> str:
                                "side (too few cells to score)"))
     if (fid["synthetic_vs_real"].get("per_type") or (fid.get("real_vs_real") or {})
             .get("per_type")):
+        try:
+            figure = _img(figures.per_type_bars(fid), "two-sample AUC per type")
+        except DataError:  # cs.pl.per_type refuses a figure of no value (the section stays)
+            figure = _left_out("the per-type figure: no type has a two-sample AUC on either "
+                               "side (too few cells to score)")
         parts += ["<h3>Per type</h3><p>The two-sample AUC of each type's generated against its "
                   "real test cells (0.5: indistinguishable), beside two halves of its real "
                   "cells; its cells (real · generated) beside its name.</p>",
-                  _img(figures.per_type_bars(fid), "two-sample AUC per type"), _undrawn(fid)]
+                  figure, _undrawn(fid)]
     else:
         parts.append(_left_out("the per-type figure: no type had enough cells on both sides "
                                "for a two-sample test"))
