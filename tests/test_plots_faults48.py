@@ -326,3 +326,16 @@ def test_per_type_of_a_metric_no_type_has_is_refused_and_the_report_keeps_its_se
     page = render_report(tmp_path)
     fidelity = page.split('<section id="fidelity">')[1].split("</section>")[0]
     assert "Could not render" not in fidelity and "the per-type figure: no type has" in fidelity
+
+
+def test_type_names_that_differ_only_by_spaces_are_refused_as_evaluate_refuses_them():
+    """cs.pl.library_sizes and cs.pl.umap drew 'B cells' and 'B cells ' (a trailing space) as
+    two types whose ticks and legend entries read alike, where cellsynth.evaluate refuses such
+    names as one type split in two; the plots now refuse them the same way."""
+    real, fake = cs.simulate(120, 30, 2, seed=0), cs.simulate(120, 30, 2, seed=1)
+    first = real.obs[LABEL].astype(str).iloc[0]
+    real.obs[LABEL] = real.obs[LABEL].astype(str)
+    real.obs.iloc[:5, real.obs.columns.get_loc(LABEL)] = first + " "
+    for plot in (cs.pl.library_sizes, cs.pl.umap):
+        with pytest.raises(cs.CellsynthError, match="differ only by surrounding spaces"):
+            plot(real, fake, label_key=LABEL)

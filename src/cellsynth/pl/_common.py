@@ -274,7 +274,7 @@ def need_cells(adata: object, what: str) -> None:
 def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the cells with a label, and their labels as ``str`` (cells without one
     are left out with a warning, as :func:`cellsynth.evaluate` leaves them out)."""
-    from ..data.labels import missing_labels
+    from ..data.labels import check_spaced_names, missing_labels
 
     if not isinstance(label_key, str):  # a list stopped pandas with "unhashable type"
         raise DataError(f"label_key takes the name of one obs column (a string such as "
@@ -287,7 +287,11 @@ def labelled(adata: Any, label_key: str, what: str) -> tuple[np.ndarray, np.ndar
     if len(keep) < len(col):
         logger.warning("%s: %d cells have no label in obs['%s'] and are left out", what,
                        len(col) - len(keep), label_key)  # fmt: skip
-    return keep, col.astype(str).to_numpy()[keep]
+    labels = col.astype(str).to_numpy()[keep]
+    # "B cells" beside "B cells " (or a line break in a name): two entries that read as one,
+    # refused as cellsynth.evaluate refuses them
+    check_spaced_names(np.unique(labels), label_key, "cell types")
+    return keep, labels
 
 
 def no_shared_type(real: Sequence[Any], synthetic: Sequence[Any], label: str) -> DataError:
