@@ -339,3 +339,25 @@ def test_type_names_that_differ_only_by_spaces_are_refused_as_evaluate_refuses_t
     for plot in (cs.pl.library_sizes, cs.pl.umap):
         with pytest.raises(cs.CellsynthError, match="differ only by surrounding spaces"):
             plot(real, fake, label_key=LABEL)
+
+
+def test_library_sizes_of_hundreds_of_types_draws_the_largest_and_says_so(caplog, monkeypatch):
+    """cs.pl.library_sizes(..., label_key=) drew a box pair for every type, 0.6 inch each:
+    1,200 types made a PNG 106,697 pixels wide. It draws the MAX_BOX_TYPES types with the most
+    real cells and names how many it left out."""
+    import numpy as np
+
+    from cellsynth.pl import _library
+
+    monkeypatch.setattr(_library, "MAX_BOX_TYPES", 3)
+    real, fake = cs.simulate(400, 30, 6, seed=0), cs.simulate(400, 30, 6, seed=1)
+    sizes = real.obs[LABEL].value_counts()
+    with caplog.at_level("WARNING", logger="cellsynth"):
+        ax = cs.pl.library_sizes(real, fake, label_key=LABEL)
+    drawn = [t.get_text() for t in ax.get_xticklabels()]
+    assert drawn == sorted(drawn) and len(drawn) == 3
+    assert min(sizes[drawn]) >= np.sort(sizes.to_numpy())[-3]
+    shared = len(set(real.obs[LABEL]) & set(fake.obs[LABEL]))
+    assert shared > 3
+    assert f"the 3 with the most real cells ({shared - 3} left out)" in caplog.text
+    assert ax.figure.get_figwidth() == pytest.approx(6.0)  # three pairs' width, not all

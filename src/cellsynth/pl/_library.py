@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 #: histogram bins at most (more than a figure of any sensible width has pixels)
 MAX_BINS = 1000
 
+#: cell types drawn as box pairs at most (those with the most real cells): each takes 0.6 inch,
+#: and 1,200 types made a figure 720 inches wide
+MAX_BOX_TYPES = 60
+
 
 def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
     """``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``), their gene names and
@@ -106,7 +110,8 @@ def library_sizes(
 
     Without ``label_key``: the two distributions as overlaid histograms. With it: per cell
     type (those both hold; a warning names the others), the real and synthetic box plots side
-    by side. Both add 1 to each cell's counts, so that a cell without a count shows on the log
+    by side (at most :data:`MAX_BOX_TYPES`, those with the most real cells; a warning says how
+    many are left out). Both add 1 to each cell's counts, so that a cell without a count shows on the log
     axis. Counts are summed over the genes both sides hold (a warning says so when one side
     has genes the other lacks), as :func:`cellsynth.evaluate` reads library sizes.
 
@@ -144,13 +149,21 @@ def library_sizes(
     (kr, rl), (ks, sl) = (labelled(real, label_key, "the real data"),
                           labelled(synthetic, label_key, "the synthetic data"))
     r, s = r[kr] + 1, s[ks] + 1  # + 1 as the histogram: a cell of no count had no place on a log axis
-    types = sorted(set(rl) & set(sl))
+    types = sorted(set(rl) & set(sl))  # by name; above MAX_BOX_TYPES the largest
     if not types:
         raise no_shared_type(sorted(set(rl)), sorted(set(sl)), f"obs['{label_key}']")
     for side, own in (("real", set(rl) - set(sl)), ("synthetic", set(sl) - set(rl))):
         if own:  # a type the generator missed had no box and no word
             logger.warning("library sizes: %d type(s) only the %s cells hold have no box: %s",
                            len(own), side, listed(sorted(own), 10, quote=True))
+    if len(types) > MAX_BOX_TYPES:  # 1,200 types drew a PNG 106,697 pixels wide
+        counts = {t: int(k) for t, k in zip(*np.unique(rl, return_counts=True), strict=True)}
+        kept = sorted(sorted(types, key=lambda t: (-counts[t], t))[:MAX_BOX_TYPES])
+        logger.warning("library sizes: %d types both sides hold, drawn: the %d with the most "
+                       "real cells (%d left out); to draw others, give a subset, e.g. "
+                       "real[real.obs['%s'].isin([...])]", len(types), MAX_BOX_TYPES,
+                       len(types) - MAX_BOX_TYPES, label_key)  # fmt: skip
+        types = kept
     ax = axes(ax, (max(6.0, 0.6 * len(types) + 2.0), 4.0))
     pos = np.arange(len(types), dtype=float)
     for values, labels, color, shift in ((r, rl, REAL_COLOR, -0.2), (s, sl, SYNTH_COLOR, 0.2)):
