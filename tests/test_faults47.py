@@ -274,3 +274,15 @@ def test_a_run_with_the_scvi_generator_without_scvi_tools_stops_before_any_stage
     assert "the scvi generator needs scvi-tools" in err, err
     assert err.strip().endswith("or choose another generator.model"), err
     assert not (out / "data").exists()
+
+
+def test_an_scvi_batch_of_one_cell_is_refused_with_the_settings(tmp_path, capsys):
+    """scvi.batch_size = 1 passed the settings' checks and was refused only by the fit (after
+    the data, features and classifier stages of a run): its range starts at 2."""
+    from cellsynth.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--set", "scvi.batch_size=1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "scvi.batch_size" in err and "2" in err, err
+    assert not (out / "data").exists()

@@ -341,7 +341,8 @@ class ScviConfig:
     n_layers: int = ranged("[1, inf)", 1)
     gene_likelihood: Literal["nb", "zinb", "poisson"] = "zinb"
     max_epochs: int = ranged("[1, inf)", 200)
-    batch_size: int = ranged("[1, inf)", 128)
+    # at least 2: scvi-tools' batch normalisation cannot train on a batch of one cell
+    batch_size: int = ranged("[2, inf)", 128)
     early_stopping: bool = True
 
 
