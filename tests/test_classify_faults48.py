@@ -364,3 +364,20 @@ def test_training_features_that_are_no_matrix_are_one_line(given, match):
     with pytest.raises(DataError, match=match):
         train_classifier(given, y, x, y, ClassifierConfig(**FAST), seed=0)
     assert train_classifier(x.tolist(), y, x, y, ClassifierConfig(**FAST), seed=0).labels
+
+
+def test_info_of_a_classifier_with_a_damaged_type_list_says_so(tmp_path):
+    """`cellsynth info` on a classifier directory whose labels.json is an object, or names a
+    type twice, showed it as a sound classifier (its loader refuses both)."""
+    import json
+
+    from cellsynth.errors import CellsynthError
+    from cellsynth.info import describe
+
+    (tmp_path / "model.ubj").write_bytes(b"{}")
+    for labels in ({"a": 1}, ["B", "B"], ["B", 3]):
+        (tmp_path / "labels.json").write_text(json.dumps(labels))
+        with pytest.raises(CellsynthError, match="is not a list of distinct type names"):
+            describe(tmp_path)
+    (tmp_path / "labels.json").write_text(json.dumps(["B", "T"]))
+    assert describe(tmp_path)["n_classes"] == 2

@@ -46,6 +46,10 @@ def _describe(path: Path) -> dict[str, Any]:
         return _describe_model(path)
     if (path / "model.ubj").is_file():
         labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
+        if not isinstance(labels, list) or not all(isinstance(t, str) for t in labels) or \
+                len(set(labels)) < len(labels):  # as the classifier's loader refuses it
+            raise CellsynthError(f"{path / 'labels.json'} is not a list of distinct type names "
+                                 "as the classifier writes it; rerun what wrote it")
         return {"kind": "classifier", "path": str(path), "n_classes": len(labels), "labels": labels}
     if (path / "summary.json").is_file() or list(path.glob("*/summary.json")) or \
             (path / RunLock.BENCHMARK).is_file() or list(path.glob("*/results/*.json")):
