@@ -8,11 +8,12 @@ and that they are finite. Shared by every generator; nothing here knows about on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..config import PCA_SPACE_MODEL
-from ..config_rules import from_dict
+from ..config_rules import from_dict, hints
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
 from ..paths import expand_user
@@ -338,14 +339,52 @@ def saved_label_key(directory: Path, meta: dict[str, Any], covariates: Any = ())
 
 def read_config(directory: Path, meta: dict[str, Any], cls: type) -> Any:
     """The settings dataclass ``cls`` saved in ``config.json``'s ``config`` table, checked."""
+    with saved_settings(directory):
+        setting(meta, "label_key", object)
+        return from_dict(cls, setting(meta, "config"), "config.")
+
+
+#: how a saved model's edited or foreign ``config.json`` is mended (not with ``--set``)
+EDITED = "the file was edited: restore it from the same save, or fit the model again"
+
+
+@contextlib.contextmanager
+def saved_settings(directory: Path) -> Iterator[None]:
+    """Read settings from the ``config.json`` of the model saved in ``directory`` within this
+    block: a setting missing, of another type, out of range or unknown (a file edited by hand,
+    or another program's) is one :class:`ModelFileError` naming the file and the setting, and
+    saying to restore the file or fit again, not to ``--set`` it."""
     try:
-        if not isinstance(meta.get("config"), dict):
-            raise ValueError("'config' must be a table of settings")
-        if "label_key" not in meta:
-            raise KeyError("label_key")
-        return from_dict(cls, meta["config"])
+        with hints(lambda key: EDITED):
+            yield
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{directory / MODEL_FILES['config']} is invalid: {exc}") from None
+        why = f"it lacks {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{directory / MODEL_FILES['config']} is invalid: {why}"
+                             + ("" if EDITED in why else f"; {EDITED}")) from None
+
+
+_KINDS = {dict: "a table of settings", list: "a list", str: "text", int: "a whole number",
+          float: "a number"}
+
+
+def setting(meta: Any, dotted: str, kind: type = dict) -> Any:
+    """The entry ``dotted`` (``"config.seed_vae"``) of a saved model's ``config.json``, of type
+    ``kind`` (a table by default; ``float`` takes a whole number too, no kind takes true or
+    false but ``bool``): a missing entry or one of another type is a ``ValueError`` naming it,
+    which :func:`saved_settings` says in one line."""
+    value, keys = meta, dotted.split(".")
+    for i, key in enumerate(keys):
+        if i and not isinstance(value, dict):  # an enclosing entry that is no table
+            return setting(meta, ".".join(keys[:i]))
+        if key not in value:
+            raise ValueError(f"'{dotted}' is missing")
+        value = value[key]
+    kinds = (int, float) if kind is float else (kind,)
+    if kind is not object and (not isinstance(value, kinds)
+                               or (isinstance(value, bool) and kind is not bool)):
+        raise ValueError(f"'{dotted}' must be {_KINDS.get(kind, kind.__name__)}, got "
+                         f"{json.dumps(value)}")
+    return value
 
 
 def check_sizes(directory: Path, state: dict[str, torch.Tensor],

@@ -64,7 +64,9 @@ from ._draws import nb_csr
 from ._model_dir import (
     read_annotation,
     saved_label_key,
+    saved_settings,
     saves_whole,
+    setting,
 )
 from .base import (
     check_request_memory,
@@ -408,14 +410,11 @@ class NegBinBaseline(DesignRequests):
                 and all((t > 0).all() for t in thetas)):  # fmt: skip
             raise ModelFileError(f"{directory / 'params.safetensors'} holds invalid values")
         libraries, extra = load_libraries(directory / "libraries.safetensors", len(labels))
-        config = meta.get("config") or {}
-        try:
-            model = cls(max_theta=float(config.get("max_theta", MAX_THETA)),
+        with saved_settings(directory):  # its own checks: true is no max_theta
+            config = setting(meta, "config") if meta.get("config") is not None else {}
+            model = cls(max_theta=config.get("max_theta", MAX_THETA),
                         covariate_keys=config.get("covariate_keys"),
                         min_cells=config.get("min_cells", MIN_CELLS))  # fmt: skip
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{directory / 'config.json'} has invalid settings: "
-                                 f"{exc}") from None
         model.labels, model.genes = labels, genes
         model.gene_annotation = read_annotation(directory, genes)
         model.label_key = saved_label_key(directory, meta, model.covariate_keys)

@@ -256,14 +256,9 @@ class SeedCVAE:
             Override the saved ``config.device`` (e.g. ``"cpu"`` for a model trained on a GPU).
         """
         meta, labels, state, history = md.load_model_dir(directory, cls.__name__, FORMAT_VERSION)
-        config_path = Path(directory) / md.MODEL_FILES["config"]
-        try:
-            if not isinstance(meta.get("config"), dict):
-                raise ValueError("'config' must be a table of settings")
-            config = from_dict(SeedVAEConfig, meta["config"])
-            n_input = int(meta["n_input"])
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{config_path} is invalid: {exc}") from None
+        with md.saved_settings(Path(directory)):
+            config = from_dict(SeedVAEConfig, md.setting(meta, "config"), "config.")
+            n_input = md.setting(meta, "n_input", int)
         config = dataclasses.replace(config, device=tr.loadable_device(config.device, device,
                                                                        directory))
         n_embedded = state["embed.weight"].shape[0] if "embed.weight" in state else None
@@ -275,8 +270,8 @@ class SeedCVAE:
         n_out = state["px_mean.weight"].shape[0] if "px_mean.weight" in state else None
         if n_out != n_input:
             raise ModelFileError(
-                f"{config_path} says n_input={n_input} but the weights decode {n_out} features; "
-                "the files come from different models"
+                f"{Path(directory) / md.MODEL_FILES['config']} says n_input={n_input} but the "
+                f"weights decode {n_out} features; the files come from different models"
             )
         try:
             model = cls(n_input, labels, config)

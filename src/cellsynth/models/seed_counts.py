@@ -50,7 +50,7 @@ from ._count_files import (
     write_meta,
 )
 from ._design import Design
-from ._model_dir import saved_label_key, saves_whole
+from ._model_dir import saved_label_key, saved_settings, saves_whole, setting
 from .base import (
     check_library_memory,
     fit_labels,
@@ -267,14 +267,13 @@ class SeedGenerator:
         """
         directory = expand_user(directory, "the model directory")  # ~/models/cvae
         meta, labels, genes = read_meta(directory, cls.name, FORMAT_VERSION)
-        try:
-            settings = meta["config"]
-            from_dict(SeedVAEConfig, settings["seed_vae"])  # validated; vae/ holds the one used
-            features = from_dict(FeaturesConfig, settings["features"])
-            target_sum = float(settings["target_sum"])
+        with saved_settings(directory):
+            # validated; vae/ holds the one used
+            from_dict(SeedVAEConfig, setting(meta, "config.seed_vae"), "config.seed_vae.")
+            features = from_dict(FeaturesConfig, setting(meta, "config.features"),
+                                 "config.features.")  # fmt: skip
+            target_sum = float(setting(meta, "config.target_sum", float))
             _check_settings(None, features, target_sum)
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
         libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
         vae = SeedCVAE.load(directory / "vae", device=device)
         for name in ("pca.safetensors", "genes.json"):  # PCAModel.load's own says: a run's stage

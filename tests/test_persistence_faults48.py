@@ -1,0 +1,126 @@
+"""Saved models under misuse (session 48's sweep of persistence): model directories edited by
+hand, damaged, of another version or kind, and loads given what is no device; each is one line
+that names the file and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+import cellsynth as cs
+from cellsynth.errors import ModelFileError
+from conftest import kang_small_cells
+
+
+@pytest.fixture(scope="module")
+def small(kang_path: Path) -> ad.AnnData:
+    return kang_small_cells(kang_path)
+
+
+@pytest.fixture(scope="module")
+def saved(small: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The directory of a tiny fitted model of each kind, fitted and saved once when first asked
+    for (``saved("nb")``)."""
+    from cellsynth.config import CVAEConfig, FeaturesConfig, ScviConfig, SeedVAEConfig
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    root = tmp_path_factory.mktemp("saved")
+
+    def build(kind: str):
+        if kind == "nb":
+            return cs.NegBinBaseline()
+        if kind == "reference":
+            return SeedGenerator(SeedVAEConfig(n_embed=4, n_hidden=[16], n_latent=4,
+                                               max_epochs=1, device="cpu"),
+                                 FeaturesConfig(n_components=8))  # fmt: skip
+        if kind == "cvae":
+            return cs.CVAE(config=CVAEConfig(n_hidden=[16], n_latent=4, max_epochs=1,
+                                             device="cpu"))  # fmt: skip
+        pytest.importorskip("scvi")
+        from cellsynth.models.scvi import ScviGenerator
+
+        return ScviGenerator(ScviConfig(n_hidden=16, n_latent=4, max_epochs=1, batch_size=128))
+
+    def get(kind: str) -> Path:
+        out = root / kind
+        if not out.is_dir():
+            model = build(kind)
+            model.fit(small, "cell_type", seed=0)
+            model.save(out)
+        return out
+
+    return get
+
+
+def edited(src: Path, tmp_path: Path, change: Callable[[dict], None],
+           name: str = "config.json") -> Path:  # fmt: skip
+    """A copy of the saved model ``src`` whose JSON file ``name`` is changed by ``change`` (in
+    place) and whose checksums are deleted, so that the load's own checks must see it."""
+    out = tmp_path / f"edited_{src.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    for sums in out.rglob("checksums.json"):
+        sums.unlink()
+    meta = json.loads((out / name).read_text())
+    change(meta)
+    (out / name).write_text(json.dumps(meta))
+    return out
+
+
+def one_line(load: Callable[[], object], *said: str) -> str:
+    """The message of the ModelFileError ``load()`` raises: one line, holding each of ``said``."""
+    with pytest.raises(ModelFileError) as info:
+        load()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for text in said:
+        assert text in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# a hand-edited config.json: settings of the wrong type, missing or not a table
+
+
+def _put(path: str, value: object) -> Callable[[dict], None]:
+    def change(meta: dict) -> None:
+        *outer, last = path.split(".")
+        for key in outer:
+            meta = meta[key]
+        if value is KeyError:
+            del meta[last]
+        else:
+            meta[last] = value
+    return change
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "said"), [
+    ("nb", "config", "x", "'config' must be a table of settings, got \"x\""),  # AttributeError
+    ("nb", "config", [1], "'config' must be a table of settings"),  # AttributeError
+    ("nb", "config.max_theta", True, "max_theta must be a finite number"),  # loaded as 1.0
+    ("nb", "config.max_theta", "x", "max_theta must be a finite number"),  # float()'s words
+    ("reference", "config.seed_vae", 3, "'config.seed_vae' must be a table of settings, got 3"),
+    ("reference", "config", None, "'config' must be a table of settings, got null"),
+    ("reference", "config.target_sum", KeyError, "'config.target_sum' is missing"),  # 'target_sum'
+    ("reference", "config.target_sum", [1], "'config.target_sum' must be a number, got [1]"),
+    ("cvae", "config.n_latent", "x", "config.n_latent must be int"),  # said: --set n_latent=...
+    ("cvae", "config", KeyError, "'config' is missing"),
+])
+def test_a_hand_edited_setting_is_one_line_that_says_to_restore_the_file(
+        saved, tmp_path, kind, path, value, said) -> None:  # fmt: skip
+    bad = edited(saved(kind), tmp_path, _put(path, value))
+    message = one_line(lambda: cs.load_model(bad), "config.json is invalid", said,
+                       "the file was edited: restore it from the same save, or fit the model "
+                       "again")  # fmt: skip
+    assert "--set" not in message  # no command line sets a saved model's file
+
+
+def test_the_settings_of_a_model_saved_unchanged_still_load(saved) -> None:
+    for kind in ("nb", "reference", "cvae"):
+        model = cs.load_model(saved(kind))
+        assert model.sample({model.labels[0]: 2}, seed=0).n_obs == 2
