@@ -124,3 +124,47 @@ def test_the_settings_of_a_model_saved_unchanged_still_load(saved) -> None:
     for kind in ("nb", "reference", "cvae"):
         model = cs.load_model(saved(kind))
         assert model.sample({model.labels[0]: 2}, seed=0).n_obs == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# scvi's module arguments in config.json
+
+
+@pytest.mark.parametrize(("path", "value", "said"), [
+    ("module_kwargs.n_latent", KeyError, "'module_kwargs.n_latent' is missing"),  # a KeyError
+    ("module_kwargs.n_hidden", "x", "'module_kwargs.n_hidden' must be a whole number, got \"x\""),
+    ("module_kwargs.n_layers", 0, "'module_kwargs.n_layers' must be at least 1, got 0"),
+    ("module_kwargs", 3, "'module_kwargs' must be a table of settings, got 3"),  # not iterable
+    ("module_kwargs.n_input", KeyError, "'module_kwargs.n_input' is missing"),  # 'n_input'
+])
+def test_scvi_module_arguments_edited_by_hand_are_one_line(saved, tmp_path, path, value,
+                                                          said) -> None:  # fmt: skip
+    bad = edited(saved("scvi"), tmp_path, _put(path, value))
+    one_line(lambda: cs.load_model(bad), "config.json is invalid", said, "restore it")
+
+
+def test_scvi_sizes_that_do_not_fit_the_weights_are_one_line_and_allocate_nothing(
+        saved, tmp_path, monkeypatch) -> None:  # fmt: skip
+    """A hidden layer of 10^9 in config.json was built before the weights were compared: torch
+    tried to allocate 800 GB (a machine with that much memory spent it), and smaller edits gave
+    torch's error of a line per weight."""
+    import scvi
+
+    built = []
+    real = scvi.module.VAE
+
+    def counting(*args, **kwargs):
+        module = real(*args, **kwargs)
+        built.append(next(module.parameters()).device.type)
+        return module
+
+    monkeypatch.setattr(scvi.module, "VAE", counting)
+    huge = edited(saved("scvi"), tmp_path, _put("module_kwargs.n_hidden", 10**9))
+    one_line(lambda: cs.load_model(huge), "do not fit the saved config",
+             "the weights hold (16, ", "the config makes (1000000000, ", "more)")
+    assert built == ["meta"]  # compared on the meta device: nothing allocated
+    deeper = edited(saved("scvi"), tmp_path, _put("module_kwargs.n_layers", 3))
+    one_line(lambda: cs.load_model(deeper), "do not fit the saved config", "missing weight")
+    built.clear()
+    model = cs.load_model(saved("scvi"))  # an unchanged save: compared, then built for real
+    assert built == ["meta", "cpu"] and model.sample({model.labels[0]: 2}, seed=0).n_obs == 2

@@ -11,9 +11,10 @@ import torch
 
 from ..config import ScviConfig
 from ..config_rules import from_dict
-from ..errors import CellsynthError, ConfigError, ModelFileError
+from ..errors import CellsynthError, ModelFileError
 from ._count_files import read_tensors
 from ._design import Design
+from ._model_dir import misfit_weights, saved_settings, setting
 
 
 def import_scvi() -> Any:
@@ -40,21 +41,63 @@ def load_design(directory: Path, meta: dict[str, Any], config: ScviConfig,
     return design
 
 
+#: scvi's module arguments a save writes, each a whole number at least this (``n_cats_per_cov``
+#: too, where the model has covariates: a list of them, each at least 1)
+MODULE_SIZES = {"n_input": 1, "n_batch": 0, "n_labels": 0, "n_hidden": 1, "n_latent": 1,
+                "n_layers": 1}
+
+
 def read_module_files(
     directory: Path, meta: dict[str, Any], genes: list[str]
 ) -> tuple[ScviConfig, dict[str, Any], dict[str, torch.Tensor]]:
     """The config, module arguments and weights :meth:`ScviGenerator.save` wrote (checked)."""
-    try:
-        config = from_dict(ScviConfig, meta["config"])
-        kwargs = dict(meta["module_kwargs"])
-        if kwargs["n_input"] != len(genes) or kwargs["gene_likelihood"] != config.gene_likelihood:
+    with saved_settings(directory):
+        config = from_dict(ScviConfig, setting(meta, "config"), "config.")
+        kwargs = dict(setting(meta, "module_kwargs"))
+        for key, least in MODULE_SIZES.items():
+            if setting(meta, f"module_kwargs.{key}", int) < least:
+                raise ValueError(f"'module_kwargs.{key}' must be at least {least}, got "
+                                 f"{kwargs[key]}")
+        sizes = kwargs.get("n_cats_per_cov", [])
+        if not isinstance(sizes, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            raise ValueError(f"'module_kwargs.n_cats_per_cov' must be a list of whole numbers "
+                             f"of at least 1, got {sizes!r}")
+        unknown = sorted(set(kwargs) - {*MODULE_SIZES, "gene_likelihood", "n_cats_per_cov"})
+        if unknown:
+            raise ValueError(f"'module_kwargs' holds {unknown}, which no save writes")
+        if kwargs["n_input"] != len(genes) or setting(
+                meta, "module_kwargs.gene_likelihood", str) != config.gene_likelihood:
             raise ValueError("module_kwargs disagree with genes.json or the config")
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{directory / 'config.json'} is invalid: {exc}") from None
     state = {
         k: torch.from_numpy(v) for k, v in read_tensors(directory / "module.safetensors").items()
     }
     return config, kwargs, state
+
+
+def load_module(scvi: Any, kwargs: dict[str, Any], state: dict[str, torch.Tensor],
+                directory: Path) -> torch.nn.Module:  # fmt: skip
+    """:func:`build_module` for a saved model: its module's shapes checked against the weights
+    first, built without memory (torch's ``meta`` device), so that sizes edited in
+    ``config.json`` are one line, not a network of those sizes allocated (gigabytes for a
+    hidden layer of 10^9) or torch's error of a line per weight."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in
+                      scvi.module.VAE(**kwargs, use_observed_lib_size=True).state_dict().items()}
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelFileError(misfit_weights(directory, exc)) from None
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = ([f"size mismatch for {k}: the weights hold {saved[k]}, the config makes {v}"
+              for k, v in shapes.items() if k in saved and saved[k] != v]
+             + [f"missing weight {k}" for k in shapes if k not in saved]
+             + [f"unexpected weight {k}" for k in saved if k not in shapes])  # fmt: skip
+    if wrong:
+        raise ModelFileError(misfit_weights(directory, RuntimeError("\n".join(wrong))))
+    try:
+        return build_module(scvi, kwargs, state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelFileError(misfit_weights(directory, exc)) from None
 
 
 def build_module(

@@ -52,7 +52,7 @@ from ._count_files import (
     write_meta,
 )
 from ._model_dir import read_annotation, saves_whole
-from ._scvi_files import build_module, import_scvi, read_module_files
+from ._scvi_files import import_scvi, load_module, read_module_files
 from .base import (
     check_library_memory,
     check_request_memory,
@@ -300,10 +300,7 @@ class ScviPosteriorGenerator(ScviGenerator):
                                  f"of {n} cells x n_latent={d}; the files come from different "
                                  "models")  # fmt: skip
         model = cls(config=config)
-        try:
-            model.module = build_module(scvi, kwargs, state)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
+        model.module = load_module(scvi, kwargs, state, directory)
         bounds = np.cumsum([len(v) for v in libraries])[:-1]
         model.qzm, model.qzv = np.split(cells["qzm"], bounds), np.split(cells["qzv"], bounds)
         model.module_kwargs, model.labels, model.genes, model.libraries = kwargs, labels, genes, libraries

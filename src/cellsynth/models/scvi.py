@@ -84,7 +84,7 @@ from ._count_files import (
 from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import read_annotation, saved_label_key, saves_whole
-from ._scvi_files import build_module, import_scvi, load_design, read_module_files
+from ._scvi_files import build_module, import_scvi, load_design, load_module, read_module_files
 from ._scvi_trainer import epoch_bar, last_batch, trainer_quiet
 from .base import (
     check_library_memory,
@@ -451,10 +451,7 @@ class ScviGenerator(DesignRequests):
                 f"types and n_latent={d}; the files come from different models"
             )
         model = cls(config=config)
-        try:
-            model.module = build_module(scvi, kwargs, state)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"weights in {directory} do not fit its config: {exc}") from None
+        model.module = load_module(scvi, kwargs, state, directory)
         model.module_kwargs, model.labels, model.genes = kwargs, labels, genes
         model.gene_annotation = read_annotation(directory, genes)
         model.label_key = saved_label_key(directory, meta, config.covariates)
