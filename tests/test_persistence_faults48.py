@@ -168,3 +168,25 @@ def test_scvi_sizes_that_do_not_fit_the_weights_are_one_line_and_allocate_nothin
     built.clear()
     model = cs.load_model(saved("scvi"))  # an unchanged save: compared, then built for real
     assert built == ["meta", "cpu"] and model.sample({model.labels[0]: 2}, seed=0).n_obs == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# a save of another format version
+
+
+@pytest.mark.parametrize("kind", ["nb", "cvae"])
+def test_a_save_of_another_format_version_says_how_to_load_it(saved, tmp_path, kind) -> None:
+    """The message said only "has format version 3; this cellsynth reads version 1 (saved by
+    cellsynth 0.1.0)", not what to do; a version of true was read as version 1."""
+    ours = json.loads((saved(kind) / "config.json").read_text())["format_version"]
+
+    def version(value):
+        return edited(saved(kind), tmp_path, _put("format_version", value))
+
+    one_line(lambda: cs.load_model(version(ours + 1)), f"has format version {ours + 1}",
+             "newer than this one", "upgrade cellsynth (pip install -U cellsynth)")
+    one_line(lambda: cs.load_model(version(0)), "has format version 0",
+             "saved by cellsynth", "older than this one", "load it with that version, or fit")
+    for value in (True, "1", None):
+        one_line(lambda v=value: cs.load_model(version(v)), f"has format version {value!r}",
+                 "no format version", "the file was edited")

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import DataError, ModelFileError
 from ..outputs import save_tensors
-from ._model_dir import annotation_files, check_kind, json_file, model_directory
+from ._model_dir import annotation_files, check_format, check_kind, json_file, model_directory
 from ._training import package_version
 from .base import fit_labels, split_masks
 
@@ -114,11 +114,7 @@ def read_meta(
     meta, labels, genes = out
     if not isinstance(meta, dict) or meta.get("model") not in names:
         raise ModelFileError(f"{directory / 'config.json'} does not describe a {model!r} model")
-    if meta.get("format_version") != format_version:
-        raise ModelFileError(
-            f"{directory} has format version {meta.get('format_version')!r}; this cellsynth reads "
-            f"version {format_version} (saved by cellsynth {meta.get('cellsynth_version')})"
-        )
+    check_format(directory, meta, format_version)
     for name, values in (("labels.json", labels), ("genes.json", genes)):
         if (
             not isinstance(values, list)

@@ -28,6 +28,7 @@ from ..config_rules import from_dict, hints
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
 from ..outputs import check_out_dir, save_tensors, temp_beside
 from ..paths import expand_user
+from ._training import package_version
 
 logger = logging.getLogger(__name__)
 
@@ -227,11 +228,7 @@ def load_model_dir(
                              "again")
     if meta.get("model") != model:
         raise ModelFileError(f"{directory / MODEL_FILES['config']} does not describe a {model}")
-    if meta.get("format_version") != format_version:
-        raise ModelFileError(
-            f"{directory} has format version {meta.get('format_version')!r}; this cellsynth reads "
-            f"version {format_version} (the files were saved by cellsynth {meta.get('cellsynth_version')})"
-        )
+    check_format(directory, meta, format_version)
     if (
         not isinstance(labels, list)
         or not all(isinstance(x, str) for x in labels)
@@ -253,6 +250,28 @@ def load_model_dir(
         raise ModelFileError(f"{directory / MODEL_FILES['weights']} holds non-finite weights "
                              f"({bad}); the model cannot generate: train it again")
     return meta, labels, state, history if isinstance(history, dict) else {}
+
+
+def check_format(directory: Path, meta: dict[str, Any], format_version: int) -> None:
+    """Refuse a save whose ``config.json`` has another ``format_version`` than
+    ``format_version``, saying how to load it: a newer cellsynth's save with that version
+    (upgrade), an older one's with the version that saved it or by fitting again, and a value
+    that is no version (``true`` is no version 1) as an edited file."""
+    saved = meta.get("format_version")
+    if type(saved) is int and saved == format_version:
+        return
+    by = meta.get("cellsynth_version")
+    by = f"cellsynth {by}" if isinstance(by, str) and by.strip() else "another cellsynth"
+    if type(saved) is not int:
+        how = f"that is no format version (a whole number): {EDITED}"
+    elif saved > format_version:
+        how = (f"it was saved by {by}, newer than this one ({package_version()}): upgrade "
+               "cellsynth (pip install -U cellsynth) to load it")
+    else:
+        how = (f"it was saved by {by}, older than this one ({package_version()}): load it with "
+               "that version, or fit the model again with this one")
+    raise ModelFileError(f"{directory} has format version {saved!r}; this cellsynth reads "
+                         f"version {format_version}: {how}")
 
 
 def json_file(path: Path) -> Any:
