@@ -190,3 +190,25 @@ def test_a_save_of_another_format_version_says_how_to_load_it(saved, tmp_path, k
     for value in (True, "1", None):
         one_line(lambda v=value: cs.load_model(version(v)), f"has format version {value!r}",
                  "no format version", "the file was edited")
+
+
+# ---------------------------------------------------------------------------------------------
+# the device a load is given
+
+
+@pytest.mark.parametrize("kind", ["cvae", "reference"])
+def test_a_load_takes_a_torch_device_and_refuses_what_is_no_device_in_one_line(
+        saved, kind) -> None:  # fmt: skip
+    """load(..., device=torch.device("cpu")) and device=0 raised torch's AttributeError
+    ('torch.device' object has no attribute 'startswith')."""
+    import torch
+
+    from cellsynth.errors import ConfigError
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    cls = cs.CVAE if kind == "cvae" else SeedGenerator
+    model = cls.load(saved(kind), device=torch.device("cpu"))
+    assert model.sample({model.labels[0]: 2}, seed=0).n_obs == 2
+    for bad in (0, ["cpu"]):
+        with pytest.raises(ConfigError, match=r"device must be 'auto', 'cpu' or 'cuda'.*got "):
+            cls.load(saved(kind), device=bad)

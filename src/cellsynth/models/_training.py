@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """The :class:`torch.device` for a config value: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda[:i]"``."""
+    """The :class:`torch.device` for a config value: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda[:i]"``
+    (or a :class:`torch.device` of them); anything else is a :class:`ConfigError`."""
+    device = device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
@@ -36,6 +38,18 @@ def resolve_device(device: str = "auto") -> torch.device:
             )
         return torch.device(device)
     raise ConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def device_name(device: Any) -> str:
+    """A device as the settings name it: text as given, a :class:`torch.device` as its name
+    (``torch.device("cpu")`` is ``"cpu"``, as a caller of ``load(..., device=)`` may give it);
+    anything else (a number, None) is a :class:`ConfigError`, not an AttributeError of torch."""
+    if isinstance(device, torch.device):
+        return device.type if device.type == "cpu" else str(device)
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), as text or a "
+                          f"torch.device, got {device!r} ({type(device).__name__})")
+    return device
 
 
 def warn_one_process(cfg: Any) -> None:
@@ -56,7 +70,7 @@ def loadable_device(saved: str, given: str | None, where: object) -> str:
     else the CPU with a WARNING: a model fitted on a GPU cluster (``device = "cuda"``) is
     read on a laptop to generate (``cellsynth generate`` has no device to pass)."""
     if given is not None:
-        return given
+        return device_name(given)
     try:
         resolve_device(saved)
     except ConfigError:
