@@ -34,6 +34,8 @@ def saved(small: ad.AnnData, tmp_path_factory: pytest.TempPathFactory) -> Callab
     def build(kind: str):
         if kind == "nb":
             return cs.NegBinBaseline()
+        if kind == "nb-condition":
+            return cs.NegBinBaseline(covariate_keys=["condition"])
         if kind == "reference":
             return SeedGenerator(SeedVAEConfig(n_embed=4, n_hidden=[16], n_latent=4,
                                                max_epochs=1, device="cpu"),
@@ -89,13 +91,13 @@ def one_line(load: Callable[[], object], *said: str) -> str:
 
 def _put(path: str, value: object) -> Callable[[dict], None]:
     def change(meta: dict) -> None:
-        *outer, last = path.split(".")
-        for key in outer:
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]  # list items by index
+        for key in keys[:-1]:
             meta = meta[key]
         if value is KeyError:
-            del meta[last]
+            del meta[keys[-1]]
         else:
-            meta[last] = value
+            meta[keys[-1]] = value
     return change
 
 
@@ -212,3 +214,28 @@ def test_a_load_takes_a_torch_device_and_refuses_what_is_no_device_in_one_line(
     for bad in (0, ["cpu"]):
         with pytest.raises(ConfigError, match=r"device must be 'auto', 'cpu' or 'cuda'.*got "):
             cls.load(saved(kind), device=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# the covariate design in config.json
+
+
+@pytest.mark.parametrize(("path", "value", "said"), [
+    ("design", 3, "'design' must be a table of settings, got 3"),  # AttributeError: 'get'
+    ("design.keys", None, "'design.keys' must be a list, got null"),  # not iterable
+    ("design.levels.condition", ["a", "a"], "a list of unique level names"),  # pandas' error
+    ("design.composition.B cells", [[0]], "'design.composition' of 'B cells' must list"),
+    ("design.composition.B cells.0.0", ["x"], "each code below its covariate's number"),
+    ("design.composition.B cells.0.0", [5], "each code below its covariate's number"),
+    ("design.composition.B cells.0.1", "12", "cells at least 1"),  # 'int' + 'str'
+])
+def test_an_edited_covariate_design_is_one_line_at_load_not_an_error_at_generation(
+        saved, tmp_path, path, value, said) -> None:  # fmt: skip
+    bad = edited(saved("nb-condition"), tmp_path, _put(path, value))
+    one_line(lambda: cs.load_model(bad), "config.json is invalid", said, "restore it")
+
+
+def test_a_model_with_covariates_saved_unchanged_still_loads_and_generates(saved) -> None:
+    model = cs.load_model(saved("nb-condition"))
+    cells = model.sample({"B cells": 6}, seed=0, where={"condition": "stim"})
+    assert list(cells.obs["condition"].unique()) == ["stim"]

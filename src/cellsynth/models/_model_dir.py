@@ -406,6 +406,49 @@ def setting(meta: Any, dotted: str, kind: type = dict) -> Any:
     return value
 
 
+def read_design(directory: Path, meta: dict[str, Any]) -> Any:
+    """The covariate design a save's ``config.json`` holds (a
+    :class:`~cellsynth.models._design.Design`, empty without covariates), checked whole: an
+    edited one (keys, levels or a type's ``[[level codes], cells]`` of another shape, a code
+    past its covariate's levels) is one :class:`ModelFileError`, not an error of Python's
+    found when cells are asked for."""
+    from ._design import Design  # _design imports base, which imports this module
+
+    if meta.get("design") is None:
+        return Design()
+    with saved_settings(directory):
+        keys = setting(meta, "design.keys", list)
+        levels = setting(meta, "design.levels")
+        composition = setting(meta, "design.composition")
+        if not _names(keys) or set(levels) != set(keys) or not all(
+                _names(levels[k]) and levels[k] for k in keys):
+            raise ValueError("'design' must name each covariate once ('keys') and give each a "
+                             "list of unique level names ('levels')")
+        sizes = [len(levels[k]) for k in keys]
+        for label, rows in composition.items():
+            if not isinstance(rows, list) or not all(_combination(r, sizes) for r in rows):
+                raise ValueError(f"'design.composition' of {label!r} must list [[a level code "
+                                 f"of each of the {len(keys)} covariate(s)], cells] pairs, each code "
+                                 "below its covariate's number of levels, cells at least 1")
+    return Design(list(keys), {k: list(levels[k]) for k in keys}, dict(composition))
+
+
+def _names(values: Any) -> bool:
+    """Whether ``values`` is a list of unique texts."""
+    return (isinstance(values, list) and all(isinstance(v, str) for v in values)
+            and len(set(values)) == len(values))
+
+
+def _combination(row: Any, sizes: list[int]) -> bool:
+    """Whether ``row`` is a design's ``[[codes], cells]`` for covariates of ``sizes`` levels."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return (isinstance(row, list) and len(row) == 2 and isinstance(row[0], list)
+            and len(row[0]) == len(sizes) and whole(row[1]) and row[1] >= 1
+            and all(whole(c) and 0 <= c < n for c, n in zip(row[0], sizes, strict=True)))
+
+
 def check_sizes(directory: Path, state: dict[str, torch.Tensor],
                 expected: dict[str, tuple[int, str, str]]) -> None:  # fmt: skip
     """Refuse weights whose first dimension disagrees with a file of the same save:

@@ -14,7 +14,7 @@ from ..config_rules import from_dict
 from ..errors import CellsynthError, ModelFileError
 from ._count_files import read_tensors
 from ._design import Design
-from ._model_dir import misfit_weights, saved_settings, setting
+from ._model_dir import misfit_weights, read_design, saved_settings, setting
 
 
 def import_scvi() -> Any:
@@ -32,7 +32,7 @@ def import_scvi() -> Any:
 def load_design(directory: Path, meta: dict[str, Any], config: ScviConfig,
                  kwargs: dict[str, Any]) -> Design:  # fmt: skip
     """The saved design, checked against the config's covariates and the decoder's inputs."""
-    design = Design.from_json(meta.get("design"))
+    design = read_design(directory, meta)
     inputs = list(kwargs.get("n_cats_per_cov") or [])  # the decoder's levels per covariate
     if design.keys != list(config.covariates) or inputs != design.n_levels:
         raise ModelFileError(f"{directory / 'config.json'}: the covariate design, "

@@ -497,7 +497,7 @@ class CVAE(GenerationMixin, DesignRequests):
             raise ModelFileError(f"cannot load {directory}: {exc}") from None
         model.labels, model.genes = list(labels), list(genes)
         model.gene_annotation = md.read_annotation(directory, model.genes)
-        model.design = Design.from_json(meta.get("design"))
+        model.design = md.read_design(directory, meta)
         if model.design.keys != list(config.covariates):
             raise ModelFileError(f"{directory}: config.json's covariates and design disagree; "
                                  "the file was edited: save the model again")

@@ -63,6 +63,7 @@ from ._design import Design, DesignRequests
 from ._draws import nb_csr
 from ._model_dir import (
     read_annotation,
+    read_design,
     saved_label_key,
     saved_settings,
     saves_whole,
@@ -429,7 +430,7 @@ class NegBinBaseline(DesignRequests):
                            params: dict[str, np.ndarray],
                            extra: dict[str, np.ndarray]) -> None:  # fmt: skip
         """Read the design and the fitted combinations, checked against each other."""
-        self.design = Design.from_json(meta.get("design"))
+        self.design = read_design(directory, meta)
         combos = meta.get("combinations")
         mu, theta = params.get("combo_mu"), params.get("combo_theta")
         lib, off = extra.get("combo_libraries"), extra.get("combo_offsets")
