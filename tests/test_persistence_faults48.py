@@ -239,3 +239,31 @@ def test_a_model_with_covariates_saved_unchanged_still_loads_and_generates(saved
     model = cs.load_model(saved("nb-condition"))
     cells = model.sample({"B cells": 6}, seed=0, where={"condition": "stim"})
     assert list(cells.obs["condition"].unique()) == ["stim"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference model's PCA
+
+
+@pytest.mark.parametrize("damage", ["genes_not_a_list", "loadings_of_one_axis", "no_loadings"])
+def test_a_damaged_pca_of_a_reference_save_is_one_line(saved, tmp_path, damage) -> None:
+    """A pca/genes.json holding a number raised TypeError (object of type 'int' has no len()),
+    loadings of one axis IndexError: tracebacks from `cellsynth generate`."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from cellsynth.models.seed_counts import SeedGenerator
+
+    bad = edited(saved("reference"), tmp_path, lambda meta: None)
+    if damage == "genes_not_a_list":
+        (bad / "pca" / "genes.json").write_text("3")
+    else:
+        tensors = dict(load_file(str(bad / "pca" / "pca.safetensors")))
+        if damage == "no_loadings":
+            del tensors["components"]
+        else:
+            tensors["components"] = np.ascontiguousarray(tensors["components"][0])
+        save_file(tensors, str(bad / "pca" / "pca.safetensors"))
+    for load in (cs.load_model, SeedGenerator.load):
+        one_line(lambda load=load: load(bad), "pca holds no readable PCA",
+                 "copy the whole directory from the same save, or fit the model again")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..config import FeaturesConfig
@@ -145,15 +146,29 @@ class PCAModel:
         (directory / "genes.json").write_text(json.dumps(self.genes))
 
     @classmethod
-    def load(cls, directory: str | Path) -> PCAModel:
+    def load(cls, directory: str | Path, fix: str = "re-run the features stage") -> PCAModel:
+        """Read :meth:`save`'s files, checked: a missing, damaged or edited one (loadings of
+        another shape, a genes.json that is no list of names) is one :class:`ModelFileError`
+        that names it and says ``fix``."""
         directory = Path(directory)
         for name in ("pca.safetensors", "genes.json"):
             if not (directory / name).is_file():
-                raise ModelFileError(f"{directory / name} is missing; re-run the features stage")
-        t = load_file(str(directory / "pca.safetensors"))
-        genes = json.loads((directory / "genes.json").read_text())
-        if t["components"].shape[1] != len(genes):
-            raise ModelFileError(f"{directory}: genes.json does not match the PCA loadings")
+                raise ModelFileError(f"{directory / name} is missing; {fix}")
+        try:
+            t = load_file(str(directory / "pca.safetensors"))
+            genes = json.loads((directory / "genes.json").read_text())
+            if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+                raise ValueError("genes.json must hold a list of gene names")
+            w, n = t["components"], len(genes)
+            if (w.ndim != 2 or w.shape[1] != n or t["mean"].shape != (n,)
+                    or any(t[k].shape != (w.shape[0],)
+                           for k in ("explained_variance", "explained_variance_ratio"))
+                    or t.get("scale", np.ones(n)).shape != (n,)):  # fmt: skip
+                raise ValueError(f"the arrays of pca.safetensors do not fit the {n} genes of "
+                                 "genes.json")
+        except (SafetensorError, KeyError, ValueError) as exc:  # JSON's and Unicode's too
+            why = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ModelFileError(f"{directory} holds no readable PCA ({why}); {fix}") from None
         return cls(t["components"], t["mean"], t.get("scale"), t["explained_variance"],
                    t["explained_variance_ratio"], genes)
 

@@ -29,7 +29,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from safetensors import SafetensorError
 
 from ..checksums import verify_checksums, write_checksums
 from ..config import FeaturesConfig, SeedVAEConfig
@@ -276,16 +275,8 @@ class SeedGenerator:
             _check_settings(None, features, target_sum)
         libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
         vae = SeedCVAE.load(directory / "vae", device=device)
-        for name in ("pca.safetensors", "genes.json"):  # PCAModel.load's own says: a run's stage
-            if not (directory / "pca" / name).is_file():
-                raise ModelFileError(f"{directory / 'pca' / name} is missing; {directory} is not "
-                                     "a complete reference save: copy the whole directory or "
-                                     "fit again")
-        try:
-            pca = PCAModel.load(directory / "pca")
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
-            raise ModelFileError(f"{directory / 'pca'} cannot be read ({exc}); restore it from "
-                                 "the same save, or fit the model again") from None
+        pca = PCAModel.load(directory / "pca", fix=f"{directory} is not a complete reference "
+                            "save: copy the whole directory from the same save, or fit the model again")
         if vae.labels != labels or pca.genes != genes or vae.n_input != pca.n_components:
             raise ModelFileError(
                 f"the parts of {directory} disagree (labels, genes or PCA size differ between "
