@@ -267,3 +267,37 @@ def test_a_damaged_pca_of_a_reference_save_is_one_line(saved, tmp_path, damage) 
     for load in (cs.load_model, SeedGenerator.load):
         one_line(lambda load=load: load(bad), "pca holds no readable PCA",
                  "copy the whole directory from the same save, or fit the model again")
+
+
+# ---------------------------------------------------------------------------------------------
+# a file of a save missing, cut short or replaced by another model's
+
+
+def test_a_config_json_of_another_model_is_named_not_the_file_that_kind_lacks(saved,
+                                                                             tmp_path) -> None:
+    """An nb save given a cvae's config.json said 'weights.safetensors is missing; ... not a
+    complete CVAE save', an nb save given a reference's 'vae does not exist; give the folder
+    that fit or save wrote': the file that differs is config.json."""
+    for other in ("cvae", "reference"):
+        mixed = tmp_path / f"nb_with_{other}_config"
+        shutil.copytree(saved("nb"), mixed)
+        shutil.copy(saved(other) / "config.json", mixed / "config.json")
+        one_line(lambda m=mixed: cs.load_model(m), "config.json changed after the model was saved")
+
+
+def test_a_part_of_a_save_that_is_missing_or_cut_short_says_to_copy_it_again(saved,
+                                                                            tmp_path) -> None:
+    """Without checksums to name the file: 'params.safetensors cannot be read: Error while
+    deserializing header: header too small', 'vae does not exist; give the folder that fit or
+    save wrote' (a part of the save, not a folder given), no fix."""
+    cut = edited(saved("nb"), tmp_path, lambda meta: None)
+    (cut / "params.safetensors").write_bytes((cut / "params.safetensors").read_bytes()[:40])
+    one_line(lambda: cs.load_model(cut), "params.safetensors cannot be read",
+             "the file is damaged or cut short; copy it again from the same save, or fit")
+    no_vae = edited(saved("reference"), tmp_path, lambda meta: None)
+    shutil.rmtree(no_vae / "vae")
+    one_line(lambda: cs.load_model(no_vae), "vae is missing", "not a complete reference save: "
+             "copy the whole directory from the same save, or fit the model again")
+    (no_vae / "config.json").write_text("{")
+    one_line(lambda: cs.load_model(no_vae), "config.json is corrupt",
+             "restore it from the same save, or fit the model again")

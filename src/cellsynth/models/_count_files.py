@@ -17,7 +17,15 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import DataError, ModelFileError
 from ..outputs import save_tensors
-from ._model_dir import annotation_files, check_format, check_kind, json_file, model_directory
+from ._model_dir import (
+    annotation_files,
+    check_format,
+    check_kind,
+    json_file,
+    missing_file,
+    model_directory,
+    unreadable_file,
+)
 from ._training import package_version
 from .base import fit_labels, split_masks
 
@@ -74,11 +82,11 @@ def load_libraries(path: Path, n_labels: int) -> tuple[list[np.ndarray], dict[st
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """A safetensors file as numpy arrays; :class:`ModelFileError` when missing or corrupt."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing; {path.parent} is not a complete model save")
+        raise missing_file(path, path.parent)
     try:
         return dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path} cannot be read: {exc}") from None
+        raise unreadable_file(path, path.parent, exc) from None
 
 
 def write_meta(directory: Path, meta: dict[str, Any], labels: list[str], genes: list[str],
@@ -109,7 +117,7 @@ def read_meta(
     for name in ("config.json", "labels.json", "genes.json"):
         path = directory / name
         if not path.is_file():
-            raise ModelFileError(f"{path} is missing; {directory} is not a complete {model} save")
+            raise missing_file(path, directory, model)
         out.append(json_file(path))
     meta, labels, genes = out
     if not isinstance(meta, dict) or meta.get("model") not in names:

@@ -216,9 +216,7 @@ def load_model_dir(
     check_kind(directory, model)
     for name in MODEL_FILES.values():
         if not (directory / name).is_file():
-            raise ModelFileError(
-                f"{directory / name} is missing; {directory} is not a complete {model} save"
-            )
+            raise missing_file(directory / name, directory, model)
     meta, labels = (json_file(directory / MODEL_FILES[k]) for k in ("config", "labels"))
     hist_path = directory / HISTORY_FILE
     history = json_file(hist_path) if hist_path.is_file() else {}
@@ -239,11 +237,8 @@ def load_model_dir(
         )
     try:
         state = load_file(str(directory / MODEL_FILES["weights"]))
-    except (SafetensorError, OSError) as exc:
-        verify_checksums(directory)  # a file replaced after saving says so, not "header too large"
-        raise ModelFileError(
-            f"{directory / MODEL_FILES['weights']} cannot be read: {exc}"
-        ) from None
+    except (SafetensorError, OSError) as exc:  # a file replaced after saving says so first
+        raise unreadable_file(directory / MODEL_FILES["weights"], directory, exc) from None
     verify_checksums(directory)  # after the checks that name a corrupt file's fault
     bad = _non_finite(state)
     if bad:
@@ -274,6 +269,25 @@ def check_format(directory: Path, meta: dict[str, Any], format_version: int) -> 
                          f"version {format_version}: {how}")
 
 
+def missing_file(path: Path, directory: Path, model: str = "model") -> ModelFileError:
+    """The error for ``path``, a file of the save in ``directory`` that is not there: its
+    ``checksums.json`` read first where it has one (a ``config.json`` replaced by another
+    model's names itself, not the file its model kind lacks), else one line with the fix."""
+    if (directory / CHECKSUMS_FILE).is_file():
+        verify_checksums(directory)
+    return ModelFileError(f"{path} is missing; {directory} is not a complete {model} save: "
+                          "copy the whole directory from the same save, or fit the model again")
+
+
+def unreadable_file(path: Path, directory: Path, exc: BaseException) -> ModelFileError:
+    """The error for ``path``, a file of the save in ``directory`` that cannot be read
+    (safetensors' ``header too small``): its checksums read first, as :func:`missing_file`."""
+    if (directory / CHECKSUMS_FILE).is_file():
+        verify_checksums(directory)
+    return ModelFileError(f"{path} cannot be read ({exc}): the file is damaged or cut short; "
+                          "copy it again from the same save, or fit the model again")
+
+
 def json_file(path: Path) -> Any:
     """The contents of one of a model's JSON files; a corrupt one is named."""
     try:
@@ -302,7 +316,7 @@ def check_kind(directory: Path, model: str, names: set[str] | None = None) -> No
 def read_genes(path: Path, directory: Path) -> list[str]:
     """The gene list a model directory holds (``genes.json``), checked."""
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing; {directory} is not a complete model save")
+        raise missing_file(path, directory)
     genes = json_file(path)
     if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
         raise ModelFileError(f"{path} must hold a list of gene names")

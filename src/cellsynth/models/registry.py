@@ -87,17 +87,22 @@ def load_generator(directory: str | Path) -> Generator:
         if not run.exists():  # not a damaged save: nothing is there
             raise ModelFileError(f"{directory} does not exist; give the model directory that "
                                  "cellsynth fit (or a run's generator/) wrote")
-        raise ModelFileError(f"{path} is missing; {directory} is not a saved generator")
+        raise ModelFileError(f"{path} is missing; {directory} is not a saved generator: give the "
+                             "directory that cellsynth fit (or a run's generator/) wrote, or "
+                             "copy the whole directory again")
     try:
         model = json.loads(path.read_text()).get("model")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ModelFileError(f"{path} is corrupt: {exc}") from None
+        raise ModelFileError(f"{path} is corrupt ({exc}): restore it from the same save, or fit "
+                             "the model again") from None
     name = _name_of(model)
     if name is None:
         refuse_pca_space(directory, model)
         raise ModelFileError(
-            f"{path} names the model {model!r}, which is not a generator; "
-            f"known: {', '.join(GENERATORS)}"
+            f"{path} names the model {model!r}, which is not a generator cellsynth saves "
+            f"(known: {', '.join(GENERATORS)}): give a directory that cellsynth fit or a save "
+            "wrote, or, if this is one and its config.json was edited, restore the file from "
+            "the same save"
         )
     _warn_earlier_run(directory)
     return get_generator(name).load(directory)

@@ -49,7 +49,7 @@ from ._count_files import (
     write_meta,
 )
 from ._design import Design
-from ._model_dir import saved_label_key, saved_settings, saves_whole, setting
+from ._model_dir import missing_file, saved_label_key, saved_settings, saves_whole, setting
 from .base import (
     check_library_memory,
     fit_labels,
@@ -274,6 +274,8 @@ class SeedGenerator:
             target_sum = float(setting(meta, "config.target_sum", float))
             _check_settings(None, features, target_sum)
         libraries, _ = load_libraries(directory / "libraries.safetensors", len(labels))
+        if not (directory / "vae").is_dir():  # a part of this save, not a folder given
+            raise missing_file(directory / "vae", directory, "reference")
         vae = SeedCVAE.load(directory / "vae", device=device)
         pca = PCAModel.load(directory / "pca", fix=f"{directory} is not a complete reference "
                             "save: copy the whole directory from the same save, or fit the model again")
