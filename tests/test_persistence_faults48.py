@@ -301,3 +301,30 @@ def test_a_part_of_a_save_that_is_missing_or_cut_short_says_to_copy_it_again(sav
     (no_vae / "config.json").write_text("{")
     one_line(lambda: cs.load_model(no_vae), "config.json is corrupt",
              "restore it from the same save, or fit the model again")
+
+
+# ---------------------------------------------------------------------------------------------
+# means no count can have
+
+
+def test_generating_from_means_beyond_any_count_stops_with_one_line_not_a_hang(saved,
+                                                                              tmp_path) -> None:
+    """An nb save whose params.safetensors held means of 1e30 (damaged, or edited, checksums
+    gone) loaded, and `cellsynth generate` then never ended: the sampler's Poisson steps loop
+    for such means. Run apart, so that the hang this guards against fails the test in time."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    bad = edited(saved("nb"), tmp_path, lambda meta: None)
+    params = dict(load_file(str(bad / "params.safetensors")))
+    params["mu"] = np.full_like(params["mu"], 1e30)
+    save_file(params, str(bad / "params.safetensors"))
+    done = subprocess.run([sys.executable, "-m", "cellsynth", "generate", str(bad),
+                           "--n-per-type", "2", "--out", str(tmp_path / "x.h5ad"), "--quiet"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "mean counts reach" in done.stderr and "fit it again" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x.h5ad").exists()

@@ -97,6 +97,11 @@ class _Noise:
         return torch.from_numpy(out)
 
 
+#: the largest mean count a draw takes: a gene of a cell beyond it is no count (a cell holds
+#: at most millions), and the sampler's Poisson steps never end for means near 1e30
+MAX_MEAN = 1e12
+
+
 def nb_csr(
     rng: np.random.Generator,
     mu: torch.Tensor,
@@ -135,6 +140,12 @@ def nb_csr_seeded(seed: int | np.ndarray, mu: torch.Tensor, theta: torch.Tensor,
     generator): the same counts for the same seed and means. On the CPU's kernel ``seed`` may
     be one per cell (``(n,)``, runs of one seed: the cells of one call per run, drawn in one)."""
     n, n_genes = mu.shape
+    top = float(mu.max()) if mu.numel() else 0.0
+    if top > MAX_MEAN:  # the draws of such means never end (nor would they be counts)
+        raise CellsynthError(f"the model's mean counts reach {top:.3g} in a gene of a cell, far "
+                             f"beyond any count (at most {MAX_MEAN:.0e}): its parameters are "
+                             "damaged, edited or from a fit that diverged; restore the model "
+                             "from its save, or fit it again")
     engine = engine or ("kernel" if mu.device.type == "cpu" else "torch")
     if np.ndim(seed) and engine != "kernel":
         raise ValueError("a seed per cell is for the CPU's kernel; draw each run apart")
