@@ -328,3 +328,23 @@ def test_generating_from_means_beyond_any_count_stops_with_one_line_not_a_hang(s
     assert done.returncode == 2, done.stderr
     assert "mean counts reach" in done.stderr and "fit it again" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "x.h5ad").exists()
+
+
+@pytest.mark.parametrize(("kind", "file", "key", "said"), [
+    ("reference", "libraries.safetensors", "libraries", "library sizes that are no cell's"),
+    ("scvi", "latent.safetensors", "cov", "latent covariance of 'B cells' that is no covariance"),
+])
+def test_damaged_arrays_of_a_save_are_refused_at_load_not_a_traceback_at_generation(
+        saved, tmp_path, kind, file, key, said) -> None:  # fmt: skip
+    """Library sizes of 1e30 loaded, and generation raised numpy's ValueError ('lam value too
+    large'); a latent covariance of 1e30 everywhere, numpy's LinAlgError (not positive
+    definite)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    bad = edited(saved(kind), tmp_path, lambda meta: None)
+    tensors = dict(load_file(str(bad / file)))
+    tensors[key] = np.full_like(tensors[key], 1e30)
+    save_file(tensors, str(bad / file))
+    one_line(lambda: cs.load_model(bad), said, "restore it from the same save, or fit the "
+             "model again")

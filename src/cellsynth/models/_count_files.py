@@ -17,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import DataError, ModelFileError
 from ..outputs import save_tensors
+from ._draws import MAX_MEAN
 from ._model_dir import (
     annotation_files,
     check_format,
@@ -76,6 +77,10 @@ def load_libraries(path: Path, n_labels: int) -> tuple[list[np.ndarray], dict[st
             f"{path} does not hold library sizes for the {n_labels} cell types in labels.json; "
             "the files come from different models"
         )
+    if not (np.isfinite(lib).all() and (lib >= 0).all() and (lib <= MAX_MEAN).all()):
+        raise ModelFileError(f"{path} holds library sizes that are no cell's total count "
+                             f"(negative, not finite or over {MAX_MEAN:.0e}): the file was damaged "
+                             "or edited; restore it from the same save, or fit the model again")
     return [lib[off[k] : off[k + 1]] for k in range(n_labels)], tensors
 
 

@@ -450,6 +450,15 @@ class ScviGenerator(DesignRequests):
                 f"{directory / 'latent.safetensors'} does not match {len(labels)} "
                 f"types and n_latent={d}; the files come from different models"
             )
+        for k, cov in enumerate(latent["cov"].astype(np.float64)):  # sampling factors each one
+            try:
+                np.linalg.cholesky(cov + JITTER * np.eye(d))
+            except np.linalg.LinAlgError:
+                raise ModelFileError(f"{directory / 'latent.safetensors'} holds a latent "
+                                     f"covariance of {labels[k]!r} that is no covariance (not "
+                                     "positive definite): the file was damaged or edited; "
+                                     "restore it from the same save, or fit the model "
+                                     "again") from None
         model = cls(config=config)
         model.module = load_module(scvi, kwargs, state, directory)
         model.module_kwargs, model.labels, model.genes = kwargs, labels, genes
