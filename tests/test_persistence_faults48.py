@@ -348,3 +348,16 @@ def test_damaged_arrays_of_a_save_are_refused_at_load_not_a_traceback_at_generat
     save_file(tensors, str(bad / file))
     one_line(lambda: cs.load_model(bad), said, "restore it from the same save, or fit the "
              "model again")
+
+
+def test_invalid_nb_parameters_say_what_is_wrong_and_how_to_mend_it(saved, tmp_path) -> None:
+    """The message was only 'params.safetensors holds invalid values'."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    bad = edited(saved("nb"), tmp_path, lambda meta: None)
+    params = dict(load_file(str(bad / "params.safetensors")))
+    params["theta"] = np.zeros_like(params["theta"])
+    save_file(params, str(bad / "params.safetensors"))
+    one_line(lambda: cs.load_model(bad), "dispersions not above 0",
+             "restore it from the same save, or fit the model again")

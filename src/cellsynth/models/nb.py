@@ -409,7 +409,10 @@ class NegBinBaseline(DesignRequests):
         thetas = [params[k] for k in ("theta", "combo_theta") if k in params]
         if not (all(np.isfinite(m).all() and (m >= 0).all() for m in means)
                 and all((t > 0).all() for t in thetas)):  # fmt: skip
-            raise ModelFileError(f"{directory / 'params.safetensors'} holds invalid values")
+            raise ModelFileError(f"{directory / 'params.safetensors'} holds invalid values (means "
+                                 "negative or not finite, or dispersions not above 0): the file "
+                                 "was damaged or edited; restore it from the same save, or fit "
+                                 "the model again")
         libraries, extra = load_libraries(directory / "libraries.safetensors", len(labels))
         with saved_settings(directory):  # its own checks: true is no max_theta
             config = setting(meta, "config") if meta.get("config") is not None else {}
