@@ -71,12 +71,40 @@ def gene_annotation(var: pd.DataFrame, genes: Any | None = None) -> pd.DataFrame
     return out
 
 
+#: ``counts_var``'s ``attrs`` key: the columns of a raw.X's var taken from ``adata.var``
+FROM_VAR = "cellsynth_from_var"
+
+
+def counts_var(data: Any, counts: str | None) -> pd.DataFrame | None:
+    """The ``var`` describing the genes of the counts a reader found (``counts``), as an
+    AnnData or an open h5ad holds it; None where there is none. For counts in ``raw.X``,
+    ``raw.var``, with the columns of ``var`` that it lacks beside the genes both hold (a raw
+    frozen from a counts AnnData has no ``feature_name``, while ``var`` beside it, over the same
+    genes, has: the symbols of Ensembl IDs), named in ``attrs[FROM_VAR]``."""
+    var = getattr(data, "var", None)
+    if counts != "raw.X":
+        return var if isinstance(var, pd.DataFrame) else None
+    own = getattr(getattr(data, "raw", None), "var", None)
+    if not isinstance(own, pd.DataFrame):
+        return None
+    extra = [c for c in var.columns if c not in own.columns] \
+        if isinstance(var, pd.DataFrame) else []
+    if not extra:
+        return own
+    index = pd.Index(map(str, own.index))
+    beside = var[extra].set_axis(pd.Index(map(str, var.index)), axis=0)
+    beside = beside[~beside.index.duplicated()].reindex(index).set_axis(own.index, axis=0)
+    out = pd.concat([own, beside], axis=1)
+    out.attrs[FROM_VAR] = tuple(extra)
+    return out
+
+
 def source_annotation(data: Any, counts: str | None, genes: Any) -> pd.DataFrame | None:
-    """:func:`gene_annotation` of the ``var`` beside the counts a reader found (``counts``:
-    ``"raw.X"`` reads ``raw.var``), for ``genes``; None where there is no ``var``."""
-    raw = getattr(data, "raw", None)
-    var = getattr(raw, "var", None) if counts == "raw.X" else getattr(data, "var", None)
-    return gene_annotation(var, genes) if isinstance(var, pd.DataFrame) else None
+    """:func:`gene_annotation` of the ``var`` beside the counts a reader found
+    (:func:`counts_var`: ``"raw.X"`` reads ``raw.var``, and ``var``'s columns it lacks), for
+    ``genes``; None where there is no ``var``."""
+    var = counts_var(data, counts)
+    return gene_annotation(var, genes) if var is not None else None
 
 
 def annotated_var(genes: Any, annotation: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -106,14 +134,36 @@ def naming_column(var: Any, genes: Any, other: Any) -> tuple[str, int] | None:
     return None
 
 
-def naming_hint(var: Any, genes: Any, other: Any, side: str, other_side: str) -> str:
+def naming_hint(var: Any, genes: Any, other: Any, side: str, other_side: str, *,
+                raw: bool = False) -> str:
     """``", but ..."``: the fix where :func:`naming_column` finds the column naming ``side``'s
-    genes as ``other_side`` names its own; else ""."""
+    genes as ``other_side`` names its own; else "". ``raw``: ``genes`` are those of counts in
+    ``raw.X`` (``var``: :func:`counts_var`'s), which renaming ``adata.var_names`` leaves as
+    they are: the fix renames raw's."""
     found = naming_column(var, genes, other)
     if found is None:
         return ""
     col, hits = found
+    if raw:
+        own = col not in var.attrs.get(FROM_VAR, ())
+        where = "raw.var" if own else "var"
+        names = (f"raw.var[{col!r}].astype(str)" if own else f"adata.var[{col!r}].astype(str)"
+                 ".reindex(raw.var_names).fillna(raw.var_names.to_series())")
+        return (f", but the {side} data's {where}[{col!r}] holds {hits:,} of the "
+                f"{len(other):,} {other_side} gene names (the genes of its counts, in raw.X, are "
+                f"{listed(list(genes)[:2], 2, quote=True)}, ...): name raw's genes by it (raw "
+                f"= adata.raw.to_adata(); raw.var_names = {names}; "
+                "raw.var_names_make_unique(); adata.raw = raw, then write the file again, for a "
+                "file)")
     return (f", but the {side} data's var[{col!r}] holds {hits:,} of the {len(other):,} "
             f"{other_side} gene names (its var_names are {listed(list(genes)[:2], 2, quote=True)}"
             f", ...): name the {side} genes by it (adata.var_names = adata.var[{col!r}]"
             ".astype(str); adata.var_names_make_unique(), then write the file again, for a file)")
+
+
+def counts_naming_hint(data: Any, counts: str | None, genes: Any, other: Any, side: str,
+                       other_side: str) -> str:
+    """:func:`naming_hint` for the counts ``data`` holds in ``counts`` (``"raw.X"``: raw's
+    genes and :func:`counts_var`, whose fix renames raw's)."""
+    return naming_hint(counts_var(data, counts), genes, other, side, other_side,
+                       raw=counts == "raw.X")

@@ -21,7 +21,7 @@ from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
 from ._qc_columns import check_qc_columns, doublets, iqr_inliers, mito_spelling, qc_column
 from .csr import cells_per_gene, genes_per_cell
-from .genes import annotated_var, source_annotation
+from .genes import annotated_var, counts_var, source_annotation
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts
 from .labels import check_label, missing_labels, warn_other_case_prefixes
@@ -160,10 +160,9 @@ SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_symbol", "gene_name", "s
 
 def gene_symbols(data: Any, counts: str | None) -> pd.Series | None:
     """The gene symbols beside the genes of the counts in ``counts`` (``"raw.X"``: raw's
-    ``var``), from the first of :data:`SYMBOL_COLUMNS` there; None without one."""
-    raw = getattr(data, "raw", None)
-    var = getattr(raw, "var", None) if counts == "raw.X" else getattr(data, "var", None)
-    if not isinstance(var, pd.DataFrame):
+    ``var``, or ``var``'s where raw's has none: :func:`~cellsynth.data.genes.counts_var`), from the first of :data:`SYMBOL_COLUMNS` there; None without one."""
+    var = counts_var(data, counts)
+    if var is None:
         return None
     column = next((c for c in SYMBOL_COLUMNS if c in var.columns), None)
     return None if column is None else var[column].rename(column)
@@ -185,7 +184,8 @@ def mito_genes(genes: pd.Index, symbols: pd.Series | None = None) -> np.ndarray:
     if not idx.size:
         ids = pd.Index(genes).astype(str).str.match(r"ENS[A-Z]*G\d").mean() > 0.5
         hint = (": the gene names look like Ensembl IDs; put symbols in a var column named "
-                f"one of {', '.join(SYMBOL_COLUMNS)} (or set adata.var_names to them), or give "
+                f"one of {', '.join(SYMBOL_COLUMNS)} (or name the genes of the counts by "
+                "them), or give "
                 "a per-cell mitochondrial fraction in obs (dataset.mito_key)") if ids else \
             mito_spelling(genes if symbols is None else [*genes, *symbols])
         logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for "

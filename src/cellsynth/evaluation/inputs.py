@@ -138,9 +138,9 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
 
 def _var_of(data: Any, where: str | None) -> pd.DataFrame | None:
     """The ``var`` describing the genes of the counts in ``where`` (``raw.var`` for raw.X)."""
-    var = getattr(getattr(data, "raw", None), "var", None) if where == "raw.X" else \
-        getattr(data, "var", None)
-    return var if isinstance(var, pd.DataFrame) else None
+    from ..data.genes import counts_var
+
+    return counts_var(data, where)
 
 
 def _known_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,8 +269,9 @@ def _named_in_var(r: _Sample, s: _Sample) -> str:
     symbols beside Ensembl IDs), which column, with the fix; else ""."""
     from ..data.genes import naming_hint
 
-    return (naming_hint(r.var, r.genes, s.genes, "real", "synthetic")
-            or naming_hint(s.var, s.genes, r.genes, "synthetic", "real"))
+    return (naming_hint(r.var, r.genes, s.genes, "real", "synthetic", raw=r.where == "raw.X")
+            or naming_hint(s.var, s.genes, r.genes, "synthetic", "real",
+                           raw=s.where == "raw.X"))
 
 
 def _shared_genes(r: _Sample, s: _Sample) -> list[str]:

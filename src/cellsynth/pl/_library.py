@@ -39,7 +39,7 @@ MAX_BOX_TYPES = 60
 
 def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
     """``adata``'s raw counts (``X``, ``layers['counts']`` or ``raw.X``), their gene names and
-    ``var`` (``raw.var`` for ``raw.X``)."""
+    where they were found."""
     from ..data.io import counts_matrix, find_counts
 
     need_cells(adata, what)
@@ -61,7 +61,7 @@ def _counts(adata: ad.AnnData, what: str) -> tuple[Any, list[str], Any]:
 
     # a name twice or blank: its genes were summed or left out by name without a word
     check_gene_names(genes, what, raw=expr.counts == "raw.X")
-    return x, list(map(str, genes)), adata.raw.var if expr.counts == "raw.X" else adata.var
+    return x, list(map(str, genes)), expr.counts
 
 
 def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
@@ -76,10 +76,10 @@ def _totals(real: ad.AnnData, synthetic: ad.AnnData) -> tuple[np.ndarray, np.nda
             raise DataError(f"the {side} data hold no gene (var_names is empty): library sizes "
                             "are counts per cell over its genes; give the cells with their genes")
     if not shared:
-        from ..data.genes import naming_hint
+        from ..data.genes import counts_naming_hint
 
-        hint = (naming_hint(vr, gr, gs, "real", "synthetic")
-                or naming_hint(vs, gs, gr, "synthetic", "real"))
+        hint = (counts_naming_hint(real, vr, gr, gs, "real", "synthetic")
+                or counts_naming_hint(synthetic, vs, gs, gr, "synthetic", "real"))
         raise DataError(f"the real and synthetic cells share no gene name{hint}; library sizes "
                         "are compared over the genes both hold: give both sides the same gene "
                         "names (var_names)")

@@ -164,14 +164,12 @@ def _embed(real: ad.AnnData, synthetic: ad.AnnData, label_key: str, n_per_type: 
         raise DataError(f"the cells hold {len(genes)} gene(s) (var_names); a UMAP needs at least "
                         "3 genes: give the cells' whole gene set (or more of it)")
     if len(genes) < 3:
-        from ..data.genes import naming_hint
+        from ..data.genes import counts_naming_hint
+        from ..data.io import find_counts
 
-        def var(adata: ad.AnnData, names: list[str]) -> pd.DataFrame | None:  # raw.X: raw.var
-            return adata.var if list(adata.var_names) == names else getattr(adata.raw, "var", None)
-
-        var_r, var_s = var(real, gr), var(synthetic, gs)
-        hint = (naming_hint(var_r, gr, gs, "real", "synthetic")
-                or naming_hint(var_s, gs, gr, "synthetic", "real"))
+        hint = (counts_naming_hint(real, find_counts(real).counts, gr, gs, "real", "synthetic")
+                or counts_naming_hint(synthetic, find_counts(synthetic).counts, gs, gr,
+                                      "synthetic", "real"))
         raise DataError(f"the real and synthetic cells share {len(genes)} gene name(s){hint}; "
                         "a UMAP needs the same genes (var_names) on both sides")
     xr = xr[:, pd.Index(gr).get_indexer(genes)]

@@ -1,0 +1,82 @@
+"""Real public h5ad layouts as users download them (session 48's sweep): a CELLxGENE file
+(log-normalised X, counts in raw.X, Ensembl IDs with symbols in var['feature_name']), counts
+in a layer, Expression Atlas columns, unannotated cells, through fit, run, evaluate and the
+Python API. Each test fails without its fix."""
+
+from __future__ import annotations
+
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import cellsynth as cs
+from cellsynth.config import RunConfig
+from cellsynth.data.qc import preprocess
+from cellsynth.errors import DataError
+
+
+def _atlas(n: int = 80, genes: int = 120, seed: int = 0) -> ad.AnnData:
+    """Poisson counts of two types (CSR) named by symbols, the first three mitochondrial."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["B cell", "T cell"], n // 2)
+    means = rng.gamma(1.0, 2.0, size=(2, genes)) + 0.5
+    x = rng.poisson(means[(labels == "T cell").astype(int)]).astype(np.float32)
+    symbols = [f"MT-CO{j + 1}" if j < 3 else f"GENE{j}" for j in range(genes)]
+    obs = pd.DataFrame({"cell_type": pd.Categorical(labels)},
+                       index=[f"cell{seed}_{i}" for i in range(n)])
+    return ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=symbols))
+
+
+def _lognorm(x: sp.csr_matrix) -> sp.csr_matrix:
+    x = sp.csr_matrix(x, dtype=np.float64)
+    x = sp.diags(1e4 / np.maximum(np.asarray(x.sum(1)).ravel(), 1)) @ x
+    x.data = np.log1p(x.data)
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def _cellxgene(a: ad.AnnData, raw_symbols: bool) -> ad.AnnData:
+    """``a`` as CELLxGENE serves it: X log-normalised, the counts in raw.X, Ensembl IDs as
+    var_names, the symbols in var['feature_name'] (and in raw.var's, with ``raw_symbols``;
+    a raw frozen from a counts AnnData has none), unused categories among the cell types."""
+    ids = [f"ENSG{j:011d}" for j in range(a.n_vars)]
+    symbols = pd.Categorical(a.var_names.astype(str))
+    raw_var = pd.DataFrame({"feature_name": symbols} if raw_symbols else {}, index=ids)
+    out = ad.AnnData(_lognorm(a.X), obs=a.obs.copy(),
+                     var=pd.DataFrame({"feature_name": symbols}, index=ids))
+    out.raw = ad.AnnData(a.X.copy(), var=raw_var)
+    out.obs["cell_type"] = out.obs["cell_type"].cat.add_categories(["erythrocyte"])
+    return out
+
+
+def test_symbols_beside_raw_counts_are_found_in_var_when_raw_var_has_none() -> None:
+    """CELLxGENE-like file whose raw.var lacks feature_name (var has it, over the same genes):
+    the mitochondrial genes were not found (mito 0 for every cell, with a warning to put the
+    symbols in a var column, where they were), and the preprocessed data lost the symbols."""
+    a = _cellxgene(_atlas(), raw_symbols=False)
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert (out.obs["mito"] > 0).all()
+    assert "feature_name" in out.var.columns
+    assert out.var["feature_name"].astype(str).str.startswith("MT-").sum() == 3
+
+
+@pytest.mark.parametrize("raw_symbols", [True, False])
+def test_the_fix_named_for_symbols_beside_raw_counts_works(raw_symbols: bool) -> None:
+    """Real cells as CELLxGENE serves them against generated cells named by symbols: the
+    error said to set adata.var_names from var['feature_name'], which leaves raw.var_names,
+    the genes of the counts, as they were (the same error again), or gave no fix at all when
+    raw.var had no symbols. Now the fix renames raw's genes, and doing it works."""
+    real, synthetic = _cellxgene(_atlas(seed=0), raw_symbols), _atlas(seed=1)
+    with pytest.raises(DataError, match="name raw's genes by it") as err:
+        cs.evaluate(real, synthetic, label_key="cell_type", gene_repeats=1)
+    fix = re.search(r"\((raw = adata\.raw\.to_adata\(\);.*?), then write", str(err.value))
+    assert fix is not None, str(err.value)
+    adata = real
+    exec(fix.group(1).replace("; ", "\n"), {"adata": adata, "pd": pd})  # the message's fix
+    result = cs.evaluate(adata, synthetic, label_key="cell_type", gene_repeats=1)
+    assert result.verdict["overall"]["verdict"]
