@@ -80,3 +80,49 @@ def test_the_fix_named_for_symbols_beside_raw_counts_works(raw_symbols: bool) ->
     exec(fix.group(1).replace("; ", "\n"), {"adata": adata, "pd": pd})  # the message's fix
     result = cs.evaluate(adata, synthetic, label_key="cell_type", gene_repeats=1)
     assert result.verdict["overall"]["verdict"]
+
+
+def _unannotated(name: str) -> ad.AnnData:
+    """An atlas whose last 20 cells are labelled ``name``, as portals mark unannotated cells."""
+    a = _atlas(90)
+    labels = a.obs["cell_type"].astype(str).to_numpy().copy()
+    labels[-20:] = name
+    a.obs["cell_type"] = pd.Categorical(labels)
+    return a
+
+
+def test_cells_labelled_unknown_are_said_to_be_learned_as_a_type_by_run(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose unannotated cells are labelled 'Unknown' (or 'unassigned'): the run's
+    uninformative labels ('UNKNOWN', matched by case) kept them, and they were learned and
+    generated as a cell type of their own without a word. Now a WARNING says so, with the
+    --set that leaves them out; doing it does."""
+    monkeypatch.setattr("cellsynth.data.labels._UNANNOTATED_WARNED", set())
+    a = _unannotated("Unknown")
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    with caplog.at_level("WARNING"):
+        out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert "Unknown" in set(out.obs["cell_type"].astype(str))  # behaviour unchanged
+    said = re.search(r'20 cells are labelled as having no type.*--set "dataset\.'
+                     r'uninformative_prefixes=(\[.*\])"', caplog.text)
+    assert said is not None, caplog.text
+    cfg.dataset.uninformative_prefixes = eval(said.group(1))  # the list the warning gives
+    out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert "Unknown" not in set(out.obs["cell_type"].astype(str))
+
+
+@pytest.mark.parametrize("name", ["unassigned", "Unclassified_2"])
+def test_cells_labelled_unassigned_are_said_to_be_learned_as_a_type_by_a_fit(
+        name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The same for a fit, in Python and through cellsynth fit's reader: once each."""
+    from cellsynth.cells import for_training
+
+    for fit in (lambda a: cs.NegBinBaseline().fit(a, "cell_type"),
+                lambda a: for_training(a, "cell_type", seed=0)):
+        monkeypatch.setattr("cellsynth.data.labels._UNANNOTATED_WARNED", set())
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            fit(_unannotated(name))
+        assert caplog.text.count("labelled as having no type") == 1, caplog.text
+        assert f"adata = adata[~adata.obs['cell_type'].isin(['{name}'])].copy()" in caplog.text

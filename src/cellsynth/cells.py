@@ -37,7 +37,7 @@ from .data.io import (
     find_counts,
     training_source,
 )
-from .data.labels import MISSING_TEXT, check_label, missing_labels
+from .data.labels import MISSING_TEXT, check_label, missing_labels, warn_unannotated
 from .data.split import split_column, stratified_split
 from .data.store import MatrixRows
 from .data.values import check_libraries, check_values, check_whole, stored_values
@@ -345,6 +345,7 @@ def _training_split(obs: pd.DataFrame, label_key: str, *, seed: int,
                        "and are left out", int(missing.sum()), label_key,
                        ", ".join(map(repr, MISSING_TEXT)))  # fmt: skip
     split = np.where(missing | ~np.isin(split, ["train", "val"]), "none", split)
+    warn_unannotated(obs[label_key].to_numpy()[split != "none"], label_key)
     if not (split == "train").any():
         why = ("every cell lacks a label" if missing.all() else
                f"every cell lacks a label or is in another split than train in obs['{K.SPLIT}']")

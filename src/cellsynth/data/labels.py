@@ -5,6 +5,7 @@ or case (one type split in two)."""
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from typing import Any
 
@@ -28,6 +29,43 @@ def missing_labels(col: pd.Series) -> np.ndarray:
     (:data:`MISSING_TEXT`: a cell type called "nan" is what ``.astype(str)`` makes of NaN)."""
     text = col.astype(object).astype(str).str.strip()
     return col.isna().to_numpy() | text.isin(MISSING_TEXT).to_numpy()
+
+
+#: what portals and annotation tools call cells without a type (casefolded, ``_``/``-`` as
+#: spaces), alone or first in a name: "Unknown", "unassigned", "Unclassified_3"
+UNANNOTATED = ("unknown", "unassigned", "unannotated", "unclassified", "unlabeled",
+               "unlabelled", "undetermined", "not assigned", "no annotation")
+_UNANNOTATED = re.compile(rf"^(?:{'|'.join(UNANNOTATED)})(?:\b|\d|$)")
+_UNANNOTATED_WARNED: set[tuple[str, ...]] = set()
+
+
+def unannotated_names(names: Any) -> list[str]:
+    """The names among ``names`` that say a cell has no type (:data:`UNANNOTATED`)."""
+    text = pd.Series(pd.unique(pd.Series(names, dtype=object).astype(str)), dtype=object)
+    plain = text.str.casefold().str.replace(r"[_\-]+", " ", regex=True).str.strip()
+    return sorted(text[plain.str.contains(_UNANNOTATED)].tolist())
+
+
+def fit_fix(key: str, names: list[str]) -> str:
+    """How to leave the cells of the types ``names`` out of a fit (for
+    :func:`warn_unannotated`)."""
+    return f"drop them first (adata = adata[~adata.obs['{key}'].isin({names!r})].copy())"
+
+
+def warn_unannotated(labels: Any, key: str, fix: Any = fit_fix) -> None:
+    """Warn, once, that cells labelled as having no type ("Unknown", "unassigned") are
+    learned as a cell type of their own, with how many and ``fix(key, names)``, how to leave
+    them out (default: out of a fit, :func:`fit_fix`)."""
+    labels = pd.Series(np.asarray(labels, dtype=object)).astype(str)
+    names = unannotated_names(labels.unique())
+    if not names or (key, *names) in _UNANNOTATED_WARNED:
+        return
+    _UNANNOTATED_WARNED.add((key, *names))  # once: the labels are read at several steps
+    n = labels.value_counts()
+    logger.warning("%s cells are labelled as having no type in obs['%s'] (%s): they are "
+                   "learned as a cell type of their own and generated as one; to leave them "
+                   "out, %s", f"{int(n[names].sum()):,}", key,
+                   listed([f"{t}: {n[t]:,}" for t in names], 6), fix(key, names))
 
 
 def check_label(adata: ad.AnnData, label_key: str) -> None:

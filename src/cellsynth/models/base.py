@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..data.genes import annotated_var, gene_difference
 from ..data.io import check_gene_names, check_shape, training_source
-from ..data.labels import MISSING_TEXT, check_label, missing_labels
+from ..data.labels import MISSING_TEXT, check_label, missing_labels, warn_unannotated
 from ..data.split import split_column, stratified_split
 from ..data.values import check_libraries, check_values, check_whole
 from ..errors import ConfigError, DataError, listed
@@ -238,9 +238,10 @@ def read_rows(obs: pd.DataFrame, label_key: str) -> np.ndarray:
     return np.flatnonzero(rows)
 
 
-def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
+def fit_labels(adata: ad.AnnData, label_key: str, *, fitting: bool = True) -> np.ndarray:
     """The label column as strings, checked to exist, to hold names and to leave no cell
-    without one (a missing label would become a type called "nan")."""
+    without one (a missing label would become a type called "nan"); ``fitting``: a WARNING
+    for names of cells without a type ("Unknown"), which a fit learns as a type."""
     check_label(adata, label_key)
     missing = missing_labels(adata.obs[label_key])
     if missing.any():
@@ -249,7 +250,10 @@ def fit_labels(adata: ad.AnnData, label_key: str) -> np.ndarray:
             f"written as text: {', '.join(map(repr, MISSING_TEXT))}); leave them out first "
             f"(adata = adata[adata.obs['{label_key}'].notna()].copy(), text such as 'nan' "
             "made missing first) or give them a type; cellsynth fit leaves them out itself")
-    return adata.obs[label_key].astype(str).to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    if fitting:
+        warn_unannotated(labels, label_key)
+    return labels
 
 
 def check_genes(model_genes: list[str], adata: ad.AnnData) -> None:

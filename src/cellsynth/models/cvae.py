@@ -417,7 +417,8 @@ class CVAE(GenerationMixin, DesignRequests):
         check_genes(self.genes, adata)
         counts = training_counts(adata)
         y, _ = tr.encode_labels(
-            fit_labels(adata, self.label_key), self.labels, "adata", adata.n_obs, drop_unknown=False
+            fit_labels(adata, self.label_key, fitting=False), self.labels, "adata", adata.n_obs,
+            drop_unknown=False,
         )
         cov = self.design.codes(adata.obs) if self.design else None
         if cov is not None and (cov < 0).any():
