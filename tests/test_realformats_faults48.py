@@ -126,3 +126,24 @@ def test_cells_labelled_unassigned_are_said_to_be_learned_as_a_type_by_a_fit(
             fit(_unannotated(name))
         assert caplog.text.count("labelled as having no type") == 1, caplog.text
         assert f"adata = adata[~adata.obs['cell_type'].isin(['{name}'])].copy()" in caplog.text
+
+
+def test_a_fit_says_once_where_the_user_s_counts_are(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """cellsynth fit on counts in X (or raw.X) said 'training on the raw counts in X', then
+    twice 'in layers/counts', a layer the file does not have (cellsynth's own copy of the
+    cells), and a fit in Python said it twice. Now once, of the user's data."""
+    from cellsynth.pipeline.fit import fit_model
+
+    for data, where in ((_atlas(), "X"), (_cellxgene(_atlas(), raw_symbols=True), "raw.X")):
+        path = tmp_path / f"{where}.h5ad"
+        data.write_h5ad(path)
+        for fit in ("file", "anndata"):
+            caplog.clear()
+            with caplog.at_level("INFO", logger="cellsynth"):
+                if fit == "file":
+                    fit_model(RunConfig(), path, "cell_type", tmp_path / f"m{where}", model="nb")
+                else:
+                    cs.NegBinBaseline().fit(data, "cell_type")
+            said = re.findall(r"training on the raw counts in (\S+)", caplog.text)
+            assert said == [where], caplog.text

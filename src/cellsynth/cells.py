@@ -322,7 +322,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
         logger.info("training on the raw counts in %s (read from disk)", expr.counts)
     else:
         check_shape(source)  # an AnnData: the checks read() gives a file (no cells, names twice)
-        x, genes = training_source(source)
+        x, genes = training_source(source, say=True)
         check_gene_names(genes, raw=not pd.Index(genes).equals(source.var_names))
         x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
     raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)

@@ -345,11 +345,12 @@ def _counts_elsewhere(adata: ad.AnnData) -> Expression | None:
     return None
 
 
-def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
+def training_source(adata: ad.AnnData, *, say: bool = False) -> tuple[Any, pd.Index]:
     """The raw counts a generator trains on, with their genes: where :func:`find_counts` finds
     them, as every command reads them (``layers['counts']`` when it holds counts, else ``X``,
     or ``raw.X`` under a normalised ``X``: scanpy's layout). Raises :class:`DataError` when
-    there are none."""
+    there are none. ``say``: where they are, at INFO (once per fit: where a fit first reads
+    the user's data; the copies cellsynth makes of it, whose counts are in a layer, say nothing)."""
     expr = find_counts(adata)
     if expr.counts is None and "counts" in adata.layers:
         layer = _probe(adata.layers["counts"])
@@ -360,7 +361,8 @@ def training_source(adata: ad.AnnData) -> tuple[Any, pd.Index]:
         raise expr.no_counts("this generator needs raw counts, but X holds normalised values "
                              "and there is no layers['counts'] or raw.X with counts; give the "
                              "unnormalised counts in X, layers['counts'] or raw.X")
-    logger.info("training on the raw counts in %s", expr.counts)
+    logger.log(logging.INFO if say else logging.DEBUG, "training on the raw counts in %s",
+               expr.counts)
     if expr.counts == "raw.X":
         return adata.raw.X, adata.raw.var_names
     if expr.counts == "layers/counts":
