@@ -147,3 +147,26 @@ def test_a_fit_says_once_where_the_user_s_counts_are(
                     cs.NegBinBaseline().fit(data, "cell_type")
             said = re.findall(r"training on the raw counts in (\S+)", caplog.text)
             assert said == [where], caplog.text
+
+
+def test_an_out_of_core_run_on_rows_of_unsorted_genes_writes_a_file_anndata_can_sum(
+        tmp_path) -> None:
+    """A CSR whose rows hold their genes out of order (a file written after reordering its
+    genes, adata[:, order]): out of core, data/preprocessed.h5ad kept them unsorted beside an
+    int64 indptr, and reading it with anndata and calling .X.sum() raised scipy's ValueError
+    'Output dtype not compatible with inputs'. Now each row is written in gene order."""
+    from cellsynth.data.chunked import preprocess_backed
+
+    a = _atlas(90)
+    a = a[:, np.random.default_rng(0).permutation(a.n_vars)].copy()
+    assert not a.X.has_sorted_indices
+    path = tmp_path / "reordered.h5ad"
+    a.write_h5ad(path)
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    out, _ = preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split, out_path=tmp_path / "p.h5ad",
+                               chunk_size=32)
+    written = ad.read_h5ad(out)
+    mem, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert float(written.X.sum()) == pytest.approx(float(mem.layers["counts"].sum()))
+    assert written.X.has_sorted_indices

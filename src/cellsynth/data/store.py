@@ -489,8 +489,12 @@ class CSRWriter:
                                                  maxshape=(None,), chunks=(rows,))
 
     def append(self, x: sp.csr_matrix) -> None:
-        """Write the rows of ``x`` after those already written."""
+        """Write the rows of ``x`` after those already written, each row's columns in order
+        (rows of a file whose genes were reordered in place come unsorted: anndata reads them
+        back beside an int64 indptr, and scipy cannot sort such a matrix: ``.X.sum()`` failed)."""
         x = sp.csr_matrix(x)
+        if not x.has_sorted_indices:
+            x = x.sorted_indices()
         if x.shape[1] != self.n_cols:
             raise ValueError(f"rows have {x.shape[1]} columns, the matrix {self.n_cols}")
         check_disk_space(Path(self.group.file.filename), x.data.nbytes + x.indices.nbytes
