@@ -112,7 +112,7 @@ def test_cells_labelled_unknown_are_said_to_be_learned_as_a_type_by_run(
     assert "Unknown" not in set(out.obs["cell_type"].astype(str))
 
 
-@pytest.mark.parametrize("name", ["unassigned", "Unclassified_2"])
+@pytest.mark.parametrize("name", ["unassigned", "Unclassified_2", "not available", "NA"])
 def test_cells_labelled_unassigned_are_said_to_be_learned_as_a_type_by_a_fit(
         name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The same for a fit, in Python and through cellsynth fit's reader: once each."""

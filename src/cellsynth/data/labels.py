@@ -32,10 +32,13 @@ def missing_labels(col: pd.Series) -> np.ndarray:
 
 
 #: what portals and annotation tools call cells without a type (casefolded, ``_``/``-`` as
-#: spaces), alone or first in a name: "Unknown", "unassigned", "Unclassified_3"
+#: spaces), alone or first in a name: "Unknown", "unassigned", "Unclassified_3"; and alone
+#: only, R's missing value written as text and Expression Atlas' "not available"
 UNANNOTATED = ("unknown", "unassigned", "unannotated", "unclassified", "unlabeled",
                "unlabelled", "undetermined", "not assigned", "no annotation")
-_UNANNOTATED = re.compile(rf"^(?:{'|'.join(UNANNOTATED)})(?:\b|\d|$)")
+UNANNOTATED_ALONE = ("na", "n/a", "not available", "not applicable")
+_UNANNOTATED = re.compile(rf"^(?:(?:{'|'.join(UNANNOTATED)})(?:\b|\d|$)"
+                          rf"|(?:{'|'.join(UNANNOTATED_ALONE)})$)")
 _UNANNOTATED_WARNED: set[tuple[str, ...]] = set()
 
 
