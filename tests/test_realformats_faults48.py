@@ -170,3 +170,27 @@ def test_an_out_of_core_run_on_rows_of_unsorted_genes_writes_a_file_anndata_can_
     mem, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
     assert float(written.X.sum()) == pytest.approx(float(mem.layers["counts"].sum()))
     assert written.X.has_sorted_indices
+
+
+def test_generate_like_reads_the_genes_of_the_file_s_counts(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """cellsynth generate --like on a file whose X holds the normalised HVGs and raw.X the
+    counts of every gene (scanpy's layout, the model fitted on those counts) warned that the
+    twin could not be compared with it gene for gene, which evaluate then did; and a file of
+    Ensembl IDs beside symbols had no word of the column that names them. Now the genes of
+    the counts are read, as evaluate reads them, and the column is named with the fix."""
+    from cellsynth.pipeline.generate import like_request
+
+    a = _atlas()
+    genes = list(a.var_names)
+    hvg = ad.AnnData(_lognorm(a.X)[:, :40], obs=a.obs.copy(), var=a.var.iloc[:40].copy())
+    hvg.raw = a.copy()
+    hvg.write_h5ad(tmp_path / "hvg.h5ad")
+    _cellxgene(a, raw_symbols=False).write_h5ad(tmp_path / "cxg.h5ad")
+    with caplog.at_level("WARNING", logger="cellsynth.pipeline.generate"):
+        like_request(tmp_path / "hvg.h5ad", "cell_type", [], genes)
+        assert "shares" not in caplog.text
+        like_request(tmp_path / "cxg.h5ad", "cell_type", [], genes)
+    assert "shares 0 of the model's 120 genes" in caplog.text
+    assert "var['feature_name'] holds 120 of the 120 model gene names" in caplog.text
+    assert "name raw's genes by it" in caplog.text

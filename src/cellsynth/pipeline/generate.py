@@ -182,6 +182,27 @@ def _table_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, list[s
     return header, rows
 
 
+def _warn_few_genes(h5: Any, path: str | Path, genes: list[str]) -> None:
+    """A warning when the genes of the counts of ``h5`` (the open ``--like`` file; raw.X's
+    under a normalised X, as ``cellsynth evaluate`` reads them) hold fewer than half the model's
+    ``genes``, naming the var column that names them as the model does, where one does."""
+    from ..data.genes import counts_naming_hint
+    from ..data.io import find_counts
+
+    try:
+        where = find_counts(h5).counts
+    except DataError:  # values evaluate refuses, said there: --like reads only obs
+        where = None
+    names = h5.raw.var_names if where == "raw.X" else h5.var_names
+    theirs = set(map(str, names))
+    shared = sum(g in theirs for g in genes)
+    if shared < 0.5 * len(genes):
+        logger.warning("%s shares %d of the model's %d genes: the generated twin has the "
+                       "model's genes, so it cannot be compared with %s gene for gene%s",
+                       path, shared, len(genes), path,
+                       counts_naming_hint(h5, where, names, genes, "--like", "model"))
+
+
 def like_request(path: str | Path, label_key: str, keys: list[str],
                  genes: list[str] | None = None) -> pd.DataFrame:  # fmt: skip
     """As many cells of every (type x covariate levels) combination as the h5ad ``path`` has,
@@ -192,17 +213,12 @@ def like_request(path: str | Path, label_key: str, keys: list[str],
     _not_a_request_table(path, label_key)
     with H5adFile(path) as h5:
         obs = h5.obs
-        theirs = set(map(str, h5.var_names))
+        if genes and len(obs):
+            _warn_few_genes(h5, path, genes)
     if not len(obs):
         raise DataError(f"{path} has no cells: --like asks for as many cells of every type (and "
                         "covariate levels) as it has; give a file with cells, or the counts as "
                         "--types or a --request table")
-    if genes:
-        shared = sum(g in theirs for g in genes)
-        if shared < 0.5 * len(genes):
-            logger.warning("%s shares %d of the model's %d genes: the generated twin has the "
-                           "model's genes, so it cannot be compared with %s gene for gene",
-                           path, shared, len(genes), path)
     cols = [label_key, *keys]
     if label_key == "n" and keys:  # a model saved before its fit refused this
         raise DataError("the model's label column is called 'n', the count column of the table "
