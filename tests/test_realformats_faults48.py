@@ -194,3 +194,26 @@ def test_generate_like_reads_the_genes_of_the_file_s_counts(
     assert "shares 0 of the model's 120 genes" in caplog.text
     assert "var['feature_name'] holds 120 of the 120 model gene names" in caplog.text
     assert "name raw's genes by it" in caplog.text
+
+
+def test_scaled_x_without_counts_anywhere_says_where_the_counts_go(tmp_path) -> None:
+    """scanpy's layout without counts: X scaled (sc.pp.scale, negative values) over the HVGs,
+    raw.X the log-normalised values of every gene. fit, run and evaluate said only that X
+    holds negative values, 'not scaled/centred data': nothing of raw.X, nor where to put the
+    counts. Now the error says raw.X holds no counts either, and where the counts go."""
+    from cellsynth.data.io import find_counts
+
+    a = _atlas()
+    logged = a.copy()
+    logged.X = _lognorm(a.X)
+    logged.raw = logged.copy()
+    dense = logged.X.toarray()
+    logged.X = ((dense - dense.mean(0)) / (dense.std(0) + 1e-9)).astype(np.float32)
+    for data in (logged, tmp_path / "scaled.h5ad"):
+        if not isinstance(data, ad.AnnData):
+            logged.write_h5ad(data)
+        with pytest.raises(DataError, match=r"negative values .*raw\.X holds normalised values, "
+                           r"not counts\): give the raw counts, in X, layers\['counts'\] or raw"):
+            cs.NegBinBaseline().fit(data, "cell_type")
+    with pytest.raises(DataError, match="give the raw counts"):
+        find_counts(logged)

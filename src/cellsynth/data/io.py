@@ -257,6 +257,13 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         check_values(x_values, "X")
     except DataError as bad:  # scaled (scanpy's sc.pp.scale) or damaged X: counts elsewhere?
         found = None if is_normalised is False else _counts_elsewhere(adata)
+        if found is None and np.any(x_values < 0):  # scaled: where the counts would be, said
+            raw = getattr(adata, "raw", None)
+            said = " (raw.X holds normalised values, not counts)" if raw is not None else ""
+            raise DataError(f"{bad}, and neither layers['counts'] nor raw.X holds the raw counts"
+                            f"{said}: give the raw counts, in X, layers['counts'] or raw.X "
+                            "(cellsynth normalises them itself)"
+                            + _other_count_layers(adata)) from None
         if found is None:
             raise
         logger.warning("X is not expression (%s); using the counts in %s", bad, found.counts)
