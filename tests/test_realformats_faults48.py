@@ -217,3 +217,25 @@ def test_scaled_x_without_counts_anywhere_says_where_the_counts_go(tmp_path) -> 
             cs.NegBinBaseline().fit(data, "cell_type")
     with pytest.raises(DataError, match="give the raw counts"):
         find_counts(logged)
+
+
+def test_doublet_calls_under_scanpy_s_name_are_pointed_to(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A file with scanpy's scrublet calls (obs['predicted_doublet'], singular): the run
+    skipped the doublet filter at INFO ('no doublet column') and kept every doublet, while the
+    calls were beside it. Now a WARNING names the column and the --set that reads it, and
+    doing it filters them."""
+    a = _atlas()
+    a.obs["predicted_doublet"] = np.arange(a.n_obs) % 10 == 0
+    a.obs["doublet_score"] = np.linspace(0, 1, a.n_obs)
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    with caplog.at_level("WARNING"):
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    said = re.search(r"""obs has 'predicted_doublet': .*--set "dataset\.doublet_key='(\w+)'""",
+                     caplog.text)
+    assert said is not None, caplog.text
+    assert "doublet_score" not in caplog.text
+    cfg.dataset.doublet_key = said.group(1)
+    out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert not out.obs_names.isin(a.obs_names[a.obs["predicted_doublet"]]).any()

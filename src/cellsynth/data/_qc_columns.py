@@ -153,6 +153,26 @@ def doublets(obs: pd.DataFrame, key: str) -> np.ndarray:
     return flags
 
 
+def say_no_doublet_column(columns: Any, key: str) -> None:
+    """Say that the doublet filter is skipped, ``obs`` having no column ``key``: at INFO, or a
+    WARNING naming the columns that look like doublet calls under another name (scanpy's
+    scrublet writes ``predicted_doublet``, scDblFinder ``scDblFinder.class``, DoubletFinder
+    ``DF.classifications_...``), with the setting that reads them."""
+    def calls(name: str) -> bool:
+        name = name.casefold()
+        return "score" not in name and ("doublet" in name or "dblfinder.class" in name
+                                        or name.startswith("df.classification"))
+
+    near = [str(c) for c in columns if calls(str(c))]
+    if not near:
+        logger.info("no doublet column '%s' in obs: doublet filter skipped", key)
+        return
+    logger.warning("no doublet column '%s' in obs (dataset.doublet_key), but obs has %s: the "
+                   "doublet filter is skipped; if that column holds doublet calls, set "
+                   "dataset.doublet_key to it (--set \"dataset.doublet_key='%s'\")", key,
+                   listed(near, 3, quote=True), near[0])
+
+
 def _inside(v: np.ndarray, fit: np.ndarray, k: float, *, lower: bool = True) -> np.ndarray:
     """Cells inside the IQR fences of ``v`` fitted on the cells ``fit`` (the upper fence only
     unless ``lower``). A missing value (NaN) is not judged: it passes; fewer than 4 known

@@ -19,7 +19,14 @@ import scipy.sparse as sp
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError, listed
-from ._qc_columns import check_qc_columns, doublets, iqr_inliers, mito_spelling, qc_column
+from ._qc_columns import (
+    check_qc_columns,
+    doublets,
+    iqr_inliers,
+    mito_spelling,
+    qc_column,
+    say_no_doublet_column,
+)
 from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, counts_var, source_annotation
 from .groups import check_groups
@@ -297,7 +304,7 @@ def filter_cells(
         st.keep_cells(~doublets(st.obs, dataset.doublet_key), "predicted doublets",
                       "dataset.doublet_key")
     elif dataset.doublet_key:
-        logger.info("no doublet column '%s' in obs: doublet filter skipped", dataset.doublet_key)
+        say_no_doublet_column(st.obs.columns, dataset.doublet_key)
     lab = st.obs[label_key]
     missing = missing_labels(lab)
     st.keep_cells(~missing, "no label", "dataset.label_key")
