@@ -239,3 +239,18 @@ def test_doublet_calls_under_scanpy_s_name_are_pointed_to(
     cfg.dataset.doublet_key = said.group(1)
     out, _ = preprocess(a, cfg.dataset, cfg.qc, cfg.split)
     assert not out.obs_names.isin(a.obs_names[a.obs["predicted_doublet"]]).any()
+
+
+def test_info_describes_a_file_without_x(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """An h5ad with no X and the counts in layers['counts'] (anndata allows X=None; fit, run
+    and evaluate read it): cellsynth info said 'its files are not the ones cellsynth writes
+    (KeyError ...); rerun what wrote them'. Now it describes the file: no X, counts in the
+    layer."""
+    from cellsynth import cli
+
+    a = _atlas()
+    path = tmp_path / "no_x.h5ad"
+    ad.AnnData(obs=a.obs, var=a.var, layers={"counts": a.X}).write_h5ad(path)
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "X: none (the file has no X)" in out and "counts: layers/counts" in out

@@ -66,6 +66,13 @@ def _describe(path: Path) -> dict[str, Any]:
     )
 
 
+def _has_x(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "X" in f
+
+
 def _describe_h5ad(path: Path) -> dict[str, Any]:
     from .data.io import find_counts, read
     from .errors import DataError
@@ -75,6 +82,8 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
         expr = find_counts(adata)
         what = ("raw counts" if expr.counts == "X" else
                 f"not counts: {expr.note}" if expr.note else "normalised values")
+        if not _has_x(path):  # counts kept in a layer or raw alone
+            what = "none (the file has no X)"
         counts = expr.counts or "none found"
     except DataError as exc:  # e.g. PCA coordinates: describe, do not refuse
         what, counts = f"not expression values ({exc})", "none found"

@@ -245,7 +245,10 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         looked for in ``layers['counts']`` and ``raw.X``); ``False`` says ``X`` holds counts.
     """
     file = getattr(adata, "file", None)  # store.H5adFile: the h5ad itself
-    x = None if isinstance(file, h5py.File) and "X" not in file else adata.X
+    try:
+        x = None if isinstance(file, h5py.File) and "X" not in file else adata.X
+    except KeyError:  # a backed AnnData of a file without X (counts in a layer): none
+        x = None
     if x is None:  # counts kept in a layer or raw alone
         found = None if is_normalised is False else _counts_elsewhere(adata)
         if found is None:
