@@ -63,6 +63,10 @@ def test_symbols_beside_raw_counts_are_found_in_var_when_raw_var_has_none() -> N
     assert (out.obs["mito"] > 0).all()
     assert "feature_name" in out.var.columns
     assert out.var["feature_name"].astype(str).str.startswith("MT-").sum() == 3
+    from cellsynth.cells import for_training  # a fit's model keeps them for its cells' var
+
+    cells = for_training(a, "cell_type", seed=0)
+    assert cells.annotation["feature_name"].tolist() == _atlas().var_names.tolist()
 
 
 @pytest.mark.parametrize("raw_symbols", [True, False])
