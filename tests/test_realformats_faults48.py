@@ -258,3 +258,18 @@ def test_info_describes_a_file_without_x(tmp_path, capsys: pytest.CaptureFixture
     assert cli.main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "X: none (the file has no X)" in out and "counts: layers/counts" in out
+
+
+def test_no_mitochondrial_gene_among_symbols_is_not_told_to_add_symbols(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ensembl IDs with symbols in var['feature_name'], none of them mitochondrial (a gene
+    panel, or an atlas filtered of them): the warning said to put symbols in a var column
+    named feature_name, where they were. Now it says none is among those symbols."""
+    a = _atlas()
+    a = a[:, 3:].copy()  # no MT- gene
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    with caplog.at_level("WARNING", logger="cellsynth.data.qc"):
+        preprocess(_cellxgene(a, raw_symbols=True), cfg.dataset, cfg.qc, cfg.split)
+    assert "nor among the symbols in var['feature_name']" in caplog.text
+    assert "put symbols in a var column" not in caplog.text

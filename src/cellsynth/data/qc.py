@@ -189,12 +189,15 @@ def mito_genes(genes: pd.Index, symbols: pd.Series | None = None) -> np.ndarray:
             logger.info("mitochondrial genes found by their symbols in var[%r]: %d",
                         symbols.name, idx.size)
     if not idx.size:
+        read = symbols is not None and len(symbols) == len(genes)  # none among them either
         ids = pd.Index(genes).astype(str).str.match(r"ENS[A-Z]*G\d").mean() > 0.5
-        hint = (": the gene names look like Ensembl IDs; put symbols in a var column named "
+        hint = (f" (nor among the symbols in var[{symbols.name!r}]); give a per-cell "
+                "mitochondrial fraction in obs (dataset.mito_key) if the data have one" if read else
+                ": the gene names look like Ensembl IDs; put symbols in a var column named "
                 f"one of {', '.join(SYMBOL_COLUMNS)} (or name the genes of the counts by "
-                "them), or give "
-                "a per-cell mitochondrial fraction in obs (dataset.mito_key)") if ids else \
-            mito_spelling(genes if symbols is None else [*genes, *symbols])
+                "them), or give a per-cell mitochondrial fraction in obs (dataset.mito_key)"
+                if ids else "")
+        hint = mito_spelling(genes if symbols is None else [*genes, *symbols]) or hint
         logger.warning("no mitochondrial genes (MT-/mt- prefix): the mito fraction is 0 for "
                        "every cell%s", hint)
     return idx
