@@ -273,3 +273,12 @@ def test_no_mitochondrial_gene_among_symbols_is_not_told_to_add_symbols(
         preprocess(_cellxgene(a, raw_symbols=True), cfg.dataset, cfg.qc, cfg.split)
     assert "nor among the symbols in var['feature_name']" in caplog.text
     assert "put symbols in a var column" not in caplog.text
+
+
+def test_the_plots_name_raw_s_fix_too() -> None:
+    """cs.pl.umap and cs.pl.library_sizes on the same CELLxGENE-style cells: the fix they
+    named (adata.var_names = ...) left raw's genes as they were; now raw's are renamed."""
+    real, synthetic = _cellxgene(_atlas(seed=0), raw_symbols=False), _atlas(seed=1)
+    for plot in (cs.pl.umap, cs.pl.library_sizes):
+        with pytest.raises(DataError, match="name raw's genes by it"):
+            plot(real, synthetic, label_key="cell_type", show=False)
