@@ -282,3 +282,23 @@ def test_the_plots_name_raw_s_fix_too() -> None:
     for plot in (cs.pl.umap, cs.pl.library_sizes):
         with pytest.raises(DataError, match="name raw's genes by it"):
             plot(real, synthetic, label_key="cell_type", show=False)
+
+
+def test_counts_overflowed_by_float16_are_named(tmp_path) -> None:
+    """X stored as float16 (to halve a file) whose counts above 65,504 became infinite: the
+    error said 'NaN or infinite values; replace or drop those cells', as if the data were
+    damaged at random. Now it names float16's limit and how to write the counts."""
+    from cellsynth.cells import for_training
+
+    a = _atlas()
+    x = a.X.toarray()
+    x[0, 5] = 70_000
+    with np.errstate(over="ignore"):
+        a.X = x.astype(np.float16)
+    path = tmp_path / "half.h5ad"
+    a.write_h5ad(path)
+    said = r"stored as float16, which holds values up to 65,504 only.*float32 or int32"
+    with pytest.raises(DataError, match=said):
+        cs.NegBinBaseline().fit(a, "cell_type")
+    with pytest.raises(DataError, match=said):
+        for_training(path, "cell_type", seed=0, backed=True)

@@ -59,8 +59,10 @@ def check_libraries(libraries: np.ndarray, what: str = "the counts") -> None:
 
 def stored_values(values: np.ndarray, stored: np.dtype) -> np.ndarray:
     """Values read as float32 in the dtype they are stored in (a matrix on disk's
-    ``stored_dtype``), so that :func:`check_values` sees a true/false or int8 matrix as such."""
-    return values.astype(stored, copy=False) if stored.kind in "biu" else values
+    ``stored_dtype``), so that :func:`check_values` sees a true/false, int8 or float16
+    matrix as such."""
+    narrow = stored.kind in "biu" or (stored.kind == "f" and stored.itemsize == 2)
+    return values.astype(stored, copy=False) if narrow else values
 
 
 def check_values(values: np.ndarray, where: str) -> None:
@@ -72,6 +74,12 @@ def check_values(values: np.ndarray, where: str) -> None:
         raise DataError(f"{where} holds true/false values (binarised expression: detected or "
                         "not), not counts: give the raw counts the matrix was made from")
     if not np.all(np.isfinite(values)):
+        if values.dtype == np.float16 and not np.isnan(values).any():  # overflowed: said
+            raise DataError(
+                f"{where} holds infinite values stored as float16, which holds values up to "
+                f"{float(np.finfo(np.float16).max):,.0f} only: larger counts became infinite "
+                "when they were converted; write the counts from their source as float32 or "
+                "int32 (a conversion back cannot recover them)")
         raise DataError(
             f"{where} holds NaN or infinite values; replace or drop those cells before running"
         )
