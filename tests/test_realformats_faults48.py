@@ -302,3 +302,15 @@ def test_counts_overflowed_by_float16_are_named(tmp_path) -> None:
         cs.NegBinBaseline().fit(a, "cell_type")
     with pytest.raises(DataError, match=said):
         for_training(path, "cell_type", seed=0, backed=True)
+
+
+def test_held_out_cells_as_cellxgene_serves_them_are_named_the_fix() -> None:
+    """Held-out cells from a CELLxGENE-style file (Ensembl IDs, symbols in feature_name,
+    counts in raw.X) beside real and synthetic cells named by symbols: the error said only
+    that they lack every gene compared. Now it names the column and raw's fix, as for the
+    real and synthetic sides."""
+    train, synthetic = _atlas(seed=0), _atlas(seed=1)
+    held = _cellxgene(_atlas(seed=2), raw_symbols=False)
+    with pytest.raises(DataError, match=r"held-out data's var\['feature_name'\] holds 120 of "
+                                        r"the 120 real gene names.*name raw's genes by it"):
+        cs.evaluate(train, synthetic, label_key="cell_type", heldout=held, gene_repeats=1)

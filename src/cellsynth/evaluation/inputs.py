@@ -313,7 +313,11 @@ def _shared_genes(r: _Sample, s: _Sample) -> list[str]:
 def _columns(sample: _Sample, genes: list[str], what: str) -> sp.csr_matrix:
     idx = sample.genes.get_indexer(genes)
     if (idx < 0).any():
-        near = _near_names(genes, sample.genes).replace("synthetic", "held-out")
+        from ..data.genes import naming_hint
+
+        near = (naming_hint(sample.var, sample.genes, genes, "held-out", "real",
+                            raw=sample.where == "raw.X")
+                or _near_names(genes, sample.genes).replace("synthetic", "held-out"))
         raise DataError(f"{what} ({sample.source}) lack {int((idx < 0).sum())} of the {len(genes)} "
                         f"genes compared ({listed(np.asarray(genes)[idx < 0], 3, quote=True)})"
                         f"{near}; give held-out cells of the same genes as the real data")
