@@ -314,3 +314,32 @@ def test_held_out_cells_as_cellxgene_serves_them_are_named_the_fix() -> None:
     with pytest.raises(DataError, match=r"held-out data's var\['feature_name'\] holds 120 of "
                                         r"the 120 real gene names.*name raw's genes by it"):
         cs.evaluate(train, synthetic, label_key="cell_type", heldout=held, gene_repeats=1)
+
+
+def test_antibody_tags_or_peaks_among_the_genes_are_said(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 10x CITE-seq (or multiome) file as read by scanpy: var['feature_types'] marks antibody
+    tags ('Antibody Capture') or peaks beside the genes in one X. run and fit modelled every
+    feature as a gene without a word. Now a WARNING says how many are not genes and how to
+    keep the genes, in memory, out of core and for a fit."""
+    from cellsynth.cells import for_training
+    from cellsynth.data.chunked import preprocess_backed
+
+    a = _atlas()
+    kinds = np.array(["Gene Expression"] * a.n_vars, dtype=object)
+    kinds[-10:] = "Antibody Capture"
+    a.var["feature_types"] = pd.Categorical(kinds)
+    path = tmp_path / "cite.h5ad"
+    a.write_h5ad(path)
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    for step in (lambda: preprocess(a, cfg.dataset, cfg.qc, cfg.split),
+                 lambda: preprocess_backed(path, cfg.dataset, cfg.qc, cfg.split,
+                                           out_path=tmp_path / "p.h5ad"),
+                 lambda: for_training(path, "cell_type", seed=0)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="cellsynth.data.genes"):
+            step()
+        assert ("marks 10 of the 120 features as other than 'Gene Expression' (Antibody "
+                "Capture: 10)") in caplog.text
+        assert "adata[:, adata.var['feature_types'] == 'Gene Expression']" in caplog.text

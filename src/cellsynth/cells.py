@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .data.genes import source_annotation
+from .data.genes import source_annotation, warn_other_features
 from .data.io import (
     BACKED_BYTES,
     check_file,
@@ -326,6 +326,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
         check_gene_names(genes, raw=not pd.Index(genes).equals(source.var_names))
         x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
     raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)
+    warn_other_features(source, "raw.X" if raw else "X")
     # counts in raw.X over raw's genes: raw.var annotates them
     return x, list(map(str, genes)), source_annotation(source, "raw.X" if raw else "X", genes)
 

@@ -37,7 +37,7 @@ from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
 from ._qc_columns import check_qc_columns, needs_computing
 from .csr import cells_per_gene, genes_per_cell, stack_rows
-from .genes import annotated_var, source_annotation
+from .genes import annotated_var, source_annotation, warn_other_features
 from .io import check_shape, find_counts
 from .labels import check_label
 from .qc import (
@@ -109,6 +109,7 @@ def preprocess_backed(
         expr = find_counts(h5, dataset.is_normalised)
         has_counts = describe_expression(expr)
         x, genes = h5.matrix(expr)
+        warn_other_features(h5, expr.counts)
         logger.info("preprocessing %s out of core: %d cells x %d genes, %d values, %d-cell chunks",
                     h5.path, x.shape[0], x.shape[1], x.nnz, chunk)
         need_mito = needs_computing(h5.obs, dataset.mito_key)

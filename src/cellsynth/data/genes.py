@@ -3,12 +3,15 @@ the annotation columns of ``var`` a model keeps for the cells it generates."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, listed
+
+logger = logging.getLogger(__name__)
 
 #: how to make the gene names of ``raw`` unique (a Raw has no var_names_make_unique)
 RAW_UNIQUE = ("raw = adata.raw.to_adata(); raw.var_names_make_unique(); adata.raw = raw")
@@ -167,3 +170,28 @@ def counts_naming_hint(data: Any, counts: str | None, genes: Any, other: Any, si
     genes and :func:`counts_var`, whose fix renames raw's)."""
     return naming_hint(counts_var(data, counts), genes, other, side, other_side,
                        raw=counts == "raw.X")
+
+
+#: 10x's column of feature types, and its value for genes (others: "Antibody Capture",
+#: "Peaks", "CRISPR Guide Capture", "Multiplexing Capture")
+FEATURE_TYPES, GENE_EXPRESSION = "feature_types", "Gene Expression"
+
+
+def warn_other_features(data: Any, counts: str | None) -> None:
+    """Warn where ``var['feature_types']`` (10x's) beside the counts marks features that are
+    not genes (antibody tags of CITE-seq, peaks of a multiome file): every feature of the
+    matrix is modelled as a gene, and these are not; say how many and how to keep the genes."""
+    var = counts_var(data, counts)
+    if var is None or FEATURE_TYPES not in var.columns:
+        return
+    kinds = var[FEATURE_TYPES]
+    kinds = kinds[kinds.notna()].astype(str)  # a feature without a type: not said to be other
+    other = kinds[kinds != GENE_EXPRESSION].value_counts()
+    if not len(other) or not (kinds == GENE_EXPRESSION).any():
+        return
+    fix = (f"adata = adata[:, adata.var[{FEATURE_TYPES!r}] == {GENE_EXPRESSION!r}].copy()"
+           if counts != "raw.X" else "in raw.X, whose counts are read, as in X")
+    logger.warning("var['%s'] marks %s of the %d features as other than %r (%s): they are "
+                   "modelled as genes; keep the genes only (%s, then write the file again, for "
+                   "a file)", FEATURE_TYPES, f"{int(other.sum()):,}", len(var), GENE_EXPRESSION,
+                   listed([f"{k}: {n:,}" for k, n in other.items()], 4), fix)

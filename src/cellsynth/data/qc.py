@@ -28,7 +28,7 @@ from ._qc_columns import (
     say_no_doublet_column,
 )
 from .csr import cells_per_gene, genes_per_cell
-from .genes import annotated_var, counts_var, source_annotation
+from .genes import annotated_var, counts_var, source_annotation, warn_other_features
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts
 from .labels import check_label, missing_labels, warn_other_case_prefixes, warn_unannotated
@@ -488,6 +488,7 @@ def preprocess(
     expr = find_counts(adata, dataset.is_normalised)
     has_counts = describe_expression(expr)
     x, genes = counts_matrix(adata, expr)
+    warn_other_features(adata, expr.counts)
     if has_counts:  # every value, not the sample find_counts looked at
         whole = WholeCheck(expr.counts)
         whole.add(x, 0)
