@@ -343,3 +343,19 @@ def test_antibody_tags_or_peaks_among_the_genes_are_said(
         assert ("marks 10 of the 120 features as other than 'Gene Expression' (Antibody "
                 "Capture: 10)") in caplog.text
         assert "adata[:, adata.var['feature_types'] == 'Gene Expression']" in caplog.text
+
+
+def test_the_prefix_named_for_na_cells_says_what_else_it_would_drop(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """dataset.uninformative_prefixes are prefixes: 'NA' added to them, as the warning of
+    cells labelled 'NA' said, would drop 'NAIVE_B' cells too. Now the warning says so, and
+    gives the way that drops only those cells."""
+    monkeypatch.setattr("cellsynth.data.labels._UNANNOTATED_WARNED", set())
+    a = _unannotated("NA")
+    labels = a.obs["cell_type"].astype(str).replace({"B cell": "NAIVE_B"})
+    a.obs["cell_type"] = pd.Categorical(labels)
+    cfg = RunConfig()
+    cfg.qc.min_genes_per_cell, cfg.qc.min_cells_per_gene = 10, 5
+    with caplog.at_level("WARNING"):
+        preprocess(a, cfg.dataset, cfg.qc, cfg.split)
+    assert "as prefixes they would also drop 'NAIVE_B': instead, drop them first" in caplog.text

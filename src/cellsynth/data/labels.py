@@ -55,6 +55,20 @@ def fit_fix(key: str, names: list[str]) -> str:
     return f"drop them first (adata = adata[~adata.obs['{key}'].isin({names!r})].copy())"
 
 
+def prefixes_fix(prefixes: Any, labels: Any) -> Any:
+    """How to leave the cells of the types ``names`` out of a run (for
+    :func:`warn_unannotated`): add them to ``dataset.uninformative_prefixes`` (``prefixes``),
+    naming the other ``labels`` that such a prefix would drop too ("NA" drops "NAIVE_B")."""
+    def fix(key: str, names: list[str]) -> str:
+        names_of = pd.unique(pd.Series(np.asarray(labels, dtype=object)).astype(str))
+        also = [t for t in names_of if t not in names and t.startswith(tuple(names))]
+        caveat = (f"; as prefixes they would also drop {listed(also, 3, quote=True)}: instead, "
+                  + fit_fix(key, names) if also else "")
+        return ("add them to dataset.uninformative_prefixes (--set "
+                f"\"dataset.uninformative_prefixes={[*prefixes, *names]}\"){caveat}")
+    return fix
+
+
 def warn_unannotated(labels: Any, key: str, fix: Any = fit_fix) -> None:
     """Warn, once, that cells labelled as having no type ("Unknown", "unassigned") are
     learned as a cell type of their own, with how many and ``fix(key, names)``, how to leave

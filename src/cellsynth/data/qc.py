@@ -31,7 +31,13 @@ from .csr import cells_per_gene, genes_per_cell
 from .genes import annotated_var, counts_var, source_annotation, warn_other_features
 from .groups import check_groups
 from .io import Expression, counts_matrix, find_counts
-from .labels import check_label, missing_labels, warn_other_case_prefixes, warn_unannotated
+from .labels import (
+    check_label,
+    missing_labels,
+    prefixes_fix,
+    warn_other_case_prefixes,
+    warn_unannotated,
+)
 from .settings import data_settings
 from .split import stratified_split
 from .values import fractional_rows
@@ -316,9 +322,7 @@ def filter_cells(
         uninformative = st.obs[label_key].astype(str).str.startswith(prefixes).to_numpy()
         st.keep_cells(~uninformative, "uninformative labels", "dataset.uninformative_prefixes",
                       lost=logging.INFO)
-    warn_unannotated(st.obs[label_key], label_key, lambda _, names: (  # "Unknown" kept: said
-        "add them to dataset.uninformative_prefixes (--set \"dataset.uninformative_prefixes="
-        f"{[*prefixes, *names]}\")"))
+    warn_unannotated(st.obs[label_key], label_key, prefixes_fix(prefixes, st.obs[label_key]))
     labels = st.obs[label_key].astype(str).to_numpy()
     warn_other_case_prefixes(labels, prefixes)
     one = [t for t, n in pd.Series(labels).value_counts().items() if n == 1]
