@@ -317,13 +317,17 @@ def test_names_that_only_start_with_mt_get_no_spelling_hint(caplog):
 # fault 8: "unknown" kept as a cell type beside the default prefix UNKNOWN, unsaid
 
 
-def test_types_named_with_an_uninformative_prefix_in_another_case_are_warned(caplog):
+def test_types_named_with_an_uninformative_prefix_in_another_case_are_warned(caplog,
+                                                                            monkeypatch):
     """The labels QC removes as uninformative are matched as written (the reference's
     E-ANND-5 spellings: UNKNOWN, DOUBLET, ...), so CELLxGENE's "unknown" or a "Doublets"
     type were learned and generated as cell types, no word said. The rule is unchanged; a
     warning names them and the setting that leaves them out."""
     import logging
 
+    from cellsynth.data import labels as data_labels
+
+    monkeypatch.setattr(data_labels, "_UNANNOTATED_WARNED", set())  # said once a process
     a = _atlas()
     labels = a.obs["cell_type"].to_numpy().copy()
     labels[:25], labels[60:85], labels[100:103] = "unknown", "Doublets", "UNKNOWN_x"
@@ -335,10 +339,12 @@ def test_types_named_with_an_uninformative_prefix_in_another_case_are_warned(cap
     assert "UNKNOWN_x" not in set(out.obs["cell_type"])
     said = [r.getMessage() for r in caplog.records if "another case" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(
-        "2 type(s) kept start with an uninformative prefix in another case: 'Doublets' (25 "
-        "cells), 'unknown' (25 cells) (dataset.uninformative_prefixes, matched as written: "
-        "'DOUBLET', 'LOW_Q'")
+        "1 type(s) kept start with an uninformative prefix in another case: 'Doublets' (25 "
+        "cells) (dataset.uninformative_prefixes, matched as written: 'DOUBLET', 'LOW_Q'")
     assert "add them to dataset.uninformative_prefixes to leave them out" in said[0]
+    # "unknown" is said once, by the warning of cells without a type (data.labels)
+    assert sum("labelled as having no type" in r.getMessage() and "unknown" in r.getMessage()
+               for r in caplog.records) == 1
     cfg = config.load(None, [*SETS, "dataset.uninformative_prefixes=['unknown', 'Doublet', 'UNKNOWN']"])
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cellsynth.data"):

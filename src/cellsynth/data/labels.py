@@ -189,12 +189,14 @@ def check_spaced_names(names: Any, key: str, what: str) -> None:
 
 def warn_other_case_prefixes(labels: np.ndarray, prefixes: tuple[str, ...]) -> None:
     """Warn of types kept whose name starts with one of ``prefixes`` (the labels QC removes as
-    uninformative, ``dataset.uninformative_prefixes``) in another case only: ``unknown``
-    (CELLxGENE's spelling) beside the default ``UNKNOWN`` would be learned as a cell type."""
+    uninformative, ``dataset.uninformative_prefixes``) in another case only: ``Doublets``
+    beside the default ``DOUBLET`` would be learned as a cell type. Names of cells without a
+    type (``unknown``) are left to :func:`warn_unannotated`, which says them once."""
     folded = tuple(p.casefold() for p in prefixes)
     names, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    said = set(unannotated_names(names))
     near = [f"'{n}' ({k} cells)" for n, k in zip(names, counts, strict=True)
-            if n.casefold().startswith(folded) and not n.startswith(prefixes)]
+            if n.casefold().startswith(folded) and not n.startswith(prefixes) and n not in said]
     if near:
         logger.warning("%d type(s) kept start with an uninformative prefix in another case: %s "
                        "(dataset.uninformative_prefixes, matched as written: %s); add them to "
