@@ -35,6 +35,7 @@ from anndata.io import read_elem, write_elem
 from .. import keys as K
 from ..config import DatasetConfig, QCConfig, SplitConfig
 from ..errors import DataError
+from ._mito import gene_symbols, mito_fraction, mito_genes
 from ._qc_columns import check_qc_columns, needs_computing
 from .csr import cells_per_gene, genes_per_cell, stack_rows
 from .genes import annotated_var, source_annotation, warn_other_features
@@ -48,10 +49,7 @@ from .qc import (
     describe_expression,
     filter_cells,
     final_obs,
-    gene_symbols,
     keep_variable,
-    mito_fraction,
-    mito_genes,
     normalise_log1p,
 )
 from .settings import data_settings
