@@ -528,7 +528,7 @@ def test_an_output_named_for_another_format_is_refused(saved_nb, tmp_path, capsy
     cli_error(capsys, ["generate", str(saved_nb), "--n-per-type", "5", "--out",
                        str(tmp_path / "cells.csv"), "--quiet"],
               "in the .h5ad format, not .csv; give a path ending in .h5ad")
-    cli_error(capsys, ["simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out",
+    cli_error(capsys, ["simulate", "--cells", "50", "--genes", "30", "--types", "2", "--out",
                        str(tmp_path / "atlas.zarr"), "--quiet"], "not .zarr")
     for name, said in (("cells", "its name has no suffix; give a path ending in .h5ad, "
                                  "e.g. {}.h5ad"),

@@ -775,7 +775,7 @@ def test_no_output_replaces_a_file_that_cellsynth_did_not_write(kang_path, tmp_p
     assert run("generate", str(model), "--n-per-type", "4", "--out", str(cells))[0] == 0  # again
     assert ad.read_h5ad(cells).n_obs == 20
     for args in (("generate", str(model), "--n-per-type", "3", "--out", str(data)),
-                 ("simulate", "--cells", "50", "--genes", "20", "--types", "2", "--out", str(data)),
+                 ("simulate", "--cells", "50", "--genes", "30", "--types", "2", "--out", str(data)),
                  ("report", str(tmp_path), "--out", str(data))):
         rc, err = run(*args)
         assert rc == 2 and "Traceback" not in err, args
