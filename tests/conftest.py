@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -74,3 +75,13 @@ def pytest_collection_modifyitems(config, items):
 
     ordered = sorted(modules.values(), key=lambda tests: not any(map(slow, tests)))
     items[:] = [t for tests in ordered for t in sorted(tests, key=lambda t: not slow(t))]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every test leaves no matplotlib figure open (pyplot's, where a test drew one): figures
+    left by one test would warn of "more than 20 figures" in another."""
+    yield
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")

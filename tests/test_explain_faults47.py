@@ -18,14 +18,6 @@ LABEL = "cell_type"
 LONG = "CD4-positive, alpha-beta memory T cell " * 6  # 234 characters
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 def _shap_result(cell_type: str, genes: list[str]):
     from cellsynth.explain import ShapResult
 

@@ -23,14 +23,6 @@ matplotlib.use("Agg")
 LABEL = "cell_type"
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def cells():
     """Training cells, held-out cells (of the same model) and generated cells."""

@@ -15,14 +15,6 @@ matplotlib.use("Agg")
 LABEL = "cell_type"
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 def _history() -> dict:
     return {"train_loss": [5.0, 4.0, 3.5, 3.4], "best_epoch": 2, "val_loss": [4.5, 4.1, 3.9, 3.8]}
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CellsynthError, DataError, listed
+from .errors import CellsynthError, DataError, ModelFileError, listed
 from .paths import expand_user
 
 logger = logging.getLogger("cellsynth.pipeline")
@@ -490,3 +490,12 @@ def as_os_error(exc: Exception, path: str | Path) -> Exception:
     found = re.search(r"\(os error (\d+)\)", str(exc))
     code = int(found.group(1)) if found else errno.EIO
     return OSError(code, os.strerror(code), str(path))
+
+
+def saved_json(path: Path, fix: str) -> Any:
+    """The contents of one of a saved model's JSON files (a generator's, a classifier's); a
+    :class:`ModelFileError` naming one that is not JSON, with ``fix``, what to do about it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is corrupt ({exc}); {fix}") from None

@@ -7,7 +7,6 @@ train to no purpose."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..config import ClassifierConfig
 from ..config_rules import from_dict
 from ..config_rules import hints as config_hints
 from ..errors import ConfigError, DataError, ModelFileError, listed
+from ..outputs import saved_json
 
 #: ClassifierConfig settings XGBoost reads as 32-bit floats
 FLOAT_PARAMETERS = ("subsample", "colsample_bytree", "learning_rate", "reg_alpha", "reg_lambda")
@@ -88,10 +88,7 @@ def check_features(X: Any, what: str, offset: int = 0) -> None:
 
 def read_json(path: Path) -> Any:
     """A saved classifier's JSON file; a :class:`ModelFileError` for one that is not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+    return saved_json(path, "train it again (cellsynth run ... --force classifier)")
 
 
 def saved_labels(path: Path) -> list[str]:

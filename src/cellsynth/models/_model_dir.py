@@ -26,7 +26,7 @@ from ..checksums import CHECKSUMS_FILE, verify_checksums, write_checksums
 from ..config import PCA_SPACE_MODEL
 from ..config_rules import from_dict, hints
 from ..errors import ConfigError, ModelFileError, NotTrainedError, listed
-from ..outputs import check_out_dir, save_tensors, temp_beside
+from ..outputs import check_out_dir, save_tensors, saved_json, temp_beside
 from ..paths import expand_user
 from ._training import package_version
 
@@ -290,10 +290,7 @@ def unreadable_file(path: Path, directory: Path, exc: BaseException) -> ModelFil
 
 def json_file(path: Path) -> Any:
     """The contents of one of a model's JSON files; a corrupt one is named."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is corrupt ({exc}); save the model again") from None
+    return saved_json(path, "save the model again")
 
 
 def check_kind(directory: Path, model: str, names: set[str] | None = None) -> None:
