@@ -58,7 +58,7 @@ from ._sim_design import (
     type_names,
 )
 from .csr import stack_rows
-from .store import h5ad_file
+from .store import CSRWriter, h5ad_file
 
 logger = logging.getLogger(__name__)
 
@@ -416,26 +416,16 @@ def _write_x(
 ) -> int:  # fmt: skip
     """Append the counts to ``f["X"]`` (anndata's CSR layout) chunk by chunk; the nonzeros."""
     n_cells, n_mito = len(plan.type1), len(model.mito_weights)
-    g = f.create_group("X")
-    shape = np.array([n_cells, n_mito + model.q.shape[1]], dtype=np.int64)
-    g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": shape})
-    opts = {"shape": (0,), "maxshape": (None,), "chunks": (1 << 18,), "compression": compression}
-    data = g.create_dataset("data", dtype=np.float32, **opts)
-    indices = g.create_dataset("indices", dtype=np.int32, **opts)
-    indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
-    indptr[0] = nnz = row = 0
+    writer = CSRWriter(f, "X", n_mito + model.q.shape[1], compression=compression,
+                       n_rows=n_cells)
     n_chunks = -(-n_cells // chunk_size)
     for x in progress_bar(_chunks(model, plan, effects, seed, chunk_size), total=n_chunks):
-        stop = row + x.shape[0]
-        for dataset, values in ((data, x.data), (indices, x.indices)):
-            dataset.resize((nnz + x.nnz,))
-            dataset[nnz:] = values
-        indptr[row + 1 : stop + 1] = nnz + x.indptr[1:].astype(np.int64)
+        row, stop = writer.n_rows, writer.n_rows + x.shape[0]
+        writer.append(x)
         if qc is not None:
             qc[0][row:stop], qc[1][row:stop] = _qc(x, n_mito)
-        logger.debug("wrote cells %d:%d (%d nonzeros so far)", row, stop, nnz + x.nnz)
-        nnz, row = nnz + x.nnz, stop
-    return nnz
+        logger.debug("wrote cells %d:%d (%d nonzeros so far)", row, stop, writer.nnz)
+    return writer.nnz
 
 
 def write_atlas(

@@ -481,11 +481,14 @@ class CSRWriter:
         values = (1 << 18) if n_rows is None else int(np.clip(n_rows * self.n_cols // 10,
                                                               1 << 12, 1 << 18))
         opts = {"shape": (0,), "maxshape": (None,), "chunks": (values,), "compression": compression}
+        # indices and indptr of one dtype, as scipy makes them: anndata reads them back as
+        # stored, and an int32 indices beside an int64 indptr failed scikit-learn (so
+        # sc.pp.pca: "Buffer dtype mismatch"); int64 once the values pass int32 (_widen)
         index_dtype = np.int32 if self.n_cols < 2**31 else np.int64
         self._data = self.group.create_dataset("data", dtype=np.float32, **opts)
         self._indices = self.group.create_dataset("indices", dtype=index_dtype, **opts)
         rows = (1 << 16) if n_rows is None else int(np.clip(n_rows + 1, 1 << 10, 1 << 16))
-        self._indptr = self.group.create_dataset("indptr", data=np.zeros(1, np.int64),
+        self._indptr = self.group.create_dataset("indptr", data=np.zeros(1, index_dtype),
                                                  maxshape=(None,), chunks=(rows,))
 
     def append(self, x: sp.csr_matrix) -> None:
@@ -499,6 +502,8 @@ class CSRWriter:
             raise ValueError(f"rows have {x.shape[1]} columns, the matrix {self.n_cols}")
         check_disk_space(Path(self.group.file.filename), x.data.nbytes + x.indices.nbytes
                          + 8 * (x.shape[0] + 1), f"the next {x.shape[0]:,} rows")
+        if self.nnz + x.nnz > np.iinfo(self._indptr.dtype).max:
+            self._widen()
         for dataset, values in ((self._data, x.data), (self._indices, x.indices)):
             dataset.resize((self.nnz + x.nnz,))
             dataset[self.nnz :] = values
@@ -507,3 +512,17 @@ class CSRWriter:
         self.n_rows += x.shape[0]
         self.nnz += x.nnz
         self.group.attrs["shape"] = np.array([self.n_rows, self.n_cols], dtype=np.int64)
+
+    def _widen(self, block: int = 1 << 24) -> None:
+        """Store ``indices`` and ``indptr`` as int64 from now on (the values written so far
+        copied block by block): the next rows take the matrix past int32's 2**31 - 1 values."""
+        for name in ("indices", "indptr"):
+            old = self.group[name]
+            new = self.group.create_dataset(f"{name}_int64", shape=old.shape, dtype=np.int64,
+                                            maxshape=(None,), chunks=old.chunks,
+                                            compression=old.compression)
+            for start in range(0, old.shape[0], block):
+                new[start : start + block] = old[start : start + block].astype(np.int64)
+            del self.group[name]
+            self.group.move(f"{name}_int64", name)
+        self._indices, self._indptr = self.group["indices"], self.group["indptr"]
