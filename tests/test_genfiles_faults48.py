@@ -81,3 +81,22 @@ def test_csr_writer_widens_past_int32(tmp_path):
         back = sp.csr_matrix((f["X/data"][:], f["X/indices"][:], f["X/indptr"][:]),
                              shape=(6, 5))
     assert (back != x).nnz == 0
+
+
+def test_out_with_a_tilde_is_written_in_the_home_folder(models, tmp_path, monkeypatch):
+    """``--out '~/cells.h5ad'`` (quoted, so the shell left the ``~``) was checked as the home
+    folder's file but written into a folder named ``~`` under the current one; a ``~user`` that
+    does not exist did not name ``--out``."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert _generate(models["nb"], "~/cells.h5ad") == 0
+    assert (home / "cells.h5ad").is_file()
+    assert not (work / "~").exists()
+    from cellsynth.errors import ConfigError
+    from cellsynth.pipeline.generate import generate_to_file
+
+    with pytest.raises(ConfigError, match="--out"):
+        generate_to_file(models["nb"], "~no_such_user_48/cells.h5ad", n_per_type=2)

@@ -281,11 +281,11 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
 
     from ..data.store import write_h5ad
 
+    out = expand_user(out, "--out")  # checked and written alike: '~/x.h5ad' is never ./~/x.h5ad
     check_output(out, model_dir, ask.get("like"), ask.get("request"))
     gen = load_generator(model_dir)
     req, kwargs = _request(gen, ask.get("n_per_type"), ask.get("types"), ask.get("where"),
                            ask.get("request"), ask.get("like"))  # fmt: skip
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     made_by = model_identity(model_dir)
     if not hasattr(gen, "sample_chunks"):
@@ -332,8 +332,8 @@ def check_output(out: str | Path, model_dir: str | Path, *inputs: str | Path | N
     input (``--like``, ``--request``); that is a directory; or that is an existing file other
     than cells cellsynth generated or simulated (``outputs.check_file_out``). Before anything
     is loaded."""
-    path = Path(out).expanduser().resolve()
-    model = Path(model_dir).expanduser().resolve()
+    path = expand_user(out, "--out").resolve()
+    model = expand_user(model_dir, "the model directory").resolve()
     inside = path == model or model in path.parents
     if path.is_dir() and not inside:
         from ..models.base import is_model_dir
