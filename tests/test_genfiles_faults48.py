@@ -100,3 +100,21 @@ def test_out_with_a_tilde_is_written_in_the_home_folder(models, tmp_path, monkey
 
     with pytest.raises(ConfigError, match="--out"):
         generate_to_file(models["nb"], "~no_such_user_48/cells.h5ad", n_per_type=2)
+
+
+@pytest.mark.parametrize("model", ["nb", "reference"])
+def test_fitted_from_a_file_the_cells_keep_the_gene_symbols(model, tmp_path):
+    """``cellsynth fit --model nb`` (or ``reference``, or ``scvi``) read the file's cells
+    without their ``var`` columns, so the model kept no gene symbols and its generated cells'
+    ``var`` had none, where a CVAE's had them; the ``reference`` model kept none in Python
+    either (fitted, saved and loaded)."""
+    a = _design_atlas(seed=3)[:400].copy()
+    a.var["gene_symbols"] = [f"SYM{i}" for i in range(a.n_vars)]
+    a.write_h5ad(tmp_path / "atlas.h5ad")
+    folder, out = tmp_path / "model", tmp_path / "cells.h5ad"
+    fast = ["--set", "seed_vae.max_epochs=1"] if model == "reference" else []
+    assert main(["fit", str(tmp_path / "atlas.h5ad"), "--label-key", "cell_type", "--model",
+                 model, "--out", str(folder), *fast, "--quiet"]) == 0
+    assert _generate(folder, out) == 0
+    var = ad.read_h5ad(out).var
+    assert (var["gene_symbols"] == a.var.loc[var.index, "gene_symbols"]).all()

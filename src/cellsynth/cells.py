@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
-from .data.genes import source_annotation, warn_other_features
+from .data.genes import annotated_var, source_annotation, warn_other_features
 from .data.io import (
     BACKED_BYTES,
     check_file,
@@ -118,14 +118,17 @@ class Cells:
 
     def to_memory(self, rows: np.ndarray) -> ad.AnnData:
         """The cells ``rows`` (sorted positions) as an AnnData: ``X`` normalised when this data
-        has normalised values (else the counts), ``layers['counts']``, ``obs``."""
+        has normalised values (else the counts), ``layers['counts']``, ``obs``, ``var`` with the
+        genes' annotation."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._memory is not None:
             return self._memory[rows]
         counts = self.counts.take(rows) if self.counts is not None else None
         x = self.normalised.take(rows) if self.normalised is not None else counts
+        # var with the genes' annotation: a model fitted on these cells (nb, reference) keeps the
+        # symbols beside IDs for its generated cells, as a CVAE fitted on the Cells does
         out = ad.AnnData(X=x, obs=self.obs.iloc[rows].drop(columns=[K.NORM_TOTAL], errors="ignore"),
-                         var=pd.DataFrame(index=pd.Index(self.genes)))  # fmt: skip
+                         var=annotated_var(self.genes, self.annotation))  # fmt: skip
         if counts is not None:
             out.layers[K.COUNTS] = counts
         out.uns[K.UNS] = {"has_counts": self.has_counts, "label_key": self.label_key}

@@ -34,6 +34,7 @@ from ..checksums import verify_checksums, write_checksums
 from ..config import FeaturesConfig, SeedVAEConfig
 from ..config_rules import check_ranges, from_dict
 from ..data.csr import stack_rows
+from ..data.genes import gene_annotation
 from ..data.qc import normalise_log1p
 from ..errors import CellsynthError, ConfigError, DataError, ModelFileError
 from ..features.pca import PCAModel, fit_pca
@@ -49,7 +50,14 @@ from ._count_files import (
     write_meta,
 )
 from ._design import Design
-from ._model_dir import missing_file, saved_label_key, saved_settings, saves_whole, setting
+from ._model_dir import (
+    missing_file,
+    read_annotation,
+    saved_label_key,
+    saved_settings,
+    saves_whole,
+    setting,
+)
 from .base import (
     check_library_memory,
     fit_labels,
@@ -140,6 +148,7 @@ class SeedGenerator:
         self.target_sum = float(target_sum)
         self.labels: list[str] = []
         self.genes: list[str] = []
+        self.gene_annotation: pd.DataFrame | None = None  # text columns of the training var
         self.label_key = "cell_type"
         self.vae: SeedCVAE | None = None
         self.pca: PCAModel | None = None
@@ -192,6 +201,7 @@ class SeedGenerator:
         check, _ = vae.sample(dict.fromkeys(labels, CHECK_DRAWS), seed=derive_seed(seed, "check"))
         _proportions(pca.inverse_transform(check))
         self.labels, self.genes, self.label_key = labels, genes, label_key
+        self.gene_annotation = gene_annotation(adata.var)  # symbols beside IDs, in sample()'s var
         self.pca, self.vae, self.libraries = pca, vae, libs
         self.history = {
             **history,
@@ -237,6 +247,7 @@ class SeedGenerator:
             model=self.name,
             seed=seed,
             config=self._settings(),
+            annotation=self.gene_annotation,
         )
 
     @saves_whole
@@ -252,7 +263,7 @@ class SeedGenerator:
             "config": self._settings(),
             "history": self.history,
         }
-        write_meta(directory, meta, self.labels, self.genes)
+        write_meta(directory, meta, self.labels, self.genes, self.gene_annotation)
         save_libraries(directory / "libraries.safetensors", self.libraries)
         self.vae.save(directory / "vae")
         self.pca.save(directory / "pca")
@@ -290,6 +301,7 @@ class SeedGenerator:
             genes,
             saved_label_key(directory, meta),
         )
+        model.gene_annotation = read_annotation(directory, genes)
         model.vae, model.pca, model.libraries = vae, pca, libraries
         model.history = meta.get("history") or {}
         verify_checksums(directory)  # after the checks above, which name what is wrong
