@@ -118,3 +118,23 @@ def test_fitted_from_a_file_the_cells_keep_the_gene_symbols(model, tmp_path):
     assert _generate(folder, out) == 0
     var = ad.read_h5ad(out).var
     assert (var["gene_symbols"] == a.var.loc[var.index, "gene_symbols"]).all()
+
+
+def test_a_runs_preprocessed_data_is_not_replaced(models, tmp_path):
+    """``--out run/data/preprocessed.h5ad`` replaced the run's preprocessed cells: its
+    ``uns['cellsynth']`` (``has_counts``, ``label_key``) was taken for generated cells'
+    provenance. Only cells that name the model that drew them are replaced."""
+    from cellsynth import keys as K
+
+    pre = _design_atlas(seed=4)[:50].copy()
+    pre.uns = {K.UNS: {"has_counts": True, "label_key": "cell_type"}}  # as data.qc writes it
+    out = tmp_path / "preprocessed.h5ad"
+    pre.write_h5ad(out)
+    assert _generate(models["nb"], out) == 2
+    assert ad.read_h5ad(out).n_obs == 50
+    assert main(["simulate", "--cells", "60", "--genes", "30", "--types", "2", "--out",
+                 str(out), "--quiet"]) == 2
+    cells = tmp_path / "cells.h5ad"
+    assert _generate(models["nb"], cells) == 0
+    assert _generate(models["cvae"], cells, "--seed", "3") == 0  # generated cells: replaced
+    assert ad.read_h5ad(cells).uns[K.UNS]["model"] == "cvae"

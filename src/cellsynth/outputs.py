@@ -362,14 +362,15 @@ def _run_manifest(path: Path) -> bool:
 
 
 def generated_h5ad(path: Path, *, simulated: bool = True) -> bool:
-    """Whether ``path`` is an h5ad that cellsynth wrote: generated cells (``uns['cellsynth']``)
-    or, with ``simulated``, a simulated atlas (``uns['source']`` naming
-    ``cellsynth.data.simulate``)."""
+    """Whether ``path`` is an h5ad that cellsynth wrote: generated cells (``uns['cellsynth']``
+    naming the model that drew them: a run's ``data/preprocessed.h5ad`` has a
+    ``uns['cellsynth']`` without one, and is no output to replace) or, with ``simulated``, a
+    simulated atlas (``uns['source']`` naming ``cellsynth.data.simulate``)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            if "uns/cellsynth" in f:
+            if "uns/cellsynth/model" in f:
                 return True
             if not simulated:
                 return False

@@ -385,7 +385,7 @@ def _looks_generated(data: Any) -> bool:
     """Whether ``data`` (a path or an AnnData) holds cells cellsynth generated."""
     if isinstance(data, str | Path):
         return generated_h5ad(Path(data), simulated=False)
-    return "cellsynth" in getattr(data, "uns", {})
+    return "model" in (getattr(data, "uns", {}).get("cellsynth") or {})  # not preprocessed
 
 
 def _check_sides(real: Any, synthetic: Any) -> None:
