@@ -15,9 +15,10 @@ from cellsynth import config
 from cellsynth import keys as K
 from cellsynth.data import io
 from cellsynth.data.chunked import PreprocessedStore, preprocess_backed
+from cellsynth.data.csr_writer import CSRWriter
 from cellsynth.data.qc import preprocess
 from cellsynth.data.simulate import write_atlas
-from cellsynth.data.store import CSRWriter, H5adFile, RowStore
+from cellsynth.data.store import H5adFile, RowStore
 from cellsynth.errors import DataError
 
 

@@ -51,7 +51,8 @@ def test_an_h5ad_too_big_for_the_disk_is_refused_before_it_is_written(tmp_path: 
 
 def test_rows_streamed_to_a_disk_that_fills_stop_before_the_chunk_that_would_not_fit(
         tmp_path: Path, monkeypatch) -> None:  # fmt: skip
-    from cellsynth.data.store import CSRWriter, h5ad_file
+    from cellsynth.data.csr_writer import CSRWriter
+    from cellsynth.data.store import h5ad_file
 
     chunk = _cells(500).X
     free = [10 * (chunk.data.nbytes + chunk.indices.nbytes) + (2 << 20)]

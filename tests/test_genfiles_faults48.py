@@ -68,7 +68,7 @@ def test_csr_writer_widens_past_int32(tmp_path):
     int32: both become int64, the rows written before kept."""
     import scipy.sparse as sp
 
-    from cellsynth.data.store import CSRWriter
+    from cellsynth.data.csr_writer import CSRWriter
 
     x = sp.random(6, 5, density=0.5, format="csr", random_state=0, dtype=np.float32)
     with h5py.File(tmp_path / "x.h5", "w") as f:

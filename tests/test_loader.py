@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from cellsynth.data.csr_writer import CSRWriter
 from cellsynth.data.loader import BlockLoader, type_sums
-from cellsynth.data.store import CSRWriter, RowStore
+from cellsynth.data.store import RowStore
 from cellsynth.errors import DataError
 
 

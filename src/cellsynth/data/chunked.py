@@ -38,6 +38,7 @@ from ..errors import DataError
 from ._mito import gene_symbols, mito_fraction, mito_genes
 from ._qc_columns import check_qc_columns, needs_computing
 from .csr import cells_per_gene, genes_per_cell, stack_rows
+from .csr_writer import CSRWriter
 from .genes import annotated_var, source_annotation, warn_other_features
 from .io import check_shape, find_counts
 from .labels import check_label
@@ -53,7 +54,7 @@ from .qc import (
     normalise_log1p,
 )
 from .settings import data_settings
-from .store import CSRWriter, H5adFile, RowStore, h5ad_file
+from .store import H5adFile, RowStore, h5ad_file
 from .values import check_values
 
 logger = logging.getLogger(__name__)

@@ -58,7 +58,8 @@ from ._sim_design import (
     type_names,
 )
 from .csr import stack_rows
-from .store import CSRWriter, h5ad_file
+from .csr_writer import CSRWriter
+from .store import h5ad_file
 
 logger = logging.getLogger(__name__)
 

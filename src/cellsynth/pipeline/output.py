@@ -113,7 +113,8 @@ def write_cells(path: Path, chunks, obs: pd.DataFrame, genes: list[str],
     ``annotation`` (:func:`~cellsynth.data.genes.annotated_var`)."""
     from anndata.io import write_elem
 
-    from ..data.store import CSRWriter, h5ad_file
+    from ..data.csr_writer import CSRWriter
+    from ..data.store import h5ad_file
 
     with h5ad_file(path) as f:
         writer = CSRWriter(f, "X", len(genes), n_rows=len(obs))
