@@ -118,6 +118,7 @@ class CopyGenerator:
             "n_cells": len(rows),
             "cells_per_type": {t: len(g) for t, g in zip(labels, groups, strict=True)},
             "seconds": time.perf_counter() - start,
+            "seed": int(seed),  # the fit's provenance, saved with the model
         }
         logger.info("copy control: %d training cells of %d types", len(rows), len(labels))
         return self.history

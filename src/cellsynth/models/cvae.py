@@ -326,8 +326,9 @@ class CVAE(GenerationMixin, DesignRequests):
         History: per-epoch ``train_loss`` and ``val_loss`` (what early stopping watched: the
         validation loss per cell with KL weight 1 or, with ``select = "fidelity"``, the
         two-sample AUC at checked epochs and None between), ``select``, ``best_epoch``,
-        ``epochs``, ``seconds`` and ``cells_per_second`` (training), and ``resumed_from`` (the
-        epoch training went on from) after a resume.
+        ``epochs``, ``seconds`` and ``cells_per_second`` (training), ``seed`` (saved with the
+        model: its provenance), and ``resumed_from`` (the epoch training went on from) after a
+        resume.
 
         """
         seed = checked_seed(seed)  # before any generator sees it: one message for every bad seed
@@ -375,6 +376,7 @@ class CVAE(GenerationMixin, DesignRequests):
         seconds = history["seconds"]
         history["cells_per_second"] = history["epochs"] * len(train) / max(seconds, 1e-9)
         history["select"] = "fidelity" if fidelity else "elbo"
+        history["seed"] = seed  # the fit's provenance: history.json beside the weights
         history["precision"] = str(module.compute_dtype).removeprefix("torch.")
         watched = ("validation two-sample AUC" if fidelity else "val loss" if len(val)
                    else "training loss: no validation cells")  # fmt: skip

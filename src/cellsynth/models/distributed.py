@@ -338,7 +338,7 @@ def _fit(
     seconds = history["seconds"]
     history.update(
         cells_per_second=n_train * history["epochs"] / max(seconds, 1e-9), world_size=world,
-        select="elbo", precision=str(module.compute_dtype).removeprefix("torch."),
+        select="elbo", precision=str(module.compute_dtype).removeprefix("torch."), seed=seed,
     )  # the keys of CVAE.fit's history
     model.history = history
     if rank == 0:

@@ -236,6 +236,7 @@ class NegBinBaseline(DesignRequests):
         self.history = {
             "n_cells": len(rows),
             "cells_per_type": {t: len(v) for t, v in zip(labels, libs, strict=True)},
+            "seed": seed,  # the fit's provenance, saved with the model
         }
         if design:
             self._fit_combinations(x, codes, cov[rows])

@@ -321,6 +321,7 @@ class ScviGenerator(DesignRequests):
             n_cells=int(train_idx.size),
             scvi_version=str(scvi.__version__),
             seconds=time.perf_counter() - start,
+            seed=seed,  # the fit's provenance, saved with the model
         )
         logger.info(
             "scvi: %d epochs on %d cells in %.1f s",

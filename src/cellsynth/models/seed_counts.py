@@ -208,6 +208,7 @@ class SeedGenerator:
             "n_components": pca.n_components,
             "explained_variance": float(pca.explained_variance_ratio.sum()),
             "seconds_total": time.perf_counter() - start,
+            "seed": int(seed),  # the fit's provenance, saved with the model
         }
         return self.history
 
