@@ -186,7 +186,7 @@ def _describe_benchmark(path: Path) -> dict[str, Any]:
         s = _json(folder / "summary.json")
         datasets[folder.name] = {**s.get("shape", {}), "generators": ", ".join(
             name for name in s.get("rows", {}) if name != "real vs real"),
-            "verdicts": s.get("verdicts", []),
+            "verdicts": s.get("verdicts", []), **({"seed": s["seed"]} if "seed" in s else {}),
             **({"failed": s["failed"]} if s.get("failed") else {})}  # named, as on the page
     page = path.parent / "RESULTS.md" if one else path / "RESULTS.md"
     out: dict[str, Any] = {"kind": "benchmark data set" if one else "benchmark",

@@ -181,7 +181,10 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
             shape = {"n_obs": pre.n_obs, "n_vars": pre.n_vars,
                      "n_types": int(pre.obs[cfg.dataset.label_key].nunique())}
             sections.append((name, cfg, shape, details))
+            # the seed every other seed of the data set's benchmark derives from: its provenance,
+            # which the page's command line lacks where a --config file or preset gave it
             write_json(out / name / "summary.json", {"rows": details["rows"], "shape": shape,
+                                                     "seed": cfg.seed,
                                                      "verdicts": verdict_summary(details),
                                                      "failed": details.get("failed", {})})
             # the page is rewritten after every dataset, so an interrupted run still leaves one
