@@ -92,3 +92,28 @@ def test_a_benchmark_records_the_seed_a_config_file_gave(atlas, tmp_path, capsys
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["datasets"]["a"]["seed"] == 11
+
+
+def test_the_reports_umap_draws_its_cells_from_the_runs_seed(tmp_path, monkeypatch) -> None:
+    """`cellsynth report` of runs with seed 7 and seed 8: the UMAP figure drew its equal
+    numbers of real and generated cells per type (and their drawing order) with seed 0
+    whatever the run's seed, the one draw of a run not derived from it; now derived from it."""
+    import pandas as pd
+
+    import cellsynth.pl as pl
+    from cellsynth.report import html
+    from cellsynth.report._markup import _Run
+    from cellsynth.seeds import derive_seed
+
+    seeds = []
+    monkeypatch.setattr(pl, "umap", lambda *a, seed=0, **k: seeds.append(seed))
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"origin": ["real", "synthetic"] * 10, "label": ["a"] * 20,
+                          "x": rng.random(20), "y": rng.random(20)})  # fmt: skip
+    for seed in (7, 8):
+        run = tmp_path / str(seed)
+        (run / "features").mkdir(parents=True)
+        table.to_csv(run / "features" / "umap.csv", index=False)
+        (run / "config.toml").write_text(f"seed = {seed}\n")
+        html._sec_umap(_Run(run))
+    assert seeds == [derive_seed(7, "report-umap"), derive_seed(8, "report-umap")]

@@ -21,6 +21,7 @@ from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
 from ..options import literal_text
 from ..outputs import check_file_out, report_html, write_text
+from ..seeds import derive_seed, is_whole
 from . import figures
 from ._fidelity import _sec_design, _sec_fidelity, _sec_verdict
 from ._markup import _e, _fmt, _img, _left_out, _missing, _note, _Run, _table
@@ -262,12 +263,15 @@ def _sec_umap(run: _Run) -> str:
     if df is None or not {"origin", "label", "x", "y"} <= set(df):
         return _missing("features/umap.csv")
     n = df["origin"].astype(str).value_counts()
+    # the cells drawn per type come from the run's seed, as every other draw of the run
+    seed = run.config().get("seed", 0)
+    seed = derive_seed(int(seed) if is_whole(seed) and seed >= 0 else 0, "report-umap")
     return (f"<p>{_e(_fmt(int(n.get('real', 0))))} real test and "
             f"{_e(_fmt(int(n.get('synthetic', 0))))} generated cells embedded together. Each "
             "type is drawn with as many generated as real cells (the smaller number of the "
             "two; the legend gives them), so no side swamps the other; a type only one side "
             "holds shows that side alone.</p>"
-            + _img(figures.umap_panels(df), "UMAP of real and generated cells"))
+            + _img(figures.umap_panels(df, seed), "UMAP of real and generated cells"))
 
 
 def _sec_training(run: _Run) -> str:
