@@ -74,6 +74,21 @@ def test_cellsynth_fit_records_the_seed_in_the_model_as_well(atlas, tmp_path) ->
     assert _saved_history(tmp_path / "m")["seed"] == 9
 
 
+def test_cellsynth_info_shows_a_models_fit_seed(atlas, tmp_path, capsys) -> None:
+    """`cellsynth info MODEL_DIR` said nothing of the seed a model was fitted with; it now
+    shows the one its history records (history.json, or config.json's for the count models)."""
+    model = cs.CVAE(atlas, "cell_type")
+    model.train(seed=6, **FAST_CVAE)
+    model.save(tmp_path / "cvae")
+    nb = NegBinBaseline()
+    nb.fit(atlas, "cell_type", seed=8)
+    nb.save(tmp_path / "nb")
+    for name, seed in (("cvae", 6), ("nb", 8)):
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / name), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["seed"] == seed
+
+
 def test_a_benchmark_records_the_seed_a_config_file_gave(atlas, tmp_path, capsys) -> None:
     """`cellsynth benchmark --config cfg.toml` with `seed = 11` in the file: nothing in the
     benchmark directory said the seed (RESULTS.md names the file only, which may change; the

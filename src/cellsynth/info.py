@@ -221,6 +221,9 @@ def _describe_model(path: Path) -> dict[str, Any]:
     meta = _json(path / "config.json")
     labels = _json(path / "labels.json") if (path / "labels.json").is_file() else []
     genes = _json(path / "genes.json") if (path / "genes.json").is_file() else None
+    history = _json(path / "history.json") if (path / "history.json").is_file() else \
+        meta.get("history")
+    fitted = history.get("seed") if isinstance(history, dict) else None  # older fits: none
     return {
         "kind": "model",
         "path": str(path),
@@ -237,6 +240,7 @@ def _describe_model(path: Path) -> dict[str, Any]:
         # what the model conditions on besides the type, and the levels it can generate
         "covariates": {k: ", ".join(map(str, v)) for k, v in
                        (meta.get("design") or {}).get("levels", {}).items()} or "none",
+        **({"seed": fitted} if fitted is not None else {}),  # the fit's: how to refit it alike
     }
 
 
