@@ -209,8 +209,8 @@ class NegBinBaseline(DesignRequests):
 
         Returns
         -------
-        The history: cells, cells per type, seconds and, with covariates, the combinations
-        fitted and those that fell back to the type's fit (``fallbacks``).
+        The history: cells, cells per type, the seed, seconds and, with covariates, the
+        combinations fitted and those that fell back to the type's fit (``fallbacks``).
         """
         seed = checked_seed(seed)  # before any generator sees it: one message for every bad seed
         start = time.perf_counter()
