@@ -5,6 +5,7 @@ names is ``args.command``; :mod:`cellsynth.cli` calls it."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -31,6 +32,16 @@ types you ask for, and measure how close they are to real ones.
 _SET_HELP = ("override one setting, TOML syntax (cvae.lr=1e-3, dataset.path='a.h5ad'); "
              "repeatable; `cellsynth config show` lists them all (default: none)")
 _QUIET_HELP = "warnings only, no progress bars (default: off)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, made strict: an option that takes one value refuses a second
+    (:class:`_Once` is every such option's action)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)  # the default action, "store"
+        self.register("action", "store", _Once)
 
 
 def _command(sub: argparse._SubParsersAction, name: str, summary: str,
@@ -100,8 +111,7 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellsynth", description=_DESCRIPTION,
-                                formatter_class=_HelpFormatter)
+    p = _Parser(prog="cellsynth", description=_DESCRIPTION, formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

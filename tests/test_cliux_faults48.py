@@ -1,0 +1,52 @@
+"""The command line as a program (sweep 48): options given twice, usage errors that say how
+to fix them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cellsynth import cli
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "cellsynth"):
+    """Every parser under ``parser`` (itself included), with its command line name."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def _usage_error(capsys, *argv: str) -> str:
+    """The message of the usage error (exit 2) that ``cellsynth ARGV`` ends in."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    assert exc.value.code == 2
+    return " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--out", "a", "--out", "b", "--set", "seed=-1"],  # fails fast unfixed
+    ["config", "show", "--label-key=x", "--label-key=y"],
+    ["evaluate", "--real", "a.h5ad", "--real", "b.h5ad", "--synthetic", "s", "--label-key", "k",
+     "--out", "d"],
+    ["simulate", "--cells", "10", "--cells", "20", "--out", "x.h5ad"],
+    ["report", "RUN", "--out", "a.html", "--out", "b.html"],
+])
+def test_an_option_of_one_value_given_twice_is_refused(capsys, argv, tmp_path, monkeypatch):
+    """``cellsynth evaluate --real a.h5ad ... --real b.h5ad`` scored b.h5ad alone, ``run --out a
+    --out b`` wrote to b, without a word: only fit's, generate's and benchmark's options refused
+    a repeat. Every option of one value does now, naming both values."""
+    monkeypatch.chdir(tmp_path)  # what the command would write without the fix
+    err = _usage_error(capsys, *argv)
+    assert "given twice" in err and "give it once" in err
+
+
+def test_every_option_of_one_value_refuses_a_repeat():
+    """The class closed: no command has an option argparse would overwrite."""
+    for name, parser in _parsers(cli.build_parser()):
+        for action in parser._actions:
+            assert type(action) is not argparse._StoreAction, f"{name} {action.dest}"
+
