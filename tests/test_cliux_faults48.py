@@ -50,3 +50,19 @@ def test_every_option_of_one_value_refuses_a_repeat():
         for action in parser._actions:
             assert type(action) is not argparse._StoreAction, f"{name} {action.dest}"
 
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["rn"], "(did you mean 'run'?); `cellsynth --help` lists them"),
+    (["config", "shwo"], "(did you mean 'show'?)"),
+    ([], "`cellsynth --help` says what each is"),
+    (["config", "show", "--labelkey", "x"], "cellsynth config show: error: unrecognized arguments: "
+     "--labelkey (did you mean '--label-key'?); `cellsynth config show --help` lists its options"),
+    (["config", "show", "--label-key", "-x"], "a value starting with '-' as --label-key=VALUE"),
+    (["info", "--json=1", "x"], "--json takes no value"),
+])
+def test_a_usage_error_says_how_to_fix_it(capsys, argv, hint):
+    """``cellsynth rn`` listed the commands but not the one meant; ``config show --labelkey x``
+    was refused by the top command ('cellsynth: error: unrecognized arguments', its usage), not
+    naming the option meant; ``--label-key -x`` said 'expected one argument', not how to give a
+    value starting with '-'. Each now says how to fix it."""
+    assert hint in _usage_error(capsys, *argv)

@@ -5,7 +5,9 @@ names is ``args.command``; :mod:`cellsynth.cli` calls it."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -35,13 +37,61 @@ _QUIET_HELP = "warnings only, no progress bars (default: off)"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, made strict: an option that takes one value refuses a second
-    (:class:`_Once` is every such option's action)."""
+    """argparse's parser, made strict and helpful: an option that takes one value refuses a
+    second (:class:`_Once` is every such option's action), and its errors say how to fix them
+    (the command a misspelt one is close to, the options an unknown one is close to, ``=`` for
+    a value starting with '-')."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register("action", None, _Once)  # the default action, "store"
         self.register("action", "store", _Once)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: None = None) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # named by the command's parser, whose options they are close to
+            _command_parser(self, parsed).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + _hint(self, message))
+
+
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser the parsed ``args`` went to (``cellsynth config show``'s)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                return _command_parser(action.choices[chosen], args)
+    return parser
+
+
+def _hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """How to fix the usage error ``message`` of ``parser``, or ``""``."""
+    from .errors import did_you_mean
+
+    help_ = f"; `{parser.prog} --help` lists them"
+    if m := re.search(r"invalid choice: '?([^' ]*)'? \(choose from", message):
+        names = [n for a in parser._actions if a.choices for n in a.choices]
+        return did_you_mean(m.group(1), names) + help_
+    if m := re.search(r"unrecognized arguments: (\S+)", message):
+        word = m.group(1).split("=")[0]  # likeness without the dashes all options share
+        names = [f[2:] for a in parser._actions for f in a.option_strings if f[:2] == "--"]
+        close = did_you_mean(word.lstrip("-"), names) if word.startswith("-") else ""
+        close = re.sub(r"'(?=[\w])", "'--", close)
+        return (close or " (not an option or argument of this command)") + \
+            f"; `{parser.prog} --help` lists its options"
+    if m := re.search(r"argument (--[\w-]+).*: expected one argument", message):
+        return (f"; give its value after it, and a value starting with '-' as "
+                f"{m.group(1)}=VALUE")
+    if m := re.search(r"argument (--[\w-]+).*: ignored explicit argument", message):
+        return f"; {m.group(1)} takes no value: give it alone"
+    if "arguments are required" in message:
+        return f"; `{parser.prog} --help` says what each is"
+    return ""
 
 
 def _command(sub: argparse._SubParsersAction, name: str, summary: str,
