@@ -66,3 +66,14 @@ def test_a_usage_error_says_how_to_fix_it(capsys, argv, hint):
     naming the option meant; ``--label-key -x`` said 'expected one argument', not how to give a
     value starting with '-'. Each now says how to fix it."""
     assert hint in _usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["run", "--seed", "1"], "it is a setting, given as --set seed=VALUE"),
+    (["run", "--model", "nb"], "--set generator.model=VALUE"),
+    (["config", "show", "--max-epochs=3"], "--set cvae.max_epochs=VALUE"),
+])
+def test_a_setting_given_as_an_option_says_to_give_it_with_set(capsys, argv, hint):
+    """``cellsynth run --seed 1`` (fit's and generate's option) or ``run --model nb`` was
+    refused as an unknown argument, not saying that run takes them as settings (--set)."""
+    assert hint in _usage_error(capsys, *argv)

@@ -83,7 +83,7 @@ def _hint(parser: argparse.ArgumentParser, message: str) -> str:
         close = did_you_mean(word.lstrip("-"), names) if word.startswith("-") else ""
         close = re.sub(r"'(?=[\w])", "'--", close)
         return (close or " (not an option or argument of this command)") + \
-            f"; `{parser.prog} --help` lists its options"
+            _as_setting(parser, word) + f"; `{parser.prog} --help` lists its options"
     if m := re.search(r"argument (--[\w-]+).*: expected one argument", message):
         return (f"; give its value after it, and a value starting with '-' as "
                 f"{m.group(1)}=VALUE")
@@ -92,6 +92,22 @@ def _hint(parser: argparse.ArgumentParser, message: str) -> str:
     if "arguments are required" in message:
         return f"; `{parser.prog} --help` says what each is"
     return ""
+
+
+def _as_setting(parser: argparse.ArgumentParser, word: str) -> str:
+    """``"; it is a setting: --set seed=VALUE"`` when the unknown option ``word`` names a setting
+    (``--seed`` to ``run``, ``--max-epochs``, ``--model``) and ``parser`` takes --set; else ``""``."""
+    if "--set" not in parser._option_string_actions or not word.startswith("--"):
+        return ""
+    from .config_sources import setting_names
+
+    key = word[2:].replace("-", "_").lower()
+    keys = [k for k in setting_names() if key in (k, k.rpartition(".")[2], k.replace(".", "_"))]
+    keys = keys or (["generator.model"] if key == "model" else [])
+    if not keys:
+        return ""
+    return (f"; {'it is a setting' if len(keys) == 1 else 'settings of that name'}, given as "
+            + " or ".join(f"--set {k}=VALUE" for k in keys[:4]))
 
 
 def _command(sub: argparse._SubParsersAction, name: str, summary: str,
