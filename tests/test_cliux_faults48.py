@@ -77,3 +77,17 @@ def test_a_setting_given_as_an_option_says_to_give_it_with_set(capsys, argv, hin
     """``cellsynth run --seed 1`` (fit's and generate's option) or ``run --model nb`` was
     refused as an unknown argument, not saying that run takes them as settings (--set)."""
     assert hint in _usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize("argv", [["info", "-x.h5ad"], ["config", "show", "-x.h5ad"]])
+def test_a_path_starting_with_a_dash_says_to_give_it_after_two_dashes(capsys, argv):
+    """``cellsynth info -x.h5ad`` said 'the following arguments are required: path' (the path
+    was given), ``config show -x.h5ad`` 'unrecognized arguments': neither said that argparse
+    took the path for an option, nor how to give it."""
+    err = _usage_error(capsys, *argv)
+    assert "-x.h5ad was taken for an option" in err and "-- -x.h5ad" in err
+
+
+def test_the_dash_hint_is_not_given_without_such_a_path(capsys):
+    assert "taken for an option" not in _usage_error(capsys, "info")
+    assert "taken for an option" not in _usage_error(capsys, "info", "--jsn", "x")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -42,6 +43,8 @@ class _Parser(argparse.ArgumentParser):
     (the command a misspelt one is close to, the options an unknown one is close to, ``=`` for
     a value starting with '-')."""
 
+    argv: ClassVar[list[str]] = []  # the line parsed (by the top parser, for every parser's hints)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register("action", None, _Once)  # the default action, "store"
@@ -49,6 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: None = None) -> argparse.Namespace:
+        _Parser.argv = list(sys.argv[1:] if args is None else args)  # for the hints
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:  # named by the command's parser, whose options they are close to
             _command_parser(self, parsed).error(f"unrecognized arguments: {' '.join(extra)}")
@@ -83,15 +87,27 @@ def _hint(parser: argparse.ArgumentParser, message: str) -> str:
         close = did_you_mean(word.lstrip("-"), names) if word.startswith("-") else ""
         close = re.sub(r"'(?=[\w])", "'--", close)
         return (close or " (not an option or argument of this command)") + \
-            _as_setting(parser, word) + f"; `{parser.prog} --help` lists its options"
+            _as_setting(parser, word) + _dash(parser) + f"; `{parser.prog} --help` lists its options"
     if m := re.search(r"argument (--[\w-]+).*: expected one argument", message):
         return (f"; give its value after it, and a value starting with '-' as "
                 f"{m.group(1)}=VALUE")
     if m := re.search(r"argument (--[\w-]+).*: ignored explicit argument", message):
         return f"; {m.group(1)} takes no value: give it alone"
     if "arguments are required" in message:
-        return f"; `{parser.prog} --help` says what each is"
+        return _dash(parser) + f"; `{parser.prog} --help` says what each is"
     return ""
+
+
+def _dash(parser: argparse.ArgumentParser) -> str:
+    """How to give a path starting with '-' (taken for an option), when the line has one that
+    is no option of ``parser``; else ``""``."""
+    flags = parser._option_string_actions
+    odd = [a for a in _Parser.argv if a.startswith("-") and a != "--" and a.split("=")[0] not in flags
+           and not a.startswith("--") and len(a) > 2]
+    if not odd or "--" in _Parser.argv:
+        return ""
+    return (f"; {odd[0]} was taken for an option: give a path starting with '-' after `--` "
+            f"(`{parser.prog} ... -- {odd[0]}`) or as ./{odd[0]}")
 
 
 def _as_setting(parser: argparse.ArgumentParser, word: str) -> str:
