@@ -91,3 +91,13 @@ def test_a_path_starting_with_a_dash_says_to_give_it_after_two_dashes(capsys, ar
 def test_the_dash_hint_is_not_given_without_such_a_path(capsys):
     assert "taken for an option" not in _usage_error(capsys, "info")
     assert "taken for an option" not in _usage_error(capsys, "info", "--jsn", "x")
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["generate", "m", "--n-per-type", "1e3", "--out", "x.h5ad"], "--n-per-type"),
+    (["simulate", "--cells", "1,000", "--out", "x.h5ad"], "--cells"),
+])
+def test_a_number_not_in_digits_says_how_to_write_it(capsys, argv, flag):
+    """``--n-per-type 1e3`` or ``--cells 1,000`` said "invalid int value: '1e3'", not how to
+    write the number."""
+    assert f"give a whole number in digits, e.g. {flag} 1000" in _usage_error(capsys, *argv)

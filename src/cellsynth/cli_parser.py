@@ -93,6 +93,8 @@ def _hint(parser: argparse.ArgumentParser, message: str) -> str:
                 f"{m.group(1)}=VALUE")
     if m := re.search(r"argument (--[\w-]+).*: ignored explicit argument", message):
         return f"; {m.group(1)} takes no value: give it alone"
+    if m := re.search(r"argument (--[\w-]+).*: invalid int value", message):
+        return f"; give a whole number in digits, e.g. {m.group(1)} 1000 (not 1e3, 1,000 or 1k)"
     if "arguments are required" in message:
         return _dash(parser) + f"; `{parser.prog} --help` says what each is"
     return ""
