@@ -101,3 +101,18 @@ def test_a_number_not_in_digits_says_how_to_write_it(capsys, argv, flag):
     """``--n-per-type 1e3`` or ``--cells 1,000`` said "invalid int value: '1e3'", not how to
     write the number."""
     assert f"give a whole number in digits, e.g. {flag} 1000" in _usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(("argv", "name"), [
+    (["config", "show", "--label-key="], "--label-key"),
+    (["info", ""], "path"),
+    (["report", ""], "run_dir"),
+    (["evaluate", "--real", "", "--synthetic", "s", "--label-key", "k", "--out", "d"], "--real"),
+])
+def test_an_empty_value_is_refused_as_unset(capsys, argv, name):
+    """``config show DATA --label-key "$KEY"`` with KEY unset showed label_key = "" as the
+    setting a run would use; ``info ""`` and ``report ""`` described the current folder ('.
+    is not a run directory'), a path the user never gave. An empty value is refused, as --out's
+    and --config's already were."""
+    err = _usage_error(capsys, *argv)
+    assert f"argument {name}: is empty ('';" in err and "not set" in err

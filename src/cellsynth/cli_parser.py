@@ -152,7 +152,17 @@ class _Once(argparse.Action):
                 self, f"given twice ({getattr(namespace, self.dest)!r}, then {values!r}): "
                       f"give it once{together}")
         given.add(self.dest)
+        if isinstance(values, str) and not values.strip() and self.dest not in _OWN_EMPTY:
+            how = "" if self.required or not self.option_strings else ", or leave it out"
+            raise argparse.ArgumentError(  # `--label-key "$KEY"`, KEY unset: '' or the folder .
+                self, f"is empty ({values!r}; a shell variable that is not set?): give "
+                      f"{self.metavar or self.dest.upper()}{how}")
         setattr(namespace, self.dest, values)
+
+
+#: the values whose emptiness the command itself refuses, with its own message (--out "",
+#: --config ""), or allows (--base-url "": the EBI's)
+_OWN_EMPTY = frozenset({"data", "config", "out", "holdout", "cache_dir", "base_url", "covariates"})
 
 
 def _seed(text: str) -> int:
