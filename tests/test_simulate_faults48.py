@@ -136,10 +136,10 @@ def test_a_wrong_argument_does_not_say_the_file_is_being_replaced(
     sim.write_atlas(out, 60, 40, 2)
     before = out.read_bytes()
     caplog.set_level("INFO")
-    for bad in (["--genes", "1"], ["--donors", "-1"], ["--types", "0"]):
+    for bad in ({"--genes": "1"}, {"--donors": "-1"}, {"--types": "0"}):
         caplog.clear()
-        argv = ["simulate", "--cells", "60", "--genes", "40", "--types", "2", *bad,
-                "--out", str(out)]  # fmt: skip
+        given = {"--cells": "60", "--genes": "40", "--types": "2", **bad, "--out": str(out)}
+        argv = ["simulate", *(word for item in given.items() for word in item)]  # each once
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "replacing" not in caplog.text + err and "cellsynth: error: need" in err
