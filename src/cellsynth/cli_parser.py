@@ -152,7 +152,8 @@ class _Once(argparse.Action):
                 self, f"given twice ({getattr(namespace, self.dest)!r}, then {values!r}): "
                       f"give it once{together}")
         given.add(self.dest)
-        if isinstance(values, str) and not values.strip() and self.dest not in _OWN_EMPTY:
+        own = self.dest in _OWN_EMPTY or f"{parser.prog} {self.dest}" in _OWN_EMPTY
+        if isinstance(values, str) and not values.strip() and not own:
             how = "" if self.required or not self.option_strings else ", or leave it out"
             raise argparse.ArgumentError(  # `--label-key "$KEY"`, KEY unset: '' or the folder .
                 self, f"is empty ({values!r}; a shell variable that is not set?): give "
@@ -161,8 +162,9 @@ class _Once(argparse.Action):
 
 
 #: the values whose emptiness the command itself refuses, with its own message (--out "",
-#: --config ""), or allows (--base-url "": the EBI's)
-_OWN_EMPTY = frozenset({"data", "config", "out", "holdout", "cache_dir", "base_url", "covariates"})
+#: --config "", simulate's --label-key ""), or allows (--base-url "": the EBI's)
+_OWN_EMPTY = frozenset({"data", "config", "out", "holdout", "cache_dir", "base_url", "covariates",
+                        "cellsynth simulate label_key"})
 
 
 def _seed(text: str) -> int:
