@@ -166,3 +166,18 @@ def test_a_small_draw_runs_on_one_thread_with_the_same_cells(monkeypatch) -> Non
     assert used == [1, 2]
     for a, b in zip(small, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_means_beyond_any_count_are_refused_by_every_engine(engine: str) -> None:
+    """Means above MAX_MEAN (a damaged or edited model) would make the count draws loop for
+    ever: refused with the largest of them named. The CPU's kernel finds them in its second
+    pass (no pass over the means of its own); the torch engine looks at the maximum."""
+    from cellsynth.errors import CellsynthError
+
+    mu = torch.full((6, 40), 2.0)
+    mu[4, 17] = 1e30
+    with pytest.raises(CellsynthError, match=r"mean counts reach 1e\+30 in a gene of a cell"):
+        nb_csr(np.random.default_rng(0), mu, torch.ones(40), engine=engine)
+    mu[4, 17] = 1e11  # large, but a count
+    assert nb_csr(np.random.default_rng(0), mu, torch.ones(40), engine=engine).nnz > 0

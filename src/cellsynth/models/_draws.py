@@ -41,7 +41,7 @@ import torch
 from ..data.csr import stack_rows
 from ..errors import CellsynthError
 from ._moments import DIVERGED
-from ._nb_kernel import nb_csr_arrays
+from ._nb_kernel import MAX_MEAN, MeansBeyondCounts, nb_csr_arrays
 from .modules.likelihoods import NegativeBinomial
 
 _P_MAX = 1.0 - 1e-12  # log-series parameter below 1 (mu >> theta in float rounding)
@@ -97,9 +97,12 @@ class _Noise:
         return torch.from_numpy(out)
 
 
-#: the largest mean count a draw takes: a gene of a cell beyond it is no count (a cell holds
-#: at most millions), and the sampler's Poisson steps never end for means near 1e30
-MAX_MEAN = 1e12
+def _beyond_counts(top: float) -> CellsynthError:
+    """The error for means above :data:`MAX_MEAN` (the largest, ``top``)."""
+    return CellsynthError(f"the model's mean counts reach {top:.3g} in a gene of a cell, far "
+                          f"beyond any count (at most {MAX_MEAN:.0e}): its parameters are "
+                          "damaged, edited or from a fit that diverged; restore the model from "
+                          "its save, or fit it again")
 
 
 def nb_csr(
@@ -140,23 +143,23 @@ def nb_csr_seeded(seed: int | np.ndarray, mu: torch.Tensor, theta: torch.Tensor,
     generator): the same counts for the same seed and means. On the CPU's kernel ``seed`` may
     be one per cell (``(n,)``, runs of one seed: the cells of one call per run, drawn in one)."""
     n, n_genes = mu.shape
-    top = float(mu.max()) if mu.numel() else 0.0
-    if top > MAX_MEAN:  # the draws of such means never end (nor would they be counts)
-        raise CellsynthError(f"the model's mean counts reach {top:.3g} in a gene of a cell, far "
-                             f"beyond any count (at most {MAX_MEAN:.0e}): its parameters are "
-                             "damaged, edited or from a fit that diverged; restore the model "
-                             "from its save, or fit it again")
     engine = engine or ("kernel" if mu.device.type == "cpu" else "torch")
     if np.ndim(seed) and engine != "kernel":
         raise ValueError("a seed per cell is for the CPU's kernel; draw each run apart")
     if engine == "kernel":
         if mu.device.type != "cpu":
             raise ValueError(f"the kernel draws on the CPU; these means are on {mu.device}")
-        data, indices, indptr = nb_csr_arrays(
-            mu.detach().numpy(), theta.detach().reshape(-1, n_genes).numpy(),
-            None if dropout is None else dropout.detach().reshape(-1, n_genes).numpy(),
-            seed, torch.get_num_threads())
+        try:  # means above MAX_MEAN are found by the kernel's second pass: no pass of its own
+            data, indices, indptr = nb_csr_arrays(
+                mu.detach().numpy(), theta.detach().reshape(-1, n_genes).numpy(),
+                None if dropout is None else dropout.detach().reshape(-1, n_genes).numpy(),
+                seed, torch.get_num_threads())
+        except MeansBeyondCounts as exc:  # their draws would never end
+            raise _beyond_counts(exc.top) from None
         return sp.csr_matrix((data, indices, indptr), shape=(n, n_genes))
+    top = float(mu.detach().max()) if mu.numel() else 0.0
+    if top > MAX_MEAN:  # the draws of such means never end (nor would they be counts)
+        raise _beyond_counts(top)
     noise = _Noise(seed, mu.device)
     with torch.no_grad():
         u = noise.draw("uniform", n * n_genes, torch.float32).to(mu.device)

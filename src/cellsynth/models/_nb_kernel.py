@@ -62,6 +62,18 @@ MANY_EVENTS = 2.0
 #: starting the parallel loops cost more than the draw (a cell of 2,000 genes: 0.02 ms on one
 #: thread, 0.8 ms on two of a host other processes kept busy)
 SERIAL_ENTRIES = 50_000
+
+#: the largest mean count a draw takes: a gene of a cell beyond it is no count (a cell holds
+#: at most millions), and the count draws' Poisson steps never end for means near 1e30
+MAX_MEAN = 1e12
+
+
+class MeansBeyondCounts(ValueError):
+    """Means above :data:`MAX_MEAN` among the entries drawn; ``top`` the largest of them."""
+
+    def __init__(self, top: float) -> None:
+        super().__init__(f"mean counts up to {top:.3g}, above {MAX_MEAN:.0e}")
+        self.top = top
 _MAX_STEPS = 100_000  # a search stops there (a tail below float64's resolution of the cdf)
 _P_MAX = 1.0 - 1e-12
 
@@ -260,10 +272,12 @@ def _mark(mu, theta, seeds, pos, prob, code, room):
 
 
 @njit(parallel=True, cache=True)
-def _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz):
+def _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz, limit):
     """Pass 2: the counts of the non-zero entries, from each cell's offset ``start[r]``
     (``nnz[r]`` of them: open entries decided against the whole uniform, zero-inflated ones
-    dropped when a second uniform of the entry falls below their dropout)."""
+    dropped when a second uniform of the entry falls below their dropout). A cell with an
+    entry whose mean is above ``limit`` (always one that may be non-zero: its ``P(x > 0)`` is
+    one) is left with ``nnz[r] = -1``: its counts would take for ever."""
     n, genes = mu.shape
     th_rows, dr_rows = theta.shape[0], dropout.shape[0]
     for row in prange(n):
@@ -272,10 +286,14 @@ def _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz)
         dr = r if dr_rows > 1 else np.int64(0)
         seed, first = seeds[r], pos[r] * genes
         at = start[r]
+        beyond = False
         for g in range(genes):
             c = code[r, g]
             if c == 0:
                 continue
+            if mu[r, g] > limit:
+                beyond = True
+                break
             bits = _entry_bits(seed, first + g)
             u = _unit(bits)
             v = prob[r, g]
@@ -288,7 +306,7 @@ def _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz)
             zero = -float(v) if v < 0 else 1.0 - p
             data[at] = _positive(u / p, float(mu[r, g]), float(theta[tr, g]), p, zero, bits)
             at += 1
-        nnz[r] = at - start[r]
+        nnz[r] = -1 if beyond else at - start[r]
 
 
 @njit(parallel=True, cache=True)
@@ -330,7 +348,9 @@ def nb_csr_arrays(mu: np.ndarray, theta: np.ndarray, dropout: np.ndarray | None,
         indices = np.empty(start[-1], dtype=np.int32)
         data = np.empty(start[-1], dtype=np.float32)
         nnz = np.empty(n, dtype=np.int64)
-        _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz)
+        _fill(mu, theta, dropout, seeds, pos, prob, code, start, indices, data, nnz, MAX_MEAN)
+        if (nnz < 0).any():
+            raise MeansBeyondCounts(float(mu[nnz < 0].max()))
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(nnz, out=indptr[1:])
         if indptr[-1] < start[-1]:  # open or dropped entries left gaps: close them
