@@ -60,11 +60,6 @@ def _as_features(X: Any) -> np.ndarray | sp.csr_matrix:
     return np.asarray(X, dtype=np.float32)
 
 
-def _as_labels(y: Any, what: str = "the labels") -> np.ndarray:
-    """Labels as names (numbers named as levels are, a missing label refused)."""
-    return label_names(y, what)
-
-
 def _num_class(booster: xgb.Booster) -> int:
     """Number of output classes the booster predicts (1 for a non-multiclass objective)."""
     config = json.loads(booster.save_config())
@@ -233,7 +228,7 @@ def cuda_driver_devices() -> int:
 
 def balanced_weights(y: Sequence[str] | np.ndarray) -> np.ndarray:
     """Class-balanced sample weights ``n / (k * count_c)`` (float32); each class sums to ``n / k``."""
-    y = _as_labels(y)
+    y = label_names(y, "the labels")
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     return (len(y) / (len(classes) * counts[inverse])).astype(np.float32)
 
@@ -252,7 +247,7 @@ def resolve_cap(y: Sequence[str] | np.ndarray, max_per_class: int | str) -> int:
     cells of 126 types: 928 a class). XGBoost's time grows with cells x features x classes."""
     if max_per_class != "auto":
         return int(max_per_class)
-    counts = np.sort(np.unique(_as_labels(y), return_counts=True)[1])
+    counts = np.sort(np.unique(label_names(y, "the labels"), return_counts=True)[1])
     if counts.sum() <= AUTO_MAX_CELLS:
         return 0
     left = AUTO_MAX_CELLS
@@ -267,7 +262,7 @@ def cap_per_class(
     y: Sequence[str] | np.ndarray, max_per_class: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Sorted indices keeping at most ``max_per_class`` cells of each class (all if ``<= 0``)."""
-    y = _as_labels(y)
+    y = label_names(y, "the labels")
     if max_per_class <= 0:
         return np.arange(len(y))
     keep = []
@@ -345,7 +340,7 @@ def prepare_training(
     Every backend (here and :mod:`cellsynth.classify.dask`) calls this, so all fit the same
     problem. ``X`` may be numpy, scipy or dask arrays (rows indexable).
     """
-    y_train, y_val = _as_labels(y_train, "y_train"), _as_labels(y_val, "y_val")
+    y_train, y_val = label_names(y_train, "y_train"), label_names(y_val, "y_val")
     _check_shapes(X_train, y_train, X_val, y_val)
     check_features(X_train, "the training features")
     check_features(X_val, "the validation features")
@@ -434,7 +429,7 @@ def train_classifier(
     check_matrix(X_val, "X_val")
     chunk = _chunk_size(cfg, X_train)
     if chunk:  # rows are read a batch at a time, never gathered into one array
-        y_train, y_val = _as_labels(y_train, "y_train"), _as_labels(y_val, "y_val")
+        y_train, y_val = label_names(y_train, "y_train"), label_names(y_val, "y_val")
         _check_shapes(X_train, y_train, X_val, y_val)
         keep, keep_val, labels = select_training(y_train, y_val, cfg, seed)
         y_train, y_val = y_train[keep], y_val[keep_val]

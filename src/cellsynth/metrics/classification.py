@@ -30,11 +30,6 @@ SMALL_CLASS = 20
 BOOTSTRAP_DRAWS = 1000
 
 
-def _as_labels(y: Any, what: str = "the labels") -> np.ndarray:
-    """Labels as names (numbers named as levels are, a missing label refused)."""
-    return label_names(y, what)
-
-
 def _one_class_quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` without scikit-learn's "A single label was found" warning: it is raised even
     when ``labels=`` names that one class, whose table is then 1 x 1, as it should be (TRTS of
@@ -87,7 +82,7 @@ def classification_report(
     if np.shape(y_true) != np.shape(y_pred) or np.ndim(y_true) != 1:
         raise DataError(f"y_true and y_pred must be 1-d and of equal length, got "
                         f"{np.shape(y_true)} and {np.shape(y_pred)}")
-    y_true, y_pred = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
+    y_true, y_pred = label_names(y_true, "y_true"), label_names(y_pred, "y_pred")
     if len(y_true) == 0:
         raise DataError("no cells to score: y_true and y_pred are empty")
     if labels is None:
@@ -95,7 +90,7 @@ def classification_report(
     if isinstance(labels, str):  # "abc" would be three classes, 'a', 'b' and 'c'
         raise DataError(f"labels takes a list of classes, not one string ({labels!r}): give "
                         f"[{labels!r}] for that class alone")
-    given = _as_labels(list(labels), "labels").tolist()
+    given = label_names(list(labels), "labels").tolist()
     labels = list(dict.fromkeys(given))  # a class named twice is one row, one column
     if not labels:
         raise DataError("labels is empty; give at least one class to report on")
@@ -172,7 +167,7 @@ def to_coarse(labels: Sequence[str] | np.ndarray, groups: Mapping[str, str]) -> 
     Returns an object array of strings.
     """
     _check_mapping(groups)
-    return np.array([groups.get(x, x) for x in _as_labels(labels).tolist()], dtype=object)
+    return np.array([groups.get(x, x) for x in label_names(labels, "the labels").tolist()], dtype=object)
 
 
 def _check_mapping(groups: Any) -> None:
@@ -200,7 +195,7 @@ def coarse_report(
     the fine one as if it had merged types).
     """
     _check_mapping(groups)
-    types = set(_as_labels(y_true, "y_true").tolist()) | set(_as_labels(y_pred, "y_pred").tolist())
+    types = set(label_names(y_true, "y_true").tolist()) | set(label_names(y_pred, "y_pred").tolist())
     if groups and not types & set(map(str, groups)):
         swapped = " (its groups are the labels' types: fine type first)" if types & set(
             groups.values()) else ""
