@@ -258,6 +258,26 @@ def decoder_means(gen, x_train: sp.csr_matrix, y_train: np.ndarray, seed: int
     return rows_out
 
 
+def independent_samples(x_train: sp.csr_matrix, y_train: np.ndarray, sizes: dict[str, int],
+                        seed: int) -> dict[str, sp.csr_matrix]:
+    """``oracles``' ``independent`` and ``independent_half`` samples: ``sizes[t]`` cells of
+    each type ``t`` (in the order of ``sizes``), each gene's counts drawn with replacement
+    from the type's training cells (all, or a random half), every gene and cell apart."""
+    own = np.random.default_rng([seed, 1])  # the oracles' other draws are as they were
+    out = {}
+    for key, share in (("independent", 1.0), ("independent_half", 0.5)):
+        dense = []
+        for t, m in sizes.items():
+            pool = x_train[y_train == t]
+            keep = np.sort(own.choice(pool.shape[0], max(1, int(share * pool.shape[0])),
+                                      replace=False))
+            pool = pool[keep].toarray()
+            pick = own.integers(len(pool), size=(m, pool.shape[1]))
+            dense.append(np.take_along_axis(pool, pick, axis=0))
+        out[key] = sp.csr_matrix(np.concatenate(dense))
+    return out
+
+
 def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_matrix,
             y_test: np.ndarray, genes: list[str], seed: int, repeats: int | str = "auto"
             ) -> dict[str, dict[str, Any]]:  # fmt: skip
@@ -275,6 +295,14 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
     - ``redraw`` (a cvae without covariates): the same cells encoded, one posterior draw of
       ``z`` each decoded with the sampler's calibration (gene scale, zero inflation) and counts
       drawn, as generation draws them: the cells' own states, the model's count noise.
+    - ``independent``: each gene's counts drawn with replacement from the type's training
+      cells, independently of every other gene and cell: what a generator that had learned each
+      type's gene distributions exactly as its training cells show them (and nothing else)
+      would generate. Unlike ``shuffled``, whose counts are the training cells' own, drawn
+      without replacement, these cells carry the training set's sampling error in every gene:
+      the error any estimate from a finite training set makes;
+    - ``independent_half``: the same from a random half of each type's training cells: that
+      error doubled (its variance), to show how the test reads it.
 
     ``repeats``: the halvings each AUC is the mean of (``gene_fidelity``'s).
     """
@@ -313,6 +341,8 @@ def oracles(gen, x_train: sp.csr_matrix, y_train: np.ndarray, x_test: sp.csr_mat
                 parts += [draw_counts(px, library, rng) for px, library in posterior_draws(
                     module, rows, np.flatnonzero(labels == t), rng, calibrated=True)]
         samples["redraw"] = sp.vstack(parts, format="csr")
+    sizes = {t: int((labels == t).sum()) for t in types}
+    samples.update(independent_samples(x_train, y_train, sizes, seed))
     out = {}
     for name, x in samples.items():
         out[name] = {g: gene_fidelity(x_test, x, real_labels=y_test, synth_labels=labels,

@@ -34,6 +34,11 @@ ORACLES = {
                 "distributions per gene, no dependence between genes",
     "poisson": "the same cells, each count x redrawn as Poisson(x): the same means, more noise",
     "redraw": "the same cells' own posterior states, decoded and drawn as cvae generates",
+    "independent": "each gene's counts drawn with replacement from the type's training cells, "
+                   "every gene and cell independently: each type's gene distributions exactly "
+                   "as its training cells show them, with their sampling error",
+    "independent_half": "the same from a random half of each type's training cells: twice "
+                        "the sampling error (in variance)",
 }
 
 
@@ -75,7 +80,12 @@ def oracle_section(runs: list[dict[str, Any]]) -> list[str]:
             line += (". With every gene's distribution in a type exact, the genes independent, a "
                      "sample sits as near the floor as real cells: the test reads each gene's "
                      "distribution, not the dependence between genes")
-        if "redraw" in o and gap > 0.03:
+        independent = "independent" in o and "independent_half" in o
+        if independent:
+            line += (f"; drawn with replacement from the training cells, each gene on its own, "
+                     f"{o['independent']['detected']:.3f}, and from half of them "
+                     f"{o['independent_half']['detected']:.3f}")
+        if "redraw" in o and gap > 0.03 and not independent:
             share = (o["redraw"]["detected"] - floor) / gap
             held = (f"holds {share:.0%} of the generated cells' gap to the floor" if share < 1
                     else "is as far from the floor as the generated cells, or further,")
@@ -84,11 +94,46 @@ def oracle_section(runs: list[dict[str, Any]]) -> list[str]:
                      "drawn around them), not in the states the sampler draws" if share >= 0.5 else
                      f". The re-draw holds {share:.0%} of the generated cells' gap to the floor: "
                      "most of it is in the states the sampler draws")
+        if independent:
+            line += sampling_error(o, det)
         if det["auc"] > floor + 0.08:
             line += f". Issue 21's target (within 0.08 of the floor) is missed by {gap - 0.08:.3f}"
+            if independent and o["independent"]["detected"] > floor + 0.08:
+                line += (f"; by the independent draws from the training cells, "
+                         f"{o['independent']['detected'] - floor - 0.08:.3f}")
         line += "."
         out += ["", line]
     return [*out, ""]
+
+
+def sampling_error(o: dict[str, Any], det: dict[str, Any]) -> str:
+    """What the independent draws from the training cells say of the test (``oracle_section``'s
+    words for a run with them)."""
+    own, half, shuffled = (o[k]["detected"] for k in ("independent", "independent_half",
+                                                      "shuffled"))
+    floor = det["floor_auc"]
+    if half - own < 0.03 or own - shuffled < 0.03:
+        return (". Drawn independently from the training cells, a sample scores as the shuffled "
+                "one: the training set's sampling error is not what the test reads here")
+    where = ("as far from the floor as these independent draws, or further"
+             if det["auc"] >= own - 0.01 else
+             f"{(own - det['auc']) / max(own - floor, 1e-9):.0%} of the way from these "
+             "independent draws to the floor: sharing strength, the network estimates the "
+             "genes' distributions better than the training cells show them")
+    return (". Every gene's distribution is exact in both the shuffled and the independent "
+            "sample; what differs is that the independent one is drawn from the training cells' "
+            "distributions rather than being the training cells: each gene's share of zeros and "
+            "mean carry the training set's sampling error (about one over the square root of "
+            "the type's training cells), the same in every cell drawn, and over thousands of "
+            "genes a classifier finds it (half the training cells: "
+            f"{half - own:+.3f}). Any generator that learns each gene's distribution from these "
+            "cells makes this error unless it shares strength between genes or types. The "
+            f"shuffled cells score {shuffled:.3f} because they are the training cells "
+            "themselves, drawn without replacement: in each fold of the test their error is "
+            "cancelled by that of the folds left out, as a fresh sample's would be (a generator "
+            "that copies its training cells is rewarded here, and caught by the privacy "
+            "audit). "
+            f"cvae's generated cells ({det['auc']:.3f}) are {where}")
 
 
 def summary_table(runs: list[dict[str, Any]]) -> list[str]:

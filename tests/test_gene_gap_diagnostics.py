@@ -40,7 +40,8 @@ def test_decoder_means_are_per_type():
 def test_oracles_bound_the_gene_level_test():
     """The reference samples of docs/GENE_LEVEL.md: real training cells score near chance against
     real test cells, and the same cells with a Poisson draw added to every count clearly more
-    (the same means, more noise); the cvae's posterior re-draw is scored beside them."""
+    (the same means, more noise); the cvae's posterior re-draw and the independent draws from
+    the training cells are scored beside them."""
     adata = simulated_counts(n_per_type=160, seed=1)
     x = sp.csr_matrix(adata.X, dtype=np.float32)
     y = adata.obs["cell_type"].astype(str).to_numpy()
@@ -50,7 +51,29 @@ def test_oracles_bound_the_gene_level_test():
     genes = list(map(str, adata.var_names))
     out = gene_gap.oracles(model, x[~test], y[~test], x[test], y[test], genes, seed=0,
                            repeats=2)
-    assert set(out) == {"training", "shuffled", "poisson", "redraw"}
+    assert set(out) == {"training", "shuffled", "poisson", "redraw", "independent",
+                        "independent_half"}
     assert out["training"]["detected"] < 0.62, out
     assert out["poisson"]["detected"] > out["training"]["detected"] + 0.1, out
     assert all(0.0 <= v <= 1.0 for r in out.values() for v in r.values())
+
+
+def test_independent_oracle_draws_each_gene_from_its_type():
+    """The independent reference sample: as many cells of each type as the test split, each
+    gene's counts drawn from that type's training cells (from half of them for the half one),
+    genes drawn apart (a cell is not one training cell)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b"], 50)
+    x = np.where(y[:, None] == "a", rng.poisson(1.0, (100, 30)), 100 + rng.poisson(5.0, (100, 30)))
+    x = sp.csr_matrix(x.astype(np.float32))
+    samples = gene_gap.independent_samples(x, y, {"a": 7, "b": 9}, seed=3)
+    assert set(samples) == {"independent", "independent_half"}
+    for s in samples.values():
+        s = s.toarray()
+        assert s.shape == (16, 30)
+        for rows, t in ((slice(0, 7), "a"), (slice(7, 16), "b")):
+            pool = x[y == t].toarray()
+            for g in range(30):
+                assert set(s[rows, g]) <= set(pool[:, g])
+        copies = [(s[i] == x.toarray()).all(axis=1).any() for i in range(16)]
+        assert not all(copies)
