@@ -29,12 +29,12 @@ from ..data.labels import check_spaced_names, missing_labels
 from ..data.levels import ANY_LEVEL, LevelLookup, level_text
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
+from ._covariate_columns import check_columns, column, no_missing, not_a_number
 from ._training import as_text, check_count, known_label, type_counts, whole_count
 from .base import request as request_pairs
 
 logger = logging.getLogger(__name__)
 
-MAX_LEVELS = 200  # more levels than this in a numeric column: bin it first
 #: fewer training cells a level than this on average: an identifier (of cells, barcodes), not a
 #: design a model can learn a level's effect from
 MIN_CELLS_PER_LEVEL = 5
@@ -85,7 +85,7 @@ class Design:
         ``1.0`` is the level ``"1"``)."""
         out = np.empty((len(obs), len(self.keys)), dtype=np.int64)
         for i, key in enumerate(self.keys):
-            out[:, i] = LevelLookup(self.levels[key]).codes(level_text(_column(obs, key)))
+            out[:, i] = LevelLookup(self.levels[key]).codes(level_text(column(obs, key)))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -303,9 +303,9 @@ def training_levels(obs: pd.DataFrame, keys: list[str], label_key: str, train: n
     levels = {}
     for key in keys:
         col = obs[key]
-        _no_missing(col, used, key)
+        no_missing(col, used, key)
         values = col.iloc[train]
-        _not_a_number(values, key)
+        not_a_number(values, key)
         levels[key] = sorted({str(v) for v in level_text(values)})
         if len(levels[key]) > 1 and len(values) < MIN_CELLS_PER_LEVEL * len(levels[key]):
             numbers = pd.to_numeric(pd.Series(levels[key]), errors="coerce").notna().all()
@@ -342,69 +342,6 @@ def _warn_uninformative(key: str, values: pd.Series, labels: np.ndarray) -> None
         logger.warning("covariate '%s': %d level(s) with fewer than %d training cells (%s): "
                        "their effect is learnt from those cells alone", key, len(few),
                        MIN_CELLS_PER_LEVEL, listed([f"{k} ({v})" for k, v in few.items()]))
-
-
-def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
-    """What can be told of covariate columns before any cell is read: distinct, none the label
-    nor ``n`` (nor the label ``n``: a request table has both), each in ``obs``, none a number
-    of many values (a run checks this before QC; :meth:`Design.fit` again on the training
-    cells, with their missing values)."""
-    if len(set(keys)) != len(keys) or label_key in keys:
-        raise DataError(f"covariates {keys} must be distinct columns other than the label "
-                        f"column '{label_key}'")
-    if "n" in keys:  # a request table's column of cell counts
-        raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
-                        "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
-    if label_key == "n" and keys:  # a request table holds the types and the counts
-        raise DataError("with covariates the label column cannot be called 'n' (a request "
-                        "table's column of cell counts, beside one of the types); rename it, "
-                        "e.g. adata.obs.rename(columns={'n': 'cell_type'}), and fit with "
-                        "label_key='cell_type' (--label-key cell_type)")
-    for key in keys:
-        _not_a_number(_column(obs, key), key)
-
-
-def _column(obs: pd.DataFrame, key: str) -> pd.Series:
-    if key not in obs.columns:
-        cols = ", ".join(str(c) for c in obs.columns
-                         if not str(c).startswith("cellsynth_")) or "(none)"  # not ours
-        hint = ""
-        if "," in str(key) and all(k.strip() in obs.columns for k in str(key).split(",")):
-            hint = (f"; '{key}' names several columns: give them as a list, "
-                    f"covariate_keys={[k.strip() for k in str(key).split(',')]}")
-        near = "" if hint else did_you_mean(key, [c for c in obs.columns
-                                                  if not str(c).startswith("cellsynth_")])
-        raise DataError(f"covariate column '{key}' not in obs{near}; columns are: {cols}{hint}")
-    return obs[key]
-
-
-def _no_missing(col: pd.Series, used: np.ndarray, key: str) -> None:
-    """Refuse missing values in the cells training reads (``used``): NaN, and missing values
-    written as text ("nan", "", "None": ``data.labels.MISSING_TEXT``), counted together, with
-    one fix that mends them all."""
-    part = col.iloc[used]
-    gone = missing_labels(part)
-    if not gone.any():
-        return
-    nan = int(part.isna().sum())
-    texts = sorted(set(part[gone & part.notna().to_numpy()].astype(str).str.strip()))
-    kinds = ([f"{nan} NaN"] if nan else []) + (
-        [f"{int(gone.sum()) - nan} written as text ({', '.join(map(repr, texts))})"] if texts else [])
-    n_all = int(missing_labels(col).sum())
-    where = "" if n_all == int(gone.sum()) else f" training reads ({n_all} in the column)"
-    replace = sorted(set(part[gone].astype(str).str.strip()))  # NaN as astype(str) writes it
-    raise DataError(
-        f"covariate '{key}' is missing for {int(gone.sum())} cells{where}: {', '.join(kinds)}; "
-        f"give them a level (e.g. adata.obs['{key}'] = adata.obs['{key}'].astype(str).str"
-        f".strip().replace({replace!r}, 'unknown')) or drop those cells")
-
-
-def _not_a_number(values: pd.Series, key: str) -> None:
-    if pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEVELS:
-        raise DataError(
-            f"covariate '{key}' is numeric with {values.nunique()} distinct values; "
-            f"covariates are categorical: bin it first, e.g. adata.obs['{key}_bin'] = "
-            f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
 
 
 def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] | None,
