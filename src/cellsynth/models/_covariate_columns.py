@@ -1,7 +1,8 @@
 """Covariate columns of ``obs`` checked: what :class:`~._design.Design` conditions on.
 
-What can be told of the columns before a fit (:func:`check_columns`: distinct, none the label
-nor ``n``, each in ``obs``, none a number of many values), a column found by its name
+What can be told of the columns before a fit (:func:`check_columns`: distinct, none the label,
+``n`` or one of cellsynth's own ``cellsynth_*`` columns, each in ``obs``, none a number of many
+values), a column found by its name
 (:func:`column`, whose error names the fix) and missing values among the cells training reads
 (:func:`no_missing`).
 """
@@ -11,20 +12,32 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import keys as K
 from ..data.labels import missing_labels
 from ..errors import DataError, did_you_mean
 
 MAX_LEVELS = 200  # more levels than this in a numeric column: bin it first
+#: the prefix of the obs columns cellsynth writes itself (``keys.SPLIT``, ``keys.GROUP``, ...)
+OWN_PREFIX = "cellsynth_"
 
 
 def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
     """What can be told of covariate columns before any cell is read: distinct, none the label
-    nor ``n`` (nor the label ``n``: a request table has both), each in ``obs``, none a number
-    of many values (a run checks this before QC; :meth:`Design.fit` again on the training
-    cells, with their missing values)."""
+    nor ``n`` (nor the label ``n``: a request table has both) nor one of cellsynth's own
+    columns (``cellsynth_*``: a fit writes each cell's split, ``keys.SPLIT``, before its design
+    is read), each in ``obs``, none a number of many values (a run checks this before QC;
+    :meth:`Design.fit` again on the training cells, with their missing values)."""
     if len(set(keys)) != len(keys) or label_key in keys:
         raise DataError(f"covariates {keys} must be distinct columns other than the label "
                         f"column '{label_key}'")
+    own = [k for k in keys if str(k).startswith(OWN_PREFIX)]
+    if own:  # the split a fit draws itself (train/val), the coarse group: not the design's
+        raise DataError(f"covariate '{own[0]}' is one of cellsynth's own obs columns "
+                        f"({OWN_PREFIX}*: {K.SPLIT} is each cell's training split, written by "
+                        "the fit itself), not a column of the data's design: condition on the "
+                        "data's own columns (donor, condition, batch), or rename a column of "
+                        f"yours, e.g. adata.obs.rename(columns={{'{own[0]}': "
+                        f"'{own[0][len(OWN_PREFIX):] or 'level'}'}})")
     if "n" in keys:  # a request table's column of cell counts
         raise DataError("a covariate cannot be called 'n' (a request table's column of cell "
                         "counts); rename it, e.g. adata.obs.rename(columns={'n': 'n_level'})")
