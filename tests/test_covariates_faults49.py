@@ -1,4 +1,5 @@
-"""Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate."""
+"""Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
+covariate named in another Unicode form."""
 
 from __future__ import annotations
 
@@ -32,3 +33,37 @@ def test_cellsynth_s_own_columns_are_refused_as_covariates(tmp_path, capsys):
             NegBinBaseline(covariate_keys=["condition", key]).fit(a, "cell_type")
         with pytest.raises(DataError, match=f"covariate '{key}' is one of cellsynth's own"):
             check_covariate_columns(a.obs, [key], "cell_type")  # a run's, before QC
+
+
+def test_a_covariate_named_in_another_unicode_form(tmp_path, capsys):
+    """A covariate's name with a decomposed accent (copied from a file name on macOS), where
+    levels and types are matched whatever their Unicode form, was refused as "the model has no
+    covariate 'état' (did you mean 'état'?)", two names that print alike; a request file's
+    header so was refused row by row without the line. A fit's column so is said to differ in
+    its Unicode form."""
+    import unicodedata
+
+    from cellsynth.models import NegBinBaseline
+
+    nfc, nfd = (unicodedata.normalize(form, "état") for form in ("NFC", "NFD"))
+    a = _design_atlas(seed=1)[:400].copy()
+    a.obs[nfc] = a.obs["donor"].astype(str)
+    model = NegBinBaseline(covariate_keys=[nfc])
+    model.fit(a, "cell_type")
+    syn = model.sample({"type_01": 4}, where={nfd: "d2"}, seed=0)
+    assert list(syn.obs[nfc]) == ["d2"] * 4
+    twice = f"names the covariate '{nfc}' twice \\({nfc!r} and {nfd!r}, written two ways"
+    with pytest.raises(DataError, match=twice):
+        model.sample({"type_01": 4}, where={nfc: "d1", nfd: "d2"})
+    with pytest.raises(DataError, match=r"did you mean 'état'\? The same name in another "
+                                        r"Unicode form.*write it as the data does\)"):
+        NegBinBaseline(covariate_keys=[nfd]).fit(a, "cell_type")
+    model.save(tmp_path / "model")
+    request = tmp_path / "r.tsv"
+    request.write_text(f"cell_type\t{nfd}\tn\ntype_00\td1\t3\ntype_01\td9\t2\n", "utf-8")
+    assert main(["generate", str(tmp_path / "model"), "--request", str(request), "--out",
+                 str(tmp_path / "o.h5ad"), "--quiet"]) == 2
+    assert "r.tsv, line 3: 'd9' is not a level of covariate 'état'" in capsys.readouterr().err
+    request.write_text(f"cell_type\t{nfd}\tn\ntype_00\td1\t3\n", "utf-8")
+    assert main(["generate", str(tmp_path / "model"), "--request", str(request), "--out",
+                 str(tmp_path / "o.h5ad"), "--quiet"]) == 0

@@ -7,6 +7,7 @@ what was wrong and how to fix it. The CLI prints it without a traceback and exit
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,15 +52,31 @@ def listed(items, limit: int = 5, *, quote: bool = False, sep: str = ", ") -> st
 def did_you_mean(name: Any, names: Iterable[Any]) -> str:
     """``" (did you mean 'a', 'b'?)"`` for a message about an unknown ``name``, or ``""``.
 
-    The names equal to ``name`` but for case (and surrounding spaces) come alone: a difference
-    in case is the commonest slip, and plain likeness of spelling ranks ``'Stim'`` close to
-    ``'stim'`` but ``'STIM'`` close to nothing. Otherwise the up to three of ``names`` closest
-    in spelling (:func:`difflib.get_close_matches`). Only a suggestion: the caller still
-    refuses ``name``.
+    The names equal to ``name`` but for case, surrounding spaces and Unicode form come alone: a
+    difference in case is the commonest slip, and plain likeness of spelling ranks ``'Stim'``
+    close to ``'stim'`` but ``'STIM'`` close to nothing. A name that differs in its Unicode form
+    alone (an accent composed or decomposed: both print alike) is said to. Otherwise the up to
+    three of ``names`` closest in spelling (:func:`difflib.get_close_matches`). Only a
+    suggestion: the caller still refuses ``name``.
     """
     names = [str(n) for n in names]
-    folded = str(name).strip().casefold()
-    close = [n for n in names if n.strip().casefold() == folded]
+    folded = _folded(name)
+    close = [n for n in names if _folded(n) == folded]
     if not close:
         close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close[:3]))}?)" if close else ""
+    if not close:
+        return ""
+    alike = _nfc(name)
+    form = (" The same name in another Unicode form, an accent composed or decomposed, which "
+            "prints alike: write it as the data does" if any(
+                _nfc(n) == alike and n.strip() != str(name).strip() for n in close) else "")
+    return f" (did you mean {', '.join(map(repr, close[:3]))}?{form})"
+
+
+def _nfc(text: Any) -> str:
+    return unicodedata.normalize("NFC", str(text)).strip()
+
+
+def _folded(text: Any) -> str:
+    """``text`` as a near miss compares it: one Unicode form, no surrounding spaces, no case."""
+    return _nfc(text).casefold()

@@ -29,7 +29,7 @@ from ..data.labels import check_spaced_names, missing_labels
 from ..data.levels import ANY_LEVEL, LevelLookup, level_text
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
-from ._covariate_columns import check_columns, column, no_missing, not_a_number
+from ._covariate_columns import check_columns, column, model_key, no_missing, not_a_number
 from ._training import as_text, check_count, known_label, type_counts, whole_count
 from .base import request as request_pairs
 
@@ -226,8 +226,9 @@ class Design:
                lookups: dict[str, LevelLookup]) -> dict[int, int]:  # fmt: skip
         """Covariate position -> code of the levels a request fixes, checked (``lookups``:
         each covariate's :class:`LevelLookup`, made once a request by :meth:`plan`)."""
-        fixed = {}
-        for key, level in given.items():
+        fixed, named = {}, {}
+        for asked, level in given.items():
+            key = model_key(asked, self.keys)  # "état" in another Unicode form
             if key not in self.keys:
                 have = (f"it conditions on {', '.join(self.keys)}" if self.keys
                         else "it was trained without covariates")
@@ -256,6 +257,10 @@ class Design:
                 raise DataError(f"'{level}' is not a level of covariate '{key}' seen in training"
                                 f"{did_you_mean(level, self.levels[key])}; seen: "
                                 f"{listed(self.levels[key], 30)}")
+            if key in named:  # "état" composed and decomposed: one would be dropped
+                raise DataError(f"the request names the covariate '{key}' twice ({named[key]!r} "
+                                f"and {asked!r}, written two ways); give it once")
+            named[key] = asked
             fixed[self.keys.index(key)] = code
         return fixed
 

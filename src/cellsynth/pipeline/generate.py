@@ -13,6 +13,7 @@ from .. import keys as K
 from ..data.labels import missing_labels
 from ..data.levels import ANY_LEVEL, LevelLookup, level_text, loose_name
 from ..errors import DataError, listed
+from ..models._covariate_columns import model_key
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
@@ -453,6 +454,9 @@ def _request(gen: Any, n_per_type: int | None, types: dict[str, int] | None, whe
             ask = dict(zip(ask[label_key], ask["n"].astype(int), strict=True))
     elif request is not None:
         ask = read_request(request, label_key)
+        # a header naming a covariate as the model does but for its Unicode form: read as the
+        # model's, so its rows are checked and named by their lines too
+        ask = ask.rename(columns={c: model_key(c, design.keys) for c in ask.columns})
         _name_bad_line(gen, ask, request)
     else:
         if n_per_type is not None and (isinstance(n_per_type, bool) or n_per_type < 1):
