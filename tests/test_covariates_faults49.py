@@ -1,5 +1,5 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
-covariate named in another Unicode form."""
+covariate named in another Unicode form; covariates given both in a config and as covariate_keys."""
 
 from __future__ import annotations
 
@@ -67,3 +67,27 @@ def test_a_covariate_named_in_another_unicode_form(tmp_path, capsys):
     request.write_text(f"cell_type\t{nfd}\tn\ntype_00\td1\t3\n", "utf-8")
     assert main(["generate", str(tmp_path / "model"), "--request", str(request), "--out",
                  str(tmp_path / "o.h5ad"), "--quiet"]) == 0
+
+
+def test_covariates_given_in_the_config_and_as_covariate_keys_are_refused_unless_alike():
+    """``CVAE(adata, config=CVAEConfig(covariates=['condition']), covariate_keys=['donor'])``
+    (a run's ``cfg.cvae`` reused with other keys) conditioned on donor alone, the config's
+    condition dropped without a word; the command line refuses ``--covariates`` beside another
+    ``cvae.covariates``."""
+    from cellsynth.config import CVAEConfig, ScviConfig
+    from cellsynth.errors import ConfigError
+    from cellsynth.models import CVAE, ScviGenerator
+
+    a = _design_atlas(seed=1)[:300].copy()
+    with pytest.raises(ConfigError, match=r"the covariates are given twice: "
+                                          r"covariate_keys=\['donor'\] and CVAEConfig\(covariates="
+                                          r"\['condition'\]\); give one"):
+        CVAE(a, "cell_type", config=CVAEConfig(covariates=["condition"]), covariate_keys="donor")
+    with pytest.raises(ConfigError, match=r"covariate_keys=\[\] and ScviConfig"):
+        ScviGenerator(a, "cell_type", config=ScviConfig(covariates=["condition"]),
+                      covariate_keys=[])
+    same = CVAE(a, "cell_type", config=CVAEConfig(covariates=["condition"]),
+                covariate_keys=["condition"])
+    assert same.design.keys == ["condition"]
+    assert CVAE(a, "cell_type", config=CVAEConfig(), covariate_keys=["donor"]).design.keys == [
+        "donor"]

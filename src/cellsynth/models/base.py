@@ -157,12 +157,19 @@ def generator_config(config: Any, kind: type, covariate_keys: list[str] | str | 
                      fix: str) -> Any:  # fmt: skip
     """A generator's settings as its constructor takes them: ``config`` (``kind()`` when None),
     refused unless a ``kind`` (``fix``: how to give one), with ``covariate_keys`` (one column
-    may be a string, as scanpy takes a key) as its ``covariates`` when given."""
+    may be a string, as scanpy takes a key) as its ``covariates`` when given; other covariates
+    in ``config`` too are refused (one of the two would be dropped), as the command line
+    refuses ``--covariates`` beside another ``cvae.covariates``."""
     config = config if config is not None else kind()
     if not isinstance(config, kind):
         raise ConfigError(f"config is a {type(config).__name__}; give a {kind.__name__} ({fix})")
     if covariate_keys is not None:
-        config = dataclasses.replace(config, covariates=key_list(covariate_keys))
+        keys = key_list(covariate_keys)
+        if config.covariates and list(config.covariates) != keys:
+            raise ConfigError(f"the covariates are given twice: covariate_keys={keys} and "
+                              f"{kind.__name__}(covariates={list(config.covariates)}); give "
+                              "one, e.g. leave covariate_keys out to condition on the config's")
+        config = dataclasses.replace(config, covariates=keys)
     return config
 
 
