@@ -1,5 +1,6 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
-covariate named in another Unicode form; covariates given both in a config and as covariate_keys."""
+covariate named in another Unicode form; covariates given both in a config and as
+covariate_keys; a covariate whose name holds a comma."""
 
 from __future__ import annotations
 
@@ -91,3 +92,33 @@ def test_covariates_given_in_the_config_and_as_covariate_keys_are_refused_unless
     assert same.design.keys == ["condition"]
     assert CVAE(a, "cell_type", config=CVAEConfig(), covariate_keys=["donor"]).design.keys == [
         "donor"]
+
+
+def test_a_covariate_whose_name_holds_a_comma(tmp_path, capsys):
+    """``fit --covariates "dose, ng"`` was refused as "covariate column 'dose' not in obs (did
+    you mean 'dose, ng'?)", the name given, which --covariates splits again; a model fitted on
+    it (--set) could not be asked for its levels with ``--where "dose, ng=10"``, refused as
+    "got 'dose'; levels holding ',' or '=' go in a --request file"."""
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=1)[:400].copy()
+    a.obs["dose, ng"] = np.where(a.obs["condition"] == "stim", "10", "0")
+    a.write_h5ad(tmp_path / "dose.h5ad")
+    assert main(["fit", str(tmp_path / "dose.h5ad"), "--label-key", "cell_type", "--model", "nb",
+                 "--covariates", "dose, ng", "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "columns are: cell_type; " in err
+    assert ("the column 'dose, ng' holds a comma, at which --covariates splits its list: give it "
+            "as --set \"cvae.covariates=['dose, ng']\"") in err
+    model = NegBinBaseline(covariate_keys=["dose, ng"])
+    model.fit(a, "cell_type")
+    model.save(tmp_path / "m")
+    out = tmp_path / "o.h5ad"
+    assert main(["generate", str(tmp_path / "m"), "--types", "type_01=5", "--where",
+                 "dose, ng=10", "--out", str(out), "--quiet"]) == 0
+    import anndata as ad
+
+    assert list(ad.read_h5ad(out).obs["dose, ng"]) == ["10"] * 5
+    assert main(["generate", str(tmp_path / "m"), "--types", "type_01=5", "--where",
+                 "dose,ng=10", "--out", str(out), "--quiet"]) == 2
+    assert "read whole when written as the model has it" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import keys as K
 from ..data.labels import missing_labels
-from ..errors import DataError, did_you_mean
+from ..errors import DataError, did_you_mean, listed
 
 MAX_LEVELS = 200  # more levels than this in a numeric column: bin it first
 #: the prefix of the obs columns cellsynth writes itself (``keys.SPLIT``, ``keys.GROUP``, ...)
@@ -54,14 +54,20 @@ def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
 
 def column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
-        cols = ", ".join(str(c) for c in obs.columns
-                         if not str(c).startswith("cellsynth_")) or "(none)"  # not ours
+        ours = [str(c) for c in obs.columns if not str(c).startswith(OWN_PREFIX)]
+        cols = listed(ours, len(ours)) or "(none)"  # "; " between names holding ", "
         hint = ""
         if "," in str(key) and all(k.strip() in obs.columns for k in str(key).split(",")):
             hint = (f"; '{key}' names several columns: give them as a list, "
                     f"covariate_keys={[k.strip() for k in str(key).split(',')]}")
-        near = "" if hint else did_you_mean(key, [c for c in obs.columns
-                                                  if not str(c).startswith("cellsynth_")])
+        whole = [str(c) for c in obs.columns if "," in str(c) and str(key).strip()
+                 in (p.strip() for p in str(c).split(","))]  # fmt: skip
+        if whole and not hint:  # `--covariates "dose, ng"` split at its comma
+            hint = (f"; the column '{whole[0]}' holds a comma, at which --covariates splits its "
+                    f"list: give it as --set \"cvae.covariates={[whole[0]]}\" (nb.covariates or "
+                    f"scvi.covariates alike; "
+                    f"covariate_keys={[whole[0]]} in Python)")
+        near = "" if hint else did_you_mean(key, ours)
         raise DataError(f"covariate column '{key}' not in obs{near}; columns are: {cols}{hint}")
     return obs[key]
 

@@ -230,7 +230,7 @@ class Design:
         for asked, level in given.items():
             key = model_key(asked, self.keys)  # "état" in another Unicode form
             if key not in self.keys:
-                have = (f"it conditions on {', '.join(self.keys)}" if self.keys
+                have = (f"it conditions on {listed(self.keys, len(self.keys))}" if self.keys
                         else "it was trained without covariates")
                 near = did_you_mean(key, self.keys) if self.keys else ""
                 raise DataError(f"the model has no covariate '{key}'{near} ({have}): leave it out of "

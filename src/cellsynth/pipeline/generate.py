@@ -27,7 +27,8 @@ def parse_where(text: str, levels: dict[str, list[str]] | None = None) -> dict[s
     """``"condition=stim,donor=D7"`` -> ``{"condition": "stim", "donor": "D7"}``. With the
     model's ``levels`` (covariate -> its trained levels), a level holding ``,`` (or ``=``) is
     read whole where it is one of them (``"condition=IFN-b, 10 ng"``), as ``--types`` reads a
-    type holding a comma; a level with a comma the model never saw goes in a request file."""
+    type holding a comma, and so is a covariate's name holding ``,`` (``"dose, ng=10"``); a
+    level with a comma the model never saw goes in a request file."""
     items: list[str] = []
     for piece in text.split(","):
         if items and levels and _continues(items[-1], piece, levels):
@@ -39,7 +40,9 @@ def parse_where(text: str, levels: dict[str, list[str]] | None = None) -> dict[s
         key, sep, level = item.partition("=")
         if not sep or not key.strip() or not level.strip():
             raise DataError(f"--where expects COVARIATE=LEVEL[,COVARIATE=LEVEL...], got {item!r}; "
-                            "levels holding ',' or '=' go in a --request file")
+                            "a covariate or level holding ',' is read whole when written as the "
+                            "model has it (`cellsynth info MODEL_DIR` lists them), or give it in "
+                            "a --request file")
         if key.strip() in out:
             raise DataError(f"--where names {key.strip()!r} twice; give each covariate once")
         out[key.strip()] = level.strip()
@@ -51,9 +54,14 @@ def parse_where(text: str, levels: dict[str, list[str]] | None = None) -> dict[s
 
 def _continues(item: str, piece: str, levels: dict[str, list[str]]) -> bool:
     """Whether ``piece``, the text after a comma, goes on the level of ``item`` (``KEY=LEVEL``
-    so far): ``item``'s covariate has a level that starts with both, joined by that comma."""
+    so far): ``item``'s covariate has a level that starts with both, joined by that comma; or
+    on the covariate's name of ``item`` (no ``=`` yet): a covariate's name starts with both,
+    up to ``piece``'s ``=`` (``"dose, ng=10"`` names the covariate ``"dose, ng"``)."""
     key, sep, level = item.partition("=")
-    if not sep or key.strip() not in levels:
+    if not sep:
+        start = loose_name(f"{item},{piece.partition('=')[0]}")
+        return any(loose_name(name).startswith(start) for name in levels)
+    if key.strip() not in levels:
         return False
     start = loose_name(f"{level},{piece}")
     return any(loose_name(known).startswith(start) for known in levels[key.strip()])
