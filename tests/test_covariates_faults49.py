@@ -1,6 +1,6 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
 covariate named in another Unicode form; covariates given both in a config and as
-covariate_keys; a covariate whose name holds a comma."""
+covariate_keys; a covariate whose name holds a comma; levels holding a comma listed apart."""
 
 from __future__ import annotations
 
@@ -122,3 +122,23 @@ def test_a_covariate_whose_name_holds_a_comma(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "m"), "--types", "type_01=5", "--where",
                  "dose,ng=10", "--out", str(out), "--quiet"]) == 2
     assert "read whole when written as the model has it" in capsys.readouterr().err
+
+
+def test_levels_holding_a_comma_are_listed_apart(tmp_path):
+    """``cellsynth info MODEL`` listed the levels 'ctrl' and 'IFN-b, 10 ng' as "ctrl, IFN-b,
+    10 ng" (three levels to a reader, who then asked for --where condition=IFN-b), and an
+    unknown level's error listed 'a,b' and 'c' as "a,b, c"."""
+    from cellsynth.info import describe
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=1)[:400].copy()
+    a.obs["condition"] = np.where(a.obs["condition"] == "stim", "IFN-b, 10 ng", "ctrl")
+    a.obs["pair"] = np.where(a.obs["donor"] == "d1", "a,b", "c")
+    model = NegBinBaseline(covariate_keys=["condition", "pair"])
+    model.fit(a, "cell_type")
+    model.save(tmp_path / "m")
+    assert describe(tmp_path / "m")["covariates"] == {"condition": "IFN-b, 10 ng; ctrl",
+                                                      "pair": "a,b; c"}
+    with pytest.raises(DataError, match=r"'d' is not a level of covariate 'pair' seen in "
+                                        r"training; seen: a,b; c$"):
+        model.sample({"type_01": 2}, where={"pair": "d"})

@@ -39,10 +39,10 @@ class NotTrainedError(CellsynthError, RuntimeError):
 def listed(items, limit: int = 5, *, quote: bool = False, sep: str = ", ") -> str:
     """``items`` joined by commas (or ``sep``, for items that hold commas) for a message, the
     first ``limit`` of them and how many more (``"a, b, c and 4 more"``): a shortened list
-    always says that it is one. Items that hold ", " themselves (a level "IFN-b, 10 ng") are
-    joined by "; " instead, so a reader can tell where one ends."""
+    always says that it is one. Items that hold a comma themselves (a level "IFN-b, 10 ng",
+    "a,b") are joined by "; " instead, so a reader can tell where one ends."""
     items = [repr(str(i)) if quote else str(i) for i in items]
-    if sep == ", " and not quote and any(", " in i for i in items):
+    if sep == ", " and not quote and any("," in i for i in items):
         sep = "; "
     if len(items) <= limit:
         return sep.join(items)

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .config import PCA_SPACE_MODEL
-from .errors import CellsynthError
+from .errors import CellsynthError, listed
 from .paths import expand_user
 from .runtime import RunLock, changed_outputs, fit_checkpoint_dir
 
@@ -238,10 +238,16 @@ def _describe_model(path: Path) -> dict[str, Any]:
            if meta.get("model") == PCA_SPACE_MODEL else
            {"n_genes": len(genes) if genes is not None else meta.get("n_input")}),
         # what the model conditions on besides the type, and the levels it can generate
-        "covariates": {k: ", ".join(map(str, v)) for k, v in
+        "covariates": {k: _levels_text(v) for k, v in
                        (meta.get("design") or {}).get("levels", {}).items()} or "none",
         **({"seed": fitted} if fitted is not None else {}),  # the fit's: how to refit it alike
     }
+
+
+def _levels_text(levels: list[Any]) -> str:
+    """A covariate's levels on one line: ``"ctrl, stim"``, or ``"ctrl; IFN-b, 10 ng"`` where a
+    level holds a comma (joined by commas, it would read as more levels than there are)."""
+    return listed(levels, len(levels))
 
 
 def format_info(info: dict[str, Any]) -> str:
