@@ -1,6 +1,7 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
 covariate named in another Unicode form; covariates given both in a config and as
-covariate_keys; a covariate whose name holds a comma; levels holding a comma listed apart."""
+covariate_keys; a covariate whose name holds a comma; levels holding a comma listed apart; a
+covariate held in a request table's index."""
 
 from __future__ import annotations
 
@@ -142,3 +143,35 @@ def test_levels_holding_a_comma_are_listed_apart(tmp_path):
     with pytest.raises(DataError, match=r"'d' is not a level of covariate 'pair' seen in "
                                         r"training; seen: a,b; c$"):
         model.sample({"type_01": 2}, where={"pair": "d"})
+
+
+def test_a_covariate_held_in_a_request_table_s_index_is_refused(tmp_path):
+    """A request table with its covariate in the index (``set_index('condition')``, or a
+    groupby's ``reset_index(level='cell_type')``) generated the types in their training
+    composition over it, the conditions asked for ignored without a word, or was refused as
+    "rows 1 and 4 both ask for type_00" (they asked for two conditions). A request file's rows
+    are indexed by their lines under a name no covariate has: a model conditioned on a cell
+    'line' still reads one."""
+    import pandas as pd
+
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=1)[:400].copy()
+    model = NegBinBaseline(covariate_keys=["condition"])
+    model.fit(a, "cell_type")
+    asked = pd.DataFrame({"cell_type": ["type_00", "type_01"], "n": [6, 6]},
+                         index=pd.Index(["stim", "stim"], name="condition"))
+    grouped = a.obs.groupby(["condition", "cell_type"], observed=True).size().rename(
+        "n").reset_index(level="cell_type")
+    for request in (asked, grouped):
+        with pytest.raises(DataError, match=r"the request table's index holds the covariate "
+                                            r"'condition'.*request\.reset_index\('condition'\)"):
+            model.sample(request)
+    assert set(model.sample(asked.reset_index(), seed=0).obs["condition"]) == {"stim"}
+    a.obs["line"] = a.obs["donor"].astype(str)
+    lines = NegBinBaseline(covariate_keys=["line"])
+    lines.fit(a, "cell_type")
+    lines.save(tmp_path / "m")
+    (tmp_path / "r.tsv").write_text("cell_type\tn\ntype_00\t3\n")
+    assert main(["generate", str(tmp_path / "m"), "--request", str(tmp_path / "r.tsv"),
+                 "--out", str(tmp_path / "o.h5ad"), "--quiet"]) == 0

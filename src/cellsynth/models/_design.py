@@ -120,6 +120,8 @@ class Design:
                             f"{{{str(request[label_key])!r}: {request['n']!r}}} with where= "
                             "for the covariate levels")
         request = type_counts(request)
+        if isinstance(request, pd.DataFrame):
+            _no_levels_in_index(request, self.keys)
         if where is not None and not isinstance(where, Mapping):
             raise DataError(f"where is a {{covariate: level}} dict (e.g. {{'condition': 'stim'}}), "
                             f"got {type(where).__name__} {str(where)[:60]!r}")
@@ -418,6 +420,18 @@ def _request_rows(request: dict[str, int] | pd.DataFrame, where: dict[str, Any] 
     if not request:
         raise DataError("no cells requested; ask for cells of some types")
     return [(str(t), dict(where or {}), n) for t, n in request.items()]
+
+
+def _no_levels_in_index(request: pd.DataFrame, keys: list[str]) -> None:
+    """Refuse a request table whose index holds a covariate of the model (``keys``) that its
+    columns do not (``set_index('condition')``, a groupby's ``reset_index(level=...)``): the
+    rows are read from the columns, so its levels would be ignored."""
+    held = [str(n) for n in request.index.names if n is not None and n not in request.columns
+            and model_key(str(n), keys) in keys]  # fmt: skip
+    if held:
+        raise DataError(f"the request table's index holds the covariate {held[0]!r}, which "
+                        "is read from the columns only (its levels would be ignored): make it a "
+                        f"column, request.reset_index({held[0]!r}), and ask again")
 
 
 #: a checked request: ``[(type, covariate level codes, cells), ...]``

@@ -83,8 +83,9 @@ def read_request(path: str | Path, label_key: str) -> pd.DataFrame:
                       "tab-separated, as its name does not end in .csv")
             raise DataError(f"request file {path} needs the columns '{label_key}' and 'n' "
                             f"({fields}; a header line first); it has {header}")
+    # indexed by line, under a name no covariate has ("line" may be one: a cell line)
     table = pd.DataFrame([fields for _, fields in rows], columns=header, dtype=str,
-                         index=pd.Index([line for line, _ in rows], name="line"))
+                         index=pd.Index([line for line, _ in rows], name="request file line"))
     counts = []
     for (line, _), n, label in zip(rows, table["n"], table[label_key], strict=True):
         try:
