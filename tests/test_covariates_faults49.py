@@ -1,7 +1,7 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
 covariate named in another Unicode form; covariates given both in a config and as
 covariate_keys; a covariate whose name holds a comma; levels holding a comma listed apart; a
-covariate held in a request table's index."""
+covariate held in a request table's index; where= beside a plan."""
 
 from __future__ import annotations
 
@@ -175,3 +175,19 @@ def test_a_covariate_held_in_a_request_table_s_index_is_refused(tmp_path):
     (tmp_path / "r.tsv").write_text("cell_type\tn\ntype_00\t3\n")
     assert main(["generate", str(tmp_path / "m"), "--request", str(tmp_path / "r.tsv"),
                  "--out", str(tmp_path / "o.h5ad"), "--quiet"]) == 0
+
+
+def test_where_beside_a_plan_is_refused():
+    """``model.sample(plan, where={'condition': 'stim'})``, a plan made for ctrl, generated
+    ctrl cells: a plan's levels are its codes, and where= was ignored without a word."""
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=1)[:400].copy()
+    model = NegBinBaseline(covariate_keys=["condition"])
+    model.fit(a, "cell_type")
+    plan, _ = model.plan({"type_00": 4}, {"condition": "ctrl"})
+    with pytest.raises(DataError, match=r"a plan \[\(type, level codes, n\), \.\.\.\] carries "
+                                        r"its levels in its codes, and where=\{'condition': "
+                                        r"'stim'\} is not read"):
+        model.sample(plan, where={"condition": "stim"})
+    assert list(model.sample(plan, where={}, seed=0).obs["condition"]) == ["ctrl"] * 4

@@ -108,6 +108,11 @@ class Design:
         checked as a type-only request."""
         if isinstance(request, list) and request and all(
                 isinstance(p, tuple) and len(p) == 3 for p in request):  # fmt: skip
+            if where:  # its levels are its codes: where= would be ignored
+                raise DataError(f"a plan [(type, level codes, n), ...] carries its levels in its "
+                                f"codes, and where={str(where)[:60]} is not read with it: make "
+                                "the plan with those levels, plan(request, where=...), or give "
+                                "the {type: n} request with where=")
             return self._checked_plan(request, labels, label_key)
         if (isinstance(request, dict) and label_key in request and "n" in request
                 and all(isinstance(v, list | tuple | np.ndarray | pd.Series)
