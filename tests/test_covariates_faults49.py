@@ -1,7 +1,7 @@
 """Covariates misused (session 49's sweep): one of cellsynth's own columns as a covariate; a
 covariate named in another Unicode form; covariates given both in a config and as
 covariate_keys; a covariate whose name holds a comma; levels holding a comma listed apart; a
-covariate held in a request table's index; where= beside a plan."""
+covariate held in a request table's index; where= beside a plan; a level named like any level."""
 
 from __future__ import annotations
 
@@ -191,3 +191,20 @@ def test_where_beside_a_plan_is_refused():
                                         r"'stim'\} is not read"):
         model.sample(plan, where={"condition": "stim"})
     assert list(model.sample(plan, where={}, seed=0).obs["condition"]) == ["ctrl"] * 4
+
+
+def test_a_level_named_like_any_level_is_refused_at_fit(tmp_path, capsys):
+    """A covariate with the level '*' (an annotation's "any") was fitted, but a request's '*'
+    means any level: a request table's row for it, and a --like twin of its cells, got the
+    type's training composition (half '*', half 'ctrl') instead of its cells."""
+    from cellsynth.models import NegBinBaseline
+
+    a = _design_atlas(seed=1)[:400].copy()
+    a.obs["group"] = np.where(a.obs["condition"] == "stim", " *", "ctrl")
+    with pytest.raises(DataError, match=r"covariate 'group' has the level ' \*', which a request "
+                                        r"reads as any level .*replace\('\*', 'other'\)"):
+        NegBinBaseline(covariate_keys=["group"]).fit(a, "cell_type")
+    a.write_h5ad(tmp_path / "star.h5ad")
+    assert main(["fit", str(tmp_path / "star.h5ad"), "--label-key", "cell_type", "--model", "nb",
+                 "--covariates", "group", "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    assert "has the level ' *'" in capsys.readouterr().err

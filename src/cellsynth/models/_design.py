@@ -309,7 +309,7 @@ def training_levels(obs: pd.DataFrame, keys: list[str], label_key: str, train: n
     """Each covariate's levels in the training cells ``train`` (positions in ``obs``), sorted,
     and every refusal of :meth:`Design.fit` (a missing value among the cells training reads,
     ``used``; a number of many values; too many levels for the cells; levels that differ by
-    spaces) without its warnings: a run checks this once its cells are split, before the
+    spaces; a level ``*``, a request's any level) without its warnings: a run checks this once its cells are split, before the
     classifier trains."""
     check_columns(obs, keys, label_key)
     levels = {}
@@ -331,6 +331,13 @@ def training_levels(obs: pd.DataFrame, keys: list[str], label_key: str, train: n
                 f"each level's effect (at least {MIN_CELLS_PER_LEVEL} cells a level on "
                 f"average; an identifier of cells or a number?); {fix}")
         check_spaced_names(levels[key], key, "covariate levels")
+        star = [lv for lv in levels[key] if lv.strip() == ANY_LEVEL]
+        if star:  # a request's "*" is any level: this one could never be asked for by name
+            raise DataError(f"covariate '{key}' has the level {star[0]!r}, which a request reads "
+                            f"as any level (the type's training composition over '{key}'), so "
+                            "it could never be asked for: rename it, e.g. adata.obs["
+                            f"'{key}'] = adata.obs['{key}'].astype(str).str.strip().replace("
+                            "'*', 'other')")
     return levels
 
 
