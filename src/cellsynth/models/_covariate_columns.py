@@ -55,7 +55,7 @@ def check_columns(obs: pd.DataFrame, keys: list[str], label_key: str) -> None:
 def column(obs: pd.DataFrame, key: str) -> pd.Series:
     if key not in obs.columns:
         ours = [str(c) for c in obs.columns if not str(c).startswith(OWN_PREFIX)]
-        cols = listed(ours, len(ours)) or "(none)"  # "; " between names holding ", "
+        cols = listed(ours, len(ours)) or "(none)"  # "; " between names holding a comma
         hint = ""
         if "," in str(key) and all(k.strip() in obs.columns for k in str(key).split(",")):
             hint = (f"; '{key}' names several columns: give them as a list, "
