@@ -142,3 +142,15 @@ def _unique_keys(keys: list[Any]) -> dict[Any, int]:
         if key is not None:
             where.setdefault(key, []).append(i)
     return {key: pos[0] for key, pos in where.items() if len(pos) == 1}
+
+
+def model_key(key: str, keys: list[str]) -> str:
+    """The covariate of ``keys`` that a request's ``key`` names: itself, else the one equal to
+    it but for its Unicode form (NFC: a name typed or copied with a decomposed accent prints
+    as the model's), as a level or a type is matched; ``key`` itself where none is. Spaces
+    are not forgiven here: ``'condition '`` gets a did-you-mean."""
+    if key in keys:
+        return key
+    same = [k for k in keys if unicodedata.normalize("NFC", str(k))
+            == unicodedata.normalize("NFC", str(key))]  # fmt: skip
+    return same[0] if len(same) == 1 else key

@@ -3,13 +3,11 @@
 What can be told of the columns before a fit (:func:`check_columns`: distinct, none the label,
 ``n`` or one of cellsynth's own ``cellsynth_*`` columns, each in ``obs``, none a number of many
 values), a column found by its name (:func:`column`, whose error names the fix), missing values
-among the cells training reads (:func:`no_missing`), and a covariate's name as a request writes
-it matched to the model's (:func:`model_key`).
+among the cells training reads (:func:`no_missing`). A covariate's name as a request writes
+it is matched to the model's by :func:`~cellsynth.data.levels.model_key`.
 """
 
 from __future__ import annotations
-
-import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -101,13 +99,3 @@ def not_a_number(values: pd.Series, key: str) -> None:
             f"pd.cut(adata.obs['{key}'], 5).astype(str), and condition on '{key}_bin'")
 
 
-def model_key(key: str, keys: list[str]) -> str:
-    """The covariate of ``keys`` that a request's ``key`` names: itself, else the one equal to
-    it but for its Unicode form (NFC: a name typed or copied with a decomposed accent prints
-    as the model's), as a level or a type is matched; ``key`` itself where none is. Spaces
-    are not forgiven here: ``'condition '`` gets a did-you-mean."""
-    if key in keys:
-        return key
-    same = [k for k in keys if unicodedata.normalize("NFC", str(k))
-            == unicodedata.normalize("NFC", str(key))]  # fmt: skip
-    return same[0] if len(same) == 1 else key

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from ..data.labels import check_spaced_names, missing_labels
-from ..data.levels import ANY_LEVEL, LevelLookup, level_text
+from ..data.levels import ANY_LEVEL, LevelLookup, level_text, model_key
 from ..errors import DataError, did_you_mean, listed
 from ..seeds import is_whole
-from ._covariate_columns import check_columns, column, model_key, no_missing, not_a_number
+from ._covariate_columns import check_columns, column, no_missing, not_a_number
 from ._training import as_text, check_count, known_label, type_counts, whole_count
 from .base import request as request_pairs
 

@@ -11,9 +11,8 @@ import pandas as pd
 
 from .. import keys as K
 from ..data.labels import missing_labels
-from ..data.levels import ANY_LEVEL, LevelLookup, level_text, loose_name
+from ..data.levels import ANY_LEVEL, LevelLookup, level_text, loose_name, model_key
 from ..errors import DataError, listed
-from ..models._covariate_columns import model_key
 from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad
