@@ -53,6 +53,7 @@ from .privacy_dcr import (
     _nearest,
     _points,
     check_audit_size,
+    check_settings,
     distance_to_closest,
 )
 from .privacy_redraw import RedrawSpace, redraw_scores
@@ -213,6 +214,7 @@ def membership_attacks(
         ``donor_level`` (the same per attack over donors) or None with ``donor_skipped``, why;
         ``reference_split``: how the held-out folds were made; ``k``.
     """
+    seed, max_n, k = check_settings(seed, max_n, k)
     tr, ho, sy = _check(train, heldout, synthetic)
     if not 1 <= k <= len(sy):
         raise DataError(f"k must be between 1 and the {len(sy)} synthetic cells, got {k}")
@@ -256,6 +258,7 @@ def redraw_attack(
         The attack's ``auc``, ``se_null``, ``threshold``, ``flagged``, ``n_members`` and
         ``n_nonmembers``, over cells and (with both donor labels, else None) over donors.
     """
+    seed, max_n, _ = check_settings(seed, max_n)
     tr = as_csr(train_counts, len(rs.space.genes), what="training counts")
     ho = as_csr(heldout_counts, len(rs.space.genes), what="held-out counts")
     sy = as_csr(synthetic_counts, len(rs.space.genes), what="synthetic counts")
@@ -375,6 +378,7 @@ def privacy_audit(
         they differ). An audit repeated with other seeds keeps its first repeat's test, so the
         other repeats skip it (``population`` None, no caveats).
     """
+    seed, max_n, k = check_settings(seed, max_n, k)
     cells, donor_rows, donor_skipped, pure = _donor_sides(train, heldout, train_donors,
                                                           heldout_donors, donor_pool)  # fmt: skip
 

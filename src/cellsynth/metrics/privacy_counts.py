@@ -17,8 +17,9 @@ import numpy as np
 
 from ..data.split import stratified_split
 from ..errors import DataError
-from ..seeds import derive_seed
+from ..seeds import as_int_hint, derive_seed, is_whole
 from .privacy import AUC_MARGIN, MIN_CELLS, PrivacyResult, _reasons, privacy_audit
+from .privacy_dcr import check_settings
 from .privacy_redraw import fit_redraw_space
 from .space import as_csr, fit_space
 
@@ -79,6 +80,10 @@ def audit_counts(
     repeats
         Halvings averaged over (``AUDIT_REPEATS``; 1: one audit, as it was before).
     """
+    seed, max_n, _ = check_settings(seed, max_n)
+    if not is_whole(repeats) or repeats < 1:
+        raise DataError(f"repeats must be at least 1, a whole number of halvings, got "
+                        f"{repeats!r}{as_int_hint(repeats)}")
     tr = as_csr(train_counts, len(genes), what="training counts")
     labels = (np.zeros(tr.shape[0], dtype=object) if train_labels is None
               else np.asarray(train_labels, dtype=object).astype(str))  # fmt: skip
@@ -87,8 +92,6 @@ def audit_counts(
     if tr.shape[0] < 2 * MIN_CELLS:
         raise DataError(f"the privacy audit needs at least {2 * MIN_CELLS} training cells (half "
                         f"fit its space, half are the members), got {tr.shape[0]}")
-    if repeats < 1:
-        raise DataError(f"repeats must be at least 1, got {repeats}")
     hc = as_csr(heldout_counts, len(genes), what="held-out counts")
     sc = as_csr(synthetic_counts, len(genes), what="synthetic counts")
     all_donors = None if train_donors is None else np.asarray(train_donors, dtype=object)

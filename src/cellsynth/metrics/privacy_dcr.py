@@ -20,7 +20,7 @@ from sklearn.neighbors import NearestNeighbors
 from ..data.csr import stack_rows
 from ..errors import DataError
 from ..options import progress_bar
-from ..seeds import derive_seed
+from ..seeds import as_int_hint, checked_seed, derive_seed, is_whole
 from .fidelity import _subsample
 from .memorisation import _MIN_GENES_FOR_COPY, _row_keys, nonzero_rows
 from .space import as_csr
@@ -47,6 +47,22 @@ def check_audit_size(n: int, name: str, fix: str = "give more cells") -> None:
     if n < MIN_CELLS:
         raise DataError(f"{name} has {n} cells but the privacy audit needs at least "
                         f"{MIN_CELLS} in each set; {fix}")
+
+
+def check_settings(seed: Any, max_n: Any, k: Any = 1) -> tuple[int, int, int]:
+    """``(seed, max_n, k)`` of an audit function, checked before any work: a seed
+    (:func:`~cellsynth.seeds.checked_seed`), ``max_n`` a whole number of at least
+    :data:`MIN_CELLS` (a cap below it scored AUCs on two cells a side without a word) and
+    ``k`` a whole number of at least 1; a :class:`DataError` naming the one to mend."""
+    seed = checked_seed(seed)
+    if not is_whole(max_n) or max_n < MIN_CELLS:
+        raise DataError(f"max_n must be a whole number of at least {MIN_CELLS}, the cells a side "
+                        f"the privacy audit needs (an attack's AUC on fewer is noise), got "
+                        f"{max_n!r}{as_int_hint(max_n)}; give max_n={MIN_CELLS} or more")
+    if not is_whole(k) or k < 1:
+        raise DataError(f"k must be a whole number of at least 1 (the k-th closest generated "
+                        f"cell), got {k!r}{as_int_hint(k)}")
+    return seed, int(max_n), int(k)
 
 
 def _points(x: Any, name: str) -> np.ndarray:
@@ -161,6 +177,7 @@ def distance_to_closest(
         Too few cells, mismatched dimensions or counts, or held-out cells identical to
         training cells (more than ``OVERLAP_SHARE`` of them).
     """
+    seed, max_n, _ = check_settings(seed, max_n)
     tr, ho, sy = _check(train, heldout, synthetic)
     rng = np.random.default_rng(derive_seed(seed, "dcr-sample"))
     i_s, i_h = _subsample(len(sy), max_n, rng), _subsample(len(ho), max_n, rng)

@@ -1,0 +1,80 @@
+"""The privacy audit misused as users do (session 49's sweep): settings of the audit's Python
+functions that are not numbers of cells, a seed or a neighbour, and audits whose numbers mean
+little said as such."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cellsynth.errors import DataError
+
+N_GENES, DIM = 40, 8
+RATES = np.random.default_rng(99).lognormal(0.5, 1.0, (3, N_GENES))  # 3 cell types
+PROJ = np.random.default_rng(98).normal(size=(N_GENES, DIM))  # a fixed "evaluation space"
+
+
+def _counts(n: int, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    mu = RATES[rng.integers(0, 3, n)] * rng.lognormal(0.0, 0.3, (n, 1))
+    return sp.csr_matrix(rng.poisson(mu).astype(np.float32))
+
+
+def _embed(x: sp.csr_matrix) -> np.ndarray:
+    return (np.log1p(x.toarray()) @ PROJ).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cells() -> dict[str, sp.csr_matrix]:
+    return {"train": _counts(120, 1), "heldout": _counts(120, 2), "synth": _counts(120, 3)}
+
+
+@pytest.mark.parametrize(("setting", "value", "said"), [
+    ("max_n", 2, r"max_n must be a whole number of at least 20.*got 2; give max_n=20"),
+    ("max_n", 0, r"max_n must be a whole number of at least 20.*got 0"),
+    ("max_n", 1.5, r"max_n must be .*got 1.5"),
+    ("max_n", None, r"max_n must be .*got None"),
+    ("k", 1.5, r"k must be a whole number of at least 1 .*got 1.5"),
+    ("k", "1", r"k must be a whole number .*got '1'"),
+    ("seed", None, r"seed must be a whole number from 0"),
+    ("seed", -1, r"seed must be a whole number from 0 .*got -1"),
+])
+def test_audit_settings_that_are_no_count_are_one_line_errors(cells, setting, value, said):
+    """privacy_audit(..., max_n=2) scored every attack on two cells a side and said "not
+    flagged" (an AUC of 0.25 on 2 members); max_n=0 or 1, a float, None, a seed of None or -1
+    and k='1' ended in tracebacks of numpy or scikit-learn (IndexError, 'n_splits=1', 'an
+    integer is required'). Each function of the audit checks them before any work."""
+    from cellsynth.metrics.privacy import (
+        distance_to_closest,
+        membership_attacks,
+        privacy_audit,
+    )
+
+    tr, ho, sy = (_embed(cells[k]) for k in ("train", "heldout", "synth"))
+    kwargs = {"seed": 0, setting: value}
+    calls = [lambda: privacy_audit(tr, ho, sy, **kwargs),
+             lambda: membership_attacks(tr, ho, sy, **kwargs)]
+    if setting != "k":
+        calls.append(lambda: distance_to_closest(tr, ho, sy, **kwargs))
+    for call in calls:
+        with pytest.raises(DataError, match=said):
+            call()
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"repeats": 1.5}, r"repeats must be at least 1, a whole number of halvings, got 1.5"),
+    ({"repeats": "2"}, r"repeats must be at least 1.*got '2'"),
+    ({"max_n": 1}, r"max_n must be a whole number of at least 20"),
+    ({"seed": "a"}, r"seed must be a whole number"),
+])
+def test_audit_counts_settings_are_checked_before_any_work(cells, kwargs, said):
+    """audit_counts(..., repeats=1.5) stopped in range() ('float' object cannot be interpreted
+    as an integer), repeats='2' in a comparison, max_n=1 in scikit-learn's k-fold after a
+    space was fitted."""
+    from cellsynth.metrics.privacy_counts import audit_counts
+
+    genes = [f"g{i}" for i in range(N_GENES)]
+    with pytest.raises(DataError, match=said):
+        audit_counts(cells["train"], cells["heldout"], cells["synth"], genes,
+                     **{"seed": 0, **kwargs})
