@@ -78,3 +78,29 @@ def test_audit_counts_settings_are_checked_before_any_work(cells, kwargs, said):
     with pytest.raises(DataError, match=said):
         audit_counts(cells["train"], cells["heldout"], cells["synth"], genes,
                      **{"seed": 0, **kwargs})
+
+
+def test_privacy_audit_called_alone_says_a_weak_or_swapped_audit(cells, caplog):
+    """cs.metrics.privacy_audit on 25 cells a side said "not flagged" with no caveat (a flag
+    needed an AUC above 0.75), and on generated cells that copy the held-out ones (the sides
+    swapped) every AUC was 0.0 and nothing was said: only the averaged audit of
+    cs.evaluate and a run read these. The audit says both itself, once also when averaged."""
+    from cellsynth.metrics.privacy import privacy_audit
+    from cellsynth.metrics.privacy_counts import average_audits
+
+    tr, ho, sy = (cells[k][:25] for k in ("train", "heldout", "synth"))
+    with caplog.at_level("WARNING"):
+        weak = privacy_audit(_embed(tr), _embed(ho), _embed(sy), seed=0, train_counts=tr,
+                             heldout_counts=ho, synthetic_counts=sy)
+    assert not weak.flagged
+    assert [c for c in weak.caveats if c.startswith("a weak audit: at 25 training and 25 "
+                                                     "held-out cells")]
+    assert "a weak audit" in caplog.text
+    ho, sy = cells["heldout"], cells["heldout"].copy()
+    swapped = privacy_audit(_embed(cells["train"]), _embed(ho), _embed(sy), seed=0,
+                            train_counts=cells["train"], heldout_counts=ho,
+                            synthetic_counts=sy, log=False)
+    assert [c for c in swapped.caveats if "read the held-out cells as the members" in c]
+    again = average_audits([swapped, swapped])  # said once, from the means
+    assert sum("read the held-out cells as the members" in c for c in again.caveats) == 1
+    assert average_audits([weak]).caveats == weak.caveats

@@ -425,9 +425,14 @@ def privacy_audit(
         settings["redraw"] = redraw.summary()
     tested, caveats = (_population(train, ho, seed, max_n, log=log) if population
                        else (None, []))  # fmt: skip
+    from .privacy_counts import _reversed, _weak  # their home imports this module
+
+    read = [*_reversed(attacks, donor_attacks), *_weak(attacks, bool(reasons))]  # as averaged
+    for caveat in read if log else []:
+        logger.warning("privacy: %s", caveat)
     return PrivacyResult(dcr, attacks, donor_attacks, donor_skipped,
                          att["reference_split"], bool(reasons), reasons, settings, tested,
-                         caveats)
+                         [*caveats, *read])
 
 
 def _reasons(attacks: dict[str, dict[str, Any]], donor_attacks: dict[str, dict[str, Any]] | None,

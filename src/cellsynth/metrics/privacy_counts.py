@@ -166,7 +166,11 @@ def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     donors = attacks([r.donor_attacks for r in results])
     dcr = {k: mean([r.dcr[k] for r in results]) for k in first.dcr}
     reasons = _reasons(cells, donors, dcr)
-    caveats = [*first.caveats, *_reversed(cells, donors), *_weak(cells, bool(reasons))]
+    # the first audit's own reading (privacy_audit's caveats of one audit) is read again
+    # from the means; its population test is kept
+    own = {*_reversed(first.attacks, first.donor_attacks), *_weak(first.attacks, first.flagged)}
+    caveats = [*(c for c in first.caveats if c not in own), *_reversed(cells, donors),
+               *_weak(cells, bool(reasons))]
     for caveat in caveats:
         logger.warning("privacy: %s", caveat)
     return PrivacyResult(dcr, cells, donors, first.donor_skipped, first.reference_split,
