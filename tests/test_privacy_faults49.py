@@ -104,3 +104,32 @@ def test_privacy_audit_called_alone_says_a_weak_or_swapped_audit(cells, caplog):
     again = average_audits([swapped, swapped])  # said once, from the means
     assert sum("read the held-out cells as the members" in c for c in again.caveats) == 1
     assert average_audits([weak]).caveats == weak.caveats
+
+
+def test_a_run_s_test_split_too_small_for_the_audit_names_the_run_s_settings(cells, caplog):
+    """`cellsynth run --set split.test=0.05` on 300 cells skipped the audit with "heldout has
+    13 cells but the privacy audit needs at least 20 in each set; give more cells": a run has
+    no "heldout", and no setting was named. The run (and the benchmark) name theirs."""
+    from types import SimpleNamespace
+
+    from cellsynth.metrics.space import fit_space
+    from cellsynth.pipeline.evaluation import _leaks
+
+    genes = [f"g{i}" for i in range(N_GENES)]
+    train, labels = cells["train"], np.array(["a", "b", "c"] * 40)
+    space = fit_space(train, labels, genes, seed=0)
+    ctx = SimpleNamespace(seed=lambda name: 0, cfg=SimpleNamespace(
+        dataset=SimpleNamespace(donor_key="")))
+    with caplog.at_level("WARNING"):
+        out = _leaks(ctx, space, train, labels, cells["heldout"][:13], cells["synth"],
+                     {"c2st_auc": 0.5})
+    said = out["privacy"]["skipped"]
+    assert said.startswith("the held-out set has 13 cells but the privacy audit needs at least 20")
+    assert "the run's test cells are its held-out set" in said and "split.test" in said
+    assert "give more cells" not in said.split(";")[0]
+    from cellsynth.metrics.privacy_counts import audit_counts
+
+    with pytest.raises(DataError, match=r"the synthetic set has 5 cells .*give more generated"):
+        audit_counts(train, cells["heldout"], cells["synth"][:5], genes, seed=0)
+    with pytest.raises(DataError, match=r"needs at least 40 training cells .*got 30; give more"):
+        audit_counts(train[:30], cells["heldout"], cells["synth"], genes, seed=0)

@@ -11,6 +11,7 @@ attack's AUC by a few hundredths, so the audit is the mean over ``AUDIT_REPEATS`
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import as_int_hint, derive_seed, is_whole
 from .privacy import AUC_MARGIN, MIN_CELLS, PrivacyResult, _reasons, privacy_audit
-from .privacy_dcr import check_settings
+from .privacy_dcr import check_audit_size, check_settings
 from .privacy_redraw import fit_redraw_space
 from .space import as_csr, fit_space
 
@@ -32,10 +33,17 @@ logger = logging.getLogger(__name__)
 AUDIT_REPEATS = 5
 
 
+#: what :func:`audit_counts` tells a set too small for the audit to do (a run and a benchmark
+#: name their settings instead)
+FIXES = {"train": "give more training cells", "heldout": "give more held-out cells",
+         "synthetic": "give more generated cells"}
+
+
 def audit_counts(
     train_counts: Any, heldout_counts: Any, synthetic_counts: Any, genes: list[str], *,
     seed: int, train_labels: Any = None, train_donors: Any = None, heldout_donors: Any = None,
     max_n: int = 2_000, repeats: int = AUDIT_REPEATS, donor_pool: Any = None,
+    fixes: Mapping[str, str] | None = None,
 ) -> PrivacyResult:
     """:func:`privacy_audit` from raw counts, in an evaluation space fitted on neither side,
     averaged over ``repeats`` random halvings of the training cells.
@@ -79,6 +87,10 @@ def audit_counts(
         Cells per side for the distances and attacks.
     repeats
         Halvings averaged over (``AUDIT_REPEATS``; 1: one audit, as it was before).
+    fixes
+        What a set too small for the audit is told to do, by set (``"train"``,
+        ``"heldout"``, ``"synthetic"``; default :data:`FIXES`): a run and a benchmark name
+        the settings that give each its cells.
     """
     seed, max_n, _ = check_settings(seed, max_n)
     if not is_whole(repeats) or repeats < 1:
@@ -89,11 +101,15 @@ def audit_counts(
               else np.asarray(train_labels, dtype=object).astype(str))  # fmt: skip
     if len(labels) != tr.shape[0]:
         raise DataError(f"train_labels has {len(labels)} entries for {tr.shape[0]} training cells")
+    fixes = {**FIXES, **(fixes or {})}
     if tr.shape[0] < 2 * MIN_CELLS:
         raise DataError(f"the privacy audit needs at least {2 * MIN_CELLS} training cells (half "
-                        f"fit its space, half are the members), got {tr.shape[0]}")
+                        f"fit its space, half are the members), got {tr.shape[0]}; "
+                        f"{fixes['train']}")
     hc = as_csr(heldout_counts, len(genes), what="held-out counts")
     sc = as_csr(synthetic_counts, len(genes), what="synthetic counts")
+    check_audit_size(hc.shape[0], "the held-out set", fixes["heldout"])
+    check_audit_size(sc.shape[0], "the synthetic set", fixes["synthetic"])
     all_donors = None if train_donors is None else np.asarray(train_donors, dtype=object)
     results = []
     for r in range(repeats):

@@ -192,6 +192,18 @@ def _donors(ctx: RunContext, *obs: pd.DataFrame) -> tuple[np.ndarray, ...] | Non
     return None if not key else tuple(donor_values(o[key]) for o in obs)
 
 
+#: what a run's audit set too small says to do: the settings that give each its cells (the
+#: audit's own names, "heldout" and "give more cells", named no setting of a run)
+RUN_FIXES = {
+    "train": "give more cells, or read more of the training cells (a larger report.max_cells)",
+    "heldout": ("the run's test cells are its held-out set: hold out more (a larger split.test, "
+                "the fractions summing to 1: --set split.train=0.6 --set split.test=0.3), "
+                "read more of them (a larger report.max_cells) or give more cells"),
+    "synthetic": ("generate more cells for the evaluation (a larger generator.n_per_type_eval) "
+                  "or read more of them (a larger report.max_cells)"),
+}
+
+
 def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndarray,
            test_c: sp.csr_matrix, syn_c: sp.csr_matrix, overall: dict[str, Any],
            donors: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -214,7 +226,7 @@ def _leaks(ctx: RunContext, space: Any, train_c: sp.csr_matrix, train_y: np.ndar
         privacy = with_donor_key(audit_counts(
             train_c, test_c, syn_c, list(space.genes), seed=ctx.seed("privacy"),
             train_labels=train_y, train_donors=train_d, heldout_donors=test_d,
-            donor_pool=pool).to_dict(), ctx.cfg.dataset.donor_key)  # fmt: skip
+            donor_pool=pool, fixes=RUN_FIXES).to_dict(), ctx.cfg.dataset.donor_key)  # fmt: skip
     except DataError as exc:  # too few cells, or test cells that repeat training cells
         logger.warning("privacy audit skipped: %s", exc)
         privacy = {"skipped": str(exc)}
