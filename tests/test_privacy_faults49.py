@@ -133,3 +133,39 @@ def test_a_run_s_test_split_too_small_for_the_audit_names_the_run_s_settings(cel
         audit_counts(train, cells["heldout"], cells["synth"][:5], genes, seed=0)
     with pytest.raises(DataError, match=r"needs at least 40 training cells .*got 30; give more"):
         audit_counts(train[:30], cells["heldout"], cells["synth"], genes, seed=0)
+
+
+def _sim(n: int, seed: int = 0):
+    from cellsynth.data.simulate import simulate_atlas
+
+    a = simulate_atlas(n, 80, 3, seed=seed, doublet_rate=0.0, uninformative_rate=0.0)
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    a.obs_names = [f"c{seed}_{i}" for i in range(n)]
+    return a
+
+
+@pytest.mark.parametrize("side", ["heldout", "real"])
+def test_cells_listed_twice_are_refused_before_the_audit_reads_a_leak(side, cells):
+    """Held-out cells concatenated with themselves (names made unique) were audited as 600
+    cells: a candidate's twin in the density attack's reference flagged a leak (AUC 0.77, a
+    generator of independent cells); training cells listed twice read as the sides swapped
+    (AUC 0.36). Either side repeating its own cells is refused before any work."""
+    import anndata as ad
+
+    import cellsynth as cs
+    from cellsynth.metrics.privacy import privacy_audit
+
+    a = _sim(360, seed=1)
+    real, test, synth = a[:120].copy(), a[120:240].copy(), a[240:].copy()
+    twice = {"heldout": test, "real": real}[side]
+    twice = ad.concat([twice, twice])
+    twice.obs_names_make_unique()
+    given = {"real": real, "heldout": test, side: twice}
+    what = {"heldout": "held-out", "real": "training"}[side]
+    with pytest.raises(DataError, match=rf"120 of the 240 {what} cells read repeat another "
+                                        rf"{what} cell, count for count.*keep one of each"):
+        cs.evaluate(given["real"], synth, label_key="cell_type", heldout=given["heldout"])
+    tr, ho = cells["train"], sp.vstack([cells["heldout"][:60]] * 2, format="csr")
+    with pytest.raises(DataError, match=r"60 of the 120 held-out cells read repeat"):
+        privacy_audit(_embed(tr), _embed(ho), _embed(cells["synth"]), seed=0, train_counts=tr,
+                      heldout_counts=ho, synthetic_counts=cells["synth"])

@@ -107,9 +107,31 @@ def _copies(refs: sp.csr_matrix, queries: sp.csr_matrix) -> np.ndarray:
 def heldout_overlap(train_counts: sp.csr_matrix, heldout_counts: sp.csr_matrix) -> int:
     """Held-out cells identical in counts to a training cell; a :class:`DataError` when more
     than ``OVERLAP_SHARE`` of them are (the audit would score members as non-members), a
-    WARNING for a few. Cheap (a hash per row): run it before any metric."""
-    return _overlap_checked(int(_copies(train_counts, heldout_counts).sum()),
-                            heldout_counts.shape[0], "counts")
+    WARNING for a few; and a :class:`DataError` when more than ``OVERLAP_SHARE`` of either
+    side's cells repeat another cell of that side (:func:`_check_repeats`). Cheap (a hash per
+    row): run it before any metric."""
+    shared = _overlap_checked(int(_copies(train_counts, heldout_counts).sum()),
+                              heldout_counts.shape[0], "counts")
+    _check_repeats(heldout_counts, "held-out")
+    _check_repeats(train_counts, "training")
+    return shared
+
+
+def _check_repeats(counts: sp.csr_matrix, side: str) -> None:
+    """A :class:`DataError` when more than ``OVERLAP_SHARE`` of ``counts``' rows (of at least
+    5 detected genes) repeat an earlier row: held-out cells listed twice put a candidate's
+    twin in the density attack's reference (a leak flagged that is none), training cells
+    listed twice put a member's twin among the cells its space is fitted on."""
+    detected = np.diff(nonzero_rows(counts).indptr) >= _MIN_GENES_FOR_COPY
+    keys = [k for k, d in zip(_row_keys(counts), detected, strict=True) if d]
+    repeats = len(keys) - len(set(keys))
+    if repeats > OVERLAP_SHARE * counts.shape[0]:
+        raise DataError(
+            f"{repeats} of the {counts.shape[0]} {side} cells read repeat another {side} cell, "
+            "count for count (cells listed twice: a file concatenated with itself, cells "
+            f"copied under other names): the privacy audit would read a cell and its twin as "
+            "two cells and report leaks that are none; keep one of each (drop the repeated "
+            "cells) and give the cells again")
 
 
 def _overlap_checked(shared: int, n_checked: int, source: str) -> int:
