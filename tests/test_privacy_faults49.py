@@ -169,3 +169,39 @@ def test_cells_listed_twice_are_refused_before_the_audit_reads_a_leak(side, cell
     with pytest.raises(DataError, match=r"60 of the 120 held-out cells read repeat"):
         privacy_audit(_embed(tr), _embed(ho), _embed(cells["synth"]), seed=0, train_counts=tr,
                       heldout_counts=ho, synthetic_counts=cells["synth"])
+
+
+def test_audit_inputs_that_are_no_matrix_or_no_counts_are_named(cells):
+    """The audit's Python functions given an AnnData or a path stopped in numpy or scipy
+    ('setting an array element with a sequence', 'unrecognized csr_matrix constructor
+    input'), genes=None in len(); NaN or negative counts given to audit_counts were said as
+    "heldout has NaN or infinite coordinates; embed finite counts" (no coordinates were
+    given), and privacy_audit's held-out counts of NaN as cells that repeat each other."""
+    import anndata as ad
+
+    from cellsynth.metrics.privacy import privacy_audit
+    from cellsynth.metrics.privacy_counts import audit_counts
+
+    tr, ho, sy = cells["train"], cells["heldout"], cells["synth"]
+    genes = [f"g{i}" for i in range(N_GENES)]
+    with pytest.raises(DataError, match=r"train must be a matrix of embedded cells .*not "
+                                        r"AnnData .*cellsynth.evaluate\(real, synthetic"):
+        privacy_audit(ad.AnnData(_embed(tr)), _embed(ho), _embed(sy), seed=0)
+    with pytest.raises(DataError, match=r"heldout must be a matrix .*not str 'test.h5ad'"):
+        privacy_audit(_embed(tr), "test.h5ad", _embed(sy), seed=0)
+    with pytest.raises(DataError, match=r"training counts must be a matrix of raw counts .*not "
+                                        r"AnnData.*give adata.X or adata.layers\['counts'\]"):
+        audit_counts(ad.AnnData(tr), ho, sy, genes, seed=0)
+    with pytest.raises(DataError, match=r"genes must be the list of the counts' gene names"):
+        audit_counts(tr, ho, sy, None, seed=0)
+    bad = ho.copy()
+    bad.data[:5] = np.nan
+    with pytest.raises(DataError, match=r"held-out counts holds NaN or infinite values"):
+        audit_counts(tr, bad, sy, genes, seed=0)
+    bad.data[:5] = -3
+    with pytest.raises(DataError, match=r"held-out counts holds negative values"):
+        audit_counts(tr, bad, sy, genes, seed=0)
+    nan = sp.csr_matrix(np.full(ho.shape, np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match=r"heldout counts holds NaN or infinite values"):
+        privacy_audit(_embed(tr), _embed(ho), _embed(sy), seed=0, train_counts=tr,
+                      heldout_counts=nan, synthetic_counts=sy)

@@ -54,10 +54,10 @@ from .privacy_dcr import (
     _points,
     check_audit_size,
     check_settings,
+    count_matrix,
     distance_to_closest,
 )
 from .privacy_redraw import RedrawSpace, redraw_scores
-from .space import as_csr
 
 logger = logging.getLogger(__name__)
 
@@ -259,9 +259,9 @@ def redraw_attack(
         ``n_nonmembers``, over cells and (with both donor labels, else None) over donors.
     """
     seed, max_n, _ = check_settings(seed, max_n)
-    tr = as_csr(train_counts, len(rs.space.genes), what="training counts")
-    ho = as_csr(heldout_counts, len(rs.space.genes), what="held-out counts")
-    sy = as_csr(synthetic_counts, len(rs.space.genes), what="synthetic counts")
+    tr = count_matrix(train_counts, len(rs.space.genes), "training counts")
+    ho = count_matrix(heldout_counts, len(rs.space.genes), "held-out counts")
+    sy = count_matrix(synthetic_counts, len(rs.space.genes), "synthetic counts")
     for x, name in ((tr, "train"), (ho, "heldout"), (sy, "synthetic")):
         check_audit_size(x.shape[0], name)
     rng = np.random.default_rng(derive_seed(seed, "redraw-candidates"))

@@ -20,9 +20,9 @@ from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import as_int_hint, derive_seed, is_whole
 from .privacy import AUC_MARGIN, MIN_CELLS, PrivacyResult, _reasons, privacy_audit
-from .privacy_dcr import check_audit_size, check_settings
+from .privacy_dcr import check_audit_size, check_settings, count_matrix
 from .privacy_redraw import fit_redraw_space
-from .space import as_csr, fit_space
+from .space import fit_space
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,10 @@ def audit_counts(
     if not is_whole(repeats) or repeats < 1:
         raise DataError(f"repeats must be at least 1, a whole number of halvings, got "
                         f"{repeats!r}{as_int_hint(repeats)}")
-    tr = as_csr(train_counts, len(genes), what="training counts")
+    if isinstance(genes, str) or not hasattr(genes, "__len__"):
+        raise DataError(f"genes must be the list of the counts' gene names, one a column, got "
+                        f"{type(genes).__name__} {genes!r:.60}")
+    tr = count_matrix(train_counts, len(genes), "training counts")
     labels = (np.zeros(tr.shape[0], dtype=object) if train_labels is None
               else np.asarray(train_labels, dtype=object).astype(str))  # fmt: skip
     if len(labels) != tr.shape[0]:
@@ -106,8 +109,8 @@ def audit_counts(
         raise DataError(f"the privacy audit needs at least {2 * MIN_CELLS} training cells (half "
                         f"fit its space, half are the members), got {tr.shape[0]}; "
                         f"{fixes['train']}")
-    hc = as_csr(heldout_counts, len(genes), what="held-out counts")
-    sc = as_csr(synthetic_counts, len(genes), what="synthetic counts")
+    hc = count_matrix(heldout_counts, len(genes), "held-out counts")
+    sc = count_matrix(synthetic_counts, len(genes), "synthetic counts")
     check_audit_size(hc.shape[0], "the held-out set", fixes["heldout"])
     check_audit_size(sc.shape[0], "the synthetic set", fixes["synthetic"])
     all_donors = None if train_donors is None else np.asarray(train_donors, dtype=object)

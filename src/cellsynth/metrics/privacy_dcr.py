@@ -11,6 +11,7 @@ attack uses. :mod:`cellsynth.metrics.privacy` runs them with the membership atta
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,43 @@ def check_settings(seed: Any, max_n: Any, k: Any = 1) -> tuple[int, int, int]:
     return seed, int(max_n), int(k)
 
 
+def _not_a_matrix(x: Any, name: str, what: str, give: str) -> DataError | None:
+    """The error for ``x`` that is no matrix of numbers (an AnnData, a path, text), else None."""
+    if isinstance(x, str | Path | bytes) or hasattr(x, "obs"):
+        return DataError(f"{name} must be a matrix of {what} (numpy or scipy.sparse, one row "
+                         f"a cell), not {type(x).__name__} {str(x)[:60]!r}: {give}; "
+                         "cellsynth.evaluate(real, synthetic, heldout=...) reads AnnData "
+                         "objects and files")
+    return None
+
+
+def count_matrix(x: Any, n_genes: int | None, name: str) -> sp.csr_matrix:
+    """Counts given to the audit (cells x genes) as float32 CSR: a matrix, not an AnnData or
+    a path, of ``n_genes`` columns and no NaN, infinite or negative value (each a one-line
+    :class:`DataError` naming ``name``; an AnnData had stopped in scipy, NaN counts as "NaN
+    coordinates; embed finite counts")."""
+    from ..data.values import check_values
+
+    if (err := _not_a_matrix(x, name, "raw counts", "give adata.X or adata.layers['counts']")):
+        raise err
+    try:
+        c = as_csr(x, n_genes, what=name)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a matrix of raw counts (numpy or scipy.sparse, one row "
+                        f"a cell), got {type(x).__name__} ({exc})") from None
+    check_values(c.data, name)
+    return c
+
+
 def _points(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    if (err := _not_a_matrix(x, name, "embedded cells (cells x PCs)",
+                             "embed their counts with EvalSpace.embed")):
+        raise err
+    try:
+        a = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a 2-d array (cells x PCs) of embedded cells, got "
+                        f"{type(x).__name__} ({exc})") from None
     if a.ndim != 2:
         raise DataError(f"{name} must be a 2-d array (cells x PCs) of embedded cells, got shape "
                         f"{a.shape}; embed counts with EvalSpace.embed first")
@@ -88,7 +124,7 @@ def _check(train: Any, heldout: Any, synthetic: Any) -> tuple[np.ndarray, ...]:
 
 
 def _counts(x: Any, n: int, n_genes: int | None, name: str) -> sp.csr_matrix:
-    c = as_csr(x, n_genes, what=name)
+    c = count_matrix(x, n_genes, name)
     if c.shape[0] != n:
         raise DataError(f"{name} have {c.shape[0]} rows for {n} embedded cells; give the counts "
                         "of the same cells in the same order")
@@ -207,7 +243,7 @@ def distance_to_closest(
     tol = EXACT_TOL * float(np.sqrt(tr.var(axis=0).sum()))
     trc = None if train_counts is None else _counts(train_counts, len(tr), None, "train counts")
     if trc is not None and copy_refs is not None:
-        trc = stack_rows([trc, as_csr(copy_refs, trc.shape[1], what="training counts")])
+        trc = stack_rows([trc, count_matrix(copy_refs, trc.shape[1], "copy_refs")])
     if trc is not None and heldout_counts is not None:
         hoc = _counts(heldout_counts, len(ho), trc.shape[1], "heldout counts")
         shared, shared_source = heldout_overlap(trc, hoc), "counts"
