@@ -205,3 +205,25 @@ def test_audit_inputs_that_are_no_matrix_or_no_counts_are_named(cells):
     with pytest.raises(DataError, match=r"heldout counts holds NaN or infinite values"):
         privacy_audit(_embed(tr), _embed(ho), _embed(sy), seed=0, train_counts=tr,
                       heldout_counts=nan, synthetic_counts=sy)
+
+
+def test_donors_of_one_side_only_are_refused_not_said_to_be_missing(cells):
+    """privacy_audit(..., train_donors=d) without heldout_donors skipped the donor level as
+    "no donor column given (donor_key=, --donor-key)", though one was given; donors as a
+    column of shape (n, 1) were "300 labels for 300 cells"."""
+    from cellsynth.metrics.privacy import membership_attacks, privacy_audit
+    from cellsynth.metrics.privacy_counts import audit_counts
+
+    tr, ho, sy = (_embed(cells[k]) for k in ("train", "heldout", "synth"))
+    donors = np.array(["a", "b", "c"])[np.arange(120) % 3]
+    with pytest.raises(DataError, match=r"train_donors is given without heldout_donors.*give "
+                                        r"heldout_donors too .*or neither"):
+        privacy_audit(tr, ho, sy, seed=0, train_donors=donors)
+    with pytest.raises(DataError, match=r"heldout_donors is given without train_donors"):
+        membership_attacks(tr, ho, sy, seed=0, heldout_donors=donors)
+    with pytest.raises(DataError, match=r"heldout_donors is given without train_donors"):
+        audit_counts(cells["train"], cells["heldout"], cells["synth"],
+                     [f"g{i}" for i in range(N_GENES)], seed=0, heldout_donors=donors)
+    with pytest.raises(DataError, match=r"train_donors holds 120 labels, shape \(120, 1\), for "
+                                        r"120 cells; give one donor per cell, a 1-d list"):
+        privacy_audit(tr, ho, sy, seed=0, train_donors=donors[:, None], heldout_donors=donors)

@@ -53,6 +53,7 @@ from .privacy_dcr import (
     _nearest,
     _points,
     check_audit_size,
+    check_donor_pair,
     check_settings,
     count_matrix,
     distance_to_closest,
@@ -125,7 +126,8 @@ NO_DONOR = ""
 def _labels(x: Any, n: int, name: str) -> np.ndarray:
     raw = np.asarray(x, dtype=object)
     if raw.ndim != 1 or len(raw) != n:
-        raise DataError(f"{name} has {raw.size} labels for {n} cells; give one donor per cell")
+        raise DataError(f"{name} holds {raw.size} labels, shape {raw.shape}, for {n} cells; "
+                        "give one donor per cell, a 1-d list")
     out = raw.astype(str)
     out[pd.isna(raw)] = NO_DONOR
     return out
@@ -215,6 +217,7 @@ def membership_attacks(
         ``reference_split``: how the held-out folds were made; ``k``.
     """
     seed, max_n, k = check_settings(seed, max_n, k)
+    check_donor_pair(train_donors, heldout_donors)
     tr, ho, sy = _check(train, heldout, synthetic)
     if not 1 <= k <= len(sy):
         raise DataError(f"k must be between 1 and the {len(sy)} synthetic cells, got {k}")
@@ -259,6 +262,7 @@ def redraw_attack(
         ``n_nonmembers``, over cells and (with both donor labels, else None) over donors.
     """
     seed, max_n, _ = check_settings(seed, max_n)
+    check_donor_pair(train_donors, heldout_donors)
     tr = count_matrix(train_counts, len(rs.space.genes), "training counts")
     ho = count_matrix(heldout_counts, len(rs.space.genes), "held-out counts")
     sy = count_matrix(synthetic_counts, len(rs.space.genes), "synthetic counts")
@@ -379,6 +383,7 @@ def privacy_audit(
         other repeats skip it (``population`` None, no caveats).
     """
     seed, max_n, k = check_settings(seed, max_n, k)
+    check_donor_pair(train_donors, heldout_donors)
     cells, donor_rows, donor_skipped, pure = _donor_sides(train, heldout, train_donors,
                                                           heldout_donors, donor_pool)  # fmt: skip
 

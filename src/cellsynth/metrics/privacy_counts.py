@@ -20,7 +20,7 @@ from ..data.split import stratified_split
 from ..errors import DataError
 from ..seeds import as_int_hint, derive_seed, is_whole
 from .privacy import AUC_MARGIN, MIN_CELLS, PrivacyResult, _reasons, privacy_audit
-from .privacy_dcr import check_audit_size, check_settings, count_matrix
+from .privacy_dcr import check_audit_size, check_donor_pair, check_settings, count_matrix
 from .privacy_redraw import fit_redraw_space
 from .space import fit_space
 
@@ -93,6 +93,7 @@ def audit_counts(
         the settings that give each its cells.
     """
     seed, max_n, _ = check_settings(seed, max_n)
+    check_donor_pair(train_donors, heldout_donors)
     if not is_whole(repeats) or repeats < 1:
         raise DataError(f"repeats must be at least 1, a whole number of halvings, got "
                         f"{repeats!r}{as_int_hint(repeats)}")

@@ -66,6 +66,17 @@ def check_settings(seed: Any, max_n: Any, k: Any = 1) -> tuple[int, int, int]:
     return seed, int(max_n), int(k)
 
 
+def check_donor_pair(train_donors: Any, heldout_donors: Any) -> None:
+    """A :class:`DataError` when one side's donors are given without the other's: the donor
+    level needs both, and one alone was skipped as "no donor column given"."""
+    if (train_donors is None) != (heldout_donors is None):
+        given, missing = (("train_donors", "heldout_donors") if heldout_donors is None
+                          else ("heldout_donors", "train_donors"))  # fmt: skip
+        raise DataError(f"{given} is given without {missing}: the donor-level attacks compare "
+                        f"training donors with held-out ones; give {missing} too (each of "
+                        "those cells' donor), or neither for the cell level only")
+
+
 def _not_a_matrix(x: Any, name: str, what: str, give: str) -> DataError | None:
     """The error for ``x`` that is no matrix of numbers (an AnnData, a path, text), else None."""
     if isinstance(x, str | Path | bytes) or hasattr(x, "obs"):
