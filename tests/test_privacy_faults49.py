@@ -227,3 +227,22 @@ def test_donors_of_one_side_only_are_refused_not_said_to_be_missing(cells):
     with pytest.raises(DataError, match=r"train_donors holds 120 labels, shape \(120, 1\), for "
                                         r"120 cells; give one donor per cell, a 1-d list"):
         privacy_audit(tr, ho, sy, seed=0, train_donors=donors[:, None], heldout_donors=donors)
+
+
+def test_the_privacy_figure_says_what_its_not_flagged_must_be_read_with():
+    """cs.pl.privacy of an audit whose sides were swapped (every AUC 0.0) or too small to
+    flag a leak titled it "privacy: not flagged", where the audit itself said a leak would
+    read as none: the title names the audit's caveats."""
+    import cellsynth as cs
+    from cellsynth.metrics.privacy import auc_threshold
+
+    threshold, se = auc_threshold(30, 30)
+    attack = {"auc": 0.0, "threshold": threshold, "flagged": False, "se_null": se,
+              "n_members": 30, "n_nonmembers": 30}
+    audit = {"attacks": {"distance": attack}, "flagged": False, "caveats": [
+        "the attacks read the held-out cells as the members (cell-level distance attack AUC "
+        "0.000, ...)", "a weak audit: at 30 training and 30 held-out cells ...", "other"]}
+    title = cs.pl.privacy(audit).get_title(loc="right")
+    assert title == "privacy: not flagged (read with: sides swapped?, a weak audit, see caveats)"
+    audit["caveats"] = []
+    assert cs.pl.privacy(audit).get_title(loc="right") == "privacy: not flagged"

@@ -47,6 +47,23 @@ def _audit(result: Any) -> Mapping[str, Any]:
     return priv
 
 
+#: a caveat of the audit (its first words) as the title names it
+CAVEATS = (("a weak audit", "a weak audit"),
+           ("the attacks read the held-out cells as the members", "sides swapped?"),
+           ("the held-out cells differ from the training cells", "populations differ"))
+
+
+def _caveats(priv: Mapping[str, Any]) -> str:
+    """What the title adds for the audit's caveats (a weak audit, sides swapped): without it a
+    figure said "not flagged" where the audit said a leak would read as none."""
+    said = [c for c in priv.get("caveats") or [] if isinstance(c, str)]
+    if not said:
+        return ""
+    names = [next((short for start, short in CAVEATS if c.startswith(start)), "see caveats")
+             for c in said]
+    return f" (read with: {', '.join(dict.fromkeys(names))})"
+
+
 def _rows(priv: Mapping[str, Any]
           ) -> list[tuple[str, float, float | None, float | None, bool, float]]:  # fmt: skip
     """``(label, value, expected without a leak, flagged above, flagged, spread)`` per bar; the
@@ -161,6 +178,6 @@ def privacy(
                        Line2D([], [], color=FLAG_COLOR, linestyle="--", label="flagged above")],
               fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     flagged = priv.get("flagged")
-    ax.set_title("privacy: flagged" if flagged else "privacy: not flagged", fontsize=10,
-                 loc="right", color=FLAG_COLOR if flagged else "black")
+    ax.set_title(("privacy: flagged" if flagged else "privacy: not flagged") + _caveats(priv),
+                 fontsize=10, loc="right", color=FLAG_COLOR if flagged else "black")
     return finish(ax, show, save)
