@@ -246,3 +246,21 @@ def test_the_privacy_figure_says_what_its_not_flagged_must_be_read_with():
     assert title == "privacy: not flagged (read with: sides swapped?, a weak audit, see caveats)"
     audit["caveats"] = []
     assert cs.pl.privacy(audit).get_title(loc="right") == "privacy: not flagged"
+
+
+def test_a_donor_key_that_is_the_label_column_is_refused_before_any_work(tmp_path, capsys):
+    """`cellsynth evaluate --heldout TEST --donor-key cell_type --label-key cell_type` read
+    each cell type as a donor and said the donor level was skipped because "every held-out
+    donor (3) also has training cells" (a run refuses it as dataset.donor_key)."""
+    import cellsynth as cs
+    from cellsynth.cli import main
+
+    a = _sim(240, seed=2)
+    with pytest.raises(DataError, match=r"donor_key 'cell_type' is the label column"):
+        cs.evaluate(a[:120], a[120:], label_key="cell_type", heldout=a[:120],
+                    donor_key="cell_type", out=tmp_path / "ev")
+    assert main(["evaluate", "--real", "r.h5ad", "--synthetic", "s.h5ad", "--heldout", "t.h5ad",
+                 "--label-key", "cell_type", "--donor-key", "cell_type", "--out",
+                 str(tmp_path / "ev")]) == 2
+    assert "is the label column (label_key)" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()

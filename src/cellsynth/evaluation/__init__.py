@@ -179,6 +179,11 @@ def compare(
     if donor_key is not None and not isinstance(donor_key, str):  # a list: unhashable in obs
         raise DataError(f"donor_key takes the name of one obs column (a string such as "
                         f"'donor'), not {type(donor_key).__name__} {donor_key!r}")
+    if donor_key is not None and donor_key == label_key:
+        raise DataError(f"donor_key '{donor_key}' is the label column (label_key): each cell "
+                        "type would be read as a donor by the privacy audit's donor level; give "
+                        "the obs column of each cell's donor or sample (--donor-key), or leave "
+                        "it out")
     picked: dict[str, Any] = {}
 
     def real_rows(labels: np.ndarray) -> np.ndarray:
