@@ -264,3 +264,35 @@ def test_a_donor_key_that_is_the_label_column_is_refused_before_any_work(tmp_pat
                  str(tmp_path / "ev")]) == 2
     assert "is the label column (label_key)" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def _attack(n_members: int, n_nonmembers: int, auc: float = 0.5) -> dict:
+    from cellsynth.metrics.privacy import auc_threshold
+
+    threshold, se = auc_threshold(n_members, n_nonmembers)
+    return {"auc": auc, "threshold": threshold, "flagged": auc > threshold, "se_null": se,
+            "n_members": n_members, "n_nonmembers": n_nonmembers}
+
+
+def test_a_donor_level_that_cannot_flag_is_said_in_the_audit_itself():
+    """`cellsynth evaluate --donor-key donor` with 3 training and 3 held-out donors: fidelity.md
+    and the run's report showed donor-level AUCs "flagged above 1.264" with nothing said (only
+    the command line's verdict lines said no AUC can pass); the audit's caveats say it, and
+    so every page that shows them does."""
+    import cellsynth as cs
+    from cellsynth.metrics.privacy import PrivacyResult
+    from cellsynth.metrics.privacy_counts import average_audits
+
+    def audit(donors: int, auc: float = 0.2) -> PrivacyResult:
+        return PrivacyResult({"exact_share": 0.0, "exact_duplicates": 0, "exact_source": "x"},
+                             {"distance": _attack(2000, 2000)},
+                             {"distance": _attack(donors, donors, auc)}, None, "donors",
+                             False, [], {})
+
+    few = average_audits([audit(3)])
+    said = [c for c in few.caveats if c.startswith("the donor level cannot flag")]
+    assert len(said) == 1 and "at 3 training and 3 held-out donors no AUC passes its " \
+                                "threshold (1.264); hold out more donors" in said[0]
+    assert average_audits([audit(30, 0.5)]).caveats == []  # 30 donors a side can flag
+    assert cs.pl.privacy(few.to_dict()).get_title(loc="right") == (
+        "privacy: not flagged (read with: too few donors)")

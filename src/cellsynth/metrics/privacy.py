@@ -432,7 +432,7 @@ def privacy_audit(
                        else (None, []))  # fmt: skip
     from .privacy_counts import _reversed, _weak  # their home imports this module
 
-    read = [*_reversed(attacks, donor_attacks), *_weak(attacks, bool(reasons))]  # as averaged
+    read = [*_reversed(attacks, donor_attacks), *_weak(attacks, bool(reasons), donor_attacks)]
     for caveat in read if log else []:
         logger.warning("privacy: %s", caveat)
     return PrivacyResult(dcr, attacks, donor_attacks, donor_skipped,

@@ -188,9 +188,10 @@ def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     reasons = _reasons(cells, donors, dcr)
     # the first audit's own reading (privacy_audit's caveats of one audit) is read again
     # from the means; its population test is kept
-    own = {*_reversed(first.attacks, first.donor_attacks), *_weak(first.attacks, first.flagged)}
+    own = {*_reversed(first.attacks, first.donor_attacks),
+           *_weak(first.attacks, first.flagged, first.donor_attacks)}
     caveats = [*(c for c in first.caveats if c not in own), *_reversed(cells, donors),
-               *_weak(cells, bool(reasons))]
+               *_weak(cells, bool(reasons), donors)]
     for caveat in caveats:
         logger.warning("privacy: %s", caveat)
     return PrivacyResult(dcr, cells, donors, first.donor_skipped, first.reference_split,
@@ -216,18 +217,29 @@ def _reversed(cells: dict[str, dict[str, Any]] | None,
             "cells? A leak of those cells reads here as no leak"]
 
 
-def _weak(cells: dict[str, dict[str, Any]] | None, flagged: bool) -> list[str]:
+def _weak(cells: dict[str, dict[str, Any]] | None, flagged: bool,
+          donors: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """A caveat when nothing is flagged but the audit had too few cells to flag a leak of a
     size that matters: a cell-level attack is flagged only above an AUC beyond
     :data:`WEAK_AUDIT_AUC` (a few dozen cells a side). "Not flagged" then says little: the
-    fidelity verdict says "too few cells" in its place, the audit says how weak it was."""
+    fidelity verdict says "too few cells" in its place, the audit says how weak it was. And
+    one when the donor level can flag at no AUC (its threshold above 1: 2 or 3 donors a side),
+    whose table showed a threshold of 1.26 without a word."""
+    out = []
+    if donors:
+        d = next(iter(donors.values()))
+        if max(a["threshold"] for a in donors.values()) >= 1.0:
+            out.append(f"the donor level cannot flag: at {d['n_members']} training and "
+                       f"{d['n_nonmembers']} held-out donors no AUC passes its threshold "
+                       f"({d['threshold']:.3f}); hold out more donors (split.heldout_donors in "
+                       "a run, held-out cells of more donors) for a donor-level audit")
     if flagged or not cells:
-        return []
+        return out
     threshold = max(a["threshold"] for a in cells.values())
     if threshold <= WEAK_AUDIT_AUC:
-        return []
+        return out
     a = next(iter(cells.values()))
-    return [f"a weak audit: at {a['n_members']} training and {a['n_nonmembers']} held-out cells "
+    return [*out, f"a weak audit: at {a['n_members']} training and {a['n_nonmembers']} held-out cells "
             f"an attack is flagged only above AUC {threshold:.3f}, so a smaller leak passes "
             "unseen; audit more cells (more held-out cells, or a larger max_cells) before "
             "reading 'not flagged' as no leak"]

@@ -50,7 +50,8 @@ def _audit(result: Any) -> Mapping[str, Any]:
 #: a caveat of the audit (its first words) as the title names it
 CAVEATS = (("a weak audit", "a weak audit"),
            ("the attacks read the held-out cells as the members", "sides swapped?"),
-           ("the held-out cells differ from the training cells", "populations differ"))
+           ("the held-out cells differ from the training cells", "populations differ"),
+           ("the donor level cannot flag", "too few donors"))
 
 
 def _caveats(priv: Mapping[str, Any]) -> str:
