@@ -296,3 +296,20 @@ def test_a_donor_level_that_cannot_flag_is_said_in_the_audit_itself():
     assert average_audits([audit(30, 0.5)]).caveats == []  # 30 donors a side can flag
     assert cs.pl.privacy(few.to_dict()).get_title(loc="right") == (
         "privacy: not flagged (read with: too few donors)")
+
+
+def test_an_audit_set_held_back_by_max_cells_is_told_to_raise_it():
+    """`cellsynth evaluate --heldout TEST --max-cells 15` on 300 real cells: "the real
+    (training) cells scored has 15 cells ...; give more cells", where the input held 150 that
+    a larger --max-cells would score. More cells is said only where the input lacks them."""
+    import cellsynth as cs
+
+    a = _sim(400, seed=3)
+    real, test, synth = a[:200], a[200:300], a[300:]
+    with pytest.raises(DataError, match=r"the real \(training\) cells scored has 15 cells .*"
+                                        r"raise max_cells \(--max-cells, now 15\): the input "
+                                        r"holds 100 of them"):
+        cs.evaluate(real, synth, label_key="cell_type", heldout=test, max_cells=15)
+    with pytest.raises(DataError, match=r"the held-out data has 10 cells .*at least 20 in each "
+                                        r"set; give more cells, or leave heldout out"):
+        cs.evaluate(real, synth, label_key="cell_type", heldout=test[:10])

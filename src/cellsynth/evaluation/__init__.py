@@ -48,6 +48,7 @@ from .inputs import (
     _same_file,
     _Sample,
     _shared_genes,
+    check_audit_sizes,
 )
 from .overlap import check_disjoint, check_heldout_unseen, check_members, warn_trained_on
 from .runner import run_benchmark as run_benchmark  # cellsynth benchmark; its home
@@ -195,6 +196,10 @@ def compare(
         picked["synthetic_total"] = pd.Series(labels).value_counts()
         return stratified_subsample(labels, max_cells, seed=derive_seed(seed, "eval-synthetic-cells"))
 
+    def heldout_rows(labels: np.ndarray) -> np.ndarray:
+        picked["heldout_total"] = len(labels)
+        return stratified_subsample(labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells"))
+
     donors = donor_key if heldout is not None else None
     _check_sides(real, synthetic)
     if heldout is None:
@@ -209,9 +214,8 @@ def compare(
     genes = _shared_genes(r, s)
     h = None
     if heldout is not None:
-        h = _read_side(heldout, label_key, lambda labels: stratified_subsample(
-            labels, max_cells, seed=derive_seed(seed, "eval-heldout-cells")),
-            "the held-out data", donor_key=donor_key)
+        h = _read_side(heldout, label_key, heldout_rows, "the held-out data",
+                       donor_key=donor_key)
         _refuse_empty_real(h, "the held-out data")
         check_disjoint(real, heldout, label_key, seed)
         check_heldout_unseen(synthetic, heldout, seed)
@@ -238,7 +242,10 @@ def compare(
 
         hc = _columns(h, genes, "the held-out data")
         heldout_overlap(counts, hc)
-        _check_audit_sizes(rc.shape[0], hc.shape[0], sc.shape[0])
+        check_audit_sizes({"the real (training) cells scored": (
+            rc.shape[0], -(-int(picked["real_total"].sum()) // 2)),  # a half scored at most
+            "the held-out data": (hc.shape[0], picked["heldout_total"]),
+            "the synthetic data": (sc.shape[0], int(picked["synthetic_total"].sum()))}, max_cells)
     logger.info("evaluating %d synthetic (of %d) against %d real cells, in a space fitted on %d "
                 "other real cells (of %d real; stratified subsamples of at most %d)",
                 len(s.labels), s.n_total, len(rl), len(fl), r.n_total, max_cells)  # fmt: skip
@@ -364,17 +371,6 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
         out["privacy"]["donor_key"] = donor_key  # None too: the file says none was given
         with_donor_key(out["privacy"], donor_key)
     return out
-
-
-def _check_audit_sizes(n_real: int, n_heldout: int, n_synthetic: int) -> None:
-    """The privacy audit's sets, each of at least ``MIN_CELLS`` cells, checked before any
-    work (the audit runs last: a too small held-out set failed it after the fidelity's
-    minutes, losing them)."""
-    from ..metrics.privacy_dcr import check_audit_size
-
-    for n, name in ((n_real, "the real (training) cells scored"), (n_heldout, "the held-out data"),
-                    (n_synthetic, "the synthetic data")):  # fmt: skip
-        check_audit_size(n, name, "give more cells, or leave heldout out (no audit)")
 
 
 def _out_dir(out: str | Path, flag: str = "--out") -> Path:

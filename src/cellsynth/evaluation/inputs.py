@@ -395,3 +395,17 @@ def _check_sides(real: Any, synthetic: Any) -> None:
         logger.warning("the real data hold cells cellsynth generated (uns['cellsynth']) and the "
                        "synthetic data do not: are --real and --synthetic swapped? The floor "
                        "is built from the real side")
+
+
+def check_audit_sizes(sets: dict[str, tuple[int, int]], max_cells: int) -> None:
+    """The privacy audit's sets, each of at least ``MIN_CELLS`` cells, checked before any
+    work (the audit runs last: a too small held-out set failed it after the fidelity's
+    minutes, losing them). ``sets``: each set's ``(cells read, cells a larger max_cells
+    would read)``: where ``max_cells`` held a set back, the fix is a larger one, not more
+    cells (300 real cells at --max-cells 15 were told to "give more cells")."""
+    from ..metrics.privacy_dcr import MIN_CELLS, check_audit_size
+
+    for name, (n, most) in sets.items():
+        more = (f"raise max_cells (--max-cells, now {max_cells}): the input holds {most} of "
+                "them" if n < MIN_CELLS <= most else "give more cells")
+        check_audit_size(n, name, f"{more}, or leave heldout out (no audit)")
