@@ -313,3 +313,25 @@ def test_an_audit_set_held_back_by_max_cells_is_told_to_raise_it():
     with pytest.raises(DataError, match=r"the held-out data has 10 cells .*at least 20 in each "
                                         r"set; give more cells, or leave heldout out"):
         cs.evaluate(real, synth, label_key="cell_type", heldout=test[:10])
+
+
+def test_a_leak_flagged_in_some_fits_of_a_benchmark_is_said_not_outvoted():
+    """`cellsynth benchmark --fits 2` whose privacy audit flagged one fit and not the other
+    wrote "no" under "leak flagged" (a tie broken by the order of the fits; with 3 fits a
+    flag in one was outvoted). The row says "yes (1 of 2 fits)", and a control flagged in
+    some fits only has its target missed."""
+    from cellsynth.benchmark import mean_of_fits
+    from cellsynth.evaluation.page import _privacy_targets
+
+    def fits(*flags: str) -> list[tuple[dict, dict]]:
+        return [({"privacy_flagged": f, "verdict": "close"}, {"seconds": 1.0}) for f in flags]
+
+    assert mean_of_fits(fits("no", "yes"))[0]["privacy_flagged"] == "yes (1 of 2 fits)"
+    assert mean_of_fits(fits("yes", "no", "no"))[0]["privacy_flagged"] == "yes (1 of 3 fits)"
+    assert mean_of_fits(fits("yes", "yes"))[0]["privacy_flagged"] == "yes"
+    assert mean_of_fits(fits("no", "no"))[0]["privacy_flagged"] == "no"
+    notes = _privacy_targets({"copy": {"privacy_flagged": "yes (1 of 2 fits)"}}, None)
+    assert notes == ["the copy control is flagged by the privacy audit: missed (flagged in 1 "
+                     "of 2 fits only)"]
+    assert _privacy_targets({"copy": {"privacy_flagged": "yes"}}, None) == [
+        "the copy control is flagged by the privacy audit: met"]

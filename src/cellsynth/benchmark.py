@@ -318,7 +318,8 @@ def generator_failure(err: Exception) -> str | None:
 def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]
                  ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """One row from several fits' ``(row, details)``: numbers averaged, text (verdict, leak
-    flagged) the most common value; the details are the first fit's, with every fit's row
+    flagged) the most common value, but a leak flagged in some fits is said ("yes (1 of 2
+    fits)"); the details are the first fit's, with every fit's row
     (``fits``), the standard deviation of each number across them (``spread``) and the mean
     row."""
     rows = [row for row, _ in fitted]
@@ -332,6 +333,9 @@ def mean_of_fits(fitted: list[tuple[dict[str, Any], dict[str, Any]]]
             spread[key] = float(np.std(numbers, ddof=1))
         else:  # text, or a number some fits lack: the most common value
             mean[key] = max(values, key=lambda v: (values.count(v), v is not None))
+    flags = [row.get("privacy_flagged") for row in rows]
+    if 0 < flags.count("yes") < len(flags):  # a leak of one fit is no tie to break by order
+        mean["privacy_flagged"] = f"yes ({flags.count('yes')} of {len(flags)} fits)"
     mean["fits"] = len(rows)
     details = {**fitted[0][1], "row": mean, "fits": rows, "spread": spread,
                "seconds": sum(d["seconds"] for _, d in fitted)}

@@ -106,8 +106,13 @@ def _privacy_targets(rows: dict, details: dict | None) -> list[str]:
     for name in CONTROLS:
         if rows.get(name, {}).get("privacy_flagged") is None:
             continue
-        if rows[name]["privacy_flagged"] == "yes":
+        flag = str(rows[name]["privacy_flagged"])
+        if flag == "yes":
             notes.append(f"the {name} control is flagged by the privacy audit: met")
+            continue
+        if flag.startswith("yes ("):  # in some fits only: mean_of_fits' "yes (1 of 2 fits)"
+            notes.append(f"the {name} control is flagged by the privacy audit: missed "
+                         f"(flagged in {flag[5:-1]} only)")
             continue
         attacks = (((details or {}).get("models", {}).get(name) or {}).get("privacy") or {}
                    ).get("attacks") or {}
