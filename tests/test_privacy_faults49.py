@@ -335,3 +335,14 @@ def test_a_leak_flagged_in_some_fits_of_a_benchmark_is_said_not_outvoted():
                      "of 2 fits only)"]
     assert _privacy_targets({"copy": {"privacy_flagged": "yes"}}, None) == [
         "the copy control is flagged by the privacy audit: met"]
+
+
+@pytest.mark.parametrize("given", [[], None, "audit", [{"attacks": {}}]])
+def test_average_audits_of_no_audit_is_named(given):
+    """average_audits([]) stopped with IndexError, of to_dict()'s dicts with AttributeError
+    ('dict' object has no attribute 'attacks')."""
+    from cellsynth.metrics.privacy_counts import average_audits
+
+    with pytest.raises(DataError, match=r"average_audits takes a non-empty list of "
+                                        r"PrivacyResult"):
+        average_audits(given)

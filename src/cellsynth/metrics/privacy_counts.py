@@ -158,6 +158,11 @@ def average_audits(results: list[PrivacyResult]) -> PrivacyResult:
     AUCs (each attack's per halving in ``auc_repeats``, ``auc_sd``) and mean distance shares,
     flags from the means; the first halving's population check and settings, with
     ``repeats``. Logs its flags and caveats."""
+    if isinstance(results, PrivacyResult) or not results or not all(
+            isinstance(r, PrivacyResult) for r in results):  # [] stopped in results[0]
+        raise DataError("average_audits takes a non-empty list of PrivacyResult (what "
+                        f"privacy_audit returns), got {type(results).__name__} "
+                        f"{str(results)[:60]!r}; keep the PrivacyResult objects, not their to_dict()")
     first = results[0]
 
     def attacks(tables: list[dict[str, dict[str, Any]] | None]) -> dict[str, dict[str, Any]] | None:
