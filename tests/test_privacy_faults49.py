@@ -96,6 +96,7 @@ def test_privacy_audit_called_alone_says_a_weak_or_swapped_audit(cells, caplog):
     assert [c for c in weak.caveats if c.startswith("a weak audit: at 25 training and 25 "
                                                      "held-out cells")]
     assert "a weak audit" in caplog.text
+    assert "--max-cells, report.max_cells in a run)" in caplog.text  # a run's setting too
     ho, sy = cells["heldout"], cells["heldout"].copy()
     swapped = privacy_audit(_embed(cells["train"]), _embed(ho), _embed(sy), seed=0,
                             train_counts=cells["train"], heldout_counts=ho,

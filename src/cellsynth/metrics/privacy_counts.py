@@ -244,7 +244,7 @@ def _weak(cells: dict[str, dict[str, Any]] | None, flagged: bool,
     if threshold <= WEAK_AUDIT_AUC:
         return out
     a = next(iter(cells.values()))
-    return [*out, f"a weak audit: at {a['n_members']} training and {a['n_nonmembers']} held-out cells "
-            f"an attack is flagged only above AUC {threshold:.3f}, so a smaller leak passes "
-            "unseen; audit more cells (more held-out cells, or a larger max_cells) before "
-            "reading 'not flagged' as no leak"]
+    return [*out, f"a weak audit: at {a['n_members']} training and {a['n_nonmembers']} "
+            f"held-out cells an attack is flagged only above AUC {threshold:.3f}, so a smaller "
+            "leak passes unseen; audit more cells (more held-out cells, or a larger max_cells: "
+            "--max-cells, report.max_cells in a run) before reading 'not flagged' as no leak"]
