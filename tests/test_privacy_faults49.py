@@ -347,3 +347,23 @@ def test_average_audits_of_no_audit_is_named(given):
     with pytest.raises(DataError, match=r"average_audits takes a non-empty list of "
                                         r"PrivacyResult"):
         average_audits(given)
+
+
+def test_a_few_cells_of_a_new_donor_skip_the_donor_level_not_the_whole_audit(cells):
+    """`cellsynth evaluate --heldout TEST --donor-key donor` where 5 of the 300 held-out cells
+    were of a donor absent from training (the rest of training donors) failed after the whole
+    evaluation with "heldout has 5 cells but the privacy audit needs at least 20 in each set;
+    give more cells". The donor level is skipped with the reason; the cell level stands."""
+    from cellsynth.metrics.privacy import privacy_audit
+
+    tr, ho, sy = (_embed(cells[k]) for k in ("train", "heldout", "synth"))
+    train_donors = np.array(["a", "b", "c"])[np.arange(120) % 3]
+    heldout_donors = train_donors.copy()
+    heldout_donors[:5] = "z"
+    result = privacy_audit(tr, ho, sy, seed=0, train_donors=train_donors,
+                           heldout_donors=heldout_donors, log=False)
+    assert result.donor_attacks is None
+    assert result.donor_skipped == ("5 held-out cell(s) of donors absent from training, fewer "
+                                    "than the 20 the donor level needs: give more cells of "
+                                    "held-out donors")
+    assert result.attacks["distance"]["n_nonmembers"] == 115  # the training donors' cells

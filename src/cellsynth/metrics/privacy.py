@@ -310,11 +310,14 @@ def _donor_sides(train: Any, heldout: Any, train_donors: Any, heldout_donors: An
     new = np.flatnonzero(~seen)
     if not seen.any():
         return None, new, None, True
+    few = None if len(new) >= MIN_CELLS else (  # the whole audit had failed on them
+        f"{len(new)} held-out cell(s) of donors absent from training, fewer than the "
+        f"{MIN_CELLS} the donor level needs: give more cells of held-out donors")
     if seen.sum() < MIN_CELLS:
         logger.info("privacy: %d held-out cell(s) of training donors, fewer than %d: the cell "
                     "level uses every held-out cell", int(seen.sum()), MIN_CELLS)
-        return None, new, None, False
-    return np.flatnonzero(seen), new, None, False
+        return None, None if few else new, few, False
+    return np.flatnonzero(seen), None if few else new, few, False
 
 
 @dataclass
