@@ -367,3 +367,15 @@ def test_a_few_cells_of_a_new_donor_skip_the_donor_level_not_the_whole_audit(cel
                                     "than the 20 the donor level needs: give more cells of "
                                     "held-out donors")
     assert result.attacks["distance"]["n_nonmembers"] == 115  # the training donors' cells
+
+
+def test_a_control_the_benchmark_could_not_audit_is_said_on_its_page():
+    """A benchmark of cvae beside the copy control whose audit was skipped (a test split too
+    small) dropped the control's target line from the page without a word."""
+    from cellsynth.evaluation.page import _privacy_targets
+
+    skipped = {"models": {"copy": {"privacy": {"skipped": "the held-out set has 13 cells"}}}}
+    assert _privacy_targets({"copy": {"privacy_flagged": None}}, skipped) == [
+        "the copy control is flagged by the privacy audit: not audited (the held-out set has "
+        "13 cells)"]
+    assert _privacy_targets({}, skipped) == []  # no copy control benchmarked: no line

@@ -105,6 +105,11 @@ def _privacy_targets(rows: dict, details: dict | None) -> list[str]:
                        f"{c['privacy_donor_se']:.3f})")
     for name in CONTROLS:
         if rows.get(name, {}).get("privacy_flagged") is None:
+            skipped = ((((details or {}).get("models", {}).get(name) or {}).get("privacy")
+                        or {}).get("skipped"))  # fmt: skip
+            if name in rows and skipped:  # a control not audited had no line at all
+                notes.append(f"the {name} control is flagged by the privacy audit: not "
+                             f"audited ({skipped})")
             continue
         flag = str(rows[name]["privacy_flagged"])
         if flag == "yes":
