@@ -309,7 +309,7 @@ def test_an_audit_set_held_back_by_max_cells_is_told_to_raise_it():
     real, test, synth = a[:200], a[200:300], a[300:]
     with pytest.raises(DataError, match=r"the real \(training\) cells scored has 15 cells .*"
                                         r"raise max_cells \(--max-cells, now 15\): the input "
-                                        r"holds 100 of them"):
+                                        r"gives up to 100"):
         cs.evaluate(real, synth, label_key="cell_type", heldout=test, max_cells=15)
     with pytest.raises(DataError, match=r"the held-out data has 10 cells .*at least 20 in each "
                                         r"set; give more cells, or leave heldout out"):

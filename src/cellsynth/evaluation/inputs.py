@@ -406,6 +406,6 @@ def check_audit_sizes(sets: dict[str, tuple[int, int]], max_cells: int) -> None:
     from ..metrics.privacy_dcr import MIN_CELLS, check_audit_size
 
     for name, (n, most) in sets.items():
-        more = (f"raise max_cells (--max-cells, now {max_cells}): the input holds {most} of "
-                "them" if n < MIN_CELLS <= most else "give more cells")
+        more = (f"raise max_cells (--max-cells, now {max_cells}): the input gives up to "
+                f"{most}" if n < MIN_CELLS <= most else "give more cells")
         check_audit_size(n, name, f"{more}, or leave heldout out (no audit)")
