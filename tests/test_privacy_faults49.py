@@ -1,6 +1,9 @@
-"""The privacy audit misused as users do (session 49's sweep): settings of the audit's Python
-functions that are not numbers of cells, a seed or a neighbour, and audits whose numbers mean
-little said as such."""
+"""The privacy audit misused as users do (session 49's sweep): settings and inputs of the
+audit's Python functions that are no numbers of cells or counts, cells listed twice, donors of
+one side or in the label column, a few cells of a new donor, sets too small for the audit
+named by the setting that gives them cells (evaluate, a run, a benchmark), and audits whose
+numbers mean little said as such (weak, swapped, a donor level that cannot flag; the figure,
+a benchmark's fits and controls)."""
 
 from __future__ import annotations
 
