@@ -382,3 +382,19 @@ def test_a_control_the_benchmark_could_not_audit_is_said_on_its_page():
         "the copy control is flagged by the privacy audit: not audited (the held-out set has "
         "13 cells)"]
     assert _privacy_targets({}, skipped) == []  # no copy control benchmarked: no line
+
+
+def test_counts_given_without_the_training_counts_are_not_left_unused(cells):
+    """privacy_audit(..., synthetic_counts=sc, heldout_counts=hc) without train_counts looked
+    for copies by embedding alone and never read the counts given, without a word: a copy
+    of a training cell in counts was looked for as coinciding points."""
+    from cellsynth.metrics.privacy import distance_to_closest, privacy_audit
+
+    tr, ho, sy = (_embed(cells[k]) for k in ("train", "heldout", "synth"))
+    with pytest.raises(DataError, match=r"synthetic_counts and heldout_counts are compared with "
+                                        r"the training cells' counts, which are not given: give "
+                                        r"train_counts too"):
+        privacy_audit(tr, ho, sy, seed=0, synthetic_counts=cells["synth"],
+                      heldout_counts=cells["heldout"])
+    with pytest.raises(DataError, match=r"copy_refs are compared"):
+        distance_to_closest(tr, ho, sy, seed=0, copy_refs=cells["train"])

@@ -247,6 +247,13 @@ def distance_to_closest(
         training cells (more than ``OVERLAP_SHARE`` of them).
     """
     seed, max_n, _ = check_settings(seed, max_n)
+    given = [n for n, c in (("synthetic_counts", synthetic_counts),
+                            ("heldout_counts", heldout_counts), ("copy_refs", copy_refs))
+             if c is not None]  # fmt: skip
+    if train_counts is None and given:  # were left unused: copies looked for by embedding
+        raise DataError(f"{' and '.join(given)} are compared with the training cells' counts, "
+                        "which are not given: give train_counts too (the counts of train's "
+                        "cells, in its order), or leave them out")
     tr, ho, sy = _check(train, heldout, synthetic)
     rng = np.random.default_rng(derive_seed(seed, "dcr-sample"))
     i_s, i_h = _subsample(len(sy), max_n, rng), _subsample(len(ho), max_n, rng)
