@@ -398,3 +398,19 @@ def test_counts_given_without_the_training_counts_are_not_left_unused(cells):
                       heldout_counts=cells["heldout"])
     with pytest.raises(DataError, match=r"copy_refs are compared"):
         distance_to_closest(tr, ho, sy, seed=0, copy_refs=cells["train"])
+
+
+def test_a_donor_written_with_a_space_in_one_file_is_not_a_new_donor():
+    """Training cells of donor 'd1' and held-out cells written 'd1 ' (files made apart): the
+    donor level attacked d1's held-out cells as a donor the generator never saw, without a
+    word. Donor names that differ only by spaces across the two are refused, as type names
+    are."""
+    import cellsynth as cs
+
+    a = _sim(360, seed=4)
+    real, test, synth = a[:120].copy(), a[120:240].copy(), a[240:]
+    real.obs["donor"] = np.array(["d1", "d2", "d3"])[np.arange(120) % 3]
+    test.obs["donor"] = np.array(["d1 ", "d4", "d5"])[np.arange(120) % 3]
+    with pytest.raises(DataError, match=r"obs\['donor'\] holds donors that differ only by "
+                                        r"surrounding spaces \('d1', 'd1 '\)"):
+        cs.evaluate(real, synth, label_key="cell_type", heldout=test, donor_key="donor")

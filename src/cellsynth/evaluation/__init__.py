@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from .. import config
 from ..benchmark import flat_report, table
+from ..data.labels import check_spaced_names
 from ..data.split import stratified_subsample
 from ..errors import DataError
 from ..metrics.fidelity import fidelity_report, real_floor
@@ -217,6 +218,8 @@ def compare(
         h = _read_side(heldout, label_key, heldout_rows, "the held-out data",
                        donor_key=donor_key)
         _refuse_empty_real(h, "the held-out data")
+        if r.donor_pool is not None and h.donor_pool is not None:  # "d1", "d1 ": a new donor?
+            check_spaced_names([*r.donor_pool, *h.donor_pool], donor_key, "donors")
         check_disjoint(real, heldout, label_key, seed)
         check_heldout_unseen(synthetic, heldout, seed)
     elif donor_key is not None:
