@@ -91,6 +91,15 @@ class ResumePlan:
             raise ConfigError(f"--force: unknown stage(s) {sorted(unknown)}; stages are: "
                               f"{', '.join(STAGES)}")
         self.manifest, self.force, self.ran = manifest, set(force), set()
+        # the stages this run's --force redoes: those that a stopped run given the same --force
+        # began are not begun again (the same command goes on with it, its checkpoint kept)
+        self.requested, self.started = set(force), _begun(manifest.data.get("forced"), force)
+        self.force -= self.started
+        if self.started:
+            logger.info("going on with the run stopped in %s with the same --force: stage(s) "
+                        "%s, which it began again, are not started over (its training "
+                        "checkpoint is kept; once this run ends, --force starts them over)",
+                        manifest.path.parent, ", ".join(sorted(self.started)))
         # the settings the directory's last run recorded, taken before this run records its own
         self.before = _plain(manifest.data.get("config"))
         self.now = _plain(dataclasses.asdict(cfg))
@@ -120,6 +129,24 @@ class ResumePlan:
             blob = json.dumps(key, sort_keys=True, default=str)
             hashes[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return hashes
+
+    def forced_record(self) -> dict[str, list[str]] | None:
+        """What the manifest keeps of this run's ``--force`` until the run ends (``forced``):
+        the stages named and those begun again, so that the same command, rerun after a stop,
+        goes on instead of starting them over; None for a run without ``--force``."""
+        if not self.requested:
+            return None
+        return {"stages": sorted(self.requested), "started": sorted(self.started)}
+
+    def begin(self, name: str) -> bool:
+        """Record that stage ``name`` starts; whether it starts because of this run's
+        ``--force`` (begun now, not by a stopped run given the same --force)."""
+        if name not in self.force:
+            return False
+        self.started.add(name)
+        if isinstance(self.manifest.data.get("forced"), dict):
+            self.manifest.data["forced"] = self.forced_record()  # written as the stage starts
+        return True
 
     def hash(self, name: str) -> str:
         return self.hashes[name]
@@ -221,6 +248,16 @@ def _generator_settings(config: dict[str, Any], settings: dict[str, Any]) -> dic
         return settings
     return {"generator": {"model": model},
             **({section: settings[section]} if section in settings else {})}
+
+
+def _begun(record: Any, force: set[str]) -> set[str]:
+    """The stages of ``force`` that a stopped run given the same ``--force`` began again (the
+    manifest's ``forced`` ``record``); none when the record is another --force's or absent."""
+    if not force or not isinstance(record, dict) or not isinstance(record.get("started"), list):
+        return set()
+    if record.get("stages") != sorted(force):
+        return set()
+    return force.intersection(s for s in record["started"] if isinstance(s, str))
 
 
 def _plain(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..config import RunConfig, read_toml, save, to_dict
 from ..data.groups import groups_file
 from ..data.io import check_file
 from ..errors import CellsynthError, ConfigError, ModelFileError, listed
-from ..outputs import check_links, check_out
+from ..outputs import check_links, check_out, write_json
 from ..paths import expand_user
 from ..resume import ResumePlan, input_digest
 from ..runtime import Manifest, RunLock, environment
@@ -65,11 +66,11 @@ class RunContext:
             # a rerun's settings replace the recorded ones when it first changes an output (or
             # finishes): one refused before any stage ran leaves the directory as it was
             self._recorded = False
-            if not self.manifest.data["stages"]:
-                self.record_config()
             self._check_demo_over_data()
             self._warn_edited_config()
             self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
+            if not self.manifest.data["stages"]:
+                self.record_config()
             self.backed = out_of_core(self.cfg)
         except BaseException:
             self.close()
@@ -82,9 +83,18 @@ class RunContext:
         if not self._recorded:
             # the input's path resolved: the file replays from any folder
             save(with_resolved_path(self.cfg), self.out / "config.toml")
+            # this run's --force, kept until it ends: the same command goes on after a stop
+            self.manifest.data.pop("forced", None)
+            forced = self.plan.forced_record()
             self.manifest.set_meta(config=to_dict(self.cfg), environment=environment(),
-                                   command=self.command)
+                                   command=self.command, **({"forced": forced} if forced else {}))
             self._recorded = True
+
+    def end(self) -> None:
+        """Every stage is done: this run's ``--force`` is spent (a later run given it starts
+        its stages over)."""
+        if self.manifest.data.pop("forced", None) is not None:
+            write_json(self.manifest.path, self.manifest.data)
 
     def _check_demo_over_data(self) -> None:
         """Refuse the embedded demo atlas (no ``dataset.path``) in a directory whose data stage
@@ -169,6 +179,10 @@ class RunContext:
     def stage(self, name: str):
         """Run stage ``name`` timed into the manifest; yields its manifest entry."""
         self.record_config()
+        if self.plan.begin(name) and name in ("data", "features", "generator"):
+            # a forced stage the generator's training uses starts its training over: the
+            # checkpoint goes as the stage begins (not again when a stopped run goes on)
+            shutil.rmtree(self.path("generator", "checkpoint"), ignore_errors=True)
         with self.manifest.stage(name, self.plan.hash(name)) as entry:
             if name in self.plan.inputs:
                 entry["input"] = self.plan.inputs[name]
@@ -200,12 +214,6 @@ class RunContext:
             raise ModelFileError(
                 f"cannot read back what stage {name} wrote in {self.out} earlier ({why[:300]}); "
                 f"rerun with --force {name} to redo it and the stages after it") from exc
-
-    def fresh(self) -> bool:
-        """Whether training checkpoints must be ignored (a forced data, features or generator
-        stage)."""
-        return bool(self.plan.force & {"data", "features", "generator"})
-
 
 def with_resolved_path(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``dataset.path`` and a ``dataset.groups`` file absolute (as read from the

@@ -97,6 +97,7 @@ def _stages(ctx: RunContext, cfg: RunConfig) -> Path:
     finally:
         cells.close()
     ctx.record_config()  # a rerun that found every stage done still ran with these settings
+    ctx.end()
     with timed("report"):
         path = write_results(ctx.out, results, report, cfg, ctx.manifest.data,
                              groups=groups)  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -151,9 +150,7 @@ def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str
     The reference model and the CVAE save training checkpoints in ``generator/checkpoint/`` and
     resume from them when they match (settings, data, seed, the features stage's hash)."""
     cfg, seed = ctx.cfg, ctx.seed("generator")
-    ckpt = ctx.path("generator", "checkpoint")
-    if ctx.fresh():
-        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt = ctx.path("generator", "checkpoint")  # removed as a forced stage begins (ctx.stage)
     key = ctx.plan.hash("features")
     if cfg.generator.model == "reference":
         gen = SeedCVAE(pca.n_components, types, cfg.seed_vae)

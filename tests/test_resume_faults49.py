@@ -1,0 +1,84 @@
+"""Interrupted, resumed and repeated runs under misuse (session 49's resume sweep)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from cellsynth.cli import main
+from cellsynth.models import _checkpoint
+from test_pipeline import FAST
+
+# a run of the demo atlas in a few seconds; its training writes a checkpoint every epoch
+TINY = [*FAST, "dataset.demo_cells=400", "dataset.demo_genes=120", "qc.min_genes_per_cell=20",
+        "report.fidelity=false", "cvae.max_epochs=6", "cvae.patience=6", "cvae.select=elbo",
+        "cvae.checkpoint_seconds=0"]  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def _no_html_report(monkeypatch) -> None:
+    """The report page (seconds a run, tested elsewhere) is not what resuming is about."""
+    from cellsynth.pipeline import experiment
+
+    monkeypatch.setattr(experiment, "write_html_report", lambda out: out / "report.html")
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    args = ["run", "--out", str(out), "--quiet", *extra]
+    for s in TINY:
+        args += ["--set", s]
+    return args
+
+
+def _stages(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["stages"]
+
+
+def _stop_after_checkpoint(monkeypatch, epoch: int) -> None:
+    """Ctrl-C right after the training checkpoint of ``epoch`` epochs is written."""
+    write = _checkpoint.Checkpoint.write
+
+    def write_then_stop(self, tensors, meta):
+        write(self, tensors, meta)
+        if meta["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_checkpoint.Checkpoint, "write", write_then_stop)
+
+
+@pytest.mark.parametrize("forced", ["generator", "data"])
+def test_a_forced_run_stopped_in_training_goes_on_with_the_same_command(
+        tmp_path, monkeypatch, caplog, capsys, forced) -> None:  # fmt: skip
+    # `cellsynth run ... --force generator` stopped during training said "rerun the same
+    # command to resume"; the same command deleted the training checkpoint (and with --force
+    # data redid the data and PCA stages) and trained again from epoch 0: hours lost
+    assert main(_args(tmp_path)) == 0
+    with monkeypatch.context() as patch:
+        _stop_after_checkpoint(patch, 3)
+        assert main(_args(tmp_path, "--force", forced)) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    stopped = _stages(tmp_path)
+    assert stopped["generator"]["status"] == "failed"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert main(_args(tmp_path, "--force", forced)) == 0  # the same command: it goes on
+    assert "resuming CVAE training from epoch 3 " in caplog.text
+    assert "going on with the run stopped" in caplog.text
+    after = _stages(tmp_path)
+    for stage in ("data", "features", "classifier"):
+        assert after[stage] == stopped[stage], stage  # not redone again
+    history = json.loads((tmp_path / "generator" / "history.json").read_text())
+    assert history["resumed_from"] == 3 and history["epochs"] == 6
+    assert "forced" not in json.loads((tmp_path / "manifest.json").read_text())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellsynth"):  # that run ended: --force is new
+        assert main(_args(tmp_path, "--force", forced)) == 0
+    assert f"stage {forced}: --force; running again" in caplog.text
+    assert "resuming CVAE training" not in caplog.text
+    assert "going on with the run stopped" not in caplog.text
+
