@@ -82,3 +82,29 @@ def test_a_forced_run_stopped_in_training_goes_on_with_the_same_command(
     assert "resuming CVAE training" not in caplog.text
     assert "going on with the run stopped" not in caplog.text
 
+
+@pytest.mark.parametrize(("edit", "setting", "kept"), [
+    ({"stages": {"data": {"input": "atlas.h5ad"}}}, "qc.iqr_factor=2.0", ()),
+    ({"config": {"dataset": 5}}, "classifier.max_depth=2", ("data", "features", "generator")),
+    ({"stages": {"data": {"outputs": "data/qc.json", "sizes": [1], "status": 1}}},
+     "qc.iqr_factor=2.0", ()),
+])  # fmt: skip
+def test_a_hand_edited_manifest_field_of_another_type_is_no_traceback(tmp_path, edit, setting,
+                                                                      kept) -> None:  # fmt: skip
+    # a manifest.json edited by hand (a string or a number where a record goes) raised
+    # AttributeError ('str' object has no attribute 'get') once a stage's key changed
+    from cellsynth import config
+    from cellsynth.resume import STAGES, ResumePlan
+    from cellsynth.runtime import Manifest
+
+    inputs = {"data": {"path": "/x.h5ad", "size": 1, "mtime_ns": 1, "sha256": "0" * 64}}
+    keys = ResumePlan(Manifest(tmp_path / "none.json"), config.load(), set(), inputs).hashes
+    data = {"stages": {name: {"status": "done", "config_hash": keys[name]} for name in STAGES},
+            "config": json.loads(json.dumps(config.to_dict(config.load())))}
+    for key, value in edit.items():
+        for name, fields in (value.items() if key == "stages" else [(None, value)]):
+            (data["stages"][name] if name else data[key]).update(fields)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    plan = ResumePlan(Manifest(tmp_path / "manifest.json"), config.load(overrides=[setting]),
+                      set(), inputs)  # fmt: skip
+    assert [s for s in STAGES if plan.runs(s)] == [s for s in STAGES if s not in kept]

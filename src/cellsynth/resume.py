@@ -220,8 +220,9 @@ class ResumePlan:
         for section in sections:
             now, before = self.now.get(section), self.before.get(section)
             if section == "groups":  # dataset.groups, read by the classifier stage
-                pairs.append(("dataset.groups", (self.before.get("dataset") or {}).get("groups"),
-                              (self.now.get("dataset") or {}).get("groups")))
+                before = self.before.get("dataset")
+                pairs.append(("dataset.groups", (before if isinstance(before, dict) else {})
+                              .get("groups"), (self.now.get("dataset") or {}).get("groups")))
             elif not isinstance(now, dict):
                 pairs.append((section, before, now))
             else:

@@ -200,7 +200,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         return {"stages": {}}
     data.setdefault("stages", {})
     data["stages"] = {k: v for k, v in data["stages"].items() if isinstance(v, dict)}
+    for entry in data["stages"].values():  # a field of another type (edited by hand): unknown
+        for key, kind in _ENTRY_FIELDS.items():
+            if key in entry and not isinstance(entry[key], kind):
+                del entry[key]
+    if not isinstance(data.get("config"), dict):
+        data.pop("config", None)
     return data
+
+
+#: the fields of a stage's manifest entry that are read back, and their types
+_ENTRY_FIELDS = {"status": str, "config_hash": str, "input": dict, "outputs": list, "sizes": dict}
 
 
 def _log_done(name: str, seconds: float, rss: float) -> None:
