@@ -108,3 +108,31 @@ def test_a_hand_edited_manifest_field_of_another_type_is_no_traceback(tmp_path, 
     plan = ResumePlan(Manifest(tmp_path / "manifest.json"), config.load(overrides=[setting]),
                       set(), inputs)  # fmt: skip
     assert [s for s in STAGES if plan.runs(s)] == [s for s in STAGES if s not in kept]
+
+
+def test_files_put_beside_a_run_while_a_stage_ran_are_never_its_outputs(tmp_path) -> None:
+    # notes, a figure or `cellsynth report RUN`'s pages saved into the run directory while a
+    # stage ran (the generator trains for hours) were recorded as that stage's outputs: the
+    # next rerun of the stage deleted them ('removed notes.txt, which its earlier run wrote'),
+    # and a report page rewritten since retrained the generator ('its output report.html
+    # changed')
+    from cellsynth.runtime import Manifest, changed_outputs
+
+    manifest = Manifest(tmp_path / "manifest.json")
+    mine = [tmp_path / "notes.txt", tmp_path / "analysis" / "fig.png", tmp_path / "report.html"]
+    with manifest.stage("generator"):
+        (tmp_path / "generator").mkdir()
+        (tmp_path / "generator" / "weights.bin").write_text("w")
+        for path in mine:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("the user's")
+    entry = manifest.data["stages"]["generator"]
+    assert entry["outputs"] == ["generator/weights.bin"]
+    (tmp_path / "report.html").write_text("rewritten by the run's end")
+    assert changed_outputs(tmp_path, entry) == []
+    # a manifest an earlier version wrote, which claimed them: still never removed nor checked
+    entry["outputs"] += ["notes.txt", "analysis/fig.png", "report.html"]
+    assert changed_outputs(tmp_path, entry) == []
+    with manifest.stage("generator"):
+        (tmp_path / "generator" / "weights.bin").write_text("again")
+    assert all(path.is_file() for path in mine)

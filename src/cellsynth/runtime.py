@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .heartbeat import heartbeat
-from .outputs import process_alive, write_json
+from .outputs import RUN_ENTRIES, process_alive, write_json
 
 logger = logging.getLogger("cellsynth.pipeline")
 
@@ -129,7 +129,7 @@ class Manifest:
         claimed = {f for entry in self.data["stages"].values()
                    for f in (entry.get("outputs", []) if isinstance(entry, dict) else [])}
         for f in earlier if isinstance(earlier, list) else []:
-            if not isinstance(f, str) or f in claimed or f in _NOT_OUTPUTS:
+            if not _stage_file(f) or f in claimed:
                 continue
             path = root / f
             inside = path.resolve().is_relative_to(root.resolve()) and not path.is_symlink()
@@ -148,7 +148,7 @@ def changed_outputs(root: Path, entry: Any) -> list[str]:
     outputs = entry.get("outputs") if isinstance(entry.get("outputs"), list) else []
     changed = []
     for f in outputs:
-        if not isinstance(f, str):
+        if not _stage_file(f):  # a user's file an earlier version recorded: not the stage's
             continue
         try:
             size = (root / f).stat().st_size if (root / f).is_file() else None
@@ -161,18 +161,27 @@ def changed_outputs(root: Path, entry: Any) -> list[str]:
     return changed
 
 
-#: files of a run directory that belong to no stage
-_NOT_OUTPUTS = {"manifest.json", "manifest.json.tmp", "run.log", "run.lock", "config.toml"}
+#: the folders of a run directory that its stages write: a stage's outputs are files there
+#: (the files at its top are the run's or the report's; a folder of another name, the user's)
+STAGE_FOLDERS = tuple(e for e in RUN_ENTRIES if "." not in e)
+
+
+def _stage_file(rel: Any) -> bool:
+    """Whether ``rel`` (a path relative to the run directory) is in a stage's folder: only such
+    a file is a stage's output, checked on resume and removed when a rerun no longer writes it
+    (never a file the user put beside a run, such as notes or a figure, while a stage ran)."""
+    return isinstance(rel, str) and "/" in rel and rel.split("/", 1)[0] in STAGE_FOLDERS
 
 
 def _files(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` (links not followed) -> (size, modification time in ns)."""
+    """Every file in the stage folders of the run directory ``root`` (links not followed) ->
+    (size, modification time in ns)."""
     out: dict[str, tuple[int, int]] = {}
-    for folder, _dirs, names in os.walk(root):
+    for folder, _dirs, names in (w for top in STAGE_FOLDERS for w in os.walk(root / top)):
         for n in names:
             path = Path(folder, n)
             rel = path.relative_to(root).as_posix()
-            if rel in _NOT_OUTPUTS or rel.endswith((".tmp", ".part")):
+            if rel.endswith((".tmp", ".part")):
                 continue
             try:
                 st = path.lstat()
