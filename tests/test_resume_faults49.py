@@ -136,3 +136,28 @@ def test_files_put_beside_a_run_while_a_stage_ran_are_never_its_outputs(tmp_path
     with manifest.stage("generator"):
         (tmp_path / "generator" / "weights.bin").write_text("again")
     assert all(path.is_file() for path in mine)
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
+def test_a_stage_stopped_once_still_removes_what_its_earlier_settings_wrote(tmp_path,
+                                                                            stop) -> None:
+    # explain.type changed from A to B, the run stopped (Ctrl-C, or killed) during the explain
+    # stage: its entry forgot the files its earlier run wrote, so the rerun kept shap_A.png
+    # beside shap_B.png and the report showed both as this run's
+    from cellsynth.runtime import Manifest
+
+    path, explain = tmp_path / "manifest.json", tmp_path / "explain"
+    explain.mkdir()
+    with Manifest(path).stage("explain"):
+        (explain / "shap_A.png").write_text("A")
+    with pytest.raises(KeyboardInterrupt), Manifest(path).stage("explain"):
+        (explain / "shap_B.png").write_text("B, cut short")
+        killed = path.read_text()  # what a SIGKILL leaves: the stage 'running'
+        raise KeyboardInterrupt
+    if stop == "kill":
+        path.write_text(killed)
+    with Manifest(path).stage("explain"):
+        (explain / "shap_C.png").write_text("C")
+    left = sorted(p.name for p in explain.iterdir())
+    # a kill leaves no word of what the stopped stage wrote; its earlier run's files go
+    assert left == (["shap_C.png"] if stop == "ctrl-c" else ["shap_B.png", "shap_C.png"])

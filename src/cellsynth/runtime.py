@@ -11,7 +11,7 @@ import platform
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,10 @@ class Manifest:
         t0 = time.perf_counter()
         before_entry = self.data["stages"].get(name)
         earlier = before_entry.get("outputs", []) if isinstance(before_entry, dict) else []
+        earlier = [f for f in earlier if _stage_file(f)] if isinstance(earlier, list) else []
         entry: dict[str, Any] = {"status": "running", "config_hash": config_hash}
+        if earlier:  # kept while it runs: a stopped or killed run leaves them to the next one
+            entry["outputs"] = earlier  # to remove if it does not write them again
         self.data["stages"][name] = entry
         write_json(self.path, self.data)
         before = _files(self.path.parent)
@@ -106,6 +109,9 @@ class Manifest:
             entry.update(status="failed", reason=why_stopped(exc),
                          seconds=round(time.perf_counter() - t0, 3),
                          peak_rss_mb=round(peak_rss_mb(), 1))
+            with suppress(Exception):  # and what it wrote before it stopped
+                entry["outputs"] = sorted(set(earlier).union(
+                    f for f, stat in _files(self.path.parent).items() if before.get(f) != stat))
             _log_failed(name, entry["seconds"], entry["peak_rss_mb"], exc)
             try:
                 write_json(self.path, self.data)
