@@ -161,3 +161,38 @@ def test_a_stage_stopped_once_still_removes_what_its_earlier_settings_wrote(tmp_
     left = sorted(p.name for p in explain.iterdir())
     # a kill leaves no word of what the stopped stage wrote; its earlier run's files go
     assert left == (["shap_C.png"] if stop == "ctrl-c" else ["shap_B.png", "shap_C.png"])
+
+
+def test_cs_run_of_an_anndata_into_a_directory_a_run_holds_changes_nothing_there(
+        tmp_path) -> None:  # fmt: skip
+    # a second `cs.run(adata, out=RUN)` (another notebook) while a run went on in RUN replaced
+    # RUN/input.h5ad, the file the first run reads, and wrote its lines into that run's
+    # run.log, before the run's lock refused it
+    import platform
+    import subprocess
+    import sys
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    import cellsynth as cs
+    from cellsynth.errors import CellsynthError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "input.h5ad").write_bytes(b"the first run's input")
+    (run / "run.log").write_text("the first run's log\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (run / "run.lock").write_text(json.dumps({"pid": proc.pid, "host": platform.node(),
+                                              "started": "now"}))  # fmt: skip
+    cells = ad.AnnData(np.ones((6, 3), np.float32), obs=pd.DataFrame(
+        {"cell_type": list("aabbcc")}, index=[f"c{i}" for i in range(6)]))
+    try:
+        with pytest.raises(CellsynthError, match="in use by another cellsynth run"):
+            cs.run(cells, label_key="cell_type", out=run)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (run / "input.h5ad").read_bytes() == b"the first run's input"
+    assert (run / "run.log").read_text() == "the first run's log\n"

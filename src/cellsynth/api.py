@@ -237,6 +237,10 @@ def run(
     if not copied:  # named as `cellsynth run` names it, dataset.path of the settings too
         out_dir = expand_user(out, "out") if out is not None else _default_out(data, config, cfg)
         check_run_dir(out_dir, "out")
+    from .runtime import RunLock
+
+    # a run going on there: its input.h5ad and run.log are not this call's to write
+    RunLock(out_dir).check_free()
     if copied:
         from .data.labels import check_label
 
