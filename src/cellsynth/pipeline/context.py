@@ -66,11 +66,13 @@ class RunContext:
             # a rerun's settings replace the recorded ones when it first changes an output (or
             # finishes): one refused before any stage ran leaves the directory as it was
             self._recorded = False
+            if not self.manifest.data["stages"]:
+                self.record_config()
             self._check_demo_over_data()
             self._warn_edited_config()
             self.plan = ResumePlan(self.manifest, self.cfg, self.force, inputs=self._inputs())
-            if not self.manifest.data["stages"]:
-                self.record_config()
+            if self._recorded and self.plan.forced_record():  # a new directory's, from the start
+                self.manifest.set_meta(forced=self.plan.forced_record())
             self.backed = out_of_core(self.cfg)
         except BaseException:
             self.close()
@@ -85,7 +87,8 @@ class RunContext:
             save(with_resolved_path(self.cfg), self.out / "config.toml")
             # this run's --force, kept until it ends: the same command goes on after a stop
             self.manifest.data.pop("forced", None)
-            forced = self.plan.forced_record()
+            plan = getattr(self, "plan", None)  # none yet when a new directory is recorded
+            forced = plan.forced_record() if plan is not None else None
             self.manifest.set_meta(config=to_dict(self.cfg), environment=environment(),
                                    command=self.command, **({"forced": forced} if forced else {}))
             self._recorded = True
