@@ -200,3 +200,21 @@ def test_cs_run_of_an_anndata_into_a_directory_a_run_holds_changes_nothing_there
     assert (run / "input.h5ad").read_bytes() == b"the first run's input"
     assert (run / "run.log").read_text() == "the first run's log\n"
 
+
+def test_a_first_run_killed_while_writing_its_first_files_can_be_run_again(tmp_path) -> None:
+    # a run killed (SIGKILL, a crash) while it took its lock or wrote its first config.toml
+    # left run.lock.PID.tmp or config.toml.PID@HOST.RANDOM.tmp: every rerun into the directory
+    # was refused as 'a non-empty directory that is not a cellsynth run directory'
+    from cellsynth.config import RunConfig
+    from cellsynth.errors import CellsynthError
+    from cellsynth.outputs import _host, check_out
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.log").write_text("")
+    (run / "run.lock.4194000.tmp").write_text("{}")
+    (run / f"config.toml.4194000@{_host()}.k2_9xq0a.tmp").write_text("seed = ")
+    check_out(run, RunConfig())  # the directory of a run to start again
+    (run / "config.toml.bak").write_text("the user's")  # a file of the user's still refused
+    with pytest.raises(CellsynthError, match="not a cellsynth run directory"):
+        check_out(run, RunConfig())

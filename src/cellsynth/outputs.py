@@ -263,6 +263,10 @@ RUN_ENTRIES = ("config.toml", "manifest.json", "run.log", "run.lock", "data", "f
 #: what a directory may hold before its first run (the CLI opens run.log first; cs.run writes
 #: an AnnData given in memory to input.h5ad)
 _BEFORE_FIRST_RUN = {"run.log", "run.lock", "config.toml", "input.h5ad"}
+#: a temporary file of a write at the top of a run directory (temp_beside's, RunLock's): what a
+#: run killed while writing its first files left there, never a user's file
+_RUN_TEMP = re.compile("(?:" + "|".join(map(re.escape, sorted({*RUN_ENTRIES, *_BEFORE_FIRST_RUN})))
+                       + r")\.(?:\d+@[A-Za-z0-9._-]+\.[a-z0-9_]{8}\.[A-Za-z]+|\d+\.tmp)")
 
 
 def check_writable(path: str | Path, flag: str = "--out") -> None:
@@ -337,8 +341,8 @@ def check_out(out: Path, cfg: Any) -> None:
                                  "another --out")
     if not out.is_dir() or _run_manifest(out / "manifest.json"):
         return
-    names = {p.name for p in out.iterdir()
-             if not p.name.startswith(".") and p.name != "manifest.json.corrupt"}
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")
+             and p.name != "manifest.json.corrupt" and not _RUN_TEMP.fullmatch(p.name)}
     if names <= _BEFORE_FIRST_RUN | {"manifest.json"} or (
             names <= set(RUN_ENTRIES) | _BEFORE_FIRST_RUN and "config.toml" in names):
         return  # new, or a run directory whose manifest is gone or damaged (set aside: every
