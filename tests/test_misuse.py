@@ -699,16 +699,15 @@ def test_run_checks_the_disk_before_it_generates(tmp_path, monkeypatch, capsys):
     the estimate and the free space, before it makes cells a full disk could not hold."""
     from collections import namedtuple
 
-    from cellsynth.pipeline import models as stage_models
     from test_pipeline import FAST
 
     usage = namedtuple("usage", "total used free")
-    real = stage_models.shutil.disk_usage  # the generated cells' folder alone is full
+    real = shutil.disk_usage  # the generated cells' folder alone is full
 
     def disk_usage(path):
         return usage(10**6, 10**6, 1000) if Path(path).name == "synthetic" else real(path)
 
-    monkeypatch.setattr(stage_models.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     args = ["run", "--out", str(tmp_path / "run"), "--quiet"]
     for s in [*FAST, "dataset.demo_cells=600", "dataset.demo_genes=200",
               "qc.min_genes_per_cell=20", "report.fidelity=false", "report.umap=false"]:
