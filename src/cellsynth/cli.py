@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
+from .cli_logging import command_logging
+from .cli_logging import setup as _setup_logging
 from .cli_parser import build_parser
 from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
 from .errors import CellsynthError
@@ -21,23 +23,6 @@ from .options import settings
 from .outputs import json_text
 
 logger = logging.getLogger("cellsynth")
-
-
-def _setup_logging(quiet: bool, logfile: Path | None = None) -> None:
-    root = logging.getLogger("cellsynth")
-    root.setLevel(logging.INFO)
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else logging.INFO)
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    if logfile is not None:
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(logfile)
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
 
 
 def _value(value: object) -> str:
@@ -356,6 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
     failures = hdf5_failures()  # an earlier command's in this process (tests) is not this one's
+    with command_logging():  # its handlers (console, run.log) go when it ends
+        return _command(args, quiet, failures)
+
+
+def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
+    """Run the parsed command; a user error, an interrupt or a signal as one line and its exit
+    code."""
     try:
         with settings.override(progress=False if quiet else "auto"), terminations(), \
                 heartbeat(f"cellsynth {args.command}"):

@@ -1,0 +1,57 @@
+"""Where a ``cellsynth`` command's lines go: the handlers it puts on the ``cellsynth`` logger (the
+console's, on stderr, and ``run.log``'s) belong to that command alone and are taken away when
+it ends."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: the attribute that marks a handler as one a command installed (no other handler is touched:
+#: the heartbeat's clock, a user's own)
+_MARK = "_cellsynth_command"
+
+FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+
+def _own(root: logging.Logger) -> list[logging.Handler]:
+    return [h for h in root.handlers if getattr(h, _MARK, False)]
+
+
+def setup(quiet: bool, logfile: Path | None = None) -> None:
+    """The command's handlers: the console (WARNING and above with ``quiet``, else INFO) and,
+    given ``logfile``, every INFO line into it; those of an earlier call are replaced."""
+    root = logging.getLogger("cellsynth")
+    root.setLevel(logging.INFO)
+    for h in _own(root):
+        root.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    handlers: list[logging.Handler] = [console]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile))
+    for h in handlers:
+        h.setFormatter(FORMAT)
+        setattr(h, _MARK, True)
+        root.addHandler(h)
+
+
+@contextmanager
+def command_logging() -> Iterator[None]:
+    """Inside, a command may :func:`setup` its handlers; after it, the ``cellsynth`` logger has
+    its level and handlers as before (a ``run.log`` closed), so that a later command or
+    Python's own work in the same process writes into no earlier run's log."""
+    root = logging.getLogger("cellsynth")
+    level = root.level
+    try:
+        yield
+    finally:
+        for h in _own(root):
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(level)

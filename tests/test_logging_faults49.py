@@ -1,0 +1,74 @@
+"""Faults of the commands' logging and last lines found by the sweep of session 49: each test
+fails without its fix."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from cellsynth import cli, options
+from cellsynth import heartbeat as hb
+
+
+def _finished_run(monkeypatch) -> None:
+    """``cellsynth run`` with its pipeline replaced by one that logs a line and returns."""
+    import cellsynth.pipeline
+
+    def run(cfg, out, **_):
+        logging.getLogger("cellsynth.pipeline").info("a stage's line")
+        return Path(out) / "results.md"
+
+    monkeypatch.setattr(cellsynth.pipeline, "run", run)
+
+
+def test_a_command_leaves_logging_as_it_found_it(tmp_path, monkeypatch, capsys):
+    """`cli.main` called from Python (a notebook, a Snakemake script) left its console handler
+    and the run's run.log open on the cellsynth logger: every later line of the process, of
+    another run too, went into the first run's run.log."""
+    _finished_run(monkeypatch)
+    root = logging.getLogger("cellsynth")
+    before = (root.level, list(root.handlers))
+    assert cli.main(["run", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (root.level, list(root.handlers)) == before
+    logging.getLogger("cellsynth.api").warning("a later line of other work")
+    assert "a later line" not in (tmp_path / "a" / "run.log").read_text()
+    assert cli.main(["info", str(tmp_path / "missing")]) == 2  # an error: the same
+    assert (root.level, list(root.handlers)) == before
+
+
+def test_the_heartbeat_keeps_its_clock_when_run_sets_up_its_log(monkeypatch, caplog):
+    """`cellsynth run` sets up its handlers twice (before and after it knows the run
+    directory); the second removed every handler of the cellsynth logger, the heartbeat's
+    clock too, when the heartbeat had attached it in between: the run's log then said
+    'still running' every 30 s however many lines the run wrote."""
+    monkeypatch.setattr(hb, "LOG_SECONDS", 0.4)
+    monkeypatch.setattr(hb, "CHECK_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="cellsynth")
+    root = logging.getLogger("cellsynth")
+    before = list(root.handlers)
+    try:
+        with options.settings.override(progress=False), hb.heartbeat("cellsynth run"):
+            cli._setup_logging(quiet=True)
+            deadline = time.monotonic() + 5
+            while hb._BEAT.clock is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            cli._setup_logging(quiet=True)  # the run directory is known
+            for _ in range(12):  # a run logging its lines often enough
+                logging.getLogger("cellsynth.pipeline").info("working")
+                time.sleep(0.08)
+    finally:
+        for h in set(root.handlers) - set(before):
+            root.removeHandler(h)
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_console_follows_quiet_and_run_log_keeps_every_line(tmp_path, monkeypatch, capsys,
+                                                                quiet):
+    _finished_run(monkeypatch)
+    assert cli.main(["run", "--out", str(tmp_path), *(["--quiet"] if quiet else [])]) == 0
+    assert ("a stage's line" in capsys.readouterr().err) is not quiet
+    assert "a stage's line" in (tmp_path / "run.log").read_text()
