@@ -4,6 +4,7 @@ fails without its fix."""
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from cellsynth import cli, options
 from cellsynth import heartbeat as hb
+from cellsynth.cli_signals import Terminated
+from cellsynth.errors import DataError
 
 
 def _finished_run(monkeypatch) -> None:
@@ -72,3 +75,53 @@ def test_the_console_follows_quiet_and_run_log_keeps_every_line(tmp_path, monkey
     assert cli.main(["run", "--out", str(tmp_path), *(["--quiet"] if quiet else [])]) == 0
     assert ("a stage's line" in capsys.readouterr().err) is not quiet
     assert "a stage's line" in (tmp_path / "run.log").read_text()
+
+
+def _stopping_run(monkeypatch, exc: BaseException) -> None:
+    import cellsynth.pipeline
+
+    def run(cfg, out, **_):
+        logging.getLogger("cellsynth.pipeline").info("stage data: start")
+        raise exc
+
+    monkeypatch.setattr(cellsynth.pipeline, "run", run)
+
+
+@pytest.mark.parametrize(("exc", "said", "code"), [
+    (DataError("the counts are not whole numbers; give raw counts"), "give raw counts", 2),
+    (KeyboardInterrupt(), "cellsynth: interrupted; partial outputs removed", 130),
+    (Terminated(signal.SIGTERM), "cellsynth: terminated by SIGTERM", 128 + signal.SIGTERM),
+])
+def test_run_log_says_why_the_run_stopped(tmp_path, monkeypatch, capsys, exc, said, code):
+    """A job read through its run.log (a batch job, `nohup ... > /dev/null`) stopped without a
+    word there: the error, the interrupt or the signal was said on stderr alone. It is the
+    log's last line now, and said once on stderr (a SIGTERM was said twice there)."""
+    _stopping_run(monkeypatch, exc)
+    assert cli.main(["run", "--out", str(tmp_path)]) == code
+    assert said in (tmp_path / "run.log").read_text().splitlines()[-1]
+    err = capsys.readouterr().err
+    assert err.count(said) == 1 and "Traceback" not in err
+
+
+def test_run_log_holds_the_traceback_of_an_unexpected_error(tmp_path, monkeypatch):
+    _stopping_run(monkeypatch, ZeroDivisionError("a bug"))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["run", "--out", str(tmp_path), "--quiet"])
+    log = (tmp_path / "run.log").read_text()
+    assert "stopped by an unexpected error (ZeroDivisionError: a bug)" in log
+    assert "Traceback" in log
+
+
+@pytest.mark.parametrize(("exc", "said"), [
+    (DataError("the counts are not whole numbers; give raw counts"),
+     "run stopped: the counts are not whole numbers; give raw counts"),
+    (KeyboardInterrupt(), "run stopped: interrupted (Ctrl-C)"),
+    (ZeroDivisionError("a bug"), "run stopped: ZeroDivisionError: a bug"),
+])
+def test_cs_run_log_says_why_the_run_stopped(tmp_path, monkeypatch, exc, said):
+    import cellsynth as cs
+
+    _stopping_run(monkeypatch, exc)
+    with pytest.raises(type(exc)):
+        cs.run(out=tmp_path)
+    assert said in (tmp_path / "run.log").read_text()

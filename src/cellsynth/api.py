@@ -273,6 +273,17 @@ def _run_log(out: Path) -> Iterator[None]:
     root.addHandler(handler)
     try:
         yield
+    except BaseException as exc:  # the log says why the run stopped, not only its stage
+        from .errors import CellsynthError
+        from .runtime import why_stopped
+
+        user = isinstance(exc, CellsynthError | KeyboardInterrupt)
+        why = str(exc) if isinstance(exc, CellsynthError) else why_stopped(exc)
+        handler.handle(logging.makeLogRecord({
+            "name": "cellsynth", "levelno": logging.ERROR, "levelname": "ERROR",
+            "msg": "run stopped: %s%s", "args": (why, "" if user else f": {exc}"),
+            "exc_info": None if user else (type(exc), exc, exc.__traceback__)}))
+        raise
     finally:
         root.removeHandler(handler)
         root.setLevel(level)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
-from .cli_logging import command_logging
+from .cli_logging import command_logging, say, to_log_file
 from .cli_logging import setup as _setup_logging
 from .cli_parser import build_parser
 from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
@@ -342,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     failures = hdf5_failures()  # an earlier command's in this process (tests) is not this one's
     with command_logging():  # its handlers (console, run.log) go when it ends
-        return _command(args, quiet, failures)
+        try:
+            return _command(args, quiet, failures)
+        except Exception as exc:  # not a user error: Python's traceback follows on stderr
+            to_log_file(f"cellsynth: stopped by an unexpected error ({type(exc).__name__}: "
+                        f"{exc}); please report it with this log",
+                        exc_info=(type(exc), exc, exc.__traceback__))
+            raise
 
 
 def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
@@ -353,7 +359,7 @@ def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
                 heartbeat(f"cellsynth {args.command}"):
             return COMMANDS[args.command](args)
     except CellsynthError as exc:
-        print(f"cellsynth: error: {exc}", file=sys.stderr)
+        say(f"cellsynth: error: {exc}")
         exit_if_hdf5_broken(2, failures)
         return 2
     except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
@@ -363,31 +369,30 @@ def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
         return 0
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
-                  "free space or choose another --out (finished stages are kept)", file=sys.stderr)
+            say(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
+                "free space or choose another --out (finished stages are kept)")
             exit_if_hdf5_broken(2, failures)
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
                       FileExistsError | FileNotFoundError) and exc.filename:  # a path given
-            print(f"cellsynth: error: {exc.filename}: {exc.strerror}; check "
-                  f"{_path_options(args, exc.filename)}", file=sys.stderr)
+            say(f"cellsynth: error: {exc.filename}: {exc.strerror}; check "
+                f"{_path_options(args, exc.filename)}")
             return 2
         raise
     except Terminated as exc:
         import signal
 
         name = signal.Signals(exc.signum).name
-        logging.getLogger("cellsynth").error("terminated by %s", name)
-        print(f"cellsynth: terminated by {name}; {_after_stop(args)}", file=sys.stderr)
+        say(f"cellsynth: terminated by {name}; {_after_stop(args)}")
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print(f"cellsynth: interrupted; {_after_stop(args)}", file=sys.stderr)
+        say(f"cellsynth: interrupted; {_after_stop(args)}")
         return 130
     except RuntimeError as exc:  # pathlib's, for a ~user that does not exist
         if "home directory" not in str(exc):
             raise
-        print(f"cellsynth: error: a path starting with ~ cannot be expanded ({exc}); give it "
-              "as a full path", file=sys.stderr)
+        say(f"cellsynth: error: a path starting with ~ cannot be expanded ({exc}); give it "
+            "as a full path")
         return 2
 
 

@@ -1,6 +1,7 @@
 """Where a ``cellsynth`` command's lines go: the handlers it puts on the ``cellsynth`` logger (the
 console's, on stderr, and ``run.log``'s) belong to that command alone and are taken away when
-it ends."""
+it ends, and its last line (an error, an interrupt) is written into its log file as well as on
+stderr."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: the attribute that marks a handler as one a command installed (no other handler is touched:
 #: the heartbeat's clock, a user's own)
@@ -55,3 +57,19 @@ def command_logging() -> Iterator[None]:
             root.removeHandler(h)
             h.close()
         root.setLevel(level)
+
+
+def to_log_file(text: str, *, exc_info: Any = None) -> None:
+    """``text`` (with ``exc_info``'s traceback) into the command's log file alone (``run.log``:
+    a job read through its log says why it stopped); nothing where it has none."""
+    for h in _own(logging.getLogger("cellsynth")):
+        if isinstance(h, logging.FileHandler):
+            h.handle(logging.makeLogRecord({
+                "name": "cellsynth", "levelno": logging.ERROR, "levelname": "ERROR",
+                "msg": "%s", "args": (text,), "exc_info": exc_info}))
+
+
+def say(text: str) -> None:
+    """``text``, a command's last line, on stderr and into the command's log file."""
+    to_log_file(text)
+    print(text, file=sys.stderr)
