@@ -125,3 +125,21 @@ def test_cs_run_log_says_why_the_run_stopped(tmp_path, monkeypatch, exc, said):
     with pytest.raises(type(exc)):
         cs.run(out=tmp_path)
     assert said in (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.parametrize("argv", [["info", "missing.h5ad"], ["simulate", "--out", ""]])
+def test_a_broken_stderr_keeps_the_exit_code(tmp_path, argv):
+    """`cellsynth ... 2>&1 | head -0` (or a log reader that has gone): writing the error line
+    raised BrokenPipeError inside the error's handler, and a user error exited 1, not 2."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cellsynth", *argv], cwd=tmp_path,
+                              stderr=write, stdout=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 2, proc.stdout

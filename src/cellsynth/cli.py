@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
-from .cli_logging import command_logging, say, to_log_file
+from .cli_logging import command_logging, say, to_devnull, to_log_file
 from .cli_logging import setup as _setup_logging
 from .cli_parser import build_parser
 from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
@@ -363,9 +363,7 @@ def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
         exit_if_hdf5_broken(2, failures)
         return 2
     except BrokenPipeError:  # e.g. `cellsynth info PATH | head`: the reader stopped reading
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        to_devnull(sys.stdout)  # no second error at exit
         return 0
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -1,11 +1,12 @@
 """Where a ``cellsynth`` command's lines go: the handlers it puts on the ``cellsynth`` logger (the
 console's, on stderr, and ``run.log``'s) belong to that command alone and are taken away when
 it ends, and its last line (an error, an interrupt) is written into its log file as well as on
-stderr."""
+stderr, where a closed or broken stderr costs the line, not the exit code."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,27 @@ def to_log_file(text: str, *, exc_info: Any = None) -> None:
 
 
 def say(text: str) -> None:
-    """``text``, a command's last line, on stderr and into the command's log file."""
+    """``text``, a command's last line, on stderr and into the command's log file. A stderr
+    closed or whose reader has gone (``2>&1 | head -1``) loses the line, not the exit code."""
     to_log_file(text)
-    print(text, file=sys.stderr)
+    stream = sys.stderr
+    if stream is None:  # started with its stderr closed: nowhere to say it
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):  # a broken pipe, a closed stream
+        to_devnull(stream)
+
+
+def to_devnull(stream: Any) -> None:
+    """A stream whose reader has gone writes into nothing from now on: Python's own flush at
+    exit would fail again ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
