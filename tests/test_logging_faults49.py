@@ -143,3 +143,69 @@ def test_a_broken_stderr_keeps_the_exit_code(tmp_path, argv):
     finally:
         os.close(write)
     assert proc.returncode == 2, proc.stdout
+
+
+@pytest.fixture
+def levels():
+    """Set the root's and cellsynth's levels through setLevel (which clears logging's cache of
+    who is enabled), and put them back so."""
+    loggers = [logging.root, logging.getLogger("cellsynth")]
+    saved = [lg.level for lg in loggers]
+    yield lambda root, cellsynth=logging.NOTSET: [lg.setLevel(v) for lg, v in
+                                                  zip(loggers, (root, cellsynth), strict=True)]
+    for lg, level in zip(loggers, saved, strict=True):
+        lg.setLevel(level)
+
+
+def _run_logging(monkeypatch) -> None:
+    """cs.run with its pipeline replaced by one that logs an INFO line and a warning."""
+    import cellsynth.pipeline
+
+    def run(cfg, out, **_):
+        logging.getLogger("cellsynth.pipeline").info("an INFO line of the run")
+        logging.getLogger("cellsynth.data.qc").warning("a warning of the run")
+        return Path(out) / "results.md"
+
+    monkeypatch.setattr(cellsynth.pipeline, "run", run)
+
+
+def test_cs_run_shows_warnings_in_a_session_without_logging(tmp_path, monkeypatch, capsys,
+                                                            levels):
+    """A notebook that set up no logging sees cellsynth's warnings through logging's last
+    resort; during cs.run the run.log's handler counted as one found, and every warning of
+    the run (a type QC removed whole, no mitochondrial genes) went into run.log alone."""
+    import cellsynth as cs
+
+    _run_logging(monkeypatch)
+    monkeypatch.setattr(logging.root, "handlers", [])  # pytest's own capture: none
+    levels(logging.WARNING)
+    cs.run(out=tmp_path)
+    err = capsys.readouterr().err
+    assert "a warning of the run" in err and "an INFO line" not in err
+    log = (tmp_path / "run.log").read_text()
+    assert "a warning of the run" in log and "an INFO line of the run" in log
+
+
+@pytest.mark.parametrize("cellsynth_level", [logging.NOTSET, logging.ERROR])
+def test_cs_run_leaves_the_callers_console_at_its_level(tmp_path, monkeypatch, levels,
+                                                        cellsynth_level):
+    """`logging.basicConfig()` (a root handler, WARNING): cs.run lowered the cellsynth logger to
+    INFO for its run.log, and every INFO line of the run reached the caller's console (a
+    root handler sees every record propagated to it); a cellsynth logger set to ERROR (as
+    cs.settings' message suggests) showed the run's warnings too."""
+    import io
+
+    import cellsynth as cs
+
+    _run_logging(monkeypatch)
+    stream = io.StringIO()
+    console = logging.StreamHandler(stream)
+    monkeypatch.setattr(logging.root, "handlers", [console])
+    levels(logging.WARNING, cellsynth_level)
+    lg = logging.getLogger("cellsynth")
+    cs.run(out=tmp_path)
+    assert "an INFO line" not in stream.getvalue()
+    assert ("a warning of the run" in stream.getvalue()) is (cellsynth_level == logging.NOTSET)
+    assert "an INFO line of the run" in (tmp_path / "run.log").read_text()
+    assert (lg.level, lg.propagate, lg.handlers, console.filters) == (cellsynth_level, True,
+                                                                       [], [])

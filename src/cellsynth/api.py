@@ -8,8 +8,7 @@ libraries are imported inside the functions, so ``import cellsynth`` stays light
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -248,46 +247,11 @@ def run(
         if not isinstance(key, str) or key not in data.obs.columns:
             check_label(data, key)  # a misspelt label_key leaves no copy behind
         _data_path(data, out_dir)
-    with _run_log(out_dir):
+    from .run_log import run_log
+
+    with run_log(out_dir):
         logger.info("run: %s into %s", cfg.dataset.path or "the demo atlas", out_dir)
         return pipeline.run(cfg, out_dir)
-
-
-@contextmanager
-def _run_log(out: Path) -> Iterator[None]:
-    """Copy cellsynth's INFO log into ``out/run.log`` while the run lasts, as ``cellsynth run``
-    does; the console's handlers are left as the caller set them."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "run.log")
-    except OSError:  # pipeline.run says what is wrong with the directory
-        yield
-        return
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%H:%M:%S"))
-    root = logging.getLogger("cellsynth")
-    level = root.level
-    if root.getEffectiveLevel() > logging.INFO:
-        root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    try:
-        yield
-    except BaseException as exc:  # the log says why the run stopped, not only its stage
-        from .errors import CellsynthError
-        from .runtime import why_stopped
-
-        user = isinstance(exc, CellsynthError | KeyboardInterrupt)
-        why = str(exc) if isinstance(exc, CellsynthError) else why_stopped(exc)
-        handler.handle(logging.makeLogRecord({
-            "name": "cellsynth", "levelno": logging.ERROR, "levelname": "ERROR",
-            "msg": "run stopped: %s%s", "args": (why, "" if user else f": {exc}"),
-            "exc_info": None if user else (type(exc), exc, exc.__traceback__)}))
-        raise
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
 
 
 def evaluate(
