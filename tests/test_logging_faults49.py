@@ -209,3 +209,20 @@ def test_cs_run_leaves_the_callers_console_at_its_level(tmp_path, monkeypatch, l
     assert "an INFO line of the run" in (tmp_path / "run.log").read_text()
     assert (lg.level, lg.propagate, lg.handlers, console.filters) == (cellsynth_level, True,
                                                                        [], [])
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_not_said_as_the_outputs_failing(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`cellsynth simulate ... > log.txt` with log.txt on a full disk: the atlas was written
+    whole, then its path could not be printed, and the command said 'disk full while writing
+    the output; free space or choose another --out (finished stages are kept)'."""
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr("sys.stdout", full)
+        code = cli.main(["simulate", "--cells", "60", "--genes", "40", "--types", "2",
+                         "--out", str(tmp_path / "a.h5ad"), "--quiet"])
+        monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 2 and "the standard output could not be written" in err
+    assert "--out" not in err and "stages" not in err
+    assert (tmp_path / "a.h5ad").is_file()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, config_sources
-from .cli_logging import command_logging, say, to_devnull, to_log_file
+from .cli_logging import command_logging, say, show, to_devnull, to_log_file
 from .cli_logging import setup as _setup_logging
 from .cli_parser import build_parser
 from .cli_signals import Terminated, exit_if_hdf5_broken, hdf5_failures, terminations
@@ -98,8 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("%s", settings_line(cfg, sources))
     path = pipeline.run(cfg, out, force=set(args.force), command=args.command_line)
     _print_verdict(out / "metrics" / "fidelity.json")
-    print(f"results: {path}")
-    print(f"report:  {out / 'report.html'}")
+    show(f"results: {path}")
+    show(f"report:  {out / 'report.html'}")
     return 0
 
 
@@ -112,7 +112,7 @@ def _print_verdict(path: Path) -> None:
     if "verdict" in fid:
         from .metrics.verdict_text import verdict_lines
 
-        print("\n".join(verdict_lines(fid["verdict"], privacy=fid.get("privacy"))))
+        show("\n".join(verdict_lines(fid["verdict"], privacy=fid.get("privacy"))))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -121,7 +121,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         _setup_logging(quiet=False)
         cfg, sources = config_sources.resolve(args.data, args.label_key, args.config, args.set)
-    print(show_settings(cfg, sources).lstrip("\n"))
+    show(show_settings(cfg, sources).lstrip("\n"))
     return 0
 
 
@@ -141,7 +141,7 @@ def cmd_download(args: argparse.Namespace) -> int:
                "~/.cache/cellsynth")  # not the current folder
     path = download(args.accession, args.cache_dir, base_url=args.base_url or DEFAULT_BASE_URL,
                     force=args.force)
-    print(path)
+    show(path)
     return 0
 
 
@@ -155,7 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     path = write_atlas(args.out, args.cells, args.genes, args.types, seed=args.seed,
                        label_key=args.label_key, chunk_size=args.chunk_size,
                        n_donors=args.donors, n_conditions=args.conditions)
-    print(path)
+    show(path)
     return 0
 
 
@@ -236,7 +236,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     gen, history = fit_model(cfg, args.data, args.label_key, args.out, model=args.model,
                              seed=args.seed)
     epochs = f", {history['epochs']} epochs" if "epochs" in history else ""  # nb: fitted, not trained
-    print(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes{epochs})")
+    show(f"model: {args.out} ({len(gen.labels)} types, {len(gen.genes)} genes{epochs})")
     return 0
 
 
@@ -249,7 +249,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = generate_to_file(args.model_dir, out, n_per_type=args.n_per_type,
                          types=_parse_types(args.types) if args.types is not None else None,
                          where=args.where, request=args.request, like=args.like, seed=args.seed)  # fmt: skip
-    print(f"generated {n} cells: {out}")
+    show(f"generated {n} cells: {out}")
     return 0
 
 
@@ -263,8 +263,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      max_cells=args.max_cells, heldout=args.heldout, donor_key=args.donor_key,
                      gene_repeats=args.gene_repeats)
     path = write(result, Path(args.out))
-    print(f"fidelity: {path}")
-    print("\n".join(verdict_lines(result["verdict"], privacy=result.get("privacy"))))
+    show(f"fidelity: {path}")
+    show("\n".join(verdict_lines(result["verdict"], privacy=result.get("privacy"))))
     return 0
 
 
@@ -286,8 +286,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for name in (Path(d).stem for d in datasets):  # not an earlier command's other data sets
         summary = path.parent / name / "summary.json"
         for line in json.loads(summary.read_text()).get("verdicts", []) if summary.is_file() else []:
-            print(f"{name}: {line}")
-    print(f"benchmark: {path}")
+            show(f"{name}: {line}")
+    show(f"benchmark: {path}")
     return 0
 
 
@@ -296,7 +296,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     path = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
-    print(f"report: {path}")
+    show(f"report: {path}")
     return 0
 
 
@@ -304,7 +304,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe, format_info
 
     info = describe(args.path)
-    print(json_text(info) if args.json else format_info(info))  # numpy values of uns too
+    show(json_text(info) if args.json else format_info(info))  # numpy values of uns too
     return 0
 
 

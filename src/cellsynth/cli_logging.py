@@ -1,7 +1,9 @@
 """Where a ``cellsynth`` command's lines go: the handlers it puts on the ``cellsynth`` logger (the
 console's, on stderr, and ``run.log``'s) belong to that command alone and are taken away when
 it ends, and its last line (an error, an interrupt) is written into its log file as well as on
-stderr, where a closed or broken stderr costs the line, not the exit code."""
+stderr, where a closed or broken stderr costs the line, not the exit code; its output lines
+(:func:`show`) are flushed as they are printed, and a stdout that cannot take them is said as
+such."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import CellsynthError
 
 #: the attribute that marks a handler as one a command installed (no other handler is touched:
 #: the heartbeat's clock, a user's own)
@@ -95,3 +99,20 @@ def to_devnull(stream: Any) -> None:
         os.dup2(null, fd)
     finally:
         os.close(null)
+
+
+def show(text: object) -> None:
+    """``text``, a command's output, on stdout and flushed: a stdout that cannot take it (a file
+    on a full disk) stops the command with an error that says so, not as the command's own
+    outputs failing ("disk full while writing the output ... choose another --out") nor at
+    exit (Python's "Exception ignored"). A reader that has gone (``| head -1``) is main's."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        to_devnull(sys.stdout)
+        raise CellsynthError(
+            f"the standard output could not be written ({exc.strerror or exc}): free space "
+            "where it is redirected, or redirect it elsewhere; the command had done its work "
+            "(its files are written) before this line") from None
