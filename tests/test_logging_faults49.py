@@ -226,3 +226,23 @@ def test_a_full_disk_under_stdout_is_not_said_as_the_outputs_failing(tmp_path, m
     assert code == 2 and "the standard output could not be written" in err
     assert "--out" not in err and "stages" not in err
     assert (tmp_path / "a.h5ad").is_file()
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["fit", "a.h5ad", "--label-key", "t", "--model", "nb", "--out", "m"],
+     "disk full while writing --out m; free space or choose another --out"),
+    (["run", "--out", "r"], "free space or choose another --out (finished stages are kept)"),
+])
+def test_a_full_disk_says_what_the_command_keeps(tmp_path, monkeypatch, capsys, argv, said):
+    """A full disk said '(finished stages are kept)' for every command: a fit, a generate or
+    an evaluate has no stages and keeps nothing; and 'the output' for a file without a name."""
+    import errno
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(cli.COMMANDS, argv[0], full)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and ("stages" in err) is (argv[0] == "run")

@@ -367,8 +367,7 @@ def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
         return 0
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            say(f"cellsynth: error: disk full while writing {exc.filename or 'the output'}; "
-                "free space or choose another --out (finished stages are kept)")
+            say(_disk_full(args, exc.filename))
             exit_if_hdf5_broken(2, failures)
             return 2
         if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError |
@@ -392,6 +391,18 @@ def _command(args: argparse.Namespace, quiet: bool, failures: int) -> int:
         say(f"cellsynth: error: a path starting with ~ cannot be expanded ({exc}); give it "
             "as a full path")
         return 2
+
+
+def _disk_full(args: argparse.Namespace, filename: Any) -> str:
+    """A full disk, in words: the file (else the command's output) and what was kept, which
+    only a run (its finished stages) and a benchmark (its finished generators) keep."""
+    out = getattr(args, "out", None)
+    where = filename or (f"--out {out}" if out else "the output")
+    flag = "--cache-dir" if args.command == "download" else "--out" if out else ""
+    kept = {"run": " (finished stages are kept)",
+            "benchmark": " (the generators it finished are kept)"}.get(args.command, "")
+    return (f"cellsynth: error: disk full while writing {where}; free space"
+            f"{f' or choose another {flag}' if flag else ''}{kept}")
 
 
 def _after_stop(args: argparse.Namespace) -> str:
