@@ -246,3 +246,39 @@ def test_a_full_disk_says_what_the_command_keeps(tmp_path, monkeypatch, capsys, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert said in err and ("stages" in err) is (argv[0] == "run")
+
+
+def _atlas_with_duplicate(tmp_path, axis: str) -> Path:
+    import warnings
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    dup = {"obs": [f"c{i % 5}" for i in range(10)], "var": [f"g{i % 3}" for i in range(6)]}
+    names = {k: dup[k] if k == axis else [f"{k}{i}" for i in range(len(v))]
+             for k, v in dup.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = ad.AnnData(np.ones((10, 6), dtype=np.float32),
+                       obs=pd.DataFrame({"cell_type": ["a", "b"] * 5},
+                                        index=names["obs"]),
+                       var=pd.DataFrame(index=names["var"]))
+        a.write_h5ad(tmp_path / "dup.h5ad")
+    return tmp_path / "dup.h5ad"
+
+
+@pytest.mark.parametrize("axis", ["obs", "var"])
+def test_duplicate_names_are_said_once_without_anndatas_raw_warning(tmp_path, capsys, axis):
+    """A file with duplicate cell (gene) names: anndata's raw UserWarning, a path into
+    site-packages and its source line, came before cellsynth's own one-line error that
+    names them and the fix, in every command (info, run, fit, evaluate, benchmark) and in
+    cs.read."""
+    import warnings
+
+    path = _atlas_with_duplicate(tmp_path, axis)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["info", str(path)]) == 2
+    assert "duplicate" in capsys.readouterr().err
+    assert not [w for w in caught if "names are not unique" in str(w.message)]

@@ -4,6 +4,9 @@ the annotation columns of ``var`` a model keeps for the cells it generates."""
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,18 @@ logger = logging.getLogger(__name__)
 
 #: how to make the gene names of ``raw`` unique (a Raw has no var_names_make_unique)
 RAW_UNIQUE = ("raw = adata.raw.to_adata(); raw.var_names_make_unique(); adata.raw = raw")
+
+
+@contextmanager
+def names_said_here() -> Iterator[None]:
+    """Inside, anndata's raw warnings of duplicate cell or gene names ("Observation names are
+    not unique ..."), printed with a path into site-packages, are not shown: a file read
+    inside is checked after (``io.check_shape``, :func:`check_gene_names`), which refuses
+    such names in one line that names them and the fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(Observation|Variable) names are not unique",
+                                category=UserWarning)
+        yield
 
 
 def check_gene_names(genes: Any, name: str = "the data", *, raw: bool = False) -> None:

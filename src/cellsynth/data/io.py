@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from ..errors import DataError, listed
 from ..paths import expand_user, variables_hint
 from .genes import check_gene_names as check_gene_names  # re-exported: its users import it here
-from .genes import gene_difference
+from .genes import gene_difference, names_said_here
 from .values import check_values, doubt, is_counts, stored_values
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def read(path: str | Path, *, backed: Literal["auto", True, False] = "auto") -> 
     path = check_file(path)
     use_backed = path.stat().st_size > BACKED_BYTES if backed == "auto" else bool(backed)
     try:
-        adata = ad.read_h5ad(path, backed="r" if use_backed else None)
+        with names_said_here():  # check_shape says them
+            adata = ad.read_h5ad(path, backed="r" if use_backed else None)
     except Exception as exc:  # h5py/anndata raise many types for damaged files
         raise unreadable(path, exc) from None
     check_shape(adata, str(path))

@@ -28,6 +28,7 @@ from ..errors import DataError
 from ..options import progress_bar
 from ..outputs import check_disk_space, replaced
 from .csr import stack_rows
+from .genes import names_said_here
 from .io import Expression, check_file, unreadable
 
 logger = logging.getLogger(__name__)
@@ -331,7 +332,8 @@ def _legacy_frames(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     anndata reads them (categories restored from ``uns``); the matrices stay on disk."""
     import anndata as ad
 
-    adata = ad.read_h5ad(path, backed="r")
+    with names_said_here():  # checked as every file's are
+        adata = ad.read_h5ad(path, backed="r")
     try:
         raw_var = None if adata.raw is None else adata.raw.var.copy()
         return adata.obs.copy(), adata.var.copy(), raw_var
