@@ -282,3 +282,24 @@ def test_duplicate_names_are_said_once_without_anndatas_raw_warning(tmp_path, ca
         assert cli.main(["info", str(path)]) == 2
     assert "duplicate" in capsys.readouterr().err
     assert not [w for w in caught if "names are not unique" in str(w.message)]
+
+
+def test_each_attempt_of_a_run_dates_its_lines_in_run_log(tmp_path, monkeypatch, capsys):
+    """run.log is appended to by each attempt of a run (a resume the next day), and its lines
+    say the time alone: a log read later could not tell its attempts, nor their days, apart.
+    Each attempt's first line there gives its date, command, version and process."""
+    import datetime
+
+    import cellsynth as cs
+
+    _finished_run(monkeypatch)
+    for _ in range(2):
+        assert cli.main(["run", "--out", str(tmp_path), "--quiet"]) == 0
+    cs.run(out=tmp_path)
+    today = datetime.date.today().isoformat()
+    starts = [line for line in (tmp_path / "run.log").read_text().splitlines()
+              if f"started {today}" in line]
+    assert len(starts) == 3 and all("pid " in line for line in starts)
+    assert [line.split(": ", 2)[-1].split(" (cellsynth")[0] for line in starts] == [
+        f"cellsynth run --out {tmp_path} --quiet"] * 2 + ["cs.run"]
+    assert "started" not in capsys.readouterr().err  # the file's line alone

@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import RunLock
 
     RunLock(out).check_free()  # a run going on there: its run.log is not this one's
-    _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None)
+    _setup_logging(args.quiet, out / "run.log" if _writable_parent(out) else None,
+                   command=args.command_line)
     logger.info("config: %s; output: %s", args.config or ("the demo preset" if "demo preset" in
                 sources.values() else "package defaults"), out)
     if args.config and not cfg.dataset.path:  # the demo is for a run given nothing at all

@@ -16,21 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CellsynthError
+from .run_log import FORMAT, start_line
 
 #: the attribute that marks a handler as one a command installed (no other handler is touched:
 #: the heartbeat's clock, a user's own)
 _MARK = "_cellsynth_command"
 
-FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
 
 def _own(root: logging.Logger) -> list[logging.Handler]:
     return [h for h in root.handlers if getattr(h, _MARK, False)]
 
 
-def setup(quiet: bool, logfile: Path | None = None) -> None:
+def setup(quiet: bool, logfile: Path | None = None, command: str = "") -> None:
     """The command's handlers: the console (WARNING and above with ``quiet``, else INFO) and,
-    given ``logfile``, every INFO line into it; those of an earlier call are replaced."""
+    given ``logfile``, every INFO line into it after a first line that dates the ``command``
+    (:func:`~cellsynth.run_log.start_line`: a rerun appends to it); those of an earlier call
+    are replaced."""
     root = logging.getLogger("cellsynth")
     root.setLevel(logging.INFO)
     for h in _own(root):
@@ -46,6 +48,8 @@ def setup(quiet: bool, logfile: Path | None = None) -> None:
         h.setFormatter(FORMAT)
         setattr(h, _MARK, True)
         root.addHandler(h)
+    if logfile is not None:
+        handlers[-1].handle(start_line(command))
 
 
 @contextmanager

@@ -16,9 +16,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["run_log"]
+__all__ = ["run_log", "start_line"]
 
 FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+
+def start_line(command: str) -> logging.LogRecord:
+    """The first line an attempt writes into ``run.log``, which a rerun appends to (a resumed
+    run's log holds each attempt): its date (the lines say the time alone), the command, the
+    version and the process, so that a log read later tells its attempts apart."""
+    import os
+    import socket
+    import time
+
+    from . import __version__
+
+    return logging.makeLogRecord({
+        "name": "cellsynth", "levelno": logging.INFO, "levelname": "INFO", "msg": "%s",
+        "args": (f"started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {command} (cellsynth "
+                 f"{__version__}, pid {os.getpid()} on {socket.gethostname()})",)})
 
 
 class _AtLeast(logging.Filter):
@@ -56,10 +72,11 @@ class _Onward(logging.Handler):
 
 
 @contextmanager
-def run_log(out: Path) -> Iterator[None]:
-    """Copy cellsynth's INFO lines into ``out/run.log`` while the block lasts, and, where it
-    stops on an exception, why (``run stopped: ...``); what the caller's own handlers show
-    stays as it was (see the module's text)."""
+def run_log(out: Path, command: str = "cs.run") -> Iterator[None]:
+    """Copy cellsynth's INFO lines into ``out/run.log`` while the block lasts, after a
+    :func:`start_line` for ``command``, and, where it stops on an exception, why (``run
+    stopped: ...``); what the caller's own handlers show stays as it was (see the module's
+    text)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(out / "run.log")
@@ -68,6 +85,7 @@ def run_log(out: Path) -> Iterator[None]:
         return
     handler.setLevel(logging.INFO)
     handler.setFormatter(FORMAT)
+    handler.handle(start_line(command))
     root = logging.getLogger("cellsynth")
     level, propagate, before = root.level, root.propagate, root.getEffectiveLevel()
     added: list[logging.Handler] = [handler]
