@@ -303,3 +303,27 @@ def test_each_attempt_of_a_run_dates_its_lines_in_run_log(tmp_path, monkeypatch,
     assert [line.split(": ", 2)[-1].split(" (cellsynth")[0] for line in starts] == [
         f"cellsynth run --out {tmp_path} --quiet"] * 2 + ["cs.run"]
     assert "started" not in capsys.readouterr().err  # the file's line alone
+
+
+def test_the_ranks_of_a_distributed_fit_log_through_this_process(caplog, capfd):
+    """`cellsynth run --set cvae.distributed=true --quiet`: torchrun's ranks wrote their INFO
+    lines (epochs, the model saved) straight to the inherited stderr, past --quiet, and none
+    of them reached run.log. Their stderr is now logged by the run (the console at its level,
+    run.log), another library's line by a cellsynth logger, any other line as a warning."""
+    import sys
+
+    from cellsynth.pipeline.models import run_process_group
+
+    lines = ["12:00:01 rank 0 INFO cellsynth.models.distributed: CVAE: best epoch 3 of 4",
+             "12:00:02 rank 1 WARNING torch.distributed: a store timed out",
+             "Traceback (most recent call last):"]
+    script = f"import sys; sys.stderr.write({chr(10).join(lines) + chr(10)!r})"
+    caplog.set_level(logging.INFO, logger="cellsynth")
+    assert run_process_group([sys.executable, "-c", script], relay=True) == 0
+    got = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert got == [
+        ("cellsynth.models.distributed", "INFO", "rank 0: CVAE: best epoch 3 of 4"),
+        ("cellsynth.models.distributed", "WARNING",
+         "torch.distributed: rank 1: a store timed out"),
+        ("cellsynth.pipeline.models", "WARNING", "torchrun: Traceback (most recent call last):")]
+    assert "best epoch" not in capfd.readouterr().err  # not written past the logging

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -88,16 +90,53 @@ def stage_classifier(ctx: RunContext, splits: dict[str, Split], types: list[str]
     return clf, groups
 
 
+#: a line of a torchrun rank's log (``models.distributed.main``'s format)
+_RANK_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d rank (\d+) (DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+
+
+def _relay(stream: Any) -> None:
+    """The lines ``stream`` (the ranks' stderr) carries, logged here: a rank's log line at its
+    level, by its logger (a cellsynth one: another library's is named in the message), so that
+    this process's handlers take them as its own lines (the console at its level, ``--quiet``;
+    ``run.log``; the heartbeat's clock); any other line (a traceback, torchrun's) as a
+    warning."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        match = _RANK_LINE.match(line)
+        if match is None:
+            if line.strip():
+                logger.warning("torchrun: %s", line)
+            continue
+        rank, level, name, message = match.groups()
+        if not message.startswith("rank "):
+            message = f"rank {rank}: {message}"
+        if not (name == "cellsynth" or name.startswith("cellsynth.")):
+            name, message = "cellsynth.models.distributed", f"{name}: {message}"
+        logging.getLogger(name).log(getattr(logging, level), "%s", message)
+
+
 def run_process_group(cmd: list[Any], grace: float = 30.0,
-                      env: dict[str, str] | None = None) -> int:
+                      env: dict[str, str] | None = None, relay: bool = False) -> int:
     """Run ``cmd`` in a process group of its own and return its exit status; when this process
     is stopped meanwhile (Ctrl-C, SIGTERM from a scheduler: an exception here), the whole group
     is stopped too, SIGTERM then SIGKILL after ``grace`` seconds. ``subprocess.run`` would kill
     only ``torchrun``, whose workers then trained on, wrote outputs and removed the checkpoint
-    the stopped run was to resume from."""
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    the stopped run was to resume from. With ``relay`` its stderr is logged here
+    (:func:`_relay`): inherited, the ranks' lines ignored ``--quiet`` and never reached
+    ``run.log``."""
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env,
+                            stderr=subprocess.PIPE if relay else None)
+    reader = None
+    if relay:
+        reader = threading.Thread(target=_relay, args=(proc.stderr,), daemon=True,
+                                  name="cellsynth-torchrun-log")
+        reader.start()
     try:
-        return proc.wait()
+        code = proc.wait()
+        if reader is not None:
+            reader.join(timeout=30)  # its last lines (a failure's) before the caller's error
+        return code
     except BaseException:
         _stop_group(proc, grace)
         logger.warning("stopped the distributed training's processes (%s)", cmd[0])
@@ -136,8 +175,9 @@ def _fit_cvae_distributed(ctx: RunContext, cells: Cells, checkpoint_dir: Path) -
                            checkpoint_key=ctx.plan.hash("features"),
                            launcher="cellsynth.models._torchrun")  # fmt: skip
     logger.info("torchrun: %s", " ".join(map(str, cmd)))
-    if run_process_group(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())}) != 0:
-        raise CellsynthError(f"distributed CVAE training failed; see the torchrun output above "
+    if run_process_group(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())},
+                         relay=True) != 0:
+        raise CellsynthError(f"distributed CVAE training failed; see the torchrun lines above "
                              f"(command: {' '.join(map(str, cmd))})")
     return CVAE.load(work / "model")
 
