@@ -327,3 +327,23 @@ def test_the_ranks_of_a_distributed_fit_log_through_this_process(caplog, capfd):
          "torch.distributed: rank 1: a store timed out"),
         ("cellsynth.pipeline.models", "WARNING", "torchrun: Traceback (most recent call last):")]
     assert "best epoch" not in capfd.readouterr().err  # not written past the logging
+
+
+def test_info_does_not_call_counts_in_x_normalised_beside_a_counts_layer(tmp_path, capsys):
+    """`cellsynth info` on an h5ad whose X and layers['counts'] hold the same raw counts (a
+    common way to keep them) said 'X: normalised values': cellsynth reads the layer, but X
+    is counts too."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    x = np.random.default_rng(0).poisson(2, (20, 8)).astype(np.float32)
+    a = ad.AnnData(x, obs=pd.DataFrame({"cell_type": ["a", "b"] * 10},
+                                       index=[f"c{i}" for i in range(20)]),
+                   var=pd.DataFrame(index=[f"g{i}" for i in range(8)]))
+    a.layers["counts"] = x.copy()
+    a.write_h5ad(tmp_path / "both.h5ad")
+    assert cli.main(["info", str(tmp_path / "both.h5ad")]) == 0
+    out = capsys.readouterr().out
+    assert "X: raw counts too (cellsynth reads those in layers/counts)" in out
+    assert "normalised" not in out

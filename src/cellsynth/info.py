@@ -73,6 +73,19 @@ def _has_x(path: Path) -> bool:
         return "X" in f
 
 
+def _x_counts(adata: Any) -> bool:
+    """Whether ``X`` holds whole numbers, as counts: where ``layers['counts']`` (or ``raw.X``)
+    holds counts too, those are read, and X was described as "normalised values", also when
+    it holds the same counts."""
+    from .data.io import _probe
+    from .data.values import is_counts
+
+    try:
+        return is_counts(_probe(adata.X))
+    except Exception:  # an X that cannot be read: described as before
+        return False
+
+
 def _describe_h5ad(path: Path) -> dict[str, Any]:
     from .data.io import find_counts, read
     from .errors import DataError
@@ -81,7 +94,9 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
     try:
         expr = find_counts(adata)
         what = ("raw counts" if expr.counts == "X" else
-                f"not counts: {expr.note}" if expr.note else "normalised values")
+                f"not counts: {expr.note}" if expr.note else
+                f"raw counts too (cellsynth reads those in {expr.counts})"
+                if expr.counts and _x_counts(adata) else "normalised values")
         if not _has_x(path):  # counts kept in a layer or raw alone
             what = "none (the file has no X)"
         counts = expr.counts or "none found"
