@@ -347,3 +347,15 @@ def test_info_does_not_call_counts_in_x_normalised_beside_a_counts_layer(tmp_pat
     out = capsys.readouterr().out
     assert "X: raw counts too (cellsynth reads those in layers/counts)" in out
     assert "normalised" not in out
+
+
+def test_a_verbosity_setting_says_how_to_see_more_as_well_as_less():
+    """`cs.settings.verbosity = 3`, as in scanpy, to see what a long fit is doing in a script:
+    the error said only how to hide cellsynth's messages, while a session without a logging
+    set-up shows none but its warnings."""
+    import cellsynth as cs
+
+    with pytest.raises(AttributeError) as err:
+        cs.settings.verbosity = 3
+    assert "logging.basicConfig(level=logging.INFO) shows its progress lines" in str(err.value)
+    assert "setLevel(logging.ERROR) hides its warnings" in str(err.value)

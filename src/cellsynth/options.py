@@ -78,8 +78,10 @@ class Settings:
         if name not in ("progress", "_progress"):  # scanpy's settings.verbosity, say
             raise AttributeError(
                 f"cs.settings has no setting {name!r}: its one setting is progress (True, False "
-                "or 'auto'); cellsynth's messages go through Python's logging, so "
-                "logging.getLogger('cellsynth').setLevel(logging.ERROR) hides its log messages")
+                "or 'auto'); cellsynth's messages go through Python's logging: without a "
+                "logging set-up only its warnings are shown; logging.basicConfig("
+                "level=logging.INFO) shows its progress lines too (as the command line does), "
+                "logging.getLogger('cellsynth').setLevel(logging.ERROR) hides its warnings")
         object.__setattr__(self, name, value)
 
     def show_progress(self) -> bool:
