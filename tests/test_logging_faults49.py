@@ -359,3 +359,32 @@ def test_a_verbosity_setting_says_how_to_see_more_as_well_as_less():
         cs.settings.verbosity = 3
     assert "logging.basicConfig(level=logging.INFO) shows its progress lines" in str(err.value)
     assert "setLevel(logging.ERROR) hides its warnings" in str(err.value)
+
+
+def test_run_log_takes_any_name_in_any_locale(tmp_path):
+    """Under a locale that is not UTF-8 (ASCII, Latin-1: a cluster's node), run.log was
+    written in its encoding: every line naming a cell type such as 'γδ T cells' became a
+    '--- Logging error ---' traceback on stderr and was lost from the log."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "import cellsynth.pipeline\n"
+        "def run(cfg, out, **_):\n"
+        "    logging.getLogger('cellsynth.explain.shap').info('SHAP for %s', 'γδ T cells')\n"
+        "    logging.getLogger('cellsynth.explain.shap').info('an argument: %s', '\\udcce')\n"
+        "    return Path(out) / 'results.md'\n"
+        "cellsynth.pipeline.run = run\n"
+        "from cellsynth.cli import main\n"
+        "sys.exit(main(['run', '--out', sys.argv[1], '--quiet']))\n")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    (tmp_path / "run_it.py").write_text(script, encoding="utf-8")  # source files are UTF-8
+    proc = subprocess.run([sys.executable, str(tmp_path / "run_it.py"), str(tmp_path / "r")],
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"Logging error" not in proc.stderr
+    log = (tmp_path / "r" / "run.log").read_text(encoding="utf-8")
+    assert "SHAP for γδ T cells" in log and "an argument: \\udcce" in log

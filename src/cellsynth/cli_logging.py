@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CellsynthError
-from .run_log import FORMAT, start_line
+from .run_log import FORMAT, log_file, start_line
 
 #: the attribute that marks a handler as one a command installed (no other handler is touched:
 #: the heartbeat's clock, a user's own)
@@ -43,7 +43,7 @@ def setup(quiet: bool, logfile: Path | None = None, command: str = "") -> None:
     handlers: list[logging.Handler] = [console]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
+        handlers.append(log_file(logfile))
     for h in handlers:
         h.setFormatter(FORMAT)
         setattr(h, _MARK, True)

@@ -21,6 +21,14 @@ __all__ = ["run_log", "start_line"]
 FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
 
+def log_file(path: Path) -> logging.FileHandler:
+    """The handler of a ``run.log``: UTF-8 as every text cellsynth writes, whatever the
+    locale (an ASCII or Latin-1 one made each line naming a cell type such as 'γδ T cells' a
+    "--- Logging error ---" traceback on stderr, the line lost), and a character no encoding
+    takes (an undecodable argument) written as its escape."""
+    return logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+
+
 def start_line(command: str) -> logging.LogRecord:
     """The first line an attempt writes into ``run.log``, which a rerun appends to (a resumed
     run's log holds each attempt): its date (the lines say the time alone), the command, the
@@ -79,7 +87,7 @@ def run_log(out: Path, command: str = "cs.run") -> Iterator[None]:
     text)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "run.log")
+        handler = log_file(out / "run.log")
     except OSError:  # pipeline.run says what is wrong with the directory
         yield
         return
