@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cellsynth import cli, options
+from cellsynth import cli, cli_logging, options
 from cellsynth import heartbeat as hb
 from cellsynth.cli_signals import Terminated
 from cellsynth.errors import DataError
@@ -388,3 +388,29 @@ def test_run_log_takes_any_name_in_any_locale(tmp_path):
     assert b"Logging error" not in proc.stderr
     log = (tmp_path / "r" / "run.log").read_text(encoding="utf-8")
     assert "SHAP for γδ T cells" in log and "an argument: \\udcce" in log
+
+
+def test_output_in_a_locale_that_is_not_utf8_is_escaped_not_a_traceback(tmp_path, monkeypatch):
+    """Under an ASCII (or Latin-1) locale, `cellsynth evaluate` and `run` wrote their outputs,
+    then printing the verdict (its '±') or a type named 'γδ T cells' ended in a
+    UnicodeEncodeError traceback, exit 1."""
+    import io
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    a = ad.AnnData(np.ones((4, 3), dtype=np.float32),
+                   obs=pd.DataFrame({"típo γδ": ["a", "b", "a", "b"]},
+                                    index=[f"c{i}" for i in range(4)]),
+                   var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    a.write_h5ad(tmp_path / "a.h5ad")
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr("sys.stdout", ascii_out)
+    assert cli.main(["info", str(tmp_path / "a.h5ad")]) == 0
+    cli_logging.show("verdict: close (0.52 ± 0.05)")
+    monkeypatch.undo()
+    ascii_out.flush()
+    out = raw.getvalue().decode("ascii")
+    assert "t\\xedpo \\u03b3\\u03b4" in out and "0.52 \\xb1 0.05" in out

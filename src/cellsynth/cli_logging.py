@@ -109,7 +109,18 @@ def show(text: object) -> None:
     """``text``, a command's output, on stdout and flushed: a stdout that cannot take it (a file
     on a full disk) stops the command with an error that says so, not as the command's own
     outputs failing ("disk full while writing the output ... choose another --out") nor at
-    exit (Python's "Exception ignored"). A reader that has gone (``| head -1``) is main's."""
+    exit (Python's "Exception ignored"). A reader that has gone (``| head -1``) is main's. A
+    character the stdout's encoding lacks (a locale that is not UTF-8: the verdict's '±', a
+    type named 'γδ T cells') is written as its escape, not a traceback after the work."""
+    text = str(text)
+    encoding = getattr(sys.stdout, "encoding", None)
+    if encoding:
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:  # an encoding Python does not know: printed as it is
+            pass
     try:
         print(text, flush=True)
     except BrokenPipeError:
