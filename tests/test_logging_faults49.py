@@ -414,3 +414,22 @@ def test_output_in_a_locale_that_is_not_utf8_is_escaped_not_a_traceback(tmp_path
     ascii_out.flush()
     out = raw.getvalue().decode("ascii")
     assert "t\\xedpo \\u03b3\\u03b4" in out and "0.52 \\xb1 0.05" in out
+
+
+def test_an_argument_the_locale_cannot_read_is_refused_in_one_line(tmp_path):
+    """Under an ASCII locale, `--set explain.cell_type="B cells γδ"` reached cellsynth as
+    surrogate escapes: a name that matched nothing, and the run crashed writing its
+    config.toml with a UnicodeEncodeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellsynth", "run", "--out", str(tmp_path / "r"), "--set",
+         'explain.cell_type="B cells γδ"'.encode(), "--quiet"], env=env, capture_output=True,
+        timeout=300)
+    err = proc.stderr.decode("ascii", "backslashreplace")
+    assert proc.returncode == 2, err
+    assert "cannot read; run cellsynth under a UTF-8 locale" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

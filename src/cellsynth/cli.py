@@ -336,7 +336,25 @@ def _path_options(args: argparse.Namespace, filename: Any) -> str:
     return ", ".join(shown) if shown else "the paths given"
 
 
+def _undecodable(argv: list[str]) -> str | None:
+    """The error for an argument holding bytes the locale could not decode (a name with 'γ'
+    or 'é' under an ASCII locale: Python keeps them as surrogates, which matched no name in
+    the data and crashed the first write of the settings with a traceback); None if none."""
+    for arg in argv:
+        if any("\udc80" <= c <= "\udcff" for c in arg):
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return (f"cellsynth: error: the argument {shown!r} holds characters the locale's "
+                    f"encoding ({sys.getfilesystemencoding()}) cannot read; run cellsynth under "
+                    "a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1, or give the "
+                    "value in a --config file (read as UTF-8)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    undecodable = _undecodable(list(sys.argv[1:] if argv is None else argv))
+    if undecodable:
+        say(undecodable)
+        return 2
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["cellsynth", *(sys.argv[1:] if argv is None else argv)])
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
