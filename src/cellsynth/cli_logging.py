@@ -23,7 +23,6 @@ from .run_log import FORMAT, log_file, start_line
 _MARK = "_cellsynth_command"
 
 
-
 def _own(root: logging.Logger) -> list[logging.Handler]:
     return [h for h in root.handlers if getattr(h, _MARK, False)]
 
