@@ -11,12 +11,12 @@ import cellsynth
 SRC = Path(cellsynth.__file__).parent
 #: the layers, outermost first: a module may import its own layer or those after it
 LAYERS = [
-    {"__main__", "cli", "cli_parser", "cli_signals"},
+    {"__main__", "cli", "cli_logging", "cli_parser", "cli_signals"},
     {"api", "pipeline"},
     {"evaluation", "benchmark", "benchmark_kept", "holdout", "info", "report", "pl"},
     {"models", "classify", "features", "explain", "metrics", "cells"},
     {"data"},
-    {"config", "config_rules", "config_sources", "errors", "keys", "seeds", "runtime", "resume", "outputs", "presets", "options", "checksums", "paths", "figure_io", "heartbeat"},
+    {"config", "config_rules", "config_sources", "errors", "keys", "seeds", "runtime", "resume", "outputs", "presets", "options", "checksums", "paths", "figure_io", "heartbeat", "run_log"},
 ]
 
 
