@@ -203,13 +203,15 @@ def _probe(x) -> np.ndarray:
     """Values of the first rows of ``x`` (backed or in memory), enough to judge it."""
     if getattr(x, "shape", None) is None:
         return np.empty(0)
+    stored = getattr(x, "stored_dtype", None)  # a matrix on disk, read as float32
+    if stored is not None and stored.kind not in "biuf":  # text, objects: not read as numbers
+        return stored_values(np.empty(0, dtype=np.float32), stored)
     n_rows = x.shape[0]
     step = max(1, min(n_rows, 20_000))
     indptr = getattr(x, "indptr", None)
     if indptr is not None and getattr(x, "format", None) == "csr":  # the probe's rows only
         step = max(1, min(step, int(np.searchsorted(indptr, _PROBE_VALUES))))
     values = _values(x[:step])
-    stored = getattr(x, "stored_dtype", None)  # a matrix on disk, read as float32
     return values if stored is None else stored_values(values, stored)
 
 
@@ -261,7 +263,8 @@ def find_counts(adata: ad.AnnData, is_normalised: Literal["auto", True, False] =
         check_values(x_values, "X")
     except DataError as bad:  # scaled (scanpy's sc.pp.scale) or damaged X: counts elsewhere?
         found = None if is_normalised is False else _counts_elsewhere(adata)
-        if found is None and np.any(x_values < 0):  # scaled: where the counts would be, said
+        scaled = x_values.dtype.kind in "biuf" and np.any(x_values < 0)
+        if found is None and scaled:  # scaled: where the counts would be, said
             raw = getattr(adata, "raw", None)
             said = " (raw.X holds normalised values, not counts)" if raw is not None else ""
             raise DataError(f"{bad}, and neither layers['counts'] nor raw.X holds the raw counts"

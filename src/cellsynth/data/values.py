@@ -60,14 +60,40 @@ def check_libraries(libraries: np.ndarray, what: str = "the counts") -> None:
 def stored_values(values: np.ndarray, stored: np.dtype) -> np.ndarray:
     """Values read as float32 in the dtype they are stored in (a matrix on disk's
     ``stored_dtype``), so that :func:`check_values` sees a true/false, int8 or float16
-    matrix as such."""
+    matrix as such (a matrix of text, objects or complex numbers: none of its values, in its
+    dtype, which :func:`check_values` refuses)."""
+    if stored.kind not in "biuf":  # text, objects, complex: refused by their dtype alone
+        return np.zeros(0, dtype=stored)
     narrow = stored.kind in "biu" or (stored.kind == "f" and stored.itemsize == 2)
     return values.astype(stored, copy=False) if narrow else values
 
 
+#: what values of a dtype that is not a real number are, by the dtype's kind
+_NOT_NUMBERS = {"O": "Python objects", "S": "text", "U": "text", "c": "complex numbers", "M": "dates",
+                "m": "time spans", "V": "records"}
+
+
+def check_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuse a matrix whose values are not real numbers (text, Python objects, complex
+    numbers...), which numpy's checks of values cannot read (a TypeError traceback) and a
+    conversion to float32 reads silently (a complex number's imaginary part dropped)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biuf":
+        return
+    what = _NOT_NUMBERS.get(dtype.kind, "values that are not numbers")
+    table = ": a table with text columns taken for the matrix?" if dtype.kind == "O" else ""
+    raise DataError(
+        f"{where} holds {what} (dtype {dtype}{table}), not numbers: expression values must be a "
+        "numeric matrix (float32 or an integer type); convert it where its values are numbers "
+        "(e.g. adata.X = adata.X.astype(np.float32), then write the file again, for a file), "
+        "or give the raw counts as numbers")
+
+
 def check_values(values: np.ndarray, where: str) -> None:
-    """Refuse negative, NaN or infinite expression values, and true/false ones (binarised
-    data: not counts, and no model of counts can be fitted to them)."""
+    """Refuse values that are not real numbers (:func:`check_dtype`), negative, NaN or
+    infinite expression values, and true/false ones (binarised data: not counts, and no model
+    of counts can be fitted to them)."""
+    check_dtype(values.dtype, where)
     if values.size == 0:
         return
     if values.dtype.kind == "b":
