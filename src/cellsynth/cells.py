@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import keys as K
+from .data.csr import canonical
 from .data.genes import annotated_var, source_annotation, warn_other_features
 from .data.io import (
     BACKED_BYTES,
@@ -327,7 +328,7 @@ def _counts_of(source: Any, on_disk: bool) -> tuple[Any, list[str], pd.DataFrame
         check_shape(source)  # an AnnData: the checks read() gives a file (no cells, names twice)
         x, genes = training_source(source, say=True)
         check_gene_names(genes, raw=not pd.Index(genes).equals(source.var_names))
-        x = MatrixRows(sp.csr_matrix(x, dtype=np.float32))
+        x = MatrixRows(canonical(sp.csr_matrix(x, dtype=np.float32)))
     raw = source.raw is not None and not pd.Index(genes).equals(source.var_names)
     warn_other_features(source, "raw.X" if raw else "X")
     # counts in raw.X over raw's genes: raw.var annotates them

@@ -1,5 +1,5 @@
-"""CSR helpers: row blocks joined into one matrix by joining their arrays, and detection counts
-that leave out stored zeros.
+"""CSR helpers: row blocks joined into one matrix by joining their arrays, detection counts
+that leave out stored zeros, and entries stored twice summed (:func:`canonical`).
 
 ``scipy.sparse.vstack(parts, format="csr")`` takes a detour through a block matrix: for 50
 blocks of 2,000 x 2,000 counts at 9% non-zero it took 0.94 s where joining the three arrays
@@ -47,6 +47,20 @@ def stack_rows(parts: Sequence) -> sp.csr_matrix:
     out = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
     out.has_sorted_indices = all(b.has_sorted_indices for b in blocks)
     return out
+
+
+def canonical(x: sp.csr_matrix, *, copy: bool = True) -> sp.csr_matrix:
+    """``x`` (CSR, or CSC by columns) with the entries a row stores more than once for one
+    column summed into one (its column indices then sorted): a valid CSR may store a cell's count of a gene in several
+    entries (a file written from triplets), which a dense copy sums but a pass over the stored
+    values does not (genes detected twice, ``log1p`` of each part). ``x`` itself where it has
+    none; else a copy (``copy``, the default: the user's matrix is left as it is) or ``x``
+    summed in place."""
+    if x.has_canonical_format:
+        return x
+    x = x.copy() if copy else x
+    x.sum_duplicates()
+    return x
 
 
 def genes_per_cell(x: sp.csr_matrix) -> np.ndarray:

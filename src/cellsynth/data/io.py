@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from ..errors import DataError, listed
 from ..paths import expand_user, variables_hint
+from .csr import canonical
 from .genes import check_gene_names as check_gene_names  # re-exported: its users import it here
 from .genes import gene_difference, names_said_here
 from .values import check_values, doubt, is_counts, stored_values
@@ -191,8 +192,8 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
     """A sample of the stored values (non-zeros for sparse) of a matrix, dense or sparse."""
-    if sp.issparse(x):
-        return np.asarray(x.data[:_PROBE_VALUES])
+    if sp.issparse(x):  # a gene stored twice in a cell: one value, as the readers sum them
+        return np.asarray(canonical(x).data[:_PROBE_VALUES])
     if hasattr(x, "shape") and not isinstance(x, np.ndarray):  # backed dense dataset
         n = max(1, min(x.shape[0], _PROBE_VALUES // max(1, x.shape[1])))
         x = x[:n]
@@ -394,7 +395,7 @@ def counts_matrix(adata: ad.AnnData, expr: Expression) -> tuple[sp.csr_matrix, p
         x, genes = adata.X, adata.var_names
     if not isinstance(x, np.ndarray | sp.spmatrix | sp.sparray):
         x = x[:]  # backed: read into memory (data.chunked reads chunks instead)
-    x = sp.csr_matrix(x, dtype=np.float32)
+    x = canonical(sp.csr_matrix(x, dtype=np.float32))  # a gene stored twice in a cell: summed
     check_values(x.data, "the expression matrix")
     return x, pd.Index(genes)
 

@@ -27,7 +27,7 @@ from anndata.io import read_elem
 from ..errors import DataError
 from ..options import progress_bar
 from ..outputs import check_disk_space, replaced
-from .csr import stack_rows
+from .csr import canonical, stack_rows
 from .genes import names_said_here
 from .io import Expression, check_file, unreadable
 
@@ -107,10 +107,10 @@ class RowStore:
             return sp.csr_matrix(self._dense[start:stop], dtype=np.float32)
         a, b = self.indptr[start], self.indptr[stop]
         data = np.asarray(self._data[a:b]).astype(np.float32, copy=False)
-        return sp.csr_matrix(
+        return canonical(sp.csr_matrix(  # a cell's gene stored twice: one entry, as in memory
             (data, self._indices[a:b], self.indptr[start : stop + 1] - a),
             shape=(stop - start, self.shape[1]),
-        )
+        ), copy=False)
 
     def take(self, rows: np.ndarray) -> sp.csr_matrix:
         """Rows ``rows`` (sorted, unique) as CSR float32, read in a few contiguous runs."""

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..data.csr import canonical
 from ..data.io import Expression, check_gene_names, check_shape, find_counts
 from ..data.labels import check_label, missing_labels
 from ..data.split import stratified_subsample
@@ -131,7 +132,8 @@ def _read_side(data: Any, label_key: str, pick: Callable[[np.ndarray], np.ndarra
     if where == "raw.X":  # check_shape checked var_names, not raw's
         check_gene_names(genes, what, raw=True)
     x = x[rows] if len(rows) < data.n_obs else x
-    return _checked(_Sample(sp.csr_matrix(x, dtype=np.float32), labels[rows], pd.Index(genes),
+    x = canonical(sp.csr_matrix(x, dtype=np.float32))  # a gene stored twice in a cell: summed
+    return _checked(_Sample(x, labels[rows], pd.Index(genes),
                             data.n_obs, IN_MEMORY, where, _donors(data.obs, donor_key, rows),
                             _var_of(data, where), _donor_pool(data.obs, donor_key, labels)), what)
 

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import keys as K
+from ..data.csr import canonical
 from ..data.genes import annotated_var, gene_difference
 from ..data.io import check_gene_names, check_shape, training_source
 from ..data.labels import MISSING_TEXT, check_label, missing_labels, warn_unannotated
@@ -67,7 +68,7 @@ def training_counts(adata: ad.AnnData) -> sp.csr_matrix:
             "adata.raw.to_adata() (the counts over raw's genes, with the same obs) or put the "
             "counts in layers['counts']")
     check_gene_names(genes)
-    x = sp.csr_matrix(x, dtype=np.float32)
+    x = canonical(sp.csr_matrix(x, dtype=np.float32))  # a gene stored twice in a cell: summed
     check_values(x.data, "the counts")
     check_whole(x)  # every value: a sample would miss a few corrected cells
     check_libraries(np.asarray(x.sum(axis=1)).ravel())
