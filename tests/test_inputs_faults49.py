@@ -137,3 +137,40 @@ def test_a_count_stored_as_two_parts_is_one_whole_count_for_fit_and_evaluate(
     for data in (b, tmp_path / "b.h5ad"):
         got = cs.evaluate(data, synthetic, label_key="cell_type", gene_repeats=1)
         assert got.verdict == want.verdict
+
+
+@pytest.mark.parametrize("backed", ["false", "true"])
+def test_a_run_on_counts_in_a_layer_of_another_name_points_to_it_before_qc(
+        tmp_path: Path, backed: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A run on log-normalised X with the counts in layers['umi'] said only that the data hold
+    normalised values (fit and evaluate name the layer), after the whole QC; and with
+    dataset.is_normalised = true over counts in X, that the data hold normalised values. Now
+    both are said before any QC step, each with its fix."""
+    from cellsynth import cli
+
+    def qc_ran(*args, **kwargs):
+        raise AssertionError("the QC ran")
+
+    monkeypatch.setattr("cellsynth.data.qc.filter_cells", qc_ran)
+    monkeypatch.setattr("cellsynth.data.chunked.filter_cells", qc_ran)
+    a = _atlas()
+    a.layers["umi"] = a.X.copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()).astype(np.float32))
+    path = tmp_path / "umi.h5ad"
+    a.write_h5ad(path)
+    run = ["run", str(path), "--out", str(tmp_path / "run"), "--quiet", "--set",
+           f"dataset.backed={backed}"]
+    assert cli.main(run) == 2
+    err = capsys.readouterr().err
+    assert "generator.model = 'cvae' generates counts and needs raw counts" in err
+    assert "layers['umi'] holds whole numbers: if they are the raw counts, name that layer " \
+           "'counts' (adata.layers['counts'] = adata.layers['umi']" in err
+    counts = tmp_path / "counts.h5ad"
+    _atlas().write_h5ad(counts)
+    told = ["run", str(counts), "--out", str(tmp_path / "told"), "--quiet", "--set",
+            f"dataset.backed={backed}", "--set", "dataset.is_normalised=true"]
+    assert cli.main(told) == 2
+    assert ("dataset.is_normalised = true reads X as normalised values, and neither "
+            "layers['counts'] nor raw.X holds counts: if X holds the raw counts, set "
+            "dataset.is_normalised = \"auto\"") in capsys.readouterr().err

@@ -70,6 +70,7 @@ def preprocess_backed(
     seed: int = 0,
     out_path: str | Path,
     chunk_size: int | None = None,
+    needs_counts: str = "",
 ) -> tuple[Path, QCReport]:
     """Run every QC step on the file ``path`` in row chunks; write the result to ``out_path``.
 
@@ -87,6 +88,9 @@ def preprocess_backed(
         ``var``. Open it with :class:`PreprocessedStore`.
     chunk_size
         Cells per chunk; ``None`` takes ``qc.chunk_size``.
+    needs_counts
+        As for :func:`~cellsynth.data.qc.preprocess`: the error raised before any pass over
+        the file where it holds no raw counts ("": none needed).
 
     Returns
     -------
@@ -106,7 +110,7 @@ def preprocess_backed(
         check_donor_key(h5.obs.columns, dataset)
         check_qc_columns(h5.obs, dataset)
         expr = find_counts(h5, dataset.is_normalised)
-        has_counts = describe_expression(expr)
+        has_counts = describe_expression(expr, needs_counts)
         x, genes = h5.matrix(expr)
         warn_other_features(h5, expr.counts)
         logger.info("preprocessing %s out of core: %d cells x %d genes, %d values, %d-cell chunks",

@@ -391,9 +391,13 @@ class WholeCheck:
         )
 
 
-def describe_expression(expr: Expression) -> bool:
-    """Log where the counts are; whether there are any."""
+def describe_expression(expr: Expression, needs_counts: str = "") -> bool:
+    """Log where the counts are; whether there are any. ``needs_counts``: the error of a caller
+    that needs raw counts (a run of a generator of counts), raised, before any QC step, where
+    there are none (with a layer of another name that holds whole numbers, named)."""
     has_counts = expr.counts is not None
+    if needs_counts and not has_counts and not expr.note:
+        raise expr.no_counts(needs_counts)
     if expr.note:  # neither counts nor log-normalised values: PCA would read them wrongly
         # the note says what X looks like and how to mend it; the setting only overrides a
         # wrong guess (it would read counts or unlogged values as log-normalised ones)
@@ -420,11 +424,19 @@ def preprocess(
     *,
     groups: dict[str, str] | None = None,
     seed: int = 0,
+    needs_counts: str = "",
 ) -> tuple[ad.AnnData, QCReport]:
     """Run every QC step and return the preprocessed AnnData and the report.
 
     The whole matrix is held in memory; :func:`cellsynth.data.chunked.preprocess_backed` runs
     the same steps on a file, chunk by chunk, with the same result.
+
+    Parameters
+    ----------
+    needs_counts
+        Where the data must hold raw counts (a generator of counts is to be trained on them),
+        the error raised, before any QC step, when they hold normalised values only ("": none
+        needed; the values are then taken as they are).
 
     Returns
     -------
@@ -438,7 +450,7 @@ def preprocess(
     check_donor_key(adata.obs.columns, dataset)
     check_qc_columns(adata.obs, dataset)
     expr = find_counts(adata, dataset.is_normalised)
-    has_counts = describe_expression(expr)
+    has_counts = describe_expression(expr, needs_counts)
     x, genes = counts_matrix(adata, expr)
     warn_other_features(adata, expr.counts)
     if has_counts:  # every value, not the sample find_counts looked at

@@ -156,14 +156,16 @@ def _preprocess(ctx: RunContext) -> tuple[Cells, QCReport, dict[str, str]]:
             check_covariates(ctx, h5.obs)
             groups = data_groups(h5)
         _, report = preprocess_backed(source, cfg.dataset, cfg.qc, cfg.split, groups=None,
-                                      seed=seed, out_path=target)  # fmt: skip
+                                      seed=seed, out_path=target,
+                                      needs_counts=_needs_counts(ctx))  # fmt: skip
         return from_preprocessed(target, label_key=ctx.label_key, on_disk=True), report, groups
     from ..data.qc import preprocess
 
     raw = load_dataset(ctx)
     check_covariates(ctx, raw.obs)
     groups = data_groups(raw)
-    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=None, seed=seed)
+    pre, report = preprocess(raw, cfg.dataset, cfg.qc, cfg.split, groups=None, seed=seed,
+                             needs_counts=_needs_counts(ctx))
     del raw
     write_h5ad(pre, target)  # atomic: .part, then renamed
     return from_preprocessed(pre, label_key=ctx.label_key), report, groups
@@ -203,15 +205,29 @@ def stage_data(ctx: RunContext) -> tuple[Cells, QCReport]:
     return cells, report
 
 
+def _needs_counts(ctx: RunContext) -> str:
+    """The error of a run whose generator needs raw counts, where the data hold none ("": the
+    reference, which generates points of the PCA, needs none); the QC raises it before its
+    first step, with a layer of another name holding whole numbers named."""
+    model = ctx.cfg.generator.model
+    if model == "reference":
+        return ""
+    if ctx.cfg.dataset.is_normalised is True:  # the setting's word, not what X holds
+        return (f"generator.model = '{model}' generates counts and needs raw counts, but "
+                "dataset.is_normalised = true reads X as normalised values, and neither "
+                "layers['counts'] nor raw.X holds counts: if X holds the raw counts, set "
+                "dataset.is_normalised = \"auto\"; else give the unnormalised file or set "
+                "generator.model = 'reference'")
+    return (f"generator.model = '{model}' generates counts and needs raw counts, but the data "
+            "hold normalised values only (in X, and no counts in layers['counts'] or raw.X); "
+            "give the unnormalised file or set generator.model = 'reference'")
+
+
 def check_before_training(ctx: RunContext, cells: Cells) -> None:
     """Settings that can only be checked against the data, before any model is trained."""
     cfg = ctx.cfg
-    if cfg.generator.model != "reference" and not cells.has_counts:
-        raise DataError(
-            f"generator.model = '{cfg.generator.model}' generates counts and needs raw counts, "
-            "but the data holds normalised values only; give the unnormalised file or set "
-            "generator.model = 'reference'"
-        )
+    if _needs_counts(ctx) and not cells.has_counts:
+        raise DataError(_needs_counts(ctx))
     n = cells.obs[K.SPLIT].astype(str).value_counts()
     if not n.get("test", 0) or not n.get("train", 0):
         raise DataError(
