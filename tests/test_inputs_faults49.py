@@ -174,3 +174,42 @@ def test_a_run_on_counts_in_a_layer_of_another_name_points_to_it_before_qc(
     assert ("dataset.is_normalised = true reads X as normalised values, and neither "
             "layers['counts'] nor raw.X holds counts: if X holds the raw counts, set "
             "dataset.is_normalised = \"auto\"") in capsys.readouterr().err
+
+
+def test_a_dense_matrix_on_disk_is_never_read_whole_into_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dense X on disk (older files, or written so) was read 20,000 rows at once to judge
+    its values and a chunk (qc.chunk_size, 10,000 rows) at once as a dense array: 4 GB and
+    2 GB for 50,000 genes, whatever chunk the QC held in memory. Now a few rows are judged
+    and a chunk is read in blocks of bounded size, kept as CSR."""
+    import tracemalloc
+
+    from cellsynth.data import store
+    from cellsynth.data.io import find_counts
+    from cellsynth.data.store import H5adFile
+
+    rng = np.random.default_rng(0)
+    n, genes = 2000, 2000
+    dense = ((rng.random((n, genes)) < 0.05) * rng.integers(1, 5, (n, genes))).astype(np.float32)
+    obs = pd.DataFrame({"cell_type": pd.Categorical(np.arange(n) % 3)},
+                       index=[f"c{i}" for i in range(n)])
+    path = tmp_path / "dense.h5ad"
+    ad.AnnData(dense, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(genes)])
+               ).write_h5ad(path)
+    monkeypatch.setattr(store, "_DENSE_VALUES", 1 << 16, raising=False)
+    whole = dense.nbytes  # 16 MB
+    with H5adFile(path) as h5:
+        tracemalloc.start()
+        try:
+            expr = find_counts(h5)
+            probe = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            x, _ = h5.matrix(expr)
+            read = [block for _, block in x.chunks(n)]
+            chunk = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert expr.counts == "X"
+    assert probe < whole / 4, f"judging the values took {probe / 1e6:.1f} MB"
+    assert chunk < whole / 2, f"a chunk took {chunk / 1e6:.1f} MB"
+    np.testing.assert_array_equal(read[0].toarray(), dense)

@@ -212,6 +212,9 @@ def _probe(x) -> np.ndarray:
     indptr = getattr(x, "indptr", None)
     if indptr is not None and getattr(x, "format", None) == "csr":  # the probe's rows only
         step = max(1, min(step, int(np.searchsorted(indptr, _PROBE_VALUES))))
+    elif isinstance(x, np.ndarray | h5py.Dataset) or getattr(x, "format", None) == "dense":
+        # dense (on disk too): only the rows of the values looked at, not 20,000 of any width
+        step = max(1, min(step, -(-_PROBE_VALUES // max(1, x.shape[1]))))
     values = _values(x[:step])
     return values if stored is None else stored_values(values, stored)
 

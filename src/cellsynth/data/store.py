@@ -104,7 +104,7 @@ class RowStore:
         start, stop = max(0, int(start)), min(self.shape[0], int(stop))
         stop = max(start, stop)
         if self._dense is not None:
-            return sp.csr_matrix(self._dense[start:stop], dtype=np.float32)
+            return _dense_rows(self._dense, start, stop)
         a, b = self.indptr[start], self.indptr[stop]
         data = np.asarray(self._data[a:b]).astype(np.float32, copy=False)
         return canonical(sp.csr_matrix(  # a cell's gene stored twice: one entry, as in memory
@@ -198,6 +198,22 @@ class MatrixRows:
         for start in range(0, len(rows), chunk_size):
             sl = slice(start, min(start + chunk_size, len(rows)))
             yield sl, sp.csr_matrix(self.x[rows[sl]], dtype=np.float32)
+
+
+#: values of a dense matrix on disk read at once (64 MB as float32): a chunk of rows of a
+#: dense file is read in blocks of rows and kept as CSR, never whole as a dense array
+_DENSE_VALUES = 1 << 24
+
+
+def _dense_rows(dense: h5py.Dataset, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of a dense matrix on disk as CSR float32, read in blocks of at most
+    :data:`_DENSE_VALUES` values: 10,000 rows of 50,000 genes would be 2 GB at once."""
+    step = max(1, _DENSE_VALUES // max(1, dense.shape[1]))
+    parts = [sp.csr_matrix(dense[a : min(a + step, stop)], dtype=np.float32)
+             for a in range(start, stop, step)]
+    if not parts:
+        return sp.csr_matrix((0, dense.shape[1]), dtype=np.float32)
+    return parts[0] if len(parts) == 1 else stack_rows(parts)
 
 
 def _runs(rows: np.ndarray) -> Iterator[np.ndarray]:
