@@ -213,3 +213,22 @@ def test_a_dense_matrix_on_disk_is_never_read_whole_into_memory(
     assert probe < whole / 4, f"judging the values took {probe / 1e6:.1f} MB"
     assert chunk < whole / 2, f"a chunk took {chunk / 1e6:.1f} MB"
     np.testing.assert_array_equal(read[0].toarray(), dense)
+
+
+def test_evaluate_refuses_normalised_cells_after_the_first_million_values() -> None:
+    """Real cells of which the last batch was log-normalised (an atlas joined from two
+    sources) were compared as counts when the first million values read were whole: the
+    fractional cells went into the verdict without a word."""
+    rng = np.random.default_rng(0)
+    n, genes = 1000, 1500
+    x = rng.poisson(3.0, size=(n, genes)).astype(np.float32)
+    assert np.count_nonzero(x[:-100]) > 1_000_000  # the first million values: counts
+    last = x[-100:]
+    x[-100:] = np.log1p(last / last.sum(1, keepdims=True) * 1e4)
+    obs = pd.DataFrame({"cell_type": pd.Categorical(np.arange(n) % 3)},
+                       index=[f"c{i}" for i in range(n)])
+    real = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in
+                                                                           range(genes)]))
+    with pytest.raises(DataError, match=r"the real data \(AnnData\) holds non-integer values "
+                                        r"in X \(in 100 of the 1,000 cells read; e\.g\. "):
+        cs.evaluate(real, _atlas(seed=1), label_key="cell_type", gene_repeats=1)

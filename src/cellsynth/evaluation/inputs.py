@@ -25,7 +25,7 @@ from ..data.io import Expression, check_gene_names, check_shape, find_counts
 from ..data.labels import check_label, missing_labels
 from ..data.split import stratified_subsample
 from ..data.store import H5adFile
-from ..data.values import check_libraries, check_values, is_counts
+from ..data.values import check_libraries, check_values, fractional_rows
 from ..errors import DataError, listed
 from ..metrics.privacy import donor_values
 from ..outputs import generated_h5ad
@@ -234,10 +234,13 @@ def _real_rows(labels: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarra
 def _checked(sample: _Sample, what: str) -> _Sample:
     values = sample.counts.data
     check_values(values, f"{what} ({sample.source}, {sample.where})")
-    if not is_counts(values[:1_000_000]):
+    bad, example = fractional_rows(sample.counts)  # every value read: a batch of normalised
+    if len(bad):  # cells after the first million values was compared as counts
         raise DataError(
-            f"{what} ({sample.source}) holds non-integer values in {sample.where}; evaluation "
-            "compares raw counts: give the unnormalised counts in X, layers['counts'] or raw.X"
+            f"{what} ({sample.source}) holds non-integer values in {sample.where} (in "
+            f"{len(bad):,} of the {sample.counts.shape[0]:,} cells read; e.g. {example:.6g}); "
+            "evaluation compares raw counts: give the unnormalised counts in X, "
+            "layers['counts'] or raw.X, for every cell"
         )
     # normalised values rounded to whole numbers pass as counts: said, as a fit says it
     check_libraries(np.asarray(sample.counts.sum(axis=1)).ravel(), f"{what} ({sample.source})")
