@@ -232,3 +232,26 @@ def test_evaluate_refuses_normalised_cells_after_the_first_million_values() -> N
     with pytest.raises(DataError, match=r"the real data \(AnnData\) holds non-integer values "
                                         r"in X \(in 100 of the 1,000 cells read; e\.g\. "):
         cs.evaluate(real, _atlas(seed=1), label_key="cell_type", gene_repeats=1)
+
+
+def test_predict_types_refuses_normalised_cells_among_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts whose last cells were log-normalised (a file larger than the million values
+    find_counts looks at) were normalised again and given a type read from values at another
+    scale, without a word."""
+    from test_classify_faults48 import _make_run
+
+    cells = cs.simulate(240, 60, 3, seed=0)
+    run = _make_run(tmp_path, cells, cells.obs["cell_type"].astype(str).to_numpy())
+    monkeypatch.setattr("cellsynth.data.io._PROBE_VALUES", 1000)  # as a large file's first rows
+    x = cells.X.toarray().astype(np.float32)
+    last = x[-20:]
+    x[-20:] = np.log1p(last / last.sum(1, keepdims=True) * 1e4)
+    mixed = cells.copy()
+    mixed.X = sp.csr_matrix(x)
+    first = repr(str(cells.obs_names[-20]))
+    with pytest.raises(DataError, match=rf"predict_types: X was taken as raw counts .* but 20 "
+                                        rf"of the 240 cells hold non-integer values \(the "
+                                        rf"first {first}"):
+        cs.predict_types(mixed, run)
+    assert len(cs.predict_types(cells.copy(), run)) == 240  # counts throughout: as before

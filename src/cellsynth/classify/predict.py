@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from ..config import QCConfig
 from ..data.io import counts_matrix, find_counts
 from ..data.qc import normalise_log1p
+from ..data.values import fractional_rows
 from ..errors import DataError, listed
 from ..features.pca import PCAModel
 from ..paths import expand_user
@@ -151,6 +152,7 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
     expr = find_counts(adata)
     x, genes = counts_matrix(adata, expr)
     if expr.counts is not None:  # as the run did: scaled over the whole library, then log1p
+        _check_whole(x, expr.counts, adata.obs_names)
         x = normalise_log1p(x, _target_sum(run))
     elif expr.note:  # neither counts nor log-normalised values: they would be read as the latter
         raise DataError(f"predict_types reads raw counts or log-normalised values: {expr.note}")
@@ -179,3 +181,15 @@ def predict_types(adata: Any, run: str | Path, *, key_added: str = "cellsynth_pr
                 listed(f"{t} {n}" for t, n in out["prediction"].value_counts().items()))
     return out
 
+
+def _check_whole(x: sp.csr_matrix, where: str, names: pd.Index) -> None:
+    """Every value of counts found from their first values checked to be a whole number: a
+    later batch of normalised cells would be normalised again and given a type read from
+    values at another scale, without a word."""
+    bad, example = fractional_rows(x)
+    if len(bad):
+        raise DataError(
+            f"predict_types: {where} was taken as raw counts (its first values are whole "
+            f"numbers), but {len(bad):,} of the {x.shape[0]:,} cells hold non-integer values "
+            f"(the first {', '.join(repr(str(names[i])) for i in bad[:3])}; e.g. {example:.6g}): "
+            "give raw counts for every cell, or log-normalised values for every cell")
