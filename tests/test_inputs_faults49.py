@@ -4,6 +4,7 @@ memory and read from disk by fit, run's QC and evaluate. Each test fails without
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -255,3 +256,41 @@ def test_predict_types_refuses_normalised_cells_among_counts(
                                         rf"first {first}"):
         cs.predict_types(mixed, run)
     assert len(cs.predict_types(cells.copy(), run)) == 240  # counts throughout: as before
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    ("a gene index past the genes", r"X is damaged \(rows 0 to 89\): it stores an index of "
+                                    r"500, outside 0 to 59"),
+    ("a row pointer that decreases", r"X is damaged: its row pointer decreases"),
+    ("a row pointer past the values", r"X is damaged: its row pointer decreases"),
+    ("fewer genes in X than in var", r"X is 90 x 50, but the file has 90 cells x 60 genes"),
+])
+def test_a_damaged_sparse_matrix_is_refused_not_crashed_on(tmp_path: Path, damage: str,
+                                                           said: str) -> None:
+    """A file whose CSR index arrays do not hold together (cut short, or written by a faulty
+    tool) stopped fit, run and evaluate with numpy's ValueError or scipy's RuntimeError
+    tracebacks, or a segmentation fault (a row pointer past the values), in memory and on
+    disk: scipy checks only the arrays' lengths when it builds a matrix."""
+    path = tmp_path / "damaged.h5ad"
+    _atlas().write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        if damage == "a gene index past the genes":
+            f["X/indices"][5] = 500
+        elif damage == "a row pointer that decreases":
+            f["X/indptr"][3] = 2
+        elif damage == "a row pointer past the values":
+            f["X/indptr"][3] = 10**7
+        else:
+            f["X"].attrs["shape"] = np.array([90, 50])
+    on_disk = re.escape(str(path)) + ": " + said
+    with pytest.raises(DataError, match=on_disk):
+        for_training(path, "cell_type", seed=0, backed=True)
+    with pytest.raises(DataError, match=on_disk):
+        cs.evaluate(path, _atlas(seed=1), label_key="cell_type", gene_repeats=1)
+    if damage != "fewer genes in X than in var":  # anndata's own reader refuses that one
+        in_memory = said.replace(r" \(rows 0 to 89\)", "")
+        with pytest.raises(DataError, match=re.escape(str(path)) + ": " + in_memory):
+            for_training(path, "cell_type", seed=0, backed=False)
+        a = ad.read_h5ad(path)  # an AnnData built in Python from such arrays
+        with pytest.raises(DataError, match=r"the data: " + in_memory):
+            for_training(a, "cell_type", seed=0)

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from ..errors import DataError, listed
 from ..paths import expand_user, variables_hint
-from .csr import canonical
+from .csr import canonical, check_structure
 from .genes import check_gene_names as check_gene_names  # re-exported: its users import it here
 from .genes import gene_difference, names_said_here
 from .values import check_values, doubt, is_counts, stored_values
@@ -176,7 +176,8 @@ def _text(path: Path) -> bool:
 
 
 def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
-    """Refuse empty data and duplicate cell or gene names."""
+    """Refuse empty data, duplicate cell or gene names, and sparse matrices whose index arrays
+    are damaged."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise DataError(
             f"{name} has {adata.n_obs} cells and {adata.n_vars} genes; an atlas needs both"
@@ -188,6 +189,20 @@ def check_shape(adata: ad.AnnData, name: str = "the data") -> None:
             "adata.obs_names_make_unique() (then write the file again, for a file)"
         )
     check_gene_names(adata.var_names, name)
+    _check_matrices(adata, name)
+
+
+def _check_matrices(adata: Any, name: str) -> None:
+    """The sparse matrices of an AnnData in memory (``X``, the layers, ``raw.X``) with index
+    arrays that hold together (:func:`~.csr.check_structure`); a file's on disk are checked
+    as they are read (:class:`~.store.RowStore`)."""
+    if not isinstance(adata, ad.AnnData) or adata.isbacked:
+        return
+    check_structure(adata.X, f"{name}: X")
+    for key, layer in adata.layers.items():
+        check_structure(layer, f"{name}: layers[{key!r}]")
+    if adata.raw is not None:
+        check_structure(adata.raw.X, f"{name}: raw.X")
 
 
 def _values(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:

@@ -27,7 +27,7 @@ from anndata.io import read_elem
 from ..errors import DataError
 from ..options import progress_bar
 from ..outputs import check_disk_space, replaced
-from .csr import canonical, stack_rows
+from .csr import bad_columns, canonical, check_structure, damage, stack_rows
 from .genes import names_said_here
 from .io import Expression, check_file, unreadable
 
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: a matrix stored by columns (CSC) is read whole and turned into rows up to this many values
 #: (about 1 GB as float32 values and int32 indices, twice that while converting); beyond, refused
 MAX_CSC_VALUES = 100_000_000
+
+#: the fix of a matrix whose parts do not hold together
+_WRITE_AGAIN = "the file was cut short or written by a faulty tool: write it again from its source"
 
 #: rows at most between two selected rows that :meth:`RowStore.take` reads through
 _GAP = 16
@@ -54,6 +57,7 @@ class RowStore:
 
     def __init__(self, elem: h5py.Group | h5py.Dataset, name: str):
         self.name = name
+        self._file = elem.file.filename  # named in the errors of a damaged matrix
         self._dense: h5py.Dataset | None = None
         dataset = elem if isinstance(elem, h5py.Dataset) else elem.get("data")
         self.stored_dtype = np.dtype(getattr(dataset, "dtype", np.float32))
@@ -81,13 +85,18 @@ class RowStore:
             logger.info("%s is stored by genes (CSC): read whole (%s values) and turned into "
                         "rows", name, f"{elem['data'].shape[0]:,}")
             m = sp.csc_matrix((elem["data"][:], elem["indices"][:], elem["indptr"][:]),
-                              shape=self.shape).tocsr()
+                              shape=self.shape)
+            check_structure(m, f"{self._file}: {name}")  # before scipy's code reads it
+            m = m.tocsr()
             self._data, self._indices = m.data, m.indices
             self.indptr = m.indptr.astype(np.int64)
             self.index_dtype = np.result_type(m.indices.dtype, m.indptr.dtype)
             return
         self._data, self._indices = elem["data"], elem["indices"]
         self.indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+        what = damage(self.indptr, self.shape[0], min(self._data.shape[0], self._indices.shape[0]))
+        if what:  # a pointer past the values, or one that decreases: numpy's errors, or a crash
+            raise DataError(f"{self._file}: {name} is damaged: {what}; {_WRITE_AGAIN}")
         #: the index dtype of this matrix read whole into scipy (that of its row pointer)
         self.index_dtype = np.result_type(self._indices.dtype, elem["indptr"].dtype)
 
@@ -107,8 +116,12 @@ class RowStore:
             return _dense_rows(self._dense, start, stop)
         a, b = self.indptr[start], self.indptr[stop]
         data = np.asarray(self._data[a:b]).astype(np.float32, copy=False)
+        indices = self._indices[a:b]
+        if what := bad_columns(indices, self.shape[1]):  # past the genes: a crash in scipy
+            raise DataError(f"{self._file}: {self.name} is damaged (rows {start:,} to "
+                            f"{stop - 1:,}): {what}; {_WRITE_AGAIN}")
         return canonical(sp.csr_matrix(  # a cell's gene stored twice: one entry, as in memory
-            (data, self._indices[a:b], self.indptr[start : stop + 1] - a),
+            (data, indices, self.indptr[start : stop + 1] - a),
             shape=(stop - start, self.shape[1]),
         ), copy=False)
 
@@ -230,13 +243,13 @@ def _runs(rows: np.ndarray) -> Iterator[np.ndarray]:
 class _Matrices(Mapping):
     """``layers``: names of the group's matrices, each opened as a :class:`RowStore` on access."""
 
-    def __init__(self, group: h5py.Group | None, prefix: str):
-        self._group, self._prefix = group, prefix
+    def __init__(self, group: h5py.Group | None, prefix: str, shape: tuple[int, int]):
+        self._group, self._prefix, self._shape = group, prefix, shape
 
     def __getitem__(self, key: str) -> RowStore:
         if self._group is None or key not in self._group:
             raise KeyError(key)
-        return RowStore(self._group[key], f"{self._prefix}['{key}']")
+        return sized(RowStore(self._group[key], f"{self._prefix}['{key}']"), self._shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._group.keys() if self._group is not None else ())
@@ -271,18 +284,19 @@ class H5adFile:
         except Exception as exc:  # h5py/anndata raise many types for damaged files
             self.file.close()
             raise unreadable(self.path, exc) from None
-        self.layers = _Matrices(self.file.get("layers"), "layers")
+        self.layers = _Matrices(self.file.get("layers"), "layers", (len(self.obs), len(self.var)))
         self.raw = None
         if raw_x is not None:
             n_raw = int(_shape(raw_x)[0])
-            self.raw = SimpleNamespace(X=RowStore(raw_x, "raw.X"), var_names=raw_var.index,
+            raw_store = sized(RowStore(raw_x, "raw.X"), (len(self.obs), len(raw_var)))
+            self.raw = SimpleNamespace(X=raw_store, var_names=raw_var.index,
                                        var=raw_var, shape=(n_raw, len(raw_var)))
 
     @property
     def X(self) -> RowStore:
         if "X" not in self.file:
             raise DataError(f"{self.path} has no X; write the expression matrix into X")
-        return RowStore(self.file["X"], "X")
+        return sized(RowStore(self.file["X"], "X"), (self.n_obs, self.n_vars))
 
     @property
     def uns(self) -> dict:
@@ -323,6 +337,16 @@ class H5adFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sized(store: RowStore, shape: tuple[int, int]) -> RowStore:
+    """``store`` where its shape is ``shape`` (its file's cells by the genes of its ``var``):
+    else a damaged file, whose rows would be read against the wrong genes."""
+    if tuple(store.shape) != tuple(shape):
+        raise DataError(f"{store._file}: {store.name} is {store.shape[0]:,} x {store.shape[1]:,}, "
+                        f"but the file has {shape[0]:,} cells x {shape[1]:,} genes in obs and "
+                        f"var; {_WRITE_AGAIN}")
+    return store
 
 
 def _named(frame: pd.DataFrame) -> pd.DataFrame:
