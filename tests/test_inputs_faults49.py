@@ -294,3 +294,13 @@ def test_a_damaged_sparse_matrix_is_refused_not_crashed_on(tmp_path: Path, damag
         a = ad.read_h5ad(path)  # an AnnData built in Python from such arrays
         with pytest.raises(DataError, match=r"the data: " + in_memory):
             for_training(a, "cell_type", seed=0)
+
+
+def test_cs_run_names_a_matrix_of_objects_before_writing_the_anndata(tmp_path: Path) -> None:
+    """cs.run(adata) with an X of Python objects: anndata's writer failed, and the run said
+    an obs column of mixed types or uns keys were at fault."""
+    a = _atlas()
+    a.X = a.X.toarray().astype(object)
+    with pytest.raises(DataError, match=r"the AnnData's X holds Python objects \(dtype object"):
+        cs.run(a, out=tmp_path / "run")
+    assert not (tmp_path / "run" / "input.h5ad").exists()

@@ -123,6 +123,7 @@ def _data_path(data: Any, out: Path | None) -> str | None:
         from .data.store import as_written, write_h5ad
         from .errors import DataError
 
+        _check_matrix_dtypes(data)  # else anndata's writer's error, said of obs columns
         out.mkdir(parents=True, exist_ok=True)
         path = out / "input.h5ad"
         logger.info("writing the AnnData to %s for the run to read", path)
@@ -139,6 +140,20 @@ def _data_path(data: Any, out: Path | None) -> str | None:
     from .errors import DataError
 
     raise DataError(f"data is a {type(data).__name__}; give an .h5ad path or an AnnData")
+
+
+def _check_matrix_dtypes(adata: Any) -> None:
+    """Refuse, before the AnnData is written for the run, a matrix of values that are not
+    numbers (an ``X`` of Python objects: anndata cannot write it, and its error was answered
+    as one of an obs column), naming the matrix."""
+    from .data.values import check_dtype
+
+    raw = getattr(adata, "raw", None)
+    matrices = {"X": adata.X, **{f"layers[{k!r}]": v for k, v in adata.layers.items()},
+                **({"raw.X": raw.X} if raw is not None else {})}
+    for name, m in matrices.items():
+        if getattr(m, "dtype", None) is not None:
+            check_dtype(m.dtype, f"the AnnData's {name}")
 
 
 def _config(data: str | None, label_key: str | None, config: Any,
