@@ -304,3 +304,19 @@ def test_cs_run_names_a_matrix_of_objects_before_writing_the_anndata(tmp_path: P
     with pytest.raises(DataError, match=r"the AnnData's X holds Python objects \(dtype object"):
         cs.run(a, out=tmp_path / "run")
     assert not (tmp_path / "run" / "input.h5ad").exists()
+
+
+def test_info_says_a_damaged_matrix_is_damaged(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """cellsynth info on a file whose row pointer decreases described its X as raw counts
+    (and, once entries stored twice were summed, crashed in scipy's sort): a damaged
+    matrix is checked before scipy's compiled code reads it."""
+    from cellsynth import cli
+
+    path = tmp_path / "damaged.h5ad"
+    _atlas().write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        f["X/indptr"][3] = 10**7
+    assert cli.main(["info", str(path)]) == 0
+    assert "X: not expression values (the sparse matrix is damaged: its row pointer " \
+           "decreases" in capsys.readouterr().out

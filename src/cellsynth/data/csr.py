@@ -100,6 +100,7 @@ def canonical(x: sp.csr_matrix, *, copy: bool = True) -> sp.csr_matrix:
     summed in place."""
     if x.has_canonical_format:
         return x
+    check_structure(x, "the sparse matrix")  # damaged index arrays crash scipy's sort
     x = x.copy() if copy else x
     x.sum_duplicates()
     return x
