@@ -213,8 +213,7 @@ class MatrixRows:
             yield sl, sp.csr_matrix(self.x[rows[sl]], dtype=np.float32)
 
 
-#: values of a dense matrix on disk read at once (64 MB as float32): a chunk of rows of a
-#: dense file is read in blocks of rows and kept as CSR, never whole as a dense array
+#: values of a dense matrix on disk read at once (64 MB as float32), kept as CSR
 _DENSE_VALUES = 1 << 24
 
 
@@ -223,9 +222,7 @@ def _dense_rows(dense: h5py.Dataset, start: int, stop: int) -> sp.csr_matrix:
     :data:`_DENSE_VALUES` values: 10,000 rows of 50,000 genes would be 2 GB at once."""
     step = max(1, _DENSE_VALUES // max(1, dense.shape[1]))
     parts = [sp.csr_matrix(dense[a : min(a + step, stop)], dtype=np.float32)
-             for a in range(start, stop, step)]
-    if not parts:
-        return sp.csr_matrix((0, dense.shape[1]), dtype=np.float32)
+             for a in range(start, max(stop, start + 1), step)]  # no rows: one empty part
     return parts[0] if len(parts) == 1 else stack_rows(parts)
 
 
