@@ -320,3 +320,27 @@ def test_info_says_a_damaged_matrix_is_damaged(tmp_path: Path,
     assert cli.main(["info", str(path)]) == 0
     assert "X: not expression values (the sparse matrix is damaged: its row pointer " \
            "decreases" in capsys.readouterr().out
+
+
+def test_the_checks_of_a_view_read_its_parent_s_matrices_without_copying_them() -> None:
+    """The structure check of an AnnData's matrices (33d24bf) read a view's X and each layer,
+    which anndata copies for a view: a subset of a large atlas held twice to be checked.
+    A view's parent is checked instead, a damaged one refused as such."""
+    import tracemalloc
+
+    from cellsynth.data.io import check_shape
+
+    x = sp.random(4000, 500, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    a = ad.AnnData(x, layers={"counts": x.copy(), "spliced": x.copy()})
+    view = a[:3000]
+    tracemalloc.start()
+    try:
+        check_shape(view)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < x.data.nbytes / 4, f"checking the view took {peak / 1e6:.1f} MB"
+    bad = a.copy()
+    bad.X.indices[5] = 900
+    with pytest.raises(DataError, match=r"X is damaged: it stores an index of 900"):
+        check_shape(bad[:100])

@@ -198,6 +198,10 @@ def _check_matrices(adata: Any, name: str) -> None:
     as they are read (:class:`~.store.RowStore`)."""
     if not isinstance(adata, ad.AnnData) or adata.isbacked:
         return
+    if adata.is_view:  # its parent's matrices: a view's would each be copied to be read
+        adata = getattr(adata, "_adata_ref", None)
+        if adata is None:
+            return
     check_structure(adata.X, f"{name}: X")
     for key, layer in adata.layers.items():
         check_structure(layer, f"{name}: layers[{key!r}]")
