@@ -159,14 +159,15 @@ class Interrupted(Exception):
     """Stands for a kill right after a checkpoint was written."""
 
 
-def interrupt_after(monkeypatch, epoch: int) -> None:
-    """Make the training loop die right after writing the checkpoint of ``epoch`` epochs."""
+def interrupt_after(monkeypatch, epoch: int, error: type[BaseException] = Interrupted) -> None:
+    """Make the training loop die (``error``; Ctrl-C is
+    ``KeyboardInterrupt``) right after writing the checkpoint of ``epoch`` epochs."""
     write = _checkpoint.Checkpoint.write
 
     def write_then_die(self, tensors, meta):
         write(self, tensors, meta)
         if meta["epoch"] == epoch:
-            raise Interrupted
+            raise error
 
     monkeypatch.setattr(_checkpoint.Checkpoint, "write", write_then_die)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cellsynth.cli import main
-from cellsynth.models import _checkpoint
 from test_pipeline import FAST
+from test_resume import interrupt_after
 
 # a run of the demo atlas in a few seconds; its training writes a checkpoint every epoch
 TINY = [*FAST, "dataset.demo_cells=400", "dataset.demo_genes=120", "qc.min_genes_per_cell=20",
@@ -39,18 +39,6 @@ def _stages(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())["stages"]
 
 
-def _stop_after_checkpoint(monkeypatch, epoch: int) -> None:
-    """Ctrl-C right after the training checkpoint of ``epoch`` epochs is written."""
-    write = _checkpoint.Checkpoint.write
-
-    def write_then_stop(self, tensors, meta):
-        write(self, tensors, meta)
-        if meta["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(_checkpoint.Checkpoint, "write", write_then_stop)
-
-
 @pytest.mark.parametrize(("forced", "first"), [("generator", False), ("data", False),
                                                ("generator", True)])  # fmt: skip
 def test_a_forced_run_stopped_in_training_goes_on_with_the_same_command(
@@ -62,7 +50,7 @@ def test_a_forced_run_stopped_in_training_goes_on_with_the_same_command(
     if not first:
         assert main(_args(tmp_path)) == 0
     with monkeypatch.context() as patch:
-        _stop_after_checkpoint(patch, 3)
+        interrupt_after(patch, 3, KeyboardInterrupt)
         assert main(_args(tmp_path, "--force", forced)) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
     stopped = _stages(tmp_path)
