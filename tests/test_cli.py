@@ -307,3 +307,32 @@ def test_a_folder_given_for_a_file_is_called_a_folder(tmp_path, capsys):
     with pytest.raises(DataError, match="is a folder; give the request file in it"):
         read_request(tmp_path, "cell_type")
 
+
+
+def test_verbose_shows_debug_lines_for_the_command_only(monkeypatch, capsys, tmp_path):
+    """``--verbose`` shows cellsynth's debugging lines (a failed generator's traceback is
+    logged at DEBUG for a bug report), on stderr, for that command alone; by default they are
+    not shown, and ``--quiet`` and ``--verbose`` are one or the other."""
+    import logging
+
+    from cellsynth import cli
+
+    def debug_then_ok(args):  # as a command does: its handlers first
+        cli._setup_logging(args.quiet)
+        logging.getLogger("cellsynth.test").debug("a debugging line")
+        logging.getLogger("cellsynth.test").info("an info line")
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "simulate", debug_then_ok)
+    out = str(tmp_path / "sim.h5ad")
+    level = logging.getLogger("cellsynth").level
+    assert cli.main(["simulate", "--out", out, "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "a debugging line" in err and "an info line" in err
+    assert logging.getLogger("cellsynth").level == level
+    assert cli.main(["simulate", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "a debugging line" not in err and "an info line" in err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["simulate", "--out", out, "--quiet", "--verbose"])
+    assert stop.value.code == 2

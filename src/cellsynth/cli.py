@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     # progress bars (tqdm, on stderr): off with --quiet, else when stderr is a terminal
     quiet = getattr(args, "quiet", False)
     failures = hdf5_failures()  # an earlier command's in this process (tests) is not this one's
-    with command_logging():  # its handlers (console, run.log) go when it ends
+    with command_logging(getattr(args, "verbose", False)):  # its handlers go when it ends
         try:
             return _command(args, quiet, failures)
         except Exception as exc:  # not a user error: Python's traceback follows on stderr

@@ -33,12 +33,13 @@ def setup(quiet: bool, logfile: Path | None = None, command: str = "") -> None:
     (:func:`~cellsynth.run_log.start_line`: a rerun appends to it); those of an earlier call
     are replaced."""
     root = logging.getLogger("cellsynth")
-    root.setLevel(logging.INFO)
+    debug = _verbose[-1] and not quiet
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
     for h in _own(root):
         root.removeHandler(h)
         h.close()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
     handlers: list[logging.Handler] = [console]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -51,16 +52,23 @@ def setup(quiet: bool, logfile: Path | None = None, command: str = "") -> None:
         handlers[-1].handle(start_line(command))
 
 
+#: whether the command running (the last entered :func:`command_logging`) asked ``--verbose``
+_verbose = [False]
+
+
 @contextmanager
-def command_logging() -> Iterator[None]:
-    """Inside, a command may :func:`setup` its handlers; after it, the ``cellsynth`` logger has
-    its level and handlers as before (a ``run.log`` closed), so that a later command or
-    Python's own work in the same process writes into no earlier run's log."""
+def command_logging(verbose: bool = False) -> Iterator[None]:
+    """Inside, a command may :func:`setup` its handlers (with ``verbose``, the debugging lines
+    too, on the console and in its log file); after it, the ``cellsynth`` logger has its level
+    and handlers as before (a ``run.log`` closed), so that a later command or Python's own work
+    in the same process writes into no earlier run's log."""
     root = logging.getLogger("cellsynth")
     level = root.level
+    _verbose.append(bool(verbose))
     try:
         yield
     finally:
+        _verbose.pop()
         for h in _own(root):
             root.removeHandler(h)
             h.close()

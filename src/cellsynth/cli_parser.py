@@ -35,6 +35,15 @@ types you ask for, and measure how close they are to real ones.
 _SET_HELP = ("override one setting, TOML syntax (cvae.lr=1e-3, dataset.path='a.h5ad'); "
              "repeatable; `cellsynth config show` lists them all (default: none)")
 _QUIET_HELP = "warnings only, no progress bars (default: off)"
+_VERBOSE_HELP = ("also cellsynth's debugging lines (a failed generator's traceback, for a bug "
+                 "report; default: off)")
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    """A command's ``--quiet`` and ``--verbose``, one or the other."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    group.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -224,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR",
                    help="run directory (default: runs/<DATA's name>, else runs/<config's name>, "
                         "else runs/<dataset.path's name>, else runs/demo)")
-    r.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(r)
     r.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo this stage (data, features, classifier, generator, experiments, "
                         "explain, evaluation) and the ones after it even if done; repeatable "
@@ -254,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "EBI's)")
     d.add_argument("--force", action="store_true",
                    help="download again even if cached (default: off)")
-    d.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(d)
 
     s = _command(sub, "simulate", "write a simulated atlas (chunked) to an h5ad", (
         "Negative binomial counts with per-type marker programs, written chunk by chunk, so\n"
@@ -278,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0, no condition column; types x (conditions - 1) at most "
                         "5,000)")
     s.add_argument("--out", required=True, metavar="FILE", help="the h5ad file to write")
-    s.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(s)
 
     f = _command(sub, "fit", "fit a generator on an h5ad of raw counts", (
         "Fits one generator on every labelled cell of DATA (but cells marked test in\n"
@@ -307,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "config's, none unless set)")
     f.add_argument("--seed", action=_Once, type=_seed, default=None,
                    help="random seed of the fit (default: the config's seed, 0 unless set)")
-    f.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(f)
 
     g = _command(sub, "generate", "generate cells of chosen types from a saved generator", (
         "Give exactly one of --n-per-type, --types, --request and --like. Writes counts, every\n"
@@ -335,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a synthetic twin (default: none)")
     g.add_argument("--seed", action=_Once, type=_seed, default=0, help="random seed of the draws")
     g.add_argument("--out", action=_Once, required=True, metavar="FILE", help="output .h5ad")
-    g.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(g)
 
     e = _command(sub, "evaluate", "fidelity of synthetic cells against real ones, with the "
                  "real-vs-real floor", (
@@ -366,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--donor-key", metavar="KEY",
                    help="obs column with each cell's donor, in --real and --heldout: donor-level "
                         "membership attacks (default: cell level only)")
-    e.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(e)
 
     b = _command(sub, "benchmark", "generators side by side on datasets: fidelity, utility, "
                  "the real-vs-real floor", (
@@ -391,13 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fits", action=_Once, type=int, default=1, metavar="N",
                    help="fit each generator N times, each with its own seeds, and report the "
                         "mean and the spread across fits (default: 1)")
-    b.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(b)
 
     rp = _command(sub, "report", "write a self-contained HTML report of a run directory", (
         "Reads only the run directory's files; no model is loaded."))
     rp.add_argument("run_dir", help="a run directory written by cellsynth run")
     rp.add_argument("--out", metavar="FILE", help="HTML file (default: RUN_DIR/report.html)")
-    rp.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _verbosity(rp)
 
     i = _command(sub, "info", "describe a run directory, a model directory, a benchmark "
                  "directory or an h5ad", (
