@@ -196,8 +196,8 @@ def run_benchmark(datasets: list[str | Path], models: list[str], out: Path, *,
             f"{len(failed)} generator run(s) failed: " + "; ".join(
                 f"{model} on {data}: {why}" for (data, model), why in failed.items())
             + f"; {path} reports the others; mend the cause and run the same command again "
-            "(the finished generators are read back), or leave the failed generator out of "
-            "--models")  # fmt: skip
+            "(the finished generators are read back; --verbose shows each failure's "
+            "traceback), or leave the failed generator out of --models")  # fmt: skip
     return path
 
 
