@@ -4,6 +4,7 @@ trained on generated cells tested on real ones."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -144,15 +145,21 @@ def run_process_group(cmd: list[Any], grace: float = 30.0,
 
 
 def _stop_group(proc: Any, grace: float) -> None:
-    """SIGTERM to ``proc``'s process group, SIGKILL to what is left of it after ``grace`` s."""
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left of it after ``grace`` s, or
+    at once when the wait is itself interrupted: a stopped command's signal is raised again
+    every ``cli_signals.REPEAT_SIGNAL_SECONDS`` while it runs on, so a rank that ignores
+    SIGTERM would otherwise outlive the run."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader: a zombie still counts as a member
-            os.killpg(proc.pid, 0)  # raises once no process of the group is left
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                proc.poll()  # reap the leader: a zombie still counts as a member
+                os.killpg(proc.pid, 0)  # raises once no process of the group is left
+                time.sleep(0.1)
+        finally:  # the grace over, or the wait interrupted: what is left is killed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.poll()
