@@ -15,7 +15,7 @@ from ..data.levels import ANY_LEVEL, LevelLookup, level_text, loose_name, model_
 from ..errors import DataError, listed
 from ..models.base import writable_uns
 from ..models.registry import load_generator
-from ..outputs import check_file_out, generated_h5ad
+from ..outputs import check_file_out, generated_h5ad, size_text
 from ..paths import expand_user
 from .output import check_disk, write_cells
 
@@ -308,8 +308,8 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     chunks = (x for _, x in gen.sample_chunks(plan, seed=seed))
     need, chunks = check_disk(gen, plan, out.parent, chunks)
     _replacing(out)  # once the disk can hold the cells: a refused request leaves it as it was
-    logger.info("generating %d cells (at most about %.2f GB) into %s, one chunk at a time", n,
-                need / 1e9, out)  # fmt: skip
+    logger.info("generating %s cells (at most about %s) into %s, one chunk at a time",
+                f"{n:,}", size_text(need), out)  # fmt: skip
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
                 {**gen.provenance(seed, unseen), **made_by},
                 annotation=getattr(gen, "gene_annotation", None), overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
