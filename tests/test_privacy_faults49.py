@@ -414,3 +414,22 @@ def test_a_donor_written_with_a_space_in_one_file_is_not_a_new_donor():
     with pytest.raises(DataError, match=r"obs\['donor'\] holds donors that differ only by "
                                         r"surrounding spaces \('d1', 'd1 '\)"):
         cs.evaluate(real, synth, label_key="cell_type", heldout=test, donor_key="donor")
+
+
+@pytest.mark.slow
+def test_an_audit_that_read_part_of_the_training_cells_says_copies_of_the_rest_are_unseen():
+    """Exact copies are looked for among the training cells read (``max_cells`` of them): on a
+    large atlas most are not read, and a generator copying those would pass unflagged. The
+    audit says so where it read part of them and flagged nothing; not where it read them all."""
+    import cellsynth as cs
+
+    a = _sim(420, seed=5)
+    real, test, synth = a[:240], a[240:330], a[330:]
+    part = cs.evaluate(real, synth, label_key="cell_type", heldout=test, max_cells=120,
+                       gene_repeats=1)
+    said = [c for c in part.privacy["caveats"] if "exact copies were looked for" in c]
+    assert not part.privacy["flagged"]
+    assert len(said) == 1 and "of 240" in said[0] and "to 240" in said[0], said
+    whole = cs.evaluate(real, synth, label_key="cell_type", heldout=test, max_cells=240,
+                        gene_repeats=1)
+    assert not [c for c in whole.privacy["caveats"] if "exact copies were looked for" in c]

@@ -372,6 +372,12 @@ def _extras(space: Any, evaluated: np.ndarray, r: _Sample, h: _Sample | None,
             redraw=None if isinstance(redraw, dict) else redraw)
             for r in range(AUDIT_REPEATS)]).to_dict()  # fmt: skip
         out["privacy"]["donor_key"] = donor_key  # None too: the file says none was given
+        read = r.counts.shape[0]
+        if not out["privacy"]["flagged"] and r.n_total > read:  # a copy of a cell not read
+            out["privacy"]["caveats"].append(
+                f"exact copies were looked for among the {read:,} real cells read, of "
+                f"{r.n_total:,}: a copy of another is not seen; raise --max-cells (max_cells) "
+                f"to {r.n_total:,} to look among them all")
         with_donor_key(out["privacy"], donor_key)
     return out
 
