@@ -1,10 +1,11 @@
 """Fine-to-coarse cell-type mappings: a TSV/JSON file, or one shipped with the package.
 
 :func:`load_groups` reads a mapping and refuses a malformed one (not UTF-8, empty, a blank
-name, a type given two groups); :func:`check_groups` holds it against the data's cell types
-(refuses one that names none of them or has its columns swapped; warns for unused entries,
-with near misses, and for a single group); :func:`merges_types` says whether the coarse level
-differs from the fine one (the report's and ``results.md``'s one rule).
+name, a type given two groups, a group named as a type of another group); :func:`check_groups`
+holds it against the data's cell types (refuses one that names none of them or has its columns
+swapped; warns for unused entries, with near misses, and for a single group);
+:func:`merges_types` says whether the coarse level differs from the fine one (the report's and
+``results.md``'s one rule).
 """
 
 from __future__ import annotations
@@ -137,7 +138,23 @@ def _mapping(entries: list[tuple[str, str, str]], name: str) -> dict[str, str]:
                             f"({where_of[fine]}) and {coarse!r} ({where}); keep one")
         mapping[fine] = coarse
         where_of.setdefault(fine, where)
+    check_group_names(mapping, name)
     return mapping
+
+
+def check_group_names(groups: Mapping[str, str], source: str) -> None:
+    """Refuse a group named as a type that the mapping puts in another group
+    (``{"A": "B", "B": "C"}``): the coarse tables' row ``B`` would hold type ``A``'s cells and
+    none of type ``B``'s, which are scored in ``C``; a mapping is applied once, not followed."""
+    clash = [(k, v) for k, v in groups.items() if v in groups and groups[v] != v]
+    if clash:
+        fine, group = clash[0]
+        raise DataError(
+            f"{source}: the coarse group {group!r} of {fine!r} is also a cell type, which it "
+            f"puts in the group {groups[group]!r}: the coarse row {group!r} would hold the "
+            f"cells of {fine!r} and none of those of {group!r} (a mapping is applied once, not "
+            f"followed); map {fine!r} to {groups[group]!r}, or give the group {group!r} "
+            f"another name ({len(clash)} such entr{'y' if len(clash) == 1 else 'ies'})")
 
 
 def _near(name: str, types: list[str]) -> str | None:
@@ -170,6 +187,7 @@ def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
                     source, len(gone), listed(gone))
         groups = {k: v for k, v in groups.items() if k not in gone}
     used = {k: v for k, v in groups.items() if k in known}
+    check_group_names(used, f"dataset.groups ({source})")
     if not used:
         if known & set(groups.values()):
             raise DataError(
@@ -189,10 +207,16 @@ def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
                  for k in unused]
         logger.warning("dataset.groups (%s): %d of %d entries name no cell type of the data and "
                        "are not used: %s", source, len(unused), len(groups), listed(shown))
-    unmapped = [t for t in types if t not in used]
+    unmapped = [t for t in types if t not in used and t not in set(used.values())]
     if unmapped:
         logger.warning("%d cell type(s) have no coarse group and stand as their own: %s",
                        len(unmapped), listed(unmapped))
+    members = {t: sorted(k for k, v in used.items() if v == t and k != t) for t in types
+               if t not in used and t in set(used.values())}
+    joined = [f"{t!r} (with {listed(m, 4, quote=True)})" for t, m in members.items()]
+    if joined:  # {"CD4 T": "T cells"} and a type "T cells": one group, as likely meant
+        logger.info("dataset.groups (%s): %d type(s) left out of the mapping are the name of a "
+                    "group and are scored in it: %s", source, len(joined), listed(joined))
     coarse = {used.get(t, t) for t in types}
     if len(coarse) == 1 and len(types) > 1:
         logger.warning("dataset.groups (%s) puts all %d cell types into the one group %r: every "

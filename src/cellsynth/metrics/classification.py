@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from ..data.groups import check_group_names
 from ..data.labels import label_names
 from ..errors import DataError, listed
 from ..outputs import check_out_dir, write_csv, write_json
@@ -181,6 +182,7 @@ def _check_mapping(groups: Any) -> None:
         raise DataError(f"groups maps {listed(map(str, blank), 5, quote=True)} to no group "
                         f"({groups[blank[0]]!r}): give each type the name of its coarse group, or "
                         "leave it out to keep its own name")
+    check_group_names(groups, "groups")
 
 
 def coarse_report(

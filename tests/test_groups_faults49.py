@@ -1,0 +1,41 @@
+"""Coarse groups and labels misused (sweep 49): a group named as a type that the mapping puts
+in another group, ..."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from cellsynth.data.groups import check_groups, load_groups
+from cellsynth.errors import DataError
+from cellsynth.metrics.classification import coarse_report, to_coarse
+
+TYPES = ["B cells", "CD4 T cells", "CD8 T cells", "Monocytes"]
+
+
+# ------------------------------------------------- a group named as another group's type
+
+def test_a_group_named_as_a_type_of_another_group_is_refused(tmp_path):
+    chained = {"CD8 T cells": "CD4 T cells", "CD4 T cells": "Lymphoid"}  # read as a chain
+    path = tmp_path / "chain.tsv"
+    path.write_text("".join(f"{k}\t{v}\n" for k, v in chained.items()))
+    fragment = (r"the coarse group 'CD4 T cells' of 'CD8 T cells' is also a cell type, which "
+                r"it puts in the group 'Lymphoid'.*map 'CD8 T cells' to 'Lymphoid'")
+    with pytest.raises(DataError, match=fragment):
+        load_groups(str(path))
+    with pytest.raises(DataError, match=fragment):  # the data's own uns mapping
+        check_groups(chained, TYPES, "the data's uns")
+    with pytest.raises(DataError, match=fragment):  # the Python metrics
+        to_coarse(TYPES, chained)
+    with pytest.raises(DataError, match=fragment):
+        coarse_report(TYPES, TYPES, chained)
+
+
+def test_a_type_named_as_a_group_joins_it_and_is_said_to(caplog):
+    groups = {"CD4 T cells": "B cells", "CD8 T cells": "CD8 T cells"}  # a type as its own group
+    with caplog.at_level(logging.INFO, logger="cellsynth"):
+        assert check_groups(groups, TYPES, "g.tsv") == groups
+    assert to_coarse(TYPES, groups).tolist() == ["B cells", "B cells", "CD8 T cells", "Monocytes"]
+    assert "'B cells' (with 'CD4 T cells')" in caplog.text
+    assert "stand as their own: Monocytes" in caplog.text  # B cells does not stand alone
