@@ -4,7 +4,9 @@ in another group, ..."""
 from __future__ import annotations
 
 import logging
+import warnings
 
+import pandas as pd
 import pytest
 
 from cellsynth.data.groups import check_groups, load_groups
@@ -39,3 +41,42 @@ def test_a_type_named_as_a_group_joins_it_and_is_said_to(caplog):
     assert to_coarse(TYPES, groups).tolist() == ["B cells", "B cells", "CD8 T cells", "Monocytes"]
     assert "'B cells' (with 'CD4 T cells')" in caplog.text
     assert "stand as their own: Monocytes" in caplog.text  # B cells does not stand alone
+
+
+# ------------------------------------------------- the data's own mapping, as an h5ad holds it
+
+def test_the_datas_own_mapping_keeps_a_type_with_a_slash(tmp_path, caplog):
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.pipeline.data import data_groups
+
+    adata = ad.AnnData(np.zeros((2, 2), dtype=np.float32))
+    adata.uns["celltype_groups"] = {"B/plasma": "Lymphoid", "T: CD4": "Lymphoid",
+                                    "Mono": "Myeloid"}
+    path = tmp_path / "slash.h5ad"
+    with warnings.catch_warnings():  # anndata: '/' in an h5 key, an untyped group read
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(path)
+        back = ad.read_h5ad(path)
+    assert back.uns["celltype_groups"]["B"] == {"plasma": "Lymphoid"}  # how h5py reads it
+    assert data_groups(back) == {"B/plasma": "Lymphoid", "T: CD4": "Lymphoid",
+                                 "Mono": "Myeloid"}
+
+
+@pytest.mark.parametrize("value", [{"Lymphoid": ["B cells", "CD4 T cells"]}, {"B cells": None},
+                                   pd.DataFrame({"fine": ["B cells"], "coarse": ["Lymphoid"]})])
+def test_the_datas_own_mapping_of_another_form_is_said_not_used(value, caplog):
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.pipeline.data import data_groups
+
+    adata = ad.AnnData(np.zeros((2, 2), dtype=np.float32))
+    adata.uns["celltype_groups"] = value
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert data_groups(adata) == {}
+    assert 'uns["celltype_groups"]' in caplog.text and "is not used" in caplog.text
+    assert "dataset.groups to a TSV file" in caplog.text
+    adata.uns["celltype_groups"] = {"B cells": np.int64(3), "Mono": "Myeloid"}  # numbered
+    assert data_groups(adata) == {"B cells": "3", "Mono": "Myeloid"}

@@ -14,6 +14,7 @@ import csv
 import difflib
 import json
 import logging
+import numbers
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -223,6 +224,43 @@ def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
                        "prediction falls in the right group, so the coarse scores are 1 and say "
                        "nothing; give two or more groups", source, len(types), coarse.pop())
     return used
+
+
+def uns_groups(value: object) -> dict[str, str]:
+    """The data's own fine -> coarse mapping from ``uns["celltype_groups"]`` (``value``;
+    ``{}`` for none). An h5ad stores a dict as an HDF5 group, where ``/`` separates levels:
+    ``{"B/plasma": "Lymphoid"}`` is read back as ``{"B": {"plasma": "Lymphoid"}}``, so nested
+    names are joined by ``/`` again. A value of another form (a table, a list of a group's
+    types) is not used, with a warning saying the form expected (nothing asked for it)."""
+    if value is None:
+        return {}
+    where = 'the data\'s uns["celltype_groups"]'
+    fix = ("give a dict {fine type: coarse group}, each value one name, or set dataset.groups "
+           "to a TSV file (fine<TAB>coarse)")
+    if not isinstance(value, Mapping):
+        logger.warning("%s is a %s, not a mapping of fine type to coarse group; it is not used: "
+                       "%s", where, type(value).__name__, fix)
+        return {}
+    out: dict[str, str] = {}
+
+    def walk(node: Mapping, prefix: str) -> bool:
+        for key, item in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(item, Mapping):
+                if not walk(item, f"{name}/"):
+                    return False
+            elif isinstance(item, bytes):
+                out[name] = item.decode("utf-8", "replace")
+            elif isinstance(item, str | numbers.Number) and not isinstance(item, bool):
+                out[name] = str(item)  # numpy's str_ is a str; a group numbered 3 is "3"
+            else:
+                logger.warning("%s maps %r to %s %r, not to the name of a coarse group; the "
+                               "mapping is not used: %s", where, name, type(item).__name__,
+                               item, fix)
+                return False
+        return True
+
+    return out if walk(value, "") else {}
 
 
 def merges_types(groups: object) -> bool:

@@ -17,7 +17,7 @@ import pandas as pd
 from .. import keys as K
 from ..cells import Cells, from_preprocessed
 from ..config import covariates_of, unused_covariates
-from ..data.groups import AUTO, PACKAGED, check_groups, load_groups
+from ..data.groups import AUTO, PACKAGED, check_groups, load_groups, uns_groups
 from ..data.io import read
 from ..data.qc import QCReport
 from ..data.simulate import simulate_atlas
@@ -71,10 +71,7 @@ def _demo_settings(ctx: RunContext, *, in_memory: bool) -> Iterator[None]:
 
 def data_groups(adata) -> dict[str, str]:
     """The data's own fine -> coarse mapping (``uns["celltype_groups"]``), or ``{}``."""
-    uns_groups = adata.uns.get("celltype_groups")
-    if isinstance(uns_groups, dict):
-        return {str(k): str(v) for k, v in uns_groups.items()}
-    return {}
+    return uns_groups(adata.uns.get("celltype_groups"))
 
 
 def resolve_groups(ctx: RunContext, labels: list[str],
