@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,7 +48,6 @@ def test_a_type_named_as_a_group_joins_it_and_is_said_to(caplog):
 
 def test_the_datas_own_mapping_keeps_a_type_with_a_slash(tmp_path, caplog):
     import anndata as ad
-    import numpy as np
 
     from cellsynth.pipeline.data import data_groups
 
@@ -68,7 +68,6 @@ def test_the_datas_own_mapping_keeps_a_type_with_a_slash(tmp_path, caplog):
                                    pd.DataFrame({"fine": ["B cells"], "coarse": ["Lymphoid"]})])
 def test_the_datas_own_mapping_of_another_form_is_said_not_used(value, caplog):
     import anndata as ad
-    import numpy as np
 
     from cellsynth.pipeline.data import data_groups
 
@@ -80,3 +79,24 @@ def test_the_datas_own_mapping_of_another_form_is_said_not_used(value, caplog):
     assert "dataset.groups to a TSV file" in caplog.text
     adata.uns["celltype_groups"] = {"B cells": np.int64(3), "Mono": "Myeloid"}  # numbered
     assert data_groups(adata) == {"B cells": "3", "Mono": "Myeloid"}
+
+
+# ------------------------------------------------- a label column of True/False in any form
+
+@pytest.mark.parametrize("values", [
+    pd.Categorical([True, False] * 3),  # written so by obs[...].astype("category")
+    pd.Categorical([True, False, None] * 2),
+    pd.array([True, False, None] * 2, dtype="boolean"),
+    np.array([True, False, None] * 2, dtype=object),  # a bool column with missing values
+])
+def test_a_label_column_of_true_and_false_is_refused_in_every_form(values):
+    import anndata as ad
+
+    from cellsynth.data.labels import check_label
+
+    adata = ad.AnnData(np.ones((6, 2), dtype=np.float32))
+    adata.obs["flag"] = values
+    with pytest.raises(DataError, match=r"label column 'flag' is True/False.*map them to names"):
+        check_label(adata, "flag")
+    adata.obs["flag"] = pd.Categorical(["True", "False"] * 3)  # names: the user's choice
+    check_label(adata, "flag")

@@ -102,7 +102,7 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             f"label column '{label_key}' holds no label: all {len(col)} of its values are "
             f"missing (NaN); give the column of cell-type names "
             "(dataset.label_key / --label-key), or fill this one")
-    if pd.api.types.is_bool_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+    if _is_bool(col):
         raise DataError(  # "False" as a name is among dataset.uninformative_prefixes' defaults
             f"label column '{label_key}' is True/False ({col.dtype}); cellsynth needs cell-type "
             f"names: map them to names, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
@@ -134,6 +134,15 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             "sample identifier, not cell types; give the column of type names "
             "(dataset.label_key / --label-key)")
     check_spaced_names(values.unique(), label_key, "cell types")
+
+
+def _is_bool(col: pd.Series) -> bool:
+    """Whether a label column holds True/False: bool, pandas' nullable boolean, Python bools
+    among missing values (an object column) or a categorical of bools (``"False"`` as a name
+    is dropped as uninformative, ``"True"`` kept: half the cells lost to a type name)."""
+    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col
+    return bool(len(values)) and (pd.api.types.is_bool_dtype(values.dtype)
+                                  or pd.api.types.infer_dtype(values, skipna=True) == "boolean")
 
 
 _CASE_WARNED: set[tuple[str, ...]] = set()
