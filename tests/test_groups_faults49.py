@@ -100,3 +100,17 @@ def test_a_label_column_of_true_and_false_is_refused_in_every_form(values):
         check_label(adata, "flag")
     adata.obs["flag"] = pd.Categorical(["True", "False"] * 3)  # names: the user's choice
     check_label(adata, "flag")
+
+
+# ------------------------------------------------- a type named with surrounding spaces
+
+def test_a_type_with_surrounding_spaces_is_mapped_by_a_file(tmp_path, caplog):
+    types = ["B cells ", " CD4 T cells", "Monocytes"]  # as some annotations write them
+    path = tmp_path / "g.tsv"
+    path.write_text("B cells \tLymphoid\n CD4 T cells\tLymphoid\nMonocytes\tMyeloid\n")
+    groups = load_groups(str(path))  # a file's names are read stripped
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        used = check_groups(groups, types, str(path))
+    assert used == {"B cells ": "Lymphoid", " CD4 T cells": "Lymphoid", "Monocytes": "Myeloid"}
+    assert "name no cell type" not in caplog.text and "stand as their own" not in caplog.text
+    assert to_coarse(types, used).tolist() == ["Lymphoid", "Lymphoid", "Myeloid"]

@@ -182,6 +182,10 @@ def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
     known = set(types)
     if not groups:
         return {}
+    # a file's names are read stripped: its "B cells" is the data's "B cells " (names that
+    # differ only by surrounding spaces are refused, so at most one type matches)
+    spaced = {t.strip(): t for t in types if t != t.strip()}
+    groups = {(spaced[k] if k not in known and k in spaced else k): v for k, v in groups.items()}
     gone = [k for k in groups if k not in known and k in {str(t) for t in dropped}]
     if gone:
         logger.info("dataset.groups (%s): %d entries name types QC dropped, not scored: %s",
