@@ -114,3 +114,32 @@ def test_a_type_with_surrounding_spaces_is_mapped_by_a_file(tmp_path, caplog):
     assert used == {"B cells ": "Lymphoid", " CD4 T cells": "Lymphoid", "Monocytes": "Myeloid"}
     assert "name no cell type" not in caplog.text and "stand as their own" not in caplog.text
     assert to_coarse(types, used).tolist() == ["Lymphoid", "Lymphoid", "Myeloid"]
+
+
+# ------------------------------------------------- types that read like numbers, read back
+
+def test_the_report_reads_types_that_look_like_numbers_as_written(tmp_path):
+    from cellsynth.pl._umap import _table
+    from cellsynth.report._markup import _Run
+    from cellsynth.report.html import _split_counts
+
+    types = ["01", "02", "1.10", "NA"]  # zero-padded clusters; "NA" a type kept (warned)
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"cell_type": types, "cellsynth_split": ["train", "train", "val", "test"]},
+                 index=pd.Index(["c1", "c2", "c3", "c4"], name="cell")).to_csv(
+        tmp_path / "data" / "cells.csv")
+    split = _split_counts(_Run(tmp_path))  # was 0 cells in every split of every type
+    assert {t for t, _ in split.index} == set(types)
+    (tmp_path / "metrics").mkdir()
+    pd.DataFrame(np.eye(4), index=types, columns=types).to_csv(
+        tmp_path / "metrics" / "a_real_real_fine_confusion.csv")
+    conf = _Run(tmp_path).csv("metrics/a_real_real_fine_confusion.csv", text=(0,), index_col=0)
+    assert conf.index.tolist() == types and conf.index.name is None
+    per_type = tmp_path / "metrics" / "per_type.csv"
+    pd.DataFrame({"type": types, "n_real": [1, 2, 3, 4]}).to_csv(per_type, index=False)
+    table = _Run(tmp_path).csv("metrics/per_type.csv", text=("type",))
+    assert table["type"].tolist() == types and table["n_real"].tolist() == [1, 2, 3, 4]
+    umap = tmp_path / "umap.csv"
+    pd.DataFrame({"origin": ["real"] * 4, "label": types, "x": 0.0, "y": 0.0}).to_csv(
+        umap, index=False)
+    assert _table(str(umap), None)["label"].tolist() == types  # was 1, 2, 1.1, NaN

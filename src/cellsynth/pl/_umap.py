@@ -213,7 +213,8 @@ def _table(source: Any, label_key: str | None) -> pd.DataFrame:
             raise DataError(f"{path} is an h5ad (HDF5) file, not a UMAP table: read it first "
                             "(cs.read) and give the real and synthetic AnnData with label_key")
         try:
-            df = pd.read_csv(path)
+            # the types as written: "01" and "1.10" are not the numbers 1 and 1.1
+            df = pd.read_csv(path, converters=dict.fromkeys({"label", label_key or "label"}, str))
         except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise DataError(f"the UMAP table {path} is not a CSV table ({exc}); give a run's "
                             "features/umap.csv") from None

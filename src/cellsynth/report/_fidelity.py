@@ -145,7 +145,7 @@ def _sec_verdict(run: _Run) -> str:
            "its noise: <i>indistinguishable</i> within the floor's noise, <i>close</i> within "
            "a margin beyond it, else <i>distinguishable</i>; the metrics that decided are "
            "named.</p><pre>" + _e("\n".join(lines[1:])) + "</pre>")
-    table = run.csv("metrics/per_type.csv")
+    table = run.csv("metrics/per_type.csv", text=("type",))
     if table is not None and len(table):
         cols = [c for c in ("type", "n_real", "n_synthetic", "verdict", "c2st_auc",
                             "c2st_auc_floor", "gene_auc", "gene_auc_floor", "genes_at_depth",

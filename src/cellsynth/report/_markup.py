@@ -81,11 +81,21 @@ class _Run:
                 self._json[rel] = None
         return self._json[rel]
 
-    def csv(self, rel: str, **kw: Any) -> pd.DataFrame | None:
+    def csv(self, rel: str, text: tuple = (), index_col: int | None = None
+            ) -> pd.DataFrame | None:
+        """A CSV table of the run; the columns ``text`` (names or positions: the cell types)
+        as written, where pandas' guess read types "01" and "1.10" as the numbers 1 and 1.1
+        and "NA" as missing; ``index_col`` the column (position) made the index."""
         try:
-            return pd.read_csv((self.root / rel), **kw)
+            df = pd.read_csv(self.root / rel, converters=dict.fromkeys(text, str))
         except (OSError, ValueError):
             return None
+        if index_col is None:
+            return df
+        df = df.set_index(df.columns[index_col])
+        if str(df.index.name).startswith("Unnamed: "):  # a blank header, as index_col leaves it
+            df.index.name = None
+        return df
 
     def config(self) -> dict:
         manifest = self.json("manifest.json") or {}

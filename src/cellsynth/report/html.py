@@ -165,7 +165,7 @@ def _sec_data(run: _Run) -> str:
 
 
 def _split_counts(run: _Run) -> pd.Series | None:
-    cells = run.csv("data/cells.csv", index_col=0)
+    cells = run.csv("data/cells.csv", text=(0, 1), index_col=0)
     if cells is None or "cellsynth_split" not in cells or cells.shape[1] < 2:
         return None
     label = cells.columns[0]
@@ -222,7 +222,7 @@ def _sec_per_class(run: _Run) -> str:
     series, sizes, absent = {}, {}, []
     for key, name in _SCORED:
         rel = f"metrics/{key}_fine_per_class.csv"
-        df = run.csv(rel)
+        df = run.csv(rel, text=("label",))
         if df is None or not {"label", "f1"} <= set(df):
             absent.append(rel)
             continue
@@ -249,7 +249,8 @@ def _sec_confusion(run: _Run) -> str:
             continue
         mats = {}
         for key, name in _SCORED:
-            df = run.csv(f"metrics/{key}_{level}_confusion.csv", index_col=0)
+            df = run.csv(f"metrics/{key}_{level}_confusion.csv", text=(0,),
+                         index_col=0)
             if df is not None and not df.empty:
                 mats[name] = df
         parts.append(f"<p>{_e('; '.join(mats))}.</p>"
@@ -259,7 +260,7 @@ def _sec_confusion(run: _Run) -> str:
 
 
 def _sec_umap(run: _Run) -> str:
-    df = run.csv("features/umap.csv")
+    df = run.csv("features/umap.csv", text=("label",))
     if df is None or not {"origin", "label", "x", "y"} <= set(df):
         return _missing("features/umap.csv")
     n = df["origin"].astype(str).value_counts()
