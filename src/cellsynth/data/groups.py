@@ -212,12 +212,13 @@ def check_groups(groups: Mapping[str, str], types: Iterable[str], source: str,
                  for k in unused]
         logger.warning("dataset.groups (%s): %d of %d entries name no cell type of the data and "
                        "are not used: %s", source, len(unused), len(groups), listed(shown))
-    unmapped = [t for t in types if t not in used and t not in set(used.values())]
+    names = set(used.values())
+    unmapped = [t for t in types if t not in used and t not in names]
     if unmapped:
         logger.warning("%d cell type(s) have no coarse group and stand as their own: %s",
                        len(unmapped), listed(unmapped))
     members = {t: sorted(k for k, v in used.items() if v == t and k != t) for t in types
-               if t not in used and t in set(used.values())}
+               if t not in used and t in names}
     joined = [f"{t!r} (with {listed(m, 4, quote=True)})" for t, m in members.items()]
     if joined:  # {"CD4 T": "T cells"} and a type "T cells": one group, as likely meant
         logger.info("dataset.groups (%s): %d type(s) left out of the mapping are the name of a "
