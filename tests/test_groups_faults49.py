@@ -143,3 +143,15 @@ def test_the_report_reads_types_that_look_like_numbers_as_written(tmp_path):
     pd.DataFrame({"origin": ["real"] * 4, "label": types, "x": 0.0, "y": 0.0}).to_csv(
         umap, index=False)
     assert _table(str(umap), None)["label"].tolist() == types  # was 1, 2, 1.1, NaN
+
+
+def test_info_does_not_offer_a_true_false_column_as_labels(tmp_path):
+    import anndata as ad
+
+    from cellsynth.info import describe
+
+    adata = ad.AnnData(np.ones((6, 2), dtype=np.float32))
+    adata.obs["cell_type"] = pd.Categorical(["B", "T"] * 3)
+    adata.obs["flag"] = pd.Categorical([True, False] * 3)  # refused by check_label
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    assert set(describe(tmp_path / "a.h5ad")["label_columns"]) == {"cell_type"}

@@ -88,6 +88,7 @@ def _x_counts(adata: Any) -> bool:
 
 def _describe_h5ad(path: Path) -> dict[str, Any]:
     from .data.io import find_counts, read
+    from .data.labels import is_bool_labels
     from .errors import DataError
 
     adata = read(path, backed=True)
@@ -105,7 +106,8 @@ def _describe_h5ad(path: Path) -> dict[str, Any]:
     labels = {}
     for col in adata.obs.columns:
         s = adata.obs[col]
-        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object:
+        if (isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object) \
+                and not is_bool_labels(s):  # True/False: refused as a label column
             n = int(s.nunique())
             if 1 < n <= max(1000, adata.n_obs // 2):
                 labels[str(col)] = {"dtype": str(s.dtype), "n_values": n}

@@ -102,7 +102,7 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
             f"label column '{label_key}' holds no label: all {len(col)} of its values are "
             f"missing (NaN); give the column of cell-type names "
             "(dataset.label_key / --label-key), or fill this one")
-    if _is_bool(col):
+    if is_bool_labels(col):
         raise DataError(  # "False" as a name is among dataset.uninformative_prefixes' defaults
             f"label column '{label_key}' is True/False ({col.dtype}); cellsynth needs cell-type "
             f"names: map them to names, e.g. adata.obs['{label_key}'] = adata.obs['{label_key}']"
@@ -136,7 +136,7 @@ def check_label(adata: ad.AnnData, label_key: str) -> None:
     check_spaced_names(values.unique(), label_key, "cell types")
 
 
-def _is_bool(col: pd.Series) -> bool:
+def is_bool_labels(col: pd.Series) -> bool:
     """Whether a label column holds True/False: bool, pandas' nullable boolean, Python bools
     among missing values (an object column) or a categorical of bools (``"False"`` as a name
     is dropped as uninformative, ``"True"`` kept: half the cells lost to a type name)."""
