@@ -155,3 +155,18 @@ def test_info_does_not_offer_a_true_false_column_as_labels(tmp_path):
     adata.obs["flag"] = pd.Categorical([True, False] * 3)  # refused by check_label
     adata.write_h5ad(tmp_path / "a.h5ad")
     assert set(describe(tmp_path / "a.h5ad")["label_columns"]) == {"cell_type"}
+
+
+def test_a_groups_file_of_three_columns_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "levels.tsv"  # fine, mid, coarse: the middle column is read
+    path.write_text("fine\tcoarse\tlevel1\nCD4 T cells\tT cells\tLymphoid\n"
+                    "CD8 T cells\tT cells\tLymphoid\nB cells\tB cells\tLymphoid\n")
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        assert load_groups(str(path))["CD4 T cells"] == "T cells"
+    assert "3 line(s) have more than two columns (line 2 first)" in caplog.text
+    caplog.clear()
+    two = tmp_path / "two.tsv"
+    two.write_text("CD4 T cells\tT cells\t\n")  # an empty trailing cell: two columns
+    with caplog.at_level(logging.WARNING, logger="cellsynth"):
+        load_groups(str(two))
+    assert "more than two columns" not in caplog.text

@@ -99,6 +99,9 @@ def _parse_json(text: str, path: Path) -> dict[str, str]:
     return _mapping([(f"entry {i}", k, v) for i, (k, v) in enumerate(pairs, 1)], str(path))
 
 
+_WIDE_WARNED: set[tuple[str, str]] = set()
+
+
 def _parse_tsv(text: str, name: str) -> dict[str, str]:
     rows = [(i, line, next(csv.reader([line], delimiter="\t")))
             for i, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -108,6 +111,12 @@ def _parse_tsv(text: str, name: str) -> dict[str, str]:
         if head in _HEADERS:
             swapped = _HEADERS[head]
             rows = rows[1:]
+    extra = [i for i, _, row in rows if any(c.strip() for c in row[2:])]
+    if extra and (name, text) not in _WIDE_WARNED:  # fine, mid, coarse: the mid level read
+        _WIDE_WARNED.add((name, text))  # once: a run reads the file before any stage and after
+        logger.warning("%s: %d line(s) have more than two columns (line %d first); only the "
+                       "first two are read, fine type then coarse group: if the groups are in "
+                       "another column, keep two columns", name, len(extra), extra[0])
     entries = []
     for i, line, row in rows:
         if len(row) < 2:
