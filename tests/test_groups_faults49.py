@@ -1,5 +1,7 @@
-"""Coarse groups and labels misused (sweep 49): a group named as a type that the mapping puts
-in another group, ..."""
+"""Coarse groups and labels misused (sweep 49): a group named as a type the mapping puts in
+another group, the data's own mapping as an h5ad reads it back (a '/' in a type, other forms),
+True/False label columns in every form, types with surrounding spaces mapped by a file, types
+that read like numbers in the report's tables, and groups files of three columns."""
 
 from __future__ import annotations
 
