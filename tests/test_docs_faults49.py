@@ -1,0 +1,133 @@
+"""The documentation as a new user reads it (sweep 49): every command, option, setting and
+Python call the user pages show is checked against the CLI parser, the config and the API, so a
+renamed option, setting or keyword fails here before a reader's copy-paste does."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import cellsynth as cs
+from cellsynth.cli import main
+from cellsynth.cli_parser import build_parser
+from cellsynth.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the pages a new user reads (the results pages are written by their scripts)
+PAGES = [ROOT / "README.md",
+         *(ROOT / "docs" / f"{name}.md" for name in ("index", "getting-started", "usage", "api",
+                                                    "scale", "gpu", "report"))]
+_IDS = {"ids": lambda p: p.name}
+
+
+def _commands(page: Path) -> list[str]:
+    """The ``cellsynth ...`` lines of a page's shell code blocks (continuations joined, comments
+    dropped)."""
+    out = []
+    for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s#", line)[0].strip()
+            if line.startswith("cellsynth "):
+                out.append(line)
+    return out
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("page", PAGES, **_IDS)
+def test_every_command_in_a_code_block_parses(page, capsys):
+    """A command copied from a page is one the CLI accepts: its command, options and choices."""
+    for line in _commands(page):
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            pytest.fail(f"{page.name}: `{line}` does not parse: {capsys.readouterr().err}")
+
+
+@pytest.mark.parametrize("page", PAGES, **_IDS)
+def test_every_option_named_beside_a_command_is_one_of_its_options(page):
+    """``cellsynth fit ... --covariates a,b`` in the prose names an option ``fit`` has."""
+    commands = _subparsers()
+    for match in re.finditer(r"`cellsynth (\w+)([^`]*)`", page.read_text()):
+        name, rest = match.groups()
+        if name == "COMMAND":
+            continue
+        assert name in commands, f"{page.name}: `{match.group(0)}` names no command"
+        options = {o for a in commands[name]._actions for o in a.option_strings}
+        for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+            assert option in options, f"{page.name}: {match.group(0)}: {option} is not an option"
+
+
+def _settings() -> dict[str, set[str]]:
+    config = RunConfig()
+    return {f.name: {g.name for g in dataclasses.fields(getattr(config, f.name))}
+            for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))}
+
+
+@pytest.mark.parametrize("page", PAGES, **_IDS)
+def test_every_setting_a_page_names_is_a_setting(page):
+    """``cvae.select``, ``nb.min_cells``, ``--set features.n_components=50``: each is a field
+    of its section (a file name such as ``report.html`` is not a setting)."""
+    settings = _settings()
+    text = page.read_text()
+    for match in re.finditer(r"(?<![\w./-])([a-z_]+)\.([a-z_]+)(?![\w(/])", text):
+        section, key = match.groups()
+        if section in settings and key not in {"html", "md", "json", "csv", "py", "toml"}:
+            assert key in settings[section], (
+                f"{page.name}: `{section}.{key}` is not a setting of [{section}] "
+                f"(its settings: {sorted(settings[section])})")
+
+
+@pytest.mark.parametrize("page", PAGES, **_IDS)
+def test_the_settings_of_every_run_command_resolve(page, monkeypatch, capsys, tmp_path):
+    """The ``--config``/``--set`` of a page's ``cellsynth run`` resolve (types and ranges), as
+    ``cellsynth config show`` with the same arguments checks them (the presets' paths are from
+    the repository root, as the pages say; a user's own config, ``mine.toml``, is empty)."""
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "mine.toml").write_text("")
+    for line in _commands(page):
+        argv = shlex.split(line)[1:]
+        if argv[0] != "run":
+            continue
+        args, skip = [], False
+        for word in argv[1:]:  # config show takes run's settings arguments, not --out/--force
+            if skip:
+                skip = False
+            elif word in ("--out", "--force"):
+                skip = True
+            elif word != "--quiet":
+                args.append(word if word != "mine.toml" else str(tmp_path / word))
+        assert main(["config", "show", *args]) == 0, (
+            f"{page.name}: `{line}`: {capsys.readouterr().err}")
+
+
+def _call_keywords(text: str):
+    """``(name, keywords)`` of every ``cs.NAME(...)`` call written on a page."""
+    for match in re.finditer(r"\bcs\.((?:\w+\.)*\w+)\(([^()`]*)\)", text):
+        yield match.group(0), match.group(1), re.findall(r"(?<![=\w])(\w+)\s*=(?!=)",
+                                                         match.group(2))
+
+
+@pytest.mark.parametrize("page", PAGES, **_IDS)
+def test_every_python_name_and_keyword_a_page_calls_exists(page):
+    """``cs.evaluate(..., heldout=, donor_key=)``, ``cs.CVAE.load(..., device=)``: the name is
+    in the API and takes those keywords."""
+    for call, name, keywords in _call_keywords(page.read_text()):
+        obj = cs
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        params = inspect.signature(obj).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        for keyword in keywords:
+            assert keyword in params, f"{page.name}: `{call}`: {name} takes no {keyword}="
