@@ -131,3 +131,27 @@ def test_every_python_name_and_keyword_a_page_calls_exists(page):
             continue
         for keyword in keywords:
             assert keyword in params, f"{page.name}: `{call}`: {name} takes no {keyword}="
+
+
+def test_the_validation_share_of_fit_is_the_one_the_docs_and_help_state(tmp_path, capsys):
+    """usage.md said ``cellsynth fit`` learns from every cell it is given, and ``fit --help``
+    that it fits on every labelled cell: each generator holds a random 10% of each type out as
+    validation cells (``nb`` then fits on the other 90% alone). Both now say so, with the share
+    the code uses."""
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.models.base import split_masks
+
+    share = inspect.signature(split_masks).parameters["val_fraction"].default
+    said = f"{round(share * 100)}% of\neach type are its validation cells"
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    assert said in usage and f"{round((1 - share) * 100)}% alone" in usage
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert f"a random {round(share * 100)}%\nof each type" in capsys.readouterr().out
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(2.0, (100, 30)).astype(np.float32))
+    adata.obs["cell_type"] = np.repeat(["a", "b"], 50)
+    history = cs.NegBinBaseline().fit(adata, "cell_type", seed=0)
+    assert history["n_cells"] == round(100 * (1 - share))

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = _command(sub, "fit", "fit a generator on an h5ad of raw counts", (
         "Fits one generator on every labelled cell of DATA (but cells marked test in\n"
-        "obs['cellsynth_split'], as a run's data/preprocessed.h5ad marks them) and saves it as\n"
+        "obs['cellsynth_split'], as a run's data/preprocessed.h5ad marks them; a random 10%\n"
+        "of each type, or the cells marked val there, are its validation cells) and saves it as\n"
         "a directory of plain files (config.json, safetensors weights, labels and genes) for\n"
         "`cellsynth generate`. The model's settings are the package defaults, then --config,\n"
         "then --set."))
