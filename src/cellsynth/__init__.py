@@ -9,10 +9,13 @@ score) and by what they teach a classifier (train on synthetic, test on real).
 Example::
 
     import cellsynth as cs
+    import numpy as np
     adata = cs.simulate(3000, 2000, 8, seed=0)          # or cs.read("atlas.h5ad")
-    model = cs.CVAE(adata, label_key="cell_type"); model.train(seed=0)
+    test = np.random.default_rng(0).random(adata.n_obs) < 0.2  # cells the model never sees
+    model = cs.CVAE(adata[~test].copy(), label_key="cell_type"); model.train(seed=0)
     fake = model.sample({"type_00": 500, "type_01": 200}, seed=1)
-    result = cs.evaluate(adata, fake, label_key="cell_type"); cs.pl.fidelity(result)
+    result = cs.evaluate(adata[test], fake, label_key="cell_type")  # against unseen cells
+    cs.pl.fidelity(result)
 
 ``cs.run(...)`` runs the whole pipeline (``cellsynth run``: QC, PCA, classifier, generator,
 experiments, SHAP, report) into a resumable run directory; ``cs.load_model(directory)`` reads a
