@@ -215,3 +215,24 @@ def test_the_package_docstring_evaluates_against_cells_the_model_never_saw(monke
     exec(code, {})  # the documented example itself
     real = set(seen["real"].obs_names)
     assert real and seen["trained"] and not real & seen["trained"]
+
+
+def test_a_model_saved_in_python_under_an_h5ad_name_is_refused_as_fit_refuses_it(tmp_path):
+    """``cellsynth fit --out cells.h5ad`` is refused (a model is a folder), but
+    ``model.save("cells.h5ad")`` made a folder of that name, which ``cs.read`` and every tool
+    then took for a damaged h5ad file; ``save`` now refuses it the same way, before writing."""
+    import anndata as ad
+    import numpy as np
+
+    from cellsynth.errors import ModelFileError
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.poisson(2.0, (60, 20)).astype(np.float32))
+    adata.obs["cell_type"] = np.repeat(["a", "b"], 30)
+    model = cs.NegBinBaseline()
+    model.fit(adata, "cell_type", seed=0)
+    with pytest.raises(ModelFileError, match=r"named like an \.h5ad file.*give one such as"):
+        model.save(tmp_path / "cells.H5AD")
+    assert not (tmp_path / "cells.H5AD").exists()
+    model.save(tmp_path / "cells")  # a folder's name: saved as before
+    assert cs.load_model(tmp_path / "cells").labels == ["a", "b"]

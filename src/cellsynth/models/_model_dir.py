@@ -82,8 +82,13 @@ def refuse_pca_space(directory: Path, kind: str) -> None:
 def check_save_dir(out: Path, flag: str = "the model directory") -> None:
     """Refuse a model directory that is a file, cannot be written under, or is a non-empty
     directory that is not a saved model (a project's folder, a run directory): a save replaces
-    the directory whole."""
+    the directory whole; nor a new one named like an ``.h5ad`` file (as ``cellsynth fit``)."""
     check_out_dir(out, flag, "the model", ModelFileError)
+    if out.suffix.lower() == ".h5ad" and not is_model_dir(out):
+        raise ModelFileError(f"{flag} {out} is named like an .h5ad file, but a model is saved as a "
+                             f"folder (config.json, weights, ...): give one such as "
+                             f"{out.with_suffix('')}; write generated cells with "
+                             "model.sample(...).write_h5ad(...)")
     if out.is_dir() and is_model_dir(out):
         extra = _not_the_model(out)
         if extra:
