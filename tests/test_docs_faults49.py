@@ -236,3 +236,15 @@ def test_a_model_saved_in_python_under_an_h5ad_name_is_refused_as_fit_refuses_it
     assert not (tmp_path / "cells.H5AD").exists()
     model.save(tmp_path / "cells")  # a folder's name: saved as before
     assert cs.load_model(tmp_path / "cells").labels == ["a", "b"]
+
+
+def test_the_pages_name_every_file_evaluate_writes():
+    """report.md said ``cellsynth evaluate --out DIR`` writes ``fidelity.json`` and
+    ``fidelity.md``, leaving out ``per_type.csv``, the table a reader opens in a spreadsheet;
+    each page that lists what ``evaluate`` writes now names every file it writes."""
+    from cellsynth.evaluation import EVALUATION_FILES
+
+    for name, folder in (("report", "DIR/"), ("getting-started", "eval/"), ("api", "")):
+        text = (ROOT / "docs" / f"{name}.md").read_text()
+        named = [f for f in EVALUATION_FILES if f"`{folder}{f}`" in text]
+        assert named == list(EVALUATION_FILES), f"{name}.md names {named} of {EVALUATION_FILES}"
