@@ -31,7 +31,7 @@ from .metrics.fidelity import fidelity_report, real_floor
 from .metrics.memorisation import memorisation
 from .metrics.privacy import donor_values
 from .metrics.space import fit_space
-from .metrics.utility import augmentation, tstr
+from .metrics.utility import augmentation, check_rare_count, tstr
 from .metrics.verdict import fidelity_verdict
 from .metrics.verdict_text import donor_summary
 from .models.registry import make_generator
@@ -136,6 +136,7 @@ def benchmark_dataset(pre: ad.AnnData, models: list[str], cfg: RunConfig, out: P
     """
     if fits < 1:
         raise ValueError(f"fits must be at least 1, got {fits}")
+    check_rare_count(n_rare)  # before any generator is fitted
     import datetime as dt
     label_key = cfg.dataset.label_key
     split = pre.obs[K.SPLIT].astype(str).to_numpy()

@@ -15,7 +15,7 @@ embedded. Classifiers are :func:`~cellsynth.classify.xgb.train_classifier` with 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,8 +121,36 @@ def tstr(
     return out
 
 
+def check_rare_count(k: Any) -> int:
+    """``k``, a count of rare types, checked: a whole number of at least 1 (``k = -1`` sliced
+    off the commonest type and augmented every other one, ``0`` was refused only after every
+    classifier of the caller's had trained on; a float or ``None`` failed with a TypeError)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"the number of rare types must be a whole number of at least 1, got "
+                        f"{k!r}; pass e.g. 3 (the 3 rarest training types) or a list of type "
+                        "names")
+    return int(k)
+
+
+def _rare_names(rare_types: Any, y: np.ndarray) -> list[str]:
+    """The rare types ``augmentation`` is given, as a list of names: ``k`` (the ``k`` rarest
+    of ``y``), one name, or names (each once: one named twice was added twice)."""
+    if isinstance(rare_types, (str, np.str_)):  # one name, not its characters
+        rare_types = [rare_types]
+    if isinstance(rare_types, (int, np.integer)) or not isinstance(rare_types, Iterable):
+        return rarest_types(y, check_rare_count(rare_types))
+    rare = [str(t) for t in rare_types]
+    twice = sorted({t for t in rare if rare.count(t) > 1})
+    if twice:
+        raise DataError(f"rare types named more than once: {listed(twice, 10)}; name each "
+                        "type once")
+    return rare
+
+
 def rarest_types(y: Sequence[str] | np.ndarray, k: int) -> list[str]:
-    """The ``k`` types with the fewest cells in ``y`` (ties by name), rarest first."""
+    """The ``k`` types with the fewest cells in ``y`` (ties by name), rarest first; ``k`` at
+    least 1 (:func:`check_rare_count`)."""
+    k = check_rare_count(k)
     types, counts = np.unique(np.asarray(y).astype(str), return_counts=True)
     order = np.lexsort((types, counts))
     return [str(t) for t in types[order][:k]]
@@ -168,8 +196,12 @@ def augmentation(
     xtr, ytr = _split(real_train, "real_train", space)
     xva, yva = _split(real_val, "real_val", space)
     xte, yte = _split(real_test, "real_test", space)
-    rare = rarest_types(ytr, rare_types) if isinstance(rare_types, int) else \
-        [str(t) for t in rare_types]
+    if n_per_type is not None and (isinstance(n_per_type, (bool, np.bool_)) or not isinstance(
+            n_per_type, (int, np.integer)) or n_per_type < 1):  # fmt: skip
+        raise DataError(f"n_per_type={n_per_type!r}: the cells added per rare type must be a "
+                        "whole number of at least 1; pass a positive n_per_type, or None for "
+                        "all generated cells of each type")
+    rare = _rare_names(rare_types, ytr)
     if not rare:
         raise DataError("no rare types given; pass type names or a positive count")
     rng = np.random.default_rng(derive_seed(seed, "augmentation"))
@@ -184,7 +216,10 @@ def augmentation(
             raise DataError(f"rare type {t!r} has no real training cells; it cannot be oversampled")
         gx = space.embed(synth_by_type[t]) if space is not None else synth_by_type[t]
         n = gx.shape[0] if n_per_type is None else int(n_per_type)
-        if n > gx.shape[0] or n < 1:
+        if gx.shape[0] == 0:
+            raise DataError(f"no generated cells for rare type {t!r} (an empty array was given); "
+                            "generate cells of every rare type")
+        if n > gx.shape[0]:
             raise DataError(f"n_per_type={n} for type {t!r} but {gx.shape[0]} generated cells "
                             "were given; generate more cells or lower n_per_type")
         over_x.append(xtr[rng.choice(idx, size=n, replace=True)])

@@ -1,0 +1,60 @@
+"""Faults found by misusing the experiments stage and the utility metrics (sweep 49)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellsynth.errors import DataError
+from cellsynth.metrics import augmentation, rarest_types
+from test_utility import CFG, mixture
+
+
+@pytest.fixture(scope="module")
+def rare_splits():
+    train = mixture([60, 60, 60, 6], 1)
+    val, test = mixture([15] * 4, 2), mixture([20] * 4, 3)
+    by_type = {t: train[0][train[1] == t][:6] for t in np.unique(train[1])}
+    return train, val, test, by_type
+
+
+@pytest.mark.parametrize("k", [-1, 0, 1.5, None, True])
+def test_rare_type_count_out_of_range_refused(rare_splits, k):
+    """``augmentation(..., rare_types=-1)`` sliced off the commonest type and augmented every
+    other one; a float or None failed with a TypeError: each is a DataError saying what to
+    pass."""
+    train, val, test, by_type = rare_splits
+    with pytest.raises(DataError, match=r"whole number of at least 1.*list of type names"):
+        augmentation(train, val, test, by_type, k, CFG, seed=0)
+    with pytest.raises(DataError, match="at least 1"):
+        rarest_types(train[1], k)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_n_per_type_below_one_refused(rare_splits, n):
+    """``n_per_type=0`` was refused with 'generate more cells or lower n_per_type' (lowering
+    it makes it worse); 2.5 was silently read as 2."""
+    train, val, test, by_type = rare_splits
+    with pytest.raises(DataError, match="at least 1; pass a positive n_per_type, or None"):
+        augmentation(train, val, test, by_type, 1, CFG, seed=0, n_per_type=n)
+
+
+def test_rare_type_named_twice_or_as_one_string(rare_splits):
+    """A type named twice was augmented twice (n_added said once); one name given as a string
+    was read as its characters ('no generated cells for rare type 't''): refused / read as one
+    name."""
+    train, val, test, by_type = rare_splits
+    with pytest.raises(DataError, match="more than once: type3; name each type once"):
+        augmentation(train, val, test, by_type, ["type3", "type3"], CFG, seed=0)
+    out = augmentation(train, val, test, by_type, "type3", CFG, seed=0)
+    assert out["rare_types"] == ["type3"] and out["n_added"] == {"type3": 6}
+
+
+def test_empty_generated_cells_say_so(rare_splits):
+    """No generated cells of a rare type (and no n_per_type) said 'n_per_type=0 ... lower
+    n_per_type', a setting the caller never gave."""
+    train, val, test, by_type = rare_splits
+    empty = {**by_type, "type3": by_type["type3"][:0]}
+    with pytest.raises(DataError, match="no generated cells for rare type 'type3'") as err:
+        augmentation(train, val, test, empty, 1, CFG, seed=0)
+    assert "n_per_type" not in str(err.value)
