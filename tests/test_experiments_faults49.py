@@ -58,3 +58,19 @@ def test_empty_generated_cells_say_so(rare_splits):
     with pytest.raises(DataError, match="no generated cells for rare type 'type3'") as err:
         augmentation(train, val, test, empty, 1, CFG, seed=0)
     assert "n_per_type" not in str(err.value)
+
+
+def test_rare_type_without_test_cells_not_scored_as_zero(rare_splits, caplog):
+    """A rare type with no test cells scored F1 0 in every arm and pulled the mean rare-type
+    F1 down by a number that measured nothing: its F1 is None, out of the mean; with no rare
+    type in the test cells at all, nothing can be scored and it is refused."""
+    train, val, test, by_type = rare_splits
+    keep = test[1] != "type3"
+    no_rare = (test[0][keep], test[1][keep])
+    out = augmentation(train, val, no_rare, by_type, ["type3", "type2"], CFG, seed=0)
+    for arm in out["arms"].values():
+        assert arm["per_type_f1"]["type3"] is None
+        assert arm["mean_rare_f1"] == arm["per_type_f1"]["type2"] > 0
+    assert "not scored" in caplog.text and "type3" in caplog.text
+    with pytest.raises(DataError, match=r"no test cells of any rare type.*give test cells"):
+        augmentation(train, val, no_rare, by_type, ["type3"], CFG, seed=0)

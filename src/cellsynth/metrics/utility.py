@@ -190,7 +190,8 @@ def augmentation(
     -------
     dict
         ``rare_types``; ``n_added`` and ``n_real_train`` (type -> cells); ``test_support``;
-        ``arms``: arm -> ``per_type_f1`` (rare type -> F1), ``mean_rare_f1``, ``macro_f1``;
+        ``arms``: arm -> ``per_type_f1`` (rare type -> F1; None for a type without test cells,
+        left out of the mean), ``mean_rare_f1``, ``macro_f1``;
         ``balanced_weights``.
     """
     xtr, ytr = _split(real_train, "real_train", space)
@@ -233,6 +234,15 @@ def augmentation(
         "oversample": (_stack([xtr, *over_x]), np.r_[ytr, np.asarray(over_y, dtype=str)]),
         "generated": (_stack([xtr, *gen_x]), np.r_[ytr, np.asarray(gen_y, dtype=str)]),
     }
+    support = {t: int((yte == t).sum()) for t in rare}
+    scored = [t for t in rare if support[t] > 0]
+    if not scored:  # every arm's "mean rare F1" would be a 0 that measured nothing
+        raise DataError(f"no test cells of any rare type ({listed(rare, 10)}), so no arm can be "
+                        "scored; give test cells of the rare types or choose types the test "
+                        "cells hold")
+    if len(scored) < len(rare):
+        logger.warning("rare type(s) with no test cells are not scored (F1 None, left out of "
+                       "the mean rare-type F1): %s", listed(sorted(set(rare) - set(scored)), 10))
     labels = sorted(set(yte.tolist()) | set(rare))
     clf_seed = derive_seed(seed, "augmentation-clf")
     arms: dict[str, dict[str, Any]] = {}
@@ -240,14 +250,9 @@ def augmentation(
         x, y = data[arm]
         clf = train_classifier(x, y, xva, yva, cfg, seed=clf_seed)
         report = classification_report(yte, clf.predict(xte), labels=labels)
-        f1 = {t: report["per_class"][t]["f1"] for t in rare}
-        arms[arm] = {"per_type_f1": f1, "mean_rare_f1": float(np.mean(list(f1.values()))),
+        f1 = {t: report["per_class"][t]["f1"] if support[t] else None for t in rare}
+        arms[arm] = {"per_type_f1": f1, "mean_rare_f1": float(np.mean([f1[t] for t in scored])),
                      "macro_f1": report["macro"]["f1"]}
         logger.info("augmentation arm %s: mean rare-type F1 %.3f", arm, arms[arm]["mean_rare_f1"])
-    support = {t: int((yte == t).sum()) for t in rare}
-    absent = [t for t, n in support.items() if n == 0]
-    if absent:
-        logger.warning("rare type(s) with no test cells score F1 0 in every arm: %s",
-                       ", ".join(absent))
     return {"rare_types": rare, "n_added": n_added, "n_real_train": n_real,
             "test_support": support, "arms": arms, "balanced_weights": cfg.balanced_weights}
