@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cellsynth.cli import main
 from cellsynth.errors import DataError
 from cellsynth.metrics import augmentation, rarest_types
+from test_pipeline import FAST
 from test_utility import CFG, mixture
 
 
@@ -74,3 +76,37 @@ def test_rare_type_without_test_cells_not_scored_as_zero(rare_splits, caplog):
     assert "not scored" in caplog.text and "type3" in caplog.text
     with pytest.raises(DataError, match=r"no test cells of any rare type.*give test cells"):
         augmentation(train, val, no_rare, by_type, ["type3"], CFG, seed=0)
+
+
+def _run(out, *extra: str) -> int:
+    args = ["run", "--out", str(out), "--quiet"]
+    for s in [*FAST, "dataset.demo_cells=400", "dataset.demo_genes=120",
+              "qc.min_genes_per_cell=20", "generator.model=nb", *extra]:
+        args += ["--set", s]
+    return main(args)
+
+
+@pytest.mark.parametrize("setting", ["generator.n_per_type_train=1000000000",
+                                     "generator.n_per_type_eval=1000000000000"])
+def test_huge_experiment_sets_refused_before_generating(tmp_path, capsys, setting):
+    """``generator.n_per_type_train = 10**9`` held 16 GB of labels for a minute, then failed
+    with numpy's MemoryError traceback (``n_per_type_eval = 10**12`` at once): refused before
+    any cell is generated, naming the settings to lower."""
+    assert _run(tmp_path, setting) == 2
+    err = capsys.readouterr().err
+    assert "would take up to" in err and "lower generator.n_per_type_eval, n_per_type_train" in err
+    assert "Traceback" not in err and not (tmp_path / "synthetic" / "train.h5ad").exists()
+
+
+def test_generator_memory_refusal_names_the_experiment_settings(tmp_path, capsys, monkeypatch):
+    """A generator's own memory refusal in the experiments ('ask for fewer cells') did not say
+    which setting asks for them: it names the experiment sizes."""
+    import cellsynth.pipeline.models as models
+    import cellsynth.runtime
+
+    monkeypatch.setattr(models, "check_experiment_memory", lambda *a: None)
+    monkeypatch.setattr(cellsynth.runtime, "available_memory", lambda: 50e6)
+    assert _run(tmp_path, "generator.n_per_type_val=1000000") == 2
+    err = capsys.readouterr().err
+    assert "ask for fewer cells: lower generator.n_per_type_eval" in err
+    assert "1,000,000 cells per type" in err

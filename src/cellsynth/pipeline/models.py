@@ -25,10 +25,10 @@ from ..classify.xgb import Classifier, train_classifier
 from ..config import save
 from ..data.qc import normalise_log1p
 from ..data.store import write_h5ad
-from ..errors import CellsynthError, listed
+from ..errors import CellsynthError, DataError, listed
 from ..features.pca import PCAModel
 from ..metrics.classification import classification_report, summary_row, to_coarse, write_report
-from ..models.base import package_version, request
+from ..models.base import check_memory, package_version, request
 from ..models.registry import load_generator, make_generator
 from ..models.seed import SeedCVAE
 from ..outputs import write_json
@@ -300,6 +300,26 @@ def generate(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, counts: dic
     return z, y.astype(str)
 
 
+def _sizes_hint(sizes: dict[str, int]) -> str:
+    return (": lower generator.n_per_type_eval, n_per_type_train and n_per_type_val (now "
+            f"{sizes['eval']:,}, {sizes['train']:,} and {sizes['val']:,} cells per type); "
+            "a rerun keeps the trained generator")
+
+
+def check_experiment_memory(sizes: dict[str, int], types: list[str], n_components: int,
+                            on_disk: bool) -> None:  # fmt: skip
+    """Refuse, before any cell is generated, experiment sets (``sizes``: cells per type of
+    each) whose labels, PCA points and the (c) classifier's copy of its training points would
+    not fit in memory (a huge ``generator.n_per_type_train`` held 16 GB of labels for a minute,
+    then failed with numpy's MemoryError traceback); out of core the points are on disk."""
+    n = {name: k * len(types) for name, k in sizes.items()}
+    label = 8 + 4 * max(map(len, types))  # the object array of names and its str copy
+    point = 4 * n_components  # float32
+    need = sum(n.values()) * (label + (0 if on_disk else point)) \
+        + (n["train"] + n["val"]) * point  # xgboost's own copy
+    check_memory(need, sum(n.values()), _sizes_hint(sizes))
+
+
 def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, clf: Classifier,
                       splits: dict[str, Split], types: list[str], groups: dict[str, str]) -> None:
     """Experiments (b) and (c) on generated cells."""
@@ -308,9 +328,16 @@ def stage_experiments(ctx: RunContext, gen: Any, cells: Cells, pca: PCAModel, cl
     with ctx.stage("experiments"):
         g = ctx.cfg.generator
         sizes = {"eval": g.n_per_type_eval, "train": g.n_per_type_train, "val": g.n_per_type_val}
-        syn = {name: generate(ctx, gen, cells, pca, dict.fromkeys(types, n),
-                              ctx.seed(f"generate-{name}"), name, write=name != "val")
-               for name, n in sizes.items()}  # fmt: skip
+        check_experiment_memory(sizes, types, pca.n_components, cells.on_disk)
+        syn = {}
+        for name, n in sizes.items():
+            try:
+                syn[name] = generate(ctx, gen, cells, pca, dict.fromkeys(types, n),
+                                     ctx.seed(f"generate-{name}"), name, write=name != "val")
+            except DataError as exc:  # a generator's own memory check: which setting to lower
+                if not str(exc).endswith("ask for fewer cells"):
+                    raise
+                raise DataError(f"{exc}{_sizes_hint(sizes)}") from None
         metrics = ctx.path("metrics")
         x_b, y_b = syn["eval"]
         score(y_b, clf.predict(x_b), groups, metrics, "b_real_synthetic", clf.labels)
