@@ -110,3 +110,21 @@ def test_generator_memory_refusal_names_the_experiment_settings(tmp_path, capsys
     err = capsys.readouterr().err
     assert "ask for fewer cells: lower generator.n_per_type_eval" in err
     assert "1,000,000 cells per type" in err
+
+
+def test_all_types_in_one_coarse_group_said_beside_the_scores(tmp_path, kang_path, capsys):
+    """``dataset.groups`` putting every type into one group made the coarse tables of
+    ``results.md`` and the report all 1.000 under 'A prediction inside the right coarse group
+    counts as correct.' (only the log warned): the tables say the scores mean nothing."""
+    from conftest import kang_small_cells
+
+    a = kang_small_cells(kang_path)
+    data, groups = tmp_path / "kang.h5ad", tmp_path / "groups.tsv"
+    a.write_h5ad(data)
+    groups.write_text("".join(f"{t}\tall\n" for t in a.obs["cell_type"].unique()))
+    out = tmp_path / "run"
+    assert _run(out, f"dataset.path={data}", f"dataset.groups={groups}",
+                "qc.min_genes_per_cell=5", "report.fidelity=false") == 0
+    note = "Every cell type is in the one coarse group 'all'"
+    assert note in (out / "results.md").read_text()
+    assert note.replace("'", "&#x27;") in (out / "report.html").read_text()

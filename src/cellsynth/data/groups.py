@@ -283,3 +283,17 @@ def merges_types(groups: object) -> bool:
     if not isinstance(groups, Mapping) or not groups:
         return False
     return len(set(groups.values())) < len(groups)
+
+
+def one_group_note(groups: object, types: Iterable[str]) -> str | None:
+    """The sentence a results table of coarse scores needs when ``groups`` puts every one of
+    ``types`` into one group (each prediction then falls in the right group: scores of 1 that
+    say nothing, shown without a word in ``results.md`` and the report), else None."""
+    if not isinstance(groups, Mapping) or not merges_types(groups):
+        return None
+    coarse = {str(groups.get(t, t)) for t in types}
+    if len(coarse) != 1:
+        return None
+    return (f"Every cell type is in the one coarse group {next(iter(coarse))!r} "
+            "(`dataset.groups`): every prediction falls in the right group, so these scores "
+            "are 1 and say nothing; give two or more groups.")

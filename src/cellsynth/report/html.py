@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..data.groups import merges_types
+from ..data.groups import merges_types, one_group_note
 from ..errors import CellsynthError
 from ..metrics.classification import small_sample_note
 from ..options import literal_text
@@ -202,9 +202,12 @@ def _sec_classifier(run: _Run) -> str:
     summary = run.json("metrics/summary.json")
     if not summary:
         return _missing("metrics/summary.json")
-    coarse = ("<p>A prediction inside the right coarse group counts as correct.</p>"
-              + _results_table(summary, "coarse")
-              if merges_types(run.json("data/groups.json")) else _left_out(_NO_GROUPS))
+    groups = run.json("data/groups.json")
+    note = one_group_note(groups, (run.json("data/qc.json") or {}).get("cells_per_type_after")
+                          or ())
+    coarse = ("<p>A prediction inside the right coarse group counts as correct."
+              + (f" {_e(note)}" if note else "") + "</p>" + _results_table(summary, "coarse")
+              if merges_types(groups) else _left_out(_NO_GROUPS))
     return ("<p>(a) trained on real training cells, tested on real test cells; (b) that "
             "classifier on generated cells, scored against the intended type; (c) trained on "
             "generated cells, tested on the real test cells.</p>"

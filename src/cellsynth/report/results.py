@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.groups import merges_types
+from ..data.groups import merges_types, one_group_note
 from ..metrics.classification import small_sample_note
 from ..outputs import md_fence, md_text, write_text
 
@@ -96,7 +96,9 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
         "",
     ]
     if merges_types(groups):
-        lines.append("A prediction inside the right coarse group counts as correct.")
+        note = one_group_note(groups, report.cells_per_type_after)
+        lines.append("A prediction inside the right coarse group counts as correct."
+                     + (f" {note}" if note else ""))
     else:
         lines.append("No fine-to-coarse mapping (`dataset.groups`) merges any types: each type is "
                      "its own group, so this table repeats the fine one.")
