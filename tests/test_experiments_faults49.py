@@ -128,3 +128,26 @@ def test_all_types_in_one_coarse_group_said_beside_the_scores(tmp_path, kang_pat
     note = "Every cell type is in the one coarse group 'all'"
     assert note in (out / "results.md").read_text()
     assert note.replace("'", "&#x27;") in (out / "report.html").read_text()
+
+
+def test_type_without_test_cells_said_under_the_results_table(tmp_path):
+    """A type with no test cells (B_cell of Baron kept with qc.min_cells_per_type = 2) was left
+    out of (a)'s and (c)'s macro averages with only a log line: results.md, under '13 cell types
+    after QC', gave the tables as if every type were scored. The experiment's summary names
+    the types it could not score and results.md says so under the fine table."""
+    from types import SimpleNamespace
+
+    from cellsynth import config
+    from cellsynth.pipeline.models import score
+    from cellsynth.report import results
+
+    summary = score(["a", "a", "b"], ["a", "c", "b"], {}, tmp_path, "a_real_real",
+                    ["a", "b", "c"])
+    assert summary["unscored"] == ["c"]
+    row = summary["fine"]
+    res = {"a": {"fine": row, "coarse": row, "unscored": ["c"]},
+           "b": {"fine": row, "coarse": row, "unscored": []},
+           "c": {"fine": row, "coarse": row, "unscored": ["c"]}}
+    report = SimpleNamespace(cells_per_type_after={"a": 5, "b": 5, "c": 5}, dropped_types=[])
+    text = results.write_results(tmp_path, res, report, config.load(), {}, groups={}).read_text()
+    assert "Types with no cells to score" in text and "(a), (c): c." in text

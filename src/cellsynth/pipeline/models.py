@@ -58,7 +58,8 @@ def score(y_true, y_pred, groups: dict[str, str], out: Path, name: str,
                                    sorted(set(to_coarse(labels, groups).tolist())))
     write_report(fine, out, f"{name}_fine")
     write_report(coarse, out, f"{name}_coarse")
-    summary = {"fine": summary_row(fine), "coarse": summary_row(coarse)}
+    summary = {"fine": summary_row(fine), "coarse": summary_row(coarse),
+               "unscored": unscored}  # said under results.md's tables
     write_json(out / f"{name[0]}_summary.json", summary)
     return summary
 

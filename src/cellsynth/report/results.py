@@ -37,6 +37,21 @@ def _table(results: dict[str, dict], level: str) -> list[str]:
     return [*lines, "", note] if note else lines
 
 
+def _unscored(results: dict[str, dict]) -> list[str]:
+    """A sentence naming the types an experiment had no cells of (support 0 in its per-class
+    tables, out of its macro average): the table's macro scores are over the others."""
+    by_types: dict[tuple[str, ...], list[str]] = {}
+    for key in _ROWS:
+        if key in results and (types := results[key].get("unscored")):
+            by_types.setdefault(tuple(types), []).append(f"({key})")
+    if not by_types:
+        return []
+    parts = [f"{', '.join(keys)}: {', '.join(map(md_text, types))}"
+             for types, keys in by_types.items()]
+    return ["", "Types with no cells to score (support 0 in `metrics/*_per_class.csv`, left out "
+            f"of the macro averages above): {'; '.join(parts)}."]
+
+
 def _fidelity(out: Path) -> list[str]:
     """The verdict on the generated cells (``metrics/fidelity.json``), or why there is none."""
     import json
@@ -91,6 +106,7 @@ def write_results(out: Path, results: dict[str, dict], report: Any, cfg: RunConf
         "## Fine cell types",
         "",
         *_table(results, "fine"),
+        *_unscored(results),
         "",
         "## Coarse groups",
         "",
