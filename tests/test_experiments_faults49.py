@@ -151,3 +151,12 @@ def test_type_without_test_cells_said_under_the_results_table(tmp_path):
     report = SimpleNamespace(cells_per_type_after={"a": 5, "b": 5, "c": 5}, dropped_types=[])
     text = results.write_results(tmp_path, res, report, config.load(), {}, groups={}).read_text()
     assert "Types with no cells to score" in text and "(a), (c): c." in text
+
+
+def test_rare_type_count_selecting_every_type_is_said(rare_splits, caplog):
+    """``rare_types=99`` (or the benchmark's 3 on a data set of 2 or 3 types) augmented every
+    type and reported it as the rare types' F1 without a word: a warning says so."""
+    train, val, test, by_type = rare_splits
+    out = augmentation(train, val, test, by_type, 99, CFG, seed=0, n_per_type=2)
+    assert len(out["rare_types"]) == 4
+    assert "all 4 training types" in caplog.text and "ask for fewer" in caplog.text

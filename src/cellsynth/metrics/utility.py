@@ -138,7 +138,12 @@ def _rare_names(rare_types: Any, y: np.ndarray) -> list[str]:
     if isinstance(rare_types, (str, np.str_)):  # one name, not its characters
         rare_types = [rare_types]
     if isinstance(rare_types, (int, np.integer)) or not isinstance(rare_types, Iterable):
-        return rarest_types(y, check_rare_count(rare_types))
+        rare = rarest_types(y, check_rare_count(rare_types))
+        if rare_types >= len(set(y.tolist())):  # "rare" then means every type
+            logger.warning("augmentation: the %d rarest types asked for are all %d training "
+                           "types, so the 'rare-type' F1 is every type's; ask for fewer",
+                           rare_types, len(rare))
+        return rare
     rare = [str(t) for t in rare_types]
     twice = sorted({t for t in rare if rare.count(t) > 1})
     if twice:
