@@ -160,3 +160,27 @@ def test_rare_type_count_selecting_every_type_is_said(rare_splits, caplog):
     out = augmentation(train, val, test, by_type, 99, CFG, seed=0, n_per_type=2)
     assert len(out["rare_types"]) == 4
     assert "all 4 training types" in caplog.text and "ask for fewer" in caplog.text
+
+
+def test_numeric_labels_one_class_whatever_their_number_type(rare_splits):
+    """Real labels as floats (1.0, read from a numeric column) and synthetic ones as ints (1)
+    were different classes to ``tstr`` (``astype(str)``: "1.0" and "1"): TSTR and TRTS scored 0
+    with a warning that the types had no synthetic cells; ``augmentation``'s ``{3: cells}``
+    was 'no generated cells for rare type '3' (got types: 3)'. Labels are read as the scores
+    read them (:func:`label_names`)."""
+    from cellsynth.metrics import tstr
+
+    train, val, test, by_type = rare_splits
+
+    def num(pair, dtype):
+        return pair[0], np.array([int(t[-1]) for t in pair[1]]).astype(dtype)
+
+    out = tstr(num(train, float), num(val, float), num(test, float), num(train, int),
+               num(val, int), CFG, seed=0)
+    assert out["tstr"]["macro_f1"] > 0.5 and out["trts"]["macro_f1"] > 0.5
+    by_num = {int(t[-1]): x for t, x in by_type.items()}
+    aug = augmentation(num(train, float), num(val, float), num(test, float), by_num, [3.0],
+                       CFG, seed=0)
+    assert aug["rare_types"] == ["3"] and aug["n_added"] == {"3": 6}
+    with pytest.raises(DataError, match="no rare types given"):
+        augmentation(train, val, test, by_type, [], CFG, seed=0)

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from ..classify.xgb import train_classifier
 from ..config import ClassifierConfig
 from ..data.csr import stack_rows
+from ..data.labels import label_names
 from ..errors import DataError, listed
 from ..seeds import derive_seed
 from .classification import classification_report, summary_row
@@ -43,7 +44,7 @@ def _split(pair: Split, name: str, space: EvalSpace | None) -> tuple[Any, np.nda
         x, y = pair
     except (TypeError, ValueError):
         raise DataError(f"{name} must be a pair (X, y) of features and labels") from None
-    y = np.asarray(y).astype(str)
+    y = label_names(y, name)  # 1.0 and 1 one class, as the scores read them
     if space is not None:
         x = space.embed(x)
     if x.shape[0] != len(y):
@@ -144,7 +145,7 @@ def _rare_names(rare_types: Any, y: np.ndarray) -> list[str]:
                            "types, so the 'rare-type' F1 is every type's; ask for fewer",
                            rare_types, len(rare))
         return rare
-    rare = [str(t) for t in rare_types]
+    rare = label_names(list(rare_types), "rare_types").tolist()
     twice = sorted({t for t in rare if rare.count(t) > 1})
     if twice:
         raise DataError(f"rare types named more than once: {listed(twice, 10)}; name each "
@@ -208,6 +209,8 @@ def augmentation(
                         "whole number of at least 1; pass a positive n_per_type, or None for "
                         "all generated cells of each type")
     rare = _rare_names(rare_types, ytr)
+    synth_by_type = dict(zip(label_names(list(synth_by_type), "synth_by_type's types").tolist(),
+                             synth_by_type.values(), strict=True))
     if not rare:
         raise DataError("no rare types given; pass type names or a positive count")
     rng = np.random.default_rng(derive_seed(seed, "augmentation"))
