@@ -184,3 +184,23 @@ def test_numeric_labels_one_class_whatever_their_number_type(rare_splits):
     assert aug["rare_types"] == ["3"] and aug["n_added"] == {"3": 6}
     with pytest.raises(DataError, match="no rare types given"):
         augmentation(train, val, test, by_type, [], CFG, seed=0)
+
+
+def test_cells_in_different_feature_spaces_refused_before_training(rare_splits):
+    """Synthetic cells of another width than the real ones: ``tstr`` trained both classifiers
+    before the test cells were refused, ``augmentation`` failed with numpy's ValueError (a
+    1-d array of one cell too): a DataError naming each X's width, before any training."""
+    from cellsynth.metrics import tstr
+
+    train, val, test, by_type = rare_splits
+
+    def narrow(pair):
+        return pair[0][:, :5], pair[1]
+
+    with pytest.raises(DataError, match=r"different feature spaces.*synth_train 5"):
+        tstr(train, val, test, narrow(train), narrow(val), CFG, seed=0)
+    with pytest.raises(DataError, match=r"different feature spaces.*synth_by_type\['type3'\] 5"):
+        augmentation(train, val, test, {"type3": by_type["type3"][:, :5]}, ["type3"], CFG,
+                     seed=0)
+    with pytest.raises(DataError, match=r"must be cells x features \(2-d\)"):
+        augmentation(train, val, test, {"type3": by_type["type3"][0]}, ["type3"], CFG, seed=0)

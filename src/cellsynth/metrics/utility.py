@@ -52,6 +52,22 @@ def _split(pair: Split, name: str, space: EvalSpace | None) -> tuple[Any, np.nda
     return x, y
 
 
+def _same_space(xs: Mapping[str, Any]) -> None:
+    """Every ``X`` (name -> cells x features) 2-d and of one width: else the classifier refused
+    the test cells only after training, or numpy's concatenation failed with a ValueError."""
+    widths = {}
+    for name, x in xs.items():
+        if len(getattr(x, "shape", ())) != 2:
+            raise DataError(f"{name} must be cells x features (2-d), got shape "
+                            f"{getattr(x, 'shape', None)}; one cell: x.reshape(1, -1)")
+        widths[name] = x.shape[1]
+    if len(set(widths.values())) > 1:
+        shown = ", ".join(f"{k} {v}" for k, v in widths.items())
+        raise DataError(f"the cells are in different feature spaces (features: {shown}); give "
+                        "every X in the same space (one EvalSpace.embed, or pass counts with "
+                        "space=)")
+
+
 def _stack(parts: list[Any]) -> Any:
     if any(sp.issparse(p) for p in parts):
         return stack_rows([sp.csr_matrix(p) for p in parts])
@@ -100,6 +116,8 @@ def tstr(
     sxtr, sytr = _split(synth_train, "synth_train", space)
     sxva, syva = _split(synth_val, "synth_val", space)
     sxte, syte = (sxtr, sytr) if synth_test is None else _split(synth_test, "synth_test", space)
+    _same_space({"real_train": xtr, "real_val": xva, "real_test": xte, "synth_train": sxtr,
+                 "synth_val": sxva, "synth_test": sxte})
     missing = sorted(set(yte.tolist()) - set(sytr.tolist()))
     if missing:
         logger.warning("TSTR: %d real test type(s) have no synthetic training cells and score 0: "
@@ -224,6 +242,8 @@ def augmentation(
         if idx.size == 0:
             raise DataError(f"rare type {t!r} has no real training cells; it cannot be oversampled")
         gx = space.embed(synth_by_type[t]) if space is not None else synth_by_type[t]
+        _same_space({"real_train": xtr, "real_val": xva, "real_test": xte,
+                     f"synth_by_type[{t!r}]": gx})
         n = gx.shape[0] if n_per_type is None else int(n_per_type)
         if gx.shape[0] == 0:
             raise DataError(f"no generated cells for rare type {t!r} (an empty array was given); "
