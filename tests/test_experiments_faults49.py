@@ -204,3 +204,16 @@ def test_cells_in_different_feature_spaces_refused_before_training(rare_splits):
                      seed=0)
     with pytest.raises(DataError, match=r"must be cells x features \(2-d\)"):
         augmentation(train, val, test, {"type3": by_type["type3"][0]}, ["type3"], CFG, seed=0)
+
+
+def test_an_empty_split_is_named_before_training(rare_splits):
+    """An empty real test set trained both of ``tstr``'s classifiers, then failed with 'no cells
+    to score: y_true and y_pred are empty', naming no argument: refused first, by name."""
+    from cellsynth.metrics import tstr
+
+    train, val, test, _ = rare_splits
+    empty = (test[0][:0], test[1][:0])
+    with pytest.raises(DataError, match="real_test has no cells, so nothing can be scored"):
+        tstr(train, val, empty, train, val, CFG, seed=0)
+    with pytest.raises(DataError, match="synth_test has no cells"):
+        tstr(train, val, test, train, val, CFG, seed=0, synth_test=empty)

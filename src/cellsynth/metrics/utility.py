@@ -52,6 +52,15 @@ def _split(pair: Split, name: str, space: EvalSpace | None) -> tuple[Any, np.nda
     return x, y
 
 
+def _scored(**ys: np.ndarray) -> None:
+    """Cells to score in each test set: refused here, not as "no cells to score" (naming no
+    argument) once the classifiers trained."""
+    for name, y in ys.items():
+        if not len(y):
+            raise DataError(f"{name} has no cells, so nothing can be scored on it; give test "
+                            "cells")
+
+
 def _same_space(xs: Mapping[str, Any]) -> None:
     """Every ``X`` (name -> cells x features) 2-d and of one width: else the classifier refused
     the test cells only after training, or numpy's concatenation failed with a ValueError."""
@@ -116,6 +125,7 @@ def tstr(
     sxtr, sytr = _split(synth_train, "synth_train", space)
     sxva, syva = _split(synth_val, "synth_val", space)
     sxte, syte = (sxtr, sytr) if synth_test is None else _split(synth_test, "synth_test", space)
+    _scored(real_test=yte, synth_test=syte)
     _same_space({"real_train": xtr, "real_val": xva, "real_test": xte, "synth_train": sxtr,
                  "synth_val": sxva, "synth_test": sxte})
     missing = sorted(set(yte.tolist()) - set(sytr.tolist()))
@@ -226,6 +236,7 @@ def augmentation(
         raise DataError(f"n_per_type={n_per_type!r}: the cells added per rare type must be a "
                         "whole number of at least 1; pass a positive n_per_type, or None for "
                         "all generated cells of each type")
+    _scored(real_test=yte)
     rare = _rare_names(rare_types, ytr)
     synth_by_type = dict(zip(label_names(list(synth_by_type), "synth_by_type's types").tolist(),
                              synth_by_type.values(), strict=True))
