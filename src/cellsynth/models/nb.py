@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,12 +70,14 @@ from ._model_dir import (
     saves_whole,
     setting,
 )
+from ._training import package_version
 from .base import (
-    check_request_memory,
+    check_memory,
     fit_labels,
     in_memory,
     key_list,
     reads_cells,
+    request_bytes,
     synthetic_adata,
     training_counts,
     writable_uns,
@@ -324,23 +327,82 @@ class NegBinBaseline(DesignRequests):
         """
         plan, unseen = self.plan(request, where)
         rng = np.random.default_rng(checked_seed(seed))
-        blocks, fell_back = [], []
+        check_memory(self.plan_bytes(plan), sum(n for _, _, n in plan),
+                     ", or stream them to a file chunk by chunk (NegBinBaseline.sample_chunks, "
+                     "or cellsynth generate)")  # fmt: skip
+        blocks = [x for _, x in self._drawn(plan, rng)]
+        obs = self.plan_obs(plan)
+        out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
+                              self.genes, label_key=self.label_key, model=self.name, seed=seed,
+                              config=self.config, annotation=self.gene_annotation)  # fmt: skip
+        for key in self.design.keys:
+            out.obs[key] = obs[key].values  # categorical, with the training levels
+        out.uns[K.UNS] = self.provenance(seed, unseen, plan)
+        return out
+
+    def sample_chunks(self, request: dict[str, int] | pd.DataFrame | list, *,
+                      where: dict[str, Any] | None = None,
+                      seed: int = 0) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
+        """The cells :meth:`sample` returns (the same seed, the same counts), as ``(type, CSR
+        counts)`` chunks in the same order, one chunk in memory at a time (``cellsynth
+        generate`` streams them to its file); ``request`` may also be a :meth:`plan`. The
+        request and ``seed`` are checked when it is called."""
+        plan, _ = self.plan(request, where)
+        return self._drawn(plan, np.random.default_rng(checked_seed(seed)))
+
+    def plan_bytes(self, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
+        """An upper estimate of the stored counts of a plan's cells
+        (:func:`~.base.request_bytes`)."""
         index = {combo: f for f, combo in enumerate(self.combinations)}
-        check_request_memory([(float(np.mean(self._params(label, levels, index)[2])), n)
+        return request_bytes([(float(np.mean(self._params(label, levels, index)[2])), n)
                               for label, levels, n in plan], len(self.genes))  # fmt: skip
+
+    def provenance(self, seed: int, unseen: list[dict[str, str]], plan: Any) -> dict[str, Any]:
+        """``uns['cellsynth']`` of ``plan``'s cells, in memory (:meth:`sample`) or written chunk
+        by chunk: version, model, seed, label key, settings and, with covariates, the
+        combinations no training cell had and those drawn from their type's fit."""
+        uns = {"version": package_version(), "model": self.name, "seed": int(seed),
+               "label_key": self.label_key, "config": self.config or {}}
+        if self.design:
+            uns.update(writable_uns({"unseen_combinations": unseen,
+                                     "fallback_combinations": self._fell_back(plan)}))
+        return uns
+
+    def _drawn(self, plan: list[tuple[str, tuple[int, ...], int]],
+               rng: np.random.Generator) -> Iterator[tuple[str, sp.csr_matrix]]:  # fmt: skip
+        """``(type, CSR counts)`` blocks of a checked plan, all noise from ``rng`` in the plan's
+        order, behind a progress bar; the combinations drawn from their type's fit said."""
+        index = {combo: f for f, combo in enumerate(self.combinations)}
+        self._said_fallbacks(plan)
         bar = progress_bar(total=sum(n for _, _, n in plan), desc="nb sample", unit="cell")
-        for label, levels, n in plan:
-            mu_k, theta_k, libraries, pooled = self._params(label, levels, index)
-            if pooled and (combo := self._describe(label, levels)) not in fell_back:
-                fell_back.append(combo)
-            scale = 1.0 / float(libraries.mean()) if libraries.mean() > 0 else 0.0
-            mu, theta = torch.from_numpy(mu_k), torch.from_numpy(theta_k)  # float32
-            for m in row_chunks(n, len(self.genes)):
-                lib = draw_libraries(rng, libraries, m)  # (m,)
-                factor = torch.from_numpy((lib * scale).astype(np.float32))
-                blocks.append(nb_csr(rng, factor[:, None] * mu[None, :], theta))  # mean (m, G)
-                bar.update(m)
-        bar.close()
+        try:
+            for label, levels, n in plan:
+                mu_k, theta_k, libraries, _ = self._params(label, levels, index)
+                scale = 1.0 / float(libraries.mean()) if libraries.mean() > 0 else 0.0
+                mu, theta = torch.from_numpy(mu_k), torch.from_numpy(theta_k)  # float32
+                for m in row_chunks(n, len(self.genes)):
+                    lib = draw_libraries(rng, libraries, m)  # (m,)
+                    factor = torch.from_numpy((lib * scale).astype(np.float32))
+                    yield label, nb_csr(rng, factor[:, None] * mu[None, :], theta)  # mean (m, G)
+                    bar.update(m)
+        finally:
+            bar.close()
+
+    def _fell_back(self, plan: list[tuple[str, tuple[int, ...], int]] | Any,
+                   ) -> list[dict[str, str]]:  # fmt: skip
+        """The combinations of ``plan`` drawn from their type's fit, each once, in order."""
+        index = {combo: f for f, combo in enumerate(self.combinations)}
+        out: list[dict[str, str]] = []
+        for label, levels, _ in plan:
+            if self._params(label, levels, index)[3] and (
+                    combo := self._describe(label, levels)) not in out:  # fmt: skip
+                out.append(combo)
+        return out
+
+    def _said_fallbacks(self, plan: list[tuple[str, tuple[int, ...], int]]) -> None:
+        """Log the combinations of ``plan`` drawn from their type's fit: a WARNING the first
+        time a model draws them, INFO after."""
+        fell_back = self._fell_back(plan)
         said = self.__dict__.setdefault("_fallbacks_said", set())  # each once a model
         shown = [", ".join(f"{k}={v}" for k, v in c.items()) for c in fell_back]
         if fell_back:  # the cells carry the asked levels in obs, but not their effect
@@ -351,16 +413,6 @@ class NegBinBaseline(DesignRequests):
                 "covariate levels (their obs names the levels asked for; "
                 "uns['cellsynth']['fallback_combinations'] lists them): %s", len(fell_back),
                 self.min_cells, listed(shown, sep="; "))
-        obs = self.plan_obs(plan)
-        out = synthetic_adata(stack_rows(blocks), obs[self.label_key].to_numpy(),
-                              self.genes, label_key=self.label_key, model=self.name, seed=seed,
-                              config=self.config, annotation=self.gene_annotation)  # fmt: skip
-        for key in self.design.keys:
-            out.obs[key] = obs[key].values  # categorical, with the training levels
-        if self.design:
-            out.uns[K.UNS].update(writable_uns({"unseen_combinations": unseen,
-                                                "fallback_combinations": fell_back}))
-        return out
 
     @saves_whole
     def save(self, directory: str | Path) -> None:

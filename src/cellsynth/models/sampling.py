@@ -34,7 +34,10 @@ _SAMPLE_VALUES = 4_000_000  # generated values (cells x genes) held densely at o
 
 def estimate_bytes(gen: Any, plan: list[tuple[str, tuple[int, ...], int]]) -> float:
     """An upper estimate of the stored counts of a plan's cells (:func:`.base.request_bytes`),
-    from each type's mean library size under its log-normal library model."""
+    from each type's mean library size under its log-normal library model (a generator of
+    its own estimate, :meth:`~.nb.NegBinBaseline.plan_bytes`, gives that)."""
+    if hasattr(gen, "plan_bytes"):
+        return gen.plan_bytes(plan)
     module = gen.module
     mean = module.library_log_mean.detach().cpu().numpy().astype(np.float64)
     sd = module.library_log_std.detach().cpu().numpy().astype(np.float64)

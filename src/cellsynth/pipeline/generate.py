@@ -17,7 +17,7 @@ from ..models.base import writable_uns
 from ..models.registry import load_generator
 from ..outputs import check_file_out, generated_h5ad, size_text
 from ..paths import expand_user
-from .output import check_disk, write_cells
+from .output import check_disk, provenance, write_cells
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     ``like`` (an h5ad whose composition to copy), with ``where`` covariate levels
     (``"condition=stim"``) for the first two.
 
-    A CVAE's cells stream to the file one chunk at a time (memory independent of the request's
+    A CVAE's and an nb model's cells stream to the file one chunk at a time (memory independent of the request's
     size; on a GPU the next chunk is drawn while one is written), after the output's size is estimated and checked against the free disk space; a
     file is written under a temporary name and renamed when complete. Returns the cells.
     """
@@ -311,7 +311,7 @@ def generate_to_file(model_dir: str | Path, out: str | Path, *, seed: int = 0, *
     logger.info("generating %s cells (at most about %s) into %s, one chunk at a time",
                 f"{n:,}", size_text(need), out)  # fmt: skip
     write_cells(out, chunks, gen.plan_obs(plan), gen.genes,
-                {**gen.provenance(seed, unseen), **made_by},
+                {**provenance(gen, seed, unseen, plan), **made_by},
                 annotation=getattr(gen, "gene_annotation", None), overlap=getattr(gen, "device", None) is not None and gen.device.type == "cuda")
     return n
 

@@ -34,7 +34,7 @@ from ..models.seed import SeedCVAE
 from ..outputs import write_json
 from .context import RunContext
 from .data import Split, read_groups, stage_groups
-from .output import check_disk, write_cells
+from .output import check_disk, provenance, write_cells
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _count_chunks(gen: Any, counts: dict[str, int], seed: int, out: Path | None)
             _, chunks = check_disk(gen, plan, out.parent, chunks,
                                    hint="free disk space, choose another --out, or lower "
                                    "generator.n_per_type_train and n_per_type_eval")  # fmt: skip
-        return chunks, gen.plan_obs(plan), gen.provenance(seed, unseen)
+        return chunks, gen.plan_obs(plan), provenance(gen, seed, unseen, plan)
     syn = gen.sample(counts, seed=seed)
     return iter([syn.X]), syn.obs.reset_index(drop=True), dict(syn.uns[K.UNS])
 

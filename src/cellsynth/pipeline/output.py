@@ -55,6 +55,15 @@ def check_disk(gen: Any, plan: list[tuple[str, tuple[int, ...], int]], directory
     return need, itertools.chain([first], chunks)
 
 
+def provenance(gen: Any, seed: int, unseen: list[dict[str, str]],
+               plan: list[tuple[str, tuple[int, ...], int]]) -> dict[str, Any]:
+    """``uns['cellsynth']`` of a plan's cells streamed from ``gen`` (``sample_chunks``): an nb
+    model's names the plan's combinations drawn from their type's fit, so it reads the plan."""
+    if hasattr(gen, "plan_bytes"):  # NegBinBaseline
+        return gen.provenance(seed, unseen, plan)
+    return gen.provenance(seed, unseen)
+
+
 def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
     """``items`` in order, produced in a background thread up to ``depth`` ahead of the caller.
 
