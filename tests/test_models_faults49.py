@@ -75,3 +75,23 @@ def test_streamed_nb_cells_equal_the_cells_sample_returns(nb_dir, tmp_path) -> N
     chunks = [x for _, x in model.sample_chunks(request, where={"condition": "stim"}, seed=11)]
     assert sum(x.shape[0] for x in chunks) == 65
     assert np.array_equal(np.vstack([x.toarray() for x in chunks]), held.X.toarray())
+
+
+# ---------------------------------------------------------------------------------------------
+# cellsynth info given a file of a model directory
+
+
+@pytest.mark.parametrize("part", ["params.safetensors", "config.json", "genes.json"])
+def test_info_of_a_models_file_names_the_directory_to_describe(nb_dir, part, capsys) -> None:
+    """`cellsynth info MODEL/params.safetensors` said to convert the file with scanpy (and a
+    config.json or genes.json was called a CSV or TSV table): it names the model's directory."""
+    assert main(["info", str(nb_dir / part)]) == 2
+    err = capsys.readouterr().err
+    assert f"is a file of the saved model in {nb_dir}, not an h5ad" in err, err
+    assert f"cellsynth info {nb_dir}" in err and "scanpy" not in err
+
+
+def test_info_of_a_text_file_elsewhere_still_says_what_it_is(tmp_path, capsys) -> None:
+    (tmp_path / "config.json").write_text('{"a": 1}')  # a folder that holds no saved model
+    assert main(["info", str(tmp_path / "config.json")]) == 2
+    assert "is a text file" in capsys.readouterr().err

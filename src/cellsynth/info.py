@@ -39,6 +39,7 @@ def _describe(path: Path) -> dict[str, Any]:
         raise CellsynthError(_fit_underway(path) or f"{path} does not exist; give a run "
                              "directory, a model directory or an .h5ad")
     if path.is_file():
+        _refuse_a_part(path)
         return _describe_h5ad(path)
     if (path / "manifest.json").is_file():
         return _describe_run(path)
@@ -64,6 +65,35 @@ def _describe(path: Path) -> dict[str, Any]:
         f"{path} is neither a run directory (manifest.json), a model directory (config.json), "
         "a classifier (model.ubj) nor a benchmark directory (DATASET/summary.json)"
     )
+
+
+def _refuse_a_part(path: Path) -> None:
+    """Refuse a file of a run, model or classifier directory that is no h5ad (a model's
+    ``config.json`` or weights), naming the directory to describe: described as an h5ad, it
+    was called a table or a file to convert with scanpy."""
+    import h5py
+
+    try:
+        if h5py.is_hdf5(path):
+            return
+    except OSError:
+        return  # the h5ad reader says why it cannot be read
+    for folder in list(path.parents)[:3]:
+        what = ("run" if (folder / "manifest.json").is_file() else
+                "classifier" if (folder / "model.ubj").is_file() else
+                "saved model" if _saved_model(folder) else "")  # fmt: skip
+        if what:
+            raise CellsynthError(f"{path} is a file of the {what} in {folder}, not an h5ad; "
+                                 f"describe the directory: cellsynth info {folder}")
+
+
+def _saved_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model cellsynth saved (its config.json names the model)."""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "model" in meta and "format_version" in meta
 
 
 def _has_x(path: Path) -> bool:
