@@ -102,10 +102,16 @@ def test_generator_memory_refusal_names_the_experiment_settings(tmp_path, capsys
     """A generator's own memory refusal in the experiments ('ask for fewer cells') did not say
     which setting asks for them: it names the experiment sizes."""
     import cellsynth.pipeline.models as models
-    import cellsynth.runtime
+    from cellsynth.errors import DataError
 
     monkeypatch.setattr(models, "check_experiment_memory", lambda *a: None)
-    monkeypatch.setattr(cellsynth.runtime, "available_memory", lambda: 50e6)
+
+    def refused(*args, **kwargs):  # a generator that draws its cells in memory (scvi; nb and
+        # cvae stream theirs to the file), refused by its own check (models.base.check_memory)
+        raise DataError("the cells would take about 9.0 GB, and 0.1 GB is available: ask for "
+                        "fewer cells")
+
+    monkeypatch.setattr(models, "_count_chunks", refused)
     assert _run(tmp_path, "generator.n_per_type_val=1000000") == 2
     err = capsys.readouterr().err
     assert "ask for fewer cells: lower generator.n_per_type_eval" in err
