@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -26,9 +27,15 @@ def test_a_rank_that_ignores_sigterm_is_killed_when_the_wait_is_interrupted():
         assert proc.stdout.readline().strip() == "ready"
         import _thread
 
-        threading.Timer(0.5, _thread.interrupt_main).start()  # the repeated signal
-        with pytest.raises(KeyboardInterrupt):
-            _stop_group(proc, grace=30.0)
+        # the repeated signal; SIGINT as Python's default handler takes it (a test worker may
+        # ignore SIGINT, and interrupt_main then does nothing)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            threading.Timer(0.5, _thread.interrupt_main).start()
+            with pytest.raises(KeyboardInterrupt):
+                _stop_group(proc, grace=30.0)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
