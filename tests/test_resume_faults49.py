@@ -206,3 +206,26 @@ def test_a_first_run_killed_while_writing_its_first_files_can_be_run_again(tmp_p
     (run / "config.toml.bak").write_text("the user's")  # a file of the user's still refused
     with pytest.raises(CellsynthError, match="not a cellsynth run directory"):
         check_out(run, RunConfig())
+
+
+def test_what_a_kill_left_among_the_checkpoints_does_not_stop_the_save(tmp_path, monkeypatch):
+    """A run killed while it wrote a training checkpoint can leave a file in
+    ``generator/checkpoint/`` that the fit's own clean-up does not remove; the resumed run then
+    trained to the end and was refused its save ('generator is a non-empty directory that is
+    not a saved model (it holds checkpoint)'). The folder goes once the fit is done."""
+    from cellsynth.pipeline import models
+
+    fit = models.fit_generator
+
+    def fit_leaving_a_file(ctx, *args, **kwargs):
+        out = fit(ctx, *args, **kwargs)
+        folder = ctx.path("generator", "checkpoint")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cvae.safetensors.cut-short").write_bytes(b"\\0" * 16)
+        return out
+
+    monkeypatch.setattr(models, "fit_generator", fit_leaving_a_file)
+    out = tmp_path / "run"
+    assert main(_args(out)) == 0
+    assert (out / "generator" / "config.json").is_file()
+    assert not (out / "generator" / "checkpoint").exists()

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -220,6 +221,16 @@ def fit_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str
     return gen, history
 
 
+def _drop_checkpoints(folder: Path) -> None:
+    """The training checkpoints' folder, once the fit is done (a fit removes its checkpoint,
+    but what a kill left in the folder, such as a write cut short, would stay): the save
+    replaces ``generator/`` whole and refuses a folder that holds anything but a model."""
+    if folder.is_dir():
+        logger.debug("removing the training checkpoints' folder %s (%s)", folder,
+                     ", ".join(sorted(p.name for p in folder.iterdir())) or "empty")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def stage_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[str, Split],
                     types: list[str]) -> Any:  # fmt: skip
     """Train and save the generator (or load the one trained before)."""
@@ -230,6 +241,7 @@ def stage_generator(ctx: RunContext, cells: Cells, pca: PCAModel, splits: dict[s
             return load_generator(ctx.path("generator"))
     with ctx.stage("generator") as entry:
         gen, history = fit_generator(ctx, cells, pca, splits, types)
+        _drop_checkpoints(ctx.path("generator", "checkpoint"))
         gen.save(ctx.path("generator"))
         entry.update(model=ctx.cfg.generator.model, epochs=history.get("epochs"),
                      best_epoch=history.get("best_epoch"))
