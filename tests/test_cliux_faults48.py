@@ -8,15 +8,7 @@ import argparse
 import pytest
 
 from cellsynth import cli
-
-
-def _parsers(parser: argparse.ArgumentParser, name: str = "cellsynth"):
-    """Every parser under ``parser`` (itself included), with its command line name."""
-    yield name, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from _parsers(sub, f"{name} {sub_name}")
+from test_cli import _parsers
 
 
 def _usage_error(capsys, *argv: str) -> str:
